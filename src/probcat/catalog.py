@@ -1,0 +1,310 @@
+"""Catalog types: per-image variable-length :class:`FullCatalog` and per-tile :class:`TileCatalog`.
+
+Positions are 0-indexed pixel coordinates with pixel centres at integers
+(``image[..., y, x]``). A tile of side ``t`` with index ``(ty, tx)`` covers
+``x in [tx*t - 0.5, (tx+1)*t - 0.5)`` and likewise in y; inside a tile, locations are
+in tile units in ``[0, 1)``. This module is the only place tiling arithmetic lives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from astropy.io import fits
+from astropy.table import Table
+from astropy.wcs import WCS
+
+from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError
+
+__all__ = ["FullCatalog", "TileCatalog", "atomic_write", "make_wcs"]
+
+
+def atomic_write(path: str | Path, write_fn) -> Path:
+    """Call ``write_fn(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+        os.close(fd)
+    except OSError as e:
+        raise ProbcatIOError(f"{path.parent}: cannot write here ({e.strerror or e})") from e
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def make_wcs(shape: tuple[int, int], pixel_scale: float, ra: float, dec: float) -> WCS:
+    """A TAN WCS with north up and east left, centred on ``(ra, dec)`` degrees."""
+    h, w = shape
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [ra, dec]
+    wcs.wcs.crpix = [(w + 1) / 2.0, (h + 1) / 2.0]
+    scale = pixel_scale / 3600.0
+    wcs.wcs.cd = [[-scale, 0.0], [0.0, scale]]
+    wcs.wcs.cunit = ["deg", "deg"]
+    return wcs
+
+
+@dataclass(frozen=True)
+class FullCatalog:
+    """Sources of one image: columns of equal length ``n``.
+
+    Required columns: ``x``, ``y`` (pixels, float). Per-band columns (``flux``,
+    ``mag``, ``snr``, ``blendedness``...) are 2-D ``(n, bands)``. Everything else is
+    free-form (``galaxy`` bool, morphology, ``prob``...).
+
+    Attributes:
+        columns: name -> numpy array with first axis ``n``.
+        image_shape: ``(H, W)`` of the image the catalog belongs to.
+        bands: band names, order of the second axis of per-band columns.
+        meta: JSON-serialisable provenance (config, seed, versions, counts...).
+    """
+
+    columns: dict[str, np.ndarray]
+    image_shape: tuple[int, int]
+    bands: tuple[str, ...] = ("i",)
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for req in ("x", "y"):
+            if req not in self.columns:
+                raise ProbcatValueError(f"a catalog needs column {req!r}")
+        n = len(self.columns["x"])
+        for k, v in self.columns.items():
+            if len(v) != n:
+                raise ProbcatValueError(f"column {k!r} has length {len(v)}, expected {n}")
+
+    def __len__(self) -> int:
+        return len(self.columns["x"])
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.columns[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.columns
+
+    @property
+    def colnames(self) -> list[str]:
+        return list(self.columns)
+
+    def select(self, index) -> FullCatalog:
+        """Rows chosen by a boolean mask or integer index."""
+        return FullCatalog({k: v[index] for k, v in self.columns.items()}, self.image_shape,
+                           self.bands, dict(self.meta))
+
+    def with_columns(self, **cols) -> FullCatalog:
+        return FullCatalog({**self.columns, **cols}, self.image_shape, self.bands, dict(self.meta))
+
+    @classmethod
+    def empty(cls, image_shape, bands=("i",), **meta) -> FullCatalog:
+        return cls({"x": np.zeros(0), "y": np.zeros(0)}, tuple(image_shape), tuple(bands), meta)
+
+    # ---- tables and files -------------------------------------------------------------
+    def to_table(self, wcs: WCS | None = None) -> Table:
+        """An astropy Table; with a WCS, ``ra`` and ``dec`` (degrees) are added."""
+        t = Table({k: np.asarray(v) for k, v in self.columns.items()})
+        if wcs is not None and len(self):
+            sky = wcs.pixel_to_world_values(np.asarray(self["x"]), np.asarray(self["y"]))
+            t["ra"], t["dec"] = sky[0], sky[1]
+        elif wcs is not None:
+            t["ra"], t["dec"] = np.zeros(0), np.zeros(0)
+        t.meta["image_shape"] = json.dumps(list(self.image_shape))
+        t.meta["bands"] = json.dumps(list(self.bands))
+        t.meta["probcat_meta"] = json.dumps(self.meta, default=str)
+        return t
+
+    @classmethod
+    def from_table(cls, t: Table) -> FullCatalog:
+        meta = {k.lower(): v for k, v in t.meta.items()}
+        try:
+            shape = tuple(json.loads(meta["image_shape"]))
+            bands = tuple(json.loads(meta["bands"]))
+            extra = json.loads(meta.get("probcat_meta", "{}"))
+        except (KeyError, json.JSONDecodeError) as e:
+            raise ProbcatValueError(f"table is not a probcat catalog (metadata {e})") from e
+        cols = {k: np.asarray(t[k]) for k in t.colnames if k not in ("ra", "dec")}
+        return cls(cols, shape, bands, extra)
+
+    def write(self, path: str | Path, wcs: WCS | None = None) -> Path:
+        """Write atomically as FITS (``.fits``) or Parquet (``.parquet``, fixed-size lists)."""
+        path = Path(path)
+        table = self.to_table(wcs)
+        if path.suffix == ".parquet":
+            return atomic_write(path, lambda tmp: _write_parquet(table, tmp))
+        if path.suffix in (".fits", ".fit", ".fts"):
+            def _w(tmp):
+                hdu = fits.BinTableHDU(table, name="CATALOG")
+                fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, overwrite=True)
+            return atomic_write(path, _w)
+        raise ProbcatValueError(f"{path}: catalog files end in .fits or .parquet")
+
+    @classmethod
+    def read(cls, path: str | Path) -> FullCatalog:
+        path = Path(path)
+        if not path.exists():
+            raise ProbcatFileError(f"{path}: no such catalog file")
+        try:
+            if path.suffix == ".parquet":
+                table = _read_parquet(path)
+            else:
+                table = Table.read(path, hdu="CATALOG")
+        except (OSError, ValueError, KeyError) as e:
+            raise ProbcatIOError(f"{path}: not a readable probcat catalog ({e})") from e
+        return cls.from_table(table)
+
+    # ---- tiles ----------------------------------------------------------------------
+    def to_tiles(self, tile_size: int = 5, brightness: str = "flux") -> TileCatalog:
+        return TileCatalog.from_full([self], tile_size=tile_size, brightness=brightness)
+
+
+def _write_parquet(table: Table, path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays, names = [], []
+    for name in table.colnames:
+        col = np.asarray(table[name])
+        if col.ndim == 1:
+            arrays.append(pa.array(col))
+        else:
+            width = int(np.prod(col.shape[1:]))
+            flat = pa.array(col.reshape(-1))
+            arrays.append(pa.FixedSizeListArray.from_arrays(flat, width))
+        names.append(name)
+    meta = {k: str(v) for k, v in table.meta.items()}
+    meta["probcat_shapes"] = json.dumps({n: list(np.asarray(table[n]).shape[1:])
+                                         for n in table.colnames})
+    pt = pa.Table.from_arrays(arrays, names=names).replace_schema_metadata(meta)
+    pq.write_table(pt, path)
+
+
+def _read_parquet(path) -> Table:
+    import pyarrow.parquet as pq
+
+    pt = pq.read_table(path)
+    meta = {k.decode(): v.decode() for k, v in (pt.schema.metadata or {}).items()}
+    shapes = json.loads(meta.pop("probcat_shapes", "{}"))
+    t = Table(meta=meta)
+    for name in pt.column_names:
+        col = pt.column(name).combine_chunks()
+        shape = shapes.get(name, [])
+        if shape:
+            values = col.flatten().to_numpy(zero_copy_only=False)
+            t[name] = values.reshape(len(col), *shape)
+        else:
+            t[name] = col.to_numpy(zero_copy_only=False)
+    return t
+
+
+@dataclass(frozen=True)
+class TileCatalog:
+    """Per-tile catalog of a batch of images: at most one source per tile.
+
+    Attributes:
+        n_sources: ``(B, nty, ntx)`` long, 0 or 1.
+        locs: ``(B, nty, ntx, 2)`` float, ``(x, y)`` of the source in tile units, [0, 1).
+        params: name -> ``(B, nty, ntx, k)`` float tensors (e.g. ``galaxy``, ``flux``), zero
+            where there is no source.
+        tile_size: tile side in pixels.
+        image_shape: ``(H, W)`` of the images.
+        n_collisions: how many sources were dropped because a brighter one shared a tile.
+    """
+
+    n_sources: torch.Tensor
+    locs: torch.Tensor
+    params: dict[str, torch.Tensor]
+    tile_size: int
+    image_shape: tuple[int, int]
+    bands: tuple[str, ...] = ("i",)
+    n_collisions: int = 0
+
+    @staticmethod
+    def grid_shape(image_shape: tuple[int, int], tile_size: int) -> tuple[int, int]:
+        """Number of tiles ``(nty, ntx)`` covering an image (last tiles may overhang)."""
+        h, w = image_shape
+        return -(-h // tile_size), -(-w // tile_size)
+
+    @property
+    def batch_size(self) -> int:
+        return self.n_sources.shape[0]
+
+    @classmethod
+    def from_full(cls, cats: list[FullCatalog], tile_size: int = 5,
+                  brightness: str = "flux") -> TileCatalog:
+        """Tile a batch of catalogs (same image shape). Where several sources fall in one
+        tile, the brightest (largest ``brightness`` summed over bands) is kept."""
+        if not cats:
+            raise ProbcatValueError("need at least one catalog")
+        shape, bands = cats[0].image_shape, cats[0].bands
+        if any(c.image_shape != shape for c in cats):
+            raise ProbcatValueError("all catalogs of a batch must share one image shape")
+        nty, ntx = cls.grid_shape(shape, tile_size)
+        b = len(cats)
+        names = [k for k in cats[0].colnames if k not in ("x", "y")
+                 and np.asarray(cats[0][k]).dtype.kind in "biuf"
+                 and all(k in c for c in cats)]
+        x = np.concatenate([np.asarray(c["x"], float) for c in cats])
+        y = np.concatenate([np.asarray(c["y"], float) for c in cats])
+        img = np.concatenate([np.full(len(c), i) for i, c in enumerate(cats)]).astype(np.int64)
+        if brightness in cats[0]:
+            bright = np.concatenate([np.asarray(c[brightness], float).reshape(len(c), -1).sum(1)
+                                     for c in cats])
+        else:
+            bright = np.zeros(len(x))
+        tx = np.floor((x + 0.5) / tile_size).astype(np.int64)
+        ty = np.floor((y + 0.5) / tile_size).astype(np.int64)
+        inside = (tx >= 0) & (tx < ntx) & (ty >= 0) & (ty < nty)
+        flat = (img * nty + ty) * ntx + tx
+        order = np.lexsort((-bright, flat))
+        order = order[inside[order]]
+        first = np.ones(len(order), bool)
+        first[1:] = flat[order][1:] != flat[order][:-1]
+        keep = order[first]
+        n_collisions = int(len(order) - len(keep))
+
+        n_sources = torch.zeros(b * nty * ntx, dtype=torch.long)
+        n_sources[torch.from_numpy(flat[keep])] = 1
+        locs = torch.zeros(b * nty * ntx, 2)
+        lx = (x[keep] + 0.5) / tile_size - tx[keep]
+        ly = (y[keep] + 0.5) / tile_size - ty[keep]
+        locs[torch.from_numpy(flat[keep])] = torch.from_numpy(np.stack([lx, ly], 1)).float()
+        params = {}
+        for k in names:
+            col = np.concatenate([np.asarray(c[k], float).reshape(len(c), -1) for c in cats])
+            t = torch.zeros(b * nty * ntx, col.shape[1])
+            t[torch.from_numpy(flat[keep])] = torch.from_numpy(col[keep]).float()
+            params[k] = t.reshape(b, nty, ntx, -1)
+        return cls(n_sources.reshape(b, nty, ntx), locs.reshape(b, nty, ntx, 2), params,
+                   tile_size, tuple(shape), tuple(bands), n_collisions)
+
+    def to_full(self) -> list[FullCatalog]:
+        """Back to one :class:`FullCatalog` per image (sources in row-major tile order)."""
+        out = []
+        ts = self.tile_size
+        for i in range(self.batch_size):
+            ty, tx = torch.nonzero(self.n_sources[i] > 0, as_tuple=True)
+            loc = self.locs[i, ty, tx].double().numpy()
+            cols = {
+                "x": (tx.numpy() + loc[:, 0]) * ts - 0.5,
+                "y": (ty.numpy() + loc[:, 1]) * ts - 0.5,
+            }
+            for k, v in self.params.items():
+                val = v[i, ty, tx].double().numpy()
+                cols[k] = val[:, 0] if val.shape[1] == 1 and k not in _PER_BAND else val
+            out.append(FullCatalog(cols, self.image_shape, self.bands))
+        return out
+
+
+# columns that keep their band axis even for a single band
+_PER_BAND = frozenset({"flux", "mag", "snr", "blendedness"})

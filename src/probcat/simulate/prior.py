@@ -1,0 +1,317 @@
+"""Source populations: galaxies (bulge + disk) and stars, single- or multi-band.
+
+A *population table* is an :class:`astropy.table.Table` with one row per galaxy and
+these columns (a user-supplied FITS/Parquet catalog with the same columns replaces
+the built-in prior, see :func:`read_population`):
+
+==============  =========================================================================
+``id``          int64, unique
+``mag_<b>``     AB magnitude in band ``b`` (one column per band of the survey)
+``disk_hlr``    half-light radius of the exponential disk, arcsec
+``bulge_hlr``   half-light radius of the de Vaucouleurs bulge, arcsec
+``disk_q``      disk minor/major axis ratio, (0, 1]
+``bulge_q``     bulge minor/major axis ratio, (0, 1]
+``beta``        position angle of both components, radians in [0, pi), from +x toward +y
+``bulge_frac``  bulge-to-total flux ratio, [0, 1]
+``redshift``    true redshift (NaN when the population has none)
+==============  =========================================================================
+
+Built-in populations
+--------------------
+:func:`parametric_galaxies` (the single-band setting of paper 000): the CatSim catalog
+the paper used cannot be downloaded here, so the population is built from published
+distributions:
+
+* *Number counts.* The LSST Science Book (2009, eq. 3.7) gives i-band counts
+  ``N(<i) = 46 * 2**(i - 25) arcmin^-2``, i.e. a log-slope of 0.30 mag^-1. We keep the
+  power-law form and fix its two anchors to the paper's numbers, 160 arcmin^-2 at
+  i < 27 (paper 000, section 2.2/2.4) and the LSST gold sample 55 arcmin^-2 at
+  i < 25.3, which gives a slope of log10(160/55)/1.7 = 0.273 mag^-1 (bright cut i = 18).
+* *Sizes.* Disk scale length from the CFHTLenS size-magnitude relation of Miller et al.
+  (2013, MNRAS 429, 2858): median ``ln(r_d / arcsec) = -1.145 - 0.269 (i - 23)``, with a
+  log-normal scatter of 0.3; disk half-light radius = 1.678 r_d. Bulges are more compact:
+  ``bulge_hlr = disk_hlr * LogNormal(ln 0.5, 0.3)``.
+* *Bulge-to-total.* Loosely after the SDSS bulge+disk decompositions of Simard et al.
+  (2011, ApJS 196, 11), where most galaxies are disk-dominated: 40% pure disks, the rest
+  ``B/T ~ Beta(1.2, 2.5)``.
+* *Axis ratios.* Disks: ``q ~ U(0.2, 1)``, the roughly flat distribution of disk
+  galaxies of Padilla & Strauss (2008, MNRAS 388, 1321); bulges: ``q ~ N(0.7, 0.15)``
+  clipped to [0.3, 1], near their elliptical-galaxy peak.
+
+:func:`dc2_galaxies` (multi-band, for photo-z): ugrizy magnitudes and true redshifts of
+the cosmoDC2 galaxies shipped in ``pz-rail-base`` (i < 25.3, the gold sample). Galaxies
+fainter than that (25.3 < i < 27) are resampled DC2 galaxies from 24.5 < i < 25.3 with all
+magnitudes shifted by the same amount, so that their colours and redshift stay
+consistent with each other (colours of the faint tail are therefore those of slightly
+brighter galaxies: documented limitation). DC2 magnitudes are observed (noisy) ones;
+u/g non-detections (mag 99) are replaced by the median colour of galaxies at the same
+redshift. Morphology follows the i-band relations above.
+
+Stars (:func:`star_magnitudes`, :func:`star_colors`): 15.5 arcmin^-2 with 20 < i < 27
+(paper 000, section 2.3), ``dN/di`` proportional to ``10**(0.1 i)`` (the shallow faint-end
+slope of high-latitude star counts, Bahcall & Soneira 1980); colours of black bodies
+with T ~ U(3500, 8000) K through GalSim's LSST bandpasses.
+
+Train/validation/test galaxies are disjoint (paper 000, section 2.2): built-in
+parametric galaxies are generated from different seeds per split with disjoint ids;
+DC2 rows are permuted with the split seed and cut in thirds.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+
+from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError
+
+__all__ = [
+    "GALAXY_DENSITY",
+    "GOLD_DENSITY",
+    "STAR_DENSITY",
+    "SPLITS",
+    "POPULATION_COLUMNS",
+    "sample_galaxy_mags",
+    "parametric_galaxies",
+    "dc2_galaxies",
+    "galaxy_population",
+    "read_population",
+    "star_magnitudes",
+    "star_colors",
+]
+
+GALAXY_DENSITY = 160.0  # arcmin^-2, i < 27 (paper 000 section 2.4)
+GOLD_DENSITY = 55.0  # arcmin^-2, i < 25.3 (LSST gold sample)
+STAR_DENSITY = 15.5  # arcmin^-2, 20 < i < 27 (paper 000 section 2.3)
+MAG_FAINT = 27.0
+MAG_GOLD = 25.3
+MAG_BRIGHT = 18.0
+COUNT_SLOPE = math.log10(GALAXY_DENSITY / GOLD_DENSITY) / (MAG_FAINT - MAG_GOLD)
+STAR_MAG_RANGE = (20.0, 27.0)
+STAR_COUNT_SLOPE = 0.1
+SPLITS = ("train", "val", "test")
+MORPHOLOGY_COLUMNS = ("disk_hlr", "bulge_hlr", "disk_q", "bulge_q", "beta", "bulge_frac")
+POPULATION_COLUMNS = ("id", *MORPHOLOGY_COLUMNS, "redshift")
+_SPLIT_ID_STRIDE = 10**9
+
+
+def _power_law_mags(rng: np.random.Generator, n: int, lo: float, hi: float, slope: float):
+    """Draw magnitudes with dN/dm proportional to 10**(slope * m) on [lo, hi]."""
+    u = rng.random(n)
+    r = 10.0 ** (slope * (lo - hi))
+    return hi + np.log10(r + u * (1.0 - r)) / slope
+
+
+def sample_galaxy_mags(rng: np.random.Generator, n: int, lo=MAG_BRIGHT, hi=MAG_FAINT):
+    """i-band magnitudes from the calibrated power-law counts (see module docstring)."""
+    return _power_law_mags(rng, n, lo, hi, COUNT_SLOPE)
+
+
+def _morphology(rng: np.random.Generator, mag_i: np.ndarray) -> dict[str, np.ndarray]:
+    n = len(mag_i)
+    r_d = np.exp(-1.145 - 0.269 * (mag_i - 23.0) + 0.3 * rng.standard_normal(n))
+    disk_hlr = np.clip(1.678 * r_d, 0.05, 4.0)
+    bulge_hlr = np.clip(disk_hlr * np.exp(math.log(0.5) + 0.3 * rng.standard_normal(n)), 0.03, 3.0)
+    bulge_frac = np.where(rng.random(n) < 0.4, 0.0, rng.beta(1.2, 2.5, n))
+    return {
+        "disk_hlr": disk_hlr,
+        "bulge_hlr": bulge_hlr,
+        "disk_q": rng.uniform(0.2, 1.0, n),
+        "bulge_q": np.clip(rng.normal(0.7, 0.15, n), 0.3, 1.0),
+        "beta": rng.uniform(0.0, math.pi, n),
+        "bulge_frac": bulge_frac,
+    }
+
+
+def _split_index(split: str) -> int:
+    if split not in SPLITS:
+        raise ProbcatValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    return SPLITS.index(split)
+
+
+def parametric_galaxies(
+    n: int, *, split: str = "train", seed: int = 0, bands: tuple[str, ...] = ("i",)
+) -> Table:
+    """Built-in bulge+disk population with i < 27 (module docstring has the references).
+
+    Only ``i`` carries information here: other bands get the i magnitude (flat
+    spectrum), use :func:`dc2_galaxies` for realistic colours.
+
+    Args:
+        n: number of galaxies.
+        split: ``"train"``, ``"val"`` or ``"test"``; splits never share a galaxy.
+        seed: catalog seed; the same (n, split, seed) always gives the same table.
+    """
+    k = _split_index(split)
+    rng = np.random.default_rng([seed, k, 7919])
+    mag_i = sample_galaxy_mags(rng, n)
+    t = Table()
+    t["id"] = np.arange(n, dtype=np.int64) + k * _SPLIT_ID_STRIDE
+    for b in bands:
+        t[f"mag_{b}"] = mag_i
+    for name, col in _morphology(rng, mag_i).items():
+        t[name] = col
+    t["redshift"] = np.full(n, np.nan)
+    t.meta["POPKIND"] = "parametric"
+    return t
+
+
+@lru_cache(maxsize=1)
+def _dc2_rows() -> Table:
+    """All DC2 galaxies shipped in pz-rail-base, u/g non-detections imputed."""
+    import h5py
+    import pyarrow.parquet as pq
+
+    try:
+        from rail.utils.path_utils import RAILDIR  # type: ignore
+    except ImportError:  # older layouts
+        import rail
+
+        RAILDIR = str(Path(rail.__path__[0]))  # noqa: N806
+    base = Path(RAILDIR) / "rail" / "examples_data" / "testdata"
+    if not base.exists():
+        base = Path(RAILDIR) / "examples_data" / "testdata"
+    try:
+        train = pq.read_table(base / "test_dc2_training_9816.pq").to_pydict()
+        with h5py.File(base / "test_dc2_validation_9816.hdf5") as f:
+            val = {k: f["photometry"][k][:] for k in f["photometry"]}
+    except (OSError, FileNotFoundError) as e:
+        raise ProbcatFileError(f"DC2 catalogs from pz-rail-base not found under {base}: {e}") from e
+    cols = ["id", "redshift"] + [f"mag_{b}_lsst" for b in "ugrizy"]
+    t = Table({c: np.concatenate([np.asarray(train[c]), np.asarray(val[c])]) for c in cols})
+    z = np.asarray(t["redshift"], dtype=float)
+    zbin = np.clip((z / 0.1).astype(int), 0, 40)
+    # impute non-detections (99) band by band from the next redder band's colour
+    for blue, red in (("g", "r"), ("u", "g")):
+        mb, mr = np.asarray(t[f"mag_{blue}_lsst"], float), np.asarray(t[f"mag_{red}_lsst"], float)
+        bad = mb > 50
+        colour = mb - mr
+        med = np.array([np.median(colour[(zbin == k) & ~bad]) if np.any((zbin == k) & ~bad)
+                        else np.median(colour[~bad]) for k in range(41)])
+        mb[bad] = mr[bad] + med[zbin[bad]]
+        t[f"mag_{blue}_lsst"] = mb
+    return t
+
+
+def dc2_galaxies(
+    *, split: str = "train", seed: int = 0, bands: tuple[str, ...] = tuple("ugrizy"),
+    faint_per_gold: float | None = None,
+) -> Table:
+    """Multi-band galaxies with true redshifts: DC2 gold sample plus a resampled faint tail.
+
+    Args:
+        split: which third of the DC2 rows (disjoint across splits for a given seed).
+        seed: split/resampling seed.
+        bands: bands whose magnitudes are returned (subset of ugrizy).
+        faint_per_gold: number of 25.3 < i < 27 galaxies per gold galaxy; defaults to
+            the count ratio of the built-in number counts ((160 - 55) / 55).
+    """
+    k = _split_index(split)
+    rows = _dc2_rows()
+    perm = np.random.default_rng([seed, 104729]).permutation(len(rows))
+    part = rows[np.sort(np.array_split(perm, 3)[k])]
+    rng = np.random.default_rng([seed, k, 15485863])
+    if faint_per_gold is None:
+        faint_per_gold = (GALAXY_DENSITY - GOLD_DENSITY) / GOLD_DENSITY
+    n_faint = int(round(faint_per_gold * len(part)))
+    mag_i_gold = np.asarray(part["mag_i_lsst"], float)
+    donors = np.flatnonzero(mag_i_gold > 24.5)
+    pick = rng.choice(donors, n_faint)
+    new_i = _power_law_mags(rng, n_faint, MAG_GOLD, MAG_FAINT, COUNT_SLOPE)
+    shift = np.concatenate([np.zeros(len(part)), new_i - mag_i_gold[pick]])
+    src = np.concatenate([np.arange(len(part)), pick])
+    t = Table()
+    t["id"] = np.concatenate([np.asarray(part["id"], np.int64),
+                              np.asarray(part["id"], np.int64)[pick] * 10 + 1])
+    for b in bands:
+        if b not in "ugrizy":
+            raise ProbcatValueError(f"DC2 has no band {b!r}")
+        t[f"mag_{b}"] = np.asarray(part[f"mag_{b}_lsst"], float)[src] + shift
+    mag_i = np.asarray(part["mag_i_lsst"], float)[src] + shift
+    for name, col in _morphology(rng, mag_i).items():
+        t[name] = col
+    t["redshift"] = np.asarray(part["redshift"], float)[src]
+    t.meta["POPKIND"] = "dc2"
+    return t
+
+
+def galaxy_population(
+    kind: str, *, split: str, seed: int, bands: tuple[str, ...], n: int = 20000
+) -> Table:
+    """Dispatch: ``"parametric"`` (n galaxies), ``"dc2"``, or a path to a FITS/Parquet table."""
+    if kind == "parametric":
+        return parametric_galaxies(n, split=split, seed=seed, bands=bands)
+    if kind == "dc2":
+        return dc2_galaxies(split=split, seed=seed, bands=bands)
+    t = read_population(kind, bands=bands)
+    perm = np.random.default_rng([seed, 104729]).permutation(len(t))
+    return t[np.sort(np.array_split(perm, 3)[_split_index(split)])]
+
+
+def read_population(path: str | Path, *, bands: tuple[str, ...]) -> Table:
+    """Read a user galaxy catalog (FITS or Parquet) with the documented columns.
+
+    Missing ``bulge_*`` columns mean pure disks; a missing ``redshift`` becomes NaN.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ProbcatFileError(f"{path}: population catalog not found")
+    try:
+        t = Table.read(path)
+    except Exception as e:  # astropy raises many kinds
+        raise ProbcatIOError(f"{path}: cannot read as a FITS or Parquet table ({e})") from e
+    required = ["id", "disk_hlr", "disk_q", "beta", *(f"mag_{b}" for b in bands)]
+    missing = [c for c in required if c not in t.colnames]
+    if missing:
+        raise ProbcatValueError(f"{path}: missing column(s) {missing}")
+    n = len(t)
+    defaults = {"bulge_hlr": np.full(n, 0.1), "bulge_q": np.ones(n), "bulge_frac": np.zeros(n),
+                "redshift": np.full(n, np.nan)}
+    for c, v in defaults.items():
+        if c not in t.colnames:
+            t[c] = v
+    for c in ("disk_hlr", "bulge_hlr"):
+        if not np.all(np.asarray(t[c]) > 0):
+            raise ProbcatValueError(f"{path}: column {c} must be > 0 (arcsec)")
+    for c in ("disk_q", "bulge_q"):
+        q = np.asarray(t[c])
+        if not np.all((q > 0) & (q <= 1)):
+            raise ProbcatValueError(f"{path}: column {c} must lie in (0, 1]")
+    return t[["id", *(f"mag_{b}" for b in bands), *MORPHOLOGY_COLUMNS, "redshift"]]
+
+
+def star_magnitudes(rng: np.random.Generator, n: int) -> np.ndarray:
+    """i-band star magnitudes, 20 < i < 27, dN/di proportional to 10**(0.1 i)."""
+    return _power_law_mags(rng, n, *STAR_MAG_RANGE, STAR_COUNT_SLOPE)
+
+
+@lru_cache(maxsize=8)
+def _blackbody_colour_grid(bands: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    import galsim
+
+    temps = np.linspace(3500.0, 8000.0, 46)
+    h, c, k = 6.62607015e-34, 2.99792458e8, 1.380649e-23
+    out = np.zeros((len(temps), len(bands)))
+    bps = {b: galsim.Bandpass(f"LSST_{b}.dat", wave_type="nm").withZeropoint("AB") for b in bands}
+    for i, temp in enumerate(temps):
+        def f_lambda(wave_nm, temp=temp):
+            lam = wave_nm * 1e-9
+            return 1.0 / lam**5 / np.expm1(h * c / (lam * k * temp))
+
+        sed = galsim.SED(f_lambda, wave_type="nm", flux_type="flambda")
+        mags = np.array([sed.calculateMagnitude(bps[b]) for b in bands])
+        out[i] = mags - (sed.calculateMagnitude(
+            galsim.Bandpass("LSST_i.dat", wave_type="nm").withZeropoint("AB")))
+    return temps, out
+
+
+def star_colors(rng: np.random.Generator, n: int, bands: tuple[str, ...]) -> np.ndarray:
+    """Offsets ``mag_b - mag_i`` for ``n`` stars, shape ``(n, len(bands))``."""
+    if tuple(bands) == ("i",):
+        return np.zeros((n, 1))
+    temps, grid = _blackbody_colour_grid(tuple(bands))
+    idx = rng.integers(0, len(temps), n)
+    return grid[idx]
