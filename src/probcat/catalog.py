@@ -119,21 +119,21 @@ class FullCatalog:
             t["ra"], t["dec"] = sky[0], sky[1]
         elif wcs is not None:
             t["ra"], t["dec"] = np.zeros(0), np.zeros(0)
-        t.meta["image_shape"] = json.dumps(list(self.image_shape))
-        t.meta["bands"] = json.dumps(list(self.bands))
-        t.meta["probcat_meta"] = json.dumps(self.meta, default=str)
+        t.meta["SHAPE"] = json.dumps(list(self.image_shape))
+        t.meta["BANDS"] = json.dumps(list(self.bands))
+        t.meta["PCMETA"] = json.dumps(self.meta, default=str)
         return t
 
     @classmethod
     def from_table(cls, t: Table) -> FullCatalog:
         meta = {k.lower(): v for k, v in t.meta.items()}
         try:
-            shape = tuple(json.loads(meta["image_shape"]))
+            shape = tuple(json.loads(meta["shape"]))
             bands = tuple(json.loads(meta["bands"]))
-            extra = json.loads(meta.get("probcat_meta", "{}"))
+            extra = json.loads(meta.get("pcmeta", "{}"))
         except (KeyError, json.JSONDecodeError) as e:
             raise ProbcatValueError(f"table is not a probcat catalog (metadata {e})") from e
-        cols = {k: np.asarray(t[k]) for k in t.colnames if k not in ("ra", "dec")}
+        cols = {k: _native(np.asarray(t[k])) for k in t.colnames}
         return cls(cols, shape, bands, extra)
 
     def write(self, path: str | Path, wcs: WCS | None = None) -> Path:
@@ -158,14 +158,19 @@ class FullCatalog:
             if path.suffix == ".parquet":
                 table = _read_parquet(path)
             else:
-                table = Table.read(path, hdu="CATALOG")
-        except (OSError, ValueError, KeyError) as e:
+                table = Table.read(path, format="fits", hdu="CATALOG")
+        except Exception as e:  # astropy/pyarrow raise many unrelated types for bad files
             raise ProbcatIOError(f"{path}: not a readable probcat catalog ({e})") from e
         return cls.from_table(table)
 
     # ---- tiles ----------------------------------------------------------------------
     def to_tiles(self, tile_size: int = 5, brightness: str = "flux") -> TileCatalog:
         return TileCatalog.from_full([self], tile_size=tile_size, brightness=brightness)
+
+
+def _native(a: np.ndarray) -> np.ndarray:
+    """Native byte order (FITS stores big-endian)."""
+    return a.astype(a.dtype.newbyteorder("=")) if a.dtype.byteorder not in ("=", "|") else a
 
 
 def _write_parquet(table: Table, path) -> None:

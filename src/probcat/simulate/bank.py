@@ -103,14 +103,19 @@ def _psf(band: Band):
     return band.psf()
 
 
-def _trim_half(stamps: np.ndarray, thresholds: np.ndarray) -> int:
-    """Smallest half-width keeping every pixel above its band's threshold."""
+def _trim_half(stamps: np.ndarray, thresholds: np.ndarray, max_lost: float = 5e-3) -> int:
+    """Smallest half-width keeping every pixel above its band's threshold and all but
+    ``max_lost`` of each band's flux."""
     n = stamps.shape[-1]
     c = n // 2
     yy, xx = np.mgrid[:n, :n]
     cheb = np.maximum(np.abs(yy - c), np.abs(xx - c))
     above = np.abs(stamps) > thresholds[:, None, None]
     h = int(cheb[above.any(0)].max()) if above.any() else 0
+    for band in stamps:
+        ring = np.bincount(cheb.ravel(), weights=band.ravel(), minlength=c + 1)
+        outside = band.sum() - np.cumsum(ring)  # flux beyond half-width r
+        h = max(h, int(np.argmax(np.abs(outside) <= max_lost * abs(band.sum()))))
     return max(h, MIN_STAMP // 2)
 
 

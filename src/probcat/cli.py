@@ -1,0 +1,85 @@
+"""Command line: a thin layer over the Python API.
+
+Errors from probcat (bad arguments, unreadable files, unwritable outputs) print one line
+``probcat: error: ...`` on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from probcat.errors import ProbcatError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="probcat: probabilistic catalogs from survey images.")
+
+
+def _command_line() -> str:
+    return " ".join(["probcat", *sys.argv[1:]])
+
+
+@app.command()
+def simulate(
+    recipe: str = typer.Option("blend", help="blend, single, tiles, central or pair"),
+    n: int = typer.Option(100, "-n", "--n", help="number of images"),
+    seed: int = typer.Option(0, help="image seed (same seed, same files)"),
+    out: Path = typer.Option(Path("simulated"), "--out", "-o", help="output directory"),
+    bands: str = typer.Option("i", help="bands, e.g. i or ugrizy"),
+    population: str = typer.Option("parametric", help="parametric, dc2 or a FITS/Parquet catalog"),
+    split: str = typer.Option("train", help="train, val or test galaxies (disjoint)"),
+    years: float = typer.Option(10.0, help="coadd depth in years"),
+    bank_size: int = typer.Option(20000, help="galaxies rendered into the source bank"),
+    noise: str = typer.Option("gaussian", help="gaussian (background-limited) or poisson"),
+    size: int = typer.Option(0, help="image side in pixels (0: the recipe's size)"),
+    cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+):
+    """Simulate a dataset: FITS images with WCS, truth.fits and config.yaml in OUT."""
+    from probcat.simulate.datasets import SimulationConfig, write_dataset
+
+    cfg = SimulationConfig(recipe=recipe, n=n, seed=seed, bands=bands, population=population,
+                           split=split, years=years, bank_size=bank_size, noise=noise, size=size)
+    summary = write_dataset(cfg, out, cache_dir=cache_dir, progress=not quiet,
+                            command=_command_line())
+    typer.echo(f"wrote {summary['images']} {recipe} images, {summary['sources']} sources "
+               f"({summary['galaxies']} galaxies) to {out}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("probcat_demo"), "--out", "-o", help="output directory"),
+    size: int = typer.Option(1000, help="field side in pixels"),
+    seed: int = typer.Option(0, help="field seed"),
+    bank_size: int = typer.Option(5000, help="galaxies rendered into the source bank"),
+    cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
+):
+    """Simulate an LSST-i field; write image, truth catalog and a PNG overview."""
+    from probcat.demo import run_demo
+
+    summary = run_demo(out, size=size, seed=seed, bank_size=bank_size, cache_dir=cache_dir,
+                       command=_command_line())
+    for line in summary["lines"]:
+        typer.echo(line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, standalone_mode=False)
+    except ProbcatError as e:
+        print(f"probcat: error: {e}", file=sys.stderr)
+        return 2
+    except typer.Abort:
+        print("probcat: aborted", file=sys.stderr)
+        return 130
+    except typer.TyperException as e:  # usage errors: unknown option, bad value...
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        print(f"probcat: error: {' '.join(message.split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""FITS images with WCS and band metadata.
+
+Layout: an empty primary HDU (``NBANDS``, ``BANDS``, ``SURVEY``), then one 2-D image
+HDU per band named after the band (``EXTNAME = 'I'``), each with the celestial WCS and
+``BAND``, ``NOISE`` (sigma, electrons), ``ZEROPT`` (mag for 1 e-/s), ``EXPTIME``,
+``BUNIT = 'electron'``. Extra images (e.g. the ``tiles`` recipe's centred redraw) follow
+as ``<NAME>_<BAND>`` HDUs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from probcat.catalog import atomic_write
+from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError
+from probcat.survey import Survey
+
+__all__ = ["ImageData", "write_image", "read_image"]
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """An image read from disk: ``image`` ``(bands, H, W)`` float32, its WCS (or None),
+    band names, per-band noise sigma (NaN if unknown) and any extra images."""
+
+    image: np.ndarray
+    wcs: WCS | None
+    bands: tuple[str, ...]
+    noise_sigma: np.ndarray
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+    header: dict = field(default_factory=dict)
+
+
+def write_image(path: str | Path, image: np.ndarray, survey: Survey, wcs: WCS | None = None,
+                extras: dict[str, np.ndarray] | None = None, header: dict | None = None) -> Path:
+    """Write ``image`` ``(bands, H, W)`` atomically as a multi-extension FITS file."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 3 or image.shape[0] != survey.n_bands:
+        raise ProbcatValueError(
+            f"image must be (bands={survey.n_bands}, H, W), got shape {image.shape}")
+    primary = fits.PrimaryHDU()
+    primary.header["NBANDS"] = survey.n_bands
+    primary.header["BANDS"] = "".join(survey.band_names)
+    primary.header["SURVEY"] = survey.name
+    primary.header["DEPTHYR"] = (survey.depth_years, "coadd depth, years")
+    for k, v in (header or {}).items():
+        primary.header[k] = v
+    wcs_header = wcs.to_header() if wcs is not None else fits.Header()
+    hdus = [primary]
+
+    def band_hdu(data, name, k):
+        b = survey.bands[k]
+        h = fits.Header(wcs_header)
+        h["BAND"] = b.name
+        h["NOISE"] = (b.noise_sigma, "background noise sigma, electrons")
+        h["ZEROPT"] = (b.zeropoint, "AB mag giving 1 e-/s")
+        h["EXPTIME"] = (b.exposure_time, "s")
+        h["PIXSCALE"] = (b.pixel_scale, "arcsec / pixel")
+        h["BUNIT"] = "electron"
+        return fits.ImageHDU(data, header=h, name=name)
+
+    for k, b in enumerate(survey.bands):
+        hdus.append(band_hdu(image[k], b.name.upper(), k))
+    for name, extra in (extras or {}).items():
+        extra = np.asarray(extra, dtype=np.float32)
+        for k, b in enumerate(survey.bands):
+            hdus.append(band_hdu(extra[k], f"{name.upper()}_{b.name.upper()}", k))
+    return atomic_write(path, lambda tmp: fits.HDUList(hdus).writeto(tmp, overwrite=True))
+
+
+def read_image(path: str | Path) -> ImageData:
+    """Read a probcat multi-extension image, or any FITS with a 2-D/3-D image in the
+    primary HDU (one band per plane; band names from ``BANDS``/``FILTER`` if present)."""
+    path = Path(path)
+    if not path.exists():
+        raise ProbcatFileError(f"{path}: no such file")
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            hdul.verify("silentfix")
+            primary = hdul[0].header
+            if "NBANDS" in primary:
+                bands = tuple(primary["BANDS"])
+                planes, noise, wcs = [], [], None
+                extras: dict[str, list] = {}
+                for hdu in hdul[1:]:
+                    name = hdu.name
+                    if name in {b.upper() for b in bands}:
+                        planes.append(np.asarray(hdu.data, dtype=np.float32))
+                        noise.append(hdu.header.get("NOISE", np.nan))
+                        if wcs is None and hdu.header.get("CTYPE1"):
+                            wcs = WCS(hdu.header)
+                    elif "_" in name:
+                        extras.setdefault(name.rsplit("_", 1)[0].lower(), []).append(
+                            np.asarray(hdu.data, dtype=np.float32))
+                image = np.stack(planes)
+                extra_arrays = {k: np.stack(v) for k, v in extras.items()}
+            else:
+                data = hdul[0].data
+                idx = 0
+                if data is None:
+                    idx = next((i for i, h in enumerate(hdul) if getattr(h, "data", None) is not None
+                                and h.is_image), None)
+                    if idx is None:
+                        raise ProbcatValueError(f"{path}: no image data in any HDU")
+                    data = hdul[idx].data
+                hdr = hdul[idx].header
+                image = np.asarray(data, dtype=np.float32)
+                if image.ndim == 2:
+                    image = image[None]
+                if image.ndim != 3:
+                    raise ProbcatValueError(f"{path}: image has {image.ndim} dimensions, "
+                                            "expected 2 (one band) or 3 (bands, H, W)")
+                filt = str(hdr.get("BANDS", hdr.get("FILTER", ""))).strip()
+                if len(filt) == image.shape[0]:
+                    bands = tuple(filt)
+                elif image.shape[0] == 1:
+                    bands = (filt or "i",)
+                else:
+                    bands = tuple(f"b{k}" for k in range(image.shape[0]))
+                wcs = WCS(hdr, naxis=2) if hdr.get("CTYPE1") else None
+                noise = [hdr.get("NOISE", np.nan)] * image.shape[0]
+                extra_arrays = {}
+    except OSError as e:
+        raise ProbcatIOError(f"{path}: not a readable FITS file ({e})") from e
+    except (ValueError, KeyError, TypeError) as e:
+        if isinstance(e, ProbcatValueError):
+            raise
+        raise ProbcatIOError(f"{path}: malformed FITS image ({e})") from e
+    return ImageData(image, wcs, bands, np.asarray(noise, dtype=float), extra_arrays,
+                     dict(primary))

@@ -1,0 +1,68 @@
+"""Figures a user wants to look at."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from probcat.catalog import FullCatalog, atomic_write
+
+__all__ = ["asinh_stretch", "field_overview"]
+
+
+def asinh_stretch(image: np.ndarray, sigma: float, soften: float = 3.0) -> np.ndarray:
+    """Display stretch for a background-subtracted image in units of its noise ``sigma``."""
+    return np.arcsinh(np.asarray(image, float) / (soften * sigma))
+
+
+def field_overview(path: str | Path, image: np.ndarray, sigma: float, truth: FullCatalog,
+                   title: str = "", zoom: int = 150) -> Path:
+    """PNG: the field with true galaxies/stars marked, a zoom, and the magnitude/SNR
+    distributions of the truth catalog. ``image`` is one band ``(H, W)``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h, w = image.shape
+    fig = plt.figure(figsize=(15, 10), constrained_layout=True)
+    gs = fig.add_gridspec(2, 3)
+    ax = fig.add_subplot(gs[:, :2])
+    shown = asinh_stretch(image, sigma)
+    ax.imshow(shown, origin="lower", cmap="gray_r", vmin=-1, vmax=np.percentile(shown, 99.7))
+    gal = truth["galaxy"].astype(bool)
+    ax.scatter(truth["x"][gal], truth["y"][gal], s=14, facecolors="none", edgecolors="tab:blue",
+               lw=0.6, label=f"galaxies ({gal.sum()})")
+    ax.scatter(truth["x"][~gal], truth["y"][~gal], s=30, marker="*", color="tab:red", lw=0,
+               label=f"stars ({(~gal).sum()})")
+    z0x, z0y = (w - zoom) // 2, (h - zoom) // 2
+    ax.add_patch(plt.Rectangle((z0x - 0.5, z0y - 0.5), zoom, zoom, fill=False, ec="orange", lw=1.5))
+    ax.set_title(title or f"simulated field {w}x{h} px, truth")
+    ax.legend(loc="upper right", fontsize=9)
+    ax.set_xlabel("x [pix]")
+    ax.set_ylabel("y [pix]")
+
+    az = fig.add_subplot(gs[0, 2])
+    sub = shown[z0y:z0y + zoom, z0x:z0x + zoom]
+    az.imshow(sub, origin="lower", cmap="gray_r", vmin=-1, vmax=np.percentile(sub, 99.7),
+              extent=(z0x - 0.5, z0x + zoom - 0.5, z0y - 0.5, z0y + zoom - 0.5))
+    inz = (truth["x"] >= z0x) & (truth["x"] < z0x + zoom) & (truth["y"] >= z0y) & (truth["y"] < z0y + zoom)
+    az.scatter(truth["x"][inz & gal], truth["y"][inz & gal], s=40, facecolors="none",
+               edgecolors="tab:blue", lw=0.8)
+    az.scatter(truth["x"][inz & ~gal], truth["y"][inz & ~gal], s=60, marker="*", color="tab:red")
+    az.set_title(f"zoom {zoom}x{zoom} px")
+
+    ah = fig.add_subplot(gs[1, 2])
+    mag = truth["mag"][:, 0]
+    snr = truth["snr"][:, 0] if "snr" in truth else None
+    bins = np.arange(17.5, 27.6, 0.5)
+    ah.hist(mag[gal], bins, histtype="step", color="tab:blue", label="galaxies")
+    ah.hist(mag[~gal], bins, histtype="step", color="tab:red", label="stars")
+    ah.set_yscale("log")
+    ah.set_xlabel(f"{truth.bands[0]} magnitude")
+    ah.set_ylabel("sources")
+    if snr is not None:
+        ah.set_title(f"median SNR (eq. 12): {np.median(snr):.1f}; SNR>5: {(snr > 5).sum()}")
+    ah.legend(fontsize=9)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))

@@ -1,0 +1,47 @@
+import os
+
+import pytest
+
+from probcat.cli import main
+
+
+def test_simulate_cli_writes_outputs(tmp_path, cache_dir, capsys):
+    rc = main(["simulate", "--recipe", "blend", "-n", "2", "--seed", "1", "--bank-size", "24",
+               "--cache-dir", str(cache_dir), "--out", str(tmp_path / "out"), "-q"])
+    assert rc == 0
+    assert (tmp_path / "out/images/image_00001.fits").exists()
+    assert (tmp_path / "out/truth.fits").exists() and (tmp_path / "out/config.yaml").exists()
+    assert "wrote 2 blend images" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--recipe", "nope"], "unknown recipe"),
+    (["-n", "0"], "n must be >= 1"),
+    (["-n", "many"], "Invalid value"),
+])
+def test_bad_arguments_one_line_error(tmp_path, capsys, args, msg):
+    rc = main(["simulate", *args, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert msg in err and len(err.splitlines()) == 1
+
+
+def test_unwritable_output_directory(tmp_path, capsys, cache_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc = main(["simulate", "-n", "1", "--bank-size", "24", "--cache-dir", str(cache_dir),
+               "--out", str(blocker / "sub")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "not writable" in err and len(err.splitlines()) == 1
+    if os.geteuid() != 0:  # root can write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        assert main(["simulate", "-n", "1", "--out", str(ro / "x")]) == 2
+
+
+def test_demo_small(tmp_path, cache_dir, capsys):
+    rc = main(["demo", "--out", str(tmp_path / "d"), "--size", "64", "--bank-size", "24",
+               "--cache-dir", str(cache_dir)])
+    assert rc == 0
+    assert (tmp_path / "d/overview.png").stat().st_size > 10_000
+    assert (tmp_path / "d/field.fits").exists()

@@ -1,0 +1,72 @@
+import math
+
+import galsim
+import numpy as np
+import pytest
+import surveycodex
+from surveycodex.utilities import mag2counts, mean_sky_level
+
+from probcat.errors import ProbcatValueError
+from probcat.survey import Survey
+
+
+def test_lsst_numbers_equal_surveycodex():
+    s = Survey.lsst()
+    sc = surveycodex.get_survey("LSST")
+    assert s.band_names == tuple("ugrizy")
+    assert s.pixel_scale == pytest.approx(sc.pixel_scale.value)
+    for b in s.bands:
+        f = sc.get_filter(b.name)
+        assert b.zeropoint == pytest.approx(f.zeropoint.value)
+        assert b.sky_brightness == pytest.approx(f.sky_brightness.value)
+        assert b.exposure_time == pytest.approx(f.full_exposure_time.value)
+        assert b.psf_fwhm == pytest.approx(f.psf_fwhm.value)
+        # surveycodex truncates counts per arcsec^2 to an integer before scaling to a pixel
+        assert b.sky_level == pytest.approx(mean_sky_level(sc, b.name).value, rel=1e-4)
+        assert b.mag_to_flux(24.0) == pytest.approx(mag2counts(24.0, sc, b.name).value, abs=1.0)
+
+
+def test_i_band_sky_and_noise_match_btk_convention():
+    i = Survey.lsst(bands="i")["i"]
+    assert i.sky_level == pytest.approx(188_800, rel=1e-3)
+    assert i.noise_sigma == pytest.approx(434.5, abs=0.1)
+
+
+def test_depth_scales_exposure_and_noise():
+    full, one = Survey.lsst(bands="i", years=10)["i"], Survey.lsst(bands="i", years=1)["i"]
+    assert one.exposure_time == pytest.approx(full.exposure_time / 10)
+    assert one.noise_sigma == pytest.approx(full.noise_sigma / math.sqrt(10))
+    assert one.mag_to_flux(25) == pytest.approx(full.mag_to_flux(25) / 10)
+
+
+def test_mag_flux_round_trip_and_nonpositive_flux():
+    b = Survey.lsst(bands="r")["r"]
+    mags = np.array([18.0, 22.5, 27.0])
+    assert np.allclose(b.flux_to_mag(b.mag_to_flux(mags)), mags)
+    assert np.isnan(b.flux_to_mag(0.0))
+
+
+def test_psf_is_kolmogorov_times_obscured_airy():
+    b = Survey.lsst(bands="i")["i"]
+    assert b.obscuration_diameter == pytest.approx(math.sqrt(b.obscuration_area))
+    psf = b.psf()
+    assert psf.flux == pytest.approx(1.0)
+    img = psf.drawImage(nx=63, ny=63, scale=0.05, method="no_pixel")
+    fwhm = img.calculateFWHM()
+    # the optics broaden the 0.79" atmosphere a little, never narrow it
+    assert 0.79 < fwhm < 0.86
+    assert isinstance(psf, galsim.Convolution)
+
+
+def test_bad_bands_and_depth_raise_clear_errors():
+    with pytest.raises(ProbcatValueError, match="unknown LSST band"):
+        Survey.lsst(bands="iq")
+    with pytest.raises(ProbcatValueError, match="positive"):
+        Survey.lsst(years=0)
+    with pytest.raises(ProbcatValueError, match="not in survey"):
+        Survey.lsst(bands="i")["g"]
+
+
+def test_dict_round_trip():
+    s = Survey.lsst(bands="gri", years=5)
+    assert Survey.from_dict(s.to_dict()) == s
