@@ -1,0 +1,5 @@
+"""Losses and training loops."""
+
+from probcat.train.losses import favi_detection_loss
+
+__all__ = ["favi_detection_loss"]
