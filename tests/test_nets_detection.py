@@ -6,15 +6,21 @@ import torch
 
 from probcat.catalog import FullCatalog, TileCatalog
 from probcat.errors import ProbcatValueError
-from probcat.infer.detect import map_catalog, predict_tiles, sample_catalogs
-from probcat.nets.detection import DetectionNet, TileOutput
+from probcat.infer.detect import (
+    decode,
+    map_catalog,
+    predict_tiles,
+    sample_catalogs,
+    tile_features,
+)
+from probcat.nets.detection import DetectionNet, TileOutput, tile_groups
 from probcat.train.losses import favi_detection_loss
 
 
 @pytest.fixture
 def net():
     torch.manual_seed(0)
-    return DetectionNet(n_bands=1, stem_channels=4, channels=8, n_blocks=3).eval()
+    return DetectionNet(n_bands=1, stem_channels=4, channels=8, n_blocks=2).eval()
 
 
 def test_output_shapes_and_ranges(net):
@@ -28,8 +34,8 @@ def test_receptive_field_covers_padded_tile_and_is_exact(net):
     """Impulse test: a pixel influences a tile only within the stated receptive field."""
     assert DetectionNet().receptive_field >= 53
     x = torch.zeros(1, 1, 125, 125, requires_grad=True)
-    out = net.train(False)(x)
-    out.count_logit[0, 12, 12].backward()
+    feats = net.train(False).features(x)
+    feats[0, :, 12, 12].sum().backward()
     g = x.grad[0, 0].abs() > 0
     ys, xs = torch.nonzero(g, as_tuple=True)
     span = max(int(xs.max() - xs.min()) + 1, int(ys.max() - ys.min()) + 1)
@@ -72,37 +78,62 @@ def test_loss_gradients_finite_and_better_prediction_lower(net):
     assert favi_detection_loss(good, truth)["total"] < loss
 
 
+def test_loss_mask_restricts_count_and_location_terms():
+    truth = _tiles([1, 1], [[0.3, 0.6], [0.2, 0.2]], [1.0, 0.0])
+    out = TileOutput(count_logit=torch.zeros(1, 1, 2), loc_mean=torch.full((1, 1, 2, 2), 0.5),
+                     loc_logvar=torch.zeros(1, 1, 2, 2), galaxy_logit=torch.zeros(1, 1, 2))
+    full = favi_detection_loss(out, truth)
+    half = favi_detection_loss(out, truth, mask=torch.tensor([[[True, False]]]))
+    assert half["count"].item() == pytest.approx(full["count"].item() / 2)
+    assert half["type"].item() == pytest.approx(full["type"].item())
+
+
 def test_any_size_chunked_equals_whole(net):
     rng = np.random.default_rng(0)
     img = rng.standard_normal((1, 47, 61)).astype(np.float32) * 3
-    whole = predict_tiles(net, img, 1.0, chunk_tiles=1000)
-    chunked = predict_tiles(net, img, 1.0, chunk_tiles=3)
-    assert whole.count_logit.shape == (1, 10, 13)
-    for k in ("count_logit", "loc_mean", "loc_logvar", "galaxy_logit"):
-        assert torch.allclose(getattr(whole, k), getattr(chunked, k), atol=1e-5), k
+    whole = tile_features(net, img, 1.0, chunk_tiles=1000)
+    chunked = tile_features(net, img, 1.0, chunk_tiles=3)
+    assert whole.shape[-2:] == (10, 13)
+    assert torch.allclose(whole, chunked, atol=1e-5)
+    a, b = predict_tiles(net, img, 1.0), predict_tiles(net, img, 1.0, chunk_tiles=3)
+    assert torch.allclose(a.count_logit, b.count_logit, atol=1e-5)
 
 
 def test_map_catalog_and_samples(net):
     img = np.random.default_rng(1).standard_normal((1, 30, 30)).astype(np.float32)
-    tiles = predict_tiles(net, img, 1.0)
-    cat = map_catalog(tiles, (30, 30), threshold=0.0)
-    assert len(cat) == 36
+    feats = tile_features(net, img, 1.0)
+    cat = map_catalog(net, feats, (30, 30), threshold=0.0)
+    assert len(cat) == 36  # every tile detected at threshold 0
     assert np.all((cat["x"] >= -0.5) & (cat["x"] < 29.5))
     assert np.all(cat["x_sd"] > 0)
-    tx = np.floor((cat["x"] + 0.5) / 5)
-    assert np.array_equal(tx, cat["tile_x"])
-    samples = sample_catalogs(tiles, (30, 30), 50, generator=torch.Generator().manual_seed(0))
-    counts = np.array([len(s) for s in samples])
-    assert len(samples) == 50 and counts.mean() <= tiles.prob.sum().item() + 1e-6
+    assert np.array_equal(np.floor((cat["x"] + 0.5) / 5), cat["tile_x"])
+    samples = sample_catalogs(net, feats, (30, 30), 40, generator=torch.Generator().manual_seed(0))
+    assert len(samples) == 40 and all(len(s) <= 36 for s in samples)
+
+
+def test_decoding_conditions_later_groups_on_earlier_ones(net):
+    feats = torch.randn(1, 8, 4, 4)
+    out_free = net.heads(feats)
+    decided = (tile_groups(4, 4) == 0)[None]
+    out_cond = net.heads(feats, decided, decided.long(), torch.full((1, 4, 4, 2), 0.9))
+    g1 = tile_groups(4, 4) == 1
+    assert not torch.allclose(out_free.count_logit[0][g1], out_cond.count_logit[0][g1])
+    dec = decode(net, feats, n_samples=3, generator=torch.Generator().manual_seed(1))
+    assert dec.n.shape == (3, 4, 4) and dec.locs.shape == (3, 4, 4, 2)
 
 
 def test_sampling_matches_probabilities():
-    tiles = TileOutput(count_logit=torch.logit(torch.tensor([[[0.2, 0.9]]])),
-                       loc_mean=torch.full((1, 1, 2, 2), 0.5), loc_logvar=torch.full((1, 1, 2, 2), -20.0),
-                       galaxy_logit=torch.zeros(1, 1, 2))
-    s = sample_catalogs(tiles, (5, 10), 4000, generator=torch.Generator().manual_seed(0))
+    """With a network whose heads ignore the conditioning, samples follow the marginals."""
+    net = DetectionNet(n_bands=1, stem_channels=2, channels=4, n_blocks=1).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.det_head.bias.copy_(torch.tensor([math.log(0.3 / 0.7), 0, 0, -30.0, -30.0]))
+    feats = torch.zeros(1, 4, 2, 3)
+    s = sample_catalogs(net, feats, (10, 15), 3000, generator=torch.Generator().manual_seed(0))
     n = np.array([len(c) for c in s])
-    assert n.mean() == pytest.approx(1.1, abs=0.03)
+    assert n.mean() == pytest.approx(6 * 0.3, abs=0.05)
+    assert np.allclose(s[0]["x"] % 5, 2.0, atol=0.1)  # sigmoid(0) = 0.5 tile -> pixel 2.0
 
 
 @pytest.mark.parametrize("image, msg", [

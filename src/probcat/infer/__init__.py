@@ -1,5 +1,14 @@
 """Inference on images of any size."""
 
-from probcat.infer.detect import map_catalog, predict_tiles, sample_catalogs
+from probcat.infer.detect import (
+    Decisions,
+    check_image,
+    decode,
+    map_catalog,
+    predict_tiles,
+    sample_catalogs,
+    tile_features,
+)
 
-__all__ = ["predict_tiles", "map_catalog", "sample_catalogs"]
+__all__ = ["check_image", "tile_features", "predict_tiles", "decode", "Decisions",
+           "map_catalog", "sample_catalogs"]

@@ -1,117 +1,187 @@
-"""Tile-level inference on any image, MAP catalogs and posterior catalog samples.
+"""Detection on any image: tile features, marginal probabilities, MAP catalogs and
+posterior catalog samples.
 
 An image of any size is padded (never cropped) to whole tiles plus a halo of blank sky,
-and processed in overlapping chunks whose halo is at least the network's receptive
-field, so the stitched tile outputs equal whole-image inference and memory is bounded by
-the chunk size.
+and the backbone runs in overlapping chunks whose halo covers the receptive field, so the
+stitched tile features equal whole-image inference while memory is bounded by the chunk.
+The cheap tile-resolution heads then run on the whole tile grid, group by group
+(checkerboard decoding, see :mod:`probcat.nets.detection`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from probcat.catalog import FullCatalog
 from probcat.errors import ProbcatValueError
-from probcat.nets.detection import DetectionNet, TileOutput
+from probcat.nets.detection import N_GROUPS, DetectionNet, TileOutput, tile_groups
 
-__all__ = ["predict_tiles", "map_catalog", "sample_catalogs"]
+__all__ = ["check_image", "tile_features", "predict_tiles", "decode", "Decisions",
+           "map_catalog", "sample_catalogs"]
 
 
-def _check_image(image: np.ndarray, net: DetectionNet, noise_sigma) -> np.ndarray:
-    image = np.asarray(image, dtype=np.float32)
+def check_image(image: np.ndarray, n_bands: int, noise_sigma, min_size: int = 1) -> np.ndarray:
+    """Validate an image ``(bands, H, W)`` (or ``(H, W)``) in electrons; return it in units
+    of the noise sigma, float32."""
+    image = np.asarray(image)
     if image.ndim == 2:
         image = image[None]
     if image.ndim != 3:
         raise ProbcatValueError(f"image must be (bands, H, W), got shape {image.shape}")
-    if image.shape[0] != net.n_bands:
-        raise ProbcatValueError(f"image has {image.shape[0]} band(s), the weights expect {net.n_bands}")
+    if image.dtype.kind not in "fiu":
+        raise ProbcatValueError(f"image must be numeric, got dtype {image.dtype}")
+    if image.shape[0] != n_bands:
+        raise ProbcatValueError(f"image has {image.shape[0]} band(s), the weights expect {n_bands}")
     if min(image.shape[1:]) < 1:
         raise ProbcatValueError(f"image is empty: shape {image.shape}")
+    if min(image.shape[1:]) < min_size:
+        raise ProbcatValueError(f"image {image.shape[1]}x{image.shape[2]} is smaller than the "
+                                f"minimum {min_size}x{min_size} px")
     if not np.all(np.isfinite(image)):
         raise ProbcatValueError("image contains NaN or inf pixels: mask or replace them first")
     sigma = np.broadcast_to(np.asarray(noise_sigma, dtype=np.float32), (image.shape[0],))
-    if not np.all(sigma > 0):
-        raise ProbcatValueError(f"noise sigma must be positive, got {sigma}")
-    return image / sigma[:, None, None]
+    if not np.all(np.isfinite(sigma) & (sigma > 0)):
+        raise ProbcatValueError(f"noise sigma must be positive and finite, got {sigma}")
+    return (image.astype(np.float32) / sigma[:, None, None]).astype(np.float32)
 
 
 @torch.no_grad()
-def predict_tiles(net: DetectionNet, image: np.ndarray, noise_sigma, *,
-                  chunk_tiles: int = 128) -> TileOutput:
-    """Tile outputs for an image ``(bands, H, W)`` of any size, in electrons.
-
-    Returns a :class:`TileOutput` with batch size 1 covering ``ceil(H/t) x ceil(W/t)`` tiles.
-    """
+def tile_features(net: DetectionNet, image: np.ndarray, noise_sigma, *,
+                  chunk_tiles: int = 160) -> torch.Tensor:
+    """Backbone features ``(1, C, ceil(H/t), ceil(W/t))`` of an image of any size."""
     net.eval()
-    x = _check_image(image, net, noise_sigma)
+    x = check_image(image, net.n_bands, noise_sigma)
     t = net.tile_size
     _, h, w = x.shape
     nty, ntx = math.ceil(h / t), math.ceil(w / t)
     halo = math.ceil(net.receptive_field / 2 / t) + 1  # tiles of context on each side
     padded = np.zeros((x.shape[0], (nty + 2 * halo) * t, (ntx + 2 * halo) * t), np.float32)
     padded[:, halo * t:halo * t + h, halo * t:halo * t + w] = x
-    fields = {k: torch.zeros(1, nty, ntx, *([2] if k.startswith("loc") else []))
-              for k in ("count_logit", "loc_mean", "loc_logvar", "galaxy_logit")}
+    feats = None
     for ty0 in range(0, nty, chunk_tiles):
         for tx0 in range(0, ntx, chunk_tiles):
             ty1, tx1 = min(ty0 + chunk_tiles, nty), min(tx0 + chunk_tiles, ntx)
-            # chunk core tiles [ty0, ty1) live at padded tiles [ty0 + halo, ty1 + halo)
+            # core tiles [ty0, ty1) sit at padded tiles [ty0 + halo, ty1 + halo)
             crop = padded[:, ty0 * t:(ty1 + 2 * halo) * t, tx0 * t:(tx1 + 2 * halo) * t]
-            out = net(torch.from_numpy(np.ascontiguousarray(crop))[None])
-            for k in fields:
-                fields[k][:, ty0:ty1, tx0:tx1] = getattr(out, k)[:, halo:-halo, halo:-halo]
-    return TileOutput(**fields)
+            f = net.features(torch.from_numpy(np.ascontiguousarray(crop))[None])
+            if feats is None:
+                feats = f.new_zeros(1, f.shape[1], nty, ntx)
+            feats[:, :, ty0:ty1, tx0:tx1] = f[:, :, halo:-halo, halo:-halo]
+    return feats
 
 
-def _tile_xy(tiles: TileOutput, t: int, loc: torch.Tensor):
-    nty, ntx = tiles.count_logit.shape[-2:]
-    ty, tx = torch.meshgrid(torch.arange(nty), torch.arange(ntx), indexing="ij")
-    return (tx + loc[..., 0]) * t - 0.5, (ty + loc[..., 1]) * t - 0.5
+@torch.no_grad()
+def predict_tiles(net: DetectionNet, image: np.ndarray, noise_sigma, **kw) -> TileOutput:
+    """Marginal tile outputs (each tile's own posterior, nothing decided) for any image."""
+    net.eval()
+    return net.heads(tile_features(net, image, noise_sigma, **kw))
 
 
-def map_catalog(tiles: TileOutput, image_shape, tile_size: int = 5, threshold: float = 0.5,
+@dataclass
+class Decisions:
+    """Decoded tile catalogs, ``S`` of them: ``n`` ``(S, nty, ntx)`` bool, ``locs``
+    ``(S, nty, ntx, 2)``, ``galaxy`` bool and the conditional outputs used for each tile."""
+
+    n: torch.Tensor
+    locs: torch.Tensor
+    galaxy: torch.Tensor
+    conditional: TileOutput
+
+
+@torch.no_grad()
+def decode(net: DetectionNet, feats: torch.Tensor, *, n_samples: int = 0, threshold: float = 0.5,
+           generator: torch.Generator | None = None) -> Decisions:
+    """Checkerboard decoding. ``n_samples = 0``: MAP (probability > threshold, posterior
+    mean location, galaxy if probability > 0.5); else that many posterior samples.
+    Sampled locations outside their tile count as non-detections (paper 000 footnote 10)."""
+    net.eval()
+    s = max(n_samples, 1)
+    f = feats.expand(s, -1, -1, -1)
+    _, _, nty, ntx = f.shape
+    groups = tile_groups(nty, ntx, f.device)
+    n = torch.zeros(s, nty, ntx, dtype=torch.bool)
+    locs = torch.zeros(s, nty, ntx, 2)
+    decided = torch.zeros(s, nty, ntx, dtype=torch.bool)
+    cond_out = None
+    for g in range(N_GROUPS):
+        out = net.heads(f, decided, n, locs)
+        now = (groups == g).expand(s, -1, -1)
+        if n_samples:
+            on = torch.rand(out.prob.shape, generator=generator) < out.prob
+            loc = out.loc_mean + out.loc_sd * torch.randn(out.loc_mean.shape, generator=generator)
+            on &= ((loc >= 0) & (loc < 1)).all(-1)
+        else:
+            on = out.prob > threshold
+            loc = out.loc_mean
+        n = torch.where(now, on, n)
+        locs = torch.where(now[..., None], loc.clamp(0, 1 - 1e-6), locs)
+        decided |= now
+        cond_out = out if cond_out is None else out.where(now, cond_out)
+    # classify every detection at its decided location
+    typed = net.heads(f, decided, n, locs, type_locs=locs)
+    cond_out = TileOutput(cond_out.count_logit, cond_out.loc_mean, cond_out.loc_logvar,
+                          typed.galaxy_logit)
+    if n_samples:
+        galaxy = torch.rand(typed.galaxy_prob.shape, generator=generator) < typed.galaxy_prob
+    else:
+        galaxy = typed.galaxy_prob > 0.5
+    return Decisions(n, locs, galaxy, cond_out)
+
+
+def _catalog(dec: Decisions, k: int, marginal: TileOutput, image_shape, tile_size: int,
+             bands, meta: dict) -> FullCatalog:
+    h, w = image_shape
+    ty, tx = torch.nonzero(dec.n[k], as_tuple=True)
+    loc = dec.locs[k, ty, tx].double()
+    x = ((tx + loc[:, 0]) * tile_size - 0.5).numpy()
+    y = ((ty + loc[:, 1]) * tile_size - 0.5).numpy()
+    inside = (x >= -0.5) & (x < w - 0.5) & (y >= -0.5) & (y < h - 0.5)
+    c = dec.conditional
+    sd = (c.loc_sd[k, ty, tx] * tile_size).double().numpy()
+    cols = {
+        "x": x, "y": y, "x_sd": sd[:, 0], "y_sd": sd[:, 1],
+        "prob": marginal.prob[0, ty, tx].double().numpy(),
+        "prob_conditional": c.prob[k, ty, tx].double().numpy(),
+        "galaxy_prob": c.galaxy_prob[k, ty, tx].double().numpy(),
+        "galaxy": dec.galaxy[k, ty, tx].numpy(),
+        "tile_x": tx.numpy(), "tile_y": ty.numpy(),
+    }
+    return FullCatalog({key: v[inside] for key, v in cols.items()}, tuple(image_shape),
+                       tuple(bands), meta)
+
+
+@torch.no_grad()
+def map_catalog(net: DetectionNet, feats: torch.Tensor, image_shape, *, threshold: float = 0.5,
                 bands=("i",)) -> FullCatalog:
-    """Tiles with detection probability > ``threshold``, centroid at the posterior mean.
+    """MAP catalog (paper 000 section 4.2): detections with probability > ``threshold``.
 
-    Columns: ``x, y`` (pixels), ``x_sd, y_sd`` (pixels), ``prob``, ``galaxy_prob``,
-    ``tile_x, tile_y``.
+    Columns: ``x, y`` (pixels, posterior mean), ``x_sd, y_sd`` (pixels), ``prob`` (the tile's
+    marginal detection probability), ``prob_conditional`` (given the neighbouring decisions),
+    ``galaxy_prob``, ``galaxy``, ``tile_x, tile_y``.
     """
     if not 0.0 <= threshold < 1.0:
         raise ProbcatValueError(f"threshold must lie in [0, 1), got {threshold}")
-    prob = tiles.prob[0]
-    x, y = _tile_xy(tiles, tile_size, tiles.loc_mean[0])
-    keep = prob > threshold
-    sd = tiles.loc_sd[0] * tile_size
-    ty, tx = torch.nonzero(keep, as_tuple=True)
-    return FullCatalog({
-        "x": x[keep].double().numpy(), "y": y[keep].double().numpy(),
-        "x_sd": sd[..., 0][keep].double().numpy(), "y_sd": sd[..., 1][keep].double().numpy(),
-        "prob": prob[keep].double().numpy(), "galaxy_prob": tiles.galaxy_prob[0][keep].double().numpy(),
-        "tile_x": tx.numpy(), "tile_y": ty.numpy(),
-    }, tuple(image_shape), tuple(bands), {"threshold": threshold})
+    marginal = net.heads(feats)
+    dec = decode(net, feats, threshold=threshold)
+    return _catalog(dec, 0, marginal, image_shape, net.tile_size, bands,
+                    {"threshold": threshold, "kind": "map"})
 
 
-def sample_catalogs(tiles: TileOutput, image_shape, n: int, tile_size: int = 5,
-                    generator: torch.Generator | None = None, bands=("i",)) -> list[FullCatalog]:
-    """``n`` posterior catalog samples (paper 000 section 4.6): per tile a Bernoulli count
-    and a Gaussian centroid; centroid draws outside their tile count as non-detections
-    (paper footnote 10). Each sample's ``galaxy`` is drawn from its Bernoulli too."""
+@torch.no_grad()
+def sample_catalogs(net: DetectionNet, feats: torch.Tensor, image_shape, n: int, *,
+                    generator: torch.Generator | None = None, bands=("i",),
+                    batch: int = 32) -> list[FullCatalog]:
+    """``n`` posterior catalog samples (paper 000 section 4.6)."""
     if n < 1:
         raise ProbcatValueError(f"number of samples must be >= 1, got {n}")
-    prob, mean, sd = tiles.prob[0], tiles.loc_mean[0], tiles.loc_sd[0]
-    h, w = image_shape
+    marginal = net.heads(feats)
     out = []
-    for _ in range(n):
-        on = torch.rand(prob.shape, generator=generator) < prob
-        loc = mean + sd * torch.randn(mean.shape, generator=generator)
-        on &= ((loc >= 0) & (loc < 1)).all(-1)
-        gal = torch.rand(prob.shape, generator=generator) < tiles.galaxy_prob[0]
-        x, y = _tile_xy(tiles, tile_size, loc)
-        on &= (x >= -0.5) & (x < w - 0.5) & (y >= -0.5) & (y < h - 0.5)
-        out.append(FullCatalog({"x": x[on].double().numpy(), "y": y[on].double().numpy(),
-                                "galaxy": gal[on].numpy(), "prob": prob[on].double().numpy()},
-                               tuple(image_shape), tuple(bands)))
+    for start in range(0, n, batch):
+        dec = decode(net, feats, n_samples=min(batch, n - start), generator=generator)
+        out += [_catalog(dec, k, marginal, image_shape, net.tile_size, bands, {"kind": "sample"})
+                for k in range(dec.n.shape[0])]
     return out

@@ -3,12 +3,20 @@
 Paper 000's encoders see a 53-px padded tile around every 5-px tile. Here one backbone runs
 over the whole image (DESIGN.md principle 3): a light full-resolution stem, a
 space-to-depth step to tile resolution, and residual 3x3 convolutions on the tile grid,
-so each pixel is processed once. The receptive field (:attr:`DetectionNet.receptive_field`)
-is at least 53 px for the default depth.
+so each pixel is processed once. :attr:`DetectionNet.receptive_field` is >= 53 px.
 
-Per tile the heads give the variational parameters of eqs. 2-4: the Bernoulli logit of
-``n_t``, the mean (in tile units, in (0, 1)) and log-variance of the centroid, and the
-galaxy/star Bernoulli logit.
+**Conditional (checkerboard) heads.** The tiles are split into four groups by the parity
+of their row and column. Group ``g`` is decoded conditioned on the decisions (count and
+location) already taken in groups ``< g``, which enter as extra channels of a small
+tile-resolution network that also sees the neighbouring tiles. The joint distribution
+over tiles is then ``prod_g Q(Z_g | Z_<g, x)`` instead of paper 000's fully factorised eq. 1,
+so a source near a tile edge is claimed by one tile instead of being split between two
+(paper 000 section 4.5, Fig. 8). With nothing decided, the heads give each tile's marginal
+``Q(n_t | x)``: the paper's detection probability.
+
+**Classification** conditions on the source's location inside its tile (true location in
+training, the posterior mean at inference), which keeps the benefit of the paper's
+re-centred classifier input (section 3.3) without a second pass over pixels.
 """
 
 from __future__ import annotations
@@ -18,12 +26,24 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["DetectionNet", "TileOutput"]
+__all__ = ["DetectionNet", "TileOutput", "tile_groups", "N_GROUPS"]
+
+N_GROUPS = 4
+
+
+def tile_groups(nty: int, ntx: int, device=None) -> torch.Tensor:
+    """Checkerboard group ``(ty % 2) * 2 + (tx % 2)`` of every tile, ``(nty, ntx)`` long."""
+    ty = torch.arange(nty, device=device)[:, None] % 2
+    tx = torch.arange(ntx, device=device)[None, :] % 2
+    return ty * 2 + tx
 
 
 @dataclass
 class TileOutput:
-    """Variational parameters per tile, each ``(B, nty, ntx)`` or ``(B, nty, ntx, 2)``."""
+    """Variational parameters per tile, each ``(B, nty, ntx)`` or ``(B, nty, ntx, 2)``.
+
+    ``loc_mean`` is in tile units, in (0, 1); ``loc_logvar`` is the log variance in tile units^2.
+    """
 
     count_logit: torch.Tensor
     loc_mean: torch.Tensor
@@ -42,6 +62,17 @@ class TileOutput:
     def loc_sd(self) -> torch.Tensor:
         return torch.exp(0.5 * self.loc_logvar)
 
+    def where(self, mask: torch.Tensor, other: TileOutput) -> TileOutput:
+        """Fields from ``self`` where ``mask`` ``(B, nty, ntx)``, else from ``other``."""
+        def pick(a, b):
+            m = mask if a.dim() == mask.dim() else mask[..., None]
+            return torch.where(m, a, b)
+
+        return TileOutput(pick(self.count_logit, other.count_logit),
+                          pick(self.loc_mean, other.loc_mean),
+                          pick(self.loc_logvar, other.loc_logvar),
+                          pick(self.galaxy_logit, other.galaxy_logit))
+
 
 class _Res(nn.Module):
     def __init__(self, ch: int, dilation: int = 1):
@@ -57,7 +88,7 @@ class _Res(nn.Module):
 
 
 class DetectionNet(nn.Module):
-    """Image ``(B, bands, H, W)`` in units of the noise sigma -> :class:`TileOutput`.
+    """Image ``(B, bands, H, W)`` in units of the noise sigma -> tile features -> heads.
 
     ``H`` and ``W`` must be multiples of ``tile_size`` (inference pads).
 
@@ -66,13 +97,15 @@ class DetectionNet(nn.Module):
         tile_size: tile side in pixels (5).
         stem_channels: channels at full resolution (kept small: it dominates CPU cost).
         channels: channels on the tile grid.
-        n_blocks: residual blocks on the tile grid; each widens the receptive field.
+        n_blocks: residual blocks on the tile grid (dilations 1, 2, 1, 2, ...).
     """
 
-    def __init__(self, n_bands: int = 1, tile_size: int = 5, stem_channels: int = 16,
-                 channels: int = 96, n_blocks: int = 3):
+    def __init__(self, n_bands: int = 1, tile_size: int = 5, stem_channels: int = 12,
+                 channels: int = 64, n_blocks: int = 2):
         super().__init__()
         self.n_bands, self.tile_size = n_bands, tile_size
+        self.hparams = {"n_bands": n_bands, "tile_size": tile_size,
+                        "stem_channels": stem_channels, "channels": channels, "n_blocks": n_blocks}
         self.stem = nn.Sequential(
             nn.Conv2d(n_bands, stem_channels, 5, padding=2), nn.SiLU(),
             nn.Conv2d(stem_channels, stem_channels, 3, padding=1), nn.SiLU())
@@ -81,21 +114,19 @@ class DetectionNet(nn.Module):
             nn.Conv2d(stem_channels * tile_size**2, channels, 1), nn.BatchNorm2d(channels),
             nn.SiLU())
         self.blocks = nn.Sequential(*[_Res(channels, dilation=1 + (k % 2)) for k in range(n_blocks)])
-        self.head = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.SiLU(),
-                                  nn.Conv2d(channels, 6, 1))
-        self._rf = self._receptive_field(n_blocks)
-
-    def _receptive_field(self, n_blocks: int) -> int:
-        t = self.tile_size
-        rf = 5 + 2  # stem: 5x5 then 3x3
-        rf += t - 1  # space-to-depth block
-        for k in range(n_blocks):
-            rf += 2 * 2 * (1 + (k % 2)) * t  # two 3x3 convs, dilation d, on the tile grid
-        return rf
+        # conditional head: features + (decided, n, loc_x, loc_y) of decided tiles
+        # (a 3x3 conv of the 4 decision channels added to the features keeps this cheap)
+        self.cond_in = nn.Conv2d(4, channels, 3, padding=1)
+        self.cond_mix = nn.Sequential(nn.SiLU(), nn.Conv2d(channels, channels, 1), nn.SiLU())
+        self.det_head = nn.Conv2d(channels, 5, 1)
+        self.type_head = nn.Sequential(nn.Conv2d(channels + 2, channels, 1), nn.SiLU(),
+                                       nn.Conv2d(channels, 1, 1))
+        n = len(self.blocks)
+        self._rf = 5 + 2 + (tile_size - 1) + sum(4 * (1 + (k % 2)) * tile_size for k in range(n))
 
     @property
     def receptive_field(self) -> int:
-        """Side in pixels of the input region that can influence one tile's output."""
+        """Side in pixels of the input region that can influence one tile's backbone features."""
         return self._rf
 
     @staticmethod
@@ -103,13 +134,38 @@ class DetectionNet(nn.Module):
         """Compress the dynamic range of an image in noise-sigma units."""
         return torch.asinh(image / 3.0)
 
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        """Backbone features ``(B, C, H/t, W/t)``."""
+        return self.blocks(self.to_tiles(self.stem(self.normalise(image))))
+
+    def heads(self, feats: torch.Tensor, decided: torch.Tensor | None = None,
+              n: torch.Tensor | None = None, locs: torch.Tensor | None = None,
+              type_locs: torch.Tensor | None = None) -> TileOutput:
+        """Tile outputs given features and the decisions taken so far.
+
+        Args:
+            feats: ``(B, C, nty, ntx)``.
+            decided: ``(B, nty, ntx)`` bool, tiles whose count/location are given.
+            n, locs: their counts ``(B, nty, ntx)`` and locations ``(B, nty, ntx, 2)``
+                (ignored where not decided).
+            type_locs: locations at which to classify ``(B, nty, ntx, 2)``; default: the
+                predicted mean.
+        """
+        b, _, nty, ntx = feats.shape
+        if decided is None:
+            cond = feats.new_zeros(b, 4, nty, ntx)
+        else:
+            d = decided.float()
+            nd = n.float() * d
+            cond = torch.cat([d[:, None], nd[:, None], (locs * nd[..., None]).permute(0, 3, 1, 2)], 1)
+        h = self.cond_mix(feats + self.cond_in(cond))
+        det = self.det_head(h).permute(0, 2, 3, 1)
+        loc_mean = torch.sigmoid(det[..., 1:3])
+        tl = loc_mean.detach() if type_locs is None else type_locs
+        galaxy = self.type_head(torch.cat([h, tl.permute(0, 3, 1, 2) - 0.5], 1))[:, 0]
+        return TileOutput(count_logit=det[..., 0], loc_mean=loc_mean,
+                          loc_logvar=det[..., 3:5].clamp(-12.0, 4.0), galaxy_logit=galaxy)
+
     def forward(self, image: torch.Tensor) -> TileOutput:
-        x = self.normalise(image)
-        x = self.blocks(self.to_tiles(self.stem(x)))
-        h = self.head(x).permute(0, 2, 3, 1)  # (B, nty, ntx, 6)
-        return TileOutput(
-            count_logit=h[..., 0],
-            loc_mean=torch.sigmoid(h[..., 1:3]),
-            loc_logvar=h[..., 3:5].clamp(-12.0, 4.0),
-            galaxy_logit=h[..., 5],
-        )
+        """Marginal tile outputs (nothing decided)."""
+        return self.heads(self.features(image))

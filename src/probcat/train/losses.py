@@ -13,18 +13,22 @@ from probcat.nets.detection import TileOutput
 __all__ = ["favi_detection_loss"]
 
 
-def favi_detection_loss(out: TileOutput, truth: TileCatalog) -> dict[str, torch.Tensor]:
+def favi_detection_loss(out: TileOutput, truth: TileCatalog,
+                        mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Negative log-likelihood of the true tile catalog under the variational distribution.
 
-    ``-[log Q(n_t) + n_t (log Q(l_t | n_t) + log Q(b_t | n_t))]`` summed over tiles and
+    ``-[log Q(n_t) + n_t log Q(l_t | n_t) + n_t log Q(b_t | n_t, l_t)]`` summed over tiles and
     averaged over images (eq. 10). Tiles without a source only contribute the count term
-    (footnote 13). Returns the total and its three parts.
+    (footnote 13). ``mask`` ``(B, nty, ntx)`` restricts the count and location terms to the
+    tiles being inferred (the undecided ones in checkerboard training); the type term uses
+    every tile with a source. Returns the total and its three parts.
     """
     n = truth.n_sources.float()
-    count_nll = F.binary_cross_entropy_with_logits(out.count_logit, n, reduction="none")
+    m = torch.ones_like(n) if mask is None else mask.float()
+    count_nll = F.binary_cross_entropy_with_logits(out.count_logit, n, reduction="none") * m
     diff = truth.locs - out.loc_mean
     loc_nll = 0.5 * (diff**2 / out.loc_logvar.exp() + out.loc_logvar + math.log(2 * math.pi))
-    loc_nll = loc_nll.sum(-1) * n
+    loc_nll = loc_nll.sum(-1) * n * m
     galaxy = truth.params["galaxy"][..., 0] if "galaxy" in truth.params else torch.zeros_like(n)
     type_nll = F.binary_cross_entropy_with_logits(out.galaxy_logit, galaxy, reduction="none") * n
     b = n.shape[0]
