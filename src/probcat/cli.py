@@ -65,6 +65,28 @@ def demo(
         typer.echo(line)
 
 
+train_app = typer.Typer(no_args_is_help=True, help="Train encoders (reproduces the shipped weights).")
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("detection")
+def train_detection_cmd(
+    config: Path = typer.Option(None, "--config", "-c", help="YAML training config"),
+    out: Path = typer.Option(Path("runs/detection"), "--out", "-o", help="run directory"),
+    steps: int = typer.Option(None, help="override the number of steps"),
+    cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+):
+    """Train the detection/classification encoder by FAVI (resumes from OUT/checkpoint.pt)."""
+    from probcat.train.detection import load_config, train_detection
+
+    cfg = load_config(config, steps=steps)
+    manifest = train_detection(cfg, out, cache_dir=cache_dir, progress=not quiet,
+                               command=_command_line())
+    typer.echo(f"wrote {out / 'detection.pt'} and {out / 'manifest.json'} "
+               f"after {manifest['steps']} steps ({manifest['training_s']:.0f} s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
