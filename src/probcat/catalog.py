@@ -22,7 +22,7 @@ from astropy.wcs import WCS
 
 from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError
 
-__all__ = ["FullCatalog", "TileCatalog", "atomic_write", "make_wcs"]
+__all__ = ["FullCatalog", "TileCatalog", "atomic_write", "make_wcs", "concat_catalogs"]
 
 
 def atomic_write(path: str | Path, write_fn) -> Path:
@@ -263,8 +263,7 @@ class TileCatalog:
         y = np.concatenate([np.asarray(c["y"], float) for c in cats])
         img = np.concatenate([np.full(len(c), i) for i, c in enumerate(cats)]).astype(np.int64)
         if brightness in cats[0]:
-            bright = np.concatenate([np.asarray(c[brightness], float).reshape(len(c), -1).sum(1)
-                                     for c in cats])
+            bright = np.concatenate([_as2d(c[brightness]).sum(1) for c in cats])
         else:
             bright = np.zeros(len(x))
         tx = np.floor((x + 0.5) / tile_size).astype(np.int64)
@@ -286,7 +285,7 @@ class TileCatalog:
         locs[torch.from_numpy(flat[keep])] = torch.from_numpy(np.stack([lx, ly], 1)).float()
         params = {}
         for k in names:
-            col = np.concatenate([np.asarray(c[k], float).reshape(len(c), -1) for c in cats])
+            col = np.concatenate([_as2d(c[k]) for c in cats])
             t = torch.zeros(b * nty * ntx, col.shape[1])
             t[torch.from_numpy(flat[keep])] = torch.from_numpy(col[keep]).float()
             params[k] = t.reshape(b, nty, ntx, -1)
@@ -311,5 +310,21 @@ class TileCatalog:
         return out
 
 
+def _as2d(a) -> np.ndarray:
+    """``(n, k)`` float view of a column, also for empty catalogs."""
+    a = np.asarray(a, float)
+    return a.reshape(len(a), int(np.prod(a.shape[1:], dtype=int)))
+
+
 # columns that keep their band axis even for a single band
 _PER_BAND = frozenset({"flux", "mag", "snr", "blendedness"})
+
+
+def concat_catalogs(cats: list[FullCatalog], index_column: str = "image") -> FullCatalog:
+    """Stack catalogs (per image, or posterior samples) into one, with an index column."""
+    if not cats:
+        raise ProbcatValueError("nothing to concatenate")
+    keys = cats[0].colnames
+    cols = {k: np.concatenate([np.asarray(c[k]) for c in cats]) for k in keys}
+    cols[index_column] = np.concatenate([np.full(len(c), i, np.int64) for i, c in enumerate(cats)])
+    return FullCatalog(cols, cats[0].image_shape, cats[0].bands, dict(cats[0].meta))

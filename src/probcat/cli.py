@@ -65,6 +65,41 @@ def demo(
         typer.echo(line)
 
 
+@app.command("detect")
+def detect_cmd(
+    image: Path = typer.Argument(..., help="FITS image (electrons, background-subtracted)"),
+    out: Path = typer.Option(None, "--out", "-o", help="catalog (.fits or .parquet)"),
+    threshold: float = typer.Option(0.5, help="detection probability threshold (MAP catalog)"),
+    samples: int = typer.Option(0, help="posterior catalog samples, written to <out>_samples"),
+    plot: Path = typer.Option(None, help="PNG of the image with detections by probability"),
+    weights: Path = typer.Option(None, help="weights file (default: shipped LSST-i)"),
+    seed: int = typer.Option(0, help="seed of the posterior samples"),
+):
+    """Probabilistic detection and star/galaxy classification of a FITS image."""
+    import numpy as np
+
+    from probcat.detect import detect
+    from probcat.io import read_image
+    from probcat.catalog import concat_catalogs
+
+    data = read_image(image)
+    res = detect(data, weights=weights, threshold=threshold, samples=samples, seed=seed)
+    out = out or image.with_name(image.stem + "_catalog.fits")
+    res.catalog.write(out, wcs=res.wcs)
+    msg = f"{len(res.catalog)} detections ({int(np.sum(res.catalog['galaxy']))} galaxies) -> {out}"
+    if samples:
+        spath = out.with_name(out.stem + "_samples" + out.suffix)
+        concat_catalogs(res.samples, "sample").write(spath, wcs=res.wcs)
+        msg += f"; {samples} posterior samples -> {spath}"
+    if plot is not None:
+        from probcat.plots import detection_figure
+
+        detection_figure(plot, data.image[0], float(data.noise_sigma[0]) if np.isfinite(
+            data.noise_sigma[0]) else float(np.std(data.image[0])), res.catalog, title=str(image))
+        msg += f"; figure -> {plot}"
+    typer.echo(msg)
+
+
 train_app = typer.Typer(no_args_is_help=True, help="Train encoders (reproduces the shipped weights).")
 app.add_typer(train_app, name="train")
 

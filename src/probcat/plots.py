@@ -66,3 +66,50 @@ def field_overview(path: str | Path, image: np.ndarray, sigma: float, truth: Ful
         ah.set_title(f"median SNR (eq. 12): {np.median(snr):.1f}; SNR>5: {(snr > 5).sum()}")
     ah.legend(fontsize=9)
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+
+
+def detection_figure(path: str | Path, image: np.ndarray, sigma: float, probcat_cat: FullCatalog,
+                     sep_cat: FullCatalog | None = None, truth: FullCatalog | None = None,
+                     title: str = "", zoom: int | None = None) -> Path:
+    """PNG: panels truth / probcat (detections coloured by probability) / SEP on one band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h, w = image.shape
+    if zoom is not None and zoom < min(h, w):
+        y0, x0 = (h - zoom) // 2, (w - zoom) // 2
+        image = image[y0:y0 + zoom, x0:x0 + zoom]
+
+        def crop(c):
+            if c is None:
+                return None
+            m = (c["x"] >= x0 - 0.5) & (c["x"] < x0 + zoom - 0.5) & (c["y"] >= y0 - 0.5) & (c["y"] < y0 + zoom - 0.5)
+            return c.select(m).with_columns(x=c["x"][m] - x0, y=c["y"][m] - y0)
+
+        probcat_cat, sep_cat, truth = crop(probcat_cat), crop(sep_cat), crop(truth)
+    panels = [("truth", truth), ("probcat", probcat_cat), ("SEP", sep_cat)]
+    panels = [p for p in panels if p[1] is not None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 6.4), squeeze=False,
+                             constrained_layout=True)
+    shown = asinh_stretch(image, sigma)
+    vmax = np.percentile(shown, 99.7)
+    for ax, (name, cat) in zip(axes[0], panels):
+        ax.imshow(shown, origin="lower", cmap="gray_r", vmin=-1, vmax=vmax)
+        if name == "probcat":
+            norm = matplotlib.colors.Normalize(0.5, 1.0)
+            ax.scatter(cat["x"], cat["y"], s=22, facecolors="none", lw=1.0,
+                       edgecolors=plt.cm.plasma(norm(cat["prob"])))
+            fig.colorbar(matplotlib.cm.ScalarMappable(norm, "plasma"), ax=ax, fraction=0.046,
+                         label="detection probability")
+        elif name == "truth":
+            gal = cat["galaxy"].astype(bool)
+            ax.scatter(cat["x"][gal], cat["y"][gal], s=16, facecolors="none", edgecolors="tab:blue", lw=0.7)
+            ax.scatter(cat["x"][~gal], cat["y"][~gal], s=40, marker="*", color="tab:red", lw=0)
+        else:
+            ax.scatter(cat["x"], cat["y"], s=22, marker="x", color="tab:green", lw=0.8)
+        ax.set_title(f"{name}: {len(cat)} sources")
+    if title:
+        fig.suptitle(title)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))

@@ -96,11 +96,14 @@ class Decisions:
 def decode(net: DetectionNet, feats: torch.Tensor, *, n_samples: int = 0, threshold: float = 0.5,
            generator: torch.Generator | None = None) -> Decisions:
     """Checkerboard decoding. ``n_samples = 0``: MAP (probability > threshold, posterior
-    mean location, galaxy if probability > 0.5); else that many posterior samples.
+    mean location, galaxy if probability > 0.5) for each image of the batch ``feats``;
+    else that many posterior samples of the single image ``feats`` ``(1, C, nty, ntx)``.
     Sampled locations outside their tile count as non-detections (paper 000 footnote 10)."""
     net.eval()
-    s = max(n_samples, 1)
-    f = feats.expand(s, -1, -1, -1)
+    if n_samples and feats.shape[0] != 1:
+        raise ProbcatValueError("posterior samples are drawn for one image at a time")
+    f = feats.expand(n_samples, -1, -1, -1) if n_samples else feats
+    s = f.shape[0]
     _, _, nty, ntx = f.shape
     groups = tile_groups(nty, ntx, f.device)
     n = torch.zeros(s, nty, ntx, dtype=torch.bool)

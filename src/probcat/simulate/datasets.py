@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from probcat.catalog import FullCatalog, atomic_write, make_wcs
+from probcat.catalog import FullCatalog, atomic_write, concat_catalogs, make_wcs
 from probcat.errors import ProbcatValueError
 from probcat.simulate.bank import BankConfig, SourceBank
 from probcat.simulate.prior import GALAXY_DENSITY, MAG_GOLD, STAR_DENSITY
-from probcat.simulate.scene import Scene, SceneConfig, SceneSimulator, concat_catalogs
+from probcat.simulate.scene import Scene, SceneConfig, SceneSimulator
 from probcat.survey import Survey
 
 __all__ = ["RECIPES", "SimulationConfig", "Simulation", "write_dataset", "PAIR_GALAXIES"]

@@ -27,7 +27,7 @@ from probcat.simulate.prior import (
     star_magnitudes,
 )
 
-__all__ = ["SceneConfig", "Scene", "SceneSimulator", "concat_catalogs"]
+__all__ = ["SceneConfig", "Scene", "SceneSimulator"]
 
 NOISE_MODELS = ("gaussian", "poisson")
 
@@ -214,13 +214,3 @@ class SceneSimulator:
         """``n`` scenes stacked: images ``(n, bands, H, W)`` float32 and their catalogs."""
         scenes = [self.sample(rng, truth=truth) for _ in range(n)]
         return np.stack([s.image for s in scenes]), [s.catalog for s in scenes]
-
-
-def concat_catalogs(cats: list[FullCatalog], index_column: str = "image") -> FullCatalog:
-    """Stack per-image catalogs into one, with an ``image`` index column."""
-    if not cats:
-        raise ProbcatValueError("nothing to concatenate")
-    keys = cats[0].colnames
-    cols = {k: np.concatenate([np.asarray(c[k]) for c in cats]) for k in keys}
-    cols[index_column] = np.concatenate([np.full(len(c), i, np.int64) for i, c in enumerate(cats)])
-    return FullCatalog(cols, cats[0].image_shape, cats[0].bands, dict(cats[0].meta))
