@@ -99,6 +99,15 @@ def test_any_size_chunked_equals_whole(net):
     assert torch.allclose(a.count_logit, b.count_logit, atol=1e-5)
 
 
+def test_batched_features_equal_per_image(net):
+    from probcat.infer.detect import batch_tile_features
+
+    imgs = np.random.default_rng(3).standard_normal((3, 1, 33, 41)).astype(np.float32)
+    batched = batch_tile_features(net, imgs, 1.0)
+    for i in range(3):
+        assert torch.allclose(batched[i:i + 1], tile_features(net, imgs[i], 1.0), atol=1e-5)
+
+
 def test_map_catalog_and_samples(net):
     img = np.random.default_rng(1).standard_normal((1, 30, 30)).astype(np.float32)
     feats = tile_features(net, img, 1.0)

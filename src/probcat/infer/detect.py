@@ -20,8 +20,8 @@ from probcat.catalog import FullCatalog
 from probcat.errors import ProbcatValueError
 from probcat.nets.detection import N_GROUPS, DetectionNet, TileOutput, tile_groups
 
-__all__ = ["check_image", "tile_features", "predict_tiles", "decode", "Decisions",
-           "map_catalog", "sample_catalogs"]
+__all__ = ["check_image", "tile_features", "batch_tile_features", "predict_tiles", "decode", "Decisions",
+           "map_catalog", "sample_catalogs", "catalog_from_decisions"]
 
 
 def check_image(image: np.ndarray, n_bands: int, noise_sigma, min_size: int = 1) -> np.ndarray:
@@ -51,7 +51,7 @@ def check_image(image: np.ndarray, n_bands: int, noise_sigma, min_size: int = 1)
 
 @torch.no_grad()
 def tile_features(net: DetectionNet, image: np.ndarray, noise_sigma, *,
-                  chunk_tiles: int = 160) -> torch.Tensor:
+                  chunk_tiles: int = 400) -> torch.Tensor:
     """Backbone features ``(1, C, ceil(H/t), ceil(W/t))`` of an image of any size."""
     net.eval()
     x = check_image(image, net.n_bands, noise_sigma)
@@ -75,6 +75,22 @@ def tile_features(net: DetectionNet, image: np.ndarray, noise_sigma, *,
 
 
 @torch.no_grad()
+def batch_tile_features(net: DetectionNet, images: np.ndarray, noise_sigma) -> torch.Tensor:
+    """Features ``(B, C, nty, ntx)`` of a batch of same-size images ``(B, bands, H, W)``,
+    equal to :func:`tile_features` image by image (one forward pass, no chunking)."""
+    net.eval()
+    images = np.asarray(images)
+    x = np.stack([check_image(im, net.n_bands, noise_sigma) for im in images])
+    t = net.tile_size
+    b, nb, h, w = x.shape
+    nty, ntx = math.ceil(h / t), math.ceil(w / t)
+    halo = math.ceil(net.receptive_field / 2 / t) + 1
+    padded = np.zeros((b, nb, (nty + 2 * halo) * t, (ntx + 2 * halo) * t), np.float32)
+    padded[:, :, halo * t:halo * t + h, halo * t:halo * t + w] = x
+    return net.features(torch.from_numpy(padded))[:, :, halo:-halo, halo:-halo]
+
+
+@torch.no_grad()
 def predict_tiles(net: DetectionNet, image: np.ndarray, noise_sigma, **kw) -> TileOutput:
     """Marginal tile outputs (each tile's own posterior, nothing decided) for any image."""
     net.eval()
@@ -94,11 +110,13 @@ class Decisions:
 
 @torch.no_grad()
 def decode(net: DetectionNet, feats: torch.Tensor, *, n_samples: int = 0, threshold: float = 0.5,
-           generator: torch.Generator | None = None) -> Decisions:
+           generator: torch.Generator | None = None,
+           marginal: TileOutput | None = None) -> Decisions:
     """Checkerboard decoding. ``n_samples = 0``: MAP (probability > threshold, posterior
     mean location, galaxy if probability > 0.5) for each image of the batch ``feats``;
     else that many posterior samples of the single image ``feats`` ``(1, C, nty, ntx)``.
-    Sampled locations outside their tile count as non-detections (paper 000 footnote 10)."""
+    Sampled locations outside their tile count as non-detections (paper 000 footnote 10).
+    ``marginal`` (the heads with nothing decided, if already computed) is reused for group 0."""
     net.eval()
     if n_samples and feats.shape[0] != 1:
         raise ProbcatValueError("posterior samples are drawn for one image at a time")
@@ -111,7 +129,12 @@ def decode(net: DetectionNet, feats: torch.Tensor, *, n_samples: int = 0, thresh
     decided = torch.zeros(s, nty, ntx, dtype=torch.bool)
     cond_out = None
     for g in range(N_GROUPS):
-        out = net.heads(f, decided, n, locs)
+        if g == 0 and marginal is not None and marginal.count_logit.shape[0] in (1, s):
+            out = marginal if marginal.count_logit.shape[0] == s else TileOutput(
+                *(t.expand(s, *t.shape[1:]) for t in (marginal.count_logit, marginal.loc_mean,
+                                                       marginal.loc_logvar, marginal.galaxy_logit)))
+        else:
+            out = net.heads(f, decided, n, locs, classify=False)
         now = (groups == g).expand(s, -1, -1)
         if n_samples:
             on = torch.rand(out.prob.shape, generator=generator) < out.prob
@@ -135,7 +158,7 @@ def decode(net: DetectionNet, feats: torch.Tensor, *, n_samples: int = 0, thresh
     return Decisions(n, locs, galaxy, cond_out)
 
 
-def _catalog(dec: Decisions, k: int, marginal: TileOutput, image_shape, tile_size: int,
+def catalog_from_decisions(dec: Decisions, k: int, marginal: TileOutput, image_shape, tile_size: int,
              bands, meta: dict) -> FullCatalog:
     h, w = image_shape
     ty, tx = torch.nonzero(dec.n[k], as_tuple=True)
@@ -147,7 +170,7 @@ def _catalog(dec: Decisions, k: int, marginal: TileOutput, image_shape, tile_siz
     sd = (c.loc_sd[k, ty, tx] * tile_size).double().numpy()
     cols = {
         "x": x, "y": y, "x_sd": sd[:, 0], "y_sd": sd[:, 1],
-        "prob": marginal.prob[0, ty, tx].double().numpy(),
+        "prob": marginal.prob[min(k, marginal.prob.shape[0] - 1), ty, tx].double().numpy(),
         "prob_conditional": c.prob[k, ty, tx].double().numpy(),
         "galaxy_prob": c.galaxy_prob[k, ty, tx].double().numpy(),
         "galaxy": dec.galaxy[k, ty, tx].numpy(),
@@ -168,9 +191,9 @@ def map_catalog(net: DetectionNet, feats: torch.Tensor, image_shape, *, threshol
     """
     if not 0.0 <= threshold < 1.0:
         raise ProbcatValueError(f"threshold must lie in [0, 1), got {threshold}")
-    marginal = net.heads(feats)
-    dec = decode(net, feats, threshold=threshold)
-    return _catalog(dec, 0, marginal, image_shape, net.tile_size, bands,
+    marginal = net.heads(feats, classify=False)
+    dec = decode(net, feats, threshold=threshold, marginal=marginal)
+    return catalog_from_decisions(dec, 0, marginal, image_shape, net.tile_size, bands,
                     {"threshold": threshold, "kind": "map"})
 
 
@@ -181,10 +204,11 @@ def sample_catalogs(net: DetectionNet, feats: torch.Tensor, image_shape, n: int,
     """``n`` posterior catalog samples (paper 000 section 4.6)."""
     if n < 1:
         raise ProbcatValueError(f"number of samples must be >= 1, got {n}")
-    marginal = net.heads(feats)
+    marginal = net.heads(feats, classify=False)
     out = []
     for start in range(0, n, batch):
-        dec = decode(net, feats, n_samples=min(batch, n - start), generator=generator)
-        out += [_catalog(dec, k, marginal, image_shape, net.tile_size, bands, {"kind": "sample"})
+        dec = decode(net, feats, n_samples=min(batch, n - start), generator=generator,
+                     marginal=marginal)
+        out += [catalog_from_decisions(dec, k, marginal, image_shape, net.tile_size, bands, {"kind": "sample"})
                 for k in range(dec.n.shape[0])]
     return out

@@ -140,7 +140,7 @@ class DetectionNet(nn.Module):
 
     def heads(self, feats: torch.Tensor, decided: torch.Tensor | None = None,
               n: torch.Tensor | None = None, locs: torch.Tensor | None = None,
-              type_locs: torch.Tensor | None = None) -> TileOutput:
+              type_locs: torch.Tensor | None = None, classify: bool = True) -> TileOutput:
         """Tile outputs given features and the decisions taken so far.
 
         Args:
@@ -150,6 +150,7 @@ class DetectionNet(nn.Module):
                 (ignored where not decided).
             type_locs: locations at which to classify ``(B, nty, ntx, 2)``; default: the
                 predicted mean.
+            classify: run the type head (else ``galaxy_logit`` is zeros).
         """
         b, _, nty, ntx = feats.shape
         if decided is None:
@@ -161,8 +162,11 @@ class DetectionNet(nn.Module):
         h = self.cond_mix(feats + self.cond_in(cond))
         det = self.det_head(h).permute(0, 2, 3, 1)
         loc_mean = torch.sigmoid(det[..., 1:3])
-        tl = loc_mean.detach() if type_locs is None else type_locs
-        galaxy = self.type_head(torch.cat([h, tl.permute(0, 3, 1, 2) - 0.5], 1))[:, 0]
+        if classify:
+            tl = loc_mean.detach() if type_locs is None else type_locs
+            galaxy = self.type_head(torch.cat([h, tl.permute(0, 3, 1, 2) - 0.5], 1))[:, 0]
+        else:
+            galaxy = det.new_zeros(det.shape[:-1])
         return TileOutput(count_logit=det[..., 0], loc_mean=loc_mean,
                           loc_logvar=det[..., 3:5].clamp(-12.0, 4.0), galaxy_logit=galaxy)
 
