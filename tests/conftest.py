@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from probcat.simulate.bank import BankConfig, SourceBank
 from probcat.survey import Survey
@@ -24,3 +25,16 @@ def tiny_bank(survey_i, cache_dir):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory):
+    """A tiny untrained detection weights file (shapes and plumbing, not quality)."""
+    from probcat.nets.detection import DetectionNet
+
+    torch.manual_seed(0)
+    net = DetectionNet(n_bands=1, stem_channels=4, channels=8, n_blocks=2)
+    path = tmp_path_factory.mktemp("w") / "tiny.pt"
+    torch.save({"kind": "detection", "hparams": net.hparams, "state_dict": net.state_dict(),
+                "survey": Survey.lsst(bands="i").to_dict()}, path)
+    return path

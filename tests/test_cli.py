@@ -39,9 +39,17 @@ def test_unwritable_output_directory(tmp_path, capsys, cache_dir):
         assert main(["simulate", "-n", "1", "--out", str(ro / "x")]) == 2
 
 
-def test_demo_small(tmp_path, cache_dir, capsys):
+def test_demo_small(tmp_path, cache_dir, capsys, weights):
     rc = main(["demo", "--out", str(tmp_path / "d"), "--size", "64", "--bank-size", "24",
-               "--cache-dir", str(cache_dir)])
-    assert rc == 0
-    assert (tmp_path / "d/overview.png").stat().st_size > 10_000
-    assert (tmp_path / "d/field.fits").exists()
+               "--cache-dir", str(cache_dir), "--weights", str(weights)])
+    assert rc == 0, capsys.readouterr().err
+    for name in ("overview.png", "detections.png", "detections_zoom.png"):
+        assert (tmp_path / "d" / name).stat().st_size > 10_000
+    for name in ("field.fits", "truth.fits", "probcat_catalog.fits", "sep_catalog.fits"):
+        assert (tmp_path / "d" / name).exists()
+    out = capsys.readouterr().out
+    assert "probcat" in out and "SEP" in out and "recall" in out
+    # and on a given image
+    rc = main(["demo", "--out", str(tmp_path / "e"), "--image", str(tmp_path / "d/field.fits"),
+               "--weights", str(weights)])
+    assert rc == 0 and (tmp_path / "e/probcat_catalog.fits").exists()

@@ -55,12 +55,14 @@ def demo(
     seed: int = typer.Option(0, help="field seed"),
     bank_size: int = typer.Option(5000, help="galaxies rendered into the source bank"),
     cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
+    image: Path = typer.Option(None, help="run on this FITS image instead of a simulated field"),
+    weights: Path = typer.Option(None, help="weights file (default: shipped LSST-i)"),
 ):
-    """Simulate an LSST-i field; write image, truth catalog and a PNG overview."""
+    """Simulate an LSST-i field, detect with probcat and SEP, write catalogs and PNG overviews."""
     from probcat.demo import run_demo
 
     summary = run_demo(out, size=size, seed=seed, bank_size=bank_size, cache_dir=cache_dir,
-                       command=_command_line())
+                       command=_command_line(), image=image, weights=weights)
     for line in summary["lines"]:
         typer.echo(line)
 
