@@ -76,9 +76,13 @@ def main(argv=None):
     result = {
         "command": command,
         "machine": "2-core CPU (probcat dev machine), one process",
-        "bank": {"n_galaxies": len(bank), "split": "test", "build_s": round(bank_s, 1),
-                 "pixels_mb": round(bank.pixels.nbytes / 1e6, 1),
-                 "median_stamp_px": int(2 * np.median(bank.half) + 1)},
+        "bank": {
+            "n_galaxies": len(bank),
+            "split": "test",
+            "build_s": round(bank_s, 1),
+            "pixels_mb": round(bank.pixels.nbytes / 1e6, 1),
+            "median_stamp_px": int(2 * np.median(bank.half) + 1),
+        },
         "direct_scenes_per_s": round(args.n_direct / direct_s, 2),
         "composed_scenes_per_s": round(composed_rate, 1),
         "composed_scenes_per_s_with_truth": round(composed_truth_rate, 1),
@@ -93,9 +97,13 @@ def main(argv=None):
         "n_galaxies_i_27": int(near27.sum()),
         "pair_snr_eq12": [round(float(v), 1) for v in pair["snr"][:, 0]],
         "pair_snr_paper": [120, 70],
-        "targets": {"composed_scenes_per_s": ">= 1000", "max_abs_diff_over_sigma": "<= 0.1",
-                    "density_i_lt_27_per_arcmin2": "160 +- 10%",
-                    "density_i_lt_25_3_per_arcmin2": "55 +- 10%", "median_snr_i_27": "~3"},
+        "targets": {
+            "composed_scenes_per_s": ">= 1000",
+            "max_abs_diff_over_sigma": "<= 0.1",
+            "density_i_lt_27_per_arcmin2": "160 +- 10%",
+            "density_i_lt_25_3_per_arcmin2": "55 +- 10%",
+            "median_snr_i_27": "~3",
+        },
         **{k: v for k, v in provenance(command).items() if k != "command"},
     }
     (RESULTS / "simulate.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -113,8 +121,10 @@ def figures(scene, direct, sigma, mags, area, bank):
     from probcat.simulate.prior import COUNT_SLOPE, GALAXY_DENSITY
 
     fig, ax = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
-    for a, img, title in ((ax[0], scene.noiseless[0], "composed (bank)"),
-                          (ax[1], direct[0], "direct GalSim")):
+    for a, img, title in (
+        (ax[0], scene.noiseless[0], "composed (bank)"),
+        (ax[1], direct[0], "direct GalSim"),
+    ):
         a.imshow(asinh_stretch(img, sigma), origin="lower", cmap="gray_r")
         a.set_title(title)
     d = ax[2].imshow((scene.noiseless[0] - direct[0]) / sigma, origin="lower", cmap="RdBu_r")
@@ -127,10 +137,19 @@ def figures(scene, direct, sigma, mags, area, bank):
     edges = np.arange(18, 27.01, 0.25)
     cum = np.array([np.sum(mags < m) for m in edges[1:]]) / area
     ax[0].semilogy(edges[1:], cum, "o-", ms=3, label="probcat scenes")
-    ax[0].semilogy(edges[1:], GALAXY_DENSITY * 10 ** (COUNT_SLOPE * (edges[1:] - 27)), "k--",
-                   label="power law through (27, 160) and (25.3, 55)")
-    ax[0].semilogy(edges[1:], 46 * 2.0 ** (edges[1:] - 25), ":", c="gray",
-                   label="LSST Science Book 46 x 2^(i-25)")
+    ax[0].semilogy(
+        edges[1:],
+        GALAXY_DENSITY * 10 ** (COUNT_SLOPE * (edges[1:] - 27)),
+        "k--",
+        label="power law through (27, 160) and (25.3, 55)",
+    )
+    ax[0].semilogy(
+        edges[1:],
+        46 * 2.0 ** (edges[1:] - 25),
+        ":",
+        c="gray",
+        label="LSST Science Book 46 x 2^(i-25)",
+    )
     ax[0].axhline(160, c="tab:red", lw=0.5)
     ax[0].axhline(55, c="tab:red", lw=0.5)
     ax[0].set_xlabel("i")

@@ -35,6 +35,13 @@ def weights(tmp_path_factory):
     torch.manual_seed(0)
     net = DetectionNet(n_bands=1, stem_channels=4, channels=8, n_blocks=2)
     path = tmp_path_factory.mktemp("w") / "tiny.pt"
-    torch.save({"kind": "detection", "hparams": net.hparams, "state_dict": net.state_dict(),
-                "survey": Survey.lsst(bands="i").to_dict()}, path)
+    torch.save(
+        {
+            "kind": "detection",
+            "hparams": net.hparams,
+            "state_dict": net.state_dict(),
+            "survey": Survey.lsst(bands="i").to_dict(),
+        },
+        path,
+    )
     return path

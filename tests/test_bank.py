@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from probcat.simulate.bank import BankConfig, SourceBank, dihedral, dihedral_truth
-from probcat.simulate.render import draw_stamp, galaxy_profile
 from probcat.simulate.prior import MORPHOLOGY_COLUMNS
+from probcat.simulate.render import draw_stamp, galaxy_profile
 
 
 def test_bank_shapes_and_flux(tiny_bank):
@@ -20,7 +20,9 @@ def test_bank_shapes_and_flux(tiny_bank):
 
 
 def test_bank_cache_round_trip(tiny_bank, survey_i, cache_dir):
-    again = SourceBank.load_or_build(survey_i, tiny_bank.config, cache_dir=cache_dir, progress=False)
+    again = SourceBank.load_or_build(
+        survey_i, tiny_bank.config, cache_dir=cache_dir, progress=False
+    )
     assert np.array_equal(np.asarray(again.pixels), tiny_bank.pixels)
     assert np.array_equal(again.dx, tiny_bank.dx)
     assert list(again.table["id"]) == list(tiny_bank.table["id"])
@@ -47,7 +49,9 @@ def test_dihedral_variants_equal_rendering_transformed_truth(tiny_bank, variant)
     params[MORPHOLOGY_COLUMNS.index("beta")] = float(beta)
     band = b.survey["i"]
     n = b.stamp(i).shape[-1]
-    direct = draw_stamp(galaxy_profile(*params), band.psf(), band.pixel_scale, n,
-                        float(dx), float(dy)) * b.flux[i, 0]
+    direct = (
+        draw_stamp(galaxy_profile(*params), band.psf(), band.pixel_scale, n, float(dx), float(dy))
+        * b.flux[i, 0]
+    )
     got = dihedral(b.stamp(i), variant)[0]
     assert np.abs(got - direct).max() < 1e-3 * band.noise_sigma

@@ -16,8 +16,13 @@ def test_kernel_is_normalised_fwhm_2():
 
 def test_sep_finds_isolated_stars(tiny_bank):
     sim = SceneSimulator(tiny_bank, SceneConfig(48, 48, galaxy_density=0, star_density=0))
-    cols = sim.star_columns(np.array([0, 1]), np.array([21.0, 22.0]), np.zeros((2, 1)),
-                            np.array([12, 34]), np.array([30, 10]))
+    cols = sim.star_columns(
+        np.array([0, 1]),
+        np.array([21.0, 22.0]),
+        np.zeros((2, 1)),
+        np.array([12, 34]),
+        np.array([30, 10]),
+    )
     cat = sim.make_catalog([cols])
     image = sim.add_noise(np.random.default_rng(0), sim.compose(cat))
     det = sep_detect(image, sim.sigma, bands=("i",))

@@ -8,11 +8,18 @@ from probcat.errors import ProbcatIOError, ProbcatValueError
 
 def _cat(n=6, seed=0, shape=(20, 30)):
     rng = np.random.default_rng(seed)
-    return FullCatalog({
-        "x": rng.uniform(-0.5, shape[1] - 0.5, n), "y": rng.uniform(-0.5, shape[0] - 0.5, n),
-        "galaxy": rng.random(n) < 0.5, "flux": rng.uniform(1e3, 1e5, (n, 2)),
-        "source_id": np.arange(n, dtype=np.int64),
-    }, shape, ("g", "i"), {"seed": seed})
+    return FullCatalog(
+        {
+            "x": rng.uniform(-0.5, shape[1] - 0.5, n),
+            "y": rng.uniform(-0.5, shape[0] - 0.5, n),
+            "galaxy": rng.random(n) < 0.5,
+            "flux": rng.uniform(1e3, 1e5, (n, 2)),
+            "source_id": np.arange(n, dtype=np.int64),
+        },
+        shape,
+        ("g", "i"),
+        {"seed": seed},
+    )
 
 
 @pytest.mark.parametrize("suffix", [".fits", ".parquet"])
@@ -55,8 +62,10 @@ def test_tile_round_trip_one_source_per_tile():
     # one source in each of a few tiles, at arbitrary positions inside them
     xs = np.array([0.1, 7.3, 13.9, 24.49])
     ys = np.array([-0.4, 11.2, 3.3, 19.4])
-    c = FullCatalog({"x": xs, "y": ys, "flux": np.ones((4, 1)), "galaxy": np.array([1, 0, 1, 1], bool)},
-                    (20, 25))
+    c = FullCatalog(
+        {"x": xs, "y": ys, "flux": np.ones((4, 1)), "galaxy": np.array([1, 0, 1, 1], bool)},
+        (20, 25),
+    )
     t = c.to_tiles(5)
     assert t.n_sources.shape == (1, 4, 5) and t.n_sources.sum() == 4 and t.n_collisions == 0
     assert torch.all((t.locs >= 0) & (t.locs < 1))
@@ -69,8 +78,14 @@ def test_tile_round_trip_one_source_per_tile():
 
 
 def test_tile_keeps_brightest_and_counts_collisions():
-    c = FullCatalog({"x": np.array([1.0, 2.0, 3.0, 12.0]), "y": np.array([1.0, 2.0, 0.0, 12.0]),
-                     "flux": np.array([[5.0], [50.0], [1.0], [3.0]])}, (15, 15))
+    c = FullCatalog(
+        {
+            "x": np.array([1.0, 2.0, 3.0, 12.0]),
+            "y": np.array([1.0, 2.0, 0.0, 12.0]),
+            "flux": np.array([[5.0], [50.0], [1.0], [3.0]]),
+        },
+        (15, 15),
+    )
     t = c.to_tiles(5)
     assert t.n_collisions == 2
     assert t.n_sources[0, 0, 0] == 1

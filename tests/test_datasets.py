@@ -13,9 +13,12 @@ SMALL = dict(bank_size=24, n=2, seed=5)
 
 @pytest.fixture(scope="module")
 def sims(cache_dir):
-    return {r: Simulation(SimulationConfig(recipe=r, **SMALL), cache_dir=cache_dir, workers=1,
-                          progress=False)
-            for r in ("blend", "single", "tiles", "central", "pair")}
+    return {
+        r: Simulation(
+            SimulationConfig(recipe=r, **SMALL), cache_dir=cache_dir, workers=1, progress=False
+        )
+        for r in ("blend", "single", "tiles", "central", "pair")
+    }
 
 
 def test_single_is_one_centred_galaxy(sims):
@@ -59,8 +62,9 @@ def test_pair_shares_noise_and_steps_separation(sims):
 def test_same_seed_identical_files(tmp_path, cache_dir):
     cfg = SimulationConfig(recipe="blend", **SMALL)
     for d in ("a", "b"):
-        write_dataset(cfg, tmp_path / d, cache_dir=cache_dir, workers=1, progress=False,
-                      command="test")
+        write_dataset(
+            cfg, tmp_path / d, cache_dir=cache_dir, workers=1, progress=False, command="test"
+        )
     for rel in ("images/image_00000.fits", "images/image_00001.fits", "truth.fits", "config.yaml"):
         assert filecmp.cmp(tmp_path / "a" / rel, tmp_path / "b" / rel, shallow=False), rel
     img = read_image(tmp_path / "a/images/image_00001.fits")
@@ -72,7 +76,9 @@ def test_same_seed_identical_files(tmp_path, cache_dir):
 
 
 def test_multiband_blend(cache_dir):
-    cfg = SimulationConfig(recipe="blend", bands="gri", population="dc2", bank_size=12, n=1, size=32)
+    cfg = SimulationConfig(
+        recipe="blend", bands="gri", population="dc2", bank_size=12, n=1, size=32
+    )
     scene, _ = Simulation(cfg, cache_dir=cache_dir, workers=1, progress=False).scene(0)
     assert scene.image.shape == (3, 32, 32)
     gal = scene.catalog["galaxy"]
@@ -80,10 +86,14 @@ def test_multiband_blend(cache_dir):
     assert scene.catalog["flux"].shape[1] == 3
 
 
-@pytest.mark.parametrize("kw, msg", [
-    (dict(recipe="bogus"), "unknown recipe"), (dict(n=0), "n must be"),
-    (dict(recipe="pair", n=500), "at most 201"),
-])
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(recipe="bogus"), "unknown recipe"),
+        (dict(n=0), "n must be"),
+        (dict(recipe="pair", n=500), "at most 201"),
+    ],
+)
 def test_bad_config(kw, msg):
     with pytest.raises(ProbcatValueError, match=msg):
         SimulationConfig(**kw)

@@ -1,13 +1,11 @@
 import numpy as np
 import pytest
-import torch
 
 from probcat.catalog import FullCatalog, make_wcs
 from probcat.cli import main
 from probcat.detect import detect
 from probcat.errors import ProbcatIOError, ProbcatValueError
 from probcat.io import write_image
-from probcat.nets.detection import DetectionNet
 from probcat.survey import Survey
 
 
@@ -42,12 +40,15 @@ def test_detect_samples(weights, fits_image):
     assert [len(s) for s in res.samples] == [len(s) for s in again.samples]
 
 
-@pytest.mark.parametrize("image, msg", [
-    (np.full((1, 64, 64), np.nan), "NaN"),
-    (np.zeros((3, 64, 64)), "band"),
-    (np.zeros((1, 10, 10)), "smaller than the minimum"),
-    (np.array([["a"]]), "numeric"),
-])
+@pytest.mark.parametrize(
+    "image, msg",
+    [
+        (np.full((1, 64, 64), np.nan), "NaN"),
+        (np.zeros((3, 64, 64)), "band"),
+        (np.zeros((1, 10, 10)), "smaller than the minimum"),
+        (np.array([["a"]]), "numeric"),
+    ],
+)
 def test_detect_bad_inputs(weights, image, msg):
     with pytest.raises(ProbcatValueError, match=msg):
         detect(image, weights=weights)
@@ -64,8 +65,22 @@ def test_bad_weights_file(tmp_path):
 
 def test_detect_cli(weights, fits_image, tmp_path, capsys):
     out = tmp_path / "cat.fits"
-    rc = main(["detect", str(fits_image), "-o", str(out), "--weights", str(weights),
-               "--samples", "3", "--plot", str(tmp_path / "d.png"), "--threshold", "0.2"])
+    rc = main(
+        [
+            "detect",
+            str(fits_image),
+            "-o",
+            str(out),
+            "--weights",
+            str(weights),
+            "--samples",
+            "3",
+            "--plot",
+            str(tmp_path / "d.png"),
+            "--threshold",
+            "0.2",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     cat = FullCatalog.read(out)
     assert {"x", "y", "prob", "x_sd", "galaxy_prob", "ra", "dec"} <= set(cat.colnames)

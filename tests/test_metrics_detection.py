@@ -34,14 +34,21 @@ def test_match_excludes_exactly_max_dist_and_empty():
 
 
 def test_binned_precision_recall_f1():
-    c = binned_detection_metrics(true_value=np.array([5, 5, 50, 50]),
-                                 true_matched=np.array([1, 0, 1, 1]),
-                                 est_value=np.array([5, 50, 50]),
-                                 est_matched=np.array([1, 1, 0]), bins=np.array([1, 10, 100]))
+    c = binned_detection_metrics(
+        true_value=np.array([5, 5, 50, 50]),
+        true_matched=np.array([1, 0, 1, 1]),
+        est_value=np.array([5, 50, 50]),
+        est_matched=np.array([1, 1, 0]),
+        bins=np.array([1, 10, 100]),
+    )
     assert c.recall.tolist() == [0.5, 1.0]
     assert c.precision.tolist() == [1.0, 0.5]
     assert f1_score(c.precision, c.recall).tolist() == pytest.approx([2 / 3, 2 / 3])
-    assert len(SNR_BINS) == 11 and SNR_BINS[0] == pytest.approx(3) and SNR_BINS[-1] == pytest.approx(1000)
+    assert (
+        len(SNR_BINS) == 11
+        and SNR_BINS[0] == pytest.approx(3)
+        and SNR_BINS[-1] == pytest.approx(1000)
+    )
 
 
 def test_detected_snr_is_unbiased_on_noisy_images():
@@ -49,9 +56,13 @@ def test_detected_snr_is_unbiased_on_noisy_images():
     source = np.zeros((21, 21))
     source[10, 10] = 40.0  # eq. 12 true SNR = 40 / 2 = 20
     rng = np.random.default_rng(0)
-    snr2 = [detected_snr(source + rng.standard_normal((21, 21)) * sigma, [10.0], [10.0], sigma)[0] ** 2
-            for _ in range(400)]
+    snr2 = [
+        detected_snr(source + rng.standard_normal((21, 21)) * sigma, [10.0], [10.0], sigma)[0] ** 2
+        for _ in range(400)
+    ]
     assert np.mean(snr2) == pytest.approx(400.0, rel=0.05)
-    noise_only = [detected_snr(rng.standard_normal((21, 21)) * sigma, [10.0], [10.0], sigma)[0]
-                  for _ in range(400)]
+    noise_only = [
+        detected_snr(rng.standard_normal((21, 21)) * sigma, [10.0], [10.0], sigma)[0]
+        for _ in range(400)
+    ]
     assert np.median(noise_only) < 3  # pure noise sits below the lowest SNR bin

@@ -45,16 +45,23 @@ def test_receptive_field_covers_padded_tile_and_is_exact(net):
 
 def _tiles(n_sources, locs, galaxy):
     n = torch.tensor(n_sources).reshape(1, 1, -1)
-    return TileCatalog(n, torch.tensor(locs, dtype=torch.float).reshape(1, 1, -1, 2),
-                       {"galaxy": torch.tensor(galaxy, dtype=torch.float).reshape(1, 1, -1, 1)},
-                       5, (5, 5 * n.shape[-1]))
+    return TileCatalog(
+        n,
+        torch.tensor(locs, dtype=torch.float).reshape(1, 1, -1, 2),
+        {"galaxy": torch.tensor(galaxy, dtype=torch.float).reshape(1, 1, -1, 1)},
+        5,
+        (5, 5 * n.shape[-1]),
+    )
 
 
 def test_loss_hand_built_tiles():
     truth = _tiles([1, 0], [[0.3, 0.6], [0.0, 0.0]], [1.0, 0.0])
-    out = TileOutput(count_logit=torch.tensor([[[0.0, 0.0]]]),
-                     loc_mean=torch.tensor([[[[0.3, 0.6], [0.5, 0.5]]]]),
-                     loc_logvar=torch.zeros(1, 1, 2, 2), galaxy_logit=torch.tensor([[[0.0, 5.0]]]))
+    out = TileOutput(
+        count_logit=torch.tensor([[[0.0, 0.0]]]),
+        loc_mean=torch.tensor([[[[0.3, 0.6], [0.5, 0.5]]]]),
+        loc_logvar=torch.zeros(1, 1, 2, 2),
+        galaxy_logit=torch.tensor([[[0.0, 5.0]]]),
+    )
     parts = favi_detection_loss(out, truth)
     # counts: two tiles at p = 0.5; location: exact mean, unit variance, 2 dims; type: p = 0.5
     assert parts["count"].item() == pytest.approx(2 * math.log(2))
@@ -65,23 +72,39 @@ def test_loss_hand_built_tiles():
 
 def test_loss_gradients_finite_and_better_prediction_lower(net):
     img = torch.randn(2, 1, 20, 20)
-    cats = [FullCatalog({"x": np.array([3.0, 12.2]), "y": np.array([4.0, 9.9]),
-                         "galaxy": np.array([True, False]), "flux": np.ones((2, 1))}, (20, 20))] * 2
+    cats = [
+        FullCatalog(
+            {
+                "x": np.array([3.0, 12.2]),
+                "y": np.array([4.0, 9.9]),
+                "galaxy": np.array([True, False]),
+                "flux": np.ones((2, 1)),
+            },
+            (20, 20),
+        )
+    ] * 2
     truth = TileCatalog.from_full(cats, 5)
     net.train()
     loss = favi_detection_loss(net(img), truth)["total"]
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
-    good = TileOutput(count_logit=(truth.n_sources.float() * 2 - 1) * 8, loc_mean=truth.locs.clamp(0.01, 0.99),
-                      loc_logvar=torch.full(truth.locs.shape, -6.0),
-                      galaxy_logit=(truth.params["galaxy"][..., 0] * 2 - 1) * 8)
+    good = TileOutput(
+        count_logit=(truth.n_sources.float() * 2 - 1) * 8,
+        loc_mean=truth.locs.clamp(0.01, 0.99),
+        loc_logvar=torch.full(truth.locs.shape, -6.0),
+        galaxy_logit=(truth.params["galaxy"][..., 0] * 2 - 1) * 8,
+    )
     assert favi_detection_loss(good, truth)["total"] < loss
 
 
 def test_loss_mask_restricts_count_and_location_terms():
     truth = _tiles([1, 1], [[0.3, 0.6], [0.2, 0.2]], [1.0, 0.0])
-    out = TileOutput(count_logit=torch.zeros(1, 1, 2), loc_mean=torch.full((1, 1, 2, 2), 0.5),
-                     loc_logvar=torch.zeros(1, 1, 2, 2), galaxy_logit=torch.zeros(1, 1, 2))
+    out = TileOutput(
+        count_logit=torch.zeros(1, 1, 2),
+        loc_mean=torch.full((1, 1, 2, 2), 0.5),
+        loc_logvar=torch.zeros(1, 1, 2, 2),
+        galaxy_logit=torch.zeros(1, 1, 2),
+    )
     full = favi_detection_loss(out, truth)
     half = favi_detection_loss(out, truth, mask=torch.tensor([[[True, False]]]))
     assert half["count"].item() == pytest.approx(full["count"].item() / 2)
@@ -105,7 +128,7 @@ def test_batched_features_equal_per_image(net):
     imgs = np.random.default_rng(3).standard_normal((3, 1, 33, 41)).astype(np.float32)
     batched = batch_tile_features(net, imgs, 1.0)
     for i in range(3):
-        assert torch.allclose(batched[i:i + 1], tile_features(net, imgs[i], 1.0), atol=1e-5)
+        assert torch.allclose(batched[i : i + 1], tile_features(net, imgs[i], 1.0), atol=1e-5)
 
 
 def test_map_catalog_and_samples(net):
@@ -145,10 +168,15 @@ def test_sampling_matches_probabilities():
     assert np.allclose(s[0]["x"] % 5, 2.0, atol=0.1)  # sigmoid(0) = 0.5 tile -> pixel 2.0
 
 
-@pytest.mark.parametrize("image, msg", [
-    (np.full((1, 20, 20), np.nan), "NaN"), (np.zeros((2, 20, 20)), "band"),
-    (np.zeros((1, 0, 20)), "empty"), (np.zeros(5), "bands, H, W"),
-])
+@pytest.mark.parametrize(
+    "image, msg",
+    [
+        (np.full((1, 20, 20), np.nan), "NaN"),
+        (np.zeros((2, 20, 20)), "band"),
+        (np.zeros((1, 0, 20)), "empty"),
+        (np.zeros(5), "bands, H, W"),
+    ],
+)
 def test_bad_inputs(net, image, msg):
     with pytest.raises(ProbcatValueError, match=msg):
         predict_tiles(net, image, 1.0)

@@ -56,8 +56,15 @@ def test_dc2_population_has_redshifts_colours_and_disjoint_splits():
 
 
 def test_user_catalog_replaces_prior(tmp_path):
-    t = Table({"id": [1, 2], "mag_i": [22.0, 24.0], "disk_hlr": [0.5, 0.3],
-               "disk_q": [0.5, 0.9], "beta": [0.1, 1.0]})
+    t = Table(
+        {
+            "id": [1, 2],
+            "mag_i": [22.0, 24.0],
+            "disk_hlr": [0.5, 0.3],
+            "disk_q": [0.5, 0.9],
+            "beta": [0.1, 1.0],
+        }
+    )
     p = tmp_path / "cat.fits"
     t.write(p)
     out = prior.read_population(p, bands=("i",))

@@ -15,10 +15,13 @@ from probcat.simulate.render import (
 )
 
 
-@pytest.mark.parametrize("params", [
-    (0.4, 0.2, 0.6, 0.8, 0.3, 0.0),   # pure disk
-    (0.8, 0.3, 0.5, 0.7, 1.2, 0.4),   # bulge + disk
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        (0.4, 0.2, 0.6, 0.8, 0.3, 0.0),  # pure disk
+        (0.8, 0.3, 0.5, 0.7, 1.2, 0.4),  # bulge + disk
+    ],
+)
 def test_isolated_flux_matches_catalog_magnitude(survey_i, params):
     band = survey_i["i"]
     mag = 23.0
@@ -30,7 +33,9 @@ def test_isolated_flux_matches_catalog_magnitude(survey_i, params):
 
 def test_star_flux_matches_magnitude(survey_i):
     band = survey_i["i"]
-    stamp = draw_stamp(galsim.DeltaFunction(), band.psf(), band.pixel_scale, 255) * band.mag_to_flux(21)
+    stamp = draw_stamp(
+        galsim.DeltaFunction(), band.psf(), band.pixel_scale, 255
+    ) * band.mag_to_flux(21)
     assert stamp.sum() == pytest.approx(band.mag_to_flux(21), rel=0.01)
 
 
@@ -72,8 +77,15 @@ def test_blendedness_hand_worked():
 
 
 def test_render_direct_places_source(survey_i):
-    cat = FullCatalog({"x": np.array([10.25]), "y": np.array([5.5]), "galaxy": np.array([False]),
-                       "flux": np.array([[1e5]])}, (16, 24))
+    cat = FullCatalog(
+        {
+            "x": np.array([10.25]),
+            "y": np.array([5.5]),
+            "galaxy": np.array([False]),
+            "flux": np.array([[1e5]]),
+        },
+        (16, 24),
+    )
     img = render_direct(cat, survey_i, (16, 24))
     yy, xx = np.mgrid[:16, :24]
     core = (np.abs(xx - 10.25) < 6) & (np.abs(yy - 5.5) < 6)

@@ -46,8 +46,9 @@ def test_noise_is_background_limited_gaussian(tiny_bank, rng):
 
 
 def test_poisson_noise_includes_source_photons(tiny_bank, rng):
-    sim = SceneSimulator(tiny_bank, SceneConfig(64, 64, galaxy_density=0, star_density=0,
-                                                noise="poisson"))
+    sim = SceneSimulator(
+        tiny_bank, SceneConfig(64, 64, galaxy_density=0, star_density=0, noise="poisson")
+    )
     flat = np.full((1, 64, 64), 4e5, np.float32)
     noisy = sim.add_noise(rng, flat)
     expected = np.sqrt(4e5 + tiny_bank.survey.noise_sigma[0] ** 2)

@@ -6,9 +6,23 @@ import torch
 from probcat.errors import ProbcatValueError
 from probcat.train.detection import DetectionTrainConfig, load_config, train_detection
 
-TINY = dict(bank_size=12, val_bank_size=6, image_size=30, margin=2, batch_size=4, steps=6,
-            lr=5e-3, warmup=1, val_scenes=4, val_every=3, checkpoint_every=3, threads=1,
-            stem_channels=4, channels=8, n_blocks=1)
+TINY = dict(
+    bank_size=12,
+    val_bank_size=6,
+    image_size=30,
+    margin=2,
+    batch_size=4,
+    steps=6,
+    lr=5e-3,
+    warmup=1,
+    val_scenes=4,
+    val_every=3,
+    checkpoint_every=3,
+    threads=1,
+    stem_channels=4,
+    channels=8,
+    n_blocks=1,
+)
 
 
 def test_train_writes_weights_manifest_and_resumes(tmp_path, cache_dir):
@@ -23,8 +37,12 @@ def test_train_writes_weights_manifest_and_resumes(tmp_path, cache_dir):
     m2 = train_detection(more, tmp_path / "run", cache_dir=cache_dir, progress=False)
     assert m2["steps"] == 6 and len(m2["history"]) == 2  # nothing left to do
     with pytest.raises(ProbcatValueError, match="different config"):
-        train_detection(DetectionTrainConfig(**{**TINY, "lr": 1e-2}), tmp_path / "run",
-                        cache_dir=cache_dir, progress=False)
+        train_detection(
+            DetectionTrainConfig(**{**TINY, "lr": 1e-2}),
+            tmp_path / "run",
+            cache_dir=cache_dir,
+            progress=False,
+        )
 
 
 def test_loss_decreases_on_fixed_batch(cache_dir):

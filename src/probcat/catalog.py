@@ -100,8 +100,12 @@ class FullCatalog:
 
     def select(self, index) -> FullCatalog:
         """Rows chosen by a boolean mask or integer index."""
-        return FullCatalog({k: v[index] for k, v in self.columns.items()}, self.image_shape,
-                           self.bands, dict(self.meta))
+        return FullCatalog(
+            {k: v[index] for k, v in self.columns.items()},
+            self.image_shape,
+            self.bands,
+            dict(self.meta),
+        )
 
     def with_columns(self, **cols) -> FullCatalog:
         return FullCatalog({**self.columns, **cols}, self.image_shape, self.bands, dict(self.meta))
@@ -143,9 +147,11 @@ class FullCatalog:
         if path.suffix == ".parquet":
             return atomic_write(path, lambda tmp: _write_parquet(table, tmp))
         if path.suffix in (".fits", ".fit", ".fts"):
+
             def _w(tmp):
                 hdu = fits.BinTableHDU(table, name="CATALOG")
                 fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, overwrite=True)
+
             return atomic_write(path, _w)
         raise ProbcatValueError(f"{path}: catalog files end in .fits or .parquet")
 
@@ -188,8 +194,9 @@ def _write_parquet(table: Table, path) -> None:
             arrays.append(pa.FixedSizeListArray.from_arrays(flat, width))
         names.append(name)
     meta = {k: str(v) for k, v in table.meta.items()}
-    meta["probcat_shapes"] = json.dumps({n: list(np.asarray(table[n]).shape[1:])
-                                         for n in table.colnames})
+    meta["probcat_shapes"] = json.dumps(
+        {n: list(np.asarray(table[n]).shape[1:]) for n in table.colnames}
+    )
     pt = pa.Table.from_arrays(arrays, names=names).replace_schema_metadata(meta)
     pq.write_table(pt, path)
 
@@ -245,8 +252,9 @@ class TileCatalog:
         return self.n_sources.shape[0]
 
     @classmethod
-    def from_full(cls, cats: list[FullCatalog], tile_size: int = 5,
-                  brightness: str = "flux") -> TileCatalog:
+    def from_full(
+        cls, cats: list[FullCatalog], tile_size: int = 5, brightness: str = "flux"
+    ) -> TileCatalog:
         """Tile a batch of catalogs (same image shape). Where several sources fall in one
         tile, the brightest (largest ``brightness`` summed over bands) is kept."""
         if not cats:
@@ -256,9 +264,13 @@ class TileCatalog:
             raise ProbcatValueError("all catalogs of a batch must share one image shape")
         nty, ntx = cls.grid_shape(shape, tile_size)
         b = len(cats)
-        names = [k for k in cats[0].colnames if k not in ("x", "y")
-                 and np.asarray(cats[0][k]).dtype.kind in "biuf"
-                 and all(k in c for c in cats)]
+        names = [
+            k
+            for k in cats[0].colnames
+            if k not in ("x", "y")
+            and np.asarray(cats[0][k]).dtype.kind in "biuf"
+            and all(k in c for c in cats)
+        ]
         x = np.concatenate([np.asarray(c["x"], float) for c in cats])
         y = np.concatenate([np.asarray(c["y"], float) for c in cats])
         img = np.concatenate([np.full(len(c), i) for i, c in enumerate(cats)]).astype(np.int64)
@@ -289,8 +301,15 @@ class TileCatalog:
             t = torch.zeros(b * nty * ntx, col.shape[1])
             t[torch.from_numpy(flat[keep])] = torch.from_numpy(col[keep]).float()
             params[k] = t.reshape(b, nty, ntx, -1)
-        return cls(n_sources.reshape(b, nty, ntx), locs.reshape(b, nty, ntx, 2), params,
-                   tile_size, tuple(shape), tuple(bands), n_collisions)
+        return cls(
+            n_sources.reshape(b, nty, ntx),
+            locs.reshape(b, nty, ntx, 2),
+            params,
+            tile_size,
+            tuple(shape),
+            tuple(bands),
+            n_collisions,
+        )
 
     def to_full(self) -> list[FullCatalog]:
         """Back to one :class:`FullCatalog` per image (sources in row-major tile order)."""

@@ -13,8 +13,13 @@ import typer
 
 from probcat.errors import ProbcatError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  rich_markup_mode=None, help="probcat: probabilistic catalogs from survey images.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="probcat: probabilistic catalogs from survey images.",
+)
 
 
 def _command_line() -> str:
@@ -40,12 +45,25 @@ def simulate(
     """Simulate a dataset: FITS images with WCS, truth.fits and config.yaml in OUT."""
     from probcat.simulate.datasets import SimulationConfig, write_dataset
 
-    cfg = SimulationConfig(recipe=recipe, n=n, seed=seed, bands=bands, population=population,
-                           split=split, years=years, bank_size=bank_size, noise=noise, size=size)
-    summary = write_dataset(cfg, out, cache_dir=cache_dir, progress=not quiet,
-                            command=_command_line())
-    typer.echo(f"wrote {summary['images']} {recipe} images, {summary['sources']} sources "
-               f"({summary['galaxies']} galaxies) to {out}")
+    cfg = SimulationConfig(
+        recipe=recipe,
+        n=n,
+        seed=seed,
+        bands=bands,
+        population=population,
+        split=split,
+        years=years,
+        bank_size=bank_size,
+        noise=noise,
+        size=size,
+    )
+    summary = write_dataset(
+        cfg, out, cache_dir=cache_dir, progress=not quiet, command=_command_line()
+    )
+    typer.echo(
+        f"wrote {summary['images']} {recipe} images, {summary['sources']} sources "
+        f"({summary['galaxies']} galaxies) to {out}"
+    )
 
 
 @app.command()
@@ -61,8 +79,16 @@ def demo(
     """Simulate an LSST-i field, detect with probcat and SEP, write catalogs and PNG overviews."""
     from probcat.demo import run_demo
 
-    summary = run_demo(out, size=size, seed=seed, bank_size=bank_size, cache_dir=cache_dir,
-                       command=_command_line(), image=image, weights=weights)
+    summary = run_demo(
+        out,
+        size=size,
+        seed=seed,
+        bank_size=bank_size,
+        cache_dir=cache_dir,
+        command=_command_line(),
+        image=image,
+        weights=weights,
+    )
     for line in summary["lines"]:
         typer.echo(line)
 
@@ -80,9 +106,9 @@ def detect_cmd(
     """Probabilistic detection and star/galaxy classification of a FITS image."""
     import numpy as np
 
+    from probcat.catalog import concat_catalogs
     from probcat.detect import detect
     from probcat.io import read_image
-    from probcat.catalog import concat_catalogs
 
     data = read_image(image)
     res = detect(data, weights=weights, threshold=threshold, samples=samples, seed=seed)
@@ -96,13 +122,22 @@ def detect_cmd(
     if plot is not None:
         from probcat.plots import detection_figure
 
-        detection_figure(plot, data.image[0], float(data.noise_sigma[0]) if np.isfinite(
-            data.noise_sigma[0]) else float(np.std(data.image[0])), res.catalog, title=str(image))
+        detection_figure(
+            plot,
+            data.image[0],
+            float(data.noise_sigma[0])
+            if np.isfinite(data.noise_sigma[0])
+            else float(np.std(data.image[0])),
+            res.catalog,
+            title=str(image),
+        )
         msg += f"; figure -> {plot}"
     typer.echo(msg)
 
 
-train_app = typer.Typer(no_args_is_help=True, help="Train encoders (reproduces the shipped weights).")
+train_app = typer.Typer(
+    no_args_is_help=True, help="Train encoders (reproduces the shipped weights)."
+)
 app.add_typer(train_app, name="train")
 
 
@@ -118,10 +153,13 @@ def train_detection_cmd(
     from probcat.train.detection import load_config, train_detection
 
     cfg = load_config(config, steps=steps)
-    manifest = train_detection(cfg, out, cache_dir=cache_dir, progress=not quiet,
-                               command=_command_line())
-    typer.echo(f"wrote {out / 'detection.pt'} and {out / 'manifest.json'} "
-               f"after {manifest['steps']} steps ({manifest['training_s']:.0f} s)")
+    manifest = train_detection(
+        cfg, out, cache_dir=cache_dir, progress=not quiet, command=_command_line()
+    )
+    typer.echo(
+        f"wrote {out / 'detection.pt'} and {out / 'manifest.json'} "
+        f"after {manifest['steps']} steps ({manifest['training_s']:.0f} s)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

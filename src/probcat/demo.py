@@ -20,9 +20,17 @@ from probcat.survey import Survey
 __all__ = ["run_demo"]
 
 
-def run_demo(out: str | Path, *, size: int = 1000, seed: int = 0, bank_size: int = 5000,
-             cache_dir=None, command: str | None = None, image: str | Path | None = None,
-             weights=None) -> dict:
+def run_demo(
+    out: str | Path,
+    *,
+    size: int = 1000,
+    seed: int = 0,
+    bank_size: int = 5000,
+    cache_dir=None,
+    command: str | None = None,
+    image: str | Path | None = None,
+    weights=None,
+) -> dict:
     from probcat.baselines.sep import sep_detect
     from probcat.detect import detect
     from probcat.errors import ProbcatValueError
@@ -44,17 +52,25 @@ def run_demo(out: str | Path, *, size: int = 1000, seed: int = 0, bank_size: int
         sim = SceneSimulator(bank, SceneConfig(size, size))
         scene = sim.sample(np.random.default_rng([seed, 0]))
         wcs = make_wcs((size, size), survey.pixel_scale, *FIELD_CENTER)
-        image_path = write_image(out / "field.fits", scene.image, survey, wcs,
-                                 header={"SEED": seed, "RECIPE": "demo"})
+        image_path = write_image(
+            out / "field.fits", scene.image, survey, wcs, header={"SEED": seed, "RECIPE": "demo"}
+        )
         truth = scene.catalog
         truth.write(out / "truth.fits", wcs=wcs)
-        field_overview(out / "overview.png", scene.image[0], survey.noise_sigma[0], truth,
-                       title=f"probcat demo: LSST-i 10-yr field {size}x{size} px (truth)")
+        field_overview(
+            out / "overview.png",
+            scene.image[0],
+            survey.noise_sigma[0],
+            truth,
+            title=f"probcat demo: LSST-i 10-yr field {size}x{size} px (truth)",
+        )
         gal = truth["galaxy"].astype(bool)
         area = (size * survey.pixel_scale / 60) ** 2
-        lines.append(f"simulated: {size}x{size} px LSST i, 10-year depth; {gal.sum()} galaxies "
-                     f"({gal.sum() / area:.0f} arcmin^-2), {(~gal).sum()} stars, "
-                     f"{(truth['snr'][:, 0] > 5).sum()} with SNR > 5 ({time.perf_counter() - t0:.1f} s)")
+        lines.append(
+            f"simulated: {size}x{size} px LSST i, 10-year depth; {gal.sum()} galaxies "
+            f"({gal.sum() / area:.0f} arcmin^-2), {(~gal).sum()} stars, "
+            f"{(truth['snr'][:, 0] > 5).sum()} with SNR > 5 ({time.perf_counter() - t0:.1f} s)"
+        )
         config = {"demo": {"size": size, "seed": seed}, "bank": bank_cfg.__dict__}
     else:
         image_path = Path(image)
@@ -74,9 +90,11 @@ def run_demo(out: str | Path, *, size: int = 1000, seed: int = 0, bank_size: int
     res.catalog.write(out / "probcat_catalog.fits", wcs=data.wcs)
     sep_cat.write(out / "sep_catalog.fits", wcs=data.wcs)
     n_gal = int(np.sum(res.catalog["galaxy"]))
-    lines.append(f"probcat: {len(res.catalog)} detections ({n_gal} galaxies, "
-                 f"{len(res.catalog) - n_gal} stars) in {t_probcat:.2f} s; "
-                 f"SEP: {len(sep_cat)} detections in {t_sep:.2f} s")
+    lines.append(
+        f"probcat: {len(res.catalog)} detections ({n_gal} galaxies, "
+        f"{len(res.catalog) - n_gal} stars) in {t_probcat:.2f} s; "
+        f"SEP: {len(sep_cat)} detections in {t_sep:.2f} s"
+    )
     if truth is not None:
         xy = np.stack([truth["x"], truth["y"]], 1)
         for name, cat in (("probcat", res.catalog), ("SEP", sep_cat)):
@@ -84,16 +102,35 @@ def run_demo(out: str | Path, *, size: int = 1000, seed: int = 0, bank_size: int
             snr = truth["snr"][:, 0]
             found = np.zeros(len(truth), bool)
             found[i] = True
-            lines.append(f"  {name:8s} precision {len(i) / max(len(cat), 1):.3f}  "
-                         f"recall {found.mean():.3f} (SNR 3-10: {found[(snr >= 3) & (snr < 10)].mean():.3f})")
-    detection_figure(out / "detections.png", data.image[0], sigma, res.catalog, sep_cat, truth,
-                     title="truth | probcat (colour = detection probability) | SEP")
-    detection_figure(out / "detections_zoom.png", data.image[0], sigma, res.catalog, sep_cat, truth,
-                     title="central 200x200 px", zoom=200)
+            lines.append(
+                f"  {name:8s} precision {len(i) / max(len(cat), 1):.3f}  "
+                f"recall {found.mean():.3f} (SNR 3-10: {found[(snr >= 3) & (snr < 10)].mean():.3f})"
+            )
+    detection_figure(
+        out / "detections.png",
+        data.image[0],
+        sigma,
+        res.catalog,
+        sep_cat,
+        truth,
+        title="truth | probcat (colour = detection probability) | SEP",
+    )
+    detection_figure(
+        out / "detections_zoom.png",
+        data.image[0],
+        sigma,
+        res.catalog,
+        sep_cat,
+        truth,
+        title="central 200x200 px",
+        zoom=200,
+    )
     _write_yaml(out / "config.yaml", {**config, **provenance(command)})
-    lines.append(f"wrote {out}/: field.fits, truth.fits, probcat_catalog.fits, sep_catalog.fits, "
-                 f"overview.png, detections.png, detections_zoom.png"
-                 if truth is not None else
-                 f"wrote {out}/: probcat_catalog.fits, sep_catalog.fits, detections.png")
+    lines.append(
+        f"wrote {out}/: field.fits, truth.fits, probcat_catalog.fits, sep_catalog.fits, "
+        f"overview.png, detections.png, detections_zoom.png"
+        if truth is not None
+        else f"wrote {out}/: probcat_catalog.fits, sep_catalog.fits, detections.png"
+    )
     lines.append(f"total {time.perf_counter() - t0:.1f} s")
     return {"lines": lines, "n_detections": len(res.catalog), "n_sep": len(sep_cat)}

@@ -47,8 +47,16 @@ def _with_sky(cat: FullCatalog, wcs) -> FullCatalog:
     return cat.with_columns(ra=np.asarray(ra, float), dec=np.asarray(dec, float))
 
 
-def detect(image, survey: Survey | None = None, *, noise_sigma=None, weights=None,
-           threshold: float = 0.5, samples: int = 0, seed: int = 0) -> DetectionResult:
+def detect(
+    image,
+    survey: Survey | None = None,
+    *,
+    noise_sigma=None,
+    weights=None,
+    threshold: float = 0.5,
+    samples: int = 0,
+    seed: int = 0,
+) -> DetectionResult:
     """Detect and classify sources in an image of any size.
 
     Args:
@@ -80,8 +88,10 @@ def detect(image, survey: Survey | None = None, *, noise_sigma=None, weights=Non
         elif image.image.shape[0] == survey.n_bands == 1:
             data, sig = image.image, image.noise_sigma
         else:
-            raise ProbcatValueError(f"image bands {''.join(image.bands)} do not match the weights' "
-                                    f"bands {''.join(survey.band_names)}")
+            raise ProbcatValueError(
+                f"image bands {''.join(image.bands)} do not match the weights' "
+                f"bands {''.join(survey.band_names)}"
+            )
         if noise_sigma is None and np.all(np.isfinite(sig)):
             noise_sigma = sig
         image = data
@@ -98,8 +108,12 @@ def detect(image, survey: Survey | None = None, *, noise_sigma=None, weights=Non
     draws = []
     if samples:
         gen = torch.Generator().manual_seed(seed)
-        draws = [_with_sky(c, wcs) for c in
-                 sample_catalogs(net, feats, shape, samples, generator=gen, bands=survey.band_names)]
+        draws = [
+            _with_sky(c, wcs)
+            for c in sample_catalogs(
+                net, feats, shape, samples, generator=gen, bands=survey.band_names
+            )
+        ]
     with torch.no_grad():
         tiles = net.heads(feats)
     return DetectionResult(_with_sky(cat, wcs), tiles, draws, wcs)

@@ -36,13 +36,20 @@ class ImageData:
     header: dict = field(default_factory=dict)
 
 
-def write_image(path: str | Path, image: np.ndarray, survey: Survey, wcs: WCS | None = None,
-                extras: dict[str, np.ndarray] | None = None, header: dict | None = None) -> Path:
+def write_image(
+    path: str | Path,
+    image: np.ndarray,
+    survey: Survey,
+    wcs: WCS | None = None,
+    extras: dict[str, np.ndarray] | None = None,
+    header: dict | None = None,
+) -> Path:
     """Write ``image`` ``(bands, H, W)`` atomically as a multi-extension FITS file."""
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 3 or image.shape[0] != survey.n_bands:
         raise ProbcatValueError(
-            f"image must be (bands={survey.n_bands}, H, W), got shape {image.shape}")
+            f"image must be (bands={survey.n_bands}, H, W), got shape {image.shape}"
+        )
     primary = fits.PrimaryHDU()
     primary.header["NBANDS"] = survey.n_bands
     primary.header["BANDS"] = "".join(survey.band_names)
@@ -96,15 +103,22 @@ def read_image(path: str | Path) -> ImageData:
                             wcs = WCS(hdu.header)
                     elif "_" in name:
                         extras.setdefault(name.rsplit("_", 1)[0].lower(), []).append(
-                            np.asarray(hdu.data, dtype=np.float32))
+                            np.asarray(hdu.data, dtype=np.float32)
+                        )
                 image = np.stack(planes)
                 extra_arrays = {k: np.stack(v) for k, v in extras.items()}
             else:
                 data = hdul[0].data
                 idx = 0
                 if data is None:
-                    idx = next((i for i, h in enumerate(hdul) if getattr(h, "data", None) is not None
-                                and h.is_image), None)
+                    idx = next(
+                        (
+                            i
+                            for i, h in enumerate(hdul)
+                            if getattr(h, "data", None) is not None and h.is_image
+                        ),
+                        None,
+                    )
                     if idx is None:
                         raise ProbcatValueError(f"{path}: no image data in any HDU")
                     data = hdul[idx].data
@@ -113,8 +127,10 @@ def read_image(path: str | Path) -> ImageData:
                 if image.ndim == 2:
                     image = image[None]
                 if image.ndim != 3:
-                    raise ProbcatValueError(f"{path}: image has {image.ndim} dimensions, "
-                                            "expected 2 (one band) or 3 (bands, H, W)")
+                    raise ProbcatValueError(
+                        f"{path}: image has {image.ndim} dimensions, "
+                        "expected 2 (one band) or 3 (bands, H, W)"
+                    )
                 filt = str(hdr.get("BANDS", hdr.get("FILTER", ""))).strip()
                 if len(filt) == image.shape[0]:
                     bands = tuple(filt)
@@ -131,5 +147,4 @@ def read_image(path: str | Path) -> ImageData:
         if isinstance(e, ProbcatValueError):
             raise
         raise ProbcatIOError(f"{path}: malformed FITS image ({e})") from e
-    return ImageData(image, wcs, bands, np.asarray(noise, dtype=float), extra_arrays,
-                     dict(primary))
+    return ImageData(image, wcs, bands, np.asarray(noise, dtype=float), extra_arrays, dict(primary))

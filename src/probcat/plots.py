@@ -16,8 +16,14 @@ def asinh_stretch(image: np.ndarray, sigma: float, soften: float = 3.0) -> np.nd
     return np.arcsinh(np.asarray(image, float) / (soften * sigma))
 
 
-def field_overview(path: str | Path, image: np.ndarray, sigma: float, truth: FullCatalog,
-                   title: str = "", zoom: int = 150) -> Path:
+def field_overview(
+    path: str | Path,
+    image: np.ndarray,
+    sigma: float,
+    truth: FullCatalog,
+    title: str = "",
+    zoom: int = 150,
+) -> Path:
     """PNG: the field with true galaxies/stars marked, a zoom, and the magnitude/SNR
     distributions of the truth catalog. ``image`` is one band ``(H, W)``."""
     import matplotlib
@@ -32,10 +38,24 @@ def field_overview(path: str | Path, image: np.ndarray, sigma: float, truth: Ful
     shown = asinh_stretch(image, sigma)
     ax.imshow(shown, origin="lower", cmap="gray_r", vmin=-1, vmax=np.percentile(shown, 99.7))
     gal = truth["galaxy"].astype(bool)
-    ax.scatter(truth["x"][gal], truth["y"][gal], s=14, facecolors="none", edgecolors="tab:blue",
-               lw=0.6, label=f"galaxies ({gal.sum()})")
-    ax.scatter(truth["x"][~gal], truth["y"][~gal], s=30, marker="*", color="tab:red", lw=0,
-               label=f"stars ({(~gal).sum()})")
+    ax.scatter(
+        truth["x"][gal],
+        truth["y"][gal],
+        s=14,
+        facecolors="none",
+        edgecolors="tab:blue",
+        lw=0.6,
+        label=f"galaxies ({gal.sum()})",
+    )
+    ax.scatter(
+        truth["x"][~gal],
+        truth["y"][~gal],
+        s=30,
+        marker="*",
+        color="tab:red",
+        lw=0,
+        label=f"stars ({(~gal).sum()})",
+    )
     z0x, z0y = (w - zoom) // 2, (h - zoom) // 2
     ax.add_patch(plt.Rectangle((z0x - 0.5, z0y - 0.5), zoom, zoom, fill=False, ec="orange", lw=1.5))
     ax.set_title(title or f"simulated field {w}x{h} px, truth")
@@ -44,12 +64,29 @@ def field_overview(path: str | Path, image: np.ndarray, sigma: float, truth: Ful
     ax.set_ylabel("y [pix]")
 
     az = fig.add_subplot(gs[0, 2])
-    sub = shown[z0y:z0y + zoom, z0x:z0x + zoom]
-    az.imshow(sub, origin="lower", cmap="gray_r", vmin=-1, vmax=np.percentile(sub, 99.7),
-              extent=(z0x - 0.5, z0x + zoom - 0.5, z0y - 0.5, z0y + zoom - 0.5))
-    inz = (truth["x"] >= z0x) & (truth["x"] < z0x + zoom) & (truth["y"] >= z0y) & (truth["y"] < z0y + zoom)
-    az.scatter(truth["x"][inz & gal], truth["y"][inz & gal], s=40, facecolors="none",
-               edgecolors="tab:blue", lw=0.8)
+    sub = shown[z0y : z0y + zoom, z0x : z0x + zoom]
+    az.imshow(
+        sub,
+        origin="lower",
+        cmap="gray_r",
+        vmin=-1,
+        vmax=np.percentile(sub, 99.7),
+        extent=(z0x - 0.5, z0x + zoom - 0.5, z0y - 0.5, z0y + zoom - 0.5),
+    )
+    inz = (
+        (truth["x"] >= z0x)
+        & (truth["x"] < z0x + zoom)
+        & (truth["y"] >= z0y)
+        & (truth["y"] < z0y + zoom)
+    )
+    az.scatter(
+        truth["x"][inz & gal],
+        truth["y"][inz & gal],
+        s=40,
+        facecolors="none",
+        edgecolors="tab:blue",
+        lw=0.8,
+    )
     az.scatter(truth["x"][inz & ~gal], truth["y"][inz & ~gal], s=60, marker="*", color="tab:red")
     az.set_title(f"zoom {zoom}x{zoom} px")
 
@@ -68,9 +105,16 @@ def field_overview(path: str | Path, image: np.ndarray, sigma: float, truth: Ful
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
 
 
-def detection_figure(path: str | Path, image: np.ndarray, sigma: float, probcat_cat: FullCatalog,
-                     sep_cat: FullCatalog | None = None, truth: FullCatalog | None = None,
-                     title: str = "", zoom: int | None = None) -> Path:
+def detection_figure(
+    path: str | Path,
+    image: np.ndarray,
+    sigma: float,
+    probcat_cat: FullCatalog,
+    sep_cat: FullCatalog | None = None,
+    truth: FullCatalog | None = None,
+    title: str = "",
+    zoom: int | None = None,
+) -> Path:
     """PNG: panels truth / probcat (detections coloured by probability) / SEP on one band."""
     import matplotlib
 
@@ -80,32 +124,50 @@ def detection_figure(path: str | Path, image: np.ndarray, sigma: float, probcat_
     h, w = image.shape
     if zoom is not None and zoom < min(h, w):
         y0, x0 = (h - zoom) // 2, (w - zoom) // 2
-        image = image[y0:y0 + zoom, x0:x0 + zoom]
+        image = image[y0 : y0 + zoom, x0 : x0 + zoom]
 
         def crop(c):
             if c is None:
                 return None
-            m = (c["x"] >= x0 - 0.5) & (c["x"] < x0 + zoom - 0.5) & (c["y"] >= y0 - 0.5) & (c["y"] < y0 + zoom - 0.5)
+            m = (
+                (c["x"] >= x0 - 0.5)
+                & (c["x"] < x0 + zoom - 0.5)
+                & (c["y"] >= y0 - 0.5)
+                & (c["y"] < y0 + zoom - 0.5)
+            )
             return c.select(m).with_columns(x=c["x"][m] - x0, y=c["y"][m] - y0)
 
         probcat_cat, sep_cat, truth = crop(probcat_cat), crop(sep_cat), crop(truth)
     panels = [("truth", truth), ("probcat", probcat_cat), ("SEP", sep_cat)]
     panels = [p for p in panels if p[1] is not None]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 6.4), squeeze=False,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(6.2 * len(panels), 6.4), squeeze=False, constrained_layout=True
+    )
     shown = asinh_stretch(image, sigma)
     vmax = np.percentile(shown, 99.7)
     for ax, (name, cat) in zip(axes[0], panels):
         ax.imshow(shown, origin="lower", cmap="gray_r", vmin=-1, vmax=vmax)
         if name == "probcat":
             norm = matplotlib.colors.Normalize(0.5, 1.0)
-            ax.scatter(cat["x"], cat["y"], s=22, facecolors="none", lw=1.0,
-                       edgecolors=plt.cm.plasma(norm(cat["prob"])))
-            fig.colorbar(matplotlib.cm.ScalarMappable(norm, "plasma"), ax=ax, fraction=0.046,
-                         label="detection probability")
+            ax.scatter(
+                cat["x"],
+                cat["y"],
+                s=22,
+                facecolors="none",
+                lw=1.0,
+                edgecolors=plt.cm.plasma(norm(cat["prob"])),
+            )
+            fig.colorbar(
+                matplotlib.cm.ScalarMappable(norm, "plasma"),
+                ax=ax,
+                fraction=0.046,
+                label="detection probability",
+            )
         elif name == "truth":
             gal = cat["galaxy"].astype(bool)
-            ax.scatter(cat["x"][gal], cat["y"][gal], s=16, facecolors="none", edgecolors="tab:blue", lw=0.7)
+            ax.scatter(
+                cat["x"][gal], cat["y"][gal], s=16, facecolors="none", edgecolors="tab:blue", lw=0.7
+            )
             ax.scatter(cat["x"][~gal], cat["y"][~gal], s=40, marker="*", color="tab:red", lw=0)
         else:
             ax.scatter(cat["x"], cat["y"], s=22, marker="x", color="tab:green", lw=0.8)

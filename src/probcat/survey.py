@@ -147,8 +147,12 @@ class Survey:
                     obscuration_area=float(sc.obscuration.value),
                 )
             )
-        return cls(name="LSST", pixel_scale=float(sc.pixel_scale.value), bands=tuple(out),
-                   depth_years=float(years))
+        return cls(
+            name="LSST",
+            pixel_scale=float(sc.pixel_scale.value),
+            bands=tuple(out),
+            depth_years=float(years),
+        )
 
     @cached_property
     def band_names(self) -> tuple[str, ...]:

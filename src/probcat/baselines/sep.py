@@ -40,8 +40,14 @@ class SepConfig:
     subtract_background: bool = False
 
 
-def sep_detect(image: np.ndarray, noise_sigma: float | np.ndarray, *, band: int = 0,
-               config: SepConfig = SepConfig(), bands: tuple[str, ...] | None = None) -> FullCatalog:
+def sep_detect(
+    image: np.ndarray,
+    noise_sigma: float | np.ndarray,
+    *,
+    band: int = 0,
+    config: SepConfig = SepConfig(),
+    bands: tuple[str, ...] | None = None,
+) -> FullCatalog:
     """Detect sources with SEP on one band of ``image`` ``(bands, H, W)`` or ``(H, W)``.
 
     Args:
@@ -66,13 +72,27 @@ def sep_detect(image: np.ndarray, noise_sigma: float | np.ndarray, *, band: int 
     if config.subtract_background:
         data = data - sep.Background(data).back()
     kernel = gaussian_kernel(config.filter_size, config.filter_fwhm)
-    objs = sep.extract(data, config.thresh, err=sigma, minarea=config.minarea,
-                       deblend_nthresh=config.deblend_nthresh, deblend_cont=config.deblend_cont,
-                       filter_kernel=kernel)
+    objs = sep.extract(
+        data,
+        config.thresh,
+        err=sigma,
+        minarea=config.minarea,
+        deblend_nthresh=config.deblend_nthresh,
+        deblend_cont=config.deblend_cont,
+        filter_kernel=kernel,
+    )
     n = len(objs)
     names = bands or tuple(f"b{k}" for k in range(image.shape[0]))
-    return FullCatalog({
-        "x": np.asarray(objs["x"], float), "y": np.asarray(objs["y"], float),
-        "flux": np.asarray(objs["flux"], float), "prob": np.ones(n),
-        "npix": np.asarray(objs["npix"], np.int64), "flag": np.asarray(objs["flag"], np.int64),
-    }, image.shape[-2:], (names[band],), {"detector": "sep", **config.__dict__})
+    return FullCatalog(
+        {
+            "x": np.asarray(objs["x"], float),
+            "y": np.asarray(objs["y"], float),
+            "flux": np.asarray(objs["flux"], float),
+            "prob": np.ones(n),
+            "npix": np.asarray(objs["npix"], np.int64),
+            "flag": np.asarray(objs["flag"], np.int64),
+        },
+        image.shape[-2:],
+        (names[band],),
+        {"detector": "sep", **config.__dict__},
+    )

@@ -10,5 +10,12 @@ from probcat.infer.detect import (
     tile_features,
 )
 
-__all__ = ["check_image", "tile_features", "predict_tiles", "decode", "Decisions",
-           "map_catalog", "sample_catalogs"]
+__all__ = [
+    "check_image",
+    "tile_features",
+    "predict_tiles",
+    "decode",
+    "Decisions",
+    "map_catalog",
+    "sample_catalogs",
+]

@@ -20,8 +20,17 @@ from probcat.catalog import FullCatalog
 from probcat.errors import ProbcatValueError
 from probcat.nets.detection import N_GROUPS, DetectionNet, TileOutput, tile_groups
 
-__all__ = ["check_image", "tile_features", "batch_tile_features", "predict_tiles", "decode", "Decisions",
-           "map_catalog", "sample_catalogs", "catalog_from_decisions"]
+__all__ = [
+    "check_image",
+    "tile_features",
+    "batch_tile_features",
+    "predict_tiles",
+    "decode",
+    "Decisions",
+    "map_catalog",
+    "sample_catalogs",
+    "catalog_from_decisions",
+]
 
 
 def check_image(image: np.ndarray, n_bands: int, noise_sigma, min_size: int = 1) -> np.ndarray:
@@ -39,8 +48,10 @@ def check_image(image: np.ndarray, n_bands: int, noise_sigma, min_size: int = 1)
     if min(image.shape[1:]) < 1:
         raise ProbcatValueError(f"image is empty: shape {image.shape}")
     if min(image.shape[1:]) < min_size:
-        raise ProbcatValueError(f"image {image.shape[1]}x{image.shape[2]} is smaller than the "
-                                f"minimum {min_size}x{min_size} px")
+        raise ProbcatValueError(
+            f"image {image.shape[1]}x{image.shape[2]} is smaller than the "
+            f"minimum {min_size}x{min_size} px"
+        )
     if not np.all(np.isfinite(image)):
         raise ProbcatValueError("image contains NaN or inf pixels: mask or replace them first")
     sigma = np.broadcast_to(np.asarray(noise_sigma, dtype=np.float32), (image.shape[0],))
@@ -50,8 +61,9 @@ def check_image(image: np.ndarray, n_bands: int, noise_sigma, min_size: int = 1)
 
 
 @torch.no_grad()
-def tile_features(net: DetectionNet, image: np.ndarray, noise_sigma, *,
-                  chunk_tiles: int = 400) -> torch.Tensor:
+def tile_features(
+    net: DetectionNet, image: np.ndarray, noise_sigma, *, chunk_tiles: int = 400
+) -> torch.Tensor:
     """Backbone features ``(1, C, ceil(H/t), ceil(W/t))`` of an image of any size."""
     net.eval()
     x = check_image(image, net.n_bands, noise_sigma)
@@ -60,13 +72,13 @@ def tile_features(net: DetectionNet, image: np.ndarray, noise_sigma, *,
     nty, ntx = math.ceil(h / t), math.ceil(w / t)
     halo = math.ceil(net.receptive_field / 2 / t) + 1  # tiles of context on each side
     padded = np.zeros((x.shape[0], (nty + 2 * halo) * t, (ntx + 2 * halo) * t), np.float32)
-    padded[:, halo * t:halo * t + h, halo * t:halo * t + w] = x
+    padded[:, halo * t : halo * t + h, halo * t : halo * t + w] = x
     feats = None
     for ty0 in range(0, nty, chunk_tiles):
         for tx0 in range(0, ntx, chunk_tiles):
             ty1, tx1 = min(ty0 + chunk_tiles, nty), min(tx0 + chunk_tiles, ntx)
             # core tiles [ty0, ty1) sit at padded tiles [ty0 + halo, ty1 + halo)
-            crop = padded[:, ty0 * t:(ty1 + 2 * halo) * t, tx0 * t:(tx1 + 2 * halo) * t]
+            crop = padded[:, ty0 * t : (ty1 + 2 * halo) * t, tx0 * t : (tx1 + 2 * halo) * t]
             f = net.features(torch.from_numpy(np.ascontiguousarray(crop))[None])
             if feats is None:
                 feats = f.new_zeros(1, f.shape[1], nty, ntx)
@@ -86,7 +98,7 @@ def batch_tile_features(net: DetectionNet, images: np.ndarray, noise_sigma) -> t
     nty, ntx = math.ceil(h / t), math.ceil(w / t)
     halo = math.ceil(net.receptive_field / 2 / t) + 1
     padded = np.zeros((b, nb, (nty + 2 * halo) * t, (ntx + 2 * halo) * t), np.float32)
-    padded[:, :, halo * t:halo * t + h, halo * t:halo * t + w] = x
+    padded[:, :, halo * t : halo * t + h, halo * t : halo * t + w] = x
     return net.features(torch.from_numpy(padded))[:, :, halo:-halo, halo:-halo]
 
 
@@ -109,9 +121,15 @@ class Decisions:
 
 
 @torch.no_grad()
-def decode(net: DetectionNet, feats: torch.Tensor, *, n_samples: int = 0, threshold: float = 0.5,
-           generator: torch.Generator | None = None,
-           marginal: TileOutput | None = None) -> Decisions:
+def decode(
+    net: DetectionNet,
+    feats: torch.Tensor,
+    *,
+    n_samples: int = 0,
+    threshold: float = 0.5,
+    generator: torch.Generator | None = None,
+    marginal: TileOutput | None = None,
+) -> Decisions:
     """Checkerboard decoding. ``n_samples = 0``: MAP (probability > threshold, posterior
     mean location, galaxy if probability > 0.5) for each image of the batch ``feats``;
     else that many posterior samples of the single image ``feats`` ``(1, C, nty, ntx)``.
@@ -130,9 +148,21 @@ def decode(net: DetectionNet, feats: torch.Tensor, *, n_samples: int = 0, thresh
     cond_out = None
     for g in range(N_GROUPS):
         if g == 0 and marginal is not None and marginal.count_logit.shape[0] in (1, s):
-            out = marginal if marginal.count_logit.shape[0] == s else TileOutput(
-                *(t.expand(s, *t.shape[1:]) for t in (marginal.count_logit, marginal.loc_mean,
-                                                       marginal.loc_logvar, marginal.galaxy_logit)))
+            out = (
+                marginal
+                if marginal.count_logit.shape[0] == s
+                else TileOutput(
+                    *(
+                        t.expand(s, *t.shape[1:])
+                        for t in (
+                            marginal.count_logit,
+                            marginal.loc_mean,
+                            marginal.loc_logvar,
+                            marginal.galaxy_logit,
+                        )
+                    )
+                )
+            )
         else:
             out = net.heads(f, decided, n, locs, classify=False)
         now = (groups == g).expand(s, -1, -1)
@@ -149,8 +179,9 @@ def decode(net: DetectionNet, feats: torch.Tensor, *, n_samples: int = 0, thresh
         cond_out = out if cond_out is None else out.where(now, cond_out)
     # classify every detection at its decided location
     typed = net.heads(f, decided, n, locs, type_locs=locs)
-    cond_out = TileOutput(cond_out.count_logit, cond_out.loc_mean, cond_out.loc_logvar,
-                          typed.galaxy_logit)
+    cond_out = TileOutput(
+        cond_out.count_logit, cond_out.loc_mean, cond_out.loc_logvar, typed.galaxy_logit
+    )
     if n_samples:
         galaxy = torch.rand(typed.galaxy_prob.shape, generator=generator) < typed.galaxy_prob
     else:
@@ -158,8 +189,9 @@ def decode(net: DetectionNet, feats: torch.Tensor, *, n_samples: int = 0, thresh
     return Decisions(n, locs, galaxy, cond_out)
 
 
-def catalog_from_decisions(dec: Decisions, k: int, marginal: TileOutput, image_shape, tile_size: int,
-             bands, meta: dict) -> FullCatalog:
+def catalog_from_decisions(
+    dec: Decisions, k: int, marginal: TileOutput, image_shape, tile_size: int, bands, meta: dict
+) -> FullCatalog:
     h, w = image_shape
     ty, tx = torch.nonzero(dec.n[k], as_tuple=True)
     loc = dec.locs[k, ty, tx].double()
@@ -169,20 +201,26 @@ def catalog_from_decisions(dec: Decisions, k: int, marginal: TileOutput, image_s
     c = dec.conditional
     sd = (c.loc_sd[k, ty, tx] * tile_size).double().numpy()
     cols = {
-        "x": x, "y": y, "x_sd": sd[:, 0], "y_sd": sd[:, 1],
+        "x": x,
+        "y": y,
+        "x_sd": sd[:, 0],
+        "y_sd": sd[:, 1],
         "prob": marginal.prob[min(k, marginal.prob.shape[0] - 1), ty, tx].double().numpy(),
         "prob_conditional": c.prob[k, ty, tx].double().numpy(),
         "galaxy_prob": c.galaxy_prob[k, ty, tx].double().numpy(),
         "galaxy": dec.galaxy[k, ty, tx].numpy(),
-        "tile_x": tx.numpy(), "tile_y": ty.numpy(),
+        "tile_x": tx.numpy(),
+        "tile_y": ty.numpy(),
     }
-    return FullCatalog({key: v[inside] for key, v in cols.items()}, tuple(image_shape),
-                       tuple(bands), meta)
+    return FullCatalog(
+        {key: v[inside] for key, v in cols.items()}, tuple(image_shape), tuple(bands), meta
+    )
 
 
 @torch.no_grad()
-def map_catalog(net: DetectionNet, feats: torch.Tensor, image_shape, *, threshold: float = 0.5,
-                bands=("i",)) -> FullCatalog:
+def map_catalog(
+    net: DetectionNet, feats: torch.Tensor, image_shape, *, threshold: float = 0.5, bands=("i",)
+) -> FullCatalog:
     """MAP catalog (paper 000 section 4.2): detections with probability > ``threshold``.
 
     Columns: ``x, y`` (pixels, posterior mean), ``x_sd, y_sd`` (pixels), ``prob`` (the tile's
@@ -193,22 +231,35 @@ def map_catalog(net: DetectionNet, feats: torch.Tensor, image_shape, *, threshol
         raise ProbcatValueError(f"threshold must lie in [0, 1), got {threshold}")
     marginal = net.heads(feats, classify=False)
     dec = decode(net, feats, threshold=threshold, marginal=marginal)
-    return catalog_from_decisions(dec, 0, marginal, image_shape, net.tile_size, bands,
-                    {"threshold": threshold, "kind": "map"})
+    return catalog_from_decisions(
+        dec, 0, marginal, image_shape, net.tile_size, bands, {"threshold": threshold, "kind": "map"}
+    )
 
 
 @torch.no_grad()
-def sample_catalogs(net: DetectionNet, feats: torch.Tensor, image_shape, n: int, *,
-                    generator: torch.Generator | None = None, bands=("i",),
-                    batch: int = 32) -> list[FullCatalog]:
+def sample_catalogs(
+    net: DetectionNet,
+    feats: torch.Tensor,
+    image_shape,
+    n: int,
+    *,
+    generator: torch.Generator | None = None,
+    bands=("i",),
+    batch: int = 32,
+) -> list[FullCatalog]:
     """``n`` posterior catalog samples (paper 000 section 4.6)."""
     if n < 1:
         raise ProbcatValueError(f"number of samples must be >= 1, got {n}")
     marginal = net.heads(feats, classify=False)
     out = []
     for start in range(0, n, batch):
-        dec = decode(net, feats, n_samples=min(batch, n - start), generator=generator,
-                     marginal=marginal)
-        out += [catalog_from_decisions(dec, k, marginal, image_shape, net.tile_size, bands, {"kind": "sample"})
-                for k in range(dec.n.shape[0])]
+        dec = decode(
+            net, feats, n_samples=min(batch, n - start), generator=generator, marginal=marginal
+        )
+        out += [
+            catalog_from_decisions(
+                dec, k, marginal, image_shape, net.tile_size, bands, {"kind": "sample"}
+            )
+            for k in range(dec.n.shape[0])
+        ]
     return out

@@ -9,8 +9,14 @@ from probcat.metrics.detection import (
     match,
 )
 
-__all__ = ["match", "detected_snr", "DetectionCounts", "binned_detection_metrics", "f1_score",
-           "SNR_BINS"]
+__all__ = [
+    "match",
+    "detected_snr",
+    "DetectionCounts",
+    "binned_detection_metrics",
+    "f1_score",
+    "SNR_BINS",
+]
 from probcat.metrics.calibration import (  # noqa: E402
     expected_calibration_error,
     interval_coverage,
@@ -18,5 +24,4 @@ from probcat.metrics.calibration import (  # noqa: E402
 )
 from probcat.metrics.classification import precision_recall_f1  # noqa: E402
 
-__all__ += ["expected_calibration_error", "interval_coverage", "reliability",
-            "precision_recall_f1"]
+__all__ += ["expected_calibration_error", "interval_coverage", "reliability", "precision_recall_f1"]

@@ -14,9 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-
-__all__ = ["match", "detected_snr", "DetectionCounts", "binned_detection_metrics", "f1_score",
-           "SNR_BINS"]
+__all__ = [
+    "match",
+    "detected_snr",
+    "DetectionCounts",
+    "binned_detection_metrics",
+    "f1_score",
+    "SNR_BINS",
+]
 
 SNR_BINS = np.logspace(np.log10(3), np.log10(1000), 11)  # log-spaced 3-1000 (paper Fig. 2)
 _FORBIDDEN = 1e9
@@ -62,8 +67,6 @@ def detected_snr(image: np.ndarray, x, y, sigma: float, radius: float = 5.0) -> 
     return out
 
 
-
-
 @dataclass
 class DetectionCounts:
     """Counts accumulated over many images, per bin."""
@@ -90,11 +93,16 @@ def f1_score(precision, recall):
         return 2 * precision * recall / (precision + recall)
 
 
-def binned_detection_metrics(true_value: np.ndarray, true_matched: np.ndarray,
-                             est_value: np.ndarray, est_matched: np.ndarray,
-                             bins: np.ndarray) -> DetectionCounts:
+def binned_detection_metrics(
+    true_value: np.ndarray,
+    true_matched: np.ndarray,
+    est_value: np.ndarray,
+    est_matched: np.ndarray,
+    bins: np.ndarray,
+) -> DetectionCounts:
     """Bin matched flags: truths by ``true_value`` (true SNR or blendedness), detections by
     ``est_value`` (detected SNR). Values outside ``bins`` are ignored."""
+
     def count(v, flag):
         idx = np.digitize(v, bins) - 1
         ok = (idx >= 0) & (idx < len(bins) - 1)

@@ -64,23 +64,29 @@ class TileOutput:
 
     def where(self, mask: torch.Tensor, other: TileOutput) -> TileOutput:
         """Fields from ``self`` where ``mask`` ``(B, nty, ntx)``, else from ``other``."""
+
         def pick(a, b):
             m = mask if a.dim() == mask.dim() else mask[..., None]
             return torch.where(m, a, b)
 
-        return TileOutput(pick(self.count_logit, other.count_logit),
-                          pick(self.loc_mean, other.loc_mean),
-                          pick(self.loc_logvar, other.loc_logvar),
-                          pick(self.galaxy_logit, other.galaxy_logit))
+        return TileOutput(
+            pick(self.count_logit, other.count_logit),
+            pick(self.loc_mean, other.loc_mean),
+            pick(self.loc_logvar, other.loc_logvar),
+            pick(self.galaxy_logit, other.galaxy_logit),
+        )
 
 
 class _Res(nn.Module):
     def __init__(self, ch: int, dilation: int = 1):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(ch, ch, 3, padding=dilation, dilation=dilation), nn.BatchNorm2d(ch),
-            nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=dilation, dilation=dilation),
-            nn.BatchNorm2d(ch))
+            nn.Conv2d(ch, ch, 3, padding=dilation, dilation=dilation),
+            nn.BatchNorm2d(ch),
+            nn.SiLU(),
+            nn.Conv2d(ch, ch, 3, padding=dilation, dilation=dilation),
+            nn.BatchNorm2d(ch),
+        )
         self.act = nn.SiLU()
 
     def forward(self, x):
@@ -100,27 +106,46 @@ class DetectionNet(nn.Module):
         n_blocks: residual blocks on the tile grid (dilations 1, 2, 1, 2, ...).
     """
 
-    def __init__(self, n_bands: int = 1, tile_size: int = 5, stem_channels: int = 12,
-                 channels: int = 64, n_blocks: int = 2):
+    def __init__(
+        self,
+        n_bands: int = 1,
+        tile_size: int = 5,
+        stem_channels: int = 12,
+        channels: int = 64,
+        n_blocks: int = 2,
+    ):
         super().__init__()
         self.n_bands, self.tile_size = n_bands, tile_size
-        self.hparams = {"n_bands": n_bands, "tile_size": tile_size,
-                        "stem_channels": stem_channels, "channels": channels, "n_blocks": n_blocks}
+        self.hparams = {
+            "n_bands": n_bands,
+            "tile_size": tile_size,
+            "stem_channels": stem_channels,
+            "channels": channels,
+            "n_blocks": n_blocks,
+        }
         self.stem = nn.Sequential(
-            nn.Conv2d(n_bands, stem_channels, 5, padding=2), nn.SiLU(),
-            nn.Conv2d(stem_channels, stem_channels, 3, padding=1), nn.SiLU())
+            nn.Conv2d(n_bands, stem_channels, 5, padding=2),
+            nn.SiLU(),
+            nn.Conv2d(stem_channels, stem_channels, 3, padding=1),
+            nn.SiLU(),
+        )
         self.to_tiles = nn.Sequential(
             nn.PixelUnshuffle(tile_size),
-            nn.Conv2d(stem_channels * tile_size**2, channels, 1), nn.BatchNorm2d(channels),
-            nn.SiLU())
-        self.blocks = nn.Sequential(*[_Res(channels, dilation=1 + (k % 2)) for k in range(n_blocks)])
+            nn.Conv2d(stem_channels * tile_size**2, channels, 1),
+            nn.BatchNorm2d(channels),
+            nn.SiLU(),
+        )
+        self.blocks = nn.Sequential(
+            *[_Res(channels, dilation=1 + (k % 2)) for k in range(n_blocks)]
+        )
         # conditional head: features + (decided, n, loc_x, loc_y) of decided tiles
         # (a 3x3 conv of the 4 decision channels added to the features keeps this cheap)
         self.cond_in = nn.Conv2d(4, channels, 3, padding=1)
         self.cond_mix = nn.Sequential(nn.SiLU(), nn.Conv2d(channels, channels, 1), nn.SiLU())
         self.det_head = nn.Conv2d(channels, 5, 1)
-        self.type_head = nn.Sequential(nn.Conv2d(channels + 2, channels, 1), nn.SiLU(),
-                                       nn.Conv2d(channels, 1, 1))
+        self.type_head = nn.Sequential(
+            nn.Conv2d(channels + 2, channels, 1), nn.SiLU(), nn.Conv2d(channels, 1, 1)
+        )
         n = len(self.blocks)
         self._rf = 5 + 2 + (tile_size - 1) + sum(4 * (1 + (k % 2)) * tile_size for k in range(n))
 
@@ -138,9 +163,15 @@ class DetectionNet(nn.Module):
         """Backbone features ``(B, C, H/t, W/t)``."""
         return self.blocks(self.to_tiles(self.stem(self.normalise(image))))
 
-    def heads(self, feats: torch.Tensor, decided: torch.Tensor | None = None,
-              n: torch.Tensor | None = None, locs: torch.Tensor | None = None,
-              type_locs: torch.Tensor | None = None, classify: bool = True) -> TileOutput:
+    def heads(
+        self,
+        feats: torch.Tensor,
+        decided: torch.Tensor | None = None,
+        n: torch.Tensor | None = None,
+        locs: torch.Tensor | None = None,
+        type_locs: torch.Tensor | None = None,
+        classify: bool = True,
+    ) -> TileOutput:
         """Tile outputs given features and the decisions taken so far.
 
         Args:
@@ -158,7 +189,9 @@ class DetectionNet(nn.Module):
         else:
             d = decided.float()
             nd = n.float() * d
-            cond = torch.cat([d[:, None], nd[:, None], (locs * nd[..., None]).permute(0, 3, 1, 2)], 1)
+            cond = torch.cat(
+                [d[:, None], nd[:, None], (locs * nd[..., None]).permute(0, 3, 1, 2)], 1
+            )
         h = self.cond_mix(feats + self.cond_in(cond))
         det = self.det_head(h).permute(0, 2, 3, 1)
         loc_mean = torch.sigmoid(det[..., 1:3])
@@ -167,8 +200,12 @@ class DetectionNet(nn.Module):
             galaxy = self.type_head(torch.cat([h, tl.permute(0, 3, 1, 2) - 0.5], 1))[:, 0]
         else:
             galaxy = det.new_zeros(det.shape[:-1])
-        return TileOutput(count_logit=det[..., 0], loc_mean=loc_mean,
-                          loc_logvar=det[..., 3:5].clamp(-12.0, 4.0), galaxy_logit=galaxy)
+        return TileOutput(
+            count_logit=det[..., 0],
+            loc_mean=loc_mean,
+            loc_logvar=det[..., 3:5].clamp(-12.0, 4.0),
+            galaxy_logit=galaxy,
+        )
 
     def forward(self, image: torch.Tensor) -> TileOutput:
         """Marginal tile outputs (nothing decided)."""

@@ -128,7 +128,7 @@ def _render_galaxy(args):
     sigma = np.array([b.noise_sigma for b in bands])
     h = _trim_half(full, tol * sigma)
     c = MAX_STAMP // 2
-    stamp = full[:, c - h:c + h + 1, c - h:c + h + 1]
+    stamp = full[:, c - h : c + h + 1, c - h : c + h + 1]
     snr = np.array([snr_eq12(stamp[k], dx, dy, sigma[k]) for k in range(len(bands))])
     return stamp.astype(np.float32), flux, snr
 
@@ -171,20 +171,31 @@ class SourceBank:
         """Stamp of entry ``i``, ``(bands, 2h+1, 2h+1)`` float32 electrons."""
         n = 2 * int(self.half[i]) + 1
         o = int(self.offsets[i])
-        return self.pixels[o:o + self.survey.n_bands * n * n].reshape(self.survey.n_bands, n, n)
+        return self.pixels[o : o + self.survey.n_bands * n * n].reshape(self.survey.n_bands, n, n)
 
     # ---- building, caching -----------------------------------------------------------------
     @classmethod
-    def build(cls, survey: Survey, config: BankConfig, *, workers: int | None = None,
-              progress: bool = True) -> SourceBank:
+    def build(
+        cls,
+        survey: Survey,
+        config: BankConfig,
+        *,
+        workers: int | None = None,
+        progress: bool = True,
+    ) -> SourceBank:
         from tqdm.auto import tqdm
 
-        table = galaxy_population(config.population, split=config.split,
-                                  seed=config.catalog_seed, bands=survey.band_names,
-                                  n=config.n_galaxies)
+        table = galaxy_population(
+            config.population,
+            split=config.split,
+            seed=config.catalog_seed,
+            bands=survey.band_names,
+            n=config.n_galaxies,
+        )
         if len(table) > config.n_galaxies:
             pick = np.random.default_rng([config.catalog_seed, 31]).choice(
-                len(table), config.n_galaxies, replace=False)
+                len(table), config.n_galaxies, replace=False
+            )
             table = table[np.sort(pick)]
         n = len(table)
         rng = np.random.default_rng([config.render_seed, 2])
@@ -214,8 +225,12 @@ class SourceBank:
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         pixels = np.concatenate([r[0].ravel() for r in results]).astype(np.float32)
         arrays = {
-            "flux": np.stack([r[1] for r in results]), "snr": np.stack([r[2] for r in results]),
-            "dx": dx.astype(float), "dy": dy.astype(float), "half": half, "offsets": offsets,
+            "flux": np.stack([r[1] for r in results]),
+            "snr": np.stack([r[2] for r in results]),
+            "dx": dx.astype(float),
+            "dy": dy.astype(float),
+            "half": half,
+            "offsets": offsets,
             "pixels": pixels,
         }
         arrays.update(cls._star_arrays(survey, config, rng))
@@ -229,24 +244,53 @@ class SourceBank:
         sdx, sdy = rng.uniform(-0.5, 0.5, p), rng.uniform(-0.5, 0.5, p)
         sigma = survey.noise_sigma
         ref = np.array([b.mag_to_flux(STAR_REFERENCE_MAG) for b in survey.bands])
-        full = np.stack([
-            np.stack([draw_stamp(galsim.DeltaFunction(), _psf(b), b.pixel_scale, MAX_STAMP,
-                                 sdx[j], sdy[j]) for b in survey.bands]) for j in range(p)])
+        full = np.stack(
+            [
+                np.stack(
+                    [
+                        draw_stamp(
+                            galsim.DeltaFunction(),
+                            _psf(b),
+                            b.pixel_scale,
+                            MAX_STAMP,
+                            sdx[j],
+                            sdy[j],
+                        )
+                        for b in survey.bands
+                    ]
+                )
+                for j in range(p)
+            ]
+        )
         h = max(_trim_half(full[j] * ref[:, None, None], config.tol * sigma) for j in range(p))
         c = MAX_STAMP // 2
-        stamps = full[:, :, c - h:c + h + 1, c - h:c + h + 1]
-        snr1 = np.array([[snr_eq12(stamps[j, k], sdx[j], sdy[j], sigma[k])
-                          for k in range(survey.n_bands)] for j in range(p)])
-        return {"star_stamps": stamps.astype(np.float32), "star_dx": sdx, "star_dy": sdy,
-                "star_snr1": snr1}
+        stamps = full[:, :, c - h : c + h + 1, c - h : c + h + 1]
+        snr1 = np.array(
+            [
+                [snr_eq12(stamps[j, k], sdx[j], sdy[j], sigma[k]) for k in range(survey.n_bands)]
+                for j in range(p)
+            ]
+        )
+        return {
+            "star_stamps": stamps.astype(np.float32),
+            "star_dx": sdx,
+            "star_dy": sdy,
+            "star_snr1": snr1,
+        }
 
     @staticmethod
     def cache_key(survey: Survey, config: BankConfig) -> str:
         import galsim
 
-        blob = json.dumps({"format": BANK_FORMAT, "survey": survey.to_dict(),
-                           "config": asdict(config), "galsim": galsim.__version__},
-                          sort_keys=True)
+        blob = json.dumps(
+            {
+                "format": BANK_FORMAT,
+                "survey": survey.to_dict(),
+                "config": asdict(config),
+                "galsim": galsim.__version__,
+            },
+            sort_keys=True,
+        )
         if config.population not in ("parametric", "dc2"):
             blob += hashlib.sha256(Path(config.population).read_bytes()).hexdigest()
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
@@ -258,13 +302,31 @@ class SourceBank:
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             tmp.mkdir(parents=True)
-            for name in ("flux", "snr", "dx", "dy", "half", "offsets", "pixels", "star_stamps",
-                         "star_dx", "star_dy", "star_snr1"):
+            for name in (
+                "flux",
+                "snr",
+                "dx",
+                "dy",
+                "half",
+                "offsets",
+                "pixels",
+                "star_stamps",
+                "star_dx",
+                "star_dy",
+                "star_snr1",
+            ):
                 np.save(tmp / f"{name}.npy", getattr(self, name))
             self.table.write(tmp / "table.fits")
-            (tmp / "bank.json").write_text(json.dumps(
-                {"format": BANK_FORMAT, "survey": self.survey.to_dict(),
-                 "config": asdict(self.config)}, indent=1))
+            (tmp / "bank.json").write_text(
+                json.dumps(
+                    {
+                        "format": BANK_FORMAT,
+                        "survey": self.survey.to_dict(),
+                        "config": asdict(self.config),
+                    },
+                    indent=1,
+                )
+            )
             if directory.exists():
                 shutil.rmtree(directory)
             os.replace(tmp, directory)
@@ -278,8 +340,10 @@ class SourceBank:
         directory = Path(directory)
         try:
             meta = json.loads((directory / "bank.json").read_text())
-            arrays = {p.stem: np.load(p, mmap_mode="r" if p.stem == "pixels" else None)
-                      for p in directory.glob("*.npy")}
+            arrays = {
+                p.stem: np.load(p, mmap_mode="r" if p.stem == "pixels" else None)
+                for p in directory.glob("*.npy")
+            }
             table = Table.read(directory / "table.fits")
         except (OSError, ValueError, KeyError) as e:
             raise ProbcatIOError(f"{directory}: corrupt or incomplete source bank ({e})") from e
@@ -288,9 +352,15 @@ class SourceBank:
         return cls(Survey.from_dict(meta["survey"]), BankConfig(**meta["config"]), table, arrays)
 
     @classmethod
-    def load_or_build(cls, survey: Survey, config: BankConfig, *,
-                      cache_dir: str | Path | None = None, workers: int | None = None,
-                      progress: bool = True) -> SourceBank:
+    def load_or_build(
+        cls,
+        survey: Survey,
+        config: BankConfig,
+        *,
+        cache_dir: str | Path | None = None,
+        workers: int | None = None,
+        progress: bool = True,
+    ) -> SourceBank:
         """The cached bank for (survey, config), built and cached first if needed."""
         cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         path = cache_dir / f"bank-{cls.cache_key(survey, config)}"
@@ -316,7 +386,7 @@ def paste(out: np.ndarray, stamp: np.ndarray, cx: int, cy: int, scale=1.0) -> No
     y0, y1 = max(cy - h, 0), min(cy + h + 1, H)
     if x0 >= x1 or y0 >= y1:
         return
-    sub = stamp[:, y0 - cy + h:y1 - cy + h, x0 - cx + h:x1 - cx + h]
+    sub = stamp[:, y0 - cy + h : y1 - cy + h, x0 - cx + h : x1 - cx + h]
     if np.ndim(scale):
         out[:, y0:y1, x0:x1] += sub * np.asarray(scale, dtype=out.dtype)[:, None, None]
     else:
@@ -332,9 +402,8 @@ def overlap_dot(total: np.ndarray, stamp: np.ndarray, cx: int, cy: int, scale=No
     nb = stamp.shape[0]
     if x0 >= x1 or y0 >= y1:
         return np.zeros(nb), np.zeros(nb)
-    sub = stamp[:, y0 - cy + h:y1 - cy + h, x0 - cx + h:x1 - cx + h].astype(np.float64)
+    sub = stamp[:, y0 - cy + h : y1 - cy + h, x0 - cx + h : x1 - cx + h].astype(np.float64)
     if scale is not None:
         sub = sub * np.asarray(scale)[:, None, None]
     tot = total[:, y0:y1, x0:x1]
     return (sub * sub).sum((1, 2)), (sub * tot).sum((1, 2))
-

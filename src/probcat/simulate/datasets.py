@@ -82,12 +82,16 @@ class SimulationConfig:
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
-            raise ProbcatValueError(f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPES)}")
+            raise ProbcatValueError(
+                f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPES)}"
+            )
         if self.n < 1:
             raise ProbcatValueError(f"n must be >= 1, got {self.n}")
         max_pairs = int(round(PAIR_MAX_SEPARATION / PAIR_STEP)) + 1
         if self.recipe == "pair" and self.n > max_pairs:
-            raise ProbcatValueError(f"the pair recipe has at most {max_pairs} separations, got n={self.n}")
+            raise ProbcatValueError(
+                f"the pair recipe has at most {max_pairs} separations, got n={self.n}"
+            )
         if self.size < 0 or (0 < self.size < 2 * TILE + 1):
             raise ProbcatValueError(f"size must be 0 (recipe default) or >= {2 * TILE + 1}")
         if self.bank_size < 1:
@@ -102,8 +106,13 @@ class SimulationConfig:
         return Survey.lsst(bands=self.bands, years=self.years)
 
     def bank_config(self, centered: bool = False) -> BankConfig:
-        return BankConfig(population=self.population, split=self.split, n_galaxies=self.bank_size,
-                          catalog_seed=self.catalog_seed, centered=centered)
+        return BankConfig(
+            population=self.population,
+            split=self.split,
+            n_galaxies=self.bank_size,
+            catalog_seed=self.catalog_seed,
+            centered=centered,
+        )
 
 
 class Simulation:
@@ -114,24 +123,32 @@ class Simulation:
         >>> scene = sim.scene(0)                                                   # doctest: +SKIP
     """
 
-    def __init__(self, config: SimulationConfig, *, cache_dir=None, workers=None,
-                 progress: bool = True):
+    def __init__(
+        self, config: SimulationConfig, *, cache_dir=None, workers=None, progress: bool = True
+    ):
         self.config = config
         self.survey = config.survey()
         h, w = config.shape
         needs_offset = config.recipe in ("blend", "tiles", "central")
         needs_centered = config.recipe in ("single", "tiles", "central")
         load = lambda centered: SourceBank.load_or_build(  # noqa: E731
-            self.survey, config.bank_config(centered), cache_dir=cache_dir, workers=workers,
-            progress=progress)
+            self.survey,
+            config.bank_config(centered),
+            cache_dir=cache_dir,
+            workers=workers,
+            progress=progress,
+        )
         self.bank = load(False) if needs_offset else None
         self.centered_bank = load(True) if needs_centered else None
         stars = STAR_DENSITY if config.recipe in ("blend", "tiles") else 0.0
         galaxies = GALAXY_DENSITY if config.recipe != "single" else 0.0
         scene_cfg = SceneConfig(h, w, galaxies, stars, noise=config.noise)
         self.sim = SceneSimulator(self.bank, scene_cfg) if self.bank is not None else None
-        self.csim = (SceneSimulator(self.centered_bank, scene_cfg)
-                     if self.centered_bank is not None else None)
+        self.csim = (
+            SceneSimulator(self.centered_bank, scene_cfg)
+            if self.centered_bank is not None
+            else None
+        )
         self._pair_noise = None
 
     def __len__(self) -> int:
@@ -145,8 +162,9 @@ class Simulation:
         ra0, dec0 = FIELD_CENTER
         step_ra = w * self.survey.pixel_scale / 3600.0 / math.cos(math.radians(dec0))
         step_dec = h * self.survey.pixel_scale / 3600.0
-        return make_wcs((h, w), self.survey.pixel_scale, ra0 + (i % 100) * step_ra,
-                        dec0 + (i // 100) * step_dec)
+        return make_wcs(
+            (h, w), self.survey.pixel_scale, ra0 + (i % 100) * step_ra, dec0 + (i // 100) * step_dec
+        )
 
     def scene(self, i: int) -> tuple[Scene, dict[str, np.ndarray]]:
         """Image ``i`` and its extra images (``{"centered": ...}`` for ``tiles``)."""
@@ -163,8 +181,9 @@ class Simulation:
     def _finish(self, sim, rng, parts):
         cat = sim.make_catalog(parts)
         noiseless = sim.compose(cat)
-        noise = sim.add_noise(rng, np.zeros_like(noiseless)) if sim.config.noise == "gaussian" \
-            else None
+        noise = (
+            sim.add_noise(rng, np.zeros_like(noiseless)) if sim.config.noise == "gaussian" else None
+        )
         image = noiseless + noise if noise is not None else sim.add_noise(rng, noiseless)
         return Scene(image, sim.truth(cat, noiseless)), noise
 
@@ -180,8 +199,12 @@ class Simulation:
         cat = self.sim.sample_catalog(rng)
         cx, cy = self._centre()
         lo_x, lo_y = cx - TILE // 2 - 0.5, cy - TILE // 2 - 0.5
-        inside = ((cat["x"] >= lo_x) & (cat["x"] < lo_x + TILE)
-                  & (cat["y"] >= lo_y) & (cat["y"] < lo_y + TILE))
+        inside = (
+            (cat["x"] >= lo_x)
+            & (cat["x"] < lo_x + TILE)
+            & (cat["y"] >= lo_y)
+            & (cat["y"] < lo_y + TILE)
+        )
         keep = ~inside & (cat["galaxy"] if gal_only else True)
         return {k: v[keep] for k, v in cat.columns.items() if k != "mag"}
 
@@ -220,24 +243,37 @@ class Simulation:
         cx, cy = self._centre()
         sep = round(i * PAIR_STEP, 10)
         nb = self.survey.n_bands
-        cols = {"x": np.array([cx, cx + sep], float), "y": np.array([cy, cy], float),
-                "galaxy": np.ones(2, bool),
-                "flux": np.array([[g["flux"]] * nb for g in PAIR_GALAXIES]),
-                "disk_hlr": np.array([g["a_d"] * math.sqrt(g["q"]) for g in PAIR_GALAXIES]),
-                "bulge_hlr": np.full(2, 0.1), "disk_q": np.array([g["q"] for g in PAIR_GALAXIES]),
-                "bulge_q": np.ones(2), "beta": np.array([g["beta"] % math.pi for g in PAIR_GALAXIES]),
-                "bulge_frac": np.zeros(2), "redshift": np.full(2, np.nan),
-                "source_id": np.array([1, 2]), "separation": np.full(2, sep)}
+        cols = {
+            "x": np.array([cx, cx + sep], float),
+            "y": np.array([cy, cy], float),
+            "galaxy": np.ones(2, bool),
+            "flux": np.array([[g["flux"]] * nb for g in PAIR_GALAXIES]),
+            "disk_hlr": np.array([g["a_d"] * math.sqrt(g["q"]) for g in PAIR_GALAXIES]),
+            "bulge_hlr": np.full(2, 0.1),
+            "disk_q": np.array([g["q"] for g in PAIR_GALAXIES]),
+            "bulge_q": np.ones(2),
+            "beta": np.array([g["beta"] % math.pi for g in PAIR_GALAXIES]),
+            "bulge_frac": np.zeros(2),
+            "redshift": np.full(2, np.nan),
+            "source_id": np.array([1, 2]),
+            "separation": np.full(2, sep),
+        }
         cat = FullCatalog(cols, (h, w), self.survey.band_names)
         isolated = np.stack([render_direct(cat.select([k]), self.survey, (h, w)) for k in range(2)])
         if self._pair_noise is None:  # one noise realisation shared by every separation
-            self._pair_noise = (np.random.default_rng([self.config.seed, 10**6])
-                                .standard_normal((nb, h, w)).astype(np.float32)
-                                * self.survey.noise_sigma.astype(np.float32)[:, None, None])
+            self._pair_noise = (
+                np.random.default_rng([self.config.seed, 10**6])
+                .standard_normal((nb, h, w))
+                .astype(np.float32)
+                * self.survey.noise_sigma.astype(np.float32)[:, None, None]
+            )
         noiseless = isolated.sum(0).astype(np.float32)
-        mags = np.stack([b.flux_to_mag(cat["flux"][:, k]) for k, b in enumerate(self.survey.bands)], 1)
-        cat = cat.with_columns(mag=mags, **truth_from_isolated(isolated, cat["x"], cat["y"],
-                                                               self.survey.noise_sigma))
+        mags = np.stack(
+            [b.flux_to_mag(cat["flux"][:, k]) for k, b in enumerate(self.survey.bands)], 1
+        )
+        cat = cat.with_columns(
+            mag=mags, **truth_from_isolated(isolated, cat["x"], cat["y"], self.survey.noise_sigma)
+        )
         return Scene(noiseless + self._pair_noise, cat, noiseless), {}
 
 
@@ -263,12 +299,21 @@ def _truth_mixed(csim, sim, cat: FullCatalog, noiseless):
     rest = cat.select(slice(1, None))
     t1 = csim.truth(first, noiseless)
     t2 = sim.truth(rest, noiseless)
-    return cat.with_columns(snr=np.concatenate([t1["snr"], t2["snr"]]),
-                            blendedness=np.concatenate([t1["blendedness"], t2["blendedness"]]))
+    return cat.with_columns(
+        snr=np.concatenate([t1["snr"], t2["snr"]]),
+        blendedness=np.concatenate([t1["blendedness"], t2["blendedness"]]),
+    )
 
 
-def write_dataset(config: SimulationConfig, out: str | Path, *, cache_dir=None, workers=None,
-                  progress: bool = True, command: str | None = None) -> dict:
+def write_dataset(
+    config: SimulationConfig,
+    out: str | Path,
+    *,
+    cache_dir=None,
+    workers=None,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict:
     """Write images (FITS with WCS), ``truth.fits`` and ``config.yaml`` into ``out``.
 
     Returns a summary dict. Files are written atomically; the config is stored beside them.
@@ -282,24 +327,42 @@ def write_dataset(config: SimulationConfig, out: str | Path, *, cache_dir=None, 
     _check_writable(out)
     sim = Simulation(config, cache_dir=cache_dir, workers=workers, progress=progress)
     cats = []
-    for i in tqdm(range(config.n), desc=f"simulating {config.recipe}", unit="img",
-                  disable=not progress):
+    for i in tqdm(
+        range(config.n), desc=f"simulating {config.recipe}", unit="img", disable=not progress
+    ):
         scene, extras = sim.scene(i)
         wcs = sim.wcs(i)
-        write_image(out / "images" / f"image_{i:05d}.fits", scene.image, sim.survey, wcs, extras,
-                    header={"RECIPE": config.recipe, "SEED": config.seed, "IMAGEIDX": i})
+        write_image(
+            out / "images" / f"image_{i:05d}.fits",
+            scene.image,
+            sim.survey,
+            wcs,
+            extras,
+            header={"RECIPE": config.recipe, "SEED": config.seed, "IMAGEIDX": i},
+        )
         t = scene.catalog.to_table(wcs)
         cat = scene.catalog.with_columns(ra=np.asarray(t["ra"]), dec=np.asarray(t["dec"]))
         cats.append(cat)
     truth = concat_catalogs(cats)
-    truth = FullCatalog(truth.columns, truth.image_shape, truth.bands,
-                        {"recipe": config.recipe, "seed": config.seed})
+    truth = FullCatalog(
+        truth.columns,
+        truth.image_shape,
+        truth.bands,
+        {"recipe": config.recipe, "seed": config.seed},
+    )
     truth.write(out / "truth.fits")
-    summary = {"images": config.n, "sources": len(truth),
-               "galaxies": int(np.sum(truth["galaxy"])),
-               "tile_collisions": truth_collisions(cats)}
-    record = {"config": asdict(config), "survey": sim.survey.to_dict(), "summary": summary,
-              **provenance(command)}
+    summary = {
+        "images": config.n,
+        "sources": len(truth),
+        "galaxies": int(np.sum(truth["galaxy"])),
+        "tile_collisions": truth_collisions(cats),
+    }
+    record = {
+        "config": asdict(config),
+        "survey": sim.survey.to_dict(),
+        "summary": summary,
+        **provenance(command),
+    }
     _write_yaml(out / "config.yaml", record)
     return summary
 
@@ -323,6 +386,6 @@ def _check_writable(out: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise ProbcatValueError(f"{out}: output directory is not writable "
-                                f"({e.strerror or e})") from None
-
+        raise ProbcatValueError(
+            f"{out}: output directory is not writable ({e.strerror or e})"
+        ) from None

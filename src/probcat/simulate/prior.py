@@ -189,15 +189,24 @@ def _dc2_rows() -> Table:
         mb, mr = np.asarray(t[f"mag_{blue}_lsst"], float), np.asarray(t[f"mag_{red}_lsst"], float)
         bad = mb > 50
         colour = mb - mr
-        med = np.array([np.median(colour[(zbin == k) & ~bad]) if np.any((zbin == k) & ~bad)
-                        else np.median(colour[~bad]) for k in range(41)])
+        med = np.array(
+            [
+                np.median(colour[(zbin == k) & ~bad])
+                if np.any((zbin == k) & ~bad)
+                else np.median(colour[~bad])
+                for k in range(41)
+            ]
+        )
         mb[bad] = mr[bad] + med[zbin[bad]]
         t[f"mag_{blue}_lsst"] = mb
     return t
 
 
 def dc2_galaxies(
-    *, split: str = "train", seed: int = 0, bands: tuple[str, ...] = tuple("ugrizy"),
+    *,
+    split: str = "train",
+    seed: int = 0,
+    bands: tuple[str, ...] = tuple("ugrizy"),
     faint_per_gold: float | None = None,
 ) -> Table:
     """Multi-band galaxies with true redshifts: DC2 gold sample plus a resampled faint tail.
@@ -224,8 +233,9 @@ def dc2_galaxies(
     shift = np.concatenate([np.zeros(len(part)), new_i - mag_i_gold[pick]])
     src = np.concatenate([np.arange(len(part)), pick])
     t = Table()
-    t["id"] = np.concatenate([np.asarray(part["id"], np.int64),
-                              np.asarray(part["id"], np.int64)[pick] * 10 + 1])
+    t["id"] = np.concatenate(
+        [np.asarray(part["id"], np.int64), np.asarray(part["id"], np.int64)[pick] * 10 + 1]
+    )
     for b in bands:
         if b not in "ugrizy":
             raise ProbcatValueError(f"DC2 has no band {b!r}")
@@ -268,8 +278,12 @@ def read_population(path: str | Path, *, bands: tuple[str, ...]) -> Table:
     if missing:
         raise ProbcatValueError(f"{path}: missing column(s) {missing}")
     n = len(t)
-    defaults = {"bulge_hlr": np.full(n, 0.1), "bulge_q": np.ones(n), "bulge_frac": np.zeros(n),
-                "redshift": np.full(n, np.nan)}
+    defaults = {
+        "bulge_hlr": np.full(n, 0.1),
+        "bulge_q": np.ones(n),
+        "bulge_frac": np.zeros(n),
+        "redshift": np.full(n, np.nan),
+    }
     for c, v in defaults.items():
         if c not in t.colnames:
             t[c] = v
@@ -297,14 +311,18 @@ def _blackbody_colour_grid(bands: tuple[str, ...]) -> tuple[np.ndarray, np.ndarr
     out = np.zeros((len(temps), len(bands)))
     bps = {b: galsim.Bandpass(f"LSST_{b}.dat", wave_type="nm").withZeropoint("AB") for b in bands}
     for i, temp in enumerate(temps):
+
         def f_lambda(wave_nm, temp=temp):
             lam = wave_nm * 1e-9
             return 1.0 / lam**5 / np.expm1(h * c / (lam * k * temp))
 
         sed = galsim.SED(f_lambda, wave_type="nm", flux_type="flambda")
         mags = np.array([sed.calculateMagnitude(bps[b]) for b in bands])
-        out[i] = mags - (sed.calculateMagnitude(
-            galsim.Bandpass("LSST_i.dat", wave_type="nm").withZeropoint("AB")))
+        out[i] = mags - (
+            sed.calculateMagnitude(
+                galsim.Bandpass("LSST_i.dat", wave_type="nm").withZeropoint("AB")
+            )
+        )
     return temps, out
 
 

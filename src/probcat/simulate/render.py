@@ -16,7 +16,12 @@ import numpy as np
 from probcat.survey import Survey
 
 __all__ = [
-    "galaxy_profile", "draw_stamp", "stamp_size_for", "render_direct", "aperture_mask", "snr_eq12",
+    "galaxy_profile",
+    "draw_stamp",
+    "stamp_size_for",
+    "render_direct",
+    "aperture_mask",
+    "snr_eq12",
     "GSPARAMS",
 ]
 
@@ -35,16 +40,28 @@ def galaxy_profile(disk_hlr, bulge_hlr, disk_q, bulge_q, beta, bulge_frac) -> ga
     angle = float(beta) * galsim.radians
     parts = []
     if bulge_frac < 1.0:
-        parts.append(galsim.Exponential(half_light_radius=float(disk_hlr), flux=1.0 - bulge_frac,
-                                        gsparams=GSPARAMS).shear(q=float(disk_q), beta=angle))
+        parts.append(
+            galsim.Exponential(
+                half_light_radius=float(disk_hlr), flux=1.0 - bulge_frac, gsparams=GSPARAMS
+            ).shear(q=float(disk_q), beta=angle)
+        )
     if bulge_frac > 0.0:
-        parts.append(galsim.DeVaucouleurs(half_light_radius=float(bulge_hlr), flux=float(bulge_frac),
-                                          gsparams=GSPARAMS).shear(q=float(bulge_q), beta=angle))
+        parts.append(
+            galsim.DeVaucouleurs(
+                half_light_radius=float(bulge_hlr), flux=float(bulge_frac), gsparams=GSPARAMS
+            ).shear(q=float(bulge_q), beta=angle)
+        )
     return parts[0] if len(parts) == 1 else galsim.Add(parts, gsparams=GSPARAMS)
 
 
-def draw_stamp(profile: galsim.GSObject, psf: galsim.GSObject, pixel_scale: float, size: int,
-               dx: float = 0.0, dy: float = 0.0) -> np.ndarray:
+def draw_stamp(
+    profile: galsim.GSObject,
+    psf: galsim.GSObject,
+    pixel_scale: float,
+    size: int,
+    dx: float = 0.0,
+    dy: float = 0.0,
+) -> np.ndarray:
     """Draw ``profile * psf`` on an odd ``size`` stamp, centred ``(dx, dy)`` px from its
     central pixel. Returns float64 ``(size, size)``, flux of the profile (pixel-integrated)."""
     obj = galsim.Convolve(profile, psf, gsparams=GSPARAMS)
@@ -63,8 +80,9 @@ def stamp_size_for(profile: galsim.GSObject, psf: galsim.GSObject, pixel_scale: 
 def _source_profile(cat, i: int) -> galsim.GSObject:
     if not bool(cat["galaxy"][i]):
         return galsim.DeltaFunction()
-    return galaxy_profile(*(cat[c][i] for c in
-                            ("disk_hlr", "bulge_hlr", "disk_q", "bulge_q", "beta", "bulge_frac")))
+    return galaxy_profile(
+        *(cat[c][i] for c in ("disk_hlr", "bulge_hlr", "disk_q", "bulge_q", "beta", "bulge_frac"))
+    )
 
 
 def render_direct(cat, survey: Survey, shape: tuple[int, int]) -> np.ndarray:
@@ -82,8 +100,11 @@ def render_direct(cat, survey: Survey, shape: tuple[int, int]) -> np.ndarray:
         for i in range(len(cat)):
             obj = galsim.Convolve(_source_profile(cat, i), psf, gsparams=GSPARAMS)
             obj = obj.withFlux(float(cat["flux"][i, k]))
-            obj.drawImage(image=img, center=galsim.PositionD(cat["x"][i] + 1.0, cat["y"][i] + 1.0),
-                          add_to_image=True)
+            obj.drawImage(
+                image=img,
+                center=galsim.PositionD(cat["x"][i] + 1.0, cat["y"][i] + 1.0),
+                add_to_image=True,
+            )
         out[k] = img.array
     return out
 

@@ -95,19 +95,28 @@ class SceneSimulator:
         b, t = self.bank, self.bank.table
         entries = np.asarray(entries, dtype=np.int64)
         variants = np.asarray(variants, dtype=np.int64)
-        dx, dy, beta = dihedral_truth(b.dx[entries], b.dy[entries],
-                                      np.asarray(t["beta"], float)[entries], variants)
+        dx, dy, beta = dihedral_truth(
+            b.dx[entries], b.dy[entries], np.asarray(t["beta"], float)[entries], variants
+        )
         flux = b.flux[entries]
         cols = {
-            "x": stamp_x + dx, "y": stamp_y + dy, "galaxy": np.ones(len(entries), bool),
-            "flux": flux, "source_id": np.asarray(t["id"], np.int64)[entries],
+            "x": stamp_x + dx,
+            "y": stamp_y + dy,
+            "galaxy": np.ones(len(entries), bool),
+            "flux": flux,
+            "source_id": np.asarray(t["id"], np.int64)[entries],
             "redshift": np.asarray(t["redshift"], float)[entries],
         }
         for c in MORPHOLOGY_COLUMNS:
             cols[c] = np.asarray(t[c], float)[entries]
         cols["beta"] = beta
-        cols.update(bank_index=entries, variant=variants, phase=np.full(len(entries), -1),
-                    stamp_x=np.asarray(stamp_x, np.int64), stamp_y=np.asarray(stamp_y, np.int64))
+        cols.update(
+            bank_index=entries,
+            variant=variants,
+            phase=np.full(len(entries), -1),
+            stamp_x=np.asarray(stamp_x, np.int64),
+            stamp_y=np.asarray(stamp_y, np.int64),
+        )
         return cols
 
     def star_columns(self, phases, mag_i, colours, stamp_x, stamp_y) -> dict:
@@ -115,18 +124,26 @@ class SceneSimulator:
         phases = np.asarray(phases, dtype=np.int64)
         n = len(phases)
         mags = np.asarray(mag_i)[:, None] + colours
-        flux = np.stack([band.mag_to_flux(mags[:, k]) for k, band in enumerate(self.survey.bands)],
-                        1).reshape(n, self.survey.n_bands)
+        flux = np.stack(
+            [band.mag_to_flux(mags[:, k]) for k, band in enumerate(self.survey.bands)], 1
+        ).reshape(n, self.survey.n_bands)
         cols = {
-            "x": stamp_x + b.star_dx[phases], "y": stamp_y + b.star_dy[phases],
-            "galaxy": np.zeros(n, bool), "flux": flux, "source_id": np.full(n, -1, np.int64),
+            "x": stamp_x + b.star_dx[phases],
+            "y": stamp_y + b.star_dy[phases],
+            "galaxy": np.zeros(n, bool),
+            "flux": flux,
+            "source_id": np.full(n, -1, np.int64),
             "redshift": np.full(n, np.nan),
         }
         for c in MORPHOLOGY_COLUMNS:
             cols[c] = np.full(n, np.nan)
-        cols.update(bank_index=np.full(n, -1, np.int64), variant=np.zeros(n, np.int64),
-                    phase=phases, stamp_x=np.asarray(stamp_x, np.int64),
-                    stamp_y=np.asarray(stamp_y, np.int64))
+        cols.update(
+            bank_index=np.full(n, -1, np.int64),
+            variant=np.zeros(n, np.int64),
+            phase=phases,
+            stamp_x=np.asarray(stamp_x, np.int64),
+            stamp_y=np.asarray(stamp_y, np.int64),
+        )
         return cols
 
     def sample_catalog(self, rng: np.random.Generator, *, galaxy_mask=None) -> FullCatalog:
@@ -137,31 +154,40 @@ class SceneSimulator:
         n_gal = rng.poisson(cfg.galaxy_density * area)
         n_star = rng.poisson(cfg.star_density * area)
         pool = np.flatnonzero(galaxy_mask) if galaxy_mask is not None else None
-        entries = (rng.choice(pool, n_gal) if pool is not None
-                   else rng.integers(0, len(self.bank), n_gal))
-        gal = self.galaxy_columns(entries, rng.integers(0, 8, n_gal),
-                                  rng.integers(-m, cfg.width + m, n_gal),
-                                  rng.integers(-m, cfg.height + m, n_gal))
-        star = self.star_columns(rng.integers(0, len(self.bank.star_dx), n_star),
-                                 star_magnitudes(rng, n_star),
-                                 star_colors(rng, n_star, self.survey.band_names),
-                                 rng.integers(-m, cfg.width + m, n_star),
-                                 rng.integers(-m, cfg.height + m, n_star))
+        entries = (
+            rng.choice(pool, n_gal) if pool is not None else rng.integers(0, len(self.bank), n_gal)
+        )
+        gal = self.galaxy_columns(
+            entries,
+            rng.integers(0, 8, n_gal),
+            rng.integers(-m, cfg.width + m, n_gal),
+            rng.integers(-m, cfg.height + m, n_gal),
+        )
+        star = self.star_columns(
+            rng.integers(0, len(self.bank.star_dx), n_star),
+            star_magnitudes(rng, n_star),
+            star_colors(rng, n_star, self.survey.band_names),
+            rng.integers(-m, cfg.width + m, n_star),
+            rng.integers(-m, cfg.height + m, n_star),
+        )
         return self.make_catalog([gal, star])
 
     def make_catalog(self, parts: list[dict]) -> FullCatalog:
         cols = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
         nb = self.survey.n_bands
         cols["flux"] = cols["flux"].reshape(-1, nb)
-        cols["mag"] = np.stack([b.flux_to_mag(cols["flux"][:, k])
-                                for k, b in enumerate(self.survey.bands)], 1).reshape(-1, nb)
+        cols["mag"] = np.stack(
+            [b.flux_to_mag(cols["flux"][:, k]) for k, b in enumerate(self.survey.bands)], 1
+        ).reshape(-1, nb)
         return FullCatalog(cols, self.config.shape, self.survey.band_names)
 
     # ---- images ------------------------------------------------------------------------
     def _stamp(self, cat: FullCatalog, i: int):
         """(stamp, scale) of source ``i``: scale is None for galaxies, per-band flux for stars."""
         if cat["bank_index"][i] >= 0:
-            return dihedral(self.bank.stamp(int(cat["bank_index"][i])), int(cat["variant"][i])), None
+            return dihedral(
+                self.bank.stamp(int(cat["bank_index"][i])), int(cat["variant"][i])
+            ), None
         return self.bank.star_stamps[int(cat["phase"][i])], cat["flux"][i]
 
     def compose(self, cat: FullCatalog, shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -184,8 +210,9 @@ class SceneSimulator:
             stamp, scale = self._stamp(cat, i)
             k = int(cat["bank_index"][i])
             snr[i] = self.bank.snr[k] if k >= 0 else self.bank.star_snr1[cat["phase"][i]] * scale
-            ii, it = overlap_dot(total, stamp, int(cat["stamp_x"][i]), int(cat["stamp_y"][i]),
-                                 scale)
+            ii, it = overlap_dot(
+                total, stamp, int(cat["stamp_x"][i]), int(cat["stamp_y"][i]), scale
+            )
             with np.errstate(invalid="ignore", divide="ignore"):
                 blend[i] = np.where(it > 0, 1.0 - ii / it, 0.0)
         return cat.with_columns(snr=snr, blendedness=np.clip(blend, 0.0, 1.0))
@@ -200,8 +227,9 @@ class SceneSimulator:
         lam = np.clip(noiseless.astype(np.float64), 0, None) + sky
         return (rng.poisson(lam) - sky).astype(np.float32)
 
-    def sample(self, rng: np.random.Generator, *, truth: bool = True,
-               keep_noiseless: bool = False) -> Scene:
+    def sample(
+        self, rng: np.random.Generator, *, truth: bool = True, keep_noiseless: bool = False
+    ) -> Scene:
         """One scene: catalog, composed image, noise; truth quantities if asked."""
         cat = self.sample_catalog(rng)
         noiseless = self.compose(cat)

@@ -69,9 +69,13 @@ class DetectionTrainConfig:
         return Survey.lsst(bands=self.bands, years=self.years)
 
     def net(self) -> DetectionNet:
-        return DetectionNet(n_bands=len(self.bands), tile_size=self.tile_size,
-                            stem_channels=self.stem_channels, channels=self.channels,
-                            n_blocks=self.n_blocks)
+        return DetectionNet(
+            n_bands=len(self.bands),
+            tile_size=self.tile_size,
+            stem_channels=self.stem_channels,
+            channels=self.channels,
+            n_blocks=self.n_blocks,
+        )
 
 
 def load_config(path: str | Path | None, **overrides) -> DetectionTrainConfig:
@@ -105,12 +109,27 @@ class _Data:
         self.sigma = survey.noise_sigma.astype(np.float32)[:, None, None]
         scene = SceneConfig(cfg.image_size, cfg.image_size, margin=cfg.margin)
         train_bank = SourceBank.load_or_build(
-            survey, BankConfig(population=cfg.population, split="train", n_galaxies=cfg.bank_size,
-                               catalog_seed=cfg.catalog_seed), cache_dir=cache_dir, progress=progress)
+            survey,
+            BankConfig(
+                population=cfg.population,
+                split="train",
+                n_galaxies=cfg.bank_size,
+                catalog_seed=cfg.catalog_seed,
+            ),
+            cache_dir=cache_dir,
+            progress=progress,
+        )
         val_bank = SourceBank.load_or_build(
-            survey, BankConfig(population=cfg.population, split="val",
-                               n_galaxies=cfg.val_bank_size, catalog_seed=cfg.catalog_seed),
-            cache_dir=cache_dir, progress=progress)
+            survey,
+            BankConfig(
+                population=cfg.population,
+                split="val",
+                n_galaxies=cfg.val_bank_size,
+                catalog_seed=cfg.catalog_seed,
+            ),
+            cache_dir=cache_dir,
+            progress=progress,
+        )
         self.train = SceneSimulator(train_bank, scene)
         val = SceneSimulator(val_bank, scene)
         rng = np.random.default_rng([cfg.seed, 99])
@@ -123,8 +142,9 @@ class _Data:
         return torch.from_numpy(imgs / self.sigma), TileCatalog.from_full(cats, self.tile_size)
 
 
-def checkerboard_loss(net: DetectionNet, x: torch.Tensor, truth: TileCatalog,
-                      gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def checkerboard_loss(
+    net: DetectionNet, x: torch.Tensor, truth: TileCatalog, gen: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
     """Eq. 10 on the undecided tiles, given the true catalog on a random number of groups."""
     feats = net.features(x)
     b, _, nty, ntx = feats.shape
@@ -141,10 +161,14 @@ def validate(net: DetectionNet, x: torch.Tensor, truth: TileCatalog) -> dict[str
     parts = {k: 0.0 for k in ("total", "count", "loc", "type")}
     n_img = x.shape[0]
     for i in range(0, n_img, 64):
-        sub = TileCatalog(truth.n_sources[i:i + 64], truth.locs[i:i + 64],
-                          {k: v[i:i + 64] for k, v in truth.params.items()}, truth.tile_size,
-                          truth.image_shape)
-        out = net.heads(net.features(x[i:i + 64]), type_locs=sub.locs)
+        sub = TileCatalog(
+            truth.n_sources[i : i + 64],
+            truth.locs[i : i + 64],
+            {k: v[i : i + 64] for k, v in truth.params.items()},
+            truth.tile_size,
+            truth.image_shape,
+        )
+        out = net.heads(net.features(x[i : i + 64]), type_locs=sub.locs)
         for k, v in favi_detection_loss(out, sub).items():
             parts[k] += float(v) * sub.n_sources.shape[0] / n_img
     net.train()
@@ -162,8 +186,14 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def train_detection(cfg: DetectionTrainConfig, out: str | Path, *, cache_dir=None,
-                    progress: bool = True, command: str | None = None) -> dict:
+def train_detection(
+    cfg: DetectionTrainConfig,
+    out: str | Path,
+    *,
+    cache_dir=None,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict:
     """Train (or resume) and write ``detection.pt`` and ``manifest.json`` into ``out``."""
     from tqdm.auto import tqdm
 
@@ -209,30 +239,57 @@ def train_detection(cfg: DetectionTrainConfig, out: str | Path, *, cache_dir=Non
         bar.set_postfix(loss=f"{running:.2f}")
         if step % cfg.val_every == 0 or step == cfg.steps:
             val = validate(net, *data.val)
-            history.append({"step": step, "train_loss": running, "val": val,
-                            "elapsed_s": time.perf_counter() - t0})
-            bar.write(f"step {step}: train {running:.3f}  val {val['total']:.3f} "
-                      f"(count {val['count']:.3f}, loc {val['loc']:.3f}, type {val['type']:.3f})")
+            history.append(
+                {
+                    "step": step,
+                    "train_loss": running,
+                    "val": val,
+                    "elapsed_s": time.perf_counter() - t0,
+                }
+            )
+            bar.write(
+                f"step {step}: train {running:.3f}  val {val['total']:.3f} "
+                f"(count {val['count']:.3f}, loc {val['loc']:.3f}, type {val['type']:.3f})"
+            )
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _save_checkpoint(ckpt, {
-                "config": asdict(cfg), "model": net.state_dict(), "optimizer": opt.state_dict(),
-                "numpy_rng": rng.bit_generator.state, "torch_rng": gen.get_state(), "step": step,
-                "history": history, "elapsed": time.perf_counter() - t0})
+            _save_checkpoint(
+                ckpt,
+                {
+                    "config": asdict(cfg),
+                    "model": net.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "numpy_rng": rng.bit_generator.state,
+                    "torch_rng": gen.get_state(),
+                    "step": step,
+                    "history": history,
+                    "elapsed": time.perf_counter() - t0,
+                },
+            )
     bar.close()
     survey = cfg.survey()
-    weights = {"kind": "detection", "hparams": net.hparams, "state_dict": net.state_dict(),
-               "survey": survey.to_dict(), "config": asdict(cfg)}
+    weights = {
+        "kind": "detection",
+        "hparams": net.hparams,
+        "state_dict": net.state_dict(),
+        "survey": survey.to_dict(),
+        "config": asdict(cfg),
+    }
     atomic_write(out / "detection.pt", lambda tmp: torch.save(weights, tmp))
     manifest = {
-        "kind": "detection", "weights": "detection.pt", "config": asdict(cfg),
-        "data": {"train": f"parametric bank, split=train, catalog_seed={cfg.catalog_seed}, "
-                          f"{cfg.bank_size} galaxies, fresh scenes from seed {cfg.seed}",
-                 "validation": f"split=val, {cfg.val_scenes} scenes"},
-        "training_s": round(time.perf_counter() - t0, 1), "steps": step,
-        "final_val": history[-1]["val"] if history else None, "history": history,
+        "kind": "detection",
+        "weights": "detection.pt",
+        "config": asdict(cfg),
+        "data": {
+            "train": f"parametric bank, split=train, catalog_seed={cfg.catalog_seed}, "
+            f"{cfg.bank_size} galaxies, fresh scenes from seed {cfg.seed}",
+            "validation": f"split=val, {cfg.val_scenes} scenes",
+        },
+        "training_s": round(time.perf_counter() - t0, 1),
+        "steps": step,
+        "final_val": history[-1]["val"] if history else None,
+        "history": history,
         **provenance(command),
     }
     text = json.dumps(manifest, indent=1, default=str)
     atomic_write(out / "manifest.json", lambda tmp: Path(tmp).write_text(text))
     return manifest
-

@@ -13,8 +13,9 @@ from probcat.nets.detection import TileOutput
 __all__ = ["favi_detection_loss"]
 
 
-def favi_detection_loss(out: TileOutput, truth: TileCatalog,
-                        mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def favi_detection_loss(
+    out: TileOutput, truth: TileCatalog, mask: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """Negative log-likelihood of the true tile catalog under the variational distribution.
 
     ``-[log Q(n_t) + n_t log Q(l_t | n_t) + n_t log Q(b_t | n_t, l_t)]`` summed over tiles and
