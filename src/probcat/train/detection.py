@@ -108,28 +108,16 @@ class _Data:
         survey = cfg.survey()
         self.sigma = survey.noise_sigma.astype(np.float32)[:, None, None]
         scene = SceneConfig(cfg.image_size, cfg.image_size, margin=cfg.margin)
-        train_bank = SourceBank.load_or_build(
-            survey,
-            BankConfig(
-                population=cfg.population,
-                split="train",
-                n_galaxies=cfg.bank_size,
-                catalog_seed=cfg.catalog_seed,
-            ),
-            cache_dir=cache_dir,
-            progress=progress,
-        )
-        val_bank = SourceBank.load_or_build(
-            survey,
-            BankConfig(
-                population=cfg.population,
-                split="val",
-                n_galaxies=cfg.val_bank_size,
-                catalog_seed=cfg.catalog_seed,
-            ),
-            cache_dir=cache_dir,
-            progress=progress,
-        )
+
+        def bank(split: str, n: int) -> SourceBank:
+            cfg_bank = BankConfig(
+                population=cfg.population, split=split, n_galaxies=n, catalog_seed=cfg.catalog_seed
+            )
+            return SourceBank.load_or_build(
+                survey, cfg_bank, cache_dir=cache_dir, progress=progress
+            )
+
+        train_bank, val_bank = bank("train", cfg.bank_size), bank("val", cfg.val_bank_size)
         self.train = SceneSimulator(train_bank, scene)
         val = SceneSimulator(val_bank, scene)
         rng = np.random.default_rng([cfg.seed, 99])
