@@ -79,20 +79,14 @@ def run_scenes(net, survey, sim, args):
         with torch.no_grad():
             feats = batch_tile_features(net, imgs, sigma)
             marginal = net.heads(feats)
-            decs = {t: decode(net, feats, threshold=t, marginal=marginal) for t in THRESHOLDS}
+            decs = {t: decode(net, feats, threshold=t) for t in THRESHOLDS}
         t_probcat += time.perf_counter() - t0
         tiles = TileCatalog.from_full(cats, net.tile_size)
         n_collisions += tiles.n_collisions
         nty, ntx = feats.shape[-2:]
         tiles_n = tiles.n_sources[:, :nty, :ntx]
-        with torch.no_grad():  # classification given the true counts and locations
-            given = net.heads(
-                feats,
-                torch.ones_like(tiles_n, dtype=torch.bool),
-                tiles_n,
-                tiles.locs,
-                type_locs=tiles.locs,
-            )
+        with torch.no_grad():  # classification given the true locations (paper Fig. 4-5)
+            given = net.heads(feats, type_locs=tiles.locs[:, :nty, :ntx])
         has = tiles_n > 0
         cls_true_loc["prob"].append(given.galaxy_prob[has].numpy())
         cls_true_loc["galaxy"].append(tiles.params["galaxy"][..., 0][has].numpy() > 0.5)
@@ -242,7 +236,6 @@ def boundary_test(net, survey, bank, args):
                         feats,
                         n_samples=min(100, args.boundary_samples - start),
                         generator=gen,
-                        marginal=marg,
                     )
                     for k in range(dec.n.shape[0]):
                         c = catalog_from_decisions(dec, k, marg, (size, size), 5, ("i",), {})
@@ -283,7 +276,7 @@ def pair_test(net, survey, args):
             float(marg.prob[0, int((c["y"][k] + 0.5) // 5), int((c["x"][k] + 0.5) // 5)])
             for k in range(2)
         ]
-        dec = decode(net, feats, n_samples=100, generator=gen, marginal=marg)
+        dec = decode(net, feats, n_samples=100, generator=gen)
         one = np.zeros(2)
         for k in range(100):
             s = catalog_from_decisions(dec, k, marg, scene.image.shape[-2:], 5, ("i",), {})

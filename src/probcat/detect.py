@@ -10,7 +10,13 @@ import torch
 
 from probcat.catalog import FullCatalog
 from probcat.errors import ProbcatValueError
-from probcat.infer.detect import check_image, map_catalog, sample_catalogs, tile_features
+from probcat.infer.detect import (
+    catalog_from_decisions,
+    check_image,
+    decode,
+    sample_catalogs,
+    tile_features,
+)
 from probcat.io import ImageData, read_image
 from probcat.nets.detection import TileOutput
 from probcat.survey import Survey
@@ -104,7 +110,16 @@ def detect(
         raise ProbcatValueError(f"samples must be >= 0, got {samples}")
     shape = image.shape[-2:]
     feats = tile_features(net, image, noise_sigma)
-    cat = map_catalog(net, feats, shape, threshold=threshold, bands=survey.band_names)
+    dec = decode(net, feats, threshold=threshold)
+    cat = catalog_from_decisions(
+        dec,
+        0,
+        dec.marginal,
+        shape,
+        net.tile_size,
+        survey.band_names,
+        {"threshold": threshold, "kind": "map"},
+    )
     draws = []
     if samples:
         gen = torch.Generator().manual_seed(seed)
@@ -114,6 +129,4 @@ def detect(
                 net, feats, shape, samples, generator=gen, bands=survey.band_names
             )
         ]
-    with torch.no_grad():
-        tiles = net.heads(feats)
-    return DetectionResult(_with_sky(cat, wcs), tiles, draws, wcs)
+    return DetectionResult(_with_sky(cat, wcs), dec.marginal, draws, wcs)

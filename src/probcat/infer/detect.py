@@ -112,12 +112,15 @@ def predict_tiles(net: DetectionNet, image: np.ndarray, noise_sigma, **kw) -> Ti
 @dataclass
 class Decisions:
     """Decoded tile catalogs, ``S`` of them: ``n`` ``(S, nty, ntx)`` bool, ``locs``
-    ``(S, nty, ntx, 2)``, ``galaxy`` bool and the conditional outputs used for each tile."""
+    ``(S, nty, ntx, 2)``, ``galaxy`` bool; ``conditional``: the outputs each tile was
+    decided with (galaxy logit at the decided location); ``marginal``: the first pass,
+    where nothing is decided, i.e. every tile's marginal posterior."""
 
     n: torch.Tensor
     locs: torch.Tensor
     galaxy: torch.Tensor
     conditional: TileOutput
+    marginal: TileOutput
 
 
 @torch.no_grad()
@@ -128,14 +131,16 @@ def decode(
     n_samples: int = 0,
     threshold: float = 0.5,
     generator: torch.Generator | None = None,
-    marginal: TileOutput | None = None,
 ) -> Decisions:
     """Checkerboard decoding. ``n_samples = 0``: MAP (probability > threshold, posterior
     mean location, galaxy if probability > 0.5) for each image of the batch ``feats``;
     else that many posterior samples of the single image ``feats`` ``(1, C, nty, ntx)``.
     Sampled locations outside their tile count as non-detections (paper 000 footnote 10).
-    ``marginal`` (the heads with nothing decided, if already computed) is reused for group 0."""
+    Each group is classified in the pass that decides it, at its decided location (the
+    conditioning state seen in training)."""
     net.eval()
+    if not 0.0 <= threshold < 1.0:
+        raise ProbcatValueError(f"threshold must lie in [0, 1), got {threshold}")
     if n_samples and feats.shape[0] != 1:
         raise ProbcatValueError("posterior samples are drawn for one image at a time")
     f = feats.expand(n_samples, -1, -1, -1) if n_samples else feats
@@ -145,48 +150,33 @@ def decode(
     n = torch.zeros(s, nty, ntx, dtype=torch.bool)
     locs = torch.zeros(s, nty, ntx, 2)
     decided = torch.zeros(s, nty, ntx, dtype=torch.bool)
-    cond_out = None
+    fields = marginal = None
     for g in range(N_GROUPS):
-        if g == 0 and marginal is not None and marginal.count_logit.shape[0] in (1, s):
-            out = (
-                marginal
-                if marginal.count_logit.shape[0] == s
-                else TileOutput(
-                    *(
-                        t.expand(s, *t.shape[1:])
-                        for t in (
-                            marginal.count_logit,
-                            marginal.loc_mean,
-                            marginal.loc_logvar,
-                            marginal.galaxy_logit,
-                        )
-                    )
-                )
-            )
-        else:
-            out = net.heads(f, decided, n, locs, classify=False)
+        h = net.trunk(f, decided, n, locs)
+        count_logit, loc_mean, loc_logvar = net.detection_params(h)
+        prob = torch.sigmoid(count_logit)
         now = (groups == g).expand(s, -1, -1)
         if n_samples:
-            on = torch.rand(out.prob.shape, generator=generator) < out.prob
-            loc = out.loc_mean + out.loc_sd * torch.randn(out.loc_mean.shape, generator=generator)
+            on = torch.rand(prob.shape, generator=generator) < prob
+            noise = torch.randn(loc_mean.shape, generator=generator)
+            loc = loc_mean + torch.exp(0.5 * loc_logvar) * noise
             on &= ((loc >= 0) & (loc < 1)).all(-1)
         else:
-            on = out.prob > threshold
-            loc = out.loc_mean
+            on = prob > threshold
+            loc = loc_mean
+        loc = loc.clamp(0, 1 - 1e-6)
+        out = TileOutput(count_logit, loc_mean, loc_logvar, net.classify(h, loc))
+        if g == 0:
+            marginal = TileOutput(count_logit, loc_mean, loc_logvar, net.classify(h, loc_mean))
         n = torch.where(now, on, n)
-        locs = torch.where(now[..., None], loc.clamp(0, 1 - 1e-6), locs)
+        locs = torch.where(now[..., None], loc, locs)
         decided |= now
-        cond_out = out if cond_out is None else out.where(now, cond_out)
-    # classify every detection at its decided location
-    typed = net.heads(f, decided, n, locs, type_locs=locs)
-    cond_out = TileOutput(
-        cond_out.count_logit, cond_out.loc_mean, cond_out.loc_logvar, typed.galaxy_logit
-    )
+        fields = out if fields is None else out.where(now, fields)
     if n_samples:
-        galaxy = torch.rand(typed.galaxy_prob.shape, generator=generator) < typed.galaxy_prob
+        galaxy = torch.rand(fields.galaxy_prob.shape, generator=generator) < fields.galaxy_prob
     else:
-        galaxy = typed.galaxy_prob > 0.5
-    return Decisions(n, locs, galaxy, cond_out)
+        galaxy = fields.galaxy_prob > 0.5
+    return Decisions(n, locs, galaxy, fields, marginal)
 
 
 def catalog_from_decisions(
@@ -227,12 +217,15 @@ def map_catalog(
     marginal detection probability), ``prob_conditional`` (given the neighbouring decisions),
     ``galaxy_prob``, ``galaxy``, ``tile_x, tile_y``.
     """
-    if not 0.0 <= threshold < 1.0:
-        raise ProbcatValueError(f"threshold must lie in [0, 1), got {threshold}")
-    marginal = net.heads(feats, classify=False)
-    dec = decode(net, feats, threshold=threshold, marginal=marginal)
+    dec = decode(net, feats, threshold=threshold)
     return catalog_from_decisions(
-        dec, 0, marginal, image_shape, net.tile_size, bands, {"threshold": threshold, "kind": "map"}
+        dec,
+        0,
+        dec.marginal,
+        image_shape,
+        net.tile_size,
+        bands,
+        {"threshold": threshold, "kind": "map"},
     )
 
 
@@ -250,15 +243,12 @@ def sample_catalogs(
     """``n`` posterior catalog samples (paper 000 section 4.6)."""
     if n < 1:
         raise ProbcatValueError(f"number of samples must be >= 1, got {n}")
-    marginal = net.heads(feats, classify=False)
     out = []
     for start in range(0, n, batch):
-        dec = decode(
-            net, feats, n_samples=min(batch, n - start), generator=generator, marginal=marginal
-        )
+        dec = decode(net, feats, n_samples=min(batch, n - start), generator=generator)
         out += [
             catalog_from_decisions(
-                dec, k, marginal, image_shape, net.tile_size, bands, {"kind": "sample"}
+                dec, k, dec.marginal, image_shape, net.tile_size, bands, {"kind": "sample"}
             )
             for k in range(dec.n.shape[0])
         ]

@@ -163,25 +163,20 @@ class DetectionNet(nn.Module):
         """Backbone features ``(B, C, H/t, W/t)``."""
         return self.blocks(self.to_tiles(self.stem(self.normalise(image))))
 
-    def heads(
+    def trunk(
         self,
         feats: torch.Tensor,
         decided: torch.Tensor | None = None,
         n: torch.Tensor | None = None,
         locs: torch.Tensor | None = None,
-        type_locs: torch.Tensor | None = None,
-        classify: bool = True,
-    ) -> TileOutput:
-        """Tile outputs given features and the decisions taken so far.
+    ) -> torch.Tensor:
+        """Tile features conditioned on the decisions taken so far.
 
         Args:
-            feats: ``(B, C, nty, ntx)``.
+            feats: backbone features ``(B, C, nty, ntx)``.
             decided: ``(B, nty, ntx)`` bool, tiles whose count/location are given.
             n, locs: their counts ``(B, nty, ntx)`` and locations ``(B, nty, ntx, 2)``
                 (ignored where not decided).
-            type_locs: locations at which to classify ``(B, nty, ntx, 2)``; default: the
-                predicted mean.
-            classify: run the type head (else ``galaxy_logit`` is zeros).
         """
         b, _, nty, ntx = feats.shape
         if decided is None:
@@ -192,20 +187,36 @@ class DetectionNet(nn.Module):
             cond = torch.cat(
                 [d[:, None], nd[:, None], (locs * nd[..., None]).permute(0, 3, 1, 2)], 1
             )
-        h = self.cond_mix(feats + self.cond_in(cond))
+        return self.cond_mix(feats + self.cond_in(cond))
+
+    def detection_params(self, h: torch.Tensor):
+        """``(count_logit, loc_mean, loc_logvar)`` from conditioned features."""
         det = self.det_head(h).permute(0, 2, 3, 1)
-        loc_mean = torch.sigmoid(det[..., 1:3])
+        return det[..., 0], torch.sigmoid(det[..., 1:3]), det[..., 3:5].clamp(-12.0, 4.0)
+
+    def classify(self, h: torch.Tensor, locs: torch.Tensor) -> torch.Tensor:
+        """Galaxy logit ``(B, nty, ntx)`` of a source at ``locs`` (tile units) in each tile."""
+        return self.type_head(torch.cat([h, locs.permute(0, 3, 1, 2) - 0.5], 1))[:, 0]
+
+    def heads(
+        self,
+        feats: torch.Tensor,
+        decided: torch.Tensor | None = None,
+        n: torch.Tensor | None = None,
+        locs: torch.Tensor | None = None,
+        type_locs: torch.Tensor | None = None,
+        classify: bool = True,
+    ) -> TileOutput:
+        """Tile outputs given features and the decisions taken so far (see :meth:`trunk`);
+        classification at ``type_locs`` (default: the predicted mean), skipped if not
+        ``classify`` (``galaxy_logit`` zeros)."""
+        h = self.trunk(feats, decided, n, locs)
+        count_logit, loc_mean, loc_logvar = self.detection_params(h)
         if classify:
-            tl = loc_mean.detach() if type_locs is None else type_locs
-            galaxy = self.type_head(torch.cat([h, tl.permute(0, 3, 1, 2) - 0.5], 1))[:, 0]
+            galaxy = self.classify(h, loc_mean.detach() if type_locs is None else type_locs)
         else:
-            galaxy = det.new_zeros(det.shape[:-1])
-        return TileOutput(
-            count_logit=det[..., 0],
-            loc_mean=loc_mean,
-            loc_logvar=det[..., 3:5].clamp(-12.0, 4.0),
-            galaxy_logit=galaxy,
-        )
+            galaxy = torch.zeros_like(count_logit)
+        return TileOutput(count_logit, loc_mean, loc_logvar, galaxy)
 
     def forward(self, image: torch.Tensor) -> TileOutput:
         """Marginal tile outputs (nothing decided)."""
