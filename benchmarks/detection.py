@@ -14,6 +14,7 @@ Writes ``benchmarks/results/detection.json`` and ``detection_fig*.png``:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -51,7 +52,7 @@ from probcat.simulate.bank import BankConfig, SourceBank
 from probcat.simulate.datasets import Simulation, SimulationConfig
 from probcat.simulate.render import render_direct
 from probcat.simulate.scene import SceneConfig, SceneSimulator
-from probcat.weights import load_detection
+from probcat.weights import DEFAULT_DETECTION, load_detection, shipped
 
 RESULTS = Path(__file__).resolve().parent / "results"
 THRESHOLDS = (0.2, 0.35, 0.5, 0.65, 0.8)
@@ -540,6 +541,10 @@ def main(argv=None):
     result = {
         "command": command,
         "machine": "2-core CPU, no GPU",
+        "weights": str(args.weights or DEFAULT_DETECTION),
+        "weights_sha256": hashlib.sha256(
+            Path(args.weights or shipped(DEFAULT_DETECTION)).read_bytes()
+        ).hexdigest(),
         "n_images": args.n_images,
         "image_size": 98,
         "threshold": 0.5,

@@ -32,9 +32,12 @@ def main(run: str, name: str = "detection_lsst_i") -> None:
     manifest["size_bytes"] = target.stat().st_size
     manifest["training_command"] = manifest.pop("command")
     bench = ROOT / "benchmarks" / "results" / "detection.json"
-    if bench.exists():
-        result = json.loads(bench.read_text())
+    result = json.loads(bench.read_text()) if bench.exists() else {}
+    if result.get("weights_sha256") == manifest["sha256"]:
         manifest["benchmark"] = {k: result.get(k) for k in HEADLINE}
+    else:
+        print("benchmarks/results/detection.json was not measured with these weights: "
+              "run benchmarks/detection.py, then ship again to record its numbers")
     (WEIGHTS / f"manifest_{name}.json").write_text(json.dumps(manifest, indent=1) + "\n")
     print(f"shipped {target} ({manifest['size_bytes'] / 1e6:.2f} MB)")
 
