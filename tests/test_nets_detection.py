@@ -30,11 +30,14 @@ def test_output_shapes_and_ranges(net):
     assert torch.all(out.prob <= 1) and torch.all(out.galaxy_prob >= 0)
 
 
-def test_receptive_field_covers_padded_tile_and_is_exact(net):
+@pytest.mark.parametrize("stem", ["conv", "patchify"])
+def test_receptive_field_covers_padded_tile_and_is_exact(stem):
     """Impulse test: a pixel influences a tile only within the stated receptive field."""
-    assert DetectionNet().receptive_field >= 53
+    torch.manual_seed(0)
+    net = DetectionNet(n_bands=1, stem_channels=4, channels=8, n_blocks=2, stem=stem).eval()
+    assert DetectionNet(stem=stem).receptive_field >= 53
     x = torch.zeros(1, 1, 125, 125, requires_grad=True)
-    feats = net.train(False).features(x)
+    feats = net.features(x)
     feats[0, :, 12, 12].sum().backward()
     g = x.grad[0, 0].abs() > 0
     ys, xs = torch.nonzero(g, as_tuple=True)

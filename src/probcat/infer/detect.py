@@ -62,7 +62,7 @@ def check_image(image: np.ndarray, n_bands: int, noise_sigma, min_size: int = 1)
 
 @torch.no_grad()
 def tile_features(
-    net: DetectionNet, image: np.ndarray, noise_sigma, *, chunk_tiles: int = 400
+    net: DetectionNet, image: np.ndarray, noise_sigma, *, chunk_tiles: int = 200
 ) -> torch.Tensor:
     """Backbone features ``(1, C, ceil(H/t), ceil(W/t))`` of an image of any size."""
     net.eval()

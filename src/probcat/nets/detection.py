@@ -101,9 +101,12 @@ class DetectionNet(nn.Module):
     Args:
         n_bands: input bands.
         tile_size: tile side in pixels (5).
-        stem_channels: channels at full resolution (kept small: it dominates CPU cost).
+        stem_channels: channels at full resolution (``stem="conv"``; it dominates CPU cost).
         channels: channels on the tile grid.
         n_blocks: residual blocks on the tile grid (dilations 1, 2, 1, 2, ...).
+        stem: ``"conv"`` (5x5 and 3x3 convolutions at full resolution, then space-to-depth)
+            or ``"patchify"`` (space-to-depth of the raw pixels, then a 3x3 convolution on
+            the tile grid: about 10x cheaper per pixel).
     """
 
     def __init__(
@@ -113,8 +116,11 @@ class DetectionNet(nn.Module):
         stem_channels: int = 12,
         channels: int = 64,
         n_blocks: int = 2,
+        stem: str = "conv",
     ):
         super().__init__()
+        if stem not in ("conv", "patchify"):
+            raise ValueError(f"stem must be 'conv' or 'patchify', got {stem!r}")
         self.n_bands, self.tile_size = n_bands, tile_size
         self.hparams = {
             "n_bands": n_bands,
@@ -122,19 +128,34 @@ class DetectionNet(nn.Module):
             "stem_channels": stem_channels,
             "channels": channels,
             "n_blocks": n_blocks,
+            "stem": stem,
         }
-        self.stem = nn.Sequential(
-            nn.Conv2d(n_bands, stem_channels, 5, padding=2),
-            nn.SiLU(),
-            nn.Conv2d(stem_channels, stem_channels, 3, padding=1),
-            nn.SiLU(),
-        )
-        self.to_tiles = nn.Sequential(
-            nn.PixelUnshuffle(tile_size),
-            nn.Conv2d(stem_channels * tile_size**2, channels, 1),
-            nn.BatchNorm2d(channels),
-            nn.SiLU(),
-        )
+        if stem == "conv":
+            self.stem = nn.Sequential(
+                nn.Conv2d(n_bands, stem_channels, 5, padding=2),
+                nn.SiLU(),
+                nn.Conv2d(stem_channels, stem_channels, 3, padding=1),
+                nn.SiLU(),
+            )
+            self.to_tiles = nn.Sequential(
+                nn.PixelUnshuffle(tile_size),
+                nn.Conv2d(stem_channels * tile_size**2, channels, 1),
+                nn.BatchNorm2d(channels),
+                nn.SiLU(),
+            )
+            stem_rf = 5 + 2 + (tile_size - 1)
+        else:
+            self.stem = nn.Identity()
+            self.to_tiles = nn.Sequential(
+                nn.PixelUnshuffle(tile_size),
+                nn.Conv2d(n_bands * tile_size**2, channels, 1),
+                nn.BatchNorm2d(channels),
+                nn.SiLU(),
+                nn.Conv2d(channels, channels, 3, padding=1),
+                nn.BatchNorm2d(channels),
+                nn.SiLU(),
+            )
+            stem_rf = 3 * tile_size
         self.blocks = nn.Sequential(
             *[_Res(channels, dilation=1 + (k % 2)) for k in range(n_blocks)]
         )
@@ -147,7 +168,7 @@ class DetectionNet(nn.Module):
             nn.Conv2d(channels + 2, channels, 1), nn.SiLU(), nn.Conv2d(channels, 1, 1)
         )
         n = len(self.blocks)
-        self._rf = 5 + 2 + (tile_size - 1) + sum(4 * (1 + (k % 2)) * tile_size for k in range(n))
+        self._rf = stem_rf + sum(4 * (1 + (k % 2)) * tile_size for k in range(n))
 
     @property
     def receptive_field(self) -> int:

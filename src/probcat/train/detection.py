@@ -56,6 +56,7 @@ class DetectionTrainConfig:
     stem_channels: int = 12
     channels: int = 64
     n_blocks: int = 2
+    stem: str = "conv"
     tile_size: int = 5
 
     def __post_init__(self):
@@ -75,6 +76,7 @@ class DetectionTrainConfig:
             stem_channels=self.stem_channels,
             channels=self.channels,
             n_blocks=self.n_blocks,
+            stem=self.stem,
         )
 
 
