@@ -1,9 +1,10 @@
 """Fully convolutional detection/classification encoder with tile-resolution heads.
 
 Paper 000's encoders see a 53-px padded tile around every 5-px tile. Here one backbone runs
-over the whole image (DESIGN.md principle 3): a light full-resolution stem, a
-space-to-depth step to tile resolution, and residual 3x3 convolutions on the tile grid,
-so each pixel is processed once. :attr:`DetectionNet.receptive_field` is >= 53 px.
+over the whole image (DESIGN.md principle 3): a light stem (full-resolution convolutions
+then space-to-depth, or space-to-depth of the raw pixels: ``stem="patchify"``) down to tile
+resolution, and residual 3x3 convolutions on the tile grid, so each pixel is processed once.
+:attr:`DetectionNet.receptive_field` is >= 53 px.
 
 **Conditional (checkerboard) heads.** The tiles are split into four groups by the parity
 of their row and column. Group ``g`` is decoded conditioned on the decisions (count and
