@@ -22,7 +22,14 @@ from astropy.wcs import WCS
 
 from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError
 
-__all__ = ["FullCatalog", "TileCatalog", "atomic_write", "make_wcs", "concat_catalogs"]
+__all__ = [
+    "FullCatalog",
+    "TileCatalog",
+    "atomic_write",
+    "check_writable_dir",
+    "make_wcs",
+    "concat_catalogs",
+]
 
 
 def atomic_write(path: str | Path, write_fn) -> Path:
@@ -41,6 +48,21 @@ def atomic_write(path: str | Path, write_fn) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def check_writable_dir(out: str | Path) -> Path:
+    """Create ``out`` if needed and check that files can be written there."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".probcat_write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ProbcatValueError(
+            f"{out}: output directory is not writable ({e.strerror or e})"
+        ) from None
+    return out
 
 
 def make_wcs(shape: tuple[int, int], pixel_scale: float, ra: float, dec: float) -> WCS:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from probcat.catalog import make_wcs
+from probcat.catalog import check_writable_dir, make_wcs
 from probcat.io import write_image
 from probcat.plots import field_overview
 from probcat.simulate.bank import BankConfig, SourceBank
-from probcat.simulate.datasets import FIELD_CENTER, _check_writable, _write_yaml
+from probcat.simulate.datasets import FIELD_CENTER
 from probcat.simulate.scene import SceneConfig, SceneSimulator
 from probcat.survey import Survey
 
@@ -37,12 +37,12 @@ def run_demo(
     from probcat.io import read_image
     from probcat.metrics.detection import match
     from probcat.plots import detection_figure
-    from probcat.provenance import provenance
+    from probcat.provenance import provenance, write_record
 
     if size < 16:
         raise ProbcatValueError(f"demo field size must be >= 16 px, got {size}")
     out = Path(out)
-    _check_writable(out)
+    check_writable_dir(out)
     t0 = time.perf_counter()
     lines, truth = [], None
     if image is None:
@@ -125,7 +125,7 @@ def run_demo(
         title="central 200x200 px",
         zoom=200,
     )
-    _write_yaml(out / "config.yaml", {**config, **provenance(command)})
+    write_record(out / "config.yaml", {**config, **provenance(command)})
     lines.append(
         f"wrote {out}/: field.fits, truth.fits, probcat_catalog.fits, sep_catalog.fits, "
         f"overview.png, detections.png, detections_zoom.png"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["provenance", "git_commit"]
+__all__ = ["provenance", "git_commit", "write_record"]
 
 _PACKAGES = ("probcat", "numpy", "torch", "galsim", "sep", "astropy", "surveycodex")
 
@@ -38,3 +39,13 @@ def provenance(command: str | None = None) -> dict:
         "python": platform.python_version(),
         "git_commit": git_commit(),
     }
+
+
+def write_record(path: str | Path, record: dict) -> Path:
+    """Write a provenance/config record as YAML, atomically, beside an output."""
+    import yaml
+
+    from probcat.catalog import atomic_write
+
+    text = yaml.safe_dump(json.loads(json.dumps(record, default=str)), sort_keys=False)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -20,14 +20,13 @@ of a dataset depends only on ``(seed, i)`` and the bank configuration.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from probcat.catalog import FullCatalog, atomic_write, concat_catalogs, make_wcs
+from probcat.catalog import FullCatalog, check_writable_dir, concat_catalogs, make_wcs
 from probcat.errors import ProbcatValueError
 from probcat.simulate.bank import BankConfig, SourceBank
 from probcat.simulate.prior import GALAXY_DENSITY, MAG_GOLD, STAR_DENSITY
@@ -321,10 +320,10 @@ def write_dataset(
     from tqdm.auto import tqdm
 
     from probcat.io import write_image
-    from probcat.provenance import provenance
+    from probcat.provenance import provenance, write_record
 
     out = Path(out)
-    _check_writable(out)
+    check_writable_dir(out)
     sim = Simulation(config, cache_dir=cache_dir, workers=workers, progress=progress)
     cats = []
     for i in tqdm(
@@ -363,29 +362,10 @@ def write_dataset(
         "summary": summary,
         **provenance(command),
     }
-    _write_yaml(out / "config.yaml", record)
+    write_record(out / "config.yaml", record)
     return summary
 
 
 def truth_collisions(cats: list[FullCatalog], tile_size: int = TILE) -> int:
     """Sources that share a tile with a brighter one (dropped by the tile catalog)."""
     return sum(c.to_tiles(tile_size).n_collisions for c in cats)
-
-
-def _write_yaml(path: Path, record: dict) -> None:
-    import yaml
-
-    text = yaml.safe_dump(json.loads(json.dumps(record, default=str)), sort_keys=False)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".probcat_write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ProbcatValueError(
-            f"{out}: output directory is not writable ({e.strerror or e})"
-        ) from None
