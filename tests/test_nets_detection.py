@@ -66,11 +66,16 @@ def test_loss_hand_built_tiles():
         galaxy_logit=torch.tensor([[[0.0, 5.0]]]),
     )
     parts = favi_detection_loss(out, truth)
-    # counts: two tiles at p = 0.5; location: exact mean, unit variance, 2 dims; type: p = 0.5
+    # counts: two tiles at p = 0.5; type: p = 0.5; location: exact mean, unit variance,
+    # 2 dims, normal truncated to [0, 1]: -log density = log(2 pi)/2 + log Z per axis
+    phi = lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2)))  # noqa: E731
+    log_z = math.log(phi(0.7) - phi(-0.3)) + math.log(phi(0.4) - phi(-0.6))
     assert parts["count"].item() == pytest.approx(2 * math.log(2))
-    assert parts["loc"].item() == pytest.approx(math.log(2 * math.pi))
+    assert parts["loc"].item() == pytest.approx(math.log(2 * math.pi) + log_z, rel=1e-5)
     assert parts["type"].item() == pytest.approx(math.log(2))  # empty tile does not count
-    assert parts["total"].item() == pytest.approx(3 * math.log(2) + math.log(2 * math.pi))
+    assert parts["total"].item() == pytest.approx(
+        3 * math.log(2) + math.log(2 * math.pi) + log_z, rel=1e-5
+    )
 
 
 def test_loss_gradients_finite_and_better_prediction_lower(net):
@@ -169,6 +174,106 @@ def test_sampling_matches_probabilities():
     n = np.array([len(c) for c in s])
     assert n.mean() == pytest.approx(6 * 0.3, abs=0.05)
     assert np.allclose(s[0]["x"] % 5, 2.0, atol=0.1)  # sigmoid(0) = 0.5 tile -> pixel 2.0
+
+
+def test_truncated_normal_samples_moments_and_intervals():
+    from probcat.nets.distributions import (
+        trunc_interval,
+        trunc_log_prob,
+        trunc_moments,
+        trunc_sample,
+    )
+
+    mu = torch.tensor([0.02, 0.5, 0.97, 0.3])
+    sd = torch.tensor([0.05, 0.1, 0.3, 2.0])
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([trunc_sample(mu, sd, gen) for _ in range(20000)])
+    assert torch.all((draws >= 0) & (draws < 1))
+    mean, std = trunc_moments(mu, sd)
+    assert torch.allclose(draws.mean(0), mean, atol=0.01)
+    assert torch.allclose(draws.std(0), std, atol=0.01)
+    for level in (0.68, 0.95):
+        lo, hi = trunc_interval(mu, sd, level)
+        inside = ((draws >= lo) & (draws <= hi)).float().mean(0)
+        assert torch.allclose(inside, torch.full_like(inside, level), atol=0.015)
+    # the density integrates to one over the tile
+    x = torch.linspace(0, 1, 20001)[:, None]
+    dens = trunc_log_prob(x, mu, sd).exp()
+    assert torch.allclose(torch.trapezoid(dens, x[:, 0], dim=0), torch.ones(4), atol=1e-3)
+
+
+@pytest.fixture
+def stamp_net():
+    torch.manual_seed(0)
+    return DetectionNet(n_bands=1, channels=8, n_blocks=1, stem="patchify", classifier="stamp")
+
+
+def test_stamps_are_centred_on_the_source(stamp_net):
+    from probcat.nets.detection import STAMP_SIZE
+
+    img = torch.zeros(2, 1, 20, 25)
+    img[1, 0, 7, 18] = 5.0  # pixel (x=18, y=7): tile (ty=1, tx=3), loc (0.7, 0.5)
+    b, ty, tx = torch.tensor([1, 1]), torch.tensor([1, 1]), torch.tensor([3, 3])
+    locs = torch.tensor([[0.7, 0.5], [0.75, 0.52]])
+    st, off = stamp_net.stamps(img, b, ty, tx, locs)
+    c = STAMP_SIZE // 2
+    assert st.shape == (2, 1, STAMP_SIZE, STAMP_SIZE)
+    assert st[0, 0, c, c] == 5.0 and st[0].sum() == 5.0
+    assert torch.allclose(off[0], torch.tensor([0.0, 0.0]), atol=1e-6)
+    assert torch.allclose(off[1], torch.tensor([0.25, 0.1]), atol=1e-5)
+    # near the border the stamp is zero-padded, never wrapped
+    edge, _ = stamp_net.stamps(
+        img, torch.tensor([1]), torch.tensor([0]), torch.tensor([4]), torch.tensor([[0.99, 0.0]])
+    )
+    assert edge.shape == (1, 1, STAMP_SIZE, STAMP_SIZE) and torch.isfinite(edge).all()
+
+
+def test_stamp_classifier_loss_decode_and_masks(stamp_net):
+    from probcat.infer.detect import tile_image
+
+    img = np.random.default_rng(2).standard_normal((1, 30, 30)).astype(np.float32) * 2
+    x = torch.from_numpy(img)[None]
+    cats = [
+        FullCatalog(
+            {
+                "x": np.array([3.0, 22.2]),
+                "y": np.array([4.0, 19.9]),
+                "galaxy": np.array([True, False]),
+                "flux": np.ones((2, 1)),
+            },
+            (30, 30),
+        )
+    ]
+    truth = TileCatalog.from_full(cats, 5)
+    stamp_net.train()
+    out = stamp_net.heads(
+        stamp_net.features(x), type_locs=truth.locs, image=x, type_mask=truth.n_sources > 0
+    )
+    # classified only where asked; the loss ignores the other (NaN) tiles
+    assert torch.isfinite(out.galaxy_logit[truth.n_sources > 0]).all()
+    assert torch.isnan(out.galaxy_logit[truth.n_sources == 0]).all()
+    loss = favi_detection_loss(out, truth)["total"]
+    loss.backward()
+    grads = [p.grad for p in stamp_net.stamp_head.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    stamp_net.eval()
+    feats = tile_features(stamp_net, img, 1.0)
+    with pytest.raises(ProbcatValueError, match="image"):
+        decode(stamp_net, feats)
+    pixels = tile_image(stamp_net, img, 1.0)
+    cat = map_catalog(stamp_net, feats, (30, 30), image=pixels, threshold=0.0)
+    assert len(cat) == 36 and np.all((cat["galaxy_prob"] >= 0) & (cat["galaxy_prob"] <= 1))
+    # the chunked whole-image classification equals per-tile classification
+    with torch.no_grad():
+        h = stamp_net.trunk(feats)
+        locs = torch.rand(1, 6, 6, 2, generator=torch.Generator().manual_seed(0))
+        every = stamp_net.classify(h, locs, pixels)
+        one = torch.zeros(1, 6, 6, dtype=torch.bool)
+        one[0, 2, 4] = True
+        single = stamp_net.classify(h, locs, pixels, mask=one)
+    assert torch.allclose(every[one], single[one], atol=1e-5)
+    samples = sample_catalogs(stamp_net, feats, (30, 30), 5, image=pixels)
+    assert all(np.isfinite(s["galaxy_prob"]).all() for s in samples)
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from probcat.infer.detect import (
     decode,
     sample_catalogs,
     tile_features,
+    tile_image,
 )
 from probcat.io import ImageData, read_image
 from probcat.nets.detection import TileOutput
@@ -110,7 +111,8 @@ def detect(
         raise ProbcatValueError(f"samples must be >= 0, got {samples}")
     shape = image.shape[-2:]
     feats = tile_features(net, image, noise_sigma)
-    dec = decode(net, feats, threshold=threshold)
+    pixels = tile_image(net, image, noise_sigma)
+    dec = decode(net, feats, image=pixels, threshold=threshold)
     cat = catalog_from_decisions(
         dec,
         0,
@@ -126,7 +128,7 @@ def detect(
         draws = [
             _with_sky(c, wcs)
             for c in sample_catalogs(
-                net, feats, shape, samples, generator=gen, bands=survey.band_names
+                net, feats, shape, samples, image=pixels, generator=gen, bands=survey.band_names
             )
         ]
     return DetectionResult(_with_sky(cat, wcs), dec.marginal, draws, wcs)

@@ -8,11 +8,13 @@ from probcat.infer.detect import (
     predict_tiles,
     sample_catalogs,
     tile_features,
+    tile_image,
 )
 
 __all__ = [
     "check_image",
     "tile_features",
+    "tile_image",
     "predict_tiles",
     "decode",
     "Decisions",

@@ -22,6 +22,7 @@ from probcat.nets.detection import N_GROUPS, DetectionNet, TileOutput, tile_grou
 
 __all__ = [
     "check_image",
+    "tile_image",
     "tile_features",
     "batch_tile_features",
     "predict_tiles",
@@ -86,6 +87,20 @@ def tile_features(
     return feats
 
 
+def tile_image(net: DetectionNet, image: np.ndarray, noise_sigma) -> torch.Tensor:
+    """The image in noise-sigma units, ``(B, bands, nty * t, ntx * t)``, zero-padded at the
+    bottom and right to whole tiles: the pixels the stamp classifier reads. ``image`` is
+    ``(bands, H, W)`` (``B = 1``) or a batch ``(B, bands, H, W)``."""
+    image = np.asarray(image)
+    batch = image if image.ndim == 4 else image[None]
+    x = np.stack([check_image(im, net.n_bands, noise_sigma) for im in batch])
+    t = net.tile_size
+    h, w = x.shape[-2:]
+    out = np.zeros((*x.shape[:2], math.ceil(h / t) * t, math.ceil(w / t) * t), np.float32)
+    out[..., :h, :w] = x
+    return torch.from_numpy(out)
+
+
 @torch.no_grad()
 def batch_tile_features(net: DetectionNet, images: np.ndarray, noise_sigma) -> torch.Tensor:
     """Features ``(B, C, nty, ntx)`` of a batch of same-size images ``(B, bands, H, W)``,
@@ -104,17 +119,20 @@ def batch_tile_features(net: DetectionNet, images: np.ndarray, noise_sigma) -> t
 
 @torch.no_grad()
 def predict_tiles(net: DetectionNet, image: np.ndarray, noise_sigma, **kw) -> TileOutput:
-    """Marginal tile outputs (each tile's own posterior, nothing decided) for any image."""
+    """Marginal tile outputs (each tile's own posterior, nothing decided) for any image;
+    every tile classified as if it held a source at its posterior mean location."""
     net.eval()
-    return net.heads(tile_features(net, image, noise_sigma, **kw))
+    feats = tile_features(net, image, noise_sigma, **kw)
+    return net.heads(feats, image=tile_image(net, image, noise_sigma))
 
 
 @dataclass
 class Decisions:
     """Decoded tile catalogs, ``S`` of them: ``n`` ``(S, nty, ntx)`` bool, ``locs``
     ``(S, nty, ntx, 2)``, ``galaxy`` bool; ``conditional``: the outputs each tile was
-    decided with (galaxy logit at the decided location); ``marginal``: the first pass,
-    where nothing is decided, i.e. every tile's marginal posterior."""
+    decided with (galaxy logit at the decided location, NaN where no source was decided);
+    ``marginal``: the first pass, where nothing is decided, i.e. every tile's marginal
+    posterior (its galaxy logit is the decided one)."""
 
     n: torch.Tensor
     locs: torch.Tensor
@@ -128,6 +146,7 @@ def decode(
     net: DetectionNet,
     feats: torch.Tensor,
     *,
+    image: torch.Tensor | None = None,
     n_samples: int = 0,
     threshold: float = 0.5,
     generator: torch.Generator | None = None,
@@ -135,15 +154,19 @@ def decode(
     """Checkerboard decoding. ``n_samples = 0``: MAP (probability > threshold, posterior
     mean location, galaxy if probability > 0.5) for each image of the batch ``feats``;
     else that many posterior samples of the single image ``feats`` ``(1, C, nty, ntx)``.
-    Sampled locations outside their tile count as non-detections (paper 000 footnote 10).
-    Each group is classified in the pass that decides it, at its decided location (the
-    conditioning state seen in training)."""
+    Locations are drawn from the normal truncated to the tile, so every drawn source lies
+    in its tile. Each group is classified in the pass that decides it, at its decided
+    location (the conditioning state seen in training), from ``image`` (see
+    :func:`tile_image`; needed by the stamp classifier)."""
     net.eval()
     if not 0.0 <= threshold < 1.0:
         raise ProbcatValueError(f"threshold must lie in [0, 1), got {threshold}")
     if n_samples and feats.shape[0] != 1:
         raise ProbcatValueError("posterior samples are drawn for one image at a time")
+    if net.classifier == "stamp" and image is None:
+        raise ProbcatValueError("these weights classify from the image: pass image=")
     f = feats.expand(n_samples, -1, -1, -1) if n_samples else feats
+    img = None if image is None else image.expand(f.shape[0], -1, -1, -1)
     s = f.shape[0]
     _, _, nty, ntx = f.shape
     groups = tile_groups(nty, ntx, f.device)
@@ -153,29 +176,30 @@ def decode(
     fields = marginal = None
     for g in range(N_GROUPS):
         h = net.trunk(f, decided, n, locs)
-        count_logit, loc_mean, loc_logvar = net.detection_params(h)
-        prob = torch.sigmoid(count_logit)
+        out = TileOutput(*net.detection_params(h), torch.zeros(s, nty, ntx))
         now = (groups == g).expand(s, -1, -1)
         if n_samples:
-            on = torch.rand(prob.shape, generator=generator) < prob
-            noise = torch.randn(loc_mean.shape, generator=generator)
-            loc = loc_mean + torch.exp(0.5 * loc_logvar) * noise
-            on &= ((loc >= 0) & (loc < 1)).all(-1)
+            on = torch.rand(out.prob.shape, generator=generator) < out.prob
+            loc = out.sample_locs(generator)
         else:
-            on = prob > threshold
-            loc = loc_mean
-        loc = loc.clamp(0, 1 - 1e-6)
-        out = TileOutput(count_logit, loc_mean, loc_logvar, net.classify(h, loc))
+            on = out.prob > threshold
+            loc = out.loc_post_mean
+        out.galaxy_logit = net.classify(h, loc, img, mask=now & on)
         if g == 0:
-            marginal = TileOutput(count_logit, loc_mean, loc_logvar, net.classify(h, loc_mean))
+            marginal = out
         n = torch.where(now, on, n)
         locs = torch.where(now[..., None], loc, locs)
         decided |= now
         fields = out if fields is None else out.where(now, fields)
+    fields.galaxy_logit = torch.where(n, fields.galaxy_logit, float("nan"))
+    marginal = TileOutput(
+        marginal.count_logit, marginal.loc_mean, marginal.loc_logvar, fields.galaxy_logit
+    )
+    p_gal = fields.galaxy_prob.nan_to_num(0.0)
     if n_samples:
-        galaxy = torch.rand(fields.galaxy_prob.shape, generator=generator) < fields.galaxy_prob
+        galaxy = (torch.rand(p_gal.shape, generator=generator) < p_gal) & n
     else:
-        galaxy = fields.galaxy_prob > 0.5
+        galaxy = (p_gal > 0.5) & n
     return Decisions(n, locs, galaxy, fields, marginal)
 
 
@@ -189,7 +213,7 @@ def catalog_from_decisions(
     y = ((ty + loc[:, 1]) * tile_size - 0.5).numpy()
     inside = (x >= -0.5) & (x < w - 0.5) & (y >= -0.5) & (y < h - 0.5)
     c = dec.conditional
-    sd = (c.loc_sd[k, ty, tx] * tile_size).double().numpy()
+    sd = (c.loc_post_sd[k, ty, tx] * tile_size).double().numpy()
     cols = {
         "x": x,
         "y": y,
@@ -209,15 +233,22 @@ def catalog_from_decisions(
 
 @torch.no_grad()
 def map_catalog(
-    net: DetectionNet, feats: torch.Tensor, image_shape, *, threshold: float = 0.5, bands=("i",)
+    net: DetectionNet,
+    feats: torch.Tensor,
+    image_shape,
+    *,
+    image: torch.Tensor | None = None,
+    threshold: float = 0.5,
+    bands=("i",),
 ) -> FullCatalog:
     """MAP catalog (paper 000 section 4.2): detections with probability > ``threshold``.
 
-    Columns: ``x, y`` (pixels, posterior mean), ``x_sd, y_sd`` (pixels), ``prob`` (the tile's
+    ``image``: see :func:`tile_image`. Columns: ``x, y`` (pixels, posterior mean), ``x_sd,
+    y_sd`` (pixels, posterior standard deviation), ``prob`` (the tile's
     marginal detection probability), ``prob_conditional`` (given the neighbouring decisions),
     ``galaxy_prob``, ``galaxy``, ``tile_x, tile_y``.
     """
-    dec = decode(net, feats, threshold=threshold)
+    dec = decode(net, feats, image=image, threshold=threshold)
     return catalog_from_decisions(
         dec,
         0,
@@ -236,6 +267,7 @@ def sample_catalogs(
     image_shape,
     n: int,
     *,
+    image: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     bands=("i",),
     batch: int = 32,
@@ -245,7 +277,7 @@ def sample_catalogs(
         raise ProbcatValueError(f"number of samples must be >= 1, got {n}")
     out = []
     for start in range(0, n, batch):
-        dec = decode(net, feats, n_samples=min(batch, n - start), generator=generator)
+        dec = decode(net, feats, image=image, n_samples=min(batch, n - start), generator=generator)
         out += [
             catalog_from_decisions(
                 dec, k, dec.marginal, image_shape, net.tile_size, bands, {"kind": "sample"}

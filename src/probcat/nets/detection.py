@@ -15,9 +15,16 @@ so a source near a tile edge is claimed by one tile instead of being split betwe
 (paper 000 section 4.5, Fig. 8). With nothing decided, the heads give each tile's marginal
 ``Q(n_t | x)``: the paper's detection probability.
 
-**Classification** conditions on the source's location inside its tile (true location in
-training, the posterior mean at inference), which keeps the benefit of the paper's
-re-centred classifier input (section 3.3) without a second pass over pixels.
+**Locations** follow a normal truncated to the tile (:mod:`probcat.nets.distributions`):
+``loc_mean``/``loc_logvar`` parametrise the underlying normal; a sample never leaves its
+tile and a source at a tile edge gets a narrow posterior there.
+
+**Classification** conditions on the source's location (true location in training, the
+decided location at inference). With ``classifier="stamp"`` (the shipped weights) a small
+network looks at a 15x15-px stamp of the image centred on that location, plus the tile's
+conditioned features: the paper's re-centred classifier input (section 3.3), run only on
+the tiles that hold a source. ``classifier="tile"`` (a head on the tile features alone)
+is kept for older weights.
 """
 
 from __future__ import annotations
@@ -27,9 +34,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["DetectionNet", "TileOutput", "tile_groups", "N_GROUPS"]
+from probcat.nets.distributions import (
+    trunc_interval,
+    trunc_log_prob,
+    trunc_moments,
+    trunc_sample,
+)
+
+__all__ = ["DetectionNet", "TileOutput", "tile_groups", "N_GROUPS", "STAMP_SIZE"]
 
 N_GROUPS = 4
+STAMP_SIZE = 15
 
 
 def tile_groups(nty: int, ntx: int, device=None) -> torch.Tensor:
@@ -43,7 +58,10 @@ def tile_groups(nty: int, ntx: int, device=None) -> torch.Tensor:
 class TileOutput:
     """Variational parameters per tile, each ``(B, nty, ntx)`` or ``(B, nty, ntx, 2)``.
 
-    ``loc_mean`` is in tile units, in (0, 1); ``loc_logvar`` is the log variance in tile units^2.
+    ``loc_mean`` (in (0, 1), tile units) and ``loc_logvar`` (log variance, tile units^2) are
+    the parameters of the normal that, truncated to the tile, is the location posterior:
+    its mean and standard deviation are :attr:`loc_post_mean` and :attr:`loc_post_sd`.
+    ``galaxy_logit`` is NaN where no classification was made (stamp classifier).
     """
 
     count_logit: torch.Tensor
@@ -61,7 +79,30 @@ class TileOutput:
 
     @property
     def loc_sd(self) -> torch.Tensor:
+        """Standard deviation of the underlying (untruncated) normal."""
         return torch.exp(0.5 * self.loc_logvar)
+
+    @property
+    def loc_post_mean(self) -> torch.Tensor:
+        """Posterior mean location in the tile (truncated normal)."""
+        return trunc_moments(self.loc_mean, self.loc_sd)[0]
+
+    @property
+    def loc_post_sd(self) -> torch.Tensor:
+        """Posterior standard deviation of the location (truncated normal), tile units."""
+        return trunc_moments(self.loc_mean, self.loc_sd)[1]
+
+    def loc_log_prob(self, locs: torch.Tensor) -> torch.Tensor:
+        """Log density of ``locs`` ``(..., 2)`` in the tile, summed over the two axes."""
+        return trunc_log_prob(locs, self.loc_mean, self.loc_sd).sum(-1)
+
+    def sample_locs(self, generator=None) -> torch.Tensor:
+        """One location draw per tile, inside the tile."""
+        return trunc_sample(self.loc_mean, self.loc_sd, generator)
+
+    def loc_interval(self, level: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Central posterior interval of each coordinate, tile units."""
+        return trunc_interval(self.loc_mean, self.loc_sd, level)
 
     def where(self, mask: torch.Tensor, other: TileOutput) -> TileOutput:
         """Fields from ``self`` where ``mask`` ``(B, nty, ntx)``, else from ``other``."""
@@ -94,6 +135,37 @@ class _Res(nn.Module):
         return self.act(x + self.body(x))
 
 
+class _StampClassifier(nn.Module):
+    """Galaxy logit from a stamp centred on the source (pixels at full resolution), its
+    sub-pixel offset, and the tile's conditioned features (blend context)."""
+
+    def __init__(self, n_bands: int, channels: int, width: int = 16):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(2 * n_bands, width, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1),
+            nn.SiLU(),
+        )
+        side = (STAMP_SIZE + 1) // 2
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * width * side * side + channels + 2, 64), nn.SiLU(), nn.Linear(64, 1)
+        )
+
+    def forward(self, stamps, tile_feats, offsets):
+        # two views of the pixels: compressed brightness, and the profile shape
+        # normalised by the stamp's central peak (what separates stars from galaxies)
+        c = STAMP_SIZE // 2
+        peak = stamps[:, :, c - 1 : c + 2, c - 1 : c + 2].amax((2, 3), keepdim=True)
+        x = torch.cat([torch.asinh(stamps / 3.0), stamps / peak.clamp_min(3.0)], 1)
+        z = self.conv(x).flatten(1)
+        return self.mlp(torch.cat([z, tile_feats, offsets], 1))[:, 0]
+
+
 class DetectionNet(nn.Module):
     """Image ``(B, bands, H, W)`` in units of the noise sigma -> tile features -> heads.
 
@@ -108,6 +180,8 @@ class DetectionNet(nn.Module):
         stem: ``"conv"`` (5x5 and 3x3 convolutions at full resolution, then space-to-depth)
             or ``"patchify"`` (space-to-depth of the raw pixels, then a 3x3 convolution on
             the tile grid: about 10x cheaper per pixel).
+        classifier: ``"stamp"`` (a network on a stamp centred on each source) or ``"tile"``
+            (a head on the tile features).
     """
 
     def __init__(
@@ -118,10 +192,14 @@ class DetectionNet(nn.Module):
         channels: int = 64,
         n_blocks: int = 2,
         stem: str = "conv",
+        classifier: str = "tile",
     ):
         super().__init__()
         if stem not in ("conv", "patchify"):
             raise ValueError(f"stem must be 'conv' or 'patchify', got {stem!r}")
+        if classifier not in ("tile", "stamp"):
+            raise ValueError(f"classifier must be 'tile' or 'stamp', got {classifier!r}")
+        self.classifier = classifier
         self.n_bands, self.tile_size = n_bands, tile_size
         self.hparams = {
             "n_bands": n_bands,
@@ -130,6 +208,7 @@ class DetectionNet(nn.Module):
             "channels": channels,
             "n_blocks": n_blocks,
             "stem": stem,
+            "classifier": classifier,
         }
         if stem == "conv":
             self.stem = nn.Sequential(
@@ -165,9 +244,12 @@ class DetectionNet(nn.Module):
         self.cond_in = nn.Conv2d(4, channels, 3, padding=1)
         self.cond_mix = nn.Sequential(nn.SiLU(), nn.Conv2d(channels, channels, 1), nn.SiLU())
         self.det_head = nn.Conv2d(channels, 5, 1)
-        self.type_head = nn.Sequential(
-            nn.Conv2d(channels + 2, channels, 1), nn.SiLU(), nn.Conv2d(channels, 1, 1)
-        )
+        if classifier == "tile":
+            self.type_head = nn.Sequential(
+                nn.Conv2d(channels + 2, channels, 1), nn.SiLU(), nn.Conv2d(channels, 1, 1)
+            )
+        else:
+            self.stamp_head = _StampClassifier(n_bands, channels)
         n = len(self.blocks)
         self._rf = stem_rf + sum(4 * (1 + (k % 2)) * tile_size for k in range(n))
 
@@ -216,9 +298,53 @@ class DetectionNet(nn.Module):
         det = self.det_head(h).permute(0, 2, 3, 1)
         return det[..., 0], torch.sigmoid(det[..., 1:3]), det[..., 3:5].clamp(-12.0, 4.0)
 
-    def classify(self, h: torch.Tensor, locs: torch.Tensor) -> torch.Tensor:
-        """Galaxy logit ``(B, nty, ntx)`` of a source at ``locs`` (tile units) in each tile."""
-        return self.type_head(torch.cat([h, locs.permute(0, 3, 1, 2) - 0.5], 1))[:, 0]
+    def stamps(
+        self, image: torch.Tensor, b: torch.Tensor, ty: torch.Tensor, tx: torch.Tensor, locs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``STAMP_SIZE``-px stamps ``(N, bands, S, S)`` of ``image`` (noise-sigma units,
+        ``(B, bands, H, W)``) centred on the pixel nearest each source at ``locs`` ``(N, 2)``
+        (tile units) in tile ``(b, ty, tx)``, and the sources' offsets from those pixels."""
+        t, r = self.tile_size, STAMP_SIZE // 2
+        _, _, h, w = image.shape
+        x = (tx.to(locs.dtype) + locs[:, 0]) * t - 0.5
+        y = (ty.to(locs.dtype) + locs[:, 1]) * t - 0.5
+        cx = torch.round(x).long().clamp(0, w - 1)
+        cy = torch.round(y).long().clamp(0, h - 1)
+        padded = nn.functional.pad(image, (r, r, r, r))
+        ar = torch.arange(STAMP_SIZE, device=image.device)
+        rows = (cy[:, None] + ar)[:, :, None]
+        cols = (cx[:, None] + ar)[:, None, :]
+        st = padded[b[:, None, None], :, rows, cols]  # (N, S, S, bands)
+        return st.permute(0, 3, 1, 2), torch.stack([x - cx, y - cy], 1)
+
+    def classify(
+        self,
+        h: torch.Tensor,
+        locs: torch.Tensor,
+        image: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Galaxy logit ``(B, nty, ntx)`` of a source at ``locs`` (tile units) in each tile.
+
+        The stamp classifier needs the ``image`` (noise-sigma units, tile-padded) and runs
+        only on the tiles of ``mask`` (default all); other tiles get NaN.
+        """
+        if self.classifier == "tile":
+            return self.type_head(torch.cat([h, locs.permute(0, 3, 1, 2) - 0.5], 1))[:, 0]
+        if image is None:
+            raise ValueError("the stamp classifier needs the image")
+        if mask is None:
+            mask = torch.ones(locs.shape[:-1], dtype=torch.bool, device=locs.device)
+        b, ty, tx = torch.nonzero(mask, as_tuple=True)
+        out = torch.full(mask.shape, float("nan"), dtype=h.dtype, device=h.device)
+        if len(b) == 0:
+            return out
+        logits = []
+        for i in range(0, len(b), 4096):  # bounds the memory of whole-image classification
+            j = slice(i, i + 4096)
+            st, off = self.stamps(image, b[j], ty[j], tx[j], locs[b[j], ty[j], tx[j]])
+            logits.append(self.stamp_head(st, h[b[j], :, ty[j], tx[j]], off))
+        return out.index_put((b, ty, tx), torch.cat(logits))
 
     def heads(
         self,
@@ -228,18 +354,22 @@ class DetectionNet(nn.Module):
         locs: torch.Tensor | None = None,
         type_locs: torch.Tensor | None = None,
         classify: bool = True,
+        image: torch.Tensor | None = None,
+        type_mask: torch.Tensor | None = None,
     ) -> TileOutput:
         """Tile outputs given features and the decisions taken so far (see :meth:`trunk`);
-        classification at ``type_locs`` (default: the predicted mean), skipped if not
-        ``classify`` (``galaxy_logit`` zeros)."""
+        classification at ``type_locs`` (default: the posterior mean) on the tiles of
+        ``type_mask`` (see :meth:`classify`), skipped if not ``classify`` (NaN)."""
         h = self.trunk(feats, decided, n, locs)
         count_logit, loc_mean, loc_logvar = self.detection_params(h)
+        out = TileOutput(count_logit, loc_mean, loc_logvar, torch.zeros_like(count_logit))
         if classify:
-            galaxy = self.classify(h, loc_mean.detach() if type_locs is None else type_locs)
+            at = out.loc_post_mean.detach() if type_locs is None else type_locs
+            out.galaxy_logit = self.classify(h, at, image, type_mask)
         else:
-            galaxy = torch.zeros_like(count_logit)
-        return TileOutput(count_logit, loc_mean, loc_logvar, galaxy)
+            out.galaxy_logit = torch.full_like(count_logit, float("nan"))
+        return out
 
     def forward(self, image: torch.Tensor) -> TileOutput:
-        """Marginal tile outputs (nothing decided)."""
-        return self.heads(self.features(image))
+        """Marginal tile outputs (nothing decided), every tile classified."""
+        return self.heads(self.features(image), image=image)

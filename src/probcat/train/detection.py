@@ -57,6 +57,7 @@ class DetectionTrainConfig:
     channels: int = 64
     n_blocks: int = 2
     stem: str = "conv"
+    classifier: str = "stamp"
     tile_size: int = 5
 
     def __post_init__(self):
@@ -77,6 +78,7 @@ class DetectionTrainConfig:
             channels=self.channels,
             n_blocks=self.n_blocks,
             stem=self.stem,
+            classifier=self.classifier,
         )
 
 
@@ -140,7 +142,15 @@ def checkerboard_loss(
     b, _, nty, ntx = feats.shape
     m = torch.randint(0, N_GROUPS, (b, 1, 1), generator=gen)
     decided = tile_groups(nty, ntx)[None] < m
-    out = net.heads(feats, decided, truth.n_sources, truth.locs, type_locs=truth.locs)
+    out = net.heads(
+        feats,
+        decided,
+        truth.n_sources,
+        truth.locs,
+        type_locs=truth.locs,
+        image=x,
+        type_mask=truth.n_sources > 0,
+    )
     return favi_detection_loss(out, truth, mask=~decided)
 
 
@@ -158,7 +168,8 @@ def validate(net: DetectionNet, x: torch.Tensor, truth: TileCatalog) -> dict[str
             truth.tile_size,
             truth.image_shape,
         )
-        out = net.heads(net.features(x[i : i + 64]), type_locs=sub.locs)
+        xi = x[i : i + 64]
+        out = net.heads(net.features(xi), type_locs=sub.locs, image=xi, type_mask=sub.n_sources > 0)
         for k, v in favi_detection_loss(out, sub).items():
             parts[k] += float(v) * sub.n_sources.shape[0] / n_img
     net.train()

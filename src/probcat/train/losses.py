@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -22,16 +20,20 @@ def favi_detection_loss(
     averaged over images (eq. 10). Tiles without a source only contribute the count term
     (footnote 13). ``mask`` ``(B, nty, ntx)`` restricts the count and location terms to the
     tiles being inferred (the undecided ones in checkerboard training); the type term uses
-    every tile with a source. Returns the total and its three parts.
+    every tile with a source. The location density is the normal truncated to the tile.
+    Returns the total and its three parts.
     """
     n = truth.n_sources.float()
     m = torch.ones_like(n) if mask is None else mask.float()
     count_nll = F.binary_cross_entropy_with_logits(out.count_logit, n, reduction="none") * m
-    diff = truth.locs - out.loc_mean
-    loc_nll = 0.5 * (diff**2 / out.loc_logvar.exp() + out.loc_logvar + math.log(2 * math.pi))
-    loc_nll = loc_nll.sum(-1) * n * m
+    has = n > 0
+    # locations: normal truncated to the tile (probcat.nets.distributions)
+    loc_nll = torch.where(has, -out.loc_log_prob(truth.locs.clamp(0, 1)), 0.0) * m
     galaxy = truth.params["galaxy"][..., 0] if "galaxy" in truth.params else torch.zeros_like(n)
-    type_nll = F.binary_cross_entropy_with_logits(out.galaxy_logit, galaxy, reduction="none") * n
+    logit = torch.where(has, out.galaxy_logit, 0.0)  # NaN where a classifier did not run
+    type_nll = torch.where(
+        has, F.binary_cross_entropy_with_logits(logit, galaxy, reduction="none"), 0.0
+    )
     b = n.shape[0]
     parts = {"count": count_nll.sum() / b, "loc": loc_nll.sum() / b, "type": type_nll.sum() / b}
     parts["total"] = parts["count"] + parts["loc"] + parts["type"]
