@@ -27,13 +27,14 @@ import sep
 import torch
 
 from probcat.baselines.sep import sep_detect
-from probcat.catalog import FullCatalog, TileCatalog, make_wcs
+from probcat.catalog import FullCatalog, TileCatalog, atomic_write, make_wcs
 from probcat.infer.detect import (
     batch_tile_features,
     catalog_from_decisions,
     decode,
     map_catalog,
     tile_features,
+    tile_image,
 )
 from probcat.io import write_image
 from probcat.metrics import (
@@ -43,6 +44,7 @@ from probcat.metrics import (
     expected_calibration_error,
     f1_score,
     interval_coverage,
+    interval_coverage_bounds,
     match,
     precision_recall_f1,
     reliability,
@@ -56,6 +58,7 @@ from probcat.weights import DEFAULT_DETECTION, load_detection, shipped
 
 RESULTS = Path(__file__).resolve().parent / "results"
 THRESHOLDS = (0.2, 0.35, 0.5, 0.65, 0.8)
+COVERAGE_LEVELS = (0.6827, 0.9545)
 
 
 def run_scenes(net, survey, sim, args):
@@ -69,6 +72,7 @@ def run_scenes(net, survey, sim, args):
     cls_e2e = {"prob": [], "galaxy": [], "snr": []}
     tile_prob, tile_truth = [], []
     cov_dx, cov_sd = [], []
+    cov_exact = {lvl: {"true": [], "lo": [], "hi": []} for lvl in COVERAGE_LEVELS}
     n_done, n_collisions = 0, 0
     t_probcat = t_sep = 0.0
     while n_done < args.n_images:
@@ -79,16 +83,20 @@ def run_scenes(net, survey, sim, args):
         t0 = time.perf_counter()
         with torch.no_grad():
             feats = batch_tile_features(net, imgs, sigma)
-            marginal = net.heads(feats)
-            decs = {t: decode(net, feats, threshold=t) for t in THRESHOLDS}
+            pixels = tile_image(net, imgs, sigma)
+            marginal = net.heads(feats, classify=False)
+            decs = {t: decode(net, feats, image=pixels, threshold=t) for t in THRESHOLDS}
+            intervals = {lvl: decs[0.5].conditional.loc_interval(lvl) for lvl in COVERAGE_LEVELS}
         t_probcat += time.perf_counter() - t0
         tiles = TileCatalog.from_full(cats, net.tile_size)
         n_collisions += tiles.n_collisions
         nty, ntx = feats.shape[-2:]
         tiles_n = tiles.n_sources[:, :nty, :ntx]
-        with torch.no_grad():  # classification given the true locations (paper Fig. 4-5)
-            given = net.heads(feats, type_locs=tiles.locs[:, :nty, :ntx])
         has = tiles_n > 0
+        with torch.no_grad():  # classification given the true locations (paper Fig. 4-5)
+            given = net.heads(
+                feats, type_locs=tiles.locs[:, :nty, :ntx], image=pixels, type_mask=has
+            )
         cls_true_loc["prob"].append(given.galaxy_prob[has].numpy())
         cls_true_loc["galaxy"].append(tiles.params["galaxy"][..., 0][has].numpy() > 0.5)
         cls_true_loc["snr"].append(tiles.params["snr"][..., 0][has].numpy())
@@ -121,6 +129,15 @@ def run_scenes(net, survey, sim, args):
                         np.stack([cat["x"][i] - est["x"][j], cat["y"][i] - est["y"][j]], 1)
                     )
                     cov_sd.append(np.stack([est["x_sd"][j], est["y_sd"][j]], 1))
+                    tiles_xy = np.stack([est["tile_x"][j], est["tile_y"][j]], 1)
+                    ty_, tx_ = est["tile_y"][j], est["tile_x"][j]
+                    for lvl, (lo, hi) in intervals.items():
+                        # the posterior's own central interval, tile units -> pixels
+                        lo_px = (tiles_xy + lo[b, ty_, tx_].numpy()) * net.tile_size - 0.5
+                        hi_px = (tiles_xy + hi[b, ty_, tx_].numpy()) * net.tile_size - 0.5
+                        cov_exact[lvl]["true"].append(true_xy[i])
+                        cov_exact[lvl]["lo"].append(lo_px)
+                        cov_exact[lvl]["hi"].append(hi_px)
             t0 = time.perf_counter()
             s_cat = sep_detect(scene.image, sigma)
             t_sep += time.perf_counter() - t0
@@ -147,6 +164,9 @@ def run_scenes(net, survey, sim, args):
         "tile_truth": cat_(tile_truth),
         "cov_dx": np.concatenate(cov_dx),
         "cov_sd": np.concatenate(cov_sd),
+        "cov_exact": {
+            lvl: {k: np.concatenate(v) for k, v in d.items()} for lvl, d in cov_exact.items()
+        },
         "n_collisions": n_collisions,
         "t_probcat": t_probcat,
         "t_sep": t_sep,
@@ -192,7 +212,27 @@ def classification(c, snr_min_gal=10.0, snr_min_star=12.0):
         "star_f1": ps[2],
         "n_galaxies": int((g & c["galaxy"]).sum()),
         "n_stars": int((s & ~c["galaxy"]).sum()),
+        "by_snr": classification_by_snr(c),
     }
+
+
+def classification_by_snr(c, edges=(3, 10, 15, 25, 50, 100, 1000)):
+    """Fraction of galaxies called stars and of stars called galaxies, by true SNR."""
+    pred_gal = c["prob"] > 0.5
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        k = (c["snr"] > lo) & (c["snr"] <= hi)
+        gal, star = k & c["galaxy"], k & ~c["galaxy"]
+        rows.append(
+            {
+                "snr": [lo, hi],
+                "n_galaxies": int(gal.sum()),
+                "n_stars": int(star.sum()),
+                "galaxy_called_star": float(np.mean(~pred_gal[gal])) if gal.any() else None,
+                "star_called_galaxy": float(np.mean(pred_gal[star])) if star.any() else None,
+            }
+        )
+    return rows
 
 
 def boundary_test(net, survey, bank, args):
@@ -229,12 +269,14 @@ def boundary_test(net, survey, bank, args):
                     + rng.standard_normal((1, size, size)) * sigma
                 )
                 feats = tile_features(net, img, sigma)
-                marg = net.heads(feats)
+                pixels = tile_image(net, img, sigma)
+                marg = net.heads(feats, classify=False)
                 ones = 0
                 for start in range(0, args.boundary_samples, 100):
                     dec = decode(
                         net,
                         feats,
+                        image=pixels,
                         n_samples=min(100, args.boundary_samples - start),
                         generator=gen,
                     )
@@ -242,7 +284,7 @@ def boundary_test(net, survey, bank, args):
                         c = catalog_from_decisions(dec, k, marg, (size, size), 5, ("i",), {})
                         ones += int(np.sum(np.hypot(c["x"] - x, c["y"] - y) < 2) == 1)
                 p_one.append(ones / args.boundary_samples)
-                m = map_catalog(net, feats, (size, size))
+                m = map_catalog(net, feats, (size, size), image=pixels)
                 map_one.append(int(np.sum(np.hypot(m["x"] - x, m["y"] - y) < 2) == 1))
                 prob.append(float(marg.prob[0, 6, 6]))
             grid[a, b], grid_map[a, b], grid_prob[a, b] = (
@@ -272,12 +314,13 @@ def pair_test(net, survey, args):
         scene, _ = sim.scene(i)
         c = scene.catalog
         feats = tile_features(net, scene.image, sigma)
-        marg = net.heads(feats)
+        pixels = tile_image(net, scene.image, sigma)
+        marg = net.heads(feats, classify=False)
         probs = [
             float(marg.prob[0, int((c["y"][k] + 0.5) // 5), int((c["x"][k] + 0.5) // 5)])
             for k in range(2)
         ]
-        dec = decode(net, feats, n_samples=100, generator=gen)
+        dec = decode(net, feats, image=pixels, n_samples=100, generator=gen)
         one = np.zeros(2)
         for k in range(100):
             s = catalog_from_decisions(dec, k, marg, scene.image.shape[-2:], 5, ("i",), {})
@@ -313,7 +356,8 @@ def speed_test(net, survey, bank, args):
 
     def run_probcat():
         feats = tile_features(net, scene.image, sigma)
-        return map_catalog(net, feats, (1000, 1000))
+        pixels = tile_image(net, scene.image, sigma)
+        return map_catalog(net, feats, (1000, 1000), image=pixels)
 
     out = {"pixels": 1000 * 1000, "n_sources_true": len(scene.catalog)}
     for threads in (1, 2):
@@ -369,7 +413,7 @@ def memory_test(bank, survey, args):
     }
 
 
-def figures(r, boundary, pair):
+def figures(r, boundary, pair, out):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -403,7 +447,7 @@ def figures(r, boundary, pair):
     ax[1, 1].set_xlabel("true SNR")
     ax[1, 1].set_ylabel("sources")
     fig.suptitle("Fig. 2: detection vs SNR (held-out blend scenes)")
-    fig.savefig(RESULTS / "detection_fig2_snr.png", dpi=80)
+    fig.savefig(out / "detection_fig2_snr.png", dpi=80)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4.5), constrained_layout=True)
@@ -421,7 +465,7 @@ def figures(r, boundary, pair):
     ax.set_ylabel("recall")
     ax.legend(fontsize=8)
     ax.set_title("Fig. 3: recall vs blendedness")
-    fig.savefig(RESULTS / "detection_fig3_blendedness.png", dpi=80)
+    fig.savefig(out / "detection_fig3_blendedness.png", dpi=80)
     plt.close(fig)
 
     c = r["cls_true_loc"]
@@ -438,7 +482,7 @@ def figures(r, boundary, pair):
         a.set_xlabel("log10 true SNR")
         a.set_ylabel("P(galaxy)")
         a.set_title(f"Fig. 4: {name} (true locations given)")
-    fig.savefig(RESULTS / "detection_fig4_classification_prob.png", dpi=80)
+    fig.savefig(out / "detection_fig4_classification_prob.png", dpi=80)
     plt.close(fig)
 
     fig, ax = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
@@ -462,7 +506,7 @@ def figures(r, boundary, pair):
         a.set_ylim(0, 1.02)
         a.set_title(f"Fig. 5: {name}")
         a.legend(fontsize=8)
-    fig.savefig(RESULTS / "detection_fig5_classification_snr.png", dpi=80)
+    fig.savefig(out / "detection_fig5_classification_snr.png", dpi=80)
     plt.close(fig)
 
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
@@ -491,7 +535,7 @@ def figures(r, boundary, pair):
     ax[2].set_title("boundary test: P(one match) by sub-tile offset")
     ax[2].set_xlabel("x offset in tile [px]")
     ax[2].set_ylabel("y offset in tile [px]")
-    fig.savefig(RESULTS / "detection_fig8_pair_boundary.png", dpi=80)
+    fig.savefig(out / "detection_fig8_pair_boundary.png", dpi=80)
     plt.close(fig)
 
     conf, acc, cnt = reliability(r["tile_prob"], r["tile_truth"], 10)
@@ -501,7 +545,7 @@ def figures(r, boundary, pair):
     ax.set_xlabel("predicted tile detection probability")
     ax.set_ylabel("observed frequency")
     ax.set_title("reliability of detection probabilities")
-    fig.savefig(RESULTS / "detection_reliability.png", dpi=80)
+    fig.savefig(out / "detection_reliability.png", dpi=80)
     plt.close(fig)
 
 
@@ -516,9 +560,11 @@ def main(argv=None):
     ap.add_argument("--boundary-samples", type=int, default=200)
     ap.add_argument("--speed-runs", type=int, default=7)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--out", default=str(RESULTS), help="results folder (smoke runs: elsewhere)")
     args = ap.parse_args(argv)
     command = " ".join([".venv/bin/python", "benchmarks/detection.py", *sys.argv[1:]])
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     torch.set_grad_enabled(False)
     t_start = time.perf_counter()
@@ -568,8 +614,12 @@ def main(argv=None):
         "classification_true_locations": cls_true,
         "classification_end_to_end": cls_e2e,
         "detection_ece": expected_calibration_error(r["tile_prob"], r["tile_truth"]),
-        "centroid_coverage_68": interval_coverage(r["cov_dx"], 0, r["cov_sd"], 0.6827),
-        "centroid_coverage_95": interval_coverage(r["cov_dx"], 0, r["cov_sd"], 0.9545),
+        "centroid_coverage_68": interval_coverage_bounds(**r["cov_exact"][0.6827]),
+        "centroid_coverage_95": interval_coverage_bounds(**r["cov_exact"][0.9545]),
+        "centroid_coverage_gaussian_mean_sd": {
+            "68": interval_coverage(r["cov_dx"], 0, r["cov_sd"], 0.6827),
+            "95": interval_coverage(r["cov_dx"], 0, r["cov_sd"], 0.9545),
+        },
         "speed": speed,
         "detect_4k": memory,
         "pair": {
@@ -604,8 +654,9 @@ def main(argv=None):
         "wall_s": round(time.perf_counter() - t_start, 1),
         **{k: v for k, v in provenance(command).items() if k != "command"},
     }
-    (RESULTS / "detection.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    figures(r, boundary, pair)
+    text = json.dumps(result, indent=2, default=float) + "\n"
+    atomic_write(out / "detection.json", lambda tmp: Path(tmp).write_text(text))
+    figures(r, boundary, pair, out)
     print(
         json.dumps(
             {

@@ -33,3 +33,13 @@ def test_precision_recall_f1_hand_worked():
     p, r, f = precision_recall_f1([1, 1, 0, 0], [1, 0, 1, 0])
     assert (p, r, f) == (0.5, 0.5, 0.5)
     assert np.isnan(precision_recall_f1([0, 0], [0, 1])[0])
+
+
+def test_interval_coverage_bounds_hand_built():
+    from probcat.metrics import interval_coverage_bounds
+
+    true = np.array([[0.0, 1.0], [2.0, 5.0]])
+    lo = np.array([[-1.0, 1.5], [2.0, 0.0]])
+    hi = np.array([[1.0, 2.0], [3.0, 4.9]])
+    assert interval_coverage_bounds(true, lo, hi) == 0.5  # inside, outside, edge in, outside
+    assert np.isnan(interval_coverage_bounds([], [], []))

@@ -288,3 +288,39 @@ def test_stamp_classifier_loss_decode_and_masks(stamp_net):
 def test_bad_inputs(net, image, msg):
     with pytest.raises(ProbcatValueError, match=msg):
         predict_tiles(net, image, 1.0)
+
+
+def test_decided_proximity_hand_built():
+    from probcat.nets.detection import decided_proximity
+
+    nd = torch.zeros(1, 3, 3)
+    locs = torch.zeros(1, 3, 3, 2)
+    nd[0, 1, 1] = 1.0
+    locs[0, 1, 1] = torch.tensor([0.99, 0.01])  # (x, y): the centre tile's top-right corner
+    p = decided_proximity(nd, locs, 5, scales=(0.5,))[0, 0]
+    # the tiles touching that corner (above, above-right, right) see it within 0.05 px
+    for ty, tx in [(0, 1), (0, 2), (1, 2)]:
+        assert p[ty, tx] > 0.99
+    # 4.95 px from the left column and the bottom row: nothing
+    assert p[:, 0].max() < 1e-10 and p[2].max() < 1e-10
+    assert p[1, 1] == 0  # a tile does not see its own decision
+
+
+def test_proximity_conditioning_reaches_diagonal_neighbours():
+    """With the raw decision channels silenced, the proximity channels alone tell tile (1, 1)
+    whether its diagonal neighbour's source sits on their shared corner."""
+    torch.manual_seed(0)
+    net = DetectionNet(n_bands=1, channels=8, n_blocks=1, stem="patchify", proximity=True).eval()
+    assert net.cond_in.in_channels == 6
+    with torch.no_grad():
+        net.cond_in.weight[:, :4] = 0
+    feats = torch.randn(1, 8, 4, 4)
+    decided = (tile_groups(4, 4) == 0)[None]
+    n = torch.zeros(1, 4, 4, dtype=torch.long)
+    n[0, 0, 0] = 1
+    near, far = torch.zeros(1, 4, 4, 2), torch.zeros(1, 4, 4, 2)
+    near[0, 0, 0] = torch.tensor([0.99, 0.99])  # at the corner shared with tile (1, 1)
+    far[0, 0, 0] = torch.tensor([0.01, 0.01])
+    a = net.heads(feats, decided, n, near, classify=False).count_logit
+    b = net.heads(feats, decided, n, far, classify=False).count_logit
+    assert not torch.isclose(a[0, 1, 1], b[0, 1, 1])

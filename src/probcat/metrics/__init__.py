@@ -1,5 +1,12 @@
 """Metrics that treat every detector's catalog alike."""
 
+from probcat.metrics.calibration import (
+    expected_calibration_error,
+    interval_coverage,
+    interval_coverage_bounds,
+    reliability,
+)
+from probcat.metrics.classification import precision_recall_f1
 from probcat.metrics.detection import (
     SNR_BINS,
     DetectionCounts,
@@ -16,12 +23,9 @@ __all__ = [
     "binned_detection_metrics",
     "f1_score",
     "SNR_BINS",
+    "expected_calibration_error",
+    "interval_coverage",
+    "interval_coverage_bounds",
+    "reliability",
+    "precision_recall_f1",
 ]
-from probcat.metrics.calibration import (  # noqa: E402
-    expected_calibration_error,
-    interval_coverage,
-    reliability,
-)
-from probcat.metrics.classification import precision_recall_f1  # noqa: E402
-
-__all__ += ["expected_calibration_error", "interval_coverage", "reliability", "precision_recall_f1"]

@@ -6,7 +6,12 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import norm
 
-__all__ = ["reliability", "expected_calibration_error", "interval_coverage"]
+__all__ = [
+    "reliability",
+    "expected_calibration_error",
+    "interval_coverage",
+    "interval_coverage_bounds",
+]
 
 
 def reliability(prob, outcome, n_bins: int = 10):
@@ -32,4 +37,12 @@ def interval_coverage(true, mean, sd, level: float) -> float:
     per coordinate (all coordinates pooled)."""
     z = norm.ppf(0.5 + level / 2)
     inside = np.abs(np.asarray(true, float) - np.asarray(mean, float)) <= z * np.asarray(sd, float)
+    return float(np.mean(inside)) if inside.size else float("nan")
+
+
+def interval_coverage_bounds(true, lo, hi) -> float:
+    """Fraction of ``true`` values inside their intervals ``[lo, hi]`` (all coordinates
+    pooled): the coverage of a posterior's own central intervals, whatever its shape."""
+    true, lo, hi = (np.asarray(a, float) for a in (true, lo, hi))
+    inside = (true >= lo) & (true <= hi)
     return float(np.mean(inside)) if inside.size else float("nan")

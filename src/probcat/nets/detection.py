@@ -41,10 +41,45 @@ from probcat.nets.distributions import (
     trunc_sample,
 )
 
-__all__ = ["DetectionNet", "TileOutput", "tile_groups", "N_GROUPS", "STAMP_SIZE"]
+__all__ = [
+    "DetectionNet",
+    "TileOutput",
+    "tile_groups",
+    "decided_proximity",
+    "N_GROUPS",
+    "STAMP_SIZE",
+]
 
 N_GROUPS = 4
 STAMP_SIZE = 15
+PROXIMITY_SCALES = (0.5, 1.5)  # px
+
+
+def decided_proximity(
+    nd: torch.Tensor, locs: torch.Tensor, tile_size: int, scales=PROXIMITY_SCALES
+) -> torch.Tensor:
+    """For every tile, ``max_k exp(-d_k^2 / 2 s^2)`` over the decided sources ``k`` of its 8
+    neighbours, ``d_k`` the distance in px from source ``k`` to the tile's square: ~1 when a
+    neighbour's source sits on this tile's edge or corner. ``nd`` ``(B, nty, ntx)`` (1 where a
+    decided tile holds a source), ``locs`` ``(B, nty, ntx, 2)``; returns
+    ``(B, len(scales), nty, ntx)``."""
+    _, nty, ntx = nd.shape
+    pn = nn.functional.pad(nd, (1, 1, 1, 1))
+    pl = nn.functional.pad(locs.permute(0, 3, 1, 2), (1, 1, 1, 1))
+    best = None
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dx == dy == 0:
+                continue
+            win = (slice(None), slice(1 + dy, 1 + dy + nty), slice(1 + dx, 1 + dx + ntx))
+            lx = pl[:, 0][win] + dx  # neighbour's source relative to this tile, tile units
+            ly = pl[:, 1][win] + dy
+            ex = (-lx).clamp_min(0) + (lx - 1).clamp_min(0)
+            ey = (-ly).clamp_min(0) + (ly - 1).clamp_min(0)
+            d2 = (ex**2 + ey**2) * tile_size**2
+            val = torch.stack([pn[win] * torch.exp(-d2 / (2 * s**2)) for s in scales], 1)
+            best = val if best is None else torch.maximum(best, val)
+    return best
 
 
 def tile_groups(nty: int, ntx: int, device=None) -> torch.Tensor:
@@ -182,6 +217,9 @@ class DetectionNet(nn.Module):
             the tile grid: about 10x cheaper per pixel).
         classifier: ``"stamp"`` (a network on a stamp centred on each source) or ``"tile"``
             (a head on the tile features).
+        proximity: also condition on how close the decided sources of the 8 neighbouring
+            tiles are to this tile (see :func:`decided_proximity`), through a deeper
+            conditional head. Without it, diagonal neighbours barely inform each other.
     """
 
     def __init__(
@@ -193,6 +231,7 @@ class DetectionNet(nn.Module):
         n_blocks: int = 2,
         stem: str = "conv",
         classifier: str = "tile",
+        proximity: bool = False,
     ):
         super().__init__()
         if stem not in ("conv", "patchify"):
@@ -209,7 +248,9 @@ class DetectionNet(nn.Module):
             "n_blocks": n_blocks,
             "stem": stem,
             "classifier": classifier,
+            "proximity": proximity,
         }
+        self.proximity = proximity
         if stem == "conv":
             self.stem = nn.Sequential(
                 nn.Conv2d(n_bands, stem_channels, 5, padding=2),
@@ -241,8 +282,11 @@ class DetectionNet(nn.Module):
         )
         # conditional head: features + (decided, n, loc_x, loc_y) of decided tiles
         # (a 3x3 conv of the 4 decision channels added to the features keeps this cheap)
-        self.cond_in = nn.Conv2d(4, channels, 3, padding=1)
-        self.cond_mix = nn.Sequential(nn.SiLU(), nn.Conv2d(channels, channels, 1), nn.SiLU())
+        self.cond_in = nn.Conv2d(4 + len(PROXIMITY_SCALES) * proximity, channels, 3, padding=1)
+        mix = [nn.SiLU(), nn.Conv2d(channels, channels, 1), nn.SiLU()]
+        if proximity:
+            mix += [nn.Conv2d(channels, channels, 1), nn.SiLU()]
+        self.cond_mix = nn.Sequential(*mix)
         self.det_head = nn.Conv2d(channels, 5, 1)
         if classifier == "tile":
             self.type_head = nn.Sequential(
@@ -284,13 +328,14 @@ class DetectionNet(nn.Module):
         """
         b, _, nty, ntx = feats.shape
         if decided is None:
-            cond = feats.new_zeros(b, 4, nty, ntx)
+            cond = feats.new_zeros(b, self.cond_in.in_channels, nty, ntx)
         else:
             d = decided.float()
             nd = n.float() * d
-            cond = torch.cat(
-                [d[:, None], nd[:, None], (locs * nd[..., None]).permute(0, 3, 1, 2)], 1
-            )
+            parts = [d[:, None], nd[:, None], (locs * nd[..., None]).permute(0, 3, 1, 2)]
+            if self.proximity:
+                parts.append(decided_proximity(nd, locs, self.tile_size))
+            cond = torch.cat(parts, 1)
         return self.cond_mix(feats + self.cond_in(cond))
 
     def detection_params(self, h: torch.Tensor):

@@ -2,9 +2,10 @@
 
 Every step draws a new batch of ``blend``-like scenes from the training-split source bank
 (galaxies disjoint from validation and test), tiles their catalogs, and minimises eq. 10 of
-paper 000. Checkerboard training: for each image a random number ``m`` of tile groups is
-"decided" with the true catalog, and the loss is taken on the other tiles conditioned on
-them (the classifier always sees true locations, as in paper 000 section 3.3).
+paper 000. Checkerboard training (:func:`checkerboard_loss`): on features computed once per
+image, the loss is taken in every decoding state, i.e. every tile's marginal and each tile
+group given the true catalog of the groups decoded before it; the classifier always sees
+true locations, as in paper 000 section 3.3.
 
 Checkpoints are written atomically every ``checkpoint_every`` steps and a rerun with the
 same output directory resumes from the last one.
@@ -23,7 +24,7 @@ import torch
 
 from probcat.catalog import TileCatalog, atomic_write
 from probcat.errors import ProbcatValueError
-from probcat.nets.detection import N_GROUPS, DetectionNet, tile_groups
+from probcat.nets.detection import N_GROUPS, DetectionNet, TileOutput, tile_groups
 from probcat.simulate.bank import BankConfig, SourceBank
 from probcat.simulate.scene import SceneConfig, SceneSimulator
 from probcat.survey import Survey
@@ -58,6 +59,8 @@ class DetectionTrainConfig:
     n_blocks: int = 2
     stem: str = "conv"
     classifier: str = "stamp"
+    proximity: bool = True
+    checkerboard: str = "all"
     tile_size: int = 5
 
     def __post_init__(self):
@@ -79,6 +82,7 @@ class DetectionTrainConfig:
             n_blocks=self.n_blocks,
             stem=self.stem,
             classifier=self.classifier,
+            proximity=self.proximity,
         )
 
 
@@ -135,9 +139,25 @@ class _Data:
 
 
 def checkerboard_loss(
-    net: DetectionNet, x: torch.Tensor, truth: TileCatalog, gen: torch.Generator | None = None
+    net: DetectionNet,
+    x: torch.Tensor,
+    truth: TileCatalog,
+    gen: torch.Generator | None = None,
+    states: str = "all",
 ) -> dict[str, torch.Tensor]:
-    """Eq. 10 on the undecided tiles, given the true catalog on a random number of groups."""
+    """Eq. 10 under checkerboard conditioning.
+
+    ``states="all"``: every decoding state of every image, on the backbone features computed
+    once: the marginal of every tile (nothing decided), and for ``g = 1, 2, 3`` the tiles of
+    group ``g`` given the true catalog of groups ``< g``, which is exactly the state in
+    which :func:`probcat.infer.detect.decode` decides them. Each source is classified from
+    the features of the pass that decides its tile. ``states="random"`` (older weights): a
+    random number of groups decided per image, loss on all undecided tiles.
+    """
+    if states == "all":
+        return _all_states_loss(net, x, truth)
+    if states != "random":
+        raise ProbcatValueError(f"checkerboard states must be 'all' or 'random', got {states!r}")
     feats = net.features(x)
     b, _, nty, ntx = feats.shape
     m = torch.randint(0, N_GROUPS, (b, 1, 1), generator=gen)
@@ -152,6 +172,28 @@ def checkerboard_loss(
         type_mask=truth.n_sources > 0,
     )
     return favi_detection_loss(out, truth, mask=~decided)
+
+
+def _all_states_loss(net: DetectionNet, x: torch.Tensor, truth: TileCatalog):
+    feats = net.features(x)
+    b, _, nty, ntx = feats.shape
+    groups = tile_groups(nty, ntx, feats.device)[None].expand(b, -1, -1)
+    total, h_type = None, None
+    for g in range(N_GROUPS):
+        decided = groups < g
+        h = net.trunk(feats, decided, truth.n_sources, truth.locs)
+        out = TileOutput(*net.detection_params(h), torch.zeros(b, nty, ntx))
+        mask = torch.ones_like(decided) if g == 0 else groups == g
+        parts = favi_detection_loss(out, truth, mask=mask, type_term=False)
+        total = parts if total is None else {k: total[k] + v for k, v in parts.items()}
+        mine = (groups == g)[:, None]
+        h_type = h if h_type is None else torch.where(mine, h, h_type)
+    logits = net.classify(h_type, truth.locs, x, mask=truth.n_sources > 0)
+    out = TileOutput(out.count_logit, out.loc_mean, out.loc_logvar, logits)
+    type_part = favi_detection_loss(out, truth, mask=torch.zeros_like(groups))["type"]
+    total["type"] = type_part
+    total["total"] = total["total"] + type_part
+    return total
 
 
 @torch.no_grad()
@@ -228,7 +270,7 @@ def train_detection(
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step)
         x, truth = data.batch(rng, cfg.batch_size)
-        loss = checkerboard_loss(net, x, truth, gen)
+        loss = checkerboard_loss(net, x, truth, gen, states=cfg.checkerboard)
         opt.zero_grad(set_to_none=True)
         loss["total"].backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)

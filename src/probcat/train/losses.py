@@ -12,7 +12,10 @@ __all__ = ["favi_detection_loss"]
 
 
 def favi_detection_loss(
-    out: TileOutput, truth: TileCatalog, mask: torch.Tensor | None = None
+    out: TileOutput,
+    truth: TileCatalog,
+    mask: torch.Tensor | None = None,
+    type_term: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Negative log-likelihood of the true tile catalog under the variational distribution.
 
@@ -21,7 +24,7 @@ def favi_detection_loss(
     (footnote 13). ``mask`` ``(B, nty, ntx)`` restricts the count and location terms to the
     tiles being inferred (the undecided ones in checkerboard training); the type term uses
     every tile with a source. The location density is the normal truncated to the tile.
-    Returns the total and its three parts.
+    ``type_term=False`` leaves the type term out (zero). Returns the total and its parts.
     """
     n = truth.n_sources.float()
     m = torch.ones_like(n) if mask is None else mask.float()
@@ -32,7 +35,7 @@ def favi_detection_loss(
     galaxy = truth.params["galaxy"][..., 0] if "galaxy" in truth.params else torch.zeros_like(n)
     logit = torch.where(has, out.galaxy_logit, 0.0)  # NaN where a classifier did not run
     type_nll = torch.where(
-        has, F.binary_cross_entropy_with_logits(logit, galaxy, reduction="none"), 0.0
+        has & type_term, F.binary_cross_entropy_with_logits(logit, galaxy, reduction="none"), 0.0
     )
     b = n.shape[0]
     parts = {"count": count_nll.sum() / b, "loc": loc_nll.sum() / b, "type": type_nll.sum() / b}
