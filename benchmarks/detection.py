@@ -386,6 +386,7 @@ def memory_test(bank, survey, args):
     """``probcat detect`` on a 4000x4000 FITS image with WCS, peak RSS of the process."""
     sim = SceneSimulator(bank, SceneConfig(4000, 4000))
     scene = sim.sample(np.random.default_rng([args.seed, 8]), truth=False)
+    weights = f", '--weights', '{Path(args.weights).resolve()}'" if args.weights else ""
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "big.fits"
         write_image(path, scene.image, survey, make_wcs((4000, 4000), 0.2, 56.0, -30.0))
@@ -393,9 +394,11 @@ def memory_test(bank, survey, args):
         cmd = [
             sys.executable,
             "-c",
-            "import resource, sys, time; from probcat.cli import main; t=time.perf_counter(); "
-            f"rc=main(['detect', '{path}', '-o', '{Path(d) / 'cat.fits'}']); "
-            "print('RSS_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024, "
+            "import re, sys, time; from probcat.cli import main; t=time.perf_counter(); "
+            f"rc=main(['detect', '{path}', '-o', '{Path(d) / 'cat.fits'}'{weights}]); "
+            # VmHWM: this process's own peak (ru_maxrss would inherit the parent's at fork)
+            "hwm=int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); "
+            "print('RSS_MB', hwm/1024, "
             "'SECONDS', time.perf_counter()-t, 'RC', rc)",
         ]
         res = subprocess.run(cmd, capture_output=True, text=True)

@@ -324,3 +324,24 @@ def test_proximity_conditioning_reaches_diagonal_neighbours():
     a = net.heads(feats, decided, n, near, classify=False).count_logit
     b = net.heads(feats, decided, n, far, classify=False).count_logit
     assert not torch.isclose(a[0, 1, 1], b[0, 1, 1])
+
+
+@pytest.mark.parametrize("classifier", ["tile", "stamp"])
+def test_decode_in_row_chunks_equals_whole(classifier):
+    from probcat.infer.detect import tile_image
+
+    torch.manual_seed(0)
+    net = DetectionNet(
+        n_bands=1, channels=8, n_blocks=1, stem="patchify", classifier=classifier, proximity=True
+    ).eval()
+    img = np.random.default_rng(4).standard_normal((1, 43, 37)).astype(np.float32) * 3
+    feats, pixels = tile_features(net, img, 1.0), tile_image(net, img, 1.0)
+    whole = decode(net, feats, image=pixels, threshold=0.3, row_chunk=1000)
+    for rows in (1, 2, 3):
+        part = decode(net, feats, image=pixels, threshold=0.3, row_chunk=rows)
+        assert torch.equal(whole.n, part.n) and whole.n.any()
+        assert torch.allclose(whole.locs, part.locs, atol=1e-6)
+        c, w = part.conditional, whole.conditional
+        assert torch.allclose(c.count_logit, w.count_logit, atol=1e-5)
+        assert torch.allclose(c.galaxy_logit, w.galaxy_logit, atol=1e-5, equal_nan=True)
+        assert torch.isfinite(c.galaxy_logit[part.n]).all()

@@ -150,6 +150,7 @@ def decode(
     n_samples: int = 0,
     threshold: float = 0.5,
     generator: torch.Generator | None = None,
+    row_chunk: int = 100,
 ) -> Decisions:
     """Checkerboard decoding. ``n_samples = 0``: MAP (probability > threshold, posterior
     mean location, galaxy if probability > 0.5) for each image of the batch ``feats``;
@@ -157,7 +158,8 @@ def decode(
     Locations are drawn from the normal truncated to the tile, so every drawn source lies
     in its tile. Each group is classified in the pass that decides it, at its decided
     location (the conditioning state seen in training), from ``image`` (see
-    :func:`tile_image`; needed by the stamp classifier)."""
+    :func:`tile_image`; needed by the stamp classifier). The conditional heads run on
+    ``row_chunk`` tile rows at a time (same result, bounded memory)."""
     net.eval()
     if not 0.0 <= threshold < 1.0:
         raise ProbcatValueError(f"threshold must lie in [0, 1), got {threshold}")
@@ -175,8 +177,7 @@ def decode(
     decided = torch.zeros(s, nty, ntx, dtype=torch.bool)
     fields = marginal = None
     for g in range(N_GROUPS):
-        h = net.trunk(f, decided, n, locs)
-        out = TileOutput(*net.detection_params(h), torch.zeros(s, nty, ntx))
+        out, h_g = _group_pass(net, f, decided, n, locs, g, row_chunk)
         now = (groups == g).expand(s, -1, -1)
         if n_samples:
             on = torch.rand(out.prob.shape, generator=generator) < out.prob
@@ -184,7 +185,11 @@ def decode(
         else:
             on = out.prob > threshold
             loc = out.loc_post_mean
-        out.galaxy_logit = net.classify(h, loc, img, mask=now & on)
+        bi, ty, tx = torch.nonzero(now & on, as_tuple=True)
+        out.galaxy_logit = torch.full((s, nty, ntx), float("nan"))
+        if len(bi):
+            logits = net.classify_at(h_g[bi, :, ty // 2, tx // 2], bi, ty, tx, loc[bi, ty, tx], img)
+            out.galaxy_logit = out.galaxy_logit.index_put((bi, ty, tx), logits)
         if g == 0:
             marginal = out
         n = torch.where(now, on, n)
@@ -201,6 +206,30 @@ def decode(
     else:
         galaxy = (p_gal > 0.5) & n
     return Decisions(n, locs, galaxy, fields, marginal)
+
+
+def _group_pass(net, f, decided, n, locs, g: int, row_chunk: int):
+    """Conditional heads of every tile given the decisions so far, ``row_chunk`` tile rows at
+    a time with a halo covering the conditioning's reach; returns the outputs and the
+    conditioned features of the tiles of group ``g`` (a ``[g // 2::2, g % 2::2]`` subgrid)."""
+    s, _, nty, ntx = f.shape
+    halo = 2  # 3x3 convolution of the decision channels, proximity to the 8 neighbours
+    parts, h_g = [], None
+    for r0 in range(0, nty, row_chunk):
+        r1 = min(r0 + row_chunk, nty)
+        a, b = max(r0 - halo, 0), min(r1 + halo, nty)
+        h = net.trunk(f[:, :, a:b], decided[:, a:b], n[:, a:b], locs[:, a:b])
+        keep = slice(r0 - a, r1 - a)
+        h = h[:, :, keep]
+        parts.append(net.detection_params(h))
+        py, px = g // 2, g % 2
+        sub = h[:, :, (py - r0) % 2 :: 2, px::2]  # rows of parity py, columns of parity px
+        if h_g is None:
+            h_g = h.new_zeros(s, h.shape[1], (nty - py + 1) // 2, (ntx - px + 1) // 2)
+        first = (r0 + (py - r0) % 2 - py) // 2
+        h_g[:, :, first : first + sub.shape[2]] = sub
+    cl, lm, lv = (torch.cat([p[k] for p in parts], 1) for k in range(3))
+    return TileOutput(cl, lm, lv, torch.zeros_like(cl)), h_g
 
 
 def catalog_from_decisions(

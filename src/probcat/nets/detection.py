@@ -374,22 +374,39 @@ class DetectionNet(nn.Module):
         The stamp classifier needs the ``image`` (noise-sigma units, tile-padded) and runs
         only on the tiles of ``mask`` (default all); other tiles get NaN.
         """
-        if self.classifier == "tile":
+        if self.classifier == "tile" and mask is None:
             return self.type_head(torch.cat([h, locs.permute(0, 3, 1, 2) - 0.5], 1))[:, 0]
-        if image is None:
-            raise ValueError("the stamp classifier needs the image")
         if mask is None:
             mask = torch.ones(locs.shape[:-1], dtype=torch.bool, device=locs.device)
         b, ty, tx = torch.nonzero(mask, as_tuple=True)
         out = torch.full(mask.shape, float("nan"), dtype=h.dtype, device=h.device)
         if len(b) == 0:
             return out
+        logits = self.classify_at(h[b, :, ty, tx], b, ty, tx, locs[b, ty, tx], image)
+        return out.index_put((b, ty, tx), logits)
+
+    def classify_at(
+        self,
+        h: torch.Tensor,
+        b: torch.Tensor,
+        ty: torch.Tensor,
+        tx: torch.Tensor,
+        locs: torch.Tensor,
+        image: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Galaxy logits ``(N,)`` of sources at ``locs`` ``(N, 2)`` in tiles ``(b, ty, tx)``
+        whose conditioned features are ``h`` ``(N, C)``."""
+        if self.classifier == "tile":
+            x = torch.cat([h, locs - 0.5], 1)[:, :, None, None]
+            return self.type_head(x)[:, 0, 0, 0]
+        if image is None:
+            raise ValueError("the stamp classifier needs the image")
         logits = []
         for i in range(0, len(b), 4096):  # bounds the memory of whole-image classification
             j = slice(i, i + 4096)
-            st, off = self.stamps(image, b[j], ty[j], tx[j], locs[b[j], ty[j], tx[j]])
-            logits.append(self.stamp_head(st, h[b[j], :, ty[j], tx[j]], off))
-        return out.index_put((b, ty, tx), torch.cat(logits))
+            st, off = self.stamps(image, b[j], ty[j], tx[j], locs[j])
+            logits.append(self.stamp_head(st, h[j], off))
+        return torch.cat(logits)
 
     def heads(
         self,
