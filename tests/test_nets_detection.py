@@ -345,3 +345,16 @@ def test_decode_in_row_chunks_equals_whole(classifier):
         assert torch.allclose(c.count_logit, w.count_logit, atol=1e-5)
         assert torch.allclose(c.galaxy_logit, w.galaxy_logit, atol=1e-5, equal_nan=True)
         assert torch.isfinite(c.galaxy_logit[part.n]).all()
+
+
+def test_tile_image_pads_to_whole_tiles_in_sigma_units(net):
+    from probcat.infer.detect import tile_image
+
+    img = np.full((1, 12, 7), 4.0, np.float32)
+    one = tile_image(net, img, 2.0)
+    assert one.shape == (1, 1, 15, 10)
+    assert torch.all(one[0, 0, :12, :7] == 2.0) and one[0, 0, 12:].abs().sum() == 0
+    batch = tile_image(net, np.stack([img, img * 2]), 2.0)
+    assert batch.shape == (2, 1, 15, 10) and batch[1, 0, 0, 0] == 4.0
+    with pytest.raises(ProbcatValueError, match="NaN"):
+        tile_image(net, np.full((1, 10, 10), np.nan), 1.0)
