@@ -196,7 +196,7 @@ def decode(
         locs = torch.where(now[..., None], loc, locs)
         decided |= now
         fields = out if fields is None else out.where(now, fields)
-    fields.galaxy_logit = torch.where(n, fields.galaxy_logit, float("nan"))
+    # galaxy_logit is NaN wherever no source was decided: each pass classifies only those
     marginal = TileOutput(
         marginal.count_logit, marginal.loc_mean, marginal.loc_logvar, fields.galaxy_logit
     )
@@ -241,16 +241,17 @@ def catalog_from_decisions(
     x = ((tx + loc[:, 0]) * tile_size - 0.5).numpy()
     y = ((ty + loc[:, 1]) * tile_size - 0.5).numpy()
     inside = (x >= -0.5) & (x < w - 0.5) & (y >= -0.5) & (y < h - 0.5)
-    c = dec.conditional
-    sd = (c.loc_post_sd[k, ty, tx] * tile_size).double().numpy()
+    c = dec.conditional.at((k, ty, tx))  # derived quantities of the detections only
+    m = marginal.at((min(k, marginal.prob.shape[0] - 1), ty, tx))
+    sd = (c.loc_post_sd * tile_size).double().numpy()
     cols = {
         "x": x,
         "y": y,
         "x_sd": sd[:, 0],
         "y_sd": sd[:, 1],
-        "prob": marginal.prob[min(k, marginal.prob.shape[0] - 1), ty, tx].double().numpy(),
-        "prob_conditional": c.prob[k, ty, tx].double().numpy(),
-        "galaxy_prob": c.galaxy_prob[k, ty, tx].double().numpy(),
+        "prob": m.prob.double().numpy(),
+        "prob_conditional": c.prob.double().numpy(),
+        "galaxy_prob": c.galaxy_prob.double().numpy(),
         "galaxy": dec.galaxy[k, ty, tx].numpy(),
         "tile_x": tx.numpy(),
         "tile_y": ty.numpy(),

@@ -139,6 +139,16 @@ class TileOutput:
         """Central posterior interval of each coordinate, tile units."""
         return trunc_interval(self.loc_mean, self.loc_sd, level)
 
+    def at(self, index) -> TileOutput:
+        """The fields of the tiles picked by ``index`` (e.g. ``(k, ty, tx)``), so that derived
+        quantities are computed for those tiles only."""
+        return TileOutput(
+            self.count_logit[index],
+            self.loc_mean[index],
+            self.loc_logvar[index],
+            self.galaxy_logit[index],
+        )
+
     def where(self, mask: torch.Tensor, other: TileOutput) -> TileOutput:
         """Fields from ``self`` where ``mask`` ``(B, nty, ntx)``, else from ``other``."""
 
