@@ -326,8 +326,8 @@ def test_proximity_conditioning_reaches_diagonal_neighbours():
     assert not torch.isclose(a[0, 1, 1], b[0, 1, 1])
 
 
-@pytest.mark.parametrize("classifier", ["tile", "stamp"])
-def test_decode_in_row_chunks_equals_whole(classifier):
+@pytest.mark.parametrize("classifier,sweeps", [("tile", 1), ("stamp", 1), ("stamp", 2)])
+def test_decode_in_row_chunks_equals_whole(classifier, sweeps):
     from probcat.infer.detect import tile_image
 
     torch.manual_seed(0)
@@ -336,9 +336,9 @@ def test_decode_in_row_chunks_equals_whole(classifier):
     ).eval()
     img = np.random.default_rng(4).standard_normal((1, 43, 37)).astype(np.float32) * 3
     feats, pixels = tile_features(net, img, 1.0), tile_image(net, img, 1.0)
-    whole = decode(net, feats, image=pixels, threshold=0.3, row_chunk=1000)
+    whole = decode(net, feats, image=pixels, threshold=0.3, row_chunk=1000, sweeps=sweeps)
     for rows in (1, 2, 3):
-        part = decode(net, feats, image=pixels, threshold=0.3, row_chunk=rows)
+        part = decode(net, feats, image=pixels, threshold=0.3, row_chunk=rows, sweeps=sweeps)
         assert torch.equal(whole.n, part.n) and whole.n.any()
         assert torch.allclose(whole.locs, part.locs, atol=1e-6)
         c, w = part.conditional, whole.conditional
@@ -358,3 +358,30 @@ def test_tile_image_pads_to_whole_tiles_in_sigma_units(net):
     assert batch.shape == (2, 1, 15, 10) and batch[1, 0, 0, 0] == 4.0
     with pytest.raises(ProbcatValueError, match="NaN"):
         tile_image(net, np.full((1, 10, 10), np.nan), 1.0)
+
+
+def test_later_sweeps_redecide_each_group_given_all_others(monkeypatch):
+    """Sweep 1 decides group g given groups < g; sweep 2 re-decides it given all others."""
+    import probcat.infer.detect as D
+
+    torch.manual_seed(0)
+    net = DetectionNet(n_bands=1, channels=8, n_blocks=1, stem="patchify", proximity=True).eval()
+    img = np.random.default_rng(5).standard_normal((1, 40, 40)).astype(np.float32) * 3
+    feats = tile_features(net, img, 1.0)
+    seen = []
+    real = D._group_pass
+
+    def spy(net_, f, decided, n, locs, g, row_chunk):
+        seen.append((g, decided.clone()))
+        return real(net_, f, decided, n, locs, g, row_chunk)
+
+    monkeypatch.setattr(D, "_group_pass", spy)
+    dec = decode(net, feats, n_samples=4, generator=torch.Generator().manual_seed(0), sweeps=2)
+    groups = tile_groups(*feats.shape[-2:])
+    assert [g for g, _ in seen] == [0, 1, 2, 3] * 2
+    for step, (g, decided) in enumerate(seen):
+        want = groups < g if step < 4 else groups != g
+        assert torch.equal(decided, want.expand_as(decided))
+    assert torch.isfinite(dec.conditional.galaxy_logit[dec.n]).all()
+    with pytest.raises(ProbcatValueError, match="sweeps"):
+        decode(net, feats, sweeps=0)

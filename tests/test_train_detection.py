@@ -6,6 +6,8 @@ import torch
 from probcat.errors import ProbcatValueError
 from probcat.train.detection import DetectionTrainConfig, load_config, train_detection
 
+pytestmark = pytest.mark.filterwarnings("ignore:no centroid calibration")
+
 TINY = dict(
     bank_size=12,
     val_bank_size=6,
@@ -22,13 +24,15 @@ TINY = dict(
     stem_channels=4,
     channels=8,
     n_blocks=1,
+    calibration_scenes=4,
 )
 
 
 def test_train_writes_weights_manifest_and_resumes(tmp_path, cache_dir):
     cfg = DetectionTrainConfig(**TINY)
-    m = train_detection(cfg, tmp_path / "run", cache_dir=cache_dir, progress=False, command="t")
-    assert m["steps"] == 6 and len(m["history"]) == 2
+    with pytest.warns(UserWarning, match="no centroid calibration"):  # untrained: no matches
+        m = train_detection(cfg, tmp_path / "run", cache_dir=cache_dir, progress=False, command="t")
+    assert m["steps"] == 6 and len(m["history"]) == 2 and m["centroid_calibration"] is None
     state = torch.load(tmp_path / "run/detection.pt", weights_only=False)
     assert state["kind"] == "detection" and state["hparams"]["channels"] == 8
     assert json.loads((tmp_path / "run/manifest.json").read_text())["command"] == "t"
@@ -73,3 +77,58 @@ def test_config_rejects_unknown_keys(tmp_path):
         load_config(p)
     with pytest.raises(ProbcatValueError, match="multiple of tile"):
         DetectionTrainConfig(image_size=33)
+
+
+def test_finetune_phase_resumes_first_phase_checkpoint(tmp_path, cache_dir):
+    run = tmp_path / "run"
+    train_detection(DetectionTrainConfig(**TINY), run, cache_dir=cache_dir, progress=False)
+    first = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert first["step"] == 6
+    cfg = DetectionTrainConfig(**{**TINY, "finetune_steps": 3, "finetune_lr": 1e-3})
+    m = train_detection(cfg, run, cache_dir=cache_dir, progress=False)
+    assert m["steps"] == 9 and m["config"]["finetune_cond_locs"] == "sampled"
+    assert len(m["history"]) == 3  # steps 3 and 6 of the first phase, then step 9
+    after = torch.load(run / "checkpoint.pt", weights_only=False)
+    moved = [not torch.equal(first["model"][k], v) for k, v in after["model"].items()]
+    assert any(moved)
+    # a finished fine-tuning run does not resume under other fine-tuning settings
+    with pytest.raises(ProbcatValueError, match="different config"):
+        train_detection(
+            DetectionTrainConfig(**{**TINY, "finetune_steps": 3, "finetune_lr": 2e-3}),
+            run,
+            cache_dir=cache_dir,
+            progress=False,
+        )
+
+
+def test_finetune_learning_rate_restarts():
+    from probcat.train.detection import _lr
+
+    cfg = DetectionTrainConfig(**{**TINY, "steps": 100, "finetune_steps": 300, "finetune_lr": 1e-3})
+    assert _lr(cfg, 99) < 1e-3 * cfg.lr  # first phase decays to ~0
+    assert _lr(cfg, 100) == pytest.approx(1e-3 / 100)  # warm-up restarts
+    assert _lr(cfg, 199) == pytest.approx(1e-3)
+    assert _lr(cfg, 399) < 1e-7
+    with pytest.raises(ProbcatValueError, match="finetune_cond_locs"):
+        DetectionTrainConfig(finetune_cond_locs="jitter")
+
+
+def test_sampled_conditioning_locations_change_the_loss(cache_dir):
+    """With sampled conditioning locations the later groups see other inputs than the
+    truth (so another loss), while the marginal pass is the same."""
+    import numpy as np
+
+    from probcat.train.detection import _Data, checkerboard_loss
+
+    cfg = DetectionTrainConfig(**TINY)
+    data = _Data(cfg, cache_dir=cache_dir, progress=False)
+    x, truth = data.batch(np.random.default_rng(1), 4)
+    torch.manual_seed(0)
+    net = cfg.net().eval()
+    with torch.no_grad():
+        a = checkerboard_loss(net, x, truth, torch.Generator().manual_seed(0))
+        b = checkerboard_loss(net, x, truth, torch.Generator().manual_seed(0), cond_locs="sampled")
+        c = checkerboard_loss(net, x, truth, torch.Generator().manual_seed(0), cond_locs="sampled")
+    assert truth.n_sources.sum() > 0
+    assert float(a["count"]) != float(b["count"])
+    assert float(b["total"]) == float(c["total"])  # seeded draws

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from probcat.errors import ProbcatError
+from probcat.errors import ProbcatError, ProbcatFileError, ProbcatValueError
 
 app = typer.Typer(
     add_completion=False,
@@ -159,6 +159,30 @@ def train_detection_cmd(
     typer.echo(
         f"wrote {out / 'detection.pt'} and {out / 'manifest.json'} "
         f"after {manifest['steps']} steps ({manifest['training_s']:.0f} s)"
+    )
+
+
+@train_app.command("calibrate")
+def calibrate_cmd(
+    run: Path = typer.Argument(..., help="run directory holding detection.pt and manifest.json"),
+    scenes: int = typer.Option(512, help="number of validation scenes"),
+    cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+):
+    """(Re)fit the centroid-interval calibration of a trained run (training does it last)."""
+    from probcat.train.detection import calibrate_run
+
+    for name in ("detection.pt", "manifest.json"):
+        if not (run / name).exists():
+            raise ProbcatFileError(f"{run / name}: not found (is {run} a training run?)")
+    m = calibrate_run(run, n_scenes=scenes, cache_dir=cache_dir, progress=not quiet)
+    cal = m["centroid_calibration"]
+    if cal is None:
+        raise ProbcatValueError(f"{run}: too few matched detections to calibrate")
+    k = dict(zip(cal["levels"], cal["k"]))
+    typer.echo(
+        f"calibrated on {cal['n']} matched coordinates: 68% interval ±{k[0.6827]:.2f} sd, "
+        f"95% ±{k[0.9545]:.2f} sd -> {run / 'detection.pt'}"
     )
 
 

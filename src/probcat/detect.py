@@ -14,6 +14,7 @@ from probcat.infer.detect import (
     catalog_from_decisions,
     check_image,
     decode,
+    map_meta,
     sample_catalogs,
     tile_features,
     tile_image,
@@ -114,13 +115,7 @@ def detect(
     pixels = tile_image(net, image, noise_sigma)
     dec = decode(net, feats, image=pixels, threshold=threshold)
     cat = catalog_from_decisions(
-        dec,
-        0,
-        dec.marginal,
-        shape,
-        net.tile_size,
-        survey.band_names,
-        {"threshold": threshold, "kind": "map"},
+        dec, 0, dec.marginal, shape, net.tile_size, survey.band_names, map_meta(net, threshold)
     )
     draws = []
     if samples:

@@ -15,15 +15,21 @@ _PACKAGES = ("probcat", "numpy", "torch", "galsim", "sep", "astropy", "surveycod
 
 
 def git_commit() -> str | None:
-    """Commit of the source tree probcat runs from, if it is a git checkout."""
+    """Commit of the source tree probcat runs from, if it is a git checkout; ``+dirty``
+    when tracked files under ``src/probcat`` differ from it (the run used uncommitted code)."""
     here = Path(__file__).resolve().parent
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5)
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
+        out = git("rev-parse", "HEAD")
+        if out.returncode != 0 or not out.stdout.strip():
+            return None
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def provenance(command: str | None = None) -> dict:

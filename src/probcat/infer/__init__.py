@@ -1,5 +1,6 @@
 """Inference on images of any size."""
 
+from probcat.infer.calibration import CentroidCalibration, centroid_interval
 from probcat.infer.detect import (
     Decisions,
     check_image,
@@ -20,4 +21,6 @@ __all__ = [
     "Decisions",
     "map_catalog",
     "sample_catalogs",
+    "CentroidCalibration",
+    "centroid_interval",
 ]

@@ -20,7 +20,12 @@ from probcat.catalog import FullCatalog
 from probcat.errors import ProbcatValueError
 from probcat.nets.detection import N_GROUPS, DetectionNet, TileOutput, tile_groups
 
+# Checkerboard sweeps per posterior catalog sample: the first draws every group in turn,
+# the next ones re-draw each group given all its neighbours (see decode).
+SAMPLE_SWEEPS = 3
+
 __all__ = [
+    "SAMPLE_SWEEPS",
     "check_image",
     "tile_image",
     "tile_features",
@@ -151,6 +156,7 @@ def decode(
     threshold: float = 0.5,
     generator: torch.Generator | None = None,
     row_chunk: int = 100,
+    sweeps: int = 1,
 ) -> Decisions:
     """Checkerboard decoding. ``n_samples = 0``: MAP (probability > threshold, posterior
     mean location, galaxy if probability > 0.5) for each image of the batch ``feats``;
@@ -159,10 +165,18 @@ def decode(
     in its tile. Each group is classified in the pass that decides it, at its decided
     location (the conditioning state seen in training), from ``image`` (see
     :func:`tile_image`; needed by the stamp classifier). The conditional heads run on
-    ``row_chunk`` tile rows at a time (same result, bounded memory)."""
+    ``row_chunk`` tile rows at a time (same result, bounded memory).
+
+    ``sweeps > 1`` re-decides every group, in turn, given the current decisions of all the
+    others (all 8 neighbours decided: the state the last group is trained in), a
+    pseudo-Gibbs refinement. The first sweep's neighbours were drawn before seeing this
+    tile's decision; later sweeps let a tile switch off when a neighbour's source already
+    explains the light at their shared edge (the double detections of the boundary test)."""
     net.eval()
     if not 0.0 <= threshold < 1.0:
         raise ProbcatValueError(f"threshold must lie in [0, 1), got {threshold}")
+    if sweeps < 1:
+        raise ProbcatValueError(f"sweeps must be >= 1, got {sweeps}")
     if n_samples and feats.shape[0] != 1:
         raise ProbcatValueError("posterior samples are drawn for one image at a time")
     if net.classifier == "stamp" and image is None:
@@ -176,9 +190,10 @@ def decode(
     locs = torch.zeros(s, nty, ntx, 2)
     decided = torch.zeros(s, nty, ntx, dtype=torch.bool)
     fields = marginal = None
-    for g in range(N_GROUPS):
-        out, h_g = _group_pass(net, f, decided, n, locs, g, row_chunk)
+    for step in range(sweeps * N_GROUPS):
+        g = step % N_GROUPS
         now = (groups == g).expand(s, -1, -1)
+        out, h_g = _group_pass(net, f, decided & ~now, n, locs, g, row_chunk)
         if n_samples:
             on = torch.rand(out.prob.shape, generator=generator) < out.prob
             loc = out.sample_locs(generator)
@@ -187,10 +202,10 @@ def decode(
             loc = out.loc_post_mean
         bi, ty, tx = torch.nonzero(now & on, as_tuple=True)
         out.galaxy_logit = torch.full((s, nty, ntx), float("nan"))
-        if len(bi):
+        if len(bi) and step >= (sweeps - 1) * N_GROUPS:  # classified in the last sweep
             logits = net.classify_at(h_g[bi, :, ty // 2, tx // 2], bi, ty, tx, loc[bi, ty, tx], img)
             out.galaxy_logit = out.galaxy_logit.index_put((bi, ty, tx), logits)
-        if g == 0:
+        if step == 0:
             marginal = out
         n = torch.where(now, on, n)
         locs = torch.where(now[..., None], loc, locs)
@@ -270,24 +285,28 @@ def map_catalog(
     image: torch.Tensor | None = None,
     threshold: float = 0.5,
     bands=("i",),
+    sweeps: int = 1,
 ) -> FullCatalog:
     """MAP catalog (paper 000 section 4.2): detections with probability > ``threshold``.
 
     ``image``: see :func:`tile_image`. Columns: ``x, y`` (pixels, posterior mean), ``x_sd,
     y_sd`` (pixels, posterior standard deviation), ``prob`` (the tile's
     marginal detection probability), ``prob_conditional`` (given the neighbouring decisions),
-    ``galaxy_prob``, ``galaxy``, ``tile_x, tile_y``.
+    ``galaxy_prob``, ``galaxy``, ``tile_x, tile_y``. The metadata holds the weights'
+    centroid-interval calibration (see :func:`probcat.infer.calibration.centroid_interval`).
     """
-    dec = decode(net, feats, image=image, threshold=threshold)
+    dec = decode(net, feats, image=image, threshold=threshold, sweeps=sweeps)
     return catalog_from_decisions(
-        dec,
-        0,
-        dec.marginal,
-        image_shape,
-        net.tile_size,
-        bands,
-        {"threshold": threshold, "kind": "map"},
+        dec, 0, dec.marginal, image_shape, net.tile_size, bands, map_meta(net, threshold)
     )
+
+
+def map_meta(net: DetectionNet, threshold: float) -> dict:
+    """Metadata of a MAP catalogue: threshold, and the centroid calibration if any."""
+    meta = {"threshold": threshold, "kind": "map"}
+    if net.centroid_calibration is not None:
+        meta["centroid_calibration"] = net.centroid_calibration.to_dict()
+    return meta
 
 
 @torch.no_grad()
@@ -301,13 +320,22 @@ def sample_catalogs(
     generator: torch.Generator | None = None,
     bands=("i",),
     batch: int = 32,
+    sweeps: int = SAMPLE_SWEEPS,
 ) -> list[FullCatalog]:
-    """``n`` posterior catalog samples (paper 000 section 4.6)."""
+    """``n`` posterior catalog samples (paper 000 section 4.6), each from ``sweeps``
+    checkerboard sweeps (see :func:`decode`)."""
     if n < 1:
         raise ProbcatValueError(f"number of samples must be >= 1, got {n}")
     out = []
     for start in range(0, n, batch):
-        dec = decode(net, feats, image=image, n_samples=min(batch, n - start), generator=generator)
+        dec = decode(
+            net,
+            feats,
+            image=image,
+            n_samples=min(batch, n - start),
+            generator=generator,
+            sweeps=sweeps,
+        )
         out += [
             catalog_from_decisions(
                 dec, k, dec.marginal, image_shape, net.tile_size, bands, {"kind": "sample"}

@@ -261,6 +261,8 @@ class DetectionNet(nn.Module):
             "proximity": proximity,
         }
         self.proximity = proximity
+        # CentroidCalibration of the catalogue's intervals, set by the weights loader
+        self.centroid_calibration = None
         if stem == "conv":
             self.stem = nn.Sequential(
                 nn.Conv2d(n_bands, stem_channels, 5, padding=2),

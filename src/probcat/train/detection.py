@@ -7,8 +7,14 @@ image, the loss is taken in every decoding state, i.e. every tile's marginal and
 group given the true catalog of the groups decoded before it; the classifier always sees
 true locations, as in paper 000 section 3.3.
 
+An optional second phase of ``finetune_steps`` (warm restart of the learning rate at
+``finetune_lr``) can condition the decided groups on locations drawn from the network's own
+marginal posterior instead of the true ones (``finetune_cond_locs="sampled"``), the state
+that sampling and MAP decoding actually put the later groups in.
+
 Checkpoints are written atomically every ``checkpoint_every`` steps and a rerun with the
-same output directory resumes from the last one.
+same output directory resumes from the last one; a first-phase checkpoint also resumes into
+a config that adds a fine-tuning phase (the first phase is the same computation).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -30,7 +37,7 @@ from probcat.simulate.scene import SceneConfig, SceneSimulator
 from probcat.survey import Survey
 from probcat.train.losses import favi_detection_loss
 
-__all__ = ["DetectionTrainConfig", "train_detection", "load_config"]
+__all__ = ["DetectionTrainConfig", "train_detection", "load_config", "calibrate_run"]
 
 
 @dataclass(frozen=True)
@@ -61,11 +68,23 @@ class DetectionTrainConfig:
     classifier: str = "stamp"
     proximity: bool = True
     checkerboard: str = "all"
+    cond_locs: str = "true"
+    finetune_steps: int = 0
+    finetune_lr: float = 5e-4
+    finetune_cond_locs: str = "sampled"
+    calibration_scenes: int = 512
     tile_size: int = 5
 
     def __post_init__(self):
         if self.image_size % self.tile_size:
             raise ProbcatValueError(f"image_size must be a multiple of tile_size {self.tile_size}")
+        for name in ("cond_locs", "finetune_cond_locs"):
+            if getattr(self, name) not in ("true", "sampled"):
+                raise ProbcatValueError(
+                    f"{name} must be 'true' or 'sampled', got {getattr(self, name)!r}"
+                )
+        if self.finetune_steps < 0:
+            raise ProbcatValueError("finetune_steps must be >= 0")
         for name in ("batch_size", "steps", "bank_size", "val_scenes", "threads"):
             if getattr(self, name) < 1:
                 raise ProbcatValueError(f"{name} must be >= 1")
@@ -144,6 +163,7 @@ def checkerboard_loss(
     truth: TileCatalog,
     gen: torch.Generator | None = None,
     states: str = "all",
+    cond_locs: str = "true",
 ) -> dict[str, torch.Tensor]:
     """Eq. 10 under checkerboard conditioning.
 
@@ -153,9 +173,15 @@ def checkerboard_loss(
     which :func:`probcat.infer.detect.decode` decides them. Each source is classified from
     the features of the pass that decides its tile. ``states="random"`` (older weights): a
     random number of groups decided per image, loss on all undecided tiles.
+
+    ``cond_locs="sampled"`` (``states="all"`` only): the decided groups are conditioned on
+    the true counts but on locations drawn from the network's own marginal location
+    posterior (detached), which is what :func:`~probcat.infer.detect.decode` feeds the later
+    groups. Trained on exact true locations, the conditional reads a decided source drawn
+    0.5 px away from the light as a sign of a second source and makes doubles at tile edges.
     """
     if states == "all":
-        return _all_states_loss(net, x, truth)
+        return _all_states_loss(net, x, truth, gen, sampled_locs=cond_locs == "sampled")
     if states != "random":
         raise ProbcatValueError(f"checkerboard states must be 'all' or 'random', got {states!r}")
     feats = net.features(x)
@@ -174,15 +200,20 @@ def checkerboard_loss(
     return favi_detection_loss(out, truth, mask=~decided)
 
 
-def _all_states_loss(net: DetectionNet, x: torch.Tensor, truth: TileCatalog):
+def _all_states_loss(
+    net: DetectionNet, x: torch.Tensor, truth: TileCatalog, gen=None, sampled_locs=False
+):
     feats = net.features(x)
     b, _, nty, ntx = feats.shape
     groups = tile_groups(nty, ntx, feats.device)[None].expand(b, -1, -1)
-    total, h_type = None, None
+    total, h_type, cond = None, None, truth.locs
     for g in range(N_GROUPS):
         decided = groups < g
-        h = net.trunk(feats, decided, truth.n_sources, truth.locs)
+        h = net.trunk(feats, decided, truth.n_sources, cond)
         out = TileOutput(*net.detection_params(h), torch.zeros(b, nty, ntx))
+        if g == 0 and sampled_locs:
+            with torch.no_grad():
+                cond = out.sample_locs(gen).detach()
         mask = torch.ones_like(decided) if g == 0 else groups == g
         parts = favi_detection_loss(out, truth, mask=mask, type_term=False)
         total = parts if total is None else {k: total[k] + v for k, v in parts.items()}
@@ -218,11 +249,30 @@ def validate(net: DetectionNet, x: torch.Tensor, truth: TileCatalog) -> dict[str
     return parts
 
 
+FINETUNE_KEYS = ("finetune_steps", "finetune_lr", "finetune_cond_locs")
+
+
 def _lr(cfg: DetectionTrainConfig, step: int) -> float:
+    if step >= cfg.steps:  # second phase: warm restart, linear warm-up, cosine decay
+        k, warm = step - cfg.steps, min(100, cfg.finetune_steps)
+        if k < warm:
+            return cfg.finetune_lr * (k + 1) / warm
+        p = (k - warm) / max(cfg.finetune_steps - warm, 1)
+        return cfg.finetune_lr * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     p = (step - cfg.warmup) / max(cfg.steps - cfg.warmup, 1)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+
+
+def _compatible(saved: dict, cfg: DetectionTrainConfig, step: int) -> bool:
+    """Can a checkpoint written with config ``saved`` at ``step`` resume under ``cfg``?
+    Settings added since it was written take their defaults; a first-phase checkpoint
+    resumes into a config that only adds or changes the fine-tuning phase."""
+    now = asdict(cfg)
+    saved = {**asdict(DetectionTrainConfig()), **saved}
+    keys = [k for k in now if step > cfg.steps or k not in FINETUNE_KEYS]
+    return all(saved[k] == now[k] for k in keys)
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -255,7 +305,7 @@ def train_detection(
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
-        if state["config"] != asdict(cfg):
+        if not _compatible(state["config"], cfg, state["step"]):
             raise ProbcatValueError(f"{ckpt}: checkpoint of a different config; use another --out")
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -263,14 +313,16 @@ def train_detection(
         gen.set_state(state["torch_rng"])
         step, history, elapsed = state["step"], state["history"], state["elapsed"]
     net.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc="training detection", disable=not progress)
+    total = cfg.steps + cfg.finetune_steps
+    bar = tqdm(total=total, initial=step, desc="training detection", disable=not progress)
     t0 = time.perf_counter() - elapsed
     running = None
-    while step < cfg.steps:
+    while step < total:
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step)
         x, truth = data.batch(rng, cfg.batch_size)
-        loss = checkerboard_loss(net, x, truth, gen, states=cfg.checkerboard)
+        cond_locs = cfg.cond_locs if step < cfg.steps else cfg.finetune_cond_locs
+        loss = checkerboard_loss(net, x, truth, gen, states=cfg.checkerboard, cond_locs=cond_locs)
         opt.zero_grad(set_to_none=True)
         loss["total"].backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
@@ -280,7 +332,7 @@ def train_detection(
         running = value if running is None else 0.98 * running + 0.02 * value
         bar.update()
         bar.set_postfix(loss=f"{running:.2f}")
-        if step % cfg.val_every == 0 or step == cfg.steps:
+        if step % cfg.val_every == 0 or step in (cfg.steps, total):
             val = validate(net, *data.val)
             history.append(
                 {
@@ -294,7 +346,7 @@ def train_detection(
                 f"step {step}: train {running:.3f}  val {val['total']:.3f} "
                 f"(count {val['count']:.3f}, loc {val['loc']:.3f}, type {val['type']:.3f})"
             )
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if step % cfg.checkpoint_every == 0 or step in (cfg.steps, total):
             _save_checkpoint(
                 ckpt,
                 {
@@ -333,6 +385,58 @@ def train_detection(
         "history": history,
         **provenance(command),
     }
+    text = json.dumps(manifest, indent=1, default=str)
+    atomic_write(out / "manifest.json", lambda tmp: Path(tmp).write_text(text))
+    return calibrate_run(
+        out, n_scenes=cfg.calibration_scenes, cache_dir=cache_dir, progress=progress
+    )
+
+
+def calibrate_run(out: str | Path, *, n_scenes: int = 512, cache_dir=None, progress=True) -> dict:
+    """Fit the centroid-interval calibration (:mod:`probcat.infer.calibration`) of the run
+    in ``out`` on fresh validation scenes (validation galaxies, the training scene layout,
+    a seed of its own) and record it in its ``detection.pt`` and ``manifest.json``."""
+    from probcat.infer.calibration import TooFewMatches, fit_centroid_calibration
+
+    out = Path(out)
+    weights = torch.load(out / "detection.pt", map_location="cpu", weights_only=False)
+    saved = weights["config"]
+    known = {f.name for f in fields(DetectionTrainConfig)}
+    cfg = DetectionTrainConfig(**{k: v for k, v in saved.items() if k in known})
+    net = DetectionNet(**weights["hparams"])
+    net.load_state_dict(weights["state_dict"])
+    survey = cfg.survey()
+    bank = SourceBank.load_or_build(
+        survey,
+        BankConfig(
+            population=cfg.population,
+            split="val",
+            n_galaxies=cfg.val_bank_size,
+            catalog_seed=cfg.catalog_seed,
+        ),
+        cache_dir=cache_dir,
+        progress=progress,
+    )
+    sim = SceneSimulator(bank, SceneConfig(cfg.image_size, cfg.image_size, margin=cfg.margin))
+    seed = [cfg.seed, 17]
+    try:
+        cal = fit_centroid_calibration(
+            net,
+            sim,
+            survey.noise_sigma,
+            n_scenes=n_scenes,
+            rng=np.random.default_rng(seed),
+            source=f"{n_scenes} validation scenes ({cfg.image_size} px, split=val, "
+            f"seed {seed}), MAP detections matched within 2 px",
+            progress=progress,
+        ).to_dict()
+    except TooFewMatches as e:  # an undertrained net: intervals stay Gaussian
+        cal = None
+        warnings.warn(f"no centroid calibration: {e}", stacklevel=2)
+    weights["centroid_calibration"] = cal
+    atomic_write(out / "detection.pt", lambda tmp: torch.save(weights, tmp))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["centroid_calibration"] = cal
     text = json.dumps(manifest, indent=1, default=str)
     atomic_write(out / "manifest.json", lambda tmp: Path(tmp).write_text(text))
     return manifest

@@ -48,6 +48,10 @@ def _load_cached(path: str, mtime: float):
     except (TypeError, RuntimeError) as e:
         raise ProbcatIOError(f"{path}: weights do not fit the detection network ({e})") from e
     net.eval()
+    if state.get("centroid_calibration"):
+        from probcat.infer.calibration import CentroidCalibration
+
+        net.centroid_calibration = CentroidCalibration.from_dict(state["centroid_calibration"])
     return net, Survey.from_dict(state["survey"])
 
 

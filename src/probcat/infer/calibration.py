@@ -1,0 +1,142 @@
+"""Calibrated centroid intervals.
+
+The network's location posterior (a normal truncated to the tile) has the right width on
+average but lighter tails than the errors it makes: on held-out blend scenes its 68%
+intervals cover 67% of the true centroids and its 95% intervals about 88%. Two causes,
+measured on the v3 weights: a tenth of the matched detections sit in the tile next to the
+true source's (the neighbour claimed a source near their shared edge, and a tile's
+truncated interval cannot reach across the edge), and the errors of blended sources are
+heavier-tailed than a normal.
+
+The catalogue therefore reports, for each source, the interval ``x ± k(level) · x_sd``
+(``x, x_sd`` the posterior mean and standard deviation), with ``k`` the empirical
+quantiles of ``|x_true - x| / x_sd`` on validation scenes (validation-split galaxies, a
+scene seed of its own): a post-hoc recalibration of the interval's shape that leaves the
+centre and the per-source scale to the network. It is fitted by
+:func:`fit_centroid_calibration` at the end of training and shipped inside the weights
+file; :func:`centroid_interval` applies it (a Gaussian ``k`` for weights without one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.stats import norm
+
+from probcat.catalog import FullCatalog
+from probcat.errors import ProbcatValueError
+from probcat.metrics.detection import match
+
+__all__ = [
+    "CentroidCalibration",
+    "fit_centroid_calibration",
+    "calibration_from_errors",
+    "centroid_interval",
+    "TooFewMatches",
+    "LEVELS",
+]
+
+LEVELS = tuple(sorted({*np.round(np.arange(0.05, 1.0, 0.05), 2).tolist(), 0.6827, 0.9545, 0.99}))
+
+
+class TooFewMatches(ProbcatValueError):
+    """Too few matched detections to fit a calibration."""
+
+
+@dataclass(frozen=True)
+class CentroidCalibration:
+    """``k[i]``: the half-width, in posterior standard deviations, of the central interval
+    that holds the fraction ``levels[i]`` of validation centroids (both axes pooled)."""
+
+    levels: tuple[float, ...]
+    k: tuple[float, ...]
+    n: int
+    source: str = ""
+
+    def factor(self, level: float) -> float:
+        lv = np.asarray(self.levels)
+        if not lv[0] <= level <= lv[-1]:
+            raise ProbcatValueError(
+                f"calibrated centroid intervals exist for levels {lv[0]}-{lv[-1]}, got {level}"
+            )
+        return float(np.interp(level, lv, self.k))
+
+    def to_dict(self) -> dict:
+        return {"levels": list(self.levels), "k": list(self.k), "n": self.n, "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CentroidCalibration:
+        return cls(tuple(d["levels"]), tuple(d["k"]), int(d["n"]), d.get("source", ""))
+
+
+def centroid_interval(
+    cat: FullCatalog, level: float, calibration: CentroidCalibration | dict | None = None
+) -> dict[str, np.ndarray]:
+    """Central ``level`` intervals of each source's centroid: ``x_lo, x_hi, y_lo, y_hi``
+    (pixels). ``calibration``: by default the one recorded in the catalogue's metadata by
+    the weights that made it; Gaussian (``k = z``) when there is none."""
+    if not 0.0 < level < 1.0:
+        raise ProbcatValueError(f"level must lie in (0, 1), got {level}")
+    if calibration is None:
+        calibration = cat.meta.get("centroid_calibration")
+    if isinstance(calibration, dict):
+        calibration = CentroidCalibration.from_dict(calibration)
+    k = calibration.factor(level) if calibration is not None else float(norm.ppf(0.5 + level / 2))
+    x, y = np.asarray(cat["x"], float), np.asarray(cat["y"], float)
+    xs, ys = np.asarray(cat["x_sd"], float), np.asarray(cat["y_sd"], float)
+    return {"x_lo": x - k * xs, "x_hi": x + k * xs, "y_lo": y - k * ys, "y_hi": y + k * ys}
+
+
+@torch.no_grad()
+def fit_centroid_calibration(
+    net,
+    sim,
+    noise_sigma,
+    *,
+    n_scenes: int = 512,
+    rng=None,
+    batch: int = 32,
+    source: str = "",
+    progress: bool = False,
+) -> CentroidCalibration:
+    """Fit :class:`CentroidCalibration` on ``n_scenes`` scenes of ``sim`` (a
+    :class:`~probcat.simulate.scene.SceneSimulator` on validation galaxies): standardised
+    errors ``|true - x| / x_sd`` of the MAP detections matched within 2 px, both axes."""
+    from tqdm.auto import tqdm
+
+    from probcat.infer.detect import batch_tile_features, catalog_from_decisions, decode, tile_image
+
+    if n_scenes < 1:
+        raise ProbcatValueError(f"n_scenes must be >= 1, got {n_scenes}")
+    rng = np.random.default_rng(rng)
+    net.eval()
+    z = []
+    bar = tqdm(total=n_scenes, desc="centroid calibration", disable=not progress)
+    for start in range(0, n_scenes, batch):
+        scenes = [sim.sample(rng) for _ in range(min(batch, n_scenes - start))]
+        imgs = np.stack([s.image for s in scenes])
+        feats = batch_tile_features(net, imgs, noise_sigma)
+        dec = decode(net, feats, image=tile_image(net, imgs, noise_sigma))
+        for b, scene in enumerate(scenes):
+            truth = scene.catalog
+            est = catalog_from_decisions(
+                dec, b, dec.marginal, imgs.shape[-2:], net.tile_size, ("i",), {}
+            )
+            i, j = match(np.stack([truth["x"], truth["y"]], 1), np.stack([est["x"], est["y"]], 1))
+            for t, e, s in (("x", "x", "x_sd"), ("y", "y", "y_sd")):
+                z.append(np.abs(np.asarray(truth[t])[i] - est[e][j]) / est[s][j])
+        bar.update(len(scenes))
+    bar.close()
+    return calibration_from_errors(np.concatenate(z) if z else np.zeros(0), source)
+
+
+def calibration_from_errors(z, source: str = "") -> CentroidCalibration:
+    """:class:`CentroidCalibration` from standardised errors ``|true - mean| / sd``."""
+    z = np.asarray(z, float).ravel()
+    z = z[np.isfinite(z)]
+    if len(z) < 100:
+        raise TooFewMatches(f"only {len(z)} matched coordinates: too few to calibrate")
+    k = np.quantile(z, LEVELS)
+    return CentroidCalibration(LEVELS, tuple(float(v) for v in k), int(len(z)), source)

@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+import torch
+
+from probcat.catalog import FullCatalog
+from probcat.errors import ProbcatValueError
+from probcat.infer.calibration import (
+    CentroidCalibration,
+    TooFewMatches,
+    calibration_from_errors,
+    centroid_interval,
+    fit_centroid_calibration,
+)
+
+
+def _cat(meta=None):
+    cols = {"x": np.array([10.0, 20.0]), "y": np.array([5.0, 7.0])}
+    cols |= {"x_sd": np.array([0.5, 1.0]), "y_sd": np.array([0.2, 0.4])}
+    return FullCatalog(cols, (30, 30), meta=meta or {})
+
+
+def test_calibration_from_gaussian_errors_is_gaussian():
+    z = np.abs(np.random.default_rng(0).standard_normal(200_000))
+    cal = calibration_from_errors(z)
+    assert cal.factor(0.6827) == pytest.approx(1.0, abs=0.01)
+    assert cal.factor(0.9545) == pytest.approx(2.0, abs=0.02)
+    assert np.all(np.diff(cal.k) > 0)
+
+
+def test_heavy_tailed_errors_widen_only_the_outer_intervals():
+    z = np.abs(np.random.default_rng(1).standard_t(3, 200_000)) / np.sqrt(3)  # unit variance
+    cal = calibration_from_errors(z)
+    assert cal.factor(0.6827) < 1.0 and cal.factor(0.99) > 2.58
+
+
+def test_centroid_interval_uses_catalog_calibration_or_gaussian():
+    gauss = centroid_interval(_cat(), 0.6827)
+    assert np.allclose(gauss["x_hi"] - gauss["x_lo"], 2 * np.array([0.5, 1.0]), rtol=1e-3)
+    cal = CentroidCalibration((0.5, 0.6827, 0.9545), (0.7, 1.1, 2.7), 500)
+    got = centroid_interval(_cat({"centroid_calibration": cal.to_dict()}), 0.9545)
+    assert np.allclose(got["y_hi"], [5.0 + 2.7 * 0.2, 7.0 + 2.7 * 0.4])
+    assert np.allclose(got["x_lo"], [10.0 - 2.7 * 0.5, 20.0 - 2.7 * 1.0])
+    mid = centroid_interval(_cat(), 0.8, calibration=cal)  # interpolated between levels
+    k = np.interp(0.8, cal.levels, cal.k)
+    assert 1.1 < k < 2.7 and np.allclose(mid["x_hi"] - [10.0, 20.0], k * np.array([0.5, 1.0]))
+    assert CentroidCalibration.from_dict(cal.to_dict()) == cal
+    with pytest.raises(ProbcatValueError, match="levels"):
+        centroid_interval(_cat(), 0.3, calibration=cal)
+    with pytest.raises(ProbcatValueError, match="level must"):
+        centroid_interval(_cat(), 1.0)
+
+
+def test_too_few_matches_is_a_clear_error(tiny_bank, survey_i):
+    from probcat.nets.detection import DetectionNet
+    from probcat.simulate.scene import SceneConfig, SceneSimulator
+
+    with pytest.raises(TooFewMatches, match="too few"):
+        calibration_from_errors(np.ones(50))
+    torch.manual_seed(0)
+    net = DetectionNet(n_bands=1, stem_channels=4, channels=8, n_blocks=1).eval()
+    with torch.no_grad():
+        net.det_head.bias[0] = -20.0  # detects nothing
+    sim = SceneSimulator(tiny_bank, SceneConfig(40, 40))
+    with pytest.raises(TooFewMatches):
+        fit_centroid_calibration(net, sim, survey_i.noise_sigma, n_scenes=2, rng=0)
+
+
+@pytest.mark.parametrize("suffix", [".fits", ".parquet"])
+def test_weights_calibration_reaches_the_written_catalog(weights, tmp_path, suffix):
+    """A calibration stored in the weights file travels with the MAP catalogue (also
+    through FITS and Parquet) and sets its intervals."""
+    from probcat.detect import detect
+
+    state = torch.load(weights, weights_only=False)
+    cal = calibration_from_errors(np.abs(np.random.default_rng(2).standard_t(4, 5000)))
+    state["centroid_calibration"] = cal.to_dict()
+    path = tmp_path / "cal.pt"
+    torch.save(state, path)
+    img = np.random.default_rng(0).standard_normal((1, 48, 48)).astype(np.float32) * 434.5
+    res = detect(img, weights=path, threshold=0.0)
+    assert len(res.catalog) > 0
+    res.catalog.write(tmp_path / f"cat{suffix}")
+    back = FullCatalog.read(tmp_path / f"cat{suffix}")
+    assert CentroidCalibration.from_dict(back.meta["centroid_calibration"]) == cal
+    got = centroid_interval(back, 0.9545)
+    k = cal.factor(0.9545)
+    assert np.allclose(got["x_hi"], back["x"] + k * back["x_sd"])
+    plain = detect(img, weights=weights, threshold=0.0).catalog
+    assert "centroid_calibration" not in plain.meta
