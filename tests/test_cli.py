@@ -105,3 +105,9 @@ def test_demo_small(tmp_path, cache_dir, capsys, weights):
         ]
     )
     assert rc == 0 and (tmp_path / "e/probcat_catalog.fits").exists()
+
+
+def test_train_calibrate_needs_a_run_directory(tmp_path, capsys):
+    rc = main(["train", "calibrate", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and "detection.pt: not found" in err and len(err.splitlines()) == 1

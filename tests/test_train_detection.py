@@ -132,3 +132,30 @@ def test_sampled_conditioning_locations_change_the_loss(cache_dir):
     assert truth.n_sources.sum() > 0
     assert float(a["count"]) != float(b["count"])
     assert float(b["total"]) == float(c["total"])  # seeded draws
+
+
+def test_calibrate_run_records_calibration_in_weights_and_manifest(
+    tmp_path, cache_dir, monkeypatch
+):
+    import numpy as np
+
+    import probcat.infer.calibration as C
+    from probcat.train.detection import calibrate_run
+    from probcat.weights import load_detection
+
+    run = tmp_path / "run"
+    train_detection(DetectionTrainConfig(**TINY), run, cache_dir=cache_dir, progress=False)
+    assert load_detection(run / "detection.pt")[0].centroid_calibration is None
+    seen = {}
+
+    def fake_fit(net, sim, noise_sigma, *, n_scenes, rng, source, progress):
+        seen.update(n_scenes=n_scenes, val=sim.bank.config.split, size=sim.config.shape)
+        z = np.abs(np.random.default_rng(0).standard_normal(1000))
+        return C.calibration_from_errors(z, source)
+
+    monkeypatch.setattr(C, "fit_centroid_calibration", fake_fit)
+    m = calibrate_run(run, n_scenes=7, cache_dir=cache_dir, progress=False)
+    assert seen == {"n_scenes": 7, "val": "val", "size": (30, 30)}
+    net, _ = load_detection(run / "detection.pt")
+    assert net.centroid_calibration.factor(0.6827) == pytest.approx(1.0, abs=0.1)
+    assert m["centroid_calibration"] == net.centroid_calibration.to_dict()

@@ -145,7 +145,7 @@ app.add_typer(train_app, name="train")
 def train_detection_cmd(
     config: Path = typer.Option(None, "--config", "-c", help="YAML training config"),
     out: Path = typer.Option(Path("runs/detection"), "--out", "-o", help="run directory"),
-    steps: int = typer.Option(None, help="override the number of steps"),
+    steps: int = typer.Option(None, help="override the number of (first-phase) steps"),
     cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
