@@ -364,7 +364,7 @@ def sample_count_check(net, survey, sim, args):
             dec = decode(net, feats, image=pixels, n_samples=20, generator=gen, sweeps=sw)
             shape = scene.image.shape[-2:]
             k = [
-                len(catalog_from_decisions(dec, j, dec.marginal, shape, 5, ("i",), {}))
+                len(catalog_from_decisions(dec, j, dec.marginal, shape, net.tile_size, ("i",), {}))
                 for j in range(dec.n.shape[0])
             ]  # sources inside the image
             sampled[sw].append(float(np.mean(k)))
