@@ -17,6 +17,19 @@ from probcat.nets.detection import DetectionNet, TileOutput, tile_groups
 from probcat.train.losses import favi_detection_loss
 
 
+def _galaxy_and_star(x, y, size):
+    """A catalog of a galaxy at ``(x[0], y[0])`` and a star at ``(x[1], y[1])``."""
+    return FullCatalog(
+        {
+            "x": np.array(x),
+            "y": np.array(y),
+            "galaxy": np.array([True, False]),
+            "flux": np.ones((2, 1)),
+        },
+        (size, size),
+    )
+
+
 @pytest.fixture
 def net():
     torch.manual_seed(0)
@@ -80,17 +93,7 @@ def test_loss_hand_built_tiles():
 
 def test_loss_gradients_finite_and_better_prediction_lower(net):
     img = torch.randn(2, 1, 20, 20)
-    cats = [
-        FullCatalog(
-            {
-                "x": np.array([3.0, 12.2]),
-                "y": np.array([4.0, 9.9]),
-                "galaxy": np.array([True, False]),
-                "flux": np.ones((2, 1)),
-            },
-            (20, 20),
-        )
-    ] * 2
+    cats = [_galaxy_and_star((3.0, 12.2), (4.0, 9.9), 20)] * 2
     truth = TileCatalog.from_full(cats, 5)
     net.train()
     loss = favi_detection_loss(net(img), truth)["total"]
@@ -233,17 +236,7 @@ def test_stamp_classifier_loss_decode_and_masks(stamp_net):
 
     img = np.random.default_rng(2).standard_normal((1, 30, 30)).astype(np.float32) * 2
     x = torch.from_numpy(img)[None]
-    cats = [
-        FullCatalog(
-            {
-                "x": np.array([3.0, 22.2]),
-                "y": np.array([4.0, 19.9]),
-                "galaxy": np.array([True, False]),
-                "flux": np.ones((2, 1)),
-            },
-            (30, 30),
-        )
-    ]
+    cats = [_galaxy_and_star((3.0, 22.2), (4.0, 19.9), 30)]
     truth = TileCatalog.from_full(cats, 5)
     stamp_net.train()
     out = stamp_net.heads(

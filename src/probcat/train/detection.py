@@ -362,14 +362,15 @@ def train_detection(
             )
     bar.close()
     survey = cfg.survey()
+    calibration = _fit_calibration(net, cfg, cfg.calibration_scenes, cache_dir, progress)
     weights = {
         "kind": "detection",
         "hparams": net.hparams,
         "state_dict": net.state_dict(),
         "survey": survey.to_dict(),
         "config": asdict(cfg),
+        "centroid_calibration": calibration,
     }
-    atomic_write(out / "detection.pt", lambda tmp: torch.save(weights, tmp))
     manifest = {
         "kind": "detection",
         "weights": "detection.pt",
@@ -383,28 +384,41 @@ def train_detection(
         "steps": step,
         "final_val": history[-1]["val"] if history else None,
         "history": history,
+        "centroid_calibration": calibration,
         **provenance(command),
     }
+    _write_run(out, weights, manifest)
+    return manifest
+
+
+def _write_run(out: Path, weights: dict, manifest: dict) -> None:
+    atomic_write(out / "detection.pt", lambda tmp: torch.save(weights, tmp))
     text = json.dumps(manifest, indent=1, default=str)
     atomic_write(out / "manifest.json", lambda tmp: Path(tmp).write_text(text))
-    return calibrate_run(
-        out, n_scenes=cfg.calibration_scenes, cache_dir=cache_dir, progress=progress
-    )
 
 
 def calibrate_run(out: str | Path, *, n_scenes: int = 512, cache_dir=None, progress=True) -> dict:
-    """Fit the centroid-interval calibration (:mod:`probcat.infer.calibration`) of the run
-    in ``out`` on fresh validation scenes (validation galaxies, the training scene layout,
-    a seed of its own) and record it in its ``detection.pt`` and ``manifest.json``."""
-    from probcat.infer.calibration import TooFewMatches, fit_centroid_calibration
-
+    """Refit the centroid-interval calibration of the run in ``out`` (training fits it as
+    its last step) and record it in its ``detection.pt`` and ``manifest.json``."""
     out = Path(out)
     weights = torch.load(out / "detection.pt", map_location="cpu", weights_only=False)
-    saved = weights["config"]
     known = {f.name for f in fields(DetectionTrainConfig)}
-    cfg = DetectionTrainConfig(**{k: v for k, v in saved.items() if k in known})
+    cfg = DetectionTrainConfig(**{k: v for k, v in weights["config"].items() if k in known})
     net = DetectionNet(**weights["hparams"])
     net.load_state_dict(weights["state_dict"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    cal = _fit_calibration(net, cfg, n_scenes, cache_dir, progress)
+    weights["centroid_calibration"] = manifest["centroid_calibration"] = cal
+    _write_run(out, weights, manifest)
+    return manifest
+
+
+def _fit_calibration(net, cfg: DetectionTrainConfig, n_scenes, cache_dir, progress) -> dict | None:
+    """The centroid-interval calibration (:mod:`probcat.infer.calibration`) of ``net`` on
+    fresh validation scenes (validation galaxies, the training scene layout, a seed of its
+    own); None, with a warning, when an undertrained net matches too few sources."""
+    from probcat.infer.calibration import TooFewMatches, fit_centroid_calibration
+
     survey = cfg.survey()
     bank = SourceBank.load_or_build(
         survey,
@@ -420,7 +434,7 @@ def calibrate_run(out: str | Path, *, n_scenes: int = 512, cache_dir=None, progr
     sim = SceneSimulator(bank, SceneConfig(cfg.image_size, cfg.image_size, margin=cfg.margin))
     seed = [cfg.seed, 17]
     try:
-        cal = fit_centroid_calibration(
+        return fit_centroid_calibration(
             net,
             sim,
             survey.noise_sigma,
@@ -430,13 +444,6 @@ def calibrate_run(out: str | Path, *, n_scenes: int = 512, cache_dir=None, progr
             f"seed {seed}), MAP detections matched within 2 px",
             progress=progress,
         ).to_dict()
-    except TooFewMatches as e:  # an undertrained net: intervals stay Gaussian
-        cal = None
-        warnings.warn(f"no centroid calibration: {e}", stacklevel=2)
-    weights["centroid_calibration"] = cal
-    atomic_write(out / "detection.pt", lambda tmp: torch.save(weights, tmp))
-    manifest = json.loads((out / "manifest.json").read_text())
-    manifest["centroid_calibration"] = cal
-    text = json.dumps(manifest, indent=1, default=str)
-    atomic_write(out / "manifest.json", lambda tmp: Path(tmp).write_text(text))
-    return manifest
+    except TooFewMatches as e:  # intervals stay Gaussian
+        warnings.warn(f"no centroid calibration: {e}", stacklevel=3)
+        return None
