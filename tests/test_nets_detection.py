@@ -319,14 +319,37 @@ def test_proximity_conditioning_reaches_diagonal_neighbours():
     assert not torch.isclose(a[0, 1, 1], b[0, 1, 1])
 
 
-@pytest.mark.parametrize("classifier,sweeps", [("tile", 1), ("stamp", 1), ("stamp", 2)])
-def test_decode_in_row_chunks_equals_whole(classifier, sweeps):
+def _refiner_net(seed=0, scale=0.3):
+    """A small network with a location refiner whose last layer is switched on (trained
+    weights are not zero there)."""
+    torch.manual_seed(seed)
+    net = DetectionNet(
+        n_bands=1,
+        channels=8,
+        n_blocks=1,
+        stem="patchify",
+        classifier="stamp",
+        proximity=True,
+        loc_refine=True,
+    ).eval()
+    with torch.no_grad():
+        net.refiner.out.weight.normal_(0, scale)
+    return net
+
+
+@pytest.mark.parametrize(
+    "classifier,sweeps,refine",
+    [("tile", 1, False), ("stamp", 1, False), ("stamp", 2, False), ("stamp", 2, True)],
+)
+def test_decode_in_row_chunks_equals_whole(classifier, sweeps, refine):
     from probcat.infer.detect import tile_image
 
     torch.manual_seed(0)
     net = DetectionNet(
         n_bands=1, channels=8, n_blocks=1, stem="patchify", classifier=classifier, proximity=True
     ).eval()
+    if refine:
+        net = _refiner_net()
     img = np.random.default_rng(4).standard_normal((1, 43, 37)).astype(np.float32) * 3
     feats, pixels = tile_features(net, img, 1.0), tile_image(net, img, 1.0)
     whole = decode(net, feats, image=pixels, threshold=0.3, row_chunk=1000, sweeps=sweeps)
@@ -378,3 +401,65 @@ def test_later_sweeps_redecide_each_group_given_all_others(monkeypatch):
     assert torch.isfinite(dec.conditional.galaxy_logit[dec.n]).all()
     with pytest.raises(ProbcatValueError, match="sweeps"):
         decode(net, feats, sweeps=0)
+
+
+def test_location_refiner_starts_at_the_proposal():
+    from probcat.infer.detect import tile_image
+    from probcat.nets.detection import REFINE_SD0
+
+    torch.manual_seed(0)
+    plain = DetectionNet(
+        n_bands=1, channels=8, n_blocks=1, stem="patchify", classifier="stamp", proximity=True
+    ).eval()
+    net = DetectionNet(**{**plain.hparams, "loc_refine": True}).eval()
+    assert net.hparams["loc_refine"] and "loc_refine" not in plain.hparams
+    missing, _ = net.load_state_dict(plain.state_dict(), strict=False)
+    assert missing and all(k.startswith("refiner.") for k in missing)
+    img = np.random.default_rng(3).standard_normal((1, 30, 35)).astype(np.float32) * 3
+    feats, pixels = tile_features(net, img, 1.0), tile_image(net, img, 1.0)
+    a = decode(plain, feats, image=pixels, threshold=0.3)
+    b = decode(net, feats, image=pixels, threshold=0.3)
+    # a fresh refiner keeps the tile posterior's mean, with sd REFINE_SD0 px
+    assert torch.equal(a.n, b.n) and a.n.any() and a.loc_sd is None
+    assert torch.allclose(a.locs[a.n], b.locs[b.n], atol=1e-6)
+    assert torch.allclose(b.loc_sd[b.n], torch.full_like(b.loc_sd[b.n], REFINE_SD0 / 5))
+    cat = map_catalog(net, feats, (30, 35), image=pixels, threshold=0.3)
+    assert np.allclose(cat["x_sd"], REFINE_SD0) and np.allclose(cat["y_sd"], REFINE_SD0)
+    with pytest.raises(ProbcatValueError, match="image"):
+        decode(net, feats)
+
+
+def test_location_refiner_learns_positions_off_the_proposal():
+    """Trained on the normal NLL, the refiner moves proposals 1 px off onto blobs: the
+    stamp-centre and tile-unit conventions of refine_at are consistent."""
+    torch.manual_seed(0)
+    net = DetectionNet(
+        n_bands=1, channels=8, n_blocks=1, stem="patchify", classifier="stamp", loc_refine=True
+    )
+    rng = np.random.default_rng(0)
+    n, size, t = 48, 30, 5
+    truth = rng.uniform(10, 20, (n, 2))  # px (x, y)
+    yy, xx = np.mgrid[:size, :size]
+    img = np.exp(
+        -((xx - truth[:, 0, None, None]) ** 2 + (yy - truth[:, 1, None, None]) ** 2) / (2 * 1.5**2)
+    )
+    x = torch.from_numpy(30 * img[:, None].astype(np.float32))
+    prop = truth + rng.normal(0, 1.0, (n, 2))
+    tile = np.floor((prop + 0.5) / t).astype(int)
+    b = torch.arange(n)
+    tx, ty = torch.from_numpy(tile[:, 0]), torch.from_numpy(tile[:, 1])
+    locs = torch.from_numpy((prop + 0.5) / t - tile).float()
+    target = torch.from_numpy((truth + 0.5) / t - tile).float()
+    opt = torch.optim.Adam(net.refiner.parameters(), lr=3e-3)
+    for _ in range(150):
+        mean, logvar = net.refine_at(b, ty, tx, locs, x)
+        nll = (0.5 * ((target - mean) ** 2 * torch.exp(-logvar) + logvar)).sum()
+        opt.zero_grad()
+        nll.backward()
+        opt.step()
+    with torch.no_grad():
+        mean, logvar = net.refine_at(b, ty, tx, locs, x)
+    err_before = float(((locs - target) * t).pow(2).mean().sqrt())
+    err_after = float(((mean - target) * t).pow(2).mean().sqrt())
+    assert err_after < 0.5 * err_before
+    assert float(torch.exp(0.5 * logvar).mean()) * t < 1.0  # px: narrower than the start

@@ -101,6 +101,60 @@ def test_finetune_phase_resumes_first_phase_checkpoint(tmp_path, cache_dir):
         )
 
 
+def test_location_refiner_joins_in_the_finetune_phase(tmp_path, cache_dir):
+    """A first-phase checkpoint without the location refiner resumes into a config that
+    adds it for the fine-tuning phase; the refiner (zero last layer at first) is trained
+    there, with a parameter group of its own."""
+    run = tmp_path / "run"
+    train_detection(DetectionTrainConfig(**TINY), run, cache_dir=cache_dir, progress=False)
+    cfg = DetectionTrainConfig(**{**TINY, "finetune_steps": 3, "loc_refine": True})
+    m = train_detection(cfg, run, cache_dir=cache_dir, progress=False)
+    assert m["steps"] == 9
+    state = torch.load(run / "detection.pt", weights_only=False)
+    assert state["hparams"]["loc_refine"]
+    head = state["state_dict"]["refiner.out.weight"]
+    assert head.abs().sum() > 0  # moved from its zero start
+    first = {k: v for k, v in state["state_dict"].items() if not k.startswith("refiner.")}
+    assert len(first) < len(state["state_dict"])
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert len(ckpt["optimizer"]["param_groups"]) == 2
+    # and that fine-tuning checkpoint resumes (two parameter groups)
+    more = DetectionTrainConfig(**{**TINY, "finetune_steps": 3, "loc_refine": True})
+    assert train_detection(more, run, cache_dir=cache_dir, progress=False)["steps"] == 9
+    with pytest.raises(ProbcatValueError, match="finetune_steps"):
+        DetectionTrainConfig(loc_refine=True)
+
+
+def test_refine_loss_is_the_normal_nll_of_the_true_positions(cache_dir):
+    import math
+
+    import numpy as np
+
+    from probcat.nets.detection import REFINE_SD0
+    from probcat.train.detection import _Data, checkerboard_loss
+
+    cfg = DetectionTrainConfig(**{**TINY, "finetune_steps": 1, "loc_refine": True})
+    data = _Data(cfg, cache_dir=cache_dir, progress=False)
+    x, truth = data.batch(np.random.default_rng(1), 4)
+    torch.manual_seed(0)
+    net = cfg.net().eval()
+    with torch.no_grad():
+        plain = checkerboard_loss(net, x, truth, torch.Generator().manual_seed(0))
+        loss = checkerboard_loss(
+            net, x, truth, torch.Generator().manual_seed(0), cond_locs="sampled", refine=True
+        )
+    n = int((truth.n_sources > 0).sum())
+    assert n > 0 and "refine" in loss and "refine" not in plain
+    # a fresh refiner returns the jittered proposal with sd REFINE_SD0 px: the NLL per
+    # source and axis is at least that of a perfect mean
+    sd = REFINE_SD0 / cfg.tile_size
+    floor = 2 * n * (math.log(sd) + 0.5 * math.log(2 * math.pi)) / x.shape[0]
+    assert float(loss["refine"]) > floor
+    assert float(loss["total"]) == pytest.approx(
+        float(loss["count"] + loss["loc"] + loss["type"] + loss["refine"]), rel=1e-5
+    )
+
+
 def test_finetune_learning_rate_restarts():
     from probcat.train.detection import _lr
 

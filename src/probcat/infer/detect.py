@@ -137,13 +137,16 @@ class Decisions:
     ``(S, nty, ntx, 2)``, ``galaxy`` bool; ``conditional``: the outputs each tile was
     decided with (galaxy logit at the decided location, NaN where no source was decided);
     ``marginal``: the first pass, where nothing is decided, i.e. every tile's marginal
-    posterior (its galaxy logit is the decided one)."""
+    posterior (its galaxy logit is the decided one). ``loc_sd`` ``(S, nty, ntx, 2)``: the
+    refined position posterior's standard deviation (tile units) where a source was decided,
+    for weights with a location refiner (else None: the tile posterior's applies)."""
 
     n: torch.Tensor
     locs: torch.Tensor
     galaxy: torch.Tensor
     conditional: TileOutput
     marginal: TileOutput
+    loc_sd: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -162,10 +165,13 @@ def decode(
     mean location, galaxy if probability > 0.5) for each image of the batch ``feats``;
     else that many posterior samples of the single image ``feats`` ``(1, C, nty, ntx)``.
     Locations are drawn from the normal truncated to the tile, so every drawn source lies
-    in its tile. Each group is classified in the pass that decides it, at its decided
-    location (the conditioning state seen in training), from ``image`` (see
-    :func:`tile_image`; needed by the stamp classifier). The conditional heads run on
-    ``row_chunk`` tile rows at a time (same result, bounded memory).
+    in its tile; weights with a location refiner then re-draw (or, for MAP, take the mean
+    of) each decided source's position from a stamp centred on that draw, which may leave
+    the tile (:meth:`~probcat.nets.detection.DetectionNet.refine_at`). Each group is
+    classified in the pass that decides it, at its decided location (the conditioning
+    state seen in training), from ``image`` (see :func:`tile_image`; needed by the stamp
+    classifier and the refiner). The conditional heads run on ``row_chunk`` tile rows at a
+    time (same result, bounded memory).
 
     ``sweeps > 1`` re-decides every group, in turn, given the current decisions of all the
     others (all 8 neighbours decided: the state the last group is trained in), a
@@ -179,8 +185,8 @@ def decode(
         raise ProbcatValueError(f"sweeps must be >= 1, got {sweeps}")
     if n_samples and feats.shape[0] != 1:
         raise ProbcatValueError("posterior samples are drawn for one image at a time")
-    if net.classifier == "stamp" and image is None:
-        raise ProbcatValueError("these weights classify from the image: pass image=")
+    if (net.classifier == "stamp" or net.loc_refine) and image is None:
+        raise ProbcatValueError("these weights read stamps of the image: pass image=")
     f = feats.expand(n_samples, -1, -1, -1) if n_samples else feats
     img = None if image is None else image.expand(f.shape[0], -1, -1, -1)
     s = f.shape[0]
@@ -189,6 +195,7 @@ def decode(
     n = torch.zeros(s, nty, ntx, dtype=torch.bool)
     locs = torch.zeros(s, nty, ntx, 2)
     decided = torch.zeros(s, nty, ntx, dtype=torch.bool)
+    loc_sd = torch.zeros(s, nty, ntx, 2) if net.loc_refine else None
     fields = marginal = None
     for step in range(sweeps * N_GROUPS):
         g = step % N_GROUPS
@@ -201,6 +208,13 @@ def decode(
             on = out.prob > threshold
             loc = out.loc_post_mean
         bi, ty, tx = torch.nonzero(now & on, as_tuple=True)
+        if net.loc_refine and len(bi):
+            mean, logvar = net.refine_at(bi, ty, tx, loc[bi, ty, tx], img)
+            sd = torch.exp(0.5 * logvar)
+            if n_samples:
+                mean = mean + sd * torch.randn(mean.shape, generator=generator)
+            loc = loc.index_put((bi, ty, tx), mean)
+            loc_sd = loc_sd.index_put((bi, ty, tx), sd)
         out.galaxy_logit = torch.full((s, nty, ntx), float("nan"))
         if len(bi) and step >= (sweeps - 1) * N_GROUPS:  # classified in the last sweep
             logits = net.classify_at(h_g[bi, :, ty // 2, tx // 2], bi, ty, tx, loc[bi, ty, tx], img)
@@ -220,7 +234,7 @@ def decode(
         galaxy = (torch.rand(p_gal.shape, generator=generator) < p_gal) & n
     else:
         galaxy = (p_gal > 0.5) & n
-    return Decisions(n, locs, galaxy, fields, marginal)
+    return Decisions(n, locs, galaxy, fields, marginal, loc_sd)
 
 
 def _group_pass(net, f, decided, n, locs, g: int, row_chunk: int):
@@ -258,7 +272,8 @@ def catalog_from_decisions(
     inside = (x >= -0.5) & (x < w - 0.5) & (y >= -0.5) & (y < h - 0.5)
     c = dec.conditional.at((k, ty, tx))  # derived quantities of the detections only
     m = marginal.at((min(k, marginal.prob.shape[0] - 1), ty, tx))
-    sd = (c.loc_post_sd * tile_size).double().numpy()
+    sd = c.loc_post_sd if dec.loc_sd is None else dec.loc_sd[k, ty, tx]
+    sd = (sd * tile_size).double().numpy()
     cols = {
         "x": x,
         "y": y,

@@ -29,6 +29,7 @@ is kept for older weights.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,7 @@ __all__ = [
 
 N_GROUPS = 4
 STAMP_SIZE = 15
+REFINE_SD0 = 0.5  # px, the refiner's initial standard deviation
 PROXIMITY_SCALES = (0.5, 1.5)  # px
 
 
@@ -180,34 +182,66 @@ class _Res(nn.Module):
         return self.act(x + self.body(x))
 
 
+def _stamp_views(stamps: torch.Tensor) -> torch.Tensor:
+    """Two views of stamp pixels (noise-sigma units): compressed brightness, and the profile
+    normalised by the stamp's central peak (its shape whatever the flux: what separates
+    stars from galaxies)."""
+    c = stamps.shape[-1] // 2
+    peak = stamps[:, :, c - 1 : c + 2, c - 1 : c + 2].amax((2, 3), keepdim=True)
+    return torch.cat([torch.asinh(stamps / 3.0), stamps / peak.clamp_min(3.0)], 1)
+
+
+def _stamp_conv(n_bands: int, width: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(2 * n_bands, width, 3, padding=1),
+        nn.SiLU(),
+        nn.Conv2d(width, width, 3, padding=1),
+        nn.SiLU(),
+        nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+        nn.SiLU(),
+        nn.Conv2d(2 * width, 2 * width, 3, padding=1),
+        nn.SiLU(),
+    )
+
+
+class _LocationRefiner(nn.Module):
+    """Normal posterior of a source's position from a stamp centred on the pixel nearest a
+    proposed position (the tile head's), and the proposal's offset from that pixel.
+
+    The tile heads localise a source about 3x worse when it sits across a tile edge than
+    inside the tile (``benchmarks/edge_localization.py``); centred on the source, the stamp
+    sees the same profile wherever the tile grid falls. The output starts as the proposal
+    itself (last layer at zero), with a standard deviation of ``REFINE_SD0`` px."""
+
+    def __init__(self, n_bands: int, width: int = 16):
+        super().__init__()
+        self.conv = _stamp_conv(n_bands, width)
+        side = (STAMP_SIZE + 1) // 2
+        self.mlp = nn.Sequential(nn.Linear(2 * width * side * side + 2, 64), nn.SiLU())
+        self.out = nn.Linear(64, 4)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, stamps, offsets) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (px from the stamp's centre pixel) and log variance (px^2), each ``(N, 2)``."""
+        o = self.out(self.mlp(torch.cat([self.conv(_stamp_views(stamps)).flatten(1), offsets], 1)))
+        return offsets + o[:, :2], (o[:, 2:] + 2 * math.log(REFINE_SD0)).clamp(-10.0, 4.0)
+
+
 class _StampClassifier(nn.Module):
     """Galaxy logit from a stamp centred on the source (pixels at full resolution), its
     sub-pixel offset, and the tile's conditioned features (blend context)."""
 
     def __init__(self, n_bands: int, channels: int, width: int = 16):
         super().__init__()
-        self.conv = nn.Sequential(
-            nn.Conv2d(2 * n_bands, width, 3, padding=1),
-            nn.SiLU(),
-            nn.Conv2d(width, width, 3, padding=1),
-            nn.SiLU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
-            nn.SiLU(),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1),
-            nn.SiLU(),
-        )
+        self.conv = _stamp_conv(n_bands, width)
         side = (STAMP_SIZE + 1) // 2
         self.mlp = nn.Sequential(
             nn.Linear(2 * width * side * side + channels + 2, 64), nn.SiLU(), nn.Linear(64, 1)
         )
 
     def forward(self, stamps, tile_feats, offsets):
-        # two views of the pixels: compressed brightness, and the profile shape
-        # normalised by the stamp's central peak (what separates stars from galaxies)
-        c = STAMP_SIZE // 2
-        peak = stamps[:, :, c - 1 : c + 2, c - 1 : c + 2].amax((2, 3), keepdim=True)
-        x = torch.cat([torch.asinh(stamps / 3.0), stamps / peak.clamp_min(3.0)], 1)
-        z = self.conv(x).flatten(1)
+        z = self.conv(_stamp_views(stamps)).flatten(1)
         return self.mlp(torch.cat([z, tile_feats, offsets], 1))[:, 0]
 
 
@@ -230,6 +264,8 @@ class DetectionNet(nn.Module):
         proximity: also condition on how close the decided sources of the 8 neighbouring
             tiles are to this tile (see :func:`decided_proximity`), through a deeper
             conditional head. Without it, diagonal neighbours barely inform each other.
+        loc_refine: refine each decided source's position from a stamp centred on it
+            (:meth:`refine_at`); the refined position may leave its tile.
     """
 
     def __init__(
@@ -242,6 +278,7 @@ class DetectionNet(nn.Module):
         stem: str = "conv",
         classifier: str = "tile",
         proximity: bool = False,
+        loc_refine: bool = False,
     ):
         super().__init__()
         if stem not in ("conv", "patchify"):
@@ -260,6 +297,9 @@ class DetectionNet(nn.Module):
             "classifier": classifier,
             "proximity": proximity,
         }
+        if loc_refine:  # absent from older weights' hparams
+            self.hparams["loc_refine"] = True
+        self.loc_refine = loc_refine
         self.proximity = proximity
         # CentroidCalibration of the catalogue's intervals, set by the weights loader
         self.centroid_calibration = None
@@ -306,6 +346,8 @@ class DetectionNet(nn.Module):
             )
         else:
             self.stamp_head = _StampClassifier(n_bands, channels)
+        if loc_refine:  # registered last: older optimiser states stay a prefix
+            self.refiner = _LocationRefiner(n_bands)
         n = len(self.blocks)
         self._rf = stem_rf + sum(4 * (1 + (k % 2)) * tile_size for k in range(n))
 
@@ -360,7 +402,8 @@ class DetectionNet(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``STAMP_SIZE``-px stamps ``(N, bands, S, S)`` of ``image`` (noise-sigma units,
         ``(B, bands, H, W)``) centred on the pixel nearest each source at ``locs`` ``(N, 2)``
-        (tile units) in tile ``(b, ty, tx)``, and the sources' offsets from those pixels."""
+        (tile units, relative to tile ``(b, ty, tx)``'s origin), and the sources' offsets
+        from those pixels."""
         t, r = self.tile_size, STAMP_SIZE // 2
         _, _, h, w = image.shape
         x = (tx.to(locs.dtype) + locs[:, 0]) * t - 0.5
@@ -419,6 +462,29 @@ class DetectionNet(nn.Module):
             st, off = self.stamps(image, b[j], ty[j], tx[j], locs[j])
             logits.append(self.stamp_head(st, h[j], off))
         return torch.cat(logits)
+
+    def refine_at(
+        self,
+        b: torch.Tensor,
+        ty: torch.Tensor,
+        tx: torch.Tensor,
+        locs: torch.Tensor,
+        image: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Refined position posterior of sources proposed at ``locs`` ``(N, 2)`` (tile units)
+        in tiles ``(b, ty, tx)`` of ``image`` (noise-sigma units, tile-padded): a normal per
+        axis with mean ``(N, 2)`` and log variance ``(N, 2)``, both in tile units relative
+        to the tile's origin (the mean may lie outside the tile)."""
+        t = self.tile_size
+        means, logvars = [], []
+        for i in range(0, len(b), 4096):  # bounds the memory of whole-image inference
+            j = slice(i, i + 4096)
+            st, off = self.stamps(image, b[j], ty[j], tx[j], locs[j])
+            mean, logvar = self.refiner(st, off)
+            # the stamp's centre pixel (proposal - offset) + mean, px -> tile units
+            means.append(locs[j] + (mean - off) / t)
+            logvars.append(logvar - 2 * math.log(t))
+        return torch.cat(means), torch.cat(logvars)
 
     def heads(
         self,

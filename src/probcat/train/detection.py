@@ -72,6 +72,8 @@ class DetectionTrainConfig:
     finetune_steps: int = 0
     finetune_lr: float = 5e-4
     finetune_cond_locs: str = "sampled"
+    loc_refine: bool = False
+    refiner_lr_scale: float = 4.0
     calibration_scenes: int = 512
     tile_size: int = 5
 
@@ -85,6 +87,11 @@ class DetectionTrainConfig:
                 )
         if self.finetune_steps < 0:
             raise ProbcatValueError("finetune_steps must be >= 0")
+        if self.loc_refine and (self.finetune_steps == 0 or self.checkerboard != "all"):
+            raise ProbcatValueError(
+                "loc_refine is trained in the fine-tuning phase of checkerboard 'all': "
+                "set finetune_steps > 0"
+            )
         for name in ("batch_size", "steps", "bank_size", "val_scenes", "threads"):
             if getattr(self, name) < 1:
                 raise ProbcatValueError(f"{name} must be >= 1")
@@ -102,6 +109,7 @@ class DetectionTrainConfig:
             stem=self.stem,
             classifier=self.classifier,
             proximity=self.proximity,
+            loc_refine=self.loc_refine,
         )
 
 
@@ -164,6 +172,7 @@ def checkerboard_loss(
     gen: torch.Generator | None = None,
     states: str = "all",
     cond_locs: str = "true",
+    refine: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Eq. 10 under checkerboard conditioning.
 
@@ -179,9 +188,18 @@ def checkerboard_loss(
     posterior (detached), which is what :func:`~probcat.infer.detect.decode` feeds the later
     groups. Trained on exact true locations, the conditional reads a decided source drawn
     0.5 px away from the light as a sign of a second source and makes doubles at tile edges.
+
+    ``refine`` (``loc_refine`` networks, the fine-tuning phase): adds the loss of the
+    location refiner (:meth:`~probcat.nets.detection.DetectionNet.refine_at`), the normal
+    negative log-likelihood of each true position given a stamp centred on a proposal drawn
+    from its tile's marginal location posterior (jittered by ``REFINE_JITTER`` px, so that
+    proposals a neighbouring tile would make are covered too); with ``cond_locs="sampled"``
+    the decided groups are then conditioned on refined draws, as decoding does.
     """
     if states == "all":
-        return _all_states_loss(net, x, truth, gen, sampled_locs=cond_locs == "sampled")
+        return _all_states_loss(
+            net, x, truth, gen, sampled_locs=cond_locs == "sampled", refine=refine
+        )
     if states != "random":
         raise ProbcatValueError(f"checkerboard states must be 'all' or 'random', got {states!r}")
     feats = net.features(x)
@@ -201,7 +219,12 @@ def checkerboard_loss(
 
 
 def _all_states_loss(
-    net: DetectionNet, x: torch.Tensor, truth: TileCatalog, gen=None, sampled_locs=False
+    net: DetectionNet,
+    x: torch.Tensor,
+    truth: TileCatalog,
+    gen=None,
+    sampled_locs=False,
+    refine=False,
 ):
     feats = net.features(x)
     b, _, nty, ntx = feats.shape
@@ -211,9 +234,13 @@ def _all_states_loss(
         decided = groups < g
         h = net.trunk(feats, decided, truth.n_sources, cond)
         out = TileOutput(*net.detection_params(h), torch.zeros(b, nty, ntx))
-        if g == 0 and sampled_locs:
+        if g == 0 and (sampled_locs or refine):
             with torch.no_grad():
-                cond = out.sample_locs(gen).detach()
+                drawn = out.sample_locs(gen).detach()
+            if refine:
+                refine_nll, drawn = _refine_loss(net, x, truth, drawn, gen)
+            if sampled_locs:
+                cond = drawn
         mask = torch.ones_like(decided) if g == 0 else groups == g
         parts = favi_detection_loss(out, truth, mask=mask, type_term=False)
         total = parts if total is None else {k: total[k] + v for k, v in parts.items()}
@@ -224,7 +251,30 @@ def _all_states_loss(
     type_part = favi_detection_loss(out, truth, mask=torch.zeros_like(groups))["type"]
     total["type"] = type_part
     total["total"] = total["total"] + type_part
+    if refine:
+        total["refine"] = refine_nll
+        total["total"] = total["total"] + refine_nll
     return total
+
+
+REFINE_JITTER = 0.5  # px
+
+
+def _refine_loss(net: DetectionNet, x, truth: TileCatalog, drawn, gen):
+    """Normal NLL of the true positions under the refiner, from stamps centred on the
+    (jittered) proposals ``drawn`` of the tiles holding a source, summed and averaged over
+    images; and ``drawn`` with those tiles' locations replaced by refined draws (detached)."""
+    b, ty, tx = torch.nonzero(truth.n_sources > 0, as_tuple=True)
+    if len(b) == 0:
+        return x.new_zeros(()), drawn
+    jitter = torch.randn(len(b), 2, generator=gen) * (REFINE_JITTER / net.tile_size)
+    mean, logvar = net.refine_at(b, ty, tx, drawn[b, ty, tx] + jitter, x)
+    target = truth.locs[b, ty, tx]
+    nll = 0.5 * ((target - mean) ** 2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi))
+    with torch.no_grad():
+        eps = torch.randn(mean.shape, generator=gen)
+        refined = drawn.index_put((b, ty, tx), mean + torch.exp(0.5 * logvar) * eps)
+    return nll.sum() / x.shape[0], refined.detach()
 
 
 @torch.no_grad()
@@ -249,7 +299,14 @@ def validate(net: DetectionNet, x: torch.Tensor, truth: TileCatalog) -> dict[str
     return parts
 
 
-FINETUNE_KEYS = ("finetune_steps", "finetune_lr", "finetune_cond_locs")
+# settings of the fine-tuning phase only: a first-phase checkpoint resumes into them
+FINETUNE_KEYS = (
+    "finetune_steps",
+    "finetune_lr",
+    "finetune_cond_locs",
+    "loc_refine",
+    "refiner_lr_scale",
+)
 
 
 def _lr(cfg: DetectionTrainConfig, step: int) -> float:
@@ -298,7 +355,11 @@ def train_detection(
     torch.manual_seed(cfg.seed)
     data = _Data(cfg, cache_dir=cache_dir, progress=progress)
     net = cfg.net()
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    # the location refiner (fine-tuning phase) gets a parameter group of its own, so that
+    # a first-phase checkpoint without it resumes into a config that adds it
+    new = {k for k in dict(net.named_parameters()) if k.startswith("refiner.")}
+    opt = torch.optim.Adam([p for k, p in net.named_parameters() if k not in new], lr=cfg.lr)
+    extra = {"params": [p for k, p in net.named_parameters() if k in new]}
     rng = np.random.default_rng([cfg.seed, 1])
     gen = torch.Generator().manual_seed(cfg.seed)
     step, history, elapsed = 0, [], 0.0
@@ -307,22 +368,38 @@ def train_detection(
         state = torch.load(ckpt, weights_only=False)
         if not _compatible(state["config"], cfg, state["step"]):
             raise ProbcatValueError(f"{ckpt}: checkpoint of a different config; use another --out")
-        net.load_state_dict(state["model"])
+        missing, unexpected = net.load_state_dict(state["model"], strict=False)
+        if unexpected or set(missing) - new:
+            raise ProbcatValueError(
+                f"{ckpt}: checkpoint does not fit the network; use another --out"
+            )
+        if new and len(state["optimizer"]["param_groups"]) == 2:
+            opt.add_param_group(extra)
         opt.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["numpy_rng"]
         gen.set_state(state["torch_rng"])
         step, history, elapsed = state["step"], state["history"], state["elapsed"]
+    if new and len(opt.param_groups) == 1:
+        opt.add_param_group(extra)
     net.train()
     total = cfg.steps + cfg.finetune_steps
     bar = tqdm(total=total, initial=step, desc="training detection", disable=not progress)
     t0 = time.perf_counter() - elapsed
     running = None
     while step < total:
-        for g in opt.param_groups:
-            g["lr"] = _lr(cfg, step)
+        for k, g in enumerate(opt.param_groups):  # group 1: the new location refiner
+            g["lr"] = _lr(cfg, step) * (cfg.refiner_lr_scale if k == 1 else 1.0)
         x, truth = data.batch(rng, cfg.batch_size)
         cond_locs = cfg.cond_locs if step < cfg.steps else cfg.finetune_cond_locs
-        loss = checkerboard_loss(net, x, truth, gen, states=cfg.checkerboard, cond_locs=cond_locs)
+        loss = checkerboard_loss(
+            net,
+            x,
+            truth,
+            gen,
+            states=cfg.checkerboard,
+            cond_locs=cond_locs,
+            refine=cfg.loc_refine and step >= cfg.steps,
+        )
         opt.zero_grad(set_to_none=True)
         loss["total"].backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
