@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "src" / "probcat" / "weights"
 HEADLINE = ("probcat", "sep", "boundary_min_prob_one_match", "galaxy_f1_snr_gt_10",
             "star_f1_snr_gt_12", "detection_ece", "centroid_coverage_68", "centroid_coverage_95",
-            "centroid_intervals", "centroid_coverage_uncalibrated_truncated", "sample_counts",
+            "centroid_intervals", "centroid_coverage_uncalibrated_truncated",
+            "centroid_coverage_gaussian_mean_sd", "sample_counts",
             "speed", "n_images", "command", "git_commit")
 
 

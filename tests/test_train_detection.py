@@ -28,6 +28,19 @@ TINY = dict(
 )
 
 
+def _batch_and_net(cache_dir, **settings):
+    """A TINY config with ``settings``, a seeded batch of 4 scenes and a fresh network."""
+    import numpy as np
+
+    from probcat.train.detection import _Data
+
+    cfg = DetectionTrainConfig(**{**TINY, **settings})
+    data = _Data(cfg, cache_dir=cache_dir, progress=False)
+    x, truth = data.batch(np.random.default_rng(1), 4)
+    torch.manual_seed(0)
+    return cfg, x, truth, cfg.net().eval()
+
+
 def test_train_writes_weights_manifest_and_resumes(tmp_path, cache_dir):
     cfg = DetectionTrainConfig(**TINY)
     with pytest.warns(UserWarning, match="no centroid calibration"):  # untrained: no matches
@@ -128,16 +141,10 @@ def test_location_refiner_joins_in_the_finetune_phase(tmp_path, cache_dir):
 def test_refine_loss_is_the_normal_nll_of_the_true_positions(cache_dir):
     import math
 
-    import numpy as np
-
     from probcat.nets.detection import REFINE_SD0
-    from probcat.train.detection import _Data, checkerboard_loss
+    from probcat.train.detection import checkerboard_loss
 
-    cfg = DetectionTrainConfig(**{**TINY, "finetune_steps": 1, "loc_refine": True})
-    data = _Data(cfg, cache_dir=cache_dir, progress=False)
-    x, truth = data.batch(np.random.default_rng(1), 4)
-    torch.manual_seed(0)
-    net = cfg.net().eval()
+    cfg, x, truth, net = _batch_and_net(cache_dir, finetune_steps=1, loc_refine=True)
     with torch.no_grad():
         plain = checkerboard_loss(net, x, truth, torch.Generator().manual_seed(0))
         loss = checkerboard_loss(
@@ -170,15 +177,9 @@ def test_finetune_learning_rate_restarts():
 def test_sampled_conditioning_locations_change_the_loss(cache_dir):
     """With sampled conditioning locations the later groups see other inputs than the
     truth (so another loss), while the marginal pass is the same."""
-    import numpy as np
+    from probcat.train.detection import checkerboard_loss
 
-    from probcat.train.detection import _Data, checkerboard_loss
-
-    cfg = DetectionTrainConfig(**TINY)
-    data = _Data(cfg, cache_dir=cache_dir, progress=False)
-    x, truth = data.batch(np.random.default_rng(1), 4)
-    torch.manual_seed(0)
-    net = cfg.net().eval()
+    _, x, truth, net = _batch_and_net(cache_dir)
     with torch.no_grad():
         a = checkerboard_loss(net, x, truth, torch.Generator().manual_seed(0))
         b = checkerboard_loss(net, x, truth, torch.Generator().manual_seed(0), cond_locs="sampled")

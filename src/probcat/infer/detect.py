@@ -167,11 +167,12 @@ def decode(
     Locations are drawn from the normal truncated to the tile, so every drawn source lies
     in its tile; weights with a location refiner then re-draw (or, for MAP, take the mean
     of) each decided source's position from a stamp centred on that draw, which may leave
-    the tile (:meth:`~probcat.nets.detection.DetectionNet.refine_at`). Each group is
-    classified in the pass that decides it, at its decided location (the conditioning
-    state seen in training), from ``image`` (see :func:`tile_image`; needed by the stamp
-    classifier and the refiner). The conditional heads run on ``row_chunk`` tile rows at a
-    time (same result, bounded memory).
+    the tile (:meth:`~probcat.nets.detection.DetectionNet.refine_at`), and the later groups
+    are conditioned on (and the source classified at) the refined mean, as in training.
+    Each group is classified in the pass that decides it, at its decided location (the
+    conditioning state seen in training), from ``image`` (see :func:`tile_image`; needed
+    by the stamp classifier and the refiner). The conditional heads run on ``row_chunk``
+    tile rows at a time (same result, bounded memory).
 
     ``sweeps > 1`` re-decides every group, in turn, given the current decisions of all the
     others (all 8 neighbours decided: the state the last group is trained in), a
@@ -194,13 +195,14 @@ def decode(
     groups = tile_groups(nty, ntx, f.device)
     n = torch.zeros(s, nty, ntx, dtype=torch.bool)
     locs = torch.zeros(s, nty, ntx, 2)
+    cond = locs  # what later groups are conditioned on: the refined mean where refined
     decided = torch.zeros(s, nty, ntx, dtype=torch.bool)
     loc_sd = torch.zeros(s, nty, ntx, 2) if net.loc_refine else None
     fields = marginal = None
     for step in range(sweeps * N_GROUPS):
         g = step % N_GROUPS
         now = (groups == g).expand(s, -1, -1)
-        out, h_g = _group_pass(net, f, decided & ~now, n, locs, g, row_chunk)
+        out, h_g = _group_pass(net, f, decided & ~now, n, cond, g, row_chunk)
         if n_samples:
             on = torch.rand(out.prob.shape, generator=generator) < out.prob
             loc = out.sample_locs(generator)
@@ -208,21 +210,25 @@ def decode(
             on = out.prob > threshold
             loc = out.loc_post_mean
         bi, ty, tx = torch.nonzero(now & on, as_tuple=True)
+        loc_cond = loc
         if net.loc_refine and len(bi):
             mean, logvar = net.refine_at(bi, ty, tx, loc[bi, ty, tx], img)
             sd = torch.exp(0.5 * logvar)
+            loc_cond = loc.index_put((bi, ty, tx), mean)
             if n_samples:
                 mean = mean + sd * torch.randn(mean.shape, generator=generator)
             loc = loc.index_put((bi, ty, tx), mean)
             loc_sd = loc_sd.index_put((bi, ty, tx), sd)
         out.galaxy_logit = torch.full((s, nty, ntx), float("nan"))
         if len(bi) and step >= (sweeps - 1) * N_GROUPS:  # classified in the last sweep
-            logits = net.classify_at(h_g[bi, :, ty // 2, tx // 2], bi, ty, tx, loc[bi, ty, tx], img)
+            at = loc_cond[bi, ty, tx]
+            logits = net.classify_at(h_g[bi, :, ty // 2, tx // 2], bi, ty, tx, at, img)
             out.galaxy_logit = out.galaxy_logit.index_put((bi, ty, tx), logits)
         if step == 0:
             marginal = out
         n = torch.where(now, on, n)
         locs = torch.where(now[..., None], loc, locs)
+        cond = torch.where(now[..., None], loc_cond, cond)
         decided |= now
         fields = out if fields is None else out.where(now, fields)
     # galaxy_logit is NaN wherever no source was decided: each pass classifies only those

@@ -194,7 +194,7 @@ def checkerboard_loss(
     negative log-likelihood of each true position given a stamp centred on a proposal drawn
     from its tile's marginal location posterior (jittered by ``REFINE_JITTER`` px, so that
     proposals a neighbouring tile would make are covered too); with ``cond_locs="sampled"``
-    the decided groups are then conditioned on refined draws, as decoding does.
+    the decided groups are then conditioned on the refined means, as decoding does.
     """
     if states == "all":
         return _all_states_loss(
@@ -263,7 +263,9 @@ REFINE_JITTER = 0.5  # px
 def _refine_loss(net: DetectionNet, x, truth: TileCatalog, drawn, gen):
     """Normal NLL of the true positions under the refiner, from stamps centred on the
     (jittered) proposals ``drawn`` of the tiles holding a source, summed and averaged over
-    images; and ``drawn`` with those tiles' locations replaced by refined draws (detached)."""
+    images; and ``drawn`` with those tiles' locations replaced by the refined means
+    (detached): the later groups are conditioned on the refiner's best position, not on a
+    draw of its width, so that a source decided next to a tile stays decisive for it."""
     b, ty, tx = torch.nonzero(truth.n_sources > 0, as_tuple=True)
     if len(b) == 0:
         return x.new_zeros(()), drawn
@@ -271,10 +273,8 @@ def _refine_loss(net: DetectionNet, x, truth: TileCatalog, drawn, gen):
     mean, logvar = net.refine_at(b, ty, tx, drawn[b, ty, tx] + jitter, x)
     target = truth.locs[b, ty, tx]
     nll = 0.5 * ((target - mean) ** 2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi))
-    with torch.no_grad():
-        eps = torch.randn(mean.shape, generator=gen)
-        refined = drawn.index_put((b, ty, tx), mean + torch.exp(0.5 * logvar) * eps)
-    return nll.sum() / x.shape[0], refined.detach()
+    refined = drawn.index_put((b, ty, tx), mean.detach())
+    return nll.sum() / x.shape[0], refined
 
 
 @torch.no_grad()
