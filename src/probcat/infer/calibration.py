@@ -122,7 +122,7 @@ def fit_centroid_calibration(
         for b, scene in enumerate(scenes):
             truth = scene.catalog
             est = catalog_from_decisions(
-                dec, b, dec.marginal, imgs.shape[-2:], net.tile_size, ("i",), {}
+                dec, b, dec.marginal, imgs.shape[-2:], net.tile_size, sim.survey.band_names, {}
             )
             i, j = match(np.stack([truth["x"], truth["y"]], 1), np.stack([est["x"], est["y"]], 1))
             for t, e, s in (("x", "x", "x_sd"), ("y", "y", "y_sd")):

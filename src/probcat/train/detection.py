@@ -136,27 +136,30 @@ def load_config(path: str | Path | None, **overrides) -> DetectionTrainConfig:
     return DetectionTrainConfig(**data)
 
 
+def _simulator(cfg: DetectionTrainConfig, split: str, cache_dir, progress) -> SceneSimulator:
+    """Scenes of the training layout on the ``split`` ("train" or "val") source bank."""
+    n = cfg.bank_size if split == "train" else cfg.val_bank_size
+    bank = SourceBank.load_or_build(
+        cfg.survey(),
+        BankConfig(
+            population=cfg.population, split=split, n_galaxies=n, catalog_seed=cfg.catalog_seed
+        ),
+        cache_dir=cache_dir,
+        progress=progress,
+    )
+    return SceneSimulator(bank, SceneConfig(cfg.image_size, cfg.image_size, margin=cfg.margin))
+
+
 class _Data:
     """Fresh training batches and a fixed validation set."""
 
     def __init__(self, cfg: DetectionTrainConfig, cache_dir=None, progress=True):
         survey = cfg.survey()
         self.sigma = survey.noise_sigma.astype(np.float32)[:, None, None]
-        scene = SceneConfig(cfg.image_size, cfg.image_size, margin=cfg.margin)
-
-        def bank(split: str, n: int) -> SourceBank:
-            cfg_bank = BankConfig(
-                population=cfg.population, split=split, n_galaxies=n, catalog_seed=cfg.catalog_seed
-            )
-            return SourceBank.load_or_build(
-                survey, cfg_bank, cache_dir=cache_dir, progress=progress
-            )
-
-        train_bank, val_bank = bank("train", cfg.bank_size), bank("val", cfg.val_bank_size)
-        self.train = SceneSimulator(train_bank, scene)
-        val = SceneSimulator(val_bank, scene)
+        self.train = _simulator(cfg, "train", cache_dir, progress)
+        self.val_sim = _simulator(cfg, "val", cache_dir, progress)
         rng = np.random.default_rng([cfg.seed, 99])
-        imgs, cats = val.sample_batch(rng, cfg.val_scenes)
+        imgs, cats = self.val_sim.sample_batch(rng, cfg.val_scenes)
         self.val = (torch.from_numpy(imgs / self.sigma), TileCatalog.from_full(cats, cfg.tile_size))
         self.tile_size = cfg.tile_size
 
@@ -236,7 +239,7 @@ def _all_states_loss(
         out = TileOutput(*net.detection_params(h), torch.zeros(b, nty, ntx))
         if g == 0 and (sampled_locs or refine):
             with torch.no_grad():
-                drawn = out.sample_locs(gen).detach()
+                drawn = out.sample_locs(gen)
             if refine:
                 refine_nll, drawn = _refine_loss(net, x, truth, drawn, gen)
             if sampled_locs:
@@ -439,7 +442,7 @@ def train_detection(
             )
     bar.close()
     survey = cfg.survey()
-    calibration = _fit_calibration(net, cfg, cfg.calibration_scenes, cache_dir, progress)
+    calibration = _fit_calibration(net, cfg, cfg.calibration_scenes, data.val_sim, progress)
     weights = {
         "kind": "detection",
         "hparams": net.hparams,
@@ -484,37 +487,27 @@ def calibrate_run(out: str | Path, *, n_scenes: int = 512, cache_dir=None, progr
     net = DetectionNet(**weights["hparams"])
     net.load_state_dict(weights["state_dict"])
     manifest = json.loads((out / "manifest.json").read_text())
-    cal = _fit_calibration(net, cfg, n_scenes, cache_dir, progress)
+    sim = _simulator(cfg, "val", cache_dir, progress)
+    cal = _fit_calibration(net, cfg, n_scenes, sim, progress)
     weights["centroid_calibration"] = manifest["centroid_calibration"] = cal
     _write_run(out, weights, manifest)
     return manifest
 
 
-def _fit_calibration(net, cfg: DetectionTrainConfig, n_scenes, cache_dir, progress) -> dict | None:
+def _fit_calibration(
+    net, cfg: DetectionTrainConfig, n_scenes, sim: SceneSimulator, progress
+) -> dict | None:
     """The centroid-interval calibration (:mod:`probcat.infer.calibration`) of ``net`` on
-    fresh validation scenes (validation galaxies, the training scene layout, a seed of its
+    fresh scenes of ``sim`` (validation galaxies, the training scene layout; a seed of its
     own); None, with a warning, when an undertrained net matches too few sources."""
     from probcat.infer.calibration import TooFewMatches, fit_centroid_calibration
 
-    survey = cfg.survey()
-    bank = SourceBank.load_or_build(
-        survey,
-        BankConfig(
-            population=cfg.population,
-            split="val",
-            n_galaxies=cfg.val_bank_size,
-            catalog_seed=cfg.catalog_seed,
-        ),
-        cache_dir=cache_dir,
-        progress=progress,
-    )
-    sim = SceneSimulator(bank, SceneConfig(cfg.image_size, cfg.image_size, margin=cfg.margin))
     seed = [cfg.seed, 17]
     try:
         return fit_centroid_calibration(
             net,
             sim,
-            survey.noise_sigma,
+            cfg.survey().noise_sigma,
             n_scenes=n_scenes,
             rng=np.random.default_rng(seed),
             source=f"{n_scenes} validation scenes ({cfg.image_size} px, split=val, "
