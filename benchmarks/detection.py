@@ -241,9 +241,10 @@ def classification_by_snr(c, edges=(3, 10, 15, 25, 50, 100, 1000)):
     return rows
 
 
-def boundary_test(net, survey, bank, args):
+def boundary_test(net, survey, bank, args, merge_px=None):
     """Isolated galaxies with SNR 30-100 on a grid of sub-tile offsets (edges and corners
-    included): probability that a posterior sample holds exactly one source within 2 px."""
+    included): probability that a posterior sample holds exactly one source within 2 px.
+    ``merge_px``: the decoding's merge radius (default: the weights')."""
     sigma = float(survey.noise_sigma[0])
     snr = bank.snr[:, 0]
     pick = np.flatnonzero((snr > 30) & (snr < 100))[: args.boundary_galaxies]
@@ -286,12 +287,20 @@ def boundary_test(net, survey, bank, args):
                         n_samples=min(100, args.boundary_samples - start),
                         generator=gen,
                         sweeps=args.sample_sweeps,
+                        merge_px=merge_px,
                     )
                     for k in range(dec.n.shape[0]):
                         c = catalog_from_decisions(dec, k, marg, (size, size), 5, ("i",), {})
                         ones += int(np.sum(np.hypot(c["x"] - x, c["y"] - y) < 2) == 1)
                 p_one.append(ones / args.boundary_samples)
-                m = map_catalog(net, feats, (size, size), image=pixels, sweeps=args.map_sweeps)
+                m = map_catalog(
+                    net,
+                    feats,
+                    (size, size),
+                    image=pixels,
+                    sweeps=args.map_sweeps,
+                    merge_px=merge_px,
+                )
                 map_one.append(int(np.sum(np.hypot(m["x"] - x, m["y"] - y) < 2) == 1))
                 prob.append(float(marg.prob[0, 6, 6]))
             grid[a, b], grid_map[a, b], grid_prob[a, b] = (
@@ -304,6 +313,7 @@ def boundary_test(net, survey, bank, args):
         "n_galaxies": int(len(pick)),
         "n_samples": args.boundary_samples,
         "sweeps": args.sample_sweeps,
+        "merge_px": net.merge_px if merge_px is None else merge_px,
         "p_one_match": grid.tolist(),
         "map_one_match": grid_map.tolist(),
         "marginal_prob_true_tile": grid_prob.tolist(),
@@ -668,6 +678,8 @@ def main(argv=None):
     r = run_scenes(net, survey, sim, args)
     print("boundary test ...", flush=True)
     boundary = boundary_test(net, survey, bank, args)
+    # the same test without merging duplicate claims, when the weights merge (ablation)
+    unmerged = boundary_test(net, survey, bank, args, merge_px=0.0) if net.merge_px else None
     print("sample counts ...", flush=True)
     counts = sample_count_check(net, survey, sim, args)
     print("pair test ...", flush=True)
@@ -705,6 +717,8 @@ def main(argv=None):
         "probcat_thresholds": {str(t): summarise(r, f"p{t}") for t in THRESHOLDS},
         "boundary_min_prob_one_match": boundary["min_prob_one_match"],
         "boundary": boundary,
+        "merge_px": net.merge_px,
+        "boundary_without_merge": unmerged,
         "galaxy_f1_snr_gt_10": cls_true["galaxy_f1"],
         "star_f1_snr_gt_12": cls_true["star_f1"],
         "classification_true_locations": cls_true,

@@ -25,6 +25,7 @@ TINY = dict(
     channels=8,
     n_blocks=1,
     calibration_scenes=4,
+    merge_scenes=2,
 )
 
 
@@ -136,6 +137,43 @@ def test_location_refiner_joins_in_the_finetune_phase(tmp_path, cache_dir):
     assert train_detection(more, run, cache_dir=cache_dir, progress=False)["steps"] == 9
     with pytest.raises(ProbcatValueError, match="finetune_steps"):
         DetectionTrainConfig(loc_refine=True)
+
+
+def test_refiner_alone_in_a_third_phase_on_the_frozen_network(tmp_path, cache_dir):
+    """A finished two-phase run without a refiner resumes into a config that adds one in a
+    third, refiner-only phase: every other weight (batch-norm statistics included) stays
+    as it was, the refiner moves, and the rule that merges duplicate claims is fitted."""
+    run = tmp_path / "run"
+    two = {**TINY, "finetune_steps": 3}
+    train_detection(DetectionTrainConfig(**two), run, cache_dir=cache_dir, progress=False)
+    before = torch.load(run / "checkpoint.pt", weights_only=False)["model"]
+    cfg = DetectionTrainConfig(**{**two, "loc_refine": True, "refine_steps": 3})
+    assert not cfg.joint_refiner and cfg.total_steps == 12
+    m = train_detection(cfg, run, cache_dir=cache_dir, progress=False)
+    assert m["steps"] == 12 and "refine" in m["history"][-1]["val"]
+    state = torch.load(run / "detection.pt", weights_only=False)
+    after = state["state_dict"]
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert after["refiner.out.weight"].abs().sum() > 0  # moved from its zero start
+    assert "merge" in state and "merge" in m
+    # the refiner-only phase does not resume into other settings of the first two phases
+    with pytest.raises(ProbcatValueError, match="different config"):
+        other = {**two, "finetune_lr": 1e-3, "loc_refine": True, "refine_steps": 3}
+        train_detection(DetectionTrainConfig(**other), run, cache_dir=cache_dir, progress=False)
+    with pytest.raises(ProbcatValueError, match="set loc_refine"):
+        DetectionTrainConfig(refine_steps=5)
+
+
+def test_refiner_phase_learning_rate_restarts():
+    from probcat.train.detection import _lr
+
+    cfg = DetectionTrainConfig(
+        **{**TINY, "steps": 100, "finetune_steps": 300, "loc_refine": True, "refine_steps": 300}
+    )
+    assert _lr(cfg, 399) < 1e-7  # the fine-tuning phase has decayed
+    assert _lr(cfg, 400) == pytest.approx(cfg.refine_lr / 100)
+    assert _lr(cfg, 499) == pytest.approx(cfg.refine_lr)
+    assert _lr(cfg, 699) < 1e-6
 
 
 def test_refine_loss_is_the_normal_nll_of_the_true_positions(cache_dir):

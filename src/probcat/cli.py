@@ -169,7 +169,8 @@ def calibrate_cmd(
     cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
-    """(Re)fit the centroid-interval calibration of a trained run (training does it last)."""
+    """(Re)fit the merge radius (weights with a location refiner) and the centroid-interval
+    calibration of a trained run (training does both last)."""
     from probcat.train.detection import calibrate_run
 
     for name in ("detection.pt", "manifest.json"):
@@ -180,6 +181,8 @@ def calibrate_cmd(
     if cal is None:
         raise ProbcatValueError(f"{run}: too few matched detections to calibrate")
     k = dict(zip(cal["levels"], cal["k"]))
+    if m.get("merge"):
+        typer.echo(f"merge radius {m['merge']['radius_px']:.1f} px (highest validation MAP F1)")
     typer.echo(
         f"calibrated on {cal['n']} matched coordinates: 68% interval ±{k[0.6827]:.2f} sd, "
         f"95% ±{k[0.9545]:.2f} sd -> {run / 'detection.pt'}"

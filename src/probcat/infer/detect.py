@@ -139,7 +139,9 @@ class Decisions:
     ``marginal``: the first pass, where nothing is decided, i.e. every tile's marginal
     posterior (its galaxy logit is the decided one). ``loc_sd`` ``(S, nty, ntx, 2)``: the
     refined position posterior's standard deviation (tile units) where a source was decided,
-    for weights with a location refiner (else None: the tile posterior's applies)."""
+    for weights with a location refiner (else None: the tile posterior's applies).
+    ``cond_locs``: the positions the later groups were conditioned on (and merges compared):
+    the refined means where a refiner re-drew ``locs``, else ``locs`` itself."""
 
     n: torch.Tensor
     locs: torch.Tensor
@@ -147,6 +149,7 @@ class Decisions:
     conditional: TileOutput
     marginal: TileOutput
     loc_sd: torch.Tensor | None = None
+    cond_locs: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -160,6 +163,7 @@ def decode(
     generator: torch.Generator | None = None,
     row_chunk: int = 100,
     sweeps: int = 1,
+    merge_px: float | None = None,
 ) -> Decisions:
     """Checkerboard decoding. ``n_samples = 0``: MAP (probability > threshold, posterior
     mean location, galaxy if probability > 0.5) for each image of the batch ``feats``;
@@ -178,8 +182,15 @@ def decode(
     others (all 8 neighbours decided: the state the last group is trained in), a
     pseudo-Gibbs refinement. The first sweep's neighbours were drawn before seeing this
     tile's decision; later sweeps let a tile switch off when a neighbour's source already
-    explains the light at their shared edge (the double detections of the boundary test)."""
+    explains the light at their shared edge (the double detections of the boundary test).
+
+    ``merge_px`` (default: the weights' fitted radius, ``net.merge_px``; 0 for none): a
+    claim within that distance of a source held by one of its 8 neighbouring tiles (the
+    positions compared are those the later groups are conditioned on: the refined means) is
+    read as the same source and dropped, its tile decided empty (:mod:`probcat.infer.merge`).
+    """
     net.eval()
+    radius = net.merge_px if merge_px is None else merge_px
     if not 0.0 <= threshold < 1.0:
         raise ProbcatValueError(f"threshold must lie in [0, 1), got {threshold}")
     if sweeps < 1:
@@ -219,6 +230,12 @@ def decode(
                 mean = mean + sd * torch.randn(mean.shape, generator=generator)
             loc = loc.index_put((bi, ty, tx), mean)
             loc_sd = loc_sd.index_put((bi, ty, tx), sd)
+        if radius > 0 and len(bi):
+            held = decided & n & ~now
+            dup = _duplicates(cond, held, loc_cond, (bi, ty, tx), radius / net.tile_size)
+            on = on.index_put((bi[dup], ty[dup], tx[dup]), torch.zeros((), dtype=torch.bool))
+            keep = ~dup
+            bi, ty, tx = bi[keep], ty[keep], tx[keep]
         out.galaxy_logit = torch.full((s, nty, ntx), float("nan"))
         if len(bi) and step >= (sweeps - 1) * N_GROUPS:  # classified in the last sweep
             at = loc_cond[bi, ty, tx]
@@ -240,7 +257,27 @@ def decode(
         galaxy = (torch.rand(p_gal.shape, generator=generator) < p_gal) & n
     else:
         galaxy = (p_gal > 0.5) & n
-    return Decisions(n, locs, galaxy, fields, marginal, loc_sd)
+    return Decisions(n, locs, galaxy, fields, marginal, loc_sd, cond)
+
+
+def _duplicates(cond, held, loc_new, idx, radius):
+    """Which new claims ``idx`` at ``loc_new[idx]`` lie within ``radius`` (tile units) of a
+    source ``held`` by one of their 8 neighbouring tiles (at ``cond``)."""
+    b, ty, tx = idx
+    s, nty, ntx = held.shape
+    p = loc_new[b, ty, tx] + torch.stack([tx, ty], 1).to(loc_new.dtype)
+    dup = torch.zeros(len(b), dtype=torch.bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy == dx == 0:
+                continue
+            ny, nx = ty + dy, tx + dx
+            ok = (ny >= 0) & (ny < nty) & (nx >= 0) & (nx < ntx)
+            ny, nx = ny.clamp(0, nty - 1), nx.clamp(0, ntx - 1)
+            q = cond[b, ny, nx] + torch.stack([nx, ny], 1).to(cond.dtype)
+            close = ((p - q) ** 2).sum(1) < radius**2
+            dup |= ok & held[b, ny, nx] & close
+    return dup
 
 
 def _group_pass(net, f, decided, n, locs, g: int, row_chunk: int):
@@ -307,6 +344,7 @@ def map_catalog(
     threshold: float = 0.5,
     bands=("i",),
     sweeps: int = 1,
+    merge_px: float | None = None,
 ) -> FullCatalog:
     """MAP catalog (paper 000 section 4.2): detections with probability > ``threshold``.
 
@@ -316,7 +354,7 @@ def map_catalog(
     ``galaxy_prob``, ``galaxy``, ``tile_x, tile_y``. The metadata holds the weights'
     centroid-interval calibration (see :func:`probcat.infer.calibration.centroid_interval`).
     """
-    dec = decode(net, feats, image=image, threshold=threshold, sweeps=sweeps)
+    dec = decode(net, feats, image=image, threshold=threshold, sweeps=sweeps, merge_px=merge_px)
     return catalog_from_decisions(
         dec, 0, dec.marginal, image_shape, net.tile_size, bands, map_meta(net, threshold)
     )

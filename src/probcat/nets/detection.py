@@ -303,6 +303,9 @@ class DetectionNet(nn.Module):
         self.proximity = proximity
         # CentroidCalibration of the catalogue's intervals, set by the weights loader
         self.centroid_calibration = None
+        # radius (px) within which claims of neighbouring tiles are one source when decoding
+        # (probcat.infer.merge), set by the weights loader; 0: no merging
+        self.merge_px = 0.0
         if stem == "conv":
             self.stem = nn.Sequential(
                 nn.Conv2d(n_bands, stem_channels, 5, padding=2),

@@ -12,6 +12,11 @@ An optional second phase of ``finetune_steps`` (warm restart of the learning rat
 marginal posterior instead of the true ones (``finetune_cond_locs="sampled"``), the state
 that sampling and MAP decoding actually put the later groups in.
 
+A location refiner (``loc_refine``) is trained either jointly in that fine-tuning phase, or,
+with ``refine_steps > 0``, alone in a third phase on the frozen network (warm restart at
+``refine_lr``): the first two phases are then those of the same config without it, so a
+finished run resumes into a config that adds the refiner.
+
 Checkpoints are written atomically every ``checkpoint_every`` steps and a rerun with the
 same output directory resumes from the last one; a first-phase checkpoint also resumes into
 a config that adds a fine-tuning phase (the first phase is the same computation).
@@ -74,7 +79,10 @@ class DetectionTrainConfig:
     finetune_cond_locs: str = "sampled"
     loc_refine: bool = False
     refiner_lr_scale: float = 4.0
+    refine_steps: int = 0
+    refine_lr: float = 2e-3
     calibration_scenes: int = 512
+    merge_scenes: int = 256
     tile_size: int = 5
 
     def __post_init__(self):
@@ -85,16 +93,28 @@ class DetectionTrainConfig:
                 raise ProbcatValueError(
                     f"{name} must be 'true' or 'sampled', got {getattr(self, name)!r}"
                 )
-        if self.finetune_steps < 0:
-            raise ProbcatValueError("finetune_steps must be >= 0")
-        if self.loc_refine and (self.finetune_steps == 0 or self.checkerboard != "all"):
+        for name in ("finetune_steps", "refine_steps"):
+            if getattr(self, name) < 0:
+                raise ProbcatValueError(f"{name} must be >= 0")
+        if self.refine_steps and not self.loc_refine:
+            raise ProbcatValueError("refine_steps train the location refiner: set loc_refine")
+        if self.joint_refiner and (self.finetune_steps == 0 or self.checkerboard != "all"):
             raise ProbcatValueError(
                 "loc_refine is trained in the fine-tuning phase of checkerboard 'all': "
-                "set finetune_steps > 0"
+                "set finetune_steps > 0, or refine_steps > 0 to train it alone afterwards"
             )
         for name in ("batch_size", "steps", "bank_size", "val_scenes", "threads"):
             if getattr(self, name) < 1:
                 raise ProbcatValueError(f"{name} must be >= 1")
+
+    @property
+    def joint_refiner(self) -> bool:
+        """The location refiner is trained jointly in the fine-tuning phase."""
+        return self.loc_refine and self.refine_steps == 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps + self.finetune_steps + self.refine_steps
 
     def survey(self) -> Survey:
         return Survey.lsst(bands=self.bands, years=self.years)
@@ -280,6 +300,18 @@ def _refine_loss(net: DetectionNet, x, truth: TileCatalog, drawn, gen):
     return nll.sum() / x.shape[0], refined
 
 
+def refiner_loss(
+    net: DetectionNet, x: torch.Tensor, truth: TileCatalog, gen=None
+) -> dict[str, torch.Tensor]:
+    """The location refiner's loss alone (:func:`_refine_loss`, proposals drawn from the
+    tiles' marginal posterior) on the frozen rest of the network (run it in eval mode)."""
+    with torch.no_grad():
+        out = TileOutput(*net.detection_params(net.trunk(net.features(x))), None)
+        drawn = out.sample_locs(gen)
+    nll, _ = _refine_loss(net, x, truth, drawn, gen)
+    return {"refine": nll, "total": nll}
+
+
 @torch.no_grad()
 def validate(net: DetectionNet, x: torch.Tensor, truth: TileCatalog) -> dict[str, float]:
     """Marginal (nothing decided) loss parts and detection accuracy on the validation set."""
@@ -298,27 +330,35 @@ def validate(net: DetectionNet, x: torch.Tensor, truth: TileCatalog) -> dict[str
         out = net.heads(net.features(xi), type_locs=sub.locs, image=xi, type_mask=sub.n_sources > 0)
         for k, v in favi_detection_loss(out, sub).items():
             parts[k] += float(v) * sub.n_sources.shape[0] / n_img
+        if net.loc_refine:
+            gen = torch.Generator().manual_seed(i)
+            nll = float(refiner_loss(net, xi, sub, gen)["refine"])
+            parts["refine"] = parts.get("refine", 0.0) + nll * sub.n_sources.shape[0] / n_img
     net.train()
     return parts
 
 
-# settings of the fine-tuning phase only: a first-phase checkpoint resumes into them
-FINETUNE_KEYS = (
-    "finetune_steps",
-    "finetune_lr",
-    "finetune_cond_locs",
-    "loc_refine",
-    "refiner_lr_scale",
-)
+# settings of the refiner-only third phase: a checkpoint of the first two phases resumes
+# into a config that adds or changes them
+REFINE_KEYS = ("loc_refine", "refiner_lr_scale", "refine_steps", "refine_lr")
+# settings of the later phases: a first-phase checkpoint resumes into them
+FINETUNE_KEYS = ("finetune_steps", "finetune_lr", "finetune_cond_locs", *REFINE_KEYS)
+
+
+def _restart(lr: float, k: int, n: int) -> float:
+    """Warm restart at ``lr``, step ``k`` of ``n``: linear warm-up, cosine decay."""
+    warm = min(100, n)
+    if k < warm:
+        return lr * (k + 1) / warm
+    p = (k - warm) / max(n - warm, 1)
+    return lr * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
 
 
 def _lr(cfg: DetectionTrainConfig, step: int) -> float:
-    if step >= cfg.steps:  # second phase: warm restart, linear warm-up, cosine decay
-        k, warm = step - cfg.steps, min(100, cfg.finetune_steps)
-        if k < warm:
-            return cfg.finetune_lr * (k + 1) / warm
-        p = (k - warm) / max(cfg.finetune_steps - warm, 1)
-        return cfg.finetune_lr * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+    if step >= cfg.steps + cfg.finetune_steps and cfg.refine_steps:  # third phase
+        return _restart(cfg.refine_lr, step - cfg.steps - cfg.finetune_steps, cfg.refine_steps)
+    if step >= cfg.steps:  # second phase
+        return _restart(cfg.finetune_lr, step - cfg.steps, cfg.finetune_steps)
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     p = (step - cfg.warmup) / max(cfg.steps - cfg.warmup, 1)
@@ -328,11 +368,18 @@ def _lr(cfg: DetectionTrainConfig, step: int) -> float:
 def _compatible(saved: dict, cfg: DetectionTrainConfig, step: int) -> bool:
     """Can a checkpoint written with config ``saved`` at ``step`` resume under ``cfg``?
     Settings added since it was written take their defaults; a first-phase checkpoint
-    resumes into a config that only adds or changes the fine-tuning phase."""
+    resumes into a config that only adds or changes the later phases, and a checkpoint of
+    the first two phases (no refiner trained in them) into one that only adds or changes a
+    refiner-only third phase."""
     now = asdict(cfg)
     saved = {**asdict(DetectionTrainConfig()), **saved}
-    keys = [k for k in now if step > cfg.steps or k not in FINETUNE_KEYS]
-    return all(saved[k] == now[k] for k in keys)
+    free: tuple[str, ...] = ()
+    if step <= cfg.steps:
+        free = FINETUNE_KEYS
+    elif step <= cfg.steps + cfg.finetune_steps and cfg.refine_steps:
+        joint_before = saved["loc_refine"] and not saved["refine_steps"]
+        free = () if joint_before else REFINE_KEYS
+    return all(saved[k] == now[k] for k in now if k not in free)
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -385,31 +432,38 @@ def train_detection(
     if new and len(opt.param_groups) == 1:
         opt.add_param_group(extra)
     net.train()
-    total = cfg.steps + cfg.finetune_steps
+    total = cfg.total_steps
     bar = tqdm(total=total, initial=step, desc="training detection", disable=not progress)
     t0 = time.perf_counter() - elapsed
     running = None
     while step < total:
+        third = step >= cfg.steps + cfg.finetune_steps
         for k, g in enumerate(opt.param_groups):  # group 1: the new location refiner
-            g["lr"] = _lr(cfg, step) * (cfg.refiner_lr_scale if k == 1 else 1.0)
+            scale = cfg.refiner_lr_scale if k == 1 and not third else 1.0
+            g["lr"] = _lr(cfg, step) * scale
         x, truth = data.batch(rng, cfg.batch_size)
-        cond_locs = cfg.cond_locs if step < cfg.steps else cfg.finetune_cond_locs
-        loss = checkerboard_loss(
-            net,
-            x,
-            truth,
-            gen,
-            states=cfg.checkerboard,
-            cond_locs=cond_locs,
-            refine=cfg.loc_refine and step >= cfg.steps,
-        )
+        if third:  # the refiner alone, the rest frozen
+            net.eval()
+            loss = refiner_loss(net, x, truth, gen)
+        else:
+            cond_locs = cfg.cond_locs if step < cfg.steps else cfg.finetune_cond_locs
+            loss = checkerboard_loss(
+                net,
+                x,
+                truth,
+                gen,
+                states=cfg.checkerboard,
+                cond_locs=cond_locs,
+                refine=cfg.joint_refiner and step >= cfg.steps,
+            )
         opt.zero_grad(set_to_none=True)
         loss["total"].backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
         opt.step()
         step += 1
         value = float(loss["total"].detach())
-        running = value if running is None else 0.98 * running + 0.02 * value
+        new_phase = step in (cfg.steps + 1, cfg.steps + cfg.finetune_steps + 1)
+        running = value if running is None or new_phase else 0.98 * running + 0.02 * value
         bar.update()
         bar.set_postfix(loss=f"{running:.2f}")
         if step % cfg.val_every == 0 or step in (cfg.steps, total):
@@ -422,11 +476,17 @@ def train_detection(
                     "elapsed_s": time.perf_counter() - t0,
                 }
             )
+            refine = f", refine {val['refine']:.3f}" if "refine" in val else ""
             bar.write(
                 f"step {step}: train {running:.3f}  val {val['total']:.3f} "
-                f"(count {val['count']:.3f}, loc {val['loc']:.3f}, type {val['type']:.3f})"
+                f"(count {val['count']:.3f}, loc {val['loc']:.3f}, type {val['type']:.3f}"
+                f"{refine})"
             )
-        if step % cfg.checkpoint_every == 0 or step in (cfg.steps, total):
+        if step % cfg.checkpoint_every == 0 or step in (
+            cfg.steps,
+            cfg.total_steps - cfg.refine_steps,
+            total,
+        ):
             _save_checkpoint(
                 ckpt,
                 {
@@ -442,6 +502,7 @@ def train_detection(
             )
     bar.close()
     survey = cfg.survey()
+    merge = _fit_merge(net, cfg, cfg.merge_scenes, data.val_sim, progress)
     calibration = _fit_calibration(net, cfg, cfg.calibration_scenes, data.val_sim, progress)
     weights = {
         "kind": "detection",
@@ -450,6 +511,7 @@ def train_detection(
         "survey": survey.to_dict(),
         "config": asdict(cfg),
         "centroid_calibration": calibration,
+        "merge": merge,
     }
     manifest = {
         "kind": "detection",
@@ -465,6 +527,7 @@ def train_detection(
         "final_val": history[-1]["val"] if history else None,
         "history": history,
         "centroid_calibration": calibration,
+        "merge": merge,
         **provenance(command),
     }
     _write_run(out, weights, manifest)
@@ -478,8 +541,9 @@ def _write_run(out: Path, weights: dict, manifest: dict) -> None:
 
 
 def calibrate_run(out: str | Path, *, n_scenes: int = 512, cache_dir=None, progress=True) -> dict:
-    """Refit the centroid-interval calibration of the run in ``out`` (training fits it as
-    its last step) and record it in its ``detection.pt`` and ``manifest.json``."""
+    """Refit the merge rule (weights with a location refiner) and the centroid-interval
+    calibration of the run in ``out`` (training fits them as its last steps) and record
+    them in its ``detection.pt`` and ``manifest.json``."""
     out = Path(out)
     weights = torch.load(out / "detection.pt", map_location="cpu", weights_only=False)
     known = {f.name for f in fields(DetectionTrainConfig)}
@@ -488,10 +552,36 @@ def calibrate_run(out: str | Path, *, n_scenes: int = 512, cache_dir=None, progr
     net.load_state_dict(weights["state_dict"])
     manifest = json.loads((out / "manifest.json").read_text())
     sim = _simulator(cfg, "val", cache_dir, progress)
+    merge = _fit_merge(net, cfg, cfg.merge_scenes, sim, progress)
     cal = _fit_calibration(net, cfg, n_scenes, sim, progress)
     weights["centroid_calibration"] = manifest["centroid_calibration"] = cal
+    weights["merge"] = manifest["merge"] = merge
     _write_run(out, weights, manifest)
     return manifest
+
+
+def _fit_merge(net, cfg: DetectionTrainConfig, n_scenes, sim: SceneSimulator, progress):
+    """The radius within which decoding merges claims of neighbouring tiles
+    (:mod:`probcat.infer.merge`), fitted on fresh scenes of ``sim`` (validation galaxies, a
+    seed of its own) and set on ``net``; None (no merging) without a location refiner."""
+    from probcat.infer.merge import fit_merge_radius
+
+    if not cfg.loc_refine:
+        return None
+    seed = [cfg.seed, 23]
+    rule = fit_merge_radius(
+        net,
+        sim,
+        cfg.survey().noise_sigma,
+        n_scenes=n_scenes,
+        rng=np.random.default_rng(seed),
+        seed=cfg.seed,
+        source=f"{n_scenes} validation scenes ({cfg.image_size} px, split=val, seed {seed}): "
+        "MAP catalogues and 4 posterior samples each at every radius",
+        progress=progress,
+    )
+    net.merge_px = rule.radius_px
+    return rule.to_dict()
 
 
 def _fit_calibration(

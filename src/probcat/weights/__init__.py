@@ -52,6 +52,8 @@ def _load_cached(path: str, mtime: float):
         from probcat.infer.calibration import CentroidCalibration
 
         net.centroid_calibration = CentroidCalibration.from_dict(state["centroid_calibration"])
+    if state.get("merge"):
+        net.merge_px = float(state["merge"]["radius_px"])
     return net, Survey.from_dict(state["survey"])
 
 
