@@ -387,9 +387,9 @@ def test_later_sweeps_redecide_each_group_given_all_others(monkeypatch):
     seen = []
     real = D._group_pass
 
-    def spy(net_, f, decided, n, locs, g, row_chunk):
+    def spy(net_, f, decided, n, locs, g, row_chunk, every_tile=True):
         seen.append((g, decided.clone()))
-        return real(net_, f, decided, n, locs, g, row_chunk)
+        return real(net_, f, decided, n, locs, g, row_chunk, every_tile)
 
     monkeypatch.setattr(D, "_group_pass", spy)
     dec = decode(net, feats, n_samples=4, generator=torch.Generator().manual_seed(0), sweeps=2)
@@ -523,3 +523,80 @@ def test_merge_rule_round_trips_and_f1_from_counts():
     assert _f1(np.zeros(3)) == 0.0
     rule = MergeRule(1.5, RADII, (0.1,) * len(RADII), (0.2,) * len(RADII), 3, "x")
     assert MergeRule.from_dict(rule.to_dict()) == rule
+
+
+@pytest.mark.parametrize("shape", [(6, 7), (7, 6), (5, 5)])
+def test_trunk_on_one_parity_equals_the_full_trunk_there(shape):
+    torch.manual_seed(0)
+    net = DetectionNet(n_bands=1, channels=8, n_blocks=1, stem="patchify", proximity=True).eval()
+    feats = torch.randn(2, 8, *shape)
+    decided = torch.rand(2, *shape) < 0.5
+    n = torch.rand(2, *shape) < 0.5
+    locs = torch.rand(2, *shape, 2)
+    with torch.no_grad():
+        full = net.trunk(feats, decided, n, locs)
+        for py in (0, 1):
+            for px in (0, 1):
+                part = net.trunk(feats, decided, n, locs, parity=(py, px))
+                assert torch.allclose(part, full[:, :, py::2, px::2], atol=1e-5)
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_group_only_heads_decode_as_the_every_tile_heads(monkeypatch, refine):
+    """Later passes run the heads on their group's tiles only: same decisions, locations and
+    conditional outputs as running them on every tile."""
+    import probcat.infer.detect as D
+
+    net = (
+        _refiner_net()
+        if refine
+        else DetectionNet(
+            n_bands=1, channels=8, n_blocks=1, stem="patchify", classifier="stamp", proximity=True
+        ).eval()
+    )
+    img = np.random.default_rng(6).standard_normal((1, 43, 37)).astype(np.float32) * 3
+    feats, pixels = tile_features(net, img, 1.0), D.tile_image(net, img, 1.0)
+    kw = dict(image=pixels, n_samples=3, sweeps=2, row_chunk=3)
+    fast = decode(net, feats, generator=torch.Generator().manual_seed(2), **kw)
+    real = D._group_pass
+    monkeypatch.setattr(
+        D,
+        "_group_pass",
+        lambda *a: real(*a[:7], True),  # every tile, every pass
+    )
+    slow = decode(net, feats, generator=torch.Generator().manual_seed(2), **kw)
+    assert torch.equal(fast.n, slow.n) and fast.n.any()
+    assert torch.allclose(fast.locs, slow.locs, atol=1e-5)
+    c, w = fast.conditional, slow.conditional
+    assert torch.allclose(c.count_logit, w.count_logit, atol=1e-5)
+    assert torch.allclose(c.galaxy_logit, w.galaxy_logit, atol=1e-5, equal_nan=True)
+
+
+def test_for_inference_keeps_the_outputs():
+    """Batch norms folded into their convolutions, channels-last weights: same features,
+    heads and stamp outputs as the plain network in eval mode."""
+    import copy
+
+    from probcat.infer.detect import tile_image
+    from probcat.nets.detection import for_inference
+
+    net = _refiner_net()
+    with torch.no_grad():  # non-trivial batch-norm statistics
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_(1, 0.2)
+    fast = for_inference(copy.deepcopy(net))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    img = np.random.default_rng(7).standard_normal((1, 40, 45)).astype(np.float32) * 3
+    fa, fb = tile_features(net, img, 1.0), tile_features(fast, img, 1.0)
+    assert torch.allclose(fa, fb, atol=1e-4)
+    pixels = tile_image(net, img, 1.0)
+    a = decode(net, fa, image=pixels, threshold=0.3)
+    b = decode(fast, fa, image=pixels, threshold=0.3)
+    assert torch.equal(a.n, b.n) and a.n.any()
+    assert torch.allclose(a.locs, b.locs, atol=1e-5)
+    assert torch.allclose(
+        a.conditional.galaxy_logit, b.conditional.galaxy_logit, atol=1e-4, equal_nan=True
+    )

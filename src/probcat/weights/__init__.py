@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from probcat.errors import ProbcatFileError, ProbcatIOError
-from probcat.nets.detection import DetectionNet
+from probcat.nets.detection import DetectionNet, for_inference
 from probcat.survey import Survey
 
 __all__ = ["load_detection", "shipped", "DEFAULT_DETECTION"]
@@ -47,7 +47,7 @@ def _load_cached(path: str, mtime: float):
         net.load_state_dict(state["state_dict"])
     except (TypeError, RuntimeError) as e:
         raise ProbcatIOError(f"{path}: weights do not fit the detection network ({e})") from e
-    net.eval()
+    for_inference(net)
     if state.get("centroid_calibration"):
         from probcat.infer.calibration import CentroidCalibration
 
