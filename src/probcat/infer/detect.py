@@ -234,7 +234,7 @@ def decode(
         if radius > 0 and len(bi):
             held = decided & n & ~now
             dup = _duplicates(cond, held, loc_cond, (bi, ty, tx), radius / net.tile_size)
-            on = on.index_put((bi[dup], ty[dup], tx[dup]), torch.zeros((), dtype=torch.bool))
+            on = on.index_put((bi[dup], ty[dup], tx[dup]), on.new_zeros(()))
             keep = ~dup
             bi, ty, tx = bi[keep], ty[keep], tx[keep]
         out.galaxy_logit = torch.full((s, nty, ntx), float("nan"))
@@ -267,7 +267,7 @@ def _duplicates(cond, held, loc_new, idx, radius):
     b, ty, tx = idx
     s, nty, ntx = held.shape
     p = loc_new[b, ty, tx] + torch.stack([tx, ty], 1).to(loc_new.dtype)
-    dup = torch.zeros(len(b), dtype=torch.bool)
+    dup = torch.zeros(len(b), dtype=torch.bool, device=held.device)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
             if dy == dx == 0:
