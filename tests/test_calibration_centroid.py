@@ -87,3 +87,40 @@ def test_weights_calibration_reaches_the_written_catalog(weights, tmp_path, suff
     assert np.allclose(got["x_hi"], back["x"] + k * back["x_sd"])
     plain = detect(img, weights=weights, threshold=0.0).catalog
     assert "centroid_calibration" not in plain.meta
+
+
+def test_quantile_draws_reproduce_the_calibration():
+    rng = np.random.default_rng(1)
+    heavy = np.abs(rng.standard_t(3, 100_000)) * 0.7
+    cal = calibration_from_errors(heavy)
+    z = cal.quantile(rng.random(200_000))
+    for level in (0.3, 0.6827, 0.9, 0.9545):
+        assert np.quantile(z, level) == pytest.approx(cal.factor(level), rel=0.02)
+    assert cal.quantile(np.array([0.0]))[0] == 0.0
+    # beyond the last level: a normal tail through it, increasing
+    far = cal.quantile(np.array([0.99, 0.995, 0.999]))
+    assert far[0] == pytest.approx(cal.factor(0.99)) and np.all(np.diff(far) > 0)
+
+
+def test_refined_sample_positions_follow_the_calibration():
+    """With a calibration of errors at half the refiner's sd, sampled positions scatter
+    around the refined means at half the sd; without one, at the sd."""
+    from probcat.infer.detect import decode, tile_features, tile_image
+    from probcat.nets.detection import DetectionNet
+
+    torch.manual_seed(0)
+    net = DetectionNet(
+        n_bands=1, channels=8, n_blocks=1, stem="patchify", classifier="stamp", loc_refine=True
+    ).eval()
+    img = np.random.default_rng(4).standard_normal((1, 40, 45)).astype(np.float32) * 3
+    feats, pixels = tile_features(net, img, 1.0), tile_image(net, img, 1.0)
+
+    def spread():
+        dec = decode(net, feats, image=pixels, n_samples=64, generator=torch.Generator())
+        z = (dec.locs - dec.cond_locs)[dec.n] / dec.loc_sd[dec.n]
+        return float(z.std())
+
+    assert spread() == pytest.approx(1.0, abs=0.05)
+    half = np.abs(np.random.default_rng(2).standard_normal(100_000)) * 0.5
+    net.centroid_calibration = calibration_from_errors(half)
+    assert spread() == pytest.approx(0.5, abs=0.03)

@@ -63,6 +63,16 @@ class CentroidCalibration:
             )
         return float(np.interp(level, lv, self.k))
 
+    def quantile(self, u: np.ndarray) -> np.ndarray:
+        """The calibrated distribution of ``|error| / sd`` at probabilities ``u`` in
+        ``[0, 1)``: linear between the fitted levels (0 at 0), a normal tail scaled to the
+        last level beyond it. ``sign * quantile(U)`` draws standardised errors."""
+        u = np.asarray(u, float)
+        lv, k = np.asarray(self.levels), np.asarray(self.k)
+        core = np.interp(u, np.r_[0.0, lv], np.r_[0.0, k])
+        tail = k[-1] * norm.ppf((1 + u) / 2) / norm.ppf((1 + lv[-1]) / 2)
+        return np.where(u <= lv[-1], core, tail)
+
     def to_dict(self) -> dict:
         return {"levels": list(self.levels), "k": list(self.k), "n": self.n, "source": self.source}
 
