@@ -465,6 +465,16 @@ def test_location_refiner_learns_positions_off_the_proposal():
     assert float(torch.exp(0.5 * logvar).mean()) * t < 1.0  # px: narrower than the start
 
 
+def _stamp_net(refine: bool):
+    """A small seeded stamp-classifier network, with a switched-on refiner if ``refine``."""
+    if refine:
+        return _refiner_net()
+    torch.manual_seed(0)
+    return DetectionNet(
+        n_bands=1, channels=8, n_blocks=1, stem="patchify", classifier="stamp", proximity=True
+    ).eval()
+
+
 def _neighbour_pairs(ty, tx):
     """Index pairs ``(i, j)``, ``i < j``, of sources in 8-neighbouring tiles."""
     i, j = np.triu_indices(len(ty), 1)
@@ -487,14 +497,7 @@ def test_decode_merges_claims_of_neighbouring_tiles(refine):
     such pairs without); a radius beyond any neighbour's reach keeps the first group only."""
     from probcat.infer.detect import tile_image
 
-    torch.manual_seed(0)
-    net = (
-        _refiner_net()
-        if refine
-        else DetectionNet(
-            n_bands=1, channels=8, n_blocks=1, stem="patchify", classifier="stamp", proximity=True
-        ).eval()
-    )
+    net = _stamp_net(refine)
     img = np.random.default_rng(4).standard_normal((1, 40, 45)).astype(np.float32) * 3
     feats, pixels = tile_features(net, img, 1.0), tile_image(net, img, 1.0)
     kw = dict(image=pixels, n_samples=6, sweeps=2)
@@ -547,13 +550,7 @@ def test_group_only_heads_decode_as_the_every_tile_heads(monkeypatch, refine):
     conditional outputs as running them on every tile."""
     import probcat.infer.detect as D
 
-    net = (
-        _refiner_net()
-        if refine
-        else DetectionNet(
-            n_bands=1, channels=8, n_blocks=1, stem="patchify", classifier="stamp", proximity=True
-        ).eval()
-    )
+    net = _stamp_net(refine)
     img = np.random.default_rng(6).standard_normal((1, 43, 37)).astype(np.float32) * 3
     feats, pixels = tile_features(net, img, 1.0), D.tile_image(net, img, 1.0)
     kw = dict(image=pixels, n_samples=3, sweeps=2, row_chunk=3)
