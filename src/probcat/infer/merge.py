@@ -65,9 +65,11 @@ class MergeRule:
 
 
 def _f1(counts: np.ndarray) -> float:
-    """F1 from ``(matched, estimated, true)`` counts."""
+    """F1 from ``(matched, estimated, true)`` counts (0 without a match)."""
+    from probcat.metrics.detection import f1_score
+
     tp, n_est, n_true = counts
-    return float(2 * tp / (n_est + n_true)) if n_est + n_true else 0.0
+    return float(f1_score(tp / n_est, tp / n_true)) if tp else 0.0
 
 
 @torch.no_grad()

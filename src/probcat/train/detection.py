@@ -502,8 +502,7 @@ def train_detection(
             )
     bar.close()
     survey = cfg.survey()
-    merge = _fit_merge(net, cfg, cfg.merge_scenes, data.val_sim, progress)
-    calibration = _fit_calibration(net, cfg, cfg.calibration_scenes, data.val_sim, progress)
+    merge, calibration = _fit_decoding(net, cfg, cfg.calibration_scenes, data.val_sim, progress)
     weights = {
         "kind": "detection",
         "hparams": net.hparams,
@@ -552,12 +551,18 @@ def calibrate_run(out: str | Path, *, n_scenes: int = 512, cache_dir=None, progr
     net.load_state_dict(weights["state_dict"])
     manifest = json.loads((out / "manifest.json").read_text())
     sim = _simulator(cfg, "val", cache_dir, progress)
-    merge = _fit_merge(net, cfg, cfg.merge_scenes, sim, progress)
-    cal = _fit_calibration(net, cfg, n_scenes, sim, progress)
+    merge, cal = _fit_decoding(net, cfg, n_scenes, sim, progress)
     weights["centroid_calibration"] = manifest["centroid_calibration"] = cal
     weights["merge"] = manifest["merge"] = merge
     _write_run(out, weights, manifest)
     return manifest
+
+
+def _fit_decoding(net, cfg: DetectionTrainConfig, calibration_scenes, sim, progress):
+    """The fits that follow training, in order: the merge radius (set on ``net``), then the
+    centroid calibration of the catalogues decoded with it."""
+    merge = _fit_merge(net, cfg, cfg.merge_scenes, sim, progress)
+    return merge, _fit_calibration(net, cfg, calibration_scenes, sim, progress)
 
 
 def _fit_merge(net, cfg: DetectionTrainConfig, n_scenes, sim: SceneSimulator, progress):
