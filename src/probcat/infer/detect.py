@@ -2,8 +2,9 @@
 posterior catalog samples.
 
 An image of any size is padded (never cropped) to whole tiles plus a halo of blank sky,
-and the backbone runs in overlapping chunks whose halo covers the receptive field, so the
-stitched tile features equal whole-image inference while memory is bounded by the chunk.
+and the backbone runs, unpadded, in overlapping chunks whose halo covers the receptive
+field, so the stitched tile features equal whole-image inference while memory is bounded
+by the chunk.
 The cheap tile-resolution heads then run on the whole tile grid, group by group
 (checkerboard decoding, see :mod:`probcat.nets.detection`).
 """
@@ -76,7 +77,7 @@ def tile_features(
     t = net.tile_size
     _, h, w = x.shape
     nty, ntx = math.ceil(h / t), math.ceil(w / t)
-    halo = math.ceil(net.receptive_field / 2 / t) + 1  # tiles of context on each side
+    halo = net.feature_halo  # tiles of context on each side
     padded = np.zeros((x.shape[0], (nty + 2 * halo) * t, (ntx + 2 * halo) * t), np.float32)
     padded[:, halo * t : halo * t + h, halo * t : halo * t + w] = x
     feats = None
@@ -85,10 +86,11 @@ def tile_features(
             ty1, tx1 = min(ty0 + chunk_tiles, nty), min(tx0 + chunk_tiles, ntx)
             # core tiles [ty0, ty1) sit at padded tiles [ty0 + halo, ty1 + halo)
             crop = padded[:, ty0 * t : (ty1 + 2 * halo) * t, tx0 * t : (tx1 + 2 * halo) * t]
-            f = net.features(torch.from_numpy(np.ascontiguousarray(crop))[None])
-            if feats is None:
+            f = net.features(torch.from_numpy(np.ascontiguousarray(crop))[None], valid=True)
+            if feats is None:  # channels-last: the layout the heads' convolutions run fastest in
                 feats = f.new_zeros(1, f.shape[1], nty, ntx)
-            feats[:, :, ty0:ty1, tx0:tx1] = f[:, :, halo:-halo, halo:-halo]
+                feats = feats.contiguous(memory_format=torch.channels_last)
+            feats[:, :, ty0:ty1, tx0:tx1] = f
     return feats
 
 
@@ -116,10 +118,10 @@ def batch_tile_features(net: DetectionNet, images: np.ndarray, noise_sigma) -> t
     t = net.tile_size
     b, nb, h, w = x.shape
     nty, ntx = math.ceil(h / t), math.ceil(w / t)
-    halo = math.ceil(net.receptive_field / 2 / t) + 1
+    halo = net.feature_halo
     padded = np.zeros((b, nb, (nty + 2 * halo) * t, (ntx + 2 * halo) * t), np.float32)
     padded[:, :, halo * t : halo * t + h, halo * t : halo * t + w] = x
-    return net.features(torch.from_numpy(padded))[:, :, halo:-halo, halo:-halo]
+    return net.features(torch.from_numpy(padded), valid=True)
 
 
 @torch.no_grad()
