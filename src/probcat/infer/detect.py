@@ -73,13 +73,9 @@ def tile_features(
 ) -> torch.Tensor:
     """Backbone features ``(1, C, ceil(H/t), ceil(W/t))`` of an image of any size."""
     net.eval()
-    x = check_image(image, net.n_bands, noise_sigma)
-    t = net.tile_size
-    _, h, w = x.shape
-    nty, ntx = math.ceil(h / t), math.ceil(w / t)
-    halo = net.feature_halo  # tiles of context on each side
-    padded = np.zeros((x.shape[0], (nty + 2 * halo) * t, (ntx + 2 * halo) * t), np.float32)
-    padded[:, halo * t : halo * t + h, halo * t : halo * t + w] = x
+    padded = _halo_padded(net, check_image(image, net.n_bands, noise_sigma))
+    t, halo = net.tile_size, net.feature_halo
+    nty, ntx = padded.shape[-2] // t - 2 * halo, padded.shape[-1] // t - 2 * halo
     feats = None
     for ty0 in range(0, nty, chunk_tiles):
         for tx0 in range(0, ntx, chunk_tiles):
@@ -92,6 +88,18 @@ def tile_features(
                 feats = feats.contiguous(memory_format=torch.channels_last)
             feats[:, :, ty0:ty1, tx0:tx1] = f
     return feats
+
+
+def _halo_padded(net: DetectionNet, x: np.ndarray) -> np.ndarray:
+    """``x`` (``(..., H, W)``, sigma units) zero-padded to whole tiles plus
+    ``net.feature_halo`` tiles of blank sky on each side: the input of
+    ``net.features(valid=True)``, whose output is then one feature vector per image tile."""
+    t, halo = net.tile_size, net.feature_halo
+    h, w = x.shape[-2:]
+    nty, ntx = math.ceil(h / t), math.ceil(w / t)
+    padded = np.zeros((*x.shape[:-2], (nty + 2 * halo) * t, (ntx + 2 * halo) * t), np.float32)
+    padded[..., halo * t : halo * t + h, halo * t : halo * t + w] = x
+    return padded
 
 
 def tile_image(net: DetectionNet, image: np.ndarray, noise_sigma) -> torch.Tensor:
@@ -115,13 +123,7 @@ def batch_tile_features(net: DetectionNet, images: np.ndarray, noise_sigma) -> t
     net.eval()
     images = np.asarray(images)
     x = np.stack([check_image(im, net.n_bands, noise_sigma) for im in images])
-    t = net.tile_size
-    b, nb, h, w = x.shape
-    nty, ntx = math.ceil(h / t), math.ceil(w / t)
-    halo = net.feature_halo
-    padded = np.zeros((b, nb, (nty + 2 * halo) * t, (ntx + 2 * halo) * t), np.float32)
-    padded[:, :, halo * t : halo * t + h, halo * t : halo * t + w] = x
-    return net.features(torch.from_numpy(padded), valid=True)
+    return net.features(torch.from_numpy(_halo_padded(net, x)), valid=True)
 
 
 @torch.no_grad()

@@ -428,16 +428,20 @@ class DetectionNet(nn.Module):
         if not valid:
             return self.blocks(self.to_tiles(x))
         f = _unpadded(self.blocks, _unpadded(self.to_tiles, x))
-        s = math.ceil(_reach(self.stem) / self.tile_size)
+        s = self._stem_halo
         return f[..., s : f.shape[-2] - s, s : f.shape[-1] - s]
+
+    @property
+    def _stem_halo(self) -> int:
+        """The full-resolution stem's reach, rounded up to tiles."""
+        return math.ceil(_reach(self.stem) / self.tile_size)
 
     @property
     def feature_halo(self) -> int:
         """Tiles of context each side that one tile's backbone features depend on (the
-        tile-grid convolutions' reach plus the full-resolution stem's, rounded up to tiles):
-        what :meth:`features` with ``valid=True`` trims."""
-        stem = math.ceil(_reach(self.stem) / self.tile_size)
-        return stem + _reach(self.to_tiles) + _reach(self.blocks)
+        tile-grid convolutions' reach plus the stem's, rounded up to tiles): what
+        :meth:`features` with ``valid=True`` trims."""
+        return self._stem_halo + _reach(self.to_tiles) + _reach(self.blocks)
 
     def trunk(
         self,
