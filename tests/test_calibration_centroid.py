@@ -59,7 +59,7 @@ def test_too_few_matches_is_a_clear_error(tiny_bank, survey_i):
     torch.manual_seed(0)
     net = DetectionNet(n_bands=1, stem_channels=4, channels=8, n_blocks=1).eval()
     with torch.no_grad():
-        net.det_head.bias[0] = -20.0  # detects nothing
+        net.detection_head.det_head.bias[0] = -20.0  # detects nothing
     sim = SceneSimulator(tiny_bank, SceneConfig(40, 40))
     with pytest.raises(TooFewMatches):
         fit_centroid_calibration(net, sim, survey_i.noise_sigma, n_scenes=2, rng=0)
@@ -69,7 +69,7 @@ def test_too_few_matches_is_a_clear_error(tiny_bank, survey_i):
 def test_weights_calibration_reaches_the_written_catalog(weights, tmp_path, suffix):
     """A calibration stored in the weights file travels with the MAP catalogue (also
     through FITS and Parquet) and sets its intervals."""
-    from probcat.detect import detect
+    from probcat.api import detect
 
     state = torch.load(weights, weights_only=False)
     cal = calibration_from_errors(np.abs(np.random.default_rng(2).standard_t(4, 5000)))

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
-import torch
 
-from probcat.catalog import FullCatalog, TileCatalog, make_wcs
+from probcat.catalog import FullCatalog, make_wcs
 from probcat.errors import ProbcatIOError, ProbcatValueError
 
 
@@ -58,52 +57,25 @@ def test_wcs_pixel_sky_round_trip():
     assert (dec2 - dec) * 3600 == pytest.approx(0.2, rel=1e-4)
 
 
-def test_tile_round_trip_one_source_per_tile():
-    # one source in each of a few tiles, at arbitrary positions inside them
-    xs = np.array([0.1, 7.3, 13.9, 24.49])
-    ys = np.array([-0.4, 11.2, 3.3, 19.4])
-    c = FullCatalog(
-        {"x": xs, "y": ys, "flux": np.ones((4, 1)), "galaxy": np.array([1, 0, 1, 1], bool)},
-        (20, 25),
-    )
-    t = c.to_tiles(5)
-    assert t.n_sources.shape == (1, 4, 5) and t.n_sources.sum() == 4 and t.n_collisions == 0
-    assert torch.all((t.locs >= 0) & (t.locs < 1))
-    back = t.to_full()[0]
-    order = np.argsort(back["y"] * 100 + back["x"])
-    ref = np.argsort(ys * 100 + xs)
-    assert np.allclose(back["x"][order], xs[ref], atol=1e-5)
-    assert np.allclose(back["y"][order], ys[ref], atol=1e-5)
-    assert np.array_equal(back["galaxy"][order].astype(bool), c["galaxy"][ref])
-
-
-def test_tile_keeps_brightest_and_counts_collisions():
-    c = FullCatalog(
-        {
-            "x": np.array([1.0, 2.0, 3.0, 12.0]),
-            "y": np.array([1.0, 2.0, 0.0, 12.0]),
-            "flux": np.array([[5.0], [50.0], [1.0], [3.0]]),
-        },
-        (15, 15),
-    )
-    t = c.to_tiles(5)
-    assert t.n_collisions == 2
-    assert t.n_sources[0, 0, 0] == 1
-    assert t.params["flux"][0, 0, 0, 0] == 50.0
-    assert t.locs[0, 0, 0].tolist() == pytest.approx([(2.0 + 0.5) / 5, (2.0 + 0.5) / 5])
-
-
-def test_batched_tiling_matches_per_image():
-    cats = [_cat(8, s) for s in range(3)]
-    batch = TileCatalog.from_full(cats, 5)
-    for i, c in enumerate(cats):
-        single = c.to_tiles(5)
-        assert torch.equal(batch.n_sources[i], single.n_sources[0])
-        assert torch.allclose(batch.locs[i], single.locs[0])
-
-
 def test_catalog_validation():
     with pytest.raises(ProbcatValueError):
         FullCatalog({"x": np.zeros(2)}, (5, 5))
     with pytest.raises(ProbcatValueError):
         FullCatalog({"x": np.zeros(2), "y": np.zeros(3)}, (5, 5))
+
+
+def test_catalog_io_needs_neither_torch_nor_galsim(tmp_path):
+    """Reading and writing catalogs imports neither torch nor GalSim."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from probcat.catalog import FullCatalog\n"
+        f"p = {str(tmp_path / 'c.fits')!r}\n"
+        "FullCatalog({'x': np.zeros(2), 'y': np.ones(2)}, (4, 4)).write(p)\n"
+        "assert len(FullCatalog.read(p)) == 2\n"
+        "print(sorted(m for m in ('torch', 'galsim') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -3,7 +3,7 @@ import pytest
 
 from probcat.catalog import FullCatalog, make_wcs
 from probcat.cli import main
-from probcat.detect import detect
+from probcat.api import detect
 from probcat.errors import ProbcatIOError, ProbcatValueError
 from probcat.io import write_image
 from probcat.survey import Survey

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from probcat.catalog import FullCatalog, TileCatalog
+from probcat.catalog import FullCatalog
+from probcat.tiles import TileCatalog
 from probcat.errors import ProbcatValueError
 from probcat.infer.detect import (
     decode,
@@ -171,7 +172,7 @@ def test_sampling_matches_probabilities():
     with torch.no_grad():
         for p in net.parameters():
             p.zero_()
-        net.det_head.bias.copy_(torch.tensor([math.log(0.3 / 0.7), 0, 0, -30.0, -30.0]))
+        net.detection_head.det_head.bias.copy_(torch.tensor([math.log(0.3 / 0.7), 0, 0, -30.0, -30.0]))
     feats = torch.zeros(1, 4, 2, 3)
     s = sample_catalogs(net, feats, (10, 15), 3000, generator=torch.Generator().manual_seed(0))
     n = np.array([len(c) for c in s])
@@ -304,9 +305,9 @@ def test_proximity_conditioning_reaches_diagonal_neighbours():
     whether its diagonal neighbour's source sits on their shared corner."""
     torch.manual_seed(0)
     net = DetectionNet(n_bands=1, channels=8, n_blocks=1, stem="patchify", proximity=True).eval()
-    assert net.cond_in.in_channels == 6
+    assert net.detection_head.cond_in.in_channels == 6
     with torch.no_grad():
-        net.cond_in.weight[:, :4] = 0
+        net.detection_head.cond_in.weight[:, :4] = 0
     feats = torch.randn(1, 8, 4, 4)
     decided = (tile_groups(4, 4) == 0)[None]
     n = torch.zeros(1, 4, 4, dtype=torch.long)
@@ -405,7 +406,7 @@ def test_later_sweeps_redecide_each_group_given_all_others(monkeypatch):
 
 def test_location_refiner_starts_at_the_proposal():
     from probcat.infer.detect import tile_image
-    from probcat.nets.detection import REFINE_SD0
+    from probcat.nets.stamps import REFINE_SD0
 
     torch.manual_seed(0)
     plain = DetectionNet(
@@ -664,7 +665,7 @@ def test_trunk_with_nothing_decided_is_the_convolution_of_zeros(parity):
     none = torch.zeros(2, 6, 7, dtype=torch.bool)
     n, locs = torch.ones(2, 6, 7), torch.rand(2, 6, 7, 2)
     with torch.no_grad():
-        want = net.cond_mix(feats + net.cond_in(torch.zeros(2, 6, 6, 7)))
+        want = net.detection_head.cond_mix(feats + net.detection_head.cond_in(torch.zeros(2, 6, 6, 7)))
         if parity is not None:
             want = want[:, :, parity[0] :: 2, parity[1] :: 2]
         for decided in (None, none):

@@ -179,7 +179,7 @@ def test_refiner_phase_learning_rate_restarts():
 def test_refine_loss_is_the_normal_nll_of_the_true_positions(cache_dir):
     import math
 
-    from probcat.nets.detection import REFINE_SD0
+    from probcat.nets.stamps import REFINE_SD0
     from probcat.train.detection import checkerboard_loss
 
     cfg, x, truth, net = _batch_and_net(cache_dir, finetune_steps=1, loc_refine=True)

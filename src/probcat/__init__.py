@@ -1,43 +1,73 @@
-"""probcat: probabilistic catalogs from astronomical survey images by simulation-based inference.
+"""probcat: probabilistic catalogs from astronomical survey images by simulation-based
+inference.
 
 Public API (one entry per capability)::
 
-    from probcat import Survey, Simulation, SimulationConfig
-    sim = Simulation(SimulationConfig(recipe="blend", n=10, seed=1))
-    scene, extras = sim.scene(0)        # image (bands, H, W) in electrons + truth catalog
+    import probcat
+    res = probcat.detect("field.fits")          # MAP catalog, probability map, samples
+    det = probcat.load("detection_lsst_i")      # batched, device-aware Detector
+    cats = det.catalog([cutout_a, cutout_b])
+
+Names are imported on first use, so ``import probcat`` stays fast (torch, GalSim and
+astropy load only when a name that needs them is touched).
 """
 
-from probcat.catalog import FullCatalog, TileCatalog, make_wcs
-from probcat.errors import ProbcatError, ProbcatFileError, ProbcatIOError, ProbcatValueError
-from probcat.io import ImageData, read_image, write_image
-from probcat.simulate.bank import BankConfig, SourceBank
-from probcat.simulate.datasets import RECIPES, Simulation, SimulationConfig, write_dataset
-from probcat.simulate.scene import Scene, SceneConfig, SceneSimulator
-from probcat.survey import Band, Survey
+from __future__ import annotations
+
+import importlib
+
+from probcat.errors import (
+    ProbcatError,
+    ProbcatFileError,
+    ProbcatIOError,
+    ProbcatValueError,
+)
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "detect": "probcat.api",
+    "load": "probcat.api",
+    "Detector": "probcat.api",
+    "DetectionResult": "probcat.api",
+    "FullCatalog": "probcat.catalog",
+    "make_wcs": "probcat.catalog",
+    "concat_catalogs": "probcat.catalog",
+    "TileCatalog": "probcat.tiles",
+    "ImageData": "probcat.io",
+    "read_image": "probcat.io",
+    "write_image": "probcat.io",
+    "BankConfig": "probcat.simulate.bank",
+    "SourceBank": "probcat.simulate.bank",
+    "RECIPES": "probcat.simulate.datasets",
+    "Simulation": "probcat.simulate.datasets",
+    "SimulationConfig": "probcat.simulate.datasets",
+    "write_dataset": "probcat.simulate.datasets",
+    "Scene": "probcat.simulate.scene",
+    "SceneConfig": "probcat.simulate.scene",
+    "SceneSimulator": "probcat.simulate.scene",
+    "Band": "probcat.survey",
+    "Survey": "probcat.survey",
+}
+
 __all__ = [
-    "Band",
-    "Survey",
-    "FullCatalog",
-    "TileCatalog",
-    "make_wcs",
-    "ImageData",
-    "read_image",
-    "write_image",
-    "BankConfig",
-    "SourceBank",
-    "Scene",
-    "SceneConfig",
-    "SceneSimulator",
-    "RECIPES",
-    "Simulation",
-    "SimulationConfig",
-    "write_dataset",
+    *_LAZY,
     "ProbcatError",
     "ProbcatValueError",
     "ProbcatFileError",
     "ProbcatIOError",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'probcat' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

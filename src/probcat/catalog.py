@@ -1,9 +1,8 @@
-"""Catalog types: per-image variable-length :class:`FullCatalog` and per-tile :class:`TileCatalog`.
+"""Per-image catalogs (:class:`FullCatalog`): columns, FITS/Parquet I/O, WCS -> RA/Dec.
 
 Positions are 0-indexed pixel coordinates with pixel centres at integers
-(``image[..., y, x]``). A tile of side ``t`` with index ``(ty, tx)`` covers
-``x in [tx*t - 0.5, (tx+1)*t - 0.5)`` and likewise in y; inside a tile, locations are
-in tile units in ``[0, 1)``. This module is the only place tiling arithmetic lives.
+(``image[..., y, x]``). Reading and writing catalogs needs numpy and astropy only; the
+per-tile view lives in :mod:`probcat.tiles`.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
@@ -24,7 +22,6 @@ from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError
 
 __all__ = [
     "FullCatalog",
-    "TileCatalog",
     "atomic_write",
     "check_writable_dir",
     "make_wcs",
@@ -192,7 +189,10 @@ class FullCatalog:
         return cls.from_table(table)
 
     # ---- tiles ----------------------------------------------------------------------
-    def to_tiles(self, tile_size: int = 5, brightness: str = "flux") -> TileCatalog:
+    def to_tiles(self, tile_size: int = 5, brightness: str = "flux"):
+        """This catalog as a :class:`probcat.tiles.TileCatalog` (needs torch)."""
+        from probcat.tiles import TileCatalog
+
         return TileCatalog.from_full([self], tile_size=tile_size, brightness=brightness)
 
 
@@ -241,124 +241,14 @@ def _read_parquet(path) -> Table:
     return t
 
 
-@dataclass(frozen=True)
-class TileCatalog:
-    """Per-tile catalog of a batch of images: at most one source per tile.
-
-    Attributes:
-        n_sources: ``(B, nty, ntx)`` long, 0 or 1.
-        locs: ``(B, nty, ntx, 2)`` float, ``(x, y)`` of the source in tile units, [0, 1).
-        params: name -> ``(B, nty, ntx, k)`` float tensors (e.g. ``galaxy``, ``flux``), zero
-            where there is no source.
-        tile_size: tile side in pixels.
-        image_shape: ``(H, W)`` of the images.
-        n_collisions: how many sources were dropped because a brighter one shared a tile.
-    """
-
-    n_sources: torch.Tensor
-    locs: torch.Tensor
-    params: dict[str, torch.Tensor]
-    tile_size: int
-    image_shape: tuple[int, int]
-    bands: tuple[str, ...] = ("i",)
-    n_collisions: int = 0
-
-    @staticmethod
-    def grid_shape(image_shape: tuple[int, int], tile_size: int) -> tuple[int, int]:
-        """Number of tiles ``(nty, ntx)`` covering an image (last tiles may overhang)."""
-        h, w = image_shape
-        return -(-h // tile_size), -(-w // tile_size)
-
-    @property
-    def batch_size(self) -> int:
-        return self.n_sources.shape[0]
-
-    @classmethod
-    def from_full(
-        cls, cats: list[FullCatalog], tile_size: int = 5, brightness: str = "flux"
-    ) -> TileCatalog:
-        """Tile a batch of catalogs (same image shape). Where several sources fall in one
-        tile, the brightest (largest ``brightness`` summed over bands) is kept."""
-        if not cats:
-            raise ProbcatValueError("need at least one catalog")
-        shape, bands = cats[0].image_shape, cats[0].bands
-        if any(c.image_shape != shape for c in cats):
-            raise ProbcatValueError("all catalogs of a batch must share one image shape")
-        nty, ntx = cls.grid_shape(shape, tile_size)
-        b = len(cats)
-        names = [
-            k
-            for k in cats[0].colnames
-            if k not in ("x", "y")
-            and np.asarray(cats[0][k]).dtype.kind in "biuf"
-            and all(k in c for c in cats)
-        ]
-        x = np.concatenate([np.asarray(c["x"], float) for c in cats])
-        y = np.concatenate([np.asarray(c["y"], float) for c in cats])
-        img = np.concatenate([np.full(len(c), i) for i, c in enumerate(cats)]).astype(np.int64)
-        if brightness in cats[0]:
-            bright = np.concatenate([_as2d(c[brightness]).sum(1) for c in cats])
-        else:
-            bright = np.zeros(len(x))
-        tx = np.floor((x + 0.5) / tile_size).astype(np.int64)
-        ty = np.floor((y + 0.5) / tile_size).astype(np.int64)
-        inside = (tx >= 0) & (tx < ntx) & (ty >= 0) & (ty < nty)
-        flat = (img * nty + ty) * ntx + tx
-        order = np.lexsort((-bright, flat))
-        order = order[inside[order]]
-        first = np.ones(len(order), bool)
-        first[1:] = flat[order][1:] != flat[order][:-1]
-        keep = order[first]
-        n_collisions = int(len(order) - len(keep))
-
-        n_sources = torch.zeros(b * nty * ntx, dtype=torch.long)
-        n_sources[torch.from_numpy(flat[keep])] = 1
-        locs = torch.zeros(b * nty * ntx, 2)
-        lx = (x[keep] + 0.5) / tile_size - tx[keep]
-        ly = (y[keep] + 0.5) / tile_size - ty[keep]
-        locs[torch.from_numpy(flat[keep])] = torch.from_numpy(np.stack([lx, ly], 1)).float()
-        params = {}
-        for k in names:
-            col = np.concatenate([_as2d(c[k]) for c in cats])
-            t = torch.zeros(b * nty * ntx, col.shape[1])
-            t[torch.from_numpy(flat[keep])] = torch.from_numpy(col[keep]).float()
-            params[k] = t.reshape(b, nty, ntx, -1)
-        return cls(
-            n_sources.reshape(b, nty, ntx),
-            locs.reshape(b, nty, ntx, 2),
-            params,
-            tile_size,
-            tuple(shape),
-            tuple(bands),
-            n_collisions,
-        )
-
-    def to_full(self) -> list[FullCatalog]:
-        """Back to one :class:`FullCatalog` per image (sources in row-major tile order)."""
-        out = []
-        ts = self.tile_size
-        for i in range(self.batch_size):
-            ty, tx = torch.nonzero(self.n_sources[i] > 0, as_tuple=True)
-            loc = self.locs[i, ty, tx].double().numpy()
-            cols = {
-                "x": (tx.numpy() + loc[:, 0]) * ts - 0.5,
-                "y": (ty.numpy() + loc[:, 1]) * ts - 0.5,
-            }
-            for k, v in self.params.items():
-                val = v[i, ty, tx].double().numpy()
-                cols[k] = val[:, 0] if val.shape[1] == 1 and k not in _PER_BAND else val
-            out.append(FullCatalog(cols, self.image_shape, self.bands))
-        return out
-
-
-def _as2d(a) -> np.ndarray:
+def as2d(a) -> np.ndarray:
     """``(n, k)`` float view of a column, also for empty catalogs."""
     a = np.asarray(a, float)
     return a.reshape(len(a), int(np.prod(a.shape[1:], dtype=int)))
 
 
 # columns that keep their band axis even for a single band
-_PER_BAND = frozenset({"flux", "mag", "snr", "blendedness"})
+PER_BAND = frozenset({"flux", "mag", "snr", "blendedness"})
 
 
 def concat_catalogs(cats: list[FullCatalog], index_column: str = "image") -> FullCatalog:

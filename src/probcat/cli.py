@@ -93,6 +93,19 @@ def demo(
         typer.echo(line)
 
 
+def _threads_option(value: str) -> str | int:
+    """``--threads``: ``auto`` or a positive integer."""
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ProbcatValueError(f"--threads must be 'auto' or an integer >= 1, got {value!r}")
+    return n
+
+
 @app.command("detect")
 def detect_cmd(
     image: Path = typer.Argument(..., help="FITS image (electrons, background-subtracted)"),
@@ -100,18 +113,23 @@ def detect_cmd(
     threshold: float = typer.Option(0.5, help="detection probability threshold (MAP catalog)"),
     samples: int = typer.Option(0, help="posterior catalog samples, written to <out>_samples"),
     plot: Path = typer.Option(None, help="PNG of the image with detections by probability"),
-    weights: Path = typer.Option(None, help="weights file (default: shipped LSST-i)"),
+    weights: str = typer.Option(None, help="registered weights name or file (default: LSST-i)"),
     seed: int = typer.Option(0, help="seed of the posterior samples"),
+    threads: str = typer.Option(
+        "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
+    ),
+    device: str = typer.Option(None, help="cpu, cuda, ... (default: a GPU when present)"),
 ):
     """Probabilistic detection and star/galaxy classification of a FITS image."""
     import numpy as np
 
+    from probcat.api import load
     from probcat.catalog import concat_catalogs
-    from probcat.detect import detect
     from probcat.io import read_image
 
+    det = load(weights, device=device, threads=_threads_option(threads))
     data = read_image(image)
-    res = detect(data, weights=weights, threshold=threshold, samples=samples, seed=seed)
+    res = det.detect(data, threshold=threshold, samples=samples, seed=seed)
     out = out or image.with_name(image.stem + "_catalog.fits")
     res.catalog.write(out, wcs=res.wcs)
     msg = f"{len(res.catalog)} detections ({int(np.sum(res.catalog['galaxy']))} galaxies) -> {out}"
@@ -145,7 +163,7 @@ app.add_typer(train_app, name="train")
 def train_detection_cmd(
     config: Path = typer.Option(None, "--config", "-c", help="YAML training config"),
     out: Path = typer.Option(Path("runs/detection"), "--out", "-o", help="run directory"),
-    steps: int = typer.Option(None, help="override the number of (first-phase) steps"),
+    steps: int = typer.Option(None, help="override the first phase's number of steps"),
     cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):

@@ -32,7 +32,7 @@ def run_demo(
     weights=None,
 ) -> dict:
     from probcat.baselines.sep import sep_detect
-    from probcat.detect import detect
+    from probcat.api import detect
     from probcat.errors import ProbcatValueError
     from probcat.io import read_image
     from probcat.metrics.detection import match

@@ -20,6 +20,7 @@ import torch
 from probcat.catalog import FullCatalog
 from probcat.errors import ProbcatValueError
 from probcat.nets.detection import N_GROUPS, DetectionNet, TileOutput, tile_groups
+from probcat.tiles import pad_to_tiles, tile_to_pixel
 
 # Checkerboard sweeps per posterior catalog sample: the first draws every group in turn,
 # the next ones re-draw each group given all its neighbours (see decode).
@@ -82,7 +83,8 @@ def tile_features(
             ty1, tx1 = min(ty0 + chunk_tiles, nty), min(tx0 + chunk_tiles, ntx)
             # core tiles [ty0, ty1) sit at padded tiles [ty0 + halo, ty1 + halo)
             crop = padded[:, ty0 * t : (ty1 + 2 * halo) * t, tx0 * t : (tx1 + 2 * halo) * t]
-            f = net.features(torch.from_numpy(np.ascontiguousarray(crop))[None], valid=True)
+            x = torch.from_numpy(np.ascontiguousarray(crop))[None].to(net.device)
+            f = net.features(x, valid=True)
             if feats is None:  # channels-last: the layout the heads' convolutions run fastest in
                 feats = f.new_zeros(1, f.shape[1], nty, ntx)
                 feats = feats.contiguous(memory_format=torch.channels_last)
@@ -94,12 +96,7 @@ def _halo_padded(net: DetectionNet, x: np.ndarray) -> np.ndarray:
     """``x`` (``(..., H, W)``, sigma units) zero-padded to whole tiles plus
     ``net.feature_halo`` tiles of blank sky on each side: the input of
     ``net.features(valid=True)``, whose output is then one feature vector per image tile."""
-    t, halo = net.tile_size, net.feature_halo
-    h, w = x.shape[-2:]
-    nty, ntx = math.ceil(h / t), math.ceil(w / t)
-    padded = np.zeros((*x.shape[:-2], (nty + 2 * halo) * t, (ntx + 2 * halo) * t), np.float32)
-    padded[..., halo * t : halo * t + h, halo * t : halo * t + w] = x
-    return padded
+    return pad_to_tiles(x, net.tile_size, net.feature_halo)
 
 
 def tile_image(net: DetectionNet, image: np.ndarray, noise_sigma) -> torch.Tensor:
@@ -109,11 +106,7 @@ def tile_image(net: DetectionNet, image: np.ndarray, noise_sigma) -> torch.Tenso
     image = np.asarray(image)
     batch = image if image.ndim == 4 else image[None]
     x = np.stack([check_image(im, net.n_bands, noise_sigma) for im in batch])
-    t = net.tile_size
-    h, w = x.shape[-2:]
-    out = np.zeros((*x.shape[:2], math.ceil(h / t) * t, math.ceil(w / t) * t), np.float32)
-    out[..., :h, :w] = x
-    return torch.from_numpy(out)
+    return torch.from_numpy(pad_to_tiles(x, net.tile_size)).to(net.device)
 
 
 @torch.no_grad()
@@ -123,7 +116,7 @@ def batch_tile_features(net: DetectionNet, images: np.ndarray, noise_sigma) -> t
     net.eval()
     images = np.asarray(images)
     x = np.stack([check_image(im, net.n_bands, noise_sigma) for im in images])
-    return net.features(torch.from_numpy(_halo_padded(net, x)), valid=True)
+    return net.features(torch.from_numpy(_halo_padded(net, x)).to(net.device), valid=True)
 
 
 @torch.no_grad()
@@ -207,12 +200,13 @@ def decode(
     img = None if image is None else image.expand(f.shape[0], -1, -1, -1)
     s = f.shape[0]
     _, _, nty, ntx = f.shape
-    groups = tile_groups(nty, ntx, f.device)
-    n = torch.zeros(s, nty, ntx, dtype=torch.bool)
-    locs = torch.zeros(s, nty, ntx, 2)
+    dev = f.device
+    groups = tile_groups(nty, ntx, dev)
+    n = torch.zeros(s, nty, ntx, dtype=torch.bool, device=dev)
+    locs = torch.zeros(s, nty, ntx, 2, device=dev)
     cond = locs  # what later groups are conditioned on: the refined mean where refined
-    decided = torch.zeros(s, nty, ntx, dtype=torch.bool)
-    loc_sd = torch.zeros(s, nty, ntx, 2) if net.loc_refine else None
+    decided = torch.zeros(s, nty, ntx, dtype=torch.bool, device=dev)
+    loc_sd = torch.zeros(s, nty, ntx, 2, device=dev) if net.loc_refine else None
     fields = marginal = None
     for step in range(sweeps * N_GROUPS):
         g = step % N_GROUPS
@@ -220,7 +214,7 @@ def decode(
         # the first pass is every tile's marginal; later ones need their group's tiles only
         out, h_g = _group_pass(net, f, decided & ~now, n, cond, g, row_chunk, step == 0)
         if n_samples:
-            on = torch.rand(out.prob.shape, generator=generator) < out.prob
+            on = uniform(out.prob.shape, generator, dev) < out.prob
             loc = out.sample_locs(generator)
         else:
             on = out.prob > threshold
@@ -241,7 +235,7 @@ def decode(
             on = on.index_put((bi[dup], ty[dup], tx[dup]), on.new_zeros(()))
             keep = ~dup
             bi, ty, tx = bi[keep], ty[keep], tx[keep]
-        out.galaxy_logit = torch.full((s, nty, ntx), float("nan"))
+        out.galaxy_logit = torch.full((s, nty, ntx), float("nan"), device=dev)
         if len(bi) and step >= (sweeps - 1) * N_GROUPS:  # classified in the last sweep
             at = loc_cond[bi, ty, tx]
             logits = net.classify_at(h_g[bi, :, ty // 2, tx // 2], bi, ty, tx, at, img)
@@ -259,10 +253,17 @@ def decode(
     )
     p_gal = fields.galaxy_prob.nan_to_num(0.0)
     if n_samples:
-        galaxy = (torch.rand(p_gal.shape, generator=generator) < p_gal) & n
+        galaxy = (uniform(p_gal.shape, generator, dev) < p_gal) & n
     else:
         galaxy = (p_gal > 0.5) & n
     return Decisions(n, locs, galaxy, fields, marginal, loc_sd, cond)
+
+
+def uniform(shape, generator, device, dtype=torch.float32) -> torch.Tensor:
+    """Uniform draws on ``device``, taken from ``generator`` on the generator's own device
+    (a CPU generator gives the same draws whatever device the network runs on)."""
+    gdev = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=gdev, dtype=dtype).to(device)
 
 
 def _standard_errors(net: DetectionNet, shape, generator) -> torch.Tensor:
@@ -271,11 +272,12 @@ def _standard_errors(net: DetectionNet, shape, generator) -> torch.Tensor:
     narrower than the refined normal's and whose tails are not) when there is one, else
     standard normal. Samples then agree with the catalogue's calibrated intervals."""
     cal = net.centroid_calibration
+    gdev = generator.device if generator is not None else torch.device("cpu")
     if cal is None:
-        return torch.randn(shape, generator=generator)
-    u = torch.rand(shape, generator=generator, dtype=torch.float64).clamp_max(1 - 1e-12)
-    sign = torch.where(torch.rand(shape, generator=generator) < 0.5, -1.0, 1.0)
-    return sign * torch.from_numpy(cal.quantile(u.numpy())).float()
+        return torch.randn(shape, generator=generator, device=gdev)
+    u = uniform(shape, generator, gdev, torch.float64).clamp_max(1 - 1e-12)
+    sign = torch.where(uniform(shape, generator, gdev) < 0.5, -1.0, 1.0)
+    return sign * torch.from_numpy(cal.quantile(u.cpu().numpy())).float()
 
 
 def _duplicates(cond, held, loc_new, idx, radius):
@@ -340,24 +342,23 @@ def catalog_from_decisions(
     h, w = image_shape
     ty, tx = torch.nonzero(dec.n[k], as_tuple=True)
     loc = dec.locs[k, ty, tx].double()
-    x = ((tx + loc[:, 0]) * tile_size - 0.5).numpy()
-    y = ((ty + loc[:, 1]) * tile_size - 0.5).numpy()
+    x, y = (v.cpu().numpy() for v in tile_to_pixel(ty, tx, loc, tile_size))
     inside = (x >= -0.5) & (x < w - 0.5) & (y >= -0.5) & (y < h - 0.5)
     c = dec.conditional.at((k, ty, tx))  # derived quantities of the detections only
     m = marginal.at((min(k, marginal.prob.shape[0] - 1), ty, tx))
     sd = c.loc_post_sd if dec.loc_sd is None else dec.loc_sd[k, ty, tx]
-    sd = (sd * tile_size).double().numpy()
+    sd = (sd * tile_size).double().cpu().numpy()
     cols = {
         "x": x,
         "y": y,
         "x_sd": sd[:, 0],
         "y_sd": sd[:, 1],
-        "prob": m.prob.double().numpy(),
-        "prob_conditional": c.prob.double().numpy(),
-        "galaxy_prob": c.galaxy_prob.double().numpy(),
-        "galaxy": dec.galaxy[k, ty, tx].numpy(),
-        "tile_x": tx.numpy(),
-        "tile_y": ty.numpy(),
+        "prob": m.prob.double().cpu().numpy(),
+        "prob_conditional": c.prob.double().cpu().numpy(),
+        "galaxy_prob": c.galaxy_prob.double().cpu().numpy(),
+        "galaxy": dec.galaxy[k, ty, tx].cpu().numpy(),
+        "tile_x": tx.cpu().numpy(),
+        "tile_y": ty.cpu().numpy(),
     }
     return FullCatalog(
         {key: v[inside] for key, v in cols.items()}, tuple(image_shape), tuple(bands), meta

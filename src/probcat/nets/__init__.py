@@ -1,5 +1,8 @@
-"""Neural networks (``nn.Module`` only; losses live in ``probcat.train``)."""
+"""Neural networks (``nn.Module`` only): the shared backbone, detection heads, stamp
+networks and the detection encoder built from them."""
 
-from probcat.nets.detection import DetectionNet, TileOutput
+from probcat.nets.backbone import Backbone
+from probcat.nets.detection import DetectionNet
+from probcat.nets.heads import CheckerboardHead, TileOutput
 
-__all__ = ["DetectionNet", "TileOutput"]
+__all__ = ["Backbone", "CheckerboardHead", "DetectionNet", "TileOutput"]

@@ -41,7 +41,8 @@ def trunc_sample(mu: torch.Tensor, sd: torch.Tensor, generator=None) -> torch.Te
     """One draw per element by inverting the CDF (always inside [0, 1))."""
     a, b, _ = _bounds(mu, sd)
     lo, hi = ndtr(a), ndtr(b)
-    u = lo + (hi - lo) * torch.rand(mu.shape, generator=generator, device=mu.device)
+    gdev = generator.device if generator is not None else mu.device
+    u = lo + (hi - lo) * torch.rand(mu.shape, generator=generator, device=gdev).to(mu.device)
     x = mu + sd * ndtri(u.clamp(_EPS, 1 - _EPS))
     return x.clamp(0.0, 1.0 - _EPS)
 

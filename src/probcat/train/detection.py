@@ -1,53 +1,63 @@
-"""Training the detection/classification encoder by FAVI on fresh composed scenes.
+"""The detection/classification encoder as a training task (:mod:`probcat.train.loop`).
 
 Every step draws a new batch of ``blend``-like scenes from the training-split source bank
 (galaxies disjoint from validation and test), tiles their catalogs, and minimises eq. 10 of
-paper 000. Checkerboard training (:func:`checkerboard_loss`): on features computed once per
-image, the loss is taken in every decoding state, i.e. every tile's marginal and each tile
-group given the true catalog of the groups decoded before it; the classifier always sees
-true locations, as in paper 000 section 3.3.
+paper 000 under checkerboard conditioning (:func:`checkerboard_loss`): on features computed
+once per image, the loss is taken in every decoding state, i.e. every tile's marginal and
+each tile group given the catalog of the groups decoded before it; the classifier sees true
+locations, as in paper 000 section 3.3.
 
-An optional second phase of ``finetune_steps`` (warm restart of the learning rate at
-``finetune_lr``) can condition the decided groups on locations drawn from the network's own
-marginal posterior instead of the true ones (``finetune_cond_locs="sampled"``), the state
-that sampling and MAP decoding actually put the later groups in.
+Phases (``phases`` in the config), each with its steps and learning-rate restart:
 
-A location refiner (``loc_refine``) is trained either jointly in that fine-tuning phase, or,
-with ``refine_steps > 0``, alone in a third phase on the frozen network (warm restart at
-``refine_lr``): the first two phases are then those of the same config without it, so a
-finished run resumes into a config that adds the refiner.
+- ``train: all, cond_locs: "true"``: the decided groups are conditioned on the true catalog;
+- ``train: all, cond_locs: sampled``: on locations drawn from the network's own marginal
+  posterior, the state that decoding actually puts the later groups in;
+- ``train: refiner``: the location refiner alone (``model.loc_refine``), the rest frozen.
 
-Checkpoints are written atomically every ``checkpoint_every`` steps and a rerun with the
-same output directory resumes from the last one; a first-phase checkpoint also resumes into
-a config that adds a fine-tuning phase (the first phase is the same computation).
+After training, the merge radius and the centroid-interval calibration are fitted on
+validation scenes (``probcat train calibrate RUN`` refits them).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
-from probcat.catalog import TileCatalog, atomic_write
+from probcat.config import from_dict, load_yaml, to_dict
 from probcat.errors import ProbcatValueError
 from probcat.nets.detection import N_GROUPS, DetectionNet, TileOutput, tile_groups
 from probcat.simulate.bank import BankConfig, SourceBank
 from probcat.simulate.scene import SceneConfig, SceneSimulator
 from probcat.survey import Survey
+from probcat.tiles import TileCatalog
+from probcat.train.loop import LoopSettings, Phase, fit, write_run
 from probcat.train.losses import favi_detection_loss
 
-__all__ = ["DetectionTrainConfig", "train_detection", "load_config", "calibrate_run"]
+__all__ = [
+    "DetectionTrainConfig",
+    "DetectionData",
+    "DetectionModel",
+    "DetectionPhase",
+    "DetectionFits",
+    "DetectionTask",
+    "train_detection",
+    "load_config",
+    "calibrate_run",
+    "checkerboard_loss",
+    "refiner_loss",
+]
 
 
 @dataclass(frozen=True)
-class DetectionTrainConfig:
-    """Settings of one training run (stored in the checkpoint and the manifest)."""
+class DetectionData:
+    """Training scenes: survey, source banks (train and val splits) and scene layout."""
 
     bands: str = "i"
     years: float = 10.0
@@ -58,134 +68,233 @@ class DetectionTrainConfig:
     image_size: int = 100
     margin: int = 8
     batch_size: int = 32
-    steps: int = 8000
-    lr: float = 2e-3
-    warmup: int = 200
-    seed: int = 0
     val_scenes: int = 256
-    val_every: int = 500
-    checkpoint_every: int = 250
-    threads: int = 2
+
+
+@dataclass(frozen=True)
+class DetectionModel:
+    """The network (:class:`~probcat.nets.detection.DetectionNet`)."""
+
+    tile_size: int = 5
+    stem: Literal["conv", "patchify"] = "conv"
     stem_channels: int = 12
     channels: int = 64
     n_blocks: int = 2
-    stem: str = "conv"
-    classifier: str = "stamp"
+    classifier: Literal["stamp", "tile"] = "stamp"
     proximity: bool = True
-    checkerboard: str = "all"
-    cond_locs: str = "true"
-    finetune_steps: int = 0
-    finetune_lr: float = 5e-4
-    finetune_cond_locs: str = "sampled"
     loc_refine: bool = False
-    refiner_lr_scale: float = 4.0
-    refine_steps: int = 0
-    refine_lr: float = 2e-3
-    calibration_scenes: int = 512
+
+
+@dataclass(frozen=True)
+class DetectionPhase:
+    """One phase: ``train`` all parameters or the location ``refiner`` alone; the decided
+    groups conditioned on ``"true"`` or ``sampled`` locations."""
+
+    name: str = "main"
+    steps: int = 8000
+    lr: float = 2e-3
+    warmup: int = 200
+    train: Literal["all", "refiner"] = "all"
+    cond_locs: Literal["true", "sampled"] = "true"
+
+
+@dataclass(frozen=True)
+class DetectionFits:
+    """Fits after training, on validation scenes."""
+
     merge_scenes: int = 256
-    tile_size: int = 5
+    calibration_scenes: int = 512
+
+
+@dataclass(frozen=True)
+class DetectionTrainConfig:
+    """Settings of one training run (stored in the checkpoint, weights and manifest)."""
+
+    data: DetectionData = field(default_factory=DetectionData)
+    model: DetectionModel = field(default_factory=DetectionModel)
+    phases: tuple[DetectionPhase, ...] = (DetectionPhase(),)
+    fits: DetectionFits = field(default_factory=DetectionFits)
+    seed: int = 0
+    val_every: int = 500
+    checkpoint_every: int = 250
+    threads: int = 2
 
     def __post_init__(self):
-        if self.image_size % self.tile_size:
-            raise ProbcatValueError(f"image_size must be a multiple of tile_size {self.tile_size}")
-        for name in ("cond_locs", "finetune_cond_locs"):
-            if getattr(self, name) not in ("true", "sampled"):
-                raise ProbcatValueError(
-                    f"{name} must be 'true' or 'sampled', got {getattr(self, name)!r}"
-                )
-        for name in ("finetune_steps", "refine_steps"):
-            if getattr(self, name) < 0:
-                raise ProbcatValueError(f"{name} must be >= 0")
-        if self.refine_steps and not self.loc_refine:
-            raise ProbcatValueError("refine_steps train the location refiner: set loc_refine")
-        if self.joint_refiner and (self.finetune_steps == 0 or self.checkerboard != "all"):
+        d, m = self.data, self.model
+        if not d.bands or any(b not in "ugrizy" for b in d.bands):
+            raise ProbcatValueError(f"data.bands: {d.bands!r} is not a string of ugrizy bands")
+        if m.tile_size < 1 or d.image_size % m.tile_size:
             raise ProbcatValueError(
-                "loc_refine is trained in the fine-tuning phase of checkerboard 'all': "
-                "set finetune_steps > 0, or refine_steps > 0 to train it alone afterwards"
+                f"data.image_size {d.image_size} must be a multiple of model.tile_size "
+                f"{m.tile_size}"
             )
-        for name in ("batch_size", "steps", "bank_size", "val_scenes", "threads"):
-            if getattr(self, name) < 1:
-                raise ProbcatValueError(f"{name} must be >= 1")
-
-    @property
-    def joint_refiner(self) -> bool:
-        """The location refiner is trained jointly in the fine-tuning phase."""
-        return self.loc_refine and self.refine_steps == 0
+        checks = {
+            "data.bank_size": d.bank_size,
+            "data.val_bank_size": d.val_bank_size,
+            "data.batch_size": d.batch_size,
+            "data.val_scenes": d.val_scenes,
+            "model.channels": m.channels,
+            "model.stem_channels": m.stem_channels,
+            "val_every": self.val_every,
+            "checkpoint_every": self.checkpoint_every,
+            "threads": self.threads,
+        }
+        for i, p in enumerate(self.phases):
+            checks[f"phases[{i}].steps"] = p.steps
+            if p.train == "refiner" and not m.loc_refine:
+                raise ProbcatValueError(
+                    f"phases[{i}].train: 'refiner' trains the location refiner: set "
+                    "model.loc_refine: true"
+                )
+            if not (p.lr > 0 and math.isfinite(p.lr)):
+                raise ProbcatValueError(f"phases[{i}].lr must be a positive number, got {p.lr}")
+        for name, v in checks.items():
+            if v < 1:
+                raise ProbcatValueError(f"{name} must be >= 1, got {v}")
+        if not self.phases:
+            raise ProbcatValueError("phases: at least one phase is needed")
+        if d.years <= 0 or not math.isfinite(d.years):
+            raise ProbcatValueError(f"data.years must be positive, got {d.years}")
 
     @property
     def total_steps(self) -> int:
-        return self.steps + self.finetune_steps + self.refine_steps
+        return sum(p.steps for p in self.phases)
 
     def survey(self) -> Survey:
-        return Survey.lsst(bands=self.bands, years=self.years)
+        return Survey.lsst(bands=self.data.bands, years=self.data.years)
 
     def net(self) -> DetectionNet:
+        m = self.model
         return DetectionNet(
-            n_bands=len(self.bands),
-            tile_size=self.tile_size,
-            stem_channels=self.stem_channels,
-            channels=self.channels,
-            n_blocks=self.n_blocks,
-            stem=self.stem,
-            classifier=self.classifier,
-            proximity=self.proximity,
-            loc_refine=self.loc_refine,
+            n_bands=len(self.data.bands),
+            tile_size=m.tile_size,
+            stem_channels=m.stem_channels,
+            channels=m.channels,
+            n_blocks=m.n_blocks,
+            stem=m.stem,
+            classifier=m.classifier,
+            proximity=m.proximity,
+            loc_refine=m.loc_refine,
         )
 
+    def settings(self) -> LoopSettings:
+        return LoopSettings(self.seed, self.val_every, self.checkpoint_every, self.threads)
 
-def load_config(path: str | Path | None, **overrides) -> DetectionTrainConfig:
-    """Read a YAML config; unknown keys are an error (they would be silently ignored)."""
-    import yaml
 
-    data = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ProbcatValueError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ProbcatValueError(f"{path}: not valid YAML ({e})") from e
-        if not isinstance(data, dict):
-            raise ProbcatValueError(f"{path}: expected a mapping of settings")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in fields(DetectionTrainConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ProbcatValueError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
-    return DetectionTrainConfig(**data)
+def load_config(path: str | Path | None, steps: int | None = None) -> DetectionTrainConfig:
+    """Read a YAML config (strict: unknown keys, wrong types and choices are errors);
+    ``steps`` overrides the first phase's."""
+    cfg = load_yaml(DetectionTrainConfig, path)
+    if steps is not None:
+        first = replace(cfg.phases[0], steps=steps)
+        cfg = replace(cfg, phases=(first, *cfg.phases[1:]))
+    return cfg
 
 
 def _simulator(cfg: DetectionTrainConfig, split: str, cache_dir, progress) -> SceneSimulator:
     """Scenes of the training layout on the ``split`` ("train" or "val") source bank."""
-    n = cfg.bank_size if split == "train" else cfg.val_bank_size
+    d = cfg.data
+    n = d.bank_size if split == "train" else d.val_bank_size
     bank = SourceBank.load_or_build(
         cfg.survey(),
-        BankConfig(
-            population=cfg.population, split=split, n_galaxies=n, catalog_seed=cfg.catalog_seed
-        ),
+        BankConfig(population=d.population, split=split, n_galaxies=n, catalog_seed=d.catalog_seed),
         cache_dir=cache_dir,
         progress=progress,
     )
-    return SceneSimulator(bank, SceneConfig(cfg.image_size, cfg.image_size, margin=cfg.margin))
+    return SceneSimulator(bank, SceneConfig(d.image_size, d.image_size, margin=d.margin))
 
 
-class _Data:
-    """Fresh training batches and a fixed validation set."""
+class DetectionTask:
+    """Fresh training batches, a fixed validation set, the loss of each phase and the fits
+    after training (:class:`probcat.train.loop.Task`)."""
+
+    kind = "detection"
 
     def __init__(self, cfg: DetectionTrainConfig, cache_dir=None, progress=True):
-        survey = cfg.survey()
-        self.sigma = survey.noise_sigma.astype(np.float32)[:, None, None]
-        self.train = _simulator(cfg, "train", cache_dir, progress)
+        self.cfg = cfg
+        self.progress = progress
+        self.sigma = cfg.survey().noise_sigma.astype(np.float32)[:, None, None]
+        self.train_sim = _simulator(cfg, "train", cache_dir, progress)
         self.val_sim = _simulator(cfg, "val", cache_dir, progress)
         rng = np.random.default_rng([cfg.seed, 99])
-        imgs, cats = self.val_sim.sample_batch(rng, cfg.val_scenes)
-        self.val = (torch.from_numpy(imgs / self.sigma), TileCatalog.from_full(cats, cfg.tile_size))
-        self.tile_size = cfg.tile_size
+        self.val = self._tensors(*self.val_sim.sample_batch(rng, cfg.data.val_scenes))
 
-    def batch(self, rng, n):
-        imgs, cats = self.train.sample_batch(rng, n)
-        return torch.from_numpy(imgs / self.sigma), TileCatalog.from_full(cats, self.tile_size)
+    def _tensors(self, imgs, cats):
+        return torch.from_numpy(imgs / self.sigma), TileCatalog.from_full(
+            cats, self.cfg.model.tile_size
+        )
+
+    def build_model(self) -> DetectionNet:
+        return self.cfg.net()
+
+    def phases(self) -> list[Phase]:
+        return [
+            Phase(
+                p.name,
+                p.steps,
+                p.lr,
+                p.warmup,
+                trainable=("refiner.",) if p.train == "refiner" else (),
+                eval_mode=p.train == "refiner",
+            )
+            for p in self.cfg.phases
+        ]
+
+    def batch(self, rng):
+        return self._tensors(*self.train_sim.sample_batch(rng, self.cfg.data.batch_size))
+
+    def loss(self, model, batch, phase, gen):
+        x, truth = batch
+        p = self.cfg.phases[phase]
+        if p.train == "refiner":
+            return refiner_loss(model, x, truth, gen)
+        return checkerboard_loss(model, x, truth, gen, cond_locs=p.cond_locs)
+
+    def validate(self, model):
+        return validate(model, *self.val)
+
+    def finish(self, model, progress):
+        merge, calibration = _fit_decoding(model, self.cfg, self.val_sim, progress)
+        return {"centroid_calibration": calibration, "merge": merge}
+
+    def weights(self, model):
+        return {
+            "kind": self.kind,
+            "hparams": model.hparams,
+            "state_dict": model.state_dict(),
+            "survey": self.cfg.survey().to_dict(),
+        }
+
+    def describe_data(self):
+        d, c = self.cfg.data, self.cfg
+        return {
+            "train": f"{d.population} bank, split=train, catalog_seed={d.catalog_seed}, "
+            f"{d.bank_size} galaxies, fresh {d.image_size}-px scenes from seed {c.seed}",
+            "validation": f"split=val, {d.val_bank_size} galaxies, {d.val_scenes} scenes "
+            f"(seed [{c.seed}, 99])",
+        }
+
+
+def train_detection(
+    cfg: DetectionTrainConfig,
+    out: str | Path,
+    *,
+    cache_dir=None,
+    progress: bool = True,
+    command: str | None = None,
+    stop_after: int | None = None,
+) -> dict | None:
+    """Train (or resume) and write ``detection.pt`` and ``manifest.json`` into ``out``."""
+    task = DetectionTask(cfg, cache_dir=cache_dir, progress=progress)
+    return fit(
+        task,
+        out,
+        config=to_dict(cfg),
+        settings=cfg.settings(),
+        progress=progress,
+        command=command,
+        stop_after=stop_after,
+    )
 
 
 def checkerboard_loss(
@@ -193,62 +302,22 @@ def checkerboard_loss(
     x: torch.Tensor,
     truth: TileCatalog,
     gen: torch.Generator | None = None,
-    states: str = "all",
     cond_locs: str = "true",
-    refine: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Eq. 10 under checkerboard conditioning.
+    """Eq. 10 under checkerboard conditioning, in every decoding state of every image, on
+    the backbone features computed once: the marginal of every tile (nothing decided), and
+    for ``g = 1, 2, 3`` the tiles of group ``g`` given the catalog of groups ``< g``, which
+    is exactly the state in which :func:`probcat.infer.detect.decode` decides them. Each
+    source is classified from the features of the pass that decides its tile.
 
-    ``states="all"``: every decoding state of every image, on the backbone features computed
-    once: the marginal of every tile (nothing decided), and for ``g = 1, 2, 3`` the tiles of
-    group ``g`` given the true catalog of groups ``< g``, which is exactly the state in
-    which :func:`probcat.infer.detect.decode` decides them. Each source is classified from
-    the features of the pass that decides its tile. ``states="random"`` (older weights): a
-    random number of groups decided per image, loss on all undecided tiles.
-
-    ``cond_locs="sampled"`` (``states="all"`` only): the decided groups are conditioned on
-    the true counts but on locations drawn from the network's own marginal location
-    posterior (detached), which is what :func:`~probcat.infer.detect.decode` feeds the later
-    groups. Trained on exact true locations, the conditional reads a decided source drawn
-    0.5 px away from the light as a sign of a second source and makes doubles at tile edges.
-
-    ``refine`` (``loc_refine`` networks, the fine-tuning phase): adds the loss of the
-    location refiner (:meth:`~probcat.nets.detection.DetectionNet.refine_at`), the normal
-    negative log-likelihood of each true position given a stamp centred on a proposal drawn
-    from its tile's marginal location posterior (jittered by ``REFINE_JITTER`` px, so that
-    proposals a neighbouring tile would make are covered too); with ``cond_locs="sampled"``
-    the decided groups are then conditioned on the refined means, as decoding does.
+    ``cond_locs="sampled"``: the decided groups are conditioned on the true counts but on
+    locations drawn from the network's own marginal location posterior (detached), which
+    is what :func:`~probcat.infer.detect.decode` feeds the later groups. Trained on exact
+    true locations, the conditional reads a decided source drawn 0.5 px away from the light
+    as a sign of a second source and makes doubles at tile edges.
     """
-    if states == "all":
-        return _all_states_loss(
-            net, x, truth, gen, sampled_locs=cond_locs == "sampled", refine=refine
-        )
-    if states != "random":
-        raise ProbcatValueError(f"checkerboard states must be 'all' or 'random', got {states!r}")
-    feats = net.features(x)
-    b, _, nty, ntx = feats.shape
-    m = torch.randint(0, N_GROUPS, (b, 1, 1), generator=gen)
-    decided = tile_groups(nty, ntx)[None] < m
-    out = net.heads(
-        feats,
-        decided,
-        truth.n_sources,
-        truth.locs,
-        type_locs=truth.locs,
-        image=x,
-        type_mask=truth.n_sources > 0,
-    )
-    return favi_detection_loss(out, truth, mask=~decided)
-
-
-def _all_states_loss(
-    net: DetectionNet,
-    x: torch.Tensor,
-    truth: TileCatalog,
-    gen=None,
-    sampled_locs=False,
-    refine=False,
-):
+    if cond_locs not in ("true", "sampled"):
+        raise ProbcatValueError(f"cond_locs must be 'true' or 'sampled', got {cond_locs!r}")
     feats = net.features(x)
     b, _, nty, ntx = feats.shape
     groups = tile_groups(nty, ntx, feats.device)[None].expand(b, -1, -1)
@@ -256,14 +325,10 @@ def _all_states_loss(
     for g in range(N_GROUPS):
         decided = groups < g
         h = net.trunk(feats, decided, truth.n_sources, cond)
-        out = TileOutput(*net.detection_params(h), torch.zeros(b, nty, ntx))
-        if g == 0 and (sampled_locs or refine):
+        out = TileOutput(*net.detection_params(h), torch.zeros(b, nty, ntx, device=x.device))
+        if g == 0 and cond_locs == "sampled":
             with torch.no_grad():
-                drawn = out.sample_locs(gen)
-            if refine:
-                refine_nll, drawn = _refine_loss(net, x, truth, drawn, gen)
-            if sampled_locs:
-                cond = drawn
+                cond = out.sample_locs(gen)
         mask = torch.ones_like(decided) if g == 0 else groups == g
         parts = favi_detection_loss(out, truth, mask=mask, type_term=False)
         total = parts if total is None else {k: total[k] + v for k, v in parts.items()}
@@ -274,9 +339,6 @@ def _all_states_loss(
     type_part = favi_detection_loss(out, truth, mask=torch.zeros_like(groups))["type"]
     total["type"] = type_part
     total["total"] = total["total"] + type_part
-    if refine:
-        total["refine"] = refine_nll
-        total["total"] = total["total"] + refine_nll
     return total
 
 
@@ -285,303 +347,97 @@ REFINE_JITTER = 0.5  # px
 
 def _refine_loss(net: DetectionNet, x, truth: TileCatalog, drawn, gen):
     """Normal NLL of the true positions under the refiner, from stamps centred on the
-    (jittered) proposals ``drawn`` of the tiles holding a source, summed and averaged over
-    images; and ``drawn`` with those tiles' locations replaced by the refined means
-    (detached): the later groups are conditioned on the refiner's best position, not on a
-    draw of its width, so that a source decided next to a tile stays decisive for it."""
+    (jittered by ``REFINE_JITTER`` px, so that proposals a neighbouring tile would make are
+    covered too) proposals ``drawn`` of the tiles holding a source, summed and averaged
+    over images."""
     b, ty, tx = torch.nonzero(truth.n_sources > 0, as_tuple=True)
     if len(b) == 0:
-        return x.new_zeros(()), drawn
-    jitter = torch.randn(len(b), 2, generator=gen) * (REFINE_JITTER / net.tile_size)
+        return x.new_zeros(())
+    jitter = torch.randn(len(b), 2, generator=gen).to(x.device) * (REFINE_JITTER / net.tile_size)
     mean, logvar = net.refine_at(b, ty, tx, drawn[b, ty, tx] + jitter, x)
     target = truth.locs[b, ty, tx]
     nll = 0.5 * ((target - mean) ** 2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi))
-    refined = drawn.index_put((b, ty, tx), mean.detach())
-    return nll.sum() / x.shape[0], refined
+    return nll.sum() / x.shape[0]
 
 
 def refiner_loss(
     net: DetectionNet, x: torch.Tensor, truth: TileCatalog, gen=None
 ) -> dict[str, torch.Tensor]:
-    """The location refiner's loss alone (:func:`_refine_loss`, proposals drawn from the
-    tiles' marginal posterior) on the frozen rest of the network (run it in eval mode)."""
+    """The location refiner's loss (:func:`_refine_loss`, proposals drawn from the tiles'
+    marginal posterior) on the frozen rest of the network (run it in eval mode)."""
     with torch.no_grad():
         out = TileOutput(*net.detection_params(net.trunk(net.features(x))), None)
         drawn = out.sample_locs(gen)
-    nll, _ = _refine_loss(net, x, truth, drawn, gen)
+    nll = _refine_loss(net, x, truth, drawn, gen)
     return {"refine": nll, "total": nll}
 
 
 @torch.no_grad()
 def validate(net: DetectionNet, x: torch.Tensor, truth: TileCatalog) -> dict[str, float]:
-    """Marginal (nothing decided) loss parts and detection accuracy on the validation set."""
-    net.eval()
+    """Marginal (nothing decided) loss parts on the validation set; with a location refiner,
+    its loss too."""
     parts = {k: 0.0 for k in ("total", "count", "loc", "type")}
     n_img = x.shape[0]
     for i in range(0, n_img, 64):
-        sub = TileCatalog(
-            truth.n_sources[i : i + 64],
-            truth.locs[i : i + 64],
-            {k: v[i : i + 64] for k, v in truth.params.items()},
-            truth.tile_size,
-            truth.image_shape,
-        )
+        sub = truth.subset(slice(i, i + 64))
         xi = x[i : i + 64]
+        w = sub.batch_size / n_img
         out = net.heads(net.features(xi), type_locs=sub.locs, image=xi, type_mask=sub.n_sources > 0)
         for k, v in favi_detection_loss(out, sub).items():
-            parts[k] += float(v) * sub.n_sources.shape[0] / n_img
+            parts[k] += float(v) * w
         if net.loc_refine:
             gen = torch.Generator().manual_seed(i)
-            nll = float(refiner_loss(net, xi, sub, gen)["refine"])
-            parts["refine"] = parts.get("refine", 0.0) + nll * sub.n_sources.shape[0] / n_img
-    net.train()
+            parts["refine"] = parts.get("refine", 0.0) + float(
+                refiner_loss(net, xi, sub, gen)["refine"]
+            ) * w
     return parts
-
-
-# settings of the refiner-only third phase: a checkpoint of the first two phases resumes
-# into a config that adds or changes them
-REFINE_KEYS = ("loc_refine", "refiner_lr_scale", "refine_steps", "refine_lr")
-# settings of the later phases: a first-phase checkpoint resumes into them
-FINETUNE_KEYS = ("finetune_steps", "finetune_lr", "finetune_cond_locs", *REFINE_KEYS)
-
-
-def _restart(lr: float, k: int, n: int) -> float:
-    """Warm restart at ``lr``, step ``k`` of ``n``: linear warm-up, cosine decay."""
-    warm = min(100, n)
-    if k < warm:
-        return lr * (k + 1) / warm
-    p = (k - warm) / max(n - warm, 1)
-    return lr * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
-
-
-def _lr(cfg: DetectionTrainConfig, step: int) -> float:
-    if step >= cfg.steps + cfg.finetune_steps and cfg.refine_steps:  # third phase
-        return _restart(cfg.refine_lr, step - cfg.steps - cfg.finetune_steps, cfg.refine_steps)
-    if step >= cfg.steps:  # second phase
-        return _restart(cfg.finetune_lr, step - cfg.steps, cfg.finetune_steps)
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    p = (step - cfg.warmup) / max(cfg.steps - cfg.warmup, 1)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
-
-
-def _compatible(saved: dict, cfg: DetectionTrainConfig, step: int) -> bool:
-    """Can a checkpoint written with config ``saved`` at ``step`` resume under ``cfg``?
-    Settings added since it was written take their defaults; a first-phase checkpoint
-    resumes into a config that only adds or changes the later phases, and a checkpoint of
-    the first two phases (no refiner trained in them) into one that only adds or changes a
-    refiner-only third phase."""
-    now = asdict(cfg)
-    saved = {**asdict(DetectionTrainConfig()), **saved}
-    free: tuple[str, ...] = ()
-    if step <= cfg.steps:
-        free = FINETUNE_KEYS
-    elif step <= cfg.steps + cfg.finetune_steps and cfg.refine_steps:
-        joint_before = saved["loc_refine"] and not saved["refine_steps"]
-        free = () if joint_before else REFINE_KEYS
-    return all(saved[k] == now[k] for k in now if k not in free)
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def train_detection(
-    cfg: DetectionTrainConfig,
-    out: str | Path,
-    *,
-    cache_dir=None,
-    progress: bool = True,
-    command: str | None = None,
-) -> dict:
-    """Train (or resume) and write ``detection.pt`` and ``manifest.json`` into ``out``."""
-    from tqdm.auto import tqdm
-
-    from probcat.provenance import provenance
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    data = _Data(cfg, cache_dir=cache_dir, progress=progress)
-    net = cfg.net()
-    # the location refiner (fine-tuning phase) gets a parameter group of its own, so that
-    # a first-phase checkpoint without it resumes into a config that adds it
-    new = {k for k in dict(net.named_parameters()) if k.startswith("refiner.")}
-    opt = torch.optim.Adam([p for k, p in net.named_parameters() if k not in new], lr=cfg.lr)
-    extra = {"params": [p for k, p in net.named_parameters() if k in new]}
-    rng = np.random.default_rng([cfg.seed, 1])
-    gen = torch.Generator().manual_seed(cfg.seed)
-    step, history, elapsed = 0, [], 0.0
-    ckpt = out / "checkpoint.pt"
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        if not _compatible(state["config"], cfg, state["step"]):
-            raise ProbcatValueError(f"{ckpt}: checkpoint of a different config; use another --out")
-        missing, unexpected = net.load_state_dict(state["model"], strict=False)
-        if unexpected or set(missing) - new:
-            raise ProbcatValueError(
-                f"{ckpt}: checkpoint does not fit the network; use another --out"
-            )
-        if new and len(state["optimizer"]["param_groups"]) == 2:
-            opt.add_param_group(extra)
-        opt.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["numpy_rng"]
-        gen.set_state(state["torch_rng"])
-        step, history, elapsed = state["step"], state["history"], state["elapsed"]
-    if new and len(opt.param_groups) == 1:
-        opt.add_param_group(extra)
-    net.train()
-    total = cfg.total_steps
-    bar = tqdm(total=total, initial=step, desc="training detection", disable=not progress)
-    t0 = time.perf_counter() - elapsed
-    running = None
-    while step < total:
-        third = step >= cfg.steps + cfg.finetune_steps
-        for k, g in enumerate(opt.param_groups):  # group 1: the new location refiner
-            scale = cfg.refiner_lr_scale if k == 1 and not third else 1.0
-            g["lr"] = _lr(cfg, step) * scale
-        x, truth = data.batch(rng, cfg.batch_size)
-        if third:  # the refiner alone, the rest frozen
-            net.eval()
-            loss = refiner_loss(net, x, truth, gen)
-        else:
-            cond_locs = cfg.cond_locs if step < cfg.steps else cfg.finetune_cond_locs
-            loss = checkerboard_loss(
-                net,
-                x,
-                truth,
-                gen,
-                states=cfg.checkerboard,
-                cond_locs=cond_locs,
-                refine=cfg.joint_refiner and step >= cfg.steps,
-            )
-        opt.zero_grad(set_to_none=True)
-        loss["total"].backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
-        opt.step()
-        step += 1
-        value = float(loss["total"].detach())
-        new_phase = step in (cfg.steps + 1, cfg.steps + cfg.finetune_steps + 1)
-        running = value if running is None or new_phase else 0.98 * running + 0.02 * value
-        bar.update()
-        bar.set_postfix(loss=f"{running:.2f}")
-        if step % cfg.val_every == 0 or step in (cfg.steps, total):
-            val = validate(net, *data.val)
-            history.append(
-                {
-                    "step": step,
-                    "train_loss": running,
-                    "val": val,
-                    "elapsed_s": time.perf_counter() - t0,
-                }
-            )
-            refine = f", refine {val['refine']:.3f}" if "refine" in val else ""
-            bar.write(
-                f"step {step}: train {running:.3f}  val {val['total']:.3f} "
-                f"(count {val['count']:.3f}, loc {val['loc']:.3f}, type {val['type']:.3f}"
-                f"{refine})"
-            )
-        if step % cfg.checkpoint_every == 0 or step in (
-            cfg.steps,
-            cfg.total_steps - cfg.refine_steps,
-            total,
-        ):
-            _save_checkpoint(
-                ckpt,
-                {
-                    "config": asdict(cfg),
-                    "model": net.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "numpy_rng": rng.bit_generator.state,
-                    "torch_rng": gen.get_state(),
-                    "step": step,
-                    "history": history,
-                    "elapsed": time.perf_counter() - t0,
-                },
-            )
-    bar.close()
-    survey = cfg.survey()
-    merge, calibration = _fit_decoding(net, cfg, cfg.calibration_scenes, data.val_sim, progress)
-    weights = {
-        "kind": "detection",
-        "hparams": net.hparams,
-        "state_dict": net.state_dict(),
-        "survey": survey.to_dict(),
-        "config": asdict(cfg),
-        "centroid_calibration": calibration,
-        "merge": merge,
-    }
-    manifest = {
-        "kind": "detection",
-        "weights": "detection.pt",
-        "config": asdict(cfg),
-        "data": {
-            "train": f"parametric bank, split=train, catalog_seed={cfg.catalog_seed}, "
-            f"{cfg.bank_size} galaxies, fresh scenes from seed {cfg.seed}",
-            "validation": f"split=val, {cfg.val_scenes} scenes",
-        },
-        "training_s": round(time.perf_counter() - t0, 1),
-        "steps": step,
-        "final_val": history[-1]["val"] if history else None,
-        "history": history,
-        "centroid_calibration": calibration,
-        "merge": merge,
-        **provenance(command),
-    }
-    _write_run(out, weights, manifest)
-    return manifest
-
-
-def _write_run(out: Path, weights: dict, manifest: dict) -> None:
-    atomic_write(out / "detection.pt", lambda tmp: torch.save(weights, tmp))
-    text = json.dumps(manifest, indent=1, default=str)
-    atomic_write(out / "manifest.json", lambda tmp: Path(tmp).write_text(text))
 
 
 def calibrate_run(out: str | Path, *, n_scenes: int = 512, cache_dir=None, progress=True) -> dict:
     """Refit the merge rule (weights with a location refiner) and the centroid-interval
     calibration of the run in ``out`` (training fits them as its last steps) and record
     them in its ``detection.pt`` and ``manifest.json``."""
+    from probcat.weights import read_weights
+
     out = Path(out)
-    weights = torch.load(out / "detection.pt", map_location="cpu", weights_only=False)
-    known = {f.name for f in fields(DetectionTrainConfig)}
-    cfg = DetectionTrainConfig(**{k: v for k, v in weights["config"].items() if k in known})
+    weights = read_weights(out / "detection.pt")
+    cfg = from_dict(DetectionTrainConfig, weights["config"])
+    cfg = replace(cfg, fits=replace(cfg.fits, calibration_scenes=n_scenes))
     net = DetectionNet(**weights["hparams"])
     net.load_state_dict(weights["state_dict"])
+    net.eval()
     manifest = json.loads((out / "manifest.json").read_text())
     sim = _simulator(cfg, "val", cache_dir, progress)
-    merge, cal = _fit_decoding(net, cfg, n_scenes, sim, progress)
+    merge, cal = _fit_decoding(net, cfg, sim, progress)
     weights["centroid_calibration"] = manifest["centroid_calibration"] = cal
     weights["merge"] = manifest["merge"] = merge
-    _write_run(out, weights, manifest)
-    return manifest
+    return write_run(out, "detection", weights, manifest)
 
 
-def _fit_decoding(net, cfg: DetectionTrainConfig, calibration_scenes, sim, progress):
+def _fit_decoding(net, cfg: DetectionTrainConfig, sim, progress):
     """The fits that follow training, in order: the merge radius (set on ``net``), then the
     centroid calibration of the catalogues decoded with it."""
-    merge = _fit_merge(net, cfg, cfg.merge_scenes, sim, progress)
-    return merge, _fit_calibration(net, cfg, calibration_scenes, sim, progress)
+    merge = _fit_merge(net, cfg, sim, progress)
+    return merge, _fit_calibration(net, cfg, sim, progress)
 
 
-def _fit_merge(net, cfg: DetectionTrainConfig, n_scenes, sim: SceneSimulator, progress):
+def _fit_merge(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progress):
     """The radius within which decoding merges claims of neighbouring tiles
     (:mod:`probcat.infer.merge`), fitted on fresh scenes of ``sim`` (validation galaxies, a
     seed of its own) and set on ``net``; None (no merging) without a location refiner."""
     from probcat.infer.merge import fit_merge_radius
 
-    if not cfg.loc_refine:
+    if not cfg.model.loc_refine:
         return None
-    seed = [cfg.seed, 23]
+    seed, n = [cfg.seed, 23], cfg.fits.merge_scenes
     rule = fit_merge_radius(
         net,
         sim,
         cfg.survey().noise_sigma,
-        n_scenes=n_scenes,
+        n_scenes=n,
         rng=np.random.default_rng(seed),
         seed=cfg.seed,
-        source=f"{n_scenes} validation scenes ({cfg.image_size} px, split=val, seed {seed}): "
+        source=f"{n} validation scenes ({cfg.data.image_size} px, split=val, seed {seed}): "
         "MAP catalogues and 4 posterior samples each at every radius",
         progress=progress,
     )
@@ -589,23 +445,21 @@ def _fit_merge(net, cfg: DetectionTrainConfig, n_scenes, sim: SceneSimulator, pr
     return rule.to_dict()
 
 
-def _fit_calibration(
-    net, cfg: DetectionTrainConfig, n_scenes, sim: SceneSimulator, progress
-) -> dict | None:
+def _fit_calibration(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progress):
     """The centroid-interval calibration (:mod:`probcat.infer.calibration`) of ``net`` on
     fresh scenes of ``sim`` (validation galaxies, the training scene layout; a seed of its
     own); None, with a warning, when an undertrained net matches too few sources."""
     from probcat.infer.calibration import TooFewMatches, fit_centroid_calibration
 
-    seed = [cfg.seed, 17]
+    seed, n = [cfg.seed, 17], cfg.fits.calibration_scenes
     try:
         return fit_centroid_calibration(
             net,
             sim,
             cfg.survey().noise_sigma,
-            n_scenes=n_scenes,
+            n_scenes=n,
             rng=np.random.default_rng(seed),
-            source=f"{n_scenes} validation scenes ({cfg.image_size} px, split=val, "
+            source=f"{n} validation scenes ({cfg.data.image_size} px, split=val, "
             f"seed {seed}), MAP detections matched within 2 px",
             progress=progress,
         ).to_dict()

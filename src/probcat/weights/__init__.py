@@ -1,52 +1,197 @@
-"""Pretrained weights shipped with probcat, each with a manifest (config, data seed,
-training command, git commit, metrics). Loading validates the file and says what is wrong.
+"""The weights registry: pretrained models shipped inside the package, each with a manifest
+(config, data seed, training command, git commit, metrics, sha256).
+
+``load(name_or_path)`` returns any kind of model by its registered name (a
+``manifest_<name>.json`` in this folder, e.g. ``detection_lsst_i``) or from a weights file
+(a training run's ``<kind>.pt``; its ``manifest.json`` beside it, when present, is checked
+too). Files are read with ``torch.load(weights_only=True)`` (no code runs from a weights
+file), and the sha256 recorded in the manifest must match. Each kind registers a builder
+that turns the file's contents into an ``nn.Module`` (:func:`register_kind`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-import torch
+from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError
 
-from probcat.errors import ProbcatFileError, ProbcatIOError
-from probcat.nets.detection import DetectionNet, for_inference
-from probcat.survey import Survey
+__all__ = [
+    "Weights",
+    "load",
+    "load_detection",
+    "names",
+    "manifest",
+    "shipped",
+    "read_weights",
+    "register_kind",
+    "sha256",
+    "DEFAULT_DETECTION",
+    "FORMAT",
+]
 
-__all__ = ["load_detection", "shipped", "DEFAULT_DETECTION"]
+DEFAULT_DETECTION = "detection_lsst_i"
+FORMAT = 2  # 1: flat detection module names (upgraded on load); 2: backbone + heads modules
 
-DEFAULT_DETECTION = "detection_lsst_i.pt"
+
+@dataclass(frozen=True)
+class Weights:
+    """A loaded model: ``kind`` (``"detection"``, ...), the ``model`` (eval mode, ready for
+    inference), the ``survey`` it was trained for, its ``manifest`` (None for a bare file),
+    the file's ``path`` and ``sha256``."""
+
+    kind: str
+    model: object
+    survey: object
+    manifest: dict | None
+    path: Path
+    sha256: str
+
+
+_BUILDERS: dict[str, Callable[[dict, Path], object]] = {}
+
+
+def register_kind(kind: str, builder: Callable[[dict, Path], object]) -> None:
+    """Register how to build a model of ``kind`` from a weights file's contents (a dict with
+    ``hparams``, ``state_dict``, ...) and its path (for error messages)."""
+    _BUILDERS[kind] = builder
+
+
+def _folder() -> Path:
+    return Path(str(resources.files("probcat.weights")))
 
 
 def shipped(name: str) -> Path:
-    """Path of a weight file shipped inside the package."""
-    return Path(str(resources.files("probcat.weights") / name))
+    """Path of a file shipped inside the package (``detection_lsst_i.pt``, a manifest...)."""
+    return _folder() / name
 
 
-def _read(path: Path) -> dict:
+def names() -> list[str]:
+    """Registered (shipped) weight names."""
+    return sorted(p.stem[len("manifest_") :] for p in _folder().glob("manifest_*.json"))
+
+
+def manifest(name: str = DEFAULT_DETECTION) -> dict:
+    """The manifest of shipped weights ``name``."""
+    path = _folder() / f"manifest_{name}.json"
     if not path.exists():
+        raise ProbcatValueError(f"no shipped weights named {name!r}; known: {names()}")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ProbcatIOError(f"{path}: unreadable manifest ({e})") from e
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_weights(path: str | Path) -> dict:
+    """The contents of a probcat weights file, read with ``weights_only=True``; a clear
+    :class:`~probcat.errors.ProbcatIOError` for anything else."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
         raise ProbcatFileError(f"{path}: weights file not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises many types for corrupt files
-        raise ProbcatIOError(f"{path}: not a readable probcat weights file ({e})") from e
-    if not isinstance(state, dict) or "state_dict" not in state or "hparams" not in state:
-        raise ProbcatIOError(f"{path}: not a probcat weights file (missing state_dict/hparams)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt or foreign files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ProbcatIOError(f"{path}: not a readable probcat weights file ({first})") from e
+    if not isinstance(state, dict) or not {"kind", "hparams", "state_dict"} <= set(state):
+        raise ProbcatIOError(f"{path}: not a probcat weights file (no kind/hparams/state_dict)")
+    if state.get("format", 1) > FORMAT:
+        raise ProbcatIOError(
+            f"{path}: weights format {state['format']} is newer than this probcat reads "
+            f"({FORMAT}); upgrade probcat"
+        )
     return state
 
 
-@lru_cache(maxsize=4)
-def _load_cached(path: str, mtime: float):
-    state = _read(Path(path))
-    if state.get("kind") != "detection":
-        raise ProbcatIOError(f"{path}: holds {state.get('kind')!r} weights, not detection")
+def _resolve(name_or_path) -> tuple[Path, dict | None]:
+    """The weights file and its manifest (if any) of a registered name or a path."""
+    if name_or_path is None:
+        name_or_path = DEFAULT_DETECTION
+    text = str(name_or_path)
+    if not isinstance(name_or_path, Path) and text in names():
+        m = manifest(text)
+        return shipped(m["weights"]), m
+    path = Path(text)
+    if not path.exists():
+        hint = "" if path.suffix else f" and no shipped weights are named so (known: {names()})"
+        raise ProbcatFileError(f"{path}: weights file not found{hint}")
+    beside = path.parent / "manifest.json"
+    if beside.is_file():
+        try:
+            m = json.loads(beside.read_text())
+        except (OSError, json.JSONDecodeError):
+            m = None
+        if isinstance(m, dict) and m.get("weights") == path.name:
+            return path, m
+    return path, None
+
+
+def load(name_or_path=None, kind: str | None = None) -> Weights:
+    """Load weights by registered name (default ``detection_lsst_i``) or path, checking the
+    sha256 recorded in the manifest and, with ``kind``, that the file holds that kind."""
+    path, man = _resolve(name_or_path)
+    stat = path.stat()
+    return _load_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size, kind, _key(man))
+
+
+def _key(man: dict | None) -> str | None:
+    return None if man is None else json.dumps(man, sort_keys=True, default=str)
+
+
+@lru_cache(maxsize=8)
+def _load_cached(path: str, mtime_ns: int, size: int, kind: str | None, man_key) -> Weights:
+    p = Path(path)
+    digest = sha256(p)
+    man = None if man_key is None else json.loads(man_key)
+    expected = None if man is None else man.get("sha256")
+    if expected is not None and expected != digest:
+        raise ProbcatIOError(
+            f"{p}: sha256 {digest[:12]}... does not match its manifest's {expected[:12]}... "
+            "(the file was changed or damaged after the manifest was written)"
+        )
+    state = read_weights(p)
+    found = state["kind"]
+    if kind is not None and found != kind:
+        raise ProbcatValueError(f"{p}: holds {found!r} weights, not {kind!r}")
+    if man is not None and man.get("kind", found) != found:
+        raise ProbcatIOError(f"{p}: holds {found!r} weights but its manifest says {man['kind']!r}")
+    _register_builtin()
+    if found not in _BUILDERS:
+        raise ProbcatValueError(f"{p}: unknown weights kind {found!r}; known: {sorted(_BUILDERS)}")
+    from probcat.survey import Survey
+
+    try:
+        survey = Survey.from_dict(state["survey"])
+    except Exception as e:  # a malformed survey record
+        raise ProbcatIOError(f"{p}: weights carry no valid survey ({e})") from e
+    model = _BUILDERS[found](state, p)
+    return Weights(found, model, survey, man, p, digest)
+
+
+def _build_detection(state: dict, path: Path):
+    from probcat.nets.detection import DetectionNet, for_inference, upgrade_state_dict
+
     try:
         net = DetectionNet(**state["hparams"])
-        net.load_state_dict(state["state_dict"])
-    except (TypeError, RuntimeError) as e:
-        raise ProbcatIOError(f"{path}: weights do not fit the detection network ({e})") from e
+        net.load_state_dict(upgrade_state_dict(state["state_dict"]))
+    except (TypeError, RuntimeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise ProbcatIOError(f"{path}: weights do not fit the detection network ({first})") from e
     for_inference(net)
     if state.get("centroid_calibration"):
         from probcat.infer.calibration import CentroidCalibration
@@ -54,16 +199,14 @@ def _load_cached(path: str, mtime: float):
         net.centroid_calibration = CentroidCalibration.from_dict(state["centroid_calibration"])
     if state.get("merge"):
         net.merge_px = float(state["merge"]["radius_px"])
-    return net, Survey.from_dict(state["survey"])
+    return net
 
 
-def load_detection(path: str | Path | None = None) -> tuple[DetectionNet, Survey]:
+def _register_builtin() -> None:
+    _BUILDERS.setdefault("detection", _build_detection)
+
+
+def load_detection(name_or_path=None):
     """The detection encoder and the survey it was trained for (shipped LSST-i by default)."""
-    p = Path(path) if path is not None else shipped(DEFAULT_DETECTION)
-    if not p.exists():
-        raise ProbcatFileError(f"{p}: weights file not found")
-    return _load_cached(str(p.resolve()), p.stat().st_mtime)
-
-
-def manifest(name: str = "manifest_detection_lsst_i.json") -> dict:
-    return json.loads(shipped(name).read_text())
+    w = load(name_or_path, kind="detection")
+    return w.model, w.survey

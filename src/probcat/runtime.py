@@ -1,0 +1,97 @@
+"""Where and how inference runs: the device (GPU when present, else CPU) and the number of
+CPU threads.
+
+Thread policy. torch's intra-op threads spin-wait for each other, so one thread sharing a
+core with another busy process stalls all of them: on 2 busy cores, 2 threads made
+detection 8x slower than 1. ``threads="auto"`` (the default) therefore uses
+
+- 1 thread for small work (under :data:`SMALL_PIXELS` pixels in a call: cutouts, batches
+  of them, images in parallel workers), where threads gain little;
+- otherwise one thread per *idle* core: the cores available to this process minus the
+  other tasks running right now (the run-queue length of ``/proc/loadavg``, its smallest
+  of a few readings; 1 thread where that cannot be read).
+
+An integer sets the count; parallel workers should use 1 each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+__all__ = ["choose_device", "auto_threads", "threads_for", "thread_limit", "SMALL_PIXELS"]
+
+SMALL_PIXELS = 512 * 512
+
+
+def choose_device(device=None):
+    """``device`` as a ``torch.device``; None: CUDA when available, else CPU."""
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        from probcat.errors import ProbcatValueError
+
+        raise ProbcatValueError(f"device {device!r} is not a torch device ({e})") from None
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _others_running(readings: int = 5, pause_s: float = 0.002) -> int | None:
+    """Other runnable tasks on the machine now (fewest over a few readings of the run
+    queue, so a momentary blip is not counted), or None where it cannot be read."""
+    fewest = None
+    try:
+        for i in range(readings):
+            with open("/proc/loadavg") as f:
+                running = int(f.read().split()[3].split("/")[0])
+            fewest = running if fewest is None else min(fewest, running)
+            if i + 1 < readings:
+                time.sleep(pause_s)
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(fewest - 1, 0)  # this process's own running thread is one of them
+
+
+def auto_threads() -> int:
+    """One thread per idle core (at least 1)."""
+    others = _others_running()
+    if others is None:
+        return 1
+    return max(1, _cores() - others)
+
+
+def threads_for(threads, pixels: int) -> int:
+    """The thread count for work on ``pixels`` pixels under the setting ``threads``
+    (``"auto"``/None or a positive integer)."""
+    if threads in (None, "auto"):
+        return 1 if pixels < SMALL_PIXELS else auto_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        from probcat.errors import ProbcatValueError
+
+        raise ProbcatValueError(f"threads must be 'auto' or an integer >= 1, got {threads!r}")
+    return threads
+
+
+@contextlib.contextmanager
+def thread_limit(n: int):
+    """Run the block with ``n`` torch intra-op threads, then restore the previous count."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

@@ -1,0 +1,257 @@
+"""One training loop for every probcat model.
+
+A model supplies a :class:`Task` (its network, batches, loss, validation and the fits that
+follow training); the loop owns everything else: phases (steps, learning rate with warm-up
+and cosine decay, which parameters train, train or eval mode), the Adam optimizer,
+gradient clipping, validation, atomic checkpoints, exact resume, the history, and the run's
+weights file and manifest.
+
+Resuming is exact: the checkpoint holds the model, the optimizer, the data and sampling
+random states and the step, so ``k`` steps then a resume to ``n`` give the same state as
+``n`` steps straight. A checkpoint resumes only into the same config, except that phases
+not yet started may be added or changed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from probcat.catalog import atomic_write
+from probcat.errors import ProbcatValueError
+
+__all__ = ["Phase", "Task", "LoopSettings", "fit", "phase_lr", "write_run"]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training phase: ``steps`` at a learning rate that warms up linearly over
+    ``warmup`` steps to ``lr`` then decays by a cosine to 0; only the parameters whose names
+    start with one of ``trainable`` train (all when empty); ``eval_mode`` runs the model in
+    eval mode (frozen batch-norm statistics), e.g. when training one head on a frozen net."""
+
+    name: str
+    steps: int
+    lr: float
+    warmup: int = 100
+    trainable: tuple[str, ...] = ()
+    eval_mode: bool = False
+
+
+def phase_lr(phase: Phase, k: int) -> float:
+    """Learning rate at step ``k`` (from 0) of ``phase``."""
+    warm = min(phase.warmup, phase.steps)
+    if k < warm:
+        return phase.lr * (k + 1) / warm
+    p = (k - warm) / max(phase.steps - warm, 1)
+    return phase.lr * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+
+
+class Task(Protocol):
+    """What a model brings to the loop."""
+
+    kind: str  # names the weights file (``<kind>.pt``) and the registry builder
+
+    def build_model(self) -> nn.Module: ...
+
+    def phases(self) -> list[Phase]: ...
+
+    def batch(self, rng: np.random.Generator) -> Any:
+        """A fresh training batch drawn with ``rng``."""
+
+    def loss(
+        self, model: nn.Module, batch: Any, phase: int, gen: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Loss parts of ``batch`` in phase number ``phase``; ``"total"`` is minimised."""
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        """Validation metrics (the model is in eval mode; ``"total"`` is reported)."""
+
+    def finish(self, model: nn.Module, progress: bool) -> dict:
+        """Fits after training (calibrations...): entries added to the weights file and the
+        manifest."""
+
+    def weights(self, model: nn.Module) -> dict:
+        """The weights file's contents: ``kind``, ``hparams``, ``state_dict``, ``survey``."""
+
+    def describe_data(self) -> dict:
+        """The training and validation data, for the manifest."""
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """Seeds, cadence and resources of a run."""
+
+    seed: int = 0
+    val_every: int = 500
+    checkpoint_every: int = 250
+    threads: int = 2
+    grad_clip: float = 10.0
+
+
+def _phase_at(phases: list[Phase], step: int) -> int:
+    """Index of the phase that step ``step`` (from 0) belongs to."""
+    end = 0
+    for i, p in enumerate(phases):
+        end += p.steps
+        if step < end:
+            return i
+    return len(phases) - 1
+
+
+def _compatible(saved: dict, now: dict, phases_done: int) -> bool:
+    """A checkpoint of config ``saved`` resumes under ``now`` when everything but the phases
+    is equal, and so are the first ``phases_done`` phases (started or finished)."""
+    rest = {k: v for k, v in saved.items() if k != "phases"}
+    if rest != {k: v for k, v in now.items() if k != "phases"}:
+        return False
+    return saved.get("phases", [])[:phases_done] == now.get("phases", [])[:phases_done]
+
+
+def fit(
+    task: Task,
+    out: str | Path,
+    *,
+    config: dict,
+    settings: LoopSettings,
+    progress: bool = True,
+    command: str | None = None,
+    stop_after: int | None = None,
+) -> dict | None:
+    """Train (or resume) ``task`` into the run directory ``out``: ``checkpoint.pt``, then
+    ``<kind>.pt`` and ``manifest.json``. ``config`` (plain data, with a ``phases`` list) is
+    recorded and decides which checkpoints may resume. ``stop_after``: stop (checkpointed)
+    after that many steps in all, without the final fits; returns None then, else the
+    manifest."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ProbcatValueError(f"{out}: cannot create the run directory ({e})") from None
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    model = task.build_model()
+    phases = task.phases()
+    total = sum(p.steps for p in phases)
+    opt = torch.optim.Adam(model.parameters(), lr=phases[0].lr)
+    rng = np.random.default_rng([settings.seed, 1])
+    gen = torch.Generator().manual_seed(settings.seed)
+    step, history, elapsed = 0, [], 0.0
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)  # the run's own file
+        done = _phase_at(phases, max(state["step"] - 1, 0)) + 1
+        if not _compatible(state["config"], config, done):
+            raise ProbcatValueError(
+                f"{ckpt}: checkpoint of a different config; use another --out"
+            )
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError:
+            raise ProbcatValueError(
+                f"{ckpt}: checkpoint does not fit the network; use another --out"
+            ) from None
+        opt.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["numpy_rng"]
+        gen.set_state(state["torch_rng"])
+        step, history, elapsed = state["step"], state["history"], state["elapsed"]
+    stop = total if stop_after is None else min(stop_after, total)
+    ends = np.cumsum([p.steps for p in phases]).tolist()
+    bar = tqdm(total=total, initial=step, desc=f"training {task.kind}", disable=not progress)
+    t0 = time.perf_counter() - elapsed
+    running, current = None, None
+    while step < stop:
+        i = _phase_at(phases, step)
+        phase = phases[i]
+        if i != current:  # entering (or resuming into) a phase
+            for name, p in model.named_parameters():
+                p.requires_grad_(not phase.trainable or name.startswith(phase.trainable))
+            current, running = i, None
+        k = step - (ends[i] - phase.steps)
+        for g in opt.param_groups:
+            g["lr"] = phase_lr(phase, k)
+        model.train(not phase.eval_mode)
+        loss = task.loss(model, task.batch(rng), i, gen)
+        opt.zero_grad(set_to_none=True)
+        loss["total"].backward()
+        nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        opt.step()
+        step += 1
+        value = float(loss["total"].detach())
+        running = value if running is None else 0.98 * running + 0.02 * value
+        bar.update()
+        bar.set_postfix(loss=f"{running:.2f}")
+        if step % settings.val_every == 0 or step in ends:
+            model.eval()
+            with torch.no_grad():
+                val = task.validate(model)
+            history.append(
+                {
+                    "step": step,
+                    "phase": phase.name,
+                    "train_loss": running,
+                    "val": val,
+                    "elapsed_s": time.perf_counter() - t0,
+                }
+            )
+            parts = ", ".join(f"{k} {v:.3f}" for k, v in val.items() if k != "total")
+            bar.write(f"step {step}: train {running:.3f}  val {val['total']:.3f} ({parts})")
+        if step % settings.checkpoint_every == 0 or step in ends or step == stop:
+            state = {
+                "config": config,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "numpy_rng": rng.bit_generator.state,
+                "torch_rng": gen.get_state(),
+                "step": step,
+                "history": history,
+                "elapsed": time.perf_counter() - t0,
+            }
+            atomic_write(ckpt, lambda tmp, s=state: torch.save(s, tmp))
+    bar.close()
+    if step < total:
+        return None
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval()
+    fits = task.finish(model, progress)
+    weights = {**task.weights(model), "format": 2, "config": config, **fits}
+    manifest = {
+        "kind": task.kind,
+        "weights": f"{task.kind}.pt",
+        "config": config,
+        "data": task.describe_data(),
+        "training_s": round(time.perf_counter() - t0, 1),
+        "steps": step,
+        "final_val": history[-1]["val"] if history else None,
+        "history": history,
+        **fits,
+    }
+    return write_run(out, task.kind, weights, manifest, command)
+
+
+def write_run(out: Path, kind: str, weights: dict, manifest: dict, command=None) -> dict:
+    """Write ``<kind>.pt`` and ``manifest.json`` (with the file's sha256 and provenance)
+    into the run directory ``out``, atomically."""
+    from probcat.provenance import provenance
+    from probcat.weights import sha256
+
+    path = Path(out) / f"{kind}.pt"
+    atomic_write(path, lambda tmp: torch.save(weights, tmp))
+    prov = provenance(command)
+    if command is None and "command" in manifest:  # a refit keeps the training command
+        prov["command"] = manifest["command"]
+    manifest = {**manifest, **prov, "sha256": sha256(path), "size_bytes": path.stat().st_size}
+    text = json.dumps(manifest, indent=1, default=str)
+    atomic_write(Path(out) / "manifest.json", lambda tmp: Path(tmp).write_text(text))
+    return manifest
