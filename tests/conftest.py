@@ -1,9 +1,20 @@
+import random
+
 import numpy as np
 import pytest
 import torch
 
+from probcat.nets.detection import DetectionNet
 from probcat.simulate.bank import BankConfig, SourceBank
 from probcat.survey import Survey
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    """Every test starts from the same random state (Python, numpy, torch)."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 @pytest.fixture(scope="session")
@@ -27,17 +38,30 @@ def rng():
     return np.random.default_rng(12345)
 
 
+@pytest.fixture
+def net():
+    """A tiny untrained detection network (tile classifier), eval mode."""
+    torch.manual_seed(0)
+    return DetectionNet(n_bands=1, stem_channels=4, channels=8, n_blocks=2).eval()
+
+
+@pytest.fixture
+def stamp_net():
+    """A tiny untrained detection network with the stamp classifier (train mode)."""
+    torch.manual_seed(0)
+    return DetectionNet(n_bands=1, channels=8, n_blocks=1, stem="patchify", classifier="stamp")
+
+
 @pytest.fixture(scope="session")
 def weights(tmp_path_factory):
     """A tiny untrained detection weights file (shapes and plumbing, not quality)."""
-    from probcat.nets.detection import DetectionNet
-
     torch.manual_seed(0)
     net = DetectionNet(n_bands=1, stem_channels=4, channels=8, n_blocks=2)
     path = tmp_path_factory.mktemp("w") / "tiny.pt"
     torch.save(
         {
             "kind": "detection",
+            "format": 2,
             "hparams": net.hparams,
             "state_dict": net.state_dict(),
             "survey": Survey.lsst(bands="i").to_dict(),

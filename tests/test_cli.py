@@ -69,6 +69,7 @@ def test_unwritable_output_directory(tmp_path, capsys, cache_dir):
         assert main(["simulate", "-n", "1", "--out", str(ro / "x")]) == 2
 
 
+@pytest.mark.slow
 def test_demo_small(tmp_path, cache_dir, capsys, weights):
     rc = main(
         [

@@ -75,6 +75,7 @@ def test_same_seed_identical_files(tmp_path, cache_dir):
     assert {"ra", "dec", "snr", "blendedness"} <= set(truth.colnames)
 
 
+@pytest.mark.slow
 def test_multiband_blend(cache_dir):
     cfg = SimulationConfig(
         recipe="blend", bands="gri", population="dc2", bank_size=12, n=1, size=32

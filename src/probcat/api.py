@@ -196,13 +196,12 @@ class Detector:
         )
         cats = [cats] if batch.single else cats
         draws = [draws] if batch.single else draws
-        out = [
-            DetectionResult(c, t, d, w) for c, t, d, w in zip(cats, tiles, draws, batch.wcs)
-        ]
+        out = [DetectionResult(c, t, d, w) for c, t, d, w in zip(cats, tiles, draws, batch.wcs)]
         return out[0] if batch.single else out
 
-    def _run(self, images, noise_sigma, *, threshold=0.5, samples=0, seed=0, want_map=True,
-             full=False):
+    def _run(
+        self, images, noise_sigma, *, threshold=0.5, samples=0, seed=0, want_map=True, full=False
+    ):
         import torch
 
         from probcat.infer.detect import (

@@ -31,8 +31,8 @@ def run_demo(
     image: str | Path | None = None,
     weights=None,
 ) -> dict:
-    from probcat.baselines.sep import sep_detect
     from probcat.api import detect
+    from probcat.baselines.sep import sep_detect
     from probcat.errors import ProbcatValueError
     from probcat.io import read_image
     from probcat.metrics.detection import match

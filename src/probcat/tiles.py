@@ -187,7 +187,6 @@ class TileCatalog:
             out.append(FullCatalog(cols, self.image_shape, self.bands))
         return out
 
-
     def subset(self, index: slice) -> TileCatalog:
         """The catalogs of the images ``index`` (a slice of the batch)."""
         return TileCatalog(

@@ -11,7 +11,6 @@ The cheap tile-resolution heads then run on the whole tile grid, group by group
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np

@@ -387,9 +387,9 @@ def validate(net: DetectionNet, x: torch.Tensor, truth: TileCatalog) -> dict[str
             parts[k] += float(v) * w
         if net.loc_refine:
             gen = torch.Generator().manual_seed(i)
-            parts["refine"] = parts.get("refine", 0.0) + float(
-                refiner_loss(net, xi, sub, gen)["refine"]
-            ) * w
+            parts["refine"] = (
+                parts.get("refine", 0.0) + float(refiner_loss(net, xi, sub, gen)["refine"]) * w
+            )
     return parts
 
 

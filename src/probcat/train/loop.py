@@ -152,9 +152,7 @@ def fit(
         state = torch.load(ckpt, weights_only=False)  # the run's own file
         done = _phase_at(phases, max(state["step"] - 1, 0)) + 1
         if not _compatible(state["config"], config, done):
-            raise ProbcatValueError(
-                f"{ckpt}: checkpoint of a different config; use another --out"
-            )
+            raise ProbcatValueError(f"{ckpt}: checkpoint of a different config; use another --out")
         try:
             model.load_state_dict(state["model"])
         except RuntimeError:

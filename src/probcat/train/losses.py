@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from probcat.tiles import TileCatalog
 from probcat.nets.heads import TileOutput
+from probcat.tiles import TileCatalog
 
 __all__ = ["favi_detection_loss"]
 

@@ -1,0 +1,244 @@
+import numpy as np
+import pytest
+
+from probcat.api import detect
+from probcat.catalog import FullCatalog, make_wcs
+from probcat.cli import main
+from probcat.errors import ProbcatIOError, ProbcatValueError
+from probcat.io import write_image
+from probcat.survey import Survey
+
+
+@pytest.fixture
+def fits_image(tmp_path):
+    s = Survey.lsst(bands="i")
+    img = np.random.default_rng(0).standard_normal((1, 64, 72)).astype(np.float32) * 434.5
+    img[0, 30:33, 40:43] += 3e4
+    return write_image(tmp_path / "img.fits", img, s, make_wcs((64, 72), 0.2, 10.0, -5.0))
+
+
+def test_detect_array_and_fits_agree(weights, fits_image):
+    from probcat.io import read_image
+
+    data = read_image(fits_image)
+    a = detect(data.image, weights=weights, threshold=0.0)
+    b = detect(fits_image, weights=weights, threshold=0.0)
+    # every tile detects at threshold 0, but locations past the image edge are dropped
+    assert len(a.catalog) == len(b.catalog) and 13 * 15 - 13 - 15 <= len(a.catalog) <= 13 * 15
+    assert np.all((a.catalog["y"] < 63.5) & (a.catalog["x"] < 71.5))
+    assert np.allclose(a.catalog["x"], b.catalog["x"])
+    assert "ra" in b.catalog and "ra" not in a.catalog
+    assert b.probability_map().shape == (13, 15)
+    ra, dec = b.wcs.pixel_to_world_values(b.catalog["x"][:1], b.catalog["y"][:1])
+    assert b.catalog["ra"][0] == pytest.approx(float(ra[0]))
+
+
+def test_detect_samples(weights, fits_image):
+    res = detect(fits_image, weights=weights, samples=5, seed=3)
+    assert len(res.samples) == 5
+    again = detect(fits_image, weights=weights, samples=5, seed=3)
+    assert [len(s) for s in res.samples] == [len(s) for s in again.samples]
+
+
+@pytest.mark.parametrize(
+    "image, msg",
+    [
+        (np.full((1, 64, 64), np.nan), "NaN"),
+        (np.zeros((3, 64, 64)), "band"),
+        (np.zeros((1, 10, 10)), "smaller than the minimum"),
+        (np.array([["a"]]), "numeric"),
+    ],
+)
+def test_detect_bad_inputs(weights, image, msg):
+    with pytest.raises(ProbcatValueError, match=msg):
+        detect(image, weights=weights)
+
+
+def test_bad_weights_file(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(ProbcatIOError):
+        detect(np.zeros((1, 64, 64)), weights=bad)
+    with pytest.raises(FileNotFoundError):
+        detect(np.zeros((1, 64, 64)), weights=tmp_path / "missing.pt")
+
+
+def test_detect_cli(weights, fits_image, tmp_path, capsys):
+    out = tmp_path / "cat.fits"
+    rc = main(
+        [
+            "detect",
+            str(fits_image),
+            "-o",
+            str(out),
+            "--weights",
+            str(weights),
+            "--samples",
+            "3",
+            "--plot",
+            str(tmp_path / "d.png"),
+            "--threshold",
+            "0.2",
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    cat = FullCatalog.read(out)
+    assert {"x", "y", "prob", "x_sd", "galaxy_prob", "ra", "dec"} <= set(cat.colnames)
+    samples = FullCatalog.read(tmp_path / "cat_samples.fits")
+    assert set(np.unique(samples["sample"])) <= {0, 1, 2}
+    assert (tmp_path / "d.png").stat().st_size > 5000
+
+
+def test_detect_cli_non_fits(tmp_path, weights, capsys):
+    bad = tmp_path / "x.fits"
+    bad.write_text("hello")
+    rc = main(["detect", str(bad), "--weights", str(weights)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "not a readable FITS" in err and len(err.splitlines()) == 1
+    assert main(["detect", str(tmp_path / "nope.fits"), "--weights", str(weights)]) == 2
+
+
+# ---- the shipped weights ---------------------------------------------------------------
+FIXED = "tests/data/fixed_scene_v6.npz"  # a 160x160 LSST-i scene and the v6 catalogs of it
+
+
+@pytest.fixture(scope="module")
+def fixed():
+    return np.load(FIXED)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    import probcat
+
+    return probcat.load("detection_lsst_i", device="cpu", threads=1)
+
+
+def test_public_api_names():
+    import probcat
+
+    assert callable(probcat.detect) and callable(probcat.load)
+    assert probcat.Detector.__name__ == "Detector"
+    assert probcat.DetectionResult.__name__ == "DetectionResult"
+    for name in probcat.__all__:
+        assert getattr(probcat, name) is not None
+
+
+def test_shipped_weights_detect_on_a_64px_image(shipped, fixed):
+    """Smoke test: the shipped weights find the bright sources of a 64x64 cutout."""
+    cut = fixed["image"][:, :64, :64]
+    cat = shipped.catalog(cut)
+    ref = (fixed["cat_x"] < 54) & (fixed["cat_y"] < 54) & (fixed["cat_prob"] > 0.9)
+    assert ref.sum() >= 2 and len(cat) >= ref.sum()
+    for x, y in zip(fixed["cat_x"][ref], fixed["cat_y"][ref]):
+        assert np.min(np.hypot(cat["x"] - x, cat["y"] - y)) < 1.0
+
+
+def test_shipped_weights_give_the_catalog_recorded_before_the_platform_change(shipped, fixed):
+    """Same detections, probabilities to 1e-5, on the fixed scene, as the weights gave
+    before the backbone, heads and registry were reorganised (recorded at v6)."""
+    res = shipped.detect(fixed["image"], samples=4, seed=3)
+    cat = res.catalog
+    assert len(cat) == len(fixed["cat_x"]) > 20
+    for k in ("x", "y", "x_sd", "y_sd", "prob", "prob_conditional", "galaxy_prob"):
+        assert np.allclose(cat[k], fixed["cat_" + k], rtol=0, atol=1e-5), k
+    assert np.array_equal(cat["galaxy"], fixed["cat_galaxy"])
+    assert np.allclose(res.probability_map(), fixed["prob_map"], rtol=0, atol=1e-5)
+    for i, s in enumerate(res.samples):  # same seed, same posterior samples
+        assert np.allclose(s["x"], fixed[f"sample{i}_x"], atol=1e-5)
+        assert np.allclose(s["y"], fixed[f"sample{i}_y"], atol=1e-5)
+
+
+def test_batched_cutouts_equal_one_by_one(shipped, fixed):
+    cuts = [
+        fixed["image"][:, :98, :98],
+        fixed["image"][:, 62:, 62:],
+        fixed["image"][:, 30:128, :98],
+    ]
+    batched = shipped.catalog(cuts)
+    stacked = shipped.catalog(np.stack(cuts))
+    assert isinstance(batched, list) and len(batched) == 3
+    for cut, a, b in zip(cuts, batched, stacked):
+        one = shipped.catalog(cut)
+        assert len(one) == len(a) == len(b) > 0
+        for k in ("x", "y", "prob", "galaxy_prob"):
+            assert np.allclose(one[k], a[k], atol=1e-5) and np.allclose(one[k], b[k], atol=1e-5)
+    maps = shipped.probability_map(cuts)
+    assert maps.shape == (3, 20, 20)
+    assert np.allclose(maps[1], shipped.probability_map(cuts[1]), atol=1e-6)
+    with pytest.raises(ProbcatValueError, match="share one shape"):
+        shipped.catalog([cuts[0], fixed["image"][:, :90, :98]])
+
+
+def test_posterior_samples_by_position_across_seeds(shipped, fixed):
+    cut = fixed["image"][:, :98, :98]
+    a = shipped.sample(cut, 4, seed=11)
+    b = shipped.sample(cut, 4, seed=11)
+    c = shipped.sample(cut, 4, seed=12)
+    assert len(a) == 4 and all(len(s) > 5 for s in a)
+    for s, t in zip(a, b):  # same seed: the same sources at the same positions
+        assert np.array_equal(s["x"], t["x"]) and np.array_equal(s["y"], t["y"])
+    # another seed: positions drawn anew (each source's sample differs), counts alike
+    moved = [
+        np.median(np.abs(s["x"][: min(len(s), len(t))] - t["x"][: min(len(s), len(t))]))
+        for s, t in zip(a, c)
+    ]
+    assert all(m > 0 for m in moved)
+    assert abs(np.mean([len(s) for s in a]) - np.mean([len(s) for s in c])) < 5
+    lists = shipped.sample([cut, cut], 2, seed=11)  # several images: a list per image
+    two = shipped.sample(cut, 2, seed=11)
+    assert len(lists) == 2 and np.allclose(lists[1][0]["x"], two[0]["x"], atol=1e-4)
+
+
+def test_decoding_creates_no_tensor_on_a_fixed_device(shipped, fixed):
+    """Every tensor of inference is made on the network's device: with factory functions
+    defaulting to the 'meta' device, a tensor created without ``device=`` would be a meta
+    tensor and any arithmetic mixing it with the CPU network's tensors would fail."""
+    import torch
+
+    cut = fixed["image"][:, :64, :64]
+    want = shipped.catalog(cut)
+    with torch.device("meta"):
+        got = shipped.catalog(cut)
+        draws = shipped.sample(cut, 2, seed=1)
+    assert np.array_equal(want["x"], got["x"]) and np.array_equal(want["prob"], got["prob"])
+    assert len(draws) == 2
+
+
+def test_detector_runs_on_cuda_like_on_the_cpu(fixed):
+    import torch
+
+    import probcat
+
+    if not torch.cuda.is_available():
+        pytest.skip("no GPU")
+    cut = fixed["image"][:, :98, :98]
+    cpu = probcat.load(device="cpu").catalog(cut)
+    gpu = probcat.load(device="cuda")
+    cat = gpu.catalog(cut)
+    assert len(cat) == len(cpu)
+    assert np.allclose(cat["x"], cpu["x"], atol=1e-3)
+    assert np.allclose(cat["prob"], cpu["prob"], atol=1e-3)
+    assert len(gpu.sample(cut, 3, seed=0)) == 3
+
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        ({"threshold": 1.5}, "threshold"),
+        ({"samples": -1}, "samples"),
+        ({"samples": 10**9}, "samples"),
+    ],
+)
+def test_detector_rejects_bad_settings(shipped, fixed, kw, msg):
+    with pytest.raises(ProbcatValueError, match=msg):
+        shipped.detect(fixed["image"][:, :64, :64], **kw)
+
+
+def test_load_rejects_bad_threads_and_devices():
+    import probcat
+
+    with pytest.raises(ProbcatValueError, match="threads"):
+        probcat.load(threads=0)
+    with pytest.raises(ProbcatValueError, match="device"):
+        probcat.load(device="gpu0")

@@ -1,0 +1,225 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import refiner_net, stamp_net_with
+
+from probcat.errors import ProbcatValueError
+from probcat.infer.detect import (
+    decode,
+    map_catalog,
+    predict_tiles,
+    sample_catalogs,
+    tile_features,
+)
+from probcat.nets.detection import DetectionNet, tile_groups
+
+
+def test_any_size_chunked_equals_whole(net):
+    rng = np.random.default_rng(0)
+    img = rng.standard_normal((1, 47, 61)).astype(np.float32) * 3
+    whole = tile_features(net, img, 1.0, chunk_tiles=1000)
+    chunked = tile_features(net, img, 1.0, chunk_tiles=3)
+    assert whole.shape[-2:] == (10, 13)
+    assert torch.allclose(whole, chunked, atol=1e-5)
+    a, b = predict_tiles(net, img, 1.0), predict_tiles(net, img, 1.0, chunk_tiles=3)
+    assert torch.allclose(a.count_logit, b.count_logit, atol=1e-5)
+
+
+def test_batched_features_equal_per_image(net):
+    from probcat.infer.detect import batch_tile_features
+
+    imgs = np.random.default_rng(3).standard_normal((3, 1, 33, 41)).astype(np.float32)
+    batched = batch_tile_features(net, imgs, 1.0)
+    for i in range(3):
+        assert torch.allclose(batched[i : i + 1], tile_features(net, imgs[i], 1.0), atol=1e-5)
+
+
+def test_map_catalog_and_samples(net):
+    img = np.random.default_rng(1).standard_normal((1, 30, 30)).astype(np.float32)
+    feats = tile_features(net, img, 1.0)
+    cat = map_catalog(net, feats, (30, 30), threshold=0.0)
+    assert len(cat) == 36  # every tile detected at threshold 0
+    assert np.all((cat["x"] >= -0.5) & (cat["x"] < 29.5))
+    assert np.all(cat["x_sd"] > 0)
+    assert np.array_equal(np.floor((cat["x"] + 0.5) / 5), cat["tile_x"])
+    samples = sample_catalogs(net, feats, (30, 30), 40, generator=torch.Generator().manual_seed(0))
+    assert len(samples) == 40 and all(len(s) <= 36 for s in samples)
+
+
+@pytest.mark.parametrize("classifier", ["tile", "stamp"])
+def test_map_decoding_equals_a_brute_force_sequence_of_head_calls(classifier):
+    """MAP decoding equals, group by group, full-grid head calls conditioned on the
+    decisions of the groups before (no row chunks, no group-only heads, no merging)."""
+    torch.manual_seed(3)
+    net = DetectionNet(
+        n_bands=1, channels=8, n_blocks=1, stem="patchify", classifier=classifier, proximity=True
+    ).eval()
+    image = torch.randn(1, 1, 35, 40) * 3
+    feats = net.features(image)
+    with torch.no_grad():  # a busy scene: about half of the marginal counts on
+        net.detection_head.det_head.weight[0] *= 30
+        logit = net.detection_params(net.trunk(feats))[0]
+        net.detection_head.det_head.bias[0] -= logit.median()
+    dec = decode(net, feats, image=image, threshold=0.5, row_chunk=2, merge_px=0.0)
+    nty, ntx = feats.shape[-2:]
+    groups = tile_groups(nty, ntx)[None]
+    n = torch.zeros(1, nty, ntx, dtype=torch.bool)
+    locs = torch.zeros(1, nty, ntx, 2)
+    decided = torch.zeros_like(n)
+    with torch.no_grad():
+        for g in range(4):
+            now = groups == g
+            out = net.heads(feats, decided, n, locs, classify=False)
+            on, loc = out.prob > 0.5, out.loc_post_mean
+            assert torch.allclose(out.count_logit[now], dec.conditional.count_logit[now], atol=1e-5)
+            mine = now & on
+            h = net.trunk(feats, decided, n, locs)
+            logits = net.classify(h, loc, image, mask=mine)
+            assert torch.allclose(logits[mine], dec.conditional.galaxy_logit[mine], atol=1e-5)
+            if g == 0:  # nothing decided: every tile's marginal
+                assert torch.allclose(out.count_logit, dec.marginal.count_logit, atol=1e-5)
+            n = torch.where(now, on, n)
+            locs = torch.where(now[..., None], loc, locs)
+            decided |= now
+    assert 0 < int(n.sum()) < nty * ntx
+    assert torch.equal(n, dec.n)
+    assert torch.allclose(locs[n], dec.locs[n], atol=1e-6)
+
+
+def test_sample_decoding_is_seeded():
+    torch.manual_seed(1)
+    net = DetectionNet(n_bands=1, stem_channels=4, channels=8, n_blocks=1).eval()
+    feats = net.features(torch.randn(1, 1, 30, 30))
+    with torch.no_grad():  # counts and locations that vary from draw to draw
+        net.detection_head.det_head.bias[0] -= net.detection_params(net.trunk(feats))[0].median()
+
+    def draw(seed):
+        return decode(net, feats, n_samples=3, generator=torch.Generator().manual_seed(seed))
+
+    a, b, c = draw(1), draw(1), draw(2)
+    assert a.n.shape == (3, 6, 6) and a.locs.shape == (3, 6, 6, 2)
+    assert torch.equal(a.n, b.n) and torch.equal(a.locs, b.locs)
+    assert not torch.equal(a.n, c.n) or not torch.equal(a.locs, c.locs)
+
+
+def test_sampling_matches_probabilities():
+    """With a network whose heads ignore the conditioning, samples follow the marginals."""
+    net = DetectionNet(n_bands=1, stem_channels=2, channels=4, n_blocks=1).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.detection_head.det_head.bias.copy_(
+            torch.tensor([math.log(0.3 / 0.7), 0, 0, -30.0, -30.0])
+        )
+    feats = torch.zeros(1, 4, 2, 3)
+    s = sample_catalogs(net, feats, (10, 15), 3000, generator=torch.Generator().manual_seed(0))
+    n = np.array([len(c) for c in s])
+    assert n.mean() == pytest.approx(6 * 0.3, abs=0.05)
+    assert np.allclose(s[0]["x"] % 5, 2.0, atol=0.1)  # sigmoid(0) = 0.5 tile -> pixel 2.0
+
+
+@pytest.mark.parametrize(
+    "image, msg",
+    [
+        (np.full((1, 20, 20), np.nan), "NaN"),
+        (np.zeros((2, 20, 20)), "band"),
+        (np.zeros((1, 0, 20)), "empty"),
+        (np.zeros(5), "bands, H, W"),
+    ],
+)
+def test_bad_inputs(net, image, msg):
+    with pytest.raises(ProbcatValueError, match=msg):
+        predict_tiles(net, image, 1.0)
+
+
+@pytest.mark.parametrize(
+    "classifier,sweeps,refine",
+    [("tile", 1, False), ("stamp", 1, False), ("stamp", 2, False), ("stamp", 2, True)],
+)
+def test_decode_in_row_chunks_equals_whole(classifier, sweeps, refine):
+    from probcat.infer.detect import tile_image
+
+    torch.manual_seed(0)
+    net = DetectionNet(
+        n_bands=1, channels=8, n_blocks=1, stem="patchify", classifier=classifier, proximity=True
+    ).eval()
+    if refine:
+        net = refiner_net()
+    img = np.random.default_rng(4).standard_normal((1, 43, 37)).astype(np.float32) * 3
+    feats, pixels = tile_features(net, img, 1.0), tile_image(net, img, 1.0)
+    whole = decode(net, feats, image=pixels, threshold=0.3, row_chunk=1000, sweeps=sweeps)
+    for rows in (1, 2, 3):
+        part = decode(net, feats, image=pixels, threshold=0.3, row_chunk=rows, sweeps=sweeps)
+        assert torch.equal(whole.n, part.n) and whole.n.any()
+        assert torch.allclose(whole.locs, part.locs, atol=1e-6)
+        c, w = part.conditional, whole.conditional
+        assert torch.allclose(c.count_logit, w.count_logit, atol=1e-5)
+        assert torch.allclose(c.galaxy_logit, w.galaxy_logit, atol=1e-5, equal_nan=True)
+        assert torch.isfinite(c.galaxy_logit[part.n]).all()
+
+
+def test_tile_image_pads_to_whole_tiles_in_sigma_units(net):
+    from probcat.infer.detect import tile_image
+
+    img = np.full((1, 12, 7), 4.0, np.float32)
+    one = tile_image(net, img, 2.0)
+    assert one.shape == (1, 1, 15, 10)
+    assert torch.all(one[0, 0, :12, :7] == 2.0) and one[0, 0, 12:].abs().sum() == 0
+    batch = tile_image(net, np.stack([img, img * 2]), 2.0)
+    assert batch.shape == (2, 1, 15, 10) and batch[1, 0, 0, 0] == 4.0
+    with pytest.raises(ProbcatValueError, match="NaN"):
+        tile_image(net, np.full((1, 10, 10), np.nan), 1.0)
+
+
+def test_later_sweeps_redecide_each_group_given_all_others(monkeypatch):
+    """Sweep 1 decides group g given groups < g; sweep 2 re-decides it given all others."""
+    import probcat.infer.detect as D
+
+    torch.manual_seed(0)
+    net = DetectionNet(n_bands=1, channels=8, n_blocks=1, stem="patchify", proximity=True).eval()
+    img = np.random.default_rng(5).standard_normal((1, 40, 40)).astype(np.float32) * 3
+    feats = tile_features(net, img, 1.0)
+    seen = []
+    real = D._group_pass
+
+    def spy(net_, f, decided, n, locs, g, row_chunk, every_tile=True):
+        seen.append((g, decided.clone()))
+        return real(net_, f, decided, n, locs, g, row_chunk, every_tile)
+
+    monkeypatch.setattr(D, "_group_pass", spy)
+    dec = decode(net, feats, n_samples=4, generator=torch.Generator().manual_seed(0), sweeps=2)
+    groups = tile_groups(*feats.shape[-2:])
+    assert [g for g, _ in seen] == [0, 1, 2, 3] * 2
+    for step, (g, decided) in enumerate(seen):
+        want = groups < g if step < 4 else groups != g
+        assert torch.equal(decided, want.expand_as(decided))
+    assert torch.isfinite(dec.conditional.galaxy_logit[dec.n]).all()
+    with pytest.raises(ProbcatValueError, match="sweeps"):
+        decode(net, feats, sweeps=0)
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_group_only_heads_decode_as_the_every_tile_heads(monkeypatch, refine):
+    """Later passes run the heads on their group's tiles only: same decisions, locations and
+    conditional outputs as running them on every tile."""
+    import probcat.infer.detect as D
+
+    net = stamp_net_with(refine)
+    img = np.random.default_rng(6).standard_normal((1, 43, 37)).astype(np.float32) * 3
+    feats, pixels = tile_features(net, img, 1.0), D.tile_image(net, img, 1.0)
+    kw = dict(image=pixels, n_samples=3, sweeps=2, row_chunk=3)
+    fast = decode(net, feats, generator=torch.Generator().manual_seed(2), **kw)
+    real = D._group_pass
+    monkeypatch.setattr(
+        D,
+        "_group_pass",
+        lambda *a: real(*a[:7], True),  # every tile, every pass
+    )
+    slow = decode(net, feats, generator=torch.Generator().manual_seed(2), **kw)
+    assert torch.equal(fast.n, slow.n) and fast.n.any()
+    assert torch.allclose(fast.locs, slow.locs, atol=1e-5)
+    c, w = fast.conditional, slow.conditional
+    assert torch.allclose(c.count_logit, w.count_logit, atol=1e-5)
+    assert torch.allclose(c.galaxy_logit, w.galaxy_logit, atol=1e-5, equal_nan=True)

@@ -1,0 +1,41 @@
+"""The package: what ``import probcat`` loads, and the command line's entry."""
+
+import subprocess
+import sys
+
+
+def _run(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_import_probcat_loads_no_heavy_dependency():
+    code = (
+        "import sys, probcat\n"
+        "heavy = ('torch', 'galsim', 'astropy', 'sep', 'scipy', 'matplotlib')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    assert _run(code) == "[]"
+
+
+def test_public_names_resolve_lazily():
+    code = (
+        "import sys, probcat\n"
+        "f = probcat.detect\n"
+        "print(callable(f), type(probcat.Survey).__name__, 'torch' in sys.modules)\n"
+    )
+    assert _run(code) == "True type False"  # torch loads when a model does
+
+
+def test_cli_help_loads_no_heavy_dependency():
+    code = (
+        "import sys\n"
+        "from probcat.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in ('torch', 'galsim', 'astropy') if m in sys.modules))\n"
+    )
+    out = _run(code)
+    assert out.endswith("[]") and "detect" in out and "simulate" in out

@@ -1,0 +1,116 @@
+"""The generic training loop on a toy task (linear regression with a batch norm)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from probcat.errors import ProbcatValueError
+from probcat.train.loop import LoopSettings, Phase, fit, phase_lr
+
+
+class Toy:
+    kind = "toy"
+
+    def __init__(self, phases):
+        self._phases = phases
+        self.w = torch.tensor([[2.0], [-1.0]])
+
+    def build_model(self):
+        return nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+
+    def phases(self):
+        return self._phases
+
+    def batch(self, rng):
+        x = torch.from_numpy(rng.standard_normal((16, 2))).float()
+        return x, x @ self.w + 0.1 * torch.randn(
+            16, 1, generator=torch.Generator().manual_seed(int(rng.integers(1 << 30)))
+        )
+
+    def loss(self, model, batch, phase, gen):
+        x, y = batch
+        noise = 1e-3 * torch.randn(y.shape, generator=gen)  # the loop's generator is resumed too
+        mse = ((model(x) - y - noise) ** 2).mean()
+        return {"mse": mse, "total": mse}
+
+    def validate(self, model):
+        x = torch.linspace(-1, 1, 20)[:, None].repeat(1, 2)
+        return {"total": float(((model(x) - x @ self.w) ** 2).mean())}
+
+    def finish(self, model, progress):
+        return {"fitted": 1.0}
+
+    def weights(self, model):
+        return {"kind": "toy", "hparams": {}, "state_dict": model.state_dict(), "survey": {}}
+
+    def describe_data(self):
+        return {"train": "toy"}
+
+
+PHASES = [Phase("a", 4, 0.05, warmup=2), Phase("b", 4, 0.02, warmup=1, trainable=("2.",))]
+
+
+def _fit(out, stop=None, phases=PHASES, seed=0):
+    cfg = {"phases": [p.__dict__ for p in phases], "seed": seed}
+    return fit(
+        Toy(phases),
+        out,
+        config=cfg,
+        settings=LoopSettings(seed, 3, 100, 1),
+        progress=False,
+        stop_after=stop,
+    )
+
+
+def test_resume_is_exact_at_any_step(tmp_path):
+    straight = _fit(tmp_path / "straight")
+    want = torch.load(tmp_path / "straight/checkpoint.pt", weights_only=False)["model"]
+    for k in (1, 3, 4, 6):
+        run = tmp_path / f"stop{k}"
+        assert _fit(run, stop=k) is None
+        m = _fit(run)
+        got = torch.load(run / "checkpoint.pt", weights_only=False)["model"]
+        assert all(torch.equal(v, got[name]) for name, v in want.items()), k
+        assert [h["val"] for h in m["history"]] == [h["val"] for h in straight["history"]]
+    assert straight["fitted"] == 1.0 and straight["steps"] == 8
+    assert (tmp_path / "straight/toy.pt").exists()
+
+
+def test_phase_trains_only_its_parameters(tmp_path):
+    _fit(tmp_path / "run", stop=4)
+    before = torch.load(tmp_path / "run/checkpoint.pt", weights_only=False)["model"]
+    _fit(tmp_path / "run")
+    after = torch.load(tmp_path / "run/checkpoint.pt", weights_only=False)["model"]
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    # phase b trains layer 2 only; the batch norm still updates its running statistics
+    assert {"2.weight", "2.bias"} <= moved
+    assert not moved & {"0.weight", "0.bias", "1.weight", "1.bias"}
+
+
+def test_checkpoint_refuses_another_config_but_not_unstarted_phases(tmp_path):
+    _fit(tmp_path / "run", stop=2)
+    later = [PHASES[0], Phase("b", 6, 0.01)]  # phase b has not started: may change
+    assert _fit(tmp_path / "run", phases=later)["steps"] == 10
+    with pytest.raises(ProbcatValueError, match="different config"):
+        _fit(tmp_path / "run", phases=[Phase("a", 4, 0.1), Phase("b", 6, 0.01)])
+    with pytest.raises(ProbcatValueError, match="different config"):
+        _fit(tmp_path / "run", phases=later, seed=1)
+
+
+def test_loss_decreases(tmp_path):
+    m = _fit(tmp_path / "run", phases=[Phase("a", 60, 0.05, warmup=5)])
+    vals = [h["val"]["total"] for h in m["history"]]
+    assert vals[-1] < 0.2 * vals[0]
+
+
+def test_phase_lr_warms_up_then_decays_to_zero():
+    p = Phase("a", 100, 1e-2, warmup=10)
+    assert phase_lr(p, 0) == pytest.approx(1e-3)
+    assert phase_lr(p, 9) == pytest.approx(1e-2)
+    assert phase_lr(p, 10) == pytest.approx(1e-2)
+    assert phase_lr(p, 55) == pytest.approx(0.5e-2)
+    assert phase_lr(p, 99) < 1e-5
+    lrs = [phase_lr(p, k) for k in range(10, 100)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert np.isfinite(phase_lr(Phase("b", 1, 1.0, warmup=5), 0))
