@@ -14,7 +14,6 @@ Writes ``benchmarks/results/detection.json`` and ``detection_fig*.png``:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import subprocess
 import sys
@@ -22,12 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import _paths  # noqa: F401  (first: keeps benchmarks/ off the import path)
 import numpy as np
 import sep
 import torch
 
 from probcat.baselines.sep import sep_detect
-from probcat.catalog import FullCatalog, TileCatalog, atomic_write, make_wcs
+from probcat.catalog import FullCatalog, atomic_write, make_wcs
 from probcat.infer.detect import (
     SAMPLE_SWEEPS,
     batch_tile_features,
@@ -55,7 +55,8 @@ from probcat.simulate.bank import BankConfig, SourceBank
 from probcat.simulate.datasets import Simulation, SimulationConfig
 from probcat.simulate.render import render_direct
 from probcat.simulate.scene import SceneConfig, SceneSimulator
-from probcat.weights import DEFAULT_DETECTION, load_detection, shipped
+from probcat.tiles import TileCatalog
+from probcat.weights import DEFAULT_DETECTION, load, load_detection
 
 RESULTS = Path(__file__).resolve().parent / "results"
 THRESHOLDS = (0.2, 0.35, 0.5, 0.65, 0.8)
@@ -719,9 +720,7 @@ def main(argv=None):
         "command": command,
         "machine": "2-core CPU, no GPU",
         "weights": str(args.weights or DEFAULT_DETECTION),
-        "weights_sha256": hashlib.sha256(
-            Path(args.weights or shipped(DEFAULT_DETECTION)).read_bytes()
-        ).hexdigest(),
+        "weights_sha256": load(args.weights or DEFAULT_DETECTION).sha256,
         "n_images": args.n_images,
         "image_size": 98,
         "threshold": 0.5,

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import _paths  # noqa: F401  (first: keeps benchmarks/ off the import path)
 import numpy as np
 import torch
 

@@ -1,10 +1,12 @@
-"""Copy a finished training run into the package with its manifest.
+"""Copy a finished training run into the package with its manifest, or refresh the shipped
+manifest's benchmark numbers.
 
-    .venv/bin/python scripts/ship_weights.py runs/detection_lsst_i
+    .venv/bin/python scripts/ship_weights.py runs/detection_lsst_i          # ship a run
+    .venv/bin/python scripts/ship_weights.py --benchmark detection_lsst_i   # record numbers
 
 The manifest gets the training manifest (config, data seeds, command, commit, validation
-history), the weight file's sha256 and, when present, the headline numbers of
-``benchmarks/results/detection.json`` measured with these weights.
+history), the weight file's sha256 and, when ``benchmarks/results/detection.json`` was
+measured with these very weights (same sha256), its headline numbers.
 """
 
 from __future__ import annotations
@@ -24,25 +26,43 @@ HEADLINE = ("probcat", "sep", "boundary_min_prob_one_match", "galaxy_f1_snr_gt_1
             "speed", "n_images", "command", "git_commit")
 
 
-def main(run: str, name: str = "detection_lsst_i") -> None:
-    run_dir = Path(run)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    target = WEIGHTS / f"{name}.pt"
-    shutil.copyfile(run_dir / "detection.pt", target)
-    manifest["weights"] = target.name
-    manifest["sha256"] = hashlib.sha256(target.read_bytes()).hexdigest()
-    manifest["size_bytes"] = target.stat().st_size
-    manifest["training_command"] = manifest.pop("command")
+def _with_benchmark(manifest: dict) -> dict:
     bench = ROOT / "benchmarks" / "results" / "detection.json"
     result = json.loads(bench.read_text()) if bench.exists() else {}
     if result.get("weights_sha256") == manifest["sha256"]:
         manifest["benchmark"] = {k: result.get(k) for k in HEADLINE}
     else:
         print("benchmarks/results/detection.json was not measured with these weights: "
-              "run benchmarks/detection.py, then ship again to record its numbers")
-    (WEIGHTS / f"manifest_{name}.json").write_text(json.dumps(manifest, indent=1) + "\n")
+              "run benchmarks/detection.py, then record its numbers with --benchmark")
+    return manifest
+
+
+def _write(name: str, manifest: dict) -> None:
+    text = json.dumps(manifest, indent=1) + "\n"
+    (WEIGHTS / f"manifest_{name}.json").write_text(text)
+
+
+def ship(run: str, name: str = "detection_lsst_i") -> None:
+    run_dir = Path(run)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    target = WEIGHTS / f"{name}.pt"
+    shutil.copyfile(run_dir / manifest["weights"], target)
+    manifest["weights"] = target.name
+    manifest["sha256"] = hashlib.sha256(target.read_bytes()).hexdigest()
+    manifest["size_bytes"] = target.stat().st_size
+    manifest["training_command"] = manifest.pop("command")
+    _write(name, _with_benchmark(manifest))
     print(f"shipped {target} ({manifest['size_bytes'] / 1e6:.2f} MB)")
 
 
+def record_benchmark(name: str = "detection_lsst_i") -> None:
+    path = WEIGHTS / f"manifest_{name}.json"
+    _write(name, _with_benchmark(json.loads(path.read_text())))
+    print(f"updated {path}")
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if sys.argv[1:2] == ["--benchmark"]:
+        record_benchmark(*sys.argv[2:])
+    else:
+        ship(*sys.argv[1:])

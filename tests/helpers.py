@@ -46,3 +46,20 @@ def stamp_net_with(refine: bool):
     return DetectionNet(
         n_bands=1, channels=8, n_blocks=1, stem="patchify", classifier="stamp", proximity=True
     ).eval()
+
+
+def random_catalog(n=6, seed=0, shape=(20, 30)):
+    """A catalog of ``n`` random sources with per-band fluxes (bands g, i)."""
+    rng = np.random.default_rng(seed)
+    return FullCatalog(
+        {
+            "x": rng.uniform(-0.5, shape[1] - 0.5, n),
+            "y": rng.uniform(-0.5, shape[0] - 0.5, n),
+            "galaxy": rng.random(n) < 0.5,
+            "flux": rng.uniform(1e3, 1e5, (n, 2)),
+            "source_id": np.arange(n, dtype=np.int64),
+        },
+        shape,
+        ("g", "i"),
+        {"seed": seed},
+    )

@@ -1,29 +1,14 @@
 import numpy as np
 import pytest
+from helpers import random_catalog
 
 from probcat.catalog import FullCatalog, make_wcs
 from probcat.errors import ProbcatIOError, ProbcatValueError
 
 
-def _cat(n=6, seed=0, shape=(20, 30)):
-    rng = np.random.default_rng(seed)
-    return FullCatalog(
-        {
-            "x": rng.uniform(-0.5, shape[1] - 0.5, n),
-            "y": rng.uniform(-0.5, shape[0] - 0.5, n),
-            "galaxy": rng.random(n) < 0.5,
-            "flux": rng.uniform(1e3, 1e5, (n, 2)),
-            "source_id": np.arange(n, dtype=np.int64),
-        },
-        shape,
-        ("g", "i"),
-        {"seed": seed},
-    )
-
-
 @pytest.mark.parametrize("suffix", [".fits", ".parquet"])
 def test_file_round_trip_is_lossless(tmp_path, suffix):
-    c = _cat()
+    c = random_catalog()
     wcs = make_wcs(c.image_shape, 0.2, 150.0, 2.0)
     c.write(tmp_path / f"cat{suffix}", wcs=wcs)
     back = FullCatalog.read(tmp_path / f"cat{suffix}")
@@ -41,11 +26,11 @@ def test_read_errors(tmp_path):
     with pytest.raises(ProbcatIOError):
         FullCatalog.read(bad)
     with pytest.raises(ProbcatValueError):
-        _cat().write(tmp_path / "cat.txt")
+        random_catalog().write(tmp_path / "cat.txt")
 
 
 def test_wcs_pixel_sky_round_trip():
-    c = _cat()
+    c = random_catalog()
     wcs = make_wcs(c.image_shape, 0.2, 150.0, 2.0)
     t = c.to_table(wcs)
     x, y = wcs.world_to_pixel_values(t["ra"], t["dec"])

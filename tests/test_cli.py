@@ -112,3 +112,19 @@ def test_train_calibrate_needs_a_run_directory(tmp_path, capsys):
     rc = main(["train", "calibrate", str(tmp_path / "nowhere")])
     err = capsys.readouterr().err.strip()
     assert rc != 0 and "detection.pt: not found" in err and len(err.splitlines()) == 1
+
+
+def test_train_config_typo_is_one_line_before_any_work(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  stem: patchfy\n")
+    rc = main(["train", "detection", "-c", str(cfg), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "model.stem: 'patchfy' is not one of 'conv', 'patchify'" in err
+    assert not (tmp_path / "run").exists()  # nothing built, nothing written
+
+
+def test_detect_threads_option(tmp_path, capsys, weights):
+    rc = main(["detect", str(tmp_path / "x.fits"), "--threads", "zero", "--weights", str(weights)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--threads must be 'auto' or an integer >= 1" in err

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import random_catalog
 
 from probcat.catalog import FullCatalog
 from probcat.tiles import (
@@ -11,20 +12,6 @@ from probcat.tiles import (
     pixel_to_tile,
     tile_to_pixel,
 )
-
-
-def _cat(n=6, seed=0, shape=(20, 30)):
-    rng = np.random.default_rng(seed)
-    return FullCatalog(
-        {
-            "x": rng.uniform(-0.5, shape[1] - 0.5, n),
-            "y": rng.uniform(-0.5, shape[0] - 0.5, n),
-            "galaxy": rng.random(n) < 0.5,
-            "flux": rng.uniform(1e3, 1e5, (n, 2)),
-        },
-        shape,
-        ("g", "i"),
-    )
 
 
 def test_tile_round_trip_one_source_per_tile():
@@ -63,7 +50,7 @@ def test_tile_keeps_brightest_and_counts_collisions():
 
 
 def test_batched_tiling_matches_per_image():
-    cats = [_cat(8, s) for s in range(3)]
+    cats = [random_catalog(8, s) for s in range(3)]
     batch = TileCatalog.from_full(cats, 5)
     for i, c in enumerate(cats):
         single = c.to_tiles(5)

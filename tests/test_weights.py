@@ -97,3 +97,17 @@ def test_first_format_weights_are_upgraded_to_the_same_network(tmp_path, weights
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 1, 40, 40))).float()
     with torch.no_grad():
         assert torch.equal(a(x).count_logit, b(x).count_logit)
+
+
+def test_trained_backbone_for_other_encoders():
+    """The detection weights' backbone, trainable, gives the shipped network's features."""
+    from probcat.weights import load_backbone
+
+    bb = load_backbone("detection_lsst_i")
+    net = load("detection_lsst_i").model
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in bb.modules())  # not folded
+    bb.eval()
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((1, 1, 60, 60))).float()
+    with torch.no_grad():
+        assert torch.allclose(bb(x), net.features(x), atol=1e-4)
+    assert bb.receptive_field == net.receptive_field and bb.feature_halo == net.feature_halo

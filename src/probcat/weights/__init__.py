@@ -25,6 +25,7 @@ __all__ = [
     "Weights",
     "load",
     "load_detection",
+    "load_backbone",
     "names",
     "manifest",
     "shipped",
@@ -210,3 +211,15 @@ def load_detection(name_or_path=None):
     """The detection encoder and the survey it was trained for (shipped LSST-i by default)."""
     w = load(name_or_path, kind="detection")
     return w.model, w.survey
+
+
+def load_backbone(name_or_path=None):
+    """The trained, trainable backbone (batch norms not folded) of detection weights, to
+    start another encoder from (deblending, photo-z, ...); a :class:`Backbone`."""
+    from probcat.nets.detection import DetectionNet, upgrade_state_dict
+
+    w = load(name_or_path, kind="detection")  # checks the file and its manifest
+    state = read_weights(w.path)
+    net = DetectionNet(**state["hparams"])
+    net.load_state_dict(upgrade_state_dict(state["state_dict"]))
+    return net.backbone

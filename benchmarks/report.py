@@ -1,0 +1,248 @@
+"""Tables of the benchmark results, generated from ``benchmarks/results/*.json``: the whole of
+``docs/benchmarks.md`` and the results block of the README (between its ``results`` markers).
+
+    .venv/bin/python benchmarks/report.py           # rewrite both
+    .venv/bin/python benchmarks/report.py --check   # exit 1 if either is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+README = ROOT / "README.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _get(data: dict, path: str):
+    for key in path.split("."):
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _fmt(value, spec: str) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return format(value, spec)
+
+
+# (label, json path of probcat's value, of the baseline's (or None), format, target)
+TABLES = {
+    "detection": (
+        "probcat vs SEP on held-out 98×98 LSST-i `blend` scenes (test-split galaxies)",
+        [
+            ("F1 (SNR 3–1000)", "probcat.f1", "sep.f1", ".3f", "probcat ≥ SEP + 0.05"),
+            ("precision", "probcat.precision", "sep.precision", ".3f", ""),
+            ("recall", "probcat.recall", "sep.recall", ".3f", ""),
+            (
+                "recall at SNR 3–10",
+                "probcat.recall_snr_3_10",
+                "sep.recall_snr_3_10",
+                ".3f",
+                "≥ 1.5× SEP",
+            ),
+            (
+                "recall, top blendedness third",
+                "probcat.recall_blend_top_third",
+                "sep.recall_blend_top_third",
+                ".3f",
+                "≥ 1.2× SEP",
+            ),
+            ("galaxy F1 at SNR > 10", "galaxy_f1_snr_gt_10", None, ".3f", "≥ 0.97"),
+            ("star F1 at SNR > 12", "star_f1_snr_gt_12", None, ".3f", "≥ 0.85"),
+            ("detection ECE", "detection_ece", None, ".4f", "≤ 0.03"),
+            ("centroid coverage 68%", "centroid_coverage_68", None, ".3f", "0.683 ± 0.03"),
+            ("centroid coverage 95%", "centroid_coverage_95", None, ".3f", "0.954 ± 0.03"),
+            (
+                "tile-boundary P(one match), worst offset",
+                "boundary_min_prob_one_match",
+                None,
+                ".3f",
+                "≥ 0.95",
+            ),
+            (
+                "seconds, 1000×1000 MAP catalog (fresh process)",
+                "speed.probcat_s",
+                "speed.sep_s",
+                ".3f",
+                "ratio ≤ 3",
+            ),
+            ("speed ratio probcat / SEP", "speed.ratio", None, ".2f", "≤ 3"),
+            (
+                "peak RSS MB, `probcat detect` 4000×4000",
+                "detect_4k.peak_rss_mb",
+                None,
+                ".0f",
+                "≤ 2048",
+            ),
+        ],
+    ),
+    "platform": (
+        "the public API, start-up and thread policy (fresh processes, medians of 5)",
+        [
+            ("`import probcat` (s)", "import_s", None, ".3f", "≤ 1.0"),
+            ("`probcat --help` (s)", "help_s", None, ".3f", "≤ 1.5"),
+            (
+                "1000×1000 MAP catalog, quiet, default threads (s)",
+                "detect_1k_quiet_s",
+                "sep_1k_quiet_s",
+                ".3f",
+                "",
+            ),
+            (
+                "1000×1000 MAP catalog, quiet, 1 thread (s)",
+                "detect_1k_quiet_1thread_s",
+                None,
+                ".3f",
+                "",
+            ),
+            (
+                "1000×1000 MAP catalog, one core busy, default threads (s)",
+                "detect_1k_busy_s",
+                "sep_1k_busy_s",
+                ".3f",
+                "≤ 1.25 × quiet 1 thread",
+            ),
+            ("busy / quiet 1 thread", "busy_over_quiet_1thread", None, ".2f", "≤ 1.25"),
+            (
+                "98×98 cutouts per second, batched",
+                "cutouts_per_s_probcat_batched",
+                "cutouts_per_s_sep",
+                ".0f",
+                "≥ 50",
+            ),
+            (
+                "same catalog as before the platform change",
+                "same_catalog_as_before",
+                None,
+                "",
+                "yes",
+            ),
+            ("max abs probability difference", "same_catalog_max_abs_prob_diff", None, ".1e", ""),
+            ("training resume exact", "resume_exact", None, "", "yes"),
+        ],
+    ),
+    "simulate": (
+        "the simulator: composed scenes against direct GalSim rendering",
+        [
+            (
+                "composed 98×98 scenes per second (one core)",
+                "composed_scenes_per_s",
+                "direct_scenes_per_s",
+                ".0f",
+                "≥ 1000",
+            ),
+            ("max |composed − direct| / σ", "max_abs_diff_over_sigma", None, ".4f", "≤ 0.1"),
+            (
+                "galaxies per arcmin² at i < 27",
+                "density_i_lt_27_per_arcmin2",
+                None,
+                ".1f",
+                "160 ± 10%",
+            ),
+            (
+                "galaxies per arcmin² at i < 25.3",
+                "density_i_lt_25_3_per_arcmin2",
+                None,
+                ".1f",
+                "55 ± 10%",
+            ),
+        ],
+    ),
+}
+BASELINES = {"detection": "SEP", "platform": "SEP", "simulate": "direct GalSim"}
+README_ROWS = {
+    "detection": [0, 3, 4, 5, 7, 8, 9, 12],
+    "platform": [0, 4, 6],
+}
+
+
+def _rows(name: str, data: dict, pick=None) -> list[str]:
+    _, rows = TABLES[name]
+    base = BASELINES[name]
+    out = [f"| | probcat | {base} | target |", "| --- | --- | --- | --- |"]
+    for i, (label, path, other, spec, target) in enumerate(rows):
+        if pick is not None and i not in pick:
+            continue
+        b = _fmt(_get(data, other), spec) if other else ""
+        out.append(f"| {label} | {_fmt(_get(data, path), spec)} | {b} | {target} |")
+    return out
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def doc_text() -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `benchmarks/report.py` from `benchmarks/results/*.json`; do not edit.",
+        "Each benchmark writes its JSON (with the exact command and git commit) and PNG",
+        "figures under `benchmarks/results/`. Numbers were measured on a 2-core CPU without",
+        "a GPU; probcat and its baseline ran on the same images, in the same run.",
+    ]
+    for name, (title, _) in TABLES.items():
+        data = _load(name)
+        lines += ["", f"## {name}: {title}", ""]
+        if data is None:
+            lines.append(f"Not run yet: `.venv/bin/python benchmarks/{name}.py`.")
+            continue
+        lines += [f"`{data.get('command')}` at commit `{data.get('git_commit')}`.", ""]
+        lines += _rows(name, data)
+        figures = sorted(p.name for p in RESULTS.glob(f"{name}*.png"))
+        if figures:
+            lines += ["", "Figures: " + ", ".join(f"`results/{f}`" for f in figures) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def readme_block() -> str:
+    lines = [START, ""]
+    for name, pick in README_ROWS.items():
+        data = _load(name)
+        if data is None:
+            continue
+        lines += [f"**{name}** ({TABLES[name][0]}):", ""]
+        lines += _rows(name, data, pick)
+        lines.append("")
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def readme_text() -> str:
+    text = README.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{README}: no {START} ... {END} block")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return head + readme_block() + tail
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if the files are out of date")
+    args = ap.parse_args(argv)
+    wanted = {DOC: doc_text(), README: readme_text()}
+    stale = [p for p, t in wanted.items() if not p.exists() or p.read_text() != t]
+    if args.check:
+        for p in stale:
+            print(f"{p.relative_to(ROOT)} is out of date: run benchmarks/report.py")
+        return 1 if stale else 0
+    for p in stale:
+        p.write_text(wanted[p])
+        print(f"wrote {p.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

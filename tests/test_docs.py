@@ -1,0 +1,34 @@
+"""The documentation that is generated or that users read."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_tables_are_generated_from_the_results():
+    """docs/benchmarks.md and the README's results block equal what benchmarks/report.py
+    makes of benchmarks/results/*.json (nobody typed the numbers)."""
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "report.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_user_docs_stay_inside_the_repository():
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    assert len(files) >= 5
+    for f in files:
+        text = f.read_text()
+        assert "../shared" not in text and "shared/" not in text, f
+        for link in re.findall(r"\]\(([^)#]+)\)", text):  # relative links resolve
+            if "://" not in link:
+                assert (f.parent / link).exists(), (f, link)
+
+
+def test_readme_is_short():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 130

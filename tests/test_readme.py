@@ -1,0 +1,69 @@
+"""Every Python snippet of the README runs (in order, in one namespace, in a scratch folder
+holding the files they name), and so do its `probcat detect` command lines."""
+
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from probcat.catalog import make_wcs
+from probcat.cli import main
+from probcat.io import write_image
+from probcat.survey import Survey
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+FIXED = Path(__file__).resolve().parent / "data" / "fixed_scene_v6.npz"
+
+
+def _blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), flags=re.S)
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PROBCAT_CACHE", str(tmp_path / "cache"))
+    image = np.load(FIXED)["image"]
+    s = Survey.lsst(bands="i")
+    write_image("image.fits", image, s, make_wcs(image.shape[1:], 0.2, 150.0, 2.0))
+    cutouts = np.stack([image[:, :98, :98], image[:, 62:, 62:]])
+    return {"cutouts": cutouts, "cutout_a": cutouts[0], "cutout_b": cutouts[1]}
+
+
+@pytest.mark.slow
+def test_python_snippets_run(scratch):
+    blocks = _blocks("python")
+    assert len(blocks) >= 3
+    namespace = dict(scratch)
+    for code in blocks:
+        exec(compile(code, str(README), "exec"), namespace)
+    assert len(namespace["res"].samples) == 100
+    assert len(namespace["cats"]) == 2 and namespace["maps"].shape == (2, 20, 20)
+    assert namespace["images"].shape == (8, 1, 98, 98)
+
+
+def test_detect_command_lines_run(scratch, capsys):
+    lines = [ln for b in _blocks("bash") for ln in b.splitlines()]
+    lines = [ln for ln in lines if ln.startswith(".venv/bin/probcat detect ")]
+    assert len(lines) == 2
+    for line in lines:
+        args = shlex.split(line.split("#")[0])[1:]  # drop .venv/bin/probcat
+        assert main(args) == 0, capsys.readouterr().err
+    assert Path("catalog.fits").exists() and Path("det.png").exists()
+    assert Path("image_catalog_samples.fits").exists()
+
+
+def test_every_command_of_the_readme_exists(capsys):
+    lines = [ln for b in _blocks("bash") for ln in b.splitlines() if "bin/probcat " in ln]
+    for line in lines:
+        words = shlex.split(line.split("#")[0].split("&&")[-1])
+        command = [w for w in words[1:] if not w.startswith("-")][:2]
+        if command[0] == "train":
+            command = command[:2]
+        else:
+            command = command[:1]
+        assert main([*command, "--help"]) == 0, line
+        assert "Usage:" in capsys.readouterr().out
+    assert main(["nosuchcommand", "--help"]) == 2  # the check can fail
