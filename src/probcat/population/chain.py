@@ -1,0 +1,457 @@
+"""The whole chain for one target observation: r1 (detection), r2 (sensitivity), the
+truncated simulator, r3 (sub-threshold information), r4 (detected sources), their
+combination, a plain NRE at the same simulation budget, and the coverage of each.
+
+Every network trains through :func:`probcat.train.loop.fit` in its own folder of the run
+directory (checkpoints, exact resume, manifest), so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from probcat.catalog import atomic_write
+from probcat.config import to_dict
+from probcat.errors import ProbcatValueError
+from probcat.population.detection import (
+    REGION_DEG,
+    THRESHOLDS_LOG10,
+    Detections,
+    find_detections,
+    match_detections,
+    prior_map,
+)
+from probcat.population.inference import Grid, Posterior, combine, expected_coverage
+from probcat.population.simulator import (
+    EXTENT_DEG,
+    MAP_SIZE,
+    PARAM_NAMES,
+    PRIOR_HIGH,
+    PRIOR_LOW,
+    normalise_theta,
+    sample_prior,
+    simulate,
+    trunc_lognormal,
+)
+from probcat.population.tasks import (
+    R1_HALO,
+    MapRatioTask,
+    R1Task,
+    R2Task,
+    SetRatioTask,
+    pad_lists,
+)
+from probcat.population.truncated import TruncatedSimulator
+from probcat.train.loop import LoopSettings, fit
+
+__all__ = ["PopulationConfig", "run_chain", "Chain"]
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Training budget of one network: ``steps`` of ``batch`` examples at ``lr``;
+    ``balance`` > 0 trains a ratio estimator as balanced NRE."""
+
+    steps: int = 2000
+    batch: int = 64
+    lr: float = 1e-3
+    balance: float = 0.0
+
+
+@dataclass(frozen=True)
+class PopulationConfig:
+    """Simulation budget and settings of the chain (strict YAML: ``probcat population -c``).
+
+    ``pool_maps`` full-model maps, run through r1, train r2 (their sources) and r4 (their
+    detected lists). The plain NRE gets as many fresh full-model maps as r3 and r4 saw
+    together (``r3.steps * r3.batch + pool_maps``), in batches of ``r3.batch``.
+    """
+
+    seed: int = 0
+    detect_threshold_log10: float = float(THRESHOLDS_LOG10[8])
+    r1: NetConfig = field(default_factory=lambda: NetConfig(1200, 16, 2e-3))
+    r1_crop: int = 64
+    r1_channels: int = 16
+    pool_maps: int = 8000
+    r2: NetConfig = field(default_factory=lambda: NetConfig(1500, 512, 2e-3))
+    r3: NetConfig = field(default_factory=NetConfig)
+    r4: NetConfig = field(default_factory=lambda: NetConfig(2000, 128, 1e-3))
+    r4_draws: int = 64
+    prior_draws: int = 4000
+    coverage_sims: int = 300
+    grid_n_step: int = 5
+    grid_sigma: int = 41
+    grid_h: int = 39
+    threads: int = 2
+
+    def __post_init__(self):
+        if not any(np.isclose(self.detect_threshold_log10, THRESHOLDS_LOG10)):
+            raise ProbcatValueError(
+                "detect_threshold_log10 must be one of the r1 thresholds "
+                f"{[round(float(t), 3) for t in THRESHOLDS_LOG10]}"
+            )
+        for name in ("pool_maps", "r4_draws", "prior_draws", "coverage_sims", "threads"):
+            if getattr(self, name) < 1:
+                raise ProbcatValueError(f"{name} must be >= 1")
+        for name in ("r1", "r2", "r3", "r4"):
+            c = getattr(self, name)
+            if c.steps < 1 or c.batch < 2 or not c.lr > 0:
+                raise ProbcatValueError(f"{name}: steps >= 1, batch >= 2 and lr > 0 needed")
+        if self.r1_crop <= 2 * R1_HALO:
+            raise ProbcatValueError(f"r1_crop must exceed {2 * R1_HALO}")
+
+    @property
+    def k_detect(self) -> int:
+        return int(np.argmin(np.abs(THRESHOLDS_LOG10 - self.detect_threshold_log10)))
+
+    @property
+    def plain_steps(self) -> int:
+        return math.ceil((self.r3.steps * self.r3.batch + self.pool_maps) / self.r3.batch)
+
+
+def _settings(cfg: PopulationConfig, steps: int, seed_offset: int) -> LoopSettings:
+    every = max(steps // 4, 1)
+    return LoopSettings(cfg.seed + seed_offset, every, max(steps // 10, 50), cfg.threads)
+
+
+class Chain:
+    """The trained pieces of a run, and the posteriors they give."""
+
+    def __init__(self, cfg: PopulationConfig, out: Path, progress: bool = True):
+        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.prior = None  # (K, H, W) prior map of r1
+        self.r1 = self.r2 = self.r3 = self.r4 = self.plain = None
+        self.detected_fluxes = None  # the pool's detected fluxes: p(F | detected)
+        self.n_simulations = {}
+
+    # ---- r1: detection -------------------------------------------------------------------
+    def train_r1(self):
+        c = self.cfg
+        task = R1Task(c.r1.steps, c.r1.lr, c.seed + 1, c.r1.batch, c.r1_crop, c.r1_channels)
+        self._fit(task, c.r1.steps, 1)
+        self.r1 = task.model
+        self.n_simulations["r1"] = task.n_simulations
+        path = self.out / "prior_map.npy"
+        if path.exists():
+            self.prior = np.load(path)
+        else:
+            self.prior = prior_map(c.prior_draws, seed=c.seed)
+            atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), self.prior))
+
+    @torch.no_grad()
+    def posterior_maps(self, maps: np.ndarray, batch: int = 64) -> np.ndarray:
+        """r1's posterior ``p(source above F_th in s | x)`` ``(B, K, 128, 128)``."""
+        out = []
+        h = R1_HALO
+        for i in range(0, len(maps), batch):
+            m = np.pad(maps[i : i + batch], ((0, 0), (h, h), (h, h)))
+            logit = self.r1(torch.from_numpy(m), -h, -h)[:, :, h:-h, h:-h]
+            out.append(torch.sigmoid(logit).numpy())
+        return np.concatenate(out)
+
+    def detect(self, maps: np.ndarray) -> list[Detections]:
+        k = self.cfg.k_detect
+        post = self.posterior_maps(maps)[:, k]
+        thr = float(THRESHOLDS_LOG10[k])
+        return [find_detections(p, self.prior[k], thr) for p in post]
+
+    # ---- the pool: r2 and r4 -------------------------------------------------------------
+    def pool(self):
+        """Full-model maps run through r1: their sources (detected or not) and detected
+        lists (true ``log10 F, l, b`` of the detected sources), cached in the run."""
+        path = self.out / "pool.npz"
+        if path.exists():
+            return dict(np.load(path))
+        c = self.cfg
+        rng = np.random.default_rng([c.seed, 5])
+        thetas, srcs, n_done = [], [], 0
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=c.pool_maps, desc="pool maps through r1", disable=not self.progress)
+        while n_done < c.pool_maps:
+            n = min(256, c.pool_maps - n_done)
+            theta, maps, src = simulate(rng, n)
+            src = match_detections(src, self.detect(maps))
+            src.map = src.map + n_done
+            thetas.append(theta)
+            srcs.append(src)
+            n_done += n
+            bar.update(n)
+        bar.close()
+        from probcat.population.simulator import Sources
+
+        src = Sources.concat(srcs)
+        data = {
+            "theta": np.concatenate(thetas),
+            "map": src.map,
+            "flux": src.flux,
+            "l": src.l,
+            "b": src.b,
+            "detected": src.detected,
+        }
+        atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), **data))
+        return data
+
+    def train_r2_r4(self, pool: dict):
+        c = self.cfg
+        feats = source_features(pool["flux"], pool["l"], pool["b"])
+        task = R2Task(c.r2.steps, c.r2.lr, c.seed + 2, feats, pool["detected"], c.r2.batch)
+        self._fit(task, c.r2.steps, 2)
+        self.r2 = task.model
+        det = pool["detected"]
+        lists = split_lists(feats[det], pool["map"][det], len(pool["theta"]))
+        task = SetRatioTask(
+            c.r4.steps, c.r4.lr, c.seed + 4, pool["theta"], lists, c.r4.batch, c.r4.balance
+        )
+        self._fit(task, c.r4.steps, 4)
+        self.r4 = task.model
+        self.detected_fluxes = pool["flux"][det]
+        self.n_simulations["pool"] = len(pool["theta"])
+
+    @torch.no_grad()
+    def sensitivity(self, flux, l, b) -> np.ndarray:
+        """``S(F, s)``: r2's probability that a source would be detected."""
+        x = torch.from_numpy(source_features(flux, l, b))
+        return torch.sigmoid(self.r2(x)).numpy()
+
+    # ---- r3 and the plain NRE ------------------------------------------------------------
+    def train_r3(self, det: Detections):
+        c = self.cfg
+        self.truncated = TruncatedSimulator(det, self.sensitivity)
+        task = MapRatioTask(
+            "r3",
+            c.r3.steps,
+            c.r3.lr,
+            c.seed + 3,
+            self.truncated.simulate,
+            c.r3.batch,
+            c.r3.balance,
+        )
+        self._fit(task, c.r3.steps, 3)
+        self.r3 = task.model
+        self.n_simulations["r3"] = task.n_simulations
+
+    def train_plain(self):
+        c = self.cfg
+        steps = c.plain_steps
+        task = MapRatioTask("plain", steps, c.r3.lr, c.seed + 6, simulate, c.r3.batch, c.r3.balance)
+        self._fit(task, steps, 6)
+        self.plain = task.model
+        self.n_simulations["plain"] = task.n_simulations
+
+    def _fit(self, task, steps: int, offset: int):
+        fit(
+            task,
+            self.out / task.kind.removeprefix("population_"),
+            config={"task": task.kind, "chain": to_dict(self.cfg)},
+            settings=_settings(self.cfg, steps, offset),
+            progress=self.progress,
+        )
+        task.model.eval()
+
+    # ---- posteriors on a grid ------------------------------------------------------------
+    @torch.no_grad()
+    def log_r_map(self, net, maps: np.ndarray, grid: Grid) -> np.ndarray:
+        """``log r(theta; x)`` ``(B, G)`` of map-ratio network ``net`` on the grid."""
+        th = torch.from_numpy(normalise_theta(grid.points)).float()
+        emb = net.embedding(torch.from_numpy(np.asarray(maps, np.float32)))
+        return np.stack([_head_on_grid(net.head, e, th) for e in emb])
+
+    @torch.no_grad()
+    def log_r4(self, lists: list[np.ndarray], grid: Grid) -> np.ndarray:
+        th = torch.from_numpy(normalise_theta(grid.points)).float()
+        out = []
+        for i in range(0, len(lists), 64):
+            feats, mask = pad_lists(lists[i : i + 64])
+            emb = self.r4.embedding(feats, mask)
+            out += [_head_on_grid(self.r4.head, e, th) for e in emb]
+        return np.stack(out)
+
+    def draw_detected_lists(self, rng, det: Detections, n: int) -> list[np.ndarray]:
+        """``n`` draws of ``S_det ~ p(S_det | I = 1)``: each detected source uniform in its
+        region ``R_i`` with a flux from the pool's detected fluxes (``p(F | detected)``;
+        without any, the prior's flux distribution above the threshold)."""
+        out = []
+        for _ in range(n):
+            l = det.l + rng.uniform(-REGION_DEG, REGION_DEG, len(det))
+            b = det.b + rng.uniform(-REGION_DEG, REGION_DEG, len(det))
+            if len(self.detected_fluxes):
+                f = rng.choice(self.detected_fluxes, len(det))
+            else:
+                sigma = rng.uniform(PRIOR_LOW[1], PRIOR_HIGH[1], len(det))
+                f = trunc_lognormal(rng, sigma, 10.0**det.threshold_log10)
+            out.append(source_features(f, l, b))
+        return out
+
+    def posteriors(self, x_o: np.ndarray, det: Detections, grid: Grid, rng) -> dict:
+        """The four posteriors of the target: ``r3``, ``r4`` (detected sources),
+        ``combined`` and ``plain_nre``, and the log ``E[r4]`` on the grid."""
+        feasible = np.where(grid.points[:, 0] >= len(det), 0.0, -np.inf)
+        log_r3 = self.log_r_map(self.r3, x_o[None], grid)[0]
+        log_r4 = self.log_r4(self.draw_detected_lists(rng, det, self.cfg.r4_draws), grid)
+        log_combined = combine(log_r3, log_r4) + feasible
+        log_e_r4 = log_combined - log_r3
+        log_plain = self.log_r_map(self.plain, x_o[None], grid)[0]
+        return {
+            "r3": Posterior(grid, log_r3 + feasible),
+            "r4": Posterior(grid, log_e_r4),
+            "combined": Posterior(grid, log_combined),
+            "plain_nre": Posterior(grid, log_plain),
+            "log_e_r4": log_e_r4,
+        }
+
+
+@torch.no_grad()
+def _head_on_grid(head, emb: torch.Tensor, theta: torch.Tensor, chunk: int = 65536):
+    out = []
+    for i in range(0, len(theta), chunk):
+        t = theta[i : i + chunk]
+        out.append(head(emb[None].expand(len(t), -1), t))
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def source_features(flux, l, b) -> np.ndarray:
+    """Per-source network inputs ``(n, 3)``: ``log10 F``, ``l / 40``, ``b / 40``."""
+    return np.stack(
+        [np.log10(flux), np.asarray(l) / EXTENT_DEG, np.asarray(b) / EXTENT_DEG], 1
+    ).astype(np.float32)
+
+
+def split_lists(feats: np.ndarray, maps: np.ndarray, n_maps: int) -> list[np.ndarray]:
+    order = np.argsort(maps, kind="stable")
+    starts = np.searchsorted(maps[order], np.arange(n_maps + 1))
+    return [feats[order[starts[i] : starts[i + 1]]] for i in range(n_maps)]
+
+
+def coverage(chain: Chain, det: Detections, log_e_r4_fine: np.ndarray, fine: Grid, rng):
+    """Expected coverage of each estimator's marginals (see docs): r3 on targeted maps with
+    ``theta`` from the truncated prior; combined on targeted maps with ``theta`` drawn from
+    the r4-route posterior (prior x ``p(I = 1 | theta)``); r4 on full-model maps with their
+    true detected lists; the plain NRE on full-model maps."""
+    c = chain.cfg
+    n = c.coverage_sims
+    grid = Grid.default(n_sigma=21, n_h=20, n_step=10)
+    feasible = np.where(grid.points[:, 0] >= len(det), 0.0, -np.inf)
+    out, truths = {}, {}
+    # r3: targeted maps, theta from the truncated prior
+    theta, maps, _ = chain.truncated.simulate(rng, n)
+    lr = chain.log_r_map(chain.r3, maps, grid)
+    out["r3"] = expected_coverage([Posterior(grid, v + feasible) for v in lr], theta)
+    truths["r3"] = theta
+    # combined: theta ~ truncated prior x p(I=1 | theta) (the r4-route posterior)
+    theta = Posterior(fine, log_e_r4_fine).sample(rng, n)
+    theta[:, 0] = np.clip(np.round(theta[:, 0]), len(det), None)
+    _, maps, _ = chain.truncated.simulate(rng, n, theta)
+    lr = chain.log_r_map(chain.r3, maps, grid)
+    e_r4 = _coarse(log_e_r4_fine, fine, grid)
+    out["combined"] = expected_coverage([Posterior(grid, v + e_r4) for v in lr], theta)
+    # r4: full-model maps with their true detected lists
+    theta, maps, src = simulate(rng, n)
+    src = match_detections(src, chain.detect(maps))
+    feats = source_features(src.flux, src.l, src.b)
+    lists = split_lists(feats[src.detected], src.map[src.detected], n)
+    lr4 = chain.log_r4(lists, grid)
+    out["r4"] = expected_coverage([Posterior(grid, v) for v in lr4], theta)
+    # plain NRE: prior draws
+    theta, maps, _ = simulate(rng, n)
+    lp = chain.log_r_map(chain.plain, maps, grid)
+    out["plain_nre"] = expected_coverage([Posterior(grid, v) for v in lp], theta)
+    return out
+
+
+def _coarse(log_w_fine: np.ndarray, fine: Grid, coarse: Grid) -> np.ndarray:
+    """Log weights of a fine grid at the nearest points of a coarse one."""
+    idx = [np.abs(f[:, None] - c[None]).argmin(0) for f, c in zip(fine.axes, coarse.axes)]
+    w = log_w_fine.reshape(fine.shape)[np.ix_(*idx)]
+    return w.ravel()
+
+
+def run_chain(
+    cfg: PopulationConfig,
+    out: str | Path,
+    *,
+    target_seed: int | None = None,
+    target_map: np.ndarray | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict:
+    """Run the chain for a target (a simulated one from ``target_seed``, or ``target_map``)
+    into ``out``; returns the summary (also written as ``summary.json``)."""
+    from probcat.population.figures import write_figures
+    from probcat.provenance import provenance
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    truth = None
+    if target_map is None:
+        if target_seed is None:
+            raise ProbcatValueError("give a target seed or a target map")
+        theta_o, maps, _ = simulate(np.random.default_rng([target_seed, 1234]), 1)
+        x_o, truth = maps[0], dict(zip(PARAM_NAMES, theta_o[0].tolist()))
+    else:
+        x_o = np.asarray(target_map, np.float32)
+        if x_o.shape != (MAP_SIZE, MAP_SIZE) or not np.isfinite(x_o).all():
+            raise ProbcatValueError(f"the map must be a finite {MAP_SIZE}x{MAP_SIZE} image")
+    chain = Chain(cfg, out, progress)
+    chain.train_r1()
+    det = chain.detect(x_o[None])[0]
+    pool = chain.pool()
+    chain.train_r2_r4(pool)
+    chain.train_r3(det)
+    chain.train_plain()
+    rng = np.random.default_rng([cfg.seed, 99])
+    grid = Grid.default(cfg.grid_sigma, cfg.grid_h, cfg.grid_n_step)
+    post = chain.posteriors(x_o, det, grid, rng)
+    cov = coverage(chain, det, post["log_e_r4"], grid, rng)
+    names = ("r3", "r4", "combined", "plain_nre")
+    summary = {
+        "command": command,
+        "wall_s": None,
+        "n_simulations": int(sum(chain.n_simulations.values())),
+        "simulations": chain.n_simulations,
+        "truth": truth,
+        "n_detected": len(det),
+        "detections": det.to_dict(),
+        "posterior": {k: post[k].summary() for k in names},
+        "widths_68": {k: {p: post[k].width(i) for i, p in enumerate(PARAM_NAMES)} for k in names},
+        "coverage": cov,
+        "n_coverage_sims": cfg.coverage_sims,
+        "config": to_dict(cfg),
+    }
+    samples = write_samples(out, post, rng)
+    write_figures(out, chain, x_o, det, post, cov, truth)
+    summary["samples"] = samples
+    summary["wall_s"] = round(time.perf_counter() - t0, 1)
+    summary.update({k: v for k, v in provenance(command).items() if k != "command"})
+    text = json.dumps(summary, indent=1, default=float)
+    atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(text))
+    return summary
+
+
+def write_samples(out: Path, post: dict, rng, n: int = 20000) -> str:
+    """Weighted posterior samples: ``n`` draws from the truncated prior box with the weight
+    of each estimator at their grid cell (``posterior_samples.parquet``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    grid = post["combined"].grid
+    theta = sample_prior(rng, n)
+    idx = [np.abs(a[None] - theta[:, k : k + 1]).argmin(1) for k, a in enumerate(grid.axes)]
+    flat = np.ravel_multi_index(idx, grid.shape)
+    cols = {name: theta[:, k] for k, name in enumerate(PARAM_NAMES)}
+    for key in ("r3", "r4", "combined", "plain_nre"):
+        w = post[key].w.ravel()[flat]
+        cols[f"w_{key}"] = w / max(w.sum(), 1e-300)
+    table = pa.table(cols)
+    path = out / "posterior_samples.parquet"
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    return path.name

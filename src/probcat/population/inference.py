@@ -1,0 +1,154 @@
+"""Posteriors of the population parameters on a grid, their combination and calibration.
+
+Ratio estimators give ``log r(theta; .)``; with the (uniform) prior, the posterior on a grid
+of ``theta = (N, sigma, h)`` is proportional to ``r``. Marginals are sums over the grid;
+intervals are central, from each marginal's CDF (cells of uniform density). Coverage is the
+expected coverage of Hermans et al. (2022): the fraction of test observations whose true
+parameter lies inside the credible interval of each level.
+
+**Combining detected and sub-threshold information** (paper 001 eqs. 8-9). ``r3`` is
+trained on targeted simulations with ``theta`` drawn from the prior (truncated to
+``N >= N_det``), so ``p(theta) r3(theta; x_o)`` is the posterior given the map and the
+detections held fixed. The probability of the detections themselves enters through
+``p(I = 1 | theta) / p(I = 1) = E_{S ~ p(S_det | I = 1)} r4(S; theta)`` with
+``r4(S; theta) = p(S | theta) / p(S)`` (eq. 9). Hence the combined weights are
+``w = r3 * E[r4]`` (:func:`combine`). Paper 001 writes ``w = r3 / r4`` for samples
+``(theta, S_det) ~ p(theta) p(S_det | I = 1)``; with ``r4`` as eq. 9 defines it, that weight
+would divide out the detections' information instead of adding it: the Gaussian toy of
+``tests/test_population_inference.py`` shows ``r3 * E[r4]`` gives the exact posterior and
+``r3 / r4`` does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import logsumexp
+
+from probcat.population.simulator import PARAM_NAMES, PRIOR_HIGH, PRIOR_LOW
+
+__all__ = ["Grid", "Posterior", "combine", "expected_coverage", "LEVELS"]
+
+LEVELS = (0.683, 0.954)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A regular grid over the prior box: ``axes`` (one array per parameter) and the
+    ``points`` ``(G, 3)`` in C order."""
+
+    axes: tuple[np.ndarray, ...]
+
+    @classmethod
+    def default(cls, n_sigma: int = 41, n_h: int = 39, n_step: int = 5) -> Grid:
+        n_axis = np.arange(PRIOR_LOW[0], PRIOR_HIGH[0] + 0.5, n_step)
+        return cls(
+            (
+                n_axis,
+                np.linspace(PRIOR_LOW[1], PRIOR_HIGH[1], n_sigma),
+                np.linspace(PRIOR_LOW[2], PRIOR_HIGH[2], n_h),
+            )
+        )
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(a) for a in self.axes)
+
+    @property
+    def points(self) -> np.ndarray:
+        mesh = np.meshgrid(*self.axes, indexing="ij")
+        return np.stack([m.ravel() for m in mesh], 1)
+
+
+def _cell_edges(axis: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    mid = (axis[1:] + axis[:-1]) / 2
+    return np.concatenate(
+        [[max(lo, axis[0] - (mid[0] - axis[0]))], mid, [min(hi, axis[-1] + (axis[-1] - mid[-1]))]]
+    )
+
+
+class Posterior:
+    """A posterior on a :class:`Grid` from log weights ``(G,)`` (``-inf``: excluded)."""
+
+    def __init__(self, grid: Grid, log_w: np.ndarray):
+        log_w = np.asarray(log_w, float)
+        if not np.isfinite(log_w).any():
+            raise ValueError("every grid point has zero weight")
+        self.grid = grid
+        self.w = np.exp(log_w - logsumexp(log_w)).reshape(grid.shape)
+
+    def marginal(self, k: int) -> np.ndarray:
+        axes = tuple(i for i in range(self.w.ndim) if i != k)
+        return self.w.sum(axes)
+
+    def marginal2(self, i: int, j: int) -> np.ndarray:
+        k = next(a for a in range(3) if a not in (i, j))
+        return self.w.sum(k) if i < j else self.w.sum(k).T
+
+    def mean(self, k: int) -> float:
+        return float(np.sum(self.marginal(k) * self.grid.axes[k]))
+
+    def interval(self, k: int, level: float) -> tuple[float, float]:
+        """Central interval of marginal ``k`` holding ``level`` of the mass."""
+        p = self.marginal(k)
+        edges = _cell_edges(self.grid.axes[k], PRIOR_LOW[k], PRIOR_HIGH[k])
+        cdf = np.concatenate([[0.0], np.cumsum(p)])
+        cdf /= cdf[-1]
+        lo, hi = np.interp([(1 - level) / 2, (1 + level) / 2], cdf, edges)
+        return float(lo), float(hi)
+
+    def contains(self, k: int, value: float, level: float) -> bool:
+        lo, hi = self.interval(k, level)
+        return lo <= value <= hi
+
+    def summary(self) -> dict:
+        out = {}
+        for k, name in enumerate(PARAM_NAMES):
+            out[name] = {
+                "mean": self.mean(k),
+                "interval_68": list(self.interval(k, 0.683)),
+                "interval_95": list(self.interval(k, 0.954)),
+            }
+        return out
+
+    def width(self, k: int, level: float = 0.683) -> float:
+        lo, hi = self.interval(k, level)
+        return hi - lo
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` draws ``(n, 3)``: grid cells by weight, uniform inside each cell."""
+        flat = self.w.ravel()
+        idx = rng.choice(flat.size, size=n, p=flat / flat.sum())
+        cells = np.stack(np.unravel_index(idx, self.grid.shape), 1)
+        out = np.empty((n, 3))
+        for k, axis in enumerate(self.grid.axes):
+            edges = _cell_edges(axis, PRIOR_LOW[k], PRIOR_HIGH[k])
+            lo, hi = edges[cells[:, k]], edges[cells[:, k] + 1]
+            out[:, k] = lo + (hi - lo) * rng.random(n)
+        return out
+
+
+def combine(log_r3: np.ndarray, log_r4_draws: np.ndarray) -> np.ndarray:
+    """Combined log weights ``log r3 + log mean_j r4(S_j; theta)`` (see the module
+    docstring): ``log_r3`` ``(G,)``, ``log_r4_draws`` ``(M, G)`` for ``M`` draws
+    ``S_j ~ p(S_det | I = 1)``."""
+    return np.asarray(log_r3) + logmeanexp(log_r4_draws, axis=0)
+
+
+def logmeanexp(a: np.ndarray, axis: int = 0) -> np.ndarray:
+    a = np.asarray(a, float)
+    return logsumexp(a, axis=axis) - np.log(a.shape[axis])
+
+
+def expected_coverage(posteriors: list[Posterior], truths: np.ndarray, levels=LEVELS) -> dict:
+    """Per parameter and level, the fraction of ``truths`` ``(n, 3)`` inside the central
+    interval of their posterior, with its binomial standard error."""
+    out = {}
+    for k, name in enumerate(PARAM_NAMES):
+        out[name] = {}
+        for level in levels:
+            hits = np.array([p.contains(k, t[k], level) for p, t in zip(posteriors, truths)])
+            out[name][f"{level:.3f}"] = float(hits.mean())
+            out[name][f"{level:.3f}_se"] = float(np.sqrt(level * (1 - level) / len(hits)))
+    return out

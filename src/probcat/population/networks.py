@@ -1,0 +1,169 @@
+"""Ratio estimators of the population chain (``nn.Module`` only).
+
+- :class:`DetectionNet` (r1): image to image, per pixel and flux threshold the logit of
+  ``p(source above F_th in s | x)``; sees the map and the sky coordinates of each pixel.
+- :class:`SensitivityNet` (r2): ``(log10 F, l, b)`` to the logit of ``P(detected | F, s)``.
+- :class:`MapRatioNet` (r3 and the plain NRE): a map embedding and a head that gives the
+  log ratio ``log r(theta; x)`` for the joint ``theta = (N, sigma, h)``.
+- :class:`SetRatioNet` (r4): a permutation-invariant embedding of a detected-source list
+  and a head giving ``log r(theta; S_det)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from probcat.population.simulator import EXTENT_DEG, MAP_SIZE, PIXEL_DEG
+
+__all__ = [
+    "DetectionNet",
+    "SensitivityNet",
+    "MapRatioNet",
+    "SetRatioNet",
+    "map_input",
+    "nre_loss",
+]
+
+
+def map_input(maps: torch.Tensor) -> torch.Tensor:
+    """Maps ``(B, H, W)`` (flux units, Poisson counts / 100) compressed for the networks:
+    ``asinh`` of the counts over 3."""
+    return torch.asinh(maps * (100.0 / 3.0))
+
+
+def _coords(b: int, h: int, w: int, y0: int = 0, x0: int = 0, device=None) -> torch.Tensor:
+    """Sky coordinates ``(l, b) / 40 deg`` of the pixels of a ``h x w`` window at
+    ``(y0, x0)``, ``(B, 2, h, w)``."""
+    ys = (torch.arange(y0, y0 + h, device=device) + 0.5) * PIXEL_DEG - EXTENT_DEG
+    xs = (torch.arange(x0, x0 + w, device=device) + 0.5) * PIXEL_DEG - EXTENT_DEG
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), 0) / EXTENT_DEG
+    return grid[None].expand(b, -1, -1, -1)
+
+
+class DetectionNet(nn.Module):
+    """Per-pixel, per-threshold detection logits ``(B, K, H, W)`` from maps ``(B, H, W)``
+    (any window of the 128 x 128 map: ``y0, x0`` give its position, for the coordinate
+    channels). Dilated 3x3 convolutions; receptive field 33 px."""
+
+    def __init__(self, n_thresholds: int = 12, channels: int = 24):
+        super().__init__()
+        self.hparams = {"n_thresholds": n_thresholds, "channels": channels}
+        layers, c_in = [], 3
+        for d in (1, 2, 4, 8, 1):
+            layers += [nn.Conv2d(c_in, channels, 3, padding=d, dilation=d), nn.SiLU()]
+            c_in = channels
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Conv2d(channels, n_thresholds, 1)
+
+    def forward(self, maps: torch.Tensor, y0: int = 0, x0: int = 0) -> torch.Tensor:
+        b, h, w = maps.shape
+        x = torch.cat([map_input(maps)[:, None], _coords(b, h, w, y0, x0, maps.device)], 1)
+        return self.out(self.body(x))
+
+
+class SensitivityNet(nn.Module):
+    """Logit of ``P(detected | F, l, b)`` from ``(N, 3)``: ``log10 F``, ``l / 40``,
+    ``b / 40``."""
+
+    def __init__(self, width: int = 64):
+        super().__init__()
+        self.hparams = {"width": width}
+        self.mlp = nn.Sequential(
+            nn.Linear(3, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 1)
+        )
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.mlp(feats)[:, 0]
+
+
+class _RatioHead(nn.Module):
+    """``log r(theta; embedding)`` for normalised ``theta`` ``(B, 3)``."""
+
+    def __init__(self, emb: int, width: int = 128, n_params: int = 3):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(emb + n_params, width),
+            nn.SiLU(),
+            nn.Linear(width, width),
+            nn.SiLU(),
+            nn.Linear(width, 1),
+        )
+
+    def forward(self, emb: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.cat([emb, theta], 1))[:, 0]
+
+
+class MapRatioNet(nn.Module):
+    """``log r(theta; x)`` for maps ``(B, 128, 128)``: strided convolutions down to 8 x 8,
+    plus the map's latitude profile (its rows' mean, which the spatial parameter ``h``
+    shapes), then a head on ``[embedding, theta]``."""
+
+    def __init__(self, channels: int = 32, emb: int = 128):
+        super().__init__()
+        self.hparams = {"channels": channels, "emb": emb}
+        c = channels
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, c // 2, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(c // 2, c, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(c, c, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(c, c, 3, stride=2, padding=1),
+            nn.SiLU(),
+        )
+        side = MAP_SIZE // 16
+        self.embed = nn.Sequential(
+            nn.Linear(c * side * side + MAP_SIZE + 2, emb), nn.SiLU(), nn.Linear(emb, emb)
+        )
+        self.head = _RatioHead(emb)
+
+    def embedding(self, maps: torch.Tensor) -> torch.Tensor:
+        x = map_input(maps)
+        profile = x.mean(2)  # (B, H): the latitude profile
+        totals = torch.stack([x.mean((1, 2)), torch.log1p(maps.clamp_min(0).sum((1, 2)))], 1)
+        z = self.conv(x[:, None]).flatten(1)
+        return self.embed(torch.cat([z, profile, totals], 1))
+
+    def forward(self, maps: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embedding(maps), theta)
+
+
+class SetRatioNet(nn.Module):
+    """``log r(theta; S_det)`` for detected-source lists: per source ``(log10 F, l / 40,
+    b / 40)`` ``(B, M, 3)`` with a mask ``(B, M)`` of the real entries; sum and mean pooling
+    and the list length, then a head on ``[embedding, theta]``."""
+
+    def __init__(self, width: int = 64, emb: int = 64):
+        super().__init__()
+        self.hparams = {"width": width, "emb": emb}
+        self.phi = nn.Sequential(nn.Linear(3, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU())
+        self.rho = nn.Sequential(nn.Linear(2 * width + 1, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.head = _RatioHead(emb)
+
+    def embedding(self, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        m = mask[..., None].to(feats.dtype)
+        z = self.phi(feats) * m
+        n = m.sum(1)
+        pooled = torch.cat([z.sum(1) / 50.0, z.sum(1) / n.clamp_min(1.0), torch.log1p(n)], 1)
+        return self.rho(pooled)
+
+    def forward(self, feats, mask, theta) -> torch.Tensor:
+        return self.head(self.embedding(feats, mask), theta)
+
+
+def nre_loss(log_r_joint: torch.Tensor, log_r_marginal: torch.Tensor, balance: float = 0.0):
+    """Neural ratio estimation: classify joint ``(theta, x)`` pairs (label 1) from pairs
+    with ``theta`` shuffled across the batch (label 0); the optimal logit is
+    ``log p(x | theta) / p(x)``. ``balance > 0``: balanced NRE (Delaunoy et al. 2022), whose
+    penalty ``balance * (E sigma(joint) + E sigma(marginal) - 1)^2`` makes the posteriors
+    conservative."""
+    f = nn.functional.binary_cross_entropy_with_logits
+    loss = f(log_r_joint, torch.ones_like(log_r_joint)) + f(
+        log_r_marginal, torch.zeros_like(log_r_marginal)
+    )
+    if balance > 0:
+        b = torch.sigmoid(log_r_joint).mean() + torch.sigmoid(log_r_marginal).mean() - 1
+        loss = loss + balance * b**2
+    return loss

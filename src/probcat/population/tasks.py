@@ -1,0 +1,192 @@
+"""The population chain's networks as tasks of the one training loop
+(:mod:`probcat.train.loop`): each supplies its batches, loss and validation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from probcat.population.detection import pixel_labels
+from probcat.population.networks import (
+    DetectionNet,
+    MapRatioNet,
+    SensitivityNet,
+    SetRatioNet,
+    nre_loss,
+)
+from probcat.population.simulator import MAP_SIZE, normalise_theta, simulate
+from probcat.train.loop import Phase
+
+__all__ = ["R1Task", "R2Task", "MapRatioTask", "SetRatioTask", "R1_HALO"]
+
+R1_HALO = 16  # the detection network's reach in pixels (receptive field 33 px)
+
+
+class _Task:
+    """What the population tasks share: one phase, a validation batch, no post-training
+    fits, the trained model kept on ``self.model``."""
+
+    kind = "population"
+
+    def __init__(self, name: str, steps: int, lr: float, seed: int):
+        self.kind = f"population_{name}"
+        self.steps, self.lr, self.seed = steps, lr, seed
+        self.model = None
+        self._val = None
+
+    def phases(self):
+        return [Phase("main", self.steps, self.lr, warmup=min(100, max(self.steps // 10, 1)))]
+
+    def validate(self, model):
+        if self._val is None:
+            self._val = self.batch(np.random.default_rng([self.seed, 777]))
+        return {"total": float(self.loss(model, self._val, 0, torch.Generator())["total"])}
+
+    def finish(self, model, progress):
+        self.model = model
+        return {}
+
+    def weights(self, model):
+        return {
+            "kind": self.kind,
+            "hparams": model.hparams,
+            "state_dict": model.state_dict(),
+            "survey": None,
+        }
+
+
+def crop_batch(maps: np.ndarray, labels: np.ndarray, rng, crop: int):
+    """A ``crop``-px window of the maps zero-padded by :data:`R1_HALO` (the same window for
+    the batch), and the labels of its central ``crop - 2 halo`` pixels, which lie inside
+    the map and see only real context."""
+    core = crop - 2 * R1_HALO
+    y0 = int(rng.integers(0, MAP_SIZE - core + 1))
+    x0 = int(rng.integers(0, MAP_SIZE - core + 1))
+    pad = np.pad(maps, ((0, 0), (R1_HALO, R1_HALO), (R1_HALO, R1_HALO)))
+    win = pad[:, y0 : y0 + crop, x0 : x0 + crop]
+    lab = labels[:, :, y0 : y0 + core, x0 : x0 + core]
+    return win, lab, y0 - R1_HALO, x0 - R1_HALO
+
+
+class R1Task(_Task):
+    """r1: per-pixel, per-threshold classifier on fresh full-model maps (windows)."""
+
+    def __init__(self, steps, lr, seed, batch: int, crop: int, channels: int):
+        super().__init__("r1", steps, lr, seed)
+        self.batch_size, self.crop, self.channels = batch, crop, channels
+        self.n_simulations = steps * batch
+
+    def build_model(self):
+        return DetectionNet(channels=self.channels)
+
+    def batch(self, rng):
+        _, maps, src = simulate(rng, self.batch_size)
+        win, lab, y0, x0 = crop_batch(maps, pixel_labels(src, len(maps)), rng, self.crop)
+        return torch.from_numpy(win), torch.from_numpy(lab).float(), y0, x0
+
+    def loss(self, model, batch, phase, gen):
+        win, lab, y0, x0 = batch
+        h = R1_HALO
+        logit = model(win, y0, x0)[:, :, h : win.shape[1] - h, h : win.shape[2] - h]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, lab)
+        return {"total": loss}
+
+    def describe_data(self):
+        return {
+            "train": f"fresh full-model maps, {self.batch_size} per step ({self.crop}-px windows)"
+        }
+
+
+class R2Task(_Task):
+    """r2: the sensitivity function from the pool's sources and their detection labels."""
+
+    def __init__(self, steps, lr, seed, feats: np.ndarray, labels: np.ndarray, batch: int):
+        super().__init__("r2", steps, lr, seed)
+        self.feats, self.labels, self.batch_size = feats, labels, batch
+
+    def build_model(self):
+        return SensitivityNet()
+
+    def batch(self, rng):
+        i = rng.integers(0, len(self.labels), self.batch_size)
+        return torch.from_numpy(self.feats[i]), torch.from_numpy(self.labels[i]).float()
+
+    def loss(self, model, batch, phase, gen):
+        x, y = batch
+        return {"total": torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)}
+
+    def describe_data(self):
+        return {"train": f"{len(self.labels)} sources of the pool maps, labelled by r1"}
+
+
+def _shuffled(theta: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """``theta`` rolled by a random non-zero shift: each row paired with another map's."""
+    shift = int(torch.randint(1, len(theta), (1,), generator=gen)) if len(theta) > 1 else 0
+    return torch.roll(theta, shift, 0)
+
+
+class MapRatioTask(_Task):
+    """r3 (targeted maps) or the plain NRE (full-model maps): ``log r(theta; x)`` by NRE on
+    fresh simulations from ``simulator(rng, n) -> (theta, maps, sources)``."""
+
+    def __init__(self, name, steps, lr, seed, simulator: Callable, batch: int, balance: float):
+        super().__init__(name, steps, lr, seed)
+        self.simulator, self.batch_size, self.balance = simulator, batch, balance
+        self.n_simulations = steps * batch
+
+    def build_model(self):
+        return MapRatioNet()
+
+    def batch(self, rng):
+        theta, maps, _ = self.simulator(rng, self.batch_size)
+        return torch.from_numpy(maps), torch.from_numpy(normalise_theta(theta)).float()
+
+    def loss(self, model, batch, phase, gen):
+        maps, theta = batch
+        emb = model.embedding(maps)
+        joint = model.head(emb, theta)
+        marginal = model.head(emb, _shuffled(theta, gen))
+        return {"total": nre_loss(joint, marginal, self.balance)}
+
+    def describe_data(self):
+        return {"train": f"fresh simulations, {self.batch_size} per step"}
+
+
+class SetRatioTask(_Task):
+    """r4: ``log r(theta; S_det)`` by NRE on the pool's detected-source lists."""
+
+    def __init__(self, steps, lr, seed, theta, lists: list[np.ndarray], batch: int, balance):
+        super().__init__("r4", steps, lr, seed)
+        self.theta, self.lists = theta, lists
+        self.batch_size, self.balance = batch, balance
+
+    def build_model(self):
+        return SetRatioNet()
+
+    def batch(self, rng):
+        i = rng.integers(0, len(self.lists), self.batch_size)
+        feats, mask = pad_lists([self.lists[j] for j in i])
+        return feats, mask, torch.from_numpy(normalise_theta(self.theta[i])).float()
+
+    def loss(self, model, batch, phase, gen):
+        feats, mask, theta = batch
+        emb = model.embedding(feats, mask)
+        joint = model.head(emb, theta)
+        marginal = model.head(emb, _shuffled(theta, gen))
+        return {"total": nre_loss(joint, marginal, self.balance)}
+
+    def describe_data(self):
+        return {"train": f"detected-source lists of {len(self.lists)} pool maps"}
+
+
+def pad_lists(lists: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source lists ``(n_i, 3)`` as a padded batch ``(B, M, 3)`` and its mask ``(B, M)``."""
+    m = max(1, max(len(a) for a in lists))
+    feats = np.zeros((len(lists), m, 3), np.float32)
+    mask = np.zeros((len(lists), m), bool)
+    for i, a in enumerate(lists):
+        feats[i, : len(a)] = a
+        mask[i, : len(a)] = True
+    return torch.from_numpy(feats), torch.from_numpy(mask)

@@ -1,0 +1,107 @@
+"""The truncated simulation model (paper 001 eqs. 5-7): simulations targeted at one
+observation ``x_o`` whose detected sources are held in place.
+
+Given ``theta`` and the observation's ``N_det`` detections: detected source ``i`` is drawn
+from its population prior truncated to its region ``R_i`` (the +-1 degree box) and to
+``F >= F_th`` (positions from the truncated normals of the spatial model, fluxes from the
+log-normal truncated at the threshold); the other ``N - N_det`` sources are drawn from the
+population model and kept only when the sensitivity function says they would not be
+detected (accepted with probability ``1 - S(F, s)``), so that the targeted maps hold the
+same detections. ``theta`` with ``N < N_det`` cannot produce the observation: the prior is
+truncated to ``N >= N_det``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from probcat.population.detection import REGION_DEG, Detections
+from probcat.population.simulator import (
+    L_SIGMA_DEG,
+    PRIOR_HIGH,
+    Sources,
+    render,
+    sample_prior,
+    sample_sources,
+    trunc_lognormal,
+    trunc_normal,
+)
+
+__all__ = ["TruncatedSimulator"]
+
+
+class TruncatedSimulator:
+    """Targeted maps for the detections ``det`` of an observation.
+
+    Args:
+        det: the observation's detections (positions and the detection threshold).
+        sensitivity: ``S(flux, l, b) -> P(detected)`` for arrays (the r2 network's).
+    """
+
+    def __init__(self, det: Detections, sensitivity: Callable):
+        self.det = det
+        self.sensitivity = sensitivity
+        self.f_th = 10.0**det.threshold_log10
+        self.n_det = len(det)
+        if self.n_det > PRIOR_HIGH[0]:
+            raise ValueError(f"{self.n_det} detections: more than the prior allows")
+
+    def sample_theta(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``theta`` from the prior truncated to ``N >= N_det``."""
+        theta = sample_prior(rng, n)
+        bad = theta[:, 0] < self.n_det
+        while bad.any():
+            theta[bad] = sample_prior(rng, int(bad.sum()))
+            bad = theta[:, 0] < self.n_det
+        return theta
+
+    def sources(self, rng: np.random.Generator, theta: np.ndarray) -> Sources:
+        """Detected sources in their regions and sub-threshold ones, for each ``theta``."""
+        theta = np.atleast_2d(theta)
+        b_maps = len(theta)
+        parts = []
+        if self.n_det:
+            idx = np.repeat(np.arange(b_maps), self.n_det)
+            sigma, h = theta[idx, 1], theta[idx, 2]
+            l0, b0 = np.tile(self.det.l, b_maps), np.tile(self.det.b, b_maps)
+            l = trunc_normal(rng, np.full(len(idx), L_SIGMA_DEG), l0 - REGION_DEG, l0 + REGION_DEG)
+            b = trunc_normal(rng, h, b0 - REGION_DEG, b0 + REGION_DEG)
+            parts.append(Sources(idx, trunc_lognormal(rng, sigma, self.f_th), l, b))
+        need = theta[:, 0].astype(np.int64) - self.n_det
+        parts.append(self._undetected(rng, theta, need))
+        return Sources.concat(parts)
+
+    def _undetected(self, rng, theta, need: np.ndarray) -> Sources:
+        """``need[i]`` sources of population ``theta[i]`` that would not be detected."""
+        kept: list[Sources] = []
+        have = np.zeros(len(theta), np.int64)
+        for _ in range(50):
+            short = need - have
+            if not (short > 0).any():
+                break
+            ask = np.where(short > 0, 2 * short + 8, 0)
+            cand = sample_sources(rng, theta, ask)
+            p_det = self.sensitivity(cand.flux, cand.l, cand.b)
+            cand = cand.select(rng.random(len(cand)) >= p_det)
+            # keep the first `short` accepted candidates of each map
+            order = np.argsort(cand.map, kind="stable")
+            cand = cand.select(order)
+            first = np.searchsorted(cand.map, np.arange(len(theta)))
+            rank = np.arange(len(cand)) - first[cand.map]
+            cand = cand.select(rank < np.maximum(short, 0)[cand.map])
+            have += np.bincount(cand.map, minlength=len(theta))
+            kept.append(cand)
+        if (have < need).any():
+            raise RuntimeError("could not draw enough undetected sources (sensitivity ~1?)")
+        if not kept:
+            return Sources(np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0))
+        return Sources.concat(kept)
+
+    def simulate(self, rng: np.random.Generator, n: int, theta: np.ndarray | None = None):
+        """``n`` targeted maps: ``theta`` (from the truncated prior unless given), maps and
+        sources."""
+        theta = self.sample_theta(rng, n) if theta is None else np.atleast_2d(theta)
+        src = self.sources(rng, theta)
+        return theta, render(rng, src, len(theta)), src
