@@ -69,14 +69,23 @@ def _cell_edges(axis: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 class Posterior:
-    """A posterior on a :class:`Grid` from log weights ``(G,)`` (``-inf``: excluded)."""
+    """A posterior on a :class:`Grid` from log densities ``(G,)`` relative to the uniform
+    prior (``-inf``: excluded); each point carries the mass of its cell (the cells of the
+    end points are half as wide)."""
 
     def __init__(self, grid: Grid, log_w: np.ndarray):
         log_w = np.asarray(log_w, float)
         if not np.isfinite(log_w).any():
             raise ValueError("every grid point has zero weight")
         self.grid = grid
-        self.w = np.exp(log_w - logsumexp(log_w)).reshape(grid.shape)
+        vol = sum(
+            np.log(np.diff(_cell_edges(a, PRIOR_LOW[k], PRIOR_HIGH[k])))[
+                tuple(slice(None) if i == k else None for i in range(3))
+            ]
+            for k, a in enumerate(grid.axes)
+        )
+        log_m = log_w.reshape(grid.shape) + vol
+        self.w = np.exp(log_m - logsumexp(log_m))
 
     def marginal(self, k: int) -> np.ndarray:
         axes = tuple(i for i in range(self.w.ndim) if i != k)

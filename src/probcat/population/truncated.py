@@ -58,7 +58,8 @@ class TruncatedSimulator:
         return theta
 
     def sources(self, rng: np.random.Generator, theta: np.ndarray) -> Sources:
-        """Detected sources in their regions and sub-threshold ones, for each ``theta``."""
+        """Detected sources in their regions and sub-threshold ones, for each ``theta``,
+        ordered by map with each map's ``N_det`` detected sources first."""
         theta = np.atleast_2d(theta)
         b_maps = len(theta)
         parts = []
@@ -71,7 +72,8 @@ class TruncatedSimulator:
             parts.append(Sources(idx, trunc_lognormal(rng, sigma, self.f_th), l, b))
         need = theta[:, 0].astype(np.int64) - self.n_det
         parts.append(self._undetected(rng, theta, need))
-        return Sources.concat(parts)
+        out = Sources.concat(parts)  # by map, each map's detected sources first
+        return out.select(np.argsort(out.map, kind="stable"))
 
     def _undetected(self, rng, theta, need: np.ndarray) -> Sources:
         """``need[i]`` sources of population ``theta[i]`` that would not be detected."""

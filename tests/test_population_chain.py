@@ -1,0 +1,82 @@
+"""The whole population chain on a tiny budget (plumbing, not quality), and its CLI."""
+
+import json
+
+import pytest
+
+from probcat.cli import main
+from probcat.population.chain import NetConfig, PopulationConfig, run_chain
+
+TINY_YAML = """
+r1: {steps: 6, batch: 2, lr: 0.002}
+r1_crop: 40
+r1_channels: 4
+pool_maps: 24
+r2: {steps: 5, batch: 32, lr: 0.002}
+r3: {steps: 5, batch: 4, lr: 0.001}
+r4: {steps: 5, batch: 8, lr: 0.001}
+r4_draws: 2
+prior_draws: 50
+coverage_sims: 6
+grid_n_step: 50
+grid_sigma: 5
+grid_h: 5
+threads: 1
+"""
+
+
+@pytest.mark.slow
+def test_chain_writes_every_output_and_resumes(tmp_path):
+    cfg = PopulationConfig(
+        r1=NetConfig(6, 2, 2e-3), r1_crop=40, r1_channels=4, pool_maps=24,
+        r2=NetConfig(5, 32, 2e-3), r3=NetConfig(5, 4, 1e-3), r4=NetConfig(5, 8, 1e-3),
+        r4_draws=2, prior_draws=50, coverage_sims=6, grid_n_step=50, grid_sigma=5,
+        grid_h=5, threads=1,
+    )  # fmt: skip
+    out = tmp_path / "run"
+    s = run_chain(cfg, out, target_seed=3, progress=False, command="test")
+    for name in ("summary.json", "posterior_samples.parquet", "detection_map.png",
+                 "corner.png", "coverage.png", "targeted_vs_full.png"):  # fmt: skip
+        assert (out / name).stat().st_size > 0, name
+    assert set(s["posterior"]) == {"r3", "r4", "combined", "plain_nre"}
+    for est in s["posterior"].values():
+        for p in ("N", "sigma", "h"):
+            lo, hi = est[p]["interval_95"]
+            assert lo <= est[p]["mean"] <= hi
+    assert set(s["coverage"]["combined"]["N"]) >= {"0.683", "0.954"}
+    budget = s["simulations"]
+    assert budget["plain"] == budget["r3"] + budget["pool"]  # equal simulation budget
+    assert s["n_simulations"] == sum(budget.values())
+    assert json.loads((out / "summary.json").read_text())["truth"] == s["truth"]
+    # a rerun resumes: no network trains again
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")}
+    assert len(before) == 5
+    run_chain(cfg, out, target_seed=3, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")} == before
+
+
+@pytest.mark.slow
+def test_population_cli(tmp_path, capsys):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY_YAML)
+    rc = main(["population", "--seed", "4", "-c", str(cfg), "-o", str(tmp_path / "o"), "-q"])
+    assert rc == 0, capsys.readouterr().err
+    assert "combined posterior" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        ([], "exactly one of --seed"),
+        (["--seed", "1", "--image", "x.fits"], "exactly one of --seed"),
+        (["--seed", "-1"], "--seed must lie"),
+        (["--seed", "1", "-c", "BAD"], "r3.stpes"),
+    ],
+)
+def test_population_cli_errors(tmp_path, capsys, args, msg):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("r3: {stpes: 5}\n")
+    args = [str(bad) if a == "BAD" else a for a in args]
+    rc = main(["population", *args, "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and msg in err and len(err.splitlines()) == 1

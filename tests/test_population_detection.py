@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from probcat.population import simulator as S
+from probcat.population.detection import (
+    REGION_DEG,
+    Detections,
+    find_detections,
+    match_detections,
+)
+from probcat.population.truncated import TruncatedSimulator
+
+
+def test_detections_are_regions_where_r1_exceeds_5():
+    post = np.full((128, 128), 0.01)
+    prior = np.full((128, 128), 0.01)
+    post[40:43, 70:72] = 0.2  # r1 = 20: one region...
+    post[41, 71] = 0.5  # ...peaking here
+    post[100, 10] = 0.06  # r1 = 6: a one-pixel region
+    post[10, 10] = 0.04  # r1 = 4: not a detection
+    det = find_detections(post, prior, 1.0)
+    assert len(det) == 2
+    order = np.argsort(det.y)
+    assert (det.x[order].tolist(), det.y[order].tolist()) == ([71.0, 10.0], [41.0, 100.0])
+    assert det.npix[order].tolist() == [6, 1]
+    assert det.r1[order] == pytest.approx([50.0, 6.0])
+    l, b = S.pix_to_deg(71.0, 41.0)
+    assert (det.l[order][0], det.b[order][0]) == pytest.approx((float(l), float(b)))
+    assert len(find_detections(np.zeros((128, 128)), prior, 1.0)) == 0
+
+
+def test_matching_marks_the_brightest_source_above_threshold_in_each_region():
+    src = S.Sources(
+        np.array([0, 0, 0, 0, 1]),
+        np.array([50.0, 80.0, 5.0, 200.0, 90.0]),
+        np.array([0.0, 0.5, 0.1, 10.0, 0.0]),
+        np.array([0.0, -0.5, 0.0, 10.0, 0.0]),
+    )
+    det0 = Detections(*(np.array([v]) for v in (0, 0, 0.2, 0.1, 9.0, 3)), 1.0)
+    det1 = Detections(*(np.zeros(0),) * 6, 1.0)
+    out = match_detections(src, [det0, det1])
+    # in map 0's region: sources of flux 50 and 80 (above 10); the brightest is taken;
+    # the one of flux 200 lies outside; map 1 has no detection
+    assert out.detected.tolist() == [False, True, False, False, False]
+
+
+def _dets(l, b, thr=1.0):
+    n = len(l)
+    return Detections(
+        np.zeros(n), np.zeros(n), np.array(l), np.array(b), np.full(n, 9.0), np.ones(n, int), thr
+    )
+
+
+def test_truncated_simulator_keeps_detected_sources_in_their_regions():
+    det = _dets([5.0, -12.0], [1.0, -3.0], thr=1.0)
+    never = TruncatedSimulator(det, lambda f, l, b: np.zeros(len(f)))
+    rng = np.random.default_rng(0)
+    theta = never.sample_theta(rng, 50)
+    assert theta[:, 0].min() >= 2
+    src = never.sources(rng, theta)
+    counts = np.bincount(src.map, minlength=50)
+    assert counts.tolist() == theta[:, 0].astype(int).tolist()
+    # the first two sources of each map are the detected ones
+    first = np.searchsorted(src.map, np.arange(50))
+    for k, (l0, b0) in enumerate(zip(det.l, det.b)):
+        i = first + k
+        assert np.all(np.abs(src.l[i] - l0) <= REGION_DEG)
+        assert np.all(np.abs(src.b[i] - b0) <= REGION_DEG)
+        assert np.all(src.flux[i] >= 10.0)
+
+
+def test_sub_threshold_sources_avoid_what_would_be_detected():
+    det = _dets([0.0], [0.0], thr=1.0)
+    # a source brighter than 10 is always detected: no sub-threshold source may be
+    bright = TruncatedSimulator(det, lambda f, l, b: (f > 10).astype(float))
+    rng = np.random.default_rng(1)
+    theta, maps, src = bright.simulate(rng, 20, np.tile([[300, 2.5, 10.0]], (20, 1)))
+    first = np.searchsorted(src.map, np.arange(20))
+    sub = np.ones(len(src), bool)
+    sub[first] = False
+    assert maps.shape == (20, 128, 128) and np.bincount(src.map).tolist() == [300] * 20
+    assert src.flux[sub].max() <= 10
+    with pytest.raises(ValueError, match="more than the prior"):
+        TruncatedSimulator(_dets(np.zeros(501), np.zeros(501)), bright.sensitivity)

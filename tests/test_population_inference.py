@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+from scipy import stats
+
+from probcat.population.inference import Grid, Posterior, combine, expected_coverage
+
+
+def _normal_logpdf(x, mu, sd):
+    return stats.norm.logpdf(x, mu, sd)
+
+
+def test_combination_weights_give_the_exact_posterior_on_a_gaussian_toy():
+    """theta ~ N(0, 1); a detected source S ~ N(theta, 1) known only to lie in [0.5, 1.5]
+    (the truncation I); a map x ~ N(theta, 1). The exact posterior is
+    p(theta) N(x; theta, 1) P(S in [0.5, 1.5] | theta). r3 is the map's ratio (trained with
+    theta from the prior) and r4(S; theta) = N(S; theta, 1) / N(S; 0, sqrt 2)."""
+    rng = np.random.default_rng(0)
+    theta = np.linspace(-6, 6, 1201)
+    x_o, lo, hi = -0.4, 0.5, 1.5
+    log_prior = _normal_logpdf(theta, 0, 1)
+    exact = log_prior + _normal_logpdf(x_o, theta, 1)
+    exact += np.log(stats.norm.cdf(hi - theta) - stats.norm.cdf(lo - theta))
+    w_exact = np.exp(exact - exact.max())
+    w_exact /= w_exact.sum()
+    # S_j ~ p(S | I = 1): the marginal N(0, sqrt 2) truncated to the region
+    s_sd = np.sqrt(2)
+    s = stats.truncnorm(lo / s_sd, hi / s_sd, scale=s_sd).rvs(8000, random_state=rng)
+    log_r3 = _normal_logpdf(x_o, theta, 1)
+    log_r4 = _normal_logpdf(s[:, None], theta[None], 1) - _normal_logpdf(s[:, None], 0, s_sd)
+    logw = log_prior + combine(log_r3, log_r4)
+    w = np.exp(logw - logw.max())
+    w /= w.sum()
+    mean, sd = np.sum(w * theta), np.sqrt(np.sum(w * theta**2) - np.sum(w * theta) ** 2)
+    e_mean = np.sum(w_exact * theta)
+    e_sd = np.sqrt(np.sum(w_exact * theta**2) - e_mean**2)
+    assert mean == pytest.approx(e_mean, abs=0.005) and sd == pytest.approx(e_sd, rel=0.01)
+    # the paper's w = r3 / r4, on (theta, S) ~ p(theta) p(S | I = 1), misses it
+    logw_div = log_prior + log_r3 + np.log(np.mean(np.exp(-log_r4), axis=0))
+    wd = np.exp(logw_div - logw_div.max())
+    wd /= wd.sum()
+    assert abs(np.sum(wd * theta) - e_mean) > 0.1
+
+
+def _toy_posteriors(rng, n, sd_true, sd_used, grid):
+    """Observations N_obs ~ N(N, sd_true); posteriors with likelihood sd ``sd_used``
+    (sigma and h unobserved: their posterior is the prior)."""
+    truths = np.column_stack([rng.uniform(60, 450, n), rng.uniform(1, 3, n), rng.uniform(1, 20, n)])
+    obs = truths[:, 0] + sd_true * rng.standard_normal(n)
+    pts = grid.points[:, 0]
+    return [Posterior(grid, _normal_logpdf(o, pts, sd_used)) for o in obs], truths
+
+
+def test_coverage_of_an_exact_posterior_is_nominal_and_of_an_overconfident_one_is_not():
+    grid = Grid.default(n_sigma=11, n_h=10, n_step=2)
+    rng = np.random.default_rng(1)
+    post, truths = _toy_posteriors(rng, 500, 30.0, 30.0, grid)
+    cov = expected_coverage(post, truths)
+    for name in ("N", "sigma", "h"):
+        for level in ("0.683", "0.954"):
+            se = cov[name][f"{level}_se"]
+            assert abs(cov[name][level] - float(level)) < 3 * se, (name, level, cov[name])
+    post, truths = _toy_posteriors(rng, 300, 30.0, 12.0, grid)
+    over = expected_coverage(post, truths)
+    assert over["N"]["0.683"] < 0.45 and over["N"]["0.954"] < 0.8
+
+
+def test_posterior_marginals_intervals_and_samples():
+    grid = Grid.default(n_sigma=21, n_h=20, n_step=5)
+    flat = Posterior(grid, np.zeros(len(grid.points)))  # the uniform prior
+    lo, hi = flat.interval(1, 0.5)
+    assert (lo, hi) == pytest.approx((1.5, 2.5), abs=1e-6)  # sigma ~ U(1, 3)
+    assert flat.mean(2) == pytest.approx(10.5, abs=1e-6)
+    draws = flat.sample(np.random.default_rng(2), 20000)
+    assert draws[:, 0].min() >= 10 and draws[:, 0].max() <= 500
+    assert draws[:, 1].mean() == pytest.approx(2.0, abs=0.02)
+    assert np.isclose(flat.marginal2(0, 1).sum(), 1) and flat.marginal2(0, 1).shape == (99, 21)
+    peaked = Posterior(grid, np.where(grid.points[:, 0] == 200, 0.0, -np.inf))
+    assert peaked.mean(0) == pytest.approx(200) and peaked.interval(0, 0.954)[0] > 195
+    with pytest.raises(ValueError, match="zero weight"):
+        Posterior(grid, np.full(len(grid.points), -np.inf))
