@@ -20,10 +20,18 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def _get(data: dict, path: str):
-    for key in path.split("."):
-        if not isinstance(data, dict) or key not in data:
+    """``data`` at a dotted ``path``; keys may hold dots themselves (``"0.683"``)."""
+    parts = path.split(".")
+    while parts:
+        if not isinstance(data, dict):
             return None
-        data = data[key]
+        for n in range(len(parts), 0, -1):  # the longest key that exists
+            key = ".".join(parts[:n])
+            if key in data:
+                data, parts = data[key], parts[n:]
+                break
+        else:
+            return None
     return data
 
 
@@ -131,6 +139,50 @@ TABLES = {
             ("training resume exact", "resume_exact", None, "", "yes"),
         ],
     ),
+    "population": (
+        "detection as truncation: one simulated target, posterior widths and coverage",
+        [
+            (
+                "68% width of N, combined",
+                "widths_68.combined.N",
+                "widths_68.plain_nre.N",
+                ".1f",
+                "< r3, r4 and plain",
+            ),
+            ("68% width of N, sub-threshold only (r3)", "widths_68.r3.N", None, ".1f", ""),
+            ("68% width of N, detected only (r4)", "widths_68.r4.N", None, ".1f", ""),
+            (
+                "68% width of sigma, combined",
+                "widths_68.combined.sigma",
+                "widths_68.plain_nre.sigma",
+                ".3f",
+                "< plain",
+            ),
+            (
+                "68% width of h, combined",
+                "widths_68.combined.h",
+                "widths_68.plain_nre.h",
+                ".2f",
+                "< plain",
+            ),
+            (
+                "coverage of N at 68.3%, combined",
+                "coverage.combined.N.0.683",
+                "coverage.plain_nre.N.0.683",
+                ".3f",
+                "0.683 within binomial error",
+            ),
+            (
+                "coverage of N at 95.4%, combined",
+                "coverage.combined.N.0.954",
+                "coverage.plain_nre.N.0.954",
+                ".3f",
+                "0.954 within binomial error",
+            ),
+            ("simulations, all networks", "n_simulations", None, "d", ""),
+            ("wall time of the chain (s)", "wall_s", None, ".0f", "≤ 3600"),
+        ],
+    ),
     "simulate": (
         "the simulator: composed scenes against direct GalSim rendering",
         [
@@ -159,10 +211,16 @@ TABLES = {
         ],
     ),
 }
-BASELINES = {"detection": "SEP", "platform": "SEP", "simulate": "direct GalSim"}
+BASELINES = {
+    "detection": "SEP",
+    "platform": "SEP",
+    "population": "plain NRE",
+    "simulate": "direct GalSim",
+}
 README_ROWS = {
-    "detection": [0, 3, 4, 5, 7, 8, 9, 12],
-    "platform": [0, 4, 6],
+    "detection": [0, 3, 7, 12],
+    "platform": [4, 6],
+    "population": [0, 5, 8],
 }
 
 
@@ -207,15 +265,20 @@ def doc_text() -> str:
 
 
 def readme_block() -> str:
-    lines = [START, ""]
+    """One table of headline rows from every benchmark that has run."""
+    lines = [START, "", "| benchmark: measure | probcat | baseline | target |"]
+    lines.append("| --- | --- | --- | --- |")
     for name, pick in README_ROWS.items():
         data = _load(name)
         if data is None:
             continue
-        lines += [f"**{name}** ({TABLES[name][0]}):", ""]
-        lines += _rows(name, data, pick)
-        lines.append("")
-    lines.append(END)
+        for row in _rows(name, data, pick)[2:]:
+            cells = row.split(" | ")
+            base = cells[2] if cells[2].strip() else ""
+            if base:
+                base = f"{base} ({BASELINES[name]})"
+            lines.append(f"| {name}: {cells[0][2:]} | {cells[1]} | {base} | {cells[3]}")
+    lines += ["", END]
     return "\n".join(lines)
 
 
