@@ -18,7 +18,7 @@ def test_detections_are_regions_where_r1_exceeds_5():
     post[41, 71] = 0.5  # ...peaking here
     post[100, 10] = 0.06  # r1 = 6: a one-pixel region
     post[10, 10] = 0.04  # r1 = 4: not a detection
-    det = find_detections(post, prior, 1.0)
+    det = find_detections(post, prior, 1.0, min_mass=0.05)
     assert len(det) == 2
     order = np.argsort(det.y)
     assert (det.x[order].tolist(), det.y[order].tolist()) == ([71.0, 10.0], [41.0, 100.0])
@@ -27,6 +27,9 @@ def test_detections_are_regions_where_r1_exceeds_5():
     l, b = S.pix_to_deg(71.0, 41.0)
     assert (det.l[order][0], det.b[order][0]) == pytest.approx((float(l), float(b)))
     assert len(find_detections(np.zeros((128, 128)), prior, 1.0)) == 0
+    # only regions that hold a source above the threshold with enough posterior mass
+    sure = find_detections(post, prior, 1.0, min_mass=0.8)
+    assert len(sure) == 1 and sure.x[0] == 71.0  # mass 5 x 0.2 + 0.5 = 1.5 >= 0.8
 
 
 def test_matching_marks_the_brightest_source_above_threshold_in_each_region():
@@ -53,7 +56,7 @@ def _dets(l, b, thr=1.0):
 
 def test_truncated_simulator_keeps_detected_sources_in_their_regions():
     det = _dets([5.0, -12.0], [1.0, -3.0], thr=1.0)
-    never = TruncatedSimulator(det, lambda f, l, b: np.zeros(len(f)))
+    never = TruncatedSimulator(det, lambda f, l, b, t: np.zeros(len(f)))
     rng = np.random.default_rng(0)
     theta = never.sample_theta(rng, 50)
     assert theta[:, 0].min() >= 2
@@ -72,7 +75,7 @@ def test_truncated_simulator_keeps_detected_sources_in_their_regions():
 def test_sub_threshold_sources_avoid_what_would_be_detected():
     det = _dets([0.0], [0.0], thr=1.0)
     # a source brighter than 10 is always detected: no sub-threshold source may be
-    bright = TruncatedSimulator(det, lambda f, l, b: (f > 10).astype(float))
+    bright = TruncatedSimulator(det, lambda f, l, b, t: (f > 10).astype(float))
     rng = np.random.default_rng(1)
     theta, maps, src = bright.simulate(rng, 20, np.tile([[300, 2.5, 10.0]], (20, 1)))
     first = np.searchsorted(src.map, np.arange(20))

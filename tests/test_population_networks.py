@@ -60,8 +60,8 @@ def test_detection_network_learns(tmp_path):
 
 def test_sensitivity_network_learns_a_threshold():
     g = torch.Generator().manual_seed(1)
-    feats = torch.rand(512, 3, generator=g) * 2 - 1
-    y = (feats[:, 0] > 0.2).float()
+    feats = torch.rand(512, 6, generator=g) * 2 - 1
+    y = (feats[:, 0] > 0.2 + 0.3 * feats[:, 3]).float()  # the threshold depends on N
     net = SensitivityNet(width=16)
     f = torch.nn.functional.binary_cross_entropy_with_logits
     losses = _train(net.parameters(), lambda: f(net(feats), y), steps=150, lr=1e-2)

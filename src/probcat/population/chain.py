@@ -21,6 +21,7 @@ from probcat.catalog import atomic_write
 from probcat.config import to_dict
 from probcat.errors import ProbcatValueError
 from probcat.population.detection import (
+    MIN_MASS,
     REGION_DEG,
     THRESHOLDS_LOG10,
     Detections,
@@ -76,9 +77,10 @@ class PopulationConfig:
 
     seed: int = 0
     detect_threshold_log10: float = float(THRESHOLDS_LOG10[8])
-    r1: NetConfig = field(default_factory=lambda: NetConfig(1200, 16, 2e-3))
+    detect_min_mass: float = MIN_MASS
+    r1: NetConfig = field(default_factory=lambda: NetConfig(3000, 16, 2e-3))
     r1_crop: int = 64
-    r1_channels: int = 16
+    r1_channels: int = 32
     pool_maps: int = 8000
     r2: NetConfig = field(default_factory=lambda: NetConfig(1500, 512, 2e-3))
     r3: NetConfig = field(default_factory=NetConfig)
@@ -104,6 +106,8 @@ class PopulationConfig:
             c = getattr(self, name)
             if c.steps < 1 or c.batch < 2 or not c.lr > 0:
                 raise ProbcatValueError(f"{name}: steps >= 1, batch >= 2 and lr > 0 needed")
+        if not 0 < self.detect_min_mass <= 1:
+            raise ProbcatValueError("detect_min_mass must lie in (0, 1]")
         if self.r1_crop <= 2 * R1_HALO:
             raise ProbcatValueError(f"r1_crop must exceed {2 * R1_HALO}")
 
@@ -160,7 +164,7 @@ class Chain:
         k = self.cfg.k_detect
         post = self.posterior_maps(maps)[:, k]
         thr = float(THRESHOLDS_LOG10[k])
-        return [find_detections(p, self.prior[k], thr) for p in post]
+        return [find_detections(p, self.prior[k], thr, self.cfg.detect_min_mass) for p in post]
 
     # ---- the pool: r2 and r4 -------------------------------------------------------------
     def pool(self):
@@ -202,7 +206,10 @@ class Chain:
     def train_r2_r4(self, pool: dict):
         c = self.cfg
         feats = source_features(pool["flux"], pool["l"], pool["b"])
-        task = R2Task(c.r2.steps, c.r2.lr, c.seed + 2, feats, pool["detected"], c.r2.batch)
+        with_theta = np.concatenate(
+            [feats, normalise_theta(pool["theta"][pool["map"]]).astype(np.float32)], 1
+        )
+        task = R2Task(c.r2.steps, c.r2.lr, c.seed + 2, with_theta, pool["detected"], c.r2.batch)
         self._fit(task, c.r2.steps, 2)
         self.r2 = task.model
         det = pool["detected"]
@@ -216,10 +223,12 @@ class Chain:
         self.n_simulations["pool"] = len(pool["theta"])
 
     @torch.no_grad()
-    def sensitivity(self, flux, l, b) -> np.ndarray:
-        """``S(F, s)``: r2's probability that a source would be detected."""
-        x = torch.from_numpy(source_features(flux, l, b))
-        return torch.sigmoid(self.r2(x)).numpy()
+    def sensitivity(self, flux, l, b, theta) -> np.ndarray:
+        """``S(F, s | theta)``: r2's probability that a source would be detected."""
+        x = np.concatenate(
+            [source_features(flux, l, b), normalise_theta(theta).astype(np.float32)], 1
+        )
+        return torch.sigmoid(self.r2(torch.from_numpy(x))).numpy()
 
     # ---- r3 and the plain NRE ------------------------------------------------------------
     def train_r3(self, det: Detections):
@@ -438,8 +447,9 @@ def run_chain(
 
 
 def write_samples(out: Path, post: dict, rng, n: int = 20000) -> str:
-    """Weighted posterior samples: ``n`` draws from the truncated prior box with the weight
-    of each estimator at their grid cell (``posterior_samples.parquet``)."""
+    """Weighted posterior samples: ``n`` draws from the prior with each estimator's
+    posterior density (relative to the prior) at their nearest grid point, normalised
+    (``posterior_samples.parquet``)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -449,8 +459,9 @@ def write_samples(out: Path, post: dict, rng, n: int = 20000) -> str:
     flat = np.ravel_multi_index(idx, grid.shape)
     cols = {name: theta[:, k] for k, name in enumerate(PARAM_NAMES)}
     for key in ("r3", "r4", "combined", "plain_nre"):
-        w = post[key].w.ravel()[flat]
-        cols[f"w_{key}"] = w / max(w.sum(), 1e-300)
+        log_d = post[key].log_density.ravel()[flat]
+        w = np.exp(log_d - log_d.max())
+        cols[f"w_{key}"] = w / w.sum()
     table = pa.table(cols)
     path = out / "posterior_samples.parquet"
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))

@@ -84,7 +84,8 @@ class Posterior:
             ]
             for k, a in enumerate(grid.axes)
         )
-        log_m = log_w.reshape(grid.shape) + vol
+        self.log_density = log_w.reshape(grid.shape)  # relative to the uniform prior
+        log_m = self.log_density + vol
         self.w = np.exp(log_m - logsumexp(log_m))
 
     def marginal(self, k: int) -> np.ndarray:

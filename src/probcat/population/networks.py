@@ -2,7 +2,8 @@
 
 - :class:`DetectionNet` (r1): image to image, per pixel and flux threshold the logit of
   ``p(source above F_th in s | x)``; sees the map and the sky coordinates of each pixel.
-- :class:`SensitivityNet` (r2): ``(log10 F, l, b)`` to the logit of ``P(detected | F, s)``.
+- :class:`SensitivityNet` (r2): ``(log10 F, l, b, theta)`` to the logit of
+  ``P(detected | F, s, theta)``.
 - :class:`MapRatioNet` (r3 and the plain NRE): a map embedding and a head that gives the
   log ratio ``log r(theta; x)`` for the joint ``theta = (N, sigma, h)``.
 - :class:`SetRatioNet` (r4): a permutation-invariant embedding of a detected-source list
@@ -63,14 +64,19 @@ class DetectionNet(nn.Module):
 
 
 class SensitivityNet(nn.Module):
-    """Logit of ``P(detected | F, l, b)`` from ``(N, 3)``: ``log10 F``, ``l / 40``,
-    ``b / 40``."""
+    """Logit of ``P(detected | F, l, b, theta)`` from ``(N, 6)``: ``log10 F``, ``l / 40``,
+    ``b / 40`` and the normalised population parameters of the source's map (crowding
+    changes what can be detected)."""
 
-    def __init__(self, width: int = 64):
+    def __init__(self, width: int = 64, n_in: int = 6):
         super().__init__()
-        self.hparams = {"width": width}
+        self.hparams = {"width": width, "n_in": n_in}
         self.mlp = nn.Sequential(
-            nn.Linear(3, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 1)
+            nn.Linear(n_in, width),
+            nn.SiLU(),
+            nn.Linear(width, width),
+            nn.SiLU(),
+            nn.Linear(width, 1),
         )
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:

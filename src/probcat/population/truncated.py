@@ -6,7 +6,8 @@ from its population prior truncated to its region ``R_i`` (the +-1 degree box) a
 ``F >= F_th`` (positions from the truncated normals of the spatial model, fluxes from the
 log-normal truncated at the threshold); the other ``N - N_det`` sources are drawn from the
 population model and kept only when the sensitivity function says they would not be
-detected (accepted with probability ``1 - S(F, s)``), so that the targeted maps hold the
+detected (accepted with probability ``1 - S(F, s | theta)``: the sensitivity depends on the
+population, since crowding hides sources), so that the targeted maps hold the
 same detections. ``theta`` with ``N < N_det`` cannot produce the observation: the prior is
 truncated to ``N >= N_det``.
 """
@@ -37,7 +38,8 @@ class TruncatedSimulator:
 
     Args:
         det: the observation's detections (positions and the detection threshold).
-        sensitivity: ``S(flux, l, b) -> P(detected)`` for arrays (the r2 network's).
+        sensitivity: ``S(flux, l, b, theta) -> P(detected)`` for arrays, ``theta`` ``(n, 3)``
+            the population of each source's map (the r2 network's).
     """
 
     def __init__(self, det: Detections, sensitivity: Callable):
@@ -85,7 +87,7 @@ class TruncatedSimulator:
                 break
             ask = np.where(short > 0, 2 * short + 8, 0)
             cand = sample_sources(rng, theta, ask)
-            p_det = self.sensitivity(cand.flux, cand.l, cand.b)
+            p_det = self.sensitivity(cand.flux, cand.l, cand.b, theta[cand.map])
             cand = cand.select(rng.random(len(cand)) >= p_det)
             # keep the first `short` accepted candidates of each map
             order = np.argsort(cand.map, kind="stable")
