@@ -24,7 +24,7 @@ def _train(params, loss_fn, steps=40, lr=3e-3):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
