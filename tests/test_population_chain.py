@@ -80,3 +80,28 @@ def test_population_cli_errors(tmp_path, capsys, args, msg):
     rc = main(["population", *args, "-o", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and msg in err and len(err.splitlines()) == 1
+
+
+def test_any_pixel_detector_can_fill_r1s_role(tmp_path):
+    """A detector with per-pixel probabilities (here an oracle made from the truth)
+    replaces the r1 network: detections come from its probabilities."""
+    import numpy as np
+
+    from probcat.population.chain import Chain
+    from probcat.population.detection import THRESHOLDS_LOG10, pixel_labels, prior_map
+    from probcat.population.simulator import Sources, render
+
+    src = Sources(np.zeros(3, int), np.array([100.0, 0.5, 300.0]), np.array([0.0, 10.0, -20.0]),
+                  np.array([0.0, 5.0, 3.0]))  # fmt: skip
+    maps = render(np.random.default_rng(0), src, 1)
+
+    class Oracle:
+        def posterior(self, m):
+            return pixel_labels(src, len(m)).astype(float) * 0.99
+
+    chain = Chain(PopulationConfig(), tmp_path, progress=False)
+    chain.detector = Oracle()
+    chain.prior = prior_map(50)
+    det = chain.detect(maps)[0]
+    assert len(det) == 2 and THRESHOLDS_LOG10[chain.cfg.k_detect] < 2  # the two bright ones
+    assert sorted(np.round(det.l).tolist()) == [-20.0, 0.0]

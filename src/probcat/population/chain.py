@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ from probcat.population.tasks import (
 from probcat.population.truncated import TruncatedSimulator
 from probcat.train.loop import LoopSettings, fit
 
-__all__ = ["PopulationConfig", "run_chain", "Chain"]
+__all__ = ["PopulationConfig", "run_chain", "Chain", "PixelDetector", "NetworkDetector"]
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,30 @@ class PopulationConfig:
         return math.ceil((self.r3.steps * self.r3.batch + self.pool_maps) / self.r3.batch)
 
 
+class PixelDetector(Protocol):
+    """What can fill r1's role: per-pixel posterior probabilities that a source brighter
+    than each threshold of ``THRESHOLDS_LOG10`` lies in the pixel, ``(B, K, H, W)`` for
+    maps ``(B, H, W)`` (r1 divides them by the exact prior map)."""
+
+    def posterior(self, maps: np.ndarray) -> np.ndarray: ...
+
+
+class NetworkDetector:
+    """The r1 network as a :class:`PixelDetector` (maps padded by its reach, in batches)."""
+
+    def __init__(self, net, batch: int = 64):
+        self.net, self.batch = net, batch
+
+    @torch.no_grad()
+    def posterior(self, maps: np.ndarray) -> np.ndarray:
+        out, h = [], R1_HALO
+        for i in range(0, len(maps), self.batch):
+            m = np.pad(maps[i : i + self.batch], ((0, 0), (h, h), (h, h)))
+            logit = self.net(torch.from_numpy(m), -h, -h)[:, :, h:-h, h:-h]
+            out.append(torch.sigmoid(logit).numpy())
+        return np.concatenate(out)
+
+
 def _settings(cfg: PopulationConfig, steps: int, seed_offset: int) -> LoopSettings:
     every = max(steps // 4, 1)
     return LoopSettings(cfg.seed + seed_offset, every, max(steps // 10, 50), cfg.threads)
@@ -132,6 +157,7 @@ class Chain:
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.prior = None  # (K, H, W) prior map of r1
         self.r1 = self.r2 = self.r3 = self.r4 = self.plain = None
+        self.detector = None  # a PixelDetector replacing the r1 network, if given
         self.detected_fluxes = None  # the pool's detected fluxes: p(F | detected)
         self.n_simulations = {}
 
@@ -149,16 +175,11 @@ class Chain:
             self.prior = prior_map(c.prior_draws, seed=c.seed)
             atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), self.prior))
 
-    @torch.no_grad()
-    def posterior_maps(self, maps: np.ndarray, batch: int = 64) -> np.ndarray:
-        """r1's posterior ``p(source above F_th in s | x)`` ``(B, K, 128, 128)``."""
-        out = []
-        h = R1_HALO
-        for i in range(0, len(maps), batch):
-            m = np.pad(maps[i : i + batch], ((0, 0), (h, h), (h, h)))
-            logit = self.r1(torch.from_numpy(m), -h, -h)[:, :, h:-h, h:-h]
-            out.append(torch.sigmoid(logit).numpy())
-        return np.concatenate(out)
+    def posterior_maps(self, maps: np.ndarray) -> np.ndarray:
+        """The detector's posterior ``p(source above F_th in s | x)`` ``(B, K, 128, 128)``
+        for the thresholds :data:`~probcat.population.detection.THRESHOLDS_LOG10`: the r1
+        network's, or that of any :class:`PixelDetector` set as ``self.detector``."""
+        return (self.detector or NetworkDetector(self.r1)).posterior(maps)
 
     def detect(self, maps: np.ndarray) -> list[Detections]:
         k = self.cfg.k_detect
