@@ -105,3 +105,25 @@ def test_any_pixel_detector_can_fill_r1s_role(tmp_path):
     det = chain.detect(maps)[0]
     assert len(det) == 2 and THRESHOLDS_LOG10[chain.cfg.k_detect] < 2  # the two bright ones
     assert sorted(np.round(det.l).tolist()) == [-20.0, 0.0]
+
+
+@pytest.mark.slow
+def test_population_cli_reads_a_fits_map(tmp_path, capsys):
+    import numpy as np
+    from astropy.io import fits
+
+    from probcat.population.simulator import simulate
+
+    _, maps, _ = simulate(np.random.default_rng(0), 1)
+    fits.PrimaryHDU(maps[0]).writeto(tmp_path / "map.fits")
+    fits.PrimaryHDU(maps[0][:100]).writeto(tmp_path / "small.fits")
+    rc = main(["population", "--image", str(tmp_path / "small.fits"), "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "finite 128x128" in err and not (tmp_path / "o").exists()
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY_YAML)
+    args = ["population", "--image", str(tmp_path / "map.fits"), "-c", str(cfg), "-q"]
+    rc = main([*args, "-o", str(tmp_path / "o")])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["truth"] is None and "combined" in summary["posterior"]

@@ -418,9 +418,6 @@ def run_chain(
     from probcat.provenance import provenance
 
     t0 = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.threads)
     truth = None
     if target_map is None:
         if target_seed is None:
@@ -431,6 +428,9 @@ def run_chain(
         x_o = np.asarray(target_map, np.float32)
         if x_o.shape != (MAP_SIZE, MAP_SIZE) or not np.isfinite(x_o).all():
             raise ProbcatValueError(f"the map must be a finite {MAP_SIZE}x{MAP_SIZE} image")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
     chain = Chain(cfg, out, progress)
     chain.train_r1()
     det = chain.detect(x_o[None])[0]
