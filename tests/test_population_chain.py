@@ -50,7 +50,7 @@ def test_chain_writes_every_output_and_resumes(tmp_path):
     assert json.loads((out / "summary.json").read_text())["truth"] == s["truth"]
     # a rerun resumes: no network trains again
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")}
-    assert len(before) == 5
+    assert len(before) == 5 and any(p.parent.name.startswith("r3_") for p in before)
     run_chain(cfg, out, target_seed=3, progress=False)
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")} == before
 
@@ -127,3 +127,18 @@ def test_population_cli_reads_a_fits_map(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["truth"] is None and "combined" in summary["posterior"]
+
+
+@pytest.mark.slow
+def test_a_new_target_retrains_only_what_depends_on_it(tmp_path):
+    """r1, the pool, r2, r4 and the plain NRE do not depend on the target: a run for
+    another target in the same folder reuses them and retrains r3 (targeted)."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY_YAML)
+    out = tmp_path / "o"
+    assert main(["population", "--seed", "4", "-c", str(cfg), "-o", str(out), "-q"]) == 0
+    stamp = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")}
+    assert main(["population", "--seed", "5", "-c", str(cfg), "-o", str(out), "-q"]) == 0
+    again = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")}
+    assert {k: again[k] for k in stamp} == stamp  # nothing retrained...
+    assert len([k for k in again if k.startswith("r3_")]) == 2  # ...but r3, for the new target

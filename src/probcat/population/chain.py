@@ -8,6 +8,7 @@ directory (checkpoints, exact resume, manifest), so an interrupted run resumes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -84,8 +85,8 @@ class PopulationConfig:
     r1_channels: int = 32
     pool_maps: int = 8000
     r2: NetConfig = field(default_factory=lambda: NetConfig(1500, 512, 2e-3))
-    r3: NetConfig = field(default_factory=NetConfig)
-    r4: NetConfig = field(default_factory=lambda: NetConfig(2000, 128, 1e-3))
+    r3: NetConfig = field(default_factory=lambda: NetConfig(4000, 64, 1e-3))
+    r4: NetConfig = field(default_factory=lambda: NetConfig(3000, 128, 1e-3))
     r4_draws: int = 64
     prior_draws: int = 4000
     coverage_sims: int = 300
@@ -165,7 +166,7 @@ class Chain:
     def train_r1(self):
         c = self.cfg
         task = R1Task(c.r1.steps, c.r1.lr, c.seed + 1, c.r1.batch, c.r1_crop, c.r1_channels)
-        self._fit(task, c.r1.steps, 1)
+        self._fit(task, c.r1.steps, 1, self._keys("r1"))
         self.r1 = task.model
         self.n_simulations["r1"] = task.n_simulations
         path = self.out / "prior_map.npy"
@@ -192,8 +193,11 @@ class Chain:
         """Full-model maps run through r1: their sources (detected or not) and detected
         lists (true ``log10 F, l, b`` of the detected sources), cached in the run."""
         path = self.out / "pool.npz"
+        key = json.dumps(self._keys("pool"), sort_keys=True)
         if path.exists():
-            return dict(np.load(path))
+            data = dict(np.load(path))
+            if str(data.pop("key", "")) == key:
+                return data
         c = self.cfg
         rng = np.random.default_rng([c.seed, 5])
         thetas, srcs, n_done = [], [], 0
@@ -221,7 +225,7 @@ class Chain:
             "b": src.b,
             "detected": src.detected,
         }
-        atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), **data))
+        atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), key=key, **data))
         return data
 
     def train_r2_r4(self, pool: dict):
@@ -231,14 +235,14 @@ class Chain:
             [feats, normalise_theta(pool["theta"][pool["map"]]).astype(np.float32)], 1
         )
         task = R2Task(c.r2.steps, c.r2.lr, c.seed + 2, with_theta, pool["detected"], c.r2.batch)
-        self._fit(task, c.r2.steps, 2)
+        self._fit(task, c.r2.steps, 2, self._keys("r2"))
         self.r2 = task.model
         det = pool["detected"]
         lists = split_lists(feats[det], pool["map"][det], len(pool["theta"]))
         task = SetRatioTask(
             c.r4.steps, c.r4.lr, c.seed + 4, pool["theta"], lists, c.r4.batch, c.r4.balance
         )
-        self._fit(task, c.r4.steps, 4)
+        self._fit(task, c.r4.steps, 4, self._keys("r4"))
         self.r4 = task.model
         self.detected_fluxes = pool["flux"][det]
         self.n_simulations["pool"] = len(pool["theta"])
@@ -264,7 +268,9 @@ class Chain:
             c.r3.batch,
             c.r3.balance,
         )
-        self._fit(task, c.r3.steps, 3)
+        target = {**self._keys("r3"), "target": det.to_dict()}
+        digest = hashlib.sha256(json.dumps(target, sort_keys=True).encode()).hexdigest()[:10]
+        self._fit(task, c.r3.steps, 3, target, folder=f"r3_{digest}")  # one per target
         self.r3 = task.model
         self.n_simulations["r3"] = task.n_simulations
 
@@ -272,15 +278,30 @@ class Chain:
         c = self.cfg
         steps = c.plain_steps
         task = MapRatioTask("plain", steps, c.r3.lr, c.seed + 6, simulate, c.r3.batch, c.r3.balance)
-        self._fit(task, steps, 6)
+        self._fit(task, steps, 6, self._keys("plain"))
         self.plain = task.model
         self.n_simulations["plain"] = task.n_simulations
 
-    def _fit(self, task, steps: int, offset: int):
+    def _keys(self, stage: str) -> dict:
+        """The settings that stage ``stage`` depends on (its checkpoint resumes under any
+        change of the others)."""
+        d = to_dict(self.cfg)
+        pick = {
+            "r1": ["seed", "r1", "r1_crop", "r1_channels"],
+            "pool": ["seed", "r1", "r1_crop", "r1_channels", "pool_maps", "prior_draws",
+                     "detect_threshold_log10", "detect_min_mass"],
+        }  # fmt: skip
+        pick["r2"] = pick["pool"] + ["r2"]
+        pick["r4"] = pick["pool"] + ["r4"]
+        pick["r3"] = pick["pool"] + ["r2", "r3"]
+        pick["plain"] = ["seed", "r3", "pool_maps"]
+        return {k: d[k] for k in pick[stage]}
+
+    def _fit(self, task, steps: int, offset: int, config: dict, folder: str | None = None):
         fit(
             task,
-            self.out / task.kind.removeprefix("population_"),
-            config={"task": task.kind, "chain": to_dict(self.cfg)},
+            self.out / (folder or task.kind.removeprefix("population_")),
+            config={"task": task.kind, **config},
             settings=_settings(self.cfg, steps, offset),
             progress=self.progress,
         )
