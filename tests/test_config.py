@@ -79,3 +79,17 @@ def test_yaml_files_and_overrides(tmp_path):
     with pytest.raises(ProbcatValueError, match="not found"):
         load_yaml(Outer, tmp_path / "missing.yaml")
     assert load_yaml(Outer, None) == Outer()
+
+
+@dataclass(frozen=True)
+class WithDefaults:
+    inner: Inner = field(default_factory=lambda: Inner("b", 9, 4.0))
+
+
+def test_a_partial_section_keeps_the_fields_own_defaults():
+    """``inner: {size: 2}`` changes the size only: kind and scale stay at the defaults the
+    enclosing config gives (not the nested class's own)."""
+    assert from_dict(WithDefaults, {"inner": {"size": 2}}).inner == Inner("b", 2, 4.0)
+    assert from_dict(WithDefaults, {}).inner == Inner("b", 9, 4.0)
+    with pytest.raises(ProbcatValueError, match=r"inner\.kind"):
+        from_dict(WithDefaults, {"inner": {"kind": "z"}})

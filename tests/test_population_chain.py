@@ -142,3 +142,16 @@ def test_a_new_target_retrains_only_what_depends_on_it(tmp_path):
     again = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")}
     assert {k: again[k] for k in stamp} == stamp  # nothing retrained...
     assert len([k for k in again if k.startswith("r3_")]) == 2  # ...but r3, for the new target
+
+
+def test_config_sections_keep_their_defaults(tmp_path):
+    from probcat.config import load_yaml
+
+    p = tmp_path / "c.yaml"
+    p.write_text("r1: {steps: 100}\npool_maps: 50\n")
+    cfg = load_yaml(PopulationConfig, p)
+    assert cfg.r1 == NetConfig(100, PopulationConfig().r1.batch, PopulationConfig().r1.lr)
+    assert cfg.pool_maps == 50 and cfg.plain_steps == (cfg.r3.steps * cfg.r3.batch + 50) // 64
+    p.write_text("detect_threshold_log10: 1.0\n")
+    with pytest.raises(ValueError, match="one of the r1 thresholds"):
+        load_yaml(PopulationConfig, p)

@@ -87,6 +87,14 @@ def _convert(tp, value, where: str):
     return value
 
 
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
 def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, recursively, rejecting unknown keys, wrong
     types and values outside a ``Literal``'s choices; missing keys take their defaults."""
@@ -99,7 +107,11 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
         key = f"{where}.{unknown[0]}" if where else str(unknown[0])
         _fail("", f"unknown setting {key!r}; known here: {', '.join(known)}")
     kwargs = {}
+    defaults = {f.name: f for f in dataclasses.fields(cls)}
     for k, v in data.items():
+        base = _default(defaults[k])
+        if dataclasses.is_dataclass(base) and isinstance(v, dict):
+            v = {**to_dict(base), **v}  # a partial section keeps the field's own defaults
         kwargs[k] = _convert(hints[k], v, f"{where}.{k}" if where else k)
     try:
         return cls(**kwargs)

@@ -174,7 +174,7 @@ class Chain:
             self.prior = np.load(path)
         else:
             self.prior = prior_map(c.prior_draws, seed=c.seed)
-            atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), self.prior))
+            atomic_write(path, lambda tmp: np.save(tmp, self.prior))
 
     def posterior_maps(self, maps: np.ndarray) -> np.ndarray:
         """The detector's posterior ``p(source above F_th in s | x)`` ``(B, K, 128, 128)``
@@ -225,7 +225,7 @@ class Chain:
             "b": src.b,
             "detected": src.detected,
         }
-        atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), key=key, **data))
+        atomic_write(path, lambda tmp: np.savez(tmp, key=key, **data))
         return data
 
     def train_r2_r4(self, pool: dict):
