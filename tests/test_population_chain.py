@@ -151,7 +151,7 @@ def test_config_sections_keep_their_defaults(tmp_path):
     p.write_text("r1: {steps: 100}\npool_maps: 50\n")
     cfg = load_yaml(PopulationConfig, p)
     assert cfg.r1 == NetConfig(100, PopulationConfig().r1.batch, PopulationConfig().r1.lr)
-    assert cfg.pool_maps == 50 and cfg.plain_steps == (cfg.r3.steps * cfg.r3.batch + 50) // 64
+    assert cfg.pool_maps == 50 and cfg.plain_steps == -(-(cfg.r3.steps * cfg.r3.batch + 50) // 64)
     p.write_text("detect_threshold_log10: 1.0\n")
     with pytest.raises(ValueError, match="one of the r1 thresholds"):
         load_yaml(PopulationConfig, p)
