@@ -169,7 +169,7 @@ class Chain:
         self._fit(task, c.r1.steps, 1, self._keys("r1"))
         self.r1 = task.model
         self.n_simulations["r1"] = task.n_simulations
-        path = self.out / "prior_map.npy"
+        path = self.out / f"prior_map_seed{c.seed}_draws{c.prior_draws}.npy"
         if path.exists():
             self.prior = np.load(path)
         else:
