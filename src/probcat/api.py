@@ -159,14 +159,11 @@ class Detector:
         return [slice(i, i + per) for i in range(0, len(batch.x), per)]
 
     def _features(self, x: np.ndarray):
-        """Features and tile-padded pixels of images ``x`` ``(B, bands, H, W)`` (sigma units)."""
-        from probcat.infer.detect import batch_tile_features, tile_features, tile_image
+        """Features and tile-padded pixels of images ``x`` ``(B, bands, H, W)``, already
+        checked and in sigma units (a single image runs in chunks of bounded memory)."""
+        from probcat.infer.detect import features_sigma, pixels_sigma
 
-        if len(x) == 1:  # chunked: memory bounded for images of any size
-            feats = tile_features(self.net, x[0], 1.0)
-        else:
-            feats = batch_tile_features(self.net, x, 1.0)
-        return feats, tile_image(self.net, x, 1.0)
+        return features_sigma(self.net, x), pixels_sigma(self.net, x)
 
     # ---- outputs -------------------------------------------------------------------------
     def catalog(self, images, *, noise_sigma=None, threshold: float = 0.5):

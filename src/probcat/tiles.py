@@ -106,11 +106,6 @@ class TileCatalog:
     bands: tuple[str, ...] = ("i",)
     n_collisions: int = 0
 
-    @staticmethod
-    def grid_shape(image_shape: tuple[int, int], tile_size: int) -> tuple[int, int]:
-        """Number of tiles ``(nty, ntx)`` covering an image (see :func:`grid_shape`)."""
-        return grid_shape(image_shape, tile_size)
-
     @property
     def batch_size(self) -> int:
         return self.n_sources.shape[0]
@@ -126,7 +121,7 @@ class TileCatalog:
         shape, bands = cats[0].image_shape, cats[0].bands
         if any(c.image_shape != shape for c in cats):
             raise ProbcatValueError("all catalogs of a batch must share one image shape")
-        nty, ntx = cls.grid_shape(shape, tile_size)
+        nty, ntx = grid_shape(shape, tile_size)
         b = len(cats)
         names = [
             k

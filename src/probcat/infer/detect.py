@@ -31,6 +31,8 @@ __all__ = [
     "tile_image",
     "tile_features",
     "batch_tile_features",
+    "features_sigma",
+    "pixels_sigma",
     "predict_tiles",
     "decode",
     "Decisions",
@@ -68,12 +70,16 @@ def check_image(image: np.ndarray, n_bands: int, noise_sigma, min_size: int = 1)
 
 
 @torch.no_grad()
-def tile_features(
-    net: DetectionNet, image: np.ndarray, noise_sigma, *, chunk_tiles: int = 200
-) -> torch.Tensor:
-    """Backbone features ``(1, C, ceil(H/t), ceil(W/t))`` of an image of any size."""
+def features_sigma(net: DetectionNet, x: np.ndarray, *, chunk_tiles: int = 200) -> torch.Tensor:
+    """Backbone features ``(B, C, ceil(H/t), ceil(W/t))`` of images ``x`` ``(B, bands, H, W)``
+    already in noise-sigma units (see :func:`check_image`): a single image runs in chunks of
+    ``chunk_tiles`` tiles (memory bounded for any size), a batch in one pass. Each is padded
+    by the feature halo of blank sky, so the result equals whole-image inference."""
     net.eval()
-    padded = _halo_padded(net, check_image(image, net.n_bands, noise_sigma))
+    padded = pad_to_tiles(x, net.tile_size, net.feature_halo)
+    if len(x) > 1:
+        return net.features(torch.from_numpy(padded).to(net.device), valid=True)
+    padded = padded[0]
     t, halo = net.tile_size, net.feature_halo
     nty, ntx = padded.shape[-2] // t - 2 * halo, padded.shape[-1] // t - 2 * halo
     feats = None
@@ -82,8 +88,8 @@ def tile_features(
             ty1, tx1 = min(ty0 + chunk_tiles, nty), min(tx0 + chunk_tiles, ntx)
             # core tiles [ty0, ty1) sit at padded tiles [ty0 + halo, ty1 + halo)
             crop = padded[:, ty0 * t : (ty1 + 2 * halo) * t, tx0 * t : (tx1 + 2 * halo) * t]
-            x = torch.from_numpy(np.ascontiguousarray(crop))[None].to(net.device)
-            f = net.features(x, valid=True)
+            xc = torch.from_numpy(np.ascontiguousarray(crop))[None].to(net.device)
+            f = net.features(xc, valid=True)
             if feats is None:  # channels-last: the layout the heads' convolutions run fastest in
                 feats = f.new_zeros(1, f.shape[1], nty, ntx)
                 feats = feats.contiguous(memory_format=torch.channels_last)
@@ -91,31 +97,40 @@ def tile_features(
     return feats
 
 
-def _halo_padded(net: DetectionNet, x: np.ndarray) -> np.ndarray:
-    """``x`` (``(..., H, W)``, sigma units) zero-padded to whole tiles plus
-    ``net.feature_halo`` tiles of blank sky on each side: the input of
-    ``net.features(valid=True)``, whose output is then one feature vector per image tile."""
-    return pad_to_tiles(x, net.tile_size, net.feature_halo)
+def pixels_sigma(net: DetectionNet, x: np.ndarray) -> torch.Tensor:
+    """Images ``x`` ``(B, bands, H, W)`` in noise-sigma units, zero-padded at the bottom and
+    right to whole tiles, on the network's device: the pixels the stamp networks read."""
+    return torch.from_numpy(pad_to_tiles(x, net.tile_size)).to(net.device)
+
+
+def _checked(net: DetectionNet, images: np.ndarray, noise_sigma) -> np.ndarray:
+    """``(bands, H, W)`` or ``(B, bands, H, W)`` images in electrons, checked, as a batch
+    ``(B, bands, H, W)`` in noise-sigma units."""
+    images = np.asarray(images)
+    batch = images if images.ndim == 4 else images[None]
+    return np.stack([check_image(im, net.n_bands, noise_sigma) for im in batch])
+
+
+def tile_features(
+    net: DetectionNet, image: np.ndarray, noise_sigma, *, chunk_tiles: int = 200
+) -> torch.Tensor:
+    """Backbone features ``(1, C, ceil(H/t), ceil(W/t))`` of an image of any size."""
+    return features_sigma(
+        net, check_image(image, net.n_bands, noise_sigma)[None], chunk_tiles=chunk_tiles
+    )
 
 
 def tile_image(net: DetectionNet, image: np.ndarray, noise_sigma) -> torch.Tensor:
     """The image in noise-sigma units, ``(B, bands, nty * t, ntx * t)``, zero-padded at the
     bottom and right to whole tiles: the pixels the stamp classifier reads. ``image`` is
     ``(bands, H, W)`` (``B = 1``) or a batch ``(B, bands, H, W)``."""
-    image = np.asarray(image)
-    batch = image if image.ndim == 4 else image[None]
-    x = np.stack([check_image(im, net.n_bands, noise_sigma) for im in batch])
-    return torch.from_numpy(pad_to_tiles(x, net.tile_size)).to(net.device)
+    return pixels_sigma(net, _checked(net, image, noise_sigma))
 
 
-@torch.no_grad()
 def batch_tile_features(net: DetectionNet, images: np.ndarray, noise_sigma) -> torch.Tensor:
     """Features ``(B, C, nty, ntx)`` of a batch of same-size images ``(B, bands, H, W)``,
-    equal to :func:`tile_features` image by image (one forward pass, no chunking)."""
-    net.eval()
-    images = np.asarray(images)
-    x = np.stack([check_image(im, net.n_bands, noise_sigma) for im in images])
-    return net.features(torch.from_numpy(_halo_padded(net, x)).to(net.device), valid=True)
+    equal to :func:`tile_features` image by image (see :func:`features_sigma`)."""
+    return features_sigma(net, _checked(net, images, noise_sigma))
 
 
 @torch.no_grad()

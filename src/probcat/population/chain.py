@@ -38,6 +38,7 @@ from probcat.population.simulator import (
     PARAM_NAMES,
     PRIOR_HIGH,
     PRIOR_LOW,
+    Sources,
     normalise_theta,
     sample_prior,
     simulate,
@@ -214,8 +215,6 @@ class Chain:
             n_done += n
             bar.update(n)
         bar.close()
-        from probcat.population.simulator import Sources
-
         src = Sources.concat(srcs)
         data = {
             "theta": np.concatenate(thetas),
@@ -231,9 +230,7 @@ class Chain:
     def train_r2_r4(self, pool: dict):
         c = self.cfg
         feats = source_features(pool["flux"], pool["l"], pool["b"])
-        with_theta = np.concatenate(
-            [feats, normalise_theta(pool["theta"][pool["map"]]).astype(np.float32)], 1
-        )
+        with_theta = sensitivity_features(feats, pool["theta"][pool["map"]])
         task = R2Task(c.r2.steps, c.r2.lr, c.seed + 2, with_theta, pool["detected"], c.r2.batch)
         self._fit(task, c.r2.steps, 2, self._keys("r2"))
         self.r2 = task.model
@@ -250,9 +247,7 @@ class Chain:
     @torch.no_grad()
     def sensitivity(self, flux, l, b, theta) -> np.ndarray:
         """``S(F, s | theta)``: r2's probability that a source would be detected."""
-        x = np.concatenate(
-            [source_features(flux, l, b), normalise_theta(theta).astype(np.float32)], 1
-        )
+        x = sensitivity_features(source_features(flux, l, b), theta)
         return torch.sigmoid(self.r2(torch.from_numpy(x))).numpy()
 
     # ---- r3 and the plain NRE ------------------------------------------------------------
@@ -348,7 +343,7 @@ class Chain:
         log_r3 = self.log_r_map(self.r3, x_o[None], grid)[0]
         log_r4 = self.log_r4(self.draw_detected_lists(rng, det, self.cfg.r4_draws), grid)
         log_combined = combine(log_r3, log_r4) + feasible
-        log_e_r4 = log_combined - log_r3
+        log_e_r4 = log_combined - log_r3  # log E[r4] alone: the detected sources' route
         log_plain = self.log_r_map(self.plain, x_o[None], grid)[0]
         return {
             "r3": Posterior(grid, log_r3 + feasible),
@@ -373,6 +368,12 @@ def source_features(flux, l, b) -> np.ndarray:
     return np.stack(
         [np.log10(flux), np.asarray(l) / EXTENT_DEG, np.asarray(b) / EXTENT_DEG], 1
     ).astype(np.float32)
+
+
+def sensitivity_features(feats: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """r2's inputs ``(n, 6)``: :func:`source_features` and the normalised population
+    parameters ``theta`` ``(n, 3)`` of each source's map."""
+    return np.concatenate([feats, normalise_theta(theta).astype(np.float32)], 1)
 
 
 def split_lists(feats: np.ndarray, maps: np.ndarray, n_maps: int) -> list[np.ndarray]:

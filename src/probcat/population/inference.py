@@ -28,7 +28,7 @@ from scipy.special import logsumexp
 
 from probcat.population.simulator import PARAM_NAMES, PRIOR_HIGH, PRIOR_LOW
 
-__all__ = ["Grid", "Posterior", "combine", "expected_coverage", "LEVELS"]
+__all__ = ["Grid", "Posterior", "combine", "logmeanexp", "expected_coverage", "LEVELS"]
 
 LEVELS = (0.683, 0.954)
 
