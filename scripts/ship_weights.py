@@ -2,6 +2,7 @@
 manifest's benchmark numbers.
 
     .venv/bin/python scripts/ship_weights.py runs/detection_lsst_i          # ship a run
+    .venv/bin/python scripts/ship_weights.py runs/deblender_lsst_i deblender_lsst_i
     .venv/bin/python scripts/ship_weights.py --benchmark detection_lsst_i   # record numbers
 
 The manifest gets the training manifest (config, data seeds, command, commit, validation
@@ -19,21 +20,60 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "src" / "probcat" / "weights"
-HEADLINE = ("probcat", "sep", "boundary_min_prob_one_match", "galaxy_f1_snr_gt_10",
-            "star_f1_snr_gt_12", "detection_ece", "centroid_coverage_68", "centroid_coverage_95",
-            "centroid_intervals", "centroid_coverage_uncalibrated_truncated",
-            "centroid_coverage_gaussian_mean_sd", "sample_counts",
-            "speed", "n_images", "command", "git_commit")
+HEADLINE = (
+    "probcat",
+    "sep",
+    "boundary_min_prob_one_match",
+    "galaxy_f1_snr_gt_10",
+    "star_f1_snr_gt_12",
+    "detection_ece",
+    "centroid_coverage_68",
+    "centroid_coverage_95",
+    "centroid_intervals",
+    "centroid_coverage_uncalibrated_truncated",
+    "centroid_coverage_gaussian_mean_sd",
+    "sample_counts",
+    "speed",
+    "n_images",
+    "command",
+    "git_commit",
+)
+
+
+DEBLEND_HEADLINE = (
+    "flux_residual_top_bin",
+    "ratios_top_bin",
+    "deblended_flux_bias_max_abs_snr_gt_10",
+    "scatter_ratio_deblended_vs_none",
+    "size_bias_max_abs",
+    "e_bias_max_abs",
+    "flux_posterior_coverage_68",
+    "flux_posterior_coverage_95",
+    "speed",
+    "n_images_central",
+    "command",
+    "git_commit",
+)
+# kind -> (benchmark result, its key holding the weights' sha256, numbers to record)
+BENCHMARKS = {
+    "detection": ("detection.json", "weights_sha256", HEADLINE),
+    "deblender": ("deblend.json", "deblender_sha256", DEBLEND_HEADLINE),
+}
 
 
 def _with_benchmark(manifest: dict) -> dict:
-    bench = ROOT / "benchmarks" / "results" / "detection.json"
+    if manifest["kind"] not in BENCHMARKS:
+        return manifest  # e.g. the autoencoder: measured through the deblender
+    name, key, headline = BENCHMARKS[manifest["kind"]]
+    bench = ROOT / "benchmarks" / "results" / name
     result = json.loads(bench.read_text()) if bench.exists() else {}
-    if result.get("weights_sha256") == manifest["sha256"]:
-        manifest["benchmark"] = {k: result.get(k) for k in HEADLINE}
+    if result.get(key) == manifest["sha256"]:
+        manifest["benchmark"] = {k: result.get(k) for k in headline}
     else:
-        print("benchmarks/results/detection.json was not measured with these weights: "
-              "run benchmarks/detection.py, then record its numbers with --benchmark")
+        print(
+            f"benchmarks/results/{name} was not measured with these weights: "
+            "run its benchmark, then record its numbers with --benchmark"
+        )
     return manifest
 
 

@@ -7,6 +7,7 @@ Public API (one entry per capability)::
     res = probcat.detect("field.fits")          # MAP catalog, probability map, samples
     det = probcat.load("detection_lsst_i")      # batched, device-aware Detector
     cats = det.catalog([cutout_a, cutout_b])
+    res = probcat.deblend("field.fits")         # + deblended fluxes, shapes, flux posteriors
 
 Names are imported on first use, so ``import probcat`` stays fast (torch, GalSim and
 astropy load only when a name that needs them is touched).
@@ -30,6 +31,9 @@ _LAZY = {
     "load": "probcat.api",
     "Detector": "probcat.api",
     "DetectionResult": "probcat.api",
+    "deblend": "probcat.api",
+    "Deblender": "probcat.api",
+    "DeblendResult": "probcat.api",
     "FullCatalog": "probcat.catalog",
     "make_wcs": "probcat.catalog",
     "concat_catalogs": "probcat.catalog",

@@ -12,7 +12,15 @@ import numpy as np
 from probcat.catalog import FullCatalog
 from probcat.errors import ProbcatValueError
 
-__all__ = ["load", "detect", "Detector", "DetectionResult"]
+__all__ = [
+    "load",
+    "detect",
+    "deblend",
+    "Detector",
+    "DetectionResult",
+    "Deblender",
+    "DeblendResult",
+]
 
 # images per forward pass in batched inference: bounded by this many pixels
 _BATCH_PIXELS = 4_000_000
@@ -48,6 +56,40 @@ class _Batch:
     x: np.ndarray
     wcs: list
     single: bool
+
+
+def read_input(image, survey, noise_sigma=None, *, min_size: int = 1):
+    """One image for ``survey``'s bands: ``(x, wcs, sigma)`` with ``x`` ``(bands, H, W)``
+    float32 in noise-sigma units (checked), the image's WCS (or None) and the noise sigma
+    per band (``noise_sigma``, else the FITS ``NOISE`` keywords, else the survey's)."""
+    from probcat.infer.detect import check_image
+    from probcat.io import ImageData, read_image
+
+    wcs = None
+    sigma = noise_sigma
+    names = tuple(survey.band_names)
+    if isinstance(image, (str, Path)):
+        image = read_image(image)
+    if isinstance(image, ImageData):
+        wcs = image.wcs
+        if len(image.bands) == len(names) and set(image.bands) == set(names):
+            order = [image.bands.index(b) for b in names]
+            data, sig = image.image[order], image.noise_sigma[order]
+        elif image.image.shape[0] == len(names) == 1:
+            data, sig = image.image, image.noise_sigma
+        else:
+            raise ProbcatValueError(
+                f"image bands {''.join(image.bands)} do not match the weights' "
+                f"bands {''.join(names)}"
+            )
+        if sigma is None and np.all(np.isfinite(sig)):
+            sigma = sig
+        image = data
+    if sigma is None:
+        sigma = survey.noise_sigma
+    x = check_image(image, len(names), sigma, min_size=min_size)
+    sigma = np.broadcast_to(np.asarray(sigma, np.float32), (len(names),)).copy()
+    return x, wcs, sigma
 
 
 def _with_sky(cat: FullCatalog, wcs) -> FullCatalog:
@@ -101,32 +143,9 @@ class Detector:
     # ---- inputs --------------------------------------------------------------------------
     def _one(self, image, noise_sigma):
         """One image as ``(bands, H, W)`` in sigma units, and its WCS."""
-        from probcat.infer.detect import check_image
-        from probcat.io import ImageData, read_image
-
-        wcs = None
-        sigma = noise_sigma
-        if isinstance(image, (str, Path)):
-            image = read_image(image)
-        if isinstance(image, ImageData):
-            wcs = image.wcs
-            names = tuple(self.survey.band_names)
-            if len(image.bands) == len(names) and set(image.bands) == set(names):
-                order = [image.bands.index(b) for b in names]
-                data, sig = image.image[order], image.noise_sigma[order]
-            elif image.image.shape[0] == len(names) == 1:
-                data, sig = image.image, image.noise_sigma
-            else:
-                raise ProbcatValueError(
-                    f"image bands {''.join(image.bands)} do not match the weights' "
-                    f"bands {''.join(names)}"
-                )
-            if sigma is None and np.all(np.isfinite(sig)):
-                sigma = sig
-            image = data
-        if sigma is None:
-            sigma = self.survey.noise_sigma
-        x = check_image(image, self.net.n_bands, sigma, min_size=self.net.receptive_field // 2)
+        x, wcs, _ = read_input(
+            image, self.survey, noise_sigma, min_size=self.net.receptive_field // 2
+        )
         return x, wcs
 
     def _prepare(self, images, noise_sigma) -> _Batch:
@@ -255,10 +274,11 @@ class Detector:
         return (*out, tiles, batch) if full else out
 
 
-def load(name_or_path=None, *, device=None, threads="auto") -> Detector:
+def load(name_or_path=None, *, device=None, threads="auto"):
     """A model from the weights registry: a shipped name (default ``"detection_lsst_i"``;
     :func:`probcat.weights.names` lists them) or a weights file (``detection.pt`` of a
-    training run). Checks the file's sha256 against its manifest.
+    training run). Checks the file's sha256 against its manifest. Detection weights give a
+    :class:`Detector`, deblender (and autoencoder) weights a :class:`Deblender`.
 
     Example:
         >>> det = probcat.load()                                # doctest: +SKIP
@@ -267,6 +287,8 @@ def load(name_or_path=None, *, device=None, threads="auto") -> Detector:
     from probcat.weights import load as load_weights
 
     w = load_weights(name_or_path)
+    if w.kind in ("deblender", "autoencoder"):
+        return Deblender(w.model, w.survey, w.manifest, device=device, threads=threads)
     if w.kind != "detection":
         raise ProbcatValueError(f"{w.path}: {w.kind!r} weights have no Python entry point yet")
     return Detector(w.model, w.survey, w.manifest, device=device, threads=threads)
@@ -307,3 +329,209 @@ def detect(
     return det.detect(
         image, noise_sigma=noise_sigma, threshold=threshold, samples=samples, seed=seed
     )
+
+
+DEFAULT_DEBLENDER = "deblender_lsst_i"
+
+
+@dataclass
+class DeblendResult:
+    """Output of :func:`deblend` / :meth:`Deblender.measure`.
+
+    Attributes:
+        catalog: the detections with their deblended measurements: ``flux_ap``,
+            ``flux_ap_err``, ``mag_ap`` (5-px aperture, per band), ``T``, ``e1``, ``e2``,
+            ``moments_ok`` (adaptive moments, first band), ``edge`` (aperture leaves the
+            image); with posterior samples the flux posterior per band: ``flux_mean``,
+            ``flux_sd``, ``flux_q025, flux_q16, flux_q50, flux_q84, flux_q975`` and
+            ``p_match`` (fraction of samples that hold the source).
+        model: the scene model ``(bands, H, W)`` in electrons (every source's model).
+        residual: image minus model ``(bands, H, W)``.
+        models: the per-source models (:class:`probcat.infer.deblend.Models`).
+        detection: the :class:`DetectionResult` the sources came from (:func:`deblend`).
+        wcs: the image's WCS, or None.
+    """
+
+    catalog: FullCatalog
+    model: np.ndarray
+    residual: np.ndarray
+    models: object
+    detection: DetectionResult | None = None
+    wcs: object = None
+
+
+class Deblender:
+    """The deblending encoder and decoder (paper 000 section 3.4), from :func:`load`.
+
+    :meth:`measure` reconstructs every source of a catalog (galaxies through the
+    deblender, stars as the PSF), builds the scene model and measures each source on its
+    own light; given posterior catalog samples it also gives flux posteriors that carry the
+    detection uncertainty (paper 000 section 4.6) and the aperture's pixel noise.
+
+    Args:
+        net: the :class:`~probcat.nets.deblend.GalaxyModel`.
+        survey: the survey the weights were trained for.
+        manifest: the weights' manifest, if any.
+        device, threads: as for :class:`Detector`.
+    """
+
+    def __init__(self, net, survey, manifest=None, *, device=None, threads="auto"):
+        from probcat.runtime import choose_device, threads_for
+
+        threads_for(threads, 0)
+        self.device = choose_device(device)
+        if next(net.parameters()).device != self.device:
+            net = copy.deepcopy(net).to(self.device)
+        self.net, self.survey, self.manifest, self.threads = net, survey, manifest, threads
+
+    def __repr__(self) -> str:
+        name = (self.manifest or {}).get("weights", "custom weights")
+        return f"Deblender({name}, bands={''.join(self.survey.band_names)!r})"
+
+    def measure(
+        self,
+        image,
+        catalog: FullCatalog,
+        *,
+        noise_sigma=None,
+        samples=None,
+        method: str = "subtract",
+        match_px: float = 2.0,
+    ) -> DeblendResult:
+        """Deblend the sources of ``catalog`` (``x, y`` and ``galaxy`` or ``galaxy_prob``)
+        in ``image`` (FITS path, :class:`~probcat.io.ImageData` or array in electrons) and
+        measure them; ``samples``: posterior catalog samples of the same image for flux
+        posteriors; ``method``: ``"subtract"`` (residual images, the paper's) or
+        ``"conserve"`` (the data shared among the sources in proportion to their models).
+        """
+        from probcat.infer.deblend import (
+            METHODS,
+            _xyg,
+            aperture_fluxes,
+            paste_models,
+            reconstruct,
+            sample_fluxes,
+            source_images,
+        )
+        from probcat.measure import APERTURE_RADIUS, adaptive_moments, flux_posterior
+        from probcat.runtime import thread_limit, threads_for
+
+        if method not in METHODS:
+            raise ProbcatValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        if not (match_px > 0 and np.isfinite(match_px)):
+            raise ProbcatValueError(f"match_px must be positive, got {match_px}")
+        for name in ("x", "y"):
+            if name not in catalog:
+                raise ProbcatValueError(f"the catalog has no {name!r} column")
+        x, wcs, sigma = read_input(image, self.survey, noise_sigma)
+        img = x * sigma[:, None, None]
+        nb, h, w = img.shape
+        cx, cy, gal = _xyg(catalog)
+        ok = np.isfinite(cx) & np.isfinite(cy)
+        if not ok.all():
+            raise ProbcatValueError("the catalog has non-finite x or y")
+        n = len(cx)
+        with thread_limit(threads_for(self.threads, h * w)):
+            models = reconstruct(
+                self.net, img, sigma, cx, cy, gal, survey=self.survey, device=self.device
+            )
+            model = paste_models(models, (h, w))
+            flux = aperture_fluxes(img, models, np.arange(n), method=method)
+            own = source_images(img, models, method)
+            half = models.size // 2
+            mom = adaptive_moments(own, half + (cx - models.cx), half + (cy - models.cy))
+            if samples:
+                vals = sample_fluxes(
+                    self.net,
+                    img,
+                    sigma,
+                    samples,
+                    cx,
+                    cy,
+                    survey=self.survey,
+                    method=method,
+                    match_px=match_px,
+                    device=self.device,
+                )
+        area = np.pi * APERTURE_RADIUS**2
+        flux_err = np.broadcast_to(sigma * np.sqrt(area), (n, nb)).copy()
+        mags = np.stack(
+            [self._mag(b, flux[:, k]) for k, b in enumerate(self.survey.bands)], 1
+        ).reshape(n, nb)
+        r = APERTURE_RADIUS
+        edge = (cx - r < -0.5) | (cy - r < -0.5) | (cx + r > w - 0.5) | (cy + r > h - 0.5)
+        cols = dict(
+            flux_ap=flux,
+            flux_ap_err=flux_err,
+            mag_ap=mags,
+            T=mom["T"],
+            e1=mom["e1"],
+            e2=mom["e2"],
+            moments_ok=mom["ok"],
+            edge=edge,
+        )
+        if samples:
+            parts = [flux_posterior(vals[:, :, k], flux_err[:, k]) for k in range(nb)]
+            for key in parts[0]:
+                if key == "p_match":
+                    cols["p_match"] = parts[0][key]
+                else:
+                    cols[f"flux_{key}"] = np.stack([p[key] for p in parts], 1)
+        cat = catalog.with_columns(**cols)
+        return DeblendResult(cat, model, img - model, models, None, wcs)
+
+    @staticmethod
+    def _mag(band, flux):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(flux > 0, band.flux_to_mag(np.maximum(flux, 1e-30)), np.nan)
+
+
+def deblend(
+    image,
+    *,
+    noise_sigma=None,
+    weights=None,
+    deblender=None,
+    samples: int = 100,
+    method: str = "subtract",
+    threshold: float = 0.5,
+    seed: int = 0,
+    device=None,
+    threads="auto",
+) -> DeblendResult:
+    """Detect, deblend and measure every source of an image, with flux posteriors from
+    ``samples`` posterior catalog samples (0: point measurements only).
+
+    Args:
+        image: as for :func:`detect`.
+        weights: detection weights (default the shipped LSST-i encoder).
+        deblender: deblender weights (default ``"deblender_lsst_i"``).
+        method: ``"subtract"`` or ``"conserve"`` (see :meth:`Deblender.measure`).
+        Others: as for :func:`detect`.
+
+    Example:
+        >>> res = probcat.deblend("field.fits", samples=100)      # doctest: +SKIP
+        >>> res.catalog["flux_q50"]                              # doctest: +SKIP
+    """
+    det = load(weights, device=device, threads=threads)
+    dbl = load(deblender or DEFAULT_DEBLENDER, device=device, threads=threads)
+    if not isinstance(dbl, Deblender):
+        raise ProbcatValueError(f"{deblender}: not deblender weights")
+    if tuple(dbl.survey.band_names) != tuple(det.survey.band_names):
+        raise ProbcatValueError(
+            f"the deblender is for bands {''.join(dbl.survey.band_names)}, the detector for "
+            f"{''.join(det.survey.band_names)}"
+        )
+    if isinstance(image, (str, Path)):
+        from probcat.io import read_image
+
+        image = read_image(image)
+    res = det.detect(
+        image, noise_sigma=noise_sigma, threshold=threshold, samples=samples, seed=seed
+    )
+    out = dbl.measure(
+        image, res.catalog, noise_sigma=noise_sigma, samples=res.samples, method=method
+    )
+    out.detection = res
+    out.wcs = res.wcs
+    return out

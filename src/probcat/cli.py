@@ -220,6 +220,30 @@ def train_detection_cmd(
     )
 
 
+@train_app.command("deblend")
+def train_deblend_cmd(
+    config: Path = typer.Option(
+        ..., "--config", "-c", help="YAML config (stage: autoencoder or deblender)"
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="run directory"),
+    steps: int = typer.Option(None, help="override the first phase's number of steps"),
+    cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+):
+    """Train the galaxy autoencoder or the deblending encoder (resumes from
+    OUT/checkpoint.pt)."""
+    from probcat.train.deblend import load_deblend_config, train_deblend
+
+    cfg = load_deblend_config(config, steps=steps)
+    manifest = train_deblend(
+        cfg, out, cache_dir=cache_dir, progress=not quiet, command=_command_line()
+    )
+    typer.echo(
+        f"wrote {out / (cfg.stage + '.pt')} and {out / 'manifest.json'} "
+        f"after {manifest['steps']} steps ({manifest['training_s']:.0f} s)"
+    )
+
+
 @train_app.command("calibrate")
 def calibrate_cmd(
     run: Path = typer.Argument(..., help="run directory holding detection.pt and manifest.json"),

@@ -21,7 +21,7 @@ of a dataset depends only on ``(seed, i)`` and the bank configuration.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -169,9 +169,17 @@ class Simulation:
         """Image ``i`` and its extra images (``{"centered": ...}`` for ``tiles``)."""
         return getattr(self, f"_{self.config.recipe}")(self.rng(i), i)
 
+    def draw(self, rng: np.random.Generator, *, targets: bool = False):
+        """A fresh image of the recipe drawn with ``rng`` (training data, not a dataset
+        index). ``targets``: the scene keeps its noiseless image and ``tiles`` adds the
+        noiseless centred redraw as extra ``"centered_noiseless"``."""
+        if self.config.recipe == "pair":
+            raise ProbcatValueError("the pair recipe is a fixed sequence; use scene(i)")
+        return getattr(self, f"_{self.config.recipe}")(rng, 0, targets)
+
     # ---- recipes -----------------------------------------------------------------------------
-    def _blend(self, rng, i):
-        return self.sim.sample(rng), {}
+    def _blend(self, rng, i, targets=False):
+        return self.sim.sample(rng, keep_noiseless=targets), {}
 
     def _centre(self):
         h, w = self.config.shape
@@ -184,14 +192,14 @@ class Simulation:
             sim.add_noise(rng, np.zeros_like(noiseless)) if sim.config.noise == "gaussian" else None
         )
         image = noiseless + noise if noise is not None else sim.add_noise(rng, noiseless)
-        return Scene(image, sim.truth(cat, noiseless)), noise
+        return Scene(image, sim.truth(cat, noiseless), noiseless), noise
 
-    def _single(self, rng, i):
+    def _single(self, rng, i, targets=False):
         cx, cy = self._centre()
         entry = rng.integers(0, len(self.centered_bank))
         part = self.csim.galaxy_columns([entry], [rng.integers(0, 8)], [cx], [cy])
         scene, _ = self._finish(self.csim, rng, [part])
-        return scene, {}
+        return (scene if targets else replace(scene, noiseless=None)), {}
 
     def _others(self, rng, gal_only: bool):
         """A scene catalog with nothing in the central tile."""
@@ -207,7 +215,7 @@ class Simulation:
         keep = ~inside & (cat["galaxy"] if gal_only else True)
         return {k: v[keep] for k, v in cat.columns.items() if k != "mag"}
 
-    def _tiles(self, rng, i):
+    def _tiles(self, rng, i, targets=False):
         cx, cy = self._centre()
         entry, variant = rng.integers(0, len(self.bank)), rng.integers(0, 8)
         sx, sy = rng.integers(cx - TILE // 2, cx + TILE // 2 + 1, 2)
@@ -216,10 +224,12 @@ class Simulation:
         if noise is None:  # poisson: the redraw gets its own sky noise
             noise = self.sim.add_noise(rng, np.zeros_like(scene.image))
         redraw = self.csim.make_catalog([self.csim.galaxy_columns([entry], [variant], [cx], [cy])])
-        centered = self.csim.compose(redraw) + noise
-        return scene, {"centered": centered}
+        clean = self.csim.compose(redraw)
+        if not targets:
+            return replace(scene, noiseless=None), {"centered": clean + noise}
+        return scene, {"centered": clean + noise, "centered_noiseless": clean}
 
-    def _central(self, rng, i):
+    def _central(self, rng, i, targets=False):
         cx, cy = self._centre()
         gold = np.flatnonzero(self.centered_bank.mag_i < MAG_GOLD)
         if len(gold) == 0:
@@ -233,9 +243,10 @@ class Simulation:
         cols["from_centered_bank"] = np.r_[True, np.zeros(len(others), bool)]
         cat = FullCatalog(cols, central_cat.image_shape, central_cat.bands)
         truth = _truth_mixed(self.csim, self.sim, cat, noiseless)
-        return Scene(self.sim.add_noise(rng, noiseless), truth), {}
+        image = self.sim.add_noise(rng, noiseless)
+        return Scene(image, truth, noiseless if targets else None), {}
 
-    def _pair(self, rng, i):
+    def _pair(self, rng, i, targets=False):
         from probcat.simulate.render import render_direct
 
         h, w = self.config.shape

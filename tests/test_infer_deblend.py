@@ -1,0 +1,263 @@
+import galsim
+import numpy as np
+import pytest
+import sep
+import torch
+from torch import nn
+
+from probcat.catalog import FullCatalog
+from probcat.errors import ProbcatValueError
+from probcat.infer.deblend import (
+    Models,
+    aperture_fluxes,
+    crop_at,
+    fourier_shift,
+    match_nearest,
+    paste_models,
+    reconstruct,
+    sample_fluxes,
+    source_images,
+)
+from probcat.measure import adaptive_moments, flux_posterior, mixture_quantiles
+
+S = 21
+SCALE = 0.2
+PSF = galsim.Kolmogorov(fwhm=0.79)
+
+
+def _galaxy(flux=5000.0, hlr=0.5, q=0.6):
+    return galsim.Convolve(
+        galsim.Exponential(half_light_radius=hlr).shear(q=q, beta=0.4 * galsim.radians), PSF
+    ).withFlux(flux)
+
+
+def _draw(profile, size, dx=0.0, dy=0.0):
+    return profile.drawImage(nx=size, ny=size, scale=SCALE, offset=(dx, dy)).array.astype(
+        np.float32
+    )
+
+
+class FixedGalaxy(nn.Module):
+    """A stand-in deblender that always returns one centred galaxy (sigma units)."""
+
+    def __init__(self, stamp, in_size=S):
+        super().__init__()
+        self.register_buffer("stamp", torch.from_numpy(stamp)[None, None])
+        self.unused = nn.Parameter(torch.zeros(1))  # gives the module a device
+        self.in_size, self.out_size = in_size, stamp.shape[-1]
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += len(x)
+        return self.stamp.expand(len(x), -1, -1, -1)
+
+
+def _centroid(img):
+    yy, xx = np.mgrid[: img.shape[0], : img.shape[1]]
+    return (img * xx).sum() / img.sum(), (img * yy).sum() / img.sum()
+
+
+def test_fourier_shift_matches_direct_rendering_and_keeps_flux():
+    g = _galaxy()
+    centred = _draw(g, 41)
+    for dx, dy in [(0.3, -0.45), (-0.5, 0.5)]:
+        out = fourier_shift(
+            torch.from_numpy(centred)[None, None].double(), torch.tensor([dx]), torch.tensor([dy])
+        )[0, 0].numpy()
+        ref = _draw(g, 41, dx, dy)
+        assert abs(out.sum() - centred.sum()) < 1e-3 * centred.sum()
+        assert np.abs(out - ref).max() < 1e-3 * ref.max()
+
+
+def test_reconstruction_placed_at_subpixel_centroid_keeps_flux_and_centroid():
+    g = _galaxy()
+    sigma = np.array([2.0], np.float32)
+    model = FixedGalaxy(_draw(g, 41) / sigma[0])  # large enough that nothing is cut off
+    image = np.zeros((1, 40, 50), np.float32)
+    x, y = 23.37, 17.81
+    m = reconstruct(model, image, sigma, [x], [y], [True])
+    assert (m.cx[0], m.cy[0]) == (23, 18)
+    scene = paste_models(m, image.shape[1:])[0]
+    direct = _draw(g, 41).sum()
+    assert abs(scene.sum() - direct) < 1e-3 * direct
+    cx, cy = _centroid(scene)
+    assert abs(cx - x) < 0.01 and abs(cy - y) < 0.01
+
+
+def test_one_encoding_per_distinct_pixel():
+    sigma = np.ones(1, np.float32)
+    model = FixedGalaxy(_draw(_galaxy(), S))
+    image = np.zeros((1, 40, 40), np.float32)
+    reconstruct(model, image, sigma, [10.1, 10.3, 9.8, 20.0], [10.0, 9.9, 10.2, 20.0], [True] * 4)
+    assert model.calls == 2  # (10, 10) three times, (20, 20) once
+
+
+def test_residual_images_remove_the_other_source():
+    a, b = _galaxy(5000.0), _galaxy(8000.0, hlr=0.8, q=0.9)
+    sa, sb = _draw(a, S, 0.2, -0.1), _draw(b, S, -0.3, 0.4)
+    models = Models(
+        np.stack([sa[None], sb[None]]),
+        np.array([15, 22]),
+        np.array([15, 18]),
+        np.array([15.2, 21.7]),
+        np.array([14.9, 18.4]),
+        np.ones(2, bool),
+    )
+    image = paste_models(models, (32, 36))
+    own = source_images(image, models, "subtract")
+    np.testing.assert_allclose(own[0], sa[None], atol=1e-3)
+    np.testing.assert_allclose(own[1], sb[None], atol=1e-3)
+    flux = aperture_fluxes(image, models, [0, 1])
+    for k, st in enumerate([sa, sb]):
+        f, _, _ = sep.sum_circle(
+            st.astype(np.float64),
+            [S // 2 + models.x[k] - models.cx[k]],
+            [S // 2 + models.y[k] - models.cy[k]],
+            5.0,
+        )
+        assert flux[k, 0] == pytest.approx(f[0], rel=1e-4)
+    # without deblending the neighbour's light leaks into the aperture
+    f_raw, _, _ = sep.sum_circle(image[0].astype(np.float64), [15.2], [14.9], 5.0)
+    assert f_raw[0] > flux[0, 0] * 1.01
+
+
+def test_conserving_option_sums_to_the_data():
+    rng = np.random.default_rng(0)
+    a, b = _galaxy(5000.0), _galaxy(8000.0, hlr=0.8)
+    models = Models(
+        np.stack([_draw(a, S)[None], _draw(b, S)[None]]) * 0.8,
+        np.array([15, 20]),
+        np.array([15, 17]),
+        np.array([15.0, 20.0]),
+        np.array([15.0, 17.0]),
+        np.ones(2, bool),
+    )
+    image = paste_models(models, (32, 36)) / 0.8 + rng.normal(0, 3, (1, 32, 36)).astype(np.float32)
+    own = source_images(image, models, "conserve")
+    back = Models(own, models.cx, models.cy, models.x, models.y, models.galaxy)
+    total = paste_models(models, image.shape[1:])
+    summed = paste_models(back, image.shape[1:])
+    covered = total > 0
+    np.testing.assert_allclose(summed[covered], image[covered], rtol=1e-4, atol=1e-3)
+    # the subtract method's images do not: they keep each model's error
+    sub = paste_models(
+        Models(source_images(image, models, "subtract"), *list(vars(models).values())[1:]),
+        image.shape[1:],
+    )
+    assert np.abs(sub[covered] - image[covered]).max() > 1.0
+
+
+def test_measure_edge_and_empty_cases(tmp_path):
+    from probcat.api import Deblender
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="i")
+    sigma = survey.noise_sigma.astype(np.float32)
+    model = FixedGalaxy(_draw(_galaxy(2e5), S) / sigma[0])
+    image = np.zeros((1, 30, 30), np.float32)
+    empty = FullCatalog(
+        {"x": np.zeros(0), "y": np.zeros(0), "galaxy": np.zeros(0, bool)}, (30, 30), ("i",)
+    )
+    db = Deblender(model, survey, device="cpu")
+    res = db.measure(image, empty)
+    assert len(res.catalog) == 0 and not res.model.any()
+    image[0] += paste_models(reconstruct(model, image, sigma, [0.4], [29.2], [True]), (30, 30))[0]
+    edge = FullCatalog(
+        {"x": np.array([0.4]), "y": np.array([29.2]), "galaxy": np.ones(1, bool)}, (30, 30), ("i",)
+    )
+    res = db.measure(image, edge, samples=[edge, edge])
+    c = res.catalog
+    assert bool(c["edge"][0]) and np.isfinite(c["flux_ap"][0, 0]) and c["flux_ap"][0, 0] > 0
+    assert c["p_match"][0] == 1.0
+    np.testing.assert_allclose(res.residual, 0.0, atol=1e-2 * image.max())
+    with pytest.raises(ProbcatValueError, match="method"):
+        db.measure(image, edge, method="magic")
+
+
+def test_sample_fluxes_match_and_miss():
+    sigma = np.ones(1, np.float32)
+    model = FixedGalaxy(_draw(_galaxy(), S))
+    image = paste_models(
+        reconstruct(model, np.zeros((1, 40, 40), np.float32), sigma, [20.0], [20.0], [True]),
+        (40, 40),
+    )
+
+    def cat(x, y):
+        return {
+            "x": np.array(x, float),
+            "y": np.array(y, float),
+            "galaxy": np.ones(len(x), bool),
+        }  # noqa: E731
+
+    vals = sample_fluxes(
+        model,
+        image,
+        sigma,
+        [cat([20.0], [20.0]), cat([25.0], [25.0]), cat([20.0, 36.0], [20.0, 36.0])],
+        [20.0],
+        [20.0],
+    )
+    assert vals.shape == (1, 3, 1)
+    assert np.isnan(vals[0, 1, 0])
+    assert vals[0, 0, 0] == pytest.approx(vals[0, 2, 0], rel=1e-3)
+
+
+def test_match_nearest_brute_force():
+    rng = np.random.default_rng(3)
+    x, y = rng.uniform(0, 20, 15), rng.uniform(0, 20, 15)
+    tx, ty = rng.uniform(0, 20, 30), rng.uniform(0, 20, 30)
+    got = match_nearest(x, y, tx, ty, 2.0)
+    for t in range(30):
+        d = np.hypot(x - tx[t], y - ty[t])
+        assert got[t] == (np.argmin(d) if d.min() <= 2.0 else -1)
+    assert (match_nearest([], [], [1.0], [1.0], 2.0) == -1).all()
+
+
+def test_mixture_quantiles_against_exact_cases():
+    from scipy.stats import norm
+
+    q = mixture_quantiles(np.array([3.0]), 2.0, [0.16, 0.5, 0.975])
+    np.testing.assert_allclose(q, norm.ppf([0.16, 0.5, 0.975], 3.0, 2.0), atol=1e-8)
+    means = np.array([0.0, 10.0])
+    q50 = mixture_quantiles(means, 1.0, [0.5])
+    assert q50[0] == pytest.approx(5.0, abs=1e-8)
+    np.testing.assert_allclose(mixture_quantiles(means, 0.0, [0.5]), [5.0])
+    mc = np.random.default_rng(0).normal(np.repeat([0.0, 4.0, 5.0], 200000), 1.5)
+    np.testing.assert_allclose(
+        mixture_quantiles(np.array([0.0, 4.0, 5.0]), 1.5, [0.16, 0.84]),
+        np.quantile(mc, [0.16, 0.84]),
+        atol=0.02,
+    )
+
+
+def test_flux_posterior_summary():
+    vals = np.array([[1.0, 3.0, np.nan, 5.0], [np.nan] * 4])
+    out = flux_posterior(vals, [0.0, 1.0])
+    assert out["mean"][0] == pytest.approx(3.0)
+    assert out["sd"][0] == pytest.approx(np.std([1.0, 3.0, 5.0]))
+    assert out["p_match"][0] == pytest.approx(0.75)
+    assert np.isnan(out["mean"][1]) and out["p_match"][1] == 0.0
+
+
+def test_adaptive_moments_of_a_sheared_gaussian():
+    img = (
+        galsim.Gaussian(sigma=1.0)
+        .shear(e1=0.3, e2=-0.1)
+        .withFlux(100)
+        .drawImage(nx=41, ny=41, scale=0.2, offset=(0.3, -0.2))
+        .array
+    )
+    m = adaptive_moments(img[None, None], 20.3, 19.8)
+    assert m["ok"][0]
+    # sigma 1 arcsec = 5 px (the shear keeps the area), plus the pixel's 1/12 px^2
+    assert m["T"][0] == pytest.approx(np.sqrt(25 + 1 / 12), rel=1e-3)
+    assert m["e1"][0] == pytest.approx(0.3, abs=2e-3) and m["e2"][0] == pytest.approx(
+        -0.1, abs=2e-3
+    )
+
+
+def test_crop_at_outside_is_zero():
+    img = np.arange(25, dtype=np.float32).reshape(1, 5, 5)
+    c = crop_at(img, 0, 0, 3)
+    np.testing.assert_array_equal(c[0], [[0, 0, 0], [0, 0, 1], [0, 5, 6]])
+    assert not crop_at(img, 40, 40, 3).any()
