@@ -365,10 +365,14 @@ def scarlet_central(args, rows, survey, tmp):
     result = {}
     for init in ("map", "true"):
         centers = (
-            [np.asarray(r["map_centers"]).reshape(-1, 2) for r in pick]
-            if init == "map"
-            else truth_xy
+            truth_xy if init == "true" else [np.reshape(r["map_centers"], (-1, 2)) for r in pick]
         )
+        # scarlet2 needs its centres inside the image (truth holds sources in the margin)
+        h, w = images[0].shape[1:]
+        centers = [
+            c[(c[:, 0] > -0.5) & (c[:, 0] < w - 0.5) & (c[:, 1] > -0.5) & (c[:, 1] < h - 0.5)]
+            for c in centers
+        ]
         got, why = run_scarlet(args, images, centers, survey, tmp)
         if got is None:
             return None, why

@@ -69,3 +69,24 @@ def weights(tmp_path_factory):
         path,
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def deblender_weights(tmp_path_factory):
+    """A tiny untrained deblender weights file (plumbing, not quality)."""
+    from probcat.nets.deblend import CROP, STAMP, GalaxyModel
+
+    torch.manual_seed(0)
+    net = GalaxyModel(CROP, STAMP, channels=4)
+    path = tmp_path_factory.mktemp("wd") / "tiny_deblender.pt"
+    torch.save(
+        {
+            "kind": "deblender",
+            "format": 2,
+            "hparams": net.hparams,
+            "state_dict": net.state_dict(),
+            "survey": Survey.lsst(bands="i").to_dict(),
+        },
+        path,
+    )
+    return path

@@ -70,7 +70,7 @@ def test_unwritable_output_directory(tmp_path, capsys, cache_dir):
 
 
 @pytest.mark.slow
-def test_demo_small(tmp_path, cache_dir, capsys, weights):
+def test_demo_small(tmp_path, cache_dir, capsys, weights, deblender_weights):
     rc = main(
         [
             "demo",
@@ -84,10 +84,12 @@ def test_demo_small(tmp_path, cache_dir, capsys, weights):
             str(cache_dir),
             "--weights",
             str(weights),
+            "--deblender",
+            str(deblender_weights),
         ]
     )
     assert rc == 0, capsys.readouterr().err
-    for name in ("overview.png", "detections.png", "detections_zoom.png"):
+    for name in ("overview.png", "detections.png", "detections_zoom.png", "deblend.png"):
         assert (tmp_path / "d" / name).stat().st_size > 10_000
     for name in ("field.fits", "truth.fits", "probcat_catalog.fits", "sep_catalog.fits"):
         assert (tmp_path / "d" / name).exists()
@@ -103,6 +105,8 @@ def test_demo_small(tmp_path, cache_dir, capsys, weights):
             str(tmp_path / "d/field.fits"),
             "--weights",
             str(weights),
+            "--deblender",
+            str(deblender_weights),
         ]
     )
     assert rc == 0 and (tmp_path / "e/probcat_catalog.fits").exists()
@@ -128,3 +132,83 @@ def test_detect_threads_option(tmp_path, capsys, weights):
     rc = main(["detect", str(tmp_path / "x.fits"), "--threads", "zero", "--weights", str(weights)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "--threads must be 'auto' or an integer >= 1" in err
+
+
+def _scene_file(tmp_path, with_galaxy=True):
+    import numpy as np
+
+    from probcat.catalog import make_wcs
+    from probcat.io import write_image
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="i")
+    rng = np.random.default_rng(0)
+    img = rng.normal(0, survey.noise_sigma[0], (1, 40, 40)).astype(np.float32)
+    if with_galaxy:
+        yy, xx = np.mgrid[:40, :40]
+        img[0] += 3e4 * np.exp(-((xx - 20.3) ** 2 + (yy - 18.7) ** 2) / 8) / (8 * np.pi)
+    path = tmp_path / "img.fits"
+    write_image(path, img, survey, make_wcs((40, 40), 0.2, 56.0, -30.0))
+    return path
+
+
+def test_detect_deblend_writes_catalog_model_and_residual(
+    tmp_path, capsys, weights, deblender_weights
+):
+    from astropy.io import fits
+    from astropy.table import Table
+
+    path = _scene_file(tmp_path)
+    out = tmp_path / "cat.fits"
+    args = ["detect", str(path), "-o", str(out), "--weights", str(weights), "--deblend"]
+    args += ["--deblender", str(deblender_weights), "--samples", "4", "--threshold", "0.0"]
+    assert main(args) == 0
+    msg = capsys.readouterr().out
+    assert "model and residual" in msg
+    t = Table.read(out)
+    for col in (
+        "flux_ap",
+        "mag_ap",
+        "T",
+        "e1",
+        "e2",
+        "flux_mean",
+        "flux_sd",
+        "flux_q16",
+        "flux_q50",
+        "flux_q84",
+        "p_match",
+    ):
+        assert col in t.colnames, col
+    with (
+        fits.open(tmp_path / "cat_model.fits") as m,
+        fits.open(path) as d,
+        fits.open(tmp_path / "cat_residual.fits") as r,
+    ):
+        import numpy as np
+
+        np.testing.assert_allclose(m[1].data + r[1].data, d[1].data, rtol=1e-5, atol=1e-2)
+
+
+def test_detect_deblend_with_nothing_detected_is_not_an_error(
+    tmp_path, capsys, weights, deblender_weights
+):
+    from astropy.table import Table
+
+    path = _scene_file(tmp_path, with_galaxy=False)
+    out = tmp_path / "cat.fits"
+    args = ["detect", str(path), "-o", str(out), "--weights", str(weights), "--deblend"]
+    args += ["--deblender", str(deblender_weights), "--samples", "2", "--threshold", "0.999999"]
+    assert main(args) == 0
+    assert len(Table.read(out)) == 0
+    assert (tmp_path / "cat_model.fits").exists()
+
+
+def test_detect_deblender_needs_deblend_and_right_kind(tmp_path, capsys, weights):
+    path = _scene_file(tmp_path)
+    rc = main(["detect", str(path), "--weights", str(weights), "--deblender", str(weights)])
+    assert rc == 2 and "--deblender needs --deblend" in capsys.readouterr().err
+    rc = main(
+        ["detect", str(path), "--weights", str(weights), "--deblend", "--deblender", str(weights)]
+    )
+    assert rc == 2 and "not deblender weights" in capsys.readouterr().err

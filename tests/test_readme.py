@@ -17,8 +17,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 FIXED = Path(__file__).resolve().parent / "data" / "fixed_scene_v6.npz"
 
 
-def _blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), flags=re.S)
+def _blocks(lang: str, path: Path = README) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", path.read_text(), flags=re.S)
 
 
 @pytest.fixture
@@ -29,7 +29,12 @@ def scratch(tmp_path, monkeypatch):
     s = Survey.lsst(bands="i")
     write_image("image.fits", image, s, make_wcs(image.shape[1:], 0.2, 150.0, 2.0))
     cutouts = np.stack([image[:, :98, :98], image[:, 62:, 62:]])
-    return {"cutouts": cutouts, "cutout_a": cutouts[0], "cutout_b": cutouts[1]}
+    return {
+        "cutouts": cutouts,
+        "cutout_a": cutouts[0],
+        "cutout_b": cutouts[1],
+        "image_shape": image.shape[1:],
+    }
 
 
 @pytest.mark.slow
@@ -39,20 +44,40 @@ def test_python_snippets_run(scratch):
     namespace = dict(scratch)
     for code in blocks:
         exec(compile(code, str(README), "exec"), namespace)
-    assert len(namespace["res"].samples) == 100
+    assert len(namespace["counts"]) == 100  # posterior samples of probcat.detect
     assert len(namespace["cats"]) == 2 and namespace["maps"].shape == (2, 20, 20)
-    assert namespace["images"].shape == (8, 1, 98, 98)
+    res = namespace["res"]  # probcat.deblend's result
+    assert "flux_q50" in res.catalog and len(res.detection.samples) == 20
+    assert res.model.shape == res.residual.shape == (1, *scratch["image_shape"])
+
+
+@pytest.mark.slow
+def test_docs_python_snippets_run(scratch):
+    docs = README.parent / "docs"
+    for name in ("method.md", "deblending.md"):
+        blocks = _blocks("python", docs / name)
+        assert blocks, name
+        namespace = dict(scratch)
+        for code in blocks:
+            exec(compile(code, str(docs / name), "exec"), namespace)
+        if name == "method.md":
+            assert namespace["images"].shape == (8, 1, 98, 98)
+        else:
+            c = namespace["out"].catalog
+            assert len(c) == len(namespace["res"].catalog) > 0
+            assert {"flux_q16", "flux_q50", "flux_q84", "T", "e1"} <= set(c.colnames)
 
 
 def test_detect_command_lines_run(scratch, capsys):
     lines = [ln for b in _blocks("bash") for ln in b.splitlines()]
     lines = [ln for ln in lines if ln.startswith(".venv/bin/probcat detect ")]
-    assert len(lines) == 2
+    assert len(lines) == 3
     for line in lines:
         args = shlex.split(line.split("#")[0])[1:]  # drop .venv/bin/probcat
         assert main(args) == 0, capsys.readouterr().err
     assert Path("catalog.fits").exists() and Path("det.png").exists()
     assert Path("image_catalog_samples.fits").exists()
+    assert Path("deblended.fits").exists() and Path("deblended_residual.fits").exists()
 
 
 def test_every_command_of_the_readme_exists(capsys):

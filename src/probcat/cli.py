@@ -75,8 +75,10 @@ def demo(
     cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
     image: Path = typer.Option(None, help="run on this FITS image instead of a simulated field"),
     weights: Path = typer.Option(None, help="weights file (default: shipped LSST-i)"),
+    deblender: str = typer.Option(None, help="deblender weights (default: deblender_lsst_i)"),
 ):
-    """Simulate an LSST-i field, detect with probcat and SEP, write catalogs and PNG overviews."""
+    """Simulate an LSST-i field, detect with probcat and SEP, deblend, write catalogs and PNG
+    overviews."""
     from probcat.demo import run_demo
 
     summary = run_demo(
@@ -88,6 +90,7 @@ def demo(
         command=_command_line(),
         image=image,
         weights=weights,
+        deblender=deblender,
     )
     for line in summary["lines"]:
         typer.echo(line)
@@ -111,9 +114,23 @@ def detect_cmd(
     image: Path = typer.Argument(..., help="FITS image (electrons, background-subtracted)"),
     out: Path = typer.Option(None, "--out", "-o", help="catalog (.fits or .parquet)"),
     threshold: float = typer.Option(0.5, help="detection probability threshold (MAP catalog)"),
-    samples: int = typer.Option(0, help="posterior catalog samples, written to <out>_samples"),
+    samples: int = typer.Option(
+        None,
+        help="posterior catalog samples, written to <out>_samples (default 0; 100 with "
+        "--deblend, for the flux posteriors)",
+    ),
     plot: Path = typer.Option(None, help="PNG of the image with detections by probability"),
     weights: str = typer.Option(None, help="registered weights name or file (default: LSST-i)"),
+    deblend: bool = typer.Option(
+        False,
+        "--deblend",
+        help="deblend and measure every source (aperture flux posterior, magnitude, size, "
+        "ellipticity); model and residual images to <out>_model.fits, <out>_residual.fits",
+    ),
+    deblender: str = typer.Option(None, help="deblender weights (default: deblender_lsst_i)"),
+    method: str = typer.Option(
+        "subtract", help="deblended light: subtract (residual images) or conserve (flux-conserving)"
+    ),
     seed: int = typer.Option(0, help="seed of the posterior samples"),
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
@@ -127,12 +144,36 @@ def detect_cmd(
     from probcat.catalog import concat_catalogs
     from probcat.io import read_image
 
+    if samples is None:
+        samples = 100 if deblend else 0
     det = load(weights, device=device, threads=_threads_option(threads))
+    dbl = None
+    if deblend:
+        from probcat.api import DEFAULT_DEBLENDER, Deblender
+
+        dbl = load(deblender or DEFAULT_DEBLENDER, device=device, threads=_threads_option(threads))
+        if not isinstance(dbl, Deblender):
+            raise ProbcatValueError(f"--deblender {deblender}: not deblender weights")
+    elif deblender is not None:
+        raise ProbcatValueError("--deblender needs --deblend")
     data = read_image(image)
     res = det.detect(data, threshold=threshold, samples=samples, seed=seed)
     out = out or image.with_name(image.stem + "_catalog.fits")
-    res.catalog.write(out, wcs=res.wcs)
-    msg = f"{len(res.catalog)} detections ({int(np.sum(res.catalog['galaxy']))} galaxies) -> {out}"
+    catalog = res.catalog
+    extra = []
+    if dbl is not None:
+        from probcat.io import write_image
+
+        d = dbl.measure(data, catalog, samples=res.samples, method=method)
+        catalog = d.catalog
+        for name, img in (("model", d.model), ("residual", d.residual)):
+            path = out.with_name(f"{out.stem}_{name}.fits")
+            write_image(path, img, dbl.survey, res.wcs, header={"PCIMAGE": name})
+            extra.append(str(path))
+    catalog.write(out, wcs=res.wcs)
+    msg = f"{len(catalog)} detections ({int(np.sum(catalog['galaxy']))} galaxies) -> {out}"
+    if extra:
+        msg += f"; deblended: model and residual -> {', '.join(extra)}"
     if samples:
         spath = out.with_name(out.stem + "_samples" + out.suffix)
         concat_catalogs(res.samples, "sample").write(spath, wcs=res.wcs)

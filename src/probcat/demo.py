@@ -30,6 +30,7 @@ def run_demo(
     command: str | None = None,
     image: str | Path | None = None,
     weights=None,
+    deblender=None,
 ) -> dict:
     from probcat.api import detect
     from probcat.baselines.sep import sep_detect
@@ -87,13 +88,21 @@ def run_demo(
     t1 = time.perf_counter()
     sep_cat = sep_detect(data.image, sigma, bands=data.bands[:1])
     t_sep = time.perf_counter() - t1
-    res.catalog.write(out / "probcat_catalog.fits", wcs=data.wcs)
+    from probcat.api import DEFAULT_DEBLENDER, load
+    from probcat.plots import deblend_figure
+
+    t1 = time.perf_counter()
+    dbl = load(deblender or DEFAULT_DEBLENDER)
+    deb = dbl.measure(data, res.catalog, noise_sigma=sigma)
+    t_deblend = time.perf_counter() - t1
+    deb.catalog.write(out / "probcat_catalog.fits", wcs=data.wcs)
     sep_cat.write(out / "sep_catalog.fits", wcs=data.wcs)
     n_gal = int(np.sum(res.catalog["galaxy"]))
     lines.append(
         f"probcat: {len(res.catalog)} detections ({n_gal} galaxies, "
         f"{len(res.catalog) - n_gal} stars) in {t_probcat:.2f} s; "
-        f"SEP: {len(sep_cat)} detections in {t_sep:.2f} s"
+        f"SEP: {len(sep_cat)} detections in {t_sep:.2f} s; deblended and measured in "
+        f"{t_deblend:.2f} s"
     )
     if truth is not None:
         xy = np.stack([truth["x"], truth["y"]], 1)
@@ -125,12 +134,20 @@ def run_demo(
         title="central 200x200 px",
         zoom=200,
     )
+    deblend_figure(
+        out / "deblend.png",
+        data.image[0],
+        deb.model[0],
+        sigma,
+        res.catalog,
+        title="probcat deblending, central 200x200 px: data | model | residual",
+    )
     write_record(out / "config.yaml", {**config, **provenance(command)})
     lines.append(
         f"wrote {out}/: field.fits, truth.fits, probcat_catalog.fits, sep_catalog.fits, "
-        f"overview.png, detections.png, detections_zoom.png"
+        f"overview.png, detections.png, detections_zoom.png, deblend.png"
         if truth is not None
-        else f"wrote {out}/: probcat_catalog.fits, sep_catalog.fits, detections.png"
+        else f"wrote {out}/: probcat_catalog.fits, sep_catalog.fits, detections.png, deblend.png"
     )
     lines.append(f"total {time.perf_counter() - t0:.1f} s")
     return {"lines": lines, "n_detections": len(res.catalog), "n_sep": len(sep_cat)}

@@ -8,7 +8,7 @@ import numpy as np
 
 from probcat.catalog import FullCatalog, atomic_write
 
-__all__ = ["asinh_stretch", "field_overview"]
+__all__ = ["asinh_stretch", "field_overview", "detection_figure", "deblend_figure"]
 
 
 def asinh_stretch(image: np.ndarray, sigma: float, soften: float = 3.0) -> np.ndarray:
@@ -172,6 +172,47 @@ def detection_figure(
         else:
             ax.scatter(cat["x"], cat["y"], s=22, marker="x", color="tab:green", lw=0.8)
         ax.set_title(f"{name}: {len(cat)} sources")
+    if title:
+        fig.suptitle(title)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+
+
+def deblend_figure(
+    path: str | Path,
+    image: np.ndarray,
+    model: np.ndarray,
+    sigma: float,
+    catalog: FullCatalog,
+    title: str = "",
+    zoom: int | None = 200,
+) -> Path:
+    """PNG: data, deblended scene model and residual (in noise sigma) of one band, with the
+    detections marked; the central ``zoom`` x ``zoom`` px of a large image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h, w = image.shape
+    x0 = y0 = 0
+    if zoom is not None and zoom < min(h, w):
+        y0, x0 = (h - zoom) // 2, (w - zoom) // 2
+        image = image[y0 : y0 + zoom, x0 : x0 + zoom]
+        model = model[y0 : y0 + zoom, x0 : x0 + zoom]
+    x, y = catalog["x"] - x0, catalog["y"] - y0
+    inside = (x > -0.5) & (x < image.shape[1] - 0.5) & (y > -0.5) & (y < image.shape[0] - 0.5)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 6), constrained_layout=True)
+    shown = asinh_stretch(image, sigma)
+    vmax = np.percentile(shown, 99.7)
+    panels = (("data", shown), ("model (deblended sources)", asinh_stretch(model, sigma)))
+    for ax, (name, img) in zip(axes[:2], panels):
+        ax.imshow(img, origin="lower", cmap="gray_r", vmin=-1, vmax=vmax)
+        ax.set_title(name)
+    res = axes[2].imshow((image - model) / sigma, origin="lower", cmap="RdBu_r", vmin=-5, vmax=5)
+    fig.colorbar(res, ax=axes[2], fraction=0.046, label="residual / noise sigma")
+    axes[2].set_title("residual (data - model)")
+    for ax in axes:
+        ax.scatter(x[inside], y[inside], s=12, marker="+", color="tab:orange", lw=0.7)
     if title:
         fig.suptitle(title)
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
