@@ -1,6 +1,6 @@
 """Run scarlet2 on scenes saved by ``benchmarks/deblend.py`` (its peer deblender).
 
-Runs in the environment of the ``peer`` extra (scarlet2 brings JAX; it is kept out of
+Needs the ``peer`` extra (``pip install -e ".[peer]"``: scarlet2 brings JAX, kept out of
 probcat's own dependencies). Input: an ``.npz`` with ``images`` ``(n, 1, H, W)``
 electrons, ``sigma`` (noise per band), ``psf`` ``(1, P, P)`` unit flux and
 ``centers_<i>`` ``(k, 2)`` (x, y) initial positions per scene. Output: an ``.npz`` with

@@ -13,11 +13,13 @@ that training never uses):
 - the Table 1 ``pair`` (Figs. 7, 8, 11);
 - speed on a 1000x1000 field and per 98x98 scene (probcat vs scarlet2).
 
-scarlet2 runs in its own environment (``--scarlet-python``; it brings JAX), through
-``benchmarks/_scarlet2_peer.py``. Writes ``benchmarks/results/deblend.json`` and
+scarlet2 (the ``peer`` extra; it brings JAX) runs in a subprocess, through
+``benchmarks/_scarlet2_peer.py``, so its JAX compilation never shares a process with
+torch. Writes ``benchmarks/results/deblend.json`` and
 ``deblend_fig*.png``:
 
-    .venv/bin/python benchmarks/deblend.py --scarlet-python .venv-peer/bin/python
+    .venv/bin/pip install -e ".[peer]"     # scarlet2, once
+    .venv/bin/python benchmarks/deblend.py
 """
 
 from __future__ import annotations
@@ -225,9 +227,9 @@ def _central_worker(job):
         gal_samples = [
             {"x": s["x"], "y": s["y"], "galaxy": np.ones(len(s), bool)} for s in res.samples
         ]
+        vals = sample_fluxes(deb.net, image, sigma, gal_samples, [tx], [ty], method=METHODS)
         for m in METHODS:
-            vals = sample_fluxes(deb.net, image, sigma, gal_samples, [tx], [ty], method=m)
-            v = vals[0, :, 0]
+            v = vals[m][0, :, 0]
             post = flux_posterior(v[None], noise_sd)
             det_only = flux_posterior(v[None], 0.0)
             row[f"samples_{m}"] = float(post["mean"][0])
@@ -244,7 +246,7 @@ def central_part(args):
     cuts = np.linspace(0, n, w * 4 + 1).astype(int)
     jobs = [(int(a), int(b), args) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
     rows = []
-    with mp.get_context("fork").Pool(w) as pool:
+    with mp.get_context("spawn").Pool(w) as pool:  # no fork of a process running torch
         for _k, part in enumerate(pool.imap(_central_worker, jobs)):
             rows += part
             print(f"  central: {len(rows)}/{n} images", flush=True)
@@ -606,13 +608,23 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--seed", type=int, default=3031)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--scarlet-python", default=None, help="python of an env with scarlet2")
+    ap.add_argument(
+        "--scarlet-python",
+        default=None,
+        help="python of an environment with scarlet2 (default: this one, when it has the "
+        "peer extra: pip install -e '.[peer]')",
+    )
     ap.add_argument("--scarlet-scenes", type=int, default=200)
     ap.add_argument("--scarlet-iter", type=int, default=200)
     ap.add_argument("--speed-runs", type=int, default=3)
     ap.add_argument("--speed-scenes", type=int, default=20)
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
+    if args.scarlet_python is None:
+        import importlib.util
+
+        if importlib.util.find_spec("scarlet2") is not None:
+            args.scarlet_python = sys.executable
     command = " ".join([".venv/bin/python", "benchmarks/deblend.py", *sys.argv[1:]])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -200,6 +200,14 @@ def test_sample_fluxes_match_and_miss():
     assert vals.shape == (1, 3, 1)
     assert np.isnan(vals[0, 1, 0])
     assert vals[0, 0, 0] == pytest.approx(vals[0, 2, 0], rel=1e-3)
+    samples = [cat([20.0, 24.0], [20.0, 21.0]), cat([19.5], [20.2])]
+    both = sample_fluxes(
+        model, image, sigma, samples, [20.0], [20.0], method=("subtract", "conserve")
+    )
+    for m in ("subtract", "conserve"):
+        one = sample_fluxes(model, image, sigma, samples, [20.0], [20.0], method=m)
+        np.testing.assert_array_equal(both[m], one)
+    assert not np.allclose(both["subtract"][0, 0], both["conserve"][0, 0])
 
 
 def test_match_nearest_brute_force():

@@ -338,20 +338,25 @@ def sample_fluxes(
     ty,
     *,
     survey=None,
-    method: str = "subtract",
+    method: str | tuple[str, ...] = "subtract",
     match_px: float = 2.0,
     radius: float = 5.0,
     device=None,
-) -> np.ndarray:
+):
     """Aperture fluxes ``(targets, samples, bands)`` of the targets ``(tx, ty)`` in every
     posterior catalog sample (paper 000 section 4.6): each sample is deblended on its own
     (its galaxies' reconstructions, its stars fitted on the rest) and the target's flux is
     measured at the centroid of the sample's source nearest to it within ``match_px``;
     NaN where a sample has no such source. ``samples``: catalogs with ``x, y`` and
-    ``galaxy`` columns (or ``galaxy_prob``)."""
+    ``galaxy`` columns (or ``galaxy_prob``). A tuple of methods gives a dict of such
+    arrays, from one reconstruction of every sample."""
     tx, ty = np.atleast_1d(np.asarray(tx, float)), np.atleast_1d(np.asarray(ty, float))
     nb = image.shape[0]
-    out = np.full((len(tx), len(samples), nb), np.nan)
+    methods = (method,) if isinstance(method, str) else tuple(method)
+    for m in methods:
+        if m not in METHODS:
+            raise ProbcatValueError(f"method must be one of {METHODS}, got {m!r}")
+    outs = {m: np.full((len(tx), len(samples), nb), np.nan) for m in methods}
     cols = [_xyg(c) for c in samples]
     gx = np.concatenate([c[0][c[2]] for c in cols]) if cols else np.zeros(0)
     gy = np.concatenate([c[1][c[2]] for c in cols]) if cols else np.zeros(0)
@@ -363,9 +368,9 @@ def sample_fluxes(
         start += n_gal
         idx = match_nearest(x, y, tx, ty, match_px)
         hit = np.flatnonzero(idx >= 0)
-        if len(hit):
-            out[hit, s] = aperture_fluxes(image, models, idx[hit], method=method, radius=radius)
-    return out
+        for m in methods if len(hit) else ():
+            outs[m][hit, s] = aperture_fluxes(image, models, idx[hit], method=m, radius=radius)
+    return outs[method] if isinstance(method, str) else outs
 
 
 def _xyg(cat):
