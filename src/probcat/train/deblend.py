@@ -176,7 +176,7 @@ class DeblendTask:
                     f"{cfg.autoencoder}: autoencoder for {ae.model.hparams['bands']} bands, "
                     f"config has {len(cfg.data.bands)}"
                 )
-            self.autoencoder = {"path": str(ae.path), "sha256": ae.sha256}
+            self.autoencoder = {"name": cfg.autoencoder, "sha256": ae.sha256}
             self.ae_hparams = ae.model.hparams
             self.decoder_state = ae.model.decoder.state_dict()
             self.encoder_init = {
