@@ -373,7 +373,7 @@ def scarlet_central(args, rows, survey, tmp):
         # scarlet2 needs its centres inside the image (truth holds sources in the margin)
         h, w = images[0].shape[1:]
         centers = [
-            c[(c[:, 0] > -0.5) & (c[:, 0] < w - 0.5) & (c[:, 1] > -0.5) & (c[:, 1] < h - 0.5)]
+            c[(c[:, 0] >= 0) & (c[:, 0] <= w - 1) & (c[:, 1] >= 0) & (c[:, 1] <= h - 1)]
             for c in centers
         ]
         got, why = run_scarlet(args, images, centers, survey, tmp)

@@ -188,7 +188,7 @@ TABLES = {
         "deblending and flux posteriors (paper 000 §4.4–4.6) on held-out scenes",
         [
             (
-                "central galaxy, top blendedness bin: median |flux residual|, samples",
+                "central galaxy, top blendedness bin: median abs. frac. flux residual, samples",
                 "flux_residual_top_bin.samples",
                 "flux_residual_top_bin.sep",
                 ".3f",
