@@ -695,9 +695,7 @@ def main(argv=None):
         "machine": "2-core CPU, no GPU",
         "detection_weights": str(args.weights or "detection_lsst_i"),
         "deblender": args.deblender,
-        "deblender_sha256": load(args.deblender).manifest["sha256"]
-        if load(args.deblender).manifest
-        else None,
+        "deblender_sha256": (deb.manifest or {}).get("sha256"),
         "held_out": "test-split galaxies (disjoint from training), scene seeds "
         f"{args.seed} (central), {args.seed + 1} (blend): never used in training",
         "n_images_central": args.n_central,

@@ -30,7 +30,7 @@ from probcat.infer.deblend import crop_at
 from probcat.nets.deblend import CROP, STAMP, GalaxyModel, eq11_loss
 from probcat.simulate.datasets import Simulation, SimulationConfig
 from probcat.survey import Survey
-from probcat.train.loop import LoopSettings, Phase, fit
+from probcat.train.loop import LoopSettings, Phase, check_run_config, fit
 
 __all__ = [
     "DeblendTrainConfig",
@@ -91,9 +91,9 @@ class DeblendTrainConfig:
 
     def __post_init__(self):
         d = self.data
-        if not d.bands or any(b not in "ugrizy" for b in d.bands):
-            raise ProbcatValueError(f"data.bands: {d.bands!r} is not a string of ugrizy bands")
-        checks = {
+        if self.model.channels % 2:
+            raise ProbcatValueError(f"model.channels must be even, got {self.model.channels}")
+        counts = {
             "data.bank_size": d.bank_size,
             "data.val_bank_size": d.val_bank_size,
             "data.batch_size": d.batch_size,
@@ -104,19 +104,7 @@ class DeblendTrainConfig:
             "checkpoint_every": self.checkpoint_every,
             "threads": self.threads,
         }
-        for i, p in enumerate(self.phases):
-            checks[f"phases[{i}].steps"] = p.steps
-            if not (p.lr > 0 and math.isfinite(p.lr)):
-                raise ProbcatValueError(f"phases[{i}].lr must be a positive number, got {p.lr}")
-        for name, v in checks.items():
-            if v < 1:
-                raise ProbcatValueError(f"{name} must be >= 1, got {v}")
-        if self.model.channels % 2:
-            raise ProbcatValueError(f"model.channels must be even, got {self.model.channels}")
-        if not self.phases:
-            raise ProbcatValueError("phases: at least one phase is needed")
-        if d.years <= 0 or not math.isfinite(d.years):
-            raise ProbcatValueError(f"data.years must be positive, got {d.years}")
+        check_run_config(d.bands, d.years, self.phases, counts)
 
     def survey(self) -> Survey:
         return Survey.lsst(bands=self.data.bands, years=self.data.years)

@@ -37,7 +37,7 @@ from probcat.simulate.bank import BankConfig, SourceBank
 from probcat.simulate.scene import SceneConfig, SceneSimulator
 from probcat.survey import Survey
 from probcat.tiles import TileCatalog
-from probcat.train.loop import LoopSettings, Phase, fit, write_run
+from probcat.train.loop import LoopSettings, Phase, check_run_config, fit, write_run
 from probcat.train.losses import favi_detection_loss
 
 __all__ = [
@@ -121,14 +121,18 @@ class DetectionTrainConfig:
 
     def __post_init__(self):
         d, m = self.data, self.model
-        if not d.bands or any(b not in "ugrizy" for b in d.bands):
-            raise ProbcatValueError(f"data.bands: {d.bands!r} is not a string of ugrizy bands")
         if m.tile_size < 1 or d.image_size % m.tile_size:
             raise ProbcatValueError(
                 f"data.image_size {d.image_size} must be a multiple of model.tile_size "
                 f"{m.tile_size}"
             )
-        checks = {
+        for i, p in enumerate(self.phases):
+            if p.train == "refiner" and not m.loc_refine:
+                raise ProbcatValueError(
+                    f"phases[{i}].train: 'refiner' trains the location refiner: set "
+                    "model.loc_refine: true"
+                )
+        counts = {
             "data.bank_size": d.bank_size,
             "data.val_bank_size": d.val_bank_size,
             "data.batch_size": d.batch_size,
@@ -139,22 +143,7 @@ class DetectionTrainConfig:
             "checkpoint_every": self.checkpoint_every,
             "threads": self.threads,
         }
-        for i, p in enumerate(self.phases):
-            checks[f"phases[{i}].steps"] = p.steps
-            if p.train == "refiner" and not m.loc_refine:
-                raise ProbcatValueError(
-                    f"phases[{i}].train: 'refiner' trains the location refiner: set "
-                    "model.loc_refine: true"
-                )
-            if not (p.lr > 0 and math.isfinite(p.lr)):
-                raise ProbcatValueError(f"phases[{i}].lr must be a positive number, got {p.lr}")
-        for name, v in checks.items():
-            if v < 1:
-                raise ProbcatValueError(f"{name} must be >= 1, got {v}")
-        if not self.phases:
-            raise ProbcatValueError("phases: at least one phase is needed")
-        if d.years <= 0 or not math.isfinite(d.years):
-            raise ProbcatValueError(f"data.years must be positive, got {d.years}")
+        check_run_config(d.bands, d.years, self.phases, counts)
 
     @property
     def total_steps(self) -> int:

@@ -28,7 +28,15 @@ from torch import nn
 from probcat.catalog import atomic_write
 from probcat.errors import ProbcatValueError
 
-__all__ = ["Phase", "Task", "LoopSettings", "fit", "phase_lr", "write_run"]
+__all__ = [
+    "Phase",
+    "Task",
+    "LoopSettings",
+    "fit",
+    "phase_lr",
+    "write_run",
+    "check_run_config",
+]
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,26 @@ class LoopSettings:
     checkpoint_every: int = 250
     threads: int = 2
     grad_clip: float = 10.0
+
+
+def check_run_config(bands: str, years: float, phases, counts: dict[str, int]) -> None:
+    """The checks every training config shares: a string of ugrizy ``bands``, a positive
+    ``years``, at least one phase with steps >= 1 and a positive finite ``lr``, and every
+    entry of ``counts`` (name -> value) >= 1. Raises :class:`ProbcatValueError`."""
+    if not bands or any(b not in "ugrizy" for b in bands):
+        raise ProbcatValueError(f"data.bands: {bands!r} is not a string of ugrizy bands")
+    counts = dict(counts)
+    for i, p in enumerate(phases):
+        counts[f"phases[{i}].steps"] = p.steps
+        if not (p.lr > 0 and math.isfinite(p.lr)):
+            raise ProbcatValueError(f"phases[{i}].lr must be a positive number, got {p.lr}")
+    for name, v in counts.items():
+        if v < 1:
+            raise ProbcatValueError(f"{name} must be >= 1, got {v}")
+    if not phases:
+        raise ProbcatValueError("phases: at least one phase is needed")
+    if years <= 0 or not math.isfinite(years):
+        raise ProbcatValueError(f"data.years must be positive, got {years}")
 
 
 def _phase_at(phases: list[Phase], step: int) -> int:
