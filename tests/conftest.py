@@ -52,23 +52,27 @@ def stamp_net():
     return DetectionNet(n_bands=1, channels=8, n_blocks=1, stem="patchify", classifier="stamp")
 
 
+def _write_weights(path, kind: str, net, bands: str):
+    """A probcat weights file (format 2) holding ``net``, for the survey's ``bands``."""
+    torch.save(
+        {
+            "kind": kind,
+            "format": 2,
+            "hparams": net.hparams,
+            "state_dict": net.state_dict(),
+            "survey": Survey.lsst(bands=bands).to_dict(),
+        },
+        path,
+    )
+    return path
+
+
 @pytest.fixture(scope="session")
 def weights(tmp_path_factory):
     """A tiny untrained detection weights file (shapes and plumbing, not quality)."""
     torch.manual_seed(0)
     net = DetectionNet(n_bands=1, stem_channels=4, channels=8, n_blocks=2)
-    path = tmp_path_factory.mktemp("w") / "tiny.pt"
-    torch.save(
-        {
-            "kind": "detection",
-            "format": 2,
-            "hparams": net.hparams,
-            "state_dict": net.state_dict(),
-            "survey": Survey.lsst(bands="i").to_dict(),
-        },
-        path,
-    )
-    return path
+    return _write_weights(tmp_path_factory.mktemp("w") / "tiny.pt", "detection", net, "i")
 
 
 @pytest.fixture(scope="session")
@@ -79,14 +83,15 @@ def deblender_weights(tmp_path_factory):
     torch.manual_seed(0)
     net = GalaxyModel(CROP, STAMP, channels=4)
     path = tmp_path_factory.mktemp("wd") / "tiny_deblender.pt"
-    torch.save(
-        {
-            "kind": "deblender",
-            "format": 2,
-            "hparams": net.hparams,
-            "state_dict": net.state_dict(),
-            "survey": Survey.lsst(bands="i").to_dict(),
-        },
-        path,
-    )
-    return path
+    return _write_weights(path, "deblender", net, "i")
+
+
+@pytest.fixture(scope="session")
+def photoz_weights(tmp_path_factory):
+    """A tiny untrained ugrizy photo-z weights file (plumbing, not quality)."""
+    from probcat.nets.photoz import PhotozNet
+
+    torch.manual_seed(0)
+    net = PhotozNet(bands=6, size=11, channels=4)
+    path = tmp_path_factory.mktemp("wp") / "tiny_photoz.pt"
+    return _write_weights(path, "photoz", net, "ugrizy")

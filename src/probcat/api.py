@@ -20,6 +20,7 @@ __all__ = [
     "DetectionResult",
     "Deblender",
     "DeblendResult",
+    "photoz",
 ]
 
 # images per forward pass in batched inference: bounded by this many pixels
@@ -278,7 +279,8 @@ def load(name_or_path=None, *, device=None, threads="auto"):
     """A model from the weights registry: a shipped name (default ``"detection_lsst_i"``;
     :func:`probcat.weights.names` lists them) or a weights file (``detection.pt`` of a
     training run). Checks the file's sha256 against its manifest. Detection weights give a
-    :class:`Detector`, deblender (and autoencoder) weights a :class:`Deblender`.
+    :class:`Detector`, deblender (and autoencoder) weights a :class:`Deblender`, photo-z weights a
+    :class:`~probcat.redshift.estimator.PhotozEstimator`.
 
     Example:
         >>> det = probcat.load()                                # doctest: +SKIP
@@ -289,6 +291,10 @@ def load(name_or_path=None, *, device=None, threads="auto"):
     w = load_weights(name_or_path)
     if w.kind in ("deblender", "autoencoder"):
         return Deblender(w.model, w.survey, w.manifest, device=device, threads=threads)
+    if w.kind == "photoz":
+        from probcat.redshift.estimator import PhotozEstimator
+
+        return PhotozEstimator(w.model, w.survey, w.manifest, device=device, threads=threads)
     if w.kind != "detection":
         raise ProbcatValueError(f"{w.path}: {w.kind!r} weights have no Python entry point yet")
     return Detector(w.model, w.survey, w.manifest, device=device, threads=threads)
@@ -535,3 +541,60 @@ def deblend(
     out.detection = res
     out.wcs = res.wcs
     return out
+
+
+DEFAULT_PHOTOZ = "photoz_lsst_ugrizy"
+
+
+def photoz(
+    image,
+    *,
+    estimator=None,
+    detector=None,
+    noise_sigma=None,
+    threshold: float = 0.5,
+    galaxies_only: bool = True,
+    device=None,
+    threads="auto",
+):
+    """Detect the sources of a multi-band image and estimate a redshift PDF for each galaxy
+    (paper 002): a :class:`~probcat.redshift.estimator.PhotozResult` with the catalog (``z_mode,
+    z_median, z_mean``, 68%/95% intervals) and a ``qp`` ensemble.
+
+    Args:
+        image: FITS path, :class:`~probcat.io.ImageData` or array ``(bands, H, W)`` in
+            electrons with the estimator's bands (ugrizy for the shipped weights).
+        estimator: photo-z weights (default ``"photoz_lsst_ugrizy"``).
+        detector: detection weights (default ``"detection_lsst_i"``); its bands must be
+            among the image's (the shipped i-band encoder reads the i plane).
+        noise_sigma: per-band noise sigma (default: FITS ``NOISE`` keywords, else the
+            survey's).
+        threshold: detection probability threshold of the MAP catalog.
+        galaxies_only: PDFs only for objects classified as galaxies (``galaxy`` column).
+
+    Example:
+        >>> res = probcat.photoz("field_ugrizy.fits")                 # doctest: +SKIP
+        >>> res.catalog["z_mode"], res.ensemble.npdf                  # doctest: +SKIP
+    """
+    from probcat.redshift.estimator import PhotozEstimator
+
+    est = load(estimator or DEFAULT_PHOTOZ, device=device, threads=threads)
+    if not isinstance(est, PhotozEstimator):
+        raise ProbcatValueError(f"{estimator}: not photo-z weights")
+    det = load(detector, device=device, threads=threads)
+    if not isinstance(det, Detector):
+        raise ProbcatValueError(f"{detector}: not detection weights")
+    missing = [b for b in det.bands if b not in est.bands]
+    if missing:
+        raise ProbcatValueError(
+            f"the detector needs band(s) {''.join(missing)}, which the photo-z bands "
+            f"{''.join(est.bands)} lack"
+        )
+    xs, wcs, sigma = read_input(image, est.survey, noise_sigma)
+    planes = [est.bands.index(b) for b in det.bands]
+    res = det.detect(
+        xs[planes] * sigma[planes, None, None], noise_sigma=sigma[planes], threshold=threshold
+    )
+    res.catalog = _with_sky(res.catalog, wcs)
+    res.wcs = wcs
+    return est._estimate(xs, res.catalog, wcs, galaxies_only, detection=res)

@@ -218,10 +218,26 @@ def _build_galaxy_model(state: dict, path: Path):
     return net
 
 
+def _build_photoz(state: dict, path: Path):
+    from probcat.nets.photoz import PhotozNet
+
+    try:
+        net = PhotozNet(**state["hparams"])
+        net.load_state_dict(state["state_dict"])
+    except (TypeError, RuntimeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise ProbcatIOError(f"{path}: weights do not fit the photo-z network ({first})") from e
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
 def _register_builtin() -> None:
     _BUILDERS.setdefault("detection", _build_detection)
     _BUILDERS.setdefault("autoencoder", _build_galaxy_model)
     _BUILDERS.setdefault("deblender", _build_galaxy_model)
+    _BUILDERS.setdefault("photoz", _build_photoz)
 
 
 def load_detection(name_or_path=None):

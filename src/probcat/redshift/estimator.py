@@ -1,0 +1,155 @@
+"""Photo-z PDFs for the objects of a catalog, from a multi-band image.
+
+:class:`PhotozEstimator` (from ``probcat.load("photoz_lsst_ugrizy")``) cuts a stamp
+around each object (nearest pixel to its centroid, every band, noise-sigma units), runs
+the mixture density network and returns the truncated Gaussian mixtures, the catalog
+columns and a ``qp`` ensemble. :func:`probcat.photoz` detects and estimates in one call.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from probcat.catalog import FullCatalog
+from probcat.errors import ProbcatValueError
+
+__all__ = ["PhotozEstimator", "PhotozResult", "stamps_at"]
+
+_CHUNK = 1024  # stamps per forward pass
+
+
+def stamps_at(x_sigma: np.ndarray, x, y, size: int) -> np.ndarray:
+    """``(n, bands, size, size)`` stamps of an image ``(bands, H, W)`` centred on the pixel
+    nearest each ``(x, y)``, zero outside the image."""
+    from probcat.infer.deblend import crop_at
+
+    out = np.zeros((len(x), x_sigma.shape[0], size, size), np.float32)
+    for k in range(len(x)):
+        out[k] = crop_at(x_sigma, math.floor(x[k] + 0.5), math.floor(y[k] + 0.5), size)
+    return out
+
+
+@dataclass
+class PhotozResult:
+    """Output of :func:`probcat.photoz` / :meth:`PhotozEstimator.estimate`.
+
+    Attributes:
+        catalog: the objects with ``z_mode`` (mode on the 0-3 grid), ``z_median``,
+            ``z_mean``, ``z_lo68, z_hi68, z_lo95, z_hi95`` (central intervals) and
+            ``has_pz``; objects without a PDF (stars, unless asked) hold NaN.
+        ensemble: ``qp.Ensemble(qp.mixmod)`` of the objects with ``has_pz``, in catalog
+            order; its ancil ``row`` is the catalog row. The PDF is the mixture truncated at
+            z = 0 (:mod:`probcat.redshift.pdf`).
+        weights, means, sds: the mixture parameters ``(n_pz, 5)``.
+        detection: the :class:`~probcat.api.DetectionResult` (from :func:`probcat.photoz`).
+        wcs: the image's WCS, or None.
+    """
+
+    catalog: FullCatalog
+    ensemble: object
+    weights: np.ndarray
+    means: np.ndarray
+    sds: np.ndarray
+    detection: object = None
+    wcs: object = None
+
+    def pdf(self, grid=None) -> np.ndarray:
+        """``(n_pz, g)`` truncated PDFs on ``grid`` (default 0-3 in 301 points)."""
+        from probcat.redshift.pdf import GRID, truncated_pdf
+
+        return truncated_pdf(self.weights, self.means, self.sds, GRID if grid is None else grid)
+
+
+class PhotozEstimator:
+    """The photo-z mixture density network ready for inference.
+
+    Args:
+        net: the :class:`~probcat.nets.photoz.PhotozNet`.
+        survey: the survey the weights were trained for (its bands, in order).
+        manifest: the weights' manifest, if any.
+        device, threads: as for :class:`probcat.Detector`.
+    """
+
+    def __init__(self, net, survey, manifest=None, *, device=None, threads="auto"):
+        from probcat.runtime import choose_device, threads_for
+
+        threads_for(threads, 0)
+        self.device = choose_device(device)
+        if next(net.parameters()).device != self.device:
+            net = copy.deepcopy(net).to(self.device)
+        self.net, self.survey, self.manifest, self.threads = net, survey, manifest, threads
+
+    def __repr__(self) -> str:
+        name = (self.manifest or {}).get("weights", "custom weights")
+        return f"PhotozEstimator({name}, bands={''.join(self.survey.band_names)!r})"
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return tuple(self.survey.band_names)
+
+    def mixture(self, image, x, y, *, noise_sigma=None):
+        """Mixture parameters ``(weights, means, sds)``, each ``(n, 5)``, of the objects at
+        pixel positions ``x, y`` of ``image`` (FITS path, ImageData or array in electrons
+        with the weights' bands)."""
+        from probcat.api import read_input
+
+        xs, _, _ = read_input(image, self.survey, noise_sigma)
+        return self._mixture(xs, x, y)
+
+    def _mixture(self, x_sigma: np.ndarray, x, y):
+        import torch
+
+        from probcat.runtime import thread_limit, threads_for
+
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        k = self.net.components
+        if len(x) == 0:
+            return np.zeros((0, k)), np.zeros((0, k)), np.ones((0, k))
+        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+            raise ProbcatValueError("object positions must be finite")
+        size = self.net.hparams["size"]
+        outs = []
+        n_threads = threads_for(self.threads, len(x) * size * size)
+        with thread_limit(n_threads), torch.no_grad():
+            for s in range(0, len(x), _CHUNK):
+                st = stamps_at(x_sigma, x[s : s + _CHUNK], y[s : s + _CHUNK], size)
+                w, m, sd = self.net(torch.from_numpy(st).to(self.device))
+                outs.append([t.double().cpu().numpy() for t in (w, m, sd)])
+        w, m, sd = (np.concatenate([o[j] for o in outs]) for j in range(3))
+        return w / w.sum(1, keepdims=True), m, sd
+
+    def estimate(
+        self, image, catalog: FullCatalog, *, noise_sigma=None, galaxies_only: bool = True
+    ) -> PhotozResult:
+        """Redshift PDFs of ``catalog``'s objects (``x, y``; with ``galaxies_only``, those
+        whose ``galaxy`` flag, or ``galaxy_prob >= 0.5``, says galaxy) in ``image``."""
+        from probcat.api import read_input
+
+        xs, wcs, _ = read_input(image, self.survey, noise_sigma)
+        return self._estimate(xs, catalog, wcs, galaxies_only)
+
+    def _estimate(self, xs, catalog, wcs, galaxies_only, detection=None) -> PhotozResult:
+        from probcat.redshift.pdf import SUMMARY_COLUMNS, summaries, to_qp
+
+        n = len(catalog)
+        if galaxies_only and "galaxy" in catalog.colnames:
+            use = np.asarray(catalog["galaxy"], bool)
+        elif galaxies_only and "galaxy_prob" in catalog.colnames:
+            use = np.asarray(catalog["galaxy_prob"]) >= 0.5
+        else:
+            use = np.ones(n, bool)
+        rows = np.flatnonzero(use)
+        w, m, sd = self._mixture(xs, catalog["x"][rows], catalog["y"][rows])
+        summ = summaries(w, m, sd)
+        cols = {}
+        for c in SUMMARY_COLUMNS:
+            full = np.full(n, np.nan)
+            full[rows] = summ[c]
+            cols[c] = full
+        cols["has_pz"] = use
+        ens = to_qp(w, m, sd, ancil={"row": rows}) if len(rows) else None
+        return PhotozResult(catalog.with_columns(**cols), ens, w, m, sd, detection, wcs)

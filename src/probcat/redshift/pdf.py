@@ -1,0 +1,166 @@
+"""Redshift PDFs: Gaussian mixtures truncated at z = 0, their summaries and qp ensembles.
+
+probcat's photo-z PDFs are 5-component Gaussian mixtures (paper 002 section 3)
+*restricted to z >= 0 and renormalised* (see :mod:`probcat.nets.photoz`). The file format
+is qp's (``qp.Ensemble(qp.mixmod, ...)``, written with ``Ensemble.write_to``) holding the
+untruncated components; :func:`truncated_pdf` / :func:`truncated_cdf` /
+:func:`to_grid_ensemble` give the density probcat means. All summaries below use the
+truncated density; the point estimate is the mode on the fixed grid ``GRID`` (0-3, 301
+points, paper 002 section 4).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy.special import ndtr
+
+from probcat.errors import ProbcatValueError
+
+__all__ = [
+    "GRID",
+    "check_mixture",
+    "truncated_pdf",
+    "truncated_cdf",
+    "truncated_mean",
+    "quantiles",
+    "summaries",
+    "to_qp",
+    "to_grid_ensemble",
+    "grid_pdf",
+    "write_ensemble",
+]
+
+GRID = np.linspace(0.0, 3.0, 301)
+SUMMARY_COLUMNS = ("z_mode", "z_median", "z_mean", "z_lo68", "z_hi68", "z_lo95", "z_hi95")
+
+
+def check_mixture(weights, means, sds):
+    """``(n, k)`` float64 arrays; weights non-negative summing to one, sds > 0."""
+    w, m, s = (np.atleast_2d(np.asarray(a, np.float64)) for a in (weights, means, sds))
+    if not (w.shape == m.shape == s.shape):
+        raise ProbcatValueError(f"mixture arrays differ in shape: {w.shape}, {m.shape}, {s.shape}")
+    if not (np.all(np.isfinite(w)) and np.all(np.isfinite(m)) and np.all(np.isfinite(s))):
+        raise ProbcatValueError("mixture parameters must be finite")
+    if np.any(w < 0) or np.any(s <= 0):
+        raise ProbcatValueError("mixture weights must be >= 0 and standard deviations > 0")
+    if not np.allclose(w.sum(1), 1.0, atol=1e-5):
+        raise ProbcatValueError("mixture weights must sum to one per object")
+    return w, m, s
+
+
+def _mass_above_zero(w, m, s):
+    return np.sum(w * ndtr(m / s), axis=1)
+
+
+def truncated_cdf(weights, means, sds, z) -> np.ndarray:
+    """``(n,)`` CDF of each object's truncated mixture at its own ``z`` (``(n,)`` or scalar)."""
+    w, m, s = check_mixture(weights, means, sds)
+    z = np.broadcast_to(np.asarray(z, np.float64), (len(w),))
+    below = np.sum(w * (ndtr((z[:, None] - m) / s) - ndtr(-m / s)), axis=1)
+    out = below / _mass_above_zero(w, m, s)
+    return np.clip(np.where(z <= 0, 0.0, out), 0.0, 1.0)
+
+
+def truncated_pdf(weights, means, sds, grid=GRID) -> np.ndarray:
+    """``(n, g)`` density of the truncated mixture on ``grid`` (zero below z = 0)."""
+    w, m, s = check_mixture(weights, means, sds)
+    g = np.asarray(grid, np.float64)
+    comp = np.exp(-0.5 * ((g[None, :, None] - m[:, None, :]) / s[:, None, :]) ** 2) / (
+        np.sqrt(2 * np.pi) * s[:, None, :]
+    )
+    dens = np.sum(w[:, None, :] * comp, axis=2) / _mass_above_zero(w, m, s)[:, None]
+    return np.where(g[None, :] < 0, 0.0, dens)
+
+
+def truncated_mean(weights, means, sds) -> np.ndarray:
+    """Exact mean of the truncated mixture: sum_k w_k (mu_k Phi(a_k) + sd_k phi(a_k)) / mass,
+    a_k = mu_k / sd_k."""
+    w, m, s = check_mixture(weights, means, sds)
+    a = m / s
+    phi = np.exp(-0.5 * a**2) / np.sqrt(2 * np.pi)
+    return np.sum(w * (m * ndtr(a) + s * phi), axis=1) / _mass_above_zero(w, m, s)
+
+
+def quantiles(weights, means, sds, q, iters: int = 60) -> np.ndarray:
+    """``(n,)`` quantile ``q`` of each truncated mixture, by bisection on the exact CDF."""
+    w, m, s = check_mixture(weights, means, sds)
+    lo = np.zeros(len(w))
+    hi = np.max(m + 10 * s, axis=1).clip(min=1e-6)
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        c = truncated_cdf(w, m, s, mid)
+        left = c < q
+        lo = np.where(left, mid, lo)
+        hi = np.where(left, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+def summaries(weights, means, sds, grid=GRID) -> dict[str, np.ndarray]:
+    """Catalog columns: mode on ``grid``, exact median, mean and central 68%/95% intervals."""
+    w, m, s = check_mixture(weights, means, sds)
+    if len(w) == 0:
+        return {c: np.zeros(0) for c in SUMMARY_COLUMNS}
+    pdf = truncated_pdf(w, m, s, grid)
+    out = {"z_mode": np.asarray(grid)[np.argmax(pdf, axis=1)]}
+    for name, q in (("z_median", 0.5), ("z_lo68", 0.15865), ("z_hi68", 0.84135)):
+        out[name] = quantiles(w, m, s, q)
+    out["z_lo95"] = quantiles(w, m, s, 0.02275)
+    out["z_hi95"] = quantiles(w, m, s, 0.97725)
+    out["z_mean"] = truncated_mean(w, m, s)
+    return {c: out[c] for c in SUMMARY_COLUMNS}
+
+
+def to_qp(weights, means, sds, ancil: dict | None = None):
+    """``qp.Ensemble(qp.mixmod, ...)`` of the (untruncated) components."""
+    import qp
+
+    w, m, s = check_mixture(weights, means, sds)
+    ens = qp.Ensemble(qp.mixmod, data={"weights": w, "means": m, "stds": s})
+    if ancil:
+        ens.set_ancil({k: np.asarray(v) for k, v in ancil.items()})
+    return ens
+
+
+def grid_pdf(ensemble, grid=GRID) -> np.ndarray:
+    """``(n, g)`` PDFs of any qp ensemble on ``grid``, renormalised to unit integral there.
+    A ``mixmod`` ensemble is taken as probcat's truncated mixture."""
+    import qp
+
+    if ensemble.gen_func is qp.mixmod.create or getattr(ensemble, "gen_class", None) is qp.mixmod:
+        d = ensemble.objdata
+        pdf = truncated_pdf(d["weights"], d["means"], d["stds"], grid)
+    else:
+        pdf = np.asarray(ensemble.pdf(grid), np.float64)
+    pdf = np.nan_to_num(np.clip(pdf, 0, None))
+    norm = np.trapezoid(pdf, grid, axis=1)
+    flat = norm <= 0
+    pdf[flat] = 1.0
+    norm[flat] = np.trapezoid(np.ones_like(grid), grid)
+    return pdf / norm[:, None]
+
+
+def to_grid_ensemble(ensemble, grid=GRID):
+    """The ensemble as ``qp.interp`` on ``grid`` (normalised there): how every code's PDFs
+    go through the same metrics."""
+    import qp
+
+    return qp.Ensemble(
+        qp.interp, data={"xvals": np.asarray(grid), "yvals": grid_pdf(ensemble, grid)}
+    )
+
+
+def write_ensemble(ensemble, path: str | Path) -> Path:
+    """Write with qp (format from the suffix: ``.hdf5``, ``.fits``, ``.pq``), atomically."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        ensemble.write_to(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

@@ -1,0 +1,121 @@
+"""probcat's photo-z as a RAIL informer/estimator pair, for RAIL pipelines.
+
+RAIL stages read tables; probcat reads images. The pair below reads a table of object
+positions (``x``, ``y`` in pixels of the image named in the stage config; or ``ra``, ``dec``
+when the image has a celestial WCS) and returns a ``qp`` ensemble per chunk, like any
+RAIL estimator:
+
+* :class:`ProbcatPhotozInformer` — given a table of objects with known redshifts on an
+  image (spectroscopic or simulated), fits one scale factor for the mixture widths that
+  maximises their likelihood (a one-parameter recalibration of probcat's PDFs to the
+  data at hand); the model is ``{"weights": ..., "sd_scale": ...}``.
+* :class:`ProbcatPhotozEstimator` — the mixture for every row, as ``qp.mixmod`` (the
+  stored components; probcat's density is that mixture truncated at z = 0, see
+  :mod:`probcat.redshift.pdf`), with ``z_mode`` on the 0-3 grid in the ancillary data.
+
+Example (see ``docs/photoz.md``)::
+
+    inf = ProbcatPhotozInformer.make_stage(name="pc_inform", image="field.fits",
+                                           model="probcat_pz.pkl", hdf5_groupname="")
+    inf.inform(spec_table)                      # x, y, redshift
+    est = ProbcatPhotozEstimator.make_stage(name="pc_est", image="field.fits",
+                                            model=inf.get_handle("model"), hdf5_groupname="")
+    ens = est.estimate(objects).data            # x, y
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from ceci.config import StageParameter as Param
+from rail.core.common_params import SharedParams
+from rail.estimation.estimator import CatEstimator
+from rail.estimation.informer import CatInformer
+
+from probcat.errors import ProbcatValueError
+
+__all__ = ["ProbcatPhotozInformer", "ProbcatPhotozEstimator", "SD_SCALES"]
+
+SD_SCALES = np.exp(np.linspace(np.log(0.5), np.log(3.0), 61))
+
+_PARAMS = {
+    "image": Param(str, "", msg="multi-band FITS image the positions refer to"),
+    "weights": Param(str, "photoz_lsst_ugrizy", msg="probcat photo-z weights (name or path)"),
+}
+
+
+@lru_cache(maxsize=4)
+def _image(path: str, weights: str):
+    import probcat
+    from probcat.api import read_input
+    from probcat.io import read_image
+
+    if not path:
+        raise ProbcatValueError("the stage needs config option image=<multi-band FITS file>")
+    est = probcat.load(weights)
+    data = read_image(path)
+    xs, wcs, _ = read_input(data, est.survey)
+    return est, xs, wcs
+
+
+def _positions(data, wcs):
+    if "x" in data and "y" in data:
+        return np.asarray(data["x"], np.float64), np.asarray(data["y"], np.float64)
+    if "ra" in data and "dec" in data:
+        if wcs is None or not getattr(wcs, "has_celestial", False):
+            raise ProbcatValueError("ra/dec given but the image has no celestial WCS")
+        x, y = wcs.world_to_pixel_values(np.asarray(data["ra"]), np.asarray(data["dec"]))
+        return np.asarray(x, np.float64), np.asarray(y, np.float64)
+    raise ProbcatValueError("the input table needs columns x, y (pixels) or ra, dec (degrees)")
+
+
+class ProbcatPhotozInformer(CatInformer):
+    """Fit the mixture-width scale of probcat's photo-z PDFs on objects with known z."""
+
+    name = "ProbcatPhotozInformer"
+    entrypoint_function = "inform"
+    config_options = CatInformer.config_options.copy()
+    config_options.update(redshift_col=SharedParams.copy_param("redshift_col"), **_PARAMS)
+
+    def run(self) -> None:
+        import torch
+
+        from probcat.nets.photoz import mixture_nll
+
+        data = self.get_data("input")
+        est, xs, wcs = _image(self.config.image, self.config.weights)
+        x, y = _positions(data, wcs)
+        z = np.asarray(data[self.config.redshift_col], np.float64)
+        if len(z) == 0:
+            raise ProbcatValueError("the training table is empty")
+        w, m, sd = (torch.from_numpy(a) for a in est._mixture(xs, x, y))
+        zt = torch.from_numpy(z)
+        nll = [float(mixture_nll(w, m, sd * s, zt).mean()) for s in SD_SCALES]
+        best = float(SD_SCALES[int(np.argmin(nll))])
+        self.add_data("model", {"weights": self.config.weights, "sd_scale": best})
+
+
+class ProbcatPhotozEstimator(CatEstimator):
+    """probcat photo-z PDFs for the objects of a table (positions on ``image``)."""
+
+    name = "ProbcatPhotozEstimator"
+    entrypoint_function = "estimate"
+    config_options = CatEstimator.config_options.copy()
+    config_options.update(**_PARAMS)
+
+    def _process_chunk(self, start, end, data, first):
+        import qp
+
+        from probcat.redshift.pdf import GRID, truncated_pdf
+
+        model = self.model if isinstance(self.model, dict) else {}
+        weights = model.get("weights", self.config.weights)
+        est, xs, wcs = _image(self.config.image, weights)
+        x, y = _positions(data, wcs)
+        w, m, sd = est._mixture(xs, x, y)
+        sd = sd * float(model.get("sd_scale", 1.0))
+        ens = qp.Ensemble(qp.mixmod, data={"weights": w, "means": m, "stds": sd})
+        mode = GRID[np.argmax(truncated_pdf(w, m, sd, GRID), axis=1)] if len(w) else np.zeros(0)
+        ens.set_ancil({"z_mode": mode})
+        self._do_chunk_output(ens, start, end, first, data=data)

@@ -1,0 +1,369 @@
+"""Photo-z: the truncated mixture, its summaries and qp form, the metrics (against their
+definitions and qp), the estimator, the CLI and the RAIL stages, on tiny inputs."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, stats
+
+from probcat.catalog import FullCatalog
+from probcat.errors import ProbcatValueError
+from probcat.nets.photoz import PhotozNet, mixture_nll
+from probcat.redshift import metrics as pzm
+from probcat.redshift.estimator import PhotozEstimator, stamps_at
+from probcat.redshift.pdf import (
+    GRID,
+    check_mixture,
+    grid_pdf,
+    quantiles,
+    summaries,
+    to_grid_ensemble,
+    to_qp,
+    truncated_cdf,
+    truncated_mean,
+    truncated_pdf,
+)
+from probcat.survey import Survey
+
+
+def _mixture(n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.dirichlet(np.ones(5), n)
+    m = rng.uniform(-0.2, 2.0, (n, 5))
+    s = rng.uniform(0.05, 0.5, (n, 5))
+    return w, m, s
+
+
+def _density(w, m, s, z):
+    return float(np.sum(w * stats.norm.pdf(z, m, s)))
+
+
+def _integral(w, m, s, lo, hi, moment=0):
+    """Numerical integral of z**moment times the (untruncated) mixture density."""
+    return integrate.quad(lambda z: z**moment * _density(w, m, s, z), lo, hi)[0]
+
+
+def test_mixture_nll_is_the_truncated_density():
+    w, m, s = _mixture()
+    for k in range(len(w)):
+        mass = _integral(w[k], m[k], s[k], 0, np.inf)
+        for z in (0.0, 0.3, 1.7):
+            want = -math.log(_density(w[k], m[k], s[k], z) / mass)
+            got = mixture_nll(
+                *(torch.tensor(a[k : k + 1]) for a in (w, m, s)),
+                torch.tensor([z], dtype=torch.float64),
+            )
+            assert float(got) == pytest.approx(want, rel=1e-6)
+    # untruncated: the plain mixture log density
+    got = mixture_nll(
+        *(torch.tensor(a[:1]) for a in (w, m, s)), torch.tensor([0.5], dtype=torch.float64), False
+    )
+    assert float(got) == pytest.approx(-math.log(_density(w[0], m[0], s[0], 0.5)), rel=1e-6)
+
+
+def test_truncated_pdf_cdf_mean_quantiles_against_quadrature():
+    w, m, s = _mixture(3, seed=1)
+    pdf = truncated_pdf(w, m, s, np.array([-0.1, 0.2, 1.0]))
+    assert np.all(pdf[:, 0] == 0)
+    for k in range(3):
+        mass = _integral(w[k], m[k], s[k], 0, np.inf)
+        assert pdf[k, 2] == pytest.approx(_density(w[k], m[k], s[k], 1.0) / mass, rel=1e-9)
+        num = _integral(w[k], m[k], s[k], 0, 0.9) / mass
+        assert truncated_cdf(w[k : k + 1], m[k : k + 1], s[k : k + 1], [0.9])[0] == pytest.approx(
+            num, abs=1e-8
+        )
+        mean = _integral(w[k], m[k], s[k], 0, np.inf, moment=1) / mass
+        assert truncated_mean(w, m, s)[k] == pytest.approx(mean, rel=1e-7)
+    q = quantiles(w, m, s, 0.3)
+    assert truncated_cdf(w, m, s, q) == pytest.approx(np.full(3, 0.3), abs=1e-9)
+
+
+def test_summaries_of_a_narrow_gaussian():
+    w = np.array([[1.0, 0, 0, 0, 0]])
+    m = np.array([[1.2, 0.5, 0.5, 0.5, 0.5]])
+    s = np.array([[0.05, 1, 1, 1, 1]])
+    out = summaries(w, m, s)
+    assert out["z_mode"][0] == pytest.approx(1.2)
+    assert out["z_median"][0] == pytest.approx(1.2, abs=1e-9)
+    assert out["z_mean"][0] == pytest.approx(1.2, abs=1e-9)
+    assert out["z_lo68"][0] == pytest.approx(1.15, abs=1e-4)
+    assert out["z_hi95"][0] == pytest.approx(1.3, abs=1e-4)
+
+
+def test_check_mixture_rejects_bad_parameters():
+    w, m, s = _mixture(1)
+    with pytest.raises(ProbcatValueError, match="sum to one"):
+        check_mixture(w * 2, m, s)
+    with pytest.raises(ProbcatValueError, match="> 0"):
+        check_mixture(w, m, -s)
+    with pytest.raises(ProbcatValueError, match="shape"):
+        check_mixture(w, m[:, :3], s)
+
+
+def test_qp_mixmod_ensemble_round_trip(tmp_path):
+    import qp
+
+    from probcat.redshift.pdf import write_ensemble
+
+    w, m, s = _mixture(3, seed=2)
+    ens = to_qp(w, m, s, ancil={"row": np.arange(3)})
+    assert ens.npdf == 3
+    # qp holds the untruncated mixture: on z >= 0 it is the truncated one times its mass
+    mass = np.sum(w * stats.norm.cdf(m / s), axis=1)
+    np.testing.assert_allclose(ens.pdf(GRID), truncated_pdf(w, m, s) * mass[:, None], rtol=1e-6)
+    path = write_ensemble(ens, tmp_path / "pz.hdf5")
+    back = qp.read(str(path))
+    np.testing.assert_allclose(back.objdata["means"], m)
+    np.testing.assert_array_equal(back.ancil["row"], np.arange(3))
+    # grid_pdf of a mixmod ensemble is probcat's truncated density, normalised on the grid
+    g = grid_pdf(ens)
+    np.testing.assert_allclose(np.trapezoid(g, GRID, axis=1), 1.0, rtol=1e-9)
+    assert to_grid_ensemble(ens).npdf == 3
+
+
+def test_point_metrics_follow_their_definitions():
+    z_true = np.array([0.0, 0.0, 1.0, 1.0, 0.5, 0.5, 2.0, 2.0])
+    z_phot = np.array([0.01, -0.01, 1.02, 0.98, 0.5, 0.53, 2.0, 2.9])
+    e = (z_phot - z_true) / (1 + z_true)
+    q25, q75 = np.percentile(e, [25, 75])
+    sig = (q75 - q25) / 1.349
+    out = pzm.point_metrics(z_phot, z_true)
+    assert out["bias"] == pytest.approx(np.median(e))
+    assert out["sigma_iqr"] == pytest.approx(sig)
+    # |e| = 0.3 for the last object only, above max(3 sigma, 0.06)
+    assert out["outlier_frac"] == pytest.approx(1 / 8)
+
+
+def _gauss_grid(mu, sd):
+    p = stats.norm.pdf(GRID[None, :], np.asarray(mu)[:, None], np.asarray(sd)[:, None])
+    return p / np.trapezoid(p, GRID, axis=1)[:, None]
+
+
+def test_pit_and_statistics_agree_with_scipy_and_qp():
+    from qp.metrics.pit import PIT
+
+    rng = np.random.default_rng(3)
+    n = 400
+    z_true = rng.uniform(0.5, 2.0, n)
+    mu = z_true + 0.1 * rng.standard_normal(n)
+    pdf = _gauss_grid(mu, np.full(n, 0.1))
+    pit = pzm.pit_values(pdf, z_true)
+    np.testing.assert_allclose(pit, stats.norm.cdf(z_true, mu, 0.1), atol=2e-3)
+    import qp
+
+    qp_pit = PIT(qp.Ensemble(qp.interp, data={"xvals": GRID, "yvals": pdf}), z_true).pit_samps
+    np.testing.assert_allclose(pit, qp_pit, atol=2e-3)
+    st = pzm.pit_statistics(pdf, z_true)
+    assert st["ks"] == pytest.approx(stats.kstest(qp_pit, "uniform").statistic, abs=1e-9)
+    assert st["cvm"] == pytest.approx(stats.cramervonmises(qp_pit, "uniform").statistic, rel=1e-6)
+    # calibrated PDFs: coverage near nominal; twice too narrow: far below
+    assert pzm.coverage(pit, 0.6827) == pytest.approx(0.6827, abs=0.06)
+    narrow = pzm.pit_values(_gauss_grid(mu, np.full(n, 0.05)), z_true)
+    assert pzm.coverage(narrow, 0.6827) < 0.5
+
+
+def test_cde_loss_matches_its_formula():
+    rng = np.random.default_rng(4)
+    z_true = rng.uniform(0.2, 2.5, 50)
+    pdf = _gauss_grid(z_true + 0.05, np.full(50, 0.2))
+    term1 = np.mean(np.trapezoid(pdf**2, GRID, axis=1))
+    nn = np.array([np.argmin(np.abs(GRID - z)) for z in z_true])
+    term2 = np.mean(pdf[np.arange(50), nn])
+    assert pzm.cde_loss(pdf, z_true) == pytest.approx(term1 - 2 * term2, rel=1e-9)
+
+
+def test_secondary_peak_recovery_on_hand_built_pdfs():
+    z_true = np.array([0.5] * 20 + [2.0, 2.0])
+    mu = np.r_[np.full(20, 0.5), 0.4, 0.4]  # two outliers: mode at 0.4, true 2.0
+    pdf = _gauss_grid(mu, np.full(22, 0.03))
+    second = _gauss_grid(np.array([2.0, 1.0]), np.array([0.03, 0.03]))
+    pdf[20] = 0.7 * pdf[20] + 0.3 * second[0]  # secondary peak at the truth
+    pdf[21] = 0.7 * pdf[21] + 0.3 * second[1]  # secondary peak elsewhere
+    loc, weight = pzm.secondary_peaks(pdf[20:])
+    assert loc == pytest.approx([2.0, 1.0], abs=0.011)
+    assert weight == pytest.approx([0.3 / 0.7] * 2, rel=0.02)
+    assert pzm.secondary_peak_recovery(pdf, z_true) == pytest.approx(0.5)
+
+
+def test_binned_metrics_count_and_bootstrap():
+    rng = np.random.default_rng(5)
+    z = rng.uniform(0, 2, 300)
+    out = pzm.binned(z + 0.01, z, z, np.array([0, 1, 2.0001]), boot=20)
+    assert [r["n"] for r in out["bins"]] == [int((z < 1).sum()), int((z >= 1).sum())]
+    assert all(r["bias"] > 0 and r["bias_err"] >= 0 for r in out["bins"])
+
+
+# ---- estimator ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_estimator():
+    torch.manual_seed(0)
+    net = PhotozNet(bands=6, size=11, channels=4).eval()
+    return PhotozEstimator(net, Survey.lsst(bands="ugrizy"), threads=1)
+
+
+def test_stamps_at_takes_the_nearest_pixel():
+    img = np.arange(2 * 9 * 9, dtype=np.float32).reshape(2, 9, 9)
+    st = stamps_at(img, [4.4, 0.0], [4.6, 0.0], 3)
+    np.testing.assert_array_equal(st[0], img[:, 4:7, 3:6])
+    assert np.all(st[1][:, 0, :] == 0) and st[1][0, 1, 1] == img[0, 0, 0]
+
+
+def test_estimator_gives_pdfs_for_galaxies_only(tiny_estimator):
+    rng = np.random.default_rng(0)
+    sigma = tiny_estimator.survey.noise_sigma
+    image = (rng.standard_normal((6, 32, 32)) * sigma[:, None, None]).astype(np.float32)
+    cat = FullCatalog(
+        {
+            "x": np.array([5.0, 20.2, 30.0]),
+            "y": np.array([5.0, 11.7, 2.0]),
+            "galaxy": np.array([True, False, True]),
+        },
+        (32, 32),
+        tuple("ugrizy"),
+    )
+    res = tiny_estimator.estimate(image, cat)
+    assert list(res.catalog["has_pz"]) == [True, False, True]
+    assert np.isnan(res.catalog["z_mode"][1]) and np.all(np.isfinite(res.catalog["z_mode"][[0, 2]]))
+    assert res.ensemble.npdf == 2 and list(res.ensemble.ancil["row"]) == [0, 2]
+    # the same numbers as the network on hand-cut stamps
+    st = stamps_at(image / sigma[:, None, None], [5.0, 30.0], [5.0, 2.0], 11)
+    w, m, s = (t.detach().double().numpy() for t in tiny_estimator.net(torch.from_numpy(st)))
+    np.testing.assert_allclose(res.means, m, rtol=1e-5)
+    assert res.catalog["z_median"][0] == pytest.approx(summaries(w, m, s)["z_median"][0], rel=1e-5)
+    # everything, stars included
+    assert tiny_estimator.estimate(image, cat, galaxies_only=False).ensemble.npdf == 3
+
+
+def test_estimator_rejects_wrong_band_count(tiny_estimator):
+    cat = FullCatalog({"x": np.array([1.0]), "y": np.array([1.0])}, (16, 16), ("i",))
+    with pytest.raises(ProbcatValueError):
+        tiny_estimator.estimate(np.zeros((1, 16, 16), np.float32), cat)
+    with pytest.raises(ProbcatValueError):
+        tiny_estimator.mixture(np.zeros((6, 16, 16), np.float32), [np.nan], [1.0])
+
+
+# ---- product: API, CLI, RAIL ----------------------------------------------------------------
+
+
+def _ugrizy_image(path, seed=0, size=40):
+    from probcat.catalog import make_wcs
+    from probcat.io import write_image
+
+    survey = Survey.lsst(bands="ugrizy")
+    rng = np.random.default_rng(seed)
+    img = rng.standard_normal((6, size, size)) * survey.noise_sigma[:, None, None]
+    img[:, 18:23, 18:23] += 30 * survey.noise_sigma[:, None, None]  # one bright blob
+    wcs = make_wcs((size, size), survey.pixel_scale, 56.0, -30.0)
+    return write_image(path, img.astype(np.float32), survey, wcs)
+
+
+def test_photoz_api_detects_then_estimates(tmp_path, photoz_weights, weights):
+    import probcat
+
+    path = _ugrizy_image(tmp_path / "field.fits")
+    res = probcat.photoz(
+        path, estimator=str(photoz_weights), detector=str(weights), threads=1, threshold=0.0
+    )
+    cat = res.catalog
+    assert len(cat) > 0
+    assert {"z_mode", "z_lo68", "has_pz", "ra", "dec"} <= set(cat.colnames)
+    np.testing.assert_array_equal(cat["has_pz"], np.asarray(cat["galaxy"], bool))
+    n_pz = int(cat["has_pz"].sum())
+    assert (res.ensemble.npdf if res.ensemble is not None else 0) == n_pz
+    assert np.all(cat["z_lo68"][cat["has_pz"]] <= cat["z_median"][cat["has_pz"]])
+    with pytest.raises(ProbcatValueError, match="not photo-z weights"):
+        probcat.photoz(path, estimator=str(weights), detector=str(weights))
+
+
+def test_photoz_cli_writes_catalog_and_qp_file(tmp_path, photoz_weights, weights, capsys):
+    import qp
+
+    from probcat.catalog import FullCatalog
+    from probcat.cli import main
+
+    path = _ugrizy_image(tmp_path / "field.fits")
+    out = tmp_path / "cat.fits"
+    args = ["photoz", str(path), "-o", str(out), "--weights", str(photoz_weights)]
+    rc = main([*args, "--detector", str(weights), "--all-objects", "--threshold", "0"])
+    assert rc == 0, capsys.readouterr().err
+    cat = FullCatalog.read(out)
+    ens = qp.read(str(tmp_path / "cat_pz.hdf5"))
+    assert ens.npdf == len(cat) == int(np.sum(cat["has_pz"])) > 0
+    np.testing.assert_array_equal(ens.ancil["row"], np.arange(len(cat)))
+    assert "photo-z PDFs" in capsys.readouterr().out
+
+
+def test_photoz_cli_bad_input_is_one_line(tmp_path, photoz_weights, weights, capsys):
+    from probcat.catalog import make_wcs
+    from probcat.cli import main
+    from probcat.io import write_image
+
+    single = write_image(
+        tmp_path / "i.fits",
+        np.zeros((1, 20, 20), np.float32),
+        Survey.lsst(bands="i"),
+        make_wcs((20, 20), 0.2, 56.0, -30.0),
+    )
+    rc = main(["photoz", str(single), "--weights", str(photoz_weights), "--detector", str(weights)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("probcat: error:") and "\n" not in err and "bands" in err
+    path = _ugrizy_image(tmp_path / "field.fits")
+    rc = main(["photoz", str(path), "-o", str(path), "--weights", str(photoz_weights)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "overwrite" in err
+    rc = main(["photoz", str(tmp_path / "missing.fits")])
+    assert rc == 2
+
+
+def test_rail_table_uses_limiting_magnitudes():
+    from probcat.baselines.rail import NONDETECTION_MAG_ERR, rail_table
+
+    survey = Survey.lsst(bands="ugrizy")
+    flux = np.array([[1e5] * 6, [50.0, 1e5, 1e5, 1e5, 1e5, 1e5]])
+    err = np.full((2, 6), 100.0)
+    t = rail_table(flux, err, survey, redshift=[0.5, 1.0])
+    u = survey.bands[0]
+    assert t["mag_u_lsst"][0] == pytest.approx(u.flux_to_mag(1e5))
+    assert t["mag_err_u_lsst"][0] == pytest.approx(2.5 / math.log(10) * 100 / 1e5)
+    assert t["mag_u_lsst"][1] == pytest.approx(u.flux_to_mag(100.0))  # 1-sigma limit
+    assert t["mag_err_u_lsst"][1] == NONDETECTION_MAG_ERR
+    with pytest.raises(ProbcatValueError):
+        rail_table(flux[:, :5], err[:, :5], survey)
+
+
+def test_rail_stage_pair_runs_on_a_tiny_table(tmp_path, photoz_weights):
+    from probcat.redshift.rail import SD_SCALES, ProbcatPhotozEstimator, ProbcatPhotozInformer
+
+    path = str(_ugrizy_image(tmp_path / "field.fits"))
+    train = {
+        "x": np.array([20.0, 10.0, 30.0]),
+        "y": np.array([20.0, 8.0, 25.0]),
+        "redshift": np.array([0.4, 1.1, 0.8]),
+    }
+    inf = ProbcatPhotozInformer.make_stage(
+        name="pc_inform",
+        image=path,
+        weights=str(photoz_weights),
+        model=str(tmp_path / "pc.pkl"),
+        hdf5_groupname="",
+    )
+    inf.inform(train)
+    model = inf.get_handle("model").data
+    assert model["sd_scale"] in SD_SCALES
+    est = ProbcatPhotozEstimator.make_stage(
+        name="pc_estimate",
+        image=path,
+        model=inf.get_handle("model"),
+        hdf5_groupname="",
+        output=str(tmp_path / "pc_out.hdf5"),
+    )
+    ens = est.estimate({"x": train["x"], "y": train["y"]}).data
+    assert ens.npdf == 3
+    import probcat
+
+    w, m, sd = probcat.load(str(photoz_weights)).mixture(path, train["x"], train["y"])
+    np.testing.assert_allclose(ens.objdata["stds"], sd * model["sd_scale"], rtol=1e-6)

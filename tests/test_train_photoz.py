@@ -1,0 +1,100 @@
+"""The photo-z training task: config checks, the stamp pool, augmentation, a tiny run."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from probcat.errors import ProbcatValueError
+from probcat.simulate.prior import MAG_GOLD
+from probcat.train.photoz import (
+    PhotozData,
+    PhotozModel,
+    PhotozPhase,
+    PhotozTrainConfig,
+    dihedral_batch,
+    gold_stamps,
+    train_photoz,
+)
+
+
+def _tiny_cfg(**data):
+    d = dict(
+        years=(10.0,),
+        bank_size=48,
+        val_bank_size=48,
+        scene_size=40,
+        train_objects=24,
+        val_objects=12,
+        batch_size=8,
+    )
+    d.update(data)
+    return PhotozTrainConfig(
+        data=PhotozData(**d),
+        model=PhotozModel(stamp=11, channels=4),
+        phases=(PhotozPhase(steps=3, lr=1e-3, warmup=1),),
+        val_every=3,
+        checkpoint_every=2,
+        threads=1,
+    )
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ProbcatValueError, match="stamp must be odd"):
+        PhotozTrainConfig(model=PhotozModel(stamp=10))
+    with pytest.raises(ProbcatValueError, match="include i"):
+        PhotozTrainConfig(data=PhotozData(bands="ugr"))
+    with pytest.raises(ProbcatValueError, match="years"):
+        PhotozTrainConfig(data=PhotozData(years=()))
+    with pytest.raises(ProbcatValueError, match="years"):
+        PhotozTrainConfig(data=PhotozData(years=(10.0, -1.0)))
+    with pytest.raises(ProbcatValueError, match="jitter"):
+        PhotozTrainConfig(data=PhotozData(jitter_px=float("nan")))
+
+
+def test_dihedral_batch_matches_numpy():
+    x = np.arange(8 * 2 * 5 * 5, dtype=np.float32).reshape(8, 2, 5, 5)
+    got = dihedral_batch(x, np.arange(8))
+    for v in range(8):
+        want = np.rot90(x[v], k=v % 4, axes=(-2, -1))
+        want = want[..., ::-1] if v >= 4 else want
+        np.testing.assert_array_equal(got[v], want)
+
+
+def test_gold_stamps_are_centred_on_gold_galaxies(cache_dir):
+    cfg = _tiny_cfg()
+    sim = cfg.simulation("train", 10.0, cache_dir, False)
+    out = gold_stamps(sim, np.random.default_rng(0), 10, stamp=11, jitter_px=0.0)
+    assert out["x"].shape == (10, 6, 11, 11)
+    assert np.all(out["mag_i"] < MAG_GOLD) and np.all(np.isfinite(out["z"]))
+    # the same draws by hand: scenes until the first gold galaxy, its stamp around its pixel
+    from probcat.infer.deblend import crop_at
+
+    rng = np.random.default_rng(0)
+    gold = []
+    while not len(gold):
+        scene = sim.sim.sample(rng, truth=False)
+        cat = scene.catalog
+        gold = np.flatnonzero(cat["galaxy"] & (cat["mag"][:, 3] < MAG_GOLD))
+    k = gold[0]
+    cx, cy = int(np.floor(cat["x"][k] + 0.5)), int(np.floor(cat["y"][k] + 0.5))
+    want = crop_at(scene.image / sim.survey.noise_sigma[:, None, None], cx, cy, 11)
+    np.testing.assert_allclose(out["x"][0], want, rtol=1e-5)
+    assert out["z"][0] == pytest.approx(cat["redshift"][k])
+    assert np.any(want != 0)
+
+
+@pytest.mark.slow
+def test_tiny_training_run_loads_as_an_estimator(tmp_path, cache_dir):
+    import probcat
+    from probcat.redshift.estimator import PhotozEstimator
+
+    man = train_photoz(_tiny_cfg(), tmp_path / "run", cache_dir=cache_dir, progress=False)
+    assert man["steps"] == 3 and "sigma_iqr" in man["final_val"]
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["kind"] == "photoz"
+    est = probcat.load(str(tmp_path / "run" / "photoz.pt"))
+    assert isinstance(est, PhotozEstimator) and est.bands == tuple("ugrizy")
+    w, m, s = est.mixture(np.zeros((6, 20, 20), np.float32), [10.0], [10.0])
+    assert w.shape == (1, 5) and np.all(s > 0)
+    torch.testing.assert_close(torch.tensor(w.sum()), torch.tensor(1.0, dtype=torch.float64))
