@@ -38,6 +38,7 @@ from probcat.redshift.metrics import all_metrics, binned, pit_values
 from probcat.redshift.pdf import GRID, grid_pdf, truncated_pdf
 from probcat.simulate.datasets import Simulation, SimulationConfig
 from probcat.simulate.prior import MAG_GOLD
+from probcat.weights import load as load_weights
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CODES = ("probcat", "flexzboost", "bpz")
@@ -445,6 +446,7 @@ def main(argv=None):
     }
     result = {
         "depth_years": years,
+        "photoz_sha256": load_weights(args.weights).sha256,
         "n_train_galaxies": res["n_train_galaxies"],
         "n_test_galaxies": res["n_test_galaxies"],
         **{c: {k: res[c][k] for k in res[c]} for c in CODES},

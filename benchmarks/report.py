@@ -263,6 +263,45 @@ TABLES = {
             ),
         ],
     ),
+    "photoz": (
+        "image photo-z PDFs (paper 002) on held-out ugrizy scenes, same objects as the "
+        "catalog codes",
+        [
+            ("σ_IQR (PDF mode)", "probcat.sigma_iqr", "flexzboost.sigma_iqr", ".4f", "≤ 0.85× FZB"),
+            (
+                "outlier fraction",
+                "probcat.outlier_frac",
+                "flexzboost.outlier_frac",
+                ".3f",
+                "≤ FZB",
+            ),
+            ("bias (median e_z)", "probcat.bias", "flexzboost.bias", "+.4f", ""),
+            ("PIT KS", "probcat.ks", "flexzboost.ks", ".3f", "≤ FZB"),
+            ("PIT CvM", "probcat.cvm", "flexzboost.cvm", ".2f", ""),
+            ("PIT AD", "probcat.ad", "flexzboost.ad", ".1f", ""),
+            ("CDE loss", "probcat.cde_loss", "flexzboost.cde_loss", ".2f", ""),
+            ("σ_IQR vs BPZ", "probcat.sigma_iqr", "bpz.sigma_iqr", ".4f", "< BPZ", "BPZ"),
+            (
+                "outlier fraction vs BPZ",
+                "probcat.outlier_frac",
+                "bpz.outlier_frac",
+                ".3f",
+                "< BPZ",
+                "BPZ",
+            ),
+            ("PIT KS vs BPZ", "probcat.ks", "bpz.ks", ".3f", "< BPZ", "BPZ"),
+            ("68% interval coverage", "pit_coverage_68", None, ".3f", "0.683 ± 0.03"),
+            ("95% interval coverage", "pit_coverage_95", None, ".3f", "0.954 ± 0.03"),
+            ("secondary-peak recovery of outliers", "secondary_peak_recovery", None, ".3f", ""),
+            (
+                "1000×1000 ugrizy field: detection + photo-z (s)",
+                "speed.photoz_1k_s",
+                None,
+                ".2f",
+                "≤ 3",
+            ),
+        ],
+    ),
     "simulate": (
         "the simulator: composed scenes against direct GalSim rendering",
         [
@@ -296,6 +335,7 @@ BASELINES = {
     "platform": "SEP",
     "population": "plain NRE",
     "deblend": "SEP",
+    "photoz": "FlexZBoost",
     "simulate": "direct GalSim",
 }
 README_ROWS = {
@@ -303,6 +343,7 @@ README_ROWS = {
     "platform": [4],
     "population": [0, 5],
     "deblend": [0, 2, 7, 10],
+    "photoz": [0, 1, 3, 10],
 }
 
 

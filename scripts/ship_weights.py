@@ -54,10 +54,25 @@ DEBLEND_HEADLINE = (
     "command",
     "git_commit",
 )
+PHOTOZ_HEADLINE = (
+    "probcat",
+    "flexzboost",
+    "bpz",
+    "pit_coverage_68",
+    "pit_coverage_95",
+    "secondary_peak_recovery",
+    "sigma_iqr_y5_over_y10",
+    "n_train_galaxies",
+    "n_test_galaxies",
+    "speed",
+    "command",
+    "git_commit",
+)
 # kind -> (benchmark result, its key holding the weights' sha256, numbers to record)
 BENCHMARKS = {
     "detection": ("detection.json", "weights_sha256", HEADLINE),
     "deblender": ("deblend.json", "deblender_sha256", DEBLEND_HEADLINE),
+    "photoz": ("photoz.json", "photoz_sha256", PHOTOZ_HEADLINE),
 }
 
 

@@ -336,7 +336,8 @@ def test_rail_table_uses_limiting_magnitudes():
 
 
 def test_rail_stage_pair_runs_on_a_tiny_table(tmp_path, photoz_weights):
-    from probcat.redshift.rail import SD_SCALES, ProbcatPhotozEstimator, ProbcatPhotozInformer
+    from probcat.nets.photoz import SD_SCALES
+    from probcat.redshift.rail import ProbcatPhotozEstimator, ProbcatPhotozInformer
 
     path = str(_ugrizy_image(tmp_path / "field.fits"))
     train = {
@@ -367,3 +368,22 @@ def test_rail_stage_pair_runs_on_a_tiny_table(tmp_path, photoz_weights):
 
     w, m, sd = probcat.load(str(photoz_weights)).mixture(path, train["x"], train["y"])
     np.testing.assert_allclose(ens.objdata["stds"], sd * model["sd_scale"], rtol=1e-6)
+
+
+def test_photoz_demo_writes_its_outputs(tmp_path, photoz_weights, weights, cache_dir, capsys):
+    import qp
+
+    from probcat.cli import main
+
+    out = tmp_path / "demo"
+    args = ["demo", "--bands", "ugrizy", "-o", str(out), "--size", "48", "--bank-size", "48"]
+    args += ["--cache-dir", str(cache_dir), "--photoz-weights", str(photoz_weights)]
+    rc = main([*args, "--weights", str(weights)])
+    assert rc == 0, capsys.readouterr().err
+    for name in ("field_ugrizy.fits", "truth.fits", "photoz_catalog.fits", "photoz.png"):
+        assert (out / name).is_file(), name
+    cat = FullCatalog.read(out / "photoz_catalog.fits")
+    if int(np.sum(cat["has_pz"])):
+        assert qp.read(str(out / "photoz_pz.hdf5")).npdf == int(np.sum(cat["has_pz"]))
+    rc = main(["demo", "--bands", "gri", "-o", str(tmp_path / "x")])
+    assert rc == 2 and "--bands" in capsys.readouterr().err

@@ -92,3 +92,40 @@ def test_every_command_of_the_readme_exists(capsys):
         assert main([*command, "--help"]) == 0, line
         assert "Usage:" in capsys.readouterr().out
     assert main(["nosuchcommand", "--help"]) == 2  # the check can fail
+
+
+@pytest.mark.slow
+def test_photoz_doc_snippets_run(scratch):
+    """docs/photoz.md on a simulated ugrizy field (DC2 galaxies, a small test-split bank)."""
+    from probcat.simulate.datasets import Simulation, SimulationConfig
+
+    cfg = SimulationConfig(
+        recipe="blend",
+        n=1,
+        seed=7,
+        bands="ugrizy",
+        population="dc2",
+        split="test",
+        bank_size=64,
+        size=98,
+    )
+    sim = Simulation(cfg, progress=False, workers=1)
+    scene, _ = sim.scene(0)
+    write_image("field_ugrizy.fits", scene.image, sim.survey, sim.wcs(0))
+    path = README.parent / "docs" / "photoz.md"
+    blocks = _blocks("python", path)
+    assert len(blocks) == 2
+    namespace = dict(scratch)
+    exec(compile(blocks[0], str(path), "exec"), namespace)
+    res = namespace["res"]
+    n = int(np.sum(res.catalog["has_pz"]))
+    assert n > 0 and namespace["pdfs"].shape == (n, 301)
+    assert namespace["mu"].shape == (len(res.catalog), 5)
+    has = np.asarray(res.catalog["has_pz"], bool)
+    namespace.update(
+        xs=np.asarray(res.catalog["x"])[has],
+        ys=np.asarray(res.catalog["y"])[has],
+        zs=np.asarray(res.catalog["z_median"])[has] + 0.05,
+    )
+    exec(compile(blocks[1], str(path), "exec"), namespace)
+    assert namespace["ensemble"].npdf == n

@@ -9,6 +9,7 @@ import torch
 from probcat.errors import ProbcatValueError
 from probcat.simulate.prior import MAG_GOLD
 from probcat.train.photoz import (
+    PhotozCalibration,
     PhotozData,
     PhotozModel,
     PhotozPhase,
@@ -34,6 +35,7 @@ def _tiny_cfg(**data):
         data=PhotozData(**d),
         model=PhotozModel(stamp=11, channels=4),
         phases=(PhotozPhase(steps=3, lr=1e-3, warmup=1),),
+        calibration=PhotozCalibration(scenes=2),
         val_every=3,
         checkpoint_every=2,
         threads=1,
@@ -92,9 +94,12 @@ def test_tiny_training_run_loads_as_an_estimator(tmp_path, cache_dir):
 
     man = train_photoz(_tiny_cfg(), tmp_path / "run", cache_dir=cache_dir, progress=False)
     assert man["steps"] == 3 and "sigma_iqr" in man["final_val"]
+    cal = man["width_calibration"]
+    assert cal["n"] > 0 and 0.5 - 1e-9 <= cal["sd_scale"] <= 3.0 + 1e-9
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["kind"] == "photoz"
     est = probcat.load(str(tmp_path / "run" / "photoz.pt"))
     assert isinstance(est, PhotozEstimator) and est.bands == tuple("ugrizy")
+    assert float(est.net.sd_scale) == pytest.approx(cal["sd_scale"])
     w, m, s = est.mixture(np.zeros((6, 20, 20), np.float32), [10.0], [10.0])
     assert w.shape == (1, 5) and np.all(s > 0)
     torch.testing.assert_close(torch.tensor(w.sum()), torch.tensor(1.0, dtype=torch.float64))

@@ -69,23 +69,52 @@ def simulate(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("probcat_demo"), "--out", "-o", help="output directory"),
-    size: int = typer.Option(1000, help="field side in pixels"),
+    size: int = typer.Option(None, help="field side in pixels (default 1000; 300 for ugrizy)"),
     seed: int = typer.Option(0, help="field seed"),
-    bank_size: int = typer.Option(5000, help="galaxies rendered into the source bank"),
+    bank_size: int = typer.Option(
+        None, help="galaxies rendered into the source bank (default 5000; 2000 for ugrizy)"
+    ),
     cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
     image: Path = typer.Option(None, help="run on this FITS image instead of a simulated field"),
     weights: Path = typer.Option(None, help="weights file (default: shipped LSST-i)"),
     deblender: str = typer.Option(None, help="deblender weights (default: deblender_lsst_i)"),
+    bands: str = typer.Option(
+        "i", help="i: detection and deblending demo; ugrizy: photo-z demo (RGB with labels)"
+    ),
+    photoz_weights: str = typer.Option(
+        None, help="photo-z weights for --bands ugrizy (default: photoz_lsst_ugrizy)"
+    ),
 ):
-    """Simulate an LSST-i field, detect with probcat and SEP, deblend, write catalogs and PNG
-    overviews."""
-    from probcat.demo import run_demo
+    """Simulate an LSST field, run probcat (and SEP), write catalogs and PNG overviews:
+    detection and deblending in i, or photo-z PDFs with --bands ugrizy."""
+    from probcat.demo import run_demo, run_photoz_demo
 
+    if bands not in ("i", "ugrizy"):
+        raise ProbcatValueError(f"--bands must be i or ugrizy, got {bands!r}")
+    if bands == "ugrizy":
+        if deblender is not None:
+            raise ProbcatValueError("--deblender applies to the i-band demo only")
+        summary = run_photoz_demo(
+            out,
+            size=size or 300,
+            seed=seed,
+            bank_size=bank_size or 2000,
+            cache_dir=cache_dir,
+            command=_command_line(),
+            image=image,
+            weights=weights,
+            photoz_weights=photoz_weights,
+        )
+        for line in summary["lines"]:
+            typer.echo(line)
+        return
+    if photoz_weights is not None:
+        raise ProbcatValueError("--photoz-weights needs --bands ugrizy")
     summary = run_demo(
         out,
-        size=size,
+        size=size or 1000,
         seed=seed,
-        bank_size=bank_size,
+        bank_size=bank_size or 5000,
         cache_dir=cache_dir,
         command=_command_line(),
         image=image,

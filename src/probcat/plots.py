@@ -216,3 +216,68 @@ def deblend_figure(
     if title:
         fig.suptitle(title)
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+
+
+def photoz_figure(
+    path,
+    image_sigma: np.ndarray,
+    bands: tuple[str, ...],
+    catalog,
+    truth=None,
+    *,
+    zoom: int = 120,
+    title: str = "",
+) -> None:
+    """RGB (i, r, g) view of a multi-band field in noise-sigma units, and a zoom on its
+    centre where every galaxy with a photo-z is labelled with its PDF mode and central 68%
+    interval (and the true redshift of the nearest true galaxy within 2 px, when given)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from astropy.visualization import make_lupton_rgb
+
+    planes = [bands.index(b) for b in ("i", "r", "g")]
+    rgb = make_lupton_rgb(*(image_sigma[k] for k in planes), stretch=8.0, Q=6.0, minimum=-1.0)
+    h, w = image_sigma.shape[1:]
+    zoom = min(zoom, h, w)
+    x0, y0 = (w - zoom) // 2, (h - zoom) // 2
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6.6))
+    axes[0].imshow(rgb, origin="lower")
+    axes[0].add_patch(plt.Rectangle((x0, y0), zoom, zoom, fill=False, ec="w", lw=1))
+    axes[0].set_title("ugrizy field (i, r, g as RGB)")
+    axes[1].imshow(
+        rgb[y0 : y0 + zoom, x0 : x0 + zoom],
+        origin="lower",
+        extent=(x0 - 0.5, x0 + zoom - 0.5, y0 - 0.5, y0 + zoom - 0.5),
+    )
+    has = np.asarray(catalog["has_pz"], bool)
+    x, y = np.asarray(catalog["x"]), np.asarray(catalog["y"])
+    inside = has & (x >= x0) & (x < x0 + zoom) & (y >= y0) & (y < y0 + zoom)
+    for k in np.flatnonzero(inside):
+        label = (
+            f"{catalog['z_mode'][k]:.2f} [{catalog['z_lo68'][k]:.2f}, {catalog['z_hi68'][k]:.2f}]"
+        )
+        if truth is not None and len(truth):
+            d = np.hypot(np.asarray(truth["x"]) - x[k], np.asarray(truth["y"]) - y[k])
+            j = int(np.argmin(d))
+            if d[j] < 2 and bool(truth["galaxy"][j]):
+                label = f"true {truth['redshift'][j]:.2f}\n" + label
+        axes[1].plot(x[k], y[k], "o", mfc="none", mec="yellow", ms=9)
+        axes[1].annotate(
+            label,
+            (x[k], y[k]),
+            xytext=(5, 5),
+            textcoords="offset points",
+            color="yellow",
+            fontsize=7,
+        )
+    axes[1].set_title("centre: photo-z mode [68% interval]" + (" and true z" if truth else ""))
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -35,9 +35,7 @@ from rail.estimation.informer import CatInformer
 
 from probcat.errors import ProbcatValueError
 
-__all__ = ["ProbcatPhotozInformer", "ProbcatPhotozEstimator", "SD_SCALES"]
-
-SD_SCALES = np.exp(np.linspace(np.log(0.5), np.log(3.0), 61))
+__all__ = ["ProbcatPhotozInformer", "ProbcatPhotozEstimator"]
 
 _PARAMS = {
     "image": Param(str, "", msg="multi-band FITS image the positions refer to"),
@@ -79,9 +77,7 @@ class ProbcatPhotozInformer(CatInformer):
     config_options.update(redshift_col=SharedParams.copy_param("redshift_col"), **_PARAMS)
 
     def run(self) -> None:
-        import torch
-
-        from probcat.nets.photoz import mixture_nll
+        from probcat.nets.photoz import fit_sd_scale
 
         data = self.get_data("input")
         est, xs, wcs = _image(self.config.image, self.config.weights)
@@ -89,10 +85,7 @@ class ProbcatPhotozInformer(CatInformer):
         z = np.asarray(data[self.config.redshift_col], np.float64)
         if len(z) == 0:
             raise ProbcatValueError("the training table is empty")
-        w, m, sd = (torch.from_numpy(a) for a in est._mixture(xs, x, y))
-        zt = torch.from_numpy(z)
-        nll = [float(mixture_nll(w, m, sd * s, zt).mean()) for s in SD_SCALES]
-        best = float(SD_SCALES[int(np.argmin(nll))])
+        best = fit_sd_scale(*est._mixture(xs, x, y), z)
         self.add_data("model", {"weights": self.config.weights, "sd_scale": best})
 
 

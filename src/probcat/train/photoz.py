@@ -35,11 +35,13 @@ __all__ = [
     "PhotozData",
     "PhotozModel",
     "PhotozPhase",
+    "PhotozCalibration",
     "PhotozTrainConfig",
     "PhotozTask",
     "load_photoz_config",
     "train_photoz",
     "gold_stamps",
+    "detected_gold",
 ]
 
 
@@ -74,10 +76,21 @@ class PhotozPhase:
 
 
 @dataclass(frozen=True)
+class PhotozCalibration:
+    """After training: one factor on the mixture widths, fitted on validation scenes at
+    the positions ``detector`` finds (so the PDFs carry detection's centroid errors and
+    blends as at inference); ``scenes`` per depth, 0 to skip."""
+
+    detector: str = "detection_lsst_i"
+    scenes: int = 300
+
+
+@dataclass(frozen=True)
 class PhotozTrainConfig:
     data: PhotozData = field(default_factory=PhotozData)
     model: PhotozModel = field(default_factory=PhotozModel)
     phases: tuple[PhotozPhase, ...] = (PhotozPhase(),)
+    calibration: PhotozCalibration = field(default_factory=PhotozCalibration)
     seed: int = 0
     val_every: int = 500
     checkpoint_every: int = 250
@@ -91,6 +104,10 @@ class PhotozTrainConfig:
             raise ProbcatValueError("data.bands must include i (the gold cut is i < 25.3)")
         if m.stamp % 2 == 0:
             raise ProbcatValueError(f"model.stamp must be odd, got {m.stamp}")
+        if self.calibration.scenes < 0:
+            raise ProbcatValueError(
+                f"calibration.scenes must be >= 0, got {self.calibration.scenes}"
+            )
         if not (d.jitter_px >= 0 and math.isfinite(d.jitter_px)):
             raise ProbcatValueError(f"data.jitter_px must be >= 0, got {d.jitter_px}")
         counts = {
@@ -167,6 +184,38 @@ def gold_stamps(
     }
 
 
+def detected_gold(sim: Simulation, det, n_scenes: int, rng, *, stamp: int) -> dict:
+    """Stamps at ``det``'s MAP positions of the gold galaxies (matched within 2 px, detected
+    as galaxies) of ``n_scenes`` fresh scenes of ``sim``, with their true redshifts."""
+    from probcat.metrics.detection import match
+
+    sigma = sim.survey.noise_sigma.astype(np.float32)
+    names = sim.survey.band_names
+    planes = [names.index(b) for b in det.bands]
+    i_band = names.index("i")
+    xs, zs = [], []
+    for _ in range(n_scenes):
+        scene = sim.sim.sample(rng, truth=False)
+        t = scene.catalog
+        c = det.catalog(scene.image[planes], noise_sigma=sigma[planes])
+        ti, dj = match(np.stack([t["x"], t["y"]], 1), np.stack([c["x"], c["y"]], 1), 2.0)
+        ok = np.asarray(t["galaxy"], bool)[ti] & (np.asarray(t["mag"])[ti, i_band] < MAG_GOLD)
+        ok &= np.asarray(c["galaxy"], bool)[dj]
+        image = scene.image / sigma[:, None, None]
+        for a, b in zip(ti[ok], dj[ok]):
+            xs.append(
+                crop_at(image, math.floor(c["x"][b] + 0.5), math.floor(c["y"][b] + 0.5), stamp)
+            )
+            zs.append(t["redshift"][a])
+    k = len(zs)
+    return {
+        "x": np.stack(xs).astype(np.float32)
+        if k
+        else np.zeros((0, len(names), stamp, stamp), np.float32),
+        "z": np.asarray(zs, np.float32),
+    }
+
+
 def _pool(cfg: PhotozTrainConfig, split: str, n: int, seed, cache_dir, progress):
     parts = []
     years = cfg.data.years
@@ -229,8 +278,44 @@ class PhotozTask:
         keep = ("bias", "sigma_iqr", "outlier_frac", "ks", "pit_coverage_68", "pit_coverage_95")
         return {"total": nll, **{k: m[k] for k in keep}}
 
+    @torch.no_grad()
     def finish(self, model, progress):
-        return {}
+        c = self.cfg.calibration
+        if c.scenes == 0:
+            return {}
+        from probcat.api import Detector, load
+        from probcat.nets.photoz import fit_sd_scale
+
+        det = load(c.detector, threads=self.cfg.threads)
+        if not isinstance(det, Detector):
+            raise ProbcatValueError(f"calibration.detector {c.detector}: not detection weights")
+        model.eval()
+        xs, zs = [], []
+        for j, years in enumerate(self.cfg.data.years):
+            sim = self.cfg.simulation("val", years, progress=progress)
+            got = detected_gold(
+                sim,
+                det,
+                c.scenes,
+                np.random.default_rng([self.cfg.seed, 123, j]),
+                stamp=self.cfg.model.stamp,
+            )
+            xs.append(got["x"])
+            zs.append(got["z"])
+        x, z = np.concatenate(xs), np.concatenate(zs)
+        outs = [model(torch.from_numpy(x[i : i + 512])) for i in range(0, len(x), 512)]
+        w, m, sd = (torch.cat([o[j] for o in outs]).double().numpy() for j in range(3))
+        scale = fit_sd_scale(w, m, sd, z)
+        model.sd_scale.fill_(scale)
+        return {
+            "width_calibration": {
+                "sd_scale": scale,
+                "n": int(len(z)),
+                "source": f"{c.scenes} validation scenes per depth (seed [{self.cfg.seed}, 123, "
+                f"depth index]), {c.detector} MAP detections classified galaxy, matched within "
+                "2 px to gold galaxies",
+            }
+        }
 
     def weights(self, model):
         return {

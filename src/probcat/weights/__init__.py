@@ -219,11 +219,15 @@ def _build_galaxy_model(state: dict, path: Path):
 
 
 def _build_photoz(state: dict, path: Path):
+    import torch
+
     from probcat.nets.photoz import PhotozNet
 
     try:
         net = PhotozNet(**state["hparams"])
-        net.load_state_dict(state["state_dict"])
+        sd = dict(state["state_dict"])
+        sd.setdefault("sd_scale", torch.ones(()))  # weights from before the width calibration
+        net.load_state_dict(sd)
     except (TypeError, RuntimeError, KeyError) as e:
         first = str(e).strip().splitlines()[0]
         raise ProbcatIOError(f"{path}: weights do not fit the photo-z network ({first})") from e
