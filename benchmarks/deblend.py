@@ -53,7 +53,7 @@ from probcat.infer.deblend import (
     source_images,
 )
 from probcat.measure import APERTURE_RADIUS, adaptive_moments, flux_posterior
-from probcat.provenance import provenance
+from probcat.provenance import json_safe, provenance
 from probcat.simulate.datasets import Simulation, SimulationConfig
 from probcat.simulate.scene import SceneConfig, SceneSimulator
 
@@ -600,19 +600,6 @@ def figures(blend, central, pair_rows, panels, out):
         plt.close(fig)
 
 
-def _finite(obj):
-    """NaN and inf as null: the JSON stays valid for strict readers."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, np.floating):
-        return float(obj)
-    return obj
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default=None, help="detection weights (default: shipped)")
@@ -752,7 +739,7 @@ def main(argv=None):
         **provenance(command),
     }
     figures(blend, central, pair_rows, panels, out)
-    text = json.dumps(_finite(result), indent=1, default=float)
+    text = json.dumps(json_safe(result), indent=1, default=float)
     atomic_write(out / "deblend.json", lambda p: Path(p).write_text(text))
     print(
         json.dumps(

@@ -33,7 +33,7 @@ from probcat.baselines.rail import bpz, flexzboost, forced_photometry, rail_tabl
 from probcat.baselines.sep import sep_detect
 from probcat.catalog import atomic_write
 from probcat.metrics import f1_score, match, precision_recall_f1
-from probcat.provenance import provenance
+from probcat.provenance import json_safe, provenance
 from probcat.redshift.metrics import all_metrics, binned, pit_values
 from probcat.redshift.pdf import GRID, grid_pdf, truncated_pdf
 from probcat.simulate.datasets import Simulation, SimulationConfig
@@ -216,8 +216,9 @@ def speed(det, est, runs=3):
         "n_pdfs": times[0][2],
         "threads": auto_threads(),
         "runs": runs,
-        "note": "detection (i-band encoder on the i plane) + photo-z PDFs and catalog summaries "
-        "of every galaxy, warm process, median of runs",
+        "detector_bands": "".join(det.bands),
+        "note": "detection (MAP catalog) + photo-z PDFs and catalog summaries of every galaxy, "
+        "warm process, median of runs",
     }
 
 
@@ -317,35 +318,25 @@ def figures(res, pdfs, obj_sel, depth_pair, out):
         plt.close(fig)
 
 
-def _finite(obj):
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
 def evaluate_depth(obj, train, survey, seed):
-    """Metrics of the three codes on the matched gold galaxies, and with stars added."""
+    """Metrics of the three codes on the matched gold galaxies, and with stars added.
+    Each catalog code is informed once and estimates every object of either sample."""
     out = {}
-    gold = obj["gold"]
-    pdfs, timing = code_pdfs(obj, train, gold, survey, seed)
+    gold, star = obj["gold"], obj["star"]
+    both = gold | star
+    pdfs_all, timing = code_pdfs(obj, train, both, survey, seed)
+    in_gold = gold[both]
+    pdfs = {c: p[in_gold] for c, p in pdfs_all.items()}
     z = obj["z"][gold]
     for c in CODES:
         out[c] = all_metrics(pdfs[c], z)
     # Table 5: stars classified as galaxies join the sample with true z = 0
-    contam = gold | obj["star"]
-    pdfs_s, _ = code_pdfs(obj, train, contam, survey, seed)
+    z_both = obj["z"][both]
     out["with_stars"] = {
-        c: {k: all_metrics(pdfs_s[c], obj["z"][contam])[k] for k in METRIC_KEYS} for c in CODES
+        c: {k: v for k, v in all_metrics(pdfs_all[c], z_both).items() if k in METRIC_KEYS}
+        for c in CODES
     }
-    out["with_stars"]["n_stars"] = int(obj["star"].sum())
+    out["with_stars"]["n_stars"] = int(star.sum())
     out["timing_rail_s"] = timing
     sel = {k: v[gold] for k, v in obj.items()}
     out["binned"] = {}
@@ -366,7 +357,7 @@ def main(argv=None):
     ap.add_argument("--detector", default="detection_lsst_i", help="detection weights")
     ap.add_argument("--detector-ugrizy", default=None, help="six-band detection weights")
     ap.add_argument("--test-scenes", type=int, default=1500)
-    ap.add_argument("--train-scenes", type=int, default=1500)
+    ap.add_argument("--train-scenes", type=int, default=3000)
     ap.add_argument("--years", default="10,5", help="depths; the first is the headline")
     ap.add_argument("--seed", type=int, default=4041, help="test scene seed")
     ap.add_argument("--train-seed", type=int, default=5051, help="RAIL training scene seed")
@@ -383,14 +374,15 @@ def main(argv=None):
     est = probcat.load(args.weights)
     det = probcat.load(args.detector)
     detectors = {"i": det}
-    if args.detector_ugrizy:
+    if args.detector_ugrizy:  # the six-band encoder then gives the photo-z sample
         detectors = {"ugrizy": probcat.load(args.detector_ugrizy), "i": det}
+    primary = next(iter(detectors.values()))
     years = [float(y) for y in args.years.split(",")]
     by_depth, detection, samples = {}, {}, {}
     for y in years:
         test = _sim("test", y, args.test_scenes, args.seed)
         trn = _sim("train", y, args.train_scenes, args.train_seed)
-        obj_train, _ = collect(trn, {"i": det}, est, progress=not args.quiet)
+        obj_train, _ = collect(trn, {"primary": primary}, est, progress=not args.quiet)
         obj, det_summary = collect(test, detectors, est, progress=not args.quiet)
         res, pdfs, sel = evaluate_depth(obj, train_table(obj_train, test.survey), test.survey, 0)
         res["n_train_galaxies"] = int(obj_train["gold"].sum())
@@ -428,7 +420,7 @@ def main(argv=None):
     if "ugrizy" not in det_head:
         det_head["ugrizy"] = None
         ugrizy_note = "no six-band detection weights given (--detector-ugrizy); not measured"
-    t_speed = speed(det, est)
+    t_speed = speed(primary, est)
     pf, fz, bz = res["probcat"], res["flexzboost"], res["bpz"]
     targets = {
         "sigma_iqr_le_0.85_fzb": pf["sigma_iqr"] <= 0.85 * fz["sigma_iqr"],
@@ -481,7 +473,7 @@ def main(argv=None):
     }
     obj, pdfs, sel = samples[head]
     figures(res, pdfs, sel, depth_pair, out)
-    text = json.dumps(_finite(result), indent=1, default=float)
+    text = json.dumps(json_safe(result), indent=1, default=float)
     atomic_write(out / "photoz.json", lambda p: Path(p).write_text(text))
     summary = {c: {k: round(result[c][k], 4) for k in METRIC_KEYS} for c in CODES}
     print(json.dumps({**summary, "targets": targets, "speed": t_speed["photoz_1k_s"]}, indent=1))

@@ -39,3 +39,15 @@ def test_cli_help_loads_no_heavy_dependency():
     )
     out = _run(code)
     assert out.endswith("[]") and "detect" in out and "simulate" in out
+
+
+def test_json_safe_makes_strict_json():
+    import json
+
+    import numpy as np
+
+    from probcat.provenance import json_safe
+
+    got = json_safe({"a": [np.float32(1.5), float("nan")], "b": (np.int64(3), np.inf), "c": "x"})
+    assert got == {"a": [1.5, None], "b": [3, None], "c": "x"}
+    json.dumps(got, allow_nan=False)

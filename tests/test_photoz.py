@@ -316,7 +316,14 @@ def test_photoz_cli_bad_input_is_one_line(tmp_path, photoz_weights, weights, cap
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "overwrite" in err
     rc = main(["photoz", str(tmp_path / "missing.fits")])
-    assert rc == 2
+    assert rc == 2 and "no such file" in capsys.readouterr().err
+    # six planes without band metadata: the bands cannot be told apart
+    from astropy.io import fits
+
+    fits.PrimaryHDU(np.zeros((6, 20, 20), np.float32)).writeto(tmp_path / "cube.fits")
+    rc = main(["photoz", str(tmp_path / "cube.fits"), "--weights", str(photoz_weights)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "do not match the weights' bands ugrizy" in err and "\n" not in err
 
 
 def test_rail_table_uses_limiting_magnitudes():

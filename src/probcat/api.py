@@ -3,7 +3,6 @@ in an image, and the batched, device-aware :class:`Detector`."""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,12 +123,9 @@ class Detector:
     """
 
     def __init__(self, net, survey, manifest=None, *, device=None, threads="auto"):
-        from probcat.runtime import choose_device, threads_for
+        from probcat.runtime import place
 
-        threads_for(threads, 0)  # validates the setting
-        self.device = choose_device(device)
-        if next(net.parameters()).device != self.device:
-            net = copy.deepcopy(net).to(self.device)  # the registry's copy stays where it is
+        net, self.device = place(net, device, threads)
         self.net, self.survey, self.manifest, self.threads = net, survey, manifest, threads
 
     def __repr__(self) -> str:
@@ -382,12 +378,9 @@ class Deblender:
     """
 
     def __init__(self, net, survey, manifest=None, *, device=None, threads="auto"):
-        from probcat.runtime import choose_device, threads_for
+        from probcat.runtime import place
 
-        threads_for(threads, 0)
-        self.device = choose_device(device)
-        if next(net.parameters()).device != self.device:
-            net = copy.deepcopy(net).to(self.device)
+        net, self.device = place(net, device, threads)
         self.net, self.survey, self.manifest, self.threads = net, survey, manifest, threads
 
     def __repr__(self) -> str:

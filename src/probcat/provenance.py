@@ -9,7 +9,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["provenance", "git_commit", "write_record"]
+__all__ = ["provenance", "git_commit", "write_record", "json_safe"]
 
 _PACKAGES = ("probcat", "numpy", "torch", "galsim", "sep", "astropy", "surveycodex")
 
@@ -55,3 +55,21 @@ def write_record(path: str | Path, record: dict) -> Path:
 
     text = yaml.safe_dump(json.loads(json.dumps(record, default=str)), sort_keys=False)
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def json_safe(obj):
+    """``obj`` with NaN and inf as None and numpy scalars as Python numbers, so that the
+    JSON it becomes stays valid for strict readers."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj

@@ -20,7 +20,14 @@ import contextlib
 import os
 import time
 
-__all__ = ["choose_device", "auto_threads", "threads_for", "thread_limit", "SMALL_PIXELS"]
+__all__ = [
+    "choose_device",
+    "place",
+    "auto_threads",
+    "threads_for",
+    "thread_limit",
+    "SMALL_PIXELS",
+]
 
 SMALL_PIXELS = 512 * 512
 
@@ -60,6 +67,19 @@ def _others_running(readings: int = 5, pause_s: float = 0.002) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return max(fewest - 1, 0)  # this process's own running thread is one of them
+
+
+def place(net, device=None, threads="auto"):
+    """``(net, device)`` for an inference wrapper: ``threads`` checked, the device chosen
+    (:func:`choose_device`) and ``net`` copied onto it when it lives elsewhere (the
+    registry's cached copy stays where it is)."""
+    import copy
+
+    threads_for(threads, 0)  # validates the setting
+    device = choose_device(device)
+    if next(net.parameters()).device != device:
+        net = copy.deepcopy(net).to(device)
+    return net, device
 
 
 def auto_threads() -> int:

@@ -8,7 +8,6 @@ columns and a ``qp`` ensemble. :func:`probcat.photoz` detects and estimates in o
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -75,12 +74,9 @@ class PhotozEstimator:
     """
 
     def __init__(self, net, survey, manifest=None, *, device=None, threads="auto"):
-        from probcat.runtime import choose_device, threads_for
+        from probcat.runtime import place
 
-        threads_for(threads, 0)
-        self.device = choose_device(device)
-        if next(net.parameters()).device != self.device:
-            net = copy.deepcopy(net).to(self.device)
+        net, self.device = place(net, device, threads)
         self.net, self.survey, self.manifest, self.threads = net, survey, manifest, threads
 
     def __repr__(self) -> str:

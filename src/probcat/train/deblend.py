@@ -24,13 +24,13 @@ from typing import Literal
 import numpy as np
 import torch
 
-from probcat.config import load_yaml, to_dict
+from probcat.config import load_yaml
 from probcat.errors import ProbcatValueError
 from probcat.infer.deblend import crop_at
 from probcat.nets.deblend import CROP, STAMP, GalaxyModel, eq11_loss
 from probcat.simulate.datasets import Simulation, SimulationConfig
 from probcat.survey import Survey
-from probcat.train.loop import LoopSettings, Phase, check_run_config, fit
+from probcat.train.loop import LoopSettings, Phase, check_run_config, fit_config
 
 __all__ = [
     "DeblendTrainConfig",
@@ -257,12 +257,4 @@ def train_deblend(
 ) -> dict | None:
     """Train (or resume) and write ``<stage>.pt`` and ``manifest.json`` into ``out``."""
     task = DeblendTask(cfg, cache_dir=cache_dir, progress=progress)
-    return fit(
-        task,
-        out,
-        config=to_dict(cfg),
-        settings=cfg.settings(),
-        progress=progress,
-        command=command,
-        stop_after=stop_after,
-    )
+    return fit_config(task, cfg, out, progress=progress, command=command, stop_after=stop_after)

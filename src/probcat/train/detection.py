@@ -30,14 +30,14 @@ from typing import Literal
 import numpy as np
 import torch
 
-from probcat.config import from_dict, load_yaml, to_dict
+from probcat.config import from_dict, load_yaml
 from probcat.errors import ProbcatValueError
 from probcat.nets.detection import N_GROUPS, DetectionNet, TileOutput, tile_groups
 from probcat.simulate.bank import BankConfig, SourceBank
 from probcat.simulate.scene import SceneConfig, SceneSimulator
 from probcat.survey import Survey
 from probcat.tiles import TileCatalog
-from probcat.train.loop import LoopSettings, Phase, check_run_config, fit, write_run
+from probcat.train.loop import LoopSettings, Phase, check_run_config, fit_config, write_run
 from probcat.train.losses import favi_detection_loss
 
 __all__ = [
@@ -275,15 +275,7 @@ def train_detection(
 ) -> dict | None:
     """Train (or resume) and write ``detection.pt`` and ``manifest.json`` into ``out``."""
     task = DetectionTask(cfg, cache_dir=cache_dir, progress=progress)
-    return fit(
-        task,
-        out,
-        config=to_dict(cfg),
-        settings=cfg.settings(),
-        progress=progress,
-        command=command,
-        stop_after=stop_after,
-    )
+    return fit_config(task, cfg, out, progress=progress, command=command, stop_after=stop_after)
 
 
 def checkerboard_loss(

@@ -33,6 +33,7 @@ __all__ = [
     "Task",
     "LoopSettings",
     "fit",
+    "fit_config",
     "phase_lr",
     "write_run",
     "check_run_config",
@@ -52,6 +53,22 @@ class Phase:
     warmup: int = 100
     trainable: tuple[str, ...] = ()
     eval_mode: bool = False
+
+
+def fit_config(task, cfg, out, *, progress=True, command=None, stop_after=None):
+    """:func:`fit` for a task made from a config dataclass (with ``settings()``), the config
+    recorded as plain data."""
+    from probcat.config import to_dict
+
+    return fit(
+        task,
+        out,
+        config=to_dict(cfg),
+        settings=cfg.settings(),
+        progress=progress,
+        command=command,
+        stop_after=stop_after,
+    )
 
 
 def phase_lr(phase: Phase, k: int) -> float:

@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from probcat.config import load_yaml, to_dict
+from probcat.config import load_yaml
 from probcat.errors import ProbcatValueError
 from probcat.infer.deblend import crop_at
 from probcat.nets.photoz import COMPONENTS, STAMP_Z, PhotozNet, mixture_nll
 from probcat.simulate.datasets import Simulation, SimulationConfig
 from probcat.simulate.prior import MAG_GOLD
 from probcat.survey import Survey
-from probcat.train.loop import LoopSettings, Phase, check_run_config, fit
+from probcat.train.loop import LoopSettings, Phase, check_run_config, fit_config
 
 __all__ = [
     "PhotozData",
@@ -349,12 +349,4 @@ def train_photoz(
 ) -> dict | None:
     """Train (or resume) and write ``photoz.pt`` and ``manifest.json`` into ``out``."""
     task = PhotozTask(cfg, cache_dir=cache_dir, progress=progress)
-    return fit(
-        task,
-        out,
-        config=to_dict(cfg),
-        settings=cfg.settings(),
-        progress=progress,
-        command=command,
-        stop_after=stop_after,
-    )
+    return fit_config(task, cfg, out, progress=progress, command=command, stop_after=stop_after)
