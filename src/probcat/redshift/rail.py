@@ -43,14 +43,24 @@ _PARAMS = {
 }
 
 
-@lru_cache(maxsize=4)
 def _image(path: str, weights: str):
+    """The estimator and the image in noise-sigma units (cached while the file is unchanged)."""
+    from pathlib import Path
+
+    if not path:
+        raise ProbcatValueError("the stage needs config option image=<multi-band FITS file>")
+    if not Path(path).is_file():
+        raise ProbcatValueError(f"{path}: image not found")
+    st = Path(path).stat()
+    return _read(path, weights, st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=4)
+def _read(path: str, weights: str, mtime_ns: int, size: int):
     import probcat
     from probcat.api import read_input
     from probcat.io import read_image
 
-    if not path:
-        raise ProbcatValueError("the stage needs config option image=<multi-band FITS file>")
     est = probcat.load(weights)
     data = read_image(path)
     xs, wcs, _ = read_input(data, est.survey)
