@@ -537,6 +537,7 @@ def deblend(
 
 
 DEFAULT_PHOTOZ = "photoz_lsst_ugrizy"
+DEFAULT_PHOTOZ_DETECTOR = "detection_lsst_ugrizy"
 
 
 def photoz(
@@ -558,8 +559,9 @@ def photoz(
         image: FITS path, :class:`~probcat.io.ImageData` or array ``(bands, H, W)`` in
             electrons with the estimator's bands (ugrizy for the shipped weights).
         estimator: photo-z weights (default ``"photoz_lsst_ugrizy"``).
-        detector: detection weights (default ``"detection_lsst_i"``); its bands must be
-            among the image's (the shipped i-band encoder reads the i plane).
+        detector: detection weights (default ``"detection_lsst_ugrizy"``, the six-band
+            encoder); their bands must be among the image's (``"detection_lsst_i"`` reads
+            the i plane).
         noise_sigma: per-band noise sigma (default: FITS ``NOISE`` keywords, else the
             survey's).
         threshold: detection probability threshold of the MAP catalog.
@@ -574,7 +576,7 @@ def photoz(
     est = load(estimator or DEFAULT_PHOTOZ, device=device, threads=threads)
     if not isinstance(est, PhotozEstimator):
         raise ProbcatValueError(f"{estimator}: not photo-z weights")
-    det = load(detector, device=device, threads=threads)
+    det = load(detector or DEFAULT_PHOTOZ_DETECTOR, device=device, threads=threads)
     if not isinstance(det, Detector):
         raise ProbcatValueError(f"{detector}: not detection weights")
     missing = [b for b in det.bands if b not in est.bands]

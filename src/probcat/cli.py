@@ -230,7 +230,9 @@ def photoz_cmd(
     ),
     out: Path = typer.Option(None, "--out", "-o", help="catalog (.fits or .parquet)"),
     weights: str = typer.Option(None, help="photo-z weights (default: photoz_lsst_ugrizy)"),
-    detector: str = typer.Option(None, help="detection weights (default: detection_lsst_i)"),
+    detector: str = typer.Option(
+        None, help="detection weights (default: detection_lsst_ugrizy, the six-band encoder)"
+    ),
     threshold: float = typer.Option(0.5, help="detection probability threshold (MAP catalog)"),
     all_objects: bool = typer.Option(
         False, "--all-objects", help="PDFs for stars too (default: galaxies only)"
