@@ -71,8 +71,11 @@ def test_mismatched_weights_and_kinds(tmp_path, weights):
     with pytest.raises(ProbcatValueError, match="holds 'detection' weights, not 'photoz'"):
         load(weights, kind="photoz")
     state = torch.load(weights, weights_only=True)
-    torch.save({**state, "kind": "photoz"}, tmp_path / "unknown.pt")
-    with pytest.raises(ProbcatValueError, match="unknown weights kind 'photoz'"):
+    torch.save({**state, "kind": "photoz"}, tmp_path / "relabelled.pt")
+    with pytest.raises(ProbcatIOError, match="do not fit the photo-z network"):
+        load(tmp_path / "relabelled.pt")
+    torch.save({**state, "kind": "spectra"}, tmp_path / "unknown.pt")
+    with pytest.raises(ProbcatValueError, match="unknown weights kind 'spectra'"):
         load(tmp_path / "unknown.pt")
     torch.save({**state, "format": 99}, tmp_path / "future.pt")
     with pytest.raises(ProbcatIOError, match="newer than this probcat reads"):
