@@ -289,6 +289,14 @@ TABLES = {
                 "< BPZ",
                 "BPZ",
             ),
+            (
+                "outlier fraction at |e_z| > 0.15 (one cut for every code) vs BPZ",
+                "probcat.outlier_frac_015",
+                "bpz.outlier_frac_015",
+                ".3f",
+                "",
+                "BPZ",
+            ),
             ("PIT KS vs BPZ", "probcat.ks", "bpz.ks", ".3f", "< BPZ", "BPZ"),
             ("68% interval coverage", "pit_coverage_68", None, ".3f", "0.683 ± 0.03"),
             ("95% interval coverage", "pit_coverage_95", None, ".3f", "0.954 ± 0.03"),
@@ -343,7 +351,7 @@ README_ROWS = {
     "platform": [4],
     "population": [0, 5],
     "deblend": [0, 2, 7, 10],
-    "photoz": [0, 1, 3, 10],
+    "photoz": [0, 1, 3, 11],
 }
 
 

@@ -134,6 +134,10 @@ def test_point_metrics_follow_their_definitions():
     assert out["sigma_iqr"] == pytest.approx(sig)
     # |e| = 0.3 for the last object only, above max(3 sigma, 0.06)
     assert out["outlier_frac"] == pytest.approx(1 / 8)
+    pdf = np.zeros((8, len(GRID)))
+    pdf[np.arange(8), np.rint(np.clip(z_phot, 0, 3) * 100).astype(int)] = 100.0
+    full = pzm.all_metrics(pdf, z_true)
+    assert full["outlier_frac_015"] == pytest.approx(1 / 8)  # only |e| = 0.3 > 0.15
 
 
 def _gauss_grid(mu, sd):

@@ -9,6 +9,9 @@ Every code's PDFs are first put on the same grid (:func:`probcat.redshift.pdf.gr
 * PIT = CDF(z_true) (eq. 6) and the KS, CvM and AD statistics of the PIT values against
   U(0, 1) (eqs. 8-10) — computed with qp's ``PIT`` class;
 * CDE loss (eq. 7) — qp's ``CDELossMetric`` on the same grid;
+* ``outlier_frac_015``: the fraction with |e_z| > 0.15, a cut shared by every code (the
+  paper's cut scales with each code's own sigma_IQR, so a code with a wide core gets a
+  loose cut);
 * coverage: the fraction of true redshifts inside the central 68% / 95% intervals
   (|PIT - 0.5| <= 0.34 / 0.475);
 * secondary-peak recovery (Fig. 7): the fraction of outliers that are no longer
@@ -143,6 +146,7 @@ def all_metrics(pdf: np.ndarray, z_true, grid=GRID) -> dict:
     mode = np.asarray(grid)[np.argmax(pdf, axis=1)]
     pit = pit_values(pdf, z_true, grid)
     out = {"n": int(len(z_true)), **point_metrics(mode, z_true)}
+    out["outlier_frac_015"] = float(np.mean(np.abs(ez(mode, z_true)) > 0.15))
     out.update(pit_statistics(pdf, z_true, grid))
     out["cde_loss"] = cde_loss(pdf, z_true, grid)
     out["pit_coverage_68"] = coverage(pit, 0.6827)

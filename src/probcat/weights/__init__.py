@@ -203,19 +203,25 @@ def _build_detection(state: dict, path: Path):
     return net
 
 
-def _build_galaxy_model(state: dict, path: Path):
-    from probcat.nets.deblend import GalaxyModel
-
+def _frozen(cls, state: dict, path: Path, what: str, defaults: dict | None = None):
+    """``cls(**hparams)`` with the file's state (``defaults`` fill entries older files lack),
+    in eval mode with frozen parameters; a clear error when the file does not fit."""
     try:
-        net = GalaxyModel(**state["hparams"])
-        net.load_state_dict(state["state_dict"])
+        net = cls(**state["hparams"])
+        net.load_state_dict({**(defaults or {}), **state["state_dict"]})
     except (TypeError, RuntimeError, KeyError) as e:
         first = str(e).strip().splitlines()[0]
-        raise ProbcatIOError(f"{path}: weights do not fit the galaxy model ({first})") from e
+        raise ProbcatIOError(f"{path}: weights do not fit the {what} ({first})") from e
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
     return net
+
+
+def _build_galaxy_model(state: dict, path: Path):
+    from probcat.nets.deblend import GalaxyModel
+
+    return _frozen(GalaxyModel, state, path, "galaxy model")
 
 
 def _build_photoz(state: dict, path: Path):
@@ -223,18 +229,8 @@ def _build_photoz(state: dict, path: Path):
 
     from probcat.nets.photoz import PhotozNet
 
-    try:
-        net = PhotozNet(**state["hparams"])
-        sd = dict(state["state_dict"])
-        sd.setdefault("sd_scale", torch.ones(()))  # weights from before the width calibration
-        net.load_state_dict(sd)
-    except (TypeError, RuntimeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise ProbcatIOError(f"{path}: weights do not fit the photo-z network ({first})") from e
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
+    # weights from before the width calibration have no sd_scale: 1
+    return _frozen(PhotozNet, state, path, "photo-z network", {"sd_scale": torch.ones(())})
 
 
 def _register_builtin() -> None:
