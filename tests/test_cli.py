@@ -1,5 +1,6 @@
 import os
 
+import numpy as np
 import pytest
 
 from probcat.cli import main
@@ -212,3 +213,93 @@ def test_detect_deblender_needs_deblend_and_right_kind(tmp_path, capsys, weights
         ["detect", str(path), "--weights", str(weights), "--deblend", "--deblender", str(weights)]
     )
     assert rc == 2 and "not deblender weights" in capsys.readouterr().err
+
+
+def _plain_fits(path, data, **keywords):
+    from astropy.io import fits
+
+    hdu = fits.PrimaryHDU(np.asarray(data))
+    for k, v in keywords.items():
+        hdu.header[k] = v
+    hdu.writeto(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "keywords, data_fn, message",
+    [
+        ({"NOISE": "abc"}, None, "NOISE keyword 'abc' is not a number"),
+        ({"NOISE": True}, None, "NOISE keyword True is not a number"),
+        ({"NOISE": -3.0}, None, "not a positive finite number"),
+        ({"NOISE": 1e-45}, None, "overflow float32"),
+        ({}, "huge", "NaN or inf in float32"),
+    ],
+)
+def test_bad_image_values_are_one_line_errors(
+    tmp_path, capsys, weights, keywords, data_fn, message
+):
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((40, 40)).astype(np.float64) * 400
+    if data_fn == "huge":
+        data[3, 3] = 1e39  # finite in float64, inf in float32
+    path = _plain_fits(tmp_path / "x.fits", data, **keywords)
+    rc = main(["detect", str(path), "--weights", str(weights), "-o", str(tmp_path / "c.fits")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and "\n" not in err, err
+    assert not (tmp_path / "c.fits").exists()
+
+
+def test_bad_outputs_are_refused_before_any_work(tmp_path, capsys, weights):
+    rng = np.random.default_rng(0)
+    path = _plain_fits(tmp_path / "x.fits", rng.standard_normal((40, 40)) * 400, NOISE=400.0)
+    before = path.read_bytes()
+    (tmp_path / "adir").mkdir()
+    cases = [
+        (["-o", str(tmp_path / "adir")], "is a directory"),
+        (["-o", str(path)], "would overwrite the input"),
+        (
+            ["-o", str(tmp_path / "c.fits"), "--plot", str(tmp_path / "nowhere" / "p.png")],
+            "does not exist",
+        ),
+        (["-o", str(tmp_path / "c.fits"), "--plot", str(tmp_path / "p.txt")], "must end in"),
+        (["-o", str(tmp_path / "c.txt")], "must end in"),
+    ]
+    for extra, message in cases:
+        rc = main(["detect", str(path), "--weights", str(weights), *extra])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and message in err, (extra, err)
+        assert not (tmp_path / "c.fits").exists()
+    assert path.read_bytes() == before  # the input is untouched
+    rc = main(["detect", "/dev/zero", "--weights", str(weights), "-o", str(tmp_path / "z.fits")])
+    assert rc == 2 and "not a regular file" in capsys.readouterr().err
+
+
+def test_warnings_for_unsubtracted_sky_and_galactic_wcs(tmp_path, capsys, weights):
+    from probcat.catalog import FullCatalog, make_wcs
+
+    rng = np.random.default_rng(0)
+    sky = rng.standard_normal((64, 64)) * 400 + 435 * 400  # sky left in: median 435 sigma
+    path = _plain_fits(tmp_path / "sky.fits", sky, NOISE=400.0)
+    rc = main(["detect", str(path), "--weights", str(weights), "-o", str(tmp_path / "a.fits")])
+    err = capsys.readouterr().err
+    assert rc == 0 and "probcat: warning: image median is 435" in err
+    header = make_wcs((64, 64), 0.2, 56.0, -30.0).to_header()
+    header["CTYPE1"], header["CTYPE2"] = "GLON-TAN", "GLAT-TAN"
+    from astropy.io import fits
+
+    fits.PrimaryHDU(rng.standard_normal((64, 64)) * 400, header=header).writeto(tmp_path / "g.fits")
+    rc = main(
+        [
+            "detect",
+            str(tmp_path / "g.fits"),
+            "--weights",
+            str(weights),
+            "--threshold",
+            "0",
+            "-o",
+            str(tmp_path / "g_cat.fits"),
+        ]
+    )
+    assert rc == 0 and "not equatorial (GLON-TAN, GLAT-TAN)" in capsys.readouterr().err
+    cat = FullCatalog.read(tmp_path / "g_cat.fits")
+    assert len(cat) > 0 and "ra" not in cat.colnames

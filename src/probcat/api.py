@@ -93,7 +93,9 @@ def read_input(image, survey, noise_sigma=None, *, min_size: int = 1):
 
 
 def _with_sky(cat: FullCatalog, wcs) -> FullCatalog:
-    if wcs is None or not getattr(wcs, "has_celestial", False):
+    from probcat.catalog import equatorial
+
+    if wcs is None or not equatorial(wcs):
         return cat
     if len(cat):
         ra, dec = wcs.pixel_to_world_values(cat["x"], cat["y"])

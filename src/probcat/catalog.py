@@ -24,7 +24,9 @@ __all__ = [
     "FullCatalog",
     "atomic_write",
     "check_writable_dir",
+    "check_outputs",
     "make_wcs",
+    "equatorial",
     "concat_catalogs",
 ]
 
@@ -60,6 +62,47 @@ def check_writable_dir(out: str | Path) -> Path:
             f"{out}: output directory is not writable ({e.strerror or e})"
         ) from None
     return out
+
+
+def check_outputs(outputs, inputs=(), suffixes: dict | None = None) -> None:
+    """Before any work: every output path is not a directory, not one of the ``inputs``, in
+    an existing writable directory, and (``suffixes``: path -> allowed suffixes) ends right."""
+    ins = {Path(p).resolve() for p in inputs}
+    for out in outputs:
+        out = Path(out)
+        if out.is_dir():
+            raise ProbcatValueError(f"{out}: is a directory; give a file name")
+        if out.resolve() in ins:
+            raise ProbcatValueError(f"{out}: the output would overwrite the input")
+        allowed = (suffixes or {}).get(out)
+        if allowed and out.suffix.lower() not in allowed:
+            raise ProbcatValueError(f"{out}: the file name must end in {' or '.join(allowed)}")
+        parent = out.parent if str(out.parent) else Path(".")
+        if not parent.is_dir():
+            raise ProbcatValueError(f"{out}: directory {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise ProbcatValueError(f"{out}: directory {parent} is not writable")
+
+
+def equatorial(wcs) -> bool:
+    """Whether ``wcs`` maps pixels to equatorial (RA, Dec) coordinates; a galactic or
+    ecliptic WCS, or one with no celestial axes, is not (a warning says so)."""
+    import warnings
+
+    if wcs is None:
+        return False
+    if not getattr(wcs, "has_celestial", False):
+        warnings.warn("the image's WCS has no celestial axes: catalog without ra/dec", stacklevel=3)
+        return False
+    ctype = [str(c).upper() for c in wcs.celestial.wcs.ctype]
+    if ctype[0].startswith("RA") and ctype[1].startswith("DEC"):
+        return True
+    warnings.warn(
+        f"the image's WCS is not equatorial ({ctype[0]}, {ctype[1]}): catalog with pixel "
+        "positions only, no ra/dec",
+        stacklevel=3,
+    )
+    return False
 
 
 def make_wcs(shape: tuple[int, int], pixel_scale: float, ra: float, dec: float) -> WCS:
@@ -137,11 +180,12 @@ class FullCatalog:
     def to_table(self, wcs: WCS | None = None) -> Table:
         """An astropy Table; with a WCS, ``ra`` and ``dec`` (degrees) are added."""
         t = Table({k: np.asarray(v) for k, v in self.columns.items()})
-        if wcs is not None and len(self):
-            sky = wcs.pixel_to_world_values(np.asarray(self["x"]), np.asarray(self["y"]))
-            t["ra"], t["dec"] = sky[0], sky[1]
-        elif wcs is not None:
-            t["ra"], t["dec"] = np.zeros(0), np.zeros(0)
+        if wcs is not None and equatorial(wcs):
+            if len(self):
+                sky = wcs.pixel_to_world_values(np.asarray(self["x"]), np.asarray(self["y"]))
+                t["ra"], t["dec"] = sky[0], sky[1]
+            else:
+                t["ra"], t["dec"] = np.zeros(0), np.zeros(0)
         t.meta["SHAPE"] = json.dumps(list(self.image_shape))
         t.meta["BANDS"] = json.dumps(list(self.bands))
         t.meta["PCMETA"] = json.dumps(self.meta, default=str)

@@ -185,9 +185,20 @@ def detect_cmd(
             raise ProbcatValueError(f"--deblender {deblender}: not deblender weights")
     elif deblender is not None:
         raise ProbcatValueError("--deblender needs --deblend")
+    from probcat.catalog import check_outputs
+
+    out = out or image.with_name(image.stem + "_catalog.fits")
+    table_suffix = (".fits", ".fit", ".fts", ".parquet")
+    outputs = {out: table_suffix}
+    if samples:
+        outputs[out.with_name(out.stem + "_samples" + out.suffix)] = table_suffix
+    if dbl is not None:
+        outputs.update({out.with_name(f"{out.stem}_{n}.fits"): None for n in ("model", "residual")})
+    if plot is not None:
+        outputs[plot] = (".png", ".pdf", ".svg", ".jpg")
+    check_outputs(outputs, [image], outputs)
     data = read_image(image)
     res = det.detect(data, threshold=threshold, samples=samples, seed=seed)
-    out = out or image.with_name(image.stem + "_catalog.fits")
     catalog = res.catalog
     extra = []
     if dbl is not None:
@@ -246,15 +257,14 @@ def photoz_cmd(
     the catalog gets z_mode, z_median, z_mean and 68%/95% intervals; the PDFs go to
     <out>_pz.hdf5 (qp mixmod ensemble, ancil 'row' = catalog row)."""
     from probcat.api import photoz
+    from probcat.catalog import check_outputs
     from probcat.io import read_image
     from probcat.redshift.pdf import write_ensemble
 
     out = out or image.with_name(image.stem + "_photoz.fits")
     pz_path = out.with_name(out.stem + "_pz.hdf5")
+    check_outputs([out, pz_path], [image], {out: (".fits", ".fit", ".fts", ".parquet")})
     data = read_image(image)
-    for path in (out, pz_path):
-        if path.resolve() == image.resolve():
-            raise ProbcatValueError(f"{path}: the output would overwrite the input image")
     res = photoz(
         data,
         estimator=weights,
@@ -411,7 +421,22 @@ def calibrate_cmd(
     )
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"probcat: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    previous = warnings.showwarning
+    warnings.showwarning = _one_line_warning
+    try:
+        return _main(argv)
+    finally:
+        warnings.showwarning = previous
+
+
+def _main(argv):
     try:
         app(args=argv, standalone_mode=False)
     except ProbcatError as e:

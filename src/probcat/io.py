@@ -86,6 +86,8 @@ def read_image(path: str | Path) -> ImageData:
     path = Path(path)
     if not path.exists():
         raise ProbcatFileError(f"{path}: no such file")
+    if not path.is_file():  # a directory, a device (/dev/zero), a pipe: never read unbounded
+        raise ProbcatIOError(f"{path}: not a regular file")
     try:
         with fits.open(path, memmap=False) as hdul:
             hdul.verify("silentfix")
@@ -123,7 +125,8 @@ def read_image(path: str | Path) -> ImageData:
                         raise ProbcatValueError(f"{path}: no image data in any HDU")
                     data = hdul[idx].data
                 hdr = hdul[idx].header
-                image = np.asarray(data, dtype=np.float32)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    image = np.asarray(data, dtype=np.float32)
                 if image.ndim == 2:
                     image = image[None]
                 if image.ndim != 3:
@@ -147,4 +150,23 @@ def read_image(path: str | Path) -> ImageData:
         if isinstance(e, ProbcatValueError):
             raise
         raise ProbcatIOError(f"{path}: malformed FITS image ({e})") from e
-    return ImageData(image, wcs, bands, np.asarray(noise, dtype=float), extra_arrays, dict(primary))
+    bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
+    if bad:
+        raise ProbcatValueError(
+            f"{path}: {bad} pixel(s) are NaN or inf in float32 (or beyond its range, "
+            "|value| > 3.4e38): mask or replace them first"
+        )
+    noise = np.array([_noise_keyword(path, v) for v in noise], dtype=float)
+    return ImageData(image, wcs, bands, noise, extra_arrays, dict(primary))
+
+
+def _noise_keyword(path: Path, value) -> float:
+    """A ``NOISE`` keyword's value: NaN when absent, else a positive finite number (a
+    boolean, a string or a non-positive value is an error, not a guess)."""
+    if isinstance(value, float) and np.isnan(value):
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise ProbcatValueError(f"{path}: NOISE keyword {value!r} is not a number")
+    if not (np.isfinite(value) and value > 0):
+        raise ProbcatValueError(f"{path}: NOISE keyword {value!r} is not a positive finite number")
+    return float(value)

@@ -63,10 +63,35 @@ def check_image(image: np.ndarray, n_bands: int, noise_sigma, min_size: int = 1)
         )
     if not np.all(np.isfinite(image)):
         raise ProbcatValueError("image contains NaN or inf pixels: mask or replace them first")
-    sigma = np.broadcast_to(np.asarray(noise_sigma, dtype=np.float32), (image.shape[0],))
-    if not np.all(np.isfinite(sigma) & (sigma > 0)):
-        raise ProbcatValueError(f"noise sigma must be positive and finite, got {sigma}")
-    return (image.astype(np.float32) / sigma[:, None, None]).astype(np.float32)
+    sigma64 = np.broadcast_to(np.asarray(noise_sigma, dtype=np.float64), (image.shape[0],))
+    if not np.all(np.isfinite(sigma64) & (sigma64 > 0)):
+        raise ProbcatValueError(f"noise sigma must be positive and finite, got {sigma64}")
+    sigma = sigma64.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        x = (image.astype(np.float32) / sigma[:, None, None]).astype(np.float32)
+    if not np.all(np.isfinite(x)):
+        raise ProbcatValueError(
+            f"pixels / noise sigma overflow float32 (noise sigma {sigma64.min():g}, largest "
+            f"|pixel| {float(np.abs(image).max()):g}): check the NOISE value and the units"
+        )
+    _warn_unsubtracted(x)
+    return x
+
+
+def _warn_unsubtracted(x: np.ndarray) -> None:
+    """Warn when a band's median is more than 5 noise sigma from zero (images of at least
+    32x32 px): probcat expects sky-subtracted images."""
+    import warnings
+
+    if x.shape[1] * x.shape[2] < 1024:  # a stamp filled by one source can sit high
+        return
+    med = np.median(x.reshape(x.shape[0], -1), axis=1)
+    if np.any(np.abs(med) > 5.0):
+        warnings.warn(
+            f"image median is {float(med[np.argmax(np.abs(med))]):.1f} noise sigma: probcat "
+            "expects background-subtracted images (subtract the sky first, or check NOISE)",
+            stacklevel=3,
+        )
 
 
 @torch.no_grad()
