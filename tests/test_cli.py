@@ -37,6 +37,11 @@ def test_simulate_cli_writes_outputs(tmp_path, cache_dir, capsys):
         (["--recipe", "nope"], "unknown recipe"),
         (["-n", "0"], "n must be >= 1"),
         (["-n", "many"], "Invalid value"),
+        (["-n", "1e30"], "Invalid value"),
+        (["--seed", "-1"], "seed must be >= 0"),
+        (["--years", "inf"], "positive finite number"),
+        (["--years", "nan"], "positive finite number"),
+        (["--population", "/nonexistent/pop.fits"], "population catalog not found"),
     ],
 )
 def test_bad_arguments_one_line_error(tmp_path, capsys, args, msg):

@@ -122,8 +122,8 @@ class Survey:
         """LSST from surveycodex; ``years`` scales the exposure (10 = full-depth coadd)."""
         import surveycodex
 
-        if not years > 0:
-            raise ProbcatValueError(f"depth in years must be positive, got {years}")
+        if not (years > 0 and math.isfinite(years)):
+            raise ProbcatValueError(f"depth in years must be a positive finite number, got {years}")
         sc = surveycodex.get_survey("LSST")
         bands = tuple(bands)
         unknown = [b for b in bands if b not in sc.available_filters]

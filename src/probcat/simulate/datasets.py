@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from probcat.catalog import FullCatalog, check_writable_dir, concat_catalogs, make_wcs
-from probcat.errors import ProbcatValueError
+from probcat.errors import ProbcatFileError, ProbcatValueError
 from probcat.simulate.bank import BankConfig, SourceBank
 from probcat.simulate.prior import GALAXY_DENSITY, MAG_GOLD, STAR_DENSITY
 from probcat.simulate.scene import Scene, SceneConfig, SceneSimulator
@@ -86,6 +86,13 @@ class SimulationConfig:
             )
         if self.n < 1:
             raise ProbcatValueError(f"n must be >= 1, got {self.n}")
+        for name in ("seed", "catalog_seed"):
+            if getattr(self, name) < 0:
+                raise ProbcatValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (self.years > 0 and math.isfinite(self.years)):
+            raise ProbcatValueError(f"years must be a positive finite number, got {self.years}")
+        if self.population not in ("parametric", "dc2") and not Path(self.population).is_file():
+            raise ProbcatFileError(f"{self.population}: population catalog not found")
         max_pairs = int(round(PAIR_MAX_SEPARATION / PAIR_STEP)) + 1
         if self.recipe == "pair" and self.n > max_pairs:
             raise ProbcatValueError(
