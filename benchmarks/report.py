@@ -290,7 +290,7 @@ TABLES = {
                 "BPZ",
             ),
             (
-                "outlier fraction at |e_z| > 0.15 (one cut for every code) vs BPZ",
+                "outlier fraction at e_z beyond ±0.15 (one cut for every code) vs BPZ",
                 "probcat.outlier_frac_015",
                 "bpz.outlier_frac_015",
                 ".3f",
