@@ -223,3 +223,20 @@ def test_group_only_heads_decode_as_the_every_tile_heads(monkeypatch, refine):
     c, w = fast.conditional, slow.conditional
     assert torch.allclose(c.count_logit, w.count_logit, atol=1e-5)
     assert torch.allclose(c.galaxy_logit, w.galaxy_logit, atol=1e-5, equal_nan=True)
+
+
+def test_unsubtracted_sky_warns_but_a_bright_galaxy_does_not():
+    import warnings
+
+    from probcat.infer.detect import check_image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    galaxy = 50.0 * np.exp(-np.hypot(xx - 32, yy - 32) / 12.0)  # median pixel ~ 8 sigma
+    image = (galaxy + rng.standard_normal((64, 64)))[None]
+    assert np.median(image) > 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_image(image, 1, 1.0)  # sky-subtracted: no warning
+    with pytest.warns(UserWarning, match="background-subtracted"):
+        check_image(image + 435.0, 1, 1.0)

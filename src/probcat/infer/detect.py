@@ -79,17 +79,22 @@ def check_image(image: np.ndarray, n_bands: int, noise_sigma, min_size: int = 1)
 
 
 def _warn_unsubtracted(x: np.ndarray) -> None:
-    """Warn when a band's median is more than 5 noise sigma from zero (images of at least
-    32x32 px): probcat expects sky-subtracted images."""
+    """Warn when even the faintest tenth of a band's pixels sits more than 3 noise sigma
+    above zero (images of at least 32x32 px): probcat expects sky-subtracted images."""
     import warnings
 
     if x.shape[1] * x.shape[2] < 1024:  # a stamp filled by one source can sit high
         return
-    med = np.median(x.reshape(x.shape[0], -1), axis=1)
-    if np.any(np.abs(med) > 5.0):
+    flat = x.reshape(x.shape[0], -1)
+    # the faintest tenth of the pixels is sky: about -1.3 sigma when the sky is subtracted,
+    # even when bright sources fill most of the image
+    low = np.percentile(flat, 10, axis=1)
+    if np.any(low > 3.0):
+        k = int(np.argmax(low))
         warnings.warn(
-            f"image median is {float(med[np.argmax(np.abs(med))]):.1f} noise sigma: probcat "
-            "expects background-subtracted images (subtract the sky first, or check NOISE)",
+            f"image median is {float(np.median(flat[k])):.1f} noise sigma and its faintest "
+            f"tenth of pixels {float(low[k]):.1f}: probcat expects background-subtracted "
+            "images (subtract the sky first, or check NOISE)",
             stacklevel=3,
         )
 
