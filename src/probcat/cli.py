@@ -105,22 +105,20 @@ def demo(
             weights=weights,
             photoz_weights=photoz_weights,
         )
-        for line in summary["lines"]:
-            typer.echo(line)
-        return
-    if photoz_weights is not None:
+    elif photoz_weights is not None:
         raise ProbcatValueError("--photoz-weights needs --bands ugrizy")
-    summary = run_demo(
-        out,
-        size=size or 1000,
-        seed=seed,
-        bank_size=bank_size or 5000,
-        cache_dir=cache_dir,
-        command=_command_line(),
-        image=image,
-        weights=weights,
-        deblender=deblender,
-    )
+    else:
+        summary = run_demo(
+            out,
+            size=size or 1000,
+            seed=seed,
+            bank_size=bank_size or 5000,
+            cache_dir=cache_dir,
+            command=_command_line(),
+            image=image,
+            weights=weights,
+            deblender=deblender,
+        )
     for line in summary["lines"]:
         typer.echo(line)
 

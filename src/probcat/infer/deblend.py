@@ -127,6 +127,11 @@ def crop_at(image: np.ndarray, cx: int, cy: int, size: int) -> np.ndarray:
     return out
 
 
+def crop_nearest(image: np.ndarray, x: float, y: float, size: int) -> np.ndarray:
+    """:func:`crop_at` centred on the pixel nearest ``(x, y)`` (pixel centres at integers)."""
+    return crop_at(image, math.floor(x + 0.5), math.floor(y + 0.5), size)
+
+
 def _crops(image: np.ndarray, cx, cy, size: int) -> np.ndarray:
     """``(N, bands, size, size)`` crops centred on integer pixels ``(cx, cy)``."""
     out = np.empty((len(cx), image.shape[0], size, size), np.float32)

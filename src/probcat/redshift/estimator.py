@@ -8,7 +8,6 @@ columns and a ``qp`` ensemble. :func:`probcat.photoz` detects and estimates in o
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,11 +23,11 @@ _CHUNK = 1024  # stamps per forward pass
 def stamps_at(x_sigma: np.ndarray, x, y, size: int) -> np.ndarray:
     """``(n, bands, size, size)`` stamps of an image ``(bands, H, W)`` centred on the pixel
     nearest each ``(x, y)``, zero outside the image."""
-    from probcat.infer.deblend import crop_at
+    from probcat.infer.deblend import crop_nearest
 
     out = np.zeros((len(x), x_sigma.shape[0], size, size), np.float32)
     for k in range(len(x)):
-        out[k] = crop_at(x_sigma, math.floor(x[k] + 0.5), math.floor(y[k] + 0.5), size)
+        out[k] = crop_nearest(x_sigma, x[k], y[k], size)
     return out
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from probcat.redshift.pdf import GRID
+from probcat.redshift.pdf import GRID, interp_ensemble
 
 __all__ = [
     "ez",
@@ -70,17 +70,11 @@ def pit_values(pdf: np.ndarray, z_true, grid=GRID) -> np.ndarray:
     return np.clip(_cdf_at(np.asarray(pdf, np.float64), z_true, grid), 0.0, 1.0)
 
 
-def _interp_ensemble(pdf: np.ndarray, grid=GRID):
-    import qp
-
-    return qp.Ensemble(qp.interp, data={"xvals": np.asarray(grid), "yvals": np.asarray(pdf)})
-
-
 def pit_statistics(pdf: np.ndarray, z_true, grid=GRID) -> dict:
     """KS, CvM and AD of the PIT values against U(0, 1), from qp's PIT class."""
     from qp.metrics.pit import PIT
 
-    pit = PIT(_interp_ensemble(pdf, grid), np.asarray(z_true, np.float64))
+    pit = PIT(interp_ensemble(pdf, grid), np.asarray(z_true, np.float64))
     ad = pit.evaluate_PIT_anderson_ksamp()
     return {
         "ks": float(pit.evaluate_PIT_KS().statistic),
@@ -95,7 +89,7 @@ def cde_loss(pdf: np.ndarray, z_true, grid=GRID) -> float:
 
     return float(
         CDELossMetric(eval_grid=np.asarray(grid)).evaluate(
-            _interp_ensemble(pdf, grid), np.asarray(z_true, np.float64)
+            interp_ensemble(pdf, grid), np.asarray(z_true, np.float64)
         )
     )
 

@@ -28,6 +28,7 @@ __all__ = [
     "summaries",
     "to_qp",
     "to_grid_ensemble",
+    "interp_ensemble",
     "grid_pdf",
     "write_ensemble",
 ]
@@ -141,14 +142,17 @@ def grid_pdf(ensemble, grid=GRID) -> np.ndarray:
     return pdf / norm[:, None]
 
 
+def interp_ensemble(pdf: np.ndarray, grid=GRID):
+    """``qp.interp`` ensemble of PDFs ``(n, g)`` tabulated on ``grid``."""
+    import qp
+
+    return qp.Ensemble(qp.interp, data={"xvals": np.asarray(grid), "yvals": np.asarray(pdf)})
+
+
 def to_grid_ensemble(ensemble, grid=GRID):
     """The ensemble as ``qp.interp`` on ``grid`` (normalised there): how every code's PDFs
     go through the same metrics."""
-    import qp
-
-    return qp.Ensemble(
-        qp.interp, data={"xvals": np.asarray(grid), "yvals": grid_pdf(ensemble, grid)}
-    )
+    return interp_ensemble(grid_pdf(ensemble, grid), grid)
 
 
 def write_ensemble(ensemble, path: str | Path) -> Path:

@@ -16,7 +16,6 @@ set reports eq. 11 against the noisy images too.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -26,7 +25,7 @@ import torch
 
 from probcat.config import load_yaml
 from probcat.errors import ProbcatValueError
-from probcat.infer.deblend import crop_at
+from probcat.infer.deblend import crop_nearest
 from probcat.nets.deblend import CROP, STAMP, GalaxyModel, eq11_loss
 from probcat.simulate.datasets import Simulation, SimulationConfig
 from probcat.survey import Survey
@@ -139,7 +138,7 @@ def load_deblend_config(path, steps: int | None = None) -> DeblendTrainConfig:
 def crop_centered(image: np.ndarray, x: float, y: float, size: int) -> np.ndarray:
     """``(bands, size, size)`` crop of ``image`` centred on the pixel nearest ``(x, y)``
     (pixel centres at integers), zero outside the image."""
-    return crop_at(image, math.floor(x + 0.5), math.floor(y + 0.5), size)
+    return crop_nearest(image, x, y, size)
 
 
 class DeblendTask:

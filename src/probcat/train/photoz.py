@@ -24,7 +24,7 @@ import torch
 
 from probcat.config import load_yaml
 from probcat.errors import ProbcatValueError
-from probcat.infer.deblend import crop_at
+from probcat.infer.deblend import crop_nearest
 from probcat.nets.photoz import COMPONENTS, STAMP_Z, PhotozNet, mixture_nll
 from probcat.simulate.datasets import Simulation, SimulationConfig
 from probcat.simulate.prior import MAG_GOLD
@@ -174,7 +174,7 @@ def gold_stamps(
         for k in gold:
             x = cat["x"][k] + jitter_px * rng.standard_normal()
             y = cat["y"][k] + jitter_px * rng.standard_normal()
-            xs.append(crop_at(image, math.floor(x + 0.5), math.floor(y + 0.5), stamp))
+            xs.append(crop_nearest(image, x, y, stamp))
             zs.append(cat["redshift"][k])
             mags.append(cat["mag"][k, i_band])
     return {
@@ -203,9 +203,7 @@ def detected_gold(sim: Simulation, det, n_scenes: int, rng, *, stamp: int) -> di
         ok &= np.asarray(c["galaxy"], bool)[dj]
         image = scene.image / sigma[:, None, None]
         for a, b in zip(ti[ok], dj[ok]):
-            xs.append(
-                crop_at(image, math.floor(c["x"][b] + 0.5), math.floor(c["y"][b] + 0.5), stamp)
-            )
+            xs.append(crop_nearest(image, c["x"][b], c["y"][b], stamp))
             zs.append(t["redshift"][a])
     k = len(zs)
     return {
