@@ -15,6 +15,8 @@ pool_maps: 24
 r2: {steps: 5, batch: 32, lr: 0.002}
 r3: {steps: 5, batch: 4, lr: 0.001}
 r4: {steps: 5, batch: 8, lr: 0.001}
+head: {steps: 5, batch: 8, lr: 0.001}
+head_maps: 16
 r4_draws: 2
 prior_draws: 50
 coverage_sims: 6
@@ -30,7 +32,7 @@ def test_chain_writes_every_output_and_resumes(tmp_path):
     cfg = PopulationConfig(
         r1=NetConfig(6, 2, 2e-3), r1_crop=40, r1_channels=4, pool_maps=24,
         r2=NetConfig(5, 32, 2e-3), r3=NetConfig(5, 4, 1e-3), r4=NetConfig(5, 8, 1e-3),
-        r4_draws=2, prior_draws=50, coverage_sims=6, grid_n_step=50, grid_sigma=5,
+        head=NetConfig(5, 8, 1e-3), head_maps=16, r4_draws=2, prior_draws=50, coverage_sims=6, grid_n_step=50, grid_sigma=5,
         grid_h=5, threads=1,
     )  # fmt: skip
     out = tmp_path / "run"
@@ -50,7 +52,9 @@ def test_chain_writes_every_output_and_resumes(tmp_path):
     assert json.loads((out / "summary.json").read_text())["truth"] == s["truth"]
     # a rerun resumes: no network trains again
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")}
-    assert len(before) == 5 and any(p.parent.name.startswith("r3_") for p in before)
+    names = {p.parent.name for p in before}
+    assert len(before) == 7 and "plain_head" in names  # r1, r2, r4, r3 and plain (two stages)
+    assert sum(n.startswith("r3_") for n in names) == 2
     run_chain(cfg, out, target_seed=3, progress=False)
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")} == before
 
@@ -141,7 +145,8 @@ def test_a_new_target_retrains_only_what_depends_on_it(tmp_path):
     assert main(["population", "--seed", "5", "-c", str(cfg), "-o", str(out), "-q"]) == 0
     again = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")}
     assert {k: again[k] for k in stamp} == stamp  # nothing retrained...
-    assert len([k for k in again if k.startswith("r3_")]) == 2  # ...but r3, for the new target
+    new = set(again) - set(stamp)  # ...but r3 (both stages), for the new target
+    assert len(new) == 2 and all(k.startswith("r3_") for k in new)
 
 
 def test_config_sections_keep_their_defaults(tmp_path):

@@ -98,3 +98,46 @@ def test_set_ratio_network_learns_and_is_permutation_invariant():
         a = net(feats, mask, theta)
         b = net(feats[:, perm], mask[:, perm], theta)
     assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_head_stage_learns_the_exact_log_ratio(tmp_path):
+    """HeadTask through the training loop on frozen 'embeddings' e = theta + 0.1 eps (theta
+    normalised, uniform on [-1, 1]^3), whose log ratio is known exactly:
+    log N(e; theta, 0.1) - log p(e), p(e) the uniform smoothed by the noise, per axis."""
+    from scipy.stats import norm
+
+    from probcat.population.networks import _RatioHead
+    from probcat.population.simulator import sample_prior
+    from probcat.population.tasks import HeadTask
+    from probcat.train.loop import LoopSettings, fit
+
+    rng = np.random.default_rng(4)
+    theta = sample_prior(rng, 20000)
+    theta[:, 0] += rng.uniform(-0.5, 0.5, len(theta))  # N continuous: the exact ratio below
+    t = normalise_theta(theta)
+    emb = (t + 0.1 * rng.normal(size=t.shape)).astype(np.float32)
+
+    def exact(e, tt):
+        like = norm.logpdf(e, tt, 0.1).sum(1)
+        evidence = np.log((norm.cdf((1 - e) / 0.1) - norm.cdf((-1 - e) / 0.1)) / 2).sum(1)
+        return like - evidence
+
+    torch.manual_seed(0)
+    head = _RatioHead(3, width=64)
+    task = HeadTask("toy", 4000, 3e-3, 0, head, torch.from_numpy(emb), theta, 256, 0.0)
+    fit(task, tmp_path, config={"t": 1}, settings=LoopSettings(0, 500, 4000, 1), progress=False)
+    e, tt = emb[:2000], t[:2000].astype(np.float32)
+    shuffled = np.roll(tt, 1, 0)
+    with torch.no_grad():
+        learned = np.concatenate([
+            task.model(torch.from_numpy(e), torch.from_numpy(x)).numpy() for x in (tt, shuffled)
+        ])  # fmt: skip
+    truth = np.concatenate([exact(e, tt), exact(e, shuffled)])
+    keep = truth > -15  # far tails: both are "never"
+    assert np.corrcoef(learned[keep], truth[keep])[0, 1] > 0.97
+    joint = slice(0, 2000)
+    assert abs(np.mean(learned[joint]) - np.mean(truth[joint])) < 0.5  # not flattened
+    near = truth > -5
+    assert np.mean(np.abs(learned - truth)[near]) < 0.6
+    assert head is not task.model  # the jointly trained head is left as it was

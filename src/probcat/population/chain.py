@@ -46,6 +46,7 @@ from probcat.population.simulator import (
 )
 from probcat.population.tasks import (
     R1_HALO,
+    HeadTask,
     MapRatioTask,
     R1Task,
     R2Task,
@@ -74,8 +75,11 @@ class PopulationConfig:
     """Simulation budget and settings of the chain (strict YAML: ``probcat population -c``).
 
     ``pool_maps`` full-model maps, run through r1, train r2 (their sources) and r4 (their
-    detected lists). The plain NRE gets as many fresh full-model maps as r3 and r4 saw
-    together (``r3.steps * r3.batch + pool_maps``), in batches of ``r3.batch``.
+    detected lists). r3 and the plain NRE train in two stages: the whole network
+    (``r3``), then its head alone (``head``) on the frozen embeddings of ``head_maps`` fresh
+    simulations (see :class:`~probcat.population.tasks.HeadTask`). The plain NRE gets as
+    many fresh full-model maps as r3 and r4 saw together (``r3.steps * r3.batch +
+    pool_maps`` for its first stage, in batches of ``r3.batch``, and ``head_maps``).
     """
 
     seed: int = 0
@@ -88,6 +92,8 @@ class PopulationConfig:
     r2: NetConfig = field(default_factory=lambda: NetConfig(1500, 512, 2e-3))
     r3: NetConfig = field(default_factory=lambda: NetConfig(4000, 64, 1e-3))
     r4: NetConfig = field(default_factory=lambda: NetConfig(3000, 128, 1e-3))
+    head: NetConfig = field(default_factory=lambda: NetConfig(30000, 64, 1e-3))
+    head_maps: int = 60000
     r4_draws: int = 64
     prior_draws: int = 4000
     coverage_sims: int = 300
@@ -102,10 +108,11 @@ class PopulationConfig:
                 "detect_threshold_log10 must be one of the r1 thresholds "
                 f"{[round(float(t), 3) for t in THRESHOLDS_LOG10]}"
             )
-        for name in ("pool_maps", "r4_draws", "prior_draws", "coverage_sims", "threads"):
+        for name in ("pool_maps", "head_maps", "r4_draws", "prior_draws", "coverage_sims",
+                     "threads"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ProbcatValueError(f"{name} must be >= 1")
-        for name in ("r1", "r2", "r3", "r4"):
+        for name in ("r1", "r2", "r3", "r4", "head"):
             c = getattr(self, name)
             if c.steps < 1 or c.batch < 2 or not c.lr > 0:
                 raise ProbcatValueError(f"{name}: steps >= 1, batch >= 2 and lr > 0 needed")
@@ -267,7 +274,9 @@ class Chain:
         digest = hashlib.sha256(json.dumps(target, sort_keys=True).encode()).hexdigest()[:10]
         self._fit(task, c.r3.steps, 3, target, folder=f"r3_{digest}")  # one per target
         self.r3 = task.model
-        self.n_simulations["r3"] = task.n_simulations
+        head_keys = {**target, "head": to_dict(c)["head"], "head_maps": c.head_maps}
+        self._fit_head(self.r3, "r3", self.truncated.simulate, 3, head_keys, f"r3_{digest}_head")
+        self.n_simulations["r3"] = task.n_simulations + c.head_maps
 
     def train_plain(self):
         c = self.cfg
@@ -275,7 +284,31 @@ class Chain:
         task = MapRatioTask("plain", steps, c.r3.lr, c.seed + 6, simulate, c.r3.batch, c.r3.balance)
         self._fit(task, steps, 6, self._keys("plain"))
         self.plain = task.model
-        self.n_simulations["plain"] = task.n_simulations
+        keys = {**self._keys("plain"), "head": to_dict(c)["head"], "head_maps": c.head_maps}
+        self._fit_head(self.plain, "plain", simulate, 6, keys, "plain_head")
+        self.n_simulations["plain"] = task.n_simulations + c.head_maps
+
+    def _fit_head(self, net, name: str, simulator, offset: int, keys: dict, folder: str):
+        """The head stage of map ratio network ``net`` (trained in place): embeddings of
+        ``head_maps`` fresh maps from ``simulator``, then :class:`HeadTask`."""
+        c = self.cfg
+        rng = np.random.default_rng([c.seed, offset, 31])
+        embs, thetas = [], []
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=c.head_maps, desc=f"{name}: head bank", disable=not self.progress)
+        with torch.no_grad():
+            for i in range(0, c.head_maps, 500):
+                theta, maps, _ = simulator(rng, min(500, c.head_maps - i))
+                embs.append(net.embedding(torch.from_numpy(maps)))
+                thetas.append(theta)
+                bar.update(len(theta))
+        bar.close()
+        h = c.head
+        task = HeadTask(name, h.steps, h.lr, c.seed + offset, net.head, torch.cat(embs),
+                        np.concatenate(thetas), h.batch, h.balance)  # fmt: skip
+        self._fit(task, h.steps, 10 + offset, keys, folder=folder)
+        net.head = task.model
 
     def _keys(self, stage: str) -> dict:
         """The settings that stage ``stage`` depends on (its checkpoint resumes under any
@@ -389,7 +422,7 @@ def coverage(chain: Chain, det: Detections, log_e_r4_fine: np.ndarray, fine: Gri
     true detected lists; the plain NRE on full-model maps."""
     c = chain.cfg
     n = c.coverage_sims
-    grid = Grid.default(n_sigma=21, n_h=20, n_step=10)
+    grid = Grid.default(n_sigma=c.grid_sigma, n_h=c.grid_h, n_step=2 * c.grid_n_step)
     feasible = np.where(grid.points[:, 0] >= len(det), 0.0, -np.inf)
     out, truths = {}, {}
     # r3: targeted maps, theta from the truncated prior

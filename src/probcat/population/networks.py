@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from probcat.population.simulator import EXTENT_DEG, MAP_SIZE, PIXEL_DEG
+from probcat.population.simulator import EXTENT_DEG, MAP_SIZE, PIXEL_DEG, PRIOR_HIGH, PRIOR_LOW
 
 __all__ = [
     "DetectionNet",
@@ -23,6 +23,7 @@ __all__ = [
     "MapRatioNet",
     "SetRatioNet",
     "map_input",
+    "theta_features",
     "nre_loss",
 ]
 
@@ -83,13 +84,28 @@ class SensitivityNet(nn.Module):
         return self.mlp(feats)[:, 0]
 
 
+def theta_features(theta: torch.Tensor) -> torch.Tensor:
+    """A ratio head's view of normalised ``theta`` ``(B, 3)``: ``theta`` itself plus
+    ``log N`` and ``log h`` (centred), ``(B, 5)``. The posterior width of ``N`` and ``h``
+    grows with their value (a few sources or a thin disc pin them down far more sharply than
+    many or a thick one); on log axes the head needs no sharper features at small values than
+    at large ones, which is what let it reach calibrated widths in the benchmark."""
+    lo = torch.as_tensor(PRIOR_LOW, dtype=theta.dtype, device=theta.device)
+    hi = torch.as_tensor(PRIOR_HIGH, dtype=theta.dtype, device=theta.device)
+    value = (theta + 1) / 2 * (hi - lo) + lo
+    logs = torch.log(value[:, [0, 2]].clamp_min(1e-3))
+    centre = (torch.log(lo[[0, 2]]) + torch.log(hi[[0, 2]])) / 2
+    return torch.cat([theta, logs - centre], 1)
+
+
 class _RatioHead(nn.Module):
-    """``log r(theta; embedding)`` for normalised ``theta`` ``(B, 3)``."""
+    """``log r(theta; embedding)`` for normalised ``theta`` ``(B, 3)``
+    (seen through :func:`theta_features`)."""
 
     def __init__(self, emb: int, width: int = 128, n_params: int = 3):
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Linear(emb + n_params, width),
+            nn.Linear(emb + n_params + 2, width),
             nn.SiLU(),
             nn.Linear(width, width),
             nn.SiLU(),
@@ -97,7 +113,7 @@ class _RatioHead(nn.Module):
         )
 
     def forward(self, emb: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        return self.mlp(torch.cat([emb, theta], 1))[:, 0]
+        return self.mlp(torch.cat([emb, theta_features(theta)], 1))[:, 0]
 
 
 class MapRatioNet(nn.Module):
