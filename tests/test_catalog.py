@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from helpers import random_catalog
@@ -64,3 +66,19 @@ def test_catalog_io_needs_neither_torch_nor_galsim(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_atomic_write_follows_the_umask(tmp_path, mask):
+    import os
+    import stat
+
+    from probcat.catalog import atomic_write
+
+    old = os.umask(mask)
+    try:
+        path = atomic_write(tmp_path / "x.txt", lambda tmp: Path(tmp).write_text("hi"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+    assert path.read_text() == "hi" and list(tmp_path.iterdir()) == [path]

@@ -31,6 +31,13 @@ __all__ = [
 ]
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write_fn) -> Path:
     """Call ``write_fn(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
     path = Path(path)
@@ -42,6 +49,7 @@ def atomic_write(path: str | Path, write_fn) -> Path:
         raise ProbcatIOError(f"{path.parent}: cannot write here ({e.strerror or e})") from e
     try:
         write_fn(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
