@@ -285,9 +285,19 @@ def test_warnings_for_unsubtracted_sky_and_galactic_wcs(tmp_path, capsys, weight
     rng = np.random.default_rng(0)
     sky = rng.standard_normal((64, 64)) * 400 + 435 * 400  # sky left in: median 435 sigma
     path = _plain_fits(tmp_path / "sky.fits", sky, NOISE=400.0)
-    rc = main(["detect", str(path), "--weights", str(weights), "-o", str(tmp_path / "a.fits")])
+    base = ["detect", str(path), "--weights", str(weights), "-o", str(tmp_path / "a.fits")]
+    rc = main([*base, "--background", "none"])
     err = capsys.readouterr().err
     assert rc == 0 and "probcat: warning: image median is 435" in err
+    rc = main(base)  # --background auto (the default): subtracted, said, recorded
+    out, err = capsys.readouterr()
+    assert rc == 0 and "warning" not in err and "sky subtracted" in out
+    done = FullCatalog.read(tmp_path / "a.fits").meta["input"]
+    assert done["background"] == "subtracted"
+    assert done["sky_median"][0] == pytest.approx(435 * 400, rel=0.01)
+    rc = main([*base, "--background", "maybe"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "background must be one of auto, none" in err and "\n" not in err
     header = make_wcs((64, 64), 0.2, 56.0, -30.0).to_header()
     header["CTYPE1"], header["CTYPE2"] = "GLON-TAN", "GLAT-TAN"
     from astropy.io import fits

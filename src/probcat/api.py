@@ -56,22 +56,30 @@ class _Batch:
     x: np.ndarray
     wcs: list
     single: bool
+    info: list = field(default_factory=list)  # what was done to each image (read_input)
 
 
-def read_input(image, survey, noise_sigma=None, *, min_size: int = 1):
-    """One image for ``survey``'s bands: ``(x, wcs, sigma)`` with ``x`` ``(bands, H, W)``
-    float32 in noise-sigma units (checked), the image's WCS (or None) and the noise sigma
-    per band (``noise_sigma``, else the FITS ``NOISE`` keywords, else the survey's)."""
+def read_input(
+    image, survey, noise_sigma=None, *, min_size: int = 1, background: str = "auto", gain=None
+):
+    """One image for ``survey``'s bands: ``(x, wcs, sigma, info)`` with ``x``
+    ``(bands, H, W)`` float32 in noise-sigma units (checked, converted to electrons with
+    ``gain`` or the image's ``GAIN``, sky subtracted when ``background="auto"`` finds it
+    left in: :mod:`probcat.background`), the image's WCS (or None), the noise sigma per band
+    (``noise_sigma``, else the FITS ``NOISE`` keywords, else the survey's) and what was done
+    to the image (``info``, recorded in catalogs)."""
+    from probcat.background import gain_array, prepare
     from probcat.infer.detect import check_image
     from probcat.io import ImageData, read_image
 
     wcs = None
-    sigma = noise_sigma
+    sigma, source = noise_sigma, "noise_sigma"
     names = tuple(survey.band_names)
     if isinstance(image, (str, Path)):
         image = read_image(image)
     if isinstance(image, ImageData):
         wcs = image.wcs
+        order = None
         if len(image.bands) == len(names) and set(image.bands) == set(names):
             order = [image.bands.index(b) for b in names]
             data, sig = image.image[order], image.noise_sigma[order]
@@ -83,13 +91,22 @@ def read_input(image, survey, noise_sigma=None, *, min_size: int = 1):
                 f"bands {''.join(names)}"
             )
         if sigma is None and np.all(np.isfinite(sig)):
-            sigma = sig
+            sigma, source = sig, "NOISE"
+        if gain is None and image.gain is not None:
+            gain = image.gain if order is None else image.gain[order]
         image = data
     if sigma is None:
-        sigma = survey.noise_sigma
-    x = check_image(image, len(names), sigma, min_size=min_size)
+        sigma, source = survey.noise_sigma, "the survey's default noise sigma"
+    info = {}
+    if gain is not None:
+        g = gain_array(gain, len(names))
+        info["gain"] = g.tolist()
+        if source != "NOISE":  # NOISE is in the pixels' units: x = image / NOISE needs no gain
+            image = np.asarray(image, np.float32) * g.astype(np.float32)[:, None, None]
+    x = check_image(image, len(names), sigma, min_size=min_size, warn_sky=background == "none")
     sigma = np.broadcast_to(np.asarray(sigma, np.float32), (len(names),)).copy()
-    return x, wcs, sigma
+    x, done = prepare(x, sigma, background=background, sigma_source=source)
+    return x, wcs, sigma, {**info, **done}
 
 
 def _with_sky(cat: FullCatalog, wcs) -> FullCatalog:
@@ -140,14 +157,14 @@ class Detector:
         return tuple(self.survey.band_names)
 
     # ---- inputs --------------------------------------------------------------------------
-    def _one(self, image, noise_sigma):
-        """One image as ``(bands, H, W)`` in sigma units, and its WCS."""
-        x, wcs, _ = read_input(
-            image, self.survey, noise_sigma, min_size=self.net.receptive_field // 2
+    def _one(self, image, noise_sigma, opts: dict):
+        """One image as ``(bands, H, W)`` in sigma units, its WCS and what was done to it."""
+        x, wcs, _, info = read_input(
+            image, self.survey, noise_sigma, min_size=self.net.receptive_field // 2, **opts
         )
-        return x, wcs
+        return x, wcs, info
 
-    def _prepare(self, images, noise_sigma) -> _Batch:
+    def _prepare(self, images, noise_sigma, opts: dict) -> _Batch:
         if isinstance(images, np.ndarray) and images.ndim == 4:
             items, single = list(images), False
         elif isinstance(images, (list, tuple)):
@@ -156,14 +173,14 @@ class Detector:
             items, single = list(images), False
         else:
             items, single = [images], True
-        xs, wcs = zip(*(self._one(im, noise_sigma) for im in items))
+        xs, wcs, info = zip(*(self._one(im, noise_sigma, opts) for im in items))
         shapes = {x.shape for x in xs}
         if len(shapes) > 1:
             raise ProbcatValueError(
                 f"images of one batch must share one shape, got {sorted(shapes)}: "
                 "pass them in separate calls"
             )
-        return _Batch(np.stack(xs), list(wcs), single)
+        return _Batch(np.stack(xs), list(wcs), single, list(info))
 
     def _threads(self, batch: _Batch) -> int:
         from probcat.runtime import threads_for
@@ -184,30 +201,39 @@ class Detector:
         return features_sigma(self.net, x), pixels_sigma(self.net, x)
 
     # ---- outputs -------------------------------------------------------------------------
-    def catalog(self, images, *, noise_sigma=None, threshold: float = 0.5):
+    # Every method also takes ``background`` ("auto": subtract a sky left in; "none") and
+    # ``gain`` (e-/ADU, for images in ADU): see :mod:`probcat.background`.
+    def catalog(self, images, *, noise_sigma=None, threshold: float = 0.5, **opts):
         """MAP catalog(s): detections with marginal probability > ``threshold`` (paper 000
         section 4.2), with posterior mean centroids and their standard deviations (pixels),
         star/galaxy probabilities; ``ra, dec`` from a celestial WCS."""
-        return self._run(images, noise_sigma, threshold=threshold)[0]
+        return self._run(images, noise_sigma, opts, threshold=threshold)[0]
 
-    def probability_map(self, images, *, noise_sigma=None) -> np.ndarray:
+    def probability_map(self, images, *, noise_sigma=None, **opts) -> np.ndarray:
         """Per-tile marginal detection probability ``(nty, ntx)`` (``(B, nty, ntx)`` for
         several images)."""
-        return self._run(images, noise_sigma, threshold=0.5)[1]
+        return self._run(images, noise_sigma, opts, threshold=0.5)[1]
 
-    def sample(self, images, n: int, *, seed: int = 0, noise_sigma=None):
+    def sample(self, images, n: int, *, seed: int = 0, noise_sigma=None, **opts):
         """``n`` posterior catalog samples (paper 000 section 4.6) of each image: a list of
         catalogs (a list of such lists for several images). Seeded: the same seed gives the
         same samples, on any device."""
-        return self._run(images, noise_sigma, samples=n, seed=seed, want_map=False)[2]
+        return self._run(images, noise_sigma, opts, samples=n, seed=seed, want_map=False)[2]
 
     def detect(
-        self, image, *, noise_sigma=None, threshold: float = 0.5, samples: int = 0, seed: int = 0
+        self,
+        image,
+        *,
+        noise_sigma=None,
+        threshold: float = 0.5,
+        samples: int = 0,
+        seed: int = 0,
+        **opts,
     ):
         """MAP catalog, probability map and (with ``samples``) posterior samples of one image
         (or a list of results for several)."""
         cats, _, draws, tiles, batch = self._run(
-            image, noise_sigma, threshold=threshold, samples=samples, seed=seed, full=True
+            image, noise_sigma, opts, threshold=threshold, samples=samples, seed=seed, full=True
         )
         cats = [cats] if batch.single else cats
         draws = [draws] if batch.single else draws
@@ -215,7 +241,16 @@ class Detector:
         return out[0] if batch.single else out
 
     def _run(
-        self, images, noise_sigma, *, threshold=0.5, samples=0, seed=0, want_map=True, full=False
+        self,
+        images,
+        noise_sigma,
+        opts: dict,
+        *,
+        threshold=0.5,
+        samples=0,
+        seed=0,
+        want_map=True,
+        full=False,
     ):
         import torch
 
@@ -233,7 +268,10 @@ class Detector:
             raise ProbcatValueError(f"samples must be an integer, got {samples!r}")
         if not 0 <= samples <= 100_000:
             raise ProbcatValueError(f"samples must lie in [0, 100000], got {samples}")
-        batch = self._prepare(images, noise_sigma)
+        unknown = set(opts) - {"background", "gain"}
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+        batch = self._prepare(images, noise_sigma, opts)
         shape = batch.x.shape[-2:]
         bands = self.survey.band_names
         cats, maps, draws, tiles = [], [], [], []
@@ -247,6 +285,7 @@ class Detector:
                         c = catalog_from_decisions(
                             dec, k, dec.marginal, shape, self.net.tile_size, bands, meta
                         )
+                        c.meta["input"] = batch.info[sl.start + k]
                         cats.append(_with_sky(c, batch.wcs[sl.start + k]))
                         tiles.append(dec.marginal.at(slice(k, k + 1)))
                     maps.append(dec.marginal.prob.cpu().numpy())
@@ -307,6 +346,8 @@ def detect(
     threshold: float = 0.5,
     samples: int = 0,
     seed: int = 0,
+    background: str = "auto",
+    gain=None,
     device=None,
     threads="auto",
 ) -> DetectionResult:
@@ -321,6 +362,11 @@ def detect(
         weights: a registered name or weights file; default: the shipped LSST-i encoder.
         threshold: detection probability threshold of the MAP catalog.
         samples: number of posterior catalog samples to draw (seeded by ``seed``).
+        background: ``"auto"`` subtracts a smooth sky when the image still has one (the
+            catalog's metadata says what was done), ``"none"`` leaves the image alone
+            (:mod:`probcat.background`).
+        gain: e-/ADU for an image in ADU (default: its ``GAIN`` keyword, when ``BUNIT`` is
+            not electrons).
         device, threads: see :class:`Detector`.
 
     Example:
@@ -331,7 +377,13 @@ def detect(
     if survey is not None:
         det.survey = survey
     return det.detect(
-        image, noise_sigma=noise_sigma, threshold=threshold, samples=samples, seed=seed
+        image,
+        noise_sigma=noise_sigma,
+        threshold=threshold,
+        samples=samples,
+        seed=seed,
+        background=background,
+        gain=gain,
     )
 
 
@@ -398,12 +450,15 @@ class Deblender:
         samples=None,
         method: str = "subtract",
         match_px: float = 2.0,
+        background: str = "auto",
+        gain=None,
     ) -> DeblendResult:
         """Deblend the sources of ``catalog`` (``x, y`` and ``galaxy`` or ``galaxy_prob``)
         in ``image`` (FITS path, :class:`~probcat.io.ImageData` or array in electrons) and
         measure them; ``samples``: posterior catalog samples of the same image for flux
         posteriors; ``method``: ``"subtract"`` (residual images, the paper's) or
-        ``"conserve"`` (the data shared among the sources in proportion to their models).
+        ``"conserve"`` (the data shared among the sources in proportion to their models);
+        ``background``, ``gain``: as for detection (:mod:`probcat.background`).
         """
         from probcat.infer.deblend import (
             METHODS,
@@ -424,7 +479,9 @@ class Deblender:
         for name in ("x", "y"):
             if name not in catalog:
                 raise ProbcatValueError(f"the catalog has no {name!r} column")
-        x, wcs, sigma = read_input(image, self.survey, noise_sigma)
+        x, wcs, sigma, _ = read_input(
+            image, self.survey, noise_sigma, background=background, gain=gain
+        )
         img = x * sigma[:, None, None]
         nb, h, w = img.shape
         cx, cy, gal = _xyg(catalog)
@@ -497,6 +554,8 @@ def deblend(
     method: str = "subtract",
     threshold: float = 0.5,
     seed: int = 0,
+    background: str = "auto",
+    gain=None,
     device=None,
     threads="auto",
 ) -> DeblendResult:
@@ -527,11 +586,12 @@ def deblend(
         from probcat.io import read_image
 
         image = read_image(image)
+    opts = {"background": background, "gain": gain}
     res = det.detect(
-        image, noise_sigma=noise_sigma, threshold=threshold, samples=samples, seed=seed
+        image, noise_sigma=noise_sigma, threshold=threshold, samples=samples, seed=seed, **opts
     )
     out = dbl.measure(
-        image, res.catalog, noise_sigma=noise_sigma, samples=res.samples, method=method
+        image, res.catalog, noise_sigma=noise_sigma, samples=res.samples, method=method, **opts
     )
     out.detection = res
     out.wcs = res.wcs
@@ -550,6 +610,8 @@ def photoz(
     noise_sigma=None,
     threshold: float = 0.5,
     galaxies_only: bool = True,
+    background: str = "auto",
+    gain=None,
     device=None,
     threads="auto",
 ):
@@ -568,6 +630,7 @@ def photoz(
             survey's).
         threshold: detection probability threshold of the MAP catalog.
         galaxies_only: PDFs only for objects classified as galaxies (``galaxy`` column).
+        background, gain: sky subtraction and ADU conversion (:mod:`probcat.background`).
 
     Example:
         >>> res = probcat.photoz("field_ugrizy.fits")                 # doctest: +SKIP
@@ -587,11 +650,17 @@ def photoz(
             f"the detector needs band(s) {''.join(missing)}, which the photo-z bands "
             f"{''.join(est.bands)} lack"
         )
-    xs, wcs, sigma = read_input(image, est.survey, noise_sigma)
+    xs, wcs, sigma, info = read_input(
+        image, est.survey, noise_sigma, background=background, gain=gain
+    )
     planes = [est.bands.index(b) for b in det.bands]
     res = det.detect(
-        xs[planes] * sigma[planes, None, None], noise_sigma=sigma[planes], threshold=threshold
+        xs[planes] * sigma[planes, None, None],
+        noise_sigma=sigma[planes],
+        threshold=threshold,
+        background="none",  # done above, for every band
     )
+    res.catalog.meta["input"] = info
     res.catalog = _with_sky(res.catalog, wcs)
     res.wcs = wcs
     return est._estimate(xs, res.catalog, wcs, galaxies_only, detection=res)

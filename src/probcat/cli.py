@@ -159,6 +159,14 @@ def detect_cmd(
         "subtract", help="deblended light: subtract (residual images) or conserve (flux-conserving)"
     ),
     seed: int = typer.Option(0, help="seed of the posterior samples"),
+    background: str = typer.Option(
+        "auto",
+        help="auto: subtract a smooth sky (sep.Background) when the image still has one, and "
+        "say so in the catalog header; none: use the image as it is",
+    ),
+    gain: float = typer.Option(
+        None, help="e-/ADU, for an image in ADU (default: its GAIN keyword unless BUNIT is electrons)"
+    ),
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
     ),
@@ -196,13 +204,14 @@ def detect_cmd(
         outputs[plot] = (".png", ".pdf", ".svg", ".jpg")
     check_outputs(outputs, [image], outputs)
     data = read_image(image)
-    res = det.detect(data, threshold=threshold, samples=samples, seed=seed)
+    opts = {"background": background, "gain": gain}
+    res = det.detect(data, threshold=threshold, samples=samples, seed=seed, **opts)
     catalog = res.catalog
     extra = []
     if dbl is not None:
         from probcat.io import write_image
 
-        d = dbl.measure(data, catalog, samples=res.samples, method=method)
+        d = dbl.measure(data, catalog, samples=res.samples, method=method, **opts)
         catalog = d.catalog
         for name, img in (("model", d.model), ("residual", d.residual)):
             path = out.with_name(f"{out.stem}_{name}.fits")
@@ -210,6 +219,7 @@ def detect_cmd(
             extra.append(str(path))
     catalog.write(out, wcs=res.wcs)
     msg = f"{len(catalog)} detections ({int(np.sum(catalog['galaxy']))} galaxies) -> {out}"
+    msg += _input_note(res.catalog.meta.get("input", {}))
     if extra:
         msg += f"; deblended: model and residual -> {', '.join(extra)}"
     if samples:
@@ -232,6 +242,17 @@ def detect_cmd(
     typer.echo(msg)
 
 
+def _input_note(info: dict) -> str:
+    """What was done to the image before inference, for the one-line summary."""
+    parts = []
+    if "gain" in info:
+        parts.append(f"converted to electrons (gain {', '.join(f'{g:g}' for g in info['gain'])})")
+    if info.get("background") == "subtracted":
+        med = ", ".join(f"{m:.4g}" for m in info["sky_median"])
+        parts.append(f"sky subtracted (median {med} e-)")
+    return "".join(f" [{p}]" for p in parts)
+
+
 @app.command("photoz")
 def photoz_cmd(
     image: Path = typer.Argument(
@@ -245,6 +266,14 @@ def photoz_cmd(
     threshold: float = typer.Option(0.5, help="detection probability threshold (MAP catalog)"),
     all_objects: bool = typer.Option(
         False, "--all-objects", help="PDFs for stars too (default: galaxies only)"
+    ),
+    background: str = typer.Option(
+        "auto",
+        help="auto: subtract a smooth sky (sep.Background) when the image still has one, and "
+        "say so in the catalog header; none: use the image as it is",
+    ),
+    gain: float = typer.Option(
+        None, help="e-/ADU, for an image in ADU (default: its GAIN keyword unless BUNIT is electrons)"
     ),
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
@@ -269,10 +298,13 @@ def photoz_cmd(
         detector=detector,
         threshold=threshold,
         galaxies_only=not all_objects,
+        background=background,
+        gain=gain,
         device=device,
         threads=_threads_option(threads),
     )
     msg = f"{len(res.catalog)} detections, {int(res.catalog['has_pz'].sum())} photo-z PDFs"
+    msg += _input_note(res.catalog.meta.get("input", {}))
     if res.ensemble is not None:
         write_ensemble(res.ensemble, pz_path)
         msg += f" -> {pz_path}"

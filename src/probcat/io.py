@@ -34,6 +34,7 @@ class ImageData:
     noise_sigma: np.ndarray
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     header: dict = field(default_factory=dict)
+    gain: np.ndarray | None = None  # e-/ADU per band when the pixels are not in electrons
 
 
 def write_image(
@@ -94,13 +95,14 @@ def read_image(path: str | Path) -> ImageData:
             primary = hdul[0].header
             if "NBANDS" in primary:
                 bands = tuple(primary["BANDS"])
-                planes, noise, wcs = [], [], None
+                planes, noise, gains, wcs = [], [], [], None
                 extras: dict[str, list] = {}
                 for hdu in hdul[1:]:
                     name = hdu.name
                     if name in {b.upper() for b in bands}:
                         planes.append(np.asarray(hdu.data, dtype=np.float32))
                         noise.append(hdu.header.get("NOISE", np.nan))
+                        gains.append(_gain_keyword(path, hdu.header))
                         if wcs is None and hdu.header.get("CTYPE1"):
                             wcs = WCS(hdu.header)
                     elif "_" in name:
@@ -143,6 +145,7 @@ def read_image(path: str | Path) -> ImageData:
                     bands = tuple(f"b{k}" for k in range(image.shape[0]))
                 wcs = WCS(hdr, naxis=2) if hdr.get("CTYPE1") else None
                 noise = [hdr.get("NOISE", np.nan)] * image.shape[0]
+                gains = [_gain_keyword(path, hdr)] * image.shape[0]
                 extra_arrays = {}
     except OSError as e:
         raise ProbcatIOError(f"{path}: not a readable FITS file ({e})") from e
@@ -157,16 +160,36 @@ def read_image(path: str | Path) -> ImageData:
             "|value| > 3.4e38): mask or replace them first"
         )
     noise = np.array([_noise_keyword(path, v) for v in noise], dtype=float)
-    return ImageData(image, wcs, bands, noise, extra_arrays, dict(primary))
+    g = np.array(gains, dtype=float)
+    gain = np.where(np.isfinite(g), g, 1.0) if np.isfinite(g).any() else None
+    return ImageData(image, wcs, bands, noise, extra_arrays, dict(primary), gain)
+
+
+_ELECTRONS = {"electron", "electrons", "e-", "e", "electron/s", "e-/s"}
+
+
+def _gain_keyword(path: Path, header) -> float:
+    """``GAIN`` (e-/ADU) of an image whose ``BUNIT`` is not electrons; NaN when absent or
+    when the pixels are already electrons; a value that is not a positive finite number is
+    an error."""
+    value = header.get("GAIN")
+    if value is None or str(header.get("BUNIT", "")).strip().lower() in _ELECTRONS:
+        return np.nan
+    return _positive_keyword(path, "GAIN", value)
 
 
 def _noise_keyword(path: Path, value) -> float:
-    """A ``NOISE`` keyword's value: NaN when absent, else a positive finite number (a
-    boolean, a string or a non-positive value is an error, not a guess)."""
+    """A ``NOISE`` keyword's value: NaN when absent, else a positive finite number."""
     if isinstance(value, float) and np.isnan(value):
         return value
+    return _positive_keyword(path, "NOISE", value)
+
+
+def _positive_keyword(path: Path, name: str, value) -> float:
+    """A keyword that must be a positive finite number (a boolean, a string or a
+    non-positive value is an error, not a guess)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-        raise ProbcatValueError(f"{path}: NOISE keyword {value!r} is not a number")
+        raise ProbcatValueError(f"{path}: {name} keyword {value!r} is not a number")
     if not (np.isfinite(value) and value > 0):
-        raise ProbcatValueError(f"{path}: NOISE keyword {value!r} is not a positive finite number")
+        raise ProbcatValueError(f"{path}: {name} keyword {value!r} is not a positive finite number")
     return float(value)

@@ -42,9 +42,12 @@ __all__ = [
 ]
 
 
-def check_image(image: np.ndarray, n_bands: int, noise_sigma, min_size: int = 1) -> np.ndarray:
+def check_image(
+    image: np.ndarray, n_bands: int, noise_sigma, min_size: int = 1, warn_sky: bool = True
+) -> np.ndarray:
     """Validate an image ``(bands, H, W)`` (or ``(H, W)``) in electrons; return it in units
-    of the noise sigma, float32."""
+    of the noise sigma, float32. ``warn_sky``: warn when the sky looks left in (callers that
+    subtract it themselves, :mod:`probcat.background`, turn this off)."""
     image = np.asarray(image)
     if image.ndim == 2:
         image = image[None]
@@ -74,7 +77,8 @@ def check_image(image: np.ndarray, n_bands: int, noise_sigma, min_size: int = 1)
             f"pixels / noise sigma overflow float32 (noise sigma {sigma64.min():g}, largest "
             f"|pixel| {float(np.abs(image).max()):g}): check the NOISE value and the units"
         )
-    _warn_unsubtracted(x)
+    if warn_sky:
+        _warn_unsubtracted(x)
     return x
 
 

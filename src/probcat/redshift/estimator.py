@@ -92,7 +92,7 @@ class PhotozEstimator:
         with the weights' bands)."""
         from probcat.api import read_input
 
-        xs, _, _ = read_input(image, self.survey, noise_sigma)
+        xs, _, _, _ = read_input(image, self.survey, noise_sigma)
         return self._mixture(xs, x, y)
 
     def _mixture(self, x_sigma: np.ndarray, x, y):
@@ -124,7 +124,7 @@ class PhotozEstimator:
         whose ``galaxy`` flag, or ``galaxy_prob >= 0.5``, says galaxy) in ``image``."""
         from probcat.api import read_input
 
-        xs, wcs, _ = read_input(image, self.survey, noise_sigma)
+        xs, wcs, _, _ = read_input(image, self.survey, noise_sigma)
         return self._estimate(xs, catalog, wcs, galaxies_only)
 
     def _estimate(self, xs, catalog, wcs, galaxies_only, detection=None) -> PhotozResult:

@@ -1,0 +1,116 @@
+"""Images as users have them (probcat.background): sky left in, ADU with a gain, a NOISE
+value that does not describe the pixels."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from probcat.background import prepare
+from probcat.errors import ProbcatValueError
+
+
+def _field(rng, size=96):
+    """A sky-subtracted field in sigma units: unit noise and two galaxies."""
+    x = rng.standard_normal((1, size, size)).astype(np.float32)
+    yy, xx = np.mgrid[:size, :size]
+    for cx, cy, f in ((30.2, 40.7, 400.0), (70.5, 60.1, 150.0)):
+        x[0] += f * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 8) / (8 * np.pi)
+    return x
+
+
+def test_a_subtracted_image_is_left_exactly_as_it_was():
+    x = _field(np.random.default_rng(0))
+    out, info = prepare(x, np.array([400.0]))
+    assert out is x and info["background"] == "kept" and info["sky_median"] == [0.0]
+    assert info["pixel_noise"][0] == pytest.approx(400.0, rel=0.05)
+
+
+@pytest.mark.parametrize("kind", ["constant", "gradient"])
+def test_a_sky_left_in_is_subtracted(kind):
+    x = _field(np.random.default_rng(1))
+    yy, xx = np.mgrid[: x.shape[1], : x.shape[2]]
+    sky = np.full(x.shape[1:], 435.0) if kind == "constant" else 3.0 * xx / x.shape[2]
+    out, info = prepare(x + sky.astype(np.float32), np.array([400.0]))
+    assert info["background"] == "subtracted"
+    assert info["sky_median"][0] == pytest.approx(np.median(sky) * 400, abs=0.2 * 400)
+    resid = out - x  # what is left of the sky: well under the noise everywhere but the edges
+    assert np.abs(np.median(resid)) < 0.1 and np.percentile(np.abs(resid), 90) < 0.3
+    faint = out[0, 60:64, 70:74].sum() - x[0, 60:64, 70:74].sum()  # a galaxy keeps its flux
+    assert abs(faint) < 0.1 * x[0, 60:64, 70:74].sum()
+    assert not np.shares_memory(out, x)
+
+
+def test_noise_that_disagrees_with_the_pixels_is_a_warning_with_the_measured_value():
+    x = _field(np.random.default_rng(2)) * 0.5  # the real noise is half the stated sigma
+    with pytest.warns(UserWarning, match=r"NOISE 400 differs from the measured pixel noise 2\d\d"):
+        prepare(x, np.array([400.0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepare(_field(np.random.default_rng(2)), np.array([400.0]))  # agrees: no warning
+
+
+def test_small_images_and_none_are_left_alone_and_bad_modes_are_errors():
+    x = np.full((1, 20, 20), 50.0, np.float32)
+    assert prepare(x, [1.0])[1]["background"] == "too small"
+    big = np.full((1, 64, 64), 50.0, np.float32)
+    out, info = prepare(big, [1.0], background="none")
+    assert out is big and info == {"background": "none"}
+    with pytest.raises(ProbcatValueError, match="background must be one of auto, none"):
+        prepare(big, [1.0], background="yes")
+
+
+def test_gain_converts_adu_and_noise_keyword_needs_none(tmp_path):
+    """An image in ADU: with a gain and no NOISE it is converted to electrons (the survey's
+    noise then applies); a NOISE keyword is in the pixels' units, so x = image / NOISE is
+    the same with or without the gain."""
+    from astropy.io import fits
+
+    from probcat.api import read_input
+    from probcat.io import read_image
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="i")
+    sigma = float(survey.noise_sigma[0])
+    e = np.random.default_rng(3).standard_normal((64, 64)).astype(np.float32) * sigma
+    gain = 2.5
+    adu = e / gain
+    x_e = read_input(e, survey, background="none")[0]
+    x_adu = read_input(adu, survey, background="none", gain=gain)[0]
+    np.testing.assert_allclose(x_adu, x_e, rtol=1e-5, atol=1e-5)
+
+    hdu = fits.PrimaryHDU(adu)
+    hdu.header["GAIN"], hdu.header["BUNIT"] = gain, "adu"
+    hdu.writeto(tmp_path / "adu.fits")
+    data = read_image(tmp_path / "adu.fits")
+    assert data.gain.tolist() == [gain]
+    x, _, s, info = read_input(data, survey)
+    np.testing.assert_allclose(x, x_e, rtol=1e-5, atol=1e-5)
+    assert info["gain"] == [gain] and info["background"] == "kept"
+
+    hdu.header["NOISE"] = sigma / gain  # in ADU, like the pixels
+    hdu.writeto(tmp_path / "adu_noise.fits")
+    x2 = read_input(tmp_path / "adu_noise.fits", survey)[0]
+    np.testing.assert_allclose(x2, x_e, rtol=1e-5, atol=1e-5)
+
+    hdu.header["BUNIT"] = "electron"  # GAIN of an image already in electrons: ignored
+    hdu.writeto(tmp_path / "e.fits")
+    assert read_image(tmp_path / "e.fits").gain is None
+    hdu.header["BUNIT"], hdu.header["GAIN"] = "adu", "abc"
+    hdu.writeto(tmp_path / "bad.fits")
+    with pytest.raises(ProbcatValueError, match="GAIN keyword 'abc' is not a number"):
+        read_image(tmp_path / "bad.fits")
+    with pytest.raises(ProbcatValueError, match="gain must be a positive finite number"):
+        read_input(adu, survey, gain=-1.0)
+
+
+def test_without_noise_an_adu_image_warns():
+    """An ADU image with neither NOISE nor a gain: the survey's sigma does not describe its
+    pixels, and the user hears of it."""
+    from probcat.api import read_input
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="i")
+    adu = np.random.default_rng(4).standard_normal((64, 64)) * float(survey.noise_sigma[0]) / 3
+    with pytest.warns(UserWarning, match="the survey's default noise sigma"):
+        read_input(adu, survey)
