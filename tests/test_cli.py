@@ -31,6 +31,50 @@ def test_simulate_cli_writes_outputs(tmp_path, cache_dir, capsys):
     assert "wrote 2 blend images" in capsys.readouterr().out
 
 
+def test_simulate_resumes_refuses_other_settings_and_overwrites(tmp_path, cache_dir, capsys):
+    """A run killed midway (images missing, a temporary file left) resumes to the same files
+    and the same truth; other settings or a smaller -n are refused; --overwrite replaces."""
+    from probcat.catalog import FullCatalog
+
+    out = tmp_path / "out"
+    base = ["simulate", "-n", "3", "--seed", "1", "--bank-size", "24",
+            "--cache-dir", str(cache_dir), "--out", str(out), "-q"]  # fmt: skip
+    assert main(base) == 0
+    images = sorted((out / "images").glob("image_*.fits"))
+    first = {p.name: p.read_bytes() for p in images}
+    truth = FullCatalog.read(out / "truth.fits")
+    # "killed" after the first image: later images and the truth missing, a temporary left
+    for p in images[1:]:
+        p.unlink()
+    (out / "truth.fits").unlink()
+    (out / "config.yaml").unlink()
+    (out / "images" / ".image_00001.fits.abc123.fits").write_bytes(b"")
+    mtime = images[0].stat().st_mtime_ns
+    assert main(base) == 0
+    capsys.readouterr()
+    assert {p.name: p.read_bytes() for p in sorted((out / "images").iterdir())} == first
+    assert images[0].stat().st_mtime_ns == mtime  # not rewritten
+    again = FullCatalog.read(out / "truth.fits")
+    assert len(again) == len(truth)
+    np.testing.assert_array_equal(again["x"], truth["x"])
+    # other settings, or fewer images than the directory holds: refused, nothing touched
+    for change, msg in ((["--seed", "2"], "seed 1 (now 2)"), (["-n", "2"], "more than -n 2")):
+        args = [a for a in base]
+        k = args.index(change[0])
+        args[k + 1] = change[1]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and "\n" not in err, err
+        assert {p.name: p.read_bytes() for p in sorted((out / "images").iterdir())} == first
+    # a larger -n extends the dataset; --overwrite replaces it with the new settings
+    assert main([*base[:2], "4", *base[3:]]) == 0
+    assert len(list((out / "images").glob("image_*.fits"))) == 4
+    args = [a if a != "1" else "2" for a in base]  # seed 2
+    assert main([*args, "--overwrite"]) == 0
+    assert len(list((out / "images").glob("image_*.fits"))) == 3
+    assert FullCatalog.read(out / "truth.fits").meta["seed"] == 2
+
+
 @pytest.mark.parametrize(
     "args, msg",
     [

@@ -40,9 +40,13 @@ def simulate(
     noise: str = typer.Option("gaussian", help="gaussian (background-limited) or poisson"),
     size: int = typer.Option(0, help="image side in pixels (0: the recipe's size)"),
     cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="replace a dataset written in OUT with other settings"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
-    """Simulate a dataset: FITS images with WCS, truth.fits and config.yaml in OUT."""
+    """Simulate a dataset: FITS images with WCS, truth.fits and config.yaml in OUT. A rerun
+    with the same settings resumes an interrupted run (or extends it to a larger -n)."""
     from probcat.simulate.datasets import SimulationConfig, write_dataset
 
     cfg = SimulationConfig(
@@ -58,7 +62,12 @@ def simulate(
         size=size,
     )
     summary = write_dataset(
-        cfg, out, cache_dir=cache_dir, progress=not quiet, command=_command_line()
+        cfg,
+        out,
+        cache_dir=cache_dir,
+        progress=not quiet,
+        command=_command_line(),
+        overwrite=overwrite,
     )
     typer.echo(
         f"wrote {summary['images']} {recipe} images, {summary['sources']} sources "

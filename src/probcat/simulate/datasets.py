@@ -20,13 +20,20 @@ of a dataset depends only on ``(seed, i)`` and the bank configuration.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from probcat.catalog import FullCatalog, check_writable_dir, concat_catalogs, make_wcs
+from probcat.catalog import (
+    FullCatalog,
+    atomic_write,
+    check_writable_dir,
+    concat_catalogs,
+    make_wcs,
+)
 from probcat.errors import ProbcatFileError, ProbcatValueError
 from probcat.simulate.bank import BankConfig, SourceBank
 from probcat.simulate.prior import GALAXY_DENSITY, MAG_GOLD, STAR_DENSITY
@@ -322,6 +329,58 @@ def _truth_mixed(csim, sim, cat: FullCatalog, noiseless):
     )
 
 
+RUN_STATE = ".probcat_simulate.json"  # the settings of a dataset being written
+
+
+def claim_directory(config: SimulationConfig, out: Path, overwrite: bool = False) -> int:
+    """Make ``out`` ready for ``config``'s dataset and return how many of its images are
+    already there. A directory written with the same settings resumes (any ``-n`` at least
+    as large as what it holds: image ``i`` is the same for every ``n``); one written with
+    other settings, or holding images beyond ``config.n``, is refused unless ``overwrite``,
+    which removes probcat's files (images, truth, config) first. Temporary files left by a
+    killed run are removed."""
+    images = out / "images"
+    for tmp in images.glob(".image_*.fits*"):  # atomic_write's temporary files
+        tmp.unlink(missing_ok=True)
+    settings = json.loads(json.dumps(asdict(config), default=str))  # as stored
+    want = {k: v for k, v in settings.items() if k != "n"}
+    have = None
+    state, record = out / RUN_STATE, out / "config.yaml"
+    if state.exists():
+        have = json.loads(state.read_text())
+    elif record.exists():
+        import yaml
+
+        have = (yaml.safe_load(record.read_text()) or {}).get("config")
+    present = sorted(images.glob("image_*.fits"))
+    if overwrite:
+        for f in [*present, out / "truth.fits", record, state]:
+            f.unlink(missing_ok=True)
+        present, have = [], None
+    elif have is not None:
+        have = {k: v for k, v in have.items() if k != "n"}
+        diff = [k for k in want if have.get(k) != want[k]]
+        if diff:
+            what = ", ".join(f"{k} {have.get(k)!r} (now {want[k]!r})" for k in diff)
+            raise ProbcatValueError(
+                f"{out}: holds a dataset written with other settings: {what}; "
+                "use another --out, or --overwrite to replace it"
+            )
+    elif present:
+        raise ProbcatValueError(
+            f"{out}: holds images of unknown settings; use another --out, or --overwrite"
+        )
+    beyond = [f.name for f in present if int(f.stem.split("_")[1]) >= config.n]
+    if beyond:
+        raise ProbcatValueError(
+            f"{out}: holds {len(present)} images, more than -n {config.n} (e.g. {beyond[0]}): "
+            "use a larger -n, another --out, or --overwrite"
+        )
+    text = json.dumps(settings, sort_keys=True)
+    atomic_write(state, lambda tmp: Path(tmp).write_text(text))
+    return len(present)
+
+
 def write_dataset(
     config: SimulationConfig,
     out: str | Path,
@@ -330,10 +389,13 @@ def write_dataset(
     workers=None,
     progress: bool = True,
     command: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Write images (FITS with WCS), ``truth.fits`` and ``config.yaml`` into ``out``.
 
     Returns a summary dict. Files are written atomically; the config is stored beside them.
+    An interrupted run resumes: rerun with the same settings and only the missing images
+    are written (see :func:`claim_directory`; ``overwrite`` starts afresh).
     """
     from tqdm.auto import tqdm
 
@@ -342,21 +404,23 @@ def write_dataset(
 
     out = Path(out)
     check_writable_dir(out)
+    done = claim_directory(config, out, overwrite)
     sim = Simulation(config, cache_dir=cache_dir, workers=workers, progress=progress)
     cats = []
-    for i in tqdm(
-        range(config.n), desc=f"simulating {config.recipe}", unit="img", disable=not progress
-    ):
-        scene, extras = sim.scene(i)
+    desc = f"simulating {config.recipe}" + (f" ({done} already written)" if done else "")
+    for i in tqdm(range(config.n), desc=desc, unit="img", disable=not progress):
+        scene, extras = sim.scene(i)  # cheap next to writing: truth of every image
         wcs = sim.wcs(i)
-        write_image(
-            out / "images" / f"image_{i:05d}.fits",
-            scene.image,
-            sim.survey,
-            wcs,
-            extras,
-            header={"RECIPE": config.recipe, "SEED": config.seed, "IMAGEIDX": i},
-        )
+        path = out / "images" / f"image_{i:05d}.fits"
+        if not path.exists():
+            write_image(
+                path,
+                scene.image,
+                sim.survey,
+                wcs,
+                extras,
+                header={"RECIPE": config.recipe, "SEED": config.seed, "IMAGEIDX": i},
+            )
         t = scene.catalog.to_table(wcs)
         cat = scene.catalog.with_columns(ra=np.asarray(t["ra"]), dec=np.asarray(t["dec"]))
         cats.append(cat)
@@ -370,6 +434,7 @@ def write_dataset(
     truth.write(out / "truth.fits")
     summary = {
         "images": config.n,
+        "resumed_from": done,
         "sources": len(truth),
         "galaxies": int(np.sum(truth["galaxy"])),
         "tile_collisions": truth_collisions(cats),
