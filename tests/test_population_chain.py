@@ -32,7 +32,8 @@ def test_chain_writes_every_output_and_resumes(tmp_path):
     cfg = PopulationConfig(
         r1=NetConfig(6, 2, 2e-3), r1_crop=40, r1_channels=4, pool_maps=24,
         r2=NetConfig(5, 32, 2e-3), r3=NetConfig(5, 4, 1e-3), r4=NetConfig(5, 8, 1e-3),
-        head=NetConfig(5, 8, 1e-3), head_maps=16, r4_draws=2, prior_draws=50, coverage_sims=6, grid_n_step=50, grid_sigma=5,
+        head=NetConfig(5, 8, 1e-3), head_maps=16,
+        r4_draws=2, prior_draws=50, coverage_sims=6, grid_n_step=50, grid_sigma=5,
         grid_h=5, threads=1,
     )  # fmt: skip
     out = tmp_path / "run"

@@ -30,11 +30,19 @@ import numpy as np
 
 from probcat.errors import ProbcatValueError
 
-__all__ = ["prepare", "sky", "gain_array", "BACKGROUND_MODES", "SKY_LEVEL", "SKY_RANGE", "NOISE_FACTOR"]
+__all__ = [
+    "prepare",
+    "sky",
+    "gain_array",
+    "BACKGROUND_MODES",
+    "SKY_LEVEL",
+    "SKY_RANGE",
+    "NOISE_FACTOR",
+]
 
 BACKGROUND_MODES = ("auto", "none")
 SKY_LEVEL = 0.3  # |median sky| above this many noise sigma: not background-subtracted
-SKY_RANGE = 1.0  # sky varying by more than this (5th to 95th percentile of the map): a gradient
+SKY_RANGE = 1.0  # the sky's 5th-95th percentile range above this many sigma: a gradient
 NOISE_FACTOR = 1.5
 MIN_SIZE = 32
 BOX = 64

@@ -174,7 +174,7 @@ def detect_cmd(
         "say so in the catalog header; none: use the image as it is",
     ),
     gain: float = typer.Option(
-        None, help="e-/ADU, for an image in ADU (default: its GAIN keyword unless BUNIT is electrons)"
+        None, help="e-/ADU for an image in ADU (default: its GAIN keyword unless BUNIT=electron)"
     ),
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
@@ -282,7 +282,7 @@ def photoz_cmd(
         "say so in the catalog header; none: use the image as it is",
     ),
     gain: float = typer.Option(
-        None, help="e-/ADU, for an image in ADU (default: its GAIN keyword unless BUNIT is electrons)"
+        None, help="e-/ADU for an image in ADU (default: its GAIN keyword unless BUNIT=electron)"
     ),
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
@@ -319,6 +319,68 @@ def photoz_cmd(
         msg += f" -> {pz_path}"
     res.catalog.write(out, wcs=res.wcs)
     typer.echo(f"{msg}; catalog -> {out}")
+
+
+@app.command("run")
+def run_cmd(
+    images: list[Path] = typer.Argument(
+        ..., help="FITS images, or one text file listing them (one path per line)"
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="catalog directory (one file per image)"),
+    weights: str = typer.Option(None, help="detection weights (default: LSST-i)"),
+    threshold: float = typer.Option(0.5, help="detection probability threshold (MAP catalog)"),
+    background: str = typer.Option("auto", help="auto or none (as for probcat detect)"),
+    gain: float = typer.Option(None, help="e-/ADU for images in ADU (default: GAIN keyword)"),
+    fmt: str = typer.Option("parquet", "--format", help="parquet or fits"),
+    workers: int = typer.Option(
+        None, help="local Dask workers (default: one per core); 0 runs serially in this process"
+    ),
+    scheduler: str = typer.Option(None, help="address of a running Dask scheduler"),
+    hats: Path = typer.Option(None, help="also merge the catalogs into this HATS catalog"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="say what would be done, do nothing"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+):
+    """Catalogs of many images on Dask: one catalog per image in OUT, written atomically; a
+    rerun skips finished images (an interrupted run resumes). Failures are listed in
+    OUT/run_summary.json and do not stop the others."""
+    from probcat.scale import build_hats, run
+
+    if len(images) == 1 and images[0].suffix in (".txt", ".lst"):
+        if not images[0].is_file():
+            raise ProbcatFileError(f"{images[0]}: no such file list")
+        lines = images[0].read_text().splitlines()
+        images = [Path(x.strip()) for x in lines if x.strip() and not x.startswith("#")]
+    if fmt not in ("parquet", "fits"):
+        raise ProbcatValueError(f"--format must be parquet or fits, got {fmt!r}")
+    if hats is not None and fmt != "parquet":
+        raise ProbcatValueError("--hats needs --format parquet")
+    s = run(
+        images,
+        out,
+        weights=weights,
+        threshold=threshold,
+        background=background,
+        gain=gain,
+        suffix=f".{fmt}",
+        workers=workers,
+        scheduler=scheduler,
+        dry_run=dry_run,
+        progress=not quiet,
+    )
+    if dry_run:
+        typer.echo(f"would process {s['to_process']} of {s['images']} images ({s['skipped']} done)")
+        return
+    typer.echo(
+        f"{s['processed']} images processed, {s['skipped']} already done, "
+        f"{len(s['failed'])} failed; {s['rows']} sources in {s['seconds']:.1f} s -> {out}"
+    )
+    for f in s["failed"][:5]:
+        typer.echo(f"probcat: failed: {f['image']}: {f['error']}", err=True)
+    if hats is not None:
+        n = build_hats(out, hats)
+        typer.echo(f"HATS catalog of {n} sources (overlaps deduplicated) -> {hats}")
+    if s["failed"]:
+        raise typer.Exit(1)
 
 
 @app.command("population")
@@ -477,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv):
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
     except ProbcatError as e:
         print(f"probcat: error: {e}", file=sys.stderr)
         return 2
@@ -488,7 +550,7 @@ def _main(argv):
         message = e.format_message() if hasattr(e, "format_message") else str(e)
         print(f"probcat: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
-    return 0
+    return rc if isinstance(rc, int) else 0  # typer.Exit(n) in a command: its status
 
 
 if __name__ == "__main__":

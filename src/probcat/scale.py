@@ -1,0 +1,293 @@
+"""Catalogs of many images: one catalog per image on Dask, resumable, merged into a HATS
+catalog that LSDB reads.
+
+- :func:`run` processes a list of FITS images into ``out/<image stem>.parquet`` (or
+  ``.fits``): serially in this process (``workers=0``), on a local Dask cluster (the
+  default: one worker process per core, one torch thread each) or on any Dask scheduler
+  (``scheduler="tcp://host:8786"``, e.g. started by dask-jobqueue on SLURM). Weights load
+  once per worker process (:func:`_detector` is cached in the worker), never shipped with
+  the tasks. Each catalog is written atomically, so a rerun skips finished images: an
+  interrupted run resumes without losing or duplicating rows. A failing image is recorded
+  in the run summary (``run_summary.json``) and does not stop the others.
+- :func:`build_hats` merges the per-image catalogs (Parquet, with ``ra``/``dec``) into a
+  HATS catalog with hats-import. Sources of overlapping images are deduplicated by core
+  region: a source is kept only from the image whose centre is nearest to it on the sky.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from probcat.catalog import atomic_write, check_writable_dir
+from probcat.errors import ProbcatError, ProbcatValueError
+
+__all__ = ["Job", "plan", "process_image", "run", "build_hats", "dedup_by_core"]
+
+SUFFIXES = (".parquet", ".fits")
+SUMMARY = "run_summary.json"
+
+
+@dataclass(frozen=True)
+class Job:
+    image: Path
+    output: Path
+
+
+def plan(images, out, suffix: str = ".parquet") -> list[Job]:
+    """One :class:`Job` per image (``out/<stem><suffix>``); one-line errors for missing
+    images, two images with one stem, or an output that would be an input."""
+    if suffix not in SUFFIXES:
+        raise ProbcatValueError(f"catalog format must be one of {', '.join(SUFFIXES)}")
+    out = Path(out)
+    images = [Path(p) for p in images]
+    if not images:
+        raise ProbcatValueError("no images given")
+    jobs, seen = [], {}
+    for p in images:
+        if not p.is_file():
+            raise ProbcatValueError(f"{p}: no such image file")
+        if p.stem in seen:
+            raise ProbcatValueError(
+                f"{p} and {seen[p.stem]} share the name {p.stem!r}: their catalogs would collide"
+            )
+        seen[p.stem] = p
+        jobs.append(Job(p, out / f"{p.stem}{suffix}"))
+    inputs = {p.resolve() for p in images}
+    for j in jobs:
+        if j.output.resolve() in inputs:
+            raise ProbcatValueError(f"{j.output}: the catalog would overwrite an input image")
+    return jobs
+
+
+@lru_cache(maxsize=2)
+def _detector(weights: str | None):
+    """The detector, loaded once per (worker) process."""
+    from probcat.api import load
+
+    return load(weights, threads=1)
+
+
+def process_image(image: str, output: str, options: dict) -> dict:
+    """Detect one image and write its catalog atomically; never raises: the result says
+    what happened (``rows``, ``seconds``, ``warnings``, ``error``)."""
+    t0 = time.perf_counter()
+    result = {"image": str(image), "output": str(output), "rows": 0, "error": None}
+    try:
+        from probcat.io import read_image
+
+        det = _detector(options.get("weights"))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            data = read_image(image)
+            res = det.detect(
+                data,
+                threshold=options.get("threshold", 0.5),
+                background=options.get("background", "auto"),
+                gain=options.get("gain"),
+            )
+        cat = res.catalog
+        cat.meta["image"] = Path(image).name
+        if res.wcs is not None:
+            h, w = data.image.shape[1:]
+            ra, dec = res.wcs.pixel_to_world_values((w - 1) / 2, (h - 1) / 2)
+            cat.meta["centre"] = [float(ra), float(dec)]
+        cat.write(output, wcs=res.wcs)
+        result["rows"] = len(cat)
+        result["warnings"] = sorted({str(w.message) for w in caught})
+    except ProbcatError as e:
+        result["error"] = str(e)
+    except Exception as e:  # a worker must report, not die: the run summary lists it
+        result["error"] = f"{type(e).__name__}: {e}"
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def run(
+    images,
+    out,
+    *,
+    weights: str | None = None,
+    threshold: float = 0.5,
+    background: str = "auto",
+    gain=None,
+    suffix: str = ".parquet",
+    workers: int | None = None,
+    scheduler: str | None = None,
+    dry_run: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Catalogs of ``images`` into ``out`` (see the module docstring); returns the run
+    summary (also written to ``out/run_summary.json``): images, processed, skipped
+    (finished before), failed (with the errors), rows, seconds."""
+    from probcat.background import BACKGROUND_MODES
+
+    if background not in BACKGROUND_MODES:
+        raise ProbcatValueError(f"background must be one of {', '.join(BACKGROUND_MODES)}")
+    if not 0.0 <= threshold < 1.0:
+        raise ProbcatValueError(f"threshold must lie in [0, 1), got {threshold}")
+    if workers is not None and workers < 0:
+        raise ProbcatValueError(f"workers must be >= 0, got {workers}")
+    jobs = plan(images, out, suffix)
+    todo = [j for j in jobs if not j.output.exists()]
+    summary = {"images": len(jobs), "to_process": len(todo), "skipped": len(jobs) - len(todo)}
+    if dry_run:
+        return {**summary, "dry_run": True, "outputs": [str(j.output) for j in todo]}
+    check_writable_dir(out)
+    for tmp in Path(out).glob(".*.parquet*"):  # temporaries of a killed run
+        tmp.unlink(missing_ok=True)
+    for tmp in Path(out).glob(".*.fits*"):
+        tmp.unlink(missing_ok=True)
+    _detector(weights)  # a bad weights name fails here, in one line, before any work
+    options = {"weights": weights, "threshold": threshold, "background": background, "gain": gain}
+    t0 = time.perf_counter()
+    results = list(_execute(todo, options, workers, scheduler, progress))
+    seconds = time.perf_counter() - t0
+    failed = [{"image": r["image"], "error": r["error"]} for r in results if r["error"]]
+    summary.update(
+        processed=len(results) - len(failed),
+        failed=failed,
+        rows=int(sum(r["rows"] for r in results)),
+        seconds=round(seconds, 2),
+        images_per_hour=round(3600 * len(results) / seconds, 1) if results else None,
+        mode="serial" if (workers == 0 and scheduler is None) else "dask",
+        warnings={r["image"]: r["warnings"] for r in results if r.get("warnings")},
+    )
+    text = json.dumps(summary, indent=1)
+    atomic_write(Path(out) / SUMMARY, lambda tmp: Path(tmp).write_text(text))
+    return summary
+
+
+def _execute(jobs: list[Job], options: dict, workers, scheduler, progress):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs), desc="images", unit="img", disable=not progress)
+    if not jobs:
+        bar.close()
+        return
+    if workers == 0 and scheduler is None:
+        for j in jobs:
+            yield process_image(str(j.image), str(j.output), options)
+            bar.update()
+        bar.close()
+        return
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler is None:
+        n = workers or os.cpu_count() or 1
+        cluster = LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+    try:
+        with Client(scheduler or cluster) as client:
+            futures = client.map(
+                process_image,
+                [str(j.image) for j in jobs],
+                [str(j.output) for j in jobs],
+                options=options,
+                pure=False,
+            )
+            for fut in as_completed(futures):
+                yield fut.result()
+                bar.update()
+    finally:
+        bar.close()
+        if cluster is not None:
+            cluster.close()
+
+
+# ---- the HATS catalog ---------------------------------------------------------------------
+def _unit(ra, dec) -> np.ndarray:
+    ra, dec = np.radians(ra), np.radians(dec)
+    return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], -1)
+
+
+def dedup_by_core(ra, dec, own: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Which sources to keep: those whose own image (index ``own``) has the nearest centre
+    ``centres`` ``(n_images, 2)`` (ra, dec in degrees) among all images."""
+    if len(ra) == 0:
+        return np.zeros(0, bool)
+    nearest = np.argmax(_unit(ra, dec) @ _unit(centres[:, 0], centres[:, 1]).T, axis=1)
+    return nearest == np.asarray(own)
+
+
+def build_hats(catalog_dir, out, *, dedup: bool = True, client=None) -> int:
+    """A HATS catalog ``out`` (a directory, whose name is the catalog's)
+    from the per-image Parquet catalogs in ``catalog_dir``, with columns ``image`` (the
+    image file) and ``row`` (its catalog row) added; returns the number of rows written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from probcat.catalog import FullCatalog
+
+    files = sorted(Path(catalog_dir).glob("*.parquet"))
+    if not files:
+        raise ProbcatValueError(f"{catalog_dir}: no Parquet catalogs to merge")
+    cats = [FullCatalog.read(f) for f in files]
+    for f, c in zip(files, cats):
+        if "ra" not in c.colnames or "centre" not in c.meta:
+            raise ProbcatValueError(f"{f}: no ra/dec (its image has no equatorial WCS)")
+    centres = np.array([c.meta["centre"] for c in cats])
+    out = Path(out)
+    staging = out.parent / f".{out.name}.staging"
+    import shutil
+
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    total = 0
+    try:
+        inputs = []
+        for k, (f, c) in enumerate(zip(files, cats)):
+            keep = np.ones(len(c), bool)
+            if dedup:
+                keep = dedup_by_core(np.asarray(c["ra"]), np.asarray(c["dec"]), k, centres)
+            cols = {n: np.asarray(c[n])[keep] for n in c.colnames}
+            cols["image"] = np.full(int(keep.sum()), c.meta.get("image", f.stem), dtype=object)
+            cols["row"] = np.flatnonzero(keep).astype(np.int64)
+            arrays = {}
+            for n, v in cols.items():
+                if v.ndim > 1:
+                    width = int(np.prod(v.shape[1:]))
+                    arrays[n] = pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), width)
+                else:
+                    arrays[n] = pa.array(v)
+            path = staging / f"{k:06d}.parquet"
+            pq.write_table(pa.table(arrays), path)
+            inputs.append(str(path))
+            total += int(keep.sum())
+        _import(inputs, out, client)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return total
+
+
+def _import(inputs: list[str], out: Path, client) -> None:
+    from hats_import.catalog.arguments import ImportArguments
+    from hats_import.pipeline import pipeline_with_client
+
+    args = ImportArguments(
+        output_artifact_name=out.name,
+        input_file_list=inputs,
+        file_reader="parquet",
+        ra_column="ra",
+        dec_column="dec",
+        output_path=str(out.parent),
+        tmp_dir=str(out.parent / f".{out.name}.tmp"),
+        resume=False,
+        progress_bar=False,
+    )
+    if client is not None:
+        pipeline_with_client(args, client)
+        return
+    from dask.distributed import Client
+
+    with Client(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as c:
+        pipeline_with_client(args, c)

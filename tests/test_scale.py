@@ -1,0 +1,157 @@
+"""Many images: the resumable runner (serial and Dask), deduplication by core region and
+the HATS catalog read back with LSDB."""
+
+import json
+
+import numpy as np
+import pytest
+
+from probcat.catalog import FullCatalog, make_wcs
+from probcat.cli import main
+from probcat.errors import ProbcatValueError
+from probcat.scale import build_hats, dedup_by_core, plan, run
+
+STEP_DEG = 24 * 0.2 / 3600  # images 48 px wide, centres 24 px apart: they overlap by half
+
+
+def _images(folder, n=4, size=48):
+    from probcat.io import write_image
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="i")
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(n):
+        img = rng.normal(0, survey.noise_sigma[0], (1, size, size)).astype(np.float32)
+        ra = 56.0 + k * STEP_DEG / np.cos(np.radians(30.0))
+        path = folder / f"im{k}.fits"
+        write_image(path, img, survey, make_wcs((size, size), 0.2, ra, -30.0))
+        paths.append(path)
+    return paths
+
+
+def _rows(folder):
+    return {p.name: FullCatalog.read(p) for p in sorted(folder.glob("*.parquet"))}
+
+
+def test_runner_resumes_without_losing_or_duplicating_rows(tmp_path, weights):
+    images = _images(tmp_path)
+    out = tmp_path / "cats"
+    s = run(images, out, weights=str(weights), threshold=0.0, workers=0, progress=False)
+    assert s["processed"] == 4 and s["failed"] == [] and s["rows"] > 0
+    first = _rows(out)
+    assert sum(len(c) for c in first.values()) == s["rows"]
+    assert json.loads((out / "run_summary.json").read_text())["rows"] == s["rows"]
+    # "killed" midway: one catalog missing, a temporary file left behind
+    (out / "im2.parquet").unlink()
+    (out / ".im2.parquet.x1y2.parquet").write_bytes(b"")
+    mtime = (out / "im0.parquet").stat().st_mtime_ns
+    s = run(images, out, weights=str(weights), threshold=0.0, workers=0, progress=False)
+    assert (s["processed"], s["skipped"]) == (1, 3)
+    assert (out / "im0.parquet").stat().st_mtime_ns == mtime
+    again = _rows(out)
+    assert set(again) == set(first) and not list(out.glob(".*"))
+    for name, cat in first.items():
+        np.testing.assert_array_equal(again[name]["x"], cat["x"])
+    dry = run(images, out, weights=str(weights), dry_run=True)
+    assert dry["to_process"] == 0 and dry["skipped"] == 4
+
+
+def test_a_bad_image_is_reported_and_the_others_are_done(tmp_path, weights, capsys):
+    images = _images(tmp_path, n=2)
+    bad = tmp_path / "broken.fits"
+    bad.write_text("not a FITS file")
+    out = tmp_path / "cats"
+    rc = main(["run", *map(str, [*images, bad]), "-o", str(out), "--weights", str(weights),
+               "--workers", "0", "-q"])  # fmt: skip
+    cap = capsys.readouterr()
+    assert rc == 1 and "2 images processed" in cap.out and "1 failed" in cap.out
+    assert "broken.fits: not a readable FITS file" in cap.err
+    assert {p.name for p in out.glob("*.parquet")} == {"im0.parquet", "im1.parquet"}
+
+
+def test_plan_refuses_colliding_names_and_missing_images(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for d in ("a", "b"):
+        (tmp_path / d / "x.fits").write_bytes(b"")
+    with pytest.raises(ProbcatValueError, match="share the name 'x'"):
+        plan([tmp_path / "a/x.fits", tmp_path / "b/x.fits"], tmp_path / "o")
+    with pytest.raises(ProbcatValueError, match="no such image file"):
+        plan([tmp_path / "nope.fits"], tmp_path / "o")
+
+
+def test_dedup_keeps_each_source_in_the_image_with_the_nearest_centre():
+    from astropy.coordinates import SkyCoord
+
+    rng = np.random.default_rng(1)
+    centres = np.column_stack([rng.uniform(10, 10.2, 5), rng.uniform(-5, -4.8, 5)])
+    ra, dec = rng.uniform(10, 10.2, 300), rng.uniform(-5, -4.8, 300)
+    own = rng.integers(0, 5, 300)
+    keep = dedup_by_core(ra, dec, own, centres)
+    c = SkyCoord(centres[:, 0], centres[:, 1], unit="deg")
+    brute = [
+        int(np.argmin(SkyCoord(r, d, unit="deg").separation(c).deg)) == o
+        for r, d, o in zip(ra, dec, own)
+    ]
+    np.testing.assert_array_equal(keep, brute)
+
+
+@pytest.mark.slow
+def test_dask_run_and_hats_catalog_read_back_with_lsdb(tmp_path, weights, capsys):
+    """Two Dask workers give the serial run's catalogs; the HATS catalog holds each source
+    once (overlaps deduplicated) and an LSDB cone search returns the same sources as the
+    per-image catalogs."""
+    lsdb = pytest.importorskip("lsdb", reason="the scale extra: pip install -e '.[scale]'")
+    from astropy.coordinates import SkyCoord
+
+    images = _images(tmp_path)
+    serial = run(images, tmp_path / "s", weights=str(weights), threshold=0.0, workers=0,
+                 progress=False)  # fmt: skip
+    hats = tmp_path / "hats" / "probcat_test"
+    rc = main(["run", *map(str, images), "-o", str(tmp_path / "d"), "--weights", str(weights),
+               "--threshold", "0", "--workers", "2", "--hats", str(hats), "-q"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    dask_cats, serial_cats = _rows(tmp_path / "d"), _rows(tmp_path / "s")
+    assert set(dask_cats) == set(serial_cats) and serial["rows"] > 0
+    for name, cat in serial_cats.items():
+        np.testing.assert_array_equal(dask_cats[name]["prob"], cat["prob"])
+
+    # the sources HATS should hold: each image's, kept where its centre is nearest
+    centres = np.array([c.meta["centre"] for c in serial_cats.values()])
+    expect = []
+    for k, c in enumerate(serial_cats.values()):
+        keep = dedup_by_core(c["ra"], c["dec"], k, centres)
+        expect += [(c.meta["image"], int(r)) for r in np.flatnonzero(keep)]
+    df = lsdb.open_catalog(hats).compute()
+    got = sorted(zip(df["image"], df["row"].astype(int)))
+    assert got == sorted(expect) and len(got) < serial["rows"]  # overlaps removed, once each
+    ra0, dec0, radius = 56.0 + 0.004, -30.0, 5.0
+    cone = lsdb.open_catalog(hats).cone_search(ra0, dec0, radius_arcsec=radius).compute()
+    sep = SkyCoord(df["ra"], df["dec"], unit="deg").separation(SkyCoord(ra0, dec0, unit="deg"))
+    inside = df[sep.arcsec <= radius]
+    assert 0 < len(cone) < len(df)
+    assert sorted(zip(cone["image"], cone["row"])) == sorted(zip(inside["image"], inside["row"]))
+
+
+@pytest.mark.slow
+def test_hats_keeps_array_columns_as_lists(tmp_path):
+    lsdb = pytest.importorskip("lsdb", reason="the scale extra: pip install -e '.[scale]'")
+
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "cats"
+    for k in range(2):
+        n = 5
+        cat = FullCatalog(
+            {"x": rng.uniform(0, 40, n), "y": rng.uniform(0, 40, n),
+             "ra": 56.0 + rng.uniform(-1e-3, 1e-3, n) + k, "dec": np.full(n, -30.0),
+             "flux": rng.uniform(1, 2, (n, 2))},
+            (40, 40), ("g", "i"), {"image": f"im{k}.fits", "centre": [56.0 + k, -30.0]},
+        )  # fmt: skip
+        cat.write(folder / f"im{k}.parquet")
+    assert build_hats(folder, tmp_path / "h" / "cat") == 10
+    df = lsdb.open_catalog(tmp_path / "h" / "cat").compute()
+    for k in range(2):
+        cat = FullCatalog.read(folder / f"im{k}.parquet")
+        rows = df[df["image"] == f"im{k}.fits"].sort_values("row")
+        np.testing.assert_allclose(np.stack(rows["flux"].to_numpy()), cat["flux"])
