@@ -80,6 +80,28 @@ def test_detect_command_lines_run(scratch, capsys):
     assert Path("deblended.fits").exists() and Path("deblended_residual.fits").exists()
 
 
+@pytest.mark.slow
+def test_run_command_lines_run(scratch, capsys):
+    """The README's `probcat run` line on two images: a catalog each and a HATS catalog."""
+    import glob
+    import shutil
+
+    Path("images").mkdir()
+    for k in range(2):
+        shutil.copy("image.fits", f"images/field_{k}.fits")
+    lines = [ln for b in _blocks("bash") for ln in b.splitlines()]
+    lines = [ln for ln in lines if ln.startswith(".venv/bin/probcat run ")]
+    assert len(lines) == 1
+    args = shlex.split(lines[0].split("#")[0])[1:]
+    args = [a for w in args for a in (sorted(glob.glob(w)) if "*" in w else [w])]
+    assert main([*args, "--workers", "0", "-q"]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in Path("catalogs").glob("*.parquet")) == [
+        "field_0.parquet",
+        "field_1.parquet",
+    ]
+    assert (Path("hats/field") / "properties").exists()
+
+
 def test_every_command_of_the_readme_exists(capsys):
     lines = [ln for b in _blocks("bash") for ln in b.splitlines() if "bin/probcat " in ln]
     for line in lines:
