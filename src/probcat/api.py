@@ -268,6 +268,10 @@ class Detector:
             raise ProbcatValueError(f"samples must be an integer, got {samples!r}")
         if not 0 <= samples <= 100_000:
             raise ProbcatValueError(f"samples must lie in [0, 100000], got {samples}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ProbcatValueError(f"seed must be an integer, got {seed!r}")
+        if not 0 <= seed < 2**63:
+            raise ProbcatValueError(f"seed must lie in [0, 2^63), got {seed}")
         unknown = set(opts) - {"background", "gain"}
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")

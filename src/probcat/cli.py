@@ -540,8 +540,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv):
     try:
         rc = app(args=argv, standalone_mode=False)
-    except ProbcatError as e:
-        print(f"probcat: error: {e}", file=sys.stderr)
+    except ProbcatError as e:  # one line, whatever the message (wcslib's hold newlines)
+        print(f"probcat: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except typer.Abort:
         print("probcat: aborted", file=sys.stderr)

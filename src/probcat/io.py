@@ -9,11 +9,13 @@ as ``<NAME>_<BAND>`` HDUs.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 
 from probcat.catalog import atomic_write
@@ -90,7 +92,10 @@ def read_image(path: str | Path) -> ImageData:
     if not path.is_file():  # a directory, a device (/dev/zero), a pipe: never read unbounded
         raise ProbcatIOError(f"{path}: not a regular file")
     try:
-        with fits.open(path, memmap=False) as hdul:
+        with warnings.catch_warnings(), fits.open(path, memmap=False) as hdul:
+            # astropy's notes on what silentfix repairs, or on a file it then fails to
+            # read, are not the user's business: the error (if any) says what is wrong
+            warnings.simplefilter("ignore", AstropyWarning)
             hdul.verify("silentfix")
             primary = hdul[0].header
             if "NBANDS" in primary:
@@ -104,7 +109,7 @@ def read_image(path: str | Path) -> ImageData:
                         noise.append(hdu.header.get("NOISE", np.nan))
                         gains.append(_gain_keyword(path, hdu.header))
                         if wcs is None and hdu.header.get("CTYPE1"):
-                            wcs = WCS(hdu.header)
+                            wcs = _wcs(path, hdu.header)
                     elif "_" in name:
                         extras.setdefault(name.rsplit("_", 1)[0].lower(), []).append(
                             np.asarray(hdu.data, dtype=np.float32)
@@ -143,7 +148,7 @@ def read_image(path: str | Path) -> ImageData:
                     bands = (filt or "i",)
                 else:
                     bands = tuple(f"b{k}" for k in range(image.shape[0]))
-                wcs = WCS(hdr, naxis=2) if hdr.get("CTYPE1") else None
+                wcs = _wcs(path, hdr) if hdr.get("CTYPE1") else None
                 noise = [hdr.get("NOISE", np.nan)] * image.shape[0]
                 gains = [_gain_keyword(path, hdr)] * image.shape[0]
                 extra_arrays = {}
@@ -163,6 +168,19 @@ def read_image(path: str | Path) -> ImageData:
     g = np.array(gains, dtype=float)
     gain = np.where(np.isfinite(g), g, 1.0) if np.isfinite(g).any() else None
     return ImageData(image, wcs, bands, noise, extra_arrays, dict(primary), gain)
+
+
+def _wcs(path: Path, header) -> WCS | None:
+    """The celestial WCS of an image header; an invalid one is a warning (the catalog then
+    has pixel positions only), not a reason to refuse the image."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyWarning)
+            return WCS(header, naxis=2)
+    except Exception as e:  # wcslib raises several types for bad CTYPE/projection cards
+        reason = " ".join(str(e).split())
+        warnings.warn(f"{path}: invalid WCS ({reason}): pixel positions only", stacklevel=3)
+        return None
 
 
 _ELECTRONS = {"electron", "electrons", "e-", "e", "electron/s", "e-/s"}

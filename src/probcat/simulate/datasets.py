@@ -94,8 +94,10 @@ class SimulationConfig:
         if self.n < 1:
             raise ProbcatValueError(f"n must be >= 1, got {self.n}")
         for name in ("seed", "catalog_seed"):
-            if getattr(self, name) < 0:
-                raise ProbcatValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) < 2**63:  # stored as a 64-bit FITS keyword
+                raise ProbcatValueError(
+                    f"{name} must be >= 0 and < 2^63, got {getattr(self, name)}"
+                )
         if not (self.years > 0 and math.isfinite(self.years)):
             raise ProbcatValueError(f"years must be a positive finite number, got {self.years}")
         if self.population not in ("parametric", "dc2") and not Path(self.population).is_file():
@@ -404,8 +406,8 @@ def write_dataset(
 
     out = Path(out)
     check_writable_dir(out)
-    done = claim_directory(config, out, overwrite)
     sim = Simulation(config, cache_dir=cache_dir, workers=workers, progress=progress)
+    done = claim_directory(config, out, overwrite)  # after every check of the settings
     cats = []
     desc = f"simulating {config.recipe}" + (f" ({done} already written)" if done else "")
     for i in tqdm(range(config.n), desc=desc, unit="img", disable=not progress):
