@@ -68,11 +68,11 @@ def plan(images, out, suffix: str = ".parquet") -> list[Job]:
 
 
 @lru_cache(maxsize=2)
-def _detector(weights: str | None):
+def _detector(weights: str | None, threads="auto"):
     """The detector, loaded once per (worker) process."""
     from probcat.api import load
 
-    return load(weights, threads=1)
+    return load(weights, threads=threads)
 
 
 def process_image(image: str, output: str, options: dict) -> dict:
@@ -83,7 +83,7 @@ def process_image(image: str, output: str, options: dict) -> dict:
     try:
         from probcat.io import read_image
 
-        det = _detector(options.get("weights"))
+        det = _detector(options.get("weights"), options.get("threads", 1))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             data = read_image(image)
@@ -145,8 +145,11 @@ def run(
         tmp.unlink(missing_ok=True)
     for tmp in Path(out).glob(".*.fits*"):
         tmp.unlink(missing_ok=True)
-    _detector(weights)  # a bad weights name fails here, in one line, before any work
-    options = {"weights": weights, "threshold": threshold, "background": background, "gain": gain}
+    serial = workers == 0 and scheduler is None
+    # serially: this process's threads (auto); on Dask: one torch thread per worker process
+    options = {"weights": weights, "threshold": threshold, "background": background,
+               "gain": gain, "threads": "auto" if serial else 1}  # fmt: skip
+    _detector(weights, options["threads"])  # bad weights fail here, in one line, before work
     t0 = time.perf_counter()
     results = list(_execute(todo, options, workers, scheduler, progress))
     seconds = time.perf_counter() - t0
@@ -157,7 +160,7 @@ def run(
         rows=int(sum(r["rows"] for r in results)),
         seconds=round(seconds, 2),
         images_per_hour=round(3600 * len(results) / seconds, 1) if results else None,
-        mode="serial" if (workers == 0 and scheduler is None) else "dask",
+        mode="serial" if serial else "dask",
         warnings={r["image"]: r["warnings"] for r in results if r.get("warnings")},
     )
     text = json.dumps(summary, indent=1)
