@@ -91,9 +91,9 @@ def catalogs(folder: Path) -> dict:
 
 
 def compare_rows(ref: dict, got: dict) -> dict:
-    """Lost and duplicated rows of ``got`` against the reference catalogs (by image, then
-    by source position: a row is ``(image, x, y)``)."""
-    lost = dup = 0
+    """Lost, duplicated and unexpected rows of ``got`` against the reference catalogs (a
+    row is ``(image, x, y)``); ``extra_catalogs``: files the reference does not have."""
+    lost = dup = unexpected = 0
     for name, cat in ref.items():
         want = {(round(float(a), 4), round(float(b), 4)) for a, b in zip(cat["x"], cat["y"])}
         if name not in got:
@@ -103,15 +103,18 @@ def compare_rows(ref: dict, got: dict) -> dict:
             (round(float(a), 4), round(float(b), 4)) for a, b in zip(got[name]["x"], got[name]["y"])
         ]
         lost += len(want - set(rows))
-        dup += len(rows) - len(set(rows)) + len(set(rows) - want)
+        dup += len(rows) - len(set(rows))
+        unexpected += len(set(rows) - want)
     return {
         "lost_rows": lost,
         "duplicated_rows": dup,
+        "unexpected_rows": unexpected,
+        "extra_catalogs": len(set(got) - set(ref)),
         "reference_rows": sum(len(c) for c in ref.values()),
     }
 
 
-def kill_run(images, out: Path, extra: list[str], kill_worker: bool, after: int) -> None:
+def kill_run(images, out: Path, extra: list[str], kill_worker: bool, after: int) -> str | None:
     """Start ``probcat run``, SIGKILL it (or one of its Dask workers) once ``after``
     catalogs exist, then rerun to completion."""
     import psutil
@@ -178,6 +181,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-images", type=int, default=40)
     ap.add_argument("--size", type=int, default=1000, help="side of the many-images run")
+    ap.add_argument("--fuzz-cases", type=int, default=1200)
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     import probcat
@@ -275,13 +279,23 @@ def main(argv=None) -> None:
         "linearity_within_20pct": abs(res["linearity_4k_over_1k"] - 1) <= 0.2,
         "dask_ge_1.7x": res["dask_speedup"] >= 1.7,
         "kill_tests_zero_lost_and_duplicated": all(
-            res[k]["lost_rows"] == 0 and res[k]["duplicated_rows"] == 0
+            res[k]["lost_rows"] == 0
+            and res[k]["duplicated_rows"] == 0
+            and res[k]["unexpected_rows"] == 0
+            and res[k]["killed"] is not None
             for k in ("resume", "worker_kill")
         ),
         "background_within_0.02": abs(res["background"]["precision_diff"]) <= 0.02
         and abs(res["background"]["recall_diff"]) <= 0.02,
     }
-    res["fuzz"] = None  # not run yet: see docs/scale.md
+    from _fuzz import fuzz
+
+    with tempfile.TemporaryDirectory() as cache:
+        res["fuzz"] = fuzz(args.fuzz_cases, Path(cache))
+    print({k: v for k, v in res["fuzz"].items() if k not in ("examples", "kinds")}, flush=True)
+    res["targets"]["fuzz_clean"] = res["fuzz"]["cases"] >= 1000 and all(
+        res["fuzz"][k] == 0 for k in ("unhandled", "hangs", "partial_outputs", "silent_garbage")
+    )
     res["wall_s"] = round(time.perf_counter() - t_start, 1)
     res["machine"] = "2-core CPU, no GPU"
     res.update({k: v for k, v in provenance(command).items() if k != "command"})
