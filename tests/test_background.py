@@ -114,3 +114,21 @@ def test_without_noise_an_adu_image_warns():
     adu = np.random.default_rng(4).standard_normal((64, 64)) * float(survey.noise_sigma[0]) / 3
     with pytest.warns(UserWarning, match="the survey's default noise sigma"):
         read_input(adu, survey)
+
+
+def test_a_pixel_scale_unlike_the_surveys_is_a_warning():
+    from probcat.api import read_input
+    from probcat.catalog import make_wcs
+    from probcat.io import ImageData
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="i")
+    img = np.random.default_rng(5).standard_normal((1, 40, 40)).astype(np.float32) * 400
+    for scale, warns in ((0.2, False), (0.21, False), (0.6, True)):
+        data = ImageData(img, make_wcs((40, 40), scale, 56.0, -30.0), ("i",), np.array([400.0]))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            read_input(data, survey)
+        said = [str(w.message) for w in caught if "pixel scale" in str(w.message)]
+        assert bool(said) == warns, (scale, said)
+    assert "0.6 arcsec" in said[0] and "0.2 arcsec" in said[0]

@@ -97,6 +97,7 @@ def read_input(
         image = data
     if sigma is None:
         sigma, source = survey.noise_sigma, "the survey's default noise sigma"
+    _check_pixel_scale(wcs, survey)
     info = {}
     if gain is not None:
         g = gain_array(gain, len(names))
@@ -107,6 +108,29 @@ def read_input(
     sigma = np.broadcast_to(np.asarray(sigma, np.float32), (len(names),)).copy()
     x, done = prepare(x, sigma, background=background, sigma_source=source)
     return x, wcs, sigma, {**info, **done}
+
+
+def _check_pixel_scale(wcs, survey, tolerance: float = 0.1) -> None:
+    """Warn when a celestial WCS's pixel scale differs from the survey's the weights were
+    trained for by more than ``tolerance`` (sources then look larger or smaller than any
+    the networks have seen)."""
+    import warnings
+
+    if wcs is None or not getattr(wcs, "has_celestial", False):
+        return
+    try:
+        from astropy.wcs.utils import proj_plane_pixel_scales
+
+        scale = float(np.sqrt(np.prod(proj_plane_pixel_scales(wcs.celestial)))) * 3600.0
+    except Exception:  # a degenerate WCS: nothing to compare
+        return
+    want = float(survey.pixel_scale)
+    if np.isfinite(scale) and abs(scale / want - 1) > tolerance:
+        warnings.warn(
+            f"the image's pixel scale is {scale:.3g} arcsec, the weights' survey has "
+            f"{want:.3g} arcsec: detections and probabilities may be off",
+            stacklevel=4,
+        )
 
 
 def _with_sky(cat: FullCatalog, wcs) -> FullCatalog:
