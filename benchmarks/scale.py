@@ -90,7 +90,8 @@ def child_run(path: Path) -> tuple[float, int, float]:
 def catalogs(folder: Path) -> dict:
     from probcat.catalog import FullCatalog
 
-    return {p.name: FullCatalog.read(p) for p in sorted(folder.glob("*.parquet"))}
+    files = [p for p in sorted(folder.glob("*.parquet")) if not p.name.startswith(".")]
+    return {p.name: FullCatalog.read(p) for p in files}
 
 
 def compare_rows(ref: dict, got: dict) -> dict:
@@ -281,7 +282,12 @@ def main(argv=None) -> None:
         res["resume"] = {"killed": killed, **compare_rows(ref, catalogs(tmp / "killed"))}
         killed = kill_run(images, tmp / "wkill", ["--workers", "2"], True, args.n_images // 3)
         dask_ref = catalogs(tmp / "dask")  # one torch thread per worker, as in this run
-        res["worker_kill"] = {"killed": killed, **compare_rows(dask_ref, catalogs(tmp / "wkill"))}
+        left = [p.name for p in (tmp / "wkill").glob(".*")]
+        res["worker_kill"] = {
+            "killed": killed,
+            **compare_rows(dask_ref, catalogs(tmp / "wkill")),
+            "temporary_files_left": left,
+        }
         print(res["resume"], res["worker_kill"], flush=True)
         # 5. sky left in: precision and recall with --background auto
         sim_b, bscenes = scenes(20, 300, SEED + 4)

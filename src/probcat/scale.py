@@ -141,10 +141,7 @@ def run(
     if dry_run:
         return {**summary, "dry_run": True, "outputs": [str(j.output) for j in todo]}
     check_writable_dir(out)
-    for tmp in Path(out).glob(".*.parquet*"):  # temporaries of a killed run
-        tmp.unlink(missing_ok=True)
-    for tmp in Path(out).glob(".*.fits*"):
-        tmp.unlink(missing_ok=True)
+    _remove_temporaries(out)  # of a killed run
     serial = workers == 0 and scheduler is None
     # serially: this process's threads (auto); on Dask: one torch thread per worker process
     options = {"weights": weights, "threshold": threshold, "background": background,
@@ -153,6 +150,7 @@ def run(
     t0 = time.perf_counter()
     results = list(_execute(todo, options, workers, scheduler, progress))
     seconds = time.perf_counter() - t0
+    _remove_temporaries(out)  # of a worker killed midway (its task ran again elsewhere)
     failed = [{"image": r["image"], "error": r["error"]} for r in results if r["error"]]
     summary.update(
         processed=len(results) - len(failed),
@@ -166,6 +164,13 @@ def run(
     text = json.dumps(summary, indent=1)
     atomic_write(Path(out) / SUMMARY, lambda tmp: Path(tmp).write_text(text))
     return summary
+
+
+def _remove_temporaries(out) -> None:
+    """The temporary files of atomic writes that never finished (``.<name>.<random>``)."""
+    for pattern in (".*.parquet*", ".*.fits*"):
+        for tmp in Path(out).glob(pattern):
+            tmp.unlink(missing_ok=True)
 
 
 def _execute(jobs: list[Job], options: dict, workers, scheduler, progress):
