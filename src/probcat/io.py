@@ -9,6 +9,7 @@ as ``<NAME>_<BAND>`` HDUs.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,10 +93,7 @@ def read_image(path: str | Path) -> ImageData:
     if not path.is_file():  # a directory, a device (/dev/zero), a pipe: never read unbounded
         raise ProbcatIOError(f"{path}: not a regular file")
     try:
-        with warnings.catch_warnings(), fits.open(path, memmap=False) as hdul:
-            # astropy's notes on what silentfix repairs, or on a file it then fails to
-            # read, are not the user's business: the error (if any) says what is wrong
-            warnings.simplefilter("ignore", AstropyWarning)
+        with _quiet_astropy(), fits.open(path, memmap=False) as hdul:
             hdul.verify("silentfix")
             primary = hdul[0].header
             if "NBANDS" in primary:
@@ -170,12 +168,20 @@ def read_image(path: str | Path) -> ImageData:
     return ImageData(image, wcs, bands, noise, extra_arrays, dict(primary), gain)
 
 
+@contextlib.contextmanager
+def _quiet_astropy():
+    """astropy's notes on what ``silentfix`` repairs, or on a file it then fails to read,
+    are not the user's business: the error (if any) says what is wrong."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyWarning)
+        yield
+
+
 def _wcs(path: Path, header) -> WCS | None:
     """The celestial WCS of an image header; an invalid one is a warning (the catalog then
     has pixel positions only), not a reason to refuse the image."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", AstropyWarning)
+        with _quiet_astropy():
             return WCS(header, naxis=2)
     except Exception as e:  # wcslib raises several types for bad CTYPE/projection cards
         reason = " ".join(str(e).split())
