@@ -103,7 +103,12 @@ def read_input(
         g = gain_array(gain, len(names))
         info["gain"] = g.tolist()
         if source != "NOISE":  # NOISE is in the pixels' units: x = image / NOISE needs no gain
-            image = np.asarray(image, np.float32) * g.astype(np.float32)[:, None, None]
+            with np.errstate(over="ignore", invalid="ignore"):
+                image = np.asarray(image, np.float64) * g[:, None, None]
+            if not np.all(np.isfinite(image)) or np.abs(image).max(initial=0) > 3.4e38:
+                raise ProbcatValueError(
+                    f"pixels x gain {', '.join(f'{v:g}' for v in g)} overflow: check the gain"
+                )
     x = check_image(image, len(names), sigma, min_size=min_size, warn_sky=background == "none")
     sigma = np.broadcast_to(np.asarray(sigma, np.float32), (len(names),)).copy()
     x, done = prepare(x, sigma, background=background, sigma_source=source)
