@@ -130,6 +130,15 @@ def same_catalogs(a: dict, b: dict) -> dict:
     return {"same_files_and_row_counts": rows_equal, "max_abs_x_difference_px": diff}
 
 
+def timed_run(images, out: Path, workers: int) -> float:
+    """Wall time of ``probcat run`` on ``images`` (process start and, on Dask, the
+    cluster's start included)."""
+    t0 = time.perf_counter()
+    cmd = [PROBCAT, "run", *map(str, images), "-o", str(out), "-q", "--workers", str(workers)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
 def kill_run(images, out: Path, extra: list[str], kill_worker: bool, after: int) -> str | None:
     """Start ``probcat run``, SIGKILL it (or one of its Dask workers) once ``after``
     catalogs exist, then rerun to completion."""
@@ -241,20 +250,8 @@ def main(argv=None) -> None:
         folder = tmp / "images"
         folder.mkdir()
         images = write_fits(folder, sim_n, many)
-        t0 = time.perf_counter()
-        subprocess.run(
-            [PROBCAT, "run", *map(str, images), "-o", str(tmp / "serial"), "-q", "--workers", "0"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        serial_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        subprocess.run(
-            [PROBCAT, "run", *map(str, images), "-o", str(tmp / "dask"), "-q", "--workers", "2"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        dask_s = time.perf_counter() - t0
+        serial_s = timed_run(images, tmp / "serial", 0)
+        dask_s = timed_run(images, tmp / "dask", 2)
         ref = catalogs(tmp / "serial")
         same = same_catalogs(ref, catalogs(tmp / "dask"))
         res.update(

@@ -22,6 +22,17 @@ app = typer.Typer(
 )
 
 
+# images as users have them (probcat.background), the same for every command that reads one
+BACKGROUND_OPTION = typer.Option(
+    "auto",
+    help="auto: subtract a smooth sky (sep.Background) when the image still has one, and "
+    "say so in the catalog header; none: use the image as it is",
+)
+GAIN_OPTION = typer.Option(
+    None, help="e-/ADU for an image in ADU (default: its GAIN keyword unless BUNIT=electron)"
+)
+
+
 def _command_line() -> str:
     return " ".join(["probcat", *sys.argv[1:]])
 
@@ -168,14 +179,8 @@ def detect_cmd(
         "subtract", help="deblended light: subtract (residual images) or conserve (flux-conserving)"
     ),
     seed: int = typer.Option(0, help="seed of the posterior samples"),
-    background: str = typer.Option(
-        "auto",
-        help="auto: subtract a smooth sky (sep.Background) when the image still has one, and "
-        "say so in the catalog header; none: use the image as it is",
-    ),
-    gain: float = typer.Option(
-        None, help="e-/ADU for an image in ADU (default: its GAIN keyword unless BUNIT=electron)"
-    ),
+    background: str = BACKGROUND_OPTION,
+    gain: float = GAIN_OPTION,
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
     ),
@@ -276,14 +281,8 @@ def photoz_cmd(
     all_objects: bool = typer.Option(
         False, "--all-objects", help="PDFs for stars too (default: galaxies only)"
     ),
-    background: str = typer.Option(
-        "auto",
-        help="auto: subtract a smooth sky (sep.Background) when the image still has one, and "
-        "say so in the catalog header; none: use the image as it is",
-    ),
-    gain: float = typer.Option(
-        None, help="e-/ADU for an image in ADU (default: its GAIN keyword unless BUNIT=electron)"
-    ),
+    background: str = BACKGROUND_OPTION,
+    gain: float = GAIN_OPTION,
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
     ),
@@ -329,8 +328,8 @@ def run_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="catalog directory (one file per image)"),
     weights: str = typer.Option(None, help="detection weights (default: LSST-i)"),
     threshold: float = typer.Option(0.5, help="detection probability threshold (MAP catalog)"),
-    background: str = typer.Option("auto", help="auto or none (as for probcat detect)"),
-    gain: float = typer.Option(None, help="e-/ADU for images in ADU (default: GAIN keyword)"),
+    background: str = BACKGROUND_OPTION,
+    gain: float = GAIN_OPTION,
     fmt: str = typer.Option("parquet", "--format", help="parquet or fits"),
     workers: int = typer.Option(
         None, help="local Dask workers (default: one per core); 0 runs serially in this process"
