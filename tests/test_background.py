@@ -132,3 +132,15 @@ def test_a_pixel_scale_unlike_the_surveys_is_a_warning():
         said = [str(w.message) for w in caught if "pixel scale" in str(w.message)]
         assert bool(said) == warns, (scale, said)
     assert "0.6 arcsec" in said[0] and "0.2 arcsec" in said[0]
+
+
+def test_each_catalog_of_a_batch_records_what_was_done_to_its_own_image(weights):
+    import probcat
+
+    det = probcat.load(str(weights))
+    rng = np.random.default_rng(6)
+    clean = rng.standard_normal((1, 64, 64)).astype(np.float32) * 400
+    sky = clean + np.float32(400 * 50)
+    cats = det.catalog([clean, sky, clean], noise_sigma=400.0)
+    done = [c.meta["input"]["background"] for c in cats]
+    assert done == ["kept", "subtracted", "kept"]

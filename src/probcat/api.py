@@ -3,7 +3,7 @@ in an image, and the batched, device-aware :class:`Detector`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -101,8 +101,8 @@ def read_input(
     info = {}
     if gain is not None:
         g = gain_array(gain, len(names))
-        info["gain"] = g.tolist()
         if source != "NOISE":  # NOISE is in the pixels' units: x = image / NOISE needs no gain
+            info["gain"] = g.tolist()
             with np.errstate(over="ignore", invalid="ignore"):
                 image = np.asarray(image, np.float64) * g[:, None, None]
             if not np.all(np.isfinite(image)) or np.abs(image).max(initial=0) > 3.4e38:
@@ -318,7 +318,8 @@ class Detector:
                         c = catalog_from_decisions(
                             dec, k, dec.marginal, shape, self.net.tile_size, bands, meta
                         )
-                        c.meta["input"] = batch.info[sl.start + k]
+                        # each catalog its own metadata (the decoder's dict is shared)
+                        c = replace(c, meta={**c.meta, "input": batch.info[sl.start + k]})
                         cats.append(_with_sky(c, batch.wcs[sl.start + k]))
                         tiles.append(dec.marginal.at(slice(k, k + 1)))
                     maps.append(dec.marginal.prob.cpu().numpy())
