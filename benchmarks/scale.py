@@ -206,7 +206,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-images", type=int, default=40)
     ap.add_argument("--size", type=int, default=1000, help="side of the many-images run")
-    ap.add_argument("--fuzz-cases", type=int, default=1200)
+    ap.add_argument("--fuzz-cases", type=int, default=2000)
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     import probcat
