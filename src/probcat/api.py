@@ -291,8 +291,12 @@ class Detector:
         )
         from probcat.runtime import thread_limit
 
-        if not 0.0 <= threshold < 1.0:
-            raise ProbcatValueError(f"threshold must lie in [0, 1), got {threshold}")
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, (int, float, np.number))
+            or not 0.0 <= threshold < 1.0
+        ):
+            raise ProbcatValueError(f"threshold must be a number in [0, 1), got {threshold!r}")
         if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)):
             raise ProbcatValueError(f"samples must be an integer, got {samples!r}")
         if not 0 <= samples <= 100_000:

@@ -66,6 +66,8 @@ def sky(band: np.ndarray) -> tuple[np.ndarray, float]:
 
 def gain_array(gain, n: int) -> np.ndarray:
     """A gain (e-/ADU) per band from a number or a sequence; a one-line error otherwise."""
+    if isinstance(gain, (bool, np.bool_, str, bytes)):
+        raise ProbcatValueError(f"gain must be a positive finite number, got {gain!r}")
     try:
         arr = np.broadcast_to(np.asarray(gain, dtype=np.float64), (n,)).copy()
     except (TypeError, ValueError):
