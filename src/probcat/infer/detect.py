@@ -66,7 +66,14 @@ def check_image(
         )
     if not np.all(np.isfinite(image)):
         raise ProbcatValueError("image contains NaN or inf pixels: mask or replace them first")
-    sigma64 = np.broadcast_to(np.asarray(noise_sigma, dtype=np.float64), (image.shape[0],))
+    try:
+        if isinstance(noise_sigma, (bool, np.bool_, str, bytes)):
+            raise TypeError
+        sigma64 = np.broadcast_to(np.asarray(noise_sigma, dtype=np.float64), (image.shape[0],))
+    except (TypeError, ValueError):
+        raise ProbcatValueError(
+            f"noise sigma must be a positive number (one per band), got {noise_sigma!r}"
+        ) from None
     if not np.all(np.isfinite(sigma64) & (sigma64 > 0)):
         raise ProbcatValueError(f"noise sigma must be positive and finite, got {sigma64}")
     sigma = sigma64.astype(np.float32)
