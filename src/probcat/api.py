@@ -103,8 +103,11 @@ def read_input(
         g = gain_array(gain, len(names))
         if source != "NOISE":  # NOISE is in the pixels' units: x = image / NOISE needs no gain
             info["gain"] = g.tolist()
-            with np.errstate(over="ignore", invalid="ignore"):
-                image = np.asarray(image, np.float64) * g[:, None, None]
+            try:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    image = np.asarray(image, np.float64) * g[:, None, None]
+            except (TypeError, ValueError):
+                raise ProbcatValueError("image must be a numeric array") from None
             if not np.all(np.isfinite(image)) or np.abs(image).max(initial=0) > 3.4e38:
                 raise ProbcatValueError(
                     f"pixels x gain {', '.join(f'{v:g}' for v in g)} overflow: check the gain"
