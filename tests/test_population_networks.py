@@ -125,7 +125,8 @@ def test_head_stage_learns_the_exact_log_ratio(tmp_path):
 
     torch.manual_seed(0)
     head = _RatioHead(3, width=64)
-    task = HeadTask("toy", 4000, 3e-3, 0, head, torch.from_numpy(emb), theta, 256, 0.0)
+    bank = lambda: (torch.from_numpy(emb), theta)  # noqa: E731
+    task = HeadTask("toy", 4000, 3e-3, 0, head, bank, len(theta), 256, 0.0)
     fit(task, tmp_path, config={"t": 1}, settings=LoopSettings(0, 500, 4000, 1), progress=False)
     e, tt = emb[:2000], t[:2000].astype(np.float32)
     shuffled = np.roll(tt, 1, 0)
@@ -141,3 +142,24 @@ def test_head_stage_learns_the_exact_log_ratio(tmp_path):
     near = truth > -5
     assert np.mean(np.abs(learned - truth)[near]) < 0.6
     assert head is not task.model  # the jointly trained head is left as it was
+
+
+def test_a_finished_head_stage_resumes_without_drawing_its_bank(tmp_path):
+    from probcat.population.networks import _RatioHead
+    from probcat.population.simulator import sample_prior
+    from probcat.population.tasks import HeadTask
+    from probcat.train.loop import LoopSettings, fit
+
+    theta = sample_prior(np.random.default_rng(0), 64)
+    emb = torch.randn(64, 3)
+    calls = []
+
+    def bank():
+        calls.append(1)
+        return emb, theta
+
+    settings = LoopSettings(0, 3, 3, 1)
+    for _ in range(2):
+        task = HeadTask("toy", 3, 1e-3, 0, _RatioHead(3, width=8), bank, 64, 16, 0.0)
+        fit(task, tmp_path, config={"t": 1}, settings=settings, progress=False)
+    assert len(calls) == 1  # drawn for the training steps, not for the finished rerun

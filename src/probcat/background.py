@@ -34,6 +34,7 @@ __all__ = [
     "prepare",
     "sky",
     "gain_array",
+    "check_mode",
     "BACKGROUND_MODES",
     "SKY_LEVEL",
     "SKY_RANGE",
@@ -64,6 +65,14 @@ def sky(band: np.ndarray) -> tuple[np.ndarray, float]:
     return back, rms
 
 
+def check_mode(background) -> None:
+    """A one-line error unless ``background`` is one of :data:`BACKGROUND_MODES`."""
+    if background not in BACKGROUND_MODES:
+        raise ProbcatValueError(
+            f"background must be one of {', '.join(BACKGROUND_MODES)}, got {background!r}"
+        )
+
+
 def gain_array(gain, n: int) -> np.ndarray:
     """A gain (e-/ADU) per band from a number or a sequence; a one-line error otherwise."""
     if isinstance(gain, (bool, np.bool_, str, bytes)):
@@ -86,10 +95,7 @@ def prepare(
     (not asked) or ``"too small"``; the subtracted ``sky_median`` and the measured
     ``pixel_noise`` per band, in electrons. ``sigma_source`` names where ``sigma`` came from,
     for the warning. ``x`` itself is never modified."""
-    if background not in BACKGROUND_MODES:
-        raise ProbcatValueError(
-            f"background must be one of {', '.join(BACKGROUND_MODES)}, got {background!r}"
-        )
+    check_mode(background)
     info: dict = {"background": background}
     if background == "none":
         return x, info
@@ -104,8 +110,7 @@ def prepare(
         if abs(med) > SKY_LEVEL or spread > SKY_RANGE:
             if out is None:
                 out = np.array(x, dtype=np.float32, copy=True)
-            out[k] -= back.astype(np.float32)
-            rms = sky(out[k])[1]  # the rms about the new zero
+            out[k] -= back.astype(np.float32)  # rms is already about this new zero
         else:
             med = 0.0
         medians.append(med * float(sigma[k]))

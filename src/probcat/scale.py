@@ -127,10 +127,9 @@ def run(
     """Catalogs of ``images`` into ``out`` (see the module docstring); returns the run
     summary (also written to ``out/run_summary.json``): images, processed, skipped
     (finished before), failed (with the errors), rows, seconds."""
-    from probcat.background import BACKGROUND_MODES
+    from probcat.background import check_mode
 
-    if background not in BACKGROUND_MODES:
-        raise ProbcatValueError(f"background must be one of {', '.join(BACKGROUND_MODES)}")
+    check_mode(background)
     if not 0.0 <= threshold < 1.0:
         raise ProbcatValueError(f"threshold must lie in [0, 1), got {threshold}")
     if workers is not None and workers < 0:

@@ -289,24 +289,28 @@ class Chain:
         self.n_simulations["plain"] = task.n_simulations + c.head_maps
 
     def _fit_head(self, net, name: str, simulator, offset: int, keys: dict, folder: str):
-        """The head stage of map ratio network ``net`` (trained in place): embeddings of
-        ``head_maps`` fresh maps from ``simulator``, then :class:`HeadTask`."""
+        """The head stage of map ratio network ``net`` (trained in place): :class:`HeadTask`
+        on the embeddings of ``head_maps`` fresh maps from ``simulator``."""
         c = self.cfg
-        rng = np.random.default_rng([c.seed, offset, 31])
-        embs, thetas = [], []
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=c.head_maps, desc=f"{name}: head bank", disable=not self.progress)
-        with torch.no_grad():
-            for i in range(0, c.head_maps, 500):
-                theta, maps, _ = simulator(rng, min(500, c.head_maps - i))
-                embs.append(net.embedding(torch.from_numpy(maps)))
-                thetas.append(theta)
-                bar.update(len(theta))
-        bar.close()
+        def bank():
+            from tqdm.auto import tqdm
+
+            rng = np.random.default_rng([c.seed, offset, 31])
+            embs, thetas = [], []
+            bar = tqdm(total=c.head_maps, desc=f"{name}: head bank", disable=not self.progress)
+            with torch.no_grad():
+                for i in range(0, c.head_maps, 500):
+                    theta, maps, _ = simulator(rng, min(500, c.head_maps - i))
+                    embs.append(net.embedding(torch.from_numpy(maps)))
+                    thetas.append(theta)
+                    bar.update(len(theta))
+            bar.close()
+            return torch.cat(embs), np.concatenate(thetas)
+
         h = c.head
-        task = HeadTask(name, h.steps, h.lr, c.seed + offset, net.head, torch.cat(embs),
-                        np.concatenate(thetas), h.batch, h.balance)  # fmt: skip
+        task = HeadTask(name, h.steps, h.lr, c.seed + offset, net.head, bank, c.head_maps,
+                        h.batch, h.balance)  # fmt: skip
         self._fit(task, h.steps, 10 + offset, keys, folder=folder)
         net.head = task.model
 

@@ -160,8 +160,10 @@ class MapRatioTask(_Task):
 
 class HeadTask(_Task):
     """The second stage of a map ratio estimator: its head alone, by NRE, on the frozen
-    embeddings ``emb`` ``(n, E)`` of a bank of fresh simulations with parameters ``theta``
-    ``(n, 3)``, starting from the jointly trained head ``head``.
+    embeddings of a bank of ``n_maps`` fresh simulations (``bank()`` gives the embeddings
+    ``(n, E)`` and parameters ``theta`` ``(n, 3)``; called only when a step needs it, so a
+    finished run resumes without drawing it), starting from the jointly trained head
+    ``head``.
 
     Training the whole network costs a convolution pass per map and step; the head alone
     costs almost nothing, so it can take the many more steps that sharp ratios need. A
@@ -170,18 +172,22 @@ class HeadTask(_Task):
     optimal for the posteriors to be calibrated, only the head given it.
     """
 
-    def __init__(self, name, steps, lr, seed, head, emb, theta, batch: int, balance: float):
+    def __init__(self, name, steps, lr, seed, head, bank: Callable, n_maps: int, batch, balance):
         super().__init__(f"{name}_head", steps, lr, seed)
-        self.head, self.emb = head, torch.as_tensor(emb)
-        self.theta = torch.from_numpy(normalise_theta(theta)).float()
+        self.head, self.n_maps = head, n_maps
+        self._bank, self._data = bank, None  # drawn on the first step (none if resumed done)
         self.batch_size, self.balance = batch, balance
 
     def build_model(self):
         return copy.deepcopy(self.head)
 
     def batch(self, rng):
-        i = torch.from_numpy(rng.integers(0, len(self.theta), self.batch_size))
-        return self.emb[i], self.theta[i]
+        if self._data is None:
+            emb, theta = self._bank()
+            self._data = torch.as_tensor(emb), torch.from_numpy(normalise_theta(theta)).float()
+        emb, theta = self._data
+        i = torch.from_numpy(rng.integers(0, len(theta), self.batch_size))
+        return emb[i], theta[i]
 
     def loss(self, model, batch, phase, gen):
         emb, theta = batch
@@ -191,7 +197,7 @@ class HeadTask(_Task):
         return {"kind": self.kind, "hparams": {}, "state_dict": model.state_dict(), "survey": None}
 
     def describe_data(self):
-        return {"train": f"frozen embeddings of {len(self.theta)} fresh simulations"}
+        return {"train": f"frozen embeddings of {self.n_maps} fresh simulations"}
 
 
 class SetRatioTask(_Task):
