@@ -27,8 +27,8 @@ import numpy as np
 from astropy.table import Table
 
 from probcat.errors import ProbcatIOError, ProbcatValueError
-from probcat.simulate.prior import MORPHOLOGY_COLUMNS, galaxy_population
-from probcat.simulate.render import MAX_STAMP, MIN_STAMP, draw_stamp, galaxy_profile, snr_eq12
+from probcat.simulate.prior import galaxy_population, parse_families
+from probcat.simulate.render import MAX_STAMP, MIN_STAMP, draw_stamp, galaxy_profile_for, snr_eq12
 from probcat.survey import Band, Survey
 
 __all__ = ["BankConfig", "SourceBank", "default_cache_dir", "dihedral"]
@@ -48,7 +48,8 @@ class BankConfig:
     """What goes into a bank. Two banks with equal configs (and survey) are identical.
 
     Attributes:
-        population: ``"parametric"``, ``"dc2"`` or a path to a FITS/Parquet catalog.
+        population: ``"parametric"``, ``"morphology"`` (or ``"morphology:f1+f2"``, a subset of
+            its families), ``"dc2"`` or a path to a FITS/Parquet catalog.
         split: ``"train"``, ``"val"`` or ``"test"`` (disjoint galaxies).
         n_galaxies: galaxies in the bank (a random subset for catalog populations).
         catalog_seed: seed of the population and of the split.
@@ -121,7 +122,7 @@ def _trim_half(stamps: np.ndarray, thresholds: np.ndarray, max_lost: float = 5e-
 
 def _render_galaxy(args):
     row, bands, dx, dy, tol = args
-    profile = galaxy_profile(*(row[c] for c in MORPHOLOGY_COLUMNS))
+    profile = galaxy_profile_for(row)
     flux = np.array([b.mag_to_flux(row[f"mag_{b.name}"]) for b in bands])
     full = np.stack([draw_stamp(profile, _psf(b), b.pixel_scale, MAX_STAMP, dx, dy) for b in bands])
     full *= flux[:, None, None]
@@ -291,7 +292,10 @@ class SourceBank:
             },
             sort_keys=True,
         )
-        if config.population not in ("parametric", "dc2"):
+        if parse_families(config.population) is None and config.population not in (
+            "parametric",
+            "dc2",
+        ):
             blob += hashlib.sha256(Path(config.population).read_bytes()).hexdigest()
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

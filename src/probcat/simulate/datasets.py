@@ -36,7 +36,7 @@ from probcat.catalog import (
 )
 from probcat.errors import ProbcatFileError, ProbcatValueError
 from probcat.simulate.bank import BankConfig, SourceBank
-from probcat.simulate.prior import GALAXY_DENSITY, MAG_GOLD, STAR_DENSITY
+from probcat.simulate.prior import GALAXY_DENSITY, MAG_GOLD, STAR_DENSITY, parse_families
 from probcat.simulate.scene import Scene, SceneConfig, SceneSimulator
 from probcat.survey import Survey
 
@@ -100,7 +100,8 @@ class SimulationConfig:
                 )
         if not (self.years > 0 and math.isfinite(self.years)):
             raise ProbcatValueError(f"years must be a positive finite number, got {self.years}")
-        if self.population not in ("parametric", "dc2") and not Path(self.population).is_file():
+        named = self.population in ("parametric", "dc2") or parse_families(self.population)
+        if not named and not Path(self.population).is_file():
             raise ProbcatFileError(f"{self.population}: population catalog not found")
         max_pairs = int(round(PAIR_MAX_SEPARATION / PAIR_STEP)) + 1
         if self.recipe == "pair" and self.n > max_pairs:

@@ -1,4 +1,4 @@
-"""Source populations: galaxies (bulge + disk) and stars, single- or multi-band.
+"""Source populations: galaxies (bulge + disk, or a morphology-rich mix) and stars.
 
 A *population table* is an :class:`astropy.table.Table` with one row per galaxy and
 these columns (a user-supplied FITS/Parquet catalog with the same columns replaces
@@ -52,6 +52,38 @@ Stars (:func:`star_magnitudes`, :func:`star_colors`): 15.5 arcmin^-2 with 20 < i
 slope of high-latitude star counts, Bahcall & Soneira 1980); colours of black bodies
 with T ~ U(3500, 8000) K through GalSim's LSST bandpasses.
 
+:func:`morphology_galaxies` (population ``"morphology"``, or ``"morphology:<f1>+<f2>..."`` for
+a subset of families): the shapes real galaxies show at LSST resolution, in five families
+(:data:`FAMILIES`), each with the counts and size-magnitude relation above. Extra columns:
+``family`` (index into :data:`FAMILIES`), ``sersic_n``, ``knot_frac``, ``n_knots``,
+``arm_frac``, ``bar_frac`` and ``morph_seed`` (seed of the random clump positions). For every
+family but ``bulge_disk``, ``disk_hlr`` is the half-light radius of the *whole* galaxy
+(circularised: the face-on profile's), ``disk_q`` its axis ratio and ``beta`` its position
+angle. The families and their fractions (of the i < 27 population, where most galaxies are
+faint, small, star-forming discs):
+
+* ``bulge_disk`` (30%): the bulge + disk galaxies above.
+* ``sersic`` (25%): single Sérsic profiles with ``0.5 <= n <= 6``, the range of the CANDELS
+  GALFIT catalogue of van der Wel et al. (2012, ApJS 203, 24), drawn from its bimodal
+  distribution: 70% discs with ``ln n ~ N(ln 1, 0.35)``, 30% spheroids with
+  ``ln n ~ N(ln 3.5, 0.3)``; spheroids are 0.6 times smaller at fixed magnitude
+  (van der Wel et al. 2014, ApJ 788, 28) with ``q ~ N(0.7, 0.15)``.
+* ``clumpy`` (20%): star-forming discs with 5-40 compact clumps (GalSim ``RandomKnots``, each
+  a Gaussian of FWHM a tenth of the half-light radius) that carry 5-40% of the light: clumpy galaxies are 15-55% of
+  star-forming galaxies over 0.5 < z < 3 and their clumps 5-20% (up to half) of the
+  light (Guo et al. 2015, ApJ 800, 39).
+* ``spiral`` (15%): exponential discs with two logarithmic arms traced by clumps (pitch
+  angles 10-30 deg, Yu & Ho 2019, ApJ 871, 194; 10-30% of the light) and, in half of
+  them, a bar (Sérsic n = 0.5, axis ratio 0.2-0.35, 5-15% of the light, Gadotti 2011,
+  MNRAS 415, 3308); bars are in 20-65% of discs out to z ~ 0.8 (Sheth et al. 2008, ApJ
+  675, 1141).
+* ``irregular`` (10%): disturbed galaxies made of 2-4 offset, sheared exponential blobs
+  plus clumps, recentred on their light: irregular and peculiar galaxies are about a
+  third of I < 25 galaxies in the Hubble Deep Field (Abraham et al. 1996, MNRAS 279,
+  L47) and mergers 5-10% out to z ~ 1.5 (Lotz et al. 2011, ApJ 742, 103).
+
+The true position of a galaxy is its light-weighted centroid.
+
 Train/validation/test galaxies are disjoint (paper 000, section 2.2): built-in
 parametric galaxies are generated from different seeds per split with disjoint ids;
 DC2 rows are permuted with the split seed and cut in thirds.
@@ -76,6 +108,11 @@ __all__ = [
     "POPULATION_COLUMNS",
     "sample_galaxy_mags",
     "parametric_galaxies",
+    "morphology_galaxies",
+    "FAMILIES",
+    "FAMILY_FRACTIONS",
+    "FAMILY_COLUMNS",
+    "parse_families",
     "dc2_galaxies",
     "galaxy_population",
     "read_population",
@@ -96,6 +133,25 @@ SPLITS = ("train", "val", "test")
 MORPHOLOGY_COLUMNS = ("disk_hlr", "bulge_hlr", "disk_q", "bulge_q", "beta", "bulge_frac")
 POPULATION_COLUMNS = ("id", *MORPHOLOGY_COLUMNS, "redshift")
 _SPLIT_ID_STRIDE = 10**9
+_FAMILY_ID_STRIDE = 10**8
+FAMILIES = ("bulge_disk", "sersic", "clumpy", "spiral", "irregular")
+FAMILY_FRACTIONS = {
+    "bulge_disk": 0.30,
+    "sersic": 0.25,
+    "clumpy": 0.20,
+    "spiral": 0.15,
+    "irregular": 0.10,
+}
+FAMILY_COLUMNS = (
+    "family",
+    "sersic_n",
+    "knot_frac",
+    "n_knots",
+    "arm_frac",
+    "bar_frac",
+    "morph_seed",
+)
+SERSIC_N_RANGE = (0.5, 6.0)
 
 
 def _power_law_mags(rng: np.random.Generator, n: int, lo: float, hi: float, slope: float):
@@ -248,14 +304,124 @@ def dc2_galaxies(
     return t
 
 
+def parse_families(kind: str) -> tuple[str, ...] | None:
+    """Families of a population name: ``"morphology"`` -> all of :data:`FAMILIES`,
+    ``"morphology:sersic+clumpy"`` -> those; None for any other population."""
+    if kind == "morphology":
+        return FAMILIES
+    if not kind.startswith("morphology:"):
+        return None
+    names = tuple(f for f in kind.split(":", 1)[1].split("+") if f)
+    bad = [f for f in names if f not in FAMILIES]
+    if bad or not names:
+        raise ProbcatValueError(
+            f"population {kind!r}: unknown family {bad or '(none)'}; choose from "
+            f"{', '.join(FAMILIES)}"
+        )
+    return tuple(f for f in FAMILIES if f in names)
+
+
+def _family_shapes(rng: np.random.Generator, family: str, mag_i: np.ndarray) -> dict:
+    """Morphology columns of ``len(mag_i)`` galaxies of one family (module docstring)."""
+    n = len(mag_i)
+    base = _morphology(rng, mag_i)
+    cols = {
+        "sersic_n": np.full(n, np.nan),
+        "knot_frac": np.zeros(n),
+        "n_knots": np.zeros(n, np.int64),
+        "arm_frac": np.zeros(n),
+        "bar_frac": np.zeros(n),
+        "morph_seed": rng.integers(1, 2**31 - 1, n),
+    }
+    if family == "bulge_disk":
+        return {**base, **cols}
+    # one-component sizes: the disk relation for the whole galaxy
+    hlr = base["disk_hlr"]
+    q = rng.uniform(0.2, 1.0, n)
+    if family == "sersic":
+        spheroid = rng.random(n) < 0.3
+        ln_n = np.where(
+            spheroid,
+            math.log(3.5) + 0.3 * rng.standard_normal(n),
+            0.35 * rng.standard_normal(n),
+        )
+        # quantised so that GalSim's per-index Sérsic tables are shared between galaxies
+        cols["sersic_n"] = np.round(np.clip(np.exp(ln_n), *SERSIC_N_RANGE) / 0.05) * 0.05
+        hlr = np.where(spheroid, np.clip(0.6 * hlr, 0.05, 4.0), hlr)
+        q = np.where(spheroid, np.clip(rng.normal(0.7, 0.15, n), 0.3, 1.0), q)
+    elif family == "clumpy":
+        cols["knot_frac"] = rng.uniform(0.05, 0.4, n)
+        cols["n_knots"] = rng.integers(5, 41, n)
+    elif family == "spiral":
+        cols["arm_frac"] = rng.uniform(0.1, 0.3, n)
+        cols["bar_frac"] = np.where(rng.random(n) < 0.5, rng.uniform(0.05, 0.15, n), 0.0)
+        cols["n_knots"] = rng.integers(20, 61, n)  # clumps along the two arms
+    elif family == "irregular":
+        cols["knot_frac"] = rng.uniform(0.1, 0.4, n)
+        cols["n_knots"] = rng.integers(5, 31, n)
+        q = rng.uniform(0.3, 1.0, n)
+    base.update(disk_hlr=hlr, disk_q=q, bulge_frac=np.zeros(n))
+    return {**base, **cols}
+
+
+def morphology_galaxies(
+    n: int,
+    *,
+    split: str = "train",
+    seed: int = 0,
+    bands: tuple[str, ...] = ("i",),
+    families: tuple[str, ...] = FAMILIES,
+) -> Table:
+    """Morphology-rich population (module docstring): ``n`` galaxies of the given families,
+    in proportion to :data:`FAMILY_FRACTIONS` renormalised over them.
+
+    A family's galaxies come from a seed of their own and carry ids in a range of their
+    own, so that populations with different families never share a galaxy and splits stay
+    disjoint."""
+    k = _split_index(split)
+    families = tuple(f for f in FAMILIES if f in families)
+    if not families:
+        raise ProbcatValueError("morphology_galaxies needs at least one family")
+    frac = np.array([FAMILY_FRACTIONS[f] for f in families])
+    counts = np.floor(n * frac / frac.sum()).astype(int)
+    counts[0] += n - counts.sum()
+    parts = []
+    for f, m in zip(families, counts):
+        code = FAMILIES.index(f)
+        rng = np.random.default_rng([seed, k, 7919, code + 1])
+        mag_i = sample_galaxy_mags(rng, int(m))
+        t = Table()
+        t["id"] = np.arange(m, dtype=np.int64) + k * _SPLIT_ID_STRIDE + code * _FAMILY_ID_STRIDE
+        for b in bands:
+            t[f"mag_{b}"] = mag_i
+        for name, col in _family_shapes(rng, f, mag_i).items():
+            t[name] = col
+        t["family"] = np.full(int(m), code, np.int16)
+        t["redshift"] = np.full(int(m), np.nan)
+        parts.append(t)
+    from astropy.table import vstack
+
+    out = vstack(parts, metadata_conflicts="silent")
+    out = out[np.random.default_rng([seed, k, 50021]).permutation(len(out))]
+    out.meta["POPKIND"] = "morphology"
+    out.meta["FAMILIES"] = "+".join(families)
+    return out[
+        ["id", *(f"mag_{b}" for b in bands), *MORPHOLOGY_COLUMNS, *FAMILY_COLUMNS, "redshift"]
+    ]
+
+
 def galaxy_population(
     kind: str, *, split: str, seed: int, bands: tuple[str, ...], n: int = 20000
 ) -> Table:
-    """Dispatch: ``"parametric"`` (n galaxies), ``"dc2"``, or a path to a FITS/Parquet table."""
+    """Dispatch: ``"parametric"`` or ``"morphology[:families]"`` (n galaxies), ``"dc2"``, or a
+    path to a FITS/Parquet table."""
     if kind == "parametric":
         return parametric_galaxies(n, split=split, seed=seed, bands=bands)
     if kind == "dc2":
         return dc2_galaxies(split=split, seed=seed, bands=bands)
+    families = parse_families(kind)
+    if families is not None:
+        return morphology_galaxies(n, split=split, seed=seed, bands=bands, families=families)
     t = read_population(kind, bands=bands)
     perm = np.random.default_rng([seed, 104729]).permutation(len(t))
     return t[np.sort(np.array_split(perm, 3)[_split_index(split)])]

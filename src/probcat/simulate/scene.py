@@ -20,6 +20,7 @@ from probcat.catalog import FullCatalog
 from probcat.errors import ProbcatValueError
 from probcat.simulate.bank import SourceBank, dihedral, dihedral_truth, overlap_dot, paste
 from probcat.simulate.prior import (
+    FAMILY_COLUMNS,
     GALAXY_DENSITY,
     MORPHOLOGY_COLUMNS,
     STAR_DENSITY,
@@ -88,6 +89,7 @@ class SceneSimulator:
         self.bank, self.config = bank, config
         self.survey = bank.survey
         self.sigma = self.survey.noise_sigma
+        self._families = "family" in bank.table.colnames
 
     # ---- catalogs ----------------------------------------------------------------------
     def galaxy_columns(self, entries, variants, stamp_x, stamp_y) -> dict:
@@ -110,6 +112,10 @@ class SceneSimulator:
         for c in MORPHOLOGY_COLUMNS:
             cols[c] = np.asarray(t[c], float)[entries]
         cols["beta"] = beta
+        if self._families:
+            for c in FAMILY_COLUMNS:
+                cols[c] = np.asarray(t[c])[entries]
+            cols["beta0"] = np.asarray(t["beta"], float)[entries]
         cols.update(
             bank_index=entries,
             variant=variants,
@@ -137,6 +143,10 @@ class SceneSimulator:
         }
         for c in MORPHOLOGY_COLUMNS:
             cols[c] = np.full(n, np.nan)
+        if self._families:
+            for c in FAMILY_COLUMNS:
+                cols[c] = np.full(n, -1 if c in ("family", "n_knots", "morph_seed") else np.nan)
+            cols["beta0"] = np.full(n, np.nan)
         cols.update(
             bank_index=np.full(n, -1, np.int64),
             variant=np.zeros(n, np.int64),

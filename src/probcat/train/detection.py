@@ -108,12 +108,17 @@ class DetectionFits:
 
 @dataclass(frozen=True)
 class DetectionTrainConfig:
-    """Settings of one training run (stored in the checkpoint, weights and manifest)."""
+    """Settings of one training run (stored in the checkpoint, weights and manifest).
+
+    ``init``: a registered weights name or a weights file whose network the run starts
+    from (same architecture; its sha256 goes into the manifest); None starts from scratch.
+    """
 
     data: DetectionData = field(default_factory=DetectionData)
     model: DetectionModel = field(default_factory=DetectionModel)
     phases: tuple[DetectionPhase, ...] = (DetectionPhase(),)
     fits: DetectionFits = field(default_factory=DetectionFits)
+    init: str | None = None
     seed: int = 0
     val_every: int = 500
     checkpoint_every: int = 250
@@ -214,7 +219,21 @@ class DetectionTask:
         )
 
     def build_model(self) -> DetectionNet:
-        return self.cfg.net()
+        net = self.cfg.net()
+        if self.cfg.init is not None:
+            w = self._init_weights()
+            try:
+                net.load_state_dict(w.model.state_dict())
+            except RuntimeError:
+                raise ProbcatValueError(
+                    f"init: {self.cfg.init} does not fit the network of this config's model"
+                ) from None
+        return net
+
+    def _init_weights(self):
+        from probcat.weights import load
+
+        return load(self.cfg.init, kind="detection")
 
     def phases(self) -> list[Phase]:
         return [
@@ -256,7 +275,12 @@ class DetectionTask:
 
     def describe_data(self):
         d, c = self.cfg.data, self.cfg
+        init = {}
+        if c.init is not None:
+            w = self._init_weights()
+            init = {"init": {"weights": c.init, "sha256": w.sha256}}
         return {
+            **init,
             "train": f"{d.population} bank, split=train, catalog_seed={d.catalog_seed}, "
             f"{d.bank_size} galaxies, fresh {d.image_size}-px scenes from seed {c.seed}",
             "validation": f"split=val, {d.val_bank_size} galaxies, {d.val_scenes} scenes "

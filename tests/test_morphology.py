@@ -1,0 +1,136 @@
+"""Morphology-rich prior: families render with the requested flux and half-light radius,
+the bank's dihedral stamps equal direct rendering, family splits stay disjoint."""
+
+import numpy as np
+import pytest
+
+from probcat.errors import ProbcatValueError
+from probcat.simulate import prior
+from probcat.simulate.bank import BankConfig, SourceBank, dihedral, dihedral_truth
+from probcat.simulate.render import draw_stamp, galaxy_profile_for, render_direct
+from probcat.simulate.scene import SceneConfig, SceneSimulator
+
+
+def _row(family, **over):
+    t = prior.morphology_galaxies(400, split="val", seed=5, families=(family,))
+    row = {c: t[c][0] for c in t.colnames}
+    row.update(over)
+    return row
+
+
+def _brute_force_hlr(img: np.ndarray, scale: float) -> tuple[float, float]:
+    """(total flux, radius about the light centroid holding half of it), by sorting pixels."""
+    yy, xx = np.mgrid[: img.shape[0], : img.shape[1]]
+    tot = img.sum()
+    cx, cy = (img * xx).sum() / tot, (img * yy).sum() / tot
+    r = np.hypot(xx - cx, yy - cy).ravel()
+    order = np.argsort(r)
+    cum = np.cumsum(img.ravel()[order])
+    return float(tot), float(r[order][np.searchsorted(cum, 0.5 * tot)] * scale)
+
+
+@pytest.mark.parametrize(
+    "family,over",
+    [
+        ("sersic", {"sersic_n": 0.5}),
+        ("sersic", {"sersic_n": 4.0}),
+        ("clumpy", {}),
+        ("spiral", {"bar_frac": 0.1}),
+        ("irregular", {}),
+    ],
+)
+def test_family_renders_requested_flux_and_half_light_radius(family, over):
+    hlr = 0.6
+    row = _row(family, disk_hlr=hlr, disk_q=1.0, **over)
+    prof = galaxy_profile_for(row)
+    scale, size = 0.02, 1200
+    img = prof.drawImage(nx=size, ny=size, scale=scale, method="no_pixel").array
+    flux, got = _brute_force_hlr(img, scale)
+    expected_flux = 1.0 if family != "sersic" or over["sersic_n"] < 1 else 0.99
+    assert flux == pytest.approx(expected_flux, abs=0.01)
+    assert got == pytest.approx(hlr, rel=0.03)
+    # and the light-weighted centroid is the source position
+    yy, xx = np.mgrid[:size, :size]
+    c = (size - 1) / 2
+    assert (img * xx).sum() / img.sum() - c == pytest.approx(0.0, abs=0.05)
+    assert (img * yy).sum() / img.sum() - c == pytest.approx(0.0, abs=0.05)
+
+
+def test_families_differ_from_bulge_disk_and_axis_ratio_shears():
+    row = _row("spiral", disk_q=0.4, beta=0.0)
+    img = galaxy_profile_for(row).drawImage(nx=200, ny=200, scale=0.02).array
+    yy, xx = np.mgrid[:200, :200]
+    w = img / img.sum()
+    mx, my = (w * xx).sum(), (w * yy).sum()
+    ixx, iyy = (w * (xx - mx) ** 2).sum(), (w * (yy - my) ** 2).sum()
+    assert iyy < 0.5 * ixx  # elongated along x (beta = 0), q = 0.4
+
+
+def test_family_split_keeps_galaxies_disjoint():
+    train = prior.galaxy_population(
+        "morphology:bulge_disk+sersic+spiral+irregular", split="train", seed=0, bands=("i",), n=900
+    )
+    held = prior.galaxy_population("morphology:clumpy", split="test", seed=0, bands=("i",), n=300)
+    same_split = prior.galaxy_population(
+        "morphology:clumpy", split="train", seed=0, bands=("i",), n=300
+    )
+    assert prior.FAMILIES.index("clumpy") not in set(np.asarray(train["family"]))
+    assert set(np.asarray(held["family"])) == {prior.FAMILIES.index("clumpy")}
+    assert len(np.intersect1d(train["id"], held["id"])) == 0
+    assert len(np.intersect1d(train["id"], same_split["id"])) == 0
+    assert len(np.unique(train["id"])) == len(train)
+    full = prior.galaxy_population("morphology", split="train", seed=0, bands=("i",), n=10000)
+    frac = np.bincount(np.asarray(full["family"]), minlength=5) / len(full)
+    assert frac == pytest.approx([prior.FAMILY_FRACTIONS[f] for f in prior.FAMILIES], abs=1e-3)
+    with pytest.raises(ProbcatValueError, match="unknown family"):
+        prior.parse_families("morphology:spirals")
+
+
+@pytest.fixture(scope="module")
+def morph_bank(tmp_path_factory):
+    from probcat.survey import Survey
+
+    cfg = BankConfig(population="morphology", n_galaxies=30, n_star_phases=2, split="val")
+    return SourceBank.load_or_build(
+        Survey.lsst(bands="i"),
+        cfg,
+        cache_dir=tmp_path_factory.mktemp("bank"),
+        workers=1,
+        progress=False,
+    )
+
+
+@pytest.mark.parametrize("variant", [0, 3, 5, 6])
+def test_morphology_bank_dihedral_stamps_equal_direct_rendering(morph_bank, variant):
+    b = morph_bank
+    band = b.survey["i"]
+    for family in ("clumpy", "spiral", "irregular"):
+        code = prior.FAMILIES.index(family)
+        idx = np.flatnonzero((np.asarray(b.table["family"]) == code) & (b.half < 40))
+        i = int(idx[np.argmax(b.flux[idx, 0])])
+        row = {c: b.table[c][i] for c in b.table.colnames}
+        dx, dy, _ = dihedral_truth(b.dx[i], b.dy[i], row["beta"], variant)
+        n = b.stamp(i).shape[-1]
+        prof = galaxy_profile_for(row, variant)
+        direct = (
+            draw_stamp(prof, band.psf(), band.pixel_scale, n, float(dx), float(dy)) * b.flux[i, 0]
+        )
+        got = dihedral(b.stamp(i), variant)[0]
+        assert np.abs(got - direct).max() < 1e-3 * band.noise_sigma, family
+
+
+def test_morphology_scene_composition_equals_direct_rendering(morph_bank):
+    sim = SceneSimulator(morph_bank, SceneConfig(40, 40, galaxy_density=400.0, margin=4))
+    cat = sim.sample_catalog(np.random.default_rng(3))
+    assert "family" in cat.colnames and len(cat) > 3
+    fast = sim.compose(cat)
+    slow = render_direct(cat, sim.survey, (40, 40))
+    assert np.abs(fast - slow).max() < 0.02 * sim.survey.noise_sigma[0]
+
+
+def test_sersic_index_range_and_unit_flux_profiles():
+    t = prior.morphology_galaxies(3000, split="train", seed=1, families=("sersic",))
+    n = np.asarray(t["sersic_n"])
+    assert n.min() >= 0.5 and n.max() <= 6.0 and np.mean(n > 2.5) == pytest.approx(0.3, abs=0.1)
+    for fam in prior.FAMILIES:
+        assert galaxy_profile_for(_row(fam)).flux == pytest.approx(1.0, rel=1e-9)
