@@ -68,10 +68,10 @@ faint, small, star-forming discs):
   distribution: 70% discs with ``ln n ~ N(ln 1, 0.35)``, 30% spheroids with
   ``ln n ~ N(ln 3.5, 0.3)``; spheroids are 0.6 times smaller at fixed magnitude
   (van der Wel et al. 2014, ApJ 788, 28) with ``q ~ N(0.7, 0.15)``.
-* ``clumpy`` (20%): star-forming discs with 5-40 compact clumps (GalSim ``RandomKnots``, each
-  a Gaussian of FWHM a tenth of the half-light radius) that carry 5-40% of the light: clumpy galaxies are 15-55% of
-  star-forming galaxies over 0.5 < z < 3 and their clumps 5-20% (up to half) of the
-  light (Guo et al. 2015, ApJ 800, 39).
+* ``clumpy`` (20%): star-forming discs with 5-40 compact clumps (GalSim ``RandomKnots``,
+  each a Gaussian of FWHM a tenth of the half-light radius) that carry 5-40% of the light:
+  clumpy galaxies are 15-55% of star-forming galaxies over 0.5 < z < 3 and their clumps
+  5-20% (up to half) of the light (Guo et al. 2015, ApJ 800, 39).
 * ``spiral`` (15%): exponential discs with two logarithmic arms traced by clumps (pitch
   angles 10-30 deg, Yu & Ho 2019, ApJ 871, 194; 10-30% of the light) and, in half of
   them, a bar (Sérsic n = 0.5, axis ratio 0.2-0.35, 5-15% of the light, Gadotti 2011,

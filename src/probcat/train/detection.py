@@ -221,9 +221,11 @@ class DetectionTask:
     def build_model(self) -> DetectionNet:
         net = self.cfg.net()
         if self.cfg.init is not None:
-            w = self._init_weights()
-            try:
-                net.load_state_dict(w.model.state_dict())
+            from probcat.weights import read_weights
+
+            w = self._init_weights()  # checks the sha256; the loaded model is fused for
+            try:  # inference, so the file's own (training-form) state is loaded
+                net.load_state_dict(read_weights(w.path)["state_dict"])
             except RuntimeError:
                 raise ProbcatValueError(
                     f"init: {self.cfg.init} does not fit the network of this config's model"
