@@ -132,12 +132,30 @@ def test_config_rejects_typos_before_any_work(tmp_path):
         _cfg(phases=[{"train": "refiner"}])
 
 
-def test_shipped_config_is_the_shipped_weights_config():
+@pytest.mark.parametrize("name", ["detection_lsst_i", "detection_lsst_i_bulgedisk"])
+def test_shipped_config_is_the_shipped_weights_config(name):
     from probcat.weights import manifest
 
-    cfg = load_config("configs/detection_lsst_i.yaml")
-    assert to_dict(cfg) == manifest("detection_lsst_i")["config"]
-    assert load_config("configs/detection_lsst_i.yaml", steps=7).phases[0].steps == 7
+    got, want = to_dict(load_config(f"configs/{name}.yaml")), manifest(name)["config"]
+    if "init" not in want:  # weights trained before runs could start from others
+        assert got.pop("init") is None
+    assert got == want
+    assert load_config(f"configs/{name}.yaml", steps=7).phases[0].steps == 7
+
+
+def test_init_starts_from_the_given_weights_and_is_recorded(tmp_path, cache_dir):
+    first = train_detection(_cfg(), tmp_path / "a", cache_dir=cache_dir, progress=False)
+    start = tmp_path / "a" / "detection.pt"
+    task = DetectionTask(_cfg(init=str(start)), cache_dir=cache_dir, progress=False)
+    net = task.build_model()
+    from probcat.weights import read_weights
+
+    saved = read_weights(start)["state_dict"]
+    assert all(torch.equal(v, saved[k]) for k, v in net.state_dict().items())
+    assert task.describe_data()["init"]["sha256"] == first["sha256"]
+    other = _cfg(init=str(start), model__channels=16)
+    with pytest.raises(ProbcatValueError, match="does not fit"):
+        DetectionTask(other, cache_dir=cache_dir, progress=False).build_model()
 
 
 @pytest.mark.slow

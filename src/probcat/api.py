@@ -292,6 +292,7 @@ class Detector:
             map_meta,
             sample_catalogs,
         )
+        from probcat.infer.reliability import annotate
         from probcat.runtime import thread_limit
 
         if (
@@ -325,6 +326,7 @@ class Detector:
                         c = catalog_from_decisions(
                             dec, k, dec.marginal, shape, self.net.tile_size, bands, meta
                         )
+                        c = annotate(c, self.net, feats[k])
                         # each catalog its own metadata (the decoder's dict is shared)
                         c = replace(c, meta={**c.meta, "input": batch.info[sl.start + k]})
                         cats.append(_with_sky(c, batch.wcs[sl.start + k]))

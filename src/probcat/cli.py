@@ -44,7 +44,11 @@ def simulate(
     seed: int = typer.Option(0, help="image seed (same seed, same files)"),
     out: Path = typer.Option(Path("simulated"), "--out", "-o", help="output directory"),
     bands: str = typer.Option("i", help="bands, e.g. i or ugrizy"),
-    population: str = typer.Option("parametric", help="parametric, dc2 or a FITS/Parquet catalog"),
+    population: str = typer.Option(
+        "parametric",
+        help="parametric (bulge+disk), morphology (five families; morphology:sersic+clumpy for "
+        "some), dc2 or a FITS/Parquet catalog",
+    ),
     split: str = typer.Option("train", help="train, val or test galaxies (disjoint)"),
     years: float = typer.Option(10.0, help="coadd depth in years"),
     bank_size: int = typer.Option(20000, help="galaxies rendered into the source bank"),

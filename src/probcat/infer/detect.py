@@ -437,13 +437,19 @@ def map_catalog(
     ``image``: see :func:`tile_image`. Columns: ``x, y`` (pixels, posterior mean), ``x_sd,
     y_sd`` (pixels, posterior standard deviation), ``prob`` (the tile's
     marginal detection probability), ``prob_conditional`` (given the neighbouring decisions),
-    ``galaxy_prob``, ``galaxy``, ``tile_x, tile_y``. The metadata holds the weights'
-    centroid-interval calibration (see :func:`probcat.infer.calibration.centroid_interval`).
+    ``galaxy_prob``, ``galaxy``, ``tile_x, tile_y``; with weights that carry them, ``prob``
+    is the calibrated probability, ``prob_raw`` the network's and ``ood_score`` says how
+    unlike the training sources each is (:mod:`probcat.infer.reliability`). The metadata
+    holds the weights' centroid-interval calibration (see
+    :func:`probcat.infer.calibration.centroid_interval`).
     """
+    from probcat.infer.reliability import annotate
+
     dec = decode(net, feats, image=image, threshold=threshold, sweeps=sweeps, merge_px=merge_px)
-    return catalog_from_decisions(
+    cat = catalog_from_decisions(
         dec, 0, dec.marginal, image_shape, net.tile_size, bands, map_meta(net, threshold)
     )
+    return annotate(cat, net, feats[0])
 
 
 def map_meta(net: DetectionNet, threshold: float) -> dict:

@@ -94,6 +94,10 @@ class DetectionNet(nn.Module):
         # radius (px) within which claims of neighbouring tiles are one source when decoding
         # (probcat.infer.merge), set by the weights loader; 0: no merging
         self.merge_px = 0.0
+        # post-hoc detection-probability calibration and feature density of real
+        # detections (probcat.infer.reliability), set by the weights loader
+        self.prob_calibration = None
+        self.feature_density = None
         self.detection_head = CheckerboardHead(channels, tile_size, proximity)
         if classifier == "tile":
             self.type_head = nn.Sequential(

@@ -113,6 +113,7 @@ __all__ = [
     "FAMILY_FRACTIONS",
     "FAMILY_COLUMNS",
     "parse_families",
+    "prior_version",
     "dc2_galaxies",
     "galaxy_population",
     "read_population",
@@ -302,6 +303,19 @@ def dc2_galaxies(
     t["redshift"] = np.asarray(part["redshift"], float)[src]
     t.meta["POPKIND"] = "dc2"
     return t
+
+
+PRIOR_VERSIONS = {"parametric": "bulge+disk v1", "dc2": "dc2 v1", "morphology": "morphology v1"}
+
+
+def prior_version(kind: str) -> str:
+    """Version label of a built-in population (recorded in weight manifests); a catalog
+    path is reported as itself."""
+    if parse_families(kind) is not None:
+        families = parse_families(kind)
+        label = PRIOR_VERSIONS["morphology"]
+        return label if families == FAMILIES else f"{label} ({'+'.join(families)})"
+    return PRIOR_VERSIONS.get(kind, f"catalog {kind}")
 
 
 def parse_families(kind: str) -> tuple[str, ...] | None:

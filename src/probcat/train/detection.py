@@ -265,7 +265,16 @@ class DetectionTask:
 
     def finish(self, model, progress):
         merge, calibration = _fit_decoding(model, self.cfg, self.val_sim, progress)
-        return {"centroid_calibration": calibration, "merge": merge}
+        return {
+            "centroid_calibration": calibration,
+            "merge": merge,
+            **_fit_reliability(model, self.cfg, self.val_sim, progress),
+        }
+
+    @staticmethod
+    def manifest_fits(fits: dict) -> dict:
+        """The fits as the manifest records them: the feature density by its size only."""
+        return {**fits, "feature_density": _density_summary(fits.get("feature_density"))}
 
     def weights(self, model):
         return {
@@ -276,18 +285,26 @@ class DetectionTask:
         }
 
     def describe_data(self):
-        d, c = self.cfg.data, self.cfg
-        init = {}
-        if c.init is not None:
-            w = self._init_weights()
-            init = {"init": {"weights": c.init, "sha256": w.sha256}}
-        return {
-            **init,
-            "train": f"{d.population} bank, split=train, catalog_seed={d.catalog_seed}, "
-            f"{d.bank_size} galaxies, fresh {d.image_size}-px scenes from seed {c.seed}",
-            "validation": f"split=val, {d.val_bank_size} galaxies, {d.val_scenes} scenes "
-            f"(seed [{c.seed}, 99])",
-        }
+        return describe_data(self.cfg)
+
+
+def describe_data(cfg: DetectionTrainConfig) -> dict:
+    """The manifest's account of a run's data: prior, banks, scene seeds, starting weights."""
+    from probcat.simulate.prior import prior_version
+    from probcat.weights import load
+
+    d = cfg.data
+    init = {}
+    if cfg.init is not None:
+        init = {"init": {"weights": cfg.init, "sha256": load(cfg.init, kind="detection").sha256}}
+    return {
+        **init,
+        "prior": prior_version(d.population),
+        "train": f"{d.population} bank, split=train, catalog_seed={d.catalog_seed}, "
+        f"{d.bank_size} galaxies, fresh {d.image_size}-px scenes from seed {cfg.seed}",
+        "validation": f"split=val, {d.val_bank_size} galaxies, {d.val_scenes} scenes "
+        f"(seed [{cfg.seed}, 99])",
+    }
 
 
 def train_detection(
@@ -401,9 +418,10 @@ def validate(net: DetectionNet, x: torch.Tensor, truth: TileCatalog) -> dict[str
 
 
 def calibrate_run(out: str | Path, *, n_scenes: int = 512, cache_dir=None, progress=True) -> dict:
-    """Refit the merge rule (weights with a location refiner) and the centroid-interval
-    calibration of the run in ``out`` (training fits them as its last steps) and record
-    them in its ``detection.pt`` and ``manifest.json``."""
+    """Refit the merge rule (weights with a location refiner), the centroid-interval
+    calibration, the detection-probability calibration and the feature density of the run
+    in ``out`` (training fits them as its last steps) and record them in its
+    ``detection.pt`` and ``manifest.json``."""
     from probcat.weights import read_weights
 
     out = Path(out)
@@ -418,6 +436,11 @@ def calibrate_run(out: str | Path, *, n_scenes: int = 512, cache_dir=None, progr
     merge, cal = _fit_decoding(net, cfg, sim, progress)
     weights["centroid_calibration"] = manifest["centroid_calibration"] = cal
     weights["merge"] = manifest["merge"] = merge
+    rel = _fit_reliability(net, cfg, sim, progress)
+    manifest["data"] = describe_data(cfg)
+    weights.update(rel)
+    manifest["prob_calibration"] = rel["prob_calibration"]
+    manifest["feature_density"] = _density_summary(rel["feature_density"])
     return write_run(out, "detection", weights, manifest)
 
 
@@ -450,6 +473,34 @@ def _fit_merge(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progress):
     )
     net.merge_px = rule.radius_px
     return rule.to_dict()
+
+
+def _density_summary(density: dict | None) -> dict | None:
+    return None if density is None else {k: density[k] for k in ("n", "source")}
+
+
+def _fit_reliability(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progress) -> dict:
+    """The detection-probability calibration and the feature density of real detections
+    (:mod:`probcat.infer.reliability`) on fresh validation scenes (a seed of their own);
+    None for both, with a warning, when an undertrained net detects too little."""
+    from probcat.infer.reliability import fit_reliability
+
+    seed, n = [cfg.seed, 29], cfg.fits.calibration_scenes
+    try:
+        cal, dens = fit_reliability(
+            net,
+            sim,
+            cfg.survey().noise_sigma,
+            n_scenes=n,
+            rng=np.random.default_rng(seed),
+            source=f"{n} validation scenes ({cfg.data.image_size} px, split=val, seed {seed}), "
+            "MAP detections matched within 2 px",
+        )
+    except ProbcatValueError as e:
+        warnings.warn(f"no probability calibration: {e}", stacklevel=3)
+        return {"prob_calibration": None, "feature_density": None}
+    net.prob_calibration, net.feature_density = cal, dens
+    return {"prob_calibration": cal.to_dict(), "feature_density": dens.to_dict()}
 
 
 def _fit_calibration(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progress):

@@ -278,7 +278,7 @@ def fit(
         "steps": step,
         "final_val": history[-1]["val"] if history else None,
         "history": history,
-        **fits,
+        **getattr(task, "manifest_fits", lambda f: f)(fits),
     }
     return write_run(out, task.kind, weights, manifest, command)
 

@@ -200,6 +200,13 @@ def _build_detection(state: dict, path: Path):
         net.centroid_calibration = CentroidCalibration.from_dict(state["centroid_calibration"])
     if state.get("merge"):
         net.merge_px = float(state["merge"]["radius_px"])
+    if state.get("prob_calibration") or state.get("feature_density"):
+        from probcat.infer.reliability import FeatureDensity, ProbabilityCalibration
+
+        if state.get("prob_calibration"):
+            net.prob_calibration = ProbabilityCalibration.from_dict(state["prob_calibration"])
+        if state.get("feature_density"):
+            net.feature_density = FeatureDensity.from_dict(state["feature_density"])
     return net
 
 

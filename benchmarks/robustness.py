@@ -1,0 +1,395 @@
+"""Detection on galaxy shapes the encoder has not seen: leave-one-family-out, against SEP.
+
+Five morphology families (:data:`probcat.simulate.prior.FAMILIES`). For each family F
+among ``--left-out`` (default: every family but bulge_disk, which the runs' starting
+weights were trained on), a run trained on every other family (``--lofo DIR/F``, made by
+``probcat train detection -c benchmarks/configs/lofo_F.yaml``) is tested on scenes whose
+galaxies are all of family F (test split, disjoint from every training galaxy); its
+probability calibration and feature density are fitted on validation scenes of its own
+training families only. ``in_distribution`` is the shipped weights on scenes of the full
+mixture. The shipped weights (trained on all families) and the bulge+disk weights of v6
+(``detection_lsst_i_bulgedisk``) are also run on every family, side by side with SEP on
+the same images.
+
+    .venv/bin/python benchmarks/robustness.py --lofo runs/lofo
+
+writes ``benchmarks/results/robustness.json`` and ``robustness_*.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import _paths  # noqa: F401  (first: keeps benchmarks/ off the import path)
+import numpy as np
+import torch
+
+from probcat.baselines.sep import sep_detect
+from probcat.catalog import atomic_write
+from probcat.infer.detect import batch_tile_features, catalog_from_decisions, decode, tile_image
+from probcat.infer.reliability import OOD_FLAG, annotate, fit_reliability
+from probcat.metrics import expected_calibration_error
+from probcat.metrics.detection import detected_snr, match
+from probcat.provenance import provenance
+from probcat.simulate.bank import BankConfig, SourceBank
+from probcat.simulate.prior import FAMILIES
+from probcat.simulate.scene import SceneConfig, SceneSimulator
+from probcat.weights import DEFAULT_DETECTION, load, load_detection
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BASELINE = "detection_lsst_i_bulgedisk"
+
+
+def _summarise_module():
+    """``summarise`` of benchmarks/detection.py (same definitions), loaded by path."""
+    spec = importlib.util.spec_from_file_location(
+        "_det_bench", Path(__file__).resolve().parent / "detection.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.summarise
+
+
+def simulator(population: str, split: str, n: int, seed: int = 0) -> SceneSimulator:
+    from probcat.survey import Survey
+
+    bank = SourceBank.load_or_build(
+        Survey.lsst(bands="i"),
+        BankConfig(population=population, split=split, n_galaxies=n, catalog_seed=seed),
+    )
+    return SceneSimulator(bank, SceneConfig(98, 98))
+
+
+def scenes_for(sim, n, seed):
+    rng = np.random.default_rng(seed)
+    return [sim.sample(rng) for _ in range(n)]
+
+
+@torch.no_grad()
+def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100) -> dict:
+    """probcat (and SEP) on the same scenes: rows for the detection.py summaries, plus the
+    probabilities, outcomes and OOD scores of probcat's MAP detections."""
+    truth = {"snr": [], "blend": []}
+    matched = {"p0.5": [], "sep": []}
+    det = {m: {"snr": [], "matched": []} for m in matched}
+    extra = {k: [] for k in ("prob", "prob_raw", "prob_pooled", "ood", "tile_prob", "tile_truth")}
+    for start in range(0, len(scenes), chunk):
+        part = scenes[start : start + chunk]
+        imgs = np.stack([s.image for s in part])
+        feats = batch_tile_features(net, imgs, sigma)
+        dec = decode(net, feats, image=tile_image(net, imgs, sigma))
+        extra["tile_prob"].append(dec.marginal.prob.numpy().ravel())
+        from probcat.tiles import TileCatalog
+
+        tiles = TileCatalog.from_full([s.catalog for s in part], net.tile_size)
+        nty, ntx = feats.shape[-2:]
+        extra["tile_truth"].append((tiles.n_sources[:, :nty, :ntx] > 0).numpy().ravel())
+        for b, scene in enumerate(part):
+            cat = scene.catalog
+            truth["snr"].append(cat["snr"][:, 0])
+            truth["blend"].append(cat["blendedness"][:, 0])
+            true_xy = np.stack([cat["x"], cat["y"]], 1)
+            est = catalog_from_decisions(dec, b, dec.marginal, (98, 98), net.tile_size, ("i",), {})
+            est = annotate(est, net, feats[b])
+            runs = [("p0.5", est)]
+            if with_sep:
+                runs.append(("sep", sep_detect(scene.image, sigma)))
+            for name, c in runs:
+                i, j = match(true_xy, np.stack([c["x"], c["y"]], 1))
+                mt = np.zeros(len(cat), bool)
+                mt[i] = True
+                me = np.zeros(len(c["x"]), bool)
+                me[j] = True
+                matched[name].append(mt)
+                det[name]["matched"].append(me)
+                det[name]["snr"].append(detected_snr(scene.image[0], c["x"], c["y"], sigma))
+            extra["prob"].append(np.asarray(est["prob"], float))
+            extra["prob_raw"].append(
+                np.asarray(est["prob_raw"] if "prob_raw" in est.colnames else est["prob"], float)
+            )
+            extra["prob_pooled"].append(
+                net.prob_calibration(extra["prob_raw"][-1])
+                if net.prob_calibration is not None
+                else extra["prob_raw"][-1]
+            )
+            extra["ood"].append(
+                np.asarray(est["ood_score"], float)
+                if "ood_score" in est.colnames
+                else np.full(len(est), np.nan)
+            )
+    cat_ = np.concatenate
+    return {
+        "truth": {k: cat_(v) for k, v in truth.items()},
+        "matched": {k: cat_(v) for k, v in matched.items() if v},
+        "det": {m: {k: cat_(v) for k, v in d.items()} for m, d in det.items() if d["snr"]},
+        **{k: cat_(v) for k, v in extra.items()},
+    }
+
+
+def auc(score_pos, score_neg) -> float:
+    """P(score of a positive > score of a negative), ties counted half (Mann-Whitney)."""
+    pos, neg = np.asarray(score_pos, float), np.asarray(score_neg, float)
+    if not len(pos) or not len(neg):
+        return float("nan")
+    allv = np.concatenate([pos, neg])
+    order = np.argsort(allv, kind="mergesort")
+    ranks = np.empty(len(allv))
+    sorted_v = allv[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_v, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1
+    ranks[order] = np.repeat(avg, counts)
+    r_pos = ranks[: len(pos)].sum()
+    return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def metrics(r, summarise, *, sep: bool) -> dict:
+    p = summarise(r, "p0.5")
+    d = r["det"]["p0.5"]
+    in_range = (d["snr"] >= 3) & (d["snr"] <= 1000)
+    real = d["matched"]
+    hi = in_range & (r["prob"] >= 0.9)
+    hi_raw = in_range & (r["prob_raw"] >= 0.9)
+    hi_pooled = in_range & (r["prob_pooled"] >= 0.9)
+    keys = ("precision", "recall", "f1", "recall_snr_3_10", "n_detections")
+    out = {
+        "probcat": {
+            **{k: p[k] for k in keys},
+            "precision_at_0_9": float(real[hi].mean()) if hi.any() else float("nan"),
+            "fraction_at_0_9": float(hi.sum() / max(in_range.sum(), 1)),
+            "precision_at_0_9_raw": float(real[hi_raw].mean()) if hi_raw.any() else float("nan"),
+            "precision_at_0_9_pooled": float(real[hi_pooled].mean())
+            if hi_pooled.any()
+            else float("nan"),
+            "detection_ece": expected_calibration_error(r["prob"][in_range], real[in_range]),
+            "detection_ece_raw": expected_calibration_error(
+                r["prob_raw"][in_range], real[in_range]
+            ),
+            "detection_ece_pooled": expected_calibration_error(
+                r["prob_pooled"][in_range], real[in_range]
+            ),
+            "detection_ece_tiles": expected_calibration_error(r["tile_prob"], r["tile_truth"]),
+        }
+    }
+    ood = r["ood"][in_range]
+    if np.isfinite(ood).all() and len(ood):
+        out["ood_flag_auc"] = auc(ood[~real[in_range]], ood[real[in_range]])
+        out["ood_flagged_fraction"] = float(np.mean(ood > OOD_FLAG))
+        out["false_among_flagged"] = (
+            float(np.mean(~real[in_range][ood > OOD_FLAG])) if np.any(ood > OOD_FLAG) else None
+        )
+    if sep:
+        s = summarise(r, "sep")
+        out["sep"] = {k: s[k] for k in keys}
+        out["f1_minus_sep"] = out["probcat"]["f1"] - out["sep"]["f1"]
+    return out
+
+
+def reliability_rows(r) -> dict:
+    """10-bin reliability of MAP detections (raw and calibrated) for the figure."""
+    from probcat.metrics.calibration import reliability
+
+    d = r["det"]["p0.5"]
+    ok = (d["snr"] >= 3) & (d["snr"] <= 1000)
+    rows = {}
+    for key in ("prob_raw", "prob"):
+        conf, acc, count = reliability(r[key][ok], d["matched"][ok])
+        rows[key] = {"conf": conf.tolist(), "freq": acc.tolist(), "count": count.tolist()}
+    return rows
+
+
+def figures(result: dict, rel_rows: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fams = list(result["per_family"])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    w = 0.2
+    xs = np.arange(len(fams))
+    series = [
+        ("v6 bulge+disk", lambda f: result["per_family"][f]["bulgedisk"]["probcat"]["f1"]),
+        ("shipped (all families)", lambda f: result["per_family"][f]["shipped"]["probcat"]["f1"]),
+        (
+            "left out of training",
+            lambda f: (result["left_out"].get(f) or {}).get("probcat", {}).get("f1", np.nan),
+        ),
+        ("SEP", lambda f: result["per_family"][f]["shipped"]["sep"]["f1"]),
+    ]
+    for k, (label, get) in enumerate(series):
+        ax.bar(xs + (k - 1.5) * w, [get(f) for f in fams], w, label=label)
+    ax.set_xticks(xs, fams)
+    ax.set_ylabel("F1 (true SNR 3-1000)")
+    ax.set_ylim(0.4, 1.0)
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_title("Detection F1 by galaxy family")
+    fig.tight_layout()
+    fig.savefig(out / "robustness_f1.png", dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(rel_rows), figsize=(3.2 * len(rel_rows), 3.2), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], rel_rows.items()):
+        ax.plot([0, 1], [0, 1], "k:", lw=1)
+        for key, style in (("prob_raw", "o--"), ("prob", "s-")):
+            conf, freq = np.array(rows[key]["conf"]), np.array(rows[key]["freq"])
+            ok = np.isfinite(conf)
+            ax.plot(
+                conf[ok], freq[ok], style, ms=3, label="raw" if key == "prob_raw" else "calibrated"
+            )
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("detection probability")
+        ax.set_xlim(0.45, 1.0)
+        ax.set_ylim(0.0, 1.02)
+    axes[0][0].set_ylabel("fraction real")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Reliability of MAP detections on left-out families", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "robustness_reliability.png", dpi=120)
+    plt.close(fig)
+
+
+def _lofo_net(run: Path, n_fit: int):
+    """The run's network with reliability fitted on validation scenes of its own families."""
+    man = json.loads((run / "manifest.json").read_text())
+    net, survey = load_detection(run / "detection.pt")
+    pop = man["config"]["data"]["population"]
+    if net.prob_calibration is None or net.feature_density is None:
+        val = simulator(pop, "val", man["config"]["data"]["val_bank_size"])
+        cal, dens = fit_reliability(
+            net,
+            val,
+            survey.noise_sigma,
+            n_scenes=n_fit,
+            rng=[7, 29],
+            source=f"{n_fit} validation scenes of {pop}",
+        )
+        net.prob_calibration, net.feature_density = cal, dens
+    return net, pop, man
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", default=DEFAULT_DETECTION, help="shipped weights (all families)")
+    ap.add_argument("--baseline", default=BASELINE, help="weights trained on bulge+disk only")
+    ap.add_argument("--lofo", default=None, help="folder of leave-one-family-out runs (DIR/F)")
+    ap.add_argument("--left-out", default="sersic,clumpy,spiral,irregular")
+    ap.add_argument("--n-images", type=int, default=1000, help="scenes per family")
+    ap.add_argument("--bank-size", type=int, default=4000, help="test galaxies per family")
+    ap.add_argument("--fit-scenes", type=int, default=256, help="reliability fit, LOFO runs")
+    ap.add_argument("--seed", type=int, default=2029)
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    command = " ".join([".venv/bin/python", "benchmarks/robustness.py", *sys.argv[1:]])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    summarise = _summarise_module()
+    shipped, survey = load_detection(args.weights)
+    baseline, _ = load_detection(args.baseline)
+    sigma = float(survey.noise_sigma[0])
+    left_out = [f for f in args.left_out.split(",") if f]
+    result = {
+        "command": command,
+        "machine": "2-core CPU, no GPU",
+        "families": list(FAMILIES),
+        "weights": args.weights,
+        "weights_sha256": load(args.weights).sha256,
+        "baseline": args.baseline,
+        "n_images_per_family": args.n_images,
+        "image_size": 98,
+        "seed": args.seed,
+        "held_out": "test-split galaxies of each family (disjoint from every training "
+        "galaxy), scene seeds of their own",
+    }
+    print("in-distribution (all families) ...", flush=True)
+    mix = scenes_for(
+        simulator("morphology", "test", args.bank_size), args.n_images, [args.seed, 99]
+    )
+    result["in_distribution"] = metrics(
+        evaluate(shipped, mix, sigma, with_sep=True), summarise, sep=True
+    )
+    del mix
+    result["per_family"], result["left_out"], rel_rows = {}, {}, {}
+    for code, fam in enumerate(FAMILIES):
+        print(f"{fam} ...", flush=True)
+        sim = simulator(f"morphology:{fam}", "test", args.bank_size)
+        scenes = scenes_for(sim, args.n_images, [args.seed, code])
+        r = evaluate(shipped, scenes, sigma, with_sep=True)
+        result["per_family"][fam] = {
+            "shipped": metrics(r, summarise, sep=True),
+            "bulgedisk": metrics(
+                evaluate(baseline, scenes, sigma, with_sep=False), summarise, sep=False
+            ),
+        }
+        run = Path(args.lofo) / fam if args.lofo else None
+        if fam in left_out and run is not None and (run / "detection.pt").exists():
+            net, pop, man = _lofo_net(run, args.fit_scenes)
+            r = evaluate(net, scenes, sigma, with_sep=True)
+            result["left_out"][fam] = {
+                "trained_on": pop,
+                "run_steps": man.get("steps"),
+                "run_sha256": man.get("sha256"),
+                **metrics(r, summarise, sep=True),
+            }
+            rel_rows[fam] = reliability_rows(r)
+        elif fam in left_out:
+            result["left_out"][fam] = None
+            print(f"  no leave-one-out run for {fam} under {args.lofo}", flush=True)
+    lo = [v for v in result["left_out"].values() if v]
+    result["targets"] = {
+        "precision": ">= 0.93 on every left-out family",
+        "precision_at_0_9": ">= 0.97",
+        "f1_minus_sep": ">= 0.10",
+        "detection_ece": "<= 0.03",
+    }
+    result["targets_met"] = (
+        {
+            "precision": all(v["probcat"]["precision"] >= 0.93 for v in lo),
+            "precision_at_0_9": all(v["probcat"]["precision_at_0_9"] >= 0.97 for v in lo),
+            "f1_minus_sep": all(v["f1_minus_sep"] >= 0.10 for v in lo),
+            "detection_ece": all(v["probcat"]["detection_ece"] <= 0.03 for v in lo),
+            "every_left_out_family_run": len(lo) == len(left_out),
+        }
+        if lo
+        else None
+    )
+    result["definitions"] = {
+        "precision, recall, f1, recall_snr_3_10": "as benchmarks/detection.py: MAP catalogue "
+        "at threshold 0.5, matches within 2 px; precision over detections with detected SNR "
+        "in [3, 1000], recall over true sources with SNR in [3, 1000]",
+        "precision_at_0_9": "precision among those detections with calibrated prob >= 0.9 "
+        "(the shipped calibration, per ood_score bin; _pooled: one map for all detections; "
+        "_raw: the network's own probability)",
+        "detection_ece": "10-bin ECE of the MAP detections' calibrated probabilities against "
+        "being real (matched); detection_ece_tiles: detection.py's, marginal tile "
+        "probabilities against occupancy over all tiles",
+        "ood_flag_auc": "probability that a false detection has a higher ood_score than a "
+        "real one (Mann-Whitney AUC), on the left-out family",
+        "left_out": "weights trained on every family but this one, started from the v6 "
+        "bulge+disk weights (which is why bulge_disk itself is not left out), their "
+        "calibration and density fitted on validation scenes of their training families",
+    }
+    result["wall_s"] = round(time.perf_counter() - t0, 1)
+    result.update({k: v for k, v in provenance(command).items() if k != "command"})
+    text = json.dumps(result, indent=2, default=float) + "\n"
+    atomic_write(out / "robustness.json", lambda tmp: Path(tmp).write_text(text))
+    if rel_rows:
+        figures(result, rel_rows, out)
+    print(
+        json.dumps(
+            {k: result[k] for k in ("in_distribution", "left_out", "targets_met")},
+            indent=1,
+            default=float,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Detection-probability calibration map and the out-of-distribution feature score."""
+
+import numpy as np
+import pytest
+import torch
+
+from probcat.catalog import FullCatalog
+from probcat.infer import reliability as rel
+
+
+def _brute_isotonic(y, w):
+    """Non-decreasing weighted least squares by exhaustive block search (small n)."""
+    n = len(y)
+    best = None
+    # every partition into consecutive blocks: 2^(n-1) of them
+    for mask in range(2 ** (n - 1)):
+        cuts = [0] + [i + 1 for i in range(n - 1) if mask >> i & 1] + [n]
+        fit = np.concatenate(
+            [np.full(b - a, np.average(y[a:b], weights=w[a:b])) for a, b in zip(cuts, cuts[1:])]
+        )
+        if np.all(np.diff(fit) >= -1e-12):
+            sse = float(np.sum(w * (y - fit) ** 2))
+            if best is None or sse < best[0] - 1e-12:
+                best = (sse, fit)
+    return best[1]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pool_adjacent_violators_equals_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    y, w = rng.random(8), rng.uniform(0.5, 2.0, 8)
+    got = rel._pool_adjacent_violators(y, w)
+    assert np.all(np.diff(got) >= 0)
+    assert got == pytest.approx(_brute_isotonic(y, w), abs=1e-12)
+
+
+def test_calibration_map_is_monotone_and_leaves_calibrated_inputs_unchanged():
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0.5, 1.0, 200_000)
+    cal = rel.fit_probability_calibration(p, rng.random(len(p)) < p)
+    grid = np.linspace(0, 1, 1001)
+    assert np.all(np.diff(cal(grid)) >= 0)
+    inner = np.linspace(0.55, 0.95, 41)
+    assert np.max(np.abs(cal(inner) - inner)) < 0.02
+    # over-confident inputs are pulled down: true frequency is p**2
+    over = rel.fit_probability_calibration(p, rng.random(len(p)) < p**2)
+    assert over(0.8) == pytest.approx(0.64, abs=0.02)
+    assert over(0.9) < 0.9 - 0.05
+    again = rel.ProbabilityCalibration.from_dict(over.to_dict())
+    assert again(grid) == pytest.approx(over(grid))
+
+
+def test_ood_binned_calibration_learns_that_unusual_detections_are_false_more_often():
+    rng = np.random.default_rng(3)
+    n = 300_000
+    p = rng.uniform(0.5, 1.0, n)
+    ood = rng.random(n)
+    truth = np.where(ood > 0.99, 0.5 * p, p)  # extreme-score detections: half as reliable
+    cal = rel.fit_probability_calibration(p, rng.random(n) < truth, ood=ood)
+    grid = np.linspace(0.55, 0.95, 9)
+    ordinary, extreme = cal(grid, np.full(9, 0.5)), cal(grid, np.full(9, 0.995))
+    assert ordinary == pytest.approx(grid, abs=0.02)  # calibrated inputs unchanged
+    assert extreme == pytest.approx(0.5 * grid, abs=0.05)
+    for score in (0.1, 0.95, 0.999):
+        assert np.all(np.diff(cal(np.linspace(0, 1, 501), np.full(501, score))) >= 0)
+    # too few detections in a bin: that bin uses the pooled map
+    few = rel.fit_probability_calibration(p[:5000], rng.random(5000) < p[:5000], ood=ood[:5000])
+    assert few.by_ood[-1] is None and few(0.8, 0.999) == few(0.8)
+    again = rel.ProbabilityCalibration.from_dict(cal.to_dict())
+    assert again(grid, np.full(9, 0.995)) == pytest.approx(extreme)
+
+
+def test_feature_density_scores_are_uniform_inside_and_one_far_away():
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((4, 4))
+    cov = a @ a.T + np.eye(4)
+    x = rng.multivariate_normal(np.ones(4), cov, 5000)
+    dens = rel.fit_feature_density(x, shrinkage=0.0)
+    d = x[0] - x.mean(0)
+    assert dens.distance2(x[:1])[0] == pytest.approx(d @ np.linalg.inv(np.cov(x.T)) @ d)
+    fresh = rng.multivariate_normal(np.ones(4), cov, 5000)
+    s = dens.score(fresh)
+    assert np.mean(s < 0.5) == pytest.approx(0.5, abs=0.03)
+    assert np.mean(s > 0.99) == pytest.approx(0.01, abs=0.01)
+    assert dens.score(np.ones(4) + 20 * np.sqrt(np.diag(cov)))[0] == 1.0
+    again = rel.FeatureDensity.from_dict(dens.to_dict())
+    assert again.score(fresh[:10]) == pytest.approx(s[:10])
+
+
+def test_annotate_adds_calibrated_prob_raw_prob_and_ood_score():
+    class Net:
+        prob_calibration = rel.ProbabilityCalibration((0.5, 1.0), (0.25, 0.5), 100)
+        feature_density = rel.fit_feature_density(np.random.default_rng(0).standard_normal((64, 3)))
+
+    cat = FullCatalog(
+        {
+            "x": np.array([1.0, 2.0]),
+            "y": np.array([1.0, 2.0]),
+            "prob": np.array([0.5, 1.0]),
+            "tile_x": np.array([0, 1]),
+            "tile_y": np.array([0, 0]),
+        },
+        (10, 10),
+        ("i",),
+        {},
+    )
+    feats = torch.zeros(3, 2, 2)
+    feats[:, 0, 1] = 50.0  # the second source's tile is far from the training features
+    out = rel.annotate(cat, Net(), feats)
+    assert out["prob_raw"] == pytest.approx([0.5, 1.0])
+    assert out["prob"] == pytest.approx([0.25, 0.5])
+    assert out["ood_score"][1] == 1.0 and out["ood_score"][0] < 1.0
+    assert out.meta["ood_flag"] == rel.OOD_FLAG
