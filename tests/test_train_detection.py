@@ -14,7 +14,10 @@ from probcat.train.detection import (
     train_detection,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore:no centroid calibration")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:no centroid calibration"),
+    pytest.mark.filterwarnings("ignore:no probability calibration"),
+]
 
 TINY = {
     "data": {
@@ -256,3 +259,32 @@ def test_calibrate_run_records_calibration_in_weights_and_manifest(
     assert net.centroid_calibration.factor(0.6827) == pytest.approx(1.0, abs=0.1)
     assert m["centroid_calibration"] == net.centroid_calibration.to_dict()
     assert m["command"] == "train cmd"
+
+
+def test_calibrate_run_records_reliability_and_catalogs_use_it(tmp_path, cache_dir, monkeypatch):
+    import probcat
+    import probcat.infer.reliability as R
+    from probcat.train.detection import calibrate_run
+
+    run = tmp_path / "run"
+    train_detection(_cfg(), run, cache_dir=cache_dir, progress=False)
+    rng = np.random.default_rng(0)
+    cal = R.ProbabilityCalibration((0.0, 1.0), (0.0, 0.5), 500, "test")
+    dens = R.fit_feature_density(rng.standard_normal((100, 8)))  # 8 channels: TINY's
+
+    def fake_fit(net, sim, noise_sigma, *, n_scenes, rng, source):
+        assert sim.bank.config.split == "val"
+        return cal, dens
+
+    monkeypatch.setattr(R, "fit_reliability", fake_fit)
+    m = calibrate_run(run, n_scenes=7, cache_dir=cache_dir, progress=False)
+    assert m["prob_calibration"] == cal.to_dict()
+    assert m["feature_density"] == {"n": 100, "source": ""}  # the manifest: its size only
+    assert m["data"]["prior"] == "bulge+disk v1"
+    det = probcat.load(run / "detection.pt", device="cpu", threads=1)
+    image = rng.standard_normal((1, 30, 30)).astype(np.float32) * 5
+    image[0, 15, 15] += 2000.0
+    cat = det.catalog(image, noise_sigma=5.0, threshold=0.0)
+    assert len(cat) > 0
+    assert np.asarray(cat["prob"]) == pytest.approx(0.5 * np.asarray(cat["prob_raw"]))
+    assert np.all((cat["ood_score"] >= 0) & (cat["ood_score"] <= 1))
