@@ -74,6 +74,17 @@ BENCHMARKS = {
     "deblender": ("deblend.json", "deblender_sha256", DEBLEND_HEADLINE),
     "photoz": ("photoz.json", "photoz_sha256", PHOTOZ_HEADLINE),
 }
+# further benchmarks of a kind: kind -> [(result, sha key, numbers, manifest key)]
+EXTRA = {
+    "detection": [
+        (
+            "robustness.json",
+            "weights_sha256",
+            ("in_distribution", "left_out", "targets_met", "command", "git_commit"),
+            "robustness",
+        )
+    ],
+}
 # weights measured by another capability's benchmark: name -> (result, sha key, numbers)
 BY_NAME = {
     "detection_lsst_ugrizy": (
@@ -98,6 +109,13 @@ def _with_benchmark(manifest: dict, shipped_name: str) -> dict:
             f"benchmarks/results/{name} was not measured with these weights: "
             "run its benchmark, then record its numbers with --benchmark"
         )
+    for name, key, headline, field in (
+        EXTRA.get(manifest["kind"], []) if shipped_name not in BY_NAME else []
+    ):
+        bench = ROOT / "benchmarks" / "results" / name
+        result = json.loads(bench.read_text()) if bench.exists() else {}
+        if result.get(key) == manifest["sha256"]:
+            manifest[field] = {k: result.get(k) for k in headline}
     return manifest
 
 

@@ -505,8 +505,9 @@ def calibrate_cmd(
     cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
-    """(Re)fit the merge radius (weights with a location refiner) and the centroid-interval
-    calibration of a trained run (training does both last)."""
+    """(Re)fit the merge radius (weights with a location refiner), the centroid-interval
+    calibration, the detection-probability calibration and the ood_score density of a
+    trained run (training does them last)."""
     from probcat.train.detection import calibrate_run
 
     for name in ("detection.pt", "manifest.json"):
