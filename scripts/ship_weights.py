@@ -124,6 +124,18 @@ def _write(name: str, manifest: dict) -> None:
     (WEIGHTS / f"manifest_{name}.json").write_text(text)
 
 
+def _portable(command: str | None) -> str | None:
+    """The training command with an absolute run directory (a path of the machine that
+    trained) written as ``runs/<its name>``, as in the configs' comments."""
+    if not command:
+        return command
+    words = command.split()
+    for i, w in enumerate(words[:-1]):
+        if w in ("--out", "-o") and Path(words[i + 1]).is_absolute():
+            words[i + 1] = f"runs/{Path(words[i + 1]).name}"
+    return " ".join(words)
+
+
 def ship(run: str, name: str = "detection_lsst_i") -> None:
     run_dir = Path(run)
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -132,7 +144,7 @@ def ship(run: str, name: str = "detection_lsst_i") -> None:
     manifest["weights"] = target.name
     manifest["sha256"] = hashlib.sha256(target.read_bytes()).hexdigest()
     manifest["size_bytes"] = target.stat().st_size
-    manifest["training_command"] = manifest.pop("command")
+    manifest["training_command"] = _portable(manifest.pop("command"))
     _write(name, _with_benchmark(manifest, name))
     print(f"shipped {target} ({manifest['size_bytes'] / 1e6:.2f} MB)")
 

@@ -290,16 +290,16 @@ def detections_with_outcomes(net, sim, noise_sigma, *, n_scenes: int, rng, batch
 
 def fit_reliability(net, sim, noise_sigma, *, n_scenes: int = 512, rng=None, source: str = ""):
     """Both fits on ``n_scenes`` fresh scenes of ``sim`` (validation galaxies):
-    ``(ProbabilityCalibration, FeatureDensity)``. The density is fitted on the real
-    detections of the even scenes and the calibration on the odd ones, so that the
-    ``ood_score`` the calibration sees is out-of-sample, as on new images."""
+    ``(ProbabilityCalibration, FeatureDensity)``. The density is fitted on every real
+    detection; the calibration sees each detection's ``ood_score`` out of fold (from the
+    density of the real detections of the other half of the scenes: even/odd), as
+    ``ood_score`` is on new images."""
     prob, real, feats, scene = detections_with_outcomes(
         net, sim, noise_sigma, n_scenes=n_scenes, rng=rng
     )
-    half = scene % 2 == 0
-    dens = fit_feature_density(feats[half & real], source=source + " (even scenes)")
-    odd = ~half
-    cal = fit_probability_calibration(
-        prob[odd], real[odd], ood=dens.score(feats[odd]), source=source + " (odd scenes)"
-    )
+    ood = np.zeros(len(prob))
+    for half in (scene % 2 == 0, scene % 2 == 1):
+        ood[~half] = fit_feature_density(feats[half & real]).score(feats[~half])
+    cal = fit_probability_calibration(prob, real, ood=ood, source=source)
+    dens = fit_feature_density(feats[real], source=source)
     return cal, dens
