@@ -614,6 +614,7 @@ README_ROWS = {
     "population": [0, 5],
     "deblend": [0, 2, 7, 10],
     "photoz": [0, 1, 3, 11],
+    "robustness": [7, 9],
 }
 
 

@@ -169,12 +169,12 @@ def metrics(r, summarise, *, sep: bool) -> dict:
             "precision_at_0_9_pooled": float(real[hi_pooled].mean())
             if hi_pooled.any()
             else float("nan"),
-            "detection_ece": expected_calibration_error(r["prob"][in_range], real[in_range]),
-            "detection_ece_raw": expected_calibration_error(
-                r["prob_raw"][in_range], real[in_range]
-            ),
-            "detection_ece_pooled": expected_calibration_error(
-                r["prob_pooled"][in_range], real[in_range]
+            # every MAP detection: the population the catalogue's prob describes
+            "detection_ece": expected_calibration_error(r["prob"], real),
+            "detection_ece_raw": expected_calibration_error(r["prob_raw"], real),
+            "detection_ece_pooled": expected_calibration_error(r["prob_pooled"], real),
+            "detection_ece_snr_3_1000": expected_calibration_error(
+                r["prob"][in_range], real[in_range]
             ),
             "detection_ece_tiles": expected_calibration_error(r["tile_prob"], r["tile_truth"]),
         },
@@ -372,9 +372,11 @@ def main(argv=None):
         "precision_at_0_9": "precision among those detections with calibrated prob >= 0.9 "
         "(the shipped calibration, per ood_score bin; _pooled: one map for all detections; "
         "_raw: the network's own probability)",
-        "detection_ece": "10-bin ECE of the MAP detections' calibrated probabilities against "
-        "being real (matched); detection_ece_tiles: detection.py's, marginal tile "
-        "probabilities against occupancy over all tiles",
+        "detection_ece": "10-bin ECE of the calibrated probabilities of all MAP detections "
+        "against being real (matched within 2 px); _raw: the network's probabilities; "
+        "_pooled: one calibration map; _snr_3_1000: detections with detected SNR 3-1000 "
+        "only; _tiles: detection.py's, marginal tile probabilities against occupancy, all "
+        "tiles",
         "ood_flag_auc": "probability that a false detection has a higher ood_score than a "
         "real one (Mann-Whitney AUC), on the left-out family",
         "left_out": "weights trained on every family but this one, started from the v6 "
