@@ -227,8 +227,8 @@ def fit_feature_density(feats, *, shrinkage: float = 0.05, source: str = "") -> 
 
 def _tile_feats(feats_k: torch.Tensor, tx, ty) -> np.ndarray:
     """Feature vectors ``(n, C)`` of tiles ``(ty, tx)`` of one image's ``(C, nty, ntx)``."""
-    tx = torch.as_tensor(np.asarray(tx, np.int64))
-    ty = torch.as_tensor(np.asarray(ty, np.int64))
+    tx = torch.as_tensor(np.asarray(tx, np.int64), device=feats_k.device)
+    ty = torch.as_tensor(np.asarray(ty, np.int64), device=feats_k.device)
     return feats_k[:, ty, tx].T.double().cpu().numpy()
 
 
