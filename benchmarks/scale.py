@@ -130,11 +130,12 @@ def same_catalogs(a: dict, b: dict) -> dict:
     return {"same_files_and_row_counts": rows_equal, "max_abs_x_difference_px": diff}
 
 
-def timed_run(images, out: Path, workers: int) -> float:
+def timed_run(images, out: Path, workers: int, extra=()) -> float:
     """Wall time of ``probcat run`` on ``images`` (process start and, on Dask, the
     cluster's start included)."""
     t0 = time.perf_counter()
     cmd = [PROBCAT, "run", *map(str, images), "-o", str(out), "-q", "--workers", str(workers)]
+    cmd += list(extra)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0
 
@@ -251,7 +252,9 @@ def main(argv=None) -> None:
         folder.mkdir()
         images = write_fits(folder, sim_n, many)
         serial_s = timed_run(images, tmp / "serial", 0)
+        serial1_s = timed_run(images, tmp / "serial1", 0, ["--threads", "1"])
         dask_s = timed_run(images, tmp / "dask", 2)
+        start_s = json.loads((tmp / "dask" / "run_summary.json").read_text())["cluster_start_s"]
         ref = catalogs(tmp / "serial")
         same = same_catalogs(ref, catalogs(tmp / "dask"))
         res.update(
@@ -260,6 +263,13 @@ def main(argv=None) -> None:
             images_per_hour_serial=round(3600 * args.n_images / serial_s, 1),
             images_per_hour_dask_2_workers=round(3600 * args.n_images / dask_s, 1),
             dask_speedup=round(serial_s / dask_s, 3),
+            # serial on one torch thread: what one Dask worker runs
+            images_per_hour_serial_1_thread=round(3600 * args.n_images / serial1_s, 1),
+            dask_speedup_vs_1_thread=round(serial1_s / dask_s, 3),
+            dask_cluster_start_s=start_s,
+            images_per_hour_dask_2_workers_after_start=round(
+                3600 * args.n_images / (dask_s - start_s), 1
+            ),
             dask_same_rows_as_serial=same,
             wall_includes="process start, weights loading and (Dask) cluster start",
         )
@@ -270,6 +280,9 @@ def main(argv=None) -> None:
                     "images_per_hour_serial",
                     "images_per_hour_dask_2_workers",
                     "dask_speedup",
+                    "images_per_hour_serial_1_thread",
+                    "dask_speedup_vs_1_thread",
+                    "dask_cluster_start_s",
                 )
             },
             flush=True,

@@ -155,3 +155,16 @@ def test_hats_keeps_array_columns_as_lists(tmp_path):
         cat = FullCatalog.read(folder / f"im{k}.parquet")
         rows = df[df["image"] == f"im{k}.fits"].sort_values("row")
         np.testing.assert_allclose(np.stack(rows["flux"].to_numpy()), cat["flux"])
+
+
+def test_serial_threads_option(tmp_path, weights):
+    images = _images(tmp_path, n=2)
+    one = run(images, tmp_path / "a", weights=str(weights), workers=0, threads=1, progress=False)
+    auto = run(images, tmp_path / "b", weights=str(weights), workers=0, progress=False)
+    assert one["rows"] == auto["rows"] and one["cluster_start_s"] == 0.0
+    for a, b in zip(_rows(tmp_path / "a").values(), _rows(tmp_path / "b").values()):
+        np.testing.assert_allclose(a["x"], b["x"], atol=1e-4)
+    with pytest.raises(ProbcatValueError, match="threads must lie"):
+        run(images, tmp_path / "c", weights=str(weights), workers=0, threads=0)
+    with pytest.raises(ProbcatValueError, match="serial runs"):
+        run(images, tmp_path / "c", weights=str(weights), workers=2, threads=2)

@@ -339,6 +339,9 @@ def run_cmd(
         None, help="local Dask workers (default: one per core); 0 runs serially in this process"
     ),
     scheduler: str = typer.Option(None, help="address of a running Dask scheduler"),
+    threads: int = typer.Option(
+        None, help="torch threads of a serial run (--workers 0; default: automatic)"
+    ),
     hats: Path = typer.Option(None, help="also merge the catalogs into this HATS catalog"),
     dry_run: bool = typer.Option(False, "--dry-run", help="say what would be done, do nothing"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
@@ -367,6 +370,7 @@ def run_cmd(
         suffix=f".{fmt}",
         workers=workers,
         scheduler=scheduler,
+        threads=threads,
         dry_run=dry_run,
         progress=not quiet,
     )

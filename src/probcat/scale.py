@@ -121,6 +121,7 @@ def run(
     suffix: str = ".parquet",
     workers: int | None = None,
     scheduler: str | None = None,
+    threads: int | None = None,
     dry_run: bool = False,
     progress: bool = True,
 ) -> dict:
@@ -134,6 +135,8 @@ def run(
         raise ProbcatValueError(f"threshold must lie in [0, 1), got {threshold}")
     if workers is not None and workers < 0:
         raise ProbcatValueError(f"workers must be >= 0, got {workers}")
+    if threads is not None and (isinstance(threads, bool) or not 1 <= threads <= 1024):
+        raise ProbcatValueError(f"threads must lie in [1, 1024], got {threads}")
     jobs = plan(images, out, suffix)
     todo = [j for j in jobs if not j.output.exists()]
     summary = {"images": len(jobs), "to_process": len(todo), "skipped": len(jobs) - len(todo)}
@@ -143,11 +146,15 @@ def run(
     _remove_temporaries(out)  # of a killed run
     serial = workers == 0 and scheduler is None
     # serially: this process's threads (auto); on Dask: one torch thread per worker process
+    if threads is not None and not serial:
+        raise ProbcatValueError("threads applies to serial runs (workers=0); a Dask worker "
+                                "runs one torch thread")  # fmt: skip
     options = {"weights": weights, "threshold": threshold, "background": background,
-               "gain": gain, "threads": "auto" if serial else 1}  # fmt: skip
+               "gain": gain, "threads": (threads or "auto") if serial else 1}  # fmt: skip
     _detector(weights, options["threads"])  # bad weights fail here, in one line, before work
     t0 = time.perf_counter()
-    results = list(_execute(todo, options, workers, scheduler, progress))
+    timing: dict = {}
+    results = list(_execute(todo, options, workers, scheduler, progress, timing))
     seconds = time.perf_counter() - t0
     _remove_temporaries(out)  # of a worker killed midway (its task ran again elsewhere)
     failed = [{"image": r["image"], "error": r["error"]} for r in results if r["error"]]
@@ -158,6 +165,8 @@ def run(
         seconds=round(seconds, 2),
         images_per_hour=round(3600 * len(results) / seconds, 1) if results else None,
         mode="serial" if serial else "dask",
+        # starting the local cluster (worker processes importing torch, loading weights)
+        cluster_start_s=round(timing.get("cluster_start_s", 0.0), 2),
         warnings={r["image"]: r["warnings"] for r in results if r.get("warnings")},
     )
     text = json.dumps(summary, indent=1)
@@ -172,7 +181,7 @@ def _remove_temporaries(out) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _execute(jobs: list[Job], options: dict, workers, scheduler, progress):
+def _execute(jobs: list[Job], options: dict, workers, scheduler, progress, timing=None):
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs), desc="images", unit="img", disable=not progress)
@@ -188,11 +197,14 @@ def _execute(jobs: list[Job], options: dict, workers, scheduler, progress):
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
+    t0 = time.perf_counter()
     if scheduler is None:
         n = workers or os.cpu_count() or 1
         cluster = LocalCluster(
             n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
         )
+    if timing is not None:
+        timing["cluster_start_s"] = time.perf_counter() - t0
     try:
         with Client(scheduler or cluster) as client:
             futures = client.map(
