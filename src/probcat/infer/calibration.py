@@ -33,6 +33,7 @@ __all__ = [
     "CentroidCalibration",
     "fit_centroid_calibration",
     "calibration_from_errors",
+    "map_catalogs_of_scenes",
     "centroid_interval",
     "TooFewMatches",
     "LEVELS",
@@ -116,30 +117,39 @@ def fit_centroid_calibration(
     errors ``|true - x| / x_sd`` of the MAP detections matched within 2 px, both axes."""
     from tqdm.auto import tqdm
 
-    from probcat.infer.detect import batch_tile_features, catalog_from_decisions, decode, tile_image
-
     if n_scenes < 1:
         raise ProbcatValueError(f"n_scenes must be >= 1, got {n_scenes}")
-    rng = np.random.default_rng(rng)
-    net.eval()
     z = []
     bar = tqdm(total=n_scenes, desc="centroid calibration", disable=not progress)
+    for scene, est, _ in map_catalogs_of_scenes(net, sim, noise_sigma, n_scenes, rng, batch):
+        truth = scene.catalog
+        i, j = match(np.stack([truth["x"], truth["y"]], 1), np.stack([est["x"], est["y"]], 1))
+        for t, e, s in (("x", "x", "x_sd"), ("y", "y", "y_sd")):
+            z.append(np.abs(np.asarray(truth[t])[i] - est[e][j]) / est[s][j])
+        bar.update()
+    bar.close()
+    return calibration_from_errors(np.concatenate(z) if z else np.zeros(0), source)
+
+
+@torch.no_grad()
+def map_catalogs_of_scenes(net, sim, noise_sigma, n_scenes: int, rng=None, batch: int = 32):
+    """``(scene, MAP catalogue, tile features (C, nty, ntx))`` of ``n_scenes`` fresh scenes
+    of ``sim``, decoded ``batch`` at a time (the raw network: no metadata, no reliability
+    columns)."""
+    from probcat.infer.detect import batch_tile_features, catalog_from_decisions, decode, tile_image
+
+    rng = np.random.default_rng(rng)
+    net.eval()
     for start in range(0, n_scenes, batch):
         scenes = [sim.sample(rng) for _ in range(min(batch, n_scenes - start))]
         imgs = np.stack([s.image for s in scenes])
         feats = batch_tile_features(net, imgs, noise_sigma)
         dec = decode(net, feats, image=tile_image(net, imgs, noise_sigma))
         for b, scene in enumerate(scenes):
-            truth = scene.catalog
             est = catalog_from_decisions(
                 dec, b, dec.marginal, imgs.shape[-2:], net.tile_size, sim.survey.band_names, {}
             )
-            i, j = match(np.stack([truth["x"], truth["y"]], 1), np.stack([est["x"], est["y"]], 1))
-            for t, e, s in (("x", "x", "x_sd"), ("y", "y", "y_sd")):
-                z.append(np.abs(np.asarray(truth[t])[i] - est[e][j]) / est[s][j])
-        bar.update(len(scenes))
-    bar.close()
-    return calibration_from_errors(np.concatenate(z) if z else np.zeros(0), source)
+            yield scene, est, feats[b]
 
 
 def calibration_from_errors(z, source: str = "") -> CentroidCalibration:

@@ -261,29 +261,20 @@ def annotate(cat, net, feats_k: torch.Tensor):
 def detections_with_outcomes(net, sim, noise_sigma, *, n_scenes: int, rng, batch: int = 32):
     """MAP detections of ``n_scenes`` scenes of ``sim``: raw probabilities, whether each is
     real (matched within 2 px), their tile feature vectors and scene indices."""
-    from probcat.infer.detect import batch_tile_features, catalog_from_decisions, decode, tile_image
+    from probcat.infer.calibration import map_catalogs_of_scenes
     from probcat.metrics.detection import match
 
-    rng = np.random.default_rng(rng)
-    net.eval()
     probs, real, feats_out, scene_ids = [], [], [], []
-    for start in range(0, n_scenes, batch):
-        scenes = [sim.sample(rng) for _ in range(min(batch, n_scenes - start))]
-        imgs = np.stack([s.image for s in scenes])
-        feats = batch_tile_features(net, imgs, noise_sigma)
-        dec = decode(net, feats, image=tile_image(net, imgs, noise_sigma))
-        for b, scene in enumerate(scenes):
-            t = scene.catalog
-            c = catalog_from_decisions(
-                dec, b, dec.marginal, imgs.shape[-2:], net.tile_size, sim.survey.band_names, {}
-            )
-            _, j = match(np.stack([t["x"], t["y"]], 1), np.stack([c["x"], c["y"]], 1))
-            ok = np.zeros(len(c), bool)
-            ok[j] = True
-            probs.append(np.asarray(c["prob"], float))
-            real.append(ok)
-            feats_out.append(_tile_feats(feats[b], c["tile_x"], c["tile_y"]))
-            scene_ids.append(np.full(len(c), start + b))
+    scenes = map_catalogs_of_scenes(net, sim, noise_sigma, n_scenes, rng, batch)
+    for k, (scene, c, feats_k) in enumerate(scenes):
+        t = scene.catalog
+        _, j = match(np.stack([t["x"], t["y"]], 1), np.stack([c["x"], c["y"]], 1))
+        ok = np.zeros(len(c), bool)
+        ok[j] = True
+        probs.append(np.asarray(c["prob"], float))
+        real.append(ok)
+        feats_out.append(_tile_feats(feats_k, c["tile_x"], c["tile_y"]))
+        scene_ids.append(np.full(len(c), k))
     cat = np.concatenate
     return cat(probs), cat(real), cat(feats_out), cat(scene_ids)
 
