@@ -39,6 +39,7 @@ from probcat.provenance import provenance
 from probcat.simulate.bank import BankConfig, SourceBank
 from probcat.simulate.prior import FAMILIES
 from probcat.simulate.scene import SceneConfig, SceneSimulator
+from probcat.tiles import TileCatalog
 from probcat.weights import DEFAULT_DETECTION, load, load_detection
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -84,8 +85,6 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100) -> dict:
         feats = batch_tile_features(net, imgs, sigma)
         dec = decode(net, feats, image=tile_image(net, imgs, sigma))
         extra["tile_prob"].append(dec.marginal.prob.numpy().ravel())
-        from probcat.tiles import TileCatalog
-
         tiles = TileCatalog.from_full([s.catalog for s in part], net.tile_size)
         nty, ntx = feats.shape[-2:]
         extra["tile_truth"].append((tiles.n_sources[:, :nty, :ntx] > 0).numpy().ravel())

@@ -27,7 +27,7 @@ weights file (``probcat train calibrate RUN`` refits them):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -253,8 +253,7 @@ def annotate(cat, net, feats_k: torch.Tensor):
     meta = {**cat.meta, "ood_flag": OOD_FLAG}
     if cal is not None:
         meta["prob_calibration"] = cal.source
-    out = cat.with_columns(**cols)
-    return type(out)(out.columns, out.image_shape, out.bands, meta)
+    return replace(cat.with_columns(**cols), meta=meta)
 
 
 @torch.no_grad()

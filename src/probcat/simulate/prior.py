@@ -311,8 +311,8 @@ PRIOR_VERSIONS = {"parametric": "bulge+disk v1", "dc2": "dc2 v1", "morphology": 
 def prior_version(kind: str) -> str:
     """Version label of a built-in population (recorded in weight manifests); a catalog
     path is reported as itself."""
-    if parse_families(kind) is not None:
-        families = parse_families(kind)
+    families = parse_families(kind)
+    if families is not None:
         label = PRIOR_VERSIONS["morphology"]
         return label if families == FAMILIES else f"{label} ({'+'.join(families)})"
     return PRIOR_VERSIONS.get(kind, f"catalog {kind}")

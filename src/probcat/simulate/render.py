@@ -13,6 +13,7 @@ import math
 import galsim
 import numpy as np
 
+from probcat.simulate.prior import FAMILIES
 from probcat.survey import Survey
 
 __all__ = [
@@ -118,8 +119,6 @@ def _irregular(n_knots: int, knot_frac: float, seed: int, rng) -> galsim.GSObjec
 
 def _face_on(row) -> galsim.GSObject:
     """Unit-flux face-on composite of a non-bulge+disk family, at an arbitrary scale."""
-    from probcat.simulate.prior import FAMILIES
-
     family = FAMILIES[int(row["family"])]
     seed = int(row["morph_seed"])
     rng = np.random.default_rng(seed)
@@ -159,8 +158,6 @@ def galaxy_profile_for(row, variant: int = 0) -> galsim.GSObject:
     Composite families (clumpy, spiral, irregular) are built face-on, dilated so that
     their half-light radius is ``disk_hlr``, then sheared to ``disk_q`` at ``beta``.
     """
-    from probcat.simulate.prior import FAMILIES
-
     family = FAMILIES[int(row["family"])] if "family" in _keys(row) else "bulge_disk"
     if family == "bulge_disk":
         prof = galaxy_profile(
