@@ -242,6 +242,21 @@ TABLES = {
                 "serial",
             ),
             (
+                "images per hour, Dask with 2 workers (vs serial on 1 torch thread)",
+                "images_per_hour_dask_2_workers",
+                "images_per_hour_serial_1_thread",
+                ".0f",
+                "",
+                "serial, 1 thread",
+            ),
+            (
+                "Dask's ceiling over serial here: cores / serial's thread speed-up",
+                "dask_ceiling_vs_serial",
+                None,
+                ".2f",
+                "",
+            ),
+            (
                 "lost / duplicated rows after SIGKILL of the run",
                 "resume.lost_rows",
                 "resume.duplicated_rows",

@@ -28,7 +28,8 @@ PY = sys.executable
 PROBCAT = str(Path(PY).with_name("probcat"))
 SEED = 9090
 
-# a child that detects one image and reports its time and peak memory
+# a child that detects one image and reports its time and peak memory: VmHWM, the peak
+# resident memory of this process image (ru_maxrss would carry over the forking parent's)
 CHILD = """
 import resource, sys, time
 import probcat
@@ -39,7 +40,12 @@ det.catalog(data.image[:, :256, :256], noise_sigma=data.noise_sigma)  # warm-up
 t0 = time.perf_counter()
 cat = det.catalog(data)
 dt = time.perf_counter() - t0
-print(dt, len(cat), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+try:
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
+    rss = int(hwm.split()[1]) / 1024
+except (OSError, IndexError):
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(dt, len(cat), rss)
 """
 
 
@@ -227,8 +233,8 @@ def main(argv=None) -> None:
         sim4k, (four,) = scenes(1, 4000, SEED + 2)
         p1 = write_fits(tmp, sim1k, [one], "one_k")[0]
         p4 = write_fits(tmp, sim4k, [four], "four_k")[0]
-        t1, _, rss1 = min(child_run(p1) for _ in range(2))
-        t4, n4, rss4 = child_run(p4)
+        t1, _, rss1 = min(child_run(p1) for _ in range(2))  # the same treatment for both
+        t4, n4, rss4 = min(child_run(p4) for _ in range(2))
         res.update(
             peak_rss_mb_1k=round(rss1, 1),
             peak_rss_mb_4k=round(rss4, 1),
@@ -266,6 +272,13 @@ def main(argv=None) -> None:
             # serial on one torch thread: what one Dask worker runs
             images_per_hour_serial_1_thread=round(3600 * args.n_images / serial1_s, 1),
             dask_speedup_vs_1_thread=round(serial1_s / dask_s, 3),
+            # a serial run's torch threads already share the cores: on c cores, Dask's
+            # ceiling over the serial run is c / (serial 1 thread / serial)
+            serial_threads_speedup=round(serial1_s / serial_s, 3),
+            dask_ceiling_vs_serial=round(
+                min(2, os.cpu_count() or 1) / (serial1_s / serial_s), 3
+            ),
+            cores=os.cpu_count(),
             dask_cluster_start_s=start_s,
             images_per_hour_dask_2_workers_after_start=round(
                 3600 * args.n_images / (dask_s - start_s), 1

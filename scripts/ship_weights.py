@@ -4,6 +4,7 @@ manifest's benchmark numbers.
     .venv/bin/python scripts/ship_weights.py runs/detection_lsst_i          # ship a run
     .venv/bin/python scripts/ship_weights.py runs/deblender_lsst_i deblender_lsst_i
     .venv/bin/python scripts/ship_weights.py --benchmark detection_lsst_i   # record numbers
+    .venv/bin/python scripts/ship_weights.py --sky-offset detection_lsst_i  # fit, record
 
 The manifest gets the training manifest (config, data seeds, command, commit, validation
 history), the weight file's sha256 and, when ``benchmarks/results/detection.json`` was
@@ -155,8 +156,19 @@ def record_benchmark(name: str = "detection_lsst_i") -> None:
     print(f"updated {path}")
 
 
+def record_sky_offset(name: str = "detection_lsst_i") -> None:
+    """Fit the sky offset of shipped detection weights (``probcat.background``) into their
+    manifest; the weights file is untouched."""
+    from probcat.train.detection import record_sky_offset as fit_and_record
+
+    rec = fit_and_record(WEIGHTS / f"{name}.pt", WEIGHTS / f"manifest_{name}.json")
+    print(f"{name}: sky offset {rec['per_band']} noise sigma ({rec['source']})")
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--benchmark"]:
         record_benchmark(*sys.argv[2:])
+    elif sys.argv[1:2] == ["--sky-offset"]:
+        record_sky_offset(*sys.argv[2:])
     else:
         ship(*sys.argv[1:])

@@ -30,7 +30,7 @@ TINY = {
     },
     "model": {"stem_channels": 4, "channels": 8, "n_blocks": 1},
     "phases": [{"name": "main", "steps": 6, "lr": 5e-3, "warmup": 1}],
-    "fits": {"calibration_scenes": 4, "merge_scenes": 2},
+    "fits": {"calibration_scenes": 4, "merge_scenes": 2, "sky_scenes": 2},
     "val_every": 3,
     "checkpoint_every": 3,
     "threads": 1,
@@ -78,6 +78,9 @@ def test_train_writes_weights_manifest_and_resumes(tmp_path, cache_dir):
     manifest = json.loads((tmp_path / "run/manifest.json").read_text())
     assert manifest["command"] == "t" and manifest["config"] == to_dict(_cfg())
     assert load(tmp_path / "run/detection.pt").sha256 == manifest["sha256"]
+    sky = manifest["sky_offset"]  # what the prior's faint galaxies lift a sky estimate by
+    assert sky["n_scenes"] == 2 and len(sky["per_band"]) == 1
+    assert 0.0 < sky["per_band"][0] < 1.0
     # a finished run resumes to nothing left to do; another config is refused
     m2 = train_detection(_cfg(), tmp_path / "run", cache_dir=cache_dir, progress=False)
     assert m2["steps"] == 6 and len(m2["history"]) == 2
@@ -142,6 +145,8 @@ def test_shipped_config_is_the_shipped_weights_config(name):
     got, want = to_dict(load_config(f"configs/{name}.yaml")), manifest(name)["config"]
     if "init" not in want:  # weights trained before runs could start from others
         assert got.pop("init") is None
+    if "sky_scenes" not in want["fits"]:  # trained before the sky offset was fitted
+        assert got["fits"].pop("sky_scenes") == 32
     assert got == want
     assert load_config(f"configs/{name}.yaml", steps=7).phases[0].steps == 7
 
@@ -288,3 +293,30 @@ def test_calibrate_run_records_reliability_and_catalogs_use_it(tmp_path, cache_d
     assert len(cat) > 0
     assert np.asarray(cat["prob"]) == pytest.approx(0.5 * np.asarray(cat["prob_raw"]))
     assert np.all((cat["ood_score"] >= 0) & (cat["ood_score"] <= 1))
+
+
+def test_sky_offset_only_records_into_the_manifest_and_the_detector_uses_it(
+    tmp_path, cache_dir, monkeypatch
+):
+    import probcat
+    import probcat.background as B
+    from probcat.cli import main
+
+    run = tmp_path / "run"
+    train_detection(_cfg(), run, cache_dir=cache_dir, progress=False)
+    before = json.loads((run / "manifest.json").read_text())
+    weights_bytes = (run / "detection.pt").read_bytes()
+    monkeypatch.setattr(B, "sky_offset", lambda images: np.array([0.25 + 0 * len(list(images))]))
+    assert main(["train", "calibrate", str(run), "--sky-offset-only", "-q",
+                 "--cache-dir", str(cache_dir)]) == 0  # fmt: skip
+    after = json.loads((run / "manifest.json").read_text())
+    assert after["sky_offset"]["per_band"] == [0.25] and after["sha256"] == before["sha256"]
+    assert (run / "detection.pt").read_bytes() == weights_bytes  # the weights are untouched
+    det = probcat.load(run / "detection.pt")
+    assert det.sky_offset.tolist() == [0.25]
+    # a sky left in: the offset is taken off the estimate, so the field keeps 0.25 sigma
+    x = np.random.default_rng(3).standard_normal((1, 64, 64)).astype(np.float32)
+    sigma = float(det.survey.noise_sigma[0])
+    info = det.catalog((x + 40.0) * sigma).meta["input"]
+    assert info["background"] == "subtracted" and info["sky_offset"] == [0.25]
+    assert info["sky_median"][0] == pytest.approx((40.0 - 0.25) * sigma, abs=0.05 * sigma)

@@ -63,14 +63,22 @@ class _Batch:
 
 
 def read_input(
-    image, survey, noise_sigma=None, *, min_size: int = 1, background: str = "auto", gain=None
+    image,
+    survey,
+    noise_sigma=None,
+    *,
+    min_size: int = 1,
+    background: str = "auto",
+    gain=None,
+    sky_offset=None,
 ):
     """One image for ``survey``'s bands: ``(x, wcs, sigma, info)`` with ``x``
     ``(bands, H, W)`` float32 in noise-sigma units (checked, converted to electrons with
     ``gain`` or the image's ``GAIN``, sky subtracted when ``background="auto"`` finds it
     left in: :mod:`probcat.background`), the image's WCS (or None), the noise sigma per band
     (``noise_sigma``, else the FITS ``NOISE`` keywords, else the survey's) and what was done
-    to the image (``info``, recorded in catalogs)."""
+    to the image (``info``, recorded in catalogs). ``sky_offset``: see
+    :func:`probcat.background.prepare` (the weights' manifest has it)."""
     from probcat.background import gain_array, prepare
     from probcat.infer.detect import check_image
     from probcat.io import ImageData, read_image
@@ -117,8 +125,19 @@ def read_input(
                 )
     x = check_image(image, len(names), sigma, min_size=min_size, warn_sky=background == "none")
     sigma = np.broadcast_to(np.asarray(sigma, np.float32), (len(names),)).copy()
-    x, done = prepare(x, sigma, background=background, sigma_source=source)
+    x, done = prepare(x, sigma, background=background, sigma_source=source, offset=sky_offset)
     return x, wcs, sigma, {**info, **done}
+
+
+def sky_offset_of(manifest: dict | None, n_bands: int):
+    """The sky offset per band (noise sigma) recorded in a weights manifest
+    (:func:`probcat.background.sky_offset`), or None: weights without a manifest or
+    without the record (then the sky estimate is subtracted as it is)."""
+    rec = (manifest or {}).get("sky_offset") or {}
+    per_band = rec.get("per_band")
+    if per_band is None or len(per_band) != n_bands:
+        return None
+    return np.asarray(per_band, np.float64)
 
 
 def _check_pixel_scale(wcs, survey, tolerance: float = 0.1) -> None:
@@ -191,11 +210,22 @@ class Detector:
     def bands(self) -> tuple[str, ...]:
         return tuple(self.survey.band_names)
 
+    @property
+    def sky_offset(self):
+        """The weights' sky offset per band (noise sigma; None when not recorded): what
+        the faint galaxies of a field lift a sky estimate by (:mod:`probcat.background`)."""
+        return sky_offset_of(self.manifest, len(self.bands))
+
     # ---- inputs --------------------------------------------------------------------------
     def _one(self, image, noise_sigma, opts: dict):
         """One image as ``(bands, H, W)`` in sigma units, its WCS and what was done to it."""
         x, wcs, _, info = read_input(
-            image, self.survey, noise_sigma, min_size=self.net.receptive_field // 2, **opts
+            image,
+            self.survey,
+            noise_sigma,
+            min_size=self.net.receptive_field // 2,
+            sky_offset=self.sky_offset,
+            **opts,
         )
         return x, wcs, info
 
@@ -498,13 +528,16 @@ class Deblender:
         match_px: float = 2.0,
         background: str = "auto",
         gain=None,
+        sky_offset=None,
     ) -> DeblendResult:
         """Deblend the sources of ``catalog`` (``x, y`` and ``galaxy`` or ``galaxy_prob``)
         in ``image`` (FITS path, :class:`~probcat.io.ImageData` or array in electrons) and
         measure them; ``samples``: posterior catalog samples of the same image for flux
         posteriors; ``method``: ``"subtract"`` (residual images, the paper's) or
         ``"conserve"`` (the data shared among the sources in proportion to their models);
-        ``background``, ``gain``: as for detection (:mod:`probcat.background`).
+        ``background``, ``gain``: as for detection (:mod:`probcat.background`);
+        ``sky_offset``: the detector's (:attr:`Detector.sky_offset`), so that a sky left in
+        the image is subtracted as detection subtracted it.
         """
         from probcat.infer.deblend import (
             METHODS,
@@ -526,8 +559,9 @@ class Deblender:
             if name not in catalog:
                 raise ProbcatValueError(f"the catalog has no {name!r} column")
         x, wcs, sigma, _ = read_input(
-            image, self.survey, noise_sigma, background=background, gain=gain
-        )
+            image, self.survey, noise_sigma, background=background, gain=gain,
+            sky_offset=sky_offset,
+        )  # fmt: skip
         img = x * sigma[:, None, None]
         nb, h, w = img.shape
         cx, cy, gal = _xyg(catalog)
@@ -637,8 +671,9 @@ def deblend(
         image, noise_sigma=noise_sigma, threshold=threshold, samples=samples, seed=seed, **opts
     )
     out = dbl.measure(
-        image, res.catalog, noise_sigma=noise_sigma, samples=res.samples, method=method, **opts
-    )
+        image, res.catalog, noise_sigma=noise_sigma, samples=res.samples, method=method,
+        sky_offset=det.sky_offset, **opts,
+    )  # fmt: skip
     out.detection = res
     out.wcs = res.wcs
     return out
@@ -696,8 +731,9 @@ def photoz(
             f"the detector needs band(s) {''.join(missing)}, which the photo-z bands "
             f"{''.join(est.bands)} lack"
         )
+    offset = det.sky_offset if det.bands == est.bands else None
     xs, wcs, sigma, info = read_input(
-        image, est.survey, noise_sigma, background=background, gain=gain
+        image, est.survey, noise_sigma, background=background, gain=gain, sky_offset=offset
     )
     planes = [est.bands.index(b) for b in det.bands]
     res = det.detect(

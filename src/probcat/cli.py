@@ -229,7 +229,9 @@ def detect_cmd(
     if dbl is not None:
         from probcat.io import write_image
 
-        d = dbl.measure(data, catalog, samples=res.samples, method=method, **opts)
+        d = dbl.measure(
+            data, catalog, samples=res.samples, method=method, sky_offset=det.sky_offset, **opts
+        )
         catalog = d.catalog
         for name, img in (("model", d.model), ("residual", d.residual)):
             path = out.with_name(f"{out.stem}_{name}.fits")
@@ -507,16 +509,25 @@ def calibrate_cmd(
     run: Path = typer.Argument(..., help="run directory holding detection.pt and manifest.json"),
     scenes: int = typer.Option(512, help="number of validation scenes"),
     cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
+    sky_offset_only: bool = typer.Option(
+        False, "--sky-offset-only", help="only (re)fit the sky offset, into manifest.json"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """(Re)fit the merge radius (weights with a location refiner), the centroid-interval
-    calibration, the detection-probability calibration and the ood_score density of a
-    trained run (training does them last)."""
-    from probcat.train.detection import calibrate_run
+    calibration, the detection-probability calibration, the ood_score density and the sky
+    offset of a trained run (training does them last)."""
+    from probcat.train.detection import calibrate_run, record_sky_offset
 
     for name in ("detection.pt", "manifest.json"):
         if not (run / name).exists():
             raise ProbcatFileError(f"{run / name}: not found (is {run} a training run?)")
+    if sky_offset_only:
+        rec = record_sky_offset(
+            run / "detection.pt", run / "manifest.json", cache_dir=cache_dir, progress=not quiet
+        )
+        typer.echo(f"sky offset {rec['per_band']} noise sigma -> {run / 'manifest.json'}")
+        return
     m = calibrate_run(run, n_scenes=scenes, cache_dir=cache_dir, progress=not quiet)
     cal = m["centroid_calibration"]
     if cal is None:

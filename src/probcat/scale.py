@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -199,10 +200,16 @@ def _execute(jobs: list[Job], options: dict, workers, scheduler, progress, timin
     cluster = None
     t0 = time.perf_counter()
     if scheduler is None:
+        import dask
+
         n = workers or os.cpu_count() or 1
-        cluster = LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
-        )
+        # forked workers inherit this process's imports and loaded weights (seconds each
+        # with spawn); they run one torch thread, so no OpenMP pool crosses the fork
+        method = "fork" if sys.platform == "linux" else "spawn"  # fork is unsafe on macOS
+        with dask.config.set({"distributed.worker.multiprocessing-method": method}):
+            cluster = LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+            )
     if timing is not None:
         timing["cluster_start_s"] = time.perf_counter() - t0
     try:

@@ -104,6 +104,7 @@ class DetectionFits:
 
     merge_scenes: int = 256
     calibration_scenes: int = 512
+    sky_scenes: int = 32  # 256-px sky-free scenes for the sky offset (probcat.background)
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,7 @@ class DetectionTask:
             "centroid_calibration": calibration,
             "merge": merge,
             **_fit_reliability(model, self.cfg, self.val_sim, progress),
+            "sky_offset": fit_sky_offset(self.cfg, self.val_sim.bank),
         }
 
     @staticmethod
@@ -441,7 +443,50 @@ def calibrate_run(out: str | Path, *, n_scenes: int = 512, cache_dir=None, progr
     weights.update(rel)
     manifest["prob_calibration"] = rel["prob_calibration"]
     manifest["feature_density"] = _density_summary(rel["feature_density"])
+    weights["sky_offset"] = manifest["sky_offset"] = fit_sky_offset(cfg, sim.bank)
     return write_run(out, "detection", weights, manifest)
+
+
+SKY_SIZE = 256
+
+
+def fit_sky_offset(cfg: DetectionTrainConfig, bank: SourceBank, n_scenes=None) -> dict:
+    """How far the faint galaxies of the prior lift the sky estimate of
+    :mod:`probcat.background` (per band, noise sigma): :func:`probcat.background.sky_offset`
+    on ``n_scenes`` (default ``cfg.fits.sky_scenes``) fresh sky-free scenes of
+    :data:`SKY_SIZE` px from ``bank`` (validation galaxies, a seed of their own)."""
+    from probcat.background import sky_offset
+
+    n = n_scenes or cfg.fits.sky_scenes
+    seed = [cfg.seed, 31]
+    sim = SceneSimulator(bank, SceneConfig(SKY_SIZE, SKY_SIZE, margin=cfg.data.margin))
+    rng = np.random.default_rng(seed)
+    sigma = cfg.survey().noise_sigma.astype(np.float64)[:, None, None]
+    per_band = sky_offset(sim.sample(rng).image / sigma for _ in range(n))
+    return {
+        "per_band": [round(float(v), 5) for v in per_band],
+        "n_scenes": int(n),
+        "source": f"{n} sky-free validation scenes ({SKY_SIZE} px, split=val, seed {seed}): "
+        "mean masked sky estimate, noise sigma",
+    }
+
+
+def record_sky_offset(weights_path, manifest_path, *, n_scenes=None, cache_dir=None, progress=True):
+    """Fit :func:`fit_sky_offset` for the detection weights file ``weights_path`` and
+    record it in the manifest at ``manifest_path`` (atomically; the weights file is not
+    touched, so its sha256 stays). Returns the record."""
+    from probcat.catalog import atomic_write
+    from probcat.weights import read_weights
+
+    w = read_weights(weights_path)
+    cfg = from_dict(DetectionTrainConfig, w["config"])
+    rec = fit_sky_offset(cfg, _simulator(cfg, "val", cache_dir, progress).bank, n_scenes)
+    manifest_path = Path(manifest_path)
+    manifest = json.loads(manifest_path.read_text())
+    manifest["sky_offset"] = rec
+    text = json.dumps(manifest, indent=1, default=str)
+    atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(text + "\n"))
+    return rec
 
 
 def _fit_decoding(net, cfg: DetectionTrainConfig, sim, progress):
