@@ -275,9 +275,7 @@ def main(argv=None) -> None:
             # a serial run's torch threads already share the cores: on c cores, Dask's
             # ceiling over the serial run is c / (serial 1 thread / serial)
             serial_threads_speedup=round(serial1_s / serial_s, 3),
-            dask_ceiling_vs_serial=round(
-                min(2, os.cpu_count() or 1) / (serial1_s / serial_s), 3
-            ),
+            dask_ceiling_vs_serial=round(min(2, os.cpu_count() or 1) / (serial1_s / serial_s), 3),
             cores=os.cpu_count(),
             dask_cluster_start_s=start_s,
             images_per_hour_dask_2_workers_after_start=round(
