@@ -103,3 +103,58 @@ def test_tiny_training_run_loads_as_an_estimator(tmp_path, cache_dir):
     w, m, s = est.mixture(np.zeros((6, 20, 20), np.float32), [10.0], [10.0])
     assert w.shape == (1, 5) and np.all(s > 0)
     torch.testing.assert_close(torch.tensor(w.sum()), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_an_ensemble_pools_its_members_mixtures_with_equal_weight():
+    from probcat.nets.photoz import PhotozNet
+
+    torch.manual_seed(0)
+    nets = [PhotozNet(bands=6, size=11, channels=4, components=3).eval() for _ in range(3)]
+    ens = PhotozNet.ensemble(nets).eval()
+    assert ens.n_components == 9 and ens.hparams["members"] == 3
+    x = torch.randn(4, 6, 11, 11)
+    with torch.no_grad():
+        w, m, s = ens(x)
+        for k, net in enumerate(nets):  # member k's components, weights divided by 3
+            wk, mk, sk = net(x)
+            torch.testing.assert_close(w[:, 3 * k : 3 * k + 3], wk / 3)
+            torch.testing.assert_close(m[:, 3 * k : 3 * k + 3], mk)
+            torch.testing.assert_close(s[:, 3 * k : 3 * k + 3], sk)
+        ens.sd_scale.fill_(2.0)
+        torch.testing.assert_close(ens(x)[2], 2 * s)
+    torch.testing.assert_close(w.sum(1), torch.ones(4))
+    # its density is the members' average
+    from probcat.nets.photoz import mixture_nll
+
+    z = torch.rand(4) * 2
+    with torch.no_grad():
+        dens = torch.stack([torch.exp(-mixture_nll(*n(x), z)) for n in nets]).mean(0)
+        ens.sd_scale.fill_(1.0)
+        torch.testing.assert_close(torch.exp(-mixture_nll(*ens(x), z)), dens)
+    with pytest.raises(ValueError, match="one architecture"):
+        PhotozNet.ensemble([nets[0], PhotozNet(bands=6, size=11, channels=8, components=3)])
+
+
+@pytest.mark.slow
+def test_an_ensemble_run_trains_members_resumably_then_assembles(tmp_path, cache_dir):
+    import probcat
+    from probcat.weights import sha256
+
+    cfg = _tiny_cfg()
+    cfg = PhotozTrainConfig(**{**cfg.__dict__, "members": 2})
+    out = tmp_path / "ens"
+    one = train_photoz(cfg, out, cache_dir=cache_dir, progress=False, member=1)
+    assert one["config"]["seed"] == 1 and "members" not in one["config"]
+    assert not (out / "member_0").exists() and not (out / "photoz.pt").exists()
+    first = sha256(out / "member_1" / "photoz.pt")
+    man = train_photoz(cfg, out, cache_dir=cache_dir, progress=False)
+    assert sha256(out / "member_1" / "photoz.pt") == first  # finished: not trained again
+    assert [m["seed"] for m in man["members"]] == [0, 1] and man["config"]["members"] == 2
+    assert man["steps"] == 6 and man["width_calibration"]["n"] > 0
+    est = probcat.load(str(out / "photoz.pt"))
+    assert est.net.members == 2
+    assert float(est.net.sd_scale) == pytest.approx(man["width_calibration"]["sd_scale"])
+    w, m, s = est.mixture(np.zeros((6, 20, 20), np.float32), [10.0], [10.0])
+    assert w.shape == (1, 10) and w.sum() == pytest.approx(1.0)
+    with pytest.raises(ProbcatValueError, match="member must lie"):
+        train_photoz(cfg, out, cache_dir=cache_dir, progress=False, member=2)

@@ -488,18 +488,26 @@ def train_photoz_cmd(
     config: Path = typer.Option(..., "--config", "-c", help="YAML training config"),
     out: Path = typer.Option(..., "--out", "-o", help="run directory"),
     steps: int = typer.Option(None, help="override the first phase's number of steps"),
+    member: int = typer.Option(
+        None, help="ensembles (members > 1): train only this member into OUT/member_<k>"
+    ),
     cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
-    """Train the photo-z mixture density network (resumes from OUT/checkpoint.pt)."""
+    """Train the photo-z mixture density network (resumes from OUT/checkpoint.pt); with
+    ``members: M`` in the config, a deep ensemble: M nets (seeds seed..seed+M-1) trained in
+    OUT/member_<k>, then pooled and width-calibrated into OUT."""
     from probcat.train.photoz import load_photoz_config, train_photoz
 
     cfg = load_photoz_config(config, steps=steps)
+    if member is not None and cfg.members == 1:
+        raise ProbcatValueError("--member applies to ensembles (members > 1 in the config)")
     manifest = train_photoz(
-        cfg, out, cache_dir=cache_dir, progress=not quiet, command=_command_line()
+        cfg, out, cache_dir=cache_dir, progress=not quiet, command=_command_line(), member=member
     )
+    where = out if member is None else out / f"member_{member}"
     typer.echo(
-        f"wrote {out / 'photoz.pt'} and {out / 'manifest.json'} "
+        f"wrote {where / 'photoz.pt'} and {where / 'manifest.json'} "
         f"after {manifest['steps']} steps ({manifest['training_s']:.0f} s)"
     )
 

@@ -44,11 +44,20 @@ SD_SCALES = np.exp(np.linspace(np.log(0.5), np.log(3.0), 61))
 
 class PhotozNet(nn.Module):
     """``(B, bands, S, S)`` stamps in noise-sigma units → mixture ``(weights, means, sds)``,
-    each ``(B, components)``. The buffer ``sd_scale`` (1 after training) multiplies every
-    standard deviation: a post-hoc width calibration fitted on validation detections."""
+    each ``(B, n_components)``. The buffer ``sd_scale`` (1 after training) multiplies every
+    standard deviation: a post-hoc width calibration fitted on validation detections.
+
+    With ``members > 1`` the net is a deep ensemble: ``members`` encoders trained
+    independently (other seeds, other training stamps), whose mixtures are pooled with
+    equal weight, so the PDF is a mixture of ``members x components`` Gaussians."""
 
     def __init__(
-        self, bands: int = 6, size: int = STAMP_Z, channels: int = 32, components: int = COMPONENTS
+        self,
+        bands: int = 6,
+        size: int = STAMP_Z,
+        channels: int = 32,
+        components: int = COMPONENTS,
+        members: int = 1,
     ):
         super().__init__()
         self.hparams = {
@@ -57,18 +66,46 @@ class PhotozNet(nn.Module):
             "channels": channels,
             "components": components,
         }
-        self.encoder = GalaxyEncoder(size, bands, 3 * components, channels)
-        self.components = components
+        if members != 1:  # single nets keep their hparams (and state) as before ensembles
+            self.hparams["members"] = members
+            self.encoders = nn.ModuleList(
+                GalaxyEncoder(size, bands, 3 * components, channels) for _ in range(members)
+            )
+        else:
+            self.encoder = GalaxyEncoder(size, bands, 3 * components, channels)
+        self.components, self.members = components, members
         self.register_buffer("sd_scale", torch.ones(()))
 
-    def forward(self, x: torch.Tensor):
-        out = self.encoder(x)
+    @property
+    def n_components(self) -> int:
+        return self.components * self.members
+
+    def _mixture(self, out: torch.Tensor):
         k = self.components
         weights = torch.softmax(out[:, :k], dim=1)
         means = out[:, k : 2 * k]
         lo, hi = LOG_SD_RANGE
         log_sd = lo + (hi - lo) * torch.sigmoid(out[:, 2 * k :])
-        return weights, means, log_sd.exp() * self.sd_scale
+        return weights, means, log_sd.exp()
+
+    def forward(self, x: torch.Tensor):
+        if self.members == 1:
+            w, m, sd = self._mixture(self.encoder(x))
+            return w, m, sd * self.sd_scale
+        parts = [self._mixture(enc(x)) for enc in self.encoders]
+        w, m, sd = (torch.cat([p[j] for p in parts], dim=1) for j in range(3))
+        return w / self.members, m, sd * self.sd_scale
+
+    @classmethod
+    def ensemble(cls, nets: list[PhotozNet]) -> PhotozNet:
+        """The deep ensemble of single nets of one architecture (``sd_scale`` 1: refit it)."""
+        hp = {k: v for k, v in nets[0].hparams.items() if k != "members"}
+        if any(n.members != 1 or n.hparams != nets[0].hparams for n in nets):
+            raise ValueError("ensemble members must be single nets of one architecture")
+        out = cls(**hp, members=len(nets))
+        for enc, net in zip(out.encoders, nets):
+            enc.load_state_dict(net.encoder.state_dict())
+        return out
 
 
 def _log_norm_cdf(x: torch.Tensor) -> torch.Tensor:

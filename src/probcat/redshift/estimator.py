@@ -101,7 +101,7 @@ class PhotozEstimator:
         from probcat.runtime import thread_limit, threads_for
 
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        k = self.net.components
+        k = self.net.n_components
         if len(x) == 0:
             return np.zeros((0, k)), np.zeros((0, k)), np.ones((0, k))
         if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):

@@ -15,6 +15,7 @@ mixture_nll`).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,7 +30,7 @@ from probcat.nets.photoz import COMPONENTS, STAMP_Z, PhotozNet, mixture_nll
 from probcat.simulate.datasets import Simulation, SimulationConfig
 from probcat.simulate.prior import MAG_GOLD
 from probcat.survey import Survey
-from probcat.train.loop import LoopSettings, Phase, check_run_config, fit_config
+from probcat.train.loop import LoopSettings, Phase, check_run_config, fit
 
 __all__ = [
     "PhotozData",
@@ -95,6 +96,7 @@ class PhotozTrainConfig:
     val_every: int = 500
     checkpoint_every: int = 250
     threads: int = 2
+    members: int = 1  # > 1: a deep ensemble of nets trained with seeds seed, seed + 1, ...
 
     def __post_init__(self):
         d, m = self.data, self.model
@@ -123,6 +125,7 @@ class PhotozTrainConfig:
             "val_every": self.val_every,
             "checkpoint_every": self.checkpoint_every,
             "threads": self.threads,
+            "members": self.members,
         }
         for y in d.years:
             check_run_config(d.bands, y, self.phases, counts)
@@ -276,44 +279,8 @@ class PhotozTask:
         keep = ("bias", "sigma_iqr", "outlier_frac", "ks", "pit_coverage_68", "pit_coverage_95")
         return {"total": nll, **{k: m[k] for k in keep}}
 
-    @torch.no_grad()
     def finish(self, model, progress):
-        c = self.cfg.calibration
-        if c.scenes == 0:
-            return {}
-        from probcat.api import Detector, load
-        from probcat.nets.photoz import fit_sd_scale
-
-        det = load(c.detector, threads=self.cfg.threads)
-        if not isinstance(det, Detector):
-            raise ProbcatValueError(f"calibration.detector {c.detector}: not detection weights")
-        model.eval()
-        xs, zs = [], []
-        for j, years in enumerate(self.cfg.data.years):
-            sim = self.cfg.simulation("val", years, progress=progress)
-            got = detected_gold(
-                sim,
-                det,
-                c.scenes,
-                np.random.default_rng([self.cfg.seed, 123, j]),
-                stamp=self.cfg.model.stamp,
-            )
-            xs.append(got["x"])
-            zs.append(got["z"])
-        x, z = np.concatenate(xs), np.concatenate(zs)
-        outs = [model(torch.from_numpy(x[i : i + 512])) for i in range(0, len(x), 512)]
-        w, m, sd = (torch.cat([o[j] for o in outs]).double().numpy() for j in range(3))
-        scale = fit_sd_scale(w, m, sd, z)
-        model.sd_scale.fill_(scale)
-        return {
-            "width_calibration": {
-                "sd_scale": scale,
-                "n": int(len(z)),
-                "source": f"{c.scenes} validation scenes per depth (seed [{self.cfg.seed}, 123, "
-                f"depth index]), {c.detector} MAP detections classified galaxy, matched within "
-                "2 px to gold galaxies",
-            }
-        }
+        return fit_width_calibration(model, self.cfg, progress)
 
     def weights(self, model):
         return {
@@ -336,6 +303,57 @@ class PhotozTask:
         }
 
 
+@torch.no_grad()
+def fit_width_calibration(model: PhotozNet, cfg: PhotozTrainConfig, progress=True) -> dict:
+    """Fit ``model.sd_scale`` (one factor on every mixture width) on ``cfg.calibration``'s
+    validation scenes at the positions its detector finds; the record for the manifest
+    (``{}`` when ``calibration.scenes`` is 0)."""
+    c = cfg.calibration
+    if c.scenes == 0:
+        return {}
+    from probcat.api import Detector, load
+    from probcat.nets.photoz import fit_sd_scale
+
+    det = load(c.detector, threads=cfg.threads)
+    if not isinstance(det, Detector):
+        raise ProbcatValueError(f"calibration.detector {c.detector}: not detection weights")
+    model.eval()
+    xs, zs = [], []
+    for j, years in enumerate(cfg.data.years):
+        sim = cfg.simulation("val", years, progress=progress)
+        got = detected_gold(
+            sim, det, c.scenes, np.random.default_rng([cfg.seed, 123, j]), stamp=cfg.model.stamp
+        )
+        xs.append(got["x"])
+        zs.append(got["z"])
+    x, z = np.concatenate(xs), np.concatenate(zs)
+    model.sd_scale.fill_(1.0)
+    outs = [model(torch.from_numpy(x[i : i + 512])) for i in range(0, len(x), 512)]
+    w, m, sd = (torch.cat([o[j] for o in outs]).double().numpy() for j in range(3))
+    scale = fit_sd_scale(w, m, sd, z)
+    model.sd_scale.fill_(scale)
+    return {
+        "width_calibration": {
+            "sd_scale": scale,
+            "n": int(len(z)),
+            "source": f"{c.scenes} validation scenes per depth (seed [{cfg.seed}, 123, "
+            f"depth index]), {c.detector} MAP detections classified galaxy, matched within "
+            "2 px to gold galaxies",
+        }
+    }
+
+
+def _config_dict(cfg: PhotozTrainConfig) -> dict:
+    """The config as runs record it; single nets leave out ``members`` (as runs did before
+    ensembles, so they resume)."""
+    from probcat.config import to_dict
+
+    d = to_dict(cfg)
+    if d.get("members") == 1:
+        del d["members"]
+    return d
+
+
 def train_photoz(
     cfg: PhotozTrainConfig,
     out: str | Path,
@@ -344,7 +362,85 @@ def train_photoz(
     progress: bool = True,
     command: str | None = None,
     stop_after: int | None = None,
+    member: int | None = None,
 ) -> dict | None:
-    """Train (or resume) and write ``photoz.pt`` and ``manifest.json`` into ``out``."""
-    task = PhotozTask(cfg, cache_dir=cache_dir, progress=progress)
-    return fit_config(task, cfg, out, progress=progress, command=command, stop_after=stop_after)
+    """Train (or resume) and write ``photoz.pt`` and ``manifest.json`` into ``out``.
+
+    With ``cfg.members > 1``: member ``k`` (seed ``cfg.seed + k``; its own training stamps)
+    trains into ``out/member_<k>`` as a single net, each resumable; then the ensemble is
+    assembled, its width calibration fitted, and written into ``out``. ``member``: train
+    only that member (e.g. members in parallel on several machines) and return its
+    manifest; a later call without it assembles."""
+    out = Path(out)
+    if cfg.members == 1:
+        task = PhotozTask(cfg, cache_dir=cache_dir, progress=progress)
+        return fit(task, out, config=_config_dict(cfg), settings=cfg.settings(),
+                   progress=progress, command=command, stop_after=stop_after)  # fmt: skip
+    if member is not None and not 0 <= member < cfg.members:
+        raise ProbcatValueError(f"member must lie in [0, {cfg.members}), got {member}")
+    manifests = []
+    for k in range(cfg.members) if member is None else [member]:
+        sub = replace(cfg, members=1, seed=cfg.seed + k)
+        done = _finished(out / f"member_{k}", sub)
+        if done is None:
+            task = PhotozTask(sub, cache_dir=cache_dir, progress=progress)
+            done = fit(task, out / f"member_{k}", config=_config_dict(sub),
+                       settings=sub.settings(), progress=progress, command=command,
+                       stop_after=stop_after)  # fmt: skip
+            if done is None:
+                return None  # stopped early
+        manifests.append(done)
+    if member is not None:
+        return manifests[0]
+    return _assemble(cfg, out, manifests, progress, command)
+
+
+def _finished(run: Path, cfg: PhotozTrainConfig) -> dict | None:
+    """The manifest of a finished single-net run of ``cfg`` in ``run``, else None."""
+    path = run / "manifest.json"
+    if not (path.exists() and (run / "photoz.pt").exists()):
+        return None
+    manifest = json.loads(path.read_text())
+    return manifest if manifest.get("config") == _config_dict(cfg) else None
+
+
+def _assemble(cfg: PhotozTrainConfig, out: Path, manifests: list[dict], progress, command):
+    """The ensemble of the finished members, width-calibrated, written into ``out``."""
+    from probcat.train.loop import write_run
+    from probcat.weights import load
+
+    nets = [load(out / f"member_{k}" / "photoz.pt", kind="photoz").model
+            for k in range(cfg.members)]  # fmt: skip
+    model = PhotozNet.ensemble(nets)
+    fits = fit_width_calibration(model, cfg, progress)
+    task_weights = {
+        "kind": "photoz",
+        "hparams": model.hparams,
+        "state_dict": model.state_dict(),
+        "survey": cfg.survey().to_dict(),
+        "years": list(cfg.data.years),
+    }
+    config = _config_dict(cfg)
+    weights = {**task_weights, "format": 2, "config": config, **fits}
+    members = [
+        {
+            "seed": cfg.seed + k,
+            "sha256": m["sha256"],
+            "steps": m.get("steps"),
+            "training_s": m.get("training_s"),
+            "final_val": m.get("final_val"),
+            "data": m.get("data"),
+        }
+        for k, m in enumerate(manifests)
+    ]
+    manifest = {
+        "kind": "photoz",
+        "weights": "photoz.pt",
+        "config": config,
+        "data": {"members": [m["data"] for m in members]},
+        "training_s": round(sum(m["training_s"] or 0 for m in members), 1),
+        "steps": sum(m["steps"] or 0 for m in members),
+        "members": members,
+        **fits,
+    }
+    return write_run(out, "photoz", weights, manifest, command)
