@@ -45,9 +45,19 @@ def checks(s: dict) -> dict:
     return {
         "coverage_deviation_in_standard_errors": within,
         "coverage_within_2_se": {k: v <= 2 for k, v in within.items()},
-        "truth_in_combined_95": {
+        # the joint 95% highest-density region of (N, sigma, h), as the paper's Fig. 3
+        # regions; and each marginal's central 95% interval
+        "truth_in_combined_95_region": s["truth_hpd_level"]["combined"] < 0.954,
+        "truth_in_combined_95_marginal": {
             p: comb[p]["interval_95"][0] <= truth[p] <= comb[p]["interval_95"][1]
             for p in PARAM_NAMES
+        },
+        "joint_coverage_within_2_se": {
+            est: all(
+                abs(cov[est]["joint"][lv] - float(lv)) <= 2 * cov[est]["joint"][f"{lv}_se"]
+                for lv in ("0.683", "0.954")
+            )
+            for est in ESTIMATORS
         },
         "combined_narrower_than_r3": {p: w["combined"][p] < w["r3"][p] for p in PARAM_NAMES},
         "combined_narrower_than_r4": {p: w["combined"][p] < w["r4"][p] for p in PARAM_NAMES},

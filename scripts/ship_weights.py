@@ -5,6 +5,7 @@ manifest's benchmark numbers.
     .venv/bin/python scripts/ship_weights.py runs/deblender_lsst_i deblender_lsst_i
     .venv/bin/python scripts/ship_weights.py --benchmark detection_lsst_i   # record numbers
     .venv/bin/python scripts/ship_weights.py --sky-offset detection_lsst_i  # fit, record
+    .venv/bin/python scripts/ship_weights.py --flux-error deblender_lsst_i detection_lsst_i
 
 The manifest gets the training manifest (config, data seeds, command, commit, validation
 history), the weight file's sha256 and, when ``benchmarks/results/detection.json`` was
@@ -165,10 +166,23 @@ def record_sky_offset(name: str = "detection_lsst_i") -> None:
     print(f"{name}: sky offset {rec['per_band']} noise sigma ({rec['source']})")
 
 
+def record_flux_error(name: str = "deblender_lsst_i", detector: str = "detection_lsst_i") -> None:
+    """Fit the deblender's flux-error scale (``probcat.measure.flux_sd``) with ``detector``'s
+    posterior samples into its manifest; the weights file is untouched."""
+    from probcat.train.deblend import record_flux_error as fit_and_record
+
+    rec = fit_and_record(name, WEIGHTS / f"manifest_{name}.json", detector)
+    cov, cov0 = rec["validation_coverage_68_95"], rec["validation_coverage_68_95_without"]
+    print(f"{name}: flux-error scale {rec['scale']:.3f}; validation coverage 68/95 {cov} "
+          f"(without: {cov0})")  # fmt: skip
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--benchmark"]:
         record_benchmark(*sys.argv[2:])
     elif sys.argv[1:2] == ["--sky-offset"]:
         record_sky_offset(*sys.argv[2:])
+    elif sys.argv[1:2] == ["--flux-error"]:
+        record_flux_error(*sys.argv[2:])
     else:
         ship(*sys.argv[1:])

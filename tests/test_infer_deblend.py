@@ -18,7 +18,13 @@ from probcat.infer.deblend import (
     sample_fluxes,
     source_images,
 )
-from probcat.measure import adaptive_moments, flux_posterior, mixture_quantiles
+from probcat.measure import (
+    adaptive_moments,
+    fit_contamination_scale,
+    flux_posterior,
+    flux_sd,
+    mixture_quantiles,
+)
 
 S = 21
 SCALE = 0.2
@@ -119,6 +125,13 @@ def test_residual_images_remove_the_other_source():
     # without deblending the neighbour's light leaks into the aperture
     f_raw, _, _ = sep.sum_circle(image[0].astype(np.float64), [15.2], [14.9], 5.0)
     assert f_raw[0] > flux[0, 0] * 1.01
+    # "data": all the light in the aperture; minus the source's own, the neighbour's share
+    data = aperture_fluxes(image, models, [0, 1], method="data")
+    assert data[0, 0] == pytest.approx(f_raw[0], rel=1e-6)
+    nb = np.zeros((32, 36), np.float32)
+    nb[18 - S // 2 : 18 + S // 2 + 1, 22 - S // 2 : 22 + S // 2 + 1] = sb
+    f_nb, _, _ = sep.sum_circle(nb.astype(np.float64), [15.2], [14.9], 5.0)
+    assert data[0, 0] - flux[0, 0] == pytest.approx(f_nb[0], rel=1e-3, abs=1e-3)
 
 
 def test_conserving_option_sums_to_the_data():
@@ -208,6 +221,12 @@ def test_sample_fluxes_match_and_miss():
         one = sample_fluxes(model, image, sigma, samples, [20.0], [20.0], method=m)
         np.testing.assert_array_equal(both[m], one)
     assert not np.allclose(both["subtract"][0, 0], both["conserve"][0, 0])
+    # with the neighbours' light: zero alone, positive with a neighbour, NaN where missed
+    trio = [cat([20.0], [20.0]), cat([20.0, 24.0], [20.0, 21.0]), cat([30.0], [30.0])]
+    v, c = sample_fluxes(model, image, sigma, trio, [20.0], [20.0], contamination=True)
+    np.testing.assert_array_equal(v, sample_fluxes(model, image, sigma, trio, [20.0], [20.0]))
+    assert c[0, 0, 0] == pytest.approx(0.0, abs=1e-3) and c[0, 1, 0] > 1.0
+    assert np.isnan(c[0, 2, 0])
 
 
 def test_match_nearest_brute_force():
@@ -247,6 +266,43 @@ def test_flux_posterior_summary():
     assert np.isnan(out["mean"][1]) and out["p_match"][1] == 0.0
 
 
+def test_mixture_quantiles_with_one_sd_per_component():
+    from scipy.stats import norm
+
+    means, sds = np.array([0.0, 3.0, 4.0]), np.array([1.0, 0.5, 2.0])
+    q = mixture_quantiles(means, sds, [0.025, 0.16, 0.5, 0.84, 0.975])
+    cdf = np.mean([norm.cdf(q, m, s) for m, s in zip(means, sds)], 0)
+    np.testing.assert_allclose(cdf, [0.025, 0.16, 0.5, 0.84, 0.975], atol=1e-9)
+
+
+def test_flux_error_model_adds_the_neighbours_share_in_quadrature():
+    np.testing.assert_allclose(flux_sd([3.0, 3.0], [0.0, 40.0], 0.1), [3.0, 5.0])
+    np.testing.assert_allclose(flux_sd([3.0], [np.nan], 0.1), [3.0])  # no neighbour known
+    assert flux_sd(3.0, [40.0], 0.0) == 3.0
+    vals = np.array([[10.0, 12.0]])
+    wide = flux_posterior(vals, 3.0, np.array([[40.0, 40.0]]), 0.1)
+    narrow = flux_posterior(vals, 3.0)
+    assert wide["sd"][0] == pytest.approx(np.sqrt(1.0 + 25.0))  # sample spread + model
+    assert narrow["sd"][0] == pytest.approx(np.sqrt(1.0 + 9.0))
+    assert wide["q975"][0] - wide["q025"][0] > narrow["q975"][0] - narrow["q025"][0]
+
+
+def test_contamination_scale_is_recovered_from_simulated_errors():
+    rng = np.random.default_rng(0)
+    n, a_true, noise = 4000, 0.2, 5.0
+    truth = rng.uniform(100, 1000, n)
+    contam = rng.exponential(50.0, (n, 1)) * np.ones((1, 3))  # 3 samples, one neighbourhood
+    err = rng.normal(0, np.sqrt(noise**2 + (a_true * contam[:, 0]) ** 2))
+    values = (truth + err)[:, None] + rng.normal(0, 0.5, (n, 3))  # small detection spread
+    values[::7, 2] = np.nan  # samples that miss the source
+    got = fit_contamination_scale(values, truth, noise, contam)
+    assert got == pytest.approx(a_true, rel=0.12)
+    assert fit_contamination_scale(values, truth, noise, contam * 0) == 0.0  # nothing to scale
+    post = flux_posterior(values, noise, contam, got)
+    inside = (truth >= post["q16"]) & (truth <= post["q84"])
+    assert inside.mean() == pytest.approx(0.683, abs=0.03)
+
+
 def test_adaptive_moments_of_a_sheared_gaussian():
     img = (
         galsim.Gaussian(sigma=1.0)
@@ -269,3 +325,31 @@ def test_crop_at_outside_is_zero():
     c = crop_at(img, 0, 0, 3)
     np.testing.assert_array_equal(c[0], [[0, 0, 0], [0, 0, 1], [0, 5, 6]])
     assert not crop_at(img, 40, 40, 3).any()
+
+
+def test_measure_widens_flux_errors_by_the_manifests_scale_of_the_neighbours_light():
+    from probcat.api import Deblender
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="i")
+    sigma = survey.noise_sigma.astype(np.float32)
+    model = FixedGalaxy(_draw(_galaxy(2e5), S) / sigma[0])
+    xs, ys = [12.0, 19.0], [15.0, 15.0]
+    image = paste_models(reconstruct(model, np.zeros((1, 30, 30)), sigma, xs, ys, [True] * 2),
+                         (30, 30))  # fmt: skip
+    cat = FullCatalog(
+        {"x": np.array(xs), "y": np.array(ys), "galaxy": np.ones(2, bool)}, (30, 30), ("i",)
+    )
+    plain = Deblender(model, survey, device="cpu").measure(image, cat, samples=[cat]).catalog
+    noise = float(sigma[0]) * np.sqrt(np.pi * 25.0)
+    np.testing.assert_allclose(plain["flux_ap_err"][:, 0], noise)  # no record: noise only
+    db = Deblender(model, survey, {"flux_error": {"scale": 0.1}}, device="cpu")
+    assert db.flux_error_scale == 0.1
+    got = db.measure(image, cat, samples=[cat]).catalog
+    raw = aperture_fluxes(image, reconstruct(model, image, sigma, xs, ys, [True] * 2), [0, 1],
+                          method="data")[:, 0]  # fmt: skip
+    contam = raw - got["flux_ap"][:, 0]
+    assert np.all(contam > 0.05 * got["flux_ap"][:, 0])  # each has its neighbour's wing
+    np.testing.assert_allclose(got["flux_ap_err"][:, 0], np.hypot(noise, 0.1 * contam), rtol=1e-6)
+    # one sample: the posterior's sd is the error model's
+    np.testing.assert_allclose(got["flux_sd"][:, 0], got["flux_ap_err"][:, 0], rtol=1e-6)

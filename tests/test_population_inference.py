@@ -59,9 +59,24 @@ def test_coverage_of_an_exact_posterior_is_nominal_and_of_an_overconfident_one_i
         for level in ("0.683", "0.954"):
             se = cov[name][f"{level}_se"]
             assert abs(cov[name][level] - float(level)) < 3 * se, (name, level, cov[name])
+    for level in ("0.683", "0.954"):  # the joint regions too
+        assert abs(cov["joint"][level] - float(level)) < 3 * cov["joint"][f"{level}_se"]
     post, truths = _toy_posteriors(rng, 300, 30.0, 12.0, grid)
     over = expected_coverage(post, truths)
     assert over["N"]["0.683"] < 0.45 and over["N"]["0.954"] < 0.8
+    assert over["joint"]["0.683"] < 0.45 and over["joint"]["0.954"] < 0.8
+
+
+def test_hpd_level_of_a_gaussian_posterior_is_the_chi2_probability():
+    grid = Grid.default(n_sigma=61, n_h=59, n_step=2)
+    mu, sd = np.array([250.0, 2.0, 10.0]), np.array([30.0, 0.25, 2.5])
+    z = (grid.points - mu) / sd
+    post = Posterior(grid, -0.5 * np.sum(z**2, 1))
+    direction = np.array([1.0, -1.0, 1.0]) / np.sqrt(3)
+    for d in (0.5, 1.0, 1.5, 2.0, 2.5):
+        theta = mu + d * direction * sd
+        assert post.hpd_level(theta) == pytest.approx(stats.chi2.cdf(d**2, 3), abs=0.015)
+    assert post.hpd_level(mu) < 0.005
 
 
 def test_posterior_marginals_intervals_and_samples():

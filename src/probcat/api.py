@@ -517,6 +517,13 @@ class Deblender:
         name = (self.manifest or {}).get("weights", "custom weights")
         return f"Deblender({name}, bands={''.join(self.survey.band_names)!r})"
 
+    @property
+    def flux_error_scale(self) -> float:
+        """The share of the neighbours' light in an aperture that the flux errors add
+        (:func:`probcat.measure.flux_sd`), fitted on validation scenes and recorded in the
+        manifest; 0 (pixel noise only) when not recorded."""
+        return float(((self.manifest or {}).get("flux_error") or {}).get("scale", 0.0))
+
     def measure(
         self,
         image,
@@ -548,7 +555,7 @@ class Deblender:
             sample_fluxes,
             source_images,
         )
-        from probcat.measure import APERTURE_RADIUS, adaptive_moments, flux_posterior
+        from probcat.measure import APERTURE_RADIUS, adaptive_moments, flux_posterior, flux_sd
         from probcat.runtime import thread_limit, threads_for
 
         if method not in METHODS:
@@ -575,6 +582,9 @@ class Deblender:
             )
             model = paste_models(models, (h, w))
             flux = aperture_fluxes(img, models, np.arange(n), method=method)
+            contam = np.maximum(
+                aperture_fluxes(img, models, np.arange(n), method="data") - flux, 0.0
+            )
             own = source_images(img, models, method)
             half = models.size // 2
             mom = adaptive_moments(own, half + (cx - models.cx), half + (cy - models.cy))
@@ -590,9 +600,11 @@ class Deblender:
                     method=method,
                     match_px=match_px,
                     device=self.device,
+                    contamination=True,
                 )
         area = np.pi * APERTURE_RADIUS**2
-        flux_err = np.broadcast_to(sigma * np.sqrt(area), (n, nb)).copy()
+        scale = self.flux_error_scale
+        flux_err = flux_sd(np.broadcast_to(sigma * np.sqrt(area), (n, nb)), contam, scale)
         mags = np.stack(
             [self._mag(b, flux[:, k]) for k, b in enumerate(self.survey.bands)], 1
         ).reshape(n, nb)
@@ -609,7 +621,11 @@ class Deblender:
             edge=edge,
         )
         if samples:
-            parts = [flux_posterior(vals[:, :, k], flux_err[:, k]) for k in range(nb)]
+            vals, vcon = vals
+            noise = sigma * np.sqrt(area)
+            parts = [
+                flux_posterior(vals[:, :, k], noise[k], vcon[:, :, k], scale) for k in range(nb)
+            ]
             for key in parts[0]:
                 if key == "p_match":
                     cols["p_match"] = parts[0][key]

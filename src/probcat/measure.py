@@ -16,6 +16,8 @@ __all__ = [
     "aperture_flux",
     "adaptive_moments",
     "flux_posterior",
+    "flux_sd",
+    "fit_contamination_scale",
     "mixture_quantiles",
     "APERTURE_RADIUS",
 ]
@@ -76,51 +78,102 @@ def adaptive_moments(stamps: np.ndarray, x, y, band: int = 0) -> dict[str, np.nd
     return out
 
 
-def mixture_quantiles(means: np.ndarray, sd: float, qs) -> np.ndarray:
-    """Quantiles ``qs`` of the equal-weight mixture of normals ``N(means[s], sd^2)``
-    (bisection on the mixture CDF; a point mass per sample when ``sd`` is 0)."""
+def mixture_quantiles(means: np.ndarray, sd, qs) -> np.ndarray:
+    """Quantiles ``qs`` of the equal-weight mixture of normals ``N(means[s], sd[s]^2)``
+    (``sd`` one number or one per component; bisection on the mixture CDF; a point mass per
+    sample when every ``sd`` is 0)."""
     from scipy.special import ndtr
 
     means = np.asarray(means, float)
+    sd = np.broadcast_to(np.asarray(sd, float), means.shape)
     qs = np.atleast_1d(np.asarray(qs, float))
-    if sd <= 0:
+    if np.all(sd <= 0):
         return np.quantile(means, qs)
-    lo = np.full(len(qs), means.min() - 10 * sd)
-    hi = np.full(len(qs), means.max() + 10 * sd)
+    sd = np.maximum(sd, 1e-12 * max(float(sd.max()), 1e-300))
+    lo = np.full(len(qs), (means - 10 * sd).min())
+    hi = np.full(len(qs), (means + 10 * sd).max())
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        cdf = ndtr((mid[:, None] - means[None]) / sd).mean(1)
+        cdf = ndtr((mid[:, None] - means[None]) / sd[None]).mean(1)
         below = cdf < qs
         lo = np.where(below, mid, lo)
         hi = np.where(below, hi, mid)
     return 0.5 * (lo + hi)
 
 
+def flux_sd(noise_sd, contamination=None, scale: float = 0.0) -> np.ndarray:
+    """The flux-error model: pixel noise in the aperture plus a share ``scale`` of the
+    neighbours' light in it (their models are only so good), in quadrature:
+    ``sqrt(noise_sd^2 + (scale * contamination)^2)``."""
+    noise_sd = np.asarray(noise_sd, float)
+    if contamination is None or not scale:
+        return noise_sd
+    c = np.nan_to_num(np.maximum(np.asarray(contamination, float), 0.0))
+    return np.sqrt(noise_sd**2 + (scale * c) ** 2)
+
+
 POSTERIOR_QUANTILES = (0.025, 0.16, 0.5, 0.84, 0.975)
 
 
-def flux_posterior(values: np.ndarray, noise_sd) -> dict[str, np.ndarray]:
+def flux_posterior(
+    values: np.ndarray, noise_sd, contamination=None, scale: float = 0.0
+) -> dict[str, np.ndarray]:
     """Summary of per-source flux posteriors from posterior catalog samples.
 
     ``values`` ``(sources, samples)``: the source's aperture flux in each sample (NaN where
     the sample does not hold it). The posterior is the equal mixture, over the samples
-    that hold the source, of ``N(value, noise_sd^2)``: the detection uncertainty (which
-    sources exist, where) from the samples, the pixel noise in the aperture from
-    ``noise_sd`` (per source; 0 keeps the detection part alone, as paper 000 does).
+    that hold the source, of ``N(value, sd^2)``: the detection uncertainty (which sources
+    exist, where) from the samples; ``sd`` the pixel noise in the aperture ``noise_sd``
+    (per source; 0 keeps the detection part alone, as paper 000 does) and, with
+    ``contamination`` (the neighbours' light in the aperture, like ``values``) and
+    ``scale``, the deblending error of :func:`flux_sd`.
     Returns ``mean``, ``sd``, ``q025, q16, q50, q84, q975`` and ``p_match`` (the fraction of
     samples holding the source)."""
     values = np.atleast_2d(np.asarray(values, float))
     noise_sd = np.broadcast_to(np.asarray(noise_sd, float), (len(values),))
+    sds = np.broadcast_to(noise_sd[:, None], values.shape)
+    if contamination is not None and scale:
+        sds = flux_sd(sds, np.atleast_2d(contamination), scale)
     n = len(values)
     out = {k: np.full(n, np.nan) for k in ("mean", "sd", "q025", "q16", "q50", "q84", "q975")}
     out["p_match"] = np.isfinite(values).mean(1) if values.shape[1] else np.zeros(n)
     for i in range(n):
-        v = values[i][np.isfinite(values[i])]
+        ok = np.isfinite(values[i])
+        v, s = values[i][ok], sds[i][ok]
         if len(v) == 0:
             continue
         out["mean"][i] = v.mean()
-        out["sd"][i] = math.sqrt(v.var() + noise_sd[i] ** 2)
-        qs = mixture_quantiles(v, float(noise_sd[i]), POSTERIOR_QUANTILES)
+        out["sd"][i] = math.sqrt(v.var() + float(np.mean(s**2)))
+        qs = mixture_quantiles(v, s, POSTERIOR_QUANTILES)
         for k, q in zip(("q025", "q16", "q50", "q84", "q975"), qs):
             out[k][i] = q
     return out
+
+
+def fit_contamination_scale(values, truth, noise_sd, contamination, scales=None) -> float:
+    """The ``scale`` of :func:`flux_sd` (from a grid, 0 included) under which the true
+    fluxes ``truth`` (per source) have the highest mean log density in their flux
+    posteriors (:func:`flux_posterior`): a one-parameter calibration on validation data.
+    ``values``, ``contamination``: ``(sources, samples)``; ``noise_sd`` per source."""
+    from scipy.special import logsumexp
+
+    values = np.atleast_2d(np.asarray(values, float))
+    contamination = np.atleast_2d(np.asarray(contamination, float))
+    truth = np.asarray(truth, float)
+    noise = np.broadcast_to(np.asarray(noise_sd, float), (len(values),))[:, None]
+    keep = np.isfinite(values).any(1) & np.isfinite(truth)
+    values, contamination = values[keep], contamination[keep]
+    truth, noise = truth[keep], noise[keep]
+    if not len(values):
+        return 0.0
+    scales = np.r_[0.0, np.geomspace(0.01, 1.0, 41)] if scales is None else np.asarray(scales)
+    ok = np.isfinite(values)
+    best, best_ll = 0.0, -np.inf
+    for a in scales:
+        sd = flux_sd(np.broadcast_to(noise, values.shape), contamination, float(a))
+        z = (truth[:, None] - values) / sd
+        logp = np.where(ok, -0.5 * z**2 - np.log(sd) - 0.5 * math.log(2 * math.pi), -np.inf)
+        ll = float(np.mean(logsumexp(logp, axis=1) - np.log(ok.sum(1))))
+        if ll > best_ll:
+            best, best_ll = float(a), ll
+    return best

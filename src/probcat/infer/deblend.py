@@ -242,10 +242,11 @@ def aperture_fluxes(
 ) -> np.ndarray:
     """Aperture flux ``(len(targets), bands)`` of sources ``targets`` (indices into
     ``models``) at their centroids, on their own light (:func:`source_images`), computed
-    on a small window around each aperture only."""
+    on a small window around each aperture only. ``method="data"``: all the light in the
+    aperture (the image itself), so that data minus own flux is the neighbours' share."""
     import sep
 
-    if method not in METHODS:
+    if method not in (*METHODS, "data"):
         raise ProbcatValueError(f"method must be one of {METHODS}, got {method!r}")
     from probcat.simulate.bank import paste
 
@@ -267,6 +268,8 @@ def aperture_fluxes(
                     paste(others, models.stamps[i], half + dx, half + dy)
         if method == "subtract":
             light = data - others
+        elif method == "data":
+            light = data
         else:
             total = own + others
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -347,6 +350,7 @@ def sample_fluxes(
     match_px: float = 2.0,
     radius: float = 5.0,
     device=None,
+    contamination: bool = False,
 ):
     """Aperture fluxes ``(targets, samples, bands)`` of the targets ``(tx, ty)`` in every
     posterior catalog sample (paper 000 section 4.6): each sample is deblended on its own
@@ -354,7 +358,9 @@ def sample_fluxes(
     measured at the centroid of the sample's source nearest to it within ``match_px``;
     NaN where a sample has no such source. ``samples``: catalogs with ``x, y`` and
     ``galaxy`` columns (or ``galaxy_prob``). A tuple of methods gives a dict of such
-    arrays, from one reconstruction of every sample."""
+    arrays, from one reconstruction of every sample. ``contamination``: also return, in
+    the same form, the light of the other sources in each aperture (the data's aperture
+    flux minus the target's): what the flux-error model scales (:mod:`probcat.measure`)."""
     tx, ty = np.atleast_1d(np.asarray(tx, float)), np.atleast_1d(np.asarray(ty, float))
     nb = image.shape[0]
     methods = (method,) if isinstance(method, str) else tuple(method)
@@ -362,6 +368,7 @@ def sample_fluxes(
         if m not in METHODS:
             raise ProbcatValueError(f"method must be one of {METHODS}, got {m!r}")
     outs = {m: np.full((len(tx), len(samples), nb), np.nan) for m in methods}
+    raw = np.full((len(tx), len(samples), nb), np.nan)
     cols = [_xyg(c) for c in samples]
     gx = np.concatenate([c[0][c[2]] for c in cols]) if cols else np.zeros(0)
     gy = np.concatenate([c[1][c[2]] for c in cols]) if cols else np.zeros(0)
@@ -375,7 +382,14 @@ def sample_fluxes(
         hit = np.flatnonzero(idx >= 0)
         for m in methods if len(hit) else ():
             outs[m][hit, s] = aperture_fluxes(image, models, idx[hit], method=m, radius=radius)
-    return outs[method] if isinstance(method, str) else outs
+        if contamination and len(hit):
+            raw[hit, s] = aperture_fluxes(image, models, idx[hit], method="data", radius=radius)
+    if not contamination:
+        return outs[method] if isinstance(method, str) else outs
+    contam = {m: np.maximum(raw - outs[m], 0.0) for m in methods}
+    if isinstance(method, str):
+        return outs[method], contam[method]
+    return outs, contam
 
 
 def _xyg(cat):

@@ -122,6 +122,20 @@ class Posterior:
             }
         return out
 
+    def hpd_level(self, theta) -> float:
+        """The credibility of the highest-posterior-density region whose edge passes
+        through ``theta`` (3 parameters): the posterior mass where the density exceeds the
+        density at ``theta`` (trilinear in the log density on the grid). ``theta`` lies
+        inside the joint ``level`` credible region when this is below ``level``."""
+        from scipy.interpolate import RegularGridInterpolator
+
+        ld = np.where(np.isfinite(self.log_density), self.log_density, -1e300)
+        at = RegularGridInterpolator(self.grid.axes, ld, bounds_error=False, fill_value=None)
+        point = np.clip(np.asarray(theta, float), [a[0] for a in self.grid.axes],
+                        [a[-1] for a in self.grid.axes])  # fmt: skip
+        ref = float(at(point[None])[0])
+        return float(self.w[self.log_density > ref].sum())
+
     def width(self, k: int, level: float = 0.683) -> float:
         lo, hi = self.interval(k, level)
         return hi - lo
@@ -153,7 +167,9 @@ def logmeanexp(a: np.ndarray, axis: int = 0) -> np.ndarray:
 
 def expected_coverage(posteriors: list[Posterior], truths: np.ndarray, levels=LEVELS) -> dict:
     """Per parameter and level, the fraction of ``truths`` ``(n, 3)`` inside the central
-    interval of their posterior, with its binomial standard error."""
+    interval of their posterior, with its binomial standard error; under ``"joint"``, the
+    fraction inside the joint highest-density region of each level
+    (:meth:`Posterior.hpd_level`, the expected coverage test of SBI)."""
     out = {}
     for k, name in enumerate(PARAM_NAMES):
         out[name] = {}
@@ -161,4 +177,9 @@ def expected_coverage(posteriors: list[Posterior], truths: np.ndarray, levels=LE
             hits = np.array([p.contains(k, t[k], level) for p, t in zip(posteriors, truths)])
             out[name][f"{level:.3f}"] = float(hits.mean())
             out[name][f"{level:.3f}_se"] = float(np.sqrt(level * (1 - level) / len(hits)))
+    hpd = np.array([p.hpd_level(t) for p, t in zip(posteriors, truths)])
+    out["joint"] = {}
+    for level in levels:
+        out["joint"][f"{level:.3f}"] = float(np.mean(hpd < level))
+        out["joint"][f"{level:.3f}_se"] = float(np.sqrt(level * (1 - level) / len(hpd)))
     return out
