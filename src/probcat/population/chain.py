@@ -513,9 +513,9 @@ def run_chain(
         "posterior": {k: post[k].summary() for k in names},
         "widths_68": {k: {p: post[k].width(i) for i, p in enumerate(PARAM_NAMES)} for k in names},
         # the credibility of the joint highest-density region whose edge passes the truth
-        "truth_hpd_level": {
-            k: post[k].hpd_level([truth[p] for p in PARAM_NAMES]) for k in names
-        },
+        "truth_hpd_level": None
+        if truth is None
+        else {k: post[k].hpd_level([truth[p] for p in PARAM_NAMES]) for k in names},
         "coverage": cov,
         "n_coverage_sims": cfg.coverage_sims,
         "config": to_dict(cfg),

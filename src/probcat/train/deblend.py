@@ -327,14 +327,8 @@ def fit_flux_error(
 def record_flux_error(deblender: str, manifest_path, detector: str, **kwargs) -> dict:
     """:func:`fit_flux_error` recorded in the manifest at ``manifest_path`` (atomically; the
     weights file is untouched). Returns the record."""
-    import json
-
-    from probcat.catalog import atomic_write
+    from probcat.train.loop import record_in_manifest
 
     rec = {**fit_flux_error(deblender, detector, **kwargs), "detector": detector}
-    manifest_path = Path(manifest_path)
-    manifest = json.loads(manifest_path.read_text())
-    manifest["flux_error"] = rec
-    text = json.dumps(manifest, indent=1, default=str)
-    atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(text + "\n"))
+    record_in_manifest(manifest_path, "flux_error", rec)
     return rec

@@ -475,17 +475,13 @@ def record_sky_offset(weights_path, manifest_path, *, n_scenes=None, cache_dir=N
     """Fit :func:`fit_sky_offset` for the detection weights file ``weights_path`` and
     record it in the manifest at ``manifest_path`` (atomically; the weights file is not
     touched, so its sha256 stays). Returns the record."""
-    from probcat.catalog import atomic_write
+    from probcat.train.loop import record_in_manifest
     from probcat.weights import read_weights
 
     w = read_weights(weights_path)
     cfg = from_dict(DetectionTrainConfig, w["config"])
     rec = fit_sky_offset(cfg, _simulator(cfg, "val", cache_dir, progress).bank, n_scenes)
-    manifest_path = Path(manifest_path)
-    manifest = json.loads(manifest_path.read_text())
-    manifest["sky_offset"] = rec
-    text = json.dumps(manifest, indent=1, default=str)
-    atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(text + "\n"))
+    record_in_manifest(manifest_path, "sky_offset", rec)
     return rec
 
 

@@ -298,3 +298,13 @@ def write_run(out: Path, kind: str, weights: dict, manifest: dict, command=None)
     text = json.dumps(manifest, indent=1, default=str)
     atomic_write(Path(out) / "manifest.json", lambda tmp: Path(tmp).write_text(text))
     return manifest
+
+
+def record_in_manifest(manifest_path, key: str, record) -> None:
+    """Set ``key`` of the JSON manifest at ``manifest_path`` to ``record``, atomically (a
+    fit recorded after training; the weights file, and so its sha256, stays as it is)."""
+    manifest_path = Path(manifest_path)
+    manifest = json.loads(manifest_path.read_text())
+    manifest[key] = record
+    text = json.dumps(manifest, indent=1, default=str)
+    atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(text + "\n"))
