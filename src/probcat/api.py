@@ -604,7 +604,7 @@ class Deblender:
                 )
         area = np.pi * APERTURE_RADIUS**2
         scale = self.flux_error_scale
-        flux_err = flux_sd(np.broadcast_to(sigma * np.sqrt(area), (n, nb)), contam, scale)
+        flux_err = np.array(flux_sd(np.broadcast_to(sigma * np.sqrt(area), (n, nb)), contam, scale))
         mags = np.stack(
             [self._mag(b, flux[:, k]) for k, b in enumerate(self.survey.bands)], 1
         ).reshape(n, nb)

@@ -21,7 +21,8 @@ the catalog's metadata):
   twice. Even so, the light of galaxies too faint to mask lifts any sky estimate: by
   ``sky_offset`` noise sigma in a field of the prior's density, which the detection
   weights record in their manifest (measured by :func:`sky_offset` on simulated sky-free
-  scenes after training) and which is added back. ``"none"`` skips all this.
+  scenes after training) and which is taken off the estimate before it is subtracted.
+  ``"none"`` skips all this.
 - **Noise.** The pixel noise is measured (the clipped rms of the sky); a NOISE value (or the
   survey's default, when there is none) that differs from it by more than a factor of
   :data:`NOISE_FACTOR` is reported as a warning with the measured value.
