@@ -128,6 +128,9 @@ def test_residual_images_remove_the_other_source():
     # "data": all the light in the aperture; minus the source's own, the neighbour's share
     data = aperture_fluxes(image, models, [0, 1], method="data")
     assert data[0, 0] == pytest.approx(f_raw[0], rel=1e-6)
+    both = aperture_fluxes(image, models, [0, 1], method=("subtract", "data"))  # one pasting
+    np.testing.assert_array_equal(both["subtract"], flux)
+    np.testing.assert_array_equal(both["data"], data)
     nb = np.zeros((32, 36), np.float32)
     nb[18 - S // 2 : 18 + S // 2 + 1, 22 - S // 2 : 22 + S // 2 + 1] = sb
     f_nb, _, _ = sep.sum_circle(nb.astype(np.float64), [15.2], [14.9], 5.0)

@@ -581,10 +581,9 @@ class Deblender:
                 self.net, img, sigma, cx, cy, gal, survey=self.survey, device=self.device
             )
             model = paste_models(models, (h, w))
-            flux = aperture_fluxes(img, models, np.arange(n), method=method)
-            contam = np.maximum(
-                aperture_fluxes(img, models, np.arange(n), method="data") - flux, 0.0
-            )
+            ap = aperture_fluxes(img, models, np.arange(n), method=(method, "data"))
+            flux = ap[method]
+            contam = np.maximum(ap["data"] - flux, 0.0)  # the neighbours' light
             own = source_images(img, models, method)
             half = models.size // 2
             mom = adaptive_moments(own, half + (cx - models.cx), half + (cy - models.cy))

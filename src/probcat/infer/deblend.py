@@ -237,23 +237,26 @@ def aperture_fluxes(
     models: Models,
     targets,
     *,
-    method: str = "subtract",
+    method: str | tuple[str, ...] = "subtract",
     radius: float = 5.0,
-) -> np.ndarray:
+):
     """Aperture flux ``(len(targets), bands)`` of sources ``targets`` (indices into
     ``models``) at their centroids, on their own light (:func:`source_images`), computed
     on a small window around each aperture only. ``method="data"``: all the light in the
-    aperture (the image itself), so that data minus own flux is the neighbours' share."""
+    aperture (the image itself), so that data minus own flux is the neighbours' share. A
+    tuple of methods gives a dict of such arrays, from one pasting of the models."""
     import sep
 
-    if method not in (*METHODS, "data"):
-        raise ProbcatValueError(f"method must be one of {METHODS}, got {method!r}")
+    methods = (method,) if isinstance(method, str) else tuple(method)
+    for m in methods:
+        if m not in (*METHODS, "data"):
+            raise ProbcatValueError(f"method must be one of {METHODS}, got {m!r}")
     from probcat.simulate.bank import paste
 
     nb = image.shape[0]
     w = 2 * int(math.ceil(radius)) + 3
     half = w // 2
-    out = np.zeros((len(targets), nb))
+    out = {m: np.zeros((len(targets), nb)) for m in methods}
     for t, j in enumerate(targets):
         cx, cy = int(models.cx[j]), int(models.cy[j])
         data = crop_at(image, cx, cy, w)
@@ -266,22 +269,23 @@ def aperture_fluxes(
                 dx, dy = int(models.cx[i]) - cx, int(models.cy[i]) - cy
                 if abs(dx) <= half + models.size // 2 and abs(dy) <= half + models.size // 2:
                     paste(others, models.stamps[i], half + dx, half + dy)
-        if method == "subtract":
-            light = data - others
-        elif method == "data":
-            light = data
-        else:
-            total = own + others
-            with np.errstate(invalid="ignore", divide="ignore"):
-                light = np.where(total > 0, data * own / total, 0.0)
         xs = half + (models.x[j] - cx)
         ys = half + (models.y[j] - cy)
-        for k in range(nb):
-            f, _, _ = sep.sum_circle(
-                np.ascontiguousarray(light[k], dtype=np.float64), [xs], [ys], radius
-            )
-            out[t, k] = f[0]
-    return out
+        for m in methods:
+            if m == "subtract":
+                light = data - others
+            elif m == "data":
+                light = data
+            else:
+                total = own + others
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    light = np.where(total > 0, data * own / total, 0.0)
+            for k in range(nb):
+                f, _, _ = sep.sum_circle(
+                    np.ascontiguousarray(light[k], dtype=np.float64), [xs], [ys], radius
+                )
+                out[m][t, k] = f[0]
+    return out[method] if isinstance(method, str) else out
 
 
 def source_images(
@@ -369,6 +373,7 @@ def sample_fluxes(
             raise ProbcatValueError(f"method must be one of {METHODS}, got {m!r}")
     outs = {m: np.full((len(tx), len(samples), nb), np.nan) for m in methods}
     raw = np.full((len(tx), len(samples), nb), np.nan)
+    measured = (*methods, "data") if contamination else methods
     cols = [_xyg(c) for c in samples]
     gx = np.concatenate([c[0][c[2]] for c in cols]) if cols else np.zeros(0)
     gy = np.concatenate([c[1][c[2]] for c in cols]) if cols else np.zeros(0)
@@ -380,10 +385,12 @@ def sample_fluxes(
         start += n_gal
         idx = match_nearest(x, y, tx, ty, match_px)
         hit = np.flatnonzero(idx >= 0)
-        for m in methods if len(hit) else ():
-            outs[m][hit, s] = aperture_fluxes(image, models, idx[hit], method=m, radius=radius)
-        if contamination and len(hit):
-            raw[hit, s] = aperture_fluxes(image, models, idx[hit], method="data", radius=radius)
+        if len(hit):
+            got = aperture_fluxes(image, models, idx[hit], method=measured, radius=radius)
+            for m in methods:
+                outs[m][hit, s] = got[m]
+            if contamination:
+                raw[hit, s] = got["data"]
     if not contamination:
         return outs[method] if isinstance(method, str) else outs
     contam = {m: np.maximum(raw - outs[m], 0.0) for m in methods}

@@ -268,7 +268,9 @@ def fit(
         p.requires_grad_(True)
     model.eval()
     fits = task.finish(model, progress)
-    weights = {**task.weights(model), "format": 2, "config": config, **fits}
+    from probcat.weights import FORMAT
+
+    weights = {**task.weights(model), "format": FORMAT, "config": config, **fits}
     manifest = {
         "kind": task.kind,
         "weights": f"{task.kind}.pt",

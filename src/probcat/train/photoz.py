@@ -283,13 +283,7 @@ class PhotozTask:
         return fit_width_calibration(model, self.cfg, progress)
 
     def weights(self, model):
-        return {
-            "kind": self.kind,
-            "hparams": model.hparams,
-            "state_dict": model.state_dict(),
-            "survey": self.cfg.survey().to_dict(),
-            "years": list(self.cfg.data.years),
-        }
+        return _weights(model, self.cfg)
 
     def describe_data(self):
         d, c = self.cfg.data, self.cfg
@@ -301,6 +295,17 @@ class PhotozTask:
             "validation": f"{d.val_objects} stamps, split=val, {d.val_bank_size} galaxies "
             f"(seed [{c.seed}, 99])",
         }
+
+
+def _weights(model: PhotozNet, cfg: PhotozTrainConfig) -> dict:
+    """What a photo-z weights file holds besides the config and the fits."""
+    return {
+        "kind": PhotozTask.kind,
+        "hparams": model.hparams,
+        "state_dict": model.state_dict(),
+        "survey": cfg.survey().to_dict(),
+        "years": list(cfg.data.years),
+    }
 
 
 @torch.no_grad()
@@ -372,23 +377,22 @@ def train_photoz(
     only that member (e.g. members in parallel on several machines) and return its
     manifest; a later call without it assembles."""
     out = Path(out)
-    if cfg.members == 1:
-        task = PhotozTask(cfg, cache_dir=cache_dir, progress=progress)
-        return fit(task, out, config=_config_dict(cfg), settings=cfg.settings(),
+
+    def one(c: PhotozTrainConfig, run: Path):
+        task = PhotozTask(c, cache_dir=cache_dir, progress=progress)
+        return fit(task, run, config=_config_dict(c), settings=c.settings(),
                    progress=progress, command=command, stop_after=stop_after)  # fmt: skip
+
+    if cfg.members == 1:
+        return one(cfg, out)
     if member is not None and not 0 <= member < cfg.members:
         raise ProbcatValueError(f"member must lie in [0, {cfg.members}), got {member}")
     manifests = []
     for k in range(cfg.members) if member is None else [member]:
         sub = replace(cfg, members=1, seed=cfg.seed + k)
-        done = _finished(out / f"member_{k}", sub)
+        done = _finished(out / f"member_{k}", sub) or one(sub, out / f"member_{k}")
         if done is None:
-            task = PhotozTask(sub, cache_dir=cache_dir, progress=progress)
-            done = fit(task, out / f"member_{k}", config=_config_dict(sub),
-                       settings=sub.settings(), progress=progress, command=command,
-                       stop_after=stop_after)  # fmt: skip
-            if done is None:
-                return None  # stopped early
+            return None  # stopped early
         manifests.append(done)
     if member is not None:
         return manifests[0]
@@ -407,21 +411,14 @@ def _finished(run: Path, cfg: PhotozTrainConfig) -> dict | None:
 def _assemble(cfg: PhotozTrainConfig, out: Path, manifests: list[dict], progress, command):
     """The ensemble of the finished members, width-calibrated, written into ``out``."""
     from probcat.train.loop import write_run
-    from probcat.weights import load
+    from probcat.weights import FORMAT, load
 
     nets = [load(out / f"member_{k}" / "photoz.pt", kind="photoz").model
             for k in range(cfg.members)]  # fmt: skip
     model = PhotozNet.ensemble(nets)
     fits = fit_width_calibration(model, cfg, progress)
-    task_weights = {
-        "kind": "photoz",
-        "hparams": model.hparams,
-        "state_dict": model.state_dict(),
-        "survey": cfg.survey().to_dict(),
-        "years": list(cfg.data.years),
-    }
     config = _config_dict(cfg)
-    weights = {**task_weights, "format": 2, "config": config, **fits}
+    weights = {**_weights(model, cfg), "format": FORMAT, "config": config, **fits}
     members = [
         {
             "seed": cfg.seed + k,
@@ -429,15 +426,14 @@ def _assemble(cfg: PhotozTrainConfig, out: Path, manifests: list[dict], progress
             "steps": m.get("steps"),
             "training_s": m.get("training_s"),
             "final_val": m.get("final_val"),
-            "data": m.get("data"),
         }
         for k, m in enumerate(manifests)
     ]
     manifest = {
-        "kind": "photoz",
+        "kind": PhotozTask.kind,
         "weights": "photoz.pt",
         "config": config,
-        "data": {"members": [m["data"] for m in members]},
+        "data": {"members": [m.get("data") for m in manifests]},
         "training_s": round(sum(m["training_s"] or 0 for m in members), 1),
         "steps": sum(m["steps"] or 0 for m in members),
         "members": members,
