@@ -134,3 +134,69 @@ def test_sersic_index_range_and_unit_flux_profiles():
     assert n.min() >= 0.5 and n.max() <= 6.0 and np.mean(n > 2.5) == pytest.approx(0.3, abs=0.1)
     for fam in prior.FAMILIES:
         assert galaxy_profile_for(_row(fam)).flux == pytest.approx(1.0, rel=1e-9)
+
+
+def _user_catalog(tmp_path, **cols):
+    from astropy.table import Table
+
+    base = {
+        "id": [11, 12, 13, 14, 15],
+        "mag_i": [21.0, 21.5, 22.0, 22.5, 23.0],
+        "disk_hlr": [0.6, 0.5, 0.7, 0.4, 0.5],
+        "disk_q": [0.6, 0.9, 0.5, 0.8, 0.7],
+        "beta": [0.1, 0.5, 1.0, 1.5, 2.0],
+        "family": ["sersic", "Clumpy", "spiral", "irregular", "bulge_disk"],
+        "sersic_n": [4.0, np.nan, np.nan, np.nan, np.nan],
+    }
+    base.update(cols)
+    p = tmp_path / "user.parquet"
+    Table(base).write(p, overwrite=True)
+    return p
+
+
+def test_user_catalog_with_families_renders_them(tmp_path):
+    t = prior.read_population(_user_catalog(tmp_path), bands=("i",))
+    assert np.asarray(t["family"]).tolist() == [1, 2, 3, 4, 0]
+    assert set(prior.FAMILY_COLUMNS) <= set(t.colnames)
+    # the prior's defaults where the catalog is silent; the same seed on every read
+    assert t["n_knots"][1] == prior.FAMILY_DEFAULTS["clumpy"]["n_knots"]
+    assert t["arm_frac"][2] == prior.FAMILY_DEFAULTS["spiral"]["arm_frac"]
+    again = prior.read_population(_user_catalog(tmp_path), bands=("i",))
+    assert np.array_equal(t["morph_seed"], again["morph_seed"])
+    for i in range(5):
+        row = {c: t[c][i] for c in t.colnames}
+        prof = galaxy_profile_for(row)
+        assert prof.flux == pytest.approx(1.0, abs=1e-6)
+        assert float(prof.centroid.x) == pytest.approx(0.0, abs=1e-6)
+    # the clumpy row is the exponential plus its clumps, not a smooth disc
+    import galsim
+
+    smooth = galsim.Exponential(half_light_radius=0.5).shear(q=0.9, beta=0.5 * galsim.radians)
+    img = galaxy_profile_for({c: t[c][1] for c in t.colnames}).drawImage(nx=33, ny=33, scale=0.2)
+    assert np.abs(img.array - smooth.drawImage(nx=33, ny=33, scale=0.2).array).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "cols, message",
+    [
+        ({"family": ["sersic", "clumpy", "spiral", "irregular", "elliptical"]}, "unknown family"),
+        ({"family": [1, 2, 3, 4, 7]}, "outside"),
+        ({"sersic_n": [9.0, np.nan, np.nan, np.nan, np.nan]}, "sersic_n must lie"),
+        ({"knot_frac": [0.0, 1.5, 0.1, 0.1, 0.0]}, "knot_frac must lie"),
+        ({"n_knots": [0, 2.5, 3, 4, 0]}, "whole numbers"),
+    ],
+)
+def test_user_catalog_family_errors_are_clear(tmp_path, cols, message):
+    with pytest.raises(ProbcatValueError, match=message):
+        prior.read_population(_user_catalog(tmp_path, **cols), bands=("i",))
+
+
+def test_user_catalog_sersic_rows_need_an_index(tmp_path):
+    from astropy.table import Table
+
+    p = _user_catalog(tmp_path)
+    t = Table.read(p)
+    del t["sersic_n"]
+    t.write(p, overwrite=True)
+    with pytest.raises(ProbcatValueError, match="need a sersic_n"):
+        prior.read_population(p, bands=("i",))

@@ -16,6 +16,12 @@ the built-in prior, see :func:`read_population`):
 ``redshift``    true redshift (NaN when the population has none)
 ==============  =========================================================================
 
+A user catalog may also carry ``family`` (names of :data:`FAMILIES` or their indices) to
+draw galaxies that are not bulge + disk; ``disk_hlr``, ``disk_q`` and ``beta`` then
+describe the whole galaxy, ``sersic_n`` is required for Sérsic rows, and ``knot_frac``,
+``n_knots``, ``arm_frac``, ``bar_frac``, ``morph_seed`` are optional (see
+:func:`read_population`).
+
 Built-in populations
 --------------------
 :func:`parametric_galaxies` (the single-band setting of paper 000): the CatSim catalog
@@ -474,7 +480,71 @@ def read_population(path: str | Path, *, bands: tuple[str, ...]) -> Table:
         q = np.asarray(t[c])
         if not np.all((q > 0) & (q <= 1)):
             raise ProbcatValueError(f"{path}: column {c} must lie in (0, 1]")
-    return t[["id", *(f"mag_{b}" for b in bands), *MORPHOLOGY_COLUMNS, "redshift"]]
+    keep = ["id", *(f"mag_{b}" for b in bands), *MORPHOLOGY_COLUMNS, "redshift"]
+    if "family" not in t.colnames:
+        return t[keep]
+    return _with_family_columns(t, path)[[*keep, *FAMILY_COLUMNS]]
+
+
+# defaults of a user catalog's family columns: the middle of the built-in prior's ranges
+FAMILY_DEFAULTS = {
+    "clumpy": {"knot_frac": 0.2, "n_knots": 20},
+    "spiral": {"arm_frac": 0.2, "bar_frac": 0.0, "n_knots": 40},
+    "irregular": {"knot_frac": 0.25, "n_knots": 15},
+}
+
+
+def _with_family_columns(t: Table, path: Path) -> Table:
+    """A user catalog's ``family`` (names of :data:`FAMILIES` or their indices) as indices,
+    and every column of :data:`FAMILY_COLUMNS`: ``sersic_n`` is required for Sérsic rows;
+    the others default to :data:`FAMILY_DEFAULTS` (and ``morph_seed`` to one drawn from
+    ``id``, so the same row always renders the same clumps)."""
+    raw = np.asarray(t["family"])
+    if raw.dtype.kind in "iu":
+        code = raw.astype(np.int64)
+        bad = sorted({int(v) for v in code if not 0 <= v < len(FAMILIES)})
+        if bad:
+            raise ProbcatValueError(f"{path}: family indices {bad} outside 0..{len(FAMILIES) - 1}")
+    else:
+        names = np.char.strip(np.char.lower(raw.astype(str)))
+        bad = sorted(set(names.tolist()) - set(FAMILIES))
+        if bad:
+            raise ProbcatValueError(f"{path}: unknown family {bad}; known: {list(FAMILIES)}")
+        code = np.array([FAMILIES.index(v) for v in names], np.int64)
+    n = len(t)
+    t["family"] = code
+    sersic = code == FAMILIES.index("sersic")
+    if sersic.any():
+        if "sersic_n" not in t.colnames:
+            raise ProbcatValueError(f"{path}: Sérsic rows need a sersic_n column")
+        ns = np.asarray(t["sersic_n"], float)[sersic]
+        if not np.all((ns >= 0.3) & (ns <= 6.2)):
+            raise ProbcatValueError(f"{path}: sersic_n must lie in [0.3, 6.2] (GalSim's range)")
+    if "sersic_n" not in t.colnames:
+        t["sersic_n"] = np.full(n, np.nan)
+    for c in ("knot_frac", "arm_frac", "bar_frac", "n_knots"):
+        given = np.asarray(t[c], float) if c in t.colnames else np.full(n, np.nan)
+        value = np.zeros(n)
+        for fam, d in FAMILY_DEFAULTS.items():
+            rows = code == FAMILIES.index(fam)
+            if c in d:
+                value[rows] = np.where(np.isfinite(given[rows]), given[rows], d[c])
+        if c == "n_knots":
+            if np.any(value < 0) or np.any(value != np.round(value)):
+                raise ProbcatValueError(f"{path}: n_knots must be whole numbers >= 0")
+            value = value.astype(np.int64)
+        elif np.any((value < 0) | (value >= 1)):
+            raise ProbcatValueError(f"{path}: column {c} must lie in [0, 1)")
+        t[c] = value
+    if np.any(np.asarray(t["arm_frac"]) + np.asarray(t["bar_frac"]) >= 1):
+        raise ProbcatValueError(f"{path}: arm_frac + bar_frac must stay below 1")
+    if "morph_seed" not in t.colnames:
+        ids = np.asarray(t["id"], np.int64)
+        t["morph_seed"] = np.array(
+            [np.random.default_rng([abs(int(i)), 7919]).integers(1, 2**31 - 1) for i in ids],
+            np.int64,
+        )
+    return t
 
 
 def star_magnitudes(rng: np.random.Generator, n: int) -> np.ndarray:
