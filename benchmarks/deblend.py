@@ -162,14 +162,19 @@ def blend_part(deb: Deblender, args, *, population="parametric", n=None, seed=No
     return r
 
 
+def flux_fraction(r, variant: str) -> np.ndarray:
+    """Fractional aperture-flux residual of ``variant`` against the truth (NaN where the
+    true flux is not positive)."""
+    t = r["variants"].index("truth")
+    true = np.where(r["flux"][:, t] > 0, r["flux"][:, t], np.nan)
+    return (r["flux"][:, r["variants"].index(variant)] - r["flux"][:, t]) / true
+
+
 def blend_summary(r, variant: str):
     """Fig. 6 keys for one variant (index into r['variants'])."""
     v = r["variants"].index(variant)
     t = r["variants"].index("truth")
-    none = r["variants"].index("none")
-    ok = r["flux"][:, t] > 0
-    frac = (r["flux"][:, v] - r["flux"][:, t]) / np.where(ok, r["flux"][:, t], np.nan)
-    frac_none = (r["flux"][:, none] - r["flux"][:, t]) / np.where(ok, r["flux"][:, t], np.nan)
+    frac, frac_none = flux_fraction(r, variant), flux_fraction(r, "none")
     snr = r["snr"]
     hi = snr > 10
     edges = equal_count_bins(snr[hi], 8)
@@ -195,12 +200,7 @@ def blend_summary(r, variant: str):
 def morphology_summary(r) -> dict:
     """Deblended flux residuals on morphology-rich blends, overall and per galaxy family:
     68% width and median of the fractional aperture-flux residual, deblended and not."""
-    t, none, sub = (r["variants"].index(v) for v in ("truth", "none", "subtract"))
-    ok = r["flux"][:, t] > 0
-    frac = {
-        name: (r["flux"][:, v] - r["flux"][:, t]) / np.where(ok, r["flux"][:, t], np.nan)
-        for name, v in (("deblended", sub), ("none", none))
-    }
+    frac = {"deblended": flux_fraction(r, "subtract"), "none": flux_fraction(r, "none")}
     out = {"n_galaxies": int(len(r["snr"])), **blend_summary(r, "subtract"), "by_family": {}}
     for code, fam in enumerate(FAMILIES):
         sel = (r["family"] == code) & (r["snr"] > 10)
@@ -691,14 +691,16 @@ def main(argv=None):
     print("blend scenes ...", flush=True)
     blend = blend_part(deb, args)
     print("morphology-rich blend scenes ...", flush=True)
-    morph = {"deblender": morphology_summary(
-        blend_part(deb, args, population="morphology", n=args.n_morph, seed=args.seed + 2)
-    )}  # fmt: skip
+
+    def on_morphology(d):
+        return morphology_summary(
+            blend_part(d, args, population="morphology", n=args.n_morph, seed=args.seed + 2)
+        )
+
+    morph = {"deblender": on_morphology(deb)}
     if args.baseline_deblender:
         base = load(args.baseline_deblender, device="cpu")
-        morph["baseline"] = morphology_summary(
-            blend_part(base, args, population="morphology", n=args.n_morph, seed=args.seed + 2)
-        )
+        morph["baseline"] = on_morphology(base)
         morph["baseline_name"] = args.baseline_deblender
         morph["baseline_sha256"] = (base.manifest or {}).get("sha256")
     print("pair ...", flush=True)
