@@ -64,6 +64,10 @@ def checks(s: dict) -> dict:
         "combined_narrower_than_plain": {
             p: w["combined"][p] < w["plain_nre"][p] for p in PARAM_NAMES
         },
+        "combined_joint_region_smaller": {
+            est: s["joint_volume_68"]["combined"] < s["joint_volume_68"][est]
+            for est in ("r3", "r4", "plain_nre")
+        },
         "wall_under_60_min": s["wall_s"] <= 3600,
     }
 
@@ -96,6 +100,9 @@ def main(argv=None) -> None:
         "coverage.r4": "full-model maps run through r1, their true detected lists",
         "coverage.plain_nre": "full-model maps, theta from the prior",
         "intervals": "central intervals of each marginal on the grid",
+        "joint coverage": "truth inside the joint highest-density region of each level: grid "
+        "cells denser than the estimator's own density at the truth hold less than the level",
+        "joint_volume_68": "fraction of the prior box inside the joint 68% highest-density region",
         "n_simulations": "r1 (fresh maps) + pool (r2, r4) + r3 (targeted) + plain NRE "
         "(as many as r3 and the pool together)",
     }

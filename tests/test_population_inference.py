@@ -93,3 +93,39 @@ def test_posterior_marginals_intervals_and_samples():
     assert peaked.mean(0) == pytest.approx(200) and peaked.interval(0, 0.954)[0] > 195
     with pytest.raises(ValueError, match="zero weight"):
         Posterior(grid, np.full(len(grid.points), -np.inf))
+
+
+def test_joint_coverage_of_a_thin_ridge_needs_the_density_at_the_truth():
+    # N - 100 sigma known to +-2 while the sigma axis steps 0.05 (5 in N): a ridge between
+    # grid points. Truths drawn from the posterior itself must land in its level-alpha
+    # region a fraction alpha of the time when the density at each truth is the exact one;
+    # interpolating it from the grid pushes truths out of regions they lie in.
+    grid = Grid.default(n_sigma=41, n_h=20, n_step=2)
+    a = np.array([1.0, -100.0, 0.0])
+    prec = np.outer(a, a) / 2.0**2 + np.diag([1 / 30.0**2, 0, 1 / 2.0**2])
+    mu = np.array([250.0, 2.0, 10.0])
+
+    def log_d(t):
+        return -0.5 * np.einsum("ni,ij,nj->n", t - mu, prec, t - mu)
+
+    post = Posterior(grid, log_d(grid.points))
+    truths = np.random.default_rng(4).multivariate_normal(mu, np.linalg.inv(prec), 1000)
+    exact = expected_coverage([post] * 1000, truths, log_density_at_truth=log_d(truths))
+    interp = expected_coverage([post] * 1000, truths)
+    for level in ("0.683", "0.954"):
+        se = exact["joint"][f"{level}_se"]
+        assert abs(exact["joint"][level] - float(level)) < 2.5 * se
+    assert interp["joint"]["0.683"] < 0.6  # the interpolated density: far too low
+
+
+def test_hpd_volume_of_a_gaussian_is_the_ellipsoid_volume_over_the_prior_box():
+    grid = Grid.default(n_sigma=81, n_h=77, n_step=1)
+    mu, sd = np.array([250.0, 2.0, 10.0]), np.array([20.0, 0.15, 1.5])
+    post = Posterior(grid, -0.5 * np.sum(((grid.points - mu) / sd) ** 2, 1))
+    box = (500 - 10) * (3 - 1) * (20 - 1)
+    for level in (0.683, 0.954):
+        r = np.sqrt(stats.chi2.ppf(level, 3))
+        exact = 4 / 3 * np.pi * r**3 * np.prod(sd) / box
+        assert post.hpd_volume(level) == pytest.approx(exact, rel=0.03)
+    flat = Posterior(grid, np.zeros(len(grid.points)))  # the prior: volume = level
+    assert flat.hpd_volume(0.5) == pytest.approx(0.5, abs=0.01)

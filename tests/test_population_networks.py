@@ -13,7 +13,7 @@ from probcat.population.networks import (
     nre_loss,
 )
 from probcat.population.simulator import normalise_theta, simulate
-from probcat.population.tasks import R1Task, pad_lists
+from probcat.population.tasks import R1Task, SetRatioTask, pad_lists
 
 
 def _train(params, loss_fn, steps=40, lr=3e-3):
@@ -98,6 +98,25 @@ def test_set_ratio_network_learns_and_is_permutation_invariant():
         a = net(feats, mask, theta)
         b = net(feats[:, perm], mask[:, perm], theta)
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_r4_batches_flip_l_and_b_of_whole_lists_and_keep_fluxes():
+    rng = np.random.default_rng(5)
+    lists = [rng.normal(size=(k, 3)).astype(np.float32) for k in (3, 1, 4)]
+    theta = np.array([[100.0, 2.0, 5.0], [50.0, 1.5, 10.0], [300.0, 2.5, 15.0]])
+    task = SetRatioTask(10, 1e-3, 0, theta, lists, batch=400, balance=0.0)
+    draw = np.random.default_rng(6)
+    feats, mask, th = task.batch(draw)
+    idx = np.random.default_rng(6).integers(0, 3, 400)  # the lists the batch drew
+    signs = set()
+    for f, m, j, t in zip(feats.numpy(), mask.numpy(), idx, th.numpy()):
+        src = lists[j]
+        assert m.sum() == len(src) and np.allclose(t, normalise_theta(theta[j : j + 1])[0])
+        assert np.array_equal(f[: len(src), 0], src[:, 0])  # fluxes untouched
+        s = f[: len(src), 1:] / src[:, 1:]  # one sign per coordinate and list
+        assert np.allclose(np.abs(s), 1) and np.allclose(s, s[:1])
+        signs.add(tuple(s[0].round().astype(int)))
+    assert signs == {(1, 1), (1, -1), (-1, 1), (-1, -1)}
 
 
 @pytest.mark.slow

@@ -31,7 +31,13 @@ from probcat.population.detection import (
     match_detections,
     prior_map,
 )
-from probcat.population.inference import Grid, Posterior, combine, expected_coverage
+from probcat.population.inference import (
+    Grid,
+    Posterior,
+    combine,
+    expected_coverage,
+    logmeanexp,
+)
 from probcat.population.simulator import (
     EXTENT_DEG,
     MAP_SIZE,
@@ -91,7 +97,7 @@ class PopulationConfig:
     pool_maps: int = 8000
     r2: NetConfig = field(default_factory=lambda: NetConfig(1500, 512, 2e-3))
     r3: NetConfig = field(default_factory=lambda: NetConfig(4000, 64, 1e-3))
-    r4: NetConfig = field(default_factory=lambda: NetConfig(3000, 128, 1e-3))
+    r4: NetConfig = field(default_factory=lambda: NetConfig(12000, 128, 1e-3))
     head: NetConfig = field(default_factory=lambda: NetConfig(30000, 64, 1e-3))
     head_maps: int = 60000
     r4_draws: int = 64
@@ -357,6 +363,36 @@ class Chain:
             out += [_head_on_grid(self.r4.head, e, th) for e in emb]
         return np.stack(out)
 
+    @torch.no_grad()
+    def log_r_map_at(self, net, maps: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        """``log r(theta_i; x_i)`` ``(B,)`` of map-ratio network ``net``: each map at its
+        own parameters ``theta`` ``(B, 3)`` (not on a grid)."""
+        th = torch.from_numpy(normalise_theta(np.asarray(theta, float))).float()
+        out = []
+        for i in range(0, len(maps), 256):
+            emb = net.embedding(torch.from_numpy(np.asarray(maps[i : i + 256], np.float32)))
+            out.append(net.head(emb, th[i : i + 256]))
+        return torch.cat(out).numpy().astype(np.float64)
+
+    @torch.no_grad()
+    def log_r4_at(self, lists: list[np.ndarray], theta: np.ndarray) -> np.ndarray:
+        """``log r4(theta_i; S_i)`` ``(B,)``: each detected list at its own parameters."""
+        th = torch.from_numpy(normalise_theta(np.asarray(theta, float))).float()
+        out = []
+        for i in range(0, len(lists), 64):
+            feats, mask = pad_lists(lists[i : i + 64])
+            out.append(self.r4.head(self.r4.embedding(feats, mask), th[i : i + 64]))
+        return torch.cat(out).numpy().astype(np.float64)
+
+    @torch.no_grad()
+    def log_e_r4_at(self, lists: list[np.ndarray], theta: np.ndarray) -> np.ndarray:
+        """``log mean_j r4(theta_i; S_j)`` ``(B,)`` over draws ``S_j`` of the detected
+        list (:meth:`draw_detected_lists`), at points ``theta`` ``(B, 3)``."""
+        th = torch.from_numpy(normalise_theta(np.asarray(theta, float))).float()
+        feats, mask = pad_lists(lists)
+        draws = [_head_on_grid(self.r4.head, e, th) for e in self.r4.embedding(feats, mask)]
+        return logmeanexp(np.stack(draws), axis=0)
+
     def draw_detected_lists(self, rng, det: Detections, n: int) -> list[np.ndarray]:
         """``n`` draws of ``S_det ~ p(S_det | I = 1)``: each detected source uniform in its
         region ``R_i`` with a flux from the pool's detected fluxes (``p(F | detected)``;
@@ -375,10 +411,12 @@ class Chain:
 
     def posteriors(self, x_o: np.ndarray, det: Detections, grid: Grid, rng) -> dict:
         """The four posteriors of the target: ``r3``, ``r4`` (detected sources),
-        ``combined`` and ``plain_nre``, and the log ``E[r4]`` on the grid."""
+        ``combined`` and ``plain_nre``, and the log ``E[r4]`` on the grid (the draws of
+        the detected list it averages over are kept in ``self.target_lists``)."""
         feasible = np.where(grid.points[:, 0] >= len(det), 0.0, -np.inf)
         log_r3 = self.log_r_map(self.r3, x_o[None], grid)[0]
-        log_r4 = self.log_r4(self.draw_detected_lists(rng, det, self.cfg.r4_draws), grid)
+        self.target_lists = self.draw_detected_lists(rng, det, self.cfg.r4_draws)
+        log_r4 = self.log_r4(self.target_lists, grid)
         log_combined = combine(log_r3, log_r4) + feasible
         log_e_r4 = log_combined - log_r3  # log E[r4] alone: the detected sources' route
         log_plain = self.log_r_map(self.plain, x_o[None], grid)[0]
@@ -388,6 +426,19 @@ class Chain:
             "combined": Posterior(grid, log_combined),
             "plain_nre": Posterior(grid, log_plain),
             "log_e_r4": log_e_r4,
+        }
+
+    def log_densities_at(self, x_o: np.ndarray, theta) -> dict:
+        """Each estimator's own log density (the grid's units) of the target at the point
+        ``theta`` (3 parameters), after :meth:`posteriors`."""
+        t = np.asarray(theta, float)[None]
+        log_r3 = self.log_r_map_at(self.r3, x_o[None], t)[0]
+        log_e_r4 = self.log_e_r4_at(self.target_lists, t)[0]
+        return {
+            "r3": log_r3,
+            "r4": log_e_r4,
+            "combined": log_r3 + log_e_r4,
+            "plain_nre": self.log_r_map_at(self.plain, x_o[None], t)[0],
         }
 
 
@@ -420,38 +471,46 @@ def split_lists(feats: np.ndarray, maps: np.ndarray, n_maps: int) -> list[np.nda
 
 
 def coverage(chain: Chain, det: Detections, log_e_r4_fine: np.ndarray, fine: Grid, rng):
-    """Expected coverage of each estimator's marginals (see docs): r3 on targeted maps with
-    ``theta`` from the truncated prior; combined on targeted maps with ``theta`` drawn from
-    the r4-route posterior (prior x ``p(I = 1 | theta)``); r4 on full-model maps with their
-    true detected lists; the plain NRE on full-model maps."""
+    """Expected coverage of each estimator's marginals and joint regions (see docs): r3 on
+    targeted maps with ``theta`` from the truncated prior; combined on targeted maps with
+    ``theta`` drawn from the r4-route posterior (prior x ``p(I = 1 | theta)``); r4 on
+    full-model maps with their true detected lists; the plain NRE on full-model maps. The
+    joint regions compare the grid with each estimator's own density at the truth."""
     c = chain.cfg
     n = c.coverage_sims
     grid = Grid.default(n_sigma=c.grid_sigma, n_h=c.grid_h, n_step=2 * c.grid_n_step)
     feasible = np.where(grid.points[:, 0] >= len(det), 0.0, -np.inf)
-    out, truths = {}, {}
+    out = {}
     # r3: targeted maps, theta from the truncated prior
     theta, maps, _ = chain.truncated.simulate(rng, n)
     lr = chain.log_r_map(chain.r3, maps, grid)
-    out["r3"] = expected_coverage([Posterior(grid, v + feasible) for v in lr], theta)
-    truths["r3"] = theta
+    at = chain.log_r_map_at(chain.r3, maps, theta)
+    out["r3"] = expected_coverage([Posterior(grid, v + feasible) for v in lr], theta,
+                                  log_density_at_truth=at)  # fmt: skip
     # combined: theta ~ truncated prior x p(I=1 | theta) (the r4-route posterior)
     theta = Posterior(fine, log_e_r4_fine).sample(rng, n)
     theta[:, 0] = np.clip(np.round(theta[:, 0]), len(det), None)
     _, maps, _ = chain.truncated.simulate(rng, n, theta)
     lr = chain.log_r_map(chain.r3, maps, grid)
     e_r4 = _coarse(log_e_r4_fine, fine, grid)
-    out["combined"] = expected_coverage([Posterior(grid, v + e_r4) for v in lr], theta)
+    at = chain.log_r_map_at(chain.r3, maps, theta) + chain.log_e_r4_at(chain.target_lists, theta)
+    out["combined"] = expected_coverage([Posterior(grid, v + e_r4) for v in lr], theta,
+                                        log_density_at_truth=at)  # fmt: skip
     # r4: full-model maps with their true detected lists
     theta, maps, src = simulate(rng, n)
     src = match_detections(src, chain.detect(maps))
     feats = source_features(src.flux, src.l, src.b)
     lists = split_lists(feats[src.detected], src.map[src.detected], n)
     lr4 = chain.log_r4(lists, grid)
-    out["r4"] = expected_coverage([Posterior(grid, v) for v in lr4], theta)
+    at = chain.log_r4_at(lists, theta)
+    out["r4"] = expected_coverage([Posterior(grid, v) for v in lr4], theta,
+                                  log_density_at_truth=at)  # fmt: skip
     # plain NRE: prior draws
     theta, maps, _ = simulate(rng, n)
     lp = chain.log_r_map(chain.plain, maps, grid)
-    out["plain_nre"] = expected_coverage([Posterior(grid, v) for v in lp], theta)
+    at = chain.log_r_map_at(chain.plain, maps, theta)
+    out["plain_nre"] = expected_coverage([Posterior(grid, v) for v in lp], theta,
+                                         log_density_at_truth=at)  # fmt: skip
     return out
 
 
@@ -502,6 +561,9 @@ def run_chain(
     post = chain.posteriors(x_o, det, grid, rng)
     cov = coverage(chain, det, post["log_e_r4"], grid, rng)
     names = ("r3", "r4", "combined", "plain_nre")
+    if truth is not None:
+        t_o = [truth[p] for p in PARAM_NAMES]
+        at_o = chain.log_densities_at(x_o, t_o)
     summary = {
         "command": command,
         "wall_s": None,
@@ -512,10 +574,12 @@ def run_chain(
         "detections": det.to_dict(),
         "posterior": {k: post[k].summary() for k in names},
         "widths_68": {k: {p: post[k].width(i) for i, p in enumerate(PARAM_NAMES)} for k in names},
+        # the fraction of the prior box inside each joint 68% highest-density region
+        "joint_volume_68": {k: post[k].hpd_volume(0.683) for k in names},
         # the credibility of the joint highest-density region whose edge passes the truth
         "truth_hpd_level": None
         if truth is None
-        else {k: post[k].hpd_level([truth[p] for p in PARAM_NAMES]) for k in names},
+        else {k: post[k].hpd_level(t_o, at_o[k]) for k in names},
         "coverage": cov,
         "n_coverage_sims": cfg.coverage_sims,
         "config": to_dict(cfg),

@@ -85,6 +85,7 @@ class Posterior:
             for k, a in enumerate(grid.axes)
         )
         self.log_density = log_w.reshape(grid.shape)  # relative to the uniform prior
+        self.cell_volume = np.exp(vol - logsumexp(vol))  # fraction of the prior box
         log_m = self.log_density + vol
         self.w = np.exp(log_m - logsumexp(log_m))
 
@@ -122,19 +123,41 @@ class Posterior:
             }
         return out
 
-    def hpd_level(self, theta) -> float:
+    def hpd_level(self, theta, log_density_at: float | None = None) -> float:
         """The credibility of the highest-posterior-density region whose edge passes
-        through ``theta`` (3 parameters): the posterior mass where the density exceeds the
-        density at ``theta`` (trilinear in the log density on the grid). ``theta`` lies
-        inside the joint ``level`` credible region when this is below ``level``."""
-        from scipy.interpolate import RegularGridInterpolator
+        through ``theta`` (3 parameters): the posterior mass of the grid cells whose density
+        exceeds the density at ``theta``. ``theta`` lies inside the joint ``level`` credible
+        region when this is below ``level``.
 
-        ld = np.where(np.isfinite(self.log_density), self.log_density, -1e300)
-        at = RegularGridInterpolator(self.grid.axes, ld, bounds_error=False, fill_value=None)
-        point = np.clip(np.asarray(theta, float), [a[0] for a in self.grid.axes],
-                        [a[-1] for a in self.grid.axes])  # fmt: skip
-        ref = float(at(point[None])[0])
-        return float(self.w[self.log_density > ref].sum())
+        ``log_density_at``: the estimator's own log density at ``theta`` (same units as the
+        grid's ``log_w``), as a ratio network gives it anywhere. Without it the density at
+        ``theta`` is interpolated (trilinear in the log density), which on a grid coarser
+        than a thin posterior ridge (``N`` against ``sigma`` when the total flux is sharply
+        measured) falls far below the true value and pushes ``theta`` out of regions it lies
+        in."""
+        if log_density_at is None:
+            from scipy.interpolate import RegularGridInterpolator
+
+            ld = np.where(np.isfinite(self.log_density), self.log_density, -1e300)
+            at = RegularGridInterpolator(self.grid.axes, ld, bounds_error=False, fill_value=None)
+            point = np.clip(np.asarray(theta, float), [a[0] for a in self.grid.axes],
+                            [a[-1] for a in self.grid.axes])  # fmt: skip
+            log_density_at = float(at(point[None])[0])
+        return float(self.w[self.log_density > log_density_at].sum())
+
+    def hpd_volume(self, level: float = 0.683) -> float:
+        """The fraction of the prior box inside the joint highest-density region of
+        credibility ``level``: the densest cells that together hold ``level`` of the mass
+        (the last one counted in proportion). One number for how tight the joint
+        posterior is, where marginal widths can hide a narrower joint region."""
+        order = np.argsort(-self.log_density, axis=None, kind="stable")
+        mass = self.w.ravel()[order]
+        vol = np.broadcast_to(self.cell_volume, self.w.shape).ravel()[order]
+        cum = np.cumsum(mass)
+        k = int(np.searchsorted(cum, level))
+        before = cum[k - 1] if k > 0 else 0.0
+        frac = (level - before) / mass[k] if k < len(mass) and mass[k] > 0 else 0.0
+        return float(vol[:k].sum() + frac * (vol[k] if k < len(vol) else 0.0))
 
     def width(self, k: int, level: float = 0.683) -> float:
         lo, hi = self.interval(k, level)
@@ -165,11 +188,17 @@ def logmeanexp(a: np.ndarray, axis: int = 0) -> np.ndarray:
     return logsumexp(a, axis=axis) - np.log(a.shape[axis])
 
 
-def expected_coverage(posteriors: list[Posterior], truths: np.ndarray, levels=LEVELS) -> dict:
+def expected_coverage(
+    posteriors: list[Posterior],
+    truths: np.ndarray,
+    levels=LEVELS,
+    log_density_at_truth: np.ndarray | None = None,
+) -> dict:
     """Per parameter and level, the fraction of ``truths`` ``(n, 3)`` inside the central
     interval of their posterior, with its binomial standard error; under ``"joint"``, the
     fraction inside the joint highest-density region of each level
-    (:meth:`Posterior.hpd_level`, the expected coverage test of SBI)."""
+    (:meth:`Posterior.hpd_level`, the expected coverage test of SBI), with each estimator's
+    own log density at its truth when ``log_density_at_truth`` ``(n,)`` is given."""
     out = {}
     for k, name in enumerate(PARAM_NAMES):
         out[name] = {}
@@ -177,7 +206,8 @@ def expected_coverage(posteriors: list[Posterior], truths: np.ndarray, levels=LE
             hits = np.array([p.contains(k, t[k], level) for p, t in zip(posteriors, truths)])
             out[name][f"{level:.3f}"] = float(hits.mean())
             out[name][f"{level:.3f}_se"] = float(np.sqrt(level * (1 - level) / len(hits)))
-    hpd = np.array([p.hpd_level(t) for p, t in zip(posteriors, truths)])
+    at = [None] * len(truths) if log_density_at_truth is None else log_density_at_truth
+    hpd = np.array([p.hpd_level(t, a) for p, t, a in zip(posteriors, truths, at)])
     out["joint"] = {}
     for level in levels:
         out["joint"][f"{level:.3f}"] = float(np.mean(hpd < level))

@@ -201,7 +201,10 @@ class HeadTask(_Task):
 
 
 class SetRatioTask(_Task):
-    """r4: ``log r(theta; S_det)`` by NRE on the pool's detected-source lists."""
+    """r4: ``log r(theta; S_det)`` by NRE on the pool's detected-source lists. Each batch
+    flips the sign of ``l`` and of ``b`` of its lists at random: the model is symmetric
+    under both (``l ~ N(0, 20)``, ``b ~ N(0, h)`` on a map centred on the origin), which
+    gives the pool four times the lists."""
 
     def __init__(self, steps, lr, seed, theta, lists: list[np.ndarray], batch: int, balance):
         super().__init__("r4", steps, lr, seed)
@@ -214,6 +217,8 @@ class SetRatioTask(_Task):
     def batch(self, rng):
         i = rng.integers(0, len(self.lists), self.batch_size)
         feats, mask = pad_lists([self.lists[j] for j in i])
+        signs = rng.choice(np.array([-1.0, 1.0], np.float32), (len(i), 1, 2))
+        feats[..., 1:] *= torch.from_numpy(signs)
         return feats, mask, torch.from_numpy(normalise_theta(self.theta[i])).float()
 
     def loss(self, model, batch, phase, gen):
