@@ -64,6 +64,11 @@ def checks(s: dict) -> dict:
         "combined_narrower_than_plain": {
             p: w["combined"][p] < w["plain_nre"][p] for p in PARAM_NAMES
         },
+        "combined_narrower_than_r3_on_target_like_maps": {
+            p: s["widths_68_target_like_maps"]["combined"][p]
+            < s["widths_68_target_like_maps"]["r3"][p]
+            for p in (*PARAM_NAMES, "joint_volume_68")
+        },
         "combined_joint_region_smaller": {
             est: s["joint_volume_68"]["combined"] < s["joint_volume_68"][est]
             for est in ("r3", "r4", "plain_nre")
@@ -103,6 +108,9 @@ def main(argv=None) -> None:
         "joint coverage": "truth inside the joint highest-density region of each level: grid "
         "cells denser than the estimator's own density at the truth hold less than the level",
         "joint_volume_68": "fraction of the prior box inside the joint 68% highest-density region",
+        "widths_68_target_like_maps": "mean over the combined coverage maps (the target's "
+        "detections, theta from the r4-route posterior) of r3's and the combination's 68% "
+        "widths and joint 68% volumes, on the coverage grid",
         "n_simulations": "r1 (fresh maps) + pool (r2, r4) + r3 (targeted) + plain NRE "
         "(as many as r3 and the pool together)",
     }

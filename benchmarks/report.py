@@ -198,6 +198,14 @@ TABLES = {
                 "r4",
             ),
             (
+                "mean 68% width of h over 300 target-like maps, combined",
+                "widths_68_target_like_maps.combined.h",
+                "widths_68_target_like_maps.r3.h",
+                ".2f",
+                "< r3",
+                "r3",
+            ),
+            (
                 "joint 68% region, fraction of the prior box, combined",
                 "joint_volume_68.combined",
                 "joint_volume_68.plain_nre",

@@ -475,7 +475,12 @@ def coverage(chain: Chain, det: Detections, log_e_r4_fine: np.ndarray, fine: Gri
     targeted maps with ``theta`` from the truncated prior; combined on targeted maps with
     ``theta`` drawn from the r4-route posterior (prior x ``p(I = 1 | theta)``); r4 on
     full-model maps with their true detected lists; the plain NRE on full-model maps. The
-    joint regions compare the grid with each estimator's own density at the truth."""
+    joint regions compare the grid with each estimator's own density at the truth.
+
+    Also returns, on the combined check's maps (drawn like the target: its detections, and
+    ``theta`` from the r4-route posterior), the mean 68% marginal widths and joint 68%
+    region volumes of r3 alone and of the combination: whether adding the detected
+    sources narrows the posterior on average, not on one map only."""
     c = chain.cfg
     n = c.coverage_sims
     grid = Grid.default(n_sigma=c.grid_sigma, n_h=c.grid_h, n_step=2 * c.grid_n_step)
@@ -494,8 +499,15 @@ def coverage(chain: Chain, det: Detections, log_e_r4_fine: np.ndarray, fine: Gri
     lr = chain.log_r_map(chain.r3, maps, grid)
     e_r4 = _coarse(log_e_r4_fine, fine, grid)
     at = chain.log_r_map_at(chain.r3, maps, theta) + chain.log_e_r4_at(chain.target_lists, theta)
-    out["combined"] = expected_coverage([Posterior(grid, v + e_r4) for v in lr], theta,
-                                        log_density_at_truth=at)  # fmt: skip
+    combined = [Posterior(grid, v + e_r4) for v in lr]
+    out["combined"] = expected_coverage(combined, theta, log_density_at_truth=at)
+    same_maps = {}
+    for name, posts in (("r3", [Posterior(grid, v + feasible) for v in lr]),
+                        ("combined", combined)):  # fmt: skip
+        same_maps[name] = {
+            **{p: float(np.mean([q.width(k) for q in posts])) for k, p in enumerate(PARAM_NAMES)},
+            "joint_volume_68": float(np.mean([q.hpd_volume(0.683) for q in posts])),
+        }
     # r4: full-model maps with their true detected lists
     theta, maps, src = simulate(rng, n)
     src = match_detections(src, chain.detect(maps))
@@ -511,7 +523,7 @@ def coverage(chain: Chain, det: Detections, log_e_r4_fine: np.ndarray, fine: Gri
     at = chain.log_r_map_at(chain.plain, maps, theta)
     out["plain_nre"] = expected_coverage([Posterior(grid, v) for v in lp], theta,
                                          log_density_at_truth=at)  # fmt: skip
-    return out
+    return out, same_maps
 
 
 def _coarse(log_w_fine: np.ndarray, fine: Grid, coarse: Grid) -> np.ndarray:
@@ -559,7 +571,7 @@ def run_chain(
     rng = np.random.default_rng([cfg.seed, 99])
     grid = Grid.default(cfg.grid_sigma, cfg.grid_h, cfg.grid_n_step)
     post = chain.posteriors(x_o, det, grid, rng)
-    cov = coverage(chain, det, post["log_e_r4"], grid, rng)
+    cov, same_maps = coverage(chain, det, post["log_e_r4"], grid, rng)
     names = ("r3", "r4", "combined", "plain_nre")
     if truth is not None:
         t_o = [truth[p] for p in PARAM_NAMES]
@@ -581,6 +593,9 @@ def run_chain(
         if truth is None
         else {k: post[k].hpd_level(t_o, at_o[k]) for k in names},
         "coverage": cov,
+        # mean 68% widths and joint 68% volumes of r3 alone and combined, over the maps of
+        # the combined coverage check (drawn like the target)
+        "widths_68_target_like_maps": same_maps,
         "n_coverage_sims": cfg.coverage_sims,
         "config": to_dict(cfg),
     }
