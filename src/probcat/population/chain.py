@@ -430,9 +430,11 @@ class Chain:
 
     def log_densities_at(self, x_o: np.ndarray, theta) -> dict:
         """Each estimator's own log density (the grid's units) of the target at the point
-        ``theta`` (3 parameters), after :meth:`posteriors`."""
+        ``theta`` (3 parameters), after :meth:`posteriors` (``-inf`` for r3 and combined
+        where ``N`` is below the number of detections)."""
         t = np.asarray(theta, float)[None]
-        log_r3 = self.log_r_map_at(self.r3, x_o[None], t)[0]
+        feasible = 0.0 if t[0, 0] >= self.truncated.n_det else -np.inf
+        log_r3 = self.log_r_map_at(self.r3, x_o[None], t)[0] + feasible
         log_e_r4 = self.log_e_r4_at(self.target_lists, t)[0]
         return {
             "r3": log_r3,
