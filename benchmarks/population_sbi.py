@@ -30,7 +30,13 @@ from torch import nn
 from probcat.catalog import atomic_write
 from probcat.config import load_yaml
 from probcat.errors import ProbcatValueError
-from probcat.population.chain import Chain, PopulationConfig, source_features, split_lists
+from probcat.population.chain import (
+    Chain,
+    PopulationConfig,
+    simulated_target,
+    source_features,
+    split_lists,
+)
 from probcat.population.detection import match_detections
 from probcat.population.inference import Grid, Posterior, expected_coverage, logmeanexp
 from probcat.population.networks import SetRatioNet
@@ -137,8 +143,8 @@ def compare(run: Path, cfg: PopulationConfig, target_seed: int, n_eval: int, epo
     chain.train_r1()
     pool = chain.pool()
     chain.train_r2_r4(pool)  # resumes: loads the run's r2 and r4
-    _, x_o, _ = simulate(np.random.default_rng([target_seed, 1234]), 1)
-    det = chain.detect(x_o)[0]
+    x_o, truth = simulated_target(target_seed)
+    det = chain.detect(x_o[None])[0]
     feats = source_features(pool["flux"], pool["l"], pool["b"])
     d = pool["detected"]
     train_lists, train_theta = flips(split_lists(feats[d], pool["map"][d], len(pool["theta"])),
@@ -186,6 +192,7 @@ def compare(run: Path, cfg: PopulationConfig, target_seed: int, n_eval: int, epo
     out["n_training_lists"] = len(train_lists)
     out["n_eval_lists"] = n_eval
     out["epochs_budget"] = epochs
+    out["truth"] = truth
     return out, posts
 
 
@@ -230,10 +237,8 @@ def main(argv=None) -> None:
     res, posts = compare(Path(args.run), cfg, args.seed, args.n_eval, args.epochs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    theta_o, _, _ = simulate(np.random.default_rng([args.seed, 1234]), 1)
-    truth = dict(zip(PARAM_NAMES, theta_o[0].tolist()))
-    figure(posts, out / "population_sbi.png", truth)
-    s = {"command": command, **res, "truth": truth, "sbi_version": sbi.__version__}
+    figure(posts, out / "population_sbi.png", res["truth"])
+    s = {"command": command, **res, "sbi_version": sbi.__version__}
     s["wall_s"] = round(time.perf_counter() - t0, 1)
     s.update({k: v for k, v in provenance(command).items() if k != "command"})
     s["definitions"] = {

@@ -62,7 +62,14 @@ from probcat.population.tasks import (
 from probcat.population.truncated import TruncatedSimulator
 from probcat.train.loop import LoopSettings, fit
 
-__all__ = ["PopulationConfig", "run_chain", "Chain", "PixelDetector", "NetworkDetector"]
+__all__ = [
+    "PopulationConfig",
+    "run_chain",
+    "simulated_target",
+    "Chain",
+    "PixelDetector",
+    "NetworkDetector",
+]
 
 
 @dataclass(frozen=True)
@@ -347,50 +354,48 @@ class Chain:
 
     # ---- posteriors on a grid ------------------------------------------------------------
     @torch.no_grad()
-    def log_r_map(self, net, maps: np.ndarray, grid: Grid) -> np.ndarray:
-        """``log r(theta; x)`` ``(B, G)`` of map-ratio network ``net`` on the grid."""
-        th = torch.from_numpy(normalise_theta(grid.points)).float()
-        emb = net.embedding(torch.from_numpy(np.asarray(maps, np.float32)))
-        return np.stack([_head_on_grid(net.head, e, th) for e in emb])
+    def _map_embeddings(self, net, maps: np.ndarray, chunk: int = 256) -> torch.Tensor:
+        """Embeddings ``(B, E)`` of maps by map-ratio network ``net``, in chunks."""
+        maps = np.asarray(maps, np.float32)
+        parts = [net.embedding(torch.from_numpy(maps[i : i + chunk]))
+                 for i in range(0, len(maps), chunk)]  # fmt: skip
+        return torch.cat(parts)
 
     @torch.no_grad()
+    def _list_embeddings(self, lists: list[np.ndarray], chunk: int = 64) -> torch.Tensor:
+        """r4's embeddings ``(B, E)`` of detected-source lists, in chunks."""
+        parts = [self.r4.embedding(*pad_lists(lists[i : i + chunk]))
+                 for i in range(0, len(lists), chunk)]  # fmt: skip
+        return torch.cat(parts)
+
+    def log_r_map(self, net, maps: np.ndarray, grid: Grid) -> np.ndarray:
+        """``log r(theta; x)`` ``(B, G)`` of map-ratio network ``net`` on the grid."""
+        th = _theta_tensor(grid.points)
+        return np.stack([_head_on_grid(net.head, e, th) for e in self._map_embeddings(net, maps)])
+
     def log_r4(self, lists: list[np.ndarray], grid: Grid) -> np.ndarray:
-        th = torch.from_numpy(normalise_theta(grid.points)).float()
-        out = []
-        for i in range(0, len(lists), 64):
-            feats, mask = pad_lists(lists[i : i + 64])
-            emb = self.r4.embedding(feats, mask)
-            out += [_head_on_grid(self.r4.head, e, th) for e in emb]
-        return np.stack(out)
+        """``log r4(theta; S)`` ``(B, G)`` of detected-source lists on the grid."""
+        th = _theta_tensor(grid.points)
+        return np.stack([_head_on_grid(self.r4.head, e, th) for e in self._list_embeddings(lists)])
 
     @torch.no_grad()
     def log_r_map_at(self, net, maps: np.ndarray, theta: np.ndarray) -> np.ndarray:
         """``log r(theta_i; x_i)`` ``(B,)`` of map-ratio network ``net``: each map at its
         own parameters ``theta`` ``(B, 3)`` (not on a grid)."""
-        th = torch.from_numpy(normalise_theta(np.asarray(theta, float))).float()
-        out = []
-        for i in range(0, len(maps), 256):
-            emb = net.embedding(torch.from_numpy(np.asarray(maps[i : i + 256], np.float32)))
-            out.append(net.head(emb, th[i : i + 256]))
-        return torch.cat(out).numpy().astype(np.float64)
+        out = net.head(self._map_embeddings(net, maps), _theta_tensor(theta))
+        return out.numpy().astype(np.float64)
 
     @torch.no_grad()
     def log_r4_at(self, lists: list[np.ndarray], theta: np.ndarray) -> np.ndarray:
         """``log r4(theta_i; S_i)`` ``(B,)``: each detected list at its own parameters."""
-        th = torch.from_numpy(normalise_theta(np.asarray(theta, float))).float()
-        out = []
-        for i in range(0, len(lists), 64):
-            feats, mask = pad_lists(lists[i : i + 64])
-            out.append(self.r4.head(self.r4.embedding(feats, mask), th[i : i + 64]))
-        return torch.cat(out).numpy().astype(np.float64)
+        out = self.r4.head(self._list_embeddings(lists), _theta_tensor(theta))
+        return out.numpy().astype(np.float64)
 
-    @torch.no_grad()
     def log_e_r4_at(self, lists: list[np.ndarray], theta: np.ndarray) -> np.ndarray:
         """``log mean_j r4(theta_i; S_j)`` ``(B,)`` over draws ``S_j`` of the detected
         list (:meth:`draw_detected_lists`), at points ``theta`` ``(B, 3)``."""
-        th = torch.from_numpy(normalise_theta(np.asarray(theta, float))).float()
-        feats, mask = pad_lists(lists)
-        draws = [_head_on_grid(self.r4.head, e, th) for e in self.r4.embedding(feats, mask)]
+        th = _theta_tensor(theta)
+        draws = [_head_on_grid(self.r4.head, e, th) for e in self._list_embeddings(lists)]
         return logmeanexp(np.stack(draws), axis=0)
 
     def draw_detected_lists(self, rng, det: Detections, n: int) -> list[np.ndarray]:
@@ -442,6 +447,18 @@ class Chain:
             "combined": log_r3 + log_e_r4,
             "plain_nre": self.log_r_map_at(self.plain, x_o[None], t)[0],
         }
+
+
+def _theta_tensor(theta: np.ndarray) -> torch.Tensor:
+    """Population parameters ``(n, 3)`` normalised for the ratio heads."""
+    return torch.from_numpy(normalise_theta(np.asarray(theta, float))).float()
+
+
+def simulated_target(seed: int) -> tuple[np.ndarray, dict]:
+    """The simulated target observation of ``seed``: its map ``(128, 128)`` and its true
+    parameters by name."""
+    theta_o, maps, _ = simulate(np.random.default_rng([seed, 1234]), 1)
+    return maps[0], dict(zip(PARAM_NAMES, theta_o[0].tolist()))
 
 
 @torch.no_grad()
@@ -554,8 +571,7 @@ def run_chain(
     if target_map is None:
         if target_seed is None:
             raise ProbcatValueError("give a target seed or a target map")
-        theta_o, maps, _ = simulate(np.random.default_rng([target_seed, 1234]), 1)
-        x_o, truth = maps[0], dict(zip(PARAM_NAMES, theta_o[0].tolist()))
+        x_o, truth = simulated_target(target_seed)
     else:
         x_o = np.asarray(target_map, np.float32)
         if x_o.shape != (MAP_SIZE, MAP_SIZE) or not np.isfinite(x_o).all():

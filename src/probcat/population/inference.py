@@ -152,7 +152,7 @@ class Posterior:
         posterior is, where marginal widths can hide a narrower joint region."""
         order = np.argsort(-self.log_density, axis=None, kind="stable")
         mass = self.w.ravel()[order]
-        vol = np.broadcast_to(self.cell_volume, self.w.shape).ravel()[order]
+        vol = self.cell_volume.ravel()[order]
         cum = np.cumsum(mass)
         k = int(np.searchsorted(cum, level))
         before = cum[k - 1] if k > 0 else 0.0
