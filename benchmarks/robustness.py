@@ -32,7 +32,7 @@ import torch
 from probcat.baselines.sep import sep_detect
 from probcat.catalog import atomic_write
 from probcat.infer.detect import batch_tile_features, catalog_from_decisions, decode, tile_image
-from probcat.infer.reliability import OOD_FLAG, annotate, fit_reliability
+from probcat.infer.reliability import EDGE_ZONES, OOD_FLAG, annotate, edge_distance, fit_reliability
 from probcat.metrics import expected_calibration_error
 from probcat.metrics.detection import detected_snr, match
 from probcat.provenance import provenance
@@ -78,7 +78,8 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100) -> dict:
     truth = {"snr": [], "blend": []}
     matched = {"p0.5": [], "cal0.5": [], "sep": []}
     det = {m: {"snr": [], "matched": []} for m in matched}
-    extra = {k: [] for k in ("prob", "prob_raw", "prob_pooled", "ood", "tile_prob", "tile_truth")}
+    keys = ("prob", "prob_raw", "prob_pooled", "ood", "edge", "tile_prob", "tile_truth")
+    extra = {k: [] for k in keys}
     for start in range(0, len(scenes), chunk):
         part = scenes[start : start + chunk]
         imgs = np.stack([s.image for s in part])
@@ -118,6 +119,7 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100) -> dict:
                 if net.prob_calibration is not None
                 else extra["prob_raw"][-1]
             )
+            extra["edge"].append(edge_distance(est["x"], est["y"], shape))
             extra["ood"].append(
                 np.asarray(est["ood_score"], float)
                 if "ood_score" in est.colnames
@@ -157,6 +159,7 @@ def metrics(r, summarise, *, sep: bool) -> dict:
     hi = in_range & (r["prob"] >= 0.9)
     hi_raw = in_range & (r["prob_raw"] >= 0.9)
     hi_pooled = in_range & (r["prob_pooled"] >= 0.9)
+    inner = r["edge"] >= EDGE_ZONES[-1]
     keys = ("precision", "recall", "f1", "recall_snr_3_10", "n_detections")
     c = summarise(r, "cal0.5")
     out = {
@@ -177,6 +180,11 @@ def metrics(r, summarise, *, sep: bool) -> dict:
                 r["prob"][in_range], real[in_range]
             ),
             "detection_ece_tiles": expected_calibration_error(r["tile_prob"], r["tile_truth"]),
+            "detection_ece_interior": expected_calibration_error(r["prob"][inner], real[inner]),
+            "detection_ece_interior_pooled": expected_calibration_error(
+                r["prob_pooled"][inner], real[inner]
+            ),
+            "fraction_interior": float(inner.mean()) if len(inner) else float("nan"),
         },
     }
     ood = r["ood"][in_range]
@@ -348,7 +356,8 @@ def main(argv=None):
             rw = evaluate(net, scenes_for(wide, args.n_images, [args.seed, code, 8]), sigma,
                           with_sep=False)  # fmt: skip
             pw = metrics(rw, summarise, sep=False)["probcat"]
-            keys = ("precision", "recall", "precision_at_0_9", "detection_ece", "detection_ece_raw")
+            keys = ("precision", "recall", "precision_at_0_9", "detection_ece", "detection_ece_raw",
+                    "detection_ece_pooled", "detection_ece_interior")  # fmt: skip
             result["left_out"][fam]["margin_8"] = {k: pw[k] for k in keys}
         elif fam in left_out:
             result["left_out"][fam] = None
@@ -378,13 +387,16 @@ def main(argv=None):
         "probcat_calibrated_threshold": "the MAP catalogue's detections whose calibrated prob "
         "exceeds 0.5 (an alternative threshold, for comparison)",
         "precision_at_0_9": "precision among those detections with calibrated prob >= 0.9 "
-        "(the shipped calibration, per ood_score bin; _pooled: one map for all detections; "
+        "(the shipped calibration, per edge zone and ood_score bin; _pooled: one map for all "
+        "detections; "
         "_raw: the network's own probability)",
         "detection_ece": "10-bin ECE of the calibrated probabilities of all MAP detections "
         "against being real (matched within 2 px); _raw: the network's probabilities; "
-        "_pooled: one calibration map; _snr_3_1000: detections with detected SNR 3-1000 "
-        "only; _tiles: detection.py's, marginal tile probabilities against occupancy, all "
-        "tiles",
+        "_pooled: one calibration map, no edge zones or ood_score bins; _snr_3_1000: "
+        "detections with detected SNR 3-1000 only; _tiles: detection.py's, marginal tile "
+        "probabilities against occupancy, all tiles; _interior: detections at least 8 px "
+        "inside the image (the shipped map and the single pooled one), which are "
+        "fraction_interior of them",
         "ood_flag_auc": "probability that a false detection has a higher ood_score than a "
         "real one (Mann-Whitney AUC), on the left-out family",
         "margin_8": "the same weights on scenes of the training layout (100 px, sources up "

@@ -111,3 +111,60 @@ def test_annotate_adds_calibrated_prob_raw_prob_and_ood_score():
     assert out["prob"] == pytest.approx([0.25, 0.5])
     assert out["ood_score"][1] == 1.0 and out["ood_score"][0] < 1.0
     assert out.meta["ood_flag"] == rel.OOD_FLAG
+
+
+def test_edge_zone_calibration_learns_that_edge_detections_are_false_more_often():
+    rng = np.random.default_rng(4)
+    n = 200_000
+    p = rng.uniform(0.5, 1.0, n)
+    edge = rng.uniform(0.0, 10.0, n)
+    truth = np.where(edge < 2.0, 0.4 * p, p)  # within 2 px of the edge: far less reliable
+    real = rng.random(n) < truth
+    cal = rel.fit_probability_calibration(p, real, edge=edge)
+    grid = np.linspace(0.55, 0.95, 9)
+    assert cal(grid, edge=np.full(9, 10.0)) == pytest.approx(grid, abs=0.02)  # unchanged
+    assert cal(grid, edge=np.full(9, 3.0)) == pytest.approx(grid, abs=0.02)
+    assert cal(grid, edge=np.full(9, 1.0)) == pytest.approx(0.4 * grid, abs=0.03)
+    # one map for every detection is off in both directions: the reason for the zones
+    pooled = rel.fit_probability_calibration(p, real)
+    assert pooled(0.9) < 0.9 - 0.04 and pooled(0.9) > 0.4 * 0.9 + 0.3
+    for d in (0.5, 2.5, 5.0, 12.0):
+        assert np.all(np.diff(cal(np.linspace(0, 1, 501), edge=np.full(501, d))) >= 0)
+    assert cal(grid) == pytest.approx(pooled(grid))  # no distance given: the pooled map
+    again = rel.ProbabilityCalibration.from_dict(cal.to_dict())
+    assert again(grid, edge=np.full(9, 1.0)) == pytest.approx(cal(grid, edge=np.full(9, 1.0)))
+    # a zone with too few detections falls back to the pooled map
+    few = rel.fit_probability_calibration(
+        p[:3000], real[:3000], edge=np.where(edge[:3000] < 2, 30.0, 1.0)
+    )
+    assert few.by_edge[-1] is not None and few.by_edge[1] is None
+    assert few(0.8, edge=3.0) == few(0.8)
+
+
+def test_edge_distance_and_annotate_reads_the_map_by_edge_zone():
+    assert rel.edge_distance(
+        [0.0, 9.0, 4.5, -3.0], [5.0, 5.0, 4.5, 5.0], (10, 10)
+    ) == pytest.approx([0.5, 0.5, 5.0, -2.5])
+    inner = rel.ProbabilityCalibration((0.5, 1.0), (0.5, 1.0), 500)
+    outer = rel.ProbabilityCalibration((0.5, 1.0), (0.2, 0.4), 500)
+
+    class Net:
+        prob_calibration = rel.ProbabilityCalibration(
+            (0.5, 1.0), (0.4, 0.8), 1000, edge_zones=(2.0,), by_edge=(outer, inner)
+        )
+        feature_density = None
+
+    cat = FullCatalog(
+        {
+            "x": np.array([0.2, 10.0]),
+            "y": np.array([10.0, 10.0]),
+            "prob": np.array([1.0, 1.0]),
+            "tile_x": np.array([0, 2]),
+            "tile_y": np.array([2, 2]),
+        },
+        (20, 20),
+        ("i",),
+        {},
+    )
+    out = rel.annotate(cat, Net(), torch.zeros(3, 4, 4))
+    assert out["prob"] == pytest.approx([0.4, 1.0])
