@@ -515,6 +515,20 @@ TABLES = {
                 "",
             ),
             (
+                "all families (shipped): detection ECE",
+                "in_distribution.probcat.detection_ece",
+                None,
+                ".3f",
+                "",
+            ),
+            (
+                "all families (shipped): detection ECE, over 8 px inside",
+                "in_distribution.probcat.detection_ece_interior",
+                None,
+                ".3f",
+                "",
+            ),
+            (
                 "sersic left out: F1",
                 "left_out.sersic.probcat.f1",
                 "left_out.sersic.sep.f1",
@@ -541,6 +555,13 @@ TABLES = {
                 None,
                 ".3f",
                 "≤ 0.03",
+            ),
+            (
+                "sersic left out: detection ECE, over 8 px inside",
+                "left_out.sersic.probcat.detection_ece_interior",
+                None,
+                ".3f",
+                "",
             ),
             (
                 "sersic left out: ood_score AUC, false vs real",
@@ -578,6 +599,13 @@ TABLES = {
                 "≤ 0.03",
             ),
             (
+                "clumpy left out: detection ECE, over 8 px inside",
+                "left_out.clumpy.probcat.detection_ece_interior",
+                None,
+                ".3f",
+                "",
+            ),
+            (
                 "clumpy left out: ood_score AUC, false vs real",
                 "left_out.clumpy.ood_flag_auc",
                 None,
@@ -613,6 +641,13 @@ TABLES = {
                 "≤ 0.03",
             ),
             (
+                "spiral left out: detection ECE, over 8 px inside",
+                "left_out.spiral.probcat.detection_ece_interior",
+                None,
+                ".3f",
+                "",
+            ),
+            (
                 "spiral left out: ood_score AUC, false vs real",
                 "left_out.spiral.ood_flag_auc",
                 None,
@@ -646,6 +681,13 @@ TABLES = {
                 None,
                 ".3f",
                 "≤ 0.03",
+            ),
+            (
+                "irregular left out: detection ECE, over 8 px inside",
+                "left_out.irregular.probcat.detection_ece_interior",
+                None,
+                ".3f",
+                "",
             ),
             (
                 "irregular left out: ood_score AUC, false vs real",
@@ -701,7 +743,7 @@ README_ROWS = {
     "population": [0, 6],
     "deblend": [0, 2, 7, 10],
     "photoz": [0, 1, 3, 11],
-    "robustness": [7, 9],
+    "robustness": [10, 12],
 }
 
 

@@ -1,0 +1,167 @@
+"""Population inference over several simulated targets: does the truth fall inside the
+posterior intervals, and is the combined posterior narrower than r3, r4 and the plain NRE,
+target after target (``benchmarks/population.py`` runs one target and checks coverage on
+maps simulated like it; this runs the whole chain, r3 retrained on each target's own
+detections, for targets drawn from the prior).
+
+    .venv/bin/python benchmarks/population_targets.py --run RUN --seeds 2,3,4,5,6
+
+``RUN`` holds the target-independent networks (r1, r2, r4, the plain NRE and the pool) of a
+``benchmarks/population.py --run RUN`` run, or gets them trained first. Writes
+``benchmarks/results/population_targets.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import _paths  # noqa: F401  (first: keeps benchmarks/ off the import path)
+import numpy as np
+import torch
+
+from probcat.catalog import atomic_write
+from probcat.config import load_yaml
+from probcat.population.chain import Chain, Grid, PopulationConfig, simulated_target
+from probcat.population.simulator import PARAM_NAMES
+from probcat.provenance import provenance
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ESTIMATORS = ("r3", "r4", "combined", "plain_nre")
+LEVELS = ("0.683", "0.954")
+
+
+def one_target(chain: Chain, seed: int, grid: Grid, cfg: PopulationConfig) -> dict:
+    """The four posteriors of the target of ``seed`` against its truth."""
+    t0 = time.perf_counter()
+    x_o, truth = simulated_target(seed)
+    det = chain.detect(x_o[None])[0]
+    chain.train_r3(det)
+    post = chain.posteriors(x_o, det, grid, np.random.default_rng([cfg.seed, 99, seed]))
+    t_o = [truth[p] for p in PARAM_NAMES]
+    at_o = chain.log_densities_at(x_o, t_o)
+    row = {"seed": seed, "truth": truth, "n_detected": len(det)}
+    for k in ESTIMATORS:
+        s = post[k].summary()
+        inside = {
+            p: {
+                lv: bool(s[p][key][0] <= truth[p] <= s[p][key][1])
+                for lv, key in zip(LEVELS, ("interval_68", "interval_95"))
+            }
+            for p in PARAM_NAMES
+        }
+        level = post[k].hpd_level(t_o, at_o[k])
+        row[k] = {
+            "mean": {p: s[p]["mean"] for p in PARAM_NAMES},
+            "width_68": {p: post[k].width(i) for i, p in enumerate(PARAM_NAMES)},
+            "joint_volume_68": post[k].hpd_volume(0.683),
+            "truth_hpd_level": level,
+            "truth_inside": inside,
+            "truth_inside_joint": {lv: bool(level < float(lv)) for lv in LEVELS},
+        }
+    row["wall_s"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+def _frac(flags) -> dict:
+    flags = np.asarray(list(flags), bool)
+    n = len(flags)
+    f = float(flags.mean()) if n else float("nan")
+    return {"fraction": f, "n": n}
+
+
+def aggregate(rows: list[dict]) -> dict:
+    """Fractions of truths inside each estimator's intervals (per parameter and pooled over
+    parameters), and how often the combination is the narrowest."""
+    out = {"truth_inside": {}, "combined_narrower": {}, "mean_width_68": {}}
+    for k in ESTIMATORS:
+        out["truth_inside"][k] = {
+            **{
+                p: {lv: _frac(r[k]["truth_inside"][p][lv] for r in rows) for lv in LEVELS}
+                for p in PARAM_NAMES
+            },
+            "all_parameters": {
+                lv: _frac(r[k]["truth_inside"][p][lv] for r in rows for p in PARAM_NAMES)
+                for lv in LEVELS
+            },
+            "joint": {lv: _frac(r[k]["truth_inside_joint"][lv] for r in rows) for lv in LEVELS},
+        }
+        out["mean_width_68"][k] = {
+            **{p: float(np.mean([r[k]["width_68"][p] for r in rows])) for p in PARAM_NAMES},
+            "joint_volume_68": float(np.mean([r[k]["joint_volume_68"] for r in rows])),
+        }
+    for other in ("r3", "r4", "plain_nre"):
+        out["combined_narrower"][other] = {
+            **{
+                p: _frac(r["combined"]["width_68"][p] < r[other]["width_68"][p] for r in rows)
+                for p in PARAM_NAMES
+            },
+            "joint_volume_68": _frac(
+                r["combined"]["joint_volume_68"] < r[other]["joint_volume_68"] for r in rows
+            ),
+        }
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True, help="run directory (networks reused or trained)")
+    ap.add_argument("--seeds", default="2,3,4,5,6", help="target seeds, comma-separated")
+    ap.add_argument("--config", default=None, help="YAML budget (default: PopulationConfig)")
+    ap.add_argument("--out", default=str(RESULTS), help="results folder (smoke runs: elsewhere)")
+    args = ap.parse_args(argv)
+    command = " ".join([".venv/bin/python", "benchmarks/population_targets.py", *sys.argv[1:]])
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        sys.exit(f"population_targets: --seeds must be integers, got {args.seeds!r}")
+    if not seeds:
+        sys.exit("population_targets: give at least one seed")
+    cfg = load_yaml(PopulationConfig, args.config)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    torch.set_num_threads(cfg.threads)
+    chain = Chain(cfg, Path(args.run), progress=True)
+    chain.train_r1()
+    pool = chain.pool()
+    chain.train_r2_r4(pool)
+    chain.train_plain()
+    grid = Grid.default(cfg.grid_sigma, cfg.grid_h, cfg.grid_n_step)
+    rows = []
+    for seed in seeds:
+        print(f"target seed {seed} ...", flush=True)
+        rows.append(one_target(chain, seed, grid, cfg))
+        print(json.dumps({k: rows[-1][k] for k in ("truth", "n_detected", "wall_s")}), flush=True)
+    result = {
+        "command": command,
+        "machine": "2-core CPU, no GPU",
+        "seeds": seeds,
+        "n_targets": len(rows),
+        "summary": aggregate(rows),
+        "targets": rows,
+        "definitions": {
+            "truth_inside": "fraction of targets whose true parameter lies inside the central "
+            "68.3% / 95.4% interval of each marginal (all_parameters: pooled over N, sigma, "
+            "h; joint: inside the joint highest-density region, judged with the estimator's "
+            "own density at the truth); n is the number of cases, so its binomial error is "
+            "sqrt(p (1 - p) / n)",
+            "combined_narrower": "fraction of targets where the combined 68% width (joint: "
+            "joint 68% volume) is smaller than the other estimator's",
+            "targets": "theta drawn from the prior by simulated_target(seed); r3 trained on "
+            "each target's own detections; r1, r2, r4 and the plain NRE shared",
+        },
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    result.update({k: v for k, v in provenance(command).items() if k != "command"})
+    text = json.dumps(result, indent=1, default=float)
+    atomic_write(out / "population_targets.json", lambda tmp: Path(tmp).write_text(text))
+    print(json.dumps(result["summary"], indent=1, default=float))
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
