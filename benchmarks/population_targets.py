@@ -56,6 +56,8 @@ def one_target(chain: Chain, seed: int, grid: Grid, cfg: PopulationConfig) -> di
         level = post[k].hpd_level(t_o, at_o[k])
         row[k] = {
             "mean": {p: s[p]["mean"] for p in PARAM_NAMES},
+            "interval_68": {p: s[p]["interval_68"] for p in PARAM_NAMES},
+            "interval_95": {p: s[p]["interval_95"] for p in PARAM_NAMES},
             "width_68": {p: post[k].width(i) for i, p in enumerate(PARAM_NAMES)},
             "joint_volume_68": post[k].hpd_volume(0.683),
             "truth_hpd_level": level,
@@ -104,6 +106,35 @@ def aggregate(rows: list[dict]) -> dict:
             ),
         }
     return out
+
+
+def figure(result: dict, out: Path) -> None:
+    """Per target and parameter, each estimator's 68% and 95% intervals and the truth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["targets"]
+    colours = {"r3": "C0", "r4": "C1", "combined": "C3", "plain_nre": "C2"}
+    fig, axes = plt.subplots(1, 3, figsize=(11, 0.5 + 0.7 * len(rows)), sharey=True)
+    for ax, p in zip(axes, PARAM_NAMES):
+        for i, r in enumerate(rows):
+            for j, k in enumerate(ESTIMATORS):
+                y = i + (j - 1.5) * 0.16
+                lo, hi = r[k]["interval_95"][p]
+                ax.plot([lo, hi], [y, y], color=colours[k], lw=1)
+                lo, hi = r[k]["interval_68"][p]
+                ax.plot([lo, hi], [y, y], color=colours[k], lw=3.5,
+                        label=k if i == 0 and p == "N" else None)  # fmt: skip
+            ax.plot(r["truth"][p], i, "k|", ms=14, mew=2)
+        ax.set_xlabel(p)
+    axes[0].set_yticks(range(len(rows)), [f"seed {r['seed']}" for r in rows])
+    fig.suptitle("68% (thick) and 95% (thin) intervals per target; truth: black tick", fontsize=9)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.legend(fontsize=7, loc="lower center", ncol=4)
+    fig.savefig(out / "population_targets.png", dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None) -> None:
@@ -159,6 +190,7 @@ def main(argv=None) -> None:
     result.update({k: v for k, v in provenance(command).items() if k != "command"})
     text = json.dumps(result, indent=1, default=float)
     atomic_write(out / "population_targets.json", lambda tmp: Path(tmp).write_text(text))
+    figure(result, out)
     print(json.dumps(result["summary"], indent=1, default=float))
 
 

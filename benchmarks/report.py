@@ -230,6 +230,68 @@ TABLES = {
             ("wall time of the chain (s)", "wall_s", None, ".0f", "≤ 3600"),
         ],
     ),
+    "population_targets": (
+        "the whole chain over several targets drawn from the prior (r3 retrained on each)",
+        [
+            ("targets", "n_targets", None, "d", ""),
+            (
+                "truth inside the 68.3% intervals (N, sigma, h pooled)",
+                "summary.truth_inside.combined.all_parameters.0.683.fraction",
+                "summary.truth_inside.plain_nre.all_parameters.0.683.fraction",
+                ".2f",
+                "0.683 within binomial error",
+            ),
+            (
+                "truth inside the 95.4% intervals (N, sigma, h pooled)",
+                "summary.truth_inside.combined.all_parameters.0.954.fraction",
+                "summary.truth_inside.plain_nre.all_parameters.0.954.fraction",
+                ".2f",
+                "0.954 within binomial error",
+            ),
+            (
+                "truth inside the joint 95.4% region",
+                "summary.truth_inside.combined.joint.0.954.fraction",
+                "summary.truth_inside.plain_nre.joint.0.954.fraction",
+                ".2f",
+                "",
+            ),
+            (
+                "combined narrower than r3: N",
+                "summary.combined_narrower.r3.N.fraction",
+                None,
+                ".2f",
+                "",
+            ),
+            (
+                "combined narrower than r3: sigma",
+                "summary.combined_narrower.r3.sigma.fraction",
+                None,
+                ".2f",
+                "",
+            ),
+            (
+                "combined narrower than r3: h",
+                "summary.combined_narrower.r3.h.fraction",
+                None,
+                ".2f",
+                "",
+            ),
+            (
+                "combined joint 68% region smaller than the plain NRE's",
+                "summary.combined_narrower.plain_nre.joint_volume_68.fraction",
+                None,
+                ".2f",
+                "",
+            ),
+            (
+                "mean 68% width of h",
+                "summary.mean_width_68.combined.h",
+                "summary.mean_width_68.plain_nre.h",
+                ".2f",
+                "",
+            ),
+        ],
+    ),
     "population_sbi": (
         "r4 (detected-source lists) against sbi's NRE_A on the same simulations",
         [
@@ -731,6 +793,7 @@ BASELINES = {
     "platform": "SEP",
     "population": "plain NRE",
     "population_sbi": "sbi NRE_A",
+    "population_targets": "plain NRE",
     "scale": "reference",
     "deblend": "SEP",
     "photoz": "FlexZBoost",
@@ -789,7 +852,12 @@ def doc_text() -> str:
             continue
         lines += [f"`{data.get('command')}` at commit `{data.get('git_commit')}`.", ""]
         lines += _rows(name, data)
-        figures = sorted(p.name for p in RESULTS.glob(f"{name}*.png"))
+        longer = [o for o in TABLES if o != name and o.startswith(name)]  # population_sbi
+        figures = sorted(
+            p.name
+            for p in RESULTS.glob(f"{name}*.png")
+            if not any(p.name.startswith(o) for o in longer)
+        )
         if figures:
             lines += ["", "Figures: " + ", ".join(f"`results/{f}`" for f in figures) + "."]
     return "\n".join(lines) + "\n"
