@@ -295,6 +295,34 @@ def test_calibrate_run_records_reliability_and_catalogs_use_it(tmp_path, cache_d
     assert np.all((cat["ood_score"] >= 0) & (cat["ood_score"] <= 1))
 
 
+def test_reliability_only_refits_nothing_else(tmp_path, cache_dir, monkeypatch):
+    import probcat.infer.calibration as C
+    import probcat.infer.reliability as R
+    from probcat.train.detection import calibrate_run
+    from probcat.weights import read_weights
+
+    run = tmp_path / "run"
+    train_detection(_cfg(), run, cache_dir=cache_dir, progress=False, command="train cmd")
+    before = read_weights(run / "detection.pt")
+    cal = R.ProbabilityCalibration((0.0, 1.0), (0.0, 0.5), 500, "test")
+    dens = R.fit_feature_density(np.random.default_rng(1).standard_normal((100, 8)))
+
+    def no_refit(*args, **kwargs):
+        raise AssertionError("reliability_only refitted the decoding")
+
+    monkeypatch.setattr(C, "fit_centroid_calibration", no_refit)
+    monkeypatch.setattr("probcat.infer.merge.fit_merge_radius", no_refit)
+    monkeypatch.setattr(R, "fit_reliability", lambda *a, **k: (cal, dens))
+    m = calibrate_run(run, n_scenes=7, cache_dir=cache_dir, progress=False, reliability_only=True)
+    after = read_weights(run / "detection.pt")
+    assert m["prob_calibration"] == after["prob_calibration"] == cal.to_dict()
+    for key in ("centroid_calibration", "merge", "sky_offset"):
+        assert after.get(key) == before.get(key), key
+    for k, v in before["state_dict"].items():
+        assert torch.equal(after["state_dict"][k], v)
+    assert m["command"] == "train cmd"
+
+
 def test_sky_offset_only_records_into_the_manifest_and_the_detector_uses_it(
     tmp_path, cache_dir, monkeypatch
 ):

@@ -520,6 +520,11 @@ def calibrate_cmd(
     sky_offset_only: bool = typer.Option(
         False, "--sky-offset-only", help="only (re)fit the sky offset, into manifest.json"
     ),
+    reliability_only: bool = typer.Option(
+        False,
+        "--reliability-only",
+        help="only (re)fit the probability calibration and the ood_score density",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """(Re)fit the merge radius (weights with a location refiner), the centroid-interval
@@ -536,7 +541,19 @@ def calibrate_cmd(
         )
         typer.echo(f"sky offset {rec['per_band']} noise sigma -> {run / 'manifest.json'}")
         return
-    m = calibrate_run(run, n_scenes=scenes, cache_dir=cache_dir, progress=not quiet)
+    m = calibrate_run(
+        run,
+        n_scenes=scenes,
+        cache_dir=cache_dir,
+        progress=not quiet,
+        reliability_only=reliability_only,
+    )
+    if reliability_only:
+        cal = m["prob_calibration"]
+        if cal is None:
+            raise ProbcatValueError(f"{run}: too few detections to calibrate probabilities")
+        typer.echo(f"probability calibration from {cal['n']} detections -> {run / 'detection.pt'}")
+        return
     cal = m["centroid_calibration"]
     if cal is None:
         raise ProbcatValueError(f"{run}: too few matched detections to calibrate")

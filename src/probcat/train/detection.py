@@ -419,11 +419,20 @@ def validate(net: DetectionNet, x: torch.Tensor, truth: TileCatalog) -> dict[str
     return parts
 
 
-def calibrate_run(out: str | Path, *, n_scenes: int = 512, cache_dir=None, progress=True) -> dict:
+def calibrate_run(
+    out: str | Path,
+    *,
+    n_scenes: int = 512,
+    cache_dir=None,
+    progress=True,
+    reliability_only: bool = False,
+) -> dict:
     """Refit the merge rule (weights with a location refiner), the centroid-interval
     calibration, the detection-probability calibration and the feature density of the run
     in ``out`` (training fits them as its last steps) and record them in its
-    ``detection.pt`` and ``manifest.json``."""
+    ``detection.pt`` and ``manifest.json``. ``reliability_only``: only the probability
+    calibration and the feature density, decoding with the run's recorded merge radius (the
+    catalogues' positions and decisions stay exactly as they were)."""
     from probcat.weights import read_weights
 
     out = Path(out)
@@ -435,15 +444,20 @@ def calibrate_run(out: str | Path, *, n_scenes: int = 512, cache_dir=None, progr
     net.eval()
     manifest = json.loads((out / "manifest.json").read_text())
     sim = _simulator(cfg, "val", cache_dir, progress)
-    merge, cal = _fit_decoding(net, cfg, sim, progress)
-    weights["centroid_calibration"] = manifest["centroid_calibration"] = cal
-    weights["merge"] = manifest["merge"] = merge
+    if reliability_only:
+        if weights.get("merge"):
+            net.merge_px = float(weights["merge"]["radius_px"])
+    else:
+        merge, cal = _fit_decoding(net, cfg, sim, progress)
+        weights["centroid_calibration"] = manifest["centroid_calibration"] = cal
+        weights["merge"] = manifest["merge"] = merge
     rel = _fit_reliability(net, cfg, sim, progress)
     manifest["data"] = describe_data(cfg)
     weights.update(rel)
     manifest["prob_calibration"] = rel["prob_calibration"]
     manifest["feature_density"] = _density_summary(rel["feature_density"])
-    weights["sky_offset"] = manifest["sky_offset"] = fit_sky_offset(cfg, sim.bank)
+    if not reliability_only:
+        weights["sky_offset"] = manifest["sky_offset"] = fit_sky_offset(cfg, sim.bank)
     return write_run(out, "detection", weights, manifest)
 
 
