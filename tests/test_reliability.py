@@ -87,23 +87,18 @@ def test_feature_density_scores_are_uniform_inside_and_one_far_away():
     assert again.score(fresh[:10]) == pytest.approx(s[:10])
 
 
+def _map_catalog(x, y, prob, tile_x, tile_y, shape) -> FullCatalog:
+    """A MAP catalogue with the columns :func:`rel.annotate` reads."""
+    cols = dict(x=x, y=y, prob=prob, tile_x=tile_x, tile_y=tile_y)
+    return FullCatalog({k: np.asarray(v) for k, v in cols.items()}, shape, ("i",), {})
+
+
 def test_annotate_adds_calibrated_prob_raw_prob_and_ood_score():
     class Net:
         prob_calibration = rel.ProbabilityCalibration((0.5, 1.0), (0.25, 0.5), 100)
         feature_density = rel.fit_feature_density(np.random.default_rng(0).standard_normal((64, 3)))
 
-    cat = FullCatalog(
-        {
-            "x": np.array([1.0, 2.0]),
-            "y": np.array([1.0, 2.0]),
-            "prob": np.array([0.5, 1.0]),
-            "tile_x": np.array([0, 1]),
-            "tile_y": np.array([0, 0]),
-        },
-        (10, 10),
-        ("i",),
-        {},
-    )
+    cat = _map_catalog([1.0, 2.0], [1.0, 2.0], [0.5, 1.0], [0, 1], [0, 0], (10, 10))
     feats = torch.zeros(3, 2, 2)
     feats[:, 0, 1] = 50.0  # the second source's tile is far from the training features
     out = rel.annotate(cat, Net(), feats)
@@ -154,17 +149,6 @@ def test_edge_distance_and_annotate_reads_the_map_by_edge_zone():
         )
         feature_density = None
 
-    cat = FullCatalog(
-        {
-            "x": np.array([0.2, 10.0]),
-            "y": np.array([10.0, 10.0]),
-            "prob": np.array([1.0, 1.0]),
-            "tile_x": np.array([0, 2]),
-            "tile_y": np.array([2, 2]),
-        },
-        (20, 20),
-        ("i",),
-        {},
-    )
+    cat = _map_catalog([0.2, 10.0], [10.0, 10.0], [1.0, 1.0], [0, 2], [2, 2], (20, 20))
     out = rel.annotate(cat, Net(), torch.zeros(3, 4, 4))
     assert out["prob"] == pytest.approx([0.4, 1.0])
