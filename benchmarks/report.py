@@ -633,6 +633,13 @@ TABLES = {
                 "",
             ),
             (
+                "sersic left out: false detections splitting a found source",
+                "left_out.sersic.false_detections.split.fraction",
+                None,
+                ".2f",
+                "",
+            ),
+            (
                 "clumpy left out: F1",
                 "left_out.clumpy.probcat.f1",
                 "left_out.clumpy.sep.f1",
@@ -672,6 +679,13 @@ TABLES = {
                 "left_out.clumpy.ood_flag_auc",
                 None,
                 ".3f",
+                "",
+            ),
+            (
+                "clumpy left out: false detections splitting a found source",
+                "left_out.clumpy.false_detections.split.fraction",
+                None,
+                ".2f",
                 "",
             ),
             (
@@ -717,6 +731,13 @@ TABLES = {
                 "",
             ),
             (
+                "spiral left out: false detections splitting a found source",
+                "left_out.spiral.false_detections.split.fraction",
+                None,
+                ".2f",
+                "",
+            ),
+            (
                 "irregular left out: F1",
                 "left_out.irregular.probcat.f1",
                 "left_out.irregular.sep.f1",
@@ -756,6 +777,13 @@ TABLES = {
                 "left_out.irregular.ood_flag_auc",
                 None,
                 ".3f",
+                "",
+            ),
+            (
+                "irregular left out: false detections splitting a found source",
+                "left_out.irregular.false_detections.split.fraction",
+                None,
+                ".2f",
                 "",
             ),
         ],
@@ -806,7 +834,7 @@ README_ROWS = {
     "population": [0, 6],
     "deblend": [0, 2, 7, 10],
     "photoz": [0, 1, 3, 11],
-    "robustness": [10, 12],
+    "robustness": [11, 13],
 }
 
 
