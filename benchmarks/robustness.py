@@ -155,7 +155,7 @@ def false_detections(r) -> dict:
     ``split`` (the nearest true source is already matched to another detection: a clump or
     blob of a galaxy read as a source of its own, or a second detection of one source),
     ``mislocated`` (the nearest true source is 2-4 px away and matched by no detection: the
-    source found but placed off its light-weighted centre), ``other`` (no unmatched true
+    source found but placed off its light-weighted centre), ``other`` (no true
     source within 4 px: noise, artefacts, sources beyond the image edge); with the median
     detected SNR, calibrated probability and ``ood_score`` of each kind."""
     d = r["det"]["p0.5"]
