@@ -151,7 +151,7 @@ def _nearest_truth(true_xy, est, matched_truth):
 
 
 def false_detections(r) -> dict:
-    """What the false MAP detections (detected SNR 3-1000, no true source within 2 px) are:
+    """What the false MAP detections (detected SNR 3-1000, matched to no true source) are:
     ``split`` (the nearest true source is already matched to another detection: a clump or
     blob of a galaxy read as a source of its own, or a second detection of one source),
     ``mislocated`` (the nearest true source is 2-4 px away and matched by no detection: the
