@@ -45,6 +45,28 @@ def _fmt(value, spec: str) -> str:
 
 # (label, json path of probcat's value, of the baseline's (or None), format, target[, the
 # baseline's name when it is not the table's])
+LEFT_OUT_FAMILIES = ("sersic", "clumpy", "spiral", "irregular")
+
+
+def _left_out_rows(fam: str) -> list[tuple]:
+    """The robustness table's rows for family ``fam`` left out of training."""
+    lo = f"left_out.{fam}"
+    return [
+        (f"{fam} left out: F1", f"{lo}.probcat.f1", f"{lo}.sep.f1", ".3f", "≥ SEP + 0.10"),
+        (f"{fam} left out: precision", f"{lo}.probcat.precision", f"{lo}.sep.precision",
+         ".3f", "≥ 0.93"),
+        (f"{fam} left out: precision at prob ≥ 0.9", f"{lo}.probcat.precision_at_0_9", None,
+         ".3f", "≥ 0.97"),
+        (f"{fam} left out: detection ECE", f"{lo}.probcat.detection_ece", None, ".3f",
+         "≤ 0.03"),
+        (f"{fam} left out: detection ECE, over 8 px inside",
+         f"{lo}.probcat.detection_ece_interior", None, ".3f", ""),
+        (f"{fam} left out: ood_score AUC, false vs real", f"{lo}.ood_flag_auc", None, ".3f", ""),
+        (f"{fam} left out: false detections splitting a found source",
+         f"{lo}.false_detections.split.fraction", None, ".2f", ""),
+    ]  # fmt: skip
+
+
 TABLES = {
     "detection": (
         "probcat vs SEP on held-out 98×98 LSST-i `blend` scenes (test-split galaxies)",
@@ -590,202 +612,7 @@ TABLES = {
                 ".3f",
                 "",
             ),
-            (
-                "sersic left out: F1",
-                "left_out.sersic.probcat.f1",
-                "left_out.sersic.sep.f1",
-                ".3f",
-                "≥ SEP + 0.10",
-            ),
-            (
-                "sersic left out: precision",
-                "left_out.sersic.probcat.precision",
-                "left_out.sersic.sep.precision",
-                ".3f",
-                "≥ 0.93",
-            ),
-            (
-                "sersic left out: precision at prob ≥ 0.9",
-                "left_out.sersic.probcat.precision_at_0_9",
-                None,
-                ".3f",
-                "≥ 0.97",
-            ),
-            (
-                "sersic left out: detection ECE",
-                "left_out.sersic.probcat.detection_ece",
-                None,
-                ".3f",
-                "≤ 0.03",
-            ),
-            (
-                "sersic left out: detection ECE, over 8 px inside",
-                "left_out.sersic.probcat.detection_ece_interior",
-                None,
-                ".3f",
-                "",
-            ),
-            (
-                "sersic left out: ood_score AUC, false vs real",
-                "left_out.sersic.ood_flag_auc",
-                None,
-                ".3f",
-                "",
-            ),
-            (
-                "sersic left out: false detections splitting a found source",
-                "left_out.sersic.false_detections.split.fraction",
-                None,
-                ".2f",
-                "",
-            ),
-            (
-                "clumpy left out: F1",
-                "left_out.clumpy.probcat.f1",
-                "left_out.clumpy.sep.f1",
-                ".3f",
-                "≥ SEP + 0.10",
-            ),
-            (
-                "clumpy left out: precision",
-                "left_out.clumpy.probcat.precision",
-                "left_out.clumpy.sep.precision",
-                ".3f",
-                "≥ 0.93",
-            ),
-            (
-                "clumpy left out: precision at prob ≥ 0.9",
-                "left_out.clumpy.probcat.precision_at_0_9",
-                None,
-                ".3f",
-                "≥ 0.97",
-            ),
-            (
-                "clumpy left out: detection ECE",
-                "left_out.clumpy.probcat.detection_ece",
-                None,
-                ".3f",
-                "≤ 0.03",
-            ),
-            (
-                "clumpy left out: detection ECE, over 8 px inside",
-                "left_out.clumpy.probcat.detection_ece_interior",
-                None,
-                ".3f",
-                "",
-            ),
-            (
-                "clumpy left out: ood_score AUC, false vs real",
-                "left_out.clumpy.ood_flag_auc",
-                None,
-                ".3f",
-                "",
-            ),
-            (
-                "clumpy left out: false detections splitting a found source",
-                "left_out.clumpy.false_detections.split.fraction",
-                None,
-                ".2f",
-                "",
-            ),
-            (
-                "spiral left out: F1",
-                "left_out.spiral.probcat.f1",
-                "left_out.spiral.sep.f1",
-                ".3f",
-                "≥ SEP + 0.10",
-            ),
-            (
-                "spiral left out: precision",
-                "left_out.spiral.probcat.precision",
-                "left_out.spiral.sep.precision",
-                ".3f",
-                "≥ 0.93",
-            ),
-            (
-                "spiral left out: precision at prob ≥ 0.9",
-                "left_out.spiral.probcat.precision_at_0_9",
-                None,
-                ".3f",
-                "≥ 0.97",
-            ),
-            (
-                "spiral left out: detection ECE",
-                "left_out.spiral.probcat.detection_ece",
-                None,
-                ".3f",
-                "≤ 0.03",
-            ),
-            (
-                "spiral left out: detection ECE, over 8 px inside",
-                "left_out.spiral.probcat.detection_ece_interior",
-                None,
-                ".3f",
-                "",
-            ),
-            (
-                "spiral left out: ood_score AUC, false vs real",
-                "left_out.spiral.ood_flag_auc",
-                None,
-                ".3f",
-                "",
-            ),
-            (
-                "spiral left out: false detections splitting a found source",
-                "left_out.spiral.false_detections.split.fraction",
-                None,
-                ".2f",
-                "",
-            ),
-            (
-                "irregular left out: F1",
-                "left_out.irregular.probcat.f1",
-                "left_out.irregular.sep.f1",
-                ".3f",
-                "≥ SEP + 0.10",
-            ),
-            (
-                "irregular left out: precision",
-                "left_out.irregular.probcat.precision",
-                "left_out.irregular.sep.precision",
-                ".3f",
-                "≥ 0.93",
-            ),
-            (
-                "irregular left out: precision at prob ≥ 0.9",
-                "left_out.irregular.probcat.precision_at_0_9",
-                None,
-                ".3f",
-                "≥ 0.97",
-            ),
-            (
-                "irregular left out: detection ECE",
-                "left_out.irregular.probcat.detection_ece",
-                None,
-                ".3f",
-                "≤ 0.03",
-            ),
-            (
-                "irregular left out: detection ECE, over 8 px inside",
-                "left_out.irregular.probcat.detection_ece_interior",
-                None,
-                ".3f",
-                "",
-            ),
-            (
-                "irregular left out: ood_score AUC, false vs real",
-                "left_out.irregular.ood_flag_auc",
-                None,
-                ".3f",
-                "",
-            ),
-            (
-                "irregular left out: false detections splitting a found source",
-                "left_out.irregular.false_detections.split.fraction",
-                None,
-                ".2f",
-                "",
-            ),
+            *(row for fam in LEFT_OUT_FAMILIES for row in _left_out_rows(fam)),
         ],
     ),
     "simulate": (

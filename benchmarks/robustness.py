@@ -31,6 +31,7 @@ import torch
 
 from probcat.baselines.sep import sep_detect
 from probcat.catalog import atomic_write
+from probcat.infer.deblend import match_nearest
 from probcat.infer.detect import batch_tile_features, catalog_from_decisions, decode, tile_image
 from probcat.infer.reliability import EDGE_ZONES, OOD_FLAG, annotate, edge_distance, fit_reliability
 from probcat.metrics import expected_calibration_error
@@ -142,12 +143,11 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100) -> dict:
 def _nearest_truth(true_xy, est, matched_truth):
     """For each detection: the distance to the nearest true source (inf without one) and
     whether that source is matched to some detection."""
-    xy = np.stack([np.asarray(est["x"], float), np.asarray(est["y"], float)], 1)
-    if not len(true_xy) or not len(xy):
-        return np.full(len(xy), np.inf), np.zeros(len(xy), bool)
-    d = np.hypot(*(xy[:, None, :] - true_xy[None, :, :]).transpose(2, 0, 1))
-    k = d.argmin(1)
-    return d[np.arange(len(xy)), k], matched_truth[k]
+    ex, ey = np.asarray(est["x"], float), np.asarray(est["y"], float)
+    k = match_nearest(true_xy[:, 0], true_xy[:, 1], ex, ey, np.inf)
+    if not len(true_xy):
+        return np.full(len(ex), np.inf), np.zeros(len(ex), bool)
+    return np.hypot(*(true_xy[k] - np.stack([ex, ey], 1)).T), matched_truth[k]
 
 
 def false_detections(r) -> dict:
