@@ -179,7 +179,7 @@ def resume_exact() -> dict:
                 {"name": "finetune", "steps": 2, "lr": 1e-3, "warmup": 1, "cond_locs": "sampled"},
                 {"name": "refine", "steps": 2, "lr": 2e-3, "warmup": 1, "train": "refiner"},
             ],
-            "fits": {"calibration_scenes": 4, "merge_scenes": 2},
+            "fits": {"calibration_scenes": 4, "reliability_scenes": 4, "merge_scenes": 2},
             "checkpoint_every": 100,
             "threads": 1,
         },

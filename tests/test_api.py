@@ -137,7 +137,10 @@ def test_shipped_weights_detect_on_a_64px_image(shipped, fixed):
 def test_shipped_weights_give_the_catalog_recorded_before_the_platform_change(fixed):
     """Same detections, probabilities to 1e-5, on the fixed scene, as the v6 weights (now
     detection_lsst_i_bulgedisk) gave before the backbone, heads and registry were
-    reorganised."""
+    reorganised. Positions to 1e-5 px plus 4 float32 steps (5e-7 relative): another CPU
+    rounds the convolutions differently (1.3e-5 px at y = 150 px, where a float32 step is
+    1.5e-5)."""
+    ulps = 5e-7
     import probcat
 
     v6 = probcat.load("detection_lsst_i_bulgedisk", device="cpu", threads=1)
@@ -145,12 +148,12 @@ def test_shipped_weights_give_the_catalog_recorded_before_the_platform_change(fi
     cat = res.catalog
     assert len(cat) == len(fixed["cat_x"]) > 20
     for k in ("x", "y", "x_sd", "y_sd", "prob", "prob_conditional", "galaxy_prob"):
-        assert np.allclose(cat[k], fixed["cat_" + k], rtol=0, atol=1e-5), k
+        assert np.allclose(cat[k], fixed["cat_" + k], rtol=ulps, atol=1e-5), k
     assert np.array_equal(cat["galaxy"], fixed["cat_galaxy"])
     assert np.allclose(res.probability_map(), fixed["prob_map"], rtol=0, atol=1e-5)
     for i, s in enumerate(res.samples):  # same seed, same posterior samples
-        assert np.allclose(s["x"], fixed[f"sample{i}_x"], atol=1e-5)
-        assert np.allclose(s["y"], fixed[f"sample{i}_y"], atol=1e-5)
+        assert np.allclose(s["x"], fixed[f"sample{i}_x"], rtol=ulps, atol=1e-5)
+        assert np.allclose(s["y"], fixed[f"sample{i}_y"], rtol=ulps, atol=1e-5)
 
 
 def test_batched_cutouts_equal_one_by_one(shipped, fixed):

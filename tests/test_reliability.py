@@ -132,8 +132,14 @@ def test_edge_zone_calibration_learns_that_edge_detections_are_false_more_often(
     few = rel.fit_probability_calibration(
         p[:3000], real[:3000], edge=np.where(edge[:3000] < 2, 30.0, 1.0)
     )
-    assert few.by_edge[-1] is not None and few.by_edge[1] is None
+    assert few.axis == "edge" and few.by_zone[-1] is not None and few.by_zone[1] is None
     assert few(0.8, edge=3.0) == few(0.8)
+    # the weights of v7 stored the edge split under keys of their own
+    old = cal.to_dict()
+    old["edge_zones"], old["by_edge"] = old.pop("zones"), old.pop("by_zone")
+    del old["axis"]
+    legacy = rel.ProbabilityCalibration.from_dict(old)
+    assert legacy(grid, edge=np.full(9, 1.0)) == pytest.approx(cal(grid, edge=np.full(9, 1.0)))
 
 
 def test_edge_distance_and_annotate_reads_the_map_by_edge_zone():
@@ -145,10 +151,87 @@ def test_edge_distance_and_annotate_reads_the_map_by_edge_zone():
 
     class Net:
         prob_calibration = rel.ProbabilityCalibration(
-            (0.5, 1.0), (0.4, 0.8), 1000, edge_zones=(2.0,), by_edge=(outer, inner)
+            (0.5, 1.0), (0.4, 0.8), 1000, axis="edge", zones=(2.0,), by_zone=(outer, inner)
         )
         feature_density = None
 
     cat = _map_catalog([0.2, 10.0], [10.0, 10.0], [1.0, 1.0], [0, 2], [2, 2], (20, 20))
     out = rel.annotate(cat, Net(), torch.zeros(3, 4, 4))
     assert out["prob"] == pytest.approx([0.4, 1.0])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_neighbour_distance_equals_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    x, y, p = rng.uniform(0, 30, 40), rng.uniform(0, 30, 40), rng.uniform(0.2, 1.0, 40)
+    d = np.hypot(x[:, None] - x[None], y[:, None] - y[None])
+    np.fill_diagonal(d, np.inf)
+    assert rel.neighbour_distance(x, y) == pytest.approx(d.min(1))
+    # only detections with raw probability >= NEIGHBOUR_PROB count as neighbours
+    counted = np.where(p[None] >= rel.NEIGHBOUR_PROB, d, np.inf)
+    assert rel.neighbour_distance(x, y, p) == pytest.approx(counted.min(1))
+    assert rel.neighbour_distance([3.0], [4.0]) == pytest.approx([np.inf])
+    assert rel.neighbour_distance([0.0, 3.0], [0.0, 4.0], [0.9, 0.1]) == pytest.approx([np.inf, 5])
+    assert len(rel.neighbour_distance([], [])) == 0
+
+
+def test_neighbour_zone_calibration_learns_that_close_pairs_are_false_more_often():
+    rng = np.random.default_rng(5)
+    n = 300_000
+    p = rng.uniform(0.5, 1.0, n)
+    edge = rng.uniform(0.0, 12.0, n)
+    near = np.where(rng.random(n) < 0.2, np.inf, rng.uniform(3.0, 12.0, n))
+    truth = np.where(near < 5.0, 0.6 * p, p) * np.where(edge < 2.0, 0.5, 1.0)
+    real = rng.random(n) < truth
+    cal = rel.fit_probability_calibration(p, real, edge=edge, neighbour=near)
+    grid = np.linspace(0.55, 0.95, 9)
+
+    def at(e, d):
+        return cal(grid, edge=np.full(9, e), neighbour=np.full(9, d))
+
+    for e, f in ((10.0, 1.0), (1.0, 0.5)):  # inside and at the edge, close pair or not
+        assert at(e, np.inf) == pytest.approx(f * grid, abs=0.03)  # calibrated: unchanged
+        assert at(e, 7.0) == pytest.approx(f * grid, abs=0.03)
+        assert at(e, 3.5) == pytest.approx(0.6 * f * grid, abs=0.04)
+    for e in (1.0, 10.0):
+        for d in (3.0, 5.0, 9.0, np.inf):
+            u = np.linspace(0, 1, 501)
+            assert np.all(np.diff(cal(u, edge=np.full(501, e), neighbour=np.full(501, d))) >= 0)
+    # no neighbour distance given: the pooled map, split by edge zone only
+    assert cal.axis == "neighbour" and cal.by_zone[-1].axis == "edge"
+    assert cal(grid, edge=np.full(9, 10.0)) == pytest.approx(cal(grid))
+    again = rel.ProbabilityCalibration.from_dict(cal.to_dict())
+    assert again(grid, edge=np.full(9, 1.0), neighbour=np.full(9, 3.5)) == pytest.approx(
+        at(1.0, 3.5)
+    )
+    # a zone with too few detections uses the map of the split above it
+    m = 4000
+    few = rel.fit_probability_calibration(
+        p[:m], real[:m], edge=np.where(near[:m] < 5, 1.0, 10.0), neighbour=near[:m]
+    )
+    assert few.by_zone[0] is not None and few.by_zone[0].by_zone[-1] is None  # close, inside
+    assert few.by_zone[0].by_zone[0] is not None  # close, at the edge
+    assert few(0.8, edge=10.0, neighbour=3.0) == few.by_zone[0](0.8)
+
+
+def test_annotate_reads_the_map_by_neighbour_zone():
+    close = rel.ProbabilityCalibration((0.5, 1.0), (0.3, 0.6), 500)
+    alone = rel.ProbabilityCalibration((0.5, 1.0), (0.5, 1.0), 500)
+
+    class Net:
+        prob_calibration = rel.ProbabilityCalibration(
+            (0.5, 1.0), (0.4, 0.8), 1000, axis="neighbour", zones=(4.0,), by_zone=(close, alone)
+        )
+        feature_density = None
+
+    # two detections 3 px apart, one 10 px away from both; a faint one (raw 0.3) next to it
+    cat = _map_catalog(
+        [5.0, 8.0, 18.0, 19.0],
+        [5.0, 5.0, 5.0, 5.0],
+        [1.0, 1.0, 1.0, 0.3],
+        [1, 1, 3, 3],
+        [1] * 4,
+        (25, 25),
+    )
+    out = rel.annotate(cat, Net(), torch.zeros(3, 5, 5))
+    assert out["prob"] == pytest.approx([0.6, 0.6, 1.0, 0.18])

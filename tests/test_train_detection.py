@@ -30,7 +30,7 @@ TINY = {
     },
     "model": {"stem_channels": 4, "channels": 8, "n_blocks": 1},
     "phases": [{"name": "main", "steps": 6, "lr": 5e-3, "warmup": 1}],
-    "fits": {"calibration_scenes": 4, "merge_scenes": 2, "sky_scenes": 2},
+    "fits": {"calibration_scenes": 4, "reliability_scenes": 4, "merge_scenes": 2, "sky_scenes": 2},
     "val_every": 3,
     "checkpoint_every": 3,
     "threads": 1,
@@ -147,6 +147,8 @@ def test_shipped_config_is_the_shipped_weights_config(name):
         assert got.pop("init") is None
     if "sky_scenes" not in want["fits"]:  # trained before the sky offset was fitted
         assert got["fits"].pop("sky_scenes") == 32
+    if "reliability_scenes" not in want["fits"]:  # before it had scenes of its own
+        assert got["fits"].pop("reliability_scenes") == got["fits"]["calibration_scenes"]
     assert got == want
     assert load_config(f"configs/{name}.yaml", steps=7).phases[0].steps == 7
 
@@ -270,6 +272,7 @@ def test_calibrate_run_records_reliability_and_catalogs_use_it(tmp_path, cache_d
     import probcat
     import probcat.infer.reliability as R
     from probcat.train.detection import calibrate_run
+    from probcat.weights import read_weights
 
     run = tmp_path / "run"
     train_detection(_cfg(), run, cache_dir=cache_dir, progress=False)
@@ -278,12 +281,15 @@ def test_calibrate_run_records_reliability_and_catalogs_use_it(tmp_path, cache_d
     dens = R.fit_feature_density(rng.standard_normal((100, 8)))  # 8 channels: TINY's
 
     def fake_fit(net, sim, noise_sigma, *, n_scenes, rng, source):
-        assert sim.bank.config.split == "val"
+        assert sim.bank.config.split == "val" and n_scenes == 9
         return cal, dens
 
     monkeypatch.setattr(R, "fit_reliability", fake_fit)
-    m = calibrate_run(run, n_scenes=7, cache_dir=cache_dir, progress=False)
+    m = calibrate_run(run, n_scenes=7, reliability_scenes=9, cache_dir=cache_dir, progress=False)
     assert m["prob_calibration"] == cal.to_dict()
+    fits = read_weights(run / "detection.pt")["config"]["fits"]
+    assert fits == m["config"]["fits"]  # the scenes used are recorded
+    assert fits["calibration_scenes"] == 7 and fits["reliability_scenes"] == 9
     assert m["feature_density"] == {"n": 100, "source": ""}  # the manifest: its size only
     assert m["data"]["prior"] == "bulge+disk v1"
     det = probcat.load(run / "detection.pt", device="cpu", threads=1)

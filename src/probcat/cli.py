@@ -515,7 +515,12 @@ def train_photoz_cmd(
 @train_app.command("calibrate")
 def calibrate_cmd(
     run: Path = typer.Argument(..., help="run directory holding detection.pt and manifest.json"),
-    scenes: int = typer.Option(512, help="number of validation scenes"),
+    scenes: int = typer.Option(
+        None, help="validation scenes of the centroid calibration (default: the run's config)"
+    ),
+    reliability_scenes: int = typer.Option(
+        None, help="validation scenes of the probability calibration (default: the run's config)"
+    ),
     cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
     sky_offset_only: bool = typer.Option(
         False, "--sky-offset-only", help="only (re)fit the sky offset, into manifest.json"
@@ -544,6 +549,7 @@ def calibrate_cmd(
     m = calibrate_run(
         run,
         n_scenes=scenes,
+        reliability_scenes=reliability_scenes,
         cache_dir=cache_dir,
         progress=not quiet,
         reliability_only=reliability_only,

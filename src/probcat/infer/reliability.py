@@ -15,16 +15,27 @@ weights file (``probcat train calibrate RUN`` refits them):
   detections whose ``ood_score`` (below) is ordinary, high (0.9-0.99) or extreme (> 0.99),
   where the validation scenes hold enough of them: unusual-looking detections are more
   often false, and on shapes the prior lacks most detections look unusual. Before the
-  ``ood_score`` bins, the map is split by the detection's distance to the nearest image
-  edge (:data:`EDGE_ZONES`: under 2, 2-4, 4-8 and over 8 px): the validation scenes have
-  sources up to 8 px beyond their edges, as any image cut from a survey does, and a
-  detection within 2 px of the edge is as often the light of a source outside the image
-  (then farther than 2 px from the catalogue position, so not real) as a source inside.
-  Fitted on all detections at once, that edge zone pulled the map down for every
-  detection and left the interior ones under-confident (validation scenes of the shipped
-  weights: detections over 8 px inside were 94% real at a mean calibrated 0.86, ECE 0.08;
-  with the zones, ECE 0.005-0.015 there). An image whose sources all lie inside it (an
-  isolated simulated scene) gets probabilities too low within 4 px of its edges.
+  ``ood_score`` bins, the map is split by the detection's distance to its nearest
+  neighbour (:data:`NEIGHBOUR_ZONES`: under and over 5 px to the nearest other detection of
+  raw probability >= 0.5), then by its distance to the nearest image edge
+  (:data:`EDGE_ZONES`: under 2, 2-4, 4-8 and over 8 px); a zone with fewer than
+  :data:`MIN_BIN` validation detections uses the map of the split above it. A detection
+  within 5 px of another is more often one of two pieces of a single galaxy (validation
+  scenes of the shipped weights, 8 px or more inside the image: 79% real under 4 px, 84%
+  at 4-6 px, 95% beyond 8 px), and galaxies with bright clumps or irregular light make
+  such pairs more often. The validation scenes have sources up to 8 px beyond their
+  edges, as any image cut from a survey does, and a detection within 2 px of the edge is
+  as often the light of a source outside the image (then farther than 2 px from the
+  catalogue position, so not real) as a source inside. Fitted on all detections at once,
+  that edge zone pulled the map down for every detection and left the interior ones
+  under-confident (validation scenes of the shipped weights: detections over 8 px inside
+  were 94% real at a mean calibrated 0.86, ECE 0.08; with the zones, ECE 0.005-0.015
+  there). An image whose sources all lie inside it (an isolated simulated scene) gets
+  probabilities too low within 4 px of its edges. The splits were chosen on validation
+  scenes only (2048 scenes of the shipped weights, maps fitted on one half and scored on
+  the other): ECE 0.0081 with the edge zones alone, 0.0058 with the neighbour split
+  first; fitted on 512 scenes, 0.0140 (the splits need the scenes: 2048 by default,
+  ``fits.reliability_scenes`` of the training config).
 * :class:`FeatureDensity` is a Gaussian density of the encoder's tile features at real
   detections of the validation scenes. ``ood_score`` is the fraction of those validation
   detections whose Mahalanobis distance is smaller than the source's: near 1 for a
@@ -53,7 +64,9 @@ __all__ = [
     "fit_reliability",
     "OOD_FLAG",
     "EDGE_ZONES",
+    "NEIGHBOUR_ZONES",
     "edge_distance",
+    "neighbour_distance",
 ]
 
 OOD_FLAG = 0.99  # ood_score above which a source is flagged unlike the training data
@@ -61,6 +74,10 @@ OOD_FLAG = 0.99  # ood_score above which a source is flagged unlike the training
 
 OOD_EDGES = (0.9, 0.99)  # ood_score bins of the calibration: [0, 0.9), [0.9, 0.99), [0.99, 1]
 EDGE_ZONES = (2.0, 4.0, 8.0)  # px to the nearest image edge: [0, 2), [2, 4), [4, 8), [8, inf)
+NEIGHBOUR_ZONES = (5.0,)  # px to the nearest other detection: [0, 5), [5, inf)
+NEIGHBOUR_PROB = 0.5  # raw probability a detection needs to count as a neighbour
+CONTEXTS = ("neighbour", "edge")  # the splits of the fitted maps, outermost first
+ZONES = {"edge": EDGE_ZONES, "neighbour": NEIGHBOUR_ZONES}
 MIN_BIN = 200  # detections an ood_score bin or edge zone needs for a map of its own
 
 
@@ -72,6 +89,24 @@ def edge_distance(x, y, image_shape) -> np.ndarray:
     return np.minimum(np.minimum(x + 0.5, w - 0.5 - x), np.minimum(y + 0.5, h - 0.5 - y))
 
 
+def neighbour_distance(x, y, prob_raw=None) -> np.ndarray:
+    """Distance (px) of each position ``x, y`` to the nearest other one whose raw detection
+    probability ``prob_raw`` is at least :data:`NEIGHBOUR_PROB` (every one when not given);
+    infinite when there is none."""
+    from scipy.spatial import cKDTree
+
+    xy = np.stack([np.asarray(x, float).ravel(), np.asarray(y, float).ravel()], 1)
+    keep = np.ones(len(xy), bool) if prob_raw is None else np.asarray(prob_raw) >= NEIGHBOUR_PROB
+    out = np.full(len(xy), np.inf)
+    if keep.sum() < 1 or len(xy) < 2:
+        return out
+    d, j = cKDTree(xy[keep]).query(xy, k=min(2, int(keep.sum())))
+    d, j = d.reshape(len(xy), -1), j.reshape(len(xy), -1)
+    own = np.flatnonzero(keep)[j] == np.arange(len(xy))[:, None]  # a point is not its neighbour
+    d = np.where(own, np.inf, d)
+    return d.min(1)
+
+
 @dataclass(frozen=True)
 class ProbabilityCalibration:
     """Monotone maps ``raw -> calibrated``: the pooled one through the points ``(x[i],
@@ -80,9 +115,11 @@ class ProbabilityCalibration:
     enough detections, one per ``ood_score`` bin (edges ``ood_edges``; ``by_ood[k]`` is
     ``(x, y)`` or None for the pooled map). Sources that look unlike the training data are
     then calibrated with the validation detections that looked equally unusual, which are
-    more often false. ``by_edge[k]`` (edges ``edge_zones``, px to the nearest image edge) is
-    a map of the same kind for the detections of edge zone ``k``, or None where that zone
-    uses this one: read first by edge zone, then by ``ood_score``."""
+    more often false. ``by_zone[k]`` is a calibration of the same kind (itself possibly
+    split further) for the detections whose context ``axis`` (one of :data:`CONTEXTS`:
+    ``"edge"``, px to the nearest image edge, or ``"neighbour"``, px to the nearest other
+    detection) lies in zone ``k`` of ``zones``, or None where that zone uses this one. The
+    fitted maps split by edge zone, then by neighbour zone, then by ``ood_score``."""
 
     x: tuple[float, ...]
     y: tuple[float, ...]
@@ -90,12 +127,20 @@ class ProbabilityCalibration:
     source: str = ""
     ood_edges: tuple[float, ...] = ()
     by_ood: tuple = ()
-    edge_zones: tuple[float, ...] = ()
-    by_edge: tuple = ()
+    axis: str = ""
+    zones: tuple[float, ...] = ()
+    by_zone: tuple = ()
 
-    def __call__(self, p, ood=None, edge=None) -> np.ndarray:
+    def __post_init__(self):
+        if self.by_zone and self.axis not in CONTEXTS:
+            raise ProbcatValueError(
+                f"calibration axis must be one of {CONTEXTS}, got {self.axis!r}"
+            )
+
+    def __call__(self, p, ood=None, edge=None, neighbour=None) -> np.ndarray:
         """Calibrated probabilities of raw ``p``, given (when known) each detection's
-        ``ood_score`` and ``edge`` distance (px, :func:`edge_distance`)."""
+        ``ood_score``, ``edge`` distance (px, :func:`edge_distance`) and ``neighbour``
+        distance (px, :func:`neighbour_distance`)."""
         p = np.asarray(p, float)
         out = _interp(p, self.x, self.y)
         if ood is not None and self.by_ood:
@@ -103,11 +148,12 @@ class ProbabilityCalibration:
             for b, xy in enumerate(self.by_ood):
                 if xy is not None:
                     out = np.where(k == b, _interp(p, *xy), out)
-        if edge is not None and self.by_edge:
-            k = np.searchsorted(np.asarray(self.edge_zones), np.asarray(edge, float), side="right")
-            for b, sub in enumerate(self.by_edge):
+        v = {"edge": edge, "neighbour": neighbour}.get(self.axis)
+        if v is not None and self.by_zone:
+            k = np.searchsorted(np.asarray(self.zones), np.asarray(v, float), side="right")
+            for b, sub in enumerate(self.by_zone):
                 if sub is not None:
-                    out = np.where(k == b, sub(p, ood), out)
+                    out = np.where(k == b, sub(p, ood, edge, neighbour), out)
         return out
 
     def to_dict(self) -> dict:
@@ -118,8 +164,9 @@ class ProbabilityCalibration:
             "source": self.source,
             "ood_edges": list(self.ood_edges),
             "by_ood": [None if xy is None else [list(xy[0]), list(xy[1])] for xy in self.by_ood],
-            "edge_zones": list(self.edge_zones),
-            "by_edge": [None if sub is None else sub.to_dict() for sub in self.by_edge],
+            "axis": self.axis,
+            "zones": list(self.zones),
+            "by_zone": [None if sub is None else sub.to_dict() for sub in self.by_zone],
         }
 
     @classmethod
@@ -127,7 +174,10 @@ class ProbabilityCalibration:
         by = tuple(
             None if xy is None else (tuple(xy[0]), tuple(xy[1])) for xy in d.get("by_ood", ())
         )
-        by_edge = tuple(None if e is None else cls.from_dict(e) for e in d.get("by_edge", ()))
+        if "by_edge" in d:  # weights of v7: one split, by edge zone
+            axis, zones, subs = "edge", d.get("edge_zones", ()), d["by_edge"]
+        else:
+            axis, zones, subs = d.get("axis", ""), d.get("zones", ()), d.get("by_zone", ())
         return cls(
             tuple(d["x"]),
             tuple(d["y"]),
@@ -135,8 +185,9 @@ class ProbabilityCalibration:
             d.get("source", ""),
             tuple(d.get("ood_edges", ())),
             by,
-            tuple(d.get("edge_zones", ())),
-            by_edge,
+            axis if subs else "",
+            tuple(zones),
+            tuple(None if e is None else cls.from_dict(e) for e in subs),
         )
 
 
@@ -180,44 +231,63 @@ def _fit_map(prob, real, ood, n_bins, source) -> ProbabilityCalibration:
     return ProbabilityCalibration(x, y, int(len(prob)), source, OOD_EDGES, by)
 
 
+def _fit_tree(prob, real, ood, context, n_bins, source) -> ProbabilityCalibration:
+    """The map of these detections, split by the first context's zones (each zone with at
+    least :data:`MIN_BIN` detections gets a tree of the remaining contexts)."""
+    node = _fit_map(prob, real, ood, n_bins, source)
+    if not context:
+        return node
+    (axis, v), rest = context[0], context[1:]
+    k = np.searchsorted(np.asarray(ZONES[axis]), v, side="right")
+    subs = []
+    for b in range(len(ZONES[axis]) + 1):
+        m = k == b
+        subs.append(
+            _fit_tree(
+                prob[m],
+                real[m],
+                None if ood is None else ood[m],
+                [(a, w[m]) for a, w in rest],
+                n_bins,
+                "",
+            )
+            if m.sum() >= MIN_BIN
+            else None
+        )
+    return replace(node, axis=axis, zones=ZONES[axis], by_zone=tuple(subs))
+
+
 def fit_probability_calibration(
-    prob, real, *, ood=None, edge=None, n_bins: int = 20, source: str = ""
+    prob, real, *, ood=None, edge=None, neighbour=None, n_bins: int = 20, source: str = ""
 ) -> ProbabilityCalibration:
     """Isotonic calibration from raw probabilities ``prob`` and outcomes ``real`` (bool):
     ``n_bins`` quantile bins of ``prob`` (each at least 50 detections), their observed
     fractions made non-decreasing by pool-adjacent-violators, placed at the bins' mean
     raw probabilities. With ``ood`` (the detections' ``ood_score``, from a density fitted
     on other scenes), also one map per bin of :data:`OOD_EDGES` holding at least
-    :data:`MIN_BIN` detections. With ``edge`` (px to the image edge), all of that again
-    for each zone of :data:`EDGE_ZONES` holding at least :data:`MIN_BIN` detections."""
+    :data:`MIN_BIN` detections. With ``edge`` (px to the image edge) and/or ``neighbour``
+    (px to the nearest other detection), all of that again for each zone of
+    :data:`EDGE_ZONES`, and within it each zone of :data:`NEIGHBOUR_ZONES`, holding at least
+    :data:`MIN_BIN` detections."""
     prob = np.asarray(prob, float).ravel()
     real = np.asarray(real, bool).ravel()
     if prob.shape != real.shape:
         raise ProbcatValueError("prob and real must have the same length")
     ok = np.isfinite(prob)
     extra = {}
-    for name, v in (("ood", ood), ("edge", edge)):
+    for name, v in (("ood", ood), ("edge", edge), ("neighbour", neighbour)):
         if v is not None:
             v = np.asarray(v, float).ravel()
             if v.shape != prob.shape:
                 raise ProbcatValueError(f"{name} must have the length of prob")
-            ok &= np.isfinite(v)
+            ok &= ~np.isnan(v) if name == "neighbour" else np.isfinite(v)  # no neighbour: inf
             extra[name] = v
     extra = {k: v[ok] for k, v in extra.items()}
-    prob, real, ood = prob[ok], real[ok], extra.get("ood")
+    prob, real = prob[ok], real[ok]
     if len(prob) < 100:
         raise ProbcatValueError(f"only {len(prob)} detections: too few to calibrate")
-    pooled = _fit_map(prob, real, ood, n_bins, source)
-    if "edge" not in extra:
-        return pooled
-    k = np.searchsorted(np.asarray(EDGE_ZONES), extra["edge"], side="right")
-    by_edge = tuple(
-        _fit_map(prob[k == b], real[k == b], None if ood is None else ood[k == b], n_bins, "")
-        if np.sum(k == b) >= MIN_BIN
-        else None
-        for b in range(len(EDGE_ZONES) + 1)
-    )
-    return replace(pooled, edge_zones=EDGE_ZONES, by_edge=by_edge)
+    context = [(a, extra[a]) for a in CONTEXTS if a in extra]
+    return _fit_tree(prob, real, extra.get("ood"), context, n_bins, source)
 
 
 @dataclass(frozen=True)
@@ -303,7 +373,8 @@ def annotate(cat, net, feats_k: torch.Tensor):
     if cal is not None:
         raw = np.asarray(cat["prob"], float)
         edge = edge_distance(cat["x"], cat["y"], cat.image_shape)
-        cols.update(prob_raw=raw, prob=cal(raw, cols.get("ood_score"), edge))
+        near = neighbour_distance(cat["x"], cat["y"], raw)
+        cols.update(prob_raw=raw, prob=cal(raw, cols.get("ood_score"), edge, near))
     meta = {**cat.meta, "ood_flag": OOD_FLAG}
     if cal is not None:
         meta["prob_calibration"] = cal.source
@@ -312,26 +383,28 @@ def annotate(cat, net, feats_k: torch.Tensor):
 
 @torch.no_grad()
 def detections_with_outcomes(net, sim, noise_sigma, *, n_scenes: int, rng, batch: int = 32):
-    """MAP detections of ``n_scenes`` scenes of ``sim``: raw probabilities, whether each is
-    real (matched within 2 px), their tile feature vectors, scene indices and distances to
-    the image edge (px)."""
+    """MAP detections of ``n_scenes`` scenes of ``sim``, a dict of arrays: ``prob`` (raw),
+    ``real`` (matched to a true source within 2 px), ``feats`` (tile feature vectors),
+    ``scene`` (index), ``edge`` (px to the image edge) and ``neighbour`` (px to the nearest
+    other detection, :func:`neighbour_distance`)."""
     from probcat.infer.calibration import map_catalogs_of_scenes
     from probcat.metrics.detection import match
 
-    probs, real, feats_out, scene_ids, edge = [], [], [], [], []
+    rows = {k: [] for k in ("prob", "real", "feats", "scene", "edge", "neighbour")}
     scenes = map_catalogs_of_scenes(net, sim, noise_sigma, n_scenes, rng, batch)
     for k, (scene, c, feats_k) in enumerate(scenes):
         t = scene.catalog
         _, j = match(np.stack([t["x"], t["y"]], 1), np.stack([c["x"], c["y"]], 1))
         ok = np.zeros(len(c), bool)
         ok[j] = True
-        probs.append(np.asarray(c["prob"], float))
-        real.append(ok)
-        feats_out.append(_tile_feats(feats_k, c["tile_x"], c["tile_y"]))
-        scene_ids.append(np.full(len(c), k))
-        edge.append(edge_distance(c["x"], c["y"], scene.image.shape))
-    cat = np.concatenate
-    return cat(probs), cat(real), cat(feats_out), cat(scene_ids), cat(edge)
+        prob = np.asarray(c["prob"], float)
+        rows["prob"].append(prob)
+        rows["real"].append(ok)
+        rows["feats"].append(_tile_feats(feats_k, c["tile_x"], c["tile_y"]))
+        rows["scene"].append(np.full(len(c), k))
+        rows["edge"].append(edge_distance(c["x"], c["y"], scene.image.shape))
+        rows["neighbour"].append(neighbour_distance(c["x"], c["y"], prob))
+    return {k: np.concatenate(v) for k, v in rows.items()}
 
 
 def fit_reliability(net, sim, noise_sigma, *, n_scenes: int = 512, rng=None, source: str = ""):
@@ -339,13 +412,15 @@ def fit_reliability(net, sim, noise_sigma, *, n_scenes: int = 512, rng=None, sou
     ``(ProbabilityCalibration, FeatureDensity)``. The density is fitted on every real
     detection; the calibration sees each detection's ``ood_score`` out of fold (from the
     density of the real detections of the other half of the scenes: even/odd), as
-    ``ood_score`` is on new images), and each detection's distance to the image edge."""
-    prob, real, feats, scene, edge = detections_with_outcomes(
-        net, sim, noise_sigma, n_scenes=n_scenes, rng=rng
-    )
-    ood = np.zeros(len(prob))
+    ``ood_score`` is on new images), and each detection's distances to the image edge and to
+    its nearest neighbour."""
+    d = detections_with_outcomes(net, sim, noise_sigma, n_scenes=n_scenes, rng=rng)
+    feats, real, scene = d["feats"], d["real"], d["scene"]
+    ood = np.zeros(len(real))
     for half in (scene % 2 == 0, scene % 2 == 1):
         ood[~half] = fit_feature_density(feats[half & real]).score(feats[~half])
-    cal = fit_probability_calibration(prob, real, ood=ood, edge=edge, source=source)
+    cal = fit_probability_calibration(
+        d["prob"], real, ood=ood, edge=d["edge"], neighbour=d["neighbour"], source=source
+    )
     dens = fit_feature_density(feats[real], source=source)
     return cal, dens

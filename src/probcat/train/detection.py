@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from probcat.config import from_dict, load_yaml
+from probcat.config import from_dict, load_yaml, to_dict
 from probcat.errors import ProbcatValueError
 from probcat.nets.detection import N_GROUPS, DetectionNet, TileOutput, tile_groups
 from probcat.simulate.bank import BankConfig, SourceBank
@@ -103,7 +103,10 @@ class DetectionFits:
     """Fits after training, on validation scenes."""
 
     merge_scenes: int = 256
-    calibration_scenes: int = 512
+    calibration_scenes: int = 512  # the centroid-interval calibration
+    # the detection-probability calibration and the ood_score density: each split of the
+    # map (neighbour zone x edge zone x ood_score bin) needs its own detections
+    reliability_scenes: int = 2048
     sky_scenes: int = 32  # 256-px sky-free scenes for the sky offset (probcat.background)
 
 
@@ -422,7 +425,8 @@ def validate(net: DetectionNet, x: torch.Tensor, truth: TileCatalog) -> dict[str
 def calibrate_run(
     out: str | Path,
     *,
-    n_scenes: int = 512,
+    n_scenes: int | None = None,
+    reliability_scenes: int | None = None,
     cache_dir=None,
     progress=True,
     reliability_only: bool = False,
@@ -432,13 +436,16 @@ def calibrate_run(
     in ``out`` (training fits them as its last steps) and record them in its
     ``detection.pt`` and ``manifest.json``. ``reliability_only``: only the probability
     calibration and the feature density, decoding with the run's recorded merge radius (the
-    catalogues' positions and decisions stay exactly as they were)."""
+    catalogues' positions and decisions stay exactly as they were). ``n_scenes`` and
+    ``reliability_scenes``: validation scenes of the centroid and of the probability
+    calibration (default: the run's ``fits``); the ones used go into the recorded config."""
     from probcat.weights import read_weights
 
     out = Path(out)
     weights = read_weights(out / "detection.pt")
     cfg = from_dict(DetectionTrainConfig, weights["config"])
-    cfg = replace(cfg, fits=replace(cfg.fits, calibration_scenes=n_scenes))
+    fits = {"calibration_scenes": n_scenes, "reliability_scenes": reliability_scenes}
+    cfg = replace(cfg, fits=replace(cfg.fits, **{k: v for k, v in fits.items() if v is not None}))
     net = DetectionNet(**weights["hparams"])
     net.load_state_dict(weights["state_dict"])
     net.eval()
@@ -452,6 +459,7 @@ def calibrate_run(
         weights["centroid_calibration"] = manifest["centroid_calibration"] = cal
         weights["merge"] = manifest["merge"] = merge
     rel = _fit_reliability(net, cfg, sim, progress)
+    weights["config"]["fits"] = manifest["config"]["fits"] = to_dict(cfg.fits)
     manifest["data"] = describe_data(cfg)
     weights.update(rel)
     manifest["prob_calibration"] = rel["prob_calibration"]
@@ -540,7 +548,7 @@ def _fit_reliability(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progre
     None for both, with a warning, when an undertrained net detects too little."""
     from probcat.infer.reliability import fit_reliability
 
-    seed, n = [cfg.seed, 29], cfg.fits.calibration_scenes
+    seed, n = [cfg.seed, 29], cfg.fits.reliability_scenes
     try:
         cal, dens = fit_reliability(
             net,
