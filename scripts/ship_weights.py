@@ -106,7 +106,8 @@ def _with_benchmark(manifest: dict, shipped_name: str) -> dict:
     result = json.loads(bench.read_text()) if bench.exists() else {}
     if result.get(key) == manifest["sha256"]:
         manifest["benchmark"] = {k: result.get(k) for k in headline}
-    else:
+    else:  # numbers of other weights do not stay in this manifest
+        manifest.pop("benchmark", None)
         print(
             f"benchmarks/results/{name} was not measured with these weights: "
             "run its benchmark, then record its numbers with --benchmark"
@@ -118,6 +119,9 @@ def _with_benchmark(manifest: dict, shipped_name: str) -> dict:
         result = json.loads(bench.read_text()) if bench.exists() else {}
         if result.get(key) == manifest["sha256"]:
             manifest[field] = {k: result.get(k) for k in headline}
+        else:
+            manifest.pop(field, None)
+            print(f"benchmarks/results/{name} was not measured with these weights")
     return manifest
 
 
