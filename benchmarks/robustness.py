@@ -13,6 +13,10 @@ the same images.
 
     .venv/bin/python benchmarks/robustness.py --lofo runs/lofo
 
+``benchmarks/lofo/F`` holds finished leave-one-out runs (``detection.pt`` and its manifest,
+with the training command and commit), so ``--lofo benchmarks/lofo`` reruns the benchmark
+without retraining once every family's run is there.
+
 writes ``benchmarks/results/robustness.json`` and ``robustness_*.png``.
 """
 
