@@ -321,6 +321,11 @@ def test_reliability_only_refits_nothing_else(tmp_path, cache_dir, monkeypatch):
     monkeypatch.setattr(R, "fit_reliability", lambda *a, **k: (cal, dens))
     m = calibrate_run(run, n_scenes=7, cache_dir=cache_dir, progress=False, reliability_only=True)
     after = read_weights(run / "detection.pt")
+    # the centroid calibration was not refitted: its recorded scenes stay
+    assert (
+        after["config"]["fits"]["calibration_scenes"]
+        == before["config"]["fits"]["calibration_scenes"]
+    )
     assert m["prob_calibration"] == after["prob_calibration"] == cal.to_dict()
     for key in ("centroid_calibration", "merge", "sky_offset"):
         assert after.get(key) == before.get(key), key

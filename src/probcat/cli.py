@@ -516,10 +516,14 @@ def train_photoz_cmd(
 def calibrate_cmd(
     run: Path = typer.Argument(..., help="run directory holding detection.pt and manifest.json"),
     scenes: int = typer.Option(
-        None, help="validation scenes of the centroid calibration (default: the run's config)"
+        None,
+        min=1,
+        help="validation scenes of the centroid calibration (default: the run's config)",
     ),
     reliability_scenes: int = typer.Option(
-        None, help="validation scenes of the probability calibration (default: the run's config)"
+        None,
+        min=1,
+        help="validation scenes of the probability calibration (default: the run's config)",
     ),
     cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
     sky_offset_only: bool = typer.Option(

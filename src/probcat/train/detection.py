@@ -438,13 +438,16 @@ def calibrate_run(
     calibration and the feature density, decoding with the run's recorded merge radius (the
     catalogues' positions and decisions stay exactly as they were). ``n_scenes`` and
     ``reliability_scenes``: validation scenes of the centroid and of the probability
-    calibration (default: the run's ``fits``); the ones used go into the recorded config."""
+    calibration (default: the run's ``fits``; ``n_scenes`` unused with ``reliability_only``);
+    the ones used go into the recorded config."""
     from probcat.weights import read_weights
 
     out = Path(out)
     weights = read_weights(out / "detection.pt")
     cfg = from_dict(DetectionTrainConfig, weights["config"])
-    fits = {"calibration_scenes": n_scenes, "reliability_scenes": reliability_scenes}
+    fits = {"reliability_scenes": reliability_scenes}
+    if not reliability_only:  # the centroid calibration is refitted, on these scenes
+        fits["calibration_scenes"] = n_scenes
     cfg = replace(cfg, fits=replace(cfg.fits, **{k: v for k, v in fits.items() if v is not None}))
     net = DetectionNet(**weights["hparams"])
     net.load_state_dict(weights["state_dict"])
