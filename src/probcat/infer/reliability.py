@@ -267,8 +267,8 @@ def fit_probability_calibration(
     on other scenes), also one map per bin of :data:`OOD_EDGES` holding at least
     :data:`MIN_BIN` detections. With ``edge`` (px to the image edge) and/or ``neighbour``
     (px to the nearest other detection), all of that again for each zone of
-    :data:`EDGE_ZONES`, and within it each zone of :data:`NEIGHBOUR_ZONES`, holding at least
-    :data:`MIN_BIN` detections."""
+    :data:`NEIGHBOUR_ZONES`, and within it each zone of :data:`EDGE_ZONES` (the order of
+    :data:`CONTEXTS`), holding at least :data:`MIN_BIN` detections."""
     prob = np.asarray(prob, float).ravel()
     real = np.asarray(real, bool).ravel()
     if prob.shape != real.shape:
