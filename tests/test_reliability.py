@@ -1,5 +1,7 @@
 """Detection-probability calibration map and the out-of-distribution feature score."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -93,6 +95,16 @@ def _map_catalog(x, y, prob, tile_x, tile_y, shape) -> FullCatalog:
     return FullCatalog({k: np.asarray(v) for k, v in cols.items()}, shape, ("i",), {})
 
 
+def _split_net(axis, zone, below, above):
+    """Weights whose calibration maps raw (0.5, 1.0) to ``below`` under ``zone`` px of
+    ``axis`` and to ``above`` beyond it (no ood_score density)."""
+    subs = tuple(rel.ProbabilityCalibration((0.5, 1.0), y, 500) for y in (below, above))
+    cal = rel.ProbabilityCalibration(
+        (0.5, 1.0), (0.4, 0.8), 1000, axis=axis, zones=(zone,), by_zone=subs
+    )
+    return SimpleNamespace(prob_calibration=cal, feature_density=None)
+
+
 def test_annotate_adds_calibrated_prob_raw_prob_and_ood_score():
     class Net:
         prob_calibration = rel.ProbabilityCalibration((0.5, 1.0), (0.25, 0.5), 100)
@@ -146,17 +158,9 @@ def test_edge_distance_and_annotate_reads_the_map_by_edge_zone():
     assert rel.edge_distance(
         [0.0, 9.0, 4.5, -3.0], [5.0, 5.0, 4.5, 5.0], (10, 10)
     ) == pytest.approx([0.5, 0.5, 5.0, -2.5])
-    inner = rel.ProbabilityCalibration((0.5, 1.0), (0.5, 1.0), 500)
-    outer = rel.ProbabilityCalibration((0.5, 1.0), (0.2, 0.4), 500)
-
-    class Net:
-        prob_calibration = rel.ProbabilityCalibration(
-            (0.5, 1.0), (0.4, 0.8), 1000, axis="edge", zones=(2.0,), by_zone=(outer, inner)
-        )
-        feature_density = None
-
+    net = _split_net("edge", 2.0, below=(0.2, 0.4), above=(0.5, 1.0))
     cat = _map_catalog([0.2, 10.0], [10.0, 10.0], [1.0, 1.0], [0, 2], [2, 2], (20, 20))
-    out = rel.annotate(cat, Net(), torch.zeros(3, 4, 4))
+    out = rel.annotate(cat, net, torch.zeros(3, 4, 4))
     assert out["prob"] == pytest.approx([0.4, 1.0])
 
 
@@ -215,15 +219,7 @@ def test_neighbour_zone_calibration_learns_that_close_pairs_are_false_more_often
 
 
 def test_annotate_reads_the_map_by_neighbour_zone():
-    close = rel.ProbabilityCalibration((0.5, 1.0), (0.3, 0.6), 500)
-    alone = rel.ProbabilityCalibration((0.5, 1.0), (0.5, 1.0), 500)
-
-    class Net:
-        prob_calibration = rel.ProbabilityCalibration(
-            (0.5, 1.0), (0.4, 0.8), 1000, axis="neighbour", zones=(4.0,), by_zone=(close, alone)
-        )
-        feature_density = None
-
+    net = _split_net("neighbour", 4.0, below=(0.3, 0.6), above=(0.5, 1.0))
     # two detections 3 px apart, one 10 px away from both; a faint one (raw 0.3) next to it
     cat = _map_catalog(
         [5.0, 8.0, 18.0, 19.0],
@@ -233,5 +229,5 @@ def test_annotate_reads_the_map_by_neighbour_zone():
         [1] * 4,
         (25, 25),
     )
-    out = rel.annotate(cat, Net(), torch.zeros(3, 5, 5))
+    out = rel.annotate(cat, net, torch.zeros(3, 5, 5))
     assert out["prob"] == pytest.approx([0.6, 0.6, 1.0, 0.18])
