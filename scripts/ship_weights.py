@@ -97,37 +97,39 @@ BY_NAME = {
 }
 
 
+def _record(manifest: dict, result_name: str, key: str, headline, field: str) -> None:
+    """Copy the ``headline`` numbers of ``benchmarks/results/<result_name>`` into
+    ``manifest[field]`` when they were measured with these weights (``result[key]`` is their
+    sha256); otherwise drop ``field``: numbers of other weights do not stay in a manifest."""
+    bench = ROOT / "benchmarks" / "results" / result_name
+    result = json.loads(bench.read_text()) if bench.exists() else {}
+    if result.get(key) == manifest["sha256"]:
+        manifest[field] = {k: result.get(k) for k in headline}
+    else:
+        manifest.pop(field, None)
+        print(
+            f"benchmarks/results/{result_name} was not measured with these weights: "
+            "run its benchmark, then record its numbers with --benchmark"
+        )
+
+
 def _with_benchmark(manifest: dict, shipped_name: str) -> dict:
     spec = BY_NAME.get(shipped_name) or BENCHMARKS.get(manifest["kind"])
     if spec is None:
         return manifest  # e.g. the autoencoder: measured through the deblender
-    name, key, headline = spec
-    bench = ROOT / "benchmarks" / "results" / name
-    result = json.loads(bench.read_text()) if bench.exists() else {}
-    if result.get(key) == manifest["sha256"]:
-        manifest["benchmark"] = {k: result.get(k) for k in headline}
-    else:  # numbers of other weights do not stay in this manifest
-        manifest.pop("benchmark", None)
-        print(
-            f"benchmarks/results/{name} was not measured with these weights: "
-            "run its benchmark, then record its numbers with --benchmark"
-        )
-    for name, key, headline, field in (
-        EXTRA.get(manifest["kind"], []) if shipped_name not in BY_NAME else []
-    ):
-        bench = ROOT / "benchmarks" / "results" / name
-        result = json.loads(bench.read_text()) if bench.exists() else {}
-        if result.get(key) == manifest["sha256"]:
-            manifest[field] = {k: result.get(k) for k in headline}
-        else:
-            manifest.pop(field, None)
-            print(f"benchmarks/results/{name} was not measured with these weights")
+    _record(manifest, *spec, "benchmark")
+    if shipped_name not in BY_NAME:
+        for name, key, headline, field in EXTRA.get(manifest["kind"], []):
+            _record(manifest, name, key, headline, field)
     return manifest
 
 
 def _write(name: str, manifest: dict) -> None:
     text = json.dumps(manifest, indent=1) + "\n"
-    (WEIGHTS / f"manifest_{name}.json").write_text(text)
+    path = WEIGHTS / f"manifest_{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)  # atomic: a failed write leaves the old manifest
 
 
 def _portable(command: str | None) -> str | None:
