@@ -43,7 +43,8 @@ def one_target(chain: Chain, seed: int, grid: Grid, cfg: PopulationConfig) -> di
     post = chain.posteriors(x_o, det, grid, np.random.default_rng([cfg.seed, 99, seed]))
     t_o = [truth[p] for p in PARAM_NAMES]
     at_o = chain.log_densities_at(x_o, t_o)
-    row = {"seed": seed, "truth": truth, "n_detected": len(det)}
+    row = {"seed": seed, "truth": truth, "n_detected": len(det),
+           "detections_factor_change_between_rounds": chain.e_r4_change}  # fmt: skip
     for k in ESTIMATORS:
         s = post[k].summary()
         inside = {

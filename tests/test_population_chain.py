@@ -161,3 +161,34 @@ def test_config_sections_keep_their_defaults(tmp_path):
     p.write_text("detect_threshold_log10: 1.0\n")
     with pytest.raises(ValueError, match="one of the r1 thresholds"):
         load_yaml(PopulationConfig, p)
+
+
+def test_detected_lists_lie_in_their_regions_with_the_population_s_fluxes(tmp_path):
+    """Chain.draw_detected_lists with a step sensitivity (detected iff F >= F_th): every
+    source inside its +-1 degree region, fluxes logNormal(1, sigma) above F_th for the
+    list's own sigma; a sensitivity that never detects falls back to F >= F_th and is
+    counted."""
+    import numpy as np
+    from scipy import stats
+
+    from probcat.population.chain import Chain
+    from probcat.population.detection import Detections
+
+    det = Detections(np.zeros(3), np.zeros(3), np.array([-30.0, 0.0, 10.0]),
+                     np.array([5.0, 15.0, -2.0]), np.ones(3), np.ones(3), 1.18)  # fmt: skip
+    f_th = 10**1.18
+    chain = Chain(PopulationConfig(), tmp_path, progress=False)
+    chain.detected_fluxes = np.geomspace(2.0, 500.0, 1000)
+    chain.sensitivity = lambda f, l, b, theta: (f >= f_th).astype(float)
+    rng = np.random.default_rng(0)
+    theta = np.repeat([[100.0, 1.2, 1.0], [100.0, 2.8, 19.0]], 2000, axis=0)
+    lists = np.stack(chain.draw_detected_lists(rng, det, theta))  # (4000, 3, 3)
+    l, b = lists[..., 1] * 40, lists[..., 2] * 40
+    assert (np.abs(l - det.l) <= 1 + 1e-6).all() and (np.abs(b - det.b) <= 1 + 1e-6).all()
+    assert (lists[..., 0] >= 1.18 - 1e-6).all() and chain.e_r4_fallbacks == 0
+    for rows, sigma in ((slice(0, 2000), 1.2), (slice(2000, 4000), 2.8)):
+        ref = stats.truncnorm((np.log(f_th) - 1) / sigma, np.inf, loc=1, scale=sigma).mean()
+        assert np.mean(lists[rows, :, 0] * np.log(10)) == pytest.approx(ref, abs=0.03)
+    chain.sensitivity = lambda f, l, b, theta: np.zeros(len(f))
+    lists = np.stack(chain.draw_detected_lists(rng, det, theta[:5]))
+    assert chain.e_r4_fallbacks == 15 and (lists[..., 0] >= 1.18 - 1e-6).all()

@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from probcat.population.inference import Grid, Posterior, combine, expected_coverage
+from probcat.population.chain import detections_factor
+from probcat.population.detection import Detections
+from probcat.population.inference import (
+    Grid,
+    Posterior,
+    combine,
+    expected_coverage,
+)
 
 
 def _normal_logpdf(x, mu, sd):
@@ -39,6 +46,96 @@ def test_combination_weights_give_the_exact_posterior_on_a_gaussian_toy():
     wd = np.exp(logw_div - logw_div.max())
     wd /= wd.sum()
     assert abs(np.sum(wd * theta) - e_mean) > 0.1
+
+
+def _sigma_toy_grid():
+    """A grid whose only informative axis is sigma (N and h coarse), and one detection."""
+    det = Detections(*(np.zeros(1) for _ in range(6)), threshold_log10=1.18)
+    return Grid.default(n_sigma=81, n_h=3, n_step=98), det
+
+
+def test_detections_factor_rounds_converge_to_p_i_given_theta():
+    """sigma ~ U(1, 3), S ~ N(2 sigma, 0.5), I: S in [4.5, 5.5]. Lists drawn at sigma'
+    from the previous round's estimate converge to the exact p(I | sigma) / p(I); the first
+    round alone (sigma' from the prior) does not reach it."""
+    rng = np.random.default_rng(1)
+    sd, lo, hi = 0.5, 4.5, 5.5
+    grid, det = _sigma_toy_grid()
+
+    def log_p_s(s):  # the marginal p(S) under the uniform prior on [1, 3]
+        return np.log(0.25 * (stats.norm.cdf((s - 2) / sd) - stats.norm.cdf((s - 6) / sd)))
+
+    def draw(rng_, det_, theta):
+        mu = 2 * theta[:, 1]
+        s = mu + sd * stats.truncnorm((lo - mu) / sd, (hi - mu) / sd).rvs(random_state=rng_)
+        return list(s[:, None])
+
+    def on_grid(lists, g):
+        s = np.concatenate(lists)[:, None]
+        return _normal_logpdf(s, 2 * g.points[None, :, 1], sd) - log_p_s(s)
+
+    sig = grid.points[:, 1]
+    exact = np.log(stats.norm.cdf((hi - 2 * sig) / sd) - stats.norm.cdf((lo - 2 * sig) / sd))
+
+    def moments(log_e):
+        post = Posterior(grid, log_e)
+        return post.mean(1), post.width(1)
+
+    e_mu, e_w = moments(exact)
+    got = {}
+    for rounds in (1, 4):
+        log_e, lists, change = detections_factor(rng, det, grid, draw, on_grid, 2000, rounds)
+        assert len(lists) == 2000 and len(change) == rounds - 1
+        got[rounds] = moments(log_e)
+    assert got[4][0] == pytest.approx(e_mu, abs=0.01) and got[4][1] == pytest.approx(e_w, rel=0.03)
+    assert abs(got[1][0] - e_mu) > 0.03 or abs(got[1][1] / e_w - 1) > 0.1
+
+
+def test_detections_factor_is_flat_when_the_detected_fluxes_say_nothing_about_i():
+    """Ten detected sources whose fluxes, above the threshold, follow logNormal(1, sigma):
+    with no region to satisfy, p(I | theta) is the same for every theta, and E[r4] must
+    be flat. Lists drawn at one sigma each (detections_factor) give that; fluxes drawn on
+    their own from the all-sigma mixture of detected fluxes tilt it in sigma."""
+    rng = np.random.default_rng(2)
+    f_th, k = 10**1.18, 10
+    fine = np.linspace(1, 3, 201)
+
+    def log_p(f, s):  # (M, K) fluxes, sigma (S,) -> (M, S) log p(list | sigma)
+        z = (np.log(f)[:, :, None] - 1) / s
+        tail = stats.norm.logsf((np.log(f_th) - 1) / s)
+        return np.sum(-0.5 * z**2 - np.log(s) - np.log(f)[:, :, None], 1) - k * (
+            tail + 0.5 * np.log(2 * np.pi)
+        )
+
+    def draw_f(sigma):  # logNormal(1, sigma) above the threshold, one row per sigma
+        sigma = np.repeat(np.asarray(sigma, float)[:, None], k, 1)
+        a = stats.norm.cdf((np.log(f_th) - 1) / sigma)
+        return np.exp(1 + sigma * stats.norm.ppf(a + (1 - a) * rng.random(sigma.shape)))
+
+    def log_r4(lists, sig):
+        f = np.stack(lists)
+        from scipy.special import logsumexp
+
+        log_marg = logsumexp(log_p(f, fine), 1) - np.log(len(fine))
+        return log_p(f, np.asarray(sig, float)) - log_marg[:, None]
+
+    det = Detections(*(np.zeros(k) for _ in range(6)), threshold_log10=1.18)
+    grid = Grid.default(n_sigma=21, n_h=3, n_step=98)
+    log_e, lists, change = detections_factor(
+        rng, det, grid,
+        draw=lambda rng_, det_, th: list(draw_f(th[:, 1])),
+        on_grid=lambda ls, g: log_r4(ls, g.points[:, 1]),
+        n_draws=3000, rounds=2,
+    )  # fmt: skip
+    assert len(lists) == 3000 and len(change) == 1
+    sig = grid.points[:, 1]
+    ok = np.isfinite(log_e)
+    assert (~ok == (grid.points[:, 0] < k)).all()  # N >= N_det only
+    by_sigma = [np.mean(log_e[ok & (sig == s)]) for s in grid.axes[1]]
+    assert np.ptp(by_sigma) < 0.15
+    mixed = [draw_f(rng.uniform(1, 3, k))[np.arange(k), np.arange(k)] for _ in range(3000)]
+    tilted = np.log(np.mean(np.exp(log_r4(mixed, grid.axes[1])), 0))
+    assert np.ptp(tilted) > 1.0
 
 
 def _toy_posteriors(rng, n, sd_true, sd_used, grid):

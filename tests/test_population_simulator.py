@@ -71,6 +71,11 @@ def test_truncated_draws_match_scipy():
     assert f.min() >= 20.0
     ref = stats.truncnorm((np.log(20) - 1) / 1.5, np.inf, loc=1, scale=1.5)
     assert np.log(f).mean() == pytest.approx(ref.mean(), abs=0.02)
+    # intervals deep in either tail, and one across zero
+    for lo, hi in ((14.0, 16.0), (-39.0, -37.0), (-0.5, 2.0)):
+        x = S.trunc_normal(rng, np.ones(5000), np.full(5000, lo), np.full(5000, hi))
+        assert x.min() >= lo and x.max() <= hi
+        assert x.mean() == pytest.approx(stats.truncnorm(lo, hi).mean(), abs=0.01)
 
 
 def test_prior_map_equals_the_simulated_label_frequency():

@@ -31,24 +31,18 @@ from probcat.population.detection import (
     match_detections,
     prior_map,
 )
-from probcat.population.inference import (
-    Grid,
-    Posterior,
-    combine,
-    expected_coverage,
-    logmeanexp,
-)
+from probcat.population.inference import Grid, Posterior, expected_coverage, logmeanexp
 from probcat.population.simulator import (
     EXTENT_DEG,
+    L_SIGMA_DEG,
     MAP_SIZE,
     PARAM_NAMES,
-    PRIOR_HIGH,
-    PRIOR_LOW,
     Sources,
     normalise_theta,
     sample_prior,
     simulate,
     trunc_lognormal,
+    trunc_normal,
 )
 from probcat.population.tasks import (
     R1_HALO,
@@ -69,6 +63,7 @@ __all__ = [
     "Chain",
     "PixelDetector",
     "NetworkDetector",
+    "detections_factor",
 ]
 
 
@@ -107,7 +102,8 @@ class PopulationConfig:
     r4: NetConfig = field(default_factory=lambda: NetConfig(12000, 128, 1e-3))
     head: NetConfig = field(default_factory=lambda: NetConfig(30000, 64, 1e-3))
     head_maps: int = 60000
-    r4_draws: int = 64
+    r4_draws: int = 128
+    r4_rounds: int = 3
     prior_draws: int = 4000
     coverage_sims: int = 300
     grid_n_step: int = 5
@@ -121,8 +117,8 @@ class PopulationConfig:
                 "detect_threshold_log10 must be one of the r1 thresholds "
                 f"{[round(float(t), 3) for t in THRESHOLDS_LOG10]}"
             )
-        for name in ("pool_maps", "head_maps", "r4_draws", "prior_draws", "coverage_sims",
-                     "threads"):  # fmt: skip
+        for name in ("pool_maps", "head_maps", "r4_draws", "r4_rounds", "prior_draws",
+                     "coverage_sims", "threads"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ProbcatValueError(f"{name} must be >= 1")
         for name in ("r1", "r2", "r3", "r4", "head"):
@@ -181,6 +177,8 @@ class Chain:
         self.r1 = self.r2 = self.r3 = self.r4 = self.plain = None
         self.detector = None  # a PixelDetector replacing the r1 network, if given
         self.detected_fluxes = None  # the pool's detected fluxes: p(F | detected)
+        self.target_lists = []  # E[r4]'s draws of the detected list
+        self.e_r4_change, self.e_r4_fallbacks = [], 0
         self.n_simulations = {}
 
     # ---- r1: detection -------------------------------------------------------------------
@@ -393,42 +391,77 @@ class Chain:
 
     def log_e_r4_at(self, lists: list[np.ndarray], theta: np.ndarray) -> np.ndarray:
         """``log mean_j r4(theta_i; S_j)`` ``(B,)`` over draws ``S_j`` of the detected
-        list (:meth:`draw_detected_lists`), at points ``theta`` ``(B, 3)``."""
+        list (:meth:`detections_factor`), at points ``theta`` ``(B, 3)``."""
         th = _theta_tensor(theta)
         draws = [_head_on_grid(self.r4.head, e, th) for e in self._list_embeddings(lists)]
         return logmeanexp(np.stack(draws), axis=0)
 
-    def draw_detected_lists(self, rng, det: Detections, n: int) -> list[np.ndarray]:
-        """``n`` draws of ``S_det ~ p(S_det | I = 1)``: each detected source uniform in its
-        region ``R_i`` with a flux from the pool's detected fluxes (``p(F | detected)``;
-        without any, the prior's flux distribution above the threshold)."""
-        out = []
-        for _ in range(n):
-            l = det.l + rng.uniform(-REGION_DEG, REGION_DEG, len(det))
-            b = det.b + rng.uniform(-REGION_DEG, REGION_DEG, len(det))
-            if len(self.detected_fluxes):
-                f = rng.choice(self.detected_fluxes, len(det))
-            else:
-                sigma = rng.uniform(PRIOR_LOW[1], PRIOR_HIGH[1], len(det))
-                f = trunc_lognormal(rng, sigma, 10.0**det.threshold_log10)
-            out.append(source_features(f, l, b))
-        return out
+    def draw_detected_lists(self, rng, det: Detections, theta: np.ndarray) -> list[np.ndarray]:
+        """One detected list ``S ~ p(S_det | theta_j, I = 1)`` per row of ``theta``
+        ``(n, 3)``: each detected source in its region ``R_i``, with a position and a flux
+        from the population model ``theta_j`` kept with r2's probability that such a source
+        is detected, ``S(F, s | theta_j)`` (rejection sampling). The sources of one list
+        share its ``theta_j``, as those of a detected list share their map's population."""
+        theta = np.atleast_2d(np.asarray(theta, float))
+        n, k = len(theta), len(det)
+        if k == 0:
+            return [np.zeros((0, 3), np.float32) for _ in range(n)]
+        idx = np.repeat(np.arange(n), k)
+        l0, b0 = np.tile(det.l, n), np.tile(det.b, n)
+        f_th = 10.0**det.threshold_log10
+        pool_f = self.detected_fluxes
+        # proposals above the faintest 1% of the pool's detected fluxes (fainter ones are
+        # almost never detected, and would only slow the rejection down)
+        f_min = f_th / 10
+        if pool_f is not None and len(pool_f):
+            f_min = min(float(np.quantile(pool_f, 0.01)), f_th)
+        flux, l, b = np.full(n * k, np.nan), np.zeros(n * k), np.zeros(n * k)
+        todo = np.arange(n * k)
+        for _ in range(200):
+            t = theta[idx[todo]]
+            lt = trunc_normal(rng, np.full(len(todo), L_SIGMA_DEG), l0[todo] - REGION_DEG,
+                              l0[todo] + REGION_DEG)  # fmt: skip
+            bt = trunc_normal(rng, t[:, 2], b0[todo] - REGION_DEG, b0[todo] + REGION_DEG)
+            ft = trunc_lognormal(rng, t[:, 1], f_min)
+            keep = rng.random(len(todo)) < self.sensitivity(ft, lt, bt, t)
+            flux[todo[keep]], l[todo[keep]], b[todo[keep]] = ft[keep], lt[keep], bt[keep]
+            todo = todo[~keep]
+            if not len(todo):
+                break
+        # sources the sensitivity (almost) never keeps: above the threshold, unselected
+        self.e_r4_fallbacks += len(todo)
+        if len(todo):
+            t = theta[idx[todo]]
+            l[todo] = trunc_normal(rng, np.full(len(todo), L_SIGMA_DEG), l0[todo] - REGION_DEG,
+                                   l0[todo] + REGION_DEG)  # fmt: skip
+            b[todo] = trunc_normal(rng, t[:, 2], b0[todo] - REGION_DEG, b0[todo] + REGION_DEG)
+            flux[todo] = trunc_lognormal(rng, t[:, 1], f_th)
+        feats = source_features(flux, l, b)
+        return [feats[i * k : (i + 1) * k] for i in range(n)]
+
+    def detections_factor(self, rng, det: Detections, grid: Grid) -> np.ndarray:
+        """``log E[r4]`` on the grid for the detections ``det``, by r4
+        (:func:`detections_factor`); keeps the last round's lists (``target_lists``) and the
+        change between rounds (``e_r4_change``)."""
+        self.e_r4_fallbacks = 0
+        log_e, self.target_lists, self.e_r4_change = detections_factor(
+            rng, det, grid, self.draw_detected_lists, self.log_r4, self.cfg.r4_draws,
+            self.cfg.r4_rounds,
+        )  # fmt: skip
+        return log_e
 
     def posteriors(self, x_o: np.ndarray, det: Detections, grid: Grid, rng) -> dict:
         """The four posteriors of the target: ``r3``, ``r4`` (detected sources),
-        ``combined`` and ``plain_nre``, and the log ``E[r4]`` on the grid (the draws of
-        the detected list it averages over are kept in ``self.target_lists``)."""
+        ``combined`` and ``plain_nre``, and the log ``E[r4]`` on the grid
+        (:meth:`detections_factor`)."""
         feasible = np.where(grid.points[:, 0] >= len(det), 0.0, -np.inf)
         log_r3 = self.log_r_map(self.r3, x_o[None], grid)[0]
-        self.target_lists = self.draw_detected_lists(rng, det, self.cfg.r4_draws)
-        log_r4 = self.log_r4(self.target_lists, grid)
-        log_combined = combine(log_r3, log_r4) + feasible
-        log_e_r4 = log_combined - log_r3  # log E[r4] alone: the detected sources' route
+        log_e_r4 = self.detections_factor(rng, det, grid)
         log_plain = self.log_r_map(self.plain, x_o[None], grid)[0]
         return {
             "r3": Posterior(grid, log_r3 + feasible),
             "r4": Posterior(grid, log_e_r4),
-            "combined": Posterior(grid, log_combined),
+            "combined": Posterior(grid, log_r3 + log_e_r4),
             "plain_nre": Posterior(grid, log_plain),
             "log_e_r4": log_e_r4,
         }
@@ -487,6 +520,39 @@ def split_lists(feats: np.ndarray, maps: np.ndarray, n_maps: int) -> list[np.nda
     order = np.argsort(maps, kind="stable")
     starts = np.searchsorted(maps[order], np.arange(n_maps + 1))
     return [feats[order[starts[i] : starts[i + 1]]] for i in range(n_maps)]
+
+
+def detections_factor(rng, det: Detections, grid: Grid, draw, on_grid, n_draws: int,
+                      rounds: int):  # fmt: skip
+    """``log E[r4](theta) = log p(I = 1 | theta) / p(I = 1)`` on the grid (``-inf`` where
+    ``N < N_det``): the mean of ``r4(S; theta)`` over ``S ~ p(S_det | I = 1)``.
+
+    That distribution mixes ``p(S | theta', I = 1)`` over ``theta' ~ p(theta' | I = 1)``,
+    which is the r4 route's own posterior ``p(theta') E[r4](theta')``: the estimate is the
+    fixed point of ``E <- mean_j r4(S_j; .)`` with ``S_j`` drawn at ``theta'_j ~ p E``, reached
+    in ``rounds`` rounds of ``n_draws`` lists, each round drawing ``theta'`` from the previous
+    round's estimate (the first: the prior with ``N >= N_det``) and one list at each
+    (``draw(rng, det, theta)``, e.g. :meth:`Chain.draw_detected_lists`). The map is an
+    averaging operator whose only fixed point is the answer, so each round shrinks the
+    first round's error. Drawing each source's flux on its own from the detected fluxes
+    of all maps instead would mix lists no population makes and tilt the estimate in
+    ``sigma`` (fluxes above the threshold say nothing about ``I``; see
+    ``tests/test_population_inference.py``).
+
+    ``on_grid(lists, grid)`` gives ``log r4(S_j; theta)`` ``(M, G)``. Returns ``log E[r4]``
+    ``(G,)``, the last round's lists, and the total-variation distance between the r4-route
+    posteriors of consecutive rounds (how far from converged)."""
+    feasible = np.where(grid.points[:, 0] >= len(det), 0.0, -np.inf)
+    log_e, change, before = feasible, [], None
+    for _ in range(rounds):
+        theta = Posterior(grid, log_e).sample(rng, n_draws)
+        lists = draw(rng, det, theta)
+        log_e = logmeanexp(on_grid(lists, grid), axis=0) + feasible
+        now = Posterior(grid, log_e).w
+        if before is not None:
+            change.append(float(0.5 * np.abs(now - before).sum()))
+        before = now
+    return log_e, lists, change
 
 
 def coverage(chain: Chain, det: Detections, log_e_r4_fine: np.ndarray, fine: Grid, rng):
@@ -602,6 +668,15 @@ def run_chain(
         "truth": truth,
         "n_detected": len(det),
         "detections": det.to_dict(),
+        # E[r4]'s rounds of draws of p(S_det | I = 1): the total-variation distance
+        # between consecutive rounds' r4-route posteriors, and the sources (all rounds)
+        # drawn without the sensitivity, which never kept them
+        "detections_factor": {
+            "rounds": cfg.r4_rounds,
+            "draws": cfg.r4_draws,
+            "change_between_rounds": [round(c, 4) for c in chain.e_r4_change],
+            "fallback_sources": chain.e_r4_fallbacks,
+        },
         "posterior": {k: post[k].summary() for k in names},
         "widths_68": {k: {p: post[k].width(i) for i, p in enumerate(PARAM_NAMES)} for k in names},
         # the fraction of the prior box inside each joint 68% highest-density region

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
-from scipy.special import ndtr, ndtri
+from scipy.special import log_ndtr, ndtr, ndtri, ndtri_exp
 
 __all__ = [
     "PRIOR_LOW",
@@ -127,10 +127,17 @@ def sample_sources(rng: np.random.Generator, theta: np.ndarray, counts=None) -> 
 
 
 def trunc_normal(rng, sd, lo, hi):
-    """Draws of ``N(0, sd)`` truncated to ``[lo, hi]`` (arrays), by inverting the CDF."""
-    a, c = ndtr(lo / sd), ndtr(hi / sd)
-    u = a + (c - a) * rng.random(np.shape(sd))
-    return sd * ndtri(np.clip(u, 1e-12, 1 - 1e-12))
+    """Draws of ``N(0, sd)`` truncated to ``[lo, hi]`` (arrays), by inverting the CDF in
+    log space on the side of zero where it is accurate, so that intervals far in a tail
+    (a region at ``b = 15`` for ``h = 1``) still get draws inside them."""
+    a, c = np.asarray(lo / sd, float), np.asarray(hi / sd, float)
+    flip = a > 0  # upper tail: draw -x in [-c, -a]
+    a, c = np.where(flip, -c, a), np.where(flip, -a, c)
+    log_a, log_c = log_ndtr(a), log_ndtr(c)
+    u = rng.random(np.shape(a))
+    log_u = log_c + np.log(np.exp(log_a - log_c) + u * -np.expm1(log_a - log_c))
+    z = np.clip(ndtri_exp(log_u), a, c)
+    return sd * np.where(flip, -z, z)
 
 
 def trunc_lognormal(rng, sigma, f_min):
