@@ -541,7 +541,7 @@ def detections_factor(rng, det: Detections, grid: Grid, draw, on_grid, n_draws: 
 
     ``on_grid(lists, grid)`` gives ``log r4(S_j; theta)`` ``(M, G)``. Returns ``log E[r4]``
     ``(G,)``, the last round's lists, and the total-variation distance between the r4-route
-    posteriors of consecutive rounds (how far from converged)."""
+    posteriors of consecutive rounds (convergence and Monte Carlo noise together)."""
     feasible = np.where(grid.points[:, 0] >= len(det), 0.0, -np.inf)
     log_e, change, before = feasible, [], None
     for _ in range(rounds):
