@@ -24,7 +24,6 @@ from probcat.config import to_dict
 from probcat.errors import ProbcatValueError
 from probcat.population.detection import (
     MIN_MASS,
-    REGION_DEG,
     THRESHOLDS_LOG10,
     Detections,
     find_detections,
@@ -34,7 +33,6 @@ from probcat.population.detection import (
 from probcat.population.inference import Grid, Posterior, expected_coverage, logmeanexp
 from probcat.population.simulator import (
     EXTENT_DEG,
-    L_SIGMA_DEG,
     MAP_SIZE,
     PARAM_NAMES,
     Sources,
@@ -42,7 +40,6 @@ from probcat.population.simulator import (
     sample_prior,
     simulate,
     trunc_lognormal,
-    trunc_normal,
 )
 from probcat.population.tasks import (
     R1_HALO,
@@ -53,7 +50,7 @@ from probcat.population.tasks import (
     SetRatioTask,
     pad_lists,
 )
-from probcat.population.truncated import TruncatedSimulator
+from probcat.population.truncated import TruncatedSimulator, region_positions
 from probcat.train.loop import LoopSettings, fit
 
 __all__ = [
@@ -419,9 +416,7 @@ class Chain:
         todo = np.arange(n * k)
         for _ in range(200):
             t = theta[idx[todo]]
-            lt = trunc_normal(rng, np.full(len(todo), L_SIGMA_DEG), l0[todo] - REGION_DEG,
-                              l0[todo] + REGION_DEG)  # fmt: skip
-            bt = trunc_normal(rng, t[:, 2], b0[todo] - REGION_DEG, b0[todo] + REGION_DEG)
+            lt, bt = region_positions(rng, l0[todo], b0[todo], t[:, 2])
             ft = trunc_lognormal(rng, t[:, 1], f_min)
             keep = rng.random(len(todo)) < self.sensitivity(ft, lt, bt, t)
             flux[todo[keep]], l[todo[keep]], b[todo[keep]] = ft[keep], lt[keep], bt[keep]
@@ -432,9 +427,7 @@ class Chain:
         self.e_r4_fallbacks += len(todo)
         if len(todo):
             t = theta[idx[todo]]
-            l[todo] = trunc_normal(rng, np.full(len(todo), L_SIGMA_DEG), l0[todo] - REGION_DEG,
-                                   l0[todo] + REGION_DEG)  # fmt: skip
-            b[todo] = trunc_normal(rng, t[:, 2], b0[todo] - REGION_DEG, b0[todo] + REGION_DEG)
+            l[todo], b[todo] = region_positions(rng, l0[todo], b0[todo], t[:, 2])
             flux[todo] = trunc_lognormal(rng, t[:, 1], f_th)
         feats = source_features(flux, l, b)
         return [feats[i * k : (i + 1) * k] for i in range(n)]

@@ -29,14 +29,7 @@ from scipy.special import logsumexp
 
 from probcat.population.simulator import PARAM_NAMES, PRIOR_HIGH, PRIOR_LOW
 
-__all__ = [
-    "Grid",
-    "Posterior",
-    "combine",
-    "logmeanexp",
-    "expected_coverage",
-    "LEVELS",
-]
+__all__ = ["Grid", "Posterior", "combine", "logmeanexp", "expected_coverage", "LEVELS"]
 
 LEVELS = (0.683, 0.954)
 
@@ -167,17 +160,6 @@ class Posterior:
         frac = (level - before) / mass[k] if k < len(mass) and mass[k] > 0 else 0.0
         return float(vol[:k].sum() + frac * (vol[k] if k < len(vol) else 0.0))
 
-    def cell_log_density(self, theta: np.ndarray) -> np.ndarray:
-        """The log density (the grid's units) of the cells holding the points ``theta``
-        ``(n, 3)``: the density :meth:`sample` draws them from, relative to the prior."""
-        theta = np.atleast_2d(np.asarray(theta, float))
-        idx = []
-        for k, axis in enumerate(self.grid.axes):
-            edges = _cell_edges(axis, PRIOR_LOW[k], PRIOR_HIGH[k])
-            idx.append(np.clip(np.searchsorted(edges, theta[:, k], side="right") - 1, 0,
-                               len(axis) - 1))  # fmt: skip
-        return self.log_density[tuple(idx)]
-
     def width(self, k: int, level: float = 0.683) -> float:
         lo, hi = self.interval(k, level)
         return hi - lo
@@ -198,7 +180,7 @@ class Posterior:
 def combine(log_r3: np.ndarray, log_r4_draws: np.ndarray) -> np.ndarray:
     """Combined log weights ``log r3 + log mean_j r4(S_j; theta)`` (see the module
     docstring): ``log_r3`` ``(G,)``, ``log_r4_draws`` ``(M, G)`` for ``M`` draws
-    ``S_j ~ p(S_det | I = 1)`` (equally weighted)."""
+    ``S_j ~ p(S_det | I = 1)``."""
     return np.asarray(log_r3) + logmeanexp(log_r4_draws, axis=0)
 
 

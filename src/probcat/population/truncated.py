@@ -30,7 +30,15 @@ from probcat.population.simulator import (
     trunc_normal,
 )
 
-__all__ = ["TruncatedSimulator"]
+__all__ = ["TruncatedSimulator", "region_positions"]
+
+
+def region_positions(rng: np.random.Generator, l0, b0, h):
+    """Positions ``(l, b)`` of detected sources in their regions ``R_i`` (the +-1 degree
+    boxes around ``l0, b0``), from the spatial model's normals truncated to them (``h``:
+    each source's latitude scale)."""
+    l = trunc_normal(rng, np.full(len(l0), L_SIGMA_DEG), l0 - REGION_DEG, l0 + REGION_DEG)
+    return l, trunc_normal(rng, h, b0 - REGION_DEG, b0 + REGION_DEG)
 
 
 class TruncatedSimulator:
@@ -69,8 +77,7 @@ class TruncatedSimulator:
             idx = np.repeat(np.arange(b_maps), self.n_det)
             sigma, h = theta[idx, 1], theta[idx, 2]
             l0, b0 = np.tile(self.det.l, b_maps), np.tile(self.det.b, b_maps)
-            l = trunc_normal(rng, np.full(len(idx), L_SIGMA_DEG), l0 - REGION_DEG, l0 + REGION_DEG)
-            b = trunc_normal(rng, h, b0 - REGION_DEG, b0 + REGION_DEG)
+            l, b = region_positions(rng, l0, b0, h)
             parts.append(Sources(idx, trunc_lognormal(rng, sigma, self.f_th), l, b))
         need = theta[:, 0].astype(np.int64) - self.n_det
         parts.append(self._undetected(rng, theta, need))
