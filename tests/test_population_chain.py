@@ -51,6 +51,10 @@ def test_chain_writes_every_output_and_resumes(tmp_path):
     assert budget["plain"] == budget["r3"] + budget["pool"]  # equal simulation budget
     assert s["n_simulations"] == sum(budget.values())
     assert json.loads((out / "summary.json").read_text())["truth"] == s["truth"]
+    stages = s["stage_s"]  # every stage timed once, in order, adding up to the wall time
+    assert list(stages) == ["r1", "pool", "r2_r4", "r3", "plain_nre", "posteriors",
+                            "coverage", "samples_and_figures"]  # fmt: skip
+    assert min(stages.values()) >= 0 and sum(stages.values()) <= s["wall_s"] + 0.5
     # a rerun resumes: no network trains again
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")}
     names = {p.parent.name for p in before}

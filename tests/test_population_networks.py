@@ -182,3 +182,26 @@ def test_a_finished_head_stage_resumes_without_drawing_its_bank(tmp_path):
         task = HeadTask("toy", 3, 1e-3, 0, _RatioHead(3, width=8), bank, 64, 16, 0.0)
         fit(task, tmp_path, config={"t": 1}, settings=settings, progress=False)
     assert len(calls) == 1  # drawn for the training steps, not for the finished rerun
+
+
+@pytest.mark.parametrize("make", [lambda: DetectionNet(channels=8), lambda: MapRatioNet(8, 16)])
+def test_channels_last_networks_give_the_contiguous_layout_outputs_and_load_plain_state(make):
+    torch.manual_seed(0)
+    net = make()
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(
+        m.weight.is_contiguous(memory_format=torch.channels_last) and not m.weight.is_contiguous()
+        for m in convs
+        if m.weight.shape[1] > 1 and m.weight.shape[2] * m.weight.shape[3] > 1  # else both
+    )
+    plain = make().to(memory_format=torch.contiguous_format)  # the layout before
+    plain.load_state_dict({k: v.contiguous() for k, v in net.state_dict().items()})
+    net2 = make()
+    net2.load_state_dict(plain.state_dict())  # a plain-layout file loads into the new one
+    maps = torch.rand(3, 128, 128) * 5
+    theta = torch.rand(3, 3) * 2 - 1
+    args = (maps,) if isinstance(net, DetectionNet) else (maps, theta)
+    with torch.no_grad():
+        ref = plain(*args)
+        for m in (net, net2):
+            torch.testing.assert_close(m(*args), ref, rtol=1e-4, atol=1e-5)

@@ -638,17 +638,31 @@ def run_chain(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
+    stage_s, t_stage = {}, [time.perf_counter()]
+
+    def stage(name: str) -> None:  # the seconds since the previous stage ended
+        now = time.perf_counter()
+        stage_s[name] = round(now - t_stage[0], 1)
+        t_stage[0] = now
+
     chain = Chain(cfg, out, progress)
     chain.train_r1()
     det = chain.detect(x_o[None])[0]
+    stage("r1")
     pool = chain.pool()
+    stage("pool")
     chain.train_r2_r4(pool)
+    stage("r2_r4")
     chain.train_r3(det)
+    stage("r3")
     chain.train_plain()
+    stage("plain_nre")
     rng = np.random.default_rng([cfg.seed, 99])
     grid = Grid.default(cfg.grid_sigma, cfg.grid_h, cfg.grid_n_step)
     post = chain.posteriors(x_o, det, grid, rng)
+    stage("posteriors")
     cov, same_maps = coverage(chain, det, post["log_e_r4"], grid, rng)
+    stage("coverage")
     names = ("r3", "r4", "combined", "plain_nre")
     if truth is not None:
         t_o = [truth[p] for p in PARAM_NAMES]
@@ -687,8 +701,11 @@ def run_chain(
     }
     samples = write_samples(out, post, rng)
     write_figures(out, chain, x_o, det, post, cov, truth)
+    stage("samples_and_figures")
     summary["samples"] = samples
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
+    # seconds per stage; a stage found finished in ``out`` (resumed) costs only its loading
+    summary["stage_s"] = stage_s
     summary.update({k: v for k, v in provenance(command).items() if k != "command"})
     text = json.dumps(summary, indent=1, default=float)
     atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(text))
