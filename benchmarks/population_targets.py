@@ -8,7 +8,9 @@ detections, for targets drawn from the prior).
 
 ``RUN`` holds the target-independent networks (r1, r2, r4, the plain NRE and the pool) of a
 ``benchmarks/population.py --run RUN`` run, or gets them trained first. Writes
-``benchmarks/results/population_targets.json``.
+``benchmarks/results/population_targets.json``. Each finished target is kept in
+``RUN/targets/``: a rerun of the command after an interruption starts at the first
+unfinished target (and that target's r3 at its last checkpoint).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from probcat.catalog import atomic_write
-from probcat.config import load_yaml
+from probcat.config import load_yaml, to_dict
 from probcat.population.chain import Chain, Grid, PopulationConfig, simulated_target
 from probcat.population.simulator import PARAM_NAMES
 from probcat.provenance import provenance
@@ -67,6 +69,41 @@ def one_target(chain: Chain, seed: int, grid: Grid, cfg: PopulationConfig) -> di
         }
     row["wall_s"] = round(time.perf_counter() - t0, 1)
     return row
+
+
+def shared_networks(run: Path) -> dict:
+    """The sha256 of the run's target-independent networks (r1, r2, r4, the plain NRE)."""
+    from probcat.weights import sha256
+
+    names = ("r1", "r2", "r4", "plain", "plain_head")
+    return {n: sha256(run / n / f"population_{n}.pt") for n in names}
+
+
+def _target_file(run: Path, seed: int) -> Path:
+    return run / "targets" / f"seed_{seed}.json"
+
+
+def _target_key(seed: int, cfg: PopulationConfig, shared: dict) -> dict:
+    return {"seed": seed, "config": to_dict(cfg), "networks": shared}
+
+
+def cached_target(run: Path, seed: int, cfg: PopulationConfig, shared: dict) -> dict | None:
+    """The row of target ``seed`` if an earlier run finished it with the same budget and
+    networks (a killed run resumes target by target), else None."""
+    path = _target_file(run, seed)
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    key = json.loads(json.dumps(_target_key(seed, cfg, shared), default=float))
+    return saved.get("row") if saved.get("key") == key else None
+
+
+def save_target(run: Path, seed: int, cfg: PopulationConfig, shared: dict, row: dict) -> None:
+    path = _target_file(run, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"key": _target_key(seed, cfg, shared), "row": row}, default=float)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _frac(flags) -> dict:
@@ -163,11 +200,19 @@ def main(argv=None) -> None:
     chain.train_r2_r4(pool)
     chain.train_plain()
     grid = Grid.default(cfg.grid_sigma, cfg.grid_h, cfg.grid_n_step)
-    rows = []
+    rows, reused = [], []
+    shared = shared_networks(Path(args.run))
     for seed in seeds:
-        print(f"target seed {seed} ...", flush=True)
-        rows.append(one_target(chain, seed, grid, cfg))
-        print(json.dumps({k: rows[-1][k] for k in ("truth", "n_detected", "wall_s")}), flush=True)
+        row = cached_target(Path(args.run), seed, cfg, shared)
+        if row is None:
+            print(f"target seed {seed} ...", flush=True)
+            row = one_target(chain, seed, grid, cfg)
+            save_target(Path(args.run), seed, cfg, shared, row)
+        else:
+            print(f"target seed {seed}: finished by an earlier run of this command", flush=True)
+            reused.append(seed)
+        rows.append(row)
+        print(json.dumps({k: row[k] for k in ("truth", "n_detected", "wall_s")}), flush=True)
     result = {
         "command": command,
         "machine": "2-core CPU, no GPU",
@@ -187,6 +232,10 @@ def main(argv=None) -> None:
             "each target's own detections; r1, r2, r4 and the plain NRE shared",
         },
         "wall_s": round(time.perf_counter() - t0, 1),
+        # targets finished by an interrupted earlier run of the same command on the same
+        # networks (their rows are reused; wall_s above counts only this run)
+        "targets_reused": reused,
+        "targets_wall_s": round(sum(r["wall_s"] for r in rows), 1),
     }
     result.update({k: v for k, v in provenance(command).items() if k != "command"})
     text = json.dumps(result, indent=1, default=float)
