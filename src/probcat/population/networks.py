@@ -36,9 +36,10 @@ def map_input(maps: torch.Tensor) -> torch.Tensor:
 
 def channels_last(net: nn.Module) -> nn.Module:
     """``net``'s convolution weights in channels-last memory order, in place: same outputs,
-    and the convolutions (which then run channels-last whatever the input's order) train
-    1.4-1.8x and infer 1.7x faster on a CPU for these few-channel networks. Saved and
-    loaded state is unaffected (``load_state_dict`` copies into the existing layout)."""
+    and the convolutions (which then run channels-last whatever the input's order) are
+    faster on a CPU for these few-channel networks (in ``benchmarks/population.py``, r1,
+    r3 and the plain NRE trained 1.2-1.5x faster, simulations included). Saved and loaded
+    state is unaffected (``load_state_dict`` copies into the existing layout)."""
     return net.to(memory_format=torch.channels_last)
 
 
