@@ -439,7 +439,7 @@ class Chain:
         self.e_r4_fallbacks = 0
         log_e, self.target_lists, self.e_r4_change = detections_factor(
             rng, det, grid, self.draw_detected_lists, self.log_r4, self.cfg.r4_draws,
-            self.cfg.r4_rounds,
+            self.cfg.r4_rounds, self.progress,
         )  # fmt: skip
         return log_e
 
@@ -516,7 +516,7 @@ def split_lists(feats: np.ndarray, maps: np.ndarray, n_maps: int) -> list[np.nda
 
 
 def detections_factor(rng, det: Detections, grid: Grid, draw, on_grid, n_draws: int,
-                      rounds: int):  # fmt: skip
+                      rounds: int, progress: bool = False):  # fmt: skip
     """``log E[r4](theta) = log p(I = 1 | theta) / p(I = 1)`` on the grid (``-inf`` where
     ``N < N_det``): the mean of ``r4(S; theta)`` over ``S ~ p(S_det | I = 1)``.
 
@@ -535,9 +535,11 @@ def detections_factor(rng, det: Detections, grid: Grid, draw, on_grid, n_draws: 
     ``on_grid(lists, grid)`` gives ``log r4(S_j; theta)`` ``(M, G)``. Returns ``log E[r4]``
     ``(G,)``, the last round's lists, and the total-variation distance between the r4-route
     posteriors of consecutive rounds (convergence and Monte Carlo noise together)."""
+    from tqdm.auto import tqdm
+
     feasible = np.where(grid.points[:, 0] >= len(det), 0.0, -np.inf)
     log_e, change, before = feasible, [], None
-    for _ in range(rounds):
+    for _ in tqdm(range(rounds), desc="E[r4] rounds", disable=not progress):
         theta = Posterior(grid, log_e).sample(rng, n_draws)
         lists = draw(rng, det, theta)
         log_e = logmeanexp(on_grid(lists, grid), axis=0) + feasible
@@ -559,8 +561,11 @@ def coverage(chain: Chain, det: Detections, log_e_r4_fine: np.ndarray, fine: Gri
     ``theta`` from the r4-route posterior), the mean 68% marginal widths and joint 68%
     region volumes of r3 alone and of the combination: whether adding the detected
     sources narrows the posterior on average, not on one map only."""
+    from tqdm.auto import tqdm
+
     c = chain.cfg
     n = c.coverage_sims
+    bar = tqdm(total=4, desc=f"coverage checks ({n} maps each)", disable=not chain.progress)
     grid = Grid.default(n_sigma=c.grid_sigma, n_h=c.grid_h, n_step=2 * c.grid_n_step)
     feasible = np.where(grid.points[:, 0] >= len(det), 0.0, -np.inf)
     out = {}
@@ -570,6 +575,7 @@ def coverage(chain: Chain, det: Detections, log_e_r4_fine: np.ndarray, fine: Gri
     at = chain.log_r_map_at(chain.r3, maps, theta)
     out["r3"] = expected_coverage([Posterior(grid, v + feasible) for v in lr], theta,
                                   log_density_at_truth=at)  # fmt: skip
+    bar.update()
     # combined: theta ~ truncated prior x p(I=1 | theta) (the r4-route posterior)
     theta = Posterior(fine, log_e_r4_fine).sample(rng, n)
     theta[:, 0] = np.clip(np.round(theta[:, 0]), len(det), None)
@@ -586,6 +592,7 @@ def coverage(chain: Chain, det: Detections, log_e_r4_fine: np.ndarray, fine: Gri
             **{p: float(np.mean([q.width(k) for q in posts])) for k, p in enumerate(PARAM_NAMES)},
             "joint_volume_68": float(np.mean([q.hpd_volume(0.683) for q in posts])),
         }
+    bar.update()
     # r4: full-model maps with their true detected lists
     theta, maps, src = simulate(rng, n)
     src = match_detections(src, chain.detect(maps))
@@ -595,12 +602,15 @@ def coverage(chain: Chain, det: Detections, log_e_r4_fine: np.ndarray, fine: Gri
     at = chain.log_r4_at(lists, theta)
     out["r4"] = expected_coverage([Posterior(grid, v) for v in lr4], theta,
                                   log_density_at_truth=at)  # fmt: skip
+    bar.update()
     # plain NRE: prior draws
     theta, maps, _ = simulate(rng, n)
     lp = chain.log_r_map(chain.plain, maps, grid)
     at = chain.log_r_map_at(chain.plain, maps, theta)
     out["plain_nre"] = expected_coverage([Posterior(grid, v) for v in lp], theta,
                                          log_density_at_truth=at)  # fmt: skip
+    bar.update()
+    bar.close()
     return out, same_maps
 
 
