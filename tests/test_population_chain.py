@@ -128,7 +128,8 @@ def test_population_cli_reads_a_fits_map(tmp_path, capsys):
     fits.PrimaryHDU(maps[0][:100]).writeto(tmp_path / "small.fits")
     rc = main(["population", "--image", str(tmp_path / "small.fits"), "-o", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and "finite 128x128" in err and not (tmp_path / "o").exists()
+    assert rc == 2 and "small.fits: the map must be 128x128 pixels, not 100x128" in err
+    assert not (tmp_path / "o").exists()
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY_YAML)
     args = ["population", "--image", str(tmp_path / "map.fits"), "-c", str(cfg), "-q"]

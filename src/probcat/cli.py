@@ -403,7 +403,7 @@ def population_cmd(
     """Population inference with detection as truncation (r1-r4) for one target map:
     weighted posterior samples (Parquet), summary.json, detection map and corner plot."""
     from probcat.config import load_yaml
-    from probcat.population.chain import PopulationConfig, run_chain
+    from probcat.population.chain import PopulationConfig, check_target_map, run_chain
 
     if (seed is None) == (image is None):
         raise ProbcatValueError("give exactly one of --seed (simulated target) and --image")
@@ -414,7 +414,11 @@ def population_cmd(
     if image is not None:
         from probcat.io import read_image
 
-        target = read_image(image).image[0]
+        target = read_image(image).image[0]  # its errors name the file
+        try:
+            target = check_target_map(target)
+        except ProbcatValueError as e:
+            raise ProbcatValueError(f"{image}: {e}") from None
     s = run_chain(
         cfg,
         out,

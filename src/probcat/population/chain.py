@@ -56,6 +56,7 @@ from probcat.train.loop import LoopSettings, fit
 __all__ = [
     "PopulationConfig",
     "run_chain",
+    "check_target_map",
     "simulated_target",
     "Chain",
     "PixelDetector",
@@ -621,6 +622,18 @@ def _coarse(log_w_fine: np.ndarray, fine: Grid, coarse: Grid) -> np.ndarray:
     return w.ravel()
 
 
+def check_target_map(target_map) -> np.ndarray:
+    """A target map as float32 ``(128, 128)``; a clear error for another shape or for
+    non-finite pixels."""
+    x_o = np.asarray(target_map, np.float32)
+    if x_o.shape != (MAP_SIZE, MAP_SIZE):
+        shape = "x".join(map(str, x_o.shape)) or "a scalar"
+        raise ProbcatValueError(f"the map must be {MAP_SIZE}x{MAP_SIZE} pixels, not {shape}")
+    if not np.isfinite(x_o).all():
+        raise ProbcatValueError("the map has NaN or infinite pixels")
+    return x_o
+
+
 def run_chain(
     cfg: PopulationConfig,
     out: str | Path,
@@ -642,9 +655,7 @@ def run_chain(
             raise ProbcatValueError("give a target seed or a target map")
         x_o, truth = simulated_target(target_seed)
     else:
-        x_o = np.asarray(target_map, np.float32)
-        if x_o.shape != (MAP_SIZE, MAP_SIZE) or not np.isfinite(x_o).all():
-            raise ProbcatValueError(f"the map must be a finite {MAP_SIZE}x{MAP_SIZE} image")
+        x_o = check_target_map(target_map)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
