@@ -71,12 +71,21 @@ def one_target(chain: Chain, seed: int, grid: Grid, cfg: PopulationConfig) -> di
     return row
 
 
-def shared_networks(run: Path) -> dict:
-    """The sha256 of the run's target-independent networks (r1, r2, r4, the plain NRE)."""
-    from probcat.weights import sha256
+def shared_networks(chain: Chain) -> dict:
+    """A sha256 of the values of each target-independent network (r1, r2, r4, the plain
+    NRE with its head): the parameters themselves, not their files, which a resumed run
+    writes again."""
+    import hashlib
 
-    names = ("r1", "r2", "r4", "plain", "plain_head")
-    return {n: sha256(run / n / f"population_{n}.pt") for n in names}
+    out = {}
+    for name in ("r1", "r2", "r4", "plain"):
+        state = getattr(chain, name).state_dict()
+        h = hashlib.sha256()
+        for key in sorted(state):
+            h.update(key.encode())
+            h.update(state[key].detach().contiguous().cpu().numpy().tobytes())
+        out[name] = h.hexdigest()
+    return out
 
 
 def _target_file(run: Path, seed: int) -> Path:
@@ -201,7 +210,7 @@ def main(argv=None) -> None:
     chain.train_plain()
     grid = Grid.default(cfg.grid_sigma, cfg.grid_h, cfg.grid_n_step)
     rows, reused = [], []
-    shared = shared_networks(Path(args.run))
+    shared = shared_networks(chain)
     for seed in seeds:
         row = cached_target(Path(args.run), seed, cfg, shared)
         if row is None:

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from probcat.cli import main
 from probcat.population.chain import NetConfig, PopulationConfig, run_chain
@@ -230,3 +231,24 @@ def test_population_targets_resume_only_targets_of_the_same_budget_and_networks(
     assert bench.cached_target(tmp_path, 4, cfg, {**shared, "r4": "c" * 64}) is None  # retrained
     (tmp_path / "targets" / "seed_4.json").write_text("{truncated")
     assert bench.cached_target(tmp_path, 4, cfg, shared) is None  # unreadable: run it again
+
+    # the networks' key is their values: a copy (as a resumed run reloads them) keeps it
+    from probcat.population.chain import Chain
+    from probcat.population.networks import DetectionNet as R1Net
+    from probcat.population.networks import MapRatioNet, SensitivityNet, SetRatioNet
+
+    def chain_with(seed):
+        torch.manual_seed(seed)
+        c = Chain(cfg, tmp_path, progress=False)
+        c.r1, c.r2, c.r4, c.plain = (
+            R1Net(channels=4),
+            SensitivityNet(8),
+            SetRatioNet(8, 8),
+            MapRatioNet(4, 8),
+        )
+        return c
+
+    a, b, other = chain_with(0), chain_with(0), chain_with(1)
+    assert bench.shared_networks(a) == bench.shared_networks(b)
+    assert set(bench.shared_networks(a)) == {"r1", "r2", "r4", "plain"}
+    assert all(bench.shared_networks(a)[k] != v for k, v in bench.shared_networks(other).items())
