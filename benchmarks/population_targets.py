@@ -203,7 +203,8 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)
-    chain = Chain(cfg, Path(args.run), progress=True)
+    run = Path(args.run)
+    chain = Chain(cfg, run, progress=True)
     chain.train_r1()
     pool = chain.pool()
     chain.train_r2_r4(pool)
@@ -212,11 +213,11 @@ def main(argv=None) -> None:
     rows, reused = [], []
     shared = shared_networks(chain)
     for seed in seeds:
-        row = cached_target(Path(args.run), seed, cfg, shared)
+        row = cached_target(run, seed, cfg, shared)
         if row is None:
             print(f"target seed {seed} ...", flush=True)
             row = one_target(chain, seed, grid, cfg)
-            save_target(Path(args.run), seed, cfg, shared, row)
+            save_target(run, seed, cfg, shared, row)
         else:
             print(f"target seed {seed}: finished by an earlier run of this command", flush=True)
             reused.append(seed)

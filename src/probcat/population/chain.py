@@ -659,12 +659,10 @@ def run_chain(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
-    stage_s, t_stage = {}, [time.perf_counter()]
+    marks = [("start", time.perf_counter())]  # (stage, when it ended)
 
-    def stage(name: str) -> None:  # the seconds since the previous stage ended
-        now = time.perf_counter()
-        stage_s[name] = round(now - t_stage[0], 1)
-        t_stage[0] = now
+    def stage(name: str) -> None:
+        marks.append((name, time.perf_counter()))
 
     chain = Chain(cfg, out, progress)
     chain.train_r1()
@@ -726,7 +724,7 @@ def run_chain(
     summary["samples"] = samples
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     # seconds per stage; a stage found finished in ``out`` (resumed) costs only its loading
-    summary["stage_s"] = stage_s
+    summary["stage_s"] = {n: round(t1 - t, 1) for (_, t), (n, t1) in zip(marks, marks[1:])}
     summary.update({k: v for k, v in provenance(command).items() if k != "command"})
     text = json.dumps(summary, indent=1, default=float)
     atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(text))
