@@ -32,11 +32,11 @@ from probcat.baselines.rail import bpz, flexzboost, forced_photometry, rail_tabl
 from probcat.baselines.sep import sep_detect
 from probcat.catalog import atomic_write
 from probcat.metrics import f1_score, match, precision_recall_f1
-from probcat.provenance import json_safe, provenance
+from probcat.provenance import json_safe, provenance, reference_speed_s
 from probcat.redshift.metrics import all_metrics, binned, pit_values
 from probcat.redshift.pdf import GRID, grid_pdf, truncated_pdf
 from probcat.simulate.datasets import Simulation, SimulationConfig
-from probcat.simulate.prior import MAG_GOLD
+from probcat.simulate.prior import FAMILIES, MAG_GOLD
 from probcat.weights import load as load_weights
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -44,13 +44,13 @@ CODES = ("probcat", "flexzboost", "bpz")
 METRIC_KEYS = ("bias", "sigma_iqr", "outlier_frac", "ks", "cvm", "ad", "cde_loss")
 
 
-def _sim(split, years, n, seed, size=98):
+def _sim(split, years, n, seed, size=98, population="dc2"):
     cfg = SimulationConfig(
         recipe="blend",
         n=n,
         seed=seed,
         bands="ugrizy",
-        population="dc2",
+        population=population,
         split=split,
         years=years,
         size=size,
@@ -127,6 +127,7 @@ def collect(sim, detectors, est, *, progress=True):
         w, mu, sd = est._mixture(im, x, y)
         flux, err = forced_photometry(scene.image, x, y, sigma)
         gal = np.asarray(t["galaxy"], bool)[ti]
+        family = np.asarray(t["family"])[ti] if "family" in t.colnames else np.zeros(len(ti))
         objects.append(
             {
                 "scene": np.full(len(ti), i),
@@ -136,6 +137,7 @@ def collect(sim, detectors, est, *, progress=True):
                 "mag_i": np.asarray(t["mag"])[ti, i_band],
                 "blend": np.asarray(t["blendedness"])[ti, i_band],
                 "snr": snr_i[ti],
+                "family": np.where(gal, family, -1).astype(np.int16),
                 "w": w,
                 "mu": mu,
                 "sd": sd,
@@ -216,8 +218,10 @@ def speed(det, est, runs=3):
         "threads": auto_threads(),
         "runs": runs,
         "detector_bands": "".join(det.bands),
+        "reference_speed_s": reference_speed_s(),
         "note": "detection (MAP catalog) + photo-z PDFs and catalog summaries of every galaxy, "
-        "warm process, median of runs",
+        "warm process, median of runs; reference_speed_s: the machine's speed at the time "
+        "(probcat.provenance.reference_speed_s, about 2.5 s on a normal day)",
     }
 
 
@@ -350,6 +354,34 @@ def evaluate_depth(obj, train, survey, seed):
     return out, pdfs, sel
 
 
+def morphology_check(sim, detectors, est, train, progress):
+    """The three codes, still trained on bulge + disk scenes, on test scenes whose galaxies
+    have the shapes of the morphology families (``dc2:morphology``: the same DC2 rows,
+    colours and redshifts, the same scene seed); per family too."""
+    obj, det_summary = collect(sim, detectors, est, progress=progress)
+    gold = obj["gold"]
+    pdfs, _ = code_pdfs(obj, train, gold, sim.survey, 0)
+    z, family = obj["z"][gold], obj["family"][gold]
+    keys = (*METRIC_KEYS, "pit_coverage_68", "pit_coverage_95")
+    out = {
+        "population": sim.config.population,
+        "scenes": len(sim),
+        "seed": sim.config.seed,
+        "n_test_galaxies": int(gold.sum()),
+        **{c: {k: v for k, v in all_metrics(pdfs[c], z).items() if k in keys} for c in CODES},
+        "by_family": {},
+        "detection": det_summary,
+    }
+    for code, name in enumerate(FAMILIES):
+        sel = family == code
+        out["by_family"][name] = {"n": int(sel.sum())}
+        if sel.sum() >= 10:
+            for c in CODES:
+                m = all_metrics(pdfs[c][sel], z[sel])
+                out["by_family"][name][c] = {k: m[k] for k in ("bias", "sigma_iqr", "outlier_frac")}
+    return out
+
+
 def ensure_rail() -> None:
     """The catalog codes live in the ``rail`` extra: install it into this environment when
     missing (the benchmark's own dependency, ~2 GB)."""
@@ -376,6 +408,12 @@ def main(argv=None):
     ap.add_argument("--years", default="10,5", help="depths; the first is the headline")
     ap.add_argument("--seed", type=int, default=4041, help="test scene seed")
     ap.add_argument("--train-seed", type=int, default=5051, help="RAIL training scene seed")
+    ap.add_argument(
+        "--morphology-scenes",
+        type=int,
+        default=1500,
+        help="test scenes of DC2 galaxies with the morphology families' shapes (0: none)",
+    )
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
@@ -394,13 +432,14 @@ def main(argv=None):
         detectors = {"ugrizy": probcat.load(args.detector_ugrizy), "i": det}
     primary = next(iter(detectors.values()))
     years = [float(y) for y in args.years.split(",")]
-    by_depth, detection, samples = {}, {}, {}
+    by_depth, detection, samples, train_tables = {}, {}, {}, {}
     for y in years:
         test = _sim("test", y, args.test_scenes, args.seed)
         trn = _sim("train", y, args.train_scenes, args.train_seed)
         obj_train, _ = collect(trn, {"primary": primary}, est, progress=not args.quiet)
         obj, det_summary = collect(test, detectors, est, progress=not args.quiet)
-        res, pdfs, sel = evaluate_depth(obj, train_table(obj_train, test.survey), test.survey, 0)
+        train_tables[y] = train_table(obj_train, test.survey)
+        res, pdfs, sel = evaluate_depth(obj, train_tables[y], test.survey, 0)
         res["n_train_galaxies"] = int(obj_train["gold"].sum())
         res["n_test_galaxies"] = int(obj["gold"].sum())
         by_depth[f"{y:g}"] = res
@@ -436,6 +475,15 @@ def main(argv=None):
     if "ugrizy" not in det_head:
         det_head["ugrizy"] = None
         ugrizy_note = "no six-band detection weights given (--detector-ugrizy); not measured"
+    morphology = None
+    if args.morphology_scenes > 0:
+        sim = _sim("test", years[0], args.morphology_scenes, args.seed, population="dc2:morphology")
+        morphology = morphology_check(
+            sim, detectors, est, train_tables[years[0]], progress=not args.quiet
+        )
+        morphology["sigma_iqr_over_bulge_disk"] = {
+            c: morphology[c]["sigma_iqr"] / res[c]["sigma_iqr"] for c in CODES
+        }
     t_speed = speed(primary, est)
     pf, fz, bz = res["probcat"], res["flexzboost"], res["bpz"]
     targets = {
@@ -470,6 +518,7 @@ def main(argv=None):
         "detection_ugrizy_note": ugrizy_note,
         "speed": t_speed,
         "targets": targets,
+        "morphology": morphology,
         "by_depth": {
             k: {kk: vv for kk, vv in v.items() if kk != "binned"} for k, v in by_depth.items()
         },

@@ -86,6 +86,49 @@ def test_family_split_keeps_galaxies_disjoint():
         prior.parse_families("morphology:spirals")
 
 
+def test_dc2_morphology_keeps_dc2_rows_and_colours_with_family_shapes():
+    dc2 = prior.dc2_galaxies(split="test", seed=0, bands=("g", "r"))
+    t = prior.galaxy_population("dc2:morphology", split="test", seed=0, bands=("g", "r"))
+    for c in ("id", "mag_g", "mag_r", "redshift"):
+        assert np.array_equal(np.asarray(t[c]), np.asarray(dc2[c]), equal_nan=True), c
+    assert "mag_i" not in t.colnames and t.meta["POPKIND"] == "dc2"
+    fam = np.asarray(t["family"])
+    frac = np.bincount(fam, minlength=5) / len(t)
+    assert frac == pytest.approx([prior.FAMILY_FRACTIONS[f] for f in prior.FAMILIES], abs=0.01)
+    sersic = fam == prior.FAMILIES.index("sersic")
+    n = np.asarray(t["sersic_n"])
+    assert np.all((n[sersic] >= 0.5) & (n[sersic] <= 6.0)) and np.all(np.isnan(n[~sersic]))
+    knots = np.asarray(t["knot_frac"])
+    for name in ("clumpy", "irregular"):
+        assert np.all(knots[fam == prior.FAMILIES.index(name)] >= 0.05), name
+    assert np.all(knots[fam == prior.FAMILIES.index("bulge_disk")] == 0)
+    only = prior.galaxy_population("dc2:morphology:spiral", split="test", seed=0, bands=("i",))
+    assert set(np.asarray(only["family"])) == {prior.FAMILIES.index("spiral")}
+    assert np.all(np.asarray(only["arm_frac"]) >= 0.1)
+    assert prior.prior_version("dc2:morphology:spiral") == "dc2 v1 + morphology v1 (spiral)"
+    assert prior.is_builtin("dc2:morphology") and not prior.is_builtin("cat.fits")
+    with pytest.raises(ProbcatValueError, match="after 'dc2:'"):
+        prior.galaxy_population("dc2:bulge", split="test", seed=0, bands=("i",))
+
+
+@pytest.mark.slow
+def test_dc2_morphology_scene_has_the_dc2_scene_sources(tmp_path):
+    from probcat.simulate.datasets import Simulation, SimulationConfig
+
+    scenes = {}
+    for pop in ("dc2", "dc2:morphology"):
+        cfg = SimulationConfig(
+            recipe="blend", bands="gi", population=pop, bank_size=12, n=1, size=32, split="test"
+        )
+        sim = Simulation(cfg, cache_dir=tmp_path, workers=1, progress=False)
+        scenes[pop] = sim.scene(0)[0].catalog
+    a, b = scenes["dc2"], scenes["dc2:morphology"]
+    assert np.array_equal(a["source_id"], b["source_id"])
+    gal = np.asarray(a["galaxy"], bool)
+    assert np.array_equal(np.asarray(a["redshift"])[gal], np.asarray(b["redshift"])[gal])
+    assert np.allclose(np.asarray(a["x"])[~gal], np.asarray(b["x"])[~gal])
+
+
 @pytest.fixture(scope="module")
 def morph_bank(tmp_path_factory):
     from probcat.survey import Survey

@@ -51,3 +51,17 @@ def test_json_safe_makes_strict_json():
     got = json_safe({"a": [np.float32(1.5), float("nan")], "b": (np.int64(3), np.inf), "c": "x"})
     assert got == {"a": [1.5, None], "b": [3, None], "c": "x"}
     json.dumps(got, allow_nan=False)
+
+
+def test_reference_speed_runs_and_leaves_torch_state_alone():
+    import math
+
+    import torch
+
+    from probcat.provenance import reference_speed_s
+
+    threads, state = torch.get_num_threads(), torch.random.get_rng_state()
+    t = reference_speed_s(size=16, runs=3)
+    assert math.isfinite(t) and 0 < t < 60
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.random.get_rng_state(), state)  # its own generator

@@ -9,7 +9,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["provenance", "git_commit", "write_record", "json_safe"]
+__all__ = ["provenance", "git_commit", "write_record", "json_safe", "reference_speed_s"]
 
 _PACKAGES = ("probcat", "numpy", "torch", "galsim", "sep", "astropy", "surveycodex")
 
@@ -73,3 +73,35 @@ def json_safe(obj):
     if isinstance(obj, (float, np.floating)):
         return float(obj) if math.isfinite(obj) else None
     return obj
+
+
+def reference_speed_s(size: int = 1000, runs: int = 2) -> float:
+    """Seconds a fixed reference computation takes now, in this process: a yardstick of the
+    machine's speed for benchmarks that report seconds.
+
+    The same CPU runs at different speeds from one session to another (shared hosts). The
+    reference is a 5-layer, 64-channel 3x3 convolution net (ReLU, float32, no gradients,
+    the process's torch threads) on one ``size`` x ``size`` image, median of ``runs`` after
+    a warm-up; at 1000 x 1000 it took about 2.5 s with two threads on the quiet 2-core
+    development machine on a normal day. Ratios of a benchmark's seconds to it compare
+    across sessions; targets are judged on the seconds themselves."""
+    import time
+
+    import numpy as np
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+        torch.manual_seed(0)
+        layers: list = []
+        for k in range(5):
+            layers += [torch.nn.Conv2d(1 if k == 0 else 64, 64, 3, padding=1), torch.nn.ReLU()]
+        net = torch.nn.Sequential(*layers).eval()
+        x = torch.randn(1, 1, size, size)
+    times = []
+    with torch.no_grad():
+        net(x)
+        for _ in range(runs):
+            t = time.perf_counter()
+            net(x)
+            times.append(time.perf_counter() - t)
+    return float(np.median(times))

@@ -27,7 +27,7 @@ import numpy as np
 from astropy.table import Table
 
 from probcat.errors import ProbcatIOError, ProbcatValueError
-from probcat.simulate.prior import galaxy_population, parse_families
+from probcat.simulate.prior import galaxy_population, is_builtin
 from probcat.simulate.render import MAX_STAMP, MIN_STAMP, draw_stamp, galaxy_profile_for, snr_eq12
 from probcat.survey import Band, Survey
 
@@ -49,7 +49,8 @@ class BankConfig:
 
     Attributes:
         population: ``"parametric"``, ``"morphology"`` (or ``"morphology:f1+f2"``, a subset of
-            its families), ``"dc2"`` or a path to a FITS/Parquet catalog.
+            its families), ``"dc2"``, ``"dc2:morphology[:f1+f2]"`` (DC2 colours and redshifts
+            with those shapes) or a path to a FITS/Parquet catalog.
         split: ``"train"``, ``"val"`` or ``"test"`` (disjoint galaxies).
         n_galaxies: galaxies in the bank (a random subset for catalog populations).
         catalog_seed: seed of the population and of the split.
@@ -292,10 +293,7 @@ class SourceBank:
             },
             sort_keys=True,
         )
-        if parse_families(config.population) is None and config.population not in (
-            "parametric",
-            "dc2",
-        ):
+        if not is_builtin(config.population):
             blob += hashlib.sha256(Path(config.population).read_bytes()).hexdigest()
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

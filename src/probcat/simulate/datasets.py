@@ -36,7 +36,7 @@ from probcat.catalog import (
 )
 from probcat.errors import ProbcatFileError, ProbcatValueError
 from probcat.simulate.bank import BankConfig, SourceBank
-from probcat.simulate.prior import GALAXY_DENSITY, MAG_GOLD, STAR_DENSITY, parse_families
+from probcat.simulate.prior import GALAXY_DENSITY, MAG_GOLD, STAR_DENSITY, is_builtin
 from probcat.simulate.scene import Scene, SceneConfig, SceneSimulator
 from probcat.survey import Survey
 
@@ -65,7 +65,8 @@ class SimulationConfig:
         n: number of images (``pair``: separations 0, 0.1, ... px, at most 201).
         seed: image seed (positions, counts, noise).
         bands: band names, e.g. ``"i"`` or ``"ugrizy"``.
-        population: ``"parametric"``, ``"dc2"`` or a catalog path (see ``prior``).
+        population: ``"parametric"``, ``"morphology[:families]"``, ``"dc2"``,
+            ``"dc2:morphology[:families]"`` or a catalog path (see ``prior``).
         split: galaxies from ``"train"``, ``"val"`` or ``"test"``.
         years: coadd depth in years (exposure scales with it).
         bank_size: galaxies rendered into the source bank.
@@ -100,8 +101,7 @@ class SimulationConfig:
                 )
         if not (self.years > 0 and math.isfinite(self.years)):
             raise ProbcatValueError(f"years must be a positive finite number, got {self.years}")
-        named = self.population in ("parametric", "dc2") or parse_families(self.population)
-        if not named and not Path(self.population).is_file():
+        if not is_builtin(self.population) and not Path(self.population).is_file():
             raise ProbcatFileError(f"{self.population}: population catalog not found")
         max_pairs = int(round(PAIR_MAX_SEPARATION / PAIR_STEP)) + 1
         if self.recipe == "pair" and self.n > max_pairs:

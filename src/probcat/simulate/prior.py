@@ -90,6 +90,10 @@ faint, small, star-forming discs):
 
 The true position of a galaxy is its light-weighted centroid.
 
+:func:`dc2_morphology_galaxies` (population ``"dc2:morphology"`` or
+``"dc2:morphology:<f1>+<f2>..."``): the DC2 galaxies above (magnitudes, colours, redshifts)
+with the shapes of the morphology families, assigned at random in the same fractions.
+
 Train/validation/test galaxies are disjoint (paper 000, section 2.2): built-in
 parametric galaxies are generated from different seeds per split with disjoint ids;
 DC2 rows are permuted with the split seed and cut in thirds.
@@ -121,6 +125,8 @@ __all__ = [
     "parse_families",
     "prior_version",
     "dc2_galaxies",
+    "dc2_morphology_galaxies",
+    "is_builtin",
     "galaxy_population",
     "read_population",
     "star_magnitudes",
@@ -317,6 +323,9 @@ PRIOR_VERSIONS = {"parametric": "bulge+disk v1", "dc2": "dc2 v1", "morphology": 
 def prior_version(kind: str) -> str:
     """Version label of a built-in population (recorded in weight manifests); a catalog
     path is reported as itself."""
+    dc2_families = _dc2_families(kind)
+    if dc2_families is not None:
+        return f"{PRIOR_VERSIONS['dc2']} + {prior_version(kind[4:])}"
     families = parse_families(kind)
     if families is not None:
         label = PRIOR_VERSIONS["morphology"]
@@ -430,15 +439,80 @@ def morphology_galaxies(
     ]
 
 
+def dc2_morphology_galaxies(
+    *,
+    split: str = "train",
+    seed: int = 0,
+    bands: tuple[str, ...] = tuple("ugrizy"),
+    families: tuple[str, ...] = FAMILIES,
+) -> Table:
+    """DC2 magnitudes and redshifts (:func:`dc2_galaxies`, same rows for the same split and
+    seed) with the shapes of the morphology families (population ``"dc2:morphology"`` or
+    ``"dc2:morphology:<f1>+<f2>..."``).
+
+    Each galaxy is given a family at random, in proportion to :data:`FAMILY_FRACTIONS`
+    renormalised over ``families``, and that family's shape at its i magnitude (module
+    docstring). Shapes are achromatic: a clump has the colours of its galaxy (real
+    star-forming clumps are bluer than their discs; documented limitation)."""
+    k = _split_index(split)
+    families = tuple(f for f in FAMILIES if f in families)
+    if not families:
+        raise ProbcatValueError("dc2_morphology_galaxies needs at least one family")
+    t = dc2_galaxies(split=split, seed=seed, bands=tuple(dict.fromkeys((*bands, "i"))))
+    mag_i = np.asarray(t["mag_i"], float)
+    codes = np.array([FAMILIES.index(f) for f in families])
+    frac = np.array([FAMILY_FRACTIONS[f] for f in families])
+    rng = np.random.default_rng([seed, k, 15485867])
+    pick = rng.choice(codes, len(t), p=frac / frac.sum())
+    cols: dict[str, np.ndarray] = {}
+    for code in codes:
+        rows = np.flatnonzero(pick == code)
+        shape_rng = np.random.default_rng([seed, k, 15485867, int(code) + 1])
+        for name, col in _family_shapes(shape_rng, FAMILIES[code], mag_i[rows]).items():
+            col = np.asarray(col)
+            cols.setdefault(name, np.zeros(len(t), col.dtype))[rows] = col
+    for name, col in cols.items():
+        t[name] = col
+    t["family"] = pick.astype(np.int16)
+    out = t[["id", *(f"mag_{b}" for b in bands), *MORPHOLOGY_COLUMNS, *FAMILY_COLUMNS, "redshift"]]
+    out.meta["POPKIND"] = "dc2"
+    out.meta["FAMILIES"] = "+".join(families)
+    return out
+
+
+def _dc2_families(kind: str) -> tuple[str, ...] | None:
+    """Families of a ``"dc2:morphology[:families]"`` population; None for any other name."""
+    if not kind.startswith("dc2:"):
+        return None
+    families = parse_families(kind[4:])
+    if families is None:
+        raise ProbcatValueError(
+            f"population {kind!r}: after 'dc2:' give morphology or morphology:<families>"
+        )
+    return families
+
+
+def is_builtin(kind: str) -> bool:
+    """Whether ``kind`` names a built-in population (otherwise it is a catalog path)."""
+    return (
+        kind in ("parametric", "dc2")
+        or parse_families(kind) is not None
+        or _dc2_families(kind) is not None
+    )
+
+
 def galaxy_population(
     kind: str, *, split: str, seed: int, bands: tuple[str, ...], n: int = 20000
 ) -> Table:
-    """Dispatch: ``"parametric"`` or ``"morphology[:families]"`` (n galaxies), ``"dc2"``, or a
-    path to a FITS/Parquet table."""
+    """Dispatch: ``"parametric"`` or ``"morphology[:families]"`` (n galaxies), ``"dc2"`` or
+    ``"dc2:morphology[:families]"``, or a path to a FITS/Parquet table."""
     if kind == "parametric":
         return parametric_galaxies(n, split=split, seed=seed, bands=bands)
     if kind == "dc2":
         return dc2_galaxies(split=split, seed=seed, bands=bands)
+    dc2_families = _dc2_families(kind)
+    if dc2_families is not None:
+        return dc2_morphology_galaxies(split=split, seed=seed, bands=bands, families=dc2_families)
     families = parse_families(kind)
     if families is not None:
         return morphology_galaxies(n, split=split, seed=seed, bands=bands, families=families)
