@@ -55,7 +55,12 @@ class GalaxyEncoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.convs(torch.asinh(x)))
+        return self.from_asinh(torch.asinh(x))
+
+    def from_asinh(self, xa: torch.Tensor) -> torch.Tensor:
+        """The latent of a stamp already through ``asinh`` (encoders reading the same stamps
+        transform them once)."""
+        return self.fc(self.convs(xa))
 
 
 class GalaxyDecoder(nn.Module):

@@ -92,7 +92,8 @@ class PhotozNet(nn.Module):
         if self.members == 1:
             w, m, sd = self._mixture(self.encoder(x))
             return w, m, sd * self.sd_scale
-        parts = [self._mixture(enc(x)) for enc in self.encoders]
+        xa = torch.asinh(x)  # once for every member
+        parts = [self._mixture(enc.from_asinh(xa)) for enc in self.encoders]
         w, m, sd = (torch.cat([p[j] for p in parts], dim=1) for j in range(3))
         return w / self.members, m, sd * self.sd_scale
 

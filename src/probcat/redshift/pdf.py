@@ -84,8 +84,9 @@ def truncated_mean(weights, means, sds) -> np.ndarray:
     return np.sum(w * (m * ndtr(a) + s * phi), axis=1) / _mass_above_zero(w, m, s)
 
 
-def quantiles(weights, means, sds, q, iters: int = 60) -> np.ndarray:
-    """``(n,)`` quantile ``q`` of each truncated mixture, by bisection on the exact CDF."""
+def quantiles(weights, means, sds, q, iters: int = 40) -> np.ndarray:
+    """``(n,)`` quantile ``q`` of each truncated mixture, by bisection on the exact CDF
+    (``iters`` halvings of [0, max(mu + 10 sd)]: 40 leave an error under 1e-10 for z < 10)."""
     w, m, s = check_mixture(weights, means, sds)
     lo = np.zeros(len(w))
     hi = np.max(m + 10 * s, axis=1).clip(min=1e-6)
