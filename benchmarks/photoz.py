@@ -33,7 +33,7 @@ from probcat.baselines.sep import sep_detect
 from probcat.catalog import atomic_write
 from probcat.metrics import f1_score, match, precision_recall_f1
 from probcat.provenance import json_safe, provenance, reference_speed_s
-from probcat.redshift.metrics import all_metrics, binned, pit_values
+from probcat.redshift.metrics import all_metrics, binned, pit_values, point_metrics
 from probcat.redshift.pdf import GRID, grid_pdf, truncated_pdf
 from probcat.simulate.datasets import Simulation, SimulationConfig
 from probcat.simulate.prior import FAMILIES, MAG_GOLD
@@ -372,13 +372,13 @@ def morphology_check(sim, detectors, est, train, progress):
         "by_family": {},
         "detection": det_summary,
     }
+    modes = {c: GRID[np.argmax(pdfs[c], 1)] for c in CODES}
     for code, name in enumerate(FAMILIES):
         sel = family == code
         out["by_family"][name] = {"n": int(sel.sum())}
         if sel.sum() >= 10:
             for c in CODES:
-                m = all_metrics(pdfs[c][sel], z[sel])
-                out["by_family"][name][c] = {k: m[k] for k in ("bias", "sigma_iqr", "outlier_frac")}
+                out["by_family"][name][c] = point_metrics(modes[c][sel], z[sel])
     return out
 
 
