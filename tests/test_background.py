@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from probcat.background import masked_sky, prepare, sky, sky_offset
+from probcat.background import masked_noise, masked_sky, prepare, sky, sky_offset
 from probcat.errors import ProbcatValueError
 
 
@@ -48,6 +48,33 @@ def test_noise_that_disagrees_with_the_pixels_is_a_warning_with_the_measured_val
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         prepare(_field(np.random.default_rng(2)), np.array([400.0]))  # agrees: no warning
+
+
+def _filled(rng, size=98, scale=1.0):
+    """A small scene that two bright, large galaxies fill: unit noise times ``scale``."""
+    x = scale * rng.standard_normal((1, size, size))
+    yy, xx = np.mgrid[:size, :size]
+    for cx, cy, peak, w in ((30, 45, 40.0, 10.0), (70, 60, 30.0, 12.0)):
+        x[0] += peak * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * w**2))
+    return x.astype(np.float32)
+
+
+def test_galaxies_filling_a_small_image_are_not_counted_as_noise():
+    """Their light lifts the quick noise estimate to several times the noise; measured with
+    them masked it is the noise, so a right sigma is not warned about and a wrong one is."""
+    x = _filled(np.random.default_rng(3))
+    back, rms = sky(x[0])
+    assert rms > 3.0  # the quick estimate counts the galaxies
+    assert masked_noise(x[0], back, rms) == pytest.approx(1.0, rel=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, info = prepare(x, np.array([250.0]))
+    assert info["pixel_noise"][0] == pytest.approx(250.0, rel=0.1)
+    with pytest.warns(UserWarning, match=r"NOISE 500 differs from the measured pixel noise 2\d\d"):
+        prepare(_filled(np.random.default_rng(3), scale=0.5), np.array([500.0]))  # twice
+    pure = np.random.default_rng(4).standard_normal((200, 200)).astype(np.float32) * 2.0
+    b, r = sky(pure)  # on pure noise both estimates agree
+    assert masked_noise(pure, b, r) == pytest.approx(r, rel=0.02)
 
 
 def test_small_images_and_none_are_left_alone_and_bad_modes_are_errors():
