@@ -78,6 +78,11 @@ def test_truncated_pdf_cdf_mean_quantiles_against_quadrature():
         assert truncated_mean(w, m, s)[k] == pytest.approx(mean, rel=1e-7)
     q = quantiles(w, m, s, 0.3)
     assert truncated_cdf(w, m, s, q) == pytest.approx(np.full(3, 0.3), abs=1e-9)
+    levels = [0.02, 0.3, 0.9]  # several levels in one bisection: each as if alone
+    qv = quantiles(w, m, s, levels)
+    assert qv.shape == (3, 3) and np.array_equal(qv[:, 1], q)
+    for j, lev in enumerate(levels):
+        assert truncated_cdf(w, m, s, qv[:, j]) == pytest.approx(np.full(3, lev), abs=1e-9)
 
 
 def test_summaries_of_a_narrow_gaussian():

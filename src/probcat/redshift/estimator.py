@@ -17,7 +17,7 @@ from probcat.errors import ProbcatValueError
 
 __all__ = ["PhotozEstimator", "PhotozResult", "stamps_at"]
 
-_CHUNK = 1024  # stamps per forward pass
+_CHUNK = 256  # stamps per forward pass (cache-sized: faster on a CPU than larger ones)
 
 
 def stamps_at(x_sigma: np.ndarray, x, y, size: int) -> np.ndarray:
@@ -62,6 +62,20 @@ class PhotozResult:
         return truncated_pdf(self.weights, self.means, self.sds, GRID if grid is None else grid)
 
 
+def _for_inference(net):
+    """``net`` in eval mode with in-place activations (each acts on a fresh convolution
+    output) and channels-last convolution weights: same outputs, about twice as fast on a
+    CPU for these few-channel stamps."""
+    import torch
+    from torch import nn
+
+    net.eval()
+    for m in net.modules():
+        if isinstance(m, nn.LeakyReLU):
+            m.inplace = True
+    return net.to(memory_format=torch.channels_last)
+
+
 class PhotozEstimator:
     """The photo-z mixture density network ready for inference.
 
@@ -75,7 +89,7 @@ class PhotozEstimator:
     def __init__(self, net, survey, manifest=None, *, device=None, threads="auto"):
         from probcat.runtime import place
 
-        net, self.device = place(net, device, threads)
+        net, self.device = place(_for_inference(net), device, threads)
         self.net, self.survey, self.manifest, self.threads = net, survey, manifest, threads
 
     def __repr__(self) -> str:
@@ -112,7 +126,8 @@ class PhotozEstimator:
         with thread_limit(n_threads), torch.no_grad():
             for s in range(0, len(x), _CHUNK):
                 st = stamps_at(x_sigma, x[s : s + _CHUNK], y[s : s + _CHUNK], size)
-                w, m, sd = self.net(torch.from_numpy(st).to(self.device))
+                st = torch.from_numpy(st).to(self.device, memory_format=torch.channels_last)
+                w, m, sd = self.net(st)
                 outs.append([t.double().cpu().numpy() for t in (w, m, sd)])
         w, m, sd = (np.concatenate([o[j] for o in outs]) for j in range(3))
         return w / w.sum(1, keepdims=True), m, sd
