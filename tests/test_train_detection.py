@@ -138,7 +138,15 @@ def test_config_rejects_typos_before_any_work(tmp_path):
         _cfg(phases=[{"train": "refiner"}])
 
 
-@pytest.mark.parametrize("name", ["detection_lsst_i", "detection_lsst_i_bulgedisk"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "detection_lsst_i",
+        "detection_lsst_i_bulgedisk",
+        "detection_lsst_ugrizy",
+        "detection_lsst_ugrizy_bulgedisk",
+    ],
+)
 def test_shipped_config_is_the_shipped_weights_config(name):
     from probcat.weights import manifest
 
