@@ -63,3 +63,20 @@ def random_catalog(n=6, seed=0, shape=(20, 30)):
         ("g", "i"),
         {"seed": seed},
     )
+
+
+def benchmark_module(name: str):
+    """A script of benchmarks/ as a module (its folder on the path only while it loads)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location(f"_bench_{name}", folder / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path[:] = [p for p in sys.path if p != str(folder)]
+    return mod

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from helpers import benchmark_module
 
 from probcat.cli import main
 from probcat.population.chain import NetConfig, PopulationConfig, run_chain
@@ -200,25 +201,8 @@ def test_detected_lists_lie_in_their_regions_with_the_population_s_fluxes(tmp_pa
     assert chain.e_r4_fallbacks == 15 and (lists[..., 0] >= 1.18 - 1e-6).all()
 
 
-def _benchmark_module(name: str):
-    """A script of benchmarks/ as a module (its folder on the path only while it loads)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    folder = Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(folder))
-    try:
-        spec = importlib.util.spec_from_file_location(f"_bench_{name}", folder / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path[:] = [p for p in sys.path if p != str(folder)]
-    return mod
-
-
 def test_population_targets_resume_only_targets_of_the_same_budget_and_networks(tmp_path):
-    bench = _benchmark_module("population_targets")
+    bench = benchmark_module("population_targets")
     cfg = PopulationConfig()
     shared = {"r1": "a" * 64, "r4": "b" * 64}
     row = {"seed": 4, "truth": {"N": 12.0}, "wall_s": 3.5, "r3": {"inside": [True, False]}}

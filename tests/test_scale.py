@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import benchmark_module
 
 from probcat.catalog import FullCatalog, make_wcs
 from probcat.cli import main
@@ -168,3 +169,23 @@ def test_serial_threads_option(tmp_path, weights):
         run(images, tmp_path / "c", weights=str(weights), workers=0, threads=0)
     with pytest.raises(ProbcatValueError, match="serial runs"):
         run(images, tmp_path / "c", weights=str(weights), workers=2, threads=2)
+
+
+def test_benchmark_row_comparison_counts_lost_duplicated_and_unexpected_rows():
+    """benchmarks/scale.py's kill tests: a row within the tolerance of a reference row is
+    that row (thread counts move centroids by ~1e-5 px); the counts on a hand-built case."""
+    compare = benchmark_module("scale").compare_rows
+    ref = {"a": {"x": np.array([1.0, 5.0, 9.0]), "y": np.array([1.0, 5.0, 9.0])},
+           "b": {"x": np.array([2.0]), "y": np.array([3.0])}}  # fmt: skip
+    got = {
+        "a": {"x": np.array([1.00001, 5.0, 5.0, 20.0]), "y": np.array([1.0, 5.0, 5.00002, 1.0])},
+        "c": {"x": np.array([1.0]), "y": np.array([1.0])},
+    }
+    out = compare(ref, got)
+    # a: (9, 9) lost, (5, 5) twice, (20, 1) unknown; b: missing (1 lost); c: extra file
+    assert out["lost_rows"] == 2 and out["duplicated_rows"] == 1
+    assert out["unexpected_rows"] == 1 and out["extra_catalogs"] == 1
+    assert out["max_matched_offset_px"] == pytest.approx(2e-5)
+    assert compare(ref, {k: dict(v) for k, v in ref.items()})["lost_rows"] == 0
+    moved = {"a": {"x": ref["a"]["x"] + 0.01, "y": ref["a"]["y"]}, "b": ref["b"]}
+    assert compare(ref, moved)["lost_rows"] == 3  # 0.01 px is another source
