@@ -59,9 +59,16 @@ def truncated_cdf(weights, means, sds, z) -> np.ndarray:
     """``(n,)`` CDF of each object's truncated mixture at its own ``z`` (``(n,)`` or scalar)."""
     w, m, s = check_mixture(weights, means, sds)
     z = np.broadcast_to(np.asarray(z, np.float64), (len(w),))
-    below = np.sum(w * (ndtr((z[:, None] - m) / s) - ndtr(-m / s)), axis=1)
-    out = below / _mass_above_zero(w, m, s)
+    out = _cdf(w, m, s, z[:, None], ndtr(-m / s), _mass_above_zero(w, m, s))[:, 0]
     return np.clip(np.where(z <= 0, 0.0, out), 0.0, 1.0)
+
+
+def _cdf(w, m, s, z, zero, mass) -> np.ndarray:
+    """``(n, j)`` truncated-mixture CDFs at ``z`` ``(n, j)`` of checked mixtures ``(n, k)``,
+    given each component's mass below zero ``zero = ndtr(-m / s)`` and each mixture's
+    ``mass`` above zero (unclipped; ``z >= 0``)."""
+    below = ndtr((z[:, :, None] - m[:, None, :]) / s[:, None, :]) - zero[:, None, :]
+    return np.sum(w[:, None, :] * below, axis=2) / mass[:, None]
 
 
 def truncated_pdf(weights, means, sds, grid=GRID) -> np.ndarray:
@@ -90,14 +97,12 @@ def quantiles(weights, means, sds, q, iters: int = 40) -> np.ndarray:
     for a number ``q``, ``(n, len(q))`` for a list of them (one bisection for all)."""
     w, m, s = check_mixture(weights, means, sds)
     qs = np.atleast_1d(np.asarray(q, np.float64))
-    zero = ndtr(-m / s)[:, None, :]  # (n, 1, k): each component's mass below z = 0
-    mass = _mass_above_zero(w, m, s)[:, None]
+    zero, mass = ndtr(-m / s), _mass_above_zero(w, m, s)  # once for every step
     lo = np.zeros((len(w), len(qs)))
     hi = np.repeat(np.max(m + 10 * s, axis=1).clip(min=1e-6)[:, None], len(qs), axis=1)
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
-        below = ndtr((mid[:, :, None] - m[:, None, :]) / s[:, None, :]) - zero
-        left = np.sum(w[:, None, :] * below, axis=2) / mass < qs
+        left = _cdf(w, m, s, mid, zero, mass) < qs
         lo = np.where(left, mid, lo)
         hi = np.where(left, hi, mid)
     out = 0.5 * (lo + hi)
