@@ -182,9 +182,34 @@ def code_pdfs(obj, train, sel, survey, seed):
     t1 = time.perf_counter()
     bp = grid_pdf(bpz(train, test_tab))
     t2 = time.perf_counter()
-    pc = truncated_pdf(obj["w"][sel], obj["mu"][sel], obj["sd"][sel], GRID)
-    pc = pc / np.trapezoid(pc, GRID, axis=1)[:, None]
+    pc = _grid(obj["w"][sel], obj["mu"][sel], obj["sd"][sel])
     return {"probcat": pc, "flexzboost": fzb, "bpz": bp}, {"fzb_s": t1 - t0, "bpz_s": t2 - t1}
+
+
+def _grid(w, mu, sd):
+    """probcat's truncated mixtures on the metric grid, normalised."""
+    pc = truncated_pdf(w, mu, sd, GRID)
+    return pc / np.trapezoid(pc, GRID, axis=1)[:, None]
+
+
+def ensemble_sizes(obj, sel, members: int, components: int):
+    """probcat's metrics on the objects ``sel`` with the first m members of its deep
+    ensemble pooled (m = 1 .. members; the stored mixtures hold member k's components in
+    columns k*components ..), and each member alone. The width factor stays the one fitted
+    for the whole ensemble."""
+    keys = ("sigma_iqr", "outlier_frac", "ks", "pit_coverage_68", "pit_coverage_95")
+    z = obj["z"][sel]
+    w, mu, sd = obj["w"][sel], obj["mu"][sel], obj["sd"][sel]
+
+    def metrics(cols, m):
+        met = all_metrics(_grid(w[:, cols] * (members / m), mu[:, cols], sd[:, cols]), z)
+        return {k: met[k] for k in keys}
+
+    first = {str(m): metrics(slice(0, m * components), m) for m in range(1, members + 1)}
+    alone = [
+        metrics(slice(k * components, (k + 1) * components), 1)["sigma_iqr"] for k in range(members)
+    ]
+    return {"first_m_members": first, "sigma_iqr_each_member": alone, "members": members}
 
 
 def train_table(obj, survey):
@@ -540,6 +565,7 @@ def main(argv=None):
         **provenance(command),
     }
     obj, pdfs, sel = samples[head]
+    result["ensemble_size"] = ensemble_sizes(obj, obj["gold"], est.net.members, est.net.components)
     figures(res, pdfs, sel, depth_pair, out)
     text = json.dumps(json_safe(result), indent=1, default=float)
     atomic_write(out / "photoz.json", lambda p: Path(p).write_text(text))

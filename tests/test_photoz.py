@@ -403,3 +403,26 @@ def test_photoz_demo_writes_its_outputs(tmp_path, photoz_weights, weights, cache
         assert qp.read(str(out / "photoz_pz.hdf5")).npdf == int(np.sum(cat["has_pz"]))
     rc = main(["demo", "--bands", "gri", "-o", str(tmp_path / "x")])
     assert rc == 2 and "--bands" in capsys.readouterr().err
+
+
+def test_benchmark_ensemble_sizes_reads_each_members_columns():
+    """benchmarks/photoz.py's ensemble ablation: member 0 puts narrow components at the
+    true z, member 1 at z + 0.5 (every object an outlier); pooled, the PIT values gather
+    near 0.25."""
+    from helpers import benchmark_module
+
+    bench = benchmark_module("photoz")
+    rng = np.random.default_rng(3)
+    n, k = 400, 2
+    z = rng.uniform(0.2, 2.0, n)
+    mu = np.concatenate([np.repeat(z[:, None], k, 1), np.repeat(z[:, None] + 0.5, k, 1)], 1)
+    mu[:, :k] += rng.normal(0, 0.01, (n, k)) * (1 + z[:, None])
+    obj = {"z": z, "w": np.full((n, 2 * k), 0.25), "mu": mu, "sd": np.full((n, 2 * k), 0.02)}
+    out = bench.ensemble_sizes(obj, np.ones(n, bool), members=2, components=k)
+    one, both = out["first_m_members"]["1"], out["first_m_members"]["2"]
+    assert out["members"] == 2 and set(out["first_m_members"]) == {"1", "2"}
+    assert one["outlier_frac"] < 0.05 and 0.005 < one["sigma_iqr"] < 0.03
+    assert out["sigma_iqr_each_member"][0] == pytest.approx(one["sigma_iqr"])
+    assert out["sigma_iqr_each_member"][1] > 3 * one["sigma_iqr"]
+    # pooled, half the mass lies at z + 0.5: PIT values pile up near 0.25, not uniform
+    assert one["ks"] < 0.25 and both["ks"] > 0.4
