@@ -33,7 +33,13 @@ from probcat.baselines.sep import sep_detect
 from probcat.catalog import atomic_write
 from probcat.metrics import f1_score, match, precision_recall_f1
 from probcat.provenance import json_safe, provenance, reference_speed_s
-from probcat.redshift.metrics import all_metrics, binned, pit_values, point_metrics
+from probcat.redshift.metrics import (
+    all_metrics,
+    binned,
+    paired_ratio,
+    pit_values,
+    point_metrics,
+)
 from probcat.redshift.pdf import GRID, grid_pdf, truncated_pdf
 from probcat.simulate.datasets import Simulation, SimulationConfig
 from probcat.simulate.prior import FAMILIES, MAG_GOLD
@@ -358,6 +364,15 @@ def evaluate_depth(obj, train, survey, seed):
     z = obj["z"][gold]
     for c in CODES:
         out[c] = all_metrics(pdfs[c], z)
+    modes = {c: GRID[np.argmax(p, 1)] for c, p in pdfs.items()}
+    out["ratios"] = {  # the targets' ratios with paired-bootstrap intervals
+        f"{key}_over_{c}": paired_ratio(modes["probcat"], modes[c], z, key)
+        for key, c in (
+            ("sigma_iqr", "flexzboost"),
+            ("outlier_frac", "flexzboost"),
+            ("outlier_frac", "bpz"),
+        )
+    }
     # Table 5: stars classified as galaxies join the sample with true z = 0
     z_both = obj["z"][both]
     out["with_stars"] = {
@@ -375,7 +390,7 @@ def evaluate_depth(obj, train, survey, seed):
     ):
         out["binned"][key] = {"column": column}
         for c in CODES:
-            out["binned"][key][c] = binned(GRID[np.argmax(pdfs[c], 1)], z, sel[column], edges)
+            out["binned"][key][c] = binned(modes[c], z, sel[column], edges)
     return out, pdfs, sel
 
 
@@ -536,6 +551,7 @@ def main(argv=None):
         **{c: {k: res[c][k] for k in res[c]} for c in CODES},
         "secondary_peak_recovery": res["probcat"]["secondary_peak_recovery"],
         f"sigma_iqr_y{years[-1]:g}_over_y{years[0]:g}": ratio,
+        "ratios": res["ratios"],
         "pit_coverage_68": pf["pit_coverage_68"],
         "pit_coverage_95": pf["pit_coverage_95"],
         "with_stars": res["with_stars"],

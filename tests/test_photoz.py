@@ -426,3 +426,21 @@ def test_benchmark_ensemble_sizes_reads_each_members_columns():
     assert out["sigma_iqr_each_member"][1] > 3 * one["sigma_iqr"]
     # pooled, half the mass lies at z + 0.5: PIT values pile up near 0.25, not uniform
     assert one["ks"] < 0.25 and both["ks"] > 0.4
+
+
+def test_paired_ratio_value_and_bootstrap():
+    rng = np.random.default_rng(5)
+    z = rng.uniform(0.1, 2.5, 3000)
+    a = z + 0.02 * (1 + z) * rng.standard_normal(3000)
+    b = z + 0.04 * (1 + z) * rng.standard_normal(3000)
+    r = pzm.paired_ratio(a, b, z, "sigma_iqr", boot=300)
+    exact = pzm.point_metrics(a, z)["sigma_iqr"] / pzm.point_metrics(b, z)["sigma_iqr"]
+    assert r["value"] == pytest.approx(exact)
+    lo68, hi68 = r["interval_68"]
+    lo95, hi95 = r["interval_95"]
+    assert lo95 < lo68 < exact < hi68 < hi95 and 0.4 < lo95 and hi95 < 0.6
+    assert r["fraction_above_1"] == 0.0
+    same = pzm.paired_ratio(a, a, z, "sigma_iqr", boot=50)  # paired: exactly 1 each time
+    assert same["interval_95"] == [1.0, 1.0] and same["fraction_above_1"] == 0.0
+    with pytest.raises(ValueError, match="one estimate per object"):
+        pzm.paired_ratio(a, b[:-1], z)
