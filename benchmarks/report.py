@@ -40,6 +40,8 @@ def _fmt(value, spec: str) -> str:
         return "–"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, list):  # an interval
+        return "[" + ", ".join(format(v, spec) for v in value) + "]"
     return format(value, spec)
 
 
@@ -668,6 +670,35 @@ TABLES = {
                 None,
                 ".2f",
                 "",
+            ),
+            (
+                "σ_IQR over FlexZBoost's (same objects)",
+                "ratios.sigma_iqr_over_flexzboost.value",
+                None,
+                ".3f",
+                "≤ 0.85",
+            ),
+            (
+                "σ_IQR over FlexZBoost's: paired-bootstrap 95% interval",
+                "ratios.sigma_iqr_over_flexzboost.interval_95",
+                None,
+                ".3f",
+                "",
+            ),
+            (
+                "outlier fraction over BPZ's: paired-bootstrap 95% interval",
+                "ratios.outlier_frac_over_bpz.interval_95",
+                None,
+                ".3f",
+                "< 1",
+            ),
+            (
+                "σ_IQR of the deep ensemble vs one of its nets alone (member 0)",
+                "probcat.sigma_iqr",
+                "ensemble_size.first_m_members.1.sigma_iqr",
+                ".4f",
+                "",
+                "one net",
             ),
         ],
     ),
