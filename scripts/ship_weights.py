@@ -63,6 +63,8 @@ PHOTOZ_HEADLINE = (
     "pit_coverage_68",
     "pit_coverage_95",
     "secondary_peak_recovery",
+    "ratios",
+    "ensemble_size",
     "sigma_iqr_y5_over_y10",
     "n_train_galaxies",
     "n_test_galaxies",
