@@ -192,6 +192,11 @@ def code_pdfs(obj, train, sel, survey, seed):
     return {"probcat": pc, "flexzboost": fzb, "bpz": bp}, {"fzb_s": t1 - t0, "bpz_s": t2 - t1}
 
 
+def _modes(pdfs: dict) -> dict:
+    """Each code's point estimates: the modes of its grid PDFs."""
+    return {c: GRID[np.argmax(p, 1)] for c, p in pdfs.items()}
+
+
 def _grid(w, mu, sd):
     """probcat's truncated mixtures on the metric grid, normalised."""
     pc = truncated_pdf(w, mu, sd, GRID)
@@ -263,7 +268,7 @@ def figures(res, pdfs, obj_sel, depth_pair, out):
     import matplotlib.pyplot as plt
 
     z = obj_sel["z"]
-    modes = {c: GRID[np.argmax(p, 1)] for c, p in pdfs.items()}
+    modes = _modes(pdfs)
     # Fig. 4: z_phot vs z_true
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.3), sharey=True)
     line = np.linspace(0, 3, 10)
@@ -364,7 +369,7 @@ def evaluate_depth(obj, train, survey, seed):
     z = obj["z"][gold]
     for c in CODES:
         out[c] = all_metrics(pdfs[c], z)
-    modes = {c: GRID[np.argmax(p, 1)] for c, p in pdfs.items()}
+    modes = _modes(pdfs)
     out["ratios"] = {  # the targets' ratios with paired-bootstrap intervals
         f"{key}_over_{c}": paired_ratio(modes["probcat"], modes[c], z, key)
         for key, c in (
@@ -412,7 +417,7 @@ def morphology_check(sim, detectors, est, train, progress):
         "by_family": {},
         "detection": det_summary,
     }
-    modes = {c: GRID[np.argmax(pdfs[c], 1)] for c in CODES}
+    modes = _modes(pdfs)
     for code, name in enumerate(FAMILIES):
         sel = family == code
         out["by_family"][name] = {"n": int(sel.sum())}

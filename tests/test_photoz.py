@@ -442,5 +442,5 @@ def test_paired_ratio_value_and_bootstrap():
     assert r["fraction_above_1"] == 0.0
     same = pzm.paired_ratio(a, a, z, "sigma_iqr", boot=50)  # paired: exactly 1 each time
     assert same["interval_95"] == [1.0, 1.0] and same["fraction_above_1"] == 0.0
-    with pytest.raises(ValueError, match="one estimate per object"):
+    with pytest.raises(ProbcatValueError, match="one estimate per object"):
         pzm.paired_ratio(a, b[:-1], z)

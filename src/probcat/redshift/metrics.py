@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from probcat.errors import ProbcatValueError
 from probcat.redshift.pdf import GRID, interp_ensemble
 
 __all__ = [
@@ -158,12 +159,14 @@ def paired_ratio(
     95% intervals and the fraction of resamples where the ratio exceeds 1."""
     z_a, z_b, z_true = (np.asarray(a, np.float64) for a in (z_phot_a, z_phot_b, z_true))
     if not len(z_a) == len(z_b) == len(z_true):
-        raise ValueError("paired_ratio needs one estimate per object from each code")
-    value = point_metrics(z_a, z_true)[key] / point_metrics(z_b, z_true)[key]
-    idx = np.random.default_rng(seed).integers(0, len(z_true), (boot, len(z_true)))
-    r = np.array(
-        [point_metrics(z_a[i], z_true[i])[key] / point_metrics(z_b[i], z_true[i])[key] for i in idx]
-    )
+        raise ProbcatValueError("paired_ratio needs one estimate per object from each code")
+
+    def ratio(i):
+        return point_metrics(z_a[i], z_true[i])[key] / point_metrics(z_b[i], z_true[i])[key]
+
+    rng = np.random.default_rng(seed)
+    value = ratio(slice(None))
+    r = np.array([ratio(rng.integers(0, len(z_true), len(z_true))) for _ in range(boot)])
     return {
         "value": float(value),
         "interval_68": [float(v) for v in np.percentile(r, [15.865, 84.135])],
