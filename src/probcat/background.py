@@ -81,6 +81,12 @@ def _step(size: int) -> int:
     return max(1, int(np.ceil(np.sqrt(size / NOISE_PIXELS))))
 
 
+def _mad_sigma(r: np.ndarray) -> float:
+    """The Gaussian sigma of ``r`` from its median absolute deviation (1.4826 MAD)."""
+    r = np.asarray(r, np.float64)
+    return 1.4826 * float(np.median(np.abs(r - np.median(r))))
+
+
 def sky(band: np.ndarray) -> tuple[np.ndarray, float]:
     """The smooth sky of one band ``(H, W)`` (``sep.Background``, boxes of 64 px or half the
     image, 3x3 median filter) and the noise of its pixels about it: 1.4826 times their
@@ -92,8 +98,7 @@ def sky(band: np.ndarray) -> tuple[np.ndarray, float]:
     data = np.ascontiguousarray(band, dtype=np.float32)
     back = sep.Background(data, bw=box, bh=box, fw=3, fh=3).back()
     step = _step(data.size)
-    resid = (data - back)[::step, ::step].astype(np.float64)
-    rms = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
+    rms = _mad_sigma((data - back)[::step, ::step])
     return back, rms
 
 
@@ -135,7 +140,7 @@ def _plane(data: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
             return None
         coef = np.linalg.lstsq(design[keep], z[keep], rcond=None)[0]
         r = z - design @ coef
-        scale = 1.4826 * np.median(np.abs(r[keep] - np.median(r[keep])))
+        scale = _mad_sigma(r[keep])
         keep = ok & (np.abs(r) < 3 * max(scale, 1e-30))
     x = np.arange(w) / w - 0.5
     y = np.arange(h) / h - 0.5
@@ -175,10 +180,10 @@ def masked_noise(band: np.ndarray, back: np.ndarray, rms: float) -> float:
         back = masked_sky(data, back, rms)
         resid = np.ascontiguousarray(data - back)
         keep = ~_source_mask(resid, rms)
-        r = resid[::step, ::step][keep[::step, ::step]].astype(np.float64)
+        r = resid[::step, ::step][keep[::step, ::step]]
         if r.size < NOISE_MIN_PIXELS:
             return float(rms)
-        rms = 1.4826 * float(np.median(np.abs(r - np.median(r))))
+        rms = _mad_sigma(r)
     return float(rms)
 
 
