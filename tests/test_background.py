@@ -50,11 +50,11 @@ def test_noise_that_disagrees_with_the_pixels_is_a_warning_with_the_measured_val
         prepare(_field(np.random.default_rng(2)), np.array([400.0]))  # agrees: no warning
 
 
-def _filled(rng, size=98, scale=1.0):
+def _filled(rng, size=98, scale=1.0, peaks=(40.0, 30.0), widths=(10.0, 12.0)):
     """A small scene that two bright, large galaxies fill: unit noise times ``scale``."""
     x = scale * rng.standard_normal((1, size, size))
     yy, xx = np.mgrid[:size, :size]
-    for cx, cy, peak, w in ((30, 45, 40.0, 10.0), (70, 60, 30.0, 12.0)):
+    for (cx, cy), peak, w in zip(((30, 45), (70, 60)), peaks, widths):
         x[0] += peak * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * w**2))
     return x.astype(np.float32)
 
@@ -75,6 +75,17 @@ def test_galaxies_filling_a_small_image_are_not_counted_as_noise():
     pure = np.random.default_rng(4).standard_normal((200, 200)).astype(np.float32) * 2.0
     b, r = sky(pure)  # on pure noise both estimates agree
     assert masked_noise(pure, b, r) == pytest.approx(r, rel=0.02)
+
+
+def test_masked_noise_iterates_until_the_wings_of_very_bright_galaxies_are_masked():
+    """Galaxies 10 times brighter and wider: two passes of sky, mask and noise still read
+    about 10 times the noise (each pass's mask is cut at the last pass's noise); passes
+    until the noise settles reach it."""
+    for seed in (3, 4):
+        x = _filled(np.random.default_rng(seed), peaks=(400.0, 300.0), widths=(14.0, 16.0))
+        back, rms = sky(x[0])
+        assert rms > 50.0
+        assert masked_noise(x[0], back, rms) == pytest.approx(1.0, rel=0.1)
 
 
 def test_small_images_and_none_are_left_alone_and_bad_modes_are_errors():

@@ -27,7 +27,7 @@ the catalog's metadata):
   the survey's default, when there is none) that differs from it by more than a factor of
   :data:`NOISE_FACTOR` is reported as a warning with the measured value. The quick
   measurement counts the light of sources that fill much of a small image as noise (a
-  98-px scene with a bright galaxy reads 2-3 times its noise), so before warning the noise
+  98-px scene with a bright galaxy reads 2-15 times its noise), so before warning the noise
   is measured again with the sources masked (:func:`masked_noise`).
 
 Images smaller than 32 x 32 px are too small to tell sky from source: they are left alone.
@@ -65,7 +65,8 @@ MASK_SIGMA = 1.5  # sources: SEP segmentation above this many sigma (3x3 filtere
 MASK_GROW = 3  # ...grown by this many px
 PASSES = 2  # mask, fit; mask again with the better sky, fit again
 PLANE_PIXELS = 250_000  # at most this many pixels in the plane fit
-NOISE_PASSES = 2  # masked_noise: sky, mask, noise; again with the better noise
+NOISE_PASSES = 10  # masked_noise: sky, mask, noise, again with the new noise; at most 10 times
+NOISE_TOL = 0.02  # ... until the noise changes by less than this fraction
 NOISE_MIN_PIXELS = 200
 NOISE_PIXELS = 250_000  # noise measured on at most about this many pixels (every step-th)
 
@@ -170,10 +171,13 @@ def masked_noise(band: np.ndarray, back: np.ndarray, rms: float) -> float:
     """The pixel noise of one band ``(H, W)`` measured with its sources masked, from a first
     sky ``back`` and noise ``rms`` (:func:`sky`): the sky refined by :func:`masked_sky`,
     sources masked above it (:func:`_source_mask`), 1.4826 times the median absolute
-    deviation of the other pixels; :data:`NOISE_PASSES` times, each with the last pass's
-    noise. On pure noise it equals the quick estimate; where bright sources fill much of
-    the image it is not lifted by their light. ``rms`` is returned when fewer than
-    :data:`NOISE_MIN_PIXELS` pixels are left unmasked."""
+    deviation of the other pixels; again with each pass's noise (a lower noise masks more
+    of the sources' wings) until it changes by less than :data:`NOISE_TOL`, at most
+    :data:`NOISE_PASSES` times. On pure noise it equals the quick estimate; where bright
+    sources fill much of the image it is not lifted by their light (a 98-px scene that an
+    i = 16.5 galaxy fills reads 1.7-2 times its noise after two passes, 1.1 at
+    convergence). ``rms`` is returned when fewer than :data:`NOISE_MIN_PIXELS` pixels are
+    left unmasked."""
     data = np.ascontiguousarray(band, dtype=np.float32)
     step = _step(data.size)
     for _ in range(NOISE_PASSES):
@@ -183,7 +187,9 @@ def masked_noise(band: np.ndarray, back: np.ndarray, rms: float) -> float:
         r = resid[::step, ::step][keep[::step, ::step]]
         if r.size < NOISE_MIN_PIXELS:
             return float(rms)
-        rms = _mad_sigma(r)
+        rms, last = _mad_sigma(r), rms
+        if abs(rms - last) <= NOISE_TOL * last:
+            break
     return float(rms)
 
 
