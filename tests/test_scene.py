@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+from probcat.errors import ProbcatValueError
+from probcat.simulate.bank import BankConfig, SourceBank
 from probcat.simulate.render import render_direct
 from probcat.simulate.scene import SceneConfig, SceneSimulator
 
@@ -62,3 +64,41 @@ def test_same_rng_same_scene(tiny_bank):
     b = sim.sample(np.random.default_rng(7))
     assert np.array_equal(a.image, b.image)
     assert np.array_equal(a.catalog["x"], b.catalog["x"])
+
+
+def _second_moment(stamp):
+    s = stamp / stamp.sum()
+    yy, xx = np.mgrid[: s.shape[0], : s.shape[1]]
+    cy, cx = (s * yy).sum(), (s * xx).sum()
+    return float((s * ((yy - cy) ** 2 + (xx - cx) ** 2)).sum())
+
+
+def test_seeing_mixture_draws_each_scene_from_one_psf_width(survey_i, cache_dir):
+    """Each scene is exactly the scene its simulator gives after the mixture's draw (same
+    generator), both widths occur, and the wider bank's stars are wider."""
+    from probcat.simulate.scene import SeeingMixture
+
+    cfg = BankConfig(n_galaxies=8, n_star_phases=2, split="train")
+    banks = [
+        SourceBank.load_or_build(
+            survey_i.with_psf_scale(s), cfg, cache_dir=cache_dir, workers=1, progress=False
+        )
+        for s in (1.0, 1.6)
+    ]
+    m2 = [_second_moment(b.star_stamps[0, 0]) for b in banks]
+    assert m2[1] > 1.8 * m2[0]  # FWHM x 1.6 (with the same optics): second moment ~x 2.3
+    sims = [SceneSimulator(b, SceneConfig(32, 32)) for b in banks]
+    mix = SeeingMixture(sims, (1.0, 1.6))
+    assert mix.bank is banks[0]
+    rng, ref = np.random.default_rng(5), np.random.default_rng(5)
+    drawn = set()
+    for _ in range(12):
+        scene = mix.sample(rng)
+        k = int(ref.integers(2))
+        drawn.add(k)
+        np.testing.assert_array_equal(scene.image, sims[k].sample(ref).image)
+    assert drawn == {0, 1}
+    with pytest.raises(ProbcatValueError, match="scale 1"):
+        SeeingMixture(sims, (0.8, 1.6))
+    with pytest.raises(ProbcatValueError, match="one scene layout"):
+        SeeingMixture([sims[0], SceneSimulator(banks[1], SceneConfig(40, 40))], (1.0, 1.6))

@@ -58,6 +58,22 @@ def test_psf_is_kolmogorov_times_obscured_airy():
     assert isinstance(psf, galsim.Convolution)
 
 
+def test_psf_scale_changes_the_seeing_only():
+    s = Survey.lsst(bands="gi")
+    w = s.with_psf_scale(1.5)
+    assert [b.psf_fwhm for b in w.bands] == pytest.approx([1.5 * b.psf_fwhm for b in s.bands])
+    np.testing.assert_array_equal(w.noise_sigma, s.noise_sigma)
+    assert [b.zeropoint for b in w.bands] == [b.zeropoint for b in s.bands]
+    fwhm = [
+        x["i"].psf().drawImage(nx=95, ny=95, scale=0.05, method="no_pixel").calculateFWHM()
+        for x in (s, w)
+    ]
+    assert 1.4 < fwhm[1] / fwhm[0] < 1.5  # the optics' part is not scaled
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ProbcatValueError, match="PSF scale"):
+            s.with_psf_scale(bad)
+
+
 def test_bad_bands_and_depth_raise_clear_errors():
     with pytest.raises(ProbcatValueError, match="unknown LSST band"):
         Survey.lsst(bands="iq")

@@ -10,6 +10,7 @@ from probcat.train.detection import (
     DetectionTask,
     DetectionTrainConfig,
     checkerboard_loss,
+    describe_data,
     load_config,
     train_detection,
 )
@@ -136,6 +137,23 @@ def test_config_rejects_typos_before_any_work(tmp_path):
         _cfg(data__image_size=33)
     with pytest.raises(ProbcatValueError, match="set model.loc_refine"):
         _cfg(phases=[{"train": "refiner"}])
+    for bad in ([0.8, 1.2], [1.0, 0.0], [1.0, 12.0]):
+        with pytest.raises(ProbcatValueError, match="data.psf_scales must hold 1.0"):
+            _cfg(data__psf_scales=bad)
+
+
+def test_psf_scales_train_on_a_seeing_mixture_of_their_banks(cache_dir):
+    from probcat.simulate.scene import SeeingMixture
+
+    cfg = _cfg(data__psf_scales=[1.0, 1.5])
+    task = DetectionTask(cfg, cache_dir=cache_dir, progress=False)
+    for sim in (task.train_sim, task.val_sim):
+        assert isinstance(sim, SeeingMixture) and sim.scales == (1.0, 1.5)
+        fwhm = [s.bank.survey.bands[0].psf_fwhm for s in sim.sims]
+        assert fwhm == pytest.approx([cfg.survey().bands[0].psf_fwhm * k for k in (1.0, 1.5)])
+    assert "x [1.0, 1.5]" in describe_data(cfg)["seeing"]
+    plain = DetectionTask(_cfg(), cache_dir=cache_dir, progress=False)
+    assert not isinstance(plain.train_sim, SeeingMixture)
 
 
 @pytest.mark.parametrize(
@@ -157,6 +175,8 @@ def test_shipped_config_is_the_shipped_weights_config(name):
         assert got["fits"].pop("sky_scenes") == 32
     if "reliability_scenes" not in want["fits"]:  # before it had scenes of its own
         assert got["fits"].pop("reliability_scenes") == got["fits"]["calibration_scenes"]
+    if "psf_scales" not in want["data"]:  # trained before the seeing could vary
+        assert got["data"].pop("psf_scales") == [1.0]
     assert got == want
     assert load_config(f"configs/{name}.yaml", steps=7).phases[0].steps == 7
 

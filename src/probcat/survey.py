@@ -182,6 +182,15 @@ class Survey:
         """A copy restricted to (and ordered as) ``bands``."""
         return replace(self, bands=tuple(self[b] for b in bands))
 
+    def with_psf_scale(self, scale: float) -> Survey:
+        """A copy whose bands' atmospheric PSF FWHM is ``scale`` times this survey's (other
+        seeing; the optics and the noise are unchanged)."""
+        if not (scale > 0 and math.isfinite(scale)):
+            raise ProbcatValueError(f"PSF scale must be a positive finite number, got {scale}")
+        return replace(
+            self, bands=tuple(replace(b, psf_fwhm=b.psf_fwhm * scale) for b in self.bands)
+        )
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,

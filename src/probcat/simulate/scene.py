@@ -28,7 +28,7 @@ from probcat.simulate.prior import (
     star_magnitudes,
 )
 
-__all__ = ["SceneConfig", "Scene", "SceneSimulator"]
+__all__ = ["SceneConfig", "Scene", "SceneSimulator", "SeeingMixture"]
 
 NOISE_MODELS = ("gaussian", "poisson")
 
@@ -252,3 +252,29 @@ class SceneSimulator:
         """``n`` scenes stacked: images ``(n, bands, H, W)`` float32 and their catalogs."""
         scenes = [self.sample(rng, truth=truth) for _ in range(n)]
         return np.stack([s.image for s in scenes]), [s.catalog for s in scenes]
+
+
+class SeeingMixture(SceneSimulator):
+    """Scenes under varying seeing: each scene is drawn, with equal probability, from one
+    of ``sims``, simulators of one layout whose banks hold the same galaxies rendered with
+    the survey's atmospheric PSF FWHM times ``scales``
+    (:meth:`~probcat.survey.Survey.with_psf_scale`). Training on it teaches the encoder
+    the PSF widths real coadds have instead of one; the noise is the same in all of them.
+    ``bank``, ``survey`` and everything but :meth:`sample` are the nominal simulator's
+    (scale 1, which ``scales`` must hold)."""
+
+    def __init__(self, sims: list[SceneSimulator], scales):
+        scales = tuple(float(v) for v in scales)
+        if len(sims) != len(scales) or 1.0 not in scales:
+            raise ProbcatValueError(
+                "a seeing mixture needs one simulator per scale, scale 1 among them"
+            )
+        if len({s.config for s in sims}) != 1:
+            raise ProbcatValueError("the simulators of a seeing mixture need one scene layout")
+        nominal = sims[scales.index(1.0)]
+        super().__init__(nominal.bank, nominal.config)
+        self.sims, self.scales = list(sims), scales
+
+    def sample(self, rng: np.random.Generator, *, truth: bool = True, keep_noiseless: bool = False):
+        k = int(rng.integers(len(self.sims)))
+        return self.sims[k].sample(rng, truth=truth, keep_noiseless=keep_noiseless)

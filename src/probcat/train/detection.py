@@ -34,7 +34,7 @@ from probcat.config import from_dict, load_yaml, to_dict
 from probcat.errors import ProbcatValueError
 from probcat.nets.detection import N_GROUPS, DetectionNet, TileOutput, tile_groups
 from probcat.simulate.bank import BankConfig, SourceBank
-from probcat.simulate.scene import SceneConfig, SceneSimulator
+from probcat.simulate.scene import SceneConfig, SceneSimulator, SeeingMixture
 from probcat.survey import Survey
 from probcat.tiles import TileCatalog
 from probcat.train.loop import LoopSettings, Phase, check_run_config, fit_config, write_run
@@ -69,6 +69,7 @@ class DetectionData:
     margin: int = 8
     batch_size: int = 32
     val_scenes: int = 256
+    psf_scales: tuple[float, ...] = (1.0,)  # seeing: each scene's PSF FWHM is one of these x
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,11 @@ class DetectionTrainConfig:
             "threads": self.threads,
         }
         check_run_config(d.bands, d.years, self.phases, counts)
+        if 1.0 not in d.psf_scales or not all(0 < v < 10 for v in d.psf_scales):
+            raise ProbcatValueError(
+                "data.psf_scales must hold 1.0 and positive factors below 10, got "
+                f"{list(d.psf_scales)}"
+            )
 
     @property
     def total_steps(self) -> int:
@@ -190,16 +196,27 @@ def load_config(path: str | Path | None, steps: int | None = None) -> DetectionT
 
 
 def _simulator(cfg: DetectionTrainConfig, split: str, cache_dir, progress) -> SceneSimulator:
-    """Scenes of the training layout on the ``split`` ("train" or "val") source bank."""
+    """Scenes of the training layout on the ``split`` ("train" or "val") source bank; with
+    several ``data.psf_scales``, a :class:`SeeingMixture` of one bank per PSF width."""
     d = cfg.data
     n = d.bank_size if split == "train" else d.val_bank_size
-    bank = SourceBank.load_or_build(
-        cfg.survey(),
-        BankConfig(population=d.population, split=split, n_galaxies=n, catalog_seed=d.catalog_seed),
-        cache_dir=cache_dir,
-        progress=progress,
+    bank_cfg = BankConfig(
+        population=d.population, split=split, n_galaxies=n, catalog_seed=d.catalog_seed
     )
-    return SceneSimulator(bank, SceneConfig(d.image_size, d.image_size, margin=d.margin))
+    layout = SceneConfig(d.image_size, d.image_size, margin=d.margin)
+    sims = [
+        SceneSimulator(
+            SourceBank.load_or_build(
+                cfg.survey().with_psf_scale(scale) if scale != 1.0 else cfg.survey(),
+                bank_cfg,
+                cache_dir=cache_dir,
+                progress=progress,
+            ),
+            layout,
+        )
+        for scale in d.psf_scales
+    ]
+    return sims[0] if len(sims) == 1 else SeeingMixture(sims, d.psf_scales)
 
 
 class DetectionTask:
@@ -309,6 +326,10 @@ def describe_data(cfg: DetectionTrainConfig) -> dict:
         f"{d.bank_size} galaxies, fresh {d.image_size}-px scenes from seed {cfg.seed}",
         "validation": f"split=val, {d.val_bank_size} galaxies, {d.val_scenes} scenes "
         f"(seed [{cfg.seed}, 99])",
+        "seeing": "the survey's PSF"
+        if d.psf_scales == (1.0,)
+        else f"atmospheric PSF FWHM x {list(d.psf_scales)}, one bank each, drawn per scene "
+        "(training, validation and the fits after training)",
     }
 
 
