@@ -69,6 +69,22 @@ def _left_out_rows(fam: str) -> list[tuple]:
     ]  # fmt: skip
 
 
+SEEING_SCALES = ("0.8", "1", "1.25", "1.5")
+
+
+def _seeing_rows(scale: str) -> list[tuple]:
+    """The robustness table's rows for the shipped weights under seeing ``scale`` x the
+    survey's PSF FWHM."""
+    by = f"seeing.by_scale.{scale}"
+    return [
+        (f"seeing x {scale}: F1", f"{by}.probcat.f1", f"{by}.sep.f1", ".3f", ""),
+        (f"seeing x {scale}: precision at prob ≥ 0.9", f"{by}.probcat.precision_at_0_9", None,
+         ".3f", ""),
+        (f"seeing x {scale}: detection ECE, over 8 px inside",
+         f"{by}.probcat.detection_ece_interior", None, ".3f", ""),
+    ]  # fmt: skip
+
+
 TABLES = {
     "detection": (
         "probcat vs SEP on held-out 98×98 LSST-i `blend` scenes (test-split galaxies)",
@@ -734,6 +750,7 @@ TABLES = {
                 "",
             ),
             *(row for fam in LEFT_OUT_FAMILIES for row in _left_out_rows(fam)),
+            *(row for scale in SEEING_SCALES for row in _seeing_rows(scale)),
         ],
     ),
     "simulate": (

@@ -9,7 +9,8 @@ probability calibration and feature density are fitted on validation scenes of i
 training families only. ``in_distribution`` is the shipped weights on scenes of the full
 mixture. The shipped weights (trained on all families) and the bulge+disk weights of v6
 (``detection_lsst_i_bulgedisk``) are also run on every family, side by side with SEP on
-the same images.
+the same images. ``seeing``: the shipped weights and SEP on scenes of the full mixture
+whose PSF FWHM is ``--seeing`` times the survey's.
 
     .venv/bin/python benchmarks/robustness.py --lofo runs/lofo
 
