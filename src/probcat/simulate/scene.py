@@ -258,8 +258,10 @@ class SeeingMixture(SceneSimulator):
     """Scenes under varying seeing: each scene is drawn, with equal probability, from one
     of ``sims``, simulators of one layout whose banks hold the same galaxies rendered with
     the survey's atmospheric PSF FWHM times ``scales``
-    (:meth:`~probcat.survey.Survey.with_psf_scale`). Training on it teaches the encoder
-    the PSF widths real coadds have instead of one; the noise is the same in all of them.
+    (:meth:`~probcat.survey.Survey.with_psf_scale`); the noise is the same in all of
+    them. Training on it shows the encoder the range of PSF widths real coadds have
+    instead of one, without telling it which one a scene has (what that costs the
+    star/galaxy classification is in docs/robustness.md, *Seeing*).
     ``bank``, ``survey`` and everything but :meth:`sample` are the nominal simulator's
     (scale 1, which ``scales`` must hold)."""
 

@@ -69,7 +69,7 @@ class DetectionData:
     margin: int = 8
     batch_size: int = 32
     val_scenes: int = 256
-    psf_scales: tuple[float, ...] = (1.0,)  # seeing: each scene's PSF FWHM is one of these x
+    psf_scales: tuple[float, ...] = (1.0,)  # factors on the PSF FWHM, one drawn per scene
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,7 @@ def _simulator(cfg: DetectionTrainConfig, split: str, cache_dir, progress) -> Sc
     sims = [
         SceneSimulator(
             SourceBank.load_or_build(
-                cfg.survey().with_psf_scale(scale) if scale != 1.0 else cfg.survey(),
+                cfg.survey().with_psf_scale(scale),  # x 1.0: the survey itself
                 bank_cfg,
                 cache_dir=cache_dir,
                 progress=progress,
