@@ -3,6 +3,7 @@ in an image, and the batched, device-aware :class:`Detector`."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -247,6 +248,29 @@ class Detector:
             )
         return _Batch(np.stack(xs), list(wcs), single, list(info))
 
+    def _seeing(self, x: np.ndarray, cat) -> dict:
+        """The seeing check of one image ``x`` (sigma units) and its MAP catalog: the
+        catalog's ``seeing_ratio`` (:func:`probcat.measure.seeing_ratio`, in the i band when
+        the weights have it) and a warning when it is beyond :data:`SEEING_FACTOR` either
+        way; nothing when the image has too few bright, isolated sources to tell."""
+        from probcat.measure import SEEING_FACTOR, seeing_ratio
+
+        names = self.survey.band_names
+        k = names.index("i") if "i" in names else 0
+        band = self.survey.bands[k]
+        ratio, n = seeing_ratio(x[k], cat["x"], cat["y"], band)
+        if ratio is None:
+            return {}
+        if not 1 / SEEING_FACTOR <= ratio <= SEEING_FACTOR:
+            warnings.warn(
+                f"the image's most compact sources are {ratio:.2f} times as wide as the PSF "
+                f"the weights were trained for (band {band.name}, atmospheric FWHM "
+                f'{band.psf_fwhm:.2f}"): detection probabilities and star/galaxy classes '
+                "assume that seeing (docs/robustness.md, Seeing)",
+                stacklevel=4,
+            )
+        return {"seeing_ratio": round(ratio, 3), "seeing_sources": n}
+
     def _threads(self, batch: _Batch) -> int:
         from probcat.runtime import threads_for
 
@@ -360,8 +384,12 @@ class Detector:
                             dec, k, dec.marginal, shape, self.net.tile_size, bands, meta
                         )
                         c = annotate(c, self.net, feats[k])
+                        info = {
+                            **batch.info[sl.start + k],
+                            **self._seeing(batch.x[sl.start + k], c),
+                        }
                         # each catalog its own metadata (the decoder's dict is shared)
-                        c = replace(c, meta={**c.meta, "input": batch.info[sl.start + k]})
+                        c = replace(c, meta={**c.meta, "input": info})
                         cats.append(_with_sky(c, batch.wcs[sl.start + k]))
                         tiles.append(dec.marginal.at(slice(k, k + 1)))
                     maps.append(dec.marginal.prob.cpu().numpy())
