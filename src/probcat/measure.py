@@ -217,16 +217,16 @@ def seeing_ratio(image_sigma: np.ndarray, x, y, band) -> tuple[float | None, int
     classifier, which calls stars galaxies under seeing much wider than it was trained on."""
     from scipy.spatial import cKDTree
 
-    from probcat.infer.deblend import crop_nearest
+    from probcat.infer.deblend import crop_at
 
     x, y = np.asarray(x, float), np.asarray(y, float)
     h, w = image_sigma.shape
     if len(x) < 2:  # no neighbours to measure isolation against
         return None, 0
-    near = cKDTree(np.stack([x, y], 1)).query(np.stack([x, y], 1), k=2)[0][:, 1]
-    ix = np.clip(np.floor(x + 0.5).astype(int), 0, w - 1)
-    iy = np.clip(np.floor(y + 0.5).astype(int), 0, h - 1)
-    peak = image_sigma[iy, ix]
+    xy = np.stack([x, y], 1)
+    near = cKDTree(xy).query(xy, k=2)[0][:, 1]
+    cx, cy = np.floor(x + 0.5).astype(int), np.floor(y + 0.5).astype(int)  # nearest pixels
+    peak = image_sigma[np.clip(cy, 0, h - 1), np.clip(cx, 0, w - 1)]
     e = SEEING_EDGE
     keep = (peak > SEEING_PEAK) & (near >= SEEING_ISOLATION)
     keep &= (x >= e) & (y >= e) & (x <= w - 1 - e) & (y <= h - 1 - e)
@@ -235,10 +235,8 @@ def seeing_ratio(image_sigma: np.ndarray, x, y, band) -> tuple[float | None, int
     if len(idx) < SEEING_MIN_SOURCES:
         return None, len(idx)
     half = SEEING_STAMP // 2
-    stamps = np.stack([crop_nearest(image_sigma[None], x[i], y[i], SEEING_STAMP) for i in idx])
-    m = adaptive_moments(
-        stamps, half + x[idx] - np.floor(x[idx] + 0.5), half + y[idx] - np.floor(y[idx] + 0.5)
-    )
+    stamps = np.stack([crop_at(image_sigma[None], cx[i], cy[i], SEEING_STAMP) for i in idx])
+    m = adaptive_moments(stamps, half + x[idx] - cx[idx], half + y[idx] - cy[idx])
     sizes = m["T"][m["ok"]]
     if len(sizes) < SEEING_MIN_SOURCES:
         return None, len(sizes)

@@ -204,10 +204,11 @@ def _simulator(cfg: DetectionTrainConfig, split: str, cache_dir, progress) -> Sc
         population=d.population, split=split, n_galaxies=n, catalog_seed=d.catalog_seed
     )
     layout = SceneConfig(d.image_size, d.image_size, margin=d.margin)
+    survey = cfg.survey()
     sims = [
         SceneSimulator(
             SourceBank.load_or_build(
-                cfg.survey().with_psf_scale(scale),  # x 1.0: the survey itself
+                survey.with_psf_scale(scale),  # x 1.0: the survey itself
                 bank_cfg,
                 cache_dir=cache_dir,
                 progress=progress,
