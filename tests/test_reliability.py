@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from probcat.catalog import FullCatalog
+from probcat.errors import ProbcatValueError
 from probcat.infer import reliability as rel
 
 
@@ -231,3 +232,57 @@ def test_annotate_reads_the_map_by_neighbour_zone():
     )
     out = rel.annotate(cat, net, torch.zeros(3, 5, 5))
     assert out["prob"] == pytest.approx([0.6, 0.6, 1.0, 0.18])
+
+
+def test_fit_reliability_draws_the_inside_share_of_scenes_with_no_margin(monkeypatch):
+    """``inside_fraction`` of the scenes come from the same bank with every source inside
+    (margin 0), the rest from the simulator's own layout, from one generator in turn, and
+    the edge zone's map lands between what each layout alone says (cutouts: edge
+    detections half false; isolated scenes: all real)."""
+    from probcat.simulate.scene import SceneConfig
+
+    class Sim:
+        def __init__(self, config):
+            self.config = config
+
+        def with_layout(self, config):
+            return Sim(config)
+
+    calls = []
+
+    def fake_rows(net, sim, noise_sigma, *, n_scenes, rng):
+        calls.append((sim.config.margin, n_scenes, rng))
+        g = np.random.default_rng(len(calls))
+        n = 40 * n_scenes
+        edge = np.where(np.arange(n) % 4 == 0, 1.0, 20.0)  # a quarter within 2 px
+        real = np.ones(n, bool)
+        if sim.config.margin:  # cutouts: every other edge detection is false
+            real[(edge < 2) & (np.arange(n) % 8 == 0)] = False
+        return {
+            "prob": g.uniform(0.5, 1.0, n),
+            "real": real,
+            "feats": g.standard_normal((n, 3)),
+            "scene": np.repeat(np.arange(n_scenes), 40),
+            "edge": edge,
+            "neighbour": np.full(n, np.inf),
+        }
+
+    monkeypatch.setattr(rel, "detections_with_outcomes", fake_rows)
+    sim = Sim(SceneConfig(40, 40, margin=8))
+    gen = np.random.default_rng(0)
+    cal, _ = rel.fit_reliability(None, sim, 1.0, n_scenes=100, rng=gen, inside_fraction=0.3)
+    assert [c[:2] for c in calls] == [(8, 70), (0, 30)]
+    assert calls[0][2] is gen and calls[1][2] is gen
+    edge_map = cal.by_zone[1].by_zone[0]  # no neighbour, within 2 px of the edge
+    # cutouts alone: 0.5 real; isolated alone: 1.0; 70 + 30 scenes: (70 * 0.5 + 30) / 100
+    p = np.random.default_rng(9).uniform(0.5, 1.0, 4000)
+    assert edge_map(p).mean() == pytest.approx(0.65, abs=0.03)
+    assert cal.by_zone[1].by_zone[3](p).mean() == pytest.approx(1.0, abs=0.01)  # inside
+    calls.clear()
+    rel.fit_reliability(None, sim, 1.0, n_scenes=20, rng=gen)  # the default: cutouts only
+    assert [c[:2] for c in calls] == [(8, 20)]
+    calls.clear()
+    rel.fit_reliability(None, Sim(SceneConfig(40, 40)), 1.0, n_scenes=20, inside_fraction=0.5)
+    assert [c[:2] for c in calls] == [(0, 20)]  # no margin: every scene is already inside
+    with pytest.raises(ProbcatValueError, match="inside_fraction"):
+        rel.fit_reliability(None, sim, 1.0, n_scenes=20, inside_fraction=-0.1)

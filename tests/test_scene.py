@@ -102,3 +102,14 @@ def test_seeing_mixture_draws_each_scene_from_one_psf_width(survey_i, cache_dir)
         SeeingMixture(sims, (0.8, 1.6))
     with pytest.raises(ProbcatValueError, match="one scene layout"):
         SeeingMixture([sims[0], SceneSimulator(banks[1], SceneConfig(40, 40))], (1.0, 1.6))
+    # another layout: the same banks and scales, every member with the new layout
+    wide = mix.with_layout(SceneConfig(32, 32, margin=4))
+    assert isinstance(wide, SeeingMixture) and wide.scales == mix.scales
+    assert [s.bank for s in wide.sims] == banks
+    assert {s.config.margin for s in wide.sims} == {4} and mix.config.margin == 0
+    rng, ref = np.random.default_rng(6), np.random.default_rng(6)
+    scene = wide.sample(rng)
+    k = int(ref.integers(2))
+    np.testing.assert_array_equal(
+        scene.image, SceneSimulator(banks[k], SceneConfig(32, 32, margin=4)).sample(ref).image
+    )

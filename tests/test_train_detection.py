@@ -177,6 +177,8 @@ def test_shipped_config_is_the_shipped_weights_config(name):
         assert got["fits"].pop("reliability_scenes") == got["fits"]["calibration_scenes"]
     if "psf_scales" not in want["data"]:  # trained before the seeing could vary
         assert got["data"].pop("psf_scales") == [1.0]
+    if "reliability_inside_fraction" not in want["fits"]:  # calibrated on cutouts only
+        assert got["fits"].pop("reliability_inside_fraction") == 0.0
     assert got == want
     assert load_config(f"configs/{name}.yaml", steps=7).phases[0].steps == 7
 
@@ -308,16 +310,27 @@ def test_calibrate_run_records_reliability_and_catalogs_use_it(tmp_path, cache_d
     cal = R.ProbabilityCalibration((0.0, 1.0), (0.0, 0.5), 500, "test")
     dens = R.fit_feature_density(rng.standard_normal((100, 8)))  # 8 channels: TINY's
 
-    def fake_fit(net, sim, noise_sigma, *, n_scenes, rng, source):
-        assert sim.bank.config.split == "val" and n_scenes == 9
+    def fake_fit(net, sim, noise_sigma, *, n_scenes, rng, source, inside_fraction):
+        assert sim.bank.config.split == "val" and n_scenes == 9 and inside_fraction == 0.25
+        assert "2 of them with every source inside" in source  # round(9 * 0.25)
         return cal, dens
 
     monkeypatch.setattr(R, "fit_reliability", fake_fit)
-    m = calibrate_run(run, n_scenes=7, reliability_scenes=9, cache_dir=cache_dir, progress=False)
+    m = calibrate_run(
+        run,
+        n_scenes=7,
+        reliability_scenes=9,
+        inside_fraction=0.25,
+        cache_dir=cache_dir,
+        progress=False,
+    )
     assert m["prob_calibration"] == cal.to_dict()
     fits = read_weights(run / "detection.pt")["config"]["fits"]
     assert fits == m["config"]["fits"]  # the scenes used are recorded
     assert fits["calibration_scenes"] == 7 and fits["reliability_scenes"] == 9
+    assert fits["reliability_inside_fraction"] == 0.25
+    with pytest.raises(ProbcatValueError, match="reliability_inside_fraction"):
+        calibrate_run(run, inside_fraction=1.5, cache_dir=cache_dir, progress=False)
     assert m["feature_density"] == {"n": 100, "source": ""}  # the manifest: its size only
     assert m["data"]["prior"] == "bulge+disk v1"
     det = probcat.load(run / "detection.pt", device="cpu", threads=1)

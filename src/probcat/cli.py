@@ -530,6 +530,13 @@ def calibrate_cmd(
         min=1,
         help="validation scenes of the probability calibration (default: the run's config)",
     ),
+    inside_fraction: float = typer.Option(
+        None,
+        min=0.0,
+        max=1.0,
+        help="fraction of those scenes with every source inside the image, the rest with "
+        "sources beyond the edges (default: the run's config)",
+    ),
     cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
     sky_offset_only: bool = typer.Option(
         False, "--sky-offset-only", help="only (re)fit the sky offset, into manifest.json"
@@ -559,6 +566,7 @@ def calibrate_cmd(
         run,
         n_scenes=scenes,
         reliability_scenes=reliability_scenes,
+        inside_fraction=inside_fraction,
         cache_dir=cache_dir,
         progress=not quiet,
         reliability_only=reliability_only,

@@ -91,6 +91,10 @@ class SceneSimulator:
         self.sigma = self.survey.noise_sigma
         self._families = "family" in bank.table.colnames
 
+    def with_layout(self, config: SceneConfig) -> SceneSimulator:
+        """A simulator of the same source bank(s) with another scene layout ``config``."""
+        return SceneSimulator(self.bank, config)
+
     # ---- catalogs ----------------------------------------------------------------------
     def galaxy_columns(self, entries, variants, stamp_x, stamp_y) -> dict:
         """Catalog columns for bank galaxies ``entries`` placed with given variants/pixels."""
@@ -276,6 +280,9 @@ class SeeingMixture(SceneSimulator):
         nominal = sims[scales.index(1.0)]
         super().__init__(nominal.bank, nominal.config)
         self.sims, self.scales = list(sims), scales
+
+    def with_layout(self, config: SceneConfig) -> SeeingMixture:
+        return SeeingMixture([s.with_layout(config) for s in self.sims], self.scales)
 
     def sample(self, rng: np.random.Generator, *, truth: bool = True, keep_noiseless: bool = False):
         k = int(rng.integers(len(self.sims)))

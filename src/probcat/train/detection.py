@@ -108,6 +108,9 @@ class DetectionFits:
     # the detection-probability calibration and the ood_score density: each split of the
     # map (neighbour zone x edge zone x ood_score bin) needs its own detections
     reliability_scenes: int = 2048
+    # of those, the fraction drawn with every source inside the image (an isolated scene);
+    # the rest have the training layout, with sources beyond the edges (a survey cutout)
+    reliability_inside_fraction: float = 0.5
     sky_scenes: int = 32  # 256-px sky-free scenes for the sky offset (probcat.background)
 
 
@@ -158,6 +161,11 @@ class DetectionTrainConfig:
             raise ProbcatValueError(
                 "data.psf_scales must hold 1.0 and positive factors below 10, got "
                 f"{list(d.psf_scales)}"
+            )
+        if not 0.0 <= self.fits.reliability_inside_fraction <= 1.0:
+            raise ProbcatValueError(
+                "fits.reliability_inside_fraction must be in [0, 1], got "
+                f"{self.fits.reliability_inside_fraction}"
             )
 
     @property
@@ -449,6 +457,7 @@ def calibrate_run(
     *,
     n_scenes: int | None = None,
     reliability_scenes: int | None = None,
+    inside_fraction: float | None = None,
     cache_dir=None,
     progress=True,
     reliability_only: bool = False,
@@ -460,14 +469,19 @@ def calibrate_run(
     calibration and the feature density, decoding with the run's recorded merge radius (the
     catalogues' positions and decisions stay exactly as they were). ``n_scenes`` and
     ``reliability_scenes``: validation scenes of the centroid and of the probability
-    calibration (default: the run's ``fits``; ``n_scenes`` unused with ``reliability_only``);
-    the ones used go into the recorded config."""
+    calibration (default: the run's ``fits``; ``n_scenes`` unused with ``reliability_only``),
+    ``inside_fraction``: the share of the latter with every source inside the image
+    (``fits.reliability_inside_fraction``; a run whose config predates it gets the
+    default); the ones used go into the recorded config."""
     from probcat.weights import read_weights
 
     out = Path(out)
     weights = read_weights(out / "detection.pt")
     cfg = from_dict(DetectionTrainConfig, weights["config"])
-    fits = {"reliability_scenes": reliability_scenes}
+    fits = {
+        "reliability_scenes": reliability_scenes,
+        "reliability_inside_fraction": inside_fraction,
+    }
     if not reliability_only:  # the centroid calibration is refitted, on these scenes
         fits["calibration_scenes"] = n_scenes
     cfg = replace(cfg, fits=replace(cfg.fits, **{k: v for k, v in fits.items() if v is not None}))
@@ -574,6 +588,10 @@ def _fit_reliability(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progre
     from probcat.infer.reliability import fit_reliability
 
     seed, n = [cfg.seed, 29], cfg.fits.reliability_scenes
+    frac = cfg.fits.reliability_inside_fraction if cfg.data.margin > 0 else 0.0
+    layout = (
+        f", {round(n * frac)} of them with every source inside the image" if round(n * frac) else ""
+    )
     try:
         cal, dens = fit_reliability(
             net,
@@ -581,8 +599,9 @@ def _fit_reliability(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progre
             cfg.survey().noise_sigma,
             n_scenes=n,
             rng=np.random.default_rng(seed),
-            source=f"{n} validation scenes ({cfg.data.image_size} px, split=val, seed {seed}), "
-            "MAP detections matched within 2 px",
+            source=f"{n} validation scenes ({cfg.data.image_size} px, split=val, seed {seed}"
+            f"{layout}), MAP detections matched within 2 px",
+            inside_fraction=frac,
         )
     except ProbcatValueError as e:
         warnings.warn(f"no probability calibration: {e}", stacklevel=3)
