@@ -114,6 +114,7 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100) -> dict:
     keys = ("prob", "prob_raw", "prob_pooled", "ood", "edge", "tile_prob", "tile_truth",
             "nearest_d", "nearest_taken")  # fmt: skip
     extra = {k: [] for k in keys}
+    cutout_w = []  # per scene: the calibration's probability that it is a survey cutout
     for start in range(0, len(scenes), chunk):
         part = scenes[start : start + chunk]
         imgs = np.stack([s.image for s in part])
@@ -131,6 +132,8 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100) -> dict:
             shape = imgs.shape[-2:]
             est = catalog_from_decisions(dec, b, dec.marginal, shape, net.tile_size, ("i",), {})
             est = annotate(est, net, feats[b])
+            if "cutout_probability" in est.meta:
+                cutout_w.append(est.meta["cutout_probability"])
             keep = np.asarray(est["prob"], float) > 0.5
             runs = [("p0.5", est), ("cal0.5", {k: np.asarray(est[k])[keep] for k in ("x", "y")})]
             if with_sep:
@@ -169,6 +172,7 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100) -> dict:
         "matched": {k: cat_(v) for k, v in matched.items() if v},
         "det": {m: {k: cat_(v) for k, v in d.items()} for m, d in det.items() if d["snr"]},
         **{k: cat_(v) for k, v in extra.items()},
+        "cutout_probability": np.asarray(cutout_w, float),
     }
 
 
@@ -258,6 +262,9 @@ def metrics(r, summarise, *, sep: bool) -> dict:
                 r["prob_pooled"][inner], real[inner]
             ),
             "fraction_interior": float(inner.mean()) if len(inner) else float("nan"),
+            "mean_cutout_probability": float(r["cutout_probability"].mean())
+            if len(r["cutout_probability"])
+            else None,
         },
     }
     ood = r["ood"][in_range]
@@ -447,7 +454,8 @@ def main(argv=None):
                           with_sep=False)  # fmt: skip
             pw = metrics(rw, summarise, sep=False)["probcat"]
             keys = ("precision", "recall", "precision_at_0_9", "detection_ece", "detection_ece_raw",
-                    "detection_ece_pooled", "detection_ece_interior")  # fmt: skip
+                    "detection_ece_pooled", "detection_ece_interior",
+                    "mean_cutout_probability")  # fmt: skip
             result["left_out"][fam]["margin_8"] = {k: pw[k] for k in keys}
         elif fam in left_out:
             result["left_out"][fam] = None
@@ -490,8 +498,12 @@ def main(argv=None):
         "ood_flag_auc": "probability that a false detection has a higher ood_score than a "
         "real one (Mann-Whitney AUC), on the left-out family",
         "margin_8": "the same weights on scenes of the training layout (100 px, sources up "
-        "to 8 px beyond the edges); the main numbers use detection.py's layout (98 px, every "
-        "source inside)",
+        "to 8 px beyond the edges, as in a survey cutout); the main numbers use detection.py's "
+        "layout (98 px, every source inside: isolated scenes)",
+        "mean_cutout_probability": "mean over the scenes of the calibration's probability "
+        "that a scene is a survey cutout (sources beyond its edges) rather than an isolated "
+        "scene, from the number of its detections near its edges (None: a calibration "
+        "fitted on one layout only)",
         "left_out": "weights trained on every family but this one with the shipped weights' "
         "schedule and bank size (benchmarks/configs/lofo_F.yaml), started from the v6 "
         "bulge+disk weights (which is why bulge_disk itself is not left out), their "

@@ -1,5 +1,6 @@
 """Detection-probability calibration map and the out-of-distribution feature score."""
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -236,9 +237,9 @@ def test_annotate_reads_the_map_by_neighbour_zone():
 
 def test_fit_reliability_draws_the_inside_share_of_scenes_with_no_margin(monkeypatch):
     """``inside_fraction`` of the scenes come from the same bank with every source inside
-    (margin 0), the rest from the simulator's own layout, from one generator in turn, and
-    the edge zone's map lands between what each layout alone says (cutouts: edge
-    detections half false; isolated scenes: all real)."""
+    (margin 0), the rest from the simulator's own layout, from one generator in turn; each
+    layout gets its own map (cutouts: edge detections half false; isolated scenes: all
+    real), and the edge excess of each equals its definition."""
     from probcat.simulate.scene import SceneConfig
 
     class Sim:
@@ -254,7 +255,8 @@ def test_fit_reliability_draws_the_inside_share_of_scenes_with_no_margin(monkeyp
         calls.append((sim.config.margin, n_scenes, rng))
         g = np.random.default_rng(len(calls))
         n = 40 * n_scenes
-        edge = np.where(np.arange(n) % 4 == 0, 1.0, 20.0)  # a quarter within 2 px
+        every = 4 if sim.config.margin else 8  # cutouts: 10 edge detections a scene, else 5
+        edge = np.where(np.arange(n) % every == 0, 1.0, 20.0)
         real = np.ones(n, bool)
         if sim.config.margin:  # cutouts: every other edge detection is false
             real[(edge < 2) & (np.arange(n) % 8 == 0)] = False
@@ -270,19 +272,81 @@ def test_fit_reliability_draws_the_inside_share_of_scenes_with_no_margin(monkeyp
     monkeypatch.setattr(rel, "detections_with_outcomes", fake_rows)
     sim = Sim(SceneConfig(40, 40, margin=8))
     gen = np.random.default_rng(0)
-    cal, _ = rel.fit_reliability(None, sim, 1.0, n_scenes=100, rng=gen, inside_fraction=0.3)
-    assert [c[:2] for c in calls] == [(8, 70), (0, 30)]
+    cal, _ = rel.fit_reliability(None, sim, 1.0, n_scenes=100, rng=gen, inside_fraction=0.6)
+    assert [c[:2] for c in calls] == [(8, 40), (0, 60)]
     assert calls[0][2] is gen and calls[1][2] is gen
-    edge_map = cal.by_zone[1].by_zone[0]  # no neighbour, within 2 px of the edge
-    # cutouts alone: 0.5 real; isolated alone: 1.0; 70 + 30 scenes: (70 * 0.5 + 30) / 100
+    assert isinstance(cal, rel.LayoutCalibration) and cal.prior == pytest.approx(0.4)
     p = np.random.default_rng(9).uniform(0.5, 1.0, 4000)
-    assert edge_map(p).mean() == pytest.approx(0.65, abs=0.03)
-    assert cal.by_zone[1].by_zone[3](p).mean() == pytest.approx(1.0, abs=0.01)  # inside
+    # no neighbour, within 2 px of the edge: half real on cutouts, all real when isolated
+    assert cal.cutout.by_zone[1].by_zone[0](p).mean() == pytest.approx(0.5, abs=0.03)
+    assert cal.isolated.by_zone[1].by_zone[0](p).mean() == pytest.approx(1.0, abs=0.01)
+    a_edge, a_int = 40 * 40 - 36 * 36, 24 * 24  # within 2 px; 8 px or more inside
+    assert cal.edge_excess == pytest.approx(
+        ((10 / a_edge) / (30 / a_int), (5 / a_edge) / (35 / a_int))
+    )
     calls.clear()
-    rel.fit_reliability(None, sim, 1.0, n_scenes=20, rng=gen)  # the default: cutouts only
-    assert [c[:2] for c in calls] == [(8, 20)]
+    cal = rel.fit_reliability(None, sim, 1.0, n_scenes=20, rng=gen)[0]  # cutouts only
+    assert [c[:2] for c in calls] == [(8, 20)] and isinstance(cal, rel.ProbabilityCalibration)
     calls.clear()
     rel.fit_reliability(None, Sim(SceneConfig(40, 40)), 1.0, n_scenes=20, inside_fraction=0.5)
     assert [c[:2] for c in calls] == [(0, 20)]  # no margin: every scene is already inside
     with pytest.raises(ProbcatValueError, match="inside_fraction"):
         rel.fit_reliability(None, sim, 1.0, n_scenes=20, inside_fraction=-0.1)
+
+
+def _layout_cal(prior=0.5):
+    cut = rel.ProbabilityCalibration((0.5, 1.0), (0.2, 0.4), 500)
+    iso = rel.ProbabilityCalibration((0.5, 1.0), (0.4, 0.9), 500)
+    return rel.LayoutCalibration(cut, iso, (1.7, 0.55), prior, 1000, "test")
+
+
+@pytest.mark.parametrize("n_edge,n_int", [(0, 30), (1, 30), (3, 30), (6, 10), (2, 0)])
+def test_cutout_probability_is_bayes_rule_with_poisson_edge_counts(n_edge, n_int):
+    from scipy.stats import poisson
+
+    cal = _layout_cal(prior=0.6)
+    shape = (98, 98)
+    edge = np.r_[np.full(n_edge, 1.0), np.full(n_int, 30.0), [5.0, 5.0]]  # 4-8 px: not counted
+    raw = np.r_[np.full(n_edge + n_int, 0.9), [0.9, 0.9]]
+    a_edge, a_int = 98 * 98 - 94 * 94, 82 * 82
+    mu = n_int / a_int * a_edge
+    if n_int:
+        like = [poisson.pmf(n_edge, k * mu) for k in cal.edge_excess]
+    else:  # no interior density: the likelihood ratio's limit as the rate goes to 0
+        like = [k**n_edge for k in cal.edge_excess]
+    want = 0.6 * like[0] / (0.6 * like[0] + 0.4 * like[1])
+    assert cal.cutout_probability(edge, raw, shape) == pytest.approx(want, rel=1e-9)
+    # detections below the MAP threshold do not count
+    assert cal.cutout_probability(edge, np.full(len(raw), 0.3), shape) == pytest.approx(0.6)
+    assert cal.cutout_probability(edge, raw, None) == 0.6  # no image: the prior
+
+
+def test_layout_calibration_mixes_the_maps_and_round_trips():
+    cal = _layout_cal()
+    edge = np.array([1.0, 1.0, 1.0, 1.0, 20.0])  # many edge detections: a cutout
+    raw = np.array([0.9, 0.8, 0.7, 0.6, 1.0])
+    w = cal.cutout_probability(edge, raw, (40, 40))
+    assert w > 0.9
+    got = cal(raw, None, edge, None, shape=(40, 40))
+    want = w * cal.cutout(raw) + (1 - w) * cal.isolated(raw)
+    np.testing.assert_allclose(got, want)
+    assert np.all(np.diff(cal(np.linspace(0, 1, 50), shape=None)) >= 0)  # monotone
+    back = rel.calibration_from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert back == cal
+    plain = cal.cutout
+    assert rel.calibration_from_dict(plain.to_dict()) == plain
+    with pytest.raises(ProbcatValueError, match="prior"):
+        rel.LayoutCalibration(plain, plain, (1.0, 0.5), 1.0)
+
+
+def test_annotate_records_the_images_cutout_probability():
+    class Net:
+        prob_calibration = _layout_cal()
+        feature_density = None
+
+    cat = _map_catalog([0.5, 0.5, 15.0], [10.0, 20.0, 15.0], [0.9, 0.9, 0.9], [0, 0, 3],
+                       [2, 4, 3], (30, 30))  # fmt: skip
+    out = rel.annotate(cat, Net(), torch.zeros(3, 6, 6))
+    w = Net.prob_calibration.cutout_probability([1.0, 1.0, 15.0], [0.9] * 3, (30, 30))
+    assert out.meta["cutout_probability"] == pytest.approx(w, abs=1e-4)
+    assert out["prob"] == pytest.approx(w * 0.36 + (1 - w) * 0.8)

@@ -201,10 +201,10 @@ def _build_detection(state: dict, path: Path):
     if state.get("merge"):
         net.merge_px = float(state["merge"]["radius_px"])
     if state.get("prob_calibration") or state.get("feature_density"):
-        from probcat.infer.reliability import FeatureDensity, ProbabilityCalibration
+        from probcat.infer.reliability import FeatureDensity, calibration_from_dict
 
         if state.get("prob_calibration"):
-            net.prob_calibration = ProbabilityCalibration.from_dict(state["prob_calibration"])
+            net.prob_calibration = calibration_from_dict(state["prob_calibration"])
         if state.get("feature_density"):
             net.feature_density = FeatureDensity.from_dict(state["feature_density"])
     return net
