@@ -63,6 +63,8 @@ def _left_out_rows(fam: str) -> list[tuple]:
          "≤ 0.03"),
         (f"{fam} left out: detection ECE, over 8 px inside",
          f"{lo}.probcat.detection_ece_interior", None, ".3f", ""),
+        (f"{fam} left out: detection ECE, survey-cutout layout",
+         f"{lo}.margin_8.detection_ece", None, ".3f", ""),
         (f"{fam} left out: ood_score AUC, false vs real", f"{lo}.ood_flag_auc", None, ".3f", ""),
         (f"{fam} left out: false detections splitting a found source",
          f"{lo}.false_detections.split.fraction", None, ".2f", ""),
