@@ -39,11 +39,11 @@ weights file (``probcat train calibrate RUN`` refits them):
   probability that it is a cutout, which its own detections near its edges tell: on
   validation scenes of the shipped network (maps fitted on 2048 scenes, scored on 512
   others of each kind), ECE 0.015 on cutouts and 0.013 on isolated scenes, against 0.008
-  and 0.035 with cutouts alone and 0.017 and 0.021 with one map fitted on both. The splits were chosen on validation
-  scenes only (2048 scenes of the shipped weights, maps fitted on one half and scored on
-  the other): ECE 0.0081 with the edge zones alone, 0.0058 with the neighbour split
-  first; fitted on 512 scenes, 0.0140 (the splits need the scenes: 2048 by default,
-  ``fits.reliability_scenes`` of the training config).
+  and 0.035 with cutouts alone and 0.017 and 0.021 with one map fitted on both. The
+  splits were chosen on validation scenes only (2048 scenes of the shipped weights, maps
+  fitted on one half and scored on the other): ECE 0.0081 with the edge zones alone,
+  0.0058 with the neighbour split first; fitted on 512 scenes, 0.0140 (the splits need
+  the scenes: 2048 by default, ``fits.reliability_scenes`` of the training config).
 * :class:`FeatureDensity` is a Gaussian density of the encoder's tile features at real
   detections of the validation scenes. ``ood_score`` is the fraction of those validation
   detections whose Mahalanobis distance is smaller than the source's: near 1 for a
