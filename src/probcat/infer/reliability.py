@@ -304,14 +304,14 @@ def calibration_from_dict(d: dict):
     return ProbabilityCalibration.from_dict(d)
 
 
-def edge_excess(edge, prob_raw, shape, n_images: int) -> float:
-    """Density of detections within the first edge zone over the interior density, over
-    ``n_images`` images of ``shape`` whose detections (all of them, concatenated) have edge
-    distances ``edge`` and raw probabilities ``prob_raw``."""
+def edge_excess(edge, prob_raw, shape) -> float:
+    """Density of detections within the first edge zone over the interior density, in
+    images of one ``shape`` whose detections (of all of them, concatenated) have edge
+    distances ``edge`` and raw probabilities ``prob_raw`` (the images' number cancels)."""
     n_e, n_i, a_e, a_i = edge_counts(edge, prob_raw, shape)
-    if n_i <= 0 or a_e <= 0 or n_images < 1:
+    if n_i <= 0 or a_e <= 0:
         raise ProbcatValueError("no interior detections: cannot measure the edge excess")
-    return float(max(n_e, 0.5) / (a_e * n_images) / (n_i / (a_i * n_images)))
+    return float(max(n_e, 0.5) / a_e / (n_i / a_i))
 
 
 def _pool_adjacent_violators(y: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -584,8 +584,7 @@ def fit_reliability(
         cal = cals[0]
     else:  # cutouts and isolated scenes: each its own map, weighted per image
         excess = tuple(
-            edge_excess(p["edge"], p["prob"], s.config.shape, n)
-            for p, (s, n) in zip(parts, layouts)
+            edge_excess(p["edge"], p["prob"], s.config.shape) for p, (s, _) in zip(parts, layouts)
         )
         cal = LayoutCalibration(
             cals[0], cals[1], excess, 1.0 - n_in / n_scenes, n=int(len(real)), source=source
