@@ -350,3 +350,30 @@ def test_annotate_records_the_images_cutout_probability():
     w = Net.prob_calibration.cutout_probability([1.0, 1.0, 15.0], [0.9] * 3, (30, 30))
     assert out.meta["cutout_probability"] == pytest.approx(w, abs=1e-4)
     assert out["prob"] == pytest.approx(w * 0.36 + (1 - w) * 0.8)
+
+
+def test_shipped_weights_tell_cutouts_from_isolated_scenes(tiny_bank):
+    """With the shipped LSST-i weights, scenes with sources beyond their edges read as
+    cutouts more than scenes whose sources all lie inside (same bank and seed), and each
+    catalogue's ``prob`` is the two maps mixed with the recorded weight."""
+    import probcat
+    from probcat.simulate.scene import SceneConfig, SceneSimulator
+
+    det = probcat.load("detection_lsst_i", device="cpu", threads=1)
+    cal = det.net.prob_calibration
+    assert isinstance(cal, rel.LayoutCalibration)
+    mean_w = {}
+    for margin in (8, 0):
+        sim = SceneSimulator(tiny_bank, SceneConfig(100, 100, margin=margin))
+        rng = np.random.default_rng(3)
+        imgs = np.stack([sim.sample(rng).image for _ in range(24)])
+        cats = det.catalog(imgs, noise_sigma=tiny_bank.survey.noise_sigma)
+        mean_w[margin] = np.mean([c.meta["cutout_probability"] for c in cats])
+        c = cats[0]
+        raw, ood = np.asarray(c["prob_raw"]), np.asarray(c["ood_score"])
+        edge = rel.edge_distance(c["x"], c["y"], c.image_shape)
+        near = rel.neighbour_distance(c["x"], c["y"], raw)
+        w = cal.cutout_probability(edge, raw, c.image_shape)
+        want = w * cal.cutout(raw, ood, edge, near) + (1 - w) * cal.isolated(raw, ood, edge, near)
+        np.testing.assert_allclose(np.asarray(c["prob"]), want, rtol=1e-6)
+    assert mean_w[8] > mean_w[0] + 0.15
