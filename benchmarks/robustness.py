@@ -355,7 +355,7 @@ def margin_8(net, sim, sigma, summarise, n_images: int, seed) -> dict:
     """``net`` on scenes of ``sim``'s bank in the training layout: 100 px, sources up to
     8 px beyond the edges (their light enters the image), as in any image cut from a
     survey."""
-    wide = SceneSimulator(sim.bank, SceneConfig(100, 100, margin=8))
+    wide = sim.with_layout(SceneConfig(100, 100, margin=8))
     r = evaluate(net, scenes_for(wide, n_images, seed), sigma, with_sep=False)
     p = metrics(r, summarise, sep=False)["probcat"]
     return {k: p[k] for k in MARGIN_KEYS}
@@ -420,17 +420,15 @@ def main(argv=None):
         "galaxy), scene seeds of their own",
     }
     print("in-distribution (all families) ...", flush=True)
-    mix = scenes_for(
-        simulator("morphology", "test", args.bank_size), args.n_images, [args.seed, 99]
-    )
+    mix_sim = simulator("morphology", "test", args.bank_size)
+    mix = scenes_for(mix_sim, args.n_images, [args.seed, 99])
     result["in_distribution"] = metrics(
         evaluate(shipped, mix, sigma, with_sep=True), summarise, sep=True
     )
     del mix
     result["in_distribution"]["margin_8"] = margin_8(
-        shipped, simulator("morphology", "test", args.bank_size), sigma, summarise,
-        args.n_images, [args.seed, 99, 8],
-    )  # fmt: skip
+        shipped, mix_sim, sigma, summarise, args.n_images, [args.seed, 99, 8]
+    )
     scales = [float(v) for v in args.seeing.split(",") if v]
     if scales:
         result["seeing"] = {
