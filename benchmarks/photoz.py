@@ -9,7 +9,8 @@ In every scene probcat detects with its detection encoder (the shipped i-band en
 reads the i plane; ``--detector-ugrizy`` adds six-band weights) and every detection
 classified as a galaxy gets a probcat PDF. Forced 5-px aperture photometry in all six
 bands at the same detected positions feeds FlexZBoost and BPZ (RAIL), informed on the
-same photometry measured on training-split scenes. Objects are matched to the truth
+same photometry measured on scenes of the photo-z network's training galaxies (its
+manifest's bank settings). Objects are matched to the truth
 within 2 px (Hungarian); the metrics use matched gold galaxies (i < 25.3); the
 ``with_stars`` block adds stars classified as galaxies (true z = 0), as in Table 5.
 Detection metrics compare the detector(s) with SEP on the riz coadd of the same scenes.
@@ -50,7 +51,7 @@ CODES = ("probcat", "flexzboost", "bpz")
 METRIC_KEYS = ("bias", "sigma_iqr", "outlier_frac", "ks", "cvm", "ad", "cde_loss")
 
 
-def _sim(split, years, n, seed, size=98, population="dc2"):
+def _sim(split, years, n, seed, size=98, population="dc2", **banks):
     cfg = SimulationConfig(
         recipe="blend",
         n=n,
@@ -60,8 +61,20 @@ def _sim(split, years, n, seed, size=98, population="dc2"):
         split=split,
         years=years,
         size=size,
+        **banks,
     )
     return Simulation(cfg, progress=False)
+
+
+def training_banks(est) -> dict:
+    """The training galaxies of the photo-z weights (their manifest's data settings), so
+    that FlexZBoost and BPZ are informed on scenes of the same galaxies."""
+    data = ((est.manifest or {}).get("config") or {}).get("data") or {}
+    out = {"bank_size": int(data.get("bank_size", 20000))}
+    out["catalog_seed"] = int(data.get("catalog_seed", 0))
+    out["val_to_train"] = float(data.get("val_to_train", 0.0))
+    out["keep_gold"] = bool(data.get("keep_gold", False))
+    return out
 
 
 def _detect(det, images_sigma, sigma, planes):
@@ -480,7 +493,7 @@ def main(argv=None):
     by_depth, detection, samples, train_tables = {}, {}, {}, {}
     for y in years:
         test = _sim("test", y, args.test_scenes, args.seed)
-        trn = _sim("train", y, args.train_scenes, args.train_seed)
+        trn = _sim("train", y, args.train_scenes, args.train_seed, **training_banks(est))
         obj_train, _ = collect(trn, {"primary": primary}, est, progress=not args.quiet)
         obj, det_summary = collect(test, detectors, est, progress=not args.quiet)
         train_tables[y] = train_table(obj_train, test.survey)
@@ -553,6 +566,7 @@ def main(argv=None):
         ),
         "n_train_galaxies": res["n_train_galaxies"],
         "n_test_galaxies": res["n_test_galaxies"],
+        "rail_training_banks": training_banks(est),
         **{c: {k: res[c][k] for k in res[c]} for c in CODES},
         "secondary_peak_recovery": res["probcat"]["secondary_peak_recovery"],
         f"sigma_iqr_y{years[-1]:g}_over_y{years[0]:g}": ratio,

@@ -55,3 +55,56 @@ def test_dihedral_variants_equal_rendering_transformed_truth(tiny_bank, variant)
     )
     got = dihedral(b.stamp(i), variant)[0]
     assert np.abs(got - direct).max() < 1e-3 * band.noise_sigma
+
+
+def test_keep_gold_bank_holds_every_gold_galaxy_and_draws_in_population_proportions(
+    survey_i, tmp_path
+):
+    from astropy.table import Table
+
+    n = 90  # 30 per third; gold is every third row
+    mag = np.where(np.arange(n) % 3 == 0, 23.0, 26.0)
+    cat = tmp_path / "cat.fits"
+    Table(
+        {
+            "id": np.arange(n),
+            "mag_i": mag,
+            "disk_hlr": np.full(n, 0.3),
+            "disk_q": np.full(n, 0.8),
+            "beta": np.zeros(n),
+        }
+    ).write(cat)
+    cfg = BankConfig(
+        population=str(cat), n_galaxies=24, n_star_phases=2, val_to_train=0.5, keep_gold=True
+    )
+    bank = SourceBank.load_or_build(survey_i, cfg, cache_dir=tmp_path, workers=1, progress=False)
+    from probcat.simulate.prior import split_rows
+
+    rows = split_rows(n, "train", 0, 0.5)  # the training third plus half the validation one
+    gold_rows = set(np.flatnonzero(mag < 25.3)) & set(rows)
+    assert len(bank) == 24 and set(np.asarray(bank.table["id"])) >= gold_rows
+    gold = np.asarray(bank.table["mag_i"]) < 25.3
+    assert gold.sum() == len(gold_rows)
+    # draws restore the population's gold share (a uniform draw would give gold.mean())
+    share = len(gold_rows) / len(rows)
+    drawn = bank.draw(np.random.default_rng(0), 40000)
+    assert gold[drawn].mean() == pytest.approx(share, abs=0.01)
+    assert abs(gold.mean() - share) > 0.1
+    again = SourceBank.load_or_build(survey_i, cfg, cache_dir=tmp_path, progress=False)
+    assert np.array_equal(
+        np.asarray(again.table["draw_weight"]), np.asarray(bank.table["draw_weight"])
+    )
+
+
+def test_cache_key_of_older_configs_is_unchanged(survey_i):
+    from probcat.simulate.bank import _key_config
+
+    assert "keep_gold" not in _key_config(BankConfig()) and "val_to_train" not in _key_config(
+        BankConfig()
+    )
+    assert _key_config(BankConfig(keep_gold=True))["keep_gold"] is True
+    keys = {
+        SourceBank.cache_key(survey_i, c)
+        for c in (BankConfig(), BankConfig(keep_gold=True), BankConfig(val_to_train=0.5))
+    }
+    assert len(keys) == 3

@@ -98,3 +98,20 @@ def test_multiband_blend(cache_dir):
 def test_bad_config(kw, msg):
     with pytest.raises(ProbcatValueError, match=msg):
         SimulationConfig(**kw)
+
+
+def test_dataset_written_before_a_config_field_existed_still_resumes(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from probcat.simulate.datasets import RUN_STATE, claim_directory
+
+    cfg = SimulationConfig(recipe="blend", n=2, bank_size=8)
+    old = {k: v for k, v in asdict(cfg).items() if k not in ("val_to_train", "keep_gold")}
+    (tmp_path / "images").mkdir()
+    (tmp_path / RUN_STATE).write_text(json.dumps(old))
+    assert claim_directory(cfg, tmp_path) == 0  # the missing fields read as their defaults
+    with pytest.raises(ProbcatValueError, match="keep_gold"):
+        claim_directory(
+            SimulationConfig(recipe="blend", n=2, bank_size=8, keep_gold=True), tmp_path
+        )

@@ -80,3 +80,30 @@ def test_star_colours_are_ordered_with_temperature():
     assert c.shape == (200, 6)
     assert np.allclose(c[:, 3], 0.0)  # relative to i
     assert np.all(c[:, 0] > c[:, 2])  # stars in this range are redder in u than r
+
+
+@pytest.mark.parametrize("f", [0.0, 0.3, 0.75])
+def test_split_rows_moves_validation_rows_only(f):
+    n = 1000
+    parts = {s: prior.split_rows(n, s, 4, f) for s in prior.SPLITS}
+    everything = np.concatenate(list(parts.values()))
+    assert np.array_equal(np.sort(everything), np.arange(n))  # disjoint and complete
+    base = {s: prior.split_rows(n, s, 4) for s in prior.SPLITS}
+    assert np.array_equal(parts["test"], base["test"])  # the test third never changes
+    moved = int(round(f * len(base["val"])))
+    assert len(parts["train"]) == len(base["train"]) + moved
+    assert set(base["train"]) <= set(parts["train"]) and set(parts["val"]) <= set(base["val"])
+    with pytest.raises(ProbcatValueError, match="val_to_train"):
+        prior.split_rows(n, "train", 4, 1.0)
+
+
+def test_val_to_train_applies_to_catalog_populations_only():
+    tr = prior.galaxy_population("dc2", split="train", seed=0, bands=("i",), val_to_train=0.5)
+    va = prior.galaxy_population("dc2", split="val", seed=0, bands=("i",), val_to_train=0.5)
+    te = prior.galaxy_population("dc2", split="test", seed=0, bands=("i",), val_to_train=0.5)
+    gold = {k: int((np.asarray(t["mag_i"]) < 25.3).sum()) for k, t in dict(tr=tr, va=va).items()}
+    assert gold["tr"] == pytest.approx(3 * gold["va"], rel=0.01)  # a third plus half a third
+    ids = [set(np.asarray(t["id"])) for t in (tr, va, te)]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+    with pytest.raises(ProbcatValueError, match="catalog populations"):
+        prior.galaxy_population("parametric", split="train", seed=0, bands=("i",), val_to_train=0.5)

@@ -27,7 +27,7 @@ import numpy as np
 from astropy.table import Table
 
 from probcat.errors import ProbcatIOError, ProbcatValueError
-from probcat.simulate.prior import galaxy_population, is_builtin
+from probcat.simulate.prior import MAG_GOLD, galaxy_population, is_builtin
 from probcat.simulate.render import MAX_STAMP, MIN_STAMP, draw_stamp, galaxy_profile_for, snr_eq12
 from probcat.survey import Band, Survey
 
@@ -58,6 +58,13 @@ class BankConfig:
         centered: stamps exactly centred (``single``, ``tiles`` redraws, ``central``).
         n_star_phases: star stamps at this many random sub-pixel offsets.
         tol: stamps are trimmed where the source is below ``tol`` x noise sigma.
+        val_to_train: share of a catalog population's validation third moved to training
+            (:func:`~probcat.simulate.prior.split_rows`).
+        keep_gold: when the bank holds a random subset of a larger population, keep every
+            gold galaxy (i < 25.3) and subsample the fainter ones only; scenes then draw
+            each faint entry with the weight that restores the population's proportions
+            (the table's ``draw_weight`` column), so a redshift network sees every gold
+            galaxy at no change in the scenes' make-up.
     """
 
     population: str = "parametric"
@@ -68,12 +75,41 @@ class BankConfig:
     centered: bool = False
     n_star_phases: int = 64
     tol: float = 2e-3
+    val_to_train: float = 0.0
+    keep_gold: bool = False
 
     def __post_init__(self):
         if self.n_galaxies < 1:
             raise ProbcatValueError(f"n_galaxies must be >= 1, got {self.n_galaxies}")
+        if not 0.0 <= self.val_to_train < 1.0:
+            raise ProbcatValueError(f"val_to_train must lie in [0, 1), got {self.val_to_train}")
         if not 0 < self.tol < 1:
             raise ProbcatValueError(f"tol must lie in (0, 1), got {self.tol}")
+
+
+def _subsample(table: Table, config: BankConfig) -> Table:
+    """``config.n_galaxies`` rows of ``table``: a random subset, or with ``keep_gold`` every
+    gold galaxy plus a random subset of the others, weighted up (``draw_weight``)."""
+    rng = np.random.default_rng([config.catalog_seed, 31])
+    n = config.n_galaxies
+    if not config.keep_gold:
+        return table[np.sort(rng.choice(len(table), n, replace=False))]
+    if "mag_i" not in table.colnames:
+        raise ProbcatValueError("keep_gold needs the i band (the gold cut is i < 25.3)")
+    gold = np.asarray(table["mag_i"], float) < MAG_GOLD
+    faint = np.flatnonzero(~gold)
+    n_faint = n - int(gold.sum())
+    if n_faint < 1:
+        raise ProbcatValueError(
+            f"keep_gold: {int(gold.sum())} gold galaxies do not leave room for fainter ones "
+            f"in a bank of {n}; raise n_galaxies"
+        )
+    pick = np.sort(
+        np.concatenate([np.flatnonzero(gold), rng.choice(faint, n_faint, replace=False)])
+    )
+    out = table[pick]
+    out["draw_weight"] = np.where(gold[pick], 1.0, len(faint) / n_faint)
+    return out
 
 
 def dihedral(stamp: np.ndarray, variant: int) -> np.ndarray:
@@ -98,6 +134,16 @@ def dihedral_truth(dx, dy, beta, variant):
     f = (variant & 1) > 0
     dx, beta = np.where(f, -dx, dx), np.where(f, np.pi - beta, beta)
     return dx, dy, np.mod(beta, np.pi)
+
+
+def _key_config(config: BankConfig) -> dict:
+    """The config as hashed into the cache key; fields added later are left out at their
+    defaults, so that banks cached before them keep their keys."""
+    d = asdict(config)
+    for name in ("val_to_train", "keep_gold"):
+        if d[name] == BankConfig.__dataclass_fields__[name].default:
+            del d[name]
+    return d
 
 
 @lru_cache(maxsize=16)
@@ -169,6 +215,16 @@ class SourceBank:
     def __len__(self) -> int:
         return len(self.flux)
 
+    def draw(self, rng: np.random.Generator, n: int, pool: np.ndarray | None = None) -> np.ndarray:
+        """``n`` random entries (of ``pool`` if given), each with probability proportional to
+        its ``draw_weight`` when the table has one (:class:`BankConfig` ``keep_gold``),
+        else uniform."""
+        if "draw_weight" not in self.table.colnames:
+            return rng.choice(pool, n) if pool is not None else rng.integers(0, len(self), n)
+        w = np.asarray(self.table["draw_weight"], float)
+        pool = np.arange(len(self)) if pool is None else np.asarray(pool)
+        return rng.choice(pool, n, p=w[pool] / w[pool].sum())
+
     def stamp(self, i: int) -> np.ndarray:
         """Stamp of entry ``i``, ``(bands, 2h+1, 2h+1)`` float32 electrons."""
         n = 2 * int(self.half[i]) + 1
@@ -193,12 +249,10 @@ class SourceBank:
             seed=config.catalog_seed,
             bands=survey.band_names,
             n=config.n_galaxies,
+            val_to_train=config.val_to_train,
         )
         if len(table) > config.n_galaxies:
-            pick = np.random.default_rng([config.catalog_seed, 31]).choice(
-                len(table), config.n_galaxies, replace=False
-            )
-            table = table[np.sort(pick)]
+            table = _subsample(table, config)
         n = len(table)
         rng = np.random.default_rng([config.render_seed, 2])
         if config.centered:
@@ -288,7 +342,7 @@ class SourceBank:
             {
                 "format": BANK_FORMAT,
                 "survey": survey.to_dict(),
-                "config": asdict(config),
+                "config": _key_config(config),
                 "galsim": galsim.__version__,
             },
             sort_keys=True,

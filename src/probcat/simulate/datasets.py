@@ -73,6 +73,10 @@ class SimulationConfig:
         catalog_seed: seed of the population and its split.
         noise: ``"gaussian"`` or ``"poisson"``.
         size: image side in pixels (0: the recipe's paper size).
+        val_to_train: share of a catalog population's validation third moved to
+            training (:func:`~probcat.simulate.prior.split_rows`).
+        keep_gold: the bank keeps every gold galaxy (:class:`~probcat.simulate.bank.
+            BankConfig`).
     """
 
     recipe: str = "blend"
@@ -86,6 +90,8 @@ class SimulationConfig:
     catalog_seed: int = 0
     noise: str = "gaussian"
     size: int = 0
+    val_to_train: float = 0.0
+    keep_gold: bool = False
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -112,6 +118,8 @@ class SimulationConfig:
             raise ProbcatValueError(f"size must be 0 (recipe default) or >= {2 * TILE + 1}")
         if self.bank_size < 1:
             raise ProbcatValueError(f"bank size must be >= 1, got {self.bank_size}")
+        if not 0.0 <= self.val_to_train < 1.0:
+            raise ProbcatValueError(f"val_to_train must lie in [0, 1), got {self.val_to_train}")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -128,6 +136,8 @@ class SimulationConfig:
             n_galaxies=self.bank_size,
             catalog_seed=self.catalog_seed,
             centered=centered,
+            val_to_train=self.val_to_train,
+            keep_gold=self.keep_gold,
         )
 
 
@@ -234,7 +244,7 @@ class Simulation:
 
     def _tiles(self, rng, i, targets=False):
         cx, cy = self._centre()
-        entry, variant = rng.integers(0, len(self.bank)), rng.integers(0, 8)
+        entry, variant = int(self.bank.draw(rng, 1)[0]), rng.integers(0, 8)
         sx, sy = rng.integers(cx - TILE // 2, cx + TILE // 2 + 1, 2)
         central = self.sim.galaxy_columns([entry], [variant], [sx], [sy])
         scene, noise = self._finish(self.sim, rng, [central, self._others(rng, False)])
@@ -362,7 +372,9 @@ def claim_directory(config: SimulationConfig, out: Path, overwrite: bool = False
         present, have = [], None
     elif have is not None:
         have = {k: v for k, v in have.items() if k != "n"}
-        diff = [k for k in want if have.get(k) != want[k]]
+        defaults = json.loads(json.dumps(asdict(SimulationConfig()), default=str))
+        # a field added after the dataset was written reads as its default
+        diff = [k for k in want if have.get(k, defaults[k]) != want[k]]
         if diff:
             what = ", ".join(f"{k} {have.get(k)!r} (now {want[k]!r})" for k in diff)
             raise ProbcatValueError(

@@ -96,7 +96,8 @@ with the shapes of the morphology families, assigned at random in the same fract
 
 Train/validation/test galaxies are disjoint (paper 000, section 2.2): built-in
 parametric galaxies are generated from different seeds per split with disjoint ids;
-DC2 rows are permuted with the split seed and cut in thirds.
+DC2 rows are permuted with the split seed and cut in thirds; ``val_to_train`` moves a
+share of the validation third to training (the test third never changes).
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ __all__ = [
     "GOLD_DENSITY",
     "STAR_DENSITY",
     "SPLITS",
+    "split_rows",
     "POPULATION_COLUMNS",
     "sample_galaxy_mags",
     "parametric_galaxies",
@@ -201,6 +203,26 @@ def _split_index(split: str) -> int:
     return SPLITS.index(split)
 
 
+def split_rows(n: int, split: str, seed: int, val_to_train: float = 0.0) -> np.ndarray:
+    """Sorted indices of ``split`` among ``n`` catalog rows: the rows are permuted with
+    ``seed`` and cut in thirds (train, val, test); ``val_to_train`` (in [0, 1)) moves that
+    share of the validation third (its first rows in permuted order) to training. The test
+    third is the same for every ``val_to_train``, and no row is in two splits."""
+    _split_index(split)  # validates the name
+    if not 0.0 <= val_to_train < 1.0:
+        raise ProbcatValueError(f"val_to_train must lie in [0, 1), got {val_to_train}")
+    perm = np.random.default_rng([seed, 104729]).permutation(n)
+    thirds = np.array_split(perm, 3)
+    moved = int(round(val_to_train * len(thirds[1])))
+    if split == "train":
+        part = np.concatenate([thirds[0], thirds[1][:moved]])
+    elif split == "val":
+        part = thirds[1][moved:]
+    else:
+        part = thirds[2]
+    return np.sort(part)
+
+
 def parametric_galaxies(
     n: int, *, split: str = "train", seed: int = 0, bands: tuple[str, ...] = ("i",)
 ) -> Table:
@@ -277,20 +299,21 @@ def dc2_galaxies(
     seed: int = 0,
     bands: tuple[str, ...] = tuple("ugrizy"),
     faint_per_gold: float | None = None,
+    val_to_train: float = 0.0,
 ) -> Table:
     """Multi-band galaxies with true redshifts: DC2 gold sample plus a resampled faint tail.
 
     Args:
         split: which third of the DC2 rows (disjoint across splits for a given seed).
         seed: split/resampling seed.
+        val_to_train: share of the validation third given to training (:func:`split_rows`).
         bands: bands whose magnitudes are returned (subset of ugrizy).
         faint_per_gold: number of 25.3 < i < 27 galaxies per gold galaxy; defaults to
             the count ratio of the built-in number counts ((160 - 55) / 55).
     """
     k = _split_index(split)
     rows = _dc2_rows()
-    perm = np.random.default_rng([seed, 104729]).permutation(len(rows))
-    part = rows[np.sort(np.array_split(perm, 3)[k])]
+    part = rows[split_rows(len(rows), split, seed, val_to_train)]
     rng = np.random.default_rng([seed, k, 15485863])
     if faint_per_gold is None:
         faint_per_gold = (GALAXY_DENSITY - GOLD_DENSITY) / GOLD_DENSITY
@@ -445,10 +468,11 @@ def dc2_morphology_galaxies(
     seed: int = 0,
     bands: tuple[str, ...] = tuple("ugrizy"),
     families: tuple[str, ...] = FAMILIES,
+    val_to_train: float = 0.0,
 ) -> Table:
-    """DC2 magnitudes and redshifts (:func:`dc2_galaxies`, same rows for the same split and
-    seed) with the shapes of the morphology families (population ``"dc2:morphology"`` or
-    ``"dc2:morphology:<f1>+<f2>..."``).
+    """DC2 magnitudes and redshifts (:func:`dc2_galaxies`, same rows for the same split,
+    seed and ``val_to_train``) with the shapes of the morphology families (population
+    ``"dc2:morphology"`` or ``"dc2:morphology:<f1>+<f2>..."``).
 
     Each galaxy is given a family at random, in proportion to :data:`FAMILY_FRACTIONS`
     renormalised over ``families``, and that family's shape at its i magnitude (module
@@ -458,7 +482,12 @@ def dc2_morphology_galaxies(
     families = tuple(f for f in FAMILIES if f in families)
     if not families:
         raise ProbcatValueError("dc2_morphology_galaxies needs at least one family")
-    t = dc2_galaxies(split=split, seed=seed, bands=tuple(dict.fromkeys((*bands, "i"))))
+    t = dc2_galaxies(
+        split=split,
+        seed=seed,
+        bands=tuple(dict.fromkeys((*bands, "i"))),
+        val_to_train=val_to_train,
+    )
     mag_i = np.asarray(t["mag_i"], float)
     codes = np.array([FAMILIES.index(f) for f in families])
     frac = np.array([FAMILY_FRACTIONS[f] for f in families])
@@ -502,23 +531,37 @@ def is_builtin(kind: str) -> bool:
 
 
 def galaxy_population(
-    kind: str, *, split: str, seed: int, bands: tuple[str, ...], n: int = 20000
+    kind: str,
+    *,
+    split: str,
+    seed: int,
+    bands: tuple[str, ...],
+    n: int = 20000,
+    val_to_train: float = 0.0,
 ) -> Table:
     """Dispatch: ``"parametric"`` or ``"morphology[:families]"`` (n galaxies), ``"dc2"`` or
-    ``"dc2:morphology[:families]"``, or a path to a FITS/Parquet table."""
+    ``"dc2:morphology[:families]"``, or a path to a FITS/Parquet table. ``val_to_train``
+    (:func:`split_rows`) applies to the catalog populations (DC2 and files): generated ones
+    have as many galaxies per split as asked for."""
+    generated = kind == "parametric" or parse_families(kind) is not None
+    if generated and val_to_train:
+        raise ProbcatValueError(
+            f"val_to_train applies to catalog populations (dc2, a catalog file), not {kind!r}"
+        )
     if kind == "parametric":
         return parametric_galaxies(n, split=split, seed=seed, bands=bands)
     if kind == "dc2":
-        return dc2_galaxies(split=split, seed=seed, bands=bands)
+        return dc2_galaxies(split=split, seed=seed, bands=bands, val_to_train=val_to_train)
     dc2_families = _dc2_families(kind)
     if dc2_families is not None:
-        return dc2_morphology_galaxies(split=split, seed=seed, bands=bands, families=dc2_families)
+        return dc2_morphology_galaxies(
+            split=split, seed=seed, bands=bands, families=dc2_families, val_to_train=val_to_train
+        )
     families = parse_families(kind)
     if families is not None:
         return morphology_galaxies(n, split=split, seed=seed, bands=bands, families=families)
     t = read_population(kind, bands=bands)
-    perm = np.random.default_rng([seed, 104729]).permutation(len(t))
-    return t[np.sort(np.array_split(perm, 3)[_split_index(split)])]
+    return t[split_rows(len(t), split, seed, val_to_train)]
 
 
 def read_population(path: str | Path, *, bands: tuple[str, ...]) -> Table:

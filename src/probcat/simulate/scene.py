@@ -168,9 +168,7 @@ class SceneSimulator:
         n_gal = rng.poisson(cfg.galaxy_density * area)
         n_star = rng.poisson(cfg.star_density * area)
         pool = np.flatnonzero(galaxy_mask) if galaxy_mask is not None else None
-        entries = (
-            rng.choice(pool, n_gal) if pool is not None else rng.integers(0, len(self.bank), n_gal)
-        )
+        entries = self.bank.draw(rng, n_gal, pool)
         gal = self.galaxy_columns(
             entries,
             rng.integers(0, 8, n_gal),

@@ -59,6 +59,8 @@ class PhotozData:
     val_objects: int = 2000
     jitter_px: float = 0.3
     batch_size: int = 256
+    val_to_train: float = 0.0  # share of the DC2 validation third trained on (test: untouched)
+    keep_gold: bool = False  # banks keep every gold galaxy (faint ones subsampled, weighted)
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,8 @@ class PhotozTrainConfig:
             bank_size=d.bank_size if split == "train" else d.val_bank_size,
             catalog_seed=d.catalog_seed,
             size=d.scene_size,
+            val_to_train=d.val_to_train,
+            keep_gold=d.keep_gold,
         )
         return Simulation(cfg, cache_dir=cache_dir, progress=progress)
 
