@@ -53,6 +53,17 @@ def test_config_rejects_bad_values():
         PhotozTrainConfig(data=PhotozData(years=(10.0, -1.0)))
     with pytest.raises(ProbcatValueError, match="jitter"):
         PhotozTrainConfig(data=PhotozData(jitter_px=float("nan")))
+    with pytest.raises(ProbcatValueError, match="val_to_train"):
+        PhotozTrainConfig(data=PhotozData(val_to_train=1.0))
+
+
+def test_training_and_validation_scenes_share_the_split_settings():
+    cfg = _tiny_cfg(val_to_train=0.5, keep_gold=True, bank_size=30, val_bank_size=20)
+    tr, va = cfg.simulation_config("train", 10.0), cfg.simulation_config("val", 10.0)
+    # validation must lose the rows training borrows, or they would be in both
+    for c, size in ((tr, 30), (va, 20)):
+        b = c.bank_config()
+        assert (b.val_to_train, b.keep_gold, b.n_galaxies) == (0.5, True, size)
 
 
 def test_dihedral_batch_matches_numpy():

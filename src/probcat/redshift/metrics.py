@@ -20,6 +20,8 @@ Every code's PDFs are first put on the same grid (:func:`probcat.redshift.pdf.gr
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from probcat.errors import ProbcatValueError
@@ -77,7 +79,12 @@ def pit_statistics(pdf: np.ndarray, z_true, grid=GRID) -> dict:
     from qp.metrics.pit import PIT
 
     pit = PIT(interp_ensemble(pdf, grid), np.asarray(z_true, np.float64))
-    ad = pit.evaluate_PIT_anderson_ksamp()
+    with warnings.catch_warnings():
+        # qp's call into scipy.stats.anderson_ksamp: its deprecated ``midrank`` argument
+        # and the floored p-value (only the statistic is used here) are not the caller's
+        warnings.filterwarnings("ignore", message=r"Parameter `variant`", category=Warning)
+        warnings.filterwarnings("ignore", message=r"p-value (floored|capped)", category=Warning)
+        ad = pit.evaluate_PIT_anderson_ksamp()
     return {
         "ks": float(pit.evaluate_PIT_KS().statistic),
         "cvm": float(pit.evaluate_PIT_CvM().statistic),

@@ -112,6 +112,8 @@ class PhotozTrainConfig:
             raise ProbcatValueError(
                 f"calibration.scenes must be >= 0, got {self.calibration.scenes}"
             )
+        if not 0.0 <= d.val_to_train < 1.0:
+            raise ProbcatValueError(f"data.val_to_train must lie in [0, 1), got {d.val_to_train}")
         if not (d.jitter_px >= 0 and math.isfinite(d.jitter_px)):
             raise ProbcatValueError(f"data.jitter_px must be >= 0, got {d.jitter_px}")
         counts = {
@@ -140,8 +142,14 @@ class PhotozTrainConfig:
         return LoopSettings(self.seed, self.val_every, self.checkpoint_every, self.threads)
 
     def simulation(self, split: str, years: float, cache_dir=None, progress=True) -> Simulation:
+        cfg = self.simulation_config(split, years)
+        return Simulation(cfg, cache_dir=cache_dir, progress=progress)
+
+    def simulation_config(self, split: str, years: float) -> SimulationConfig:
+        """Scenes of ``split`` at depth ``years``: the training banks, or the validation ones
+        (which lose the rows ``data.val_to_train`` gives to training)."""
         d = self.data
-        cfg = SimulationConfig(
+        return SimulationConfig(
             recipe="blend",
             n=1,
             bands=d.bands,
@@ -154,7 +162,6 @@ class PhotozTrainConfig:
             val_to_train=d.val_to_train,
             keep_gold=d.keep_gold,
         )
-        return Simulation(cfg, cache_dir=cache_dir, progress=progress)
 
 
 def load_photoz_config(path, steps: int | None = None) -> PhotozTrainConfig:
