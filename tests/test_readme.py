@@ -142,8 +142,11 @@ def test_photoz_doc_snippets_run(scratch):
     res = namespace["res"]
     n = int(np.sum(res.catalog["has_pz"]))
     assert n > 0 and namespace["pdfs"].shape == (n, 301)
-    k = namespace["est"].net.n_components  # 3 members x 5 components for the shipped one
-    assert k == 15 and namespace["mu"].shape == (len(res.catalog), k)
+    est = namespace["est"]
+    k = est.net.n_components  # members x 5 components, pooled
+    cfg = est.manifest["config"]
+    assert k == cfg["members"] * cfg["model"]["components"] == 10
+    assert namespace["mu"].shape == (len(res.catalog), k)
     has = np.asarray(res.catalog["has_pz"], bool)
     namespace.update(
         xs=np.asarray(res.catalog["x"])[has],
