@@ -10,8 +10,8 @@ reads the i plane; ``--detector-ugrizy`` adds six-band weights) and every detect
 classified as a galaxy gets a probcat PDF. Forced 5-px aperture photometry in all six
 bands at the same detected positions feeds FlexZBoost and BPZ (RAIL), informed on the
 same photometry measured on scenes of the photo-z network's training galaxies (its
-manifest's bank settings). Objects are matched to the truth
-within 2 px (Hungarian); the metrics use matched gold galaxies (i < 25.3); the
+manifest's bank settings). Objects are matched to the truth within 2 px (Hungarian);
+the metrics use matched gold galaxies (i < 25.3); the
 ``with_stars`` block adds stars classified as galaxies (true z = 0), as in Table 5.
 Detection metrics compare the detector(s) with SEP on the riz coadd of the same scenes.
 
