@@ -67,14 +67,14 @@ def _sim(split, years, n, seed, size=98, population="dc2", **banks):
 
 
 def training_banks(est) -> dict:
-    """The training galaxies of the photo-z weights (their manifest's data settings), so
+    """The training galaxies of the photo-z weights (their manifest's training config), so
     that FlexZBoost and BPZ are informed on scenes of the same galaxies."""
-    data = ((est.manifest or {}).get("config") or {}).get("data") or {}
-    out = {"bank_size": int(data.get("bank_size", 20000))}
-    out["catalog_seed"] = int(data.get("catalog_seed", 0))
-    out["val_to_train"] = float(data.get("val_to_train", 0.0))
-    out["keep_gold"] = bool(data.get("keep_gold", False))
-    return out
+    from probcat.config import from_dict
+    from probcat.train.photoz import PhotozTrainConfig
+
+    cfg = from_dict(PhotozTrainConfig, (est.manifest or {}).get("config") or {})
+    b = cfg.simulation_config("train", cfg.data.years[0])
+    return {k: getattr(b, k) for k in ("bank_size", "catalog_seed", "val_to_train", "keep_gold")}
 
 
 def _detect(det, images_sigma, sigma, planes):

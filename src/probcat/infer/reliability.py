@@ -268,7 +268,10 @@ class LayoutCalibration:
     def __call__(self, p, ood=None, edge=None, neighbour=None, *, shape=None) -> np.ndarray:
         """Calibrated probabilities of raw ``p`` (every detection of one image, for the
         image's weight), as :meth:`ProbabilityCalibration.__call__`."""
-        w = self.cutout_probability(edge, p, shape)
+        return self.mix(p, ood, edge, neighbour, self.cutout_probability(edge, p, shape))
+
+    def mix(self, p, ood, edge, neighbour, w: float) -> np.ndarray:
+        """The two maps' probabilities weighted ``w`` (cutout) and ``1 - w`` (isolated)."""
         a = self.cutout(p, ood, edge, neighbour)
         b = self.isolated(p, ood, edge, neighbour)
         return w * a + (1.0 - w) * b
@@ -493,13 +496,17 @@ def annotate(cat, net, feats_k: torch.Tensor):
         raw = np.asarray(cat["prob"], float)
         edge = edge_distance(cat["x"], cat["y"], cat.image_shape)
         near = neighbour_distance(cat["x"], cat["y"], raw)
-        shape = cat.image_shape
-        cols.update(prob_raw=raw, prob=cal(raw, cols.get("ood_score"), edge, near, shape=shape))
+        ood = cols.get("ood_score")
+        if isinstance(cal, LayoutCalibration):
+            w = cal.cutout_probability(edge, raw, cat.image_shape)
+            cols.update(prob_raw=raw, prob=cal.mix(raw, ood, edge, near, w))
+        else:
+            cols.update(prob_raw=raw, prob=cal(raw, ood, edge, near))
     meta = {**cat.meta, "ood_flag": OOD_FLAG}
     if cal is not None:
         meta["prob_calibration"] = cal.source
         if isinstance(cal, LayoutCalibration):
-            meta["cutout_probability"] = round(cal.cutout_probability(edge, raw, shape), 4)
+            meta["cutout_probability"] = round(w, 4)
     return replace(cat.with_columns(**cols), meta=meta)
 
 
