@@ -1,6 +1,7 @@
 """The photo-z training task: config checks, the stamp pool, augmentation, a tiny run."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -116,13 +117,18 @@ def test_tiny_training_run_loads_as_an_estimator(tmp_path, cache_dir):
     torch.testing.assert_close(torch.tensor(w.sum()), torch.tensor(1.0, dtype=torch.float64))
 
 
-def test_an_ensemble_pools_its_members_mixtures_with_equal_weight():
+@pytest.mark.parametrize("apertures", [(), (1.0, 2.5)])
+def test_an_ensemble_pools_its_members_mixtures_with_equal_weight(apertures):
     from probcat.nets.photoz import PhotozNet
 
     torch.manual_seed(0)
-    nets = [PhotozNet(bands=6, size=11, channels=4, components=3).eval() for _ in range(3)]
+    nets = [
+        PhotozNet(bands=6, size=11, channels=4, components=3, apertures=apertures).eval()
+        for _ in range(3)
+    ]
     ens = PhotozNet.ensemble(nets).eval()
     assert ens.n_components == 9 and ens.hparams["members"] == 3
+    assert ens.hparams.get("apertures", []) == list(apertures)
     x = torch.randn(4, 6, 11, 11)
     with torch.no_grad():
         w, m, s = ens(x)
@@ -134,16 +140,50 @@ def test_an_ensemble_pools_its_members_mixtures_with_equal_weight():
         ens.sd_scale.fill_(2.0)
         torch.testing.assert_close(ens(x)[2], 2 * s)
     torch.testing.assert_close(w.sum(1), torch.ones(4))
-    # its density is the members' average
+    # its (untruncated) density is the members' average
     from probcat.nets.photoz import mixture_nll
 
     z = torch.rand(4) * 2
     with torch.no_grad():
-        dens = torch.stack([torch.exp(-mixture_nll(*n(x), z)) for n in nets]).mean(0)
+        dens = torch.stack([torch.exp(-mixture_nll(*n(x), z, False)) for n in nets]).mean(0)
         ens.sd_scale.fill_(1.0)
-        torch.testing.assert_close(torch.exp(-mixture_nll(*ens(x), z)), dens)
+        torch.testing.assert_close(torch.exp(-mixture_nll(*ens(x), z, False)), dens)
     with pytest.raises(ValueError, match="one architecture"):
         PhotozNet.ensemble([nets[0], PhotozNet(bands=6, size=11, channels=8, components=3)])
+
+
+def test_aperture_features_are_matched_filter_snrs():
+    from probcat.nets.photoz import PhotozNet, aperture_features, aperture_kernels
+
+    k = aperture_kernels(9, [1.0, 3.0]).double()
+    assert k.shape == (2, 9, 9)
+    torch.testing.assert_close(k.square().sum((1, 2)), torch.ones(2, dtype=torch.float64))
+    for a, s in enumerate([1.0, 3.0]):  # brute force: the Gaussian on the middle pixel
+        i, j = 4 + 2, 4 - 1
+        want = math.exp(-0.5 * (2**2 + 1**2) / s**2) / float(
+            sum(math.exp(-(u**2 + v**2) / s**2) for u in range(-4, 5) for v in range(-4, 5))
+        ) ** 0.5
+        assert float(k[a, i, j]) == pytest.approx(want, rel=1e-6)
+    # a point source of flux F (sigma units) in the middle: SNR = F * w(0); asinh of it
+    x = torch.zeros(2, 3, 9, 9, dtype=torch.float64)
+    x[0, 1, 4, 4] = 50.0
+    x[1] = torch.randn(3, 9, 9, dtype=torch.float64)
+    f = aperture_features(x, k)
+    assert f.shape == (2, 6)  # bands x apertures, band-major
+    torch.testing.assert_close(f[0, 2:4], torch.asinh(50.0 * k[:, 4, 4]))
+    torch.testing.assert_close(f[0, :2], torch.zeros(2, dtype=torch.float64))
+    brute = torch.asinh((x[1][:, None] * k[None]).sum((-2, -1))).flatten()
+    torch.testing.assert_close(f[1], brute)
+    # Gaussian apertures on the middle pixel ignore the dihedral symmetries
+    torch.testing.assert_close(aperture_features(torch.rot90(x, 1, (-2, -1)), k), f)
+    # the features are not state: a net's state dict is that of a net without them
+    net = PhotozNet(bands=3, size=9, channels=4, components=2, apertures=(1.0, 3.0))
+    assert "aperture_kernels" not in net.state_dict()
+    assert net.encoder.fc[1].in_features == PhotozNet(
+        bands=3, size=9, channels=4, components=2
+    ).encoder.fc[1].in_features + 6
+    with pytest.raises(ValueError, match="positive"):
+        PhotozNet(bands=3, size=9, apertures=(0.0,))
 
 
 @pytest.mark.slow

@@ -31,9 +31,18 @@ def _conv(c_in: int, c_out: int, stride: int) -> nn.Sequential:
 class GalaxyEncoder(nn.Module):
     """Stamp ``(B, bands, S, S)`` in noise-sigma units → latent ``(B, latent)``.
 
-    The input goes through ``asinh`` first (bright cores and faint wings on one scale)."""
+    The input goes through ``asinh`` first (bright cores and faint wings on one scale).
+    ``extra`` more features (e.g. aperture photometry) can join the convolutional ones at
+    the MLP's input."""
 
-    def __init__(self, size: int = STAMP, bands: int = 1, latent: int = 8, channels: int = 32):
+    def __init__(
+        self,
+        size: int = STAMP,
+        bands: int = 1,
+        latent: int = 8,
+        channels: int = 32,
+        extra: int = 0,
+    ):
         super().__init__()
         c = channels
         self.size, self.bands = size, bands
@@ -49,18 +58,21 @@ class GalaxyEncoder(nn.Module):
             side = (side + 1) // 2
         self.fc = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(2 * c * side * side, 128),
+            nn.Linear(2 * c * side * side + extra, 128),
             nn.LeakyReLU(0.1),
             nn.Linear(128, latent),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.from_asinh(torch.asinh(x))
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        return self.from_asinh(torch.asinh(x), extra)
 
-    def from_asinh(self, xa: torch.Tensor) -> torch.Tensor:
+    def from_asinh(self, xa: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """The latent of a stamp already through ``asinh`` (encoders reading the same stamps
-        transform them once)."""
-        return self.fc(self.convs(xa))
+        transform them once), with the ``(B, extra)`` features when the encoder has them."""
+        h = self.convs(xa).flatten(1)
+        if extra is not None:
+            h = torch.cat([h, extra], dim=1)
+        return self.fc(h)
 
 
 class GalaxyDecoder(nn.Module):

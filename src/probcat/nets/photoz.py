@@ -6,6 +6,15 @@ through the same convolutional encoder as the galaxy autoencoder
 small MLP), whose 15 outputs parametrise a 5-component Gaussian mixture for the
 redshift: weights (softmax), means and log standard deviations, as in the paper.
 
+**Aperture photometry.** ``asinh`` keeps faint wings and bright cores on one scale, but
+it is a logarithm in a galaxy's core, and a sum of logarithms of pixels is not the
+logarithm of their sum: the convolutions cannot add up a colour with the precision of a
+matched filter. With ``apertures`` (Gaussian widths in pixels) the net also reads, per
+band and aperture, the matched-filter signal-to-noise of the centred Gaussian,
+``sum(w x) / sqrt(sum(w^2))`` on the linear stamp, through ``asinh`` (a softened
+magnitude, so differences between bands are colours), joined to the convolutional
+features at the MLP's input (:func:`aperture_features`).
+
 **Keeping z >= 0.** The density is the mixture *truncated at z = 0 and renormalised*:
 
     p(z) = sum_k w_k N(z; mu_k, sigma_k) / sum_k w_k Phi(mu_k / sigma_k),   z >= 0,
@@ -34,12 +43,30 @@ __all__ = [
     "STAMP_Z",
     "LOG_SD_RANGE",
     "SD_SCALES",
+    "aperture_kernels",
+    "aperture_features",
 ]
 
 COMPONENTS = 5
 STAMP_Z = 33  # stamp side in pixels (6.6" for LSST): the object and its near neighbours
 LOG_SD_RANGE = (math.log(0.003), math.log(1.0))
 SD_SCALES = np.exp(np.linspace(np.log(0.5), np.log(3.0), 61))
+
+
+def aperture_kernels(size: int, sigmas) -> torch.Tensor:
+    """``(A, size, size)`` Gaussian weights of widths ``sigmas`` (pixels) centred on the
+    stamp's middle pixel, each scaled to unit sum of squares (so ``sum(w x)`` of a stamp in
+    noise-sigma units is the aperture's signal-to-noise in white noise)."""
+    r = torch.arange(size, dtype=torch.float64) - size // 2
+    r2 = r[:, None] ** 2 + r[None, :] ** 2
+    k = torch.stack([torch.exp(-0.5 * r2 / float(s) ** 2) for s in sigmas])
+    return (k / k.square().sum((1, 2), keepdim=True).sqrt()).float()
+
+
+def aperture_features(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """``asinh`` of the aperture signal-to-noise per band and aperture: ``(B, bands x A)``
+    from stamps ``(B, bands, S, S)`` in noise-sigma units and ``kernels`` ``(A, S, S)``."""
+    return torch.asinh(torch.einsum("bcij,aij->bca", x, kernels)).flatten(1)
 
 
 class PhotozNet(nn.Module):
@@ -49,7 +76,10 @@ class PhotozNet(nn.Module):
 
     With ``members > 1`` the net is a deep ensemble: ``members`` encoders trained
     independently (other seeds, other training stamps), whose mixtures are pooled with
-    equal weight, so the PDF is a mixture of ``members x components`` Gaussians."""
+    equal weight, so the PDF is a mixture of ``members x components`` Gaussians.
+
+    ``apertures``: Gaussian aperture widths (pixels) whose photometry joins the
+    convolutional features (:func:`aperture_features`); none by default."""
 
     def __init__(
         self,
@@ -58,6 +88,7 @@ class PhotozNet(nn.Module):
         channels: int = 32,
         components: int = COMPONENTS,
         members: int = 1,
+        apertures: tuple[float, ...] | list[float] = (),
     ):
         super().__init__()
         self.hparams = {
@@ -66,15 +97,26 @@ class PhotozNet(nn.Module):
             "channels": channels,
             "components": components,
         }
+        apertures = [float(a) for a in apertures]
+        if not all(math.isfinite(a) and a > 0 for a in apertures):
+            raise ValueError(f"aperture widths must be positive, got {apertures}")
+        if apertures:  # nets without them keep their hparams as before
+            self.hparams["apertures"] = apertures
+        extra = bands * len(apertures)
+
+        def encoder():
+            return GalaxyEncoder(size, bands, 3 * components, channels, extra)
+
         if members != 1:  # single nets keep their hparams (and state) as before ensembles
             self.hparams["members"] = members
-            self.encoders = nn.ModuleList(
-                GalaxyEncoder(size, bands, 3 * components, channels) for _ in range(members)
-            )
+            self.encoders = nn.ModuleList(encoder() for _ in range(members))
         else:
-            self.encoder = GalaxyEncoder(size, bands, 3 * components, channels)
+            self.encoder = encoder()
         self.components, self.members = components, members
         self.register_buffer("sd_scale", torch.ones(()))
+        # derived from the hparams, so not in the state dict
+        kernels = aperture_kernels(size, apertures) if apertures else torch.zeros(0)
+        self.register_buffer("aperture_kernels", kernels, persistent=False)
 
     @property
     def n_components(self) -> int:
@@ -89,11 +131,14 @@ class PhotozNet(nn.Module):
         return weights, means, log_sd.exp()
 
     def forward(self, x: torch.Tensor):
+        feats = None
+        if self.hparams.get("apertures"):
+            feats = aperture_features(x, self.aperture_kernels)
         if self.members == 1:
-            w, m, sd = self._mixture(self.encoder(x))
+            w, m, sd = self._mixture(self.encoder(x, feats))
             return w, m, sd * self.sd_scale
         xa = torch.asinh(x)  # once for every member
-        parts = [self._mixture(enc.from_asinh(xa)) for enc in self.encoders]
+        parts = [self._mixture(enc.from_asinh(xa, feats)) for enc in self.encoders]
         w, m, sd = (torch.cat([p[j] for p in parts], dim=1) for j in range(3))
         return w / self.members, m, sd * self.sd_scale
 

@@ -68,6 +68,7 @@ class PhotozModel:
     stamp: int = STAMP_Z
     channels: int = 32
     components: int = COMPONENTS
+    apertures: tuple[float, ...] = ()  # Gaussian aperture widths (px) read as photometry
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,8 @@ class PhotozTrainConfig:
             raise ProbcatValueError("data.years: at least one depth is needed")
         if "i" not in d.bands:
             raise ProbcatValueError("data.bands must include i (the gold cut is i < 25.3)")
+        if not all(a > 0 and math.isfinite(a) for a in m.apertures):
+            raise ProbcatValueError(f"model.apertures must be positive widths, got {m.apertures}")
         if m.stamp % 2 == 0:
             raise ProbcatValueError(f"model.stamp must be odd, got {m.stamp}")
         if self.calibration.scenes < 0:
@@ -263,7 +266,9 @@ class PhotozTask:
 
     def build_model(self) -> PhotozNet:
         m = self.cfg.model
-        return PhotozNet(len(self.cfg.data.bands), m.stamp, m.channels, m.components)
+        return PhotozNet(
+            len(self.cfg.data.bands), m.stamp, m.channels, m.components, apertures=m.apertures
+        )
 
     def phases(self) -> list[Phase]:
         return [Phase(p.name, p.steps, p.lr, p.warmup) for p in self.cfg.phases]
