@@ -37,6 +37,7 @@ from probcat.provenance import json_safe, provenance, reference_speed_s
 from probcat.redshift.metrics import (
     all_metrics,
     binned,
+    paired_ks_ratio,
     paired_ratio,
     pit_values,
     point_metrics,
@@ -391,6 +392,8 @@ def evaluate_depth(obj, train, survey, seed):
             ("outlier_frac", "bpz"),
         )
     }
+    pits = {c: pit_values(pdfs[c], z) for c in ("probcat", "flexzboost")}
+    out["ratios"]["ks_over_flexzboost"] = paired_ks_ratio(pits["probcat"], pits["flexzboost"])
     # Table 5: stars classified as galaxies join the sample with true z = 0
     z_both = obj["z"][both]
     out["with_stars"] = {

@@ -704,6 +704,13 @@ TABLES = {
                 "",
             ),
             (
+                "PIT KS over FlexZBoost's: paired-bootstrap 95% interval",
+                "ratios.ks_over_flexzboost.interval_95",
+                None,
+                ".3f",
+                "value ≤ 1",
+            ),
+            (
                 "outlier fraction over BPZ's: paired-bootstrap 95% interval",
                 "ratios.outlier_frac_over_bpz.interval_95",
                 None,

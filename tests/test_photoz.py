@@ -444,3 +444,19 @@ def test_paired_ratio_value_and_bootstrap():
     assert same["interval_95"] == [1.0, 1.0] and same["fraction_above_1"] == 0.0
     with pytest.raises(ProbcatValueError, match="one estimate per object"):
         pzm.paired_ratio(a, b[:-1], z)
+
+
+def test_paired_ks_ratio_against_scipy():
+    rng = np.random.default_rng(6)
+    uniform = rng.uniform(size=2000)
+    skewed = rng.uniform(size=2000) ** 1.3  # PIT of a biased code
+    assert pzm.ks_uniform(skewed) == pytest.approx(stats.kstest(skewed, "uniform").statistic)
+    assert pzm.ks_uniform(uniform) == pytest.approx(stats.kstest(uniform, "uniform").statistic)
+    r = pzm.paired_ks_ratio(uniform, skewed, boot=200)
+    exact = stats.kstest(uniform, "uniform").statistic / stats.kstest(skewed, "uniform").statistic
+    assert r["value"] == pytest.approx(exact)
+    assert r["interval_95"][0] < exact < r["interval_95"][1] and r["fraction_above_1"] == 0.0
+    same = pzm.paired_ks_ratio(skewed, skewed, boot=20)
+    assert same["interval_95"] == [1.0, 1.0]
+    with pytest.raises(ProbcatValueError, match="one PIT value per object"):
+        pzm.paired_ks_ratio(uniform, skewed[:-1])

@@ -38,6 +38,8 @@ __all__ = [
     "secondary_peak_recovery",
     "all_metrics",
     "paired_ratio",
+    "paired_ks_ratio",
+    "ks_uniform",
     "binned",
 ]
 
@@ -171,9 +173,35 @@ def paired_ratio(
     def ratio(i):
         return point_metrics(z_a[i], z_true[i])[key] / point_metrics(z_b[i], z_true[i])[key]
 
+    return _paired_bootstrap(ratio, len(z_true), boot, seed)
+
+
+def ks_uniform(pit) -> float:
+    """The Kolmogorov-Smirnov distance of PIT values from U(0, 1)."""
+    u = np.sort(np.asarray(pit, np.float64))
+    n = len(u)
+    i = np.arange(1, n + 1)
+    return float(max(np.max(i / n - u), np.max(u - (i - 1) / n)))
+
+
+def paired_ks_ratio(pit_a, pit_b, *, boot: int = 1000, seed: int = 0) -> dict:
+    """``ks_uniform(pit_a) / ks_uniform(pit_b)`` for two codes' PIT values of the same
+    objects, with a paired bootstrap as :func:`paired_ratio`'s."""
+    a, b = np.asarray(pit_a, np.float64), np.asarray(pit_b, np.float64)
+    if len(a) != len(b) or len(a) == 0:
+        raise ProbcatValueError("paired_ks_ratio needs one PIT value per object from each code")
+
+    def ratio(i):
+        return ks_uniform(a[i]) / ks_uniform(b[i])
+
+    return _paired_bootstrap(ratio, len(a), boot, seed)
+
+
+def _paired_bootstrap(ratio, n: int, boot: int, seed: int) -> dict:
+    """``ratio(all objects)`` and its bootstrap over objects (resampled with replacement)."""
     rng = np.random.default_rng(seed)
     value = ratio(slice(None))
-    r = np.array([ratio(rng.integers(0, len(z_true), len(z_true))) for _ in range(boot)])
+    r = np.array([ratio(rng.integers(0, n, n)) for _ in range(boot)])
     return {
         "value": float(value),
         "interval_68": [float(v) for v in np.percentile(r, [15.865, 84.135])],
