@@ -145,7 +145,7 @@ def test_photoz_doc_snippets_run(scratch):
     est = namespace["est"]
     k = est.net.n_components  # members x 5 components, pooled
     cfg = est.manifest["config"]
-    assert k == cfg["members"] * cfg["model"]["components"] == 10
+    assert k == cfg["members"] * cfg["model"]["components"] == 20
     assert namespace["mu"].shape == (len(res.catalog), k)
     has = np.asarray(res.catalog["has_pz"], bool)
     namespace.update(
