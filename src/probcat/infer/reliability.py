@@ -485,7 +485,7 @@ def annotate(cat, net, feats_k: torch.Tensor):
     dens = getattr(net, "feature_density", None)
     if cal is None and dens is None:
         return cat
-    cols = {}
+    cols, meta = {}, {**cat.meta, "ood_flag": OOD_FLAG}
     if dens is not None:
         cols["ood_score"] = (
             dens.score(_tile_feats(feats_k, cat["tile_x"], cat["tile_y"]))
@@ -497,16 +497,14 @@ def annotate(cat, net, feats_k: torch.Tensor):
         edge = edge_distance(cat["x"], cat["y"], cat.image_shape)
         near = neighbour_distance(cat["x"], cat["y"], raw)
         ood = cols.get("ood_score")
-        if isinstance(cal, LayoutCalibration):
-            w = cal.cutout_probability(edge, raw, cat.image_shape)
-            cols.update(prob_raw=raw, prob=cal.mix(raw, ood, edge, near, w))
-        else:
-            cols.update(prob_raw=raw, prob=cal(raw, ood, edge, near))
-    meta = {**cat.meta, "ood_flag": OOD_FLAG}
-    if cal is not None:
         meta["prob_calibration"] = cal.source
-        if isinstance(cal, LayoutCalibration):
+        if isinstance(cal, LayoutCalibration):  # the image's cutout probability, once
+            w = cal.cutout_probability(edge, raw, cat.image_shape)
             meta["cutout_probability"] = round(w, 4)
+            prob = cal.mix(raw, ood, edge, near, w)
+        else:
+            prob = cal(raw, ood, edge, near)
+        cols.update(prob_raw=raw, prob=prob)
     return replace(cat.with_columns(**cols), meta=meta)
 
 
