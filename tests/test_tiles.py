@@ -79,7 +79,7 @@ def test_pad_to_tiles_places_the_image_inside_the_halo():
 
 def test_cut_stamps_matches_brute_force_slicing():
     gen = torch.Generator().manual_seed(0)
-    image = torch.randn(2, 1, 20, 25, generator=gen)
+    image = torch.randn(2, 3, 20, 25, generator=gen)  # 3 bands
     b = torch.tensor([0, 1, 1])
     ty, tx = torch.tensor([0, 2, 3]), torch.tensor([4, 1, 0])
     locs = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.02, 0.98]])

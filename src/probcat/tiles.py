@@ -76,11 +76,15 @@ def cut_stamps(
     x, y = tile_to_pixel(ty.to(locs.dtype), tx.to(locs.dtype), locs, tile_size)
     cx = torch.round(x).long().clamp(0, w - 1)
     cy = torch.round(y).long().clamp(0, h - 1)
-    padded = torch.nn.functional.pad(image, (r, r, r, r))
-    ar = torch.arange(size, device=image.device)
-    rows = (cy[:, None] + ar)[:, :, None]
-    cols = (cx[:, None] + ar)[:, None, :]
-    st = padded[b[:, None, None], :, rows, cols]  # (N, size, size, bands)
+    # indices clamped into the image and pixels beyond it zeroed: the same as cutting from
+    # a zero-padded copy, without copying the image on every call (that made whole-image
+    # inference quadratic: calls grow with the sources, each copy with the image)
+    ar = torch.arange(size, device=image.device) - r
+    rows, cols = cy[:, None] + ar, cx[:, None] + ar
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+    rows, cols = rows.clamp(0, h - 1)[:, :, None], cols.clamp(0, w - 1)[:, None, :]
+    st = image[b[:, None, None], :, rows, cols]  # (N, size, size, bands)
+    st = torch.where(inside[..., None], st, st.new_zeros(()))
     return st.permute(0, 3, 1, 2), torch.stack([x - cx, y - cy], 1)
 
 

@@ -46,6 +46,14 @@ __all__ = [
 CLASSIFIERS = ("tile", "stamp")
 
 
+def _stamp_batch(image: torch.Tensor) -> int:
+    """Stamps per forward pass of the stamp networks. On a CPU, batches of 256 keep the
+    activations in cache: per source, 256 runs 1.6x faster than 4096 (measured on 2
+    cores), so that whole-image inference scales linearly with the number of sources.
+    A GPU takes bigger batches."""
+    return 4096 if image.is_cuda else 256
+
+
 class DetectionNet(nn.Module):
     """Image ``(B, bands, H, W)`` in units of the noise sigma -> tile features -> heads.
 
@@ -181,9 +189,9 @@ class DetectionNet(nn.Module):
             return self.type_head(x)[:, 0, 0, 0]
         if image is None:
             raise ValueError("the stamp classifier needs the image")
-        logits = []
-        for i in range(0, len(b), 4096):  # bounds the memory of whole-image classification
-            j = slice(i, i + 4096)
+        logits, n = [], _stamp_batch(image)
+        for i in range(0, len(b), n):  # bounded memory on whole images
+            j = slice(i, i + n)
             st, off = self.stamps(image, b[j], ty[j], tx[j], locs[j])
             logits.append(self.stamp_head(st, h[j], off))
         return torch.cat(logits)
@@ -201,9 +209,9 @@ class DetectionNet(nn.Module):
         axis with mean ``(N, 2)`` and log variance ``(N, 2)``, both in tile units relative
         to the tile's origin (the mean may lie outside the tile)."""
         t = self.tile_size
-        means, logvars = [], []
-        for i in range(0, len(b), 4096):  # bounds the memory of whole-image inference
-            j = slice(i, i + 4096)
+        means, logvars, n = [], [], _stamp_batch(image)
+        for i in range(0, len(b), n):  # bounded memory on whole images
+            j = slice(i, i + n)
             st, off = self.stamps(image, b[j], ty[j], tx[j], locs[j])
             mean, logvar = self.refiner(st, off)
             # the stamp's centre pixel (proposal - offset) + mean, px -> tile units
