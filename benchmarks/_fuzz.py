@@ -325,14 +325,18 @@ def api_calls(draw):
                 return False
 
         is_int = isinstance(v, int) and not isinstance(v, bool)
+
+        def gains_one_per_band(a):
+            return isinstance(a, list) and len(a) == 1 and math.isfinite(a[0]) and a[0] > 0
+
         checks = {
             "threshold": lambda: fin(v) and 0 <= v < 1,
             "samples": lambda: is_int and 0 <= v <= 5,
             "seed": lambda: is_int and 0 <= v < 2**63,
             "noise_sigma": lambda: v is None or (fin(v) and 1 < v < 1e30),
             "background": lambda: isinstance(v, str) and v in ("auto", "none"),
-            "gain": lambda: v is None or (fin(v) and v > 0),  # tiny or huge: warned
-        }
+            "gain": lambda: v is None or (fin(v) and v > 0) or gains_one_per_band(v),
+        }  # gain: tiny or huge values are warned; a list of one per band (here 1) is valid
         valid = checks[kind]()
         if kind == "samples" and is_int and 5 < v <= 100_000:
             kwargs[kind], valid = 5, True  # large valid counts only cost time

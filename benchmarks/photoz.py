@@ -217,24 +217,34 @@ def _grid(w, mu, sd):
     return pc / np.trapezoid(pc, GRID, axis=1)[:, None]
 
 
-def ensemble_sizes(obj, sel, members: int, components: int):
+def ensemble_sizes(obj, sel, members: int, components: int, symmetries: int = 1):
     """probcat's metrics on the objects ``sel`` with the first m members of its deep
-    ensemble pooled (m = 1 .. members; the stored mixtures hold member k's components in
-    columns k*components ..), and each member alone. The width factor stays the one fitted
-    for the whole ensemble."""
+    ensemble pooled (m = 1 .. members, every orientation), each member alone (every
+    orientation), and all members read in the first s orientations (s = 1 .. symmetries).
+    The stored mixtures hold orientation v's member k in columns
+    ``(v * members + k) * components ..``; the width factor stays the one fitted for the
+    whole ensemble."""
     keys = ("sigma_iqr", "outlier_frac", "ks", "pit_coverage_68", "pit_coverage_95")
     z = obj["z"][sel]
     w, mu, sd = obj["w"][sel], obj["mu"][sel], obj["sd"][sel]
 
-    def metrics(cols, m):
-        met = all_metrics(_grid(w[:, cols] * (members / m), mu[:, cols], sd[:, cols]), z)
+    def metrics(ks, vs):
+        c = np.concatenate([np.arange(components) + (v * members + k) * components
+                            for v in vs for k in ks])  # fmt: skip
+        scale = members * symmetries / (len(ks) * len(vs))  # weights summing to 1
+        met = all_metrics(_grid(w[:, c] * scale, mu[:, c], sd[:, c]), z)
         return {k: met[k] for k in keys}
 
-    first = {str(m): metrics(slice(0, m * components), m) for m in range(1, members + 1)}
-    alone = [
-        metrics(slice(k * components, (k + 1) * components), 1)["sigma_iqr"] for k in range(members)
-    ]
-    return {"first_m_members": first, "sigma_iqr_each_member": alone, "members": members}
+    every = range(symmetries)
+    return {
+        "first_m_members": {str(m): metrics(range(m), every) for m in range(1, members + 1)},
+        "sigma_iqr_each_member": [metrics([k], every)["sigma_iqr"] for k in range(members)],
+        "first_s_orientations": {
+            str(s): metrics(range(members), range(s)) for s in range(1, symmetries + 1)
+        },
+        "members": members,
+        "symmetries": symmetries,
+    }
 
 
 def train_table(obj, survey):
@@ -603,7 +613,9 @@ def main(argv=None):
         **provenance(command),
     }
     obj, pdfs, sel = samples[head]
-    result["ensemble_size"] = ensemble_sizes(obj, obj["gold"], est.net.members, est.net.components)
+    result["ensemble_size"] = ensemble_sizes(
+        obj, obj["gold"], est.net.members, est.net.components, est.net.symmetries
+    )
     figures(res, pdfs, sel, depth_pair, out)
     text = json.dumps(json_safe(result), indent=1, default=float)
     atomic_write(out / "photoz.json", lambda p: Path(p).write_text(text))

@@ -725,6 +725,14 @@ TABLES = {
                 "",
                 "one net",
             ),
+            (
+                "σ_IQR of the ensemble reading each stamp in two orientations vs in one",
+                "probcat.sigma_iqr",
+                "ensemble_size.first_s_orientations.1.sigma_iqr",
+                ".4f",
+                "",
+                "one orientation",
+            ),
         ],
     ),
     "robustness": (

@@ -426,6 +426,12 @@ def test_benchmark_ensemble_sizes_reads_each_members_columns():
     assert out["sigma_iqr_each_member"][1] > 3 * one["sigma_iqr"]
     # pooled, half the mass lies at z + 0.5: PIT values pile up near 0.25, not uniform
     assert one["ks"] < 0.25 and both["ks"] > 0.4
+    # the same columns read as one net in two orientations (orientation-major layout)
+    sym = bench.ensemble_sizes(obj, np.ones(n, bool), members=1, components=k, symmetries=2)
+    assert sym["first_s_orientations"]["1"] == one and sym["first_s_orientations"]["2"] == both
+    assert sym["first_m_members"]["1"] == both and sym["sigma_iqr_each_member"] == [
+        both["sigma_iqr"]
+    ]
 
 
 def test_paired_ratio_value_and_bootstrap():

@@ -56,6 +56,8 @@ def test_config_rejects_bad_values():
         PhotozTrainConfig(data=PhotozData(jitter_px=float("nan")))
     with pytest.raises(ProbcatValueError, match="val_to_train"):
         PhotozTrainConfig(data=PhotozData(val_to_train=1.0))
+    with pytest.raises(ProbcatValueError, match="symmetries"):
+        PhotozTrainConfig(symmetries=3)
 
 
 def test_training_and_validation_scenes_share_the_split_settings():
@@ -152,6 +154,55 @@ def test_an_ensemble_pools_its_members_mixtures_with_equal_weight(apertures):
         PhotozNet.ensemble([nets[0], PhotozNet(bands=6, size=11, channels=8, components=3)])
 
 
+def test_symmetries_pool_the_orientations_the_nets_are_trained_with(tmp_path):
+    from probcat.nets.photoz import PhotozNet, dihedral, mixture_nll
+    from probcat.train.photoz import dihedral_batch
+    from probcat.errors import ProbcatIOError
+    from probcat.survey import Survey
+    from probcat.weights import load
+
+    x = torch.randn(4, 6, 11, 11, generator=torch.Generator().manual_seed(1))
+    for v in range(8):  # the inference transforms are the training ones
+        want = dihedral_batch(x.numpy(), np.full(4, v))
+        torch.testing.assert_close(dihedral(x, v), torch.from_numpy(want))
+    assert len({tuple(dihedral(x, v)[0, 0].flatten().tolist()) for v in range(8)}) == 8
+    torch.manual_seed(0)
+    nets = [PhotozNet(bands=6, size=11, channels=4, components=3, apertures=(1.5,)).eval()
+            for _ in range(2)]  # fmt: skip
+    ens = PhotozNet.ensemble(nets, symmetries=4).eval()
+    assert ens.n_components == 2 * 4 * 3 and ens.hparams["symmetries"] == 4
+    z = torch.rand(4) * 2
+    with torch.no_grad():  # brute force: the average density over members and rotations
+        dens = torch.stack(
+            [torch.exp(-mixture_nll(*n(torch.rot90(x, v, (-2, -1))), z, False))
+             for n in nets for v in range(4)]  # fmt: skip
+        ).mean(0)
+        torch.testing.assert_close(torch.exp(-mixture_nll(*ens(x), z, False)), dens)
+        # the pooled density is the same for a rotated stamp (the group is closed)
+        torch.testing.assert_close(
+            torch.exp(-mixture_nll(*ens(dihedral(x, 1)), z, False)), dens
+        )
+        one = nets[0]
+        one.symmetries = 2  # a single net reads two orientations
+        d2 = torch.exp(-mixture_nll(*one(x), z, False))
+        one.symmetries = 1
+        d1 = torch.exp(-mixture_nll(*one(x), z, False))
+        d1r = torch.exp(-mixture_nll(*one(dihedral(x, 1)), z, False))
+        torch.testing.assert_close(d2, (d1 + d1r) / 2)
+        assert "symmetries" not in one.hparams  # 1: hparams as before
+    with pytest.raises(ValueError, match="symmetries"):
+        PhotozNet(bands=6, size=11, symmetries=3)
+    # weights keep the setting; a file with another number is refused in one line
+    state = {"kind": "photoz", "hparams": ens.hparams, "state_dict": ens.state_dict(),
+             "survey": Survey.lsst(bands="ugrizy").to_dict()}  # fmt: skip
+    torch.save(state, tmp_path / "pz.pt")
+    back = load(tmp_path / "pz.pt", kind="photoz").model
+    assert back.symmetries == 4 and back.n_components == 24
+    torch.save({**state, "hparams": {**ens.hparams, "symmetries": 3}}, tmp_path / "bad.pt")
+    with pytest.raises(ProbcatIOError, match="photo-z network"):
+        load(tmp_path / "bad.pt", kind="photoz")
+
+
 def test_aperture_features_are_matched_filter_snrs():
     from probcat.nets.photoz import PhotozNet, aperture_features, aperture_kernels
 
@@ -209,3 +260,11 @@ def test_an_ensemble_run_trains_members_resumably_then_assembles(tmp_path, cache
     assert w.shape == (1, 10) and w.sum() == pytest.approx(1.0)
     with pytest.raises(ProbcatValueError, match="member must lie"):
         train_photoz(cfg, out, cache_dir=cache_dir, progress=False, member=2)
+    # read in two orientations: the same members (not retrained), assembled again
+    sym = PhotozTrainConfig(**{**cfg.__dict__, "symmetries": 2})
+    man = train_photoz(sym, out, cache_dir=cache_dir, progress=False)
+    assert sha256(out / "member_1" / "photoz.pt") == first
+    assert man["config"]["symmetries"] == 2 and "symmetries" not in one["config"]
+    est = probcat.load(str(out / "photoz.pt"))
+    assert est.net.symmetries == 2
+    assert est.mixture(np.zeros((6, 20, 20), np.float32), [10.0], [10.0])[0].shape == (1, 20)

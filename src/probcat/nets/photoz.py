@@ -45,11 +45,14 @@ __all__ = [
     "SD_SCALES",
     "aperture_kernels",
     "aperture_features",
+    "dihedral",
+    "SYMMETRIES",
 ]
 
 COMPONENTS = 5
 STAMP_Z = 33  # stamp side in pixels (6.6" for LSST): the object and its near neighbours
 LOG_SD_RANGE = (math.log(0.003), math.log(1.0))
+SYMMETRIES = (1, 2, 4, 8)  # orientations a net can pool (see PhotozNet)
 SD_SCALES = np.exp(np.linspace(np.log(0.5), np.log(3.0), 61))
 
 
@@ -79,7 +82,15 @@ class PhotozNet(nn.Module):
     equal weight, so the PDF is a mixture of ``members x components`` Gaussians.
 
     ``apertures``: Gaussian aperture widths (pixels) whose photometry joins the
-    convolutional features (:func:`aperture_features`); none by default."""
+    convolutional features (:func:`aperture_features`); none by default.
+
+    ``symmetries`` (1, 2, 4 or 8): the stamp is read in that many orientations (the first
+    of identity, rotations by 90°, 180°, 270°, then the same flipped: the symmetries the
+    nets are trained with) and the mixtures are pooled with equal weight. The sky has no
+    preferred orientation, so each orientation is an equally valid reading of the same
+    stamp; pooling them averages out the net's orientation-dependent errors, as the
+    ensemble averages out the members' (a mixture of ``members x symmetries x
+    components`` Gaussians, at ``symmetries`` times the cost)."""
 
     def __init__(
         self,
@@ -89,6 +100,7 @@ class PhotozNet(nn.Module):
         components: int = COMPONENTS,
         members: int = 1,
         apertures: tuple[float, ...] | list[float] = (),
+        symmetries: int = 1,
     ):
         super().__init__()
         self.hparams = {
@@ -113,14 +125,29 @@ class PhotozNet(nn.Module):
         else:
             self.encoder = encoder()
         self.components, self.members = components, members
+        self.symmetries = symmetries
         self.register_buffer("sd_scale", torch.ones(()))
         # derived from the hparams, so not in the state dict
         kernels = aperture_kernels(size, apertures) if apertures else torch.zeros(0)
         self.register_buffer("aperture_kernels", kernels, persistent=False)
 
     @property
+    def symmetries(self) -> int:
+        """Orientations of the stamp pooled at inference (see the class docs)."""
+        return self._symmetries
+
+    @symmetries.setter
+    def symmetries(self, k: int) -> None:
+        if k not in SYMMETRIES:
+            raise ValueError(f"symmetries must be one of {SYMMETRIES}, got {k}")
+        self._symmetries = int(k)
+        self.hparams.pop("symmetries", None)
+        if k != 1:  # nets read in one orientation keep their hparams as before
+            self.hparams["symmetries"] = int(k)
+
+    @property
     def n_components(self) -> int:
-        return self.components * self.members
+        return self.components * self.members * self.symmetries
 
     def _mixture(self, out: torch.Tensor):
         k = self.components
@@ -131,27 +158,37 @@ class PhotozNet(nn.Module):
         return weights, means, log_sd.exp()
 
     def forward(self, x: torch.Tensor):
-        feats = None
+        feats = None  # the apertures are centred Gaussians: the same in every orientation
         if self.hparams.get("apertures"):
             feats = aperture_features(x, self.aperture_kernels)
-        if self.members == 1:
-            w, m, sd = self._mixture(self.encoder(x, feats))
-            return w, m, sd * self.sd_scale
-        xa = torch.asinh(x)  # once for every member
-        parts = [self._mixture(enc.from_asinh(xa, feats)) for enc in self.encoders]
+        xa = torch.asinh(x)  # once for every member and orientation
+        encoders = self.encoders if self.members != 1 else [self.encoder]
+        parts = [
+            self._mixture(enc.from_asinh(dihedral(xa, v), feats))
+            for v in range(self.symmetries)
+            for enc in encoders
+        ]
         w, m, sd = (torch.cat([p[j] for p in parts], dim=1) for j in range(3))
-        return w / self.members, m, sd * self.sd_scale
+        return w / len(parts), m, sd * self.sd_scale
 
     @classmethod
-    def ensemble(cls, nets: list[PhotozNet]) -> PhotozNet:
-        """The deep ensemble of single nets of one architecture (``sd_scale`` 1: refit it)."""
-        hp = {k: v for k, v in nets[0].hparams.items() if k != "members"}
+    def ensemble(cls, nets: list[PhotozNet], symmetries: int = 1) -> PhotozNet:
+        """The deep ensemble of single nets of one architecture, read in ``symmetries``
+        orientations (``sd_scale`` 1: refit it)."""
+        hp = {k: v for k, v in nets[0].hparams.items() if k not in ("members", "symmetries")}
         if any(n.members != 1 or n.hparams != nets[0].hparams for n in nets):
             raise ValueError("ensemble members must be single nets of one architecture")
-        out = cls(**hp, members=len(nets))
+        out = cls(**hp, members=len(nets), symmetries=symmetries)
         for enc, net in zip(out.encoders, nets):
             enc.load_state_dict(net.encoder.state_dict())
         return out
+
+
+def dihedral(x: torch.Tensor, v: int) -> torch.Tensor:
+    """Symmetry ``v`` (0-7) of the dihedral group on the last two axes: a rotation by
+    ``v % 4`` quarter turns, then a flip of the columns if ``v >= 4`` (as in training)."""
+    t = torch.rot90(x, v % 4, dims=(-2, -1)) if v % 4 else x
+    return t.flip(-1) if v >= 4 else t
 
 
 def _log_norm_cdf(x: torch.Tensor) -> torch.Tensor:

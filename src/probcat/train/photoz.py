@@ -26,7 +26,7 @@ import torch
 from probcat.config import load_yaml
 from probcat.errors import ProbcatValueError
 from probcat.infer.deblend import crop_nearest
-from probcat.nets.photoz import COMPONENTS, STAMP_Z, PhotozNet, mixture_nll
+from probcat.nets.photoz import COMPONENTS, STAMP_Z, SYMMETRIES, PhotozNet, mixture_nll
 from probcat.simulate.datasets import Simulation, SimulationConfig
 from probcat.simulate.prior import MAG_GOLD
 from probcat.survey import Survey
@@ -100,6 +100,7 @@ class PhotozTrainConfig:
     checkpoint_every: int = 250
     threads: int = 2
     members: int = 1  # > 1: a deep ensemble of nets trained with seeds seed, seed + 1, ...
+    symmetries: int = 1  # orientations of each stamp pooled at inference (1, 2, 4 or 8)
 
     def __post_init__(self):
         d, m = self.data, self.model
@@ -111,6 +112,10 @@ class PhotozTrainConfig:
             raise ProbcatValueError(f"model.apertures must be positive widths, got {m.apertures}")
         if m.stamp % 2 == 0:
             raise ProbcatValueError(f"model.stamp must be odd, got {m.stamp}")
+        if self.symmetries not in SYMMETRIES:
+            raise ProbcatValueError(
+                f"symmetries must be one of {SYMMETRIES}, got {self.symmetries}"
+            )
         if self.calibration.scenes < 0:
             raise ProbcatValueError(
                 f"calibration.scenes must be >= 0, got {self.calibration.scenes}"
@@ -296,6 +301,7 @@ class PhotozTask:
         return {"total": nll, **{k: m[k] for k in keep}}
 
     def finish(self, model, progress):
+        model.symmetries = self.cfg.symmetries  # trained in one orientation at a time
         return fit_width_calibration(model, self.cfg, progress)
 
     def weights(self, model):
@@ -365,13 +371,14 @@ def fit_width_calibration(model: PhotozNet, cfg: PhotozTrainConfig, progress=Tru
 
 
 def _config_dict(cfg: PhotozTrainConfig) -> dict:
-    """The config as runs record it; single nets leave out ``members`` (as runs did before
-    ensembles, so they resume)."""
+    """The config as runs record it; ``members`` and ``symmetries`` of 1 are left out (as
+    runs recorded them before ensembles and symmetries, so they resume)."""
     from probcat.config import to_dict
 
     d = to_dict(cfg)
-    if d.get("members") == 1:
-        del d["members"]
+    for key in ("members", "symmetries"):
+        if d.get(key) == 1:
+            del d[key]
     return d
 
 
@@ -405,7 +412,7 @@ def train_photoz(
         raise ProbcatValueError(f"member must lie in [0, {cfg.members}), got {member}")
     manifests = []
     for k in range(cfg.members) if member is None else [member]:
-        sub = replace(cfg, members=1, seed=cfg.seed + k)
+        sub = replace(cfg, members=1, symmetries=1, seed=cfg.seed + k)
         done = _finished(out / f"member_{k}", sub) or one(sub, out / f"member_{k}")
         if done is None:
             return None  # stopped early
@@ -431,7 +438,7 @@ def _assemble(cfg: PhotozTrainConfig, out: Path, manifests: list[dict], progress
 
     nets = [load(out / f"member_{k}" / "photoz.pt", kind="photoz").model
             for k in range(cfg.members)]  # fmt: skip
-    model = PhotozNet.ensemble(nets)
+    model = PhotozNet.ensemble(nets, cfg.symmetries)
     fits = fit_width_calibration(model, cfg, progress)
     config = _config_dict(cfg)
     weights = {**_weights(model, cfg), "format": FORMAT, "config": config, **fits}

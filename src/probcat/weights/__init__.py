@@ -216,7 +216,7 @@ def _frozen(cls, state: dict, path: Path, what: str, defaults: dict | None = Non
     try:
         net = cls(**state["hparams"])
         net.load_state_dict({**(defaults or {}), **state["state_dict"]})
-    except (TypeError, RuntimeError, KeyError) as e:
+    except (TypeError, ValueError, RuntimeError, KeyError) as e:  # ValueError: bad hparams
         first = str(e).strip().splitlines()[0]
         raise ProbcatIOError(f"{path}: weights do not fit the {what} ({first})") from e
     net.eval()
