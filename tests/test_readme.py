@@ -143,9 +143,9 @@ def test_photoz_doc_snippets_run(scratch):
     n = int(np.sum(res.catalog["has_pz"]))
     assert n > 0 and namespace["pdfs"].shape == (n, 301)
     est = namespace["est"]
-    k = est.net.n_components  # members x 5 components, pooled
+    k = est.net.n_components  # members x orientations x 5 components, pooled
     cfg = est.manifest["config"]
-    assert k == cfg["members"] * cfg["model"]["components"] == 20
+    assert k == cfg["members"] * cfg["symmetries"] * cfg["model"]["components"] == 40
     assert namespace["mu"].shape == (len(res.catalog), k)
     has = np.asarray(res.catalog["has_pz"], bool)
     namespace.update(
