@@ -155,10 +155,10 @@ def test_an_ensemble_pools_its_members_mixtures_with_equal_weight(apertures):
 
 
 def test_symmetries_pool_the_orientations_the_nets_are_trained_with(tmp_path):
-    from probcat.nets.photoz import PhotozNet, dihedral, mixture_nll
-    from probcat.train.photoz import dihedral_batch
     from probcat.errors import ProbcatIOError
+    from probcat.nets.photoz import PhotozNet, dihedral, mixture_nll
     from probcat.survey import Survey
+    from probcat.train.photoz import dihedral_batch
     from probcat.weights import load
 
     x = torch.randn(4, 6, 11, 11, generator=torch.Generator().manual_seed(1))

@@ -42,7 +42,8 @@ class PhotozResult:
         ensemble: ``qp.Ensemble(qp.mixmod)`` of the objects with ``has_pz``, in catalog
             order; its ancil ``row`` is the catalog row. The PDF is the mixture truncated at
             z = 0 (:mod:`probcat.redshift.pdf`).
-        weights, means, sds: the mixture parameters ``(n_pz, 5)``.
+        weights, means, sds: the mixture parameters ``(n_pz, net.n_components)``
+            (members x orientations x 5 components).
         detection: the :class:`~probcat.api.DetectionResult` (from :func:`probcat.photoz`).
         wcs: the image's WCS, or None.
     """
@@ -101,9 +102,9 @@ class PhotozEstimator:
         return tuple(self.survey.band_names)
 
     def mixture(self, image, x, y, *, noise_sigma=None):
-        """Mixture parameters ``(weights, means, sds)``, each ``(n, 5)``, of the objects at
-        pixel positions ``x, y`` of ``image`` (FITS path, ImageData or array in electrons
-        with the weights' bands)."""
+        """Mixture parameters ``(weights, means, sds)``, each ``(n, net.n_components)``, of
+        the objects at pixel positions ``x, y`` of ``image`` (FITS path, ImageData or array
+        in electrons with the weights' bands)."""
         from probcat.api import read_input
 
         xs, _, _, _ = read_input(image, self.survey, noise_sigma)

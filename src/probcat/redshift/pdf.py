@@ -1,10 +1,11 @@
 """Redshift PDFs: Gaussian mixtures truncated at z = 0, their summaries and qp ensembles.
 
-probcat's photo-z PDFs are 5-component Gaussian mixtures (paper 002 section 3)
-*restricted to z >= 0 and renormalised* (see :mod:`probcat.nets.photoz`). The file format
-is qp's (``qp.Ensemble(qp.mixmod, ...)``, written with ``Ensemble.write_to``) holding the
-untruncated components; :func:`truncated_pdf` / :func:`truncated_cdf` /
-:func:`to_grid_ensemble` give the density probcat means. All summaries below use the
+probcat's photo-z PDFs are Gaussian mixtures (5 components per network and orientation
+read, paper 002 section 3) *restricted to z >= 0 and renormalised* (see
+:mod:`probcat.nets.photoz`). The file format is qp's (``qp.Ensemble(qp.mixmod, ...)``,
+written with ``Ensemble.write_to``) holding the untruncated components;
+:func:`truncated_pdf` / :func:`truncated_cdf` / :func:`to_grid_ensemble` give the density
+probcat means. All summaries below use the
 truncated density; the point estimate is the mode on the fixed grid ``GRID`` (0-3, 301
 points, paper 002 section 4).
 """
