@@ -5,9 +5,8 @@ read, paper 002 section 3) *restricted to z >= 0 and renormalised* (see
 :mod:`probcat.nets.photoz`). The file format is qp's (``qp.Ensemble(qp.mixmod, ...)``,
 written with ``Ensemble.write_to``) holding the untruncated components;
 :func:`truncated_pdf` / :func:`truncated_cdf` / :func:`to_grid_ensemble` give the density
-probcat means. All summaries below use the
-truncated density; the point estimate is the mode on the fixed grid ``GRID`` (0-3, 301
-points, paper 002 section 4).
+probcat means. All summaries below use the truncated density; the point estimate is the
+mode on the fixed grid ``GRID`` (0-3, 301 points, paper 002 section 4).
 """
 
 from __future__ import annotations
