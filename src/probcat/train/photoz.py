@@ -26,7 +26,14 @@ import torch
 from probcat.config import load_yaml
 from probcat.errors import ProbcatValueError
 from probcat.infer.deblend import crop_nearest
-from probcat.nets.photoz import COMPONENTS, STAMP_Z, SYMMETRIES, PhotozNet, mixture_nll
+from probcat.nets.photoz import (
+    COMPONENTS,
+    STAMP_Z,
+    SYMMETRIES,
+    PhotozNet,
+    dihedral,
+    mixture_nll,
+)
 from probcat.simulate.datasets import Simulation, SimulationConfig
 from probcat.simulate.prior import MAG_GOLD
 from probcat.survey import Survey
@@ -248,13 +255,13 @@ def _pool(cfg: PhotozTrainConfig, split: str, n: int, seed, cache_dir, progress)
 
 
 def dihedral_batch(x: np.ndarray, variant: np.ndarray) -> np.ndarray:
-    """Apply one of the 8 dihedral symmetries per stamp (rotations by 90°, then a flip)."""
+    """Apply symmetry ``variant[i]`` (0-7, :func:`~probcat.nets.photoz.dihedral`: the
+    orientations inference pools) to stamp ``i``."""
     out = np.empty_like(x)
     for v in range(8):
         sel = variant == v
         if sel.any():
-            t = np.rot90(x[sel], k=v % 4, axes=(-2, -1))
-            out[sel] = t[..., ::-1] if v >= 4 else t
+            out[sel] = dihedral(torch.from_numpy(x[sel]), v).numpy()
     return out
 
 
