@@ -284,6 +284,12 @@ def central_part(args):
     cuts = np.linspace(0, n, w * 4 + 1).astype(int)
     jobs = [(int(a), int(b), args) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
     rows = []
+    # the scenes' source banks are rendered (or loaded) here, where rendering may use a
+    # pool of its own, so that the workers load them from the cache
+    Simulation(
+        SimulationConfig(recipe="central", n=args.n_central, seed=args.seed, split="test"),
+        progress=True,
+    )
     # fork before this process has run any torch computation (see main)
     with mp.get_context("fork").Pool(w) as pool:
         for _k, part in enumerate(pool.imap(_central_worker, jobs)):

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -108,3 +110,21 @@ def test_cache_key_of_older_configs_is_unchanged(survey_i):
         for c in (BankConfig(), BankConfig(keep_gold=True), BankConfig(val_to_train=0.5))
     }
     assert len(keys) == 3
+
+
+def _build_in_worker(args):
+    survey, cfg = args
+    return SourceBank.build(survey, cfg, workers=2, progress=False).pixels
+
+
+@pytest.mark.skipif(os.name == "nt", reason="fork start method")
+def test_bank_builds_inside_a_pool_worker(survey_i):
+    """A pool's worker may not start a pool of its own: the bank renders serially there,
+    the same pixels as in the main process."""
+    import multiprocessing as mp
+
+    cfg = BankConfig(n_galaxies=64, n_star_phases=2, split="val")
+    serial = SourceBank.build(survey_i, cfg, workers=1, progress=False).pixels
+    with mp.get_context("fork").Pool(1) as pool:
+        (inside,) = pool.map(_build_in_worker, [(survey_i, cfg)])
+    assert np.array_equal(inside, serial)

@@ -264,9 +264,10 @@ class SourceBank:
         workers = workers or min(os.cpu_count() or 1, 8)
         bar = tqdm(total=n, desc=f"rendering {config.split} bank", unit="gal", disable=not progress)
         results = []
-        if workers > 1 and n >= 64:
-            import multiprocessing as mp
+        import multiprocessing as mp
 
+        # a pool's worker (daemonic) may not start processes of its own: render serially there
+        if workers > 1 and n >= 64 and not mp.current_process().daemon:
             with mp.get_context("spawn" if os.name == "nt" else "fork").Pool(workers) as pool:
                 for r in pool.imap(_render_galaxy, jobs, chunksize=16):
                     results.append(r)
