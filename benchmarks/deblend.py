@@ -215,16 +215,18 @@ def morphology_summary(r) -> dict:
 
 
 # ---- part 2: central scenes (Figs. 9-10) ---------------------------------------------------
+def _central_sim(args, progress: bool) -> Simulation:
+    cfg = SimulationConfig(recipe="central", n=args.n_central, seed=args.seed, split="test")
+    return Simulation(cfg, progress=progress)
+
+
 def _central_worker(job):
     start, stop, args = job
     torch.set_num_threads(1)
     torch.set_grad_enabled(False)
     det = load(args.weights, device="cpu", threads=1)
     deb = load(args.deblender, device="cpu", threads=1)
-    sim = Simulation(
-        SimulationConfig(recipe="central", n=args.n_central, seed=args.seed, split="test"),
-        progress=False,
-    )
+    sim = _central_sim(args, progress=False)
     survey = deb.survey
     sigma = survey.noise_sigma.astype(np.float32)
     noise_sd = float(sigma[0]) * np.sqrt(np.pi * APERTURE_RADIUS**2)
@@ -286,10 +288,7 @@ def central_part(args):
     rows = []
     # the scenes' source banks are rendered (or loaded) here, where rendering may use a
     # pool of its own, so that the workers load them from the cache
-    Simulation(
-        SimulationConfig(recipe="central", n=args.n_central, seed=args.seed, split="test"),
-        progress=True,
-    )
+    _central_sim(args, progress=True)
     # fork before this process has run any torch computation (see main)
     with mp.get_context("fork").Pool(w) as pool:
         for _k, part in enumerate(pool.imap(_central_worker, jobs)):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing as mp
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -264,8 +265,6 @@ class SourceBank:
         workers = workers or min(os.cpu_count() or 1, 8)
         bar = tqdm(total=n, desc=f"rendering {config.split} bank", unit="gal", disable=not progress)
         results = []
-        import multiprocessing as mp
-
         # a pool's worker (daemonic) may not start processes of its own: render serially there
         if workers > 1 and n >= 64 and not mp.current_process().daemon:
             with mp.get_context("spawn" if os.name == "nt" else "fork").Pool(workers) as pool:
