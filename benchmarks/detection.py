@@ -37,6 +37,7 @@ from probcat.infer.detect import (
     tile_features,
     tile_image,
 )
+from probcat.infer.reliability import veto_pairs
 from probcat.io import write_image
 from probcat.metrics import (
     SNR_BINS,
@@ -116,6 +117,7 @@ def run_scenes(net, survey, sim, args):
                 est = catalog_from_decisions(
                     decs[t], b, marginal, (98, 98), net.tile_size, ("i",), {}
                 )
+                est = veto_pairs(est, net, pixels[b])  # as the product's MAP catalogue
                 i, j = match(true_xy, np.stack([est["x"], est["y"]], 1))
                 m_true = np.zeros(len(cat), bool)
                 m_true[i] = True

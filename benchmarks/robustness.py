@@ -119,7 +119,8 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100) -> dict:
         part = scenes[start : start + chunk]
         imgs = np.stack([s.image for s in part])
         feats = batch_tile_features(net, imgs, sigma)
-        dec = decode(net, feats, image=tile_image(net, imgs, sigma))
+        pixels = tile_image(net, imgs, sigma)
+        dec = decode(net, feats, image=pixels)
         extra["tile_prob"].append(dec.marginal.prob.numpy().ravel())
         tiles = TileCatalog.from_full([s.catalog for s in part], net.tile_size)
         nty, ntx = feats.shape[-2:]
@@ -131,7 +132,7 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100) -> dict:
             true_xy = np.stack([cat["x"], cat["y"]], 1)
             shape = imgs.shape[-2:]
             est = catalog_from_decisions(dec, b, dec.marginal, shape, net.tile_size, ("i",), {})
-            est = annotate(est, net, feats[b])
+            est = annotate(est, net, feats[b], pixels[b])
             if "cutout_probability" in est.meta:
                 cutout_w.append(est.meta["cutout_probability"])
             keep = np.asarray(est["prob"], float) > 0.5

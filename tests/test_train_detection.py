@@ -179,6 +179,8 @@ def test_shipped_config_is_the_shipped_weights_config(name):
         assert got["data"].pop("psf_scales") == [1.0]
     if "reliability_inside_fraction" not in want["fits"]:  # calibrated on cutouts only
         assert got["fits"].pop("reliability_inside_fraction") == 0.0
+    if "pair_scenes" not in want["fits"]:  # calibrated before the pair rule
+        assert got["fits"].pop("pair_scenes") == 1024
     assert got == want
     assert load_config(f"configs/{name}.yaml", steps=7).phases[0].steps == 7
 

@@ -383,7 +383,7 @@ class Detector:
                         c = catalog_from_decisions(
                             dec, k, dec.marginal, shape, self.net.tile_size, bands, meta
                         )
-                        c = annotate(c, self.net, feats[k])
+                        c = annotate(c, self.net, feats[k], pixels[k])
                         info = {
                             **batch.info[sl.start + k],
                             **self._seeing(batch.x[sl.start + k], c),

@@ -544,13 +544,14 @@ def calibrate_cmd(
     reliability_only: bool = typer.Option(
         False,
         "--reliability-only",
-        help="only (re)fit the probability calibration and the ood_score density",
+        help="only (re)fit the pair rule, the probability calibration and the ood_score "
+        "density",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """(Re)fit the merge radius (weights with a location refiner), the centroid-interval
-    calibration, the detection-probability calibration, the ood_score density and the sky
-    offset of a trained run (training does them last)."""
+    calibration, the pair rule, the detection-probability calibration, the ood_score density
+    and the sky offset of a trained run (training does them last)."""
     from probcat.train.detection import calibrate_run, record_sky_offset
 
     for name in ("detection.pt", "manifest.json"):

@@ -449,7 +449,7 @@ def map_catalog(
     cat = catalog_from_decisions(
         dec, 0, dec.marginal, image_shape, net.tile_size, bands, map_meta(net, threshold)
     )
-    return annotate(cat, net, feats[0])
+    return annotate(cat, net, feats[0], image)
 
 
 def map_meta(net: DetectionNet, threshold: float) -> dict:

@@ -71,6 +71,7 @@ __all__ = [
     "fit_probability_calibration",
     "fit_feature_density",
     "annotate",
+    "veto_pairs",
     "fit_reliability",
     "OOD_FLAG",
     "EDGE_ZONES",
@@ -477,10 +478,31 @@ def _tile_feats(feats_k: torch.Tensor, tx, ty) -> np.ndarray:
     return feats_k[:, ty, tx].T.double().cpu().numpy()
 
 
-def annotate(cat, net, feats_k: torch.Tensor):
+def veto_pairs(cat, net, pixels):
+    """The MAP catalogue ``cat`` of ``net`` less the detections its pair rule reads as a
+    piece of a neighbouring source (:mod:`probcat.infer.pairs`), with their ``pair_prob``
+    (NaN for a detection without a neighbour within the rule's radius); unchanged when the
+    weights carry no rule or ``pixels`` (the image in noise-sigma units, ``(bands, H, W)``
+    or a batch of one, possibly padded at the bottom and right) is None."""
+    rule = getattr(net, "pair_rule", None)
+    if rule is None or pixels is None or not len(cat):
+        return cat
+    img = pixels.detach().cpu().numpy() if isinstance(pixels, torch.Tensor) else np.asarray(pixels)
+    if img.ndim == 4:
+        img = img[0]
+    h, w = cat.image_shape[-2:]
+    keep, p = rule.keep(img[..., :h, :w], cat["x"], cat["y"], np.asarray(cat["prob"], float))
+    out = cat.with_columns(pair_prob=p).select(np.flatnonzero(keep))
+    return replace(out, meta={**out.meta, "pair_vetoed": int((~keep).sum())})
+
+
+def annotate(cat, net, feats_k: torch.Tensor, pixels=None):
     """A MAP catalogue of ``net`` with the weights' reliability columns: ``prob_raw`` (the
     network's probability), ``prob`` (calibrated) and ``ood_score`` (see the module
-    docstring); unchanged when the weights carry neither fit."""
+    docstring); unchanged when the weights carry neither fit. With ``pixels`` (the image in
+    noise-sigma units) and weights with a pair rule, the detections it vetoes are dropped
+    first (:func:`veto_pairs`)."""
+    cat = veto_pairs(cat, net, pixels)
     cal = getattr(net, "prob_calibration", None)
     dens = getattr(net, "feature_density", None)
     if cal is None and dens is None:
@@ -510,7 +532,8 @@ def annotate(cat, net, feats_k: torch.Tensor):
 
 @torch.no_grad()
 def detections_with_outcomes(net, sim, noise_sigma, *, n_scenes: int, rng, batch: int = 32):
-    """MAP detections of ``n_scenes`` scenes of ``sim``, a dict of arrays: ``prob`` (raw),
+    """MAP detections of ``n_scenes`` scenes of ``sim`` (after the pair veto of weights that
+    carry one), a dict of arrays: ``prob`` (raw),
     ``real`` (matched to a true source within 2 px), ``feats`` (tile feature vectors),
     ``scene`` (index), ``edge`` (px to the image edge) and ``neighbour`` (px to the nearest
     other detection, :func:`neighbour_distance`)."""
@@ -519,7 +542,9 @@ def detections_with_outcomes(net, sim, noise_sigma, *, n_scenes: int, rng, batch
 
     rows = {k: [] for k in ("prob", "real", "feats", "scene", "edge", "neighbour")}
     scenes = map_catalogs_of_scenes(net, sim, noise_sigma, n_scenes, rng, batch)
+    sig = np.asarray(noise_sigma, float).reshape(-1, 1, 1)
     for k, (scene, c, feats_k) in enumerate(scenes):
+        c = veto_pairs(c, net, scene.image / sig)
         t = scene.catalog
         _, j = match(np.stack([t["x"], t["y"]], 1), np.stack([c["x"], c["y"]], 1))
         ok = np.zeros(len(c), bool)

@@ -106,6 +106,8 @@ class DetectionNet(nn.Module):
         # detections (probcat.infer.reliability), set by the weights loader
         self.prob_calibration = None
         self.feature_density = None
+        # split veto of close pairs in MAP catalogues (probcat.infer.pairs), set by the loader
+        self.pair_rule = None
         self.detection_head = CheckerboardHead(channels, tile_size, proximity)
         if classifier == "tile":
             self.type_head = nn.Sequential(

@@ -112,6 +112,9 @@ class DetectionFits:
     # the rest have the training layout, with sources beyond the edges (a survey cutout)
     reliability_inside_fraction: float = 0.5
     sky_scenes: int = 32  # 256-px sky-free scenes for the sky offset (probcat.background)
+    # the split veto of close pairs (probcat.infer.pairs), fitted before the probability
+    # calibration and in the same two layouts; 0: none
+    pair_scenes: int = 1024
 
 
 @dataclass(frozen=True)
@@ -463,11 +466,12 @@ def calibrate_run(
     reliability_only: bool = False,
 ) -> dict:
     """Refit the merge rule (weights with a location refiner), the centroid-interval
-    calibration, the detection-probability calibration and the feature density of the run
-    in ``out`` (training fits them as its last steps) and record them in its
-    ``detection.pt`` and ``manifest.json``. ``reliability_only``: only the probability
-    calibration and the feature density, decoding with the run's recorded merge radius (the
-    catalogues' positions and decisions stay exactly as they were). ``n_scenes`` and
+    calibration, the pair rule, the detection-probability calibration and the feature
+    density of the run in ``out`` (training fits them as its last steps) and record them in
+    its ``detection.pt`` and ``manifest.json``. ``reliability_only``: only the pair rule,
+    the probability calibration and the feature density, decoding with the run's recorded
+    merge radius (the network's decisions and positions stay exactly as they were; the pair
+    rule then drops some of them from the MAP catalogues). ``n_scenes`` and
     ``reliability_scenes``: validation scenes of the centroid and of the probability
     calibration (default: the run's ``fits``; ``n_scenes`` unused with ``reliability_only``),
     ``inside_fraction``: the share of the latter with every source inside the image
@@ -501,6 +505,7 @@ def calibrate_run(
     weights["config"]["fits"] = manifest["config"]["fits"] = to_dict(cfg.fits)
     manifest["data"] = describe_data(cfg)
     weights.update(rel)
+    manifest["pair_rule"] = rel["pair_rule"]
     manifest["prob_calibration"] = rel["prob_calibration"]
     manifest["feature_density"] = _density_summary(rel["feature_density"])
     if not reliability_only:
@@ -582,16 +587,39 @@ def _density_summary(density: dict | None) -> dict | None:
 
 
 def _fit_reliability(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progress) -> dict:
-    """The detection-probability calibration and the feature density of real detections
-    (:mod:`probcat.infer.reliability`) on fresh validation scenes (a seed of their own);
-    None for both, with a warning, when an undertrained net detects too little."""
+    """The split veto of close pairs (:mod:`probcat.infer.pairs`, set on ``net``), then the
+    detection-probability calibration and the feature density of real detections
+    (:mod:`probcat.infer.reliability`) of the vetoed catalogues, on fresh validation scenes
+    (each a seed of its own); None, with a warning, when an undertrained net detects too
+    little."""
+    from probcat.infer.pairs import fit_pair_rule
     from probcat.infer.reliability import fit_reliability
 
-    seed, n = [cfg.seed, 29], cfg.fits.reliability_scenes
     frac = cfg.fits.reliability_inside_fraction if cfg.data.margin > 0 else 0.0
-    layout = (
-        f", {round(n * frac)} of them with every source inside the image" if round(n * frac) else ""
-    )
+
+    def layout(n):
+        k = round(n * frac)
+        return f", {k} of them with every source inside the image" if k else ""
+
+    pair = None
+    net.pair_rule = None
+    if cfg.fits.pair_scenes:
+        seed, n = [cfg.seed, 37], cfg.fits.pair_scenes
+        try:
+            net.pair_rule = fit_pair_rule(
+                net,
+                sim,
+                cfg.survey().noise_sigma,
+                n_scenes=n,
+                rng=seed,
+                source=f"{n} validation scenes ({cfg.data.image_size} px, split=val, seed "
+                f"{seed}{layout(n)}), MAP detections with a neighbour, matched within 2 px",
+                inside_fraction=frac,
+            )
+            pair = net.pair_rule.to_dict()
+        except ProbcatValueError as e:
+            warnings.warn(f"no pair rule: {e}", stacklevel=3)
+    seed, n = [cfg.seed, 29], cfg.fits.reliability_scenes
     try:
         cal, dens = fit_reliability(
             net,
@@ -600,14 +628,14 @@ def _fit_reliability(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progre
             n_scenes=n,
             rng=np.random.default_rng(seed),
             source=f"{n} validation scenes ({cfg.data.image_size} px, split=val, seed {seed}"
-            f"{layout}), MAP detections matched within 2 px",
+            f"{layout(n)}), MAP detections matched within 2 px",
             inside_fraction=frac,
         )
     except ProbcatValueError as e:
         warnings.warn(f"no probability calibration: {e}", stacklevel=3)
-        return {"prob_calibration": None, "feature_density": None}
+        return {"pair_rule": pair, "prob_calibration": None, "feature_density": None}
     net.prob_calibration, net.feature_density = cal, dens
-    return {"prob_calibration": cal.to_dict(), "feature_density": dens.to_dict()}
+    return {"pair_rule": pair, "prob_calibration": cal.to_dict(), "feature_density": dens.to_dict()}
 
 
 def _fit_calibration(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progress):

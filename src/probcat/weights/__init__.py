@@ -207,6 +207,10 @@ def _build_detection(state: dict, path: Path):
             net.prob_calibration = calibration_from_dict(state["prob_calibration"])
         if state.get("feature_density"):
             net.feature_density = FeatureDensity.from_dict(state["feature_density"])
+    if state.get("pair_rule"):
+        from probcat.infer.pairs import PairRule
+
+        net.pair_rule = PairRule.from_dict(state["pair_rule"])
     return net
 
 
