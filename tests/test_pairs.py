@@ -23,10 +23,11 @@ def test_pair_features_equal_their_definitions_on_two_blobs():
 
     img = _gauss((40, 40), 12.0, 20.0, 30.0) + _gauss((40, 40), 20.0, 20.0, 10.0)
     x, y, p = np.array([12.0, 20.0, 35.0]), np.array([20.0, 20.0, 5.0]), np.array([0.9, 0.6, 0.7])
-    f, partner = pairs.pair_features(img, x, y, p)
+    sd = np.array([0.2, 0.5, 0.3])
+    f, partner = pairs.pair_features(img, x, y, p, sd)
     assert partner.tolist() == [1, 0, -1]
     assert np.isnan(f[2]).all()
-    sm = gaussian_filter(img, pairs.SMOOTH_PX, mode="nearest")
+    sm = gaussian_filter(img, pairs.SMOOTH_PX, mode="nearest", truncate=3.0)
     # brute force: the smoothed profile along the segment, by direct interpolation
     t = np.linspace(0, 1, 2001)
     xs = 12 + 8 * t  # along the row y = 20
@@ -41,7 +42,9 @@ def test_pair_features_equal_their_definitions_on_two_blobs():
     # the 25-point profile finds the saddle to within the grid's spacing
     assert named["contrast"] == pytest.approx((sm[20, 12] - saddle) / noise, rel=0.01)
     assert named["saddle_over_peak"] == pytest.approx(saddle / sm[20, 12], rel=0.01)
-    assert named["log_peak_ratio"] == pytest.approx(np.log(sm[20, 12] / sm[20, 20]))
+    assert named["log_peak_ratio"] == pytest.approx(np.log(sm[20, 12] / sm[20, 20]), rel=1e-4)
+    assert named["log_sd"] == pytest.approx(np.log(0.2))
+    assert named["log_sd_neighbour"] == pytest.approx(np.log(0.5))
     # the fainter blob's own peak over the saddle
     assert dict(zip(pairs.FEATURES, f[1]))["contrast"] == pytest.approx(
         (sm[20, 20] - saddle) / noise, rel=0.05
@@ -51,11 +54,12 @@ def test_pair_features_equal_their_definitions_on_two_blobs():
 def test_multiband_pixels_are_summed_over_sqrt_bands():
     img = _gauss((30, 30), 10.0, 15.0, 20.0) + _gauss((30, 30), 16.0, 15.0, 8.0)
     x, y, p = np.array([10.0, 16.0]), np.array([15.0, 15.0]), np.array([0.8, 0.7])
-    one, _ = pairs.pair_features(img, x, y, p)
-    four, _ = pairs.pair_features(np.stack([img / 2] * 4), x, y, p)  # sum/2 = img
-    np.testing.assert_allclose(four, one)
+    sd = np.array([0.3, 0.4])
+    one, _ = pairs.pair_features(img, x, y, p, sd)
+    four, _ = pairs.pair_features(np.stack([img / 2] * 4), x, y, p, sd)  # sum/2 = img
+    np.testing.assert_allclose(four, one, rtol=1e-5)
     with pytest.raises(ProbcatValueError):
-        pairs.pair_features(img[0], x, y, p)
+        pairs.pair_features(img[0], x, y, p, sd)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -88,12 +92,13 @@ def test_keep_drops_only_the_less_probable_member_of_a_pair():
     # P(real) grows with the raw logit, minus 2: pair 1 -> 0.97 keeps, 0.6 -> 0.16 drops;
     # pair 2 ties at 0.30: only the later one goes; the lone detection always stays
     rule = _rule([1.0], intercept=-2.0)
-    keep, p = rule.keep(img, x, y, raw)
+    sd = np.full(5, 0.3)
+    keep, p = rule.keep(img, x, y, raw, sd)
     assert keep.tolist() == [True, False, True, False, True]
     assert np.isnan(p[4])
     assert p[1] == pytest.approx(1 / (1 + np.exp(2 - np.log(0.6 / 0.4))))
     # a rule that finds every paired detection real drops nothing
-    assert _rule([0.0], intercept=5.0).keep(img, x, y, raw)[0].all()
+    assert _rule([0.0], intercept=5.0).keep(img, x, y, raw, sd)[0].all()
 
 
 def test_rule_round_trips_and_refuses_other_features():
@@ -108,7 +113,7 @@ def test_rule_from_rows_learns_which_pairs_are_splits():
     """Paired detections whose contrast over the saddle is low are mostly false: the fitted
     rule gives them low probabilities, and refuses too few rows."""
     rng = np.random.default_rng(1)
-    n = 4000
+    n = 20000
     feats = rng.standard_normal((n, len(pairs.FEATURES)))
     k = pairs.FEATURES.index("contrast")
     real = rng.random(n) < 1 / (1 + np.exp(-3 * feats[:, k]))
@@ -129,6 +134,8 @@ def test_annotate_vetoes_before_calibrating_and_records_the_count():
             "prob": np.array([0.95, 0.6, 0.8]),
             "tile_x": np.array([2, 3, 6]),
             "tile_y": np.array([2, 2, 6]),
+            "x_sd": np.full(3, 0.2),
+            "y_sd": np.full(3, 0.2),
         },
         (40, 40),
         ("i",),
@@ -142,3 +149,43 @@ def test_annotate_vetoes_before_calibrating_and_records_the_count():
     # without pixels, or without a rule, nothing changes
     assert len(annotate(cat, net, None)) == 3
     assert len(veto_pairs(cat, SimpleNamespace(pair_rule=None), img)) == 3
+
+
+def test_shipped_catalogue_is_the_decoded_one_less_the_rules_vetoes(tiny_bank):
+    """The shipped LSST-i weights carry a pair rule, and their MAP catalogue is exactly the
+    decoded detections that :meth:`PairRule.keep` keeps (the rule applied once, on the
+    image in noise units)."""
+    import probcat
+    from probcat.infer.detect import batch_tile_features, catalog_from_decisions, decode, tile_image
+    from probcat.simulate.scene import SceneConfig, SceneSimulator
+
+    det = probcat.load("detection_lsst_i", device="cpu", threads=1)
+    rule = det.net.pair_rule
+    assert isinstance(rule, pairs.PairRule) and rule.n > 100
+    sigma = tiny_bank.survey.noise_sigma
+    sim = SceneSimulator(tiny_bank, SceneConfig(64, 64, margin=0))
+    rng = np.random.default_rng(11)
+    imgs = np.stack([sim.sample(rng).image for _ in range(12)])
+    cats = det.catalog(imgs, noise_sigma=sigma, background="none")
+    feats = batch_tile_features(det.net, imgs, sigma)
+    dec = decode(det.net, feats, image=tile_image(det.net, imgs, sigma))
+    vetoed = 0
+    for k, cat in enumerate(cats):
+        raw = catalog_from_decisions(dec, k, dec.marginal, (64, 64), 5, ("i",), {})
+        pix = imgs[k] / sigma[:, None, None]
+        keep, p = rule.keep(pix, raw["x"], raw["y"], raw["prob"], pairs.catalog_sd(raw))
+        np.testing.assert_allclose(cat["x"], raw["x"][keep], atol=1e-5)
+        np.testing.assert_allclose(cat["pair_prob"], p[keep], atol=1e-5, equal_nan=True)
+        assert cat.meta["pair_vetoed"] == int((~keep).sum())
+        vetoed += int((~keep).sum())
+    assert vetoed >= 1  # the check has something to check
+
+
+def test_aperture_snr_equals_detected_snr_inside_and_at_the_edges():
+    from probcat.metrics.detection import detected_snr
+
+    rng = np.random.default_rng(4)
+    img = rng.standard_normal((30, 40)) + _gauss((30, 40), 20.0, 15.0, 12.0)
+    x = np.concatenate([rng.uniform(-0.5, 39.5, 200), [0.0, 39.4, 2.2, 37.6]])
+    y = np.concatenate([rng.uniform(-0.5, 29.5, 200), [0.0, 29.4, 28.9, 1.1]])
+    np.testing.assert_allclose(pairs.aperture_snr(img, x, y), detected_snr(img, x, y, 1.0))

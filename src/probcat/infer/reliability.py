@@ -484,6 +484,8 @@ def veto_pairs(cat, net, pixels):
     (NaN for a detection without a neighbour within the rule's radius); unchanged when the
     weights carry no rule or ``pixels`` (the image in noise-sigma units, ``(bands, H, W)``
     or a batch of one, possibly padded at the bottom and right) is None."""
+    from probcat.infer.pairs import catalog_sd
+
     rule = getattr(net, "pair_rule", None)
     if rule is None or pixels is None or not len(cat):
         return cat
@@ -491,7 +493,8 @@ def veto_pairs(cat, net, pixels):
     if img.ndim == 4:
         img = img[0]
     h, w = cat.image_shape[-2:]
-    keep, p = rule.keep(img[..., :h, :w], cat["x"], cat["y"], np.asarray(cat["prob"], float))
+    raw = np.asarray(cat["prob"], float)
+    keep, p = rule.keep(img[..., :h, :w], cat["x"], cat["y"], raw, catalog_sd(cat))
     out = cat.with_columns(pair_prob=p).select(np.flatnonzero(keep))
     return replace(out, meta={**out.meta, "pair_vetoed": int((~keep).sum())})
 
