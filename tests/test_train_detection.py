@@ -31,7 +31,13 @@ TINY = {
     },
     "model": {"stem_channels": 4, "channels": 8, "n_blocks": 1},
     "phases": [{"name": "main", "steps": 6, "lr": 5e-3, "warmup": 1}],
-    "fits": {"calibration_scenes": 4, "reliability_scenes": 4, "merge_scenes": 2, "sky_scenes": 2},
+    "fits": {
+        "calibration_scenes": 4,
+        "reliability_scenes": 4,
+        "merge_scenes": 2,
+        "sky_scenes": 2,
+        "pair_scenes": 4,
+    },
     "val_every": 3,
     "checkpoint_every": 3,
     "threads": 1,
@@ -333,6 +339,7 @@ def test_calibrate_run_records_reliability_and_catalogs_use_it(tmp_path, cache_d
     assert fits["reliability_inside_fraction"] == 0.25
     with pytest.raises(ProbcatValueError, match="reliability_inside_fraction"):
         calibrate_run(run, inside_fraction=1.5, cache_dir=cache_dir, progress=False)
+    assert m["pair_rule"] is None  # 4 scenes of a barely trained net: too few pairs
     assert m["feature_density"] == {"n": 100, "source": ""}  # the manifest: its size only
     assert m["data"]["prior"] == "bulge+disk v1"
     det = probcat.load(run / "detection.pt", device="cpu", threads=1)
@@ -402,3 +409,53 @@ def test_sky_offset_only_records_into_the_manifest_and_the_detector_uses_it(
     info = det.catalog((x + 40.0) * sigma).meta["input"]
     assert info["background"] == "subtracted" and info["sky_offset"] == [0.25]
     assert info["sky_median"][0] == pytest.approx((40.0 - 0.25) * sigma, abs=0.05 * sigma)
+
+
+def test_calibrate_run_fits_the_pair_rule_first_and_catalogs_apply_it(
+    tmp_path, cache_dir, monkeypatch
+):
+    """The pair rule is fitted before the probability calibration (which then sees the
+    vetoed catalogues), recorded in the weights and manifest, loaded with the weights and
+    applied to their MAP catalogues; ``fits.pair_scenes: 0`` fits none, a negative count is
+    refused."""
+    import probcat
+    import probcat.infer.pairs as P
+    import probcat.infer.reliability as R
+    from probcat.train.detection import calibrate_run
+
+    run = tmp_path / "run"
+    train_detection(_cfg(), run, cache_dir=cache_dir, progress=False)
+    d = len(P.FEATURES)
+    # every paired detection is a piece of its neighbour: the less probable one goes
+    rule = P.PairRule((0.0,) * d, (1.0,) * d, (0.0,) * d, -5.0, n=200, source="test")
+    order = []
+
+    def fake_pairs(net, sim, noise_sigma, *, n_scenes, rng, source, inside_fraction):
+        order.append("pairs")
+        assert n_scenes == 4 and sim.bank.config.split == "val"
+        return rule
+
+    def fake_fit(net, sim, noise_sigma, **kw):
+        order.append("calibration")
+        assert net.pair_rule is rule  # the calibration decodes with the rule in place
+        dens = R.fit_feature_density(np.random.default_rng(0).standard_normal((100, 8)))
+        return R.ProbabilityCalibration((0.0, 1.0), (0.0, 1.0), 500), dens
+
+    monkeypatch.setattr(P, "fit_pair_rule", fake_pairs)
+    monkeypatch.setattr(R, "fit_reliability", fake_fit)
+    m = calibrate_run(run, cache_dir=cache_dir, progress=False, reliability_only=True)
+    assert order == ["pairs", "calibration"]
+    assert m["pair_rule"] == rule.to_dict()
+    det = probcat.load(run / "detection.pt", device="cpu", threads=1)
+    assert det.net.pair_rule == rule
+    image = np.random.default_rng(0).standard_normal((1, 40, 40)).astype(np.float32) * 5
+    image[0, 20, 12] += 3000.0
+    cat = det.catalog(image, noise_sigma=5.0, threshold=0.0, background="none")
+    det.net.pair_rule = None
+    full = det.catalog(image, noise_sigma=5.0, threshold=0.0, background="none")
+    keep, _ = rule.keep(image / 5.0, full["x"], full["y"], full["prob_raw"], P.catalog_sd(full))
+    assert 1 <= cat.meta["pair_vetoed"] == int((~keep).sum())
+    np.testing.assert_allclose(cat["x"], np.asarray(full["x"])[keep])
+    with pytest.raises(ProbcatValueError, match="pair_scenes"):
+        _cfg(fits__pair_scenes=-1)
+    assert _cfg(fits__pair_scenes=0).fits.pair_scenes == 0

@@ -544,8 +544,7 @@ def calibrate_cmd(
     reliability_only: bool = typer.Option(
         False,
         "--reliability-only",
-        help="only (re)fit the pair rule, the probability calibration and the ood_score "
-        "density",
+        help="only (re)fit the pair rule, the probability calibration and the ood_score density",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):

@@ -98,8 +98,11 @@ def _warn_unsubtracted(x: np.ndarray) -> None:
         return
     flat = x.reshape(x.shape[0], -1)
     # the faintest tenth of the pixels is sky: about -1.3 sigma when the sky is subtracted,
-    # even when bright sources fill most of the image
-    low = np.percentile(flat, 10, axis=1)
+    # even when bright sources fill most of the image. Read on every k-th pixel (at least
+    # 65,536 of them: the quantile to about 0.01 sigma), which on a 1000x1000 image takes
+    # 0.5 ms instead of 7.5 ms
+    step = max(1, flat.shape[1] // 65536)
+    low = np.percentile(flat[:, ::step], 10, axis=1)
     if np.any(low > 3.0):
         k = int(np.argmax(low))
         warnings.warn(

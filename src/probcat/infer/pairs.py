@@ -82,7 +82,7 @@ def aperture_snr(img: np.ndarray, x, y, radius: float = 5.0) -> np.ndarray:
     yy = cy[:, None, None] + off[None, :, None]
     inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
     m = inside & ((xx - x[:, None, None]) ** 2 + (yy - y[:, None, None]) ** 2 <= radius**2)
-    v = img[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)]
+    v = img[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)].astype(float)
     s = np.sum(np.where(m, v * v, 0.0), axis=(1, 2)) - m.sum(axis=(1, 2))
     return np.sqrt(np.maximum(s, 0.0))
 
@@ -96,9 +96,9 @@ def pair_features(pixels, x, y, prob_raw, sd, *, radius: float = PAIR_RADIUS, sm
     from scipy.ndimage import gaussian_filter, map_coordinates
     from scipy.spatial import cKDTree
 
-    img = np.asarray(pixels, float)
+    img = np.asarray(pixels)
     if img.ndim == 3:
-        img = img.sum(0) / np.sqrt(img.shape[0])
+        img = img[0] if img.shape[0] == 1 else img.sum(0) / np.sqrt(img.shape[0])
     if img.ndim != 2:
         raise ProbcatValueError(f"pixels must be (H, W) or (bands, H, W), got {img.shape}")
     x, y = np.asarray(x, float).ravel(), np.asarray(y, float).ravel()
@@ -115,7 +115,9 @@ def pair_features(pixels, x, y, prob_raw, sd, *, radius: float = PAIR_RADIUS, sm
     if not has.any():
         return feats, partner
     partner[has] = j[has]
-    sm = gaussian_filter(img.astype(np.float32), smooth_px, mode="nearest", truncate=3.0)
+    sm = gaussian_filter(
+        img.astype(np.float32, copy=False), smooth_px, mode="nearest", truncate=3.0
+    )
     noise_sm = 1.0 / (2.0 * np.sqrt(np.pi) * smooth_px)  # sd of white unit noise, smoothed
     a = np.flatnonzero(has)
     k = j[a]

@@ -170,6 +170,10 @@ class DetectionTrainConfig:
                 "fits.reliability_inside_fraction must be in [0, 1], got "
                 f"{self.fits.reliability_inside_fraction}"
             )
+        if isinstance(self.fits.pair_scenes, bool) or self.fits.pair_scenes < 0:
+            raise ProbcatValueError(
+                f"fits.pair_scenes must be 0 (no pair rule) or more, got {self.fits.pair_scenes}"
+            )
 
     @property
     def total_steps(self) -> int:
