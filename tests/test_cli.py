@@ -168,6 +168,28 @@ def test_train_calibrate_needs_a_run_directory(tmp_path, capsys):
     assert rc != 0 and "detection.pt: not found" in err and len(err.splitlines()) == 1
 
 
+def test_train_calibrate_reports_the_pair_rules_held_out_check(tmp_path, capsys, monkeypatch):
+    import probcat.train.detection as T
+
+    for name in ("detection.pt", "manifest.json"):
+        (tmp_path / name).write_text("")
+    check = {"dropped": 12, "dropped_real": 3, "precision_before": 0.9, "precision_after": 0.92,
+             "recall_before": 0.7, "recall_after": 0.695}  # fmt: skip
+    seen = {}
+
+    def fake(run, **kw):
+        seen.update(kw)
+        return {"pair_rule": {"n": 400, "check": check}, "prob_calibration": {"n": 900}}
+
+    monkeypatch.setattr(T, "calibrate_run", fake)
+    rc = main(["train", "calibrate", str(tmp_path), "--reliability-only", "-q"])
+    out = capsys.readouterr().out
+    assert rc == 0 and seen["reliability_only"] is True
+    assert "pair rule from 400 paired detections" in out
+    assert "drops 12 detections (3 real): precision 0.900 -> 0.920, recall 0.700 -> 0.695" in out
+    assert "probability calibration from 900 detections" in out
+
+
 def test_train_config_typo_is_one_line_before_any_work(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model:\n  stem: patchfy\n")

@@ -571,6 +571,15 @@ def calibrate_cmd(
         progress=not quiet,
         reliability_only=reliability_only,
     )
+    rule = m.get("pair_rule")
+    if rule and rule.get("check"):
+        c = rule["check"]
+        typer.echo(
+            f"pair rule from {rule['n']} paired detections; on held-out validation scenes it "
+            f"drops {c['dropped']} detections ({c['dropped_real']} real): precision "
+            f"{c['precision_before']:.3f} -> {c['precision_after']:.3f}, recall "
+            f"{c['recall_before']:.3f} -> {c['recall_after']:.3f}"
+        )
     if reliability_only:
         cal = m["prob_calibration"]
         if cal is None:
