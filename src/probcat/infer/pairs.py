@@ -64,6 +64,17 @@ FEATURES = (
 N_PROFILE = 25  # points sampled along the segment
 
 
+def _kept(p: np.ndarray, partner: np.ndarray) -> np.ndarray:
+    """Keep mask: a detection with a partner (``partner >= 0``) goes when its probability
+    ``p`` is below 0.5 and below its partner's (on a tie, the later of the two)."""
+    keep = np.ones(len(p), bool)
+    a = np.flatnonzero(partner >= 0)
+    pk = p[partner[a]]
+    worse = (p[a] < pk) | ((p[a] == pk) & (a > partner[a]))
+    keep[a[(p[a] < 0.5) & worse]] = False
+    return keep
+
+
 def _logit(p) -> np.ndarray:
     p = np.clip(np.asarray(p, float), 1e-4, 1 - 1e-4)
     return np.log(p / (1 - p))
@@ -211,13 +222,7 @@ class PairRule:
         """``(keep (n,) bool, pair_prob (n,))``: a detection is dropped when its pair
         probability is below 0.5 and below its neighbour's (ties: the later one goes)."""
         p, partner = self.pair_probability(pixels, x, y, prob_raw, sd)
-        keep = np.ones(len(p), bool)
-        a = np.flatnonzero(partner >= 0)
-        if len(a):
-            pk = p[partner[a]]
-            worse = (p[a] < pk) | ((p[a] == pk) & (a > partner[a]))
-            keep[a[(p[a] < 0.5) & worse]] = False
-        return keep, p
+        return _kept(p, partner), p
 
     def to_dict(self) -> dict:
         return {
@@ -307,13 +312,7 @@ def _scene_rows(net, sim, noise_sigma, n_scenes, rng):
 def _veto(rule: PairRule, d: dict, sel: np.ndarray) -> np.ndarray:
     """Keep mask of the detections ``sel`` of the rows ``d`` under ``rule`` (as
     :meth:`PairRule.keep`, from the stored features)."""
-    p = rule.probability(d["feats"])
-    keep = np.ones(len(p), bool)
-    a = np.flatnonzero(sel & (d["partner"] >= 0))
-    pk = p[d["partner"][a]]
-    worse = (p[a] < pk) | ((p[a] == pk) & (a > d["partner"][a]))
-    keep[a[(p[a] < 0.5) & worse]] = False
-    return keep
+    return _kept(rule.probability(d["feats"]), np.where(sel, d["partner"], -1))
 
 
 def fit_pair_rule(
@@ -333,15 +332,12 @@ def fit_pair_rule(
     fold: a rule fitted on the even scenes vetoes the odd ones' catalogues (precision and
     recall against every true source, matched within 2 px, before and after); the
     returned rule is fitted on all."""
-    from dataclasses import replace
+    from probcat.infer.reliability import scene_layouts
 
-    n_in = int(round(n_scenes * inside_fraction)) if sim.config.margin > 0 else 0
-    layouts = [(sim, n_scenes - n_in)]
-    if n_in:
-        layouts.append((sim.with_layout(replace(sim.config, margin=0)), n_in))
     gen = np.random.default_rng(rng)
-    parts = [_scene_rows(net, s, noise_sigma, n, gen) for s, n in layouts if n > 0]
-    d, first, scenes = {}, 0, 0
+    layouts = scene_layouts(sim, n_scenes, inside_fraction)
+    parts = [_scene_rows(net, s, noise_sigma, n, gen) for s, n in layouts]
+    first, scenes = 0, 0
     for p in parts:
         p["partner"] = np.where(p["partner"] >= 0, p["partner"] + first, -1)
         p["scene"] = p["scene"] + scenes

@@ -72,6 +72,7 @@ __all__ = [
     "fit_feature_density",
     "annotate",
     "veto_pairs",
+    "scene_layouts",
     "fit_reliability",
     "OOD_FLAG",
     "EDGE_ZONES",
@@ -562,6 +563,20 @@ def detections_with_outcomes(net, sim, noise_sigma, *, n_scenes: int, rng, batch
     return {k: np.concatenate(v) for k, v in rows.items()}
 
 
+def scene_layouts(sim, n_scenes: int, inside_fraction: float) -> list:
+    """``[(simulator, n), ...]``: ``n_scenes`` scenes of ``sim``, ``inside_fraction`` of
+    them (rounded) drawn with every source inside the image (``sim``'s layout with no margin:
+    an isolated scene), the rest in ``sim``'s own layout (a survey cutout); layouts with no
+    scene left out. A ``sim`` without a margin has only the one layout."""
+    if not 0.0 <= inside_fraction <= 1.0:
+        raise ProbcatValueError(f"inside_fraction must be in [0, 1], got {inside_fraction}")
+    n_in = int(round(n_scenes * inside_fraction)) if sim.config.margin > 0 else 0
+    layouts = [(sim, n_scenes - n_in)]
+    if n_in:
+        layouts.append((sim.with_layout(replace(sim.config, margin=0)), n_in))
+    return [(s, n) for s, n in layouts if n > 0]
+
+
 def fit_reliability(
     net,
     sim,
@@ -582,13 +597,7 @@ def fit_reliability(
     the rest in ``sim``'s own layout (with a margin: a survey cutout, whose edges cut
     sources off); with both, the calibration is a :class:`LayoutCalibration` of a map for
     each, with ``1 - inside_fraction`` as the prior probability of a cutout."""
-    if not 0.0 <= inside_fraction <= 1.0:
-        raise ProbcatValueError(f"inside_fraction must be in [0, 1], got {inside_fraction}")
-    n_in = int(round(n_scenes * inside_fraction)) if sim.config.margin > 0 else 0
-    layouts = [(sim, n_scenes - n_in)]
-    if n_in:
-        layouts.append((sim.with_layout(replace(sim.config, margin=0)), n_in))
-    layouts = [(s, n) for s, n in layouts if n > 0]
+    layouts = scene_layouts(sim, n_scenes, inside_fraction)
     gen = np.random.default_rng(rng) if len(layouts) > 1 else rng  # drawn in turn
     parts, first = [], 0
     for s, n in layouts:
@@ -620,7 +629,12 @@ def fit_reliability(
             edge_excess(p["edge"], p["prob"], s.config.shape) for p, (s, _) in zip(parts, layouts)
         )
         cal = LayoutCalibration(
-            cals[0], cals[1], excess, 1.0 - n_in / n_scenes, n=int(len(real)), source=source
+            cals[0],
+            cals[1],
+            excess,
+            1.0 - layouts[1][1] / n_scenes,
+            n=int(len(real)),
+            source=source,
         )
     dens = fit_feature_density(feats[real], source=source)
     return cal, dens
