@@ -34,9 +34,12 @@ class DetectionResult:
     Attributes:
         catalog: MAP catalog (``x, y, x_sd, y_sd, prob, prob_conditional, galaxy_prob,
             galaxy``; ``ra, dec`` in degrees when the image has a celestial WCS; with
-            weights that carry them, ``prob`` is calibrated, ``prob_raw`` the network's and
-            ``ood_score`` flags sources unlike the training data, see
-            :mod:`probcat.infer.reliability`).
+            weights that carry them, ``prob`` is calibrated, ``prob_raw`` the network's,
+            ``ood_score`` flags sources unlike the training data (see
+            :mod:`probcat.infer.reliability`) and ``pair_prob`` is the probability that a
+            detection within 10 px of another is a source of its own; the detections the
+            pair rule reads as pieces of a neighbour's galaxy are left out, see
+            :mod:`probcat.infer.pairs`).
         tiles: marginal tile outputs ``(1, nty, ntx)`` (:class:`probcat.nets.TileOutput`).
         samples: posterior catalog samples (empty unless asked).
         wcs: the image's WCS, or None.

@@ -240,6 +240,9 @@ def detect_cmd(
             extra.append(str(path))
     catalog.write(out, wcs=res.wcs)
     msg = f"{len(catalog)} detections ({int(np.sum(catalog['galaxy']))} galaxies) -> {out}"
+    vetoed = res.catalog.meta.get("pair_vetoed", 0)
+    if vetoed:
+        msg += f"; {vetoed} read as pieces of a neighbour's galaxy and left out (pair_prob < 0.5)"
     msg += _input_note(res.catalog.meta.get("input", {}))
     if extra:
         msg += f"; deblended: model and residual -> {', '.join(extra)}"
