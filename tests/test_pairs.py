@@ -89,8 +89,9 @@ def test_keep_drops_only_the_less_probable_member_of_a_pair():
     x = np.array([10.0, 15.0, 30.0, 34.0, 5.0])
     y = np.array([10.0, 10.0, 30.0, 30.0, 35.0])
     raw = np.array([0.95, 0.6, 0.7, 0.7, 0.55])
-    # P(real) grows with the raw logit, minus 2: pair 1 -> 0.97 keeps, 0.6 -> 0.16 drops;
-    # pair 2 ties at 0.30: only the later one goes; the lone detection always stays
+    # P(real) = sigmoid(logit(raw) - 2): in pair 1, 0.95 -> 0.72 stays and 0.6 -> 0.17
+    # goes; pair 2 ties at 0.24: only the later one goes; the lone detection (25 px from
+    # any other) always stays
     rule = _rule([1.0], intercept=-2.0)
     sd = np.full(5, 0.3)
     keep, p = rule.keep(img, x, y, raw, sd)
