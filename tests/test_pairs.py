@@ -182,11 +182,17 @@ def test_shipped_catalogue_is_the_decoded_one_less_the_rules_vetoes(tiny_bank):
     assert vetoed >= 1  # the check has something to check
 
 
-def test_aperture_snr_equals_detected_snr_inside_and_at_the_edges():
+def test_detected_snr_equals_the_aperture_sum_pixel_by_pixel_inside_and_at_the_edges():
     from probcat.metrics.detection import detected_snr
 
     rng = np.random.default_rng(4)
     img = rng.standard_normal((30, 40)) + _gauss((30, 40), 20.0, 15.0, 12.0)
     x = np.concatenate([rng.uniform(-0.5, 39.5, 200), [0.0, 39.4, 2.2, 37.6]])
     y = np.concatenate([rng.uniform(-0.5, 29.5, 200), [0.0, 29.4, 28.9, 1.1]])
-    np.testing.assert_allclose(pairs.aperture_snr(img, x, y), detected_snr(img, x, y, 1.0))
+    yy, xx = np.mgrid[:30, :40]
+    want = []
+    for xc, yc in zip(x, y):  # every pixel of the image within 5 px, one position at a time
+        m = (xx - xc) ** 2 + (yy - yc) ** 2 <= 25.0
+        want.append(np.sqrt(max(np.sum(img[m] ** 2) / 2.0**2 - m.sum(), 0.0)))
+    np.testing.assert_allclose(detected_snr(img, x, y, 2.0), want)
+    assert detected_snr(img, [], [], 1.0).shape == (0,)

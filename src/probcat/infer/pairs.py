@@ -30,7 +30,7 @@ not vetoed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -41,7 +41,6 @@ __all__ = [
     "FEATURES",
     "PairRule",
     "pair_features",
-    "aperture_snr",
     "catalog_sd",
     "fit_pair_rule",
     "logistic_fit",
@@ -80,24 +79,6 @@ def _logit(p) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def aperture_snr(img: np.ndarray, x, y, radius: float = 5.0) -> np.ndarray:
-    """:func:`probcat.metrics.detection.detected_snr` of a unit-noise image ``(H, W)`` at
-    ``x, y``, vectorised over the positions (the same pixels: those of the image within
-    ``radius`` of each position)."""
-    h, w = img.shape
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    r = int(np.ceil(radius)) + 1
-    off = np.arange(-r, r + 1)
-    cx, cy = np.rint(x).astype(int), np.rint(y).astype(int)
-    xx = cx[:, None, None] + off[None, None, :]
-    yy = cy[:, None, None] + off[None, :, None]
-    inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
-    m = inside & ((xx - x[:, None, None]) ** 2 + (yy - y[:, None, None]) ** 2 <= radius**2)
-    v = img[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)].astype(float)
-    s = np.sum(np.where(m, v * v, 0.0), axis=(1, 2)) - m.sum(axis=(1, 2))
-    return np.sqrt(np.maximum(s, 0.0))
-
-
 def pair_features(pixels, x, y, prob_raw, sd, *, radius: float = PAIR_RADIUS, smooth_px=SMOOTH_PX):
     """Features (:data:`FEATURES`) of each detection ``x, y`` (px; ``prob_raw`` its raw
     probability, ``sd`` its position sd ``x_sd + y_sd`` in px) with its nearest other
@@ -106,6 +87,8 @@ def pair_features(pixels, x, y, prob_raw, sd, *, radius: float = PAIR_RADIUS, sm
     partner (n,))``, ``partner`` -1 and the features NaN for a detection without one."""
     from scipy.ndimage import gaussian_filter, map_coordinates
     from scipy.spatial import cKDTree
+
+    from probcat.metrics.detection import detected_snr
 
     img = np.asarray(pixels)
     if img.ndim == 3:
@@ -140,7 +123,7 @@ def pair_features(pixels, x, y, prob_raw, sd, *, radius: float = PAIR_RADIUS, sm
     )
     peak, peak_k, saddle = prof[:, 0], prof[:, -1], prof.min(1)
     contrast = (peak - saddle) / noise_sm
-    snr = aperture_snr(img, x[a], y[a])
+    snr = detected_snr(img, x[a], y[a], 1.0)
     feats[a] = np.stack(
         [
             _logit(prob_raw[a]),
@@ -281,13 +264,13 @@ def rule_from_rows(feats, real, *, source: str = "", ridge: float = 1e-3) -> Pai
 
 
 def _scene_rows(net, sim, noise_sigma, n_scenes, rng):
-    """Per MAP detection of fresh scenes: pair features, partner (global index), real, scene
-    index; and the number of true sources (SNR 3-1000) of each scene."""
+    """Per MAP detection of fresh scenes: pair features, partner (index among these rows),
+    real, scene index; and the number of true sources of each scene."""
     from probcat.infer.calibration import map_catalogs_of_scenes
     from probcat.metrics.detection import match
 
     sig = np.asarray(noise_sigma, float).reshape(-1, 1, 1)
-    rows = {"feats": [], "partner": [], "real": [], "scene": [], "prob": []}
+    rows = {"feats": [], "partner": [], "real": [], "scene": []}
     n_true, first = [], 0
     for s, (scene, c, _) in enumerate(map_catalogs_of_scenes(net, sim, noise_sigma, n_scenes, rng)):
         t = scene.catalog
@@ -300,7 +283,6 @@ def _scene_rows(net, sim, noise_sigma, n_scenes, rng):
         rows["partner"].append(np.where(partner >= 0, partner + first, -1))
         rows["real"].append(real)
         rows["scene"].append(np.full(len(c), s))
-        rows["prob"].append(prob)
         n_true.append(len(t))
         first += len(c)
     out = {k: np.concatenate(v) if v else np.zeros(0) for k, v in rows.items()}
@@ -358,5 +340,4 @@ def fit_pair_rule(
         "dropped": n0 - n1,
         "dropped_real": tp0 - tp1,
     }
-    rule = rule_from_rows(d["feats"], d["real"], source=source)
-    return PairRule(**{**rule.__dict__, "check": check})
+    return replace(rule_from_rows(d["feats"], d["real"], source=source), check=check)
