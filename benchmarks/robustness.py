@@ -516,6 +516,8 @@ def main(argv=None):
         "that a scene is a survey cutout (sources beyond its edges) rather than an isolated "
         "scene, from the number of its detections near its edges (None: a calibration "
         "fitted on one layout only)",
+        "per_family": "on each family's test scenes (those of its left-out test): the shipped "
+        "weights (trained on every family; with SEP) and the bulge+disk weights",
         "left_out": "weights trained on every family but this one with the shipped weights' "
         "schedule and bank size (benchmarks/configs/lofo_F.yaml), started from the v6 "
         "bulge+disk weights (which is why bulge_disk itself is not left out), their "
