@@ -173,8 +173,12 @@ def test_robustness_doc_snippets_run(scratch, capsys):
     assert len(namespace["gals"]) == 1000 and len(namespace["cat"]) > 0
     cfg = load_config("my_detection.yaml")
     assert cfg.data.population == "my_galaxies.parquet" and cfg.init == "detection_lsst_i"
-    shipped = load_config(None)  # the defaults, to see that the manifest's settings came over
-    assert cfg.phases != shipped.phases and cfg.fits.pair_scenes == 1024
+    from probcat.weights import manifest
+
+    shipped = manifest("detection_lsst_i")["config"]  # its settings came over, through YAML
+    assert [p.steps for p in cfg.phases] == [p["steps"] for p in shipped["phases"]]
+    assert cfg.fits.reliability_scenes == shipped["fits"]["reliability_scenes"]
+    assert cfg.model.channels == shipped["model"]["channels"]
     rows = {
         s: galaxy_population(cfg.data.population, split=s, seed=cfg.data.catalog_seed, bands=("i",))
         for s in ("train", "val", "test")
