@@ -102,17 +102,19 @@ def test_run_command_lines_run(scratch, capsys):
     assert (Path("hats/field") / "properties").exists()
 
 
-def test_every_command_of_the_readme_exists(capsys):
-    lines = [ln for b in _blocks("bash") for ln in b.splitlines() if "bin/probcat " in ln]
+def _assert_commands_exist(lines, capsys):
+    """Each ``probcat`` command line's command (``train`` with its subcommand) has a help."""
     for line in lines:
         words = shlex.split(line.split("#")[0].split("&&")[-1])
         command = [w for w in words[1:] if not w.startswith("-")][:2]
-        if command[0] == "train":
-            command = command[:2]
-        else:
-            command = command[:1]
+        command = command[:2] if command[0] == "train" else command[:1]
         assert main([*command, "--help"]) == 0, line
         assert "Usage:" in capsys.readouterr().out
+
+
+def test_every_command_of_the_readme_exists(capsys):
+    lines = [ln for b in _blocks("bash") for ln in b.splitlines() if "bin/probcat " in ln]
+    _assert_commands_exist(lines, capsys)
     assert main(["nosuchcommand", "--help"]) == 2  # the check can fail
 
 
@@ -187,10 +189,6 @@ def test_robustness_doc_snippets_run(scratch, capsys):
     ids = [set(np.asarray(t["id"]).tolist()) for t in rows.values()]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
     assert set(np.unique(rows["train"]["family"]).tolist()) == {2, 4}  # clumpy, irregular
-    lines = [ln for b in _blocks("bash", path) for ln in b.splitlines() if "probcat " in ln]
+    lines = [ln for b in _blocks("bash", path) for ln in b.splitlines() if "bin/probcat " in ln]
     assert len(lines) == 2
-    for line in lines:
-        words = [w for w in shlex.split(line)[1:] if not w.startswith("-")]
-        command = words[:2] if words[0] == "train" else words[:1]
-        assert main([*command, "--help"]) == 0, line
-        assert "Usage:" in capsys.readouterr().out
+    _assert_commands_exist(lines, capsys)

@@ -173,7 +173,7 @@ def logistic_fit(X, y, *, ridge: float = 1e-3, iters: int = 50) -> tuple[np.ndar
 @dataclass(frozen=True)
 class PairRule:
     """Logistic model of "real" for paired detections on standardised :data:`FEATURES`
-    (``(f - mean) / scale``); ``sd`` of the methods: ``x_sd + y_sd`` (:func:`catalog_sd`).
+    (``(f - mean) / scale``); the methods' ``sd`` is ``x_sd + y_sd`` (:func:`catalog_sd`).
     ``check``: the veto's effect on held-out validation scenes (precision and recall of the
     MAP catalogues before and after)."""
 
@@ -188,7 +188,7 @@ class PairRule:
     check: dict | None = None
 
     def probability(self, feats) -> np.ndarray:
-        """P(real) of detections with features ``feats`` ``(n, 8)`` (NaN rows: NaN)."""
+        """P(real) of detections with features ``feats`` ``(n, len(FEATURES))`` (NaN rows: NaN)."""
         from scipy.special import expit
 
         f = (np.asarray(feats, float) - np.asarray(self.mean)) / np.asarray(self.scale)
