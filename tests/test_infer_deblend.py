@@ -94,8 +94,12 @@ def test_one_encoding_per_distinct_pixel():
     sigma = np.ones(1, np.float32)
     model = FixedGalaxy(_draw(_galaxy(), S))
     image = np.zeros((1, 40, 40), np.float32)
-    reconstruct(model, image, sigma, [10.1, 10.3, 9.8, 20.0], [10.0, 9.9, 10.2, 20.0], [True] * 4)
+    xs, ys = [10.1, 10.3, 9.8, 20.0], [10.0, 9.9, 10.2, 20.0]
+    reconstruct(model, image, sigma, xs, ys, [True] * 4, passes=0)
     assert model.calls == 2  # (10, 10) three times, (20, 20) once
+    model.calls = 0
+    reconstruct(model, image, sigma, xs, ys, [True] * 4, passes=3)
+    assert model.calls == 2 + 3 * 4  # then each galaxy once per refinement pass
 
 
 def test_residual_images_remove_the_other_source():
@@ -356,3 +360,129 @@ def test_measure_widens_flux_errors_by_the_manifests_scale_of_the_neighbours_lig
     np.testing.assert_allclose(got["flux_ap_err"][:, 0], np.hypot(noise, 0.1 * contam), rtol=1e-6)
     # one sample: the posterior's sd is the error model's
     np.testing.assert_allclose(got["flux_sd"][:, 0], got["flux_ap_err"][:, 0], rtol=1e-6)
+
+
+def _brute_refine(model, image, sigma, x, y, stamps, group, active, passes, damping):
+    """refine_stamps written out galaxy by galaxy: each active galaxy's crop is the image
+    minus every other galaxy of its group, pasted one at a time."""
+    from probcat.simulate.bank import paste
+
+    sig = np.asarray(sigma, np.float32).reshape(-1, 1, 1)
+    cx, cy = np.floor(np.asarray(x) + 0.5).astype(int), np.floor(np.asarray(y) + 0.5).astype(int)
+    g = stamps.copy()
+    for _ in range(passes):
+        new = g.copy()
+        for i in np.flatnonzero(active):
+            rest = image.copy()
+            for j in range(len(x)):
+                if j != i and group[j] == group[i]:
+                    paste(rest, -g[j], int(cx[j]), int(cy[j]))
+            crop = crop_at(rest, cx[i], cy[i], model.in_size) / sig
+            with torch.no_grad():
+                rec = model(torch.from_numpy(crop[None]))
+            shifted = fourier_shift(rec, torch.tensor([x[i] - cx[i]]), torch.tensor([y[i] - cy[i]]))
+            new[i] = (1 - damping) * g[i] + damping * shifted[0].numpy() * sig
+        g = new
+    return g
+
+
+class CropDeblender(nn.Module):
+    """A stand-in deblender whose output is its input: the crop, zero-padded to the output
+    side, clipped at zero and tapered towards the edges (a reconstruction that depends on
+    every input pixel, unlike :class:`FixedGalaxy`)."""
+
+    def __init__(self, in_size=21, out_size=25):
+        super().__init__()
+        self.in_size, self.out_size = in_size, out_size
+        r = torch.arange(out_size) - out_size // 2
+        self.register_buffer("taper", torch.exp(-(r[:, None] ** 2 + r[None] ** 2) / 60.0))
+        self.unused = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        p = (self.out_size - self.in_size) // 2
+        return torch.relu(nn.functional.pad(x, (p, p, p, p))) * self.taper
+
+
+def test_refine_stamps_matches_a_brute_force_loop():
+    from probcat.infer.deblend import galaxy_stamps, refine_stamps
+
+    model = CropDeblender()
+    sigma = np.array([3.0], np.float32)
+    rng = np.random.default_rng(5)
+    image = (rng.standard_normal((1, 64, 64)) * 3.0).astype(np.float32)
+    image[0] += 200.0 * _draw(_galaxy(), 64, 2.0, -1.0) + 150.0 * _draw(_galaxy(), 64, -4.0, 3.0)
+    # two groups (e.g. posterior samples) of overlapping galaxies; one galaxy held fixed
+    x = np.array([33.6, 27.9, 40.2, 33.1, 28.4])
+    y = np.array([30.8, 35.2, 33.0, 31.3, 34.6])
+    group = np.array([0, 0, 0, 1, 1])
+    active = np.array([True, True, False, True, True])
+    start = galaxy_stamps(model, image, sigma, x, y)
+    got = refine_stamps(
+        model, image, sigma, x, y, start, group=group, active=active, passes=2, damping=0.5
+    )
+    ref = _brute_refine(model, image, sigma, x, y, start, group, active, 2, 0.5)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    np.testing.assert_array_equal(got[2], start[2])  # not active: untouched
+    assert not np.allclose(got[0], start[0])  # active ones moved
+    np.testing.assert_array_equal(refine_stamps(model, image, sigma, x, y, start, passes=0), start)
+    with pytest.raises(ProbcatValueError, match="damping"):
+        refine_stamps(model, image, sigma, x, y, start, passes=1, damping=0.0)
+
+
+def test_aperture_fluxes_equal_full_image_photometry():
+    """Each source's aperture flux on its own light equals sep's aperture on the whole
+    image with every other model subtracted (``subtract``) or with the data shared in
+    proportion to the models (``conserve``): apertures inside the image and across its
+    edge (only pixels inside the image count)."""
+    rng = np.random.default_rng(2)
+    n = 6
+    stamps = np.stack(
+        [_draw(_galaxy(rng.uniform(2e3, 9e3), rng.uniform(0.3, 0.8)), S, *rng.uniform(-0.5, 0.5, 2))
+         for _ in range(n)]
+    )[:, None]  # fmt: skip
+    x = np.array([10.3, 14.1, 25.0, 1.2, 38.6, 20.4])
+    y = np.array([12.2, 15.7, 30.3, 20.0, 39.1, 0.3])
+    cx, cy = np.floor(x + 0.5).astype(int), np.floor(y + 0.5).astype(int)
+    models = Models(stamps, cx, cy, x, y, np.ones(n, bool))
+    image = paste_models(models, (40, 40)) + rng.normal(0, 5.0, (1, 40, 40)).astype(np.float32)
+    got = aperture_fluxes(image, models, np.arange(n), method=("subtract", "conserve", "data"))
+    total = paste_models(models, (40, 40))
+    for j in range(n):
+        own = total - paste_models(models, (40, 40), skip=j)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            shares = {
+                "subtract": image - (total - own),
+                "conserve": np.where(total > 0, image * own / total, 0.0),
+                "data": image,
+            }
+        for m, light in shares.items():
+            f, _, _ = sep.sum_circle(light[0].astype(np.float64), [x[j]], [y[j]], 5.0)
+            assert got[m][j, 0] == pytest.approx(f[0], rel=1e-4, abs=1e-2), (m, j)
+
+
+def test_measure_refines_the_models_as_asked():
+    from probcat.api import Deblender
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="i")
+    sigma = survey.noise_sigma.astype(np.float32)
+    model = CropDeblender()
+    image = np.zeros((1, 40, 40), np.float32)
+    image[0] += _draw(_galaxy(5e4), 40, -2.0, 0.0) + _draw(_galaxy(3e4), 40, 2.5, 1.0)
+    xs, ys = np.array([17.5, 22.0]), np.array([19.5, 20.5])
+    cat = FullCatalog({"x": xs, "y": ys, "galaxy": np.ones(2, bool)}, (40, 40), ("i",))
+    db = Deblender(model, survey, device="cpu")
+    got = {
+        p: db.measure(image, cat, passes=p, background="none").catalog["flux_ap"][:, 0]
+        for p in (0, 1, 2)
+    }
+    for p, flux in got.items():
+        ref = aperture_fluxes(image, reconstruct(model, image, sigma, xs, ys, [True] * 2, passes=p),
+                              [0, 1])[:, 0]  # fmt: skip
+        np.testing.assert_allclose(flux, ref, rtol=1e-5)
+    assert not np.allclose(got[0], got[2])
+    default = db.measure(image, cat, background="none").catalog["flux_ap"][:, 0]
+    np.testing.assert_array_equal(default, got[1])
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ProbcatValueError, match="passes"):
+            db.measure(image, cat, passes=bad)

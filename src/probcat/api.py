@@ -567,18 +567,23 @@ class Deblender:
         background: str = "auto",
         gain=None,
         sky_offset=None,
+        passes: int | None = None,
     ) -> DeblendResult:
         """Deblend the sources of ``catalog`` (``x, y`` and ``galaxy`` or ``galaxy_prob``)
         in ``image`` (FITS path, :class:`~probcat.io.ImageData` or array in electrons) and
         measure them; ``samples``: posterior catalog samples of the same image for flux
         posteriors; ``method``: ``"subtract"`` (residual images, the paper's) or
         ``"conserve"`` (the data shared among the sources in proportion to their models);
+        ``passes``: refinement rounds of the galaxy models
+        (:func:`probcat.infer.deblend.refine_stamps`; default one, 0 for the paper's single
+        pass);
         ``background``, ``gain``: as for detection (:mod:`probcat.background`);
         ``sky_offset``: the detector's (:attr:`Detector.sky_offset`), so that a sky left in
         the image is subtracted as detection subtracted it.
         """
         from probcat.infer.deblend import (
             METHODS,
+            REFINE_PASSES,
             _xyg,
             aperture_fluxes,
             paste_models,
@@ -593,6 +598,9 @@ class Deblender:
             raise ProbcatValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         if not (match_px > 0 and np.isfinite(match_px)):
             raise ProbcatValueError(f"match_px must be positive, got {match_px}")
+        passes = REFINE_PASSES if passes is None else passes
+        if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or passes < 0:
+            raise ProbcatValueError(f"passes must be a whole number >= 0, got {passes!r}")
         for name in ("x", "y"):
             if name not in catalog:
                 raise ProbcatValueError(f"the catalog has no {name!r} column")
@@ -609,8 +617,9 @@ class Deblender:
         n = len(cx)
         with thread_limit(threads_for(self.threads, h * w)):
             models = reconstruct(
-                self.net, img, sigma, cx, cy, gal, survey=self.survey, device=self.device
-            )
+                self.net, img, sigma, cx, cy, gal, survey=self.survey, device=self.device,
+                passes=passes,
+            )  # fmt: skip
             model = paste_models(models, (h, w))
             ap = aperture_fluxes(img, models, np.arange(n), method=(method, "data"))
             flux = ap[method]
@@ -631,6 +640,7 @@ class Deblender:
                     match_px=match_px,
                     device=self.device,
                     contamination=True,
+                    passes=passes,
                 )
         area = np.pi * APERTURE_RADIUS**2
         scale = self.flux_error_scale
@@ -684,6 +694,7 @@ def deblend(
     gain=None,
     device=None,
     threads="auto",
+    passes: int | None = None,
 ) -> DeblendResult:
     """Detect, deblend and measure every source of an image, with flux posteriors from
     ``samples`` posterior catalog samples (0: point measurements only).
@@ -693,6 +704,7 @@ def deblend(
         weights: detection weights (default the shipped LSST-i encoder).
         deblender: deblender weights (default ``"deblender_lsst_i"``).
         method: ``"subtract"`` or ``"conserve"`` (see :meth:`Deblender.measure`).
+        passes: refinement rounds of the galaxy models (see :meth:`Deblender.measure`).
         Others: as for :func:`detect`.
 
     Example:
@@ -718,7 +730,7 @@ def deblend(
     )
     out = dbl.measure(
         image, res.catalog, noise_sigma=noise_sigma, samples=res.samples, method=method,
-        sky_offset=det.sky_offset, **opts,
+        sky_offset=det.sky_offset, passes=passes, **opts,
     )  # fmt: skip
     out.detection = res
     out.wcs = res.wcs

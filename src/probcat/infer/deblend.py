@@ -39,6 +39,7 @@ __all__ = [
     "psf_stamp",
     "reconstruct",
     "galaxy_stamps",
+    "refine_stamps",
     "star_stamps",
     "assemble",
     "aperture_fluxes",
@@ -50,6 +51,9 @@ __all__ = [
 ]
 
 METHODS = ("subtract", "conserve")
+REFINE_PASSES = 1  # refinement rounds of the galaxy models (:func:`refine_stamps`)
+REFINE_DAMPING = 0.3
+REFINE_PX = 16.0  # posterior samples: galaxies this close to a target are refined
 
 
 def fourier_shift(stamps: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
@@ -158,6 +162,15 @@ def _centres(x, y):
     ).astype(np.int64)
 
 
+def _decode(model, crops: np.ndarray, device, batch: int) -> torch.Tensor:
+    """Centred reconstructions ``(N, bands, S, S)`` of ``crops`` ``(N, bands, in, in)``
+    (noise-sigma units, as the reconstructions)."""
+    decoded = []
+    for i in range(0, len(crops), batch):
+        decoded.append(model(torch.from_numpy(crops[i : i + batch]).to(device)).float().cpu())
+    return torch.cat(decoded)
+
+
 @torch.no_grad()
 def galaxy_stamps(
     model, image: np.ndarray, sigma, x, y, *, device=None, batch: int = 2048
@@ -173,12 +186,79 @@ def galaxy_stamps(
     device = device or next(model.parameters()).device
     keys, inverse = np.unique(np.stack([cx, cy], 1), axis=0, return_inverse=True)
     crops = _crops(image / sig, keys[:, 0], keys[:, 1], model.in_size)
-    decoded = []
-    for i in range(0, len(keys), batch):
-        decoded.append(model(torch.from_numpy(crops[i : i + batch]).to(device)).float().cpu())
-    recon = torch.cat(decoded)[torch.from_numpy(inverse.reshape(-1))]
+    recon = _decode(model, crops, device, batch)[torch.from_numpy(inverse.reshape(-1))]
     shifted = fourier_shift(recon, torch.from_numpy(x - cx), torch.from_numpy(y - cy))
     return shifted.numpy() * sig[None]
+
+
+@torch.no_grad()
+def refine_stamps(
+    model,
+    image: np.ndarray,
+    sigma,
+    x,
+    y,
+    stamps: np.ndarray,
+    *,
+    group=None,
+    active=None,
+    passes: int = REFINE_PASSES,
+    damping: float = REFINE_DAMPING,
+    device=None,
+    batch: int = 2048,
+) -> np.ndarray:
+    """Galaxy models ``stamps`` (:func:`galaxy_stamps`) refined by ``passes`` rounds in
+    which each galaxy is deblended again from the image minus the other galaxies' current
+    models (its own model added back), and its model moved ``damping`` of the way to the
+    new reconstruction. Galaxies of one ``group`` (one catalog or posterior sample; all
+    one group by default) see each other's models; only the ``active`` ones (all by
+    default) are re-encoded. Returns new stamps (electrons).
+
+    The deblending encoder, given a crop in which a brighter neighbour overlaps its galaxy,
+    hands part of the galaxy's light to the neighbour's model and part of the neighbour's
+    to it; once the neighbours' models are subtracted, each crop looks more like the
+    isolated galaxies the decoder reconstructs best. Undamped, the rounds overshoot and
+    oscillate, and each round moves the measured fluxes up a little (the neighbours' models
+    lose some of their wings), so the default is one round of three tenths of a step.
+    Chosen on validation scenes only: on 1,500 ``central`` scenes (true centroids) the
+    median absolute fractional aperture-flux error of the central galaxy was 0.082 at
+    blendedness 0.1-0.376 and 0.37 above 0.376 with no round, 0.066 and 0.31 with this
+    one (two half steps: 0.053 and 0.33); on 150 ``blend`` scenes (every galaxy, true
+    centroids) the 68% width of the flux residuals went from 0.133 to 0.122 and the
+    largest median residual in an SNR bin above 10 from 0.006 to 0.007 (two half steps:
+    0.128 and 0.020, above the 0.01 the deblending issue allows)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    out = np.array(stamps, np.float32, copy=True)
+    if passes <= 0 or len(x) == 0:
+        return out
+    if not 0.0 < damping <= 1.0:
+        raise ProbcatValueError(f"damping must be in (0, 1], got {damping}")
+    nb, size = image.shape[0], model.in_size
+    sig = np.asarray(sigma, np.float32).reshape(nb, 1, 1)
+    cx, cy = _centres(x, y)
+    group = np.zeros(len(x), np.int64) if group is None else np.asarray(group)
+    active = np.ones(len(x), bool) if active is None else np.asarray(active, bool)
+    device = device or next(model.parameters()).device
+    todo = np.flatnonzero(active)
+    if not len(todo):
+        return out
+    models = Models(out, cx, cy, x, y, np.ones(len(x), bool))
+    for _ in range(int(passes)):
+        crops = np.empty((len(todo), nb, size, size), np.float32)
+        for g in np.unique(group[todo]):
+            members = np.flatnonzero(group == g)
+            rest = image - paste_models(models.select(members), image.shape[1:])
+            for k in np.flatnonzero(group[todo] == g):
+                i = todo[k]
+                crops[k] = crop_at(rest, cx[i], cy[i], size) + _cut_own(models, i, size)
+        new = fourier_shift(
+            _decode(model, crops / sig, device, batch),
+            torch.from_numpy(x[todo] - cx[todo]),
+            torch.from_numpy(y[todo] - cy[todo]),
+        ).numpy()
+        out[todo] = (1.0 - damping) * out[todo] + damping * new * sig[None]
+        models = Models(out, cx, cy, x, y, models.galaxy)
+    return out
 
 
 def star_stamps(survey, size: int, rest: np.ndarray, x, y) -> np.ndarray:
@@ -220,15 +300,26 @@ def assemble(image, gal_stamps, x, y, galaxy, survey=None) -> Models:
 
 
 def reconstruct(
-    model, image: np.ndarray, sigma, x, y, galaxy, *, survey=None, device=None
+    model,
+    image: np.ndarray,
+    sigma,
+    x,
+    y,
+    galaxy,
+    *,
+    survey=None,
+    device=None,
+    passes: int = REFINE_PASSES,
 ) -> Models:
     """Models of the sources at ``(x, y)`` in ``image`` ``(bands, H, W)`` electrons:
     galaxies (``galaxy`` True) through the deblender ``model``
-    (:class:`~probcat.nets.deblend.GalaxyModel`), stars as the PSF of ``survey`` scaled by
-    a least-squares flux on the image minus the galaxy models."""
+    (:class:`~probcat.nets.deblend.GalaxyModel`), refined by ``passes`` rounds of
+    :func:`refine_stamps` (0: the paper's single pass), stars as the PSF of ``survey``
+    scaled by a least-squares flux on the image minus the galaxy models."""
     galaxy = np.asarray(galaxy, bool)
     x, y = np.asarray(x, float), np.asarray(y, float)
     g = galaxy_stamps(model, image, sigma, x[galaxy], y[galaxy], device=device)
+    g = refine_stamps(model, image, sigma, x[galaxy], y[galaxy], g, passes=passes, device=device)
     return assemble(image, g, x, y, galaxy, survey)
 
 
@@ -251,24 +342,20 @@ def aperture_fluxes(
     for m in methods:
         if m not in (*METHODS, "data"):
             raise ProbcatValueError(f"method must be one of {METHODS}, got {m!r}")
-    from probcat.simulate.bank import paste
-
     nb = image.shape[0]
     w = 2 * int(math.ceil(radius)) + 3
     half = w // 2
     out = {m: np.zeros((len(targets), nb)) for m in methods}
+    if not len(targets):
+        return out[method] if isinstance(method, str) else out
+    total = paste_models(models, image.shape[1:])  # every model, once
+    inside = np.ones((1, *image.shape[1:]), np.float32)
     for t, j in enumerate(targets):
         cx, cy = int(models.cx[j]), int(models.cy[j])
         data = crop_at(image, cx, cy, w)
-        own = np.zeros_like(data)
-        others = np.zeros_like(data)
-        # each model pasted into the window: its centre relative to the window's origin
-        paste(own, models.stamps[j], half, half)
-        for i in range(len(models)):
-            if i != j:
-                dx, dy = int(models.cx[i]) - cx, int(models.cy[i]) - cy
-                if abs(dx) <= half + models.size // 2 and abs(dy) <= half + models.size // 2:
-                    paste(others, models.stamps[i], half + dx, half + dy)
+        own = _cut_own(models, j, w)
+        # the other sources' light in the window (inside the image, like the data)
+        others = crop_at(total, cx, cy, w) - own * crop_at(inside, cx, cy, w)
         xs = half + (models.x[j] - cx)
         ys = half + (models.y[j] - cy)
         for m in methods:
@@ -277,9 +364,9 @@ def aperture_fluxes(
             elif m == "data":
                 light = data
             else:
-                total = own + others
+                both = own + others
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    light = np.where(total > 0, data * own / total, 0.0)
+                    light = np.where(both > 0, data * own / both, 0.0)
             for k in range(nb):
                 f, _, _ = sep.sum_circle(
                     np.ascontiguousarray(light[k], dtype=np.float64), [xs], [ys], radius
@@ -355,10 +442,14 @@ def sample_fluxes(
     radius: float = 5.0,
     device=None,
     contamination: bool = False,
+    passes: int = REFINE_PASSES,
 ):
     """Aperture fluxes ``(targets, samples, bands)`` of the targets ``(tx, ty)`` in every
     posterior catalog sample (paper 000 section 4.6): each sample is deblended on its own
-    (its galaxies' reconstructions, its stars fitted on the rest) and the target's flux is
+    (its galaxies' reconstructions, refined by ``passes`` rounds of :func:`refine_stamps`
+    among the sample's galaxies, of which those within :data:`REFINE_PX` of a target are
+    re-encoded, the others' light mattering little at the targets; its stars fitted on the
+    rest) and the target's flux is
     measured at the centroid of the sample's source nearest to it within ``match_px``;
     NaN where a sample has no such source. ``samples``: catalogs with ``x, y`` and
     ``galaxy`` columns (or ``galaxy_prob``). A tuple of methods gives a dict of such
@@ -378,6 +469,14 @@ def sample_fluxes(
     gx = np.concatenate([c[0][c[2]] for c in cols]) if cols else np.zeros(0)
     gy = np.concatenate([c[1][c[2]] for c in cols]) if cols else np.zeros(0)
     stamps = galaxy_stamps(model, image, sigma, gx, gy, device=device)
+    if passes > 0 and len(gx):
+        sample_of = np.concatenate([np.full(int(c[2].sum()), s) for s, c in enumerate(cols)])
+        d2 = (gx[:, None] - tx[None]) ** 2 + (gy[:, None] - ty[None]) ** 2
+        near = (d2 <= REFINE_PX**2).any(1)
+        stamps = refine_stamps(
+            model, image, sigma, gx, gy, stamps, group=sample_of, active=near, passes=passes,
+            device=device,
+        )  # fmt: skip
     start = 0
     for s, (x, y, g) in enumerate(cols):
         n_gal = int(g.sum())

@@ -280,7 +280,7 @@ def fit_flux_error(
     from tqdm.auto import tqdm
 
     from probcat.api import load
-    from probcat.infer.deblend import sample_fluxes
+    from probcat.infer.deblend import REFINE_PASSES, sample_fluxes
     from probcat.measure import APERTURE_RADIUS, fit_contamination_scale, flux_posterior
 
     det, deb = load(detector), load(deblender)
@@ -319,8 +319,10 @@ def fit_flux_error(
         "validation_coverage_68_95": cover[scale],
         "validation_coverage_68_95_without": cover[0.0],
         "source": f"{n_scenes} central validation scenes (split=val, seed {seed}), "
-        f"{n_samples} posterior samples of {detector} each, noiseless aperture flux of the "
-        "central galaxy; highest mean log posterior density",
+        f"{n_samples} posterior samples of {detector} each, deblended with "
+        f"{REFINE_PASSES} refinement passes, noiseless aperture flux of the central galaxy; "
+        "highest mean log posterior density",
+        "refine_passes": REFINE_PASSES,
     }
 
 
