@@ -319,9 +319,9 @@ def fit_flux_error(
         "validation_coverage_68_95": cover[scale],
         "validation_coverage_68_95_without": cover[0.0],
         "source": f"{n_scenes} central validation scenes (split=val, seed {seed}), "
-        f"{n_samples} posterior samples of {detector} each, deblended with "
-        f"{REFINE_PASSES} refinement passes, noiseless aperture flux of the central galaxy; "
-        "highest mean log posterior density",
+        f"{n_samples} posterior samples of {detector} each, deblended with refinement "
+        f"passes: {REFINE_PASSES}; noiseless aperture flux of the central galaxy; highest "
+        "mean log posterior density",
         "refine_passes": REFINE_PASSES,
     }
 
