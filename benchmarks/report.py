@@ -531,6 +531,30 @@ TABLES = {
                 "0.954 ± 0.05",
             ),
             (
+                "blendedness > 0.376 (the paper's last bin, in no bin above), samples where "
+                "matched",
+                "paper_top_bin.median_abs_frac_residual_where_matched.samples",
+                "paper_top_bin.median_abs_frac_residual_where_matched.map",
+                ".3f",
+                "",
+                "MAP",
+            ),
+            (
+                "same: images, and those where SEP finds the central galaxy",
+                "paper_top_bin.n_images",
+                "paper_top_bin.matched.sep",
+                "d",
+                "",
+            ),
+            (
+                "all central galaxies, samples: refined models vs the paper's single pass",
+                "refinement.samples.all",
+                "refinement.samples_single_pass.all",
+                ".4f",
+                "",
+                "single pass",
+            ),
+            (
                 "flux-conserving: top bin, samples",
                 "flux_conserving.flux_residual_top_bin.samples",
                 "flux_conserving.flux_residual_top_bin.sep",
