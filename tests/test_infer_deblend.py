@@ -486,3 +486,30 @@ def test_measure_refines_the_models_as_asked():
     for bad in (-1, 1.5, True, "2"):
         with pytest.raises(ProbcatValueError, match="passes"):
             db.measure(image, cat, passes=bad)
+
+
+def test_samples_and_shifts_in_chunks_give_the_same_fluxes(monkeypatch):
+    """Posterior samples are deblended a chunk at a time and galaxies moved to their
+    centroids a chunk at a time (memory): the fluxes do not depend on the chunk sizes."""
+    import probcat.infer.deblend as D
+
+    model = CropDeblender()
+    sigma = np.array([2.0], np.float32)
+    image = np.zeros((1, 48, 48), np.float32)
+    image[0] += _draw(_galaxy(4e4), 48, -3.0, 1.0) + _draw(_galaxy(2e4), 48, 2.0, -1.5)
+    rng = np.random.default_rng(4)
+    dx, dy = np.array([0.0, 5.0, 12.0]), np.array([0.0, -2.5, 9.0])
+    samples = [
+        {"x": (21.0 + dx + rng.normal(0, 0.6, 3))[: 3 - k % 2],
+         "y": (25.0 + dy + rng.normal(0, 0.6, 3))[: 3 - k % 2],
+         "galaxy": np.ones(3 - k % 2, bool)}
+        for k in range(7)
+    ]  # fmt: skip
+    tx, ty = [21.0, 26.0], [25.0, 22.5]
+    whole = sample_fluxes(model, image, sigma, samples, tx, ty, contamination=True)
+    monkeypatch.setattr(D, "SAMPLE_CHUNK", 5)  # two or three samples a chunk
+    monkeypatch.setattr(D, "SHIFT_CHUNK", 2)
+    parts = sample_fluxes(model, image, sigma, samples, tx, ty, contamination=True)
+    for a, b in zip(whole, parts):
+        assert np.isfinite(a).sum() > 10
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)

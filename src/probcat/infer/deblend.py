@@ -54,6 +54,8 @@ METHODS = ("subtract", "conserve")
 REFINE_PASSES = 1  # refinement rounds of the galaxy models (:func:`refine_stamps`)
 REFINE_DAMPING = 0.3
 REFINE_PX = 16.0  # posterior samples: galaxies this close to a target are refined
+SHIFT_CHUNK = 4096  # galaxies moved to their centroids at a time
+SAMPLE_CHUNK = 20000  # galaxies of posterior samples deblended at a time (memory)
 
 
 def fourier_shift(stamps: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
@@ -186,9 +188,17 @@ def galaxy_stamps(
     device = device or next(model.parameters()).device
     keys, inverse = np.unique(np.stack([cx, cy], 1), axis=0, return_inverse=True)
     crops = _crops(image / sig, keys[:, 0], keys[:, 1], model.in_size)
-    recon = _decode(model, crops, device, batch)[torch.from_numpy(inverse.reshape(-1))]
-    shifted = fourier_shift(recon, torch.from_numpy(x - cx), torch.from_numpy(y - cy))
-    return shifted.numpy() * sig[None]
+    recon = _decode(model, crops, device, batch)
+    inverse = inverse.reshape(-1)
+    out = np.empty((len(x), nb, size, size), np.float32)
+    for i in range(0, len(x), SHIFT_CHUNK):  # the FFTs' temporaries stay small
+        j = slice(i, i + SHIFT_CHUNK)
+        out[j] = fourier_shift(
+            recon[torch.from_numpy(inverse[j])],
+            torch.from_numpy(x[j] - cx[j]),
+            torch.from_numpy(y[j] - cy[j]),
+        ).numpy()
+    return out * sig[None]
 
 
 @torch.no_grad()
@@ -469,33 +479,43 @@ def sample_fluxes(
     raw = np.full((len(tx), len(samples), nb), np.nan)
     measured = (*methods, "data") if contamination else methods
     cols = [_xyg(c) for c in samples]
-    gx = np.concatenate([c[0][c[2]] for c in cols]) if cols else np.zeros(0)
-    gy = np.concatenate([c[1][c[2]] for c in cols]) if cols else np.zeros(0)
-    stamps = galaxy_stamps(model, image, sigma, gx, gy, device=device)
-    if passes > 0 and len(gx) and len(tx):
-        sample_of = np.concatenate([np.full(int(c[2].sum()), s) for s, c in enumerate(cols)])
-        from scipy.spatial import cKDTree
+    # samples in chunks of at most SAMPLE_CHUNK galaxies (a large field's 100 samples hold
+    # over 100,000), each chunk's galaxies encoded and refined together
+    sizes = np.array([int(c[2].sum()) for c in cols], np.int64)
+    first = 0
+    while first < len(cols):
+        last = first + 1
+        while last < len(cols) and sizes[first : last + 1].sum() <= SAMPLE_CHUNK:
+            last += 1
+        part = cols[first:last]
+        gx = np.concatenate([c[0][c[2]] for c in part])
+        gy = np.concatenate([c[1][c[2]] for c in part])
+        stamps = galaxy_stamps(model, image, sigma, gx, gy, device=device)
+        if passes > 0 and len(gx) and len(tx):
+            from scipy.spatial import cKDTree
 
-        dist, _ = cKDTree(np.stack([tx, ty], 1)).query(
-            np.stack([gx, gy], 1), distance_upper_bound=REFINE_PX
-        )
-        stamps = refine_stamps(
-            model, image, sigma, gx, gy, stamps, group=sample_of, active=np.isfinite(dist),
-            passes=passes, device=device, inplace=True,
-        )  # fmt: skip
-    start = 0
-    for s, (x, y, g) in enumerate(cols):
-        n_gal = int(g.sum())
-        models = assemble(image, stamps[start : start + n_gal], x, y, g, survey)
-        start += n_gal
-        idx = match_nearest(x, y, tx, ty, match_px)
-        hit = np.flatnonzero(idx >= 0)
-        if len(hit):
-            got = aperture_fluxes(image, models, idx[hit], method=measured, radius=radius)
-            for m in methods:
-                outs[m][hit, s] = got[m]
-            if contamination:
-                raw[hit, s] = got["data"]
+            sample_of = np.repeat(np.arange(len(part)), sizes[first:last])
+            dist, _ = cKDTree(np.stack([tx, ty], 1)).query(
+                np.stack([gx, gy], 1), distance_upper_bound=REFINE_PX
+            )
+            stamps = refine_stamps(
+                model, image, sigma, gx, gy, stamps, group=sample_of,
+                active=np.isfinite(dist), passes=passes, device=device, inplace=True,
+            )  # fmt: skip
+        start = 0
+        for s, (x, y, g) in enumerate(part, start=first):
+            n_gal = int(g.sum())
+            models = assemble(image, stamps[start : start + n_gal], x, y, g, survey)
+            start += n_gal
+            idx = match_nearest(x, y, tx, ty, match_px)
+            hit = np.flatnonzero(idx >= 0)
+            if len(hit):
+                got = aperture_fluxes(image, models, idx[hit], method=measured, radius=radius)
+                for m in methods:
+                    outs[m][hit, s] = got[m]
+                if contamination:
+                    raw[hit, s] = got["data"]
+        first = last
     if not contamination:
         return outs[method] if isinstance(method, str) else outs
     contam = {m: np.maximum(raw - outs[m], 0.0) for m in methods}
