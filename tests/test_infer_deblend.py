@@ -486,6 +486,10 @@ def test_measure_refines_the_models_as_asked():
     for bad in (-1, 1.5, True, "2"):
         with pytest.raises(ProbcatValueError, match="passes"):
             db.measure(image, cat, passes=bad)
+    import probcat
+
+    with pytest.raises(ProbcatValueError, match="passes"):  # before any detection is run
+        probcat.deblend(image, passes=-1, weights="no_such_weights")
 
 
 def test_samples_and_shifts_in_chunks_give_the_same_fluxes(monkeypatch):

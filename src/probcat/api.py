@@ -598,9 +598,7 @@ class Deblender:
             raise ProbcatValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         if not (match_px > 0 and np.isfinite(match_px)):
             raise ProbcatValueError(f"match_px must be positive, got {match_px}")
-        passes = REFINE_PASSES if passes is None else passes
-        if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or passes < 0:
-            raise ProbcatValueError(f"passes must be a whole number >= 0, got {passes!r}")
+        passes = REFINE_PASSES if passes is None else _check_passes(passes)
         for name in ("x", "y"):
             if name not in catalog:
                 raise ProbcatValueError(f"the catalog has no {name!r} column")
@@ -680,6 +678,13 @@ class Deblender:
             return np.where(flux > 0, band.flux_to_mag(np.maximum(flux, 1e-30)), np.nan)
 
 
+def _check_passes(passes):
+    """``passes`` (refinement rounds of the galaxy models), or a one-line error."""
+    if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or passes < 0:
+        raise ProbcatValueError(f"passes must be a whole number >= 0, got {passes!r}")
+    return int(passes)
+
+
 def deblend(
     image,
     *,
@@ -711,6 +716,8 @@ def deblend(
         >>> res = probcat.deblend("field.fits", samples=100)      # doctest: +SKIP
         >>> res.catalog["flux_q50"]                              # doctest: +SKIP
     """
+    if passes is not None:  # before detection, which may take long
+        _check_passes(passes)
     det = load(weights, device=device, threads=threads)
     dbl = load(deblender or DEFAULT_DEBLENDER, device=device, threads=threads)
     if not isinstance(dbl, Deblender):
