@@ -250,6 +250,7 @@ def _central_worker(job):
             "blend": float(cat["blendedness"][0, 0]),
             "true": aperture((image - others)[0], tx, ty),
             "true_noiseless": aperture(central[0], tx, ty),
+            "map0_subtract": float("nan"),
         }
         res = det.detect(image, samples=args.samples, seed=i)
         row["map_centers"] = np.stack([res.catalog["x"], res.catalog["y"]], 1).tolist()
@@ -259,7 +260,6 @@ def _central_worker(job):
             j = match_nearest(x, y, [tx], [ty], 2.0)[0]
             for m in METHODS:
                 row[f"{name}_{m}"] = float("nan")
-            row["map0_subtract"] = row.get("map0_subtract", float("nan"))
             if j < 0:
                 continue
             # everything is a galaxy in these scenes (as in paper 000 section 4.6)
@@ -312,16 +312,23 @@ def central_part(args):
     return sorted(rows, key=lambda r: r["i"])
 
 
+def _estimates(rows, method) -> dict:
+    return {k: np.array([r[f"{k}_{method}"] for r in rows]) for k in ("samples", "map", "sep")}
+
+
+def _kept(rows, method) -> np.ndarray:
+    """The images of the headline bins: every method matched the central galaxy (the
+    paper's rule) and its true aperture flux is positive."""
+    true = np.array([r["true"] for r in rows])
+    return np.all([np.isfinite(v) for v in _estimates(rows, method).values()], 0) & (true > 0)
+
+
 def central_summary(rows, method, scarlet=None):
     true = np.array([r["true"] for r in rows])
     blend = np.array([r["blend"] for r in rows])
     snr = np.array([r["snr"] for r in rows])
-    est = {
-        "samples": np.array([r[f"samples_{method}"] for r in rows]),
-        "map": np.array([r[f"map_{method}"] for r in rows]),
-        "sep": np.array([r[f"sep_{method}"] for r in rows]),
-    }
-    keep = np.all([np.isfinite(v) for v in est.values()], 0) & (true > 0)
+    est = _estimates(rows, method)
+    keep = _kept(rows, method)
     edges = equal_count_bins(blend[keep], N_BLEND_BINS)
     snr_edges = equal_count_bins(snr[keep], 10)
     by_blend, by_blend_err, by_snr, by_snr_err = {}, {}, {}, {}
@@ -407,11 +414,8 @@ def refinement_summary(rows, central, blend) -> dict:
     (``passes=0``), on the same central images (median absolute fractional flux residual:
     over the images of the headline bins, in their top bin and in the paper's last bin)
     and on the blend scenes (true centroids: Fig. 6's keys)."""
-    true = np.array([r["true"] for r in rows])
     blend_c = np.array([r["blend"] for r in rows])
-    keep = np.isfinite(true) & (true > 0)
-    for k in ("samples_subtract", "map_subtract", "sep_subtract"):
-        keep &= np.isfinite([r[k] for r in rows])
+    keep = _kept(rows, "subtract")
     top = keep & (blend_c >= central["blendedness_bin_edges"][-1])
     heavy = blend_c > PAPER_TOP_EDGE
     out = {"passes": REFINE_PASSES, "damping": REFINE_DAMPING}

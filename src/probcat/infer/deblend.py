@@ -189,16 +189,19 @@ def galaxy_stamps(
     keys, inverse = np.unique(np.stack([cx, cy], 1), axis=0, return_inverse=True)
     crops = _crops(image / sig, keys[:, 0], keys[:, 1], model.in_size)
     recon = _decode(model, crops, device, batch)
-    inverse = inverse.reshape(-1)
-    out = np.empty((len(x), nb, size, size), np.float32)
-    for i in range(0, len(x), SHIFT_CHUNK):  # the FFTs' temporaries stay small
+    return _placed(recon, inverse.reshape(-1), x - cx, y - cy) * sig[None]
+
+
+def _placed(recon: torch.Tensor, index: np.ndarray, dx, dy) -> np.ndarray:
+    """``recon[index]`` ``(N, bands, S, S)`` moved by their sub-pixel ``(dx, dy)``,
+    :data:`SHIFT_CHUNK` at a time (the FFTs' temporaries stay small)."""
+    out = np.empty((len(index), *recon.shape[1:]), np.float32)
+    for i in range(0, len(index), SHIFT_CHUNK):
         j = slice(i, i + SHIFT_CHUNK)
         out[j] = fourier_shift(
-            recon[torch.from_numpy(inverse[j])],
-            torch.from_numpy(x[j] - cx[j]),
-            torch.from_numpy(y[j] - cy[j]),
+            recon[torch.from_numpy(index[j])], torch.from_numpy(dx[j]), torch.from_numpy(dy[j])
         ).numpy()
-    return out * sig[None]
+    return out
 
 
 @torch.no_grad()
@@ -263,11 +266,8 @@ def refine_stamps(
             crops = np.empty((len(todo), nb, size, size), np.float32)
             for k, i in enumerate(todo):
                 crops[k] = crop_at(rest, cx[i], cy[i], size) + _cut_own(models, i, size)
-            new = fourier_shift(
-                _decode(model, crops / sig, device, batch),
-                torch.from_numpy(x[todo] - cx[todo]),
-                torch.from_numpy(y[todo] - cy[todo]),
-            ).numpy()
+            recon = _decode(model, crops / sig, device, batch)
+            new = _placed(recon, np.arange(len(todo)), x[todo] - cx[todo], y[todo] - cy[todo])
             out[todo] = (1.0 - damping) * out[todo] + damping * new * sig[None]
     return out
 
@@ -482,6 +482,11 @@ def sample_fluxes(
     # samples in chunks of at most SAMPLE_CHUNK galaxies (a large field's 100 samples hold
     # over 100,000), each chunk's galaxies encoded and refined together
     sizes = np.array([int(c[2].sum()) for c in cols], np.int64)
+    refine = passes > 0 and len(tx) > 0
+    if refine:
+        from scipy.spatial import cKDTree
+
+        targets = cKDTree(np.stack([tx, ty], 1))
     first = 0
     while first < len(cols):
         last = first + 1
@@ -491,13 +496,9 @@ def sample_fluxes(
         gx = np.concatenate([c[0][c[2]] for c in part])
         gy = np.concatenate([c[1][c[2]] for c in part])
         stamps = galaxy_stamps(model, image, sigma, gx, gy, device=device)
-        if passes > 0 and len(gx) and len(tx):
-            from scipy.spatial import cKDTree
-
+        if refine and len(gx):
             sample_of = np.repeat(np.arange(len(part)), sizes[first:last])
-            dist, _ = cKDTree(np.stack([tx, ty], 1)).query(
-                np.stack([gx, gy], 1), distance_upper_bound=REFINE_PX
-            )
+            dist, _ = targets.query(np.stack([gx, gy], 1), distance_upper_bound=REFINE_PX)
             stamps = refine_stamps(
                 model, image, sigma, gx, gy, stamps, group=sample_of,
                 active=np.isfinite(dist), passes=passes, device=device, inplace=True,
