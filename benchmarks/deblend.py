@@ -38,7 +38,7 @@ import numpy as np
 import sep
 import torch
 
-from probcat.api import Deblender, load
+from probcat.api import DEFAULT_METHOD, Deblender, load
 from probcat.baselines.sep import sep_detect
 from probcat.catalog import atomic_write
 from probcat.infer.deblend import (
@@ -206,9 +206,15 @@ def blend_summary(r, variant: str):
 
 def morphology_summary(r) -> dict:
     """Deblended flux residuals on morphology-rich blends, overall and per galaxy family:
-    68% width and median of the fractional aperture-flux residual, deblended and not."""
-    frac = {"deblended": flux_fraction(r, "subtract"), "none": flux_fraction(r, "none")}
+    68% width and median of the fractional aperture-flux residual, deblended (``subtract``;
+    ``conserve`` under ``conserved``) and not."""
+    frac = {
+        "deblended": flux_fraction(r, "subtract"),
+        "conserved": flux_fraction(r, "conserve"),
+        "none": flux_fraction(r, "none"),
+    }
     out = {"n_galaxies": int(len(r["snr"])), **blend_summary(r, "subtract"), "by_family": {}}
+    out["conserve"] = blend_summary(r, "conserve")
     for code, fam in enumerate(FAMILIES):
         sel = (r["family"] == code) & (r["snr"] > 10)
         if sel.sum() < 20:
@@ -280,10 +286,9 @@ def _central_worker(job):
         row["samples0_subtract"] = (
             float(np.nanmean(single)) if np.isfinite(single).any() else np.nan
         )
-        scale = deb.flux_error_scale
         for m in METHODS:
             v, c = vals[m][0, :, 0], contam[m][0, :, 0]
-            post = flux_posterior(v[None], noise_sd, c[None], scale)
+            post = flux_posterior(v[None], noise_sd, c[None], deb.flux_error_scale(m))
             noise_only = flux_posterior(v[None], noise_sd)
             det_only = flux_posterior(v[None], 0.0)
             row[f"samples_{m}"] = float(post["mean"][0])
@@ -600,6 +605,7 @@ def speed_part(det, deb, args, tmp):
         "scarlet2_per_scene_s": float(np.median(got[1])) if got else None,
         "scarlet2_note": why,
         "scenes": args.speed_scenes,
+        "method": DEFAULT_METHOD,
         "what": "MAP detection + deblending + aperture flux + adaptive moments; scarlet2: "
         "set-up, compilation and fit from the same MAP detections (its wall time per scene)",
     }
@@ -879,13 +885,15 @@ def main(argv=None):
         "flux_posterior_coverage_68": coverage(rows, "subtract")["68"],
         "flux_posterior_coverage_95": coverage(rows, "subtract")["95"],
         "flux_posterior_coverage": coverage(rows, "subtract"),
-        "flux_error_scale": load(args.deblender).flux_error_scale,
+        "flux_error_scale": load(args.deblender).flux_error_scale("subtract"),
+        "flux_error_scale_conserve": load(args.deblender).flux_error_scale("conserve"),
         "flux_posterior_note": "posterior = mixture over detection samples of N(aperture flux, "
         "sigma^2 x aperture area + (scale x neighbours' light in the aperture)^2), scale the "
         "deblender manifest's flux_error (fitted on validation scenes); pixel_noise_only: "
         "scale 0; coverage of the noiseless galaxy's aperture flux. The "
         "detection-only intervals (paper 000) are checked against the noisy truth (image "
         "minus the other sources' true models), whose noise they share.",
+        "default_method": DEFAULT_METHOD,
         "flux_conserving": {
             "flux_residual_by_blendedness": conserve["flux_residual_by_blendedness"],
             "flux_residual_top_bin": conserve["flux_residual_top_bin"],

@@ -562,6 +562,22 @@ TABLES = {
                 "",
             ),
             (
+                "flux-conserving (the product's default): flux scatter, deblended / none",
+                "flux_conserving.scatter_ratio_deblended_vs_none",
+                "scatter_ratio_deblended_vs_none",
+                ".3f",
+                "",
+                "subtract",
+            ),
+            (
+                "morphology-family blends: 68% width of the flux residuals, flux-conserving",
+                "morphology.conserve.flux_residual_width68",
+                "morphology.flux_residual_width68",
+                ".3f",
+                "",
+                "subtract",
+            ),
+            (
                 "1000×1000 field: MAP detection + deblending + measurement (s)",
                 "speed.deblend_1k_s",
                 None,

@@ -180,9 +180,11 @@ def record_flux_error(name: str = "deblender_lsst_i", detector: str = "detection
     from probcat.train.deblend import record_flux_error as fit_and_record
 
     rec = fit_and_record(name, WEIGHTS / f"manifest_{name}.json", detector)
-    cov, cov0 = rec["validation_coverage_68_95"], rec["validation_coverage_68_95_without"]
-    print(f"{name}: flux-error scale {rec['scale']:.3f}; validation coverage 68/95 {cov} "
-          f"(without: {cov0})")  # fmt: skip
+    for m, scale in rec["scales"].items():
+        cov = rec["validation_coverage_68_95"][m]
+        cov0 = rec["validation_coverage_68_95_without"][m]
+        print(f"{name} ({m}): flux-error scale {scale:.3f}; validation coverage 68/95 {cov} "
+              f"(without: {cov0})")  # fmt: skip
 
 
 if __name__ == "__main__":

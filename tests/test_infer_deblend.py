@@ -350,16 +350,52 @@ def test_measure_widens_flux_errors_by_the_manifests_scale_of_the_neighbours_lig
     plain = Deblender(model, survey, device="cpu").measure(image, cat, samples=[cat]).catalog
     noise = float(sigma[0]) * np.sqrt(np.pi * 25.0)
     np.testing.assert_allclose(plain["flux_ap_err"][:, 0], noise)  # no record: noise only
-    db = Deblender(model, survey, {"flux_error": {"scale": 0.1}}, device="cpu")
-    assert db.flux_error_scale == 0.1
-    got = db.measure(image, cat, samples=[cat]).catalog
     raw = aperture_fluxes(image, reconstruct(model, image, sigma, xs, ys, [True] * 2), [0, 1],
                           method="data")[:, 0]  # fmt: skip
-    contam = raw - got["flux_ap"][:, 0]
-    assert np.all(contam > 0.05 * got["flux_ap"][:, 0])  # each has its neighbour's wing
-    np.testing.assert_allclose(got["flux_ap_err"][:, 0], np.hypot(noise, 0.1 * contam), rtol=1e-6)
-    # one sample: the posterior's sd is the error model's
-    np.testing.assert_allclose(got["flux_sd"][:, 0], got["flux_ap_err"][:, 0], rtol=1e-6)
+    # an older record (one scale, fitted for subtract) serves both methods; a newer one
+    # has a scale per method, and measure uses its method's
+    for record, want in (
+        ({"scale": 0.1}, {"subtract": 0.1, "conserve": 0.1}),
+        ({"scale": 0.1, "scales": {"subtract": 0.1, "conserve": 0.3}},
+         {"subtract": 0.1, "conserve": 0.3}),
+    ):  # fmt: skip
+        db = Deblender(model, survey, {"flux_error": record}, device="cpu")
+        assert db.flux_error_scale() == want["conserve"]  # the default method's
+        for method, scale in want.items():
+            assert db.flux_error_scale(method) == scale
+            got = db.measure(image, cat, samples=[cat], method=method).catalog
+            contam = raw - got["flux_ap"][:, 0]
+            assert np.all(contam > 0.05 * got["flux_ap"][:, 0])  # each has its neighbour's wing
+            np.testing.assert_allclose(
+                got["flux_ap_err"][:, 0], np.hypot(noise, scale * contam), rtol=1e-6
+            )
+            # one sample: the posterior's sd is the error model's
+            np.testing.assert_allclose(got["flux_sd"][:, 0], got["flux_ap_err"][:, 0], rtol=1e-6)
+
+
+def test_measure_shares_the_light_in_proportion_to_the_models_by_default():
+    """The product's default is ``conserve``: in a scene twice as bright as the models,
+    each source gets twice its model (the data shared in proportion), where ``subtract``
+    also hands it the excess of its neighbour's wing."""
+    from probcat.api import DEFAULT_METHOD, Deblender
+    from probcat.survey import Survey
+
+    assert DEFAULT_METHOD == "conserve"
+    survey = Survey.lsst(bands="i")
+    sigma = survey.noise_sigma.astype(np.float32)
+    model = FixedGalaxy(_draw(_galaxy(2e5), S) / sigma[0])
+    xs, ys = [12.0, 19.0], [15.0, 15.0]
+    models = reconstruct(model, np.zeros((1, 30, 30)), sigma, xs, ys, [True] * 2)
+    image = 2.0 * paste_models(models, (30, 30))
+    cat = FullCatalog(
+        {"x": np.array(xs), "y": np.array(ys), "galaxy": np.ones(2, bool)}, (30, 30), ("i",)
+    )
+    db = Deblender(model, survey, device="cpu")
+    default = db.measure(image, cat, passes=0).catalog["flux_ap"][:, 0]
+    own = aperture_fluxes(paste_models(models, (30, 30)), models, [0, 1], method="conserve")
+    np.testing.assert_allclose(default, 2.0 * own[:, 0], rtol=1e-5)
+    sub = db.measure(image, cat, passes=0, method="subtract").catalog["flux_ap"][:, 0]
+    assert np.all(sub > default * 1.02)  # the neighbour's wing, counted twice over
 
 
 def _brute_refine(model, image, sigma, x, y, stamps, group, active, passes, damping):
@@ -478,7 +514,7 @@ def test_measure_refines_the_models_as_asked():
     }
     for p, flux in got.items():
         ref = aperture_fluxes(image, reconstruct(model, image, sigma, xs, ys, [True] * 2, passes=p),
-                              [0, 1])[:, 0]  # fmt: skip
+                              [0, 1], method="conserve")[:, 0]  # the default method  # fmt: skip
         np.testing.assert_allclose(flux, ref, rtol=1e-5)
     assert not np.allclose(got[0], got[2])
     default = db.measure(image, cat, background="none").catalog["flux_ap"][:, 0]

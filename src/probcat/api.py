@@ -495,6 +495,9 @@ def detect(
 
 
 DEFAULT_DEBLENDER = "deblender_lsst_i"
+# how Deblender.measure, probcat.deblend and `probcat detect --deblend` hand each source its
+# light (probcat.infer.deblend.METHODS); the paper's "subtract" stays the low-level default
+DEFAULT_METHOD = "conserve"
 
 
 @dataclass
@@ -548,12 +551,13 @@ class Deblender:
         name = (self.manifest or {}).get("weights", "custom weights")
         return f"Deblender({name}, bands={''.join(self.survey.band_names)!r})"
 
-    @property
-    def flux_error_scale(self) -> float:
-        """The share of the neighbours' light in an aperture that the flux errors add
-        (:func:`probcat.measure.flux_sd`), fitted on validation scenes and recorded in the
-        manifest; 0 (pixel noise only) when not recorded."""
-        return float(((self.manifest or {}).get("flux_error") or {}).get("scale", 0.0))
+    def flux_error_scale(self, method: str = DEFAULT_METHOD) -> float:
+        """The share of the neighbours' light in an aperture that the flux errors of
+        ``method`` add (:func:`probcat.measure.flux_sd`), fitted on validation scenes and
+        recorded in the manifest (``flux_error.scales``; weights fitted for ``subtract``
+        only record ``scale``, used for both); 0 (pixel noise only) when not recorded."""
+        rec = (self.manifest or {}).get("flux_error") or {}
+        return float((rec.get("scales") or {}).get(method, rec.get("scale", 0.0)))
 
     def measure(
         self,
@@ -562,7 +566,7 @@ class Deblender:
         *,
         noise_sigma=None,
         samples=None,
-        method: str = "subtract",
+        method: str = DEFAULT_METHOD,
         match_px: float = 2.0,
         background: str = "auto",
         gain=None,
@@ -572,8 +576,10 @@ class Deblender:
         """Deblend the sources of ``catalog`` (``x, y`` and ``galaxy`` or ``galaxy_prob``)
         in ``image`` (FITS path, :class:`~probcat.io.ImageData` or array in electrons) and
         measure them; ``samples``: posterior catalog samples of the same image for flux
-        posteriors; ``method``: ``"subtract"`` (residual images, the paper's) or
-        ``"conserve"`` (the data shared among the sources in proportion to their models);
+        posteriors; ``method``: ``"conserve"`` (the default: the data shared among the
+        sources in proportion to their models, as scarlet and SDSS Photo do) or
+        ``"subtract"`` (residual images: the data minus the other sources' models, the
+        paper's);
         ``passes``: refinement rounds of the galaxy models
         (:func:`probcat.infer.deblend.refine_stamps`; default one, 0 for the paper's single
         pass);
@@ -641,7 +647,7 @@ class Deblender:
                     passes=passes,
                 )
         area = np.pi * APERTURE_RADIUS**2
-        scale = self.flux_error_scale
+        scale = self.flux_error_scale(method)
         flux_err = np.array(flux_sd(np.broadcast_to(sigma * np.sqrt(area), (n, nb)), contam, scale))
         mags = np.stack(
             [self._mag(b, flux[:, k]) for k, b in enumerate(self.survey.bands)], 1
@@ -692,7 +698,7 @@ def deblend(
     weights=None,
     deblender=None,
     samples: int = 100,
-    method: str = "subtract",
+    method: str = DEFAULT_METHOD,
     threshold: float = 0.5,
     seed: int = 0,
     background: str = "auto",
@@ -708,7 +714,7 @@ def deblend(
         image: as for :func:`detect`.
         weights: detection weights (default the shipped LSST-i encoder).
         deblender: deblender weights (default ``"deblender_lsst_i"``).
-        method: ``"subtract"`` or ``"conserve"`` (see :meth:`Deblender.measure`).
+        method: ``"conserve"`` (default) or ``"subtract"`` (see :meth:`Deblender.measure`).
         passes: refinement rounds of the galaxy models (see :meth:`Deblender.measure`).
         Others: as for :func:`detect`.
 

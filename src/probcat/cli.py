@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from probcat.api import DEFAULT_METHOD
 from probcat.errors import ProbcatError, ProbcatFileError, ProbcatValueError
 
 app = typer.Typer(
@@ -181,7 +182,9 @@ def detect_cmd(
     ),
     deblender: str = typer.Option(None, help="deblender weights (default: deblender_lsst_i)"),
     method: str = typer.Option(
-        "subtract", help="deblended light: subtract (residual images) or conserve (flux-conserving)"
+        DEFAULT_METHOD,
+        help="deblended light: conserve (the data shared in proportion to the models; sums "
+        "to the data) or subtract (the data minus the other sources' models, paper 000's)",
     ),
     seed: int = typer.Option(0, help="seed of the posterior samples"),
     background: str = BACKGROUND_OPTION,

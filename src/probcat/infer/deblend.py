@@ -169,8 +169,10 @@ def _decode(model, crops: np.ndarray, device, batch: int) -> torch.Tensor:
     (noise-sigma units, as the reconstructions)."""
     decoded = []
     for i in range(0, len(crops), batch):
-        decoded.append(model(torch.from_numpy(crops[i : i + batch]).to(device)).float().cpu())
-    return torch.cat(decoded)
+        x = torch.from_numpy(crops[i : i + batch]).to(device)
+        x = x.contiguous(memory_format=torch.channels_last)  # as the loaded weights
+        decoded.append(model(x).float().cpu())
+    return torch.cat(decoded).contiguous()
 
 
 @torch.no_grad()

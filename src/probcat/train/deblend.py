@@ -269,18 +269,20 @@ def fit_flux_error(
     progress: bool = True,
 ) -> dict:
     """The flux-error model's ``scale`` (:func:`probcat.measure.flux_sd`) of ``deblender``
-    with ``detector``'s posterior catalog samples: on ``n_scenes`` ``central`` validation
-    scenes (validation galaxies, seed ``seed``), the central galaxy's flux in each of
-    ``n_samples`` samples and its neighbours' light in the aperture; the scale under which
-    the noiseless aperture flux has the highest mean log posterior density
-    (:func:`probcat.measure.fit_contamination_scale`). Returns the manifest record."""
+    with ``detector``'s posterior catalog samples, one for each way of handing the sources
+    their light (:data:`probcat.infer.deblend.METHODS`): on ``n_scenes`` ``central``
+    validation scenes (validation galaxies, seed ``seed``), the central galaxy's flux in
+    each of ``n_samples`` samples and its neighbours' light in the aperture; the scale under
+    which the noiseless aperture flux has the highest mean log posterior density
+    (:func:`probcat.measure.fit_contamination_scale`). Returns the manifest record:
+    ``scales`` per method, and ``scale``, the ``subtract`` one (what older readers use)."""
     import warnings
 
     import sep
     from tqdm.auto import tqdm
 
     from probcat.api import load
-    from probcat.infer.deblend import REFINE_PASSES, sample_fluxes
+    from probcat.infer.deblend import METHODS, REFINE_PASSES, sample_fluxes
     from probcat.measure import APERTURE_RADIUS, fit_contamination_scale, flux_posterior
 
     det, deb = load(detector), load(deblender)
@@ -289,7 +291,9 @@ def fit_flux_error(
     )
     sigma = deb.survey.noise_sigma.astype(np.float32)
     noise_sd = float(sigma[0]) * np.sqrt(np.pi * APERTURE_RADIUS**2)
-    vals, contam, truth = [], [], []
+    vals = {m: [] for m in METHODS}
+    contam = {m: [] for m in METHODS}
+    truth = []
     for i in tqdm(range(n_scenes), desc="flux-error scenes", disable=not progress):
         scene, _ = sim.scene(i)
         cat = scene.catalog
@@ -300,28 +304,35 @@ def fit_flux_error(
             warnings.simplefilter("ignore")
             res = det.detect(scene.image, samples=n_samples, seed=i)
         gal = [{"x": s["x"], "y": s["y"], "galaxy": np.ones(len(s), bool)} for s in res.samples]
-        v, c = sample_fluxes(deb.net, scene.image, sigma, gal, [tx], [ty], contamination=True)
-        vals.append(v[0, :, 0])
-        contam.append(c[0, :, 0])
-    vals, contam, truth = np.array(vals), np.array(contam), np.array(truth)
-    scale = fit_contamination_scale(vals, truth, noise_sd, contam)
-    cover = {}
-    for a in (0.0, scale):
-        post = flux_posterior(vals, noise_sd, contam, a)
-        ok = np.isfinite(post["q16"])
-        cover[a] = [
-            float(np.mean((truth[ok] >= post[lo][ok]) & (truth[ok] <= post[hi][ok])))
-            for lo, hi in (("q16", "q84"), ("q025", "q975"))
-        ]
+        v, c = sample_fluxes(
+            deb.net, scene.image, sigma, gal, [tx], [ty], method=METHODS, contamination=True
+        )
+        for m in METHODS:
+            vals[m].append(v[m][0, :, 0])
+            contam[m].append(c[m][0, :, 0])
+    truth = np.array(truth)
+    scales, cover = {}, {}
+    for m in METHODS:
+        v, c = np.array(vals[m]), np.array(contam[m])
+        scales[m] = fit_contamination_scale(v, truth, noise_sd, c)
+        cover[m] = {}
+        for name, a in (("with", scales[m]), ("without", 0.0)):
+            post = flux_posterior(v, noise_sd, c, a)
+            ok = np.isfinite(post["q16"])
+            cover[m][name] = [
+                float(np.mean((truth[ok] >= post[lo][ok]) & (truth[ok] <= post[hi][ok])))
+                for lo, hi in (("q16", "q84"), ("q025", "q975"))
+            ]
     return {
-        "scale": scale,
-        "n": int(np.isfinite(vals).any(1).sum()),
-        "validation_coverage_68_95": cover[scale],
-        "validation_coverage_68_95_without": cover[0.0],
+        "scale": scales["subtract"],
+        "scales": scales,
+        "n": int(np.isfinite(np.array(vals["subtract"])).any(1).sum()),
+        "validation_coverage_68_95": {m: cover[m]["with"] for m in METHODS},
+        "validation_coverage_68_95_without": {m: cover[m]["without"] for m in METHODS},
         "source": f"{n_scenes} central validation scenes (split=val, seed {seed}), "
         f"{n_samples} posterior samples of {detector} each, deblended with refinement "
         f"passes: {REFINE_PASSES}; noiseless aperture flux of the central galaxy; highest "
-        "mean log posterior density",
+        "mean log posterior density, for each method",
         "refine_passes": REFINE_PASSES,
     }
 
