@@ -571,8 +571,8 @@ TABLES = {
             ),
             (
                 "morphology-family blends: 68% width of the flux residuals, flux-conserving",
-                "morphology.conserve.flux_residual_width68",
-                "morphology.flux_residual_width68",
+                "morphology.deblender.conserve.flux_residual_width68",
+                "morphology.deblender.flux_residual_width68",
                 ".3f",
                 "",
                 "subtract",

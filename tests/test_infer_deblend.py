@@ -394,8 +394,10 @@ def test_measure_shares_the_light_in_proportion_to_the_models_by_default():
     default = db.measure(image, cat, passes=0).catalog["flux_ap"][:, 0]
     own = aperture_fluxes(paste_models(models, (30, 30)), models, [0, 1], method="conserve")
     np.testing.assert_allclose(default, 2.0 * own[:, 0], rtol=1e-5)
-    sub = db.measure(image, cat, passes=0, method="subtract").catalog["flux_ap"][:, 0]
-    assert np.all(sub > default * 1.02)  # the neighbour's wing, counted twice over
+    sub = db.measure(image, cat, passes=0, method="subtract").catalog
+    assert np.all(sub["flux_ap"][:, 0] > default * 1.02)  # the neighbour's wing, twice over
+    assert sub.meta["deblend"]["method"] == "subtract"  # recorded with the catalogue
+    assert db.measure(image, cat).catalog.meta["deblend"]["method"] == "conserve"
 
 
 def _brute_refine(model, image, sigma, x, y, stamps, group, active, passes, damping):

@@ -676,6 +676,13 @@ class Deblender:
                 else:
                     cols[f"flux_{key}"] = np.stack([p[key] for p in parts], 1)
         cat = catalog.with_columns(**cols)
+        cat.meta["deblend"] = {  # how the columns were measured, kept in the written file
+            "weights": (self.manifest or {}).get("weights", "custom weights"),
+            "method": method,
+            "refine_passes": passes,
+            "flux_error_scale": scale,
+            "posterior_samples": len(samples or ()),
+        }
         return DeblendResult(cat, model, img - model, models, None, wcs)
 
     @staticmethod
