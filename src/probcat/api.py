@@ -11,6 +11,7 @@ import numpy as np
 
 from probcat.catalog import FullCatalog
 from probcat.errors import ProbcatValueError
+from probcat.measure import DEFAULT_METHOD
 
 __all__ = [
     "load",
@@ -495,9 +496,6 @@ def detect(
 
 
 DEFAULT_DEBLENDER = "deblender_lsst_i"
-# how Deblender.measure, probcat.deblend and `probcat detect --deblend` hand each source its
-# light (probcat.infer.deblend.METHODS); the paper's "subtract" stays the low-level default
-DEFAULT_METHOD = "conserve"
 
 
 @dataclass

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import typer
 
-from probcat.api import DEFAULT_METHOD
 from probcat.errors import ProbcatError, ProbcatFileError, ProbcatValueError
+from probcat.measure import DEFAULT_METHOD
 
 app = typer.Typer(
     add_completion=False,

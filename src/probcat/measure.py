@@ -14,6 +14,7 @@ from functools import lru_cache
 import numpy as np
 
 __all__ = [
+    "DEFAULT_METHOD",
     "aperture_flux",
     "adaptive_moments",
     "flux_posterior",
@@ -26,6 +27,9 @@ __all__ = [
 ]
 
 APERTURE_RADIUS = 5.0  # px, paper 000 section 4.1
+# how Deblender.measure, probcat.deblend and `probcat detect --deblend` hand each source its
+# light (probcat.infer.deblend.METHODS); the paper's "subtract" stays the low-level default
+DEFAULT_METHOD = "conserve"
 
 
 def aperture_flux(
