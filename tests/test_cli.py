@@ -284,6 +284,11 @@ def test_detect_deblender_needs_deblend_and_right_kind(tmp_path, capsys, weights
         ["detect", str(path), "--weights", str(weights), "--deblend", "--deblender", str(weights)]
     )
     assert rc == 2 and "not deblender weights" in capsys.readouterr().err
+    out = tmp_path / "never.fits"
+    rc = main(["detect", str(path), "-o", str(out), "--weights", str(tmp_path / "none.pt"),
+               "--deblend", "--method", "nope"])  # fmt: skip  # checked before loading weights
+    err = capsys.readouterr().err
+    assert rc == 2 and "method must be one of subtract, conserve" in err and not out.exists()
 
 
 def _plain_fits(path, data, **keywords):

@@ -528,6 +528,8 @@ def test_measure_refines_the_models_as_asked():
 
     with pytest.raises(ProbcatValueError, match="passes"):  # before any detection is run
         probcat.deblend(image, passes=-1, weights="no_such_weights")
+    with pytest.raises(ProbcatValueError, match="method must be one of"):  # likewise
+        probcat.deblend(image, method="nope", weights="no_such_weights")
 
 
 def test_samples_and_shifts_in_chunks_give_the_same_fluxes(monkeypatch):

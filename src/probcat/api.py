@@ -586,7 +586,6 @@ class Deblender:
         the image is subtracted as detection subtracted it.
         """
         from probcat.infer.deblend import (
-            METHODS,
             REFINE_PASSES,
             _xyg,
             aperture_fluxes,
@@ -598,8 +597,7 @@ class Deblender:
         from probcat.measure import APERTURE_RADIUS, adaptive_moments, flux_posterior, flux_sd
         from probcat.runtime import thread_limit, threads_for
 
-        if method not in METHODS:
-            raise ProbcatValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        _check_method(method)
         if not (match_px > 0 and np.isfinite(match_px)):
             raise ProbcatValueError(f"match_px must be positive, got {match_px}")
         passes = REFINE_PASSES if passes is None else _check_passes(passes)
@@ -689,6 +687,15 @@ class Deblender:
             return np.where(flux > 0, band.flux_to_mag(np.maximum(flux, 1e-30)), np.nan)
 
 
+def _check_method(method):
+    """``method`` (how each source gets its light), or a one-line error."""
+    from probcat.infer.deblend import METHODS
+
+    if method not in METHODS:
+        raise ProbcatValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    return method
+
+
 def _check_passes(passes):
     """``passes`` (refinement rounds of the galaxy models), or a one-line error."""
     if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or passes < 0:
@@ -727,7 +734,8 @@ def deblend(
         >>> res = probcat.deblend("field.fits", samples=100)      # doctest: +SKIP
         >>> res.catalog["flux_q50"]                              # doctest: +SKIP
     """
-    if passes is not None:  # before detection, which may take long
+    _check_method(method)  # before detection, which may take long
+    if passes is not None:
         _check_passes(passes)
     det = load(weights, device=device, threads=threads)
     dbl = load(deblender or DEFAULT_DEBLENDER, device=device, threads=threads)
