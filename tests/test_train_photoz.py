@@ -174,14 +174,15 @@ def test_symmetries_pool_the_orientations_the_nets_are_trained_with(tmp_path):
     z = torch.rand(4) * 2
     with torch.no_grad():  # brute force: the average density over members and rotations
         dens = torch.stack(
-            [torch.exp(-mixture_nll(*n(torch.rot90(x, v, (-2, -1))), z, False))
-             for n in nets for v in range(4)]  # fmt: skip
+            [
+                torch.exp(-mixture_nll(*n(torch.rot90(x, v, (-2, -1))), z, False))
+                for n in nets
+                for v in range(4)
+            ]  # fmt: skip
         ).mean(0)
         torch.testing.assert_close(torch.exp(-mixture_nll(*ens(x), z, False)), dens)
         # the pooled density is the same for a rotated stamp (the group is closed)
-        torch.testing.assert_close(
-            torch.exp(-mixture_nll(*ens(dihedral(x, 1)), z, False)), dens
-        )
+        torch.testing.assert_close(torch.exp(-mixture_nll(*ens(dihedral(x, 1)), z, False)), dens)
         one = nets[0]
         one.symmetries = 2  # a single net reads two orientations
         d2 = torch.exp(-mixture_nll(*one(x), z, False))
@@ -211,9 +212,13 @@ def test_aperture_features_are_matched_filter_snrs():
     torch.testing.assert_close(k.square().sum((1, 2)), torch.ones(2, dtype=torch.float64))
     for a, s in enumerate([1.0, 3.0]):  # brute force: the Gaussian on the middle pixel
         i, j = 4 + 2, 4 - 1
-        want = math.exp(-0.5 * (2**2 + 1**2) / s**2) / float(
-            sum(math.exp(-(u**2 + v**2) / s**2) for u in range(-4, 5) for v in range(-4, 5))
-        ) ** 0.5
+        want = (
+            math.exp(-0.5 * (2**2 + 1**2) / s**2)
+            / float(
+                sum(math.exp(-(u**2 + v**2) / s**2) for u in range(-4, 5) for v in range(-4, 5))
+            )
+            ** 0.5
+        )
         assert float(k[a, i, j]) == pytest.approx(want, rel=1e-6)
     # a point source of flux F (sigma units) in the middle: SNR = F * w(0); asinh of it
     x = torch.zeros(2, 3, 9, 9, dtype=torch.float64)
@@ -230,9 +235,10 @@ def test_aperture_features_are_matched_filter_snrs():
     # the features are not state: a net's state dict is that of a net without them
     net = PhotozNet(bands=3, size=9, channels=4, components=2, apertures=(1.0, 3.0))
     assert "aperture_kernels" not in net.state_dict()
-    assert net.encoder.fc[1].in_features == PhotozNet(
-        bands=3, size=9, channels=4, components=2
-    ).encoder.fc[1].in_features + 6
+    assert (
+        net.encoder.fc[1].in_features
+        == PhotozNet(bands=3, size=9, channels=4, components=2).encoder.fc[1].in_features + 6
+    )
     with pytest.raises(ValueError, match="positive"):
         PhotozNet(bands=3, size=9, apertures=(0.0,))
 
