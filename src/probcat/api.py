@@ -620,11 +620,11 @@ class Deblender:
                 self.net, img, sigma, cx, cy, gal, survey=self.survey, device=self.device,
                 passes=passes,
             )  # fmt: skip
-            model = paste_models(models, (h, w))
-            ap = aperture_fluxes(img, models, np.arange(n), method=(method, "data"))
+            model = paste_models(models, (h, w))  # the scene model, pasted once
+            ap = aperture_fluxes(img, models, np.arange(n), method=(method, "data"), total=model)
             flux = ap[method]
             contam = np.maximum(ap["data"] - flux, 0.0)  # the neighbours' light
-            own = source_images(img, models, method)
+            own = source_images(img, models, method, total=model)
             half = models.size // 2
             mom = adaptive_moments(own, half + (cx - models.cx), half + (cy - models.cy))
             if samples:

@@ -345,12 +345,14 @@ def aperture_fluxes(
     *,
     method: str | tuple[str, ...] = "subtract",
     radius: float = 5.0,
+    total: np.ndarray | None = None,
 ):
     """Aperture flux ``(len(targets), bands)`` of sources ``targets`` (indices into
     ``models``) at their centroids, on their own light (:func:`source_images`), computed
     on a small window around each aperture only. ``method="data"``: all the light in the
     aperture (the image itself), so that data minus own flux is the neighbours' share. A
-    tuple of methods gives a dict of such arrays, from one pasting of the models."""
+    tuple of methods gives a dict of such arrays, from one pasting of the models
+    (``total``: the scene model, :func:`paste_models`, when the caller has it)."""
     import sep
 
     methods = (method,) if isinstance(method, str) else tuple(method)
@@ -363,7 +365,8 @@ def aperture_fluxes(
     out = {m: np.zeros((len(targets), nb)) for m in methods}
     if not len(targets):
         return out[method] if isinstance(method, str) else out
-    total = paste_models(models, image.shape[1:])  # every model, once
+    if total is None:
+        total = paste_models(models, image.shape[1:])  # every model, once
     inside = np.ones((1, *image.shape[1:]), np.float32)
     for t, j in enumerate(targets):
         cx, cy = int(models.cx[j]), int(models.cy[j])
@@ -379,9 +382,7 @@ def aperture_fluxes(
             elif m == "data":
                 light = data
             else:
-                both = own + others
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    light = np.where(both > 0, data * own / both, 0.0)
+                light = _conserved(data, own, own + others)
             for k in range(nb):
                 f, _, _ = sep.sum_circle(
                     np.ascontiguousarray(light[k], dtype=np.float64), [xs], [ys], radius
@@ -391,30 +392,42 @@ def aperture_fluxes(
 
 
 def source_images(
-    image: np.ndarray, models: Models, method: str = "subtract", size: int | None = None
+    image: np.ndarray,
+    models: Models,
+    method: str = "subtract",
+    size: int | None = None,
+    total: np.ndarray | None = None,
 ) -> np.ndarray:
     """Each source's own light ``(N, bands, size, size)``, centred on its pixel:
 
     - ``"subtract"``: the data minus every other source's model (residual images);
     - ``"conserve"``: the data times the source's share of the total model.
+
+    ``total``: the scene model (:func:`paste_models`), when the caller has it.
     """
     if method not in METHODS:
         raise ProbcatValueError(f"method must be one of {METHODS}, got {method!r}")
     size = size or models.size
-    total = paste_models(models, image.shape[1:])
+    if total is None:
+        total = paste_models(models, image.shape[1:])
     out = np.empty((len(models), image.shape[0], size, size), np.float32)
     if method == "subtract":
         rest = image - total
         for i in range(len(models)):
             out[i] = crop_at(rest, models.cx[i], models.cy[i], size) + _cut_own(models, i, size)
         return out
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for i in range(len(models)):
-            t = crop_at(total, models.cx[i], models.cy[i], size)
-            d = crop_at(image, models.cx[i], models.cy[i], size)
-            own = _cut_own(models, i, size)
-            out[i] = np.where(t > 0, d * own / t, 0.0)
+    for i in range(len(models)):
+        t = crop_at(total, models.cx[i], models.cy[i], size)
+        d = crop_at(image, models.cx[i], models.cy[i], size)
+        out[i] = _conserved(d, _cut_own(models, i, size), t)
     return out
+
+
+def _conserved(data: np.ndarray, own: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """A source's share of ``data``: ``data * own / total`` where the total model is
+    positive, 0 elsewhere (``method="conserve"``)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, data * own / total, 0.0)
 
 
 def _cut_own(models: Models, i: int, size: int) -> np.ndarray:
