@@ -29,7 +29,14 @@ from pathlib import Path
 import _paths  # noqa: F401  (first: keeps benchmarks/ off the import path)
 import numpy as np
 
-from probcat.baselines.rail import bpz, flexzboost, forced_photometry, rail_table
+from probcat.baselines.rail import (
+    BPZ_BROAD_TYPES,
+    BPZ_TEMPLATES,
+    bpz,
+    flexzboost,
+    forced_photometry,
+    rail_table,
+)
 from probcat.baselines.sep import sep_detect
 from probcat.catalog import atomic_write
 from probcat.metrics import f1_score, match, precision_recall_f1
@@ -580,6 +587,11 @@ def main(argv=None):
         "n_train_galaxies": res["n_train_galaxies"],
         "n_test_galaxies": res["n_test_galaxies"],
         "rail_training_banks": training_banks(est),
+        "bpz_setup": {
+            "templates": BPZ_TEMPLATES,
+            "broad_types": list(BPZ_BROAD_TYPES),
+            "informed": "zero-point offsets and prior fitted on the training objects",
+        },
         **{c: {k: res[c][k] for k in res[c]} for c in CODES},
         "secondary_peak_recovery": res["probcat"]["secondary_peak_recovery"],
         f"sigma_iqr_y{years[-1]:g}_over_y{years[0]:g}": ratio,

@@ -464,3 +464,36 @@ def test_paired_ks_ratio_against_scipy():
     assert same["interval_95"] == [1.0, 1.0]
     with pytest.raises(ProbcatValueError, match="one PIT value per object"):
         pzm.paired_ks_ratio(uniform, skewed[:-1])
+
+
+def test_bpz_template_fit_and_zero_point_offsets_recover_known_values():
+    from probcat.baselines.rail import broad_types, template_fit, zero_point_offsets
+
+    rng = np.random.default_rng(3)
+    n, t, f = 400, 5, 6
+    model = rng.uniform(0.2, 2.0, (n, t, f))
+    truth = rng.integers(0, t, n)
+    amp = rng.uniform(0.5, 5.0, n)
+    exact = amp[:, None] * model[np.arange(n), truth]
+    err = 0.01 * exact
+    best, fitted = template_fit(exact, err, model)
+    np.testing.assert_array_equal(best, truth)
+    np.testing.assert_allclose(fitted, exact, rtol=1e-10)
+    # the amplitude minimises chi^2: against a brute-force scan for one object/template
+    w = 1 / err[0] ** 2
+    grid = np.linspace(0.0, 10.0, 20001)
+    chi = [(w * (exact[0] - a * model[0, 1]) ** 2).sum() for a in grid]
+    a_num = (w * exact[0] * model[0, 1]).sum() / (w * model[0, 1] ** 2).sum()
+    assert abs(grid[int(np.argmin(chi))] - a_num) <= 5e-4
+    # zero points: observed magnitudes = model magnitudes + offset (band 2 is the reference)
+    off_true = np.array([0.1, -0.05, 0.0, 0.2, 0.03, -0.3])
+    observed = exact * 10 ** (-0.4 * off_true)
+    observed[:20] *= 5.0  # a few failed fits: the median ignores them
+    off = zero_point_offsets(observed, 0.1 * observed, exact, ref=2)
+    np.testing.assert_allclose(off, off_true, atol=1e-12)
+    # subtracting the offsets from the observed magnitudes gives back the model's
+    corrected = -2.5 * np.log10(observed[20:]) - off
+    np.testing.assert_allclose(corrected, -2.5 * np.log10(exact[20:]), atol=1e-10)
+    # objects below the SNR cut do not count
+    assert zero_point_offsets(observed, observed, exact, ref=2).tolist() == [0.0] * 6
+    np.testing.assert_array_equal(broad_types([0, 1, 2, 3, 7], (1, 2, 5)), [0, 1, 1, 2, 2])
