@@ -332,7 +332,21 @@ def test_photoz_cli_bad_input_is_one_line(tmp_path, photoz_weights, weights, cap
     fits.PrimaryHDU(np.zeros((6, 20, 20), np.float32)).writeto(tmp_path / "cube.fits")
     rc = main(["photoz", str(tmp_path / "cube.fits"), "--weights", str(photoz_weights)])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and "do not match the weights' bands ugrizy" in err and "\n" not in err
+    assert rc == 2 and "no band names" in err and "BANDS = 'ugrizy'" in err and "\n" not in err
+    # the same planes named by their BANDS keyword pass the band check (and fail on the
+    # all-zero image's size check instead)
+    hdu = fits.PrimaryHDU(np.zeros((6, 20, 20), np.float32))
+    hdu.header["BANDS"] = "ugrizy"
+    hdu.writeto(tmp_path / "named.fits")
+    rc = main(["photoz", str(tmp_path / "named.fits"), "--weights", str(photoz_weights)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "band" not in err and "\n" not in err
+    # named planes that are not the weights' bands
+    hdu.header["BANDS"] = "grizyu"[:5] + "x"
+    hdu.writeto(tmp_path / "other.fits")
+    rc = main(["photoz", str(tmp_path / "other.fits"), "--weights", str(photoz_weights)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "image bands grizyx do not match the weights' bands ugrizy" in err
 
 
 def test_rail_table_uses_limiting_magnitudes():

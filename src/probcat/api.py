@@ -101,6 +101,17 @@ def read_input(
             data, sig = image.image[order], image.noise_sigma[order]
         elif image.image.shape[0] == len(names) == 1:
             data, sig = image.image, image.noise_sigma
+        elif all(b == f"b{k}" for k, b in enumerate(image.bands)):  # planes without names
+            need = "".join(names)
+            hint = (
+                f"e.g. BANDS = '{need}'"
+                if len(image.bands) == len(names)
+                else f"the weights need {len(names)} band(s), {need}"
+            )
+            raise ProbcatValueError(
+                f"the image's {len(image.bands)} planes have no band names: set the header "
+                f"keyword BANDS, one letter per plane in order ({hint})"
+            )
         else:
             raise ProbcatValueError(
                 f"image bands {''.join(image.bands)} do not match the weights' "
