@@ -238,3 +238,33 @@ def test_the_source_mask_falls_back_when_sep_gives_up(monkeypatch):
     monkeypatch.setattr(sep, "extract", overflow)
     refined = masked_sky(x[0] + 100.0, back, rms)
     assert abs(float(np.median(refined)) - 100.0) < 0.1
+
+
+def test_measured_noise_sets_the_noise_sigma_and_silences_the_warning(weights):
+    """An image of another depth without NOISE: ``noise_sigma="measured"`` reads its own
+    pixel noise (here 40 e-, a tenth of the survey's), puts the image in those units and
+    records it; the stated default warns instead."""
+    from probcat.api import detect, read_input
+    from probcat.background import measured_noise
+    from probcat.survey import Survey
+
+    field = _field(np.random.default_rng(8))  # unit noise, two galaxies
+    image = 40.0 * field
+    truth = 40.0 * float(np.std(field[0, :20, :20]))  # a corner with no galaxy: pure noise
+    got = measured_noise(image / 400.0, [400.0])
+    assert got[0] == pytest.approx(40.0, rel=0.05) and got[0] == pytest.approx(truth, rel=0.1)
+    survey = Survey.lsst(bands="i")
+    with pytest.warns(UserWarning, match="measured pixel noise"):
+        x0, _, sigma0, _ = read_input(image, survey)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x, _, sigma, info = read_input(image, survey, "measured")
+    assert sigma[0] == pytest.approx(got[0]) and sigma0[0] == pytest.approx(survey.noise_sigma[0])
+    np.testing.assert_allclose(x * sigma[0], x0 * sigma0[0], rtol=1e-4, atol=1e-2)
+    assert info["noise_source"] == "measured" and info["noise_sigma"][0] == pytest.approx(got[0])
+    res = detect(image, weights=weights, noise_sigma="measured")
+    assert res.catalog.meta["input"]["noise_source"] == "measured"
+    with pytest.raises(ProbcatValueError, match="measured"):
+        read_input(image, survey, "estimated")
+    with pytest.raises(ProbcatValueError, match="cannot be measured"):
+        read_input(np.zeros((1, 64, 64), np.float32), survey, "measured")

@@ -389,3 +389,27 @@ def test_warnings_for_unsubtracted_sky_and_galactic_wcs(tmp_path, capsys, weight
     assert rc == 0 and "not equatorial (GLON-TAN, GLAT-TAN)" in capsys.readouterr().err
     cat = FullCatalog.read(tmp_path / "g_cat.fits")
     assert len(cat) > 0 and "ra" not in cat.colnames
+
+
+def test_noise_option_measured_value_and_bad(tmp_path, capsys, weights):
+    from probcat.catalog import FullCatalog
+
+    rng = np.random.default_rng(4)
+    path = _plain_fits(tmp_path / "deep.fits", rng.standard_normal((64, 64)) * 40.0)
+    base = ["detect", str(path), "--weights", str(weights), "-o", str(tmp_path / "a.fits")]
+    rc = main(base)  # the survey's default noise: a warning with the measured value
+    out, err = capsys.readouterr()
+    assert rc == 0 and "measured pixel noise" in err and "--noise measured" in err
+    rc = main([*base, "--noise", "measured"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "warning" not in err and "noise sigma measured: " in out
+    done = FullCatalog.read(tmp_path / "a.fits").meta["input"]
+    assert done["noise_source"] == "measured"
+    assert done["noise_sigma"][0] == pytest.approx(40.0, rel=0.05)
+    rc = main([*base, "--noise", "40"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "warning" not in err
+    for bad, msg in (("abc", "--noise must be auto, measured"), ("-1", "must be positive")):
+        rc = main([*base, "--noise", bad])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and msg in err and "\n" not in err

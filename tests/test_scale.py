@@ -169,6 +169,15 @@ def test_serial_threads_option(tmp_path, weights):
         run(images, tmp_path / "c", weights=str(weights), workers=0, threads=0)
     with pytest.raises(ProbcatValueError, match="serial runs"):
         run(images, tmp_path / "c", weights=str(weights), workers=2, threads=2)
+    with pytest.raises(ProbcatValueError, match="noise_sigma must be numbers or 'measured'"):
+        run(images, tmp_path / "c", weights=str(weights), workers=0, noise_sigma="guess")
+    measured = run(
+        images, tmp_path / "d", weights=str(weights), workers=0, noise_sigma="measured",
+        progress=False,
+    )  # fmt: skip
+    assert measured["processed"] == 2 and not measured["failed"]
+    meta = FullCatalog.read(sorted((tmp_path / "d").glob("*.parquet"))[0]).meta["input"]
+    assert meta["noise_source"] == "measured" and meta["noise_sigma"][0] > 0
 
 
 def test_benchmark_row_comparison_counts_lost_duplicated_and_unexpected_rows():

@@ -82,12 +82,21 @@ def read_input(
     ``gain`` or the image's ``GAIN``, sky subtracted when ``background="auto"`` finds it
     left in: :mod:`probcat.background`), the image's WCS (or None), the noise sigma per band
     (``noise_sigma``, else the FITS ``NOISE`` keywords, else the survey's) and what was done
-    to the image (``info``, recorded in catalogs). ``sky_offset``: see
+    to the image (``info``, recorded in catalogs). ``noise_sigma="measured"``: the image's
+    own pixel noise per band (:func:`probcat.background.measured_noise`), for images whose
+    depth differs from the survey's and that carry no ``NOISE``. ``sky_offset``: see
     :func:`probcat.background.prepare` (the weights' manifest has it)."""
-    from probcat.background import gain_array, prepare
+    from probcat.background import gain_array, measured_noise, prepare
     from probcat.infer.detect import check_image
     from probcat.io import ImageData, read_image
 
+    measure = isinstance(noise_sigma, str)
+    if measure:
+        if noise_sigma != "measured":
+            raise ProbcatValueError(
+                f"noise_sigma must be a number, one per band or 'measured', got {noise_sigma!r}"
+            )
+        noise_sigma = None
     wcs = None
     sigma, source = noise_sigma, "noise_sigma"
     names = tuple(survey.band_names)
@@ -141,6 +150,12 @@ def read_input(
                 )
     x = check_image(image, len(names), sigma, min_size=min_size, warn_sky=background == "none")
     sigma = np.broadcast_to(np.asarray(sigma, np.float32), (len(names),)).copy()
+    if measure:
+        noise = measured_noise(x, sigma)
+        x = (x * (sigma / noise)[:, None, None]).astype(np.float32)
+        sigma, source = noise, "the measured pixel noise"
+        info["noise_sigma"] = [round(float(v), 6) for v in noise]
+        info["noise_source"] = "measured"
     x, done = prepare(x, sigma, background=background, sigma_source=source, offset=sky_offset)
     return x, wcs, sigma, {**info, **done}
 
@@ -477,7 +492,8 @@ def detect(
             / ``(H, W)`` in electrons, background-subtracted (a list gives a list).
         survey: the image's survey (band order); default: the weights'.
         noise_sigma: per-band background noise sigma in electrons; default: the FITS
-            ``NOISE`` keyword, else the survey's.
+            ``NOISE`` keyword, else the survey's; ``"measured"``: the image's own pixel
+            noise (sources masked), for an image of another depth without ``NOISE``.
         weights: a registered name or weights file; default: the shipped LSST-i encoder.
         threshold: detection probability threshold of the MAP catalog.
         samples: number of posterior catalog samples to draw (seeded by ``seed``).
@@ -803,7 +819,7 @@ def photoz(
             encoder); their bands must be among the image's (``"detection_lsst_i"`` reads
             the i plane).
         noise_sigma: per-band noise sigma (default: FITS ``NOISE`` keywords, else the
-            survey's).
+            survey's; ``"measured"``: the image's own pixel noise).
         threshold: detection probability threshold of the MAP catalog.
         galaxies_only: PDFs only for objects classified as galaxies (``galaxy`` column).
         background, gain: sky subtraction and ADU conversion (:mod:`probcat.background`).

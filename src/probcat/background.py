@@ -193,6 +193,25 @@ def masked_noise(band: np.ndarray, back: np.ndarray, rms: float) -> float:
     return float(rms)
 
 
+def measured_noise(x: np.ndarray, sigma) -> np.ndarray:
+    """The pixel noise of each band of ``x`` ``(bands, H, W)``, in units of ``sigma`` (per
+    band; the result is in ``sigma``'s units, electrons): :func:`masked_noise` about the
+    sky of :func:`sky`. A band whose noise cannot be measured (a constant image) is an
+    error that says to give the noise instead."""
+    sigma = np.broadcast_to(np.asarray(sigma, np.float64), (x.shape[0],))
+    out = []
+    for k in range(x.shape[0]):
+        back, rms = sky(x[k])
+        value = (masked_noise(x[k], back, rms) if rms > 0 else 0.0) * float(sigma[k])
+        if not (np.isfinite(value) and value > 0):
+            raise ProbcatValueError(
+                f"band {k}: its pixel noise cannot be measured (a constant image?): "
+                "give the noise sigma instead (NOISE keyword, noise_sigma, --noise VALUE)"
+            )
+        out.append(value)
+    return np.asarray(out, np.float32)
+
+
 def sky_offset(images) -> np.ndarray:
     """How far :func:`masked_sky` lifts the sky of sky-free ``images`` (an iterable of
     ``(bands, H, W)`` arrays in noise-sigma units, e.g. simulated scenes of the prior): the
@@ -294,7 +313,8 @@ def prepare(
         warnings.warn(
             f"{sigma_source} {float(sigma[k]):.4g} differs from the measured pixel noise "
             f"{noise[k]:.4g} (band {k}) by more than a factor {NOISE_FACTOR}: detection "
-            "probabilities assume the former (check NOISE, noise_sigma or the gain)",
+            "probabilities assume the former (check NOISE, noise_sigma or the gain, or use "
+            "the measured noise: noise_sigma='measured', --noise measured)",
             stacklevel=3,
         )
     return (x if out is None else out), info

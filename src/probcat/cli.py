@@ -6,6 +6,7 @@ Errors from probcat (bad arguments, unreadable files, unwritable outputs) print 
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -32,6 +33,30 @@ BACKGROUND_OPTION = typer.Option(
 GAIN_OPTION = typer.Option(
     None, help="e-/ADU for an image in ADU (default: its GAIN keyword unless BUNIT=electron)"
 )
+NOISE_OPTION = typer.Option(
+    "auto",
+    help="background noise sigma per band: auto (the NOISE keywords, else the survey's), "
+    "measured (the image's own pixel noise, sources masked) or VALUE[,VALUE...] in the "
+    "image's units",
+)
+
+
+def _noise_option(value: str):
+    """``--noise``: None (auto), ``"measured"`` or a list of floats."""
+    v = str(value).strip().lower()
+    if v == "auto":
+        return None
+    if v == "measured":
+        return v
+    try:
+        vals = [float(t) for t in v.split(",")]
+    except ValueError:
+        raise ProbcatValueError(
+            f"--noise must be auto, measured or numbers (one per band), got {value!r}"
+        ) from None
+    if not all(math.isfinite(t) for t in vals) or min(vals) <= 0:
+        raise ProbcatValueError(f"--noise values must be positive, got {value!r}")
+    return vals[0] if len(vals) == 1 else vals
 
 
 def _command_line() -> str:
@@ -189,6 +214,7 @@ def detect_cmd(
     seed: int = typer.Option(0, help="seed of the posterior samples"),
     background: str = BACKGROUND_OPTION,
     gain: float = GAIN_OPTION,
+    noise: str = NOISE_OPTION,
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
     ),
@@ -230,7 +256,7 @@ def detect_cmd(
         outputs[plot] = (".png", ".pdf", ".svg", ".jpg")
     check_outputs(outputs, [image], outputs)
     data = read_image(image)
-    opts = {"background": background, "gain": gain}
+    opts = {"background": background, "gain": gain, "noise_sigma": _noise_option(noise)}
     res = det.detect(data, threshold=threshold, samples=samples, seed=seed, **opts)
     catalog = res.catalog
     extra = []
@@ -278,6 +304,8 @@ def _input_note(info: dict) -> str:
     parts = []
     if "gain" in info:
         parts.append(f"converted to electrons (gain {', '.join(f'{g:g}' for g in info['gain'])})")
+    if info.get("noise_source") == "measured":
+        parts.append(f"noise sigma measured: {', '.join(f'{v:.4g}' for v in info['noise_sigma'])}")
     if info.get("background") == "subtracted":
         med = ", ".join(f"{m:.4g}" for m in info["sky_median"])
         parts.append(f"sky subtracted (median {med} e-)")
@@ -300,6 +328,7 @@ def photoz_cmd(
     ),
     background: str = BACKGROUND_OPTION,
     gain: float = GAIN_OPTION,
+    noise: str = NOISE_OPTION,
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
     ),
@@ -325,6 +354,7 @@ def photoz_cmd(
         galaxies_only=not all_objects,
         background=background,
         gain=gain,
+        noise_sigma=_noise_option(noise),
         device=device,
         threads=_threads_option(threads),
     )
@@ -347,6 +377,7 @@ def run_cmd(
     threshold: float = typer.Option(0.5, help="detection probability threshold (MAP catalog)"),
     background: str = BACKGROUND_OPTION,
     gain: float = GAIN_OPTION,
+    noise: str = NOISE_OPTION,
     fmt: str = typer.Option("parquet", "--format", help="parquet or fits"),
     workers: int = typer.Option(
         None, help="local Dask workers (default: one per core); 0 runs serially in this process"
@@ -380,6 +411,7 @@ def run_cmd(
         threshold=threshold,
         background=background,
         gain=gain,
+        noise_sigma=_noise_option(noise),
         suffix=f".{fmt}",
         workers=workers,
         scheduler=scheduler,

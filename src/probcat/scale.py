@@ -93,6 +93,7 @@ def process_image(image: str, output: str, options: dict) -> dict:
                 threshold=options.get("threshold", 0.5),
                 background=options.get("background", "auto"),
                 gain=options.get("gain"),
+                noise_sigma=options.get("noise_sigma"),
             )
         cat = res.catalog
         cat.meta["image"] = Path(image).name
@@ -119,6 +120,7 @@ def run(
     threshold: float = 0.5,
     background: str = "auto",
     gain=None,
+    noise_sigma=None,
     suffix: str = ".parquet",
     workers: int | None = None,
     scheduler: str | None = None,
@@ -150,8 +152,11 @@ def run(
     if threads is not None and not serial:
         raise ProbcatValueError("threads applies to serial runs (workers=0); a Dask worker "
                                 "runs one torch thread")  # fmt: skip
+    if isinstance(noise_sigma, str) and noise_sigma != "measured":
+        raise ProbcatValueError(f"noise_sigma must be numbers or 'measured', got {noise_sigma!r}")
     options = {"weights": weights, "threshold": threshold, "background": background,
-               "gain": gain, "threads": (threads or "auto") if serial else 1}  # fmt: skip
+               "gain": gain, "noise_sigma": noise_sigma,
+               "threads": (threads or "auto") if serial else 1}  # fmt: skip
     _detector(weights, options["threads"])  # bad weights fail here, in one line, before work
     t0 = time.perf_counter()
     timing: dict = {}
