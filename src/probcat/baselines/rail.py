@@ -184,8 +184,10 @@ def _bpz_calibration(train, kw, nt_array, rounds: int = 3):
     flux = 10.0 ** (-0.4 * mags)
     flux_err = flux * (10.0 ** (0.4 * np.clip(errs, 0.005, 20.0)) - 1.0)
     z = np.asarray(train["redshift"], np.float64)
-    iz = np.clip(np.searchsorted(loader.zgrid, z), 0, len(loader.zgrid) - 1)
-    model = templates[iz]
+    grid = loader.zgrid  # the templates at each true redshift, linear between grid points
+    i0 = np.clip(np.searchsorted(grid, z, side="right") - 1, 0, len(grid) - 2)
+    t = np.clip((z - grid[i0]) / (grid[i0 + 1] - grid[i0]), 0.0, 1.0)[:, None, None]
+    model = (1.0 - t) * templates[i0] + t * templates[i0 + 1]
     ref = kw["bands"].index(kw["ref_band"])
     off = np.zeros(flux.shape[1])
     for _ in range(rounds):
