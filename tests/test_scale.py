@@ -169,7 +169,7 @@ def test_serial_threads_option(tmp_path, weights):
         run(images, tmp_path / "c", weights=str(weights), workers=0, threads=0)
     with pytest.raises(ProbcatValueError, match="serial runs"):
         run(images, tmp_path / "c", weights=str(weights), workers=2, threads=2)
-    with pytest.raises(ProbcatValueError, match="noise_sigma must be numbers or 'measured'"):
+    with pytest.raises(ProbcatValueError, match="one per band or 'measured'"):
         run(images, tmp_path / "c", weights=str(weights), workers=0, noise_sigma="guess")
     measured = run(
         images, tmp_path / "d", weights=str(weights), workers=0, noise_sigma="measured",

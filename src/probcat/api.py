@@ -86,16 +86,17 @@ def read_input(
     own pixel noise per band (:func:`probcat.background.measured_noise`), for images whose
     depth differs from the survey's and that carry no ``NOISE``. ``sky_offset``: see
     :func:`probcat.background.prepare` (the weights' manifest has it)."""
-    from probcat.background import gain_array, measured_noise, prepare
+    from probcat.background import (
+        gain_array,
+        measured_noise,
+        prepare,
+        wants_measured_noise,
+    )
     from probcat.infer.detect import check_image
     from probcat.io import ImageData, read_image
 
-    measure = isinstance(noise_sigma, str)
+    measure = wants_measured_noise(noise_sigma)
     if measure:
-        if noise_sigma != "measured":
-            raise ProbcatValueError(
-                f"noise_sigma must be a number, one per band or 'measured', got {noise_sigma!r}"
-            )
         noise_sigma = None
     wcs = None
     sigma, source = noise_sigma, "noise_sigma"
@@ -616,6 +617,7 @@ class Deblender:
             REFINE_PASSES,
             _xyg,
             aperture_fluxes,
+            check_method,
             paste_models,
             reconstruct,
             sample_fluxes,
@@ -624,7 +626,7 @@ class Deblender:
         from probcat.measure import APERTURE_RADIUS, adaptive_moments, flux_posterior, flux_sd
         from probcat.runtime import thread_limit, threads_for
 
-        _check_method(method)
+        check_method(method)
         if not (match_px > 0 and np.isfinite(match_px)):
             raise ProbcatValueError(f"match_px must be positive, got {match_px}")
         passes = REFINE_PASSES if passes is None else _check_passes(passes)
@@ -714,15 +716,6 @@ class Deblender:
             return np.where(flux > 0, band.flux_to_mag(np.maximum(flux, 1e-30)), np.nan)
 
 
-def _check_method(method):
-    """``method`` (how each source gets its light), or a one-line error."""
-    from probcat.infer.deblend import METHODS
-
-    if method not in METHODS:
-        raise ProbcatValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    return method
-
-
 def _check_passes(passes):
     """``passes`` (refinement rounds of the galaxy models), or a one-line error."""
     if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or passes < 0:
@@ -761,7 +754,9 @@ def deblend(
         >>> res = probcat.deblend("field.fits", samples=100)      # doctest: +SKIP
         >>> res.catalog["flux_q50"]                              # doctest: +SKIP
     """
-    _check_method(method)  # before detection, which may take long
+    from probcat.infer.deblend import check_method
+
+    check_method(method)  # before detection, which may take long
     if passes is not None:
         _check_passes(passes)
     det = load(weights, device=device, threads=threads)

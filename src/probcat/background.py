@@ -193,6 +193,18 @@ def masked_noise(band: np.ndarray, back: np.ndarray, rms: float) -> float:
     return float(rms)
 
 
+def wants_measured_noise(noise_sigma) -> bool:
+    """Whether ``noise_sigma`` asks for the image's own noise (``"measured"``); any other
+    string is a one-line error (numbers are checked with the image)."""
+    if not isinstance(noise_sigma, str):
+        return False
+    if noise_sigma != "measured":
+        raise ProbcatValueError(
+            f"noise_sigma must be a number, one per band or 'measured', got {noise_sigma!r}"
+        )
+    return True
+
+
 def measured_noise(x: np.ndarray, sigma) -> np.ndarray:
     """The pixel noise of each band of ``x`` ``(bands, H, W)``, in units of ``sigma`` (per
     band; the result is in ``sigma``'s units, electrons): :func:`masked_noise` about the

@@ -230,9 +230,9 @@ def detect_cmd(
     if samples is None:
         samples = 100 if deblend else 0
     if deblend:
-        from probcat.api import _check_method
+        from probcat.infer.deblend import check_method
 
-        _check_method(method)  # before loading weights and running detection
+        check_method(method)  # before loading weights and running detection
     det = load(weights, device=device, threads=_threads_option(threads))
     dbl = None
     if deblend:

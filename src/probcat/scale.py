@@ -131,7 +131,7 @@ def run(
     """Catalogs of ``images`` into ``out`` (see the module docstring); returns the run
     summary (also written to ``out/run_summary.json``): images, processed, skipped
     (finished before), failed (with the errors), rows, seconds."""
-    from probcat.background import check_mode
+    from probcat.background import check_mode, wants_measured_noise
 
     check_mode(background)
     if not 0.0 <= threshold < 1.0:
@@ -152,8 +152,7 @@ def run(
     if threads is not None and not serial:
         raise ProbcatValueError("threads applies to serial runs (workers=0); a Dask worker "
                                 "runs one torch thread")  # fmt: skip
-    if isinstance(noise_sigma, str) and noise_sigma != "measured":
-        raise ProbcatValueError(f"noise_sigma must be numbers or 'measured', got {noise_sigma!r}")
+    wants_measured_noise(noise_sigma)  # a bad value fails here, before any work
     options = {"weights": weights, "threshold": threshold, "background": background,
                "gain": gain, "noise_sigma": noise_sigma,
                "threads": (threads or "auto") if serial else 1}  # fmt: skip

@@ -170,7 +170,7 @@ def zero_point_offsets(flux, flux_err, fitted, ref: int, min_snr: float = 5.0):
     return off - off[ref]
 
 
-def _bpz_calibration(train, kw, nt_array, rounds: int = 3):
+def _bpz_calibration(train, kw, rounds: int = 3):
     """Zero-point offsets and each training object's broad type, from the best template
     at its true redshift (what BPZ's ``ONLY_TYPE`` mode does; RAIL's
     ``BPZlitePreEstimator`` does the type fit but its offsets are not usable in
@@ -195,7 +195,7 @@ def _bpz_calibration(train, kw, nt_array, rounds: int = 3):
         best, fitted = template_fit(flux * scale, flux_err * scale, model)
         off = off + zero_point_offsets(flux * scale, flux_err * scale, fitted, ref)
     best, _ = template_fit(flux * 10.0 ** (0.4 * off), flux_err * 10.0 ** (0.4 * off), model)
-    return off, broad_types(best, nt_array)
+    return off, broad_types(best, kw["nt_array"])
 
 
 def broad_types(template, nt_array):
@@ -233,7 +233,7 @@ def bpz(
         if informed:
             import tables_io
 
-            off, broad = _bpz_calibration(train, kw, nt_array)
+            off, broad = _bpz_calibration(train, kw)
             types = str(Path(tmp) / "bpz_types.hdf5")
             tables_io.write({"types": {"broad_type": broad}, "offsets": {"zp_offsets": off}}, types)
             extra = {"output_hdfn": False, "type_file": types}

@@ -58,6 +58,14 @@ SHIFT_CHUNK = 4096  # galaxies moved to their centroids at a time
 SAMPLE_CHUNK = 20000  # galaxies of posterior samples deblended at a time (memory)
 
 
+def check_method(method: str, extra: tuple[str, ...] = ()) -> str:
+    """``method`` (how each source gets its light: :data:`METHODS`, or one of ``extra``),
+    or a one-line error."""
+    if method not in (*METHODS, *extra):
+        raise ProbcatValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    return method
+
+
 def fourier_shift(stamps: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
     """Stamps ``(N, bands, S, S)`` moved by ``(dx, dy)`` pixels (``(N,)`` each, |d| <= 1):
     exact flux, exact centroid shift; zero padding keeps light from wrapping around."""
@@ -357,8 +365,7 @@ def aperture_fluxes(
 
     methods = (method,) if isinstance(method, str) else tuple(method)
     for m in methods:
-        if m not in (*METHODS, "data"):
-            raise ProbcatValueError(f"method must be one of {METHODS}, got {m!r}")
+        check_method(m, ("data",))
     nb = image.shape[0]
     w = 2 * int(math.ceil(radius)) + 3
     half = w // 2
@@ -405,8 +412,7 @@ def source_images(
 
     ``total``: the scene model (:func:`paste_models`), when the caller has it.
     """
-    if method not in METHODS:
-        raise ProbcatValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_method(method)
     size = size or models.size
     if total is None:
         total = paste_models(models, image.shape[1:])
@@ -488,8 +494,7 @@ def sample_fluxes(
     nb = image.shape[0]
     methods = (method,) if isinstance(method, str) else tuple(method)
     for m in methods:
-        if m not in METHODS:
-            raise ProbcatValueError(f"method must be one of {METHODS}, got {m!r}")
+        check_method(m)
     outs = {m: np.full((len(tx), len(samples), nb), np.nan) for m in methods}
     raw = np.full((len(tx), len(samples), nb), np.nan)
     measured = (*methods, "data") if contamination else methods
