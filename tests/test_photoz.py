@@ -85,6 +85,40 @@ def test_truncated_pdf_cdf_mean_quantiles_against_quadrature():
         assert truncated_cdf(w, m, s, qv[:, j]) == pytest.approx(np.full(3, lev), abs=1e-9)
 
 
+def test_pdf_blocks_and_quantiles_on_many_multimodal_mixtures():
+    # more objects than one block of truncated_pdf, 40 narrow and wide components each:
+    # pdf against the plain formula, quantiles against bisection on the exact CDF
+    from probcat.redshift.pdf import PDF_ROWS, _grid_quantiles
+
+    rng = np.random.default_rng(5)
+    n, k = 2 * PDF_ROWS + 7, 40
+    w = rng.random((n, k)) ** 4
+    w /= w.sum(1, keepdims=True)
+    m, s = rng.uniform(-0.3, 3.0, (n, k)), rng.uniform(0.005, 0.3, (n, k))
+    mass = np.sum(w * stats.norm.cdf(m / s), axis=1)
+    want = np.sum(w[:, None] * stats.norm.pdf(GRID[None, :, None], m[:, None], s[:, None]), 2)
+    np.testing.assert_allclose(truncated_pdf(w, m, s), want / mass[:, None], rtol=1e-12)
+    levels = [0.5, 0.02, 0.98]
+    lo, hi = np.zeros((n, 3)), np.full((n, 3), 4.0)
+    for _ in range(60):  # bisection: the slow, sure answer
+        mid = 0.5 * (lo + hi)
+        left = np.stack([truncated_cdf(w, m, s, mid[:, j]) for j in range(3)], 1) < levels
+        lo, hi = np.where(left, mid, lo), np.where(left, hi, mid)
+    got = quantiles(w, m, s, levels)
+    np.testing.assert_allclose(got, 0.5 * (lo + hi), atol=1e-9)
+    start = _grid_quantiles(truncated_pdf(w, m, s), GRID, levels)
+    np.testing.assert_allclose(quantiles(w, m, s, levels, start=start), got, atol=1e-9)
+    # a narrow mode on a wide one, from this start: Newton bounces for 13 steps; taking a
+    # step only when it halves the one before converges in 8
+    w1, m1, s1 = np.array([[1 / 3, 2 / 3]]), np.array([[1.54, 1.672]]), np.array([[0.036, 0.288]])
+    q1 = quantiles(w1, m1, s1, 0.5, start=np.array([1.324]), iters=8)
+    assert truncated_cdf(w1, m1, s1, q1)[0] == pytest.approx(0.5, abs=1e-12)
+    # two modes: plain Newton from this start jumps to z = 22, then to -inf
+    w2, m2, s2 = np.array([[0.5, 0.5]]), np.array([[1.55, 1.92]]), np.array([[0.05, 0.05]])
+    q = quantiles(w2, m2, s2, 0.5, start=np.array([1.39]))
+    assert truncated_cdf(w2, m2, s2, q)[0] == pytest.approx(0.5, abs=1e-12)
+
+
 def test_summaries_of_a_narrow_gaussian():
     w = np.array([[1.0, 0, 0, 0, 0]])
     m = np.array([[1.2, 0.5, 0.5, 0.5, 0.5]])

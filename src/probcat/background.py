@@ -99,7 +99,7 @@ def sky(band: np.ndarray) -> tuple[np.ndarray, float]:
     data = np.ascontiguousarray(band, dtype=np.float32)
     back = sep.Background(data, bw=box, bh=box, fw=3, fh=3).back()
     step = _step(data.size)
-    rms = _mad_sigma((data - back)[::step, ::step])
+    rms = _mad_sigma(data[::step, ::step] - back[::step, ::step])
     return back, rms
 
 
@@ -296,8 +296,11 @@ def prepare(
     out, medians, noise = None, [], []
     for k in range(x.shape[0]):
         back, rms = sky(x[k])
-        med = float(np.median(back))
-        spread = float(np.subtract(*np.percentile(back, [95, 5])))
+        # the sky map is smooth (splines through 64-px boxes): its level and 5-95% range
+        # read on every k-th pixel (at most about NOISE_PIXELS of them) to within rounding
+        step = _step(back.size)
+        lvl = np.percentile(back[::step, ::step], [50, 95, 5])
+        med, spread = float(lvl[0]), float(lvl[1] - lvl[2])
         if abs(med) > SKY_LEVEL or spread > SKY_RANGE:
             if out is None:
                 out = np.array(x, dtype=np.float32, copy=True)

@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 GRID = np.linspace(0.0, 3.0, 301)
+PDF_ROWS = 64  # objects per block in truncated_pdf
 SUMMARY_COLUMNS = ("z_mode", "z_median", "z_mean", "z_lo68", "z_hi68", "z_lo95", "z_hi95")
 
 
@@ -75,11 +76,26 @@ def truncated_pdf(weights, means, sds, grid=GRID) -> np.ndarray:
     """``(n, g)`` density of the truncated mixture on ``grid`` (zero below z = 0)."""
     w, m, s = check_mixture(weights, means, sds)
     g = np.asarray(grid, np.float64)
-    comp = np.exp(-0.5 * ((g[None, :, None] - m[:, None, :]) / s[:, None, :]) ** 2) / (
-        np.sqrt(2 * np.pi) * s[:, None, :]
-    )
-    dens = np.sum(w[:, None, :] * comp, axis=2) / _mass_above_zero(w, m, s)[:, None]
+    dens = np.empty((len(w), g.size))
+    inv = 1.0 / s
+    wc = w * inv / np.sqrt(2 * np.pi)
+    for a in range(0, len(w), PDF_ROWS):  # a block of objects at a time: stays in cache
+        b = a + PDF_ROWS
+        t = (g[None, :, None] - m[a:b, None, :]) * inv[a:b, None, :]
+        t *= t
+        t *= -0.5
+        np.exp(t, out=t)
+        np.einsum("ngk,nk->ng", t, wc[a:b], out=dens[a:b])
+    dens /= _mass_above_zero(w, m, s)[:, None]
     return np.where(g[None, :] < 0, 0.0, dens)
+
+
+def _pdf_at(w, m, s, z, mass) -> np.ndarray:
+    """``(n, j)`` truncated-mixture densities at ``z`` ``(n, j)`` (``z >= 0``) of checked
+    mixtures ``(n, k)`` with ``mass`` above zero."""
+    t = (z[:, :, None] - m[:, None, :]) / s[:, None, :]
+    comp = np.exp(-0.5 * t * t) / s[:, None, :]
+    return np.sum(w[:, None, :] * comp, axis=2) / (np.sqrt(2 * np.pi) * mass[:, None])
 
 
 def truncated_mean(weights, means, sds) -> np.ndarray:
@@ -91,22 +107,72 @@ def truncated_mean(weights, means, sds) -> np.ndarray:
     return np.sum(w * (m * ndtr(a) + s * phi), axis=1) / _mass_above_zero(w, m, s)
 
 
-def quantiles(weights, means, sds, q, iters: int = 40) -> np.ndarray:
-    """Quantile ``q`` of each truncated mixture, by bisection on the exact CDF (``iters``
-    halvings of [0, max(mu + 10 sd)]: 40 leave an error under 1e-10 for z < 10): ``(n,)``
-    for a number ``q``, ``(n, len(q))`` for a list of them (one bisection for all)."""
+def quantiles(weights, means, sds, q, iters: int = 100, start=None) -> np.ndarray:
+    """Quantile ``q`` of each truncated mixture on the exact CDF: ``(n,)`` for a number
+    ``q``, ``(n, len(q))`` for a list of them. Newton's method on the CDF, kept inside a
+    bracket ``[lo, hi]`` that starts as ``[0, max(mu + 10 sd)]`` and shrinks at every step (a
+    step that would leave it is replaced by bisection), so it converges for any mixture;
+    each value stops when its step or its bracket falls under 1e-12 (at most ``iters``
+    steps), independently of the others. ``start``: first guesses, ``(n,)`` or
+    ``(n, len(q))`` (default: the bracket's middle)."""
     w, m, s = check_mixture(weights, means, sds)
     qs = np.atleast_1d(np.asarray(q, np.float64))
     zero, mass = ndtr(-m / s), _mass_above_zero(w, m, s)  # once for every step
-    lo = np.zeros((len(w), len(qs)))
+    shape = (len(w), len(qs))
+    lo = np.zeros(shape)
     hi = np.repeat(np.max(m + 10 * s, axis=1).clip(min=1e-6)[:, None], len(qs), axis=1)
+    if start is None:
+        z = 0.5 * (lo + hi)
+    else:
+        z = np.array(np.broadcast_to(np.asarray(start, np.float64).reshape(len(w), -1), shape))
+        z = np.where(np.isfinite(z), np.clip(z, lo, hi), 0.5 * (lo + hi))
+    active = np.ones(shape, bool)
+    before = hi - lo  # the last step taken
     for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        left = _cdf(w, m, s, mid, zero, mass) < qs
-        lo = np.where(left, mid, lo)
-        hi = np.where(left, hi, mid)
-    out = 0.5 * (lo + hi)
-    return out[:, 0] if np.ndim(q) == 0 else out
+        r = np.flatnonzero(active.any(1))
+        if len(r) == 0:
+            break
+        zr, act = z[r], active[r]
+        f = _cdf(w[r], m[r], s[r], zr, zero[r], mass[r]) - qs
+        left = f < 0
+        lo_r = np.where(act & left, zr, lo[r])
+        hi_r = np.where(act & ~left, zr, hi[r])
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            step = f / _pdf_at(w[r], m[r], s[r], zr, mass[r])
+        new = zr - step
+        # Newton only when it stays inside the bracket and is under half the last step;
+        # else bisection (Newton alone can bounce between two modes; the rule of rtsafe in
+        # Press et al., Numerical Recipes, sec. 9.4)
+        newton = np.isfinite(new) & (new > lo_r) & (new < hi_r)
+        newton &= np.abs(step) < 0.5 * before[r]
+        tiny = np.abs(step) < 1e-12  # converged: the rest is rounding
+        new = np.where(newton | tiny, new, 0.5 * (lo_r + hi_r))
+        done = tiny | (np.abs(new - zr) < 1e-12) | (hi_r - lo_r < 1e-12)
+        before[r] = np.where(act, np.abs(new - zr), before[r])
+        z[r] = np.where(act, new, zr)
+        lo[r], hi[r] = lo_r, hi_r
+        active[r] = act & ~done
+    return z[:, 0] if np.ndim(q) == 0 else z
+
+
+def _grid_quantiles(pdf, grid, levels) -> np.ndarray:
+    """``(n, len(levels))`` quantiles read off densities ``pdf`` ``(n, g)`` on ``grid`` by
+    linear interpolation of their trapezoid CDF (NaN past the grid): first guesses for
+    :func:`quantiles`."""
+    g = np.asarray(grid, np.float64)
+    cdf = np.concatenate(
+        [np.zeros((len(pdf), 1)), np.cumsum(0.5 * (pdf[:, 1:] + pdf[:, :-1]) * np.diff(g), 1)], 1
+    )
+    out = np.full((len(pdf), len(levels)), np.nan)
+    rows = np.arange(len(pdf))
+    for j, lev in enumerate(levels):
+        i = np.sum(cdf < lev, axis=1)  # cdf[i - 1] < lev <= cdf[i]
+        ok = (i > 0) & (i < g.size)
+        i0, i1 = i[ok] - 1, i[ok]
+        c0, c1 = cdf[rows[ok], i0], cdf[rows[ok], i1]
+        frac = (lev - c0) / np.where(c1 > c0, c1 - c0, 1.0)
+        out[ok, j] = g[i0] + frac * (g[i1] - g[i0])
+    return out
 
 
 def summaries(weights, means, sds, grid=GRID) -> dict[str, np.ndarray]:
@@ -118,7 +184,9 @@ def summaries(weights, means, sds, grid=GRID) -> dict[str, np.ndarray]:
     out = {"z_mode": np.asarray(grid)[np.argmax(pdf, axis=1)]}
     levels = {"z_median": 0.5, "z_lo68": 0.15865, "z_hi68": 0.84135}
     levels.update(z_lo95=0.02275, z_hi95=0.97725)
-    qv = quantiles(w, m, s, list(levels.values()))
+    qv = quantiles(
+        w, m, s, list(levels.values()), start=_grid_quantiles(pdf, grid, levels.values())
+    )
     out.update({name: qv[:, j] for j, name in enumerate(levels)})
     out["z_mean"] = truncated_mean(w, m, s)
     return {c: out[c] for c in SUMMARY_COLUMNS}
