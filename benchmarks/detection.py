@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import _paths  # noqa: F401  (first: keeps benchmarks/ off the import path)
+import _paths  # first: keeps benchmarks/ off the import path
 import numpy as np
 import sep
 import torch
@@ -498,34 +498,23 @@ def speed_test(net, survey, bank, args):
 
 def memory_test(bank, survey, args):
     """``probcat detect`` on a 4000x4000 FITS image with WCS, peak RSS of the process."""
+    run_cli = _paths.sibling("_child").run_cli
     sim = SceneSimulator(bank, SceneConfig(4000, 4000))
     scene = sim.sample(np.random.default_rng([args.seed, 8]), truth=False)
-    weights = f", '--weights', '{Path(args.weights).resolve()}'" if args.weights else ""
+    weights = ["--weights", str(Path(args.weights).resolve())] if args.weights else []
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "big.fits"
         write_image(path, scene.image, survey, make_wcs((4000, 4000), 0.2, 56.0, -30.0))
         del scene
-        cmd = [
-            sys.executable,
-            "-c",
-            "import re, sys, time; from probcat.cli import main; t=time.perf_counter(); "
-            f"rc=main(['detect', '{path}', '-o', '{Path(d) / 'cat.fits'}'{weights}]); "
-            # VmHWM: this process's own peak (ru_maxrss would inherit the parent's at fork)
-            "hwm=int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); "
-            "print('RSS_MB', hwm/1024, "
-            "'SECONDS', time.perf_counter()-t, 'RC', rc)",
-        ]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        line = [ln for ln in res.stdout.splitlines() if ln.startswith("RSS_MB")]
-        if not line:
-            return {"error": res.stderr[-500:]}
-        parts = line[0].split()
+        run = run_cli(["detect", str(path), "-o", str(Path(d) / "cat.fits"), *weights])
+        if "error" in run:
+            return run
         n = len(FullCatalog.read(Path(d) / "cat.fits"))
     return {
         "pixels": 4000 * 4000,
-        "peak_rss_mb": float(parts[1]),
-        "seconds": float(parts[3]),
-        "exit_code": int(parts[5]),
+        "peak_rss_mb": run["peak_rss_mb"],
+        "seconds": run["seconds"],
+        "exit_code": run["exit_code"],
         "n_detections": n,
     }
 

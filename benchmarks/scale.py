@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import _paths  # noqa: F401  (first: keeps benchmarks/ off the import path)
+import _paths  # first: keeps benchmarks/ off the import path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -354,12 +354,7 @@ def main(argv=None) -> None:
         "background_within_0.02": abs(res["background"]["precision_diff"]) <= 0.02
         and abs(res["background"]["recall_diff"]) <= 0.02,
     }
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_fuzz", Path(__file__).with_name("_fuzz.py"))
-    fuzz_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fuzz_module)
-    fuzz = fuzz_module.fuzz
+    fuzz = _paths.sibling("_fuzz").fuzz
 
     with tempfile.TemporaryDirectory() as cache:
         res["fuzz"] = fuzz(args.fuzz_cases, Path(cache))

@@ -27,6 +27,28 @@ def test_any_size_chunked_equals_whole(net):
     assert torch.allclose(a.count_logit, b.count_logit, atol=1e-5)
 
 
+def test_stamp_pixels_share_whole_tile_images_and_leave_them_unchanged():
+    # an image of whole tiles is read in place by the stamp networks (no padded copy): the
+    # pixels equal the padded copy, and decoding every tile (each stamp read) and drawing
+    # samples leaves them as they were
+    from probcat.infer.detect import features_sigma, pixels_sigma
+    from probcat.tiles import pad_to_tiles
+
+    net = refiner_net()
+    rng = np.random.default_rng(4)
+    for h, w in ((40, 35), (41, 37)):  # whole tiles (shared), then not (padded copy)
+        x = (rng.standard_normal((1, 1, h, w)) * 2).astype(np.float32)
+        x[0, 0, 10:14, 12:16] += 30  # a bright source
+        before = x.copy()
+        pix = pixels_sigma(net, x)
+        assert np.shares_memory(pix.numpy(), x) == (h % 5 == 0 and w % 5 == 0)
+        assert np.array_equal(pix.numpy(), pad_to_tiles(x, net.tile_size))
+        feats = features_sigma(net, x)
+        cat = map_catalog(net, feats, (h, w), image=pix, threshold=0.0)  # every tile
+        sample_catalogs(net, feats, (h, w), 4, image=pix, generator=torch.Generator())
+        assert len(cat) > 0 and np.array_equal(x, before)
+
+
 def test_batched_features_equal_per_image(net):
     from probcat.infer.detect import batch_tile_features
 

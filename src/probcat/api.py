@@ -108,7 +108,9 @@ def read_input(
         order = None
         if len(image.bands) == len(names) and set(image.bands) == set(names):
             order = [image.bands.index(b) for b in names]
-            data, sig = image.image[order], image.noise_sigma[order]
+            same = order == list(range(len(names)))  # planes in order: no copy
+            data = image.image if same else image.image[order]
+            sig = image.noise_sigma[order]
         elif image.image.shape[0] == len(names) == 1:
             data, sig = image.image, image.noise_sigma
         elif all(b == f"b{k}" for k, b in enumerate(image.bands)):  # planes without names
@@ -277,7 +279,18 @@ class Detector:
                 f"images of one batch must share one shape, got {sorted(shapes)}: "
                 "pass them in separate calls"
             )
-        return _Batch(np.stack(xs), list(wcs), single, list(info))
+        x = xs[0][None] if len(xs) == 1 else np.stack(xs)  # one image: a view, no copy
+        return _Batch(x, list(wcs), single, list(info))
+
+    def _prepared(self, x: np.ndarray, wcs, info: dict) -> _Batch:
+        """One image already read, checked and in noise-sigma units (``read_input``'s ``x``,
+        the detector's bands), as a batch, without a copy; sized for the network."""
+        need = self.net.receptive_field // 2
+        if min(x.shape[1:]) < need:
+            raise ProbcatValueError(
+                f"image {x.shape[1]}x{x.shape[2]} is smaller than the minimum {need}x{need} px"
+            )
+        return _Batch(np.asarray(x, np.float32)[None], [wcs], True, [info])
 
     def _seeing(self, x: np.ndarray, cat) -> dict:
         """The seeing check of one image ``x`` (sigma units) and its MAP catalog: the
@@ -400,7 +413,8 @@ class Detector:
         unknown = set(opts) - {"background", "gain"}
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-        batch = self._prepare(images, noise_sigma, opts)
+        # images may be a _Batch already prepared (photoz: the image read once for all bands)
+        batch = images if isinstance(images, _Batch) else self._prepare(images, noise_sigma, opts)
         shape = batch.x.shape[-2:]
         bands = self.survey.band_names
         cats, maps, draws, tiles = [], [], [], []
@@ -842,13 +856,10 @@ def photoz(
         image, est.survey, noise_sigma, background=background, gain=gain, sky_offset=offset
     )
     planes = [est.bands.index(b) for b in det.bands]
-    res = det.detect(
-        xs[planes] * sigma[planes, None, None],
-        noise_sigma=sigma[planes],
-        threshold=threshold,
-        background="none",  # done above, for every band
-    )
-    res.catalog.meta["input"] = info
+    # the detector reads the same sigma-unit planes (sky done above, for every band): no copy
+    # when it has every band in order
+    x_det = xs if planes == list(range(len(est.bands))) else xs[planes]
+    res = det.detect(det._prepared(x_det, wcs, info), threshold=threshold)
     res.catalog = _with_sky(res.catalog, wcs)
     res.wcs = wcs
     return est._estimate(xs, res.catalog, wcs, galaxies_only, detection=res)

@@ -98,12 +98,21 @@ def read_image(path: str | Path) -> ImageData:
             primary = hdul[0].header
             if "NBANDS" in primary:
                 bands = tuple(primary["BANDS"])
-                planes, noise, gains, wcs = [], [], [], None
+                noise, gains, wcs = [], [], None
                 extras: dict[str, list] = {}
+                names = {b.upper() for b in bands}
+                n_planes = sum(hdu.name in names for hdu in hdul[1:])
+                image = None
                 for hdu in hdul[1:]:
                     name = hdu.name
-                    if name in {b.upper() for b in bands}:
-                        planes.append(np.asarray(hdu.data, dtype=np.float32))
+                    if name in names:
+                        # each plane straight into one float32 cube, its HDU's copy dropped
+                        # at once: a peak of one plane over the cube, not three cubes
+                        plane = hdu.data
+                        if image is None:
+                            image = np.empty((n_planes, *np.shape(plane)), np.float32)
+                        image[len(noise)] = plane
+                        del hdu.data, plane
                         noise.append(hdu.header.get("NOISE", np.nan))
                         gains.append(_gain_keyword(path, hdu.header))
                         if wcs is None and hdu.header.get("CTYPE1"):
@@ -112,7 +121,8 @@ def read_image(path: str | Path) -> ImageData:
                         extras.setdefault(name.rsplit("_", 1)[0].lower(), []).append(
                             np.asarray(hdu.data, dtype=np.float32)
                         )
-                image = np.stack(planes)
+                if image is None:
+                    raise ValueError(f"no image HDU named after the bands {''.join(bands)}")
                 extra_arrays = {k: np.stack(v) for k, v in extras.items()}
             else:
                 data = hdul[0].data

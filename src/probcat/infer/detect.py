@@ -11,6 +11,7 @@ The cheap tile-resolution heads then run on the whole tile grid, group by group
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,7 +79,8 @@ def check_image(
         raise ProbcatValueError(f"noise sigma must be positive and finite, got {sigma64}")
     sigma = sigma64.astype(np.float32)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        x = (image.astype(np.float32) / sigma[:, None, None]).astype(np.float32)
+        # in float32 (the pixels cast first), straight into one new array
+        x = np.divide(image, sigma[:, None, None], dtype=np.float32)
     if not np.all(np.isfinite(x)):
         raise ProbcatValueError(
             f"pixels / noise sigma overflow float32 (noise sigma {sigma64.min():g}, largest "
@@ -120,19 +122,22 @@ def features_sigma(net: DetectionNet, x: np.ndarray, *, chunk_tiles: int = 200) 
     ``chunk_tiles`` tiles (memory bounded for any size), a batch in one pass. Each is padded
     by the feature halo of blank sky, so the result equals whole-image inference."""
     net.eval()
-    padded = pad_to_tiles(x, net.tile_size, net.feature_halo)
-    if len(x) > 1:
-        return net.features(torch.from_numpy(padded).to(net.device), valid=True)
-    padded = padded[0]
     t, halo = net.tile_size, net.feature_halo
-    nty, ntx = padded.shape[-2] // t - 2 * halo, padded.shape[-1] // t - 2 * halo
+    if len(x) > 1:
+        padded = pad_to_tiles(x, t, halo)
+        return net.features(torch.from_numpy(padded).to(net.device), valid=True)
+    h, w = x.shape[-2:]
+    nty, ntx = math.ceil(h / t), math.ceil(w / t)
     feats = None
     for ty0 in range(0, nty, chunk_tiles):
         for tx0 in range(0, ntx, chunk_tiles):
             ty1, tx1 = min(ty0 + chunk_tiles, nty), min(tx0 + chunk_tiles, ntx)
-            # core tiles [ty0, ty1) sit at padded tiles [ty0 + halo, ty1 + halo)
-            crop = padded[:, ty0 * t : (ty1 + 2 * halo) * t, tx0 * t : (tx1 + 2 * halo) * t]
-            xc = torch.from_numpy(np.ascontiguousarray(crop))[None].to(net.device)
+            # core tiles [ty0, ty1) with a halo of tiles around them, blank beyond the image
+            # (the pixels of the image padded to whole tiles plus the halo, one chunk at a
+            # time: no padded copy of the whole image)
+            crop = _window(x[0], (ty0 - halo) * t, (ty1 + halo) * t, (tx0 - halo) * t,
+                           (tx1 + halo) * t)  # fmt: skip
+            xc = torch.from_numpy(crop)[None].to(net.device)
             f = net.features(xc, valid=True)
             if feats is None:  # channels-last: the layout the heads' convolutions run fastest in
                 feats = f.new_zeros(1, f.shape[1], nty, ntx)
@@ -141,10 +146,27 @@ def features_sigma(net: DetectionNet, x: np.ndarray, *, chunk_tiles: int = 200) 
     return feats
 
 
+def _window(x: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Rows ``[y0, y1)`` and columns ``[x0, x1)`` of ``x`` ``(bands, H, W)``, zero where
+    they fall outside it; float32, C-contiguous, a new array."""
+    out = np.zeros((x.shape[0], y1 - y0, x1 - x0), np.float32)
+    h, w = x.shape[-2:]
+    ya, yb, xa, xb = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+    if ya < yb and xa < xb:
+        out[:, ya - y0 : yb - y0, xa - x0 : xb - x0] = x[:, ya:yb, xa:xb]
+    return out
+
+
 def pixels_sigma(net: DetectionNet, x: np.ndarray) -> torch.Tensor:
     """Images ``x`` ``(B, bands, H, W)`` in noise-sigma units, zero-padded at the bottom and
-    right to whole tiles, on the network's device: the pixels the stamp networks read."""
-    return torch.from_numpy(pad_to_tiles(x, net.tile_size)).to(net.device)
+    right to whole tiles, on the network's device: the pixels the stamp networks read (only
+    read: for images of whole tiles already float32 and contiguous, on a CPU, the tensor
+    shares ``x``'s memory instead of copying it)."""
+    t = net.tile_size
+    whole = x.shape[-2] % t == 0 and x.shape[-1] % t == 0
+    if whole and x.dtype == np.float32 and x.flags.c_contiguous:
+        return torch.from_numpy(x).to(net.device)
+    return torch.from_numpy(pad_to_tiles(x, t)).to(net.device)
 
 
 def _checked(net: DetectionNet, images: np.ndarray, noise_sigma) -> np.ndarray:
