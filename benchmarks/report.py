@@ -723,6 +723,20 @@ TABLES = {
                 "≤ 3",
             ),
             (
+                "`probcat photoz` on a 4000×4000 ugrizy FITS file (s)",
+                "speed.big_field.seconds",
+                None,
+                ".1f",
+                "",
+            ),
+            (
+                "`probcat photoz` on a 4000×4000 ugrizy FITS file: peak RSS (MB)",
+                "speed.big_field.peak_rss_mb",
+                None,
+                ".0f",
+                "",
+            ),
+            (
                 "machine speed at the time: reference net (s; about 2.5 on a normal day)",
                 "speed.reference_speed_s",
                 None,

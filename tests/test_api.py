@@ -249,3 +249,22 @@ def test_load_rejects_bad_threads_and_devices():
         probcat.load(threads=0)
     with pytest.raises(ProbcatValueError, match="device"):
         probcat.load(device="gpu0")
+
+
+def test_read_image_planes_exact_and_mismatched_planes_refused(tmp_path):
+    from astropy.io import fits
+
+    from probcat.io import read_image
+
+    s = Survey.lsst(bands="gri")
+    img = np.random.default_rng(2).standard_normal((3, 20, 24)).astype(np.float32) * 50
+    back = read_image(write_image(tmp_path / "gri.fits", img, s))
+    assert back.bands == ("g", "r", "i") and np.array_equal(back.image, img)
+    assert back.image.dtype == np.float32
+    # a plane of another shape that would broadcast into the cube is an error, not copied
+    prim = fits.PrimaryHDU()
+    prim.header["NBANDS"], prim.header["BANDS"] = 2, "gi"
+    hdus = [prim, fits.ImageHDU(img[0], name="G"), fits.ImageHDU(img[1, :1], name="I")]
+    fits.HDUList(hdus).writeto(tmp_path / "bad.fits")
+    with pytest.raises(ProbcatIOError, match="differ in shape"):
+        read_image(tmp_path / "bad.fits")

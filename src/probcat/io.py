@@ -111,6 +111,11 @@ def read_image(path: str | Path) -> ImageData:
                         plane = hdu.data
                         if image is None:
                             image = np.empty((n_planes, *np.shape(plane)), np.float32)
+                        if np.shape(plane) != image.shape[1:]:  # no broadcasting
+                            raise ValueError(
+                                f"band planes differ in shape: {image.shape[1:]} and "
+                                f"{np.shape(plane)} ({name})"
+                            )
                         image[len(noise)] = plane
                         del hdu.data, plane
                         noise.append(hdu.header.get("NOISE", np.nan))
