@@ -268,3 +268,32 @@ def test_read_image_planes_exact_and_mismatched_planes_refused(tmp_path):
     fits.HDUList(hdus).writeto(tmp_path / "bad.fits")
     with pytest.raises(ProbcatIOError, match="differ in shape"):
         read_image(tmp_path / "bad.fits")
+
+
+def test_read_image_bands_follow_their_hdus_and_weights_take_their_planes(tmp_path, weights):
+    from astropy.io import fits
+
+    from probcat.api import read_input
+    from probcat.io import read_image
+
+    rng = np.random.default_rng(3)
+    planes = {b: rng.standard_normal((48, 40)).astype(np.float32) * 400 for b in "gri"}
+    prim = fits.PrimaryHDU()
+    prim.header["NBANDS"], prim.header["BANDS"] = 3, "gri"
+
+    def mef(name, order):
+        hdus = [prim] + [fits.ImageHDU(planes[b], name=b.upper()) for b in order]
+        fits.HDUList(hdus).writeto(tmp_path / name)
+        return tmp_path / name
+
+    # HDUs in another order than BANDS: each plane keeps its own band
+    back = read_image(mef("irg.fits", "irg"))
+    assert back.bands == ("i", "r", "g")
+    assert all(np.array_equal(back.image[k], planes[b]) for k, b in enumerate(back.bands))
+    # i-band weights read the i plane of a three-band file
+    x, _, sigma, _ = read_input(back, Survey.lsst(bands="i"), 400.0)
+    assert x.shape == (1, 48, 40) and np.allclose(x[0] * sigma[0], planes["i"], rtol=1e-6)
+    assert len(detect(tmp_path / "irg.fits", weights=weights, threshold=0.0).catalog) > 0
+    # a band named in BANDS without its HDU
+    with pytest.raises(ProbcatIOError, match="BANDS is gri but the file has image HDUs for gr"):
+        read_image(mef("gr.fits", "gr"))

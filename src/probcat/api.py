@@ -77,7 +77,8 @@ def read_input(
     gain=None,
     sky_offset=None,
 ):
-    """One image for ``survey``'s bands: ``(x, wcs, sigma, info)`` with ``x``
+    """One image for ``survey``'s bands (taken by name from an image that has more, e.g. the
+    i plane of a ugrizy file for i-band weights): ``(x, wcs, sigma, info)`` with ``x``
     ``(bands, H, W)`` float32 in noise-sigma units (checked, converted to electrons with
     ``gain`` or the image's ``GAIN``, sky subtracted when ``background="auto"`` finds it
     left in: :mod:`probcat.background`), the image's WCS (or None), the noise sigma per band
@@ -106,9 +107,11 @@ def read_input(
     if isinstance(image, ImageData):
         wcs = image.wcs
         order = None
-        if len(image.bands) == len(names) and set(image.bands) == set(names):
+        if len(set(image.bands)) == len(image.bands) and set(names) <= set(image.bands):
+            # the weights' bands, in their order, from an image that may have more (the i
+            # plane of a ugrizy file for i-band weights)
             order = [image.bands.index(b) for b in names]
-            same = order == list(range(len(names)))  # planes in order: no copy
+            same = order == list(range(len(image.bands)))  # all planes, in order: no copy
             data = image.image if same else image.image[order]
             sig = image.noise_sigma[order]
         elif image.image.shape[0] == len(names) == 1:

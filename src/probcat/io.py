@@ -100,7 +100,8 @@ def read_image(path: str | Path) -> ImageData:
                 bands = tuple(primary["BANDS"])
                 noise, gains, wcs = [], [], None
                 extras: dict[str, list] = {}
-                names = {b.upper() for b in bands}
+                names = {b.upper(): b for b in bands}
+                found = []  # the bands in the order of their HDUs (which may differ from BANDS)
                 n_planes = sum(hdu.name in names for hdu in hdul[1:])
                 image = None
                 for hdu in hdul[1:]:
@@ -109,6 +110,8 @@ def read_image(path: str | Path) -> ImageData:
                         # each plane straight into one float32 cube, its HDU's copy dropped
                         # at once: a peak of one plane over the cube, not three cubes
                         plane = hdu.data
+                        if plane is None:
+                            raise ValueError(f"band HDU {name} has no data")
                         if image is None:
                             image = np.empty((n_planes, *np.shape(plane)), np.float32)
                         if np.shape(plane) != image.shape[1:]:  # no broadcasting
@@ -117,6 +120,7 @@ def read_image(path: str | Path) -> ImageData:
                                 f"{np.shape(plane)} ({name})"
                             )
                         image[len(noise)] = plane
+                        found.append(names[name])
                         del hdu.data, plane
                         noise.append(hdu.header.get("NOISE", np.nan))
                         gains.append(_gain_keyword(path, hdu.header))
@@ -128,6 +132,12 @@ def read_image(path: str | Path) -> ImageData:
                         )
                 if image is None:
                     raise ValueError(f"no image HDU named after the bands {''.join(bands)}")
+                if sorted(found) != sorted(bands):
+                    raise ValueError(
+                        f"BANDS is {''.join(bands)} but the file has image HDUs for "
+                        f"{''.join(found)}"
+                    )
+                bands = tuple(found)
                 extra_arrays = {k: np.stack(v) for k, v in extras.items()}
             else:
                 data = hdul[0].data
