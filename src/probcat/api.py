@@ -158,7 +158,7 @@ def read_input(
     sigma = np.broadcast_to(np.asarray(sigma, np.float32), (len(names),)).copy()
     if measure:
         noise = measured_noise(x, sigma)
-        x = (x * (sigma / noise)[:, None, None]).astype(np.float32)
+        x *= (sigma / noise).astype(np.float32)[:, None, None]  # x is check_image's own copy
         sigma, source = noise, "the measured pixel noise"
         info["noise_sigma"] = [round(float(v), 6) for v in noise]
         info["noise_source"] = "measured"
@@ -288,11 +288,9 @@ class Detector:
     def _prepared(self, x: np.ndarray, wcs, info: dict) -> _Batch:
         """One image already read, checked and in noise-sigma units (``read_input``'s ``x``,
         the detector's bands), as a batch, without a copy; sized for the network."""
-        need = self.net.receptive_field // 2
-        if min(x.shape[1:]) < need:
-            raise ProbcatValueError(
-                f"image {x.shape[1]}x{x.shape[2]} is smaller than the minimum {need}x{need} px"
-            )
+        from probcat.infer.detect import check_size
+
+        check_size(x.shape, self.net.receptive_field // 2)
         return _Batch(np.asarray(x, np.float32)[None], [wcs], True, [info])
 
     def _seeing(self, x: np.ndarray, cat) -> dict:

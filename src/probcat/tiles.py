@@ -8,7 +8,6 @@ arithmetic lives.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +22,7 @@ __all__ = [
     "pixel_to_tile",
     "tile_to_pixel",
     "pad_to_tiles",
+    "window",
     "cut_stamps",
 ]
 
@@ -47,15 +47,23 @@ def tile_to_pixel(ty, tx, locs, tile_size: int):
     return (tx + locs[:, 0]) * tile_size - 0.5, (ty + locs[:, 1]) * tile_size - 0.5
 
 
+def window(x: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Rows ``[y0, y1)`` and columns ``[x0, x1)`` of ``x`` (``(..., H, W)``), zero where
+    they fall outside it; float32, a new C-contiguous array."""
+    out = np.zeros((*x.shape[:-2], y1 - y0, x1 - x0), np.float32)
+    h, w = x.shape[-2:]
+    ya, yb, xa, xb = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+    if ya < yb and xa < xb:
+        out[..., ya - y0 : yb - y0, xa - x0 : xb - x0] = x[..., ya:yb, xa:xb]
+    return out
+
+
 def pad_to_tiles(x: np.ndarray, tile_size: int, halo: int = 0) -> np.ndarray:
     """``x`` (``(..., H, W)``) zero-padded at the bottom and right to whole tiles, plus
     ``halo`` tiles of zeros on every side; float32."""
-    h, w = x.shape[-2:]
-    nty, ntx = math.ceil(h / tile_size), math.ceil(w / tile_size)
+    nty, ntx = grid_shape(x.shape[-2:], tile_size)
     t = tile_size
-    out = np.zeros((*x.shape[:-2], (nty + 2 * halo) * t, (ntx + 2 * halo) * t), np.float32)
-    out[..., halo * t : halo * t + h, halo * t : halo * t + w] = x
-    return out
+    return window(x, -halo * t, (nty + halo) * t, -halo * t, (ntx + halo) * t)
 
 
 def cut_stamps(

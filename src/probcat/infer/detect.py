@@ -20,7 +20,7 @@ import torch
 from probcat.catalog import FullCatalog
 from probcat.errors import ProbcatValueError
 from probcat.nets.detection import N_GROUPS, DetectionNet, TileOutput, tile_groups
-from probcat.tiles import pad_to_tiles, tile_to_pixel
+from probcat.tiles import pad_to_tiles, tile_to_pixel, window
 
 # Checkerboard sweeps per posterior catalog sample: the first draws every group in turn,
 # the next ones re-draw each group given all its neighbours (see decode).
@@ -29,6 +29,7 @@ SAMPLE_SWEEPS = 3
 __all__ = [
     "SAMPLE_SWEEPS",
     "check_image",
+    "check_size",
     "tile_image",
     "tile_features",
     "batch_tile_features",
@@ -60,11 +61,7 @@ def check_image(
         raise ProbcatValueError(f"image has {image.shape[0]} band(s), the weights expect {n_bands}")
     if min(image.shape[1:]) < 1:
         raise ProbcatValueError(f"image is empty: shape {image.shape}")
-    if min(image.shape[1:]) < min_size:
-        raise ProbcatValueError(
-            f"image {image.shape[1]}x{image.shape[2]} is smaller than the "
-            f"minimum {min_size}x{min_size} px"
-        )
+    check_size(image.shape, min_size)
     if not np.all(np.isfinite(image)):
         raise ProbcatValueError("image contains NaN or inf pixels: mask or replace them first")
     try:
@@ -89,6 +86,15 @@ def check_image(
     if warn_sky:
         _warn_unsubtracted(x)
     return x
+
+
+def check_size(shape, min_size: int) -> None:
+    """A one-line error when an image of ``shape`` ``(bands, H, W)`` is smaller than
+    ``min_size`` px on a side."""
+    if min(shape[1:]) < min_size:
+        raise ProbcatValueError(
+            f"image {shape[1]}x{shape[2]} is smaller than the minimum {min_size}x{min_size} px"
+        )
 
 
 def _warn_unsubtracted(x: np.ndarray) -> None:
@@ -135,7 +141,7 @@ def features_sigma(net: DetectionNet, x: np.ndarray, *, chunk_tiles: int = 200) 
             # core tiles [ty0, ty1) with a halo of tiles around them, blank beyond the image
             # (the pixels of the image padded to whole tiles plus the halo, one chunk at a
             # time: no padded copy of the whole image)
-            crop = _window(x[0], (ty0 - halo) * t, (ty1 + halo) * t, (tx0 - halo) * t,
+            crop = window(x[0], (ty0 - halo) * t, (ty1 + halo) * t, (tx0 - halo) * t,
                            (tx1 + halo) * t)  # fmt: skip
             xc = torch.from_numpy(crop)[None].to(net.device)
             f = net.features(xc, valid=True)
@@ -144,17 +150,6 @@ def features_sigma(net: DetectionNet, x: np.ndarray, *, chunk_tiles: int = 200) 
                 feats = feats.contiguous(memory_format=torch.channels_last)
             feats[:, :, ty0:ty1, tx0:tx1] = f
     return feats
-
-
-def _window(x: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    """Rows ``[y0, y1)`` and columns ``[x0, x1)`` of ``x`` ``(bands, H, W)``, zero where
-    they fall outside it; float32, C-contiguous, a new array."""
-    out = np.zeros((x.shape[0], y1 - y0, x1 - x0), np.float32)
-    h, w = x.shape[-2:]
-    ya, yb, xa, xb = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
-    if ya < yb and xa < xb:
-        out[:, ya - y0 : yb - y0, xa - x0 : xb - x0] = x[:, ya:yb, xa:xb]
-    return out
 
 
 def pixels_sigma(net: DetectionNet, x: np.ndarray) -> torch.Tensor:

@@ -76,17 +76,12 @@ def truncated_pdf(weights, means, sds, grid=GRID) -> np.ndarray:
     """``(n, g)`` density of the truncated mixture on ``grid`` (zero below z = 0)."""
     w, m, s = check_mixture(weights, means, sds)
     g = np.asarray(grid, np.float64)
+    mass = _mass_above_zero(w, m, s)
     dens = np.empty((len(w), g.size))
-    inv = 1.0 / s
-    wc = w * inv / np.sqrt(2 * np.pi)
     for a in range(0, len(w), PDF_ROWS):  # a block of objects at a time: stays in cache
         b = a + PDF_ROWS
-        t = (g[None, :, None] - m[a:b, None, :]) * inv[a:b, None, :]
-        t *= t
-        t *= -0.5
-        np.exp(t, out=t)
-        np.einsum("ngk,nk->ng", t, wc[a:b], out=dens[a:b])
-    dens /= _mass_above_zero(w, m, s)[:, None]
+        at = np.broadcast_to(g, (len(w[a:b]), g.size))
+        dens[a:b] = _pdf_at(w[a:b], m[a:b], s[a:b], at, mass[a:b])
     return np.where(g[None, :] < 0, 0.0, dens)
 
 
@@ -94,8 +89,11 @@ def _pdf_at(w, m, s, z, mass) -> np.ndarray:
     """``(n, j)`` truncated-mixture densities at ``z`` ``(n, j)`` (``z >= 0``) of checked
     mixtures ``(n, k)`` with ``mass`` above zero."""
     t = (z[:, :, None] - m[:, None, :]) / s[:, None, :]
-    comp = np.exp(-0.5 * t * t) / s[:, None, :]
-    return np.sum(w[:, None, :] * comp, axis=2) / (np.sqrt(2 * np.pi) * mass[:, None])
+    t *= t
+    t *= -0.5
+    np.exp(t, out=t)
+    wc = w / (np.sqrt(2 * np.pi) * s * mass[:, None])
+    return np.einsum("njk,nk->nj", t, wc)
 
 
 def truncated_mean(weights, means, sds) -> np.ndarray:
