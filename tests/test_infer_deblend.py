@@ -245,6 +245,11 @@ def test_match_nearest_brute_force():
         d = np.hypot(x - tx[t], y - ty[t])
         assert got[t] == (np.argmin(d) if d.min() <= 2.0 else -1)
     assert (match_nearest([], [], [1.0], [1.0], 2.0) == -1).all()
+    assert match_nearest(x, y, [], [], 2.0).shape == (0,)
+    # the radius is inclusive; an infinite one matches every target
+    assert match_nearest([0.0, 5.0], [0.0, 0.0], [2.0, 2.0], [0.0, 1e-3], 2.0).tolist() == [0, -1]
+    far = match_nearest(x, y, tx + 100.0, ty, np.inf)
+    assert far.tolist() == [int(np.argmin(np.hypot(x - t - 100.0, y - u))) for t, u in zip(tx, ty)]
 
 
 def test_mixture_quantiles_against_exact_cases():
@@ -557,3 +562,23 @@ def test_samples_and_shifts_in_chunks_give_the_same_fluxes(monkeypatch):
     for a, b in zip(whole, parts):
         assert np.isfinite(a).sum() > 10
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)
+
+
+def test_galaxy_stamps_do_not_depend_on_the_network_batch():
+    """Crops go through the deblender a batch at a time into one preallocated array: any
+    batch size gives each galaxy its own reconstruction, equal to one crop decoded alone."""
+    from probcat.infer.deblend import galaxy_stamps
+
+    model = CropDeblender()
+    sigma = np.array([2.0], np.float32)
+    image = np.random.default_rng(6).normal(0.0, 2.0, (1, 64, 64)).astype(np.float32)
+    image[0] += 300.0 * _draw(_galaxy(), 64, 3.0, -2.0)
+    x = np.array([20.2, 35.7, 31.0, 44.4, 31.3])  # two share a pixel: one encoding
+    y = np.array([22.9, 40.1, 30.6, 25.0, 30.8])
+    whole = galaxy_stamps(model, image, sigma, x, y, batch=100)
+    assert whole.shape == (5, 1, 25, 25)
+    np.testing.assert_array_equal(galaxy_stamps(model, image, sigma, x, y, batch=2), whole)
+    for i in range(5):
+        one = galaxy_stamps(model, image, sigma, x[i : i + 1], y[i : i + 1], batch=1)
+        np.testing.assert_allclose(one[0], whole[i], rtol=1e-6, atol=1e-4)
+    assert not np.allclose(whole[0], whole[1])

@@ -68,6 +68,22 @@ def test_map_catalog_and_samples(net):
     assert np.array_equal(np.floor((cat["x"] + 0.5) / 5), cat["tile_x"])
     samples = sample_catalogs(net, feats, (30, 30), 40, generator=torch.Generator().manual_seed(0))
     assert len(samples) == 40 and all(len(s) <= 36 for s in samples)
+    # a cutout's samples are decoded 32 at a time by default: the same draws as batch=32
+    again = sample_catalogs(
+        net, feats, (30, 30), 40, generator=torch.Generator().manual_seed(0), batch=32
+    )
+    assert all(np.array_equal(a["x"], b["x"]) for a, b in zip(samples, again))
+    odd = sample_catalogs(net, feats, (30, 30), 5, generator=torch.Generator(), batch=2)
+    assert len(odd) == 5
+
+
+def test_sample_batch_shrinks_with_the_tile_count():
+    from probcat.infer.detect import SAMPLE_TILES, sample_batch
+
+    assert sample_batch(36) == 32  # cutouts: capped
+    assert sample_batch(250 * 250) == SAMPLE_TILES // 62_500 == 4  # a 1000x1000 field
+    assert sample_batch(1000 * 1000) == 1  # a 4000x4000 field: one at a time
+    assert sample_batch(0) == 32
 
 
 @pytest.mark.parametrize("classifier", ["tile", "stamp"])

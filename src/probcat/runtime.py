@@ -26,6 +26,7 @@ __all__ = [
     "auto_threads",
     "threads_for",
     "thread_limit",
+    "trim_heap",
     "SMALL_PIXELS",
 ]
 
@@ -115,3 +116,25 @@ def thread_limit(n: int):
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+_MALLOC_TRIM = None  # resolved on first use: glibc's malloc_trim, or False where absent
+
+
+def trim_heap() -> None:
+    """Hand the C heap's free pages back to the system (glibc ``malloc_trim``; nothing
+    elsewhere). Loops that allocate and free many arrays of a few to a few tens of MB (the
+    deblender's chunks of posterior samples) otherwise grow the resident memory with
+    fragments: on a 1000x1000 field with 100 samples, a peak of 1.53 GB without, 1.16 GB
+    with a trim after each chunk, at no measurable cost in time."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
