@@ -187,7 +187,7 @@ def record_flux_error(name: str = "deblender_lsst_i", detector: str = "detection
               f"(without: {cov0})")  # fmt: skip
 
 
-if __name__ == "__main__":
+def _main() -> None:
     if sys.argv[1:2] == ["--benchmark"]:
         record_benchmark(*sys.argv[2:])
     elif sys.argv[1:2] == ["--sky-offset"]:
@@ -196,3 +196,13 @@ if __name__ == "__main__":
         record_flux_error(*sys.argv[2:])
     else:
         ship(*sys.argv[1:])
+
+
+if __name__ == "__main__":
+    if not sys.argv[1:] or sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        sys.exit(0 if sys.argv[1:] else 2)
+    try:
+        _main()
+    except (FileNotFoundError, KeyError, json.JSONDecodeError) as err:
+        sys.exit(f"error: {type(err).__name__}: {err}")
