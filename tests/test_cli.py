@@ -235,8 +235,13 @@ def test_detect_deblend_writes_catalog_model_and_residual(
     args = ["detect", str(path), "-o", str(out), "--weights", str(weights), "--deblend"]
     args += ["--deblender", str(deblender_weights), "--samples", "4", "--threshold", "0.0"]
     assert main(args) == 0
-    msg = capsys.readouterr().out
-    assert "model and residual" in msg
+    got = capsys.readouterr()
+    assert "model and residual" in got.out
+    # progress bars (stderr) over the samples drawn, then deblended; none with --quiet
+    assert "posterior samples" in got.err and "deblending samples" in got.err
+    assert "4/4" in got.err
+    assert main([*args, "-o", str(tmp_path / "quiet.fits"), "-q"]) == 0
+    assert "samples" not in capsys.readouterr().err
     t = Table.read(out)
     for col in (
         "flux_ap",

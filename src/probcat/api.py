@@ -348,11 +348,15 @@ class Detector:
         several images)."""
         return self._run(images, noise_sigma, opts, threshold=0.5)[1]
 
-    def sample(self, images, n: int, *, seed: int = 0, noise_sigma=None, **opts):
+    def sample(
+        self, images, n: int, *, seed: int = 0, noise_sigma=None, progress: bool = False, **opts
+    ):
         """``n`` posterior catalog samples (paper 000 section 4.6) of each image: a list of
         catalogs (a list of such lists for several images). Seeded: the same seed gives the
-        same samples, on any device."""
-        return self._run(images, noise_sigma, opts, samples=n, seed=seed, want_map=False)[2]
+        same samples, on any device. ``progress``: a progress bar over the samples."""
+        return self._run(
+            images, noise_sigma, opts, samples=n, seed=seed, want_map=False, progress=progress
+        )[2]
 
     def detect(
         self,
@@ -362,13 +366,15 @@ class Detector:
         threshold: float = 0.5,
         samples: int = 0,
         seed: int = 0,
+        progress: bool = False,
         **opts,
     ):
         """MAP catalog, probability map and (with ``samples``) posterior samples of one image
-        (or a list of results for several)."""
+        (or a list of results for several); ``progress``: a progress bar over the samples."""
         cats, _, draws, tiles, batch = self._run(
-            image, noise_sigma, opts, threshold=threshold, samples=samples, seed=seed, full=True
-        )
+            image, noise_sigma, opts, threshold=threshold, samples=samples, seed=seed,
+            full=True, progress=progress,
+        )  # fmt: skip
         cats = [cats] if batch.single else cats
         draws = [draws] if batch.single else draws
         out = [DetectionResult(c, t, d, w) for c, t, d, w in zip(cats, tiles, draws, batch.wcs)]
@@ -385,6 +391,7 @@ class Detector:
         seed=0,
         want_map=True,
         full=False,
+        progress=False,
     ):
         import torch
 
@@ -450,6 +457,7 @@ class Detector:
                         image=pixels[k : k + 1],
                         generator=gen,
                         bands=bands,
+                        progress=progress,
                     )
                     draws.append([_with_sky(c, wcs) for c in got])
                 if samples == 0:
@@ -500,6 +508,7 @@ def detect(
     gain=None,
     device=None,
     threads="auto",
+    progress: bool = False,
 ) -> DetectionResult:
     """Detect and classify sources in an image of any size.
 
@@ -519,6 +528,7 @@ def detect(
         gain: e-/ADU for an image in ADU (default: its ``GAIN`` keyword, when ``BUNIT`` is
             not electrons).
         device, threads: see :class:`Detector`.
+        progress: a progress bar over the posterior samples.
 
     Example:
         >>> res = probcat.detect("field.fits")                    # doctest: +SKIP
@@ -535,6 +545,7 @@ def detect(
         seed=seed,
         background=background,
         gain=gain,
+        progress=progress,
     )
 
 
@@ -613,6 +624,7 @@ class Deblender:
         gain=None,
         sky_offset=None,
         passes: int | None = None,
+        progress: bool = False,
     ) -> DeblendResult:
         """Deblend the sources of ``catalog`` (``x, y`` and ``galaxy`` or ``galaxy_prob``)
         in ``image`` (FITS path, :class:`~probcat.io.ImageData` or array in electrons) and
@@ -626,7 +638,8 @@ class Deblender:
         pass);
         ``background``, ``gain``: as for detection (:mod:`probcat.background`);
         ``sky_offset``: the detector's (:attr:`Detector.sky_offset`), so that a sky left in
-        the image is subtracted as detection subtracted it.
+        the image is subtracted as detection subtracted it;
+        ``progress``: a progress bar over the posterior samples.
         """
         from probcat.infer.deblend import (
             REFINE_PASSES,
@@ -685,6 +698,7 @@ class Deblender:
                     device=self.device,
                     contamination=True,
                     passes=passes,
+                    progress=progress,
                 )
         area = np.pi * APERTURE_RADIUS**2
         scale = self.flux_error_scale(method)
@@ -753,6 +767,7 @@ def deblend(
     device=None,
     threads="auto",
     passes: int | None = None,
+    progress: bool = False,
 ) -> DeblendResult:
     """Detect, deblend and measure every source of an image, with flux posteriors from
     ``samples`` posterior catalog samples (0: point measurements only).
@@ -763,6 +778,7 @@ def deblend(
         deblender: deblender weights (default ``"deblender_lsst_i"``).
         method: ``"conserve"`` (default) or ``"subtract"`` (see :meth:`Deblender.measure`).
         passes: refinement rounds of the galaxy models (see :meth:`Deblender.measure`).
+        progress: progress bars over the posterior samples (drawing, then deblending).
         Others: as for :func:`detect`.
 
     Example:
@@ -789,11 +805,12 @@ def deblend(
         image = read_image(image)
     opts = {"background": background, "gain": gain}
     res = det.detect(
-        image, noise_sigma=noise_sigma, threshold=threshold, samples=samples, seed=seed, **opts
-    )
+        image, noise_sigma=noise_sigma, threshold=threshold, samples=samples, seed=seed,
+        progress=progress, **opts,
+    )  # fmt: skip
     out = dbl.measure(
         image, res.catalog, noise_sigma=noise_sigma, samples=res.samples, method=method,
-        sky_offset=det.sky_offset, passes=passes, **opts,
+        sky_offset=det.sky_offset, passes=passes, progress=progress, **opts,
     )  # fmt: skip
     out.detection = res
     out.wcs = res.wcs

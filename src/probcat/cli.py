@@ -219,6 +219,7 @@ def detect_cmd(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
     ),
     device: str = typer.Option(None, help="cpu, cuda, ... (default: a GPU when present)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """Probabilistic detection and star/galaxy classification of a FITS image."""
     import numpy as np
@@ -257,14 +258,22 @@ def detect_cmd(
     check_outputs(outputs, [image], outputs)
     data = read_image(image)
     opts = {"background": background, "gain": gain, "noise_sigma": _noise_option(noise)}
-    res = det.detect(data, threshold=threshold, samples=samples, seed=seed, **opts)
+    res = det.detect(
+        data, threshold=threshold, samples=samples, seed=seed, progress=not quiet, **opts
+    )
     catalog = res.catalog
     extra = []
     if dbl is not None:
         from probcat.io import write_image
 
         d = dbl.measure(
-            data, catalog, samples=res.samples, method=method, sky_offset=det.sky_offset, **opts
+            data,
+            catalog,
+            samples=res.samples,
+            method=method,
+            sky_offset=det.sky_offset,
+            progress=not quiet,
+            **opts,
         )
         catalog = d.catalog
         for name, img in (("model", d.model), ("residual", d.residual)):

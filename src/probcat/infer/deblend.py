@@ -492,6 +492,7 @@ def sample_fluxes(
     device=None,
     contamination: bool = False,
     passes: int = REFINE_PASSES,
+    progress: bool = False,
 ):
     """Aperture fluxes ``(targets, samples, bands)`` of the targets ``(tx, ty)`` in every
     posterior catalog sample (paper 000 section 4.6): each sample is deblended on its own
@@ -504,7 +505,10 @@ def sample_fluxes(
     ``galaxy`` columns (or ``galaxy_prob``). A tuple of methods gives a dict of such
     arrays, from one reconstruction of every sample. ``contamination``: also return, in
     the same form, the light of the other sources in each aperture (the data's aperture
-    flux minus the target's): what the flux-error model scales (:mod:`probcat.measure`)."""
+    flux minus the target's): what the flux-error model scales (:mod:`probcat.measure`).
+    ``progress``: a progress bar over the samples."""
+    from tqdm.auto import tqdm
+
     tx, ty = np.atleast_1d(np.asarray(tx, float)), np.atleast_1d(np.asarray(ty, float))
     nb = image.shape[0]
     methods = (method,) if isinstance(method, str) else tuple(method)
@@ -523,6 +527,7 @@ def sample_fluxes(
 
         targets = cKDTree(np.stack([tx, ty], 1))
     first = 0
+    bar = tqdm(total=len(cols), desc="deblending samples", unit="sample", disable=not progress)
     while first < len(cols):
         last = first + 1
         while last < len(cols) and sizes[first : last + 1].sum() <= SAMPLE_CHUNK:
@@ -551,8 +556,10 @@ def sample_fluxes(
                     outs[m][hit, s] = got[m]
                 if contamination:
                     raw[hit, s] = got["data"]
+        bar.update(last - first)
         first = last
         trim_heap()  # the chunk's arrays leave fragments otherwise (memory grows)
+    bar.close()
     if not contamination:
         return outs[method] if isinstance(method, str) else outs
     contam = {m: np.maximum(raw - outs[m], 0.0) for m in methods}

@@ -503,14 +503,18 @@ def sample_catalogs(
     bands=("i",),
     batch: int | None = None,
     sweeps: int = SAMPLE_SWEEPS,
+    progress: bool = False,
 ) -> list[FullCatalog]:
     """``n`` posterior catalog samples (paper 000 section 4.6), each from ``sweeps``
     checkerboard sweeps (see :func:`decode`), ``batch`` at a time (default
-    :func:`sample_batch`)."""
+    :func:`sample_batch`); ``progress``: a progress bar over the samples."""
+    from tqdm.auto import tqdm
+
     if n < 1:
         raise ProbcatValueError(f"number of samples must be >= 1, got {n}")
     batch = sample_batch(feats.shape[-2] * feats.shape[-1]) if batch is None else batch
     out = []
+    bar = tqdm(total=n, desc="posterior samples", unit="sample", disable=not progress)
     for start in range(0, n, batch):
         dec = decode(
             net,
@@ -526,4 +530,6 @@ def sample_catalogs(
             )
             for k in range(dec.n.shape[0])
         ]
+        bar.update(dec.n.shape[0])
+    bar.close()
     return out
