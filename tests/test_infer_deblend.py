@@ -564,10 +564,12 @@ def test_samples_and_shifts_in_chunks_give_the_same_fluxes(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)
 
 
-def test_galaxy_stamps_do_not_depend_on_the_network_batch():
-    """Crops go through the deblender a batch at a time into one preallocated array: any
-    batch size gives each galaxy its own reconstruction, equal to one crop decoded alone."""
-    from probcat.infer.deblend import galaxy_stamps
+def test_galaxy_stamps_do_not_depend_on_the_network_batch(monkeypatch):
+    """Crops go through the deblender a batch at a time into one preallocated array, cut
+    and refined a block at a time: any batch or block size gives each galaxy its own
+    reconstruction, equal to one crop decoded alone."""
+    import probcat.infer.deblend as D
+    from probcat.infer.deblend import galaxy_stamps, refine_stamps
 
     model = CropDeblender()
     sigma = np.array([2.0], np.float32)
@@ -582,3 +584,8 @@ def test_galaxy_stamps_do_not_depend_on_the_network_batch():
         one = galaxy_stamps(model, image, sigma, x[i : i + 1], y[i : i + 1], batch=1)
         np.testing.assert_allclose(one[0], whole[i], rtol=1e-6, atol=1e-4)
     assert not np.allclose(whole[0], whole[1])
+    refined = refine_stamps(model, image, sigma, x, y, whole)
+    assert not np.allclose(refined, whole)
+    monkeypatch.setattr(D, "CROP_BLOCK", 2)  # three blocks of crops
+    np.testing.assert_array_equal(galaxy_stamps(model, image, sigma, x, y, batch=3), whole)
+    np.testing.assert_allclose(refine_stamps(model, image, sigma, x, y, whole), refined, atol=1e-4)
