@@ -84,6 +84,9 @@ def test_sample_batch_shrinks_with_the_tile_count():
     assert sample_batch(250 * 250) == SAMPLE_TILES // 62_500 == 4  # a 1000x1000 field
     assert sample_batch(1000 * 1000) == 1  # a 4000x4000 field: one at a time
     assert sample_batch(0) == 32
+    # a GPU's budget is 8 times larger (no GPU needed to check the arithmetic)
+    assert sample_batch(250 * 250, "cuda") == 32 and sample_batch(1000 * 1000, "cuda") == 2
+    assert sample_batch(250 * 250, torch.device("cpu")) == 4
 
 
 @pytest.mark.parametrize("classifier", ["tile", "stamp"])
