@@ -32,6 +32,7 @@ import torch
 
 from probcat.errors import ProbcatValueError
 from probcat.runtime import trim_heap
+from probcat.tiles import window
 
 __all__ = [
     "Models",
@@ -133,15 +134,8 @@ class Models:
 def crop_at(image: np.ndarray, cx: int, cy: int, size: int) -> np.ndarray:
     """``(bands, size, size)`` crop of ``image`` ``(bands, H, W)`` whose central pixel is
     image pixel ``(cx, cy)``; zero where it leaves the image."""
-    nb, h, w = image.shape
-    out = np.zeros((nb, size, size), np.float32)
-    half = size // 2
-    x0, y0 = int(cx) - half, int(cy) - half
-    xs, ys = max(x0, 0), max(y0, 0)
-    xe, ye = min(x0 + size, w), min(y0 + size, h)
-    if xe > xs and ye > ys:
-        out[:, ys - y0 : ye - y0, xs - x0 : xe - x0] = image[:, ys:ye, xs:xe]
-    return out
+    x0, y0 = int(cx) - size // 2, int(cy) - size // 2
+    return window(image, y0, y0 + size, x0, x0 + size)
 
 
 def crop_nearest(image: np.ndarray, x: float, y: float, size: int) -> np.ndarray:
@@ -283,13 +277,15 @@ def refine_stamps(
         for members in groups:
             todo = members[active[members]]
             rest = image - paste_models(models.select(members), image.shape[1:])
-            crops = np.empty((len(todo), nb, size, size), np.float32)
-            for k, i in enumerate(todo):
-                crops[k] = crop_at(rest, cx[i], cy[i], size) + _cut_own(models, i, size)
-            crops /= sig
-            for lo in range(0, len(todo), CROP_BLOCK):  # decoded a block at a time (memory)
+            # a block at a time (memory): a crop reads ``rest`` and its own galaxy's model,
+            # which the earlier blocks (other galaxies) leave unchanged
+            for lo in range(0, len(todo), CROP_BLOCK):
                 t = todo[lo : lo + CROP_BLOCK]
-                recon = _decode(model, crops[lo : lo + CROP_BLOCK], device, batch)
+                crops = np.empty((len(t), nb, size, size), np.float32)
+                for k, i in enumerate(t):
+                    crops[k] = crop_at(rest, cx[i], cy[i], size) + _cut_own(models, i, size)
+                crops /= sig
+                recon = _decode(model, crops, device, batch)
                 new = _placed(recon, np.arange(len(t)), x[t] - cx[t], y[t] - cy[t])
                 new *= damping * sig[None]
                 out[t] = (1.0 - damping) * out[t] + new
