@@ -64,6 +64,13 @@ def test_chain_writes_every_output_and_resumes(tmp_path):
     assert sum(n.startswith("r3_") for n in names) == 2
     run_chain(cfg, out, target_seed=3, progress=False)
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")} == before
+    # the same command in a fresh folder reproduces every network and number to the bit
+    again = run_chain(cfg, tmp_path / "again", target_seed=3, progress=False, command="test")
+    assert again["posterior"] == s["posterior"] and again["coverage"] == s["coverage"]
+    for path in before:
+        twin = tmp_path / "again" / path.relative_to(out)
+        a, b = (torch.load(p, weights_only=False)["model"] for p in (path, twin))
+        assert all(torch.equal(v, b[k]) for k, v in a.items()), path.parent.name
 
 
 @pytest.mark.slow
