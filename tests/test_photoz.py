@@ -228,6 +228,14 @@ def test_secondary_peak_recovery_on_hand_built_pdfs():
     assert loc == pytest.approx([2.0, 1.0], abs=0.011)
     assert weight == pytest.approx([0.3 / 0.7] * 2, rel=0.02)
     assert pzm.secondary_peak_recovery(pdf, z_true) == pytest.approx(0.5)
+    # a fixed cut: at 0.15 the two are still outliers ((2.0 - 0.4) / 3 = 0.53); at 0.6 neither
+    assert pzm.secondary_peak_recovery(pdf, z_true, cut=0.15) == pytest.approx(0.5)
+    assert np.isnan(pzm.secondary_peak_recovery(pdf, z_true, cut=0.6))
+    # a third outlier, 0.1 off in e_z: inside a 0.15 cut, outside the own one (0.06)
+    z3 = np.r_[z_true, 1.0]
+    pdf3 = np.vstack([pdf, _gauss_grid(np.array([1.2]), np.array([0.03]))])
+    assert pzm.secondary_peak_recovery(pdf3, z3) == pytest.approx(1 / 3)
+    assert pzm.secondary_peak_recovery(pdf3, z3, cut=0.15) == pytest.approx(0.5)
 
 
 def test_binned_metrics_count_and_bootstrap():
