@@ -71,6 +71,23 @@ def _left_out_rows(fam: str) -> list[tuple]:
     ]  # fmt: skip
 
 
+HUBBLE_ROWS = [
+    ("Hubble Deep Field galaxies (shipped): F1", "hubble.shipped.probcat.f1",
+     "hubble.shipped.sep.f1", ".3f", ""),
+    ("Hubble Deep Field galaxies (shipped): precision", "hubble.shipped.probcat.precision",
+     "hubble.shipped.sep.precision", ".3f", ""),
+    ("Hubble Deep Field galaxies (shipped): recall", "hubble.shipped.probcat.recall",
+     "hubble.shipped.sep.recall", ".3f", ""),
+    ("Hubble Deep Field galaxies (shipped): recall at SNR 3–10",
+     "hubble.shipped.probcat.recall_snr_3_10", "hubble.shipped.sep.recall_snr_3_10", ".3f", ""),
+    ("Hubble Deep Field galaxies (shipped): precision at prob ≥ 0.9",
+     "hubble.shipped.probcat.precision_at_0_9", None, ".3f", ""),
+    ("Hubble Deep Field galaxies (shipped): detection ECE",
+     "hubble.shipped.probcat.detection_ece", None, ".3f", ""),
+    ("Hubble Deep Field galaxies: precision of the bulge + disk weights (v6)",
+     "hubble.bulgedisk.probcat.precision", None, ".3f", ""),
+]  # fmt: skip
+
 SEEING_SCALES = ("0.8", "1", "1.25", "1.5")
 
 
@@ -861,6 +878,7 @@ TABLES = {
                 "",
             ),
             *(row for fam in LEFT_OUT_FAMILIES for row in _left_out_rows(fam)),
+            *HUBBLE_ROWS,
             *(row for scale in SEEING_SCALES for row in _seeing_rows(scale)),
         ],
     ),

@@ -28,7 +28,7 @@ import numpy as np
 from astropy.table import Table
 
 from probcat.errors import ProbcatIOError, ProbcatValueError
-from probcat.simulate.prior import MAG_GOLD, galaxy_population, is_builtin
+from probcat.simulate.prior import MAG_GOLD, galaxy_population, is_builtin, prior_version
 from probcat.simulate.render import MAX_STAMP, MIN_STAMP, draw_stamp, galaxy_profile_for, snr_eq12
 from probcat.survey import Band, Survey
 
@@ -347,6 +347,8 @@ class SourceBank:
             },
             sort_keys=True,
         )
+        if config.population == "hdf":  # stamps cut from an image: their version
+            blob += prior_version("hdf")
         if not is_builtin(config.population):
             blob += hashlib.sha256(Path(config.population).read_bytes()).hexdigest()
         return hashlib.sha256(blob.encode()).hexdigest()[:20]

@@ -110,6 +110,7 @@ import numpy as np
 from astropy.table import Table
 
 from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError
+from probcat.simulate.hubble import HDF_VERSION
 
 __all__ = [
     "GALAXY_DENSITY",
@@ -340,7 +341,12 @@ def dc2_galaxies(
     return t
 
 
-PRIOR_VERSIONS = {"parametric": "bulge+disk v1", "dc2": "dc2 v1", "morphology": "morphology v1"}
+PRIOR_VERSIONS = {
+    "parametric": "bulge+disk v1",
+    "dc2": "dc2 v1",
+    "morphology": "morphology v1",
+    "hdf": HDF_VERSION,
+}
 
 
 def prior_version(kind: str) -> str:
@@ -524,7 +530,7 @@ def _dc2_families(kind: str) -> tuple[str, ...] | None:
 def is_builtin(kind: str) -> bool:
     """Whether ``kind`` names a built-in population (otherwise it is a catalog path)."""
     return (
-        kind in ("parametric", "dc2")
+        kind in ("parametric", "dc2", "hdf")
         or parse_families(kind) is not None
         or _dc2_families(kind) is not None
     )
@@ -539,17 +545,22 @@ def galaxy_population(
     n: int = 20000,
     val_to_train: float = 0.0,
 ) -> Table:
-    """Dispatch: ``"parametric"`` or ``"morphology[:families]"`` (n galaxies), ``"dc2"`` or
+    """Dispatch: ``"parametric"``, ``"morphology[:families]"`` or ``"hdf"`` (real galaxy
+    shapes, :mod:`probcat.simulate.hubble`) (n galaxies), ``"dc2"`` or
     ``"dc2:morphology[:families]"``, or a path to a FITS/Parquet table. ``val_to_train``
     (:func:`split_rows`) applies to the catalog populations (DC2 and files): generated ones
     have as many galaxies per split as asked for."""
-    generated = kind == "parametric" or parse_families(kind) is not None
+    generated = kind in ("parametric", "hdf") or parse_families(kind) is not None
     if generated and val_to_train:
         raise ProbcatValueError(
             f"val_to_train applies to catalog populations (dc2, a catalog file), not {kind!r}"
         )
     if kind == "parametric":
         return parametric_galaxies(n, split=split, seed=seed, bands=bands)
+    if kind == "hdf":
+        from probcat.simulate.hubble import hdf_galaxies
+
+        return hdf_galaxies(n, split=split, seed=seed, bands=bands)
     if kind == "dc2":
         return dc2_galaxies(split=split, seed=seed, bands=bands, val_to_train=val_to_train)
     dc2_families = _dc2_families(kind)

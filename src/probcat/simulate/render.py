@@ -158,8 +158,13 @@ def galaxy_profile_for(row, variant: int = 0) -> galsim.GSObject:
     Composite families (clumpy, spiral, irregular) are built face-on, dilated so that
     their half-light radius is ``disk_hlr``, then sheared to ``disk_q`` at ``beta``.
     """
-    family = FAMILIES[int(row["family"])] if "family" in _keys(row) else "bulge_disk"
-    if family == "bulge_disk":
+    keys = _keys(row)
+    family = FAMILIES[int(row["family"])] if "family" in keys else "bulge_disk"
+    if "hdf_index" in keys:  # a galaxy of the Hubble Deep Field (population "hdf")
+        from probcat.simulate.hubble import hdf_profile
+
+        prof = hdf_profile(row)
+    elif family == "bulge_disk":
         prof = galaxy_profile(
             *(row[c] for c in ("disk_hlr", "bulge_hlr", "disk_q", "bulge_q", "beta", "bulge_frac"))
         )
