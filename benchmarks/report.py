@@ -934,11 +934,7 @@ README_ROWS = {
         "1000×1000 field: MAP detection + deblending + measurement (s)",
     ],
     "photoz": ["σ_IQR (PDF mode)", "outlier fraction", "PIT KS", "68% interval coverage"],
-    "robustness": [
-        "irregular left out: F1",
-        "irregular left out: precision",
-        "irregular left out: precision at prob ≥ 0.9",
-    ],
+    "robustness": ["irregular left out: F1", "irregular left out: precision at prob ≥ 0.9"],
 }
 
 
