@@ -347,8 +347,10 @@ class SourceBank:
             },
             sort_keys=True,
         )
-        if config.population == "hdf":  # stamps cut from an image: their version
-            blob += prior_version("hdf")
+        if config.population == "hdf":  # stamps cut from an image: their version, the image
+            from probcat.simulate.hubble import hdf_path
+
+            blob += prior_version("hdf") + hashlib.sha256(hdf_path().read_bytes()).hexdigest()
         if not is_builtin(config.population):
             blob += hashlib.sha256(Path(config.population).read_bytes()).hexdigest()
         return hashlib.sha256(blob.encode()).hexdigest()[:20]

@@ -2,7 +2,8 @@
 
 The only real galaxy images that install from a package registry here are a colour JPEG of
 the Hubble eXtreme Deep Field (XDF; NASA/ESA, public domain) that scikit-image ships as
-``skimage/data/hubble_deep_field.jpg`` (1000 x 872 pixels, about 0.14" each). probcat reads
+``skimage/data/hubble_deep_field.jpg`` (1000 x 872 pixels; its pixel scale is not used,
+since every stamp is scaled to the prior's sizes). probcat reads
 that file where scikit-image is installed (``pip install -e ".[hubble]"``; it does not
 import scikit-image and copies nothing into its own package) and cuts every galaxy out of
 it (:func:`extract_stamps`):
