@@ -492,6 +492,11 @@ def morphology_check(sim, detectors, est, train, progress):
     return out
 
 
+# the catalog codes' results depend on these versions (FlexZBoost's moved between installs)
+RAIL_PACKAGES = ("pz-rail-base", "pz-rail-flexzboost", "pz-rail-bpz", "flexcode", "xgboost",
+                 "scikit-learn", "qp-prob")  # fmt: skip
+
+
 def ensure_rail() -> None:
     """The catalog codes live in the ``rail`` extra: install it into this environment when
     missing (the benchmark's own dependency, ~2 GB)."""
@@ -660,7 +665,7 @@ def main(argv=None):
             "point_estimate": "PDF mode on 0-3 (301 points); every code's PDF put on that grid",
         },
         "elapsed_s": round(time.perf_counter() - t0, 1),
-        **provenance(command),
+        **provenance(command, packages=RAIL_PACKAGES),
     }
     obj, pdfs, sel = samples[head]
     result["ensemble_size"] = ensemble_sizes(

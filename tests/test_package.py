@@ -65,3 +65,15 @@ def test_reference_speed_runs_and_leaves_torch_state_alone():
     assert math.isfinite(t) and 0 < t < 60
     assert torch.get_num_threads() == threads
     assert torch.equal(torch.random.get_rng_state(), state)  # its own generator
+
+
+def test_provenance_records_the_versions_asked_for():
+    from importlib import metadata
+
+    from probcat.provenance import provenance
+
+    rec = provenance("cmd", packages=("pyyaml", "no-such-distribution-xyz"))
+    assert rec["command"] == "cmd"
+    assert rec["versions"]["pyyaml"] == metadata.version("pyyaml")
+    assert rec["versions"]["no-such-distribution-xyz"] is None
+    assert rec["versions"]["numpy"] == metadata.version("numpy")

@@ -32,9 +32,11 @@ def git_commit() -> str | None:
     return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def provenance(command: str | None = None) -> dict:
+def provenance(command: str | None = None, packages: tuple[str, ...] = ()) -> dict:
+    """The command line, the versions of probcat's main dependencies and of ``packages``
+    (distribution names; None where not installed), Python's version and the git commit."""
     versions = {}
-    for name in _PACKAGES:
+    for name in (*_PACKAGES, *packages):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
