@@ -98,7 +98,7 @@ def extract_stamps(rgb: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
     unit-flux float64 arrays and their half-light radii in pixels, in the order SEP finds
     the objects."""
     import sep
-    from scipy.ndimage import binary_dilation
+    from scipy.ndimage import binary_dilation, find_objects
 
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[-1] != 3:
@@ -117,19 +117,21 @@ def extract_stamps(rgb: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
     )
     h, w = data.shape
     stamps, radii = [], []
-    for i in range(len(objs)):
-        own = seg == i + 1
-        ys, xs = np.nonzero(own)
-        if not len(ys) or ys.min() == 0 or xs.min() == 0 or ys.max() == h - 1 or xs.max() == w - 1:
+    for i, box in enumerate(find_objects(seg)):
+        if box is None:
             continue
-        if saturated[own].mean() > MAX_SATURATED:
+        ys, xs = box
+        if ys.start == 0 or xs.start == 0 or ys.stop == h or xs.stop == w:
             continue
-        y0, y1 = max(ys.min() - GROW - 1, 0), min(ys.max() + GROW + 2, h)
-        x0, x1 = max(xs.min() - GROW - 1, 0), min(xs.max() + GROW + 2, w)
+        y0, y1 = max(ys.start - GROW - 1, 0), min(ys.stop + GROW + 1, h)
+        x0, x1 = max(xs.start - GROW - 1, 0), min(xs.stop + GROW + 1, w)
+        cut = seg[y0:y1, x0:x1]
+        own = cut == i + 1
+        if saturated[y0:y1, x0:x1][own].mean() > MAX_SATURATED:
+            continue
         sub = data[y0:y1, x0:x1].copy()
-        keep = binary_dilation(own[y0:y1, x0:x1], iterations=GROW)
-        other = (seg[y0:y1, x0:x1] > 0) & ~own[y0:y1, x0:x1]
-        sub[~keep | other] = 0.0
+        keep = binary_dilation(own, iterations=GROW)
+        sub[~keep | ((cut > 0) & ~own)] = 0.0
         sub = np.clip(sub, 0.0, None)
         if sub.sum() <= 0:
             continue
