@@ -118,3 +118,63 @@ def test_missing_image_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(hubble.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ProbcatValueError, match=r"pip install -e \"\.\[hubble\]\""):
         hubble.hdf_path()
+
+
+def test_morphology_hdf_mix_shares_splits_ids_and_renders_each_part(monkeypatch):
+    from probcat.simulate.prior import HDF_FAMILY, HDF_MIX_FRACTION, morphology_galaxies
+    from probcat.simulate.scene import SceneConfig, SceneSimulator
+
+    lib = _library()
+    monkeypatch.setattr(hubble, "hdf_stamps", lambda: (tuple(lib[0]), lib[1]))
+    hubble._native_hdf.cache_clear()
+    try:
+        assert is_builtin("morphology+hdf") and is_builtin("morphology:sersic+hdf")
+        assert prior_version("morphology+hdf").endswith(f"hdf v1 ({HDF_MIX_FRACTION:g})")
+        with pytest.raises(ProbcatValueError, match="'\\+hdf' follows morphology"):
+            galaxy_population("parametric+hdf", split="train", seed=0, bands=("i",), n=10)
+        tabs = {
+            s: galaxy_population("morphology+hdf", split=s, seed=0, bands=("i",), n=200)
+            for s in ("train", "val", "test")
+        }
+        t = tabs["train"]
+        real = np.asarray(t["hdf_index"]) >= 0
+        assert real.sum() == round(200 * HDF_MIX_FRACTION)
+        assert (np.asarray(t["family"])[real] == HDF_FAMILY).all()
+        assert (np.asarray(t["family"])[~real] < HDF_FAMILY).all()
+        # the parametric part is the morphology population's own galaxies
+        own = morphology_galaxies(200 - real.sum(), split="train", seed=0)
+        assert set(np.asarray(t["id"])[~real]) == set(np.asarray(own["id"]))
+        ids = [set(np.asarray(v["id"]).tolist()) for v in tabs.values()]
+        assert len(ids[0]) == 200 and not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+        stamps = [set(np.asarray(v["hdf_index"])[np.asarray(v["hdf_index"]) >= 0].tolist())
+                  for v in tabs.values()]  # fmt: skip
+        assert not (stamps[0] & stamps[1] or stamps[0] & stamps[2] or stamps[1] & stamps[2])
+        # each row renders as its own kind: a real stamp, or its family's profile
+        i_real, i_par = int(np.flatnonzero(real)[0]), int(np.flatnonzero(~real)[0])
+        row = t[i_real]
+        want = hubble.hdf_profile(row).drawImage(nx=41, ny=41, scale=0.1).array
+        got = galaxy_profile_for(row).drawImage(nx=41, ny=41, scale=0.1).array
+        assert np.allclose(got, want)
+        row = {c: t[i_par][c] for c in t.colnames if c not in ("hdf_index", "flip")}
+        psf = galsim.Gaussian(sigma=0.3)
+        want = galsim.Convolve(galaxy_profile_for(row), psf).drawImage(nx=41, ny=41, scale=0.1)
+        got = galsim.Convolve(galaxy_profile_for(t[i_par]), psf).drawImage(nx=41, ny=41, scale=0.1)
+        want, got = want.array, got.array
+        assert np.allclose(got, want)
+        # a scene catalog keeps which galaxies are real, and stars are not
+        from probcat.simulate.bank import BankConfig, SourceBank
+        from probcat.survey import Survey
+
+        bank = SourceBank.build(
+            Survey.lsst(bands="i"),
+            BankConfig(population="morphology+hdf", split="train", n_galaxies=40),
+        )
+        sim = SceneSimulator(bank, SceneConfig(32, 32, galaxy_density=2000.0))
+        cat = sim.sample(np.random.default_rng(1)).catalog
+        gal = np.asarray(cat["galaxy"], bool)
+        idx = np.asarray(cat["hdf_index"])
+        assert (idx[~gal] == -1).all()
+        assert (idx[gal] >= 0).any() and (idx[gal] == -1).any()
+        assert np.array_equal(idx[gal], np.asarray(bank.table["hdf_index"])[cat["bank_index"][gal]])
+    finally:
+        hubble._native_hdf.cache_clear()

@@ -74,7 +74,8 @@ def simulate(
         "parametric",
         help="parametric (bulge+disk), morphology (five families; morphology:sersic+clumpy for "
         "some), dc2 (DC2 colours and redshifts), dc2:morphology (with the five families' "
-        "shapes), hdf (real galaxies of the Hubble Deep Field; needs scikit-image) or a "
+        "shapes), hdf (real galaxies of the Hubble Deep Field; needs scikit-image), "
+        "morphology+hdf (the five families with a fifth of the galaxies real) or a "
         "FITS/Parquet catalog",
     ),
     split: str = typer.Option("train", help="train, val or test galaxies (disjoint)"),

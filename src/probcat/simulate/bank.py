@@ -28,7 +28,13 @@ import numpy as np
 from astropy.table import Table
 
 from probcat.errors import ProbcatIOError, ProbcatValueError
-from probcat.simulate.prior import MAG_GOLD, galaxy_population, is_builtin, prior_version
+from probcat.simulate.prior import (
+    MAG_GOLD,
+    galaxy_population,
+    is_builtin,
+    parse_hdf_mix,
+    prior_version,
+)
 from probcat.simulate.render import MAX_STAMP, MIN_STAMP, draw_stamp, galaxy_profile_for, snr_eq12
 from probcat.survey import Band, Survey
 
@@ -347,10 +353,12 @@ class SourceBank:
             },
             sort_keys=True,
         )
-        if config.population == "hdf":  # stamps cut from an image: their version, the image
+        if config.population == "hdf" or parse_hdf_mix(config.population) is not None:
+            # stamps cut from an image: their version, the image
             from probcat.simulate.hubble import hdf_path
 
-            blob += prior_version("hdf") + hashlib.sha256(hdf_path().read_bytes()).hexdigest()
+            blob += prior_version(config.population)
+            blob += hashlib.sha256(hdf_path().read_bytes()).hexdigest()
         if not is_builtin(config.population):
             blob += hashlib.sha256(Path(config.population).read_bytes()).hexdigest()
         return hashlib.sha256(blob.encode()).hexdigest()[:20]

@@ -94,6 +94,12 @@ The true position of a galaxy is its light-weighted centroid.
 ``"dc2:morphology:<f1>+<f2>..."``): the DC2 galaxies above (magnitudes, colours, redshifts)
 with the shapes of the morphology families, assigned at random in the same fractions.
 
+:func:`morphology_hdf_galaxies` (population ``"morphology+hdf"``, or
+``"morphology:<f1>+<f2>...+hdf"``): the morphology families with a share
+:data:`HDF_MIX_FRACTION` of the galaxies replaced by real galaxy shapes from the Hubble
+Deep Field (:mod:`probcat.simulate.hubble`; same magnitudes and sizes), ``family`` =
+:data:`HDF_FAMILY` and ``hdf_index`` >= 0 for those (-1 for the others).
+
 Train/validation/test galaxies are disjoint (paper 000, section 2.2): built-in
 parametric galaxies are generated from different seeds per split with disjoint ids;
 DC2 rows are permuted with the split seed and cut in thirds; ``val_to_train`` moves a
@@ -126,6 +132,10 @@ __all__ = [
     "FAMILY_FRACTIONS",
     "FAMILY_COLUMNS",
     "parse_families",
+    "parse_hdf_mix",
+    "morphology_hdf_galaxies",
+    "HDF_MIX_FRACTION",
+    "HDF_FAMILY",
     "prior_version",
     "dc2_galaxies",
     "dc2_morphology_galaxies",
@@ -168,6 +178,12 @@ FAMILY_COLUMNS = (
     "morph_seed",
 )
 SERSIC_N_RANGE = (0.5, 6.0)
+# Population "morphology+hdf": the share of galaxies with a real Hubble Deep Field shape,
+# about one family's share (FAMILY_FRACTIONS); their family code, past the parametric ones;
+# their ids, in a range no family uses.
+HDF_MIX_FRACTION = 0.2
+HDF_FAMILY = len(FAMILIES)
+_HDF_ID_OFFSET = 9 * _FAMILY_ID_STRIDE
 
 
 def _power_law_mags(rng: np.random.Generator, n: int, lo: float, hi: float, slope: float):
@@ -349,9 +365,25 @@ PRIOR_VERSIONS = {
 }
 
 
+def parse_hdf_mix(kind: str) -> str | None:
+    """The morphology population of a ``"<morphology population>+hdf"`` mixture
+    (``"morphology+hdf"`` -> ``"morphology"``); None for any other population."""
+    if not kind.endswith("+hdf"):
+        return None
+    base = kind[: -len("+hdf")]
+    if parse_families(base) is None:
+        raise ProbcatValueError(
+            f"population {kind!r}: '+hdf' follows morphology or morphology:<families>"
+        )
+    return base
+
+
 def prior_version(kind: str) -> str:
     """Version label of a built-in population (recorded in weight manifests); a catalog
     path is reported as itself."""
+    base = parse_hdf_mix(kind)
+    if base is not None:
+        return f"{prior_version(base)} + {PRIOR_VERSIONS['hdf']} ({HDF_MIX_FRACTION:g})"
     dc2_families = _dc2_families(kind)
     if dc2_families is not None:
         return f"{PRIOR_VERSIONS['dc2']} + {prior_version(kind[4:])}"
@@ -515,6 +547,53 @@ def dc2_morphology_galaxies(
     return out
 
 
+def morphology_hdf_galaxies(
+    n: int,
+    *,
+    split: str = "train",
+    seed: int = 0,
+    bands: tuple[str, ...] = ("i",),
+    families: tuple[str, ...] = FAMILIES,
+    fraction: float = HDF_MIX_FRACTION,
+    stamps=None,
+) -> Table:
+    """Population ``"morphology[:families]+hdf"`` (module docstring): ``n`` galaxies, a
+    share ``fraction`` of them real Hubble Deep Field shapes
+    (:func:`probcat.simulate.hubble.hdf_galaxies`, the stamps of the same split; ``stamps``
+    as there), the rest :func:`morphology_galaxies` of ``families``. The two parts keep
+    their own seeds, so that each part's galaxies are those of its own population; ids
+    stay distinct."""
+    from astropy.table import vstack
+
+    from probcat.simulate.hubble import hdf_galaxies
+
+    if not 0.0 < fraction < 1.0:
+        raise ProbcatValueError(f"the Hubble Deep Field share must be in (0, 1), got {fraction}")
+    n_real = int(round(n * fraction))
+    base = morphology_galaxies(n - n_real, split=split, seed=seed, bands=bands, families=families)
+    real = hdf_galaxies(n_real, split=split, seed=seed, bands=bands, stamps=stamps)
+    base["hdf_index"] = np.full(len(base), -1, np.int64)
+    base["flip"] = np.zeros(len(base), np.int16)
+    real["id"] += _HDF_ID_OFFSET
+    fill = {
+        "sersic_n": np.nan,
+        "knot_frac": 0.0,
+        "n_knots": 0,
+        "arm_frac": 0.0,
+        "bar_frac": 0.0,
+        "morph_seed": 0,
+    }
+    for c in FAMILY_COLUMNS:
+        col = np.asarray(base[c])
+        real[c] = np.full(len(real), HDF_FAMILY if c == "family" else fill[c], col.dtype)
+    real = real[base.colnames]
+    out = vstack([base, real], metadata_conflicts="silent")
+    out = out[np.random.default_rng([seed, _split_index(split), 50023]).permutation(len(out))]
+    out.meta["POPKIND"] = "morphology+hdf"
+    out.meta["FAMILIES"] = "+".join(f for f in FAMILIES if f in families) + "+hdf"
+    return out
+
+
 def _dc2_families(kind: str) -> tuple[str, ...] | None:
     """Families of a ``"dc2:morphology[:families]"`` population; None for any other name."""
     if not kind.startswith("dc2:"):
@@ -531,6 +610,7 @@ def is_builtin(kind: str) -> bool:
     """Whether ``kind`` names a built-in population (otherwise it is a catalog path)."""
     return (
         kind in ("parametric", "dc2", "hdf")
+        or parse_hdf_mix(kind) is not None
         or parse_families(kind) is not None
         or _dc2_families(kind) is not None
     )
@@ -545,12 +625,16 @@ def galaxy_population(
     n: int = 20000,
     val_to_train: float = 0.0,
 ) -> Table:
-    """Dispatch: ``"parametric"``, ``"morphology[:families]"`` or ``"hdf"`` (real galaxy
-    shapes, :mod:`probcat.simulate.hubble`) (n galaxies), ``"dc2"`` or
+    """Dispatch: ``"parametric"``, ``"morphology[:families]"``, ``"hdf"`` (real galaxy
+    shapes, :mod:`probcat.simulate.hubble`) or ``"morphology[:families]+hdf"`` (n
+    galaxies), ``"dc2"`` or
     ``"dc2:morphology[:families]"``, or a path to a FITS/Parquet table. ``val_to_train``
     (:func:`split_rows`) applies to the catalog populations (DC2 and files): generated ones
     have as many galaxies per split as asked for."""
-    generated = kind in ("parametric", "hdf") or parse_families(kind) is not None
+    mixed = parse_hdf_mix(kind)
+    generated = (
+        kind in ("parametric", "hdf") or mixed is not None or parse_families(kind) is not None
+    )
     if generated and val_to_train:
         raise ProbcatValueError(
             f"val_to_train applies to catalog populations (dc2, a catalog file), not {kind!r}"
@@ -561,6 +645,10 @@ def galaxy_population(
         from probcat.simulate.hubble import hdf_galaxies
 
         return hdf_galaxies(n, split=split, seed=seed, bands=bands)
+    if mixed is not None:
+        return morphology_hdf_galaxies(
+            n, split=split, seed=seed, bands=bands, families=parse_families(mixed)
+        )
     if kind == "dc2":
         return dc2_galaxies(split=split, seed=seed, bands=bands, val_to_train=val_to_train)
     dc2_families = _dc2_families(kind)

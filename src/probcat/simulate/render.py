@@ -159,12 +159,16 @@ def galaxy_profile_for(row, variant: int = 0) -> galsim.GSObject:
     their half-light radius is ``disk_hlr``, then sheared to ``disk_q`` at ``beta``.
     """
     keys = _keys(row)
-    family = FAMILIES[int(row["family"])] if "family" in keys else "bulge_disk"
-    if "hdf_index" in keys:  # a galaxy of the Hubble Deep Field (population "hdf")
+    if "hdf_index" in keys and int(row["hdf_index"]) >= 0:
+        # a galaxy of the Hubble Deep Field (population "hdf" or "morphology+hdf")
         from probcat.simulate.hubble import hdf_profile
 
         prof = hdf_profile(row)
-    elif family == "bulge_disk":
+        if variant:
+            prof = prof.transform(*dihedral_jacobian(variant).ravel())
+        return prof
+    family = FAMILIES[int(row["family"])] if "family" in keys else "bulge_disk"
+    if family == "bulge_disk":
         prof = galaxy_profile(
             *(row[c] for c in ("disk_hlr", "bulge_hlr", "disk_q", "bulge_q", "beta", "bulge_frac"))
         )

@@ -90,6 +90,8 @@ class SceneSimulator:
         self.survey = bank.survey
         self.sigma = self.survey.noise_sigma
         self._families = "family" in bank.table.colnames
+        # real galaxy shapes in a morphology mix: the catalog says which (render_direct)
+        self._real = self._families and "hdf_index" in bank.table.colnames
 
     def with_layout(self, config: SceneConfig) -> SceneSimulator:
         """A simulator of the same source bank(s) with another scene layout ``config``."""
@@ -120,6 +122,9 @@ class SceneSimulator:
             for c in FAMILY_COLUMNS:
                 cols[c] = np.asarray(t[c])[entries]
             cols["beta0"] = np.asarray(t["beta"], float)[entries]
+        if self._real:
+            for c in ("hdf_index", "flip"):
+                cols[c] = np.asarray(t[c])[entries]
         cols.update(
             bank_index=entries,
             variant=variants,
@@ -151,6 +156,9 @@ class SceneSimulator:
             for c in FAMILY_COLUMNS:
                 cols[c] = np.full(n, -1 if c in ("family", "n_knots", "morph_seed") else np.nan)
             cols["beta0"] = np.full(n, np.nan)
+        if self._real:
+            cols["hdf_index"] = np.full(n, -1, np.int64)
+            cols["flip"] = np.zeros(n, np.int16)
         cols.update(
             bank_index=np.full(n, -1, np.int64),
             variant=np.zeros(n, np.int64),
