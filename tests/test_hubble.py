@@ -176,5 +176,10 @@ def test_morphology_hdf_mix_shares_splits_ids_and_renders_each_part(monkeypatch)
         assert (idx[~gal] == -1).all()
         assert (idx[gal] >= 0).any() and (idx[gal] == -1).any()
         assert np.array_equal(idx[gal], np.asarray(bank.table["hdf_index"])[cat["bank_index"][gal]])
+        # ... so that GalSim, drawing each source on the whole image, gives the same pixels
+        from probcat.simulate.render import render_direct
+
+        slow = render_direct(cat, sim.survey, (32, 32))
+        assert np.abs(sim.compose(cat) - slow).max() < 0.02 * sim.survey.noise_sigma[0]
     finally:
         hubble._native_hdf.cache_clear()
