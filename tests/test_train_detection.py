@@ -187,6 +187,8 @@ def test_shipped_config_is_the_shipped_weights_config(name):
         assert got["fits"].pop("reliability_inside_fraction") == 0.0
     if "pair_scenes" not in want["fits"]:  # calibrated before the pair rule
         assert got["fits"].pop("pair_scenes") == 1024
+    if "population" not in want["fits"]:  # fitted before the fits could have galaxies of
+        assert got["fits"].pop("population") is None  # their own
     assert got == want
     assert load_config(f"configs/{name}.yaml", steps=7).phases[0].steps == 7
 
@@ -459,3 +461,37 @@ def test_calibrate_run_fits_the_pair_rule_first_and_catalogs_apply_it(
     with pytest.raises(ProbcatValueError, match="pair_scenes"):
         _cfg(fits__pair_scenes=-1)
     assert _cfg(fits__pair_scenes=0).fits.pair_scenes == 0
+
+
+def test_fits_on_another_population_are_made_and_recorded(tmp_path, cache_dir, monkeypatch):
+    """fits.population: training and calibrate_run fit on validation scenes of that
+    population, and the config and manifest say so; the training population stays."""
+    import probcat.infer.reliability as R
+    from probcat.train.detection import calibrate_run
+    from probcat.weights import read_weights
+
+    cal = R.ProbabilityCalibration((0.0, 1.0), (0.0, 0.5), 500, "test")
+    dens = R.fit_feature_density(np.random.default_rng(1).standard_normal((100, 8)))
+    seen = []
+
+    def fake_fit(net, sim, noise_sigma, **kwargs):
+        seen.append(sim.bank.config.population)
+        return cal, dens
+
+    monkeypatch.setattr(R, "fit_reliability", fake_fit)
+    run = tmp_path / "run"
+    train_detection(_cfg(fits__population="morphology:sersic"), run, cache_dir=cache_dir,
+                    progress=False)  # fmt: skip
+    assert seen == ["morphology:sersic"]
+    m = calibrate_run(run, cache_dir=cache_dir, progress=False, reliability_only=True)
+    assert seen[-1] == "morphology:sersic"  # the recorded one, by default
+    m = calibrate_run(
+        run, cache_dir=cache_dir, progress=False, reliability_only=True, population="parametric"
+    )
+    assert seen[-1] == "parametric"
+    w = read_weights(run / "detection.pt")
+    assert w["config"]["fits"]["population"] == m["config"]["fits"]["population"] == "parametric"
+    assert w["config"]["data"]["population"] == "parametric"  # TINY's training galaxies
+    assert m["data"]["fits"] == "validation scenes of population parametric"
+    with pytest.raises(ProbcatValueError, match="fits.population"):
+        _cfg(fits__population=" ")

@@ -599,6 +599,10 @@ def calibrate_cmd(
         "--reliability-only",
         help="only (re)fit the pair rule, the probability calibration and the ood_score density",
     ),
+    population: str = typer.Option(
+        None,
+        help="galaxies of the validation scenes, e.g. morphology (default: the run's own)",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """(Re)fit the merge radius (weights with a location refiner), the centroid-interval
@@ -623,6 +627,7 @@ def calibrate_cmd(
         cache_dir=cache_dir,
         progress=not quiet,
         reliability_only=reliability_only,
+        population=population,
     )
     rule = m.get("pair_rule")
     if rule and rule.get("check"):

@@ -115,6 +115,9 @@ class DetectionFits:
     # the split veto of close pairs (probcat.infer.pairs), fitted before the probability
     # calibration and in the same two layouts; 0: none
     pair_scenes: int = 1024
+    # the galaxies of every fit's validation scenes (same bank size and seed); None: the
+    # training population (data.population)
+    population: str | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,8 @@ class DetectionTrainConfig:
                 "fits.reliability_inside_fraction must be in [0, 1], got "
                 f"{self.fits.reliability_inside_fraction}"
             )
+        if self.fits.population is not None and not str(self.fits.population).strip():
+            raise ProbcatValueError("fits.population must name a population, or be left out")
         if isinstance(self.fits.pair_scenes, bool) or self.fits.pair_scenes < 0:
             raise ProbcatValueError(
                 f"fits.pair_scenes must be 0 (no pair rule) or more, got {self.fits.pair_scenes}"
@@ -210,13 +215,19 @@ def load_config(path: str | Path | None, steps: int | None = None) -> DetectionT
     return cfg
 
 
-def _simulator(cfg: DetectionTrainConfig, split: str, cache_dir, progress) -> SceneSimulator:
-    """Scenes of the training layout on the ``split`` ("train" or "val") source bank; with
-    several ``data.psf_scales``, a :class:`SeeingMixture` of one bank per PSF width."""
+def _simulator(
+    cfg: DetectionTrainConfig, split: str, cache_dir, progress, population: str | None = None
+) -> SceneSimulator:
+    """Scenes of the training layout on the ``split`` ("train" or "val") source bank of
+    ``population`` (default ``data.population``); with several ``data.psf_scales``, a
+    :class:`SeeingMixture` of one bank per PSF width."""
     d = cfg.data
     n = d.bank_size if split == "train" else d.val_bank_size
     bank_cfg = BankConfig(
-        population=d.population, split=split, n_galaxies=n, catalog_seed=d.catalog_seed
+        population=population or d.population,
+        split=split,
+        n_galaxies=n,
+        catalog_seed=d.catalog_seed,
     )
     layout = SceneConfig(d.image_size, d.image_size, margin=d.margin)
     survey = cfg.survey()
@@ -247,6 +258,7 @@ class DetectionTask:
         self.sigma = cfg.survey().noise_sigma.astype(np.float32)[:, None, None]
         self.train_sim = _simulator(cfg, "train", cache_dir, progress)
         self.val_sim = _simulator(cfg, "val", cache_dir, progress)
+        self.cache_dir = cache_dir
         rng = np.random.default_rng([cfg.seed, 99])
         self.val = self._tensors(*self.val_sim.sample_batch(rng, cfg.data.val_scenes))
 
@@ -301,12 +313,15 @@ class DetectionTask:
         return validate(model, *self.val)
 
     def finish(self, model, progress):
-        merge, calibration = _fit_decoding(model, self.cfg, self.val_sim, progress)
+        sim = self.val_sim
+        if self.cfg.fits.population is not None:
+            sim = _simulator(self.cfg, "val", self.cache_dir, progress, self.cfg.fits.population)
+        merge, calibration = _fit_decoding(model, self.cfg, sim, progress)
         return {
             "centroid_calibration": calibration,
             "merge": merge,
-            **_fit_reliability(model, self.cfg, self.val_sim, progress),
-            "sky_offset": fit_sky_offset(self.cfg, self.val_sim.bank),
+            **_fit_reliability(model, self.cfg, sim, progress),
+            "sky_offset": fit_sky_offset(self.cfg, sim.bank),
         }
 
     @staticmethod
@@ -342,6 +357,11 @@ def describe_data(cfg: DetectionTrainConfig) -> dict:
         f"{d.bank_size} galaxies, fresh {d.image_size}-px scenes from seed {cfg.seed}",
         "validation": f"split=val, {d.val_bank_size} galaxies, {d.val_scenes} scenes "
         f"(seed [{cfg.seed}, 99])",
+        **(
+            {"fits": f"validation scenes of population {cfg.fits.population}"}
+            if cfg.fits.population is not None
+            else {}
+        ),
         "seeing": "the survey's PSF"
         if d.psf_scales == (1.0,)
         else f"atmospheric PSF FWHM x {list(d.psf_scales)}, one bank each, drawn per scene "
@@ -468,6 +488,7 @@ def calibrate_run(
     cache_dir=None,
     progress=True,
     reliability_only: bool = False,
+    population: str | None = None,
 ) -> dict:
     """Refit the merge rule (weights with a location refiner), the centroid-interval
     calibration, the pair rule, the detection-probability calibration and the feature
@@ -480,7 +501,9 @@ def calibrate_run(
     calibration (default: the run's ``fits``; ``n_scenes`` unused with ``reliability_only``),
     ``inside_fraction``: the share of the latter with every source inside the image
     (``fits.reliability_inside_fraction``; a run whose config predates it gets the
-    default); the ones used go into the recorded config."""
+    default); ``population``: the galaxies of those scenes (``fits.population``; default:
+    the run's, which is its training population unless set); the ones used go into the
+    recorded config."""
     from probcat.weights import read_weights
 
     out = Path(out)
@@ -489,6 +512,7 @@ def calibrate_run(
     fits = {
         "reliability_scenes": reliability_scenes,
         "reliability_inside_fraction": inside_fraction,
+        "population": population,
     }
     if not reliability_only:  # the centroid calibration is refitted, on these scenes
         fits["calibration_scenes"] = n_scenes
@@ -497,7 +521,7 @@ def calibrate_run(
     net.load_state_dict(weights["state_dict"])
     net.eval()
     manifest = json.loads((out / "manifest.json").read_text())
-    sim = _simulator(cfg, "val", cache_dir, progress)
+    sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population)
     if reliability_only:
         if weights.get("merge"):
             net.merge_px = float(weights["merge"]["radius_px"])
@@ -550,7 +574,8 @@ def record_sky_offset(weights_path, manifest_path, *, n_scenes=None, cache_dir=N
 
     w = read_weights(weights_path)
     cfg = from_dict(DetectionTrainConfig, w["config"])
-    rec = fit_sky_offset(cfg, _simulator(cfg, "val", cache_dir, progress).bank, n_scenes)
+    sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population)
+    rec = fit_sky_offset(cfg, sim.bank, n_scenes)
     record_in_manifest(manifest_path, "sky_offset", rec)
     return rec
 
