@@ -128,3 +128,11 @@ def test_bank_builds_inside_a_pool_worker(survey_i):
     with mp.get_context("fork").Pool(1) as pool:
         (inside,) = pool.map(_build_in_worker, [(survey_i, cfg)])
     assert np.array_equal(inside, serial)
+
+
+def test_unknown_population_is_a_clear_error(survey_i, tmp_path):
+    from probcat.errors import ProbcatFileError
+
+    for name in ("nonsense", str(tmp_path / "missing.fits")):
+        with pytest.raises(ProbcatFileError, match="neither a built-in population"):
+            SourceBank.cache_key(survey_i, BankConfig(population=name))

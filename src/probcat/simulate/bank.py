@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from probcat.errors import ProbcatIOError, ProbcatValueError
+from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError
 from probcat.simulate.prior import (
     MAG_GOLD,
     galaxy_population,
@@ -360,7 +360,14 @@ class SourceBank:
             blob += prior_version(config.population)
             blob += hashlib.sha256(hdf_path().read_bytes()).hexdigest()
         if not is_builtin(config.population):
-            blob += hashlib.sha256(Path(config.population).read_bytes()).hexdigest()
+            path = Path(config.population)
+            if not path.is_file():
+                raise ProbcatFileError(
+                    f"population {config.population!r}: neither a built-in population "
+                    "(parametric, morphology[:families][+hdf], dc2, dc2:morphology, hdf) nor "
+                    "a catalog file"
+                )
+            blob += hashlib.sha256(path.read_bytes()).hexdigest()
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     def save(self, directory: str | Path) -> Path:

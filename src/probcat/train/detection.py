@@ -502,8 +502,9 @@ def calibrate_run(
     ``inside_fraction``: the share of the latter with every source inside the image
     (``fits.reliability_inside_fraction``; a run whose config predates it gets the
     default); ``population``: the galaxies of those scenes (``fits.population``; default:
-    the run's, which is its training population unless set); the ones used go into the
-    recorded config."""
+    the run's, which is its training population unless set; with ``reliability_only`` the
+    merge radius, centroid intervals and sky offset keep the scenes they were fitted on);
+    the ones used go into the recorded config."""
     from probcat.weights import read_weights
 
     out = Path(out)
