@@ -575,17 +575,9 @@ def morphology_hdf_galaxies(
     base["hdf_index"] = np.full(len(base), -1, np.int64)
     base["flip"] = np.zeros(len(base), np.int16)
     real["id"] += _HDF_ID_OFFSET
-    fill = {
-        "sersic_n": np.nan,
-        "knot_frac": 0.0,
-        "n_knots": 0,
-        "arm_frac": 0.0,
-        "bar_frac": 0.0,
-        "morph_seed": 0,
-    }
-    for c in FAMILY_COLUMNS:
-        col = np.asarray(base[c])
-        real[c] = np.full(len(real), HDF_FAMILY if c == "family" else fill[c], col.dtype)
+    for c in FAMILY_COLUMNS:  # no parametric shape: no Sérsic index, no clumps or arms
+        fill = HDF_FAMILY if c == "family" else np.nan if c == "sersic_n" else 0
+        real[c] = np.full(len(real), fill, np.asarray(base[c]).dtype)
     real = real[base.colnames]
     out = vstack([base, real], metadata_conflicts="silent")
     out = out[np.random.default_rng([seed, _split_index(split), 50023]).permutation(len(out))]

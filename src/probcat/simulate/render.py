@@ -159,16 +159,14 @@ def galaxy_profile_for(row, variant: int = 0) -> galsim.GSObject:
     their half-light radius is ``disk_hlr``, then sheared to ``disk_q`` at ``beta``.
     """
     keys = _keys(row)
-    if "hdf_index" in keys and int(row["hdf_index"]) >= 0:
-        # a galaxy of the Hubble Deep Field (population "hdf" or "morphology+hdf")
+    # a galaxy of the Hubble Deep Field (population "hdf" or "morphology+hdf")
+    real = "hdf_index" in keys and int(row["hdf_index"]) >= 0
+    family = FAMILIES[int(row["family"])] if "family" in keys and not real else "bulge_disk"
+    if real:
         from probcat.simulate.hubble import hdf_profile
 
         prof = hdf_profile(row)
-        if variant:
-            prof = prof.transform(*dihedral_jacobian(variant).ravel())
-        return prof
-    family = FAMILIES[int(row["family"])] if "family" in keys else "bulge_disk"
-    if family == "bulge_disk":
+    elif family == "bulge_disk":
         prof = galaxy_profile(
             *(row[c] for c in ("disk_hlr", "bulge_hlr", "disk_q", "bulge_q", "beta", "bulge_frac"))
         )
