@@ -882,6 +882,44 @@ TABLES = {
             *(row for scale in SEEING_SCALES for row in _seeing_rows(scale)),
         ],
     ),
+    "calibration_lofo": (
+        "probability calibration designs on families left out of training (validation "
+        "scenes), against the shipped design",
+        [
+            row
+            for design in ("ood_only", "none", "with_hdf")
+            for row in (
+                (
+                    f"{design}: ECE on the left-out family, mean of four",
+                    f"summary.{design}.left_out.ece_mean",
+                    "summary.shipped.left_out.ece_mean",
+                    ".3f",
+                    "",
+                ),
+                (
+                    f"{design}: ECE on the left-out family, worst of four",
+                    f"summary.{design}.left_out.ece_max",
+                    "summary.shipped.left_out.ece_max",
+                    ".3f",
+                    "≤ 0.03",
+                ),
+                (
+                    f"{design}: ECE on left-out-family cutouts, mean",
+                    f"summary.{design}.left_out_cutouts.ece_mean",
+                    "summary.shipped.left_out_cutouts.ece_mean",
+                    ".3f",
+                    "",
+                ),
+                (
+                    f"{design}: ECE on the training families, mean",
+                    f"summary.{design}.in_distribution_ece_mean",
+                    "summary.shipped.in_distribution_ece_mean",
+                    ".3f",
+                    "",
+                ),
+            )
+        ],
+    ),
     "simulate": (
         "the simulator: composed scenes against direct GalSim rendering",
         [
@@ -921,6 +959,7 @@ BASELINES = {
     "photoz": "FlexZBoost",
     "simulate": "direct GalSim",
     "robustness": "SEP",
+    "calibration_lofo": "shipped design",
 }
 # the README's headline rows of each table, by label (a new row elsewhere cannot shift them)
 README_ROWS = {

@@ -377,3 +377,40 @@ def test_shipped_weights_tell_cutouts_from_isolated_scenes(tiny_bank):
         want = w * cal.cutout(raw, ood, edge, near) + (1 - w) * cal.isolated(raw, ood, edge, near)
         np.testing.assert_allclose(np.asarray(c["prob"]), want, rtol=1e-6)
     assert mean_w[8] > mean_w[0] + 0.15
+
+
+def test_calibration_from_detections_splits_only_by_the_contexts_named():
+    """With no context each layout gets one isotonic map (the plain fit of its detections);
+    with ``edge`` alone the edge zones split it and nothing else; the default equals the fit
+    of every context; an unknown context is a clear error."""
+    from probcat.simulate.scene import SceneConfig
+
+    class Sim:
+        config = SceneConfig(40, 40, margin=8)
+
+    g = np.random.default_rng(3)
+    n = 3000
+    edge = np.where(np.arange(n) % 4 == 0, 1.0, 20.0)
+    d = {
+        "prob": g.uniform(0.5, 1.0, n),
+        "real": (edge > 2) | (np.arange(n) % 8 == 0),  # edge detections half real
+        "edge": edge,
+        "neighbour": np.full(n, np.inf),
+        "ood": g.uniform(0, 1, n),
+        "layout": np.zeros(n, int),
+    }
+    layouts = [(Sim(), 60)]
+    plain = rel.calibration_from_detections(d, layouts, contexts=())
+    ref = rel.fit_probability_calibration(d["prob"], d["real"])
+    assert plain == ref and not plain.by_zone and not plain.by_ood
+    by_edge = rel.calibration_from_detections(d, layouts, contexts=("edge",))
+    assert by_edge.axis == "edge" and not by_edge.by_ood
+    p = np.full(100, 0.8)
+    assert by_edge(p, edge=np.full(100, 1.0)).mean() == pytest.approx(0.5, abs=0.05)
+    assert by_edge(p, edge=np.full(100, 20.0)).mean() == pytest.approx(1.0, abs=0.01)
+    full = rel.calibration_from_detections(d, layouts)
+    assert full == rel.fit_probability_calibration(
+        d["prob"], d["real"], ood=d["ood"], edge=d["edge"], neighbour=d["neighbour"]
+    )
+    with pytest.raises(ProbcatValueError, match="unknown calibration context"):
+        rel.calibration_from_detections(d, layouts, contexts=("colour",))

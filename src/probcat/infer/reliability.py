@@ -74,6 +74,8 @@ __all__ = [
     "veto_pairs",
     "scene_layouts",
     "fit_reliability",
+    "reliability_detections",
+    "calibration_from_detections",
     "OOD_FLAG",
     "EDGE_ZONES",
     "NEIGHBOUR_ZONES",
@@ -577,6 +579,65 @@ def scene_layouts(sim, n_scenes: int, inside_fraction: float) -> list:
     return [(s, n) for s, n in layouts if n > 0]
 
 
+def reliability_detections(
+    net, sim, noise_sigma, *, n_scenes: int = 512, rng=None, inside_fraction: float = 0.0
+) -> tuple[dict, list]:
+    """The detections :func:`fit_reliability` fits on: ``(d, layouts)``, ``d`` the arrays of
+    :func:`detections_with_outcomes` over ``n_scenes`` fresh scenes of ``sim`` (scene indices
+    distinct across layouts) plus ``layout`` (index into ``layouts``, those of
+    :func:`scene_layouts`) and ``ood`` (each detection's ``ood_score`` out of fold: from the
+    density of the real detections of the other half of the scenes, even/odd, as
+    ``ood_score`` is on new images)."""
+    layouts = scene_layouts(sim, n_scenes, inside_fraction)
+    gen = np.random.default_rng(rng) if len(layouts) > 1 else rng  # drawn in turn
+    parts, first = [], 0
+    for k, (s, n) in enumerate(layouts):
+        part = detections_with_outcomes(net, s, noise_sigma, n_scenes=n, rng=gen)
+        part["scene"] = part["scene"] + first  # scene indices of all parts distinct
+        part["layout"] = np.full(len(part["prob"]), k)
+        parts.append(part)
+        first += n
+    d = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    feats, real, scene = d["feats"], d["real"], d["scene"]
+    d["ood"] = np.zeros(len(real))
+    for half in (scene % 2 == 0, scene % 2 == 1):
+        d["ood"][~half] = fit_feature_density(feats[half & real]).score(feats[~half])
+    return d, layouts
+
+
+def calibration_from_detections(
+    d: dict, layouts: list, *, contexts=("ood", "edge", "neighbour"), source: str = ""
+):
+    """The probability calibration of :func:`fit_reliability` from the output of
+    :func:`reliability_detections`: one map per layout (a :class:`LayoutCalibration` when
+    there are two), split by the ``contexts`` named (any of ``"ood"``, ``"edge"``,
+    ``"neighbour"``; none: one isotonic map per layout)."""
+    unknown = set(contexts) - {"ood", "edge", "neighbour"}
+    if unknown:
+        raise ProbcatValueError(f"unknown calibration context(s) {sorted(unknown)}")
+    cals = []
+    for k in range(len(layouts)):
+        m = d["layout"] == k
+        extra = {c: d[c][m] for c in contexts}
+        cals.append(fit_probability_calibration(d["prob"][m], d["real"][m], source=source, **extra))
+    if len(cals) == 1:
+        return cals[0]
+    # cutouts and isolated scenes: each its own map, weighted per image
+    excess = tuple(
+        edge_excess(d["edge"][d["layout"] == k], d["prob"][d["layout"] == k], s.config.shape)
+        for k, (s, _) in enumerate(layouts)
+    )
+    n_scenes = sum(n for _, n in layouts)
+    return LayoutCalibration(
+        cals[0],
+        cals[1],
+        excess,
+        1.0 - layouts[1][1] / n_scenes,
+        n=int(len(d["real"])),
+        source=source,
+    )
+
+
 def fit_reliability(
     net,
     sim,
@@ -597,44 +658,9 @@ def fit_reliability(
     the rest in ``sim``'s own layout (with a margin: a survey cutout, whose edges cut
     sources off); with both, the calibration is a :class:`LayoutCalibration` of a map for
     each, with ``1 - inside_fraction`` as the prior probability of a cutout."""
-    layouts = scene_layouts(sim, n_scenes, inside_fraction)
-    gen = np.random.default_rng(rng) if len(layouts) > 1 else rng  # drawn in turn
-    parts, first = [], 0
-    for s, n in layouts:
-        part = detections_with_outcomes(net, s, noise_sigma, n_scenes=n, rng=gen)
-        part["scene"] = part["scene"] + first  # scene indices of all parts distinct
-        parts.append(part)
-        first += n
-    d = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    feats, real, scene = d["feats"], d["real"], d["scene"]
-    ood = np.zeros(len(real))
-    for half in (scene % 2 == 0, scene % 2 == 1):
-        ood[~half] = fit_feature_density(feats[half & real]).score(feats[~half])
-    part_of = np.concatenate([np.full(len(p["prob"]), k) for k, p in enumerate(parts)])
-    cals = [
-        fit_probability_calibration(
-            d["prob"][m],
-            real[m],
-            ood=ood[m],
-            edge=d["edge"][m],
-            neighbour=d["neighbour"][m],
-            source=source,
-        )
-        for m in (part_of == k for k in range(len(parts)))
-    ]
-    if len(cals) == 1:
-        cal = cals[0]
-    else:  # cutouts and isolated scenes: each its own map, weighted per image
-        excess = tuple(
-            edge_excess(p["edge"], p["prob"], s.config.shape) for p, (s, _) in zip(parts, layouts)
-        )
-        cal = LayoutCalibration(
-            cals[0],
-            cals[1],
-            excess,
-            1.0 - layouts[1][1] / n_scenes,
-            n=int(len(real)),
-            source=source,
-        )
-    dens = fit_feature_density(feats[real], source=source)
+    d, layouts = reliability_detections(
+        net, sim, noise_sigma, n_scenes=n_scenes, rng=rng, inside_fraction=inside_fraction
+    )
+    cal = calibration_from_detections(d, layouts, source=source)
+    dens = fit_feature_density(d["feats"][d["real"]], source=source)
     return cal, dens
