@@ -226,7 +226,7 @@ def main(argv=None):
             "but its fit saw Hubble galaxies",
         },
         "wall_s": round(time.perf_counter() - t0, 1),
-        **provenance(),
+        **provenance(command),
     }
     figure(runs, out / "calibration_lofo.png")
     text = json.dumps(result, indent=1)
