@@ -43,6 +43,7 @@ import torch
 from probcat.catalog import atomic_write
 from probcat.infer.reliability import (
     EDGE_ZONES,
+    OOD_NEIGHBOURS,
     calibration_from_detections,
     detections_with_outcomes,
     fit_feature_density,
@@ -82,7 +83,7 @@ def designs(net, pop: str, sigma: float, n_fit: int, n_gal: int, seed) -> dict:
         d, layouts = reliability_detections(
             net, sim, sigma, n_scenes=n_fit, rng=seed, inside_fraction=0.5
         )
-        dens = fit_feature_density(d["feats"][d["real"]])
+        dens = fit_feature_density(d["feats"][d["real"]], neighbours=OOD_NEIGHBOURS)
         for name, contexts in names.items():
             out[name] = (calibration_from_detections(d, layouts, contexts=contexts), dens)
     return out

@@ -56,6 +56,7 @@ weights file (``probcat train calibrate RUN`` refits them):
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -77,6 +78,8 @@ __all__ = [
     "reliability_detections",
     "calibration_from_detections",
     "OOD_FLAG",
+    "OOD_NEIGHBOURS",
+    "nearest_distance2",
     "EDGE_ZONES",
     "NEIGHBOUR_ZONES",
     "edge_distance",
@@ -84,6 +87,7 @@ __all__ = [
 ]
 
 OOD_FLAG = 0.99  # ood_score above which a source is flagged unlike the training data
+OOD_NEIGHBOURS = 4000  # reference vectors of the nearest-neighbour ood_score of new fits
 
 
 OOD_EDGES = (0.9, 0.99)  # ood_score bins of the calibration: [0, 0.9), [0.9, 0.99), [0.99, 1]
@@ -418,47 +422,98 @@ def fit_probability_calibration(
 
 @dataclass(frozen=True)
 class FeatureDensity:
-    """Gaussian density of feature vectors: ``mean`` (C,), ``precision`` (C, C), and the
-    sorted squared Mahalanobis distances ``reference`` of the fitting sample (quantiles)."""
+    """How unusual feature vectors are, against those of real detections in validation
+    scenes. ``mean`` (C,) and ``precision`` (C, C) are their Gaussian's (shrunk covariance).
+    Without ``reference`` vectors the score is the Mahalanobis distance; with them
+    (:data:`OOD_NEIGHBOURS`) it is the distance to the nearest of those vectors in the
+    whitened space (``(x - mean) @ cholesky(precision)``; ``reference`` holds them,
+    whitened), which follows the sample's shape instead of one ellipsoid. ``quantiles``:
+    sorted distances of other real validation detections (not among ``reference``), so
+    that :meth:`score` is uniform on [0, 1] for sources like them."""
 
     mean: np.ndarray
     precision: np.ndarray
-    reference: np.ndarray
+    quantiles: np.ndarray
     n: int
     source: str = ""
+    reference: np.ndarray | None = None
+
+    def _whiten(self, feats) -> np.ndarray:
+        return (np.asarray(feats, float) - self.mean) @ np.linalg.cholesky(self.precision)
 
     def distance2(self, feats) -> np.ndarray:
-        d = np.asarray(feats, float) - self.mean
-        return np.einsum("ni,ij,nj->n", d, self.precision, d)
+        """Squared distance of each row of ``feats`` (``(n, C)``): Mahalanobis, or to the
+        nearest reference vector (whitened) when the density has them."""
+        if self.reference is None:
+            d = np.asarray(feats, float) - self.mean
+            return np.einsum("ni,ij,nj->n", d, self.precision, d)
+        return nearest_distance2(self.reference, self._whiten(feats))
 
     def score(self, feats) -> np.ndarray:
-        """Fraction of the fitting sample closer to the centre than each row of ``feats``."""
+        """Fraction of the validation detections closer than each row of ``feats``."""
         d2 = self.distance2(np.atleast_2d(feats))
-        return np.searchsorted(self.reference, d2, side="right") / len(self.reference)
+        return np.searchsorted(self.quantiles, d2, side="right") / len(self.quantiles)
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "mean": self.mean.tolist(),
             "precision": self.precision.tolist(),
-            "reference": self.reference.tolist(),
+            "reference": self.quantiles.tolist(),  # the quantiles: the key of v7's files
             "n": self.n,
             "source": self.source,
         }
+        if self.reference is not None:  # float16, base64: compact, and safe to load
+            ref = np.ascontiguousarray(self.reference, "<f2")
+            out["neighbours"] = {
+                "shape": list(ref.shape),
+                "float16_base64": base64.b64encode(ref.tobytes()).decode("ascii"),
+            }
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> FeatureDensity:
+        ref = None
+        if d.get("neighbours"):
+            nb = d["neighbours"]
+            raw = np.frombuffer(base64.b64decode(nb["float16_base64"]), "<f2")
+            ref = raw.reshape(nb["shape"]).astype(np.float32)
         return cls(
             np.asarray(d["mean"], float),
             np.asarray(d["precision"], float),
             np.asarray(d["reference"], float),
             int(d["n"]),
             d.get("source", ""),
+            ref,
         )
 
 
-def fit_feature_density(feats, *, shrinkage: float = 0.05, source: str = "") -> FeatureDensity:
-    """Mean and shrunk covariance (``(1 - s) C + s tr(C)/d I``) of ``feats`` ``(n, d)``; the
-    reference distances are 201 quantiles of the sample's own squared distances."""
+def nearest_distance2(reference, x, chunk: int = 2048) -> np.ndarray:
+    """Squared Euclidean distance of each row of ``x`` to its nearest row of ``reference``
+    (brute force, ``chunk`` rows at a time)."""
+    ref = np.asarray(reference, np.float32)
+    x = np.asarray(x, np.float32)
+    rn = (ref.astype(np.float64) ** 2).sum(1)
+    out = np.empty(len(x))
+    for a in range(0, len(x), chunk):
+        q = x[a : a + chunk]
+        d2 = (q.astype(np.float64) ** 2).sum(1)[:, None] + rn[None] - 2.0 * (q @ ref.T)
+        out[a : a + chunk] = np.maximum(d2.min(1), 0.0) if len(ref) else np.inf
+    return out
+
+
+def fit_feature_density(
+    feats,
+    *,
+    shrinkage: float = 0.05,
+    source: str = "",
+    neighbours: int = 0,
+    seed=0,
+) -> FeatureDensity:
+    """Mean and shrunk covariance (``(1 - s) C + s tr(C)/d I``) of ``feats`` ``(n, d)``.
+    ``neighbours`` 0: a Gaussian density, whose quantiles are 201 quantiles of the sample's
+    own squared distances. Otherwise a nearest-neighbour score: ``neighbours`` of the
+    vectors (at most half of them, drawn with ``seed``) become the reference, and the
+    quantiles are those of the others' distances to it."""
     feats = np.asarray(feats, float)
     if feats.ndim != 2 or len(feats) < 2 * feats.shape[1]:
         raise ProbcatValueError(
@@ -469,9 +524,16 @@ def fit_feature_density(feats, *, shrinkage: float = 0.05, source: str = "") -> 
     d = cov.shape[0]
     cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / d * np.eye(d)
     prec = np.linalg.inv(cov)
+    probe = np.linspace(0, 1, 201)
     dens = FeatureDensity(mean, prec, np.zeros(1), len(feats), source)
-    ref = np.quantile(dens.distance2(feats), np.linspace(0, 1, 201))
-    return FeatureDensity(mean, prec, ref, len(feats), source)
+    if not neighbours:
+        return replace(dens, quantiles=np.quantile(dens.distance2(feats), probe))
+    order = np.random.default_rng(seed).permutation(len(feats))
+    n_ref = min(int(neighbours), len(feats) // 2)
+    white = dens._whiten(feats)
+    ref = white[order[:n_ref]].astype(np.float16).astype(np.float32)  # as stored
+    rest = nearest_distance2(ref, white[order[n_ref:]])
+    return replace(dens, quantiles=np.quantile(rest, probe), reference=ref)
 
 
 def _tile_feats(feats_k: torch.Tensor, tx, ty) -> np.ndarray:
@@ -580,14 +642,21 @@ def scene_layouts(sim, n_scenes: int, inside_fraction: float) -> list:
 
 
 def reliability_detections(
-    net, sim, noise_sigma, *, n_scenes: int = 512, rng=None, inside_fraction: float = 0.0
+    net,
+    sim,
+    noise_sigma,
+    *,
+    n_scenes: int = 512,
+    rng=None,
+    inside_fraction: float = 0.0,
+    neighbours: int = OOD_NEIGHBOURS,
 ) -> tuple[dict, list]:
     """The detections :func:`fit_reliability` fits on: ``(d, layouts)``, ``d`` the arrays of
     :func:`detections_with_outcomes` over ``n_scenes`` fresh scenes of ``sim`` (scene indices
     distinct across layouts) plus ``layout`` (index into ``layouts``, those of
     :func:`scene_layouts`) and ``ood`` (each detection's ``ood_score`` out of fold: from the
     density of the real detections of the other half of the scenes, even/odd, as
-    ``ood_score`` is on new images)."""
+    ``ood_score`` is on new images; ``neighbours``: see :func:`fit_feature_density`)."""
     layouts = scene_layouts(sim, n_scenes, inside_fraction)
     gen = np.random.default_rng(rng) if len(layouts) > 1 else rng  # drawn in turn
     parts, first = [], 0
@@ -601,7 +670,8 @@ def reliability_detections(
     feats, real, scene = d["feats"], d["real"], d["scene"]
     d["ood"] = np.zeros(len(real))
     for half in (scene % 2 == 0, scene % 2 == 1):
-        d["ood"][~half] = fit_feature_density(feats[half & real]).score(feats[~half])
+        dens = fit_feature_density(feats[half & real], neighbours=neighbours)
+        d["ood"][~half] = dens.score(feats[~half])
     return d, layouts
 
 
@@ -647,6 +717,7 @@ def fit_reliability(
     rng=None,
     source: str = "",
     inside_fraction: float = 0.0,
+    neighbours: int = OOD_NEIGHBOURS,
 ):
     """Both fits on ``n_scenes`` fresh scenes of ``sim`` (validation galaxies):
     ``(ProbabilityCalibration, FeatureDensity)``. The density is fitted on every real
@@ -657,10 +728,18 @@ def fit_reliability(
     source inside the image (``sim``'s layout with no margin: an isolated simulated scene),
     the rest in ``sim``'s own layout (with a margin: a survey cutout, whose edges cut
     sources off); with both, the calibration is a :class:`LayoutCalibration` of a map for
-    each, with ``1 - inside_fraction`` as the prior probability of a cutout."""
+    each, with ``1 - inside_fraction`` as the prior probability of a cutout. The density
+    scores by the nearest of ``neighbours`` reference vectors (0: a Gaussian density; see
+    :func:`fit_feature_density`)."""
     d, layouts = reliability_detections(
-        net, sim, noise_sigma, n_scenes=n_scenes, rng=rng, inside_fraction=inside_fraction
+        net,
+        sim,
+        noise_sigma,
+        n_scenes=n_scenes,
+        rng=rng,
+        inside_fraction=inside_fraction,
+        neighbours=neighbours,
     )
     cal = calibration_from_detections(d, layouts, source=source)
-    dens = fit_feature_density(d["feats"][d["real"]], source=source)
+    dens = fit_feature_density(d["feats"][d["real"]], source=source, neighbours=neighbours)
     return cal, dens
