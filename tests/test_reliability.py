@@ -91,6 +91,36 @@ def test_feature_density_scores_are_uniform_inside_and_one_far_away():
     assert again.score(fresh[:10]) == pytest.approx(s[:10])
 
 
+def test_nearest_neighbour_density_matches_brute_force_and_sees_a_gap_a_gaussian_misses():
+    """The nearest-neighbour score: distances equal a brute-force search in the whitened
+    space, scores of fresh draws are uniform, a point in the empty middle of a two-cluster
+    sample (where one Gaussian puts its peak) is flagged, and the stored float16 reference
+    survives a round trip."""
+    rng = np.random.default_rng(4)
+    centres = np.array([[-8.0, 0, 0], [8.0, 0, 0]])
+
+    def draw(n):
+        return centres[rng.integers(0, 2, n)] + rng.standard_normal((n, 3))
+
+    x = draw(6000)
+    knn = rel.fit_feature_density(x, neighbours=1000, seed=1)
+    gauss = rel.fit_feature_density(x)
+    assert knn.reference.shape == (1000, 3) and gauss.reference is None
+    q = draw(50)
+    white = (q - knn.mean) @ np.linalg.cholesky(knn.precision)
+    brute = ((white[:, None, :] - knn.reference[None]) ** 2).sum(-1).min(1)
+    assert knn.distance2(q) == pytest.approx(brute, rel=1e-5, abs=1e-9)
+    s = knn.score(draw(4000))
+    assert np.mean(s < 0.5) == pytest.approx(0.5, abs=0.04)
+    assert np.mean(s > 0.99) == pytest.approx(0.01, abs=0.01)
+    gap = np.zeros((1, 3))  # between the clusters: no sample near, the Gaussian's mean
+    assert knn.score(gap)[0] > 0.99 and gauss.score(gap)[0] < 0.2
+    again = rel.FeatureDensity.from_dict(knn.to_dict())
+    assert again.reference.dtype == np.float32
+    assert again.score(q) == pytest.approx(knn.score(q))
+    assert "neighbours" not in gauss.to_dict()  # a Gaussian density stores no reference
+
+
 def _map_catalog(x, y, prob, tile_x, tile_y, shape) -> FullCatalog:
     """A MAP catalogue with the columns :func:`rel.annotate` reads."""
     cols = dict(x=x, y=y, prob=prob, tile_x=tile_x, tile_y=tile_y)

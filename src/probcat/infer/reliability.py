@@ -490,13 +490,13 @@ class FeatureDensity:
 def nearest_distance2(reference, x, chunk: int = 2048) -> np.ndarray:
     """Squared Euclidean distance of each row of ``x`` to its nearest row of ``reference``
     (brute force, ``chunk`` rows at a time)."""
-    ref = np.asarray(reference, np.float32)
-    x = np.asarray(x, np.float32)
-    rn = (ref.astype(np.float64) ** 2).sum(1)
+    ref = np.asarray(reference, np.float64)
+    x = np.asarray(x, np.float64)
+    rn = (ref**2).sum(1)
     out = np.empty(len(x))
     for a in range(0, len(x), chunk):
         q = x[a : a + chunk]
-        d2 = (q.astype(np.float64) ** 2).sum(1)[:, None] + rn[None] - 2.0 * (q @ ref.T)
+        d2 = (q**2).sum(1)[:, None] + rn[None] - 2.0 * (q @ ref.T)
         out[a : a + chunk] = np.maximum(d2.min(1), 0.0) if len(ref) else np.inf
     return out
 
