@@ -20,6 +20,9 @@ beyond the edges) and on other validation scenes of its training families
 (``in_distribution``): the 10-bin ECE of all MAP detections, the ECE of those 8 px or
 more inside the image, and the precision among detections with calibrated prob >= 0.9.
 The shipped weights (trained on every family) are scored on the full mixture the same way.
+Each evaluation set also scores the two kinds of ``ood_score`` density (the nearest of
+4,000 reference vectors, and v7's single Gaussian): how well each separates false from
+real detections, on the family left out and on Hubble Deep Field galaxies (``hubble``).
 No test scene is read: this is how a calibration design is chosen, family by family, so
 that the choice is not made on the families it is judged on.
 
@@ -43,6 +46,7 @@ import torch
 from probcat.catalog import atomic_write
 from probcat.infer.reliability import (
     EDGE_ZONES,
+    OOD_FLAG,
     OOD_NEIGHBOURS,
     calibration_from_detections,
     detections_with_outcomes,
@@ -74,18 +78,38 @@ def simulator(population: str, size: int, margin: int, n_galaxies: int) -> Scene
     return SceneSimulator(bank, SceneConfig(size, size, margin=margin))
 
 
-def designs(net, pop: str, sigma: float, n_fit: int, n_gal: int, seed) -> dict:
+def designs(net, pop: str, sigma: float, n_fit: int, n_gal: int, seed) -> tuple[dict, dict]:
     """``{design: (calibration, density)}`` fitted on validation scenes of ``pop`` (and,
-    for ``with_hdf``, of ``pop+hdf``)."""
-    out = {}
+    for ``with_hdf``, of ``pop+hdf``), and the two kinds of ``ood_score`` density of the
+    real detections of ``pop``'s scenes: ``{"nearest_neighbour": ..., "gaussian": ...}``."""
+    out, densities = {}, {}
     for fit_pop, names in ((pop, DESIGNS), (f"{pop}+hdf", {"with_hdf": FULL})):
         sim = simulator(fit_pop, 100, 8, n_gal)
         d, layouts = reliability_detections(
             net, sim, sigma, n_scenes=n_fit, rng=seed, inside_fraction=0.5
         )
-        dens = fit_feature_density(d["feats"][d["real"]], neighbours=OOD_NEIGHBOURS)
+        real = d["feats"][d["real"]]
+        dens = fit_feature_density(real, neighbours=OOD_NEIGHBOURS)
+        if not densities:
+            densities = {"nearest_neighbour": dens, "gaussian": fit_feature_density(real)}
         for name, contexts in names.items():
             out[name] = (calibration_from_detections(d, layouts, contexts=contexts), dens)
+    return out, densities
+
+
+def ood_scores(densities: dict, e: dict) -> dict:
+    """For each density: the probability that a false detection of ``e`` has a higher
+    ``ood_score`` than a real one (Mann-Whitney AUC, ties half) and the flagged fraction."""
+    from scipy.stats import mannwhitneyu
+
+    out = {}
+    for name, dens in densities.items():
+        ood, real = dens.score(e["feats"]), e["real"]
+        auc = float("nan")
+        if real.any() and (~real).any():
+            u = mannwhitneyu(ood[~real], ood[real]).statistic
+            auc = float(u / ((~real).sum() * real.sum()))
+        out[name] = {"auc_false_vs_real": auc, "flagged_fraction": float(np.mean(ood > OOD_FLAG))}
     return out
 
 
@@ -106,7 +130,7 @@ def score(cal, dens, e: dict, shape) -> dict:
     }
 
 
-def evaluate(net, fitted: dict, sets: dict, sigma: float, n_eval: int, seed) -> dict:
+def evaluate(net, fitted: dict, densities: dict, sets: dict, sigma, n_eval: int, seed) -> dict:
     out = {}
     for k, (key, sim) in enumerate(sets.items()):
         e = detections_with_outcomes(net, sim, sigma, n_scenes=n_eval, rng=[*seed, k])
@@ -117,6 +141,7 @@ def evaluate(net, fitted: dict, sets: dict, sigma: float, n_eval: int, seed) -> 
             "fraction_real": float(e["real"].mean()),
             "detection_ece_raw": raw,
             **{name: score(cal, dens, e, shape) for name, (cal, dens) in fitted.items()},
+            "ood_score": ood_scores(densities, e),
         }
         print(f"  {key}: " + "  ".join(
             f"{n} {out[key][n]['detection_ece']:.3f}" for n in fitted), flush=True)  # fmt: skip
@@ -139,6 +164,26 @@ def summary(runs: dict) -> dict:
             np.mean([r["in_distribution"][name]["detection_ece"] for r in runs.values()])
         )
         out[name] = row
+    for name in ("nearest_neighbour", "gaussian"):
+        out[f"ood_score_{name}"] = {
+            "auc_left_out": {
+                f: r["left_out"]["ood_score"][name]["auc_false_vs_real"] for f, r in lo.items()
+            },  # fmt: skip
+            "auc_hubble": {
+                f: r["hubble"]["ood_score"][name]["auc_false_vs_real"] for f, r in runs.items()
+            },  # fmt: skip
+            "flagged_fraction_in_distribution": float(
+                np.mean(
+                    [
+                        r["in_distribution"]["ood_score"][name]["flagged_fraction"]
+                        for r in runs.values()
+                    ]
+                )
+            ),  # fmt: skip
+        }
+        v = out[f"ood_score_{name}"]
+        v["auc_left_out_mean"] = float(np.mean(list(v["auc_left_out"].values())))
+        v["auc_hubble_mean"] = float(np.mean(list(v["auc_hubble"].values())))
     return out
 
 
@@ -193,14 +238,17 @@ def main(argv=None):
             net, survey = load_detection(path / "detection.pt")
             pop = json.loads((path / "manifest.json").read_text())["config"]["data"]["population"]
         sigma = float(survey.noise_sigma[0])
-        fitted = designs(net, pop, sigma, args.fit_scenes, args.bank_size, [args.seed, 1])
+        fitted, densities = designs(
+            net, pop, sigma, args.fit_scenes, args.bank_size, [args.seed, 1]
+        )
         sets = {"in_distribution": simulator(pop, 98, 0, args.bank_size)}
         if path is not None:
             sets["left_out"] = simulator(f"morphology:{fam}", 98, 0, args.bank_size)
             sets["left_out_cutouts"] = simulator(f"morphology:{fam}", 100, 8, args.bank_size)
         else:
             sets["in_distribution_cutouts"] = simulator(pop, 100, 8, args.bank_size)
-        scores = evaluate(net, fitted, sets, sigma, args.eval_scenes, [args.seed, 2])
+        sets["hubble"] = simulator("hdf", 98, 0, args.bank_size)
+        scores = evaluate(net, fitted, densities, sets, sigma, args.eval_scenes, [args.seed, 2])
         runs[fam] = {"trained_on": pop, **scores}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,6 +270,14 @@ def main(argv=None):
             "more inside the image; _raw: the network's own probability",
             "precision_at_0_9": "fraction real among the detections with calibrated prob "
             ">= 0.9 (every detected SNR)",
+            "ood_score": "per evaluation set and ood_score density (nearest_neighbour: "
+            "the distance to the nearest of OOD_NEIGHBOURS reference vectors, what new fits "
+            "use; gaussian: the Mahalanobis distance of v7's files), both fitted on the real "
+            "detections of the training families' fit scenes: auc_false_vs_real, the "
+            "probability that a false detection scores higher than a real one (ties half), "
+            "and the fraction flagged (ood_score > OOD_FLAG)",
+            "hubble": "isolated 98-px scenes of Hubble Deep Field galaxies (validation "
+            "third), which no network saw",
             "with_hdf": "the Hubble stamps' validation third, so its in_distribution and "
             "left-out numbers are on families whose calibration saw none of those shapes, "
             "but its fit saw Hubble galaxies",

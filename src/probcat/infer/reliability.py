@@ -44,9 +44,11 @@ weights file (``probcat train calibrate RUN`` refits them):
   fitted on one half and scored on the other): ECE 0.0081 with the edge zones alone,
   0.0058 with the neighbour split first; fitted on 512 scenes, 0.0140 (the splits need
   the scenes: 2048 by default, ``fits.reliability_scenes`` of the training config).
-* :class:`FeatureDensity` is a Gaussian density of the encoder's tile features at real
-  detections of the validation scenes. ``ood_score`` is the fraction of those validation
-  detections whose Mahalanobis distance is smaller than the source's: near 1 for a
+* :class:`FeatureDensity` describes the encoder's tile features at real detections of the
+  validation scenes: the distance of a source's features to the nearest of
+  :data:`OOD_NEIGHBOURS` of them (whitened by their covariance; weights of v7: the
+  Mahalanobis distance of one Gaussian). ``ood_score`` is the fraction of other real
+  validation detections whose distance is smaller than the source's: near 1 for a
   source unlike anything in training (a galaxy shape, artefact or noise level the prior
   lacks), uniform on [0, 1] for sources like the training ones. Sources with
   ``ood_score > 0.99`` deserve a look before their probabilities are trusted; the
