@@ -89,7 +89,7 @@ __all__ = [
 ]
 
 OOD_FLAG = 0.99  # ood_score above which a source is flagged unlike the training data
-OOD_NEIGHBOURS = 4000  # reference vectors of the nearest-neighbour ood_score of new fits
+OOD_NEIGHBOURS = 1000  # reference vectors of the nearest-neighbour ood_score of new fits
 
 
 OOD_EDGES = (0.9, 0.99)  # ood_score bins of the calibration: [0, 0.9), [0.9, 0.99), [0.99, 1]
@@ -491,15 +491,18 @@ class FeatureDensity:
 
 def nearest_distance2(reference, x, chunk: int = 2048) -> np.ndarray:
     """Squared Euclidean distance of each row of ``x`` to its nearest row of ``reference``
-    (brute force, ``chunk`` rows at a time)."""
-    ref = np.asarray(reference, np.float64)
+    (brute force, ``chunk`` rows at a time: the nearest found in float32, its distance
+    recomputed in float64)."""
+    ref = np.asarray(reference, np.float32)
     x = np.asarray(x, np.float64)
-    rn = (ref**2).sum(1)
+    if not len(ref):
+        return np.full(len(x), np.inf)
+    rn = (ref.astype(np.float64) ** 2).sum(1).astype(np.float32)
     out = np.empty(len(x))
     for a in range(0, len(x), chunk):
         q = x[a : a + chunk]
-        d2 = (q**2).sum(1)[:, None] + rn[None] - 2.0 * (q @ ref.T)
-        out[a : a + chunk] = np.maximum(d2.min(1), 0.0) if len(ref) else np.inf
+        j = np.argmin(rn[None] - 2.0 * (q.astype(np.float32) @ ref.T), axis=1)
+        out[a : a + chunk] = ((q - ref[j].astype(np.float64)) ** 2).sum(1)
     return out
 
 
