@@ -21,8 +21,9 @@ beyond the edges) and on other validation scenes of its training families
 more inside the image, and the precision among detections with calibrated prob >= 0.9.
 The shipped weights (trained on every family) are scored on the full mixture the same way.
 Each evaluation set also scores the two kinds of ``ood_score`` density (the nearest of
-4,000 reference vectors, and v7's single Gaussian): how well each separates false from
-real detections, on the family left out and on Hubble Deep Field galaxies (``hubble``).
+``OOD_NEIGHBOURS`` reference vectors, and v7's single Gaussian): how well each separates
+false from real detections, on the family left out and on Hubble Deep Field galaxies
+(``hubble``).
 No test scene is read: this is how a calibration design is chosen, family by family, so
 that the choice is not made on the families it is judged on.
 
