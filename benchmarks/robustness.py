@@ -83,12 +83,10 @@ SEEING_KEYS = ("precision", "recall", "f1", "recall_snr_3_10", "precision_at_0_9
 
 def seeing(net, sigma, scales, n_images, bank_size, seed, summarise) -> dict:
     """The shipped weights and SEP on scenes of the full mixture whose PSF FWHM is each
-    of ``scales`` times the survey's (same scene seed at every scale); weights with a
-    seeing input are told each scale."""
+    of ``scales`` times the survey's (same scene seed at every scale)."""
     out = {}
     for scale in scales:
         print(f"seeing x {scale:g} ...", flush=True)
-        net.psf_scale = scale if getattr(net, "psf_input", False) else 1.0
         sim = simulator("morphology", "test", bank_size, psf_scale=scale)
         m = metrics(
             evaluate(net, scenes_for(sim, n_images, [seed, 77]), sigma, with_sep=True),
@@ -101,7 +99,6 @@ def seeing(net, sigma, scales, n_images, bank_size, seed, summarise) -> dict:
             "f1_minus_sep": m["f1_minus_sep"],
             "ood_flagged_fraction": m.get("ood_flagged_fraction"),
         }
-    net.psf_scale = 1.0
     return out
 
 

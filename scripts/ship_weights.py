@@ -96,11 +96,6 @@ BY_NAME = {
         "detector_ugrizy_sha256",
         ("detection_ugrizy", "n_test_galaxies", "command", "git_commit"),
     ),
-    "detection_lsst_i_seeing": (
-        "seeing_input.json",
-        "told_weights_sha256",
-        ("scales", "n_images", "n_class_images", "weights", "command", "git_commit"),
-    ),
 }
 
 

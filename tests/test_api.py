@@ -235,9 +235,6 @@ def test_detector_runs_on_cuda_like_on_the_cpu(fixed):
         ({"threshold": 1.5}, "threshold"),
         ({"samples": -1}, "samples"),
         ({"samples": 10**9}, "samples"),
-        ({"seeing": 1.2}, "take no seeing input"),
-        ({"seeing": -1.0}, "seeing must be"),
-        ({"seeing": "wide"}, "seeing must be"),
     ],
 )
 def test_detector_rejects_bad_settings(shipped, fixed, kw, msg):
@@ -300,51 +297,3 @@ def test_read_image_bands_follow_their_hdus_and_weights_take_their_planes(tmp_pa
     # a band named in BANDS without its HDU
     with pytest.raises(ProbcatIOError, match="BANDS is gri but the file has image HDUs for gr"):
         read_image(mef("gr.fits", "gr"))
-
-
-def test_weights_told_the_seeing_get_it_given_or_measured(tmp_path, monkeypatch):
-    """Weights with a seeing input: ``seeing=`` reaches the network (the probability map is
-    that of features told that width) and the catalog says so; left out, the first pass
-    is at the survey's PSF, and a measured width 5% or more away (clipped to the training
-    range of the manifest) is told to the network for a second one."""
-    import torch
-    from conftest import _write_weights
-
-    import probcat
-    from probcat.api import Detector
-    from probcat.infer.detect import features_sigma
-    from probcat.nets.detection import DetectionNet
-
-    torch.manual_seed(0)
-    net = DetectionNet(n_bands=1, stem_channels=4, channels=8, n_blocks=1, psf_input=True)
-    with torch.no_grad():
-        net.psf_film.weight.normal_(0, 2.0)
-    det = probcat.load(_write_weights(tmp_path / "s.pt", "detection", net, "i"), threads=1)
-    assert det.told_seeing and det.trained_psf_scales == (0.5, 2.0)  # no manifest
-    sigma = float(det.survey.noise_sigma[0])
-    img = np.random.default_rng(0).standard_normal((1, 40, 40)).astype(np.float32) * sigma
-    told = det.detect(img, noise_sigma=[sigma], seeing=1.3, background="none")
-    assert told.catalog.meta["input"]["psf_scale"] == 1.3
-    x = (img / sigma)[None]
-    with torch.no_grad():
-        det.net.psf_scale = 1.3
-        want = det.net.heads(features_sigma(det.net, x), image=torch.from_numpy(x)).prob
-    np.testing.assert_allclose(told.probability_map(), want[0].numpy(), rtol=1e-5)
-    plain = det.detect(img, noise_sigma=[sigma], background="none")
-    assert plain.catalog.meta["input"]["psf_scale"] == 1.0  # nothing measured: the survey's
-    assert not np.allclose(plain.probability_map(), told.probability_map())
-    # a measured width: told on a second pass (the map is then that of the told width)
-    monkeypatch.setattr(Detector, "_seeing", lambda self, x, c, told=False: {"seeing_ratio": 1.3})
-    auto = det.detect(img, noise_sigma=[sigma], background="none")
-    assert auto.catalog.meta["input"]["psf_scale"] == 1.3
-    np.testing.assert_allclose(auto.probability_map(), told.probability_map(), rtol=1e-5)
-    monkeypatch.setattr(Detector, "_seeing", lambda self, x, c, told=False: {"seeing_ratio": 1.03})
-    assert (
-        det.detect(img, noise_sigma=[sigma], background="none").catalog.meta["input"]["psf_scale"]
-        == 1.0
-    )
-    det.manifest = {"config": {"data": {"psf_scales": [0.8, 1.0, 1.2]}}}
-    monkeypatch.setattr(Detector, "_seeing", lambda self, x, c, told=False: {"seeing_ratio": 1.5})
-    with pytest.warns(UserWarning, match="beyond the widths these weights were trained on"):
-        wide = det.detect(img, noise_sigma=[sigma], background="none")
-    assert wide.catalog.meta["input"]["psf_scale"] == 1.2

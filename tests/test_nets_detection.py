@@ -22,34 +22,6 @@ def test_output_shapes_and_ranges(net):
     assert torch.all(out.prob <= 1) and torch.all(out.galaxy_prob >= 0)
 
 
-def test_seeing_input_modulates_features_per_image():
-    """psf_input: features(x, psf) = backbone * (1 + a) + b with (a, b) linear in log psf;
-    at the survey's PSF (psf 1, log 0) only the bias acts; one width per image of a batch
-    is the same as each image alone; without the input, the features ignore psf."""
-    torch.manual_seed(0)
-    net = DetectionNet(n_bands=1, stem_channels=4, channels=8, n_blocks=1, psf_input=True)
-    net.eval()
-    x = torch.randn(2, 1, 30, 30)
-    base = net.backbone(x)
-    torch.testing.assert_close(net.features(x, psf=1.7), base)  # zero at the start
-    with torch.no_grad():
-        net.psf_film.weight.normal_()
-    torch.testing.assert_close(net.features(x, psf=1.0), base)
-    w = net.psf_film.weight[:, 0]
-    ls = torch.log(torch.tensor(1.7))
-    want = base * (1 + w[:8, None, None] * ls) + w[8:, None, None] * ls
-    torch.testing.assert_close(net.features(x, psf=1.7), want)
-    both = net.features(x, psf=torch.tensor([1.0, 1.7]))
-    torch.testing.assert_close(both[0], base[0])
-    torch.testing.assert_close(both[1], want[1])
-    net.psf_scale = 1.7  # what inference sets when it is not given
-    torch.testing.assert_close(net.features(x), want)
-    assert net.hparams["psf_input"] is True
-    plain = DetectionNet(n_bands=1, stem_channels=4, channels=8, n_blocks=1).eval()
-    assert "psf_input" not in plain.hparams
-    torch.testing.assert_close(plain.features(x, psf=1.7), plain.features(x))
-
-
 def test_stamps_are_centred_on_the_source(stamp_net):
     from probcat.nets.detection import STAMP_SIZE
 

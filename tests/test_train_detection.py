@@ -66,8 +66,7 @@ def _batch_and_net(cache_dir, **changes):
     """A TINY config, a seeded batch of 4 scenes and a fresh network."""
     cfg = _cfg(**changes)
     task = DetectionTask(cfg, cache_dir=cache_dir, progress=False)
-    x, truth, psf = task.batch(np.random.default_rng(1))
-    assert torch.equal(psf, torch.ones(len(x)))  # the survey's PSF
+    x, truth = task.batch(np.random.default_rng(1))
     torch.manual_seed(0)
     return cfg, x, truth, cfg.net().eval()
 
@@ -163,41 +162,6 @@ def test_psf_scales_train_on_a_seeing_mixture_of_their_banks(cache_dir):
     assert not isinstance(plain.train_sim, SeeingMixture)
 
 
-def test_psf_input_is_told_each_scene_psf_width_in_training(cache_dir):
-    """Batches of a seeing mixture carry each scene's PSF width (that of the bank its
-    image came from); a network told it starts from the weights of one that is not, takes
-    a gradient through the seeing input, and its fits use the survey's PSF only."""
-    from probcat.train.detection import _fits_simulator, refiner_loss, validate
-
-    cfg = _cfg(data__psf_scales=[1.0, 1.5], model__psf_input=True, model__loc_refine=True)
-    task = DetectionTask(cfg, cache_dir=cache_dir, progress=False)
-    rng = np.random.default_rng(3)
-    x, truth, psf = task.batch(rng)
-    # the same draws, scene by scene: each image is its own bank's scene
-    ref = np.random.default_rng(3)
-    for k in range(len(x)):
-        scene = task.train_sim.sample(ref, truth=False)
-        assert psf[k] == scene.catalog.meta["psf_scale"]
-        np.testing.assert_allclose(x[k].numpy(), scene.image / task.sigma, rtol=1e-6)
-    assert set(psf.tolist()) <= {1.0, 1.5}
-    torch.manual_seed(0)
-    net = task.build_model()
-    plain = _cfg(data__psf_scales=[1.0, 1.5], model__loc_refine=True).net()
-    plain.load_state_dict({k: v for k, v in net.state_dict().items() if "psf_film" not in k})
-    net.eval(), plain.eval()
-    # zero-initialised: the outputs of the network without the input, at any width
-    torch.testing.assert_close(net.features(x, psf=psf), plain.features(x))
-    loss = checkerboard_loss(net, x, truth, torch.Generator().manual_seed(0), psf=psf)
-    loss["total"].backward()
-    assert net.psf_film.weight.grad.abs().sum() > 0
-    assert torch.isfinite(refiner_loss(net, x, truth, torch.Generator(), psf=psf)["total"])
-    assert np.isfinite(validate(net, *task.val)["total"])
-    assert _fits_simulator(cfg, cache_dir, False, task.val_sim) is task.val_sim.nominal
-    assert _fits_simulator(_cfg(data__psf_scales=[1.0, 1.5]), cache_dir, False, task.val_sim) is (
-        task.val_sim
-    )
-
-
 @pytest.mark.parametrize(
     "name",
     [
@@ -225,8 +189,6 @@ def test_shipped_config_is_the_shipped_weights_config(name):
         assert got["fits"].pop("pair_scenes") == 1024
     if "population" not in want["fits"]:  # fitted before the fits could have galaxies of
         assert got["fits"].pop("population") is None  # their own
-    if "psf_input" not in want["model"]:  # trained before the seeing could be an input
-        assert got["model"].pop("psf_input") is False
     assert got == want
     assert load_config(f"configs/{name}.yaml", steps=7).phases[0].steps == 7
 
@@ -244,13 +206,6 @@ def test_init_starts_from_the_given_weights_and_is_recorded(tmp_path, cache_dir)
     other = _cfg(init=str(start), model__channels=16)
     with pytest.raises(ProbcatValueError, match="does not fit"):
         DetectionTask(other, cache_dir=cache_dir, progress=False).build_model()
-    # a seeing input starts at zero on weights without one; the rest is theirs
-    told = DetectionTask(
-        _cfg(init=str(start), model__psf_input=True), cache_dir=cache_dir, progress=False
-    ).build_model()
-    got = told.state_dict()
-    assert all(torch.equal(v, got[k]) for k, v in saved.items())
-    assert not got["psf_film.weight"].any() and not got["psf_film.bias"].any()
 
 
 @pytest.mark.slow

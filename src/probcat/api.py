@@ -3,7 +3,6 @@ in an image, and the batched, device-aware :class:`Detector`."""
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -294,12 +293,11 @@ class Detector:
         check_size(x.shape, self.net.receptive_field // 2)
         return _Batch(np.asarray(x, np.float32)[None], [wcs], True, [info])
 
-    def _seeing(self, x: np.ndarray, cat, told: bool = False) -> dict:
+    def _seeing(self, x: np.ndarray, cat) -> dict:
         """The seeing check of one image ``x`` (sigma units) and its MAP catalog: the
         catalog's ``seeing_ratio`` (:func:`probcat.measure.seeing_ratio`, in the i band when
         the weights have it) and a warning when it is beyond :data:`SEEING_FACTOR` either
-        way (not when the network was ``told`` the seeing); nothing when the image has too
-        few bright, isolated sources to tell."""
+        way; nothing when the image has too few bright, isolated sources to tell."""
         from probcat.measure import SEEING_FACTOR, seeing_ratio
 
         names = self.survey.band_names
@@ -308,7 +306,7 @@ class Detector:
         ratio, n = seeing_ratio(x[k], cat["x"], cat["y"], band)
         if ratio is None:
             return {}
-        if not told and not 1 / SEEING_FACTOR <= ratio <= SEEING_FACTOR:
+        if not 1 / SEEING_FACTOR <= ratio <= SEEING_FACTOR:
             warnings.warn(
                 f"the image's most compact sources are {ratio:.2f} times as wide as the PSF "
                 f"the weights were trained for (band {band.name}, atmospheric FWHM "
@@ -329,69 +327,12 @@ class Detector:
         per = max(1, _BATCH_PIXELS // (h * w))
         return [slice(i, i + per) for i in range(0, len(batch.x), per)]
 
-    def _features(self, x: np.ndarray, psf: float = 1.0):
+    def _features(self, x: np.ndarray):
         """Features and tile-padded pixels of images ``x`` ``(B, bands, H, W)``, already
-        checked and in sigma units (a single image runs in chunks of bounded memory); a
-        network with a seeing input is told the PSF width ``psf``."""
+        checked and in sigma units (a single image runs in chunks of bounded memory)."""
         from probcat.infer.detect import features_sigma, pixels_sigma
 
-        self.net.psf_scale = float(psf)
         return features_sigma(self.net, x), pixels_sigma(self.net, x)
-
-    def _measured_psf(self, seeing, check: dict) -> float | None:
-        """The PSF width to tell the network after a first pass at the survey's, from the
-        seeing the image showed (``check``): None when it was given (``seeing``), the
-        network takes none, too few sources showed it, or it is within 5% of the
-        survey's. Clipped to the widths the weights were trained on; beyond them by more
-        than 10%, a warning."""
-        ratio = check.get("seeing_ratio")
-        if seeing is not None or not self.told_seeing or ratio is None:
-            return None
-        if abs(math.log(ratio)) <= math.log(1.05):
-            return None
-        lo, hi = self.trained_psf_scales
-        if not lo / 1.1 <= ratio <= hi * 1.1:
-            warnings.warn(
-                f"the image's most compact sources are {ratio:.2f} times as wide as the "
-                f"survey's PSF, beyond the widths these weights were trained on ({lo:g}-"
-                f"{hi:g}): detection probabilities and star/galaxy classes are those of "
-                f"the nearest ({min(max(ratio, lo), hi):g})",
-                stacklevel=5,
-            )
-        return float(min(max(ratio, lo), hi))
-
-    @property
-    def trained_psf_scales(self) -> tuple[float, float]:
-        """The narrowest and widest PSF (FWHM over the survey's) of the training scenes,
-        from the manifest (without one: 0.5 and 2)."""
-        scales = ((self.manifest or {}).get("config") or {}).get("data", {}).get("psf_scales")
-        return (float(min(scales)), float(max(scales))) if scales else (0.5, 2.0)
-
-    @property
-    def told_seeing(self) -> bool:
-        """Whether the network takes the image's PSF width as an input (``seeing=``)."""
-        return bool(getattr(self.net, "psf_input", False))
-
-    def _check_seeing(self, seeing):
-        """``seeing`` as given: None (measured from the image when the network takes it,
-        else not used) or a positive number, the image's atmospheric PSF FWHM over the
-        survey's."""
-        if seeing is None:
-            return None
-        if (
-            isinstance(seeing, bool)
-            or not isinstance(seeing, (int, float, np.number))
-            or not 0.2 <= float(seeing) <= 5.0
-        ):
-            raise ProbcatValueError(
-                f"seeing must be the PSF FWHM over the survey's, in [0.2, 5], got {seeing!r}"
-            )
-        if not self.told_seeing:
-            raise ProbcatValueError(
-                "these weights take no seeing input (trained at the survey's PSF): leave "
-                "seeing out, or use weights trained with model.psf_input"
-            )
-        return float(seeing)
 
     # ---- outputs -------------------------------------------------------------------------
     # Every method also takes ``background`` ("auto": subtract a sky left in; "none") and
@@ -477,11 +418,9 @@ class Detector:
             raise ProbcatValueError(f"seed must be an integer, got {seed!r}")
         if not 0 <= seed < 2**63:
             raise ProbcatValueError(f"seed must lie in [0, 2^63), got {seed}")
-        unknown = set(opts) - {"background", "gain", "seeing"}
+        unknown = set(opts) - {"background", "gain"}
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-        opts = dict(opts)
-        seeing = self._check_seeing(opts.pop("seeing", None))
         # images may be a _Batch already prepared (photoz: the image read once for all bands)
         batch = images if isinstance(images, _Batch) else self._prepare(images, noise_sigma, opts)
         shape = batch.x.shape[-2:]
@@ -489,41 +428,24 @@ class Detector:
         cats, maps, draws, tiles = [], [], [], []
         with thread_limit(self._threads(batch)), torch.no_grad():
             for sl in self._groups(batch):
-                psf = 1.0 if seeing is None else seeing
-                feats, pixels = self._features(batch.x[sl], psf)
-                if want_map or (seeing is None and self.told_seeing):
+                feats, pixels = self._features(batch.x[sl])
+                if want_map:
                     dec = decode(self.net, feats, image=pixels, threshold=threshold)
                     meta = map_meta(self.net, threshold)
-                    group_maps = dec.marginal.prob.cpu().numpy()
                     for k in range(feats.shape[0]):
-                        x_k = batch.x[sl.start + k]
                         c = catalog_from_decisions(
                             dec, k, dec.marginal, shape, self.net.tile_size, bands, meta
                         )
                         c = annotate(c, self.net, feats[k], pixels[k])
-                        check = self._seeing(x_k, c, told=self.told_seeing)
-                        t = dec.marginal.at(slice(k, k + 1))
-                        told = psf
-                        again = self._measured_psf(seeing, check)
-                        if again is not None:  # told the seeing it measured: once more
-                            f_k, p_k = self._features(x_k[None], again)
-                            feats, pixels = _put(feats, k, f_k), _put(pixels, k, p_k)
-                            d_k = decode(self.net, f_k, image=p_k, threshold=threshold)
-                            c = catalog_from_decisions(
-                                d_k, 0, d_k.marginal, shape, self.net.tile_size, bands, meta
-                            )
-                            c = annotate(c, self.net, f_k[0], p_k[0])
-                            t = d_k.marginal
-                            group_maps[k] = d_k.marginal.prob[0].cpu().numpy()
-                            told = again
-                        if self.told_seeing:
-                            check["psf_scale"] = round(float(told), 4)
-                        info = {**batch.info[sl.start + k], **check}
+                        info = {
+                            **batch.info[sl.start + k],
+                            **self._seeing(batch.x[sl.start + k], c),
+                        }
                         # each catalog its own metadata (the decoder's dict is shared)
                         c = replace(c, meta={**c.meta, "input": info})
                         cats.append(_with_sky(c, batch.wcs[sl.start + k]))
-                        tiles.append(t)
-                    maps.append(group_maps)
+                        tiles.append(dec.marginal.at(slice(k, k + 1)))
+                    maps.append(dec.marginal.prob.cpu().numpy())
                 for k in range(feats.shape[0]) if samples else ():
                     gen = torch.Generator().manual_seed(seed)
                     wcs = batch.wcs[sl.start + k]
@@ -540,20 +462,12 @@ class Detector:
                     draws.append([_with_sky(c, wcs) for c in got])
                 if samples == 0:
                     draws += [[] for _ in range(feats.shape[0])]
-        self.net.psf_scale = 1.0  # what a later direct use of the network assumes
         prob = np.concatenate(maps) if maps else None
         if batch.single:
             out = (cats[0] if cats else None, None if prob is None else prob[0], draws[0])
         else:
             out = (cats, prob, draws)
         return (*out, tiles, batch) if full else out
-
-
-def _put(t, k: int, v):
-    """``t`` with item ``k`` of its first axis replaced by ``v`` ``(1, ...)``."""
-    t = t.clone()
-    t[k : k + 1] = v
-    return t
 
 
 def load(name_or_path=None, *, device=None, threads="auto"):
@@ -592,7 +506,6 @@ def detect(
     seed: int = 0,
     background: str = "auto",
     gain=None,
-    seeing=None,
     device=None,
     threads="auto",
     progress: bool = False,
@@ -614,9 +527,6 @@ def detect(
             (:mod:`probcat.background`).
         gain: e-/ADU for an image in ADU (default: its ``GAIN`` keyword, when ``BUNIT`` is
             not electrons).
-        seeing: for weights told the seeing (``model.psf_input``): the image's PSF FWHM
-            over the survey's; default: measured from the image's most compact sources
-            (catalog metadata ``input.psf_scale`` says what the network was told).
         device, threads: see :class:`Detector`.
         progress: a progress bar over the posterior samples.
 
@@ -635,7 +545,6 @@ def detect(
         seed=seed,
         background=background,
         gain=gain,
-        seeing=seeing,
         progress=progress,
     )
 

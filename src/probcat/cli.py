@@ -214,11 +214,6 @@ def detect_cmd(
         "to the data) or subtract (the data minus the other sources' models, paper 000's)",
     ),
     seed: int = typer.Option(0, help="seed of the posterior samples"),
-    seeing: float = typer.Option(
-        None,
-        help="the image's PSF FWHM over the survey's, for weights told the seeing "
-        "(model.psf_input; default: measured from the image's compact sources)",
-    ),
     background: str = BACKGROUND_OPTION,
     gain: float = GAIN_OPTION,
     noise: str = NOISE_OPTION,
@@ -266,13 +261,7 @@ def detect_cmd(
     data = read_image(image)
     opts = {"background": background, "gain": gain, "noise_sigma": _noise_option(noise)}
     res = det.detect(
-        data,
-        threshold=threshold,
-        samples=samples,
-        seed=seed,
-        progress=not quiet,
-        seeing=seeing,
-        **opts,
+        data, threshold=threshold, samples=samples, seed=seed, progress=not quiet, **opts
     )
     catalog = res.catalog
     extra = []
@@ -331,8 +320,6 @@ def _input_note(info: dict) -> str:
     if info.get("background") == "subtracted":
         med = ", ".join(f"{m:.4g}" for m in info["sky_median"])
         parts.append(f"sky subtracted (median {med} e-)")
-    if info.get("psf_scale", 1.0) != 1.0:
-        parts.append(f"network told a PSF {info['psf_scale']:g} times the survey's")
     return "".join(f" [{p}]" for p in parts)
 
 

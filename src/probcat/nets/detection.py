@@ -12,14 +12,6 @@ is a cheaper variant.
 **Location refiner** (``loc_refine``): after a tile decides it holds a source, a small
 network reads a stamp centred on the drawn position and returns a normal posterior for the
 position, which may leave the tile.
-
-**Seeing input** (``psf_input``): the backbone features are modulated by the image's PSF
-width, ``psf_scale`` (its atmospheric FWHM over the survey's), so that one set of weights
-serves coadds of different seeing. A compact galaxy under good seeing and a star under bad
-seeing look alike; told the seeing, the network need not confuse them (trained without it
-on several PSF widths, the star/galaxy classification fell: docs/robustness.md, *Seeing*).
-The modulation is ``f * (1 + a) + b`` with ``(a, b)`` linear in ``log psf_scale`` and zero
-at the start, so that weights trained without it start from their own outputs.
 """
 
 from __future__ import annotations
@@ -76,8 +68,6 @@ class DetectionNet(nn.Module):
             tiles are to this tile (see :func:`~probcat.nets.heads.decided_proximity`).
         loc_refine: refine each decided source's position from a stamp centred on it
             (:meth:`refine_at`); the refined position may leave its tile.
-        psf_input: modulate the features by the image's PSF width (see the module
-            docstring): ``psf`` of :meth:`features`, else the attribute ``psf_scale``.
     """
 
     def __init__(
@@ -91,7 +81,6 @@ class DetectionNet(nn.Module):
         classifier: str = "tile",
         proximity: bool = False,
         loc_refine: bool = False,
-        psf_input: bool = False,
     ):
         super().__init__()
         if classifier not in CLASSIFIERS:
@@ -108,15 +97,6 @@ class DetectionNet(nn.Module):
             self.hparams["loc_refine"] = True
         self.loc_refine = loc_refine
         self.proximity = proximity
-        self.psf_input = psf_input
-        # the PSF width (atmospheric FWHM over the survey's) of the images read when
-        # features() is not told one; set per image by inference (probcat.api)
-        self.psf_scale = 1.0
-        if psf_input:
-            self.hparams["psf_input"] = True
-            self.psf_film = nn.Linear(1, 2 * channels)
-            nn.init.zeros_(self.psf_film.weight)
-            nn.init.zeros_(self.psf_film.bias)
         # CentroidCalibration of the catalogue's intervals, set by the weights loader
         self.centroid_calibration = None
         # radius (px) within which claims of neighbouring tiles are one source when decoding
@@ -156,17 +136,9 @@ class DetectionNet(nn.Module):
     def normalise(image: torch.Tensor) -> torch.Tensor:
         return Backbone.normalise(image)
 
-    def features(self, image: torch.Tensor, valid: bool = False, psf=None) -> torch.Tensor:
-        """Backbone features (see :meth:`Backbone.forward`); with ``psf_input``, modulated
-        by the PSF width ``psf`` (a number, or one per image ``(B,)``; default the
-        attribute ``psf_scale``)."""
-        feats = self.backbone(image, valid=valid)
-        if not self.psf_input:
-            return feats
-        s = torch.as_tensor(self.psf_scale if psf is None else psf, dtype=feats.dtype)
-        s = s.to(feats.device).reshape(-1, 1).expand(feats.shape[0], 1)
-        a, b = self.psf_film(torch.log(s)).chunk(2, 1)
-        return feats * (1 + a[:, :, None, None]) + b[:, :, None, None]
+    def features(self, image: torch.Tensor, valid: bool = False) -> torch.Tensor:
+        """Backbone features (see :meth:`Backbone.forward`)."""
+        return self.backbone(image, valid=valid)
 
     def trunk(self, feats, decided=None, n=None, locs=None, parity=None) -> torch.Tensor:
         """Conditioned tile features (see :meth:`CheckerboardHead.trunk`)."""

@@ -270,9 +270,8 @@ class SeeingMixture(SceneSimulator):
     the survey's atmospheric PSF FWHM times ``scales``
     (:meth:`~probcat.survey.Survey.with_psf_scale`); the noise is the same in all of
     them. Training on it shows the encoder the range of PSF widths real coadds have
-    instead of one; each scene's catalog says which (``meta["psf_scale"]``), for a network
-    that is told (``psf_input`` of :class:`~probcat.nets.detection.DetectionNet`; untold,
-    the star/galaxy classification suffers: docs/robustness.md, *Seeing*).
+    instead of one, without telling it which one a scene has (what that costs the
+    star/galaxy classification is in docs/robustness.md, *Seeing*).
     ``bank``, ``survey`` and everything but :meth:`sample` are the nominal simulator's
     (scale 1, which ``scales`` must hold)."""
 
@@ -287,14 +286,10 @@ class SeeingMixture(SceneSimulator):
         nominal = sims[scales.index(1.0)]
         super().__init__(nominal.bank, nominal.config)
         self.sims, self.scales = list(sims), scales
-        self.nominal = nominal
 
     def with_layout(self, config: SceneConfig) -> SeeingMixture:
         return SeeingMixture([s.with_layout(config) for s in self.sims], self.scales)
 
     def sample(self, rng: np.random.Generator, *, truth: bool = True, keep_noiseless: bool = False):
-        """A scene of one of the PSF widths; its catalog's ``meta["psf_scale"]`` says which."""
         k = int(rng.integers(len(self.sims)))
-        scene = self.sims[k].sample(rng, truth=truth, keep_noiseless=keep_noiseless)
-        scene.catalog.meta["psf_scale"] = self.scales[k]
-        return scene
+        return self.sims[k].sample(rng, truth=truth, keep_noiseless=keep_noiseless)

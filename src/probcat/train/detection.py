@@ -84,9 +84,6 @@ class DetectionModel:
     classifier: Literal["stamp", "tile"] = "stamp"
     proximity: bool = True
     loc_refine: bool = False
-    # the network is told each scene's PSF width (nets.detection, "Seeing input"); with
-    # several data.psf_scales, the fits after training use scenes of the survey's PSF
-    psf_input: bool = False
 
 
 @dataclass(frozen=True)
@@ -202,7 +199,6 @@ class DetectionTrainConfig:
             classifier=m.classifier,
             proximity=m.proximity,
             loc_refine=m.loc_refine,
-            psf_input=m.psf_input,
         )
 
     def settings(self) -> LoopSettings:
@@ -250,18 +246,6 @@ def _simulator(
     return sims[0] if len(sims) == 1 else SeeingMixture(sims, d.psf_scales)
 
 
-def _fits_simulator(cfg: DetectionTrainConfig, cache_dir, progress, val_sim=None):
-    """Validation scenes of the fits after training: of ``fits.population`` (default the
-    training one, ``val_sim`` when given); for a network told the seeing
-    (``model.psf_input``), at the survey's PSF only, which is what inference tells it
-    when the image's seeing is not known."""
-    if cfg.fits.population is not None or val_sim is None:
-        val_sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population)
-    if cfg.model.psf_input and isinstance(val_sim, SeeingMixture):
-        return val_sim.nominal
-    return val_sim
-
-
 class DetectionTask:
     """Fresh training batches, a fixed validation set, the loss of each phase and the fits
     after training (:class:`probcat.train.loop.Task`)."""
@@ -279,13 +263,8 @@ class DetectionTask:
         self.val = self._tensors(*self.val_sim.sample_batch(rng, cfg.data.val_scenes))
 
     def _tensors(self, imgs, cats):
-        """Images in noise-sigma units, their tile catalogs and PSF widths ``(B,)`` (the
-        scene catalogs' ``psf_scale``, 1 for the survey's PSF)."""
-        psf = torch.tensor([float(c.meta.get("psf_scale", 1.0)) for c in cats])
-        return (
-            torch.from_numpy(imgs / self.sigma),
-            TileCatalog.from_full(cats, self.cfg.model.tile_size),
-            psf,
+        return torch.from_numpy(imgs / self.sigma), TileCatalog.from_full(
+            cats, self.cfg.model.tile_size
         )
 
     def build_model(self) -> DetectionNet:
@@ -295,16 +274,11 @@ class DetectionTask:
 
             w = self._init_weights()  # checks the sha256; the loaded model is fused for
             try:  # inference, so the file's own (training-form) state is loaded
-                missing, unexpected = net.load_state_dict(
-                    read_weights(w.path)["state_dict"], strict=False
-                )
+                net.load_state_dict(read_weights(w.path)["state_dict"])
             except RuntimeError:
-                missing, unexpected = ["?"], []
-            # a seeing input may start from weights without one (it starts at zero)
-            if unexpected or any(not k.startswith("psf_film.") for k in missing):
                 raise ProbcatValueError(
                     f"init: {self.cfg.init} does not fit the network of this config's model"
-                )
+                ) from None
         return net
 
     def _init_weights(self):
@@ -329,17 +303,19 @@ class DetectionTask:
         return self._tensors(*self.train_sim.sample_batch(rng, self.cfg.data.batch_size))
 
     def loss(self, model, batch, phase, gen):
-        x, truth, psf = batch
+        x, truth = batch
         p = self.cfg.phases[phase]
         if p.train == "refiner":
-            return refiner_loss(model, x, truth, gen, psf=psf)
-        return checkerboard_loss(model, x, truth, gen, cond_locs=p.cond_locs, psf=psf)
+            return refiner_loss(model, x, truth, gen)
+        return checkerboard_loss(model, x, truth, gen, cond_locs=p.cond_locs)
 
     def validate(self, model):
         return validate(model, *self.val)
 
     def finish(self, model, progress):
-        sim = _fits_simulator(self.cfg, self.cache_dir, progress, self.val_sim)
+        sim = self.val_sim
+        if self.cfg.fits.population is not None:
+            sim = _simulator(self.cfg, "val", self.cache_dir, progress, self.cfg.fits.population)
         merge, calibration = _fit_decoding(model, self.cfg, sim, progress)
         return {
             "centroid_calibration": calibration,
@@ -389,12 +365,7 @@ def describe_data(cfg: DetectionTrainConfig) -> dict:
         "seeing": "the survey's PSF"
         if d.psf_scales == (1.0,)
         else f"atmospheric PSF FWHM x {list(d.psf_scales)}, one bank each, drawn per scene "
-        + (
-            "and told to the network (training and validation; the fits after training at "
-            "the survey's PSF)"
-            if cfg.model.psf_input
-            else "(training, validation and the fits after training)"
-        ),
+        "(training, validation and the fits after training)",
     }
 
 
@@ -418,7 +389,6 @@ def checkerboard_loss(
     truth: TileCatalog,
     gen: torch.Generator | None = None,
     cond_locs: str = "true",
-    psf: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Eq. 10 under checkerboard conditioning, in every decoding state of every image, on
     the backbone features computed once: the marginal of every tile (nothing decided), and
@@ -431,12 +401,10 @@ def checkerboard_loss(
     is what :func:`~probcat.infer.detect.decode` feeds the later groups. Trained on exact
     true locations, the conditional reads a decided source drawn 0.5 px away from the light
     as a sign of a second source and makes doubles at tile edges.
-
-    ``psf``: the images' PSF widths ``(B,)``, for weights with a seeing input.
     """
     if cond_locs not in ("true", "sampled"):
         raise ProbcatValueError(f"cond_locs must be 'true' or 'sampled', got {cond_locs!r}")
-    feats = net.features(x, psf=psf)
+    feats = net.features(x)
     b, _, nty, ntx = feats.shape
     groups = tile_groups(nty, ntx, feats.device)[None].expand(b, -1, -1)
     total, h_type, cond = None, None, truth.locs
@@ -479,39 +447,34 @@ def _refine_loss(net: DetectionNet, x, truth: TileCatalog, drawn, gen):
 
 
 def refiner_loss(
-    net: DetectionNet, x: torch.Tensor, truth: TileCatalog, gen=None, psf=None
+    net: DetectionNet, x: torch.Tensor, truth: TileCatalog, gen=None
 ) -> dict[str, torch.Tensor]:
     """The location refiner's loss (:func:`_refine_loss`, proposals drawn from the tiles'
     marginal posterior) on the frozen rest of the network (run it in eval mode)."""
     with torch.no_grad():
-        out = TileOutput(*net.detection_params(net.trunk(net.features(x, psf=psf))), None)
+        out = TileOutput(*net.detection_params(net.trunk(net.features(x))), None)
         drawn = out.sample_locs(gen)
     nll = _refine_loss(net, x, truth, drawn, gen)
     return {"refine": nll, "total": nll}
 
 
 @torch.no_grad()
-def validate(
-    net: DetectionNet, x: torch.Tensor, truth: TileCatalog, psf: torch.Tensor | None = None
-) -> dict[str, float]:
-    """Marginal (nothing decided) loss parts on the validation set (PSF widths ``psf``,
-    default the survey's); with a location refiner, its loss too."""
+def validate(net: DetectionNet, x: torch.Tensor, truth: TileCatalog) -> dict[str, float]:
+    """Marginal (nothing decided) loss parts on the validation set; with a location refiner,
+    its loss too."""
     parts = {k: 0.0 for k in ("total", "count", "loc", "type")}
     n_img = x.shape[0]
     for i in range(0, n_img, 64):
         sub = truth.subset(slice(i, i + 64))
         xi = x[i : i + 64]
-        pi = None if psf is None else psf[i : i + 64]
         w = sub.batch_size / n_img
-        feats = net.features(xi, psf=pi)
-        out = net.heads(feats, type_locs=sub.locs, image=xi, type_mask=sub.n_sources > 0)
+        out = net.heads(net.features(xi), type_locs=sub.locs, image=xi, type_mask=sub.n_sources > 0)
         for k, v in favi_detection_loss(out, sub).items():
             parts[k] += float(v) * w
         if net.loc_refine:
             gen = torch.Generator().manual_seed(i)
             parts["refine"] = (
-                parts.get("refine", 0.0)
-                + float(refiner_loss(net, xi, sub, gen, psf=pi)["refine"]) * w
+                parts.get("refine", 0.0) + float(refiner_loss(net, xi, sub, gen)["refine"]) * w
             )
     return parts
 
@@ -559,7 +522,7 @@ def calibrate_run(
     net.load_state_dict(weights["state_dict"])
     net.eval()
     manifest = json.loads((out / "manifest.json").read_text())
-    sim = _fits_simulator(cfg, cache_dir, progress)
+    sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population)
     if reliability_only:
         if weights.get("merge"):
             net.merge_px = float(weights["merge"]["radius_px"])
