@@ -101,6 +101,8 @@ def _seeing_rows(scale: str) -> list[tuple]:
          ".3f", ""),
         (f"seeing x {scale}: detection ECE, over 8 px inside",
          f"{by}.probcat.detection_ece_interior", None, ".3f", ""),
+        (f"seeing x {scale}: star F1 (SNR > 12), at true positions",
+         f"{by}.classification.star_f1", None, ".3f", ""),
     ]  # fmt: skip
 
 

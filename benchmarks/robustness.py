@@ -55,14 +55,20 @@ RESULTS = Path(__file__).resolve().parent / "results"
 BASELINE = "detection_lsst_i_bulgedisk"
 
 
-def _summarise_module():
-    """``summarise`` of benchmarks/detection.py (same definitions), loaded by path."""
+def _detection_module():
+    """benchmarks/detection.py (its ``summarise`` and ``classification``: the same
+    definitions), loaded by path."""
     spec = importlib.util.spec_from_file_location(
         "_det_bench", Path(__file__).resolve().parent / "detection.py"
     )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.summarise
+    return mod
+
+
+def _summarise_module():
+    """``summarise`` of benchmarks/detection.py (same definitions), loaded by path."""
+    return _detection_module().summarise
 
 
 def simulator(
@@ -81,9 +87,11 @@ SEEING_KEYS = ("precision", "recall", "f1", "recall_snr_3_10", "precision_at_0_9
                "detection_ece", "detection_ece_interior")  # fmt: skip
 
 
-def seeing(net, sigma, scales, n_images, bank_size, seed, summarise) -> dict:
+def seeing(net, sigma, scales, n_images, bank_size, seed, summarise, class_bank_size) -> dict:
     """The shipped weights and SEP on scenes of the full mixture whose PSF FWHM is each
-    of ``scales`` times the survey's (same scene seed at every scale)."""
+    of ``scales`` times the survey's (same scene seed at every scale); and the weights'
+    star/galaxy classification at the true positions on as many bulge + disk scenes
+    (``class_bank_size`` test galaxies) under the same PSF."""
     out = {}
     for scale in scales:
         print(f"seeing x {scale:g} ...", flush=True)
@@ -93,13 +101,40 @@ def seeing(net, sigma, scales, n_images, bank_size, seed, summarise) -> dict:
             summarise,
             sep=True,
         )
+        bulge_disk = simulator("parametric", "test", class_bank_size, psf_scale=scale)
         out[f"{scale:g}"] = {
             "probcat": {k: m["probcat"][k] for k in SEEING_KEYS},
             "sep": {k: m["sep"][k] for k in ("precision", "recall", "f1", "recall_snr_3_10")},
             "f1_minus_sep": m["f1_minus_sep"],
             "ood_flagged_fraction": m.get("ood_flagged_fraction"),
+            "classification": classification_at_truth(
+                net, scenes_for(bulge_disk, n_images, [seed, 78]), sigma
+            ),
         }
     return out
+
+
+@torch.no_grad()
+def classification_at_truth(net, scenes, sigma, chunk: int = 100) -> dict:
+    """Galaxy F1 above SNR 10 and star F1 above SNR 12 of the sources of ``scenes``,
+    each classified at its true position (``benchmarks/detection.py``'s
+    ``classification``; F1 None where no source is called a star or a galaxy)."""
+    rows = {"prob": [], "galaxy": [], "snr": []}
+    for start in range(0, len(scenes), chunk):
+        part = scenes[start : start + chunk]
+        imgs = np.stack([s.image for s in part])
+        feats = batch_tile_features(net, imgs, sigma)
+        pixels = tile_image(net, imgs, sigma)
+        tiles = TileCatalog.from_full([s.catalog for s in part], net.tile_size)
+        nty, ntx = feats.shape[-2:]
+        has = tiles.n_sources[:, :nty, :ntx] > 0
+        given = net.heads(feats, type_locs=tiles.locs[:, :nty, :ntx], image=pixels, type_mask=has)
+        rows["prob"].append(given.galaxy_prob[has].numpy())
+        rows["galaxy"].append(tiles.params["galaxy"][..., 0][has].numpy() > 0.5)
+        rows["snr"].append(tiles.params["snr"][..., 0][has].numpy())
+    c = _detection_module().classification({k: np.concatenate(v) for k, v in rows.items()})
+    out = {k: c[k] for k in ("galaxy_f1", "star_f1", "n_galaxies", "n_stars")}
+    return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in out.items()}
 
 
 def hubble(shipped, baseline, sigma, summarise, n_images, bank_size, seed) -> dict:
@@ -429,6 +464,12 @@ def main(argv=None):
     )
     ap.add_argument("--seeing-images", type=int, default=500, help="scenes per seeing factor")
     ap.add_argument(
+        "--seeing-class-bank-size",
+        type=int,
+        default=2000,
+        help="bulge+disk test galaxies of the classification under each seeing factor",
+    )
+    ap.add_argument(
         "--hubble-images",
         type=int,
         default=1000,
@@ -477,8 +518,16 @@ def main(argv=None):
             .get("data", {})
             .get("psf_scales", [1.0]),
             "n_images": args.seeing_images,
+            "class_bank_size": args.seeing_class_bank_size,
             "by_scale": seeing(
-                shipped, sigma, scales, args.seeing_images, args.bank_size, args.seed, summarise
+                shipped,
+                sigma,
+                scales,
+                args.seeing_images,
+                args.bank_size,
+                args.seed,
+                summarise,
+                args.seeing_class_bank_size,
             ),
         }
     if args.hubble_images:
@@ -569,7 +618,11 @@ def main(argv=None):
         "calibration and density fitted on validation scenes of their training families",
         "seeing": "the shipped weights and SEP on scenes of the full mixture (test "
         "galaxies) rendered with the atmospheric PSF FWHM times each factor (by_scale; "
-        "trained_psf_scales: the factors the weights were trained on)",
+        "trained_psf_scales: the factors the weights were trained on); classification: "
+        "the shipped weights' star/galaxy classes at the true positions on as many bulge+disk "
+        "scenes (class_bank_size test galaxies) under the same PSF, as benchmarks/"
+        "detection.py's classification (galaxy F1 above SNR 10, star F1 above SNR 12; None: "
+        "no source called one)",
         "hubble": "the shipped weights (with SEP) and the bulge+disk weights on scenes of "
         "population hdf: real galaxies cut from the Hubble eXtreme Deep Field image that "
         "scikit-image ships (test third of its stamps, matched to the prior's sizes by rank, "
