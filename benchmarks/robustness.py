@@ -27,6 +27,7 @@ writes ``benchmarks/results/robustness.json`` and ``robustness_*.png``.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import sys
@@ -55,6 +56,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 BASELINE = "detection_lsst_i_bulgedisk"
 
 
+@functools.lru_cache(maxsize=1)
 def _detection_module():
     """benchmarks/detection.py (its ``summarise`` and ``classification``: the same
     definitions), loaded by path."""
