@@ -64,6 +64,20 @@ THRESHOLDS = (0.2, 0.35, 0.5, 0.65, 0.8)
 COVERAGE_LEVELS = (0.6827, 0.9545)
 
 
+@torch.no_grad()
+def classified_at_truth(net, feats, pixels, tiles: TileCatalog) -> dict:
+    """The true sources of ``tiles`` classified at their true locations (paper Figs. 4-5):
+    galaxy probability ``prob``, true class ``galaxy`` and true ``snr``, one row each."""
+    nty, ntx = feats.shape[-2:]
+    has = tiles.n_sources[:, :nty, :ntx] > 0
+    given = net.heads(feats, type_locs=tiles.locs[:, :nty, :ntx], image=pixels, type_mask=has)
+    return {
+        "prob": given.galaxy_prob[has].numpy(),
+        "galaxy": tiles.params["galaxy"][..., 0][has].numpy() > 0.5,
+        "snr": tiles.params["snr"][..., 0][has].numpy(),
+    }
+
+
 def run_scenes(net, survey, sim, args):
     """Everything that needs the held-out blend scenes, accumulated chunk by chunk."""
     sigma = float(survey.noise_sigma[0])
@@ -98,14 +112,8 @@ def run_scenes(net, survey, sim, args):
         n_collisions += tiles.n_collisions
         nty, ntx = feats.shape[-2:]
         tiles_n = tiles.n_sources[:, :nty, :ntx]
-        has = tiles_n > 0
-        with torch.no_grad():  # classification given the true locations (paper Fig. 4-5)
-            given = net.heads(
-                feats, type_locs=tiles.locs[:, :nty, :ntx], image=pixels, type_mask=has
-            )
-        cls_true_loc["prob"].append(given.galaxy_prob[has].numpy())
-        cls_true_loc["galaxy"].append(tiles.params["galaxy"][..., 0][has].numpy() > 0.5)
-        cls_true_loc["snr"].append(tiles.params["snr"][..., 0][has].numpy())
+        for k, v in classified_at_truth(net, feats, pixels, tiles).items():
+            cls_true_loc[k].append(v)
         tile_prob.append(marginal.prob.numpy().ravel())
         tile_truth.append(tiles_n.numpy().ravel())
         for b, (scene, cat) in enumerate(zip(scenes, cats)):

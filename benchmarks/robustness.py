@@ -68,11 +68,6 @@ def _detection_module():
     return mod
 
 
-def _summarise_module():
-    """``summarise`` of benchmarks/detection.py (same definitions), loaded by path."""
-    return _detection_module().summarise
-
-
 def simulator(
     population: str, split: str, n: int, seed: int = 0, psf_scale: float = 1.0
 ) -> SceneSimulator:
@@ -121,20 +116,18 @@ def classification_at_truth(net, scenes, sigma, chunk: int = 100) -> dict:
     """Galaxy F1 above SNR 10 and star F1 above SNR 12 of the sources of ``scenes``,
     each classified at its true position (``benchmarks/detection.py``'s
     ``classification``; F1 None where no source is called a star or a galaxy)."""
+    det_bench = _detection_module()
     rows = {"prob": [], "galaxy": [], "snr": []}
     for start in range(0, len(scenes), chunk):
         part = scenes[start : start + chunk]
         imgs = np.stack([s.image for s in part])
-        feats = batch_tile_features(net, imgs, sigma)
-        pixels = tile_image(net, imgs, sigma)
         tiles = TileCatalog.from_full([s.catalog for s in part], net.tile_size)
-        nty, ntx = feats.shape[-2:]
-        has = tiles.n_sources[:, :nty, :ntx] > 0
-        given = net.heads(feats, type_locs=tiles.locs[:, :nty, :ntx], image=pixels, type_mask=has)
-        rows["prob"].append(given.galaxy_prob[has].numpy())
-        rows["galaxy"].append(tiles.params["galaxy"][..., 0][has].numpy() > 0.5)
-        rows["snr"].append(tiles.params["snr"][..., 0][has].numpy())
-    c = _detection_module().classification({k: np.concatenate(v) for k, v in rows.items()})
+        got = det_bench.classified_at_truth(
+            net, batch_tile_features(net, imgs, sigma), tile_image(net, imgs, sigma), tiles
+        )
+        for k, v in got.items():
+            rows[k].append(v)
+    c = det_bench.classification({k: np.concatenate(v) for k, v in rows.items()})
     out = {k: c[k] for k in ("galaxy_f1", "star_f1", "n_galaxies", "n_stars")}
     return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in out.items()}
 
@@ -484,7 +477,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    summarise = _summarise_module()
+    summarise = _detection_module().summarise
     shipped, survey = load_detection(args.weights)
     baseline, _ = load_detection(args.baseline)
     sigma = float(survey.noise_sigma[0])
