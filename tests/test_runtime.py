@@ -45,10 +45,17 @@ def test_run_queue_reading(monkeypatch, tmp_path):
 
 
 def test_thread_limit_restores():
-    before = torch.get_num_threads()
+    from threadpoolctl import threadpool_info
+
+    def blas():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    before, blas_before = torch.get_num_threads(), blas()
     with R.thread_limit(1):
         assert torch.get_num_threads() == 1
+        assert blas() and all(n == 1 for n in blas())  # numpy's BLAS off torch's cores
     assert torch.get_num_threads() == before
+    assert blas() == blas_before
 
 
 def test_choose_device():

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, replace
+from functools import cached_property, lru_cache
 
 import numpy as np
 import torch
@@ -213,7 +214,14 @@ class ProbabilityCalibration:
 
 
 def _interp(p, x, y):
-    return np.interp(p, np.r_[0.0, x], np.r_[0.0, y])
+    return np.interp(p, _knots(x), _knots(y))
+
+
+@lru_cache(maxsize=512)
+def _knots(v: tuple) -> np.ndarray:
+    """A map's knots with the origin first (a map's tuples are fixed: built once; every
+    image's detections are mapped through the same few)."""
+    return np.r_[0.0, v]
 
 
 def edge_counts(edge, prob_raw, shape) -> tuple[int, int, float, float]:
@@ -440,8 +448,12 @@ class FeatureDensity:
     source: str = ""
     reference: np.ndarray | None = None
 
+    @cached_property
+    def _whitener(self) -> np.ndarray:
+        return np.linalg.cholesky(self.precision)
+
     def _whiten(self, feats) -> np.ndarray:
-        return (np.asarray(feats, float) - self.mean) @ np.linalg.cholesky(self.precision)
+        return (np.asarray(feats, float) - self.mean) @ self._whitener
 
     def distance2(self, feats) -> np.ndarray:
         """Squared distance of each row of ``feats`` (``(n, C)``): Mahalanobis, or to the
@@ -449,7 +461,11 @@ class FeatureDensity:
         if self.reference is None:
             d = np.asarray(feats, float) - self.mean
             return np.einsum("ni,ij,nj->n", d, self.precision, d)
-        return nearest_distance2(self.reference, self._whiten(feats))
+        return nearest_distance2(self.reference, self._whiten(feats), norms=self._norms)
+
+    @cached_property
+    def _norms(self) -> np.ndarray | None:
+        return None if self.reference is None else reference_norms(self.reference)
 
     def score(self, feats) -> np.ndarray:
         """Fraction of the validation detections closer than each row of ``feats``."""
@@ -489,15 +505,21 @@ class FeatureDensity:
         )
 
 
-def nearest_distance2(reference, x, chunk: int = 2048) -> np.ndarray:
+def reference_norms(reference) -> np.ndarray:
+    """Squared norms of the rows of ``reference`` (float32), as :func:`nearest_distance2`
+    uses them."""
+    return (np.asarray(reference, np.float64) ** 2).sum(1).astype(np.float32)
+
+
+def nearest_distance2(reference, x, chunk: int = 2048, norms=None) -> np.ndarray:
     """Squared Euclidean distance of each row of ``x`` to its nearest row of ``reference``
     (brute force, ``chunk`` rows at a time: the nearest found in float32, its distance
-    recomputed in float64)."""
+    recomputed in float64). ``norms``: :func:`reference_norms` of ``reference``, when kept."""
     ref = np.asarray(reference, np.float32)
     x = np.asarray(x, np.float64)
     if not len(ref):
         return np.full(len(x), np.inf)
-    rn = (ref.astype(np.float64) ** 2).sum(1).astype(np.float32)
+    rn = reference_norms(ref) if norms is None else norms
     out = np.empty(len(x))
     for a in range(0, len(x), chunk):
         q = x[a : a + chunk]
