@@ -101,8 +101,12 @@ def _seeing_rows(scale: str) -> list[tuple]:
          ".3f", ""),
         (f"seeing x {scale}: detection ECE, over 8 px inside",
          f"{by}.probcat.detection_ece_interior", None, ".3f", ""),
-        (f"seeing x {scale}: star F1 (SNR > 12), at true positions",
+        (f"seeing x {scale}: star F1 (SNR > 12), at true positions, stamps as cut",
          f"{by}.classification.star_f1", None, ".3f", ""),
+        (f"seeing x {scale}: star F1, stamps at the measured seeing (default)",
+         f"{by}.classification_matched.star_f1", None, ".3f", ""),
+        (f"seeing x {scale}: galaxy F1 (SNR > 10), stamps at the measured seeing",
+         f"{by}.classification_matched.galaxy_f1", None, ".3f", ""),
     ]  # fmt: skip
 
 

@@ -84,11 +84,19 @@ SEEING_KEYS = ("precision", "recall", "f1", "recall_snr_3_10", "precision_at_0_9
                "detection_ece", "detection_ece_interior")  # fmt: skip
 
 
-def seeing(net, sigma, scales, n_images, bank_size, seed, summarise, class_bank_size) -> dict:
+def seeing(
+    net, survey, sigma, scales, n_images, bank_size, seed, summarise, class_bank_size
+) -> dict:
     """The shipped weights and SEP on scenes of the full mixture whose PSF FWHM is each
     of ``scales`` times the survey's (same scene seed at every scale); and the weights'
     star/galaxy classification at the true positions on as many bulge + disk scenes
-    (``class_bank_size`` test galaxies) under the same PSF."""
+    (``class_bank_size`` test galaxies) under the same PSF: as trained (``classification``)
+    and from stamps resampled to the seeing that ``probcat.detect`` measures on a
+    1000x1000 field of those galaxies under that PSF (``classification_matched``, at
+    ``measured_seeing_ratio``), as the detector does by default."""
+    from probcat.api import Detector
+    from probcat.infer.detect import classes_at_seeing
+
     out = {}
     for scale in scales:
         print(f"seeing x {scale:g} ...", flush=True)
@@ -99,14 +107,21 @@ def seeing(net, sigma, scales, n_images, bank_size, seed, summarise, class_bank_
             sep=True,
         )
         bulge_disk = simulator("parametric", "test", class_bank_size, psf_scale=scale)
+        scenes = scenes_for(bulge_disk, n_images, [seed, 78])
+        field = SceneSimulator(bulge_disk.bank, SceneConfig(1000, 1000)).sample(
+            np.random.default_rng([seed, 79]), truth=False
+        )
+        info = Detector(net, survey).catalog(field.image, background="none").meta["input"]
+        with classes_at_seeing(net, info.get("seeing_ratio")):
+            matched = classification_at_truth(net, scenes, sigma)
         out[f"{scale:g}"] = {
             "probcat": {k: m["probcat"][k] for k in SEEING_KEYS},
             "sep": {k: m["sep"][k] for k in ("precision", "recall", "f1", "recall_snr_3_10")},
             "f1_minus_sep": m["f1_minus_sep"],
             "ood_flagged_fraction": m.get("ood_flagged_fraction"),
-            "classification": classification_at_truth(
-                net, scenes_for(bulge_disk, n_images, [seed, 78]), sigma
-            ),
+            "classification": classification_at_truth(net, scenes, sigma),
+            "measured_seeing_ratio": info.get("seeing_ratio"),
+            "classification_matched": matched,
         }
     return out
 
@@ -516,6 +531,7 @@ def main(argv=None):
             "class_bank_size": args.seeing_class_bank_size,
             "by_scale": seeing(
                 shipped,
+                survey,
                 sigma,
                 scales,
                 args.seeing_images,
@@ -617,7 +633,10 @@ def main(argv=None):
         "the shipped weights' star/galaxy classes at the true positions on as many bulge+disk "
         "scenes (class_bank_size test galaxies) under the same PSF, as benchmarks/"
         "detection.py's classification (galaxy F1 above SNR 10, star F1 above SNR 12; None: "
-        "no source called one)",
+        "no source called one), from stamps as cut (the weights as trained); "
+        "classification_matched: the same, the stamp classifier reading stamps resampled to "
+        "measured_seeing_ratio, the PSF width ratio probcat.detect measures (and, by default, "
+        "matches) on a 1000x1000 field of the same bulge+disk galaxies under that PSF",
         "hubble": "the shipped weights (with SEP) and the bulge+disk weights on scenes of "
         "population hdf: real galaxies cut from the Hubble eXtreme Deep Field image that "
         "scikit-image ships (test third of its stamps, matched to the prior's sizes by rank, "

@@ -76,6 +76,14 @@ def weights(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def stamp_weights(tmp_path_factory):
+    """Tiny untrained detection weights whose star/galaxy classifier reads stamps."""
+    torch.manual_seed(0)
+    net = DetectionNet(n_bands=1, stem_channels=4, channels=8, n_blocks=2, classifier="stamp")
+    return _write_weights(tmp_path_factory.mktemp("ws") / "tiny.pt", "detection", net, "i")
+
+
+@pytest.fixture(scope="session")
 def deblender_weights(tmp_path_factory):
     """A tiny untrained deblender weights file (plumbing, not quality)."""
     from probcat.nets.deblend import CROP, STAMP, GalaxyModel

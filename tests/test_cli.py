@@ -296,6 +296,20 @@ def test_detect_deblender_needs_deblend_and_right_kind(tmp_path, capsys, weights
     assert rc == 2 and "method must be one of subtract, conserve" in err and not out.exists()
 
 
+def test_detect_seeing_option(tmp_path, capsys, stamp_weights):
+    path = _scene_file(tmp_path)
+    out = tmp_path / "cat.fits"
+    rc = main(["detect", str(path), "-o", str(out), "--weights", str(stamp_weights),
+               "--seeing", "wide"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "seeing must be 'auto'" in err
+    assert not out.exists()
+    rc = main(["detect", str(path), "-o", str(out), "--weights", str(stamp_weights),
+               "--seeing", "1.3", "--threshold", "0.0"])  # fmt: skip
+    said = capsys.readouterr().out
+    assert rc == 0 and "star/galaxy classes read at 1.3x the survey's PSF" in said
+
+
 def _plain_fits(path, data, **keywords):
     from astropy.io import fits
 

@@ -64,11 +64,126 @@ def test_the_detector_records_the_ratio_and_warns_beyond_the_factor(weights):
     for scale, warns in ((1.0, False), (1.3, True)):
         img, x, y = _field(scale, seed=1)
         cat = FullCatalog({"x": x, "y": y}, img.shape, ("i",))
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            got = det._seeing(img[None], cat)
-        assert got["seeing_ratio"] == pytest.approx(scale, rel=0.04)
+        got, ratio = det._seeing(img[None], cat)
+        assert got["seeing_ratio"] == pytest.approx(scale, rel=0.04) == ratio
         assert got["seeing_sources"] == 90
-        msgs = [str(w.message) for w in caught if "as wide as the PSF" in str(w.message)]
-        assert bool(msgs) == warns
-    assert det._seeing(img[None], FullCatalog({"x": x[:3], "y": y[:3]}, img.shape, ("i",))) == {}
+        for matched in (False, True):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                det._warn_seeing(ratio, matched)
+            msgs = [str(w.message) for w in caught if "as wide as the PSF" in str(w.message)]
+            assert bool(msgs) == warns
+            if warns:  # classes matched to the seeing: only the probabilities assume it
+                assert ("and star/galaxy classes assume" in msgs[0]) != matched
+    few = FullCatalog({"x": x[:3], "y": y[:3]}, img.shape, ("i",))
+    assert det._seeing(img[None], few) == ({}, None)
+
+
+def test_resampled_stamps_show_the_psf_at_the_survey_width():
+    """A Gaussian ``scale`` times wider than one of sigma 1.8 px, resampled, is that
+    Gaussian (times ``scale``: the factor of DetectionNet.stamps) on the stamp's pixels;
+    its offset from the centre pixel is in resampled pixels."""
+    import torch
+
+    from probcat.nets.detection import DetectionNet
+    from probcat.nets.stamps import STAMP_SIZE
+
+    net = DetectionNet(n_bands=1, stem_channels=4, channels=8, n_blocks=2)
+    t = net.tile_size
+    yy, xx = np.mgrid[:64, :64].astype(float)
+    x0, y0 = 30.4, 33.0  # the source; centre pixel (30, 33)
+    r = STAMP_SIZE // 2
+    ar = np.arange(STAMP_SIZE) - r
+    for scale in (0.8, 1.3, 1.6):
+        sd = 1.8 * scale
+        img = np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * sd**2))
+        image = torch.tensor(img, dtype=torch.float32)[None, None]
+        ty, tx = torch.tensor([int(y0 // t)]), torch.tensor([int(x0 // t)])
+        # tile units: pixel i spans [i, i + 1), its centre at i + 0.5
+        locs = torch.tensor([[(x0 + 0.5 - tx.item() * t) / t, (y0 + 0.5 - ty.item() * t) / t]])
+        st, off = net.stamps(image, torch.tensor([0]), ty, tx, locs, scale)
+        assert st.shape == (1, 1, STAMP_SIZE, STAMP_SIZE)
+        assert off[0].tolist() == pytest.approx([0.4 / scale, 0.0], abs=1e-5)
+        # brute force: bilinear interpolation at pixels scale px apart around (30, 33)
+        got = st[0, 0].numpy() / scale
+        for i, yi in enumerate(33 + ar * scale):
+            for j, xj in enumerate(30 + ar * scale):
+                y_, x_ = int(np.floor(yi)), int(np.floor(xj))
+                fy, fx = yi - y_, xj - x_
+                v = (img[y_, x_] * (1 - fy) * (1 - fx) + img[y_, x_ + 1] * (1 - fy) * fx
+                     + img[y_ + 1, x_] * fy * (1 - fx) + img[y_ + 1, x_ + 1] * fy * fx)  # fmt: skip
+                assert got[i, j] == pytest.approx(v, abs=1e-5)
+        # and that is the survey-width Gaussian, to the interpolation's error
+        want = np.exp(-((ar[None, :] - off[0, 0].item()) ** 2 + ar[:, None] ** 2) / (2 * 1.8**2))
+        assert np.abs(got - want).max() < 0.06
+    same = net.stamps(image, torch.tensor([0]), ty, tx, locs, 1.0)[0]
+    centre = (round(y0), round(x0))
+    assert same[0, 0].numpy() == pytest.approx(
+        img[centre[0] - r : centre[0] + r + 1, centre[1] - r : centre[1] + r + 1], abs=1e-6
+    )
+
+
+def test_matched_scale_and_the_classifier_scale_restored():
+    from probcat.errors import ProbcatValueError
+    from probcat.infer.detect import classes_at_seeing, matched_scale
+    from probcat.nets.detection import DetectionNet
+
+    assert matched_scale(None) == matched_scale(1.02) == matched_scale(0.975) == 1.0
+    assert matched_scale(1.25) == 1.25 and matched_scale(0.8) == 0.8
+    for bad in (0.0, -1.0, 9.0, float("nan"), "1.2"):
+        with pytest.raises(ProbcatValueError, match="PSF width ratio"):
+            matched_scale(bad)
+    net = DetectionNet(n_bands=1, stem_channels=4, channels=8, n_blocks=2)
+    with classes_at_seeing(net, 1.4):
+        assert net.seeing_scale == 1.4
+    assert net.seeing_scale == 1.0
+
+
+def test_classes_at_the_image_seeing_leave_the_detections_alone(stamp_weights, monkeypatch):
+    """seeing="auto" with a measured ratio of 1.4 classifies exactly as seeing=1.4 given,
+    with the same detections as seeing="none"; the catalog says which seeing it used."""
+    import probcat
+    from probcat.errors import ProbcatValueError
+
+    det = probcat.load(stamp_weights)
+    img = _field(1.0, seed=2, size=96)[0]
+    none = det.catalog(img, noise_sigma=1.0, threshold=0.0, seeing="none")
+    given = det.catalog(img, noise_sigma=1.0, threshold=0.0, seeing=1.4)
+    monkeypatch.setattr(det, "_seeing", lambda x, cat: ({"seeing_ratio": 1.4}, 1.4))
+    auto = det.catalog(img, noise_sigma=1.0, threshold=0.0)
+    assert len(none) == len(given) == len(auto) > 0
+    for col in ("x", "y", "prob"):
+        assert np.array_equal(none[col], auto[col]) and np.array_equal(none[col], given[col])
+    assert np.array_equal(auto["galaxy_prob"], given["galaxy_prob"])
+    assert not np.allclose(auto["galaxy_prob"], none["galaxy_prob"])
+    assert auto.meta["input"]["seeing_matched"] == given.meta["input"]["seeing_matched"] == 1.4
+    assert none.meta["input"]["seeing_matched"] == 1.0
+    for bad in ("wide", 0.0, True, 12):
+        with pytest.raises(ProbcatValueError, match="seeing must be"):
+            det.catalog(img, noise_sigma=1.0, seeing=bad)
+
+
+def test_shipped_classes_hold_under_wider_seeing():
+    """The shipped weights on stars and galaxies under 1.3x the survey's seeing (a tenth of
+    ``_field``'s fluxes: SNR 100-3,000): read as trained, the stars look resolved; read
+    at the measured seeing, they are stars."""
+    import probcat
+
+    det = probcat.load()
+    img, x, y = _field(1.3, seed=3)
+    rng = np.random.default_rng(4)
+    img = (img / 10 + rng.normal(0, np.sqrt(0.99), img.shape)).astype(np.float32)
+    star = np.arange(len(x)) < 30  # _field draws the stars first
+    called = {}
+    for mode in ("none", "auto"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cat = det.catalog(img, noise_sigma=1.0, seeing=mode, background="none")
+        d = np.hypot(cat["x"][None] - x[:, None], cat["y"][None] - y[:, None])
+        j = d.argmin(1)
+        assert np.all(d[np.arange(len(x)), j] < 1.5)  # every source found
+        galaxy = np.asarray(cat["galaxy_prob"])[j] > 0.5
+        called[mode] = (np.mean(~galaxy[star]), np.mean(galaxy[~star]))
+    assert cat.meta["input"]["seeing_matched"] == pytest.approx(1.3, rel=0.04)
+    assert called["none"][0] < 0.5  # stars read as galaxies at the trained seeing
+    assert called["auto"][0] > 0.9 and called["auto"][1] > 0.9

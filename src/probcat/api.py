@@ -293,28 +293,41 @@ class Detector:
         check_size(x.shape, self.net.receptive_field // 2)
         return _Batch(np.asarray(x, np.float32)[None], [wcs], True, [info])
 
-    def _seeing(self, x: np.ndarray, cat) -> dict:
+    def _seeing(self, x: np.ndarray, cat) -> tuple[dict, float | None]:
         """The seeing check of one image ``x`` (sigma units) and its MAP catalog: the
         catalog's ``seeing_ratio`` (:func:`probcat.measure.seeing_ratio`, in the i band when
-        the weights have it) and a warning when it is beyond :data:`SEEING_FACTOR` either
-        way; nothing when the image has too few bright, isolated sources to tell."""
-        from probcat.measure import SEEING_FACTOR, seeing_ratio
+        the weights have it) and the ratio; ``({}, None)`` when the image has too few
+        bright, isolated sources to tell."""
+        from probcat.measure import seeing_ratio
 
         names = self.survey.band_names
         k = names.index("i") if "i" in names else 0
-        band = self.survey.bands[k]
-        ratio, n = seeing_ratio(x[k], cat["x"], cat["y"], band)
+        ratio, n = seeing_ratio(x[k], cat["x"], cat["y"], self.survey.bands[k])
         if ratio is None:
-            return {}
-        if not 1 / SEEING_FACTOR <= ratio <= SEEING_FACTOR:
-            warnings.warn(
-                f"the image's most compact sources are {ratio:.2f} times as wide as the PSF "
-                f"the weights were trained for (band {band.name}, atmospheric FWHM "
-                f'{band.psf_fwhm:.2f}"): detection probabilities and star/galaxy classes '
-                "assume that seeing (docs/robustness.md, Seeing)",
-                stacklevel=4,
-            )
-        return {"seeing_ratio": round(ratio, 3), "seeing_sources": n}
+            return {}, None
+        return {"seeing_ratio": round(ratio, 3), "seeing_sources": n}, ratio
+
+    def _warn_seeing(self, ratio: float | None, matched: bool) -> None:
+        """A warning when the measured ``ratio`` is beyond :data:`SEEING_FACTOR` either way
+        (``matched``: the classes were read at the image's seeing)."""
+        from probcat.measure import SEEING_FACTOR
+
+        if ratio is None or 1 / SEEING_FACTOR <= ratio <= SEEING_FACTOR:
+            return
+        names = self.survey.band_names
+        band = self.survey.bands[names.index("i") if "i" in names else 0]
+        what = (
+            "detection probabilities assume that seeing (star/galaxy classes were read from "
+            "stamps resampled to it)"
+            if matched
+            else "detection probabilities and star/galaxy classes assume that seeing"
+        )
+        warnings.warn(
+            f"the image's most compact sources are {ratio:.2f} times as wide as the PSF the "
+            f"weights were trained for (band {band.name}, atmospheric FWHM "
+            f'{band.psf_fwhm:.2f}"): {what} (docs/robustness.md, Seeing)',
+            stacklevel=4,
+        )
 
     def _threads(self, batch: _Batch) -> int:
         from probcat.runtime import threads_for
@@ -336,7 +349,8 @@ class Detector:
 
     # ---- outputs -------------------------------------------------------------------------
     # Every method also takes ``background`` ("auto": subtract a sky left in; "none") and
-    # ``gain`` (e-/ADU, for images in ADU): see :mod:`probcat.background`.
+    # ``gain`` (e-/ADU, for images in ADU): see :mod:`probcat.background`; and ``seeing``
+    # ("auto", "none" or a PSF width ratio: the star/galaxy classes' seeing, see detect()).
     def catalog(self, images, *, noise_sigma=None, threshold: float = 0.5, **opts):
         """MAP catalog(s): detections with marginal probability > ``threshold`` (paper 000
         section 4.2), with posterior mean centroids and their standard deviations (pixels),
@@ -396,9 +410,12 @@ class Detector:
         import torch
 
         from probcat.infer.detect import (
+            SEEING_RANGE,
             catalog_from_decisions,
+            classes_at_seeing,
             decode,
             map_meta,
+            matched_scale,
             sample_catalogs,
         )
         from probcat.infer.reliability import annotate
@@ -418,9 +435,18 @@ class Detector:
             raise ProbcatValueError(f"seed must be an integer, got {seed!r}")
         if not 0 <= seed < 2**63:
             raise ProbcatValueError(f"seed must lie in [0, 2^63), got {seed}")
+        opts = dict(opts)
+        seeing = opts.pop("seeing", "auto")
         unknown = set(opts) - {"background", "gain"}
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+        fixed = _seeing_option(seeing)  # a given ratio; None for "auto" and "none"
+        lo, hi = SEEING_RANGE
+
+        def in_range(r):
+            return lo <= r <= hi
+
+        seeing = "auto" if seeing == "auto" else "given"
         # images may be a _Batch already prepared (photoz: the image read once for all bands)
         batch = images if isinstance(images, _Batch) else self._prepare(images, noise_sigma, opts)
         shape = batch.x.shape[-2:]
@@ -429,36 +455,59 @@ class Detector:
         with thread_limit(self._threads(batch)), torch.no_grad():
             for sl in self._groups(batch):
                 feats, pixels = self._features(batch.x[sl])
-                if want_map:
-                    dec = decode(self.net, feats, image=pixels, threshold=threshold)
+                scales = [fixed] * feats.shape[0]  # the stamp classifier's seeing, per image
+                if want_map or (samples and seeing == "auto"):  # auto: measured on the MAP
+                    with classes_at_seeing(self.net, fixed):
+                        dec = decode(self.net, feats, image=pixels, threshold=threshold)
                     meta = map_meta(self.net, threshold)
                     for k in range(feats.shape[0]):
                         c = catalog_from_decisions(
                             dec, k, dec.marginal, shape, self.net.tile_size, bands, meta
                         )
+                        checked, ratio = self._seeing(batch.x[sl.start + k], c)
+                        if seeing == "auto" and ratio is not None and in_range(ratio):
+                            scales[k] = ratio if matched_scale(ratio) != 1.0 else None
+                        if want_map and scales[k] != fixed:
+                            # the same detections (decisions never read the classes),
+                            # classified from stamps at the image's seeing
+                            with classes_at_seeing(self.net, ratio):
+                                one = decode(
+                                    self.net, feats[k : k + 1], image=pixels[k : k + 1],
+                                    threshold=threshold,
+                                )  # fmt: skip
+                            c = catalog_from_decisions(
+                                one, 0, one.marginal, shape, self.net.tile_size, bands, meta
+                            )
+                        if not want_map:
+                            continue
+                        used = matched_scale(scales[k])
+                        self._warn_seeing(ratio, used != 1.0)
                         c = annotate(c, self.net, feats[k], pixels[k])
                         info = {
                             **batch.info[sl.start + k],
-                            **self._seeing(batch.x[sl.start + k], c),
+                            **checked,
+                            "seeing_matched": round(used, 3),
                         }
                         # each catalog its own metadata (the decoder's dict is shared)
                         c = replace(c, meta={**c.meta, "input": info})
                         cats.append(_with_sky(c, batch.wcs[sl.start + k]))
                         tiles.append(dec.marginal.at(slice(k, k + 1)))
-                    maps.append(dec.marginal.prob.cpu().numpy())
+                    if want_map:
+                        maps.append(dec.marginal.prob.cpu().numpy())
                 for k in range(feats.shape[0]) if samples else ():
                     gen = torch.Generator().manual_seed(seed)
                     wcs = batch.wcs[sl.start + k]
-                    got = sample_catalogs(
-                        self.net,
-                        feats[k : k + 1],
-                        shape,
-                        samples,
-                        image=pixels[k : k + 1],
-                        generator=gen,
-                        bands=bands,
-                        progress=progress,
-                    )
+                    with classes_at_seeing(self.net, scales[k]):
+                        got = sample_catalogs(
+                            self.net,
+                            feats[k : k + 1],
+                            shape,
+                            samples,
+                            image=pixels[k : k + 1],
+                            generator=gen,
+                            bands=bands,
+                            progress=progress,
+                        )
                     draws.append([_with_sky(c, wcs) for c in got])
                 if samples == 0:
                     draws += [[] for _ in range(feats.shape[0])]
@@ -495,6 +544,31 @@ def load(name_or_path=None, *, device=None, threads="auto"):
     return Detector(w.model, w.survey, w.manifest, device=device, threads=threads)
 
 
+def _seeing_option(seeing) -> float | None:
+    """The PSF width ratio given by a ``seeing`` option (None for ``"auto"`` and
+    ``"none"``/None); a clear error for anything else."""
+    from probcat.infer.detect import SEEING_RANGE
+
+    if seeing is None or (isinstance(seeing, str) and seeing in ("auto", "none")):
+        return None
+    if isinstance(seeing, str):
+        try:
+            seeing = float(seeing)
+        except ValueError:
+            seeing = None
+    lo, hi = SEEING_RANGE
+    if (
+        isinstance(seeing, bool)
+        or not isinstance(seeing, (int, float, np.number))
+        or not lo <= float(seeing) <= hi
+    ):
+        raise ProbcatValueError(
+            "seeing must be 'auto', 'none' or the image's PSF width over the weights' survey "
+            f"PSF, a number in [{lo:g}, {hi:g}]"
+        )
+    return float(seeing)
+
+
 def detect(
     image,
     survey=None,
@@ -506,6 +580,7 @@ def detect(
     seed: int = 0,
     background: str = "auto",
     gain=None,
+    seeing="auto",
     device=None,
     threads="auto",
     progress: bool = False,
@@ -527,6 +602,11 @@ def detect(
             (:mod:`probcat.background`).
         gain: e-/ADU for an image in ADU (default: its ``GAIN`` keyword, when ``BUNIT`` is
             not electrons).
+        seeing: ``"auto"`` reads the star/galaxy classes at the image's own seeing (its
+            PSF width measured from its most compact sources, ``seeing_ratio`` in the
+            catalog's metadata; stamps resampled to the survey's seeing when it differs by
+            more than 3%); ``"none"`` at the weights' survey seeing; a number: the image's
+            PSF FWHM over the survey's. Detection probabilities always assume the survey's.
         device, threads: see :class:`Detector`.
         progress: a progress bar over the posterior samples.
 
@@ -545,6 +625,7 @@ def detect(
         seed=seed,
         background=background,
         gain=gain,
+        seeing=seeing,
         progress=progress,
     )
 

@@ -217,6 +217,12 @@ def detect_cmd(
     background: str = BACKGROUND_OPTION,
     gain: float = GAIN_OPTION,
     noise: str = NOISE_OPTION,
+    seeing: str = typer.Option(
+        "auto",
+        help="star/galaxy classes at the image's seeing: auto (its PSF width measured from "
+        "its most compact sources), none (the weights' survey seeing) or RATIO (its PSF FWHM "
+        "over the survey's)",
+    ),
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
     ),
@@ -226,10 +232,12 @@ def detect_cmd(
     """Probabilistic detection and star/galaxy classification of a FITS image."""
     import numpy as np
 
-    from probcat.api import load
+    from probcat.api import _seeing_option, load
     from probcat.catalog import concat_catalogs
     from probcat.io import read_image
 
+    seeing = seeing.strip().lower()
+    _seeing_option(seeing)  # a clear error before anything is loaded or run
     if samples is None:
         samples = 100 if deblend else 0
     if deblend:
@@ -261,7 +269,13 @@ def detect_cmd(
     data = read_image(image)
     opts = {"background": background, "gain": gain, "noise_sigma": _noise_option(noise)}
     res = det.detect(
-        data, threshold=threshold, samples=samples, seed=seed, progress=not quiet, **opts
+        data,
+        threshold=threshold,
+        samples=samples,
+        seed=seed,
+        progress=not quiet,
+        seeing=seeing,
+        **opts,
     )
     catalog = res.catalog
     extra = []
@@ -320,6 +334,8 @@ def _input_note(info: dict) -> str:
     if info.get("background") == "subtracted":
         med = ", ".join(f"{m:.4g}" for m in info["sky_median"])
         parts.append(f"sky subtracted (median {med} e-)")
+    if info.get("seeing_matched", 1.0) != 1.0:
+        parts.append(f"star/galaxy classes read at {info['seeing_matched']:g}x the survey's PSF")
     return "".join(f" [{p}]" for p in parts)
 
 

@@ -20,6 +20,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from probcat.nets.backbone import Backbone, for_inference
 from probcat.nets.heads import (
@@ -29,7 +30,12 @@ from probcat.nets.heads import (
     decided_proximity,
     tile_groups,
 )
-from probcat.nets.stamps import STAMP_SIZE, LocationRefiner, StampClassifier
+from probcat.nets.stamps import (
+    STAMP_SIZE,
+    LocationRefiner,
+    StampClassifier,
+    seeing_matched_grid,
+)
 from probcat.tiles import cut_stamps
 
 __all__ = [
@@ -108,6 +114,10 @@ class DetectionNet(nn.Module):
         self.feature_density = None
         # split veto of close pairs in MAP catalogues (probcat.infer.pairs), set by the loader
         self.pair_rule = None
+        # how many times wider the image's PSF is than the survey's: the stamp classifier
+        # reads stamps resampled to the survey's seeing (see :meth:`stamps`); set for one
+        # image's decoding by :func:`probcat.infer.detect.classes_at_seeing`
+        self.seeing_scale = 1.0
         self.detection_head = CheckerboardHead(channels, tile_size, proximity)
         if classifier == "tile":
             self.type_head = nn.Sequential(
@@ -148,9 +158,24 @@ class DetectionNet(nn.Module):
         """``(count_logit, loc_mean, loc_logvar)`` from conditioned features."""
         return self.detection_head.detection_params(h)
 
-    def stamps(self, image, b, ty, tx, locs) -> tuple[torch.Tensor, torch.Tensor]:
-        """``STAMP_SIZE``-px stamps around sources (see :func:`probcat.tiles.cut_stamps`)."""
-        return cut_stamps(image, b, ty, tx, locs, self.tile_size, STAMP_SIZE)
+    def stamps(
+        self, image, b, ty, tx, locs, scale: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``STAMP_SIZE``-px stamps around sources (see :func:`probcat.tiles.cut_stamps`).
+        With ``scale`` != 1 (the image's PSF that many times as wide as the survey's), each
+        stamp is resampled (bilinear) onto pixels ``scale`` px apart around the source's
+        pixel (:func:`~probcat.nets.stamps.seeing_matched_grid`), times ``scale``, with its
+        offsets in those pixels. The factor, chosen on validation scenes between 0 (the
+        noise level kept) and 2 (a source's surface brightness kept), gave the best star
+        F1 above the survey's seeing (0.88 at 1.25x and 0.84 at 1.5x, against 0.87 and 0.80
+        for 2) and 0.89 at 0.8x (0.90 for 0)."""
+        if scale == 1.0:
+            return cut_stamps(image, b, ty, tx, locs, self.tile_size, STAMP_SIZE)
+        cut, grid = seeing_matched_grid(scale)
+        st, off = cut_stamps(image, b, ty, tx, locs, self.tile_size, cut)
+        grid = grid.to(st.device, st.dtype).expand(len(st), -1, -1, -1)
+        out = F.grid_sample(st, grid, mode="bilinear", align_corners=True)
+        return out * scale, off / scale
 
     def classify(
         self,
@@ -194,7 +219,7 @@ class DetectionNet(nn.Module):
         logits, n = [], _stamp_batch(image)
         for i in range(0, len(b), n):  # bounded memory on whole images
             j = slice(i, i + n)
-            st, off = self.stamps(image, b[j], ty[j], tx[j], locs[j])
+            st, off = self.stamps(image, b[j], ty[j], tx[j], locs[j], self.seeing_scale)
             logits.append(self.stamp_head(st, h[j], off))
         return torch.cat(logits)
 

@@ -10,7 +10,14 @@ from torch import nn
 
 from probcat.nets.backbone import asinh
 
-__all__ = ["STAMP_SIZE", "REFINE_SD0", "StampClassifier", "LocationRefiner", "stamp_views"]
+__all__ = [
+    "STAMP_SIZE",
+    "REFINE_SD0",
+    "StampClassifier",
+    "LocationRefiner",
+    "stamp_views",
+    "seeing_matched_grid",
+]
 
 STAMP_SIZE = 15
 REFINE_SD0 = 0.5  # px, the refiner's initial standard deviation
@@ -24,6 +31,22 @@ def stamp_views(stamps: torch.Tensor) -> torch.Tensor:
     peak = stamps[:, :, c - 1 : c + 2, c - 1 : c + 2].amax((2, 3), keepdim=True)
     views = torch.cat([asinh(stamps / 3.0), stamps / peak.clamp_min(3.0)], 1)
     return views.contiguous(memory_format=torch.channels_last)  # faster CPU convolutions
+
+
+def seeing_matched_grid(scale: float, size: int = STAMP_SIZE) -> tuple[int, torch.Tensor]:
+    """Where a ``size``-px stamp of an image whose PSF is ``scale`` times as wide as the
+    weights' survey PSF takes its pixels so that the PSF spans as many of them as in
+    training: ``(cut, grid)``, the side of the (odd) stamp to cut around the source's pixel
+    and the ``(1, size, size, 2)`` sampling grid of :func:`torch.nn.functional.grid_sample`
+    (``align_corners=True``) on it, ``scale`` px apart and centred on that pixel. A star's
+    image then has the training PSF's width in stamp pixels; a galaxy looks as it would
+    with its sizes divided by ``scale`` under the survey's seeing: still resolved."""
+    cut = math.ceil(size * max(scale, 1.0)) + 2
+    cut += 1 - cut % 2
+    at = (torch.arange(size, dtype=torch.float32) - size // 2) * scale + cut // 2
+    g = at / (cut - 1) * 2 - 1
+    gy, gx = torch.meshgrid(g, g, indexing="ij")
+    return cut, torch.stack([gx, gy], -1)[None]
 
 
 def _stamp_conv(n_bands: int, width: int) -> nn.Sequential:
