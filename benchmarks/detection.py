@@ -112,8 +112,8 @@ def run_scenes(net, survey, sim, args):
         n_collisions += tiles.n_collisions
         nty, ntx = feats.shape[-2:]
         tiles_n = tiles.n_sources[:, :nty, :ntx]
-        for k, v in classified_at_truth(net, feats, pixels, tiles).items():
-            cls_true_loc[k].append(v)
+        for key, v in classified_at_truth(net, feats, pixels, tiles).items():
+            cls_true_loc[key].append(v)  # (k is the chunk's size, counted below)
         tile_prob.append(marginal.prob.numpy().ravel())
         tile_truth.append(tiles_n.numpy().ravel())
         for b, (scene, cat) in enumerate(zip(scenes, cats)):
