@@ -108,8 +108,8 @@ def thread_limit(n: int):
     """Run the block with ``n`` torch intra-op threads and one BLAS thread for numpy, then
     restore the previous counts. numpy's products in the block are small (the
     nearest-neighbour ood_score, calibration maps); a BLAS pool of its own, woken for each,
-    fights torch's threads for the cores: 98x98 cutouts ran 42 per second with it, 76 with
-    one BLAS thread, on this project's 2-core machine."""
+    fights torch's threads for the cores: 98x98 cutouts ran 42 per second with it and
+    55-62 with one BLAS thread, same images and hour, on this project's 2-core machine."""
     import torch
     from threadpoolctl import threadpool_limits
 
