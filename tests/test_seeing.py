@@ -158,6 +158,13 @@ def test_classes_at_the_image_seeing_leave_the_detections_alone(stamp_weights, m
     assert not np.allclose(auto["galaxy_prob"], none["galaxy_prob"])
     assert auto.meta["input"]["seeing_matched"] == given.meta["input"]["seeing_matched"] == 1.4
     assert none.meta["input"]["seeing_matched"] == 1.0
+    # posterior samples: classified at the same seeing, measured on the MAP catalog
+    drawn = det.sample(img, 2, seed=5, noise_sigma=1.0)
+    told = det.sample(img, 2, seed=5, noise_sigma=1.0, seeing=1.4)
+    plain = det.sample(img, 2, seed=5, noise_sigma=1.0, seeing="none")
+    for a, b, c in zip(drawn, told, plain):
+        assert np.array_equal(a["x"], c["x"]) and np.array_equal(a["galaxy_prob"], b["galaxy_prob"])
+        assert not np.allclose(a["galaxy_prob"], c["galaxy_prob"])
     for bad in ("wide", 0.0, True, 12):
         with pytest.raises(ProbcatValueError, match="seeing must be"):
             det.catalog(img, noise_sigma=1.0, seeing=bad)
