@@ -926,6 +926,30 @@ TABLES = {
             )
         ],
     ),
+    "seeing_calibration": (
+        "detection probabilities under other seeing: the calibration refitted at that "
+        "seeing (experiment, not shipped) against the shipped one, same test scenes",
+        [
+            row
+            for scale in SEEING_SCALES
+            for row in (
+                (
+                    f"seeing x {scale}, calibration refitted at it: detection ECE",
+                    f"by_scale.{scale}.refit_at_seeing.detection_ece",
+                    f"by_scale.{scale}.shipped.detection_ece",
+                    ".3f",
+                    "",
+                ),
+                (
+                    f"seeing x {scale}, calibration refitted at it: precision at prob ≥ 0.9",
+                    f"by_scale.{scale}.refit_at_seeing.precision_at_0_9",
+                    f"by_scale.{scale}.shipped.precision_at_0_9",
+                    ".3f",
+                    "",
+                ),
+            )
+        ],  # fmt: skip
+    ),
     "simulate": (
         "the simulator: composed scenes against direct GalSim rendering",
         [
@@ -966,6 +990,7 @@ BASELINES = {
     "simulate": "direct GalSim",
     "robustness": "SEP",
     "calibration_lofo": "shipped design",
+    "seeing_calibration": "shipped calibration",
 }
 # the README's headline rows of each table, by label (a new row elsewhere cannot shift them)
 README_ROWS = {
