@@ -368,6 +368,11 @@ def test_photoz_cli_bad_input_is_one_line(tmp_path, photoz_weights, weights, cap
     assert rc == 2 and "overwrite" in err
     rc = main(["photoz", str(tmp_path / "missing.fits")])
     assert rc == 2 and "no such file" in capsys.readouterr().err
+    out = tmp_path / "never.fits"
+    rc = main(["photoz", str(path), "-o", str(out), "--weights", str(photoz_weights),
+               "--seeing", "0"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "seeing must be" in err and "\n" not in err and not out.exists()
     # six planes without band metadata: the bands cannot be told apart
     from astropy.io import fits
 

@@ -180,6 +180,23 @@ def test_serial_threads_option(tmp_path, weights):
     assert meta["noise_source"] == "measured" and meta["noise_sigma"][0] > 0
 
 
+def test_run_reads_classes_at_the_seeing_given(tmp_path, stamp_weights):
+    images = _images(tmp_path, n=1)
+    with pytest.raises(ProbcatValueError, match="seeing must be"):
+        run(images, tmp_path / "x", weights=str(stamp_weights), workers=0, seeing="wide")
+    assert not (tmp_path / "x").exists()  # refused before any work
+    cats = {}
+    for seeing in ("none", "1.3"):
+        s = run(images, tmp_path / seeing, weights=str(stamp_weights), threshold=0.0,
+                workers=0, seeing=seeing, progress=False)  # fmt: skip
+        assert s["processed"] == 1 and not s["failed"]
+        cats[seeing] = FullCatalog.read(next((tmp_path / seeing).glob("*.parquet")))
+    assert cats["1.3"].meta["input"]["seeing_matched"] == 1.3
+    assert cats["none"].meta["input"]["seeing_matched"] == 1.0
+    np.testing.assert_array_equal(cats["none"]["x"], cats["1.3"]["x"])
+    assert not np.allclose(cats["none"]["galaxy_prob"], cats["1.3"]["galaxy_prob"])
+
+
 def test_benchmark_row_comparison_counts_lost_duplicated_and_unexpected_rows():
     """benchmarks/scale.py's kill tests: a row within the tolerance of a reference row is
     that row (thread counts move centroids by ~1e-5 px); the counts on a hand-built case."""

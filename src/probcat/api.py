@@ -440,7 +440,7 @@ class Detector:
         unknown = set(opts) - {"background", "gain"}
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-        fixed = _seeing_option(seeing)  # a given ratio; None for "auto" and "none"
+        fixed = seeing_option(seeing)  # a given ratio; None for "auto" and "none"
         lo, hi = SEEING_RANGE
 
         def in_range(r):
@@ -544,7 +544,7 @@ def load(name_or_path=None, *, device=None, threads="auto"):
     return Detector(w.model, w.survey, w.manifest, device=device, threads=threads)
 
 
-def _seeing_option(seeing) -> float | None:
+def seeing_option(seeing) -> float | None:
     """The PSF width ratio given by a ``seeing`` option (None for ``"auto"`` and
     ``"none"``/None); a clear error for anything else."""
     from probcat.infer.detect import SEEING_RANGE
@@ -912,6 +912,7 @@ def photoz(
     galaxies_only: bool = True,
     background: str = "auto",
     gain=None,
+    seeing="auto",
     device=None,
     threads="auto",
 ):
@@ -931,6 +932,7 @@ def photoz(
         threshold: detection probability threshold of the MAP catalog.
         galaxies_only: PDFs only for objects classified as galaxies (``galaxy`` column).
         background, gain: sky subtraction and ADU conversion (:mod:`probcat.background`).
+        seeing: the star/galaxy classes' seeing, as :func:`detect`'s.
 
     Example:
         >>> res = probcat.photoz("field_ugrizy.fits")                 # doctest: +SKIP
@@ -958,7 +960,7 @@ def photoz(
     # the detector reads the same sigma-unit planes (sky done above, for every band): no copy
     # when it has every band in order
     x_det = xs if planes == list(range(len(est.bands))) else xs[planes]
-    res = det.detect(det._prepared(x_det, wcs, info), threshold=threshold)
+    res = det.detect(det._prepared(x_det, wcs, info), threshold=threshold, seeing=seeing)
     res.catalog = _with_sky(res.catalog, wcs)
     res.wcs = wcs
     return est._estimate(xs, res.catalog, wcs, galaxies_only, detection=res)

@@ -33,12 +33,27 @@ BACKGROUND_OPTION = typer.Option(
 GAIN_OPTION = typer.Option(
     None, help="e-/ADU for an image in ADU (default: its GAIN keyword unless BUNIT=electron)"
 )
+SEEING_OPTION = typer.Option(
+    "auto",
+    help="star/galaxy classes at the image's seeing: auto (its PSF width measured from its "
+    "most compact sources), none (the weights' survey seeing) or RATIO (its PSF FWHM over "
+    "the survey's)",
+)
 NOISE_OPTION = typer.Option(
     "auto",
     help="background noise sigma per band: auto (the NOISE keywords, else the survey's), "
     "measured (the image's own pixel noise, sources masked) or VALUE[,VALUE...] in the "
     "image's units",
 )
+
+
+def _checked_seeing(value: str) -> str:
+    """``--seeing``, normalised and checked before anything is loaded or run."""
+    from probcat.api import seeing_option
+
+    value = str(value).strip().lower()
+    seeing_option(value)
+    return value
 
 
 def _noise_option(value: str):
@@ -217,12 +232,7 @@ def detect_cmd(
     background: str = BACKGROUND_OPTION,
     gain: float = GAIN_OPTION,
     noise: str = NOISE_OPTION,
-    seeing: str = typer.Option(
-        "auto",
-        help="star/galaxy classes at the image's seeing: auto (its PSF width measured from "
-        "its most compact sources), none (the weights' survey seeing) or RATIO (its PSF FWHM "
-        "over the survey's)",
-    ),
+    seeing: str = SEEING_OPTION,
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
     ),
@@ -232,12 +242,11 @@ def detect_cmd(
     """Probabilistic detection and star/galaxy classification of a FITS image."""
     import numpy as np
 
-    from probcat.api import _seeing_option, load
+    from probcat.api import load
     from probcat.catalog import concat_catalogs
     from probcat.io import read_image
 
-    seeing = seeing.strip().lower()
-    _seeing_option(seeing)  # a clear error before anything is loaded or run
+    seeing = _checked_seeing(seeing)
     if samples is None:
         samples = 100 if deblend else 0
     if deblend:
@@ -356,6 +365,7 @@ def photoz_cmd(
     background: str = BACKGROUND_OPTION,
     gain: float = GAIN_OPTION,
     noise: str = NOISE_OPTION,
+    seeing: str = SEEING_OPTION,
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
     ),
@@ -369,6 +379,7 @@ def photoz_cmd(
     from probcat.io import read_image
     from probcat.redshift.pdf import write_ensemble
 
+    seeing = _checked_seeing(seeing)
     out = out or image.with_name(image.stem + "_photoz.fits")
     pz_path = out.with_name(out.stem + "_pz.hdf5")
     check_outputs([out, pz_path], [image], {out: (".fits", ".fit", ".fts", ".parquet")})
@@ -382,6 +393,7 @@ def photoz_cmd(
         background=background,
         gain=gain,
         noise_sigma=_noise_option(noise),
+        seeing=seeing,
         device=device,
         threads=_threads_option(threads),
     )
@@ -405,6 +417,7 @@ def run_cmd(
     background: str = BACKGROUND_OPTION,
     gain: float = GAIN_OPTION,
     noise: str = NOISE_OPTION,
+    seeing: str = SEEING_OPTION,
     fmt: str = typer.Option("parquet", "--format", help="parquet or fits"),
     workers: int = typer.Option(
         None, help="local Dask workers (default: one per core); 0 runs serially in this process"
@@ -439,6 +452,7 @@ def run_cmd(
         background=background,
         gain=gain,
         noise_sigma=_noise_option(noise),
+        seeing=_checked_seeing(seeing),
         suffix=f".{fmt}",
         workers=workers,
         scheduler=scheduler,

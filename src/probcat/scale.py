@@ -94,6 +94,7 @@ def process_image(image: str, output: str, options: dict) -> dict:
                 background=options.get("background", "auto"),
                 gain=options.get("gain"),
                 noise_sigma=options.get("noise_sigma"),
+                seeing=options.get("seeing", "auto"),
             )
         cat = res.catalog
         cat.meta["image"] = Path(image).name
@@ -121,6 +122,7 @@ def run(
     background: str = "auto",
     gain=None,
     noise_sigma=None,
+    seeing="auto",
     suffix: str = ".parquet",
     workers: int | None = None,
     scheduler: str | None = None,
@@ -131,6 +133,7 @@ def run(
     """Catalogs of ``images`` into ``out`` (see the module docstring); returns the run
     summary (also written to ``out/run_summary.json``): images, processed, skipped
     (finished before), failed (with the errors), rows, seconds."""
+    from probcat.api import seeing_option
     from probcat.background import check_mode, wants_measured_noise
 
     check_mode(background)
@@ -140,6 +143,8 @@ def run(
         raise ProbcatValueError(f"workers must be >= 0, got {workers}")
     if threads is not None and (isinstance(threads, bool) or not 1 <= threads <= 1024):
         raise ProbcatValueError(f"threads must lie in [1, 1024], got {threads}")
+    wants_measured_noise(noise_sigma)  # bad values fail here, before any work
+    seeing_option(seeing)
     jobs = plan(images, out, suffix)
     todo = [j for j in jobs if not j.output.exists()]
     summary = {"images": len(jobs), "to_process": len(todo), "skipped": len(jobs) - len(todo)}
@@ -152,9 +157,8 @@ def run(
     if threads is not None and not serial:
         raise ProbcatValueError("threads applies to serial runs (workers=0); a Dask worker "
                                 "runs one torch thread")  # fmt: skip
-    wants_measured_noise(noise_sigma)  # a bad value fails here, before any work
     options = {"weights": weights, "threshold": threshold, "background": background,
-               "gain": gain, "noise_sigma": noise_sigma,
+               "gain": gain, "noise_sigma": noise_sigma, "seeing": seeing,
                "threads": (threads or "auto") if serial else 1}  # fmt: skip
     _detector(weights, options["threads"])  # bad weights fail here, in one line, before work
     t0 = time.perf_counter()
