@@ -27,14 +27,13 @@ writes ``benchmarks/results/robustness.json`` and ``robustness_*.png``.
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
 import json
 import sys
 import time
 from pathlib import Path
 
-import _paths  # noqa: F401  (first: keeps benchmarks/ off the import path)
+import _paths  # first: keeps benchmarks/ off the import path
 import numpy as np
 import torch
 
@@ -54,18 +53,6 @@ from probcat.weights import DEFAULT_DETECTION, load, load_detection
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BASELINE = "detection_lsst_i_bulgedisk"
-
-
-@functools.lru_cache(maxsize=1)
-def _detection_module():
-    """benchmarks/detection.py (its ``summarise`` and ``classification``: the same
-    definitions), loaded by path."""
-    spec = importlib.util.spec_from_file_location(
-        "_det_bench", Path(__file__).resolve().parent / "detection.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def simulator(
@@ -131,7 +118,7 @@ def classification_at_truth(net, scenes, sigma, chunk: int = 100) -> dict:
     """Galaxy F1 above SNR 10 and star F1 above SNR 12 of the sources of ``scenes``,
     each classified at its true position (``benchmarks/detection.py``'s
     ``classification``; F1 None where no source is called a star or a galaxy)."""
-    det_bench = _detection_module()
+    det_bench = _paths.sibling("detection")  # the same definitions
     rows = {"prob": [], "galaxy": [], "snr": []}
     for start in range(0, len(scenes), chunk):
         part = scenes[start : start + chunk]
@@ -492,7 +479,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    summarise = _detection_module().summarise
+    summarise = _paths.sibling("detection").summarise  # the same definitions
     shipped, survey = load_detection(args.weights)
     baseline, _ = load_detection(args.baseline)
     sigma = float(survey.noise_sigma[0])

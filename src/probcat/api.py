@@ -293,6 +293,12 @@ class Detector:
         check_size(x.shape, self.net.receptive_field // 2)
         return _Batch(np.asarray(x, np.float32)[None], [wcs], True, [info])
 
+    @property
+    def _seeing_band(self) -> int:
+        """The band the seeing is measured in: i when the weights have it, else the first."""
+        names = self.survey.band_names
+        return names.index("i") if "i" in names else 0
+
     def _seeing(self, x: np.ndarray, cat) -> tuple[dict, float | None]:
         """The seeing check of one image ``x`` (sigma units) and its MAP catalog: the
         catalog's ``seeing_ratio`` (:func:`probcat.measure.seeing_ratio`, in the i band when
@@ -300,8 +306,7 @@ class Detector:
         bright, isolated sources to tell."""
         from probcat.measure import seeing_ratio
 
-        names = self.survey.band_names
-        k = names.index("i") if "i" in names else 0
+        k = self._seeing_band
         ratio, n = seeing_ratio(x[k], cat["x"], cat["y"], self.survey.bands[k])
         if ratio is None:
             return {}, None
@@ -314,8 +319,7 @@ class Detector:
 
         if ratio is None or 1 / SEEING_FACTOR <= ratio <= SEEING_FACTOR:
             return
-        names = self.survey.band_names
-        band = self.survey.bands[names.index("i") if "i" in names else 0]
+        band = self.survey.bands[self._seeing_band]
         what = (
             "detection probabilities assume that seeing (star/galaxy classes were read from "
             "stamps resampled to it)"
@@ -410,12 +414,12 @@ class Detector:
         import torch
 
         from probcat.infer.detect import (
-            SEEING_RANGE,
             catalog_from_decisions,
             classes_at_seeing,
             decode,
             map_meta,
             matched_scale,
+            measured_scale,
             sample_catalogs,
         )
         from probcat.infer.reliability import annotate
@@ -441,11 +445,6 @@ class Detector:
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
         fixed = seeing_option(seeing)  # a given ratio; None for "auto" and "none"
-        lo, hi = SEEING_RANGE
-
-        def in_range(r):
-            return lo <= r <= hi
-
         seeing = "auto" if seeing == "auto" else "given"
         # images may be a _Batch already prepared (photoz: the image read once for all bands)
         batch = images if isinstance(images, _Batch) else self._prepare(images, noise_sigma, opts)
@@ -465,8 +464,8 @@ class Detector:
                             dec, k, dec.marginal, shape, self.net.tile_size, bands, meta
                         )
                         checked, ratio = self._seeing(batch.x[sl.start + k], c)
-                        if seeing == "auto" and ratio is not None and in_range(ratio):
-                            scales[k] = ratio if matched_scale(ratio) != 1.0 else None
+                        if seeing == "auto":
+                            scales[k] = measured_scale(ratio)
                         if want_map and scales[k] != fixed:
                             # the same detections (decisions never read the classes),
                             # classified from stamps at the image's seeing
@@ -551,22 +550,17 @@ def seeing_option(seeing) -> float | None:
 
     if seeing is None or (isinstance(seeing, str) and seeing in ("auto", "none")):
         return None
-    if isinstance(seeing, str):
-        try:
-            seeing = float(seeing)
-        except ValueError:
-            seeing = None
+    try:
+        value = float("nan") if isinstance(seeing, bool) else float(seeing)
+    except (TypeError, ValueError):
+        value = float("nan")
     lo, hi = SEEING_RANGE
-    if (
-        isinstance(seeing, bool)
-        or not isinstance(seeing, (int, float, np.number))
-        or not lo <= float(seeing) <= hi
-    ):
+    if not lo <= value <= hi:
         raise ProbcatValueError(
             "seeing must be 'auto', 'none' or the image's PSF width over the weights' survey "
             f"PSF, a number in [{lo:g}, {hi:g}]"
         )
-    return float(seeing)
+    return value
 
 
 def detect(

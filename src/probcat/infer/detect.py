@@ -44,6 +44,7 @@ __all__ = [
     "catalog_from_decisions",
     "classes_at_seeing",
     "matched_scale",
+    "measured_scale",
     "SEEING_MATCH_TOLERANCE",
 ]
 
@@ -64,6 +65,15 @@ def matched_scale(scale: float | None) -> float:
             f"got {scale!r}"
         )
     return 1.0 if abs(math.log(scale)) <= math.log(SEEING_MATCH_TOLERANCE) else float(scale)
+
+
+def measured_scale(ratio: float | None) -> float | None:
+    """The scale to read the classes of an image at, from its measured PSF width
+    ``ratio``: None (the stamps as cut) when it was not measured, lies outside
+    :data:`SEEING_RANGE` or within :data:`SEEING_MATCH_TOLERANCE` of 1."""
+    if ratio is None or not SEEING_RANGE[0] <= ratio <= SEEING_RANGE[1]:
+        return None
+    return None if matched_scale(ratio) == 1.0 else ratio
 
 
 @contextmanager

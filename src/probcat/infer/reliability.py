@@ -214,9 +214,7 @@ class ProbabilityCalibration:
 
 
 def _interp(p, x, y):
-    if isinstance(x, tuple) and isinstance(y, tuple):
-        return np.interp(p, _knots(x), _knots(y))
-    return np.interp(p, np.r_[0.0, x], np.r_[0.0, y])
+    return np.interp(p, _knots(tuple(x)), _knots(tuple(y)))
 
 
 @lru_cache(maxsize=512)
