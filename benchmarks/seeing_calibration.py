@@ -1,16 +1,17 @@
-"""Detection probabilities under other seeing: the shipped calibration against the same
-recipe refitted on validation scenes rendered at that seeing (an experiment; nothing it
-fits is shipped).
+"""Detection probabilities under other seeing: the weights' calibration fitted at the
+survey's seeing against the one the detector picks for the image's seeing.
 
-Under a wider PSF than the survey's the shipped weights' calibrated ``prob`` is too high
-(``benchmarks/robustness.py``, ``seeing``: precision at prob >= 0.9 of 0.927 at 1.5 times
-the FWHM). Here, for each factor, the reliability fits (probability calibration and
-feature density, the shipped recipe: half the scenes isolated, half survey cutouts) are
-redone on ``--fit-scenes`` validation scenes of the full morphology mixture under that
-PSF, and both calibrations are scored on the test scenes of robustness.py's seeing test
-(same seeds: its ``shipped`` numbers are robustness.json's). Factor 1 is the control: a
-refit at the survey's own seeing, which says how much of any gain is the refit itself.
-MAP detections, hence precision and recall, do not depend on the calibration. Writes
+Under a wider PSF than the survey's the network's detection probabilities are too high
+for the calibration fitted at the survey's seeing. The shipped weights carry calibrations
+refitted by the same recipe on validation scenes rendered under wider PSFs
+(``fits.seeing_factors``: ``probcat train calibrate RUN --seeing-only``), and the
+detector reads each image at the PSF width ratio it measures, with the calibration fitted
+nearest it (:func:`probcat.infer.reliability.seeing_calibration`). For each factor, the
+ratio is measured as ``benchmarks/robustness.py``'s seeing test does (a 1000x1000 field of
+bulge+disk test galaxies under that PSF), and both calibrations are scored on the same
+test scenes of the full morphology mixture (robustness.py's seeing test scenes: same
+seeds, so its ``by_scale`` numbers are this benchmark's ``seeing_calibration``). MAP
+detections, hence precision and recall, do not depend on the calibration. Writes
 ``benchmarks/results/seeing_calibration.json`` and ``seeing_calibration.png``:
 
     .venv/bin/python benchmarks/seeing_calibration.py
@@ -29,21 +30,25 @@ import numpy as np
 import torch
 
 from probcat.catalog import atomic_write
-from probcat.infer.reliability import fit_reliability
+from probcat.infer.detect import at_seeing, measured_scale
+from probcat.infer.reliability import seeing_calibration
 from probcat.provenance import provenance
-from probcat.weights import DEFAULT_DETECTION, load_detection
+from probcat.weights import DEFAULT_DETECTION, load, load_detection
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = ("precision", "recall", "precision_at_0_9", "detection_ece", "detection_ece_interior")
+NAMES = ("survey_calibration", "seeing_calibration")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default=DEFAULT_DETECTION)
-    ap.add_argument("--scales", default="0.8,1,1.25,1.5", help="PSF FWHM factors")
-    ap.add_argument("--fit-scenes", type=int, default=1024, help="validation scenes per fit")
+    ap.add_argument("--scales", default="0.8,1,1.25,1.5,2", help="PSF FWHM factors")
     ap.add_argument("--test-images", type=int, default=500, help="robustness.py's seeing test")
     ap.add_argument("--bank-size", type=int, default=4000, help="test galaxies per factor")
+    ap.add_argument(
+        "--class-bank-size", type=int, default=2000, help="bulge+disk galaxies of the field"
+    )
     ap.add_argument("--seed", type=int, default=2029, help="robustness.py's seed")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
@@ -52,46 +57,49 @@ def main(argv=None):
     summarise = _paths.sibling("detection").summarise
     net, survey = load_detection(args.weights)
     sigma = float(survey.noise_sigma[0])
-    shipped = (net.prob_calibration, net.feature_density)
     by_scale = {}
     for scale in [float(v) for v in args.scales.split(",") if v]:
-        print(f"seeing x {scale:g}: fit ...", flush=True)
-        val = rb.simulator("morphology", "val", 2000, psf_scale=scale)
-        refit = fit_reliability(
-            net,
-            val,
-            survey.noise_sigma,
-            n_scenes=args.fit_scenes,
-            rng=np.random.default_rng([args.seed, 5, round(scale * 100)]),
-            inside_fraction=0.5,
-            source=f"validation scenes at {scale:g} x the FWHM",
-        )
+        print(f"seeing x {scale:g} ...", flush=True)
+        field_sim = rb.simulator("parametric", "test", args.class_bank_size, psf_scale=scale)
+        ratio = rb.field_seeing_ratio(net, survey, field_sim, args.seed)
+        read_at = measured_scale(ratio)
         test = rb.simulator("morphology", "test", args.bank_size, psf_scale=scale)
         scenes = rb.scenes_for(test, args.test_images, [args.seed, 77])
-        row = {}
-        for name, (cal, dens) in (("shipped", shipped), ("refit_at_seeing", refit)):
-            net.prob_calibration, net.feature_density = cal, dens
-            with torch.no_grad():
-                r = rb.evaluate(net, scenes, sigma, with_sep=False)
+        factor = seeing_calibration(net, 1.0 if read_at is None else read_at)[0]
+        row = {"measured_seeing_ratio": ratio, "calibration_factor": factor}
+        for name, at in zip(NAMES, (None, read_at)):
+            own = net.seeing_calibrations
+            if at is None:
+                net.seeing_calibrations = ()  # the survey's calibration, classes as read
+            try:
+                with torch.no_grad(), at_seeing(net, read_at):
+                    r = rb.evaluate(net, scenes, sigma, with_sep=False)
+            finally:
+                net.seeing_calibrations = own
             m = rb.metrics(r, summarise, sep=False)["probcat"]
             row[name] = {k: m[k] for k in KEYS}
             print(f"  {name}: " + ", ".join(f"{k} {row[name][k]:.3f}" for k in KEYS), flush=True)
-        net.prob_calibration, net.feature_density = shipped
         by_scale[f"{scale:g}"] = row
+    weights = load(args.weights)
     result = {
         "command": " ".join([".venv/bin/python benchmarks/seeing_calibration.py", *sys.argv[1:]]),
         "weights": args.weights,
-        "fit_scenes": args.fit_scenes,
-        "fit_population": "morphology (validation galaxies), half isolated, half cutouts",
+        "weights_sha256": weights.sha256,
+        "seeing_calibrations": (weights.manifest or {}).get("seeing_calibrations"),
         "test_images": args.test_images,
         "by_scale": by_scale,
         "definitions": {
-            "shipped": "the weights' own calibration (fitted at the survey's seeing)",
-            "refit_at_seeing": "probability calibration and feature density fitted as the "
-            "shipped ones were, on validation scenes rendered under that seeing",
+            "survey_calibration": "the weights' calibration fitted at the survey's seeing",
+            "seeing_calibration": "the calibration the detector uses by default: of the "
+            "weights' calibrations (the survey's and those fitted under wider PSFs), the one "
+            "nearest in log to the measured seeing ratio (calibration_factor; 1 when the ratio "
+            "is within 3% of 1)",
+            "measured_seeing_ratio": "the PSF width ratio probcat.detect measures on a "
+            "1000x1000 field of bulge+disk test galaxies under that PSF",
             "metrics": "robustness.py's seeing test: MAP catalogs of 98x98 scenes of the "
-            "full morphology mixture (test galaxies); detection ECE over all detections "
-            "and over those 8 px or more inside",
+            "full morphology mixture (test galaxies), star/galaxy classes read at the measured "
+            "ratio in both; detection ECE over all detections and over those 8 px or more "
+            "inside",
         },
         "wall_s": round(time.perf_counter() - t0, 1),
     }
@@ -117,13 +125,14 @@ def figure(by_scale: dict, path: Path) -> None:
     for k, (key, label) in enumerate(
         (("precision_at_0_9", "precision at prob ≥ 0.9"), ("detection_ece", "detection ECE"))
     ):
-        for j, (name, colour) in enumerate((("shipped", "C0"), ("refit_at_seeing", "C1"))):
+        for j, (name, colour) in enumerate(zip(NAMES, ("C0", "C1"))):
             vals = [by_scale[s][name][key] for s in scales]
-            ax[k].bar(x + (j - 0.5) * 0.38, vals, 0.38, color=colour, label=name)
+            ax[k].bar(x + (j - 0.5) * 0.38, vals, 0.38, color=colour, label=name.replace("_", " "))
         ax[k].set_xticks(x, [f"× {s}" for s in scales])
         ax[k].set_xlabel("PSF FWHM factor")
         ax[k].set_ylabel(label)
-    ax[0].set_ylim(0.85, 1.0)
+    ax[0].axhline(0.9, color="k", lw=0.8, ls=":")
+    ax[0].set_ylim(0.8, 1.0)
     ax[0].legend(loc="lower left")
     fig.tight_layout()
 

@@ -152,6 +152,33 @@ def test_annotate_adds_calibrated_prob_raw_prob_and_ood_score():
     assert out.meta["ood_flag"] == rel.OOD_FLAG
 
 
+def test_the_calibration_of_the_nearest_seeing_in_log_and_annotate_reads_it():
+    """An image read at a PSF width ratio gets the calibration fitted nearest it in log:
+    the survey's own (factor 1) below sqrt(1.25), the 1.25 one up to sqrt(1.25 * 2)."""
+    from probcat.infer.detect import at_seeing
+    from probcat.nets.detection import DetectionNet
+
+    own = rel.ProbabilityCalibration((0.0, 1.0), (0.0, 1.0), 100, "own")
+    at125 = rel.ProbabilityCalibration((0.0, 1.0), (0.0, 0.8), 100, "x1.25")
+    at2 = rel.ProbabilityCalibration((0.0, 1.0), (0.0, 0.5), 100, "x2")
+    net = DetectionNet(n_bands=1, stem_channels=4, channels=8, n_blocks=2)
+    assert rel.seeing_calibration(net) == (1.0, None)  # weights without a calibration
+    net.prob_calibration = own
+    net.seeing_calibrations = ((1.25, at125), (2.0, at2))
+    for scale, want in ((0.5, own), (1.0, own), (1.11, own), (1.12, at125), (1.58, at125),
+                        (1.59, at2), (3.9, at2)):  # fmt: skip
+        assert rel.seeing_calibration(net, scale)[1] is want, scale
+    net.prob_calibration = own
+    cat = _map_catalog([5.0, 6.0], [5.0, 2.0], [0.5, 1.0], [0, 1], [0, 0], (10, 10))
+    feats = torch.zeros(8, 2, 2)
+    assert rel.annotate(cat, net, feats)["prob"] == pytest.approx([0.5, 1.0])
+    with at_seeing(net, 1.3):
+        out = rel.annotate(cat, net, feats)
+    assert out["prob"] == pytest.approx([0.4, 0.8]) and out.meta["prob_calibration"] == "x1.25"
+    with at_seeing(net, 1.02):  # within the tolerance: the survey's seeing
+        assert rel.annotate(cat, net, feats)["prob"] == pytest.approx([0.5, 1.0])
+
+
 def test_edge_zone_calibration_learns_that_edge_detections_are_false_more_often():
     rng = np.random.default_rng(4)
     n = 200_000
@@ -322,6 +349,39 @@ def test_fit_reliability_draws_the_inside_share_of_scenes_with_no_margin(monkeyp
     assert [c[:2] for c in calls] == [(0, 20)]  # no margin: every scene is already inside
     with pytest.raises(ProbcatValueError, match="inside_fraction"):
         rel.fit_reliability(None, sim, 1.0, n_scenes=20, inside_fraction=-0.1)
+
+
+def test_seeing_calibration_reads_ood_score_from_the_weights_density(monkeypatch):
+    """For the calibrations under other seeing, each detection's ood_score is the score of
+    the net's own density (not an out-of-fold refit), and the map splits by it: detections
+    far from the density's features, all false here, get a low probability."""
+    from probcat.simulate.scene import SceneConfig
+
+    def fake_rows(net, sim, noise_sigma, *, n_scenes, rng):
+        g = np.random.default_rng(n_scenes)
+        n = 40 * n_scenes
+        far = np.arange(n) % 4 == 0  # a quarter unlike the training features, and false
+        feats = g.standard_normal((n, 3))
+        feats[far] += 50.0
+        return {"prob": g.uniform(0.5, 1.0, n), "real": ~far, "feats": feats,
+                "scene": np.repeat(np.arange(n_scenes), 40), "edge": np.full(n, 20.0),
+                "neighbour": np.full(n, np.inf)}  # fmt: skip
+
+    monkeypatch.setattr(rel, "detections_with_outcomes", fake_rows)
+    sim = SimpleNamespace(config=SceneConfig(40, 40))  # no margin: one layout
+    dens = rel.fit_feature_density(np.random.default_rng(5).standard_normal((500, 3)))
+    net = SimpleNamespace(feature_density=dens)
+    d, _ = rel.reliability_detections(net, sim, 1.0, n_scenes=50, rng=0, density=dens)
+    assert np.array_equal(d["ood"], dens.score(d["feats"]))
+    cal = rel.fit_seeing_calibration(net, sim, 1.0, n_scenes=50, rng=0, source="x2")
+    p = np.linspace(0.55, 0.95, 5)
+    # ood_score >= 0.99: the 500 far detections and about 1% of the 1,500 real ones
+    assert np.all(cal(p, ood=np.ones(5), edge=np.full(5, 20.0)) < 0.1)
+    assert cal(p, ood=np.full(5, 0.5), edge=np.full(5, 20.0)) == pytest.approx(1.0, abs=0.01)
+    assert cal.source == "x2"
+    # without a density: edge and neighbour zones only, one map for all
+    plain = rel.fit_seeing_calibration(SimpleNamespace(), sim, 1.0, n_scenes=50, rng=0)
+    assert plain(p) == pytest.approx(0.75, abs=0.03) and not plain.by_ood
 
 
 def _layout_cal(prior=0.5):

@@ -75,6 +75,11 @@ def test_the_detector_records_the_ratio_and_warns_beyond_the_factor(weights):
             assert bool(msgs) == warns
             if warns:  # classes matched to the seeing: only the probabilities assume it
                 assert ("and star/galaxy classes assume" in msgs[0]) != matched
+        if warns:  # with a calibration fitted under a wider PSF, the warning names it
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                det._warn_seeing(ratio, True, 1.25)
+            assert "calibration fitted under a PSF 1.25 times as wide" in str(caught[0].message)
     few = FullCatalog({"x": x[:3], "y": y[:3]}, img.shape, ("i",))
     assert det._seeing(img[None], few) == ({}, None)
 
@@ -125,7 +130,7 @@ def test_resampled_stamps_show_the_psf_at_the_survey_width():
 
 def test_matched_scale_and_the_classifier_scale_restored():
     from probcat.errors import ProbcatValueError
-    from probcat.infer.detect import classes_at_seeing, matched_scale
+    from probcat.infer.detect import at_seeing, matched_scale
     from probcat.nets.detection import DetectionNet
 
     assert matched_scale(None) == matched_scale(1.02) == matched_scale(0.975) == 1.0
@@ -134,7 +139,7 @@ def test_matched_scale_and_the_classifier_scale_restored():
         with pytest.raises(ProbcatValueError, match="PSF width ratio"):
             matched_scale(bad)
     net = DetectionNet(n_bands=1, stem_channels=4, channels=8, n_blocks=2)
-    with classes_at_seeing(net, 1.4):
+    with at_seeing(net, 1.4):
         assert net.seeing_scale == 1.4
     assert net.seeing_scale == 1.0
 

@@ -189,6 +189,9 @@ def test_shipped_config_is_the_shipped_weights_config(name):
         assert got["fits"].pop("pair_scenes") == 1024
     if "population" not in want["fits"]:  # fitted before the fits could have galaxies of
         assert got["fits"].pop("population") is None  # their own
+    if "seeing_factors" not in want["fits"]:  # calibrated before other seeing had its own
+        assert got["fits"].pop("seeing_factors") == []
+        assert got["fits"].pop("seeing_scenes") == 1024
     assert got == want
     assert load_config(f"configs/{name}.yaml", steps=7).phases[0].steps == 7
 
@@ -384,6 +387,70 @@ def test_reliability_only_refits_nothing_else(tmp_path, cache_dir, monkeypatch):
     for k, v in before["state_dict"].items():
         assert torch.equal(after["state_dict"][k], v)
     assert m["command"] == "train cmd"
+
+
+def test_seeing_only_fits_calibrations_under_wider_psfs_and_the_detector_picks_one(
+    tmp_path, cache_dir, monkeypatch
+):
+    """--seeing-only refits the probability calibration on validation scenes rendered under
+    each factor's PSF, with the run's own calibration and density set, touches nothing else,
+    and records its command beside the training's; catalogs of an image read at 1.5x the
+    seeing get that calibration."""
+    import probcat
+    import probcat.infer.reliability as R
+    from probcat.cli import main
+    from probcat.train.detection import calibrate_run
+    from probcat.weights import read_weights
+
+    run = tmp_path / "run"
+    train_detection(_cfg(fits__seeing_scenes=3), run, cache_dir=cache_dir, progress=False,
+                    command="train cmd")  # fmt: skip
+    own = R.ProbabilityCalibration((0.0, 1.0), (0.0, 0.9), 500, "own")
+    dens = R.fit_feature_density(np.random.default_rng(1).standard_normal((100, 8)))
+    monkeypatch.setattr(R, "fit_reliability", lambda *a, **k: (own, dens))
+    calibrate_run(run, cache_dir=cache_dir, progress=False, reliability_only=True)
+    before = read_weights(run / "detection.pt")
+    manifest = json.loads((run / "manifest.json").read_text())
+    base = _cfg().survey()["i"].psf_fwhm
+    seen = []
+
+    def fake(net, sim, noise_sigma, *, n_scenes, rng, inside_fraction, source):
+        factor = sim.bank.survey["i"].psf_fwhm / base
+        seen.append(round(factor, 6))
+        assert net.prob_calibration.to_dict() == own.to_dict()  # the run's, as recorded
+        assert net.feature_density is not None and sim.bank.config.split == "val"
+        assert n_scenes == 3 and f"under a PSF {factor:g} times" in source
+        return R.ProbabilityCalibration((0.0, 1.0), (0.0, 1.0 / factor), 300, source)
+
+    monkeypatch.setattr(R, "fit_seeing_calibration", fake)
+    m = calibrate_run(
+        run, cache_dir=cache_dir, progress=False, seeing_only=True, seeing_factors=(2.0, 1.5)
+    )
+    assert seen == [2.0, 1.5]
+    after = read_weights(run / "detection.pt")
+    assert [e["factor"] for e in after["seeing_calibrations"]] == [2.0, 1.5]
+    assert after["config"]["fits"]["seeing_factors"] == [2.0, 1.5]
+    for key in ("prob_calibration", "feature_density", "pair_rule", "merge", "sky_offset"):
+        assert after.get(key) == before.get(key), key
+    for k, v in before["state_dict"].items():
+        assert torch.equal(after["state_dict"][k], v)
+    assert m["command"] == "train cmd" and m["git_commit"] == manifest["git_commit"]
+    assert m["seeing_calibration_command"].startswith("probcat")
+    assert [e["factor"] for e in m["seeing_calibrations"]] == [2.0, 1.5]
+    det = probcat.load(run / "detection.pt", device="cpu", threads=1)
+    assert [f for f, _ in det.net.seeing_calibrations] == [1.5, 2.0]
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((1, 30, 30)).astype(np.float32) * 5
+    image[0, 15, 15] += 2000.0
+    for seeing, scale in (("none", 0.9), (1.5, 1 / 1.5), (1.9, 0.5)):
+        cat = det.catalog(image, noise_sigma=5.0, threshold=0.0, seeing=seeing)
+        assert len(cat) > 0, seeing
+        assert np.asarray(cat["prob"]) == pytest.approx(scale * np.asarray(cat["prob_raw"]))
+    with pytest.raises(ProbcatValueError, match="seeing_factors"):
+        calibrate_run(run, cache_dir=cache_dir, progress=False, seeing_only=True,
+                      seeing_factors=(1.0,))  # fmt: skip
+    assert main(["train", "calibrate", str(run), "--seeing-only", "--reliability-only"]) == 2
+    assert main(["train", "calibrate", str(run), "--seeing-factors", "wide"]) == 2
 
 
 def test_sky_offset_only_records_into_the_manifest_and_the_detector_uses_it(

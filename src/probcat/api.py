@@ -312,20 +312,28 @@ class Detector:
             return {}, None
         return {"seeing_ratio": round(ratio, 3), "seeing_sources": n}, ratio
 
-    def _warn_seeing(self, ratio: float | None, matched: bool) -> None:
+    def _warn_seeing(self, ratio: float | None, matched: bool, factor: float = 1.0) -> None:
         """A warning when the measured ``ratio`` is beyond :data:`SEEING_FACTOR` either way
-        (``matched``: the classes were read at the image's seeing)."""
+        (``matched``: the image was read at its seeing; ``factor``: the PSF width ratio of
+        the probability calibration used)."""
         from probcat.measure import SEEING_FACTOR
 
         if ratio is None or 1 / SEEING_FACTOR <= ratio <= SEEING_FACTOR:
             return
         band = self.survey.bands[self._seeing_band]
-        what = (
-            "detection probabilities assume that seeing (star/galaxy classes were read from "
-            "stamps resampled to it)"
-            if matched
-            else "detection probabilities and star/galaxy classes assume that seeing"
-        )
+        if not matched:
+            what = "detection probabilities and star/galaxy classes assume that seeing"
+        elif factor == 1.0:
+            what = (
+                "detection probabilities assume that seeing (star/galaxy classes were read "
+                "from stamps resampled to it)"
+            )
+        else:
+            what = (
+                f"detection probabilities use the calibration fitted under a PSF {factor:g} "
+                "times as wide, star/galaxy classes were read from stamps resampled to the "
+                "survey's seeing, and completeness is that of the wider seeing"
+            )
         warnings.warn(
             f"the image's most compact sources are {ratio:.2f} times as wide as the PSF the "
             f"weights were trained for (band {band.name}, atmospheric FWHM "
@@ -414,15 +422,15 @@ class Detector:
         import torch
 
         from probcat.infer.detect import (
+            at_seeing,
             catalog_from_decisions,
-            classes_at_seeing,
             decode,
             map_meta,
             matched_scale,
             measured_scale,
             sample_catalogs,
         )
-        from probcat.infer.reliability import annotate
+        from probcat.infer.reliability import annotate, seeing_calibration
         from probcat.runtime import thread_limit
 
         if (
@@ -456,7 +464,7 @@ class Detector:
                 feats, pixels = self._features(batch.x[sl])
                 scales = [fixed] * feats.shape[0]  # the stamp classifier's seeing, per image
                 if want_map or (samples and seeing == "auto"):  # auto: measured on the MAP
-                    with classes_at_seeing(self.net, fixed):
+                    with at_seeing(self.net, fixed):
                         dec = decode(self.net, feats, image=pixels, threshold=threshold)
                     meta = map_meta(self.net, threshold)
                     for k in range(feats.shape[0]):
@@ -469,7 +477,7 @@ class Detector:
                         if want_map and scales[k] != fixed:
                             # the same detections (decisions never read the classes),
                             # classified from stamps at the image's seeing
-                            with classes_at_seeing(self.net, ratio):
+                            with at_seeing(self.net, ratio):
                                 one = decode(
                                     self.net, feats[k : k + 1], image=pixels[k : k + 1],
                                     threshold=threshold,
@@ -480,8 +488,9 @@ class Detector:
                         if not want_map:
                             continue
                         used = matched_scale(scales[k])
-                        self._warn_seeing(ratio, used != 1.0)
-                        c = annotate(c, self.net, feats[k], pixels[k])
+                        with at_seeing(self.net, scales[k]):  # the calibration of its seeing
+                            c = annotate(c, self.net, feats[k], pixels[k])
+                        self._warn_seeing(ratio, used != 1.0, seeing_calibration(self.net, used)[0])
                         info = {
                             **batch.info[sl.start + k],
                             **checked,
@@ -496,7 +505,7 @@ class Detector:
                 for k in range(feats.shape[0]) if samples else ():
                     gen = torch.Generator().manual_seed(seed)
                     wcs = batch.wcs[sl.start + k]
-                    with classes_at_seeing(self.net, scales[k]):
+                    with at_seeing(self.net, scales[k]):
                         got = sample_catalogs(
                             self.net,
                             feats[k : k + 1],

@@ -633,16 +633,32 @@ def calibrate_cmd(
         None,
         help="galaxies of the validation scenes, e.g. morphology (default: the run's own)",
     ),
+    seeing_only: bool = typer.Option(
+        False,
+        "--seeing-only",
+        help="only (re)fit the probability calibrations under other seeing, keeping the rest",
+    ),
+    seeing_factors: str = typer.Option(
+        None,
+        help="PSF FWHM factors of those calibrations, e.g. 1.25,1.5; 'none' for none "
+        "(default: the run's config)",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """(Re)fit the merge radius (weights with a location refiner), the centroid-interval
-    calibration, the pair rule, the detection-probability calibration, the ood_score density
-    and the sky offset of a trained run (training does them last)."""
+    calibration, the pair rule, the detection-probability calibration (at the survey's
+    seeing and at other seeing), the ood_score density and the sky offset of a trained run
+    (training does them last)."""
     from probcat.train.detection import calibrate_run, record_sky_offset
 
     for name in ("detection.pt", "manifest.json"):
         if not (run / name).exists():
             raise ProbcatFileError(f"{run / name}: not found (is {run} a training run?)")
+    if sum((sky_offset_only, reliability_only, seeing_only)) > 1:
+        raise ProbcatValueError(
+            "--sky-offset-only, --reliability-only and --seeing-only exclude each other"
+        )
+    factors = _seeing_factors(seeing_factors)
     if sky_offset_only:
         rec = record_sky_offset(
             run / "detection.pt", run / "manifest.json", cache_dir=cache_dir, progress=not quiet
@@ -658,7 +674,17 @@ def calibrate_cmd(
         progress=not quiet,
         reliability_only=reliability_only,
         population=population,
+        seeing_only=seeing_only,
+        seeing_factors=factors,
     )
+    for e in m.get("seeing_calibrations") or ():
+        typer.echo(
+            f"probability calibration at {e['factor']:g} x the seeing from {e['n']} detections"
+        )
+    if seeing_only:
+        n = len(m.get("seeing_calibrations") or ())
+        typer.echo(f"{n} seeing calibration(s) -> {run / 'detection.pt'}")
+        return
     rule = m.get("pair_rule")
     if rule and rule.get("check"):
         c = rule["check"]
@@ -684,6 +710,21 @@ def calibrate_cmd(
         f"calibrated on {cal['n']} matched coordinates: 68% interval ±{k[0.6827]:.2f} sd, "
         f"95% ±{k[0.9545]:.2f} sd -> {run / 'detection.pt'}"
     )
+
+
+def _seeing_factors(text: str | None) -> tuple[float, ...] | None:
+    """``--seeing-factors``: None (the run's own) when not given, () for "none", else the
+    comma-separated factors (the training config checks their range)."""
+    if text is None:
+        return None
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ProbcatValueError(
+            f"--seeing-factors must be comma-separated numbers or 'none', got {text!r}"
+        ) from None
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):

@@ -44,6 +44,13 @@ weights file (``probcat train calibrate RUN`` refits them):
   fitted on one half and scored on the other): ECE 0.0081 with the edge zones alone,
   0.0058 with the neighbour split first; fitted on 512 scenes, 0.0140 (the splits need
   the scenes: 2048 by default, ``fits.reliability_scenes`` of the training config).
+  Under a PSF wider than the survey's, the network's probabilities are too high for
+  that map (precision 0.93 at ``prob >= 0.9`` at 1.5 times the FWHM). Weights may
+  therefore carry maps refitted, by the same recipe, on validation scenes rendered under
+  other PSFs (``seeing_calibrations``: ``fits.seeing_factors`` of the training config),
+  each detection's ``ood_score`` from the weights' own density as on a new image; an
+  image gets the map whose PSF is nearest in log to its own (:func:`seeing_calibration`,
+  the seeing the detector measures or is given).
 * :class:`FeatureDensity` describes the encoder's tile features at real detections of the
   validation scenes: the distance of a source's features to the nearest of
   :data:`OOD_NEIGHBOURS` of them (whitened by their covariance; weights of v7: the
@@ -59,6 +66,7 @@ weights file (``probcat train calibrate RUN`` refits them):
 from __future__ import annotations
 
 import base64
+import math
 from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 
@@ -75,6 +83,8 @@ __all__ = [
     "fit_probability_calibration",
     "fit_feature_density",
     "annotate",
+    "seeing_calibration",
+    "fit_seeing_calibration",
     "veto_pairs",
     "scene_layouts",
     "fit_reliability",
@@ -591,14 +601,30 @@ def veto_pairs(cat, net, pixels):
     return replace(out, meta={**out.meta, "pair_vetoed": int((~keep).sum())})
 
 
+def seeing_calibration(net, scale: float | None = None) -> tuple:
+    """``(factor, calibration)``: of the probability calibration of ``net``'s weights (fitted
+    at the survey's seeing, factor 1) and those of its ``seeing_calibrations`` (fitted under
+    a PSF ``factor`` times as wide), the one whose factor is nearest in log to ``scale``
+    (default ``net.seeing_scale``, the PSF width ratio the image is read at:
+    :func:`probcat.infer.detect.at_seeing`); the survey's own on a tie. ``(1.0, None)``
+    for weights without a calibration."""
+    own = getattr(net, "prob_calibration", None)
+    scale = float(getattr(net, "seeing_scale", 1.0) if scale is None else scale)
+    if own is None or not scale > 0:
+        return 1.0, own
+    options = [(1.0, own), *getattr(net, "seeing_calibrations", ())]
+    return min(options, key=lambda fc: abs(math.log(fc[0] / scale)))
+
+
 def annotate(cat, net, feats_k: torch.Tensor, pixels=None):
     """A MAP catalogue of ``net`` with the weights' reliability columns: ``prob_raw`` (the
     network's probability), ``prob`` (calibrated) and ``ood_score`` (see the module
-    docstring); unchanged when the weights carry neither fit. With ``pixels`` (the image in
-    noise-sigma units) and weights with a pair rule, the detections it vetoes are dropped
-    first (:func:`veto_pairs`)."""
+    docstring); unchanged when the weights carry neither fit. The calibration is the one
+    for the seeing ``net`` reads the image at (:func:`seeing_calibration`). With ``pixels``
+    (the image in noise-sigma units) and weights with a pair rule, the detections it vetoes
+    are dropped first (:func:`veto_pairs`)."""
     cat = veto_pairs(cat, net, pixels)
-    cal = getattr(net, "prob_calibration", None)
+    cal = seeing_calibration(net)[1]
     dens = getattr(net, "feature_density", None)
     if cal is None and dens is None:
         return cat
@@ -677,13 +703,15 @@ def reliability_detections(
     rng=None,
     inside_fraction: float = 0.0,
     neighbours: int = OOD_NEIGHBOURS,
+    density: FeatureDensity | None = None,
 ) -> tuple[dict, list]:
     """The detections :func:`fit_reliability` fits on: ``(d, layouts)``, ``d`` the arrays of
     :func:`detections_with_outcomes` over ``n_scenes`` fresh scenes of ``sim`` (scene indices
     distinct across layouts) plus ``layout`` (index into ``layouts``, those of
     :func:`scene_layouts`) and ``ood`` (each detection's ``ood_score`` out of fold: from the
     density of the real detections of the other half of the scenes, even/odd, as
-    ``ood_score`` is on new images; ``neighbours``: see :func:`fit_feature_density`)."""
+    ``ood_score`` is on new images; ``neighbours``: see :func:`fit_feature_density`), or,
+    with ``density`` given, its ``ood_score`` of each detection."""
     layouts = scene_layouts(sim, n_scenes, inside_fraction)
     gen = np.random.default_rng(rng) if len(layouts) > 1 else rng  # drawn in turn
     parts, first = [], 0
@@ -695,6 +723,9 @@ def reliability_detections(
         first += n
     d = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     feats, real, scene = d["feats"], d["real"], d["scene"]
+    if density is not None:
+        d["ood"] = density.score(feats) if len(feats) else np.zeros(0)
+        return d, layouts
     d["ood"] = np.zeros(len(real))
     for half in (scene % 2 == 0, scene % 2 == 1):
         dens = fit_feature_density(feats[half & real], neighbours=neighbours)
@@ -770,3 +801,26 @@ def fit_reliability(
     cal = calibration_from_detections(d, layouts, source=source)
     dens = fit_feature_density(d["feats"][d["real"]], source=source, neighbours=neighbours)
     return cal, dens
+
+
+def fit_seeing_calibration(
+    net, sim, noise_sigma, *, n_scenes: int = 1024, rng=None, inside_fraction=0.0, source=""
+):
+    """The probability calibration of :func:`fit_reliability` refitted on ``n_scenes`` fresh
+    scenes of ``sim`` (validation galaxies rendered under another PSF), for the
+    ``seeing_calibrations`` of ``net``'s weights: each detection's ``ood_score`` comes from
+    ``net``'s own feature density (the one every image is scored with), so that its bins
+    split detections as they will on an image of that seeing; without a density, the map
+    is split by edge and neighbour zones only."""
+    dens = getattr(net, "feature_density", None)
+    d, layouts = reliability_detections(
+        net,
+        sim,
+        noise_sigma,
+        n_scenes=n_scenes,
+        rng=rng,
+        inside_fraction=inside_fraction,
+        density=dens,
+    )
+    contexts = ("ood", "edge", "neighbour") if dens is not None else ("edge", "neighbour")
+    return calibration_from_detections(d, layouts, contexts=contexts, source=source)

@@ -112,11 +112,14 @@ class DetectionNet(nn.Module):
         # detections (probcat.infer.reliability), set by the weights loader
         self.prob_calibration = None
         self.feature_density = None
+        # ((factor, calibration), ...): probability calibrations fitted under PSFs ``factor``
+        # times as wide as the survey's (probcat.infer.reliability.seeing_calibration)
+        self.seeing_calibrations = ()
         # split veto of close pairs in MAP catalogues (probcat.infer.pairs), set by the loader
         self.pair_rule = None
         # how many times wider the image's PSF is than the survey's: the stamp classifier
         # reads stamps resampled to the survey's seeing (see :meth:`stamps`); set for one
-        # image's decoding by :func:`probcat.infer.detect.classes_at_seeing`
+        # image's decoding by :func:`probcat.infer.detect.at_seeing`
         self.seeing_scale = 1.0
         self.detection_head = CheckerboardHead(channels, tile_size, proximity)
         if classifier == "tile":

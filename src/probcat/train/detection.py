@@ -32,6 +32,7 @@ import torch
 
 from probcat.config import from_dict, load_yaml, to_dict
 from probcat.errors import ProbcatValueError
+from probcat.infer.detect import SEEING_RANGE
 from probcat.nets.detection import N_GROUPS, DetectionNet, TileOutput, tile_groups
 from probcat.simulate.bank import BankConfig, SourceBank
 from probcat.simulate.scene import SceneConfig, SceneSimulator, SeeingMixture
@@ -118,6 +119,11 @@ class DetectionFits:
     # the galaxies of every fit's validation scenes (same bank size and seed); None: the
     # training population (data.population)
     population: str | None = None
+    # PSF FWHM factors (not 1) under which the probability calibration is fitted again, on
+    # seeing_scenes validation scenes each (the same layouts), for images of other seeing
+    # (probcat.infer.reliability.seeing_calibration); (): none
+    seeing_factors: tuple[float, ...] = ()
+    seeing_scenes: int = 1024
 
 
 @dataclass(frozen=True)
@@ -175,6 +181,17 @@ class DetectionTrainConfig:
             )
         if self.fits.population is not None and not str(self.fits.population).strip():
             raise ProbcatValueError("fits.population must name a population, or be left out")
+        lo, hi = SEEING_RANGE
+        f = self.fits.seeing_factors
+        if any(not lo <= v <= hi or v == 1.0 for v in f) or len(set(f)) < len(f):
+            raise ProbcatValueError(
+                f"fits.seeing_factors must be distinct PSF width ratios in [{lo:g}, {hi:g}] "
+                f"other than 1, got {list(f)}"
+            )
+        if self.fits.seeing_scenes < 1:
+            raise ProbcatValueError(
+                f"fits.seeing_scenes must be 1 or more, got {self.fits.seeing_scenes}"
+            )
         if isinstance(self.fits.pair_scenes, bool) or self.fits.pair_scenes < 0:
             raise ProbcatValueError(
                 f"fits.pair_scenes must be 0 (no pair rule) or more, got {self.fits.pair_scenes}"
@@ -216,11 +233,16 @@ def load_config(path: str | Path | None, steps: int | None = None) -> DetectionT
 
 
 def _simulator(
-    cfg: DetectionTrainConfig, split: str, cache_dir, progress, population: str | None = None
+    cfg: DetectionTrainConfig,
+    split: str,
+    cache_dir,
+    progress,
+    population: str | None = None,
+    psf_scales: tuple[float, ...] | None = None,
 ) -> SceneSimulator:
     """Scenes of the training layout on the ``split`` ("train" or "val") source bank of
-    ``population`` (default ``data.population``); with several ``data.psf_scales``, a
-    :class:`SeeingMixture` of one bank per PSF width."""
+    ``population`` (default ``data.population``); with several ``psf_scales`` (default
+    ``data.psf_scales``), a :class:`SeeingMixture` of one bank per PSF width."""
     d = cfg.data
     n = d.bank_size if split == "train" else d.val_bank_size
     bank_cfg = BankConfig(
@@ -241,9 +263,9 @@ def _simulator(
             ),
             layout,
         )
-        for scale in d.psf_scales
+        for scale in psf_scales or d.psf_scales
     ]
-    return sims[0] if len(sims) == 1 else SeeingMixture(sims, d.psf_scales)
+    return sims[0] if len(sims) == 1 else SeeingMixture(sims, psf_scales or d.psf_scales)
 
 
 class DetectionTask:
@@ -321,13 +343,19 @@ class DetectionTask:
             "centroid_calibration": calibration,
             "merge": merge,
             **_fit_reliability(model, self.cfg, sim, progress),
+            "seeing_calibrations": _fit_seeing(model, self.cfg, self.cache_dir, progress),
             "sky_offset": fit_sky_offset(self.cfg, sim.bank),
         }
 
     @staticmethod
     def manifest_fits(fits: dict) -> dict:
-        """The fits as the manifest records them: the feature density by its size only."""
-        return {**fits, "feature_density": _density_summary(fits.get("feature_density"))}
+        """The fits as the manifest records them: the feature density by its size only, the
+        seeing calibrations by factor, size and source."""
+        return {
+            **fits,
+            "feature_density": _density_summary(fits.get("feature_density")),
+            "seeing_calibrations": _seeing_summary(fits.get("seeing_calibrations")),
+        }
 
     def weights(self, model):
         return {
@@ -489,6 +517,8 @@ def calibrate_run(
     progress=True,
     reliability_only: bool = False,
     population: str | None = None,
+    seeing_only: bool = False,
+    seeing_factors: tuple[float, ...] | None = None,
 ) -> dict:
     """Refit the merge rule (weights with a location refiner), the centroid-interval
     calibration, the pair rule, the detection-probability calibration and the feature
@@ -504,7 +534,10 @@ def calibrate_run(
     default); ``population``: the galaxies of those scenes (``fits.population``; default:
     the run's, which is its training population unless set; with ``reliability_only`` the
     merge radius, centroid intervals and sky offset keep the scenes they were fitted on);
-    the ones used go into the recorded config."""
+    the ones used go into the recorded config. The probability calibrations at other
+    seeing (``fits.seeing_factors``, or ``seeing_factors`` given) are refitted after the
+    probability calibration; ``seeing_only``: only they, with the run's merge radius, pair
+    rule, probability calibration and feature density as recorded."""
     from probcat.weights import read_weights
 
     out = Path(out)
@@ -514,14 +547,21 @@ def calibrate_run(
         "reliability_scenes": reliability_scenes,
         "reliability_inside_fraction": inside_fraction,
         "population": population,
+        "seeing_factors": None if seeing_factors is None else tuple(seeing_factors),
     }
-    if not reliability_only:  # the centroid calibration is refitted, on these scenes
+    if not (reliability_only or seeing_only):  # the centroid calibration is refitted
         fits["calibration_scenes"] = n_scenes
     cfg = replace(cfg, fits=replace(cfg.fits, **{k: v for k, v in fits.items() if v is not None}))
     net = DetectionNet(**weights["hparams"])
     net.load_state_dict(weights["state_dict"])
     net.eval()
     manifest = json.loads((out / "manifest.json").read_text())
+    if seeing_only:
+        _set_fits(net, weights)
+        weights["seeing_calibrations"] = _fit_seeing(net, cfg, cache_dir, progress)
+        weights["config"]["fits"] = manifest["config"]["fits"] = to_dict(cfg.fits)
+        manifest["seeing_calibrations"] = _seeing_summary(weights["seeing_calibrations"])
+        return write_run(out, "detection", weights, manifest, refit="seeing_calibration")
     sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population)
     if reliability_only:
         if weights.get("merge"):
@@ -531,6 +571,8 @@ def calibrate_run(
         weights["centroid_calibration"] = manifest["centroid_calibration"] = cal
         weights["merge"] = manifest["merge"] = merge
     rel = _fit_reliability(net, cfg, sim, progress)
+    rel["seeing_calibrations"] = _fit_seeing(net, cfg, cache_dir, progress)
+    manifest["seeing_calibrations"] = _seeing_summary(rel["seeing_calibrations"])
     weights["config"]["fits"] = manifest["config"]["fits"] = to_dict(cfg.fits)
     manifest["data"] = describe_data(cfg)
     weights.update(rel)
@@ -539,7 +581,22 @@ def calibrate_run(
     manifest["feature_density"] = _density_summary(rel["feature_density"])
     if not reliability_only:
         weights["sky_offset"] = manifest["sky_offset"] = fit_sky_offset(cfg, sim.bank)
-    return write_run(out, "detection", weights, manifest)
+    return write_run(out, "detection", weights, manifest, refit="recalibration")
+
+
+def _set_fits(net: DetectionNet, weights: dict) -> None:
+    """The decoding and reliability fits recorded in a run's ``weights``, set on ``net``."""
+    from probcat.infer.pairs import PairRule
+    from probcat.infer.reliability import FeatureDensity, calibration_from_dict
+
+    if weights.get("merge"):
+        net.merge_px = float(weights["merge"]["radius_px"])
+    if weights.get("pair_rule"):
+        net.pair_rule = PairRule.from_dict(weights["pair_rule"])
+    if weights.get("prob_calibration"):
+        net.prob_calibration = calibration_from_dict(weights["prob_calibration"])
+    if weights.get("feature_density"):
+        net.feature_density = FeatureDensity.from_dict(weights["feature_density"])
 
 
 SKY_SIZE = 256
@@ -614,6 +671,53 @@ def _fit_merge(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progress):
 
 def _density_summary(density: dict | None) -> dict | None:
     return None if density is None else {k: density[k] for k in ("n", "source")}
+
+
+def _seeing_summary(entries: list | None) -> list:
+    return [
+        {"factor": e["factor"], "n": e["calibration"]["n"], "source": e["calibration"]["source"]}
+        for e in entries or ()
+    ]
+
+
+def _fit_seeing(net, cfg: DetectionTrainConfig, cache_dir, progress) -> list:
+    """The probability calibration refitted under each PSF FWHM factor of
+    ``fits.seeing_factors`` (:func:`~probcat.infer.reliability.fit_seeing_calibration`), on
+    ``fits.seeing_scenes`` fresh scenes (a seed of their own) of validation galaxies
+    rendered under that PSF, in the layouts of the reliability fits, with ``net``'s pair
+    rule, merge radius and feature density as set: ``[{"factor", "calibration"}, ...]``.
+    Sets ``net.seeing_calibrations``. None fitted when ``net`` has no calibration to refit,
+    or (with a warning) where the scenes hold too few detections."""
+    from probcat.infer.reliability import fit_seeing_calibration
+
+    net.seeing_calibrations = ()
+    if net.prob_calibration is None:
+        return []
+    frac = cfg.fits.reliability_inside_fraction if cfg.data.margin > 0 else 0.0
+    n, out = cfg.fits.seeing_scenes, []
+    for factor in cfg.fits.seeing_factors:
+        sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population, (factor,))
+        seed = [cfg.seed, 41, round(factor * 100)]
+        k = round(n * frac)
+        inside = f", {k} of them with every source inside the image" if k else ""
+        try:
+            cal = fit_seeing_calibration(
+                net,
+                sim,
+                cfg.survey().noise_sigma,
+                n_scenes=n,
+                rng=np.random.default_rng(seed),
+                inside_fraction=frac,
+                source=f"{n} validation scenes ({cfg.data.image_size} px, split=val, seed "
+                f"{seed}{inside}) under a PSF {factor:g} times the survey's FWHM, MAP "
+                "detections matched within 2 px, ood_score of the weights' density",
+            )
+        except ProbcatValueError as e:
+            warnings.warn(f"no calibration at {factor:g} x the seeing: {e}", stacklevel=3)
+            continue
+        out.append({"factor": float(factor), "calibration": cal.to_dict()})
+        net.seeing_calibrations += ((float(factor), cal),)
+    return out
 
 
 def _fit_reliability(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progress) -> dict:

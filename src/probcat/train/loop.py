@@ -285,17 +285,27 @@ def fit(
     return write_run(out, task.kind, weights, manifest, command)
 
 
-def write_run(out: Path, kind: str, weights: dict, manifest: dict, command=None) -> dict:
+def write_run(
+    out: Path, kind: str, weights: dict, manifest: dict, command=None, refit: str | None = None
+) -> dict:
     """Write ``<kind>.pt`` and ``manifest.json`` (with the file's sha256 and provenance)
-    into the run directory ``out``, atomically."""
+    into the run directory ``out``, atomically. ``refit``: the name of a fit redone after
+    training (e.g. ``"recalibration"``); the manifest keeps the training's command and
+    commit and records the refit's as ``<refit>_command`` and ``<refit>_git_commit``."""
     from probcat.provenance import provenance
     from probcat.weights import sha256
 
     path = Path(out) / f"{kind}.pt"
     atomic_write(path, lambda tmp: torch.save(weights, tmp))
     prov = provenance(command)
-    if command is None and "command" in manifest:  # a refit keeps the training command
-        prov["command"] = manifest["command"]
+    if refit is not None:
+        manifest = {
+            **manifest,
+            f"{refit}_command": prov.pop("command"),
+            f"{refit}_git_commit": prov.pop("git_commit"),
+        }
+    if "command" in manifest and (command is None or refit is not None):
+        prov["command"] = manifest["command"]  # a refit keeps the training command
     manifest = {**manifest, **prov, "sha256": sha256(path), "size_bytes": path.stat().st_size}
     text = json.dumps(manifest, indent=1, default=str)
     atomic_write(Path(out) / "manifest.json", lambda tmp: Path(tmp).write_text(text))

@@ -207,11 +207,31 @@ def _build_detection(state: dict, path: Path):
             net.prob_calibration = calibration_from_dict(state["prob_calibration"])
         if state.get("feature_density"):
             net.feature_density = FeatureDensity.from_dict(state["feature_density"])
+        net.seeing_calibrations = seeing_calibrations_from(state, path)
     if state.get("pair_rule"):
         from probcat.infer.pairs import PairRule
 
         net.pair_rule = PairRule.from_dict(state["pair_rule"])
     return net
+
+
+def seeing_calibrations_from(state: dict, path) -> tuple:
+    """``((factor, calibration), ...)`` of a detection weights ``state``'s
+    ``seeing_calibrations`` (``[{"factor": f, "calibration": {...}}, ...]``), by factor;
+    ``()`` for weights without them."""
+    from probcat.infer.reliability import calibration_from_dict
+
+    try:
+        entries = [
+            (float(e["factor"]), calibration_from_dict(e["calibration"]))
+            for e in state.get("seeing_calibrations") or ()
+        ]
+        out = tuple(sorted(entries, key=lambda fc: fc[0]))
+    except (TypeError, ValueError, KeyError) as e:
+        raise ProbcatIOError(f"{path}: malformed seeing calibrations ({e})") from e
+    if any(not f > 0 for f, _ in out):
+        raise ProbcatIOError(f"{path}: seeing calibration factors must be positive")
+    return out
 
 
 def _frozen(cls, state: dict, path: Path, what: str, defaults: dict | None = None):
