@@ -332,7 +332,7 @@ class Detector:
             what = (
                 f"detection probabilities use the calibration fitted under a PSF {factor:g} "
                 "times as wide, star/galaxy classes were read from stamps resampled to the "
-                "survey's seeing, and completeness is that of the wider seeing"
+                "survey's seeing, and completeness is the network's at the image's seeing"
             )
         warnings.warn(
             f"the image's most compact sources are {ratio:.2f} times as wide as the PSF the "

@@ -673,6 +673,18 @@ def _density_summary(density: dict | None) -> dict | None:
     return None if density is None else {k: density[k] for k in ("n", "source")}
 
 
+def _inside_fraction(cfg: DetectionTrainConfig) -> float:
+    """The share of the reliability fits' scenes drawn with every source inside the image
+    (0 for a layout without a margin: every scene is already inside)."""
+    return cfg.fits.reliability_inside_fraction if cfg.data.margin > 0 else 0.0
+
+
+def _inside_note(n: int, frac: float) -> str:
+    """How many of ``n`` scenes are isolated, for a fit's ``source``."""
+    k = round(n * frac)
+    return f", {k} of them with every source inside the image" if k else ""
+
+
 def _seeing_summary(entries: list | None) -> list:
     return [
         {"factor": e["factor"], "n": e["calibration"]["n"], "source": e["calibration"]["source"]}
@@ -693,13 +705,12 @@ def _fit_seeing(net, cfg: DetectionTrainConfig, cache_dir, progress) -> list:
     net.seeing_calibrations = ()
     if net.prob_calibration is None:
         return []
-    frac = cfg.fits.reliability_inside_fraction if cfg.data.margin > 0 else 0.0
+    frac = _inside_fraction(cfg)
     n, out = cfg.fits.seeing_scenes, []
     for factor in cfg.fits.seeing_factors:
         sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population, (factor,))
         seed = [cfg.seed, 41, round(factor * 100)]
-        k = round(n * frac)
-        inside = f", {k} of them with every source inside the image" if k else ""
+        inside = _inside_note(n, frac)
         try:
             cal = fit_seeing_calibration(
                 net,
@@ -729,11 +740,10 @@ def _fit_reliability(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progre
     from probcat.infer.pairs import fit_pair_rule
     from probcat.infer.reliability import fit_reliability
 
-    frac = cfg.fits.reliability_inside_fraction if cfg.data.margin > 0 else 0.0
+    frac = _inside_fraction(cfg)
 
     def layout(n):
-        k = round(n * frac)
-        return f", {k} of them with every source inside the image" if k else ""
+        return _inside_note(n, frac)
 
     pair = None
     net.pair_rule = None
