@@ -308,6 +308,14 @@ def test_detect_seeing_option(tmp_path, capsys, stamp_weights):
                "--seeing", "1.3", "--threshold", "0.0"])  # fmt: skip
     said = capsys.readouterr().out
     assert rc == 0 and "star/galaxy classes read at 1.3x the survey's PSF" in said
+    assert "probabilities calibrated" not in said  # these weights carry no seeing calibration
+    from probcat.cli import _input_note
+
+    note = _input_note({"seeing_matched": 1.48, "calibration_seeing": 1.5})
+    assert (
+        note == " [star/galaxy classes read at 1.48x the survey's PSF, probabilities "
+        "calibrated at 1.5x]"
+    )
 
 
 def _plain_fits(path, data, **keywords):

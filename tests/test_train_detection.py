@@ -442,10 +442,11 @@ def test_seeing_only_fits_calibrations_under_wider_psfs_and_the_detector_picks_o
     rng = np.random.default_rng(0)
     image = rng.standard_normal((1, 30, 30)).astype(np.float32) * 5
     image[0, 15, 15] += 2000.0
-    for seeing, scale in (("none", 0.9), (1.5, 1 / 1.5), (1.9, 0.5)):
+    for seeing, scale, factor in (("none", 0.9, 1.0), (1.5, 1 / 1.5, 1.5), (1.9, 0.5, 2.0)):
         cat = det.catalog(image, noise_sigma=5.0, threshold=0.0, seeing=seeing)
         assert len(cat) > 0, seeing
         assert np.asarray(cat["prob"]) == pytest.approx(scale * np.asarray(cat["prob_raw"]))
+        assert cat.meta["input"]["calibration_seeing"] == factor
     with pytest.raises(ProbcatValueError, match="seeing_factors"):
         calibrate_run(run, cache_dir=cache_dir, progress=False, seeing_only=True,
                       seeing_factors=(1.0,))  # fmt: skip

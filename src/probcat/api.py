@@ -490,11 +490,13 @@ class Detector:
                         used = matched_scale(scales[k])
                         with at_seeing(self.net, scales[k]):  # the calibration of its seeing
                             c = annotate(c, self.net, feats[k], pixels[k])
-                        self._warn_seeing(ratio, used != 1.0, seeing_calibration(self.net, used)[0])
+                        factor = seeing_calibration(self.net, used)[0]
+                        self._warn_seeing(ratio, used != 1.0, factor)
                         info = {
                             **batch.info[sl.start + k],
                             **checked,
                             "seeing_matched": round(used, 3),
+                            "calibration_seeing": factor,
                         }
                         # each catalog its own metadata (the decoder's dict is shared)
                         c = replace(c, meta={**c.meta, "input": info})

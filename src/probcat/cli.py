@@ -344,7 +344,10 @@ def _input_note(info: dict) -> str:
         med = ", ".join(f"{m:.4g}" for m in info["sky_median"])
         parts.append(f"sky subtracted (median {med} e-)")
     if info.get("seeing_matched", 1.0) != 1.0:
-        parts.append(f"star/galaxy classes read at {info['seeing_matched']:g}x the survey's PSF")
+        note = f"star/galaxy classes read at {info['seeing_matched']:g}x the survey's PSF"
+        if info.get("calibration_seeing", 1.0) != 1.0:
+            note += f", probabilities calibrated at {info['calibration_seeing']:g}x"
+        parts.append(note)
     return "".join(f" [{p}]" for p in parts)
 
 
