@@ -82,6 +82,24 @@ def test_mismatched_weights_and_kinds(tmp_path, weights):
         load(tmp_path / "future.pt")
 
 
+def test_malformed_seeing_calibrations_are_clear_errors(tmp_path, weights):
+    state = torch.load(weights, weights_only=True)
+    cal = {"x": [0.0, 1.0], "y": [0.0, 0.5], "n": 300, "source": "x1.5"}
+    state["prob_calibration"] = {**cal, "source": "own"}  # they refine the weights' own
+    good = [{"factor": 2.0, "calibration": cal}, {"factor": 1.5, "calibration": cal}]
+    torch.save({**state, "seeing_calibrations": good}, tmp_path / "good.pt")
+    net = load(tmp_path / "good.pt").model
+    assert [f for f, _ in net.seeing_calibrations] == [1.5, 2.0]  # sorted by factor
+    for bad, why in (
+        ([{"factor": 1.5}], "malformed seeing calibrations"),
+        ([{"factor": "wide", "calibration": cal}], "malformed seeing calibrations"),
+        ([{"factor": -1.0, "calibration": cal}], "factors must be positive"),
+    ):
+        torch.save({**state, "seeing_calibrations": bad}, tmp_path / "bad.pt")
+        with pytest.raises(ProbcatIOError, match=why):
+            load(tmp_path / "bad.pt")
+
+
 def test_first_format_weights_are_upgraded_to_the_same_network(tmp_path, weights):
     """Weights written before the backbone and heads became modules (flat names) load
     into the same network."""
