@@ -742,9 +742,6 @@ def _fit_reliability(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progre
 
     frac = _inside_fraction(cfg)
 
-    def layout(n):
-        return _inside_note(n, frac)
-
     pair = None
     net.pair_rule = None
     if cfg.fits.pair_scenes:
@@ -757,7 +754,8 @@ def _fit_reliability(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progre
                 n_scenes=n,
                 rng=seed,
                 source=f"{n} validation scenes ({cfg.data.image_size} px, split=val, seed "
-                f"{seed}{layout(n)}), MAP detections with a neighbour, matched within 2 px",
+                f"{seed}{_inside_note(n, frac)}), MAP detections with a neighbour, matched "
+                "within 2 px",
                 inside_fraction=frac,
             )
             pair = net.pair_rule.to_dict()
@@ -772,7 +770,7 @@ def _fit_reliability(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progre
             n_scenes=n,
             rng=np.random.default_rng(seed),
             source=f"{n} validation scenes ({cfg.data.image_size} px, split=val, seed {seed}"
-            f"{layout(n)}), MAP detections matched within 2 px",
+            f"{_inside_note(n, frac)}), MAP detections matched within 2 px",
             inside_fraction=frac,
         )
     except ProbcatValueError as e:
