@@ -104,13 +104,14 @@ def main(argv=None) -> None:
         "p(I=1 | theta)), posterior p(theta) r3 E[r4]",
         "coverage.r4": "full-model maps run through r1, their true detected lists",
         "coverage.plain_nre": "full-model maps, theta from the prior",
-        "intervals": "central intervals of each marginal on the grid",
+        "intervals": "central intervals of each marginal on the grid (N in steps of "
+        "grid_n_step); the coverage checks use the same grid",
         "joint coverage": "truth inside the joint highest-density region of each level: grid "
         "cells denser than the estimator's own density at the truth hold less than the level",
         "joint_volume_68": "fraction of the prior box inside the joint 68% highest-density region",
         "widths_68_target_like_maps": "mean over the combined coverage maps (the target's "
         "detections, theta from the r4-route posterior) of r3's and the combination's 68% "
-        "widths and joint 68% volumes, on the coverage grid",
+        "widths and joint 68% volumes",
         "n_simulations": "r1 (fresh maps) + pool (r2, r4) + r3 (targeted) + plain NRE "
         "(as many as r3 and the pool together)",
     }

@@ -161,8 +161,7 @@ def compare(run: Path, cfg: PopulationConfig, target_seed: int, n_eval: int, epo
     est, summary = train_sbi(train_theta, train_lists, m, epochs, cfg.seed + 40)
     sbi_s = time.perf_counter() - t0
     sbi_r = SbiRatio(est, m)
-    grid = Grid.default(n_sigma=cfg.grid_sigma, n_h=cfg.grid_h, n_step=2 * cfg.grid_n_step)
-    fine = Grid.default(cfg.grid_sigma, cfg.grid_h, cfg.grid_n_step)
+    grid = Grid.default(cfg.grid_sigma, cfg.grid_h, cfg.grid_n_step)  # the run's posterior grid
     routes = {
         "probcat": (lambda ls, g: chain.log_r4(ls, g), chain.log_r4_at),
         "sbi_nre_a": (sbi_r.grid, sbi_r.at),
@@ -173,10 +172,10 @@ def compare(run: Path, cfg: PopulationConfig, target_seed: int, n_eval: int, epo
         cov = expected_coverage([Posterior(grid, v) for v in on_grid(eval_lists, grid)],
                                 theta_e, log_density_at_truth=log_at)  # fmt: skip
         # the target's r4 route, E[r4] from this route's own ratio (same draws' seed)
-        log_e, _, _ = detections_factor(np.random.default_rng([cfg.seed, 4243]), det, fine,
+        log_e, _, _ = detections_factor(np.random.default_rng([cfg.seed, 4243]), det, grid,
                                         chain.draw_detected_lists, on_grid, cfg.r4_draws,
                                         cfg.r4_rounds)  # fmt: skip
-        post = Posterior(fine, log_e)
+        post = Posterior(grid, log_e)
         posts[name] = post
         out[name] = {
             "coverage": cov,

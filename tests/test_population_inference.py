@@ -5,6 +5,7 @@ from scipy import stats
 from probcat.population.chain import detections_factor
 from probcat.population.detection import Detections
 from probcat.population.inference import (
+    LEVELS,
     Grid,
     Posterior,
     combine,
@@ -162,6 +163,26 @@ def test_coverage_of_an_exact_posterior_is_nominal_and_of_an_overconfident_one_i
     over = expected_coverage(post, truths)
     assert over["N"]["0.683"] < 0.45 and over["N"]["0.954"] < 0.8
     assert over["joint"]["0.683"] < 0.45 and over["joint"]["0.954"] < 0.8
+
+
+def test_n_intervals_on_the_chain_grid_cover_narrow_posteriors_and_a_coarser_grid_does_not():
+    # Gaussian N posteriors as narrow as the chain's (68% widths of about 12), exact and
+    # centred on noisy data: on the chain's grid (N in steps of 5) the central intervals
+    # cover at the nominal rate; on one twice as coarse (what the coverage check once used)
+    # the cells widen them and they over-cover
+    rng = np.random.default_rng(7)
+    n, sd = 2000, 6.0
+    truths = np.column_stack([rng.integers(60, 400, n), np.full(n, 2.0), np.full(n, 10.0)])
+    centres = truths[:, 0] + sd * rng.standard_normal(n)
+    cov = {}
+    for step in (5, 10):
+        grid = Grid.default(n_sigma=3, n_h=3, n_step=step)
+        posts = [Posterior(grid, -0.5 * ((grid.points[:, 0] - c) / sd) ** 2) for c in centres]
+        cov[step] = [np.mean([p.contains(0, t, lv) for p, t in zip(posts, truths[:, 0])])
+                     for lv in LEVELS]  # fmt: skip
+    se = [np.sqrt(lv * (1 - lv) / n) for lv in LEVELS]
+    assert all(abs(c - lv) < 3 * s for c, lv, s in zip(cov[5], LEVELS, se)), cov
+    assert cov[10][0] > LEVELS[0] + 3 * se[0], cov
 
 
 def test_hpd_level_of_a_gaussian_posterior_is_the_chi2_probability():

@@ -551,12 +551,15 @@ def detections_factor(rng, det: Detections, grid: Grid, draw, on_grid, n_draws: 
     return log_e, lists, change
 
 
-def coverage(chain: Chain, det: Detections, log_e_r4_fine: np.ndarray, fine: Grid, rng):
+def coverage(chain: Chain, det: Detections, log_e_r4: np.ndarray, grid: Grid, rng):
     """Expected coverage of each estimator's marginals and joint regions (see docs): r3 on
     targeted maps with ``theta`` from the truncated prior; combined on targeted maps with
     ``theta`` drawn from the r4-route posterior (prior x ``p(I = 1 | theta)``); r4 on
     full-model maps with their true detected lists; the plain NRE on full-model maps. The
-    joint regions compare the grid with each estimator's own density at the truth.
+    joint regions compare the grid with each estimator's own density at the truth. The
+    posteriors are on ``grid``, the one the target's posteriors are reported on (``log_e_r4``
+    is E[r4] there): a coarser grid widens the narrow ``N`` marginals by its cells and
+    over-covers.
 
     Also returns, on the combined check's maps (drawn like the target: its detections, and
     ``theta`` from the r4-route posterior), the mean 68% marginal widths and joint 68%
@@ -567,7 +570,6 @@ def coverage(chain: Chain, det: Detections, log_e_r4_fine: np.ndarray, fine: Gri
     c = chain.cfg
     n = c.coverage_sims
     bar = tqdm(total=4, desc=f"coverage checks ({n} maps each)", disable=not chain.progress)
-    grid = Grid.default(n_sigma=c.grid_sigma, n_h=c.grid_h, n_step=2 * c.grid_n_step)
     feasible = np.where(grid.points[:, 0] >= len(det), 0.0, -np.inf)
     out = {}
     # r3: targeted maps, theta from the truncated prior
@@ -578,13 +580,12 @@ def coverage(chain: Chain, det: Detections, log_e_r4_fine: np.ndarray, fine: Gri
                                   log_density_at_truth=at)  # fmt: skip
     bar.update()
     # combined: theta ~ truncated prior x p(I=1 | theta) (the r4-route posterior)
-    theta = Posterior(fine, log_e_r4_fine).sample(rng, n)
+    theta = Posterior(grid, log_e_r4).sample(rng, n)
     theta[:, 0] = np.clip(np.round(theta[:, 0]), len(det), None)
     _, maps, _ = chain.truncated.simulate(rng, n, theta)
     lr = chain.log_r_map(chain.r3, maps, grid)
-    e_r4 = _coarse(log_e_r4_fine, fine, grid)
     at = chain.log_r_map_at(chain.r3, maps, theta) + chain.log_e_r4_at(chain.target_lists, theta)
-    combined = [Posterior(grid, v + e_r4) for v in lr]
+    combined = [Posterior(grid, v + log_e_r4) for v in lr]
     out["combined"] = expected_coverage(combined, theta, log_density_at_truth=at)
     same_maps = {}
     for name, posts in (("r3", [Posterior(grid, v + feasible) for v in lr]),
@@ -613,13 +614,6 @@ def coverage(chain: Chain, det: Detections, log_e_r4_fine: np.ndarray, fine: Gri
     bar.update()
     bar.close()
     return out, same_maps
-
-
-def _coarse(log_w_fine: np.ndarray, fine: Grid, coarse: Grid) -> np.ndarray:
-    """Log weights of a fine grid at the nearest points of a coarse one."""
-    idx = [np.abs(f[:, None] - c[None]).argmin(0) for f, c in zip(fine.axes, coarse.axes)]
-    w = log_w_fine.reshape(fine.shape)[np.ix_(*idx)]
-    return w.ravel()
 
 
 def check_target_map(target_map) -> np.ndarray:
