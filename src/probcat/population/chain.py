@@ -100,7 +100,7 @@ class PopulationConfig:
     r4: NetConfig = field(default_factory=lambda: NetConfig(12000, 128, 1e-3))
     head: NetConfig = field(default_factory=lambda: NetConfig(30000, 64, 1e-3))
     head_maps: int = 60000
-    r4_draws: int = 128
+    r4_draws: int = 512
     r4_rounds: int = 3
     prior_draws: int = 4000
     coverage_sims: int = 300
