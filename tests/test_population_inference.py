@@ -5,7 +5,6 @@ from scipy import stats
 from probcat.population.chain import detections_factor
 from probcat.population.detection import Detections
 from probcat.population.inference import (
-    LEVELS,
     Grid,
     Posterior,
     combine,
@@ -178,11 +177,10 @@ def test_n_intervals_on_the_chain_grid_cover_narrow_posteriors_and_a_coarser_gri
     for step in (5, 10):
         grid = Grid.default(n_sigma=3, n_h=3, n_step=step)
         posts = [Posterior(grid, -0.5 * ((grid.points[:, 0] - c) / sd) ** 2) for c in centres]
-        cov[step] = [np.mean([p.contains(0, t, lv) for p, t in zip(posts, truths[:, 0])])
-                     for lv in LEVELS]  # fmt: skip
-    se = [np.sqrt(lv * (1 - lv) / n) for lv in LEVELS]
-    assert all(abs(c - lv) < 3 * s for c, lv, s in zip(cov[5], LEVELS, se)), cov
-    assert cov[10][0] > LEVELS[0] + 3 * se[0], cov
+        cov[step] = expected_coverage(posts, truths)["N"]
+    for lv in ("0.683", "0.954"):
+        assert abs(cov[5][lv] - float(lv)) < 3 * cov[5][f"{lv}_se"], cov
+    assert cov[10]["0.683"] > 0.683 + 3 * cov[10]["0.683_se"], cov
 
 
 def test_hpd_level_of_a_gaussian_posterior_is_the_chi2_probability():
