@@ -205,3 +205,19 @@ def test_channels_last_networks_give_the_contiguous_layout_outputs_and_load_plai
         ref = plain(*args)
         for m in (net, net2):
             torch.testing.assert_close(m(*args), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [lambda: SetRatioNet(width=16, emb=8), lambda: MapRatioNet(8, 16)])
+def test_head_on_grid_equals_the_head_on_every_pair(make):
+    # on_grid splits the first layer into its embedding and theta parts: it must give the
+    # head's own value on every (embedding, theta) pair, across the blocks of the grid
+    torch.manual_seed(1)
+    head = make().head.eval()
+    embs = torch.randn(3, head.mlp[0].in_features - 5)
+    theta = torch.rand(23, 3) * 2 - 1
+    got = head.on_grid(embs, theta, chunk=5)
+    with torch.no_grad():
+        want = np.stack([head(e[None].expand(len(theta), -1), theta).numpy() for e in embs])
+    assert got.shape == (3, 23) and got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert np.ptp(want) > 1e-2  # the values differ between pairs: a real comparison

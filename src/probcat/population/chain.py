@@ -366,13 +366,11 @@ class Chain:
 
     def log_r_map(self, net, maps: np.ndarray, grid: Grid) -> np.ndarray:
         """``log r(theta; x)`` ``(B, G)`` of map-ratio network ``net`` on the grid."""
-        th = _theta_tensor(grid.points)
-        return np.stack([_head_on_grid(net.head, e, th) for e in self._map_embeddings(net, maps)])
+        return net.head.on_grid(self._map_embeddings(net, maps), _theta_tensor(grid.points))
 
     def log_r4(self, lists: list[np.ndarray], grid: Grid) -> np.ndarray:
         """``log r4(theta; S)`` ``(B, G)`` of detected-source lists on the grid."""
-        th = _theta_tensor(grid.points)
-        return np.stack([_head_on_grid(self.r4.head, e, th) for e in self._list_embeddings(lists)])
+        return self.r4.head.on_grid(self._list_embeddings(lists), _theta_tensor(grid.points))
 
     @torch.no_grad()
     def log_r_map_at(self, net, maps: np.ndarray, theta: np.ndarray) -> np.ndarray:
@@ -390,9 +388,8 @@ class Chain:
     def log_e_r4_at(self, lists: list[np.ndarray], theta: np.ndarray) -> np.ndarray:
         """``log mean_j r4(theta_i; S_j)`` ``(B,)`` over draws ``S_j`` of the detected
         list (:meth:`detections_factor`), at points ``theta`` ``(B, 3)``."""
-        th = _theta_tensor(theta)
-        draws = [_head_on_grid(self.r4.head, e, th) for e in self._list_embeddings(lists)]
-        return logmeanexp(np.stack(draws), axis=0)
+        draws = self.r4.head.on_grid(self._list_embeddings(lists), _theta_tensor(theta))
+        return logmeanexp(draws, axis=0)
 
     def draw_detected_lists(self, rng, det: Detections, theta: np.ndarray) -> list[np.ndarray]:
         """One detected list ``S ~ p(S_det | theta_j, I = 1)`` per row of ``theta``
@@ -486,15 +483,6 @@ def simulated_target(seed: int) -> tuple[np.ndarray, dict]:
     parameters by name."""
     theta_o, maps, _ = simulate(np.random.default_rng([seed, 1234]), 1)
     return maps[0], dict(zip(PARAM_NAMES, theta_o[0].tolist()))
-
-
-@torch.no_grad()
-def _head_on_grid(head, emb: torch.Tensor, theta: torch.Tensor, chunk: int = 65536):
-    out = []
-    for i in range(0, len(theta), chunk):
-        t = theta[i : i + chunk]
-        out.append(head(emb[None].expand(len(t), -1), t))
-    return torch.cat(out).numpy().astype(np.float64)
 
 
 def source_features(flux, l, b) -> np.ndarray:

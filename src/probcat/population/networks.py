@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -124,6 +125,25 @@ class _RatioHead(nn.Module):
 
     def forward(self, emb: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         return self.mlp(torch.cat([emb, theta_features(theta)], 1))[:, 0]
+
+    @torch.no_grad()
+    def on_grid(self, embs: torch.Tensor, theta: torch.Tensor, chunk: int = 16384) -> np.ndarray:
+        """``log r`` ``(M, G)`` float64 of every embedding ``(M, E)`` at every point of
+        ``theta`` ``(G, 3)``: :meth:`forward` on all pairs, to float32 rounding. The first
+        layer is linear in the concatenated input, so its embedding and ``theta`` parts are
+        computed once each (``M`` and ``G`` rows) and added, instead of once per pair; about
+        twice as fast on a CPU for grids of 10^5 points."""
+        first, act, second, act2, last = self.mlp
+        n_emb = embs.shape[1]
+        a = embs @ first.weight[:, :n_emb].T  # (M, width)
+        t = torch.addmm(first.bias, theta_features(theta), first.weight[:, n_emb:].T)
+        out = np.empty((len(embs), len(theta)))
+        for j in range(len(embs)):
+            for i in range(0, len(theta), chunk):  # cache-sized blocks of the grid
+                h = act(t[i : i + chunk] + a[j])
+                h = act2(torch.addmm(second.bias, h, second.weight.T))
+                out[j, i : i + chunk] = torch.addmm(last.bias, h, last.weight.T)[:, 0].numpy()
+        return out
 
 
 class MapRatioNet(nn.Module):
