@@ -142,7 +142,7 @@ class _RatioHead(nn.Module):
             for i in range(0, len(theta), chunk):  # cache-sized blocks of the grid
                 h = act(t[i : i + chunk] + a[j])
                 h = act2(torch.addmm(second.bias, h, second.weight.T))
-                out[j, i : i + chunk] = torch.addmm(last.bias, h, last.weight.T)[:, 0].numpy()
+                out[j, i : i + chunk] = torch.addmm(last.bias, h, last.weight.T)[:, 0].cpu().numpy()
         return out
 
 
