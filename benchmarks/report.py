@@ -293,6 +293,13 @@ TABLES = {
             ),
             ("simulations, all networks", "n_simulations", None, "d", ""),
             ("wall time of the chain (s)", "wall_s", None, ".0f", "≤ 3600"),
+            (
+                "machine speed at the start: reference net (s; about 2.5 on a normal day)",
+                "reference_speed_s",
+                None,
+                ".2f",
+                "",
+            ),
         ],
     ),
     "population_targets": (
