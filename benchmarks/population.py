@@ -117,7 +117,7 @@ def main(argv=None) -> None:
         "widths and joint 68% volumes",
         "reference_speed_s": "seconds of probcat.provenance.reference_speed_s (a reference "
         "convolution net on 1 Mpx) just before the chain started: about 2.5 on a normal day "
-        "here; wall_s scales roughly with it",
+        "here; wall_s scales with it",
         "n_simulations": "r1 (fresh maps) + pool (r2, r4) + r3 (targeted) + plain NRE "
         "(as many as r3 and the pool together)",
     }
