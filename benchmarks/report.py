@@ -110,6 +110,25 @@ def _seeing_rows(scale: str) -> list[tuple]:
     ]  # fmt: skip
 
 
+def _seeing_calibration_rows() -> list[tuple]:
+    """Rows of a seeing-calibration table: ECE and precision at prob >= 0.9 at each seeing,
+    the default calibration against the survey's."""
+    return [
+        (
+            f"seeing x {scale}: {label}",
+            f"by_scale.{scale}.seeing_calibration.{key}",
+            f"by_scale.{scale}.survey_calibration.{key}",
+            ".3f",
+            "",
+        )
+        for scale in (*SEEING_SCALES, "2")
+        for label, key in (
+            ("detection ECE", "detection_ece"),
+            ("precision at prob ≥ 0.9", "precision_at_0_9"),
+        )
+    ]
+
+
 TABLES = {
     "detection": (
         "probcat vs SEP on held-out 98×98 LSST-i `blend` scenes (test-split galaxies)",
@@ -937,26 +956,11 @@ TABLES = {
         "detection probabilities under other seeing: the calibration fitted nearest the "
         "measured seeing (the detector's default) against the one fitted at the survey's "
         "seeing, same test scenes",
-        [
-            row
-            for scale in (*SEEING_SCALES, "2")
-            for row in (
-                (
-                    f"seeing x {scale}: detection ECE",
-                    f"by_scale.{scale}.seeing_calibration.detection_ece",
-                    f"by_scale.{scale}.survey_calibration.detection_ece",
-                    ".3f",
-                    "",
-                ),
-                (
-                    f"seeing x {scale}: precision at prob ≥ 0.9",
-                    f"by_scale.{scale}.seeing_calibration.precision_at_0_9",
-                    f"by_scale.{scale}.survey_calibration.precision_at_0_9",
-                    ".3f",
-                    "",
-                ),
-            )
-        ],  # fmt: skip
+        _seeing_calibration_rows(),
+    ),
+    "seeing_calibration_ugrizy": (
+        "the same for the six-band (ugrizy) detection weights, on scenes of DC2 galaxies",
+        _seeing_calibration_rows(),
     ),
     "simulate": (
         "the simulator: composed scenes against direct GalSim rendering",
@@ -999,6 +1003,7 @@ BASELINES = {
     "robustness": "SEP",
     "calibration_lofo": "shipped design",
     "seeing_calibration": "survey-seeing calibration",
+    "seeing_calibration_ugrizy": "survey-seeing calibration",
 }
 # the README's headline rows of each table, by label (a new row elsewhere cannot shift them)
 README_ROWS = {

@@ -56,12 +56,12 @@ BASELINE = "detection_lsst_i_bulgedisk"
 
 
 def simulator(
-    population: str, split: str, n: int, seed: int = 0, psf_scale: float = 1.0
+    population: str, split: str, n: int, seed: int = 0, psf_scale: float = 1.0, bands="i"
 ) -> SceneSimulator:
     from probcat.survey import Survey
 
     bank = SourceBank.load_or_build(
-        Survey.lsst(bands="i").with_psf_scale(psf_scale),
+        Survey.lsst(bands=bands).with_psf_scale(psf_scale),
         BankConfig(population=population, split=split, n_galaxies=n, catalog_seed=seed),
     )
     return SceneSimulator(bank, SceneConfig(98, 98))
@@ -166,9 +166,15 @@ def scenes_for(sim, n, seed):
 
 
 @torch.no_grad()
-def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100) -> dict:
+def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100, bands=("i",)) -> dict:
     """probcat (and SEP) on the same scenes: rows for the detection.py summaries, plus the
-    probabilities, outcomes and OOD scores of probcat's MAP detections."""
+    probabilities, outcomes and OOD scores of probcat's MAP detections. ``bands``: the
+    scenes' (``sigma`` then one noise sigma per band); SNRs are those of the i plane, and
+    SEP (i-band scenes only) detects on it."""
+    plane = list(bands).index("i")
+    sig_i = float(np.broadcast_to(np.asarray(sigma, float), (len(bands),))[plane])
+    if with_sep and len(bands) > 1:
+        raise ValueError("SEP runs on i-band scenes only")
     truth = {"snr": [], "blend": []}
     matched = {"p0.5": [], "cal0.5": [], "sep": []}
     det = {m: {"snr": [], "matched": []} for m in matched}
@@ -188,11 +194,13 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100) -> dict:
         extra["tile_truth"].append((tiles.n_sources[:, :nty, :ntx] > 0).numpy().ravel())
         for b, scene in enumerate(part):
             cat = scene.catalog
-            truth["snr"].append(cat["snr"][:, 0])
-            truth["blend"].append(cat["blendedness"][:, 0])
+            truth["snr"].append(cat["snr"][:, plane])
+            truth["blend"].append(cat["blendedness"][:, plane])
             true_xy = np.stack([cat["x"], cat["y"]], 1)
             shape = imgs.shape[-2:]
-            est = catalog_from_decisions(dec, b, dec.marginal, shape, net.tile_size, ("i",), {})
+            est = catalog_from_decisions(
+                dec, b, dec.marginal, shape, net.tile_size, tuple(bands), {}
+            )
             est = annotate(est, net, feats[b], pixels[b])
             if "cutout_probability" in est.meta:
                 cutout_w.append(est.meta["cutout_probability"])
@@ -208,7 +216,7 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100) -> dict:
                 me[j] = True
                 matched[name].append(mt)
                 det[name]["matched"].append(me)
-                det[name]["snr"].append(detected_snr(scene.image[0], c["x"], c["y"], sigma))
+                det[name]["snr"].append(detected_snr(scene.image[plane], c["x"], c["y"], sig_i))
                 if name == "p0.5":
                     d_near, taken = _nearest_truth(true_xy, c, mt)
                     extra["nearest_d"].append(d_near)

@@ -15,6 +15,13 @@ detections, hence precision and recall, do not depend on the calibration. Writes
 ``benchmarks/results/seeing_calibration.json`` and ``seeing_calibration.png``:
 
     .venv/bin/python benchmarks/seeing_calibration.py
+
+Other weights (``--weights``) write ``seeing_calibration_<name>.json`` (``<name>``: the
+weights' name less ``detection_lsst_``); six-band weights are scored on scenes of DC2
+galaxies (``dc2:morphology``; the seeing field: ``dc2``, bulge+disk) in all their bands:
+
+    .venv/bin/python benchmarks/seeing_calibration.py --weights detection_lsst_ugrizy \
+        --bank-size 2000 --class-bank-size 1000 --test-images 300
 """
 
 from __future__ import annotations
@@ -56,14 +63,19 @@ def main(argv=None):
     rb = _paths.sibling("robustness")
     summarise = _paths.sibling("detection").summarise
     net, survey = load_detection(args.weights)
-    sigma = float(survey.noise_sigma[0])
+    bands = survey.band_names
+    multi = len(bands) > 1  # six-band weights: DC2 galaxies (colours, redshifts)
+    sigma = np.asarray(survey.noise_sigma, float) if multi else float(survey.noise_sigma[0])
+    field_pop, test_pop = ("dc2", "dc2:morphology") if multi else ("parametric", "morphology")
     by_scale = {}
     for scale in [float(v) for v in args.scales.split(",") if v]:
         print(f"seeing x {scale:g} ...", flush=True)
-        field_sim = rb.simulator("parametric", "test", args.class_bank_size, psf_scale=scale)
+        field_sim = rb.simulator(
+            field_pop, "test", args.class_bank_size, psf_scale=scale, bands="".join(bands)
+        )
         ratio = rb.field_seeing_ratio(net, survey, field_sim, args.seed)
         read_at = measured_scale(ratio)
-        test = rb.simulator("morphology", "test", args.bank_size, psf_scale=scale)
+        test = rb.simulator(test_pop, "test", args.bank_size, psf_scale=scale, bands="".join(bands))
         scenes = rb.scenes_for(test, args.test_images, [args.seed, 77])
         factor = seeing_calibration(net, 1.0 if read_at is None else read_at)[0]
         row = {"measured_seeing_ratio": ratio, "calibration_factor": factor}
@@ -73,7 +85,7 @@ def main(argv=None):
                 net.seeing_calibrations = ()  # the survey's calibration, classes as read
             try:
                 with torch.no_grad(), at_seeing(net, read_at):
-                    r = rb.evaluate(net, scenes, sigma, with_sep=False)
+                    r = rb.evaluate(net, scenes, sigma, with_sep=False, bands=bands)
             finally:
                 net.seeing_calibrations = own
             m = rb.metrics(r, summarise, sep=False)["probcat"]
@@ -81,10 +93,15 @@ def main(argv=None):
             print(f"  {name}: " + ", ".join(f"{k} {row[name][k]:.3f}" for k in KEYS), flush=True)
         by_scale[f"{scale:g}"] = row
     weights = load(args.weights)
+    stem = "seeing_calibration"
+    if args.weights != DEFAULT_DETECTION:  # e.g. seeing_calibration_ugrizy.json
+        stem += "_" + args.weights.removeprefix("detection_lsst_")
     result = {
         "command": " ".join([".venv/bin/python benchmarks/seeing_calibration.py", *sys.argv[1:]]),
         "weights": args.weights,
         "weights_sha256": weights.sha256,
+        "bands": "".join(bands),
+        "populations": {"field": field_pop, "test": test_pop},
         "seeing_calibrations": (weights.manifest or {}).get("seeing_calibrations"),
         "test_images": args.test_images,
         "by_scale": by_scale,
@@ -95,11 +112,12 @@ def main(argv=None):
             "nearest in log to the measured seeing ratio (calibration_factor; 1 when the ratio "
             "is within 3% of 1)",
             "measured_seeing_ratio": "the PSF width ratio probcat.detect measures on a "
-            "1000x1000 field of bulge+disk test galaxies under that PSF",
+            "1000x1000 field of bulge+disk test galaxies (populations.field) under that PSF",
             "metrics": "robustness.py's seeing test: MAP catalogs of 98x98 scenes of the "
-            "full morphology mixture (test galaxies), star/galaxy classes read at the measured "
-            "ratio in both; detection ECE over all detections and over those 8 px or more "
-            "inside",
+            "full morphology mixture (test galaxies, populations.test), star/galaxy classes "
+            "read at the measured ratio in both; detection ECE over all detections and over "
+            "those 8 px or more inside; with six-band weights, DC2 galaxies (magnitudes, "
+            "colours) in all six bands, detections matched and SNRs measured in i",
         },
         "wall_s": round(time.perf_counter() - t0, 1),
     }
@@ -108,8 +126,8 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2, default=float) + "\n"
-    atomic_write(out / "seeing_calibration.json", lambda tmp: Path(tmp).write_text(text))
-    figure(by_scale, out / "seeing_calibration.png")
+    atomic_write(out / f"{stem}.json", lambda tmp: Path(tmp).write_text(text))
+    figure(by_scale, out / f"{stem}.png")
     print(json.dumps(by_scale, indent=1, default=float))
 
 
