@@ -32,6 +32,22 @@ def test_registry_lists_and_loads_the_shipped_detection_weights():
     assert read_weights(w.path)["format"] == 2  # readable with weights_only=True
 
 
+@pytest.mark.parametrize("name", ["detection_lsst_i", "detection_lsst_ugrizy"])
+def test_shipped_seeing_calibrations_match_manifest_and_config(name):
+    """A shipped detection file carries the seeing calibrations its manifest lists, at the
+    factors its training config asks for (a refit left unshipped, or a config left behind,
+    fails here)."""
+    from pathlib import Path
+
+    import yaml
+
+    listed = [e["factor"] for e in manifest(name).get("seeing_calibrations") or ()]
+    net = load(name).model
+    assert listed and [f for f, _ in net.seeing_calibrations] == sorted(listed)
+    config = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    assert sorted(yaml.safe_load(config.read_text())["fits"]["seeing_factors"]) == sorted(listed)
+
+
 def test_unknown_name_lists_the_known_ones():
     with pytest.raises(ProbcatFileError, match="detection_lsst_i"):
         load("detection_lsst_q")
