@@ -63,7 +63,7 @@ def main(argv=None):
     rb = _paths.sibling("robustness")
     summarise = _paths.sibling("detection").summarise
     net, survey = load_detection(args.weights)
-    bands = survey.band_names
+    bands = "".join(survey.band_names)  # e.g. "ugrizy"
     multi = len(bands) > 1  # six-band weights: DC2 galaxies (colours, redshifts)
     sigma = np.asarray(survey.noise_sigma, float) if multi else float(survey.noise_sigma[0])
     field_pop, test_pop = ("dc2", "dc2:morphology") if multi else ("parametric", "morphology")
@@ -71,11 +71,11 @@ def main(argv=None):
     for scale in [float(v) for v in args.scales.split(",") if v]:
         print(f"seeing x {scale:g} ...", flush=True)
         field_sim = rb.simulator(
-            field_pop, "test", args.class_bank_size, psf_scale=scale, bands="".join(bands)
+            field_pop, "test", args.class_bank_size, psf_scale=scale, bands=bands
         )
         ratio = rb.field_seeing_ratio(net, survey, field_sim, args.seed)
         read_at = measured_scale(ratio)
-        test = rb.simulator(test_pop, "test", args.bank_size, psf_scale=scale, bands="".join(bands))
+        test = rb.simulator(test_pop, "test", args.bank_size, psf_scale=scale, bands=bands)
         scenes = rb.scenes_for(test, args.test_images, [args.seed, 77])
         factor = seeing_calibration(net, 1.0 if read_at is None else read_at)[0]
         row = {"measured_seeing_ratio": ratio, "calibration_factor": factor}
@@ -100,7 +100,7 @@ def main(argv=None):
         "command": " ".join([".venv/bin/python benchmarks/seeing_calibration.py", *sys.argv[1:]]),
         "weights": args.weights,
         "weights_sha256": weights.sha256,
-        "bands": "".join(bands),
+        "bands": bands,
         "populations": {"field": field_pop, "test": test_pop},
         "seeing_calibrations": (weights.manifest or {}).get("seeing_calibrations"),
         "test_images": args.test_images,

@@ -1,9 +1,11 @@
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError
 from probcat.nets.detection import DetectionNet
@@ -37,10 +39,6 @@ def test_shipped_seeing_calibrations_match_manifest_and_config(name):
     """A shipped detection file carries the seeing calibrations its manifest lists, at the
     factors its training config asks for (a refit left unshipped, or a config left behind,
     fails here)."""
-    from pathlib import Path
-
-    import yaml
-
     listed = [e["factor"] for e in manifest(name).get("seeing_calibrations") or ()]
     net = load(name).model
     assert listed and [f for f, _ in net.seeing_calibrations] == sorted(listed)
