@@ -1,4 +1,5 @@
 import json
+import platform
 
 import numpy as np
 import pytest
@@ -303,7 +304,14 @@ def test_calibrate_run_records_calibration_in_weights_and_manifest(
         return C.calibration_from_errors(z, source)
 
     monkeypatch.setattr(C, "fit_centroid_calibration", fake_fit)
+    trained = json.loads((run / "manifest.json").read_text())
+    trained["versions"], trained["python"] = {"torch": "0.0+training"}, "3.0.0"
+    (run / "manifest.json").write_text(json.dumps(trained))
     m = calibrate_run(run, n_scenes=7, cache_dir=cache_dir, progress=False)
+    # the refit keeps the training's environment and records its own beside it
+    assert m["versions"] == {"torch": "0.0+training"} and m["python"] == "3.0.0"
+    assert m["recalibration_versions"]["torch"] == torch.__version__
+    assert m["recalibration_python"] == platform.python_version()
     assert seen == {"n_scenes": 7, "val": "val", "size": (30, 30)}
     net, _ = load_detection(run / "detection.pt")  # the manifest's new sha256 matches
     assert net.centroid_calibration.factor(0.6827) == pytest.approx(1.0, abs=0.1)

@@ -291,7 +291,8 @@ def write_run(
     """Write ``<kind>.pt`` and ``manifest.json`` (with the file's sha256 and provenance)
     into the run directory ``out``, atomically. ``refit``: the name of a fit redone after
     training (e.g. ``"recalibration"``); the manifest keeps the training's command and
-    commit and records the refit's as ``<refit>_command`` and ``<refit>_git_commit``."""
+    commit, package versions and Python, and records the refit's as ``<refit>_command``,
+    ``<refit>_git_commit``, ``<refit>_versions`` and ``<refit>_python``."""
     from probcat.provenance import provenance
     from probcat.weights import sha256
 
@@ -304,6 +305,9 @@ def write_run(
             f"{refit}_command": prov.pop("command"),
             f"{refit}_git_commit": prov.pop("git_commit"),
         }
+        for key in ("versions", "python"):  # the training's environment stays as it was
+            if key in manifest:
+                manifest[f"{refit}_{key}"] = prov.pop(key)
     if "command" in manifest and (command is None or refit is not None):
         prov["command"] = manifest["command"]  # a refit keeps the training command
     manifest = {**manifest, **prov, "sha256": sha256(path), "size_bytes": path.stat().st_size}
