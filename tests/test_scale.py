@@ -136,6 +136,31 @@ def test_dask_run_and_hats_catalog_read_back_with_lsdb(tmp_path, weights, capsys
 
 
 @pytest.mark.slow
+def test_dask_run_from_an_unguarded_script_is_a_clear_error(tmp_path, weights):
+    """Local workers import the calling script (they are not forked from the caller, whose
+    other threads could hold locks): a script that starts a Dask run at its top level gets
+    one clear error, not a hang."""
+    import subprocess
+    import sys
+
+    (image,) = _images(tmp_path, n=1)
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import probcat.scale\n"
+        f"probcat.scale.run([{str(image)!r}], {str(tmp_path / 'out')!r}, "
+        f"weights={str(weights)!r}, workers=1, progress=False)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode != 0
+    error = "probcat.errors.ProbcatError: the local Dask cluster did not start"
+    lines = [s for s in proc.stderr.splitlines() if s.startswith(error)]  # the caller's last
+    assert lines and "if __name__ == '__main__':" in lines[-1]
+    assert not (tmp_path / "out" / "im0.parquet").exists()
+
+
+@pytest.mark.slow
 def test_hats_keeps_array_columns_as_lists(tmp_path):
     lsdb = pytest.importorskip("lsdb", reason="the scale extra: pip install -e '.[scale]'")
 

@@ -190,6 +190,42 @@ def _remove_temporaries(out) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def _local_cluster(n: int):
+    """A local Dask cluster of ``n`` one-thread worker processes."""
+    import dask
+    from dask.distributed import LocalCluster
+
+    method = "spawn" if sys.platform == "win32" else "forkserver"
+    try:
+        with dask.config.set({"distributed.worker.multiprocessing-method": method}):
+            if method == "forkserver":
+                _preload_forkserver()
+            return LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+            )
+    except Exception as e:
+        raise ProbcatError(
+            f"the local Dask cluster did not start ({type(e).__name__}: {e}); from a script, "
+            "start the run under `if __name__ == '__main__':` (each worker process imports "
+            "the script), or run serially (workers=0, --workers 0)"
+        ) from e
+
+
+def _preload_forkserver() -> None:
+    """Have the local cluster's workers forked from a server process that has imported
+    probcat (and torch) once, so that they start in a fraction of a second, not in the
+    seconds an import takes. Forking this process instead is not safe: its other threads
+    (Dask's event loop, the progress bar) may hold a lock, of a logger or a file, at the
+    moment of the fork, and the worker then waits on it forever."""
+    from distributed.utils import get_mp_context
+
+    ctx = get_mp_context()  # Dask's context, with its own preload list set once
+    ctx.set_forkserver_preload(
+        ["distributed", "torch", "probcat.scale", "probcat.api", "probcat.io", "probcat.weights",
+         "probcat.infer.detect", "galsim", "sep", "pyarrow.parquet"]
+    )  # fmt: skip
+
+
 def _execute(jobs: list[Job], options: dict, workers, scheduler, progress, timing=None):
     from tqdm.auto import tqdm
 
@@ -203,24 +239,15 @@ def _execute(jobs: list[Job], options: dict, workers, scheduler, progress, timin
             bar.update()
         bar.close()
         return
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import Client, as_completed
 
     cluster = None
     t0 = time.perf_counter()
-    if scheduler is None:
-        import dask
-
-        n = workers or os.cpu_count() or 1
-        # forked workers inherit this process's imports and loaded weights (seconds each
-        # with spawn); they run one torch thread, so no OpenMP pool crosses the fork
-        method = "fork" if sys.platform == "linux" else "spawn"  # fork is unsafe on macOS
-        with dask.config.set({"distributed.worker.multiprocessing-method": method}):
-            cluster = LocalCluster(
-                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
-            )
-    if timing is not None:
-        timing["cluster_start_s"] = time.perf_counter() - t0
     try:
+        if scheduler is None:
+            cluster = _local_cluster(workers or os.cpu_count() or 1)
+        if timing is not None:
+            timing["cluster_start_s"] = time.perf_counter() - t0
         with Client(scheduler or cluster) as client:
             futures = client.map(
                 process_image,
