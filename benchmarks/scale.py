@@ -179,7 +179,9 @@ def kill_run(images, out: Path, extra: list[str], kill_worker: bool, after: int)
         if len(list(out.glob("*.parquet"))) >= after:
             if kill_worker:
                 kids = psutil.Process(proc.pid).children(recursive=True)
-                workers = [k for k in kids if "resource_tracker" not in " ".join(k.cmdline())]
+                # Dask's workers: forked by the forkserver (a child of the run, as is the
+                # resource tracker), so grandchildren of the run
+                workers = [k for k in kids if k.ppid() != proc.pid]
                 if workers:
                     workers[0].send_signal(signal.SIGKILL)
                     killed = "worker"
