@@ -160,6 +160,8 @@ def run(
     options = {"weights": weights, "threshold": threshold, "background": background,
                "gain": gain, "noise_sigma": noise_sigma, "seeing": seeing,
                "threads": (threads or "auto") if serial else 1}  # fmt: skip
+    if not serial and scheduler is None and todo:
+        _start_forkserver()  # its imports overlap with the weights loading below
     _detector(weights, options["threads"])  # bad weights fail here, in one line, before work
     t0 = time.perf_counter()
     timing: dict = {}
@@ -198,8 +200,7 @@ def _local_cluster(n: int):
     method = "spawn" if sys.platform == "win32" else "forkserver"
     try:
         with dask.config.set({"distributed.worker.multiprocessing-method": method}):
-            if method == "forkserver":
-                _preload_forkserver()
+            _start_forkserver()  # started already by run(); here for other callers
             return LocalCluster(
                 n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
             )
@@ -211,19 +212,23 @@ def _local_cluster(n: int):
         ) from e
 
 
-def _preload_forkserver() -> None:
-    """Have the local cluster's workers forked from a server process that has imported
-    probcat (and torch) once, so that they start in a fraction of a second, not in the
-    seconds an import takes. Forking this process instead is not safe: its other threads
-    (Dask's event loop, the progress bar) may hold a lock, of a logger or a file, at the
-    moment of the fork, and the worker then waits on it forever."""
-    from distributed.utils import get_mp_context
+def _start_forkserver() -> None:
+    """Start the server process the local cluster's workers are forked from, importing
+    probcat and torch there once (while this process loads its own weights), so that the
+    workers start with them imported. Forking this process instead is not safe: its other
+    threads (Dask's event loop, the progress bar) may hold a lock, of a logger or a file, at
+    the moment of the fork, and the worker then waits on it forever. No-op where the server
+    already runs, and on Windows (spawned workers)."""
+    if sys.platform == "win32":
+        return
+    import multiprocessing
+    from multiprocessing import forkserver
 
-    ctx = get_mp_context()  # Dask's context, with its own preload list set once
-    ctx.set_forkserver_preload(
+    multiprocessing.get_context("forkserver").set_forkserver_preload(
         ["distributed", "torch", "probcat.scale", "probcat.api", "probcat.io", "probcat.weights",
          "probcat.infer.detect", "galsim", "sep", "pyarrow.parquet"]
     )  # fmt: skip
+    forkserver.ensure_running()  # returns at once; the server imports in the background
 
 
 def _execute(jobs: list[Job], options: dict, workers, scheduler, progress, timing=None):
