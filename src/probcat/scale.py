@@ -218,11 +218,14 @@ def _start_forkserver() -> None:
     workers start with them imported. Forking this process instead is not safe: its other
     threads (Dask's event loop, the progress bar) may hold a lock, of a logger or a file, at
     the moment of the fork, and the worker then waits on it forever. No-op where the server
-    already runs, and on Windows (spawned workers)."""
-    if sys.platform == "win32":
-        return
+    already runs, on Windows (spawned workers) and in a child process (such as a worker
+    importing a script that starts a run unguarded: that run fails there, see
+    :func:`_local_cluster`)."""
     import multiprocessing
     from multiprocessing import forkserver
+
+    if sys.platform == "win32" or multiprocessing.parent_process() is not None:
+        return
 
     multiprocessing.get_context("forkserver").set_forkserver_preload(
         ["distributed", "torch", "probcat.scale", "probcat.api", "probcat.io", "probcat.weights",
