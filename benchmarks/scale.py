@@ -256,8 +256,11 @@ def main(argv=None) -> None:
         sim4k, (four,) = scenes(1, 4000, SEED + 2)
         p1 = write_fits(tmp, sim1k, [one], "one_k")[0]
         p4 = write_fits(tmp, sim4k, [four], "four_k")[0]
-        t1, _, rss1 = min(child_run(p1) for _ in range(3))  # the same treatment for both
-        t4, n4, rss4 = min(child_run(p4) for _ in range(3))
+        # the same treatment for both, the sizes alternating, so that a change in the
+        # machine's speed during the measurement falls on both alike
+        pairs = [(child_run(p1), child_run(p4)) for _ in range(3)]
+        t1, _, rss1 = min(a for a, _ in pairs)
+        t4, n4, rss4 = min(b for _, b in pairs)
         res.update(
             peak_rss_mb_1k=round(rss1, 1),
             peak_rss_mb_4k=round(rss4, 1),
@@ -265,7 +268,11 @@ def main(argv=None) -> None:
             seconds_per_megapixel_4k=round(t4 / 16.0, 3),
             detections_4k=n4,
             linearity_threads=LINEARITY_THREADS,
-            linearity_runs="fastest of 3 fresh processes per size",
+            linearity_runs="fastest of 3 fresh processes per size, 1k and 4k alternating",
+            linearity_seconds={
+                "1k": [round(a[0], 3) for a, _ in pairs],
+                "4k": [round(b[0], 3) for _, b in pairs],
+            },
         )
         res["linearity_4k_over_1k"] = round(
             res["seconds_per_megapixel_4k"] / res["seconds_per_megapixel_1k"], 3
