@@ -289,10 +289,18 @@ def main(argv=None) -> None:
         folder = tmp / "images"
         folder.mkdir()
         images = write_fits(folder, sim_n, many)
-        serial_s = timed_run(images, tmp / "serial", 0)
-        serial1_s = timed_run(images, tmp / "serial1", 0, ["--threads", "1"])
-        dask_s = timed_run(images, tmp / "dask", 2)
-        start_s = json.loads((tmp / "dask" / "run_summary.json").read_text())["cluster_start_s"]
+        # the three modes in turn, twice, each timed at its fastest: a change in the
+        # machine's speed during the measurement falls on all of them alike
+        modes = {"serial": (0, []), "serial1": (0, ["--threads", "1"]), "dask": (2, [])}
+        times = {m: [] for m in modes}
+        for r in range(2):
+            for m, (workers, extra) in modes.items():
+                times[m].append(timed_run(images, tmp / f"{m}{r}", workers, extra))
+        serial_s, serial1_s, dask_s = (min(times[m]) for m in modes)
+        fastest = tmp / f"dask{int(np.argmin(times['dask']))}"
+        start_s = json.loads((fastest / "run_summary.json").read_text())["cluster_start_s"]
+        for m in modes:  # the first round's catalogs are the references below
+            (tmp / f"{m}0").rename(tmp / m)
         ref = catalogs(tmp / "serial")
         same = same_catalogs(ref, catalogs(tmp / "dask"))
         res.update(
@@ -315,6 +323,8 @@ def main(argv=None) -> None:
             ),
             dask_same_rows_as_serial=same,
             wall_includes="process start, weights loading and (Dask) cluster start",
+            many_images_runs="fastest of 2 per mode, the modes in turn",
+            many_images_seconds={m: [round(t, 2) for t in v] for m, v in times.items()},
         )
         print(
             {
