@@ -295,12 +295,12 @@ def main(argv=None) -> None:
         times = {m: [] for m in modes}
         for r in range(2):
             for m, (workers, extra) in modes.items():
-                times[m].append(timed_run(images, tmp / f"{m}{r}", workers, extra))
+                times[m].append(timed_run(images, tmp / f"{m}_round{r}", workers, extra))
         serial_s, serial1_s, dask_s = (min(times[m]) for m in modes)
-        fastest = tmp / f"dask{int(np.argmin(times['dask']))}"
+        fastest = tmp / f"dask_round{int(np.argmin(times['dask']))}"
         start_s = json.loads((fastest / "run_summary.json").read_text())["cluster_start_s"]
         for m in modes:  # the first round's catalogs are the references below
-            (tmp / f"{m}0").rename(tmp / m)
+            (tmp / f"{m}_round0").rename(tmp / m)
         ref = catalogs(tmp / "serial")
         same = same_catalogs(ref, catalogs(tmp / "dask"))
         res.update(
