@@ -200,8 +200,7 @@ def _local_cluster(n: int):
     method = "spawn" if sys.platform == "win32" else "forkserver"
     try:
         with dask.config.set({"distributed.worker.multiprocessing-method": method}):
-            _start_forkserver()  # started already by run(); here for other callers
-            return LocalCluster(
+            return LocalCluster(  # forked from the server run() started
                 n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
             )
     except Exception as e:
