@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -64,3 +65,66 @@ def test_choose_device():
     assert R.choose_device(None).type == expected
     with pytest.raises(ProbcatValueError, match="not a torch device"):
         R.choose_device("gpu0")
+
+
+# ---- the inference thread ----------------------------------------------------------------
+def _where(tag, fail=False):
+    import threading
+
+    if fail:
+        raise ValueError(f"bad {tag}")
+    return tag, threading.current_thread().name
+
+
+def test_inference_entry_runs_main_thread_calls_in_its_thread_and_others_in_place():
+    import contextvars
+    import threading
+
+    entry = R.inference_entry(_where)
+    assert entry.__name__ == "_where"
+    assert entry("a") == ("a", "probcat-inference")
+    first = R._THREAD
+    assert entry("b") == ("b", "probcat-inference") and R._THREAD is first  # one, kept
+    with pytest.raises(ValueError, match="bad c"):  # the exception, unchanged
+        entry("c", fail=True)
+    assert entry("d")[1] == "probcat-inference"  # the thread survives a failure
+    out = []
+    other = threading.Thread(target=lambda: out.append(entry("e")), name="users-own")
+    other.start()
+    other.join()
+    assert out == [("e", "users-own")]
+    nested = R.inference_entry(lambda: entry("f"))  # an entry point calling another
+    assert nested() == ("f", "probcat-inference")
+    var = contextvars.ContextVar("var", default="unset")
+    var.set("caller's")
+    assert R.inference_entry(var.get)() == "caller's"  # the caller's context goes along
+    before = R.use_inference_thread(False)
+    try:
+        assert before is True
+        assert entry("g") == ("g", threading.main_thread().name)
+    finally:
+        R.use_inference_thread(before)
+
+
+def test_detection_in_the_inference_thread_equals_the_main_thread(fixed_image_and_detector):
+    image, det = fixed_image_and_detector
+    a = det.detect(image, samples=3, seed=5)
+    before = R.use_inference_thread(False)
+    try:
+        b = det.detect(image, samples=3, seed=5)
+    finally:
+        R.use_inference_thread(before)
+    assert len(a.catalog) == len(b.catalog) > 3
+    for k in ("x", "y", "prob", "galaxy_prob"):
+        assert np.array_equal(a.catalog[k], b.catalog[k]), k
+    for sa, sb in zip(a.samples, b.samples):
+        assert np.array_equal(sa["x"], sb["x"])
+
+
+@pytest.fixture(scope="module")
+def fixed_image_and_detector():
+    import probcat
+
+    return np.load("tests/data/fixed_scene_v6.npz")["image"][:, :64, :64], probcat.load(
+        "detection_lsst_i", device="cpu", threads=1
+    )

@@ -12,6 +12,7 @@ import numpy as np
 from probcat.catalog import FullCatalog
 from probcat.errors import ProbcatValueError
 from probcat.measure import DEFAULT_METHOD
+from probcat.runtime import inference_entry
 
 __all__ = [
     "load",
@@ -406,6 +407,7 @@ class Detector:
         out = [DetectionResult(c, t, d, w) for c, t, d, w in zip(cats, tiles, draws, batch.wcs)]
         return out[0] if batch.single else out
 
+    @inference_entry
     def _run(
         self,
         images,
@@ -697,6 +699,7 @@ class Deblender:
         rec = (self.manifest or {}).get("flux_error") or {}
         return float((rec.get("scales") or {}).get(method, rec.get("scale", 0.0)))
 
+    @inference_entry
     def measure(
         self,
         image,

@@ -14,6 +14,7 @@ import numpy as np
 
 from probcat.catalog import FullCatalog
 from probcat.errors import ProbcatValueError
+from probcat.runtime import inference_entry
 
 __all__ = ["PhotozEstimator", "PhotozResult", "stamps_at"]
 
@@ -110,6 +111,7 @@ class PhotozEstimator:
         xs, _, _, _ = read_input(image, self.survey, noise_sigma)
         return self._mixture(xs, x, y)
 
+    @inference_entry
     def _mixture(self, x_sigma: np.ndarray, x, y):
         import torch
 
