@@ -30,21 +30,12 @@ PY = sys.executable
 PROBCAT = str(Path(PY).with_name("probcat"))
 
 # a child that times one MAP catalog (probcat) or one SEP extraction of the scene
-# "held": first, the heap of a long-lived process (4,000 arrays of 8 kB to 1.6 MB made,
-# every other one freed, the rest held: 1.6 GB); "main": probcat's inference thread off
 CHILD = """
 import sys, time, numpy as np
 which, path, threads = sys.argv[1], sys.argv[2], sys.argv[3]
-heap, where = sys.argv[4], sys.argv[5]
 image = np.load(path)
-if heap == "held":
-    rng = np.random.default_rng(0)
-    held = [np.ones(rng.integers(1000, 200000)) for _ in range(4000)]
-    del held[::2]
 if which == "probcat":
     import probcat
-    from probcat.runtime import use_inference_thread
-    use_inference_thread(where == "thread")
     det = probcat.load(threads=threads if threads == "auto" else int(threads))
     run = lambda: det.catalog(image)
 else:
@@ -70,15 +61,11 @@ def _median_wall(cmd: list[str], runs: int) -> float:
     return float(np.median(times))
 
 
-def _child_times(
-    which: str, scene: Path, threads: str, runs: int, heap: str = "fresh", where: str = "thread"
-) -> list[float]:
+def _child_times(which: str, scene: Path, threads: str, runs: int) -> list[float]:
     out = []
     for _ in range(runs):
         res = subprocess.run(
-            [PY, "-c", CHILD, which, str(scene), threads, heap, where],
-            capture_output=True,
-            text=True,
+            [PY, "-c", CHILD, which, str(scene), threads], capture_output=True, text=True
         )
         line = [ln for ln in res.stdout.splitlines() if ln.startswith("TIME")]
         if res.returncode or not line:
@@ -272,11 +259,6 @@ def main(argv=None) -> None:
         quiet = _child_times("probcat", scene, "auto", args.runs)
         quiet1 = _child_times("probcat", scene, "1", args.runs)
         sep_quiet = _child_times("sep", scene, "auto", args.runs)
-        print("1000x1000 in a long-lived process ...", flush=True)
-        held, held_main = [], []
-        for _ in range(args.runs):  # in turn, so that both see the same hours
-            held += _child_times("probcat", scene, "auto", 1, "held", "thread")
-            held_main += _child_times("probcat", scene, "auto", 1, "held", "main")
         print("1000x1000 busy ...", flush=True)
         with Busy():
             busy = _child_times("probcat", scene, "auto", args.runs)
@@ -290,8 +272,6 @@ def main(argv=None) -> None:
         detect_1k_busy_2threads_s=med(busy2),
         sep_1k_quiet_s=med(sep_quiet),
         sep_1k_busy_s=med(sep_busy),
-        detect_1k_held_heap_s=med(held),
-        detect_1k_held_heap_main_thread_s=med(held_main),
         runs_s={
             "quiet": quiet,
             "quiet_1thread": quiet1,
@@ -299,12 +279,7 @@ def main(argv=None) -> None:
             "busy_2threads": busy2,
             "sep_quiet": sep_quiet,
             "sep_busy": sep_busy,
-            "held_heap": held,
-            "held_heap_main_thread": held_main,
         },
-    )
-    r["held_heap_main_over_thread"] = (
-        r["detect_1k_held_heap_main_thread_s"] / r["detect_1k_held_heap_s"]
     )
     r["busy_over_quiet_1thread"] = r["detect_1k_busy_s"] / r["detect_1k_quiet_1thread_s"]
     r["ratio_quiet_vs_sep"] = r["detect_1k_quiet_s"] / r["sep_1k_quiet_s"]
@@ -326,9 +301,6 @@ def main(argv=None) -> None:
         "(test-split galaxies), timed after one warm-up call, one fresh process per run",
         "sep_1k_*": "sep.Background + sep_detect (paper 000 Table 2 settings) on the same scene",
         "busy": "one CPU-bound process of the benchmark spinning meanwhile",
-        "held_heap": "quiet, auto threads, in a process that first made 4,000 arrays of 8 kB to "
-        "1.6 MB and freed every other one (the heap of a long-lived process: 1.6 GB held); "
-        "main_thread: with probcat.runtime.use_inference_thread(False)",
         "import_s, help_s": "wall time of a fresh `python -c 'import probcat'` / `probcat --help`",
     }
     r["wall_s"] = round(time.perf_counter() - t_start, 1)

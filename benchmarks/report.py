@@ -207,20 +207,6 @@ TABLES = {
             ),
             ("busy / quiet 1 thread", "busy_over_quiet_1thread", None, ".2f", "≤ 1.25"),
             (
-                "1000×1000 MAP catalog, long-lived process's heap (s)",
-                "detect_1k_held_heap_s",
-                None,
-                ".3f",
-                "",
-            ),
-            (
-                "same, inference thread off / on",
-                "held_heap_main_over_thread",
-                None,
-                ".2f",
-                "",
-            ),
-            (
                 "98×98 cutouts per second, batched",
                 "cutouts_per_s_probcat_batched",
                 "cutouts_per_s_sep",

@@ -4,6 +4,7 @@ import torch
 
 import probcat.runtime as R
 from probcat.errors import ProbcatValueError
+from probcat.nets.photoz import PhotozNet
 
 
 def test_small_work_uses_one_thread_and_explicit_counts_are_kept(monkeypatch):
@@ -106,25 +107,32 @@ def test_inference_entry_runs_main_thread_calls_in_its_thread_and_others_in_plac
         R.use_inference_thread(before)
 
 
-def test_detection_in_the_inference_thread_equals_the_main_thread(fixed_image_and_detector):
-    image, det = fixed_image_and_detector
-    a = det.detect(image, samples=3, seed=5)
+def test_photoz_and_deblending_in_the_inference_thread_equal_the_main_thread():
+    """The decorated entry points give the same numbers to the bit from either thread."""
+    import probcat
+    from probcat.redshift.estimator import PhotozEstimator
+    from probcat.survey import Survey
+
+    torch.manual_seed(0)
+    net = PhotozNet(bands=6, size=11, channels=4).eval()
+    est = PhotozEstimator(net, Survey.lsst(bands="ugrizy"), threads=1)
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((6, 40, 40)).astype(np.float32)
+    x, y = rng.uniform(0, 39, 30), rng.uniform(0, 39, 30)
+    image = np.load("tests/data/fixed_scene_v6.npz")["image"][:, :64, :64]
+    deb = probcat.load("deblender_lsst_i", device="cpu", threads=1)
+    cat = probcat.load("detection_lsst_i", device="cpu", threads=1).catalog(image)
+
+    def both():
+        flux = deb.measure(image, cat).catalog["flux_ap"]
+        return est._mixture(xs, x, y), np.asarray(flux)
+
+    (a, fa) = both()
     before = R.use_inference_thread(False)
     try:
-        b = det.detect(image, samples=3, seed=5)
+        (b, fb) = both()
     finally:
         R.use_inference_thread(before)
-    assert len(a.catalog) == len(b.catalog) > 3
-    for k in ("x", "y", "prob", "galaxy_prob"):
-        assert np.array_equal(a.catalog[k], b.catalog[k]), k
-    for sa, sb in zip(a.samples, b.samples):
-        assert np.array_equal(sa["x"], sb["x"])
-
-
-@pytest.fixture(scope="module")
-def fixed_image_and_detector():
-    import probcat
-
-    return np.load("tests/data/fixed_scene_v6.npz")["image"][:, :64, :64], probcat.load(
-        "detection_lsst_i", device="cpu", threads=1
-    )
+    assert len(cat) > 3 and np.array_equal(fa, fb) and np.all(np.isfinite(fa))
+    for u, v in zip(a, b):
+        assert u.shape == (30, 5) and np.array_equal(u, v)

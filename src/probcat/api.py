@@ -407,7 +407,6 @@ class Detector:
         out = [DetectionResult(c, t, d, w) for c, t, d, w in zip(cats, tiles, draws, batch.wcs)]
         return out[0] if batch.single else out
 
-    @inference_entry
     def _run(
         self,
         images,
