@@ -136,3 +136,36 @@ def test_photoz_and_deblending_in_the_inference_thread_equal_the_main_thread():
     assert len(cat) > 3 and np.array_equal(fa, fb) and np.all(np.isfinite(fa))
     for u, v in zip(a, b):
         assert u.shape == (30, 5) and np.array_equal(u, v)
+
+
+def test_an_interrupted_caller_stops_the_job_at_its_next_check():
+    """Ctrl-C while the main thread waits: the job stops at its next check_interrupt, the
+    caller gets KeyboardInterrupt, and the thread takes the next job as before."""
+    import os
+    import signal
+    import threading
+    import time
+
+    steps = []
+
+    @R.inference_entry
+    def job(n):
+        for i in range(n):  # 0.01 s a step
+            R.check_interrupt()
+            steps.append(i)
+            time.sleep(0.01)
+        return "finished"
+
+    R.check_interrupt()  # nothing outside the inference thread
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        job(1000)  # 10 s unless interrupted
+    assert time.perf_counter() - t0 < 3 and 5 < len(steps) < 300
+    n = len(steps)
+    time.sleep(0.1)
+    assert len(steps) == n  # stopped, not running on
+    steps.clear()
+    assert R.inference_entry(lambda: "next")() == "next"
+    assert job(20) == "finished" and len(steps) == 20  # the flag was reset

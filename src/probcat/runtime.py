@@ -19,12 +19,13 @@ thread's arena with thousands of arrays of many sizes; each of the hundreds of t
 network pass allocates then searches that arena's free lists. Measured on this project's
 2-core machine: with 10,000 live arrays of 8 kB to 1.6 MB in the process, one pass of the
 photo-z network over 256 stamps took 0.51-0.83 s from the main thread and 0.20-0.28 s from
-another thread (0.23-0.29 s from either in a fresh process), and deblending a 1000x1000
-field 2.2-2.7 s against 1.8-2.0 s. Calls from the main thread to the decorated entry points
-(:func:`inference_entry`: the photo-z networks, deblending) therefore run in one persistent
-daemon thread of probcat's and the caller waits for them; calls from any other thread run
-where they are (such threads have their own arenas, and several of them keep running in
-parallel). :func:`use_inference_thread` turns this off. Detection is not routed there:
+another thread (0.23-0.29 s from either in a fresh process); with 2,000 such arrays held
+(1.6 GB), deblending a 1000x1000 field took 2.2-2.7 s against 1.8-2.0 s. Calls from the
+main thread to the decorated entry points (:func:`inference_entry`: the photo-z networks,
+deblending) therefore run in one persistent daemon thread of probcat's and the caller waits
+for them; calls from any other thread run where they are (such threads have their own
+arenas, and several of them keep running in parallel). Ctrl-C stops the job at its next
+:func:`check_interrupt`. :func:`use_inference_thread` turns this off. Detection is not routed there:
 with two torch threads, a fresh process detected a 1000x1000 LSST-i scene in 0.27 s from
 its main thread and 0.35 s from another (the team of OpenMP threads a non-main thread
 drives was slower, for reasons not pinned down), and fresh processes are how
@@ -47,6 +48,7 @@ __all__ = [
     "thread_limit",
     "trim_heap",
     "inference_entry",
+    "check_interrupt",
     "use_inference_thread",
     "SMALL_PIXELS",
 ]
@@ -175,6 +177,7 @@ class _InferenceThread:
 
         self.pid = os.getpid()
         self.jobs = queue.SimpleQueue()
+        self.cancel = threading.Event()  # set: the waiting caller was interrupted
         self.thread = threading.Thread(target=self._loop, name="probcat-inference", daemon=True)
         self.thread.start()
 
@@ -184,8 +187,8 @@ class _InferenceThread:
             self._run(*job)
             del job  # nothing of a finished job stays referenced here
 
-    @staticmethod
-    def _run(future, context, fn, args, kwargs):
+    def _run(self, future, context, fn, args, kwargs):
+        self.cancel.clear()
         if not future.set_running_or_notify_cancel():
             return
         try:
@@ -195,11 +198,19 @@ class _InferenceThread:
 
     def call(self, fn, args, kwargs):
         import contextvars
-        from concurrent.futures import Future
+        from concurrent.futures import Future, wait
 
         future = Future()  # the caller's context goes along (numpy's errstate, ...)
         self.jobs.put((future, contextvars.copy_context(), fn, args, kwargs))
-        return future.result()
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            # Ctrl-C: the job stops at its next check_interrupt (a fraction of a second),
+            # so that nothing runs on behind the caller's back, nor inside torch when the
+            # interpreter exits (which aborts the process); a second Ctrl-C stops waiting
+            self.cancel.set()
+            wait([future])
+            raise
 
 
 _THREAD: _InferenceThread | None = None
@@ -221,6 +232,15 @@ def _inference_thread() -> _InferenceThread:
         if _THREAD is None or _THREAD.pid != os.getpid() or not _THREAD.thread.is_alive():
             _THREAD = _InferenceThread()  # first use, or a forked child: a thread of its own
         return _THREAD
+
+
+def check_interrupt() -> None:
+    """Raise ``KeyboardInterrupt`` in probcat's inference thread when the caller waiting for
+    the job was interrupted: called between the chunks of long loops (photo-z stamps,
+    deblending batches and samples); nothing anywhere else."""
+    t = _THREAD
+    if t is not None and t.cancel.is_set() and threading.current_thread() is t.thread:
+        raise KeyboardInterrupt
 
 
 def inference_entry(fn):

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from probcat.errors import ProbcatValueError
-from probcat.runtime import trim_heap
+from probcat.runtime import check_interrupt, trim_heap
 from probcat.tiles import window
 
 __all__ = [
@@ -175,6 +175,7 @@ def _decode(model, crops: np.ndarray, device, batch: int) -> torch.Tensor:
     size = model.out_size
     out = torch.empty((len(crops), crops.shape[1], size, size), dtype=torch.float32)
     for i in range(0, len(crops), batch):
+        check_interrupt()  # Ctrl-C reaches probcat's inference thread here
         x = torch.from_numpy(crops[i : i + batch]).to(device)
         x = x.contiguous(memory_format=torch.channels_last)  # as the loaded weights
         out[i : i + batch] = model(x).float().cpu()
@@ -541,6 +542,7 @@ def sample_fluxes(
             )  # fmt: skip
         start = 0
         for s, (x, y, g) in enumerate(part, start=first):
+            check_interrupt()
             n_gal = int(g.sum())
             models = assemble(image, stamps[start : start + n_gal], x, y, g, survey)
             start += n_gal

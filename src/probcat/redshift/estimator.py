@@ -14,7 +14,7 @@ import numpy as np
 
 from probcat.catalog import FullCatalog
 from probcat.errors import ProbcatValueError
-from probcat.runtime import inference_entry
+from probcat.runtime import check_interrupt, inference_entry
 
 __all__ = ["PhotozEstimator", "PhotozResult", "stamps_at"]
 
@@ -128,6 +128,7 @@ class PhotozEstimator:
         n_threads = threads_for(self.threads, len(x) * size * size)
         with thread_limit(n_threads), torch.no_grad():
             for s in range(0, len(x), _CHUNK):
+                check_interrupt()  # Ctrl-C reaches probcat's inference thread here
                 st = stamps_at(x_sigma, x[s : s + _CHUNK], y[s : s + _CHUNK], size)
                 st = torch.from_numpy(st).to(self.device, memory_format=torch.channels_last)
                 w, m, sd = self.net(st)
