@@ -14,9 +14,9 @@ detection 8x slower than 1. ``threads="auto"`` (the default) therefore uses
 An integer sets the count; parallel workers should use 1 each.
 
 Inference thread. glibc's ``malloc`` gives each thread an arena of its own, and a
-long-lived process (a notebook, a pipeline that holds tables, a benchmark) fragments the main
-thread's arena with thousands of arrays of many sizes; each of the hundreds of tensors a
-network pass allocates then searches that arena's free lists. Measured on this project's
+long-lived process (a notebook, a pipeline that holds tables, a benchmark) fragments the
+main thread's arena with thousands of arrays of many sizes; each of the hundreds of tensors
+a network pass allocates then searches that arena's free lists. Measured on this project's
 2-core machine: with 10,000 live arrays of 8 kB to 1.6 MB in the process, one pass of the
 photo-z network over 256 stamps took 0.51-0.83 s from the main thread and 0.20-0.28 s from
 another thread (0.23-0.29 s from either in a fresh process); with 2,000 such arrays held
@@ -25,10 +25,10 @@ main thread to the decorated entry points (:func:`inference_entry`: the photo-z 
 deblending) therefore run in one persistent daemon thread of probcat's and the caller waits
 for them; calls from any other thread run where they are (such threads have their own
 arenas, and several of them keep running in parallel). Ctrl-C stops the job at its next
-:func:`check_interrupt`. :func:`use_inference_thread` turns this off. Detection is not routed there:
-with two torch threads, a fresh process detected a 1000x1000 LSST-i scene in 0.27 s from
-its main thread and 0.35 s from another (the team of OpenMP threads a non-main thread
-drives was slower, for reasons not pinned down), and fresh processes are how
+:func:`check_interrupt`. :func:`use_inference_thread` turns this off. Detection is not
+routed there: with two torch threads, a fresh process detected a 1000x1000 LSST-i scene in
+0.27 s from its main thread and 0.35 s from another (the team of OpenMP threads a non-main
+thread drives was slower, for reasons not pinned down), and fresh processes are how
 ``probcat detect`` runs.
 """
 
