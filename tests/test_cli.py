@@ -190,6 +190,21 @@ def test_train_calibrate_reports_the_pair_rules_held_out_check(tmp_path, capsys,
     assert "probability calibration from 900 detections" in out
 
 
+def test_ctrl_c_is_one_line_and_status_130(tmp_path, capsys, monkeypatch):
+    import probcat.train.detection as T
+
+    for name in ("detection.pt", "manifest.json"):
+        (tmp_path / name).write_text("")
+
+    def interrupted(run, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "calibrate_run", interrupted)
+    rc = main(["train", "calibrate", str(tmp_path), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 130 and err == "probcat: interrupted"
+
+
 def test_train_config_typo_is_one_line_before_any_work(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model:\n  stem: patchfy\n")

@@ -758,6 +758,8 @@ def _main(argv):
         message = e.format_message() if hasattr(e, "format_message") else str(e)
         print(f"probcat: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
+    if rc == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into a silent exit status 130
+        print("\nprobcat: interrupted", file=sys.stderr)  # after any unfinished bar line
     return rc if isinstance(rc, int) else 0  # typer.Exit(n) in a command: its status
 
 
