@@ -153,10 +153,12 @@ def figure(res: dict, n: int, path: Path) -> None:
     ax = axes[1]
     names = [k for k in res if k != "first_stage_head"]
     x = np.arange(len(names))
-    for j, p in enumerate(PARAM_NAMES):
-        w0 = res["nre"]["widths_68"][p]
-        ax.bar(x + (j - 1) * 0.25, [res[k]["widths_68"][p] / w0 for k in names], 0.25, label=p)
+    ratios = [[res[k]["widths_68"][p] / res["nre"]["widths_68"][p] for k in names]
+              for p in PARAM_NAMES]  # fmt: skip
+    for j, (p, r) in enumerate(zip(PARAM_NAMES, ratios)):
+        ax.bar(x + (j - 1) * 0.25, r, 0.25, label=p)
     ax.axhline(1, color="k", lw=0.6)
+    ax.set_ylim(min(0.9, np.min(ratios) - 0.02), max(1.1, np.max(ratios) + 0.02))
     ax.set_xticks(x, names, rotation=20, fontsize=8)
     ax.set_ylabel("mean 68% width / plain NRE's")
     ax.legend(frameon=False, fontsize=8)
@@ -166,16 +168,27 @@ def figure(res: dict, n: int, path: Path) -> None:
     plt.close(fig)
 
 
+def replot(out: Path) -> None:
+    """Redraw ``population_heads.png`` from the JSON in ``out``."""
+    s = json.loads((out / "population_heads.json").read_text())
+    figure(s["variants"], s["n_coverage_maps"], out / "population_heads.png")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", required=True, help="a population run folder (reused or made)")
+    ap.add_argument("--run", help="a population run folder (reused or made)")
     ap.add_argument("--config", default=None, help="the run's YAML budget, if not the default")
     ap.add_argument("--n-val", type=int, default=1000, help="validation maps for coverage")
     ap.add_argument("--n-loss", type=int, default=20000, help="validation maps for the loss")
     ap.add_argument("--out", default=str(RESULTS), help="results folder")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON")
     args = ap.parse_args(argv)
+    if args.replot:
+        return replot(Path(args.out))
     command = " ".join([".venv/bin/python", "benchmarks/population_heads.py", *sys.argv[1:]])
+    if not args.run:
+        ap.error("--run is required")
     t0 = time.perf_counter()
     cfg = load_yaml(PopulationConfig, args.config)
     torch.set_num_threads(cfg.threads)
