@@ -30,10 +30,10 @@ import torch
 
 from probcat.catalog import atomic_write
 from probcat.config import load_yaml
-from probcat.population.chain import Chain, PopulationConfig, _settings
+from probcat.population.chain import Chain, PopulationConfig, _settings, _theta_tensor
 from probcat.population.inference import Grid, Posterior, expected_coverage
-from probcat.population.simulator import PARAM_NAMES, normalise_theta, simulate
-from probcat.population.tasks import HeadTask, MapRatioTask, pair_loss
+from probcat.population.simulator import PARAM_NAMES, simulate
+from probcat.population.tasks import HeadTask, pair_loss
 from probcat.provenance import provenance
 from probcat.train.loop import fit
 
@@ -52,10 +52,6 @@ VARIANTS = {
 }
 
 
-def _theta(theta: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(normalise_theta(np.asarray(theta, float))).float()
-
-
 def embeddings(net, seed: tuple, n: int, progress: bool):
     """Embeddings ``(n, E)`` and parameters of ``n`` fresh prior maps (rng ``seed``)."""
     from tqdm.auto import tqdm
@@ -72,7 +68,7 @@ def embeddings(net, seed: tuple, n: int, progress: bool):
 
 def held_out_loss(head, emb: torch.Tensor, theta: np.ndarray) -> float:
     """The NRE loss (no balance term) on held-out pairs, in batches of 2,000."""
-    gen, t = torch.Generator().manual_seed(0), _theta(theta)
+    gen, t = torch.Generator().manual_seed(0), _theta_tensor(theta)
     with torch.no_grad():
         parts = [float(pair_loss(head, emb[i : i + 2000], t[i : i + 2000], gen, 0.0))
                  for i in range(0, len(t), 2000)]  # fmt: skip
@@ -80,9 +76,9 @@ def held_out_loss(head, emb: torch.Tensor, theta: np.ndarray) -> float:
 
 
 def score(head, grid: Grid, val: dict) -> dict:
-    log_r = head.on_grid(val["cov_emb"], _theta(grid.points))
+    log_r = head.on_grid(val["cov_emb"], _theta_tensor(grid.points))
     with torch.no_grad():
-        at = head(val["cov_emb"], _theta(val["cov_theta"])).numpy().astype(np.float64)
+        at = head(val["cov_emb"], _theta_tensor(val["cov_theta"])).numpy().astype(np.float64)
     posts = [Posterior(grid, v) for v in log_r]
     cov = expected_coverage(posts, val["cov_theta"], log_density_at_truth=at)
     hpd = np.array([p.hpd_level(t, a) for p, t, a in zip(posts, val["cov_theta"], at)])
@@ -101,12 +97,7 @@ def score(head, grid: Grid, val: dict) -> dict:
 
 
 def run(run_dir: Path, cfg: PopulationConfig, n_val: int, n_loss: int, progress: bool):
-    chain = Chain(cfg, run_dir, progress)
-    steps = cfg.plain_steps
-    task = MapRatioTask("plain", steps, cfg.r3.lr, cfg.seed + 6, simulate, cfg.r3.batch,
-                        cfg.r3.balance)  # fmt: skip
-    chain._fit(task, steps, 6, chain._keys("plain"))  # the chain's own first stage
-    net = task.model
+    net = Chain(cfg, run_dir, progress).plain_first_stage().model
     grid = Grid.default(cfg.grid_sigma, cfg.grid_h, cfg.grid_n_step)
     val = {}
     val["loss_emb"], val["loss_theta"] = embeddings(net, (cfg.seed, VAL_SEED, 31), n_loss,

@@ -295,13 +295,20 @@ class Chain:
 
     def train_plain(self):
         c = self.cfg
-        steps = c.plain_steps
-        task = MapRatioTask("plain", steps, c.r3.lr, c.seed + 6, simulate, c.r3.batch, c.r3.balance)
-        self._fit(task, steps, 6, self._keys("plain"))
+        task = self.plain_first_stage()
         self.plain = task.model
         keys = {**self._keys("plain"), "head": to_dict(c)["head"], "head_maps": c.head_maps}
         self._fit_head(self.plain, "plain", simulate, 6, keys, "plain_head")
         self.n_simulations["plain"] = task.n_simulations + c.head_maps
+
+    def plain_first_stage(self) -> MapRatioTask:
+        """The plain NRE's first stage (the whole network), trained or resumed in the run's
+        ``plain`` folder; its task, with the network on ``task.model``."""
+        c = self.cfg
+        steps = c.plain_steps
+        task = MapRatioTask("plain", steps, c.r3.lr, c.seed + 6, simulate, c.r3.batch, c.r3.balance)
+        self._fit(task, steps, 6, self._keys("plain"))
+        return task
 
     def _fit_head(self, net, name: str, simulator, offset: int, keys: dict, folder: str):
         """The head stage of map ratio network ``net`` (trained in place): :class:`HeadTask`
