@@ -102,9 +102,13 @@ def main(argv=None) -> None:
     s["target_seed"] = args.seed
     s["checks"] = checks(s)
     s["definitions"] = {
-        "coverage.r3": "targeted maps, theta from the prior truncated to N >= N_det",
+        "coverage.r3": "targeted maps, theta from the prior truncated to N >= N_det and to "
+        "r3's last truncation box (r3_rounds)",
         "coverage.combined": "targeted maps, theta from the r4-route posterior (prior x "
-        "p(I=1 | theta)), posterior p(theta) r3 E[r4]",
+        "p(I=1 | theta)) in r3's last box, posterior p(theta) r3 E[r4] in that box",
+        "r3_rounds": "r3's truncation rounds (TMNRE): each round's first-stage steps and the "
+        "box its theta was drawn from (prior_fraction: the box's share of the prior box); "
+        "the head stage trains in the last box",
         "coverage.r4": "full-model maps run through r1, their true detected lists",
         "coverage.plain_nre": "full-model maps, theta from the prior",
         "intervals": "central intervals of each marginal on the grid (N in steps of "

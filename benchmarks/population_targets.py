@@ -41,7 +41,7 @@ def one_target(chain: Chain, seed: int, grid: Grid, cfg: PopulationConfig) -> di
     t0 = time.perf_counter()
     x_o, truth = simulated_target(seed)
     det = chain.detect(x_o[None])[0]
-    chain.train_r3(det)
+    chain.train_r3(det, x_o)
     post = chain.posteriors(x_o, det, grid, np.random.default_rng([cfg.seed, 99, seed]))
     t_o = [truth[p] for p in PARAM_NAMES]
     at_o = chain.log_densities_at(x_o, t_o)

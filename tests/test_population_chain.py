@@ -60,8 +60,18 @@ def test_chain_writes_every_output_and_resumes(tmp_path):
     # a rerun resumes: no network trains again
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")}
     names = {p.parent.name for p in before}
-    assert len(before) == 7 and "plain_head" in names  # r1, r2, r4, r3 and plain (two stages)
-    assert sum(n.startswith("r3_") for n in names) == 2
+    # r1, r2, r4, r3 (two truncation rounds and its head) and plain (two stages)
+    assert len(before) == 8 and "plain_head" in names
+    assert sum(n.startswith("r3_") for n in names) == 3
+    # the second round drew theta inside the box of the first round's posterior, which r3
+    # and the combined posterior are confined to
+    rounds = s["r3_rounds"]
+    assert [r["steps"] for r in rounds] == [3, 2] and rounds[0]["prior_fraction"] == 1.0
+    box = rounds[1]["bounds"]
+    for est in ("r3", "combined"):
+        for p in ("N", "sigma", "h"):
+            lo, hi = s["posterior"][est][p]["interval_95"]
+            assert box[p][0] <= lo <= hi <= box[p][1]
     run_chain(cfg, out, target_seed=3, progress=False)
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")} == before
     # the same command in a fresh folder reproduces every network and number to the bit
@@ -160,8 +170,8 @@ def test_a_new_target_retrains_only_what_depends_on_it(tmp_path):
     assert main(["population", "--seed", "5", "-c", str(cfg), "-o", str(out), "-q"]) == 0
     again = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")}
     assert {k: again[k] for k in stamp} == stamp  # nothing retrained...
-    new = set(again) - set(stamp)  # ...but r3 (both stages), for the new target
-    assert len(new) == 2 and all(k.startswith("r3_") for k in new)
+    new = set(again) - set(stamp)  # ...but r3 (two rounds and its head), for the new target
+    assert len(new) == 3 and all(k.startswith("r3_") for k in new)
 
 
 def test_config_sections_keep_their_defaults(tmp_path):

@@ -72,6 +72,37 @@ def test_truncated_simulator_keeps_detected_sources_in_their_regions():
         assert np.all(src.flux[i] >= 10.0)
 
 
+def test_a_truncation_box_confines_theta_and_its_log_prior_is_the_box():
+    det = _dets([5.0, -12.0, 0.0], [1.0, -3.0, 2.0], thr=1.0)  # N_det = 3
+    sens = lambda f, l, b, t: np.zeros(len(f))  # noqa: E731
+    free = TruncatedSimulator(det, sens)
+    box = np.array([[20.5, 42.5], [1.5, 2.25], [3.0, 30.0]])  # h beyond the prior: cut to 20
+    boxed = TruncatedSimulator(det, sens, box)
+    assert boxed.n_range == (21, 42) and boxed.bounds[2].tolist() == [3.0, 20.0]
+    assert TruncatedSimulator(det, sens, [[1, 42.5], [1, 3], [1, 20]]).n_range == (10, 42)
+    theta = boxed.sample_theta(np.random.default_rng(1), 22000)
+    assert np.array_equal(theta[:, 0], np.round(theta[:, 0]))
+    counts = np.bincount(theta[:, 0].astype(int))
+    assert np.flatnonzero(counts).tolist() == list(range(21, 43))  # every allowed N
+    assert counts[21:].min() > 850 and counts[21:].max() < 1150  # uniform: 1,000 +- 32
+    assert (theta[:, 1] >= 1.5).all() and (theta[:, 1] <= 2.25).all()
+    assert abs(theta[:, 2].mean() - 11.5) < 0.1  # uniform on [3, 20]
+    assert (boxed.log_prior(theta) == 0).all()
+    # against the definition, point by point
+    pts = np.array([[20, 2, 5], [21, 2, 5], [42, 2, 5], [43, 2, 5], [30, 1.4, 5],
+                    [30, 2.25, 20], [30, 2, 2.9], [600, 2, 5]], float)  # fmt: skip
+    assert boxed.log_prior(pts).tolist() == [-np.inf, 0, 0, -np.inf, -np.inf, 0, -np.inf,
+                                              -np.inf]  # fmt: skip
+    # without a box: the whole prior with N >= N_det, as before
+    grid = np.array(np.meshgrid([2, 3, 10, 500], [1, 3], [1, 20])).reshape(3, -1).T
+    assert np.array_equal(free.log_prior(grid) == 0, grid[:, 0] >= 10)
+    assert (free.log_prior([[12, 2, 5]]) == 0).all()
+    assert (TruncatedSimulator(_dets([0.0] * 12, [0.0] * 12, 1.0), sens).log_prior(
+        [[11, 2, 5], [12, 2, 5]]) == [-np.inf, 0]).all()  # fmt: skip
+    with pytest.raises(ValueError, match="holds no allowed theta"):
+        TruncatedSimulator(det, sens, [[30, 25], [1, 3], [1, 20]])
+
+
 def test_sub_threshold_sources_avoid_what_would_be_detected():
     det = _dets([0.0], [0.0], thr=1.0)
     # a source brighter than 10 is always detected: no sub-threshold source may be

@@ -9,6 +9,7 @@ from probcat.population.inference import (
     Posterior,
     combine,
     expected_coverage,
+    truncation_bounds,
 )
 
 
@@ -245,3 +246,29 @@ def test_hpd_volume_of_a_gaussian_is_the_ellipsoid_volume_over_the_prior_box():
         assert post.hpd_volume(level) == pytest.approx(exact, rel=0.03)
     flat = Posterior(grid, np.zeros(len(grid.points)))  # the prior: volume = level
     assert flat.hpd_volume(0.5) == pytest.approx(0.5, abs=0.01)
+
+
+def test_truncation_bounds_hold_every_cell_above_eps_and_draws_stay_inside():
+    """The box of a truncation round: brute force over the grid's marginals, and
+    :meth:`Posterior.sample` of the posterior masked to it never leaves it."""
+    grid = Grid.default()
+    p = grid.points
+    log_w = _normal_logpdf(p[:, 0], 180, 8) + _normal_logpdf(p[:, 1], 2.0, 0.1)
+    log_w = log_w + _normal_logpdf(p[:, 2], 19.0, 1.5)  # piled against the prior's edge
+    post = Posterior(grid, log_w)
+    box = truncation_bounds(post, 1e-6)
+    for k, axis in enumerate(grid.axes):
+        m = post.marginal(k)
+        above = axis[m >= 1e-6 * m.max()]
+        step = axis[1] - axis[0]
+        # one more cell on each side, to the cell edges halfway between grid points
+        lo = max(above.min() - 1.5 * step, axis[0])
+        hi = min(above.max() + 1.5 * step, axis[-1])
+        assert np.isclose(box[k, 0], lo) and np.isclose(box[k, 1], hi), k
+    assert box[2, 1] == 20.0 and box[0, 0] > 100 and box[0, 1] < 260
+    inside = ((p >= box[:, 0]) & (p <= box[:, 1])).all(1)
+    draws = Posterior(grid, np.where(inside, log_w, -np.inf)).sample(np.random.default_rng(0), 5000)
+    assert ((draws >= box[:, 0]) & (draws <= box[:, 1])).all()
+    # a smaller eps never gives a smaller box
+    wider = truncation_bounds(post, 1e-12)
+    assert (wider[:, 0] <= box[:, 0]).all() and (wider[:, 1] >= box[:, 1]).all()

@@ -30,11 +30,19 @@ from probcat.population.detection import (
     match_detections,
     prior_map,
 )
-from probcat.population.inference import Grid, Posterior, expected_coverage, logmeanexp
+from probcat.population.inference import (
+    Grid,
+    Posterior,
+    expected_coverage,
+    logmeanexp,
+    truncation_bounds,
+)
 from probcat.population.simulator import (
     EXTENT_DEG,
     MAP_SIZE,
     PARAM_NAMES,
+    PRIOR_HIGH,
+    PRIOR_LOW,
     Sources,
     normalise_theta,
     sample_prior,
@@ -87,6 +95,16 @@ class PopulationConfig:
     many fresh full-model maps as r3 and r4 saw together (``r3.steps * r3.batch +
     pool_maps`` for its first stage, in batches of ``r3.batch``, and ``head_maps``).
 
+    r3's first stage runs in ``r3_rounds`` truncation rounds (TMNRE, as paper 001 uses it),
+    its ``r3.steps`` shared between them: each round after the first continues the last
+    round's network on targeted maps whose ``theta`` is drawn from the prior truncated to
+    the box where the last round's posterior of the target has mass
+    (:func:`~probcat.population.inference.truncation_bounds`: marginal cells above
+    ``r3_bound_eps`` of the largest, and a cell more). The head stage trains on maps of the
+    last box, and r3 and the combined posterior live in it. The first round has no head
+    stage, and a first stage alone gives posteriors too wide (see ``docs/population.md``),
+    which only makes the box safer.
+
     The head stages train as balanced NRE (``head.balance`` = 100, the weight of Delaunoy
     et al. 2022): with plain NRE the heads covered a little under nominal, and the balance
     term moves them up towards it (joint coverage at 68.3% 0.655 -> 0.669 on validation
@@ -103,6 +121,8 @@ class PopulationConfig:
     pool_maps: int = 8000
     r2: NetConfig = field(default_factory=lambda: NetConfig(1500, 512, 2e-3))
     r3: NetConfig = field(default_factory=lambda: NetConfig(4000, 64, 1e-3))
+    r3_rounds: int = 2
+    r3_bound_eps: float = 1e-6
     r4: NetConfig = field(default_factory=lambda: NetConfig(12000, 128, 1e-3))
     head: NetConfig = field(default_factory=lambda: NetConfig(30000, 64, 1e-3, 100.0))
     head_maps: int = 60000
@@ -122,13 +142,17 @@ class PopulationConfig:
                 f"{[round(float(t), 3) for t in THRESHOLDS_LOG10]}"
             )
         for name in ("pool_maps", "head_maps", "r4_draws", "r4_rounds", "prior_draws",
-                     "coverage_sims", "threads"):  # fmt: skip
+                     "coverage_sims", "threads", "r3_rounds"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ProbcatValueError(f"{name} must be >= 1")
         for name in ("r1", "r2", "r3", "r4", "head"):
             c = getattr(self, name)
             if c.steps < 1 or c.batch < 2 or not c.lr > 0:
                 raise ProbcatValueError(f"{name}: steps >= 1, batch >= 2 and lr > 0 needed")
+        if self.r3.steps < self.r3_rounds:
+            raise ProbcatValueError("r3.steps must be at least r3_rounds (steps per round)")
+        if not 0 < self.r3_bound_eps < 1:
+            raise ProbcatValueError("r3_bound_eps must lie in (0, 1)")
         if not 0 < self.detect_min_mass <= 1:
             raise ProbcatValueError("detect_min_mass must lie in (0, 1]")
         if self.r1_crop <= 2 * R1_HALO:
@@ -273,25 +297,44 @@ class Chain:
         return torch.sigmoid(self.r2(torch.from_numpy(x))).numpy()
 
     # ---- r3 and the plain NRE ------------------------------------------------------------
-    def train_r3(self, det: Detections):
+    def train_r3(self, det: Detections, x_o: np.ndarray | None = None):
+        """r3 for the detections ``det`` of the target map ``x_o`` (needed for truncation
+        rounds: their boxes come from its posterior), in ``r3_rounds`` rounds and a head
+        stage; sets ``truncated`` (the last round's simulator) and ``r3_rounds_log``."""
         c = self.cfg
+        if c.r3_rounds > 1 and x_o is None:
+            raise ProbcatValueError("r3's truncation rounds need the target map")
         self.truncated = TruncatedSimulator(det, self.sensitivity)
-        task = MapRatioTask(
-            "r3",
-            c.r3.steps,
-            c.r3.lr,
-            c.seed + 3,
-            self.truncated.simulate,
-            c.r3.batch,
-            c.r3.balance,
-        )
         target = {**self._keys("r3"), "target": det.to_dict()}
         digest = hashlib.sha256(json.dumps(target, sort_keys=True).encode()).hexdigest()[:10]
-        self._fit(task, c.r3.steps, 3, target, folder=f"r3_{digest}")  # one per target
-        self.r3 = task.model
-        head_keys = {**target, "head": to_dict(c)["head"], "head_maps": c.head_maps}
+        steps = [c.r3.steps // c.r3_rounds + (k < c.r3.steps % c.r3_rounds)
+                 for k in range(c.r3_rounds)]  # fmt: skip
+        grid = Grid.default(c.grid_sigma, c.grid_h, c.grid_n_step)
+        net, n_sims, self.r3_rounds_log = None, 0, []
+        for k, n_steps in enumerate(steps):
+            keys = dict(target)
+            if k:  # the box where the last round's posterior of the target has mass
+                log_r = self.log_r_map(net, x_o[None], grid)[0]
+                post = Posterior(grid, log_r + self.truncated.log_prior(grid.points))
+                box = truncation_bounds(post, c.r3_bound_eps)
+                self.truncated = TruncatedSimulator(det, self.sensitivity, box)
+                keys.update(round=k + 1, bounds=self.truncated.bounds.tolist())
+            b = self.truncated.bounds
+            self.r3_rounds_log.append({
+                "steps": n_steps,
+                "bounds": {p: b[i].tolist() for i, p in enumerate(PARAM_NAMES)},
+                "prior_fraction": float(np.prod((b[:, 1] - b[:, 0]) / (PRIOR_HIGH - PRIOR_LOW))),
+            })  # fmt: skip
+            task = MapRatioTask("r3", n_steps, c.r3.lr, c.seed + (3 if k == 0 else 20 + k),
+                                self.truncated.simulate, c.r3.batch, c.r3.balance,
+                                init=None if net is None else net.state_dict())  # fmt: skip
+            folder = f"r3_{digest}" + (f"_round{k + 1}" if k else "")  # one per target
+            self._fit(task, n_steps, 3 if k == 0 else 20 + k, keys, folder=folder)
+            net, n_sims = task.model, n_sims + task.n_simulations
+        self.r3 = net
+        head_keys = {**keys, "head": to_dict(c)["head"], "head_maps": c.head_maps}
         self._fit_head(self.r3, "r3", self.truncated.simulate, 3, head_keys, f"r3_{digest}_head")
-        self.n_simulations["r3"] = task.n_simulations + c.head_maps
+        self.n_simulations["r3"] = n_sims + c.head_maps
 
     def train_plain(self):
         c = self.cfg
@@ -347,7 +390,7 @@ class Chain:
         }  # fmt: skip
         pick["r2"] = pick["pool"] + ["r2"]
         pick["r4"] = pick["pool"] + ["r4"]
-        pick["r3"] = pick["pool"] + ["r2", "r3"]
+        pick["r3"] = pick["pool"] + ["r2", "r3", "r3_rounds", "r3_bound_eps"]
         pick["plain"] = ["seed", "r3", "pool_maps"]
         return {k: d[k] for k in pick[stage]}
 
@@ -458,14 +501,14 @@ class Chain:
         """The four posteriors of the target: ``r3``, ``r4`` (detected sources),
         ``combined`` and ``plain_nre``, and the log ``E[r4]`` on the grid
         (:meth:`detections_factor`)."""
-        feasible = np.where(grid.points[:, 0] >= len(det), 0.0, -np.inf)
+        feasible = self.truncated.log_prior(grid.points)  # N >= N_det, in r3's box
         log_r3 = self.log_r_map(self.r3, x_o[None], grid)[0]
         log_e_r4 = self.detections_factor(rng, det, grid)
         log_plain = self.log_r_map(self.plain, x_o[None], grid)[0]
         return {
             "r3": Posterior(grid, log_r3 + feasible),
             "r4": Posterior(grid, log_e_r4),
-            "combined": Posterior(grid, log_r3 + log_e_r4),
+            "combined": Posterior(grid, log_r3 + log_e_r4 + feasible),
             "plain_nre": Posterior(grid, log_plain),
             "log_e_r4": log_e_r4,
         }
@@ -473,9 +516,9 @@ class Chain:
     def log_densities_at(self, x_o: np.ndarray, theta) -> dict:
         """Each estimator's own log density (the grid's units) of the target at the point
         ``theta`` (3 parameters), after :meth:`posteriors` (``-inf`` for r3 and combined
-        where ``N`` is below the number of detections)."""
+        where ``N`` is below the number of detections or ``theta`` outside r3's box)."""
         t = np.asarray(theta, float)[None]
-        feasible = 0.0 if t[0, 0] >= self.truncated.n_det else -np.inf
+        feasible = float(self.truncated.log_prior(t)[0])
         log_r3 = self.log_r_map_at(self.r3, x_o[None], t)[0] + feasible
         log_e_r4 = self.log_e_r4_at(self.target_lists, t)[0]
         return {
@@ -571,22 +614,22 @@ def coverage(chain: Chain, det: Detections, log_e_r4: np.ndarray, grid: Grid, rn
     c = chain.cfg
     n = c.coverage_sims
     bar = tqdm(total=4, desc=f"coverage checks ({n} maps each)", disable=not chain.progress)
-    feasible = np.where(grid.points[:, 0] >= len(det), 0.0, -np.inf)
+    feasible = chain.truncated.log_prior(grid.points)  # N >= N_det, in r3's box
     out = {}
-    # r3: targeted maps, theta from the truncated prior
+    # r3: targeted maps, theta from the truncated prior (in r3's box)
     theta, maps, _ = chain.truncated.simulate(rng, n)
     lr = chain.log_r_map(chain.r3, maps, grid)
     at = chain.log_r_map_at(chain.r3, maps, theta)
     out["r3"] = expected_coverage([Posterior(grid, v + feasible) for v in lr], theta,
                                   log_density_at_truth=at)  # fmt: skip
     bar.update()
-    # combined: theta ~ truncated prior x p(I=1 | theta) (the r4-route posterior)
-    theta = Posterior(grid, log_e_r4).sample(rng, n)
-    theta[:, 0] = np.clip(np.round(theta[:, 0]), len(det), None)
+    # combined: theta ~ truncated prior x p(I=1 | theta) (the r4-route posterior, in r3's box)
+    theta = Posterior(grid, log_e_r4 + feasible).sample(rng, n)
+    theta[:, 0] = np.clip(np.round(theta[:, 0]), *chain.truncated.n_range)
     _, maps, _ = chain.truncated.simulate(rng, n, theta)
     lr = chain.log_r_map(chain.r3, maps, grid)
     at = chain.log_r_map_at(chain.r3, maps, theta) + chain.log_e_r4_at(chain.target_lists, theta)
-    combined = [Posterior(grid, v + log_e_r4) for v in lr]
+    combined = [Posterior(grid, v + log_e_r4 + feasible) for v in lr]
     out["combined"] = expected_coverage(combined, theta, log_density_at_truth=at)
     same_maps = {}
     for name, posts in (("r3", [Posterior(grid, v + feasible) for v in lr]),
@@ -667,7 +710,7 @@ def run_chain(
     stage("pool")
     chain.train_r2_r4(pool)
     stage("r2_r4")
-    chain.train_r3(det)
+    chain.train_r3(det, x_o)
     stage("r3")
     chain.train_plain()
     stage("plain_nre")
@@ -689,6 +732,8 @@ def run_chain(
         "truth": truth,
         "n_detected": len(det),
         "detections": det.to_dict(),
+        # r3's truncation rounds: each round's steps and the box its theta was drawn from
+        "r3_rounds": chain.r3_rounds_log,
         # E[r4]'s rounds of draws of p(S_det | I = 1): the total-variation distance
         # between consecutive rounds' r4-route posteriors, and the sources (all rounds)
         # drawn without the sensitivity, which never kept them

@@ -29,7 +29,15 @@ from scipy.special import logsumexp
 
 from probcat.population.simulator import PARAM_NAMES, PRIOR_HIGH, PRIOR_LOW
 
-__all__ = ["Grid", "Posterior", "combine", "logmeanexp", "expected_coverage", "LEVELS"]
+__all__ = [
+    "Grid",
+    "Posterior",
+    "combine",
+    "logmeanexp",
+    "expected_coverage",
+    "truncation_bounds",
+    "LEVELS",
+]
 
 LEVELS = (0.683, 0.954)
 
@@ -175,6 +183,21 @@ class Posterior:
             lo, hi = edges[cells[:, k]], edges[cells[:, k] + 1]
             out[:, k] = lo + (hi - lo) * rng.random(n)
         return out
+
+
+def truncation_bounds(post: Posterior, eps: float = 1e-6) -> np.ndarray:
+    """The box ``(3, 2)`` of a truncation round (TMNRE): per parameter, the grid cells whose
+    marginal mass is at least ``eps`` times the largest cell's, one more cell on each side,
+    from the lower edge of the first to the upper edge of the last (cell edges halfway
+    between grid points, as :meth:`Posterior.sample` draws inside them), within the prior."""
+    out = np.empty((len(post.grid.axes), 2))
+    for k, axis in enumerate(post.grid.axes):
+        m = post.marginal(k)
+        keep = np.flatnonzero(m >= eps * m.max())
+        i0, i1 = max(keep[0] - 1, 0), min(keep[-1] + 1, len(axis) - 1)
+        edges = _cell_edges(axis, PRIOR_LOW[k], PRIOR_HIGH[k])
+        out[k] = edges[i0], edges[i1 + 1]
+    return out
 
 
 def combine(log_r3: np.ndarray, log_r4_draws: np.ndarray) -> np.ndarray:

@@ -136,15 +136,21 @@ def pair_loss(head, emb, theta, gen, balance: float) -> torch.Tensor:
 
 class MapRatioTask(_Task):
     """r3 (targeted maps) or the plain NRE (full-model maps): ``log r(theta; x)`` by NRE on
-    fresh simulations from ``simulator(rng, n) -> (theta, maps, sources)``."""
+    fresh simulations from ``simulator(rng, n) -> (theta, maps, sources)``; ``init``: the
+    state of a network to start from (a later truncation round continues the last)."""
 
-    def __init__(self, name, steps, lr, seed, simulator: Callable, batch: int, balance: float):
+    def __init__(self, name, steps, lr, seed, simulator: Callable, batch: int, balance: float,
+                 init: dict | None = None):  # fmt: skip
         super().__init__(name, steps, lr, seed)
         self.simulator, self.batch_size, self.balance = simulator, batch, balance
         self.n_simulations = steps * batch
+        self.init = init
 
     def build_model(self):
-        return MapRatioNet()
+        net = MapRatioNet()
+        if self.init is not None:
+            net.load_state_dict(self.init)
+        return net
 
     def batch(self, rng):
         theta, maps, _ = self.simulator(rng, self.batch_size)

@@ -10,6 +10,10 @@ detected (accepted with probability ``1 - S(F, s | theta)``: the sensitivity dep
 population, since crowding hides sources), so that the targeted maps hold the
 same detections. ``theta`` with ``N < N_det`` cannot produce the observation: the prior is
 truncated to ``N >= N_det``.
+
+Optionally the prior of ``theta`` is also truncated to a box (``bounds``): the region where
+an earlier round's posterior of the target has mass, as truncated marginal neural ratio
+estimation (TMNRE) narrows it round by round. The prior keeps its shape inside the box.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ from probcat.population.detection import REGION_DEG, Detections
 from probcat.population.simulator import (
     L_SIGMA_DEG,
     PRIOR_HIGH,
+    PRIOR_LOW,
     Sources,
     render,
-    sample_prior,
     sample_sources,
     trunc_lognormal,
     trunc_normal,
@@ -48,24 +52,43 @@ class TruncatedSimulator:
         det: the observation's detections (positions and the detection threshold).
         sensitivity: ``S(flux, l, b, theta) -> P(detected)`` for arrays, ``theta`` ``(n, 3)``
             the population of each source's map (the r2 network's).
+        bounds: ``(3, 2)`` lower and upper bounds of ``N, sigma, h``: the prior of
+            ``theta`` truncated to that box as well (None: the whole prior box).
     """
 
-    def __init__(self, det: Detections, sensitivity: Callable):
+    def __init__(self, det: Detections, sensitivity: Callable, bounds=None):
         self.det = det
         self.sensitivity = sensitivity
         self.f_th = 10.0**det.threshold_log10
         self.n_det = len(det)
         if self.n_det > PRIOR_HIGH[0]:
             raise ValueError(f"{self.n_det} detections: more than the prior allows")
+        box = np.stack([PRIOR_LOW, PRIOR_HIGH], 1)
+        if bounds is not None:
+            b = np.asarray(bounds, float)
+            box = np.stack([np.maximum(b[:, 0], PRIOR_LOW), np.minimum(b[:, 1], PRIOR_HIGH)], 1)
+        # the integers N of the prior inside the box, at least N_det
+        self.n_range = (max(int(np.ceil(box[0, 0])), self.n_det), int(np.floor(box[0, 1])))
+        if self.n_range[0] > self.n_range[1] or not (box[1:, 0] < box[1:, 1]).all():
+            raise ValueError(f"the truncation box {box.tolist()} holds no allowed theta")
+        self.bounds = box
 
     def sample_theta(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """``theta`` from the prior truncated to ``N >= N_det``."""
-        theta = sample_prior(rng, n)
-        bad = theta[:, 0] < self.n_det
-        while bad.any():
-            theta[bad] = sample_prior(rng, int(bad.sum()))
-            bad = theta[:, 0] < self.n_det
+        """``theta`` from the prior truncated to ``N >= N_det`` (and to the box)."""
+        theta = np.empty((n, 3))
+        theta[:, 0] = rng.integers(self.n_range[0], self.n_range[1] + 1, n)
+        theta[:, 1:] = rng.uniform(self.bounds[1:, 0], self.bounds[1:, 1], (n, 2))
         return theta
+
+    def log_prior(self, theta) -> np.ndarray:
+        """``(n,)``: 0 where ``theta`` ``(n, 3)`` lies in the truncated prior's support
+        (``N >= N_det`` and inside the box), ``-inf`` elsewhere (up to a constant, the
+        log prior relative to the untruncated one)."""
+        t = np.atleast_2d(np.asarray(theta, float))
+        n = t[:, 0]
+        inside = (n >= self.n_det) & (n >= self.n_range[0] - 0.5) & (n <= self.n_range[1] + 0.5)
+        inside &= ((t[:, 1:] >= self.bounds[1:, 0]) & (t[:, 1:] <= self.bounds[1:, 1])).all(1)
+        return np.where(inside, 0.0, -np.inf)
 
     def sources(self, rng: np.random.Generator, theta: np.ndarray) -> Sources:
         """Detected sources in their regions and sub-threshold ones, for each ``theta``,
