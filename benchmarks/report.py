@@ -20,9 +20,16 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def _get(data: dict, path: str):
-    """``data`` at a dotted ``path``; keys may hold dots themselves (``"0.683"``)."""
+    """``data`` at a dotted ``path``; keys may hold dots themselves (``"0.683"``), and an
+    integer part indexes a list (``"r3_rounds.-1.prior_fraction"``)."""
     parts = path.split(".")
     while parts:
+        if isinstance(data, list):
+            try:
+                data, parts = data[int(parts[0])], parts[1:]
+            except (ValueError, IndexError):
+                return None
+            continue
         if not isinstance(data, dict):
             return None
         for n in range(len(parts), 0, -1):  # the longest key that exists
@@ -309,6 +316,13 @@ TABLES = {
                 "coverage.plain_nre.joint.0.954",
                 ".3f",
                 "0.954 within binomial error",
+            ),
+            (
+                "r3's last truncation box, fraction of the prior box",
+                "r3_rounds.-1.prior_fraction",
+                None,
+                ".3f",
+                "",
             ),
             ("simulations, all networks", "n_simulations", None, "d", ""),
             ("wall time of the chain (s)", "wall_s", None, ".0f", "≤ 3600"),

@@ -32,3 +32,14 @@ def test_user_docs_stay_inside_the_repository():
 
 def test_readme_is_short():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 150
+
+
+def test_report_paths_read_dotted_keys_and_list_indices():
+    from helpers import benchmark_module
+
+    get = benchmark_module("report")._get
+    data = {"coverage": {"r3": {"0.683": 0.7}}, "rounds": [{"f": 1.0}, {"f": 0.25}]}
+    assert get(data, "coverage.r3.0.683") == 0.7
+    assert get(data, "rounds.-1.f") == 0.25 and get(data, "rounds.0.f") == 1.0
+    assert get(data, "rounds.2.f") is None and get(data, "rounds.x") is None
+    assert get(data, "coverage.r4") is None

@@ -7,6 +7,7 @@ from probcat.population.detection import Detections
 from probcat.population.inference import (
     Grid,
     Posterior,
+    box_edge_mass,
     combine,
     expected_coverage,
     truncation_bounds,
@@ -272,3 +273,23 @@ def test_truncation_bounds_hold_every_cell_above_eps_and_draws_stay_inside():
     # a smaller eps never gives a smaller box
     wider = truncation_bounds(post, 1e-12)
     assert (wider[:, 0] <= box[:, 0]).all() and (wider[:, 1] >= box[:, 1]).all()
+
+
+def test_box_edge_mass_is_small_inside_the_box_and_large_where_the_box_cuts():
+    grid = Grid.default()
+    p = grid.points
+    log_w = _normal_logpdf(p[:, 0], 180, 8) + _normal_logpdf(p[:, 1], 2.0, 0.1)
+    log_w = log_w + _normal_logpdf(p[:, 2], 19.0, 1.5)
+    post = Posterior(grid, log_w)
+    box = truncation_bounds(post, 1e-6)
+    inside = ((p >= box[:, 0]) & (p <= box[:, 1])).all(1)
+    edge = box_edge_mass(Posterior(grid, np.where(inside, log_w, -np.inf)), box)
+    assert max(edge.values()) < 1e-5
+    # a box that cuts N at 175 leaves the posterior's mass piled against it
+    tight = box.copy()
+    tight[0] = 172.5, 300
+    inside = ((p >= tight[:, 0]) & (p <= tight[:, 1])).all(1)
+    edge = box_edge_mass(Posterior(grid, np.where(inside, log_w, -np.inf)), tight)
+    assert edge["N"] > 0.2  # the cell at 175 holds P(172.5 < N < 177.5 | N > 172.5)
+    whole = np.array([[10.0, 500.0], [1.0, 3.0], [1.0, 20.0]])
+    assert box_edge_mass(post, whole) == {"N": 0.0, "sigma": 0.0, "h": 0.0}

@@ -33,6 +33,7 @@ from probcat.population.detection import (
 from probcat.population.inference import (
     Grid,
     Posterior,
+    box_edge_mass,
     expected_coverage,
     logmeanexp,
     truncation_bounds,
@@ -734,6 +735,11 @@ def run_chain(
         "detections": det.to_dict(),
         # r3's truncation rounds: each round's steps and the box its theta was drawn from
         "r3_rounds": chain.r3_rounds_log,
+        # the marginal mass in the box's outermost cells inside the prior: ~0 unless the box
+        # cut the posterior
+        "r3_box_edge_mass": {
+            k: box_edge_mass(post[k], chain.truncated.bounds) for k in ("r3", "combined")
+        },
         # E[r4]'s rounds of draws of p(S_det | I = 1): the total-variation distance
         # between consecutive rounds' r4-route posteriors, and the sources (all rounds)
         # drawn without the sensitivity, which never kept them

@@ -36,6 +36,7 @@ __all__ = [
     "logmeanexp",
     "expected_coverage",
     "truncation_bounds",
+    "box_edge_mass",
     "LEVELS",
 ]
 
@@ -197,6 +198,22 @@ def truncation_bounds(post: Posterior, eps: float = 1e-6) -> np.ndarray:
         i0, i1 = max(keep[0] - 1, 0), min(keep[-1] + 1, len(axis) - 1)
         edges = _cell_edges(axis, PRIOR_LOW[k], PRIOR_HIGH[k])
         out[k] = edges[i0], edges[i1 + 1]
+    return out
+
+
+def box_edge_mass(post: Posterior, bounds) -> dict:
+    """Per parameter, the marginal mass of ``post`` in the outermost grid cell inside the
+    box ``bounds`` ``(3, 2)``, on each side where the box ends inside the prior (the larger
+    of the two; 0 where the box spans the prior). A truncated posterior whose mass reaches
+    a box edge inside the prior would have been cut by the box: this is its check."""
+    b = np.asarray(bounds, float)
+    out = {}
+    for k, (axis, name) in enumerate(zip(post.grid.axes, PARAM_NAMES)):
+        m = post.marginal(k) / post.marginal(k).sum()
+        inside = np.flatnonzero((axis >= b[k, 0]) & (axis <= b[k, 1]))
+        edge = [m[inside[0]]] if b[k, 0] > PRIOR_LOW[k] else []
+        edge += [m[inside[-1]]] if b[k, 1] < PRIOR_HIGH[k] else []
+        out[name] = float(max(edge, default=0.0))
     return out
 
 
