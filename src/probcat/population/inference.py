@@ -8,8 +8,9 @@ parameter lies inside the credible interval of each level.
 
 **Combining detected and sub-threshold information** (paper 001 eqs. 8-9). ``r3`` is
 trained on targeted simulations with ``theta`` drawn from the prior (truncated to
-``N >= N_det``), so ``p(theta) r3(theta; x_o)`` is the posterior given the map and the
-detections held fixed. The probability of the detections themselves enters through
+``N >= N_det``, and in truncation rounds to a box: :func:`truncation_bounds`), so
+``p(theta) r3(theta; x_o)`` with that truncated prior is the posterior given the map and
+the detections held fixed. The probability of the detections themselves enters through
 ``p(I = 1 | theta) / p(I = 1) = E_{S ~ p(S_det | I = 1)} r4(S; theta)`` with
 ``r4(S; theta) = p(S | theta) / p(S)`` (eq. 9). Hence the combined weights are
 ``w = r3 * E[r4]`` (:func:`combine`). Paper 001 writes ``w = r3 / r4`` for samples
