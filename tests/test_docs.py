@@ -35,11 +35,17 @@ def test_readme_is_short():
 
 
 def test_report_paths_read_dotted_keys_and_list_indices():
-    from helpers import benchmark_module
-
-    get = benchmark_module("report")._get
-    data = {"coverage": {"r3": {"0.683": 0.7}}, "rounds": [{"f": 1.0}, {"f": 0.25}]}
-    assert get(data, "coverage.r3.0.683") == 0.7
-    assert get(data, "rounds.-1.f") == 0.25 and get(data, "rounds.0.f") == 1.0
-    assert get(data, "rounds.2.f") is None and get(data, "rounds.x") is None
-    assert get(data, "coverage.r4") is None
+    """benchmarks/report.py's path reader (in a child process: loading the benchmark
+    scripts' folder here would leave state behind for later tests)."""
+    code = """
+import report
+get = report._get
+data = {"coverage": {"r3": {"0.683": 0.7}}, "rounds": [{"f": 1.0}, {"f": 0.25}]}
+assert get(data, "coverage.r3.0.683") == 0.7
+assert get(data, "rounds.-1.f") == 0.25 and get(data, "rounds.0.f") == 1.0
+assert get(data, "rounds.2.f") is None and get(data, "rounds.x") is None
+assert get(data, "coverage.r4") is None
+"""
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "benchmarks",
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
