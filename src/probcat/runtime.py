@@ -169,6 +169,9 @@ def trim_heap() -> None:
         _MALLOC_TRIM(0)
 
 
+_POLL_S = 0.1  # how often a caller waiting for the inference thread wakes
+
+
 class _InferenceThread:
     """One daemon thread that runs the calls handed to it, one at a time, in order."""
 
@@ -203,13 +206,19 @@ class _InferenceThread:
         future = Future()  # the caller's context goes along (numpy's errstate, ...)
         self.jobs.put((future, contextvars.copy_context(), fn, args, kwargs))
         try:
+            # waits of _POLL_S: the kernel may hand a Ctrl-C to any thread of the process
+            # (torch's, this one), and then only a main thread that wakes now and then runs
+            # Python's handler; one blocked in a plain wait would sit out the whole job
+            while not future.done():
+                wait([future], timeout=_POLL_S)
             return future.result()
         except KeyboardInterrupt:
             # Ctrl-C: the job stops at its next check_interrupt (a fraction of a second),
             # so that nothing runs on behind the caller's back, nor inside torch when the
             # interpreter exits (which aborts the process); a second Ctrl-C stops waiting
             self.cancel.set()
-            wait([future])
+            while not future.done():
+                wait([future], timeout=_POLL_S)
             raise
 
 
