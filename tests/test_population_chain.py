@@ -149,6 +149,11 @@ def test_population_cli_reads_a_fits_map(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "small.fits: the map must be 128x128 pixels, not 100x128" in err
     assert not (tmp_path / "o").exists()
+    fits.PrimaryHDU(np.stack([maps[0], maps[0]])).writeto(tmp_path / "cube.fits")
+    rc = main(["population", "--image", str(tmp_path / "cube.fits"), "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "cube.fits: holds 2 image planes" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY_YAML)
     args = ["population", "--image", str(tmp_path / "map.fits"), "-c", str(cfg), "-q"]

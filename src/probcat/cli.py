@@ -491,6 +491,7 @@ def population_cmd(
     weighted posterior samples (Parquet), summary.json, detection map and corner plot."""
     from probcat.config import load_yaml
     from probcat.population.chain import PopulationConfig, check_target_map, run_chain
+    from probcat.population.simulator import MAP_SIZE
 
     if (seed is None) == (image is None):
         raise ProbcatValueError("give exactly one of --seed (simulated target) and --image")
@@ -501,7 +502,13 @@ def population_cmd(
     if image is not None:
         from probcat.io import read_image
 
-        target = read_image(image).image[0]  # its errors name the file
+        planes = read_image(image).image  # its errors name the file
+        if len(planes) != 1:  # a cube: which plane is the map is not for probcat to guess
+            raise ProbcatValueError(
+                f"{image}: holds {len(planes)} image planes; the map must be a single "
+                f"{MAP_SIZE}x{MAP_SIZE} plane"
+            )
+        target = planes[0]
         try:
             target = check_target_map(target)
         except ProbcatValueError as e:
