@@ -176,6 +176,19 @@ def test_bad_inputs(net, image, msg):
 
 
 @pytest.mark.parametrize(
+    "sigma, msg",
+    [
+        ([1.0, 2.0], r"got \[1.0, 2.0\] \(2 values for 1 band\(s\)\)"),
+        ("abc", "got 'abc'$"),
+        (-1.0, "positive and finite"),
+    ],
+)
+def test_bad_noise_sigma(net, sigma, msg):
+    with pytest.raises(ProbcatValueError, match=msg):
+        predict_tiles(net, np.zeros((1, 20, 20)), sigma)
+
+
+@pytest.mark.parametrize(
     "classifier,sweeps,refine",
     [("tile", 1, False), ("stamp", 1, False), ("stamp", 2, False), ("stamp", 2, True)],
 )

@@ -122,8 +122,14 @@ def check_image(
             raise TypeError
         sigma64 = np.broadcast_to(np.asarray(noise_sigma, dtype=np.float64), (image.shape[0],))
     except (TypeError, ValueError):
+        try:
+            n = 0 if isinstance(noise_sigma, (str, bytes)) else len(noise_sigma)
+        except TypeError:
+            n = 0
+        count = f" ({n} values for {image.shape[0]} band(s))" if n > 1 else ""
         raise ProbcatValueError(
-            f"noise sigma must be a positive number (one per band), got {noise_sigma!r}"
+            f"noise sigma must be a positive number, one for all bands or one per band, "
+            f"got {noise_sigma!r}{count}"
         ) from None
     if not np.all(np.isfinite(sigma64) & (sigma64 > 0)):
         raise ProbcatValueError(f"noise sigma must be positive and finite, got {sigma64}")
