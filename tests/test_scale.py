@@ -80,6 +80,21 @@ def test_plan_refuses_colliding_names_and_missing_images(tmp_path):
         plan([tmp_path / "a/x.fits", tmp_path / "b/x.fits"], tmp_path / "o")
     with pytest.raises(ProbcatValueError, match="no such image file"):
         plan([tmp_path / "nope.fits"], tmp_path / "o")
+    with pytest.raises(ProbcatValueError, match="a directory; give its images"):
+        plan([tmp_path / "a"], tmp_path / "o")
+
+
+def test_an_unreachable_scheduler_is_a_one_line_error(tmp_path, weights, capsys):
+    import dask
+
+    (img,) = _images(tmp_path, n=1)
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        rc = main(["run", str(img), "-o", str(tmp_path / "o"), "-q", "--weights", weights,
+                   "--scheduler", "tcp://127.0.0.1:1"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "cannot reach the Dask scheduler tcp://127.0.0.1:1" in err
+    assert not list((tmp_path / "o").glob("*.parquet"))
 
 
 def test_dedup_keeps_each_source_in_the_image_with_the_nearest_centre():

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from probcat.catalog import atomic_write, check_writable_dir
-from probcat.errors import ProbcatError, ProbcatValueError
+from probcat.errors import ProbcatError, ProbcatIOError, ProbcatValueError
 
 __all__ = ["Job", "plan", "process_image", "run", "build_hats", "dedup_by_core"]
 
@@ -53,6 +53,10 @@ def plan(images, out, suffix: str = ".parquet") -> list[Job]:
         raise ProbcatValueError("no images given")
     jobs, seen = [], {}
     for p in images:
+        if p.is_dir():
+            raise ProbcatValueError(
+                f"{p}: a directory; give its images ({p / '*.fits'}) or a file listing them"
+            )
         if not p.is_file():
             raise ProbcatValueError(f"{p}: no such image file")
         if p.stem in seen:
@@ -255,7 +259,14 @@ def _execute(jobs: list[Job], options: dict, workers, scheduler, progress, timin
             cluster = _local_cluster(workers or os.cpu_count() or 1)
         if timing is not None:
             timing["cluster_start_s"] = time.perf_counter() - t0
-        with Client(scheduler or cluster) as client:
+        try:
+            client = Client(scheduler or cluster)
+        except (OSError, ValueError) as e:  # a scheduler address that answers nothing
+            if scheduler is None:
+                raise
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ProbcatIOError(f"cannot reach the Dask scheduler {scheduler}: {msg}") from None
+        with client:
             futures = client.map(
                 process_image,
                 [str(j.image) for j in jobs],
