@@ -455,3 +455,18 @@ def test_noise_option_measured_value_and_bad(tmp_path, capsys, weights):
         rc = main([*base, "--noise", bad])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and msg in err and "\n" not in err
+
+
+def test_out_of_memory_is_a_one_line_error(monkeypatch, capsys):
+    """A MemoryError anywhere in a command (an image too large to allocate) ends with one
+    line that keeps numpy's account of what did not fit, and status 2."""
+    import probcat.cli as cli
+
+    def app(**kwargs):
+        raise MemoryError("Unable to allocate 37.3 GiB for an array with shape\n(1, 100000)")
+
+    monkeypatch.setattr(cli, "app", app)
+    rc = main(["simulate", "--size", "100000"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert err.startswith("probcat: error: out of memory (Unable to allocate 37.3 GiB")

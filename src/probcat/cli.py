@@ -758,6 +758,11 @@ def _main(argv):
     except ProbcatError as e:  # one line, whatever the message (wcslib's hold newlines)
         print(f"probcat: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except MemoryError as e:  # numpy says how much it could not allocate, and for what
+        detail = " ".join(str(e).split()) or "the allocation failed"
+        print(f"probcat: error: out of memory ({detail}): use smaller or fewer images",
+              file=sys.stderr)  # fmt: skip
+        return 2
     except typer.Abort:
         print("probcat: aborted", file=sys.stderr)
         return 130
