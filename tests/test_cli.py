@@ -95,6 +95,22 @@ def test_bad_arguments_one_line_error(tmp_path, capsys, args, msg):
     assert msg in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        (["--seed", "-1"], "seed must lie in [0, 2^63), got -1"),
+        (["--seed", "-1", "--bands", "ugrizy"], "seed must lie in [0, 2^63), got -1"),
+        (["--size", "5"], "demo field size must be >= 16 px"),
+        (["--size", "5", "--bands", "ugrizy"], "demo field size must be >= 16 px"),
+    ],
+)
+def test_demo_bad_field_one_line_error(tmp_path, capsys, args, msg):
+    rc = main(["demo", *args, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and msg in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
 def test_unwritable_output_directory(tmp_path, capsys, cache_dir):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from probcat.catalog import check_writable_dir, make_wcs
+from probcat.errors import ProbcatValueError
 from probcat.io import write_image
 from probcat.plots import field_overview
 from probcat.simulate.bank import BankConfig, SourceBank
@@ -18,6 +19,13 @@ from probcat.simulate.scene import SceneConfig, SceneSimulator
 from probcat.survey import Survey
 
 __all__ = ["run_demo"]
+
+
+def _check_field(size: int, seed: int) -> None:
+    if size < 16:
+        raise ProbcatValueError(f"demo field size must be >= 16 px, got {size}")
+    if not 0 <= seed < 2**63:
+        raise ProbcatValueError(f"seed must lie in [0, 2^63), got {seed}")
 
 
 def run_demo(
@@ -34,14 +42,12 @@ def run_demo(
 ) -> dict:
     from probcat.api import detect
     from probcat.baselines.sep import sep_detect
-    from probcat.errors import ProbcatValueError
     from probcat.io import read_image
     from probcat.metrics.detection import match
     from probcat.plots import detection_figure
     from probcat.provenance import provenance, write_record
 
-    if size < 16:
-        raise ProbcatValueError(f"demo field size must be >= 16 px, got {size}")
+    _check_field(size, seed)
     out = Path(out)
     check_writable_dir(out)
     t0 = time.perf_counter()
@@ -169,14 +175,12 @@ def run_photoz_demo(
     ``image``, detect and estimate photo-z PDFs, write the catalog, the qp file and
     ``photoz.png`` (RGB with labelled objects, as in paper 002 Fig. 11)."""
     from probcat.api import photoz
-    from probcat.errors import ProbcatValueError
     from probcat.io import read_image
     from probcat.plots import photoz_figure
     from probcat.provenance import provenance, write_record
     from probcat.redshift.pdf import write_ensemble
 
-    if size < 16:
-        raise ProbcatValueError(f"demo field size must be >= 16 px, got {size}")
+    _check_field(size, seed)
     out = Path(out)
     check_writable_dir(out)
     t0 = time.perf_counter()
