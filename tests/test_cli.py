@@ -486,3 +486,45 @@ def test_out_of_memory_is_a_one_line_error(monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert err.startswith("probcat: error: out of memory (Unable to allocate 37.3 GiB")
+
+
+@pytest.mark.parametrize(
+    "command, msg",
+    [
+        (["detect", "IMG", "--weights", "photoz_lsst_ugrizy"],
+         "photoz_lsst_ugrizy: photo-z weights, not detection weights"),
+        (["detect", "IMG", "--weights", "autoencoder_lsst_i"],
+         "autoencoder_lsst_i: deblender weights, not detection weights"),
+        (["detect", "IMG", "--deblend", "--deblender", "detection_lsst_i"],
+         "detection_lsst_i: detection weights, not deblender weights"),
+        (["run", "IMG", "--workers", "0", "--weights", "photoz_lsst_ugrizy"],
+         "photoz_lsst_ugrizy: photo-z weights, not detection weights"),
+        (["photoz", "IMG", "--weights", "detection_lsst_ugrizy"],
+         "detection_lsst_ugrizy: detection weights, not photo-z weights"),
+        (["demo", "--weights", "photoz_lsst_ugrizy"],  # a registered name, then its kind
+         "photoz_lsst_ugrizy: photo-z weights, not detection weights"),
+        (["demo", "--deblender", "detection_lsst_i"],
+         "detection_lsst_i: detection weights, not deblender weights"),
+        (["demo", "--bands", "ugrizy", "--photoz-weights", "detection_lsst_i"],
+         "detection_lsst_i: detection weights, not photo-z weights"),
+    ],
+)  # fmt: skip
+def test_weights_of_another_kind_are_a_one_line_error(tmp_path, capsys, command, msg):
+    """Every command that loads weights names the kind it got and the kind it needs, before
+    any work (the demo simulates nothing), instead of an AttributeError."""
+    img = str(_scene_file(tmp_path))
+    out = tmp_path / ("out.fits" if command[0] in ("detect", "photoz") else "out")
+    rc = main([img if a == "IMG" else a for a in command] + ["-o", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and msg in err, err
+    assert not out.exists()
+
+
+def test_load_checks_the_kind(weights):
+    import probcat
+
+    assert isinstance(probcat.load(weights, kind="detection"), probcat.Detector)
+    with pytest.raises(ValueError, match="detection weights, not deblender weights"):
+        probcat.load(weights, kind="deblender")
+    with pytest.raises(ValueError, match="kind must be one of detection, deblender, photoz"):
+        probcat.load(weights, kind="sed")

@@ -86,6 +86,8 @@ def test_plan_refuses_colliding_names_and_missing_images(tmp_path):
 
 def test_an_unreachable_scheduler_is_a_one_line_error(tmp_path, weights, capsys):
     import dask
+    import distributed  # noqa: F401  (its settings loaded first: leaving the block below
+    # restores them; loaded inside it, they would be dropped whole for later tests)
 
     (img,) = _images(tmp_path, n=1)
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):

@@ -530,12 +530,17 @@ class Detector:
         return (*out, tiles, batch) if full else out
 
 
-def load(name_or_path=None, *, device=None, threads="auto"):
+_KINDS = {"autoencoder": "deblender"}  # autoencoder weights deblend too
+_KIND_WORDS = {"detection": "detection", "deblender": "deblender", "photoz": "photo-z"}
+
+
+def load(name_or_path=None, *, device=None, threads="auto", kind=None):
     """A model from the weights registry: a shipped name (default ``"detection_lsst_i"``;
     :func:`probcat.weights.names` lists them) or a weights file (``detection.pt`` of a
     training run). Checks the file's sha256 against its manifest. Detection weights give a
     :class:`Detector`, deblender (and autoencoder) weights a :class:`Deblender`, photo-z weights a
-    :class:`~probcat.redshift.estimator.PhotozEstimator`.
+    :class:`~probcat.redshift.estimator.PhotozEstimator`. ``kind`` (``"detection"``,
+    ``"deblender"`` or ``"photoz"``): a clear error for weights of another kind.
 
     Example:
         >>> det = probcat.load()                                # doctest: +SKIP
@@ -544,6 +549,13 @@ def load(name_or_path=None, *, device=None, threads="auto"):
     from probcat.weights import load as load_weights
 
     w = load_weights(name_or_path)
+    if kind is not None and _KINDS.get(w.kind, w.kind) != kind:
+        if kind not in _KIND_WORDS:
+            raise ProbcatValueError(f"kind must be one of {', '.join(_KIND_WORDS)}, got {kind!r}")
+        raise ProbcatValueError(
+            f"{name_or_path or w.path}: {_KIND_WORDS.get(_KINDS.get(w.kind, w.kind), w.kind)} "
+            f"weights, not {_KIND_WORDS[kind]} weights"
+        )
     if w.kind in ("deblender", "autoencoder"):
         return Deblender(w.model, w.survey, w.manifest, device=device, threads=threads)
     if w.kind == "photoz":
@@ -620,7 +632,7 @@ def detect(
         >>> res = probcat.detect("field.fits")                    # doctest: +SKIP
         >>> res.catalog.write("catalog.fits", wcs=res.wcs)        # doctest: +SKIP
     """
-    det = load(weights, device=device, threads=threads)
+    det = load(weights, device=device, threads=threads, kind="detection")
     if survey is not None:
         det.survey = survey
     return det.detect(
@@ -878,10 +890,8 @@ def deblend(
     check_method(method)  # before detection, which may take long
     if passes is not None:
         _check_passes(passes)
-    det = load(weights, device=device, threads=threads)
-    dbl = load(deblender or DEFAULT_DEBLENDER, device=device, threads=threads)
-    if not isinstance(dbl, Deblender):
-        raise ProbcatValueError(f"{deblender}: not deblender weights")
+    det = load(weights, device=device, threads=threads, kind="detection")
+    dbl = load(deblender or DEFAULT_DEBLENDER, device=device, threads=threads, kind="deblender")
     if tuple(dbl.survey.band_names) != tuple(det.survey.band_names):
         raise ProbcatValueError(
             f"the deblender is for bands {''.join(dbl.survey.band_names)}, the detector for "
@@ -945,14 +955,10 @@ def photoz(
         >>> res = probcat.photoz("field_ugrizy.fits")                 # doctest: +SKIP
         >>> res.catalog["z_mode"], res.ensemble.npdf                  # doctest: +SKIP
     """
-    from probcat.redshift.estimator import PhotozEstimator
 
-    est = load(estimator or DEFAULT_PHOTOZ, device=device, threads=threads)
-    if not isinstance(est, PhotozEstimator):
-        raise ProbcatValueError(f"{estimator}: not photo-z weights")
-    det = load(detector or DEFAULT_PHOTOZ_DETECTOR, device=device, threads=threads)
-    if not isinstance(det, Detector):
-        raise ProbcatValueError(f"{detector}: not detection weights")
+    est = load(estimator or DEFAULT_PHOTOZ, device=device, threads=threads, kind="photoz")
+    det = load(detector or DEFAULT_PHOTOZ_DETECTOR, device=device, threads=threads,
+               kind="detection")  # fmt: skip
     missing = [b for b in det.bands if b not in est.bands]
     if missing:
         raise ProbcatValueError(

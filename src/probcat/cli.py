@@ -144,7 +144,11 @@ def demo(
     ),
     cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
     image: Path = typer.Option(None, help="run on this FITS image instead of a simulated field"),
-    weights: Path = typer.Option(None, help="weights file (default: shipped LSST-i)"),
+    weights: str = typer.Option(
+        None,
+        help="detection weights, a registered name or a file (default: detection_lsst_i, "
+        "or detection_lsst_ugrizy with --bands ugrizy)",
+    ),
     deblender: str = typer.Option(None, help="deblender weights (default: deblender_lsst_i)"),
     bands: str = typer.Option(
         "i", help="i: detection and deblending demo; ugrizy: photo-z demo (RGB with labels)"
@@ -253,14 +257,13 @@ def detect_cmd(
         from probcat.infer.deblend import check_method
 
         check_method(method)  # before loading weights and running detection
-    det = load(weights, device=device, threads=_threads_option(threads))
+    det = load(weights, device=device, threads=_threads_option(threads), kind="detection")
     dbl = None
     if deblend:
-        from probcat.api import DEFAULT_DEBLENDER, Deblender
+        from probcat.api import DEFAULT_DEBLENDER
 
-        dbl = load(deblender or DEFAULT_DEBLENDER, device=device, threads=_threads_option(threads))
-        if not isinstance(dbl, Deblender):
-            raise ProbcatValueError(f"--deblender {deblender}: not deblender weights")
+        dbl = load(deblender or DEFAULT_DEBLENDER, device=device,
+                   threads=_threads_option(threads), kind="deblender")  # fmt: skip
     elif deblender is not None:
         raise ProbcatValueError("--deblender needs --deblend")
     from probcat.catalog import check_outputs

@@ -48,6 +48,10 @@ def run_demo(
     from probcat.provenance import provenance, write_record
 
     _check_field(size, seed)
+    from probcat.api import DEFAULT_DEBLENDER, load
+
+    load(weights, kind="detection")  # other weights: an error before the field is simulated
+    dbl = load(deblender or DEFAULT_DEBLENDER, kind="deblender")
     out = Path(out)
     check_writable_dir(out)
     t0 = time.perf_counter()
@@ -94,11 +98,9 @@ def run_demo(
     t1 = time.perf_counter()
     sep_cat = sep_detect(data.image, sigma, bands=data.bands[:1])
     t_sep = time.perf_counter() - t1
-    from probcat.api import DEFAULT_DEBLENDER, load
     from probcat.plots import deblend_figure
 
     t1 = time.perf_counter()
-    dbl = load(deblender or DEFAULT_DEBLENDER)
     deb = dbl.measure(data, res.catalog, noise_sigma=sigma)
     t_deblend = time.perf_counter() - t1
     deb.catalog.write(out / "probcat_catalog.fits", wcs=data.wcs)
@@ -181,6 +183,10 @@ def run_photoz_demo(
     from probcat.redshift.pdf import write_ensemble
 
     _check_field(size, seed)
+    from probcat.api import DEFAULT_PHOTOZ, DEFAULT_PHOTOZ_DETECTOR, load
+
+    load(weights or DEFAULT_PHOTOZ_DETECTOR, kind="detection")  # before the field is simulated
+    load(photoz_weights or DEFAULT_PHOTOZ, kind="photoz")
     out = Path(out)
     check_writable_dir(out)
     t0 = time.perf_counter()

@@ -77,7 +77,7 @@ def _detector(weights: str | None, threads="auto"):
     """The detector, loaded once per (worker) process."""
     from probcat.api import load
 
-    return load(weights, threads=threads)
+    return load(weights, threads=threads, kind="detection")
 
 
 def process_image(image: str, output: str, options: dict) -> dict:
@@ -154,8 +154,6 @@ def run(
     summary = {"images": len(jobs), "to_process": len(todo), "skipped": len(jobs) - len(todo)}
     if dry_run:
         return {**summary, "dry_run": True, "outputs": [str(j.output) for j in todo]}
-    check_writable_dir(out)
-    _remove_temporaries(out)  # of a killed run
     serial = workers == 0 and scheduler is None
     # serially: this process's threads (auto); on Dask: one torch thread per worker process
     if threads is not None and not serial:
@@ -166,7 +164,10 @@ def run(
                "threads": (threads or "auto") if serial else 1}  # fmt: skip
     if not serial and scheduler is None and todo:
         _start_forkserver()  # its imports overlap with the weights loading below
-    _detector(weights, options["threads"])  # bad weights fail here, in one line, before work
+    # bad weights fail here, in one line, before anything is written
+    _detector(weights, options["threads"])
+    check_writable_dir(out)
+    _remove_temporaries(out)  # of a killed run
     t0 = time.perf_counter()
     timing: dict = {}
     results = list(_execute(todo, options, workers, scheduler, progress, timing))
