@@ -47,8 +47,14 @@ def test_detect_samples(weights, fits_image):
         (np.zeros((3, 64, 64)), "band"),
         (np.zeros((1, 10, 10)), "smaller than the minimum"),
         (np.array([["a"]]), "numeric"),
+        ([[1.0, 2.0], [3.0, 4.0]],
+         r"^image 0 of the list \(a list holds several images; give one as a numpy array\): "
+         r"image must be \(bands, H, W\), got shape \(2,\)$"),
+        (np.stack([np.zeros((1, 64, 64)), np.full((1, 64, 64), np.inf)]),
+         "^image 1 of the stack: image contains NaN or inf"),
+        (np.full((1, 64, 64), np.inf), "^image contains NaN or inf"),  # one image: no prefix
     ],
-)
+)  # fmt: skip
 def test_detect_bad_inputs(weights, image, msg):
     with pytest.raises(ProbcatValueError, match=msg):
         detect(image, weights=weights)

@@ -269,14 +269,16 @@ class Detector:
 
     def _prepare(self, images, noise_sigma, opts: dict) -> _Batch:
         if isinstance(images, np.ndarray) and images.ndim == 4:
-            items, single = list(images), False
+            items, single, what = list(images), False, "the stack"
         elif isinstance(images, (list, tuple)):
             if not images:
                 raise ProbcatValueError("no images given")
             items, single = list(images), False
+            what = "the list (a list holds several images; give one as a numpy array)"
         else:
-            items, single = [images], True
-        xs, wcs, info = zip(*(self._one(im, noise_sigma, opts) for im in items))
+            items, single, what = [images], True, ""
+        xs, wcs, info = zip(*(self._item(k, im, what, noise_sigma, opts)
+                              for k, im in enumerate(items)))  # fmt: skip
         shapes = {x.shape for x in xs}
         if len(shapes) > 1:
             raise ProbcatValueError(
@@ -285,6 +287,17 @@ class Detector:
             )
         x = xs[0][None] if len(xs) == 1 else np.stack(xs)  # one image: a view, no copy
         return _Batch(x, list(wcs), single, list(info))
+
+    def _item(self, k: int, image, what: str, noise_sigma, opts: dict):
+        """:meth:`_one` for item ``k`` of several images (``what``: of which; empty for a
+        single image); its errors say which (a nested list of numbers is a list of images,
+        not one image)."""
+        try:
+            return self._one(image, noise_sigma, opts)
+        except ProbcatValueError as e:
+            if not what:
+                raise
+            raise ProbcatValueError(f"image {k} of {what}: {e}") from None
 
     def _prepared(self, x: np.ndarray, wcs, info: dict) -> _Batch:
         """One image already read, checked and in noise-sigma units (``read_input``'s ``x``,
