@@ -99,13 +99,17 @@ def test_population_cli(tmp_path, capsys):
         (["--seed", "1", "--image", "x.fits"], "exactly one of --seed"),
         (["--seed", "-1"], "--seed must lie"),
         (["--seed", "1", "-c", "BAD"], "r3.stpes"),
+        (["--seed", "1", "-o", "FILE"], "FILE: output directory is not writable (File exists)"),
     ],
 )
 def test_population_cli_errors(tmp_path, capsys, args, msg):
     bad = tmp_path / "bad.yaml"
     bad.write_text("r3: {stpes: 5}\n")
-    args = [str(bad) if a == "BAD" else a for a in args]
-    rc = main(["population", *args, "-o", str(tmp_path / "o")])
+    (tmp_path / "FILE").write_text("x")
+    args = [str(bad) if a == "BAD" else str(tmp_path / a) if a == "FILE" else a for a in args]
+    msg = msg.replace("FILE", str(tmp_path / "FILE"))
+    out = [] if "-o" in args else ["-o", str(tmp_path / "o")]
+    rc = main(["population", *args, *out])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and msg in err and len(err.splitlines()) == 1
 

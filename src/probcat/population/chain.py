@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from probcat.catalog import atomic_write
+from probcat.catalog import atomic_write, check_writable_dir
 from probcat.config import to_dict
 from probcat.errors import ProbcatValueError
 from probcat.population.detection import (
@@ -695,8 +695,7 @@ def run_chain(
         x_o, truth = simulated_target(target_seed)
     else:
         x_o = check_target_map(target_map)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable_dir(out)  # a clear error for a file there or no permission
     torch.set_num_threads(cfg.threads)
     marks = [("start", time.perf_counter())]  # (stage, when it ended)
 
