@@ -200,6 +200,33 @@ def test_hats_keeps_array_columns_as_lists(tmp_path):
         np.testing.assert_allclose(np.stack(rows["flux"].to_numpy()), cat["flux"])
 
 
+def test_hats_target_is_checked_and_an_earlier_catalog_replaced(tmp_path):
+    """A file, or a directory of other files, is refused before anything is written; an
+    earlier HATS catalog at the path is replaced by the new one, which lsdb reads."""
+    lsdb = pytest.importorskip("lsdb", reason="the scale extra: pip install -e '.[scale]'")
+    from probcat.scale import check_hats_target
+
+    folder = tmp_path / "cats"
+    for k, n in enumerate((3, 4)):
+        FullCatalog(
+            {"x": np.zeros(n), "y": np.zeros(n), "ra": np.full(n, 56.0 + k),
+             "dec": np.linspace(-30, -30.001, n)},
+            (40, 40), ("i",), {"image": f"im{k}.fits", "centre": [56.0 + k, -30.0]},
+        ).write(folder / f"im{k}.parquet")  # fmt: skip
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ProbcatValueError, match="afile: exists and is not a directory"):
+        build_hats(folder, tmp_path / "afile")
+    with pytest.raises(ProbcatValueError, match="cats: a directory of other files"):
+        check_hats_target(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["im0.parquet", "im1.parquet"]
+    out = tmp_path / "h"
+    assert build_hats(folder, out) == 7
+    (folder / "im1.parquet").unlink()
+    assert build_hats(folder, out) == 3  # replaced: the second catalog only
+    assert len(lsdb.open_catalog(out).compute()) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "cats", "h"]  # no leftovers
+
+
 def test_serial_threads_option(tmp_path, weights):
     images = _images(tmp_path, n=2)
     one = run(images, tmp_path / "a", weights=str(weights), workers=0, threads=1, progress=False)

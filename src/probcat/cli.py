@@ -439,7 +439,7 @@ def run_cmd(
     """Catalogs of many images on Dask: one catalog per image in OUT, written atomically; a
     rerun skips finished images (an interrupted run resumes). Failures are listed in
     OUT/run_summary.json and do not stop the others."""
-    from probcat.scale import build_hats, run
+    from probcat.scale import build_hats, check_hats_target, run
 
     if len(images) == 1 and images[0].suffix in (".txt", ".lst"):
         if not images[0].is_file():
@@ -450,6 +450,8 @@ def run_cmd(
         raise ProbcatValueError(f"--format must be parquet or fits, got {fmt!r}")
     if hats is not None and fmt != "parquet":
         raise ProbcatValueError("--hats needs --format parquet")
+    if hats is not None:
+        check_hats_target(hats)  # before any image is processed
     s = run(
         images,
         out,

@@ -299,15 +299,40 @@ def dedup_by_core(ra, dec, own: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return nearest == np.asarray(own)
 
 
+def _is_hats(folder: Path) -> bool:
+    return (folder / "hats.properties").is_file() or (
+        (folder / "properties").is_file() and (folder / "partition_info.csv").is_file()
+    )
+
+
+def check_hats_target(out) -> Path:
+    """Before any work: ``out`` can take a HATS catalog: a new path, an empty directory or
+    an earlier HATS catalog (replaced whole), in a place where files can be written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ProbcatValueError(f"{out}: exists and is not a directory; give a new path for "
+                                "the HATS catalog")  # fmt: skip
+    if out.is_dir() and any(out.iterdir()) and not _is_hats(out):
+        raise ProbcatValueError(f"{out}: a directory of other files, not a HATS catalog; give "
+                                "a new path for the HATS catalog")  # fmt: skip
+    check_writable_dir(out.parent)
+    return out
+
+
 def build_hats(catalog_dir, out, *, dedup: bool = True, client=None) -> int:
     """A HATS catalog ``out`` (a directory, whose name is the catalog's)
     from the per-image Parquet catalogs in ``catalog_dir``, with columns ``image`` (the
-    image file) and ``row`` (its catalog row) added; returns the number of rows written."""
+    image file) and ``row`` (its catalog row) added; returns the number of rows written.
+    An earlier HATS catalog at ``out`` is replaced once the new one is complete; any other
+    file or non-empty directory there is refused (:func:`check_hats_target`)."""
+    import shutil
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from probcat.catalog import FullCatalog
 
+    out = check_hats_target(out)
     files = sorted(Path(catalog_dir).glob("*.parquet"))
     if not files:
         raise ProbcatValueError(f"{catalog_dir}: no Parquet catalogs to merge")
@@ -316,11 +341,10 @@ def build_hats(catalog_dir, out, *, dedup: bool = True, client=None) -> int:
         if "ra" not in c.colnames or "centre" not in c.meta:
             raise ProbcatValueError(f"{f}: no ra/dec (its image has no equatorial WCS)")
     centres = np.array([c.meta["centre"] for c in cats])
-    out = Path(out)
     staging = out.parent / f".{out.name}.staging"
-    import shutil
-
-    shutil.rmtree(staging, ignore_errors=True)
+    new, old = out.parent / f".{out.name}.new", out.parent / f".{out.name}.old"
+    for d in (staging, new, old):  # of a killed run
+        shutil.rmtree(d, ignore_errors=True)
     staging.mkdir(parents=True)
     total = 0
     try:
@@ -343,9 +367,14 @@ def build_hats(catalog_dir, out, *, dedup: bool = True, client=None) -> int:
             pq.write_table(pa.table(arrays), path)
             inputs.append(str(path))
             total += int(keep.sum())
-        _import(inputs, out, client)
+        new.mkdir()
+        _import(inputs, new / out.name, client)  # the catalog keeps its name
+        if out.exists():  # an earlier catalog (or an empty directory) goes once this is done
+            out.rename(old)
+        (new / out.name).rename(out)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        for d in (staging, new, old):
+            shutil.rmtree(d, ignore_errors=True)
     return total
 
 
