@@ -968,7 +968,6 @@ def photoz(
         >>> res = probcat.photoz("field_ugrizy.fits")                 # doctest: +SKIP
         >>> res.catalog["z_mode"], res.ensemble.npdf                  # doctest: +SKIP
     """
-
     est = load(estimator or DEFAULT_PHOTOZ, device=device, threads=threads, kind="photoz")
     det = load(detector or DEFAULT_PHOTOZ_DETECTOR, device=device, threads=threads,
                kind="detection")  # fmt: skip

@@ -30,7 +30,15 @@ import numpy as np
 from probcat.catalog import atomic_write, check_writable_dir
 from probcat.errors import ProbcatError, ProbcatIOError, ProbcatValueError
 
-__all__ = ["Job", "plan", "process_image", "run", "build_hats", "dedup_by_core"]
+__all__ = [
+    "Job",
+    "plan",
+    "process_image",
+    "run",
+    "build_hats",
+    "check_hats_target",
+    "dedup_by_core",
+]
 
 SUFFIXES = (".parquet", ".fits")
 SUMMARY = "run_summary.json"
