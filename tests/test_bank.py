@@ -41,6 +41,18 @@ def test_corrupt_cache_is_rebuilt(survey_i, tmp_path):
     assert np.array_equal(np.asarray(again.pixels), bank.pixels)
 
 
+def test_an_unwritable_cache_warns_and_still_gives_the_bank(survey_i, tmp_path):
+    cfg = BankConfig(n_galaxies=3, n_star_phases=2)
+    blocker = tmp_path / "file"  # a file where the cache folder would go
+    blocker.write_text("x")
+    with pytest.warns(UserWarning, match="the source bank is not cached .*rebuilt next time"):
+        bank = SourceBank.load_or_build(survey_i, cfg, cache_dir=blocker, workers=1,
+                                        progress=False)  # fmt: skip
+    built = SourceBank.load_or_build(survey_i, cfg, cache_dir=tmp_path / "c", workers=1,
+                                     progress=False)  # fmt: skip
+    assert np.array_equal(np.asarray(bank.pixels), np.asarray(built.pixels))
+
+
 @pytest.mark.parametrize("variant", range(8))
 def test_dihedral_variants_equal_rendering_transformed_truth(tiny_bank, variant):
     b = tiny_bank

@@ -20,6 +20,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import warnings
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -447,8 +448,9 @@ class SourceBank:
         bank = cls.build(survey, config, workers=workers, progress=progress)
         try:
             bank.save(path)
-        except ProbcatIOError:
-            pass  # an unwritable cache only costs a rebuild next time
+        except ProbcatIOError as e:  # an unwritable cache only costs a rebuild next time
+            warnings.warn(f"the source bank is not cached ({e}); it is rebuilt next time",
+                          stacklevel=2)  # fmt: skip
         return bank
 
 
