@@ -406,6 +406,9 @@ def test_bad_outputs_are_refused_before_any_work(tmp_path, capsys, weights):
     assert path.read_bytes() == before  # the input is untouched
     rc = main(["detect", "/dev/zero", "--weights", str(weights), "-o", str(tmp_path / "z.fits")])
     assert rc == 2 and "not a regular file" in capsys.readouterr().err
+    nope = str(tmp_path / "nope.fits")  # missing: said so, even with itself as the output
+    assert main(["detect", nope, "--weights", str(weights), "-o", nope]) == 2
+    assert capsys.readouterr().err.strip() == f"probcat: error: {nope}: no such file"
 
 
 def test_warnings_for_unsubtracted_sky_and_galactic_wcs(tmp_path, capsys, weights):

@@ -75,6 +75,9 @@ def check_writable_dir(out: str | Path) -> Path:
 def check_outputs(outputs, inputs=(), suffixes: dict | None = None) -> None:
     """Before any work: every output path is not a directory, not one of the ``inputs``, in
     an existing writable directory, and (``suffixes``: path -> allowed suffixes) ends right."""
+    for p in inputs:  # a missing input says so, not that an output would overwrite it
+        if not Path(p).exists():
+            raise ProbcatFileError(f"{p}: no such file")
     ins = {Path(p).resolve() for p in inputs}
     for out in outputs:
         out = Path(out)
