@@ -60,6 +60,16 @@ def test_config_rejects_bad_values():
         PhotozTrainConfig(symmetries=3)
 
 
+def test_a_calibration_detector_of_another_kind_fails_before_training(tmp_path):
+    from dataclasses import replace
+
+    cfg = replace(_tiny_cfg(), calibration=PhotozCalibration(detector="photoz_lsst_ugrizy"))
+    with pytest.raises(ProbcatValueError, match="^calibration.detector: photoz_lsst_ugrizy: "
+                       "photo-z weights, not detection weights$"):  # fmt: skip
+        train_photoz(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
 def test_training_and_validation_scenes_share_the_split_settings():
     cfg = _tiny_cfg(val_to_train=0.5, keep_gold=True, bank_size=30, val_bank_size=20)
     tr, va = cfg.simulation_config("train", 10.0), cfg.simulation_config("val", 10.0)

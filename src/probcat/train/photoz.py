@@ -337,6 +337,16 @@ def _weights(model: PhotozNet, cfg: PhotozTrainConfig) -> dict:
     }
 
 
+def calibration_detector(cfg: PhotozTrainConfig):
+    """The detector of ``cfg.calibration``; a clear error for weights of another kind."""
+    from probcat.api import load
+
+    try:
+        return load(cfg.calibration.detector, threads=cfg.threads, kind="detection")
+    except ProbcatValueError as e:
+        raise ProbcatValueError(f"calibration.detector: {e}") from None
+
+
 @torch.no_grad()
 def fit_width_calibration(model: PhotozNet, cfg: PhotozTrainConfig, progress=True) -> dict:
     """Fit ``model.sd_scale`` (one factor on every mixture width) on ``cfg.calibration``'s
@@ -345,12 +355,9 @@ def fit_width_calibration(model: PhotozNet, cfg: PhotozTrainConfig, progress=Tru
     c = cfg.calibration
     if c.scenes == 0:
         return {}
-    from probcat.api import Detector, load
     from probcat.nets.photoz import fit_sd_scale
 
-    det = load(c.detector, threads=cfg.threads)
-    if not isinstance(det, Detector):
-        raise ProbcatValueError(f"calibration.detector {c.detector}: not detection weights")
+    det = calibration_detector(cfg)
     model.eval()
     xs, zs = [], []
     for j, years in enumerate(cfg.data.years):
@@ -407,6 +414,8 @@ def train_photoz(
     only that member (e.g. members in parallel on several machines) and return its
     manifest; a later call without it assembles."""
     out = Path(out)
+    if cfg.calibration.scenes:  # before hours of training, not after
+        calibration_detector(cfg)
 
     def one(c: PhotozTrainConfig, run: Path):
         task = PhotozTask(c, cache_dir=cache_dir, progress=progress)
