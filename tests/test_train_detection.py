@@ -98,6 +98,15 @@ def test_train_writes_weights_manifest_and_resumes(tmp_path, cache_dir):
         )
 
 
+def test_init_weights_of_another_kind_fail_before_any_bank_is_built(tmp_path):
+    cache = tmp_path / "cache"
+    with pytest.raises(ProbcatValueError, match="^init: .*photoz_lsst_ugrizy.pt: holds "
+                       "'photoz' weights, not 'detection'$"):  # fmt: skip
+        train_detection(_cfg(init="photoz_lsst_ugrizy"), tmp_path / "run", cache_dir=cache,
+                        progress=False)  # fmt: skip
+    assert not cache.exists() and not (tmp_path / "run").exists()
+
+
 def test_detection_resume_is_exact(tmp_path, cache_dir):
     """3 steps, stop, resume to 6 gives the same weights as 6 steps straight."""
     cfg = _cfg(checkpoint_every=100)

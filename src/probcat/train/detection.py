@@ -407,6 +407,13 @@ def train_detection(
     stop_after: int | None = None,
 ) -> dict | None:
     """Train (or resume) and write ``detection.pt`` and ``manifest.json`` into ``out``."""
+    if cfg.init is not None:  # wrong or missing weights: an error before the banks are built
+        from probcat.weights import load
+
+        try:
+            load(cfg.init, kind="detection")
+        except ProbcatValueError as e:
+            raise ProbcatValueError(f"init: {e}") from None
     task = DetectionTask(cfg, cache_dir=cache_dir, progress=progress)
     return fit_config(task, cfg, out, progress=progress, command=command, stop_after=stop_after)
 
