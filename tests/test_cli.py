@@ -396,6 +396,7 @@ def test_bad_outputs_are_refused_before_any_work(tmp_path, capsys, weights):
             "does not exist",
         ),
         (["-o", str(tmp_path / "c.fits"), "--plot", str(tmp_path / "p.txt")], "must end in"),
+        (["-o", str(path / "c.fits")], f"{path} is a file, not a directory"),
         (["-o", str(tmp_path / "c.txt")], "must end in"),
     ]
     for extra, message in cases:

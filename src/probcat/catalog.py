@@ -89,6 +89,8 @@ def check_outputs(outputs, inputs=(), suffixes: dict | None = None) -> None:
         if allowed and out.suffix.lower() not in allowed:
             raise ProbcatValueError(f"{out}: the file name must end in {' or '.join(allowed)}")
         parent = out.parent if str(out.parent) else Path(".")
+        if parent.exists() and not parent.is_dir():
+            raise ProbcatValueError(f"{out}: {parent} is a file, not a directory")
         if not parent.is_dir():
             raise ProbcatValueError(f"{out}: directory {parent} does not exist")
         if not os.access(parent, os.W_OK):
