@@ -28,7 +28,6 @@ import torch
 from probcat.catalog import atomic_write
 from probcat.config import load_yaml, to_dict
 from probcat.population.chain import Chain, Grid, PopulationConfig, simulated_target
-from probcat.population.inference import box_edge_mass
 from probcat.population.simulator import PARAM_NAMES
 from probcat.provenance import provenance
 
@@ -49,8 +48,7 @@ def one_target(chain: Chain, seed: int, grid: Grid, cfg: PopulationConfig) -> di
     row = {"seed": seed, "truth": truth, "n_detected": len(det),
            "detections_factor_change_between_rounds": chain.e_r4_change,
            "r3_rounds": chain.r3_rounds_log,
-           "r3_box_edge_mass": {k: box_edge_mass(post[k], chain.truncated.bounds)
-                                for k in ("r3", "combined")}}  # fmt: skip
+           "r3_box_edge_mass": chain.box_edge_mass(post)}  # fmt: skip
     for k in ESTIMATORS:
         s = post[k].summary()
         inside = {

@@ -172,6 +172,14 @@ def trim_heap() -> None:
 _POLL_S = 0.1  # how often a caller waiting for the inference thread wakes
 
 
+def _wait(future) -> None:
+    """Until ``future`` is done, in waits of :data:`_POLL_S` (see :meth:`_InferenceThread.call`)."""
+    from concurrent.futures import wait
+
+    while not future.done():
+        wait([future], timeout=_POLL_S)
+
+
 class _InferenceThread:
     """One daemon thread that runs the calls handed to it, one at a time, in order."""
 
@@ -201,7 +209,7 @@ class _InferenceThread:
 
     def call(self, fn, args, kwargs):
         import contextvars
-        from concurrent.futures import Future, wait
+        from concurrent.futures import Future
 
         future = Future()  # the caller's context goes along (numpy's errstate, ...)
         self.jobs.put((future, contextvars.copy_context(), fn, args, kwargs))
@@ -209,16 +217,14 @@ class _InferenceThread:
             # waits of _POLL_S: the kernel may hand a Ctrl-C to any thread of the process
             # (torch's, this one), and then only a main thread that wakes now and then runs
             # Python's handler; one blocked in a plain wait would sit out the whole job
-            while not future.done():
-                wait([future], timeout=_POLL_S)
+            _wait(future)
             return future.result()
         except KeyboardInterrupt:
             # Ctrl-C: the job stops at its next check_interrupt (a fraction of a second),
             # so that nothing runs on behind the caller's back, nor inside torch when the
             # interpreter exits (which aborts the process); a second Ctrl-C stops waiting
             self.cancel.set()
-            while not future.done():
-                wait([future], timeout=_POLL_S)
+            _wait(future)
             raise
 
 

@@ -514,6 +514,11 @@ class Chain:
             "log_e_r4": log_e_r4,
         }
 
+    def box_edge_mass(self, post: dict) -> dict:
+        """:func:`~probcat.population.inference.box_edge_mass` of r3's and the combined
+        posterior (of :meth:`posteriors`) in r3's last box: about 0 unless the box cut them."""
+        return {k: box_edge_mass(post[k], self.truncated.bounds) for k in ("r3", "combined")}
+
     def log_densities_at(self, x_o: np.ndarray, theta) -> dict:
         """Each estimator's own log density (the grid's units) of the target at the point
         ``theta`` (3 parameters), after :meth:`posteriors` (``-inf`` for r3 and combined
@@ -736,9 +741,7 @@ def run_chain(
         "r3_rounds": chain.r3_rounds_log,
         # the marginal mass in the box's outermost cells inside the prior: ~0 unless the box
         # cut the posterior
-        "r3_box_edge_mass": {
-            k: box_edge_mass(post[k], chain.truncated.bounds) for k in ("r3", "combined")
-        },
+        "r3_box_edge_mass": chain.box_edge_mass(post),
         # E[r4]'s rounds of draws of p(S_det | I = 1): the total-variation distance
         # between consecutive rounds' r4-route posteriors, and the sources (all rounds)
         # drawn without the sensitivity, which never kept them

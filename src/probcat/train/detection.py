@@ -294,7 +294,7 @@ class DetectionTask:
         if self.cfg.init is not None:
             from probcat.weights import read_weights
 
-            w = self._init_weights()  # checks the sha256; the loaded model is fused for
+            w = init_weights(self.cfg)  # checks the sha256; the loaded model is fused for
             try:  # inference, so the file's own (training-form) state is loaded
                 net.load_state_dict(read_weights(w.path)["state_dict"])
             except RuntimeError:
@@ -302,11 +302,6 @@ class DetectionTask:
                     f"init: {self.cfg.init} does not fit the network of this config's model"
                 ) from None
         return net
-
-    def _init_weights(self):
-        from probcat.weights import load
-
-        return load(self.cfg.init, kind="detection")
 
     def phases(self) -> list[Phase]:
         return [
@@ -369,15 +364,24 @@ class DetectionTask:
         return describe_data(self.cfg)
 
 
+def init_weights(cfg: DetectionTrainConfig):
+    """The detection weights ``cfg.init`` starts from (sha256 checked); errors say ``init``."""
+    from probcat.weights import load
+
+    try:
+        return load(cfg.init, kind="detection")
+    except ProbcatValueError as e:
+        raise ProbcatValueError(f"init: {e}") from None
+
+
 def describe_data(cfg: DetectionTrainConfig) -> dict:
     """The manifest's account of a run's data: prior, banks, scene seeds, starting weights."""
     from probcat.simulate.prior import prior_version
-    from probcat.weights import load
 
     d = cfg.data
     init = {}
     if cfg.init is not None:
-        init = {"init": {"weights": cfg.init, "sha256": load(cfg.init, kind="detection").sha256}}
+        init = {"init": {"weights": cfg.init, "sha256": init_weights(cfg).sha256}}
     return {
         **init,
         "prior": prior_version(d.population),
@@ -408,12 +412,7 @@ def train_detection(
 ) -> dict | None:
     """Train (or resume) and write ``detection.pt`` and ``manifest.json`` into ``out``."""
     if cfg.init is not None:  # wrong or missing weights: an error before the banks are built
-        from probcat.weights import load
-
-        try:
-            load(cfg.init, kind="detection")
-        except ProbcatValueError as e:
-            raise ProbcatValueError(f"init: {e}") from None
+        init_weights(cfg)
     task = DetectionTask(cfg, cache_dir=cache_dir, progress=progress)
     return fit_config(task, cfg, out, progress=progress, command=command, stop_after=stop_after)
 
