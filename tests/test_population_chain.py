@@ -19,6 +19,8 @@ r3: {steps: 5, batch: 4, lr: 0.001}
 r4: {steps: 5, batch: 8, lr: 0.001}
 head: {steps: 5, batch: 8, lr: 0.001}
 head_maps: 16
+round_head: {steps: 5, batch: 8, lr: 0.001}
+round_head_maps: 16
 r4_draws: 2
 prior_draws: 50
 coverage_sims: 6
@@ -34,7 +36,8 @@ def test_chain_writes_every_output_and_resumes(tmp_path):
     cfg = PopulationConfig(
         r1=NetConfig(6, 2, 2e-3), r1_crop=40, r1_channels=4, pool_maps=24,
         r2=NetConfig(5, 32, 2e-3), r3=NetConfig(5, 4, 1e-3), r4=NetConfig(5, 8, 1e-3),
-        head=NetConfig(5, 8, 1e-3), head_maps=16,
+        head=NetConfig(5, 8, 1e-3), head_maps=16, round_head=NetConfig(5, 8, 1e-3),
+        round_head_maps=16,
         r4_draws=2, prior_draws=50, coverage_sims=6, grid_n_step=50, grid_sigma=5,
         grid_h=5, threads=1,
     )  # fmt: skip
@@ -51,6 +54,7 @@ def test_chain_writes_every_output_and_resumes(tmp_path):
     assert set(s["coverage"]["combined"]["N"]) >= {"0.683", "0.954"}
     budget = s["simulations"]
     assert budget["plain"] == budget["r3"] + budget["pool"]  # equal simulation budget
+    assert budget["r3"] == 5 * 4 + 16 + 16  # first stage, round head, head
     assert s["n_simulations"] == sum(budget.values())
     assert json.loads((out / "summary.json").read_text())["truth"] == s["truth"]
     stages = s["stage_s"]  # every stage timed once, in order, adding up to the wall time
@@ -60,9 +64,11 @@ def test_chain_writes_every_output_and_resumes(tmp_path):
     # a rerun resumes: no network trains again
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")}
     names = {p.parent.name for p in before}
-    # r1, r2, r4, r3 (two truncation rounds and its head) and plain (two stages)
-    assert len(before) == 8 and "plain_head" in names
-    assert sum(n.startswith("r3_") for n in names) == 3
+    # r1, r2, r4, r3 (two truncation rounds, the first round's box head, its head) and
+    # plain (two stages)
+    assert len(before) == 9 and "plain_head" in names
+    assert sum(n.startswith("r3_") for n in names) == 4
+    assert sum(n.endswith("_boxhead") for n in names) == 1
     # the second round drew theta inside the box of the first round's posterior, which r3
     # and the combined posterior are confined to
     rounds = s["r3_rounds"]
@@ -179,8 +185,8 @@ def test_a_new_target_retrains_only_what_depends_on_it(tmp_path):
     assert main(["population", "--seed", "5", "-c", str(cfg), "-o", str(out), "-q"]) == 0
     again = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")}
     assert {k: again[k] for k in stamp} == stamp  # nothing retrained...
-    new = set(again) - set(stamp)  # ...but r3 (two rounds and its head), for the new target
-    assert len(new) == 3 and all(k.startswith("r3_") for k in new)
+    new = set(again) - set(stamp)  # ...but r3 (two rounds, box head, head), for the new target
+    assert len(new) == 4 and all(k.startswith("r3_") for k in new)
 
 
 def test_config_sections_keep_their_defaults(tmp_path):
@@ -190,7 +196,8 @@ def test_config_sections_keep_their_defaults(tmp_path):
     p.write_text("r1: {steps: 100}\npool_maps: 50\n")
     cfg = load_yaml(PopulationConfig, p)
     assert cfg.r1 == NetConfig(100, PopulationConfig().r1.batch, PopulationConfig().r1.lr)
-    assert cfg.pool_maps == 50 and cfg.plain_steps == -(-(cfg.r3.steps * cfg.r3.batch + 50) // 64)
+    maps = cfg.r3.steps * cfg.r3.batch + 50 + cfg.round_head_maps  # round heads: one round
+    assert cfg.pool_maps == 50 and cfg.plain_steps == -(-maps // 64)
     p.write_text("detect_threshold_log10: 1.0\n")
     with pytest.raises(ValueError, match="one of the r1 thresholds"):
         load_yaml(PopulationConfig, p)

@@ -8,6 +8,7 @@ directory (checkpoints, exact resume, manifest), so an interrupted run resumes.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -94,7 +95,8 @@ class PopulationConfig:
     (``r3``), then its head alone (``head``) on the frozen embeddings of ``head_maps`` fresh
     simulations (see :class:`~probcat.population.tasks.HeadTask`). The plain NRE gets as
     many fresh full-model maps as r3 and r4 saw together (``r3.steps * r3.batch +
-    pool_maps`` for its first stage, in batches of ``r3.batch``, and ``head_maps``).
+    pool_maps`` and r3's round heads' maps for its first stage, in batches of ``r3.batch``,
+    and ``head_maps``).
 
     r3's first stage runs in ``r3_rounds`` truncation rounds (TMNRE, as paper 001 uses it),
     its ``r3.steps`` shared between them: each round after the first continues the last
@@ -102,9 +104,11 @@ class PopulationConfig:
     the box where the last round's posterior of the target has mass
     (:func:`~probcat.population.inference.truncation_bounds`: marginal cells above
     ``r3_bound_eps`` of the largest, and a cell more). The head stage trains on maps of the
-    last box, and r3 and the combined posterior live in it. The first round has no head
-    stage, and a first stage alone gives posteriors too wide (see ``docs/population.md``),
-    which only makes the box safer.
+    last box, and r3 and the combined posterior live in it. Each box comes from a copy of
+    the last round's network given a head stage of its own (``round_head`` on
+    ``round_head_maps`` maps of the last round's box; 0 maps: none): a first stage alone
+    gives posteriors too wide (see ``docs/population.md``), and so boxes about twice as
+    large. The next round continues the network without that head.
 
     The head stages train as balanced NRE (``head.balance`` = 100, the weight of Delaunoy
     et al. 2022): with plain NRE the heads covered a little under nominal, and the balance
@@ -127,6 +131,8 @@ class PopulationConfig:
     r4: NetConfig = field(default_factory=lambda: NetConfig(12000, 128, 1e-3))
     head: NetConfig = field(default_factory=lambda: NetConfig(30000, 64, 1e-3, 100.0))
     head_maps: int = 60000
+    round_head: NetConfig = field(default_factory=lambda: NetConfig(15000, 64, 1e-3, 100.0))
+    round_head_maps: int = 20000
     r4_draws: int = 512
     r4_rounds: int = 3
     prior_draws: int = 4000
@@ -146,7 +152,9 @@ class PopulationConfig:
                      "coverage_sims", "threads", "r3_rounds"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ProbcatValueError(f"{name} must be >= 1")
-        for name in ("r1", "r2", "r3", "r4", "head"):
+        if self.round_head_maps < 0:
+            raise ProbcatValueError("round_head_maps must be >= 0 (0: no round heads)")
+        for name in ("r1", "r2", "r3", "r4", "head", "round_head"):
             c = getattr(self, name)
             if c.steps < 1 or c.batch < 2 or not c.lr > 0:
                 raise ProbcatValueError(f"{name}: steps >= 1, batch >= 2 and lr > 0 needed")
@@ -165,7 +173,15 @@ class PopulationConfig:
 
     @property
     def plain_steps(self) -> int:
-        return math.ceil((self.r3.steps * self.r3.batch + self.pool_maps) / self.r3.batch)
+        """The plain NRE's first-stage steps: as many maps as r3's first stage, its round
+        heads and the pool (r4, r2) use together."""
+        maps = self.r3.steps * self.r3.batch + self.pool_maps + self.round_head_total
+        return math.ceil(maps / self.r3.batch)
+
+    @property
+    def round_head_total(self) -> int:
+        """Maps simulated for r3's round heads (one per round after the first)."""
+        return (self.r3_rounds - 1) * self.round_head_maps
 
 
 class PixelDetector(Protocol):
@@ -312,19 +328,31 @@ class Chain:
                  for k in range(c.r3_rounds)]  # fmt: skip
         grid = Grid.default(c.grid_sigma, c.grid_h, c.grid_n_step)
         net, n_sims, self.r3_rounds_log = None, 0, []
+        keys = folder = None
         for k, n_steps in enumerate(steps):
-            keys = dict(target)
             if k:  # the box where the last round's posterior of the target has mass
-                log_r = self.log_r_map(net, x_o[None], grid)[0]
+                box_net = net
+                if c.round_head_maps:  # a head of its own, on a copy of the last network
+                    box_net = copy.deepcopy(net)
+                    box_keys = {**keys, "round_head": to_dict(c)["round_head"],
+                                "round_head_maps": c.round_head_maps}  # fmt: skip
+                    self._fit_head(box_net, f"r3 round {k}", self.truncated.simulate, 50 + k,
+                                   box_keys, f"{folder}_boxhead", c.round_head,
+                                   c.round_head_maps)  # fmt: skip
+                    n_sims += c.round_head_maps
+                log_r = self.log_r_map(box_net, x_o[None], grid)[0]
                 post = Posterior(grid, log_r + self.truncated.log_prior(grid.points))
                 box = truncation_bounds(post, c.r3_bound_eps)
                 self.truncated = TruncatedSimulator(det, self.sensitivity, box)
+            keys = dict(target)
+            if k:
                 keys.update(round=k + 1, bounds=self.truncated.bounds.tolist())
             b = self.truncated.bounds
             self.r3_rounds_log.append({
                 "steps": n_steps,
                 "bounds": {p: b[i].tolist() for i, p in enumerate(PARAM_NAMES)},
                 "prior_fraction": float(np.prod((b[:, 1] - b[:, 0]) / (PRIOR_HIGH - PRIOR_LOW))),
+                "box_head_maps": c.round_head_maps if k else 0,  # maps of the box's head
             })  # fmt: skip
             task = MapRatioTask("r3", n_steps, c.r3.lr, c.seed + (3 if k == 0 else 20 + k),
                                 self.truncated.simulate, c.r3.batch, c.r3.balance,
@@ -354,28 +382,31 @@ class Chain:
         self._fit(task, steps, 6, self._keys("plain"))
         return task
 
-    def _fit_head(self, net, name: str, simulator, offset: int, keys: dict, folder: str):
+    def _fit_head(self, net, name: str, simulator, offset: int, keys: dict, folder: str,
+                  h: NetConfig | None = None, n_maps: int | None = None):  # fmt: skip
         """The head stage of map ratio network ``net`` (trained in place): :class:`HeadTask`
-        on the embeddings of ``head_maps`` fresh maps from ``simulator``."""
+        (settings ``h``, default ``head``) on the embeddings of ``n_maps`` (default
+        ``head_maps``) fresh maps from ``simulator``."""
         c = self.cfg
+        h = c.head if h is None else h
+        n_maps = c.head_maps if n_maps is None else n_maps
 
         def bank():
             from tqdm.auto import tqdm
 
             rng = np.random.default_rng([c.seed, offset, 31])
             embs, thetas = [], []
-            bar = tqdm(total=c.head_maps, desc=f"{name}: head bank", disable=not self.progress)
+            bar = tqdm(total=n_maps, desc=f"{name}: head bank", disable=not self.progress)
             with torch.no_grad():
-                for i in range(0, c.head_maps, 500):
-                    theta, maps, _ = simulator(rng, min(500, c.head_maps - i))
+                for i in range(0, n_maps, 500):
+                    theta, maps, _ = simulator(rng, min(500, n_maps - i))
                     embs.append(net.embedding(torch.from_numpy(maps)))
                     thetas.append(theta)
                     bar.update(len(theta))
             bar.close()
             return torch.cat(embs), np.concatenate(thetas)
 
-        h = c.head
-        task = HeadTask(name, h.steps, h.lr, c.seed + offset, net.head, bank, c.head_maps,
+        task = HeadTask(name, h.steps, h.lr, c.seed + offset, net.head, bank, n_maps,
                         h.batch, h.balance)  # fmt: skip
         self._fit(task, h.steps, 10 + offset, keys, folder=folder)
         net.head = task.model
@@ -393,6 +424,9 @@ class Chain:
         pick["r4"] = pick["pool"] + ["r4"]
         pick["r3"] = pick["pool"] + ["r2", "r3", "r3_rounds", "r3_bound_eps"]
         pick["plain"] = ["seed", "r3", "pool_maps"]
+        if self.cfg.round_head_maps and self.cfg.r3_rounds > 1:  # r3's boxes; plain's budget
+            pick["r3"] += ["round_head", "round_head_maps"]
+            pick["plain"] += ["r3_rounds", "round_head_maps"]
         return {k: d[k] for k in pick[stage]}
 
     def _fit(self, task, steps: int, offset: int, config: dict, folder: str | None = None):
