@@ -36,8 +36,8 @@ def test_chain_writes_every_output_and_resumes(tmp_path):
     cfg = PopulationConfig(
         r1=NetConfig(6, 2, 2e-3), r1_crop=40, r1_channels=4, pool_maps=24,
         r2=NetConfig(5, 32, 2e-3), r3=NetConfig(5, 4, 1e-3), r4=NetConfig(5, 8, 1e-3),
-        head=NetConfig(5, 8, 1e-3), head_maps=16, round_head=NetConfig(5, 8, 1e-3),
-        round_head_maps=16,
+        head=NetConfig(5, 8, 1e-3), head_maps=16, round_head=NetConfig(50, 8, 1e-2),
+        round_head_maps=16, r3_bound_eps=0.5,  # a box narrower than the prior, even here
         r4_draws=2, prior_draws=50, coverage_sims=6, grid_n_step=50, grid_sigma=5,
         grid_h=5, threads=1,
     )  # fmt: skip
@@ -78,6 +78,10 @@ def test_chain_writes_every_output_and_resumes(tmp_path):
         for p in ("N", "sigma", "h"):
             lo, hi = s["posterior"][est][p]["interval_95"]
             assert box[p][0] <= lo <= hi <= box[p][1]
+    # that box is the posterior of the target by the first round's network with the head of
+    # its box stage (recomputed here from their checkpoints), not by its own head
+    assert box_from_checkpoints(cfg, out, s, "_boxhead") == box
+    assert box_from_checkpoints(cfg, out, s, None) != box  # (the two differ on this target)
     run_chain(cfg, out, target_seed=3, progress=False)
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")} == before
     # the same command in a fresh folder reproduces every network and number to the bit
@@ -87,6 +91,31 @@ def test_chain_writes_every_output_and_resumes(tmp_path):
         twin = tmp_path / "again" / path.relative_to(out)
         a, b = (torch.load(p, weights_only=False)["model"] for p in (path, twin))
         assert all(torch.equal(v, b[k]) for k, v in a.items()), path.parent.name
+
+
+def box_from_checkpoints(cfg, out, s, head_suffix, seed=3):
+    """The truncation box of the target of ``s`` from r3's first-round network in run
+    ``out``, with the head of folder ``<round 1>{head_suffix}`` (None: its own head)."""
+    import numpy as np
+
+    from probcat.population.chain import Chain, Grid, simulated_target
+    from probcat.population.inference import Posterior, truncation_bounds
+    from probcat.population.networks import MapRatioNet
+    from probcat.population.simulator import PARAM_NAMES
+
+    (first,) = [p for p in out.glob("r3_*") if p.name.count("_") == 1]
+    net = MapRatioNet()
+    net.load_state_dict(torch.load(first / "checkpoint.pt", weights_only=False)["model"])
+    if head_suffix is not None:
+        head = out / (first.name + head_suffix) / "checkpoint.pt"
+        net.head.load_state_dict(torch.load(head, weights_only=False)["model"])
+    net.eval()
+    grid = Grid.default(cfg.grid_sigma, cfg.grid_h, cfg.grid_n_step)
+    x_o, _ = simulated_target(seed)
+    log_r = Chain(cfg, out, progress=False).log_r_map(net, x_o[None], grid)[0]
+    n_ok = grid.points[:, 0] >= s["n_detected"]
+    box = truncation_bounds(Posterior(grid, np.where(n_ok, log_r, -np.inf)), cfg.r3_bound_eps)
+    return {p: box[i].tolist() for i, p in enumerate(PARAM_NAMES)}
 
 
 @pytest.mark.slow
