@@ -107,8 +107,8 @@ class PopulationConfig:
     last box, and r3 and the combined posterior live in it. Each box comes from a copy of
     the last round's network given a head stage of its own (``round_head`` on
     ``round_head_maps`` maps of the last round's box; 0 maps: none): a first stage alone
-    gives posteriors too wide (see ``docs/population.md``), and so boxes about twice as
-    large. The next round continues the network without that head.
+    gives posteriors too wide (see ``docs/population.md``), and so boxes two to five times
+    as large. The next round continues the network without that head.
 
     The head stages train as balanced NRE (``head.balance`` = 100, the weight of Delaunoy
     et al. 2022): with plain NRE the heads covered a little under nominal, and the balance
