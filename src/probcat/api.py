@@ -562,12 +562,13 @@ def load(name_or_path=None, *, device=None, threads="auto", kind=None):
     from probcat.weights import load as load_weights
 
     w = load_weights(name_or_path)
-    if kind is not None and _KINDS.get(w.kind, w.kind) != kind:
+    have = _KINDS.get(w.kind, w.kind)
+    if kind is not None and have != kind:
         if kind not in _KIND_WORDS:
             raise ProbcatValueError(f"kind must be one of {', '.join(_KIND_WORDS)}, got {kind!r}")
         raise ProbcatValueError(
-            f"{name_or_path or w.path}: {_KIND_WORDS.get(_KINDS.get(w.kind, w.kind), w.kind)} "
-            f"weights, not {_KIND_WORDS[kind]} weights"
+            f"{name_or_path or w.path}: {_KIND_WORDS.get(have, have)} weights, not "
+            f"{_KIND_WORDS[kind]} weights"
         )
     if w.kind in ("deblender", "autoencoder"):
         return Deblender(w.model, w.survey, w.manifest, device=device, threads=threads)

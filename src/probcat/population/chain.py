@@ -334,11 +334,8 @@ class Chain:
                 box_net = net
                 if c.round_head_maps:  # a head of its own, on a copy of the last network
                     box_net = copy.deepcopy(net)
-                    box_keys = {**keys, "round_head": to_dict(c)["round_head"],
-                                "round_head_maps": c.round_head_maps}  # fmt: skip
                     self._fit_head(box_net, f"r3 round {k}", self.truncated.simulate, 50 + k,
-                                   box_keys, f"{folder}_boxhead", c.round_head,
-                                   c.round_head_maps)  # fmt: skip
+                                   keys, f"{folder}_boxhead", "round_head")  # fmt: skip
                     n_sims += c.round_head_maps
                 log_r = self.log_r_map(box_net, x_o[None], grid)[0]
                 post = Posterior(grid, log_r + self.truncated.log_prior(grid.points))
@@ -361,16 +358,14 @@ class Chain:
             self._fit(task, n_steps, 3 if k == 0 else 20 + k, keys, folder=folder)
             net, n_sims = task.model, n_sims + task.n_simulations
         self.r3 = net
-        head_keys = {**keys, "head": to_dict(c)["head"], "head_maps": c.head_maps}
-        self._fit_head(self.r3, "r3", self.truncated.simulate, 3, head_keys, f"r3_{digest}_head")
+        self._fit_head(self.r3, "r3", self.truncated.simulate, 3, keys, f"r3_{digest}_head")
         self.n_simulations["r3"] = n_sims + c.head_maps
 
     def train_plain(self):
         c = self.cfg
         task = self.plain_first_stage()
         self.plain = task.model
-        keys = {**self._keys("plain"), "head": to_dict(c)["head"], "head_maps": c.head_maps}
-        self._fit_head(self.plain, "plain", simulate, 6, keys, "plain_head")
+        self._fit_head(self.plain, "plain", simulate, 6, self._keys("plain"), "plain_head")
         self.n_simulations["plain"] = task.n_simulations + c.head_maps
 
     def plain_first_stage(self) -> MapRatioTask:
@@ -383,13 +378,14 @@ class Chain:
         return task
 
     def _fit_head(self, net, name: str, simulator, offset: int, keys: dict, folder: str,
-                  h: NetConfig | None = None, n_maps: int | None = None):  # fmt: skip
+                  stage: str = "head"):  # fmt: skip
         """The head stage of map ratio network ``net`` (trained in place): :class:`HeadTask`
-        (settings ``h``, default ``head``) on the embeddings of ``n_maps`` (default
-        ``head_maps``) fresh maps from ``simulator``."""
+        with the settings ``stage`` (``head`` or ``round_head``) on the embeddings of
+        ``<stage>_maps`` fresh maps from ``simulator``; its checkpoint depends on ``keys``
+        and those two settings."""
         c = self.cfg
-        h = c.head if h is None else h
-        n_maps = c.head_maps if n_maps is None else n_maps
+        h, n_maps = getattr(c, stage), getattr(c, f"{stage}_maps")
+        keys = {**keys, stage: to_dict(c)[stage], f"{stage}_maps": n_maps}
 
         def bank():
             from tqdm.auto import tqdm
