@@ -92,9 +92,9 @@ def test_checkpoint_refuses_another_config_but_not_unstarted_phases(tmp_path):
     _fit(tmp_path / "run", stop=2)
     later = [PHASES[0], Phase("b", 6, 0.01)]  # phase b has not started: may change
     assert _fit(tmp_path / "run", phases=later)["steps"] == 10
-    with pytest.raises(ProbcatValueError, match="different config"):
+    with pytest.raises(ProbcatValueError, match=r"different config \(phases changed\)"):
         _fit(tmp_path / "run", phases=[Phase("a", 4, 0.1), Phase("b", 6, 0.01)])
-    with pytest.raises(ProbcatValueError, match="different config"):
+    with pytest.raises(ProbcatValueError, match=r"different config \(seed changed\)"):
         _fit(tmp_path / "run", phases=later, seed=1)
 
 

@@ -152,13 +152,18 @@ def _phase_at(phases: list[Phase], step: int) -> int:
     return len(phases) - 1
 
 
-def _compatible(saved: dict, now: dict, phases_done: int) -> bool:
-    """A checkpoint of config ``saved`` resumes under ``now`` when everything but the phases
-    is equal, and so are the first ``phases_done`` phases (started or finished)."""
-    rest = {k: v for k, v in saved.items() if k != "phases"}
-    if rest != {k: v for k, v in now.items() if k != "phases"}:
-        return False
-    return saved.get("phases", [])[:phases_done] == now.get("phases", [])[:phases_done]
+def _config_changes(saved: dict, now: dict, phases_done: int) -> list[str]:
+    """The settings that stop a checkpoint of config ``saved`` from resuming under ``now``
+    (empty: it resumes): every key but the phases whose value differs, and ``phases`` when
+    one of the first ``phases_done`` phases (started or finished) differs."""
+    keys = sorted((set(saved) | set(now)) - {"phases"})
+    changed = [k for k in keys if saved.get(k, _MISSING) != now.get(k, _MISSING)]
+    if saved.get("phases", [])[:phases_done] != now.get("phases", [])[:phases_done]:
+        changed.append("phases")
+    return changed
+
+
+_MISSING = object()
 
 
 def fit(
@@ -196,8 +201,12 @@ def fit(
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)  # the run's own file
         done = _phase_at(phases, max(state["step"] - 1, 0)) + 1
-        if not _compatible(state["config"], config, done):
-            raise ProbcatValueError(f"{ckpt}: checkpoint of a different config; use another --out")
+        changed = _config_changes(state["config"], config, done)
+        if changed:
+            raise ProbcatValueError(
+                f"{ckpt}: checkpoint of a different config ({', '.join(changed)} changed); "
+                "use another --out"
+            )
         try:
             model.load_state_dict(state["model"])
         except RuntimeError:
