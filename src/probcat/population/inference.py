@@ -112,13 +112,47 @@ class Posterior:
         return float(np.sum(self.marginal(k) * self.grid.axes[k]))
 
     def interval(self, k: int, level: float) -> tuple[float, float]:
-        """Central interval of marginal ``k`` holding ``level`` of the mass."""
-        p = self.marginal(k)
-        edges = _cell_edges(self.grid.axes[k], PRIOR_LOW[k], PRIOR_HIGH[k])
-        cdf = np.concatenate([[0.0], np.cumsum(p)])
-        cdf /= cdf[-1]
-        lo, hi = np.interp([(1 - level) / 2, (1 + level) / 2], cdf, edges)
+        """Central interval of marginal ``k`` holding ``level`` of the mass, from the
+        marginal's CDF (:meth:`marginal_cdf`)."""
+        x, cdf = self.marginal_cdf(k)
+        lo, hi = np.interp([(1 - level) / 2, (1 + level) / 2], cdf, x)
         return float(lo), float(hi)
+
+    def marginal_cdf(self, k: int, sub: int = 16) -> tuple[np.ndarray, np.ndarray]:
+        """The CDF of marginal ``k`` on a fine grid ``(x, cdf)``, ``sub`` points a cell.
+
+        The marginal density is known at the grid points (each point's mass over its cell's
+        width); between them its log is interpolated by a cubic spline through the points of
+        non-zero mass (linearly with fewer than four, constant beyond the outermost ones to
+        their cell edges), and cells of zero mass stay empty. Cells of uniform density
+        instead would convolve the marginal with a box one cell wide: a Gaussian of standard
+        deviation ``s`` gets variance ``s**2 + step**2 / 12``, so the N intervals (cells of 5)
+        of posteriors as narrow as ``s`` = 3 came out 12% too wide at 68.3% and covered 0.74
+        (``tests/test_population_inference.py``). The spline is exact for a Gaussian (a
+        quadratic log density); its overshoot is capped 5 above the largest point."""
+        cache = self.__dict__.setdefault("_cdf", {})
+        if k in cache:
+            return cache[k]
+        axis = self.grid.axes[k]
+        edges = _cell_edges(axis, PRIOR_LOW[k], PRIOR_HIGH[k])
+        dens = self.marginal(k) / np.diff(edges)
+        pos = dens > 0
+        i0, i1 = np.flatnonzero(pos)[[0, -1]]
+        x = np.linspace(edges[i0], edges[i1 + 1], sub * (i1 - i0 + 1) + 1)
+        xs, ld = axis[pos], np.log(dens[pos])
+        at = np.clip(x, xs[0], xs[-1])
+        if len(xs) >= 4:
+            from scipy.interpolate import CubicSpline
+
+            log_f = CubicSpline(xs, ld)(at)
+        else:
+            log_f = np.interp(at, xs, ld)
+        f = np.exp(np.minimum(log_f - ld.max(), 5.0))
+        cell = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(axis) - 1)
+        f = np.where(pos[cell] | (x == edges[cell]) & pos[cell - 1], f, 0.0)
+        cdf = np.concatenate([[0.0], np.cumsum((f[1:] + f[:-1]) / 2 * np.diff(x))])
+        cache[k] = (x, cdf / cdf[-1])
+        return cache[k]
 
     def contains(self, k: int, value: float, level: float) -> bool:
         lo, hi = self.interval(k, level)
