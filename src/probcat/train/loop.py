@@ -152,6 +152,9 @@ def _phase_at(phases: list[Phase], step: int) -> int:
     return len(phases) - 1
 
 
+_MISSING = object()
+
+
 def _config_changes(saved: dict, now: dict, phases_done: int) -> list[str]:
     """The settings that stop a checkpoint of config ``saved`` from resuming under ``now``
     (empty: it resumes): every key but the phases whose value differs, and ``phases`` when
@@ -161,9 +164,6 @@ def _config_changes(saved: dict, now: dict, phases_done: int) -> list[str]:
     if saved.get("phases", [])[:phases_done] != now.get("phases", [])[:phases_done]:
         changed.append("phases")
     return changed
-
-
-_MISSING = object()
 
 
 def fit(
