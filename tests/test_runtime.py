@@ -138,8 +138,19 @@ def test_photoz_and_deblending_in_the_inference_thread_equal_the_main_thread():
         assert u.shape == (30, 5) and np.array_equal(u, v)
 
 
+@pytest.fixture
+def sigint_raises():
+    """Python's own SIGINT handler for the test: a suite started in the background by a
+    non-interactive shell inherits SIGINT ignored, and Ctrl-C cannot reach it at all."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.mark.parametrize("to", ["process", "inference thread"])
-def test_an_interrupted_caller_stops_the_job_at_its_next_check(to):
+def test_an_interrupted_caller_stops_the_job_at_its_next_check(to, sigint_raises):
     """Ctrl-C while the main thread waits: the job stops at its next check_interrupt, the
     caller gets KeyboardInterrupt, and the thread takes the next job as before. The kernel
     may hand a process's SIGINT to any of its threads: sent to the inference thread itself,
