@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from helpers import benchmark_module
@@ -78,6 +80,24 @@ def test_chain_writes_every_output_and_resumes(tmp_path):
         for p in ("N", "sigma", "h"):
             lo, hi = s["posterior"][est][p]["interval_95"]
             assert box[p][0] <= lo <= hi <= box[p][1]
+    # the weighted samples: each estimator's weights sum to 1, and r3's and the
+    # combination's vanish outside r3's box (N: r3 draws whole numbers, each standing for
+    # its unit interval)
+    samples = pd.read_parquet(out / "posterior_samples.parquet")
+    assert len(samples) == 20000
+    for est in s["posterior"]:
+        assert samples[f"w_{est}"].sum() == pytest.approx(1.0)
+        assert s["samples_ess"][est] >= 1
+        for p in ("N", "sigma", "h"):
+            lo, hi = s["samples_intervals"][est][p]["interval_95"]
+            assert samples[p].min() <= lo <= hi <= samples[p].max()
+    slack = {"N": 0.5, "sigma": 0.0, "h": 0.0}
+    outside = np.zeros(len(samples), bool)
+    for p in ("N", "sigma", "h"):
+        outside |= (samples[p] < box[p][0] - slack[p]) | (samples[p] > box[p][1] + slack[p])
+    assert outside.any()  # r4 and the plain NRE put mass there
+    for est in ("r3", "combined"):
+        assert samples[f"w_{est}"][outside].sum() == 0.0
     # that box is the posterior of the target by the first round's network with the head of
     # its box stage (recomputed here from their checkpoints), not by its own head
     assert box_from_checkpoints(cfg, out, s, "_boxhead") == box

@@ -38,6 +38,8 @@ from probcat.population.inference import (
     expected_coverage,
     logmeanexp,
     truncation_bounds,
+    weighted_interval,
+    weighted_samples,
 )
 from probcat.population.simulator import (
     EXTENT_DEG,
@@ -47,7 +49,6 @@ from probcat.population.simulator import (
     PRIOR_LOW,
     Sources,
     normalise_theta,
-    sample_prior,
     simulate,
     trunc_lognormal,
 )
@@ -567,6 +568,21 @@ class Chain:
             "plain_nre": self.log_r_map_at(self.plain, x_o[None], t)[0],
         }
 
+    def log_densities_on(self, x_o: np.ndarray, theta: np.ndarray) -> dict:
+        """Each estimator's log density of the target (the grid's units: what
+        :meth:`posteriors` holds at its points) at many points ``theta`` ``(n, 3)``, after
+        :meth:`posteriors`; ``-inf`` where an estimator's posterior is zero (``N`` below
+        the number of detections; r3 and combined outside r3's box)."""
+        t = np.atleast_2d(np.asarray(theta, float))
+        tt = _theta_tensor(t)
+        feasible = self.truncated.log_prior(t)
+        log_r3 = self.r3.head.on_grid(self._map_embeddings(self.r3, x_o[None]), tt)[0]
+        log_r3 = log_r3 + feasible
+        log_e_r4 = self.log_e_r4_at(self.target_lists, t)
+        log_e_r4 = np.where(t[:, 0] >= self.truncated.n_det, log_e_r4, -np.inf)
+        plain = self.plain.head.on_grid(self._map_embeddings(self.plain, x_o[None]), tt)[0]
+        return {"r3": log_r3, "r4": log_e_r4, "combined": log_r3 + log_e_r4, "plain_nre": plain}
+
 
 def _theta_tensor(theta: np.ndarray) -> torch.Tensor:
     """Population parameters ``(n, 3)`` normalised for the ratio heads."""
@@ -799,10 +815,14 @@ def run_chain(
         "n_coverage_sims": cfg.coverage_sims,
         "config": to_dict(cfg),
     }
-    samples = write_samples(out, post, rng)
+    samples = write_samples(out, post, rng, lambda t: chain.log_densities_on(x_o, t))
     write_figures(out, chain, x_o, det, post, cov, truth)
     stage("samples_and_figures")
-    summary["samples"] = samples
+    summary["samples"] = "posterior_samples.parquet"
+    # the effective number of independent draws each estimator's weights are worth, and
+    # the intervals read from the weighted samples (no grid in them: a check of the grid's)
+    summary["samples_ess"] = samples["ess"]
+    summary["samples_intervals"] = samples["intervals"]
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     # seconds per stage; a stage found finished in ``out`` (resumed) costs only its loading
     summary["stage_s"] = {n: round(t1 - t, 1) for (_, t), (n, t1) in zip(marks, marks[1:])}
@@ -812,23 +832,31 @@ def run_chain(
     return summary
 
 
-def write_samples(out: Path, post: dict, rng, n: int = 20000) -> str:
-    """Weighted posterior samples: ``n`` draws from the prior with each estimator's
-    posterior density (relative to the prior) at their nearest grid point, normalised
-    (``posterior_samples.parquet``)."""
+def write_samples(out: Path, post: dict, rng, log_density, n: int = 20000) -> dict:
+    """Weighted posterior samples (``posterior_samples.parquet``): ``n`` points shared by
+    the four estimators, drawn where their posteriors put mass, with each estimator's
+    importance weights from its own density at the points (``log_density``, e.g.
+    :meth:`Chain.log_densities_on`; :func:`~probcat.population.inference.weighted_samples`).
+    Returns, per estimator, the samples' effective size (``ess``) and the central 68% and
+    95% intervals of each parameter read from them (``intervals``): with no grid in them,
+    they check the grid's intervals."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    grid = post["combined"].grid
-    theta = sample_prior(rng, n)
-    idx = [np.abs(a[None] - theta[:, k : k + 1]).argmin(1) for k, a in enumerate(grid.axes)]
-    flat = np.ravel_multi_index(idx, grid.shape)
+    names = ("r3", "r4", "combined", "plain_nre")
+    theta, weights, ess = weighted_samples({k: post[k] for k in names}, log_density, rng, n)
     cols = {name: theta[:, k] for k, name in enumerate(PARAM_NAMES)}
-    for key in ("r3", "r4", "combined", "plain_nre"):
-        log_d = post[key].log_density.ravel()[flat]
-        w = np.exp(log_d - log_d.max())
-        cols[f"w_{key}"] = w / w.sum()
+    cols.update({f"w_{k}": weights[k] for k in names})
     table = pa.table(cols)
-    path = out / "posterior_samples.parquet"
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
-    return path.name
+    atomic_write(out / "posterior_samples.parquet", lambda tmp: pq.write_table(table, tmp))
+    intervals = {
+        k: {
+            p: {
+                "interval_68": list(weighted_interval(theta[:, i], weights[k], 0.683)),
+                "interval_95": list(weighted_interval(theta[:, i], weights[k], 0.954)),
+            }
+            for i, p in enumerate(PARAM_NAMES)
+        }
+        for k in names
+    }
+    return {"ess": {k: round(v, 1) for k, v in ess.items()}, "intervals": intervals}

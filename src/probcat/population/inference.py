@@ -2,7 +2,9 @@
 
 Ratio estimators give ``log r(theta; .)``; with the (uniform) prior, the posterior on a grid
 of ``theta = (N, sigma, h)`` is proportional to ``r``. Marginals are sums over the grid;
-intervals are central, from each marginal's CDF (cells of uniform density). Coverage is the
+intervals are central, from each marginal's CDF (its log density interpolated between grid
+points); weighted samples anywhere in the box (:func:`weighted_samples`) carry each
+estimator's own density at the sample. Coverage is the
 expected coverage of Hermans et al. (2022): the fraction of test observations whose true
 parameter lies inside the credible interval of each level.
 
@@ -38,6 +40,8 @@ __all__ = [
     "expected_coverage",
     "truncation_bounds",
     "box_edge_mass",
+    "weighted_samples",
+    "weighted_interval",
     "LEVELS",
 ]
 
@@ -221,6 +225,60 @@ class Posterior:
             lo, hi = edges[cells[:, k]], edges[cells[:, k] + 1]
             out[:, k] = lo + (hi - lo) * rng.random(n)
         return out
+
+
+def cell_index(grid: Grid, theta: np.ndarray) -> np.ndarray:
+    """The flat index of the grid cell (:meth:`Posterior.sample`'s cells: edges halfway
+    between grid points) holding each point of ``theta`` ``(n, 3)``."""
+    idx = []
+    for k, axis in enumerate(grid.axes):
+        edges = _cell_edges(axis, PRIOR_LOW[k], PRIOR_HIGH[k])
+        i = np.searchsorted(edges, theta[:, k], side="right") - 1
+        idx.append(np.clip(i, 0, len(axis) - 1))
+    return np.ravel_multi_index(idx, grid.shape)
+
+
+def weighted_samples(posteriors: dict, log_density, rng: np.random.Generator, n: int):
+    """Importance-weighted samples shared by several posteriors on one grid.
+
+    ``n`` points ``theta`` ``(n, 3)`` are drawn from an equal mixture of the posteriors' own
+    grid versions (:meth:`Posterior.sample`: a cell by its mass, uniform inside it), so every
+    posterior has a share of the points where its mass is. Each posterior ``k`` weights them
+    by ``p_k(theta) / q(theta)``: ``log_density(theta)`` gives a dict of each posterior's log
+    density at the points, the estimator's own value there rather than its grid cell's, and
+    ``q`` is the mixture's density. The weights (a dict of ``(n,)`` arrays, each summing to
+    1) are then exact importance weights of each posterior, with no grid cells in them.
+    Returns ``theta``, the weights and each posterior's effective sample size
+    ``1 / sum(w^2)``."""
+    keys = list(posteriors)
+    first = posteriors[keys[0]]
+    counts = rng.multinomial(n, [1 / len(keys)] * len(keys))
+    theta = np.concatenate([posteriors[k].sample(rng, m) for k, m in zip(keys, counts)])
+    theta = theta[rng.permutation(n)]
+    cells = cell_index(first.grid, theta)
+    q = np.mean(
+        [posteriors[k].w.ravel()[cells] / posteriors[k].cell_volume.ravel()[cells] for k in keys],
+        0,
+    )
+    log_p = log_density(theta)
+    weights, ess = {}, {}
+    for k in keys:
+        log_w = np.asarray(log_p[k], float) - np.log(q)
+        if not np.isfinite(log_w).any():
+            raise ValueError(f"{k}: zero density at every sample")
+        w = np.exp(log_w - log_w.max())
+        weights[k] = w / w.sum()
+        ess[k] = float(1.0 / np.sum(weights[k] ** 2))
+    return theta, weights, ess
+
+
+def weighted_interval(x: np.ndarray, w: np.ndarray, level: float) -> tuple[float, float]:
+    """The central interval of weighted samples ``x`` (weights ``w`` summing to 1) holding
+    ``level`` of the weight: their weighted quantiles, each sample's weight centred on it."""
+    order = np.argsort(x)
+    cum = np.cumsum(w[order]) - w[order] / 2
+    lo, hi = np.interp([(1 - level) / 2, (1 + level) / 2], cum, x[order])
+    return float(lo), float(hi)
 
 
 def truncation_bounds(post: Posterior, eps: float = 1e-6) -> np.ndarray:
