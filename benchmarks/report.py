@@ -318,6 +318,20 @@ TABLES = {
                 "0.954 within binomial error",
             ),
             (
+                "per-parameter coverage checks beyond 2 standard errors (of 24)",
+                "checks.coverage_checks_outside_2_se.count",
+                None,
+                "d",
+                "about 1.1 if calibrated",
+            ),
+            (
+                "effective size of the 20,000 weighted samples, combined",
+                "samples_ess.combined",
+                "samples_ess.plain_nre",
+                ".0f",
+                "",
+            ),
+            (
                 "r3's last truncation box, fraction of the prior box",
                 "r3_rounds.-1.prior_fraction",
                 None,

@@ -1,6 +1,8 @@
 """The whole population chain on a tiny budget (plumbing, not quality), and its CLI."""
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -34,7 +36,7 @@ threads: 1
 
 
 @pytest.mark.slow
-def test_chain_writes_every_output_and_resumes(tmp_path):
+def test_chain_writes_every_output_and_resumes(tmp_path, monkeypatch):
     cfg = PopulationConfig(
         r1=NetConfig(6, 2, 2e-3), r1_crop=40, r1_channels=4, pool_maps=24,
         r2=NetConfig(5, 32, 2e-3), r3=NetConfig(5, 4, 1e-3), r4=NetConfig(5, 8, 1e-3),
@@ -43,10 +45,11 @@ def test_chain_writes_every_output_and_resumes(tmp_path):
         r4_draws=2, prior_draws=50, coverage_sims=6, grid_n_step=50, grid_sigma=5,
         grid_h=5, threads=1,
     )  # fmt: skip
-    out = tmp_path / "run"
+    out = tmp_path / "population_run"  # the folder docs/population.md reads
     s = run_chain(cfg, out, target_seed=3, progress=False, command="test")
-    for name in ("summary.json", "posterior_samples.parquet", "detection_map.png",
-                 "corner.png", "coverage.png", "targeted_vs_full.png"):  # fmt: skip
+    for name in ("summary.json", "posterior_samples.parquet", "detections.fits",
+                 "detection_map.png", "corner.png", "coverage.png",
+                 "targeted_vs_full.png"):  # fmt: skip
         assert (out / name).stat().st_size > 0, name
     assert set(s["posterior"]) == {"r3", "r4", "combined", "plain_nre"}
     for est in s["posterior"].values():
@@ -98,6 +101,15 @@ def test_chain_writes_every_output_and_resumes(tmp_path):
     assert outside.any()  # r4 and the plain NRE put mass there
     for est in ("r3", "combined"):
         assert samples[f"w_{est}"][outside].sum() == 0.0
+    # docs/population.md's snippet reads them
+    monkeypatch.chdir(tmp_path)
+    doc = Path(__file__).resolve().parents[1] / "docs" / "population.md"
+    (code,) = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    namespace = {}
+    exec(compile(code, str(doc), "exec"), namespace)
+    lo, hi = s["posterior"]["combined"]["N"]["interval_95"]
+    assert lo <= namespace["n_mean"] <= hi and len(namespace["draws"]) == 4000
+    assert namespace["ess"] == s["samples_ess"]["combined"]
     # that box is the posterior of the target by the first round's network with the head of
     # its box stage (recomputed here from their checkpoints), not by its own head
     assert box_from_checkpoints(cfg, out, s, "_boxhead") == box

@@ -30,6 +30,23 @@ def test_detections_are_regions_where_r1_exceeds_5():
     # only regions that hold a source above the threshold with enough posterior mass
     sure = find_detections(post, prior, 1.0, min_mass=0.8)
     assert len(sure) == 1 and sure.x[0] == 71.0  # mass 5 x 0.2 + 0.5 = 1.5 >= 0.8
+    assert sure.npix.tolist() == [6] and sure.r1 == pytest.approx([50.0])  # its own region's
+
+
+def test_detections_are_written_as_a_fits_table_with_their_regions(tmp_path):
+    from astropy.table import Table
+
+    post = np.full((128, 128), 0.01)
+    post[40:43, 70:72] = 0.2
+    post[100, 10] = 0.06
+    det = find_detections(post, np.full((128, 128), 0.01), 1.5, min_mass=0.05)
+    det.write(tmp_path / "detections.fits")
+    t = Table.read(tmp_path / "detections.fits")
+    assert len(t) == 2 and t.meta["LOGFTH"] == 1.5
+    np.testing.assert_allclose(t["l"], det.l)
+    np.testing.assert_allclose(t["b_max"] - t["b"], REGION_DEG)
+    np.testing.assert_allclose(t["l"] - t["l_min"], REGION_DEG)
+    assert sorted(t["npix"].tolist()) == [1, 6] and str(t["l"].unit) == "deg"
 
 
 def test_matching_marks_the_brightest_source_above_threshold_in_each_region():

@@ -493,7 +493,8 @@ def population_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """Population inference with detection as truncation (r1-r4) for one target map:
-    weighted posterior samples (Parquet), summary.json, detection map and corner plot."""
+    weighted posterior samples (Parquet), summary.json, the detected sources with their
+    regions (FITS), detection map and corner plot."""
     from probcat.config import load_yaml
     from probcat.population.chain import PopulationConfig, check_target_map, run_chain
     from probcat.population.simulator import MAP_SIZE
@@ -532,7 +533,9 @@ def population_cmd(
         for k, v in c.items()
     ]
     typer.echo(f"{s['n_detected']} detected; combined posterior (68%): " + ", ".join(parts))
-    typer.echo(f"wrote {out / 'summary.json'}, posterior_samples.parquet and figures")
+    typer.echo(
+        f"wrote {out / 'summary.json'}, posterior_samples.parquet, detections.fits and figures"
+    )
 
 
 train_app = typer.Typer(

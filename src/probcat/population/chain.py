@@ -816,6 +816,7 @@ def run_chain(
         "config": to_dict(cfg),
     }
     samples = write_samples(out, post, rng, lambda t: chain.log_densities_on(x_o, t))
+    det.write(out / "detections.fits")
     write_figures(out, chain, x_o, det, post, cov, truth)
     stage("samples_and_figures")
     summary["samples"] = "posterior_samples.parquet"

@@ -107,6 +107,36 @@ class Detections:
             "threshold_log10": self.threshold_log10,
         }
 
+    def write(self, path) -> None:
+        """The detected-source catalog as a FITS table (atomically): per source the peak
+        pixel ``x, y`` (0-based, ``x`` along ``l``), its position ``l, b`` (degrees), the
+        peak ``r1`` and the size ``npix`` (pixels) of its ``r1 > 5`` region, and the region
+        ``R_i`` the truncated simulator keeps it in (``l_min .. b_max``: +-``REGION_DEG``);
+        the header holds the threshold ``log10 F_th`` the detections are above."""
+        from astropy.table import Table
+
+        from probcat.catalog import atomic_write
+
+        t = Table(
+            {
+                "x": self.x,
+                "y": self.y,
+                "l": self.l,
+                "b": self.b,
+                "r1": self.r1,
+                "npix": np.asarray(self.npix, np.int64),
+                "l_min": self.l - REGION_DEG,
+                "l_max": self.l + REGION_DEG,
+                "b_min": self.b - REGION_DEG,
+                "b_max": self.b + REGION_DEG,
+            }
+        )
+        for name in ("l", "b", "l_min", "l_max", "b_min", "b_max"):
+            t[name].unit = "deg"
+        t.meta["LOGFTH"] = (self.threshold_log10, "log10 of the flux threshold F_th")
+        t.meta["R1CUT"] = (R1_DETECT, "a detection: a region where r1 exceeds this")
+        atomic_write(path, lambda tmp: t.write(tmp, format="fits", overwrite=True))
+
 
 def find_detections(
     posterior: np.ndarray, prior: np.ndarray, threshold_log10: float, min_mass: float = MIN_MASS
@@ -132,7 +162,7 @@ def find_detections(
         l,
         b,
         np.asarray(ndimage.maximum(r1, labels, idx)),
-        np.bincount(labels.ravel(), minlength=n + 1)[1:],
+        np.bincount(labels.ravel(), minlength=n + 1)[idx],  # the kept regions' sizes
         threshold_log10,
     )
 
