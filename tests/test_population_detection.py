@@ -47,6 +47,9 @@ def test_detections_are_written_as_a_fits_table_with_their_regions(tmp_path):
     np.testing.assert_allclose(t["b_max"] - t["b"], REGION_DEG)
     np.testing.assert_allclose(t["l"] - t["l_min"], REGION_DEG)
     assert sorted(t["npix"].tolist()) == [1, 6] and str(t["l"].unit) == "deg"
+    none = find_detections(np.zeros((128, 128)), np.full((128, 128), 0.01), 1.5)
+    none.write(tmp_path / "none.fits")  # a map with no detection: an empty table
+    assert len(Table.read(tmp_path / "none.fits")) == 0
 
 
 def test_matching_marks_the_brightest_source_above_threshold_in_each_region():
