@@ -11,7 +11,7 @@ import torch
 from helpers import benchmark_module
 
 from probcat.cli import main
-from probcat.population.chain import NetConfig, PopulationConfig, run_chain
+from probcat.population.chain import NetConfig, PopulationConfig, run_chain, simulated_target
 
 TINY_YAML = """
 r1: {steps: 6, batch: 2, lr: 0.002}
@@ -28,6 +28,7 @@ round_head_maps: 16
 r4_draws: 2
 prior_draws: 50
 coverage_sims: 6
+predictive_maps: 20
 grid_n_step: 50
 grid_sigma: 5
 grid_h: 5
@@ -42,16 +43,20 @@ def test_chain_writes_every_output_and_resumes(tmp_path, monkeypatch):
         r2=NetConfig(5, 32, 2e-3), r3=NetConfig(5, 4, 1e-3), r4=NetConfig(5, 8, 1e-3),
         head=NetConfig(5, 8, 1e-3), head_maps=16, round_head=NetConfig(50, 8, 1e-2),
         round_head_maps=16, r3_bound_eps=0.5,  # a box narrower than the prior, even here
-        r4_draws=2, prior_draws=50, coverage_sims=6, grid_n_step=50, grid_sigma=5,
-        grid_h=5, threads=1,
+        r4_draws=2, prior_draws=50, coverage_sims=6, predictive_maps=20, grid_n_step=50,
+        grid_sigma=5, grid_h=5, threads=1,
     )  # fmt: skip
     out = tmp_path / "population_run"  # the folder docs/population.md reads
     s = run_chain(cfg, out, target_seed=3, progress=False, command="test")
     for name in ("summary.json", "posterior_samples.parquet", "detections.fits",
                  "detection_map.png", "corner.png", "coverage.png",
-                 "targeted_vs_full.png"):  # fmt: skip
+                 "targeted_vs_full.png", "predictive.png"):  # fmt: skip
         assert (out / name).stat().st_size > 0, name
     assert set(s["posterior"]) == {"r3", "r4", "combined", "plain_nre"}
+    ppc = s["posterior_predictive"]  # the target against maps at the combined posterior
+    assert set(ppc) == {"total_flux", "n_detected", "l_rms", "b_rms", "pixel_999"}
+    assert all(0.0 <= c["p_value"] <= 1.0 for c in ppc.values())
+    assert ppc["total_flux"]["observed"] == pytest.approx(float(simulated_target(3)[0].sum()))
     for est in s["posterior"].values():
         for p in ("N", "sigma", "h"):
             lo, hi = est[p]["interval_95"]

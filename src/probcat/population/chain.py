@@ -41,6 +41,7 @@ from probcat.population.inference import (
     weighted_interval,
     weighted_samples,
 )
+from probcat.population.predictive import map_statistics, predictive_pvalues
 from probcat.population.simulator import (
     EXTENT_DEG,
     MAP_SIZE,
@@ -119,6 +120,8 @@ class PopulationConfig:
     term moves them up towards it (joint coverage at 68.3% 0.655 -> 0.669 on validation
     maps) for 1.7-2.5% more width (``benchmarks/population_heads.py``). ``coverage_sims`` maps per
     estimator check the coverage (binomial standard error 0.015 at 68.3% for 1,000).
+    ``predictive_maps`` maps simulated at the combined posterior make the posterior
+    predictive check of the target (:mod:`probcat.population.predictive`; 0: none).
     """
 
     seed: int = 0
@@ -141,6 +144,7 @@ class PopulationConfig:
     r4_rounds: int = 3
     prior_draws: int = 4000
     coverage_sims: int = 1000
+    predictive_maps: int = 500
     grid_n_step: int = 5
     grid_sigma: int = 41
     grid_h: int = 39
@@ -156,6 +160,8 @@ class PopulationConfig:
                      "coverage_sims", "threads", "r3_rounds"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ProbcatValueError(f"{name} must be >= 1")
+        if self.predictive_maps < 0:
+            raise ProbcatValueError("predictive_maps must be >= 0 (0: no predictive check)")
         if self.round_head_maps < 0:
             raise ProbcatValueError("round_head_maps must be >= 0 (0: no round heads)")
         for name in ("r1", "r2", "r3", "r4", "head", "round_head"):
@@ -738,7 +744,7 @@ def run_chain(
 ) -> dict:
     """Run the chain for a target (a simulated one from ``target_seed``, or ``target_map``)
     into ``out``; returns the summary (also written as ``summary.json``)."""
-    from probcat.population.figures import write_figures
+    from probcat.population.figures import predictive_plot, write_figures
     from probcat.provenance import provenance
 
     t0 = time.perf_counter()
@@ -818,6 +824,13 @@ def run_chain(
     samples = write_samples(out, post, rng, lambda t: chain.log_densities_on(x_o, t))
     det.write(out / "detections.fits")
     write_figures(out, chain, x_o, det, post, cov, truth)
+    if cfg.predictive_maps:
+        check, draws = posterior_predictive(
+            chain, x_o, det, samples["theta"], samples["w_combined"], rng, cfg.predictive_maps
+        )
+        # the target's summaries against maps simulated at the combined posterior
+        summary["posterior_predictive"] = check
+        predictive_plot(out / "predictive.png", check, draws)
     stage("samples_and_figures")
     summary["samples"] = "posterior_samples.parquet"
     # the effective number of independent draws each estimator's weights are worth, and
@@ -860,4 +873,23 @@ def write_samples(out: Path, post: dict, rng, log_density, n: int = 20000) -> di
         }
         for k in names
     }
-    return {"ess": {k: round(v, 1) for k, v in ess.items()}, "intervals": intervals}
+    return {
+        "ess": {k: round(v, 1) for k, v in ess.items()},
+        "intervals": intervals,
+        "theta": theta,
+        "w_combined": weights["combined"],
+    }
+
+
+def posterior_predictive(chain, x_o, det, theta, weights, rng, n: int, chunk: int = 64):
+    """Posterior predictive check (:mod:`probcat.population.predictive`): ``n`` populations
+    drawn from weighted samples ``theta`` ``(m, 3)`` (weights summing to 1; the combined
+    posterior's), a full-model map simulated at each and run through the chain's detector,
+    and the target's summaries ``x_o``, ``det`` compared with theirs. Returns the check (per
+    summary: observed value, predictive ranges, p-value) and the predictive draws."""
+    pick = theta[rng.choice(len(theta), size=n, p=weights)]
+    pick[:, 0] = np.round(pick[:, 0])  # whole numbers of sources
+    _, maps, _ = simulate(rng, n, pick)
+    n_det = [len(d) for i in range(0, n, chunk) for d in chain.detect(maps[i : i + chunk])]
+    draws = map_statistics(maps, n_det)
+    return predictive_pvalues(map_statistics(x_o[None], [len(det)]), draws), draws

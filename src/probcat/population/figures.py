@@ -159,3 +159,24 @@ def coverage_plot(path: Path, cov: dict) -> str:
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path.name
+
+
+def predictive_plot(path: Path, check: dict, draws: dict) -> str:
+    """The posterior predictive check: per summary, the histogram of its values on maps
+    simulated at the combined posterior, the target's value and its p-value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, len(check), figsize=(3 * len(check), 2.8))
+    for a, (name, c) in enumerate(check.items()):
+        ax[a].hist(draws[name], bins=30, color=COLOURS["combined"], alpha=0.6)
+        ax[a].axvline(c["observed"], color="k", lw=1.5)
+        ax[a].set_title(f"{name}: p = {c['p_value']:.2f}", fontsize=9)
+        ax[a].set_yticks([])
+    ax[0].set_ylabel("maps at the combined posterior")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path.name

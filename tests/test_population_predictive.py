@@ -1,0 +1,58 @@
+"""The posterior predictive check's summaries and p-values against hand computations."""
+
+import numpy as np
+import pytest
+
+from probcat.population.predictive import STATISTICS, map_statistics, predictive_pvalues
+from probcat.population.simulator import pix_to_deg, simulate
+
+
+def test_map_statistics_equal_their_definitions_on_a_hand_built_map():
+    m = np.zeros((2, 128, 128))
+    m[0, 10, 100] = 3.0  # row 10 (latitude), column 100 (longitude)
+    m[0, 70, 64] = 1.0
+    s = map_statistics(m, [2, 0])
+    l, b = pix_to_deg(np.array([100, 64]), np.array([10, 70]))
+    w = np.arcsinh(np.array([3.0, 1.0]) * 100 / 3)  # the compressed counts weigh them
+    assert s["total_flux"].tolist() == [4.0, 0.0]
+    assert s["n_detected"].tolist() == [2.0, 0.0]
+    assert s["l_rms"][0] == pytest.approx(np.sqrt((w * l**2).sum() / w.sum()))
+    assert s["b_rms"][0] == pytest.approx(np.sqrt((w * b**2).sum() / w.sum()))
+    assert s["pixel_999"][0] == pytest.approx(np.quantile(m[0], 0.999))
+    assert s["l_rms"][1] == 0.0 and s["b_rms"][1] == 0.0  # an empty map: no NaN
+    assert set(s) == set(STATISTICS)
+
+
+def test_map_statistics_read_latitude_along_rows():
+    """A thin disc (h = 3 degrees) of a simulated map: its light's latitude spread is
+    small, its longitude spread near the model's 20 degrees (cut by the map's edges)."""
+    _, maps, _ = simulate(np.random.default_rng(0), 1, np.array([[400.0, 1.0, 3.0]]))
+    s = map_statistics(maps, [0])
+    assert s["b_rms"][0] < 5.0 and 14.0 < s["l_rms"][0] < 21.0
+
+
+def test_predictive_pvalues_count_ties_half_and_are_two_sided():
+    draws = {"t": np.arange(100.0)}
+    mid = predictive_pvalues({"t": 49.5}, draws)["t"]
+    assert mid["p_value"] == 1.0 and mid["predictive_median"] == pytest.approx(49.5)
+    assert predictive_pvalues({"t": 200.0}, draws)["t"]["p_value"] == 0.0
+    assert predictive_pvalues({"t": -1.0}, draws)["t"]["p_value"] == 0.0
+    # 89 draws above 10, one equal: P(T > t) = 0.895, so p = 2 x 0.105
+    tie = predictive_pvalues({"t": 10.0}, draws)["t"]
+    assert tie["p_value"] == pytest.approx(0.21)
+    lo, hi = tie["predictive_95"]
+    assert lo == pytest.approx(np.quantile(draws["t"], 0.025)) and hi > lo
+
+
+def test_predictive_pvalues_are_uniform_when_the_target_comes_from_the_same_model():
+    """Target and 199 predictive draws exchangeable: the target's rank is uniform over 200
+    places, so p < 0.05 exactly 10 of them (5 at each end) and p < 0.5 exactly 100."""
+    rng = np.random.default_rng(1)
+    p = np.array(
+        [
+            predictive_pvalues({"t": rng.normal()}, {"t": rng.normal(size=199)})["t"]["p_value"]
+            for _ in range(2000)
+        ]
+    )
+    assert np.mean(p < 0.05) == pytest.approx(0.05, abs=0.015)  # 3 binomial errors
+    assert np.mean(p < 0.5) == pytest.approx(0.5, abs=0.034)
