@@ -515,6 +515,47 @@ TABLES = {
             ("training time (s)", "probcat.training_s", "sbi_nre_a.training_s", ".0f", ""),
         ],
     ),
+    "population_predictive": (
+        "posterior predictive check on the target and on maps the model cannot make",
+        [
+            (
+                "target (made by the model): smallest p-value of the five summaries",
+                "cases.target.min_p_value",
+                None,
+                ".3f",
+                "not near 0",
+            ),
+            (
+                "longitudes spread 10° (the model: 20°): p-value of l_rms",
+                "cases.narrow_longitude.posterior_predictive.l_rms.p_value",
+                None,
+                ".3f",
+                "near 0",
+            ),
+            (
+                "longitudes spread 10°: l_rms (degrees)",
+                "cases.narrow_longitude.posterior_predictive.l_rms.observed",
+                "cases.narrow_longitude.posterior_predictive.l_rms.predictive_median",
+                ".2f",
+                "",
+            ),
+            (
+                "diffuse background of 0.03 a pixel (the model: none): smallest p-value",
+                "cases.background.min_p_value",
+                None,
+                ".3f",
+                "near 0",
+            ),
+            (
+                "diffuse background: p-value of l_rms",
+                "cases.background.posterior_predictive.l_rms.p_value",
+                "cases.background.posterior_predictive.b_rms.p_value",
+                ".3f",
+                "near 0",
+                "b_rms",
+            ),
+        ],
+    ),
     "scale": (
         "survey scale: large images, many images on Dask, kill tests, sky left in, fuzzing",
         [
@@ -1082,6 +1123,7 @@ TABLES = {
     ),
 }
 BASELINES = {
+    "population_predictive": "maps at the posterior (median)",
     "detection": "SEP",
     "platform": "SEP",
     "population": "plain NRE",
