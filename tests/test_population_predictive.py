@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from probcat.population.predictive import STATISTICS, map_statistics, predictive_pvalues
+from probcat.population.predictive import (
+    STATISTICS,
+    map_statistics,
+    predictive_pvalues,
+    predictive_warning,
+)
 from probcat.population.simulator import pix_to_deg, simulate
 
 
@@ -56,3 +61,11 @@ def test_predictive_pvalues_are_uniform_when_the_target_comes_from_the_same_mode
     )
     assert np.mean(p < 0.05) == pytest.approx(0.05, abs=0.015)  # 3 binomial errors
     assert np.mean(p < 0.5) == pytest.approx(0.5, abs=0.034)
+
+
+def test_predictive_warning_names_only_the_failed_summaries():
+    draws = {"l_rms": np.linspace(15, 20, 200), "b_rms": np.linspace(14, 19, 200)}
+    check = predictive_pvalues({"l_rms": 12.0, "b_rms": 16.5}, draws)
+    msg = predictive_warning(check)
+    assert "l_rms (p = 0.000)" in msg and "b_rms" not in msg
+    assert predictive_warning(predictive_pvalues({"l_rms": 17.5, "b_rms": 16.5}, draws)) is None

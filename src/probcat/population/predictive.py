@@ -25,7 +25,7 @@ import numpy as np
 
 from probcat.population.simulator import COUNTS, EXTENT_DEG, MAP_SIZE, PIXEL_DEG
 
-__all__ = ["map_statistics", "predictive_pvalues", "STATISTICS"]
+__all__ = ["map_statistics", "predictive_pvalues", "predictive_warning", "STATISTICS"]
 
 STATISTICS = ("total_flux", "n_detected", "l_rms", "b_rms", "pixel_999")
 
@@ -67,3 +67,16 @@ def predictive_pvalues(observed: dict, predicted: dict) -> dict:
             "p_value": float(min(1.0, 2 * min(upper, 1 - upper))),
         }
     return out
+
+
+def predictive_warning(check: dict, alpha: float = 0.01) -> str | None:
+    """A one-line warning naming the summaries of a check (:func:`predictive_pvalues`)
+    whose p-value is below ``alpha``; ``None`` when there are none."""
+    bad = [f"{k} (p = {c['p_value']:.3f})" for k, c in check.items() if c["p_value"] < alpha]
+    if not bad:
+        return None
+    return (
+        "the model at its posterior does not make maps like this one in "
+        + ", ".join(bad)
+        + ": treat the posterior with care (predictive.png)"
+    )
