@@ -560,19 +560,8 @@ class Chain:
         return {k: box_edge_mass(post[k], self.truncated.bounds) for k in ("r3", "combined")}
 
     def log_densities_at(self, x_o: np.ndarray, theta) -> dict:
-        """Each estimator's own log density (the grid's units) of the target at the point
-        ``theta`` (3 parameters), after :meth:`posteriors` (``-inf`` for r3 and combined
-        where ``N`` is below the number of detections or ``theta`` outside r3's box)."""
-        t = np.asarray(theta, float)[None]
-        feasible = float(self.truncated.log_prior(t)[0])
-        log_r3 = self.log_r_map_at(self.r3, x_o[None], t)[0] + feasible
-        log_e_r4 = self.log_e_r4_at(self.target_lists, t)[0]
-        return {
-            "r3": log_r3,
-            "r4": log_e_r4,
-            "combined": log_r3 + log_e_r4,
-            "plain_nre": self.log_r_map_at(self.plain, x_o[None], t)[0],
-        }
+        """:meth:`log_densities_on` at one point ``theta`` (3 parameters), as floats."""
+        return {k: float(v[0]) for k, v in self.log_densities_on(x_o, theta).items()}
 
     def log_densities_on(self, x_o: np.ndarray, theta: np.ndarray) -> dict:
         """Each estimator's log density of the target (the grid's units: what

@@ -22,8 +22,10 @@ Summaries (each a number per map, independent of where single sources fall):
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from probcat.population.simulator import COUNTS, EXTENT_DEG, MAP_SIZE, PIXEL_DEG
+from probcat.population.networks import map_input
+from probcat.population.simulator import MAP_SIZE, pix_to_deg
 
 __all__ = ["map_statistics", "predictive_pvalues", "predictive_warning", "STATISTICS"]
 
@@ -35,8 +37,8 @@ def map_statistics(maps: np.ndarray, n_detected) -> dict:
     latitude ``b``, columns along the longitude ``l``) with their numbers of detections
     ``(B,)``; each an array ``(B,)``."""
     maps = np.asarray(maps, float)
-    centres = (np.arange(MAP_SIZE) + 0.5) * PIXEL_DEG - EXTENT_DEG
-    weights = np.arcsinh(maps * (COUNTS / 3.0))  # compressed counts (map_input's)
+    centres = pix_to_deg(np.arange(MAP_SIZE), 0)[0]  # pixel centres (degrees), either axis
+    weights = map_input(torch.from_numpy(maps)).numpy()  # the counts as the networks see them
     total_w = weights.sum((1, 2))
     safe = np.where(total_w != 0, total_w, 1.0)
     rows, cols = weights.sum(2), weights.sum(1)  # per latitude row, per longitude column
