@@ -101,6 +101,11 @@ def main(argv=None) -> None:
             "combined": s["posterior"]["combined"],
             "posterior_predictive": s["posterior_predictive"],
             "min_p_value": min(c["p_value"] for c in s["posterior_predictive"].values()),
+            # the same summaries (n_detected aside) against prior maps, before the training
+            "prior_check": s["prior_check"],
+            "prior_check_min_p_value": min(
+                c["p_value"] for c in s["prior_check"]["statistics"].values()
+            ),
             "wall_s": round(time.perf_counter() - t, 1),
         }
         print(json.dumps({case: result["cases"][case]["posterior_predictive"]}), flush=True)
@@ -114,6 +119,10 @@ def write(out: Path, result: dict, t0: float, command: str) -> None:
         "value, the median and central 68% / 95% ranges over maps simulated at the "
         "combined posterior (predictive_maps of the config), and the two-sided predictive "
         "p-value",
+        "prior_check": "probcat.population.predictive.prior_check, run before the training: "
+        "the case's summaries (n_detected aside) against prior_check_maps maps drawn from the "
+        "prior (p-values and the prior maps' range), and its pixel values' fractions off the "
+        "lattice of counts over 100 and of whole numbers",
         "sources_drawn_with": "the population parameters the case's sources were drawn from "
         "(the benchmark target's); for the misspecified cases they are not the truth of "
         "any model the chain knows",

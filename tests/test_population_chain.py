@@ -29,6 +29,7 @@ r4_draws: 2
 prior_draws: 50
 coverage_sims: 6
 predictive_maps: 20
+prior_check_maps: 50
 grid_n_step: 50
 grid_sigma: 5
 grid_h: 5
@@ -43,7 +44,8 @@ def test_chain_writes_every_output_and_resumes(tmp_path, monkeypatch):
         r2=NetConfig(5, 32, 2e-3), r3=NetConfig(5, 4, 1e-3), r4=NetConfig(5, 8, 1e-3),
         head=NetConfig(5, 8, 1e-3), head_maps=16, round_head=NetConfig(50, 8, 1e-2),
         round_head_maps=16, r3_bound_eps=0.5,  # a box narrower than the prior, even here
-        r4_draws=2, prior_draws=50, coverage_sims=6, predictive_maps=20, grid_n_step=50,
+        r4_draws=2, prior_draws=50, coverage_sims=6, predictive_maps=20, prior_check_maps=50,
+        grid_n_step=50,
         grid_sigma=5, grid_h=5, threads=1,
     )  # fmt: skip
     out = tmp_path / "population_run"  # the folder docs/population.md reads
@@ -57,6 +59,9 @@ def test_chain_writes_every_output_and_resumes(tmp_path, monkeypatch):
     assert set(ppc) == {"total_flux", "n_detected", "l_rms", "b_rms", "pixel_999"}
     assert all(0.0 <= c["p_value"] <= 1.0 for c in ppc.values())
     assert ppc["total_flux"]["observed"] == pytest.approx(float(simulated_target(3)[0].sum()))
+    prior = s["prior_check"]  # the target against prior maps, before the training
+    assert prior["n_maps"] == 50 and prior["off_lattice_fraction"] == 0.0
+    assert prior["statistics"]["total_flux"]["observed"] == ppc["total_flux"]["observed"]
     for est in s["posterior"].values():
         for p in ("N", "sigma", "h"):
             lo, hi = est[p]["interval_95"]
@@ -234,9 +239,22 @@ def test_population_cli_reads_a_fits_map(tmp_path, capsys):
     cfg.write_text(TINY_YAML)
     args = ["population", "--image", str(tmp_path / "map.fits"), "-c", str(cfg), "-q"]
     rc = main([*args, "-o", str(tmp_path / "o")])
-    assert rc == 0, capsys.readouterr().err
+    assert rc == 0 and "model's prior" not in capsys.readouterr().err  # a map it made
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["truth"] is None and "combined" in summary["posterior"]
+    # negative pixels: the model never makes them
+    fits.PrimaryHDU(maps[0] - 0.5).writeto(tmp_path / "neg.fits")
+    rc = main(["population", "--image", str(tmp_path / "neg.fits"), "-o", str(tmp_path / "n")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "neg.fits: the map has" in err and "negative pixel(s)" in err
+    assert not (tmp_path / "n").exists()
+    # the map in counts instead of counts over 100: said before the training starts
+    fits.PrimaryHDU(maps[0] * 100).writeto(tmp_path / "counts.fits")
+    args = ["population", "--image", str(tmp_path / "counts.fits"), "-c", str(cfg), "-q"]
+    assert main([*args, "-o", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 100% of its non-zero pixels are whole numbers" in err
+    assert "check the map's units" in err
 
 
 @pytest.mark.slow

@@ -3,11 +3,16 @@
 import numpy as np
 import pytest
 
+from probcat.population.chain import simulated_target
 from probcat.population.predictive import (
     STATISTICS,
     map_statistics,
+    off_lattice_fraction,
     predictive_pvalues,
     predictive_warning,
+    prior_check,
+    prior_warning,
+    whole_number_fraction,
 )
 from probcat.population.simulator import pix_to_deg, simulate
 
@@ -69,3 +74,37 @@ def test_predictive_warning_names_only_the_failed_summaries():
     msg = predictive_warning(check)
     assert "l_rms (p = 0.000)" in msg and "b_rms" not in msg
     assert predictive_warning(predictive_pvalues({"l_rms": 17.5, "b_rms": 16.5}, draws)) is None
+
+
+def test_prior_check_passes_a_model_map_and_flags_other_units():
+    """A map the model made lies inside the prior maps' ranges, on whole counts over 100,
+    few of its pixels whole numbers; the same map in counts (x 100) is all whole numbers,
+    in other units off the counts' lattice, and an empty map is beyond every prior map."""
+    x, _ = simulated_target(3)
+    ok = prior_check(x, np.random.default_rng(0), 200)
+    assert set(ok["statistics"]) == set(STATISTICS) - {"n_detected"}
+    assert ok["off_lattice_fraction"] == 0.0 and ok["whole_number_fraction"] < 0.02
+    assert prior_warning(ok) is None
+    for c in ok["statistics"].values():
+        lo, hi = c["prior_range"]
+        assert lo <= c["observed"] <= hi and lo <= c["predictive_median"] <= hi
+    counts = prior_check(x * 100, np.random.default_rng(0), 200)
+    assert counts["off_lattice_fraction"] == 0.0 and counts["whole_number_fraction"] == 1.0
+    assert "100% of its non-zero pixels are whole numbers" in prior_warning(counts)
+    shifted = x * 1.2345  # other units: most lit pixels are no longer whole counts
+    frac = off_lattice_fraction(shifted)
+    lit = x > 0
+    assert 0.5 * lit.mean() < frac <= lit.mean()
+    assert "not whole counts" in prior_warning(prior_check(shifted, np.random.default_rng(0), 200))
+    empty = prior_check(np.zeros((128, 128)), np.random.default_rng(0), 200)
+    assert empty["whole_number_fraction"] == 0.0
+    assert "beyond all 200 maps drawn from the model's prior in" in prior_warning(empty)
+    assert "l_rms 0 (prior maps:" in prior_warning(empty)
+
+
+def test_pixel_value_fractions_allow_float32_rounding():
+    counts = np.array([0, 1, 7, 123456, 9_999_999]) / 100  # float32 at 1e5: spacing 0.008
+    assert off_lattice_fraction(counts.astype(np.float32)) == 0.0
+    assert off_lattice_fraction(np.array([0.005, 0.015, 0.02, 0.03])) == 0.5
+    assert whole_number_fraction(np.float32([0, 0.5, 3, 123456, 0.25])) == 0.5
+    assert whole_number_fraction(np.zeros(4)) == 0.0

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -41,7 +42,12 @@ from probcat.population.inference import (
     weighted_interval,
     weighted_samples,
 )
-from probcat.population.predictive import map_statistics, predictive_pvalues
+from probcat.population.predictive import (
+    map_statistics,
+    predictive_pvalues,
+    prior_check,
+    prior_warning,
+)
 from probcat.population.simulator import (
     EXTENT_DEG,
     MAP_SIZE,
@@ -121,7 +127,8 @@ class PopulationConfig:
     maps) for 1.7-2.5% more width (``benchmarks/population_heads.py``). ``coverage_sims`` maps per
     estimator check the coverage (binomial standard error 0.015 at 68.3% for 1,000).
     ``predictive_maps`` maps simulated at the combined posterior make the posterior
-    predictive check of the target (:mod:`probcat.population.predictive`; 0: none).
+    predictive check of the target (:mod:`probcat.population.predictive`; 0: none), and
+    ``prior_check_maps`` maps from the prior its check before training (0: none).
     """
 
     seed: int = 0
@@ -145,6 +152,7 @@ class PopulationConfig:
     prior_draws: int = 4000
     coverage_sims: int = 1000
     predictive_maps: int = 500
+    prior_check_maps: int = 1000
     grid_n_step: int = 5
     grid_sigma: int = 41
     grid_h: int = 39
@@ -162,6 +170,8 @@ class PopulationConfig:
                 raise ProbcatValueError(f"{name} must be >= 1")
         if self.predictive_maps < 0:
             raise ProbcatValueError("predictive_maps must be >= 0 (0: no predictive check)")
+        if self.prior_check_maps < 0:
+            raise ProbcatValueError("prior_check_maps must be >= 0 (0: no prior check)")
         if self.round_head_maps < 0:
             raise ProbcatValueError("round_head_maps must be >= 0 (0: no round heads)")
         for name in ("r1", "r2", "r3", "r4", "head", "round_head"):
@@ -711,14 +721,19 @@ def coverage(chain: Chain, det: Detections, log_e_r4: np.ndarray, grid: Grid, rn
 
 
 def check_target_map(target_map) -> np.ndarray:
-    """A target map as float32 ``(128, 128)``; a clear error for another shape or for
-    non-finite pixels."""
+    """A target map as float32 ``(128, 128)``; a clear error for another shape, for
+    non-finite pixels and for negative ones."""
     x_o = np.asarray(target_map, np.float32)
     if x_o.shape != (MAP_SIZE, MAP_SIZE):
         shape = "x".join(map(str, x_o.shape)) or "a scalar"
         raise ProbcatValueError(f"the map must be {MAP_SIZE}x{MAP_SIZE} pixels, not {shape}")
     if not np.isfinite(x_o).all():
         raise ProbcatValueError("the map has NaN or infinite pixels")
+    if (x_o < 0).any():
+        raise ProbcatValueError(
+            f"the map has {int((x_o < 0).sum())} negative pixel(s) (lowest {x_o.min():.4g}): "
+            "the model's maps are Poisson counts over 100, never negative"
+        )
     return x_o
 
 
@@ -746,6 +761,12 @@ def run_chain(
         x_o = check_target_map(target_map)
     out = check_writable_dir(out)  # a clear error for a file there or no permission
     torch.set_num_threads(cfg.threads)
+    prior = None
+    if cfg.prior_check_maps:  # seconds, before the training: can the model make this map?
+        prior = prior_check(x_o, np.random.default_rng([cfg.seed, 7]), cfg.prior_check_maps)
+        warning = prior_warning(prior)
+        if warning:
+            warnings.warn(warning, stacklevel=2)
     marks = [("start", time.perf_counter())]  # (stage, when it ended)
 
     def stage(name: str) -> None:
@@ -809,6 +830,8 @@ def run_chain(
         "widths_68_target_like_maps": same_maps,
         "n_coverage_sims": cfg.coverage_sims,
         "config": to_dict(cfg),
+        # the target's map summaries against maps of the prior, before any training
+        "prior_check": prior,
     }
     samples = write_samples(out, post, rng, lambda t: chain.log_densities_on(x_o, t))
     det.write(out / "detections.fits")

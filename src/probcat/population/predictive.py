@@ -17,6 +17,15 @@ Summaries (each a number per map, independent of where single sources fall):
   sources do not decide it (degrees; the model fixes the longitude spread at 20 degrees
   and sets the latitude spread by ``h``);
 - ``pixel_999``: the 99.9th percentile of the pixel values (the brightest sources).
+
+**Before any training** (:func:`prior_check`), the same summaries but ``n_detected`` (r1 is
+not trained yet) are compared with those of maps drawn from the prior, in seconds. A
+summary beyond every one of 1,000 prior maps (for a map the model made, a chance of 2 in
+1,001 per summary) says the model hardly makes such a map at any of its parameters (an
+empty map, or another kind of sky), an hour before the posterior check would say so. The
+model's maps are Poisson counts over 100, so pixel values that are not whole counts over
+100 (:func:`off_lattice_fraction`), or that are mostly whole numbers as counts would be
+(:func:`whole_number_fraction`), are reported too: a map in other units.
 """
 
 from __future__ import annotations
@@ -25,9 +34,18 @@ import numpy as np
 import torch
 
 from probcat.population.networks import map_input
-from probcat.population.simulator import MAP_SIZE, pix_to_deg
+from probcat.population.simulator import COUNTS, MAP_SIZE, pix_to_deg, simulate
 
-__all__ = ["map_statistics", "predictive_pvalues", "predictive_warning", "STATISTICS"]
+__all__ = [
+    "map_statistics",
+    "predictive_pvalues",
+    "predictive_warning",
+    "prior_check",
+    "prior_warning",
+    "off_lattice_fraction",
+    "whole_number_fraction",
+    "STATISTICS",
+]
 
 STATISTICS = ("total_flux", "n_detected", "l_rms", "b_rms", "pixel_999")
 
@@ -69,6 +87,81 @@ def predictive_pvalues(observed: dict, predicted: dict) -> dict:
             "p_value": float(min(1.0, 2 * min(upper, 1 - upper))),
         }
     return out
+
+
+def prior_check(x_o: np.ndarray, rng: np.random.Generator, n: int) -> dict:
+    """The map ``x_o`` ``(128, 128)`` against ``n`` maps drawn from the prior: per summary
+    of :data:`STATISTICS` but ``n_detected``, :func:`predictive_pvalues`' entries and the
+    range ``prior_range`` (smallest and largest) of the prior maps' values; and the map's
+    :func:`off_lattice_fraction` and :func:`whole_number_fraction`."""
+    _, maps, _ = simulate(rng, n)
+    draws = map_statistics(maps, np.zeros(n))
+    observed = map_statistics(np.asarray(x_o)[None], [0])
+    out = {}
+    for name in STATISTICS:
+        if name == "n_detected":
+            continue
+        entry = predictive_pvalues({name: observed[name]}, {name: draws[name]})[name]
+        entry["prior_range"] = [float(draws[name].min()), float(draws[name].max())]
+        out[name] = entry
+    return {
+        "statistics": out,
+        "n_maps": n,
+        "off_lattice_fraction": off_lattice_fraction(x_o),
+        "whole_number_fraction": whole_number_fraction(x_o),
+    }
+
+
+def off_lattice_fraction(x: np.ndarray, tol: float = 0.01) -> float:
+    """The fraction of pixels of ``x`` that are not whole counts over ``COUNTS`` (the
+    model's maps are ``poisson(mean * 100) / 100``), within ``tol`` of a count and float32's
+    rounding."""
+    c = np.asarray(x, np.float64) * COUNTS
+    slack = tol + 4 * np.finfo(np.float32).eps * np.abs(c)
+    return float(np.mean(np.abs(c - np.round(c)) > slack))
+
+
+def whole_number_fraction(x: np.ndarray) -> float:
+    """The fraction of the non-zero pixels of ``x`` that are whole numbers (0 for an empty
+    map). The model's maps are counts over 100, and on its prior maps at most about 1% of
+    the lit pixels are whole numbers; a map in counts has all of them."""
+    c = np.asarray(x, np.float64)
+    lit = c != 0
+    if not lit.any():
+        return 0.0
+    v = c[lit]
+    return float(np.mean(np.abs(v - np.round(v)) <= 4 * np.finfo(np.float32).eps * np.abs(v)))
+
+
+def prior_warning(check: dict) -> str | None:
+    """A one-line warning for a :func:`prior_check`: the summaries beyond every prior map,
+    and pixel values unlike the model's (not whole counts over 100, or mostly whole
+    numbers, as counts would be); ``None`` when there is nothing to say."""
+    out = [
+        f"{k} {c['observed']:.4g} (prior maps: {c['prior_range'][0]:.4g} to "
+        f"{c['prior_range'][1]:.4g})"
+        for k, c in check["statistics"].items()
+        if not c["prior_range"][0] <= c["observed"] <= c["prior_range"][1]
+    ]
+    parts = []
+    if out:
+        parts.append(
+            f"the map lies beyond all {check['n_maps']} maps drawn from the model's prior in "
+            + ", ".join(out)
+        )
+    off, whole = check["off_lattice_fraction"], check["whole_number_fraction"]
+    if off > 0.01:
+        parts.append(
+            f"{off:.0%} of its pixels are not whole counts over {COUNTS:g} as the model's maps are"
+        )
+    if whole > 0.5:
+        parts.append(
+            f"{whole:.0%} of its non-zero pixels are whole numbers, as counts would be (the "
+            f"model's maps are counts over {COUNTS:g})"
+        )
+    if not parts:
+        return None
+    return "; ".join(parts) + ": check the map's units before trusting the posterior"
 
 
 def predictive_warning(check: dict, alpha: float = 0.01) -> str | None:
