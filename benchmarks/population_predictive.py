@@ -14,6 +14,9 @@ case here; the benchmark's target reuses r3 as well). The cases:
   longitudes spread by 10 degrees instead of the model's 20;
 - ``background``: the target's sources on a uniform diffuse background of 0.03 a pixel
   (the model has none), with its Poisson noise.
+- ``power_law_flux``: the target's sources (its N, positions drawn with its h) with fluxes
+  from a power law ``dN/dF ~ F^-2`` above 2.6 (about as many above the detection
+  threshold as the target's log-normal gives) instead of the model's log-normal.
 
 A ratio estimator returns a posterior for any map; the check is what says whether the
 model at that posterior makes maps like it (``probcat.population.predictive``).
@@ -44,8 +47,9 @@ from probcat.population.simulator import (
 from probcat.provenance import provenance
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CASES = ("target", "narrow_longitude", "background")
+CASES = ("target", "narrow_longitude", "background", "power_law_flux")
 BACKGROUND = 0.03
+POWER_LAW_MIN = 2.6  # dN/dF ~ F^-2 above it: P(flux > F) = 2.6 / F
 
 
 def case_map(case: str, seed: int = 1) -> tuple[np.ndarray | None, dict]:
@@ -60,6 +64,9 @@ def case_map(case: str, seed: int = 1) -> tuple[np.ndarray | None, dict]:
     if case == "narrow_longitude":
         src = Sources(src.map, src.flux, src.l * 0.5, src.b)
         return render(rng, src, 1)[0], truth
+    if case == "power_law_flux":
+        flux = POWER_LAW_MIN / (1.0 - rng.random(len(src)))  # inverse CDF of the power law
+        return render(rng, Sources(src.map, flux, src.l, src.b), 1)[0], truth
     if case == "background":
         mean = render(rng, src, 1, noise=False)[0].astype(np.float64) + BACKGROUND
         return (rng.poisson(mean * COUNTS) / COUNTS).astype(np.float32), truth
