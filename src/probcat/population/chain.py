@@ -123,8 +123,8 @@ class PopulationConfig:
 
     The head stages train as balanced NRE (``head.balance`` = 100, the weight of Delaunoy
     et al. 2022): with plain NRE the heads covered a little under nominal, and the balance
-    term moves them up towards it (joint coverage at 68.3% 0.655 -> 0.669 on validation
-    maps) for 1.7-2.5% more width (``benchmarks/population_heads.py``). ``coverage_sims`` maps per
+    term moves them up towards it (joint coverage at 68.3% 0.666 -> 0.677 on validation
+    maps) for 0.7-2.6% more width (``benchmarks/population_heads.py``). ``coverage_sims`` maps per
     estimator check the coverage (binomial standard error 0.015 at 68.3% for 1,000).
     ``predictive_maps`` maps simulated at the combined posterior make the posterior
     predictive check of the target (:mod:`probcat.population.predictive`; 0: none), and
