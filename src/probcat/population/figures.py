@@ -163,7 +163,9 @@ def coverage_plot(path: Path, cov: dict) -> str:
 
 def predictive_plot(path: Path, check: dict, draws: dict) -> str:
     """The posterior predictive check: per summary, the histogram of its values on maps
-    simulated at the combined posterior, the target's value and its p-value."""
+    simulated at the combined posterior, the target's value and its p-value. The light
+    (``total_flux``, ``pixel_999``) is heavy-tailed: its axis is logarithmic when every
+    value is positive."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,7 +173,13 @@ def predictive_plot(path: Path, check: dict, draws: dict) -> str:
 
     fig, ax = plt.subplots(1, len(check), figsize=(3 * len(check), 2.8))
     for a, (name, c) in enumerate(check.items()):
-        ax[a].hist(draws[name], bins=30, color=COLOURS["combined"], alpha=0.6)
+        v = np.asarray(draws[name], float)
+        bins = 30
+        if name in ("total_flux", "pixel_999") and v.min() > 0 and c["observed"] > 0:
+            lo, hi = min(v.min(), c["observed"]), max(v.max(), c["observed"])
+            bins = np.geomspace(lo, hi * 1.0001, 31)
+            ax[a].set_xscale("log")
+        ax[a].hist(v, bins=bins, color=COLOURS["combined"], alpha=0.6)
         ax[a].axvline(c["observed"], color="k", lw=1.5)
         ax[a].set_title(f"{name}: p = {c['p_value']:.2f}", fontsize=9)
         ax[a].set_yticks([])
