@@ -128,7 +128,8 @@ class PopulationConfig:
     estimator check the coverage (binomial standard error 0.015 at 68.3% for 1,000).
     ``predictive_maps`` maps simulated at the combined posterior make the posterior
     predictive check of the target (:mod:`probcat.population.predictive`; 0: none), and
-    ``prior_check_maps`` maps from the prior its check before training (0: none).
+    ``prior_check_maps`` maps drawn from the prior the check of the map before any training
+    (:func:`~probcat.population.predictive.prior_check`; 0: none).
     """
 
     seed: int = 0
