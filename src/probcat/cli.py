@@ -533,12 +533,6 @@ def population_cmd(
         for k, v in c.items()
     ]
     typer.echo(f"{s['n_detected']} detected; combined posterior (68%): " + ", ".join(parts))
-    if "posterior_predictive" in s:
-        from probcat.population.predictive import predictive_warning
-
-        warning = predictive_warning(s["posterior_predictive"])
-        if warning:
-            typer.echo(f"probcat: warning: {warning}", err=True)
     typer.echo(
         f"wrote {out / 'summary.json'}, posterior_samples.parquet, detections.fits and figures"
     )

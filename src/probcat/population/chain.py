@@ -45,6 +45,7 @@ from probcat.population.inference import (
 from probcat.population.predictive import (
     map_statistics,
     predictive_pvalues,
+    predictive_warning,
     prior_check,
     prior_warning,
 )
@@ -844,6 +845,9 @@ def run_chain(
         # the target's summaries against maps simulated at the combined posterior
         summary["posterior_predictive"] = check
         predictive_plot(out / "predictive.png", check, draws)
+        warning = predictive_warning(check)
+        if warning:
+            warnings.warn(warning, stacklevel=2)
     stage("samples_and_figures")
     summary["samples"] = "posterior_samples.parquet"
     # the effective number of independent draws each estimator's weights are worth, and

@@ -97,13 +97,10 @@ def prior_check(x_o: np.ndarray, rng: np.random.Generator, n: int) -> dict:
     _, maps, _ = simulate(rng, n)
     draws = map_statistics(maps, np.zeros(n))
     observed = map_statistics(np.asarray(x_o)[None], [0])
-    out = {}
-    for name in STATISTICS:
-        if name == "n_detected":
-            continue
-        entry = predictive_pvalues({name: observed[name]}, {name: draws[name]})[name]
+    del draws["n_detected"], observed["n_detected"]  # no detector before the training
+    out = predictive_pvalues(observed, draws)
+    for name, entry in out.items():
         entry["prior_range"] = [float(draws[name].min()), float(draws[name].max())]
-        out[name] = entry
     return {
         "statistics": out,
         "n_maps": n,
@@ -112,13 +109,16 @@ def prior_check(x_o: np.ndarray, rng: np.random.Generator, n: int) -> dict:
     }
 
 
+def _whole(v: np.ndarray, tol: float = 0.0) -> np.ndarray:
+    """Which values of ``v`` are whole numbers, within ``tol`` and float32's rounding."""
+    return np.abs(v - np.round(v)) <= tol + 4 * np.finfo(np.float32).eps * np.abs(v)
+
+
 def off_lattice_fraction(x: np.ndarray, tol: float = 0.01) -> float:
     """The fraction of pixels of ``x`` that are not whole counts over ``COUNTS`` (the
     model's maps are ``poisson(mean * 100) / 100``), within ``tol`` of a count and float32's
     rounding."""
-    c = np.asarray(x, np.float64) * COUNTS
-    slack = tol + 4 * np.finfo(np.float32).eps * np.abs(c)
-    return float(np.mean(np.abs(c - np.round(c)) > slack))
+    return float(np.mean(~_whole(np.asarray(x, np.float64) * COUNTS, tol)))
 
 
 def whole_number_fraction(x: np.ndarray) -> float:
@@ -126,11 +126,8 @@ def whole_number_fraction(x: np.ndarray) -> float:
     map). The model's maps are counts over 100, and on its prior maps at most about 1% of
     the lit pixels are whole numbers; a map in counts has all of them."""
     c = np.asarray(x, np.float64)
-    lit = c != 0
-    if not lit.any():
-        return 0.0
-    v = c[lit]
-    return float(np.mean(np.abs(v - np.round(v)) <= 4 * np.finfo(np.float32).eps * np.abs(v)))
+    lit = c[c != 0]
+    return float(np.mean(_whole(lit))) if len(lit) else 0.0
 
 
 def prior_warning(check: dict) -> str | None:
