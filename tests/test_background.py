@@ -154,6 +154,58 @@ def test_without_noise_an_adu_image_warns():
         read_input(adu, survey)
 
 
+def test_an_adu_image_without_gain_warns_unless_its_units_do_not_matter(tmp_path):
+    """BUNIT = 'adu' and no GAIN: read as electrons against the survey's noise, with a
+    warning that names the band; none once a gain is given, the noise is measured, NOISE
+    is in the header, or BUNIT is electrons. Per band in a multi-extension file."""
+    import warnings
+
+    from astropy.io import fits
+
+    from probcat.api import read_input
+    from probcat.io import read_image, write_image
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="i")
+    sigma = float(survey.noise_sigma[0])
+    img = np.random.default_rng(5).standard_normal((64, 64)).astype(np.float32) * sigma
+    hdu = fits.PrimaryHDU(img)
+    hdu.header["BUNIT"] = "ADU"
+    hdu.writeto(tmp_path / "adu.fits")
+    assert read_image(tmp_path / "adu.fits").adu_without_gain == ("i",)
+    with pytest.warns(UserWarning, match=r"BUNIT is ADU but there is no GAIN \(band i\)"):
+        x = read_input(tmp_path / "adu.fits", survey)[0]
+    np.testing.assert_allclose(x[0], img / sigma, rtol=1e-5, atol=1e-5)  # read as electrons
+    quiet = [("adu.fits", {"gain": 1.0}), ("adu.fits", {"noise_sigma": "measured"})]
+    for key, value in (("NOISE", sigma), ("BUNIT", "electron"), ("GAIN", 1.0)):
+        hdu.header[key] = value
+        hdu.writeto(tmp_path / f"{key}.fits")
+        quiet.append((f"{key}.fits", {}))
+        del hdu.header[key]
+        hdu.header["BUNIT"] = "ADU"
+    assert read_image(tmp_path / "GAIN.fits").adu_without_gain == ()
+    for name, kw in quiet:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            read_input(tmp_path / name, survey, **kw)
+
+    six = Survey.lsst(bands="gr")
+    write_image(tmp_path / "gr.fits", np.stack([img, img]), six)
+    with fits.open(tmp_path / "gr.fits") as hdul:
+        hdul["G"].header["BUNIT"] = "counts"
+        hdul["R"].header["BUNIT"], hdul["R"].header["GAIN"] = "counts", 2.0
+        for h in hdul[1:]:
+            del h.header["NOISE"]
+        hdul.writeto(tmp_path / "gr_adu.fits")
+    data = read_image(tmp_path / "gr_adu.fits")
+    assert data.adu_without_gain == ("g",) and data.gain.tolist() == [1.0, 2.0]
+    with pytest.warns(UserWarning, match=r"no GAIN \(band g\)"):
+        read_input(data, six, background="none")
+    with warnings.catch_warnings():  # the r plane alone has its GAIN
+        warnings.simplefilter("error")
+        read_input(data, Survey.lsst(bands="r"), background="none")
+
+
 def test_a_pixel_scale_unlike_the_surveys_is_a_warning():
     from probcat.api import read_input
     from probcat.catalog import make_wcs

@@ -100,7 +100,7 @@ def read_input(
     measure = wants_measured_noise(noise_sigma)
     if measure:
         noise_sigma = None
-    wcs = None
+    wcs, no_gain, given_gain = None, (), gain is not None
     sigma, source = noise_sigma, "noise_sigma"
     names = tuple(survey.band_names)
     if isinstance(image, (str, Path)):
@@ -137,9 +137,17 @@ def read_input(
             sigma, source = sig, "NOISE"
         if gain is None and image.gain is not None:
             gain = image.gain if order is None else image.gain[order]
+        no_gain = [b for b in image.adu_without_gain if order is None or b in names]
         image = data
     if sigma is None:
         sigma, source = survey.noise_sigma, "the survey's default noise sigma"
+        if no_gain and not (given_gain or measure):
+            warnings.warn(
+                f"BUNIT is ADU but there is no GAIN (band {', '.join(no_gain)}): the pixels "
+                "are read as electrons against the survey's noise; give the gain (gain=, "
+                "--gain) or use the measured noise (noise_sigma='measured', --noise measured)",
+                stacklevel=3,
+            )
     _check_pixel_scale(wcs, survey)
     info = {}
     if gain is not None:
@@ -182,8 +190,6 @@ def _check_pixel_scale(wcs, survey, tolerance: float = 0.1) -> None:
     """Warn when a celestial WCS's pixel scale differs from the survey's the weights were
     trained for by more than ``tolerance`` (sources then look larger or smaller than any
     the networks have seen)."""
-    import warnings
-
     if wcs is None or not getattr(wcs, "has_celestial", False):
         return
     try:

@@ -38,6 +38,8 @@ class ImageData:
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     header: dict = field(default_factory=dict)
     gain: np.ndarray | None = None  # e-/ADU per band when the pixels are not in electrons
+    # bands whose BUNIT says ADU (counts, DN) and that have no GAIN: read as electrons
+    adu_without_gain: tuple[str, ...] = ()
 
 
 def write_image(
@@ -98,7 +100,7 @@ def read_image(path: str | Path) -> ImageData:
             primary = hdul[0].header
             if "NBANDS" in primary:
                 bands = tuple(primary["BANDS"])
-                noise, gains, wcs = [], [], None
+                noise, gains, in_adu, wcs = [], [], [], None
                 extras: dict[str, list] = {}
                 names = {b.upper(): b for b in bands}
                 found = []  # the bands in the order of their HDUs (which may differ from BANDS)
@@ -124,6 +126,7 @@ def read_image(path: str | Path) -> ImageData:
                         del hdu.data, plane
                         noise.append(hdu.header.get("NOISE", np.nan))
                         gains.append(_gain_keyword(path, hdu.header))
+                        in_adu.append(_in_adu(hdu.header))
                         if wcs is None and hdu.header.get("CTYPE1"):
                             wcs = _wcs(path, hdu.header)
                     elif "_" in name:
@@ -174,6 +177,7 @@ def read_image(path: str | Path) -> ImageData:
                 wcs = _wcs(path, hdr) if hdr.get("CTYPE1") else None
                 noise = [hdr.get("NOISE", np.nan)] * image.shape[0]
                 gains = [_gain_keyword(path, hdr)] * image.shape[0]
+                in_adu = [_in_adu(hdr)] * image.shape[0]
                 extra_arrays = {}
     except OSError as e:
         raise ProbcatIOError(f"{path}: not a readable FITS file ({e})") from e
@@ -190,7 +194,8 @@ def read_image(path: str | Path) -> ImageData:
     noise = np.array([_noise_keyword(path, v) for v in noise], dtype=float)
     g = np.array(gains, dtype=float)
     gain = np.where(np.isfinite(g), g, 1.0) if np.isfinite(g).any() else None
-    return ImageData(image, wcs, bands, noise, extra_arrays, dict(primary), gain)
+    no_gain = tuple(b for b, a, v in zip(bands, in_adu, g) if a and not np.isfinite(v))
+    return ImageData(image, wcs, bands, noise, extra_arrays, dict(primary), gain, no_gain)
 
 
 @contextlib.contextmanager
@@ -215,6 +220,13 @@ def _wcs(path: Path, header) -> WCS | None:
 
 
 _ELECTRONS = {"electron", "electrons", "e-", "e", "electron/s", "e-/s"}
+_ADU = {"adu", "adus", "count", "counts", "ct", "cts", "dn", "adu/s", "count/s", "counts/s",
+        "ct/s", "dn/s"}  # fmt: skip
+
+
+def _in_adu(header) -> bool:
+    """Whether ``BUNIT`` says the pixels are in ADU (counts, DN) rather than electrons."""
+    return str(header.get("BUNIT", "")).strip().lower() in _ADU
 
 
 def _gain_keyword(path: Path, header) -> float:
