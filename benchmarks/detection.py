@@ -51,7 +51,7 @@ from probcat.metrics import (
     precision_recall_f1,
     reliability,
 )
-from probcat.provenance import provenance
+from probcat.provenance import provenance, reference_speed_s
 from probcat.simulate.bank import BankConfig, SourceBank
 from probcat.simulate.datasets import Simulation, SimulationConfig
 from probcat.simulate.render import render_direct
@@ -482,6 +482,8 @@ def speed_test(net, survey, bank, args):
         return map_catalog(net, feats, (1000, 1000), image=pixels, sweeps=args.map_sweeps)
 
     out = {"pixels": 1000 * 1000, "n_sources_true": len(scene.catalog)}
+    # the machine's speed at the time (about 2.5 s on a normal day): a slow hour reads here
+    out["reference_speed_s"] = reference_speed_s()
     for threads in (1, 2):
         torch.set_num_threads(threads)
         run_probcat()

@@ -234,7 +234,7 @@ def figure(r: dict, path: Path) -> None:
 
 def main(argv=None) -> None:
     from probcat.catalog import atomic_write
-    from probcat.provenance import provenance
+    from probcat.provenance import provenance, reference_speed_s
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5, help="fresh processes per timing")
@@ -248,6 +248,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     r = {"command": command, "machine": "2-core CPU, no GPU", "runs": args.runs}
+    r["reference_speed_s"] = reference_speed_s()  # the machine's speed at the start
     print("start-up ...", flush=True)
     r["import_s"] = _median_wall([PY, "-c", "import probcat"], args.runs)
     r["help_s"] = _median_wall([PROBCAT, "--help"], args.runs)
@@ -302,6 +303,8 @@ def main(argv=None) -> None:
         "sep_1k_*": "sep.Background + sep_detect (paper 000 Table 2 settings) on the same scene",
         "busy": "one CPU-bound process of the benchmark spinning meanwhile",
         "import_s, help_s": "wall time of a fresh `python -c 'import probcat'` / `probcat --help`",
+        "reference_speed_s": "seconds of probcat.provenance.reference_speed_s at the start, "
+        "in this process: the machine's speed at the time (about 2.5 s on a normal day)",
     }
     r["wall_s"] = round(time.perf_counter() - t_start, 1)
     r.update({k: v for k, v in provenance(command).items() if k != "command"})

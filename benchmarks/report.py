@@ -178,6 +178,13 @@ TABLES = {
             ),
             ("speed ratio probcat / SEP", "speed.ratio", None, ".2f", "≤ 3"),
             (
+                "machine speed at the time: reference net (s; about 2.5 on a normal day)",
+                "speed.reference_speed_s",
+                None,
+                ".2f",
+                "",
+            ),
+            (
                 "peak RSS MB, `probcat detect` 4000×4000",
                 "detect_4k.peak_rss_mb",
                 None,
@@ -229,6 +236,13 @@ TABLES = {
             ),
             ("max abs probability difference", "same_catalog_max_abs_prob_diff", None, ".1e", ""),
             ("training resume exact", "resume_exact", None, "", "yes"),
+            (
+                "machine speed at the start: reference net (s; about 2.5 on a normal day)",
+                "reference_speed_s",
+                None,
+                ".2f",
+                "",
+            ),
         ],
     ),
     "population": (
