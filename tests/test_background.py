@@ -189,8 +189,8 @@ def test_an_adu_image_without_gain_warns_unless_its_units_do_not_matter(tmp_path
             warnings.simplefilter("error")
             read_input(tmp_path / name, survey, **kw)
 
-    six = Survey.lsst(bands="gr")
-    write_image(tmp_path / "gr.fits", np.stack([img, img]), six)
+    gr = Survey.lsst(bands="gr")
+    write_image(tmp_path / "gr.fits", np.stack([img, img]), gr)
     with fits.open(tmp_path / "gr.fits") as hdul:
         hdul["G"].header["BUNIT"] = "counts"
         hdul["R"].header["BUNIT"], hdul["R"].header["GAIN"] = "counts", 2.0
@@ -200,7 +200,7 @@ def test_an_adu_image_without_gain_warns_unless_its_units_do_not_matter(tmp_path
     data = read_image(tmp_path / "gr_adu.fits")
     assert data.adu_without_gain == ("g",) and data.gain.tolist() == [1.0, 2.0]
     with pytest.warns(UserWarning, match=r"no GAIN \(band g\)"):
-        read_input(data, six, background="none")
+        read_input(data, gr, background="none")
     with warnings.catch_warnings():  # the r plane alone has its GAIN
         warnings.simplefilter("error")
         read_input(data, Survey.lsst(bands="r"), background="none")
