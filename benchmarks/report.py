@@ -650,6 +650,13 @@ TABLES = {
                 "",
             ),
             (
+                "one image's own time on a Dask worker / alone on one thread (medians)",
+                "dask_worker_image_s_over_serial_1_thread",
+                None,
+                ".2f",
+                "",
+            ),
+            (
                 "lost / duplicated rows after SIGKILL of the run",
                 "resume.lost_rows",
                 "resume.duplicated_rows",

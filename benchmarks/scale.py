@@ -297,8 +297,14 @@ def main(argv=None) -> None:
             for m, (workers, extra) in modes.items():
                 times[m].append(timed_run(images, tmp / f"{m}_round{r}", workers, extra))
         serial_s, serial1_s, dask_s = (min(times[m]) for m in modes)
-        fastest = tmp / f"dask_round{int(np.argmin(times['dask']))}"
-        start_s = json.loads((fastest / "run_summary.json").read_text())["cluster_start_s"]
+        summaries = {  # each mode's fastest round
+            m: json.loads(
+                (tmp / f"{m}_round{int(np.argmin(times[m]))}" / "run_summary.json").read_text()
+            )
+            for m in modes
+        }
+        start_s = summaries["dask"]["cluster_start_s"]
+        image_s = {m: summaries[m]["image_seconds_median"] for m in modes}
         for m in modes:  # the first round's catalogs are the references below
             (tmp / f"{m}_round0").rename(tmp / m)
         ref = catalogs(tmp / "serial")
@@ -322,6 +328,12 @@ def main(argv=None) -> None:
                 3600 * args.n_images / (dask_s - start_s), 1
             ),
             dask_same_rows_as_serial=same,
+            # one image's own time (read, detect, write), median: on a Dask worker against
+            # alone on one thread (the workers share the machine with each other and with
+            # the scheduler); Dask's speed-up over the one-thread run can reach at most
+            # 2 / this on two cores, less each worker's first image (its weights) and start
+            image_seconds_median=image_s,
+            dask_worker_image_s_over_serial_1_thread=round(image_s["dask"] / image_s["serial1"], 3),
             wall_includes="process start, weights loading and (Dask) cluster start",
             many_images_runs="fastest of 2 per mode, the modes in turn",
             many_images_seconds={m: [round(t, 2) for t in v] for m, v in times.items()},

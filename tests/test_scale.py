@@ -43,6 +43,8 @@ def test_runner_resumes_without_losing_or_duplicating_rows(tmp_path, weights):
     first = _rows(out)
     assert sum(len(c) for c in first.values()) == s["rows"]
     assert json.loads((out / "run_summary.json").read_text())["rows"] == s["rows"]
+    # one image's own time: a median of the images', so at most the run's whole time
+    assert 0 < s["image_seconds_median"] <= s["seconds"] / 2
     # "killed" midway: one catalog missing, a temporary file left behind
     (out / "im2.parquet").unlink()
     (out / ".im2.parquet.x1y2.parquet").write_bytes(b"")

@@ -188,6 +188,10 @@ def run(
         rows=int(sum(r["rows"] for r in results)),
         seconds=round(seconds, 2),
         images_per_hour=round(3600 * len(results) / seconds, 1) if results else None,
+        # one image's own time (read, detect, write) on its worker, median over the images
+        image_seconds_median=(
+            round(float(np.median([r["seconds"] for r in results])), 3) if results else None
+        ),
         mode="serial" if serial else "dask",
         # starting the local cluster (worker processes importing torch, loading weights)
         cluster_start_s=round(timing.get("cluster_start_s", 0.0), 2),
