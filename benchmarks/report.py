@@ -136,6 +136,13 @@ def _seeing_calibration_rows() -> list[tuple]:
     ]
 
 
+def machine_speed_row(key: str, when: str) -> tuple:
+    """The row of a benchmark's ``reference_speed_s`` (at ``key``), measured at the
+    ``when`` ("time" or "start") of its run: the machine's speed beside its seconds."""
+    label = f"machine speed at the {when}: reference net (s; about 2.5 on a normal day)"
+    return (label, key, None, ".2f", "")
+
+
 TABLES = {
     "detection": (
         "probcat vs SEP on held-out 98×98 LSST-i `blend` scenes (test-split galaxies)",
@@ -177,13 +184,7 @@ TABLES = {
                 "ratio ≤ 3",
             ),
             ("speed ratio probcat / SEP", "speed.ratio", None, ".2f", "≤ 3"),
-            (
-                "machine speed at the time: reference net (s; about 2.5 on a normal day)",
-                "speed.reference_speed_s",
-                None,
-                ".2f",
-                "",
-            ),
+            machine_speed_row("speed.reference_speed_s", "time"),
             (
                 "peak RSS MB, `probcat detect` 4000×4000",
                 "detect_4k.peak_rss_mb",
@@ -236,13 +237,7 @@ TABLES = {
             ),
             ("max abs probability difference", "same_catalog_max_abs_prob_diff", None, ".1e", ""),
             ("training resume exact", "resume_exact", None, "", "yes"),
-            (
-                "machine speed at the start: reference net (s; about 2.5 on a normal day)",
-                "reference_speed_s",
-                None,
-                ".2f",
-                "",
-            ),
+            machine_speed_row("reference_speed_s", "start"),
         ],
     ),
     "population": (
@@ -354,13 +349,7 @@ TABLES = {
             ),
             ("simulations, all networks", "n_simulations", None, "d", ""),
             ("wall time of the chain (s)", "wall_s", None, ".0f", "≤ 3600"),
-            (
-                "machine speed at the start: reference net (s; about 2.5 on a normal day)",
-                "reference_speed_s",
-                None,
-                ".2f",
-                "",
-            ),
+            machine_speed_row("reference_speed_s", "start"),
         ],
     ),
     "population_heads": (
@@ -994,13 +983,7 @@ TABLES = {
                 ".0f",
                 "",
             ),
-            (
-                "machine speed at the time: reference net (s; about 2.5 on a normal day)",
-                "speed.reference_speed_s",
-                None,
-                ".2f",
-                "",
-            ),
+            machine_speed_row("speed.reference_speed_s", "time"),
             (
                 "σ_IQR over FlexZBoost's (same objects)",
                 "ratios.sigma_iqr_over_flexzboost.value",

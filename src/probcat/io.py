@@ -224,9 +224,14 @@ _ADU = {"adu", "adus", "count", "counts", "ct", "cts", "dn", "adu/s", "count/s",
         "ct/s", "dn/s"}  # fmt: skip
 
 
+def _unit(header) -> str:
+    """The header's ``BUNIT``, lower case ("" when absent)."""
+    return str(header.get("BUNIT", "")).strip().lower()
+
+
 def _in_adu(header) -> bool:
     """Whether ``BUNIT`` says the pixels are in ADU (counts, DN) rather than electrons."""
-    return str(header.get("BUNIT", "")).strip().lower() in _ADU
+    return _unit(header) in _ADU
 
 
 def _gain_keyword(path: Path, header) -> float:
@@ -234,7 +239,7 @@ def _gain_keyword(path: Path, header) -> float:
     when the pixels are already electrons; a value that is not a positive finite number is
     an error."""
     value = header.get("GAIN")
-    if value is None or str(header.get("BUNIT", "")).strip().lower() in _ELECTRONS:
+    if value is None or _unit(header) in _ELECTRONS:
         return np.nan
     return _positive_keyword(path, "GAIN", value)
 
