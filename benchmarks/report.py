@@ -645,6 +645,7 @@ TABLES = {
                 ".2f",
                 "",
             ),
+            machine_speed_row("reference_speed_s", "start"),
             (
                 "lost / duplicated rows after SIGKILL of the run",
                 "resume.lost_rows",

@@ -242,8 +242,11 @@ def main(argv=None) -> None:
     import probcat
 
     command = " ".join([".venv/bin/python", "benchmarks/scale.py", *sys.argv[1:]])
+    from probcat.provenance import reference_speed_s
+
+    speed = reference_speed_s()  # the machine's speed at the start (not in wall_s)
     t_start = time.perf_counter()
-    res: dict = {"command": command}
+    res: dict = {"command": command, "reference_speed_s": speed}
     det = probcat.load()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
