@@ -445,12 +445,15 @@ def test_annotate_records_the_images_cutout_probability():
 def test_shipped_weights_tell_cutouts_from_isolated_scenes(tiny_bank):
     """With the shipped LSST-i weights, scenes with sources beyond their edges read as
     cutouts more than scenes whose sources all lie inside (same bank and seed), and each
-    catalogue's ``prob`` is the two maps mixed with the recorded weight."""
+    catalogue's ``prob`` is the layout maps mixed with the recorded weight, then mixed with
+    the real shapes' map at the image's real-shapes probability."""
     import probcat
     from probcat.simulate.scene import SceneConfig, SceneSimulator
 
     det = probcat.load("detection_lsst_i", device="cpu", threads=1)
-    cal = det.net.prob_calibration
+    shapes = det.net.prob_calibration
+    assert isinstance(shapes, rel.ShapesCalibration) and shapes.population == "hdf"
+    cal, real = shapes.prior_shapes, shapes.real_shapes
     assert isinstance(cal, rel.LayoutCalibration)
     mean_w = {}
     for margin in (8, 0):
@@ -465,6 +468,9 @@ def test_shipped_weights_tell_cutouts_from_isolated_scenes(tiny_bank):
         near = rel.neighbour_distance(c["x"], c["y"], raw)
         w = cal.cutout_probability(edge, raw, c.image_shape)
         want = w * cal.cutout(raw, ood, edge, near) + (1 - w) * cal.isolated(raw, ood, edge, near)
+        v = shapes.real_shapes_probability(ood)
+        assert c.meta["real_shapes_probability"] == pytest.approx(v, abs=1e-4)
+        want = v * real(raw, ood, edge, near, shape=c.image_shape) + (1 - v) * want
         np.testing.assert_allclose(np.asarray(c["prob"]), want, rtol=1e-6)
     assert mean_w[8] > mean_w[0] + 0.15
 
@@ -504,3 +510,118 @@ def test_calibration_from_detections_splits_only_by_the_contexts_named():
     )
     with pytest.raises(ProbcatValueError, match="unknown calibration context"):
         rel.calibration_from_detections(d, layouts, contexts=("colour",))
+
+
+def _shapes_cal(prior=0.2, log_ratio=None):
+    """Prior shapes: a layout calibration; real shapes: raw (0.5, 1.0) -> (0.3, 0.5)."""
+    real = rel.ProbabilityCalibration((0.5, 1.0), (0.3, 0.5), 500, "real")
+    if log_ratio is None:  # the evidence: high ood_score values are real shapes' mark
+        log_ratio = tuple(np.r_[np.full(17, -0.1), [0.2, 0.5, 1.0]])
+    return rel.ShapesCalibration(_layout_cal(), real, log_ratio, prior, "hdf", 800, "test")
+
+
+@pytest.mark.parametrize("scores", [[], [0.5], [0.99, 0.9, 0.1], [0.999] * 40, [0.2] * 400])
+def test_real_shapes_probability_is_bayes_rule_on_the_ood_score_bins(scores):
+    cal = _shapes_cal()
+    log_ratio = np.asarray(cal.log_ratio)
+    z = np.log(0.2 / 0.8) + sum(log_ratio[min(int(s * 20), 19)] for s in scores)
+    want = 1 / (1 + np.exp(-z))
+    assert cal.real_shapes_probability(np.asarray(scores)) == pytest.approx(want, rel=1e-12)
+    assert cal.real_shapes_probability(None) == pytest.approx(0.2)
+
+
+def test_many_detections_decide_which_map_an_image_gets():
+    cal = _shapes_cal()
+    assert cal.real_shapes_probability(np.full(60, 0.995)) > 0.999  # a sky of unusual ones
+    assert cal.real_shapes_probability(np.linspace(0, 0.8, 200)) < 1e-6  # ordinary ones
+    assert 0.05 < cal.real_shapes_probability(np.array([0.3, 0.97])) < 0.5  # says little
+
+
+def test_shapes_calibration_mixes_the_maps_and_round_trips():
+    cal = _shapes_cal()
+    raw = np.array([0.6, 0.8, 1.0])
+    edge = np.array([20.0, 20.0, 20.0])
+    ood = np.array([0.95, 0.99, 0.5])
+    w = cal.real_shapes_probability(ood)
+    prior_p = cal.prior_shapes(raw, ood, edge, None, shape=(40, 40))
+    got = cal(raw, ood, edge, None, shape=(40, 40))
+    np.testing.assert_allclose(got, w * np.array([0.34, 0.42, 0.5]) + (1 - w) * prior_p)
+    back = rel.calibration_from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert back == cal
+    with pytest.raises(ProbcatValueError, match="prior"):
+        rel.ShapesCalibration(cal.prior_shapes, cal.real_shapes, cal.log_ratio, 0.0)
+    with pytest.raises(ProbcatValueError, match="20 log ratios"):
+        rel.ShapesCalibration(cal.prior_shapes, cal.real_shapes, (0.0,) * 19)
+
+
+def test_ood_log_ratio_equals_the_histograms_by_hand():
+    real = np.r_[np.full(30, 0.97), np.full(10, 0.02), [1.0]]  # 1.0 is the last bin's
+    prior = np.r_[np.full(5, 0.97), np.full(35, 0.42)]
+    got = rel.ood_log_ratio(real, prior)
+    hr, hp = np.ones(20), np.ones(20)
+    hr[19] += 31
+    hr[0] += 10
+    hp[19] += 5
+    hp[8] += 35
+    np.testing.assert_allclose(got, np.log((hr / hr.sum()) / (hp / hp.sum())))
+    with pytest.raises(ProbcatValueError, match="no detections"):
+        rel.ood_log_ratio([], prior)
+
+
+def test_annotate_records_the_images_real_shapes_probability():
+    class Net:
+        prob_calibration = _shapes_cal(prior=0.3, log_ratio=(0.0,) * 20)  # no evidence
+        feature_density = None
+
+    cat = _map_catalog([0.5, 0.5, 15.0], [10.0, 20.0, 15.0], [0.9, 0.9, 0.9], [0, 0, 3],
+                       [2, 4, 3], (30, 30))  # fmt: skip
+    out = rel.annotate(cat, Net(), torch.zeros(3, 6, 6))
+    w = Net.prob_calibration.prior_shapes.cutout_probability([1.0, 1.0, 15.0], [0.9] * 3, (30, 30))
+    assert out.meta["real_shapes_probability"] == pytest.approx(0.3)
+    assert out.meta["cutout_probability"] == pytest.approx(w, abs=1e-4)
+    assert out["prob"] == pytest.approx(0.3 * 0.46 + 0.7 * (w * 0.36 + (1 - w) * 0.8))
+
+
+def test_fit_shapes_calibration_keeps_the_prior_map_and_fits_the_other_on_its_scenes(
+    monkeypatch,
+):
+    """The real shapes' map is fitted on the real-shapes scenes' detections (ood_score from
+    the weights' density), the evidence from both kinds' scores, and the weights' own map
+    stays; a refit replaces only the real shapes' part; weights without a calibration or
+    a density are a clear error."""
+    from probcat.simulate.scene import SceneConfig
+
+    def fake_rows(net, sim, noise_sigma, *, n_scenes, rng):
+        g = np.random.default_rng(n_scenes)
+        n = 40 * n_scenes
+        lumpy = sim.kind == "real"
+        far = np.arange(n) % 4 == 0 if lumpy else np.zeros(n, bool)  # unusual, false
+        feats = g.standard_normal((n, 3))
+        feats[far] += 50.0
+        return {"prob": g.uniform(0.5, 1.0, n), "real": ~far, "feats": feats,
+                "scene": np.repeat(np.arange(n_scenes), 40), "edge": np.full(n, 20.0),
+                "neighbour": np.full(n, np.inf)}  # fmt: skip
+
+    monkeypatch.setattr(rel, "detections_with_outcomes", fake_rows)
+    real_sim = SimpleNamespace(config=SceneConfig(40, 40), kind="real")
+    prior_sim = SimpleNamespace(config=SceneConfig(40, 40), kind="prior")
+    dens = rel.fit_feature_density(np.random.default_rng(5).standard_normal((500, 3)))
+    own = rel.ProbabilityCalibration((0.0, 1.0), (0.0, 0.95), 100, "own")
+    net = SimpleNamespace(feature_density=dens, prob_calibration=own)
+    cal = rel.fit_shapes_calibration(net, real_sim, prior_sim, 1.0, n_scenes=50, rng=0,
+                                     prior=0.1, population="hdf", source="s")  # fmt: skip
+    assert cal.prior_shapes is own and cal.population == "hdf" and cal.n == 2000
+    p = np.linspace(0.55, 0.95, 5)
+    # the real shapes' map: far (ood_score 1) detections false, the others real
+    assert np.all(cal.real_shapes(p, ood=np.ones(5), edge=np.full(5, 20.0)) < 0.1)
+    # a quarter of the real shapes' scores are 1 (the last bin), the rest spread as the prior's
+    assert cal.log_ratio[-1] > 1.0 and np.mean(cal.log_ratio[:-1]) == pytest.approx(
+        np.log(0.75), abs=0.1
+    )
+    assert cal.real_shapes_probability(np.ones(30)) > 0.99
+    net.prob_calibration = cal
+    again = rel.fit_shapes_calibration(net, real_sim, prior_sim, 1.0, n_scenes=50, rng=0)
+    assert again.prior_shapes is own  # not a mixture of mixtures
+    with pytest.raises(ProbcatValueError, match="feature density"):
+        rel.fit_shapes_calibration(SimpleNamespace(feature_density=None, prob_calibration=own),
+                                   real_sim, prior_sim, 1.0)  # fmt: skip

@@ -202,6 +202,10 @@ def test_shipped_config_is_the_shipped_weights_config(name):
     if "seeing_factors" not in want["fits"]:  # calibrated before other seeing had its own
         assert got["fits"].pop("seeing_factors") == []
         assert got["fits"].pop("seeing_scenes") == 1024
+    if "real_shapes_population" not in want["fits"]:  # before the second calibration
+        assert got["fits"].pop("real_shapes_population") is None
+        assert got["fits"].pop("real_shapes_scenes") == 1024
+        assert got["fits"].pop("real_shapes_prior") == 0.1
     assert got == want
     assert load_config(f"configs/{name}.yaml", steps=7).phases[0].steps == 7
 
@@ -469,6 +473,61 @@ def test_seeing_only_fits_calibrations_under_wider_psfs_and_the_detector_picks_o
                       seeing_factors=(1.0,))  # fmt: skip
     assert main(["train", "calibrate", str(run), "--seeing-only", "--reliability-only"]) == 2
     assert main(["train", "calibrate", str(run), "--seeing-factors", "wide"]) == 2
+
+
+def test_real_shapes_only_fits_a_second_calibration_and_the_detector_mixes_the_two(
+    tmp_path, cache_dir, monkeypatch
+):
+    """--real-shapes-only fits the second calibration on validation scenes of the population
+    given, with the run's calibration and density set, touches nothing else and records its
+    command; an image's catalog gets both maps, weighted by its real-shapes probability."""
+    import probcat
+    import probcat.infer.reliability as R
+    from probcat.cli import main
+    from probcat.train.detection import calibrate_run
+    from probcat.weights import read_weights
+
+    run = tmp_path / "run"
+    train_detection(_cfg(fits__real_shapes_scenes=3), run, cache_dir=cache_dir,
+                    progress=False, command="train cmd")  # fmt: skip
+    own = R.ProbabilityCalibration((0.0, 1.0), (0.0, 0.9), 500, "own")
+    dens = R.fit_feature_density(np.random.default_rng(1).standard_normal((100, 8)))
+    monkeypatch.setattr(R, "fit_reliability", lambda *a, **k: (own, dens))
+    calibrate_run(run, cache_dir=cache_dir, progress=False, reliability_only=True)
+    before = read_weights(run / "detection.pt")
+    with pytest.raises(ProbcatValueError, match="real-shapes-population"):
+        calibrate_run(run, cache_dir=cache_dir, progress=False, shapes_only=True)
+    seen = {}
+
+    def fake(net, sim_real, sim_prior, noise_sigma, *, n_scenes, rng, inside_fraction, prior,
+             population, source):  # fmt: skip
+        seen.update(real=sim_real.bank.config.population, prior=sim_prior.bank.config.population)
+        assert net.prob_calibration.to_dict() == own.to_dict()  # the run's, as recorded
+        assert net.feature_density is not None and sim_real.bank.config.split == "val"
+        assert n_scenes == 3 and prior == 0.1 and "validation scenes of morphology" in source
+        real = R.ProbabilityCalibration((0.0, 1.0), (0.0, 0.5), 300, source)
+        return R.ShapesCalibration(own, real, (0.0,) * 20, 0.25, population, 300, source)
+
+    monkeypatch.setattr(R, "fit_shapes_calibration", fake)
+    m = calibrate_run(run, cache_dir=cache_dir, progress=False, shapes_only=True,
+                      real_shapes_population="morphology")  # fmt: skip
+    assert seen == {"real": "morphology", "prior": "parametric"}
+    after = read_weights(run / "detection.pt")
+    assert after["prob_calibration"]["kind"] == "shapes"
+    assert after["config"]["fits"]["real_shapes_population"] == "morphology"
+    for key in ("feature_density", "pair_rule", "merge", "sky_offset", "seeing_calibrations"):
+        assert after.get(key) == before.get(key), key
+    for k, v in before["state_dict"].items():
+        assert torch.equal(after["state_dict"][k], v)
+    assert m["command"] == "train cmd" and m["shapes_calibration_command"].startswith("probcat")
+    det = probcat.load(run / "detection.pt", device="cpu", threads=1)
+    image = np.random.default_rng(0).standard_normal((1, 30, 30)).astype(np.float32) * 5
+    image[0, 15, 15] += 2000.0
+    cat = det.catalog(image, noise_sigma=5.0, threshold=0.0, seeing="none")
+    assert len(cat) > 0 and cat.meta["real_shapes_probability"] == pytest.approx(0.25)
+    want = (0.75 * 0.9 + 0.25 * 0.5) * np.asarray(cat["prob_raw"])
+    assert np.asarray(cat["prob"]) == pytest.approx(want)
+    assert main(["train", "calibrate", str(run), "--real-shapes-only", "--seeing-only"]) == 2
 
 
 def test_sky_offset_only_records_into_the_manifest_and_the_detector_uses_it(

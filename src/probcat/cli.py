@@ -661,20 +661,32 @@ def calibrate_cmd(
         help="PSF FWHM factors of those calibrations, e.g. 1.25,1.5; 'none' for none "
         "(default: the run's config)",
     ),
+    shapes_only: bool = typer.Option(
+        False,
+        "--real-shapes-only",
+        help="only (re)fit the second probability calibration, for galaxies unlike the "
+        "prior's, keeping the rest",
+    ),
+    real_shapes_population: str = typer.Option(
+        None,
+        help="galaxies of that calibration's validation scenes, e.g. hdf (default: the run's "
+        "config)",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """(Re)fit the merge radius (weights with a location refiner), the centroid-interval
     calibration, the pair rule, the detection-probability calibration (at the survey's
-    seeing and at other seeing), the ood_score density and the sky offset of a trained run
-    (training does them last)."""
+    seeing, at other seeing and for galaxies unlike the prior's), the ood_score density and
+    the sky offset of a trained run (training does them last)."""
     from probcat.train.detection import calibrate_run, record_sky_offset
 
     for name in ("detection.pt", "manifest.json"):
         if not (run / name).exists():
             raise ProbcatFileError(f"{run / name}: not found (is {run} a training run?)")
-    if sum((sky_offset_only, reliability_only, seeing_only)) > 1:
+    if sum((sky_offset_only, reliability_only, seeing_only, shapes_only)) > 1:
         raise ProbcatValueError(
-            "--sky-offset-only, --reliability-only and --seeing-only exclude each other"
+            "--sky-offset-only, --reliability-only, --seeing-only and --real-shapes-only "
+            "exclude each other"
         )
     factors = _seeing_factors(seeing_factors)
     if sky_offset_only:
@@ -694,6 +706,8 @@ def calibrate_cmd(
         population=population,
         seeing_only=seeing_only,
         seeing_factors=factors,
+        shapes_only=shapes_only,
+        real_shapes_population=real_shapes_population,
     )
     for e in m.get("seeing_calibrations") or ():
         typer.echo(
@@ -702,6 +716,15 @@ def calibrate_cmd(
     if seeing_only:
         n = len(m.get("seeing_calibrations") or ())
         typer.echo(f"{n} seeing calibration(s) -> {run / 'detection.pt'}")
+        return
+    cal = m.get("prob_calibration") or {}
+    if cal.get("kind") == "shapes":
+        typer.echo(
+            f"second probability calibration, for galaxies like {cal['population']}, from "
+            f"{cal['n']} detections"
+        )
+    if shapes_only:
+        typer.echo(f"-> {run / 'detection.pt'}")
         return
     rule = m.get("pair_rule")
     if rule and rule.get("check"):

@@ -51,6 +51,15 @@ weights file (``probcat train calibrate RUN`` refits them):
   each detection's ``ood_score`` from the weights' own density as on a new image; an
   image gets the map whose PSF is nearest in log to its own (:func:`seeing_calibration`,
   the seeing the detector measures or is given).
+  Galaxies whose shapes the prior lacks make the network's probabilities too high for a
+  map fitted on the prior's galaxies (on validation scenes of Hubble Deep Field galaxies,
+  ECE 0.066 with the shipped map). Weights may therefore carry a second map, fitted by
+  the same recipe on validation scenes of real galaxies (``fits.real_shapes_population``,
+  the Hubble Deep Field stamps of :mod:`probcat.simulate.hubble`), and an image's
+  detections get both, weighted by the probability that its galaxies are of that other
+  kind (:class:`ShapesCalibration`). Its detections' ``ood_score`` values tell: each is a
+  little more often high among real galaxies, and over the thousands of detections of a
+  survey image the evidence decides; a small image keeps close to the prior's map.
 * :class:`FeatureDensity` describes the encoder's tile features at real detections of the
   validation scenes: the distance of a source's features to the nearest of
   :data:`OOD_NEIGHBOURS` of them (whitened by their covariance; weights of v7: the
@@ -78,6 +87,7 @@ from probcat.errors import ProbcatValueError
 __all__ = [
     "ProbabilityCalibration",
     "LayoutCalibration",
+    "ShapesCalibration",
     "calibration_from_dict",
     "FeatureDensity",
     "fit_probability_calibration",
@@ -85,6 +95,7 @@ __all__ = [
     "annotate",
     "seeing_calibration",
     "fit_seeing_calibration",
+    "fit_shapes_calibration",
     "veto_pairs",
     "scene_layouts",
     "fit_reliability",
@@ -327,12 +338,107 @@ class LayoutCalibration:
         )
 
 
+SHAPES_BINS = 20  # equal ood_score bins of the evidence of ShapesCalibration
+
+
+@dataclass(frozen=True)
+class ShapesCalibration:
+    """Probability calibration for images whose galaxies may look unlike the prior's:
+    ``prior_shapes``, the weights' calibration (fitted on validation scenes of the training
+    population), and ``real_shapes``, fitted by the same recipe on validation scenes of
+    other galaxies (real ones: ``population``), on which the network's probabilities are
+    too high for the first. An image's detections get their mixture, weighted by the
+    posterior probability that the image's galaxies are of the second kind: Bayes' rule
+    with ``prior`` on the image's detections' ``ood_score`` values, each an independent
+    draw from the density of its kind (histograms of :data:`SHAPES_BINS` equal bins on
+    [0, 1] measured on validation scenes of each; ``log_ratio[k]`` is the log of their
+    ratio, real over prior shapes, in bin ``k``). One detection says little (the two
+    densities differ most above 0.85), so a small image keeps close to ``prior`` and a
+    survey image, with thousands of detections, is decided by them
+    (:meth:`real_shapes_probability`)."""
+
+    prior_shapes: ProbabilityCalibration | LayoutCalibration
+    real_shapes: ProbabilityCalibration | LayoutCalibration
+    log_ratio: tuple[float, ...]
+    prior: float = 0.1
+    population: str = ""
+    n: int = 0
+    source: str = ""
+
+    def __post_init__(self):
+        if not (0.0 < self.prior < 1.0) or len(self.log_ratio) != SHAPES_BINS:
+            raise ProbcatValueError(
+                f"a shapes calibration needs 0 < prior < 1 and {SHAPES_BINS} log ratios"
+            )
+
+    def real_shapes_probability(self, ood) -> float:
+        """Posterior probability that an image whose detections have ``ood_score`` values
+        ``ood`` holds galaxies of the second kind (``prior`` without scores)."""
+        z = math.log(self.prior / (1.0 - self.prior))
+        if ood is not None and len(ood):
+            k = np.clip((np.asarray(ood, float) * SHAPES_BINS).astype(int), 0, SHAPES_BINS - 1)
+            z += float(np.asarray(self.log_ratio)[k].sum())
+        return float(1.0 / (1.0 + math.exp(-min(max(z, -500.0), 500.0))))
+
+    def __call__(self, p, ood=None, edge=None, neighbour=None, *, shape=None) -> np.ndarray:
+        """Calibrated probabilities of raw ``p`` (every detection of one image, for the
+        image's weights), as :meth:`ProbabilityCalibration.__call__`."""
+        return self.mix(p, ood, edge, neighbour, self.real_shapes_probability(ood), shape=shape)
+
+    def mix(self, p, ood, edge, neighbour, w: float, *, shape=None) -> np.ndarray:
+        """The two maps' probabilities weighted ``w`` (real shapes) and ``1 - w``."""
+        a = self.prior_shapes(p, ood, edge, neighbour, shape=shape)
+        b = self.real_shapes(p, ood, edge, neighbour, shape=shape)
+        return w * b + (1.0 - w) * a
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": "shapes",
+            "prior_shapes": self.prior_shapes.to_dict(),
+            "real_shapes": self.real_shapes.to_dict(),
+            "log_ratio": list(self.log_ratio),
+            "prior": self.prior,
+            "population": self.population,
+            "n": self.n,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ShapesCalibration:
+        return cls(
+            calibration_from_dict(d["prior_shapes"]),
+            calibration_from_dict(d["real_shapes"]),
+            tuple(float(v) for v in d["log_ratio"]),
+            float(d.get("prior", 0.1)),
+            d.get("population", ""),
+            int(d.get("n", 0)),
+            d.get("source", ""),
+        )
+
+
 def calibration_from_dict(d: dict):
-    """A stored probability calibration: :class:`LayoutCalibration` or
-    :class:`ProbabilityCalibration`."""
+    """A stored probability calibration: :class:`ShapesCalibration`,
+    :class:`LayoutCalibration` or :class:`ProbabilityCalibration`."""
+    if d.get("kind") == "shapes":
+        return ShapesCalibration.from_dict(d)
     if d.get("kind") == "layout":
         return LayoutCalibration.from_dict(d)
     return ProbabilityCalibration.from_dict(d)
+
+
+def ood_log_ratio(ood_real, ood_prior) -> tuple[float, ...]:
+    """Per bin of :data:`SHAPES_BINS` equal ``ood_score`` bins, the log of the ratio of the
+    two samples' densities (real shapes over prior shapes; each histogram given one more
+    count per bin, so an empty bin stays finite)."""
+    edges = np.linspace(0.0, 1.0, SHAPES_BINS + 1)
+    dens = []
+    for v in (ood_real, ood_prior):
+        v = np.clip(np.asarray(v, float), 0.0, 1.0)
+        if not len(v):
+            raise ProbcatValueError("no detections to measure an ood_score density on")
+        h = np.histogram(v, edges)[0] + 1.0
+        dens.append(h / h.sum())
+    return tuple(float(v) for v in np.log(dens[0] / dens[1]))
 
 
 def edge_excess(edge, prob_raw, shape) -> float:
@@ -641,11 +747,19 @@ def annotate(cat, net, feats_k: torch.Tensor, pixels=None):
         near = neighbour_distance(cat["x"], cat["y"], raw)
         ood = cols.get("ood_score")
         meta["prob_calibration"] = cal.source
+        if isinstance(cal, ShapesCalibration):  # the image's real-shapes probability, once
+            w = cal.real_shapes_probability(ood)
+            meta["real_shapes_probability"] = round(w, 4)
+            prob = cal.mix(raw, ood, edge, near, w, shape=cat.image_shape)
+            cal = cal.prior_shapes  # for the cutout probability, below
+        else:
+            prob = None
         if isinstance(cal, LayoutCalibration):  # the image's cutout probability, once
             w = cal.cutout_probability(edge, raw, cat.image_shape)
             meta["cutout_probability"] = round(w, 4)
-            prob = cal.mix(raw, ood, edge, near, w)
-        else:
+            if prob is None:
+                prob = cal.mix(raw, ood, edge, near, w)
+        elif prob is None:
             prob = cal(raw, ood, edge, near)
         cols.update(prob_raw=raw, prob=prob)
     return replace(cat.with_columns(**cols), meta=meta)
@@ -824,3 +938,52 @@ def fit_seeing_calibration(
     )
     contexts = ("ood", "edge", "neighbour") if dens is not None else ("edge", "neighbour")
     return calibration_from_detections(d, layouts, contexts=contexts, source=source)
+
+
+def fit_shapes_calibration(
+    net,
+    sim_real,
+    sim_prior,
+    noise_sigma,
+    *,
+    n_scenes: int = 1024,
+    rng=None,
+    inside_fraction: float = 0.0,
+    prior: float = 0.1,
+    population: str = "",
+    source: str = "",
+) -> ShapesCalibration:
+    """:class:`ShapesCalibration` of ``net``: its calibration (``net.prob_calibration``, the
+    prior shapes' map, kept as it is) and one refitted by the same recipe on ``n_scenes``
+    fresh scenes of ``sim_real`` (validation scenes of other galaxies, ``population``),
+    each detection's ``ood_score`` from ``net``'s density as on a new image; the evidence
+    (the ``ood_score`` densities of both kinds) measured on those detections and on those of
+    ``n_scenes // 2`` fresh scenes of ``sim_prior`` (validation scenes of the training
+    population), both in the layouts of ``inside_fraction``."""
+    base = net.prob_calibration
+    dens = getattr(net, "feature_density", None)
+    if base is None or dens is None:
+        raise ProbcatValueError(
+            "a shapes calibration needs weights with a probability calibration and a "
+            "feature density (probcat train calibrate RUN --reliability-only first)"
+        )
+    if isinstance(base, ShapesCalibration):  # a refit: the prior shapes' map stays
+        base = base.prior_shapes
+    gen = np.random.default_rng(rng)
+    kw = {"inside_fraction": inside_fraction, "density": dens}
+    d, layouts = reliability_detections(
+        net, sim_real, noise_sigma, n_scenes=n_scenes, rng=gen, **kw
+    )
+    real = calibration_from_detections(d, layouts, source=source)
+    ref, _ = reliability_detections(
+        net, sim_prior, noise_sigma, n_scenes=max(n_scenes // 2, 1), rng=gen, **kw
+    )
+    return ShapesCalibration(
+        base,
+        real,
+        ood_log_ratio(d["ood"], ref["ood"]),
+        prior,
+        population,
+        n=int(len(d["real"])),
+        source=source,
+    )

@@ -124,6 +124,14 @@ class DetectionFits:
     # (probcat.infer.reliability.seeing_calibration); (): none
     seeing_factors: tuple[float, ...] = ()
     seeing_scenes: int = 1024
+    # a second probability calibration, fitted on real_shapes_scenes validation scenes of
+    # this population (e.g. "hdf", real galaxies), for images whose galaxies look unlike
+    # the prior's: each image's detections get both maps, weighted by what their ood_score
+    # values say, from a prior probability real_shapes_prior of the second kind
+    # (probcat.infer.reliability.ShapesCalibration); None: the one map
+    real_shapes_population: str | None = None
+    real_shapes_scenes: int = 1024
+    real_shapes_prior: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -338,6 +346,7 @@ class DetectionTask:
             "centroid_calibration": calibration,
             "merge": merge,
             **_fit_reliability(model, self.cfg, sim, progress),
+            **_fit_shapes(model, self.cfg, self.cache_dir, progress),
             "seeing_calibrations": _fit_seeing(model, self.cfg, self.cache_dir, progress),
             "sky_offset": fit_sky_offset(self.cfg, sim.bank),
         }
@@ -525,6 +534,8 @@ def calibrate_run(
     population: str | None = None,
     seeing_only: bool = False,
     seeing_factors: tuple[float, ...] | None = None,
+    shapes_only: bool = False,
+    real_shapes_population: str | None = None,
 ) -> dict:
     """Refit the merge rule (weights with a location refiner), the centroid-interval
     calibration, the pair rule, the detection-probability calibration and the feature
@@ -543,7 +554,10 @@ def calibrate_run(
     the ones used go into the recorded config. The probability calibrations at other
     seeing (``fits.seeing_factors``, or ``seeing_factors`` given) are refitted after the
     probability calibration; ``seeing_only``: only they, with the run's merge radius, pair
-    rule, probability calibration and feature density as recorded."""
+    rule, probability calibration and feature density as recorded. The second calibration
+    for galaxies unlike the prior's (``fits.real_shapes_population``, or
+    ``real_shapes_population`` given) is refitted after the probability calibration;
+    ``shapes_only``: only it, with everything else as recorded."""
     from probcat.weights import read_weights
 
     out = Path(out)
@@ -554,6 +568,7 @@ def calibrate_run(
         "reliability_inside_fraction": inside_fraction,
         "population": population,
         "seeing_factors": None if seeing_factors is None else tuple(seeing_factors),
+        "real_shapes_population": real_shapes_population,
     }
     if not (reliability_only or seeing_only):  # the centroid calibration is refitted
         fits["calibration_scenes"] = n_scenes
@@ -568,6 +583,18 @@ def calibrate_run(
         weights["config"]["fits"] = manifest["config"]["fits"] = to_dict(cfg.fits)
         manifest["seeing_calibrations"] = _seeing_summary(weights["seeing_calibrations"])
         return write_run(out, "detection", weights, manifest, refit="seeing_calibration")
+    if shapes_only:
+        _set_fits(net, weights)
+        shapes = _fit_shapes(net, cfg, cache_dir, progress)
+        if not shapes:
+            raise ProbcatValueError(
+                "no population of other galaxies to fit a second calibration on: give "
+                "--real-shapes-population (e.g. hdf) or set fits.real_shapes_population"
+            )
+        weights.update(shapes)
+        manifest["prob_calibration"] = shapes["prob_calibration"]
+        weights["config"]["fits"] = manifest["config"]["fits"] = to_dict(cfg.fits)
+        return write_run(out, "detection", weights, manifest, refit="shapes_calibration")
     sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population)
     if reliability_only:
         if weights.get("merge"):
@@ -577,6 +604,7 @@ def calibrate_run(
         weights["centroid_calibration"] = manifest["centroid_calibration"] = cal
         weights["merge"] = manifest["merge"] = merge
     rel = _fit_reliability(net, cfg, sim, progress)
+    rel.update(_fit_shapes(net, cfg, cache_dir, progress))
     rel["seeing_calibrations"] = _fit_seeing(net, cfg, cache_dir, progress)
     manifest["seeing_calibrations"] = _seeing_summary(rel["seeing_calibrations"])
     weights["config"]["fits"] = manifest["config"]["fits"] = to_dict(cfg.fits)
@@ -696,6 +724,39 @@ def _seeing_summary(entries: list | None) -> list:
         {"factor": e["factor"], "n": e["calibration"]["n"], "source": e["calibration"]["source"]}
         for e in entries or ()
     ]
+
+
+def _fit_shapes(net, cfg: DetectionTrainConfig, cache_dir, progress) -> dict:
+    """``{"prob_calibration": ...}``: ``net``'s probability calibration with a second map
+    for galaxies unlike the prior's, fitted on ``fits.real_shapes_scenes`` fresh validation
+    scenes of ``fits.real_shapes_population`` (a seed of their own; the layouts of the
+    reliability fits; :func:`~probcat.infer.reliability.fit_shapes_calibration`), set on
+    ``net``; ``{}`` (nothing changed) without such a population or a calibration."""
+    from probcat.infer.reliability import fit_shapes_calibration
+
+    f = cfg.fits
+    if f.real_shapes_population is None or net.prob_calibration is None:
+        return {}
+    real = _simulator(cfg, "val", cache_dir, progress, f.real_shapes_population)
+    prior = _simulator(cfg, "val", cache_dir, progress, f.population)
+    n, frac, seed = f.real_shapes_scenes, _inside_fraction(cfg), [cfg.seed, 43]
+    cal = fit_shapes_calibration(
+        net,
+        real,
+        prior,
+        cfg.survey().noise_sigma,
+        n_scenes=n,
+        rng=np.random.default_rng(seed),
+        inside_fraction=frac,
+        prior=f.real_shapes_prior,
+        population=f.real_shapes_population,
+        source=f"{n} validation scenes of {f.real_shapes_population} ({cfg.data.image_size} px, "
+        f"split=val, seed {seed}{_inside_note(n, frac)}), MAP detections matched within "
+        f"2 px, ood_score of the weights' density; evidence against {max(n // 2, 1)} "
+        f"validation scenes of {f.population or cfg.data.population}",
+    )
+    net.prob_calibration = cal
+    return {"prob_calibration": cal.to_dict()}
 
 
 def _fit_seeing(net, cfg: DetectionTrainConfig, cache_dir, progress) -> list:
