@@ -709,7 +709,7 @@ def calibrate_cmd(
         shapes_only=shapes_only,
         real_shapes_population=real_shapes_population,
     )
-    for e in m.get("seeing_calibrations") or ():
+    for e in () if shapes_only else m.get("seeing_calibrations") or ():
         typer.echo(
             f"probability calibration at {e['factor']:g} x the seeing from {e['n']} detections"
         )
