@@ -351,6 +351,20 @@ def test_fit_reliability_draws_the_inside_share_of_scenes_with_no_margin(monkeyp
         rel.fit_reliability(None, sim, 1.0, n_scenes=20, inside_fraction=-0.1)
 
 
+def _far_quarter_rows(n_scenes: int, far: bool = True) -> dict:
+    """Rows of :func:`rel.detections_with_outcomes`: 40 detections per scene, raw
+    probabilities uniform in [0.5, 1], 20 px inside, no neighbour; with ``far``, every fourth
+    one's features far from the rest (unlike the training features) and false."""
+    g = np.random.default_rng(n_scenes)
+    n = 40 * n_scenes
+    away = (np.arange(n) % 4 == 0) & far
+    feats = g.standard_normal((n, 3))
+    feats[away] += 50.0
+    return {"prob": g.uniform(0.5, 1.0, n), "real": ~away, "feats": feats,
+            "scene": np.repeat(np.arange(n_scenes), 40), "edge": np.full(n, 20.0),
+            "neighbour": np.full(n, np.inf)}  # fmt: skip
+
+
 def test_seeing_calibration_reads_ood_score_from_the_weights_density(monkeypatch):
     """For the calibrations under other seeing, each detection's ood_score is the score of
     the net's own density (not an out-of-fold refit), and the map splits by it: detections
@@ -358,14 +372,7 @@ def test_seeing_calibration_reads_ood_score_from_the_weights_density(monkeypatch
     from probcat.simulate.scene import SceneConfig
 
     def fake_rows(net, sim, noise_sigma, *, n_scenes, rng):
-        g = np.random.default_rng(n_scenes)
-        n = 40 * n_scenes
-        far = np.arange(n) % 4 == 0  # a quarter unlike the training features, and false
-        feats = g.standard_normal((n, 3))
-        feats[far] += 50.0
-        return {"prob": g.uniform(0.5, 1.0, n), "real": ~far, "feats": feats,
-                "scene": np.repeat(np.arange(n_scenes), 40), "edge": np.full(n, 20.0),
-                "neighbour": np.full(n, np.inf)}  # fmt: skip
+        return _far_quarter_rows(n_scenes)
 
     monkeypatch.setattr(rel, "detections_with_outcomes", fake_rows)
     sim = SimpleNamespace(config=SceneConfig(40, 40))  # no margin: one layout
@@ -592,15 +599,7 @@ def test_fit_shapes_calibration_keeps_the_prior_map_and_fits_the_other_on_its_sc
     from probcat.simulate.scene import SceneConfig
 
     def fake_rows(net, sim, noise_sigma, *, n_scenes, rng):
-        g = np.random.default_rng(n_scenes)
-        n = 40 * n_scenes
-        lumpy = sim.kind == "real"
-        far = np.arange(n) % 4 == 0 if lumpy else np.zeros(n, bool)  # unusual, false
-        feats = g.standard_normal((n, 3))
-        feats[far] += 50.0
-        return {"prob": g.uniform(0.5, 1.0, n), "real": ~far, "feats": feats,
-                "scene": np.repeat(np.arange(n_scenes), 40), "edge": np.full(n, 20.0),
-                "neighbour": np.full(n, np.inf)}  # fmt: skip
+        return _far_quarter_rows(n_scenes, far=sim.kind == "real")  # unusual, false
 
     monkeypatch.setattr(rel, "detections_with_outcomes", fake_rows)
     real_sim = SimpleNamespace(config=SceneConfig(40, 40), kind="real")
