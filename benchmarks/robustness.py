@@ -182,6 +182,7 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100, bands=("i"
             "nearest_d", "nearest_taken")  # fmt: skip
     extra = {k: [] for k in keys}
     cutout_w = []  # per scene: the calibration's probability that it is a survey cutout
+    shapes_w = []  # per scene: its probability that its galaxies are unlike the prior's
     for start in range(0, len(scenes), chunk):
         part = scenes[start : start + chunk]
         imgs = np.stack([s.image for s in part])
@@ -204,6 +205,8 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100, bands=("i"
             est = annotate(est, net, feats[b], pixels[b])
             if "cutout_probability" in est.meta:
                 cutout_w.append(est.meta["cutout_probability"])
+            if "real_shapes_probability" in est.meta:
+                shapes_w.append(est.meta["real_shapes_probability"])
             keep = np.asarray(est["prob"], float) > 0.5
             runs = [("p0.5", est), ("cal0.5", {k: np.asarray(est[k])[keep] for k in ("x", "y")})]
             if with_sep:
@@ -243,6 +246,7 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100, bands=("i"
         "det": {m: {k: cat_(v) for k, v in d.items()} for m, d in det.items() if d["snr"]},
         **{k: cat_(v) for k, v in extra.items()},
         "cutout_probability": np.asarray(cutout_w, float),
+        "real_shapes_probability": np.asarray(shapes_w, float),
     }
 
 
@@ -332,9 +336,10 @@ def metrics(r, summarise, *, sep: bool) -> dict:
                 r["prob_pooled"][inner], real[inner]
             ),
             "fraction_interior": float(inner.mean()) if len(inner) else float("nan"),
-            "mean_cutout_probability": float(r["cutout_probability"].mean())
-            if len(r["cutout_probability"])
-            else None,
+            **{
+                f"mean_{k}": float(r[k].mean()) if len(r[k]) else None
+                for k in ("cutout_probability", "real_shapes_probability")
+            },
         },
     }
     ood = r["ood"][in_range]
@@ -418,7 +423,7 @@ def figures(result: dict, rel_rows: dict, out: Path) -> None:
 
 MARGIN_KEYS = ("precision", "recall", "precision_at_0_9", "detection_ece", "detection_ece_raw",
                "detection_ece_pooled", "detection_ece_interior",
-               "mean_cutout_probability")  # fmt: skip
+               "mean_cutout_probability", "mean_real_shapes_probability")  # fmt: skip
 
 
 def margin_8(net, sim, sigma, summarise, n_images: int, seed) -> dict:
@@ -624,6 +629,9 @@ def main(argv=None):
         "that a scene is a survey cutout (sources beyond its edges) rather than an isolated "
         "scene, from the number of its detections near its edges (None: a calibration "
         "fitted on one layout only)",
+        "mean_real_shapes_probability": "mean over the scenes of the calibration's "
+        "probability that a scene's galaxies are unlike the prior's (its detections' ood_score "
+        "values; the weight of the second map, docs/robustness.md; None: weights with one)",
         "per_family": "on each family's test scenes (those of its left-out test): the shipped "
         "weights (trained on every family; with SEP) and the bulge+disk weights",
         "left_out": "weights trained on every family but this one with the shipped weights' "
