@@ -528,6 +528,11 @@ def test_real_shapes_only_fits_a_second_calibration_and_the_detector_mixes_the_t
     want = (0.75 * 0.9 + 0.25 * 0.5) * np.asarray(cat["prob_raw"])
     assert np.asarray(cat["prob"]) == pytest.approx(want)
     assert main(["train", "calibrate", str(run), "--real-shapes-only", "--seeing-only"]) == 2
+    bad_fits = ({"fits__real_shapes_prior": 1.0}, {"fits__real_shapes_prior": 0.0},
+                {"fits__real_shapes_scenes": 0}, {"fits__real_shapes_population": " "})  # fmt: skip
+    for bad in bad_fits:
+        with pytest.raises(ProbcatValueError, match="fits.real_shapes"):
+            _cfg(**bad)
 
 
 def test_sky_offset_only_records_into_the_manifest_and_the_detector_uses_it(

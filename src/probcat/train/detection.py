@@ -204,6 +204,16 @@ class DetectionTrainConfig:
             raise ProbcatValueError(
                 f"fits.pair_scenes must be 0 (no pair rule) or more, got {self.fits.pair_scenes}"
             )
+        pop = self.fits.real_shapes_population
+        if pop is not None and not str(pop).strip():
+            raise ProbcatValueError(
+                "fits.real_shapes_population must name a population, or be left out"
+            )
+        if not 0.0 < self.fits.real_shapes_prior < 1.0 or self.fits.real_shapes_scenes < 1:
+            raise ProbcatValueError(
+                "fits.real_shapes_prior must be in (0, 1) and fits.real_shapes_scenes 1 or "
+                f"more, got {self.fits.real_shapes_prior} and {self.fits.real_shapes_scenes}"
+            )
 
     @property
     def total_steps(self) -> int:
