@@ -57,9 +57,10 @@ weights file (``probcat train calibrate RUN`` refits them):
   second map, fitted by the same recipe on validation scenes of real galaxies
   (``fits.real_shapes_population``: the Hubble Deep Field stamps of
   :mod:`probcat.simulate.hubble`), and an image's detections get both, weighted by the
-  probability that its galaxies are of that other kind (:class:`ShapesCalibration`). Its detections' ``ood_score`` values tell: each is a
-  little more often high among real galaxies, and over the thousands of detections of a
-  survey image the evidence decides; a small image keeps close to the prior's map.
+  probability that its galaxies are of that other kind (:class:`ShapesCalibration`). Its
+  detections' ``ood_score`` values tell: each is a little more often high among real
+  galaxies, and over the thousands of detections of a survey image the evidence decides;
+  a small image keeps close to the prior's map.
 * :class:`FeatureDensity` describes the encoder's tile features at real detections of the
   validation scenes: the distance of a source's features to the nearest of
   :data:`OOD_NEIGHBOURS` of them (whitened by their covariance; weights of v7: the
