@@ -535,6 +535,30 @@ def test_real_shapes_only_fits_a_second_calibration_and_the_detector_mixes_the_t
             _cfg(**bad)
 
 
+def test_a_second_calibration_whose_galaxies_are_missing_stops_training_before_it_starts(
+    tmp_path, cache_dir, monkeypatch
+):
+    """Population hdf needs scikit-image: without it, training a config that fits the second
+    calibration on it stops at once with the one-line error, not after training."""
+    import probcat.simulate.hubble as H
+    from probcat.train.detection import DetectionTask
+
+    def no_skimage():
+        raise ProbcatValueError("population 'hdf' reads ... pip install -e \".[hubble]\"")
+
+    def no_training(self):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(H, "hdf_path", no_skimage)
+    if hasattr(H.hdf_stamps, "cache_clear"):
+        H.hdf_stamps.cache_clear()  # stamps read by another test would hide the error
+    monkeypatch.setattr(DetectionTask, "build_model", no_training)
+    with pytest.raises(ProbcatValueError, match="hubble"):
+        train_detection(_cfg(fits__real_shapes_population="hdf"), tmp_path / "run",
+                        cache_dir=cache_dir / "fresh", progress=False)  # fmt: skip
+    assert not (tmp_path / "run" / "detection.pt").exists()
+
+
 def test_sky_offset_only_records_into_the_manifest_and_the_detector_uses_it(
     tmp_path, cache_dir, monkeypatch
 ):

@@ -298,6 +298,10 @@ class DetectionTask:
         self.sigma = cfg.survey().noise_sigma.astype(np.float32)[:, None, None]
         self.train_sim = _simulator(cfg, "train", cache_dir, progress)
         self.val_sim = _simulator(cfg, "val", cache_dir, progress)
+        # the second calibration is fitted after training: its galaxies (population hdf
+        # needs scikit-image) must be at hand before training starts, not after it
+        if cfg.fits.real_shapes_population is not None:
+            _simulator(cfg, "val", cache_dir, progress, cfg.fits.real_shapes_population)
         self.cache_dir = cache_dir
         rng = np.random.default_rng([cfg.seed, 99])
         self.val = self._tensors(*self.val_sim.sample_batch(rng, cfg.data.val_scenes))
