@@ -7,7 +7,7 @@ the fits after training collect them (``fits.reliability_scenes`` scenes, half o
 survey-like cutouts, half isolated), and calibrations of several designs are fitted on them:
 
 * ``shipped``: one map per layout split by neighbour distance, edge zone and ``ood_score``
-  bin (what every shipped weight file carries);
+  bin (what the shipped weight files carried up to v7.5, and the first map of ``shapes``);
 * ``ood_only``: one map per layout split by ``ood_score`` bin alone;
 * ``none``: one isotonic map per layout;
 * ``with_hdf``: the shipped design fitted (calibration and ``ood_score`` density) on
