@@ -585,6 +585,7 @@ def test_annotate_records_the_images_real_shapes_probability():
     out = rel.annotate(cat, Net(), torch.zeros(3, 6, 6))
     w = Net.prob_calibration.prior_shapes.cutout_probability([1.0, 1.0, 15.0], [0.9] * 3, (30, 30))
     assert out.meta["real_shapes_probability"] == pytest.approx(0.3)
+    assert out.meta["prob_calibration"].startswith("test; for galaxies like hdf: test")
     assert out.meta["cutout_probability"] == pytest.approx(w, abs=1e-4)
     assert out["prob"] == pytest.approx(0.3 * 0.46 + 0.7 * (w * 0.36 + (1 - w) * 0.8))
 

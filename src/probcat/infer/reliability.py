@@ -373,6 +373,14 @@ class ShapesCalibration:
                 f"a shapes calibration needs 0 < prior < 1 and {SHAPES_BINS} log ratios"
             )
 
+    @property
+    def description(self) -> str:
+        """What a catalogue's ``prob_calibration`` says: both maps' fits."""
+        return (
+            f"{self.prior_shapes.source}; for galaxies like {self.population or 'another kind'}: "
+            f"{self.source}; mixed by the image's real_shapes_probability"
+        )
+
     def real_shapes_probability(self, ood) -> float:
         """Posterior probability that an image whose detections have ``ood_score`` values
         ``ood`` holds galaxies of the second kind (``prior`` without scores)."""
@@ -750,6 +758,7 @@ def annotate(cat, net, feats_k: torch.Tensor, pixels=None):
         ood = cols.get("ood_score")
         meta["prob_calibration"] = cal.source
         if isinstance(cal, ShapesCalibration):  # the image's real-shapes probability, once
+            meta["prob_calibration"] = cal.description
             w = cal.real_shapes_probability(ood)
             meta["real_shapes_probability"] = round(w, 4)
             prob = cal.mix(raw, ood, edge, near, w, shape=cat.image_shape)
