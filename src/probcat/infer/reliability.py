@@ -756,22 +756,15 @@ def annotate(cat, net, feats_k: torch.Tensor, pixels=None):
         edge = edge_distance(cat["x"], cat["y"], cat.image_shape)
         near = neighbour_distance(cat["x"], cat["y"], raw)
         ood = cols.get("ood_score")
-        meta["prob_calibration"] = cal.source
-        if isinstance(cal, ShapesCalibration):  # the image's real-shapes probability, once
-            meta["prob_calibration"] = cal.description
-            w = cal.real_shapes_probability(ood)
-            meta["real_shapes_probability"] = round(w, 4)
-            prob = cal.mix(raw, ood, edge, near, w, shape=cat.image_shape)
-            cal = cal.prior_shapes  # for the cutout probability, below
-        else:
-            prob = None
-        if isinstance(cal, LayoutCalibration):  # the image's cutout probability, once
-            w = cal.cutout_probability(edge, raw, cat.image_shape)
+        meta["prob_calibration"] = getattr(cal, "description", cal.source)
+        base = cal
+        if isinstance(cal, ShapesCalibration):  # the image's weights, as the map uses them
+            meta["real_shapes_probability"] = round(cal.real_shapes_probability(ood), 4)
+            base = cal.prior_shapes
+        if isinstance(base, LayoutCalibration):
+            w = base.cutout_probability(edge, raw, cat.image_shape)
             meta["cutout_probability"] = round(w, 4)
-            if prob is None:
-                prob = cal.mix(raw, ood, edge, near, w)
-        elif prob is None:
-            prob = cal(raw, ood, edge, near)
+        prob = cal(raw, ood, edge, near, shape=cat.image_shape)
         cols.update(prob_raw=raw, prob=prob)
     return replace(cat.with_columns(**cols), meta=meta)
 
