@@ -10,6 +10,7 @@ from probcat.infer.calibration import (
     calibration_from_errors,
     centroid_interval,
     fit_centroid_calibration,
+    mix_centroid_calibrations,
 )
 
 
@@ -124,3 +125,68 @@ def test_refined_sample_positions_follow_the_calibration():
     half = np.abs(np.random.default_rng(2).standard_normal(100_000)) * 0.5
     net.centroid_calibration = calibration_from_errors(half)
     assert spread() == pytest.approx(0.5, abs=0.03)
+
+
+def _cdf(cal: CentroidCalibration, k: float) -> float:
+    """P(|error| / sd <= k) under ``cal``, by root-finding on its quantile function."""
+    from scipy.optimize import brentq
+
+    if k >= cal.quantile(np.array([1 - 1e-9]))[0]:
+        return 1.0
+    return brentq(lambda u: cal.quantile(np.array([u]))[0] - k, 0.0, 1 - 1e-9, xtol=1e-10)
+
+
+def test_mixed_calibration_solves_the_mixture_cdf_at_each_level():
+    """The mixture's k at each level is where (1 - w) F_a + w F_b equals the level (each F
+    inverted from its own quantile function by root-finding); w = 0 and 1 give the two
+    calibrations; a Monte Carlo draw of the mixture covers at the levels."""
+    rng = np.random.default_rng(3)
+    a = calibration_from_errors(np.abs(rng.standard_normal(50_000)), "a")
+    b = calibration_from_errors(np.abs(rng.standard_t(3, 50_000)) * 1.8, "b")
+    np.testing.assert_allclose(mix_centroid_calibrations(a, b, 0.0).k, a.k, atol=2e-3)
+    np.testing.assert_allclose(mix_centroid_calibrations(a, b, 1.0).k, b.k, atol=2e-3)
+    for w in (0.2, 0.7):
+        m = mix_centroid_calibrations(a, b, w, "mixed")
+        assert m.source == "mixed" and m.levels == a.levels and m.n == a.n + b.n
+        for level, k in zip(m.levels, m.k):
+            assert (1 - w) * _cdf(a, k) + w * _cdf(b, k) == pytest.approx(level, abs=1e-3)
+        assert np.all(np.asarray(m.k) >= np.asarray(a.k)) and np.all(np.asarray(m.k) <= b.k)
+        n = 400_000
+        za, zb = a.quantile(rng.random(n)), b.quantile(rng.random(n))
+        z = np.where(rng.random(n) < w, zb, za)
+        for level in (0.6827, 0.9545):
+            assert np.mean(z <= m.factor(level)) == pytest.approx(level, abs=0.004)
+    with pytest.raises(ProbcatValueError, match="weight"):
+        mix_centroid_calibrations(a, b, 1.5)
+
+
+def test_annotate_mixes_the_centroid_calibrations_by_the_images_real_shapes_probability():
+    """Weights with a second (real shapes) centroid calibration: the catalogue's metadata
+    gets the two mixed by the image's real-shapes probability, and its intervals follow;
+    weights without one keep the catalogue's own."""
+    from types import SimpleNamespace
+
+    import probcat.infer.reliability as rel
+
+    rng = np.random.default_rng(4)
+    own = calibration_from_errors(np.abs(rng.standard_normal(20_000)), "own")
+    real = calibration_from_errors(np.abs(rng.standard_normal(20_000)) * 3, "real")
+    probs = rel.ProbabilityCalibration((0.0, 1.0), (0.0, 1.0), 100, "p")
+    shapes = rel.ShapesCalibration(probs, probs, (0.0,) * 20, 0.3, "hdf", 100, "s")
+    cols = dict(x=[5.0, 20.0], y=[6.0, 22.0], prob=[0.9, 0.8], tile_x=[1, 5], tile_y=[1, 5])
+    cols |= dict(x_sd=[0.5, 0.2], y_sd=[0.4, 0.3])
+    meta = {"centroid_calibration": own.to_dict()}
+    cat = FullCatalog({k: np.asarray(v) for k, v in cols.items()}, (30, 30), ("i",), meta)
+    net = SimpleNamespace(prob_calibration=shapes, feature_density=None)
+    net.centroid_calibration, net.real_shapes_centroid_calibration = own, real
+    out = rel.annotate(cat, net, torch.zeros(3, 8, 8))
+    assert out.meta["real_shapes_probability"] == pytest.approx(0.3)
+    want = mix_centroid_calibrations(own, real, 0.3)
+    got = CentroidCalibration.from_dict(out.meta["centroid_calibration"])
+    assert got.k == want.k and "mixed with weight 0.3000" in got.source
+    assert 1.0 < got.factor(0.6827) < 3.0
+    iv = centroid_interval(out, 0.6827)
+    np.testing.assert_allclose(iv["x_hi"] - out["x"], want.factor(0.6827) * out["x_sd"])
+    net.real_shapes_centroid_calibration = None
+    kept = rel.annotate(cat, net, torch.zeros(3, 8, 8)).meta["centroid_calibration"]
+    assert kept == own.to_dict()

@@ -509,11 +509,31 @@ def test_real_shapes_only_fits_a_second_calibration_and_the_detector_mixes_the_t
         return R.ShapesCalibration(own, real, (0.0,) * 20, 0.25, population, 300, source)
 
     monkeypatch.setattr(R, "fit_shapes_calibration", fake)
+    import probcat.infer.calibration as C
+
+    own_c = C.calibration_from_errors(np.abs(np.random.default_rng(2).standard_normal(500)), "o")
+    real_c = C.CentroidCalibration(own_c.levels, tuple(2.5 * k for k in own_c.k), 400, "")
+
+    def fake_centroids(net, sim, noise_sigma, *, n_scenes, rng, source, progress):
+        seen.update(centroids=sim.bank.config.population, centroid_scenes=n_scenes)
+        return C.CentroidCalibration(real_c.levels, real_c.k, real_c.n, source)
+
+    monkeypatch.setattr(C, "fit_centroid_calibration", fake_centroids)
+    # the run's own centroid calibration, as a trained run would carry (a tiny net may not)
+    w0 = read_weights(run / "detection.pt")
+    w0["centroid_calibration"] = own_c.to_dict()
+    torch.save(w0, run / "detection.pt")
+    before = read_weights(run / "detection.pt")
     m = calibrate_run(run, cache_dir=cache_dir, progress=False, shapes_only=True,
                       real_shapes_population="morphology")  # fmt: skip
-    assert seen == {"real": "morphology", "prior": "parametric"}
+    assert seen == {"real": "morphology", "prior": "parametric", "centroids": "morphology",
+                    "centroid_scenes": _cfg().fits.calibration_scenes}  # fmt: skip
     after = read_weights(run / "detection.pt")
     assert after["prob_calibration"]["kind"] == "shapes"
+    got_c = after["real_shapes_centroid_calibration"]
+    assert got_c["k"] == list(real_c.k) and "validation scenes of morphology" in got_c["source"]
+    assert m["real_shapes_centroid_calibration"] == got_c
+    assert after["centroid_calibration"] == own_c.to_dict()  # the run's own stays
     assert after["config"]["fits"]["real_shapes_population"] == "morphology"
     for key in ("feature_density", "pair_rule", "merge", "sky_offset", "seeing_calibrations"):
         assert after.get(key) == before.get(key), key
@@ -527,6 +547,8 @@ def test_real_shapes_only_fits_a_second_calibration_and_the_detector_mixes_the_t
     assert len(cat) > 0 and cat.meta["real_shapes_probability"] == pytest.approx(0.25)
     want = (0.75 * 0.9 + 0.25 * 0.5) * np.asarray(cat["prob_raw"])
     assert np.asarray(cat["prob"]) == pytest.approx(want)
+    mixed = C.mix_centroid_calibrations(own_c, real_c, 0.25)
+    assert cat.meta["centroid_calibration"]["k"] == pytest.approx(list(mixed.k))
     assert main(["train", "calibrate", str(run), "--real-shapes-only", "--seeing-only"]) == 2
     bad_fits = ({"fits__real_shapes_prior": 1.0}, {"fits__real_shapes_prior": 0.0},
                 {"fits__real_shapes_scenes": 0}, {"fits__real_shapes_population": " "})  # fmt: skip

@@ -723,6 +723,13 @@ def calibrate_cmd(
             f"second probability calibration, for galaxies like {cal['population']}, from "
             f"{cal['n']} detections"
         )
+    real_cal = m.get("real_shapes_centroid_calibration")
+    if real_cal:
+        k = dict(zip(real_cal["levels"], real_cal["k"]))
+        typer.echo(
+            f"centroid intervals for those galaxies from {real_cal['n']} matched coordinates: "
+            f"68% ±{k[0.6827]:.2f} sd, 95% ±{k[0.9545]:.2f} sd"
+        )
     if shapes_only:
         typer.echo(f"-> {run / 'detection.pt'}")
         return

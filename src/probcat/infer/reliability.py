@@ -738,7 +738,9 @@ def annotate(cat, net, feats_k: torch.Tensor, pixels=None):
     docstring); unchanged when the weights carry neither fit. The calibration is the one
     for the seeing ``net`` reads the image at (:func:`seeing_calibration`). With ``pixels``
     (the image in noise-sigma units) and weights with a pair rule, the detections it vetoes
-    are dropped first (:func:`veto_pairs`)."""
+    are dropped first (:func:`veto_pairs`). Where the probabilities mix two maps by the
+    image's ``real_shapes_probability`` (:class:`ShapesCalibration`), the metadata's
+    ``centroid_calibration`` mixes the weights' two centroid calibrations by it too."""
     cat = veto_pairs(cat, net, pixels)
     cal = seeing_calibration(net)[1]
     dens = getattr(net, "feature_density", None)
@@ -759,7 +761,9 @@ def annotate(cat, net, feats_k: torch.Tensor, pixels=None):
         meta["prob_calibration"] = getattr(cal, "description", cal.source)
         base = cal
         if isinstance(cal, ShapesCalibration):  # the image's weights, as the map uses them
-            meta["real_shapes_probability"] = round(cal.real_shapes_probability(ood), 4)
+            w_real = cal.real_shapes_probability(ood)
+            meta["real_shapes_probability"] = round(w_real, 4)
+            meta.update(_mixed_centroid_calibration(net, w_real))
             base = cal.prior_shapes
         if isinstance(base, LayoutCalibration):
             w = base.cutout_probability(edge, raw, cat.image_shape)
@@ -767,6 +771,21 @@ def annotate(cat, net, feats_k: torch.Tensor, pixels=None):
         prob = cal(raw, ood, edge, near, shape=cat.image_shape)
         cols.update(prob_raw=raw, prob=prob)
     return replace(cat.with_columns(**cols), meta=meta)
+
+
+def _mixed_centroid_calibration(net, w: float) -> dict:
+    """``{"centroid_calibration": ...}``: the weights' two centroid calibrations mixed by an
+    image's ``real_shapes_probability`` ``w``
+    (:func:`~probcat.infer.calibration.mix_centroid_calibrations`); ``{}`` for weights
+    without a second one."""
+    from probcat.infer.calibration import mix_centroid_calibrations
+
+    a = getattr(net, "centroid_calibration", None)
+    b = getattr(net, "real_shapes_centroid_calibration", None)
+    if a is None or b is None:
+        return {}
+    source = f"{a.source}; for galaxies unlike the prior's: {b.source}; mixed with weight {w:.4f}"
+    return {"centroid_calibration": mix_centroid_calibrations(a, b, w, source).to_dict()}
 
 
 @torch.no_grad()

@@ -105,6 +105,9 @@ class DetectionNet(nn.Module):
         self.proximity = proximity
         # CentroidCalibration of the catalogue's intervals, set by the weights loader
         self.centroid_calibration = None
+        # and the one fitted on galaxies unlike the prior's (with a ShapesCalibration), mixed
+        # with it per image by probcat.infer.reliability.annotate
+        self.real_shapes_centroid_calibration = None
         # radius (px) within which claims of neighbouring tiles are one source when decoding
         # (probcat.infer.merge), set by the weights loader; 0: no merging
         self.merge_px = 0.0

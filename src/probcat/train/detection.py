@@ -607,6 +607,9 @@ def calibrate_run(
             )
         weights.update(shapes)
         manifest["prob_calibration"] = shapes["prob_calibration"]
+        centroid = shapes.get("real_shapes_centroid_calibration")
+        if centroid is not None:
+            manifest["real_shapes_centroid_calibration"] = centroid
         weights["config"]["fits"] = manifest["config"]["fits"] = to_dict(cfg.fits)
         return write_run(out, "detection", weights, manifest, refit="shapes_calibration")
     sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population)
@@ -626,6 +629,8 @@ def calibrate_run(
     weights.update(rel)
     manifest["pair_rule"] = rel["pair_rule"]
     manifest["prob_calibration"] = rel["prob_calibration"]
+    if "real_shapes_centroid_calibration" in rel:
+        manifest["real_shapes_centroid_calibration"] = rel["real_shapes_centroid_calibration"]
     manifest["feature_density"] = _density_summary(rel["feature_density"])
     if not reliability_only:
         weights["sky_offset"] = manifest["sky_offset"] = fit_sky_offset(cfg, sim.bank)
@@ -741,11 +746,14 @@ def _seeing_summary(entries: list | None) -> list:
 
 
 def _fit_shapes(net, cfg: DetectionTrainConfig, cache_dir, progress) -> dict:
-    """``{"prob_calibration": ...}``: ``net``'s probability calibration with a second map
-    for galaxies unlike the prior's, fitted on ``fits.real_shapes_scenes`` fresh validation
-    scenes of ``fits.real_shapes_population`` (a seed of their own; the layouts of the
-    reliability fits; :func:`~probcat.infer.reliability.fit_shapes_calibration`), set on
-    ``net``; ``{}`` (nothing changed) without such a population or a calibration."""
+    """``{"prob_calibration": ..., "real_shapes_centroid_calibration": ...}``: ``net``'s
+    probability calibration with a second map for galaxies unlike the prior's, fitted on
+    ``fits.real_shapes_scenes`` fresh validation scenes of ``fits.real_shapes_population``
+    (a seed of their own; the layouts of the reliability fits;
+    :func:`~probcat.infer.reliability.fit_shapes_calibration`), and the centroid-interval
+    calibration of that population (``fits.calibration_scenes`` scenes of the training
+    layout, a seed of their own), both set on ``net``; ``{}`` (nothing changed) without
+    such a population or a calibration."""
     from probcat.infer.reliability import fit_shapes_calibration
 
     f = cfg.fits
@@ -770,7 +778,16 @@ def _fit_shapes(net, cfg: DetectionTrainConfig, cache_dir, progress) -> dict:
         f"validation scenes of {f.population or cfg.data.population}",
     )
     net.prob_calibration = cal
-    return {"prob_calibration": cal.to_dict()}
+    out = {"prob_calibration": cal.to_dict()}
+    centroid = _fit_calibration(
+        net, cfg, real, progress, seed_tag=47, population=f.real_shapes_population
+    )
+    if centroid is not None:
+        from probcat.infer.calibration import CentroidCalibration
+
+        net.real_shapes_centroid_calibration = CentroidCalibration.from_dict(centroid)
+        out["real_shapes_centroid_calibration"] = centroid
+    return out
 
 
 def _fit_seeing(net, cfg: DetectionTrainConfig, cache_dir, progress) -> list:
@@ -861,13 +878,17 @@ def _fit_reliability(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progre
     return {"pair_rule": pair, "prob_calibration": cal.to_dict(), "feature_density": dens.to_dict()}
 
 
-def _fit_calibration(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progress):
+def _fit_calibration(
+    net, cfg: DetectionTrainConfig, sim: SceneSimulator, progress, *, seed_tag=17, population=""
+):
     """The centroid-interval calibration (:mod:`probcat.infer.calibration`) of ``net`` on
     fresh scenes of ``sim`` (validation galaxies, the training scene layout; a seed of its
-    own); None, with a warning, when an undertrained net matches too few sources."""
+    own, ``[cfg.seed, seed_tag]``; ``population``: named in its source when not the
+    training one); None, with a warning, when an undertrained net matches too few sources."""
     from probcat.infer.calibration import TooFewMatches, fit_centroid_calibration
 
-    seed, n = [cfg.seed, 17], cfg.fits.calibration_scenes
+    seed, n = [cfg.seed, seed_tag], cfg.fits.calibration_scenes
+    of = f" of {population}" if population else ""
     try:
         return fit_centroid_calibration(
             net,
@@ -875,7 +896,7 @@ def _fit_calibration(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progre
             cfg.survey().noise_sigma,
             n_scenes=n,
             rng=np.random.default_rng(seed),
-            source=f"{n} validation scenes ({cfg.data.image_size} px, split=val, "
+            source=f"{n} validation scenes{of} ({cfg.data.image_size} px, split=val, "
             f"seed {seed}), MAP detections matched within 2 px",
             progress=progress,
         ).to_dict()

@@ -198,6 +198,10 @@ def _build_detection(state: dict, path: Path):
         from probcat.infer.calibration import CentroidCalibration
 
         net.centroid_calibration = CentroidCalibration.from_dict(state["centroid_calibration"])
+        if state.get("real_shapes_centroid_calibration"):
+            net.real_shapes_centroid_calibration = CentroidCalibration.from_dict(
+                state["real_shapes_centroid_calibration"]
+            )
     if state.get("merge"):
         net.merge_px = float(state["merge"]["radius_px"])
     if state.get("prob_calibration") or state.get("feature_density"):
