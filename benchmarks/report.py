@@ -75,6 +75,12 @@ def _left_out_rows(fam: str) -> list[tuple]:
         (f"{fam} left out: ood_score AUC, false vs real", f"{lo}.ood_flag_auc", None, ".3f", ""),
         (f"{fam} left out: false detections splitting a found source",
          f"{lo}.false_detections.split.fraction", None, ".2f", ""),
+        (f"{fam} left out: centroid 68% intervals' coverage",
+         f"{lo}.probcat.centroid_coverage_68", f"{lo}.probcat.centroid_coverage_68_prior",
+         ".3f", "0.683", "training galaxies' calibration alone"),
+        (f"{fam} left out: centroid 95% intervals' coverage",
+         f"{lo}.probcat.centroid_coverage_95", f"{lo}.probcat.centroid_coverage_95_prior",
+         ".3f", "0.954", "training galaxies' calibration alone"),
     ]  # fmt: skip
 
 
@@ -93,6 +99,14 @@ HUBBLE_ROWS = [
      "hubble.shipped.probcat.detection_ece", None, ".3f", ""),
     ("Hubble Deep Field galaxies: precision of the bulge + disk weights (v6)",
      "hubble.bulgedisk.probcat.precision", None, ".3f", ""),
+    ("Hubble Deep Field galaxies (shipped): centroid 68% intervals' coverage",
+     "hubble.shipped.probcat.centroid_coverage_68",
+     "hubble.shipped.probcat.centroid_coverage_68_prior", ".3f", "0.683",
+     "training galaxies' calibration alone"),
+    ("Hubble Deep Field galaxies (shipped): centroid 95% intervals' coverage",
+     "hubble.shipped.probcat.centroid_coverage_95",
+     "hubble.shipped.probcat.centroid_coverage_95_prior", ".3f", "0.954",
+     "training galaxies' calibration alone"),
 ]  # fmt: skip
 
 SEEING_SCALES = ("0.8", "1", "1.25", "1.5")
@@ -1068,6 +1082,22 @@ TABLES = {
                 None,
                 ".3f",
                 "",
+            ),
+            (
+                "all families (shipped): centroid 68% intervals' coverage",
+                "in_distribution.probcat.centroid_coverage_68",
+                "in_distribution.probcat.centroid_coverage_68_prior",
+                ".3f",
+                "0.683",
+                "training galaxies' calibration alone",
+            ),
+            (
+                "all families (shipped): centroid 95% intervals' coverage",
+                "in_distribution.probcat.centroid_coverage_95",
+                "in_distribution.probcat.centroid_coverage_95_prior",
+                ".3f",
+                "0.954",
+                "training galaxies' calibration alone",
             ),
             *(row for fam in LEFT_OUT_FAMILIES for row in _left_out_rows(fam)),
             *HUBBLE_ROWS,
