@@ -28,6 +28,7 @@ import torch
 
 from probcat.baselines.sep import sep_detect
 from probcat.catalog import FullCatalog, atomic_write, make_wcs
+from probcat.infer.calibration import CentroidCalibration
 from probcat.infer.detect import (
     SAMPLE_SWEEPS,
     batch_tile_features,
@@ -37,7 +38,7 @@ from probcat.infer.detect import (
     tile_features,
     tile_image,
 )
-from probcat.infer.reliability import veto_pairs
+from probcat.infer.reliability import annotate, veto_pairs
 from probcat.io import write_image
 from probcat.metrics import (
     SNR_BINS,
@@ -89,6 +90,9 @@ def run_scenes(net, survey, sim, args):
     cls_e2e = {"prob": [], "galaxy": [], "snr": []}
     tile_prob, tile_truth = [], []
     cov_dx, cov_sd, cov_snr = [], [], []
+    # per matched detection: the half-widths (sd) of its catalogue's 68.3% / 95.4% intervals
+    # (the weights' centroid calibration mixed as the product mixes it for the scene)
+    cov_k, real_shapes_w = [], []
     cov_exact = {lvl: {"true": [], "lo": [], "hi": []} for lvl in COVERAGE_LEVELS}
     n_done, n_collisions = 0, 0
     t_probcat = t_sep = 0.0
@@ -145,6 +149,10 @@ def run_scenes(net, survey, sim, args):
                     )
                     cov_sd.append(np.stack([est["x_sd"][j], est["y_sd"][j]], 1))
                     cov_snr.append(cat["snr"][i, 0])
+                    cal_k, w_real = _catalogue_interval_k(net, est, feats[b])
+                    cov_k.append(np.tile(cal_k, (len(j), 1)))
+                    if w_real is not None:
+                        real_shapes_w.append(w_real)
                     tiles_xy = np.stack([est["tile_x"][j], est["tile_y"][j]], 1)
                     ty_, tx_ = est["tile_y"][j], est["tile_x"][j]
                     for lvl, (lo, hi) in intervals.items():
@@ -181,6 +189,8 @@ def run_scenes(net, survey, sim, args):
         "cov_dx": np.concatenate(cov_dx),
         "cov_sd": np.concatenate(cov_sd),
         "cov_snr": np.concatenate(cov_snr),
+        "cov_k": np.concatenate(cov_k),
+        "real_shapes_probability": np.asarray(real_shapes_w, float),
         "cov_exact": {
             lvl: {k: np.concatenate(v) for k, v in d.items()} for lvl, d in cov_exact.items()
         },
@@ -332,10 +342,30 @@ def boundary_test(net, survey, bank, args, merge_px=None):
     }
 
 
+def _catalogue_interval_k(net, est, feats_k):
+    """The half-widths (sd) of the 68.3% / 95.4% centroid intervals the product's catalogue
+    of this scene carries (:func:`probcat.infer.reliability.annotate`'s metadata: the
+    weights' calibration, mixed with their second one by the scene's
+    ``real_shapes_probability`` where they carry two; NaN without a calibration), and that
+    probability (None without it)."""
+    meta = annotate(est, net, feats_k).meta
+    d = meta.get("centroid_calibration")
+    if d is None and net.centroid_calibration is not None:
+        d = net.centroid_calibration.to_dict()
+    k = (
+        [CentroidCalibration.from_dict(d).factor(lv) for lv in (0.6827, 0.9545)]
+        if d
+        else [np.nan] * 2
+    )
+    return np.asarray(k, float), meta.get("real_shapes_probability")
+
+
 def centroid_coverage(net, r):
-    """Coverage of the catalogue's centroid intervals, overall and by true SNR."""
+    """Coverage of the catalogue's centroid intervals, overall and by true SNR; ``_training``:
+    with the training galaxies' calibration alone (for weights that carry a second one)."""
     cal = net.centroid_calibration
     dx, sd, snr = np.abs(r["cov_dx"]), r["cov_sd"], r["cov_snr"]
+    k = {"68": r["cov_k"][:, :1], "95": r["cov_k"][:, 1:]}  # per detection, both axes
     res = {"by_snr": []}
     for key, lvl in (("68", 0.6827), ("95", 0.9545)):
         if cal is None and net.loc_refine:  # the refined normal's own intervals
@@ -343,7 +373,9 @@ def centroid_coverage(net, r):
         elif cal is None:
             res[key] = interval_coverage_bounds(**r["cov_exact"][lvl])
         else:
-            res[key] = float(np.mean(dx <= cal.factor(lvl) * sd))
+            res[key] = float(np.mean(dx <= k[key] * sd))
+            res[f"{key}_training"] = float(np.mean(dx <= cal.factor(lvl) * sd))
+    w = r["real_shapes_probability"]
     res["intervals"] = (
         ("refined normal, x +- z x_sd" if net.loc_refine else "exact truncated-normal")
         + " (no calibration in the weights)"
@@ -354,6 +386,16 @@ def centroid_coverage(net, r):
             "k95": cal.factor(0.9545),
             "fitted_on": cal.source,
             "n": cal.n,
+            "second_calibration": None
+            if net.real_shapes_centroid_calibration is None
+            else {
+                "k68": net.real_shapes_centroid_calibration.factor(0.6827),
+                "k95": net.real_shapes_centroid_calibration.factor(0.9545),
+                "fitted_on": net.real_shapes_centroid_calibration.source,
+                "mean_real_shapes_probability": float(w.mean()) if len(w) else None,
+                "mean_k68": float(k["68"].mean()),
+                "mean_k95": float(k["95"].mean()),
+            },
         }
     )
     if cal is not None:
@@ -363,8 +405,8 @@ def centroid_coverage(net, r):
                 {
                     "snr": [lo, hi],
                     "n": int(m.sum()),
-                    "68": float(np.mean(dx[m] <= cal.factor(0.6827) * sd[m])),
-                    "95": float(np.mean(dx[m] <= cal.factor(0.9545) * sd[m])),
+                    "68": float(np.mean(dx[m] <= k["68"][m] * sd[m])),
+                    "95": float(np.mean(dx[m] <= k["95"][m] * sd[m])),
                 }
             )
     return res
@@ -751,6 +793,10 @@ def main(argv=None):
         "centroid_coverage_95": coverage["95"],
         "centroid_intervals": coverage["intervals"],
         "centroid_coverage_by_snr": coverage["by_snr"],
+        # the same intervals with the training galaxies' calibration alone
+        "centroid_coverage_training_calibration": {
+            key: coverage.get(f"{key}_training") for key in ("68", "95")
+        },
         # the tile's truncated-normal intervals; with a location refiner the catalogue's
         # position is the refined one, and its own intervals are the Gaussian ones below
         "centroid_coverage_uncalibrated_truncated": {
@@ -795,7 +841,10 @@ def main(argv=None):
             "detection_ece": "10-bin ECE, marginal tile probabilities vs occupancy (all tiles)",
             "centroid_coverage": "per-axis intervals of matched MAP detections, both axes "
             "pooled: the catalogue's calibrated x +- k(level) x_sd when the weights carry a "
-            "calibration (fitted on validation scenes at training), else the exact "
+            "calibration (fitted on validation scenes at training; for weights that carry "
+            "a second one, fitted on Hubble Deep Field galaxies, the two mixed by each "
+            "scene's real_shapes_probability, as the product's catalogue has them; "
+            "centroid_coverage_training_calibration: the first alone), else the exact "
             "truncated-normal intervals (the refined normal's with a location refiner)",
             "classification": "true locations given (paper Fig. 5); end_to_end: matched MAP",
         },
