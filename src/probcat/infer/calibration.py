@@ -19,7 +19,8 @@ file; :func:`centroid_interval` applies it (a Gaussian ``k`` for weights without
 Galaxies unlike the prior's (real ones: asymmetric light, clumps) are placed less
 exactly than the training galaxies, and most of all when bright, where the error is set by
 the shape rather than the noise: with the training galaxies' calibration, the shipped
-weights' 68% / 95% intervals cover 61% / 92% of the centroids of Hubble Deep Field galaxies.
+weights' 68% / 95% intervals cover about 62% / 93% of the centroids of Hubble Deep Field
+galaxies (validation scenes).
 Weights that carry a probability calibration for such galaxies
 (:class:`~probcat.infer.reliability.ShapesCalibration`) carry a centroid calibration fitted
 on the same population too (``net.real_shapes_centroid_calibration``); an image's catalogue
