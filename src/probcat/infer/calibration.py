@@ -86,6 +86,15 @@ class CentroidCalibration:
         tail = k[-1] * norm.ppf((1 + u) / 2) / norm.ppf((1 + lv[-1]) / 2)
         return np.where(u <= lv[-1], core, tail)
 
+    def cdf(self, k: np.ndarray) -> np.ndarray:
+        """``P(|error| / sd <= k)``: the inverse of :meth:`quantile` (linear between the
+        fitted levels, the normal tail beyond the last)."""
+        k = np.asarray(k, float)
+        lv, kk = np.asarray(self.levels), np.asarray(self.k)
+        core = np.interp(k, np.r_[0.0, kk], np.r_[0.0, lv])
+        tail = 2.0 * norm.cdf(k * norm.ppf((1 + lv[-1]) / 2) / kk[-1]) - 1.0
+        return np.where(k <= kk[-1], core, tail)
+
     def to_dict(self) -> dict:
         return {"levels": list(self.levels), "k": list(self.k), "n": self.n, "source": self.source}
 
@@ -103,12 +112,13 @@ def mix_centroid_calibrations(
     ``b`` (at ``a``'s levels)."""
     if not 0.0 <= w <= 1.0:
         raise ProbcatValueError(f"mixture weight must lie in [0, 1], got {w}")
-    u = np.linspace(0.0, 0.9999, 20001)
-    qa, qb = a.quantile(u), b.quantile(u)
-    grid = np.unique(np.concatenate([qa, qb]))
-    cdf = (1.0 - w) * np.interp(grid, qa, u) + w * np.interp(grid, qb, u)
-    # cdf is non-decreasing; where it is flat, take the smallest k that reaches the level
-    k = grid[np.minimum(np.searchsorted(cdf, np.asarray(a.levels), side="left"), len(grid) - 1)]
+    hi = max(a.k[-1], b.k[-1])
+    # both CDFs are linear between their knots (exact there) and a normal tail beyond:
+    # the knots of both, and a fine geometric grid over the tails
+    tail = np.geomspace(min(a.k[-1], b.k[-1]), 10.0 * hi, 400)
+    grid = np.unique(np.concatenate([[0.0], a.k, b.k, tail]))
+    cdf = (1.0 - w) * a.cdf(grid) + w * b.cdf(grid)
+    k = np.interp(np.asarray(a.levels), cdf, grid)
     return CentroidCalibration(a.levels, tuple(float(v) for v in k), a.n + b.n, source)
 
 
