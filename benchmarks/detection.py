@@ -35,6 +35,7 @@ from probcat.infer.detect import (
     catalog_from_decisions,
     decode,
     map_catalog,
+    map_meta,
     tile_features,
     tile_image,
 )
@@ -127,7 +128,7 @@ def run_scenes(net, survey, sim, args):
             truth_rows["galaxy"].append(cat["galaxy"])
             for t in THRESHOLDS:
                 est = catalog_from_decisions(
-                    decs[t], b, marginal, (98, 98), net.tile_size, ("i",), {}
+                    decs[t], b, marginal, (98, 98), net.tile_size, ("i",), map_meta(net, t)
                 )
                 est = veto_pairs(est, net, pixels[b])  # as the product's MAP catalogue
                 i, j = match(true_xy, np.stack([est["x"], est["y"]], 1))
@@ -350,8 +351,6 @@ def _catalogue_interval_k(net, est, feats_k):
     probability (None without it)."""
     meta = annotate(est, net, feats_k).meta
     d = meta.get("centroid_calibration")
-    if d is None and net.centroid_calibration is not None:
-        d = net.centroid_calibration.to_dict()
     k = (
         [CentroidCalibration.from_dict(d).factor(lv) for lv in (0.6827, 0.9545)]
         if d

@@ -42,7 +42,13 @@ from probcat.baselines.sep import sep_detect
 from probcat.catalog import atomic_write
 from probcat.infer.calibration import CentroidCalibration
 from probcat.infer.deblend import match_nearest
-from probcat.infer.detect import batch_tile_features, catalog_from_decisions, decode, tile_image
+from probcat.infer.detect import (
+    batch_tile_features,
+    catalog_from_decisions,
+    decode,
+    map_meta,
+    tile_image,
+)
 from probcat.infer.reliability import EDGE_ZONES, OOD_FLAG, annotate, edge_distance, fit_reliability
 from probcat.metrics import expected_calibration_error
 from probcat.metrics.detection import detected_snr, match
@@ -205,8 +211,8 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100, bands=("i"
             truth["blend"].append(cat["blendedness"][:, plane])
             true_xy = np.stack([cat["x"], cat["y"]], 1)
             shape = imgs.shape[-2:]
-            est = catalog_from_decisions(
-                dec, b, dec.marginal, shape, net.tile_size, tuple(bands), {}
+            est = catalog_from_decisions(  # the product's metadata: its centroid calibration
+                dec, b, dec.marginal, shape, net.tile_size, tuple(bands), map_meta(net, 0.5)
             )
             est = annotate(est, net, feats[b], pixels[b])
             if "cutout_probability" in est.meta:
@@ -261,10 +267,10 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100, bands=("i"
 def _centroid_errors(cz: dict, net, est, truth, i, j) -> None:
     """Append to ``cz`` the standardised errors of the matched detections ``j`` (true sources
     ``i``), both axes, with the interval half-widths of the catalogue's centroid calibration
-    (its metadata's: the image's mixture of the weights' two, where they carry two; else the
-    weights') and of the weights' own alone (Gaussian without one)."""
+    (its metadata's: the weights', mixed with their second one by the image's weight where
+    they carry two) and of the weights' own alone (Gaussian without one)."""
     own = net.centroid_calibration
-    cal = est.meta.get("centroid_calibration") or (own.to_dict() if own is not None else None)
+    cal = est.meta.get("centroid_calibration")
     cal = CentroidCalibration.from_dict(cal) if cal is not None else None
     for t, s in (("x", "x_sd"), ("y", "y_sd")):
         z = np.abs(np.asarray(truth[t], float)[i] - np.asarray(est[t], float)[j])
