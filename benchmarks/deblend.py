@@ -56,7 +56,7 @@ from probcat.infer.deblend import (
     source_images,
 )
 from probcat.measure import APERTURE_RADIUS, adaptive_moments, flux_posterior
-from probcat.provenance import json_safe, provenance
+from probcat.provenance import json_safe, provenance, reference_speed_s
 from probcat.simulate.datasets import Simulation, SimulationConfig
 from probcat.simulate.prior import FAMILIES
 from probcat.simulate.scene import SceneConfig, SceneSimulator
@@ -579,6 +579,8 @@ def speed_part(det, deb, args, tmp):
         SimulationConfig(recipe="blend", n=1, seed=args.seed + 2, split="test"), progress=False
     ).bank
     big = SceneSimulator(bank, SceneConfig(1000, 1000)).sample(np.random.default_rng(args.seed))
+    # the machine's speed at the time (about 2.5 s on a normal day): a slow hour reads here
+    reference = reference_speed_s()
     times = []
     for _ in range(args.speed_runs):
         t = time.perf_counter()
@@ -605,6 +607,7 @@ def speed_part(det, deb, args, tmp):
         "scarlet2_per_scene_s": float(np.median(got[1])) if got else None,
         "scarlet2_note": why,
         "scenes": args.speed_scenes,
+        "reference_speed_s": reference,
         "method": DEFAULT_METHOD,
         "what": "MAP detection + deblending + aperture flux + adaptive moments; scarlet2: "
         "set-up, compilation and fit from the same MAP detections (its wall time per scene)",

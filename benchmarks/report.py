@@ -821,6 +821,7 @@ TABLES = {
                 "< scarlet2",
                 "scarlet2",
             ),
+            machine_speed_row("speed.reference_speed_s", "time"),
         ],
     ),
     "photoz": (

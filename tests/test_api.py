@@ -203,6 +203,35 @@ def test_posterior_samples_by_position_across_seeds(shipped, fixed):
     assert len(lists) == 2 and np.allclose(lists[1][0]["x"], two[0]["x"], atol=1e-4)
 
 
+def test_samples_follow_the_centroid_calibration_of_their_images_catalog(shipped, fixed):
+    """Weights with a second (real shapes) centroid calibration: an image's posterior
+    samples scatter as its MAP catalogue's intervals say (the two calibrations mixed by the
+    image's weight), whether drawn with the catalogue or alone; weights with one
+    calibration keep it."""
+    import probcat
+    from probcat.infer.calibration import CentroidCalibration, mix_centroid_calibrations
+
+    cut = fixed["image"][:, :98, :98]
+    res = shipped.detect(cut, samples=2, seed=5)
+    cal = res.catalog.meta["centroid_calibration"]
+    w = res.catalog.meta["real_shapes_probability"]
+    assert 0.01 < w < 0.99 and cal != shipped.net.centroid_calibration.to_dict()
+    want = mix_centroid_calibrations(
+        shipped.net.centroid_calibration, shipped.net.real_shapes_centroid_calibration, w
+    )
+    # (the metadata's weight is rounded to 1e-4)
+    assert CentroidCalibration.from_dict(cal).k == pytest.approx(want.k, abs=2e-4)
+    assert all(s.meta["centroid_calibration"] == cal for s in res.samples)
+    alone = shipped.sample(cut, 2, seed=5)
+    assert all(s.meta["centroid_calibration"] == cal for s in alone)
+    for s, t in zip(alone, res.samples):  # the same draws either way
+        assert np.array_equal(s["x"], t["x"]) and np.array_equal(s["y"], t["y"])
+    v6 = probcat.load("detection_lsst_i_bulgedisk", device="cpu", threads=1)
+    own = v6.net.centroid_calibration.to_dict()
+    assert v6.net.real_shapes_centroid_calibration is None
+    assert all(s.meta["centroid_calibration"] == own for s in v6.sample(cut, 2, seed=5))
+
+
 def test_decoding_creates_no_tensor_on_a_fixed_device(shipped, fixed):
     """Every tensor of inference is made on the network's device: with factory functions
     defaulting to the 'meta' device, a tensor created without ``device=`` would be a meta

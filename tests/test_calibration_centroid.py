@@ -107,7 +107,8 @@ def test_quantile_draws_reproduce_the_calibration():
 
 def test_refined_sample_positions_follow_the_calibration():
     """With a calibration of errors at half the refiner's sd, sampled positions scatter
-    around the refined means at half the sd; without one, at the sd."""
+    around the refined means at half the sd; without one, at the sd; with one given to the
+    decoder, as that one says."""
     from probcat.infer.detect import decode, tile_features, tile_image
     from probcat.nets.detection import DetectionNet
 
@@ -118,8 +119,11 @@ def test_refined_sample_positions_follow_the_calibration():
     img = np.random.default_rng(4).standard_normal((1, 40, 45)).astype(np.float32) * 3
     feats, pixels = tile_features(net, img, 1.0), tile_image(net, img, 1.0)
 
-    def spread():
-        dec = decode(net, feats, image=pixels, n_samples=64, generator=torch.Generator())
+    def spread(cal=None):
+        dec = decode(
+            net, feats, image=pixels, n_samples=64, generator=torch.Generator(),
+            centroid_calibration=cal,
+        )  # fmt: skip
         z = (dec.locs - dec.cond_locs)[dec.n] / dec.loc_sd[dec.n]
         return float(z.std())
 
@@ -127,6 +131,9 @@ def test_refined_sample_positions_follow_the_calibration():
     half = np.abs(np.random.default_rng(2).standard_normal(100_000)) * 0.5
     net.centroid_calibration = calibration_from_errors(half)
     assert spread() == pytest.approx(0.5, abs=0.03)
+    # a calibration given to the decoder (an image's mixture) replaces the weights' own
+    double = calibration_from_errors(np.abs(np.random.default_rng(5).standard_normal(100_000)) * 2)
+    assert spread(double) == pytest.approx(2.0, abs=0.12)
 
 
 def _cdf(cal: CentroidCalibration, k: float) -> float:

@@ -441,6 +441,7 @@ class Detector:
     ):
         import torch
 
+        from probcat.infer.calibration import CentroidCalibration
         from probcat.infer.detect import (
             at_seeing,
             catalog_from_decisions,
@@ -478,12 +479,18 @@ class Detector:
         batch = images if isinstance(images, _Batch) else self._prepare(images, noise_sigma, opts)
         shape = batch.x.shape[-2:]
         bands = self.survey.band_names
+        # weights with a second centroid calibration: samples need their image's mixture
+        second = getattr(self.net, "real_shapes_centroid_calibration", None)
+        mix = bool(samples) and second is not None
         cats, maps, draws, tiles = [], [], [], []
         with thread_limit(self._threads(batch)), torch.no_grad():
             for sl in self._groups(batch):
                 feats, pixels = self._features(batch.x[sl])
                 scales = [fixed] * feats.shape[0]  # the stamp classifier's seeing, per image
-                if want_map or (samples and seeing == "auto"):  # auto: measured on the MAP
+                cals = [None] * feats.shape[0]  # the samples' centroid calibration, per image
+                # auto: seeing measured on the MAP; mix: the samples' positions follow the
+                # centroid calibration of the MAP catalogue (its image's mixture)
+                if want_map or (samples and (seeing == "auto" or mix)):
                     with at_seeing(self.net, fixed):
                         dec = decode(self.net, feats, image=pixels, threshold=threshold)
                     meta = map_meta(self.net, threshold)
@@ -505,11 +512,15 @@ class Detector:
                             c = catalog_from_decisions(
                                 one, 0, one.marginal, shape, self.net.tile_size, bands, meta
                             )
-                        if not want_map:
+                        if not (want_map or mix):
                             continue
                         used = matched_scale(scales[k])
                         with at_seeing(self.net, scales[k]):  # the calibration of its seeing
                             c = annotate(c, self.net, feats[k], pixels[k])
+                        if mix and "centroid_calibration" in c.meta:
+                            cals[k] = CentroidCalibration.from_dict(c.meta["centroid_calibration"])
+                        if not want_map:
+                            continue
                         factor = seeing_calibration(self.net, used)[0]
                         self._warn_seeing(ratio, used != 1.0, factor)
                         info = {
@@ -537,6 +548,7 @@ class Detector:
                             generator=gen,
                             bands=bands,
                             progress=progress,
+                            centroid_calibration=cals[k],
                         )
                     draws.append([_with_sky(c, wcs) for c in got])
                 if samples == 0:

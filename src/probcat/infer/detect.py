@@ -295,6 +295,7 @@ def decode(
     row_chunk: int = 100,
     sweeps: int = 1,
     merge_px: float | None = None,
+    centroid_calibration=None,
 ) -> Decisions:
     """Checkerboard decoding. ``n_samples = 0``: MAP (probability > threshold, posterior
     mean location, galaxy if probability > 0.5) for each image of the batch ``feats``;
@@ -319,6 +320,10 @@ def decode(
     claim within that distance of a source held by one of its 8 neighbouring tiles (the
     positions compared are those the later groups are conditioned on: the refined means) is
     read as the same source and dropped, its tile decided empty (:mod:`probcat.infer.merge`).
+
+    ``centroid_calibration`` (a :class:`~probcat.infer.calibration.CentroidCalibration`;
+    default: the weights' own) gives the distribution of the samples' standardised position
+    errors (:func:`_standard_errors`); MAP decoding does not read it.
     """
     net.eval()
     radius = net.merge_px if merge_px is None else merge_px
@@ -360,7 +365,8 @@ def decode(
             sd = torch.exp(0.5 * logvar)
             loc_cond = loc.index_put((bi, ty, tx), mean)
             if n_samples:
-                mean = mean + sd * _standard_errors(net, mean.shape, generator).to(sd)
+                z = _standard_errors(net, mean.shape, generator, centroid_calibration)
+                mean = mean + sd * z.to(sd)
             loc = loc.index_put((bi, ty, tx), mean)
             loc_sd = loc_sd.index_put((bi, ty, tx), sd)
         if radius > 0 and len(bi):
@@ -400,12 +406,13 @@ def uniform(shape, generator, device, dtype=torch.float32) -> torch.Tensor:
     return torch.rand(shape, generator=generator, device=gdev, dtype=dtype).to(device)
 
 
-def _standard_errors(net: DetectionNet, shape, generator) -> torch.Tensor:
+def _standard_errors(net: DetectionNet, shape, generator, cal=None) -> torch.Tensor:
     """Standardised position errors ``(true - mean) / sd`` for posterior samples: drawn from
-    the weights' centroid calibration (the validation errors' distribution, whose core is
-    narrower than the refined normal's and whose tails are not) when there is one, else
-    standard normal. Samples then agree with the catalogue's calibrated intervals."""
-    cal = net.centroid_calibration
+    the centroid calibration ``cal`` (default: the weights' own, the validation errors'
+    distribution, whose core is narrower than the refined normal's and whose tails are not)
+    when there is one, else standard normal. Samples then agree with the catalogue's
+    calibrated intervals."""
+    cal = net.centroid_calibration if cal is None else cal
     gdev = generator.device if generator is not None else torch.device("cpu")
     if cal is None:
         return torch.randn(shape, generator=generator, device=gdev)
@@ -566,16 +573,23 @@ def sample_catalogs(
     batch: int | None = None,
     sweeps: int = SAMPLE_SWEEPS,
     progress: bool = False,
+    centroid_calibration=None,
 ) -> list[FullCatalog]:
     """``n`` posterior catalog samples (paper 000 section 4.6), each from ``sweeps``
     checkerboard sweeps (see :func:`decode`), ``batch`` at a time (default
-    :func:`sample_batch`); ``progress``: a progress bar over the samples."""
+    :func:`sample_batch`); ``progress``: a progress bar over the samples. Positions scatter
+    about the refined means as ``centroid_calibration`` says (default: the weights' own),
+    which each sample's ``meta["centroid_calibration"]`` records."""
     from tqdm.auto import tqdm
 
     if n < 1:
         raise ProbcatValueError(f"number of samples must be >= 1, got {n}")
     if batch is None:
         batch = sample_batch(feats.shape[-2] * feats.shape[-1], feats.device)
+    cal = net.centroid_calibration if centroid_calibration is None else centroid_calibration
+    meta = {"kind": "sample"}
+    if cal is not None:
+        meta["centroid_calibration"] = cal.to_dict()
     out = []
     bar = tqdm(total=n, desc="posterior samples", unit="sample", disable=not progress)
     for start in range(0, n, batch):
@@ -586,10 +600,11 @@ def sample_catalogs(
             n_samples=min(batch, n - start),
             generator=generator,
             sweeps=sweeps,
+            centroid_calibration=centroid_calibration,
         )
         out += [
             catalog_from_decisions(
-                dec, k, dec.marginal, image_shape, net.tile_size, bands, {"kind": "sample"}
+                dec, k, dec.marginal, image_shape, net.tile_size, bands, dict(meta)
             )
             for k in range(dec.n.shape[0])
         ]
