@@ -25,7 +25,9 @@ Weights that carry a probability calibration for such galaxies
 (:class:`~probcat.infer.reliability.ShapesCalibration`) carry a centroid calibration fitted
 on the same population too (``net.real_shapes_centroid_calibration``); an image's catalogue
 then gets the two mixed (:func:`mix_centroid_calibrations`) by the image's
-``real_shapes_probability``, as its probabilities are.
+``real_shapes_probability``, as its probabilities are, and the image's posterior catalogue
+samples draw their positions from that mixture
+(:func:`probcat.infer.detect.sample_catalogs`, ``centroid_calibration=``).
 """
 
 from __future__ import annotations
