@@ -480,8 +480,10 @@ class Detector:
         shape = batch.x.shape[-2:]
         bands = self.survey.band_names
         # weights with a second centroid calibration: samples need their image's mixture
-        second = getattr(self.net, "real_shapes_centroid_calibration", None)
-        mix = bool(samples) and second is not None
+        mix = (
+            bool(samples)
+            and getattr(self.net, "real_shapes_centroid_calibration", None) is not None
+        )
         cats, maps, draws, tiles = [], [], [], []
         with thread_limit(self._threads(batch)), torch.no_grad():
             for sl in self._groups(batch):

@@ -600,7 +600,7 @@ def sample_catalogs(
             n_samples=min(batch, n - start),
             generator=generator,
             sweeps=sweeps,
-            centroid_calibration=centroid_calibration,
+            centroid_calibration=cal,
         )
         out += [
             catalog_from_decisions(
