@@ -90,7 +90,7 @@ def run_scenes(net, survey, sim, args):
     cls_true_loc = {"prob": [], "galaxy": [], "snr": []}
     cls_e2e = {"prob": [], "galaxy": [], "snr": []}
     tile_prob, tile_truth = [], []
-    cov_dx, cov_sd, cov_snr = [], [], []
+    cov_dx, cov_sd, cov_snr, cov_det_snr = [], [], [], []
     # per matched detection: the half-widths (sd) of its catalogue's 68.3% / 95.4% intervals
     # (the weights' centroid calibration mixed as the product mixes it for the scene)
     cov_k, real_shapes_w = [], []
@@ -150,8 +150,10 @@ def run_scenes(net, survey, sim, args):
                     )
                     cov_sd.append(np.stack([est["x_sd"][j], est["y_sd"][j]], 1))
                     cov_snr.append(cat["snr"][i, 0])
-                    cal_k, w_real = _catalogue_interval_k(net, est, feats[b])
-                    cov_k.append(np.tile(cal_k, (len(j), 1)))
+                    has = "detection_snr" in est
+                    cov_det_snr.append(est["detection_snr"][j] if has else np.full(len(j), np.nan))
+                    cal_k, w_real = _catalogue_interval_k(net, est, feats[b], j)
+                    cov_k.append(cal_k)
                     if w_real is not None:
                         real_shapes_w.append(w_real)
                     tiles_xy = np.stack([est["tile_x"][j], est["tile_y"][j]], 1)
@@ -190,6 +192,7 @@ def run_scenes(net, survey, sim, args):
         "cov_dx": np.concatenate(cov_dx),
         "cov_sd": np.concatenate(cov_sd),
         "cov_snr": np.concatenate(cov_snr),
+        "cov_det_snr": np.concatenate(cov_det_snr),
         "cov_k": np.concatenate(cov_k),
         "real_shapes_probability": np.asarray(real_shapes_w, float),
         "cov_exact": {
@@ -343,20 +346,22 @@ def boundary_test(net, survey, bank, args, merge_px=None):
     }
 
 
-def _catalogue_interval_k(net, est, feats_k):
-    """The half-widths (sd) of the 68.3% / 95.4% centroid intervals the product's catalogue
-    of this scene carries (:func:`probcat.infer.reliability.annotate`'s metadata: the
-    weights' calibration, mixed with their second one by the scene's
-    ``real_shapes_probability`` where they carry two; NaN without a calibration), and that
-    probability (None without it)."""
+def _catalogue_interval_k(net, est, feats_k, j):
+    """``(len(j), 2)``: the half-widths (sd) of the 68.3% / 95.4% centroid intervals the
+    product's catalogue of this scene gives its detections ``j``
+    (:func:`probcat.infer.reliability.annotate`'s metadata: the weights' calibration, mixed
+    with their second one by the scene's ``real_shapes_probability`` where they carry two,
+    at each detection's ``detection_snr`` where it is binned by it; NaN without a
+    calibration), and that probability (None without it)."""
     meta = annotate(est, net, feats_k).meta
     d = meta.get("centroid_calibration")
-    k = (
-        [CentroidCalibration.from_dict(d).factor(lv) for lv in (0.6827, 0.9545)]
-        if d
-        else [np.nan] * 2
-    )
-    return np.asarray(k, float), meta.get("real_shapes_probability")
+    k = np.full((len(j), 2), np.nan)
+    if d:
+        cal = CentroidCalibration.from_dict(d)
+        snr = np.asarray(est["detection_snr"], float)[j] if "detection_snr" in est else None
+        for c, lv in enumerate((0.6827, 0.9545)):
+            k[:, c] = cal.factor(lv) if snr is None else cal.factor(lv, snr)
+    return k, meta.get("real_shapes_probability")
 
 
 def centroid_coverage(net, r):
@@ -373,7 +378,9 @@ def centroid_coverage(net, r):
             res[key] = interval_coverage_bounds(**r["cov_exact"][lvl])
         else:
             res[key] = float(np.mean(dx <= k[key] * sd))
-            res[f"{key}_training"] = float(np.mean(dx <= cal.factor(lvl) * sd))
+            det_snr = r["cov_det_snr"]
+            own = cal.factor(lvl) if np.isnan(det_snr).all() else cal.factor(lvl, det_snr)
+            res[f"{key}_training"] = float(np.mean(dx <= np.reshape(own, (-1, 1)) * sd))
     w = r["real_shapes_probability"]
     res["intervals"] = (
         ("refined normal, x +- z x_sd" if net.loc_refine else "exact truncated-normal")
@@ -385,6 +392,11 @@ def centroid_coverage(net, r):
             "k95": cal.factor(0.9545),
             "fitted_on": cal.source,
             "n": cal.n,
+            # k by detection SNR (the bins' median SNR), the catalogue's detection_snr column
+            "by_detection_snr": [
+                {"snr": c, "k68": cal.at(c).factor(0.6827), "k95": cal.at(c).factor(0.9545)}
+                for c in cal.snr
+            ],
             "second_calibration": None
             if net.real_shapes_centroid_calibration is None
             else {

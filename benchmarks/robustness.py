@@ -192,7 +192,7 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100, bands=("i"
     # matched MAP detections, both axes: |true - x| / x_sd, and the half-widths (in sd) of
     # the catalogue's 68.3% / 95.4% intervals (its own calibration, the image's mixture where
     # the weights carry two) and of the training galaxies' calibration alone
-    cz = {k: [] for k in ("z", "k68", "k95", "k68_prior", "k95_prior")}
+    cz = {k: [] for k in ("z", "snr", "k68", "k95", "k68_prior", "k95_prior")}
     cutout_w = []  # per scene: the calibration's probability that it is a survey cutout
     shapes_w = []  # per scene: its probability that its galaxies are unlike the prior's
     for start in range(0, len(scenes), chunk):
@@ -234,6 +234,7 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100, bands=("i"
                 det[name]["snr"].append(detected_snr(scene.image[plane], c["x"], c["y"], sig_i))
                 if name == "p0.5":
                     _centroid_errors(cz, net, est, cat, i, j)
+                    cz["snr"].extend([cat["snr"][i, plane]] * 2)  # true SNR, both axes
                     d_near, taken = _nearest_truth(true_xy, c, mt)
                     extra["nearest_d"].append(d_near)
                     extra["nearest_taken"].append(taken)
@@ -268,17 +269,22 @@ def _centroid_errors(cz: dict, net, est, truth, i, j) -> None:
     """Append to ``cz`` the standardised errors of the matched detections ``j`` (true sources
     ``i``), both axes, with the interval half-widths of the catalogue's centroid calibration
     (its metadata's: the weights', mixed with their second one by the image's weight where
-    they carry two) and of the weights' own alone (Gaussian without one)."""
+    they carry two) and of the weights' own alone (Gaussian without one), each detection's
+    own where the calibration is binned by detection SNR."""
     own = net.centroid_calibration
     cal = est.meta.get("centroid_calibration")
     cal = CentroidCalibration.from_dict(cal) if cal is not None else None
+    snr = np.asarray(est["detection_snr"], float)[j] if "detection_snr" in est else None
     for t, s in (("x", "x_sd"), ("y", "y_sd")):
         z = np.abs(np.asarray(truth[t], float)[i] - np.asarray(est[t], float)[j])
         cz["z"].append(z / np.asarray(est[s], float)[j])
         for name, c in (("", cal), ("_prior", own)):
             for level, key in ((0.6827, "k68"), (0.9545, "k95")):
-                k = c.factor(level) if c is not None else float(norm.ppf(0.5 + level / 2))
-                cz[key + name].append(np.full(len(z), k))
+                if c is None:
+                    k = float(norm.ppf(0.5 + level / 2))
+                else:
+                    k = c.factor(level) if snr is None else c.factor(level, snr)
+                cz[key + name].append(np.broadcast_to(np.asarray(k, float), len(z)))
 
 
 def _nearest_truth(true_xy, est, matched_truth):
@@ -400,7 +406,20 @@ def centroid_coverage(cz: dict) -> dict:
             hit = z <= cz[key + name]
             out[f"centroid_coverage_{level}{name}"] = float(hit.mean()) if len(z) else None
     out["centroid_n"] = int(len(z))
+    out["centroid_coverage_by_snr"] = [
+        {
+            "snr": [lo, hi],
+            "n": int(m.sum()),
+            "68": float(np.mean(z[m] <= cz["k68"][m])) if m.any() else None,
+            "95": float(np.mean(z[m] <= cz["k95"][m])) if m.any() else None,
+        }
+        for lo, hi in SNR_RANGES
+        for m in [(cz["snr"] >= lo) & (cz["snr"] < hi)]
+    ]
     return out
+
+
+SNR_RANGES = ((3, 10), (10, 30), (30, 100), (100, 1000))  # of centroid_coverage_by_snr
 
 
 def reliability_rows(r) -> dict:
@@ -680,7 +699,10 @@ def main(argv=None):
         "the catalogue's calibrated 68.3% / 95.4% intervals, x +- k x_sd (the catalogue's "
         "centroid calibration: for weights that carry a second one, fitted on Hubble Deep "
         "Field galaxies, the two mixed by the image's real_shapes_probability); _prior: with "
-        "the calibration fitted on the training galaxies alone",
+        "the calibration fitted on the training galaxies alone; half-widths k of the "
+        "source's detection SNR where the calibration is binned by it",
+        "centroid_coverage_by_snr": "the same (the catalogue's intervals) in ranges of the "
+        "matched sources' true SNR",
         "mean_real_shapes_probability": "mean over the scenes of the calibration's "
         "probability that a scene's galaxies are unlike the prior's (its detections' ood_score "
         "values; the weight of the second map, docs/robustness.md; None: weights with one)",

@@ -206,6 +206,34 @@ def test_train_calibrate_reports_the_pair_rules_held_out_check(tmp_path, capsys,
     assert "probability calibration from 900 detections" in out
 
 
+def test_train_calibrate_centroid_only_reports_the_intervals_by_snr(tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    import probcat.train.detection as T
+    from probcat.infer.calibration import calibration_from_errors
+
+    for name in ("detection.pt", "manifest.json"):
+        (tmp_path / name).write_text("")
+    rng = np.random.default_rng(0)
+    snr = np.exp(rng.uniform(np.log(3), np.log(3000), 20_000))
+    z = np.abs(rng.standard_normal(20_000)) * np.where(snr > 100, 0.3, 1.0)
+    cal = calibration_from_errors(z, snr=snr).to_dict()
+    seen = {}
+
+    def fake(run, **kw):
+        seen.update(kw)
+        return {"centroid_calibration": cal, "prob_calibration": {"n": 900, "kind": "shapes",
+                "population": "hdf"}, "seeing_calibrations": [{"factor": 2.0, "n": 5}]}  # fmt: skip
+
+    monkeypatch.setattr(T, "calibrate_run", fake)
+    rc = main(["train", "calibrate", str(tmp_path), "--centroid-only", "--scenes", "64", "-q"])
+    out = capsys.readouterr().out
+    assert rc == 0 and seen["centroid_only"] is True and seen["n_scenes"] == 64
+    assert out.startswith("centroid intervals from 20000 matched coordinates: 68% ±")
+    assert "SNR bins: 1.0" in out and "/ 0.6" in out  # faint ~1.0 / 2.0, bright ~0.3 / 0.6
+    assert "probability" not in out and "seeing" not in out  # nothing else was refitted
+
+
 def test_ctrl_c_is_one_line_and_status_130(tmp_path, capsys, monkeypatch):
     import probcat.train.detection as T
 

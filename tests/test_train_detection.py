@@ -550,6 +550,31 @@ def test_real_shapes_only_fits_a_second_calibration_and_the_detector_mixes_the_t
     mixed = C.mix_centroid_calibrations(own_c, real_c, 0.25)
     assert cat.meta["centroid_calibration"]["k"] == pytest.approx(list(mixed.k))
     assert main(["train", "calibrate", str(run), "--real-shapes-only", "--seeing-only"]) == 2
+    # --centroid-only: both centroid calibrations refitted (each on its population, the
+    # scenes given), nothing else touched
+    seen.clear()
+    fitted = iter((own_c, real_c))
+
+    def fake_both(net, sim, noise_sigma, *, n_scenes, rng, source, progress):
+        seen.setdefault("populations", []).append((sim.bank.config.population, n_scenes))
+        c = next(fitted)
+        return C.CentroidCalibration(c.levels, tuple(1.1 * k for k in c.k), c.n, source)
+
+    monkeypatch.setattr(C, "fit_centroid_calibration", fake_both)
+    before = read_weights(run / "detection.pt")
+    m = calibrate_run(run, cache_dir=cache_dir, progress=False, centroid_only=True, n_scenes=4)
+    after = read_weights(run / "detection.pt")
+    assert seen["populations"] == [("parametric", 4), ("morphology", 4)]
+    assert after["centroid_calibration"]["k"] == pytest.approx([1.1 * k for k in own_c.k])
+    got_c = after["real_shapes_centroid_calibration"]
+    assert got_c["k"] == pytest.approx([1.1 * k for k in real_c.k])
+    assert m["centroid_calibration"] == after["centroid_calibration"]
+    assert after["config"]["fits"]["calibration_scenes"] == 4
+    for key in ("prob_calibration", "feature_density", "pair_rule", "merge", "sky_offset",
+                "seeing_calibrations"):  # fmt: skip
+        assert after.get(key) == before.get(key), key
+    assert m["centroid_calibration_command"].startswith("probcat")
+    assert main(["train", "calibrate", str(run), "--centroid-only", "--seeing-only"]) == 2
     bad_fits = ({"fits__real_shapes_prior": 1.0}, {"fits__real_shapes_prior": 0.0},
                 {"fits__real_shapes_scenes": 0}, {"fits__real_shapes_population": " "})  # fmt: skip
     for bad in bad_fits:

@@ -672,6 +672,11 @@ def calibrate_cmd(
         help="galaxies of that calibration's validation scenes, e.g. hdf (default: the run's "
         "config)",
     ),
+    centroid_only: bool = typer.Option(
+        False,
+        "--centroid-only",
+        help="only (re)fit the centroid-interval calibrations, keeping the rest",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """(Re)fit the merge radius (weights with a location refiner), the centroid-interval
@@ -683,10 +688,10 @@ def calibrate_cmd(
     for name in ("detection.pt", "manifest.json"):
         if not (run / name).exists():
             raise ProbcatFileError(f"{run / name}: not found (is {run} a training run?)")
-    if sum((sky_offset_only, reliability_only, seeing_only, shapes_only)) > 1:
+    if sum((sky_offset_only, reliability_only, seeing_only, shapes_only, centroid_only)) > 1:
         raise ProbcatValueError(
-            "--sky-offset-only, --reliability-only, --seeing-only and --real-shapes-only "
-            "exclude each other"
+            "--sky-offset-only, --reliability-only, --seeing-only, --real-shapes-only and "
+            "--centroid-only exclude each other"
         )
     factors = _seeing_factors(seeing_factors)
     if sky_offset_only:
@@ -708,14 +713,28 @@ def calibrate_cmd(
         seeing_factors=factors,
         shapes_only=shapes_only,
         real_shapes_population=real_shapes_population,
+        centroid_only=centroid_only,
     )
-    for e in () if shapes_only else m.get("seeing_calibrations") or ():
+    for e in () if shapes_only or centroid_only else m.get("seeing_calibrations") or ():
         typer.echo(
             f"probability calibration at {e['factor']:g} x the seeing from {e['n']} detections"
         )
     if seeing_only:
         n = len(m.get("seeing_calibrations") or ())
         typer.echo(f"{n} seeing calibration(s) -> {run / 'detection.pt'}")
+        return
+    if centroid_only:
+        if m["centroid_calibration"] is None:
+            raise ProbcatValueError(f"{run}: too few matched detections to calibrate")
+        typer.echo(_centroid_summary("centroid intervals", m["centroid_calibration"]))
+        if m.get("real_shapes_centroid_calibration"):
+            typer.echo(
+                _centroid_summary(
+                    "centroid intervals for galaxies unlike the prior's",
+                    m["real_shapes_centroid_calibration"],
+                )
+            )
+        typer.echo(f"-> {run / 'detection.pt'}")
         return
     cal = m.get("prob_calibration") or {}
     if cal.get("kind") == "shapes":
@@ -725,11 +744,7 @@ def calibrate_cmd(
         )
     real_cal = m.get("real_shapes_centroid_calibration")
     if real_cal:
-        k = dict(zip(real_cal["levels"], real_cal["k"]))
-        typer.echo(
-            f"centroid intervals for those galaxies from {real_cal['n']} matched coordinates: "
-            f"68% ±{k[0.6827]:.2f} sd, 95% ±{k[0.9545]:.2f} sd"
-        )
+        typer.echo(_centroid_summary("centroid intervals for those galaxies", real_cal))
     if shapes_only:
         typer.echo(f"-> {run / 'detection.pt'}")
         return
@@ -751,13 +766,29 @@ def calibrate_cmd(
     cal = m["centroid_calibration"]
     if cal is None:
         raise ProbcatValueError(f"{run}: too few matched detections to calibrate")
-    k = dict(zip(cal["levels"], cal["k"]))
     if m.get("merge"):
         typer.echo(f"merge radius {m['merge']['radius_px']:.1f} px (highest validation MAP F1)")
-    typer.echo(
-        f"calibrated on {cal['n']} matched coordinates: 68% interval ±{k[0.6827]:.2f} sd, "
-        f"95% ±{k[0.9545]:.2f} sd -> {run / 'detection.pt'}"
+    typer.echo(f"{_centroid_summary('centroid intervals', cal)} -> {run / 'detection.pt'}")
+
+
+def _centroid_summary(what: str, cal: dict) -> str:
+    """One line on a centroid calibration: its 68% / 95% half-widths (in sd), pooled and,
+    for one binned by detection SNR, at its faintest and brightest bins."""
+    from probcat.infer.calibration import CentroidCalibration
+
+    c = CentroidCalibration.from_dict(cal)
+    line = (
+        f"{what} from {c.n} matched coordinates: 68% ±{c.factor(0.6827):.2f} sd, "
+        f"95% ±{c.factor(0.9545):.2f} sd"
     )
+    if c.binned:
+        ends = [
+            f"{c.at(s).factor(0.6827):.2f} / {c.at(s).factor(0.9545):.2f} at SNR "
+            + (f"{s:.1f}" if s < 10 else f"{s:.0f}")
+            for s in (c.snr[0], c.snr[-1])
+        ]
+        line += f" ({len(c.snr)} SNR bins: {' to '.join(ends)})"
+    return line
 
 
 def _seeing_factors(text: str | None) -> tuple[float, ...] | None:

@@ -272,7 +272,9 @@ class Decisions:
     refined position posterior's standard deviation (tile units) where a source was decided,
     for weights with a location refiner (else None: the tile posterior's applies).
     ``cond_locs``: the positions the later groups were conditioned on (and merges compared):
-    the refined means where a refiner re-drew ``locs``, else ``locs`` itself."""
+    the refined means where a refiner re-drew ``locs``, else ``locs`` itself. ``snr``
+    ``(S, nty, ntx)``: each decided source's detection SNR at its refined mean
+    (:func:`aperture_snr`), for weights with a location refiner (else None)."""
 
     n: torch.Tensor
     locs: torch.Tensor
@@ -281,6 +283,38 @@ class Decisions:
     marginal: TileOutput
     loc_sd: torch.Tensor | None = None
     cond_locs: torch.Tensor | None = None
+    snr: torch.Tensor | None = None
+
+
+APERTURE_PX = 5.0  # radius of the aperture of the detection SNR
+
+
+def aperture_snr(
+    image: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor, radius=APERTURE_PX
+) -> torch.Tensor:
+    """Detection SNR of sources at pixel positions ``(x, y)`` of images ``b`` of ``image``
+    (``(B, bands, H, W)``, noise-sigma units, as :func:`tile_image` gives it): eq. 12 of
+    paper 000 on the noisy image, ``sqrt(sum (pixel^2 - 1))`` over the pixels within
+    ``radius`` of the position (centred on its nearest pixel), all bands, the noise's
+    expected share subtracted as in :func:`probcat.metrics.detection.detected_snr` (which
+    gives the same on one band, up to float32 rounding). Pixels outside the image or
+    exactly 0 (the zero padding to whole tiles, masked pixels) are not counted."""
+    h, w = image.shape[-2:]
+    r = int(math.ceil(radius)) + 1
+    off = torch.arange(-r, r + 1, device=image.device)
+    out = []
+    for a in range(0, len(b), 4096):  # bounded memory on whole fields
+        xc, yc = x[a : a + 4096, None, None].double(), y[a : a + 4096, None, None].double()
+        xx = torch.round(xc).long() + off[None, None, :]
+        yy = torch.round(yc).long() + off[None, :, None]
+        inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
+        inside &= (xx - xc) ** 2 + (yy - yc) ** 2 <= radius**2
+        v = image[b[a : a + 4096, None, None], :, yy.clamp(0, h - 1), xx.clamp(0, w - 1)]
+        use = inside[..., None] & (v != 0)  # (N, 2r+1, 2r+1, bands)
+        v = v.double()
+        out.append(torch.where(use, v * v - 1.0, 0.0).sum((1, 2, 3)))
+    s = torch.cat(out) if out else x.new_zeros(0, dtype=torch.float64)
+    return s.clamp_min(0.0).sqrt().float()
 
 
 @torch.no_grad()
@@ -346,6 +380,7 @@ def decode(
     cond = locs  # what later groups are conditioned on: the refined mean where refined
     decided = torch.zeros(s, nty, ntx, dtype=torch.bool, device=dev)
     loc_sd = torch.zeros(s, nty, ntx, 2, device=dev) if net.loc_refine else None
+    snr = torch.zeros(s, nty, ntx, device=dev) if net.loc_refine else None
     fields = marginal = None
     for step in range(sweeps * N_GROUPS):
         g = step % N_GROUPS
@@ -364,11 +399,13 @@ def decode(
             mean, logvar = net.refine_at(bi, ty, tx, loc[bi, ty, tx], img)
             sd = torch.exp(0.5 * logvar)
             loc_cond = loc.index_put((bi, ty, tx), mean)
+            snr_at = aperture_snr(img, bi, *tile_to_pixel(ty, tx, mean, net.tile_size))
             if n_samples:
-                z = _standard_errors(net, mean.shape, generator, centroid_calibration)
+                z = _standard_errors(net, mean.shape, generator, centroid_calibration, snr_at)
                 mean = mean + sd * z.to(sd)
             loc = loc.index_put((bi, ty, tx), mean)
             loc_sd = loc_sd.index_put((bi, ty, tx), sd)
+            snr = snr.index_put((bi, ty, tx), snr_at.to(snr))
         if radius > 0 and len(bi):
             held = decided & n & ~now
             dup = _duplicates(cond, held, loc_cond, (bi, ty, tx), radius / net.tile_size)
@@ -396,7 +433,7 @@ def decode(
         galaxy = (uniform(p_gal.shape, generator, dev) < p_gal) & n
     else:
         galaxy = (p_gal > 0.5) & n
-    return Decisions(n, locs, galaxy, fields, marginal, loc_sd, cond)
+    return Decisions(n, locs, galaxy, fields, marginal, loc_sd, cond, snr)
 
 
 def uniform(shape, generator, device, dtype=torch.float32) -> torch.Tensor:
@@ -406,19 +443,23 @@ def uniform(shape, generator, device, dtype=torch.float32) -> torch.Tensor:
     return torch.rand(shape, generator=generator, device=gdev, dtype=dtype).to(device)
 
 
-def _standard_errors(net: DetectionNet, shape, generator, cal=None) -> torch.Tensor:
-    """Standardised position errors ``(true - mean) / sd`` for posterior samples: drawn from
-    the centroid calibration ``cal`` (default: the weights' own, the validation errors'
-    distribution, whose core is narrower than the refined normal's and whose tails are not)
-    when there is one, else standard normal. Samples then agree with the catalogue's
-    calibrated intervals."""
+def _standard_errors(net: DetectionNet, shape, generator, cal=None, snr=None) -> torch.Tensor:
+    """Standardised position errors ``(true - mean) / sd`` ``shape`` ``(N, 2)`` for posterior
+    samples: drawn from the centroid calibration ``cal`` (default: the weights' own, the
+    validation errors' distribution, whose core is narrower than the refined normal's and
+    whose tails are not) when there is one, else standard normal; a calibration binned by
+    detection SNR draws each source's from its own (``snr``, ``(N,)``). Samples then agree
+    with the catalogue's calibrated intervals."""
     cal = net.centroid_calibration if cal is None else cal
     gdev = generator.device if generator is not None else torch.device("cpu")
     if cal is None:
         return torch.randn(shape, generator=generator, device=gdev)
     u = uniform(shape, generator, gdev, torch.float64).clamp_max(1 - 1e-12)
     sign = torch.where(uniform(shape, generator, gdev) < 0.5, -1.0, 1.0)
-    return sign * torch.from_numpy(cal.quantile(u.cpu().numpy())).float()
+    per = None
+    if snr is not None:
+        per = np.broadcast_to(snr.detach().cpu().numpy().reshape(-1, 1), tuple(shape))
+    return sign * torch.from_numpy(cal.quantile(u.cpu().numpy(), per)).float()
 
 
 def _duplicates(cond, held, loc_new, idx, radius):
@@ -489,6 +530,7 @@ def catalog_from_decisions(
     m = marginal.at((min(k, marginal.prob.shape[0] - 1), ty, tx))
     sd = c.loc_post_sd if dec.loc_sd is None else dec.loc_sd[k, ty, tx]
     sd = (sd * tile_size).double().cpu().numpy()
+    extra = {} if dec.snr is None else {"detection_snr": dec.snr[k, ty, tx].double().cpu().numpy()}
     cols = {
         "x": x,
         "y": y,
@@ -500,6 +542,7 @@ def catalog_from_decisions(
         "galaxy": dec.galaxy[k, ty, tx].cpu().numpy(),
         "tile_x": tx.cpu().numpy(),
         "tile_y": ty.cpu().numpy(),
+        **extra,
     }
     return FullCatalog(
         {key: v[inside] for key, v in cols.items()}, tuple(image_shape), tuple(bands), meta
@@ -523,7 +566,8 @@ def map_catalog(
     ``image``: see :func:`tile_image`. Columns: ``x, y`` (pixels, posterior mean), ``x_sd,
     y_sd`` (pixels, posterior standard deviation), ``prob`` (the tile's
     marginal detection probability), ``prob_conditional`` (given the neighbouring decisions),
-    ``galaxy_prob``, ``galaxy``, ``tile_x, tile_y``; with weights that carry them, ``prob``
+    ``galaxy_prob``, ``galaxy``, ``tile_x, tile_y``, ``detection_snr`` (weights with a
+    location refiner: :func:`aperture_snr` at the position); with weights that carry them, ``prob``
     is the calibrated probability, ``prob_raw`` the network's and ``ood_score`` says how
     unlike the training sources each is (:mod:`probcat.infer.reliability`). The metadata
     holds the weights' centroid-interval calibration (see

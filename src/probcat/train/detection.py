@@ -105,7 +105,9 @@ class DetectionFits:
     """Fits after training, on validation scenes."""
 
     merge_scenes: int = 256
-    calibration_scenes: int = 512  # the centroid-interval calibration
+    # the centroid-interval calibration, in bins of detection SNR (the brightest bins need
+    # this many scenes to hold enough sources)
+    calibration_scenes: int = 2048
     # the detection-probability calibration and the ood_score density: each split of the
     # map (neighbour zone x edge zone x ood_score bin) needs its own detections
     reliability_scenes: int = 2048
@@ -550,6 +552,7 @@ def calibrate_run(
     seeing_factors: tuple[float, ...] | None = None,
     shapes_only: bool = False,
     real_shapes_population: str | None = None,
+    centroid_only: bool = False,
 ) -> dict:
     """Refit the merge rule (weights with a location refiner), the centroid-interval
     calibration, the pair rule, the detection-probability calibration and the feature
@@ -571,7 +574,10 @@ def calibrate_run(
     rule, probability calibration and feature density as recorded. The second calibration
     for galaxies unlike the prior's (``fits.real_shapes_population``, or
     ``real_shapes_population`` given) is refitted after the probability calibration;
-    ``shapes_only``: only it, with everything else as recorded."""
+    ``shapes_only``: only it, with everything else as recorded. ``centroid_only``: only the
+    centroid-interval calibrations (the training population's and, where the run has one,
+    that of galaxies unlike the prior's), decoding with the recorded merge radius; the
+    detections, their probabilities and everything else stay as recorded."""
     from probcat.weights import read_weights
 
     out = Path(out)
@@ -584,7 +590,7 @@ def calibrate_run(
         "seeing_factors": None if seeing_factors is None else tuple(seeing_factors),
         "real_shapes_population": real_shapes_population,
     }
-    if not (reliability_only or seeing_only):  # the centroid calibration is refitted
+    if not (reliability_only or seeing_only or shapes_only):  # centroid calibration refitted
         fits["calibration_scenes"] = n_scenes
     cfg = replace(cfg, fits=replace(cfg.fits, **{k: v for k, v in fits.items() if v is not None}))
     net = DetectionNet(**weights["hparams"])
@@ -597,6 +603,20 @@ def calibrate_run(
         weights["config"]["fits"] = manifest["config"]["fits"] = to_dict(cfg.fits)
         manifest["seeing_calibrations"] = _seeing_summary(weights["seeing_calibrations"])
         return write_run(out, "detection", weights, manifest, refit="seeing_calibration")
+    if centroid_only:
+        _set_fits(net, weights)
+        sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population)
+        cal = _fit_calibration(net, cfg, sim, progress)
+        weights["centroid_calibration"] = manifest["centroid_calibration"] = cal
+        real_pop = cfg.fits.real_shapes_population
+        if real_pop is not None and weights.get("real_shapes_centroid_calibration"):
+            real = _simulator(cfg, "val", cache_dir, progress, real_pop)
+            centroid = _fit_calibration(net, cfg, real, progress, seed_tag=47, population=real_pop)
+            if centroid is not None:
+                weights["real_shapes_centroid_calibration"] = centroid
+                manifest["real_shapes_centroid_calibration"] = centroid
+        weights["config"]["fits"] = manifest["config"]["fits"] = to_dict(cfg.fits)
+        return write_run(out, "detection", weights, manifest, refit="centroid_calibration")
     if shapes_only:
         _set_fits(net, weights)
         shapes = _fit_shapes(net, cfg, cache_dir, progress)
