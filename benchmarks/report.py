@@ -81,6 +81,9 @@ def _left_out_rows(fam: str) -> list[tuple]:
         (f"{fam} left out: centroid 95% intervals' coverage",
          f"{lo}.probcat.centroid_coverage_95", f"{lo}.probcat.centroid_coverage_95_prior",
          ".3f", "0.954", "training galaxies' calibration alone"),
+        (f"{fam} left out: centroid 68% coverage, true SNR 3–10 / 100–1000",
+         f"{lo}.probcat.centroid_coverage_by_snr.0.68",
+         f"{lo}.probcat.centroid_coverage_by_snr.3.68", ".3f", "0.683", "SNR 100–1000"),
     ]  # fmt: skip
 
 
@@ -107,6 +110,12 @@ HUBBLE_ROWS = [
      "hubble.shipped.probcat.centroid_coverage_95",
      "hubble.shipped.probcat.centroid_coverage_95_prior", ".3f", "0.954",
      "training galaxies' calibration alone"),
+    ("Hubble Deep Field galaxies (shipped): centroid 68% coverage, true SNR 3–10",
+     "hubble.shipped.probcat.centroid_coverage_by_snr.0.68", None, ".3f", "0.683"),
+    ("Hubble Deep Field galaxies (shipped): centroid 68% coverage, true SNR 30–100",
+     "hubble.shipped.probcat.centroid_coverage_by_snr.2.68", None, ".3f", "0.683"),
+    ("Hubble Deep Field galaxies (shipped): centroid 68% coverage, true SNR 100–1000",
+     "hubble.shipped.probcat.centroid_coverage_by_snr.3.68", None, ".3f", "0.683"),
 ]  # fmt: skip
 
 SEEING_SCALES = ("0.8", "1", "1.25", "1.5")
@@ -183,6 +192,20 @@ TABLES = {
             ("detection ECE", "detection_ece", None, ".4f", "≤ 0.03"),
             ("centroid coverage 68%", "centroid_coverage_68", None, ".3f", "0.683 ± 0.03"),
             ("centroid coverage 95%", "centroid_coverage_95", None, ".3f", "0.954 ± 0.03"),
+            (
+                "centroid coverage 68%, true SNR 3–10",
+                "centroid_coverage_by_snr.0.68",
+                None,
+                ".3f",
+                "0.683",
+            ),
+            (
+                "centroid coverage 68%, true SNR 100–1000",
+                "centroid_coverage_by_snr.3.68",
+                None,
+                ".3f",
+                "0.683",
+            ),
             (
                 "tile-boundary P(one match), worst offset",
                 "boundary_min_prob_one_match",

@@ -32,7 +32,7 @@ samples draw their positions from that mixture
 One ``k`` for every source leaves the intervals right on average but wrong at both ends of
 brightness: the network's position sd has a floor near 0.15 px that bright sources' errors
 go far below (median error 0.03 px above SNR 100), while faint ones err more widely than
-it says. With the shipped v7.6 weights and one ``k``, on the test scenes of
+it says. With the v7.7 weights and one ``k``, on the test scenes of
 ``benchmarks/detection.py``, 68% intervals covered 62% of sources of true SNR 3-10 and 94%
 above 100. Calibrations are therefore fitted in bins of the detection's SNR
 (``detection_snr``, :func:`probcat.infer.detect.aperture_snr`, measured on the image, so
