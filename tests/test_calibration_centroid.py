@@ -302,11 +302,11 @@ def test_centroid_interval_reads_each_sources_detection_snr():
 
 
 def test_aperture_snr_is_the_detected_snr_of_the_metrics():
-    """The decoder's detection SNR equals :func:`probcat.metrics.detection.detected_snr`
-    (computed independently, in numpy) at any position, inside, at and beyond the edges, on
-    each image of a batch; padding zeros are not counted; bands add in quadrature."""
-    from probcat.infer.detect import aperture_snr
-    from probcat.metrics.detection import detected_snr
+    """The decoder's detection SNR equals :func:`probcat.metrics.detection.detected_snr` and
+    a brute force over pixels at any position, inside, at and beyond the edges, on each
+    image of a batch; padding zeros are not counted (``detected_snr`` counts them); bands
+    add in quadrature."""
+    from probcat.metrics.detection import aperture_snr, detected_snr
 
     rng = np.random.default_rng(12)
     img = rng.standard_normal((2, 1, 40, 50))
@@ -321,12 +321,16 @@ def test_aperture_snr_is_the_detected_snr_of_the_metrics():
     padded[..., :40, :50] = img
     again = aperture_snr(t(padded).float(), t(b), t(x), t(y)).numpy()
     np.testing.assert_allclose(again, got, rtol=1e-6)
-    two = np.concatenate([img, 0.5 * img], 1)  # a second band: brute force over pixels
+    near_pad = [detected_snr(padded[i, 0], [u], [v], 1.0)[0] for i, u, v in zip(b, x, y)]
+    assert np.any(np.abs(np.asarray(near_pad) - got) > 1e-3)  # the metric counts the zeros
+    two = np.concatenate([img, 0.5 * img], 1)  # a second band
     quad = aperture_snr(t(two).float(), t(b), t(x), t(y)).numpy()
     yy, xx = np.mgrid[:40, :50]
-    for k in range(0, 60, 7):
+    for k in range(60):  # brute force over pixels
         near = (xx - x[k]) ** 2 + (yy - y[k]) ** 2 <= 25.0
         near &= (np.abs(xx - np.rint(x[k])) <= 6) & (np.abs(yy - np.rint(y[k])) <= 6)
+        one = np.sum(img[b[k], 0][near] ** 2 - 1.0)
+        assert got[k] == pytest.approx(np.sqrt(max(one, 0.0)), rel=1e-5, abs=1e-4)
         total = sum(np.sum(two[b[k], c][near] ** 2 - 1.0) for c in range(2))
         assert quad[k] == pytest.approx(np.sqrt(max(total, 0.0)), rel=1e-5, abs=1e-4)
 
@@ -339,7 +343,8 @@ def test_refined_samples_scatter_as_the_binned_calibration_says_at_each_sources_
     from scipy.stats import norm as normal
 
     from probcat.infer.calibration import LEVELS
-    from probcat.infer.detect import aperture_snr, decode, map_catalog, tile_features, tile_image
+    from probcat.infer.detect import decode, map_catalog, tile_features, tile_image
+    from probcat.metrics.detection import aperture_snr
     from probcat.nets.detection import DetectionNet
     from probcat.tiles import tile_to_pixel
 

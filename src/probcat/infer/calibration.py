@@ -35,7 +35,7 @@ go far below (median error 0.03 px above SNR 100), while faint ones err more wid
 it says. With the v7.7 weights and one ``k``, on the test scenes of
 ``benchmarks/detection.py``, 68% intervals covered 62% of sources of true SNR 3-10 and 94%
 above 100. Calibrations are therefore fitted in bins of the detection's SNR
-(``detection_snr``, :func:`probcat.infer.detect.aperture_snr`, measured on the image, so
+(``detection_snr``, :func:`probcat.metrics.detection.aperture_snr`, measured on the image, so
 known for every detection): ``snr`` holds the bins' median SNR and ``k_by_snr`` each bin's
 ``k``; a source's ``k`` is interpolated in log SNR between them (constant beyond the
 outermost). ``k`` stays the pooled table (what weights without SNR bins use, and what a
@@ -337,10 +337,6 @@ def _snr_bins(snr: np.ndarray) -> list[np.ndarray]:
             parts[-1] = np.concatenate([parts[-1], pending])
         else:
             parts.append(pending)
-    out: list[np.ndarray] = []  # medians strictly increasing (above the floor), as interpolated
-    for p in parts:
-        if out and max(np.median(snr[p]), SNR_FLOOR) <= max(np.median(snr[out[-1]]), SNR_FLOOR):
-            out[-1] = np.concatenate([out[-1], p])
-        else:
-            out.append(p)
-    return out
+    # disjoint ranges of log SNR, every bin but the first above the floor: the medians
+    # increase strictly, as the interpolation needs
+    return parts

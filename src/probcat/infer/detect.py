@@ -20,6 +20,7 @@ import torch
 
 from probcat.catalog import FullCatalog
 from probcat.errors import ProbcatValueError
+from probcat.metrics.detection import aperture_snr
 from probcat.nets.detection import N_GROUPS, DetectionNet, TileOutput, tile_groups
 from probcat.tiles import pad_to_tiles, tile_to_pixel, window
 
@@ -274,7 +275,8 @@ class Decisions:
     ``cond_locs``: the positions the later groups were conditioned on (and merges compared):
     the refined means where a refiner re-drew ``locs``, else ``locs`` itself. ``snr``
     ``(S, nty, ntx)``: each decided source's detection SNR at its refined mean
-    (:func:`aperture_snr`), for weights with a location refiner (else None)."""
+    (:func:`probcat.metrics.detection.aperture_snr`), for weights with a location refiner
+    (else None)."""
 
     n: torch.Tensor
     locs: torch.Tensor
@@ -284,37 +286,6 @@ class Decisions:
     loc_sd: torch.Tensor | None = None
     cond_locs: torch.Tensor | None = None
     snr: torch.Tensor | None = None
-
-
-APERTURE_PX = 5.0  # radius of the aperture of the detection SNR
-
-
-def aperture_snr(
-    image: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor, radius=APERTURE_PX
-) -> torch.Tensor:
-    """Detection SNR of sources at pixel positions ``(x, y)`` of images ``b`` of ``image``
-    (``(B, bands, H, W)``, noise-sigma units, as :func:`tile_image` gives it): eq. 12 of
-    paper 000 on the noisy image, ``sqrt(sum (pixel^2 - 1))`` over the pixels within
-    ``radius`` of the position (centred on its nearest pixel), all bands, the noise's
-    expected share subtracted as in :func:`probcat.metrics.detection.detected_snr` (which
-    gives the same on one band, up to float32 rounding). Pixels outside the image or
-    exactly 0 (the zero padding to whole tiles, masked pixels) are not counted."""
-    h, w = image.shape[-2:]
-    r = int(math.ceil(radius)) + 1
-    off = torch.arange(-r, r + 1, device=image.device)
-    out = []
-    for a in range(0, len(b), 4096):  # bounded memory on whole fields
-        xc, yc = x[a : a + 4096, None, None].double(), y[a : a + 4096, None, None].double()
-        xx = torch.round(xc).long() + off[None, None, :]
-        yy = torch.round(yc).long() + off[None, :, None]
-        inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
-        inside &= (xx - xc) ** 2 + (yy - yc) ** 2 <= radius**2
-        v = image[b[a : a + 4096, None, None], :, yy.clamp(0, h - 1), xx.clamp(0, w - 1)]
-        use = inside[..., None] & (v != 0)  # (N, 2r+1, 2r+1, bands)
-        v = v.double()
-        out.append(torch.where(use, v * v - 1.0, 0.0).sum((1, 2, 3)))
-    s = torch.cat(out) if out else x.new_zeros(0, dtype=torch.float64)
-    return s.clamp_min(0.0).sqrt().float()
 
 
 @torch.no_grad()
@@ -567,9 +538,10 @@ def map_catalog(
     y_sd`` (pixels, posterior standard deviation), ``prob`` (the tile's
     marginal detection probability), ``prob_conditional`` (given the neighbouring decisions),
     ``galaxy_prob``, ``galaxy``, ``tile_x, tile_y``, ``detection_snr`` (weights with a
-    location refiner: :func:`aperture_snr` at the position); with weights that carry them, ``prob``
-    is the calibrated probability, ``prob_raw`` the network's and ``ood_score`` says how
-    unlike the training sources each is (:mod:`probcat.infer.reliability`). The metadata
+    location refiner: :func:`probcat.metrics.detection.aperture_snr` at the position); with
+    weights that carry them, ``prob`` is the calibrated probability, ``prob_raw`` the
+    network's and ``ood_score`` says how unlike the training sources each is
+    (:mod:`probcat.infer.reliability`). The metadata
     holds the weights' centroid-interval calibration (see
     :func:`probcat.infer.calibration.centroid_interval`).
     """

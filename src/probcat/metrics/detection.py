@@ -17,6 +17,7 @@ from scipy.optimize import linear_sum_assignment
 __all__ = [
     "match",
     "detected_snr",
+    "aperture_snr",
     "DetectionCounts",
     "binned_detection_metrics",
     "f1_score",
@@ -52,23 +53,43 @@ def detected_snr(image: np.ndarray, x, y, sigma: float, radius: float = 5.0) -> 
 
     Eq. 12 on a noisy image is biased up by the noise: E[sum (I+n)^2 / sigma^2] =
     sum I^2 / sigma^2 + N_aperture. We subtract that expectation, so the detected SNR
-    estimates the same quantity as the true SNR (which is computed noiseless).
+    estimates the same quantity as the true SNR (which is computed noiseless). Every pixel
+    of the aperture inside the image counts, zeros included (:func:`aperture_snr`).
     """
-    h, w = image.shape
-    x, y = np.asarray(x, float).ravel(), np.asarray(y, float).ravel()
+    import torch
+
+    img = torch.from_numpy(np.asarray(image, np.float64) / sigma)[None, None]
+    x, y = (torch.from_numpy(np.asarray(v, np.float64).ravel()) for v in (x, y))
+    b = torch.zeros(len(x), dtype=torch.long)
+    return aperture_snr(img, b, x, y, radius, skip_zeros=False).double().numpy()
+
+
+def aperture_snr(image, b, x, y, radius: float = 5.0, *, skip_zeros: bool = True):
+    """Detection SNR (a float32 tensor) of sources at pixel positions ``(x, y)`` of images
+    ``b`` of ``image`` (a ``(B, bands, H, W)`` tensor in noise-sigma units, e.g.
+    :func:`probcat.infer.detect.tile_image`): eq. 12 of paper 000 on the noisy image,
+    ``sqrt(sum (pixel^2 - 1))`` over the pixels within ``radius`` of the position (centred
+    on its nearest pixel) and all bands, the noise's expected share subtracted as in
+    :func:`detected_snr`. Pixels outside the image are not counted, nor, with
+    ``skip_zeros``, those exactly 0 (the zero padding to whole tiles, masked pixels)."""
+    import torch
+
+    h, w = image.shape[-2:]
     r = int(np.ceil(radius)) + 1
-    off = np.arange(-r, r + 1)
-    out = np.zeros(len(x))
-    for a in range(0, len(x), 4096):  # vectorised over positions, bounded memory
-        xc, yc = x[a : a + 4096, None, None], y[a : a + 4096, None, None]
-        xx = np.rint(xc).astype(int) + off[None, None, :]
-        yy = np.rint(yc).astype(int) + off[None, :, None]
-        m = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
-        m &= (xx - xc) ** 2 + (yy - yc) ** 2 <= radius**2
-        v = np.asarray(image[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)], float)
-        s = np.sum(np.where(m, v * v, 0.0), axis=(1, 2)) / sigma**2 - m.sum(axis=(1, 2))
-        out[a : a + 4096] = np.sqrt(np.maximum(s, 0.0))
-    return out
+    off = torch.arange(-r, r + 1, device=image.device)
+    out = []
+    for a in range(0, len(b), 4096):  # vectorised over positions, bounded memory
+        xc, yc = x[a : a + 4096, None, None].double(), y[a : a + 4096, None, None].double()
+        xx = torch.round(xc).long() + off[None, None, :]
+        yy = torch.round(yc).long() + off[None, :, None]
+        inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
+        inside &= (xx - xc) ** 2 + (yy - yc) ** 2 <= radius**2
+        v = image[b[a : a + 4096, None, None], :, yy.clamp(0, h - 1), xx.clamp(0, w - 1)]
+        use = inside[..., None] & (v != 0) if skip_zeros else inside[..., None]
+        v = v.double()  # (N, 2r+1, 2r+1, bands)
+        out.append(torch.where(use, v * v - 1.0, 0.0).sum((1, 2, 3)))
+    s = torch.cat(out) if out else x.new_zeros(0, dtype=torch.float64)
+    return s.clamp_min(0.0).sqrt().float()
 
 
 @dataclass

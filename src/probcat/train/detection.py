@@ -590,7 +590,7 @@ def calibrate_run(
         "seeing_factors": None if seeing_factors is None else tuple(seeing_factors),
         "real_shapes_population": real_shapes_population,
     }
-    if not (reliability_only or seeing_only or shapes_only):  # centroid calibration refitted
+    if not (reliability_only or seeing_only):  # the centroid calibration is refitted
         fits["calibration_scenes"] = n_scenes
     cfg = replace(cfg, fits=replace(cfg.fits, **{k: v for k, v in fits.items() if v is not None}))
     net = DetectionNet(**weights["hparams"])
@@ -611,7 +611,7 @@ def calibrate_run(
         real_pop = cfg.fits.real_shapes_population
         if real_pop is not None and weights.get("real_shapes_centroid_calibration"):
             real = _simulator(cfg, "val", cache_dir, progress, real_pop)
-            centroid = _fit_calibration(net, cfg, real, progress, seed_tag=47, population=real_pop)
+            centroid = _fit_shapes_centroid(net, cfg, real, progress)
             if centroid is not None:
                 weights["real_shapes_centroid_calibration"] = centroid
                 manifest["real_shapes_centroid_calibration"] = centroid
@@ -799,15 +799,22 @@ def _fit_shapes(net, cfg: DetectionTrainConfig, cache_dir, progress) -> dict:
     )
     net.prob_calibration = cal
     out = {"prob_calibration": cal.to_dict()}
-    centroid = _fit_calibration(
-        net, cfg, real, progress, seed_tag=47, population=f.real_shapes_population
-    )
+    centroid = _fit_shapes_centroid(net, cfg, real, progress)
     if centroid is not None:
-        from probcat.infer.calibration import CentroidCalibration
-
-        net.real_shapes_centroid_calibration = CentroidCalibration.from_dict(centroid)
         out["real_shapes_centroid_calibration"] = centroid
     return out
+
+
+def _fit_shapes_centroid(net, cfg: DetectionTrainConfig, real: SceneSimulator, progress):
+    """The centroid-interval calibration of ``fits.real_shapes_population`` (scenes of
+    ``real``, a seed of its own), set on ``net``; None where too few sources match."""
+    from probcat.infer.calibration import CentroidCalibration
+
+    pop = cfg.fits.real_shapes_population
+    centroid = _fit_calibration(net, cfg, real, progress, seed_tag=47, population=pop)
+    if centroid is not None:
+        net.real_shapes_centroid_calibration = CentroidCalibration.from_dict(centroid)
+    return centroid
 
 
 def _fit_seeing(net, cfg: DetectionTrainConfig, cache_dir, progress) -> list:
