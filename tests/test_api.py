@@ -43,7 +43,7 @@ def test_detect_samples(weights, fits_image):
 @pytest.mark.parametrize(
     "image, msg",
     [
-        (np.full((1, 64, 64), np.nan), "NaN"),
+        (np.full((1, 64, 64), np.nan), "^every pixel of band 0 is masked"),
         (np.zeros((3, 64, 64)), "band"),
         (np.zeros((1, 10, 10)), "smaller than the minimum"),
         (np.array([["a"]]), "numeric"),
@@ -51,8 +51,8 @@ def test_detect_samples(weights, fits_image):
          r"^image 0 of the list \(a list holds several images; give one as a numpy array\): "
          r"image must be \(bands, H, W\), got shape \(2,\)$"),
         (np.stack([np.zeros((1, 64, 64)), np.full((1, 64, 64), np.inf)]),
-         "^image 1 of the stack: image contains NaN or inf"),
-        (np.full((1, 64, 64), np.inf), "^image contains NaN or inf"),  # one image: no prefix
+         "^image 1 of the stack: every pixel of band 0 is masked"),
+        (np.full((1, 64, 64), np.inf), "^every pixel of band 0 is masked"),  # no prefix
     ],
 )  # fmt: skip
 def test_detect_bad_inputs(weights, image, msg):
@@ -326,7 +326,7 @@ def test_read_image_bands_follow_their_hdus_and_weights_take_their_planes(tmp_pa
     assert back.bands == ("i", "r", "g")
     assert all(np.array_equal(back.image[k], planes[b]) for k, b in enumerate(back.bands))
     # i-band weights read the i plane of a three-band file
-    x, _, sigma, _ = read_input(back, Survey.lsst(bands="i"), 400.0)
+    x, _, sigma, _, _ = read_input(back, Survey.lsst(bands="i"), 400.0)
     assert x.shape == (1, 48, 40) and np.allclose(x[0] * sigma[0], planes["i"], rtol=1e-6)
     assert len(detect(tmp_path / "irg.fits", weights=weights, threshold=0.0).catalog) > 0
     # a band named in BANDS without its HDU

@@ -122,7 +122,7 @@ def test_gain_converts_adu_and_noise_keyword_needs_none(tmp_path):
     hdu.writeto(tmp_path / "adu.fits")
     data = read_image(tmp_path / "adu.fits")
     assert data.gain.tolist() == [gain]
-    x, _, s, info = read_input(data, survey)
+    x, _, s, info, _ = read_input(data, survey)
     np.testing.assert_allclose(x, x_e, rtol=1e-5, atol=1e-5)
     assert info["gain"] == [gain] and info["background"] == "kept"
 
@@ -307,10 +307,10 @@ def test_measured_noise_sets_the_noise_sigma_and_silences_the_warning(weights):
     assert got[0] == pytest.approx(40.0, rel=0.05) and got[0] == pytest.approx(truth, rel=0.1)
     survey = Survey.lsst(bands="i")
     with pytest.warns(UserWarning, match="measured pixel noise"):
-        x0, _, sigma0, _ = read_input(image, survey)
+        x0, _, sigma0, _, _ = read_input(image, survey)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        x, _, sigma, info = read_input(image, survey, "measured")
+        x, _, sigma, info, _ = read_input(image, survey, "measured")
     assert sigma[0] == pytest.approx(got[0]) and sigma0[0] == pytest.approx(survey.noise_sigma[0])
     np.testing.assert_allclose(x * sigma[0], x0 * sigma0[0], rtol=1e-4, atol=1e-2)
     assert info["noise_source"] == "measured" and info["noise_sigma"][0] == pytest.approx(got[0])

@@ -66,6 +66,7 @@ class _Batch:
     wcs: list
     single: bool
     info: list = field(default_factory=list)  # what was done to each image (read_input)
+    masked: list = field(default_factory=list)  # each image's (H, W) masked pixels, or None
 
 
 def read_input(
@@ -77,6 +78,7 @@ def read_input(
     background: str = "auto",
     gain=None,
     sky_offset=None,
+    mask=None,
 ):
     """One image for ``survey``'s bands (taken by name from an image that has more, e.g. the
     i plane of a ugrizy file for i-band weights): ``(x, wcs, sigma, info)`` with ``x``
@@ -87,7 +89,13 @@ def read_input(
     to the image (``info``, recorded in catalogs). ``noise_sigma="measured"``: the image's
     own pixel noise per band (:func:`probcat.background.measured_noise`), for images whose
     depth differs from the survey's and that carry no ``NOISE``. ``sky_offset``: see
-    :func:`probcat.background.prepare` (the weights' manifest has it)."""
+    :func:`probcat.background.prepare` (the weights' manifest has it).
+
+    Pixels without data (NaN, inf, or set in ``mask``: ``(H, W)`` or ``(bands, H, W)`` of
+    the image's bands as read, True or nonzero masks) are filled with sky-like noise for the
+    sky and noise estimates and are 0 in ``x`` (:mod:`probcat.masking`); a fifth value,
+    ``masked``, is the ``(H, W)`` map of the pixels masked in any band (None when none is),
+    and ``info["masked_pixels"]`` counts them."""
     from probcat.background import (
         gain_array,
         measured_noise,
@@ -96,6 +104,7 @@ def read_input(
     )
     from probcat.infer.detect import check_image
     from probcat.io import ImageData, read_image
+    from probcat.masking import fill_masked, masked_pixels
 
     measure = wants_measured_noise(noise_sigma)
     if measure:
@@ -138,7 +147,16 @@ def read_input(
         if gain is None and image.gain is not None:
             gain = image.gain if order is None else image.gain[order]
         no_gain = [b for b in image.adu_without_gain if order is None or b in names]
+        if mask is not None and np.ndim(mask) == 3 and order is not None:
+            if len(mask) != len(image.bands):
+                raise ProbcatValueError(
+                    f"mask has {len(mask)} planes, the image {len(image.bands)} bands"
+                )
+            mask = np.asarray(mask)[order]  # the weights' bands, as the image's
         image = data
+    bad = masked_pixels(image, mask)
+    if bad is not None:
+        image = fill_masked(image, bad)
     if sigma is None:
         sigma, source = survey.noise_sigma, "the survey's default noise sigma"
         if no_gain and not (given_gain or measure):
@@ -172,7 +190,12 @@ def read_input(
         info["noise_sigma"] = [round(float(v), 6) for v in noise]
         info["noise_source"] = "measured"
     x, done = prepare(x, sigma, background=background, sigma_source=source, offset=sky_offset)
-    return x, wcs, sigma, {**info, **done}
+    masked = None
+    if bad is not None:
+        x[bad] = 0.0  # no data: the zero padding's value (x is never the caller's array)
+        masked = bad.any(0)
+        info["masked_pixels"] = int(masked.sum())
+    return x, wcs, sigma, {**info, **done}, masked
 
 
 def sky_offset_of(manifest: dict | None, n_bands: int):
@@ -205,6 +228,29 @@ def _check_pixel_scale(wcs, survey, tolerance: float = 0.1) -> None:
             f"{want:.3g} arcsec: detections and probabilities may be off",
             stacklevel=4,
         )
+
+
+def _masks(mask, n: int, single: bool) -> list:
+    """One mask (or None) per image of a batch of ``n``: ``mask`` for a single image, a list
+    or tuple of ``n`` masks (None for an image without one) for several."""
+    if mask is None:
+        return [None] * n
+    if single:
+        return [mask]
+    if not isinstance(mask, (list, tuple)) or len(mask) != n:
+        raise ProbcatValueError(
+            f"mask: give one per image of the {n} (a list, None for an image without one)"
+        )
+    return list(mask)
+
+
+def _with_mask(cat: FullCatalog, masked) -> FullCatalog:
+    """``cat`` with its ``mask_fraction`` column: the fraction of the pixels within 5 px of
+    each position that are masked (:func:`probcat.masking.aperture_fraction`; 0 without a
+    mask)."""
+    from probcat.masking import aperture_fraction
+
+    return cat.with_columns(mask_fraction=aperture_fraction(masked, cat["x"], cat["y"]))
 
 
 def _with_sky(cat: FullCatalog, wcs) -> FullCatalog:
@@ -262,8 +308,9 @@ class Detector:
 
     # ---- inputs --------------------------------------------------------------------------
     def _one(self, image, noise_sigma, opts: dict):
-        """One image as ``(bands, H, W)`` in sigma units, its WCS and what was done to it."""
-        x, wcs, _, info = read_input(
+        """One image as ``(bands, H, W)`` in sigma units, its WCS, what was done to it and
+        its masked pixels (``(H, W)`` or None)."""
+        x, wcs, _, info, masked = read_input(
             image,
             self.survey,
             noise_sigma,
@@ -271,7 +318,7 @@ class Detector:
             sky_offset=self.sky_offset,
             **opts,
         )
-        return x, wcs, info
+        return x, wcs, info, masked
 
     def _prepare(self, images, noise_sigma, opts: dict) -> _Batch:
         if isinstance(images, np.ndarray) and images.ndim == 4:
@@ -283,8 +330,10 @@ class Detector:
             what = "the list (a list holds several images; give one as a numpy array)"
         else:
             items, single, what = [images], True, ""
-        xs, wcs, info = zip(*(self._item(k, im, what, noise_sigma, opts)
-                              for k, im in enumerate(items)))  # fmt: skip
+        opts = dict(opts)
+        masks = _masks(opts.pop("mask", None), len(items), single)
+        xs, wcs, info, masked = zip(*(self._item(k, im, what, noise_sigma, {**opts, "mask": m})
+                                      for k, (im, m) in enumerate(zip(items, masks))))  # fmt: skip
         shapes = {x.shape for x in xs}
         if len(shapes) > 1:
             raise ProbcatValueError(
@@ -292,7 +341,7 @@ class Detector:
                 "pass them in separate calls"
             )
         x = xs[0][None] if len(xs) == 1 else np.stack(xs)  # one image: a view, no copy
-        return _Batch(x, list(wcs), single, list(info))
+        return _Batch(x, list(wcs), single, list(info), list(masked))
 
     def _item(self, k: int, image, what: str, noise_sigma, opts: dict):
         """:meth:`_one` for item ``k`` of several images (``what``: of which; empty for a
@@ -305,13 +354,14 @@ class Detector:
                 raise
             raise ProbcatValueError(f"image {k} of {what}: {e}") from None
 
-    def _prepared(self, x: np.ndarray, wcs, info: dict) -> _Batch:
+    def _prepared(self, x: np.ndarray, wcs, info: dict, masked=None) -> _Batch:
         """One image already read, checked and in noise-sigma units (``read_input``'s ``x``,
-        the detector's bands), as a batch, without a copy; sized for the network."""
+        the detector's bands, and its ``masked`` pixels), as a batch, without a copy; sized
+        for the network."""
         from probcat.infer.detect import check_size
 
         check_size(x.shape, self.net.receptive_field // 2)
-        return _Batch(np.asarray(x, np.float32)[None], [wcs], True, [info])
+        return _Batch(np.asarray(x, np.float32)[None], [wcs], True, [info], [masked])
 
     @property
     def _seeing_band(self) -> int:
@@ -322,12 +372,16 @@ class Detector:
     def _seeing(self, x: np.ndarray, cat) -> tuple[dict, float | None]:
         """The seeing check of one image ``x`` (sigma units) and its MAP catalog: the
         catalog's ``seeing_ratio`` (:func:`probcat.measure.seeing_ratio`, in the i band when
-        the weights have it) and the ratio; ``({}, None)`` when the image has too few
-        bright, isolated sources to tell."""
+        the weights have it, from sources no mask touches) and the ratio; ``({}, None)``
+        when the image has too few bright, isolated sources to tell."""
         from probcat.measure import seeing_ratio
 
         k = self._seeing_band
-        ratio, n = seeing_ratio(x[k], cat["x"], cat["y"], self.survey.bands[k])
+        xs, ys = np.asarray(cat["x"]), np.asarray(cat["y"])
+        if "mask_fraction" in cat:
+            whole = np.asarray(cat["mask_fraction"]) == 0
+            xs, ys = xs[whole], ys[whole]
+        ratio, n = seeing_ratio(x[k], xs, ys, self.survey.bands[k])
         if ratio is None:
             return {}, None
         return {"seeing_ratio": round(ratio, 3), "seeing_sources": n}, ratio
@@ -382,7 +436,8 @@ class Detector:
     # ---- outputs -------------------------------------------------------------------------
     # Every method also takes ``background`` ("auto": subtract a sky left in; "none") and
     # ``gain`` (e-/ADU, for images in ADU): see :mod:`probcat.background`; and ``seeing``
-    # ("auto", "none" or a PSF width ratio: the star/galaxy classes' seeing, see detect()).
+    # ("auto", "none" or a PSF width ratio: the star/galaxy classes' seeing, see detect());
+    # and ``mask`` (pixels without data, one per image: see detect() and probcat.masking).
     def catalog(self, images, *, noise_sigma=None, threshold: float = 0.5, **opts):
         """MAP catalog(s): detections with marginal probability > ``threshold`` (paper 000
         section 4.2), with posterior mean centroids and their standard deviations (pixels),
@@ -470,7 +525,7 @@ class Detector:
             raise ProbcatValueError(f"seed must lie in [0, 2^63), got {seed}")
         opts = dict(opts)
         seeing = opts.pop("seeing", "auto")
-        unknown = set(opts) - {"background", "gain"}
+        unknown = set(opts) - {"background", "gain", "mask"}
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
         fixed = seeing_option(seeing)  # a given ratio; None for "auto" and "none"
@@ -497,9 +552,10 @@ class Detector:
                         dec = decode(self.net, feats, image=pixels, threshold=threshold)
                     meta = map_meta(self.net, threshold)
                     for k in range(feats.shape[0]):
-                        c = catalog_from_decisions(
+                        masked = batch.masked[sl.start + k]
+                        c = _with_mask(catalog_from_decisions(
                             dec, k, dec.marginal, shape, self.net.tile_size, bands, meta
-                        )
+                        ), masked)  # fmt: skip
                         checked, ratio = self._seeing(batch.x[sl.start + k], c)
                         if seeing == "auto":
                             scales[k] = measured_scale(ratio)
@@ -511,9 +567,9 @@ class Detector:
                                     self.net, feats[k : k + 1], image=pixels[k : k + 1],
                                     threshold=threshold,
                                 )  # fmt: skip
-                            c = catalog_from_decisions(
+                            c = _with_mask(catalog_from_decisions(
                                 one, 0, one.marginal, shape, self.net.tile_size, bands, meta
-                            )
+                            ), masked)  # fmt: skip
                         if not (want_map or mix):
                             continue
                         used = matched_scale(scales[k])
@@ -552,7 +608,8 @@ class Detector:
                             progress=progress,
                             centroid_calibration=cals[k],
                         )
-                    draws.append([_with_sky(c, wcs) for c in got])
+                    masked = batch.masked[sl.start + k]
+                    draws.append([_with_sky(_with_mask(c, masked), wcs) for c in got])
                 if samples == 0:
                     draws += [[] for _ in range(feats.shape[0])]
         prob = np.concatenate(maps) if maps else None
@@ -636,6 +693,7 @@ def detect(
     device=None,
     threads="auto",
     progress: bool = False,
+    mask=None,
 ) -> DetectionResult:
     """Detect and classify sources in an image of any size.
 
@@ -661,6 +719,10 @@ def detect(
             PSF FWHM over the survey's. Detection probabilities always assume the survey's.
         device, threads: see :class:`Detector`.
         progress: a progress bar over the posterior samples.
+        mask: pixels without data, ``(H, W)`` or ``(bands, H, W)``, True or nonzero
+            masks (a list for a list of images); NaN and inf pixels are masked too. They
+            hold no light or noise for the network, and each row's ``mask_fraction`` says
+            how much of its 5-px aperture they are (:mod:`probcat.masking`).
 
     Example:
         >>> res = probcat.detect("field.fits")                    # doctest: +SKIP
@@ -679,6 +741,7 @@ def detect(
         gain=gain,
         seeing=seeing,
         progress=progress,
+        mask=mask,
     )
 
 
@@ -695,7 +758,8 @@ class DeblendResult:
             ``moments_ok`` (adaptive moments, first band), ``edge`` (aperture leaves the
             image); with posterior samples the flux posterior per band: ``flux_mean``,
             ``flux_sd``, ``flux_q025, flux_q16, flux_q50, flux_q84, flux_q975`` and
-            ``p_match`` (fraction of samples that hold the source).
+            ``p_match`` (fraction of samples that hold the source); ``mask_fraction`` (the
+            share of the aperture without data, :mod:`probcat.masking`).
         model: the scene model ``(bands, H, W)`` in electrons (every source's model).
         residual: image minus model ``(bands, H, W)``.
         models: the per-source models (:class:`probcat.infer.deblend.Models`).
@@ -759,6 +823,7 @@ class Deblender:
         sky_offset=None,
         passes: int | None = None,
         progress: bool = False,
+        mask=None,
     ) -> DeblendResult:
         """Deblend the sources of ``catalog`` (``x, y`` and ``galaxy`` or ``galaxy_prob``)
         in ``image`` (FITS path, :class:`~probcat.io.ImageData` or array in electrons) and
@@ -773,7 +838,10 @@ class Deblender:
         ``background``, ``gain``: as for detection (:mod:`probcat.background`);
         ``sky_offset``: the detector's (:attr:`Detector.sky_offset`), so that a sky left in
         the image is subtracted as detection subtracted it;
-        ``progress``: a progress bar over the posterior samples.
+        ``progress``: a progress bar over the posterior samples;
+        ``mask``: pixels without data, as for detection (:mod:`probcat.masking`): they hold
+        no light in the measurements, and ``mask_fraction`` says how much of each aperture
+        they are.
         """
         from probcat.infer.deblend import (
             REFINE_PASSES,
@@ -785,6 +853,7 @@ class Deblender:
             sample_fluxes,
             source_images,
         )
+        from probcat.masking import aperture_fraction
         from probcat.measure import APERTURE_RADIUS, adaptive_moments, flux_posterior, flux_sd
         from probcat.runtime import thread_limit, threads_for
 
@@ -795,9 +864,9 @@ class Deblender:
         for name in ("x", "y"):
             if name not in catalog:
                 raise ProbcatValueError(f"the catalog has no {name!r} column")
-        x, wcs, sigma, _ = read_input(
+        x, wcs, sigma, _, masked = read_input(
             image, self.survey, noise_sigma, background=background, gain=gain,
-            sky_offset=sky_offset,
+            sky_offset=sky_offset, mask=mask,
         )  # fmt: skip
         img = x * sigma[:, None, None]
         nb, h, w = img.shape
@@ -851,6 +920,7 @@ class Deblender:
             e2=mom["e2"],
             moments_ok=mom["ok"],
             edge=edge,
+            mask_fraction=aperture_fraction(masked, cx, cy),
         )
         if samples:
             vals, vcon = vals
@@ -902,6 +972,7 @@ def deblend(
     threads="auto",
     passes: int | None = None,
     progress: bool = False,
+    mask=None,
 ) -> DeblendResult:
     """Detect, deblend and measure every source of an image, with flux posteriors from
     ``samples`` posterior catalog samples (0: point measurements only).
@@ -935,15 +1006,18 @@ def deblend(
         from probcat.io import read_image
 
         image = read_image(image)
-    opts = {"background": background, "gain": gain}
+    opts = {"background": background, "gain": gain, "mask": mask}
     res = det.detect(
         image, noise_sigma=noise_sigma, threshold=threshold, samples=samples, seed=seed,
         progress=progress, **opts,
     )  # fmt: skip
-    out = dbl.measure(
-        image, res.catalog, noise_sigma=noise_sigma, samples=res.samples, method=method,
-        sky_offset=det.sky_offset, passes=passes, progress=progress, **opts,
-    )  # fmt: skip
+    from probcat.masking import said_once
+
+    with said_once():  # detection said it of the same image
+        out = dbl.measure(
+            image, res.catalog, noise_sigma=noise_sigma, samples=res.samples, method=method,
+            sky_offset=det.sky_offset, passes=passes, progress=progress, **opts,
+        )  # fmt: skip
     out.detection = res
     out.wcs = res.wcs
     return out
@@ -966,6 +1040,7 @@ def photoz(
     seeing="auto",
     device=None,
     threads="auto",
+    mask=None,
 ):
     """Detect the sources of a multi-band image and estimate a redshift PDF for each galaxy
     (paper 002): a :class:`~probcat.redshift.estimator.PhotozResult` with the catalog (``z_mode,
@@ -984,6 +1059,8 @@ def photoz(
         galaxies_only: PDFs only for objects classified as galaxies (``galaxy`` column).
         background, gain: sky subtraction and ADU conversion (:mod:`probcat.background`).
         seeing: the star/galaxy classes' seeing, as :func:`detect`'s.
+        mask: pixels without data, as :func:`detect`'s (the PDFs of galaxies they cut read
+            what is left: ``mask_fraction``).
 
     Example:
         >>> res = probcat.photoz("field_ugrizy.fits")                 # doctest: +SKIP
@@ -999,14 +1076,20 @@ def photoz(
             f"{''.join(est.bands)} lack"
         )
     offset = det.sky_offset if det.bands == est.bands else None
-    xs, wcs, sigma, info = read_input(
-        image, est.survey, noise_sigma, background=background, gain=gain, sky_offset=offset
+    xs, wcs, sigma, info, masked = read_input(
+        image,
+        est.survey,
+        noise_sigma,
+        background=background,
+        gain=gain,
+        sky_offset=offset,
+        mask=mask,
     )
     planes = [est.bands.index(b) for b in det.bands]
     # the detector reads the same sigma-unit planes (sky done above, for every band): no copy
     # when it has every band in order
     x_det = xs if planes == list(range(len(est.bands))) else xs[planes]
-    res = det.detect(det._prepared(x_det, wcs, info), threshold=threshold, seeing=seeing)
+    res = det.detect(det._prepared(x_det, wcs, info, masked), threshold=threshold, seeing=seeing)
     res.catalog = _with_sky(res.catalog, wcs)
     res.wcs = wcs
     return est._estimate(xs, res.catalog, wcs, galaxies_only, detection=res)

@@ -88,18 +88,23 @@ def _mad_sigma(r: np.ndarray) -> float:
     return 1.4826 * float(np.median(np.abs(r - np.median(r))))
 
 
-def sky(band: np.ndarray) -> tuple[np.ndarray, float]:
+def sky(band: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """The smooth sky of one band ``(H, W)`` (``sep.Background``, boxes of 64 px or half the
     image, 3x3 median filter) and the noise of its pixels about it: 1.4826 times their
     median absolute deviation (robust to sources; 0 for a constant image, where sep would
-    report 1), on at most about :data:`NOISE_PIXELS` of them."""
+    report 1), on at most about :data:`NOISE_PIXELS` of them. ``mask``: pixels without data
+    (``(H, W)``, True), left out of both (their sky interpolated from the others')."""
     import sep
 
     box = _box(band.shape)
     data = np.ascontiguousarray(band, dtype=np.float32)
-    back = sep.Background(data, bw=box, bh=box, fw=3, fh=3).back()
+    if mask is not None:
+        data = np.ascontiguousarray(np.where(mask, 0.0, data), dtype=np.float32)
+        mask = np.ascontiguousarray(mask, dtype=bool)
+    back = sep.Background(data, mask=mask, bw=box, bh=box, fw=3, fh=3).back()
     step = _step(data.size)
-    rms = _mad_sigma(data[::step, ::step] - back[::step, ::step])
+    r = data[::step, ::step] - back[::step, ::step]
+    rms = _mad_sigma(r if mask is None else r[~mask[::step, ::step]])
     return back, rms
 
 

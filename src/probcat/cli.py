@@ -45,6 +45,21 @@ NOISE_OPTION = typer.Option(
     "measured (the image's own pixel noise, sources masked) or VALUE[,VALUE...] in the "
     "image's units",
 )
+MASK_OPTION = typer.Option(
+    None,
+    "--mask",
+    help="FITS mask of pixels without data, nonzero = masked, (H, W) or one plane per band "
+    "(NaN and inf pixels are masked too; catalog column mask_fraction)",
+)
+
+
+def _mask_option(path):
+    """``--mask``: the mask of a FITS file (:func:`probcat.masking.read_mask`), or None."""
+    if path is None:
+        return None
+    from probcat.masking import read_mask
+
+    return read_mask(path)
 
 
 def _checked_seeing(value: str) -> str:
@@ -237,6 +252,7 @@ def detect_cmd(
     gain: float = GAIN_OPTION,
     noise: str = NOISE_OPTION,
     seeing: str = SEEING_OPTION,
+    mask: Path = MASK_OPTION,
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
     ),
@@ -277,9 +293,10 @@ def detect_cmd(
         outputs.update({out.with_name(f"{out.stem}_{n}.fits"): None for n in ("model", "residual")})
     if plot is not None:
         outputs[plot] = (".png", ".pdf", ".svg", ".jpg")
-    check_outputs(outputs, [image], outputs)
+    check_outputs(outputs, [image] + ([mask] if mask else []), outputs)
     data = read_image(image)
-    opts = {"background": background, "gain": gain, "noise_sigma": _noise_option(noise)}
+    opts = {"background": background, "gain": gain, "noise_sigma": _noise_option(noise),
+            "mask": _mask_option(mask)}  # fmt: skip
     res = det.detect(
         data,
         threshold=threshold,
@@ -293,16 +310,18 @@ def detect_cmd(
     extra = []
     if dbl is not None:
         from probcat.io import write_image
+        from probcat.masking import said_once
 
-        d = dbl.measure(
-            data,
-            catalog,
-            samples=res.samples,
-            method=method,
-            sky_offset=det.sky_offset,
-            progress=not quiet,
-            **opts,
-        )
+        with said_once():  # detection said it
+            d = dbl.measure(
+                data,
+                catalog,
+                samples=res.samples,
+                method=method,
+                sky_offset=det.sky_offset,
+                progress=not quiet,
+                **opts,
+            )
         catalog = d.catalog
         for name, img in (("model", d.model), ("residual", d.residual)):
             path = out.with_name(f"{out.stem}_{name}.fits")
@@ -343,6 +362,8 @@ def _input_note(info: dict) -> str:
         parts.append(f"converted to electrons (gain {', '.join(f'{g:g}' for g in info['gain'])})")
     if info.get("noise_source") == "measured":
         parts.append(f"noise sigma measured: {', '.join(f'{v:.4g}' for v in info['noise_sigma'])}")
+    if info.get("masked_pixels"):
+        parts.append(f"{info['masked_pixels']} pixels masked, no data")
     if info.get("background") == "subtracted":
         med = ", ".join(f"{m:.4g}" for m in info["sky_median"])
         parts.append(f"sky subtracted (median {med} e-)")
@@ -372,6 +393,7 @@ def photoz_cmd(
     gain: float = GAIN_OPTION,
     noise: str = NOISE_OPTION,
     seeing: str = SEEING_OPTION,
+    mask: Path = MASK_OPTION,
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
     ),
@@ -388,7 +410,11 @@ def photoz_cmd(
     seeing = _checked_seeing(seeing)
     out = out or image.with_name(image.stem + "_photoz.fits")
     pz_path = out.with_name(out.stem + "_pz.hdf5")
-    check_outputs([out, pz_path], [image], {out: (".fits", ".fit", ".fts", ".parquet")})
+    check_outputs(
+        [out, pz_path], [image] + ([mask] if mask else []),
+        {out: (".fits", ".fit", ".fts", ".parquet")},
+    )  # fmt: skip
+    masked = _mask_option(mask)
     data = read_image(image)
     res = photoz(
         data,
@@ -402,6 +428,7 @@ def photoz_cmd(
         seeing=seeing,
         device=device,
         threads=_threads_option(threads),
+        mask=masked,
     )
     msg = f"{len(res.catalog)} detections, {int(res.catalog['has_pz'].sum())} photo-z PDFs"
     msg += _input_note(res.catalog.meta.get("input", {}))

@@ -88,7 +88,9 @@ def write_image(
 
 def read_image(path: str | Path) -> ImageData:
     """Read a probcat multi-extension image, or any FITS with a 2-D/3-D image in the
-    primary HDU (one band per plane; band names from ``BANDS``/``FILTER`` if present)."""
+    primary HDU (one band per plane; band names from ``BANDS``/``FILTER`` if present).
+    NaN and inf pixels (and values beyond float32's range) are kept as they are: the
+    detectors read them as masked, no data (:mod:`probcat.masking`)."""
     path = Path(path)
     if not path.exists():
         raise ProbcatFileError(f"{path}: no such file")
@@ -185,12 +187,6 @@ def read_image(path: str | Path) -> ImageData:
         if isinstance(e, ProbcatValueError):
             raise
         raise ProbcatIOError(f"{path}: malformed FITS image ({e})") from e
-    bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
-    if bad:
-        raise ProbcatValueError(
-            f"{path}: {bad} pixel(s) are NaN or inf in float32 (or beyond its range, "
-            "|value| > 3.4e38): mask or replace them first"
-        )
     noise = np.array([_noise_keyword(path, v) for v in noise], dtype=float)
     g = np.array(gains, dtype=float)
     gain = np.where(np.isfinite(g), g, 1.0) if np.isfinite(g).any() else None

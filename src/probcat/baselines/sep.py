@@ -47,6 +47,7 @@ def sep_detect(
     band: int = 0,
     config: SepConfig = SepConfig(),
     bands: tuple[str, ...] | None = None,
+    mask: np.ndarray | None = None,
 ) -> FullCatalog:
     """Detect sources with SEP on one band of ``image`` ``(bands, H, W)`` or ``(H, W)``.
 
@@ -55,6 +56,8 @@ def sep_detect(
         noise_sigma: per-pixel noise sigma (scalar or per band), electrons.
         band: which band to detect on.
         config: SEP settings.
+        mask: ``(H, W)`` pixels without data (True); NaN and inf pixels are masked too
+            (SEP's ``mask``, for the background and the extraction).
 
     Returns:
         FullCatalog with ``x, y`` (0-indexed pixels), ``flux`` (isophotal, electrons),
@@ -69,8 +72,15 @@ def sep_detect(
     if not np.isfinite(sigma) or sigma <= 0:
         raise ProbcatValueError(f"noise sigma must be positive and finite, got {sigma}")
     data = np.ascontiguousarray(image[band], dtype=np.float64)
+    bad = ~np.isfinite(data)
+    if mask is not None:
+        bad |= np.asarray(mask, bool)
+    if bad.any():
+        data = np.ascontiguousarray(np.where(bad, 0.0, data))
+    else:
+        bad = None
     if config.subtract_background:
-        data = data - sep.Background(data).back()
+        data = data - sep.Background(data, mask=bad).back()
     kernel = gaussian_kernel(config.filter_size, config.filter_fwhm)
     objs = sep.extract(
         data,
@@ -80,6 +90,7 @@ def sep_detect(
         deblend_nthresh=config.deblend_nthresh,
         deblend_cont=config.deblend_cont,
         filter_kernel=kernel,
+        mask=bad,
     )
     n = len(objs)
     names = bands or tuple(f"b{k}" for k in range(image.shape[0]))

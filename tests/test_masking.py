@@ -1,0 +1,232 @@
+"""Pixels without data: NaN, inf and masks (probcat.masking), through reading, the sky and
+noise estimates, detection, deblending, photo-z, SEP and the command line."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from probcat.api import read_input
+from probcat.errors import ProbcatValueError
+from probcat.masking import aperture_fraction, fill_masked, masked_pixels, read_mask
+from probcat.survey import Survey
+
+
+def _psf_star(img, x, y, flux, fwhm_px=4.0):
+    """Add a Gaussian star of ``flux`` at integer pixel ``(x, y)`` to ``img`` (H, W)."""
+    s = fwhm_px / 2.3548
+    yy, xx = np.mgrid[: img.shape[0], : img.shape[1]]
+    img += flux * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * s * s)) / (2 * np.pi * s * s)
+
+
+def test_masked_pixels_joins_nan_inf_and_the_mask_and_checks_it():
+    img = np.zeros((2, 8, 10), np.float32)
+    img[0, 1, 2] = np.nan
+    img[1, 3, 4] = np.inf
+    m = np.zeros((8, 10), bool)
+    m[5, 6] = True
+    with pytest.warns(UserWarning, match="^2 pixel"):
+        bad = masked_pixels(img, m)
+    assert bad.shape == img.shape
+    assert set(zip(*np.nonzero(bad))) == {(0, 1, 2), (1, 3, 4), (0, 5, 6), (1, 5, 6)}
+    per_band = np.zeros((2, 8, 10), np.uint8)
+    per_band[1, 0, 0] = 7  # nonzero masks; only its own band
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the NaN inside the mask is not reported
+        inside = img.copy()
+        inside[1, 3, 4] = 0.0
+        got = masked_pixels(inside, np.stack([bad[0], per_band[1] > 0]))
+    assert got[1, 0, 0] and not got[0, 0, 0] and got[0, 1, 2]
+    assert masked_pixels(np.zeros((1, 8, 10))) is None
+    with pytest.raises(ProbcatValueError, match=r"mask of shape \(8, 9\) does not match"):
+        masked_pixels(img, np.zeros((8, 9)))
+    with pytest.raises(ProbcatValueError, match="mask of shape"):
+        masked_pixels(img, np.zeros((3, 8, 10)))
+    with pytest.raises(ProbcatValueError, match="^every pixel of band 1 is masked"):
+        masked_pixels(img, np.stack([np.zeros((8, 10)), np.ones((8, 10))]))
+    with pytest.raises(ProbcatValueError, match="boolean or numeric"):
+        masked_pixels(img, np.full((8, 10), "x"))
+
+
+def test_fill_masked_is_sky_like_and_leaves_the_data_alone():
+    rng = np.random.default_rng(3)
+    img = (1000.0 + 20.0 * rng.standard_normal((1, 200, 200))).astype(np.float32)
+    bad = np.zeros(img.shape, bool)
+    bad[0, 50:150, 20:120] = True
+    img[bad] = np.nan
+    out = fill_masked(img, bad)
+    np.testing.assert_array_equal(out[~bad], img[~bad].astype(np.float64))
+    filled = out[bad]
+    assert abs(filled.mean() - 1000.0) < 0.5  # 10^4 draws: the level to 0.2 sigma
+    assert abs(filled.std() - 20.0) < 0.5
+    np.testing.assert_array_equal(fill_masked(img, bad), out)  # a fixed seed
+
+
+def test_aperture_fraction_matches_a_brute_force_count():
+    rng = np.random.default_rng(1)
+    masked = rng.random((30, 40)) < 0.3
+    x = np.concatenate([rng.uniform(-2, 41, 40), [0.0, 39.0, 12.49, 12.51]])
+    y = np.concatenate([rng.uniform(-2, 31, 40), [0.0, 29.0, 7.5, 7.5]])
+    got = aperture_fraction(masked, x, y)
+    for k in range(len(x)):
+        cx, cy = int(np.round(x[k])), int(np.round(y[k]))
+        hit = n = 0
+        for yy in range(30):
+            for xx in range(40):
+                near = abs(xx - cx) <= 6 and abs(yy - cy) <= 6  # the nearest pixel's box
+                if near and (xx - x[k]) ** 2 + (yy - y[k]) ** 2 <= 25.0:
+                    n += 1
+                    hit += masked[yy, xx]
+        assert got[k] == pytest.approx(hit / n if n else 1.0), k
+    np.testing.assert_array_equal(aperture_fraction(None, x, y), 0.0)
+
+
+def test_sky_and_noise_are_read_from_the_data_pixels():
+    """A third of the image NaN: the sky subtracted and the measured noise are those of the
+    same image without the hole; the hole is 0 in noise units."""
+    rng = np.random.default_rng(7)
+    survey = Survey.lsst(bands="i")
+    sigma = 60.0
+    sky = 3000.0 + 0.5 * np.arange(240)[None, :]  # a sloped sky
+    img = (sky + sigma * rng.standard_normal((240, 240)))[None].astype(np.float32)
+    holed = img.copy()
+    holed[0, :, 160:] = np.nan
+    x0, _, s0, info0, m0 = read_input(img, survey, "measured")
+    with pytest.warns(UserWarning, match="^19200 pixel"):
+        x1, _, s1, info1, m1 = read_input(holed, survey, "measured")
+    assert m0 is None and "masked_pixels" not in info0
+    assert m1.shape == (240, 240) and m1.sum() == info1["masked_pixels"] == 240 * 80
+    assert s1[0] == pytest.approx(s0[0], rel=0.03) and s0[0] == pytest.approx(sigma, rel=0.03)
+    assert np.all(x1[0][m1] == 0.0)
+    # the data pixels come out as without the hole: the sky to a small fraction of the noise
+    assert np.abs(x1[0][~m1] * s1[0] - x0[0][~m1] * s0[0]).mean() < 0.1 * sigma
+    assert abs(float(np.mean(x1[0][~m1]))) < 0.05
+
+
+def test_a_masked_source_is_not_detected_and_a_cut_one_says_so():
+    import probcat
+
+    rng = np.random.default_rng(2)
+    det = probcat.load("detection_lsst_i", threads=1)
+    sigma = float(det.survey.noise_sigma[0])
+    img = sigma * rng.standard_normal((96, 96))
+    for x, y in ((24, 24), (70, 70), (24, 70)):
+        _psf_star(img, x, y, 300 * sigma)
+    img = img[None].astype(np.float32)
+    plain = det.catalog(img, background="none")
+    mask = np.zeros((96, 96), bool)
+    mask[60:80, 60:80] = True  # covers the star at (70, 70)
+    mask[:, 26:30] = True  # a bad strip 2 px from the star at x = 24
+    got = det.catalog(img, background="none", mask=mask)
+    near = lambda c, x, y: np.hypot(c["x"] - x, c["y"] - y).min(initial=99) < 1.5  # noqa: E731
+    assert near(plain, 70, 70) and near(plain, 24, 24) and near(plain, 24, 70)
+    assert not near(got, 70, 70)  # under the mask: no data, no detection
+    assert near(got, 24, 24) and near(got, 24, 70)
+    assert np.all(plain["mask_fraction"] == 0.0)
+    k = np.argmin(np.hypot(got["x"] - 24, got["y"] - 24))
+    want = aperture_fraction(mask, got["x"][k : k + 1], got["y"][k : k + 1])[0]
+    assert 0.1 < got["mask_fraction"][k] == pytest.approx(want)
+    assert got.meta["input"]["masked_pixels"] == int(mask.sum())
+    nan = img.copy()
+    nan[0][mask] = np.nan  # NaN reads as the same mask
+    with pytest.warns(UserWarning, match="read as masked"):
+        again = det.catalog(nan, background="none")
+    np.testing.assert_array_equal(again["x"], got["x"])
+    np.testing.assert_array_equal(again["mask_fraction"], got["mask_fraction"])
+    draws = det.sample(img, 2, background="none", mask=mask)
+    assert all("mask_fraction" in d.colnames for d in draws)
+    with pytest.raises(ProbcatValueError, match="one per image"):
+        det.catalog([img, img], mask=mask)
+    two = det.catalog([img, img], background="none", mask=[mask, None])
+    assert two[0]["mask_fraction"].max() > 0 and two[1]["mask_fraction"].max() == 0
+
+
+def test_sep_reads_nan_as_masked():
+    from probcat.baselines.sep import sep_detect
+
+    rng = np.random.default_rng(4)
+    img = 10.0 * rng.standard_normal((80, 80))
+    _psf_star(img, 20, 20, 5000.0)
+    _psf_star(img, 60, 60, 5000.0)
+    img[50:70, 50:70] = np.nan
+    cat = sep_detect(img, 10.0)
+    assert len(cat) == 1 and abs(cat["x"][0] - 20) < 0.5 and abs(cat["y"][0] - 20) < 0.5
+
+
+def test_cli_mask_file_and_its_errors(tmp_path, capsys, weights):
+    from astropy.io import fits
+    from astropy.table import Table
+
+    from probcat.cli import main
+
+    rng = np.random.default_rng(0)
+    data = (400.0 * rng.standard_normal((64, 64))).astype(np.float32)
+    img = tmp_path / "x.fits"
+    fits.PrimaryHDU(data, header=fits.Header({"NOISE": 400.0})).writeto(img)
+    mfile = tmp_path / "m.fits"
+    m = np.zeros((64, 64), np.int16)
+    m[:10] = 4  # a bit plane: any set bit masks
+    fits.PrimaryHDU(m).writeto(mfile)
+    np.testing.assert_array_equal(read_mask(mfile), m != 0)
+    out = tmp_path / "c.fits"
+    args = ["detect", str(img), "--weights", str(weights), "--threshold", "0.0"]
+    assert main([*args, "--mask", str(mfile), "-o", str(out)]) == 0
+    assert "[640 pixels masked, no data]" in capsys.readouterr().out
+    t = Table.read(out)
+    frac = aperture_fraction(m != 0, t["x"], t["y"])
+    assert len(t) > 0 and t["mask_fraction"].max() > 0
+    np.testing.assert_allclose(t["mask_fraction"], frac)
+    small = tmp_path / "small.fits"
+    fits.PrimaryHDU(np.zeros((8, 8), np.uint8)).writeto(small)
+    for mask_arg, message in ((small, "does not match"), (tmp_path / "no.fits", "no such file")):
+        rc = main([*args, "--mask", str(mask_arg), "-o", str(tmp_path / "d.fits")])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and message in err and "\n" not in err, err
+        assert not (tmp_path / "d.fits").exists()
+    assert main([*args, "--mask", str(mfile), "-o", str(mfile)]) == 2  # never overwritten
+    assert "would overwrite the input" in capsys.readouterr().err
+    np.testing.assert_array_equal(read_mask(mfile), m != 0)
+
+
+def test_photoz_reads_the_mask(tmp_path, weights, photoz_weights):
+    from test_photoz import _ugrizy_image
+
+    import probcat
+    from probcat.io import read_image
+
+    data = read_image(_ugrizy_image(tmp_path / "field.fits"))
+    h, w = data.image.shape[-2:]
+    mask = np.zeros((h, w), bool)
+    mask[: h // 3] = True
+    res = probcat.photoz(data, estimator=str(photoz_weights), detector=str(weights),
+                         threads=1, threshold=0.0, mask=mask)  # fmt: skip
+    cat = res.catalog
+    assert len(cat) > 0 and cat.meta["input"]["masked_pixels"] == int(mask.sum())
+    np.testing.assert_allclose(cat["mask_fraction"], aperture_fraction(mask, cat["x"], cat["y"]))
+    assert cat["mask_fraction"].max() > 0
+
+
+def test_deblended_measurements_read_only_the_data_pixels():
+    from test_infer_deblend import FixedGalaxy, S, _draw, _galaxy
+
+    from probcat.api import Deblender
+    from probcat.catalog import FullCatalog
+    from probcat.infer.deblend import paste_models, reconstruct
+
+    survey = Survey.lsst(bands="i")
+    sigma = survey.noise_sigma.astype(np.float32)
+    model = FixedGalaxy(_draw(_galaxy(2e5), S) / sigma[0])
+    image = np.zeros((1, 40, 40), np.float32)
+    image[0] += paste_models(reconstruct(model, image, sigma, [20.0], [20.0], [True]), (40, 40))[0]
+    cat = FullCatalog(
+        {"x": np.array([20.0]), "y": np.array([20.0]), "galaxy": np.ones(1, bool)}, (40, 40), ("i",)
+    )
+    db = Deblender(model, survey, device="cpu")
+    whole = db.measure(image, cat, background="none").catalog
+    mask = np.zeros((40, 40), bool)
+    mask[:, 21:] = True  # the right half of the galaxy has no data
+    cut = db.measure(image, cat, background="none", mask=mask).catalog
+    assert whole["mask_fraction"][0] == 0.0
+    assert cut["mask_fraction"][0] == pytest.approx(aperture_fraction(mask, [20.0], [20.0])[0])
+    # the masked pixels hold no light: about half the aperture flux is left
+    assert 0.3 < cut["flux_ap"][0, 0] / whole["flux_ap"][0, 0] < 0.7
