@@ -81,7 +81,7 @@ def read_input(
     mask=None,
 ):
     """One image for ``survey``'s bands (taken by name from an image that has more, e.g. the
-    i plane of a ugrizy file for i-band weights): ``(x, wcs, sigma, info)`` with ``x``
+    i plane of a ugrizy file for i-band weights): ``(x, wcs, sigma, info, masked)`` with ``x``
     ``(bands, H, W)`` float32 in noise-sigma units (checked, converted to electrons with
     ``gain`` or the image's ``GAIN``, sky subtracted when ``background="auto"`` finds it
     left in: :mod:`probcat.background`), the image's WCS (or None), the noise sigma per band
