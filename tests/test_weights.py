@@ -46,6 +46,24 @@ def test_shipped_seeing_calibrations_match_manifest_and_config(name):
     assert sorted(yaml.safe_load(config.read_text())["fits"]["seeing_factors"]) == sorted(listed)
 
 
+@pytest.mark.parametrize("name", ["detection_lsst_i", "detection_lsst_ugrizy"])
+def test_shipped_centroid_calibrations_are_binned_by_snr_as_listed(name):
+    """The shipped weights with a location refiner carry centroid intervals binned by
+    detection SNR, the calibration their manifest lists, fitted on as many scenes as their
+    training config asks for (a refit left unshipped, or a config left behind, fails)."""
+    from probcat.infer.calibration import CentroidCalibration
+
+    m = manifest(name)
+    net = load(name).model
+    assert net.loc_refine
+    cal = net.centroid_calibration
+    assert cal.binned and len(cal.snr) >= 6 and np.all(np.diff(cal.snr) > 0)
+    assert cal == CentroidCalibration.from_dict(m["centroid_calibration"])
+    config = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    scenes = yaml.safe_load(config.read_text())["fits"]["calibration_scenes"]
+    assert cal.source.startswith(f"{scenes} validation scenes")
+
+
 def test_unknown_name_lists_the_known_ones():
     with pytest.raises(ProbcatFileError, match="detection_lsst_i"):
         load("detection_lsst_q")
