@@ -121,28 +121,26 @@ def fill_masked(image, bad: np.ndarray) -> np.ndarray:
 
 
 def aperture_fraction(masked: np.ndarray | None, x, y, radius: float = MASK_RADIUS) -> np.ndarray:
-    """Per position ``(x, y)`` (pixels), the fraction of the pixels within ``radius`` of it
-    (the aperture of :func:`probcat.metrics.detection.aperture_snr`: centred on the nearest
-    pixel, those inside the image) that are set in ``masked`` ``(H, W)``; zeros when
-    ``masked`` is None."""
-    x = np.asarray(x, np.float64).ravel()
-    y = np.asarray(y, np.float64).ravel()
+    """Per position ``(x, y)`` (pixels), the fraction of the pixels of its aperture (the
+    detection SNR's, :func:`probcat.metrics.detection.aperture_pixels`) that are set in
+    ``masked`` ``(H, W)``; zeros when ``masked`` is None."""
+    import torch
+
+    from probcat.metrics.detection import APERTURE_CHUNK, aperture_pixels
+
+    x = torch.from_numpy(np.asarray(x, np.float64).ravel())
+    y = torch.from_numpy(np.asarray(y, np.float64).ravel())
     if masked is None or len(x) == 0:
         return np.zeros(len(x))
-    h, w = masked.shape
-    r = int(np.ceil(radius)) + 1
-    off = np.arange(-r, r + 1)
-    out = np.empty(len(x))
-    for a in range(0, len(x), 4096):  # bounded memory
-        xc, yc = x[a : a + 4096, None, None], y[a : a + 4096, None, None]
-        xx = np.round(xc).astype(np.int64) + off[None, None, :]
-        yy = np.round(yc).astype(np.int64) + off[None, :, None]
-        inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
-        inside &= (xx - xc) ** 2 + (yy - yc) ** 2 <= radius**2
-        hit = masked[yy.clip(0, h - 1), xx.clip(0, w - 1)] & inside
+    m = torch.from_numpy(np.asarray(masked, bool))
+    out = []
+    for a in range(0, len(x), APERTURE_CHUNK):  # bounded memory
+        sl = slice(a, a + APERTURE_CHUNK)
+        xx, yy, inside = aperture_pixels(x[sl], y[sl], radius, m.shape)
         n = inside.sum((1, 2))
-        out[a : a + 4096] = np.where(n > 0, hit.sum((1, 2)) / np.maximum(n, 1), 1.0)
-    return out
+        hit = (m[yy, xx] & inside).sum((1, 2))
+        out.append(torch.where(n > 0, hit / n.clamp_min(1), 1.0))
+    return torch.cat(out).double().numpy()
 
 
 def read_mask(path) -> np.ndarray:

@@ -18,6 +18,7 @@ __all__ = [
     "match",
     "detected_snr",
     "aperture_snr",
+    "aperture_pixels",
     "DetectionCounts",
     "binned_detection_metrics",
     "f1_score",
@@ -64,6 +65,28 @@ def detected_snr(image: np.ndarray, x, y, sigma: float, radius: float = 5.0) -> 
     return aperture_snr(img, b, x, y, radius, skip_zeros=False).double().numpy()
 
 
+APERTURE_CHUNK = 4096  # positions per vectorised step of the aperture sums
+
+
+def aperture_pixels(x, y, radius: float, shape):
+    """The pixels of the apertures of radius ``radius`` about positions ``x, y`` (1-D
+    tensors, pixels) in an image of ``shape`` ``(H, W)``: the pixels within ``radius`` of
+    each position, on a square centred on its nearest pixel. Returns ``(xx, yy, inside)``,
+    each ``(N, 2r+1, 2r+1)``: column and row indices clamped into the image, and whether
+    the pixel is in the aperture and inside the image."""
+    import torch
+
+    h, w = shape
+    r = int(np.ceil(radius)) + 1
+    off = torch.arange(-r, r + 1, device=x.device)
+    xc, yc = x[:, None, None].double(), y[:, None, None].double()
+    xx = torch.round(xc).long() + off[None, None, :]
+    yy = torch.round(yc).long() + off[None, :, None]
+    inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
+    inside &= (xx - xc) ** 2 + (yy - yc) ** 2 <= radius**2
+    return xx.clamp(0, w - 1), yy.clamp(0, h - 1), inside
+
+
 def aperture_snr(image, b, x, y, radius: float = 5.0, *, skip_zeros: bool = True):
     """Detection SNR (a float32 tensor) of sources at pixel positions ``(x, y)`` of images
     ``b`` of ``image`` (a ``(B, bands, H, W)`` tensor in noise-sigma units, e.g.
@@ -74,17 +97,11 @@ def aperture_snr(image, b, x, y, radius: float = 5.0, *, skip_zeros: bool = True
     ``skip_zeros``, those exactly 0 (the zero padding to whole tiles, masked pixels)."""
     import torch
 
-    h, w = image.shape[-2:]
-    r = int(np.ceil(radius)) + 1
-    off = torch.arange(-r, r + 1, device=image.device)
     out = []
-    for a in range(0, len(b), 4096):  # vectorised over positions, bounded memory
-        xc, yc = x[a : a + 4096, None, None].double(), y[a : a + 4096, None, None].double()
-        xx = torch.round(xc).long() + off[None, None, :]
-        yy = torch.round(yc).long() + off[None, :, None]
-        inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
-        inside &= (xx - xc) ** 2 + (yy - yc) ** 2 <= radius**2
-        v = image[b[a : a + 4096, None, None], :, yy.clamp(0, h - 1), xx.clamp(0, w - 1)]
+    for a in range(0, len(b), APERTURE_CHUNK):  # vectorised over positions, bounded memory
+        sl = slice(a, a + APERTURE_CHUNK)
+        xx, yy, inside = aperture_pixels(x[sl], y[sl], radius, image.shape[-2:])
+        v = image[b[sl, None, None], :, yy, xx]
         use = inside[..., None] & (v != 0) if skip_zeros else inside[..., None]
         v = v.double()  # (N, 2r+1, 2r+1, bands)
         out.append(torch.where(use, v * v - 1.0, 0.0).sum((1, 2, 3)))
