@@ -230,3 +230,109 @@ def test_deblended_measurements_read_only_the_data_pixels():
     assert cut["mask_fraction"][0] == pytest.approx(aperture_fraction(mask, [20.0], [20.0])[0])
     # the masked pixels hold no light: about half the aperture flux is left
     assert 0.3 < cut["flux_ap"][0, 0] / whole["flux_ap"][0, 0] < 0.7
+
+
+# afw's default mask planes (bit numbers) as an LSST calexp's MASK header lists them
+AFW_PLANES = dict(BAD=0, SAT=1, INTRP=2, CR=3, EDGE=4, DETECTED=5, DETECTED_NEGATIVE=6,
+                  SUSPECT=7, NO_DATA=8)  # fmt: skip
+
+
+def _afw_file(path, sigma=20.0, planes=AFW_PLANES, variance=True):
+    """An LSST (afw) image file: an empty primary HDU, then IMAGE, MASK (bit planes named by
+    MP_ keywords, long ones as HIERARCH cards as afw writes them) and VARIANCE, holding
+    two stars; returns the path and the pixels that mean no data by default (NO_DATA,
+    zero variance) and those of SAT and CR, EDGE and DETECTED being set elsewhere."""
+    from astropy.io import fits
+
+    rng = np.random.default_rng(3)
+    img = sigma * rng.standard_normal((64, 64))
+    _psf_star(img, 20, 20, 300 * sigma)
+    _psf_star(img, 45, 40, 300 * sigma)
+    bits = np.zeros((64, 64), np.int32)
+    want = np.zeros((64, 64), bool)
+    bits[:, :6] |= 1 << 8  # NO_DATA, NaN in the image as in a coadd
+    img[:, :6] = np.nan
+    bits[19:22, 19:22] |= 1 << 1 | 1 << 2  # a saturated core, interpolated
+    bits[50, 10:14] |= 1 << 3 | 1 << 2  # a cosmic ray, interpolated
+    want[:, :6] = True
+    sat_cr = np.zeros((64, 64), bool)
+    sat_cr[19:22, 19:22] = sat_cr[50, 10:14] = True
+    bits[:3] |= 1 << 4  # EDGE and DETECTED: data, not masked
+    bits[36:45, 41:50] |= 1 << 5
+    var = np.full((64, 64), sigma**2 * 1.21, np.float32)  # the noise from VARIANCE: 1.1 sigma
+    var[30, 55] = 0.0  # no weight: no data
+    want[30, 55] = True
+    head = fits.Header()
+    for name, bit in planes.items():
+        head["HIERARCH MP_" + name] = bit
+    hdus = [fits.PrimaryHDU(), fits.ImageHDU(img.astype(np.float32), name="IMAGE"),
+            fits.ImageHDU(bits, header=head, name="MASK")]  # fmt: skip
+    if variance:
+        hdus.append(fits.ImageHDU(var, name="VARIANCE"))
+    fits.HDUList(hdus).writeto(path)
+    return path, want, sat_cr
+
+
+def test_an_lsst_image_file_gives_its_no_data_planes_and_its_noise(tmp_path):
+    import probcat
+    from probcat.io import read_image
+
+    path, want, sat_cr = _afw_file(tmp_path / "calexp.fits")
+    data = read_image(path)
+    np.testing.assert_array_equal(data.mask[0], want)
+    assert data.noise_from == "VARIANCE" and data.noise_sigma[0] == pytest.approx(22.0)
+    det = probcat.load("detection_lsst_i", threads=1)
+    got = det.catalog(data, background="none")
+    # the same as the image given with that mask and noise by hand
+    plain = np.nan_to_num(data.image)
+    by_hand = det.catalog(plain, background="none", mask=want, noise_sigma=22.0)
+    assert len(got) >= 2
+    for c in ("x", "y", "prob", "mask_fraction"):
+        np.testing.assert_array_equal(got[c], by_hand[c])
+    np.testing.assert_allclose(got["mask_fraction"], aperture_fraction(want, got["x"], got["y"]))
+    info = got.meta["input"]
+    assert info["masked_pixels"] == int(want.sum()) and info["noise_source"] == "VARIANCE"
+    # planes chosen by name; none; one the file lacks; a MASK without plane names
+    more = read_image(path, mask_planes=("NO_DATA", "BAD", "SAT", "CR")).mask[0]
+    np.testing.assert_array_equal(more, want | sat_cr)
+    sat_only = read_image(path, mask_planes=("SAT",)).mask[0]
+    edge = np.zeros_like(want)
+    edge[19:22, 19:22] = edge[30, 55] = True
+    np.testing.assert_array_equal(sat_only, edge)
+    none = read_image(path, mask_planes=()).mask[0]
+    np.testing.assert_array_equal(none, np.isin(np.arange(64 * 64), [30 * 64 + 55]).reshape(64, 64))
+    with pytest.raises(ProbcatValueError, match="SUSPECTED not in the MASK header"):
+        read_image(path, mask_planes=("SAT", "SUSPECTED"))
+    bare, _, _ = _afw_file(tmp_path / "bare.fits", planes={}, variance=False)
+    with pytest.warns(UserWarning, match="names no mask planes"):
+        data = read_image(bare)
+    assert data.mask is None and data.noise_from == "NOISE" and np.isnan(data.noise_sigma[0])
+    # read as a --mask file: its planes, not its IMAGE pixels
+    bits = want.copy()
+    bits[30, 55] = False  # the variance is not a mask plane
+    np.testing.assert_array_equal(read_mask(path), bits)
+
+
+def test_cli_reads_an_lsst_image_file(tmp_path, capsys):
+    from astropy.table import Table
+
+    from probcat.cli import main
+
+    path, want, sat_cr = _afw_file(tmp_path / "calexp.fits")
+    out = tmp_path / "c.fits"
+    args = ["detect", str(path), "--background", "none", "-q"]
+    assert main([*args, "-o", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert f"[{int(want.sum())} pixels masked, no data]" in said, said
+    assert "[noise sigma from the VARIANCE plane: 22]" in said, said
+    t = Table.read(out)
+    np.testing.assert_allclose(t["mask_fraction"], aperture_fraction(want, t["x"], t["y"]))
+    assert main([*args, "--mask-planes", "no_data,bad,sat,cr", "-o", str(tmp_path / "s.fits")]) == 0
+    assert f"[{int((want | sat_cr).sum())} pixels masked" in capsys.readouterr().out
+    rc = main([*args, "--mask-planes", "SAT,NOPE", "-o", str(tmp_path / "d.fits")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "NOPE not in the MASK header" in err and "\n" not in err, err
+    assert not (tmp_path / "d.fits").exists()
+    assert main([*args, "--mask-planes", "none", "-o", str(tmp_path / "e.fits")]) == 0
+    said = capsys.readouterr()  # no planes: the NaN columns and the zero variance still
+    assert "[385 pixels masked, no data]" in said.out and "384 pixel(s) are NaN" in said.err

@@ -104,9 +104,10 @@ def read_input(
     )
     from probcat.infer.detect import check_image
     from probcat.io import ImageData, read_image
-    from probcat.masking import fill_masked, masked_pixels
+    from probcat.masking import combined_mask, fill_masked, masked_pixels
 
     measure = wants_measured_noise(noise_sigma)
+    info_file: dict = {}
     if measure:
         noise_sigma = None
     wcs, no_gain, given_gain = None, (), gain is not None
@@ -143,16 +144,19 @@ def read_input(
                 f"bands {''.join(names)}"
             )
         if sigma is None and np.all(np.isfinite(sig)):
-            sigma, source = sig, "NOISE"
+            sigma, source = sig, image.noise_from  # NOISE keywords, or an LSST VARIANCE
         if gain is None and image.gain is not None:
             gain = image.gain if order is None else image.gain[order]
         no_gain = [b for b in image.adu_without_gain if order is None or b in names]
+        mask = combined_mask(image.mask, mask, image.image.shape)
         if mask is not None and np.ndim(mask) == 3 and order is not None:
             if len(mask) != len(image.bands):
                 raise ProbcatValueError(
                     f"mask has {len(mask)} planes, the image {len(image.bands)} bands"
                 )
             mask = np.asarray(mask)[order]  # the weights' bands, as the image's
+        if source == "VARIANCE":
+            info_file = {"noise_source": source}
         image = data
     bad = masked_pixels(image, mask)
     if bad is not None:
@@ -167,10 +171,12 @@ def read_input(
                 stacklevel=3,
             )
     _check_pixel_scale(wcs, survey)
-    info = {}
+    info = dict(info_file)
+    if info_file:
+        info["noise_sigma"] = [round(float(v), 6) for v in np.atleast_1d(sigma)]
     if gain is not None:
         g = gain_array(gain, len(names))
-        if source != "NOISE":  # NOISE is in the pixels' units: x = image / NOISE needs no gain
+        if source not in ("NOISE", "VARIANCE"):  # in the pixels' units: x = image / NOISE
             info["gain"] = g.tolist()
             try:
                 with np.errstate(over="ignore", invalid="ignore"):

@@ -52,14 +52,35 @@ MASK_OPTION = typer.Option(
     "(NaN and inf pixels are masked too; catalog column mask_fraction)",
 )
 
+MASK_PLANES_OPTION = typer.Option(
+    "NO_DATA,BAD",
+    "--mask-planes",
+    help="of an LSST image file (IMAGE, MASK, VARIANCE HDUs) or mask file: the mask planes "
+    "read as no data (names of its MP_ keywords, comma-separated, e.g. NO_DATA,BAD,SAT,CR), "
+    "or none",
+)
 
-def _mask_option(path):
+
+def _planes_option(text: str) -> tuple[str, ...] | None:
+    """``--mask-planes``: None for the default planes (skipped when a file lacks one), else
+    the named planes (each must be in the file), ``()`` for none."""
+    from probcat.masking import NO_DATA_PLANES
+
+    names = tuple(p.strip().upper() for p in text.split(",") if p.strip())
+    if names in ((), ("NONE",)):
+        return ()
+    if not all(n.replace("_", "").isalnum() for n in names):
+        raise ProbcatValueError(f"--mask-planes: not a list of plane names: {text!r}")
+    return None if names == NO_DATA_PLANES else names
+
+
+def _mask_option(path, planes=None):
     """``--mask``: the mask of a FITS file (:func:`probcat.masking.read_mask`), or None."""
     if path is None:
         return None
-    from probcat.masking import read_mask
+    from probcat.masking import NO_DATA_PLANES, read_mask
 
-    return read_mask(path)
+    return read_mask(path, NO_DATA_PLANES if planes is None else planes, strict=planes is not None)
 
 
 def _checked_seeing(value: str) -> str:
@@ -253,6 +274,7 @@ def detect_cmd(
     noise: str = NOISE_OPTION,
     seeing: str = SEEING_OPTION,
     mask: Path = MASK_OPTION,
+    mask_planes: str = MASK_PLANES_OPTION,
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
     ),
@@ -267,6 +289,7 @@ def detect_cmd(
     from probcat.io import read_image
 
     seeing = _checked_seeing(seeing)
+    planes = _planes_option(mask_planes)
     if samples is None:
         samples = 100 if deblend else 0
     if deblend:
@@ -294,9 +317,9 @@ def detect_cmd(
     if plot is not None:
         outputs[plot] = (".png", ".pdf", ".svg", ".jpg")
     check_outputs(outputs, [image] + ([mask] if mask else []), outputs)
-    data = read_image(image)
+    data = read_image(image, mask_planes=planes)
     opts = {"background": background, "gain": gain, "noise_sigma": _noise_option(noise),
-            "mask": _mask_option(mask)}  # fmt: skip
+            "mask": _mask_option(mask, planes)}  # fmt: skip
     res = det.detect(
         data,
         threshold=threshold,
@@ -360,8 +383,9 @@ def _input_note(info: dict) -> str:
     parts = []
     if "gain" in info:
         parts.append(f"converted to electrons (gain {', '.join(f'{g:g}' for g in info['gain'])})")
-    if info.get("noise_source") == "measured":
-        parts.append(f"noise sigma measured: {', '.join(f'{v:.4g}' for v in info['noise_sigma'])}")
+    if info.get("noise_source") in ("measured", "VARIANCE"):
+        how = "measured" if info["noise_source"] == "measured" else "from the VARIANCE plane"
+        parts.append(f"noise sigma {how}: {', '.join(f'{v:.4g}' for v in info['noise_sigma'])}")
     if info.get("masked_pixels"):
         parts.append(f"{info['masked_pixels']} pixels masked, no data")
     if info.get("background") == "subtracted":
@@ -394,6 +418,7 @@ def photoz_cmd(
     noise: str = NOISE_OPTION,
     seeing: str = SEEING_OPTION,
     mask: Path = MASK_OPTION,
+    mask_planes: str = MASK_PLANES_OPTION,
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
     ),
@@ -408,14 +433,15 @@ def photoz_cmd(
     from probcat.redshift.pdf import write_ensemble
 
     seeing = _checked_seeing(seeing)
+    planes = _planes_option(mask_planes)
     out = out or image.with_name(image.stem + "_photoz.fits")
     pz_path = out.with_name(out.stem + "_pz.hdf5")
     check_outputs(
         [out, pz_path], [image] + ([mask] if mask else []),
         {out: (".fits", ".fit", ".fts", ".parquet")},
     )  # fmt: skip
-    masked = _mask_option(mask)
-    data = read_image(image)
+    masked = _mask_option(mask, planes)
+    data = read_image(image, mask_planes=planes)
     res = photoz(
         data,
         estimator=weights,
@@ -451,6 +477,7 @@ def run_cmd(
     gain: float = GAIN_OPTION,
     noise: str = NOISE_OPTION,
     seeing: str = SEEING_OPTION,
+    mask_planes: str = MASK_PLANES_OPTION,
     fmt: str = typer.Option("parquet", "--format", help="parquet or fits"),
     workers: int = typer.Option(
         None, help="local Dask workers (default: one per core); 0 runs serially in this process"
@@ -488,6 +515,7 @@ def run_cmd(
         gain=gain,
         noise_sigma=_noise_option(noise),
         seeing=_checked_seeing(seeing),
+        mask_planes=_planes_option(mask_planes),
         suffix=f".{fmt}",
         workers=workers,
         scheduler=scheduler,

@@ -40,6 +40,9 @@ class ImageData:
     gain: np.ndarray | None = None  # e-/ADU per band when the pixels are not in electrons
     # bands whose BUNIT says ADU (counts, DN) and that have no GAIN: read as electrons
     adu_without_gain: tuple[str, ...] = ()
+    # (bands, H, W) bool: pixels the file itself marks as no data (an LSST MASK/VARIANCE)
+    mask: np.ndarray | None = None
+    noise_from: str = "NOISE"  # where noise_sigma came from: NOISE keywords or VARIANCE
 
 
 def write_image(
@@ -86,12 +89,22 @@ def write_image(
     return atomic_write(path, lambda tmp: fits.HDUList(hdus).writeto(tmp, overwrite=True))
 
 
-def read_image(path: str | Path) -> ImageData:
+def read_image(path: str | Path, mask_planes=None) -> ImageData:
     """Read a probcat multi-extension image, or any FITS with a 2-D/3-D image in the
-    primary HDU (one band per plane; band names from ``BANDS``/``FILTER`` if present).
-    NaN and inf pixels (and values beyond float32's range) are kept as they are: the
-    detectors read them as masked, no data (:mod:`probcat.masking`)."""
+    primary HDU or the first image HDU (one band per plane; band names from
+    ``BANDS``/``FILTER`` if present). NaN and inf pixels (and values beyond float32's range)
+    are kept as they are: the detectors read them as masked, no data
+    (:mod:`probcat.masking`).
+
+    An LSST (afw) image file, ``IMAGE`` with ``MASK`` and ``VARIANCE`` HDUs (a calexp or a
+    coadd written by the Rubin pipelines), also gives ``mask``: the pixels set in the mask
+    planes ``mask_planes`` (default :data:`probcat.masking.NO_DATA_PLANES`; ``()`` reads
+    none), found by the ``MP_<NAME>`` bit keywords, and those without a positive finite
+    variance; and, when the image has no ``NOISE`` keyword, ``noise_sigma``: the square root
+    of the median variance of its unmasked pixels (``noise_from = "VARIANCE"``), in the
+    pixels' units (nJy for a coadd: fluxes then come out in nJy)."""
     path = Path(path)
+    file_mask, noise_from = None, "NOISE"
     if not path.exists():
         raise ProbcatFileError(f"{path}: no such file")
     if not path.is_file():  # a directory, a device (/dev/zero), a pipe: never read unbounded
@@ -181,6 +194,10 @@ def read_image(path: str | Path) -> ImageData:
                 gains = [_gain_keyword(path, hdr)] * image.shape[0]
                 in_adu = [_in_adu(hdr)] * image.shape[0]
                 extra_arrays = {}
+                if hdul[idx].name == "IMAGE" and ("MASK" in hdul or "VARIANCE" in hdul):
+                    file_mask, variance_noise = _afw_planes(path, hdul, image, mask_planes)
+                    if "NOISE" not in hdr and variance_noise is not None:
+                        noise, noise_from = [variance_noise] * image.shape[0], "VARIANCE"
     except OSError as e:
         raise ProbcatIOError(f"{path}: not a readable FITS file ({e})") from e
     except (ValueError, KeyError, TypeError) as e:
@@ -191,7 +208,47 @@ def read_image(path: str | Path) -> ImageData:
     g = np.array(gains, dtype=float)
     gain = np.where(np.isfinite(g), g, 1.0) if np.isfinite(g).any() else None
     no_gain = tuple(b for b, a, v in zip(bands, in_adu, g) if a and not np.isfinite(v))
-    return ImageData(image, wcs, bands, noise, extra_arrays, dict(primary), gain, no_gain)
+    return ImageData(
+        image, wcs, bands, noise, extra_arrays, dict(primary), gain, no_gain, file_mask,
+        noise_from,
+    )  # fmt: skip
+
+
+def _afw_planes(path: Path, hdul, image: np.ndarray, planes) -> tuple:
+    """``(mask, noise)`` of an LSST (afw) image file's ``MASK`` and ``VARIANCE`` HDUs for
+    its ``image`` ``(1, H, W)``: the no-data pixels (``(1, H, W)`` bool, or None when none
+    is) and the noise sigma of the unmasked pixels (None without a usable ``VARIANCE``)."""
+    from probcat.masking import NO_DATA_PLANES, plane_mask
+
+    shape = image.shape[1:]
+    strict = planes is not None
+    planes = NO_DATA_PLANES if planes is None else tuple(planes)
+    bad = np.zeros(shape, bool)
+    if planes and "MASK" in hdul:
+        m = hdul["MASK"]
+        if m.data is None or np.shape(m.data) != shape:
+            raise ValueError(f"MASK HDU of shape {np.shape(m.data)}, the image {shape}")
+        bits = plane_mask(m.data, m.header, planes, strict=strict, where=f"{path}: ")
+        if bits is None:
+            warnings.warn(
+                f"{path}: the MASK HDU names no mask planes (no MP_ keywords): not read "
+                "(give the mask with mask=, --mask)",
+                stacklevel=4,
+            )
+        else:
+            bad |= bits
+    noise = None
+    if "VARIANCE" in hdul and hdul["VARIANCE"].data is not None:
+        var = hdul["VARIANCE"].data
+        if np.shape(var) != shape:
+            raise ValueError(f"VARIANCE HDU of shape {np.shape(var)}, the image {shape}")
+        with np.errstate(over="ignore", invalid="ignore"):
+            var = np.asarray(var, np.float64)
+            bad |= ~(np.isfinite(var) & (var > 0))
+        good = var[~bad & np.isfinite(image[0])]
+        if good.size:
+            noise = float(np.sqrt(np.median(good)))
+    return (bad[None] if bad.any() else None), noise
 
 
 @contextlib.contextmanager

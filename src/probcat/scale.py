@@ -99,7 +99,7 @@ def process_image(image: str, output: str, options: dict) -> dict:
         det = _detector(options.get("weights"), options.get("threads", 1))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            data = read_image(image)
+            data = read_image(image, mask_planes=options.get("mask_planes"))
             res = det.detect(
                 data,
                 threshold=options.get("threshold", 0.5),
@@ -135,6 +135,7 @@ def run(
     gain=None,
     noise_sigma=None,
     seeing="auto",
+    mask_planes=None,
     suffix: str = ".parquet",
     workers: int | None = None,
     scheduler: str | None = None,
@@ -144,7 +145,8 @@ def run(
 ) -> dict:
     """Catalogs of ``images`` into ``out`` (see the module docstring); returns the run
     summary (also written to ``out/run_summary.json``): images, processed, skipped
-    (finished before), failed (with the errors), rows, seconds."""
+    (finished before), failed (with the errors), rows, seconds. ``mask_planes``: of LSST
+    image files, the mask planes read as no data (:func:`probcat.io.read_image`)."""
     from probcat.api import seeing_option
     from probcat.background import check_mode, wants_measured_noise
 
@@ -169,6 +171,7 @@ def run(
                                 "runs one torch thread")  # fmt: skip
     options = {"weights": weights, "threshold": threshold, "background": background,
                "gain": gain, "noise_sigma": noise_sigma, "seeing": seeing,
+               "mask_planes": mask_planes,
                "threads": (threads or "auto") if serial else 1}  # fmt: skip
     if not serial and scheduler is None and todo:
         _start_forkserver()  # its imports overlap with the weights loading below
