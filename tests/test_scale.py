@@ -286,3 +286,40 @@ def test_benchmark_row_comparison_counts_lost_duplicated_and_unexpected_rows():
     assert compare(ref, {k: dict(v) for k, v in ref.items()})["lost_rows"] == 0
     moved = {"a": {"x": ref["a"]["x"] + 0.01, "y": ref["a"]["y"]}, "b": ref["b"]}
     assert compare(ref, moved)["lost_rows"] == 3  # 0.01 px is another source
+
+
+def test_a_file_list_gives_each_image_its_mask(tmp_path, weights, capsys):
+    from astropy.io import fits
+
+    import probcat
+    from probcat.io import read_image
+    from probcat.masking import aperture_fraction
+
+    images = _images(tmp_path, n=2)
+    m = np.zeros((48, 48), np.uint8)
+    m[10:30, 5:25] = 1
+    fits.PrimaryHDU(m).writeto(tmp_path / "m0.fits")
+    spaced = tmp_path / "with space.fits"  # a path with a space, alone on its line
+    spaced.write_bytes(images[1].read_bytes())
+    lst = tmp_path / "images.txt"
+    lst.write_text(f"# image [mask]\n{images[0]}  {tmp_path / 'm0.fits'}\n\n{spaced}\n")
+    out = tmp_path / "cats"
+    args = ["run", str(lst), "-o", str(out), "--weights", str(weights), "--workers", "0", "-q",
+            "--threshold", "0"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    got = FullCatalog.read(out / "im0.parquet")
+    want = probcat.load(str(weights), threads=1).detect(read_image(images[0]), threshold=0.0,
+                                                        mask=m).catalog  # fmt: skip
+    np.testing.assert_array_equal(got["x"], want["x"])
+    np.testing.assert_allclose(got["mask_fraction"], aperture_fraction(m != 0, got["x"], got["y"]))
+    assert got["mask_fraction"].max() > 0 and got.meta["input"]["masked_pixels"] == 400
+    other = FullCatalog.read(out / "with space.parquet")
+    assert np.all(other["mask_fraction"] == 0)
+    bad_lists = ((f"{images[0]} {tmp_path / 'nope.fits'}\n", "no such mask file"),
+                 ("a.fits b.fits c.fits\n", "an image, or an image and its mask"))  # fmt: skip
+    for text, message in bad_lists:
+        lst.write_text(text)
+        rc = main([*args[:3], str(tmp_path / "o2"), *args[4:]])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and message in err and "\n" not in err, err
+        assert not (tmp_path / "o2").exists()

@@ -78,9 +78,9 @@ def _mask_option(path, planes=None):
     """``--mask``: the mask of a FITS file (:func:`probcat.masking.read_mask`), or None."""
     if path is None:
         return None
-    from probcat.masking import NO_DATA_PLANES, read_mask
+    from probcat.masking import read_mask
 
-    return read_mask(path, NO_DATA_PLANES if planes is None else planes, strict=planes is not None)
+    return read_mask(path, planes)
 
 
 def _checked_seeing(value: str) -> str:
@@ -468,7 +468,9 @@ def photoz_cmd(
 @app.command("run")
 def run_cmd(
     images: list[Path] = typer.Argument(
-        ..., help="FITS images, or one text file listing them (one path per line)"
+        ...,
+        help="FITS images, or one text file listing them (one per line: an image, or an "
+        "image and its mask file)",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="catalog directory (one file per image)"),
     weights: str = typer.Option(None, help="detection weights (default: LSST-i)"),
@@ -496,10 +498,9 @@ def run_cmd(
     from probcat.scale import build_hats, check_hats_target, run
 
     if len(images) == 1 and images[0].suffix in (".txt", ".lst"):
-        if not images[0].is_file():
-            raise ProbcatFileError(f"{images[0]}: no such file list")
-        lines = images[0].read_text().splitlines()
-        images = [Path(x.strip()) for x in lines if x.strip() and not x.startswith("#")]
+        from probcat.scale import read_list
+
+        images = read_list(images[0])
     if fmt not in ("parquet", "fits"):
         raise ProbcatValueError(f"--format must be parquet or fits, got {fmt!r}")
     if hats is not None and fmt != "parquet":

@@ -218,17 +218,15 @@ def _afw_planes(path: Path, hdul, image: np.ndarray, planes) -> tuple:
     """``(mask, noise)`` of an LSST (afw) image file's ``MASK`` and ``VARIANCE`` HDUs for
     its ``image`` ``(1, H, W)``: the no-data pixels (``(1, H, W)`` bool, or None when none
     is) and the noise sigma of the unmasked pixels (None without a usable ``VARIANCE``)."""
-    from probcat.masking import NO_DATA_PLANES, plane_mask
+    from probcat.masking import plane_mask
 
     shape = image.shape[1:]
-    strict = planes is not None
-    planes = NO_DATA_PLANES if planes is None else tuple(planes)
     bad = np.zeros(shape, bool)
-    if planes and "MASK" in hdul:
+    if (planes is None or len(planes)) and "MASK" in hdul:
         m = hdul["MASK"]
         if m.data is None or np.shape(m.data) != shape:
             raise ValueError(f"MASK HDU of shape {np.shape(m.data)}, the image {shape}")
-        bits = plane_mask(m.data, m.header, planes, strict=strict, where=f"{path}: ")
+        bits = plane_mask(m.data, m.header, planes, where=f"{path}: ")
         if bits is None:
             warnings.warn(
                 f"{path}: the MASK HDU names no mask planes (no MP_ keywords): not read "

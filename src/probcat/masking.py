@@ -125,12 +125,14 @@ def combined_mask(file_mask: np.ndarray | None, mask, shape: tuple[int, int, int
     return file_mask | _given_mask(mask, shape)
 
 
-def plane_mask(data, header, planes=NO_DATA_PLANES, *, strict: bool = False, where: str = ""):
+def plane_mask(data, header, planes=None, *, where: str = ""):
     """``(H, W)`` bool: the pixels of an LSST (afw) bit-plane mask ``data`` set in any of
     ``planes``, whose bits the ``MASK`` header's ``MP_<NAME>`` keywords give. None when the
-    header has no ``MP_`` keyword (then the bits mean nothing known). A plane the header does
-    not define is skipped (a file need not have them all), or an error with ``strict`` (the
-    user named it)."""
+    header has no ``MP_`` keyword (then the bits mean nothing known). ``planes=None``:
+    those of :data:`NO_DATA_PLANES` the header defines (a file need not have them all);
+    named planes must all be in the header."""
+    strict = planes is not None
+    planes = NO_DATA_PLANES if planes is None else tuple(planes)
     bits = {}
     for key, value in header.items():
         if key.startswith(PLANE_PREFIX) and isinstance(value, (int, np.integer)):
@@ -199,11 +201,12 @@ def aperture_fraction(masked: np.ndarray | None, x, y, radius: float = MASK_RADI
     return torch.cat(out).double().numpy()
 
 
-def read_mask(path, planes=NO_DATA_PLANES, *, strict: bool = False) -> np.ndarray:
+def read_mask(path, planes=None) -> np.ndarray:
     """The mask of a FITS file, ``(H, W)`` or ``(bands, H, W)``: in a file with a ``MASK``
     HDU whose header names its bit planes (``MP_<NAME>``: an LSST image or mask file), the
-    pixels set in any of ``planes`` (:func:`plane_mask`); else its first image HDU, where
-    any nonzero pixel is masked. ``strict``: a plane the header lacks is an error."""
+    pixels set in any of ``planes`` (:func:`plane_mask`; None: :data:`NO_DATA_PLANES`, those
+    the file has; named planes must all be in the file); else its first image HDU, where
+    any nonzero pixel is masked."""
     from astropy.io import fits
 
     path = Path(path)
@@ -213,7 +216,7 @@ def read_mask(path, planes=NO_DATA_PLANES, *, strict: bool = False) -> np.ndarra
         with fits.open(path, memmap=False) as hdul:
             if "MASK" in hdul and hdul["MASK"].is_image and hdul["MASK"].data is not None:
                 h = hdul["MASK"]
-                bits = plane_mask(h.data, h.header, planes, strict=strict, where=f"{path}: ")
+                bits = plane_mask(h.data, h.header, planes, where=f"{path}: ")
                 if bits is not None:
                     return bits
             data = next((h.data for h in hdul if h.is_image and h.data is not None), None)

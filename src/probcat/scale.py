@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from probcat.catalog import atomic_write, check_writable_dir
-from probcat.errors import ProbcatError, ProbcatIOError, ProbcatValueError
+from probcat.errors import ProbcatError, ProbcatFileError, ProbcatIOError, ProbcatValueError
 
 __all__ = [
     "Job",
+    "read_list",
     "plan",
     "process_image",
     "run",
@@ -48,19 +49,53 @@ SUMMARY = "run_summary.json"
 class Job:
     image: Path
     output: Path
+    mask: Path | None = None  # a FITS mask of the image's pixels without data
+
+
+def read_list(path) -> list:
+    """The images of a file list: one per line (``#`` comments and blank lines skipped),
+    each an image path, or an image path and its mask file separated by white space (a
+    line that names an existing file as a whole is an image alone, spaces and all)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProbcatFileError(f"{path}: no such file list")
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProbcatIOError(f"{path}: not a readable text file list ({e})") from None
+    entries = []
+    for line in lines:
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        parts = text.split()
+        if len(parts) == 1 or Path(text).is_file():
+            entries.append(Path(text))
+        elif len(parts) == 2:
+            entries.append((Path(parts[0]), Path(parts[1])))
+        else:
+            raise ProbcatValueError(
+                f"{path}: {text!r}: a line is an image, or an image and its mask"
+            )
+    return entries
 
 
 def plan(images, out, suffix: str = ".parquet") -> list[Job]:
-    """One :class:`Job` per image (``out/<stem><suffix>``); one-line errors for missing
-    images, two images with one stem, or an output that would be an input."""
+    """One :class:`Job` per image (``out/<stem><suffix>``); an image may come as a pair
+    ``(image, mask)``. One-line errors for missing images or masks, two images with one
+    stem, or an output that would be an input."""
     if suffix not in SUFFIXES:
         raise ProbcatValueError(f"catalog format must be one of {', '.join(SUFFIXES)}")
     out = Path(out)
-    images = [Path(p) for p in images]
+    pairs = [(Path(x[0]), Path(x[1])) if isinstance(x, (tuple, list)) else (Path(x), None)
+             for x in images]  # fmt: skip
+    images = [p for p, _ in pairs]
     if not images:
         raise ProbcatValueError("no images given")
     jobs, seen = [], {}
-    for p in images:
+    for p, m in pairs:
+        if m is not None and not m.is_file():
+            raise ProbcatValueError(f"{m}: no such mask file (for {p})")
         if p.is_dir():
             raise ProbcatValueError(
                 f"{p}: a directory; give its images ({p / '*.fits'}) or a file listing them"
@@ -72,8 +107,8 @@ def plan(images, out, suffix: str = ".parquet") -> list[Job]:
                 f"{p} and {seen[p.stem]} share the name {p.stem!r}: their catalogs would collide"
             )
         seen[p.stem] = p
-        jobs.append(Job(p, out / f"{p.stem}{suffix}"))
-    inputs = {p.resolve() for p in images}
+        jobs.append(Job(p, out / f"{p.stem}{suffix}", m))
+    inputs = {p.resolve() for p in images} | {m.resolve() for _, m in pairs if m is not None}
     for j in jobs:
         if j.output.resolve() in inputs:
             raise ProbcatValueError(f"{j.output}: the catalog would overwrite an input image")
@@ -88,9 +123,10 @@ def _detector(weights: str | None, threads="auto"):
     return load(weights, threads=threads, kind="detection")
 
 
-def process_image(image: str, output: str, options: dict) -> dict:
-    """Detect one image and write its catalog atomically; never raises: the result says
-    what happened (``rows``, ``seconds``, ``warnings``, ``error``)."""
+def process_image(image: str, output: str, mask: str | None, options: dict) -> dict:
+    """Detect one image (with its ``mask`` file, if any) and write its catalog atomically;
+    never raises: the result says what happened (``rows``, ``seconds``, ``warnings``,
+    ``error``)."""
     t0 = time.perf_counter()
     result = {"image": str(image), "output": str(output), "rows": 0, "error": None}
     try:
@@ -100,8 +136,13 @@ def process_image(image: str, output: str, options: dict) -> dict:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             data = read_image(image, mask_planes=options.get("mask_planes"))
+            if mask is not None:
+                from probcat.masking import read_mask
+
+                mask = read_mask(mask, options.get("mask_planes"))
             res = det.detect(
                 data,
+                mask=mask,
                 threshold=options.get("threshold", 0.5),
                 background=options.get("background", "auto"),
                 gain=options.get("gain"),
@@ -253,6 +294,10 @@ def _start_forkserver() -> None:
     forkserver.ensure_running()  # returns at once; the server imports in the background
 
 
+def _name(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
 def _execute(jobs: list[Job], options: dict, workers, scheduler, progress, timing=None):
     from tqdm.auto import tqdm
 
@@ -262,7 +307,7 @@ def _execute(jobs: list[Job], options: dict, workers, scheduler, progress, timin
         return
     if workers == 0 and scheduler is None:
         for j in jobs:
-            yield process_image(str(j.image), str(j.output), options)
+            yield process_image(str(j.image), str(j.output), _name(j.mask), options)
             bar.update()
         bar.close()
         return
@@ -287,6 +332,7 @@ def _execute(jobs: list[Job], options: dict, workers, scheduler, progress, timin
                 process_image,
                 [str(j.image) for j in jobs],
                 [str(j.output) for j in jobs],
+                [_name(j.mask) for j in jobs],
                 options=options,
                 pure=False,
             )
