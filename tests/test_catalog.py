@@ -20,6 +20,42 @@ def test_file_round_trip_is_lossless(tmp_path, suffix):
         assert back[k].dtype == c[k].dtype, k
 
 
+@pytest.mark.parametrize("suffix", [".fits", ".parquet"])
+@pytest.mark.parametrize("flux_unit", [None, "nJy", "furlong"])
+def test_columns_carry_their_units(tmp_path, suffix, flux_unit):
+    import warnings
+
+    c = random_catalog()
+    if flux_unit is not None:
+        c.meta["input"] = {"flux_unit": flux_unit}
+    c = c.with_columns(mag_ap=np.full(len(c), 24.0), T=np.ones(len(c)), prob=np.ones(len(c)))
+    path = tmp_path / f"cat{suffix}"
+    c.write(path, wcs=make_wcs(c.image_shape, 0.2, 150.0, 2.0))
+    want = {"x": "pix", "y": "pix", "T": "pix", "ra": "deg", "dec": "deg", "mag_ap": "mag",
+            "flux": {None: "electron", "nJy": "nJy", "furlong": None}[flux_unit]}  # fmt: skip
+    if suffix == ".fits":
+        from astropy.io import fits
+
+        head = fits.getheader(path, "CATALOG")
+        names = [head[f"TTYPE{i}"] for i in range(1, head["TFIELDS"] + 1)]
+        got = {n: head.get(f"TUNIT{i}") for i, n in enumerate(names, 1)}
+    else:  # in the schema's metadata, as the file holds them
+        import json
+
+        import pyarrow.parquet as pq
+
+        meta = pq.read_schema(path).metadata
+        got = dict.fromkeys(pq.read_schema(path).names)
+        got.update(json.loads(meta[b"probcat_units"]))
+    for name, unit in want.items():
+        assert got[name] == unit, (name, got[name])
+    assert got["prob"] is None and got["galaxy"] is None and got["source_id"] is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back = FullCatalog.read(path)  # TUNIT electron read without a warning
+    assert np.array_equal(back["flux"], c["flux"])
+
+
 def test_read_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         FullCatalog.read(tmp_path / "missing.fits")

@@ -237,7 +237,7 @@ AFW_PLANES = dict(BAD=0, SAT=1, INTRP=2, CR=3, EDGE=4, DETECTED=5, DETECTED_NEGA
                   SUSPECT=7, NO_DATA=8)  # fmt: skip
 
 
-def _afw_file(path, sigma=20.0, planes=AFW_PLANES, variance=True):
+def _afw_file(path, sigma=20.0, planes=AFW_PLANES, variance=True, bunit=None):
     """An LSST (afw) image file: an empty primary HDU, then IMAGE, MASK (bit planes named by
     MP_ keywords, long ones as HIERARCH cards as afw writes them) and VARIANCE, holding
     two stars; returns the path and the pixels that mean no data by default (NO_DATA,
@@ -265,7 +265,10 @@ def _afw_file(path, sigma=20.0, planes=AFW_PLANES, variance=True):
     head = fits.Header()
     for name, bit in planes.items():
         head["HIERARCH MP_" + name] = bit
-    hdus = [fits.PrimaryHDU(), fits.ImageHDU(img.astype(np.float32), name="IMAGE"),
+    image = fits.ImageHDU(img.astype(np.float32), name="IMAGE")
+    if bunit is not None:
+        image.header["BUNIT"] = bunit
+    hdus = [fits.PrimaryHDU(), image,
             fits.ImageHDU(bits, header=head, name="MASK")]  # fmt: skip
     if variance:
         hdus.append(fits.ImageHDU(var, name="VARIANCE"))
@@ -336,3 +339,27 @@ def test_cli_reads_an_lsst_image_file(tmp_path, capsys):
     assert main([*args, "--mask-planes", "none", "-o", str(tmp_path / "e.fits")]) == 0
     said = capsys.readouterr()  # no planes: the NaN columns and the zero variance still
     assert "[385 pixels masked, no data]" in said.out and "384 pixel(s) are NaN" in said.err
+
+
+def test_fluxes_of_an_nJy_image_are_in_nJy_with_AB_magnitudes(tmp_path):
+    from astropy.io import fits
+
+    from probcat.api import ab_mag
+    from probcat.cli import main
+    from probcat.survey import Survey
+
+    path, _, _ = _afw_file(tmp_path / "coadd.fits", bunit="nJy")
+    out = tmp_path / "c.fits"
+    assert main(["detect", str(path), "--background", "none", "--deblend", "--samples", "4",
+                 "-q", "-o", str(out)]) == 0  # fmt: skip
+    head = fits.getheader(out, "CATALOG")
+    units = {head[f"TTYPE{i}"]: head.get(f"TUNIT{i}") for i in range(1, head["TFIELDS"] + 1)}
+    assert units["flux_ap"] == units["flux_q50"] == "nJy" and units["mag_ap"] == "mag"
+    t = fits.getdata(out, "CATALOG")
+    assert len(t) >= 2 and np.all(t["flux_ap"] > 0)
+    np.testing.assert_allclose(t["mag_ap"], 31.4 - 2.5 * np.log10(t["flux_ap"]), rtol=1e-6)
+    band = Survey.lsst(bands="i").bands[0]
+    f = np.array([100.0, -1.0])
+    np.testing.assert_allclose(ab_mag(band, f), [band.flux_to_mag(100.0), np.nan])
+    np.testing.assert_allclose(ab_mag(band, f, "nJy"), [31.4 - 5.0, np.nan])
+    assert np.isnan(ab_mag(band, f, "adu")).all()  # no zeropoint for ADU: not a magnitude

@@ -95,7 +95,9 @@ def read_input(
     the image's bands as read, True or nonzero masks) are filled with sky-like noise for the
     sky and noise estimates and are 0 in ``x`` (:mod:`probcat.masking`); a fifth value,
     ``masked``, is the ``(H, W)`` map of the pixels masked in any band (None when none is),
-    and ``info["masked_pixels"]`` counts them."""
+    and ``info["masked_pixels"]`` counts them. ``info["flux_unit"]``: the image's ``BUNIT``
+    when its pixels are not electrons (e.g. ``nJy``) and no gain converted them: fluxes
+    measured on ``x * sigma`` are then in that unit."""
     from probcat.background import (
         gain_array,
         measured_noise,
@@ -108,6 +110,7 @@ def read_input(
 
     measure = wants_measured_noise(noise_sigma)
     info_file: dict = {}
+    pixel_unit = ""  # the image's BUNIT when not electrons (ImageData.unit)
     if measure:
         noise_sigma = None
     wcs, no_gain, given_gain = None, (), gain is not None
@@ -157,6 +160,7 @@ def read_input(
             mask = np.asarray(mask)[order]  # the weights' bands, as the image's
         if source == "VARIANCE":
             info_file = {"noise_source": source}
+        pixel_unit = image.unit
         image = data
     bad = masked_pixels(image, mask)
     if bad is not None:
@@ -195,6 +199,8 @@ def read_input(
         sigma, source = noise, "the measured pixel noise"
         info["noise_sigma"] = [round(float(v), 6) for v in noise]
         info["noise_source"] = "measured"
+    if pixel_unit and "gain" not in info:  # fluxes come out in the pixels' units
+        info["flux_unit"] = pixel_unit
     x, done = prepare(x, sigma, background=background, sigma_source=source, offset=sky_offset)
     masked = None
     if bad is not None:
@@ -870,10 +876,11 @@ class Deblender:
         for name in ("x", "y"):
             if name not in catalog:
                 raise ProbcatValueError(f"the catalog has no {name!r} column")
-        x, wcs, sigma, _, masked = read_input(
+        x, wcs, sigma, info, masked = read_input(
             image, self.survey, noise_sigma, background=background, gain=gain,
             sky_offset=sky_offset, mask=mask,
         )  # fmt: skip
+        unit = info.get("flux_unit", "electron")
         img = x * sigma[:, None, None]
         nb, h, w = img.shape
         cx, cy, gal = _xyg(catalog)
@@ -913,7 +920,7 @@ class Deblender:
         scale = self.flux_error_scale(method)
         flux_err = np.array(flux_sd(np.broadcast_to(sigma * np.sqrt(area), (n, nb)), contam, scale))
         mags = np.stack(
-            [self._mag(b, flux[:, k]) for k, b in enumerate(self.survey.bands)], 1
+            [ab_mag(b, flux[:, k], unit) for k, b in enumerate(self.survey.bands)], 1
         ).reshape(n, nb)
         r = APERTURE_RADIUS
         edge = (cx - r < -0.5) | (cy - r < -0.5) | (cx + r > w - 0.5) | (cy + r > h - 0.5)
@@ -949,10 +956,24 @@ class Deblender:
         }
         return DeblendResult(cat, model, img - model, models, None, wcs)
 
-    @staticmethod
-    def _mag(band, flux):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(flux > 0, band.flux_to_mag(np.maximum(flux, 1e-30)), np.nan)
+
+def ab_mag(band, flux, unit: str = "electron") -> np.ndarray:
+    """AB magnitudes of fluxes in ``unit``: electrons through the band's zeropoint and
+    exposure time, nJy as 31.4 - 2.5 log10(flux) (the Rubin pipelines' coadds); NaN for
+    fluxes <= 0 and for any other unit (ADU, or a unit probcat cannot calibrate)."""
+    flux = np.asarray(flux, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pos = np.maximum(flux, 1e-30)
+        if unit == "electron":
+            mag = band.flux_to_mag(pos)
+        elif unit.lower() == "njy":
+            mag = NJY_AB_ZEROPOINT - 2.5 * np.log10(pos)
+        else:
+            return np.full(flux.shape, np.nan)
+        return np.where(flux > 0, mag, np.nan)
+
+
+NJY_AB_ZEROPOINT = 31.4  # AB magnitude of 1 nJy: -2.5 log10(1e-9 Jy / 3631 Jy)
 
 
 def _check_passes(passes):

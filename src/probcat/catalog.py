@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import astropy.units as u
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
@@ -199,6 +201,11 @@ class FullCatalog:
                 t["ra"], t["dec"] = sky[0], sky[1]
             else:
                 t["ra"], t["dec"] = np.zeros(0), np.zeros(0)
+        flux_unit = (self.meta.get("input") or {}).get("flux_unit", "electron")
+        for name in t.colnames:
+            unit = column_unit(name, flux_unit)
+            if unit is not None:
+                t[name].unit = unit
         t.meta["SHAPE"] = json.dumps(list(self.image_shape))
         t.meta["BANDS"] = json.dumps(list(self.bands))
         t.meta["PCMETA"] = json.dumps(self.meta, default=str)
@@ -225,7 +232,17 @@ class FullCatalog:
         if path.suffix in (".fits", ".fit", ".fts"):
 
             def _w(tmp):
-                hdu = fits.BinTableHDU(table, name="CATALOG")
+                # units as TUNITn strings: astropy drops those outside the FITS standard
+                # (electron), which catalog readers show as written
+                plain = table.copy(copy_data=False)
+                units = {}
+                for i, name in enumerate(plain.colnames, 1):
+                    if plain[name].unit is not None:
+                        units[i] = plain[name].unit.to_string()
+                        plain[name].unit = None
+                hdu = fits.BinTableHDU(plain, name="CATALOG")
+                for i, unit in units.items():
+                    hdu.header[f"TUNIT{i}"] = unit
                 fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, overwrite=True)
 
             return atomic_write(path, _w)
@@ -240,7 +257,9 @@ class FullCatalog:
             if path.suffix == ".parquet":
                 table = _read_parquet(path)
             else:
-                table = Table.read(path, format="fits", hdu="CATALOG")
+                with warnings.catch_warnings():  # TUNIT 'electron' is not a FITS unit
+                    warnings.simplefilter("ignore", u.UnitsWarning)
+                    table = Table.read(path, format="fits", hdu="CATALOG")
         except Exception as e:  # astropy/pyarrow raise many unrelated types for bad files
             raise ProbcatIOError(f"{path}: not a readable probcat catalog ({e})") from e
         return cls.from_table(table)
@@ -276,6 +295,8 @@ def _write_parquet(table: Table, path) -> None:
     meta["probcat_shapes"] = json.dumps(
         {n: list(np.asarray(table[n]).shape[1:]) for n in table.colnames}
     )
+    units = {n: table[n].unit.to_string() for n in table.colnames if table[n].unit is not None}
+    meta["probcat_units"] = json.dumps(units)
     pt = pa.Table.from_arrays(arrays, names=names).replace_schema_metadata(meta)
     pq.write_table(pt, path)
 
@@ -286,6 +307,7 @@ def _read_parquet(path) -> Table:
     pt = pq.read_table(path)
     meta = {k.decode(): v.decode() for k, v in (pt.schema.metadata or {}).items()}
     shapes = json.loads(meta.pop("probcat_shapes", "{}"))
+    units = json.loads(meta.pop("probcat_units", "{}"))
     t = Table(meta=meta)
     for name in pt.column_names:
         col = pt.column(name).combine_chunks()
@@ -295,6 +317,8 @@ def _read_parquet(path) -> Table:
             t[name] = values.reshape(len(col), *shape)
         else:
             t[name] = col.to_numpy(zero_copy_only=False)
+        if name in units:
+            t[name].unit = units[name]
     return t
 
 
@@ -302,6 +326,26 @@ def as2d(a) -> np.ndarray:
     """``(n, k)`` float view of a column, also for empty catalogs."""
     a = np.asarray(a, float)
     return a.reshape(len(a), int(np.prod(a.shape[1:], dtype=int)))
+
+
+PIXEL_COLUMNS = frozenset({"x", "y", "x_sd", "y_sd", "T"})
+
+
+def column_unit(name: str, flux_unit: str = "electron"):
+    """The unit of a catalog column (an astropy unit), or None (dimensionless, an index,
+    a flag, or a flux unit astropy does not know): pixels for positions and sizes, degrees
+    for ``ra``/``dec``, AB magnitudes, and ``flux_unit`` for fluxes (electrons, or the
+    image's ``BUNIT``: ``FullCatalog.meta["input"]["flux_unit"]``)."""
+    if name in PIXEL_COLUMNS:
+        return u.pix
+    if name in ("ra", "dec"):
+        return u.deg
+    if name == "mag" or name.startswith("mag_"):
+        return u.mag
+    if name == "flux" or name.startswith("flux_"):
+        unit = u.Unit(flux_unit, parse_strict="silent")
+        return None if isinstance(unit, u.UnrecognizedUnit) else unit
+    return None
 
 
 # columns that keep their band axis even for a single band

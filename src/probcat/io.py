@@ -43,6 +43,9 @@ class ImageData:
     # (bands, H, W) bool: pixels the file itself marks as no data (an LSST MASK/VARIANCE)
     mask: np.ndarray | None = None
     noise_from: str = "NOISE"  # where noise_sigma came from: NOISE keywords or VARIANCE
+    # the pixels' BUNIT as written ("": electrons or absent, read as electrons; "mixed":
+    # the bands differ)
+    unit: str = ""
 
 
 def write_image(
@@ -115,7 +118,7 @@ def read_image(path: str | Path, mask_planes=None) -> ImageData:
             primary = hdul[0].header
             if "NBANDS" in primary:
                 bands = tuple(primary["BANDS"])
-                noise, gains, in_adu, wcs = [], [], [], None
+                noise, gains, in_adu, wcs, units = [], [], [], None, []
                 extras: dict[str, list] = {}
                 names = {b.upper(): b for b in bands}
                 found = []  # the bands in the order of their HDUs (which may differ from BANDS)
@@ -142,6 +145,7 @@ def read_image(path: str | Path, mask_planes=None) -> ImageData:
                         noise.append(hdu.header.get("NOISE", np.nan))
                         gains.append(_gain_keyword(path, hdu.header))
                         in_adu.append(_in_adu(hdu.header))
+                        units.append(str(hdu.header.get("BUNIT", "")).strip())
                         if wcs is None and hdu.header.get("CTYPE1"):
                             wcs = _wcs(path, hdu.header)
                     elif "_" in name:
@@ -193,6 +197,7 @@ def read_image(path: str | Path, mask_planes=None) -> ImageData:
                 noise = [hdr.get("NOISE", np.nan)] * image.shape[0]
                 gains = [_gain_keyword(path, hdr)] * image.shape[0]
                 in_adu = [_in_adu(hdr)] * image.shape[0]
+                units = [str(hdr.get("BUNIT", "")).strip()]
                 extra_arrays = {}
                 if hdul[idx].name == "IMAGE" and ("MASK" in hdul or "VARIANCE" in hdul):
                     file_mask, variance_noise = _afw_planes(path, hdul, image, mask_planes)
@@ -208,9 +213,11 @@ def read_image(path: str | Path, mask_planes=None) -> ImageData:
     g = np.array(gains, dtype=float)
     gain = np.where(np.isfinite(g), g, 1.0) if np.isfinite(g).any() else None
     no_gain = tuple(b for b, a, v in zip(bands, in_adu, g) if a and not np.isfinite(v))
+    kinds = {"electron" if u.lower() in _ELECTRONS or not u else u for u in units}
+    unit = kinds.pop() if len(kinds) == 1 else "mixed"
     return ImageData(
         image, wcs, bands, noise, extra_arrays, dict(primary), gain, no_gain, file_mask,
-        noise_from,
+        noise_from, "" if unit == "electron" else unit,
     )  # fmt: skip
 
 
