@@ -320,3 +320,21 @@ def test_measured_noise_sets_the_noise_sigma_and_silences_the_warning(weights):
         read_input(image, survey, "estimated")
     with pytest.raises(ProbcatValueError, match="cannot be measured"):
         read_input(np.zeros((1, 64, 64), np.float32), survey, "measured")
+
+
+def test_noise_ratio_reads_a_varying_variance_and_leaves_a_uniform_one():
+    from probcat.background import noise_ratio
+
+    var = np.full((1, 192, 192), 4.0)
+    assert noise_ratio(var, 2.0) is None  # uniform: nothing to rescale
+    assert noise_ratio(var * 1.08, 2.0) is None  # within 5% in sigma (1.039)
+    var[0, :, :96] = 9.0  # the left half noisier: sigma 3 there, 2 on the right
+    bad = np.zeros((192, 192), bool)
+    bad[100:110, 140:150] = True  # masked pixels do not count
+    var[0][bad] = 1e6
+    r = noise_ratio(var, 2.0, bad)
+    assert r.shape == (1, 192, 192) and r.dtype == np.float32
+    # away from the step (the sky boxes are 64 px), sigma / noise there
+    np.testing.assert_allclose(r[0, :, :40], 2.0 / 3.0, rtol=0.02)
+    np.testing.assert_allclose(r[0, :, 150:], 1.0, rtol=0.02)
+    np.testing.assert_allclose(r[0, 100:110, 140:150], 1.0, rtol=0.02)

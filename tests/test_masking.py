@@ -363,3 +363,46 @@ def test_fluxes_of_an_nJy_image_are_in_nJy_with_AB_magnitudes(tmp_path):
     np.testing.assert_allclose(ab_mag(band, f), [band.flux_to_mag(100.0), np.nan])
     np.testing.assert_allclose(ab_mag(band, f, "nJy"), [31.4 - 5.0, np.nan])
     assert np.isnan(ab_mag(band, f, "adu")).all()  # no zeropoint for ADU: not a magnitude
+
+
+def test_a_varying_lsst_variance_is_read_as_the_local_noise(tmp_path):
+    """A coadd noisier on its left half (VARIANCE says so): detection reads the image
+    scaled to one noise sigma everywhere (the same as that scaled image given by hand), and
+    deblended flux errors are the local noise's."""
+    from astropy.io import fits
+
+    import probcat
+    from probcat.background import noise_ratio
+    from probcat.io import read_image
+
+    sigma = 20.0
+    rng = np.random.default_rng(5)
+    noise = np.full((128, 128), sigma)
+    noise[:, :64] *= 1.5
+    img = noise * rng.standard_normal((128, 128))
+    _psf_star(img, 30, 60, 400 * sigma)
+    _psf_star(img, 100, 60, 400 * sigma)
+    path = tmp_path / "coadd.fits"
+    hdus = [fits.PrimaryHDU(), fits.ImageHDU(img.astype(np.float32), name="IMAGE"),
+            fits.ImageHDU((noise**2).astype(np.float32), name="VARIANCE")]  # fmt: skip
+    fits.HDUList(hdus).writeto(path)
+    data = read_image(path)
+    assert data.variance.shape == (1, 128, 128)
+    s = float(data.noise_sigma[0])
+    ratio = noise_ratio(data.variance, s)
+    assert ratio is not None and ratio[0, :, :40].mean() < 0.9 < 1.1 < ratio[0, :, 90:].mean()
+    det = probcat.load("detection_lsst_i", threads=1)
+    got = det.catalog(data, background="none")
+    by_hand = det.catalog(data.image * ratio, background="none", noise_sigma=s)
+    for c in ("x", "y", "prob"):
+        np.testing.assert_array_equal(got[c], by_hand[c])
+    lo, hi = got.meta["input"]["noise_map"]
+    assert lo < 0.95 and hi > 1.1
+    as_given = det.catalog(data, background="none", noise_sigma=s)  # the user's sigma
+    assert "noise_map" not in as_given.meta["input"]
+    res = probcat.deblend(data, samples=4, background="none", threads=1)
+    cat = res.catalog
+    left = np.argmin(np.hypot(cat["x"] - 30, cat["y"] - 60))
+    right = np.argmin(np.hypot(cat["x"] - 100, cat["y"] - 60))
+    err = cat["flux_ap_err"].reshape(len(cat))
+    assert err[left] / err[right] == pytest.approx(1.5, rel=0.05)

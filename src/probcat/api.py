@@ -79,6 +79,7 @@ def read_input(
     gain=None,
     sky_offset=None,
     mask=None,
+    whiten: bool = True,
 ):
     """One image for ``survey``'s bands (taken by name from an image that has more, e.g. the
     i plane of a ugrizy file for i-band weights): ``(x, wcs, sigma, info, masked)`` with ``x``
@@ -97,7 +98,10 @@ def read_input(
     ``masked``, is the ``(H, W)`` map of the pixels masked in any band (None when none is),
     and ``info["masked_pixels"]`` counts them. ``info["flux_unit"]``: the image's ``BUNIT``
     when its pixels are not electrons (e.g. ``nJy``) and no gain converted them: fluxes
-    measured on ``x * sigma`` are then in that unit."""
+    measured on ``x * sigma`` are then in that unit. ``whiten``: an LSST image whose
+    noise sigma comes from its ``VARIANCE`` plane and varies across it is read scaled to
+    that sigma everywhere (:func:`probcat.background.noise_ratio`; ``info["noise_map"]``:
+    the 5-95% range of the noise over sigma); False reads it as it is."""
     from probcat.background import (
         gain_array,
         measured_noise,
@@ -111,6 +115,7 @@ def read_input(
     measure = wants_measured_noise(noise_sigma)
     info_file: dict = {}
     pixel_unit = ""  # the image's BUNIT when not electrons (ImageData.unit)
+    variance = None  # an LSST VARIANCE plane that gave the noise sigma
     if measure:
         noise_sigma = None
     wcs, no_gain, given_gain = None, (), gain is not None
@@ -160,6 +165,8 @@ def read_input(
             mask = np.asarray(mask)[order]  # the weights' bands, as the image's
         if source == "VARIANCE":
             info_file = {"noise_source": source}
+            if image.variance is not None:
+                variance = image.variance if order is None else image.variance[order]
         pixel_unit = image.unit
         image = data
     bad = masked_pixels(image, mask)
@@ -191,6 +198,15 @@ def read_input(
                 raise ProbcatValueError(
                     f"pixels x gain {', '.join(f'{v:g}' for v in g)} overflow: check the gain"
                 )
+    if variance is not None and whiten:
+        from probcat.background import noise_ratio
+
+        ratio = noise_ratio(variance, sigma, bad)
+        if ratio is not None:  # the noise varies: read the image at sigma everywhere
+            with np.errstate(over="ignore", invalid="ignore"):
+                image = np.asarray(image, np.float32) * ratio
+            q = np.percentile(1.0 / ratio[:, ::4, ::4], [5, 95])
+            info["noise_map"] = [round(float(v), 4) for v in q]
     x = check_image(image, len(names), sigma, min_size=min_size, warn_sky=background == "none")
     sigma = np.broadcast_to(np.asarray(sigma, np.float32), (len(names),)).copy()
     if measure:
@@ -876,9 +892,15 @@ class Deblender:
         for name in ("x", "y"):
             if name not in catalog:
                 raise ProbcatValueError(f"the catalog has no {name!r} column")
+        if isinstance(image, (str, Path)):
+            from probcat.io import read_image
+
+            image = read_image(image)
+        # measured on the image as it is (a varying noise not rescaled away: fluxes in the
+        # image's units), with each source's error from the noise where it is
         x, wcs, sigma, info, masked = read_input(
             image, self.survey, noise_sigma, background=background, gain=gain,
-            sky_offset=sky_offset, mask=mask,
+            sky_offset=sky_offset, mask=mask, whiten=False,
         )  # fmt: skip
         unit = info.get("flux_unit", "electron")
         img = x * sigma[:, None, None]
@@ -918,7 +940,8 @@ class Deblender:
                 )
         area = np.pi * APERTURE_RADIUS**2
         scale = self.flux_error_scale(method)
-        flux_err = np.array(flux_sd(np.broadcast_to(sigma * np.sqrt(area), (n, nb)), contam, scale))
+        noise = sigma * np.sqrt(area) * _local_noise(image, sigma, masked, info, cx, cy)
+        flux_err = np.array(flux_sd(noise, contam, scale))
         mags = np.stack(
             [ab_mag(b, flux[:, k], unit) for k, b in enumerate(self.survey.bands)], 1
         ).reshape(n, nb)
@@ -937,9 +960,8 @@ class Deblender:
         )
         if samples:
             vals, vcon = vals
-            noise = sigma * np.sqrt(area)
             parts = [
-                flux_posterior(vals[:, :, k], noise[k], vcon[:, :, k], scale) for k in range(nb)
+                flux_posterior(vals[:, :, k], noise[:, k], vcon[:, :, k], scale) for k in range(nb)
             ]
             for key in parts[0]:
                 if key == "p_match":
@@ -955,6 +977,27 @@ class Deblender:
             "posterior_samples": len(samples or ()),
         }
         return DeblendResult(cat, model, img - model, models, None, wcs)
+
+
+def _local_noise(image, sigma, masked, info: dict, cx, cy) -> np.ndarray:
+    """``(n, bands)``: the noise at each source ``cx, cy`` over ``sigma``: from the smooth
+    VARIANCE plane of an LSST image whose noise sigma it gave
+    (:func:`probcat.background.noise_ratio`), else 1."""
+    from probcat.io import ImageData
+
+    n, nb = len(cx), len(sigma)
+    var = getattr(image, "variance", None) if isinstance(image, ImageData) else None
+    if var is None or info.get("noise_source") != "VARIANCE" or len(var) != nb:
+        return np.ones((n, nb))
+    from probcat.background import noise_ratio
+
+    ratio = noise_ratio(var, sigma, masked)
+    if ratio is None:
+        return np.ones((n, nb))
+    h, w = ratio.shape[1:]
+    iy = np.clip(np.round(cy).astype(int), 0, h - 1)
+    ix = np.clip(np.round(cx).astype(int), 0, w - 1)
+    return 1.0 / ratio[:, iy, ix].T.astype(float)
 
 
 def ab_mag(band, flux, unit: str = "electron") -> np.ndarray:

@@ -30,6 +30,16 @@ the catalog's metadata):
   98-px scene with a bright galaxy reads 2-15 times its noise), so before warning the noise
   is measured again with the sources masked (:func:`masked_noise`).
 
+- **A noise that varies across the image** (an LSST image's ``VARIANCE`` plane: a coadd
+  is deeper where more visits overlap): the image is read against one noise sigma per band,
+  the median, so where the noise is higher the network would see more of it than it was
+  trained for, and detect it. :func:`noise_ratio` smooths the variance plane
+  (its median in 16-px blocks) and, where that noise varies by more than
+  :data:`WHITEN_TOL` about the median, the detectors read the image scaled by
+  ``sigma / noise(x, y)``: its noise is then ``sigma`` everywhere, and a source's
+  detection probability is read from its local signal-to-noise. Deblended fluxes are
+  measured on the image as it is, their errors with the local noise.
+
 Images smaller than 32 x 32 px are too small to tell sky from source: they are left alone.
 """
 
@@ -47,6 +57,7 @@ __all__ = [
     "masked_sky",
     "masked_noise",
     "sky_offset",
+    "noise_ratio",
     "gain_array",
     "check_mode",
     "BACKGROUND_MODES",
@@ -59,6 +70,10 @@ BACKGROUND_MODES = ("auto", "none")
 SKY_LEVEL = 0.3  # |median sky| above this many noise sigma: not background-subtracted
 SKY_RANGE = 1.0  # the sky's 5th-95th percentile range above this many sigma: a gradient
 NOISE_FACTOR = 1.5
+# a noise map (VARIANCE) that stays within this fraction of its median over 5-95% of the
+# image is read as uniform: the image is not rescaled
+WHITEN_TOL = 0.05
+VARIANCE_BLOCK = 16  # px: the blocks in which a variance map's median is taken
 MIN_SIZE = 32
 BOX = 64
 MASK_SIGMA = 1.5  # sources: SEP segmentation above this many sigma (3x3 filtered)...
@@ -106,6 +121,70 @@ def sky(band: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, f
     r = data[::step, ::step] - back[::step, ::step]
     rms = _mad_sigma(r if mask is None else r[~mask[::step, ::step]])
     return back, rms
+
+
+def noise_ratio(variance, sigma, bad=None, tol: float = WHITEN_TOL) -> np.ndarray | None:
+    """``(bands, H, W)`` float32: ``sigma / noise(x, y)`` per band, ``noise`` the square
+    root of the smooth variance map ``variance`` (``(bands, H, W)``, in the image's units
+    squared; its median in blocks of :data:`VARIANCE_BLOCK` px, interpolated bilinearly:
+    a step in depth stays a step, spread over a block, with no spline's overshoot; the
+    pixels in ``bad`` and those without a positive finite variance left out), kept within
+    a factor 10 of ``sigma``. The image times this ratio
+    has the noise ``sigma`` everywhere. None when the noise stays within ``tol`` of
+    ``sigma`` over 5-95% of every band's pixels (a uniform noise: nothing to rescale)."""
+    variance = np.asarray(variance)
+    sigma = np.broadcast_to(np.asarray(sigma, float), (len(variance),))
+    ratios, uniform = [], True
+    for k in range(len(variance)):
+        with np.errstate(invalid="ignore", over="ignore"):
+            v = np.asarray(variance[k], np.float64)
+            skip = ~(np.isfinite(v) & (v > 0))
+        if bad is not None:
+            skip |= np.asarray(bad[k] if np.ndim(bad) == 3 else bad, bool)
+        if skip.all():
+            ratios.append(np.ones(v.shape, np.float32))
+            continue
+        noise = np.sqrt(np.maximum(_block_median(v, skip), 0.0))
+        r = np.clip(sigma[k] / np.maximum(noise, 1e-30), 0.1, 10.0).astype(np.float32)
+        step = _step(r.size)
+        lo, hi = np.percentile(r[::step, ::step], [5, 95])
+        uniform &= bool(1 - tol <= lo and hi <= 1 + tol)
+        ratios.append(r)
+    return None if uniform else np.stack(ratios)
+
+
+def _block_median(v: np.ndarray, skip: np.ndarray, block: int | None = None) -> np.ndarray:
+    """``v`` ``(H, W)`` smoothed: the median of its pixels outside ``skip`` in blocks of
+    ``block`` px (a block without any: its nearest block's), interpolated bilinearly between
+    the block centres (constant beyond the outer ones)."""
+    from scipy.ndimage import distance_transform_edt
+
+    b = VARIANCE_BLOCK if block is None else block
+    h, w = v.shape
+    ny, nx = -(-h // b), -(-w // b)
+    a = np.full((ny * b, nx * b), np.nan)
+    a[:h, :w] = np.where(skip, np.nan, v)
+    blocks = a.reshape(ny, b, nx, b).transpose(0, 2, 1, 3).reshape(ny, nx, b * b)
+    nan = np.isnan(blocks)
+    some, empty = nan.any(2), nan.all(2)
+    med = np.zeros((ny, nx))
+    med[~some] = np.median(blocks[~some], axis=1)  # (nanmedian is slow: the full blocks)
+    part = some & ~empty
+    if part.any():
+        med[part] = np.nanmedian(blocks[part], axis=1)
+    if empty.any():
+        idx = distance_transform_edt(empty, return_distances=False, return_indices=True)
+        med = med[idx[0], idx[1]]
+
+    def axis(n, m):
+        t = np.clip((np.arange(n) + 0.5) / b - 0.5, 0.0, m - 1.0)
+        i0 = np.floor(t).astype(int)
+        return i0, np.minimum(i0 + 1, m - 1), t - i0
+
+    y0, y1, fy = axis(h, ny)
+    x0, x1, fx = axis(w, nx)
+    rows = med[y0] * (1 - fy)[:, None] + med[y1] * fy[:, None]
+    return rows[:, x0] * (1 - fx) + rows[:, x1] * fx
 
 
 def _source_mask(resid: np.ndarray, rms: float) -> np.ndarray:

@@ -46,6 +46,8 @@ class ImageData:
     # the pixels' BUNIT as written ("": electrons or absent, read as electrons; "mixed":
     # the bands differ)
     unit: str = ""
+    # (bands, H, W) float32: an LSST VARIANCE plane, in the pixels' units squared
+    variance: np.ndarray | None = None
 
 
 def write_image(
@@ -107,7 +109,7 @@ def read_image(path: str | Path, mask_planes=None) -> ImageData:
     of the median variance of its unmasked pixels (``noise_from = "VARIANCE"``), in the
     pixels' units (nJy for a coadd: fluxes then come out in nJy)."""
     path = Path(path)
-    file_mask, noise_from = None, "NOISE"
+    file_mask, noise_from, variance = None, "NOISE", None
     if not path.exists():
         raise ProbcatFileError(f"{path}: no such file")
     if not path.is_file():  # a directory, a device (/dev/zero), a pipe: never read unbounded
@@ -200,7 +202,9 @@ def read_image(path: str | Path, mask_planes=None) -> ImageData:
                 units = [str(hdr.get("BUNIT", "")).strip()]
                 extra_arrays = {}
                 if hdul[idx].name == "IMAGE" and ("MASK" in hdul or "VARIANCE" in hdul):
-                    file_mask, variance_noise = _afw_planes(path, hdul, image, mask_planes)
+                    file_mask, variance, variance_noise = _afw_planes(
+                        path, hdul, image, mask_planes
+                    )
                     if "NOISE" not in hdr and variance_noise is not None:
                         noise, noise_from = [variance_noise] * image.shape[0], "VARIANCE"
     except OSError as e:
@@ -217,14 +221,15 @@ def read_image(path: str | Path, mask_planes=None) -> ImageData:
     unit = kinds.pop() if len(kinds) == 1 else "mixed"
     return ImageData(
         image, wcs, bands, noise, extra_arrays, dict(primary), gain, no_gain, file_mask,
-        noise_from, "" if unit == "electron" else unit,
+        noise_from, "" if unit == "electron" else unit, variance,
     )  # fmt: skip
 
 
 def _afw_planes(path: Path, hdul, image: np.ndarray, planes) -> tuple:
-    """``(mask, noise)`` of an LSST (afw) image file's ``MASK`` and ``VARIANCE`` HDUs for
-    its ``image`` ``(1, H, W)``: the no-data pixels (``(1, H, W)`` bool, or None when none
-    is) and the noise sigma of the unmasked pixels (None without a usable ``VARIANCE``)."""
+    """``(mask, variance, noise)`` of an LSST (afw) image file's ``MASK`` and ``VARIANCE``
+    HDUs for its ``image`` ``(1, H, W)``: the no-data pixels (``(1, H, W)`` bool, or None
+    when none is), the variance plane (``(1, H, W)`` float32) and the noise sigma of the
+    unmasked pixels (both None without a usable ``VARIANCE``)."""
     from probcat.masking import plane_mask
 
     shape = image.shape[1:]
@@ -242,7 +247,7 @@ def _afw_planes(path: Path, hdul, image: np.ndarray, planes) -> tuple:
             )
         else:
             bad |= bits
-    noise = None
+    noise = plane = None
     if "VARIANCE" in hdul and hdul["VARIANCE"].data is not None:
         var = hdul["VARIANCE"].data
         if np.shape(var) != shape:
@@ -253,7 +258,8 @@ def _afw_planes(path: Path, hdul, image: np.ndarray, planes) -> tuple:
         good = var[~bad & np.isfinite(image[0])]
         if good.size:
             noise = float(np.sqrt(np.median(good)))
-    return (bad[None] if bad.any() else None), noise
+            plane = var.astype(np.float32)[None]
+    return (bad[None] if bad.any() else None), plane, noise
 
 
 @contextlib.contextmanager
