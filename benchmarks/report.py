@@ -619,6 +619,56 @@ TABLES = {
             ),
         ],
     ),
+    "missing_data": (
+        "pixels without data (a masked 10-px strip) and a noise that varies across an LSST "
+        "image (left half 1.5× noisier, VARIANCE plane)",
+        [
+            (
+                "false detections within 6 px of the masked strip, masked",
+                "masked_strip.probcat_masked.false_near_strip",
+                "masked_strip.sep_masked.false_near_strip",
+                ".0f",
+                "",
+            ),
+            (
+                "same, no mask (the strip's pixels as data)",
+                "masked_strip.probcat_no_mask.false_near_strip",
+                "masked_strip.sep_no_mask.false_near_strip",
+                ".0f",
+                "",
+            ),
+            (
+                "recall outside the strip (SNR > 3), masked",
+                "masked_strip.probcat_masked.recall_outside",
+                "masked_strip.sep_masked.recall_outside",
+                ".3f",
+                "",
+            ),
+            (
+                "recall outside the strip, no mask",
+                "masked_strip.probcat_no_mask.recall_outside",
+                "masked_strip.sep_no_mask.recall_outside",
+                ".3f",
+                "",
+            ),
+            *[
+                (
+                    f"stars at {flux} σ_local, {how}: {what}, {half} half",
+                    f"varying_noise.flux_{flux}.probcat_{key}.{half}.{field}",
+                    f"varying_noise.flux_{flux}.sep_{key}.{half}.{field}",
+                    spec,
+                    "",
+                )
+                for flux in ("25", "40")
+                for how, key in (("noise map", "noise_map"), ("one σ", "one_sigma"))
+                for what, field, spec in (
+                    ("recall", "recall", ".3f"),
+                    ("false detections", "false_detections", ".0f"),
+                )
+                for half in ("noisy", "quiet")
+            ],
+        ],
+    ),
     "scale": (
         "survey scale: large images, many images on Dask, kill tests, sky left in, fuzzing",
         [
@@ -1213,6 +1263,7 @@ BASELINES = {
     "population_heads": "plain NRE head",
     "population_targets": "plain NRE",
     "scale": "reference",
+    "missing_data": "SEP",
     "deblend": "SEP",
     "photoz": "FlexZBoost",
     "simulate": "direct GalSim",

@@ -25,8 +25,9 @@ NaN), chip gaps, bad columns, saturated cores. probcat reads such a pixel as *no
 A source that sits inside a masked region is not detected, and what a mask leaves of a
 source under it can read as a source of its own, for SEP as for probcat: on 300 simulated
 98-px LSST-i scenes (test galaxies), a 10-px wide masked strip took the false detections
-within 6 px of its edges from 31 to 207 (SEP, given the same mask: 11 to 171); recall of
-the sources outside it went from 0.791 to 0.783 (SEP 0.463 to 0.464). A bright star with a
+within 6 px of its edges from 22 to 182 (SEP, given the same mask: 7 to 150); recall of
+the sources outside it went from 0.775 to 0.773 (SEP 0.472 to 0.476;
+``benchmarks/missing_data.py``). A bright star with a
 masked (saturated) core of 1-2 px radius is still detected once; with 3 px it was missed in
 7 of 20 trials. ``docs/method.md``.
 """
