@@ -394,7 +394,12 @@ def _plain_fits(path, data, **keywords):
         ({"NOISE": True}, None, "NOISE keyword True is not a number"),
         ({"NOISE": -3.0}, None, "not a positive finite number"),
         ({"NOISE": 1e-45}, None, "overflow float32"),
-        ({}, "huge", "every pixel of band 0 is masked (NaN, inf or the mask): no data"),
+        (
+            {},
+            "huge",
+            "every pixel of band 0 is masked (NaN, inf, the mask, or the file's MASK or "
+            "VARIANCE planes): no data",
+        ),
     ],
 )
 def test_bad_image_values_are_one_line_errors(

@@ -88,7 +88,8 @@ def masked_pixels(image, mask=None, *, warn: bool = True) -> np.ndarray | None:
     full = np.flatnonzero(bad.reshape(len(bad), -1).all(1))
     if len(full):
         raise ProbcatValueError(
-            f"every pixel of band {int(full[0])} is masked (NaN, inf or the mask): no data"
+            f"every pixel of band {int(full[0])} is masked (NaN, inf, the mask, or the file's "
+            "MASK or VARIANCE planes): no data"
         )
     if warn and n_nan:
         warnings.warn(
