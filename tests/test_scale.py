@@ -323,3 +323,19 @@ def test_a_file_list_gives_each_image_its_mask(tmp_path, weights, capsys):
         err = capsys.readouterr().err.strip()
         assert rc == 2 and message in err and "\n" not in err, err
         assert not (tmp_path / "o2").exists()
+
+
+def test_run_reads_the_lsst_mask_planes_asked_for(tmp_path, capsys):
+    from test_masking import _afw_file
+
+    path, want, sat_cr = _afw_file(tmp_path / "calexp.fits")
+    args = ["run", str(path), "--workers", "0", "-q", "--threshold", "0"]
+    assert main([*args, "-o", str(tmp_path / "a")]) == 0, capsys.readouterr().err
+    assert main([*args, "-o", str(tmp_path / "b"), "--mask-planes", "NO_DATA,SAT,CR"]) == 0
+    a = FullCatalog.read(tmp_path / "a" / "calexp.parquet")
+    b = FullCatalog.read(tmp_path / "b" / "calexp.parquet")
+    assert a.meta["input"]["masked_pixels"] == int(want.sum())
+    assert b.meta["input"]["masked_pixels"] == int((want | sat_cr).sum())
+    rc = main([*args, "-o", str(tmp_path / "c"), "--mask-planes", "NOPE"])
+    summary = json.loads((tmp_path / "c" / "run_summary.json").read_text())
+    assert rc == 1 and "NOPE not in the MASK header" in summary["failed"][0]["error"]
