@@ -389,7 +389,7 @@ def test_a_varying_lsst_variance_is_read_as_the_local_noise(tmp_path):
     data = read_image(path)
     assert data.variance.shape == (1, 128, 128)
     s = float(data.noise_sigma[0])
-    ratio = noise_ratio(data.variance, s)
+    ratio = noise_ratio(data.variance)
     assert ratio is not None and ratio[0, :, :40].mean() < 0.9 < 1.1 < ratio[0, :, 90:].mean()
     det = probcat.load("detection_lsst_i", threads=1)
     got = det.catalog(data, background="none")
@@ -398,11 +398,60 @@ def test_a_varying_lsst_variance_is_read_as_the_local_noise(tmp_path):
         np.testing.assert_array_equal(got[c], by_hand[c])
     lo, hi = got.meta["input"]["noise_map"]
     assert lo < 0.95 and hi > 1.1
-    as_given = det.catalog(data, background="none", noise_sigma=s)  # the user's sigma
-    assert "noise_map" not in as_given.meta["input"]
+    # the user's sigma: the noise map's shape still counts (the same sigma: the same)
+    as_given = det.catalog(data, background="none", noise_sigma=s)
+    np.testing.assert_array_equal(as_given["prob"], got["prob"])
     res = probcat.deblend(data, samples=4, background="none", threads=1)
     cat = res.catalog
     left = np.argmin(np.hypot(cat["x"] - 30, cat["y"] - 60))
     right = np.argmin(np.hypot(cat["x"] - 100, cat["y"] - 60))
     err = cat["flux_ap_err"].reshape(len(cat))
     assert err[left] / err[right] == pytest.approx(1.5, rel=0.05)
+
+
+def test_a_weight_map_gives_the_noise_its_shape_and_masks_zero_weights(tmp_path, capsys):
+    from astropy.io import fits
+
+    import probcat
+    from probcat.background import noise_ratio
+    from probcat.cli import main
+    from probcat.io import read_image
+
+    sigma = 20.0
+    rng = np.random.default_rng(8)
+    noise = np.full((96, 96), sigma)
+    noise[:, 60:] *= 1.5  # the median depth is the quiet one, NOISE
+    img = noise * rng.standard_normal((96, 96))
+    _psf_star(img, 24, 40, 300 * sigma)
+    _psf_star(img, 72, 40, 300 * sigma)
+    path = tmp_path / "swarp.fits"
+    fits.PrimaryHDU(img.astype(np.float32), header=fits.Header({"NOISE": sigma})).writeto(path)
+    w = 1e-3 / noise**2  # relative weights: the scale does not matter
+    w[80:, :10] = 0.0  # no data
+    wpath = tmp_path / "swarp.weight.fits"
+    fits.PrimaryHDU(w.astype(np.float32)).writeto(wpath)
+    data = read_image(path, weight=wpath)
+    none = w == 0
+    np.testing.assert_array_equal(data.mask[0], none)
+    assert data.noise_from == "NOISE" and data.noise_sigma[0] == sigma  # NOISE keeps its sigma
+    det = probcat.load("detection_lsst_i", threads=1)
+    got = det.catalog(data, background="none")
+    ratio = noise_ratio(1.0 / np.where(none, np.inf, w)[None], none)
+    by_hand = det.catalog(data.image * ratio, background="none", mask=none, noise_sigma=sigma)
+    for c in ("x", "y", "prob", "mask_fraction"):
+        np.testing.assert_array_equal(got[c], by_hand[c])
+    assert got.meta["input"]["noise_map"][1] > 1.2
+    out = tmp_path / "c.fits"
+    args = ["detect", str(path), "--background", "none", "-q"]
+    assert main([*args, "--weight", str(wpath), "-o", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "[noise map: 1-1.5 x sigma, read as the local noise] [160 pixels masked" in said, said
+    with pytest.raises(FileNotFoundError, match="weight map file not found"):
+        read_image(path, weight=tmp_path / "nope.fits")
+    small = tmp_path / "small.fits"
+    fits.PrimaryHDU(np.ones((8, 8), np.float32)).writeto(small)
+    for bad, message in ((small, "does not match"), (tmp_path / "nope.fits", "no such file")):
+        rc = main([*args, "--weight", str(bad), "-o", str(tmp_path / "d.fits")])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and message in err and "\n" not in err, err
+        assert not (tmp_path / "d.fits").exists()

@@ -98,10 +98,11 @@ def read_input(
     ``masked``, is the ``(H, W)`` map of the pixels masked in any band (None when none is),
     and ``info["masked_pixels"]`` counts them. ``info["flux_unit"]``: the image's ``BUNIT``
     when its pixels are not electrons (e.g. ``nJy``) and no gain converted them: fluxes
-    measured on ``x * sigma`` are then in that unit. ``whiten``: an LSST image whose
-    noise sigma comes from its ``VARIANCE`` plane and varies across it is read scaled to
-    that sigma everywhere (:func:`probcat.background.noise_ratio`; ``info["noise_map"]``:
-    the 5-95% range of the noise over sigma); False reads it as it is."""
+    measured on ``x * sigma`` are then in that unit. ``whiten``: an image with a noise map
+    (``ImageData.variance``: an LSST ``VARIANCE`` plane or a weight file) whose noise varies
+    across it is read scaled to the noise of its median depth everywhere, ``sigma``
+    (:func:`probcat.background.noise_ratio`; ``info["noise_map"]``: the 5-95% range of the
+    noise over sigma); False reads it as it is."""
     from probcat.background import (
         gain_array,
         measured_noise,
@@ -165,8 +166,8 @@ def read_input(
             mask = np.asarray(mask)[order]  # the weights' bands, as the image's
         if source == "VARIANCE":
             info_file = {"noise_source": source}
-            if image.variance is not None:
-                variance = image.variance if order is None else image.variance[order]
+        if image.variance is not None:  # a noise map: LSST VARIANCE, or a weight file
+            variance = image.variance if order is None else image.variance[order]
         pixel_unit = image.unit
         image = data
     bad = masked_pixels(image, mask)
@@ -201,7 +202,7 @@ def read_input(
     if variance is not None and whiten:
         from probcat.background import noise_ratio
 
-        ratio = noise_ratio(variance, sigma, bad)
+        ratio = noise_ratio(variance, bad)
         if ratio is not None:  # the noise varies: read the image at sigma everywhere
             with np.errstate(over="ignore", invalid="ignore"):
                 image = np.asarray(image, np.float32) * ratio
@@ -940,7 +941,7 @@ class Deblender:
                 )
         area = np.pi * APERTURE_RADIUS**2
         scale = self.flux_error_scale(method)
-        noise = sigma * np.sqrt(area) * _local_noise(image, sigma, masked, info, cx, cy)
+        noise = sigma * np.sqrt(area) * _local_noise(image, sigma, masked, cx, cy)
         flux_err = np.array(flux_sd(noise, contam, scale))
         mags = np.stack(
             [ab_mag(b, flux[:, k], unit) for k, b in enumerate(self.survey.bands)], 1
@@ -979,19 +980,19 @@ class Deblender:
         return DeblendResult(cat, model, img - model, models, None, wcs)
 
 
-def _local_noise(image, sigma, masked, info: dict, cx, cy) -> np.ndarray:
-    """``(n, bands)``: the noise at each source ``cx, cy`` over ``sigma``: from the smooth
-    VARIANCE plane of an LSST image whose noise sigma it gave
-    (:func:`probcat.background.noise_ratio`), else 1."""
+def _local_noise(image, sigma, masked, cx, cy) -> np.ndarray:
+    """``(n, bands)``: the noise at each source ``cx, cy`` over ``sigma`` (the noise of the
+    median depth): from the smooth noise map of an image that has one (an LSST VARIANCE
+    plane or a weight file: :func:`probcat.background.noise_ratio`), else 1."""
     from probcat.io import ImageData
 
     n, nb = len(cx), len(sigma)
     var = getattr(image, "variance", None) if isinstance(image, ImageData) else None
-    if var is None or info.get("noise_source") != "VARIANCE" or len(var) != nb:
+    if var is None or len(var) != nb:
         return np.ones((n, nb))
     from probcat.background import noise_ratio
 
-    ratio = noise_ratio(var, sigma, masked)
+    ratio = noise_ratio(var, masked)
     if ratio is None:
         return np.ones((n, nb))
     h, w = ratio.shape[1:]

@@ -30,13 +30,13 @@ the catalog's metadata):
   98-px scene with a bright galaxy reads 2-15 times its noise), so before warning the noise
   is measured again with the sources masked (:func:`masked_noise`).
 
-- **A noise that varies across the image** (an LSST image's ``VARIANCE`` plane: a coadd
-  is deeper where more visits overlap): the image is read against one noise sigma per band,
-  the median, so where the noise is higher the network would see more of it than it was
-  trained for, and detect it. :func:`noise_ratio` smooths the variance plane
-  (its median in 16-px blocks) and, where that noise varies by more than
-  :data:`WHITEN_TOL` about the median, the detectors read the image scaled by
-  ``sigma / noise(x, y)``: its noise is then ``sigma`` everywhere, and a source's
+- **A noise that varies across the image** (an LSST image's ``VARIANCE`` plane, or a
+  weight map: a coadd is deeper where more visits overlap): the image is read against one
+  noise sigma per band, so where the noise is higher the network would see more of it than
+  it was trained for, and detect it. :func:`noise_ratio` smooths the variance map (its
+  median in 16-px blocks) and, where that noise varies by more than :data:`WHITEN_TOL`
+  about its median, the detectors read the image scaled by ``noise(median) / noise(x,
+  y)``: its noise is then ``sigma`` (that of the median depth) everywhere, and a source's
   detection probability is read from its local signal-to-noise. Deblended fluxes are
   measured on the image as it is, their errors with the local noise.
 
@@ -123,17 +123,18 @@ def sky(band: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, f
     return back, rms
 
 
-def noise_ratio(variance, sigma, bad=None, tol: float = WHITEN_TOL) -> np.ndarray | None:
-    """``(bands, H, W)`` float32: ``sigma / noise(x, y)`` per band, ``noise`` the square
-    root of the smooth variance map ``variance`` (``(bands, H, W)``, in the image's units
-    squared; its median in blocks of :data:`VARIANCE_BLOCK` px, interpolated bilinearly:
-    a step in depth stays a step, spread over a block, with no spline's overshoot; the
-    pixels in ``bad`` and those without a positive finite variance left out), kept within
-    a factor 10 of ``sigma``. The image times this ratio
-    has the noise ``sigma`` everywhere. None when the noise stays within ``tol`` of
-    ``sigma`` over 5-95% of every band's pixels (a uniform noise: nothing to rescale)."""
+def noise_ratio(variance, bad=None, tol: float = WHITEN_TOL) -> np.ndarray | None:
+    """``(bands, H, W)`` float32: per band, the noise at the median depth over the noise at
+    each pixel, from a variance (or inverse-weight) map ``variance`` ``(bands, H, W)``: the
+    square root of the map's median over its smooth value there (the median in blocks of
+    :data:`VARIANCE_BLOCK` px, interpolated bilinearly: a step in depth stays a step,
+    spread over a block, with no spline's overshoot; the pixels in ``bad`` and those
+    without a positive finite variance left out), kept within a factor 10. Only the map's
+    shape counts, not its scale (a weight map may be relative): the image times this ratio
+    has, everywhere, the noise it has at its median depth. None when the noise stays
+    within ``tol`` of that over 5-95% of every band's pixels (uniform: nothing to
+    rescale)."""
     variance = np.asarray(variance)
-    sigma = np.broadcast_to(np.asarray(sigma, float), (len(variance),))
     ratios, uniform = [], True
     for k in range(len(variance)):
         with np.errstate(invalid="ignore", over="ignore"):
@@ -144,8 +145,9 @@ def noise_ratio(variance, sigma, bad=None, tol: float = WHITEN_TOL) -> np.ndarra
         if skip.all():
             ratios.append(np.ones(v.shape, np.float32))
             continue
-        noise = np.sqrt(np.maximum(_block_median(v, skip), 0.0))
-        r = np.clip(sigma[k] / np.maximum(noise, 1e-30), 0.1, 10.0).astype(np.float32)
+        level = float(np.median(v[~skip]))
+        smooth = np.maximum(_block_median(v, skip), 1e-300)
+        r = np.clip(np.sqrt(level / smooth), 0.1, 10.0).astype(np.float32)
         step = _step(r.size)
         lo, hi = np.percentile(r[::step, ::step], [5, 95])
         uniform &= bool(1 - tol <= lo and hi <= 1 + tol)

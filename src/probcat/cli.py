@@ -52,6 +52,13 @@ MASK_OPTION = typer.Option(
     "(NaN and inf pixels are masked too; catalog column mask_fraction)",
 )
 
+WEIGHT_OPTION = typer.Option(
+    None,
+    "--weight",
+    help="FITS weight map (inverse variance, as SExtractor's MAP_WEIGHT; relative weights "
+    "do): where the noise varies, detection reads each source against its local noise; "
+    "weight 0 = no data",
+)
 MASK_PLANES_OPTION = typer.Option(
     "NO_DATA,BAD",
     "--mask-planes",
@@ -275,6 +282,7 @@ def detect_cmd(
     seeing: str = SEEING_OPTION,
     mask: Path = MASK_OPTION,
     mask_planes: str = MASK_PLANES_OPTION,
+    weight: Path = WEIGHT_OPTION,
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
     ),
@@ -316,8 +324,8 @@ def detect_cmd(
         outputs.update({out.with_name(f"{out.stem}_{n}.fits"): None for n in ("model", "residual")})
     if plot is not None:
         outputs[plot] = (".png", ".pdf", ".svg", ".jpg")
-    check_outputs(outputs, [image] + ([mask] if mask else []), outputs)
-    data = read_image(image, mask_planes=planes)
+    check_outputs(outputs, [image] + [p for p in (mask, weight) if p], outputs)
+    data = read_image(image, mask_planes=planes, weight=weight)
     opts = {"background": background, "gain": gain, "noise_sigma": _noise_option(noise),
             "mask": _mask_option(mask, planes)}  # fmt: skip
     res = det.detect(
@@ -386,6 +394,9 @@ def _input_note(info: dict) -> str:
     if info.get("noise_source") in ("measured", "VARIANCE"):
         how = "measured" if info["noise_source"] == "measured" else "from the VARIANCE plane"
         parts.append(f"noise sigma {how}: {', '.join(f'{v:.4g}' for v in info['noise_sigma'])}")
+    if info.get("noise_map"):
+        lo, hi = info["noise_map"]
+        parts.append(f"noise map: {lo:.3g}-{hi:.3g} x sigma, read as the local noise")
     if info.get("masked_pixels"):
         parts.append(f"{info['masked_pixels']} pixels masked, no data")
     if info.get("background") == "subtracted":
@@ -419,6 +430,7 @@ def photoz_cmd(
     seeing: str = SEEING_OPTION,
     mask: Path = MASK_OPTION,
     mask_planes: str = MASK_PLANES_OPTION,
+    weight: Path = WEIGHT_OPTION,
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
     ),
@@ -437,11 +449,11 @@ def photoz_cmd(
     out = out or image.with_name(image.stem + "_photoz.fits")
     pz_path = out.with_name(out.stem + "_pz.hdf5")
     check_outputs(
-        [out, pz_path], [image] + ([mask] if mask else []),
+        [out, pz_path], [image] + [p for p in (mask, weight) if p],
         {out: (".fits", ".fit", ".fts", ".parquet")},
     )  # fmt: skip
     masked = _mask_option(mask, planes)
-    data = read_image(image, mask_planes=planes)
+    data = read_image(image, mask_planes=planes, weight=weight)
     res = photoz(
         data,
         estimator=weights,

@@ -94,7 +94,7 @@ def write_image(
     return atomic_write(path, lambda tmp: fits.HDUList(hdus).writeto(tmp, overwrite=True))
 
 
-def read_image(path: str | Path, mask_planes=None) -> ImageData:
+def read_image(path: str | Path, mask_planes=None, weight=None) -> ImageData:
     """Read a probcat multi-extension image, or any FITS with a 2-D/3-D image in the
     primary HDU or the first image HDU (one band per plane; band names from
     ``BANDS``/``FILTER`` if present). NaN and inf pixels (and values beyond float32's range)
@@ -107,7 +107,13 @@ def read_image(path: str | Path, mask_planes=None) -> ImageData:
     none), found by the ``MP_<NAME>`` bit keywords, and those without a positive finite
     variance; and, when the image has no ``NOISE`` keyword, ``noise_sigma``: the square root
     of the median variance of its unmasked pixels (``noise_from = "VARIANCE"``), in the
-    pixels' units (nJy for a coadd: fluxes then come out in nJy)."""
+    pixels' units (nJy for a coadd: fluxes then come out in nJy).
+
+    ``weight``: a FITS weight map of the image (inverse variance, as SExtractor's
+    ``MAP_WEIGHT`` and SWarp write it; ``(H, W)`` or one plane per band): ``variance`` is
+    its inverse, the noise map the detectors read the image against where it varies
+    (:func:`probcat.background.noise_ratio`; only its shape counts, so relative weights
+    do), and its pixels of weight 0 (or not finite) are masked."""
     path = Path(path)
     file_mask, noise_from, variance = None, "NOISE", None
     if not path.exists():
@@ -217,12 +223,50 @@ def read_image(path: str | Path, mask_planes=None) -> ImageData:
     g = np.array(gains, dtype=float)
     gain = np.where(np.isfinite(g), g, 1.0) if np.isfinite(g).any() else None
     no_gain = tuple(b for b, a, v in zip(bands, in_adu, g) if a and not np.isfinite(v))
+    if weight is not None:
+        variance, no_weight = _read_weight(path, weight, image.shape)
+        file_mask = no_weight if file_mask is None else (file_mask | no_weight)
+        if not file_mask.any():
+            file_mask = None
     kinds = {"electron" if u.lower() in _ELECTRONS or not u else u for u in units}
     unit = kinds.pop() if len(kinds) == 1 else "mixed"
     return ImageData(
         image, wcs, bands, noise, extra_arrays, dict(primary), gain, no_gain, file_mask,
         noise_from, "" if unit == "electron" else unit, variance,
     )  # fmt: skip
+
+
+def _read_weight(path: Path, weight, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """``(variance, no_weight)`` of the weight map file ``weight`` for the image ``path``
+    of ``shape`` ``(bands, H, W)``: the inverse of the weights (inf where there is none),
+    float32, and the pixels without a positive finite weight, both ``(bands, H, W)``."""
+    weight = Path(weight)
+    if not weight.is_file():
+        raise ProbcatFileError(f"{weight}: weight map file not found")
+    try:
+        with _quiet_astropy(), fits.open(weight, memmap=False) as hdul:
+            data = next((h.data for h in hdul if h.is_image and h.data is not None), None)
+            if data is None:
+                raise ProbcatValueError(f"{weight}: no image data in any HDU of the weight map")
+            w = np.array(data, dtype=np.float64)
+    except OSError as e:
+        raise ProbcatIOError(f"{weight}: not a readable FITS weight map ({e})") from e
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ProbcatValueError):
+            raise
+        raise ProbcatValueError(f"{weight}: a weight map must be numeric ({e})") from e
+    if w.ndim == 2:
+        w = w[None]
+    if w.ndim != 3 or w.shape[1:] != tuple(shape[1:]) or w.shape[0] not in (1, shape[0]):
+        raise ProbcatValueError(
+            f"{weight}: weight map of shape {w.shape} does not match the image {path.name}'s "
+            f"{tuple(shape[1:])} ((H, W), or one plane per band: {shape[0]})"
+        )
+    w = np.broadcast_to(w, shape)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        none = ~(np.isfinite(w) & (w > 0))
+        variance = np.where(none, np.inf, 1.0 / np.where(none, 1.0, w)).astype(np.float32)
+    return variance, none
 
 
 def _afw_planes(path: Path, hdul, image: np.ndarray, planes) -> tuple:
