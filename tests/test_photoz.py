@@ -563,3 +563,34 @@ def test_bpz_template_fit_and_zero_point_offsets_recover_known_values():
     # objects below the SNR cut do not count
     assert zero_point_offsets(observed, observed, exact, ref=2).tolist() == [0.0] * 6
     np.testing.assert_array_equal(broad_types([0, 1, 2, 3, 7], (1, 2, 5)), [0, 1, 1, 2, 2])
+
+
+def test_a_weight_map_changes_detection_not_the_colours_the_pdfs_read(
+    tmp_path, photoz_weights, weights
+):
+    """Per-band weight maps rescale each band differently: the detector reads the image at
+    the median depth's noise, the photo-z PDFs the image as it is (its colours)."""
+    from astropy.io import fits
+
+    import probcat
+    from probcat.io import read_image
+
+    path = _ugrizy_image(tmp_path / "field.fits", size=64)
+    w = np.ones((6, 64, 64), np.float32)
+    w[2, :, :40] = 0.25  # the r band twice as noisy on the left
+    w[5, 20:, :] = 0.5
+    wpath = tmp_path / "field.weight.fits"
+    fits.PrimaryHDU(w).writeto(wpath)
+    plain, weighted = read_image(path), read_image(path, weight=wpath)
+    opts = {"estimator": str(photoz_weights), "detector": str(weights), "threads": 1,
+            "threshold": 0.0}  # fmt: skip
+    res = probcat.photoz(weighted, **opts)
+    assert res.catalog.meta["input"]["noise_map"][0] < 0.75  # r: half the median noise
+    est = probcat.load(str(photoz_weights), threads=1, kind="photoz")
+    a = est.estimate(plain, res.catalog, galaxies_only=False)
+    b = est.estimate(weighted, res.catalog, galaxies_only=False)
+    assert len(a.catalog) > 0
+    np.testing.assert_array_equal(a.catalog["z_mode"], b.catalog["z_mode"])
+    # probcat.photoz's own PDFs: those of the image as it is, for its (whitened) detections
+    c = est.estimate(plain, res.catalog)
+    np.testing.assert_array_equal(res.catalog["z_mode"], c.catalog["z_mode"])

@@ -116,7 +116,7 @@ def read_input(
     measure = wants_measured_noise(noise_sigma)
     info_file: dict = {}
     pixel_unit = ""  # the image's BUNIT when not electrons (ImageData.unit)
-    variance = None  # an LSST VARIANCE plane that gave the noise sigma
+    original = image  # its noise map, if any (ImageData.variance), for whiten
     if measure:
         noise_sigma = None
     wcs, no_gain, given_gain = None, (), gain is not None
@@ -166,8 +166,6 @@ def read_input(
             mask = np.asarray(mask)[order]  # the weights' bands, as the image's
         if source == "VARIANCE":
             info_file = {"noise_source": source}
-        if image.variance is not None:  # a noise map: LSST VARIANCE, or a weight file
-            variance = image.variance if order is None else image.variance[order]
         pixel_unit = image.unit
         image = data
     bad = masked_pixels(image, mask)
@@ -199,15 +197,7 @@ def read_input(
                 raise ProbcatValueError(
                     f"pixels x gain {', '.join(f'{v:g}' for v in g)} overflow: check the gain"
                 )
-    if variance is not None and whiten:
-        from probcat.background import noise_ratio
-
-        ratio = noise_ratio(variance, bad)
-        if ratio is not None:  # the noise varies: read the image at sigma everywhere
-            with np.errstate(over="ignore", invalid="ignore"):
-                image = np.asarray(image, np.float32) * ratio
-            q = np.percentile(1.0 / ratio[:, ::4, ::4], [5, 95])
-            info["noise_map"] = [round(float(v), 4) for v in q]
+    ratio = noise_map_ratio(original, names, bad) if whiten else None
     x = check_image(image, len(names), sigma, min_size=min_size, warn_sky=background == "none")
     sigma = np.broadcast_to(np.asarray(sigma, np.float32), (len(names),)).copy()
     if measure:
@@ -219,6 +209,8 @@ def read_input(
     if pixel_unit and "gain" not in info:  # fluxes come out in the pixels' units
         info["flux_unit"] = pixel_unit
     x, done = prepare(x, sigma, background=background, sigma_source=source, offset=sky_offset)
+    if ratio is not None:  # the noise varies: read at sigma everywhere (the sky is off)
+        x = whitened(x, ratio, info)
     masked = None
     if bad is not None:
         x[bad] = 0.0  # no data: the zero padding's value (x is never the caller's array)
@@ -941,7 +933,8 @@ class Deblender:
                 )
         area = np.pi * APERTURE_RADIUS**2
         scale = self.flux_error_scale(method)
-        noise = sigma * np.sqrt(area) * _local_noise(image, sigma, masked, cx, cy)
+        local = _local_noise(image, self.survey.band_names, masked, cx, cy)
+        noise = sigma * np.sqrt(area) * local
         flux_err = np.array(flux_sd(noise, contam, scale))
         mags = np.stack(
             [ab_mag(b, flux[:, k], unit) for k, b in enumerate(self.survey.bands)], 1
@@ -980,19 +973,39 @@ class Deblender:
         return DeblendResult(cat, model, img - model, models, None, wcs)
 
 
-def _local_noise(image, sigma, masked, cx, cy) -> np.ndarray:
+def whitened(x: np.ndarray, ratio: np.ndarray, info: dict) -> np.ndarray:
+    """``x`` (noise-sigma units, sky subtracted) times the noise map's ``ratio``
+    (:func:`probcat.background.noise_ratio`): the noise of the median depth everywhere.
+    Records the map's 5-95% range of noise / sigma in ``info["noise_map"]``."""
+    q = np.percentile(1.0 / ratio[:, ::4, ::4], [5, 95])
+    info["noise_map"] = [round(float(v), 4) for v in q]
+    return (x * ratio).astype(np.float32, copy=False)
+
+
+def noise_map_ratio(image, bands, masked=None) -> np.ndarray | None:
+    """The :func:`probcat.background.noise_ratio` of an image's noise map
+    (``ImageData.variance``: an LSST VARIANCE plane or a weight file) in ``bands``' order,
+    ``masked`` pixels left out; None when it has none, or a uniform one."""
+    from probcat.background import noise_ratio
+    from probcat.io import ImageData
+
+    var = image.variance if isinstance(image, ImageData) else None
+    if var is None:
+        return None
+    names = tuple(bands)
+    if len(set(image.bands)) == len(image.bands) and set(names) <= set(image.bands):
+        var = var[[image.bands.index(b) for b in names]]
+    elif len(var) != len(names):
+        return None
+    return noise_ratio(var, masked)
+
+
+def _local_noise(image, bands, masked, cx, cy) -> np.ndarray:
     """``(n, bands)``: the noise at each source ``cx, cy`` over ``sigma`` (the noise of the
     median depth): from the smooth noise map of an image that has one (an LSST VARIANCE
     plane or a weight file: :func:`probcat.background.noise_ratio`), else 1."""
-    from probcat.io import ImageData
-
-    n, nb = len(cx), len(sigma)
-    var = getattr(image, "variance", None) if isinstance(image, ImageData) else None
-    if var is None or len(var) != nb:
-        return np.ones((n, nb))
-    from probcat.background import noise_ratio
-
-    ratio = noise_ratio(var, masked)
+    n, nb = len(cx), len(bands)
+    ratio = noise_map_ratio(image, bands, masked)
     if ratio is None:
         return np.ones((n, nb))
     h, w = ratio.shape[1:]
@@ -1147,6 +1160,12 @@ def photoz(
             f"{''.join(est.bands)} lack"
         )
     offset = det.sky_offset if det.bands == est.bands else None
+    if isinstance(image, (str, Path)):
+        from probcat.io import read_image
+
+        image = read_image(image)
+    # the PDFs read the image as it is: a noise map would rescale each band differently
+    # and change the colours; the detector reads it at the median depth's noise everywhere
     xs, wcs, sigma, info, masked = read_input(
         image,
         est.survey,
@@ -1155,11 +1174,14 @@ def photoz(
         gain=gain,
         sky_offset=offset,
         mask=mask,
+        whiten=False,
     )
+    ratio = noise_map_ratio(image, est.bands, masked)
+    x_all = xs if ratio is None else whitened(xs, ratio, info)
     planes = [est.bands.index(b) for b in det.bands]
     # the detector reads the same sigma-unit planes (sky done above, for every band): no copy
     # when it has every band in order
-    x_det = xs if planes == list(range(len(est.bands))) else xs[planes]
+    x_det = x_all if planes == list(range(len(est.bands))) else x_all[planes]
     res = det.detect(det._prepared(x_det, wcs, info, masked), threshold=threshold, seeing=seeing)
     res.catalog = _with_sky(res.catalog, wcs)
     res.wcs = wcs

@@ -37,8 +37,9 @@ the catalog's metadata):
   median in 16-px blocks) and, where that noise varies by more than :data:`WHITEN_TOL`
   about its median, the detectors read the image scaled by ``noise(median) / noise(x,
   y)``: its noise is then ``sigma`` (that of the median depth) everywhere, and a source's
-  detection probability is read from its local signal-to-noise. Deblended fluxes are
-  measured on the image as it is, their errors with the local noise.
+  detection probability is read from its local signal-to-noise (scaled after the sky is
+  subtracted). Deblended fluxes and photo-z PDFs read the image as it is (the fluxes'
+  errors the local noise).
 
 Images smaller than 32 x 32 px are too small to tell sky from source: they are left alone.
 """

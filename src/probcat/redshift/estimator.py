@@ -108,7 +108,7 @@ class PhotozEstimator:
         in electrons with the weights' bands)."""
         from probcat.api import read_input
 
-        xs, _, _, _, _ = read_input(image, self.survey, noise_sigma)
+        xs, _, _, _, _ = read_input(image, self.survey, noise_sigma, whiten=False)
         return self._mixture(xs, x, y)
 
     @inference_entry
@@ -143,7 +143,7 @@ class PhotozEstimator:
         whose ``galaxy`` flag, or ``galaxy_prob >= 0.5``, says galaxy) in ``image``."""
         from probcat.api import read_input
 
-        xs, wcs, _, _, _ = read_input(image, self.survey, noise_sigma)
+        xs, wcs, _, _, _ = read_input(image, self.survey, noise_sigma, whiten=False)
         return self._estimate(xs, catalog, wcs, galaxies_only)
 
     def _estimate(self, xs, catalog, wcs, galaxies_only, detection=None) -> PhotozResult:

@@ -63,7 +63,7 @@ def _read(path: str, weights: str, mtime_ns: int, size: int):
 
     est = probcat.load(weights)
     data = read_image(path)
-    xs, wcs, _, _, _ = read_input(data, est.survey)
+    xs, wcs, _, _, _ = read_input(data, est.survey, whiten=False)
     return est, xs, wcs
 
 
