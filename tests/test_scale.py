@@ -316,7 +316,8 @@ def test_a_file_list_gives_each_image_its_mask(tmp_path, weights, capsys):
     other = FullCatalog.read(out / "with space.parquet")
     assert np.all(other["mask_fraction"] == 0)
     bad_lists = ((f"{images[0]} {tmp_path / 'nope.fits'}\n", "no such mask file"),
-                 ("a.fits b.fits c.fits\n", "an image, or an image and its mask"))  # fmt: skip
+                 ("a.fits b.fits c.fits\n", "each at most once"),
+                 (f"{images[0]} colour=x.fits\n", "weight map (weight=PATH)"))  # fmt: skip
     for text, message in bad_lists:
         lst.write_text(text)
         rc = main([*args[:3], str(tmp_path / "o2"), *args[4:]])
@@ -339,3 +340,31 @@ def test_run_reads_the_lsst_mask_planes_asked_for(tmp_path, capsys):
     rc = main([*args, "-o", str(tmp_path / "c"), "--mask-planes", "NOPE"])
     summary = json.loads((tmp_path / "c" / "run_summary.json").read_text())
     assert rc == 1 and "NOPE not in the MASK header" in summary["failed"][0]["error"]
+
+
+def test_a_file_list_line_names_a_mask_and_a_weight_map(tmp_path, weights, capsys):
+    from astropy.io import fits
+
+    import probcat
+    from probcat.io import read_image
+    from probcat.scale import read_list
+
+    (img,) = _images(tmp_path, n=1)
+    m = np.zeros((48, 48), np.uint8)
+    m[:8] = 1
+    w = np.ones((48, 48), np.float32)
+    w[:, 24:] = 0.3  # the right half noisier
+    fits.PrimaryHDU(m).writeto(tmp_path / "m.fits")
+    fits.PrimaryHDU(w).writeto(tmp_path / "w.fits")
+    lst = tmp_path / "images.txt"
+    lst.write_text(f"{img} weight={tmp_path / 'w.fits'} mask={tmp_path / 'm.fits'}\n")
+    assert read_list(lst) == [(img, tmp_path / "m.fits", tmp_path / "w.fits")]
+    out = tmp_path / "cats"
+    assert main(["run", str(lst), "-o", str(out), "--weights", str(weights), "--workers", "0",
+                 "-q", "--threshold", "0"]) == 0, capsys.readouterr().err  # fmt: skip
+    got = FullCatalog.read(out / "im0.parquet")
+    data = read_image(img, weight=tmp_path / "w.fits")
+    want = probcat.load(str(weights), threads=1).detect(data, threshold=0.0, mask=m).catalog
+    np.testing.assert_array_equal(got["x"], want["x"])
+    assert got.meta["input"]["noise_map"] == want.meta["input"]["noise_map"]
+    assert got.meta["input"]["masked_pixels"] == 8 * 48

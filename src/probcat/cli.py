@@ -481,8 +481,8 @@ def photoz_cmd(
 def run_cmd(
     images: list[Path] = typer.Argument(
         ...,
-        help="FITS images, or one text file listing them (one per line: an image, or an "
-        "image and its mask file)",
+        help="FITS images, or one text file listing them (one per line: an image, then "
+        "optionally its mask file and weight=MAP)",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="catalog directory (one file per image)"),
     weights: str = typer.Option(None, help="detection weights (default: LSST-i)"),

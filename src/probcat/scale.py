@@ -50,12 +50,15 @@ class Job:
     image: Path
     output: Path
     mask: Path | None = None  # a FITS mask of the image's pixels without data
+    weight: Path | None = None  # a FITS weight map of the image (inverse variance)
 
 
 def read_list(path) -> list:
     """The images of a file list: one per line (``#`` comments and blank lines skipped),
-    each an image path, or an image path and its mask file separated by white space (a
-    line that names an existing file as a whole is an image alone, spaces and all)."""
+    each an image path, then optionally, separated by white space, its mask file (a bare
+    path or ``mask=PATH``) and its weight map (``weight=PATH``); a line that names an
+    existing file as a whole is an image alone, spaces and all. Entries: a path, or a
+    tuple ``(image, mask, weight)`` (None where not given)."""
     path = Path(path)
     if not path.is_file():
         raise ProbcatFileError(f"{path}: no such file list")
@@ -71,31 +74,38 @@ def read_list(path) -> list:
         parts = text.split()
         if len(parts) == 1 or Path(text).is_file():
             entries.append(Path(text))
-        elif len(parts) == 2:
-            entries.append((Path(parts[0]), Path(parts[1])))
-        else:
-            raise ProbcatValueError(
-                f"{path}: {text!r}: a line is an image, or an image and its mask"
-            )
+            continue
+        extra: dict = {}
+        for part in parts[1:]:
+            key, eq, value = part.partition("=")
+            key, value = (key, value) if eq else ("mask", part)
+            if key not in ("mask", "weight") or key in extra or not value:
+                raise ProbcatValueError(
+                    f"{path}: {text!r}: a line is an image, then its mask (PATH or "
+                    "mask=PATH) and weight map (weight=PATH), each at most once"
+                )
+            extra[key] = Path(value)
+        entries.append((Path(parts[0]), extra.get("mask"), extra.get("weight")))
     return entries
 
 
 def plan(images, out, suffix: str = ".parquet") -> list[Job]:
-    """One :class:`Job` per image (``out/<stem><suffix>``); an image may come as a pair
-    ``(image, mask)``. One-line errors for missing images or masks, two images with one
-    stem, or an output that would be an input."""
+    """One :class:`Job` per image (``out/<stem><suffix>``); an image may come as a tuple
+    ``(image, mask)`` or ``(image, mask, weight)`` (None where there is none). One-line
+    errors for missing images, masks or weight maps, two images with one stem, or an
+    output that would be an input."""
     if suffix not in SUFFIXES:
         raise ProbcatValueError(f"catalog format must be one of {', '.join(SUFFIXES)}")
     out = Path(out)
-    pairs = [(Path(x[0]), Path(x[1])) if isinstance(x, (tuple, list)) else (Path(x), None)
-             for x in images]  # fmt: skip
-    images = [p for p, _ in pairs]
+    rows = [_entry(x) for x in images]
+    images = [p for p, _, _ in rows]
     if not images:
         raise ProbcatValueError("no images given")
     jobs, seen = [], {}
-    for p, m in pairs:
-        if m is not None and not m.is_file():
-            raise ProbcatValueError(f"{m}: no such mask file (for {p})")
+    for p, m, w in rows:
+        for what, f in (("mask", m), ("weight map", w)):
+            if f is not None and not f.is_file():
+                raise ProbcatValueError(f"{f}: no such {what} file (for {p})")
         if p.is_dir():
             raise ProbcatValueError(
                 f"{p}: a directory; give its images ({p / '*.fits'}) or a file listing them"
@@ -107,12 +117,22 @@ def plan(images, out, suffix: str = ".parquet") -> list[Job]:
                 f"{p} and {seen[p.stem]} share the name {p.stem!r}: their catalogs would collide"
             )
         seen[p.stem] = p
-        jobs.append(Job(p, out / f"{p.stem}{suffix}", m))
-    inputs = {p.resolve() for p in images} | {m.resolve() for _, m in pairs if m is not None}
+        jobs.append(Job(p, out / f"{p.stem}{suffix}", m, w))
+    inputs = {f.resolve() for row in rows for f in row if f is not None}
     for j in jobs:
         if j.output.resolve() in inputs:
             raise ProbcatValueError(f"{j.output}: the catalog would overwrite an input image")
     return jobs
+
+
+def _entry(x) -> tuple:
+    """``(image, mask, weight)`` of a :func:`plan` entry (a path or a tuple)."""
+    if not isinstance(x, (tuple, list)):
+        return Path(x), None, None
+    if not 1 <= len(x) <= 3:
+        raise ProbcatValueError(f"an image entry is a path or (image, mask, weight), got {x!r}")
+    x = [*x, None, None][:3]
+    return tuple(None if v is None else Path(v) for v in x)
 
 
 @lru_cache(maxsize=2)
@@ -123,10 +143,12 @@ def _detector(weights: str | None, threads="auto"):
     return load(weights, threads=threads, kind="detection")
 
 
-def process_image(image: str, output: str, mask: str | None, options: dict) -> dict:
-    """Detect one image (with its ``mask`` file, if any) and write its catalog atomically;
-    never raises: the result says what happened (``rows``, ``seconds``, ``warnings``,
-    ``error``)."""
+def process_image(
+    image: str, output: str, mask: str | None, weight: str | None, options: dict
+) -> dict:
+    """Detect one image (with its ``mask`` file and ``weight`` map, if any) and write its
+    catalog atomically; never raises: the result says what happened (``rows``,
+    ``seconds``, ``warnings``, ``error``)."""
     t0 = time.perf_counter()
     result = {"image": str(image), "output": str(output), "rows": 0, "error": None}
     try:
@@ -135,7 +157,7 @@ def process_image(image: str, output: str, mask: str | None, options: dict) -> d
         det = _detector(options.get("weights"), options.get("threads", 1))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            data = read_image(image, mask_planes=options.get("mask_planes"))
+            data = read_image(image, mask_planes=options.get("mask_planes"), weight=weight)
             if mask is not None:
                 from probcat.masking import read_mask
 
@@ -307,7 +329,9 @@ def _execute(jobs: list[Job], options: dict, workers, scheduler, progress, timin
         return
     if workers == 0 and scheduler is None:
         for j in jobs:
-            yield process_image(str(j.image), str(j.output), _name(j.mask), options)
+            yield process_image(
+                str(j.image), str(j.output), _name(j.mask), _name(j.weight), options
+            )
             bar.update()
         bar.close()
         return
@@ -333,6 +357,7 @@ def _execute(jobs: list[Job], options: dict, workers, scheduler, progress, timin
                 [str(j.image) for j in jobs],
                 [str(j.output) for j in jobs],
                 [_name(j.mask) for j in jobs],
+                [_name(j.weight) for j in jobs],
                 options=options,
                 pure=False,
             )
