@@ -248,7 +248,7 @@ def _read_weight(path: Path, weight, shape: tuple) -> tuple[np.ndarray, np.ndarr
             data = next((h.data for h in hdul if h.is_image and h.data is not None), None)
             if data is None:
                 raise ProbcatValueError(f"{weight}: no image data in any HDU of the weight map")
-            w = np.array(data, dtype=np.float64)
+            w = np.array(data, dtype=np.float32)  # (float64 would double a 6-band map)
     except OSError as e:
         raise ProbcatIOError(f"{weight}: not a readable FITS weight map ({e})") from e
     except (TypeError, ValueError) as e:
