@@ -456,3 +456,20 @@ def test_a_weight_map_gives_the_noise_its_shape_and_masks_zero_weights(tmp_path,
         err = capsys.readouterr().err.strip()
         assert rc == 2 and message in err and "\n" not in err, err
         assert not (tmp_path / "d.fits").exists()
+
+
+def test_plane_mask_reads_any_bit_of_signed_and_unsigned_masks():
+    from probcat.masking import plane_mask
+
+    head = {"MP_BAD": 0, "MP_NO_DATA": 8, "MP_TOP": 31, "MP_WIDE": 63, "OTHER": 3}
+    m = np.array([[0, 1, 1 << 8, 1 << 2]], np.int32)
+    np.testing.assert_array_equal(plane_mask(m, head), [[False, True, True, False]])
+    top = np.array([[np.iinfo(np.int32).min, 1 << 30]], np.int32)  # bit 31: the sign bit
+    np.testing.assert_array_equal(plane_mask(top, head, ["TOP"]), [[True, False]])
+    wide = np.array([[1 << 63, 1]], np.uint64)
+    np.testing.assert_array_equal(plane_mask(wide, head, ["WIDE"]), [[True, False]])
+    assert plane_mask(m, {"OTHER": 3}) is None  # no MP_ keywords: bits of unknown meaning
+    with pytest.raises(ProbcatValueError, match="NOPE not in the MASK header"):
+        plane_mask(m, head, ["BAD", "NOPE"])
+    with pytest.raises(ProbcatValueError, match="not an integer bit mask"):
+        plane_mask(m.astype(np.float32), head)

@@ -155,7 +155,8 @@ def plane_mask(data, header, planes=None, *, where: str = ""):
         b = bits.get(p.upper())
         if b is not None and 0 <= b < 8 * data.dtype.itemsize:
             select |= 1 << b
-    return (data.astype(np.int64, copy=False) & select) != 0
+    # as unsigned 64-bit words: a signed mask's sign bit is a plane like any other
+    return (data.astype(np.uint64) & np.uint64(select)) != 0
 
 
 def fill_masked(image, bad: np.ndarray) -> np.ndarray:
