@@ -378,7 +378,7 @@ def test_a_varying_lsst_variance_is_read_as_the_local_noise(tmp_path):
     sigma = 20.0
     rng = np.random.default_rng(5)
     noise = np.full((128, 128), sigma)
-    noise[:, :64] *= 1.5
+    noise[:, :48] *= 1.5  # 3/8 of the image: the median depth is the quiet one
     img = noise * rng.standard_normal((128, 128))
     _psf_star(img, 30, 60, 400 * sigma)
     _psf_star(img, 100, 60, 400 * sigma)
@@ -390,7 +390,8 @@ def test_a_varying_lsst_variance_is_read_as_the_local_noise(tmp_path):
     assert data.variance.shape == (1, 128, 128)
     s = float(data.noise_sigma[0])
     ratio = noise_ratio(data.variance)
-    assert ratio is not None and ratio[0, :, :40].mean() < 0.9 < 1.1 < ratio[0, :, 90:].mean()
+    assert ratio is not None and ratio[0, :, :30].mean() == pytest.approx(1 / 1.5, rel=0.01)
+    assert ratio[0, :, 70:].mean() == pytest.approx(1.0, rel=0.01)
     det = probcat.load("detection_lsst_i", threads=1)
     got = det.catalog(data, background="none")
     by_hand = det.catalog(data.image * ratio, background="none", noise_sigma=s)
@@ -398,10 +399,15 @@ def test_a_varying_lsst_variance_is_read_as_the_local_noise(tmp_path):
         # (scaled after the division by sigma, not before: float32 rounding apart)
         np.testing.assert_allclose(got[c], by_hand[c], rtol=1e-6, atol=1e-6)
     lo, hi = got.meta["input"]["noise_map"]
-    assert lo < 0.95 and hi > 1.1
+    assert lo == pytest.approx(1.0, abs=0.01) and hi == pytest.approx(1.5, rel=0.01)
     # the user's sigma: the noise map's shape still counts (the same sigma: the same)
     as_given = det.catalog(data, background="none", noise_sigma=s)
     np.testing.assert_array_equal(as_given["prob"], got["prob"])
+    from_path = det.catalog(str(path), background="none")  # a path reads the same
+    np.testing.assert_array_equal(from_path["prob"], got["prob"])
+    # the measured noise is the median depth's, not the two halves' mixture
+    measured = det.catalog(data, background="none", noise_sigma="measured")
+    assert measured.meta["input"]["noise_sigma"][0] == pytest.approx(s, rel=0.03)
     res = probcat.deblend(data, samples=4, background="none", threads=1)
     cat = res.catalog
     left = np.argmin(np.hypot(cat["x"] - 30, cat["y"] - 60))

@@ -116,7 +116,6 @@ def read_input(
     measure = wants_measured_noise(noise_sigma)
     info_file: dict = {}
     pixel_unit = ""  # the image's BUNIT when not electrons (ImageData.unit)
-    original = image  # its noise map, if any (ImageData.variance), for whiten
     if measure:
         noise_sigma = None
     wcs, no_gain, given_gain = None, (), gain is not None
@@ -124,6 +123,7 @@ def read_input(
     names = tuple(survey.band_names)
     if isinstance(image, (str, Path)):
         image = read_image(image)
+    original = image  # its noise map, if any (ImageData.variance), for whiten
     if isinstance(image, ImageData):
         wcs = image.wcs
         order = None
@@ -200,8 +200,8 @@ def read_input(
     ratio = noise_map_ratio(original, names, bad) if whiten else None
     x = check_image(image, len(names), sigma, min_size=min_size, warn_sky=background == "none")
     sigma = np.broadcast_to(np.asarray(sigma, np.float32), (len(names),)).copy()
-    if measure:
-        noise = measured_noise(x, sigma)
+    if measure:  # the noise of the median depth, where a noise map says it varies
+        noise = measured_noise(x if ratio is None else x * ratio, sigma)
         x *= (sigma / noise).astype(np.float32)[:, None, None]  # x is check_image's own copy
         sigma, source = noise, "the measured pixel noise"
         info["noise_sigma"] = [round(float(v), 6) for v in noise]
