@@ -302,8 +302,9 @@ def _afw_planes(path: Path, hdul, image: np.ndarray, planes) -> tuple:
         good = var[~bad & np.isfinite(image[0])]
         if good.size:
             noise = float(np.sqrt(np.median(good)))
-            plane = var.astype(np.float32)[None]
-    return (bad[None] if bad.any() else None), plane, noise
+            plane = np.repeat(var.astype(np.float32)[None], len(image), 0)
+    # one plane per band of the image (an afw IMAGE is one band; a cube gets each its own)
+    return (np.repeat(bad[None], len(image), 0) if bad.any() else None), plane, noise
 
 
 @contextlib.contextmanager
