@@ -479,3 +479,25 @@ def test_plane_mask_reads_any_bit_of_signed_and_unsigned_masks():
         plane_mask(m, head, ["BAD", "NOPE"])
     with pytest.raises(ProbcatValueError, match="not an integer bit mask"):
         plane_mask(m.astype(np.float32), head)
+
+
+def test_an_image_cube_with_mask_and_variance_hdus_masks_every_plane(tmp_path):
+    from astropy.io import fits
+
+    import probcat
+    from probcat.io import read_image
+
+    img = np.random.default_rng(0).normal(0, 20, (2, 64, 64)).astype(np.float32)
+    bits = np.zeros((64, 64), np.int32)
+    bits[:4] = 1 << 8
+    head = fits.Header()
+    head["HIERARCH MP_NO_DATA"] = 8
+    cube = fits.ImageHDU(img, name="IMAGE", header=fits.Header({"BANDS": "gi"}))
+    hdus = [fits.PrimaryHDU(), cube, fits.ImageHDU(bits, header=head, name="MASK"),
+            fits.ImageHDU(np.full((64, 64), 400, np.float32), name="VARIANCE")]  # fmt: skip
+    fits.HDUList(hdus).writeto(tmp_path / "cube.fits")
+    data = read_image(tmp_path / "cube.fits")
+    assert data.mask.shape == data.variance.shape == (2, 64, 64) and data.bands == ("g", "i")
+    assert np.all(data.mask[:, :4]) and not data.mask[:, 4:].any()
+    cat = probcat.load("detection_lsst_i", threads=1).catalog(data, background="none")
+    assert cat.meta["input"]["masked_pixels"] == 4 * 64  # the i plane, cut from the cube
