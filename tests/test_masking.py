@@ -455,6 +455,22 @@ def test_a_weight_map_gives_the_noise_its_shape_and_masks_zero_weights(tmp_path,
     assert "[noise map: 1-1.5 x sigma, read as the local noise] [160 pixels masked" in said, said
     with pytest.raises(FileNotFoundError, match="weight map file not found"):
         read_image(path, weight=tmp_path / "nope.fits")
+    # the same noise map as a variance map and as an rms map (SExtractor's MAP_VAR, MAP_RMS)
+    for kind, values in (("variance", noise**2), ("rms", noise)):
+        other = tmp_path / f"swarp.{kind}.fits"
+        fits.PrimaryHDU(np.where(none, 0.0, values).astype(np.float32)).writeto(other)
+        again = read_image(path, weight=other, weight_type=kind)
+        np.testing.assert_array_equal(again.mask, data.mask)
+        np.testing.assert_allclose(
+            noise_ratio(again.variance, none), noise_ratio(data.variance, none), rtol=1e-5
+        )
+    with pytest.raises(ProbcatValueError, match="weight type must be one of"):
+        read_image(path, weight=wpath, weight_type="inverse")
+    rc = main(
+        [*args, "--weight", str(wpath), "--weight-type", "ivar", "-o", str(tmp_path / "e.fits")]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--weight-type must be one of weight, variance, rms" in err
     small = tmp_path / "small.fits"
     fits.PrimaryHDU(np.ones((8, 8), np.float32)).writeto(small)
     for bad, message in ((small, "does not match"), (tmp_path / "nope.fits", "no such file")):

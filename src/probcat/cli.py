@@ -55,9 +55,14 @@ MASK_OPTION = typer.Option(
 WEIGHT_OPTION = typer.Option(
     None,
     "--weight",
-    help="FITS weight map (inverse variance, as SExtractor's MAP_WEIGHT; relative weights "
-    "do): where the noise varies, detection reads each source against its local noise; "
-    "weight 0 = no data",
+    help="FITS weight map (by --weight-type; relative weights do): where the noise varies, "
+    "detection reads each source against its local noise; 0 = no data",
+)
+WEIGHT_TYPE_OPTION = typer.Option(
+    "weight",
+    "--weight-type",
+    help="what --weight holds, as SExtractor's WEIGHT_TYPE: weight (inverse variance, "
+    "MAP_WEIGHT), variance (MAP_VAR) or rms (MAP_RMS)",
 )
 MASK_PLANES_OPTION = typer.Option(
     "NO_DATA,BAD",
@@ -66,6 +71,16 @@ MASK_PLANES_OPTION = typer.Option(
     "read as no data (names of its MP_ keywords, comma-separated, e.g. NO_DATA,BAD,SAT,CR), "
     "or none",
 )
+
+
+def _check_weight_type(kind: str) -> None:
+    """``--weight-type``, checked before any work."""
+    from probcat.io import WEIGHT_TYPES
+
+    if kind not in WEIGHT_TYPES:
+        raise ProbcatValueError(
+            f"--weight-type must be one of {', '.join(WEIGHT_TYPES)}, got {kind!r}"
+        )
 
 
 def _planes_option(text: str) -> tuple[str, ...] | None:
@@ -283,6 +298,7 @@ def detect_cmd(
     mask: Path = MASK_OPTION,
     mask_planes: str = MASK_PLANES_OPTION,
     weight: Path = WEIGHT_OPTION,
+    weight_type: str = WEIGHT_TYPE_OPTION,
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
     ),
@@ -298,6 +314,7 @@ def detect_cmd(
 
     seeing = _checked_seeing(seeing)
     planes = _planes_option(mask_planes)
+    _check_weight_type(weight_type)
     if samples is None:
         samples = 100 if deblend else 0
     if deblend:
@@ -325,7 +342,7 @@ def detect_cmd(
     if plot is not None:
         outputs[plot] = (".png", ".pdf", ".svg", ".jpg")
     check_outputs(outputs, [image] + [p for p in (mask, weight) if p], outputs)
-    data = read_image(image, mask_planes=planes, weight=weight)
+    data = read_image(image, mask_planes=planes, weight=weight, weight_type=weight_type)
     opts = {"background": background, "gain": gain, "noise_sigma": _noise_option(noise),
             "mask": _mask_option(mask, planes)}  # fmt: skip
     res = det.detect(
@@ -431,6 +448,7 @@ def photoz_cmd(
     mask: Path = MASK_OPTION,
     mask_planes: str = MASK_PLANES_OPTION,
     weight: Path = WEIGHT_OPTION,
+    weight_type: str = WEIGHT_TYPE_OPTION,
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
     ),
@@ -446,6 +464,7 @@ def photoz_cmd(
 
     seeing = _checked_seeing(seeing)
     planes = _planes_option(mask_planes)
+    _check_weight_type(weight_type)
     out = out or image.with_name(image.stem + "_photoz.fits")
     pz_path = out.with_name(out.stem + "_pz.hdf5")
     check_outputs(
@@ -453,7 +472,7 @@ def photoz_cmd(
         {out: (".fits", ".fit", ".fts", ".parquet")},
     )  # fmt: skip
     masked = _mask_option(mask, planes)
-    data = read_image(image, mask_planes=planes, weight=weight)
+    data = read_image(image, mask_planes=planes, weight=weight, weight_type=weight_type)
     res = photoz(
         data,
         estimator=weights,

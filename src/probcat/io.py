@@ -94,7 +94,9 @@ def write_image(
     return atomic_write(path, lambda tmp: fits.HDUList(hdus).writeto(tmp, overwrite=True))
 
 
-def read_image(path: str | Path, mask_planes=None, weight=None) -> ImageData:
+def read_image(
+    path: str | Path, mask_planes=None, weight=None, weight_type: str = "weight"
+) -> ImageData:
     """Read a probcat multi-extension image, or any FITS with a 2-D/3-D image in the
     primary HDU or the first image HDU (one band per plane; band names from
     ``BANDS``/``FILTER`` if present). NaN and inf pixels (and values beyond float32's range)
@@ -109,11 +111,13 @@ def read_image(path: str | Path, mask_planes=None, weight=None) -> ImageData:
     of the median variance of its unmasked pixels (``noise_from = "VARIANCE"``), in the
     pixels' units (nJy for a coadd: fluxes then come out in nJy).
 
-    ``weight``: a FITS weight map of the image (inverse variance, as SExtractor's
-    ``MAP_WEIGHT`` and SWarp write it; ``(H, W)`` or one plane per band): ``variance`` is
-    its inverse, the noise map the detectors read the image against where it varies
-    (:func:`probcat.background.noise_ratio`; only its shape counts, so relative weights
-    do), and its pixels of weight 0 (or not finite) are masked."""
+    ``weight``: a FITS weight map of the image (``(H, W)`` or one plane per band), by
+    ``weight_type`` as SExtractor reads them: ``"weight"``, inverse variance
+    (``MAP_WEIGHT``, as SWarp writes it); ``"variance"`` (``MAP_VAR``); ``"rms"``, the noise
+    sigma (``MAP_RMS``). ``variance`` is the variance it gives, the noise map the detectors
+    read the image against where it varies (:func:`probcat.background.noise_ratio`; only
+    its shape counts, so relative weights do), and its pixels of value 0 (or not finite)
+    are masked."""
     path = Path(path)
     file_mask, noise_from, variance = None, "NOISE", None
     if not path.exists():
@@ -224,7 +228,7 @@ def read_image(path: str | Path, mask_planes=None, weight=None) -> ImageData:
     gain = np.where(np.isfinite(g), g, 1.0) if np.isfinite(g).any() else None
     no_gain = tuple(b for b, a, v in zip(bands, in_adu, g) if a and not np.isfinite(v))
     if weight is not None:
-        variance, no_weight = _read_weight(path, weight, image.shape)
+        variance, no_weight = _read_weight(path, weight, image.shape, weight_type)
         file_mask = no_weight if file_mask is None else (file_mask | no_weight)
         if not file_mask.any():
             file_mask = None
@@ -236,10 +240,21 @@ def read_image(path: str | Path, mask_planes=None, weight=None) -> ImageData:
     )  # fmt: skip
 
 
-def _read_weight(path: Path, weight, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+WEIGHT_TYPES = ("weight", "variance", "rms")  # SExtractor's MAP_WEIGHT, MAP_VAR, MAP_RMS
+
+
+def _read_weight(
+    path: Path, weight, shape: tuple, kind: str = "weight"
+) -> tuple[np.ndarray, np.ndarray]:
     """``(variance, no_weight)`` of the weight map file ``weight`` for the image ``path``
-    of ``shape`` ``(bands, H, W)``: the inverse of the weights (inf where there is none),
-    float32, and the pixels without a positive finite weight, both ``(bands, H, W)``."""
+    of ``shape`` ``(bands, H, W)``: the variance its values give (``kind``: ``"weight"``,
+    inverse variance; ``"variance"``; ``"rms"``, the noise sigma), inf where there is
+    none, float32, and the pixels without a positive finite value, both
+    ``(bands, H, W)``."""
+    if kind not in WEIGHT_TYPES:
+        raise ProbcatValueError(
+            f"weight type must be one of {', '.join(WEIGHT_TYPES)}, got {kind!r}"
+        )
     weight = Path(weight)
     if not weight.is_file():
         raise ProbcatFileError(f"{weight}: weight map file not found")
@@ -265,7 +280,9 @@ def _read_weight(path: Path, weight, shape: tuple) -> tuple[np.ndarray, np.ndarr
     w = np.broadcast_to(w, shape)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         none = ~(np.isfinite(w) & (w > 0))
-        variance = np.where(none, np.inf, 1.0 / np.where(none, 1.0, w)).astype(np.float32)
+        v = np.where(none, 1.0, w)
+        v = 1.0 / v if kind == "weight" else (v * v if kind == "rms" else v)
+        variance = np.where(none, np.inf, v).astype(np.float32)
     return variance, none
 
 
