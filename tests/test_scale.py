@@ -368,3 +368,12 @@ def test_a_file_list_line_names_a_mask_and_a_weight_map(tmp_path, weights, capsy
     np.testing.assert_array_equal(got["x"], want["x"])
     assert got.meta["input"]["noise_map"] == want.meta["input"]["noise_map"]
     assert got.meta["input"]["masked_pixels"] == 8 * 48
+    # the same map as noise sigma (SExtractor's MAP_RMS)
+    fits.PrimaryHDU((1.0 / np.sqrt(w)).astype(np.float32)).writeto(tmp_path / "rms.fits")
+    lst.write_text(f"{img} mask={tmp_path / 'm.fits'} weight={tmp_path / 'rms.fits'}\n")
+    rms_args = ["run", str(lst), "-o", str(tmp_path / "rms"), "--weights", str(weights),
+                "--workers", "0", "-q", "--threshold", "0", "--weight-type", "rms"]  # fmt: skip
+    assert main(rms_args) == 0
+    again = FullCatalog.read(tmp_path / "rms" / "im0.parquet")
+    np.testing.assert_allclose(again["x"], got["x"], atol=1e-5)
+    assert again.meta["input"]["noise_map"] == pytest.approx(got.meta["input"]["noise_map"])

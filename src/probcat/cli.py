@@ -61,8 +61,8 @@ WEIGHT_OPTION = typer.Option(
 WEIGHT_TYPE_OPTION = typer.Option(
     "weight",
     "--weight-type",
-    help="what --weight holds, as SExtractor's WEIGHT_TYPE: weight (inverse variance, "
-    "MAP_WEIGHT), variance (MAP_VAR) or rms (MAP_RMS)",
+    help="what weight maps hold (--weight, or weight= in a file list), as SExtractor's "
+    "WEIGHT_TYPE: weight (inverse variance, MAP_WEIGHT), variance (MAP_VAR) or rms (MAP_RMS)",
 )
 MASK_PLANES_OPTION = typer.Option(
     "NO_DATA,BAD",
@@ -511,6 +511,7 @@ def run_cmd(
     noise: str = NOISE_OPTION,
     seeing: str = SEEING_OPTION,
     mask_planes: str = MASK_PLANES_OPTION,
+    weight_type: str = WEIGHT_TYPE_OPTION,
     fmt: str = typer.Option("parquet", "--format", help="parquet or fits"),
     workers: int = typer.Option(
         None, help="local Dask workers (default: one per core); 0 runs serially in this process"
@@ -548,6 +549,7 @@ def run_cmd(
         noise_sigma=_noise_option(noise),
         seeing=_checked_seeing(seeing),
         mask_planes=_planes_option(mask_planes),
+        weight_type=weight_type,
         suffix=f".{fmt}",
         workers=workers,
         scheduler=scheduler,

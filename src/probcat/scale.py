@@ -157,7 +157,8 @@ def process_image(
         det = _detector(options.get("weights"), options.get("threads", 1))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            data = read_image(image, mask_planes=options.get("mask_planes"), weight=weight)
+            data = read_image(image, mask_planes=options.get("mask_planes"), weight=weight,
+                              weight_type=options.get("weight_type", "weight"))  # fmt: skip
             if mask is not None:
                 from probcat.masking import read_mask
 
@@ -199,6 +200,7 @@ def run(
     noise_sigma=None,
     seeing="auto",
     mask_planes=None,
+    weight_type: str = "weight",
     suffix: str = ".parquet",
     workers: int | None = None,
     scheduler: str | None = None,
@@ -209,7 +211,8 @@ def run(
     """Catalogs of ``images`` into ``out`` (see the module docstring); returns the run
     summary (also written to ``out/run_summary.json``): images, processed, skipped
     (finished before), failed (with the errors), rows, seconds. ``mask_planes``: of LSST
-    image files, the mask planes read as no data (:func:`probcat.io.read_image`)."""
+    image files, the mask planes read as no data; ``weight_type``: what the entries' weight
+    maps hold (:func:`probcat.io.read_image`)."""
     from probcat.api import seeing_option
     from probcat.background import check_mode, wants_measured_noise
 
@@ -221,6 +224,12 @@ def run(
     if threads is not None and (isinstance(threads, bool) or not 1 <= threads <= 1024):
         raise ProbcatValueError(f"threads must lie in [1, 1024], got {threads}")
     wants_measured_noise(noise_sigma)  # bad values fail here, before any work
+    from probcat.io import WEIGHT_TYPES
+
+    if weight_type not in WEIGHT_TYPES:
+        raise ProbcatValueError(
+            f"weight type must be one of {', '.join(WEIGHT_TYPES)}, got {weight_type!r}"
+        )
     seeing_option(seeing)
     jobs = plan(images, out, suffix)
     todo = [j for j in jobs if not j.output.exists()]
@@ -234,7 +243,7 @@ def run(
                                 "runs one torch thread")  # fmt: skip
     options = {"weights": weights, "threshold": threshold, "background": background,
                "gain": gain, "noise_sigma": noise_sigma, "seeing": seeing,
-               "mask_planes": mask_planes,
+               "mask_planes": mask_planes, "weight_type": weight_type,
                "threads": (threads or "auto") if serial else 1}  # fmt: skip
     if not serial and scheduler is None and todo:
         _start_forkserver()  # its imports overlap with the weights loading below
