@@ -114,7 +114,6 @@ def read_input(
     from probcat.masking import combined_mask, fill_masked, masked_pixels
 
     measure = wants_measured_noise(noise_sigma)
-    info_file: dict = {}
     pixel_unit = ""  # the image's BUNIT when not electrons (ImageData.unit)
     if measure:
         noise_sigma = None
@@ -164,8 +163,6 @@ def read_input(
                     f"mask has {len(mask)} planes, the image {len(image.bands)} bands"
                 )
             mask = np.asarray(mask)[order]  # the weights' bands, as the image's
-        if source == "VARIANCE":
-            info_file = {"noise_source": source}
         pixel_unit = image.unit
         image = data
     bad = masked_pixels(image, mask)
@@ -181,8 +178,9 @@ def read_input(
                 stacklevel=3,
             )
     _check_pixel_scale(wcs, survey)
-    info = dict(info_file)
-    if info_file:
+    info = {}
+    if source == "VARIANCE":  # the noise sigma the file's VARIANCE plane gave
+        info["noise_source"] = source
         info["noise_sigma"] = [round(float(v), 6) for v in np.atleast_1d(sigma)]
     if gain is not None:
         g = gain_array(gain, len(names))

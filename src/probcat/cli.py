@@ -73,16 +73,6 @@ MASK_PLANES_OPTION = typer.Option(
 )
 
 
-def _check_weight_type(kind: str) -> None:
-    """``--weight-type``, checked before any work."""
-    from probcat.io import WEIGHT_TYPES
-
-    if kind not in WEIGHT_TYPES:
-        raise ProbcatValueError(
-            f"--weight-type must be one of {', '.join(WEIGHT_TYPES)}, got {kind!r}"
-        )
-
-
 def _planes_option(text: str) -> tuple[str, ...] | None:
     """``--mask-planes``: None for the default planes (skipped when a file lacks one), else
     the named planes (each must be in the file), ``()`` for none."""
@@ -314,7 +304,9 @@ def detect_cmd(
 
     seeing = _checked_seeing(seeing)
     planes = _planes_option(mask_planes)
-    _check_weight_type(weight_type)
+    from probcat.io import check_weight_type
+
+    check_weight_type(weight_type, "--weight-type")  # before any work
     if samples is None:
         samples = 100 if deblend else 0
     if deblend:
@@ -464,7 +456,9 @@ def photoz_cmd(
 
     seeing = _checked_seeing(seeing)
     planes = _planes_option(mask_planes)
-    _check_weight_type(weight_type)
+    from probcat.io import check_weight_type
+
+    check_weight_type(weight_type, "--weight-type")  # before any work
     out = out or image.with_name(image.stem + "_photoz.fits")
     pz_path = out.with_name(out.stem + "_pz.hdf5")
     check_outputs(

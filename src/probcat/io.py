@@ -243,6 +243,18 @@ def read_image(
 WEIGHT_TYPES = ("weight", "variance", "rms")  # SExtractor's MAP_WEIGHT, MAP_VAR, MAP_RMS
 
 
+def check_weight_type(kind: str, name: str = "weight type") -> None:
+    """A one-line error unless ``kind`` is one of :data:`WEIGHT_TYPES` (``name``: what the
+    message calls it, e.g. the command-line option)."""
+    if kind not in WEIGHT_TYPES:
+        raise ProbcatValueError(f"{name} must be one of {', '.join(WEIGHT_TYPES)}, got {kind!r}")
+
+
+def first_image_data(hdul):
+    """The data of the first image HDU of ``hdul`` that has any, or None."""
+    return next((h.data for h in hdul if h.is_image and h.data is not None), None)
+
+
 def _read_weight(
     path: Path, weight, shape: tuple, kind: str = "weight"
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -251,16 +263,13 @@ def _read_weight(
     inverse variance; ``"variance"``; ``"rms"``, the noise sigma), inf where there is
     none, float32, and the pixels without a positive finite value, both
     ``(bands, H, W)``."""
-    if kind not in WEIGHT_TYPES:
-        raise ProbcatValueError(
-            f"weight type must be one of {', '.join(WEIGHT_TYPES)}, got {kind!r}"
-        )
+    check_weight_type(kind)
     weight = Path(weight)
     if not weight.is_file():
         raise ProbcatFileError(f"{weight}: weight map file not found")
     try:
         with _quiet_astropy(), fits.open(weight, memmap=False) as hdul:
-            data = next((h.data for h in hdul if h.is_image and h.data is not None), None)
+            data = first_image_data(hdul)
             if data is None:
                 raise ProbcatValueError(f"{weight}: no image data in any HDU of the weight map")
             w = np.array(data, dtype=np.float32)  # (float64 would double a 6-band map)

@@ -212,6 +212,8 @@ def read_mask(path, planes=None) -> np.ndarray:
     any nonzero pixel is masked."""
     from astropy.io import fits
 
+    from probcat.io import first_image_data
+
     path = Path(path)
     if not path.is_file():
         raise ProbcatIOError(f"{path}: mask file not found")
@@ -222,7 +224,7 @@ def read_mask(path, planes=None) -> np.ndarray:
                 bits = plane_mask(h.data, h.header, planes, where=f"{path}: ")
                 if bits is not None:
                     return bits
-            data = next((h.data for h in hdul if h.is_image and h.data is not None), None)
+            data = first_image_data(hdul)
             if data is None:
                 raise ProbcatValueError(f"{path}: no image data in any HDU of the mask")
             data = np.asarray(data)

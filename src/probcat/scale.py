@@ -224,12 +224,9 @@ def run(
     if threads is not None and (isinstance(threads, bool) or not 1 <= threads <= 1024):
         raise ProbcatValueError(f"threads must lie in [1, 1024], got {threads}")
     wants_measured_noise(noise_sigma)  # bad values fail here, before any work
-    from probcat.io import WEIGHT_TYPES
+    from probcat.io import check_weight_type
 
-    if weight_type not in WEIGHT_TYPES:
-        raise ProbcatValueError(
-            f"weight type must be one of {', '.join(WEIGHT_TYPES)}, got {weight_type!r}"
-        )
+    check_weight_type(weight_type)
     seeing_option(seeing)
     jobs = plan(images, out, suffix)
     todo = [j for j in jobs if not j.output.exists()]
