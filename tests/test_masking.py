@@ -346,6 +346,7 @@ def test_fluxes_of_an_nJy_image_are_in_nJy_with_AB_magnitudes(tmp_path):
 
     from probcat.api import ab_mag
     from probcat.cli import main
+    from probcat.io import read_image
     from probcat.survey import Survey
 
     path, _, _ = _afw_file(tmp_path / "coadd.fits", bunit="nJy")
@@ -358,6 +359,9 @@ def test_fluxes_of_an_nJy_image_are_in_nJy_with_AB_magnitudes(tmp_path):
     t = fits.getdata(out, "CATALOG")
     assert len(t) >= 2 and np.all(t["flux_ap"] > 0)
     np.testing.assert_allclose(t["mag_ap"], 31.4 - 2.5 * np.log10(t["flux_ap"]), rtol=1e-6)
+    back = read_image(tmp_path / "c_residual.fits")  # the residual image is in nJy too
+    assert back.unit == "nJy" and back.zeropoint_from == "BUNIT"
+    np.testing.assert_allclose(back.noise_sigma, [22.0], rtol=1e-6)  # the VARIANCE noise
     band = Survey.lsst(bands="i").bands[0]
     f = np.array([100.0, -1.0])
     np.testing.assert_allclose(ab_mag(band, f), [band.flux_to_mag(100.0), np.nan])

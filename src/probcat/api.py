@@ -80,6 +80,7 @@ def read_input(
     sky_offset=None,
     mask=None,
     whiten: bool = True,
+    zeropoint=None,
 ):
     """One image for ``survey``'s bands (taken by name from an image that has more, e.g. the
     i plane of a ugrizy file for i-band weights): ``(x, wcs, sigma, info, masked)`` with ``x``
@@ -102,10 +103,15 @@ def read_input(
     (``ImageData.variance``: an LSST ``VARIANCE`` plane or a weight file) whose noise varies
     across it is read scaled to the noise of its median depth everywhere, ``sigma``
     (:func:`probcat.background.noise_ratio`; ``info["noise_map"]``: the 5-95% range of the
-    noise over sigma); False reads it as it is."""
+    noise over sigma); False reads it as it is. ``info["zeropoint"]``: per band, the AB
+    magnitude of a flux of 1 in the units fluxes come out in (``zeropoint``, a number or one
+    per band, in the pixels' units as given; else the image's, :class:`probcat.io.ImageData`;
+    shifted by 2.5 log10 gain where a gain converts the pixels to electrons; ``None`` where
+    unknown), and ``info["zeropoint_source"]`` where it came from."""
     from probcat.background import (
         gain_array,
         measured_noise,
+        per_band_array,
         prepare,
         wants_measured_noise,
     )
@@ -118,6 +124,7 @@ def read_input(
     if measure:
         noise_sigma = None
     wcs, no_gain, given_gain = None, (), gain is not None
+    zp, zp_from = None, ""  # the pixels' AB zeropoint per band, and where it came from
     sigma, source = noise_sigma, "noise_sigma"
     names = tuple(survey.band_names)
     if isinstance(image, (str, Path)):
@@ -164,7 +171,12 @@ def read_input(
                 )
             mask = np.asarray(mask)[order]  # the weights' bands, as the image's
         pixel_unit = image.unit
+        if image.zeropoint is not None:
+            zp = image.zeropoint if order is None else image.zeropoint[order]
+            zp_from = image.zeropoint_from
         image = data
+    if zeropoint is not None:
+        zp, zp_from = per_band_array(zeropoint, len(names), "zeropoint", False), "zeropoint"
     bad = masked_pixels(image, mask)
     if bad is not None:
         image = fill_masked(image, bad)
@@ -195,6 +207,11 @@ def read_input(
                 raise ProbcatValueError(
                     f"pixels x gain {', '.join(f'{v:g}' for v in g)} overflow: check the gain"
                 )
+    if zp is not None and np.isfinite(zp).any():
+        if "gain" in info:  # fluxes in electrons: gain e- per pixel unit
+            zp = zp + 2.5 * np.log10(info["gain"])
+        info["zeropoint"] = [float(v) if np.isfinite(v) else None for v in zp]
+        info["zeropoint_source"] = zp_from
     ratio = noise_map_ratio(original, names, bad) if whiten else None
     x = check_image(image, len(names), sigma, min_size=min_size, warn_sky=background == "none")
     sigma = np.broadcast_to(np.asarray(sigma, np.float32), (len(names),)).copy()
@@ -843,6 +860,7 @@ class Deblender:
         passes: int | None = None,
         progress: bool = False,
         mask=None,
+        zeropoint=None,
     ) -> DeblendResult:
         """Deblend the sources of ``catalog`` (``x, y`` and ``galaxy`` or ``galaxy_prob``)
         in ``image`` (FITS path, :class:`~probcat.io.ImageData` or array in electrons) and
@@ -860,7 +878,12 @@ class Deblender:
         ``progress``: a progress bar over the posterior samples;
         ``mask``: pixels without data, as for detection (:mod:`probcat.masking`): they hold
         no light in the measurements, and ``mask_fraction`` says how much of each aperture
-        they are.
+        they are;
+        ``zeropoint``: the AB magnitude of a flux of 1 in the image's units (a number or
+        one per band) for ``mag_ap``; default: the file's (a flux-density ``BUNIT`` such as
+        nJy, or a ``MAGZERO``, ``MAGZP``, ``PHOTZP`` or ``FLUXMAG0`` keyword:
+        :class:`probcat.io.ImageData`), else, for electrons, the survey's band zeropoint and
+        exposure time (``mag_ap`` is NaN for other units without one).
         """
         from probcat.infer.deblend import (
             REFINE_PASSES,
@@ -891,9 +914,10 @@ class Deblender:
         # image's units), with each source's error from the noise where it is
         x, wcs, sigma, info, masked = read_input(
             image, self.survey, noise_sigma, background=background, gain=gain,
-            sky_offset=sky_offset, mask=mask, whiten=False,
+            sky_offset=sky_offset, mask=mask, whiten=False, zeropoint=zeropoint,
         )  # fmt: skip
         unit = info.get("flux_unit", "electron")
+        zps = info.get("zeropoint") or [None] * len(self.survey.bands)
         img = x * sigma[:, None, None]
         nb, h, w = img.shape
         cx, cy, gal = _xyg(catalog)
@@ -935,7 +959,7 @@ class Deblender:
         noise = sigma * np.sqrt(area) * local
         flux_err = np.array(flux_sd(noise, contam, scale))
         mags = np.stack(
-            [ab_mag(b, flux[:, k], unit) for k, b in enumerate(self.survey.bands)], 1
+            [ab_mag(b, flux[:, k], unit, zps[k]) for k, b in enumerate(self.survey.bands)], 1
         ).reshape(n, nb)
         r = APERTURE_RADIUS
         edge = (cx - r < -0.5) | (cy - r < -0.5) | (cx + r > w - 0.5) | (cy + r > h - 0.5)
@@ -968,6 +992,12 @@ class Deblender:
             "flux_error_scale": scale,
             "posterior_samples": len(samples or ()),
         }
+        # the units the fluxes, model and residual are in, for the files they are written to
+        cat.meta["deblend"]["noise_sigma"] = [float(v) for v in sigma]
+        cat.meta["deblend"]["flux_unit"] = unit
+        if "zeropoint" in info:  # what mag_ap was read with
+            cat.meta["deblend"]["zeropoint"] = info["zeropoint"]
+            cat.meta["deblend"]["zeropoint_source"] = info["zeropoint_source"]
         return DeblendResult(cat, model, img - model, models, None, wcs)
 
 
@@ -1012,14 +1042,18 @@ def _local_noise(image, bands, masked, cx, cy) -> np.ndarray:
     return 1.0 / ratio[:, iy, ix].T.astype(float)
 
 
-def ab_mag(band, flux, unit: str = "electron") -> np.ndarray:
-    """AB magnitudes of fluxes in ``unit``: electrons through the band's zeropoint and
-    exposure time, nJy as 31.4 - 2.5 log10(flux) (the Rubin pipelines' coadds); NaN for
-    fluxes <= 0 and for any other unit (ADU, or a unit probcat cannot calibrate)."""
+def ab_mag(band, flux, unit: str = "electron", zeropoint=None) -> np.ndarray:
+    """AB magnitudes of fluxes: ``zeropoint`` - 2.5 log10(flux) with a ``zeropoint`` (the
+    magnitude of a flux of 1: ``read_input``'s ``info["zeropoint"]``); without one, by
+    ``unit``: electrons through the band's zeropoint and exposure time, nJy as 31.4 - 2.5
+    log10(flux) (the Rubin pipelines' coadds); NaN for fluxes <= 0 and for any other unit
+    (ADU, or a unit probcat cannot calibrate)."""
     flux = np.asarray(flux, float)
     with np.errstate(divide="ignore", invalid="ignore"):
         pos = np.maximum(flux, 1e-30)
-        if unit == "electron":
+        if zeropoint is not None and np.isfinite(zeropoint):
+            mag = float(zeropoint) - 2.5 * np.log10(pos)
+        elif unit == "electron":
             mag = band.flux_to_mag(pos)
         elif unit.lower() == "njy":
             mag = NJY_AB_ZEROPOINT - 2.5 * np.log10(pos)
@@ -1055,6 +1089,7 @@ def deblend(
     passes: int | None = None,
     progress: bool = False,
     mask=None,
+    zeropoint=None,
 ) -> DeblendResult:
     """Detect, deblend and measure every source of an image, with flux posteriors from
     ``samples`` posterior catalog samples (0: point measurements only).
@@ -1065,6 +1100,8 @@ def deblend(
         deblender: deblender weights (default ``"deblender_lsst_i"``).
         method: ``"conserve"`` (default) or ``"subtract"`` (see :meth:`Deblender.measure`).
         passes: refinement rounds of the galaxy models (see :meth:`Deblender.measure`).
+        zeropoint: AB magnitude of a flux of 1 in the image's units, for ``mag_ap`` (see
+            :meth:`Deblender.measure`; default: the file's).
         progress: progress bars over the posterior samples (drawing, then deblending).
         Others: as for :func:`detect`.
 
@@ -1084,6 +1121,10 @@ def deblend(
             f"the deblender is for bands {''.join(dbl.survey.band_names)}, the detector for "
             f"{''.join(det.survey.band_names)}"
         )
+    if zeropoint is not None:  # before detection
+        from probcat.background import per_band_array
+
+        per_band_array(zeropoint, len(det.survey.bands), "zeropoint", positive=False)
     if isinstance(image, (str, Path)):
         from probcat.io import read_image
 
@@ -1098,7 +1139,8 @@ def deblend(
     with said_once():  # detection said it of the same image
         out = dbl.measure(
             image, res.catalog, noise_sigma=noise_sigma, samples=res.samples, method=method,
-            sky_offset=det.sky_offset, passes=passes, progress=progress, **opts,
+            sky_offset=det.sky_offset, passes=passes, progress=progress, zeropoint=zeropoint,
+            **opts,
         )  # fmt: skip
     out.detection = res
     out.wcs = res.wcs

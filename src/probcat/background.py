@@ -340,14 +340,21 @@ def check_mode(background) -> None:
 
 def gain_array(gain, n: int) -> np.ndarray:
     """A gain (e-/ADU) per band from a number or a sequence; a one-line error otherwise."""
-    if isinstance(gain, (bool, np.bool_, str, bytes)):
-        raise ProbcatValueError(f"gain must be a positive finite number, got {gain!r}")
+    return per_band_array(gain, n, "gain")
+
+
+def per_band_array(value, n: int, name: str, positive: bool = True) -> np.ndarray:
+    """``n`` values, one per band, from a number or a sequence of ``n``, each finite (and
+    positive when ``positive``); a one-line error naming ``name`` otherwise."""
+    what = "a positive finite number" if positive else "a finite number"
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        raise ProbcatValueError(f"{name} must be {what}, got {value!r}")
     try:
-        arr = np.broadcast_to(np.asarray(gain, dtype=np.float64), (n,)).copy()
+        arr = np.broadcast_to(np.asarray(value, dtype=np.float64), (n,)).copy()
     except (TypeError, ValueError):
-        raise ProbcatValueError(f"gain must be a number or one per band, got {gain!r}") from None
-    if not np.all(np.isfinite(arr) & (arr > 0)):
-        raise ProbcatValueError(f"gain must be a positive finite number, got {gain!r}")
+        raise ProbcatValueError(f"{name} must be a number or one per band, got {value!r}") from None
+    if not np.all(np.isfinite(arr) & ((arr > 0) | (not positive))):
+        raise ProbcatValueError(f"{name} must be {what}, got {value!r}")
     return arr
 
 

@@ -280,6 +280,12 @@ def detect_cmd(
         help="deblended light: conserve (the data shared in proportion to the models; sums "
         "to the data) or subtract (the data minus the other sources' models, paper 000's)",
     ),
+    zeropoint: float = typer.Option(
+        None,
+        help="with --deblend: AB magnitude of a flux of 1 in the image's units, for mag_ap "
+        "(default: a flux-density BUNIT such as nJy, else the MAGZERO, MAGZP, PHOTZP or "
+        "FLUXMAG0 keyword, else for electrons the survey's zeropoint)",
+    ),
     seed: int = typer.Option(0, help="seed of the posterior samples"),
     background: str = BACKGROUND_OPTION,
     gain: float = GAIN_OPTION,
@@ -313,6 +319,10 @@ def detect_cmd(
         from probcat.infer.deblend import check_method
 
         check_method(method)  # before loading weights and running detection
+        if zeropoint is not None:
+            from probcat.background import per_band_array
+
+            per_band_array(zeropoint, 1, "--zeropoint", positive=False)
     det = load(weights, device=device, threads=_threads_option(threads), kind="detection")
     dbl = None
     if deblend:
@@ -320,8 +330,10 @@ def detect_cmd(
 
         dbl = load(deblender or DEFAULT_DEBLENDER, device=device,
                    threads=_threads_option(threads), kind="deblender")  # fmt: skip
-    elif deblender is not None:
-        raise ProbcatValueError("--deblender needs --deblend")
+    elif deblender is not None or zeropoint is not None:
+        raise ProbcatValueError(
+            f"--{'deblender' if deblender is not None else 'zeropoint'} needs --deblend"
+        )
     from probcat.catalog import check_outputs
 
     out = out or image.with_name(image.stem + "_catalog.fits")
@@ -360,12 +372,14 @@ def detect_cmd(
                 method=method,
                 sky_offset=det.sky_offset,
                 progress=not quiet,
+                zeropoint=zeropoint,
                 **opts,
             )
         catalog = d.catalog
+        cards = _unit_cards(d.catalog.meta["deblend"], dbl.survey.n_bands)
         for name, img in (("model", d.model), ("residual", d.residual)):
             path = out.with_name(f"{out.stem}_{name}.fits")
-            write_image(path, img, dbl.survey, res.wcs, header={"PCIMAGE": name})
+            write_image(path, img, dbl.survey, res.wcs, header={"PCIMAGE": name}, band_cards=cards)
             extra.append(str(path))
     catalog.write(out, wcs=res.wcs)
     msg = f"{len(catalog)} detections ({int(np.sum(catalog['galaxy']))} galaxies) -> {out}"
@@ -375,6 +389,10 @@ def detect_cmd(
     msg += _input_note(res.catalog.meta.get("input", {}))
     if extra:
         msg += f"; deblended: model and residual -> {', '.join(extra)}"
+        rec = catalog.meta["deblend"]
+        if rec.get("zeropoint"):
+            shown = ", ".join("?" if v is None else f"{v:.4g}" for v in rec["zeropoint"])
+            msg += f" [mag_ap at zeropoint {shown}, from {rec['zeropoint_source']}]"
     if samples:
         spath = out.with_name(out.stem + "_samples" + out.suffix)
         concat_catalogs(res.samples, "sample").write(spath, wcs=res.wcs)
@@ -393,6 +411,23 @@ def detect_cmd(
         )
         msg += f"; figure -> {plot}"
     typer.echo(msg)
+
+
+def _unit_cards(rec: dict, n_bands: int) -> list[dict]:
+    """Per band, the header cards of a deblended model or residual image in the units of
+    the image it came from (``Deblender.measure``'s ``meta["deblend"]``): its ``BUNIT``,
+    noise sigma and, where known, its zeropoint (``MAGZERO``, in place of the survey's
+    ``ZEROPT`` and ``EXPTIME``)."""
+    cards = []
+    zps = rec.get("zeropoint") or [None] * n_bands
+    for k in range(n_bands):
+        c = {"NOISE": (rec["noise_sigma"][k], "background noise sigma, BUNIT")}
+        if rec.get("flux_unit", "electron") not in ("electron", "mixed"):
+            c["BUNIT"] = rec["flux_unit"]
+        if zps[k] is not None:
+            c.update(MAGZERO=(zps[k], "AB mag of a pixel value of 1"), ZEROPT=None, EXPTIME=None)
+        cards.append(c)
+    return cards
 
 
 def _input_note(info: dict) -> str:

@@ -48,6 +48,10 @@ class ImageData:
     unit: str = ""
     # (bands, H, W) float32: an LSST VARIANCE plane, in the pixels' units squared
     variance: np.ndarray | None = None
+    # per band: the AB magnitude of a flux of 1 in the pixels' units (NaN: not in the file;
+    # see _zeropoint_keyword), and the keyword that gave it
+    zeropoint: np.ndarray | None = None
+    zeropoint_from: str = ""
 
 
 def write_image(
@@ -57,8 +61,11 @@ def write_image(
     wcs: WCS | None = None,
     extras: dict[str, np.ndarray] | None = None,
     header: dict | None = None,
+    band_cards: list[dict] | None = None,
 ) -> Path:
-    """Write ``image`` ``(bands, H, W)`` atomically as a multi-extension FITS file."""
+    """Write ``image`` ``(bands, H, W)`` atomically as a multi-extension FITS file;
+    ``band_cards``: per band, header cards that replace the survey's (``BUNIT``, ``NOISE``,
+    ``MAGZERO`` of an image in other units than the survey's electrons; None removes one)."""
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 3 or image.shape[0] != survey.n_bands:
         raise ProbcatValueError(
@@ -83,6 +90,11 @@ def write_image(
         h["EXPTIME"] = (b.exposure_time, "s")
         h["PIXSCALE"] = (b.pixel_scale, "arcsec / pixel")
         h["BUNIT"] = "electron"
+        for key, value in (band_cards[k] if band_cards else {}).items():
+            if value is None:
+                h.remove(key, ignore_missing=True)
+            else:
+                h[key] = value
         return fits.ImageHDU(data, header=h, name=name)
 
     for k, b in enumerate(survey.bands):
@@ -130,7 +142,7 @@ def read_image(
             primary = hdul[0].header
             if "NBANDS" in primary:
                 bands = tuple(primary["BANDS"])
-                noise, gains, in_adu, wcs, units = [], [], [], None, []
+                noise, gains, in_adu, wcs, units, zps = [], [], [], None, [], []
                 extras: dict[str, list] = {}
                 names = {b.upper(): b for b in bands}
                 found = []  # the bands in the order of their HDUs (which may differ from BANDS)
@@ -158,6 +170,7 @@ def read_image(
                         gains.append(_gain_keyword(path, hdu.header))
                         in_adu.append(_in_adu(hdu.header))
                         units.append(str(hdu.header.get("BUNIT", "")).strip())
+                        zps.append(_zeropoint_keyword(path, hdu.header, own_format=True))
                         if wcs is None and hdu.header.get("CTYPE1"):
                             wcs = _wcs(path, hdu.header)
                     elif "_" in name:
@@ -210,6 +223,10 @@ def read_image(
                 gains = [_gain_keyword(path, hdr)] * image.shape[0]
                 in_adu = [_in_adu(hdr)] * image.shape[0]
                 units = [str(hdr.get("BUNIT", "")).strip()]
+                zp = _zeropoint_keyword(path, hdr)
+                if idx and not zp[1]:  # an afw file's zeropoint is in its primary header
+                    zp = _zeropoint_keyword(path, primary)
+                zps = [zp] * image.shape[0]
                 extra_arrays = {}
                 if hdul[idx].name == "IMAGE" and ("MASK" in hdul or "VARIANCE" in hdul):
                     file_mask, variance, variance_noise = _afw_planes(
@@ -234,9 +251,12 @@ def read_image(
             file_mask = None
     kinds = {"electron" if u.lower() in _ELECTRONS or not u else u for u in units}
     unit = kinds.pop() if len(kinds) == 1 else "mixed"
+    zp = np.array([v for v, _ in zps], dtype=float)
+    zp_from = ", ".join(sorted({k for _, k in zps if k}))
     return ImageData(
         image, wcs, bands, noise, extra_arrays, dict(primary), gain, no_gain, file_mask,
         noise_from, "" if unit == "electron" else unit, variance,
+        zp if np.isfinite(zp).any() else None, zp_from,
     )  # fmt: skip
 
 
@@ -379,6 +399,43 @@ def _gain_keyword(path: Path, header) -> float:
     return _positive_keyword(path, "GAIN", value)
 
 
+# AB magnitude of a flux of 1 in a flux-density BUNIT: -2.5 log10(unit / 3631 Jy)
+UNIT_ZEROPOINTS = {"njy": 31.4, "ujy": 23.9, "microjy": 23.9, "mjy": 16.4, "jy": 8.9}
+# keywords that give the AB magnitude of a flux of 1 in the pixels' units (as written:
+# counts of the whole exposure, not per second), most common first
+ZEROPOINT_KEYWORDS = ("MAGZERO", "MAGZP", "PHOTZP")
+
+
+def _zeropoint_keyword(path: Path, header, own_format: bool = False) -> tuple[float, str]:
+    """The AB magnitude of a flux of 1 in an image's pixel units and where it came from:
+    a flux-density ``BUNIT`` (nJy, uJy, mJy, Jy); else ``MAGZERO``, ``MAGZP`` or ``PHOTZP``;
+    else ``FLUXMAG0`` (the flux of magnitude 0, older LSST/HSC images: 2.5 log10
+    FLUXMAG0); else, in probcat's own files, ``ZEROPT`` (magnitude of 1 e-/s) plus 2.5 log10
+    ``EXPTIME``. ``(NaN, "")`` when none is there; a keyword that is not a finite number
+    (FLUXMAG0: a positive one) is an error."""
+    unit = _unit(header).replace("μ", "u").replace("µ", "u")
+    if unit in UNIT_ZEROPOINTS:
+        return UNIT_ZEROPOINTS[unit], "BUNIT"
+    for key in ZEROPOINT_KEYWORDS:
+        if key in header:
+            return _finite_keyword(path, key, header[key]), key
+    if "FLUXMAG0" in header:
+        return 2.5 * np.log10(_positive_keyword(path, "FLUXMAG0", header["FLUXMAG0"])), "FLUXMAG0"
+    if own_format and "ZEROPT" in header and "EXPTIME" in header:
+        zp = _finite_keyword(path, "ZEROPT", header["ZEROPT"])
+        return zp + 2.5 * np.log10(_positive_keyword(path, "EXPTIME", header["EXPTIME"])), "ZEROPT"
+    return np.nan, ""
+
+
+def _finite_keyword(path: Path, name: str, value, what: str = "finite number") -> float:
+    """A keyword that must be a finite number (a boolean or a string is an error)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise ProbcatValueError(f"{path}: {name} keyword {value!r} is not a number")
+    if not np.isfinite(value):
+        raise ProbcatValueError(f"{path}: {name} keyword {value!r} is not a {what}")
+    return float(value)
+
+
 def _noise_keyword(path: Path, value) -> float:
     """A ``NOISE`` keyword's value: NaN when absent, else a positive finite number."""
     if isinstance(value, float) and np.isnan(value):
@@ -389,8 +446,6 @@ def _noise_keyword(path: Path, value) -> float:
 def _positive_keyword(path: Path, name: str, value) -> float:
     """A keyword that must be a positive finite number (a boolean, a string or a
     non-positive value is an error, not a guess)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-        raise ProbcatValueError(f"{path}: {name} keyword {value!r} is not a number")
-    if not (np.isfinite(value) and value > 0):
+    if not _finite_keyword(path, name, value, "positive finite number") > 0:
         raise ProbcatValueError(f"{path}: {name} keyword {value!r} is not a positive finite number")
     return float(value)

@@ -1,0 +1,172 @@
+"""Photometric zeropoints read from image headers, and the magnitudes they give."""
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from probcat.errors import ProbcatValueError
+from probcat.io import read_image
+
+
+def _stars(sigma=10.0, seed=5):
+    """A 64-px image of pure noise ``sigma`` holding two bright Gaussian stars."""
+    rng = np.random.default_rng(seed)
+    img = sigma * rng.standard_normal((64, 64))
+    yy, xx = np.mgrid[:64, :64]
+    s = 4.0 / 2.3548
+    for x, y in ((20, 22), (44, 40)):
+        img += (
+            400
+            * sigma
+            * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * s * s))
+            / (2 * np.pi * s * s)
+        )
+    return img.astype(np.float32)
+
+
+def _write(path, cards, primary_cards=None, in_extension=False):
+    """The stars in the primary HDU (or an ``IMAGE`` extension) with header ``cards``."""
+    head = fits.Header()
+    for k, v in cards.items():
+        head[k] = v
+    prim = fits.Header()
+    for k, v in (primary_cards or {}).items():
+        prim[k] = v
+    if in_extension:
+        hdus = [fits.PrimaryHDU(header=prim), fits.ImageHDU(_stars(), head, name="IMAGE")]
+    else:
+        hdus = [fits.PrimaryHDU(_stars(), head)]
+    fits.HDUList(hdus).writeto(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("cards", "primary", "want", "source"),
+    [
+        ({"MAGZERO": 27.25}, None, 27.25, "MAGZERO"),
+        ({"MAGZP": 26.5, "FLUXMAG0": 1e11}, None, 26.5, "MAGZP"),  # MAGZP before FLUXMAG0
+        ({"PHOTZP": 30}, None, 30.0, "PHOTZP"),
+        ({"FLUXMAG0": 1e11}, None, 27.5, "FLUXMAG0"),  # 2.5 log10(1e11)
+        ({"BUNIT": "nJy", "MAGZERO": 27.0}, None, 31.4, "BUNIT"),  # the unit defines it
+        ({"BUNIT": "uJy"}, None, 23.9, "BUNIT"),
+        ({}, {"FLUXMAG0": 1e10}, 25.0, "FLUXMAG0"),  # an afw file: in its primary header
+        ({"ZEROPT": 28.0, "EXPTIME": 100.0}, None, None, ""),  # not probcat's own format
+        ({}, None, None, ""),
+    ],
+)
+def test_the_zeropoint_is_read_from_the_header(tmp_path, cards, primary, want, source):
+    path = _write(tmp_path / "a.fits", cards, primary, in_extension=primary is not None)
+    data = read_image(path)
+    if want is None:
+        assert data.zeropoint is None and data.zeropoint_from == ""
+    else:
+        np.testing.assert_allclose(data.zeropoint, [want], atol=1e-4)
+        assert data.zeropoint_from == source
+
+
+def test_probcat_files_give_the_zeropoint_of_their_electrons(tmp_path):
+    """ZEROPT is the magnitude of 1 e-/s: a flux in electrons over EXPTIME has the survey
+    band's magnitude."""
+    from probcat.io import write_image
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="gi")
+    path = write_image(tmp_path / "s.fits", np.zeros((2, 16, 16), np.float32), survey)
+    data = read_image(path)
+    assert data.zeropoint_from == "ZEROPT"
+    flux = 1234.5
+    for zp, band in zip(data.zeropoint, survey.bands):
+        np.testing.assert_allclose(zp - 2.5 * np.log10(flux), band.flux_to_mag(flux), rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("cards", "message"),
+    [
+        ({"MAGZERO": "abc"}, "MAGZERO keyword 'abc' is not a number"),
+        ({"MAGZP": True}, "MAGZP keyword True is not a number"),
+        ({"FLUXMAG0": -5.0}, "FLUXMAG0 keyword -5.0 is not a positive finite number"),
+        ({"FLUXMAG0": 0}, "FLUXMAG0 keyword 0 is not a positive finite number"),
+    ],
+)
+def test_a_bad_zeropoint_keyword_is_a_one_line_error(tmp_path, capsys, cards, message):
+    from probcat.cli import main
+
+    path = _write(tmp_path / "a.fits", cards)
+    with pytest.raises(ProbcatValueError, match=message):
+        read_image(path)
+    rc = main(["detect", str(path), "-q", "-o", str(tmp_path / "c.fits")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and "\n" not in err, err
+    assert not (tmp_path / "c.fits").exists()
+
+
+def test_read_input_shifts_the_zeropoint_by_the_gain_and_takes_an_override(tmp_path):
+    from probcat.api import read_input
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="i")
+    path = _write(tmp_path / "a.fits", {"BUNIT": "adu", "GAIN": 2.0, "MAGZERO": 28.0})
+    _, _, _, info, _ = read_input(read_image(path), survey, background="none")
+    assert info["gain"] == [2.0] and info["zeropoint_source"] == "MAGZERO"
+    # fluxes in electrons: 2 e- per ADU, so 1 e- is 2.5 log10(2) mag fainter than 1 ADU
+    np.testing.assert_allclose(info["zeropoint"], [28.0 + 2.5 * np.log10(2.0)], atol=1e-4)
+    _, _, _, info, _ = read_input(read_image(path), survey, background="none", zeropoint=25)
+    np.testing.assert_allclose(info["zeropoint"], [25.0 + 2.5 * np.log10(2.0)], atol=1e-4)
+    assert info["zeropoint_source"] == "zeropoint"
+    # NOISE given in ADU: the pixels are read as they are, and so is the zeropoint
+    path = _write(
+        tmp_path / "b.fits", {"BUNIT": "adu", "GAIN": 2.0, "MAGZERO": 28.0, "NOISE": 10.0}
+    )
+    _, _, _, info, _ = read_input(read_image(path), survey, background="none")
+    assert "gain" not in info and info["zeropoint"] == [28.0]
+    for bad in ("abc", np.nan, [27.0, 28.0]):
+        with pytest.raises(ProbcatValueError, match="zeropoint must be"):
+            read_input(read_image(path), survey, background="none", zeropoint=bad)
+
+
+def test_deblended_magnitudes_use_the_image_zeropoint(tmp_path, capsys):
+    """An image in ADU with GAIN and MAGZERO: fluxes come out in electrons, and mag_ap is
+    MAGZERO - 2.5 log10(flux in ADU); --zeropoint overrides it; without either, an ADU
+    image without a gain has no magnitudes."""
+    from probcat.cli import main
+
+    args = ["--deblend", "--samples", "4", "--background", "none", "--noise", "measured", "-q"]
+    path = _write(tmp_path / "a.fits", {"BUNIT": "adu", "GAIN": 2.0, "MAGZERO": 28.0})
+    out = tmp_path / "c.fits"
+    assert main(["detect", str(path), *args, "-o", str(out)]) == 0
+    assert "[mag_ap at zeropoint 28.75, from MAGZERO]" in capsys.readouterr().out
+    t = fits.getdata(out, "CATALOG")
+    assert len(t) >= 2 and np.all(t["flux_ap"] > 0)
+    np.testing.assert_allclose(t["mag_ap"], 28.0 - 2.5 * np.log10(t["flux_ap"] / 2.0), rtol=1e-6)
+    # the model and residual images say their units: electrons at the shifted zeropoint
+    from probcat.catalog import FullCatalog
+
+    rec = FullCatalog.read(out).meta["deblend"]
+    for name in ("model", "residual"):
+        back = read_image(tmp_path / f"c_{name}.fits")
+        np.testing.assert_allclose(back.zeropoint, rec["zeropoint"], rtol=1e-12)
+        np.testing.assert_allclose(back.noise_sigma, rec["noise_sigma"], rtol=1e-6)
+        assert back.unit == "" and back.zeropoint_from == "MAGZERO"
+    np.testing.assert_allclose(rec["noise_sigma"], [20.0], rtol=0.1)  # 10 ADU x gain 2
+    out2 = tmp_path / "d.fits"
+    assert main(["detect", str(path), *args, "--zeropoint", "30", "-o", str(out2)]) == 0
+    t2 = fits.getdata(out2, "CATALOG")
+    np.testing.assert_allclose(t2["mag_ap"], 30.0 - 2.5 * np.log10(t2["flux_ap"] / 2.0), rtol=1e-6)
+    path = _write(tmp_path / "b.fits", {"BUNIT": "adu"})
+    assert main(["detect", str(path), *args, "-o", str(tmp_path / "e.fits")]) == 0
+    assert np.isnan(fits.getdata(tmp_path / "e.fits", "CATALOG")["mag_ap"]).all()
+
+
+def test_zeropoint_option_errors_before_any_work(tmp_path, capsys):
+    from probcat.cli import main
+
+    path = _write(tmp_path / "a.fits", {})
+    cases = (
+        (["--zeropoint", "27"], "--zeropoint needs --deblend"),
+        (["--deblend", "--zeropoint", "nan"], "--zeropoint must be a finite"),
+    )
+    for extra, message in cases:
+        rc = main(["detect", str(path), *extra, "-q", "-o", str(tmp_path / "c.fits")])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and message in err and "\n" not in err, err
+        assert not (tmp_path / "c.fits").exists()
