@@ -64,6 +64,12 @@ WEIGHT_TYPE_OPTION = typer.Option(
     help="what weight maps hold (--weight, or weight= in a file list), as SExtractor's "
     "WEIGHT_TYPE: weight (inverse variance, MAP_WEIGHT), variance (MAP_VAR) or rms (MAP_RMS)",
 )
+HDU_OPTION = typer.Option(
+    None,
+    "--hdu",
+    help="the HDU to read (index or EXTNAME) of a file with several images, e.g. one CCD of "
+    "a mosaic camera's file (default: the first image, with a warning naming the others)",
+)
 MASK_PLANES_OPTION = typer.Option(
     "NO_DATA,BAD",
     "--mask-planes",
@@ -295,6 +301,7 @@ def detect_cmd(
     mask_planes: str = MASK_PLANES_OPTION,
     weight: Path = WEIGHT_OPTION,
     weight_type: str = WEIGHT_TYPE_OPTION,
+    hdu: str = HDU_OPTION,
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
     ),
@@ -346,7 +353,7 @@ def detect_cmd(
     if plot is not None:
         outputs[plot] = (".png", ".pdf", ".svg", ".jpg")
     check_outputs(outputs, [image] + [p for p in (mask, weight) if p], outputs)
-    data = read_image(image, mask_planes=planes, weight=weight, weight_type=weight_type)
+    data = read_image(image, mask_planes=planes, weight=weight, weight_type=weight_type, hdu=hdu)
     opts = {"background": background, "gain": gain, "noise_sigma": _noise_option(noise),
             "mask": _mask_option(mask, planes)}  # fmt: skip
     res = det.detect(
@@ -476,6 +483,7 @@ def photoz_cmd(
     mask_planes: str = MASK_PLANES_OPTION,
     weight: Path = WEIGHT_OPTION,
     weight_type: str = WEIGHT_TYPE_OPTION,
+    hdu: str = HDU_OPTION,
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
     ),
@@ -501,7 +509,7 @@ def photoz_cmd(
         {out: (".fits", ".fit", ".fts", ".parquet")},
     )  # fmt: skip
     masked = _mask_option(mask, planes)
-    data = read_image(image, mask_planes=planes, weight=weight, weight_type=weight_type)
+    data = read_image(image, mask_planes=planes, weight=weight, weight_type=weight_type, hdu=hdu)
     res = photoz(
         data,
         estimator=weights,

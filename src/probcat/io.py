@@ -107,7 +107,7 @@ def write_image(
 
 
 def read_image(
-    path: str | Path, mask_planes=None, weight=None, weight_type: str = "weight"
+    path: str | Path, mask_planes=None, weight=None, weight_type: str = "weight", hdu=None
 ) -> ImageData:
     """Read a probcat multi-extension image, or any FITS with a 2-D/3-D image in the
     primary HDU or the first image HDU (one band per plane; band names from
@@ -129,7 +129,11 @@ def read_image(
     sigma (``MAP_RMS``). ``variance`` is the variance it gives, the noise map the detectors
     read the image against where it varies (:func:`probcat.background.noise_ratio`; only
     its shape counts, so relative weights do), and its pixels of value 0 (or not finite)
-    are masked."""
+    are masked.
+
+    ``hdu``: the HDU to read (index or ``EXTNAME``) of a file with several images, such as
+    a mosaic camera's one CCD per HDU; by default the first HDU holding an image, with a
+    warning naming the others."""
     path = Path(path)
     file_mask, noise_from, variance = None, "NOISE", None
     if not path.exists():
@@ -140,6 +144,10 @@ def read_image(
         with _quiet_astropy(), fits.open(path, memmap=False) as hdul:
             hdul.verify("silentfix")
             primary = hdul[0].header
+            if "NBANDS" in primary and hdu is not None:
+                raise ProbcatValueError(
+                    f"{path}: a probcat image (one HDU per band) is read whole: no hdu to choose"
+                )
             if "NBANDS" in primary:
                 bands = tuple(primary["BANDS"])
                 noise, gains, in_adu, wcs, units, zps = [], [], [], None, [], []
@@ -187,20 +195,8 @@ def read_image(
                 bands = tuple(found)
                 extra_arrays = {k: np.stack(v) for k, v in extras.items()}
             else:
-                data = hdul[0].data
-                idx = 0
-                if data is None:
-                    idx = next(
-                        (
-                            i
-                            for i, h in enumerate(hdul)
-                            if getattr(h, "data", None) is not None and h.is_image
-                        ),
-                        None,
-                    )
-                    if idx is None:
-                        raise ProbcatValueError(f"{path}: no image data in any HDU")
-                    data = hdul[idx].data
+                idx = image_hdu(path, hdul, hdu)
+                data = hdul[idx].data
                 hdr = hdul[idx].header
                 with np.errstate(over="ignore", invalid="ignore"):
                     image = np.asarray(data, dtype=np.float32)
@@ -245,7 +241,7 @@ def read_image(
     gain = np.where(np.isfinite(g), g, 1.0) if np.isfinite(g).any() else None
     no_gain = tuple(b for b, a, v in zip(bands, in_adu, g) if a and not np.isfinite(v))
     if weight is not None:
-        variance, no_weight = _read_weight(path, weight, image.shape, weight_type)
+        variance, no_weight = _read_weight(path, weight, image.shape, weight_type, hdu)
         file_mask = no_weight if file_mask is None else (file_mask | no_weight)
         if not file_mask.any():
             file_mask = None
@@ -258,6 +254,69 @@ def read_image(
         noise_from, "" if unit == "electron" else unit, variance,
         zp if np.isfinite(zp).any() else None, zp_from,
     )  # fmt: skip
+
+
+_AFW_PLANES = ("MASK", "VARIANCE")  # an LSST image's companions of its IMAGE HDU
+
+
+def _holds_image(h) -> bool:
+    """Whether an HDU is an image of at least 2 dimensions (read from its header: no data
+    is loaded)."""
+    return bool(h.is_image) and int(h.header.get("NAXIS", 0) or 0) >= 2
+
+
+def _hdu_label(hdul, i: int) -> str:
+    """``3`` or ``3 (CCD12)``: an HDU's index and its EXTNAME when it has one."""
+    return f"{i} ({hdul[i].name})" if hdul[i].name and hdul[i].name != "PRIMARY" else str(i)
+
+
+def image_hdu(path: Path, hdul, hdu=None, what: str = "") -> int:
+    """The index of the image HDU to read in ``hdul``: ``hdu`` (an index or an ``EXTNAME``)
+    when given, else the first that holds an image, with a warning naming the others (an
+    LSST image's ``MASK`` and ``VARIANCE`` aside); one-line errors for a file without
+    images, or without ``hdu``. ``what``: the file's role in messages ("weight map ")."""
+    images = [i for i, h in enumerate(hdul) if _holds_image(h)]
+    if hdu is not None:
+        return _chosen_hdu(path, hdul, hdu, images)
+    if not images:
+        raise ProbcatValueError(
+            f"{path}: no image data in any HDU{' of the ' + what if what else ''}"
+        )
+    others = [i for i in images[1:] if hdul[i].name not in _AFW_PLANES]
+    if others:
+        names = ", ".join(_hdu_label(hdul, i) for i in others[:6])
+        more = f" and {len(others) - 6} more" if len(others) > 6 else ""
+        warnings.warn(
+            f"{path}: reading {what}HDU {_hdu_label(hdul, images[0])} only; {len(others)} "
+            f"more hold images ({names}{more}): choose one with --hdu (hdu=)",
+            stacklevel=3,
+        )
+    return images[0]
+
+
+def _chosen_hdu(path: Path, hdul, hdu, images: list[int]) -> int:
+    """The index of ``hdu`` (an index, or an ``EXTNAME``, any case) in ``hdul``; a one-line
+    error when the file has no such HDU or it holds no image."""
+    if isinstance(hdu, (bool, np.bool_)):
+        raise ProbcatValueError(f"hdu must be an index or an EXTNAME, got {hdu!r}")
+    if isinstance(hdu, str) and hdu.strip().lstrip("-").isdigit():
+        hdu = int(hdu)
+    if isinstance(hdu, (int, np.integer)):
+        idx = int(hdu)
+        if not 0 <= idx < len(hdul):
+            raise ProbcatValueError(f"{path}: no HDU {idx} (the file has {len(hdul)})")
+    else:
+        name = str(hdu).strip().upper()
+        idx = next((i for i, h in enumerate(hdul) if h.name.upper() == name), None)
+        if idx is None:
+            have = ", ".join(_hdu_label(hdul, i) for i in images[:8]) or "none"
+            raise ProbcatValueError(f"{path}: no HDU named {hdu!r} (images: {have})")
+    if idx not in images:
+        have = ", ".join(_hdu_label(hdul, i) for i in images[:8]) or "none"
+        raise ProbcatValueError(
+            f"{path}: HDU {_hdu_label(hdul, idx)} holds no image (images: {have})"
+        )
+    return idx
 
 
 WEIGHT_TYPES = ("weight", "variance", "rms")  # SExtractor's MAP_WEIGHT, MAP_VAR, MAP_RMS
@@ -276,23 +335,23 @@ def first_image_data(hdul):
 
 
 def _read_weight(
-    path: Path, weight, shape: tuple, kind: str = "weight"
+    path: Path, weight, shape: tuple, kind: str = "weight", hdu=None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(variance, no_weight)`` of the weight map file ``weight`` for the image ``path``
     of ``shape`` ``(bands, H, W)``: the variance its values give (``kind``: ``"weight"``,
     inverse variance; ``"variance"``; ``"rms"``, the noise sigma), inf where there is
     none, float32, and the pixels without a positive finite value, both
-    ``(bands, H, W)``."""
+    ``(bands, H, W)``. ``hdu``: the image's HDU, read from a weight file that has several
+    images too (one weight map per CCD, as the image has one CCD per HDU)."""
     check_weight_type(kind)
     weight = Path(weight)
     if not weight.is_file():
         raise ProbcatFileError(f"{weight}: weight map file not found")
     try:
         with _quiet_astropy(), fits.open(weight, memmap=False) as hdul:
-            data = first_image_data(hdul)
-            if data is None:
-                raise ProbcatValueError(f"{weight}: no image data in any HDU of the weight map")
-            w = np.array(data, dtype=np.float32)  # (float64 would double a 6-band map)
+            images = sum(_holds_image(h) for h in hdul)
+            idx = image_hdu(weight, hdul, hdu if images > 1 else None, "weight map ")
+            w = np.array(hdul[idx].data, dtype=np.float32)  # (float64 would double a 6-band map)
     except OSError as e:
         raise ProbcatIOError(f"{weight}: not a readable FITS weight map ({e})") from e
     except (TypeError, ValueError) as e:

@@ -1,0 +1,100 @@
+"""Files with several images (one CCD per HDU): which one is read, and how it is chosen."""
+
+import warnings
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from probcat.errors import ProbcatValueError
+from probcat.io import read_image
+
+
+def _mosaic(path, n=3, shape=(32, 40)):
+    """An empty primary HDU, then ``n`` CCD images named CCD1.. whose pixels all equal
+    their number, and a binary table at the end."""
+    hdus = [fits.PrimaryHDU()]
+    for k in range(1, n + 1):
+        hdus.append(fits.ImageHDU(np.full(shape, float(k), np.float32), name=f"CCD{k}"))
+    hdus.append(fits.BinTableHDU.from_columns([fits.Column("a", "E", array=np.zeros(2))]))
+    fits.HDUList(hdus).writeto(path)
+    return path
+
+
+def test_a_mosaic_file_reads_the_chosen_ccd_and_warns_when_none_is_chosen(tmp_path):
+    path = _mosaic(tmp_path / "m.fits")
+    with pytest.warns(UserWarning, match=r"reading HDU 1 \(CCD1\) only; 2 more hold images "
+                      r"\(2 \(CCD2\), 3 \(CCD3\)\): choose one with --hdu"):  # fmt: skip
+        assert read_image(path).image[0, 0, 0] == 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a chosen HDU: nothing to warn about
+        assert read_image(path, hdu=2).image[0, 0, 0] == 2.0
+        assert read_image(path, hdu="ccd3").image[0, 0, 0] == 3.0
+        assert read_image(path, hdu="3").image[0, 0, 0] == 3.0
+    for hdu, message in (
+        (7, "no HDU 7 (the file has 5)"),
+        ("NOPE", "no HDU named 'NOPE' (images: 1 (CCD1), 2 (CCD2), 3 (CCD3))"),
+        (0, "HDU 0 holds no image"),
+        (4, "HDU 4 holds no image"),  # the table
+        (True, "hdu must be an index or an EXTNAME"),
+    ):
+        with pytest.raises(
+            ProbcatValueError, match=message.replace("(", r"\(").replace(")", r"\)")
+        ):
+            read_image(path, hdu=hdu)
+
+
+def test_single_images_and_lsst_files_read_without_a_warning(tmp_path):
+    fits.PrimaryHDU(np.ones((16, 16), np.float32)).writeto(tmp_path / "one.fits")
+    planes = fits.Header([("HIERARCH MP_NO_DATA", 8)])
+    afw = [fits.PrimaryHDU(), fits.ImageHDU(np.ones((16, 16), np.float32), name="IMAGE"),
+           fits.ImageHDU(np.zeros((16, 16), np.int32), planes, name="MASK"),
+           fits.ImageHDU(np.ones((16, 16), np.float32), name="VARIANCE")]  # fmt: skip
+    fits.HDUList(afw).writeto(tmp_path / "calexp.fits")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_image(tmp_path / "one.fits").image.shape == (1, 16, 16)
+        assert read_image(tmp_path / "calexp.fits").noise_from == "VARIANCE"
+    from probcat.io import write_image
+    from probcat.survey import Survey
+
+    own = write_image(tmp_path / "own.fits", np.zeros((1, 8, 8)), Survey.lsst(bands="i"))
+    with pytest.raises(ProbcatValueError, match="read whole: no hdu to choose"):
+        read_image(own, hdu=1)
+
+
+def test_the_weight_map_of_the_chosen_ccd_is_read(tmp_path):
+    path = _mosaic(tmp_path / "m.fits")
+    wts = [fits.PrimaryHDU()] + [
+        fits.ImageHDU(np.full((32, 40), 1.0 / k**2, np.float32), name=f"CCD{k}") for k in (1, 2, 3)
+    ]
+    fits.HDUList(wts).writeto(tmp_path / "w.fits")
+    data = read_image(path, hdu="CCD2", weight=tmp_path / "w.fits")
+    np.testing.assert_allclose(data.variance, 4.0)  # inverse variance 1/4 of CCD2
+    fits.PrimaryHDU(np.full((32, 40), 0.5, np.float32)).writeto(tmp_path / "w1.fits")
+    data = read_image(path, hdu=3, weight=tmp_path / "w1.fits")  # one map: that one
+    np.testing.assert_allclose(data.variance, 2.0)
+    with pytest.raises(ProbcatValueError, match="w.fits: no HDU 5"):
+        read_image(_mosaic(tmp_path / "m5.fits", n=5), hdu=5, weight=tmp_path / "w.fits")
+
+
+def test_detect_hdu_option(tmp_path, capsys):
+    from probcat.cli import main
+
+    rng = np.random.default_rng(0)
+    hdus = [fits.PrimaryHDU()]
+    for k in (1, 2):
+        img = 10 * rng.standard_normal((48, 48)).astype(np.float32)
+        if k == 2:
+            img[20:25, 20:25] += 400.0  # a bright source on the second CCD only
+        hdus.append(fits.ImageHDU(img, name=f"CCD{k}"))
+    fits.HDUList(hdus).writeto(tmp_path / "m.fits")
+    out = tmp_path / "c.fits"
+    args = ["detect", str(tmp_path / "m.fits"), "--noise", "measured", "-q", "-o", str(out)]
+    assert main([*args, "--hdu", "CCD2"]) == 0
+    t = fits.getdata(out, "CATALOG")
+    assert len(t) >= 1 and np.any(np.hypot(t["x"] - 22, t["y"] - 22) < 2)
+    rc = main([*args[:-1], str(tmp_path / "d.fits"), "--hdu", "9"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "no HDU 9 (the file has 3)" in err and "\n" not in err, err
+    assert not (tmp_path / "d.fits").exists()
