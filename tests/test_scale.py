@@ -358,7 +358,7 @@ def test_a_file_list_line_names_a_mask_and_a_weight_map(tmp_path, weights, capsy
     fits.PrimaryHDU(w).writeto(tmp_path / "w.fits")
     lst = tmp_path / "images.txt"
     lst.write_text(f"{img} weight={tmp_path / 'w.fits'} mask={tmp_path / 'm.fits'}\n")
-    assert read_list(lst) == [(img, tmp_path / "m.fits", tmp_path / "w.fits")]
+    assert read_list(lst) == [(img, tmp_path / "m.fits", tmp_path / "w.fits", None)]
     out = tmp_path / "cats"
     assert main(["run", str(lst), "-o", str(out), "--weights", str(weights), "--workers", "0",
                  "-q", "--threshold", "0"]) == 0, capsys.readouterr().err  # fmt: skip
@@ -377,3 +377,76 @@ def test_a_file_list_line_names_a_mask_and_a_weight_map(tmp_path, weights, capsy
     again = FullCatalog.read(tmp_path / "rms" / "im0.parquet")
     np.testing.assert_allclose(again["x"], got["x"], atol=1e-5)
     assert again.meta["input"]["noise_map"] == pytest.approx(got.meta["input"]["noise_map"])
+
+
+def _mosaic(path):
+    """A file of two 48-px CCD images (CCD1, CCD2) of noise 5, each with a bright source."""
+    from astropy.io import fits
+
+    rng = np.random.default_rng(4)
+    hdus = [fits.PrimaryHDU()]
+    for k in (1, 2):
+        img = (rng.standard_normal((48, 48)) * 5).astype(np.float32)
+        img[10 + 10 * k : 14 + 10 * k, 20:24] += 300.0  # a source at a different place
+        hdus.append(fits.ImageHDU(img, name=f"CCD{k}"))
+    fits.HDUList(hdus).writeto(path)
+    return path
+
+
+@pytest.mark.slow
+def test_dask_workers_run_each_ccd_of_a_mosaic(tmp_path, weights):
+    """The Dask path passes each job's HDU: the same catalogs as the serial run."""
+    _mosaic(tmp_path / "m.fits")
+    entries = [(tmp_path / "m.fits", None, None, "all")]
+    kw = dict(weights=str(weights), noise_sigma="measured", threshold=0.0, progress=False)
+    serial = run(entries, tmp_path / "s", workers=0, **kw)
+    dask = run(entries, tmp_path / "d", workers=1, **kw)
+    assert serial["processed"] == dask["processed"] == 2 and not dask["failed"]
+    for name in ("m_CCD1.parquet", "m_CCD2.parquet"):
+        a = FullCatalog.read(tmp_path / "s" / name)
+        b = FullCatalog.read(tmp_path / "d" / name)
+        assert len(a) >= 1 and a.meta["image"] == b.meta["image"]
+        np.testing.assert_array_equal(a["x"], b["x"])
+
+
+def test_a_mosaic_file_runs_one_catalog_per_ccd(tmp_path, weights, capsys):
+    """``hdu=all`` on a file-list line: one job, and one catalog, per image HDU, each the
+    detector's catalog of that HDU; ``hdu=NAME`` one of them; the run summary names the
+    HDU of a failure."""
+    import probcat
+    from probcat.io import read_image
+    from probcat.scale import read_list
+
+    _mosaic(tmp_path / "m.fits")
+    lst = tmp_path / "images.txt"
+    lst.write_text(f"{tmp_path / 'm.fits'} hdu=all\n")
+    assert read_list(lst) == [(tmp_path / "m.fits", None, None, "all")]
+    jobs = plan(read_list(lst), tmp_path / "o")
+    assert [(j.hdu, j.output.name) for j in jobs] == [("CCD1", "m_CCD1.parquet"),
+                                                       ("CCD2", "m_CCD2.parquet")]  # fmt: skip
+    out = tmp_path / "cats"
+    args = ["run", str(lst), "-o", str(out), "--weights", str(weights), "--workers", "0", "-q",
+            "--noise", "measured", "--threshold", "0"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    det = probcat.load(str(weights), threads=1)
+    for name in ("CCD1", "CCD2"):
+        got = FullCatalog.read(out / f"m_{name}.parquet")
+        data = read_image(tmp_path / "m.fits", hdu=name)
+        want = det.detect(data, noise_sigma="measured", threshold=0.0)
+        assert len(got) >= 1
+        np.testing.assert_array_equal(got["x"], want.catalog["x"])
+        assert got.meta["image"] == f"m.fits[{name}]"
+    # one HDU by index; a missing one fails that job, named, and not the others
+    lst.write_text(f"{tmp_path / 'm.fits'} hdu=2\n{tmp_path / 'm.fits'} hdu=5\n")
+    names = [j.output.name for j in plan(read_list(lst), tmp_path / "o")]
+    assert names == ["m_2.parquet", "m_5.parquet"]
+    rc = main([*args[:3], str(tmp_path / "c2"), *args[4:]])
+    summary = json.loads((tmp_path / "c2" / "run_summary.json").read_text())
+    assert rc == 1 and summary["processed"] == 1
+    assert summary["failed"][0]["image"].endswith("m.fits[5]")
+    assert "no HDU 5 (the file has 3)" in summary["failed"][0]["error"]
+    lst.write_text(f"{tmp_path / 'm.fits'} hdu=2\n{tmp_path / 'm.fits'} hdu=2\n")
+    with pytest.raises(ProbcatValueError, match="share the name 'm_2'"):
+        plan(read_list(lst), tmp_path / "o")
+    with pytest.raises(ProbcatValueError, match="an entry's hdu is an index"):
+        plan([(tmp_path / "m.fits", None, None, 2.5)], tmp_path / "o")

@@ -538,7 +538,8 @@ def run_cmd(
     images: list[Path] = typer.Argument(
         ...,
         help="FITS images, or one text file listing them (one per line: an image, then "
-        "optionally its mask file and weight=MAP)",
+        "optionally its mask file, weight=MAP and hdu=N, hdu=EXTNAME or hdu=all for a file "
+        "with several images: one catalog per HDU)",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="catalog directory (one file per image)"),
     weights: str = typer.Option(None, help="detection weights (default: LSST-i)"),

@@ -294,6 +294,28 @@ def image_hdu(path: Path, hdul, hdu=None, what: str = "") -> int:
     return images[0]
 
 
+def image_hdu_names(path) -> list[str]:
+    """The image HDUs of a FITS file (an LSST image's ``MASK`` and ``VARIANCE`` aside), by
+    ``EXTNAME`` where each has a distinct one, else by index: the ``hdu`` values that read
+    each (headers only; one-line errors for a file that cannot be read or has none)."""
+    path = Path(path)
+    try:
+        with _quiet_astropy(), fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            if "NBANDS" in hdul[0].header:
+                raise ProbcatValueError(
+                    f"{path}: a probcat image (one HDU per band) is read whole: no hdu to choose"
+                )
+            found = [(i, h.name) for i, h in enumerate(hdul) if _holds_image(h)]
+    except OSError as e:
+        raise ProbcatIOError(f"{path}: not a readable FITS file ({e})") from e
+    found = [(i, n) for i, n in found if n not in _AFW_PLANES]
+    if not found:
+        raise ProbcatValueError(f"{path}: no image data in any HDU")
+    names = [n for _, n in found]
+    by_name = all(n and n != "PRIMARY" for n in names) and len(set(names)) == len(names)
+    return names if by_name else [str(i) for i, _ in found]
+
+
 def _chosen_hdu(path: Path, hdul, hdu, images: list[int]) -> int:
     """The index of ``hdu`` (an index, or an ``EXTNAME``, any case) in ``hdul``; a one-line
     error when the file has no such HDU or it holds no image."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -51,14 +52,17 @@ class Job:
     output: Path
     mask: Path | None = None  # a FITS mask of the image's pixels without data
     weight: Path | None = None  # a FITS weight map of the image (inverse variance)
+    hdu: str | None = None  # the HDU of a file with several images (one CCD per HDU)
 
 
 def read_list(path) -> list:
     """The images of a file list: one per line (``#`` comments and blank lines skipped),
     each an image path, then optionally, separated by white space, its mask file (a bare
-    path or ``mask=PATH``) and its weight map (``weight=PATH``); a line that names an
-    existing file as a whole is an image alone, spaces and all. Entries: a path, or a
-    tuple ``(image, mask, weight)`` (None where not given)."""
+    path or ``mask=PATH``), its weight map (``weight=PATH``) and the HDU to read of a file
+    with several images (``hdu=3``, ``hdu=CCD12``, or ``hdu=all``: every image HDU, one
+    catalog each); a line that names an existing file as a whole is an image alone, spaces
+    and all. Entries: a path, or a tuple ``(image, mask, weight, hdu)`` (None where not
+    given)."""
     path = Path(path)
     if not path.is_file():
         raise ProbcatFileError(f"{path}: no such file list")
@@ -79,30 +83,32 @@ def read_list(path) -> list:
         for part in parts[1:]:
             key, eq, value = part.partition("=")
             key, value = (key, value) if eq else ("mask", part)
-            if key not in ("mask", "weight") or key in extra or not value:
+            if key not in ("mask", "weight", "hdu") or key in extra or not value:
                 raise ProbcatValueError(
                     f"{path}: {text!r}: a line is an image, then its mask (PATH or "
-                    "mask=PATH) and weight map (weight=PATH), each at most once"
+                    "mask=PATH), weight map (weight=PATH) and HDU (hdu=N, hdu=NAME or "
+                    "hdu=all), each at most once"
                 )
-            extra[key] = Path(value)
-        entries.append((Path(parts[0]), extra.get("mask"), extra.get("weight")))
+            extra[key] = value if key == "hdu" else Path(value)
+        entries.append((Path(parts[0]), extra.get("mask"), extra.get("weight"), extra.get("hdu")))
     return entries
 
 
 def plan(images, out, suffix: str = ".parquet") -> list[Job]:
     """One :class:`Job` per image (``out/<stem><suffix>``); an image may come as a tuple
-    ``(image, mask)`` or ``(image, mask, weight)`` (None where there is none). One-line
-    errors for missing images, masks or weight maps, two images with one stem, or an
-    output that would be an input."""
+    ``(image, mask)``, ``(image, mask, weight)`` or ``(image, mask, weight, hdu)`` (None
+    where there is none). An ``hdu`` (an index or an ``EXTNAME``) of a file with several
+    images makes ``out/<stem>_<hdu><suffix>``; ``"all"``, one job per image HDU of the
+    file, named by ``EXTNAME`` (or index). One-line errors for missing images, masks or
+    weight maps, two jobs with one catalog name, or an output that would be an input."""
     if suffix not in SUFFIXES:
         raise ProbcatValueError(f"catalog format must be one of {', '.join(SUFFIXES)}")
     out = Path(out)
     rows = [_entry(x) for x in images]
-    images = [p for p, _, _ in rows]
-    if not images:
+    if not rows:
         raise ProbcatValueError("no images given")
     jobs, seen = [], {}
-    for p, m, w in rows:
+    for p, m, w, hdu in rows:
         for what, f in (("mask", m), ("weight map", w)):
             if f is not None and not f.is_file():
                 raise ProbcatValueError(f"{f}: no such {what} file (for {p})")
@@ -112,13 +118,21 @@ def plan(images, out, suffix: str = ".parquet") -> list[Job]:
             )
         if not p.is_file():
             raise ProbcatValueError(f"{p}: no such image file")
-        if p.stem in seen:
-            raise ProbcatValueError(
-                f"{p} and {seen[p.stem]} share the name {p.stem!r}: their catalogs would collide"
-            )
-        seen[p.stem] = p
-        jobs.append(Job(p, out / f"{p.stem}{suffix}", m, w))
-    inputs = {f.resolve() for row in rows for f in row if f is not None}
+        if hdu is None:
+            names = [(None, p.stem)]
+        else:
+            from probcat.io import image_hdu_names
+
+            hdus = image_hdu_names(p) if hdu.lower() == "all" else [hdu]
+            names = [(h, f"{p.stem}_{re.sub(r'[^A-Za-z0-9_.+-]', '_', h)}") for h in hdus]
+        for h, name in names:
+            if name in seen:
+                raise ProbcatValueError(
+                    f"{p} and {seen[name]} share the name {name!r}: their catalogs would collide"
+                )
+            seen[name] = p
+            jobs.append(Job(p, out / f"{name}{suffix}", m, w, h))
+    inputs = {f.resolve() for row in rows for f in row[:3] if f is not None}
     for j in jobs:
         if j.output.resolve() in inputs:
             raise ProbcatValueError(f"{j.output}: the catalog would overwrite an input image")
@@ -126,13 +140,19 @@ def plan(images, out, suffix: str = ".parquet") -> list[Job]:
 
 
 def _entry(x) -> tuple:
-    """``(image, mask, weight)`` of a :func:`plan` entry (a path or a tuple)."""
+    """``(image, mask, weight, hdu)`` of a :func:`plan` entry (a path or a tuple)."""
     if not isinstance(x, (tuple, list)):
-        return Path(x), None, None
-    if not 1 <= len(x) <= 3:
-        raise ProbcatValueError(f"an image entry is a path or (image, mask, weight), got {x!r}")
-    x = [*x, None, None][:3]
-    return tuple(None if v is None else Path(v) for v in x)
+        return Path(x), None, None, None
+    if not 1 <= len(x) <= 4:
+        raise ProbcatValueError(
+            f"an image entry is a path or (image, mask, weight, hdu), got {x!r}"
+        )
+    x = [*x, None, None, None][:4]
+    paths = tuple(None if v is None else Path(v) for v in x[:3])
+    hdu = x[3]
+    if hdu is not None and (isinstance(hdu, bool) or not isinstance(hdu, (str, int))):
+        raise ProbcatValueError(f"an entry's hdu is an index, an EXTNAME or 'all', got {hdu!r}")
+    return (*paths, None if hdu is None else str(hdu).strip())
 
 
 @lru_cache(maxsize=2)
@@ -144,21 +164,29 @@ def _detector(weights: str | None, threads="auto"):
 
 
 def process_image(
-    image: str, output: str, mask: str | None, weight: str | None, options: dict
+    image: str,
+    output: str,
+    mask: str | None,
+    weight: str | None,
+    options: dict,
+    hdu: str | None = None,
 ) -> dict:
-    """Detect one image (with its ``mask`` file and ``weight`` map, if any) and write its
-    catalog atomically; never raises: the result says what happened (``rows``,
-    ``seconds``, ``warnings``, ``error``)."""
+    """Detect one image (with its ``mask`` file and ``weight`` map, if any; its HDU ``hdu``
+    of a file with several) and write its catalog atomically; never raises: the result
+    says what happened (``rows``, ``seconds``, ``warnings``, ``error``)."""
     t0 = time.perf_counter()
-    result = {"image": str(image), "output": str(output), "rows": 0, "error": None}
+    label = str(image) if hdu is None else f"{image}[{hdu}]"
+    result = {"image": label, "output": str(output), "rows": 0, "error": None}
     try:
         from probcat.io import read_image
 
         det = _detector(options.get("weights"), options.get("threads", 1))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            data = read_image(image, mask_planes=options.get("mask_planes"), weight=weight,
-                              weight_type=options.get("weight_type", "weight"))  # fmt: skip
+            data = read_image(
+                image, mask_planes=options.get("mask_planes"), weight=weight,
+                weight_type=options.get("weight_type", "weight"), hdu=hdu,
+            )  # fmt: skip
             if mask is not None:
                 from probcat.masking import read_mask
 
@@ -173,7 +201,7 @@ def process_image(
                 seeing=options.get("seeing", "auto"),
             )
         cat = res.catalog
-        cat.meta["image"] = Path(image).name
+        cat.meta["image"] = Path(image).name if hdu is None else f"{Path(image).name}[{hdu}]"
         if res.wcs is not None:
             h, w = data.image.shape[1:]
             ra, dec = res.wcs.pixel_to_world_values((w - 1) / 2, (h - 1) / 2)
@@ -336,7 +364,7 @@ def _execute(jobs: list[Job], options: dict, workers, scheduler, progress, timin
     if workers == 0 and scheduler is None:
         for j in jobs:
             yield process_image(
-                str(j.image), str(j.output), _name(j.mask), _name(j.weight), options
+                str(j.image), str(j.output), _name(j.mask), _name(j.weight), options, j.hdu
             )
             bar.update()
         bar.close()
@@ -364,7 +392,8 @@ def _execute(jobs: list[Job], options: dict, workers, scheduler, progress, timin
                 [str(j.output) for j in jobs],
                 [_name(j.mask) for j in jobs],
                 [_name(j.weight) for j in jobs],
-                options=options,
+                [options] * len(jobs),
+                [j.hdu for j in jobs],
                 pure=False,
             )
             for fut in as_completed(futures):
