@@ -118,3 +118,51 @@ def test_atomic_write_follows_the_umask(tmp_path, mask):
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
     assert path.read_text() == "hi" and list(tmp_path.iterdir()) == [path]
+
+
+def test_region_file_marks_each_detection_at_its_ds9_pixel(tmp_path):
+    import re
+
+    c = FullCatalog(
+        {"x": np.array([0.0, 10.25, 3.5]), "y": np.array([0.0, 4.0, 7.75]),
+         "prob": np.array([0.95, 0.5, 0.99]), "galaxy": np.array([True, False, True])},
+        (20, 30), ("i",), {},
+    )  # fmt: skip
+    c.write_regions(tmp_path / "d.reg", title="field.fits")
+    lines = (tmp_path / "d.reg").read_text().splitlines()
+    assert lines[0] == "# Region file format: DS9 version 4.1" and lines[3] == "image"
+    rows = [re.fullmatch(r"circle\(([\d.]+),([\d.]+),5\) # (.*)", s) for s in lines[4:]]
+    assert len(rows) == 3 and all(rows)
+    for r, x, y in zip(rows, c["x"], c["y"]):  # DS9 counts pixels from 1
+        assert (float(r[1]), float(r[2])) == (x + 1, y + 1)
+    assert [r[3] for r in rows] == ["color=green text={0.95}",
+                                    "color=cyan dash=1 text={0.50}",
+                                    "color=green text={0.99}"]  # fmt: skip
+    bare = FullCatalog({"x": np.array([1.0]), "y": np.array([2.0])}, (5, 5), ("i",), {})
+    bare.write_regions(tmp_path / "b.reg", label="z_mode")
+    assert (tmp_path / "b.reg").read_text().splitlines()[
+        -1
+    ] == "circle(2.000,3.000,5) # color=white"
+    with pytest.raises(ProbcatValueError, match="DS9 region files end in .reg"):
+        c.write_regions(tmp_path / "d.txt")
+
+
+def test_detect_writes_a_region_file_and_checks_its_name_first(tmp_path, capsys):
+    from astropy.io import fits
+
+    from probcat.cli import main
+
+    rng = np.random.default_rng(2)
+    img = (10 * rng.standard_normal((48, 48))).astype(np.float32)
+    img[20:24, 20:24] += 500.0
+    fits.PrimaryHDU(img).writeto(tmp_path / "a.fits")
+    args = ["detect", str(tmp_path / "a.fits"), "--noise", "measured", "-q"]
+    assert main([*args, "-o", str(tmp_path / "c.fits"), "--regions", str(tmp_path / "c.reg")]) == 0
+    assert f"regions -> {tmp_path / 'c.reg'}" in capsys.readouterr().out
+    cat = FullCatalog.read(tmp_path / "c.fits")
+    circles = [s for s in (tmp_path / "c.reg").read_text().splitlines() if s.startswith("circle")]
+    assert len(circles) == len(cat) >= 1
+    rc = main([*args, "-o", str(tmp_path / "d.fits"), "--regions", str(tmp_path / "d.txt")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "must end in .reg" in err and "\n" not in err, err
+    assert not (tmp_path / "d.fits").exists()

@@ -170,3 +170,20 @@ def test_zeropoint_option_errors_before_any_work(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert rc == 2 and message in err and "\n" not in err, err
         assert not (tmp_path / "c.fits").exists()
+
+
+def test_deblending_says_the_image_warnings_once(tmp_path, capsys):
+    """Detection and the deblender read the same image: its warnings (here a NOISE keyword
+    three times the pixel noise, and NaN pixels) are said once, not twice."""
+    from probcat.cli import main
+
+    img = _stars()
+    img[:2, :] = np.nan
+    head = fits.Header()
+    head["NOISE"] = 30.0  # the pixel noise is 10
+    fits.PrimaryHDU(img, head).writeto(tmp_path / "a.fits")
+    args = ["detect", str(tmp_path / "a.fits"), "--deblend", "--samples", "2", "-q"]
+    assert main([*args, "-o", str(tmp_path / "c.fits")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("differs from the measured pixel noise") == 1, err
+    assert err.count("read as masked") == 1, err

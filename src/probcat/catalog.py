@@ -248,6 +248,42 @@ class FullCatalog:
             return atomic_write(path, _w)
         raise ProbcatValueError(f"{path}: catalog files end in .fits or .parquet")
 
+    def write_regions(self, path: str | Path, label: str = "prob", title: str = "") -> Path:
+        """Write atomically a DS9 region file of the detections, in image coordinates
+        (1-indexed, as DS9 counts pixels): a circle of the 5-px aperture per row, green for
+        galaxies and cyan for stars (``galaxy``, else ``galaxy_prob >= 0.5``; white when
+        neither is known), dashed where ``prob`` is below 0.9, labelled with the column
+        ``label`` (e.g. ``"prob"``, ``"z_mode"``; none when the catalog lacks it)."""
+        from probcat.measure import APERTURE_RADIUS
+
+        path = Path(path)
+        if path.suffix.lower() != ".reg":
+            raise ProbcatValueError(f"{path}: DS9 region files end in .reg")
+        if "galaxy" in self.columns:
+            gal = np.asarray(self["galaxy"], bool)
+        elif "galaxy_prob" in self.columns:
+            gal = np.asarray(self["galaxy_prob"]) >= 0.5
+        else:
+            gal = None
+        prob = np.asarray(self["prob"], float) if "prob" in self.columns else None
+        text = np.asarray(self[label], float) if label in self.columns else None
+        lines = [
+            "# Region file format: DS9 version 4.1",
+            f"# probcat detections{' of ' + title if title else ''}: green galaxies, cyan "
+            "stars; dashed: prob < 0.9",
+            'global color=green dashlist=6 3 width=1 font="helvetica 9 normal roman"',
+            "image",
+        ]
+        for i, (x, y) in enumerate(zip(np.asarray(self["x"]), np.asarray(self["y"]))):
+            opts = ["color=" + ("white" if gal is None else "green" if gal[i] else "cyan")]
+            if prob is not None and prob[i] < 0.9:
+                opts.append("dash=1")
+            if text is not None and np.isfinite(text[i]):
+                opts.append(f"text={{{text[i]:.2f}}}")
+            lines.append(f"circle({x + 1:.3f},{y + 1:.3f},{APERTURE_RADIUS:g}) # {' '.join(opts)}")
+        body = "\n".join(lines) + "\n"
+        return atomic_write(path, lambda tmp: Path(tmp).write_text(body))
+
     @classmethod
     def read(cls, path: str | Path) -> FullCatalog:
         path = Path(path)

@@ -273,6 +273,9 @@ def detect_cmd(
         "--deblend, for the flux posteriors)",
     ),
     plot: Path = typer.Option(None, help="PNG of the image with detections by probability"),
+    regions: Path = typer.Option(
+        None, help="DS9 region file (.reg) of the detections: galaxies green, stars cyan"
+    ),
     weights: str = typer.Option(None, help="registered weights name or file (default: LSST-i)"),
     deblend: bool = typer.Option(
         False,
@@ -352,6 +355,8 @@ def detect_cmd(
         outputs.update({out.with_name(f"{out.stem}_{n}.fits"): None for n in ("model", "residual")})
     if plot is not None:
         outputs[plot] = (".png", ".pdf", ".svg", ".jpg")
+    if regions is not None:
+        outputs[regions] = (".reg",)
     check_outputs(outputs, [image] + [p for p in (mask, weight) if p], outputs)
     data = read_image(image, mask_planes=planes, weight=weight, weight_type=weight_type, hdu=hdu)
     opts = {"background": background, "gain": gain, "noise_sigma": _noise_option(noise),
@@ -389,6 +394,8 @@ def detect_cmd(
             write_image(path, img, dbl.survey, res.wcs, header={"PCIMAGE": name}, band_cards=cards)
             extra.append(str(path))
     catalog.write(out, wcs=res.wcs)
+    if regions is not None:
+        catalog.write_regions(regions, title=image.name)
     msg = f"{len(catalog)} detections ({int(np.sum(catalog['galaxy']))} galaxies) -> {out}"
     vetoed = res.catalog.meta.get("pair_vetoed", 0)
     if vetoed:
@@ -404,6 +411,8 @@ def detect_cmd(
         spath = out.with_name(out.stem + "_samples" + out.suffix)
         concat_catalogs(res.samples, "sample").write(spath, wcs=res.wcs)
         msg += f"; {samples} posterior samples -> {spath}"
+    if regions is not None:
+        msg += f"; regions -> {regions}"
     if plot is not None:
         from probcat.plots import detection_figure
 
@@ -468,6 +477,9 @@ def photoz_cmd(
     ),
     out: Path = typer.Option(None, "--out", "-o", help="catalog (.fits or .parquet)"),
     weights: str = typer.Option(None, help="photo-z weights (default: photoz_lsst_ugrizy)"),
+    regions: Path = typer.Option(
+        None, help="DS9 region file (.reg) of the detections, labelled with z_mode"
+    ),
     detector: str = typer.Option(
         None, help="detection weights (default: detection_lsst_ugrizy, the six-band encoder)"
     ),
@@ -505,8 +517,8 @@ def photoz_cmd(
     out = out or image.with_name(image.stem + "_photoz.fits")
     pz_path = out.with_name(out.stem + "_pz.hdf5")
     check_outputs(
-        [out, pz_path], [image] + [p for p in (mask, weight) if p],
-        {out: (".fits", ".fit", ".fts", ".parquet")},
+        [out, pz_path] + ([regions] if regions else []), [image] + [p for p in (mask, weight) if p],
+        {out: (".fits", ".fit", ".fts", ".parquet"), regions: (".reg",)},
     )  # fmt: skip
     masked = _mask_option(mask, planes)
     data = read_image(image, mask_planes=planes, weight=weight, weight_type=weight_type, hdu=hdu)
@@ -530,7 +542,11 @@ def photoz_cmd(
         write_ensemble(res.ensemble, pz_path)
         msg += f" -> {pz_path}"
     res.catalog.write(out, wcs=res.wcs)
-    typer.echo(f"{msg}; catalog -> {out}")
+    msg += f"; catalog -> {out}"
+    if regions is not None:
+        res.catalog.write_regions(regions, label="z_mode", title=image.name)
+        msg += f"; regions (labelled z_mode) -> {regions}"
+    typer.echo(msg)
 
 
 @app.command("run")

@@ -237,8 +237,20 @@ def read_mask(path, planes=None) -> np.ndarray:
 
 @contextlib.contextmanager
 def said_once():
-    """Within: no second warning that NaN or inf pixels are read as masked (an image read
-    again, e.g. for deblending after detection, which said it)."""
+    """Within: no second warning of those reading an image gives (NaN or inf pixels read as
+    masked, ADU without a gain, a pixel scale or a noise unlike the survey's, a sky left
+    in), for an image read again, e.g. for deblending after detection, which said them."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".* read as masked")
+        for message in SAID_WHEN_READ:
+            warnings.filterwarnings("ignore", message=message)
         yield
+
+
+# the warnings of reading an image (probcat.api.read_input), as said_once's filters
+SAID_WHEN_READ = (
+    r".* read as masked",
+    r"BUNIT is ADU but there is no GAIN",
+    r"the image's pixel scale is",
+    r".* differs from the measured pixel noise",
+    r"image median is .* probcat expects background-subtracted",
+)
