@@ -565,3 +565,32 @@ def test_load_checks_the_kind(weights):
         probcat.load(weights, kind="deblender")
     with pytest.raises(ValueError, match="kind must be one of detection, deblender, photoz"):
         probcat.load(weights, kind="sed")
+
+
+def test_weights_command_lists_the_shipped_weights_and_their_manifests(capsys):
+    import json
+
+    from probcat import weights as registry
+
+    assert main(["weights"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines] == registry.names()
+    m = registry.manifest("detection_lsst_i")
+    row = next(ln for ln in lines if ln.startswith("detection_lsst_i "))
+    want = m["benchmark"]["probcat"]
+    assert f"precision {want['precision']:.3f}, recall {want['recall']:.3f}" in row
+    assert row.split()[1:3] == ["detection", "i"]
+    assert main(["weights", "photoz_lsst_ugrizy"]) == 0
+    out = capsys.readouterr().out
+    pz = registry.manifest("photoz_lsst_ugrizy")
+    assert (
+        pz["training_command"] in out
+        and f"sigma_IQR {pz['benchmark']['probcat']['sigma_iqr']:.4f}" in out
+    )
+    assert main(["weights", "deblender_lsst_i", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == registry.manifest("deblender_lsst_i")
+    for args, message in ((["weights", "nope"], "no shipped weights named 'nope'"),
+                          (["weights", "--json"], "--json needs a weights NAME")):  # fmt: skip
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err

@@ -681,6 +681,83 @@ def population_cmd(
     )
 
 
+@app.command("weights")
+def weights_cmd(
+    name: str = typer.Argument(None, help="one shipped weights name: its manifest in brief"),
+    as_json: bool = typer.Option(False, "--json", help="with NAME: the whole manifest as JSON"),
+):
+    """The shipped weights: kind, bands, size and benchmark numbers; with NAME, what they
+    were trained on, how (the command that reproduces them) and how they measure."""
+    from probcat import weights as registry
+
+    if name is None:
+        if as_json:
+            raise ProbcatValueError("--json needs a weights NAME")
+        for n in registry.names():
+            m = registry.manifest(n)
+            bands = (m.get("config", {}).get("data") or {}).get("bands", "?")
+            size = m.get("size_bytes", 0) / 1e6
+            typer.echo(f"{n:34s} {m.get('kind', '?'):12s} {bands:7s} {size:4.1f} MB  "
+                       f"{_headline(m)}")  # fmt: skip
+        return
+    m = registry.manifest(name)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(m, indent=1))
+        return
+    data = m.get("config", {}).get("data") or {}
+    rows = [
+        ("kind", m.get("kind")),
+        (
+            "bands",
+            f"{data.get('bands')} ({data.get('population')} population, depth "
+            f"{data.get('years')} yr)",
+        ),  # fmt: skip
+        (
+            "file",
+            f"{m.get('weights')} ({m.get('size_bytes', 0) / 1e6:.1f} MB, sha256 "
+            f"{str(m.get('sha256'))[:16]}...)",
+        ),  # fmt: skip
+        (
+            "trained",
+            f"{m.get('steps')} steps, {m.get('training_s', 0) / 3600:.1f} h, at "
+            f"{str(m.get('git_commit'))[:12]}",
+        ),  # fmt: skip
+        ("command", m.get("training_command")),
+    ]
+    rows += [(k.replace("_", " "), v) for k, v in m.items()
+             if k.endswith("_command") and k != "training_command"]  # fmt: skip
+    for k, v in (m.get("data") or {}).items():
+        if isinstance(v, str):
+            rows.append((f"data: {k}", v))
+    rows.append(("benchmark", _headline(m) or "none recorded"))
+    if (m.get("benchmark") or {}).get("command"):
+        rows.append(("benchmark command", m["benchmark"]["command"]))
+    for k, v in rows:
+        typer.echo(f"{k + ':':30s} {v}")
+
+
+def _headline(m: dict) -> str:
+    """A manifest's benchmark in one line: the numbers its kind is judged by."""
+    b = m.get("benchmark") or {}
+    if "probcat" in b and "precision" in b["probcat"]:
+        p = b["probcat"]
+        return f"precision {p['precision']:.3f}, recall {p['recall']:.3f}, F1 {p['f1']:.3f}"
+    if "probcat" in b and "sigma_iqr" in b["probcat"]:
+        p = b["probcat"]
+        return (f"sigma_IQR {p['sigma_iqr']:.4f}, outlier fraction {p['outlier_frac']:.3f}, "
+                f"PIT KS {p['ks']:.3f}")  # fmt: skip
+    if "flux_residual_top_bin" in b:
+        return (f"top-blendedness flux residual {b['flux_residual_top_bin']['samples']:.3f}, "
+                f"flux posterior coverage {b['flux_posterior_coverage_68']:.3f} / "
+                f"{b['flux_posterior_coverage_95']:.3f}")  # fmt: skip
+    if "detection_ugrizy" in b:
+        p = b["detection_ugrizy"]["ugrizy"]
+        return f"precision {p['precision']:.3f}, recall {p['recall']:.3f}, F1 {p['f1']:.3f}"
+    return ""
+
+
 train_app = typer.Typer(
     no_args_is_help=True, help="Train encoders (reproduces the shipped weights)."
 )
