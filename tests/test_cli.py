@@ -305,6 +305,7 @@ def test_detect_deblend_writes_catalog_model_and_residual(
     for col in (
         "flux_ap",
         "mag_ap",
+        "mag_ap_err",
         "T",
         "e1",
         "e2",

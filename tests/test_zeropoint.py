@@ -138,6 +138,10 @@ def test_deblended_magnitudes_use_the_image_zeropoint(tmp_path, capsys):
     t = fits.getdata(out, "CATALOG")
     assert len(t) >= 2 and np.all(t["flux_ap"] > 0)
     np.testing.assert_allclose(t["mag_ap"], 28.0 - 2.5 * np.log10(t["flux_ap"] / 2.0), rtol=1e-6)
+    # the magnitude error is the flux error to first order: a 1% flux is 0.010857 mag
+    np.testing.assert_allclose(
+        t["mag_ap_err"], 1.085736 * t["flux_ap_err"] / t["flux_ap"], rtol=1e-5
+    )
     # the model and residual images say their units: electrons at the shifted zeropoint
     from probcat.catalog import FullCatalog
 
@@ -154,7 +158,8 @@ def test_deblended_magnitudes_use_the_image_zeropoint(tmp_path, capsys):
     np.testing.assert_allclose(t2["mag_ap"], 30.0 - 2.5 * np.log10(t2["flux_ap"] / 2.0), rtol=1e-6)
     path = _write(tmp_path / "b.fits", {"BUNIT": "adu"})
     assert main(["detect", str(path), *args, "-o", str(tmp_path / "e.fits")]) == 0
-    assert np.isnan(fits.getdata(tmp_path / "e.fits", "CATALOG")["mag_ap"]).all()
+    t3 = fits.getdata(tmp_path / "e.fits", "CATALOG")
+    assert np.isnan(t3["mag_ap"]).all() and np.isnan(t3["mag_ap_err"]).all()
 
 
 def test_zeropoint_option_errors_before_any_work(tmp_path, capsys):

@@ -790,10 +790,11 @@ class DeblendResult:
 
     Attributes:
         catalog: the detections with their deblended measurements: ``flux_ap``,
-            ``flux_ap_err``, ``mag_ap`` (5-px aperture, per band), ``T``, ``e1``, ``e2``,
-            ``moments_ok`` (adaptive moments, first band), ``edge`` (aperture leaves the
-            image); with posterior samples the flux posterior per band: ``flux_mean``,
-            ``flux_sd``, ``flux_q025, flux_q16, flux_q50, flux_q84, flux_q975`` and
+            ``flux_ap_err``, ``mag_ap``, ``mag_ap_err`` (5-px aperture, per band), ``T``,
+            ``e1``, ``e2``, ``moments_ok`` (adaptive moments, first band), ``edge``
+            (aperture leaves the image); with posterior samples the flux posterior per
+            band: ``flux_mean``, ``flux_sd``, ``flux_q025, flux_q16, flux_q50, flux_q84,
+            flux_q975`` and
             ``p_match`` (fraction of samples that hold the source); ``mask_fraction`` (the
             share of the aperture without data, :mod:`probcat.masking`).
         model: the scene model ``(bands, H, W)`` in electrons (every source's model).
@@ -967,6 +968,7 @@ class Deblender:
             flux_ap=flux,
             flux_ap_err=flux_err,
             mag_ap=mags,
+            mag_ap_err=mag_error(flux, flux_err, mags),
             T=mom["T"],
             e1=mom["e1"],
             e2=mom["e2"],
@@ -1060,6 +1062,14 @@ def ab_mag(band, flux, unit: str = "electron", zeropoint=None) -> np.ndarray:
         else:
             return np.full(flux.shape, np.nan)
         return np.where(flux > 0, mag, np.nan)
+
+
+def mag_error(flux, flux_err, mag) -> np.ndarray:
+    """The magnitude error of a flux error to first order, 2.5 / ln 10 x flux_err / flux;
+    NaN where the magnitude is."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        err = 2.5 / np.log(10.0) * np.asarray(flux_err, float) / np.asarray(flux, float)
+    return np.where(np.isfinite(mag), err, np.nan)
 
 
 NJY_AB_ZEROPOINT = 31.4  # AB magnitude of 1 nJy: -2.5 log10(1e-9 Jy / 3631 Jy)
