@@ -341,3 +341,52 @@ def test_noise_ratio_reads_a_varying_variance_and_leaves_a_uniform_one():
     np.testing.assert_allclose(r[0, :, :80], np.sqrt(level / 9.0), rtol=1e-5)
     np.testing.assert_allclose(r[0, :, 112:], np.sqrt(level / 4.0), rtol=1e-5)
     np.testing.assert_allclose(noise_ratio(var * 7.0, bad), r, rtol=1e-5)  # scale-free
+
+
+def test_noise_correlation_against_exact_values():
+    """Adjacent-pixel sums of white noise: correlation 1/2 at lag 1 along the summed axis,
+    0 beyond; a 2x2 box sum: 1/2 along both axes. Excess over white noise: 0.25 and 0.5;
+    white noise, with or without sources on it: 0."""
+    from probcat.background import noise_correlation
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((300, 301))
+    pairs = ((w[:, :-1] + w[:, 1:]) / np.sqrt(2)).astype(np.float32)
+    assert noise_correlation(pairs) == pytest.approx(0.25, abs=0.02)
+    w = rng.standard_normal((301, 301))
+    box = ((w[:-1, :-1] + w[1:, :-1] + w[:-1, 1:] + w[1:, 1:]) / 2).astype(np.float32)
+    assert noise_correlation(box) == pytest.approx(0.5, abs=0.02)
+    white = rng.standard_normal((300, 300)).astype(np.float32)
+    assert abs(noise_correlation(white)) < 0.01
+    yy, xx = np.mgrid[:300, :300]
+    for cx, cy in rng.uniform(10, 290, (60, 2)):  # sources: masked, not read as noise
+        white += 40 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 2.0**2))
+    assert abs(noise_correlation(white)) < 0.02
+    assert noise_correlation(np.zeros((40, 40), np.float32)) is None  # no sky pixels
+    masked = box.copy()
+    masked[:, 20:] = 0.0  # no data: left out, too few pixels remain
+    assert noise_correlation(masked) is None
+
+
+def test_correlated_noise_is_recorded_and_said_once(tmp_path, capsys):
+    from astropy.io import fits
+
+    from probcat.cli import main
+    from probcat.io import read_image
+
+    rng = np.random.default_rng(3)
+    w = 10 * rng.standard_normal((97, 97))
+    img = ((w[:-1, :-1] + w[1:, :-1] + w[:-1, 1:] + w[1:, 1:]) / 2).astype(np.float32)
+    fits.PrimaryHDU(img).writeto(tmp_path / "c.fits")
+    args = ["detect", str(tmp_path / "c.fits"), "--deblend", "--samples", "2", "--noise",
+            "measured", "-q", "-o", str(tmp_path / "cat.fits")]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("the noise of neighbouring pixels is correlated (0.5") == 1, err
+    from probcat.api import read_input
+    from probcat.survey import Survey
+
+    with pytest.warns(UserWarning, match="neighbouring pixels is correlated"):
+        _, _, _, info, _ = read_input(read_image(tmp_path / "c.fits"), Survey.lsst(bands="i"),
+                                      "measured")  # fmt: skip
+    assert info["noise_correlation"][0] == pytest.approx(0.5, abs=0.05)

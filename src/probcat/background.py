@@ -358,6 +358,51 @@ def per_band_array(value, n: int, name: str, positive: bool = True) -> np.ndarra
     return arr
 
 
+NOISE_CORRELATION_CROP = 256  # px: the central crop the noise correlation is measured on
+NOISE_CORRELATION_WARN = 0.08  # noise_correlation above which probcat warns
+NOISE_CORRELATION_MIN_PIXELS = 2000
+
+
+def noise_correlation(band: np.ndarray, crop: int = NOISE_CORRELATION_CROP) -> float | None:
+    """How much more the noise of adjacent pixels is correlated than that of pixels 2 px
+    apart, in one band ``(H, W)`` in noise-sigma units with its sky subtracted (0: masked,
+    no data): on the central ``crop`` x ``crop`` pixels, sources masked
+    (:func:`_source_mask`, at the crop's own pixel noise), the mean correlation of
+    horizontally and vertically adjacent pixels minus that of pixels 2 px apart. Light of
+    faint sources left unmasked, smooth on the scale of the PSF, correlates both nearly
+    alike; a resampling kernel correlates neighbours and not (or negatively) pixels 2 px
+    apart. About 0 for white noise (-0.03 to 0.04 on 100-px LSST-i scenes, up to 0.01 on
+    400-px fields); 0.15-0.25 for a coadd of visits resampled by a cubic spline. None where
+    fewer than :data:`NOISE_CORRELATION_MIN_PIXELS` sky pixels are left."""
+    h, w = band.shape
+    y0, x0 = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
+    r = np.ascontiguousarray(band[y0 : y0 + crop, x0 : x0 + crop], dtype=np.float32)
+    keep = (r != 0) & np.isfinite(r)
+    if keep.sum() < NOISE_CORRELATION_MIN_PIXELS:
+        return None
+    rms = _mad_sigma(r[keep])  # the crop's own noise: a stated sigma may be off
+    if not rms > 0:
+        return None
+    keep &= ~_source_mask(np.where(keep, r, 0).astype(np.float32), rms)
+
+    def corr(dy: int, dx: int) -> float:
+        hh, ww = r.shape
+        m = keep[: hh - dy, : ww - dx] & keep[dy:, dx:]
+        if m.sum() < NOISE_CORRELATION_MIN_PIXELS:
+            return np.nan
+        a = r[: hh - dy, : ww - dx][m].astype(np.float64)
+        b = r[dy:, dx:][m].astype(np.float64)
+        a -= a.mean()
+        b -= b.mean()
+        return float((a * b).mean() / max(np.sqrt((a * a).mean() * (b * b).mean()), 1e-30))
+
+    lag1 = [c for c in (corr(0, 1), corr(1, 0)) if np.isfinite(c)]
+    lag2 = [c for c in (corr(0, 2), corr(2, 0)) if np.isfinite(c)]
+    if not lag1 or not lag2:
+        return None
+    return float(np.mean(lag1) - np.mean(lag2))
+
+
 def _noise_mismatch(sigma, noise) -> np.ndarray:
     """Bands whose stated noise ``sigma`` and measured ``noise`` differ by more than a factor
     :data:`NOISE_FACTOR`."""

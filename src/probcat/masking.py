@@ -239,7 +239,8 @@ def read_mask(path, planes=None) -> np.ndarray:
 def said_once():
     """Within: no second warning of those reading an image gives (NaN or inf pixels read as
     masked, ADU without a gain, a pixel scale or a noise unlike the survey's, a sky left
-    in), for an image read again, e.g. for deblending after detection, which said them."""
+    in, correlated noise), for an image read again, e.g. for deblending after detection,
+    which said them."""
     with warnings.catch_warnings():
         for message in SAID_WHEN_READ:
             warnings.filterwarnings("ignore", message=message)
@@ -253,4 +254,5 @@ SAID_WHEN_READ = (
     r"the image's pixel scale is",
     r".* differs from the measured pixel noise",
     r"image median is .* probcat expects background-subtracted",
+    r"the noise of neighbouring pixels is correlated",
 )

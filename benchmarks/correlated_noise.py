@@ -1,0 +1,201 @@
+"""Correlated noise, as in a coadd of resampled visits: probcat (the shipped LSST-i
+weights, trained on uncorrelated noise) and SEP on the same simulated fields, one run.
+
+Each held-out 400×400 LSST-i field (test-split galaxies of the default prior) is made as
+a coadd is: ``--visits`` exposures, each the field shifted by a random sub-pixel offset
+(exactly, in Fourier space) plus white noise, resampled back onto the common grid by a
+cubic spline and averaged. The same coadded signal is also given white noise of the
+coadd's pixel noise sigma. Both images are read with that sigma: precision, recall
+(true SNR > 3), F1, false detections per Mpx, precision at prob ≥ 0.9, and the noise
+correlation probcat measures (:func:`probcat.background.noise_correlation`, on which it
+warns above 0.08).
+
+Writes ``benchmarks/results/correlated_noise.json`` and ``correlated_noise.png``.
+
+    .venv/bin/python benchmarks/correlated_noise.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import _paths  # noqa: F401  (first: keeps benchmarks/ off the import path)
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SIZE = 400
+
+
+def resample_back(img: np.ndarray, d) -> np.ndarray:
+    """``img`` resampled onto the grid it was shifted off by ``-d``: a cubic spline."""
+    from scipy.ndimage import shift
+
+    return shift(img, d, order=3, mode="wrap")
+
+
+def coadd(noiseless: np.ndarray, sigma: float, visits: int, rng) -> tuple:
+    """The coadded signal and noise of ``visits`` exposures of ``noiseless`` (each of noise
+    ``sigma`` x sqrt(visits), so that a plain sum would have ``sigma``)."""
+    from scipy.ndimage import fourier_shift
+
+    signal = np.zeros(noiseless.shape)
+    noise = np.zeros(noiseless.shape)
+    ft = np.fft.fft2(noiseless)
+    for _ in range(visits):
+        d = rng.uniform(-0.5, 0.5, 2)
+        exposure = np.fft.ifft2(fourier_shift(ft, -d)).real
+        signal += resample_back(exposure, d)
+        noise += resample_back(sigma * np.sqrt(visits) * rng.standard_normal(noiseless.shape), d)
+    return signal / visits, noise / visits
+
+
+def score(cat, truth) -> dict:
+    from probcat.metrics.detection import match
+
+    txy = np.stack([np.asarray(truth["x"]), np.asarray(truth["y"])], 1)
+    exy = np.stack([np.asarray(cat["x"]), np.asarray(cat["y"])], 1)
+    i, j = match(txy, exy)
+    real = np.zeros(len(exy), bool)
+    real[j] = True
+    bright = np.asarray(truth["snr"])[:, 0] > 3
+    found = np.zeros(len(txy), bool)
+    found[i] = True
+    out = {
+        "n_detections": len(exy),
+        "n_real": int(real.sum()),
+        "n_true_snr_gt_3": int(bright.sum()),
+        "n_found_snr_gt_3": int((found & bright).sum()),
+    }
+    if "prob_raw" in cat.colnames:  # probcat's calibrated probabilities
+        hi = np.asarray(cat["prob"]) >= 0.9
+        out.update(n_at_0_9=int(hi.sum()), n_real_at_0_9=int((real & hi).sum()))
+    return out
+
+
+def summary(counts: list[dict], area_mpx: float) -> dict:
+    tot = {k: sum(c[k] for c in counts) for k in counts[0]}
+    p = tot["n_real"] / max(tot["n_detections"], 1)
+    r = tot["n_found_snr_gt_3"] / max(tot["n_true_snr_gt_3"], 1)
+    out = {"precision": p, "recall": r, "f1": 2 * p * r / max(p + r, 1e-12),
+           "false_per_mpx": (tot["n_detections"] - tot["n_real"]) / area_mpx, **tot}  # fmt: skip
+    if "n_at_0_9" in tot:
+        out["precision_at_0_9"] = tot["n_real_at_0_9"] / max(tot["n_at_0_9"], 1)
+    return out
+
+
+def figure(example: dict, res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(13, 4.2))
+    for a, key, title in ((ax[0], "white", "white noise"), (ax[1], "coadd", "coadd noise")):
+        a.imshow(example[key][100:200, 100:200], origin="lower", cmap="gray_r", vmin=-2, vmax=4)
+        a.set_title(f"{title} (100 px; noise_correlation {example[key + '_nc']:.2f})")
+        a.set_xticks([])
+        a.set_yticks([])
+    who = ["probcat", "sep"]
+    x = np.arange(len(who))
+    for k, (noise, colour) in enumerate((("white", "C0"), ("coadd", "C3"))):
+        vals = [res[f"{w}_{noise}"]["false_per_mpx"] for w in who]
+        ax[2].bar(x + 0.38 * (k - 0.5), vals, 0.38, color=colour, label=f"{noise} noise")
+    ax[2].set_xticks(x, who)
+    ax[2].set_ylabel("false detections per Mpx")
+    ax[2].legend()
+    ax[2].set_title("same signal, same pixel sigma")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    from probcat.api import load
+    from probcat.baselines.sep import sep_detect
+    from probcat.catalog import atomic_write
+    from probcat.provenance import provenance
+    from probcat.simulate.bank import BankConfig, SourceBank
+    from probcat.simulate.scene import SceneConfig, SceneSimulator
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fields", type=int, default=16, help="400-px fields")
+    ap.add_argument("--visits", type=int, default=6, help="exposures per coadd")
+    ap.add_argument("--seed", type=int, default=20261204)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    command = " ".join([".venv/bin/python", "benchmarks/correlated_noise.py",
+                        *(argv or sys.argv[1:])])  # fmt: skip
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    det = load("detection_lsst_i", threads=2, kind="detection")
+    survey = det.survey
+    sigma = float(survey.noise_sigma[0])
+    bank = SourceBank.load_or_build(survey, BankConfig(split="test", n_galaxies=5000))
+    sim = SceneSimulator(bank, SceneConfig(SIZE, SIZE))
+    counts: dict = {}
+    nc: dict = {"white": [], "coadd": []}
+    example = None
+    for f in range(args.fields):
+        rng = np.random.default_rng([args.seed, f])
+        scene = sim.sample(rng, keep_noiseless=True)
+        signal, noise = coadd(scene.noiseless[0].astype(np.float64), sigma, args.visits, rng)
+        pix = float(np.std(noise))  # the coadd's pixel noise sigma
+        white = signal + pix * rng.standard_normal(signal.shape)
+        images = {"coadd": (signal + noise).astype(np.float32), "white": white.astype(np.float32)}
+        for key, img in images.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the correlated-noise warning, measured here
+                cat = det.catalog(img[None], noise_sigma=pix, background="none")
+            nc[key].append(cat.meta["input"]["noise_correlation"][0])
+            counts.setdefault(f"probcat_{key}", []).append(score(cat, scene.catalog))
+            counts.setdefault(f"sep_{key}", []).append(score(sep_detect(img, pix), scene.catalog))
+        if example is None:
+            example = {k: v / pix for k, v in images.items()}
+            example.update(white_nc=nc["white"][0], coadd_nc=nc["coadd"][0])
+    area = args.fields * SIZE * SIZE / 1e6
+    res = {k: summary(v, area) for k, v in counts.items()}
+    out = {
+        "command": command,
+        "weights": "detection_lsst_i",
+        "fields": args.fields,
+        "field_size": SIZE,
+        "visits": args.visits,
+        "seed": args.seed,
+        "held_out": "test-split galaxies of the default prior; seed other than training's",
+        "noise_correlation": {
+            k: {"median": float(np.median(v)), "min": float(np.min(v)), "max": float(np.max(v))}
+            for k, v in nc.items()
+        },  # fmt: skip
+        **res,
+        "ratios": {
+            "probcat_false_coadd_over_white": res["probcat_coadd"]["false_per_mpx"]
+            / max(res["probcat_white"]["false_per_mpx"], 1e-12),
+            "sep_false_coadd_over_white": res["sep_coadd"]["false_per_mpx"]
+            / max(res["sep_white"]["false_per_mpx"], 1e-12),
+        },
+        "definitions": {
+            "precision, recall, f1": "MAP catalogue at threshold 0.5 (SEP: its catalogue), "
+            "Hungarian matches within 2 px; precision over all detections, recall over true "
+            "sources with SNR > 3",
+            "false_per_mpx": "unmatched detections per million pixels",
+            "noise_correlation": "probcat.background.noise_correlation of each image "
+            "(catalog meta input.noise_correlation)",
+        },
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    figure(example, res, args.out / "correlated_noise.png")
+    out["elapsed_s"] = round(time.perf_counter() - t0, 1)
+    out.update({k: v for k, v in provenance(command).items() if k != "command"})
+    text = json.dumps(out, indent=1, default=float)
+    atomic_write(args.out / "correlated_noise.json", lambda tmp: Path(tmp).write_text(text))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
