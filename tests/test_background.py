@@ -362,10 +362,11 @@ def test_noise_correlation_against_exact_values():
     for cx, cy in rng.uniform(10, 290, (60, 2)):  # sources: masked, not read as noise
         white += 40 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 2.0**2))
     assert abs(noise_correlation(white)) < 0.02
-    assert noise_correlation(np.zeros((40, 40), np.float32)) is None  # no sky pixels
+    assert noise_correlation(np.zeros((200, 200), np.float32)) is None  # no sky pixels
     masked = box.copy()
     masked[:, 20:] = 0.0  # no data: left out, too few pixels remain
     assert noise_correlation(masked) is None
+    assert noise_correlation(box[:127]) is None  # a cutout: not measured
 
 
 def test_correlated_noise_is_recorded_and_said_once(tmp_path, capsys):
@@ -375,7 +376,7 @@ def test_correlated_noise_is_recorded_and_said_once(tmp_path, capsys):
     from probcat.io import read_image
 
     rng = np.random.default_rng(3)
-    w = 10 * rng.standard_normal((97, 97))
+    w = 10 * rng.standard_normal((161, 161))
     img = ((w[:-1, :-1] + w[1:, :-1] + w[:-1, 1:] + w[1:, 1:]) / 2).astype(np.float32)
     fits.PrimaryHDU(img).writeto(tmp_path / "c.fits")
     args = ["detect", str(tmp_path / "c.fits"), "--deblend", "--samples", "2", "--noise",

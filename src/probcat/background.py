@@ -361,6 +361,7 @@ def per_band_array(value, n: int, name: str, positive: bool = True) -> np.ndarra
 NOISE_CORRELATION_CROP = 256  # px: the central crop the noise correlation is measured on
 NOISE_CORRELATION_WARN = 0.08  # noise_correlation above which probcat warns
 NOISE_CORRELATION_MIN_PIXELS = 2000
+NOISE_CORRELATION_MIN_SIZE = 128  # px: smaller images (cutouts) are not measured
 
 
 def noise_correlation(band: np.ndarray, crop: int = NOISE_CORRELATION_CROP) -> float | None:
@@ -371,10 +372,14 @@ def noise_correlation(band: np.ndarray, crop: int = NOISE_CORRELATION_CROP) -> f
     horizontally and vertically adjacent pixels minus that of pixels 2 px apart. Light of
     faint sources left unmasked, smooth on the scale of the PSF, correlates both nearly
     alike; a resampling kernel correlates neighbours and not (or negatively) pixels 2 px
-    apart. About 0 for white noise (-0.03 to 0.04 on 100-px LSST-i scenes, up to 0.01 on
-    400-px fields); 0.15-0.25 for a coadd of visits resampled by a cubic spline. None where
-    fewer than :data:`NOISE_CORRELATION_MIN_PIXELS` sky pixels are left."""
+    apart. About 0 for white noise (-0.03 to 0.04 on 100-px LSST-i scenes, -0.005 to 0.02
+    on 400-px fields); 0.15-0.25 for a coadd of visits resampled by a cubic spline. None where
+    fewer than :data:`NOISE_CORRELATION_MIN_PIXELS` sky pixels are left, and for images
+    smaller than :data:`NOISE_CORRELATION_MIN_SIZE` on a side (cutouts: too few sky pixels
+    for a steady estimate, and batches of them are read fast)."""
     h, w = band.shape
+    if min(h, w) < NOISE_CORRELATION_MIN_SIZE:
+        return None
     y0, x0 = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
     r = np.ascontiguousarray(band[y0 : y0 + crop, x0 : x0 + crop], dtype=np.float32)
     keep = (r != 0) & np.isfinite(r)
