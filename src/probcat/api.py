@@ -243,11 +243,8 @@ def _check_noise_correlation(x: np.ndarray, names, info: dict) -> None:
 
     values = [noise_correlation(band) for band in x]
     info["noise_correlation"] = [None if v is None else round(v, 4) for v in values]
-    worst = (
-        max((v, k) for k, v in enumerate(values) if v is not None)
-        if any(v is not None for v in values)
-        else None
-    )
+    known = [(v, k) for k, v in enumerate(values) if v is not None]
+    worst = max(known) if known else None
     if worst is not None and worst[0] > NOISE_CORRELATION_WARN:
         warnings.warn(
             f"the noise of neighbouring pixels is correlated ({worst[0]:.2f} more than that "

@@ -713,17 +713,17 @@ def weights_cmd(
             "bands",
             f"{data.get('bands')} ({data.get('population')} population, depth "
             f"{data.get('years')} yr)",
-        ),  # fmt: skip
+        ),
         (
             "file",
             f"{m.get('weights')} ({m.get('size_bytes', 0) / 1e6:.1f} MB, sha256 "
             f"{str(m.get('sha256'))[:16]}...)",
-        ),  # fmt: skip
+        ),
         (
             "trained",
             f"{m.get('steps')} steps, {m.get('training_s', 0) / 3600:.1f} h, at "
             f"{str(m.get('git_commit'))[:12]}",
-        ),  # fmt: skip
+        ),
         ("command", m.get("training_command")),
     ]
     rows += [(k.replace("_", " "), v) for k, v in m.items()
