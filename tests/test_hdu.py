@@ -98,3 +98,27 @@ def test_detect_hdu_option(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "no HDU 9 (the file has 3)" in err and "\n" not in err, err
     assert not (tmp_path / "d.fits").exists()
+
+
+def test_image_stems_drop_fits_and_compression_suffixes(tmp_path, capsys):
+    from probcat.cli import main
+    from probcat.io import image_stem
+    from probcat.scale import plan
+
+    cases = {
+        "field.fits": "field",
+        "field.fits.fz": "field",
+        "a.b.FIT.gz": "a.b",
+        "x.fts": "x",
+        "notes.txt": "notes",
+        ".fits": ".fits",
+        "c4d_01.fits.fz": "c4d_01",
+    }
+    assert {k: image_stem(k) for k in cases} == cases
+    img = np.random.default_rng(0).standard_normal((48, 48)).astype(np.float32)
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(img)]).writeto(tmp_path / "f.fits.fz")
+    assert main(["detect", str(tmp_path / "f.fits.fz"), "--noise", "measured", "-q"]) == 0
+    assert (tmp_path / "f_catalog.fits").exists()
+    assert "f_catalog.fits" in capsys.readouterr().out
+    (job,) = plan([tmp_path / "f.fits.fz"], tmp_path / "o")
+    assert job.output.name == "f.parquet"

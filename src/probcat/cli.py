@@ -316,7 +316,7 @@ def detect_cmd(
 
     from probcat.api import load
     from probcat.catalog import concat_catalogs
-    from probcat.io import read_image
+    from probcat.io import image_stem, read_image
 
     seeing = _checked_seeing(seeing)
     planes = _planes_option(mask_planes)
@@ -346,7 +346,7 @@ def detect_cmd(
         )
     from probcat.catalog import check_outputs
 
-    out = out or image.with_name(image.stem + "_catalog.fits")
+    out = out or image.with_name(image_stem(image) + "_catalog.fits")
     table_suffix = (".fits", ".fit", ".fts", ".parquet")
     outputs = {out: table_suffix}
     if samples:
@@ -506,7 +506,7 @@ def photoz_cmd(
     <out>_pz.hdf5 (qp mixmod ensemble, ancil 'row' = catalog row)."""
     from probcat.api import photoz
     from probcat.catalog import check_outputs
-    from probcat.io import read_image
+    from probcat.io import image_stem, read_image
     from probcat.redshift.pdf import write_ensemble
 
     seeing = _checked_seeing(seeing)
@@ -514,7 +514,7 @@ def photoz_cmd(
     from probcat.io import check_weight_type
 
     check_weight_type(weight_type, "--weight-type")  # before any work
-    out = out or image.with_name(image.stem + "_photoz.fits")
+    out = out or image.with_name(image_stem(image) + "_photoz.fits")
     pz_path = out.with_name(out.stem + "_pz.hdf5")
     check_outputs(
         [out, pz_path] + ([regions] if regions else []), [image] + [p for p in (mask, weight) if p],

@@ -341,6 +341,18 @@ def _chosen_hdu(path: Path, hdul, hdu, images: list[int]) -> int:
     return idx
 
 
+def image_stem(path) -> str:
+    """An image file's name without its FITS suffixes: ``field`` of ``field.fits``,
+    ``field.fits.fz`` or ``field.fit.gz`` (any other name: its stem)."""
+    name = Path(path).name
+    low = name.lower()
+    for outer in (".fz", ".gz", ""):
+        for inner in (".fits", ".fit", ".fts"):
+            if low.endswith(inner + outer) and len(name) > len(inner + outer):
+                return name[: -len(inner + outer)]
+    return Path(path).stem
+
+
 WEIGHT_TYPES = ("weight", "variance", "rms")  # SExtractor's MAP_WEIGHT, MAP_VAR, MAP_RMS
 
 

@@ -95,12 +95,15 @@ def read_list(path) -> list:
 
 
 def plan(images, out, suffix: str = ".parquet") -> list[Job]:
-    """One :class:`Job` per image (``out/<stem><suffix>``); an image may come as a tuple
+    """One :class:`Job` per image (``out/<stem><suffix>``, the stem without FITS suffixes:
+    ``field`` of ``field.fits.fz``); an image may come as a tuple
     ``(image, mask)``, ``(image, mask, weight)`` or ``(image, mask, weight, hdu)`` (None
     where there is none). An ``hdu`` (an index or an ``EXTNAME``) of a file with several
     images makes ``out/<stem>_<hdu><suffix>``; ``"all"``, one job per image HDU of the
     file, named by ``EXTNAME`` (or index). One-line errors for missing images, masks or
     weight maps, two jobs with one catalog name, or an output that would be an input."""
+    from probcat.io import image_stem
+
     if suffix not in SUFFIXES:
         raise ProbcatValueError(f"catalog format must be one of {', '.join(SUFFIXES)}")
     out = Path(out)
@@ -118,13 +121,14 @@ def plan(images, out, suffix: str = ".parquet") -> list[Job]:
             )
         if not p.is_file():
             raise ProbcatValueError(f"{p}: no such image file")
+        stem = image_stem(p)
         if hdu is None:
-            names = [(None, p.stem)]
+            names = [(None, stem)]
         else:
             from probcat.io import image_hdu_names
 
             hdus = image_hdu_names(p) if hdu.lower() == "all" else [hdu]
-            names = [(h, f"{p.stem}_{re.sub(r'[^A-Za-z0-9_.+-]', '_', h)}") for h in hdus]
+            names = [(h, f"{stem}_{re.sub(r'[^A-Za-z0-9_.+-]', '_', h)}") for h in hdus]
         for h, name in names:
             if name in seen:
                 raise ProbcatValueError(
