@@ -122,3 +122,38 @@ def test_image_stems_drop_fits_and_compression_suffixes(tmp_path, capsys):
     assert "f_catalog.fits" in capsys.readouterr().out
     (job,) = plan([tmp_path / "f.fits.fz"], tmp_path / "o")
     assert job.output.name == "f.parquet"
+
+
+def test_the_mask_of_the_chosen_ccd_is_read(tmp_path):
+    """A mask file with one plane per CCD is read at the image's HDU; a single-image mask
+    file applies to whichever CCD."""
+    from probcat.catalog import FullCatalog
+    from probcat.cli import main
+    from probcat.masking import read_mask
+
+    rng = np.random.default_rng(1)
+    images, masks = [fits.PrimaryHDU()], [fits.PrimaryHDU()]
+    for k in (1, 2, 3):
+        images.append(
+            fits.ImageHDU(rng.standard_normal((48, 48)).astype(np.float32), name=f"CCD{k}")
+        )
+        m = np.zeros((48, 48), np.uint8)
+        m[:, :k] = 1  # CCD k masks its first k columns
+        masks.append(fits.ImageHDU(m, name=f"CCD{k}"))
+    fits.HDUList(images).writeto(tmp_path / "m.fits")
+    fits.HDUList(masks).writeto(tmp_path / "mask.fits")
+    assert read_mask(tmp_path / "mask.fits", hdu="CCD3").sum() == 3 * 48
+    assert read_mask(tmp_path / "mask.fits", hdu=2).sum() == 2 * 48
+    fits.PrimaryHDU(np.ones((48, 48), np.uint8)).writeto(tmp_path / "one.fits")
+    assert read_mask(tmp_path / "one.fits", hdu=3).all()
+    out = tmp_path / "c.fits"
+    args = [
+        "detect",
+        str(tmp_path / "m.fits"),
+        "--hdu",
+        "CCD2",
+        "--mask",
+        str(tmp_path / "mask.fits"),
+    ]
+    assert main([*args, "--noise", "measured", "-q", "-o", str(out)]) == 0
+    assert FullCatalog.read(out).meta["input"]["masked_pixels"] == 2 * 48

@@ -92,13 +92,14 @@ def _planes_option(text: str) -> tuple[str, ...] | None:
     return None if names == NO_DATA_PLANES else names
 
 
-def _mask_option(path, planes=None):
-    """``--mask``: the mask of a FITS file (:func:`probcat.masking.read_mask`), or None."""
+def _mask_option(path, planes=None, hdu=None):
+    """``--mask``: the mask of a FITS file (:func:`probcat.masking.read_mask`; at ``hdu``
+    when it holds several images, as the image), or None."""
     if path is None:
         return None
     from probcat.masking import read_mask
 
-    return read_mask(path, planes)
+    return read_mask(path, planes, hdu)
 
 
 def _checked_seeing(value: str) -> str:
@@ -360,7 +361,7 @@ def detect_cmd(
     check_outputs(outputs, [image] + [p for p in (mask, weight) if p], outputs)
     data = read_image(image, mask_planes=planes, weight=weight, weight_type=weight_type, hdu=hdu)
     opts = {"background": background, "gain": gain, "noise_sigma": _noise_option(noise),
-            "mask": _mask_option(mask, planes)}  # fmt: skip
+            "mask": _mask_option(mask, planes, hdu)}  # fmt: skip
     res = det.detect(
         data,
         threshold=threshold,
@@ -520,7 +521,7 @@ def photoz_cmd(
         [out, pz_path] + ([regions] if regions else []), [image] + [p for p in (mask, weight) if p],
         {out: (".fits", ".fit", ".fts", ".parquet"), regions: (".reg",)},
     )  # fmt: skip
-    masked = _mask_option(mask, planes)
+    masked = _mask_option(mask, planes, hdu)
     data = read_image(image, mask_planes=planes, weight=weight, weight_type=weight_type, hdu=hdu)
     res = photoz(
         data,

@@ -259,7 +259,7 @@ def read_image(
 _AFW_PLANES = ("MASK", "VARIANCE")  # an LSST image's companions of its IMAGE HDU
 
 
-def _holds_image(h) -> bool:
+def holds_image(h) -> bool:
     """Whether an HDU is an image of at least 2 dimensions (read from its header: no data
     is loaded)."""
     return bool(h.is_image) and int(h.header.get("NAXIS", 0) or 0) >= 2
@@ -275,7 +275,7 @@ def image_hdu(path: Path, hdul, hdu=None, what: str = "") -> int:
     when given, else the first that holds an image, with a warning naming the others (an
     LSST image's ``MASK`` and ``VARIANCE`` aside); one-line errors for a file without
     images, or without ``hdu``. ``what``: the file's role in messages ("weight map ")."""
-    images = [i for i, h in enumerate(hdul) if _holds_image(h)]
+    images = [i for i, h in enumerate(hdul) if holds_image(h)]
     if hdu is not None:
         return _chosen_hdu(path, hdul, hdu, images)
     if not images:
@@ -305,7 +305,7 @@ def image_hdu_names(path) -> list[str]:
                 raise ProbcatValueError(
                     f"{path}: a probcat image (one HDU per band) is read whole: no hdu to choose"
                 )
-            found = [(i, h.name) for i, h in enumerate(hdul) if _holds_image(h)]
+            found = [(i, h.name) for i, h in enumerate(hdul) if holds_image(h)]
     except OSError as e:
         raise ProbcatIOError(f"{path}: not a readable FITS file ({e})") from e
     found = [(i, n) for i, n in found if n not in _AFW_PLANES]
@@ -363,11 +363,6 @@ def check_weight_type(kind: str, name: str = "weight type") -> None:
         raise ProbcatValueError(f"{name} must be one of {', '.join(WEIGHT_TYPES)}, got {kind!r}")
 
 
-def first_image_data(hdul):
-    """The data of the first image HDU of ``hdul`` that has any, or None."""
-    return next((h.data for h in hdul if h.is_image and h.data is not None), None)
-
-
 def _read_weight(
     path: Path, weight, shape: tuple, kind: str = "weight", hdu=None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -383,7 +378,7 @@ def _read_weight(
         raise ProbcatFileError(f"{weight}: weight map file not found")
     try:
         with _quiet_astropy(), fits.open(weight, memmap=False) as hdul:
-            images = sum(_holds_image(h) for h in hdul)
+            images = sum(holds_image(h) for h in hdul)
             idx = image_hdu(weight, hdul, hdu if images > 1 else None, "weight map ")
             w = np.array(hdul[idx].data, dtype=np.float32)  # (float64 would double a 6-band map)
     except OSError as e:

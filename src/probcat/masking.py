@@ -204,15 +204,16 @@ def aperture_fraction(masked: np.ndarray | None, x, y, radius: float = MASK_RADI
     return torch.cat(out).double().numpy()
 
 
-def read_mask(path, planes=None) -> np.ndarray:
+def read_mask(path, planes=None, hdu=None) -> np.ndarray:
     """The mask of a FITS file, ``(H, W)`` or ``(bands, H, W)``: in a file with a ``MASK``
     HDU whose header names its bit planes (``MP_<NAME>``: an LSST image or mask file), the
     pixels set in any of ``planes`` (:func:`plane_mask`; None: :data:`NO_DATA_PLANES`, those
     the file has; named planes must all be in the file); else its first image HDU, where
-    any nonzero pixel is masked."""
+    any nonzero pixel is masked. ``hdu``: the image's HDU (one CCD of a mosaic file), read
+    from a mask file that has several images too."""
     from astropy.io import fits
 
-    from probcat.io import first_image_data
+    from probcat.io import holds_image, image_hdu
 
     path = Path(path)
     if not path.is_file():
@@ -224,10 +225,9 @@ def read_mask(path, planes=None) -> np.ndarray:
                 bits = plane_mask(h.data, h.header, planes, where=f"{path}: ")
                 if bits is not None:
                     return bits
-            data = first_image_data(hdul)
-            if data is None:
-                raise ProbcatValueError(f"{path}: no image data in any HDU of the mask")
-            data = np.asarray(data)
+            several = sum(holds_image(h) for h in hdul) > 1
+            idx = image_hdu(path, hdul, hdu if several else None, "mask ")
+            data = np.asarray(hdul[idx].data)
     except OSError as e:
         raise ProbcatIOError(f"{path}: not a readable FITS mask ({e})") from e
     if data.ndim not in (2, 3) or data.dtype.kind not in "biuf":

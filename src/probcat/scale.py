@@ -194,7 +194,7 @@ def process_image(
             if mask is not None:
                 from probcat.masking import read_mask
 
-                mask = read_mask(mask, options.get("mask_planes"))
+                mask = read_mask(mask, options.get("mask_planes"), hdu)
             res = det.detect(
                 data,
                 mask=mask,
