@@ -1069,9 +1069,12 @@ def _local_noise(image, bands, masked, cx, cy) -> np.ndarray:
 def ab_mag(band, flux, unit: str = "electron", zeropoint=None) -> np.ndarray:
     """AB magnitudes of fluxes: ``zeropoint`` - 2.5 log10(flux) with a ``zeropoint`` (the
     magnitude of a flux of 1: ``read_input``'s ``info["zeropoint"]``); without one, by
-    ``unit``: electrons through the band's zeropoint and exposure time, nJy as 31.4 - 2.5
-    log10(flux) (the Rubin pipelines' coadds); NaN for fluxes <= 0 and for any other unit
+    ``unit``: electrons through the band's zeropoint and exposure time, a flux density
+    through :data:`probcat.io.UNIT_ZEROPOINTS` (nJy: 31.4 - 2.5 log10(flux), the Rubin
+    pipelines' coadds); NaN for fluxes <= 0 and for any other unit
     (ADU, or a unit probcat cannot calibrate)."""
+    from probcat.io import UNIT_ZEROPOINTS
+
     flux = np.asarray(flux, float)
     with np.errstate(divide="ignore", invalid="ignore"):
         pos = np.maximum(flux, 1e-30)
@@ -1079,8 +1082,8 @@ def ab_mag(band, flux, unit: str = "electron", zeropoint=None) -> np.ndarray:
             mag = float(zeropoint) - 2.5 * np.log10(pos)
         elif unit == "electron":
             mag = band.flux_to_mag(pos)
-        elif unit.lower() == "njy":
-            mag = NJY_AB_ZEROPOINT - 2.5 * np.log10(pos)
+        elif unit.lower() in UNIT_ZEROPOINTS:
+            mag = UNIT_ZEROPOINTS[unit.lower()] - 2.5 * np.log10(pos)
         else:
             return np.full(flux.shape, np.nan)
         return np.where(flux > 0, mag, np.nan)
@@ -1092,9 +1095,6 @@ def mag_error(flux, flux_err, mag) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         err = 2.5 / np.log(10.0) * np.asarray(flux_err, float) / np.asarray(flux, float)
     return np.where(np.isfinite(mag), err, np.nan)
-
-
-NJY_AB_ZEROPOINT = 31.4  # AB magnitude of 1 nJy: -2.5 log10(1e-9 Jy / 3631 Jy)
 
 
 def _check_passes(passes):

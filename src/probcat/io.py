@@ -259,7 +259,7 @@ def read_image(
 _AFW_PLANES = ("MASK", "VARIANCE")  # an LSST image's companions of its IMAGE HDU
 
 
-def holds_image(h) -> bool:
+def _holds_image(h) -> bool:
     """Whether an HDU is an image of at least 2 dimensions (read from its header: no data
     is loaded)."""
     return bool(h.is_image) and int(h.header.get("NAXIS", 0) or 0) >= 2
@@ -270,12 +270,21 @@ def _hdu_label(hdul, i: int) -> str:
     return f"{i} ({hdul[i].name})" if hdul[i].name and hdul[i].name != "PRIMARY" else str(i)
 
 
-def image_hdu(path: Path, hdul, hdu=None, what: str = "") -> int:
+def _images(hdul) -> list[int]:
+    """The indices of the HDUs of ``hdul`` that hold an image."""
+    return [i for i, h in enumerate(hdul) if _holds_image(h)]
+
+
+def image_hdu(path: Path, hdul, hdu=None, what: str = "", companion: bool = False) -> int:
     """The index of the image HDU to read in ``hdul``: ``hdu`` (an index or an ``EXTNAME``)
     when given, else the first that holds an image, with a warning naming the others (an
     LSST image's ``MASK`` and ``VARIANCE`` aside); one-line errors for a file without
-    images, or without ``hdu``. ``what``: the file's role in messages ("weight map ")."""
-    images = [i for i, h in enumerate(hdul) if holds_image(h)]
+    images, or without ``hdu``. ``what``: the file's role in messages ("weight map ").
+    ``companion``: a weight map or mask of the image read at ``hdu``, which applies only
+    where this file holds several images too (one map per CCD); a single map serves any."""
+    images = _images(hdul)
+    if companion and len(images) <= 1:
+        hdu = None
     if hdu is not None:
         return _chosen_hdu(path, hdul, hdu, images)
     if not images:
@@ -305,10 +314,9 @@ def image_hdu_names(path) -> list[str]:
                 raise ProbcatValueError(
                     f"{path}: a probcat image (one HDU per band) is read whole: no hdu to choose"
                 )
-            found = [(i, h.name) for i, h in enumerate(hdul) if holds_image(h)]
+            found = [(i, hdul[i].name) for i in _images(hdul) if hdul[i].name not in _AFW_PLANES]
     except OSError as e:
         raise ProbcatIOError(f"{path}: not a readable FITS file ({e})") from e
-    found = [(i, n) for i, n in found if n not in _AFW_PLANES]
     if not found:
         raise ProbcatValueError(f"{path}: no image data in any HDU")
     names = [n for _, n in found]
@@ -378,8 +386,7 @@ def _read_weight(
         raise ProbcatFileError(f"{weight}: weight map file not found")
     try:
         with _quiet_astropy(), fits.open(weight, memmap=False) as hdul:
-            images = sum(holds_image(h) for h in hdul)
-            idx = image_hdu(weight, hdul, hdu if images > 1 else None, "weight map ")
+            idx = image_hdu(weight, hdul, hdu, "weight map ", companion=True)
             w = np.array(hdul[idx].data, dtype=np.float32)  # (float64 would double a 6-band map)
     except OSError as e:
         raise ProbcatIOError(f"{weight}: not a readable FITS weight map ({e})") from e

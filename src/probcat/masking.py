@@ -213,7 +213,7 @@ def read_mask(path, planes=None, hdu=None) -> np.ndarray:
     from a mask file that has several images too."""
     from astropy.io import fits
 
-    from probcat.io import holds_image, image_hdu
+    from probcat.io import image_hdu
 
     path = Path(path)
     if not path.is_file():
@@ -225,8 +225,7 @@ def read_mask(path, planes=None, hdu=None) -> np.ndarray:
                 bits = plane_mask(h.data, h.header, planes, where=f"{path}: ")
                 if bits is not None:
                     return bits
-            several = sum(holds_image(h) for h in hdul) > 1
-            idx = image_hdu(path, hdul, hdu if several else None, "mask ")
+            idx = image_hdu(path, hdul, hdu, "mask ", companion=True)
             data = np.asarray(hdul[idx].data)
     except OSError as e:
         raise ProbcatIOError(f"{path}: not a readable FITS mask ({e})") from e
