@@ -19,6 +19,7 @@ import numpy as np
 from probcat.catalog import FullCatalog
 from probcat.errors import ProbcatValueError
 from probcat.simulate.bank import SourceBank, dihedral, dihedral_truth, overlap_dot, paste
+from probcat.simulate.noise import RESAMPLING_KERNELS, coadd_noise
 from probcat.simulate.prior import (
     FAMILY_COLUMNS,
     GALAXY_DENSITY,
@@ -45,6 +46,11 @@ class SceneConfig:
             paper 000; > 0 lets light from just outside enter the image).
         noise: ``"gaussian"`` (background-limited, sigma = sqrt(sky), the paper's) or
             ``"poisson"`` (Poisson on sky + source photons, sky subtracted).
+        coadd_fraction: the fraction of scenes (Gaussian noise only) whose noise is that of
+            a coadd instead (:func:`probcat.simulate.noise.coadd_noise`: correlated between
+            neighbouring pixels, the same pixel sigma), each band of 1 to ``coadd_visits``
+            visits (uniform) resampled by one of ``coadd_kernels`` (uniform). 0: white
+            noise, and the random stream of every scene as without the option.
     """
 
     height: int = 98
@@ -53,6 +59,9 @@ class SceneConfig:
     star_density: float = STAR_DENSITY
     margin: int = 0
     noise: str = "gaussian"
+    coadd_fraction: float = 0.0
+    coadd_visits: int = 16
+    coadd_kernels: tuple[str, ...] = ("lanczos3", "bilinear")
 
     def __post_init__(self):
         if self.height < 1 or self.width < 1:
@@ -61,6 +70,17 @@ class SceneConfig:
             raise ProbcatValueError("source densities must be >= 0")
         if self.noise not in NOISE_MODELS:
             raise ProbcatValueError(f"noise must be one of {NOISE_MODELS}, got {self.noise!r}")
+        if not 0.0 <= self.coadd_fraction <= 1.0:
+            raise ProbcatValueError(f"coadd_fraction must lie in [0, 1], got {self.coadd_fraction}")
+        if self.coadd_fraction and self.noise != "gaussian":
+            raise ProbcatValueError("coadd noise replaces Gaussian noise: use noise='gaussian'")
+        if self.coadd_visits < 1:
+            raise ProbcatValueError(f"coadd_visits must be >= 1, got {self.coadd_visits}")
+        bad = [k for k in self.coadd_kernels if k not in RESAMPLING_KERNELS]
+        if bad or not self.coadd_kernels:
+            raise ProbcatValueError(
+                f"coadd_kernels must be some of {RESAMPLING_KERNELS}, got {self.coadd_kernels}"
+            )
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -240,6 +260,19 @@ class SceneSimulator:
     def add_noise(self, rng: np.random.Generator, noiseless: np.ndarray) -> np.ndarray:
         """Background-subtracted noisy image, float32."""
         sig = self.sigma.astype(np.float32)[:, None, None]
+        c = self.config
+        if c.coadd_fraction and rng.random() < c.coadd_fraction:
+            noise = [
+                coadd_noise(
+                    rng,
+                    noiseless.shape[-2:],
+                    float(s),
+                    int(rng.integers(1, c.coadd_visits + 1)),
+                    c.coadd_kernels[int(rng.integers(len(c.coadd_kernels)))],
+                )
+                for s in self.sigma
+            ]
+            return noiseless + np.stack(noise)
         if self.config.noise == "gaussian":
             noise = rng.standard_normal(noiseless.shape, dtype=np.float32) * sig
             return noiseless + noise

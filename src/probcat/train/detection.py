@@ -71,6 +71,11 @@ class DetectionData:
     batch_size: int = 32
     val_scenes: int = 256
     psf_scales: tuple[float, ...] = (1.0,)  # factors on the PSF FWHM, one drawn per scene
+    # the fraction of scenes with the correlated noise of a coadd instead of white noise
+    # (probcat.simulate.scene.SceneConfig: visits and resampling kernels drawn per scene)
+    coadd_fraction: float = 0.0
+    coadd_visits: int = 16
+    coadd_kernels: tuple[str, ...] = ("lanczos3", "bilinear")
 
 
 @dataclass(frozen=True)
@@ -271,7 +276,14 @@ def _simulator(
         n_galaxies=n,
         catalog_seed=d.catalog_seed,
     )
-    layout = SceneConfig(d.image_size, d.image_size, margin=d.margin)
+    layout = SceneConfig(
+        d.image_size,
+        d.image_size,
+        margin=d.margin,
+        coadd_fraction=d.coadd_fraction,
+        coadd_visits=d.coadd_visits,
+        coadd_kernels=d.coadd_kernels,
+    )
     survey = cfg.survey()
     sims = [
         SceneSimulator(
@@ -423,6 +435,15 @@ def describe_data(cfg: DetectionTrainConfig) -> dict:
         if d.psf_scales == (1.0,)
         else f"atmospheric PSF FWHM x {list(d.psf_scales)}, one bank each, drawn per scene "
         "(training, validation and the fits after training)",
+        **(
+            {
+                "noise": f"the correlated noise of a coadd in {d.coadd_fraction:g} of the "
+                f"scenes (1-{d.coadd_visits} visits resampled by {', '.join(d.coadd_kernels)}; "
+                "training, validation and the fits after training), white noise in the rest"
+            }
+            if d.coadd_fraction
+            else {}
+        ),
     }
 
 
