@@ -1,14 +1,17 @@
-"""Correlated noise, as in a coadd of resampled visits: probcat (the shipped LSST-i
-weights, trained on uncorrelated noise) and SEP on the same simulated fields, one run.
+"""Correlated noise, as in a coadd of resampled visits: probcat's LSST-i weights (the
+default ones, trained on white noise, and ``detection_lsst_i_coadd``, trained on a mix of
+white and coadd noise) and SEP on the same simulated fields, one run.
 
 Each held-out 400×400 LSST-i field (test-split galaxies of the default prior) is made as
 a coadd is: ``--visits`` exposures, each the field shifted by a random sub-pixel offset
-(exactly, in Fourier space) plus white noise, resampled back onto the common grid by a
-cubic spline and averaged. The same coadded signal is also given white noise of the
-coadd's pixel noise sigma. Both images are read with that sigma: precision, recall
-(true SNR > 3), F1, false detections per Mpx, precision at prob ≥ 0.9, and the noise
-correlation probcat measures (:func:`probcat.background.noise_correlation`, on which it
-warns above 0.08).
+(exactly, in Fourier space) plus white noise, resampled back onto the common grid and
+averaged; by a cubic spline (``coadd``: a kernel the coadd weights never saw) and by the
+Lanczos-3 kernel of the Rubin pipelines and SWarp (``coadd_lanczos3``: one of the two the
+coadd weights were trained with, on other galaxies and seeds). The same coadded signal is
+also given white noise of the coadd's pixel noise sigma (``white``). Every image is read
+with its pixel sigma: precision, recall (true SNR > 3), F1, false detections per Mpx,
+precision at prob ≥ 0.9, and the noise correlation probcat measures
+(:func:`probcat.background.noise_correlation`, on which it warns above 0.08).
 
 Writes ``benchmarks/results/correlated_noise.json`` and ``correlated_noise.png``.
 
@@ -39,10 +42,16 @@ def resample_back(img: np.ndarray, d) -> np.ndarray:
     return shift(img, d, order=3, mode="wrap")
 
 
-def coadd(noiseless: np.ndarray, sigma: float, visits: int, rng) -> tuple:
+def coadd(noiseless: np.ndarray, sigma: float, visits: int, rng, kernel="cubic") -> tuple:
     """The coadded signal and noise of ``visits`` exposures of ``noiseless`` (each of noise
-    ``sigma`` x sqrt(visits), so that a plain sum would have ``sigma``)."""
+    ``sigma`` x sqrt(visits), so that a plain sum would have ``sigma``), resampled back by a
+    cubic spline (``"cubic"``) or by :func:`probcat.simulate.noise.resampled`'s kernels."""
     from scipy.ndimage import fourier_shift
+
+    from probcat.simulate.noise import resampled
+
+    def back(img, d):
+        return resample_back(img, d) if kernel == "cubic" else resampled(img, -d[0], -d[1], kernel)
 
     signal = np.zeros(noiseless.shape)
     noise = np.zeros(noiseless.shape)
@@ -50,8 +59,8 @@ def coadd(noiseless: np.ndarray, sigma: float, visits: int, rng) -> tuple:
     for _ in range(visits):
         d = rng.uniform(-0.5, 0.5, 2)
         exposure = np.fft.ifft2(fourier_shift(ft, -d)).real
-        signal += resample_back(exposure, d)
-        noise += resample_back(sigma * np.sqrt(visits) * rng.standard_normal(noiseless.shape), d)
+        signal += back(exposure, d)
+        noise += back(sigma * np.sqrt(visits) * rng.standard_normal(noiseless.shape), d)
     return signal / visits, noise / visits
 
 
@@ -75,10 +84,15 @@ def score(cat, truth) -> dict:
     if "prob_raw" in cat.colnames:  # probcat's calibrated probabilities
         hi = np.asarray(cat["prob"]) >= 0.9
         out.update(n_at_0_9=int(hi.sum()), n_real_at_0_9=int((real & hi).sum()))
+        out.update(prob=np.asarray(cat["prob"], float), real=real)
     return out
 
 
 def summary(counts: list[dict], area_mpx: float) -> dict:
+    from probcat.metrics.calibration import expected_calibration_error
+
+    arrays = {k: np.concatenate([c.pop(k) for c in counts]) for k in ("prob", "real")
+              if k in counts[0]}  # fmt: skip
     tot = {k: sum(c[k] for c in counts) for k in counts[0]}
     p = tot["n_real"] / max(tot["n_detections"], 1)
     r = tot["n_found_snr_gt_3"] / max(tot["n_true_snr_gt_3"], 1)
@@ -86,27 +100,48 @@ def summary(counts: list[dict], area_mpx: float) -> dict:
            "false_per_mpx": (tot["n_detections"] - tot["n_real"]) / area_mpx, **tot}  # fmt: skip
     if "n_at_0_9" in tot:
         out["precision_at_0_9"] = tot["n_real_at_0_9"] / max(tot["n_at_0_9"], 1)
+        out["detection_ece"] = expected_calibration_error(arrays["prob"], arrays["real"])
     return out
 
 
-def figure(example: dict, res: dict, path: Path) -> None:
+NOISES = ("white", "coadd", "coadd_lanczos3")
+NOISE_TITLES = {
+    "white": "white noise",
+    "coadd": "coadd, cubic spline",
+    "coadd_lanczos3": "coadd, Lanczos-3",
+}
+COADD_WEIGHTS = "detection_lsst_i_coadd"
+
+
+def label(weights: str) -> str:
+    """The result keys' prefix of ``weights``: ``probcat`` for the default ones."""
+    return (
+        "probcat"
+        if weights == "detection_lsst_i"
+        else f"probcat_{weights.removeprefix('detection_lsst_i_')}_weights"
+    )
+
+
+def figure(example: dict, res: dict, who: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(1, 3, figsize=(13, 4.2))
-    for a, key, title in ((ax[0], "white", "white noise"), (ax[1], "coadd", "coadd noise")):
+    fig, ax = plt.subplots(1, 3, figsize=(14, 4.2), gridspec_kw={"width_ratios": [1, 1, 1.5]})
+    for a, key in ((ax[0], "white"), (ax[1], "coadd")):
         a.imshow(example[key][100:200, 100:200], origin="lower", cmap="gray_r", vmin=-2, vmax=4)
-        a.set_title(f"{title} (100 px; noise_correlation {example[key + '_nc']:.2f})")
+        a.set_title(f"{NOISE_TITLES[key]} (100 px; noise_correlation {example[key + '_nc']:.2f})")
         a.set_xticks([])
         a.set_yticks([])
-    who = ["probcat", "sep"]
     x = np.arange(len(who))
-    for k, (noise, colour) in enumerate((("white", "C0"), ("coadd", "C3"))):
+    width = 0.8 / len(NOISES)
+    for k, noise in enumerate(NOISES):
         vals = [res[f"{w}_{noise}"]["false_per_mpx"] for w in who]
-        ax[2].bar(x + 0.38 * (k - 0.5), vals, 0.38, color=colour, label=f"{noise} noise")
-    ax[2].set_xticks(x, who)
+        ax[2].bar(x + width * (k - 1), vals, width, color=f"C{k}", label=NOISE_TITLES[noise])
+    ax[2].set_xticks(
+        x, [w.replace("_weights", "\nweights").replace("probcat_", "probcat ") for w in who]
+    )
     ax[2].set_ylabel("false detections per Mpx")
     ax[2].legend()
     ax[2].set_title("same signal, same pixel sigma")
@@ -122,74 +157,99 @@ def main(argv=None) -> None:
     from probcat.provenance import provenance
     from probcat.simulate.bank import BankConfig, SourceBank
     from probcat.simulate.scene import SceneConfig, SceneSimulator
+    from probcat.weights import names as available
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fields", type=int, default=16, help="400-px fields")
     ap.add_argument("--visits", type=int, default=6, help="exposures per coadd")
     ap.add_argument("--seed", type=int, default=20261204)
+    default = ",".join(
+        ["detection_lsst_i", *([COADD_WEIGHTS] if COADD_WEIGHTS in available() else [])]
+    )
+    ap.add_argument("--weights", default=default, help="comma-separated registered names")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     command = " ".join([".venv/bin/python", "benchmarks/correlated_noise.py",
                         *(argv or sys.argv[1:])])  # fmt: skip
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    det = load("detection_lsst_i", threads=2, kind="detection")
-    survey = det.survey
+    names = args.weights.split(",")
+    dets = {label(n): load(n, threads=2, kind="detection") for n in names}
+    survey = next(iter(dets.values())).survey
     sigma = float(survey.noise_sigma[0])
     bank = SourceBank.load_or_build(survey, BankConfig(split="test", n_galaxies=5000))
     sim = SceneSimulator(bank, SceneConfig(SIZE, SIZE))
     counts: dict = {}
-    nc: dict = {"white": [], "coadd": []}
+    nc: dict = {k: [] for k in NOISES}
     example = None
     for f in range(args.fields):
         rng = np.random.default_rng([args.seed, f])
         scene = sim.sample(rng, keep_noiseless=True)
-        signal, noise = coadd(scene.noiseless[0].astype(np.float64), sigma, args.visits, rng)
+        truth = scene.noiseless[0].astype(np.float64)
+        signal, noise = coadd(truth, sigma, args.visits, rng)
         pix = float(np.std(noise))  # the coadd's pixel noise sigma
         white = signal + pix * rng.standard_normal(signal.shape)
-        images = {"coadd": (signal + noise).astype(np.float32), "white": white.astype(np.float32)}
-        for key, img in images.items():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the correlated-noise warning, measured here
-                cat = det.catalog(img[None], noise_sigma=pix, background="none")
-            nc[key].append(cat.meta["input"]["noise_correlation"][0])
-            counts.setdefault(f"probcat_{key}", []).append(score(cat, scene.catalog))
-            counts.setdefault(f"sep_{key}", []).append(score(sep_detect(img, pix), scene.catalog))
+        signal_l, noise_l = coadd(truth, sigma, args.visits, rng, "lanczos3")
+        images = {
+            "white": (white.astype(np.float32), pix),
+            "coadd": ((signal + noise).astype(np.float32), pix),
+            "coadd_lanczos3": ((signal_l + noise_l).astype(np.float32), float(np.std(noise_l))),
+        }
+        for key, (img, s) in images.items():
+            for who, det in dets.items():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the correlated-noise warning, measured here
+                    cat = det.catalog(img[None], noise_sigma=s, background="none")
+                if who == "probcat":
+                    nc[key].append(cat.meta["input"]["noise_correlation"][0])
+                counts.setdefault(f"{who}_{key}", []).append(score(cat, scene.catalog))
+            counts.setdefault(f"sep_{key}", []).append(score(sep_detect(img, s), scene.catalog))
         if example is None:
-            example = {k: v / pix for k, v in images.items()}
-            example.update(white_nc=nc["white"][0], coadd_nc=nc["coadd"][0])
+            example = {k: v / s for k, (v, s) in images.items()}
+            example.update({f"{k}_nc": nc[k][0] for k in NOISES})
     area = args.fields * SIZE * SIZE / 1e6
     res = {k: summary(v, area) for k, v in counts.items()}
+    who = [*dets, "sep"]
     out = {
         "command": command,
-        "weights": "detection_lsst_i",
+        "weights": names,
+        "result_keys": {label(n): n for n in names},
+        "weights_sha256": {who: (det.manifest or {}).get("sha256") for who, det in dets.items()},
+        # the coadd weights' own key, by which scripts/ship_weights.py records these numbers
+        "coadd_weights_sha256": (
+            (dets.get(label(COADD_WEIGHTS)) or None)
+            and dets[label(COADD_WEIGHTS)].manifest.get("sha256")
+        ),  # fmt: skip
         "fields": args.fields,
         "field_size": SIZE,
         "visits": args.visits,
         "seed": args.seed,
-        "held_out": "test-split galaxies of the default prior; seed other than training's",
+        "held_out": "test-split galaxies of the default prior; seed other than training's; "
+        "the cubic-spline coadd's kernel is not among the coadd weights' training kernels",
         "noise_correlation": {
             k: {"median": float(np.median(v)), "min": float(np.min(v)), "max": float(np.max(v))}
             for k, v in nc.items()
         },  # fmt: skip
         **res,
         "ratios": {
-            "probcat_false_coadd_over_white": res["probcat_coadd"]["false_per_mpx"]
-            / max(res["probcat_white"]["false_per_mpx"], 1e-12),
-            "sep_false_coadd_over_white": res["sep_coadd"]["false_per_mpx"]
-            / max(res["sep_white"]["false_per_mpx"], 1e-12),
+            f"{w}_false_{k}_over_white": res[f"{w}_{k}"]["false_per_mpx"]
+            / max(res[f"{w}_white"]["false_per_mpx"], 1e-12)
+            for w in who
+            for k in NOISES[1:]
         },
         "definitions": {
             "precision, recall, f1": "MAP catalogue at threshold 0.5 (SEP: its catalogue), "
             "Hungarian matches within 2 px; precision over all detections, recall over true "
             "sources with SNR > 3",
             "false_per_mpx": "unmatched detections per million pixels",
+            "detection_ece": "expected calibration error of the MAP detections' calibrated "
+            "prob against being matched (10 equal-width bins)",
             "noise_correlation": "probcat.background.noise_correlation of each image "
             "(catalog meta input.noise_correlation)",
         },
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    figure(example, res, args.out / "correlated_noise.png")
+    figure(example, res, who, args.out / "correlated_noise.png")
     out["elapsed_s"] = round(time.perf_counter() - t0, 1)
     out.update({k: v for k, v in provenance(command).items() if k != "command"})
     text = json.dumps(out, indent=1, default=float)

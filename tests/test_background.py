@@ -391,3 +391,40 @@ def test_correlated_noise_is_recorded_and_said_once(tmp_path, capsys):
         _, _, _, info, _ = read_input(read_image(tmp_path / "c.fits"), Survey.lsst(bands="i"),
                                       "measured")  # fmt: skip
     assert info["noise_correlation"][0] == pytest.approx(0.5, abs=0.05)
+
+
+def test_correlated_noise_warning_knows_the_weights_trained_on_it(monkeypatch):
+    import warnings
+
+    from probcat import weights
+    from probcat.api import Detector, read_input
+    from probcat.survey import Survey
+
+    rng = np.random.default_rng(4)
+    w = 10 * rng.standard_normal((161, 161))
+    img = ((w[:-1, :-1] + w[1:, :-1] + w[:-1, 1:] + w[1:, 1:]) / 2).astype(np.float32)
+    survey = Survey.lsst(bands="i")
+    monkeypatch.setattr(weights, "coadd_detection_weights", lambda bands: ["coadd_i"])
+    with pytest.warns(UserWarning, match="the weights coadd_i were trained on such noise"):
+        read_input(img, survey, 10.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, _, _, info, _ = read_input(img, survey, 10.0, correlated_noise_ok=True)
+    assert info["noise_correlation"][0] > 0.4  # still measured and recorded
+    # a Detector says it from its manifest's training data
+    assert weights.coadd_trained({"config": {"data": {"coadd_fraction": 0.5}}})
+    assert not weights.coadd_trained({"config": {"data": {}}}) and not weights.coadd_trained(None)
+    seen = {}
+
+    def fake_read_input(*a, **k):
+        seen.update(k)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr("probcat.api.read_input", fake_read_input)
+    det = Detector.__new__(Detector)
+    det.survey, det.net = survey, type("N", (), {"receptive_field": 40})()
+    for man, want in (({"config": {"data": {"coadd_fraction": 0.5}}}, True), ({}, False)):
+        det.manifest = man
+        with pytest.raises(RuntimeError):
+            det._one(img, 10.0, {})
+        assert seen["correlated_noise_ok"] is want

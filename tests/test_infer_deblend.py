@@ -1,3 +1,5 @@
+import warnings
+
 import galsim
 import numpy as np
 import pytest
@@ -589,3 +591,35 @@ def test_galaxy_stamps_do_not_depend_on_the_network_batch(monkeypatch):
     monkeypatch.setattr(D, "CROP_BLOCK", 2)  # three blocks of crops
     np.testing.assert_array_equal(galaxy_stamps(model, image, sigma, x, y, batch=3), whole)
     np.testing.assert_allclose(refine_stamps(model, image, sigma, x, y, whole), refined, atol=1e-4)
+
+
+def test_measure_widens_flux_errors_for_correlated_noise_by_the_aperture_factor():
+    from probcat.api import Deblender
+    from probcat.background import aperture_noise_factor
+    from probcat.simulate.noise import coadd_noise
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="i")
+    sigma = survey.noise_sigma.astype(np.float32)
+    model = FixedGalaxy(_draw(_galaxy(2e5), S) / sigma[0])
+    xs, ys = [60.0, 90.0], [70.0, 70.0]
+    signal = paste_models(reconstruct(model, np.zeros((1, 160, 160)), sigma, xs, ys,
+                                      [True] * 2), (160, 160))  # fmt: skip
+    cat = FullCatalog(
+        {"x": np.array(xs), "y": np.array(ys), "galaxy": np.ones(2, bool)}, (160, 160), ("i",)
+    )
+    db = Deblender(model, survey, device="cpu")
+    rng = np.random.default_rng(0)
+    white = signal + sigma[0] * rng.standard_normal(signal.shape).astype(np.float32)
+    got = db.measure(white, cat, noise_sigma=sigma, background="none").catalog
+    noise = float(sigma[0]) * np.sqrt(np.pi * 25.0)
+    np.testing.assert_allclose(got["flux_ap_err"][:, 0], noise)  # white: unchanged
+    assert "aperture_noise_factor" not in got.meta["deblend"]
+    coadd = signal + coadd_noise(rng, (160, 160), float(sigma[0]), 4, "bilinear")[None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the detector's warning to give, not the deblender's
+        got = db.measure(coadd, cat, noise_sigma=sigma, background="none").catalog
+    factor = got.meta["deblend"]["aperture_noise_factor"][0]
+    want = aperture_noise_factor(coadd[0] / sigma[0], 5.0)
+    assert factor == pytest.approx(want, rel=1e-3) and factor > 1.15
+    np.testing.assert_allclose(got["flux_ap_err"][:, 0], noise * factor, rtol=1e-3)

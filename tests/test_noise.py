@@ -106,3 +106,48 @@ def test_scene_option_mixes_coadd_and_white_noise(tiny_bank):
     c = [noise_correlation(np.tile(half.sample(rng).image[0], (2, 2))) for _ in range(40)]
     frac = np.mean(np.asarray(c) > 0.06)
     assert 0.25 < frac < 0.75  # about half the scenes correlated (binomial, n = 40)
+
+
+def _aperture_pairs(radius: float, dy: int, dx: int) -> int:
+    """Brute force: pairs of aperture pixels (centres within ``radius`` of the centre) that
+    lie ``(dy, dx)`` apart."""
+    k = int(np.ceil(radius))
+    pts = [(y, x) for y in range(-k, k + 1) for x in range(-k, k + 1) if y * y + x * x <= radius**2]
+    inside = set(pts)
+    return sum((y + dy, x + dx) in inside for y, x in pts)
+
+
+def test_aperture_noise_factor_matches_exact_value_for_box_filtered_noise():
+    from probcat.background import aperture_noise_factor
+
+    # n = (sum of a 2x2 box of white noise) / 2: unit variance, correlation
+    # (2 - |dy|)(2 - |dx|) / 4 at lags up to 1, 0 beyond
+    w = np.random.default_rng(0).standard_normal((513, 513))
+    n = (w[:-1, :-1] + w[1:, :-1] + w[:-1, 1:] + w[1:, 1:]) / 2.0
+    radius = 3.0
+    exact = sum(
+        (2 - abs(dy)) * (2 - abs(dx)) / 4 * _aperture_pairs(radius, dy, dx)
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+    ) / _aperture_pairs(radius, 0, 0)
+    got = aperture_noise_factor(n, radius, crop=512)
+    # within 3.5%: the source mask takes the brightest blobs of such smooth noise for
+    # sources (1.7% of the pixels here), which lowers the measured correlation by about 1%
+    assert got == pytest.approx(np.sqrt(exact), rel=0.035)
+    assert np.sqrt(exact) > 1.5  # a real inflation, not 1 by construction
+    white = aperture_noise_factor(w[:512, :512], radius, crop=512)
+    assert white == pytest.approx(1.0, abs=0.03)
+    assert aperture_noise_factor(w[:64, :64], radius) is None  # a cutout: not measured
+
+
+def test_aperture_noise_factor_predicts_the_scatter_of_aperture_sums():
+    import sep
+
+    from probcat.background import aperture_noise_factor
+
+    rng = np.random.default_rng(2)
+    n = coadd_noise(rng, (512, 512), 1.0, 4, "bilinear").astype(np.float64)
+    xs, ys = rng.uniform(10, 500, 3000), rng.uniform(10, 500, 3000)
+    sums, _, _ = sep.sum_circle(n, xs, ys, 5.0)
+    empirical = sums.std() / (n.std() * np.sqrt(np.pi * 25))
+    assert aperture_noise_factor(n, 5.0, crop=512) == pytest.approx(empirical, rel=0.06)

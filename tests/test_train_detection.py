@@ -206,6 +206,13 @@ def test_shipped_config_is_the_shipped_weights_config(name):
         assert got["fits"].pop("real_shapes_population") is None
         assert got["fits"].pop("real_shapes_scenes") == 1024
         assert got["fits"].pop("real_shapes_prior") == 0.1
+    if "coadd_fraction" not in want["data"]:  # trained before coadd noise was simulated
+        assert got["data"].pop("coadd_fraction") == 0.0
+        assert got["data"].pop("coadd_visits") == 16
+        assert got["data"].pop("coadd_kernels") == ["lanczos3", "bilinear"]
+    if "coadd_fraction" not in want["fits"]:  # fitted on the training data's noise
+        assert got["fits"].pop("coadd_fraction") is None
+        assert got["fits"].pop("coadd_kernels") is None
     assert got == want
     assert load_config(f"configs/{name}.yaml", steps=7).phases[0].steps == 7
 

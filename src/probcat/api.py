@@ -81,6 +81,7 @@ def read_input(
     mask=None,
     whiten: bool = True,
     zeropoint=None,
+    correlated_noise_ok: bool = False,
 ):
     """One image for ``survey``'s bands (taken by name from an image that has more, e.g. the
     i plane of a ugrizy file for i-band weights): ``(x, wcs, sigma, info, masked)`` with ``x``
@@ -107,7 +108,9 @@ def read_input(
     magnitude of a flux of 1 in the units fluxes come out in (``zeropoint``, a number or one
     per band, in the pixels' units as given; else the image's, :class:`probcat.io.ImageData`;
     shifted by 2.5 log10 gain where a gain converts the pixels to electrons; ``None`` where
-    unknown), and ``info["zeropoint_source"]`` where it came from."""
+    unknown), and ``info["zeropoint_source"]`` where it came from. ``info["noise_correlation"]``:
+    per band, :func:`probcat.background.noise_correlation`; probcat warns when it reads as a
+    coadd's unless ``correlated_noise_ok`` (weights trained on such noise)."""
     from probcat.background import (
         gain_array,
         measured_noise,
@@ -231,27 +234,35 @@ def read_input(
         x[bad] = 0.0  # no data: the zero padding's value (x is never the caller's array)
         masked = bad.any(0)
         info["masked_pixels"] = int(masked.sum())
-    _check_noise_correlation(x, names, info)
+    _check_noise_correlation(x, names, info, correlated_noise_ok)
     return x, wcs, sigma, {**info, **done}, masked
 
 
-def _check_noise_correlation(x: np.ndarray, names, info: dict) -> None:
+def _check_noise_correlation(x: np.ndarray, names, info: dict, ok: bool = False) -> None:
     """Record the neighbour correlation of each band's noise in
     ``info["noise_correlation"]`` (:func:`probcat.background.noise_correlation`), and warn
-    when it is that of a resampled coadd rather than white noise."""
+    when it is that of a resampled coadd rather than white noise, unless ``ok``; the
+    warning names the shipped weights for these bands trained on such noise."""
     from probcat.background import NOISE_CORRELATION_WARN, noise_correlation
+    from probcat.weights import coadd_detection_weights
 
     values = [noise_correlation(band) for band in x]
     info["noise_correlation"] = [None if v is None else round(v, 4) for v in values]
     known = [(v, k) for k, v in enumerate(values) if v is not None]
     worst = max(known) if known else None
-    if worst is not None and worst[0] > NOISE_CORRELATION_WARN:
+    if worst is not None and worst[0] > NOISE_CORRELATION_WARN and not ok:
+        better = coadd_detection_weights(names)
+        hint = (
+            f"; the weights {', '.join(better)} were trained on such noise (weights=, --weights)"
+            if better
+            else ""
+        )
         warnings.warn(
             f"the noise of neighbouring pixels is correlated ({worst[0]:.2f} more than that "
             f"of pixels 2 apart, band {names[worst[1]]}), as in a coadd of resampled "
-            "visits: probcat was trained on uncorrelated noise, and such noise gives about "
-            "twice its false detections at the same sigma, most of them below prob 0.9 "
-            "(docs/method.md, Correlated noise)",
+            "visits: these weights were trained on uncorrelated noise, and such noise gives "
+            "about twice their false detections at the same sigma, most of them below "
+            f"prob 0.9 (docs/method.md, Correlated noise){hint}",
             stacklevel=3,
         )
 
@@ -368,12 +379,15 @@ class Detector:
     def _one(self, image, noise_sigma, opts: dict):
         """One image as ``(bands, H, W)`` in sigma units, its WCS, what was done to it and
         its masked pixels (``(H, W)`` or None)."""
+        from probcat.weights import coadd_trained
+
         x, wcs, _, info, masked = read_input(
             image,
             self.survey,
             noise_sigma,
             min_size=self.net.receptive_field // 2,
             sky_offset=self.sky_offset,
+            correlated_noise_ok=coadd_trained(self.manifest),
             **opts,
         )
         return x, wcs, info, masked
@@ -938,6 +952,7 @@ class Deblender:
         x, wcs, sigma, info, masked = read_input(
             image, self.survey, noise_sigma, background=background, gain=gain,
             sky_offset=sky_offset, mask=mask, whiten=False, zeropoint=zeropoint,
+            correlated_noise_ok=True,  # the detector's to say; the errors allow for it
         )  # fmt: skip
         unit = info.get("flux_unit", "electron")
         zps = info.get("zeropoint") or [None] * len(self.survey.bands)
@@ -979,7 +994,8 @@ class Deblender:
         area = np.pi * APERTURE_RADIUS**2
         scale = self.flux_error_scale(method)
         local = _local_noise(image, self.survey.band_names, masked, cx, cy)
-        noise = sigma * np.sqrt(area) * local
+        correlated = _aperture_noise_factors(x, info)
+        noise = sigma * np.sqrt(area) * local * correlated
         flux_err = np.array(flux_sd(noise, contam, scale))
         mags = np.stack(
             [ab_mag(b, flux[:, k], unit, zps[k]) for k, b in enumerate(self.survey.bands)], 1
@@ -1018,11 +1034,30 @@ class Deblender:
         }
         # the units the fluxes, model and residual are in, for the files they are written to
         cat.meta["deblend"]["noise_sigma"] = [float(v) for v in sigma]
+        if np.any(correlated != 1.0):  # the aperture noise of correlated pixel noise
+            cat.meta["deblend"]["aperture_noise_factor"] = [round(float(v), 4) for v in correlated]
         cat.meta["deblend"]["flux_unit"] = unit
         if "zeropoint" in info:  # what mag_ap was read with
             cat.meta["deblend"]["zeropoint"] = info["zeropoint"]
             cat.meta["deblend"]["zeropoint_source"] = info["zeropoint_source"]
         return DeblendResult(cat, model, img - model, models, None, wcs)
+
+
+def _aperture_noise_factors(x: np.ndarray, info: dict) -> np.ndarray:
+    """Per band, what correlated pixel noise multiplies the noise of an aperture sum by
+    (:func:`probcat.background.aperture_noise_factor`), in the bands whose noise reads as
+    correlated (``info["noise_correlation"]`` above
+    :data:`~probcat.background.NOISE_CORRELATION_WARN`, as in a coadd); 1 elsewhere (white
+    noise: the factor is 1 within its sampling error)."""
+    from probcat.background import NOISE_CORRELATION_WARN, aperture_noise_factor
+    from probcat.measure import APERTURE_RADIUS
+
+    out = np.ones(len(x))
+    for k, nc in enumerate(info.get("noise_correlation") or ()):
+        if nc is not None and nc > NOISE_CORRELATION_WARN:
+            f = aperture_noise_factor(x[k], APERTURE_RADIUS)
+            out[k] = 1.0 if f is None else f
+    return out
 
 
 def whitened(x: np.ndarray, ratio: np.ndarray, info: dict) -> np.ndarray:

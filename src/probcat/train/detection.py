@@ -139,6 +139,11 @@ class DetectionFits:
     real_shapes_population: str | None = None
     real_shapes_scenes: int = 1024
     real_shapes_prior: float = 0.1
+    # the noise of every fit's validation scenes (probcat.simulate.scene.SceneConfig): the
+    # fraction of coadd scenes and their resampling kernels; None: the training data's (for
+    # weights meant for coadds, trained on a mix: calibrated on coadds of the pipelines' kernel)
+    coadd_fraction: float | None = None
+    coadd_kernels: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -221,6 +226,21 @@ class DetectionTrainConfig:
                 "fits.real_shapes_prior must be in (0, 1) and fits.real_shapes_scenes 1 or "
                 f"more, got {self.fits.real_shapes_prior} and {self.fits.real_shapes_scenes}"
             )
+        f = self.fits
+        for where, frac, kernels in (
+            ("data", d.coadd_fraction, d.coadd_kernels),
+            ("fits", f.coadd_fraction, f.coadd_kernels),
+        ):
+            try:  # the scenes' own checks, before any training rather than after it
+                SceneConfig(
+                    8,
+                    8,
+                    coadd_fraction=d.coadd_fraction if frac is None else frac,
+                    coadd_visits=d.coadd_visits,
+                    coadd_kernels=d.coadd_kernels if kernels is None else kernels,
+                )
+            except ProbcatValueError as e:
+                raise ProbcatValueError(f"{where}: {e}") from None
 
     @property
     def total_steps(self) -> int:
@@ -264,11 +284,16 @@ def _simulator(
     progress,
     population: str | None = None,
     psf_scales: tuple[float, ...] | None = None,
+    fits: bool = False,
 ) -> SceneSimulator:
     """Scenes of the training layout on the ``split`` ("train" or "val") source bank of
     ``population`` (default ``data.population``); with several ``psf_scales`` (default
-    ``data.psf_scales``), a :class:`SeeingMixture` of one bank per PSF width."""
+    ``data.psf_scales``), a :class:`SeeingMixture` of one bank per PSF width. ``fits``: the
+    scenes of the fits after training, with the noise ``cfg.fits`` sets, if any."""
     d = cfg.data
+    f = cfg.fits
+    coadd = d.coadd_fraction if not fits or f.coadd_fraction is None else f.coadd_fraction
+    kernels = d.coadd_kernels if not fits or f.coadd_kernels is None else f.coadd_kernels
     n = d.bank_size if split == "train" else d.val_bank_size
     bank_cfg = BankConfig(
         population=population or d.population,
@@ -280,9 +305,9 @@ def _simulator(
         d.image_size,
         d.image_size,
         margin=d.margin,
-        coadd_fraction=d.coadd_fraction,
+        coadd_fraction=coadd,
         coadd_visits=d.coadd_visits,
-        coadd_kernels=d.coadd_kernels,
+        coadd_kernels=kernels,
     )
     survey = cfg.survey()
     sims = [
@@ -367,8 +392,9 @@ class DetectionTask:
 
     def finish(self, model, progress):
         sim = self.val_sim
-        if self.cfg.fits.population is not None:
-            sim = _simulator(self.cfg, "val", self.cache_dir, progress, self.cfg.fits.population)
+        f = self.cfg.fits
+        if f.population is not None or f.coadd_fraction is not None or f.coadd_kernels:
+            sim = _simulator(self.cfg, "val", self.cache_dir, progress, f.population, fits=True)
         merge, calibration = _fit_decoding(model, self.cfg, sim, progress)
         return {
             "centroid_calibration": calibration,
@@ -626,12 +652,12 @@ def calibrate_run(
         return write_run(out, "detection", weights, manifest, refit="seeing_calibration")
     if centroid_only:
         _set_fits(net, weights)
-        sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population)
+        sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population, fits=True)
         cal = _fit_calibration(net, cfg, sim, progress)
         weights["centroid_calibration"] = manifest["centroid_calibration"] = cal
         real_pop = cfg.fits.real_shapes_population
         if real_pop is not None and weights.get("real_shapes_centroid_calibration"):
-            real = _simulator(cfg, "val", cache_dir, progress, real_pop)
+            real = _simulator(cfg, "val", cache_dir, progress, real_pop, fits=True)
             centroid = _fit_shapes_centroid(net, cfg, real, progress)
             if centroid is not None:
                 weights["real_shapes_centroid_calibration"] = centroid
@@ -653,7 +679,7 @@ def calibrate_run(
             manifest["real_shapes_centroid_calibration"] = centroid
         weights["config"]["fits"] = manifest["config"]["fits"] = to_dict(cfg.fits)
         return write_run(out, "detection", weights, manifest, refit="shapes_calibration")
-    sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population)
+    sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population, fits=True)
     if reliability_only:
         if weights.get("merge"):
             net.merge_px = float(weights["merge"]["radius_px"])
@@ -726,7 +752,7 @@ def record_sky_offset(weights_path, manifest_path, *, n_scenes=None, cache_dir=N
 
     w = read_weights(weights_path)
     cfg = from_dict(DetectionTrainConfig, w["config"])
-    sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population)
+    sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population, fits=True)
     rec = fit_sky_offset(cfg, sim.bank, n_scenes)
     record_in_manifest(manifest_path, "sky_offset", rec)
     return rec
@@ -800,8 +826,8 @@ def _fit_shapes(net, cfg: DetectionTrainConfig, cache_dir, progress) -> dict:
     f = cfg.fits
     if f.real_shapes_population is None or net.prob_calibration is None:
         return {}
-    real = _simulator(cfg, "val", cache_dir, progress, f.real_shapes_population)
-    prior = _simulator(cfg, "val", cache_dir, progress, f.population)
+    real = _simulator(cfg, "val", cache_dir, progress, f.real_shapes_population, fits=True)
+    prior = _simulator(cfg, "val", cache_dir, progress, f.population, fits=True)
     n, frac, seed = f.real_shapes_scenes, _inside_fraction(cfg), [cfg.seed, 43]
     cal = fit_shapes_calibration(
         net,
@@ -854,7 +880,7 @@ def _fit_seeing(net, cfg: DetectionTrainConfig, cache_dir, progress) -> list:
     frac = _inside_fraction(cfg)
     n, out = cfg.fits.seeing_scenes, []
     for factor in cfg.fits.seeing_factors:
-        sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population, (factor,))
+        sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population, (factor,), fits=True)
         seed = [cfg.seed, 41, round(factor * 100)]
         inside = _inside_note(n, frac)
         try:

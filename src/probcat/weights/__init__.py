@@ -88,6 +88,25 @@ def manifest(name: str = DEFAULT_DETECTION) -> dict:
         raise ProbcatIOError(f"{path}: unreadable manifest ({e})") from e
 
 
+def coadd_trained(man: dict | None) -> bool:
+    """Whether weights with manifest ``man`` were trained on (and calibrated for) the
+    correlated noise of coadds as well as white noise (``data.coadd_fraction`` > 0)."""
+    data = ((man or {}).get("config") or {}).get("data") or {}
+    return bool(data.get("coadd_fraction"))
+
+
+def coadd_detection_weights(bands) -> list[str]:
+    """Shipped detection weights for ``bands`` trained on the noise of coadds."""
+    want = "".join(bands)
+    out = []
+    for name in names():
+        man = manifest(name)
+        data = (man.get("config") or {}).get("data") or {}
+        if man.get("kind") == "detection" and data.get("bands") == want and coadd_trained(man):
+            out.append(name)
+    return out
+
+
 def sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
