@@ -177,6 +177,7 @@ def test_psf_scales_train_on_a_seeing_mixture_of_their_banks(cache_dir):
     [
         "detection_lsst_i",
         "detection_lsst_i_bulgedisk",
+        "detection_lsst_i_coadd",
         "detection_lsst_ugrizy",
         "detection_lsst_ugrizy_bulgedisk",
     ],
@@ -722,3 +723,34 @@ def test_fits_on_another_population_are_made_and_recorded(tmp_path, cache_dir, m
     assert m["data"]["fits"] == "validation scenes of population parametric"
     with pytest.raises(ProbcatValueError, match="fits.population"):
         _cfg(fits__population=" ")
+
+
+def test_coadd_noise_in_training_and_fits_of_their_own(tmp_path, cache_dir, monkeypatch):
+    """data.coadd_fraction gives the training scenes coadd noise; fits.coadd_fraction and
+    fits.coadd_kernels, when set, give every fit's scenes theirs (else the training data's);
+    the manifest says so."""
+    import probcat.infer.reliability as R
+    from probcat.train.detection import _simulator
+
+    cfg = _cfg(data__coadd_fraction=0.5, fits__coadd_fraction=1.0, fits__coadd_kernels=["lanczos3"])
+    train = _simulator(cfg, "train", cache_dir, False)
+    fits = _simulator(cfg, "val", cache_dir, False, fits=True)
+    assert train.config.coadd_fraction == 0.5
+    assert train.config.coadd_kernels == ("lanczos3", "bilinear")
+    assert fits.config.coadd_fraction == 1.0 and fits.config.coadd_kernels == ("lanczos3",)
+    plain = _cfg(data__coadd_fraction=0.25)  # no fits settings: the training data's noise
+    assert _simulator(plain, "val", cache_dir, False, fits=True).config.coadd_fraction == 0.25
+    with pytest.raises(ProbcatValueError, match="fits: coadd_kernels"):
+        _cfg(fits__coadd_kernels=["cubic"])
+    cal = R.ProbabilityCalibration((0.0, 1.0), (0.0, 0.5), 500, "test")
+    dens = R.fit_feature_density(np.random.default_rng(1).standard_normal((100, 8)))
+    seen = []
+
+    def fake_fit(net, sim, noise_sigma, **kwargs):
+        seen.append((sim.config.coadd_fraction, sim.config.coadd_kernels))
+        return cal, dens
+
+    monkeypatch.setattr(R, "fit_reliability", fake_fit)
+    m = train_detection(cfg, tmp_path / "run", cache_dir=cache_dir, progress=False)
+    assert seen == [(1.0, ("lanczos3",))]
+    assert "coadd" in m["data"]["noise"] and "0.5" in m["data"]["noise"]
