@@ -122,6 +122,37 @@ def label(weights: str) -> str:
     )
 
 
+def flux_pulls(deb, img, s, signal, truth) -> np.ndarray:
+    """Pulls of the aperture fluxes of the isolated galaxies (blendedness < 0.05, SNR
+    5-200, 6 px or more inside the image) measured by the deblender at their true positions
+    (every true source given), against the aperture flux of the noiseless coadd there, in
+    units of ``flux_ap_err`` (which assumes independent pixel noise)."""
+    import sep
+
+    from probcat.catalog import FullCatalog
+
+    cat = FullCatalog({k: np.asarray(truth[k]) for k in ("x", "y", "galaxy")}, img.shape, ("i",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the correlated-noise warning, measured here
+        got = deb.measure(img[None], cat, noise_sigma=s, background="none").catalog
+    x, y = np.asarray(truth["x"]), np.asarray(truth["y"])
+    snr = np.asarray(truth["snr"])[:, 0]
+    iso = (np.asarray(truth["blendedness"])[:, 0] < 0.05) & (snr > 5) & (snr < 200)
+    iso &= np.asarray(truth["galaxy"]) & (np.minimum(x, y) > 6) & (np.maximum(x, y) < SIZE - 7)
+    true, _, _ = sep.sum_circle(np.ascontiguousarray(signal, np.float64), x[iso], y[iso], 5.0)
+    return (np.asarray(got["flux_ap"])[iso, 0] - true) / np.asarray(got["flux_ap_err"])[iso, 0]
+
+
+def coverage(pulls: list) -> dict:
+    p = np.abs(np.asarray(pulls))
+    return {
+        "n_galaxies": int(len(p)),
+        "coverage_68": float(np.mean(p <= 1.0)),
+        "coverage_95": float(np.mean(p <= 1.96)),
+        "pull_sd_68": float(np.percentile(p, 68.27)),
+    }
+
+
 def figure(example: dict, res: dict, who: list[str], path: Path) -> None:
     import matplotlib
 
@@ -175,6 +206,8 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     names = args.weights.split(",")
     dets = {label(n): load(n, threads=2, kind="detection") for n in names}
+    deb = load("deblender_lsst_i", threads=2, kind="deblender")
+    pulls: dict = {k: [] for k in NOISES}
     survey = next(iter(dets.values())).survey
     sigma = float(survey.noise_sigma[0])
     bank = SourceBank.load_or_build(survey, BankConfig(split="test", n_galaxies=5000))
@@ -204,6 +237,8 @@ def main(argv=None) -> None:
                     nc[key].append(cat.meta["input"]["noise_correlation"][0])
                 counts.setdefault(f"{who}_{key}", []).append(score(cat, scene.catalog))
             counts.setdefault(f"sep_{key}", []).append(score(sep_detect(img, s), scene.catalog))
+            sig = signal_l if key == "coadd_lanczos3" else signal
+            pulls[key].extend(flux_pulls(deb, img, s, sig, scene.catalog))
         if example is None:
             example = {k: v / s for k, (v, s) in images.items()}
             example.update({f"{k}_nc": nc[k][0] for k in NOISES})
@@ -231,6 +266,7 @@ def main(argv=None) -> None:
             for k, v in nc.items()
         },  # fmt: skip
         **res,
+        "flux_error_coverage": {k: coverage(v) for k, v in pulls.items()},
         "ratios": {
             f"{w}_false_{k}_over_white": res[f"{w}_{k}"]["false_per_mpx"]
             / max(res[f"{w}_white"]["false_per_mpx"], 1e-12)
@@ -242,6 +278,11 @@ def main(argv=None) -> None:
             "Hungarian matches within 2 px; precision over all detections, recall over true "
             "sources with SNR > 3",
             "false_per_mpx": "unmatched detections per million pixels",
+            "flux_error_coverage": "isolated galaxies (blendedness < 0.05, true SNR 5-200), "
+            "deblended aperture flux (deblender_lsst_i, conserve, 5 px) at the true positions "
+            "of all true sources: fraction within 1 / 1.96 flux_ap_err of the noiseless "
+            "coadd's aperture flux; pull_sd_68: the 68th percentile of |pull| (1 if the "
+            "errors are right)",
             "detection_ece": "expected calibration error of the MAP detections' calibrated "
             "prob against being matched (10 equal-width bins)",
             "noise_correlation": "probcat.background.noise_correlation of each image "

@@ -187,6 +187,16 @@ def _noise_rows() -> list:
                     None if key in ("precision_at_0_9", "detection_ece") else f"sep_{noise}.{key}"
                 )
                 rows.append((f"{title}, {weights}: {label}", f"{who}_{noise}.{key}", base, fmt, ""))
+        for label, key in (("68%", "coverage_68"), ("95%", "coverage_95")):
+            rows.append(
+                (
+                    f"{title}: {label} coverage of isolated galaxies' aperture flux by flux_ap_err",
+                    f"flux_error_coverage.{noise}.{key}",
+                    None,
+                    ".3f",
+                    "",
+                )
+            )
         rows.append(
             (
                 f"{title}: noise_correlation (median)",

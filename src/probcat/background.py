@@ -54,7 +54,6 @@ from probcat.errors import ProbcatValueError
 
 __all__ = [
     "prepare",
-    "aperture_noise_factor",
     "sky",
     "masked_sky",
     "masked_noise",
@@ -365,6 +364,26 @@ NOISE_CORRELATION_MIN_PIXELS = 2000
 NOISE_CORRELATION_MIN_SIZE = 128  # px: smaller images (cutouts) are not measured
 
 
+def _sky_crop(band: np.ndarray, crop: int):
+    """``(r, keep)``: the central ``crop`` x ``crop`` of ``band`` (float32) and its sky
+    pixels (data, sources masked at the crop's own pixel noise, :func:`_source_mask`); None
+    for images smaller than :data:`NOISE_CORRELATION_MIN_SIZE` or with fewer than
+    :data:`NOISE_CORRELATION_MIN_PIXELS` pixels of data."""
+    h, w = band.shape
+    if min(h, w) < NOISE_CORRELATION_MIN_SIZE:
+        return None
+    y0, x0 = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
+    r = np.ascontiguousarray(band[y0 : y0 + crop, x0 : x0 + crop], dtype=np.float32)
+    keep = (r != 0) & np.isfinite(r)
+    if keep.sum() < NOISE_CORRELATION_MIN_PIXELS:
+        return None
+    rms = _mad_sigma(r[keep])  # the crop's own noise: a stated sigma may be off
+    if not rms > 0:
+        return None
+    keep &= ~_source_mask(np.where(keep, r, 0).astype(np.float32), rms)
+    return r, keep
+
+
 def noise_correlation(band: np.ndarray, crop: int = NOISE_CORRELATION_CROP) -> float | None:
     """How much more the noise of adjacent pixels is correlated than that of pixels 2 px
     apart, in one band ``(H, W)`` in noise-sigma units with its sky subtracted (0: masked,
@@ -378,18 +397,10 @@ def noise_correlation(band: np.ndarray, crop: int = NOISE_CORRELATION_CROP) -> f
     fewer than :data:`NOISE_CORRELATION_MIN_PIXELS` sky pixels are left, and for images
     smaller than :data:`NOISE_CORRELATION_MIN_SIZE` on a side (cutouts: too few sky pixels
     for a steady estimate, and batches of them are read fast)."""
-    h, w = band.shape
-    if min(h, w) < NOISE_CORRELATION_MIN_SIZE:
+    sky = _sky_crop(band, crop)
+    if sky is None:
         return None
-    y0, x0 = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
-    r = np.ascontiguousarray(band[y0 : y0 + crop, x0 : x0 + crop], dtype=np.float32)
-    keep = (r != 0) & np.isfinite(r)
-    if keep.sum() < NOISE_CORRELATION_MIN_PIXELS:
-        return None
-    rms = _mad_sigma(r[keep])  # the crop's own noise: a stated sigma may be off
-    if not rms > 0:
-        return None
-    keep &= ~_source_mask(np.where(keep, r, 0).astype(np.float32), rms)
+    r, keep = sky
 
     def corr(dy: int, dx: int) -> float:
         hh, ww = r.shape
@@ -407,65 +418,6 @@ def noise_correlation(band: np.ndarray, crop: int = NOISE_CORRELATION_CROP) -> f
     if not lag1 or not lag2:
         return None
     return float(np.mean(lag1) - np.mean(lag2))
-
-
-APERTURE_NOISE_MAX_LAG = 5  # px: the noise covariance summed over lags up to this
-
-
-def aperture_noise_factor(
-    band: np.ndarray,
-    radius: float,
-    crop: int = NOISE_CORRELATION_CROP,
-    max_lag: int = APERTURE_NOISE_MAX_LAG,
-) -> float | None:
-    """The noise of a sum over a circular aperture of ``radius`` px, over what it would be
-    were the pixels' noise independent (``sigma sqrt(area)``), in one band ``(H, W)`` in
-    noise-sigma units, sky subtracted (0: no data): ``sqrt(sum_d rho(d) n(d) / n(0))``, with
-    ``rho(d)`` the noise's correlation at lag ``d`` (``|dx|, |dy| <= max_lag``), measured
-    as :func:`noise_correlation` measures it (the central ``crop``, sources masked; by FFT)
-    and ``n(d)`` the number of pixel pairs ``d`` apart in the aperture (pixels whose centres
-    lie within ``radius`` of a pixel centre). 1 for white noise; about 1.5-2 for a coadd of
-    resampled visits, whose neighbouring pixels' noise is positively correlated. Faint
-    sources left unmasked add a little correlation at every lag: use it where the noise is
-    known to be correlated (:func:`noise_correlation` above :data:`NOISE_CORRELATION_WARN`).
-    None where :func:`noise_correlation` is."""
-    h, w = band.shape
-    if min(h, w) < NOISE_CORRELATION_MIN_SIZE:
-        return None
-    y0, x0 = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
-    r = np.ascontiguousarray(band[y0 : y0 + crop, x0 : x0 + crop], dtype=np.float64)
-    keep = (r != 0) & np.isfinite(r)
-    if keep.sum() < NOISE_CORRELATION_MIN_PIXELS:
-        return None
-    rms = _mad_sigma(r[keep])
-    if not rms > 0:
-        return None
-    keep &= ~_source_mask(np.where(keep, r, 0).astype(np.float32), rms)
-    if keep.sum() < NOISE_CORRELATION_MIN_PIXELS:
-        return None
-    v = np.where(keep, r - r[keep].mean(), 0.0)
-    m = keep.astype(np.float64)
-    shape = [n + max_lag for n in r.shape]  # zero-padded: no wrap-around pairs
-
-    def acf(a):
-        f = np.fft.rfft2(a, shape)
-        return np.fft.irfft2(f * np.conj(f), shape)
-
-    pairs = acf(m)
-    cov = acf(v) / np.maximum(pairs, 1.0)
-    lags = np.arange(-max_lag, max_lag + 1)
-    rho = cov[np.ix_(lags % shape[0], lags % shape[1])] / cov[0, 0]
-    ok = pairs[np.ix_(lags % shape[0], lags % shape[1])] >= NOISE_CORRELATION_MIN_PIXELS
-    rho = np.where(ok, rho, 0.0)
-    k = int(np.ceil(radius))
-    yy, xx = np.mgrid[-k : k + 1, -k : k + 1]
-    ap = (yy**2 + xx**2 <= radius**2).astype(np.float64)
-    fa = np.fft.rfft2(ap, [2 * (2 * k + 1)] * 2)
-    n_d = np.fft.irfft2(fa * np.conj(fa), [2 * (2 * k + 1)] * 2)  # pairs of aperture pixels
-    size = 2 * (2 * k + 1)
-    n_d = n_d[np.ix_(lags % size, lags % size)]
-    ratio = float(np.sum(rho * n_d) / ap.sum())
-    return float(np.sqrt(max(ratio, 0.0)))
 
 
 def _noise_mismatch(sigma, noise) -> np.ndarray:
