@@ -593,8 +593,9 @@ def test_galaxy_stamps_do_not_depend_on_the_network_batch(monkeypatch):
     np.testing.assert_allclose(refine_stamps(model, image, sigma, x, y, whole), refined, atol=1e-4)
 
 
-def test_measure_warns_that_flux_errors_assume_independent_pixels_on_correlated_noise():
+def test_measure_widens_flux_errors_for_correlated_noise_by_the_aperture_factor():
     from probcat.api import Deblender
+    from probcat.background import aperture_noise_factor
     from probcat.simulate.noise import coadd_noise
     from probcat.survey import Survey
 
@@ -611,12 +612,14 @@ def test_measure_warns_that_flux_errors_assume_independent_pixels_on_correlated_
     rng = np.random.default_rng(0)
     white = signal + sigma[0] * rng.standard_normal(signal.shape).astype(np.float32)
     noise = float(sigma[0]) * np.sqrt(np.pi * 25.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # white noise: nothing to say
-        got = db.measure(white, cat, noise_sigma=sigma, background="none").catalog
-    np.testing.assert_allclose(got["flux_ap_err"][:, 0], noise)
+    got = db.measure(white, cat, noise_sigma=sigma, background="none").catalog
+    np.testing.assert_allclose(got["flux_ap_err"][:, 0], noise)  # white: unchanged
+    assert "aperture_noise_factor" not in got.meta["deblend"]
     coadd = signal + coadd_noise(rng, (160, 160), float(sigma[0]), 4, "bilinear")[None]
-    with pytest.warns(UserWarning, match="flux_ap_err and the flux posteriors assume") as rec:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the detector's warning to give, not the deblender's
         got = db.measure(coadd, cat, noise_sigma=sigma, background="none").catalog
-    assert not any("false detections" in str(w.message) for w in rec)  # the detector's
-    np.testing.assert_allclose(got["flux_ap_err"][:, 0], noise)
+    factor = got.meta["deblend"]["aperture_noise_factor"][0]
+    assert factor == pytest.approx(aperture_noise_factor(coadd[0] / sigma[0]), rel=1e-3)
+    assert factor > 1.15
+    np.testing.assert_allclose(got["flux_ap_err"][:, 0], noise * factor, rtol=1e-3)

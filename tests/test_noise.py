@@ -106,3 +106,39 @@ def test_scene_option_mixes_coadd_and_white_noise(tiny_bank):
     c = [noise_correlation(np.tile(half.sample(rng).image[0], (2, 2))) for _ in range(40)]
     frac = np.mean(np.asarray(c) > 0.06)
     assert 0.25 < frac < 0.75  # about half the scenes correlated (binomial, n = 40)
+
+
+def test_aperture_noise_factor_reads_the_low_frequency_noise_power_exactly():
+    from probcat.background import APERTURE_NOISE_BAND, aperture_noise_factor
+
+    # n = (sum of a 2x2 box of white noise) / 2: unit variance, power spectrum
+    # 4 cos^2(pi ky) cos^2(pi kx), whose mean over every frequency is 1
+    w = np.random.default_rng(0).standard_normal((257, 257))
+    n = (w[:-1, :-1] + w[1:, :-1] + w[:-1, 1:] + w[1:, 1:]) / 2.0
+    ky, kx = np.fft.fftfreq(256)[:, None], np.fft.fftfreq(256)[None, :]
+    k = np.hypot(ky, kx)
+    band = (k >= APERTURE_NOISE_BAND[0]) & (k <= APERTURE_NOISE_BAND[1])
+    exact = np.sqrt(np.mean((4 * np.cos(np.pi * ky) ** 2 * np.cos(np.pi * kx) ** 2)[band]))
+    got = aperture_noise_factor(n)
+    assert exact > 1.5  # a real inflation, not 1 by construction
+    # within 3%: the periodogram's scatter over the band (~0.7%) and the source mask,
+    # which takes the brightest blobs of such smooth noise for sources
+    assert got == pytest.approx(exact, rel=0.03)
+    white = aperture_noise_factor(w[:256, :256])
+    assert white == pytest.approx(1.0, abs=0.03)
+    assert aperture_noise_factor(w[:64, :64]) is None  # a cutout: not measured
+
+
+@pytest.mark.parametrize("kernel", RESAMPLING_KERNELS)
+def test_aperture_noise_factor_predicts_the_scatter_of_aperture_sums(kernel):
+    import sep
+
+    from probcat.background import aperture_noise_factor
+
+    rng = np.random.default_rng(2)
+    n = coadd_noise(rng, (512, 512), 1.0, 6, kernel).astype(np.float64)
+    xs, ys = rng.uniform(10, 500, 4000), rng.uniform(10, 500, 4000)
+    sums, _, _ = sep.sum_circle(n, xs, ys, 5.0)
+    empirical = sums.std() / (n.std() * np.sqrt(np.pi * 25))
+    assert empirical > 1.04  # correlated enough to tell
+    assert aperture_noise_factor(n, crop=512) == pytest.approx(empirical, rel=0.08)

@@ -952,7 +952,7 @@ class Deblender:
         x, wcs, sigma, info, masked = read_input(
             image, self.survey, noise_sigma, background=background, gain=gain,
             sky_offset=sky_offset, mask=mask, whiten=False, zeropoint=zeropoint,
-            correlated_noise_ok=True,  # the detector's warning; the deblender says its own
+            correlated_noise_ok=True,  # the detector's to say; the errors allow for it
         )  # fmt: skip
         unit = info.get("flux_unit", "electron")
         zps = info.get("zeropoint") or [None] * len(self.survey.bands)
@@ -994,8 +994,8 @@ class Deblender:
         area = np.pi * APERTURE_RADIUS**2
         scale = self.flux_error_scale(method)
         local = _local_noise(image, self.survey.band_names, masked, cx, cy)
-        noise = sigma * np.sqrt(area) * local
-        _warn_correlated_flux_errors(info, self.survey.band_names)
+        correlated = _aperture_noise_factors(x, info)
+        noise = sigma * np.sqrt(area) * local * correlated
         flux_err = np.array(flux_sd(noise, contam, scale))
         mags = np.stack(
             [ab_mag(b, flux[:, k], unit, zps[k]) for k, b in enumerate(self.survey.bands)], 1
@@ -1034,6 +1034,8 @@ class Deblender:
         }
         # the units the fluxes, model and residual are in, for the files they are written to
         cat.meta["deblend"]["noise_sigma"] = [float(v) for v in sigma]
+        if np.any(correlated != 1.0):  # the aperture noise of correlated pixel noise
+            cat.meta["deblend"]["aperture_noise_factor"] = [round(float(v), 4) for v in correlated]
         cat.meta["deblend"]["flux_unit"] = unit
         if "zeropoint" in info:  # what mag_ap was read with
             cat.meta["deblend"]["zeropoint"] = info["zeropoint"]
@@ -1041,24 +1043,20 @@ class Deblender:
         return DeblendResult(cat, model, img - model, models, None, wcs)
 
 
-def _warn_correlated_flux_errors(info: dict, names) -> None:
-    """Warn that aperture flux errors assume independent pixel noise when an image's noise
-    reads as correlated (``info["noise_correlation"]`` above
-    :data:`~probcat.background.NOISE_CORRELATION_WARN`, as in a coadd)."""
-    from probcat.background import NOISE_CORRELATION_WARN
+def _aperture_noise_factors(x: np.ndarray, info: dict) -> np.ndarray:
+    """Per band, what correlated pixel noise multiplies the noise of an aperture sum by
+    (:func:`probcat.background.aperture_noise_factor`), in the bands whose noise reads as
+    correlated (``info["noise_correlation"]`` above
+    :data:`~probcat.background.NOISE_CORRELATION_WARN`, as in a coadd); 1 elsewhere (white
+    noise: the factor is 1 within its sampling error)."""
+    from probcat.background import NOISE_CORRELATION_WARN, aperture_noise_factor
 
-    bad = [
-        names[k]
-        for k, nc in enumerate(info.get("noise_correlation") or ())
-        if nc is not None and nc > NOISE_CORRELATION_WARN
-    ]
-    if bad:
-        warnings.warn(
-            f"the noise of neighbouring pixels is correlated (band {', '.join(bad)}), as in a "
-            "coadd: flux_ap_err and the flux posteriors assume independent pixel noise and "
-            "are too small there (docs/deblending.md, Correlated noise)",
-            stacklevel=3,
-        )
+    out = np.ones(len(x))
+    for k, nc in enumerate(info.get("noise_correlation") or ()):
+        if nc is not None and nc > NOISE_CORRELATION_WARN:
+            f = aperture_noise_factor(x[k])
+            out[k] = 1.0 if f is None else max(f, 1.0)
+    return out
 
 
 def whitened(x: np.ndarray, ratio: np.ndarray, info: dict) -> np.ndarray:
