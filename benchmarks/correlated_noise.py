@@ -289,9 +289,10 @@ def main(argv=None) -> None:
             "deblended aperture flux (deblender_lsst_i, conserve, 5 px) at the true positions "
             "of all true sources: fraction within 1 / 1.96 flux_ap_err of the noiseless "
             "coadd's aperture flux; pull_sd_68: the 68th percentile of |pull| (1 if the "
-            "errors are right); _independent_pixels: with the errors of independent pixel "
-            "noise (flux_ap_err over the image's aperture_noise_factor, which "
-            "Deblender.measure applies where noise_correlation > 0.08)",
+            "errors are right); _independent_pixels: the pulls times the image's "
+            "aperture_noise_factor (which Deblender.measure applies to the pixel-noise term "
+            "where noise_correlation > 0.08): the errors as they were without it, for "
+            "isolated galaxies whose error is the pixel noise's",
             "detection_ece": "expected calibration error of the MAP detections' calibrated "
             "prob against being matched (10 equal-width bins)",
             "noise_correlation": "probcat.background.noise_correlation of each image "
