@@ -1,21 +1,24 @@
-"""Correlated noise, as in a coadd of resampled visits: probcat's LSST-i weights (the
-default ones, trained on white noise, and ``detection_lsst_i_coadd``, trained on a mix of
-white and coadd noise) and SEP on the same simulated fields, one run.
+"""Correlated noise, as in a coadd of resampled visits: probcat's weights (the default
+ones, trained on white noise, and the coadd weights, trained on a mix of white and coadd
+noise) and SEP on the same simulated fields, one run; LSST i (``correlated_noise``) or
+ugrizy (``--bands ugrizy``: ``correlated_noise_ugrizy``, DC2 colours, SEP on the riz coadd).
 
-Each held-out 400×400 LSST-i field (test-split galaxies of the default prior) is made as
-a coadd is: ``--visits`` exposures, each the field shifted by a random sub-pixel offset
+Each held-out 400×400 LSST field (test-split galaxies) is made as a coadd is, band by
+band: ``--visits`` exposures, each the field shifted by a random sub-pixel offset
 (exactly, in Fourier space) plus white noise, resampled back onto the common grid and
 averaged; by a cubic spline (``coadd``: a kernel the coadd weights never saw) and by the
 Lanczos-3 kernel of the Rubin pipelines and SWarp (``coadd_lanczos3``: one of the two the
 coadd weights were trained with, on other galaxies and seeds). The same coadded signal is
 also given white noise of the coadd's pixel noise sigma (``white``). Every image is read
-with its pixel sigma: precision, recall (true SNR > 3), F1, false detections per Mpx,
-precision at prob ≥ 0.9, and the noise correlation probcat measures
-(:func:`probcat.background.noise_correlation`, on which it warns above 0.08).
+with its pixel sigma: precision, recall (true i-band SNR > 3), F1, false detections per
+Mpx, precision at prob ≥ 0.9, detection ECE, and the noise correlation probcat measures
+(:func:`probcat.background.noise_correlation`, on which it warns above 0.08). In i, also
+the coverage of isolated galaxies' true aperture fluxes by the deblender's errors.
 
-Writes ``benchmarks/results/correlated_noise.json`` and ``correlated_noise.png``.
+Writes ``benchmarks/results/<name>.json`` and ``<name>.png``.
 
     .venv/bin/python benchmarks/correlated_noise.py
+    .venv/bin/python benchmarks/correlated_noise.py --bands ugrizy
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def coadd(noiseless: np.ndarray, sigma: float, visits: int, rng, kernel="cubic")
     return signal / visits, noise / visits
 
 
-def score(cat, truth) -> dict:
+def score(cat, truth, band: int = 0) -> dict:
     from probcat.metrics.detection import match
 
     txy = np.stack([np.asarray(truth["x"]), np.asarray(truth["y"])], 1)
@@ -72,7 +75,7 @@ def score(cat, truth) -> dict:
     i, j = match(txy, exy)
     real = np.zeros(len(exy), bool)
     real[j] = True
-    bright = np.asarray(truth["snr"])[:, 0] > 3
+    bright = np.asarray(truth["snr"])[:, band] > 3
     found = np.zeros(len(txy), bool)
     found[i] = True
     out = {
@@ -110,16 +113,12 @@ NOISE_TITLES = {
     "coadd": "coadd, cubic spline",
     "coadd_lanczos3": "coadd, Lanczos-3",
 }
-COADD_WEIGHTS = "detection_lsst_i_coadd"
 
 
 def label(weights: str) -> str:
-    """The result keys' prefix of ``weights``: ``probcat`` for the default ones."""
-    return (
-        "probcat"
-        if weights == "detection_lsst_i"
-        else f"probcat_{weights.removeprefix('detection_lsst_i_')}_weights"
-    )
+    """The result keys' prefix of ``weights``: ``probcat`` for the default ones,
+    ``probcat_coadd_weights`` for those trained on coadd noise."""
+    return "probcat_coadd_weights" if weights.endswith("_coadd") else "probcat"
 
 
 def flux_pulls(deb, img, s, signal, truth) -> np.ndarray:
@@ -197,26 +196,32 @@ def main(argv=None) -> None:
     from probcat.weights import names as available
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bands", choices=("i", "ugrizy"), default="i")
     ap.add_argument("--fields", type=int, default=16, help="400-px fields")
-    ap.add_argument("--visits", type=int, default=6, help="exposures per coadd")
+    ap.add_argument("--visits", type=int, default=6, help="exposures per coadd, per band")
     ap.add_argument("--seed", type=int, default=20261204)
-    default = ",".join(
-        ["detection_lsst_i", *([COADD_WEIGHTS] if COADD_WEIGHTS in available() else [])]
-    )
-    ap.add_argument("--weights", default=default, help="comma-separated registered names")
+    ap.add_argument("--weights", default=None, help="comma-separated registered names "
+                    "(default: the bands' shipped weights and their coadd weights)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     command = " ".join([".venv/bin/python", "benchmarks/correlated_noise.py",
                         *(argv or sys.argv[1:])])  # fmt: skip
+    name = "correlated_noise" + ("" if args.bands == "i" else f"_{args.bands}")
+    base = f"detection_lsst_{args.bands}"
+    names = args.weights.split(",") if args.weights else [
+        base, *([base + "_coadd"] if base + "_coadd" in available() else [])]  # fmt: skip
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    names = args.weights.split(",")
     dets = {label(n): load(n, threads=2, kind="detection") for n in names}
-    deb = load("deblender_lsst_i", threads=2, kind="deblender")
-    pulls: dict = {k: {"pull": [], "pull_independent_pixels": [], "factor": []} for k in NOISES}
     survey = next(iter(dets.values())).survey
-    sigma = float(survey.noise_sigma[0])
-    bank = SourceBank.load_or_build(survey, BankConfig(split="test", n_galaxies=5000))
+    bands = tuple(survey.band_names)
+    ib = bands.index("i")
+    one = len(bands) == 1  # the i band alone: SEP on it, and the deblender's flux errors
+    deb = load("deblender_lsst_i", threads=2, kind="deblender") if one else None
+    pulls: dict = {k: {"pull": [], "pull_independent_pixels": [], "factor": []} for k in NOISES}
+    sigma = survey.noise_sigma.astype(np.float64)
+    population = {} if one else {"population": "dc2"}  # six bands: DC2 colours
+    bank = SourceBank.load_or_build(survey, BankConfig(split="test", n_galaxies=5000, **population))
     sim = SceneSimulator(bank, SceneConfig(SIZE, SIZE))
     counts: dict = {}
     nc: dict = {k: [] for k in NOISES}
@@ -224,56 +229,68 @@ def main(argv=None) -> None:
     for f in range(args.fields):
         rng = np.random.default_rng([args.seed, f])
         scene = sim.sample(rng, keep_noiseless=True)
-        truth = scene.noiseless[0].astype(np.float64)
-        signal, noise = coadd(truth, sigma, args.visits, rng)
-        pix = float(np.std(noise))  # the coadd's pixel noise sigma
-        white = signal + pix * rng.standard_normal(signal.shape)
-        signal_l, noise_l = coadd(truth, sigma, args.visits, rng, "lanczos3")
+        truth = scene.noiseless.astype(np.float64)
+        cubic = [coadd(truth[b], sigma[b], args.visits, rng) for b in range(len(bands))]
+        pix = np.array([np.std(n) for _, n in cubic])  # each coadd's pixel noise sigma
+        signal = np.stack([sg for sg, _ in cubic])
+        white = signal + pix[:, None, None] * rng.standard_normal(signal.shape)
+        lanczos = [
+            coadd(truth[b], sigma[b], args.visits, rng, "lanczos3") for b in range(len(bands))
+        ]
+        signal_l = np.stack([sg for sg, _ in lanczos])
         images = {
             "white": (white.astype(np.float32), pix),
-            "coadd": ((signal + noise).astype(np.float32), pix),
-            "coadd_lanczos3": ((signal_l + noise_l).astype(np.float32), float(np.std(noise_l))),
-        }
+            "coadd": (np.stack([sg + n for sg, n in cubic]).astype(np.float32), pix),
+            "coadd_lanczos3": (np.stack([sg + n for sg, n in lanczos]).astype(np.float32),
+                               np.array([np.std(n) for _, n in lanczos])),
+        }  # fmt: skip
         for key, (img, s) in images.items():
             for who, det in dets.items():
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # the correlated-noise warning, measured here
-                    cat = det.catalog(img[None], noise_sigma=s, background="none")
+                    cat = det.catalog(img, noise_sigma=s, background="none")
                 if who == "probcat":
-                    nc[key].append(cat.meta["input"]["noise_correlation"][0])
-                counts.setdefault(f"{who}_{key}", []).append(score(cat, scene.catalog))
-            counts.setdefault(f"sep_{key}", []).append(score(sep_detect(img, s), scene.catalog))
-            sig = signal_l if key == "coadd_lanczos3" else signal
-            for k, v in flux_pulls(deb, img, s, sig, scene.catalog).items():
-                pulls[key][k].extend(v)
+                    nc[key].append(cat.meta["input"]["noise_correlation"][ib])
+                counts.setdefault(f"{who}_{key}", []).append(score(cat, scene.catalog, ib))
+            # SEP: on the image (one band) or on the riz coadd in noise-sigma units
+            det_img, det_sigma = (
+                (img[0], float(s[0])) if one else (riz(img / s[:, None, None], bands), 1.0)
+            )
+            counts.setdefault(f"sep_{key}", []).append(
+                score(sep_detect(det_img, det_sigma), scene.catalog, ib)
+            )
+            if deb is not None:
+                sig = signal_l[0] if key == "coadd_lanczos3" else signal[0]
+                for k, v in flux_pulls(deb, img[0], float(s[0]), sig, scene.catalog).items():
+                    pulls[key][k].extend(v)
         if example is None:
-            example = {k: v / s for k, (v, s) in images.items()}
+            example = {k: v[ib] / s[ib] for k, (v, s) in images.items()}
             example.update({f"{k}_nc": nc[k][0] for k in NOISES})
     area = args.fields * SIZE * SIZE / 1e6
     res = {k: summary(v, area) for k, v in counts.items()}
     who = [*dets, "sep"]
+    coadd_det = dets.get("probcat_coadd_weights")
     out = {
         "command": command,
+        "bands": "".join(bands),
         "weights": names,
         "result_keys": {label(n): n for n in names},
         "weights_sha256": {who: (det.manifest or {}).get("sha256") for who, det in dets.items()},
         # the coadd weights' own key, by which scripts/ship_weights.py records these numbers
-        "coadd_weights_sha256": (
-            (dets.get(label(COADD_WEIGHTS)) or None)
-            and dets[label(COADD_WEIGHTS)].manifest.get("sha256")
-        ),  # fmt: skip
+        "coadd_weights_sha256": coadd_det.manifest.get("sha256") if coadd_det else None,
         "fields": args.fields,
         "field_size": SIZE,
         "visits": args.visits,
         "seed": args.seed,
-        "held_out": "test-split galaxies of the default prior; seed other than training's; "
-        "the cubic-spline coadd's kernel is not among the coadd weights' training kernels",
+        "held_out": f"test-split galaxies of the {'default' if one else 'dc2'} prior; seed "
+        "other than training's; the cubic-spline coadd's kernel is not among the coadd "
+        "weights' training kernels",
         "noise_correlation": {
             k: {"median": float(np.median(v)), "min": float(np.min(v)), "max": float(np.max(v))}
             for k, v in nc.items()
         },  # fmt: skip
         **res,
-        "flux_error_coverage": {k: coverage(v) for k, v in pulls.items()},
+        **({"flux_error_coverage": {k: coverage(v) for k, v in pulls.items()}} if one else {}),
         "ratios": {
             f"{w}_false_{k}_over_white": res[f"{w}_{k}"]["false_per_mpx"]
             / max(res[f"{w}_white"]["false_per_mpx"], 1e-12)
@@ -281,9 +298,9 @@ def main(argv=None) -> None:
             for k in NOISES[1:]
         },
         "definitions": {
-            "precision, recall, f1": "MAP catalogue at threshold 0.5 (SEP: its catalogue), "
-            "Hungarian matches within 2 px; precision over all detections, recall over true "
-            "sources with SNR > 3",
+            "precision, recall, f1": "MAP catalogue at threshold 0.5 (SEP: its catalogue; "
+            "six bands: on the riz coadd), Hungarian matches within 2 px; precision over all "
+            "detections, recall over true sources with SNR > 3 in i",
             "false_per_mpx": "unmatched detections per million pixels",
             "flux_error_coverage": "isolated galaxies (blendedness < 0.05, true SNR 5-200), "
             "deblended aperture flux (deblender_lsst_i, conserve, 5 px) at the true positions "
@@ -295,17 +312,23 @@ def main(argv=None) -> None:
             "isolated galaxies whose error is the pixel noise's",
             "detection_ece": "expected calibration error of the MAP detections' calibrated "
             "prob against being matched (10 equal-width bins)",
-            "noise_correlation": "probcat.background.noise_correlation of each image "
+            "noise_correlation": "probcat.background.noise_correlation of each image, i band "
             "(catalog meta input.noise_correlation)",
         },
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    figure(example, res, who, args.out / "correlated_noise.png")
+    figure(example, res, who, args.out / f"{name}.png")
     out["elapsed_s"] = round(time.perf_counter() - t0, 1)
     out.update({k: v for k, v in provenance(command).items() if k != "command"})
     text = json.dumps(out, indent=1, default=float)
-    atomic_write(args.out / "correlated_noise.json", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(args.out / f"{name}.json", lambda tmp: Path(tmp).write_text(text))
     print(text)
+
+
+def riz(image_sigma: np.ndarray, bands) -> np.ndarray:
+    """The riz coadd of an image in noise-sigma units (unit noise): SEP's detection image."""
+    k = [bands.index(b) for b in "riz"]
+    return image_sigma[k].sum(0) / np.sqrt(len(k))
 
 
 if __name__ == "__main__":

@@ -166,8 +166,9 @@ def machine_speed_row(key: str, when: str) -> tuple:
     return (label, key, None, ".2f", "")
 
 
-def _noise_rows() -> list:
-    """The rows of the correlated-noise table: each noise, each of probcat's weights."""
+def _noise_rows(flux: bool = True) -> list:
+    """The rows of a correlated-noise table: each noise, each of probcat's weights; with
+    ``flux``, the deblender's flux-error coverage."""
     rows = []
     for noise, title in (
         ("white", "white noise"),
@@ -187,7 +188,7 @@ def _noise_rows() -> list:
                     None if key in ("precision_at_0_9", "detection_ece") else f"sep_{noise}.{key}"
                 )
                 rows.append((f"{title}, {weights}: {label}", f"{who}_{noise}.{key}", base, fmt, ""))
-        for label, key in (("68%", "coverage_68"), ("95%", "coverage_95")):
+        for label, key in (("68%", "coverage_68"), ("95%", "coverage_95")) if flux else ():
             rows.append(
                 (
                     f"{title}: {label} coverage of isolated galaxies' aperture flux by flux_ap_err",
@@ -667,6 +668,11 @@ TABLES = {
         "the coadd weights never saw, and the pipelines' Lanczos-3), against white noise of "
         "the same pixel sigma, same signal; the default weights and detection_lsst_i_coadd",
         _noise_rows(),
+    ),
+    "correlated_noise_ugrizy": (
+        "the same for LSST ugrizy fields (DC2 colours; each band coadded from its own 6 "
+        "visits): the six-band weights and detection_lsst_ugrizy_coadd; SEP on the riz coadd",
+        _noise_rows(flux=False),
     ),
     "missing_data": (
         "pixels without data (a masked 10-px strip) and a noise that varies across an LSST "
@@ -1314,6 +1320,7 @@ BASELINES = {
     "scale": "reference",
     "missing_data": "SEP",
     "correlated_noise": "SEP",
+    "correlated_noise_ugrizy": "SEP (riz)",
     "deblend": "SEP",
     "photoz": "FlexZBoost",
     "simulate": "direct GalSim",

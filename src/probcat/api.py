@@ -253,7 +253,8 @@ def _check_noise_correlation(x: np.ndarray, names, info: dict, ok: bool = False)
     if worst is not None and worst[0] > NOISE_CORRELATION_WARN and not ok:
         better = coadd_detection_weights(names)
         hint = (
-            f"; the weights {', '.join(better)} were trained on such noise (weights=, --weights)"
+            f"; the weights {', '.join(better)} were trained on such noise (probcat detect "
+            "--weights, probcat photoz --detector)"
             if better
             else ""
         )
@@ -1048,7 +1049,7 @@ def _aperture_noise_factors(x: np.ndarray, info: dict) -> np.ndarray:
     (:func:`probcat.background.aperture_noise_factor`), in the bands whose noise reads as
     correlated (``info["noise_correlation"]`` above
     :data:`~probcat.background.NOISE_CORRELATION_WARN`, as in a coadd); 1 elsewhere (white
-    noise: the factor is 1 within its sampling error)."""
+    noise: the factor is 1 within its sampling error); never below 1."""
     from probcat.background import NOISE_CORRELATION_WARN, aperture_noise_factor
 
     out = np.ones(len(x))
@@ -1256,6 +1257,8 @@ def photoz(
         >>> res = probcat.photoz("field_ugrizy.fits")                 # doctest: +SKIP
         >>> res.catalog["z_mode"], res.ensemble.npdf                  # doctest: +SKIP
     """
+    from probcat.weights import coadd_trained
+
     est = load(estimator or DEFAULT_PHOTOZ, device=device, threads=threads, kind="photoz")
     det = load(detector or DEFAULT_PHOTOZ_DETECTOR, device=device, threads=threads,
                kind="detection")  # fmt: skip
@@ -1281,6 +1284,7 @@ def photoz(
         sky_offset=offset,
         mask=mask,
         whiten=False,
+        correlated_noise_ok=coadd_trained(det.manifest),  # the detector's warning
     )
     ratio = noise_map_ratio(image, est.bands, masked)
     x_all = xs if ratio is None else whitened(xs, ratio, info)
