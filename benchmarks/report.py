@@ -166,16 +166,18 @@ def machine_speed_row(key: str, when: str) -> tuple:
     return (label, key, None, ".2f", "")
 
 
-def _noise_rows(flux: bool = True) -> list:
-    """The rows of a correlated-noise table: each noise, each of probcat's weights; with
-    ``flux``, the deblender's flux-error coverage."""
+def _noise_rows(flux: bool = True, coadd_weights: bool = True) -> list:
+    """The rows of a correlated-noise table: each noise, each of probcat's weights (the
+    default ones, and the coadd weights with ``coadd_weights``); with ``flux``, the
+    deblender's flux-error coverage."""
     rows = []
     for noise, title in (
         ("white", "white noise"),
         ("coadd", "coadd, cubic spline"),
         ("coadd_lanczos3", "coadd, Lanczos-3"),
     ):
-        for who, weights in (("probcat", "default"), ("probcat_coadd_weights", "coadd weights")):
+        kinds = (("probcat", "default"), ("probcat_coadd_weights", "coadd weights"))
+        for who, weights in kinds[: 2 if coadd_weights else 1]:
             for label, key, fmt in (
                 ("false detections per Mpx", "false_per_mpx", ".0f"),
                 ("precision", "precision", ".3f"),
@@ -671,8 +673,8 @@ TABLES = {
     ),
     "correlated_noise_ugrizy": (
         "the same for LSST ugrizy fields (DC2 colours; each band coadded from its own 6 "
-        "visits): the six-band weights and detection_lsst_ugrizy_coadd; SEP on the riz coadd",
-        _noise_rows(flux=False),
+        "visits): the six-band weights; SEP on the riz coadd",
+        _noise_rows(flux=False, coadd_weights=False),
     ),
     "missing_data": (
         "pixels without data (a masked 10-px strip) and a noise that varies across an LSST "

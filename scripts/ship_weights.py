@@ -91,17 +91,6 @@ EXTRA = {
 }
 # weights measured by another capability's benchmark: name -> (result, sha key, numbers)
 BY_NAME = {
-    "detection_lsst_ugrizy_coadd": (
-        "correlated_noise_ugrizy.json",
-        "coadd_weights_sha256",
-        (
-            "probcat_coadd_weights_white",
-            "probcat_coadd_weights_coadd",
-            "probcat_coadd_weights_coadd_lanczos3",
-            "command",
-            "git_commit",
-        ),
-    ),
     "detection_lsst_i_coadd": (
         "correlated_noise.json",
         "coadd_weights_sha256",

@@ -179,7 +179,6 @@ def test_psf_scales_train_on_a_seeing_mixture_of_their_banks(cache_dir):
         "detection_lsst_i_bulgedisk",
         "detection_lsst_i_coadd",
         "detection_lsst_ugrizy",
-        "detection_lsst_ugrizy_coadd",
         "detection_lsst_ugrizy_bulgedisk",
     ],
 )
