@@ -753,4 +753,8 @@ def test_coadd_noise_in_training_and_fits_of_their_own(tmp_path, cache_dir, monk
     monkeypatch.setattr(R, "fit_reliability", fake_fit)
     m = train_detection(cfg, tmp_path / "run", cache_dir=cache_dir, progress=False)
     assert seen == [(1.0, ("lanczos3",))]
-    assert "coadd" in m["data"]["noise"] and "0.5" in m["data"]["noise"]
+    assert "coadd in 0.5 of the scenes" in m["data"]["noise"]
+    assert m["data"]["fits_noise"] == (
+        "the fits after training: the correlated noise of a coadd in every scene "
+        "(1-16 visits resampled by lanczos3)"
+    )

@@ -756,6 +756,10 @@ def _headline(m: dict) -> str:
     if "detection_ugrizy" in b:
         p = b["detection_ugrizy"]["ugrizy"]
         return f"precision {p['precision']:.3f}, recall {p['recall']:.3f}, F1 {p['f1']:.3f}"
+    if "probcat_coadd_weights_coadd_lanczos3" in b:  # weights for coadds: on Lanczos-3 coadds
+        p = b["probcat_coadd_weights_coadd_lanczos3"]
+        return (f"Lanczos-3 coadds: precision {p['precision']:.3f}, recall {p['recall']:.3f}, "
+                f"F1 {p['f1']:.3f}")  # fmt: skip
     return ""
 
 

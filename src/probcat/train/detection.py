@@ -464,13 +464,32 @@ def describe_data(cfg: DetectionTrainConfig) -> dict:
         **(
             {
                 "noise": f"the correlated noise of a coadd in {d.coadd_fraction:g} of the "
-                f"scenes (1-{d.coadd_visits} visits resampled by {', '.join(d.coadd_kernels)}; "
-                "training, validation and the fits after training), white noise in the rest"
+                f"scenes (1-{d.coadd_visits} visits resampled by {', '.join(d.coadd_kernels)}), "
+                "white noise in the rest"
             }
             if d.coadd_fraction
             else {}
         ),
+        **(
+            {"fits_noise": _fits_noise(cfg)}
+            if cfg.fits.coadd_fraction is not None or cfg.fits.coadd_kernels
+            else {}
+        ),
     }
+
+
+def _fits_noise(cfg: DetectionTrainConfig) -> str:
+    """The manifest's account of the noise of the fits after training, where ``fits`` sets
+    its own."""
+    d, f = cfg.data, cfg.fits
+    frac = d.coadd_fraction if f.coadd_fraction is None else f.coadd_fraction
+    kernels = d.coadd_kernels if f.coadd_kernels is None else f.coadd_kernels
+    share = "every scene" if frac == 1 else f"{frac:g} of the scenes"
+    return (
+        f"the fits after training: the correlated noise of a coadd in {share} "
+        f"(1-{d.coadd_visits} visits resampled by {', '.join(kernels)})"
+        + (", white noise in the rest" if frac < 1 else "")
+    )
 
 
 def train_detection(
