@@ -188,7 +188,7 @@ def figure(example: dict, res: dict, who: list[str], path: Path) -> None:
 
 def main(argv=None) -> None:
     from probcat.api import load
-    from probcat.baselines.sep import sep_detect
+    from probcat.baselines.sep import riz_coadd, sep_detect
     from probcat.catalog import atomic_write
     from probcat.provenance import provenance
     from probcat.simulate.bank import BankConfig, SourceBank
@@ -254,7 +254,7 @@ def main(argv=None) -> None:
                 counts.setdefault(f"{who}_{key}", []).append(score(cat, scene.catalog, ib))
             # SEP: on the image (one band) or on the riz coadd in noise-sigma units
             det_img, det_sigma = (
-                (img[0], float(s[0])) if one else (riz(img / s[:, None, None], bands), 1.0)
+                (img[0], float(s[0])) if one else (riz_coadd(img / s[:, None, None], bands), 1.0)
             )
             counts.setdefault(f"sep_{key}", []).append(
                 score(sep_detect(det_img, det_sigma), scene.catalog, ib)
@@ -323,12 +323,6 @@ def main(argv=None) -> None:
     text = json.dumps(out, indent=1, default=float)
     atomic_write(args.out / f"{name}.json", lambda tmp: Path(tmp).write_text(text))
     print(text)
-
-
-def riz(image_sigma: np.ndarray, bands) -> np.ndarray:
-    """The riz coadd of an image in noise-sigma units (unit noise): SEP's detection image."""
-    k = [bands.index(b) for b in "riz"]
-    return image_sigma[k].sum(0) / np.sqrt(len(k))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from probcat.baselines.rail import (
     forced_photometry,
     rail_table,
 )
-from probcat.baselines.sep import sep_detect
+from probcat.baselines.sep import riz_coadd, sep_detect
 from probcat.catalog import atomic_write
 from probcat.metrics import f1_score, match, precision_recall_f1
 from probcat.provenance import json_safe, provenance, reference_speed_s
@@ -96,11 +96,6 @@ def _detect(det, images_sigma, sigma, planes):
     return out
 
 
-def _riz_coadd(image_sigma, bands):
-    k = [bands.index(b) for b in "riz"]
-    return image_sigma[k].sum(0) / np.sqrt(len(k))
-
-
 def collect(sim, detectors, est, *, progress=True):
     """Run every detector, SEP, probcat photo-z and forced photometry on every scene."""
     from tqdm.auto import tqdm
@@ -118,7 +113,7 @@ def collect(sim, detectors, est, *, progress=True):
         name: _detect(d, images, sigma, [bands.index(b) for b in d.bands])
         for name, d in detectors.items()
     }
-    sep_cats = [sep_detect(_riz_coadd(im, bands), 1.0) for im in images]
+    sep_cats = [sep_detect(riz_coadd(im, bands), 1.0) for im in images]
     rows = {name: [] for name in [*detectors, "sep"]}
     objects = []
     for i, (scene, im) in enumerate(zip(scenes, images)):

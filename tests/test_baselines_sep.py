@@ -43,3 +43,13 @@ def test_sep_on_pure_noise_finds_few(tiny_bank):
 def test_sep_rejects_bad_sigma():
     with pytest.raises(ProbcatValueError):
         sep_detect(np.zeros((16, 16)), 0.0)
+
+
+def test_riz_coadd_is_the_unit_noise_sum_of_r_i_z():
+    from probcat.baselines.sep import riz_coadd
+
+    img = np.arange(6 * 2 * 3, dtype=float).reshape(6, 2, 3)
+    want = (img[2] + img[3] + img[4]) / np.sqrt(3)  # r, i, z of ugrizy
+    np.testing.assert_allclose(riz_coadd(img, "ugrizy"), want)
+    noise = riz_coadd(np.random.default_rng(0).standard_normal((6, 200, 200)), "ugrizy")
+    assert noise.std() == pytest.approx(1.0, rel=0.02)

@@ -16,7 +16,7 @@ import sep
 from probcat.catalog import FullCatalog
 from probcat.errors import ProbcatValueError
 
-__all__ = ["SepConfig", "sep_detect", "gaussian_kernel"]
+__all__ = ["SepConfig", "sep_detect", "gaussian_kernel", "riz_coadd"]
 
 
 def gaussian_kernel(size: int = 3, fwhm: float = 2.0) -> np.ndarray:
@@ -107,3 +107,10 @@ def sep_detect(
         (names[band],),
         {"detector": "sep", **config.__dict__},
     )
+
+
+def riz_coadd(image_sigma: np.ndarray, bands) -> np.ndarray:
+    """The riz coadd ``(H, W)`` of a multi-band image ``(bands, H, W)`` in noise-sigma units,
+    itself of unit noise: SEP's detection image for six-band scenes."""
+    k = [list(bands).index(b) for b in "riz"]
+    return image_sigma[k].sum(0) / np.sqrt(len(k))

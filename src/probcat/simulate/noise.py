@@ -50,13 +50,10 @@ def resampled(image: np.ndarray, dy: float, dx: float, kernel: str = "lanczos3")
     out = np.asarray(image, np.float64)
     for axis, d in ((0, dy), (1, dx)):
         offsets, w = shift_weights(d, kernel)
-        dense = np.zeros(offsets.max() - offsets.min() + 1)
-        dense[offsets - offsets.min()] = w
-        # correlate1d centres a kernel of length n at index n // 2: pad it to put offset 0 there
-        lo, hi = -offsets.min(), offsets.max()
-        half = max(lo, hi)
+        # correlate1d centres a kernel of odd length n at index n // 2: offset 0 goes there
+        half = int(np.abs(offsets).max())
         full = np.zeros(2 * half + 1)
-        full[half - lo : half + hi + 1] = dense
+        full[half + offsets] = w
         out = correlate1d(out, full, axis=axis, mode="wrap")
     return out
 

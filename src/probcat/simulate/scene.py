@@ -273,7 +273,7 @@ class SceneSimulator:
                 for s in self.sigma
             ]
             return noiseless + np.stack(noise)
-        if self.config.noise == "gaussian":
+        if c.noise == "gaussian":
             noise = rng.standard_normal(noiseless.shape, dtype=np.float32) * sig
             return noiseless + noise
         sky = sig.astype(np.float64) ** 2

@@ -291,9 +291,7 @@ def _simulator(
     ``data.psf_scales``), a :class:`SeeingMixture` of one bank per PSF width. ``fits``: the
     scenes of the fits after training, with the noise ``cfg.fits`` sets, if any."""
     d = cfg.data
-    f = cfg.fits
-    coadd = d.coadd_fraction if not fits or f.coadd_fraction is None else f.coadd_fraction
-    kernels = d.coadd_kernels if not fits or f.coadd_kernels is None else f.coadd_kernels
+    coadd, kernels = _coadd_noise(cfg, fits)
     n = d.bank_size if split == "train" else d.val_bank_size
     bank_cfg = BankConfig(
         population=population or d.population,
@@ -478,12 +476,20 @@ def describe_data(cfg: DetectionTrainConfig) -> dict:
     }
 
 
+def _coadd_noise(cfg: DetectionTrainConfig, fits: bool) -> tuple[float, tuple[str, ...]]:
+    """The share of coadd-noise scenes and their kernels: the training data's, or with
+    ``fits`` those ``cfg.fits`` sets for the fits after training (each where it is set)."""
+    d, f = cfg.data, cfg.fits
+    frac = d.coadd_fraction if not fits or f.coadd_fraction is None else f.coadd_fraction
+    kernels = d.coadd_kernels if not fits or f.coadd_kernels is None else f.coadd_kernels
+    return frac, kernels
+
+
 def _fits_noise(cfg: DetectionTrainConfig) -> str:
     """The manifest's account of the noise of the fits after training, where ``fits`` sets
     its own."""
-    d, f = cfg.data, cfg.fits
-    frac = d.coadd_fraction if f.coadd_fraction is None else f.coadd_fraction
-    kernels = d.coadd_kernels if f.coadd_kernels is None else f.coadd_kernels
+    d = cfg.data
+    frac, kernels = _coadd_noise(cfg, fits=True)
     share = "every scene" if frac == 1 else f"{frac:g} of the scenes"
     return (
         f"the fits after training: the correlated noise of a coadd in {share} "
