@@ -13,7 +13,12 @@ also given white noise of the coadd's pixel noise sigma (``white``). Every image
 with its pixel sigma: precision, recall (true i-band SNR > 3), F1, false detections per
 Mpx, precision at prob ≥ 0.9, detection ECE, and the noise correlation probcat measures
 (:func:`probcat.background.noise_correlation`, on which it warns above 0.08). In i, also
-the coverage of isolated galaxies' true aperture fluxes by the deblender's errors.
+the coverage of isolated galaxies' true aperture fluxes by the deblender's errors. In
+ugrizy, also the photo-z PDFs (``photoz_lsst_ugrizy``) of the gold galaxies (i < 25.3) at
+their true positions: as probcat reads them (at the aperture noise where the noise is
+correlated) and at the pixel sigma, with the same signal given white noise of the
+survey's sigma as the reference (the pixel sigma of a coadd is lower: white noise of that
+sigma is a deeper image).
 
 Writes ``benchmarks/results/<name>.json`` and ``<name>.png``.
 
@@ -145,6 +150,17 @@ def flux_pulls(deb, img, s, signal, truth) -> np.ndarray:
     return {"pull": d / err, "pull_independent_pixels": d * factor / err, "factor": [factor]}
 
 
+def photoz_summary(pdfs: list, z: list) -> dict:
+    """The photo-z metrics of the benchmark (paper 002's, as in ``benchmarks/photoz.py``)
+    of grid PDFs against true redshifts."""
+    from probcat.redshift.metrics import all_metrics
+
+    got = all_metrics(np.concatenate(pdfs), np.concatenate(z))
+    keys = ("n", "bias", "sigma_iqr", "outlier_frac", "outlier_frac_015", "ks", "cde_loss",
+            "pit_coverage_68", "pit_coverage_95")  # fmt: skip
+    return {k: got[k] for k in keys}
+
+
 def coverage(pulls: dict) -> dict:
     out = {
         "n_galaxies": int(len(pulls["pull"])),
@@ -156,6 +172,35 @@ def coverage(pulls: dict) -> dict:
         out[f"coverage_95{tag}"] = float(np.mean(p <= 1.96))
         out[f"pull_sd_68{tag}"] = float(np.percentile(p, 68.27))
     return out
+
+
+def photoz_field(est, images: dict, signal, sigma, truth, ib: int, rng, pz: dict) -> None:
+    """The photo-z PDFs of one field's gold galaxies (true i < 25.3) at their true
+    positions, added to ``pz``: each image of ``images`` read as probcat reads it and at its
+    pixel sigma, and ``signal`` with white noise of the survey's ``sigma`` (drawn last from
+    ``rng``: the other images are those of a run without photo-z)."""
+    from probcat.redshift.pdf import GRID, truncated_pdf
+    from probcat.simulate.prior import MAG_GOLD
+
+    gold = np.asarray(truth["galaxy"], bool) & (np.asarray(truth["mag"])[:, ib] < MAG_GOLD)
+    x, y = np.asarray(truth["x"])[gold], np.asarray(truth["y"])[gold]
+    z = np.asarray(truth["redshift"], np.float64)[gold]
+    survey = (signal + sigma[:, None, None] * rng.standard_normal(signal.shape)).astype(np.float32)
+    reads = {"white_survey_sigma": (survey, sigma, False)}
+    for key, (img, s) in images.items():
+        reads[key] = (img, s, True)
+        if key != "white":
+            reads[f"{key}_pixel_sigma"] = (img, s, False)
+    for key, (img, s, as_probcat) in reads.items():
+        if as_probcat:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the correlated-noise warning, measured here
+                w, m, sd = est.mixture(img, x, y, noise_sigma=s)
+        else:
+            w, m, sd = est._mixture((img / s[:, None, None]).astype(np.float32), x, y)
+        got = pz.setdefault(key, {"pdf": [], "z": []})
+        got["pdf"].append(truncated_pdf(w, m, sd, GRID))
+        got["z"].append(z)
 
 
 def figure(example: dict, res: dict, who: list[str], path: Path) -> None:
@@ -202,6 +247,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=20261204)
     ap.add_argument("--weights", default=None, help="comma-separated registered names "
                     "(default: the bands' shipped weights and their coadd weights)")  # fmt: skip
+    ap.add_argument("--photoz", default="photoz_lsst_ugrizy",
+                    help="photo-z weights of the ugrizy run ('none': no photo-z)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     command = " ".join([".venv/bin/python", "benchmarks/correlated_noise.py",
@@ -218,6 +265,10 @@ def main(argv=None) -> None:
     ib = bands.index("i")
     one = len(bands) == 1  # the i band alone: SEP on it, and the deblender's flux errors
     deb = load("deblender_lsst_i", threads=2, kind="deblender") if one else None
+    est = None if one or args.photoz == "none" else load(args.photoz, threads=2, kind="photoz")
+    if est is not None and est.bands != bands:
+        sys.exit(f"the photo-z weights' bands {''.join(est.bands)} are not {''.join(bands)}")
+    pz: dict = {}  # photo-z: per way of reading, the PDFs and true redshifts
     pulls: dict = {k: {"pull": [], "pull_independent_pixels": [], "factor": []} for k in NOISES}
     sigma = survey.noise_sigma.astype(np.float64)
     population = {} if one else {"population": "dc2"}  # six bands: DC2 colours
@@ -263,6 +314,8 @@ def main(argv=None) -> None:
                 sig = signal_l[0] if key == "coadd_lanczos3" else signal[0]
                 for k, v in flux_pulls(deb, img[0], float(s[0]), sig, scene.catalog).items():
                     pulls[key][k].extend(v)
+        if est is not None:
+            photoz_field(est, images, signal, sigma, scene.catalog, ib, rng, pz)
         if example is None:
             example = {k: v[ib] / s[ib] for k, (v, s) in images.items()}
             example.update({f"{k}_nc": nc[k][0] for k in NOISES})
@@ -291,6 +344,16 @@ def main(argv=None) -> None:
         },  # fmt: skip
         **res,
         **({"flux_error_coverage": {k: coverage(v) for k, v in pulls.items()}} if one else {}),
+        **(
+            {
+                "photoz": {
+                    "weights": args.photoz,
+                    **{k: photoz_summary(v["pdf"], v["z"]) for k, v in pz.items()},
+                }
+            }
+            if pz
+            else {}
+        ),
         "ratios": {
             f"{w}_false_{k}_over_white": res[f"{w}_{k}"]["false_per_mpx"]
             / max(res[f"{w}_white"]["false_per_mpx"], 1e-12)
@@ -310,6 +373,15 @@ def main(argv=None) -> None:
             "aperture_noise_factor (which Deblender.measure applies to the pixel-noise term "
             "where noise_correlation > 0.08): the errors as they were without it, for "
             "isolated galaxies whose error is the pixel noise's",
+            "photoz": "PDFs of the gold galaxies (true i < 25.3) at their true positions, "
+            "each image read as probcat.photoz reads it (PhotozEstimator.mixture with the "
+            "image's pixel sigma: at the aperture noise where the noise is correlated; "
+            "<noise>) and at the pixel sigma (<noise>_pixel_sigma; the same for white "
+            "noise); white_survey_sigma: the same signal with white noise of the survey's "
+            "sigma, read at it (the depth the weights were trained at). Metrics as in "
+            "benchmarks/photoz.py: point estimate the PDF mode on 0-3 (301 points), "
+            "outlier_frac |e_z| > max(3 sigma_IQR, 0.06), pit_coverage: true z inside the "
+            "central 68% / 95% interval",
             "detection_ece": "expected calibration error of the MAP detections' calibrated "
             "prob against being matched (10 equal-width bins)",
             "noise_correlation": "probcat.background.noise_correlation of each image, i band "

@@ -212,6 +212,30 @@ def _noise_rows(flux: bool = True, coadd_weights: bool = True) -> list:
     return rows
 
 
+def _photoz_noise_rows() -> list:
+    """The photo-z rows of the six-band correlated-noise table: per image and way of
+    reading it, the PDFs' interval coverage, sigma_IQR and PIT KS."""
+    rows = []
+    for key, title in (
+        ("white_survey_sigma", "white noise of the survey's sigma"),
+        ("white", "white noise of the coadd's pixel sigma (a deeper image)"),
+        ("coadd", "coadd, cubic spline, as probcat reads it"),
+        ("coadd_pixel_sigma", "coadd, cubic spline, read at its pixel sigma"),
+        ("coadd_lanczos3", "coadd, Lanczos-3, as probcat reads it"),
+        ("coadd_lanczos3_pixel_sigma", "coadd, Lanczos-3, read at its pixel sigma"),
+    ):
+        for label, metric, target in (
+            ("68% interval coverage", "pit_coverage_68", "0.683"),
+            ("95% interval coverage", "pit_coverage_95", "0.954"),
+            ("sigma_IQR", "sigma_iqr", ""),
+            ("PIT KS", "ks", ""),
+        ):
+            rows.append(
+                (f"photo-z, {title}: {label}", f"photoz.{key}.{metric}", None, ".3f", target)
+            )
+    return rows
+
+
 TABLES = {
     "detection": (
         "probcat vs SEP on held-out 98×98 LSST-i `blend` scenes (test-split galaxies)",
@@ -673,8 +697,11 @@ TABLES = {
     ),
     "correlated_noise_ugrizy": (
         "the same for LSST ugrizy fields (DC2 colours; each band coadded from its own 6 "
-        "visits): the six-band weights; SEP on the riz coadd",
-        _noise_rows(flux=False, coadd_weights=False),
+        "visits): the six-band weights; SEP on the riz coadd; and photoz_lsst_ugrizy's PDFs "
+        "of the gold galaxies at their true positions, read as probcat reads each image (at "
+        "the aperture noise where the noise is correlated) and at the pixel sigma, against "
+        "the same signal with white noise of the survey's sigma",
+        _noise_rows(flux=False, coadd_weights=False) + _photoz_noise_rows(),
     ),
     "missing_data": (
         "pixels without data (a masked 10-px strip) and a noise that varies across an LSST "

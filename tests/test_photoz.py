@@ -289,6 +289,38 @@ def test_estimator_gives_pdfs_for_galaxies_only(tiny_estimator):
     assert tiny_estimator.estimate(image, cat, galaxies_only=False).ensemble.npdf == 3
 
 
+def test_a_coadds_stamps_are_read_at_the_aperture_noise(tiny_estimator):
+    """The pixel noise of a coadd of resampled visits is lower than its aperture sums'
+    noise: the stamps are read at the pixel sigma times each band's aperture noise factor
+    (recorded); white noise is read at its sigma, unchanged."""
+    from probcat.background import aperture_noise_factor
+    from probcat.simulate.noise import coadd_noise
+
+    rng = np.random.default_rng(3)
+    sigma = tiny_estimator.survey.noise_sigma
+    coadd = np.stack([coadd_noise(rng, (160, 160), s, 6, "bilinear") for s in sigma])
+    x, y = np.array([40.0, 101.3]), np.array([50.0, 120.6])
+    cat = FullCatalog({"x": x, "y": y, "galaxy": np.ones(2, bool)}, (160, 160), tuple("ugrizy"))
+    with pytest.warns(UserWarning, match="correlated"):
+        res = tiny_estimator.estimate(coadd, cat, noise_sigma=sigma)
+    f = np.array([aperture_noise_factor(b / s) for b, s in zip(coadd, sigma)])
+    assert np.all(f > 1.1)  # bilinear resampling: 1.2-1.4
+    np.testing.assert_allclose(res.catalog.meta["photoz"]["aperture_noise_factor"], f, atol=1e-4)
+    st = stamps_at((coadd / (sigma * f)[:, None, None]).astype(np.float32), x, y, 11)
+    np.testing.assert_allclose(res.means, tiny_estimator.net(torch.from_numpy(st))[1].detach(),
+                               rtol=1e-5)  # fmt: skip
+    with pytest.warns(UserWarning, match="correlated"):
+        np.testing.assert_allclose(
+            tiny_estimator.mixture(coadd, x, y, noise_sigma=sigma)[1], res.means, rtol=1e-6
+        )
+    white = (rng.standard_normal(coadd.shape) * sigma[:, None, None]).astype(np.float32)
+    got = tiny_estimator.estimate(white, cat, noise_sigma=sigma)
+    assert "aperture_noise_factor" not in got.catalog.meta["photoz"]
+    st = stamps_at(white / sigma[:, None, None], x, y, 11)
+    np.testing.assert_allclose(got.means, tiny_estimator.net(torch.from_numpy(st))[1].detach(),
+                               rtol=1e-5)  # fmt: skip
+
+
 def test_estimator_rejects_wrong_band_count(tiny_estimator):
     cat = FullCatalog({"x": np.array([1.0]), "y": np.array([1.0])}, (16, 16), ("i",))
     with pytest.raises(ProbcatValueError):

@@ -1296,4 +1296,4 @@ def photoz(
     res = det.detect(det._prepared(x_det, wcs, info, masked), threshold=threshold, seeing=seeing)
     res.catalog = _with_sky(res.catalog, wcs)
     res.wcs = wcs
-    return est._estimate(xs, res.catalog, wcs, galaxies_only, detection=res)
+    return est._estimate(xs, res.catalog, wcs, galaxies_only, detection=res, info=info)

@@ -4,6 +4,15 @@
 around each object (nearest pixel to its centroid, every band, noise-sigma units), runs
 the mixture density network and returns the truncated Gaussian mixtures, the catalog
 columns and a ``qp`` ensemble. :func:`probcat.photoz` detects and estimates in one call.
+
+The network reads fluxes in units of the noise sigma, as it was trained (at the survey's
+depths): an image read at another noise (deeper or shallower than the weights' survey)
+gives it the wrong magnitudes, and the PDFs lose their calibration. The pixel noise of a
+coadd of resampled visits is lower than the noise of the sums the network's photometry
+reads (its correlation), so in bands whose noise reads as correlated the stamps are read
+at the pixel sigma times :func:`probcat.background.aperture_noise_factor` (about the
+visits' own noise: the resampling kernels pass the low spatial frequencies unchanged),
+recorded in the catalog's ``meta["photoz"]["aperture_noise_factor"]``.
 """
 
 from __future__ import annotations
@@ -108,8 +117,8 @@ class PhotozEstimator:
         in electrons with the weights' bands)."""
         from probcat.api import read_input
 
-        xs, _, _, _, _ = read_input(image, self.survey, noise_sigma, whiten=False)
-        return self._mixture(xs, x, y)
+        xs, _, _, info, _ = read_input(image, self.survey, noise_sigma, whiten=False)
+        return self._mixture(correlated_noise_read(xs, info)[0], x, y)
 
     @inference_entry
     def _mixture(self, x_sigma: np.ndarray, x, y):
@@ -143,11 +152,16 @@ class PhotozEstimator:
         whose ``galaxy`` flag, or ``galaxy_prob >= 0.5``, says galaxy) in ``image``."""
         from probcat.api import read_input
 
-        xs, wcs, _, _, _ = read_input(image, self.survey, noise_sigma, whiten=False)
-        return self._estimate(xs, catalog, wcs, galaxies_only)
+        xs, wcs, _, info, _ = read_input(image, self.survey, noise_sigma, whiten=False)
+        return self._estimate(xs, catalog, wcs, galaxies_only, info=info)
 
-    def _estimate(self, xs, catalog, wcs, galaxies_only, detection=None) -> PhotozResult:
+    def _estimate(self, xs, catalog, wcs, galaxies_only, detection=None, info=None) -> PhotozResult:
+        """``xs``: the image in noise-sigma units as :func:`probcat.api.read_input` gives
+        it, with its ``info`` (the noise correlation per band), read at the aperture noise
+        where it is correlated (:func:`correlated_noise_read`)."""
         from probcat.redshift.pdf import SUMMARY_COLUMNS, summaries, to_qp
+
+        xs, factors = correlated_noise_read(xs, info or {})
 
         n = len(catalog)
         if galaxies_only and "galaxy" in catalog.colnames:
@@ -166,4 +180,22 @@ class PhotozEstimator:
             cols[c] = full
         cols["has_pz"] = use
         ens = to_qp(w, m, sd, ancil={"row": rows}) if len(rows) else None
-        return PhotozResult(catalog.with_columns(**cols), ens, w, m, sd, detection, wcs)
+        cat = catalog.with_columns(**cols)
+        cat.meta["photoz"] = {"weights": (self.manifest or {}).get("weights", "custom weights")}
+        if np.any(factors != 1.0):
+            cat.meta["photoz"]["aperture_noise_factor"] = [round(float(v), 4) for v in factors]
+        return PhotozResult(cat, ens, w, m, sd, detection, wcs)
+
+
+def correlated_noise_read(xs: np.ndarray, info: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``xs`` (noise-sigma units, ``(bands, H, W)``) divided, per band, by the factor
+    by which correlated pixel noise (a coadd's) raises the noise of aperture sums
+    (:func:`probcat.api._aperture_noise_factors`: 1 where ``info["noise_correlation"]``
+    reads white): the image in units of the noise the network's photometry was trained
+    against, and the factors. ``xs`` itself is returned where every factor is 1."""
+    from probcat.api import _aperture_noise_factors
+
+    factors = _aperture_noise_factors(xs, info)
+    if np.all(factors == 1.0):
+        return xs, factors
+    return (xs / factors[:, None, None]).astype(np.float32), factors

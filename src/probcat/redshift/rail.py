@@ -44,7 +44,9 @@ _PARAMS = {
 
 
 def _image(path: str, weights: str):
-    """The estimator and the image in noise-sigma units (cached while the file is unchanged)."""
+    """The estimator and the image in noise-sigma units, read at the aperture noise where
+    the noise is correlated (:func:`probcat.redshift.estimator.correlated_noise_read`;
+    cached while the file is unchanged)."""
     from pathlib import Path
 
     if not path:
@@ -60,11 +62,12 @@ def _read(path: str, weights: str, mtime_ns: int, size: int):
     import probcat
     from probcat.api import read_input
     from probcat.io import read_image
+    from probcat.redshift.estimator import correlated_noise_read
 
     est = probcat.load(weights)
     data = read_image(path)
-    xs, wcs, _, _, _ = read_input(data, est.survey, whiten=False)
-    return est, xs, wcs
+    xs, wcs, _, info, _ = read_input(data, est.survey, whiten=False)
+    return est, correlated_noise_read(xs, info)[0], wcs
 
 
 def _positions(data, wcs):
