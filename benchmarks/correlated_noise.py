@@ -120,6 +120,16 @@ NOISE_TITLES = {
 }
 
 
+PHOTOZ_READS = {  # the figure's names of the photo-z reads
+    "white_survey_sigma": "white,\nsurvey sigma",
+    "white": "white,\npixel sigma",
+    "coadd": "cubic coadd,\nas read",
+    "coadd_pixel_sigma": "cubic coadd,\npixel sigma",
+    "coadd_lanczos3": "Lanczos-3,\nas read",
+    "coadd_lanczos3_pixel_sigma": "Lanczos-3,\npixel sigma",
+}
+
+
 def label(weights: str) -> str:
     """The result keys' prefix of ``weights``: ``probcat`` for the default ones,
     ``probcat_coadd_weights`` for those trained on coadd noise."""
@@ -203,13 +213,17 @@ def photoz_field(est, images: dict, signal, sigma, truth, ib: int, rng, pz: dict
         got["z"].append(z)
 
 
-def figure(example: dict, res: dict, who: list[str], path: Path) -> None:
+def figure(example: dict, res: dict, who: list[str], path: Path, photoz=None) -> None:
+    """The white and cubic-coadd images, the false detections of each detector per noise
+    and, with ``photoz`` (the ``photoz`` results), the PDFs' interval coverage per read."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(1, 3, figsize=(14, 4.2), gridspec_kw={"width_ratios": [1, 1, 1.5]})
+    n = 4 if photoz else 3
+    fig, ax = plt.subplots(1, n, figsize=(14 + 5 * (n - 3), 4.2),
+                           gridspec_kw={"width_ratios": [1, 1, 1.5, 1.6][:n]})  # fmt: skip
     for a, key in ((ax[0], "white"), (ax[1], "coadd")):
         a.imshow(example[key][100:200, 100:200], origin="lower", cmap="gray_r", vmin=-2, vmax=4)
         a.set_title(f"{NOISE_TITLES[key]} (100 px; noise_correlation {example[key + '_nc']:.2f})")
@@ -226,6 +240,18 @@ def figure(example: dict, res: dict, who: list[str], path: Path) -> None:
     ax[2].set_ylabel("false detections per Mpx")
     ax[2].legend()
     ax[2].set_title("same signal, same pixel sigma")
+    if photoz:
+        reads = [k for k in photoz if k != "weights"]
+        x = np.arange(len(reads))
+        for k, (level, nominal) in enumerate((("68", 0.6827), ("95", 0.9545))):
+            vals = [photoz[r][f"pit_coverage_{level}"] for r in reads]
+            ax[3].bar(x + 0.4 * (k - 0.5), vals, 0.4, color=f"C{k}", label=f"{level}% interval")
+            ax[3].axhline(nominal, color=f"C{k}", ls="--", lw=1)
+        ax[3].set_xticks(x, [PHOTOZ_READS.get(r, r) for r in reads], fontsize=7)
+        ax[3].set_ylim(0.5, 1.0)
+        ax[3].set_ylabel("fraction of true z inside")
+        ax[3].legend(loc="lower right", fontsize=8)
+        ax[3].set_title("photo-z PDFs (gold galaxies): coverage")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -389,7 +415,7 @@ def main(argv=None) -> None:
         },
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    figure(example, res, who, args.out / f"{name}.png")
+    figure(example, res, who, args.out / f"{name}.png", out.get("photoz"))
     out["elapsed_s"] = round(time.perf_counter() - t0, 1)
     out.update({k: v for k, v in provenance(command).items() if k != "command"})
     text = json.dumps(out, indent=1, default=float)
