@@ -321,6 +321,46 @@ def test_a_coadds_stamps_are_read_at_the_aperture_noise(tiny_estimator):
                                rtol=1e-5)  # fmt: skip
 
 
+def test_a_deeper_image_than_the_training_depths_is_warned_of(tmp_path, tiny_estimator):
+    """The image's noise as a flux over the deepest training depth's, per band, through
+    its zeropoint or pixel unit: 1 at the survey's depth, sqrt(2) for a 5-year file, the
+    ratio asked for in electrons or nJy; below 0.9 a warning names the bands."""
+    import warnings
+
+    from probcat.io import write_image
+
+    est = PhotozEstimator(tiny_estimator.net, Survey.lsst(bands="ugrizy"), threads=1,
+                          manifest={"config": {"data": {"years": [10.0, 5.0]}}})  # fmt: skip
+    assert est.training_depths() == (10.0, 5.0)
+    sigma = est.survey.noise_sigma
+    rng = np.random.default_rng(5)
+    noise = rng.standard_normal((6, 32, 32))
+    cat = FullCatalog({"x": np.array([16.0]), "y": np.array([16.0])}, (32, 32), tuple("ugrizy"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # none: the survey's own depth
+        got = est.estimate((noise * sigma[:, None, None]).astype(np.float32), cat)
+    np.testing.assert_allclose(got.catalog.meta["photoz"]["noise_over_training"], 1.0, atol=1e-4)
+    five = Survey.lsst(bands="ugrizy", years=5.0)
+    path = write_image(tmp_path / "y5.fits", (noise * five.noise_sigma[:, None, None]).astype(
+        np.float32), five)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # shallower: within the training depths
+        got = est.estimate(path, cat)
+    np.testing.assert_allclose(got.catalog.meta["photoz"]["noise_over_training"], np.sqrt(2),
+                               atol=1e-4)  # fmt: skip
+    deep = sigma * np.array([1.0, 1.0, 0.8, 1.0, 1.0, 0.7])
+    with pytest.warns(UserWarning, match=r"deeper than .* \(5-10 years\) in band\(s\) ry"):
+        got = est.estimate((noise * deep[:, None, None]).astype(np.float32), cat,
+                           noise_sigma=deep)  # fmt: skip
+    np.testing.assert_allclose(got.catalog.meta["photoz"]["noise_over_training"],
+                               deep / sigma, atol=1e-4)  # fmt: skip
+    # nJy: the 10-year noise of band i as a flux density, halved
+    i = est.survey["i"]
+    njy = i.noise_sigma / i.exposure_time * 10 ** (-0.4 * (i.zeropoint - 31.4)) / 2
+    assert est.noise_over_training(np.full(6, njy), {"flux_unit": "nJy"})[3] == pytest.approx(0.5)
+    assert np.isnan(est.noise_over_training(np.ones(6), {"flux_unit": "adu"})).all()
+
+
 def test_estimator_rejects_wrong_band_count(tiny_estimator):
     cat = FullCatalog({"x": np.array([1.0]), "y": np.array([1.0])}, (16, 16), ("i",))
     with pytest.raises(ProbcatValueError):

@@ -1296,4 +1296,5 @@ def photoz(
     res = det.detect(det._prepared(x_det, wcs, info, masked), threshold=threshold, seeing=seeing)
     res.catalog = _with_sky(res.catalog, wcs)
     res.wcs = wcs
-    return est._estimate(xs, res.catalog, wcs, galaxies_only, detection=res, info=info)
+    xs, meta = est.network_input(xs, sigma, info)  # at the aperture noise; deeper: warned
+    return est._estimate(xs, res.catalog, wcs, galaxies_only, detection=res, meta=meta)

@@ -12,11 +12,13 @@ coadd of resampled visits is lower than the noise of the sums the network's phot
 reads (its correlation), so in bands whose noise reads as correlated the stamps are read
 at the pixel sigma times :func:`probcat.background.aperture_noise_factor` (about the
 visits' own noise: the resampling kernels pass the low spatial frequencies unchanged),
-recorded in the catalog's ``meta["photoz"]["aperture_noise_factor"]``.
+recorded in the catalog's ``meta["photoz"]["aperture_noise_factor"]``. An image deeper
+than the weights' deepest training depth gets a warning (:meth:`PhotozEstimator.network_input`).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +30,9 @@ from probcat.runtime import check_interrupt, inference_entry
 __all__ = ["PhotozEstimator", "PhotozResult", "stamps_at"]
 
 _CHUNK = 256  # stamps per forward pass (cache-sized: faster on a CPU than larger ones)
+# noise over the deepest training depth's below which photo-z warns: on white noise of
+# 0.87 times the 10-year sigma the PDFs' 68% intervals held 0.61 of the true redshifts
+DEEPER_WARN = 0.9
 
 
 def stamps_at(x_sigma: np.ndarray, x, y, size: int) -> np.ndarray:
@@ -117,8 +122,64 @@ class PhotozEstimator:
         in electrons with the weights' bands)."""
         from probcat.api import read_input
 
-        xs, _, _, info, _ = read_input(image, self.survey, noise_sigma, whiten=False)
-        return self._mixture(correlated_noise_read(xs, info)[0], x, y)
+        xs, _, sigma, info, _ = read_input(image, self.survey, noise_sigma, whiten=False)
+        return self._mixture(self.network_input(xs, sigma, info)[0], x, y)
+
+    def training_depths(self) -> tuple[float, ...]:
+        """The depths (years) the weights were trained at: the manifest's ``data.years``,
+        else the survey's own depth."""
+        years = ((self.manifest or {}).get("config") or {}).get("data", {}).get("years")
+        return tuple(float(y) for y in years) if years else (float(self.survey.depth_years),)
+
+    def noise_over_training(self, sigma, info: dict) -> np.ndarray:
+        """Per band, the image's noise ``sigma`` (its pixel units, as
+        :func:`probcat.api.read_input` gives it) as a flux, over the noise of the deepest
+        depth the weights were trained at, through the image's zeropoint
+        (``info["zeropoint"]``), else its pixel unit (electrons: the survey's zeropoint
+        and exposure; nJy ...): below 1, a deeper image. NaN where the pixels cannot be
+        calibrated (ADU)."""
+        from probcat.api import ab_mag
+
+        unit = info.get("flux_unit", "electron")
+        zps = info.get("zeropoint") or [None] * len(self.survey.bands)
+        deepest = np.sqrt(self.survey.depth_years / max(self.training_depths()))
+        out = []
+        for k, band in enumerate(self.survey.bands):
+            mag = ab_mag(band, np.asarray([sigma[k]], float), unit, zps[k])[0]
+            ref = band.flux_to_mag(band.noise_sigma)  # the survey's depth
+            out.append(10.0 ** (-0.4 * (mag - ref)) / deepest)
+        return np.asarray(out, float)
+
+    def network_input(self, xs: np.ndarray, sigma, info: dict) -> tuple[np.ndarray, dict]:
+        """``xs`` (noise-sigma units, from :func:`probcat.api.read_input` with its
+        ``sigma`` and ``info``) as the network reads it: divided by each band's aperture
+        noise factor where the noise is correlated (:func:`correlated_noise_read`); and
+        what the catalog's ``meta["photoz"]`` records: those factors, and the noise over
+        the deepest training depth's (:meth:`noise_over_training`, of the noise the stamps
+        are read at). Warns when that is below :data:`DEEPER_WARN` in a band: a deeper
+        image than the weights were trained at, whose PDFs come out too narrow."""
+        xs, factors = correlated_noise_read(xs, info)
+        meta: dict = {}
+        if np.any(factors != 1.0):
+            meta["aperture_noise_factor"] = [round(float(v), 4) for v in factors]
+        ratio = self.noise_over_training(np.asarray(sigma, float) * factors, info)
+        if np.isfinite(ratio).any():
+            meta["noise_over_training"] = [
+                round(float(v), 4) if np.isfinite(v) else None for v in ratio
+            ]
+        deep = [b for b, v in zip(self.bands, ratio) if v < DEEPER_WARN]
+        if deep:
+            years = self.training_depths()
+            span = f"{min(years):g}-{max(years):g}" if len(years) > 1 else f"{years[0]:g}"
+            warnings.warn(
+                f"photo-z: the image is deeper than the weights were trained at ({span} "
+                f"years) in band(s) {''.join(deep)} (noise {np.nanmin(ratio):.2f} times the "
+                "deepest's): the network reads fluxes in units of the noise, so its galaxies "
+                "look brighter than they are and their PDFs come out too narrow "
+                "(docs/photoz.md, Depth and coadds)",
+                stacklevel=3,
+            )
+        return xs, meta
 
     @inference_entry
     def _mixture(self, x_sigma: np.ndarray, x, y):
@@ -152,16 +213,14 @@ class PhotozEstimator:
         whose ``galaxy`` flag, or ``galaxy_prob >= 0.5``, says galaxy) in ``image``."""
         from probcat.api import read_input
 
-        xs, wcs, _, info, _ = read_input(image, self.survey, noise_sigma, whiten=False)
-        return self._estimate(xs, catalog, wcs, galaxies_only, info=info)
+        xs, wcs, sigma, info, _ = read_input(image, self.survey, noise_sigma, whiten=False)
+        xs, meta = self.network_input(xs, sigma, info)
+        return self._estimate(xs, catalog, wcs, galaxies_only, meta=meta)
 
-    def _estimate(self, xs, catalog, wcs, galaxies_only, detection=None, info=None) -> PhotozResult:
-        """``xs``: the image in noise-sigma units as :func:`probcat.api.read_input` gives
-        it, with its ``info`` (the noise correlation per band), read at the aperture noise
-        where it is correlated (:func:`correlated_noise_read`)."""
+    def _estimate(self, xs, catalog, wcs, galaxies_only, detection=None, meta=None) -> PhotozResult:
+        """``xs``: the image as the network reads it, and ``meta`` what
+        :meth:`network_input` recorded of it."""
         from probcat.redshift.pdf import SUMMARY_COLUMNS, summaries, to_qp
-
-        xs, factors = correlated_noise_read(xs, info or {})
 
         n = len(catalog)
         if galaxies_only and "galaxy" in catalog.colnames:
@@ -181,9 +240,8 @@ class PhotozEstimator:
         cols["has_pz"] = use
         ens = to_qp(w, m, sd, ancil={"row": rows}) if len(rows) else None
         cat = catalog.with_columns(**cols)
-        cat.meta["photoz"] = {"weights": (self.manifest or {}).get("weights", "custom weights")}
-        if np.any(factors != 1.0):
-            cat.meta["photoz"]["aperture_noise_factor"] = [round(float(v), 4) for v in factors]
+        name = (self.manifest or {}).get("weights", "custom weights")
+        cat.meta["photoz"] = {"weights": name, **(meta or {})}
         return PhotozResult(cat, ens, w, m, sd, detection, wcs)
 
 

@@ -45,7 +45,7 @@ _PARAMS = {
 
 def _image(path: str, weights: str):
     """The estimator and the image in noise-sigma units, read at the aperture noise where
-    the noise is correlated (:func:`probcat.redshift.estimator.correlated_noise_read`;
+    the noise is correlated (:meth:`probcat.redshift.estimator.PhotozEstimator.network_input`;
     cached while the file is unchanged)."""
     from pathlib import Path
 
@@ -62,12 +62,11 @@ def _read(path: str, weights: str, mtime_ns: int, size: int):
     import probcat
     from probcat.api import read_input
     from probcat.io import read_image
-    from probcat.redshift.estimator import correlated_noise_read
 
     est = probcat.load(weights)
     data = read_image(path)
-    xs, wcs, _, info, _ = read_input(data, est.survey, whiten=False)
-    return est, correlated_noise_read(xs, info)[0], wcs
+    xs, wcs, sigma, info, _ = read_input(data, est.survey, whiten=False)
+    return est, est.network_input(xs, sigma, info)[0], wcs
 
 
 def _positions(data, wcs):
