@@ -236,6 +236,28 @@ def _photoz_noise_rows() -> list:
     return rows
 
 
+def _depth_rows() -> list:
+    """The rows of the depth table: per depth, detection against SEP and the photo-z
+    PDFs' calibration."""
+    rows = []
+    for y in ("1", "2", "5", "10", "20"):
+        for label, key, base, fmt in (
+            ("detection F1", "detection.{y}.probcat.f1", "detection.{y}.sep.f1", ".3f"),
+            ("detection precision", "detection.{y}.probcat.precision",
+             "detection.{y}.sep.precision", ".3f"),
+            ("detection recall (SNR > 3)", "detection.{y}.probcat.recall",
+             "detection.{y}.sep.recall", ".3f"),
+            ("detection ECE", "detection.{y}.probcat.detection_ece", None, ".3f"),
+            ("photo-z 68% interval coverage", "photoz.{y}.pit_coverage_68", None, ".3f"),
+            ("photo-z 95% interval coverage", "photoz.{y}.pit_coverage_95", None, ".3f"),
+            ("photo-z sigma_IQR", "photoz.{y}.sigma_iqr", None, ".4f"),
+            ("photo-z PIT KS", "photoz.{y}.ks", None, ".3f"),
+        ):  # fmt: skip
+            rows.append((f"{y} years: {label}", key.format(y=y),
+                         base.format(y=y) if base else None, fmt, ""))  # fmt: skip
+    return rows
+
+
 TABLES = {
     "detection": (
         "probcat vs SEP on held-out 98×98 LSST-i `blend` scenes (test-split galaxies)",
@@ -694,6 +716,13 @@ TABLES = {
         "the coadd weights never saw, and the pipelines' Lanczos-3), against white noise of "
         "the same pixel sigma, same signal; the default weights and detection_lsst_i_coadd",
         _noise_rows(),
+    ),
+    "depth": (
+        "the shipped weights at LSST depths other than their training's (detection 10 "
+        "years, photo-z 5 and 10): LSST-i detection against SEP, and the photo-z PDFs of "
+        "gold galaxies at their true positions, each field read at its own noise from the "
+        "FITS file probcat writes",
+        _depth_rows(),
     ),
     "correlated_noise_ugrizy": (
         "the same for LSST ugrizy fields (DC2 colours; each band coadded from its own 6 "
@@ -1350,6 +1379,7 @@ BASELINES = {
     "missing_data": "SEP",
     "correlated_noise": "SEP",
     "correlated_noise_ugrizy": "SEP (riz)",
+    "depth": "SEP",
     "deblend": "SEP",
     "photoz": "FlexZBoost",
     "simulate": "direct GalSim",

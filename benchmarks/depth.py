@@ -1,0 +1,223 @@
+"""Depth: the shipped weights on LSST fields shallower and deeper than those they were
+trained at (detection: 10 years; photo-z: 5 and 10 years), one run, SEP beside them.
+
+For each depth (``--years``, default 1, 2, 5, 10 and 20 years of LSST), ``--fields``
+held-out 400×400 fields (test-split galaxies; seeds other than training's), each image
+read at its own noise sigma, as probcat reads a file that states it (``NOISE``):
+
+- LSST i: ``detection_lsst_i`` and SEP: precision, recall (true SNR > 3), F1, false
+  detections per Mpx, precision at prob ≥ 0.9 and detection ECE (the definitions of
+  ``benchmarks/correlated_noise.py``);
+- LSST ugrizy (DC2 colours and redshifts): ``photoz_lsst_ugrizy``'s PDFs of the gold
+  galaxies (true i < 25.3) at their true positions, each field written as probcat writes
+  an image (its zeropoint and exposure in the header) and read back as a user's file:
+  68% / 95% interval coverage, σ_IQR, outlier fraction, PIT KS and CDE loss, and the noise
+  over the deepest training depth's that probcat records per band
+  (``meta["photoz"]["noise_over_training"]``; it warns below 0.9).
+
+Writes ``benchmarks/results/depth.json`` and ``depth.png``.
+
+    .venv/bin/python benchmarks/depth.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import _paths  # noqa: F401  (first: keeps benchmarks/ off the import path)
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SIZE = 400
+
+
+def detection_depth(det, years: float, fields: int, seed: int, cn) -> dict:
+    """probcat and SEP on ``fields`` i-band fields at ``years``' depth."""
+    from probcat.baselines.sep import sep_detect
+    from probcat.simulate.bank import BankConfig, SourceBank
+    from probcat.simulate.scene import SceneConfig, SceneSimulator
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="i", years=years)
+    bank = SourceBank.load_or_build(survey, BankConfig(split="test", n_galaxies=5000))
+    sim = SceneSimulator(bank, SceneConfig(SIZE, SIZE))
+    sigma = survey.noise_sigma
+    counts: dict = {"probcat": [], "sep": []}
+    for f in range(fields):
+        scene = sim.sample(np.random.default_rng([seed, int(years * 100), f]))
+        cat = det.catalog(scene.image, noise_sigma=sigma, background="none")
+        counts["probcat"].append(cn.score(cat, scene.catalog))
+        counts["sep"].append(cn.score(sep_detect(scene.image[0], float(sigma[0])), scene.catalog))
+    area = fields * SIZE * SIZE / 1e6
+    return {who: cn.summary(c, area) for who, c in counts.items()}
+
+
+def photoz_depth(est, years: float, fields: int, seed: int, cn, tmp: Path) -> dict:
+    """``est``'s PDFs of the gold galaxies of ``fields`` ugrizy fields at ``years``' depth,
+    each field read from a FITS file as probcat wrote it."""
+    from probcat.io import write_image
+    from probcat.redshift.pdf import GRID, truncated_pdf
+    from probcat.simulate.bank import BankConfig, SourceBank
+    from probcat.simulate.prior import MAG_GOLD
+    from probcat.simulate.scene import SceneConfig, SceneSimulator
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="".join(est.bands), years=years)
+    bank = SourceBank.load_or_build(
+        survey, BankConfig(split="test", n_galaxies=5000, population="dc2")
+    )
+    sim = SceneSimulator(bank, SceneConfig(SIZE, SIZE))
+    ib = est.bands.index("i")
+    pdfs, zs, ratios, warned = [], [], [], 0
+    for f in range(fields):
+        scene = sim.sample(np.random.default_rng([seed + 1, int(years * 100), f]))
+        t = scene.catalog
+        gold = np.asarray(t["galaxy"], bool) & (np.asarray(t["mag"])[:, ib] < MAG_GOLD)
+        path = write_image(tmp / f"field_{years:g}_{f}.fits", scene.image, survey)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            res = est.estimate(
+                path,
+                _catalog(t, gold, scene.image.shape[1:], est.bands),
+                galaxies_only=False,
+            )
+        warned += any("deeper than the weights" in str(w.message) for w in said)
+        pdfs.append(truncated_pdf(res.weights, res.means, res.sds, GRID))
+        zs.append(np.asarray(t["redshift"], np.float64)[gold])
+        ratios.append(res.catalog.meta["photoz"]["noise_over_training"])
+    out = cn.photoz_summary(pdfs, zs)
+    out["noise_over_training"] = [float(v) for v in np.median(np.array(ratios, float), 0)]
+    out["fields_warned_deeper"] = int(warned)
+    return out
+
+
+def _catalog(truth, sel, shape, bands):
+    from probcat.catalog import FullCatalog
+
+    return FullCatalog(
+        {"x": np.asarray(truth["x"])[sel], "y": np.asarray(truth["y"])[sel]},
+        tuple(shape),
+        tuple(bands),
+    )
+
+
+def figure(out: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    years = out["years"]
+    det = out["detection"]
+    pz = out["photoz"]
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    for who, style in (("probcat", "-o"), ("sep", "--s")):
+        for metric, colour in (("precision", "C0"), ("recall", "C1"), ("f1", "C2")):
+            ax[0].plot(years, [det[f"{y:g}"][who][metric] for y in years], style, color=colour,
+                       label=f"{who} {metric}")  # fmt: skip
+    ax[0].set_title("LSST i detection (recall: true SNR > 3)")
+    ax[1].plot(years, [det[f"{y:g}"]["probcat"]["detection_ece"] for y in years], "-o", color="C3",
+               label="probcat detection ECE")  # fmt: skip
+    ax[1].plot(years, [pz[f"{y:g}"]["ks"] for y in years], "-o", color="C4", label="photo-z PIT KS")
+    ax[1].set_title("calibration (lower is better)")
+    for level, nominal, colour in (("68", 0.6827, "C0"), ("95", 0.9545, "C1")):
+        ax[2].plot(years, [pz[f"{y:g}"][f"pit_coverage_{level}"] for y in years], "-o",
+                   color=colour, label=f"{level}% interval")  # fmt: skip
+        ax[2].axhline(nominal, color=colour, ls=":", lw=1)
+    ax[2].set_title("photo-z PDFs (gold galaxies): coverage of the true z")
+    for a in ax:
+        a.set_xscale("log")
+        a.set_xticks(years, [f"{y:g}" for y in years])
+        a.set_xlabel("depth (years of LSST)")
+        for trained in out["trained_years"]["detection"]:
+            a.axvline(trained, color="0.7", lw=3, alpha=0.4)
+        a.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    from probcat.api import load
+    from probcat.catalog import atomic_write
+    from probcat.provenance import provenance
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--years", default="1,2,5,10,20", help="comma-separated depths, years")
+    ap.add_argument("--fields", type=int, default=16, help="400-px fields per depth and part")
+    ap.add_argument("--seed", type=int, default=20261205)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    command = " ".join([".venv/bin/python", "benchmarks/depth.py", *(argv or sys.argv[1:])])
+    try:
+        years = [float(y) for y in args.years.split(",")]
+    except ValueError:
+        sys.exit(f"--years: comma-separated numbers, got {args.years!r}")
+    if not years or min(years) <= 0:
+        sys.exit("--years: positive depths")
+    cn = _paths.sibling("correlated_noise")  # the same detection and photo-z definitions
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    det = load("detection_lsst_i", threads=2, kind="detection")
+    est = load("photoz_lsst_ugrizy", threads=2, kind="photoz")
+    detection, photoz = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for y in years:
+            key = f"{y:g}"  # "1", "10": the results' keys
+            detection[key] = detection_depth(det, y, args.fields, args.seed, cn)
+            photoz[key] = photoz_depth(est, y, args.fields, args.seed, cn, Path(tmp))
+            print(f"{y:g} years: detection F1 {detection[key]['probcat']['f1']:.3f} "
+                  f"(SEP {detection[key]['sep']['f1']:.3f}), ECE "
+                  f"{detection[key]['probcat']['detection_ece']:.3f}; photo-z coverage "
+                  f"{photoz[key]['pit_coverage_68']:.3f} / "
+                  f"{photoz[key]['pit_coverage_95']:.3f}", flush=True)  # fmt: skip
+    trained_det = det.manifest["config"]["data"].get("years", det.survey.depth_years)
+    out = {
+        "command": command,
+        "years": years,
+        "trained_years": {"detection": [float(trained_det)], "photoz": list(est.training_depths())},
+        "fields": args.fields,
+        "field_size": SIZE,
+        "seed": args.seed,
+        "held_out": "test-split galaxies (default prior in i; dc2 in ugrizy); seeds other "
+        "than training's",
+        "weights": {"detection": "detection_lsst_i", "photoz": "photoz_lsst_ugrizy"},
+        "weights_sha256": {
+            "detection": det.manifest.get("sha256"),
+            "photoz": est.manifest.get("sha256"),
+        },  # fmt: skip
+        "detection": detection,
+        "photoz": photoz,
+        "definitions": {
+            "detection": "MAP catalogue at threshold 0.5 (SEP: its catalogue), Hungarian "
+            "matches within 2 px; precision over all detections, recall over true sources "
+            "with SNR > 3; false_per_mpx: unmatched detections per million pixels; "
+            "detection_ece: expected calibration error of the calibrated prob against "
+            "being matched (10 equal-width bins)",
+            "photoz": "PDFs of the gold galaxies (true i < 25.3) at their true positions, "
+            "PhotozEstimator.estimate on the field's FITS file (its NOISE and zeropoint); "
+            "point estimate the PDF mode on 0-3 (301 points), outlier_frac |e_z| > max(3 "
+            "sigma_IQR, 0.06), pit_coverage: true z inside the central 68% / 95% interval; "
+            "noise_over_training: per band, the median over fields of the noise as a flux "
+            "over that of the deepest training depth; fields_warned_deeper: fields whose "
+            "reading warned that the image is deeper than the weights were trained at",
+        },
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    figure(out, args.out / "depth.png")
+    out["elapsed_s"] = round(time.perf_counter() - t0, 1)
+    out.update({k: v for k, v in provenance(command).items() if k != "command"})
+    text = json.dumps(out, indent=1, default=float)
+    atomic_write(args.out / "depth.json", lambda tmp: Path(tmp).write_text(text))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
