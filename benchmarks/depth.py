@@ -132,13 +132,16 @@ def figure(out: dict, path: Path) -> None:
                    color=colour, label=f"{level}% interval")  # fmt: skip
         ax[2].axhline(nominal, color=colour, ls=":", lw=1)
     ax[2].set_title("photo-z PDFs (gold galaxies): coverage of the true z")
+    trained = out["trained_years"]
     for a in ax:
         a.set_xscale("log")
         a.set_xticks(years, [f"{y:g}" for y in years])
-        a.set_xlabel("depth (years of LSST)")
-        for trained in out["trained_years"]["detection"]:
-            a.axvline(trained, color="0.7", lw=3, alpha=0.4)
+        a.set_xlabel("depth (years of LSST; grey: the training depths)")
         a.legend(fontsize=7)
+    for y in trained["detection"]:
+        ax[0].axvline(y, color="0.7", lw=3, alpha=0.4)
+    ax[2].axvspan(min(trained["photoz"]), max(trained["photoz"]), color="0.7", alpha=0.3)
+    ax[1].set_xlabel("depth (years of LSST)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
