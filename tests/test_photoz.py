@@ -420,6 +420,32 @@ def test_photoz_cli_writes_catalog_and_qp_file(tmp_path, photoz_weights, weights
     assert "photo-z PDFs" in capsys.readouterr().out
 
 
+def test_photoz_cli_reads_a_coadd_at_its_aperture_noise(tmp_path, photoz_weights, weights, capsys):
+    """A ugrizy coadd (each band's noise resampled from 6 visits): the catalog records the
+    bands' aperture noise factors, and the summary line says the PDFs were read at them."""
+    from probcat.catalog import FullCatalog
+    from probcat.cli import main
+    from probcat.io import write_image
+    from probcat.simulate.noise import coadd_noise
+
+    survey = Survey.lsst(bands="ugrizy")
+    rng = np.random.default_rng(8)
+    img = np.stack(
+        [coadd_noise(rng, (160, 160), b.noise_sigma, 6, "bilinear") for b in survey.bands]
+    )
+    img[:, 78:83, 78:83] += 30 * survey.noise_sigma[:, None, None]
+    path = write_image(tmp_path / "coadd.fits", img.astype(np.float32), survey)
+    out = tmp_path / "cat.fits"
+    args = ["photoz", str(path), "-o", str(out), "--weights", str(photoz_weights)]
+    rc = main([*args, "--detector", str(weights), "--all-objects", "--threshold", "0"])
+    said = capsys.readouterr()
+    assert rc == 0, said.err
+    assert "warning: the noise of neighbouring pixels is correlated" in said.err  # the detector's
+    factors = FullCatalog.read(out).meta["photoz"]["aperture_noise_factor"]
+    assert len(factors) == 6 and min(factors) > 1.1
+    assert f"PDFs read at {min(factors):.3g}-{max(factors):.3g}x" in said.out
+
+
 def test_photoz_cli_bad_input_is_one_line(tmp_path, photoz_weights, weights, capsys):
     from probcat.catalog import make_wcs
     from probcat.cli import main

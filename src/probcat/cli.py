@@ -539,6 +539,9 @@ def photoz_cmd(
     )
     msg = f"{len(res.catalog)} detections, {int(res.catalog['has_pz'].sum())} photo-z PDFs"
     msg += _input_note(res.catalog.meta.get("input", {}))
+    factors = res.catalog.meta.get("photoz", {}).get("aperture_noise_factor")
+    if factors:  # a coadd's correlated noise: the stamps read at its aperture noise
+        msg += f" [PDFs read at {min(factors):.3g}-{max(factors):.3g}x the pixel noise: correlated]"
     if res.ensemble is not None:
         write_ensemble(res.ensemble, pz_path)
         msg += f" -> {pz_path}"
