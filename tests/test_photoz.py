@@ -354,6 +354,17 @@ def test_a_deeper_image_than_the_training_depths_is_warned_of(tmp_path, tiny_est
                            noise_sigma=deep)  # fmt: skip
     np.testing.assert_allclose(got.catalog.meta["photoz"]["noise_over_training"],
                                deep / sigma, atol=1e-4)  # fmt: skip
+    # the 5-year array without its zeropoint reads as electrons of the 10-year exposure
+    # (deeper: warned, saying how it was read); with it, as the file
+    five_img = (noise * five.noise_sigma[:, None, None]).astype(np.float32)
+    with pytest.warns(UserWarning, match="read as electrons at the survey's zeropoint"):
+        est.estimate(five_img, cat, noise_sigma=five.noise_sigma)
+    zp = [b.zeropoint + 2.5 * np.log10(b.exposure_time) for b in five.bands]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = est.estimate(five_img, cat, noise_sigma=five.noise_sigma, zeropoint=zp)
+    np.testing.assert_allclose(got.catalog.meta["photoz"]["noise_over_training"], np.sqrt(2),
+                               atol=1e-4)  # fmt: skip
     # nJy: the 10-year noise of band i as a flux density, halved
     i = est.survey["i"]
     njy = i.noise_sigma / i.exposure_time * 10 ** (-0.4 * (i.zeropoint - 31.4)) / 2
@@ -444,6 +455,28 @@ def test_photoz_cli_reads_a_coadd_at_its_aperture_noise(tmp_path, photoz_weights
     factors = FullCatalog.read(out).meta["photoz"]["aperture_noise_factor"]
     assert len(factors) == 6 and min(factors) > 1.1
     assert f"PDFs read at {min(factors):.3g}-{max(factors):.3g}x" in said.out
+
+
+def test_photoz_cli_zeropoint_option(tmp_path, photoz_weights, weights, capsys):
+    """--zeropoint states the image's zeropoint (one, or one per band) for the depth check;
+    a bad value or count is a one-line error."""
+    from probcat.catalog import FullCatalog
+    from probcat.cli import main
+
+    path = _ugrizy_image(tmp_path / "field.fits")
+    out = tmp_path / "cat.fits"
+    base = ["photoz", str(path), "-o", str(out), "--weights", str(photoz_weights),
+            "--detector", str(weights), "--threshold", "0", "--all-objects"]  # fmt: skip
+    survey = Survey.lsst(bands="ugrizy")
+    zp = [b.zeropoint + 2.5 * np.log10(b.exposure_time) - 2.5 * np.log10(0.5) for b in survey.bands]
+    assert main([*base, "--zeropoint", ",".join(f"{v:.6f}" for v in zp)]) == 0
+    ratio = FullCatalog.read(out).meta["photoz"]["noise_over_training"]
+    np.testing.assert_allclose(ratio, 0.5, atol=1e-4)  # a flux of 1 is half the survey's
+    assert "deeper than the weights" in capsys.readouterr().err
+    for bad in ("abc", "27,28", "nan"):
+        assert main([*base, "--zeropoint", bad]) != 0
+        err = capsys.readouterr().err.strip()
+        assert "zeropoint" in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
 def test_photoz_cli_bad_input_is_one_line(tmp_path, photoz_weights, weights, capsys):

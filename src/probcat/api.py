@@ -1233,6 +1233,7 @@ def photoz(
     device=None,
     threads="auto",
     mask=None,
+    zeropoint=None,
 ):
     """Detect the sources of a multi-band image and estimate a redshift PDF for each galaxy
     (paper 002): a :class:`~probcat.redshift.estimator.PhotozResult` with the catalog (``z_mode,
@@ -1253,6 +1254,11 @@ def photoz(
         seeing: the star/galaxy classes' seeing, as :func:`detect`'s.
         mask: pixels without data, as :func:`detect`'s (the PDFs of galaxies they cut read
             what is left: ``mask_fraction``).
+        zeropoint: AB magnitude of a flux of 1 in the image's units, per band or one for
+            all (default: the image's flux-density ``BUNIT`` or zeropoint keywords, else
+            for electrons the survey's zeropoint and exposure): the image's depth, which
+            the PDFs depend on, is checked with it (a deeper image than the weights were
+            trained at is warned of; ``meta["photoz"]["noise_over_training"]``).
 
     Example:
         >>> res = probcat.photoz("field_ugrizy.fits")                 # doctest: +SKIP
@@ -1286,6 +1292,7 @@ def photoz(
         mask=mask,
         whiten=False,
         correlated_noise_ok=coadd_trained(det.manifest),  # the detector's warning
+        zeropoint=zeropoint,
     )
     ratio = noise_map_ratio(image, est.bands, masked)
     x_all = xs if ratio is None else whitened(xs, ratio, info)

@@ -129,6 +129,21 @@ def _noise_option(value: str):
     return vals[0] if len(vals) == 1 else vals
 
 
+def _zeropoint_option(value):
+    """``--zeropoint`` of ``probcat photoz``: None, one number or one per band."""
+    if value is None:
+        return None
+    try:
+        vals = [float(t) for t in str(value).split(",")]
+    except ValueError:
+        raise ProbcatValueError(
+            f"--zeropoint must be a number or one per band (comma-separated), got {value!r}"
+        ) from None
+    if not all(math.isfinite(t) for t in vals):
+        raise ProbcatValueError(f"--zeropoint values must be finite, got {value!r}")
+    return vals[0] if len(vals) == 1 else vals
+
+
 def _command_line() -> str:
     return " ".join(["probcat", *sys.argv[1:]])
 
@@ -497,6 +512,13 @@ def photoz_cmd(
     weight: Path = WEIGHT_OPTION,
     weight_type: str = WEIGHT_TYPE_OPTION,
     hdu: str = HDU_OPTION,
+    zeropoint: str = typer.Option(
+        None,
+        help="AB magnitude of a flux of 1 in the image's units, one or one per band "
+        "(comma-separated), by which its depth is checked against the weights' (default: a "
+        "flux-density BUNIT such as nJy, else the MAGZERO, MAGZP, PHOTZP, FLUXMAG0 or ZEROPT "
+        "keywords, else for electrons the survey's zeropoint and exposure)",
+    ),
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
     ),
@@ -512,6 +534,7 @@ def photoz_cmd(
 
     seeing = _checked_seeing(seeing)
     planes = _planes_option(mask_planes)
+    zps = _zeropoint_option(zeropoint)
     from probcat.io import check_weight_type
 
     check_weight_type(weight_type, "--weight-type")  # before any work
@@ -536,6 +559,7 @@ def photoz_cmd(
         device=device,
         threads=_threads_option(threads),
         mask=masked,
+        zeropoint=zps,
     )
     msg = f"{len(res.catalog)} detections, {int(res.catalog['has_pz'].sum())} photo-z PDFs"
     msg += _input_note(res.catalog.meta.get("input", {}))

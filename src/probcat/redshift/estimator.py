@@ -116,13 +116,18 @@ class PhotozEstimator:
     def bands(self) -> tuple[str, ...]:
         return tuple(self.survey.band_names)
 
-    def mixture(self, image, x, y, *, noise_sigma=None):
+    def mixture(self, image, x, y, *, noise_sigma=None, zeropoint=None):
         """Mixture parameters ``(weights, means, sds)``, each ``(n, net.n_components)``, of
         the objects at pixel positions ``x, y`` of ``image`` (FITS path, ImageData or array
-        in electrons with the weights' bands)."""
+        in electrons with the weights' bands). ``zeropoint``: the AB magnitude of a flux of
+        1 in the image's units, per band or one for all (default: the image's, as
+        :func:`probcat.api.read_input` finds it), by which the image's depth is checked
+        (:meth:`network_input`)."""
         from probcat.api import read_input
 
-        xs, _, sigma, info, _ = read_input(image, self.survey, noise_sigma, whiten=False)
+        xs, _, sigma, info, _ = read_input(
+            image, self.survey, noise_sigma, whiten=False, zeropoint=zeropoint
+        )
         return self._mixture(self.network_input(xs, sigma, info)[0], x, y)
 
     def training_depths(self) -> tuple[float, ...]:
@@ -171,12 +176,18 @@ class PhotozEstimator:
         if deep:
             years = self.training_depths()
             span = f"{min(years):g}-{max(years):g}" if len(years) > 1 else f"{years[0]:g}"
+            how = (
+                f"zeropoint from {info['zeropoint_source']}"
+                if info.get("zeropoint_source")
+                else "pixels read as electrons at the survey's zeropoint and exposure: state "
+                "the image's zeropoint if not"
+            )
             warnings.warn(
                 f"photo-z: the image is deeper than the weights were trained at ({span} "
                 f"years) in band(s) {''.join(deep)} (noise {np.nanmin(ratio):.2f} times the "
-                "deepest's): the network reads fluxes in units of the noise, so its galaxies "
-                "look brighter than they are and their PDFs come out too narrow "
-                "(docs/photoz.md, Depth and coadds)",
+                f"deepest's as a flux; {how}): the network reads fluxes in units of the "
+                "noise, so its galaxies look brighter than they are and their PDFs come out "
+                "too narrow (docs/photoz.md, Depth and coadds)",
                 stacklevel=3,
             )
         return xs, meta
@@ -207,13 +218,22 @@ class PhotozEstimator:
         return w / w.sum(1, keepdims=True), m, sd
 
     def estimate(
-        self, image, catalog: FullCatalog, *, noise_sigma=None, galaxies_only: bool = True
+        self,
+        image,
+        catalog: FullCatalog,
+        *,
+        noise_sigma=None,
+        galaxies_only: bool = True,
+        zeropoint=None,
     ) -> PhotozResult:
         """Redshift PDFs of ``catalog``'s objects (``x, y``; with ``galaxies_only``, those
-        whose ``galaxy`` flag, or ``galaxy_prob >= 0.5``, says galaxy) in ``image``."""
+        whose ``galaxy`` flag, or ``galaxy_prob >= 0.5``, says galaxy) in ``image``;
+        ``zeropoint`` as for :meth:`mixture`."""
         from probcat.api import read_input
 
-        xs, wcs, sigma, info, _ = read_input(image, self.survey, noise_sigma, whiten=False)
+        xs, wcs, sigma, info, _ = read_input(
+            image, self.survey, noise_sigma, whiten=False, zeropoint=zeropoint
+        )
         xs, meta = self.network_input(xs, sigma, info)
         return self._estimate(xs, catalog, wcs, galaxies_only, meta=meta)
 
