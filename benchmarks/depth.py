@@ -61,7 +61,8 @@ def detection_depth(det, years: float, fields: int, seed: int, cn) -> dict:
 
 def photoz_depth(est, years: float, fields: int, seed: int, cn, tmp: Path) -> dict:
     """``est``'s PDFs of the gold galaxies of ``fields`` ugrizy fields at ``years``' depth,
-    each field read from a FITS file as probcat wrote it."""
+    each field read from a FITS file as probcat wrote it; for a depth beyond the training
+    depths also with ``match_depth`` (``"match_depth"``: the same metrics)."""
     from probcat.io import write_image
     from probcat.redshift.pdf import GRID, truncated_pdf
     from probcat.simulate.bank import BankConfig, SourceBank
@@ -75,7 +76,8 @@ def photoz_depth(est, years: float, fields: int, seed: int, cn, tmp: Path) -> di
     )
     sim = SceneSimulator(bank, SceneConfig(SIZE, SIZE))
     ib = est.bands.index("i")
-    pdfs, zs, ratios, warned = [], [], [], 0
+    deeper = years > max(est.training_depths())
+    pdfs, zs, ratios, warned, matched = [], [], [], 0, []
     for f in range(fields):
         scene = sim.sample(np.random.default_rng([seed + 1, int(years * 100), f]))
         t = scene.catalog
@@ -90,11 +92,17 @@ def photoz_depth(est, years: float, fields: int, seed: int, cn, tmp: Path) -> di
             )
         warned += any("deeper than the weights" in str(w.message) for w in said)
         pdfs.append(truncated_pdf(res.weights, res.means, res.sds, GRID))
+        if deeper:
+            got = est.estimate(path, _catalog(t, gold, scene.image.shape[1:], est.bands),
+                               galaxies_only=False, match_depth=True)  # fmt: skip
+            matched.append(truncated_pdf(got.weights, got.means, got.sds, GRID))
         zs.append(np.asarray(t["redshift"], np.float64)[gold])
         ratios.append(res.catalog.meta["photoz"]["noise_over_training"])
     out = cn.photoz_summary(pdfs, zs)
     out["noise_over_training"] = [float(v) for v in np.median(np.array(ratios, float), 0)]
     out["fields_warned_deeper"] = int(warned)
+    if deeper:
+        out["match_depth"] = cn.photoz_summary(matched, zs)
     return out
 
 
@@ -210,7 +218,9 @@ def main(argv=None) -> None:
             "sigma_IQR, 0.06), pit_coverage: true z inside the central 68% / 95% interval; "
             "noise_over_training: per band, the median over fields of the noise as a flux "
             "over that of the deepest training depth; fields_warned_deeper: fields whose "
-            "reading warned that the image is deeper than the weights were trained at",
+            "reading warned that the image is deeper than the weights were trained at; "
+            "match_depth: the same galaxies read with match_depth=True (at the deepest "
+            "training depth, white noise added), for depths beyond the training depths",
         },
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -255,6 +255,14 @@ def _depth_rows() -> list:
         ):  # fmt: skip
             rows.append((f"{y} years: {label}", key.format(y=y),
                          base.format(y=y) if base else None, fmt, ""))  # fmt: skip
+    for label, key, fmt in (
+        ("68% interval coverage", "pit_coverage_68", ".3f"),
+        ("95% interval coverage", "pit_coverage_95", ".3f"),
+        ("sigma_IQR", "sigma_iqr", ".4f"),
+        ("PIT KS", "ks", ".3f"),
+    ):
+        rows.append((f"20 years, photo-z read at the training depth (--match-depth): {label}",
+                     f"photoz.20.match_depth.{key}", None, fmt, ""))  # fmt: skip
     return rows
 
 

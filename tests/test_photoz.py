@@ -12,7 +12,7 @@ from probcat.catalog import FullCatalog
 from probcat.errors import ProbcatValueError
 from probcat.nets.photoz import PhotozNet, mixture_nll
 from probcat.redshift import metrics as pzm
-from probcat.redshift.estimator import PhotozEstimator, stamps_at
+from probcat.redshift.estimator import PhotozEstimator, at_depth, stamps_at
 from probcat.redshift.pdf import (
     GRID,
     check_mixture,
@@ -365,11 +365,44 @@ def test_a_deeper_image_than_the_training_depths_is_warned_of(tmp_path, tiny_est
         got = est.estimate(five_img, cat, noise_sigma=five.noise_sigma, zeropoint=zp)
     np.testing.assert_allclose(got.catalog.meta["photoz"]["noise_over_training"], np.sqrt(2),
                                atol=1e-4)  # fmt: skip
+    # match_depth: the deeper bands read at the 10-year depth, not warned; the network's
+    # input is at_depth's (signal x ratio, white noise of variance 1 - ratio^2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = est.estimate((noise * deep[:, None, None]).astype(np.float32), cat,
+                           noise_sigma=deep, match_depth=True)  # fmt: skip
+    assert got.catalog.meta["photoz"]["depth_matched"] is True
+    xs = at_depth(noise.astype(np.float32), np.minimum(deep / sigma, 1.0))
+    st = stamps_at(xs, [16.0], [16.0], 11)
+    np.testing.assert_allclose(got.means, est.net(torch.from_numpy(st))[1].detach(), rtol=1e-5)
     # nJy: the 10-year noise of band i as a flux density, halved
     i = est.survey["i"]
     njy = i.noise_sigma / i.exposure_time * 10 ** (-0.4 * (i.zeropoint - 31.4)) / 2
     assert est.noise_over_training(np.full(6, njy), {"flux_unit": "nJy"})[3] == pytest.approx(0.5)
     assert np.isnan(est.noise_over_training(np.ones(6), {"flux_unit": "adu"})).all()
+
+
+def test_at_depth_reads_an_image_at_a_larger_noise():
+    """Signal times the ratio, white noise of variance 1 - ratio^2 added: unit noise again;
+    a ratio of 1 leaves the band as it is; masked pixels stay 0; the same output twice."""
+    rng = np.random.default_rng(2)
+    signal = np.array([0.0, 5.0, 10.0])[:, None, None]
+    xs = (rng.standard_normal((3, 300, 300)) + signal).astype(np.float32)
+    mask = np.zeros((300, 300), bool)
+    mask[:10] = True
+    xs[:, mask] = 0.0
+    ratio = np.array([1.0, 0.5, 0.8])
+    out = at_depth(xs, ratio, mask)
+    np.testing.assert_array_equal(out[0], xs[0])
+    assert np.all(out[:, mask] == 0)
+    for k in (1, 2):
+        v = out[k][~mask]
+        assert v.mean() == pytest.approx(ratio[k] * signal[k, 0, 0], abs=0.01)
+        assert v.std() == pytest.approx(1.0, abs=0.01)
+    np.testing.assert_array_equal(at_depth(xs, ratio, mask), out)
+    for bad in ([0.0, 1.0, 1.0], [1.2, 1.0, 1.0]):
+        with pytest.raises(ProbcatValueError):
+            at_depth(xs, np.array(bad))
 
 
 def test_estimator_rejects_wrong_band_count(tiny_estimator):

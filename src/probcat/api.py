@@ -1234,6 +1234,7 @@ def photoz(
     threads="auto",
     mask=None,
     zeropoint=None,
+    match_depth: bool = False,
 ):
     """Detect the sources of a multi-band image and estimate a redshift PDF for each galaxy
     (paper 002): a :class:`~probcat.redshift.estimator.PhotozResult` with the catalog (``z_mode,
@@ -1259,6 +1260,9 @@ def photoz(
             for electrons the survey's zeropoint and exposure): the image's depth, which
             the PDFs depend on, is checked with it (a deeper image than the weights were
             trained at is warned of; ``meta["photoz"]["noise_over_training"]``).
+        match_depth: read such an image at the deepest training depth instead, white noise
+            added (calibrated PDFs at that depth's precision; the detections are the
+            image's own).
 
     Example:
         >>> res = probcat.photoz("field_ugrizy.fits")                 # doctest: +SKIP
@@ -1303,5 +1307,6 @@ def photoz(
     res = det.detect(det._prepared(x_det, wcs, info, masked), threshold=threshold, seeing=seeing)
     res.catalog = _with_sky(res.catalog, wcs)
     res.wcs = wcs
-    xs, meta = est.network_input(xs, sigma, info)  # at the aperture noise; deeper: warned
+    # at the aperture noise; deeper: warned, or read at the training depth
+    xs, meta = est.network_input(xs, sigma, info, match_depth, masked)
     return est._estimate(xs, res.catalog, wcs, galaxies_only, detection=res, meta=meta)

@@ -519,6 +519,12 @@ def photoz_cmd(
         "flux-density BUNIT such as nJy, else the MAGZERO, MAGZP, PHOTZP, FLUXMAG0 or ZEROPT "
         "keywords, else for electrons the survey's zeropoint and exposure)",
     ),
+    match_depth: bool = typer.Option(
+        False,
+        "--match-depth",
+        help="an image deeper than the weights' training depths: read its PDFs' stamps at "
+        "the deepest of them, white noise added (calibrated PDFs at that depth's precision)",
+    ),
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
     ),
@@ -560,12 +566,15 @@ def photoz_cmd(
         threads=_threads_option(threads),
         mask=masked,
         zeropoint=zps,
+        match_depth=match_depth,
     )
     msg = f"{len(res.catalog)} detections, {int(res.catalog['has_pz'].sum())} photo-z PDFs"
     msg += _input_note(res.catalog.meta.get("input", {}))
     factors = res.catalog.meta.get("photoz", {}).get("aperture_noise_factor")
     if factors:  # a coadd's correlated noise: the stamps read at its aperture noise
         msg += f" [PDFs read at {min(factors):.3g}-{max(factors):.3g}x the pixel noise: correlated]"
+    if res.catalog.meta.get("photoz", {}).get("depth_matched"):
+        msg += " [PDFs read at the weights' deepest training depth, noise added]"
     if res.ensemble is not None:
         write_ensemble(res.ensemble, pz_path)
         msg += f" -> {pz_path}"

@@ -116,19 +116,21 @@ class PhotozEstimator:
     def bands(self) -> tuple[str, ...]:
         return tuple(self.survey.band_names)
 
-    def mixture(self, image, x, y, *, noise_sigma=None, zeropoint=None):
+    def mixture(self, image, x, y, *, noise_sigma=None, zeropoint=None, match_depth=False):
         """Mixture parameters ``(weights, means, sds)``, each ``(n, net.n_components)``, of
         the objects at pixel positions ``x, y`` of ``image`` (FITS path, ImageData or array
         in electrons with the weights' bands). ``zeropoint``: the AB magnitude of a flux of
         1 in the image's units, per band or one for all (default: the image's, as
         :func:`probcat.api.read_input` finds it), by which the image's depth is checked
-        (:meth:`network_input`)."""
+        (:meth:`network_input`); ``match_depth``: a deeper image read at the training
+        depth (:meth:`network_input`)."""
         from probcat.api import read_input
 
-        xs, _, sigma, info, _ = read_input(
+        xs, _, sigma, info, masked = read_input(
             image, self.survey, noise_sigma, whiten=False, zeropoint=zeropoint
         )
-        return self._mixture(self.network_input(xs, sigma, info)[0], x, y)
+        xs = self.network_input(xs, sigma, info, match_depth, masked)[0]
+        return self._mixture(xs, x, y)
 
     def training_depths(self) -> tuple[float, ...]:
         """The depths (years) the weights were trained at: the manifest's ``data.years``,
@@ -155,14 +157,19 @@ class PhotozEstimator:
             out.append(10.0 ** (-0.4 * (mag - ref)) / deepest)
         return np.asarray(out, float)
 
-    def network_input(self, xs: np.ndarray, sigma, info: dict) -> tuple[np.ndarray, dict]:
+    def network_input(
+        self, xs: np.ndarray, sigma, info: dict, match_depth: bool = False, masked=None
+    ) -> tuple[np.ndarray, dict]:
         """``xs`` (noise-sigma units, from :func:`probcat.api.read_input` with its
-        ``sigma`` and ``info``) as the network reads it: divided by each band's aperture
-        noise factor where the noise is correlated (:func:`correlated_noise_read`); and
-        what the catalog's ``meta["photoz"]`` records: those factors, and the noise over
-        the deepest training depth's (:meth:`noise_over_training`, of the noise the stamps
-        are read at). Warns when that is below :data:`DEEPER_WARN` in a band: a deeper
-        image than the weights were trained at, whose PDFs come out too narrow."""
+        ``sigma``, ``info`` and ``masked``) as the network reads it: divided by each band's
+        aperture noise factor where the noise is correlated (:func:`correlated_noise_read`);
+        and what the catalog's ``meta["photoz"]`` records: those factors, and the noise
+        over the deepest training depth's (:meth:`noise_over_training`, of the noise the
+        stamps are read at). Warns when that is below :data:`DEEPER_WARN` in a band: a
+        deeper image than the weights were trained at, whose PDFs come out too narrow.
+        ``match_depth``: instead, read such bands at the deepest training depth, with white
+        noise added (:func:`at_depth`; ``meta["photoz"]["depth_matched"]``): calibrated
+        PDFs, at that depth's precision."""
         xs, factors = correlated_noise_read(xs, info)
         meta: dict = {}
         if np.any(factors != 1.0):
@@ -172,6 +179,11 @@ class PhotozEstimator:
             meta["noise_over_training"] = [
                 round(float(v), 4) if np.isfinite(v) else None for v in ratio
             ]
+        deeper = ratio < 1.0 - 1e-6  # not the training depth itself, to rounding
+        if match_depth and np.any(deeper):
+            xs = at_depth(xs, np.where(deeper, ratio, 1.0), masked)
+            meta["depth_matched"] = True
+            return xs, meta
         deep = [b for b, v in zip(self.bands, ratio) if v < DEEPER_WARN]
         if deep:
             years = self.training_depths()
@@ -187,7 +199,8 @@ class PhotozEstimator:
                 f"years) in band(s) {''.join(deep)} (noise {np.nanmin(ratio):.2f} times the "
                 f"deepest's as a flux; {how}): the network reads fluxes in units of the "
                 "noise, so its galaxies look brighter than they are and their PDFs come out "
-                "too narrow (docs/photoz.md, Depth and coadds)",
+                "too narrow; match_depth (--match-depth) reads it at the training depth "
+                "(docs/photoz.md, Depth and coadds)",
                 stacklevel=3,
             )
         return xs, meta
@@ -225,16 +238,17 @@ class PhotozEstimator:
         noise_sigma=None,
         galaxies_only: bool = True,
         zeropoint=None,
+        match_depth: bool = False,
     ) -> PhotozResult:
         """Redshift PDFs of ``catalog``'s objects (``x, y``; with ``galaxies_only``, those
         whose ``galaxy`` flag, or ``galaxy_prob >= 0.5``, says galaxy) in ``image``;
-        ``zeropoint`` as for :meth:`mixture`."""
+        ``zeropoint`` and ``match_depth`` as for :meth:`mixture`."""
         from probcat.api import read_input
 
-        xs, wcs, sigma, info, _ = read_input(
+        xs, wcs, sigma, info, masked = read_input(
             image, self.survey, noise_sigma, whiten=False, zeropoint=zeropoint
         )
-        xs, meta = self.network_input(xs, sigma, info)
+        xs, meta = self.network_input(xs, sigma, info, match_depth, masked)
         return self._estimate(xs, catalog, wcs, galaxies_only, meta=meta)
 
     def _estimate(self, xs, catalog, wcs, galaxies_only, detection=None, meta=None) -> PhotozResult:
@@ -263,6 +277,26 @@ class PhotozEstimator:
         name = (self.manifest or {}).get("weights", "custom weights")
         cat.meta["photoz"] = {"weights": name, **(meta or {})}
         return PhotozResult(cat, ens, w, m, sd, detection, wcs)
+
+
+def at_depth(xs: np.ndarray, ratio, masked=None, seed: int = 0) -> np.ndarray:
+    """``xs`` (noise-sigma units, ``(bands, H, W)``) as it would read at a noise
+    ``1 / ratio`` times as large (per band, ``ratio`` <= 1: an image that deep over the
+    depth wanted): the signal scaled by ``ratio`` and white noise of variance
+    ``1 - ratio**2`` added (from ``seed`` and the band: the same image, the same output), so that an
+    aperture's noise is again one sigma's worth. Pixels without data (``masked``, ``(H,
+    W)`` or per band) stay 0."""
+    ratio = np.asarray(ratio, float)
+    if np.any(ratio <= 0) or np.any(ratio > 1):
+        raise ProbcatValueError(f"depth ratios must be in (0, 1], got {ratio}")
+    out = xs * ratio[:, None, None].astype(np.float32)
+    for k, r in enumerate(ratio):
+        if r < 1.0:  # each band's noise its own: independent of the other bands' ratios
+            noise = np.random.default_rng([seed, k]).standard_normal(xs.shape[1:], np.float32)
+            out[k] += np.float32(np.sqrt(1.0 - r * r)) * noise
+    if masked is not None:
+        out[np.broadcast_to(np.asarray(masked, bool), out.shape)] = 0.0
+    return out
 
 
 def correlated_noise_read(xs: np.ndarray, info: dict) -> tuple[np.ndarray, np.ndarray]:
