@@ -7,7 +7,9 @@ read at its own noise sigma, as probcat reads a file that states it (``NOISE``):
 
 - LSST i: ``detection_lsst_i`` and SEP: precision, recall (true SNR > 3), F1, false
   detections per Mpx, precision at prob ≥ 0.9 and detection ECE (the definitions of
-  ``benchmarks/correlated_noise.py``);
+  ``benchmarks/correlated_noise.py``); and ``deblender_lsst_i``'s aperture flux errors: the
+  fraction of isolated galaxies (true SNR 5-200) whose true aperture flux lies within 1 /
+  1.96 errors of the deblended one, measured at the true positions;
 - LSST ugrizy (DC2 colours and redshifts): ``photoz_lsst_ugrizy``'s PDFs of the gold
   galaxies (true i < 25.3) at their true positions, each field written as probcat writes
   an image (its zeropoint and exposure in the header) and read back as a user's file:
@@ -38,8 +40,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SIZE = 400
 
 
-def detection_depth(det, years: float, fields: int, seed: int, cn) -> dict:
-    """probcat and SEP on ``fields`` i-band fields at ``years``' depth."""
+def detection_depth(det, deb, years: float, fields: int, seed: int, cn) -> dict:
+    """probcat and SEP on ``fields`` i-band fields at ``years``' depth; and the coverage of
+    isolated galaxies' true aperture fluxes by the deblender's errors (``deb``, at the true
+    positions: ``benchmarks/correlated_noise.py``'s ``flux_error_coverage``)."""
     from probcat.baselines.sep import sep_detect
     from probcat.simulate.bank import BankConfig, SourceBank
     from probcat.simulate.scene import SceneConfig, SceneSimulator
@@ -50,13 +54,22 @@ def detection_depth(det, years: float, fields: int, seed: int, cn) -> dict:
     sim = SceneSimulator(bank, SceneConfig(SIZE, SIZE))
     sigma = survey.noise_sigma
     counts: dict = {"probcat": [], "sep": []}
+    pulls: dict = {"pull": [], "pull_independent_pixels": [], "factor": []}
     for f in range(fields):
-        scene = sim.sample(np.random.default_rng([seed, int(years * 100), f]))
+        rng = np.random.default_rng([seed, int(years * 100), f])
+        scene = sim.sample(rng, keep_noiseless=True)
         cat = det.catalog(scene.image, noise_sigma=sigma, background="none")
         counts["probcat"].append(cn.score(cat, scene.catalog))
         counts["sep"].append(cn.score(sep_detect(scene.image[0], float(sigma[0])), scene.catalog))
+        got = cn.flux_pulls(deb, scene.image[0], float(sigma[0]), scene.noiseless[0], scene.catalog)
+        for k, v in got.items():
+            pulls[k].extend(v)
     area = fields * SIZE * SIZE / 1e6
-    return {who: cn.summary(c, area) for who, c in counts.items()}
+    out = {who: cn.summary(c, area) for who, c in counts.items()}
+    cov = cn.coverage(pulls)
+    out["flux_error_coverage"] = {k: cov[k] for k in ("n_galaxies", "coverage_68", "coverage_95",
+                                                     "pull_sd_68")}  # fmt: skip
+    return out
 
 
 def photoz_depth(est, years: float, fields: int, seed: int, cn, tmp: Path) -> dict:
@@ -177,12 +190,13 @@ def main(argv=None) -> None:
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     det = load("detection_lsst_i", threads=2, kind="detection")
+    deb = load("deblender_lsst_i", threads=2, kind="deblender")
     est = load("photoz_lsst_ugrizy", threads=2, kind="photoz")
     detection, photoz = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for y in years:
             key = f"{y:g}"  # "1", "10": the results' keys
-            detection[key] = detection_depth(det, y, args.fields, args.seed, cn)
+            detection[key] = detection_depth(det, deb, y, args.fields, args.seed, cn)
             photoz[key] = photoz_depth(est, y, args.fields, args.seed, cn, Path(tmp))
             print(f"{y:g} years: detection F1 {detection[key]['probcat']['f1']:.3f} "
                   f"(SEP {detection[key]['sep']['f1']:.3f}), ECE "
@@ -211,7 +225,10 @@ def main(argv=None) -> None:
             "matches within 2 px; precision over all detections, recall over true sources "
             "with SNR > 3; false_per_mpx: unmatched detections per million pixels; "
             "detection_ece: expected calibration error of the calibrated prob against "
-            "being matched (10 equal-width bins)",
+            "being matched (10 equal-width bins); flux_error_coverage: isolated galaxies "
+            "(blendedness < 0.05, true SNR 5-200), deblended aperture flux (deblender_lsst_i, "
+            "conserve, 5 px) at the true positions of all true sources, fraction within 1 / "
+            "1.96 flux_ap_err of the noiseless image's aperture flux",
             "photoz": "PDFs of the gold galaxies (true i < 25.3) at their true positions, "
             "PhotozEstimator.estimate on the field's FITS file (its NOISE and zeropoint); "
             "point estimate the PDF mode on 0-3 (301 points), outlier_frac |e_z| > max(3 "
