@@ -13,7 +13,8 @@ reads (its correlation), so in bands whose noise reads as correlated the stamps 
 at the pixel sigma times :func:`probcat.background.aperture_noise_factor` (about the
 visits' own noise: the resampling kernels pass the low spatial frequencies unchanged),
 recorded in the catalog's ``meta["photoz"]["aperture_noise_factor"]``. An image deeper
-than the weights' deepest training depth gets a warning (:meth:`PhotozEstimator.network_input`).
+than the weights' deepest training depth gets a warning, or with ``match_depth`` is read
+at that depth (:meth:`PhotozEstimator.network_input`, :func:`at_depth`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from probcat.catalog import FullCatalog
 from probcat.errors import ProbcatValueError
 from probcat.runtime import check_interrupt, inference_entry
 
-__all__ = ["PhotozEstimator", "PhotozResult", "stamps_at"]
+__all__ = ["PhotozEstimator", "PhotozResult", "at_depth", "correlated_noise_read", "stamps_at"]
 
 _CHUNK = 256  # stamps per forward pass (cache-sized: faster on a CPU than larger ones)
 # noise over the deepest training depth's below which photo-z warns: on white noise of
@@ -283,9 +284,9 @@ def at_depth(xs: np.ndarray, ratio, masked=None, seed: int = 0) -> np.ndarray:
     """``xs`` (noise-sigma units, ``(bands, H, W)``) as it would read at a noise
     ``1 / ratio`` times as large (per band, ``ratio`` <= 1: an image that deep over the
     depth wanted): the signal scaled by ``ratio`` and white noise of variance
-    ``1 - ratio**2`` added (from ``seed`` and the band: the same image, the same output), so that an
-    aperture's noise is again one sigma's worth. Pixels without data (``masked``, ``(H,
-    W)`` or per band) stay 0."""
+    ``1 - ratio**2`` added (from ``seed`` and the band: the same image, the same output),
+    so that an aperture's noise is again one sigma's worth. Pixels without data
+    (``masked``, ``(H, W)`` or per band) stay 0."""
     ratio = np.asarray(ratio, float)
     if np.any(ratio <= 0) or np.any(ratio > 1):
         raise ProbcatValueError(f"depth ratios must be in (0, 1], got {ratio}")
