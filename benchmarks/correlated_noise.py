@@ -13,7 +13,7 @@ also given white noise of the coadd's pixel noise sigma (``white``). Every image
 with its pixel sigma: precision, recall (true i-band SNR > 3), F1, false detections per
 Mpx, precision at prob ≥ 0.9, detection ECE, and the noise correlation probcat measures
 (:func:`probcat.background.noise_correlation`, on which it warns above 0.08). In i, also
-the coverage of isolated galaxies' true aperture fluxes by the deblender's errors. In
+the coverage of isolated galaxies' own aperture fluxes by the deblender's errors. In
 ugrizy, also the photo-z PDFs (``photoz_lsst_ugrizy``) of the gold galaxies (i < 25.3) at
 their true positions: as probcat reads them (at the aperture noise where the noise is
 correlated) and at the pixel sigma, with the same signal given white noise of the
@@ -136,11 +136,43 @@ def label(weights: str) -> str:
     return "probcat_coadd_weights" if weights.endswith("_coadd") else "probcat"
 
 
-def flux_pulls(deb, img, s, signal, truth) -> np.ndarray:
-    """Pulls of the aperture fluxes of the isolated galaxies (blendedness < 0.05, SNR
-    5-200, 6 px or more inside the image) measured by the deblender at their true positions
-    (every true source given), against the aperture flux of the noiseless coadd there, in
-    units of ``flux_ap_err`` (which assumes independent pixel noise)."""
+def isolated(truth) -> np.ndarray:
+    """The isolated galaxies of a scene's truth: blendedness < 0.05, SNR 5-200, 6 px or more
+    inside the image."""
+    x, y = np.asarray(truth["x"]), np.asarray(truth["y"])
+    snr = np.asarray(truth["snr"])[:, 0]
+    iso = (np.asarray(truth["blendedness"])[:, 0] < 0.05) & (snr > 5) & (snr < 200)
+    return (
+        iso & np.asarray(truth["galaxy"]) & (np.minimum(x, y) > 6) & (np.maximum(x, y) < SIZE - 7)
+    )
+
+
+def neighbour_light(sim, scene) -> np.ndarray:
+    """Per isolated galaxy of ``scene`` (:func:`isolated`), the other sources' noiseless
+    light in its 5-px aperture (band 0): the scene's minus its own (each galaxy composed
+    alone)."""
+    import sep
+
+    t = scene.catalog
+    idx = np.flatnonzero(isolated(t))
+    x, y = np.asarray(t["x"])[idx], np.asarray(t["y"])[idx]
+
+    def ap(img, k):
+        return sep.sum_circle(
+            np.ascontiguousarray(img, np.float64), x[k : k + 1], y[k : k + 1], 5.0
+        )[0][0]
+
+    scene_light = sep.sum_circle(np.ascontiguousarray(scene.noiseless[0], np.float64), x, y, 5.0)[0]
+    own = np.array([ap(sim.compose(t.select(np.array([i])))[0], k) for k, i in enumerate(idx)])
+    return scene_light - own
+
+
+def flux_pulls(deb, img, s, signal, truth, others) -> dict:
+    """Pulls of the aperture fluxes of the isolated galaxies (:func:`isolated`) measured by
+    the deblender at their true positions (every true source given), against each one's
+    own light: the aperture flux of the noiseless ``signal`` there less ``others``
+    (:func:`neighbour_light`, of the signal before any resampling), in units of
+    ``flux_ap_err`` (which assumes independent pixel noise)."""
     import sep
 
     from probcat.catalog import FullCatalog
@@ -149,11 +181,9 @@ def flux_pulls(deb, img, s, signal, truth) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the correlated-noise warning, measured here
         got = deb.measure(img[None], cat, noise_sigma=s, background="none").catalog
-    x, y = np.asarray(truth["x"]), np.asarray(truth["y"])
-    snr = np.asarray(truth["snr"])[:, 0]
-    iso = (np.asarray(truth["blendedness"])[:, 0] < 0.05) & (snr > 5) & (snr < 200)
-    iso &= np.asarray(truth["galaxy"]) & (np.minimum(x, y) > 6) & (np.maximum(x, y) < SIZE - 7)
-    true, _, _ = sep.sum_circle(np.ascontiguousarray(signal, np.float64), x[iso], y[iso], 5.0)
+    iso = isolated(truth)
+    x, y = np.asarray(truth["x"])[iso], np.asarray(truth["y"])[iso]
+    true = sep.sum_circle(np.ascontiguousarray(signal, np.float64), x, y, 5.0)[0] - others
     err = np.asarray(got["flux_ap_err"])[iso, 0]
     factor = (got.meta["deblend"].get("aperture_noise_factor") or [1.0])[0]
     d = np.asarray(got["flux_ap"])[iso, 0] - true
@@ -306,6 +336,7 @@ def main(argv=None) -> None:
     for f in range(args.fields):
         rng = np.random.default_rng([args.seed, f])
         scene = sim.sample(rng, keep_noiseless=True)
+        others = neighbour_light(sim, scene) if deb is not None else None
         truth = scene.noiseless.astype(np.float64)
         cubic = [coadd(truth[b], sigma[b], args.visits, rng) for b in range(len(bands))]
         pix = np.array([np.std(n) for _, n in cubic])  # each coadd's pixel noise sigma
@@ -338,7 +369,8 @@ def main(argv=None) -> None:
             )
             if deb is not None:
                 sig = signal_l[0] if key == "coadd_lanczos3" else signal[0]
-                for k, v in flux_pulls(deb, img[0], float(s[0]), sig, scene.catalog).items():
+                got = flux_pulls(deb, img[0], float(s[0]), sig, scene.catalog, others)
+                for k, v in got.items():
                     pulls[key][k].extend(v)
         if est is not None:
             photoz_field(est, images, signal, sigma, scene.catalog, ib, rng, pz)
@@ -393,8 +425,9 @@ def main(argv=None) -> None:
             "false_per_mpx": "unmatched detections per million pixels",
             "flux_error_coverage": "isolated galaxies (blendedness < 0.05, true SNR 5-200), "
             "deblended aperture flux (deblender_lsst_i, conserve, 5 px) at the true positions "
-            "of all true sources: fraction within 1 / 1.96 flux_ap_err of the noiseless "
-            "coadd's aperture flux; pull_sd_68: the 68th percentile of |pull| (1 if the "
+            "of all true sources: fraction within 1 / 1.96 flux_ap_err of the galaxy's own "
+            "light in the aperture (the noiseless coadd's aperture flux less the other "
+            "sources' light there); pull_sd_68: the 68th percentile of |pull| (1 if the "
             "errors are right); _independent_pixels: the pulls times the image's "
             "aperture_noise_factor (which Deblender.measure applies to the pixel-noise term "
             "where noise_correlation > 0.08): the errors as they were without it, for "

@@ -61,7 +61,9 @@ def detection_depth(det, deb, years: float, fields: int, seed: int, cn) -> dict:
         cat = det.catalog(scene.image, noise_sigma=sigma, background="none")
         counts["probcat"].append(cn.score(cat, scene.catalog))
         counts["sep"].append(cn.score(sep_detect(scene.image[0], float(sigma[0])), scene.catalog))
-        got = cn.flux_pulls(deb, scene.image[0], float(sigma[0]), scene.noiseless[0], scene.catalog)
+        others = cn.neighbour_light(sim, scene)
+        got = cn.flux_pulls(deb, scene.image[0], float(sigma[0]), scene.noiseless[0],
+                            scene.catalog, others)  # fmt: skip
         for k, v in got.items():
             pulls[k].extend(v)
     area = fields * SIZE * SIZE / 1e6
@@ -228,7 +230,7 @@ def main(argv=None) -> None:
             "being matched (10 equal-width bins); flux_error_coverage: isolated galaxies "
             "(blendedness < 0.05, true SNR 5-200), deblended aperture flux (deblender_lsst_i, "
             "conserve, 5 px) at the true positions of all true sources, fraction within 1 / "
-            "1.96 flux_ap_err of the noiseless image's aperture flux",
+            "1.96 flux_ap_err of the galaxy's own noiseless light in the aperture",
             "photoz": "PDFs of the gold galaxies (true i < 25.3) at their true positions, "
             "PhotozEstimator.estimate on the field's FITS file (its NOISE and zeropoint); "
             "point estimate the PDF mode on 0-3 (301 points), outlier_frac |e_z| > max(3 "
