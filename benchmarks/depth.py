@@ -15,7 +15,8 @@ read at its own noise sigma, as probcat reads a file that states it (``NOISE``):
   an image (its zeropoint and exposure in the header) and read back as a user's file:
   68% / 95% interval coverage, σ_IQR, outlier fraction, PIT KS and CDE loss, and the noise
   over the deepest training depth's that probcat records per band
-  (``meta["photoz"]["noise_over_training"]``; it warns below 0.9).
+  (``meta["photoz"]["noise_over_training"]``; it warns below 0.9); and the same at 10
+  years under other seeing (``--seeing``: PSF FWHM 0.8, 1.25 and 1.5 times LSST's).
 
 Writes ``benchmarks/results/depth.json`` and ``depth.png``.
 
@@ -74,42 +75,36 @@ def detection_depth(det, deb, years: float, fields: int, seed: int, cn) -> dict:
     return out
 
 
-def photoz_depth(est, years: float, fields: int, seed: int, cn, tmp: Path) -> dict:
-    """``est``'s PDFs of the gold galaxies of ``fields`` ugrizy fields at ``years``' depth,
-    each field read from a FITS file as probcat wrote it; for a depth beyond the training
-    depths also with ``match_depth`` (``"match_depth"``: the same metrics)."""
+def photoz_depth(est, survey, fields: int, seed, cn, tmp: Path, deeper: bool = False) -> dict:
+    """``est``'s PDFs of the gold galaxies of ``fields`` ugrizy fields of ``survey`` (its
+    depth and seeing; field ``f`` from seed ``[*seed, f]``), each field read from a FITS
+    file as probcat wrote it; with ``deeper`` (a depth beyond the training depths) also
+    with ``match_depth`` (``"match_depth"``: the same metrics)."""
     from probcat.io import write_image
     from probcat.redshift.pdf import GRID, truncated_pdf
     from probcat.simulate.bank import BankConfig, SourceBank
     from probcat.simulate.prior import MAG_GOLD
     from probcat.simulate.scene import SceneConfig, SceneSimulator
-    from probcat.survey import Survey
 
-    survey = Survey.lsst(bands="".join(est.bands), years=years)
     bank = SourceBank.load_or_build(
         survey, BankConfig(split="test", n_galaxies=5000, population="dc2")
     )
     sim = SceneSimulator(bank, SceneConfig(SIZE, SIZE))
     ib = est.bands.index("i")
-    deeper = years > max(est.training_depths())
     pdfs, zs, ratios, warned, matched = [], [], [], 0, []
     for f in range(fields):
-        scene = sim.sample(np.random.default_rng([seed + 1, int(years * 100), f]))
+        scene = sim.sample(np.random.default_rng([*seed, f]))
         t = scene.catalog
         gold = np.asarray(t["galaxy"], bool) & (np.asarray(t["mag"])[:, ib] < MAG_GOLD)
-        path = write_image(tmp / f"field_{years:g}_{f}.fits", scene.image, survey)
+        cat = _catalog(t, gold, scene.image.shape[1:], est.bands)
+        path = write_image(tmp / "field.fits", scene.image, survey)
         with warnings.catch_warnings(record=True) as said:
             warnings.simplefilter("always")
-            res = est.estimate(
-                path,
-                _catalog(t, gold, scene.image.shape[1:], est.bands),
-                galaxies_only=False,
-            )
+            res = est.estimate(path, cat, galaxies_only=False)
         warned += any("deeper than the weights" in str(w.message) for w in said)
         pdfs.append(truncated_pdf(res.weights, res.means, res.sds, GRID))
         if deeper:
-            got = est.estimate(path, _catalog(t, gold, scene.image.shape[1:], est.bands),
-                               galaxies_only=False, match_depth=True)  # fmt: skip
+            got = est.estimate(path, cat, galaxies_only=False, match_depth=True)
             matched.append(truncated_pdf(got.weights, got.means, got.sds, GRID))
         zs.append(np.asarray(t["redshift"], np.float64)[gold])
         ratios.append(res.catalog.meta["photoz"]["noise_over_training"])
@@ -174,9 +169,15 @@ def main(argv=None) -> None:
     from probcat.api import load
     from probcat.catalog import atomic_write
     from probcat.provenance import provenance
+    from probcat.survey import Survey
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--years", default="1,2,5,10,20", help="comma-separated depths, years")
+    ap.add_argument(
+        "--seeing",
+        default="0.8,1.25,1.5",
+        help="PSF FWHM factors of the photo-z seeing part (10 years; '' for none)",
+    )
     ap.add_argument("--fields", type=int, default=16, help="400-px fields per depth and part")
     ap.add_argument("--seed", type=int, default=20261205)
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -188,23 +189,38 @@ def main(argv=None) -> None:
         sys.exit(f"--years: comma-separated numbers, got {args.years!r}")
     if not years or min(years) <= 0:
         sys.exit("--years: positive depths")
+    try:
+        seeing = [float(f) for f in args.seeing.split(",") if f.strip()]
+    except ValueError:
+        sys.exit(f"--seeing: comma-separated numbers, got {args.seeing!r}")
+    if seeing and min(seeing) <= 0:
+        sys.exit("--seeing: positive factors")
     cn = _paths.sibling("correlated_noise")  # the same detection and photo-z definitions
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     det = load("detection_lsst_i", threads=2, kind="detection")
     deb = load("deblender_lsst_i", threads=2, kind="deblender")
     est = load("photoz_lsst_ugrizy", threads=2, kind="photoz")
-    detection, photoz = {}, {}
+    detection, photoz, seeing_pz = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for y in years:
             key = f"{y:g}"  # "1", "10": the results' keys
             detection[key] = detection_depth(det, deb, y, args.fields, args.seed, cn)
-            photoz[key] = photoz_depth(est, y, args.fields, args.seed, cn, Path(tmp))
+            survey = Survey.lsst(bands="".join(est.bands), years=y)
+            seed = [args.seed + 1, int(y * 100)]
+            deeper = y > max(est.training_depths())
+            photoz[key] = photoz_depth(est, survey, args.fields, seed, cn, Path(tmp), deeper)
             print(f"{y:g} years: detection F1 {detection[key]['probcat']['f1']:.3f} "
                   f"(SEP {detection[key]['sep']['f1']:.3f}), ECE "
                   f"{detection[key]['probcat']['detection_ece']:.3f}; photo-z coverage "
                   f"{photoz[key]['pit_coverage_68']:.3f} / "
                   f"{photoz[key]['pit_coverage_95']:.3f}", flush=True)  # fmt: skip
+        for f in seeing:  # photo-z at 10 years under another PSF
+            survey = Survey.lsst(bands="".join(est.bands)).with_psf_scale(f)
+            seed = [args.seed + 2, round(f * 100)]
+            seeing_pz[f"{f:g}"] = photoz_depth(est, survey, args.fields, seed, cn, Path(tmp))
+            print(f"PSF x{f:g}: photo-z coverage {seeing_pz[f'{f:g}']['pit_coverage_68']:.3f} / "
+                  f"{seeing_pz[f'{f:g}']['pit_coverage_95']:.3f}", flush=True)  # fmt: skip
     trained_det = det.manifest["config"]["data"].get("years", det.survey.depth_years)
     out = {
         "command": command,
@@ -222,6 +238,7 @@ def main(argv=None) -> None:
         },  # fmt: skip
         "detection": detection,
         "photoz": photoz,
+        "photoz_seeing": seeing_pz,
         "definitions": {
             "detection": "MAP catalogue at threshold 0.5 (SEP: its catalogue), Hungarian "
             "matches within 2 px; precision over all detections, recall over true sources "
@@ -240,6 +257,9 @@ def main(argv=None) -> None:
             "reading warned that the image is deeper than the weights were trained at; "
             "match_depth: the same galaxies read with match_depth=True (at the deepest "
             "training depth, white noise added), for depths beyond the training depths",
+            "photoz_seeing": "the photo-z part at 10 years on fields rendered under a PSF "
+            "whose atmospheric FWHM is that factor times LSST's (the weights were trained at "
+            "LSST's), other seeds",
         },
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -267,6 +267,14 @@ def _depth_rows() -> list:
     ):
         rows.append((f"20 years, photo-z read at the training depth (--match-depth): {label}",
                      f"photoz.20.match_depth.{key}", None, fmt, ""))  # fmt: skip
+    for f in ("0.8", "1.25", "1.5"):
+        for label, key, fmt in (
+            ("68% interval coverage", "pit_coverage_68", ".3f"),
+            ("95% interval coverage", "pit_coverage_95", ".3f"),
+            ("sigma_IQR", "sigma_iqr", ".4f"),
+        ):
+            rows.append((f"10 years, PSF {f}x LSST's: photo-z {label}",
+                         f"photoz_seeing.{f}.{key}", None, fmt, ""))  # fmt: skip
     return rows
 
 
