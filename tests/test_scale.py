@@ -450,3 +450,44 @@ def test_a_mosaic_file_runs_one_catalog_per_ccd(tmp_path, weights, capsys):
         plan(read_list(lst), tmp_path / "o")
     with pytest.raises(ProbcatValueError, match="an entry's hdu is an index"):
         plan([(tmp_path / "m.fits", None, None, 2.5)], tmp_path / "o")
+
+
+def test_run_with_photoz_writes_the_pdfs_beside_each_catalog(tmp_path, weights, photoz_weights,
+                                                            capsys):  # fmt: skip
+    """--photoz: each catalog carries its galaxies' photo-z columns, as probcat.photoz
+    gives them, and its PDFs go to <stem>_pz.hdf5 (one per PDF row); a rerun skips the
+    image; bad photo-z options are one-line errors before anything is written."""
+    import qp
+
+    import probcat
+    from probcat.io import write_image
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="ugrizy")
+    rng = np.random.default_rng(4)
+    images = []
+    for k in range(2):
+        img = rng.standard_normal((6, 40, 40)) * survey.noise_sigma[:, None, None]
+        img[:, 18:23, 10 + 10 * k : 15 + 10 * k] += 30 * survey.noise_sigma[:, None, None]
+        images.append(write_image(tmp_path / f"f{k}.fits", img.astype(np.float32), survey,
+                                  make_wcs((40, 40), 0.2, 56.0 + 0.001 * k, -30.0)))  # fmt: skip
+    out = tmp_path / "cats"
+    kw = dict(weights=str(weights), photoz=str(photoz_weights), threshold=0.0, workers=0,
+              progress=False)  # fmt: skip
+    s = run(images, out, **kw)
+    assert s["processed"] == 2 and s["failed"] == []
+    for k, path in enumerate(images):
+        cat = FullCatalog.read(out / f"f{k}.parquet")
+        ens = qp.read(str(out / f"f{k}_pz.hdf5"))
+        assert ens.npdf == int(np.sum(cat["has_pz"])) > 0
+        direct = probcat.photoz(path, estimator=str(photoz_weights), detector=str(weights),
+                                threshold=0.0)  # fmt: skip
+        np.testing.assert_allclose(cat["z_mode"], direct.catalog["z_mode"])
+        np.testing.assert_array_equal(ens.ancil["row"], direct.ensemble.ancil["row"])
+    assert run(images, out, **kw)["skipped"] == 2
+    argv = ["run", str(images[0]), "-o", str(tmp_path / "x"), "--workers", "0", "-q"]
+    assert main([*argv, "--photoz-weights", str(photoz_weights)]) != 0
+    assert main([*argv, "--photoz", "--photoz-weights", str(weights)]) != 0  # not photo-z
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--photoz-weights needs --photoz" in err[0]
+    assert "photo-z" in err[1] and not (tmp_path / "x").exists()

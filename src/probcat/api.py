@@ -1243,10 +1243,11 @@ def photoz(
     Args:
         image: FITS path, :class:`~probcat.io.ImageData` or array ``(bands, H, W)`` in
             electrons with the estimator's bands (ugrizy for the shipped weights).
-        estimator: photo-z weights (default ``"photoz_lsst_ugrizy"``).
+        estimator: photo-z weights (default ``"photoz_lsst_ugrizy"``), or a loaded
+            :class:`~probcat.redshift.estimator.PhotozEstimator`.
         detector: detection weights (default ``"detection_lsst_ugrizy"``, the six-band
-            encoder); their bands must be among the image's (``"detection_lsst_i"`` reads
-            the i plane).
+            encoder), or a loaded :class:`Detector`; their bands must be among the image's
+            (``"detection_lsst_i"`` reads the i plane).
         noise_sigma: per-band noise sigma (default: FITS ``NOISE`` keywords, else the
             survey's; ``"measured"``: the image's own pixel noise).
         threshold: detection probability threshold of the MAP catalog.
@@ -1268,11 +1269,16 @@ def photoz(
         >>> res = probcat.photoz("field_ugrizy.fits")                 # doctest: +SKIP
         >>> res.catalog["z_mode"], res.ensemble.npdf                  # doctest: +SKIP
     """
+    from probcat.redshift.estimator import PhotozEstimator
     from probcat.weights import coadd_trained
 
-    est = load(estimator or DEFAULT_PHOTOZ, device=device, threads=threads, kind="photoz")
-    det = load(detector or DEFAULT_PHOTOZ_DETECTOR, device=device, threads=threads,
-               kind="detection")  # fmt: skip
+    if not isinstance(estimator, PhotozEstimator):
+        estimator = load(estimator or DEFAULT_PHOTOZ, device=device, threads=threads,
+                         kind="photoz")  # fmt: skip
+    if not isinstance(detector, Detector):
+        detector = load(detector or DEFAULT_PHOTOZ_DETECTOR, device=device, threads=threads,
+                        kind="detection")  # fmt: skip
+    est, det = estimator, detector
     missing = [b for b in det.bands if b not in est.bands]
     if missing:
         raise ProbcatValueError(

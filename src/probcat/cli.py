@@ -614,6 +614,16 @@ def run_cmd(
     hats: Path = typer.Option(None, help="also merge the catalogs into this HATS catalog"),
     dry_run: bool = typer.Option(False, "--dry-run", help="say what would be done, do nothing"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    photoz: bool = typer.Option(
+        False,
+        "--photoz",
+        help="multi-band images: each galaxy's redshift PDF too (catalog columns z_mode, "
+        "z_median, ...; PDFs in OUT/<stem>_pz.hdf5); the detector defaults to "
+        "detection_lsst_ugrizy",
+    ),
+    photoz_weights: str = typer.Option(
+        None, help="photo-z weights for --photoz (default: photoz_lsst_ugrizy)"
+    ),
 ):
     """Catalogs of many images on Dask: one catalog per image in OUT, written atomically; a
     rerun skips finished images (an interrupted run resumes). Failures are listed in
@@ -630,6 +640,8 @@ def run_cmd(
         raise ProbcatValueError("--hats needs --format parquet")
     if hats is not None:
         check_hats_target(hats)  # before any image is processed
+    if photoz_weights is not None and not photoz:
+        raise ProbcatValueError("--photoz-weights needs --photoz")
     s = run(
         images,
         out,
@@ -647,6 +659,7 @@ def run_cmd(
         threads=threads,
         dry_run=dry_run,
         progress=not quiet,
+        photoz=(photoz_weights or "default") if photoz else None,
     )
     if dry_run:
         typer.echo(f"would process {s['to_process']} of {s['images']} images ({s['skipped']} done)")

@@ -167,6 +167,20 @@ def _detector(weights: str | None, threads="auto"):
     return load(weights, threads=threads, kind="detection")
 
 
+@lru_cache(maxsize=2)
+def _estimator(weights: str, threads="auto"):
+    """The photo-z estimator, loaded once per (worker) process."""
+    from probcat.api import load
+
+    return load(weights, threads=threads, kind="photoz")
+
+
+def pdf_path(output) -> Path:
+    """Where the photo-z PDFs of the catalog ``output`` go: ``<stem>_pz.hdf5`` beside it."""
+    output = Path(output)
+    return output.with_name(output.stem + "_pz.hdf5")
+
+
 def process_image(
     image: str,
     output: str,
@@ -176,8 +190,11 @@ def process_image(
     hdu: str | None = None,
 ) -> dict:
     """Detect one image (with its ``mask`` file and ``weight`` map, if any; its HDU ``hdu``
-    of a file with several) and write its catalog atomically; never raises: the result
-    says what happened (``rows``, ``seconds``, ``warnings``, ``error``)."""
+    of a file with several) and write its catalog atomically; with ``options["photoz"]``
+    (photo-z weights), estimate the galaxies' redshift PDFs too (:func:`probcat.photoz`):
+    the catalog gets their columns and the PDFs go to :func:`pdf_path`, written before the
+    catalog, whose presence marks the image done. Never raises: the result says what
+    happened (``rows``, ``seconds``, ``warnings``, ``error``)."""
     t0 = time.perf_counter()
     label = str(image) if hdu is None else f"{image}[{hdu}]"
     result = {"image": label, "output": str(output), "rows": 0, "error": None}
@@ -185,6 +202,8 @@ def process_image(
         from probcat.io import read_image
 
         det = _detector(options.get("weights"), options.get("threads", 1))
+        pz_weights = options.get("photoz")
+        est = _estimator(pz_weights, options.get("threads", 1)) if pz_weights else None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             data = read_image(
@@ -195,8 +214,7 @@ def process_image(
                 from probcat.masking import read_mask
 
                 mask = read_mask(mask, options.get("mask_planes"), hdu)
-            res = det.detect(
-                data,
+            common = dict(
                 mask=mask,
                 threshold=options.get("threshold", 0.5),
                 background=options.get("background", "auto"),
@@ -204,6 +222,15 @@ def process_image(
                 noise_sigma=options.get("noise_sigma"),
                 seeing=options.get("seeing", "auto"),
             )
+            if est is None:
+                res = det.detect(data, **common)
+            else:
+                from probcat.api import photoz
+                from probcat.redshift.pdf import write_ensemble
+
+                res = photoz(data, estimator=est, detector=det, **common)
+                if res.ensemble is not None:
+                    write_ensemble(res.ensemble, pdf_path(output))
         cat = res.catalog
         cat.meta["image"] = Path(image).name if hdu is None else f"{Path(image).name}[{hdu}]"
         if res.wcs is not None:
@@ -239,12 +266,16 @@ def run(
     threads: int | None = None,
     dry_run: bool = False,
     progress: bool = True,
+    photoz: str | None = None,
 ) -> dict:
     """Catalogs of ``images`` into ``out`` (see the module docstring); returns the run
     summary (also written to ``out/run_summary.json``): images, processed, skipped
     (finished before), failed (with the errors), rows, seconds. ``mask_planes``: of LSST
     image files, the mask planes read as no data; ``weight_type``: what the entries' weight
-    maps hold (:func:`probcat.io.read_image`)."""
+    maps hold (:func:`probcat.io.read_image`). ``photoz``: photo-z weights (a name or a
+    file; ``"default"``: ``photoz_lsst_ugrizy``): each catalog gets its galaxies' redshift
+    PDFs as :func:`probcat.photoz` gives them (the detector then defaults to its
+    ``detection_lsst_ugrizy``), the PDFs written beside it (:func:`pdf_path`)."""
     from probcat.api import seeing_option
     from probcat.background import check_mode, wants_measured_noise
 
@@ -270,14 +301,27 @@ def run(
     if threads is not None and not serial:
         raise ProbcatValueError("threads applies to serial runs (workers=0); a Dask worker "
                                 "runs one torch thread")  # fmt: skip
+    if photoz is not None:
+        from probcat.api import DEFAULT_PHOTOZ, DEFAULT_PHOTOZ_DETECTOR
+
+        photoz = DEFAULT_PHOTOZ if photoz == "default" else photoz
+        weights = weights or DEFAULT_PHOTOZ_DETECTOR
     options = {"weights": weights, "threshold": threshold, "background": background,
                "gain": gain, "noise_sigma": noise_sigma, "seeing": seeing,
                "mask_planes": mask_planes, "weight_type": weight_type,
-               "threads": (threads or "auto") if serial else 1}  # fmt: skip
+               "threads": (threads or "auto") if serial else 1, "photoz": photoz}  # fmt: skip
     if not serial and scheduler is None and todo:
         _start_forkserver()  # its imports overlap with the weights loading below
     # bad weights fail here, in one line, before anything is written
-    _detector(weights, options["threads"])
+    det = _detector(weights, options["threads"])
+    if photoz is not None:
+        est = _estimator(photoz, options["threads"])
+        missing = [b for b in det.bands if b not in est.bands]
+        if missing:
+            raise ProbcatValueError(
+                f"the detector needs band(s) {''.join(missing)}, which the photo-z bands "
+                f"{''.join(est.bands)} lack"
+            )
     check_writable_dir(out)
     _remove_temporaries(out)  # of a killed run
     t0 = time.perf_counter()
