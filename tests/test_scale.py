@@ -485,6 +485,11 @@ def test_run_with_photoz_writes_the_pdfs_beside_each_catalog(tmp_path, weights, 
         np.testing.assert_allclose(cat["z_mode"], direct.catalog["z_mode"])
         np.testing.assert_array_equal(ens.ancil["row"], direct.ensemble.ancil["row"])
     assert run(images, out, **kw)["skipped"] == 2
+    # an image without galaxies: no PDF file, nor a stale one of a killed earlier run
+    (out / "f0.parquet").unlink()
+    s = run(images, out, **{**kw, "threshold": 0.999999})
+    assert s["processed"] == 1 and len(FullCatalog.read(out / "f0.parquet")) == 0
+    assert not (out / "f0_pz.hdf5").exists() and (out / "f1_pz.hdf5").exists()
     argv = ["run", str(images[0]), "-o", str(tmp_path / "x"), "--workers", "0", "-q"]
     assert main([*argv, "--photoz-weights", str(photoz_weights)]) != 0
     assert main([*argv, "--photoz", "--photoz-weights", str(weights)]) != 0  # not photo-z

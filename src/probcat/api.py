@@ -1219,6 +1219,17 @@ DEFAULT_PHOTOZ = "photoz_lsst_ugrizy"
 DEFAULT_PHOTOZ_DETECTOR = "detection_lsst_ugrizy"
 
 
+def check_photoz_detector(det, est) -> None:
+    """A one-line error when the detector ``det`` reads a band the photo-z estimator
+    ``est`` lacks."""
+    missing = [b for b in det.bands if b not in est.bands]
+    if missing:
+        raise ProbcatValueError(
+            f"the detector needs band(s) {''.join(missing)}, which the photo-z bands "
+            f"{''.join(est.bands)} lack"
+        )
+
+
 def photoz(
     image,
     *,
@@ -1279,12 +1290,7 @@ def photoz(
         detector = load(detector or DEFAULT_PHOTOZ_DETECTOR, device=device, threads=threads,
                         kind="detection")  # fmt: skip
     est, det = estimator, detector
-    missing = [b for b in det.bands if b not in est.bands]
-    if missing:
-        raise ProbcatValueError(
-            f"the detector needs band(s) {''.join(missing)}, which the photo-z bands "
-            f"{''.join(est.bands)} lack"
-        )
+    check_photoz_detector(det, est)
     offset = det.sky_offset if det.bands == est.bands else None
     if isinstance(image, (str, Path)):
         from probcat.io import read_image

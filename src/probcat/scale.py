@@ -231,6 +231,8 @@ def process_image(
                 res = photoz(data, estimator=est, detector=det, **common)
                 if res.ensemble is not None:
                     write_ensemble(res.ensemble, pdf_path(output))
+                else:  # no galaxy: no PDFs (nor those of an earlier, killed run)
+                    pdf_path(output).unlink(missing_ok=True)
         cat = res.catalog
         cat.meta["image"] = Path(image).name if hdu is None else f"{Path(image).name}[{hdu}]"
         if res.wcs is not None:
@@ -315,13 +317,9 @@ def run(
     # bad weights fail here, in one line, before anything is written
     det = _detector(weights, options["threads"])
     if photoz is not None:
-        est = _estimator(photoz, options["threads"])
-        missing = [b for b in det.bands if b not in est.bands]
-        if missing:
-            raise ProbcatValueError(
-                f"the detector needs band(s) {''.join(missing)}, which the photo-z bands "
-                f"{''.join(est.bands)} lack"
-            )
+        from probcat.api import check_photoz_detector
+
+        check_photoz_detector(det, _estimator(photoz, options["threads"]))
     check_writable_dir(out)
     _remove_temporaries(out)  # of a killed run
     t0 = time.perf_counter()
