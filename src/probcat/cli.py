@@ -111,6 +111,20 @@ def _checked_seeing(value: str) -> str:
     return value
 
 
+def _numbers(value, option: str, words: str, positive: bool):
+    """A comma-separated option's numbers: one, or a list of them (one per band); a
+    one-line error naming ``option`` for anything else."""
+    try:
+        vals = [float(t) for t in str(value).split(",")]
+    except ValueError:
+        raise ProbcatValueError(f"{option} must be {words}, got {value!r}") from None
+    if not all(math.isfinite(t) for t in vals) or (positive and min(vals) <= 0):
+        raise ProbcatValueError(
+            f"{option} values must be {'positive' if positive else 'finite'}, got {value!r}"
+        )
+    return vals[0] if len(vals) == 1 else vals
+
+
 def _noise_option(value: str):
     """``--noise``: None (auto), ``"measured"`` or a list of floats."""
     v = str(value).strip().lower()
@@ -118,30 +132,14 @@ def _noise_option(value: str):
         return None
     if v == "measured":
         return v
-    try:
-        vals = [float(t) for t in v.split(",")]
-    except ValueError:
-        raise ProbcatValueError(
-            f"--noise must be auto, measured or numbers (one per band), got {value!r}"
-        ) from None
-    if not all(math.isfinite(t) for t in vals) or min(vals) <= 0:
-        raise ProbcatValueError(f"--noise values must be positive, got {value!r}")
-    return vals[0] if len(vals) == 1 else vals
+    return _numbers(v, "--noise", "auto, measured or numbers (one per band)", positive=True)
 
 
 def _zeropoint_option(value):
     """``--zeropoint`` of ``probcat photoz``: None, one number or one per band."""
     if value is None:
         return None
-    try:
-        vals = [float(t) for t in str(value).split(",")]
-    except ValueError:
-        raise ProbcatValueError(
-            f"--zeropoint must be a number or one per band (comma-separated), got {value!r}"
-        ) from None
-    if not all(math.isfinite(t) for t in vals):
-        raise ProbcatValueError(f"--zeropoint values must be finite, got {value!r}")
-    return vals[0] if len(vals) == 1 else vals
+    return _numbers(value, "--zeropoint", "a number or one per band (comma-separated)", False)
 
 
 def _command_line() -> str:
@@ -536,7 +534,7 @@ def photoz_cmd(
     from probcat.api import photoz
     from probcat.catalog import check_outputs
     from probcat.io import image_stem, read_image
-    from probcat.redshift.pdf import write_ensemble
+    from probcat.redshift.pdf import pdf_path, write_ensemble
 
     seeing = _checked_seeing(seeing)
     planes = _planes_option(mask_planes)
@@ -545,7 +543,7 @@ def photoz_cmd(
 
     check_weight_type(weight_type, "--weight-type")  # before any work
     out = out or image.with_name(image_stem(image) + "_photoz.fits")
-    pz_path = out.with_name(out.stem + "_pz.hdf5")
+    pz_path = pdf_path(out)
     check_outputs(
         [out, pz_path] + ([regions] if regions else []), [image] + [p for p in (mask, weight) if p],
         {out: (".fits", ".fit", ".fts", ".parquet"), regions: (".reg",)},

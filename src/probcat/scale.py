@@ -175,12 +175,6 @@ def _estimator(weights: str, threads="auto"):
     return load(weights, threads=threads, kind="photoz")
 
 
-def pdf_path(output) -> Path:
-    """Where the photo-z PDFs of the catalog ``output`` go: ``<stem>_pz.hdf5`` beside it."""
-    output = Path(output)
-    return output.with_name(output.stem + "_pz.hdf5")
-
-
 def process_image(
     image: str,
     output: str,
@@ -192,7 +186,8 @@ def process_image(
     """Detect one image (with its ``mask`` file and ``weight`` map, if any; its HDU ``hdu``
     of a file with several) and write its catalog atomically; with ``options["photoz"]``
     (photo-z weights), estimate the galaxies' redshift PDFs too (:func:`probcat.photoz`):
-    the catalog gets their columns and the PDFs go to :func:`pdf_path`, written before the
+    the catalog gets their columns and the PDFs go to
+    :func:`probcat.redshift.pdf.pdf_path`, written before the
     catalog, whose presence marks the image done. Never raises: the result says what
     happened (``rows``, ``seconds``, ``warnings``, ``error``)."""
     t0 = time.perf_counter()
@@ -226,7 +221,7 @@ def process_image(
                 res = det.detect(data, **common)
             else:
                 from probcat.api import photoz
-                from probcat.redshift.pdf import write_ensemble
+                from probcat.redshift.pdf import pdf_path, write_ensemble
 
                 res = photoz(data, estimator=est, detector=det, **common)
                 if res.ensemble is not None:
@@ -277,7 +272,8 @@ def run(
     maps hold (:func:`probcat.io.read_image`). ``photoz``: photo-z weights (a name or a
     file; ``"default"``: ``photoz_lsst_ugrizy``): each catalog gets its galaxies' redshift
     PDFs as :func:`probcat.photoz` gives them (the detector then defaults to its
-    ``detection_lsst_ugrizy``), the PDFs written beside it (:func:`pdf_path`)."""
+    ``detection_lsst_ugrizy``), the PDFs written beside it
+    (:func:`probcat.redshift.pdf.pdf_path`)."""
     from probcat.api import seeing_option
     from probcat.background import check_mode, wants_measured_noise
 

@@ -30,6 +30,7 @@ __all__ = [
     "to_grid_ensemble",
     "interp_ensemble",
     "grid_pdf",
+    "pdf_path",
     "write_ensemble",
 ]
 
@@ -230,6 +231,13 @@ def to_grid_ensemble(ensemble, grid=GRID):
     """The ensemble as ``qp.interp`` on ``grid`` (normalised there): how every code's PDFs
     go through the same metrics."""
     return interp_ensemble(grid_pdf(ensemble, grid), grid)
+
+
+def pdf_path(catalog) -> Path:
+    """Where the photo-z PDFs of the catalog file ``catalog`` go: ``<stem>_pz.hdf5``
+    beside it (``probcat photoz``, ``probcat run --photoz``)."""
+    catalog = Path(catalog)
+    return catalog.with_name(catalog.stem + "_pz.hdf5")
 
 
 def write_ensemble(ensemble, path: str | Path) -> Path:
