@@ -95,6 +95,33 @@ def test_bad_arguments_one_line_error(tmp_path, capsys, args, msg):
     assert msg in err and len(err.splitlines()) == 1
 
 
+def test_version_and_bare_commands_print_help(capsys):
+    import probcat
+
+    assert main(["--version"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"probcat {probcat.__version__} (") and "device cpu" in out
+    for argv, first in (([], "Usage: probcat [OPTIONS] COMMAND"),
+                        (["train"], "Usage: probcat train [OPTIONS] COMMAND")):  # fmt: skip
+        assert main(argv) == 0
+        got = capsys.readouterr()
+        assert got.out.startswith(first) and "Commands:" in got.out  # the help, as written
+        assert got.err == "" and len(got.out.splitlines()) > 5
+
+
+def test_output_to_a_closed_pipe_is_not_a_traceback():
+    import subprocess
+    import sys
+
+    # `probcat | head -1`: the reader is gone (closed here, long before the child has
+    # imported probcat and writes its help)
+    child = subprocess.Popen([sys.executable, "-m", "probcat.cli"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)  # fmt: skip
+    child.stdout.close()
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 1 and "Traceback" not in err and "Error" not in err
+
+
 @pytest.mark.parametrize(
     "args, msg",
     [

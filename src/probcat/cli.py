@@ -24,6 +24,33 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import platform
+
+        import torch
+
+        from probcat import __version__
+        from probcat.runtime import choose_device
+
+        print(f"probcat {__version__} (Python {platform.python_version()}, torch "
+              f"{torch.__version__}, device {choose_device()})")  # fmt: skip
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="print probcat's version (and torch's, and the device it would use) and exit",
+    ),
+) -> None:
+    """probcat: probabilistic catalogs from survey images."""
+
+
 # images as users have them (probcat.background), the same for every command that reads one
 BACKGROUND_OPTION = typer.Option(
     "auto",
@@ -1088,14 +1115,21 @@ def main(argv: list[str] | None = None) -> int:
     previous = warnings.showwarning
     warnings.showwarning = _one_line_warning
     try:
-        return _main(argv)
+        rc = _main(argv)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return rc
+    except BrokenPipeError:  # output piped to a reader that stopped (`probcat ... | head`)
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to say
+        return 1  # as click does for a command's own output
     finally:
         warnings.showwarning = previous
 
 
 def _main(argv):
     try:
-        rc = app(args=argv, standalone_mode=False)
+        rc = app(args=argv, prog_name="probcat", standalone_mode=False)
     except ProbcatError as e:  # one line, whatever the message (wcslib's hold newlines)
         print(f"probcat: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
@@ -1108,6 +1142,9 @@ def _main(argv):
         print("probcat: aborted", file=sys.stderr)
         return 130
     except typer.TyperException as e:  # usage errors: unknown option, bad value...
+        if type(e).__name__ == "NoArgsIsHelpError":  # `probcat`, `probcat train`: the help
+            print(e.ctx.get_help())
+            return 0
         message = e.format_message() if hasattr(e, "format_message") else str(e)
         print(f"probcat: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
