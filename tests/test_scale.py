@@ -62,14 +62,25 @@ def test_runner_resumes_without_losing_or_duplicating_rows(tmp_path, weights):
 
 def test_a_bad_image_is_reported_and_the_others_are_done(tmp_path, weights, capsys):
     images = _images(tmp_path, n=2)
-    bad = tmp_path / "broken.fits"
-    bad.write_text("not a FITS file")
+    bad = [tmp_path / f"broken{k}.fits" for k in (3, 1, 6, 2, 5, 4, 0)]  # listed out of order
+    for b in bad:
+        b.write_text("not a FITS file")
     out = tmp_path / "cats"
-    rc = main(["run", *map(str, [*images, bad]), "-o", str(out), "--weights", str(weights),
-               "--workers", "0", "-q"])  # fmt: skip
+    rc = main(["run", *map(str, [images[0], *bad, images[1]]), "-o", str(out), "--weights",
+               str(weights), "--workers", "0", "-q"])  # fmt: skip
     cap = capsys.readouterr()
-    assert rc == 1 and "2 images processed" in cap.out and "1 failed" in cap.out
-    assert "broken.fits: not a readable FITS file" in cap.err
+    assert rc == 1 and "2 images processed" in cap.out and "7 failed" in cap.out
+    lines = cap.err.strip().splitlines()
+    # the first five in the list's order, each path said once, then where the rest are
+    for line, b in zip(lines[:5], bad):
+        assert line.startswith(f"probcat: failed: {b}: not a readable FITS file (")
+        assert line.count(b.name) == 1
+    assert (
+        lines[5]
+        == f"probcat: ... and 2 more failed: every image's error is in {out}/run_summary.json"
+    )
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert [f["image"] for f in summary["failed"]] == list(map(str, bad))
     assert {p.name for p in out.glob("*.parquet")} == {"im0.parquet", "im1.parquet"}
 
 

@@ -653,7 +653,7 @@ def run_cmd(
     """Catalogs of many images on Dask: one catalog per image in OUT, written atomically; a
     rerun skips finished images (an interrupted run resumes). Failures are listed in
     OUT/run_summary.json and do not stop the others."""
-    from probcat.scale import build_hats, check_hats_target, run
+    from probcat.scale import SUMMARY, build_hats, check_hats_target, run
 
     if len(images) == 1 and images[0].suffix in (".txt", ".lst"):
         from probcat.scale import read_list
@@ -694,7 +694,13 @@ def run_cmd(
         f"{len(s['failed'])} failed; {s['rows']} sources in {s['seconds']:.1f} s -> {out}"
     )
     for f in s["failed"][:5]:
-        typer.echo(f"probcat: failed: {f['image']}: {f['error']}", err=True)
+        said = (
+            f["error"] if f["error"].startswith(f"{f['image']}:") else f"{f['image']}: {f['error']}"
+        )
+        typer.echo(f"probcat: failed: {said}", err=True)
+    if len(s["failed"]) > 5:
+        typer.echo(f"probcat: ... and {len(s['failed']) - 5} more failed: every image's error is "
+                   f"in {Path(out) / SUMMARY}", err=True)  # fmt: skip
     if hats is not None:
         n = build_hats(out, hats)
         typer.echo(f"HATS catalog of {n} sources (overlaps deduplicated) -> {hats}")

@@ -321,6 +321,8 @@ def run(
     t0 = time.perf_counter()
     timing: dict = {}
     results = list(_execute(todo, options, workers, scheduler, progress, timing))
+    order = {str(j.output): k for k, j in enumerate(todo)}  # finished in any order on Dask
+    results.sort(key=lambda r: order.get(r["output"], len(order)))  # reported in the list's
     seconds = time.perf_counter() - t0
     _remove_temporaries(out)  # of a worker killed midway (its task ran again elsewhere)
     failed = [{"image": r["image"], "error": r["error"]} for r in results if r["error"]]
