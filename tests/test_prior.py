@@ -55,6 +55,38 @@ def test_dc2_population_has_redshifts_colours_and_disjoint_splits():
     assert np.median(gi[high]) > np.median(gi[low])
 
 
+def test_cww_population_is_dc2_with_the_templates_colours():
+    import galsim
+
+    d = prior.dc2_galaxies(split="val", seed=3, bands=tuple("griz"))
+    c = prior.galaxy_population("cww", split="val", seed=3, bands=tuple("griz"))
+    for col in ("id", "redshift", "mag_i", "disk_hlr", "disk_q", "beta", "bulge_frac"):
+        np.testing.assert_array_equal(c[col], d[col])  # the same galaxies, i kept
+    assert set(c["template"]) == set(prior.CWW_TEMPLATES)
+    assert prior.is_builtin("cww") and "cww" in prior.prior_version("cww")
+    # colours against GalSim's own magnitudes of the redshifted template (brute force;
+    # the table interpolates between redshifts 0.01 apart)
+    bp = {b: galsim.Bandpass(f"LSST_{b}.dat", "nm").withZeropoint("AB") for b in "griz"}
+    rows = np.random.default_rng(0).choice(len(c), 12, replace=False)
+    for r in rows:
+        sed = galsim.SED(f"CWW_{c['template'][r]}_ext.sed", "Ang", "flambda")
+        red = sed.atRedshift(float(c["redshift"][r]))
+        for b in "grz":
+            want = red.calculateMagnitude(bp[b]) - red.calculateMagnitude(bp["i"])
+            got = c[f"mag_{b}"][r] - c["mag_i"][r]
+            assert abs(got - want) < 0.02, (r, b, got, want)
+    # the templates' colours differ from DC2's: an elliptical is redder in g - i than
+    # an irregular at every redshift below 1.5
+    gi = np.asarray(c["mag_g"]) - np.asarray(c["mag_i"])
+    z = np.asarray(c["redshift"])
+    for lo in (0.1, 0.5, 1.0):
+        sel = (z > lo) & (z < lo + 0.3)
+        e, im = sel & (c["template"] == "E"), sel & (c["template"] == "Im")
+        assert np.median(gi[e]) > np.median(gi[im]) + 0.5
+    with pytest.raises(ProbcatValueError, match="band i"):
+        prior.cww_galaxies(split="val", bands=("g", "r"))
+
+
 def test_user_catalog_replaces_prior(tmp_path):
     t = Table(
         {

@@ -183,7 +183,9 @@ def simulate(
     population: str = typer.Option(
         "parametric",
         help="parametric (bulge+disk), morphology (five families; morphology:sersic+clumpy for "
-        "some), dc2 (DC2 colours and redshifts), dc2:morphology (with the five families' "
+        "some), dc2 (DC2 colours and redshifts), cww (the DC2 galaxies with the colours of "
+        "the CWW templates: a test of photo-z on colours unlike DC2's), dc2:morphology (with "
+        "the five families' "
         "shapes), hdf (real galaxies of the Hubble Deep Field; needs scikit-image), "
         "morphology+hdf (the five families with a fifth of the galaxies real) or a "
         "FITS/Parquet catalog",

@@ -138,6 +138,8 @@ __all__ = [
     "HDF_FAMILY",
     "prior_version",
     "dc2_galaxies",
+    "cww_galaxies",
+    "CWW_TEMPLATES",
     "dc2_morphology_galaxies",
     "is_builtin",
     "galaxy_population",
@@ -357,9 +359,71 @@ def dc2_galaxies(
     return t
 
 
+# Galaxy colours unlike DC2's, for testing photo-z against a colour library it was not
+# trained on: the four empirical templates of Coleman, Wu & Weedman (1980, ApJS 43, 393),
+# E, Sbc, Scd and Im, extended below 1400 and beyond 10000 Angstrom by Bolzonella, Miralles
+# & Pello (2000, A&A 363, 476), as GalSim ships them (share/SEDs/CWW_*_ext.sed).
+CWW_TEMPLATES = ("E", "Sbc", "Scd", "Im")
+CWW_Z_GRID = np.round(np.arange(0.0, 3.501, 0.01), 2)  # colours interpolated in z between
+CWW_NO_FLUX = 8.0  # colour (mag) given where a template has no flux in a band at that z
+
+
+def cww_galaxies(
+    *,
+    split: str = "train",
+    seed: int = 0,
+    bands: tuple[str, ...] = tuple("ugrizy"),
+    val_to_train: float = 0.0,
+) -> Table:
+    """DC2 galaxies with the colours of the CWW templates: the rows, true redshifts, i
+    magnitudes and shapes of :func:`dc2_galaxies` (same split, same seed), each galaxy's
+    other magnitudes replaced by ``mag_i`` plus the colour ``m_b - m_i`` of one of
+    :data:`CWW_TEMPLATES` (each as likely; drawn per row from ``seed`` and the split)
+    redshifted to its true redshift, through GalSim's LSST bandpasses. A test population
+    for photo-z: colours made apart from the DC2 simulation the shipped weights learned
+    (``benchmarks/photoz_colours.py``), not a model of the sky."""
+    if "i" not in bands:
+        raise ProbcatValueError("population cww anchors its magnitudes on band i: include it")
+    t = dc2_galaxies(split=split, seed=seed, bands=tuple(bands), val_to_train=val_to_train)
+    rng = np.random.default_rng([seed, _split_index(split), 2147483647])
+    pick = rng.integers(0, len(CWW_TEMPLATES), len(t))
+    z = np.clip(np.asarray(t["redshift"], float), CWW_Z_GRID[0], CWW_Z_GRID[-1])
+    mag_i = np.asarray(t["mag_i"], float)
+    grid = _cww_colour_grid(tuple(bands))  # (templates, z, bands)
+    for j, b in enumerate(bands):
+        colour = np.zeros(len(t))
+        for k in range(len(CWW_TEMPLATES)):
+            rows = pick == k
+            colour[rows] = np.interp(z[rows], CWW_Z_GRID, grid[k, :, j])
+        t[f"mag_{b}"] = mag_i + colour
+    t["template"] = np.asarray(CWW_TEMPLATES)[pick]
+    t.meta["POPKIND"] = "cww"
+    return t
+
+
+@lru_cache(maxsize=4)
+def _cww_colour_grid(bands: tuple[str, ...]) -> np.ndarray:
+    """``m_b - m_i`` of each CWW template at each redshift of :data:`CWW_Z_GRID`,
+    ``(templates, z, bands)``; :data:`CWW_NO_FLUX` where the template has no flux there."""
+    import galsim
+
+    bps = {b: galsim.Bandpass(f"LSST_{b}.dat", wave_type="nm").withZeropoint("AB")
+           for b in {*bands, "i"}}  # fmt: skip
+    out = np.zeros((len(CWW_TEMPLATES), len(CWW_Z_GRID), len(bands)))
+    for k, name in enumerate(CWW_TEMPLATES):
+        sed = galsim.SED(f"CWW_{name}_ext.sed", wave_type="Ang", flux_type="flambda")
+        for n, z in enumerate(CWW_Z_GRID):
+            red = sed.atRedshift(float(z))
+            ref = red.calculateMagnitude(bps["i"])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[k, n] = [red.calculateMagnitude(bps[b]) - ref for b in bands]
+    return np.nan_to_num(out, nan=CWW_NO_FLUX, posinf=CWW_NO_FLUX, neginf=-CWW_NO_FLUX)
+
+
 PRIOR_VERSIONS = {
     "parametric": "bulge+disk v1",
     "dc2": "dc2 v1",
+    "cww": "dc2 v1 rows, cww v1 colours",
     "morphology": "morphology v1",
     "hdf": HDF_VERSION,
 }
@@ -601,7 +665,7 @@ def _dc2_families(kind: str) -> tuple[str, ...] | None:
 def is_builtin(kind: str) -> bool:
     """Whether ``kind`` names a built-in population (otherwise it is a catalog path)."""
     return (
-        kind in ("parametric", "dc2", "hdf")
+        kind in ("parametric", "dc2", "cww", "hdf")
         or parse_hdf_mix(kind) is not None
         or parse_families(kind) is not None
         or _dc2_families(kind) is not None
@@ -643,6 +707,8 @@ def galaxy_population(
         )
     if kind == "dc2":
         return dc2_galaxies(split=split, seed=seed, bands=bands, val_to_train=val_to_train)
+    if kind == "cww":
+        return cww_galaxies(split=split, seed=seed, bands=bands, val_to_train=val_to_train)
     dc2_families = _dc2_families(kind)
     if dc2_families is not None:
         return dc2_morphology_galaxies(
