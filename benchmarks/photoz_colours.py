@@ -55,10 +55,13 @@ def fields(population: str, n: int, seed: int) -> list:
         survey, BankConfig(split="test", n_galaxies=5000, population=population)
     )
     sim = SceneSimulator(bank, SceneConfig(SIZE, SIZE))
-    return [sim.sample(np.random.default_rng([seed, f])) for f in range(n)]
+    scenes = [sim.sample(np.random.default_rng([seed, f])) for f in range(n)]
+    # the scene catalogs name each galaxy's bank row, the bank its template
+    cols = bank.table.colnames
+    return scenes, np.asarray(bank.table["template"]).astype(str) if "template" in cols else None
 
 
-def measure(est, scenes: list, tmp: Path) -> dict:
+def measure(est, scenes: list, templates_of_rows, tmp: Path) -> dict:
     """``est``'s grid PDFs of each scene's gold galaxies at their true positions (each
     scene read from a FITS file as probcat writes it), their true redshifts and, where
     the population has them, their templates."""
@@ -85,8 +88,8 @@ def measure(est, scenes: list, tmp: Path) -> dict:
         mixtures.append(np.stack([res.weights, res.means, res.sds]))
         field.append(np.full(int(gold.sum()), f))
         zs.append(np.asarray(t["redshift"], np.float64)[gold])
-        if "template" in t.colnames:
-            templates.append(np.asarray(t["template"]).astype(str)[gold])
+        if templates_of_rows is not None:
+            templates.append(templates_of_rows[np.asarray(t["bank_index"])[gold]])
     return {
         "pdfs": np.concatenate(pdfs),
         "z": np.concatenate(zs),
@@ -189,7 +192,7 @@ def main(argv=None) -> None:
         for name in [w for w in args.weights.split(",") if w]:
             est = load(name, threads=2, kind="photoz")
             shas[name] = (est.manifest or {}).get("sha256")
-            points[name] = {p: measure(est, scenes[p], Path(tmp)) for p in POPULATIONS}
+            points[name] = {p: measure(est, *scenes[p], Path(tmp)) for p in POPULATIONS}
             results[name] = {p: summary(points[name][p]) for p in POPULATIONS}
             refitted, scales = refit(points[name]["cww"])
             points[name]["cww_refit"] = refitted
