@@ -744,6 +744,43 @@ TABLES = {
         "FITS file probcat writes",
         _depth_rows(),
     ),
+    "photoz_colours": (
+        "photoz_lsst_ugrizy on galaxy colours unlike those it learned: the same test-split "
+        "DC2 galaxies (redshifts, i magnitudes, shapes, scene layouts) with their DC2 colours "
+        "and with the colours of the four CWW templates at their redshifts (population cww); "
+        "gold galaxies at their true positions, 10-year ugrizy fields",
+        [
+            (
+                f"CWW colours: {label}",
+                f"results.photoz_lsst_ugrizy.cww.{key}",
+                f"results.photoz_lsst_ugrizy.dc2.{key}",
+                fmt,
+                "",
+            )
+            for label, key, fmt in (
+                ("sigma_IQR (PDF mode)", "sigma_iqr", ".4f"),
+                ("outlier fraction beyond 0.15", "outlier_frac_015", ".3f"),
+                ("PIT KS", "ks", ".3f"),
+                ("CDE loss", "cde_loss", ".2f"),
+                ("68% interval coverage", "pit_coverage_68", ".3f"),
+                ("95% interval coverage", "pit_coverage_95", ".3f"),
+            )
+        ]
+        + [
+            (
+                f"CWW colours, widths refit on other fields' true z: {label}",
+                f"results.photoz_lsst_ugrizy.cww_refit.{key}",
+                f"results.photoz_lsst_ugrizy.dc2.{key}",
+                fmt,
+                "",
+            )
+            for label, key, fmt in (
+                ("PIT KS", "ks", ".3f"),
+                ("68% interval coverage", "pit_coverage_68", ".3f"),
+                ("95% interval coverage", "pit_coverage_95", ".3f"),
+            )
+        ],  # fmt: skip
+    ),
     "correlated_noise_ugrizy": (
         "the same for LSST ugrizy fields (DC2 colours; each band coadded from its own 6 "
         "visits): the six-band weights; SEP on the riz coadd; and photoz_lsst_ugrizy's PDFs "
@@ -1400,6 +1437,7 @@ BASELINES = {
     "correlated_noise": "SEP",
     "correlated_noise_ugrizy": "SEP (riz)",
     "depth": "SEP",
+    "photoz_colours": "DC2 colours",
     "deblend": "SEP",
     "photoz": "FlexZBoost",
     "simulate": "direct GalSim",
