@@ -278,6 +278,15 @@ def _depth_rows() -> list:
     return rows
 
 
+_PHOTOZ_COLOUR_METRICS = (
+    ("sigma_IQR (PDF mode)", "sigma_iqr", ".4f"),
+    ("outlier fraction beyond 0.15", "outlier_frac_015", ".3f"),
+    ("PIT KS", "ks", ".3f"),
+    ("CDE loss", "cde_loss", ".2f"),
+    ("68% interval coverage", "pit_coverage_68", ".3f"),
+    ("95% interval coverage", "pit_coverage_95", ".3f"),
+)
+
 TABLES = {
     "detection": (
         "probcat vs SEP on held-out 98×98 LSST-i `blend` scenes (test-split galaxies)",
@@ -751,34 +760,33 @@ TABLES = {
         "gold galaxies at their true positions, 10-year ugrizy fields",
         [
             (
-                f"CWW colours: {label}",
-                f"results.photoz_lsst_ugrizy.cww.{key}",
+                f"{head}: {label}",
+                f"results.photoz_lsst_ugrizy.{arm}.{key}",
                 f"results.photoz_lsst_ugrizy.dc2.{key}",
                 fmt,
                 "",
             )
-            for label, key, fmt in (
-                ("sigma_IQR (PDF mode)", "sigma_iqr", ".4f"),
-                ("outlier fraction beyond 0.15", "outlier_frac_015", ".3f"),
-                ("PIT KS", "ks", ".3f"),
-                ("CDE loss", "cde_loss", ".2f"),
-                ("68% interval coverage", "pit_coverage_68", ".3f"),
-                ("95% interval coverage", "pit_coverage_95", ".3f"),
+            for head, arm, keys in (
+                (
+                    "CWW colours",
+                    "cww",
+                    (
+                        "sigma_iqr",
+                        "outlier_frac_015",
+                        "ks",
+                        "cde_loss",
+                        "pit_coverage_68",
+                        "pit_coverage_95",
+                    ),
+                ),
+                (
+                    "CWW colours, widths refit on other fields' true z",
+                    "cww_refit",
+                    ("ks", "pit_coverage_68", "pit_coverage_95"),
+                ),
             )
-        ]
-        + [
-            (
-                f"CWW colours, widths refit on other fields' true z: {label}",
-                f"results.photoz_lsst_ugrizy.cww_refit.{key}",
-                f"results.photoz_lsst_ugrizy.dc2.{key}",
-                fmt,
-                "",
-            )
-            for label, key, fmt in (
-                ("PIT KS", "ks", ".3f"),
-                ("68% interval coverage", "pit_coverage_68", ".3f"),
-                ("95% interval coverage", "pit_coverage_95", ".3f"),
-            )
+            for label, key, fmt in _PHOTOZ_COLOUR_METRICS
+            if key in keys
         ],  # fmt: skip
     ),
     "correlated_noise_ugrizy": (
