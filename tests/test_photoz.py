@@ -12,7 +12,7 @@ from probcat.catalog import FullCatalog
 from probcat.errors import ProbcatValueError
 from probcat.nets.photoz import PhotozNet, mixture_nll
 from probcat.redshift import metrics as pzm
-from probcat.redshift.estimator import PhotozEstimator, at_depth, stamps_at
+from probcat.redshift.estimator import PhotozEstimator, at_depth, known_redshifts, stamps_at
 from probcat.redshift.pdf import (
     GRID,
     check_mixture,
@@ -382,6 +382,69 @@ def test_a_deeper_image_than_the_training_depths_is_warned_of(tmp_path, tiny_est
     assert np.isnan(est.noise_over_training(np.ones(6), {"flux_unit": "adu"})).all()
 
 
+def _draw_truncated(w, m, s, rng):
+    """One redshift from each row's mixture truncated at z = 0 (by rejection)."""
+    out = np.empty(len(w))
+    for i in range(len(w)):
+        while True:
+            k = rng.choice(len(w[i]), p=w[i] / w[i].sum())
+            z = rng.normal(m[i, k], s[i, k])
+            if z >= 0:
+                out[i] = z
+                break
+    return out
+
+
+def test_width_fit_recovers_the_factor_the_redshifts_were_drawn_with(tiny_estimator, tmp_path):
+    """Redshifts drawn from each object's mixture with every width doubled: the fit finds
+    about 2 (brute force: the NLL over the factor grid is least there), ``estimate``
+    applies a factor to the widths and records it, and bad tables are refused."""
+    from astropy.table import Table
+
+    from probcat.errors import ProbcatFileError
+    from probcat.nets.photoz import SD_SCALES
+
+    rng = np.random.default_rng(5)
+    sigma = tiny_estimator.survey.noise_sigma
+    image = (rng.standard_normal((6, 48, 48)) * sigma[:, None, None]).astype(np.float32)
+    x, y = rng.uniform(0, 47, 400), rng.uniform(0, 47, 400)
+    w, m, s = tiny_estimator.mixture(image, x, y)
+    z = _draw_truncated(w, m, 2.0 * s, rng)
+    # objects off the image are left out (their stamps would be empty)
+    known = Table(
+        {"x": np.r_[x, -30.0, 500.0], "y": np.r_[y, 5.0, 5.0], "redshift": np.r_[z, 1, 1]}
+    )
+    k = tiny_estimator.fit_widths(image, known)
+    nll = [
+        float(mixture_nll(*(torch.as_tensor(a) for a in (w, m, s * f, z))).mean())
+        for f in SD_SCALES
+    ]
+    assert k == pytest.approx(SD_SCALES[int(np.argmin(nll))]) and 1.7 < k < 2.3
+    path = tmp_path / "specz.fits"
+    known.write(path)
+    assert tiny_estimator.fit_widths(image, path) == k  # a file reads the same
+    kx, ky, kz = known_redshifts(known, None, (48, 48))
+    assert len(kz) == 400 and kx.min() >= 0 and kx.max() <= 47
+    cat = FullCatalog({"x": x[:5], "y": y[:5]}, (48, 48), tuple("ugrizy"))
+    res = tiny_estimator.estimate(image, cat, width_scale=k)
+    np.testing.assert_allclose(res.sds, s[:5] * k, rtol=1e-6)
+    assert res.catalog.meta["photoz"]["width_scale"] == k
+    assert "width_scale" not in tiny_estimator.estimate(image, cat).catalog.meta["photoz"]
+    for bad, match in (
+        ({"x": x, "y": y}, "column redshift"),
+        ({"x": x, "y": y, "redshift": -z}, "finite and >= 0"),
+        ({"ra": x, "dec": y, "z": z}, "no celestial WCS"),
+        ({"x": x[:5], "y": y[:5], "z": z[:5]}, "5 of the 5 objects"),
+        ({"id": x, "z": z}, "x, y or ra, dec"),
+    ):
+        with pytest.raises(ProbcatValueError, match=match):
+            tiny_estimator.fit_widths(image, bad)
+    with pytest.raises(ProbcatFileError, match="no such table"):
+        tiny_estimator.fit_widths(image, tmp_path / "none.fits")
+    with pytest.raises(ProbcatValueError, match="positive number"):
+        tiny_estimator.estimate(image, cat, width_scale=0)
+
+
 def test_at_depth_reads_an_image_at_a_larger_noise():
     """Signal times the ratio, white noise of variance 1 - ratio^2 added: unit noise again;
     a ratio of 1 leaves the band as it is; masked pixels stay 0; the same output twice."""
@@ -558,6 +621,59 @@ def test_photoz_cli_bad_input_is_one_line(tmp_path, photoz_weights, weights, cap
     rc = main(["photoz", str(tmp_path / "other.fits"), "--weights", str(photoz_weights)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "image bands grizyx do not match the weights' bands ugrizy" in err
+
+
+def test_photoz_fits_widths_to_known_redshifts(tmp_path, photoz_weights, weights, capsys):
+    """probcat.photoz and probcat photoz --spec-z: the widths refit to objects of known
+    redshift, the same factor as PhotozEstimator.fit_widths on the same image, applied and
+    recorded; --width-scale applies a given one; bad tables stop before any output."""
+    from astropy.table import Table
+
+    import probcat
+    from probcat.catalog import FullCatalog
+    from probcat.cli import main
+
+    path = _ugrizy_image(tmp_path / "field.fits")
+    rng = np.random.default_rng(2)
+    known = Table({"x": rng.uniform(2, 37, 30), "y": rng.uniform(2, 37, 30),
+                   "redshift": rng.uniform(0.1, 2.0, 30)})  # fmt: skip
+    known.write(tmp_path / "specz.fits")
+    kw = dict(estimator=str(photoz_weights), detector=str(weights), threads=1, threshold=0.0,
+              background="none", galaxies_only=False)  # fmt: skip
+    est = probcat.load(str(photoz_weights), threads=1, kind="photoz")
+    # an untrained net's widths are far off: the factor is the grid's end, and said to be
+    with pytest.warns(UserWarning, match="end of the range"):
+        k = est.fit_widths(path, known)
+    with pytest.warns(UserWarning, match="end of the range"):
+        res = probcat.photoz(path, known_redshifts=tmp_path / "specz.fits", **kw)
+    assert res.catalog.meta["photoz"]["width_scale"] == k
+    assert res.catalog.meta["photoz"]["width_fit_objects"] == 30
+    plain = probcat.photoz(path, **kw)
+    np.testing.assert_allclose(res.sds, plain.sds * k, rtol=1e-6)
+    assert np.all(
+        res.catalog["z_hi95"] - res.catalog["z_lo95"]
+        != plain.catalog["z_hi95"] - plain.catalog["z_lo95"]
+    )
+    with pytest.raises(ProbcatValueError, match="not both"):
+        probcat.photoz(path, known_redshifts=known, width_scale=2.0, **kw)
+    out = tmp_path / "cat.fits"
+    args = ["photoz", str(path), "--weights", str(photoz_weights), "--detector", str(weights),
+            "--threshold", "0", "--background", "none", "--all-objects"]  # fmt: skip
+    rc = main([*args, "-o", str(out), "--spec-z", str(tmp_path / "specz.fits")])
+    assert rc == 0, capsys.readouterr().err
+    assert f"PDF widths x{k:.3g}, fitted to 30 known redshifts" in capsys.readouterr().out
+    assert FullCatalog.read(out).meta["photoz"]["width_scale"] == k
+    rc = main([*args, "-o", str(tmp_path / "c2.fits"), "--width-scale", "1.5"])
+    assert rc == 0 and "PDF widths x1.5]" in capsys.readouterr().out
+    for extra, match in (
+        (["--spec-z", str(tmp_path / "none.fits")], "no such table"),
+        (["--spec-z", str(tmp_path / "specz.fits"), "--width-scale", "2"], "not both"),
+        (["--width-scale", "-1"], "positive number"),
+    ):
+        never = tmp_path / "never.fits"
+        rc = main([*args, "-o", str(never), *extra])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and match in err and "\n" not in err and not never.exists()
 
 
 def test_rail_table_uses_limiting_magnitudes():

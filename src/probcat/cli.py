@@ -552,6 +552,16 @@ def photoz_cmd(
         help="an image deeper than the weights' training depths: read its PDFs' stamps at "
         "the deepest of them, white noise added (calibrated PDFs at that depth's precision)",
     ),
+    spec_z: Path = typer.Option(
+        None,
+        "--spec-z",
+        help="FITS/Parquet table of objects of the image with known redshifts (x, y or ra, "
+        "dec; redshift): the PDFs' widths are refit to them, one factor on every width "
+        "(galaxies unlike the training galaxies: docs/photoz.md)",
+    ),
+    width_scale: float = typer.Option(
+        1.0, "--width-scale", help="a factor on every PDF width, e.g. one --spec-z fitted"
+    ),
     threads: str = typer.Option(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
     ),
@@ -594,6 +604,8 @@ def photoz_cmd(
         mask=masked,
         zeropoint=zps,
         match_depth=match_depth,
+        known_redshifts=spec_z,
+        width_scale=width_scale,
     )
     msg = f"{len(res.catalog)} detections, {int(res.catalog['has_pz'].sum())} photo-z PDFs"
     msg += _input_note(res.catalog.meta.get("input", {}))
@@ -602,6 +614,11 @@ def photoz_cmd(
         msg += f" [PDFs read at {min(factors):.3g}-{max(factors):.3g}x the pixel noise: correlated]"
     if res.catalog.meta.get("photoz", {}).get("depth_matched"):
         msg += " [PDFs read at the weights' deepest training depth, noise added]"
+    pz_meta = res.catalog.meta.get("photoz", {})
+    if "width_scale" in pz_meta:
+        fitted = pz_meta.get("width_fit_objects")
+        how = f", fitted to {fitted} known redshifts" if fitted else ""
+        msg += f" [PDF widths x{pz_meta['width_scale']:.3g}{how}]"
     if res.ensemble is not None:
         write_ensemble(res.ensemble, pz_path)
         msg += f" -> {pz_path}"

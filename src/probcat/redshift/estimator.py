@@ -15,6 +15,12 @@ visits' own noise: the resampling kernels pass the low spatial frequencies uncha
 recorded in the catalog's ``meta["photoz"]["aperture_noise_factor"]``. An image deeper
 than the weights' deepest training depth gets a warning, or with ``match_depth`` is read
 at that depth (:meth:`PhotozEstimator.network_input`, :func:`at_depth`).
+
+The PDFs are calibrated for galaxies like the training population. Given objects of the
+image with known (spectroscopic) redshifts, :meth:`PhotozEstimator.fit_widths` (and
+``known_redshifts`` of :func:`probcat.photoz`) fits one factor on every mixture width to
+them, which ``width_scale`` then applies: the remedy for galaxies whose colours are unlike
+the training galaxies' (``docs/photoz.md``), for the calibration, not the accuracy.
 """
 
 from __future__ import annotations
@@ -28,12 +34,22 @@ from probcat.catalog import FullCatalog
 from probcat.errors import ProbcatValueError
 from probcat.runtime import check_interrupt, inference_entry
 
-__all__ = ["PhotozEstimator", "PhotozResult", "at_depth", "correlated_noise_read", "stamps_at"]
+__all__ = [
+    "PhotozEstimator",
+    "PhotozResult",
+    "at_depth",
+    "correlated_noise_read",
+    "known_redshifts",
+    "read_known",
+    "stamps_at",
+    "table_positions",
+]
 
 _CHUNK = 256  # stamps per forward pass (cache-sized: faster on a CPU than larger ones)
 # noise over the deepest training depth's below which photo-z warns: on white noise of
 # 0.87 times the 10-year sigma the PDFs' 68% intervals held 0.61 of the true redshifts
 DEEPER_WARN = 0.9
+MIN_KNOWN = 10  # objects of known redshift a width fit needs at the least
 
 
 def stamps_at(x_sigma: np.ndarray, x, y, size: int) -> np.ndarray:
@@ -77,6 +93,74 @@ class PhotozResult:
         from probcat.redshift.pdf import GRID, truncated_pdf
 
         return truncated_pdf(self.weights, self.means, self.sds, GRID if grid is None else grid)
+
+
+def _column_names(data) -> set:
+    """The column names of an astropy Table (whose ``in`` looks at rows), a dict or a
+    DataFrame."""
+    names = getattr(data, "colnames", None)
+    return set(names if names is not None else data.keys())
+
+
+def table_positions(data, wcs) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel positions of a table's rows: its ``x, y`` columns, else ``ra, dec`` (degrees)
+    through the image's celestial ``wcs``."""
+    names = _column_names(data)
+    if "x" in names and "y" in names:
+        return np.asarray(data["x"], np.float64), np.asarray(data["y"], np.float64)
+    if "ra" in names and "dec" in names:
+        if wcs is None or not getattr(wcs, "has_celestial", False):
+            raise ProbcatValueError("ra/dec given but the image has no celestial WCS")
+        x, y = wcs.world_to_pixel_values(np.asarray(data["ra"]), np.asarray(data["dec"]))
+        return np.asarray(x, np.float64), np.asarray(y, np.float64)
+    raise ProbcatValueError("the table needs columns x, y (pixels) or ra, dec (degrees)")
+
+
+def read_known(known):
+    """A table of objects of known redshift (a FITS or Parquet path, an astropy Table or a
+    dict of columns), checked: ``x, y`` or ``ra, dec`` columns, and ``redshift`` (or ``z``)
+    finite and >= 0. Returns the table and the name of its redshift column."""
+    from pathlib import Path
+
+    if isinstance(known, (str, Path)):
+        from astropy.table import Table
+
+        from probcat.errors import ProbcatFileError, ProbcatIOError
+
+        if not Path(known).is_file():
+            raise ProbcatFileError(f"{known}: no such table of known redshifts")
+        try:
+            known = Table.read(known)
+        except Exception as e:  # astropy/pyarrow raise many kinds for a bad file
+            raise ProbcatIOError(f"{known}: not a readable FITS or Parquet table ({e})") from e
+    names = _column_names(known)
+    col = "redshift" if "redshift" in names else "z" if "z" in names else None
+    if col is None:
+        raise ProbcatValueError("the table of known redshifts needs a column redshift (or z)")
+    if not ({"x", "y"} <= names or {"ra", "dec"} <= names):
+        raise ProbcatValueError("the table of known redshifts needs x, y or ra, dec columns")
+    z = np.asarray(known[col], np.float64)
+    if not np.all(np.isfinite(z) & (z >= 0)):
+        raise ProbcatValueError(f"known redshifts must be finite and >= 0 (column {col})")
+    return known, col
+
+
+def known_redshifts(known, wcs, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``x, y, z`` of the objects of known redshift in ``known`` (:func:`read_known`) that
+    lie on an image of ``shape`` ``(H, W)``; those off it are left out. Refuses fewer than
+    :data:`MIN_KNOWN` on the image."""
+    known, col = read_known(known)
+    x, y = table_positions(known, wcs)
+    z = np.asarray(known[col], np.float64)
+    h, w = shape
+    on = np.isfinite(x) & np.isfinite(y) & (x >= -0.5) & (x < w - 0.5)
+    on &= (y >= -0.5) & (y < h - 0.5)
+    if on.sum() < MIN_KNOWN:
+        raise ProbcatValueError(
+            f"{int(on.sum())} of the {len(z)} objects of known redshift lie on the image: a "
+            f"width fit needs at least {MIN_KNOWN}"
+        )
+    return x[on], y[on], z[on]
 
 
 def _for_inference(net):
@@ -206,6 +290,39 @@ class PhotozEstimator:
             )
         return xs, meta
 
+    def fit_widths(
+        self, image, known, *, noise_sigma=None, zeropoint=None, match_depth: bool = False
+    ) -> float:
+        """The factor on every mixture width that maximises the likelihood of the known
+        redshifts of objects of ``image`` (``known``: see :func:`known_redshifts`; a few
+        hundred spectroscopic redshifts fit it well), to pass as ``width_scale`` to
+        :meth:`estimate` or :func:`probcat.photoz` for this image or others like it.
+        Image options as for :meth:`mixture`. The factor is one of
+        :data:`probcat.nets.photoz.SD_SCALES` (0.5-3); at either end, a warning."""
+        from probcat.api import read_input
+
+        xs, wcs, sigma, info, masked = read_input(
+            image, self.survey, noise_sigma, whiten=False, zeropoint=zeropoint
+        )
+        xs = self.network_input(xs, sigma, info, match_depth, masked)[0]
+        return self._fit_widths(xs, wcs, known)[0]
+
+    def _fit_widths(self, xs: np.ndarray, wcs, known) -> tuple[float, int]:
+        """:meth:`fit_widths` on the image as the network reads it; also the number of
+        objects fitted."""
+        from probcat.nets.photoz import SD_SCALES, fit_sd_scale
+
+        x, y, z = known_redshifts(known, wcs, xs.shape[1:])
+        k = fit_sd_scale(*self._mixture(xs, x, y), z)
+        if k in (SD_SCALES[0], SD_SCALES[-1]):
+            warnings.warn(
+                f"photo-z: the known redshifts want the PDFs' widths times {k:.2f} or beyond, "
+                "the end of the range fitted: these galaxies are far from the training "
+                "galaxies (retrain on galaxies like them, docs/photoz.md)",
+                stacklevel=3,
+            )
+        return k, len(z)
+
     @inference_entry
     def _mixture(self, x_sigma: np.ndarray, x, y):
         import torch
@@ -240,22 +357,31 @@ class PhotozEstimator:
         galaxies_only: bool = True,
         zeropoint=None,
         match_depth: bool = False,
+        width_scale: float = 1.0,
     ) -> PhotozResult:
         """Redshift PDFs of ``catalog``'s objects (``x, y``; with ``galaxies_only``, those
         whose ``galaxy`` flag, or ``galaxy_prob >= 0.5``, says galaxy) in ``image``;
-        ``zeropoint`` and ``match_depth`` as for :meth:`mixture`."""
+        ``zeropoint`` and ``match_depth`` as for :meth:`mixture`; ``width_scale``: a factor
+        on every mixture width (:meth:`fit_widths`), recorded in ``meta["photoz"]``."""
         from probcat.api import read_input
 
         xs, wcs, sigma, info, masked = read_input(
             image, self.survey, noise_sigma, whiten=False, zeropoint=zeropoint
         )
         xs, meta = self.network_input(xs, sigma, info, match_depth, masked)
-        return self._estimate(xs, catalog, wcs, galaxies_only, meta=meta)
+        return self._estimate(xs, catalog, wcs, galaxies_only, meta=meta, width_scale=width_scale)
 
-    def _estimate(self, xs, catalog, wcs, galaxies_only, detection=None, meta=None) -> PhotozResult:
+    def _estimate(
+        self, xs, catalog, wcs, galaxies_only, detection=None, meta=None, width_scale=1.0
+    ) -> PhotozResult:
         """``xs``: the image as the network reads it, and ``meta`` what
         :meth:`network_input` recorded of it."""
         from probcat.redshift.pdf import SUMMARY_COLUMNS, summaries, to_qp
+
+        width_scale = check_width_scale(width_scale)
+        meta = dict(meta or {})
+        if width_scale != 1.0:
+            meta["width_scale"] = width_scale
 
         n = len(catalog)
         if galaxies_only and "galaxy" in catalog.colnames:
@@ -266,6 +392,7 @@ class PhotozEstimator:
             use = np.ones(n, bool)
         rows = np.flatnonzero(use)
         w, m, sd = self._mixture(xs, catalog["x"][rows], catalog["y"][rows])
+        sd = sd * width_scale
         summ = summaries(w, m, sd)
         cols = {}
         for c in SUMMARY_COLUMNS:
@@ -276,8 +403,19 @@ class PhotozEstimator:
         ens = to_qp(w, m, sd, ancil={"row": rows}) if len(rows) else None
         cat = catalog.with_columns(**cols)
         name = (self.manifest or {}).get("weights", "custom weights")
-        cat.meta["photoz"] = {"weights": name, **(meta or {})}
+        cat.meta["photoz"] = {"weights": name, **meta}
         return PhotozResult(cat, ens, w, m, sd, detection, wcs)
+
+
+def check_width_scale(value) -> float:
+    """``value`` as a positive, finite width factor, else a one-line error."""
+    try:
+        k = float(value)
+    except (TypeError, ValueError):
+        k = float("nan")
+    if not (np.isfinite(k) and k > 0):
+        raise ProbcatValueError(f"width_scale must be a positive number, got {value!r}")
+    return k
 
 
 def at_depth(xs: np.ndarray, ratio, masked=None, seed: int = 0) -> np.ndarray:

@@ -34,6 +34,7 @@ from rail.estimation.estimator import CatEstimator
 from rail.estimation.informer import CatInformer
 
 from probcat.errors import ProbcatValueError
+from probcat.redshift.estimator import table_positions
 
 __all__ = ["ProbcatPhotozInformer", "ProbcatPhotozEstimator"]
 
@@ -69,17 +70,6 @@ def _read(path: str, weights: str, mtime_ns: int, size: int):
     return est, est.network_input(xs, sigma, info)[0], wcs
 
 
-def _positions(data, wcs):
-    if "x" in data and "y" in data:
-        return np.asarray(data["x"], np.float64), np.asarray(data["y"], np.float64)
-    if "ra" in data and "dec" in data:
-        if wcs is None or not getattr(wcs, "has_celestial", False):
-            raise ProbcatValueError("ra/dec given but the image has no celestial WCS")
-        x, y = wcs.world_to_pixel_values(np.asarray(data["ra"]), np.asarray(data["dec"]))
-        return np.asarray(x, np.float64), np.asarray(y, np.float64)
-    raise ProbcatValueError("the input table needs columns x, y (pixels) or ra, dec (degrees)")
-
-
 class ProbcatPhotozInformer(CatInformer):
     """Fit the mixture-width scale of probcat's photo-z PDFs on objects with known z."""
 
@@ -93,7 +83,7 @@ class ProbcatPhotozInformer(CatInformer):
 
         data = self.get_data("input")
         est, xs, wcs = _image(self.config.image, self.config.weights)
-        x, y = _positions(data, wcs)
+        x, y = table_positions(data, wcs)
         z = np.asarray(data[self.config.redshift_col], np.float64)
         if len(z) == 0:
             raise ProbcatValueError("the training table is empty")
@@ -117,7 +107,7 @@ class ProbcatPhotozEstimator(CatEstimator):
         model = self.model if isinstance(self.model, dict) else {}
         weights = model.get("weights", self.config.weights)
         est, xs, wcs = _image(self.config.image, weights)
-        x, y = _positions(data, wcs)
+        x, y = table_positions(data, wcs)
         w, m, sd = est._mixture(xs, x, y)
         sd = sd * float(model.get("sd_scale", 1.0))
         ens = qp.Ensemble(qp.mixmod, data={"weights": w, "means": m, "stds": sd})
