@@ -502,8 +502,20 @@ def test_run_with_photoz_writes_the_pdfs_beside_each_catalog(tmp_path, weights, 
     assert s["processed"] == 1 and len(FullCatalog.read(out / "f0.parquet")) == 0
     assert not (out / "f0_pz.hdf5").exists() and (out / "f1_pz.hdf5").exists()
     argv = ["run", str(images[0]), "-o", str(tmp_path / "x"), "--workers", "0", "-q"]
+    # a width factor: the same PDFs' widths times it, recorded
+    s = run(images[1:], tmp_path / "wide", **{**kw, "width_scale": 1.5})
+    wide = FullCatalog.read(tmp_path / "wide" / "f1.parquet")
+    plain = FullCatalog.read(out / "f1.parquet")
+    assert wide.meta["photoz"]["width_scale"] == 1.5
+    wide_pz, plain_pz = (qp.read(str(d / "f1_pz.hdf5")).objdata for d in (tmp_path / "wide", out))
+    np.testing.assert_allclose(wide_pz["means"], plain_pz["means"])
+    np.testing.assert_allclose(wide_pz["stds"], 1.5 * plain_pz["stds"], rtol=1e-6)
+    assert np.all(wide["z_hi95"] - wide["z_lo95"] > plain["z_hi95"] - plain["z_lo95"])
     assert main([*argv, "--photoz-weights", str(photoz_weights)]) != 0
     assert main([*argv, "--photoz", "--photoz-weights", str(weights)]) != 0  # not photo-z
+    assert main([*argv, "--width-scale", "2"]) != 0
+    assert main([*argv, "--photoz", "--width-scale", "nan"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "--photoz-weights needs --photoz" in err[0]
+    assert len(err) == 4 and "--photoz-weights needs --photoz" in err[0]
     assert "photo-z" in err[1] and not (tmp_path / "x").exists()
+    assert "needs photoz" in err[2] and "positive number" in err[3]

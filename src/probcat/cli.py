@@ -668,6 +668,11 @@ def run_cmd(
     photoz_weights: str = typer.Option(
         None, help="photo-z weights for --photoz (default: photoz_lsst_ugrizy)"
     ),
+    width_scale: float = typer.Option(
+        1.0,
+        "--width-scale",
+        help="with --photoz: a factor on every PDF width (one probcat photoz --spec-z fitted)",
+    ),
 ):
     """Catalogs of many images on Dask: one catalog per image in OUT, written atomically; a
     rerun skips finished images (an interrupted run resumes). Failures are listed in
@@ -704,6 +709,7 @@ def run_cmd(
         dry_run=dry_run,
         progress=not quiet,
         photoz=(photoz_weights or "default") if photoz else None,
+        width_scale=width_scale,
     )
     if dry_run:
         typer.echo(f"would process {s['to_process']} of {s['images']} images ({s['skipped']} done)")

@@ -223,7 +223,8 @@ def process_image(
                 from probcat.api import photoz
                 from probcat.redshift.pdf import pdf_path, write_ensemble
 
-                res = photoz(data, estimator=est, detector=det, **common)
+                scale = options.get("width_scale", 1.0)
+                res = photoz(data, estimator=est, detector=det, width_scale=scale, **common)
                 if res.ensemble is not None:
                     write_ensemble(res.ensemble, pdf_path(output))
                 else:  # no galaxy: no PDFs (nor those of an earlier, killed run)
@@ -264,6 +265,7 @@ def run(
     dry_run: bool = False,
     progress: bool = True,
     photoz: str | None = None,
+    width_scale: float = 1.0,
 ) -> dict:
     """Catalogs of ``images`` into ``out`` (see the module docstring); returns the run
     summary (also written to ``out/run_summary.json``): images, processed, skipped
@@ -273,7 +275,8 @@ def run(
     file; ``"default"``: ``photoz_lsst_ugrizy``): each catalog gets its galaxies' redshift
     PDFs as :func:`probcat.photoz` gives them (the detector then defaults to its
     ``detection_lsst_ugrizy``), the PDFs written beside it
-    (:func:`probcat.redshift.pdf.pdf_path`)."""
+    (:func:`probcat.redshift.pdf.pdf_path`); ``width_scale``: a factor on their widths
+    (:meth:`probcat.redshift.estimator.PhotozEstimator.fit_widths`)."""
     from probcat.api import seeing_option
     from probcat.background import check_mode, wants_measured_noise
 
@@ -289,6 +292,11 @@ def run(
 
     check_weight_type(weight_type)
     seeing_option(seeing)
+    from probcat.redshift.estimator import check_width_scale
+
+    width_scale = check_width_scale(width_scale)
+    if width_scale != 1.0 and photoz is None:
+        raise ProbcatValueError("width_scale applies to photo-z PDFs: it needs photoz")
     jobs = plan(images, out, suffix)
     todo = [j for j in jobs if not j.output.exists()]
     summary = {"images": len(jobs), "to_process": len(todo), "skipped": len(jobs) - len(todo)}
@@ -307,7 +315,8 @@ def run(
     options = {"weights": weights, "threshold": threshold, "background": background,
                "gain": gain, "noise_sigma": noise_sigma, "seeing": seeing,
                "mask_planes": mask_planes, "weight_type": weight_type,
-               "threads": (threads or "auto") if serial else 1, "photoz": photoz}  # fmt: skip
+               "threads": (threads or "auto") if serial else 1, "photoz": photoz,
+               "width_scale": width_scale}  # fmt: skip
     if not serial and scheduler is None and todo:
         _start_forkserver()  # its imports overlap with the weights loading below
     # bad weights fail here, in one line, before anything is written
