@@ -294,8 +294,8 @@ class PhotozEstimator:
         self, image, known, *, noise_sigma=None, zeropoint=None, match_depth: bool = False
     ) -> float:
         """The factor on every mixture width that maximises the likelihood of the known
-        redshifts of objects of ``image`` (``known``: see :func:`known_redshifts`; a few
-        hundred spectroscopic redshifts fit it well), to pass as ``width_scale`` to
+        redshifts of objects of ``image`` (``known``: see :func:`known_redshifts`), to pass
+        as ``width_scale`` to
         :meth:`estimate` or :func:`probcat.photoz` for this image or others like it.
         Image options as for :meth:`mixture`. The factor is one of
         :data:`probcat.nets.photoz.SD_SCALES` (0.5-3); at either end, a warning."""
@@ -316,9 +316,9 @@ class PhotozEstimator:
         k = fit_sd_scale(*self._mixture(xs, x, y), z)
         if k in (SD_SCALES[0], SD_SCALES[-1]):
             warnings.warn(
-                f"photo-z: the known redshifts want the PDFs' widths times {k:.2f} or beyond, "
-                "the end of the range fitted: these galaxies are far from the training "
-                "galaxies (retrain on galaxies like them, docs/photoz.md)",
+                f"photo-z: the known redshifts want the PDFs' widths times {k:.2f} or "
+                "further, the end of the range fitted (0.5-3): the PDFs are far from "
+                "calibrated for these galaxies (docs/photoz.md, galaxy colours)",
                 stacklevel=3,
             )
         return k, len(z)
