@@ -14,7 +14,10 @@ gold galaxies (true i < 25.3) at their true positions; the metrics of
 coverage), for ``cww`` also per template, and once more for ``cww`` with the mixture
 widths refit on the true redshifts of other fields' galaxies (the remedy of a user with a
 spectroscopic sample: ``ProbcatPhotozInformer``). ``--weights`` takes several photo-z weights
-(registered names or files), each measured on the same fields.
+(registered names or files), each measured on the same fields. Detection too: the six-band
+``detection_lsst_ugrizy`` (which reads the colours) and ``detection_lsst_i`` (which does
+not: a control) on both populations' fields, precision, recall (i-band SNR > 3) and how
+the matched galaxies and stars are classified.
 
 Writes ``benchmarks/results/photoz_colours.json`` and ``photoz_colours.png``.
 
@@ -38,6 +41,7 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZE = 400
 POPULATIONS = ("dc2", "cww")
+DETECTORS = ("detection_lsst_ugrizy", "detection_lsst_i")
 LABELS = {"dc2": "DC2 colours", "cww": "CWW colours", "cww_refit": "CWW colours, widths refit"}
 KEYS = ("n", "bias", "sigma_iqr", "outlier_frac", "outlier_frac_015", "ks", "cde_loss",
         "pit_coverage_68", "pit_coverage_95")  # fmt: skip
@@ -61,18 +65,17 @@ def fields(population: str, n: int, seed: int) -> list:
     return scenes, np.asarray(bank.table["template"]).astype(str) if "template" in cols else None
 
 
-def measure(est, scenes: list, templates_of_rows, tmp: Path) -> dict:
+def measure(est, scenes: list, templates_of_rows, paths: list) -> dict:
     """``est``'s grid PDFs of each scene's gold galaxies at their true positions (each
-    scene read from a FITS file as probcat writes it), their true redshifts and, where
-    the population has them, their templates."""
+    scene read from its FITS file, ``paths``), their true redshifts and, where the
+    population has them, their templates."""
     from probcat.catalog import FullCatalog
-    from probcat.io import write_image
     from probcat.redshift.pdf import GRID, truncated_pdf
     from probcat.simulate.prior import MAG_GOLD
 
     ib = est.bands.index("i")
     pdfs, zs, templates, mixtures, field = [], [], [], [], []
-    for f, scene in enumerate(scenes):
+    for f, (scene, path) in enumerate(zip(scenes, paths)):
         t = scene.catalog
         gold = np.asarray(t["galaxy"], bool) & (np.asarray(t["mag"])[:, ib] < MAG_GOLD)
         cat = FullCatalog(
@@ -80,7 +83,6 @@ def measure(est, scenes: list, templates_of_rows, tmp: Path) -> dict:
             tuple(scene.image.shape[1:]),
             tuple(est.bands),
         )
-        path = write_image(tmp / "field.fits", scene.image, est.survey)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the fields are at a training depth
             res = est.estimate(path, cat, galaxies_only=False)
@@ -114,6 +116,32 @@ def refit(m: dict) -> tuple[dict, list[float]]:
         pdfs[use] = truncated_pdf(w[use], mu[use], sd[use] * k, GRID)
         scales.append(k)
     return {**m, "pdfs": pdfs}, scales
+
+
+def detection(det, scenes: list, paths: list) -> dict:
+    """``det`` on each field's FITS file: :mod:`correlated_noise`'s precision, recall (true
+    i-band SNR > 3), precision at prob >= 0.9 and ECE; and of the matched true sources,
+    the share of galaxies classified as galaxies and of stars as stars."""
+    from probcat.api import detect
+    from probcat.metrics.detection import match
+
+    cn = _paths.sibling("correlated_noise")
+    counts, gal, star = [], [0, 0], [0, 0]
+    for scene, path in zip(scenes, paths):
+        cat = detect(path, weights=det, threads=2).catalog
+        t = scene.catalog
+        counts.append(cn.score(cat, t, band=list(t.bands).index("i")))
+        txy = np.stack([np.asarray(t["x"]), np.asarray(t["y"])], 1)
+        i, j = match(txy, np.stack([np.asarray(cat["x"]), np.asarray(cat["y"])], 1))
+        truth_gal, said_gal = np.asarray(t["galaxy"], bool)[i], np.asarray(cat["galaxy"], bool)[j]
+        gal[0] += int((truth_gal & said_gal).sum())
+        gal[1] += int(truth_gal.sum())
+        star[0] += int((~truth_gal & ~said_gal).sum())
+        star[1] += int((~truth_gal).sum())
+    out = cn.summary(counts, len(scenes) * SIZE * SIZE / 1e6)
+    out.update(galaxies_as_galaxies=gal[0] / max(gal[1], 1), n_matched_galaxies=gal[1],
+               stars_as_stars=star[0] / max(star[1], 1), n_matched_stars=star[1])  # fmt: skip
+    return out
 
 
 def summary(m: dict) -> dict:
@@ -170,8 +198,10 @@ def figure(results: dict, points: dict, path: Path) -> None:
 def main(argv=None) -> None:
     from probcat.api import load
     from probcat.catalog import atomic_write
+    from probcat.io import write_image
     from probcat.provenance import provenance
     from probcat.simulate.prior import CWW_TEMPLATES, prior_version
+    from probcat.survey import Survey
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default="photoz_lsst_ugrizy",
@@ -187,12 +217,15 @@ def main(argv=None) -> None:
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     scenes = {pop: fields(pop, args.fields, args.seed) for pop in POPULATIONS}
-    results, points, shas = {}, {}, {}
+    results, points, shas, detections = {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
+        # each field written as probcat writes an image, read back as a user's file
+        paths = {p: [write_image(Path(tmp) / f"{p}_{f}.fits", sc.image, Survey.lsst(bands="ugrizy"))
+                     for f, sc in enumerate(scenes[p][0])] for p in POPULATIONS}  # fmt: skip
         for name in [w for w in args.weights.split(",") if w]:
             est = load(name, threads=2, kind="photoz")
             shas[name] = (est.manifest or {}).get("sha256")
-            points[name] = {p: measure(est, *scenes[p], Path(tmp)) for p in POPULATIONS}
+            points[name] = {p: measure(est, *scenes[p], paths[p]) for p in POPULATIONS}
             results[name] = {p: summary(points[name][p]) for p in POPULATIONS}
             refitted, scales = refit(points[name]["cww"])
             points[name]["cww_refit"] = refitted
@@ -203,6 +236,13 @@ def main(argv=None) -> None:
                       f"{r['outlier_frac_015']:.3f}, KS {r['ks']:.3f}, coverage "
                       f"{r['pit_coverage_68']:.3f} / {r['pit_coverage_95']:.3f}, "
                       f"CDE {r['cde_loss']:.2f}", flush=True)  # fmt: skip
+        for det in DETECTORS:
+            detections[det] = {p: detection(det, scenes[p][0], paths[p]) for p in POPULATIONS}
+            for p in POPULATIONS:
+                r = detections[det][p]
+                print(f"{det} {p}: precision {r['precision']:.3f}, recall {r['recall']:.3f}, "
+                      f"galaxies as galaxies {r['galaxies_as_galaxies']:.3f}, stars as stars "
+                      f"{r['stars_as_stars']:.3f}", flush=True)  # fmt: skip
     out = {
         "command": command,
         "fields": args.fields,
@@ -213,6 +253,7 @@ def main(argv=None) -> None:
         "cww_templates": list(CWW_TEMPLATES),
         "weights_sha256": shas,
         "results": results,
+        "detection": detections,
         "definitions": {
             "galaxies": "gold galaxies (true i < 25.3) of the fields, at their true "
             "positions; the same scene seeds for both populations (population cww: the "
@@ -223,6 +264,11 @@ def main(argv=None) -> None:
             "fit the odd ones and vice versa), as probcat.redshift.rail's "
             "ProbcatPhotozInformer fits it on a spectroscopic sample; sd_scale: the two "
             "factors",
+            "detection": "each detector on each field's FITS file (threshold 0.5); "
+            "precision over all detections, recall over true sources with i-band SNR > 3, "
+            "matched within 2 px (correlated_noise.py's score); galaxies_as_galaxies, "
+            "stars_as_stars: of the matched true galaxies (stars), the share whose galaxy "
+            "flag says so",
             "metrics": "benchmarks/photoz.py's (paper 002): point estimate the PDF mode on "
             "the 0-3 grid; outlier_frac beyond max(3 sigma_IQR, 0.06), outlier_frac_015 "
             "beyond 0.15; pit_coverage_*: share of true z inside the central intervals",
