@@ -757,7 +757,8 @@ TABLES = {
         "photoz_lsst_ugrizy on galaxy colours unlike those it learned: the same test-split "
         "DC2 galaxies (redshifts, i magnitudes, shapes, scene layouts) with their DC2 colours "
         "and with the colours of the four CWW templates at their redshifts (population cww); "
-        "gold galaxies at their true positions, 10-year ugrizy fields",
+        "gold galaxies at their true positions, 10-year ugrizy fields; and the six-band and "
+        "i-band detectors on the same fields",
         [
             (
                 f"{head}: {label}",
@@ -787,6 +788,22 @@ TABLES = {
             )
             for label, key, fmt in _PHOTOZ_COLOUR_METRICS
             if key in keys
+        ]
+        + [
+            (
+                f"CWW colours: {det}, {label}",
+                f"detection.{det}.cww.{key}",
+                f"detection.{det}.dc2.{key}",
+                ".3f",
+                "",
+            )
+            for det in ("detection_lsst_ugrizy", "detection_lsst_i")
+            for label, key in (
+                ("precision", "precision"),
+                ("recall (i-band SNR > 3)", "recall"),
+                ("matched galaxies classified galaxy", "galaxies_as_galaxies"),
+                ("matched stars classified star", "stars_as_stars"),
+            )
         ],  # fmt: skip
     ),
     "correlated_noise_ugrizy": (
