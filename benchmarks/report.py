@@ -1483,6 +1483,7 @@ README_ROWS = {
         "1000×1000 field: MAP detection + deblending + measurement (s)",
     ],
     "photoz": ["σ_IQR (PDF mode)", "outlier fraction", "PIT KS", "68% interval coverage"],
+    "photoz_colours": ["CWW colours: sigma_IQR (PDF mode)", "CWW colours: 68% interval coverage"],
     "robustness": ["irregular left out: F1", "irregular left out: precision at prob ≥ 0.9"],
 }
 
