@@ -275,6 +275,15 @@ def _depth_rows() -> list:
         ):
             rows.append((f"10 years, PSF {f}x LSST's: photo-z {label}",
                          f"photoz_seeing.{f}.{key}", None, fmt, ""))  # fmt: skip
+    for pat in ("1.3,1.3,1,1,0.8,0.8", "0.8,0.8,1,1,1.3,1.3"):
+        for label, key, fmt in (
+            ("68% interval coverage", "pit_coverage_68", ".3f"),
+            ("95% interval coverage", "pit_coverage_95", ".3f"),
+            ("sigma_IQR", "sigma_iqr", ".4f"),
+            ("PIT KS", "ks", ".3f"),
+        ):
+            rows.append((f"10 years, PSF ({pat})x LSST's in ugrizy: photo-z {label}",
+                         f"photoz_band_seeing.{pat}.{key}", None, fmt, ""))  # fmt: skip
     return rows
 
 

@@ -69,9 +69,15 @@ def test_psf_scale_changes_the_seeing_only():
         for x in (s, w)
     ]
     assert 1.4 < fwhm[1] / fwhm[0] < 1.5  # the optics' part is not scaled
-    for bad in (0.0, -1.0, float("nan"), float("inf")):
+    for bad in (0.0, -1.0, float("nan"), float("inf"), (1.0, 0.0), (1.0, 1.0, 1.0)):
         with pytest.raises(ProbcatValueError, match="PSF scale"):
             s.with_psf_scale(bad)
+    # one factor per band: each band its own seeing
+    per = s.with_psf_scale((1.3, 0.8))
+    assert [b.psf_fwhm for b in per.bands] == pytest.approx(
+        [1.3 * s["g"].psf_fwhm, 0.8 * s["i"].psf_fwhm]
+    )
+    assert per["i"].psf_fwhm == pytest.approx(s.with_psf_scale(0.8)["i"].psf_fwhm)
 
 
 def test_bad_bands_and_depth_raise_clear_errors():

@@ -182,13 +182,22 @@ class Survey:
         """A copy restricted to (and ordered as) ``bands``."""
         return replace(self, bands=tuple(self[b] for b in bands))
 
-    def with_psf_scale(self, scale: float) -> Survey:
+    def with_psf_scale(self, scale) -> Survey:
         """A copy whose bands' atmospheric PSF FWHM is ``scale`` times this survey's (other
-        seeing; the optics and the noise are unchanged)."""
-        if not (scale > 0 and math.isfinite(scale)):
+        seeing; the optics and the noise are unchanged): one factor for every band, or one
+        per band in the survey's band order (seeing that differs between the bands)."""
+        if np.ndim(scale) > 1 or (np.ndim(scale) == 1 and len(scale) != len(self.bands)):
+            raise ProbcatValueError(
+                f"PSF scale: one factor, or one per band ({len(self.bands)}), got {scale}"
+            )
+        scales = np.broadcast_to(np.asarray(scale, float), (len(self.bands),))
+        if not np.all((scales > 0) & np.isfinite(scales)):
             raise ProbcatValueError(f"PSF scale must be a positive finite number, got {scale}")
         return replace(
-            self, bands=tuple(replace(b, psf_fwhm=b.psf_fwhm * scale) for b in self.bands)
+            self,
+            bands=tuple(
+                replace(b, psf_fwhm=b.psf_fwhm * float(k)) for b, k in zip(self.bands, scales)
+            ),
         )
 
     def to_dict(self) -> dict:
