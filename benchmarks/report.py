@@ -259,31 +259,28 @@ def _depth_rows() -> list:
         ):  # fmt: skip
             rows.append((f"{y} years: {label}", key.format(y=y),
                          base.format(y=y) if base else None, fmt, ""))  # fmt: skip
-    for label, key, fmt in (
+    calibration = (
         ("68% interval coverage", "pit_coverage_68", ".3f"),
         ("95% interval coverage", "pit_coverage_95", ".3f"),
         ("sigma_IQR", "sigma_iqr", ".4f"),
         ("PIT KS", "ks", ".3f"),
-    ):
-        rows.append((f"20 years, photo-z read at the training depth (--match-depth): {label}",
-                     f"photoz.20.match_depth.{key}", None, fmt, ""))  # fmt: skip
-    for f in ("0.8", "1.25", "1.5"):
-        for label, key, fmt in (
-            ("68% interval coverage", "pit_coverage_68", ".3f"),
-            ("95% interval coverage", "pit_coverage_95", ".3f"),
-            ("sigma_IQR", "sigma_iqr", ".4f"),
-        ):
-            rows.append((f"10 years, PSF {f}x LSST's: photo-z {label}",
-                         f"photoz_seeing.{f}.{key}", None, fmt, ""))  # fmt: skip
-    for pat in ("1.3,1.3,1,1,0.8,0.8", "0.8,0.8,1,1,1.3,1.3"):
-        for label, key, fmt in (
-            ("68% interval coverage", "pit_coverage_68", ".3f"),
-            ("95% interval coverage", "pit_coverage_95", ".3f"),
-            ("sigma_IQR", "sigma_iqr", ".4f"),
-            ("PIT KS", "ks", ".3f"),
-        ):
-            rows.append((f"10 years, PSF ({pat})x LSST's in ugrizy: photo-z {label}",
-                         f"photoz_band_seeing.{pat}.{key}", None, fmt, ""))  # fmt: skip
+    )
+    parts = [
+        (
+            "20 years, photo-z read at the training depth (--match-depth): ",
+            "photoz.20.match_depth",
+            calibration,
+        )
+    ]
+    parts += [
+        (f"10 years, PSF {f}x LSST's: photo-z ", f"photoz_seeing.{f}", calibration[:3])
+        for f in ("0.8", "1.25", "1.5")
+    ]
+    parts += [(f"10 years, PSF ({pat})x LSST's in ugrizy: photo-z ",
+               f"photoz_band_seeing.{pat}", calibration)
+              for pat in ("1.3,1.3,1,1,0.8,0.8", "0.8,0.8,1,1,1.3,1.3")]  # fmt: skip
+    for head, path, metrics in parts:
+        rows += [(head + label, f"{path}.{key}", None, fmt, "") for label, key, fmt in metrics]
     return rows
 
 
