@@ -2,6 +2,7 @@
 definitions and qp), the estimator, the CLI and the RAIL stages, on tiny inputs."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -443,6 +444,46 @@ def test_width_fit_recovers_the_factor_the_redshifts_were_drawn_with(tiny_estima
         tiny_estimator.fit_widths(image, tmp_path / "none.fits")
     with pytest.raises(ProbcatValueError, match="positive number"):
         tiny_estimator.estimate(image, cat, width_scale=0)
+
+
+def _star_field(survey, factors, rng, size=96):
+    """Gaussian stars on a grid (18 px apart), each band's width its PSF's adaptive-moments
+    sigma times ``factors[band]``, peaks far above the noise; in noise-sigma units."""
+    from probcat.measure import _psf_moments_sigma
+
+    yy, xx = np.mgrid[:size, :size].astype(float)
+    pos = [
+        (x0 + 0.3, y0 - 0.2) for x0 in range(14, size - 13, 18) for y0 in range(14, size - 13, 18)
+    ]
+    img = rng.standard_normal((len(survey.bands), size, size))
+    for k, band in enumerate(survey.bands):
+        s = _psf_moments_sigma(band) * factors[k]
+        for x0, y0 in pos:
+            img[k] += 400.0 * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * s * s))
+    x, y = np.array(pos).T
+    return img.astype(np.float32), x, y
+
+
+def test_band_seeing_measures_each_bands_psf_against_the_i_bands(tiny_estimator):
+    """Stars whose width in each band is the survey PSF's times a factor: the measured ratio
+    relative to i is the factor over i's; a spread beyond 1.2 between bands warns, seeing
+    wider in every band alike does not."""
+    rng = np.random.default_rng(8)
+    survey = tiny_estimator.survey
+    for factors in ((1.0,) * 6, (1.3, 1.3, 1.0, 1.0, 0.8, 0.8), (1.25,) * 6):
+        img, x, y = _star_field(survey, factors, rng)
+        cat = FullCatalog({"x": x, "y": y}, img.shape[1:], tuple("ugrizy"))
+        got = tiny_estimator.band_seeing(img, cat)
+        np.testing.assert_allclose(got, np.array(factors) / factors[3], atol=0.03)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            res = tiny_estimator.estimate(img * survey.noise_sigma[:, None, None], cat)
+        spread = max(factors) / min(factors) > 1.2
+        assert any("seeing differs between the bands" in str(w.message) for w in said) == spread
+        assert res.catalog.meta["photoz"]["band_seeing_ratio"] == pytest.approx(got, abs=1e-3)
+    # too few sources to tell: no ratios, no warning
+    cat = FullCatalog({"x": x[:5], "y": y[:5]}, img.shape[1:], tuple("ugrizy"))
+    assert tiny_estimator.band_seeing(img, cat) == [None] * 6
 
 
 def test_at_depth_reads_an_image_at_a_larger_noise():

@@ -219,14 +219,28 @@ def seeing_ratio(image_sigma: np.ndarray, x, y, band) -> tuple[float | None, int
     1.24, 1.48 and 0.81 at 1, 1.25, 1.5 and 0.8 times the FWHM). ``(None, n)`` with fewer
     than :data:`SEEING_MIN_SOURCES` such sources. It does not rely on the star/galaxy
     classifier, which calls stars galaxies under seeing much wider than it was trained on."""
-    from scipy.spatial import cKDTree
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    idx = seeing_sources(image_sigma, x, y)
+    if len(idx) < SEEING_MIN_SOURCES:
+        return None, len(idx)
+    sizes, ok = source_sizes(image_sigma, x[idx], y[idx])
+    sizes = sizes[ok]
+    if len(sizes) < SEEING_MIN_SOURCES:
+        return None, len(sizes)
+    return float(np.quantile(sizes, SEEING_QUANTILE) / _psf_moments_sigma(band)), len(sizes)
 
-    from probcat.infer.deblend import crop_at
+
+def seeing_sources(image_sigma: np.ndarray, x, y) -> np.ndarray:
+    """Indices of the objects at ``x, y`` fit to measure the seeing on in ``image_sigma``
+    ``(H, W)`` (noise-sigma units): peak above :data:`SEEING_PEAK`, at least
+    :data:`SEEING_ISOLATION` px from any other object and :data:`SEEING_EDGE` px from the
+    edge; the :data:`SEEING_MAX_SOURCES` brightest, brightest first."""
+    from scipy.spatial import cKDTree
 
     x, y = np.asarray(x, float), np.asarray(y, float)
     h, w = image_sigma.shape
     if len(x) < 2:  # no neighbours to measure isolation against
-        return None, 0
+        return np.zeros(0, int)
     xy = np.stack([x, y], 1)
     near = cKDTree(xy).query(xy, k=2)[0][:, 1]
     cx, cy = np.floor(x + 0.5).astype(int), np.floor(y + 0.5).astype(int)  # nearest pixels
@@ -235,13 +249,21 @@ def seeing_ratio(image_sigma: np.ndarray, x, y, band) -> tuple[float | None, int
     keep = (peak > SEEING_PEAK) & (near >= SEEING_ISOLATION)
     keep &= (x >= e) & (y >= e) & (x <= w - 1 - e) & (y <= h - 1 - e)
     idx = np.flatnonzero(keep)
-    idx = idx[np.argsort(-peak[idx])][:SEEING_MAX_SOURCES]
-    if len(idx) < SEEING_MIN_SOURCES:
-        return None, len(idx)
+    return idx[np.argsort(-peak[idx])][:SEEING_MAX_SOURCES]
+
+
+def source_sizes(image_sigma: np.ndarray, x, y) -> tuple[np.ndarray, np.ndarray]:
+    """Adaptive-moments sizes ``T`` of the sources at ``x, y`` of ``image_sigma`` ``(H, W)``
+    (:data:`SEEING_STAMP`-px stamps) and whether each measurement converged."""
+    from probcat.infer.deblend import crop_at
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) == 0:
+        return np.zeros(0), np.zeros(0, bool)
+    cx, cy = np.floor(x + 0.5).astype(int), np.floor(y + 0.5).astype(int)
     half = SEEING_STAMP // 2
-    stamps = np.stack([crop_at(image_sigma[None], cx[i], cy[i], SEEING_STAMP) for i in idx])
-    m = adaptive_moments(stamps, half + x[idx] - cx[idx], half + y[idx] - cy[idx])
-    sizes = m["T"][m["ok"]]
-    if len(sizes) < SEEING_MIN_SOURCES:
-        return None, len(sizes)
-    return float(np.quantile(sizes, SEEING_QUANTILE) / _psf_moments_sigma(band)), len(sizes)
+    stamps = np.stack(
+        [crop_at(image_sigma[None], cx[i], cy[i], SEEING_STAMP) for i in range(len(x))]
+    )
+    m = adaptive_moments(stamps, half + x - cx, half + y - cy)
+    return np.asarray(m["T"], float), np.asarray(m["ok"], bool)
