@@ -440,21 +440,19 @@ class Detector:
     @property
     def _seeing_band(self) -> int:
         """The band the seeing is measured in: i when the weights have it, else the first."""
-        names = self.survey.band_names
-        return names.index("i") if "i" in names else 0
+        from probcat.measure import seeing_band
+
+        return seeing_band(self.survey.band_names)
 
     def _seeing(self, x: np.ndarray, cat) -> tuple[dict, float | None]:
         """The seeing check of one image ``x`` (sigma units) and its MAP catalog: the
         catalog's ``seeing_ratio`` (:func:`probcat.measure.seeing_ratio`, in the i band when
         the weights have it, from sources no mask touches) and the ratio; ``({}, None)``
         when the image has too few bright, isolated sources to tell."""
-        from probcat.measure import seeing_ratio
+        from probcat.measure import seeing_ratio, unmasked_positions
 
         k = self._seeing_band
-        xs, ys = np.asarray(cat["x"]), np.asarray(cat["y"])
-        if "mask_fraction" in cat:
-            whole = np.asarray(cat["mask_fraction"]) == 0
-            xs, ys = xs[whole], ys[whole]
+        xs, ys = unmasked_positions(cat)
         ratio, n = seeing_ratio(x[k], xs, ys, self.survey.bands[k])
         if ratio is None:
             return {}, None

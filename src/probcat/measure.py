@@ -230,6 +230,22 @@ def seeing_ratio(image_sigma: np.ndarray, x, y, band) -> tuple[float | None, int
     return float(np.quantile(sizes, SEEING_QUANTILE) / _psf_moments_sigma(band)), len(sizes)
 
 
+def seeing_band(band_names) -> int:
+    """The band the seeing is measured in (or against): i when there is one, else the first."""
+    names = list(band_names)
+    return names.index("i") if "i" in names else 0
+
+
+def unmasked_positions(catalog) -> tuple[np.ndarray, np.ndarray]:
+    """``x, y`` of the catalog's objects that no mask touches (``mask_fraction`` 0; all of
+    them without that column): the ones to measure the seeing on."""
+    x, y = np.asarray(catalog["x"], float), np.asarray(catalog["y"], float)
+    if "mask_fraction" in catalog.colnames:
+        whole = np.asarray(catalog["mask_fraction"]) == 0
+        x, y = x[whole], y[whole]
+    return x, y
+
+
 def seeing_sources(image_sigma: np.ndarray, x, y) -> np.ndarray:
     """Indices of the objects at ``x, y`` fit to measure the seeing on in ``image_sigma``
     ``(H, W)`` (noise-sigma units): peak above :data:`SEEING_PEAK`, at least

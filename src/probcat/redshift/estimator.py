@@ -340,17 +340,15 @@ class PhotozEstimator:
         from probcat.measure import (
             SEEING_MIN_SOURCES,
             _psf_moments_sigma,
+            seeing_band,
             seeing_sources,
             source_sizes,
+            unmasked_positions,
         )
 
-        names = self.survey.band_names
-        ref = names.index("i") if "i" in names else 0
-        out = [None] * len(names)
-        x, y = np.asarray(catalog["x"], float), np.asarray(catalog["y"], float)
-        if "mask_fraction" in catalog.colnames:
-            whole = np.asarray(catalog["mask_fraction"]) == 0
-            x, y = x[whole], y[whole]
+        ref = seeing_band(self.bands)
+        out = [None] * len(self.bands)
+        x, y = unmasked_positions(catalog)
         idx = seeing_sources(xs[ref], x, y)
         t_ref, ok = source_sizes(xs[ref], x[idx], y[idx])
         if ok.sum() < SEEING_MIN_SOURCES:
