@@ -734,14 +734,16 @@ def test_rail_table_uses_limiting_magnitudes():
 
 
 def test_rail_stage_pair_runs_on_a_tiny_table(tmp_path, photoz_weights):
+    import probcat
     from probcat.nets.photoz import SD_SCALES
     from probcat.redshift.rail import ProbcatPhotozEstimator, ProbcatPhotozInformer
 
     path = str(_ugrizy_image(tmp_path / "field.fits"))
-    train = {
-        "x": np.array([20.0, 10.0, 30.0]),
-        "y": np.array([20.0, 8.0, 25.0]),
-        "redshift": np.array([0.4, 1.1, 0.8]),
+    rng = np.random.default_rng(5)
+    train = {  # twelve on the 40-px image, one off it
+        "x": np.append(rng.uniform(2, 37, 12), 80.0),
+        "y": np.append(rng.uniform(2, 37, 12), 20.0),
+        "redshift": np.append(rng.uniform(0.2, 1.5, 12), 9.0),
     }
     inf = ProbcatPhotozInformer.make_stage(
         name="pc_inform",
@@ -750,9 +752,25 @@ def test_rail_stage_pair_runs_on_a_tiny_table(tmp_path, photoz_weights):
         model=str(tmp_path / "pc.pkl"),
         hdf5_groupname="",
     )
-    inf.inform(train)
+    with pytest.warns(UserWarning, match="end of the range"):  # an untrained net
+        inf.inform(train)
     model = inf.get_handle("model").data
-    assert model["sd_scale"] in SD_SCALES
+    assert model["sd_scale"] in SD_SCALES and model["n_fitted"] == 12
+    # the same fit as probcat photoz --spec-z: the off-image object left out
+    on = {k: v[:12] for k, v in train.items()}
+    with pytest.warns(UserWarning, match="end of the range"):
+        assert model["sd_scale"] == probcat.load(str(photoz_weights)).fit_widths(path, on)
+    few = {k: v[:3] for k, v in train.items()}
+    inf2 = ProbcatPhotozInformer.make_stage(
+        name="pc_few",
+        image=path,
+        weights=str(photoz_weights),
+        model=str(tmp_path / "few.pkl"),
+        hdf5_groupname="",
+    )
+    with pytest.raises(ProbcatValueError, match="3 of the 3 objects of known redshift lie on"):
+        inf2.inform(few)
+    train = {k: v[:3] for k, v in train.items()}
     est = ProbcatPhotozEstimator.make_stage(
         name="pc_estimate",
         image=path,
@@ -762,8 +780,6 @@ def test_rail_stage_pair_runs_on_a_tiny_table(tmp_path, photoz_weights):
     )
     ens = est.estimate({"x": train["x"], "y": train["y"]}).data
     assert ens.npdf == 3
-    import probcat
-
     w, m, sd = probcat.load(str(photoz_weights)).mixture(path, train["x"], train["y"])
     np.testing.assert_allclose(ens.objdata["stds"], sd * model["sd_scale"], rtol=1e-6)
 

@@ -8,7 +8,9 @@ RAIL estimator:
 * :class:`ProbcatPhotozInformer` — given a table of objects with known redshifts on an
   image (spectroscopic or simulated), fits one scale factor for the mixture widths that
   maximises their likelihood (a one-parameter recalibration of probcat's PDFs to the
-  data at hand); the model is ``{"weights": ..., "sd_scale": ...}``.
+  data at hand; the fit of ``probcat photoz --spec-z``: objects off the image are left out
+  and at least ten must lie on it); the model is ``{"weights": ..., "sd_scale": ...,
+  "n_fitted": ...}``.
 * :class:`ProbcatPhotozEstimator` — the mixture for every row, as ``qp.mixmod`` (the
   stored components; probcat's density is that mixture truncated at z = 0, see
   :mod:`probcat.redshift.pdf`), with ``z_mode`` on the 0-3 grid in the ancillary data.
@@ -34,7 +36,7 @@ from rail.estimation.estimator import CatEstimator
 from rail.estimation.informer import CatInformer
 
 from probcat.errors import ProbcatValueError
-from probcat.redshift.estimator import table_positions
+from probcat.redshift.estimator import _column_names, table_positions
 
 __all__ = ["ProbcatPhotozInformer", "ProbcatPhotozEstimator"]
 
@@ -79,16 +81,18 @@ class ProbcatPhotozInformer(CatInformer):
     config_options.update(redshift_col=SharedParams.copy_param("redshift_col"), **_PARAMS)
 
     def run(self) -> None:
-        from probcat.nets.photoz import fit_sd_scale
-
         data = self.get_data("input")
         est, xs, wcs = _image(self.config.image, self.config.weights)
-        x, y = table_positions(data, wcs)
-        z = np.asarray(data[self.config.redshift_col], np.float64)
-        if len(z) == 0:
-            raise ProbcatValueError("the training table is empty")
-        best = fit_sd_scale(*est._mixture(xs, x, y), z)
-        self.add_data("model", {"weights": self.config.weights, "sd_scale": best})
+        col = self.config.redshift_col
+        names = _column_names(data)
+        if col not in names:
+            raise ProbcatValueError(f"the training table has no column {col!r}")
+        known = {k: np.asarray(data[k]) for k in ("x", "y", "ra", "dec") if k in names}
+        known["redshift"] = np.asarray(data[col], np.float64)
+        # the fit of `probcat photoz --spec-z`: objects off the image left out, at least
+        # MIN_KNOWN on it, a warning at either end of the range
+        best, n = est._fit_widths(xs, wcs, known)
+        self.add_data("model", {"weights": self.config.weights, "sd_scale": best, "n_fitted": n})
 
 
 class ProbcatPhotozEstimator(CatEstimator):
