@@ -745,13 +745,17 @@ def test_rail_stage_pair_runs_on_a_tiny_table(tmp_path, photoz_weights):
         "y": np.append(rng.uniform(2, 37, 12), 20.0),
         "redshift": np.append(rng.uniform(0.2, 1.5, 12), 9.0),
     }
-    inf = ProbcatPhotozInformer.make_stage(
-        name="pc_inform",
-        image=path,
-        weights=str(photoz_weights),
-        model=str(tmp_path / "pc.pkl"),
-        hdf5_groupname="",
-    )
+
+    def informer(name):
+        return ProbcatPhotozInformer.make_stage(
+            name=name,
+            image=path,
+            weights=str(photoz_weights),
+            model=str(tmp_path / f"{name}.pkl"),
+            hdf5_groupname="",
+        )
+
+    inf = informer("pc_inform")
     with pytest.warns(UserWarning, match="end of the range"):  # an untrained net
         inf.inform(train)
     model = inf.get_handle("model").data
@@ -761,15 +765,8 @@ def test_rail_stage_pair_runs_on_a_tiny_table(tmp_path, photoz_weights):
     with pytest.warns(UserWarning, match="end of the range"):
         assert model["sd_scale"] == probcat.load(str(photoz_weights)).fit_widths(path, on)
     few = {k: v[:3] for k, v in train.items()}
-    inf2 = ProbcatPhotozInformer.make_stage(
-        name="pc_few",
-        image=path,
-        weights=str(photoz_weights),
-        model=str(tmp_path / "few.pkl"),
-        hdf5_groupname="",
-    )
     with pytest.raises(ProbcatValueError, match="3 of the 3 objects of known redshift lie on"):
-        inf2.inform(few)
+        informer("pc_few").inform(few)
     train = {k: v[:3] for k, v in train.items()}
     est = ProbcatPhotozEstimator.make_stage(
         name="pc_estimate",
