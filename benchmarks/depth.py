@@ -18,7 +18,10 @@ read at its own noise sigma, as probcat reads a file that states it (``NOISE``):
   (``meta["photoz"]["noise_over_training"]``; it warns below 0.9); and the same at 10
   years under other seeing (``--seeing``: PSF FWHM 0.8, 1.25 and 1.5 times LSST's), and
   under seeing that differs between the bands (``--band-seeing``: u and g 1.3 times
-  LSST's, r and i as LSST's, z and y 0.8 times; and the other way round).
+  LSST's, r and i as LSST's, z and y 0.8 times; and the other way round);
+- the 10-year, seeing and band-seeing photo-z parts again, on the same fields, with
+  ``--seeing-weights`` (default ``photoz_lsst_ugrizy_seeing``: the shipped nets trained
+  further on scenes whose bands each have their own seeing).
 
 Writes ``benchmarks/results/depth.json`` and ``depth.png``.
 
@@ -128,6 +131,28 @@ def _catalog(truth, sel, shape, bands):
     )
 
 
+def _seeing_panel(a, out: dict) -> None:
+    """68% coverage at 10 years under each seeing, the shipped photo-z weights and (if
+    read) the seeing weights side by side."""
+    parts = [("LSST", out["photoz"].get("10"), "photoz_10", None)]
+    parts += [(f"x{k}", v, "photoz_seeing", k) for k, v in out["photoz_seeing"].items()]
+    parts += [(k.replace(",", " "), v, "photoz_band_seeing", k)
+              for k, v in out["photoz_band_seeing"].items()]  # fmt: skip
+    other = out.get("seeing_weights")
+    pos = np.arange(len(parts))
+    a.bar(pos - 0.2, [p[1]["pit_coverage_68"] if p[1] else np.nan for p in parts], 0.4,
+          label="photoz_lsst_ugrizy")  # fmt: skip
+    if other:
+        got = [(other[p[2]] if p[3] is None else other[p[2]].get(p[3])) for p in parts]
+        a.bar(pos + 0.2, [g["pit_coverage_68"] if g else np.nan for g in got], 0.4,
+              label=other["weights"])  # fmt: skip
+    a.axhline(0.6827, color="k", ls=":", lw=1)
+    a.set_xticks(pos, [p[0] for p in parts], rotation=30, fontsize=7, ha="right")
+    a.set_ylim(0.4, 0.8)
+    a.set_title("photo-z 68% coverage at 10 years, by seeing (PSF FWHM x LSST's)")
+    a.legend(fontsize=7)
+
+
 def figure(out: dict, path: Path) -> None:
     import matplotlib
 
@@ -137,7 +162,7 @@ def figure(out: dict, path: Path) -> None:
     years = out["years"]
     det = out["detection"]
     pz = out["photoz"]
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, ax = plt.subplots(1, 4, figsize=(20, 4.2))
     for who, style in (("probcat", "-o"), ("sep", "--s")):
         for metric, colour in (("precision", "C0"), ("recall", "C1"), ("f1", "C2")):
             ax[0].plot(years, [det[f"{y:g}"][who][metric] for y in years], style, color=colour,
@@ -162,6 +187,7 @@ def figure(out: dict, path: Path) -> None:
         ax[0].axvline(y, color="0.7", lw=3, alpha=0.4)
     ax[2].axvspan(min(trained["photoz"]), max(trained["photoz"]), color="0.7", alpha=0.3)
     ax[1].set_xlabel("depth (years of LSST)")
+    _seeing_panel(ax[3], out)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -185,6 +211,12 @@ def main(argv=None) -> None:
         default="1.3,1.3,1,1,0.8,0.8;0.8,0.8,1,1,1.3,1.3",
         help="per-band PSF FWHM factors (ugrizy order; ';' between patterns; '' for none): "
         "photo-z at 10 years under seeing that differs between the bands",
+    )
+    ap.add_argument(
+        "--seeing-weights",
+        default="photoz_lsst_ugrizy_seeing",
+        help="photo-z weights also read on the 10-year, seeing and band-seeing fields ('' for "
+        "none)",
     )
     ap.add_argument("--fields", type=int, default=16, help="400-px fields per depth and part")
     ap.add_argument("--seed", type=int, default=20261205)
@@ -216,7 +248,9 @@ def main(argv=None) -> None:
     det = load("detection_lsst_i", threads=2, kind="detection")
     deb = load("deblender_lsst_i", threads=2, kind="deblender")
     est = load("photoz_lsst_ugrizy", threads=2, kind="photoz")
+    other = load(args.seeing_weights, threads=2, kind="photoz") if args.seeing_weights else None
     detection, photoz, seeing_pz, band_seeing_pz = {}, {}, {}, {}
+    variant: dict = {"photoz_10": None, "photoz_seeing": {}, "photoz_band_seeing": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for y in years:
             key = f"{y:g}"  # "1", "10": the results' keys
@@ -225,6 +259,8 @@ def main(argv=None) -> None:
             seed = [args.seed + 1, int(y * 100)]
             deeper = y > max(est.training_depths())
             photoz[key] = photoz_depth(est, survey, args.fields, seed, cn, Path(tmp), deeper)
+            if other is not None and y == 10:  # the same fields
+                variant["photoz_10"] = photoz_depth(other, survey, args.fields, seed, cn, Path(tmp))
             print(f"{y:g} years: detection F1 {detection[key]['probcat']['f1']:.3f} "
                   f"(SEP {detection[key]['sep']['f1']:.3f}), ECE "
                   f"{detection[key]['probcat']['detection_ece']:.3f}; photo-z coverage "
@@ -234,6 +270,9 @@ def main(argv=None) -> None:
             survey = Survey.lsst(bands="".join(est.bands)).with_psf_scale(f)
             seed = [args.seed + 2, round(f * 100)]
             seeing_pz[f"{f:g}"] = photoz_depth(est, survey, args.fields, seed, cn, Path(tmp))
+            if other is not None:
+                variant["photoz_seeing"][f"{f:g}"] = photoz_depth(other, survey, args.fields,
+                                                                  seed, cn, Path(tmp))  # fmt: skip
             print(f"PSF x{f:g}: photo-z coverage {seeing_pz[f'{f:g}']['pit_coverage_68']:.3f} / "
                   f"{seeing_pz[f'{f:g}']['pit_coverage_95']:.3f}", flush=True)  # fmt: skip
         for k, pat in enumerate(band_seeing):  # each band its own seeing
@@ -243,6 +282,11 @@ def main(argv=None) -> None:
             band_seeing_pz[key] = photoz_depth(est, survey, args.fields, seed, cn, Path(tmp))
             print(f"PSF x({key}): photo-z coverage {band_seeing_pz[key]['pit_coverage_68']:.3f}"
                   f" / {band_seeing_pz[key]['pit_coverage_95']:.3f}", flush=True)  # fmt: skip
+            if other is not None:
+                got = photoz_depth(other, survey, args.fields, seed, cn, Path(tmp))
+                variant["photoz_band_seeing"][key] = got
+                print(f"  {args.seeing_weights}: {got['pit_coverage_68']:.3f} / "
+                      f"{got['pit_coverage_95']:.3f}", flush=True)  # fmt: skip
     trained_det = det.manifest["config"]["data"].get("years", det.survey.depth_years)
     out = {
         "command": command,
@@ -262,6 +306,14 @@ def main(argv=None) -> None:
         "photoz": photoz,
         "photoz_seeing": seeing_pz,
         "photoz_band_seeing": band_seeing_pz,
+        "seeing_weights_sha256": None if other is None else (other.manifest or {}).get("sha256"),
+        "seeing_weights": None
+        if other is None
+        else {
+            "weights": args.seeing_weights,
+            "sha256": (other.manifest or {}).get("sha256"),
+            **variant,
+        },  # fmt: skip
         "definitions": {
             "detection": "MAP catalogue at threshold 0.5 (SEP: its catalogue), Hungarian "
             "matches within 2 px; precision over all detections, recall over true sources "
@@ -286,6 +338,9 @@ def main(argv=None) -> None:
             "photoz_band_seeing": "the same with one factor per band (keys: the factors in "
             "ugrizy order): seeing that differs between the bands, which changes the "
             "colours a fixed aperture reads",
+            "seeing_weights": "the photo-z parts at 10 years (photoz_10: the fields of "
+            "photoz.10; photoz_seeing, photoz_band_seeing: the fields of the parts of those "
+            "names) read with these other weights",
         },
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -102,6 +102,11 @@ BY_NAME = {
             "git_commit",
         ),
     ),
+    "photoz_lsst_ugrizy_seeing": (
+        "depth.json",
+        "seeing_weights_sha256",
+        ("seeing_weights", "photoz_seeing", "photoz_band_seeing", "command", "git_commit"),
+    ),
     "detection_lsst_ugrizy": (
         "photoz.json",
         "detector_ugrizy_sha256",

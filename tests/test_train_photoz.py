@@ -284,3 +284,69 @@ def test_an_ensemble_run_trains_members_resumably_then_assembles(tmp_path, cache
     est = probcat.load(str(out / "photoz.pt"))
     assert est.net.symmetries == 2
     assert est.mixture(np.zeros((6, 20, 20), np.float32), [10.0], [10.0])[0].shape == (1, 20)
+
+
+def test_seeing_patterns_are_seeded_per_band_factors_in_range():
+    from dataclasses import replace
+
+    from probcat.train.photoz import seeing_patterns
+
+    d = PhotozData(seeing_patterns=5, seeing_range=(0.9, 1.2))
+    got = seeing_patterns(d)
+    assert got.shape == (5, 6) and np.all((got >= 0.9) & (got <= 1.2))
+    np.testing.assert_array_equal(got, seeing_patterns(d))  # fixed by catalog_seed
+    assert not np.allclose(got, seeing_patterns(replace(d, catalog_seed=1)))
+    assert len({tuple(r) for r in np.round(got, 6)}) == 5  # each band its own factor
+    assert seeing_patterns(PhotozData()).shape == (0, 6)
+    for bad in ((1.2, 0.9), (0.0, 1.0), (0.9, float("inf"))):
+        with pytest.raises(ProbcatValueError, match="seeing_range"):
+            PhotozTrainConfig(data=PhotozData(seeing_range=bad))
+    with pytest.raises(ProbcatValueError, match="seeing_fraction"):
+        PhotozTrainConfig(data=PhotozData(seeing_fraction=1.5))
+
+
+def test_the_pool_takes_its_seeing_share_from_each_pattern(cache_dir):
+    from probcat.survey import Survey
+    from probcat.train.photoz import _pool, seeing_patterns
+
+    cfg = _tiny_cfg(seeing_patterns=2, seeing_fraction=0.5, seeing_bank_size=40)
+    pool = _pool(cfg, "train", 24, (0, 7), cache_dir, False)
+    assert pool["x"].shape == (24, 6, 11, 11)
+    base = Survey.lsst(bands="ugrizy")
+    parts = [(None, 12, [0, 7, 0]), (0, 6, [0, 7, 0, 1000]), (1, 6, [0, 7, 0, 1001])]
+    start = 0
+    for pattern, n, key in parts:
+        sim = cfg.simulation("train", 10.0, cache_dir, False, pattern)
+        factors = np.ones(6) if pattern is None else seeing_patterns(cfg.data)[pattern]
+        got = [b.psf_fwhm for b in sim.survey.bands]
+        np.testing.assert_allclose(got, [b.psf_fwhm * f for b, f in zip(base.bands, factors)])
+        if pattern is not None:
+            assert sim.bank.config.n_galaxies == 40
+        want = gold_stamps(sim, np.random.default_rng(key), n, stamp=11, jitter_px=0.3)
+        np.testing.assert_array_equal(pool["x"][start : start + n], want["x"])
+        np.testing.assert_array_equal(pool["z"][start : start + n], want["z"])
+        start += n
+
+
+def test_init_starts_each_member_from_its_net_of_the_ensemble():
+    from dataclasses import replace
+
+    from probcat.train.photoz import PhotozTask, init_encoder
+    from probcat.weights import load
+
+    model = PhotozModel(stamp=33, channels=32, components=5, apertures=(1.5, 3.0, 6.0))
+    cfg = PhotozTrainConfig(model=model, init="photoz_lsst_ugrizy", members=4)
+    shipped = load("photoz_lsst_ugrizy").model
+    task = PhotozTask.__new__(PhotozTask)  # no pools: only the net is built
+    task.cfg, task.member = replace(cfg, members=1), 2
+    got = task.build_model().encoder.state_dict()
+    want = shipped.encoders[2].state_dict()
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert not torch.equal(got["fc.1.weight"], shipped.encoders[1].state_dict()["fc.1.weight"])
+    with pytest.raises(ProbcatValueError, match="holds 4 nets, none for member 4"):
+        init_encoder(cfg, 4)
+    with pytest.raises(ProbcatValueError, match="does not fit"):
+        init_encoder(replace(cfg, model=replace(model, channels=8)), 0)
+    with pytest.raises(ProbcatValueError, match="^init: "):
+        init_encoder(replace(cfg, init="detection_lsst_i"), 0)

@@ -142,7 +142,9 @@ class SimulationConfig:
 
 
 class Simulation:
-    """Generates the images of a :class:`SimulationConfig` one at a time.
+    """Generates the images of a :class:`SimulationConfig` one at a time. ``psf_scale``:
+    other seeing (:meth:`~probcat.survey.Survey.with_psf_scale`: one factor, or one per
+    band), for training data; datasets written to disk keep the survey's own.
 
     Example:
         >>> sim = Simulation(SimulationConfig(recipe="single", n=2, bank_size=16))  # doctest: +SKIP
@@ -150,10 +152,18 @@ class Simulation:
     """
 
     def __init__(
-        self, config: SimulationConfig, *, cache_dir=None, workers=None, progress: bool = True
+        self,
+        config: SimulationConfig,
+        *,
+        cache_dir=None,
+        workers=None,
+        progress: bool = True,
+        psf_scale=None,
     ):
         self.config = config
         self.survey = config.survey()
+        if psf_scale is not None:
+            self.survey = self.survey.with_psf_scale(psf_scale)
         h, w = config.shape
         needs_offset = config.recipe in ("blend", "tiles", "central")
         needs_centered = config.recipe in ("single", "tiles", "central")

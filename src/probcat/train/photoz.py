@@ -68,6 +68,13 @@ class PhotozData:
     batch_size: int = 256
     val_to_train: float = 0.0  # share of the DC2 validation third trained on (test: untouched)
     keep_gold: bool = False  # banks keep every gold galaxy (faint ones subsampled, weighted)
+    # per-band seeing: ``seeing_patterns`` banks, each band's PSF FWHM times a factor drawn
+    # uniformly in ``seeing_range`` (:func:`seeing_patterns`); ``seeing_fraction`` of the
+    # stamps come from their scenes; ``seeing_bank_size`` galaxies each (0: ``bank_size``)
+    seeing_patterns: int = 0
+    seeing_range: tuple[float, float] = (0.8, 1.3)
+    seeing_fraction: float = 0.5
+    seeing_bank_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,9 @@ class PhotozTrainConfig:
     threads: int = 2
     members: int = 1  # > 1: a deep ensemble of nets trained with seeds seed, seed + 1, ...
     symmetries: int = 1  # orientations of each stamp pooled at inference (1, 2, 4 or 8)
+    # photo-z weights (registered name or file) the nets start from: member k from the
+    # ensemble's k-th net (same architecture); None: from scratch
+    init: str | None = None
 
     def __post_init__(self):
         d, m = self.data, self.model
@@ -131,6 +141,18 @@ class PhotozTrainConfig:
             raise ProbcatValueError(f"data.val_to_train must lie in [0, 1), got {d.val_to_train}")
         if not (d.jitter_px >= 0 and math.isfinite(d.jitter_px)):
             raise ProbcatValueError(f"data.jitter_px must be >= 0, got {d.jitter_px}")
+        lo, hi = d.seeing_range
+        if not (0 < lo <= hi < 10 and math.isfinite(hi)):
+            raise ProbcatValueError(
+                "data.seeing_range must be two factors 0 < low <= high < 10, got "
+                f"{list(d.seeing_range)}"
+            )
+        if not 0.0 <= d.seeing_fraction <= 1.0:
+            raise ProbcatValueError(
+                f"data.seeing_fraction must lie in [0, 1], got {d.seeing_fraction}"
+            )
+        if d.seeing_patterns < 0 or d.seeing_bank_size < 0:
+            raise ProbcatValueError("data.seeing_patterns and data.seeing_bank_size must be >= 0")
         counts = {
             "data.bank_size": d.bank_size,
             "data.val_bank_size": d.val_bank_size,
@@ -156,14 +178,28 @@ class PhotozTrainConfig:
     def settings(self) -> LoopSettings:
         return LoopSettings(self.seed, self.val_every, self.checkpoint_every, self.threads)
 
-    def simulation(self, split: str, years: float, cache_dir=None, progress=True) -> Simulation:
-        cfg = self.simulation_config(split, years)
-        return Simulation(cfg, cache_dir=cache_dir, progress=progress)
-
-    def simulation_config(self, split: str, years: float) -> SimulationConfig:
-        """Scenes of ``split`` at depth ``years``: the training banks, or the validation ones
-        (which lose the rows ``data.val_to_train`` gives to training)."""
+    def simulation(
+        self, split: str, years: float, cache_dir=None, progress=True, pattern=None
+    ) -> Simulation:
+        """Scenes of :meth:`simulation_config`; ``pattern``: the index of one of
+        :func:`seeing_patterns` (their seeing and bank size), None for the survey's own."""
+        if pattern is None:
+            return Simulation(self.simulation_config(split, years), cache_dir=cache_dir,
+                              progress=progress)  # fmt: skip
         d = self.data
+        size = d.seeing_bank_size or d.bank_size
+        cfg = self.simulation_config(split, years, size if split == "train" else
+                                     min(size, d.val_bank_size))  # fmt: skip
+        scale = seeing_patterns(d)[pattern]
+        return Simulation(cfg, cache_dir=cache_dir, progress=progress, psf_scale=scale)
+
+    def simulation_config(self, split: str, years: float, bank_size=None) -> SimulationConfig:
+        """Scenes of ``split`` at depth ``years``: the training banks, or the validation ones
+        (which lose the rows ``data.val_to_train`` gives to training); ``bank_size`` (default
+        ``data.bank_size`` or ``data.val_bank_size``) galaxies."""
+        d = self.data
+        if bank_size is None:
+            bank_size = d.bank_size if split == "train" else d.val_bank_size
         return SimulationConfig(
             recipe="blend",
             n=1,
@@ -171,12 +207,21 @@ class PhotozTrainConfig:
             population=d.population,
             split=split,
             years=years,
-            bank_size=d.bank_size if split == "train" else d.val_bank_size,
+            bank_size=bank_size,
             catalog_seed=d.catalog_seed,
             size=d.scene_size,
             val_to_train=d.val_to_train,
             keep_gold=d.keep_gold,
         )
+
+
+def seeing_patterns(data: PhotozData) -> np.ndarray:
+    """``(data.seeing_patterns, bands)`` factors on each band's PSF FWHM, uniform in
+    ``data.seeing_range``, independent between bands (coadds of each band are made of other
+    visits, so their seeing differs); fixed by ``data.catalog_seed``."""
+    rng = np.random.default_rng([data.catalog_seed, 404])
+    lo, hi = data.seeing_range
+    return rng.uniform(lo, hi, (data.seeing_patterns, len(data.bands)))
 
 
 def load_photoz_config(path, steps: int | None = None) -> PhotozTrainConfig:
@@ -243,14 +288,27 @@ def detected_gold(sim: Simulation, det, n_scenes: int, rng, *, stamp: int) -> di
     }
 
 
+def _shares(n: int, k: int) -> list[int]:
+    """``n`` split into ``k`` near-equal whole parts."""
+    return [n // k + (1 if j < n % k else 0) for j in range(k)]
+
+
 def _pool(cfg: PhotozTrainConfig, split: str, n: int, seed, cache_dir, progress):
+    """``n`` stamps, an equal share per depth; of each share, ``data.seeing_fraction``
+    from the seeing patterns' scenes (an equal part each) when there are any."""
+    d = cfg.data
     parts = []
-    years = cfg.data.years
-    for j, y in enumerate(years):
-        sim = cfg.simulation(split, y, cache_dir, progress)
-        m = n // len(years) + (1 if j < n % len(years) else 0)
-        rng = np.random.default_rng([*seed, j])
-        parts.append(gold_stamps(sim, rng, m, stamp=cfg.model.stamp, jitter_px=cfg.data.jitter_px))
+    for j, (y, m) in enumerate(zip(d.years, _shares(n, len(d.years)))):
+        other = round(m * d.seeing_fraction) if d.seeing_patterns else 0
+        counts = {None: m - other}
+        counts.update(zip(range(d.seeing_patterns), _shares(other, d.seeing_patterns or 1)))
+        for pattern, c in counts.items():
+            if c == 0:
+                continue
+            sim = cfg.simulation(split, y, cache_dir, progress, pattern)
+            key = [*seed, j] if pattern is None else [*seed, j, 1000 + pattern]
+            parts.append(gold_stamps(sim, np.random.default_rng(key), c,
+                                     stamp=cfg.model.stamp, jitter_px=d.jitter_px))  # fmt: skip
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -270,17 +328,20 @@ class PhotozTask:
 
     kind = "photoz"
 
-    def __init__(self, cfg: PhotozTrainConfig, cache_dir=None, progress=True):
-        self.cfg = cfg
+    def __init__(self, cfg: PhotozTrainConfig, cache_dir=None, progress=True, member=0):
+        self.cfg, self.member = cfg, member  # member: which net of ``cfg.init`` to start from
         d = cfg.data
         self.pool = _pool(cfg, "train", d.train_objects, (cfg.seed, 7), cache_dir, progress)
         self.val = _pool(cfg, "val", d.val_objects, (cfg.seed, 99), cache_dir, progress)
 
     def build_model(self) -> PhotozNet:
         m = self.cfg.model
-        return PhotozNet(
+        net = PhotozNet(
             len(self.cfg.data.bands), m.stamp, m.channels, m.components, apertures=m.apertures
         )
+        if self.cfg.init is not None:
+            net.encoder.load_state_dict(init_encoder(self.cfg, self.member))
+        return net
 
     def phases(self) -> list[Phase]:
         return [Phase(p.name, p.steps, p.lr, p.warmup) for p in self.cfg.phases]
@@ -316,7 +377,7 @@ class PhotozTask:
 
     def describe_data(self):
         d, c = self.cfg.data, self.cfg
-        return {
+        out = {
             "train": f"{d.train_objects} gold-galaxy stamps (i < {MAG_GOLD}) from recipe blend "
             f"({d.scene_size} px), {d.population} banks, split=train, catalog_seed="
             f"{d.catalog_seed}, {d.bank_size} galaxies, depths {list(d.years)} yr, seed "
@@ -324,6 +385,46 @@ class PhotozTask:
             "validation": f"{d.val_objects} stamps, split=val, {d.val_bank_size} galaxies "
             f"(seed [{c.seed}, 99])",
         }
+        if d.seeing_patterns:
+            out["seeing"] = (
+                f"{d.seeing_fraction:g} of the stamps (train and validation) from "
+                f"{d.seeing_patterns} banks of {d.seeing_bank_size or d.bank_size} galaxies "
+                "whose bands' PSF FWHM are the survey's times these factors: "
+                f"{np.round(seeing_patterns(d), 3).tolist()}"
+            )
+        if c.init is not None:
+            out["init"] = {"weights": c.init, "sha256": _init_weights(c).sha256,
+                           "net": self.member}  # fmt: skip
+        return out
+
+
+def _init_weights(cfg: PhotozTrainConfig):
+    """The photo-z weights ``cfg.init`` names (sha256 checked); errors say ``init``."""
+    from probcat.weights import load
+
+    try:
+        return load(cfg.init, kind="photoz")
+    except (ProbcatValueError, OSError) as e:
+        raise ProbcatValueError(f"init: {e}") from None
+
+
+def init_encoder(cfg: PhotozTrainConfig, member: int) -> dict:
+    """The state of the net of ``cfg.init`` that member ``member`` starts from: its
+    ensemble's net of that index, or its single net for every member."""
+    net = _init_weights(cfg).model
+    if net.members != 1 and not 0 <= member < net.members:
+        raise ProbcatValueError(
+            f"init: {cfg.init} holds {net.members} nets, none for member {member}"
+        )
+    m = cfg.model
+    want = PhotozNet(len(cfg.data.bands), m.stamp, m.channels, m.components,
+                     apertures=m.apertures).hparams  # fmt: skip
+    have = {k: v for k, v in net.hparams.items() if k not in ("members", "symmetries")}
+    if have != want:
+        raise ProbcatValueError(
+            f"init: {cfg.init} does not fit the network of this config's model ({have})"
+        )
+    return (net.encoders[member] if net.members != 1 else net.encoder).state_dict()
 
 
 def _weights(model: PhotozNet, cfg: PhotozTrainConfig) -> dict:
@@ -416,9 +517,12 @@ def train_photoz(
     out = Path(out)
     if cfg.calibration.scenes:  # before hours of training, not after
         calibration_detector(cfg)
+    if cfg.init is not None:
+        for k in range(cfg.members) if member is None else [member]:
+            init_encoder(cfg, k)
 
-    def one(c: PhotozTrainConfig, run: Path):
-        task = PhotozTask(c, cache_dir=cache_dir, progress=progress)
+    def one(c: PhotozTrainConfig, run: Path, k: int = 0):
+        task = PhotozTask(c, cache_dir=cache_dir, progress=progress, member=k)
         return fit(task, run, config=_config_dict(c), settings=c.settings(),
                    progress=progress, command=command, stop_after=stop_after)  # fmt: skip
 
@@ -429,7 +533,7 @@ def train_photoz(
     manifests = []
     for k in range(cfg.members) if member is None else [member]:
         sub = replace(cfg, members=1, symmetries=1, seed=cfg.seed + k)
-        done = _finished(out / f"member_{k}", sub) or one(sub, out / f"member_{k}")
+        done = _finished(out / f"member_{k}", sub) or one(sub, out / f"member_{k}", k)
         if done is None:
             return None  # stopped early
         manifests.append(done)
