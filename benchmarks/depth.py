@@ -18,7 +18,8 @@ read at its own noise sigma, as probcat reads a file that states it (``NOISE``):
   (``meta["photoz"]["noise_over_training"]``; it warns below 0.9); and the same at 10
   years under other seeing (``--seeing``: PSF FWHM 0.8, 1.25 and 1.5 times LSST's), and
   under seeing that differs between the bands (``--band-seeing``: u and g 1.3 times
-  LSST's, r and i as LSST's, z and y 0.8 times; and the other way round);
+  LSST's, r and i as LSST's, z and y 0.8 times; the other way round; and factors 1.15,
+  0.9, 1.2, 1, 0.85, 1.1 in ugrizy, no gradient with wavelength);
 - the 10-year, seeing and band-seeing photo-z parts again, on the same fields, with
   ``--seeing-weights`` (default ``photoz_lsst_ugrizy_seeing``: the shipped nets trained
   further on scenes whose bands each have their own seeing).
@@ -208,7 +209,7 @@ def main(argv=None) -> None:
     )
     ap.add_argument(
         "--band-seeing",
-        default="1.3,1.3,1,1,0.8,0.8;0.8,0.8,1,1,1.3,1.3",
+        default="1.3,1.3,1,1,0.8,0.8;0.8,0.8,1,1,1.3,1.3;1.15,0.9,1.2,1,0.85,1.1",
         help="per-band PSF FWHM factors (ugrizy order; ';' between patterns; '' for none): "
         "photo-z at 10 years under seeing that differs between the bands",
     )

@@ -236,6 +236,9 @@ def _photoz_noise_rows() -> list:
     return rows
 
 
+BAND_SEEING_PATTERNS = ("1.3,1.3,1,1,0.8,0.8", "0.8,0.8,1,1,1.3,1.3", "1.15,0.9,1.2,1,0.85,1.1")
+
+
 def _depth_rows() -> list:
     """The rows of the depth table: per depth, detection against SEP and the photo-z
     PDFs' calibration."""
@@ -278,7 +281,7 @@ def _depth_rows() -> list:
     ]
     parts += [(f"10 years, PSF ({pat})x LSST's in ugrizy: photo-z ",
                f"photoz_band_seeing.{pat}", calibration)
-              for pat in ("1.3,1.3,1,1,0.8,0.8", "0.8,0.8,1,1,1.3,1.3")]  # fmt: skip
+              for pat in BAND_SEEING_PATTERNS]  # fmt: skip
     parts += [("10 years, LSST's PSF: photo-z photoz_lsst_ugrizy_seeing ",
                "seeing_weights.photoz_10", calibration)]  # fmt: skip
     parts += [(f"10 years, PSF {f}x LSST's: photo-z photoz_lsst_ugrizy_seeing ",
@@ -286,7 +289,7 @@ def _depth_rows() -> list:
               for f in ("0.8", "1.25", "1.5")]  # fmt: skip
     parts += [(f"10 years, PSF ({pat})x LSST's in ugrizy: photo-z photoz_lsst_ugrizy_seeing ",
                f"seeing_weights.photoz_band_seeing.{pat}", calibration)
-              for pat in ("1.3,1.3,1,1,0.8,0.8", "0.8,0.8,1,1,1.3,1.3")]  # fmt: skip
+              for pat in BAND_SEEING_PATTERNS]  # fmt: skip
     for head, path, metrics in parts:
         rows += [(head + label, f"{path}.{key}", None, fmt, "") for label, key, fmt in metrics]
     return rows

@@ -615,6 +615,11 @@ def test_weights_command_lists_the_shipped_weights_and_their_manifests(capsys):
         pz["training_command"] in out
         and f"sigma_IQR {pz['benchmark']['probcat']['sigma_iqr']:.4f}" in out
     )
+    seeing = registry.manifest("photoz_lsst_ugrizy_seeing")["benchmark"]
+    row = next(ln for ln in lines if ln.startswith("photoz_lsst_ugrizy_seeing "))
+    k = next(iter(seeing["photoz_band_seeing"]))  # the depth benchmark's first pattern
+    got = seeing["seeing_weights"]["photoz_band_seeing"][k]["pit_coverage_68"]
+    assert f"per-band seeing: 68% coverage {got:.3f}" in row
     assert main(["weights", "deblender_lsst_i", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == registry.manifest("deblender_lsst_i")
     for args, message in ((["weights", "nope"], "no shipped weights named 'nope'"),

@@ -928,3 +928,26 @@ def test_a_weight_map_changes_detection_not_the_colours_the_pdfs_read(
     # probcat.photoz's own PDFs: those of the image as it is, for its (whitened) detections
     c = est.estimate(plain, res.catalog)
     np.testing.assert_array_equal(res.catalog["z_mode"], c.catalog["z_mode"])
+
+
+def test_the_band_seeing_warning_names_the_seeing_weights_unless_they_are_read():
+    from probcat.redshift.estimator import _warn_band_seeing
+
+    ratios = [1.3, 1.3, 1.0, 1.0, 0.8, None]
+    for trained, named in ((False, True), (True, False)):
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            _warn_band_seeing(ratios, "ugrizy", trained)
+        (w,) = said
+        text = str(w.message)
+        assert ("photoz_lsst_ugrizy_seeing" in text) == named and "--spec-z" in text
+        assert "y -" in text  # a band without a measurement
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_band_seeing([1.1, 1.0, 1.0, 1.0, 1.0, 0.95], "ugrizy")  # within 1.2: silent
+    # the shipped seeing weights say so in their config, which the estimator passes on
+    import probcat
+
+    data = probcat.load("photoz_lsst_ugrizy_seeing").manifest["config"]["data"]
+    assert data["seeing_patterns"] > 0
+    assert not probcat.load("photoz_lsst_ugrizy").manifest["config"]["data"].get("seeing_patterns")

@@ -861,6 +861,11 @@ def _headline(m: dict) -> str:
     if "detection_ugrizy" in b:
         p = b["detection_ugrizy"]["ugrizy"]
         return f"precision {p['precision']:.3f}, recall {p['recall']:.3f}, F1 {p['f1']:.3f}"
+    if b.get("seeing_weights"):  # photo-z weights for per-band seeing: the depth benchmark's
+        got, ref = b["seeing_weights"]["photoz_band_seeing"], b["photoz_band_seeing"]
+        keys = [k for k in ref if k in got]
+        cov = lambda d: " / ".join(f"{d[k]['pit_coverage_68']:.3f}" for k in keys)  # noqa: E731
+        return f"per-band seeing: 68% coverage {cov(got)} (photoz_lsst_ugrizy {cov(ref)})"
     if "probcat_coadd_weights_coadd_lanczos3" in b:  # weights for coadds: on Lanczos-3 coadds
         p = b["probcat_coadd_weights_coadd_lanczos3"]
         return (f"Lanczos-3 coadds: precision {p['precision']:.3f}, recall {p['recall']:.3f}, "

@@ -426,7 +426,8 @@ class PhotozEstimator:
         seeing = self.band_seeing(xs, catalog)
         if any(v is not None for v in seeing):
             meta["band_seeing_ratio"] = seeing
-        _warn_band_seeing(seeing, self.bands)
+        data = ((self.manifest or {}).get("config") or {}).get("data") or {}
+        _warn_band_seeing(seeing, self.bands, bool(data.get("seeing_patterns")))
 
         n = len(catalog)
         if galaxies_only and "galaxy" in catalog.colnames:
@@ -452,18 +453,24 @@ class PhotozEstimator:
         return PhotozResult(cat, ens, w, m, sd, detection, wcs)
 
 
-def _warn_band_seeing(ratios: list, bands) -> None:
+def _warn_band_seeing(ratios: list, bands, trained_under_it: bool = False) -> None:
     """A warning when the bands' measured PSF widths over the weights' (``ratios``, None
-    where unknown) differ by more than :data:`BAND_SEEING_SPREAD` between bands."""
+    where unknown) differ by more than :data:`BAND_SEEING_SPREAD` between bands; unless
+    ``trained_under_it`` (weights trained under per-band seeing), it names the weights that
+    were."""
     known = [v for v in ratios if v is not None]
     if len(known) < 2 or max(known) / min(known) <= BAND_SEEING_SPREAD:
         return
     said = ", ".join(f"{b} {'-' if v is None else f'{v:.2f}'}" for b, v in zip(bands, ratios))
+    other = "" if trained_under_it else (
+        "weights trained under such seeing (photoz_lsst_ugrizy_seeing, --photoz-weights) "
+        "are less so on some; "
+    )  # fmt: skip
     warnings.warn(
         f"photo-z: the seeing differs between the bands unlike the weights' (PSF width "
         f"relative to the i band's, over theirs: {said}): the network reads colours in "
-        "fixed apertures, and its PDFs come out overconfident; refit their widths to known "
-        "redshifts (--spec-z, docs/photoz.md)",
+        f"fixed apertures, and its PDFs come out overconfident; {other}refitting their "
+        "widths to known redshifts calibrates them (--spec-z, docs/photoz.md)",
         stacklevel=4,
     )
 
