@@ -148,9 +148,10 @@ def _seeing_panel(a, out: dict) -> None:
         a.bar(pos + 0.2, [g["pit_coverage_68"] if g else np.nan for g in got], 0.4,
               label=other["weights"])  # fmt: skip
     a.axhline(0.6827, color="k", ls=":", lw=1)
-    a.set_xticks(pos, [p[0] for p in parts], rotation=30, fontsize=7, ha="right")
+    a.set_xticks(pos, [p[0] for p in parts], rotation=20, fontsize=7, ha="right")
     a.set_ylim(0.4, 0.8)
-    a.set_title("photo-z 68% coverage at 10 years, by seeing (PSF FWHM x LSST's)")
+    a.set_title("photo-z 68% coverage at 10 years, by seeing")
+    a.set_xlabel("PSF FWHM x LSST's (per band: ugrizy)")
     a.legend(fontsize=7)
 
 
@@ -179,7 +180,7 @@ def figure(out: dict, path: Path) -> None:
         ax[2].axhline(nominal, color=colour, ls=":", lw=1)
     ax[2].set_title("photo-z PDFs (gold galaxies): coverage of the true z")
     trained = out["trained_years"]
-    for a in ax:
+    for a in ax[:3]:
         a.set_xscale("log")
         a.set_xticks(years, [f"{y:g}" for y in years])
         a.set_xlabel("depth (years of LSST; grey: the training depths)")
