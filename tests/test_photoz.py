@@ -484,6 +484,12 @@ def test_band_seeing_measures_each_bands_psf_against_the_i_bands(tiny_estimator)
     # too few sources to tell: no ratios, no warning
     cat = FullCatalog({"x": x[:5], "y": y[:5]}, img.shape[1:], tuple("ugrizy"))
     assert tiny_estimator.band_seeing(img, cat) == [None] * 6
+    # sources faint in one band (peaks 3.2 sigma there, under 5): not measured in it
+    faint = img.copy()
+    faint[0] *= 0.008
+    cat = FullCatalog({"x": x, "y": y}, img.shape[1:], tuple("ugrizy"))
+    got = tiny_estimator.band_seeing(faint, cat)
+    assert got[0] is None and all(v == pytest.approx(1.0, abs=0.03) for v in got[1:])
 
 
 def test_at_depth_reads_an_image_at_a_larger_noise():

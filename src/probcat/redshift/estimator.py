@@ -55,6 +55,7 @@ MIN_KNOWN = 10  # objects of known redshift a width fit needs at the least
 # 1.25 times it in every band; 1.6 with u, g at 1.3 times and z, y at 0.8 times)
 BAND_SEEING_SPREAD = 1.2
 _MIN_COMPACT = 4  # compact sources a band's seeing needs at the least
+_BAND_PEAK = 5.0  # and their peak in that band at least (noise sigma)
 
 
 def stamps_at(x_sigma: np.ndarray, x, y, size: int) -> np.ndarray:
@@ -335,8 +336,9 @@ class PhotozEstimator:
         ``catalog``'s objects fit to measure seeing on in the i plane of ``xs``
         (noise-sigma units; :func:`probcat.measure.seeing_sources`, none a mask touches),
         the most compact third there (stars where there are some), the median of their
-        adaptive-moments sizes in the band over those in i. None where too few (the
-        whole list without :data:`probcat.measure.SEEING_MIN_SOURCES` sources)."""
+        adaptive-moments sizes in the band over those in i, over those whose peak in the
+        band exceeds 5 noise sigma. None where too few (the whole list without
+        :data:`probcat.measure.SEEING_MIN_SOURCES` sources)."""
         from probcat.measure import (
             SEEING_MIN_SOURCES,
             _psf_moments_sigma,
@@ -357,8 +359,12 @@ class PhotozEstimator:
         compact = t_ref <= np.quantile(t_ref, 1 / 3)
         idx, t_ref = idx[compact], t_ref[compact]
         psf_ref = _psf_moments_sigma(self.survey.bands[ref])
+        h, w = xs.shape[1:]
+        cx = np.clip(np.floor(x[idx] + 0.5).astype(int), 0, w - 1)
+        cy = np.clip(np.floor(y[idx] + 0.5).astype(int), 0, h - 1)
         for k, band in enumerate(self.survey.bands):
             t, ok = source_sizes(xs[k], x[idx], y[idx])
+            ok &= xs[k][cy, cx] > _BAND_PEAK  # faint in the band: its size is noise
             if ok.sum() >= _MIN_COMPACT:
                 rel = np.median(t[ok] / t_ref[ok]) / (_psf_moments_sigma(band) / psf_ref)
                 out[k] = round(float(rel), 3)
