@@ -350,3 +350,16 @@ def test_init_starts_each_member_from_its_net_of_the_ensemble():
         init_encoder(replace(cfg, model=replace(model, channels=8)), 0)
     with pytest.raises(ProbcatValueError, match="^init: "):
         init_encoder(replace(cfg, init="detection_lsst_i"), 0)
+
+
+def test_runs_record_the_seeing_and_init_settings_only_when_used():
+    from dataclasses import replace
+
+    from probcat.train.photoz import _config_dict
+
+    plain = _config_dict(_tiny_cfg())
+    assert "init" not in plain and not any(k.startswith("seeing_") for k in plain["data"])
+    cfg = replace(_tiny_cfg(seeing_patterns=2), init="photoz_lsst_ugrizy")
+    got = _config_dict(cfg)
+    assert got["init"] == "photoz_lsst_ugrizy" and got["data"]["seeing_patterns"] == 2
+    assert got["data"]["seeing_range"] == [0.8, 1.3]

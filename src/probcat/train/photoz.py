@@ -486,14 +486,18 @@ def fit_width_calibration(model: PhotozNet, cfg: PhotozTrainConfig, progress=Tru
 
 
 def _config_dict(cfg: PhotozTrainConfig) -> dict:
-    """The config as runs record it; ``members`` and ``symmetries`` of 1 are left out (as
-    runs recorded them before ensembles and symmetries, so they resume)."""
+    """The config as runs record it; ``members`` and ``symmetries`` of 1, ``init`` None and
+    the ``data.seeing_*`` settings without seeing patterns are left out (as runs recorded
+    them before those settings, so they resume)."""
     from probcat.config import to_dict
 
     d = to_dict(cfg)
-    for key in ("members", "symmetries"):
-        if d.get(key) == 1:
+    for key, unset in (("members", 1), ("symmetries", 1), ("init", None)):
+        if d.get(key) == unset:
             del d[key]
+    if not cfg.data.seeing_patterns:
+        for key in ("seeing_patterns", "seeing_range", "seeing_fraction", "seeing_bank_size"):
+            del d["data"][key]
     return d
 
 
