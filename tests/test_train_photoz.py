@@ -284,6 +284,19 @@ def test_an_ensemble_run_trains_members_resumably_then_assembles(tmp_path, cache
     est = probcat.load(str(out / "photoz.pt"))
     assert est.net.symmetries == 2
     assert est.mixture(np.zeros((6, 20, 20), np.float32), [10.0], [10.0])[0].shape == (1, 20)
+    # trained further under per-band seeing, each member from its own net of the ensemble
+    more = PhotozTrainConfig(**{**cfg.__dict__, "init": str(out / "photoz.pt"),
+                                "data": PhotozData(**{**cfg.data.__dict__, "seeing_patterns": 1,
+                                                      "seeing_bank_size": 40})})  # fmt: skip
+    man = train_photoz(more, tmp_path / "more", cache_dir=cache_dir, progress=False)
+    sha = sha256(out / "photoz.pt")
+    for k, d in enumerate(man["data"]["members"]):
+        assert d["init"] == {"weights": str(out / "photoz.pt"), "sha256": sha, "net": k}
+        assert "from 1 bank of 40 galaxies" in d["seeing"]
+    bad = PhotozTrainConfig(**{**more.__dict__, "members": 3})
+    with pytest.raises(ProbcatValueError, match="holds 2 nets, none for member 2"):
+        train_photoz(bad, tmp_path / "bad", cache_dir=cache_dir, progress=False)
+    assert not (tmp_path / "bad").exists()  # refused before any training
 
 
 def test_seeing_patterns_are_seeded_per_band_factors_in_range():

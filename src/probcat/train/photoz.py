@@ -388,7 +388,8 @@ class PhotozTask:
         if d.seeing_patterns:
             out["seeing"] = (
                 f"{d.seeing_fraction:g} of the stamps (train and validation) from "
-                f"{d.seeing_patterns} banks of {d.seeing_bank_size or d.bank_size} galaxies "
+                f"{d.seeing_patterns} bank{'s' if d.seeing_patterns > 1 else ''} of "
+                f"{d.seeing_bank_size or d.bank_size} galaxies "
                 "whose bands' PSF FWHM are the survey's times these factors: "
                 f"{np.round(seeing_patterns(d), 3).tolist()}"
             )
