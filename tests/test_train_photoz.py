@@ -376,3 +376,12 @@ def test_runs_record_the_seeing_and_init_settings_only_when_used():
     got = _config_dict(cfg)
     assert got["init"] == "photoz_lsst_ugrizy" and got["data"]["seeing_patterns"] == 2
     assert got["data"]["seeing_range"] == [0.8, 1.3]
+
+
+@pytest.mark.parametrize("name", ["photoz_lsst_ugrizy", "photoz_lsst_ugrizy_seeing"])
+def test_shipped_photoz_config_is_the_shipped_weights_config(name):
+    from probcat.train.photoz import _config_dict, load_photoz_config
+    from probcat.weights import manifest
+
+    got = _config_dict(load_photoz_config(f"configs/{name}.yaml"))
+    assert got == manifest(name)["config"]
