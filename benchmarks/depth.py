@@ -309,13 +309,7 @@ def main(argv=None) -> None:
         "photoz_seeing": seeing_pz,
         "photoz_band_seeing": band_seeing_pz,
         "seeing_weights_sha256": None if other is None else (other.manifest or {}).get("sha256"),
-        "seeing_weights": None
-        if other is None
-        else {
-            "weights": args.seeing_weights,
-            "sha256": (other.manifest or {}).get("sha256"),
-            **variant,
-        },  # fmt: skip
+        "seeing_weights": None if other is None else {"weights": args.seeing_weights, **variant},
         "definitions": {
             "detection": "MAP catalogue at threshold 0.5 (SEP: its catalogue), Hungarian "
             "matches within 2 px; precision over all detections, recall over true sources "

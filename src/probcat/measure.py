@@ -246,6 +246,14 @@ def unmasked_positions(catalog) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def peaks_at(image: np.ndarray, x, y) -> np.ndarray:
+    """The values of ``image`` ``(H, W)`` at the pixels nearest ``x, y`` (clipped to it)."""
+    h, w = image.shape
+    cx = np.clip(np.floor(np.asarray(x, float) + 0.5).astype(int), 0, w - 1)
+    cy = np.clip(np.floor(np.asarray(y, float) + 0.5).astype(int), 0, h - 1)
+    return image[cy, cx]
+
+
 def seeing_sources(image_sigma: np.ndarray, x, y) -> np.ndarray:
     """Indices of the objects at ``x, y`` fit to measure the seeing on in ``image_sigma``
     ``(H, W)`` (noise-sigma units): peak above :data:`SEEING_PEAK`, at least
@@ -259,8 +267,7 @@ def seeing_sources(image_sigma: np.ndarray, x, y) -> np.ndarray:
         return np.zeros(0, int)
     xy = np.stack([x, y], 1)
     near = cKDTree(xy).query(xy, k=2)[0][:, 1]
-    cx, cy = np.floor(x + 0.5).astype(int), np.floor(y + 0.5).astype(int)  # nearest pixels
-    peak = image_sigma[np.clip(cy, 0, h - 1), np.clip(cx, 0, w - 1)]
+    peak = peaks_at(image_sigma, x, y)
     e = SEEING_EDGE
     keep = (peak > SEEING_PEAK) & (near >= SEEING_ISOLATION)
     keep &= (x >= e) & (y >= e) & (x <= w - 1 - e) & (y <= h - 1 - e)

@@ -342,6 +342,7 @@ class PhotozEstimator:
         from probcat.measure import (
             SEEING_MIN_SOURCES,
             _psf_moments_sigma,
+            peaks_at,
             seeing_band,
             seeing_sources,
             source_sizes,
@@ -359,12 +360,9 @@ class PhotozEstimator:
         compact = t_ref <= np.quantile(t_ref, 1 / 3)
         idx, t_ref = idx[compact], t_ref[compact]
         psf_ref = _psf_moments_sigma(self.survey.bands[ref])
-        h, w = xs.shape[1:]
-        cx = np.clip(np.floor(x[idx] + 0.5).astype(int), 0, w - 1)
-        cy = np.clip(np.floor(y[idx] + 0.5).astype(int), 0, h - 1)
         for k, band in enumerate(self.survey.bands):
             t, ok = source_sizes(xs[k], x[idx], y[idx])
-            ok &= xs[k][cy, cx] > _BAND_PEAK  # faint in the band: its size is noise
+            ok &= peaks_at(xs[k], x[idx], y[idx]) > _BAND_PEAK  # fainter: its size is noise
             if ok.sum() >= _MIN_COMPACT:
                 rel = np.median(t[ok] / t_ref[ok]) / (_psf_moments_sigma(band) / psf_ref)
                 out[k] = round(float(rel), 3)

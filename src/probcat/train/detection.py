@@ -427,12 +427,9 @@ class DetectionTask:
 
 def init_weights(cfg: DetectionTrainConfig):
     """The detection weights ``cfg.init`` starts from (sha256 checked); errors say ``init``."""
-    from probcat.weights import load
+    from probcat.train.loop import load_init
 
-    try:
-        return load(cfg.init, kind="detection")
-    except ProbcatValueError as e:
-        raise ProbcatValueError(f"init: {e}") from None
+    return load_init(cfg.init, "detection")
 
 
 def describe_data(cfg: DetectionTrainConfig) -> dict:

@@ -122,6 +122,17 @@ class LoopSettings:
     grad_clip: float = 10.0
 
 
+def load_init(name: str, kind: str):
+    """The ``kind`` weights a run starts from (``init``: a registered name or a file; sha256
+    checked); a missing or wrong file is a one-line error that says ``init``."""
+    from probcat.weights import load
+
+    try:
+        return load(name, kind=kind)
+    except (ProbcatValueError, OSError) as e:
+        raise ProbcatValueError(f"init: {e}") from None
+
+
 def check_run_config(bands: str, years: float, phases, counts: dict[str, int]) -> None:
     """The checks every training config shares: a string of ugrizy ``bands``, a positive
     ``years``, at least one phase with steps >= 1 and a positive finite ``lr``, and every

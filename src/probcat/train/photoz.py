@@ -37,7 +37,7 @@ from probcat.nets.photoz import (
 from probcat.simulate.datasets import Simulation, SimulationConfig
 from probcat.simulate.prior import MAG_GOLD
 from probcat.survey import Survey
-from probcat.train.loop import LoopSettings, Phase, check_run_config, fit
+from probcat.train.loop import LoopSettings, Phase, check_run_config, fit, load_init
 
 __all__ = [
     "PhotozData",
@@ -174,6 +174,13 @@ class PhotozTrainConfig:
     def survey(self) -> Survey:
         """The survey of the first depth (every depth shares bands and pixels)."""
         return Survey.lsst(bands=self.data.bands, years=self.data.years[0])
+
+    def net(self) -> PhotozNet:
+        """A fresh network of ``model``'s architecture for ``data.bands``."""
+        m = self.model
+        return PhotozNet(
+            len(self.data.bands), m.stamp, m.channels, m.components, apertures=m.apertures
+        )
 
     def settings(self) -> LoopSettings:
         return LoopSettings(self.seed, self.val_every, self.checkpoint_every, self.threads)
@@ -335,10 +342,7 @@ class PhotozTask:
         self.val = _pool(cfg, "val", d.val_objects, (cfg.seed, 99), cache_dir, progress)
 
     def build_model(self) -> PhotozNet:
-        m = self.cfg.model
-        net = PhotozNet(
-            len(self.cfg.data.bands), m.stamp, m.channels, m.components, apertures=m.apertures
-        )
+        net = self.cfg.net()
         if self.cfg.init is not None:
             net.encoder.load_state_dict(init_encoder(self.cfg, self.member))
         return net
@@ -394,32 +398,20 @@ class PhotozTask:
                 f"{np.round(seeing_patterns(d), 3).tolist()}"
             )
         if c.init is not None:
-            out["init"] = {"weights": c.init, "sha256": _init_weights(c).sha256,
+            out["init"] = {"weights": c.init, "sha256": load_init(c.init, "photoz").sha256,
                            "net": self.member}  # fmt: skip
         return out
-
-
-def _init_weights(cfg: PhotozTrainConfig):
-    """The photo-z weights ``cfg.init`` names (sha256 checked); errors say ``init``."""
-    from probcat.weights import load
-
-    try:
-        return load(cfg.init, kind="photoz")
-    except (ProbcatValueError, OSError) as e:
-        raise ProbcatValueError(f"init: {e}") from None
 
 
 def init_encoder(cfg: PhotozTrainConfig, member: int) -> dict:
     """The state of the net of ``cfg.init`` that member ``member`` starts from: its
     ensemble's net of that index, or its single net for every member."""
-    net = _init_weights(cfg).model
+    net = load_init(cfg.init, "photoz").model
     if net.members != 1 and not 0 <= member < net.members:
         raise ProbcatValueError(
             f"init: {cfg.init} holds {net.members} nets, none for member {member}"
         )
-    m = cfg.model
-    want = PhotozNet(len(cfg.data.bands), m.stamp, m.channels, m.components,
-                     apertures=m.apertures).hparams  # fmt: skip
+    want = cfg.net().hparams
     have = {k: v for k, v in net.hparams.items() if k not in ("members", "symmetries")}
     if have != want:
         raise ProbcatValueError(
