@@ -66,6 +66,9 @@ def test_choose_device():
     assert R.choose_device(None).type == expected
     with pytest.raises(ProbcatValueError, match="not a torch device"):
         R.choose_device("gpu0")
+    if not torch.cuda.is_available():  # asked for by name where there is none: one line
+        with pytest.raises(ProbcatValueError, match="no CUDA GPU"):
+            R.choose_device("cuda")
 
 
 # ---- the inference thread ----------------------------------------------------------------

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from probcat.errors import ProbcatValueError
-from probcat.train.loop import LoopSettings, Phase, fit, phase_lr
+from probcat.tiles import TileCatalog
+from probcat.train.loop import LoopSettings, Phase, fit, model_device, phase_lr, to_device
 
 
 class Toy:
@@ -30,13 +31,14 @@ class Toy:
 
     def loss(self, model, batch, phase, gen):
         x, y = batch
-        noise = 1e-3 * torch.randn(y.shape, generator=gen)  # the loop's generator is resumed too
+        noise = 1e-3 * torch.randn(y.shape, generator=gen).to(y.device)  # resumed too
         mse = ((model(x) - y - noise) ** 2).mean()
         return {"mse": mse, "total": mse}
 
     def validate(self, model):
         x = torch.linspace(-1, 1, 20)[:, None].repeat(1, 2)
-        return {"total": float(((model(x) - x @ self.w) ** 2).mean())}
+        pred = model(x.to(model_device(model))).cpu()
+        return {"total": float(((pred - x @ self.w) ** 2).mean())}
 
     def finish(self, model, progress):
         return {"fitted": 1.0}
@@ -51,7 +53,7 @@ class Toy:
 PHASES = [Phase("a", 4, 0.05, warmup=2), Phase("b", 4, 0.02, warmup=1, trainable=("2.",))]
 
 
-def _fit(out, stop=None, phases=PHASES, seed=0):
+def _fit(out, stop=None, phases=PHASES, seed=0, device="cpu"):
     cfg = {"phases": [p.__dict__ for p in phases], "seed": seed}
     return fit(
         Toy(phases),
@@ -60,6 +62,7 @@ def _fit(out, stop=None, phases=PHASES, seed=0):
         settings=LoopSettings(seed, 3, 100, 1),
         progress=False,
         stop_after=stop,
+        device=device,
     )
 
 
@@ -114,3 +117,43 @@ def test_phase_lr_warms_up_then_decays_to_zero():
     lrs = [phase_lr(p, k) for k in range(10, 100)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
     assert np.isfinite(phase_lr(Phase("b", 1, 1.0, warmup=5), 0))
+
+
+def test_to_device_moves_every_tensor_of_a_batch():
+    cat = TileCatalog(
+        torch.ones(2, 3, 3, dtype=torch.long), torch.zeros(2, 3, 3, 2),
+        {"flux": torch.ones(2, 3, 3, 1)}, 4, (12, 12), 0,
+    )  # fmt: skip
+    batch = (torch.ones(2, 1, 12, 12), cat, [torch.zeros(1)], {"z": torch.zeros(3)}, 5)
+    meta = torch.device("meta")  # a device every machine has
+    x, c, lst, d, n = to_device(batch, meta)
+    assert x.device == meta and c.n_sources.device == meta and c.locs.device == meta
+    assert c.params["flux"].device == meta and lst[0].device == meta and d["z"].device == meta
+    assert (c.tile_size, c.image_shape, n) == (4, (12, 12), 5) and isinstance(lst, list)
+    assert to_device(batch, "cpu")[0] is batch[0]  # already there: the same tensor
+
+
+def test_run_records_its_device_and_writes_cpu_tensors(tmp_path):
+    m = _fit(tmp_path / "run")
+    assert m["device"] == "cpu"
+    w = torch.load(tmp_path / "run/toy.pt", weights_only=False)
+    assert all(v.device.type == "cpu" for v in w["state_dict"].values())
+    with pytest.raises(ProbcatValueError, match="device"):
+        _fit(tmp_path / "bad", device="gpu0")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_training_on_a_gpu_matches_the_cpu_and_resumes_on_either(tmp_path):
+    cpu = _fit(tmp_path / "cpu")
+    gpu = _fit(tmp_path / "gpu", device="cuda")
+    assert gpu["device"].startswith("cuda")
+    # the same batches and draws (made on the CPU): the same losses to float precision
+    for a, b in zip(cpu["history"], gpu["history"]):
+        assert b["val"]["total"] == pytest.approx(a["val"]["total"], rel=1e-3, abs=1e-5)
+    w = torch.load(tmp_path / "gpu/toy.pt", weights_only=False)  # no map_location needed
+    assert all(v.device.type == "cpu" for v in w["state_dict"].values())
+    assert _fit(tmp_path / "mixed", stop=3, device="cuda") is None
+    mixed = _fit(tmp_path / "mixed", device="cpu")  # a GPU checkpoint resumes on the CPU
+    assert mixed["history"][-1]["val"]["total"] == pytest.approx(
+        cpu["history"][-1]["val"]["total"], rel=1e-3, abs=1e-5
+    )

@@ -885,6 +885,9 @@ def train_detection_cmd(
     out: Path = typer.Option(Path("runs/detection"), "--out", "-o", help="run directory"),
     steps: int = typer.Option(None, help="override the first phase's number of steps"),
     cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
+    device: str = typer.Option(
+        None, help="where the training steps run: cpu, cuda, ... (default: a GPU when present)"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """Train the detection/classification encoder by FAVI (resumes from OUT/checkpoint.pt)."""
@@ -892,8 +895,9 @@ def train_detection_cmd(
 
     cfg = load_config(config, steps=steps)
     manifest = train_detection(
-        cfg, out, cache_dir=cache_dir, progress=not quiet, command=_command_line()
-    )
+        cfg, out, cache_dir=cache_dir, progress=not quiet, command=_command_line(),
+        device=device,
+    )  # fmt: skip
     typer.echo(
         f"wrote {out / 'detection.pt'} and {out / 'manifest.json'} "
         f"after {manifest['steps']} steps ({manifest['training_s']:.0f} s)"
@@ -908,6 +912,9 @@ def train_deblend_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="run directory"),
     steps: int = typer.Option(None, help="override the first phase's number of steps"),
     cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
+    device: str = typer.Option(
+        None, help="where the training steps run: cpu, cuda, ... (default: a GPU when present)"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """Train the galaxy autoencoder or the deblending encoder (resumes from
@@ -916,8 +923,9 @@ def train_deblend_cmd(
 
     cfg = load_deblend_config(config, steps=steps)
     manifest = train_deblend(
-        cfg, out, cache_dir=cache_dir, progress=not quiet, command=_command_line()
-    )
+        cfg, out, cache_dir=cache_dir, progress=not quiet, command=_command_line(),
+        device=device,
+    )  # fmt: skip
     typer.echo(
         f"wrote {out / (cfg.stage + '.pt')} and {out / 'manifest.json'} "
         f"after {manifest['steps']} steps ({manifest['training_s']:.0f} s)"
@@ -933,6 +941,9 @@ def train_photoz_cmd(
         None, help="ensembles (members > 1): train only this member into OUT/member_<k>"
     ),
     cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
+    device: str = typer.Option(
+        None, help="where the training steps run: cpu, cuda, ... (default: a GPU when present)"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """Train the photo-z mixture density network (resumes from OUT/checkpoint.pt); with
@@ -944,8 +955,9 @@ def train_photoz_cmd(
     if member is not None and cfg.members == 1:
         raise ProbcatValueError("--member applies to ensembles (members > 1 in the config)")
     manifest = train_photoz(
-        cfg, out, cache_dir=cache_dir, progress=not quiet, command=_command_line(), member=member
-    )
+        cfg, out, cache_dir=cache_dir, progress=not quiet, command=_command_line(),
+        member=member, device=device,
+    )  # fmt: skip
     where = out if member is None else out / f"member_{member}"
     typer.echo(
         f"wrote {where / 'photoz.pt'} and {where / 'manifest.json'} "

@@ -60,14 +60,17 @@ def choose_device(device=None):
     """``device`` as a ``torch.device``; None: CUDA when available, else CPU."""
     import torch
 
+    from probcat.errors import ProbcatValueError
+
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        out = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        from probcat.errors import ProbcatValueError
-
         raise ProbcatValueError(f"device {device!r} is not a torch device ({e})") from None
+    if out.type == "cuda" and not torch.cuda.is_available():
+        raise ProbcatValueError(f"device {device!r}: no CUDA GPU is available to torch here")
+    return out
 
 
 def _cores() -> int:

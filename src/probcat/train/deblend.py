@@ -29,7 +29,7 @@ from probcat.infer.deblend import crop_nearest
 from probcat.nets.deblend import CROP, STAMP, GalaxyModel, eq11_loss
 from probcat.simulate.datasets import Simulation, SimulationConfig
 from probcat.survey import Survey
-from probcat.train.loop import LoopSettings, Phase, check_run_config, fit_config
+from probcat.train.loop import LoopSettings, Phase, check_run_config, fit_config, model_device
 
 __all__ = [
     "DeblendTrainConfig",
@@ -212,7 +212,8 @@ class DeblendTask:
 
     def validate(self, model):
         x, t, noisy = self.val
-        recon = torch.cat([model(x[i : i + 256]) for i in range(0, len(x), 256)])
+        dev = model_device(model)
+        recon = torch.cat([model(x[i : i + 256].to(dev)).cpu() for i in range(0, len(x), 256)])
         flux_t = t.flatten(1).sum(1)
         rel = ((recon.flatten(1).sum(1) - flux_t) / flux_t).abs()
         return {
@@ -253,10 +254,14 @@ def train_deblend(
     progress: bool = True,
     command: str | None = None,
     stop_after: int | None = None,
+    device=None,
 ) -> dict | None:
-    """Train (or resume) and write ``<stage>.pt`` and ``manifest.json`` into ``out``."""
+    """Train (or resume) and write ``<stage>.pt`` and ``manifest.json`` into ``out``;
+    ``device``: where the steps run (default a GPU when present)."""
     task = DeblendTask(cfg, cache_dir=cache_dir, progress=progress)
-    return fit_config(task, cfg, out, progress=progress, command=command, stop_after=stop_after)
+    return fit_config(
+        task, cfg, out, progress=progress, command=command, stop_after=stop_after, device=device
+    )
 
 
 def fit_flux_error(

@@ -38,7 +38,14 @@ from probcat.simulate.bank import BankConfig, SourceBank
 from probcat.simulate.scene import SceneConfig, SceneSimulator, SeeingMixture
 from probcat.survey import Survey
 from probcat.tiles import TileCatalog
-from probcat.train.loop import LoopSettings, Phase, check_run_config, fit_config, write_run
+from probcat.train.loop import (
+    LoopSettings,
+    Phase,
+    check_run_config,
+    fit_config,
+    to_device,
+    write_run,
+)
 from probcat.train.losses import favi_detection_loss
 
 __all__ = [
@@ -503,12 +510,16 @@ def train_detection(
     progress: bool = True,
     command: str | None = None,
     stop_after: int | None = None,
+    device=None,
 ) -> dict | None:
-    """Train (or resume) and write ``detection.pt`` and ``manifest.json`` into ``out``."""
+    """Train (or resume) and write ``detection.pt`` and ``manifest.json`` into ``out``;
+    ``device``: where the steps run (default a GPU when present)."""
     if cfg.init is not None:  # wrong or missing weights: an error before the banks are built
         init_weights(cfg)
     task = DetectionTask(cfg, cache_dir=cache_dir, progress=progress)
-    return fit_config(task, cfg, out, progress=progress, command=command, stop_after=stop_after)
+    return fit_config(
+        task, cfg, out, progress=progress, command=command, stop_after=stop_after, device=device
+    )
 
 
 def checkerboard_loss(
@@ -592,9 +603,9 @@ def validate(net: DetectionNet, x: torch.Tensor, truth: TileCatalog) -> dict[str
     its loss too."""
     parts = {k: 0.0 for k in ("total", "count", "loc", "type")}
     n_img = x.shape[0]
-    for i in range(0, n_img, 64):
-        sub = truth.subset(slice(i, i + 64))
-        xi = x[i : i + 64]
+    for i in range(0, n_img, 64):  # on the network's device, 64 images at a time
+        sub = to_device(truth.subset(slice(i, i + 64)), net.device)
+        xi = x[i : i + 64].to(net.device)
         w = sub.batch_size / n_img
         out = net.heads(net.features(xi), type_locs=sub.locs, image=xi, type_mask=sub.n_sources > 0)
         for k, v in favi_detection_loss(out, sub).items():

@@ -6,6 +6,11 @@ and cosine decay, which parameters train, train or eval mode), the Adam optimize
 gradient clipping, validation, atomic checkpoints, exact resume, the history, and the run's
 weights file and manifest.
 
+Training runs on ``device`` (default: a GPU when present, else the CPU): the model, its
+batches and the validation data go there; data are made on the CPU and the random
+streams stay on the CPU, so a seed draws the same batches on any device. The fits after
+training and the weights file are made with the model back on the CPU.
+
 Resuming is exact: the checkpoint holds the model, the optimizer, the data and sampling
 random states and the step, so ``k`` steps then a resume to ``n`` give the same state as
 ``n`` steps straight. A checkpoint resumes only into the same config, except that phases
@@ -14,6 +19,7 @@ not yet started may be added or changed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -37,6 +43,8 @@ __all__ = [
     "phase_lr",
     "write_run",
     "check_run_config",
+    "to_device",
+    "model_device",
 ]
 
 
@@ -55,7 +63,7 @@ class Phase:
     eval_mode: bool = False
 
 
-def fit_config(task, cfg, out, *, progress=True, command=None, stop_after=None):
+def fit_config(task, cfg, out, *, progress=True, command=None, stop_after=None, device=None):
     """:func:`fit` for a task made from a config dataclass (with ``settings()``), the config
     recorded as plain data."""
     from probcat.config import to_dict
@@ -68,7 +76,39 @@ def fit_config(task, cfg, out, *, progress=True, command=None, stop_after=None):
         progress=progress,
         command=command,
         stop_after=stop_after,
+        device=device,
     )
+
+
+def to_device(obj, device):
+    """``obj`` with every tensor in it on ``device``: a tensor, or tuples, lists, dicts and
+    dataclasses (e.g. :class:`~probcat.tiles.TileCatalog`) holding tensors; anything else
+    as it is. On the device it is already on, the same tensors."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_device(v, device) for v in obj)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        moved = {f.name: to_device(getattr(obj, f.name), device)
+                 for f in dataclasses.fields(obj) if f.init}  # fmt: skip
+        return dataclasses.replace(obj, **moved)
+    return obj
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s parameters (the CPU for a model without any)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def device_name(device: torch.device) -> str:
+    """``device`` in words for a manifest: ``"cpu"``, or e.g. ``"cuda (NVIDIA H200)"``."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 def phase_lr(phase: Phase, k: int) -> float:
@@ -186,22 +226,27 @@ def fit(
     progress: bool = True,
     command: str | None = None,
     stop_after: int | None = None,
+    device=None,
 ) -> dict | None:
     """Train (or resume) ``task`` into the run directory ``out``: ``checkpoint.pt``, then
     ``<kind>.pt`` and ``manifest.json``. ``config`` (plain data, with a ``phases`` list) is
     recorded and decides which checkpoints may resume. ``stop_after``: stop (checkpointed)
     after that many steps in all, without the final fits; returns None then, else the
-    manifest."""
+    manifest. ``device``: where the steps run (``"cpu"``, ``"cuda"``...; default a GPU
+    when present); a checkpoint resumes on any device."""
     from tqdm.auto import tqdm
+
+    from probcat.runtime import choose_device
 
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ProbcatValueError(f"{out}: cannot create the run directory ({e})") from None
+    device = choose_device(device)
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
-    model = task.build_model()
+    model = task.build_model().to(device)
     phases = task.phases()
     total = sum(p.steps for p in phases)
     opt = torch.optim.Adam(model.parameters(), lr=phases[0].lr)
@@ -210,7 +255,7 @@ def fit(
     step, history, elapsed = 0, [], 0.0
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)  # the run's own file
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)  # the run's own file
         done = _phase_at(phases, max(state["step"] - 1, 0)) + 1
         changed = _config_changes(state["config"], config, done)
         if changed:
@@ -244,7 +289,7 @@ def fit(
         for g in opt.param_groups:
             g["lr"] = phase_lr(phase, k)
         model.train(not phase.eval_mode)
-        loss = task.loss(model, task.batch(rng), i, gen)
+        loss = task.loss(model, to_device(task.batch(rng), device), i, gen)
         opt.zero_grad(set_to_none=True)
         loss["total"].backward()
         nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
@@ -286,7 +331,7 @@ def fit(
         return None
     for p in model.parameters():
         p.requires_grad_(True)
-    model.eval()
+    model.cpu().eval()
     fits = task.finish(model, progress)
     from probcat.weights import FORMAT
 
@@ -297,6 +342,7 @@ def fit(
         "config": config,
         "data": task.describe_data(),
         "training_s": round(time.perf_counter() - t0, 1),
+        "device": device_name(device),
         "steps": step,
         "final_val": history[-1]["val"] if history else None,
         "history": history,

@@ -37,7 +37,14 @@ from probcat.nets.photoz import (
 from probcat.simulate.datasets import Simulation, SimulationConfig
 from probcat.simulate.prior import MAG_GOLD
 from probcat.survey import Survey
-from probcat.train.loop import LoopSettings, Phase, check_run_config, fit, load_init
+from probcat.train.loop import (
+    LoopSettings,
+    Phase,
+    check_run_config,
+    fit,
+    load_init,
+    model_device,
+)
 
 __all__ = [
     "PhotozData",
@@ -364,9 +371,10 @@ class PhotozTask:
         from probcat.redshift.metrics import all_metrics
         from probcat.redshift.pdf import truncated_pdf
 
+        dev = model_device(model)
         x, z = torch.from_numpy(self.val["x"]), torch.from_numpy(self.val["z"])
-        outs = [model(x[i : i + 512]) for i in range(0, len(x), 512)]
-        w, mu, sd = (torch.cat([o[j] for o in outs]) for j in range(3))
+        outs = [model(x[i : i + 512].to(dev)) for i in range(0, len(x), 512)]
+        w, mu, sd = (torch.cat([o[j] for o in outs]).cpu() for j in range(3))
         nll = float(mixture_nll(w, mu, sd, z).mean())
         m = all_metrics(truncated_pdf(w.numpy(), mu.numpy(), sd.numpy()), z.numpy())
         keep = ("bias", "sigma_iqr", "outlier_frac", "ks", "pit_coverage_68", "pit_coverage_95")
@@ -503,6 +511,7 @@ def train_photoz(
     command: str | None = None,
     stop_after: int | None = None,
     member: int | None = None,
+    device=None,
 ) -> dict | None:
     """Train (or resume) and write ``photoz.pt`` and ``manifest.json`` into ``out``.
 
@@ -510,7 +519,8 @@ def train_photoz(
     trains into ``out/member_<k>`` as a single net, each resumable; then the ensemble is
     assembled, its width calibration fitted, and written into ``out``. ``member``: train
     only that member (e.g. members in parallel on several machines) and return its
-    manifest; a later call without it assembles."""
+    manifest; a later call without it assembles. ``device``: where the steps run (default
+    a GPU when present)."""
     out = Path(out)
     if cfg.calibration.scenes:  # before hours of training, not after
         calibration_detector(cfg)
@@ -521,7 +531,8 @@ def train_photoz(
     def one(c: PhotozTrainConfig, run: Path, k: int = 0):
         task = PhotozTask(c, cache_dir=cache_dir, progress=progress, member=k)
         return fit(task, run, config=_config_dict(c), settings=c.settings(),
-                   progress=progress, command=command, stop_after=stop_after)  # fmt: skip
+                   progress=progress, command=command, stop_after=stop_after,
+                   device=device)  # fmt: skip
 
     if cfg.members == 1:
         return one(cfg, out)
