@@ -17,6 +17,20 @@ def _seed_everything():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _cpu_by_default(request, monkeypatch):
+    """Tests run on the CPU unless they name a device, so that their numbers are the same on
+    a machine with a GPU (a GPU's float rounding, and its non-deterministic kernels in
+    training, differ from the CPU's). The GPU tests name ``"cuda"``; a test marked
+    ``device_default`` sees probcat's own default (a GPU when present)."""
+    if request.node.get_closest_marker("device_default") is not None:
+        return
+    import probcat.runtime as R
+
+    choose = R.choose_device
+    monkeypatch.setattr(R, "choose_device", lambda device=None: choose(device or "cpu"))
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("bank_cache")

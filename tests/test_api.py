@@ -264,6 +264,21 @@ def test_detector_runs_on_cuda_like_on_the_cpu(fixed):
     assert len(gpu.sample(cut, 3, seed=0)) == 3
 
 
+def test_deblender_runs_on_cuda_like_on_the_cpu(fixed):
+    import torch
+
+    import probcat
+
+    if not torch.cuda.is_available():
+        pytest.skip("no GPU")
+    cut = fixed["image"][:, :98, :98]
+    cat = probcat.load(device="cpu").catalog(cut)
+    cpu = probcat.load("deblender_lsst_i", device="cpu").measure(cut, cat)
+    gpu = probcat.load("deblender_lsst_i", device="cuda").measure(cut, cat)
+    assert len(cat) > 5 and np.allclose(gpu.catalog["flux_ap"], cpu.catalog["flux_ap"], rtol=0.01)
+    assert np.abs(gpu.model - cpu.model).max() <= 1e-2 * np.abs(cpu.model).max()
+
+
 @pytest.mark.parametrize(
     "kw, msg",
     [

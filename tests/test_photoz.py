@@ -556,6 +556,19 @@ def test_photoz_api_detects_then_estimates(tmp_path, photoz_weights, weights):
         probcat.photoz(path, estimator=str(weights), detector=str(weights))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_photoz_on_a_gpu_gives_the_cpus_pdfs(tmp_path, photoz_weights, weights):
+    import probcat
+
+    path = _ugrizy_image(tmp_path / "field.fits")
+    kw = {"estimator": str(photoz_weights), "detector": str(weights), "threshold": 0.0}
+    cpu = probcat.photoz(path, device="cpu", **kw).catalog
+    gpu = probcat.photoz(path, device="cuda", **kw).catalog
+    assert len(cpu) == len(gpu) > 0 and np.array_equal(cpu["has_pz"], gpu["has_pz"])
+    for c in ("z_mean", "z_lo68", "z_hi95"):  # float rounding (TF32 convolutions) apart
+        np.testing.assert_allclose(gpu[c], cpu[c], atol=0.01, err_msg=c)
+
+
 def test_photoz_cli_writes_catalog_and_qp_file(tmp_path, photoz_weights, weights, capsys):
     import qp
 

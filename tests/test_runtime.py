@@ -60,6 +60,7 @@ def test_thread_limit_restores():
     assert blas() == blas_before
 
 
+@pytest.mark.device_default
 def test_choose_device():
     assert R.choose_device("cpu") == torch.device("cpu")
     expected = "cuda" if torch.cuda.is_available() else "cpu"

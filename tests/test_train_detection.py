@@ -72,6 +72,25 @@ def _batch_and_net(cache_dir, **changes):
     return cfg, x, truth, cfg.net().eval()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_a_run_on_a_gpu_trains_like_on_the_cpu_and_writes_cpu_weights(tmp_path, cache_dir):
+    """Every kind of phase and the validation on the GPU; the fits and the weights file on
+    the CPU."""
+    from probcat.weights import read_weights
+
+    cfg = _cfg(model__loc_refine=True, phases=REFINE)
+    runs = {d: train_detection(cfg, tmp_path / d, cache_dir=cache_dir, progress=False, device=d)
+            for d in ("cpu", "cuda")}  # fmt: skip
+    assert runs["cuda"]["device"].startswith("cuda") and runs["cpu"]["device"] == "cpu"
+    state = read_weights(tmp_path / "cuda/detection.pt")
+    assert all(v.device.type == "cpu" for v in state["state_dict"].values())
+    # the same batches: the same validation losses but for float rounding that Adam's
+    # first steps amplify
+    for h_cpu, h_gpu in zip(runs["cpu"]["history"], runs["cuda"]["history"]):
+        for k, v in h_cpu["val"].items():
+            assert abs(h_gpu["val"][k] - v) <= 0.25 * abs(v) + 1.0, k
+
+
 @pytest.mark.slow
 def test_train_writes_weights_manifest_and_resumes(tmp_path, cache_dir):
     from probcat.weights import load, read_weights

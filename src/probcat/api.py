@@ -526,7 +526,9 @@ class Detector:
     ):
         """``n`` posterior catalog samples (paper 000 section 4.6) of each image: a list of
         catalogs (a list of such lists for several images). Seeded: the same seed gives the
-        same samples, on any device. ``progress``: a progress bar over the samples."""
+        same samples; on another device (a GPU) the same random numbers, but the network's
+        float rounding there can change a draw near its probability, and the later decodes
+        with it. ``progress``: a progress bar over the samples."""
         return self._run(
             images, noise_sigma, opts, samples=n, seed=seed, want_map=False, progress=progress
         )[2]

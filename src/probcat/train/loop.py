@@ -13,8 +13,9 @@ training and the weights file are made with the model back on the CPU.
 
 Resuming is exact: the checkpoint holds the model, the optimizer, the data and sampling
 random states and the step, so ``k`` steps then a resume to ``n`` give the same state as
-``n`` steps straight. A checkpoint resumes only into the same config, except that phases
-not yet started may be added or changed.
+``n`` steps straight (on the CPU; on a GPU, up to its float rounding, since its kernels
+need not be deterministic, and a checkpoint resumes on either). A checkpoint resumes only
+into the same config, except that phases not yet started may be added or changed.
 """
 
 from __future__ import annotations
