@@ -275,7 +275,8 @@ def test_deblender_runs_on_cuda_like_on_the_cpu(fixed):
     cat = probcat.load(device="cpu").catalog(cut)
     cpu = probcat.load("deblender_lsst_i", device="cpu").measure(cut, cat)
     gpu = probcat.load("deblender_lsst_i", device="cuda").measure(cut, cat)
-    assert len(cat) > 5 and np.allclose(gpu.catalog["flux_ap"], cpu.catalog["flux_ap"], rtol=0.01)
+    flux_cpu, flux_gpu = cpu.catalog["flux_ap"], gpu.catalog["flux_ap"]
+    assert len(cat) > 5 and np.allclose(flux_gpu, flux_cpu, rtol=0.01, atol=1.0, equal_nan=True)
     assert np.abs(gpu.model - cpu.model).max() <= 1e-2 * np.abs(cpu.model).max()
 
 

@@ -561,7 +561,8 @@ def test_photoz_on_a_gpu_gives_the_cpus_pdfs(tmp_path, photoz_weights, weights):
     import probcat
 
     path = _ugrizy_image(tmp_path / "field.fits")
-    kw = {"estimator": str(photoz_weights), "detector": str(weights), "threshold": 0.0}
+    det = probcat.load(str(weights), device="cpu")  # both: the same detections
+    kw = {"estimator": str(photoz_weights), "detector": det, "threshold": 0.0}
     cpu = probcat.photoz(path, device="cpu", **kw).catalog
     gpu = probcat.photoz(path, device="cuda", **kw).catalog
     assert len(cpu) == len(gpu) > 0 and np.array_equal(cpu["has_pz"], gpu["has_pz"])
