@@ -126,6 +126,22 @@ def test_init_weights_of_another_kind_fail_before_any_bank_is_built(tmp_path):
     assert not cache.exists() and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("train", ["detection", "deblend", "photoz"])
+def test_a_device_that_is_not_there_fails_before_any_bank_is_built(tmp_path, train):
+    from probcat.train.deblend import DeblendTrainConfig, train_deblend
+    from probcat.train.photoz import PhotozTrainConfig, train_photoz
+
+    cache = tmp_path / "cache"
+    fn, cfg = {
+        "detection": (train_detection, _cfg()),
+        "deblend": (train_deblend, DeblendTrainConfig()),
+        "photoz": (train_photoz, PhotozTrainConfig()),
+    }[train]
+    with pytest.raises(ProbcatValueError, match="device 'gpu0'"):
+        fn(cfg, tmp_path / "run", cache_dir=cache, progress=False, device="gpu0")
+    assert not cache.exists() and not (tmp_path / "run").exists()
+
+
 def test_detection_resume_is_exact(tmp_path, cache_dir):
     """3 steps, stop, resume to 6 gives the same weights as 6 steps straight."""
     cfg = _cfg(checkpoint_every=100)

@@ -27,6 +27,7 @@ from probcat.config import load_yaml
 from probcat.errors import ProbcatValueError
 from probcat.infer.deblend import crop_nearest
 from probcat.nets.deblend import CROP, STAMP, GalaxyModel, eq11_loss
+from probcat.runtime import choose_device
 from probcat.simulate.datasets import Simulation, SimulationConfig
 from probcat.survey import Survey
 from probcat.train.loop import LoopSettings, Phase, check_run_config, fit_config, model_device
@@ -258,6 +259,7 @@ def train_deblend(
 ) -> dict | None:
     """Train (or resume) and write ``<stage>.pt`` and ``manifest.json`` into ``out``;
     ``device``: where the steps run (default a GPU when present)."""
+    choose_device(device)  # a device there is not: an error before the banks are built
     task = DeblendTask(cfg, cache_dir=cache_dir, progress=progress)
     return fit_config(
         task, cfg, out, progress=progress, command=command, stop_after=stop_after, device=device

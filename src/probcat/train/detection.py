@@ -34,6 +34,7 @@ from probcat.config import from_dict, load_yaml, to_dict
 from probcat.errors import ProbcatValueError
 from probcat.infer.detect import SEEING_RANGE
 from probcat.nets.detection import N_GROUPS, DetectionNet, TileOutput, tile_groups
+from probcat.runtime import choose_device
 from probcat.simulate.bank import BankConfig, SourceBank
 from probcat.simulate.scene import SceneConfig, SceneSimulator, SeeingMixture
 from probcat.survey import Survey
@@ -514,6 +515,7 @@ def train_detection(
 ) -> dict | None:
     """Train (or resume) and write ``detection.pt`` and ``manifest.json`` into ``out``;
     ``device``: where the steps run (default a GPU when present)."""
+    choose_device(device)  # a device there is not: an error before the banks are built
     if cfg.init is not None:  # wrong or missing weights: an error before the banks are built
         init_weights(cfg)
     task = DetectionTask(cfg, cache_dir=cache_dir, progress=progress)

@@ -34,6 +34,7 @@ from probcat.nets.photoz import (
     dihedral,
     mixture_nll,
 )
+from probcat.runtime import choose_device
 from probcat.simulate.datasets import Simulation, SimulationConfig
 from probcat.simulate.prior import MAG_GOLD
 from probcat.survey import Survey
@@ -522,6 +523,7 @@ def train_photoz(
     manifest; a later call without it assembles. ``device``: where the steps run (default
     a GPU when present)."""
     out = Path(out)
+    choose_device(device)  # a device there is not: an error before the banks are built
     if cfg.calibration.scenes:  # before hours of training, not after
         calibration_detector(cfg)
     if cfg.init is not None:
