@@ -1,5 +1,7 @@
 """The generic training loop on a toy task (linear regression with a batch norm)."""
 
+import collections
+
 import numpy as np
 import pytest
 import torch
@@ -131,6 +133,8 @@ def test_to_device_moves_every_tensor_of_a_batch():
     assert c.params["flux"].device == meta and lst[0].device == meta and d["z"].device == meta
     assert (c.tile_size, c.image_shape, n) == (4, (12, 12), 5) and isinstance(lst, list)
     assert to_device(batch, "cpu")[0] is batch[0]  # already there: the same tensor
+    pair = to_device(collections.namedtuple("Pair", "x y")(torch.ones(2), 3), meta)
+    assert pair.x.device == meta and pair.y == 3 and type(pair).__name__ == "Pair"
 
 
 def test_run_records_its_device_and_writes_cpu_tensors(tmp_path):

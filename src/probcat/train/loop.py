@@ -87,6 +87,8 @@ def to_device(obj, device):
     as it is. On the device it is already on, the same tensors."""
     if isinstance(obj, torch.Tensor):
         return obj.to(device)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a named tuple
+        return type(obj)(*(to_device(v, device) for v in obj))
     if isinstance(obj, (tuple, list)):
         return type(obj)(to_device(v, device) for v in obj)
     if isinstance(obj, dict):
