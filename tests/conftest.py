@@ -28,7 +28,9 @@ def _cpu_by_default(request, monkeypatch):
     import probcat.runtime as R
 
     choose = R.choose_device
-    monkeypatch.setattr(R, "choose_device", lambda device=None: choose(device or "cpu"))
+    monkeypatch.setattr(
+        R, "choose_device", lambda device=None: choose("cpu" if device is None else device)
+    )
 
 
 @pytest.fixture(scope="session")
