@@ -17,12 +17,24 @@ def _seed_everything():
     torch.manual_seed(0)
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--default-device",
+        action="store_true",
+        help="run every test on probcat's default device (a GPU when present), not the CPU: "
+        "to look for GPU bugs (tests of exact values then fail on the GPU's rounding)",
+    )
+
+
 @pytest.fixture(autouse=True)
 def _cpu_by_default(request, monkeypatch):
     """Tests run on the CPU unless they name a device, so that their numbers are the same on
     a machine with a GPU (a GPU's float rounding, and its non-deterministic kernels in
     training, differ from the CPU's). The GPU tests name ``"cuda"``; a test marked
-    ``device_default`` sees probcat's own default (a GPU when present)."""
+    ``device_default`` (every test, with ``--default-device``) sees probcat's own default
+    (a GPU when present)."""
+    if request.config.getoption("--default-device"):
+        return
     if request.node.get_closest_marker("device_default") is not None:
         return
     import probcat.runtime as R
