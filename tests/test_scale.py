@@ -262,6 +262,21 @@ def test_serial_threads_option(tmp_path, weights):
     assert meta["noise_source"] == "measured" and meta["noise_sigma"][0] > 0
 
 
+def test_device_of_a_run_serial_runs_default_workers_use_the_cpu(tmp_path, weights):
+    from probcat.scale import run_device
+
+    assert run_device(None, serial=True) is None  # probcat's default: a GPU when present
+    assert run_device(None, serial=False) == "cpu"  # a worker per core: not one GPU each
+    assert run_device("cuda:1", serial=False) == "cuda:1"
+    images = _images(tmp_path, n=1)
+    got = run(images, tmp_path / "a", weights=str(weights), workers=0, device="cpu",
+              progress=False)  # fmt: skip
+    assert got["processed"] == 1 and not got["failed"]
+    with pytest.raises(ProbcatValueError, match="device 'gpu0'"):
+        run(images, tmp_path / "b", weights=str(weights), workers=0, device="gpu0")
+    assert not (tmp_path / "b").exists()
+
+
 def test_run_reads_classes_at_the_seeing_given(tmp_path, stamp_weights):
     images = _images(tmp_path, n=1)
     with pytest.raises(ProbcatValueError, match="seeing must be"):

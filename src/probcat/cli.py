@@ -673,6 +673,11 @@ def run_cmd(
         "--width-scale",
         help="with --photoz: a factor on every PDF width (one probcat photoz --spec-z fitted)",
     ),
+    device: str = typer.Option(
+        None,
+        help="cpu, cuda, ... (default: a GPU when present for --workers 0, else the CPU: "
+        "one GPU shared by a worker per core would not pay)",
+    ),
 ):
     """Catalogs of many images on Dask: one catalog per image in OUT, written atomically; a
     rerun skips finished images (an interrupted run resumes). Failures are listed in
@@ -710,6 +715,7 @@ def run_cmd(
         progress=not quiet,
         photoz=(photoz_weights or "default") if photoz else None,
         width_scale=width_scale,
+        device=device,
     )
     if dry_run:
         typer.echo(f"would process {s['to_process']} of {s['images']} images ({s['skipped']} done)")

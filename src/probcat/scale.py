@@ -4,7 +4,9 @@ catalog that LSDB reads.
 - :func:`run` processes a list of FITS images into ``out/<image stem>.parquet`` (or
   ``.fits``): serially in this process (``workers=0``), on a local Dask cluster (the
   default: one worker process per core, one torch thread each) or on any Dask scheduler
-  (``scheduler="tcp://host:8786"``, e.g. started by dask-jobqueue on SLURM). Weights load
+  (``scheduler="tcp://host:8786"``, e.g. started by dask-jobqueue on SLURM). A serial run
+  uses a GPU when there is one; Dask workers use the CPU unless ``device`` names one (a
+  process per core, each with its own GPU context on one card, would not pay). Weights load
   once per worker process (:func:`_detector` is cached in the worker), never shipped with
   the tasks. Each catalog is written atomically, so a rerun skips finished images: an
   interrupted run resumes without losing or duplicating rows. A failing image is recorded
@@ -160,19 +162,27 @@ def _entry(x) -> tuple:
 
 
 @lru_cache(maxsize=2)
-def _detector(weights: str | None, threads="auto"):
+def _detector(weights: str | None, threads="auto", device=None):
     """The detector, loaded once per (worker) process."""
     from probcat.api import load
 
-    return load(weights, threads=threads, kind="detection")
+    return load(weights, threads=threads, kind="detection", device=device)
 
 
 @lru_cache(maxsize=2)
-def _estimator(weights: str, threads="auto"):
+def _estimator(weights: str, threads="auto", device=None):
     """The photo-z estimator, loaded once per (worker) process."""
     from probcat.api import load
 
-    return load(weights, threads=threads, kind="photoz")
+    return load(weights, threads=threads, kind="photoz", device=device)
+
+
+def run_device(device, serial: bool):
+    """The device a run's images are processed on: ``device`` when given; else probcat's
+    default (a GPU when present) for a serial run, and the CPU for Dask workers."""
+    if device is not None:
+        return str(device)
+    return None if serial else "cpu"
 
 
 def process_image(
@@ -196,9 +206,10 @@ def process_image(
     try:
         from probcat.io import read_image
 
-        det = _detector(options.get("weights"), options.get("threads", 1))
+        threads, device = options.get("threads", 1), options.get("device")
+        det = _detector(options.get("weights"), threads, device)
         pz_weights = options.get("photoz")
-        est = _estimator(pz_weights, options.get("threads", 1)) if pz_weights else None
+        est = _estimator(pz_weights, threads, device) if pz_weights else None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             data = read_image(
@@ -266,6 +277,7 @@ def run(
     progress: bool = True,
     photoz: str | None = None,
     width_scale: float = 1.0,
+    device=None,
 ) -> dict:
     """Catalogs of ``images`` into ``out`` (see the module docstring); returns the run
     summary (also written to ``out/run_summary.json``): images, processed, skipped
@@ -276,7 +288,9 @@ def run(
     PDFs as :func:`probcat.photoz` gives them (the detector then defaults to its
     ``detection_lsst_ugrizy``), the PDFs written beside it
     (:func:`probcat.redshift.pdf.pdf_path`); ``width_scale``: a factor on their widths
-    (:meth:`probcat.redshift.estimator.PhotozEstimator.fit_widths`)."""
+    (:meth:`probcat.redshift.estimator.PhotozEstimator.fit_widths`). ``device``: where the
+    networks run (:func:`run_device`: default a GPU when present for a serial run, the CPU
+    for Dask workers)."""
     from probcat.api import seeing_option
     from probcat.background import check_mode, wants_measured_noise
 
@@ -297,6 +311,10 @@ def run(
     width_scale = check_width_scale(width_scale)
     if width_scale != 1.0 and photoz is None:
         raise ProbcatValueError("width_scale applies to photo-z PDFs: it needs photoz")
+    if device is not None:
+        from probcat.runtime import choose_device
+
+        choose_device(device)  # a device that is not there: an error before any work
     jobs = plan(images, out, suffix)
     todo = [j for j in jobs if not j.output.exists()]
     summary = {"images": len(jobs), "to_process": len(todo), "skipped": len(jobs) - len(todo)}
@@ -316,15 +334,16 @@ def run(
                "gain": gain, "noise_sigma": noise_sigma, "seeing": seeing,
                "mask_planes": mask_planes, "weight_type": weight_type,
                "threads": (threads or "auto") if serial else 1, "photoz": photoz,
-               "width_scale": width_scale}  # fmt: skip
+               "width_scale": width_scale,
+               "device": run_device(device, serial)}  # fmt: skip
     if not serial and scheduler is None and todo:
         _start_forkserver()  # its imports overlap with the weights loading below
     # bad weights fail here, in one line, before anything is written
-    det = _detector(weights, options["threads"])
+    det = _detector(weights, options["threads"], options["device"])
     if photoz is not None:
         from probcat.api import check_photoz_detector
 
-        check_photoz_detector(det, _estimator(photoz, options["threads"]))
+        check_photoz_detector(det, _estimator(photoz, options["threads"], options["device"]))
     check_writable_dir(out)
     _remove_temporaries(out)  # of a killed run
     t0 = time.perf_counter()
