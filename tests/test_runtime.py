@@ -67,6 +67,9 @@ def test_choose_device():
     assert R.choose_device(None).type == expected
     with pytest.raises(ProbcatValueError, match="not a torch device"):
         R.choose_device("gpu0")
+    assert R.device_name("cpu") == "cpu" == R.device_name(torch.device("cpu"))
+    if torch.cuda.is_available():
+        assert R.device_name("cuda").startswith("cuda (")  # and the card's name
     if not torch.cuda.is_available():  # asked for by name where there is none: one line
         with pytest.raises(ProbcatValueError, match="no CUDA GPU"):
             R.choose_device("cuda")

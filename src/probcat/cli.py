@@ -31,10 +31,10 @@ def _print_version(value: bool) -> None:
         import torch
 
         from probcat import __version__
-        from probcat.runtime import choose_device
+        from probcat.runtime import choose_device, device_name
 
         print(f"probcat {__version__} (Python {platform.python_version()}, torch "
-              f"{torch.__version__}, device {choose_device()})")  # fmt: skip
+              f"{torch.__version__}, device {device_name(choose_device())})")  # fmt: skip
         raise typer.Exit()
 
 

@@ -42,6 +42,7 @@ import time
 
 __all__ = [
     "choose_device",
+    "device_name",
     "place",
     "auto_threads",
     "threads_for",
@@ -71,6 +72,16 @@ def choose_device(device=None):
     if out.type == "cuda" and not torch.cuda.is_available():
         raise ProbcatValueError(f"device {device!r}: no CUDA GPU is available to torch here")
     return out
+
+
+def device_name(device) -> str:
+    """``device`` in words: ``"cpu"``, or e.g. ``"cuda (NVIDIA H200)"``."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 def _cores() -> int:

@@ -107,13 +107,6 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def device_name(device: torch.device) -> str:
-    """``device`` in words for a manifest: ``"cpu"``, or e.g. ``"cuda (NVIDIA H200)"``."""
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return str(device)
-
-
 def phase_lr(phase: Phase, k: int) -> float:
     """Learning rate at step ``k`` (from 0) of ``phase``."""
     warm = min(phase.warmup, phase.steps)
@@ -239,7 +232,7 @@ def fit(
     when present); a checkpoint resumes on any device."""
     from tqdm.auto import tqdm
 
-    from probcat.runtime import choose_device
+    from probcat.runtime import choose_device, device_name
 
     out = Path(out)
     try:
