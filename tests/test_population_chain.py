@@ -353,3 +353,18 @@ def test_population_targets_resume_only_targets_of_the_same_budget_and_networks(
     assert bench.shared_networks(a) == bench.shared_networks(b)
     assert set(bench.shared_networks(a)) == {"r1", "r2", "r4", "plain"}
     assert all(bench.shared_networks(a)[k] != v for k, v in bench.shared_networks(other).items())
+
+
+@pytest.mark.device_default  # what a machine with a GPU would do
+def test_the_chain_trains_on_the_cpu_even_where_a_gpu_is_the_default(tmp_path, monkeypatch):
+    import probcat.population.chain as C
+
+    seen = {}
+    monkeypatch.setattr(C, "fit", lambda *a, **kw: seen.update(kw))
+
+    class Task:
+        kind = "population_r2"
+        model = torch.nn.Linear(1, 1)
+
+    C.Chain(PopulationConfig(), tmp_path)._fit(Task(), 3, 2, {})
+    assert seen["device"] == "cpu" and seen["settings"].seed is not None

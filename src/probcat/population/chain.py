@@ -448,12 +448,16 @@ class Chain:
         return {k: d[k] for k in pick[stage]}
 
     def _fit(self, task, steps: int, offset: int, config: dict, folder: str | None = None):
+        # on the CPU, a GPU or not: the chain's networks are small, its tasks keep their data
+        # on the CPU, and a rerun gives the same networks to the bit (the run folders reuse
+        # them)
         fit(
             task,
             self.out / (folder or task.kind.removeprefix("population_")),
             config={"task": task.kind, **config},
             settings=_settings(self.cfg, steps, offset),
             progress=self.progress,
+            device="cpu",
         )
         task.model.eval()
 
