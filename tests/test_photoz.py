@@ -566,7 +566,7 @@ def test_photoz_on_a_gpu_gives_the_cpus_pdfs(tmp_path, photoz_weights, weights):
     cpu = probcat.photoz(path, device="cpu", **kw).catalog
     gpu = probcat.photoz(path, device="cuda", **kw).catalog
     assert len(cpu) == len(gpu) > 0 and np.array_equal(cpu["has_pz"], gpu["has_pz"])
-    for c in ("z_mean", "z_lo68", "z_hi95"):  # float rounding (TF32 convolutions) apart
+    for c in ("z_mean", "z_lo68", "z_hi95"):  # the same but for the GPU's float rounding
         np.testing.assert_allclose(gpu[c], cpu[c], atol=0.01, err_msg=c)
 
 
