@@ -52,7 +52,9 @@ def _timed(fn, runs: int) -> tuple[float, object]:
 
 
 def _match(a, b, radius: float = 0.5):
-    """Indices of ``a``'s and ``b``'s rows matched one to one within ``radius`` px."""
+    """Indices of ``a``'s and ``b``'s rows matched one to one within ``radius`` px: nearest
+    neighbours (``probcat.metrics.detection.match``'s Hungarian matching holds an n × m
+    distance matrix, too large for 25,000 sources a side)."""
     from scipy.spatial import cKDTree
 
     if len(a) == 0 or len(b) == 0:
@@ -146,16 +148,12 @@ def inference(args) -> dict:
     pc, pg = got["cpu", "pz"], got["gpu", "pz"]
     a["photoz_1k"] = _compare(pc, pg, ["z_mode", "z_mean", "z_hi95"])
     dc, dg = got["cpu", "deb"], got["gpu", "deb"]
-    a["deblend_measure_1k"] = {
-        f"{c}_max_rel": float(
-            np.nanmax(np.abs(dg.catalog[c] - dc.catalog[c])
-                      / np.maximum(np.abs(dc.catalog[c]), 1e-3), initial=0)
-        )
-        for c in ("flux_ap", "T", "e1", "e2")
-    }  # fmt: skip
-    for c in ("flux_ap", "T"):
+    a["deblend_measure_1k"] = {}
+    for c in ("flux_ap", "T", "e1", "e2"):  # relative to the CPU's value
         rel = np.abs(dg.catalog[c] - dc.catalog[c]) / np.maximum(np.abs(dc.catalog[c]), 1e-3)
-        a["deblend_measure_1k"][f"{c}_median_rel"] = float(np.nanmedian(rel))
+        a["deblend_measure_1k"][f"{c}_max_rel"] = float(np.nanmax(rel, initial=0))
+        if c in ("flux_ap", "T"):
+            a["deblend_measure_1k"][f"{c}_median_rel"] = float(np.nanmedian(rel))
     a["deblend_measure_1k"]["model_max_abs_over_peak"] = float(
         np.abs(dg.model - dc.model).max() / np.abs(dc.model).max()
     )
