@@ -55,8 +55,10 @@ class Toy:
 PHASES = [Phase("a", 4, 0.05, warmup=2), Phase("b", 4, 0.02, warmup=1, trainable=("2.",))]
 
 
-def _fit(out, stop=None, phases=PHASES, seed=0, device="cpu"):
+def _fit(out, stop=None, phases=PHASES, seed=0, device="cpu", fits=None):
     cfg = {"phases": [p.__dict__ for p in phases], "seed": seed}
+    if fits is not None:
+        cfg["fits"] = fits
     return fit(
         Toy(phases),
         out,
@@ -101,6 +103,9 @@ def test_checkpoint_refuses_another_config_but_not_unstarted_phases(tmp_path):
         _fit(tmp_path / "run", phases=[Phase("a", 4, 0.1), Phase("b", 6, 0.01)])
     with pytest.raises(ProbcatValueError, match=r"different config \(seed changed\)"):
         _fit(tmp_path / "run", phases=later, seed=1)
+    # the fits after training never change the steps: new or changed ones resume
+    assert _fit(tmp_path / "run2", stop=2) is None
+    assert _fit(tmp_path / "run2", fits={"depth_years": [1.0]})["steps"] == 8
 
 
 def test_loss_decreases(tmp_path):

@@ -383,7 +383,7 @@ class Detector:
         its masked pixels (``(H, W)`` or None)."""
         from probcat.weights import coadd_trained
 
-        x, wcs, _, info, masked = read_input(
+        x, wcs, sigma, info, masked = read_input(
             image,
             self.survey,
             noise_sigma,
@@ -392,7 +392,23 @@ class Detector:
             correlated_noise_ok=coadd_trained(self.manifest),
             **opts,
         )
-        return x, wcs, info, masked
+        return x, wcs, self._with_depth(info, sigma), masked
+
+    def _with_depth(self, info: dict, sigma, planes=None) -> dict:
+        """``info`` of an image read with noise ``sigma`` (per band of the detector; with
+        ``planes``, per band of the image read, the detector's at those indices), with
+        ``noise_over_survey`` where its depth is known (its zeropoint or a flux-density
+        unit: :func:`noise_over_survey`): the probability calibration of that depth."""
+        read = info
+        if planes is not None:
+            sigma = np.asarray(sigma)[planes]
+            if info.get("zeropoint"):
+                read = {**info, "zeropoint": [info["zeropoint"][p] for p in planes]}
+        ratio = noise_over_survey(self.survey, sigma, read, electrons_as_survey=False)
+        if not np.isfinite(ratio).any():
+            return info
+        return {**info, "noise_over_survey": [round(float(v), 4) if np.isfinite(v) else None
+                                              for v in ratio]}  # fmt: skip
 
     def _prepare(self, images, noise_sigma, opts: dict) -> _Batch:
         if isinstance(images, np.ndarray) and images.ndim == 4:
@@ -428,13 +444,18 @@ class Detector:
                 raise
             raise ProbcatValueError(f"image {k} of {what}: {e}") from None
 
-    def _prepared(self, x: np.ndarray, wcs, info: dict, masked=None) -> _Batch:
+    def _prepared(
+        self, x: np.ndarray, wcs, info: dict, masked=None, sigma=None, planes=None
+    ) -> _Batch:
         """One image already read, checked and in noise-sigma units (``read_input``'s ``x``,
-        the detector's bands, and its ``masked`` pixels), as a batch, without a copy; sized
-        for the network."""
+        the detector's bands, its ``masked`` pixels and, for its depth, the noise ``sigma``
+        of the bands read, the detector's at indices ``planes``), as a batch, without a
+        copy; sized for the network."""
         from probcat.infer.detect import check_size
 
         check_size(x.shape, self.net.receptive_field // 2)
+        if sigma is not None:
+            info = self._with_depth(info, sigma, planes)
         return _Batch(np.asarray(x, np.float32)[None], [wcs], True, [info], [masked])
 
     @property
@@ -572,6 +593,7 @@ class Detector:
 
         from probcat.infer.calibration import CentroidCalibration
         from probcat.infer.detect import (
+            at_depth,
             at_seeing,
             catalog_from_decisions,
             decode,
@@ -580,7 +602,7 @@ class Detector:
             measured_scale,
             sample_catalogs,
         )
-        from probcat.infer.reliability import annotate, seeing_calibration
+        from probcat.infer.reliability import annotate, calibration_for
         from probcat.runtime import thread_limit
 
         if (
@@ -599,7 +621,7 @@ class Detector:
             raise ProbcatValueError(f"seed must lie in [0, 2^63), got {seed}")
         opts = dict(opts)
         seeing = opts.pop("seeing", "auto")
-        unknown = set(opts) - {"background", "gain", "mask"}
+        unknown = set(opts) - {"background", "gain", "mask", "zeropoint"}
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
         fixed = seeing_option(seeing)  # a given ratio; None for "auto" and "none"
@@ -647,13 +669,15 @@ class Detector:
                         if not (want_map or mix):
                             continue
                         used = matched_scale(scales[k])
-                        with at_seeing(self.net, scales[k]):  # the calibration of its seeing
+                        noise = _noise_scale(batch.info[sl.start + k])
+                        # the calibration of its seeing and depth
+                        with at_seeing(self.net, scales[k]), at_depth(self.net, noise):
                             c = annotate(c, self.net, feats[k], pixels[k])
                         if mix and "centroid_calibration" in c.meta:
                             cals[k] = CentroidCalibration.from_dict(c.meta["centroid_calibration"])
                         if not want_map:
                             continue
-                        factor = seeing_calibration(self.net, used)[0]
+                        factor, depth, _ = calibration_for(self.net, used, noise)
                         self._warn_seeing(ratio, used != 1.0, factor)
                         info = {
                             **batch.info[sl.start + k],
@@ -661,6 +685,8 @@ class Detector:
                             "seeing_matched": round(used, 3),
                             "calibration_seeing": factor,
                         }
+                        if depth != 1.0:  # a calibration fitted at another depth
+                            info["calibration_noise"] = depth
                         # each catalog its own metadata (the decoder's dict is shared)
                         c = replace(c, meta={**c.meta, "input": info})
                         cats.append(_with_sky(c, batch.wcs[sl.start + k]))
@@ -692,6 +718,14 @@ class Detector:
         else:
             out = (cats, prob, draws)
         return (*out, tiles, batch) if full else out
+
+
+def _noise_scale(info: dict) -> float | None:
+    """The noise as a flux over the survey's of an image read by a detector (the geometric
+    mean over its bands of ``info["noise_over_survey"]``); None where its depth is unknown."""
+    v = np.asarray([x for x in info.get("noise_over_survey") or () if x is not None], float)
+    v = v[np.isfinite(v) & (v > 0)]
+    return float(np.exp(np.log(v).mean())) if len(v) else None
 
 
 _KINDS = {"autoencoder": "deblender"}  # autoencoder weights deblend too
@@ -1125,6 +1159,28 @@ def ab_mag(band, flux, unit: str = "electron", zeropoint=None) -> np.ndarray:
         return np.where(flux > 0, mag, np.nan)
 
 
+def noise_over_survey(survey, sigma, info: dict, electrons_as_survey: bool = True) -> np.ndarray:
+    """Per band of ``survey``, an image's noise ``sigma`` (its pixel units, as
+    :func:`read_input` gives it) as a flux over the survey's own noise as a flux: below 1 a
+    deeper image, above 1 a shallower one (LSST at 1 year against 10: sqrt(10)). Through
+    the image's zeropoint (``info["zeropoint"]``), else its pixel unit (a flux density;
+    electrons: the survey's zeropoint and exposure, or NaN unless
+    ``electrons_as_survey``: electrons of an unknown exposure); NaN where the pixels cannot
+    be calibrated (ADU)."""
+    unit = info.get("flux_unit", "electron")
+    zps = info.get("zeropoint") or [None] * len(survey.bands)
+    out = []
+    for k, band in enumerate(survey.bands):
+        zp = zps[k]
+        known = (zp is not None and np.isfinite(zp)) or unit != "electron"
+        if not (known or electrons_as_survey):
+            out.append(np.nan)
+            continue
+        mag = ab_mag(band, np.asarray([sigma[k]], float), unit, zp)[0]
+        out.append(10.0 ** (-0.4 * (mag - band.flux_to_mag(band.noise_sigma))))
+    return np.asarray(out, float)
+
+
 def mag_error(flux, flux_err, mag) -> np.ndarray:
     """The magnitude error of a flux error to first order, 2.5 / ln 10 x flux_err / flux;
     NaN where the magnitude is."""
@@ -1331,7 +1387,8 @@ def photoz(
     # the detector reads the same sigma-unit planes (sky done above, for every band): no copy
     # when it has every band in order
     x_det = x_all if planes == list(range(len(est.bands))) else x_all[planes]
-    res = det.detect(det._prepared(x_det, wcs, info, masked), threshold=threshold, seeing=seeing)
+    batch = det._prepared(x_det, wcs, info, masked, sigma, planes)
+    res = det.detect(batch, threshold=threshold, seeing=seeing)
     res.catalog = _with_sky(res.catalog, wcs)
     res.wcs = wcs
     # at the aperture noise; deeper: warned, or read at the training depth

@@ -95,6 +95,7 @@ __all__ = [
     "fit_feature_density",
     "annotate",
     "seeing_calibration",
+    "calibration_for",
     "fit_seeing_calibration",
     "fit_shapes_calibration",
     "ood_log_ratio",
@@ -723,26 +724,46 @@ def seeing_calibration(net, scale: float | None = None) -> tuple:
     a PSF ``factor`` times as wide), the one whose factor is nearest in log to ``scale``
     (default ``net.seeing_scale``, the PSF width ratio the image is read at:
     :func:`probcat.infer.detect.at_seeing`); the survey's own on a tie. ``(1.0, None)``
-    for weights without a calibration."""
+    for weights without a calibration. At the survey's depth: :func:`calibration_for`
+    chooses among the depth calibrations too."""
+    factor, _, cal = calibration_for(net, scale, 1.0)
+    return factor, cal
+
+
+def calibration_for(net, scale: float | None = None, noise: float | None = None) -> tuple:
+    """``(seeing_factor, noise_factor, calibration)``: of the probability calibration of
+    ``net``'s weights (the survey's seeing and depth: factors 1, 1), its
+    ``seeing_calibrations`` (under a PSF ``seeing_factor`` times as wide, at the survey's
+    depth) and its ``depth_calibrations`` (at the survey's seeing, on images whose noise as
+    a flux is ``noise_factor`` times the survey's: shallower above 1), the one nearest to
+    the image's ``scale`` (default ``net.seeing_scale``) and ``noise`` (default
+    ``net.noise_scale``: :func:`probcat.infer.detect.at_depth`; None, an unknown depth, is
+    the survey's) by the sum of the two log distances; the survey's own on a tie, then
+    the seeing's. ``(1.0, 1.0, None)`` for weights without a calibration."""
     own = getattr(net, "prob_calibration", None)
-    scale = float(getattr(net, "seeing_scale", 1.0) if scale is None else scale)
-    if own is None or not scale > 0:
-        return 1.0, own
-    options = [(1.0, own), *getattr(net, "seeing_calibrations", ())]
-    return min(options, key=lambda fc: abs(math.log(fc[0] / scale)))
+    scale = getattr(net, "seeing_scale", 1.0) if scale is None else scale
+    noise = getattr(net, "noise_scale", None) if noise is None else noise
+    scale = float(scale) if scale is not None and scale > 0 else 1.0
+    noise = float(noise) if noise is not None and noise > 0 and math.isfinite(noise) else 1.0
+    if own is None:
+        return 1.0, 1.0, own
+    options = [(1.0, 1.0, own)]
+    options += [(f, 1.0, c) for f, c in getattr(net, "seeing_calibrations", ())]
+    options += [(1.0, g, c) for g, c in getattr(net, "depth_calibrations", ())]
+    return min(options, key=lambda o: abs(math.log(o[0] / scale)) + abs(math.log(o[1] / noise)))
 
 
 def annotate(cat, net, feats_k: torch.Tensor, pixels=None):
     """A MAP catalogue of ``net`` with the weights' reliability columns: ``prob_raw`` (the
     network's probability), ``prob`` (calibrated) and ``ood_score`` (see the module
     docstring); unchanged when the weights carry neither fit. The calibration is the one
-    for the seeing ``net`` reads the image at (:func:`seeing_calibration`). With ``pixels``
-    (the image in noise-sigma units) and weights with a pair rule, the detections it vetoes
-    are dropped first (:func:`veto_pairs`). Where the probabilities mix two maps by the
+    for the seeing and depth ``net`` reads the image at (:func:`calibration_for`). With
+    ``pixels`` (the image in noise-sigma units) and weights with a pair rule, the detections
+    it vetoes are dropped first (:func:`veto_pairs`). Where the probabilities mix two maps by the
     image's ``real_shapes_probability`` (:class:`ShapesCalibration`), the metadata's
     ``centroid_calibration`` mixes the weights' two centroid calibrations by it too."""
     cat = veto_pairs(cat, net, pixels)
-    cal = seeing_calibration(net)[1]
+    cal = calibration_for(net)[2]
     dens = getattr(net, "feature_density", None)
     if cal is None and dens is None:
         return cat

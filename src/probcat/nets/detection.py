@@ -118,12 +118,18 @@ class DetectionNet(nn.Module):
         # ((factor, calibration), ...): probability calibrations fitted under PSFs ``factor``
         # times as wide as the survey's (probcat.infer.reliability.seeing_calibration)
         self.seeing_calibrations = ()
+        # ((factor, calibration), ...): probability calibrations fitted at other depths, where
+        # the noise as a flux is ``factor`` times the survey's (above 1: shallower images)
+        self.depth_calibrations = ()
         # split veto of close pairs in MAP catalogues (probcat.infer.pairs), set by the loader
         self.pair_rule = None
         # how many times wider the image's PSF is than the survey's: the stamp classifier
         # reads stamps resampled to the survey's seeing (see :meth:`stamps`); set for one
         # image's decoding by :func:`probcat.infer.detect.at_seeing`
         self.seeing_scale = 1.0
+        # the image's noise as a flux over the survey's (None: unknown, read as the survey's
+        # depth); set for one image by :func:`probcat.infer.detect.at_depth`
+        self.noise_scale = None
         self.detection_head = CheckerboardHead(channels, tile_size, proximity)
         if classifier == "tile":
             self.type_head = nn.Sequential(

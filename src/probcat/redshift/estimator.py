@@ -236,17 +236,10 @@ class PhotozEstimator:
         (``info["zeropoint"]``), else its pixel unit (electrons: the survey's zeropoint
         and exposure; nJy ...): below 1, a deeper image. NaN where the pixels cannot be
         calibrated (ADU)."""
-        from probcat.api import ab_mag
+        from probcat.api import noise_over_survey
 
-        unit = info.get("flux_unit", "electron")
-        zps = info.get("zeropoint") or [None] * len(self.survey.bands)
         deepest = np.sqrt(self.survey.depth_years / max(self.training_depths()))
-        out = []
-        for k, band in enumerate(self.survey.bands):
-            mag = ab_mag(band, np.asarray([sigma[k]], float), unit, zps[k])[0]
-            ref = band.flux_to_mag(band.noise_sigma)  # the survey's depth
-            out.append(10.0 ** (-0.4 * (mag - ref)) / deepest)
-        return np.asarray(out, float)
+        return noise_over_survey(self.survey, sigma, info) / deepest
 
     def network_input(
         self, xs: np.ndarray, sigma, info: dict, match_depth: bool = False, masked=None

@@ -139,6 +139,11 @@ class DetectionFits:
     # (probcat.infer.reliability.seeing_calibration); (): none
     seeing_factors: tuple[float, ...] = ()
     seeing_scenes: int = 1024
+    # depths (years of the survey; not data.years) at which the probability calibration is
+    # fitted again, on depth_scenes validation scenes each (the same layouts), for images
+    # whose depth is known and differs (probcat.infer.reliability.calibration_for); (): none
+    depth_years: tuple[float, ...] = ()
+    depth_scenes: int = 1024
     # a second probability calibration, fitted on real_shapes_scenes validation scenes of
     # this population (e.g. "hdf", real galaxies), for images whose galaxies look unlike
     # the prior's: each image's detections get both maps, weighted by what their ood_score
@@ -408,17 +413,19 @@ class DetectionTask:
             **_fit_reliability(model, self.cfg, sim, progress),
             **_fit_shapes(model, self.cfg, self.cache_dir, progress),
             "seeing_calibrations": _fit_seeing(model, self.cfg, self.cache_dir, progress),
+            "depth_calibrations": _fit_depth(model, self.cfg, self.cache_dir, progress),
             "sky_offset": fit_sky_offset(self.cfg, sim.bank),
         }
 
     @staticmethod
     def manifest_fits(fits: dict) -> dict:
         """The fits as the manifest records them: the feature density by its size only, the
-        seeing calibrations by factor, size and source."""
+        seeing and depth calibrations by factor, size and source."""
         return {
             **fits,
             "feature_density": _density_summary(fits.get("feature_density")),
             "seeing_calibrations": _seeing_summary(fits.get("seeing_calibrations")),
+            "depth_calibrations": _seeing_summary(fits.get("depth_calibrations")),
         }
 
     def weights(self, model):
@@ -632,6 +639,8 @@ def calibrate_run(
     population: str | None = None,
     seeing_only: bool = False,
     seeing_factors: tuple[float, ...] | None = None,
+    depth_only: bool = False,
+    depth_years: tuple[float, ...] | None = None,
     shapes_only: bool = False,
     real_shapes_population: str | None = None,
     centroid_only: bool = False,
@@ -653,7 +662,9 @@ def calibrate_run(
     the ones used go into the recorded config. The probability calibrations at other
     seeing (``fits.seeing_factors``, or ``seeing_factors`` given) are refitted after the
     probability calibration; ``seeing_only``: only they, with the run's merge radius, pair
-    rule, probability calibration and feature density as recorded. The second calibration
+    rule, probability calibration and feature density as recorded; the same for the
+    calibrations at other depths (``fits.depth_years`` or ``depth_years``; ``depth_only``).
+    The second calibration
     for galaxies unlike the prior's (``fits.real_shapes_population``, or
     ``real_shapes_population`` given) is refitted after the probability calibration;
     ``shapes_only``: only it, with everything else as recorded. ``centroid_only``: only the
@@ -670,9 +681,10 @@ def calibrate_run(
         "reliability_inside_fraction": inside_fraction,
         "population": population,
         "seeing_factors": None if seeing_factors is None else tuple(seeing_factors),
+        "depth_years": None if depth_years is None else tuple(depth_years),
         "real_shapes_population": real_shapes_population,
     }
-    if not (reliability_only or seeing_only):  # the centroid calibration is refitted
+    if not (reliability_only or seeing_only or depth_only):  # the centroid calibration too
         fits["calibration_scenes"] = n_scenes
     cfg = replace(cfg, fits=replace(cfg.fits, **{k: v for k, v in fits.items() if v is not None}))
     net = DetectionNet(**weights["hparams"])
@@ -685,6 +697,12 @@ def calibrate_run(
         weights["config"]["fits"] = manifest["config"]["fits"] = to_dict(cfg.fits)
         manifest["seeing_calibrations"] = _seeing_summary(weights["seeing_calibrations"])
         return write_run(out, "detection", weights, manifest, refit="seeing_calibration")
+    if depth_only:
+        _set_fits(net, weights)
+        weights["depth_calibrations"] = _fit_depth(net, cfg, cache_dir, progress)
+        weights["config"]["fits"] = manifest["config"]["fits"] = to_dict(cfg.fits)
+        manifest["depth_calibrations"] = _seeing_summary(weights["depth_calibrations"])
+        return write_run(out, "detection", weights, manifest, refit="depth_calibration")
     if centroid_only:
         _set_fits(net, weights)
         sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population, fits=True)
@@ -726,6 +744,8 @@ def calibrate_run(
     rel.update(_fit_shapes(net, cfg, cache_dir, progress))
     rel["seeing_calibrations"] = _fit_seeing(net, cfg, cache_dir, progress)
     manifest["seeing_calibrations"] = _seeing_summary(rel["seeing_calibrations"])
+    rel["depth_calibrations"] = _fit_depth(net, cfg, cache_dir, progress)
+    manifest["depth_calibrations"] = _seeing_summary(rel["depth_calibrations"])
     weights["config"]["fits"] = manifest["config"]["fits"] = to_dict(cfg.fits)
     manifest["data"] = describe_data(cfg)
     weights.update(rel)
@@ -841,8 +861,15 @@ def _inside_note(n: int, frac: float) -> str:
 
 
 def _seeing_summary(entries: list | None) -> list:
+    """Seeing or depth calibrations as the manifest records them: factor (and depth in
+    years), size and source."""
     return [
-        {"factor": e["factor"], "n": e["calibration"]["n"], "source": e["calibration"]["source"]}
+        {
+            "factor": e["factor"],
+            **({"years": e["years"]} if "years" in e else {}),
+            "n": e["calibration"]["n"],
+            "source": e["calibration"]["source"],
+        }
         for e in entries or ()
     ]
 
@@ -936,6 +963,62 @@ def _fit_seeing(net, cfg: DetectionTrainConfig, cache_dir, progress) -> list:
         out.append({"factor": float(factor), "calibration": cal.to_dict()})
         net.seeing_calibrations += ((float(factor), cal),)
     return out
+
+
+def _fit_depth(net, cfg: DetectionTrainConfig, cache_dir, progress) -> list:
+    """The probability calibration refitted at each depth of ``fits.depth_years`` (years of
+    the survey, at its seeing), on ``fits.depth_scenes`` fresh scenes (a seed of their own)
+    of validation galaxies rendered at that depth, in the layouts of the reliability fits,
+    with ``net``'s pair rule, merge radius and feature density as set: ``[{"factor",
+    "years", "calibration"}, ...]``, ``factor`` the noise as a flux over the training
+    depth's (:func:`~probcat.api.noise_over_survey`). Sets ``net.depth_calibrations``. None
+    fitted when ``net`` has no calibration to refit, or (with a warning) where the scenes
+    hold too few detections."""
+    from probcat.infer.reliability import fit_seeing_calibration
+
+    net.depth_calibrations = ()
+    if net.prob_calibration is None:
+        return []
+    frac = _inside_fraction(cfg)
+    n, out = cfg.fits.depth_scenes, []
+    base = cfg.survey()
+    for years in cfg.fits.depth_years:
+        at = replace(cfg, data=replace(cfg.data, years=float(years)))
+        survey = at.survey()
+        factor = float(np.exp(np.mean(np.log(depth_noise_factor(survey, base)))))
+        sim = _simulator(at, "val", cache_dir, progress, cfg.fits.population, (1.0,), fits=True)
+        seed = [cfg.seed, 43, round(years * 100)]
+        try:
+            cal = fit_seeing_calibration(
+                net,
+                sim,
+                survey.noise_sigma,
+                n_scenes=n,
+                rng=np.random.default_rng(seed),
+                inside_fraction=frac,
+                source=f"{n} validation scenes ({cfg.data.image_size} px, split=val, seed "
+                f"{seed}{_inside_note(n, frac)}) at {years:g} years' depth (noise as a flux "
+                f"{factor:.3g} times the training's), MAP detections matched within 2 px, "
+                "ood_score of the weights' density",
+            )
+        except ProbcatValueError as e:
+            warnings.warn(f"no calibration at {years:g} years' depth: {e}", stacklevel=3)
+            continue
+        out.append({"factor": factor, "years": float(years), "calibration": cal.to_dict()})
+        net.depth_calibrations += ((factor, cal),)
+    return out
+
+
+def depth_noise_factor(survey: Survey, base: Survey) -> np.ndarray:
+    """Per band, the noise of ``survey`` as a flux over that of ``base`` (the same bands at
+    another depth or sky): sqrt(10) for LSST at 1 year against 10."""
+    return np.asarray(
+        [
+            10.0 ** (-0.4 * (b.flux_to_mag(b.noise_sigma) - a.flux_to_mag(a.noise_sigma)))
+            for b, a in zip(survey.bands, base.bands)
+        ],
+        float,
+    )
 
 
 def _fit_reliability(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progress) -> dict:

@@ -15,7 +15,8 @@ Resuming is exact: the checkpoint holds the model, the optimizer, the data and s
 random states and the step, so ``k`` steps then a resume to ``n`` give the same state as
 ``n`` steps straight (on the CPU; on a GPU, up to its float rounding, since its kernels
 need not be deterministic, and a checkpoint resumes on either). A checkpoint resumes only
-into the same config, except that phases not yet started may be added or changed.
+into the same config, except that phases not yet started may be added or changed, and
+the settings of the fits after training (a config's ``fits``) may change.
 """
 
 from __future__ import annotations
@@ -204,9 +205,10 @@ _MISSING = object()
 
 def _config_changes(saved: dict, now: dict, phases_done: int) -> list[str]:
     """The settings that stop a checkpoint of config ``saved`` from resuming under ``now``
-    (empty: it resumes): every key but the phases whose value differs, and ``phases`` when
-    one of the first ``phases_done`` phases (started or finished) differs."""
-    keys = sorted((set(saved) | set(now)) - {"phases"})
+    (empty: it resumes): every key but the phases and the ``fits`` (what is fitted after
+    training, which the steps never read) whose value differs, and ``phases`` when one of
+    the first ``phases_done`` phases (started or finished) differs."""
+    keys = sorted((set(saved) | set(now)) - {"phases", "fits"})
     changed = [k for k in keys if saved.get(k, _MISSING) != now.get(k, _MISSING)]
     if saved.get("phases", [])[:phases_done] != now.get("phases", [])[:phases_done]:
         changed.append("phases")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -231,6 +232,7 @@ def _build_detection(state: dict, path: Path):
         if state.get("feature_density"):
             net.feature_density = FeatureDensity.from_dict(state["feature_density"])
         net.seeing_calibrations = seeing_calibrations_from(state, path)
+        net.depth_calibrations = seeing_calibrations_from(state, path, "depth_calibrations")
     if state.get("pair_rule"):
         from probcat.infer.pairs import PairRule
 
@@ -238,22 +240,24 @@ def _build_detection(state: dict, path: Path):
     return net
 
 
-def seeing_calibrations_from(state: dict, path) -> tuple:
+def seeing_calibrations_from(state: dict, path, key: str = "seeing_calibrations") -> tuple:
     """``((factor, calibration), ...)`` of a detection weights ``state``'s
-    ``seeing_calibrations`` (``[{"factor": f, "calibration": {...}}, ...]``), by factor;
-    ``()`` for weights without them."""
+    ``seeing_calibrations`` (``[{"factor": f, "calibration": {...}}, ...]``; ``key``
+    ``"depth_calibrations"``: those fitted at other depths), by factor; ``()`` for weights
+    without them."""
     from probcat.infer.reliability import calibration_from_dict
 
+    what = key.split("_")[0]
     try:
         entries = [
             (float(e["factor"]), calibration_from_dict(e["calibration"]))
-            for e in state.get("seeing_calibrations") or ()
+            for e in state.get(key) or ()
         ]
         out = tuple(sorted(entries, key=lambda fc: fc[0]))
     except (TypeError, ValueError, KeyError) as e:
-        raise ProbcatIOError(f"{path}: malformed seeing calibrations ({e})") from e
-    if any(not f > 0 for f, _ in out):
-        raise ProbcatIOError(f"{path}: seeing calibration factors must be positive")
+        raise ProbcatIOError(f"{path}: malformed {what} calibrations ({e})") from e
+    if any(not (f > 0 and math.isfinite(f)) for f, _ in out):
+        raise ProbcatIOError(f"{path}: {what} calibration factors must be positive")
     return out
 
 
