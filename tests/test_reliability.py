@@ -179,6 +179,45 @@ def test_the_calibration_of_the_nearest_seeing_in_log_and_annotate_reads_it():
         assert rel.annotate(cat, net, feats)["prob"] == pytest.approx([0.5, 1.0])
 
 
+def test_the_calibration_of_the_nearest_depth_and_seeing_and_annotate_reads_it():
+    """Depth calibrations (noise as a flux over the survey's) join the seeing ones: the
+    nearest by the sum of the two log distances, the survey's own on a tie and for an
+    unknown depth (None), the seeing's before the depth's."""
+    from probcat.infer.detect import at_depth, at_seeing
+    from probcat.nets.detection import DetectionNet
+
+    own = rel.ProbabilityCalibration((0.0, 1.0), (0.0, 1.0), 100, "own")
+    at2 = rel.ProbabilityCalibration((0.0, 1.0), (0.0, 0.5), 100, "x2")
+    y1 = rel.ProbabilityCalibration((0.0, 1.0), (0.0, 0.6), 100, "1yr")
+    y20 = rel.ProbabilityCalibration((0.0, 1.0), (0.0, 0.9), 100, "20yr")
+    net = DetectionNet(n_bands=1, stem_channels=4, channels=8, n_blocks=2)
+    net.prob_calibration = own
+    net.seeing_calibrations = ((2.0, at2),)
+    net.depth_calibrations = ((0.5, y20), (4.0, y1))
+    pick = rel.calibration_for
+    assert pick(net, 1.0, None) == (1.0, 1.0, own)  # unknown depth: the survey's
+    assert pick(net, 1.0, 1.9) == (1.0, 1.0, own)  # log 1.9 < log 4 - log 1.9
+    assert pick(net, 1.0, 2.1) == (1.0, 4.0, y1)
+    assert pick(net, 1.0, 0.7) == (1.0, 0.5, y20)
+    assert pick(net, 1.0, 0.71) == (1.0, 1.0, own)  # nearer 1 than 0.5 in log
+    assert pick(net, 1.9, 4.0) == (1.0, 4.0, y1)  # |log 1.9| < |log 2 - log 1.9| + log 4
+    assert pick(net, 2.0, 2.0) == (2.0, 1.0, at2)  # a tie (log 2 each): the seeing's
+    assert pick(net, 1.0, float("nan"))[2] is own and pick(net, 1.0, -1.0)[2] is own
+    assert rel.seeing_calibration(net, 1.0) == (1.0, own)  # at the survey's depth
+    cat = _map_catalog([5.0, 6.0], [5.0, 2.0], [0.5, 1.0], [0, 1], [0, 0], (10, 10))
+    feats = torch.zeros(8, 2, 2)
+    with at_depth(net, 3.0):
+        out = rel.annotate(cat, net, feats)
+    assert out["prob"] == pytest.approx([0.3, 0.6]) and out.meta["prob_calibration"] == "1yr"
+    assert net.noise_scale is None  # restored after the block
+    with at_depth(net, 3.0), at_seeing(net, 2.0):  # 1yr: log 2 + log 4/3 < x2: log 3
+        assert rel.annotate(cat, net, feats)["prob"] == pytest.approx([0.3, 0.6])
+    with at_depth(net, 1.5), at_seeing(net, 2.0):  # x2: log 1.5 < own: log 2 + log 1.5
+        assert rel.annotate(cat, net, feats)["prob"] == pytest.approx([0.25, 0.5])
+    with at_depth(net, None):
+        assert rel.annotate(cat, net, feats)["prob"] == pytest.approx([0.5, 1.0])
+
+
 def test_edge_zone_calibration_learns_that_edge_detections_are_false_more_often():
     rng = np.random.default_rng(4)
     n = 200_000

@@ -238,6 +238,9 @@ def test_shipped_config_is_the_shipped_weights_config(name):
     if "seeing_factors" not in want["fits"]:  # calibrated before other seeing had its own
         assert got["fits"].pop("seeing_factors") == []
         assert got["fits"].pop("seeing_scenes") == 1024
+    if "depth_years" not in want["fits"]:  # calibrated before other depths had their own
+        assert got["fits"].pop("depth_years") == []
+        assert got["fits"].pop("depth_scenes") == 1024
     if "real_shapes_population" not in want["fits"]:  # before the second calibration
         assert got["fits"].pop("real_shapes_population") is None
         assert got["fits"].pop("real_shapes_scenes") == 1024
@@ -516,6 +519,88 @@ def test_seeing_only_fits_calibrations_under_wider_psfs_and_the_detector_picks_o
                       seeing_factors=(1.0,))  # fmt: skip
     assert main(["train", "calibrate", str(run), "--seeing-only", "--reliability-only"]) == 2
     assert main(["train", "calibrate", str(run), "--seeing-factors", "wide"]) == 2
+
+
+def test_depth_only_fits_calibrations_at_other_depths_and_the_detector_picks_by_zeropoint(
+    tmp_path, cache_dir, monkeypatch
+):
+    """--depth-only refits the probability calibration on validation scenes rendered at each
+    depth (factor: the noise as a flux over the training depth's, sqrt(10 / years) for
+    LSST), touches nothing else; a catalog gets the calibration of its image's depth where
+    that is known (a zeropoint given, or a file's ZEROPT and EXPTIME) and the survey's
+    where it is not (electrons of an unknown exposure)."""
+    import probcat
+    import probcat.infer.reliability as R
+    from probcat.cli import main
+    from probcat.io import write_image
+    from probcat.survey import Survey
+    from probcat.train.detection import calibrate_run
+    from probcat.weights import read_weights
+
+    run = tmp_path / "run"
+    train_detection(_cfg(fits__depth_scenes=3), run, cache_dir=cache_dir, progress=False,
+                    command="train cmd")  # fmt: skip
+    own = R.ProbabilityCalibration((0.0, 1.0), (0.0, 0.9), 500, "own")
+    dens = R.fit_feature_density(np.random.default_rng(1).standard_normal((100, 8)))
+    monkeypatch.setattr(R, "fit_reliability", lambda *a, **k: (own, dens))
+    calibrate_run(run, cache_dir=cache_dir, progress=False, reliability_only=True)
+    before = read_weights(run / "detection.pt")
+    seen = []
+
+    def fake(net, sim, noise_sigma, *, n_scenes, rng, inside_fraction, source):
+        years = sim.bank.survey.depth_years
+        seen.append(years)
+        assert net.prob_calibration.to_dict() == own.to_dict()  # the run's, as recorded
+        assert noise_sigma == pytest.approx(sim.bank.survey.noise_sigma)
+        assert n_scenes == 3 and f"at {years:g} years' depth" in source
+        return R.ProbabilityCalibration((0.0, 1.0), (0.0, min(years / 10, 1.0)), 300, source)
+
+    monkeypatch.setattr(R, "fit_seeing_calibration", fake)
+    m = calibrate_run(
+        run, cache_dir=cache_dir, progress=False, depth_only=True, depth_years=(2.5, 40.0)
+    )
+    assert seen == [2.5, 40.0]
+    after = read_weights(run / "detection.pt")
+    got = [(e["years"], e["factor"]) for e in after["depth_calibrations"]]
+    assert got == [(2.5, pytest.approx(2.0)), (40.0, pytest.approx(0.5))]
+    assert after["config"]["fits"]["depth_years"] == [2.5, 40.0]
+    for key in ("prob_calibration", "feature_density", "pair_rule", "merge",
+                "seeing_calibrations"):  # fmt: skip
+        assert after.get(key) == before.get(key), key
+    assert m["depth_calibration_command"].startswith("probcat")
+    assert [e["years"] for e in m["depth_calibrations"]] == [2.5, 40.0]
+    det = probcat.load(run / "detection.pt", device="cpu", threads=1)
+    assert [round(f, 6) for f, _ in det.net.depth_calibrations] == [0.5, 2.0]
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((1, 30, 30)).astype(np.float32) * 5
+    image[0, 15, 15] += 2000.0
+    band = det.survey.bands[0]
+    survey_noise_mag = band.flux_to_mag(band.noise_sigma)
+    for ratio, scale, factor in ((2.0, 0.25, 2.0), (0.5, 1.0, 0.5), (1.1, 0.9, None)):
+        # the zeropoint at which a noise of 5 in the pixels' units is `ratio` times the
+        # survey's noise as a flux
+        zp = survey_noise_mag - 2.5 * np.log10(ratio) + 2.5 * np.log10(5.0)
+        cat = det.catalog(image, noise_sigma=5.0, threshold=0.0, seeing="none", zeropoint=zp)
+        assert len(cat) > 0
+        # (1.1: nearer the training depth, its own calibration)
+        assert np.asarray(cat["prob"]) == pytest.approx(scale * np.asarray(cat["prob_raw"]))
+        assert cat.meta["input"]["noise_over_survey"] == [pytest.approx(ratio, rel=1e-3)]
+        assert cat.meta["input"].get("calibration_noise") == (factor and pytest.approx(factor))
+    # electrons without a zeropoint: an unknown exposure, the survey's calibration
+    cat = det.catalog(image, noise_sigma=5.0, threshold=0.0, seeing="none")
+    assert np.asarray(cat["prob"]) == pytest.approx(0.9 * np.asarray(cat["prob_raw"]))
+    assert "noise_over_survey" not in cat.meta["input"]
+    # a file written at 2.5 years (ZEROPT and EXPTIME in its header) reads as twice the noise
+    shallow = Survey.lsst(bands="i", years=2.5)
+    path = write_image(tmp_path / "shallow.fits", image, shallow)
+    cat = det.catalog(path, threshold=0.0, seeing="none")
+    assert cat.meta["input"]["noise_over_survey"] == [pytest.approx(2.0, rel=1e-3)]
+    assert np.asarray(cat["prob"]) == pytest.approx(0.25 * np.asarray(cat["prob_raw"]))
+    with pytest.raises(ProbcatValueError, match="depth_years"):
+        calibrate_run(run, cache_dir=cache_dir, progress=False, depth_only=True,
+                      depth_years=(10.0,))  # fmt: skip
+    assert main(["train", "calibrate", str(run), "--depth-only", "--seeing-only"]) == 2
+    assert main(["train", "calibrate", str(run), "--depth-years", "deep"]) == 2
 
 
 def test_real_shapes_only_fits_a_second_calibration_and_the_detector_mixes_the_two(

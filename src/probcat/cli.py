@@ -1014,6 +1014,16 @@ def calibrate_cmd(
         help="PSF FWHM factors of those calibrations, e.g. 1.25,1.5; 'none' for none "
         "(default: the run's config)",
     ),
+    depth_only: bool = typer.Option(
+        False,
+        "--depth-only",
+        help="only (re)fit the probability calibrations at other depths, keeping the rest",
+    ),
+    depth_years: str = typer.Option(
+        None,
+        help="depths (years of the survey) of those calibrations, e.g. 1,2,20; 'none' for "
+        "none (default: the run's config)",
+    ),
     shapes_only: bool = typer.Option(
         False,
         "--real-shapes-only",
@@ -1041,12 +1051,14 @@ def calibrate_cmd(
     for name in ("detection.pt", "manifest.json"):
         if not (run / name).exists():
             raise ProbcatFileError(f"{run / name}: not found (is {run} a training run?)")
-    if sum((sky_offset_only, reliability_only, seeing_only, shapes_only, centroid_only)) > 1:
+    only = (sky_offset_only, reliability_only, seeing_only, depth_only, shapes_only, centroid_only)
+    if sum(only) > 1:
         raise ProbcatValueError(
-            "--sky-offset-only, --reliability-only, --seeing-only, --real-shapes-only and "
-            "--centroid-only exclude each other"
+            "--sky-offset-only, --reliability-only, --seeing-only, --depth-only, "
+            "--real-shapes-only and --centroid-only exclude each other"
         )
     factors = _seeing_factors(seeing_factors)
+    years = _seeing_factors(depth_years, "--depth-years")
     if sky_offset_only:
         rec = record_sky_offset(
             run / "detection.pt", run / "manifest.json", cache_dir=cache_dir, progress=not quiet
@@ -1064,17 +1076,29 @@ def calibrate_cmd(
         population=population,
         seeing_only=seeing_only,
         seeing_factors=factors,
+        depth_only=depth_only,
+        depth_years=years,
         shapes_only=shapes_only,
         real_shapes_population=real_shapes_population,
         centroid_only=centroid_only,
     )
-    for e in () if shapes_only or centroid_only else m.get("seeing_calibrations") or ():
+    for e in (
+        () if shapes_only or centroid_only or depth_only else m.get("seeing_calibrations") or ()
+    ):
         typer.echo(
             f"probability calibration at {e['factor']:g} x the seeing from {e['n']} detections"
         )
-    if seeing_only:
-        n = len(m.get("seeing_calibrations") or ())
-        typer.echo(f"{n} seeing calibration(s) -> {run / 'detection.pt'}")
+    for e in (
+        () if shapes_only or centroid_only or seeing_only else m.get("depth_calibrations") or ()
+    ):
+        typer.echo(
+            f"probability calibration at {e['years']:g} years' depth (noise {e['factor']:.3g}x) "
+            f"from {e['n']} detections"
+        )
+    if seeing_only or depth_only:
+        what = "seeing" if seeing_only else "depth"
+        n = len(m.get(f"{what}_calibrations") or ())
+        typer.echo(f"{n} {what} calibration(s) -> {run / 'detection.pt'}")
         return
     if centroid_only:
         if m["centroid_calibration"] is None:
@@ -1144,9 +1168,10 @@ def _centroid_summary(what: str, cal: dict) -> str:
     return line
 
 
-def _seeing_factors(text: str | None) -> tuple[float, ...] | None:
-    """``--seeing-factors``: None (the run's own) when not given, () for "none", else the
-    comma-separated factors (the training config checks their range)."""
+def _seeing_factors(text: str | None, option: str = "--seeing-factors") -> tuple | None:
+    """``--seeing-factors`` (or ``option``, e.g. ``--depth-years``): None (the run's own)
+    when not given, () for "none", else the comma-separated numbers (the training config
+    checks their range)."""
     if text is None:
         return None
     if text.strip().lower() == "none":
@@ -1155,7 +1180,7 @@ def _seeing_factors(text: str | None) -> tuple[float, ...] | None:
         return tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise ProbcatValueError(
-            f"--seeing-factors must be comma-separated numbers or 'none', got {text!r}"
+            f"{option} must be comma-separated numbers or 'none', got {text!r}"
         ) from None
 
 

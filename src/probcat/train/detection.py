@@ -225,6 +225,17 @@ class DetectionTrainConfig:
             raise ProbcatValueError(
                 f"fits.seeing_scenes must be 1 or more, got {self.fits.seeing_scenes}"
             )
+        y = self.fits.depth_years
+        if (
+            any(not (0.05 <= v <= 100.0) or v == d.years for v in y)
+            or len(set(y)) < len(y)
+            or self.fits.depth_scenes < 1
+        ):
+            raise ProbcatValueError(
+                "fits.depth_years must be distinct depths in years in [0.05, 100] other than "
+                f"data.years ({d.years:g}), and fits.depth_scenes 1 or more, got {list(y)} and "
+                f"{self.fits.depth_scenes}"
+            )
         if isinstance(self.fits.pair_scenes, bool) or self.fits.pair_scenes < 0:
             raise ProbcatValueError(
                 f"fits.pair_scenes must be 0 (no pair rule) or more, got {self.fits.pair_scenes}"
@@ -983,7 +994,9 @@ def _fit_depth(net, cfg: DetectionTrainConfig, cache_dir, progress) -> list:
     n, out = cfg.fits.depth_scenes, []
     base = cfg.survey()
     for years in cfg.fits.depth_years:
-        at = replace(cfg, data=replace(cfg.data, years=float(years)))
+        at = replace(  # the scenes of that depth (its own config names no other depths)
+            cfg, data=replace(cfg.data, years=float(years)), fits=replace(cfg.fits, depth_years=())
+        )
         survey = at.survey()
         factor = float(np.exp(np.mean(np.log(depth_noise_factor(survey, base)))))
         sim = _simulator(at, "val", cache_dir, progress, cfg.fits.population, (1.0,), fits=True)
