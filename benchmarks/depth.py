@@ -7,7 +7,10 @@ read at its own noise sigma, as probcat reads a file that states it (``NOISE``):
 
 - LSST i: ``detection_lsst_i`` and SEP: precision, recall (true SNR > 3), F1, false
   detections per Mpx, precision at prob ≥ 0.9 and detection ECE (the definitions of
-  ``benchmarks/correlated_noise.py``); and ``deblender_lsst_i``'s aperture flux errors: the
+  ``benchmarks/correlated_noise.py``), probcat reading each field with its zeropoint (as
+  a file's header gives it: the probability calibration of its depth) and again as
+  electrons of an unknown exposure (``probcat_depth_unknown``: the survey's calibration);
+  and ``deblender_lsst_i``'s aperture flux errors: the
   fraction of isolated galaxies (true SNR 5-200) whose true aperture flux lies within 1 /
   1.96 errors of the deblended one, measured at the true positions;
 - LSST ugrizy (DC2 colours and redshifts): ``photoz_lsst_ugrizy``'s PDFs of the gold
@@ -60,13 +63,19 @@ def detection_depth(det, deb, years: float, fields: int, seed: int, cn) -> dict:
     bank = SourceBank.load_or_build(survey, BankConfig(split="test", n_galaxies=5000))
     sim = SceneSimulator(bank, SceneConfig(SIZE, SIZE))
     sigma = survey.noise_sigma
-    counts: dict = {"probcat": [], "sep": []}
+    band = survey.bands[0]
+    zeropoint = band.zeropoint + 2.5 * np.log10(band.exposure_time)  # of 1 e- in the field
+    counts: dict = {"probcat": [], "probcat_depth_unknown": [], "sep": []}
     pulls: dict = {"pull": [], "pull_independent_pixels": [], "factor": []}
     for f in range(fields):
         rng = np.random.default_rng([seed, int(years * 100), f])
         scene = sim.sample(rng, keep_noiseless=True)
-        cat = det.catalog(scene.image, noise_sigma=sigma, background="none")
+        # its zeropoint stated (as a file's header would): the calibration of its depth
+        cat = det.catalog(scene.image, noise_sigma=sigma, background="none", zeropoint=zeropoint)
         counts["probcat"].append(cn.score(cat, scene.catalog))
+        # electrons of an unknown exposure: the survey's calibration
+        cat = det.catalog(scene.image, noise_sigma=sigma, background="none")
+        counts["probcat_depth_unknown"].append(cn.score(cat, scene.catalog))
         counts["sep"].append(cn.score(sep_detect(scene.image[0], float(sigma[0])), scene.catalog))
         others = cn.neighbour_light(sim, scene)
         got = cn.flux_pulls(deb, scene.image[0], float(sigma[0]), scene.noiseless[0],
@@ -171,7 +180,9 @@ def figure(out: dict, path: Path) -> None:
                        label=f"{who} {metric}")  # fmt: skip
     ax[0].set_title("LSST i detection (recall: true SNR > 3)")
     ax[1].plot(years, [det[f"{y:g}"]["probcat"]["detection_ece"] for y in years], "-o", color="C3",
-               label="probcat detection ECE")  # fmt: skip
+               label="probcat detection ECE (depth known)")  # fmt: skip
+    ax[1].plot(years, [det[f"{y:g}"]["probcat_depth_unknown"]["detection_ece"] for y in years],
+               ":o", color="C3", mfc="none", label="the same, depth unknown")  # fmt: skip
     ax[1].plot(years, [pz[f"{y:g}"]["ks"] for y in years], "-o", color="C4", label="photo-z PIT KS")
     ax[1].set_title("calibration (lower is better)")
     for level, nominal, colour in (("68", 0.6827, "C0"), ("95", 0.9545, "C1")):
@@ -265,7 +276,9 @@ def main(argv=None) -> None:
                 variant["photoz_10"] = photoz_depth(other, survey, args.fields, seed, cn, Path(tmp))
             print(f"{y:g} years: detection F1 {detection[key]['probcat']['f1']:.3f} "
                   f"(SEP {detection[key]['sep']['f1']:.3f}), ECE "
-                  f"{detection[key]['probcat']['detection_ece']:.3f}; photo-z coverage "
+                  f"{detection[key]['probcat']['detection_ece']:.3f} (depth unknown "
+                  f"{detection[key]['probcat_depth_unknown']['detection_ece']:.3f}); "
+                  "photo-z coverage "
                   f"{photoz[key]['pit_coverage_68']:.3f} / "
                   f"{photoz[key]['pit_coverage_95']:.3f}", flush=True)  # fmt: skip
         for f in seeing:  # photo-z at 10 years under another PSF
@@ -315,7 +328,9 @@ def main(argv=None) -> None:
             "matches within 2 px; precision over all detections, recall over true sources "
             "with SNR > 3; false_per_mpx: unmatched detections per million pixels; "
             "detection_ece: expected calibration error of the calibrated prob against "
-            "being matched (10 equal-width bins); flux_error_coverage: isolated galaxies "
+            "being matched (10 equal-width bins); probcat: each field read with its zeropoint "
+            "(the calibration of its depth), probcat_depth_unknown: without (the survey's); "
+            "flux_error_coverage: isolated galaxies "
             "(blendedness < 0.05, true SNR 5-200), deblended aperture flux (deblender_lsst_i, "
             "conserve, 5 px) at the true positions of all true sources, fraction within 1 / "
             "1.96 flux_ap_err of the galaxy's own noiseless light in the aperture",

@@ -250,7 +250,11 @@ def _depth_rows() -> list:
              "detection.{y}.sep.precision", ".3f"),
             ("detection recall (SNR > 3)", "detection.{y}.probcat.recall",
              "detection.{y}.sep.recall", ".3f"),
-            ("detection ECE", "detection.{y}.probcat.detection_ece", None, ".3f"),
+            ("detection ECE (its depth's calibration)", "detection.{y}.probcat.detection_ece",
+             "detection.{y}.probcat_depth_unknown.detection_ece", ".3f"),
+            ("detection precision at prob >= 0.9 (its depth's calibration)",
+             "detection.{y}.probcat.precision_at_0_9",
+             "detection.{y}.probcat_depth_unknown.precision_at_0_9", ".3f"),
             ("isolated galaxies' aperture flux within 1 flux_ap_err",
              "detection.{y}.flux_error_coverage.coverage_68", None, ".3f"),
             ("same, within 1.96 flux_ap_err",
@@ -260,8 +264,9 @@ def _depth_rows() -> list:
             ("photo-z sigma_IQR", "photoz.{y}.sigma_iqr", None, ".4f"),
             ("photo-z PIT KS", "photoz.{y}.ks", None, ".3f"),
         ):  # fmt: skip
+            other = () if not base or ".sep." in base else ("depth unknown",)
             rows.append((f"{y} years: {label}", key.format(y=y),
-                         base.format(y=y) if base else None, fmt, ""))  # fmt: skip
+                         base.format(y=y) if base else None, fmt, "", *other))  # fmt: skip
     calibration = (
         ("68% interval coverage", "pit_coverage_68", ".3f"),
         ("95% interval coverage", "pit_coverage_95", ".3f"),
