@@ -167,7 +167,7 @@ def test_zeropoint_option_errors_before_any_work(tmp_path, capsys):
 
     path = _write(tmp_path / "a.fits", {})
     cases = (
-        (["--zeropoint", "27"], "--zeropoint needs --deblend"),
+        (["--zeropoint", "inf"], "--zeropoint must be a finite"),
         (["--deblend", "--zeropoint", "nan"], "--zeropoint must be a finite"),
     )
     for extra, message in cases:
@@ -175,6 +175,36 @@ def test_zeropoint_option_errors_before_any_work(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert rc == 2 and message in err and "\n" not in err, err
         assert not (tmp_path / "c.fits").exists()
+
+
+def test_the_zeropoint_tells_the_depth_and_the_detector_its_calibration(tmp_path):
+    """With the image's zeropoint known (a header keyword or --zeropoint) the shipped
+    detector reads its depth (noise as a flux over the survey's) and calibrates its
+    probabilities at the nearest depth it carries a calibration for; the same detections,
+    other probabilities than an image of unknown depth (electrons without a zeropoint)."""
+    from probcat.cli import main
+    from probcat.survey import Survey
+
+    band = Survey.lsst(bands="i").bands[0]
+    # a noise of 10 in the pixels' units that is sqrt(10) times the survey's as a flux:
+    # LSST at 1 year
+    zp = band.flux_to_mag(band.noise_sigma) - 2.5 * np.log10(10**0.5) + 2.5 * np.log10(10.0)
+    cats = {}
+    for name, cards, extra in (
+        ("unknown", {"NOISE": 10.0}, []),
+        ("header", {"NOISE": 10.0, "MAGZERO": zp}, []),
+        ("option", {"NOISE": 10.0}, ["--zeropoint", f"{zp:.10f}"]),
+    ):
+        path = _write(tmp_path / f"{name}.fits", cards)
+        out = tmp_path / f"{name}_cat.fits"
+        assert main(["detect", str(path), *extra, "-q", "-o", str(out)]) == 0
+        cats[name] = fits.getdata(out, "CATALOG")
+    a, b, c = cats["unknown"], cats["header"], cats["option"]
+    assert len(a) >= 2 and len(a) == len(b) == len(c)
+    for col in ("x", "y", "prob_raw"):
+        np.testing.assert_array_equal(a[col], b[col])
+    np.testing.assert_array_equal(b["prob"], c["prob"])
+    assert np.any(np.abs(a["prob"] - b["prob"]) > 1e-4)
 
 
 def test_deblending_says_the_image_warnings_once(tmp_path, capsys):

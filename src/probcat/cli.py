@@ -334,9 +334,10 @@ def detect_cmd(
     ),
     zeropoint: float = typer.Option(
         None,
-        help="with --deblend: AB magnitude of a flux of 1 in the image's units, for mag_ap "
-        "(default: a flux-density BUNIT such as nJy, else the MAGZERO, MAGZP, PHOTZP or "
-        "FLUXMAG0 keyword, else for electrons the survey's zeropoint)",
+        help="AB magnitude of a flux of 1 in the image's units: the image's depth, for the "
+        "detection probabilities' calibration, and with --deblend mag_ap (default: a "
+        "flux-density BUNIT such as nJy, else the MAGZERO, MAGZP, PHOTZP or FLUXMAG0 "
+        "keyword, else for electrons the survey's zeropoint, at an unknown depth)",
     ),
     seed: int = typer.Option(0, help="seed of the posterior samples"),
     background: str = BACKGROUND_OPTION,
@@ -372,10 +373,10 @@ def detect_cmd(
         from probcat.infer.deblend import check_method
 
         check_method(method)  # before loading weights and running detection
-        if zeropoint is not None:
-            from probcat.background import per_band_array
+    if zeropoint is not None:
+        from probcat.background import per_band_array
 
-            per_band_array(zeropoint, 1, "--zeropoint", positive=False)
+        per_band_array(zeropoint, 1, "--zeropoint", positive=False)
     det = load(weights, device=device, threads=_threads_option(threads), kind="detection")
     dbl = None
     if deblend:
@@ -383,10 +384,8 @@ def detect_cmd(
 
         dbl = load(deblender or DEFAULT_DEBLENDER, device=device,
                    threads=_threads_option(threads), kind="deblender")  # fmt: skip
-    elif deblender is not None or zeropoint is not None:
-        raise ProbcatValueError(
-            f"--{'deblender' if deblender is not None else 'zeropoint'} needs --deblend"
-        )
+    elif deblender is not None:
+        raise ProbcatValueError("--deblender needs --deblend")
     from probcat.catalog import check_outputs
 
     out = out or image.with_name(image_stem(image) + "_catalog.fits")
@@ -406,6 +405,7 @@ def detect_cmd(
             "mask": _mask_option(mask, planes, hdu)}  # fmt: skip
     res = det.detect(
         data,
+        zeropoint=zeropoint,
         threshold=threshold,
         samples=samples,
         seed=seed,
@@ -505,6 +505,12 @@ def _input_note(info: dict) -> str:
     if info.get("background") == "subtracted":
         med = ", ".join(f"{m:.4g}" for m in info["sky_median"])
         parts.append(f"sky subtracted (median {med} e-)")
+    if info.get("calibration_noise"):
+        ratio = "/".join(f"{v:.3g}" for v in info.get("noise_over_survey") or () if v)
+        parts.append(
+            f"noise {ratio}x the survey's as a flux: probabilities calibrated at "
+            f"{info['calibration_noise']:.3g}x"
+        )
     if info.get("seeing_matched", 1.0) != 1.0:
         note = f"star/galaxy classes read at {info['seeing_matched']:g}x the survey's PSF"
         if info.get("calibration_seeing", 1.0) != 1.0:
