@@ -456,6 +456,22 @@ def test_reliability_only_refits_nothing_else(tmp_path, cache_dir, monkeypatch):
     assert m["command"] == "train cmd"
 
 
+def _recalibrated_run(tmp_path, cache_dir, monkeypatch, **changes):
+    """A TINY run (config ``changes``) refitted with a hand-made probability calibration
+    (prob x 0.9) and a feature density: ``(run, that calibration, its weights)``."""
+    import probcat.infer.reliability as R
+    from probcat.train.detection import calibrate_run
+    from probcat.weights import read_weights
+
+    run = tmp_path / "run"
+    train_detection(_cfg(**changes), run, cache_dir=cache_dir, progress=False, command="train cmd")
+    own = R.ProbabilityCalibration((0.0, 1.0), (0.0, 0.9), 500, "own")
+    dens = R.fit_feature_density(np.random.default_rng(1).standard_normal((100, 8)))
+    monkeypatch.setattr(R, "fit_reliability", lambda *a, **k: (own, dens))
+    calibrate_run(run, cache_dir=cache_dir, progress=False, reliability_only=True)
+    return run, own, read_weights(run / "detection.pt")
+
+
 def test_seeing_only_fits_calibrations_under_wider_psfs_and_the_detector_picks_one(
     tmp_path, cache_dir, monkeypatch
 ):
@@ -469,14 +485,7 @@ def test_seeing_only_fits_calibrations_under_wider_psfs_and_the_detector_picks_o
     from probcat.train.detection import calibrate_run
     from probcat.weights import read_weights
 
-    run = tmp_path / "run"
-    train_detection(_cfg(fits__seeing_scenes=3), run, cache_dir=cache_dir, progress=False,
-                    command="train cmd")  # fmt: skip
-    own = R.ProbabilityCalibration((0.0, 1.0), (0.0, 0.9), 500, "own")
-    dens = R.fit_feature_density(np.random.default_rng(1).standard_normal((100, 8)))
-    monkeypatch.setattr(R, "fit_reliability", lambda *a, **k: (own, dens))
-    calibrate_run(run, cache_dir=cache_dir, progress=False, reliability_only=True)
-    before = read_weights(run / "detection.pt")
+    run, own, before = _recalibrated_run(tmp_path, cache_dir, monkeypatch, fits__seeing_scenes=3)
     manifest = json.loads((run / "manifest.json").read_text())
     base = _cfg().survey()["i"].psf_fwhm
     seen = []
@@ -537,14 +546,7 @@ def test_depth_only_fits_calibrations_at_other_depths_and_the_detector_picks_by_
     from probcat.train.detection import calibrate_run
     from probcat.weights import read_weights
 
-    run = tmp_path / "run"
-    train_detection(_cfg(fits__depth_scenes=3), run, cache_dir=cache_dir, progress=False,
-                    command="train cmd")  # fmt: skip
-    own = R.ProbabilityCalibration((0.0, 1.0), (0.0, 0.9), 500, "own")
-    dens = R.fit_feature_density(np.random.default_rng(1).standard_normal((100, 8)))
-    monkeypatch.setattr(R, "fit_reliability", lambda *a, **k: (own, dens))
-    calibrate_run(run, cache_dir=cache_dir, progress=False, reliability_only=True)
-    before = read_weights(run / "detection.pt")
+    run, own, before = _recalibrated_run(tmp_path, cache_dir, monkeypatch, fits__depth_scenes=3)
     seen = []
 
     def fake(net, sim, noise_sigma, *, n_scenes, rng, inside_fraction, source):

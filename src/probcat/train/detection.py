@@ -702,18 +702,17 @@ def calibrate_run(
     net.load_state_dict(weights["state_dict"])
     net.eval()
     manifest = json.loads((out / "manifest.json").read_text())
-    if seeing_only:
-        _set_fits(net, weights)
-        weights["seeing_calibrations"] = _fit_seeing(net, cfg, cache_dir, progress)
-        weights["config"]["fits"] = manifest["config"]["fits"] = to_dict(cfg.fits)
-        manifest["seeing_calibrations"] = _seeing_summary(weights["seeing_calibrations"])
-        return write_run(out, "detection", weights, manifest, refit="seeing_calibration")
-    if depth_only:
-        _set_fits(net, weights)
-        weights["depth_calibrations"] = _fit_depth(net, cfg, cache_dir, progress)
-        weights["config"]["fits"] = manifest["config"]["fits"] = to_dict(cfg.fits)
-        manifest["depth_calibrations"] = _seeing_summary(weights["depth_calibrations"])
-        return write_run(out, "detection", weights, manifest, refit="depth_calibration")
+    for only, what, fit_them in (
+        (seeing_only, "seeing", _fit_seeing),
+        (depth_only, "depth", _fit_depth),
+    ):
+        if only:  # the calibrations at other seeing (or depths) alone
+            _set_fits(net, weights)
+            key = f"{what}_calibrations"
+            weights[key] = fit_them(net, cfg, cache_dir, progress)
+            weights["config"]["fits"] = manifest["config"]["fits"] = to_dict(cfg.fits)
+            manifest[key] = _seeing_summary(weights[key])
+            return write_run(out, "detection", weights, manifest, refit=f"{what}_calibration")
     if centroid_only:
         _set_fits(net, weights)
         sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population, fits=True)
