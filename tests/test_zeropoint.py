@@ -205,6 +205,11 @@ def test_the_zeropoint_tells_the_depth_and_the_detector_its_calibration(tmp_path
         np.testing.assert_array_equal(a[col], b[col])
     np.testing.assert_array_equal(b["prob"], c["prob"])
     assert np.any(np.abs(a["prob"] - b["prob"]) > 1e-4)
+    import probcat  # in Python: the same pixels with zeropoint=, the same calibration
+
+    res = probcat.detect(_stars(), noise_sigma=10.0, zeropoint=zp)
+    np.testing.assert_allclose(np.asarray(res.catalog["prob"]), b["prob"], rtol=1e-6)
+    assert res.catalog.meta["input"]["calibration_noise"] == pytest.approx(10**0.5)
 
 
 def test_deblending_says_the_image_warnings_once(tmp_path, capsys):

@@ -530,7 +530,8 @@ class Detector:
     # Every method also takes ``background`` ("auto": subtract a sky left in; "none") and
     # ``gain`` (e-/ADU, for images in ADU): see :mod:`probcat.background`; and ``seeing``
     # ("auto", "none" or a PSF width ratio: the star/galaxy classes' seeing, see detect());
-    # and ``mask`` (pixels without data, one per image: see detect() and probcat.masking).
+    # and ``mask`` (pixels without data, one per image: see detect() and probcat.masking);
+    # and ``zeropoint`` (the image's depth, for the probabilities' calibration: see detect()).
     def catalog(self, images, *, noise_sigma=None, threshold: float = 0.5, **opts):
         """MAP catalog(s): detections with marginal probability > ``threshold`` (paper 000
         section 4.2), with posterior mean centroids and their standard deviations (pixels),
@@ -802,6 +803,7 @@ def detect(
     threads="auto",
     progress: bool = False,
     mask=None,
+    zeropoint=None,
 ) -> DetectionResult:
     """Detect and classify sources in an image of any size.
 
@@ -824,13 +826,22 @@ def detect(
             PSF width measured from its most compact sources, ``seeing_ratio`` in the
             catalog's metadata; stamps resampled to the survey's seeing when it differs by
             more than 3%); ``"none"`` at the weights' survey seeing; a number: the image's
-            PSF FWHM over the survey's. Detection probabilities always assume the survey's.
+            PSF FWHM over the survey's. The detection probabilities take the calibration
+            fitted nearest that seeing and the image's depth, where the weights carry
+            several (``docs/robustness.md``, *Seeing* and *Depth*).
         device, threads: see :class:`Detector`.
         progress: a progress bar over the posterior samples.
         mask: pixels without data, ``(H, W)`` or ``(bands, H, W)``, True or nonzero
             masks (a list for a list of images); NaN and inf pixels are masked too. They
             hold no light or noise for the network, and each row's ``mask_fraction`` says
             how much of its 5-px aperture they are (:mod:`probcat.masking`).
+        zeropoint: AB magnitude of a flux of 1 in the image's units (one, or one per
+            band); default: the file's (a flux-density ``BUNIT`` such as nJy, ``MAGZERO``,
+            ``MAGZP``, ``PHOTZP``, ``FLUXMAG0``, or probcat's ``ZEROPT`` and ``EXPTIME``).
+            With it the image's depth is known, its noise as a flux over the survey's
+            (``noise_over_survey`` in the catalog's metadata), and the probabilities take
+            the calibration fitted nearest that depth; pixels in electrons without one are
+            read as of an unknown exposure, with the survey's.
 
     Example:
         >>> res = probcat.detect("field.fits")                    # doctest: +SKIP
@@ -850,6 +861,7 @@ def detect(
         seeing=seeing,
         progress=progress,
         mask=mask,
+        zeropoint=zeropoint,
     )
 
 
@@ -1225,7 +1237,8 @@ def deblend(
         method: ``"conserve"`` (default) or ``"subtract"`` (see :meth:`Deblender.measure`).
         passes: refinement rounds of the galaxy models (see :meth:`Deblender.measure`).
         zeropoint: AB magnitude of a flux of 1 in the image's units, for ``mag_ap`` (see
-            :meth:`Deblender.measure`; default: the file's).
+            :meth:`Deblender.measure`; default: the file's), and the image's depth (see
+            :func:`detect`).
         progress: progress bars over the posterior samples (drawing, then deblending).
         Others: as for :func:`detect`.
 
@@ -1256,7 +1269,7 @@ def deblend(
     opts = {"background": background, "gain": gain, "mask": mask}
     res = det.detect(
         image, noise_sigma=noise_sigma, threshold=threshold, samples=samples, seed=seed,
-        progress=progress, **opts,
+        progress=progress, zeropoint=zeropoint, **opts,
     )  # fmt: skip
     from probcat.masking import said_once
 
