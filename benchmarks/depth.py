@@ -13,7 +13,9 @@ read at its own noise sigma, as probcat reads a file that states it (``NOISE``):
   and ``deblender_lsst_i``'s aperture flux errors: the
   fraction of isolated galaxies (true SNR 5-200) whose true aperture flux lies within 1 /
   1.96 errors of the deblended one, measured at the true positions;
-- LSST ugrizy (DC2 colours and redshifts): ``photoz_lsst_ugrizy``'s PDFs of the gold
+- LSST ugrizy (DC2 colours and redshifts): ``detection_lsst_ugrizy`` on each field (the
+  i-band part's measures, recall at true i-band SNR > 3), read from the file and as an
+  array of unknown exposure; ``photoz_lsst_ugrizy``'s PDFs of the gold
   galaxies (true i < 25.3) at their true positions, each field written as probcat writes
   an image (its zeropoint and exposure in the header) and read back as a user's file:
   68% / 95% interval coverage, σ_IQR, outlier fraction, PIT KS and CDE loss, and the noise
@@ -90,11 +92,17 @@ def detection_depth(det, deb, years: float, fields: int, seed: int, cn) -> dict:
     return out
 
 
-def photoz_depth(est, survey, fields: int, seed, cn, tmp: Path, deeper: bool = False) -> dict:
+def photoz_depth(
+    est, survey, fields: int, seed, cn, tmp: Path, deeper: bool = False, det=None
+) -> dict:
     """``est``'s PDFs of the gold galaxies of ``fields`` ugrizy fields of ``survey`` (its
     depth and seeing; field ``f`` from seed ``[*seed, f]``), each field read from a FITS
     file as probcat wrote it; with ``deeper`` (a depth beyond the training depths) also
-    with ``match_depth`` (``"match_depth"``: the same metrics)."""
+    with ``match_depth`` (``"match_depth"``: the same metrics). With ``det`` (six-band
+    detection weights), ``"detection"``: its catalogues of the same fields, read from the
+    file (its zeropoint: the calibration of its depth) and as an array of electrons of an
+    unknown exposure (``probcat_depth_unknown``), scored as the i-band part is (recall:
+    true i-band SNR > 3)."""
     from probcat.io import write_image
     from probcat.redshift.pdf import GRID, truncated_pdf
     from probcat.simulate.bank import BankConfig, SourceBank
@@ -107,6 +115,7 @@ def photoz_depth(est, survey, fields: int, seed, cn, tmp: Path, deeper: bool = F
     sim = SceneSimulator(bank, SceneConfig(SIZE, SIZE))
     ib = est.bands.index("i")
     pdfs, zs, ratios, warned, matched = [], [], [], 0, []
+    counts: dict = {"probcat": [], "probcat_depth_unknown": []}
     for f in range(fields):
         scene = sim.sample(np.random.default_rng([*seed, f]))
         t = scene.catalog
@@ -123,7 +132,15 @@ def photoz_depth(est, survey, fields: int, seed, cn, tmp: Path, deeper: bool = F
             matched.append(truncated_pdf(got.weights, got.means, got.sds, GRID))
         zs.append(np.asarray(t["redshift"], np.float64)[gold])
         ratios.append(res.catalog.meta["photoz"]["noise_over_training"])
+        if det is not None:
+            got = det.catalog(path, background="none")
+            counts["probcat"].append(cn.score(got, t, band=ib))
+            got = det.catalog(scene.image, noise_sigma=survey.noise_sigma, background="none")
+            counts["probcat_depth_unknown"].append(cn.score(got, t, band=ib))
     out = cn.photoz_summary(pdfs, zs)
+    if det is not None:
+        area = fields * SIZE * SIZE / 1e6
+        out["detection"] = {who: cn.summary(c, area) for who, c in counts.items()}
     out["noise_over_training"] = [float(v) for v in np.median(np.array(ratios, float), 0)]
     out["fields_warned_deeper"] = int(warned)
     if deeper:
@@ -183,6 +200,14 @@ def figure(out: dict, path: Path) -> None:
                label="probcat detection ECE (depth known)")  # fmt: skip
     ax[1].plot(years, [det[f"{y:g}"]["probcat_depth_unknown"]["detection_ece"] for y in years],
                ":o", color="C3", mfc="none", label="the same, depth unknown")  # fmt: skip
+    if all("detection" in pz[f"{y:g}"] for y in years):  # the six-band detector
+        for who, style, what in (
+            ("probcat", "-s", "ugrizy detection ECE (depth known)"),
+            ("probcat_depth_unknown", ":s", "the same, depth unknown"),
+        ):
+            ax[1].plot(years, [pz[f"{y:g}"]["detection"][who]["detection_ece"] for y in years],
+                       style, color="C5", mfc="none" if "unknown" in who else None,
+                       label=what)  # fmt: skip
     ax[1].plot(years, [pz[f"{y:g}"]["ks"] for y in years], "-o", color="C4", label="photo-z PIT KS")
     ax[1].set_title("calibration (lower is better)")
     for level, nominal, colour in (("68", 0.6827, "C0"), ("95", 0.9545, "C1")):
@@ -261,6 +286,7 @@ def main(argv=None) -> None:
     det = load("detection_lsst_i", threads=2, kind="detection")
     deb = load("deblender_lsst_i", threads=2, kind="deblender")
     est = load("photoz_lsst_ugrizy", threads=2, kind="photoz")
+    det_ugrizy = load("detection_lsst_ugrizy", threads=2, kind="detection")
     other = load(args.seeing_weights, threads=2, kind="photoz") if args.seeing_weights else None
     detection, photoz, seeing_pz, band_seeing_pz = {}, {}, {}, {}
     variant: dict = {"photoz_10": None, "photoz_seeing": {}, "photoz_band_seeing": {}}
@@ -271,7 +297,8 @@ def main(argv=None) -> None:
             survey = Survey.lsst(bands="".join(est.bands), years=y)
             seed = [args.seed + 1, int(y * 100)]
             deeper = y > max(est.training_depths())
-            photoz[key] = photoz_depth(est, survey, args.fields, seed, cn, Path(tmp), deeper)
+            photoz[key] = photoz_depth(est, survey, args.fields, seed, cn, Path(tmp), deeper,
+                                       det_ugrizy)  # fmt: skip
             if other is not None and y == 10:  # the same fields
                 variant["photoz_10"] = photoz_depth(other, survey, args.fields, seed, cn, Path(tmp))
             print(f"{y:g} years: detection F1 {detection[key]['probcat']['f1']:.3f} "
@@ -312,10 +339,15 @@ def main(argv=None) -> None:
         "seed": args.seed,
         "held_out": "test-split galaxies (default prior in i; dc2 in ugrizy); seeds other "
         "than training's",
-        "weights": {"detection": "detection_lsst_i", "photoz": "photoz_lsst_ugrizy"},
+        "weights": {
+            "detection": "detection_lsst_i",
+            "photoz": "photoz_lsst_ugrizy",
+            "detection_ugrizy": "detection_lsst_ugrizy",
+        },
         "weights_sha256": {
             "detection": det.manifest.get("sha256"),
             "photoz": est.manifest.get("sha256"),
+            "detection_ugrizy": det_ugrizy.manifest.get("sha256"),
         },  # fmt: skip
         "detection": detection,
         "photoz": photoz,
@@ -334,6 +366,10 @@ def main(argv=None) -> None:
             "(blendedness < 0.05, true SNR 5-200), deblended aperture flux (deblender_lsst_i, "
             "conserve, 5 px) at the true positions of all true sources, fraction within 1 / "
             "1.96 flux_ap_err of the galaxy's own noiseless light in the aperture",
+            "photoz.detection": "detection_lsst_ugrizy on the photo-z fields, the detection "
+            "part's definitions (recall over true sources with i-band SNR > 3); probcat: the "
+            "field's FITS file (its zeropoint), probcat_depth_unknown: its pixels as an "
+            "array without one",
             "photoz": "PDFs of the gold galaxies (true i < 25.3) at their true positions, "
             "PhotozEstimator.estimate on the field's FITS file (its NOISE and zeropoint); "
             "point estimate the PDF mode on 0-3 (301 points), outlier_frac |e_z| > max(3 "
