@@ -1,7 +1,7 @@
 """Depth: the shipped weights on LSST fields shallower and deeper than those they were
 trained at (detection: 10 years; photo-z: 5 and 10 years), one run, SEP beside them.
 
-For each depth (``--years``, default 1, 2, 5, 10 and 20 years of LSST), ``--fields``
+For each depth (``--years``, default 0.5, 1, 2, 5, 10 and 20 years of LSST), ``--fields``
 held-out 400×400 fields (test-split galaxies; seeds other than training's), each image
 read at its own noise sigma, as probcat reads a file that states it (``NOISE``):
 
@@ -238,7 +238,7 @@ def main(argv=None) -> None:
     from probcat.survey import Survey
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--years", default="1,2,5,10,20", help="comma-separated depths, years")
+    ap.add_argument("--years", default="0.5,1,2,5,10,20", help="comma-separated depths, years")
     ap.add_argument(
         "--seeing",
         default="0.8,1.25,1.5",

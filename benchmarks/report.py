@@ -243,7 +243,7 @@ def _depth_rows() -> list:
     """The rows of the depth table: per depth, detection against SEP and the photo-z
     PDFs' calibration."""
     rows = []
-    for y in ("1", "2", "5", "10", "20"):
+    for y in ("0.5", "1", "2", "5", "10", "20"):
         for label, key, base, fmt in (
             ("detection F1", "detection.{y}.probcat.f1", "detection.{y}.sep.f1", ".3f"),
             ("detection precision", "detection.{y}.probcat.precision",
