@@ -201,13 +201,14 @@ def figure(out: dict, path: Path) -> None:
     ax[1].plot(years, [det[f"{y:g}"]["probcat_depth_unknown"]["detection_ece"] for y in years],
                ":o", color="C3", mfc="none", label="the same, depth unknown")  # fmt: skip
     if all("detection" in pz[f"{y:g}"] for y in years):  # the six-band detector
-        for who, style, what in (
-            ("probcat", "-s", "ugrizy detection ECE (depth known)"),
-            ("probcat_depth_unknown", ":s", "the same, depth unknown"),
-        ):
-            ax[1].plot(years, [pz[f"{y:g}"]["detection"][who]["detection_ece"] for y in years],
-                       style, color="C5", mfc="none" if "unknown" in who else None,
-                       label=what)  # fmt: skip
+        ece = {who: [pz[f"{y:g}"]["detection"][who]["detection_ece"] for y in years]
+               for who in ("probcat", "probcat_depth_unknown")}  # fmt: skip
+        same = ece["probcat"] == ece["probcat_depth_unknown"]  # weights without depth maps
+        ax[1].plot(years, ece["probcat"], "-s", color="C5",
+                   label="ugrizy detection ECE" + ("" if same else " (depth known)"))  # fmt: skip
+        if not same:
+            ax[1].plot(years, ece["probcat_depth_unknown"], ":s", color="C5", mfc="none",
+                       label="the same, depth unknown")  # fmt: skip
     ax[1].plot(years, [pz[f"{y:g}"]["ks"] for y in years], "-o", color="C4", label="photo-z PIT KS")
     ax[1].set_title("calibration (lower is better)")
     for level, nominal, colour in (("68", 0.6827, "C0"), ("95", 0.9545, "C1")):
