@@ -675,9 +675,8 @@ def calibrate_run(
     probability calibration; ``seeing_only``: only they, with the run's merge radius, pair
     rule, probability calibration and feature density as recorded; the same for the
     calibrations at other depths (``fits.depth_years`` or ``depth_years``; ``depth_only``).
-    The second calibration
-    for galaxies unlike the prior's (``fits.real_shapes_population``, or
-    ``real_shapes_population`` given) is refitted after the probability calibration;
+    The second calibration for galaxies unlike the prior's (``fits.real_shapes_population``,
+    or ``real_shapes_population`` given) is refitted after the probability calibration;
     ``shapes_only``: only it, with everything else as recorded. ``centroid_only``: only the
     centroid-interval calibrations (the training population's and, where the run has one,
     that of galaxies unlike the prior's), decoding with the recorded merge radius; the
