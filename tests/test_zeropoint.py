@@ -210,6 +210,12 @@ def test_the_zeropoint_tells_the_depth_and_the_detector_its_calibration(tmp_path
     res = probcat.detect(_stars(), noise_sigma=10.0, zeropoint=zp)
     np.testing.assert_allclose(np.asarray(res.catalog["prob"]), b["prob"], rtol=1e-6)
     assert res.catalog.meta["input"]["calibration_noise"] == pytest.approx(10**0.5)
+    # a zeropoint 20 mag off: a noise 1e-8 times the survey's, recorded to 4 digits, and said
+    with pytest.warns(UserWarning, match="3.16e-08 times the survey's .*far from any depth"):
+        res = probcat.detect(_stars(), noise_sigma=10.0, zeropoint=zp + 20)
+    got = res.catalog.meta["input"]
+    assert got["noise_over_survey"] == [pytest.approx(10**0.5 * 1e-8, rel=1e-3)]
+    assert got["calibration_noise"] == pytest.approx(0.5**0.5)  # the deepest it carries
 
 
 def test_deblending_says_the_image_warnings_once(tmp_path, capsys):

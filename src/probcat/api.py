@@ -407,7 +407,20 @@ class Detector:
         ratio = noise_over_survey(self.survey, sigma, read, electrons_as_survey=False)
         if not np.isfinite(ratio).any():
             return info
-        return {**info, "noise_over_survey": [round(float(v), 4) if np.isfinite(v) else None
+        lo, hi = DEPTH_PLAUSIBLE
+        odd = [f"{v:.3g}" for v in ratio if np.isfinite(v) and not lo <= v <= hi]
+        if odd:
+            src = info.get("zeropoint_source") or "BUNIT"
+            src = "the zeropoint given" if src == "zeropoint" else f"its {src}"
+            warnings.warn(
+                f"the image's noise as a flux is {'/'.join(odd)} times the survey's (through "
+                f"{src}): "
+                "far from any depth of the survey (a single visit is about 14 times); check "
+                "the zeropoint and the noise; detection probabilities use the calibration of "
+                "the nearest depth the weights carry",
+                stacklevel=8,
+            )
+        return {**info, "noise_over_survey": [float(f"{v:.4g}") if np.isfinite(v) else None
                                               for v in ratio]}  # fmt: skip
 
     def _prepare(self, images, noise_sigma, opts: dict) -> _Batch:
@@ -719,6 +732,11 @@ class Detector:
         else:
             out = (cats, prob, draws)
         return (*out, tiles, batch) if full else out
+
+
+# the noise as a flux over the survey's outside which an image's zeropoint is suspect:
+# 1,000 years of LSST and about twice a single visit's noise
+DEPTH_PLAUSIBLE = (0.1, 30.0)
 
 
 def _noise_scale(info: dict) -> float | None:
