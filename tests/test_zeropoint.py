@@ -218,6 +218,28 @@ def test_the_zeropoint_tells_the_depth_and_the_detector_its_calibration(tmp_path
     assert got["calibration_noise"] == pytest.approx(0.5**0.5)  # the deepest it carries
 
 
+def test_a_coadds_depth_is_its_aperture_noise_not_its_smoother_pixels():
+    """White noise at the survey's sigma averaged over 2x2 pixels (a coadd's resampling,
+    roughly): half the pixel noise, the same depth. Its noise as a flux over the survey's
+    reads about 1 (the pixel noise times the aperture noise factor), not 1/2."""
+    import probcat
+    from probcat.survey import Survey
+
+    band = Survey.lsst(bands="i").bands[0]
+    zp = band.zeropoint + 2.5 * np.log10(band.exposure_time)  # of 1 e- at the survey's depth
+    white = band.noise_sigma * np.random.default_rng(2).standard_normal((257, 257))
+    img = 0.25 * (white[1:, 1:] + white[:-1, 1:] + white[1:, :-1] + white[:-1, :-1])
+    pixel = float(np.std(img))
+    assert pixel / band.noise_sigma == pytest.approx(0.5, rel=0.05)
+    det = probcat.load("detection_lsst_i", threads=1)
+    with pytest.warns(UserWarning, match="correlated"):
+        cat = det.catalog(img.astype(np.float32), noise_sigma=pixel, zeropoint=zp,
+                          background="none")  # fmt: skip
+    ratio = cat.meta["input"]["noise_over_survey"][0]
+    assert 0.85 < ratio < 1.15
+    assert "calibration_noise" not in cat.meta["input"]  # the survey's own depth
+
+
 def test_deblending_says_the_image_warnings_once(tmp_path, capsys):
     """Detection and the deblender read the same image: its warnings (here a NOISE keyword
     three times the pixel noise, and NaN pixels) are said once, not twice."""

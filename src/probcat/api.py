@@ -392,18 +392,28 @@ class Detector:
             correlated_noise_ok=coadd_trained(self.manifest),
             **opts,
         )
-        return x, wcs, self._with_depth(info, sigma), masked
+        return x, wcs, self._with_depth(x, info, sigma), masked
 
-    def _with_depth(self, info: dict, sigma, planes=None) -> dict:
-        """``info`` of an image read with noise ``sigma`` (per band of the detector; with
-        ``planes``, per band of the image read, the detector's at those indices), with
-        ``noise_over_survey`` where its depth is known (its zeropoint or a flux-density
-        unit: :func:`noise_over_survey`): the probability calibration of that depth."""
+    def _with_depth(self, x: np.ndarray, info: dict, sigma, planes=None) -> dict:
+        """``info`` of an image ``x`` (the detector's bands, noise-sigma units) read with
+        noise ``sigma`` (per band of the detector; with ``planes``, per band of the image
+        read, the detector's at those indices), with ``noise_over_survey`` where its depth
+        is known (its zeropoint or a flux-density unit: :func:`noise_over_survey`): the
+        probability calibration of that depth. Where the pixel noise is correlated (a
+        coadd's), the noise of the depth is the pixel noise times what the correlation
+        multiplies an aperture's noise by (:func:`_aperture_noise_factors`): a coadd's
+        pixels are smoother than its depth."""
         read = info
         if planes is not None:
             sigma = np.asarray(sigma)[planes]
-            if info.get("zeropoint"):
-                read = {**info, "zeropoint": [info["zeropoint"][p] for p in planes]}
+            read = {k: [info[k][p] for p in planes] if info.get(k) else info.get(k)
+                    for k in ("zeropoint", "noise_correlation")}  # fmt: skip
+            read = {**info, **read}
+        if not any(v is not None and np.isfinite(v) for v in read.get("zeropoint") or ()) and (
+            read.get("flux_unit", "electron") == "electron"
+        ):
+            return info  # electrons of an unknown exposure: no depth
+        sigma = np.asarray(sigma, float) * _aperture_noise_factors(x, read)
         ratio = noise_over_survey(self.survey, sigma, read, electrons_as_survey=False)
         if not np.isfinite(ratio).any():
             return info
@@ -468,7 +478,7 @@ class Detector:
 
         check_size(x.shape, self.net.receptive_field // 2)
         if sigma is not None:
-            info = self._with_depth(info, sigma, planes)
+            info = self._with_depth(x, info, sigma, planes)
         return _Batch(np.asarray(x, np.float32)[None], [wcs], True, [info], [masked])
 
     @property
