@@ -409,10 +409,6 @@ class Detector:
             read = {k: [info[k][p] for p in planes] if info.get(k) else info.get(k)
                     for k in ("zeropoint", "noise_correlation")}  # fmt: skip
             read = {**info, **read}
-        if not any(v is not None and np.isfinite(v) for v in read.get("zeropoint") or ()) and (
-            read.get("flux_unit", "electron") == "electron"
-        ):
-            return info  # electrons of an unknown exposure: no depth
         sigma = np.asarray(sigma, float) * _aperture_noise_factors(x, read)
         ratio = noise_over_survey(self.survey, sigma, read, electrons_as_survey=False)
         if not np.isfinite(ratio).any():

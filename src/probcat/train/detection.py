@@ -943,35 +943,20 @@ def _fit_seeing(net, cfg: DetectionTrainConfig, cache_dir, progress) -> list:
     rule, merge radius and feature density as set: ``[{"factor", "calibration"}, ...]``.
     Sets ``net.seeing_calibrations``. None fitted when ``net`` has no calibration to refit,
     or (with a warning) where the scenes hold too few detections."""
-    from probcat.infer.reliability import fit_seeing_calibration
-
-    net.seeing_calibrations = ()
-    if net.prob_calibration is None:
-        return []
-    frac = _inside_fraction(cfg)
-    n, out = cfg.fits.seeing_scenes, []
-    for factor in cfg.fits.seeing_factors:
-        sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population, (factor,), fits=True)
-        seed = [cfg.seed, 41, round(factor * 100)]
-        inside = _inside_note(n, frac)
-        try:
-            cal = fit_seeing_calibration(
-                net,
-                sim,
-                cfg.survey().noise_sigma,
-                n_scenes=n,
-                rng=np.random.default_rng(seed),
-                inside_fraction=frac,
-                source=f"{n} validation scenes ({cfg.data.image_size} px, split=val, seed "
-                f"{seed}{inside}) under a PSF {factor:g} times the survey's FWHM, MAP "
-                "detections matched within 2 px, ood_score of the weights' density",
-            )
-        except ProbcatValueError as e:
-            warnings.warn(f"no calibration at {factor:g} x the seeing: {e}", stacklevel=3)
-            continue
-        out.append({"factor": float(factor), "calibration": cal.to_dict()})
-        net.seeing_calibrations += ((float(factor), cal),)
-    return out
+    cases = (
+        (
+            float(factor),
+            lambda f=factor: _simulator(
+                cfg, "val", cache_dir, progress, cfg.fits.population, (f,), fits=True
+            ),  # fmt: skip
+            cfg.survey().noise_sigma,
+            [cfg.seed, 41, round(factor * 100)],
+            f"under a PSF {factor:g} times the survey's FWHM",
+            {},
+        )
+        for factor in cfg.fits.seeing_factors
+    )
+    return _refit_calibrations(net, cfg, "seeing_calibrations", cfg.fits.seeing_scenes, cases)
 
 
 def _fit_depth(net, cfg: DetectionTrainConfig, cache_dir, progress) -> list:
@@ -983,53 +968,64 @@ def _fit_depth(net, cfg: DetectionTrainConfig, cache_dir, progress) -> list:
     depth's (:func:`~probcat.api.noise_over_survey`). Sets ``net.depth_calibrations``. None
     fitted when ``net`` has no calibration to refit, or (with a warning) where the scenes
     hold too few detections."""
-    from probcat.infer.reliability import fit_seeing_calibration
+    from probcat.api import noise_over_survey
 
-    net.depth_calibrations = ()
-    if net.prob_calibration is None:
-        return []
-    frac = _inside_fraction(cfg)
-    n, out = cfg.fits.depth_scenes, []
-    base = cfg.survey()
-    for years in cfg.fits.depth_years:
+    def case(years: float):
         at = replace(  # the scenes of that depth (its own config names no other depths)
             cfg, data=replace(cfg.data, years=float(years)), fits=replace(cfg.fits, depth_years=())
         )
         survey = at.survey()
-        factor = float(np.exp(np.mean(np.log(depth_noise_factor(survey, base)))))
-        sim = _simulator(at, "val", cache_dir, progress, cfg.fits.population, (1.0,), fits=True)
-        seed = [cfg.seed, 43, round(years * 100)]
+        # its noise through its own zeropoints (the magnitude of 1 e- at its exposure)
+        zps = {"zeropoint": [b.flux_to_mag(1.0) for b in survey.bands]}
+        factor = float(np.exp(np.mean(np.log(noise_over_survey(cfg.survey(), survey.noise_sigma,
+                                                               zps)))))  # fmt: skip
+        return (
+            factor,
+            lambda: _simulator(
+                at, "val", cache_dir, progress, cfg.fits.population, (1.0,), fits=True
+            ),  # fmt: skip
+            survey.noise_sigma,
+            [cfg.seed, 43, round(years * 100)],
+            f"at {years:g} years' depth (noise as a flux {factor:.3g} times the training's)",
+            {"years": float(years)},
+        )
+
+    cases = (case(y) for y in cfg.fits.depth_years)
+    return _refit_calibrations(net, cfg, "depth_calibrations", cfg.fits.depth_scenes, cases)
+
+
+def _refit_calibrations(net, cfg: DetectionTrainConfig, attr: str, n: int, cases) -> list:
+    """The seeing or depth calibrations (``attr`` of ``net``, set here): for each of
+    ``cases`` (``(factor, make_sim, noise_sigma, seed, where, extra)``, drawn only when
+    ``net`` has a calibration to refit), the probability calibration refitted on ``n``
+    fresh scenes of ``make_sim()``; ``[{"factor", **extra, "calibration"}, ...]``, with a
+    warning and no entry where the scenes hold too few detections."""
+    from probcat.infer.reliability import fit_seeing_calibration
+
+    setattr(net, attr, ())
+    if net.prob_calibration is None:
+        return []
+    frac = _inside_fraction(cfg)
+    out = []
+    for factor, make_sim, noise_sigma, seed, where, extra in cases:
         try:
             cal = fit_seeing_calibration(
                 net,
-                sim,
-                survey.noise_sigma,
+                make_sim(),
+                noise_sigma,
                 n_scenes=n,
                 rng=np.random.default_rng(seed),
                 inside_fraction=frac,
                 source=f"{n} validation scenes ({cfg.data.image_size} px, split=val, seed "
-                f"{seed}{_inside_note(n, frac)}) at {years:g} years' depth (noise as a flux "
-                f"{factor:.3g} times the training's), MAP detections matched within 2 px, "
+                f"{seed}{_inside_note(n, frac)}) {where}, MAP detections matched within 2 px, "
                 "ood_score of the weights' density",
             )
         except ProbcatValueError as e:
-            warnings.warn(f"no calibration at {years:g} years' depth: {e}", stacklevel=3)
+            warnings.warn(f"no calibration {where}: {e}", stacklevel=4)
             continue
-        out.append({"factor": factor, "years": float(years), "calibration": cal.to_dict()})
-        net.depth_calibrations += ((factor, cal),)
+        out.append({"factor": factor, **extra, "calibration": cal.to_dict()})
+        setattr(net, attr, (*getattr(net, attr), (factor, cal)))
     return out
-
-
-def depth_noise_factor(survey: Survey, base: Survey) -> np.ndarray:
-    """Per band, the noise of ``survey`` as a flux over that of ``base`` (the same bands at
-    another depth or sky): sqrt(10) for LSST at 1 year against 10."""
-    return np.asarray(
-        [
-            10.0 ** (-0.4 * (b.flux_to_mag(b.noise_sigma) - a.flux_to_mag(a.noise_sigma)))
-            for b, a in zip(survey.bands, base.bands)
-        ],
-        float,
-    )
 
 
 def _fit_reliability(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progress) -> dict:
