@@ -157,12 +157,19 @@ def inference(args) -> dict:
     a["deblend_measure_1k"]["model_max_abs_over_peak"] = float(
         np.abs(dg.model - dc.model).max() / np.abs(dc.model).max()
     )
-    if args.devices[1] == "cuda":  # the GPU's convolutions in full float32 (no TF32)
+    if args.devices[1] == "cuda":  # TF32 convolutions (torch's default; probcat's are not)
+        from probcat.runtime import use_tf32
+
         det = probcat.load(device="cuda")
-        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-            t, cat = _timed(lambda: det.catalog(one_k), args.runs)
-        res["seconds_no_tf32"] = {"detect_1k": t}
-        a["detect_1k_no_tf32"] = _compare(got["cpu", "1k"], cat, ["prob", "galaxy_prob"])
+        before = use_tf32(True)
+        try:
+            t1, c1 = _timed(lambda: det.catalog(one_k), args.runs)
+            t4, c4 = _timed(lambda: det.catalog(four_k), 1)
+        finally:
+            use_tf32(before)
+        res["seconds_tf32"] = {"detect_1k": t1, "detect_4k": t4}
+        a["detect_1k_tf32"] = _compare(got["cpu", "1k"], c1, ["prob", "galaxy_prob"])
+        a["detect_4k_tf32"] = _compare(got["cpu", "4k"], c4, ["prob"])
     res["speedup"] = {
         k: res["seconds"]["cpu"][k] / res["seconds"]["gpu"][k] for k in res["seconds"]["cpu"]
     }
@@ -306,8 +313,9 @@ def main(argv=None) -> int:
         "the 16 seeded samples with the same sources on both devices (within 0.01 px), and "
         "the share of each sample's sources matched within 0.5 px (the same random numbers "
         "on both devices; float rounding can change a draw near its probability, and the "
-        "later decodes with it); *_no_tf32: the GPU with TF32 convolutions off (on by "
-        "torch's default); "
+        "later decodes with it); probcat's inference runs the GPU's convolutions and "
+        "matrix products in full float32 (probcat.runtime.full_float32); *_tf32: the GPU "
+        "with TF32 convolutions, torch's default (probcat.runtime.use_tf32(True)); "
         "deblend: the same CPU detections measured on both devices",
         "training": "seconds per fit() step (after 2 warm-up steps, no validation or "
         "checkpoints inside the timed steps) with the shipped configs' networks and batch "

@@ -257,10 +257,14 @@ def test_detector_runs_on_cuda_like_on_the_cpu(fixed):
     cut = fixed["image"][:, :98, :98]
     cpu = probcat.load(device="cpu").catalog(cut)
     gpu = probcat.load(device="cuda")
+    tf32 = torch.backends.cudnn.allow_tf32
     cat = gpu.catalog(cut)
+    assert torch.backends.cudnn.allow_tf32 == tf32  # torch's setting restored after the call
+    # full float32 convolutions (probcat.runtime.full_float32): TF32 moved probabilities of a
+    # 1000x1000 scene by up to 0.003 on an H200, full float32 by 1.5e-5
     assert len(cat) == len(cpu)
     assert np.allclose(cat["x"], cpu["x"], atol=1e-3)
-    assert np.allclose(cat["prob"], cpu["prob"], atol=1e-3)
+    assert np.allclose(cat["prob"], cpu["prob"], atol=2e-4)
     assert len(gpu.sample(cut, 3, seed=0)) == 3
 
 

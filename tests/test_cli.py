@@ -97,10 +97,12 @@ def test_bad_arguments_one_line_error(tmp_path, capsys, args, msg):
 
 def test_version_and_bare_commands_print_help(capsys):
     import probcat
+    import probcat.runtime as R
 
     assert main(["--version"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"probcat {probcat.__version__} (") and "device cpu" in out
+    device = R.device_name(R.choose_device())  # the CPU, as tests run unless --default-device
+    assert out.startswith(f"probcat {probcat.__version__} (") and f"device {device})" in out
     for argv, first in (([], "Usage: probcat [OPTIONS] COMMAND"),
                         (["train"], "Usage: probcat train [OPTIONS] COMMAND")):  # fmt: skip
         assert main(argv) == 0

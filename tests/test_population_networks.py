@@ -146,7 +146,9 @@ def test_head_stage_learns_the_exact_log_ratio(tmp_path):
     head = _RatioHead(3, width=64)
     bank = lambda: (torch.from_numpy(emb), theta)  # noqa: E731
     task = HeadTask("toy", 4000, 3e-3, 0, head, bank, len(theta), 256, 0.0)
-    fit(task, tmp_path, config={"t": 1}, settings=LoopSettings(0, 500, 4000, 1), progress=False)
+    # on the CPU, by name, as the chain trains these heads (probcat.population.chain)
+    fit(task, tmp_path, config={"t": 1}, settings=LoopSettings(0, 500, 4000, 1), progress=False,
+        device="cpu")  # fmt: skip
     e, tt = emb[:2000], t[:2000].astype(np.float32)
     shuffled = np.roll(tt, 1, 0)
     with torch.no_grad():
@@ -180,7 +182,7 @@ def test_a_finished_head_stage_resumes_without_drawing_its_bank(tmp_path):
     settings = LoopSettings(0, 3, 3, 1)
     for _ in range(2):
         task = HeadTask("toy", 3, 1e-3, 0, _RatioHead(3, width=8), bank, 64, 16, 0.0)
-        fit(task, tmp_path, config={"t": 1}, settings=settings, progress=False)
+        fit(task, tmp_path, config={"t": 1}, settings=settings, progress=False, device="cpu")
     assert len(calls) == 1  # drawn for the training steps, not for the finished rerun
 
 

@@ -75,6 +75,54 @@ def test_choose_device():
             R.choose_device("cuda")
 
 
+def test_full_float32_turns_tf32_off_for_the_outermost_block_and_restores_it(monkeypatch):
+    """Nested and concurrent blocks: the first sets full float32, the last restores what it
+    found; nothing changes without a GPU or after use_tf32(True)."""
+    import threading
+
+    cudnn = torch.backends.cudnn
+    before = (cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    state = lambda: (cudnn.allow_tf32, torch.get_float32_matmul_precision())  # noqa: E731
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with R.full_float32():
+        assert state() == before  # no GPU: torch's settings stay as they are
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    try:
+        cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")  # a user's own choice, restored after
+        inside, other = threading.Event(), []
+        with R.full_float32():
+            assert state() == (False, "highest")
+
+            def run():
+                with R.full_float32():
+                    inside.set()
+                    other.append(state())
+
+            t = threading.Thread(target=run)
+            t.start()
+            inside.wait(5)
+            t.join(5)
+            assert other == [(False, "highest")] and state() == (False, "highest")
+            with R.full_float32():
+                pass
+            assert state() == (False, "highest")  # an inner block leaves it on
+        assert state() == (True, "high")
+        with pytest.raises(ValueError):
+            with R.full_float32():
+                raise ValueError("boom")
+        assert state() == (True, "high") and R._F32_DEPTH == 0
+        assert R.use_tf32(True) is False
+        try:
+            with R.full_float32():
+                assert state() == (True, "high")
+        finally:
+            assert R.use_tf32(False) is True
+    finally:
+        cudnn.allow_tf32 = before[0]
+        torch.set_float32_matmul_precision(before[1])
+
+
 # ---- the inference thread ----------------------------------------------------------------
 def _where(tag, fail=False):
     import threading

@@ -623,7 +623,7 @@ class Detector:
             sample_catalogs,
         )
         from probcat.infer.reliability import annotate, calibration_for
-        from probcat.runtime import thread_limit
+        from probcat.runtime import full_float32, thread_limit
 
         if (
             isinstance(threshold, bool)
@@ -656,7 +656,7 @@ class Detector:
             and getattr(self.net, "real_shapes_centroid_calibration", None) is not None
         )
         cats, maps, draws, tiles = [], [], [], []
-        with thread_limit(self._threads(batch)), torch.no_grad():
+        with thread_limit(self._threads(batch)), full_float32(), torch.no_grad():
             for sl in self._groups(batch):
                 feats, pixels = self._features(batch.x[sl])
                 scales = [fixed] * feats.shape[0]  # the stamp classifier's seeing, per image
@@ -1006,7 +1006,7 @@ class Deblender:
         )
         from probcat.masking import aperture_fraction
         from probcat.measure import APERTURE_RADIUS, adaptive_moments, flux_posterior, flux_sd
-        from probcat.runtime import thread_limit, threads_for
+        from probcat.runtime import full_float32, thread_limit, threads_for
 
         check_method(method)
         if not (match_px > 0 and np.isfinite(match_px)):
@@ -1035,7 +1035,7 @@ class Deblender:
         if not ok.all():
             raise ProbcatValueError("the catalog has non-finite x or y")
         n = len(cx)
-        with thread_limit(threads_for(self.threads, h * w)):
+        with thread_limit(threads_for(self.threads, h * w)), full_float32():
             models = reconstruct(
                 self.net, img, sigma, cx, cy, gal, survey=self.survey, device=self.device,
                 passes=passes,

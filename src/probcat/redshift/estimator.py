@@ -365,7 +365,7 @@ class PhotozEstimator:
     def _mixture(self, x_sigma: np.ndarray, x, y):
         import torch
 
-        from probcat.runtime import thread_limit, threads_for
+        from probcat.runtime import full_float32, thread_limit, threads_for
 
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
         k = self.net.n_components
@@ -376,7 +376,7 @@ class PhotozEstimator:
         size = self.net.hparams["size"]
         outs = []
         n_threads = threads_for(self.threads, len(x) * size * size)
-        with thread_limit(n_threads), torch.no_grad():
+        with thread_limit(n_threads), full_float32(), torch.no_grad():
             for s in range(0, len(x), _CHUNK):
                 check_interrupt()  # Ctrl-C reaches probcat's inference thread here
                 st = stamps_at(x_sigma, x[s : s + _CHUNK], y[s : s + _CHUNK], size)
