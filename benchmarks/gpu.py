@@ -293,6 +293,8 @@ def main(argv=None) -> int:
     if args.gpu_device == "cuda" and not torch.cuda.is_available():
         print("gpu.py: no CUDA GPU is available to torch here", file=sys.stderr)
         return 2
+    from probcat.runtime import auto_threads
+
     t0 = time.perf_counter()
     command = " ".join([".venv/bin/python", "benchmarks/gpu.py", *(argv or sys.argv[1:])])
     r = {
@@ -300,7 +302,8 @@ def main(argv=None) -> int:
         "machine": f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}"
         f", {os.cpu_count()} CPU cores",
         "torch": torch.__version__,
-        "cpu_threads": torch.get_num_threads(),
+        # the CPU's inference threads: probcat's default, one per idle core
+        "cpu_threads": auto_threads(),
     }
     r["inference"] = inference(args)
     with tempfile.TemporaryDirectory() as tmp:
