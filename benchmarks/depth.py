@@ -12,7 +12,9 @@ read at its own noise sigma, as probcat reads a file that states it (``NOISE``):
   electrons of an unknown exposure (``probcat_depth_unknown``: the survey's calibration);
   and ``deblender_lsst_i``'s aperture flux errors: the
   fraction of isolated galaxies (true SNR 5-200) whose true aperture flux lies within 1 /
-  1.96 errors of the deblended one, measured at the true positions;
+  1.96 errors of the deblended one, measured at the true positions; the same detection
+  measures again on fields of the five morphology families' test galaxies (``--families``),
+  whose shapes the depth calibrations were fitted on beside bulge + disk ones;
 - LSST ugrizy (DC2 colours and redshifts): ``detection_lsst_ugrizy`` on each field (the
   i-band part's measures, recall at true i-band SNR > 3), read from the file and as an
   array of unknown exposure; ``photoz_lsst_ugrizy``'s PDFs of the gold
@@ -52,17 +54,22 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SIZE = 400
 
 
-def detection_depth(det, deb, years: float, fields: int, seed: int, cn) -> dict:
-    """probcat and SEP on ``fields`` i-band fields at ``years``' depth; and the coverage of
-    isolated galaxies' true aperture fluxes by the deblender's errors (``deb``, at the true
-    positions: ``benchmarks/correlated_noise.py``'s ``flux_error_coverage``)."""
+def detection_depth(
+    det, deb, years: float, fields: int, seed: int, cn, population: str = "parametric"
+) -> dict:
+    """probcat and SEP on ``fields`` i-band fields of ``population``'s test galaxies at
+    ``years``' depth; and, with ``deb``, the coverage of isolated galaxies' true aperture
+    fluxes by the deblender's errors (at the true positions:
+    ``benchmarks/correlated_noise.py``'s ``flux_error_coverage``)."""
     from probcat.baselines.sep import sep_detect
     from probcat.simulate.bank import BankConfig, SourceBank
     from probcat.simulate.scene import SceneConfig, SceneSimulator
     from probcat.survey import Survey
 
     survey = Survey.lsst(bands="i", years=years)
-    bank = SourceBank.load_or_build(survey, BankConfig(split="test", n_galaxies=5000))
+    bank = SourceBank.load_or_build(
+        survey, BankConfig(split="test", n_galaxies=5000, population=population)
+    )
     sim = SceneSimulator(bank, SceneConfig(SIZE, SIZE))
     sigma = survey.noise_sigma
     band = survey.bands[0]
@@ -79,6 +86,8 @@ def detection_depth(det, deb, years: float, fields: int, seed: int, cn) -> dict:
         cat = det.catalog(scene.image, noise_sigma=sigma, background="none")
         counts["probcat_depth_unknown"].append(cn.score(cat, scene.catalog))
         counts["sep"].append(cn.score(sep_detect(scene.image[0], float(sigma[0])), scene.catalog))
+        if deb is None:
+            continue
         others = cn.neighbour_light(sim, scene)
         got = cn.flux_pulls(deb, scene.image[0], float(sigma[0]), scene.noiseless[0],
                             scene.catalog, others)  # fmt: skip
@@ -86,6 +95,8 @@ def detection_depth(det, deb, years: float, fields: int, seed: int, cn) -> dict:
             pulls[k].extend(v)
     area = fields * SIZE * SIZE / 1e6
     out = {who: cn.summary(c, area) for who, c in counts.items()}
+    if deb is None:
+        return out
     cov = cn.coverage(pulls)
     out["flux_error_coverage"] = {k: cov[k] for k in ("n_galaxies", "coverage_68", "coverage_95",
                                                      "pull_sd_68")}  # fmt: skip
@@ -200,6 +211,15 @@ def figure(out: dict, path: Path) -> None:
                label="probcat detection ECE (depth known)")  # fmt: skip
     ax[1].plot(years, [det[f"{y:g}"]["probcat_depth_unknown"]["detection_ece"] for y in years],
                ":o", color="C3", mfc="none", label="the same, depth unknown")  # fmt: skip
+    fam = out.get("detection_families") or {}
+    if all(f"{y:g}" in fam for y in years):
+        for who, style, lab in (
+            ("probcat", "-^", "five families (depth known)"),
+            ("probcat_depth_unknown", ":^", "the same, depth unknown"),
+        ):
+            ax[1].plot(years, [fam[f"{y:g}"][who]["detection_ece"] for y in years], style,
+                       color="C6", mfc="C6" if who == "probcat" else "none",
+                       label=f"i detection ECE, {lab}")  # fmt: skip
     if all("detection" in pz[f"{y:g}"] for y in years):  # the six-band detector
         ece = {who: [pz[f"{y:g}"]["detection"][who]["detection_ece"] for y in years]
                for who in ("probcat", "probcat_depth_unknown")}  # fmt: skip
@@ -257,6 +277,12 @@ def main(argv=None) -> None:
         help="photo-z weights also read on the 10-year, seeing and band-seeing fields ('' for "
         "none)",
     )
+    ap.add_argument(
+        "--families",
+        default="morphology",
+        help="galaxy population of a second LSST-i detection part at each depth ('' for none;"
+        " default: the five morphology families)",
+    )
     ap.add_argument("--fields", type=int, default=16, help="400-px fields per depth and part")
     ap.add_argument("--seed", type=int, default=20261205)
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -289,12 +315,16 @@ def main(argv=None) -> None:
     est = load("photoz_lsst_ugrizy", threads=2, kind="photoz")
     det_ugrizy = load("detection_lsst_ugrizy", threads=2, kind="detection")
     other = load(args.seeing_weights, threads=2, kind="photoz") if args.seeing_weights else None
-    detection, photoz, seeing_pz, band_seeing_pz = {}, {}, {}, {}
+    detection, families, photoz, seeing_pz, band_seeing_pz = {}, {}, {}, {}, {}
     variant: dict = {"photoz_10": None, "photoz_seeing": {}, "photoz_band_seeing": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for y in years:
             key = f"{y:g}"  # "1", "10": the results' keys
             detection[key] = detection_depth(det, deb, y, args.fields, args.seed, cn)
+            if args.families:  # other galaxies (and seeds), no deblending
+                families[key] = detection_depth(
+                    det, None, y, args.fields, args.seed + 4, cn, args.families
+                )
             survey = Survey.lsst(bands="".join(est.bands), years=y)
             seed = [args.seed + 1, int(y * 100)]
             deeper = y > max(est.training_depths())
@@ -302,10 +332,13 @@ def main(argv=None) -> None:
                                        det_ugrizy)  # fmt: skip
             if other is not None and y == 10:  # the same fields
                 variant["photoz_10"] = photoz_depth(other, survey, args.fields, seed, cn, Path(tmp))
+            fam = (f"; families ECE {families[key]['probcat']['detection_ece']:.3f} ("
+                   f"{families[key]['probcat_depth_unknown']['detection_ece']:.3f})"
+                   if args.families else "")  # fmt: skip
             print(f"{y:g} years: detection F1 {detection[key]['probcat']['f1']:.3f} "
                   f"(SEP {detection[key]['sep']['f1']:.3f}), ECE "
                   f"{detection[key]['probcat']['detection_ece']:.3f} (depth unknown "
-                  f"{detection[key]['probcat_depth_unknown']['detection_ece']:.3f}); "
+                  f"{detection[key]['probcat_depth_unknown']['detection_ece']:.3f}){fam}; "
                   "photo-z coverage "
                   f"{photoz[key]['pit_coverage_68']:.3f} / "
                   f"{photoz[key]['pit_coverage_95']:.3f}", flush=True)  # fmt: skip
@@ -338,8 +371,8 @@ def main(argv=None) -> None:
         "fields": args.fields,
         "field_size": SIZE,
         "seed": args.seed,
-        "held_out": "test-split galaxies (default prior in i; dc2 in ugrizy); seeds other "
-        "than training's",
+        "held_out": "test-split galaxies (default prior and --families in i; dc2 in "
+        "ugrizy); seeds other than training's",
         "weights": {
             "detection": "detection_lsst_i",
             "photoz": "photoz_lsst_ugrizy",
@@ -351,6 +384,8 @@ def main(argv=None) -> None:
             "detection_ugrizy": det_ugrizy.manifest.get("sha256"),
         },  # fmt: skip
         "detection": detection,
+        "families": args.families or None,
+        "detection_families": families,
         "photoz": photoz,
         "photoz_seeing": seeing_pz,
         "photoz_band_seeing": band_seeing_pz,
@@ -367,6 +402,9 @@ def main(argv=None) -> None:
             "(blendedness < 0.05, true SNR 5-200), deblended aperture flux (deblender_lsst_i, "
             "conserve, 5 px) at the true positions of all true sources, fraction within 1 / "
             "1.96 flux_ap_err of the galaxy's own noiseless light in the aperture",
+            "detection_families": "the detection part's definitions on other fields (seed + 4)"
+            " of the test galaxies of the population named by families (default: the five "
+            "morphology families), without the deblender",
             "photoz.detection": "detection_lsst_ugrizy on the photo-z fields, the detection "
             "part's definitions (recall over true sources with i-band SNR > 3); probcat: the "
             "field's FITS file (its zeropoint), probcat_depth_unknown: its pixels as an "
