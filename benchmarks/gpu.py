@@ -314,9 +314,10 @@ def main(argv=None) -> int:
         "agreement": "CPU and GPU catalogs matched one to one within 0.5 px; *_max_abs, "
         "*_median_abs: differences of a column over the matched rows; samples: the share of "
         "the 16 seeded samples with the same sources on both devices (within 0.01 px), and "
-        "the share of each sample's sources matched within 0.5 px (the same random numbers "
-        "on both devices; float rounding can change a draw near its probability, and the "
-        "later decodes with it); probcat's inference runs the GPU's convolutions and "
+        "the share of each sample's sources matched within 0.5 px (each sample's own random "
+        "stream, the same on both devices; float rounding can move a draw across its "
+        "probability, which changes that source and the neighbours decided after it); "
+        "probcat's inference runs the GPU's convolutions and "
         "matrix products in full float32 (probcat.runtime.full_float32); *_tf32: the GPU "
         "with TF32 convolutions, torch's default (probcat.runtime.use_tf32(True)); "
         "deblend: the same CPU detections measured on both devices",

@@ -145,6 +145,63 @@ def test_sample_decoding_is_seeded():
     assert not torch.equal(a.n, c.n) or not torch.equal(a.locs, c.locs)
 
 
+def _refiner_with_calibration():
+    from probcat.infer.calibration import calibration_from_errors
+    from probcat.infer.detect import tile_image
+
+    torch.manual_seed(0)
+    net = DetectionNet(
+        n_bands=1, channels=8, n_blocks=1, stem="patchify", classifier="stamp", loc_refine=True
+    ).eval()
+    errors = np.abs(np.random.default_rng(2).standard_normal(20_000)) * 0.7
+    net.centroid_calibration = calibration_from_errors(errors)
+    img = np.random.default_rng(4).standard_normal((1, 120, 120)).astype(np.float32) * 3
+    return net, tile_features(net, img, 1.0), tile_image(net, img, 1.0)
+
+
+def test_a_samples_draws_do_not_depend_on_the_batch_it_is_drawn_in():
+    """Sample k of a seed is the same whether drawn alone or with others (a GPU draws more
+    samples per batch than a CPU); before, a sample's numbers came from one stream shared
+    by its batch."""
+    net, feats, pixels = _refiner_with_calibration()
+
+    def draw(n, batch):
+        gen = torch.Generator().manual_seed(11)
+        return sample_catalogs(net, feats, (120, 120), n, image=pixels, generator=gen,
+                               batch=batch)  # fmt: skip
+
+    whole = draw(5, 5)
+    assert sum(len(c) for c in whole) > 20
+    for got in (draw(5, 1), draw(5, 2), draw(3, 3)):
+        for a, b in zip(whole, got):  # the same sources (positions to float rounding)
+            assert len(a) == len(b)
+            np.testing.assert_array_equal(a["galaxy"], b["galaxy"])
+            for col in ("x", "y"):
+                np.testing.assert_allclose(a[col], b[col], rtol=0, atol=1e-4)
+
+
+def test_a_flipped_decision_changes_its_neighbourhood_not_the_whole_sample():
+    """A tile whose decision changes (as float rounding can flip one near its probability on
+    another device) leaves the random numbers of every other draw as they were: only
+    tiles near it, conditioned on it, differ. (When the position errors were drawn for the
+    decided sources alone, one more source shifted every later number: all 576 tiles of
+    this grid differed.)"""
+    net, feats, pixels = _refiner_with_calibration()
+
+    def run(f):
+        gen = torch.Generator().manual_seed(7)
+        return decode(net, f, image=pixels, n_samples=8, generator=gen, sweeps=2)
+
+    a = run(feats)
+    moved = feats.clone()
+    moved[..., 0, 0] += 200.0  # the corner tile's heads see other features: p 0.60 -> 0.98
+    b = run(moved)
+    assert (a.n[:, 0, 0] != b.n[:, 0, 0]).any()  # its decision flipped in some sample
+    differs = (a.n != b.n) | (((a.locs - b.locs).abs().amax(-1) > 1e-6) & (a.n | b.n))
+    ty, tx = torch.nonzero(differs.any(0), as_tuple=True)
+    assert int(torch.maximum(ty, tx).max()) <= 3  # 24 x 24 tiles: the rest is the same
+
+
 def test_sampling_matches_probabilities():
     """With a network whose heads ignore the conditioning, samples follow the marginals."""
     net = DetectionNet(n_bands=1, stem_channels=2, channels=4, n_blocks=1).eval()

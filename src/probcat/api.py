@@ -567,9 +567,11 @@ class Detector:
     ):
         """``n`` posterior catalog samples (paper 000 section 4.6) of each image: a list of
         catalogs (a list of such lists for several images). Seeded: the same seed gives the
-        same samples; on another device (a GPU) the same random numbers, but the network's
-        float rounding there can change a draw near its probability, and the later decodes
-        with it. ``progress``: a progress bar over the samples."""
+        same samples, each from a random stream of its own, so that the first ``k`` samples
+        of ``n`` are those of ``k``; on another device (a GPU) or CPU the same numbers, and
+        where float rounding there moves a draw across its probability, that source and
+        the neighbours decided after it differ, not the rest. ``progress``: a progress bar
+        over the samples."""
         return self._run(
             images, noise_sigma, opts, samples=n, seed=seed, want_map=False, progress=progress
         )[2]

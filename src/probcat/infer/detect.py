@@ -317,7 +317,7 @@ def decode(
     image: torch.Tensor | None = None,
     n_samples: int = 0,
     threshold: float = 0.5,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list | None = None,
     row_chunk: int = 100,
     sweeps: int = 1,
     merge_px: float | None = None,
@@ -350,6 +350,12 @@ def decode(
     ``centroid_calibration`` (a :class:`~probcat.infer.calibration.CentroidCalibration`;
     default: the weights' own) gives the distribution of the samples' standardised position
     errors (:func:`_standard_errors`); MAP decoding does not read it.
+
+    Samples draw their random numbers from ``generator``: one stream per sample
+    (:func:`sample_generators`; or a list of ``n_samples`` generators), the same numbers in
+    every pass whatever is decided, so that a sample does not depend on the batch it is
+    drawn in, and a decision that float rounding flips on another device or CPU changes
+    that tile's source (and the neighbours conditioned on it), not the rest of the sample.
     """
     net.eval()
     radius = net.merge_px if merge_px is None else merge_px
@@ -361,6 +367,12 @@ def decode(
         raise ProbcatValueError("posterior samples are drawn for one image at a time")
     if (net.classifier == "stamp" or net.loc_refine) and image is None:
         raise ProbcatValueError("these weights read stamps of the image: pass image=")
+    gens = None
+    if n_samples:  # a stream per sample: given as a list, or seeded from the generator
+        gens = generator if isinstance(generator, (list, tuple)) else None
+        gens = gens or sample_generators(generator, n_samples)
+        if len(gens) != n_samples:
+            raise ProbcatValueError(f"{len(gens)} generators for {n_samples} samples")
     f = feats.expand(n_samples, -1, -1, -1) if n_samples else feats
     img = None if image is None else image.expand(f.shape[0], -1, -1, -1)
     s = f.shape[0]
@@ -379,9 +391,11 @@ def decode(
         now = (groups == g).expand(s, -1, -1)
         # the first pass is every tile's marginal; later ones need their group's tiles only
         out, h_g = _group_pass(net, f, decided & ~now, n, cond, g, row_chunk, step == 0)
-        if n_samples:
-            on = uniform(out.prob.shape, generator, dev) < out.prob
-            loc = out.sample_locs(generator)
+        if n_samples:  # numbers for the group's tiles, the same whatever the pass decides
+            mine = (groups == g).cpu()
+            on = per_sample(gens, mine, dev, fill=1.0) < out.prob
+            loc = out.sample_locs(u=per_sample(gens, mine, dev, (2,), fill=0.5))
+            errors = _error_draws(net, gens, mine, centroid_calibration)
         else:
             on = out.prob > threshold
             loc = out.loc_post_mean
@@ -393,7 +407,7 @@ def decode(
             loc_cond = loc.index_put((bi, ty, tx), mean)
             snr_at = aperture_snr(img, bi, *tile_to_pixel(ty, tx, mean, net.tile_size))
             if n_samples:
-                z = _standard_errors(net, mean.shape, generator, centroid_calibration, snr_at)
+                z = _standard_errors(net, errors, (bi, ty, tx), centroid_calibration, snr_at)
                 mean = mean + sd * z.to(sd)
             loc = loc.index_put((bi, ty, tx), mean)
             loc_sd = loc_sd.index_put((bi, ty, tx), sd)
@@ -422,36 +436,74 @@ def decode(
     )
     p_gal = fields.galaxy_prob.nan_to_num(0.0)
     if n_samples:
-        galaxy = (uniform(p_gal.shape, generator, dev) < p_gal) & n
+        galaxy = (per_sample(gens, torch.ones(nty, ntx, dtype=torch.bool), dev) < p_gal) & n
     else:
         galaxy = (p_gal > 0.5) & n
     return Decisions(n, locs, galaxy, fields, marginal, loc_sd, cond, snr)
 
 
-def uniform(shape, generator, device, dtype=torch.float32) -> torch.Tensor:
-    """Uniform draws on ``device``, taken from ``generator`` on the generator's own device
-    (a CPU generator gives the same draws whatever device the network runs on)."""
-    gdev = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=gdev, dtype=dtype).to(device)
+def sample_generators(generator: torch.Generator | None, n: int) -> list:
+    """One random stream per posterior sample, seeded from ``generator`` (the first ``n``
+    numbers it gives; a CPU generator gives the same streams whatever device the network
+    runs on): each sample's draws then depend neither on how many samples are drawn with it
+    nor on the device's batch size (:func:`sample_batch`). ``[None] * n`` (torch's global
+    stream) without a generator."""
+    if generator is None:
+        return [None] * n
+    seeds = torch.randint(0, 2**62, (n,), generator=generator, device=generator.device)
+    return [torch.Generator().manual_seed(int(v)) for v in seeds.tolist()]
 
 
-def _standard_errors(net: DetectionNet, shape, generator, cal=None, snr=None) -> torch.Tensor:
-    """Standardised position errors ``(true - mean) / sd`` ``shape`` ``(N, 2)`` for posterior
-    samples: drawn from the centroid calibration ``cal`` (default: the weights' own, the
-    validation errors' distribution, whose core is narrower than the refined normal's and
-    whose tails are not) when there is one, else standard normal; a calibration binned by
-    detection SNR draws each source's from its own (``snr``, ``(N,)``). Samples then agree
-    with the catalogue's calibrated intervals."""
+def per_sample(
+    gens, tiles, device, trailing=(), dtype=torch.float32, normal=False, fill=0.0
+) -> torch.Tensor:
+    """Uniform (or ``normal``) numbers ``(len(gens), nty, ntx, *trailing)`` on ``device``
+    at the ``tiles`` (a boolean ``(nty, ntx)`` mask; ``fill`` elsewhere), each sample's from
+    its own stream, drawn on the CPU (or its generator's device)."""
+    draw = torch.randn if normal else torch.rand
+    shape = (int(tiles.sum()), *trailing)
+    vals = [draw(shape, generator=g, device=g.device if g is not None else "cpu", dtype=dtype)
+            for g in gens]  # fmt: skip
+    grid = torch.full((len(gens), *tiles.shape, *trailing), fill, dtype=dtype)
+    grid[:, tiles] = torch.stack(vals).cpu()
+    return grid.to(device)
+
+
+def _error_draws(net: DetectionNet, gens, tiles, cal=None) -> tuple:
+    """One pass's random numbers for the samples' position errors: a pair per tile of the
+    group (``tiles``), drawn whether or not the tile holds a source, so that a decision that
+    float rounding flips (another device, another CPU) changes that tile's source alone and
+    not the numbers of every later draw. Standard normal without a calibration; else the
+    uniform quantile (float64) and the sign of :func:`_standard_errors`."""
     cal = net.centroid_calibration if cal is None else cal
-    gdev = generator.device if generator is not None else torch.device("cpu")
+    if not net.loc_refine:
+        return ()
     if cal is None:
-        return torch.randn(shape, generator=generator, device=gdev)
-    u = uniform(shape, generator, gdev, torch.float64).clamp_max(1 - 1e-12)
-    sign = torch.where(uniform(shape, generator, gdev) < 0.5, -1.0, 1.0)
+        return (per_sample(gens, tiles, "cpu", (2,), normal=True),)
+    return (
+        per_sample(gens, tiles, "cpu", (2,), torch.float64),
+        per_sample(gens, tiles, "cpu", (2,)),
+    )
+
+
+def _standard_errors(net: DetectionNet, draws, index, cal=None, snr=None) -> torch.Tensor:
+    """Standardised position errors ``(true - mean) / sd`` ``(N, 2)`` of the posterior
+    samples' sources at tiles ``index`` (``(sample, ty, tx)``), from ``draws``
+    (:func:`_error_draws`): from the centroid calibration ``cal`` (default: the weights'
+    own, the validation errors' distribution, whose core is narrower than the refined
+    normal's and whose tails are not) when there is one, else standard normal; a
+    calibration binned by detection SNR draws each source's from its own (``snr``,
+    ``(N,)``). Samples then agree with the catalogue's calibrated intervals."""
+    cal = net.centroid_calibration if cal is None else cal
+    index = tuple(i.cpu() for i in index)
+    if cal is None:
+        return draws[0][index]
+    u = draws[0][index].clamp_max(1 - 1e-12)
+    sign = torch.where(draws[1][index] < 0.5, -1.0, 1.0)
     per = None
     if snr is not None:
-        per = np.broadcast_to(snr.detach().cpu().numpy().reshape(-1, 1), tuple(shape))
-    return sign * torch.from_numpy(cal.quantile(u.cpu().numpy(), per)).float()
+        per = np.broadcast_to(snr.detach().cpu().numpy().reshape(-1, 1), tuple(u.shape))
+    return sign * torch.from_numpy(cal.quantile(u.numpy(), per)).float()
 
 
 def _duplicates(cond, held, loc_new, idx, radius):
@@ -628,6 +680,7 @@ def sample_catalogs(
     if cal is not None:
         meta["centroid_calibration"] = cal.to_dict()
     out = []
+    gens = sample_generators(generator, n)  # sample k's numbers, whatever the batch
     bar = tqdm(total=n, desc="posterior samples", unit="sample", disable=not progress)
     for start in range(0, n, batch):
         dec = decode(
@@ -635,7 +688,7 @@ def sample_catalogs(
             feats,
             image=image,
             n_samples=min(batch, n - start),
-            generator=generator,
+            generator=gens[start : start + batch],
             sweeps=sweeps,
             centroid_calibration=cal,
         )

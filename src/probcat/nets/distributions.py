@@ -37,12 +37,15 @@ def trunc_log_prob(x: torch.Tensor, mu: torch.Tensor, sd: torch.Tensor) -> torch
     return -0.5 * u**2 - torch.log(sd) - _LOG_SQRT_2PI - torch.log(z)
 
 
-def trunc_sample(mu: torch.Tensor, sd: torch.Tensor, generator=None) -> torch.Tensor:
-    """One draw per element by inverting the CDF (always inside [0, 1))."""
+def trunc_sample(mu: torch.Tensor, sd: torch.Tensor, generator=None, u=None) -> torch.Tensor:
+    """One draw per element by inverting the CDF (always inside [0, 1)), from ``u`` (uniform
+    numbers of ``mu``'s shape) where given, else from ``generator``."""
     a, b, _ = _bounds(mu, sd)
     lo, hi = ndtr(a), ndtr(b)
-    gdev = generator.device if generator is not None else mu.device
-    u = lo + (hi - lo) * torch.rand(mu.shape, generator=generator, device=gdev).to(mu.device)
+    if u is None:
+        gdev = generator.device if generator is not None else mu.device
+        u = torch.rand(mu.shape, generator=generator, device=gdev)
+    u = lo + (hi - lo) * u.to(mu.device)
     x = mu + sd * ndtri(u.clamp(_EPS, 1 - _EPS))
     return x.clamp(0.0, 1.0 - _EPS)
 

@@ -116,9 +116,10 @@ class TileOutput:
         """Log density of ``locs`` ``(..., 2)`` in the tile, summed over the two axes."""
         return trunc_log_prob(locs, self.loc_mean, self.loc_sd).sum(-1)
 
-    def sample_locs(self, generator=None) -> torch.Tensor:
-        """One location draw per tile, inside the tile."""
-        return trunc_sample(self.loc_mean, self.loc_sd, generator)
+    def sample_locs(self, generator=None, u=None) -> torch.Tensor:
+        """One location draw per tile, inside the tile (from the uniform numbers ``u`` where
+        given, of ``loc_mean``'s shape)."""
+        return trunc_sample(self.loc_mean, self.loc_sd, generator, u)
 
     def loc_interval(self, level: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Central posterior interval of each coordinate, tile units."""
