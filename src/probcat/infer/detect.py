@@ -436,7 +436,8 @@ def decode(
     )
     p_gal = fields.galaxy_prob.nan_to_num(0.0)
     if n_samples:
-        galaxy = (per_sample(gens, torch.ones(nty, ntx, dtype=torch.bool), dev) < p_gal) & n
+        every = torch.ones(nty, ntx, dtype=torch.bool, device="cpu")
+        galaxy = (per_sample(gens, every, dev) < p_gal) & n
     else:
         galaxy = (p_gal > 0.5) & n
     return Decisions(n, locs, galaxy, fields, marginal, loc_sd, cond, snr)
@@ -451,7 +452,7 @@ def sample_generators(generator: torch.Generator | None, n: int) -> list:
     if generator is None:
         return [None] * n
     seeds = torch.randint(0, 2**62, (n,), generator=generator, device=generator.device)
-    return [torch.Generator().manual_seed(int(v)) for v in seeds.tolist()]
+    return [torch.Generator(device="cpu").manual_seed(int(v)) for v in seeds.tolist()]
 
 
 def per_sample(
@@ -464,7 +465,7 @@ def per_sample(
     shape = (int(tiles.sum()), *trailing)
     vals = [draw(shape, generator=g, device=g.device if g is not None else "cpu", dtype=dtype)
             for g in gens]  # fmt: skip
-    grid = torch.full((len(gens), *tiles.shape, *trailing), fill, dtype=dtype)
+    grid = torch.full((len(gens), *tiles.shape, *trailing), fill, dtype=dtype, device="cpu")
     grid[:, tiles] = torch.stack(vals).cpu()
     return grid.to(device)
 
