@@ -369,8 +369,8 @@ def decode(
         raise ProbcatValueError("these weights read stamps of the image: pass image=")
     gens = None
     if n_samples:  # a stream per sample: given as a list, or seeded from the generator
-        gens = generator if isinstance(generator, (list, tuple)) else None
-        gens = gens or sample_generators(generator, n_samples)
+        listed = isinstance(generator, (list, tuple))
+        gens = list(generator) if listed else sample_generators(generator, n_samples)
         if len(gens) != n_samples:
             raise ProbcatValueError(f"{len(gens)} generators for {n_samples} samples")
     f = feats.expand(n_samples, -1, -1, -1) if n_samples else feats
