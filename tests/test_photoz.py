@@ -258,6 +258,13 @@ def _net_on(net, stamps):
         return [t.double().cpu().numpy() for t in net(torch.from_numpy(stamps).to(device))]
 
 
+def _rtol(net):
+    """Float rounding between two passes of ``net`` over the same stamps in another layout or
+    batch: 1e-5 on the CPU; cuDNN picks its algorithms per layout and batch size, and on an
+    NVIDIA H200 in full float32 the means differed by 3e-5 to 7e-5, relative."""
+    return 1e-5 if next(net.parameters()).device.type == "cpu" else 3e-4
+
+
 @pytest.fixture
 def tiny_estimator():
     torch.manual_seed(0)
@@ -292,8 +299,10 @@ def test_estimator_gives_pdfs_for_galaxies_only(tiny_estimator):
     # the same numbers as the network on hand-cut stamps
     st = stamps_at(image / sigma[:, None, None], [5.0, 30.0], [5.0, 2.0], 11)
     w, m, s = _net_on(tiny_estimator.net, st)
-    np.testing.assert_allclose(res.means, m, rtol=1e-5)
-    assert res.catalog["z_median"][0] == pytest.approx(summaries(w, m, s)["z_median"][0], rel=1e-5)
+    np.testing.assert_allclose(res.means, m, rtol=_rtol(tiny_estimator.net))
+    assert res.catalog["z_median"][0] == pytest.approx(
+        summaries(w, m, s)["z_median"][0], rel=_rtol(tiny_estimator.net)
+    )
     # everything, stars included
     assert tiny_estimator.estimate(image, cat, galaxies_only=False).ensemble.npdf == 3
 
@@ -316,7 +325,9 @@ def test_a_coadds_stamps_are_read_at_the_aperture_noise(tiny_estimator):
     assert np.all(f > 1.1)  # bilinear resampling: 1.2-1.4
     np.testing.assert_allclose(res.catalog.meta["photoz"]["aperture_noise_factor"], f, atol=1e-4)
     st = stamps_at((coadd / (sigma * f)[:, None, None]).astype(np.float32), x, y, 11)
-    np.testing.assert_allclose(res.means, _net_on(tiny_estimator.net, st)[1], rtol=1e-5)
+    np.testing.assert_allclose(
+        res.means, _net_on(tiny_estimator.net, st)[1], rtol=_rtol(tiny_estimator.net)
+    )
     with pytest.warns(UserWarning, match="correlated"):
         np.testing.assert_allclose(
             tiny_estimator.mixture(coadd, x, y, noise_sigma=sigma)[1], res.means, rtol=1e-6
@@ -325,7 +336,9 @@ def test_a_coadds_stamps_are_read_at_the_aperture_noise(tiny_estimator):
     got = tiny_estimator.estimate(white, cat, noise_sigma=sigma)
     assert "aperture_noise_factor" not in got.catalog.meta["photoz"]
     st = stamps_at(white / sigma[:, None, None], x, y, 11)
-    np.testing.assert_allclose(got.means, _net_on(tiny_estimator.net, st)[1], rtol=1e-5)
+    np.testing.assert_allclose(
+        got.means, _net_on(tiny_estimator.net, st)[1], rtol=_rtol(tiny_estimator.net)
+    )
 
 
 def test_a_deeper_image_than_the_training_depths_is_warned_of(tmp_path, tiny_estimator):
@@ -381,7 +394,7 @@ def test_a_deeper_image_than_the_training_depths_is_warned_of(tmp_path, tiny_est
     assert got.catalog.meta["photoz"]["depth_matched"] is True
     xs = at_depth(noise.astype(np.float32), np.minimum(deep / sigma, 1.0))
     st = stamps_at(xs, [16.0], [16.0], 11)
-    np.testing.assert_allclose(got.means, _net_on(est.net, st)[1], rtol=1e-5)
+    np.testing.assert_allclose(got.means, _net_on(est.net, st)[1], rtol=_rtol(est.net))
     # nJy: the 10-year noise of band i as a flux density, halved
     i = est.survey["i"]
     njy = i.noise_sigma / i.exposure_time * 10 ** (-0.4 * (i.zeropoint - 31.4)) / 2

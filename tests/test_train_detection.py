@@ -155,6 +155,7 @@ def test_detection_resume_is_exact(tmp_path, cache_dir):
     assert a["model"].keys() == b["model"].keys()
     assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
     assert [h["val"] for h in a["history"]] == [h["val"] for h in b["history"]]
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
 
 
 def test_loss_decreases_on_fixed_batch(cache_dir):

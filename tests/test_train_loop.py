@@ -80,6 +80,10 @@ def test_resume_is_exact_at_any_step(tmp_path):
         got = torch.load(run / "checkpoint.pt", weights_only=False)["model"]
         assert all(torch.equal(v, got[name]) for name, v in want.items()), k
         assert [h["val"] for h in m["history"]] == [h["val"] for h in straight["history"]]
+        # the logged training loss (a moving average, started afresh in each phase) too
+        assert [h["train_loss"] for h in m["history"]] == [
+            h["train_loss"] for h in straight["history"]
+        ], k
     assert straight["fitted"] == 1.0 and straight["steps"] == 8
     assert (tmp_path / "straight/toy.pt").exists()
 
@@ -149,6 +153,39 @@ def test_run_records_its_device_and_writes_cpu_tensors(tmp_path):
     assert all(v.device.type == "cpu" for v in w["state_dict"].values())
     with pytest.raises(ProbcatValueError, match="device"):
         _fit(tmp_path / "bad", device="gpu0")
+
+
+class ConvToy(Toy):
+    """The toy on 24x24 images, through convolutions whose weight gradients cuDNN may sum
+    in any order."""
+
+    def build_model(self):
+        return nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1),
+            nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 1),
+        )  # fmt: skip
+
+    def batch(self, rng):
+        x = torch.from_numpy(rng.standard_normal((64, 1, 24, 24))).float()
+        return x, x.mean((1, 2, 3))[:, None] * 10
+
+    def validate(self, model):
+        x = torch.linspace(-1, 1, 20 * 576).reshape(20, 1, 24, 24)
+        pred = model(x.to(model_device(model))).cpu()
+        return {"total": float(((pred - x.mean((1, 2, 3))[:, None] * 10) ** 2).mean())}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_two_trainings_on_a_gpu_give_the_same_weights(tmp_path):
+    phases = [Phase("a", 30, 0.05)]
+    cfg = {"phases": [p.__dict__ for p in phases], "seed": 0}
+    runs = []
+    for name in ("a", "b"):
+        fit(ConvToy(phases), tmp_path / name, config=cfg, settings=LoopSettings(0, 10, 100, 1),
+            progress=False, device="cuda")  # fmt: skip
+        runs.append(torch.load(tmp_path / name / "toy.pt", weights_only=False)["state_dict"])
+    assert all(torch.equal(v, runs[1][k]) for k, v in runs[0].items())
+    assert not torch.backends.cudnn.deterministic  # torch's settings restored
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")

@@ -211,6 +211,26 @@ def full_float32():
                 torch.set_float32_matmul_precision(_F32_SAVED[1])
 
 
+@contextlib.contextmanager
+def deterministic_gpu():
+    """Run the block's GPU convolutions with cuDNN's deterministic algorithms (and without
+    its per-shape benchmarking), then restore torch's settings: by default cuDNN may sum a
+    convolution's gradients in a different order on each call, so two trainings of one
+    config on one GPU drift apart from the first step. Nothing changes without a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    saved = (cudnn.deterministic, cudnn.benchmark)
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = saved
+
+
 _MALLOC_TRIM = None  # resolved on first use: glibc's malloc_trim, or False where absent
 
 

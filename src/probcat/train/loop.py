@@ -234,7 +234,7 @@ def fit(
     when present); a checkpoint resumes on any device."""
     from tqdm.auto import tqdm
 
-    from probcat.runtime import choose_device, device_name
+    from probcat.runtime import choose_device, deterministic_gpu, device_name
 
     out = Path(out)
     try:
@@ -251,6 +251,7 @@ def fit(
     rng = np.random.default_rng([settings.seed, 1])
     gen = torch.Generator().manual_seed(settings.seed)
     step, history, elapsed = 0, [], 0.0
+    running, running_phase = None, None  # the training loss's moving average, per phase
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)  # the run's own file
@@ -271,59 +272,65 @@ def fit(
         rng.bit_generator.state = state["numpy_rng"]
         gen.set_state(state["torch_rng"])
         step, history, elapsed = state["step"], state["history"], state["elapsed"]
+        running, running_phase = state.get("running_loss"), state.get("running_phase")
     stop = total if stop_after is None else min(stop_after, total)
     ends = np.cumsum([p.steps for p in phases]).tolist()
     bar = tqdm(total=total, initial=step, desc=f"training {task.kind}", disable=not progress)
     t0 = time.perf_counter() - elapsed
-    running, current = None, None
-    while step < stop:
-        i = _phase_at(phases, step)
-        phase = phases[i]
-        if i != current:  # entering (or resuming into) a phase
-            for name, p in model.named_parameters():
-                p.requires_grad_(not phase.trainable or name.startswith(phase.trainable))
-            current, running = i, None
-        k = step - (ends[i] - phase.steps)
-        for g in opt.param_groups:
-            g["lr"] = phase_lr(phase, k)
-        model.train(not phase.eval_mode)
-        loss = task.loss(model, to_device(task.batch(rng), device), i, gen)
-        opt.zero_grad(set_to_none=True)
-        loss["total"].backward()
-        nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        opt.step()
-        step += 1
-        value = float(loss["total"].detach())
-        running = value if running is None else 0.98 * running + 0.02 * value
-        bar.update()
-        bar.set_postfix(loss=f"{running:.2f}")
-        if step % settings.val_every == 0 or step in ends:
-            model.eval()
-            with torch.no_grad():
-                val = task.validate(model)
-            history.append(
-                {
+    current = None
+    with deterministic_gpu():  # the same steps on every run of a config
+        while step < stop:
+            i = _phase_at(phases, step)
+            phase = phases[i]
+            if i != current:  # entering (or resuming into) a phase
+                for name, p in model.named_parameters():
+                    p.requires_grad_(not phase.trainable or name.startswith(phase.trainable))
+                current = i
+            if i != running_phase:  # a new phase's average starts afresh (not a resumed one's)
+                running, running_phase = None, i
+            k = step - (ends[i] - phase.steps)
+            for g in opt.param_groups:
+                g["lr"] = phase_lr(phase, k)
+            model.train(not phase.eval_mode)
+            loss = task.loss(model, to_device(task.batch(rng), device), i, gen)
+            opt.zero_grad(set_to_none=True)
+            loss["total"].backward()
+            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            opt.step()
+            step += 1
+            value = float(loss["total"].detach())
+            running = value if running is None else 0.98 * running + 0.02 * value
+            bar.update()
+            bar.set_postfix(loss=f"{running:.2f}")
+            if step % settings.val_every == 0 or step in ends:
+                model.eval()
+                with torch.no_grad():
+                    val = task.validate(model)
+                history.append(
+                    {
+                        "step": step,
+                        "phase": phase.name,
+                        "train_loss": running,
+                        "val": val,
+                        "elapsed_s": time.perf_counter() - t0,
+                    }
+                )
+                parts = ", ".join(f"{k} {v:.3f}" for k, v in val.items() if k != "total")
+                bar.write(f"step {step}: train {running:.3f}  val {val['total']:.3f} ({parts})")
+            if step % settings.checkpoint_every == 0 or step in ends or step == stop:
+                state = {
+                    "config": config,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "numpy_rng": rng.bit_generator.state,
+                    "torch_rng": gen.get_state(),
                     "step": step,
-                    "phase": phase.name,
-                    "train_loss": running,
-                    "val": val,
-                    "elapsed_s": time.perf_counter() - t0,
+                    "history": history,
+                    "elapsed": time.perf_counter() - t0,
+                    "running_loss": running,
+                    "running_phase": running_phase,
                 }
-            )
-            parts = ", ".join(f"{k} {v:.3f}" for k, v in val.items() if k != "total")
-            bar.write(f"step {step}: train {running:.3f}  val {val['total']:.3f} ({parts})")
-        if step % settings.checkpoint_every == 0 or step in ends or step == stop:
-            state = {
-                "config": config,
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "numpy_rng": rng.bit_generator.state,
-                "torch_rng": gen.get_state(),
-                "step": step,
-                "history": history,
-                "elapsed": time.perf_counter() - t0,
-            }
-            atomic_write(ckpt, lambda tmp, s=state: torch.save(s, tmp))
+                atomic_write(ckpt, lambda tmp, s=state: torch.save(s, tmp))
     bar.close()
     if step < total:
         return None
