@@ -1571,6 +1571,13 @@ TABLES = {
                 "",
             ),
             (
+                "16 seeded posterior samples: share with the same sources on both devices",
+                "inference.agreement.samples_16_1k.identical_fraction",
+                None,
+                ".2f",
+                "",
+            ),
+            (
                 "deblending: largest relative flux difference, GPU vs CPU",
                 "inference.agreement.deblend_measure_1k.flux_ap_max_rel",
                 None,
