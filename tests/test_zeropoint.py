@@ -86,6 +86,8 @@ def test_probcat_files_give_the_zeropoint_of_their_electrons(tmp_path):
         ({"MAGZP": True}, "MAGZP keyword True is not a number"),
         ({"FLUXMAG0": -5.0}, "FLUXMAG0 keyword -5.0 is not a positive finite number"),
         ({"FLUXMAG0": 0}, "FLUXMAG0 keyword 0 is not a positive finite number"),
+        ({"MAGZERO": 150.0}, "MAGZERO keyword's zeropoint 150 is not a plausible AB magnitude"),
+        ({"FLUXMAG0": 1e308}, "FLUXMAG0 keyword's zeropoint 770 is not a plausible AB magnitude"),
     ],
 )
 def test_a_bad_zeropoint_keyword_is_a_one_line_error(tmp_path, capsys, cards, message):
@@ -122,6 +124,12 @@ def test_read_input_shifts_the_zeropoint_by_the_gain_and_takes_an_override(tmp_p
     for bad in ("abc", np.nan, [27.0, 28.0]):
         with pytest.raises(ProbcatValueError, match="zeropoint must be"):
             read_input(read_image(path), survey, background="none", zeropoint=bad)
+    # a number no AB zeropoint is (a flux scale of 0 or infinity in floats); 100 still reads
+    for wild, shown in ((1e30, r"1e\+30"), (-100.5, "-100.5")):
+        with pytest.raises(ProbcatValueError, match=f"^zeropoint {shown} is not a plausible AB"):
+            read_input(read_image(path), survey, background="none", zeropoint=wild)
+    _, _, _, info, _ = read_input(read_image(path), survey, background="none", zeropoint=100)
+    assert info["zeropoint"] == [100.0]
 
 
 def test_deblended_magnitudes_use_the_image_zeropoint(tmp_path, capsys):

@@ -119,7 +119,7 @@ def read_input(
         wants_measured_noise,
     )
     from probcat.infer.detect import check_image
-    from probcat.io import ImageData, read_image
+    from probcat.io import ImageData, plausible_zeropoint, read_image
     from probcat.masking import combined_mask, fill_masked, masked_pixels
 
     measure = wants_measured_noise(noise_sigma)
@@ -180,6 +180,8 @@ def read_input(
         image = data
     if zeropoint is not None:
         zp, zp_from = per_band_array(zeropoint, len(names), "zeropoint", False), "zeropoint"
+        for v in zp:
+            plausible_zeropoint(v, "zeropoint")
     bad = masked_pixels(image, mask)
     if bad is not None:
         image = fill_masked(image, bad)

@@ -501,6 +501,22 @@ UNIT_ZEROPOINTS = {"njy": 31.4, "ujy": 23.9, "microjy": 23.9, "mjy": 16.4, "jy":
 ZEROPOINT_KEYWORDS = ("MAGZERO", "MAGZP", "PHOTZP")
 
 
+# the largest |AB zeropoint| read as one (a pixel value of 1 of 1e40 Jy or 1e-40 Jy): beyond
+# it the flux scale is 0 or infinite in floats, and the number a mistake
+ZEROPOINT_PLAUSIBLE = 100.0
+
+
+def plausible_zeropoint(value: float, what: str) -> float:
+    """``value``, an AB zeropoint named ``what`` in the error, if within
+    :data:`ZEROPOINT_PLAUSIBLE` of 0 (NaN passes: unknown); else a one-line error."""
+    if np.isfinite(value) and not abs(value) <= ZEROPOINT_PLAUSIBLE:
+        raise ProbcatValueError(
+            f"{what} {value:g} is not a plausible AB magnitude of a pixel value of 1 "
+            f"(expected within +-{ZEROPOINT_PLAUSIBLE:g})"
+        )
+    return value
+
+
 def _zeropoint_keyword(path: Path, header, own_format: bool = False) -> tuple[float, str]:
     """The AB magnitude of a flux of 1 in an image's pixel units and where it came from:
     a flux-density ``BUNIT`` (nJy, uJy, mJy, Jy); else ``MAGZERO``, ``MAGZP`` or ``PHOTZP``;
@@ -511,15 +527,20 @@ def _zeropoint_keyword(path: Path, header, own_format: bool = False) -> tuple[fl
     unit = _unit(header).replace("μ", "u").replace("µ", "u")
     if unit in UNIT_ZEROPOINTS:
         return UNIT_ZEROPOINTS[unit], "BUNIT"
-    for key in ZEROPOINT_KEYWORDS:
-        if key in header:
-            return _finite_keyword(path, key, header[key]), key
-    if "FLUXMAG0" in header:
-        return 2.5 * np.log10(_positive_keyword(path, "FLUXMAG0", header["FLUXMAG0"])), "FLUXMAG0"
-    if own_format and "ZEROPT" in header and "EXPTIME" in header:
-        zp = _finite_keyword(path, "ZEROPT", header["ZEROPT"])
-        return zp + 2.5 * np.log10(_positive_keyword(path, "EXPTIME", header["EXPTIME"])), "ZEROPT"
-    return np.nan, ""
+    zp, key = np.nan, ""
+    for name in ZEROPOINT_KEYWORDS:
+        if name in header:
+            zp, key = _finite_keyword(path, name, header[name]), name
+            break
+    else:
+        if "FLUXMAG0" in header:
+            zp = 2.5 * np.log10(_positive_keyword(path, "FLUXMAG0", header["FLUXMAG0"]))
+            key = "FLUXMAG0"
+        elif own_format and "ZEROPT" in header and "EXPTIME" in header:
+            zp = _finite_keyword(path, "ZEROPT", header["ZEROPT"])
+            zp += 2.5 * np.log10(_positive_keyword(path, "EXPTIME", header["EXPTIME"]))
+            key = "ZEROPT"
+    return plausible_zeropoint(zp, f"{path}: {key} keyword's zeropoint"), key
 
 
 def _finite_keyword(path: Path, name: str, value, what: str = "finite number") -> float:
