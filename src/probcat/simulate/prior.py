@@ -117,6 +117,7 @@ from astropy.table import Table
 
 from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError
 from probcat.simulate.hubble import HDF_VERSION
+from probcat.simulate.igm import madau_transmission
 
 __all__ = [
     "GALAXY_DENSITY",
@@ -362,7 +363,8 @@ def dc2_galaxies(
 # Galaxy colours unlike DC2's, for testing photo-z against a colour library it was not
 # trained on: the four empirical templates of Coleman, Wu & Weedman (1980, ApJS 43, 393),
 # E, Sbc, Scd and Im, extended below 1400 and beyond 10000 Angstrom by Bolzonella, Miralles
-# & Pello (2000, A&A 363, 476), as GalSim ships them (share/SEDs/CWW_*_ext.sed).
+# & Pello (2000, A&A 363, 476), as GalSim ships them (share/SEDs/CWW_*_ext.sed), seen through
+# the intergalactic medium's mean absorption (Madau 1995: probcat.simulate.igm).
 CWW_TEMPLATES = ("E", "Sbc", "Scd", "Im")
 CWW_Z_GRID = np.round(np.arange(0.0, 3.501, 0.01), 2)  # colours interpolated in z between
 CWW_NO_FLUX = 8.0  # colour (mag) given where a template has no flux in a band at that z
@@ -379,9 +381,10 @@ def cww_galaxies(
     magnitudes and shapes of :func:`dc2_galaxies` (same split, same seed), each galaxy's
     other magnitudes replaced by ``mag_i`` plus the colour ``m_b - m_i`` of one of
     :data:`CWW_TEMPLATES` (each as likely; drawn per row from ``seed`` and the split)
-    redshifted to its true redshift, through GalSim's LSST bandpasses. A test population
-    for photo-z: colours made apart from the DC2 simulation the shipped weights learned
-    (``benchmarks/photoz_colours.py``), not a model of the sky."""
+    redshifted to its true redshift, dimmed by the intergalactic medium's mean absorption
+    (:func:`probcat.simulate.igm.madau_transmission`), through GalSim's LSST bandpasses.
+    A test population for photo-z: colours made apart from the DC2 simulation the shipped
+    weights learned (``benchmarks/photoz_colours.py``), not a model of the sky."""
     if "i" not in bands:
         raise ProbcatValueError("population cww anchors its magnitudes on band i: include it")
     t = dc2_galaxies(split=split, seed=seed, bands=tuple(bands), val_to_train=val_to_train)
@@ -414,6 +417,8 @@ def _cww_colour_grid(bands: tuple[str, ...]) -> np.ndarray:
         sed = galsim.SED(f"CWW_{name}_ext.sed", wave_type="Ang", flux_type="flambda")
         for n, z in enumerate(CWW_Z_GRID):
             red = sed.atRedshift(float(z))
+            if z > 0:  # through the intergalactic medium's mean absorption
+                red = red * (lambda nm, z=float(z): madau_transmission(nm, z))
             ref = red.calculateMagnitude(bps["i"])
             with np.errstate(divide="ignore", invalid="ignore"):
                 out[k, n] = [red.calculateMagnitude(bps[b]) - ref for b in bands]
@@ -423,7 +428,7 @@ def _cww_colour_grid(bands: tuple[str, ...]) -> np.ndarray:
 PRIOR_VERSIONS = {
     "parametric": "bulge+disk v1",
     "dc2": "dc2 v1",
-    "cww": "dc2 v1 rows, cww v1 colours",
+    "cww": "dc2 v1 rows, cww v2 colours (Madau 1995 IGM)",
     "morphology": "morphology v1",
     "hdf": HDF_VERSION,
 }
