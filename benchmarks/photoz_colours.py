@@ -6,7 +6,8 @@ galaxies). Galaxies in the sky need not follow it. This benchmark keeps everythi
 the same and changes only the colours: population ``dc2`` (test-split DC2 galaxies) and
 population ``cww`` (:func:`probcat.simulate.prior.cww_galaxies`: the same galaxies, the
 same true redshifts, i magnitudes and shapes, their other bands from one of the four
-Coleman, Wu & Weedman templates redshifted to the galaxy's redshift). ``--fields``
+Coleman, Wu & Weedman templates redshifted to the galaxy's redshift and dimmed by the
+intergalactic medium's mean absorption). ``--fields``
 400×400 LSST ugrizy fields at 10-year depth per population (the same scene seeds),
 each written as probcat writes an image and read back as a user's file; the PDFs of the
 gold galaxies (true i < 25.3) at their true positions; the metrics of

@@ -124,6 +124,17 @@ def test_cache_key_of_older_configs_is_unchanged(survey_i):
     assert len(keys) == 3
 
 
+def test_a_new_version_of_a_built_in_prior_is_a_new_bank(survey_i, monkeypatch):
+    """A cached bank of a built-in population is not reused once its prior's version
+    changes (the cww colours once kept a bank drawn before they changed)."""
+    from probcat.simulate import prior
+
+    before = {p: SourceBank.cache_key(survey_i, BankConfig(population=p)) for p in ("cww", "dc2")}
+    monkeypatch.setitem(prior.PRIOR_VERSIONS, "cww", "cww v0 (test)")
+    assert SourceBank.cache_key(survey_i, BankConfig(population="cww")) != before["cww"]
+    assert SourceBank.cache_key(survey_i, BankConfig(population="dc2")) == before["dc2"]
+
+
 def _build_in_worker(args):
     survey, cfg = args
     return SourceBank.build(survey, cfg, workers=2, progress=False).pixels

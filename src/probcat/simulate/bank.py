@@ -354,11 +354,12 @@ class SourceBank:
             },
             sort_keys=True,
         )
+        if is_builtin(config.population):  # a built-in prior's new version: a new bank
+            blob += prior_version(config.population)
         if config.population == "hdf" or parse_hdf_mix(config.population) is not None:
-            # stamps cut from an image: their version, the image
+            # stamps cut from an image: the image too
             from probcat.simulate.hubble import hdf_path
 
-            blob += prior_version(config.population)
             blob += hashlib.sha256(hdf_path().read_bytes()).hexdigest()
         if not is_builtin(config.population):
             path = Path(config.population)
