@@ -135,6 +135,22 @@ def test_a_new_version_of_a_built_in_prior_is_a_new_bank(survey_i, monkeypatch):
     assert SourceBank.cache_key(survey_i, BankConfig(population="dc2")) == before["dc2"]
 
 
+def test_a_bank_under_another_psf_profile_is_another_bank(survey_i, tmp_path):
+    """A Moffat atmosphere is another bank (cache key and stamps); the Kolmogorov one's
+    key is what it was before the profile could be chosen."""
+    cfg = BankConfig(n_galaxies=8, n_star_phases=1, split="val")
+    moffat = survey_i.with_psf_beta(2.5)
+    assert SourceBank.cache_key(moffat, cfg) != SourceBank.cache_key(survey_i, cfg)
+    a = SourceBank.load_or_build(survey_i, cfg, cache_dir=tmp_path, progress=False, workers=1)
+    b = SourceBank.load_or_build(moffat, cfg, cache_dir=tmp_path, progress=False, workers=1)
+    assert len(list(tmp_path.glob("bank-*"))) == 2
+    # the same galaxies; a star's peak lower under the broader wings, its flux the same
+    np.testing.assert_array_equal(a.flux, b.flux)
+    sa, sb = a.star_stamps, b.star_stamps
+    assert sb.max() < 0.95 * sa.max()
+    assert sb.sum() == pytest.approx(sa.sum(), rel=0.02)
+
+
 def _build_in_worker(args):
     survey, cfg = args
     return SourceBank.build(survey, cfg, workers=2, progress=False).pixels

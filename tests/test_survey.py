@@ -80,6 +80,30 @@ def test_psf_scale_changes_the_seeing_only():
     assert per["i"].psf_fwhm == pytest.approx(s.with_psf_scale(0.8)["i"].psf_fwhm)
 
 
+def test_a_moffat_atmosphere_keeps_the_fwhm_and_puts_more_light_in_the_wings():
+    s = Survey.lsst(bands="i")
+    m = s.with_psf_beta(2.5)
+    assert m["i"].psf_beta == 2.5 and m["i"].psf_fwhm == s["i"].psf_fwhm
+    np.testing.assert_array_equal(m.noise_sigma, s.noise_sigma)
+
+    def wings(survey):  # FWHM, and the share of the light beyond 1 arcsec
+        img = survey["i"].psf().drawImage(nx=301, ny=301, scale=0.02, method="no_pixel")
+        yy, xx = (np.mgrid[:301, :301] - 150) * 0.02
+        a = img.array
+        return img.calculateFWHM(), a[np.hypot(xx, yy) > 1.0].sum() / a.sum()
+
+    (f0, w0), (f1, w1), (f2, w2) = wings(s), wings(m), wings(s.with_psf_beta(4.765))
+    assert f1 == pytest.approx(f0, rel=0.03) and f2 == pytest.approx(f0, rel=0.03)
+    assert w1 > 1.5 * w0 and w1 > w2  # the smaller beta, the broader the wings
+    # the description keeps the profile; a Kolmogorov survey's stays as it was
+    assert "psf_beta" not in s.to_dict()["bands"][0]
+    assert Survey.from_dict(m.to_dict()) == m and Survey.from_dict(s.to_dict()) == s
+    assert m.with_psf_beta(None) == s
+    for bad in (1.0, 0.5, float("nan"), float("inf"), "2.5", True):
+        with pytest.raises(ProbcatValueError, match="PSF beta"):
+            s.with_psf_beta(bad)
+
+
 def test_bad_bands_and_depth_raise_clear_errors():
     with pytest.raises(ProbcatValueError, match="unknown LSST band"):
         Survey.lsst(bands="iq")

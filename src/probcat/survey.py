@@ -42,6 +42,10 @@ class Band:
         pixel_scale: arcsec / pixel.
         mirror_diameter: m.
         obscuration_area: obscured fraction of the pupil *area* (surveycodex convention).
+        psf_beta: None (default): the atmosphere is a Kolmogorov profile; a number: a
+            Moffat profile of that index and the same FWHM, whose wings are broader the
+            smaller it is (about 2.5-4.5 fit ground-based PSFs; Trujillo et al. 2001,
+            MNRAS 328, 977): for testing what a PSF profile unlike the training's does.
     """
 
     name: str
@@ -53,6 +57,7 @@ class Band:
     pixel_scale: float
     mirror_diameter: float
     obscuration_area: float
+    psf_beta: float | None = None
 
     def mag_to_flux(self, mag):
         """AB magnitude -> total flux in electrons (array or scalar)."""
@@ -82,8 +87,12 @@ class Band:
         return math.sqrt(self.obscuration_area)
 
     def psf(self) -> galsim.GSObject:
-        """PSF = Kolmogorov(FWHM) convolved with an obscured Airy (paper 000, section 2.1)."""
-        atmos = galsim.Kolmogorov(fwhm=self.psf_fwhm)
+        """PSF = Kolmogorov(FWHM) convolved with an obscured Airy (paper 000, section 2.1);
+        with ``psf_beta``, a Moffat(``psf_beta``, FWHM) in place of the Kolmogorov."""
+        if self.psf_beta is None:
+            atmos = galsim.Kolmogorov(fwhm=self.psf_fwhm)
+        else:
+            atmos = galsim.Moffat(beta=self.psf_beta, fwhm=self.psf_fwhm)
         optics = galsim.Airy(
             lam=self.effective_wavelength,
             diam=self.mirror_diameter,
@@ -200,12 +209,29 @@ class Survey:
             ),
         )
 
+    def with_psf_beta(self, beta) -> Survey:
+        """A copy whose bands' atmospheric PSF is a Moffat of index ``beta`` (> 1.1, finite)
+        and the same FWHM in place of the Kolmogorov profile (:class:`Band`); None: back
+        to Kolmogorov."""
+        if beta is not None:
+            if isinstance(beta, bool) or not isinstance(beta, (int, float, np.number)):
+                raise ProbcatValueError(f"PSF beta must be a number, got {beta!r}")
+            if not (math.isfinite(beta) and beta > 1.1):
+                raise ProbcatValueError(f"PSF beta must be finite and > 1.1, got {beta}")
+            beta = float(beta)
+        return replace(self, bands=tuple(replace(b, psf_beta=beta) for b in self.bands))
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,
             "pixel_scale": self.pixel_scale,
             "depth_years": self.depth_years,
-            "bands": [asdict(b) for b in self.bands],
+            # psf_beta only where set: the description (and a bank's cache key) of a
+            # Kolmogorov survey stays what it was
+            "bands": [
+                {k: v for k, v in asdict(b).items() if k != "psf_beta" or v is not None}
+                for b in self.bands
+            ],
         }
 
     @classmethod
