@@ -31,6 +31,47 @@ def test_simulate_cli_writes_outputs(tmp_path, cache_dir, capsys):
     assert "wrote 2 blend images" in capsys.readouterr().out
 
 
+def test_simulate_under_other_seeing_and_a_moffat_psf(tmp_path, cache_dir, capsys):
+    """--seeing widens the PSF, --psf-beta gives it Moffat wings: the headers say so, the
+    bank's star has a lower peak and more light in its wings, the same flux; another
+    profile in the same folder is refused; a bad one is a one-line error."""
+    from astropy.io import fits
+
+    from probcat.simulate.datasets import Simulation, SimulationConfig
+
+    base = ["simulate", "--recipe", "single", "-n", "1", "--bank-size", "8", "--cache-dir",
+            str(cache_dir), "-q"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert main([*base, "--out", str(tmp_path / "b"), "--seeing", "1.5", "--psf-beta", "2.5"]) == 0
+    ha = fits.getheader(tmp_path / "a/images/image_00000.fits")
+    hb = fits.getheader(tmp_path / "b/images/image_00000.fits")
+    assert ha["PSFPROF"] == "kolmogorov" and "PSFBETA" not in ha
+    assert hb["PSFPROF"] == "moffat" and hb["PSFBETA"] == 2.5
+    assert hb["PSFFWHM0"] == pytest.approx(1.5 * ha["PSFFWHM0"])
+
+    def star(cfg):  # the bank's unit-flux star: its peak, its light beyond 5 px (1"), flux
+        s = Simulation(cfg, cache_dir=cache_dir, progress=False).centered_bank.star_stamps[0, 0]
+        yy, xx = np.mgrid[: s.shape[0], : s.shape[1]] - (s.shape[0] - 1) / 2
+        return s.max(), s[np.hypot(xx, yy) > 5].sum() / s.sum(), s.sum()
+
+    cfg = dict(recipe="single", n=1, bank_size=8)
+    (p0, w0, f0), (p1, w1, f1), (p2, w2, f2) = (
+        star(SimulationConfig(**cfg, **kw))
+        for kw in ({}, {"seeing": 1.5}, {"seeing": 1.5, "psf_beta": 2.5})
+    )
+    assert p1 < 0.6 * p0 and w1 > 2 * w0  # wider seeing (1.5^2: the peak 0.44 times)
+    assert w2 > 1.3 * w1 and p2 < p1  # broader wings at the same FWHM
+    assert f1 == pytest.approx(f0, rel=0.01) and f2 == pytest.approx(f0, rel=0.01)
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "b"), "--seeing", "1.5"]) == 2
+    assert "psf_beta 2.5 (now None)" in capsys.readouterr().err
+    for bad, msg in ((["--psf-beta", "1.0"], "PSF beta must be finite and > 1.1"),
+                     (["--seeing", "0"], "seeing must be a factor from 0.1 to 10")):  # fmt: skip
+        assert main([*base, "--out", str(tmp_path / "c"), *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and "\n" not in err, err
+
+
 def test_simulate_resumes_refuses_other_settings_and_overwrites(tmp_path, cache_dir, capsys):
     """A run killed midway (images missing, a temporary file left) resumes to the same files
     and the same truth; other settings or a smaller -n are refused; --overwrite replaces."""

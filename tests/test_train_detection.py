@@ -117,6 +117,26 @@ def test_train_writes_weights_manifest_and_resumes(tmp_path, cache_dir):
         )
 
 
+def test_a_run_under_a_moffat_psf_records_it_in_its_weights(tmp_path, cache_dir):
+    """data.psf_beta: the banks are drawn under a Moffat atmosphere (a bank of their own),
+    and the weights' survey says so, so that the detector measures seeing against that PSF;
+    a bad index stops the run before any bank is built."""
+    import probcat
+
+    with pytest.warns(UserWarning):  # untrained: too few matches for some fits
+        m = train_detection(_cfg(data__psf_beta=3.0), tmp_path / "run", cache_dir=cache_dir,
+                            progress=False)  # fmt: skip
+    assert "beta 3" in m["data"]["psf_profile"]
+    det = probcat.load(tmp_path / "run/detection.pt")
+    assert det.survey.bands[0].psf_beta == 3.0
+    assert det.survey.bands[0].psf_fwhm == _cfg().survey().bands[0].psf_fwhm
+    cache = tmp_path / "cache"
+    with pytest.raises(ProbcatValueError, match=r"^data.psf_beta: PSF beta must be"):
+        train_detection(_cfg(data__psf_beta=1.0), tmp_path / "bad", cache_dir=cache,
+                        progress=False)  # fmt: skip
+    assert not cache.exists() and not (tmp_path / "bad").exists()
+
+
 def test_init_weights_of_another_kind_fail_before_any_bank_is_built(tmp_path):
     cache = tmp_path / "cache"
     with pytest.raises(ProbcatValueError, match="^init: .*photoz_lsst_ugrizy.pt: holds "
@@ -230,6 +250,8 @@ def test_shipped_config_is_the_shipped_weights_config(name):
         assert got["fits"].pop("reliability_scenes") == got["fits"]["calibration_scenes"]
     if "psf_scales" not in want["data"]:  # trained before the seeing could vary
         assert got["data"].pop("psf_scales") == [1.0]
+    if "psf_beta" not in want["data"]:  # trained before the PSF profile could be chosen
+        assert got["data"].pop("psf_beta") is None
     if "reliability_inside_fraction" not in want["fits"]:  # calibrated on cutouts only
         assert got["fits"].pop("reliability_inside_fraction") == 0.0
     if "pair_scenes" not in want["fits"]:  # calibrated before the pair rule

@@ -195,6 +195,14 @@ def simulate(
     bank_size: int = typer.Option(20000, help="galaxies rendered into the source bank"),
     noise: str = typer.Option("gaussian", help="gaussian (background-limited) or poisson"),
     size: int = typer.Option(0, help="image side in pixels (0: the recipe's size)"),
+    seeing: float = typer.Option(
+        1.0, help="atmospheric PSF FWHM over the survey's (0.79 arcsec in LSST i)"
+    ),
+    psf_beta: float = typer.Option(
+        None,
+        help="a Moffat atmosphere of this index (e.g. 2.5-4.8) and the same FWHM "
+        "instead of the Kolmogorov one the shipped weights learned",
+    ),  # fmt: skip
     cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="replace a dataset written in OUT with other settings"
@@ -216,6 +224,8 @@ def simulate(
         bank_size=bank_size,
         noise=noise,
         size=size,
+        seeing=seeing,
+        psf_beta=psf_beta,
     )
     summary = write_dataset(
         cfg,

@@ -77,6 +77,9 @@ class SimulationConfig:
             training (:func:`~probcat.simulate.prior.split_rows`).
         keep_gold: the bank keeps every gold galaxy (:class:`~probcat.simulate.bank.
             BankConfig`).
+        seeing: the atmospheric PSF FWHM over the survey's (one factor for every band).
+        psf_beta: None: a Kolmogorov atmosphere; a number: a Moffat one of that index and
+            the same FWHM (:meth:`~probcat.survey.Survey.with_psf_beta`).
     """
 
     recipe: str = "blend"
@@ -92,6 +95,8 @@ class SimulationConfig:
     size: int = 0
     val_to_train: float = 0.0
     keep_gold: bool = False
+    seeing: float = 1.0
+    psf_beta: float | None = None
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -120,6 +125,9 @@ class SimulationConfig:
             raise ProbcatValueError(f"bank size must be >= 1, got {self.bank_size}")
         if not 0.0 <= self.val_to_train < 1.0:
             raise ProbcatValueError(f"val_to_train must lie in [0, 1), got {self.val_to_train}")
+        if not (math.isfinite(self.seeing) and 0.1 <= self.seeing <= 10):
+            raise ProbcatValueError(f"seeing must be a factor from 0.1 to 10, got {self.seeing}")
+        self.survey()  # checks psf_beta
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -127,7 +135,10 @@ class SimulationConfig:
         return (s, s)
 
     def survey(self) -> Survey:
-        return Survey.lsst(bands=self.bands, years=self.years)
+        survey = Survey.lsst(bands=self.bands, years=self.years)
+        if self.seeing != 1.0:
+            survey = survey.with_psf_scale(self.seeing)
+        return survey if self.psf_beta is None else survey.with_psf_beta(self.psf_beta)
 
     def bank_config(self, centered: bool = False) -> BankConfig:
         return BankConfig(
@@ -355,6 +366,18 @@ def _truth_mixed(csim, sim, cat: FullCatalog, noiseless):
 RUN_STATE = ".probcat_simulate.json"  # the settings of a dataset being written
 
 
+def _psf_cards(survey: Survey) -> dict:
+    """Header cards of the simulated PSF: its atmosphere's FWHM per band (arcsec) and, for a
+    Moffat atmosphere, its index."""
+    cards = {f"PSFFWHM{k}": (b.psf_fwhm, f"band {b.name} atmospheric PSF FWHM, arcsec")
+             for k, b in enumerate(survey.bands)}  # fmt: skip
+    beta = survey.bands[0].psf_beta
+    cards["PSFPROF"] = ("kolmogorov" if beta is None else "moffat", "atmospheric PSF profile")
+    if beta is not None:
+        cards["PSFBETA"] = (beta, "Moffat index of the atmospheric PSF")
+    return cards
+
+
 def claim_directory(config: SimulationConfig, out: Path, overwrite: bool = False) -> int:
     """Make ``out`` ready for ``config``'s dataset and return how many of its images are
     already there. A directory written with the same settings resumes (any ``-n`` at least
@@ -444,7 +467,12 @@ def write_dataset(
                 sim.survey,
                 wcs,
                 extras,
-                header={"RECIPE": config.recipe, "SEED": config.seed, "IMAGEIDX": i},
+                header={
+                    "RECIPE": config.recipe,
+                    "SEED": config.seed,
+                    "IMAGEIDX": i,
+                    **_psf_cards(sim.survey),
+                },
             )
         t = scene.catalog.to_table(wcs)
         cat = scene.catalog.with_columns(ra=np.asarray(t["ra"]), dec=np.asarray(t["dec"]))

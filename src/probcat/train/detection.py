@@ -79,6 +79,9 @@ class DetectionData:
     batch_size: int = 32
     val_scenes: int = 256
     psf_scales: tuple[float, ...] = (1.0,)  # factors on the PSF FWHM, one drawn per scene
+    # None: a Kolmogorov atmosphere; a number: a Moffat one of that index, the same FWHM
+    # (probcat.survey.Survey.with_psf_beta), for a survey whose PSF has broader wings
+    psf_beta: float | None = None
     # the fraction of scenes with the correlated noise of a coadd instead of white noise
     # (probcat.simulate.scene.SceneConfig: visits and resampling kernels drawn per scene)
     coadd_fraction: float = 0.0
@@ -207,6 +210,11 @@ class DetectionTrainConfig:
                 "data.psf_scales must hold 1.0 and positive factors below 10, got "
                 f"{list(d.psf_scales)}"
             )
+        if d.psf_beta is not None:
+            try:
+                self.survey()
+            except ProbcatValueError as e:
+                raise ProbcatValueError(f"data.psf_beta: {e}") from None
         if not 0.0 <= self.fits.reliability_inside_fraction <= 1.0:
             raise ProbcatValueError(
                 "fits.reliability_inside_fraction must be in [0, 1], got "
@@ -271,7 +279,8 @@ class DetectionTrainConfig:
         return sum(p.steps for p in self.phases)
 
     def survey(self) -> Survey:
-        return Survey.lsst(bands=self.data.bands, years=self.data.years)
+        survey = Survey.lsst(bands=self.data.bands, years=self.data.years)
+        return survey if self.data.psf_beta is None else survey.with_psf_beta(self.data.psf_beta)
 
     def net(self) -> DetectionNet:
         m = self.model
@@ -482,6 +491,11 @@ def describe_data(cfg: DetectionTrainConfig) -> dict:
         if d.psf_scales == (1.0,)
         else f"atmospheric PSF FWHM x {list(d.psf_scales)}, one bank each, drawn per scene "
         "(training, validation and the fits after training)",
+        **(
+            {"psf_profile": f"Moffat atmosphere, beta {d.psf_beta:g}, the survey's FWHM"}
+            if d.psf_beta is not None
+            else {}
+        ),
         **(
             {
                 "noise": f"the correlated noise of a coadd in {d.coadd_fraction:g} of the "
