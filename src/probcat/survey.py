@@ -44,8 +44,9 @@ class Band:
         obscuration_area: obscured fraction of the pupil *area* (surveycodex convention).
         psf_beta: None (default): the atmosphere is a Kolmogorov profile; a number: a
             Moffat profile of that index and the same FWHM, whose wings are broader the
-            smaller it is (about 2.5-4.5 fit ground-based PSFs; Trujillo et al. 2001,
-            MNRAS 328, 977): for testing what a PSF profile unlike the training's does.
+            smaller it is (about 2.5-4.8 fit ground-based PSFs, 4.765 is Kolmogorov
+            turbulence's; Trujillo et al. 2001, MNRAS 328, 977): images and weights of a
+            survey whose PSF wings differ from Kolmogorov's.
     """
 
     name: str

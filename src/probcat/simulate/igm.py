@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from probcat.errors import ProbcatValueError
+
 LYMAN_LIMIT_NM = 91.2
 # Lyman alpha, beta, gamma, delta: rest wavelength (nm) and the coefficient A_j of the
 # effective optical depth A_j (lambda_obs / lambda_j)^3.46 (Madau 1995, table 2)
@@ -32,7 +34,7 @@ def madau_transmission(wavelength_nm, z) -> np.ndarray:
     lam = np.asarray(wavelength_nm, float)
     z = float(z)
     if not (np.isfinite(z) and z >= 0):
-        raise ValueError(f"redshift must be a finite number >= 0, got {z!r}")
+        raise ProbcatValueError(f"redshift must be a finite number >= 0, got {z!r}")
     tau = np.zeros(lam.shape)
     for rest, a in LYMAN_SERIES:
         on = (lam > rest) & (lam < rest * (1 + z))  # absorbers between us and the source
