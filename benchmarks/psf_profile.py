@@ -1,4 +1,4 @@
-"""Detection under PSF profiles unlike the training's: Moffat wings at the same FWHM.
+"""Detection under PSF profiles and pixel scales unlike the training's.
 
 The shipped LSST-i weights learned one PSF profile: a Kolmogorov atmosphere convolved
 with the telescope's obscured Airy pattern (paper 000, section 2.1). A survey's PSF is
@@ -11,7 +11,11 @@ Here the atmosphere of the test scenes is a Moffat of index beta and the survey'
 five morphology families' test galaxies (``--bank-size`` of them, the same scene seeds
 for every profile), the shipped weights read at the seeing ``probcat.detect`` measures on
 a 1000x1000 field of the same galaxies under the same PSF (as the detector does by
-default), and SEP on the same scenes.
+default), and SEP on the same scenes. The same again for ``--pixel-scales``: the
+Kolmogorov PSF and every other setting of the survey, the scenes drawn on pixels of
+another size (HSC's 0.168", DES's 0.263"; the sky noise per pixel follows the pixel's
+area), read as they come: the weights expect LSST's 0.2", and probcat warns of another
+scale in an image's WCS but does not resample.
 
 Writes ``benchmarks/results/psf_profile.json`` and ``psf_profile.png``.
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import _paths  # noqa: F401  (first: keeps benchmarks/ off the import path)
@@ -47,9 +52,16 @@ def profile_name(beta: float | None) -> str:
     return "kolmogorov" if beta is None else f"moffat_{beta:g}"
 
 
-def run_profile(net, survey, sigma, beta, args, robustness, summarise) -> dict:
-    """The shipped weights and SEP on the scenes of one PSF profile."""
+def run_profile(net, survey, beta, args, robustness, summarise, pixel_scale=None) -> dict:
+    """The shipped weights and SEP on the scenes of one PSF profile (and pixel scale)."""
     test_survey = Survey.lsst(bands="i").with_psf_beta(beta)
+    if pixel_scale is not None:
+        test_survey = replace(
+            test_survey,
+            pixel_scale=pixel_scale,
+            bands=tuple(replace(b, pixel_scale=pixel_scale) for b in test_survey.bands),
+        )
+    sigma = float(test_survey.noise_sigma[0])
     bank = SourceBank.load_or_build(
         test_survey,
         BankConfig(population="morphology", split="test", n_galaxies=args.bank_size),
@@ -62,6 +74,8 @@ def run_profile(net, survey, sigma, beta, args, robustness, summarise) -> dict:
     m = robustness.metrics(r, summarise, sep=True)
     psf = test_survey.bands[0].psf()
     return {
+        "pixel_scale": test_survey.pixel_scale,
+        "noise_sigma": sigma,
         "psf_fwhm_arcsec": psf.calculateFWHM(scale=0.01, size=512),
         "psf_flux_outside_1_arcsec": 1.0 - _flux_within(psf, 1.0),
         "measured_seeing_ratio": ratio,
@@ -71,6 +85,12 @@ def run_profile(net, survey, sigma, beta, args, robustness, summarise) -> dict:
         "ood_flag_auc": m.get("ood_flag_auc"),
         "ood_flagged_fraction": m.get("ood_flagged_fraction"),
     }
+
+
+def _say(r: dict) -> None:
+    print(f"  probcat precision {r['probcat']['precision']:.3f} recall "
+          f"{r['probcat']['recall']:.3f} ECE {r['probcat']['detection_ece']:.3f}; "
+          f"SEP F1 {r['sep']['f1']:.3f}", flush=True)  # fmt: skip
 
 
 def _flux_within(psf, radius_arcsec: float) -> float:
@@ -87,8 +107,8 @@ def figure(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(result["by_profile"])
-    rows = [result["by_profile"][n] for n in names]
+    names = list(result["by_profile"]) + [f'pixels {k}"' for k in result["by_pixel_scale"]]
+    rows = [*result["by_profile"].values(), *result["by_pixel_scale"].values()]
     x = np.arange(len(names))
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for key, marker, colour in (("precision", "o", "C0"), ("recall", "s", "C1"), ("f1", "^", "C2")):
@@ -108,7 +128,8 @@ def figure(result: dict, path: Path) -> None:
     axes[2].legend(fontsize=7)
     for ax in axes:
         ax.set_xticks(x, names, rotation=20, fontsize=8)
-    fig.suptitle("LSST-i detection, five morphology families, PSF atmosphere profile varied")
+    fig.suptitle("LSST-i detection, five morphology families: PSF atmosphere profile and "
+                 "pixel scale varied")  # fmt: skip
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
@@ -118,6 +139,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default=DEFAULT_DETECTION)
     ap.add_argument("--betas", default="4.765,3.5,2.5", help="Moffat indices beside Kolmogorov")
+    ap.add_argument("--pixel-scales", default="0.168,0.263", help="other pixel sizes, arcsec")
     ap.add_argument("--n-images", type=int, default=1000, help="98-px scenes per profile")
     ap.add_argument("--bank-size", type=int, default=4000, help="test galaxies per profile")
     ap.add_argument("--seed", type=int, default=2029)
@@ -131,7 +153,6 @@ def main(argv=None) -> int:
     robustness = _paths.sibling("robustness")
     summarise = _paths.sibling("detection").summarise
     net, survey = load_detection(args.weights)
-    sigma = float(survey.noise_sigma[0])
     betas = [None] + [float(b) for b in args.betas.split(",") if b]
     result = {
         "command": command,
@@ -149,19 +170,23 @@ def main(argv=None) -> int:
     for beta in betas:
         name = profile_name(beta)
         print(f"{name} ...", flush=True)
-        result["by_profile"][name] = run_profile(
-            net, survey, sigma, beta, args, robustness, summarise
+        result["by_profile"][name] = run_profile(net, survey, beta, args, robustness, summarise)
+        _say(result["by_profile"][name])
+    result["by_pixel_scale"] = {}
+    for scale in [float(v) for v in args.pixel_scales.split(",") if v]:
+        print(f"pixel scale {scale:g} ...", flush=True)
+        result["by_pixel_scale"][f"{scale:g}"] = r = run_profile(
+            net, survey, None, args, robustness, summarise, pixel_scale=scale
         )
-        r = result["by_profile"][name]
-        print(f"  probcat precision {r['probcat']['precision']:.3f} recall "
-              f"{r['probcat']['recall']:.3f} ECE {r['probcat']['detection_ece']:.3f}; "
-              f"SEP F1 {r['sep']['f1']:.3f}", flush=True)  # fmt: skip
+        _say(r)
     result["definitions"] = {
         "profiles": "kolmogorov: the training's PSF (Kolmogorov atmosphere of the survey's "
         "FWHM convolved with the obscured Airy optics); moffat_B: a Moffat atmosphere of "
         "index B and the same FWHM, the same optics",
-        "psf_flux_outside_1_arcsec": "share of the PSF's light more than 1 arcsec (5 px) "
+        "psf_flux_outside_1_arcsec": "share of the PSF's light more than 1 arcsec "
         "from its centre: the wings",
+        "by_pixel_scale": "the Kolmogorov PSF, scenes on pixels of that size (arcsec), the "
+        "sky noise per pixel of that area; the same galaxies, scene seeds and reading",
         "metrics": "robustness.py's (detection.py's matching; precision and recall over "
         "true SNR 3-1000; ECE over every MAP detection; centroid coverage of matched MAP "
         "detections by the calibrated intervals), the weights read at "
