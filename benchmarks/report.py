@@ -244,10 +244,11 @@ PSF_PROFILES = (("kolmogorov", "Kolmogorov (as trained)"), ("moffat_4.765", "Mof
 
 
 def _psf_profile_rows() -> list:
-    """The psf_profile table: each PSF profile's detection scores."""
+    """The psf_profile table: each PSF profile's (and pixel scale's) detection scores."""
     rows = []
-    for key, name in PSF_PROFILES:
-        by = f"by_profile.{key}"
+    profiles = [(f"by_profile.{key}", name) for key, name in PSF_PROFILES]
+    scales = [(f"by_pixel_scale.{k}", f'{k}" pixels') for k in ("0.168", "0.263")]
+    for by, name in profiles + scales:
         rows += [
             (f"{name}: F1", f"{by}.probcat.f1", f"{by}.sep.f1", ".3f", ""),
             (f"{name}: precision", f"{by}.probcat.precision", f"{by}.sep.precision", ".3f", ""),
@@ -812,9 +813,9 @@ TABLES = {
     ),
     "psf_profile": (
         "LSST-i detection when the PSF's atmosphere is a Moffat profile (index beta, the "
-        "survey's FWHM) instead of the Kolmogorov one the weights learned: 98-px scenes of "
-        "the five morphology families' test galaxies, read at the measured seeing, SEP on "
-        "the same scenes",
+        "survey's FWHM) instead of the Kolmogorov one the weights learned, and on pixels of "
+        "another size than LSST's 0.2\": 98-px scenes of the five morphology families' test "
+        "galaxies, read at the measured seeing, SEP on the same scenes",
         _psf_profile_rows(),
     ),
     "photoz_colours": (

@@ -298,7 +298,9 @@ def _check_pixel_scale(wcs, survey, tolerance: float = 0.1) -> None:
     if np.isfinite(scale) and abs(scale / want - 1) > tolerance:
         warnings.warn(
             f"the image's pixel scale is {scale:.3g} arcsec, the weights' survey has "
-            f"{want:.3g} arcsec: detections and probabilities may be off",
+            f"{want:.3g} arcsec: sources look larger or smaller than any the networks "
+            "learned; detection and its probabilities held on simulated 0.168 and 0.263 "
+            "arcsec pixels, other quantities may be off (docs/robustness.md, Pixel scale)",
             stacklevel=4,
         )
 
