@@ -65,7 +65,7 @@ def test_simulate_under_other_seeing_and_a_moffat_psf(tmp_path, cache_dir, capsy
     capsys.readouterr()
     assert main([*base, "--out", str(tmp_path / "b"), "--seeing", "1.5"]) == 2
     assert "psf_beta 2.5 (now None)" in capsys.readouterr().err
-    for bad, msg in ((["--psf-beta", "1.0"], "PSF beta must be finite and > 1.1"),
+    for bad, msg in ((["--psf-beta", "1.0"], "PSF beta must be a number from 2 to 100"),
                      (["--seeing", "0"], "seeing must be a factor from 0.1 to 10")):  # fmt: skip
         assert main([*base, "--out", str(tmp_path / "c"), *bad]) == 2
         err = capsys.readouterr().err.strip()

@@ -99,7 +99,8 @@ def test_a_moffat_atmosphere_keeps_the_fwhm_and_puts_more_light_in_the_wings():
     assert "psf_beta" not in s.to_dict()["bands"][0]
     assert Survey.from_dict(m.to_dict()) == m and Survey.from_dict(s.to_dict()) == s
     assert m.with_psf_beta(None) == s
-    for bad in (1.0, 0.5, float("nan"), float("inf"), "2.5", True):
+    assert s.with_psf_beta(2)["i"].psf_beta == 2.0 and s.with_psf_beta(100)["i"].psf_beta == 100
+    for bad in (1.5, 0.5, 101.0, 1e9, float("nan"), float("inf"), "2.5", True):
         with pytest.raises(ProbcatValueError, match="PSF beta"):
             s.with_psf_beta(bad)
 

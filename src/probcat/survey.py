@@ -211,14 +211,16 @@ class Survey:
         )
 
     def with_psf_beta(self, beta) -> Survey:
-        """A copy whose bands' atmospheric PSF is a Moffat of index ``beta`` (> 1.1, finite)
+        """A copy whose bands' atmospheric PSF is a Moffat of index ``beta`` (from 2 to 100)
         and the same FWHM in place of the Kolmogorov profile (:class:`Band`); None: back
-        to Kolmogorov."""
+        to Kolmogorov. Below 2 a Moffat's second moment diverges (its wings need stamps and
+        FFTs beyond any bank's: at 1.5, seconds a galaxy and 2% of its flux lost); above 100
+        it is a Gaussian."""
         if beta is not None:
             if isinstance(beta, bool) or not isinstance(beta, (int, float, np.number)):
                 raise ProbcatValueError(f"PSF beta must be a number, got {beta!r}")
-            if not (math.isfinite(beta) and beta > 1.1):
-                raise ProbcatValueError(f"PSF beta must be finite and > 1.1, got {beta}")
+            if not (math.isfinite(beta) and 2.0 <= beta <= 100.0):
+                raise ProbcatValueError(f"PSF beta must be a number from 2 to 100, got {beta}")
             beta = float(beta)
         return replace(self, bands=tuple(replace(b, psf_beta=beta) for b in self.bands))
 
