@@ -15,7 +15,11 @@ default), and SEP on the same scenes. The same again for ``--pixel-scales``: the
 Kolmogorov PSF and every other setting of the survey, the scenes drawn on pixels of
 another size (HSC's 0.168", DES's 0.263"; the sky noise per pixel follows the pixel's
 area), read as they come: the weights expect LSST's 0.2", and probcat warns of another
-scale in an image's WCS but does not resample.
+scale in an image's WCS but does not resample. And photo-z under each profile:
+``photoz_lsst_ugrizy`` on ``--photoz-fields`` 400-px 10-year ugrizy fields of DC2 test
+galaxies (``benchmarks/photoz_colours.py``'s fields, seeds and metrics: the gold
+galaxies' PDFs at their true positions, each field read back from the FITS file probcat
+writes).
 
 Writes ``benchmarks/results/psf_profile.json`` and ``psf_profile.png``.
 
@@ -46,6 +50,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PROBCAT_KEYS = ("precision", "recall", "f1", "recall_snr_3_10", "precision_at_0_9",
                 "detection_ece", "centroid_coverage_68", "centroid_coverage_95")  # fmt: skip
 SEP_KEYS = ("precision", "recall", "f1", "recall_snr_3_10")
+PHOTOZ_SEED = 20261204  # photoz_colours.py's default: the same fields
 
 
 def profile_name(beta: float | None) -> str:
@@ -85,6 +90,24 @@ def run_profile(net, survey, beta, args, robustness, summarise, pixel_scale=None
         "ood_flag_auc": m.get("ood_flag_auc"),
         "ood_flagged_fraction": m.get("ood_flagged_fraction"),
     }
+
+
+def photoz_profile(est, beta, n_fields: int, colours) -> dict:
+    """``est``'s PDF metrics on ``n_fields`` DC2 ugrizy fields under the PSF profile."""
+    import tempfile
+
+    from probcat.io import write_image
+
+    survey = Survey.lsst(bands="ugrizy").with_psf_beta(beta)
+    bank = SourceBank.load_or_build(
+        survey, BankConfig(split="test", n_galaxies=5000, population="dc2")
+    )
+    sim = SceneSimulator(bank, SceneConfig(colours.SIZE, colours.SIZE))
+    scenes = [sim.sample(np.random.default_rng([PHOTOZ_SEED, f])) for f in range(n_fields)]
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [write_image(Path(tmp) / f"f{f}.fits", sc.image, Survey.lsst(bands="ugrizy"))
+                 for f, sc in enumerate(scenes)]  # fmt: skip
+        return colours.summary(colours.measure(est, scenes, None, paths))
 
 
 def _say(r: dict) -> None:
@@ -140,6 +163,7 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", default=DEFAULT_DETECTION)
     ap.add_argument("--betas", default="4.765,3.5,2.5", help="Moffat indices beside Kolmogorov")
     ap.add_argument("--pixel-scales", default="0.168,0.263", help="other pixel sizes, arcsec")
+    ap.add_argument("--photoz-fields", type=int, default=16, help="ugrizy fields (0: none)")
     ap.add_argument("--n-images", type=int, default=1000, help="98-px scenes per profile")
     ap.add_argument("--bank-size", type=int, default=4000, help="test galaxies per profile")
     ap.add_argument("--seed", type=int, default=2029)
@@ -172,6 +196,21 @@ def main(argv=None) -> int:
         print(f"{name} ...", flush=True)
         result["by_profile"][name] = run_profile(net, survey, beta, args, robustness, summarise)
         _say(result["by_profile"][name])
+    if args.photoz_fields:
+        from probcat.api import load as load_any
+
+        colours = _paths.sibling("photoz_colours")
+        est = load_any("photoz_lsst_ugrizy", threads=2, kind="photoz")
+        result["photoz"] = {"weights_sha256": (est.manifest or {}).get("sha256"),
+                            "n_fields": args.photoz_fields, "by_profile": {}}  # fmt: skip
+        for beta in betas:
+            name = profile_name(beta)
+            print(f"photo-z, {name} ...", flush=True)
+            r = photoz_profile(est, beta, args.photoz_fields, colours)
+            result["photoz"]["by_profile"][name] = r
+            print(f"  sigma_IQR {r['sigma_iqr']:.4f}, outliers (0.15) {r['outlier_frac_015']:.3f}"
+                  f", coverage {r['pit_coverage_68']:.3f} / {r['pit_coverage_95']:.3f}",
+                  flush=True)  # fmt: skip
     result["by_pixel_scale"] = {}
     for scale in [float(v) for v in args.pixel_scales.split(",") if v]:
         print(f"pixel scale {scale:g} ...", flush=True)
@@ -187,6 +226,9 @@ def main(argv=None) -> int:
         "from its centre: the wings",
         "by_pixel_scale": "the Kolmogorov PSF, scenes on pixels of that size (arcsec), the "
         "sky noise per pixel of that area; the same galaxies, scene seeds and reading",
+        "photoz": "photoz_colours.py's metrics (PDF mode on the 0-3 grid, sigma_IQR, "
+        "outliers beyond 0.15 and beyond max(3 sigma_IQR, 0.06), PIT KS, CDE loss, central "
+        "interval coverage) of the gold galaxies (true i < 25.3) at their true positions",
         "metrics": "robustness.py's (detection.py's matching; precision and recall over "
         "true SNR 3-1000; ECE over every MAP detection; centroid coverage of matched MAP "
         "detections by the calibrated intervals), the weights read at "
