@@ -260,6 +260,15 @@ def _psf_profile_rows() -> list:
             (f"{name}: centroid 68% interval coverage", f"{by}.probcat.centroid_coverage_68",
              None, ".3f", ""),
         ]  # fmt: skip
+    for key, name in PSF_PROFILES[1:]:  # photo-z: each Moffat profile against Kolmogorov
+        by, base = f"photoz.by_profile.{key}", "photoz.by_profile.kolmogorov"
+        rows += [
+            (f"photo-z, {name}: {label}", f"{by}.{k}", f"{base}.{k}", fmt, "", "Kolmogorov")
+            for label, k, fmt in (("σ_IQR", "sigma_iqr", ".4f"),
+                                  ("outliers beyond 0.15", "outlier_frac_015", ".3f"),
+                                  ("68% interval coverage", "pit_coverage_68", ".3f"),
+                                  ("95% interval coverage", "pit_coverage_95", ".3f"))
+        ]  # fmt: skip
     return rows
 
 
