@@ -105,9 +105,10 @@ def width68(v):
 
 
 # ---- part 1: blend scenes, true centroids (Fig. 6) ------------------------------------------
-def blend_part(deb: Deblender, args, *, population="parametric", n=None, seed=None):
+def blend_part(deb: Deblender, args, *, population="parametric", n=None, seed=None, psf_beta=None):
     """Every galaxy of ``n`` blend scenes (test-split galaxies of ``population``) deblended
-    at its true centroid: aperture flux, size and distortion of each variant."""
+    at its true centroid: aperture flux, size and distortion of each variant. ``psf_beta``:
+    scenes under a Moffat atmosphere (``SimulationConfig.psf_beta``)."""
     n = args.n_blend if n is None else n
     sim = Simulation(
         SimulationConfig(
@@ -116,6 +117,7 @@ def blend_part(deb: Deblender, args, *, population="parametric", n=None, seed=No
             seed=args.seed + 1 if seed is None else seed,
             split="test",
             population=population,
+            psf_beta=psf_beta,
         ),
         progress=False,
     )

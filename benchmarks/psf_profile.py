@@ -19,7 +19,11 @@ scale in an image's WCS but does not resample. And photo-z under each profile:
 ``photoz_lsst_ugrizy`` on ``--photoz-fields`` 400-px 10-year ugrizy fields of DC2 test
 galaxies (``benchmarks/photoz_colours.py``'s fields, seeds and metrics: the gold
 galaxies' PDFs at their true positions, each field read back from the FITS file probcat
-writes).
+writes). And deblending under each profile: the shipped deblender on
+``--deblend-scenes`` blend scenes of ``benchmarks/deblend.py`` (its blend seed, bulge + disk
+test galaxies), every galaxy deblended at its true centroid, its aperture flux, size and
+distortion against the truth (deblend.py's definitions), for the default flux-conserving
+deblending and for plain model subtraction.
 
 Writes ``benchmarks/results/psf_profile.json`` and ``psf_profile.png``.
 
@@ -51,6 +55,7 @@ PROBCAT_KEYS = ("precision", "recall", "f1", "recall_snr_3_10", "precision_at_0_
                 "detection_ece", "centroid_coverage_68", "centroid_coverage_95")  # fmt: skip
 SEP_KEYS = ("precision", "recall", "f1", "recall_snr_3_10")
 PHOTOZ_SEED = 20261204  # photoz_colours.py's default: the same fields
+DEBLEND_SEED = 3032  # deblend.py's blend scenes (its --seed 3031, plus 1)
 
 
 def profile_name(beta: float | None) -> str:
@@ -110,6 +115,16 @@ def photoz_profile(est, beta, n_fields: int, colours) -> dict:
         return colours.summary(colours.measure(est, scenes, None, paths))
 
 
+def deblend_profile(deb, beta, n_scenes: int, deblend) -> dict:
+    """deblend.py's blend-part summaries (true centroids) under the PSF profile."""
+    r = deblend.blend_part(deb, None, n=n_scenes, seed=DEBLEND_SEED, psf_beta=beta)
+    out = {"n_galaxies": int(len(r["snr"]))}
+    for method in ("conserve", "subtract"):
+        out[method] = {k: v for k, v in deblend.blend_summary(r, method).items()
+                       if not isinstance(v, list)}  # fmt: skip
+    return out
+
+
 def _say(r: dict) -> None:
     print(f"  probcat precision {r['probcat']['precision']:.3f} recall "
           f"{r['probcat']['recall']:.3f} ECE {r['probcat']['detection_ece']:.3f}; "
@@ -164,6 +179,7 @@ def main(argv=None) -> int:
     ap.add_argument("--betas", default="4.765,3.5,2.5", help="Moffat indices beside Kolmogorov")
     ap.add_argument("--pixel-scales", default="0.168,0.263", help="other pixel sizes, arcsec")
     ap.add_argument("--photoz-fields", type=int, default=16, help="ugrizy fields (0: none)")
+    ap.add_argument("--deblend-scenes", type=int, default=150, help="blend scenes (0: none)")
     ap.add_argument("--n-images", type=int, default=1000, help="98-px scenes per profile")
     ap.add_argument("--bank-size", type=int, default=4000, help="test galaxies per profile")
     ap.add_argument("--seed", type=int, default=2029)
@@ -196,9 +212,9 @@ def main(argv=None) -> int:
         print(f"{name} ...", flush=True)
         result["by_profile"][name] = run_profile(net, survey, beta, args, robustness, summarise)
         _say(result["by_profile"][name])
-    if args.photoz_fields:
-        from probcat.api import load as load_any
+    from probcat.api import load as load_any
 
+    if args.photoz_fields:
         colours = _paths.sibling("photoz_colours")
         est = load_any("photoz_lsst_ugrizy", threads=2, kind="photoz")
         result["photoz"] = {"weights_sha256": (est.manifest or {}).get("sha256"),
@@ -211,6 +227,21 @@ def main(argv=None) -> int:
             print(f"  sigma_IQR {r['sigma_iqr']:.4f}, outliers (0.15) {r['outlier_frac_015']:.3f}"
                   f", coverage {r['pit_coverage_68']:.3f} / {r['pit_coverage_95']:.3f}",
                   flush=True)  # fmt: skip
+    if args.deblend_scenes:
+        deblend = _paths.sibling("deblend")
+        deb = load_any("deblender_lsst_i", kind="deblender", threads=2)
+        result["deblend"] = {"weights_sha256": (deb.manifest or {}).get("sha256"),
+                             "n_scenes": args.deblend_scenes, "by_profile": {}}  # fmt: skip
+        for beta in betas:
+            name = profile_name(beta)
+            print(f"deblending, {name} ...", flush=True)
+            r = result["deblend"]["by_profile"][name] = deblend_profile(
+                deb, beta, args.deblend_scenes, deblend
+            )
+            c = r["conserve"]
+            print(f"  flux bias (SNR > 10) {c['deblended_flux_bias_max_abs_snr_gt_10']:.4f}, "
+                  f"width {c['flux_residual_width68']:.3f}, size bias "
+                  f"{c['size_bias_max_abs']:.3f}", flush=True)  # fmt: skip
     result["by_pixel_scale"] = {}
     for scale in [float(v) for v in args.pixel_scales.split(",") if v]:
         print(f"pixel scale {scale:g} ...", flush=True)
@@ -226,6 +257,11 @@ def main(argv=None) -> int:
         "from its centre: the wings",
         "by_pixel_scale": "the Kolmogorov PSF, scenes on pixels of that size (arcsec), the "
         "sky noise per pixel of that area; the same galaxies, scene seeds and reading",
+        "deblend": "deblend.py's blend-part keys (deblended_flux_bias_max_abs_snr_gt_10: "
+        "largest |median fractional aperture-flux residual| over SNR bins above 10; "
+        "scatter ratio: 68% width of the residuals, deblended over none; size and "
+        "ellipticity biases from adaptive moments), conserve: the default deblending, "
+        "subtract: model subtraction",
         "photoz": "photoz_colours.py's metrics (PDF mode on the 0-3 grid, sigma_IQR, "
         "outliers beyond 0.15 and beyond max(3 sigma_IQR, 0.06), PIT KS, CDE loss, central "
         "interval coverage) of the gold galaxies (true i < 25.3) at their true positions",
