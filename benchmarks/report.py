@@ -243,6 +243,9 @@ PSF_PROFILES = (("kolmogorov", "Kolmogorov (as trained)"), ("moffat_4.765", "Mof
                 ("moffat_3.5", "Moffat beta 3.5"), ("moffat_2.5", "Moffat beta 2.5"))  # fmt: skip
 
 
+BIAS10 = "deblended_flux_bias_max_abs_snr_gt_10"
+
+
 def _psf_profile_rows() -> list:
     """The psf_profile table: each PSF profile's (and pixel scale's) detection scores."""
     rows = []
@@ -259,6 +262,17 @@ def _psf_profile_rows() -> list:
             (f"{name}: detection ECE", f"{by}.probcat.detection_ece", None, ".3f", ""),
             (f"{name}: centroid 68% interval coverage", f"{by}.probcat.centroid_coverage_68",
              None, ".3f", ""),
+        ]  # fmt: skip
+    for key, name in PSF_PROFILES[1:]:  # deblending: each Moffat profile against Kolmogorov
+        by, base = f"deblend.by_profile.{key}", "deblend.by_profile.kolmogorov"
+        rows += [
+            (f"deblending, {name}: {label}", f"{by}.{k}", f"{base}.{k}", fmt, "", "Kolmogorov")
+            for label, k, fmt in (
+                ("flux bias above SNR 10, max |median|", f"conserve.{BIAS10}", ".4f"),
+                ("flux residual 68% width", "conserve.flux_residual_width68", ".3f"),
+                ("size bias, max |median|", "conserve.size_bias_max_abs", ".3f"),
+                ("model subtraction: flux bias above SNR 10", f"subtract.{BIAS10}", ".4f"),
+            )
         ]  # fmt: skip
     for key, name in PSF_PROFILES[1:]:  # photo-z: each Moffat profile against Kolmogorov
         by, base = f"photoz.by_profile.{key}", "photoz.by_profile.kolmogorov"
