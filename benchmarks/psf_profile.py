@@ -1,4 +1,4 @@
-"""Detection under PSF profiles and pixel scales unlike the training's.
+"""Detection, photo-z and deblending under PSF profiles and pixel scales unlike the training's.
 
 The shipped LSST-i weights learned one PSF profile: a Kolmogorov atmosphere convolved
 with the telescope's obscured Airy pattern (paper 000, section 2.1). A survey's PSF is

@@ -838,7 +838,9 @@ TABLES = {
         "LSST-i detection when the PSF's atmosphere is a Moffat profile (index beta, the "
         "survey's FWHM) instead of the Kolmogorov one the weights learned, and on pixels of "
         "another size than LSST's 0.2\": 98-px scenes of the five morphology families' test "
-        "galaxies, read at the measured seeing, SEP on the same scenes",
+        "galaxies, read at the measured seeing, SEP on the same scenes; and under each "
+        "profile, deblending at true centroids (deblend.py's blend scenes) and photo-z "
+        "(photoz_colours.py's DC2 fields), against the Kolmogorov PSF",
         _psf_profile_rows(),
     ),
     "photoz_colours": (
