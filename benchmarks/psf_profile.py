@@ -148,26 +148,59 @@ def figure(result: dict, path: Path) -> None:
     names = list(result["by_profile"]) + [f'pixels {k}"' for k in result["by_pixel_scale"]]
     rows = [*result["by_profile"].values(), *result["by_pixel_scale"].values()]
     x = np.arange(len(names))
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    ax = axes[0, 0]
     for key, marker, colour in (("precision", "o", "C0"), ("recall", "s", "C1"), ("f1", "^", "C2")):
-        axes[0].plot(x, [r["probcat"][key] for r in rows], marker + "-", color=colour,
-                     label=f"probcat {key}")  # fmt: skip
-        axes[0].plot(x, [r["sep"][key] for r in rows], marker + "--", color=colour, alpha=0.5,
-                     label=f"SEP {key}")  # fmt: skip
-    axes[0].set_ylabel("score")
-    axes[0].legend(fontsize=7, ncol=2)
-    axes[1].plot(x, [r["probcat"]["precision_at_0_9"] for r in rows], "o-")
-    axes[1].axhline(0.97, color="grey", ls=":")
-    axes[1].set_ylabel("precision at prob ≥ 0.9")
-    axes[2].plot(x, [r["probcat"]["detection_ece"] for r in rows], "o-", label="detection ECE")
-    axes[2].plot(x, [abs(r["probcat"]["centroid_coverage_68"] - 0.683) for r in rows], "s-",
-                 label="|68% centroid coverage - 0.683|")  # fmt: skip
-    axes[2].axhline(0.03, color="grey", ls=":")
-    axes[2].legend(fontsize=7)
-    for ax in axes:
+        ax.plot(x, [r["probcat"][key] for r in rows], marker + "-", color=colour,
+                label=f"probcat {key}")  # fmt: skip
+        ax.plot(x, [r["sep"][key] for r in rows], marker + "--", color=colour, alpha=0.5,
+                label=f"SEP {key}")  # fmt: skip
+    ax.set_ylabel("detection score")
+    ax.set_ylim(0.3, 1.02)
+    ax.legend(fontsize=7, ncol=3, loc="lower center")
+    ax = axes[0, 1]
+    ax.plot(x, [r["probcat"]["precision_at_0_9"] for r in rows], "o-", color="C0")
+    ax.axhline(0.97, color="C0", ls=":", lw=0.8)
+    ax.set_ylabel("precision at prob ≥ 0.9", color="C0")
+    twin = ax.twinx()
+    twin.plot(x, [r["probcat"]["detection_ece"] for r in rows], "s-", color="C3")
+    twin.axhline(0.03, color="C3", ls=":", lw=0.8)
+    twin.set_ylabel("detection ECE", color="C3")
+    for ax in axes[0]:
         ax.set_xticks(x, names, rotation=20, fontsize=8)
-    fig.suptitle("LSST-i detection, five morphology families: PSF atmosphere profile and "
-                 "pixel scale varied")  # fmt: skip
+    profiles = list(result["by_profile"])
+    xp = np.arange(len(profiles))
+    if "photoz" in result:
+        ax = axes[1, 0]
+        pz = [result["photoz"]["by_profile"][n] for n in profiles]
+        ax.plot(xp, [r["sigma_iqr"] for r in pz], "o-", color="C0", label="σ_IQR")
+        ax.plot(xp, [r["outlier_frac_015"] for r in pz], "s-", color="C1",
+                label="outliers beyond 0.15")  # fmt: skip
+        twin = ax.twinx()
+        twin.plot(xp, [r["pit_coverage_68"] for r in pz], "^--", color="C2", label="68% coverage")
+        twin.axhline(0.683, color="C2", ls=":", lw=0.8)
+        twin.set_ylim(0.6, 0.76)
+        twin.set_ylabel("68% interval coverage", color="C2")
+        ax.set_ylim(0, 0.07)
+        ax.legend(fontsize=7, loc="lower left")
+        ax.set_title("photo-z, DC2 ugrizy fields", fontsize=9)
+    if "deblend" in result:
+        ax = axes[1, 1]
+        db = [result["deblend"]["by_profile"][n] for n in profiles]
+        for method, colour in (("conserve", "C0"), ("subtract", "C1")):
+            ax.plot(xp, [r[method]["flux_residual_width68"] for r in db], "o-", color=colour,
+                    label=f"{method}: 68% width of flux residuals")  # fmt: skip
+            ax.plot(xp, [r[method]["deblended_flux_bias_max_abs_snr_gt_10"] for r in db], "s--",
+                    color=colour, label=f"{method}: flux bias above SNR 10")  # fmt: skip
+        ax.axhline(0.01, color="grey", ls=":", lw=0.8)
+        ax.set_ylim(-0.005, 0.2)
+        ax.legend(fontsize=7, ncol=2, loc="upper left")
+        ax.set_title("deblending at true centroids, blend scenes", fontsize=9)
+    for ax in axes[1]:
+        ax.set_xticks(xp, profiles, rotation=20, fontsize=8)
+    fig.suptitle("LSST-i detection (five morphology families), photo-z and deblending under "
+                 "PSF atmosphere profiles and pixel scales unlike the training's",
+                 fontsize=10)  # fmt: skip
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
