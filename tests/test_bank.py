@@ -136,8 +136,7 @@ def test_a_new_version_of_a_built_in_prior_is_a_new_bank(survey_i, monkeypatch):
 
 
 def test_a_bank_under_another_psf_profile_is_another_bank(survey_i, tmp_path):
-    """A Moffat atmosphere is another bank (cache key and stamps); the Kolmogorov one's
-    key is what it was before the profile could be chosen."""
+    """A Moffat atmosphere is another bank: another cache key, its own stamps."""
     cfg = BankConfig(n_galaxies=8, n_star_phases=1, split="val")
     moffat = survey_i.with_psf_beta(2.5)
     assert SourceBank.cache_key(moffat, cfg) != SourceBank.cache_key(survey_i, cfg)
