@@ -33,6 +33,7 @@ Writes ``benchmarks/results/psf_profile.json`` and ``psf_profile.png``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import replace
@@ -306,8 +307,6 @@ def main(argv=None) -> int:
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     result.update({k: v for k, v in provenance(command).items() if k != "command"})
     text = json_safe(result)
-    import json
-
     atomic_write(out / "psf_profile.json", lambda tmp: Path(tmp).write_text(
         json.dumps(text, indent=1) + "\n"))  # fmt: skip
     figure(result, out / "psf_profile.png")

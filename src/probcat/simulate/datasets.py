@@ -136,9 +136,7 @@ class SimulationConfig:
 
     def survey(self) -> Survey:
         survey = Survey.lsst(bands=self.bands, years=self.years)
-        if self.seeing != 1.0:
-            survey = survey.with_psf_scale(self.seeing)
-        return survey if self.psf_beta is None else survey.with_psf_beta(self.psf_beta)
+        return survey.with_psf_scale(self.seeing).with_psf_beta(self.psf_beta)
 
     def bank_config(self, centered: bool = False) -> BankConfig:
         return BankConfig(

@@ -280,7 +280,7 @@ class DetectionTrainConfig:
 
     def survey(self) -> Survey:
         survey = Survey.lsst(bands=self.data.bands, years=self.data.years)
-        return survey if self.data.psf_beta is None else survey.with_psf_beta(self.data.psf_beta)
+        return survey.with_psf_beta(self.data.psf_beta)
 
     def net(self) -> DetectionNet:
         m = self.model
