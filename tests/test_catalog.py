@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from helpers import random_catalog
 
-from probcat.catalog import FullCatalog, make_wcs
+from probcat.catalog import FullCatalog, make_wcs, sky_positions
 from probcat.errors import ProbcatIOError, ProbcatValueError
 
 
@@ -78,6 +78,40 @@ def test_wcs_pixel_sky_round_trip():
     assert ra == pytest.approx(150.0) and dec == pytest.approx(2.0)
     ra2, dec2 = wcs.pixel_to_world_values((30 - 1) / 2, (20 - 1) / 2 + 1)
     assert (dec2 - dec) * 3600 == pytest.approx(0.2, rel=1e-4)
+
+
+def test_sky_positions_are_icrs_in_every_frame_and_none_without_one():
+    from astropy.coordinates import FK4, FK5, SkyCoord
+
+    wcs = make_wcs((40, 40), 0.2, 150.0, 2.0)
+    x, y = np.array([0.0, 19.5, 39.0]), np.array([3.0, 19.5, 39.0])
+    ra, dec = sky_positions(wcs, x, y)  # ICRS (astropy's default frame): read as it is
+    assert np.array_equal(ra, wcs.pixel_to_world_values(x, y)[0])
+    # an FK4 B1950 header: the same pixels land where astropy's FK4 -> ICRS puts them, and
+    # 150 deg, 2 deg B1950 is about 0.64 deg from 150 deg, 2 deg ICRS (precession)
+    wcs.wcs.radesys, wcs.wcs.equinox = "FK4", 1950.0
+    wcs.wcs.set()
+    ra4, dec4 = sky_positions(wcs, x, y)
+    lon, lat = wcs.pixel_to_world_values(x, y)
+    want = SkyCoord(lon, lat, unit="deg", frame=FK4(equinox="B1950")).icrs
+    got = SkyCoord(ra4, dec4, unit="deg")
+    assert np.max(got.separation(want).arcsec) < 1e-6
+    assert 0.5 < got[1].separation(SkyCoord(150.0, 2.0, unit="deg")).deg < 0.8
+    wcs.wcs.radesys, wcs.wcs.equinox = "FK5", 2000.0  # FK5 J2000 -> ICRS: under 0.1"
+    wcs.wcs.set()
+    ra5, dec5 = sky_positions(wcs, x, y)
+    off = SkyCoord(ra5, dec5, unit="deg").separation(SkyCoord(ra, dec, unit="deg")).arcsec
+    assert np.all((off > 1e-3) & (off < 0.1))
+    want5 = SkyCoord(ra, dec, unit="deg", frame=FK5(equinox="J2000")).icrs
+    assert np.max(SkyCoord(ra5, dec5, unit="deg").separation(want5).arcsec) < 1e-6
+    wcs.wcs.ctype = ["HPLN-TAN", "HPLT-TAN"]  # helioprojective: no ICRS for a catalog
+    wcs.wcs.set()
+    with pytest.warns(UserWarning, match="no sky frame that converts to ICRS"):
+        assert sky_positions(wcs, x, y) is None
+    assert "ra" not in FullCatalog({"x": x, "y": y}, (40, 40)).to_table(wcs).colnames
+    assert sky_positions(None, x, y) is None
+    empty = sky_positions(make_wcs((40, 40), 0.2, 150.0, 2.0), [], [])
+    assert empty[0].shape == (0,) and empty[1].shape == (0,)
 
 
 def test_catalog_validation():

@@ -517,7 +517,7 @@ def test_bad_outputs_are_refused_before_any_work(tmp_path, capsys, weights):
 
 
 def test_warnings_for_unsubtracted_sky_and_galactic_wcs(tmp_path, capsys, weights):
-    from probcat.catalog import FullCatalog, make_wcs
+    from probcat.catalog import FullCatalog, make_wcs, sky_positions
 
     rng = np.random.default_rng(0)
     sky = rng.standard_normal((64, 64)) * 400 + 435 * 400  # sky left in: median 435 sigma
@@ -552,9 +552,23 @@ def test_warnings_for_unsubtracted_sky_and_galactic_wcs(tmp_path, capsys, weight
             str(tmp_path / "g_cat.fits"),
         ]
     )
-    assert rc == 0 and "not equatorial (GLON-TAN, GLAT-TAN)" in capsys.readouterr().err
+    assert rc == 0 and "GLON" not in capsys.readouterr().err  # converted, nothing to say
     cat = FullCatalog.read(tmp_path / "g_cat.fits")
-    assert len(cat) > 0 and "ra" not in cat.colnames
+    assert len(cat) > 0
+    # galactic (l, b) of the pixels -> ICRS, against astropy's transformation of the header's
+    # own galactic coordinates
+    from astropy.coordinates import SkyCoord
+    from astropy.wcs import WCS
+
+    lb = WCS(header).pixel_to_world_values(cat["x"], cat["y"])
+    icrs = SkyCoord(lb[0], lb[1], unit="deg", frame="galactic").icrs
+    sep = icrs.separation(SkyCoord(cat["ra"], cat["dec"], unit="deg")).arcsec
+    assert np.max(sep) < 1e-6
+    # the galactic centre's ICRS position, as the IAU defines it (RA 266.405, Dec -28.936)
+    zero = make_wcs((64, 64), 0.2, 0.0, 0.0).to_header()
+    zero["CTYPE1"], zero["CTYPE2"] = "GLON-TAN", "GLAT-TAN"
+    ra, dec = sky_positions(WCS(zero), [31.5], [31.5])
+    assert ra[0] == pytest.approx(266.405, abs=1e-3) and dec[0] == pytest.approx(-28.936, abs=1e-3)
 
 
 def test_noise_option_measured_value_and_bad(tmp_path, capsys, weights):

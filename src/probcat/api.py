@@ -329,15 +329,10 @@ def _with_mask(cat: FullCatalog, masked) -> FullCatalog:
 
 
 def _with_sky(cat: FullCatalog, wcs) -> FullCatalog:
-    from probcat.catalog import equatorial
+    from probcat.catalog import sky_positions
 
-    if wcs is None or not equatorial(wcs):
-        return cat
-    if len(cat):
-        ra, dec = wcs.pixel_to_world_values(cat["x"], cat["y"])
-    else:
-        ra, dec = np.zeros(0), np.zeros(0)
-    return cat.with_columns(ra=np.asarray(ra, float), dec=np.asarray(dec, float))
+    sky = sky_positions(wcs, cat["x"], cat["y"])
+    return cat if sky is None else cat.with_columns(ra=sky[0], dec=sky[1])
 
 
 class Detector:

@@ -28,7 +28,7 @@ __all__ = [
     "check_writable_dir",
     "check_outputs",
     "make_wcs",
-    "equatorial",
+    "sky_positions",
     "concat_catalogs",
 ]
 
@@ -99,25 +99,49 @@ def check_outputs(outputs, inputs=(), suffixes: dict | None = None) -> None:
             raise ProbcatValueError(f"{out}: directory {parent} is not writable")
 
 
-def equatorial(wcs) -> bool:
-    """Whether ``wcs`` maps pixels to equatorial (RA, Dec) coordinates; a galactic or
-    ecliptic WCS, or one with no celestial axes, is not (a warning says so)."""
+def sky_positions(wcs, x, y, warn: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
+    """ICRS right ascension and declination (degrees) of pixel positions ``x``, ``y``
+    (0-indexed), from the celestial axes of ``wcs``.
+
+    An ICRS WCS (``RADESYS = 'ICRS'``, astropy's default) is read as it is; any other frame
+    astropy knows (FK5 or FK4 equatorial, galactic, ecliptic) is converted to ICRS. ``None``
+    when there is no WCS, no celestial axes or a frame astropy cannot read (said in a
+    warning when ``warn``): the catalog then has pixel positions only."""
     import warnings
 
     if wcs is None:
-        return False
+        return None
     if not getattr(wcs, "has_celestial", False):
-        warnings.warn("the image's WCS has no celestial axes: catalog without ra/dec", stacklevel=3)
-        return False
-    ctype = [str(c).upper() for c in wcs.celestial.wcs.ctype]
-    if ctype[0].startswith("RA") and ctype[1].startswith("DEC"):
-        return True
-    warnings.warn(
-        f"the image's WCS is not equatorial ({ctype[0]}, {ctype[1]}): catalog with pixel "
-        "positions only, no ra/dec",
-        stacklevel=3,
-    )
-    return False
+        if warn:
+            warnings.warn(
+                "the image's WCS has no celestial axes: catalog without ra/dec", stacklevel=3
+            )
+        return None
+    cel = wcs.celestial
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) == 0:
+        return np.zeros(0), np.zeros(0)
+    ctype = [str(c).upper() for c in cel.wcs.ctype]
+    radesys = str(cel.wcs.radesys).strip().upper()
+    if ctype[0].startswith("RA") and ctype[1].startswith("DEC") and radesys in ("ICRS", ""):
+        ra, dec = cel.pixel_to_world_values(x, y)
+        return np.asarray(ra, float), np.asarray(dec, float)
+    from astropy.coordinates import SkyCoord
+
+    try:
+        coords = cel.pixel_to_world(x, y)  # a SkyCoord when astropy knows the frame
+        icrs = coords.icrs if isinstance(coords, SkyCoord) else None
+    except Exception:  # noqa: BLE001 - a frame astropy has no transformation for
+        icrs = None
+    if icrs is None:
+        if warn:
+            warnings.warn(
+                f"the image's WCS ({ctype[0]}, {ctype[1]}) is in no sky frame that converts to "
+                "ICRS: catalog with pixel positions only, no ra/dec",
+                stacklevel=3,
+            )
+        return None
+    return np.asarray(icrs.ra.deg, float), np.asarray(icrs.dec.deg, float)
 
 
 def make_wcs(shape: tuple[int, int], pixel_scale: float, ra: float, dec: float) -> WCS:
@@ -193,14 +217,12 @@ class FullCatalog:
 
     # ---- tables and files -------------------------------------------------------------
     def to_table(self, wcs: WCS | None = None) -> Table:
-        """An astropy Table; with a WCS, ``ra`` and ``dec`` (degrees) are added."""
+        """An astropy Table; with a WCS, ``ra`` and ``dec`` (ICRS degrees,
+        :func:`sky_positions`) are added."""
         t = Table({k: np.asarray(v) for k, v in self.columns.items()})
-        if wcs is not None and equatorial(wcs):
-            if len(self):
-                sky = wcs.pixel_to_world_values(np.asarray(self["x"]), np.asarray(self["y"]))
-                t["ra"], t["dec"] = sky[0], sky[1]
-            else:
-                t["ra"], t["dec"] = np.zeros(0), np.zeros(0)
+        sky = sky_positions(wcs, self["x"], self["y"], warn=False)  # said when read
+        if sky is not None:
+            t["ra"], t["dec"] = sky
         flux_unit = (self.meta.get("input") or {}).get("flux_unit", "electron")
         for name in t.colnames:
             unit = column_unit(name, flux_unit)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probcat.catalog import atomic_write, check_writable_dir
+from probcat.catalog import atomic_write, check_writable_dir, sky_positions
 from probcat.errors import ProbcatError, ProbcatFileError, ProbcatIOError, ProbcatValueError
 
 __all__ = [
@@ -242,10 +242,10 @@ def process_image(
                     pdf_path(output).unlink(missing_ok=True)
         cat = res.catalog
         cat.meta["image"] = Path(image).name if hdu is None else f"{Path(image).name}[{hdu}]"
-        if res.wcs is not None:
-            h, w = data.image.shape[1:]
-            ra, dec = res.wcs.pixel_to_world_values((w - 1) / 2, (h - 1) / 2)
-            cat.meta["centre"] = [float(ra), float(dec)]
+        h, w = data.image.shape[1:]
+        centre = sky_positions(res.wcs, [(w - 1) / 2], [(h - 1) / 2], warn=False)
+        if centre is not None:
+            cat.meta["centre"] = [float(centre[0][0]), float(centre[1][0])]
         cat.write(output, wcs=res.wcs)
         result["rows"] = len(cat)
         result["warnings"] = sorted({str(w.message) for w in caught})
@@ -532,7 +532,7 @@ def build_hats(catalog_dir, out, *, dedup: bool = True, client=None) -> int:
     cats = [FullCatalog.read(f) for f in files]
     for f, c in zip(files, cats):
         if "ra" not in c.colnames or "centre" not in c.meta:
-            raise ProbcatValueError(f"{f}: no ra/dec (its image has no equatorial WCS)")
+            raise ProbcatValueError(f"{f}: no ra/dec (its image has no celestial WCS)")
     centres = np.array([c.meta["centre"] for c in cats])
     staging = out.parent / f".{out.name}.staging"
     new, old = out.parent / f".{out.name}.new", out.parent / f".{out.name}.old"
