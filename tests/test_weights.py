@@ -82,15 +82,23 @@ def test_changed_file_fails_its_manifest_sha256(tmp_path):
 def test_corrupt_and_foreign_files_are_clear_errors(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a torch file")
-    with pytest.raises(ProbcatIOError, match="not a readable probcat weights file"):
+    with pytest.raises(ProbcatIOError, match=r"not a probcat weights file \(not a PyTorch file\)"):
         load(bad)
+    image = tmp_path / "image.fits"  # an image given where weights go
+    image.write_bytes(b"SIMPLE  =                    T" + b" " * 2850)
+    with pytest.raises(ProbcatIOError, match=r"not a probcat weights file \(a FITS file\)"):
+        load(image)
+    broken = tmp_path / "broken.pt"  # a zip header and nothing else
+    broken.write_bytes(b"PK\x03\x04" + b"\x00" * 40)
+    with pytest.raises(ProbcatIOError, match="not a readable probcat weights file"):
+        load(broken)
     foreign = tmp_path / "foreign.pt"
     torch.save({"model": torch.zeros(3)}, foreign)
     with pytest.raises(ProbcatIOError, match="not a probcat weights file"):
         load(foreign)
     code = tmp_path / "code.pt"  # an arbitrary object: refused by weights_only=True
     torch.save({"kind": "detection", "hparams": {}, "state_dict": {}, "x": Survey.lsst()}, code)
-    with pytest.raises(ProbcatIOError, match="not a readable probcat weights file"):
+    with pytest.raises(ProbcatIOError, match="holds Python objects besides tensors"):
         load(code)
 
 

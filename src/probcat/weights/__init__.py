@@ -124,10 +124,17 @@ def read_weights(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ProbcatFileError(f"{path}: weights file not found")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # zip or pickle
+        what = "a FITS file" if head.startswith(b"SIMPLE  =") else "not a PyTorch file"
+        raise ProbcatIOError(f"{path}: not a probcat weights file ({what})")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt or foreign files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if first.startswith("Weights only load failed"):  # torch's advice is not ours
+            first = "it holds Python objects besides tensors, which probcat does not load"
         raise ProbcatIOError(f"{path}: not a readable probcat weights file ({first})") from e
     if not isinstance(state, dict) or not {"kind", "hparams", "state_dict"} <= set(state):
         raise ProbcatIOError(f"{path}: not a probcat weights file (no kind/hparams/state_dict)")
