@@ -139,6 +139,17 @@ def test_a_masked_source_is_not_detected_and_a_cut_one_says_so():
         det.catalog([img, img], mask=mask)
     two = det.catalog([img, img], background="none", mask=[mask, None])
     assert two[0]["mask_fraction"].max() > 0 and two[1]["mask_fraction"].max() == 0
+    # a numpy masked array carries its own mask: the same catalog as mask=
+    ma = np.ma.array(img[0], mask=mask)
+    for masked in (det.catalog(ma, background="none"), det.catalog(ma[None], background="none")):
+        np.testing.assert_array_equal(masked["x"], got["x"])
+        np.testing.assert_array_equal(masked["mask_fraction"], got["mask_fraction"])
+    half = np.zeros_like(mask)
+    half[:, 26:30] = True  # its mask and a mask= given beside it are both read
+    both = det.catalog(np.ma.array(img, mask=half[None]), background="none", mask=mask & ~half)
+    np.testing.assert_array_equal(both["x"], got["x"])
+    unmasked = det.catalog(np.ma.array(img), background="none")  # nomask: as plain
+    np.testing.assert_array_equal(unmasked["x"], plain["x"])
 
 
 def test_sep_reads_nan_as_masked():

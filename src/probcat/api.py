@@ -94,8 +94,8 @@ def read_input(
     depth differs from the survey's and that carry no ``NOISE``. ``sky_offset``: see
     :func:`probcat.background.prepare` (the weights' manifest has it).
 
-    Pixels without data (NaN, inf, or set in ``mask``: ``(H, W)`` or ``(bands, H, W)`` of
-    the image's bands as read, True or nonzero masks) are filled with sky-like noise for the
+    Pixels without data (NaN, inf, masked in a numpy masked array, or set in ``mask``:
+    ``(H, W)`` or ``(bands, H, W)`` of the image's bands as read, True or nonzero masks) are filled with sky-like noise for the
     sky and noise estimates and are 0 in ``x`` (:mod:`probcat.masking`); a fifth value,
     ``masked``, is the ``(H, W)`` map of the pixels masked in any band (None when none is),
     and ``info["masked_pixels"]`` counts them. ``info["flux_unit"]``: the image's ``BUNIT``
@@ -132,6 +132,12 @@ def read_input(
     names = tuple(survey.band_names)
     if isinstance(image, (str, Path)):
         image = read_image(image)
+    if isinstance(image, np.ma.MaskedArray):  # its masked pixels have no data
+        own = np.ma.getmaskarray(image)
+        image = np.ma.getdata(image)
+        if own.any() and own.ndim in (2, 3):
+            own = own if own.ndim == 3 else own[None]
+            mask = combined_mask(own, mask, own.shape)
     original = image  # its noise map, if any (ImageData.variance), for whiten
     if isinstance(image, ImageData):
         wcs = image.wcs
