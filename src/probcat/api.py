@@ -94,22 +94,23 @@ def read_input(
     depth differs from the survey's and that carry no ``NOISE``. ``sky_offset``: see
     :func:`probcat.background.prepare` (the weights' manifest has it).
 
-    Pixels without data (NaN, inf, masked in a numpy masked array, or set in ``mask``:
-    ``(H, W)`` or ``(bands, H, W)`` of the image's bands as read, True or nonzero masks) are filled with sky-like noise for the
-    sky and noise estimates and are 0 in ``x`` (:mod:`probcat.masking`); a fifth value,
-    ``masked``, is the ``(H, W)`` map of the pixels masked in any band (None when none is),
-    and ``info["masked_pixels"]`` counts them. ``info["flux_unit"]``: the image's ``BUNIT``
-    when its pixels are not electrons (e.g. ``nJy``) and no gain converted them: fluxes
-    measured on ``x * sigma`` are then in that unit. ``whiten``: an image with a noise map
-    (``ImageData.variance``: an LSST ``VARIANCE`` plane or a weight file) whose noise varies
-    across it is read scaled to the noise of its median depth everywhere, ``sigma``
-    (:func:`probcat.background.noise_ratio`; ``info["noise_map"]``: the 5-95% range of the
-    noise over sigma); False reads it as it is. ``info["zeropoint"]``: per band, the AB
-    magnitude of a flux of 1 in the units fluxes come out in (``zeropoint``, a number or one
-    per band, in the pixels' units as given; else the image's, :class:`probcat.io.ImageData`;
-    shifted by 2.5 log10 gain where a gain converts the pixels to electrons; ``None`` where
-    unknown), and ``info["zeropoint_source"]`` where it came from. ``info["noise_correlation"]``:
-    per band, :func:`probcat.background.noise_correlation`; probcat warns when it reads as a
+    Pixels without data (NaN, inf, masked in a numpy masked array, or set in ``mask``: ``(H,
+    W)`` or ``(bands, H, W)`` of the image's bands as read, True or nonzero masks) are
+    filled with sky-like noise for the sky and noise estimates and are 0 in ``x``
+    (:mod:`probcat.masking`); a fifth value, ``masked``, is the ``(H, W)`` map of the pixels
+    masked in any band (None when none is), and ``info["masked_pixels"]`` counts them.
+    ``info["flux_unit"]``: the image's ``BUNIT`` when its pixels are not electrons (e.g.
+    ``nJy``) and no gain converted them: fluxes measured on ``x * sigma`` are then in that
+    unit. ``whiten``: an image with a noise map (``ImageData.variance``: an LSST
+    ``VARIANCE`` plane or a weight file) whose noise varies across it is read scaled to the
+    noise of its median depth everywhere, ``sigma`` (:func:`probcat.background.noise_ratio`;
+    ``info["noise_map"]``: the 5-95% range of the noise over sigma); False reads it as it
+    is. ``info["zeropoint"]``: per band, the AB magnitude of a flux of 1 in the units fluxes
+    come out in (``zeropoint``, a number or one per band, in the pixels' units as given;
+    else the image's, :class:`probcat.io.ImageData`; shifted by 2.5 log10 gain where a gain
+    converts the pixels to electrons; ``None`` where unknown), and
+    ``info["zeropoint_source"]`` where it came from. ``info["noise_correlation"]``: per
+    band, :func:`probcat.background.noise_correlation`; probcat warns when it reads as a
     coadd's unless ``correlated_noise_ok`` (weights trained on such noise)."""
     from probcat.background import (
         gain_array,
