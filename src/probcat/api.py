@@ -94,8 +94,8 @@ def read_input(
     depth differs from the survey's and that carry no ``NOISE``. ``sky_offset``: see
     :func:`probcat.background.prepare` (the weights' manifest has it).
 
-    Pixels without data (NaN, inf, masked in a numpy masked array, or set in ``mask``: ``(H,
-    W)`` or ``(bands, H, W)`` of the image's bands as read, True or nonzero masks) are
+    Pixels without data (NaN, inf, masked in a numpy masked array, or set in ``mask``:
+    ``(H, W)`` or ``(bands, H, W)`` of the image's bands as read, True or nonzero masks) are
     filled with sky-like noise for the sky and noise estimates and are 0 in ``x``
     (:mod:`probcat.masking`); a fifth value, ``masked``, is the ``(H, W)`` map of the pixels
     masked in any band (None when none is), and ``info["masked_pixels"]`` counts them.
