@@ -990,3 +990,92 @@ def test_the_band_seeing_warning_names_the_seeing_weights_unless_they_are_read()
     data = probcat.load("photoz_lsst_ugrizy_seeing").manifest["config"]["data"]
     assert data["seeing_patterns"] > 0
     assert not probcat.load("photoz_lsst_ugrizy").manifest["config"]["data"].get("seeing_patterns")
+
+
+def _split_bands(path, tmp_path, filters=None):
+    """One FITS file per band of a probcat multi-band image, each band named by its
+    ``FILTER`` keyword as ``filters`` spells it (default: the band letter); the files."""
+    from astropy.io import fits
+
+    out = []
+    with fits.open(path) as hdul:
+        for hdu in hdul[1:]:
+            band = hdu.header["BAND"]
+            header = hdu.header.copy()
+            del header["BAND"], header["EXTNAME"]
+            header["FILTER"] = (filters or {}).get(band, band)
+            out.append(tmp_path / f"field_{band}.fits")
+            fits.PrimaryHDU(hdu.data, header=header).writeto(out[-1])
+    return out
+
+
+def test_one_file_per_band_reads_as_the_multi_band_file(tmp_path, photoz_weights, weights, capsys):
+    """read_bands stacks one file per band (bands from FILTER as surveys spell them, from
+    BAND=FILE, or a dict) into the image the multi-band file gives; `probcat photoz` and
+    `probcat detect` take the files and give the multi-band file's catalog; files that do
+    not make one image are one-line errors."""
+    from astropy.io import fits
+
+    from probcat.catalog import FullCatalog
+    from probcat.cli import main
+    from probcat.io import read_bands, read_image
+
+    path = _ugrizy_image(tmp_path / "whole.fits")
+    spelled = {"u": "LSST-u", "g": "g", "r": "r DECam SDSS c0002 6415.0 1480.0", "i": "HSC-I",
+               "z": "z_band", "y": "Y"}  # fmt: skip
+    files = _split_bands(path, tmp_path, spelled)
+    whole = read_image(path)
+    shuffled = [files[k] for k in (5, 2, 0, 4, 1, 3)]  # any order: planes as given
+    got = read_bands(shuffled)
+    assert got.bands == tuple("yruzgi")
+    order = [got.bands.index(b) for b in whole.bands]
+    np.testing.assert_array_equal(got.image[order], whole.image)
+    np.testing.assert_array_equal(got.noise_sigma[order], whole.noise_sigma)
+    assert got.wcs.to_header() == whole.wcs.to_header()
+    assert read_bands({b: f for b, f in zip("ugrizy", files)}).bands == tuple("ugrizy")
+    named = read_bands([f"{b}={f}" for b, f in zip("ugrizy", files)])  # BAND=FILE over FILTER
+    np.testing.assert_array_equal(named.image, whole.image)
+    # the CLI: the same catalog from the six files as from the multi-band file
+    common = ["--weights", str(photoz_weights), "--detector", str(weights), "--threshold", "0"]
+    assert main(["photoz", str(path), "-o", str(tmp_path / "a.fits"), *common]) == 0
+    assert main(["photoz", *map(str, shuffled), *common]) == 0  # default name: field_photoz
+    capsys.readouterr()
+    a, b = FullCatalog.read(tmp_path / "a.fits"), FullCatalog.read(tmp_path / "field_photoz.fits")
+    assert len(a) > 0
+    for col in ("x", "y", "prob", "z_mode", "ra"):
+        np.testing.assert_array_equal(a[col], b[col])
+    i_alone = ["detect", str(files[3]), "--weights", str(weights), "--threshold", "0"]
+    assert main([*i_alone, "-o", str(tmp_path / "i.fits")]) == 0  # i-band weights: the i file
+    assert main(["detect", *map(str, files), "--weights", str(weights), "--threshold", "0"]) == 0
+    i_cat, six = (
+        FullCatalog.read(tmp_path / "i.fits"),
+        FullCatalog.read(tmp_path / "field_catalog.fits"),
+    )
+    np.testing.assert_array_equal(i_cat["x"], six["x"])
+    capsys.readouterr()
+    # files that do not make one image
+    data = fits.getdata(files[0])
+    header = fits.getheader(files[0])
+    del header["FILTER"]
+    fits.PrimaryHDU(data, header=header).writeto(tmp_path / "anon.fits")
+    fits.PrimaryHDU(data[:30, :30], header=fits.getheader(files[0])).writeto(tmp_path / "cut.fits")
+    moved = fits.getheader(files[0])
+    moved["CRPIX1"] += 0.2  # a fifth of a pixel off the others' grid
+    fits.PrimaryHDU(data, header=moved).writeto(tmp_path / "moved.fits")
+    rest = list(map(str, files[1:]))
+    cases = [
+        ([str(tmp_path / "anon.fits"), *rest], "no band in its header"),
+        ([str(files[1]), *rest], "band g given twice"),
+        ([str(tmp_path / "cut.fits"), *rest], "the bands must share one pixel grid"),
+        ([str(tmp_path / "moved.fits"), *rest], "0.2 px from those of"),
+        ([str(path), *rest], "holds 6 planes"),
+        (rest, "image bands grizy do not match the weights' bands ugrizy"),
+        ([f"u={tmp_path / 'nope.fits'}", *rest], "nope.fits: no such file"),
+    ]
+    for args, message in cases:
+        rc = main(["photoz", *args, "-o", str(tmp_path / "bad.fits"), *common])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and message in err and "\n" not in err, (args[0], err)
+        assert not (tmp_path / "bad.fits").exists()
+    ok = read_bands([f"u={tmp_path / 'anon.fits'}", *rest])  # the band given: read
+    assert ok.bands == tuple("ugrizy")

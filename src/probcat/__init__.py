@@ -43,6 +43,7 @@ _LAZY = {
     "TileCatalog": "probcat.tiles",
     "ImageData": "probcat.io",
     "read_image": "probcat.io",
+    "read_bands": "probcat.io",
     "write_image": "probcat.io",
     "BankConfig": "probcat.simulate.bank",
     "SourceBank": "probcat.simulate.bank",

@@ -7,6 +7,7 @@ Errors from probcat (bad arguments, unreadable files, unwritable outputs) print 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -127,6 +128,31 @@ def _mask_option(path, planes=None, hdu=None):
     from probcat.masking import read_mask
 
     return read_mask(path, planes, hdu)
+
+
+def _image_files(images) -> tuple[list, list[Path], str]:
+    """The image arguments of ``detect`` and ``photoz``: ``(band, path)`` pairs (one file,
+    or one per band: ``FILE`` or ``BAND=FILE``), their paths, and the stem of the default
+    output names (one file's, or the files' common start: ``field`` of ``field_u.fits``,
+    ``field_g.fits``...)."""
+    from probcat.io import band_and_path, image_stem
+
+    items = [band_and_path(str(p)) for p in images]
+    paths = [Path(p) for _, p in items]
+    stems = [image_stem(p) for p in paths]
+    stem = os.path.commonprefix(stems).rstrip("_-. ") if len(stems) > 1 else stems[0]
+    return items, paths, stem or stems[0]
+
+
+def _read_images(items, **kw):
+    """One image from the ``(band, path)`` pairs of :func:`_image_files`: the file as
+    :func:`probcat.io.read_image` reads it, or one file per band stacked
+    (:func:`probcat.io.read_bands`)."""
+    from probcat.io import read_bands, read_image
+
+    if len(items) == 1 and items[0][0] is None:
+        return read_image(items[0][1], **kw)
+    return read_bands(items, **kw)
 
 
 def _checked_seeing(value: str) -> str:
@@ -317,7 +343,12 @@ def _threads_option(value: str) -> str | int:
 
 @app.command("detect")
 def detect_cmd(
-    image: Path = typer.Argument(..., help="FITS image (electrons, background-subtracted)"),
+    images: list[Path] = typer.Argument(
+        ...,
+        help="FITS image (electrons, background-subtracted), or one file per band: FILE or "
+        "BAND=FILE each (the band from the header's BAND or FILTER unless given)",
+        metavar="IMAGE...",
+    ),
     out: Path = typer.Option(None, "--out", "-o", help="catalog (.fits or .parquet)"),
     threshold: float = typer.Option(0.5, help="detection probability threshold (MAP catalog)"),
     samples: int = typer.Option(
@@ -370,8 +401,8 @@ def detect_cmd(
 
     from probcat.api import load
     from probcat.catalog import concat_catalogs
-    from probcat.io import image_stem, read_image
 
+    items, paths, stem = _image_files(images)
     seeing = _checked_seeing(seeing)
     planes = _planes_option(mask_planes)
     from probcat.io import check_weight_type
@@ -398,7 +429,7 @@ def detect_cmd(
         raise ProbcatValueError("--deblender needs --deblend")
     from probcat.catalog import check_outputs
 
-    out = out or image.with_name(image_stem(image) + "_catalog.fits")
+    out = out or paths[0].with_name(stem + "_catalog.fits")
     table_suffix = (".fits", ".fit", ".fts", ".parquet")
     outputs = {out: table_suffix}
     if samples:
@@ -409,8 +440,8 @@ def detect_cmd(
         outputs[plot] = (".png", ".pdf", ".svg", ".jpg")
     if regions is not None:
         outputs[regions] = (".reg",)
-    check_outputs(outputs, [image] + [p for p in (mask, weight) if p], outputs)
-    data = read_image(image, mask_planes=planes, weight=weight, weight_type=weight_type, hdu=hdu)
+    check_outputs(outputs, paths + [p for p in (mask, weight) if p], outputs)
+    data = _read_images(items, mask_planes=planes, weight=weight, weight_type=weight_type, hdu=hdu)
     opts = {"background": background, "gain": gain, "noise_sigma": _noise_option(noise),
             "mask": _mask_option(mask, planes, hdu)}  # fmt: skip
     res = det.detect(
@@ -448,7 +479,7 @@ def detect_cmd(
             extra.append(str(path))
     catalog.write(out, wcs=res.wcs)
     if regions is not None:
-        catalog.write_regions(regions, title=image.name)
+        catalog.write_regions(regions, title=", ".join(p.name for p in paths))
     msg = f"{len(catalog)} detections ({int(np.sum(catalog['galaxy']))} galaxies) -> {out}"
     vetoed = res.catalog.meta.get("pair_vetoed", 0)
     if vetoed:
@@ -469,14 +500,15 @@ def detect_cmd(
     if plot is not None:
         from probcat.plots import detection_figure
 
+        k = data.bands.index(det.bands[0]) if det.bands[0] in data.bands else 0  # read band
         detection_figure(
             plot,
-            data.image[0],
-            float(data.noise_sigma[0])
-            if np.isfinite(data.noise_sigma[0])
-            else float(np.std(data.image[0])),
+            data.image[k],
+            float(data.noise_sigma[k])
+            if np.isfinite(data.noise_sigma[k])
+            else float(np.std(data.image[k])),
             res.catalog,
-            title=str(image),
+            title=", ".join(str(p) for p in paths),
         )
         msg += f"; figure -> {plot}"
     typer.echo(msg)
@@ -531,8 +563,11 @@ def _input_note(info: dict) -> str:
 
 @app.command("photoz")
 def photoz_cmd(
-    image: Path = typer.Argument(
-        ..., help="multi-band FITS image (ugrizy for the shipped weights)"
+    images: list[Path] = typer.Argument(
+        ...,
+        help="multi-band FITS image (ugrizy for the shipped weights), or one file per band: "
+        "FILE or BAND=FILE each (the band from the header's BAND or FILTER unless given)",
+        metavar="IMAGE...",
     ),
     out: Path = typer.Option(None, "--out", "-o", help="catalog (.fits or .parquet)"),
     weights: str = typer.Option(None, help="photo-z weights (default: photoz_lsst_ugrizy)"),
@@ -588,23 +623,23 @@ def photoz_cmd(
     <out>_pz.hdf5 (qp mixmod ensemble, ancil 'row' = catalog row)."""
     from probcat.api import photoz
     from probcat.catalog import check_outputs
-    from probcat.io import image_stem, read_image
     from probcat.redshift.pdf import pdf_path, write_ensemble
 
+    items, paths, stem = _image_files(images)
     seeing = _checked_seeing(seeing)
     planes = _planes_option(mask_planes)
     zps = _zeropoint_option(zeropoint)
     from probcat.io import check_weight_type
 
     check_weight_type(weight_type, "--weight-type")  # before any work
-    out = out or image.with_name(image_stem(image) + "_photoz.fits")
+    out = out or paths[0].with_name(stem + "_photoz.fits")
     pz_path = pdf_path(out)
     check_outputs(
-        [out, pz_path] + ([regions] if regions else []), [image] + [p for p in (mask, weight) if p],
+        [out, pz_path] + ([regions] if regions else []), paths + [p for p in (mask, weight) if p],
         {out: (".fits", ".fit", ".fts", ".parquet"), regions: (".reg",)},
     )  # fmt: skip
     masked = _mask_option(mask, planes, hdu)
-    data = read_image(image, mask_planes=planes, weight=weight, weight_type=weight_type, hdu=hdu)
+    data = _read_images(items, mask_planes=planes, weight=weight, weight_type=weight_type, hdu=hdu)
     res = photoz(
         data,
         estimator=weights,
@@ -641,7 +676,7 @@ def photoz_cmd(
     res.catalog.write(out, wcs=res.wcs)
     msg += f"; catalog -> {out}"
     if regions is not None:
-        res.catalog.write_regions(regions, label="z_mode", title=image.name)
+        res.catalog.write_regions(regions, label="z_mode", title=", ".join(p.name for p in paths))
         msg += f"; regions (labelled z_mode) -> {regions}"
     typer.echo(msg)
 

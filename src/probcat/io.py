@@ -10,6 +10,7 @@ as ``<NAME>_<BAND>`` HDUs.
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from probcat.catalog import atomic_write
 from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError
 from probcat.survey import Survey
 
-__all__ = ["ImageData", "write_image", "read_image"]
+__all__ = ["ImageData", "write_image", "read_image", "read_bands"]
 
 
 @dataclass(frozen=True)
@@ -254,6 +255,152 @@ def read_image(
         noise_from, "" if unit == "electron" else unit, variance,
         zp if np.isfinite(zp).any() else None, zp_from,
     )  # fmt: skip
+
+
+def read_bands(
+    paths, mask_planes=None, weight=None, weight_type: str = "weight", hdu=None
+) -> ImageData:
+    """One multi-band image from one file per band (e.g. the six ugrizy coadds of an LSST
+    patch), on one pixel grid: an :class:`ImageData` with a plane per file, in the order
+    given, as :func:`read_image` reads a multi-band file.
+
+    ``paths``: file names, or ``"BAND=FILE"`` strings (``"u=deepCoadd_u.fits"``), or
+    ``(band, file)`` pairs (band None: from the header), or a dict ``{band: file}``. A
+    file's band is the one given, else the single letter its image or primary header names
+    (``BAND``, ``FILTER``, ``FILTNAM``, ``FILTER1``: ``HSC-I`` and ``LSST-i`` read as i,
+    ``r_DECam_SDSS`` or ``r DECam SDSS c0002`` as r); a one-line error when it names none,
+    or two files name one band. Each file is read as :func:`read_image` reads it (its
+    ``NOISE`` or LSST ``VARIANCE``, ``MASK`` planes by ``mask_planes``, gain, unit and
+    zeropoint), with ``hdu`` chosen in every file; each must hold one plane. The files must
+    share their size and pixel grid (their WCSs within 0.05 px of each other over the image;
+    the first file's WCS is the image's). ``weight``: a weight map of ``(H, W)`` or one
+    plane per band, as for :func:`read_image`."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    items = list(paths.items()) if isinstance(paths, dict) else [band_and_path(p) for p in paths]
+    if not items:
+        raise ProbcatValueError("no image files given")
+    planes, bands = [], []
+    for band, path in items:
+        data = read_image(path, mask_planes=mask_planes, hdu=hdu)
+        if data.image.shape[0] != 1:
+            raise ProbcatValueError(
+                f"{path}: holds {data.image.shape[0]} planes; give one file per band, or "
+                "the multi-band file alone"
+            )
+        band = str(band) if band is not None else _header_band(Path(path), hdu)
+        if band is None:
+            raise ProbcatValueError(
+                f"{path}: no band in its header (BAND or FILTER): give it as BAND=FILE, "
+                f"e.g. i={path}"
+            )
+        if band in bands:
+            raise ProbcatValueError(f"{path}: band {band} given twice")
+        if planes and data.image.shape != planes[0].image.shape:
+            raise ProbcatValueError(
+                f"{path}: {data.image.shape[2]}x{data.image.shape[1]} px, but "
+                f"{items[0][1]} is {planes[0].image.shape[2]}x{planes[0].image.shape[1]}: "
+                "the bands must share one pixel grid"
+            )
+        planes.append(data)
+        bands.append(band)
+    first = planes[0]
+    shape = (len(planes), *first.image.shape[1:])
+    wcs = next((d.wcs for d in planes if d.wcs is not None), None)
+    for (_, path), d in zip(items, planes):
+        off = _grid_offset(wcs, d.wcs, shape[1:])
+        if off > 0.05:
+            raise ProbcatValueError(
+                f"{path}: its WCS puts the pixels {off:.2g} px from those of {items[0][1]}: "
+                "the bands must share one pixel grid (resample them onto one first)"
+            )
+    image = np.empty(shape, np.float32)
+    for k, d in enumerate(planes):
+        image[k] = d.image[0]
+    noise = np.array([d.noise_sigma[0] for d in planes], float)
+    gains = [None if d.gain is None else float(d.gain[0]) for d in planes]
+    gain = None if all(g is None for g in gains) else np.array([g or 1.0 for g in gains])
+    no_gain = tuple(b for b, d in zip(bands, planes) if d.adu_without_gain)
+    masks = [d.mask for d in planes]
+    file_mask = None
+    if any(m is not None for m in masks):
+        file_mask = np.zeros(shape, bool)
+        for k, m in enumerate(masks):
+            if m is not None:
+                file_mask[k] = m[0]
+    variance = None
+    if any(d.variance is not None for d in planes):  # a band without: its NOISE everywhere
+        variance = np.empty(shape, np.float32)
+        for k, d in enumerate(planes):
+            level = noise[k] ** 2 if np.isfinite(noise[k]) else 1.0
+            variance[k] = d.variance[0] if d.variance is not None else level
+    if weight is not None:
+        variance, no_weight = _read_weight(Path(items[0][1]), weight, shape, weight_type, hdu)
+        file_mask = no_weight if file_mask is None else (file_mask | no_weight)
+        if not file_mask.any():
+            file_mask = None
+    units = {d.unit or "electron" for d in planes}
+    unit = units.pop() if len(units) == 1 else "mixed"
+    zps = [np.nan if d.zeropoint is None else float(d.zeropoint[0]) for d in planes]
+    zp_from = ", ".join(sorted({d.zeropoint_from for d in planes if d.zeropoint_from}))
+    noise_from = "VARIANCE" if any(d.noise_from == "VARIANCE" for d in planes) else "NOISE"
+    return ImageData(
+        image, wcs, tuple(bands), noise, {}, dict(first.header), gain, no_gain, file_mask,
+        noise_from, "" if unit == "electron" else unit, variance,
+        np.array(zps) if np.isfinite(zps).any() else None, zp_from,
+    )  # fmt: skip
+
+
+_BAND_KEYWORDS = ("BAND", "FILTER", "FILTNAM", "FILTER1")
+
+
+def band_and_path(item) -> tuple[str | None, str]:
+    """``(band, path)`` of ``"BAND=FILE"`` (a short name before ``=``, and no file named
+    so) or of a ``(band, path)`` pair, else ``(None, item)``."""
+    if isinstance(item, tuple) and len(item) == 2:  # (band, file), the band None or a name
+        return item[0], str(item[1])
+    text = str(item)
+    head, sep, tail = text.partition("=")
+    if sep and tail and 0 < len(head) <= 8 and head.isalnum() and not Path(text).exists():
+        return head, tail
+    return None, text
+
+
+def _header_band(path: Path, hdu=None) -> str | None:
+    """The band an image file's headers name (its image HDU's, else its primary's
+    :data:`_BAND_KEYWORDS`): a single letter, alone or at either end of the value after a
+    separator (``HSC-I``, ``LSST-i``, ``r DECam SDSS c0002``), lower case; None if none."""
+    with _quiet_astropy(), fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+        images = _images(hdul)
+        idx = _chosen_hdu(path, hdul, hdu, images) if hdu is not None else images[0]
+        headers = [hdul[idx].header, hdul[0].header]
+        for header in headers:
+            for key in _BAND_KEYWORDS:
+                value = str(header.get(key, "")).strip()
+                words = [w for w in re.split(r"[\s_\-.:/]+", value) if w]
+                for word in (words[:1] + words[-1:]) if words else []:
+                    if len(word) == 1 and word.isalpha():
+                        return word.lower()
+    return None
+
+
+def _grid_offset(ref: WCS | None, wcs: WCS | None, shape: tuple[int, int]) -> float:
+    """The largest distance, pixels of ``ref``, between where ``ref`` and ``wcs`` put the
+    corners and centre of an image of ``shape`` on the sky (0 when either is None or has
+    no celestial axes)."""
+    if ref is None or wcs is None or ref is wcs:
+        return 0.0
+    if not (ref.has_celestial and wcs.has_celestial):
+        return 0.0
+    h, w = shape
+    x = np.array([0.0, w - 1, 0.0, w - 1, (w - 1) / 2])
+    y = np.array([0.0, 0.0, h - 1, h - 1, (h - 1) / 2])
+    try:
+        sky = wcs.celestial.pixel_to_world(x, y)
+        bx, by = ref.celestial.world_to_pixel(sky)
+    except Exception:  # noqa: BLE001 - frames that do not convert: not the same grid
+        return float("inf")
+    return float(np.max(np.hypot(np.asarray(bx) - x, np.asarray(by) - y)))
 
 
 _AFW_PLANES = ("MASK", "VARIANCE")  # an LSST image's companions of its IMAGE HDU
