@@ -1035,6 +1035,11 @@ def test_one_file_per_band_reads_as_the_multi_band_file(tmp_path, photoz_weights
     assert read_bands({b: f for b, f in zip("ugrizy", files)}).bands == tuple("ugrizy")
     named = read_bands([f"{b}={f}" for b, f in zip("ugrizy", files)])  # BAND=FILE over FILTER
     np.testing.assert_array_equal(named.image, whole.image)
+    import probcat
+
+    kw = {"estimator": str(photoz_weights), "detector": str(weights), "threads": 1, "threshold": 0}
+    by_file = probcat.photoz(shuffled, **kw).catalog  # a list of files: one per band
+    np.testing.assert_array_equal(by_file["z_mode"], probcat.photoz(path, **kw).catalog["z_mode"])
     # the CLI: the same catalog from the six files as from the multi-band file
     common = ["--weights", str(photoz_weights), "--detector", str(weights), "--threshold", "0"]
     assert main(["photoz", str(path), "-o", str(tmp_path / "a.fits"), *common]) == 0

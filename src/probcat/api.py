@@ -1356,7 +1356,9 @@ def photoz(
 
     Args:
         image: FITS path, :class:`~probcat.io.ImageData` or array ``(bands, H, W)`` in
-            electrons with the estimator's bands (ugrizy for the shipped weights).
+            electrons with the estimator's bands (ugrizy for the shipped weights); or one
+            FITS file per band, a list of paths (``"BAND=FILE"`` where the header does not
+            name the band) or a dict ``{band: path}`` (:func:`probcat.io.read_bands`).
         estimator: photo-z weights (default ``"photoz_lsst_ugrizy"``), or a loaded
             :class:`~probcat.redshift.estimator.PhotozEstimator`.
         detector: detection weights (default ``"detection_lsst_ugrizy"``, the six-band
@@ -1412,6 +1414,13 @@ def photoz(
         from probcat.io import read_image
 
         image = read_image(image)
+    elif isinstance(image, dict) or (
+        isinstance(image, (list, tuple)) and image and
+        all(isinstance(p, (str, Path, tuple)) for p in image)
+    ):  # fmt: skip
+        from probcat.io import read_bands
+
+        image = read_bands(image)  # one file per band
     # the PDFs read the image as it is: a noise map would rescale each band differently
     # and change the colours; the detector reads it at the median depth's noise everywhere
     xs, wcs, sigma, info, masked = read_input(
