@@ -142,16 +142,52 @@ def test_gain_converts_adu_and_noise_keyword_needs_none(tmp_path):
         read_input(adu, survey, gain=-1.0)
 
 
-def test_without_noise_an_adu_image_warns():
-    """An ADU image with neither NOISE nor a gain: the survey's sigma does not describe its
-    pixels, and the user hears of it."""
+def test_an_image_that_states_no_noise_is_read_at_its_own_when_the_survey_s_is_off(tmp_path):
+    """An image with neither NOISE nor VARIANCE nor noise_sigma: within a factor 1.5 of the
+    survey's noise it is read at the survey's (its depth, the calibrations' own); beyond,
+    each band so far off is read at its measured pixel noise, said and recorded, exactly as
+    noise_sigma='measured' reads it."""
+    import warnings
+
     from probcat.api import read_input
     from probcat.survey import Survey
 
-    survey = Survey.lsst(bands="i")
-    adu = np.random.default_rng(4).standard_normal((64, 64)) * float(survey.noise_sigma[0]) / 3
-    with pytest.warns(UserWarning, match="the survey's default noise sigma"):
-        read_input(adu, survey)
+    survey = Survey.lsst(bands="ugrizy")
+    s = survey.noise_sigma.astype(float)
+    rng = np.random.default_rng(4)
+    factors = np.array([1.0, 1 / 3, 1.3, 1.0, 2.5, 0.8])  # bands 1 and 4 beyond 1.5
+    img = rng.standard_normal((6, 96, 96)) * (s * factors)[:, None, None]
+    with pytest.warns(UserWarning, match=r"read at the measured noise \(band 1: .*band 4: "):
+        x, _, sigma, info, _ = read_input(img, survey)
+    assert info["noise_source"] == "measured"
+    for k in (0, 2, 3, 5):  # within the factor: the survey's, untouched
+        assert sigma[k] == pytest.approx(s[k], rel=1e-6)
+    for k in (1, 4):
+        assert sigma[k] == pytest.approx(s[k] * factors[k], rel=0.05)
+        assert np.std(x[k]) == pytest.approx(1.0, rel=0.05)  # unit noise, as trained
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to say
+        m = read_input(img, survey, "measured")
+    np.testing.assert_allclose(sigma[[1, 4]], m[2][[1, 4]], rtol=0.02)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x0, _, sigma0, info0, _ = read_input(img[[0]], Survey.lsst(bands="u"))
+    assert sigma0[0] == pytest.approx(s[0]) and "noise_source" not in info0
+    # the image's sky is left alone (background="none"): no noise is measured, none switched
+    _, _, kept, _, _ = read_input(img, survey, background="none")
+    np.testing.assert_allclose(kept, s, rtol=1e-6)
+
+    # an ADU image with no gain, far from the survey's noise: read at its own noise, and the
+    # ADU warning (whose advice that is) not said
+    from astropy.io import fits
+
+    hdu = fits.PrimaryHDU((img[1] / 2).astype(np.float32))
+    hdu.header["BUNIT"] = "ADU"
+    hdu.writeto(tmp_path / "adu.fits")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        read_input(tmp_path / "adu.fits", Survey.lsst(bands="g"))
+    assert len(said) == 1 and "measured noise" in str(said[0].message)
 
 
 def test_an_adu_image_without_gain_warns_unless_its_units_do_not_matter(tmp_path):
@@ -295,7 +331,8 @@ def test_the_source_mask_falls_back_when_sep_gives_up(monkeypatch):
 def test_measured_noise_sets_the_noise_sigma_and_silences_the_warning(weights):
     """An image of another depth without NOISE: ``noise_sigma="measured"`` reads its own
     pixel noise (here 40 e-, a tenth of the survey's), puts the image in those units and
-    records it; the stated default warns instead."""
+    records it; so does the default, the survey's noise being so far off; a stated noise
+    is read as stated, with a warning."""
     from probcat.api import detect, read_input
     from probcat.background import measured_noise
     from probcat.survey import Survey
@@ -306,14 +343,20 @@ def test_measured_noise_sets_the_noise_sigma_and_silences_the_warning(weights):
     got = measured_noise(image / 400.0, [400.0])
     assert got[0] == pytest.approx(40.0, rel=0.05) and got[0] == pytest.approx(truth, rel=0.1)
     survey = Survey.lsst(bands="i")
-    with pytest.warns(UserWarning, match="measured pixel noise"):
-        x0, _, sigma0, _, _ = read_input(image, survey)
+    stated = float(survey.noise_sigma[0])  # the survey's, stated: kept, and warned of
+    with pytest.warns(UserWarning, match="noise_sigma 434.5 differs from the measured pixel noise"):
+        x0, _, sigma0, _, _ = read_input(image, survey, stated)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         x, _, sigma, info, _ = read_input(image, survey, "measured")
-    assert sigma[0] == pytest.approx(got[0]) and sigma0[0] == pytest.approx(survey.noise_sigma[0])
+    assert sigma[0] == pytest.approx(got[0]) and sigma0[0] == pytest.approx(stated)
     np.testing.assert_allclose(x * sigma[0], x0 * sigma0[0], rtol=1e-4, atol=1e-2)
     assert info["noise_source"] == "measured" and info["noise_sigma"][0] == pytest.approx(got[0])
+    # stated by nothing (the default): the survey's is 10 times off, so the measured is read
+    with pytest.warns(UserWarning, match=r"read at the measured noise \(band 0: 39"):
+        xa, _, sigma_a, info_a, _ = read_input(image, survey)
+    assert sigma_a[0] == pytest.approx(sigma[0], rel=1e-3) and info_a["noise_source"] == "measured"
+    np.testing.assert_allclose(xa, x, rtol=1e-3, atol=1e-3)
     res = detect(image, weights=weights, noise_sigma="measured")
     assert res.catalog.meta["input"]["noise_source"] == "measured"
     with pytest.raises(ProbcatValueError, match="measured"):

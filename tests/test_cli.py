@@ -577,9 +577,14 @@ def test_noise_option_measured_value_and_bad(tmp_path, capsys, weights):
     rng = np.random.default_rng(4)
     path = _plain_fits(tmp_path / "deep.fits", rng.standard_normal((64, 64)) * 40.0)
     base = ["detect", str(path), "--weights", str(weights), "-o", str(tmp_path / "a.fits")]
-    rc = main(base)  # the survey's default noise: a warning with the measured value
+    rc = main(base)  # no NOISE, the survey's 10 times off: read at the measured noise, said
     out, err = capsys.readouterr()
-    assert rc == 0 and "measured pixel noise" in err and "--noise measured" in err
+    assert rc == 0 and "read at the measured noise (band 0: 39" in err
+    assert "noise sigma measured: " in out
+    assert FullCatalog.read(tmp_path / "a.fits").meta["input"]["noise_source"] == "measured"
+    rc = main([*base, "--noise", "434.5"])  # a stated noise is read as stated, with a warning
+    out, err = capsys.readouterr()
+    assert rc == 0 and "434.5 differs from the measured pixel noise 39" in err
     rc = main([*base, "--noise", "measured"])
     out, err = capsys.readouterr()
     assert rc == 0 and "warning" not in err and "noise sigma measured: " in out

@@ -88,7 +88,8 @@ def read_input(
     ``(bands, H, W)`` float32 in noise-sigma units (checked, converted to electrons with
     ``gain`` or the image's ``GAIN``, sky subtracted when ``background="auto"`` finds it
     left in: :mod:`probcat.background`), the image's WCS (or None), the noise sigma per band
-    (``noise_sigma``, else the FITS ``NOISE`` keywords, else the survey's) and what was done
+    (``noise_sigma``, else the FITS ``NOISE`` keywords, else the survey's, but the measured
+    pixel noise of a band where that is more than 1.5 times off it) and what was done
     to the image (``info``, recorded in catalogs). ``noise_sigma="measured"``: the image's
     own pixel noise per band (:func:`probcat.background.measured_noise`), for images whose
     depth differs from the survey's and that carry no ``NOISE``. ``sky_offset``: see
@@ -116,7 +117,6 @@ def read_input(
         gain_array,
         measured_noise,
         per_band_array,
-        prepare,
         wants_measured_noise,
     )
     from probcat.infer.detect import check_image
@@ -192,14 +192,14 @@ def read_input(
     bad = masked_pixels(image, mask)
     if bad is not None:
         image = fill_masked(image, bad)
+    adu_warning = None
     if sigma is None:
-        sigma, source = survey.noise_sigma, "the survey's default noise sigma"
+        sigma, source = survey.noise_sigma, SURVEY_NOISE
         if no_gain and not (given_gain or measure):
-            warnings.warn(
+            adu_warning = (
                 f"BUNIT is ADU but there is no GAIN (band {', '.join(no_gain)}): the pixels "
                 "are read as electrons against the survey's noise; give the gain (gain=, "
-                "--gain) or use the measured noise (noise_sigma='measured', --noise measured)",
-                stacklevel=3,
+                "--gain) or use the measured noise (noise_sigma='measured', --noise measured)"
             )
     _check_pixel_scale(wcs, survey)
     info = {}
@@ -235,7 +235,12 @@ def read_input(
         info["noise_source"] = "measured"
     if pixel_unit and "gain" not in info:  # fluxes come out in the pixels' units
         info["flux_unit"] = pixel_unit
-    x, done = prepare(x, sigma, background=background, sigma_source=source, offset=sky_offset)
+    x, done, adu_warning = _prepared(x, sigma, info, source, adu_warning, background, sky_offset)
+    sigma = (
+        np.asarray(info.get("noise_sigma", sigma), np.float32) if source == SURVEY_NOISE else sigma
+    )
+    if adu_warning:
+        warnings.warn(adu_warning, stacklevel=3)
     if ratio is not None:  # the noise varies: read at sigma everywhere (the sky is off)
         x = whitened(x, ratio, info)
     masked = None
@@ -245,6 +250,46 @@ def read_input(
         info["masked_pixels"] = int(masked.sum())
     _check_noise_correlation(x, names, info, correlated_noise_ok)
     return x, wcs, sigma, {**info, **done}, masked
+
+
+SURVEY_NOISE = "the survey's default noise sigma"  # read_input's noise source of last resort
+
+
+def _prepared(x, sigma, info: dict, source: str, adu_warning, background, offset):
+    """:func:`probcat.background.prepare` of ``x`` (noise-sigma units of ``sigma``), and
+    for an image that states no noise (``source`` is :data:`SURVEY_NOISE`): where a band's
+    measured pixel noise is more than :data:`~probcat.background.NOISE_FACTOR` off the
+    survey's, that band is read at its measured noise instead (prepared again at it; said
+    in a warning, recorded in ``info`` as ``noise_source = "measured"`` and
+    ``noise_sigma``). ``(x, done, adu_warning)``: the ADU warning is dropped where the
+    measured noise makes the units irrelevant."""
+    from probcat.background import NOISE_FACTOR, prepare
+
+    if source != SURVEY_NOISE:
+        x, done = prepare(x, sigma, background=background, sigma_source=source, offset=offset)
+        return x, done, adu_warning
+    with warnings.catch_warnings():  # the mismatch is handled here, not warned of
+        warnings.filterwarnings("ignore", message=r".* differs from the measured pixel noise")
+        out, done = prepare(x, sigma, background=background, sigma_source=source, offset=offset)
+    noise = np.asarray(done.get("pixel_noise", sigma), float)
+    sigma = np.asarray(sigma, float)
+    off = (noise > 0) & ((sigma > NOISE_FACTOR * noise) | (noise > NOISE_FACTOR * sigma))
+    if not off.any():
+        return out, done, adu_warning
+    new = np.where(off, noise, sigma)
+    x = x * (sigma / new).astype(np.float32)[:, None, None]  # x itself is never modified
+    out, done = prepare(x, new, background=background, sigma_source=source, offset=offset)
+    bands = np.flatnonzero(off)
+    said = ", ".join(f"band {k}: {new[k]:.4g} against {sigma[k]:.4g}" for k in bands)
+    warnings.warn(
+        f"the image states no noise (no NOISE keyword, VARIANCE plane or noise_sigma) and its "
+        f"pixel noise is more than {NOISE_FACTOR} times off the survey's: read at the "
+        f"measured noise ({said}); state it with noise_sigma= or --noise VALUE",
+        stacklevel=4,
+    )
+    info["noise_source"] = "measured"
+    info["noise_sigma"] = [round(float(v), 6) for v in new]
+    return out, done, None
 
 
 def _check_noise_correlation(x: np.ndarray, names, info: dict, ok: bool = False) -> None:
@@ -844,8 +889,9 @@ def detect(
             / ``(H, W)`` in electrons, background-subtracted (a list gives a list).
         survey: the image's survey (band order); default: the weights'.
         noise_sigma: per-band background noise sigma in electrons; default: the FITS
-            ``NOISE`` keyword, else the survey's; ``"measured"``: the image's own pixel
-            noise (sources masked), for an image of another depth without ``NOISE``.
+            ``NOISE`` keyword, else the survey's (but a band's measured pixel noise where
+            the survey's is more than 1.5 times off it, with a warning); ``"measured"``:
+            the image's own pixel noise (sources masked) in every band.
         weights: a registered name or weights file; default: the shipped LSST-i encoder.
         threshold: detection probability threshold of the MAP catalog.
         samples: number of posterior catalog samples to draw (seeded by ``seed``).
@@ -1365,7 +1411,8 @@ def photoz(
             encoder), or a loaded :class:`Detector`; their bands must be among the image's
             (``"detection_lsst_i"`` reads the i plane).
         noise_sigma: per-band noise sigma (default: FITS ``NOISE`` keywords, else the
-            survey's; ``"measured"``: the image's own pixel noise).
+            survey's, or a band's measured pixel noise where the survey's is more than 1.5
+            times off it; ``"measured"``: the image's own pixel noise).
         threshold: detection probability threshold of the MAP catalog.
         galaxies_only: PDFs only for objects classified as galaxies (``galaxy`` column).
         background, gain: sky subtraction and ADU conversion (:mod:`probcat.background`).

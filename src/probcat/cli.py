@@ -69,9 +69,9 @@ SEEING_OPTION = typer.Option(
 )
 NOISE_OPTION = typer.Option(
     "auto",
-    help="background noise sigma per band: auto (the NOISE keywords, else the survey's), "
-    "measured (the image's own pixel noise, sources masked) or VALUE[,VALUE...] in the "
-    "image's units",
+    help="background noise sigma per band: auto (the NOISE keywords, else the survey's, "
+    "else where that is over 1.5 times off the pixels' the measured), measured (the "
+    "image's own pixel noise, sources masked) or VALUE[,VALUE...] in the image's units",
 )
 MASK_OPTION = typer.Option(
     None,
