@@ -263,3 +263,9 @@ def test_deblending_says_the_image_warnings_once(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("differs from the measured pixel noise") == 1, err
     assert err.count("read as masked") == 1, err
+    del head["NOISE"]  # no noise stated, the survey's far off: read at the measured, said once
+    fits.PrimaryHDU(img, head).writeto(tmp_path / "b.fits")
+    args[1] = str(tmp_path / "b.fits")
+    assert main([*args, "-o", str(tmp_path / "d.fits")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("the image states no noise") == 1, err
