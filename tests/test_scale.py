@@ -57,8 +57,39 @@ def test_runner_resumes_without_losing_or_duplicating_rows(tmp_path, weights):
     assert set(again) == set(first) and not list(out.glob(".*"))
     for name, cat in first.items():
         np.testing.assert_array_equal(again[name]["x"], cat["x"])
-    dry = run(images, out, weights=str(weights), dry_run=True)
+    dry = run(images, out, weights=str(weights), threshold=0.0, dry_run=True)
     assert dry["to_process"] == 0 and dry["skipped"] == 4
+
+
+def test_a_rerun_with_other_options_is_refused_before_any_work(tmp_path, weights, capsys):
+    """The finished catalogs a rerun skips were made with the options in run_options.json:
+    a rerun asking for other ones (threshold, noise, photo-z...) is a one-line error, not
+    stale catalogs; the same options resume; a new directory takes any."""
+    images = _images(tmp_path, n=2)
+    out = tmp_path / "cats"
+    base = dict(weights=str(weights), threshold=0.0, workers=0, progress=False)
+    run(images[:1], out, **base)
+    recorded = json.loads((out / "run_options.json").read_text())
+    assert recorded["threshold"] == 0.0 and recorded["weights"] == str(weights)
+    before = (out / "im0.parquet").read_bytes()
+    for other in ({"threshold": 0.3}, {"noise_sigma": "measured"}, {"seeing": "none"}):
+        with pytest.raises(ProbcatValueError, match=f"{list(other)[0]} .* -> "):
+            run(images, out, **{**base, **other})
+        with pytest.raises(ProbcatValueError, match="finished catalogs were made with other"):
+            run(images, out, **{**base, **other}, dry_run=True)
+    assert not (out / "im1.parquet").exists()  # nothing done, nothing changed
+    assert (out / "im0.parquet").read_bytes() == before
+    s = run(images, out, **base)  # the same options: resumed
+    assert (s["processed"], s["skipped"]) == (1, 1)
+    assert run(images, tmp_path / "other", **{**base, "threshold": 0.3})["processed"] == 2
+    args = ["run", *map(str, images), "-o", str(out), "--weights", str(weights), "--workers",
+            "0", "-q", "--threshold", "0.2"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "threshold 0.0 -> 0.2" in err and "\n" not in err
+    (tmp_path / "file").write_text("")
+    assert main([*args[:-2], "-o", str(tmp_path / "file")]) == 2
+    assert "is a file; give a directory" in capsys.readouterr().err
 
 
 def test_a_bad_image_is_reported_and_the_others_are_done(tmp_path, weights, capsys):
@@ -516,10 +547,12 @@ def test_run_with_photoz_writes_the_pdfs_beside_each_catalog(tmp_path, weights, 
         np.testing.assert_array_equal(ens.ancil["row"], direct.ensemble.ancil["row"])
     assert run(images, out, **kw)["skipped"] == 2
     # an image without galaxies: no PDF file, nor a stale one of a killed earlier run
-    (out / "f0.parquet").unlink()
-    s = run(images, out, **{**kw, "threshold": 0.999999})
-    assert s["processed"] == 1 and len(FullCatalog.read(out / "f0.parquet")) == 0
-    assert not (out / "f0_pz.hdf5").exists() and (out / "f1_pz.hdf5").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "f0_pz.hdf5").write_bytes((out / "f0_pz.hdf5").read_bytes())  # left behind
+    s = run(images[:1], empty, **{**kw, "threshold": 0.999999})
+    assert s["processed"] == 1 and len(FullCatalog.read(empty / "f0.parquet")) == 0
+    assert not (empty / "f0_pz.hdf5").exists() and (out / "f0_pz.hdf5").exists()
     argv = ["run", str(images[0]), "-o", str(tmp_path / "x"), "--workers", "0", "-q"]
     # a width factor: the same PDFs' widths times it, recorded
     s = run(images[1:], tmp_path / "wide", **{**kw, "width_scale": 1.5})

@@ -62,6 +62,8 @@ def atomic_write(path: str | Path, write_fn) -> Path:
 def check_writable_dir(out: str | Path) -> Path:
     """Create ``out`` if needed and check that files can be written there."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ProbcatValueError(f"{out}: is a file; give a directory for the output")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".probcat_write_test"

@@ -318,8 +318,6 @@ def run(
     jobs = plan(images, out, suffix)
     todo = [j for j in jobs if not j.output.exists()]
     summary = {"images": len(jobs), "to_process": len(todo), "skipped": len(jobs) - len(todo)}
-    if dry_run:
-        return {**summary, "dry_run": True, "outputs": [str(j.output) for j in todo]}
     serial = workers == 0 and scheduler is None
     # serially: this process's threads (auto); on Dask: one torch thread per worker process
     if threads is not None and not serial:
@@ -336,6 +334,9 @@ def run(
                "threads": (threads or "auto") if serial else 1, "photoz": photoz,
                "width_scale": width_scale,
                "device": run_device(device, serial)}  # fmt: skip
+    if dry_run:
+        _same_options(out, options, summary["skipped"], write=False)
+        return {**summary, "dry_run": True, "outputs": [str(j.output) for j in todo]}
     if not serial and scheduler is None and todo:
         _start_forkserver()  # its imports overlap with the weights loading below
     # bad weights fail here, in one line, before anything is written
@@ -345,6 +346,7 @@ def run(
 
         check_photoz_detector(det, _estimator(photoz, options["threads"], options["device"]))
     check_writable_dir(out)
+    _same_options(out, options, summary["skipped"])
     _remove_temporaries(out)  # of a killed run
     t0 = time.perf_counter()
     timing: dict = {}
@@ -372,6 +374,38 @@ def run(
     text = json.dumps(summary, indent=1)
     atomic_write(Path(out) / SUMMARY, lambda tmp: Path(tmp).write_text(text))
     return summary
+
+
+OPTIONS = "run_options.json"  # in the output directory: the options its catalogs were made with
+# the options that change a catalog (not where or how fast it is made)
+_CATALOG_OPTIONS = ("weights", "threshold", "background", "gain", "noise_sigma", "seeing",
+                    "mask_planes", "weight_type", "photoz", "width_scale")  # fmt: skip
+
+
+def _same_options(out, options: dict, done: int, write: bool = True) -> None:
+    """Record in ``out/run_options.json`` the options that change a catalog (``write``); a
+    one-line error, before any work, when the ``done`` catalogs a rerun would skip were made
+    with other options (they would not be what was asked for)."""
+    from probcat.weights import DEFAULT_DETECTION
+
+    want = {k: options[k] for k in _CATALOG_OPTIONS}
+    want["weights"] = want["weights"] or DEFAULT_DETECTION
+    want = json.loads(json.dumps(want, default=str))  # as it reads back (tuples as lists)
+    path = Path(out) / OPTIONS
+    try:
+        have = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        have = None  # unreadable: as for a run before the file was written
+    if done and isinstance(have, dict) and have != want:
+        changed = [f"{k} {have.get(k)!r} -> {want[k]!r}" for k in want if have.get(k) != want[k]]
+        raise ProbcatValueError(
+            f"{out}: its {done} finished catalogs were made with other options "
+            f"({'; '.join(changed)}); a rerun skips them: give another output directory, or "
+            "remove them to remake them"
+        )
+    if write:
+        text = json.dumps(want, indent=1)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _remove_temporaries(out) -> None:
