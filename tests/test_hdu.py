@@ -157,3 +157,27 @@ def test_the_mask_of_the_chosen_ccd_is_read(tmp_path):
     ]
     assert main([*args, "--noise", "measured", "-q", "-o", str(out)]) == 0
     assert FullCatalog.read(out).meta["input"]["masked_pixels"] == 2 * 48
+
+
+def test_an_image_of_another_band_than_the_weights_is_said_once(tmp_path, capsys):
+    """A single-band image whose FILTER names another band than the i-band weights' is read
+    as i, with a warning (once, with --deblend too); one of band i, or whose filter names
+    no band (an HST filter), is read without one."""
+    from probcat.cli import main
+    from probcat.io import band_letter
+
+    names = ("i", "HSC-I", "LSST-r", "i_sim_1.4", "r DECam SDSS c0002 6415.0 1480.0", "F814W",
+             "N921", "", "Open")  # fmt: skip
+    assert [band_letter(v) for v in names] == ["i", "i", "r", "i", "r", None, None, None, None]
+    img = 10 * np.random.default_rng(1).standard_normal((48, 48)).astype(np.float32)
+    img[20:25, 20:25] += 400.0
+    for k, (filt, said) in enumerate((("HSC-R", 1), ("HSC-I", 0), ("F814W", 0))):
+        head = fits.Header()
+        head["FILTER"] = filt
+        fits.PrimaryHDU(img, head).writeto(tmp_path / f"{k}.fits")
+        args = ["detect", str(tmp_path / f"{k}.fits"), "--noise", "measured", "--deblend",
+                "--samples", "2", "-q", "-o", str(tmp_path / f"c{k}.fits")]  # fmt: skip
+        assert main(args) == 0
+        err = capsys.readouterr().err
+        assert err.count("the image is of band r (its header says 'HSC-R')") == said, err
+        assert err.count("the image is of band") == said, err

@@ -120,7 +120,7 @@ def read_input(
         wants_measured_noise,
     )
     from probcat.infer.detect import check_image
-    from probcat.io import ImageData, plausible_zeropoint, read_image
+    from probcat.io import ImageData, band_letter, plausible_zeropoint, read_image
     from probcat.masking import combined_mask, fill_masked, masked_pixels
 
     measure = wants_measured_noise(noise_sigma)
@@ -152,6 +152,15 @@ def read_input(
             sig = image.noise_sigma[order]
         elif image.image.shape[0] == len(names) == 1:
             data, sig = image.image, image.noise_sigma
+            named = band_letter(image.bands[0])
+            if named is not None and named != names[0]:
+                warnings.warn(
+                    f"the image is of band {named} (its header says {image.bands[0]!r}) and "
+                    f"the weights were trained on {names[0]}: it is read as if it were "
+                    f"{names[0]} (detections, classes and probabilities as trained and "
+                    f"calibrated on {names[0]})",
+                    stacklevel=3,
+                )
         elif all(b == f"b{k}" for k, b in enumerate(image.bands)):  # planes without names
             need = "".join(names)
             hint = (

@@ -376,11 +376,20 @@ def _header_band(path: Path, hdu=None) -> str | None:
         headers = [hdul[idx].header, hdul[0].header]
         for header in headers:
             for key in _BAND_KEYWORDS:
-                value = str(header.get(key, "")).strip()
-                words = [w for w in re.split(r"[\s_\-.:/]+", value) if w]
-                for word in (words[:1] + words[-1:]) if words else []:
-                    if len(word) == 1 and word.isalpha():
-                        return word.lower()
+                band = band_letter(header.get(key, ""))
+                if band is not None:
+                    return band
+    return None
+
+
+def band_letter(value) -> str | None:
+    """The band a filter name names: a single letter, alone or at either end of the name
+    after a separator (``i``, ``HSC-I``, ``LSST-i``, ``i_sim_1.4``, ``r DECam SDSS
+    c0002``), lower case; None when it names none (``F814W``, ``N921``, "")."""
+    words = [w for w in re.split(r"[\s_\-.:/]+", str(value).strip()) if w]
+    for word in (words[:1] + words[-1:]) if words else []:
+        if len(word) == 1 and word.isalpha():
+            return word.lower()
     return None
 
 

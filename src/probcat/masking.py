@@ -238,8 +238,8 @@ def read_mask(path, planes=None, hdu=None) -> np.ndarray:
 def said_once():
     """Within: no second warning of those reading an image gives (NaN or inf pixels read as
     masked, ADU without a gain, a pixel scale or a noise unlike the survey's, a noise read
-    as measured, a sky left in, correlated noise), for an image read again, e.g. for
-    deblending after detection, which said them."""
+    as measured, a band other than the weights', a sky left in, correlated noise), for an
+    image read again, e.g. for deblending after detection, which said them."""
     with warnings.catch_warnings():
         for message in SAID_WHEN_READ:
             warnings.filterwarnings("ignore", message=message)
@@ -253,6 +253,7 @@ SAID_WHEN_READ = (
     r"the image's pixel scale is",
     r".* differs from the measured pixel noise",
     r"the image states no noise",
+    r"the image is of band",
     r"image median is .* probcat expects background-subtracted",
     r"the noise of neighbouring pixels is correlated",
 )
