@@ -181,3 +181,12 @@ def test_an_image_of_another_band_than_the_weights_is_said_once(tmp_path, capsys
         err = capsys.readouterr().err
         assert err.count("the image is of band r (its header says 'HSC-R')") == said, err
         assert err.count("the image is of band") == said, err
+    # an LSST file names its filter in the primary header, not in its IMAGE HDU's
+    primary = fits.PrimaryHDU()
+    primary.header["FILTER"] = "r_sim_1.4"
+    fits.HDUList([primary, fits.ImageHDU(img, name="IMAGE")]).writeto(tmp_path / "lsst.fits")
+    assert read_image(tmp_path / "lsst.fits").bands == ("r_sim_1.4",)
+    args = ["detect", str(tmp_path / "lsst.fits"), "--noise", "measured", "-q", "-o",
+            str(tmp_path / "lsst_cat.fits")]  # fmt: skip
+    assert main(args) == 0
+    assert "the image is of band r (its header says 'r_sim_1.4')" in capsys.readouterr().err

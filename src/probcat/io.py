@@ -208,7 +208,10 @@ def read_image(
                         f"{path}: image has {image.ndim} dimensions, "
                         "expected 2 (one band) or 3 (bands, H, W)"
                     )
-                filt = str(hdr.get("BANDS", hdr.get("FILTER", ""))).strip()
+                # BANDS, else a filter keyword of the image's header or the primary's (an
+                # LSST file's IMAGE HDU leaves it to the primary header)
+                named = [str(h.get(k, "")).strip() for h in (hdr, primary) for k in _BAND_KEYWORDS]
+                filt = str(hdr.get("BANDS", "")).strip() or next((v for v in named if v), "")
                 if len(filt) == image.shape[0]:
                     bands = tuple(filt)
                 elif image.shape[0] == 1:
