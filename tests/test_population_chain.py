@@ -176,7 +176,7 @@ def test_population_cli(tmp_path, capsys):
         (["--seed", "1", "--image", "x.fits"], "exactly one of --seed"),
         (["--seed", "-1"], "--seed must lie"),
         (["--seed", "1", "-c", "BAD"], "r3.stpes"),
-        (["--seed", "1", "-o", "FILE"], "FILE: output directory is not writable (File exists)"),
+        (["--seed", "1", "-o", "FILE"], "FILE: is a file; give a directory for the output"),
     ],
 )
 def test_population_cli_errors(tmp_path, capsys, args, msg):

@@ -152,7 +152,7 @@ def read_input(
             sig = image.noise_sigma[order]
         elif image.image.shape[0] == len(names) == 1:
             data, sig = image.image, image.noise_sigma
-            named = band_letter(image.bands[0])
+            named = band_letter(image.bands[0]) if image.bands_named else None
             if named is not None and named != names[0]:
                 warnings.warn(
                     f"the image is of band {named} (its header says {image.bands[0]!r}) and "

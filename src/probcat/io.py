@@ -53,6 +53,8 @@ class ImageData:
     # see _zeropoint_keyword), and the keyword that gave it
     zeropoint: np.ndarray | None = None
     zeropoint_from: str = ""
+    # whether the file named its bands (False: one plane, no band keyword, read as "i")
+    bands_named: bool = True
 
 
 def write_image(
@@ -136,7 +138,7 @@ def read_image(
     a mosaic camera's one CCD per HDU; by default the first HDU holding an image, with a
     warning naming the others."""
     path = Path(path)
-    file_mask, noise_from, variance = None, "NOISE", None
+    file_mask, noise_from, variance, bands_named = None, "NOISE", None, True
     if not path.exists():
         raise ProbcatFileError(f"{path}: no such file")
     if not path.is_file():  # a directory, a device (/dev/zero), a pipe: never read unbounded
@@ -210,12 +212,13 @@ def read_image(
                     )
                 # BANDS, else a filter keyword of the image's header or the primary's (an
                 # LSST file's IMAGE HDU leaves it to the primary header)
-                named = [str(h.get(k, "")).strip() for h in (hdr, primary) for k in _BAND_KEYWORDS]
-                filt = str(hdr.get("BANDS", "")).strip() or next((v for v in named if v), "")
+                keys = [str(h.get(k, "")).strip() for h in (hdr, primary) for k in _BAND_KEYWORDS]
+                filt = str(hdr.get("BANDS", "")).strip() or next((v for v in keys if v), "")
                 if len(filt) == image.shape[0]:
                     bands = tuple(filt)
                 elif image.shape[0] == 1:
                     bands = (filt or "i",)
+                    bands_named = bool(filt)
                 else:
                     bands = tuple(f"b{k}" for k in range(image.shape[0]))
                 wcs = _wcs(path, hdr) if hdr.get("CTYPE1") else None
@@ -256,7 +259,7 @@ def read_image(
     return ImageData(
         image, wcs, bands, noise, extra_arrays, dict(primary), gain, no_gain, file_mask,
         noise_from, "" if unit == "electron" else unit, variance,
-        zp if np.isfinite(zp).any() else None, zp_from,
+        zp if np.isfinite(zp).any() else None, zp_from, bands_named,
     )  # fmt: skip
 
 
