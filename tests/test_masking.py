@@ -287,6 +287,35 @@ def _afw_file(path, sigma=20.0, planes=AFW_PLANES, variance=True, bunit=None):
     return path, want, sat_cr
 
 
+def test_lsst_files_of_one_band_each_stack_with_their_masks_and_variances(tmp_path):
+    """read_bands of one LSST (afw) file per band: each band keeps its own no-data mask,
+    VARIANCE plane, noise, unit and zeropoint, its band read from the primary header's
+    FILTER; a band without a VARIANCE plane gets its noise squared everywhere."""
+    from astropy.io import fits
+
+    from probcat.io import read_bands, read_image
+
+    paths = []
+    for band, sigma, variance in (("g", 20.0, True), ("r", 30.0, True), ("i", 25.0, False)):
+        path = _afw_file(tmp_path / f"coadd_{band}.fits", sigma, variance=variance, bunit="nJy")[0]
+        with fits.open(path, mode="update") as hdul:
+            hdul[0].header["FILTER"] = f"{band}_sim_1.4"  # as a DC2 coadd names it
+            if not variance:
+                hdul[1].header["NOISE"] = sigma
+        paths.append(path)
+    stack = read_bands(paths)
+    assert stack.bands == ("g", "r", "i") and stack.unit == "nJy"
+    for k, path in enumerate(paths):
+        one = read_image(path)
+        np.testing.assert_array_equal(stack.image[k], one.image[0])
+        np.testing.assert_array_equal(stack.mask[k], one.mask[0])
+        assert stack.noise_sigma[k] == pytest.approx(one.noise_sigma[0])
+    np.testing.assert_array_equal(stack.variance[0], read_image(paths[0]).variance[0])
+    np.testing.assert_array_equal(stack.variance[2], np.float32(25.0**2))  # its NOISE
+    assert stack.noise_from == "VARIANCE" and stack.noise_sigma[1] == pytest.approx(33.0)
+    np.testing.assert_allclose(stack.zeropoint, 31.4)  # nJy: AB 31.4 for a flux of 1
+
+
 def test_an_lsst_image_file_gives_its_no_data_planes_and_its_noise(tmp_path):
     import probcat
     from probcat.io import read_image
