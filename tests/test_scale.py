@@ -79,6 +79,8 @@ def test_a_rerun_with_other_options_is_refused_before_any_work(tmp_path, weights
             run(images, out, **{**base, **other}, dry_run=True)
     assert not (out / "im1.parquet").exists()  # nothing done, nothing changed
     assert (out / "im0.parquet").read_bytes() == before
+    with pytest.raises(ProbcatValueError, match="its 1 finished catalogs"):  # other images
+        run(images[1:], out, **{**base, "threshold": 0.3})  # into a folder of other options
     s = run(images, out, **base)  # the same options: resumed
     assert (s["processed"], s["skipped"]) == (1, 1)
     assert run(images, tmp_path / "other", **{**base, "threshold": 0.3})["processed"] == 2

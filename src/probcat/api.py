@@ -244,9 +244,8 @@ def read_input(
         info["noise_source"] = "measured"
     if pixel_unit and "gain" not in info:  # fluxes come out in the pixels' units
         info["flux_unit"] = pixel_unit
-    x, done, adu_warning = _prepared(x, sigma, info, source, adu_warning, background, sky_offset)
-    sigma = (
-        np.asarray(info.get("noise_sigma", sigma), np.float32) if source == SURVEY_NOISE else sigma
+    x, done, sigma, adu_warning = _prepared(
+        x, sigma, info, source, adu_warning, background, sky_offset
     )
     if adu_warning:
         warnings.warn(adu_warning, stacklevel=3)
@@ -270,26 +269,26 @@ def _prepared(x, sigma, info: dict, source: str, adu_warning, background, offset
     measured pixel noise is more than :data:`~probcat.background.NOISE_FACTOR` off the
     survey's, that band is read at its measured noise instead (prepared again at it; said
     in a warning, recorded in ``info`` as ``noise_source = "measured"`` and
-    ``noise_sigma``). ``(x, done, adu_warning)``: the ADU warning is dropped where the
-    measured noise makes the units irrelevant."""
+    ``noise_sigma``). ``(x, done, sigma, adu_warning)``: the noise read per band, and the
+    ADU warning, dropped where the measured noise makes the units irrelevant."""
     from probcat.background import NOISE_FACTOR, prepare
 
     if source != SURVEY_NOISE:
         x, done = prepare(x, sigma, background=background, sigma_source=source, offset=offset)
-        return x, done, adu_warning
+        return x, done, sigma, adu_warning
     with warnings.catch_warnings():  # the mismatch is handled here, not warned of
         warnings.filterwarnings("ignore", message=r".* differs from the measured pixel noise")
         out, done = prepare(x, sigma, background=background, sigma_source=source, offset=offset)
     noise = np.asarray(done.get("pixel_noise", sigma), float)
-    sigma = np.asarray(sigma, float)
-    off = (noise > 0) & ((sigma > NOISE_FACTOR * noise) | (noise > NOISE_FACTOR * sigma))
+    stated = np.asarray(sigma, float)
+    off = (noise > 0) & ((stated > NOISE_FACTOR * noise) | (noise > NOISE_FACTOR * stated))
     if not off.any():
-        return out, done, adu_warning
-    new = np.where(off, noise, sigma)
-    x = x * (sigma / new).astype(np.float32)[:, None, None]  # x itself is never modified
+        return out, done, sigma, adu_warning
+    new = np.where(off, noise, stated)
+    x = x * (stated / new).astype(np.float32)[:, None, None]  # x itself is never modified
     out, done = prepare(x, new, background=background, sigma_source=source, offset=offset)
     bands = np.flatnonzero(off)
-    said = ", ".join(f"band {k}: {new[k]:.4g} against {sigma[k]:.4g}" for k in bands)
+    said = ", ".join(f"band {k}: {new[k]:.4g} against {stated[k]:.4g}" for k in bands)
     warnings.warn(
         f"the image states no noise (no NOISE keyword, VARIANCE plane or noise_sigma) and its "
         f"pixel noise is more than {NOISE_FACTOR} times off the survey's: read at the "
@@ -298,7 +297,7 @@ def _prepared(x, sigma, info: dict, source: str, adu_warning, background, offset
     )
     info["noise_source"] = "measured"
     info["noise_sigma"] = [round(float(v), 6) for v in new]
-    return out, done, None
+    return out, done, new.astype(np.float32), None
 
 
 def _check_noise_correlation(x: np.ndarray, names, info: dict, ok: bool = False) -> None:

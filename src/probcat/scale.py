@@ -384,8 +384,9 @@ _CATALOG_OPTIONS = ("weights", "threshold", "background", "gain", "noise_sigma",
 
 def _same_options(out, options: dict, done: int, write: bool = True) -> None:
     """Record in ``out/run_options.json`` the options that change a catalog (``write``); a
-    one-line error, before any work, when the ``done`` catalogs a rerun would skip were made
-    with other options (they would not be what was asked for)."""
+    one-line error, before any work, when the ``done`` catalogs a rerun would skip, or any
+    other catalog of the folder, were made with other options (they would not be what was
+    asked for, and a HATS catalog of the folder would mix them)."""
     from probcat.weights import DEFAULT_DETECTION
 
     want = {k: options[k] for k in _CATALOG_OPTIONS}
@@ -396,6 +397,9 @@ def _same_options(out, options: dict, done: int, write: bool = True) -> None:
         have = json.loads(path.read_text()) if path.is_file() else None
     except (OSError, ValueError):
         have = None  # unreadable: as for a run before the file was written
+    if isinstance(have, dict) and have != want:
+        # the folder's catalogs make one HATS catalog: those of other images count too
+        done = max(done, sum(1 for p in Path(out).glob("*") if p.suffix in SUFFIXES))
     if done and isinstance(have, dict) and have != want:
         changed = [f"{k} {have.get(k)!r} -> {want[k]!r}" for k in want if have.get(k) != want[k]]
         raise ProbcatValueError(
