@@ -1033,6 +1033,7 @@ def test_one_file_per_band_reads_as_the_multi_band_file(tmp_path, photoz_weights
     np.testing.assert_array_equal(got.noise_sigma[order], whole.noise_sigma)
     assert got.wcs.to_header() == whole.wcs.to_header()
     assert read_bands({b: f for b, f in zip("ugrizy", files)}).bands == tuple("ugrizy")
+    assert read_bands([f"U={files[0]}", *files[1:]]).bands == tuple("ugrizy")  # U read as u
     named = read_bands([f"{b}={f}" for b, f in zip("ugrizy", files)])  # BAND=FILE over FILTER
     np.testing.assert_array_equal(named.image, whole.image)
     import probcat

@@ -294,7 +294,10 @@ def read_bands(
                 f"{path}: holds {data.image.shape[0]} planes; give one file per band, or "
                 "the multi-band file alone"
             )
-        band = str(band) if band is not None else _header_band(Path(path), hdu)
+        if band is not None:  # as given ("U" read as u)
+            band = band_letter(band) or str(band)
+        elif data.bands_named:  # as its header names it
+            band = band_letter(data.bands[0])
         if band is None:
             raise ProbcatValueError(
                 f"{path}: no band in its header (BAND or FILTER): give it as BAND=FILE, "
@@ -370,22 +373,6 @@ def band_and_path(item) -> tuple[str | None, str]:
     if sep and tail and 0 < len(head) <= 8 and head.isalnum() and not Path(text).exists():
         return head, tail
     return None, text
-
-
-def _header_band(path: Path, hdu=None) -> str | None:
-    """The band an image file's headers name (its image HDU's, else its primary's
-    :data:`_BAND_KEYWORDS`): a single letter, alone or at either end of the value after a
-    separator (``HSC-I``, ``LSST-i``, ``r DECam SDSS c0002``), lower case; None if none."""
-    with _quiet_astropy(), fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-        images = _images(hdul)
-        idx = _chosen_hdu(path, hdul, hdu, images) if hdu is not None else images[0]
-        headers = [hdul[idx].header, hdul[0].header]
-        for header in headers:
-            for key in _BAND_KEYWORDS:
-                band = band_letter(header.get(key, ""))
-                if band is not None:
-                    return band
-    return None
 
 
 def band_letter(value) -> str | None:
