@@ -385,6 +385,19 @@ def _sky_crop(band: np.ndarray, crop: int):
     return r, keep
 
 
+def crop_noise(band: np.ndarray, crop: int = NOISE_CORRELATION_CROP) -> float | None:
+    """A quick pixel noise of one band ``(H, W)`` (sky subtracted, 0: no data): 1.4826 times
+    the median absolute deviation of the sky pixels of its central ``crop`` x ``crop``,
+    sources masked once (:func:`_sky_crop`; about 10 ms). The faint wings left unmasked lift
+    it 1-2% above :func:`masked_noise` on LSST-depth fields. None where :func:`_sky_crop` is
+    (small images)."""
+    sky = _sky_crop(band, crop)
+    if sky is None:
+        return None
+    r, keep = sky
+    return _mad_sigma(r[keep])
+
+
 def noise_correlation(band: np.ndarray, crop: int = NOISE_CORRELATION_CROP) -> float | None:
     """How much more the noise of adjacent pixels is correlated than that of pixels 2 px
     apart, in one band ``(H, W)`` in noise-sigma units with its sky subtracted (0: masked,

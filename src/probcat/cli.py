@@ -70,8 +70,8 @@ SEEING_OPTION = typer.Option(
 NOISE_OPTION = typer.Option(
     "auto",
     help="background noise sigma per band: auto (the NOISE keywords, else the survey's, "
-    "else where that is over 1.5 times off the pixels' the measured), measured (the "
-    "image's own pixel noise, sources masked) or VALUE[,VALUE...] in the image's units",
+    "or the measured where the pixels' is over 5% off it), measured (the image's own pixel "
+    "noise, sources masked) or VALUE[,VALUE...] in the image's units",
 )
 MASK_OPTION = typer.Option(
     None,
