@@ -74,7 +74,8 @@ def detection_depth(
     sigma = survey.noise_sigma
     band = survey.bands[0]
     zeropoint = band.zeropoint + 2.5 * np.log10(band.exposure_time)  # of 1 e- in the field
-    counts: dict = {"probcat": [], "probcat_depth_unknown": [], "sep": []}
+    counts: dict = {"probcat": [], "probcat_depth_unknown": [], "probcat_noise_unstated": [],
+                    "probcat_survey_noise": [], "sep": []}  # fmt: skip
     pulls: dict = {"pull": [], "pull_independent_pixels": [], "factor": []}
     for f in range(fields):
         rng = np.random.default_rng([seed, int(years * 100), f])
@@ -85,6 +86,18 @@ def detection_depth(
         # electrons of an unknown exposure: the survey's calibration
         cat = det.catalog(scene.image, noise_sigma=sigma, background="none")
         counts["probcat_depth_unknown"].append(cn.score(cat, scene.catalog))
+        # no noise stated (an array, or a file without NOISE): probcat's default reading
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the measured-noise warning, where it is said
+            cat = det.catalog(scene.image)
+        counts["probcat_noise_unstated"].append(cn.score(cat, scene.catalog))
+        # the same read at the survey's 10-year noise (what probcat did before 0.1.0's
+        # measured-noise default)
+        s10 = Survey.lsst(bands="i").noise_sigma
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cat = det.catalog(scene.image, noise_sigma=s10)
+        counts["probcat_survey_noise"].append(cn.score(cat, scene.catalog))
         counts["sep"].append(cn.score(sep_detect(scene.image[0], float(sigma[0])), scene.catalog))
         if deb is None:
             continue
@@ -398,6 +411,9 @@ def main(argv=None) -> None:
             "detection_ece: expected calibration error of the calibrated prob against "
             "being matched (10 equal-width bins); probcat: each field read with its zeropoint "
             "(the calibration of its depth), probcat_depth_unknown: without (the survey's); "
+            "probcat_noise_unstated: the field's pixels with no noise stated (probcat's "
+            "default reading: the survey's noise, or the measured where that is over 5% off "
+            "it), probcat_survey_noise: read at the survey's 10-year noise whatever the depth; "
             "flux_error_coverage: isolated galaxies "
             "(blendedness < 0.05, true SNR 5-200), deblended aperture flux (deblender_lsst_i, "
             "conserve, 5 px) at the true positions of all true sources, fraction within 1 / "

@@ -302,6 +302,11 @@ def _depth_rows() -> list:
             ("detection precision at prob >= 0.9 (its depth's calibration)",
              "detection.{y}.probcat.precision_at_0_9",
              "detection.{y}.probcat_depth_unknown.precision_at_0_9", ".3f"),
+            ("detection F1, no noise stated", "detection.{y}.probcat_noise_unstated.f1",
+             "detection.{y}.probcat_survey_noise.f1", ".3f"),
+            ("detection ECE, no noise stated",
+             "detection.{y}.probcat_noise_unstated.detection_ece",
+             "detection.{y}.probcat_survey_noise.detection_ece", ".3f"),
             ("five morphology families: detection F1", "detection_families.{y}.probcat.f1",
              "detection_families.{y}.sep.f1", ".3f"),
             ("five morphology families: detection ECE (its depth's calibration)",
@@ -323,7 +328,11 @@ def _depth_rows() -> list:
             ("photo-z sigma_IQR", "photoz.{y}.sigma_iqr", None, ".4f"),
             ("photo-z PIT KS", "photoz.{y}.ks", None, ".3f"),
         ):  # fmt: skip
-            other = () if not base or ".sep." in base else ("depth unknown",)
+            other = (
+                ()
+                if not base or ".sep." in base
+                else ("read at the survey's noise" if "survey_noise" in base else "depth unknown",)
+            )
             rows.append((f"{y} years: {label}", key.format(y=y),
                          base.format(y=y) if base else None, fmt, "", *other))  # fmt: skip
     calibration = (
