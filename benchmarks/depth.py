@@ -9,7 +9,10 @@ read at its own noise sigma, as probcat reads a file that states it (``NOISE``):
   detections per Mpx, precision at prob ≥ 0.9 and detection ECE (the definitions of
   ``benchmarks/correlated_noise.py``), probcat reading each field with its zeropoint (as
   a file's header gives it: the probability calibration of its depth) and again as
-  electrons of an unknown exposure (``probcat_depth_unknown``: the survey's calibration);
+  electrons of an unknown exposure (``probcat_depth_unknown``: the survey's calibration),
+  with no noise stated (``probcat_noise_unstated``: probcat's default reading, the
+  survey's noise or the measured one where that is more than 5% off it) and at the
+  survey's 10-year noise whatever the depth (``probcat_survey_noise``);
   and ``deblender_lsst_i``'s aperture flux errors: the
   fraction of isolated galaxies (true SNR 5-200) whose true aperture flux lies within 1 /
   1.96 errors of the deblended one, measured at the true positions; the same detection
