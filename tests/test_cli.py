@@ -172,6 +172,7 @@ def test_output_to_a_closed_pipe_is_not_a_traceback():
         (["--seed", "-1", "--bands", "ugrizy"], "seed must lie in [0, 2^63), got -1"),
         (["--size", "5"], "demo field size must be >= 16 px"),
         (["--size", "5", "--bands", "ugrizy"], "demo field size must be >= 16 px"),
+        (["--size", "100000"], "demo field size must be <= 8192 px"),
     ],
 )
 def test_demo_bad_field_one_line_error(tmp_path, capsys, args, msg):

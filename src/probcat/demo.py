@@ -21,9 +21,17 @@ from probcat.survey import Survey
 __all__ = ["run_demo"]
 
 
+MAX_SIZE = 8192  # px: a demo field's side (ugrizy: 1.6 GB of float32 planes)
+
+
 def _check_field(size: int, seed: int) -> None:
     if size < 16:
         raise ProbcatValueError(f"demo field size must be >= 16 px, got {size}")
+    if size > MAX_SIZE:  # before any bank is rendered for a field that cannot be held
+        raise ProbcatValueError(
+            f"demo field size must be <= {MAX_SIZE} px, got {size}: simulate a large field "
+            "in pieces (probcat simulate), and detect on images of any size (probcat detect)"
+        )
     if not 0 <= seed < 2**63:
         raise ProbcatValueError(f"seed must lie in [0, 2^63), got {seed}")
 
