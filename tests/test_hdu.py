@@ -179,7 +179,7 @@ def test_an_image_of_another_band_than_the_weights_is_said_once(tmp_path, capsys
                 "--samples", "2", "-q", "-o", str(tmp_path / f"c{k}.fits")]  # fmt: skip
         assert main(args) == 0
         err = capsys.readouterr().err
-        assert err.count("the image is of band r (its header says 'HSC-R')") == said, err
+        assert err.count("the image is of band r (named 'HSC-R')") == said, err
         assert err.count("the image is of band") == said, err
     # an LSST file names its filter in the primary header, not in its IMAGE HDU's
     primary = fits.PrimaryHDU()
@@ -189,4 +189,4 @@ def test_an_image_of_another_band_than_the_weights_is_said_once(tmp_path, capsys
     args = ["detect", str(tmp_path / "lsst.fits"), "--noise", "measured", "-q", "-o",
             str(tmp_path / "lsst_cat.fits")]  # fmt: skip
     assert main(args) == 0
-    assert "the image is of band r (its header says 'r_sim_1.4')" in capsys.readouterr().err
+    assert "the image is of band r (named 'r_sim_1.4')" in capsys.readouterr().err

@@ -155,7 +155,7 @@ def read_input(
             named = band_letter(image.bands[0]) if image.bands_named else None
             if named is not None and named != names[0]:
                 warnings.warn(
-                    f"the image is of band {named} (its header says {image.bands[0]!r}) and "
+                    f"the image is of band {named} (named {image.bands[0]!r}) and "
                     f"the weights were trained on {names[0]}: it is read as if it were "
                     f"{names[0]} (detections, classes and probabilities as trained and "
                     f"calibrated on {names[0]})",
