@@ -1040,7 +1040,10 @@ def test_one_file_per_band_reads_as_the_multi_band_file(tmp_path, photoz_weights
 
     kw = {"estimator": str(photoz_weights), "detector": str(weights), "threads": 1, "threshold": 0}
     by_file = probcat.photoz(shuffled, **kw).catalog  # a list of files: one per band
-    np.testing.assert_array_equal(by_file["z_mode"], probcat.photoz(path, **kw).catalog["z_mode"])
+    whole_z = probcat.photoz(path, **kw).catalog["z_mode"]
+    np.testing.assert_array_equal(by_file["z_mode"], whole_z)
+    one = probcat.photoz([str(path)], **kw).catalog  # a list of one multi-band file: read whole
+    np.testing.assert_array_equal(one["z_mode"], whole_z)
     # the CLI: the same catalog from the six files as from the multi-band file
     common = ["--weights", str(photoz_weights), "--detector", str(weights), "--threshold", "0"]
     assert main(["photoz", str(path), "-o", str(tmp_path / "a.fits"), *common]) == 0

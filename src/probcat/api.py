@@ -1493,9 +1493,9 @@ def photoz(
         isinstance(image, (list, tuple)) and image and
         all(isinstance(p, (str, Path, tuple)) for p in image)
     ):  # fmt: skip
-        from probcat.io import read_bands
+        from probcat.io import read_files
 
-        image = read_bands(image)  # one file per band
+        image = read_files(image)  # one file per band (or a list of one file)
     # the PDFs read the image as it is: a noise map would rescale each band differently
     # and change the colours; the detector reads it at the median depth's noise everywhere
     xs, wcs, sigma, info, masked = read_input(

@@ -144,17 +144,6 @@ def _image_files(images) -> tuple[list, list[Path], str]:
     return items, paths, stem or stems[0]
 
 
-def _read_images(items, **kw):
-    """One image from the ``(band, path)`` pairs of :func:`_image_files`: the file as
-    :func:`probcat.io.read_image` reads it, or one file per band stacked
-    (:func:`probcat.io.read_bands`)."""
-    from probcat.io import read_bands, read_image
-
-    if len(items) == 1 and items[0][0] is None:
-        return read_image(items[0][1], **kw)
-    return read_bands(items, **kw)
-
-
 def _checked_seeing(value: str) -> str:
     """``--seeing``, normalised and checked before anything is loaded or run."""
     from probcat.api import seeing_option
@@ -405,7 +394,7 @@ def detect_cmd(
     items, paths, stem = _image_files(images)
     seeing = _checked_seeing(seeing)
     planes = _planes_option(mask_planes)
-    from probcat.io import check_weight_type
+    from probcat.io import check_weight_type, read_files
 
     check_weight_type(weight_type, "--weight-type")  # before any work
     if samples is None:
@@ -441,7 +430,7 @@ def detect_cmd(
     if regions is not None:
         outputs[regions] = (".reg",)
     check_outputs(outputs, paths + [p for p in (mask, weight) if p], outputs)
-    data = _read_images(items, mask_planes=planes, weight=weight, weight_type=weight_type, hdu=hdu)
+    data = read_files(items, mask_planes=planes, weight=weight, weight_type=weight_type, hdu=hdu)
     opts = {"background": background, "gain": gain, "noise_sigma": _noise_option(noise),
             "mask": _mask_option(mask, planes, hdu)}  # fmt: skip
     res = det.detect(
@@ -629,7 +618,7 @@ def photoz_cmd(
     seeing = _checked_seeing(seeing)
     planes = _planes_option(mask_planes)
     zps = _zeropoint_option(zeropoint)
-    from probcat.io import check_weight_type
+    from probcat.io import check_weight_type, read_files
 
     check_weight_type(weight_type, "--weight-type")  # before any work
     out = out or paths[0].with_name(stem + "_photoz.fits")
@@ -639,7 +628,7 @@ def photoz_cmd(
         {out: (".fits", ".fit", ".fts", ".parquet"), regions: (".reg",)},
     )  # fmt: skip
     masked = _mask_option(mask, planes, hdu)
-    data = _read_images(items, mask_planes=planes, weight=weight, weight_type=weight_type, hdu=hdu)
+    data = read_files(items, mask_planes=planes, weight=weight, weight_type=weight_type, hdu=hdu)
     res = photoz(
         data,
         estimator=weights,

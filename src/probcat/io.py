@@ -24,7 +24,7 @@ from probcat.catalog import atomic_write
 from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError
 from probcat.survey import Survey
 
-__all__ = ["ImageData", "write_image", "read_image", "read_bands"]
+__all__ = ["ImageData", "write_image", "read_image", "read_bands", "read_files"]
 
 
 @dataclass(frozen=True)
@@ -358,6 +358,15 @@ def read_bands(
         noise_from, "" if unit == "electron" else unit, variance,
         np.array(zps) if np.isfinite(zps).any() else None, zp_from,
     )  # fmt: skip
+
+
+def read_files(paths, **kw) -> ImageData:
+    """One image from one file or one file per band: a single file named without a band
+    as :func:`read_image` reads it (a multi-band file whole), else :func:`read_bands`."""
+    items = list(paths.items()) if isinstance(paths, dict) else [band_and_path(p) for p in paths]
+    if len(items) == 1 and items[0][0] is None:
+        return read_image(items[0][1], **kw)
+    return read_bands(items, **kw)
 
 
 _BAND_KEYWORDS = ("BAND", "FILTER", "FILTNAM", "FILTER1")
