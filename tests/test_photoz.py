@@ -1088,3 +1088,95 @@ def test_one_file_per_band_reads_as_the_multi_band_file(tmp_path, photoz_weights
         assert not (tmp_path / "bad.fits").exists()
     ok = read_bands([f"u={tmp_path / 'anon.fits'}", *rest])  # the band given: read
     assert ok.bands == tuple("ugrizy")
+
+
+def test_run_reads_a_fields_files_per_band_as_one_image(tmp_path, photoz_weights, weights,
+                                                         capsys):  # fmt: skip
+    """`probcat run` on a folder of per-band files (an LSST patch's six coadds, two patches)
+    finds each patch's files (named alike but for the band that their headers name, on one
+    grid) and makes one catalog per patch, as the multi-band file gives it: with photo-z
+    (every band read) and with i-band weights (the i file); a file list says the same with
+    u=FILE ...; files that do not name their bands, or differ otherwise, stay images of their
+    own; bad band entries are one-line errors."""
+    from astropy.io import fits
+
+    from probcat.cli import main
+    from probcat.scale import plan, read_list, run
+
+    folder = tmp_path / "files"
+    folder.mkdir()
+    wholes, per_band = [], []
+    for k in range(2):
+        whole = _ugrizy_image(tmp_path / f"patch{k}.fits", seed=k)
+        wholes.append(whole)
+        (tmp_path / f"split{k}").mkdir()
+        files = []
+        for f in _split_bands(whole, tmp_path / f"split{k}"):
+            files.append(f.rename(folder / f"patch{k}_{f.stem[-1]}.fits"))
+        per_band.append(files)
+    given = sorted(folder.glob("*.fits"))  # as a shell lists them: g, i, r, u, y, z
+    kw = dict(weights=str(weights), threshold=0.0, workers=0, progress=False)
+    s = run(given, tmp_path / "pz", photoz=str(photoz_weights), **kw)
+    assert (s["images"], s["band_file_images"], s["failed"]) == (2, 2, [])
+    ref = run(wholes, tmp_path / "ref", photoz=str(photoz_weights), **kw)
+    assert ref["failed"] == []
+    for k in range(2):
+        a = FullCatalog.read(tmp_path / "pz" / f"patch{k}.parquet")
+        b = FullCatalog.read(tmp_path / "ref" / f"patch{k}.parquet")
+        assert len(a) == len(b) > 0 and a.meta["image"].startswith(f"u=patch{k}_u.fits, g=")
+        for col in ("x", "y", "prob", "z_mode", "z_hi95", "ra"):
+            np.testing.assert_array_equal(a[col], b[col])
+    # i-band weights: the i file of each patch, as the i plane of the multi-band file
+    run(given, tmp_path / "det", **kw)
+    run(wholes, tmp_path / "det_ref", **kw)
+    for k in range(2):
+        a = FullCatalog.read(tmp_path / "det" / f"patch{k}.parquet")
+        b = FullCatalog.read(tmp_path / "det_ref" / f"patch{k}.parquet")
+        np.testing.assert_array_equal(a["prob"], b["prob"])
+        assert a.meta["image"] == f"i=patch{k}_i.fits"
+    # a file list: one line per patch, its files per band
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(
+        " ".join(f"{f.stem[-1]}={f}" for f in files) + "\n" for files in per_band
+    ))  # fmt: skip
+    entries = read_list(listing)
+    assert entries[0][0] == {f.stem[-1]: f for f in per_band[0]}
+    jobs = plan(entries, tmp_path / "x")
+    assert [j.output.name for j in jobs] == ["patch0.parquet", "patch1.parquet"]
+    assert [j.label for j in jobs] == [f"patch{k} (u,g,r,i,z,y)" for k in range(2)]
+    # the band a word inside the name (HSC), or a directory (the LSST Butler's layout)
+    import shutil
+
+    for f in per_band[1]:
+        b = f.stem[-1]
+        (tmp_path / "hsc").mkdir(exist_ok=True)
+        (tmp_path / "butler" / b).mkdir(parents=True)
+        shutil.copy(f, tmp_path / "hsc" / f"calexp-HSC-{b.upper()}-9813-3,4.fits")
+        shutil.copy(f, tmp_path / "butler" / b / f"deepCoadd_9813_{b}_DC2.fits")
+    found = {"calexp-HSC-9813-3,4": "hsc/*", "deepCoadd_9813_DC2": "butler/*/*"}
+    for name, pattern in found.items():
+        (job,) = plan(sorted(tmp_path.glob(pattern)), tmp_path / "x")
+        assert (job.output.stem, len(job.bands)) == (name, 6)
+    # not one image: a file whose header names no band, files named otherwise, one band alone
+    data, header = fits.getdata(per_band[0][0]), fits.getheader(per_band[0][0])
+    del header["FILTER"]
+    fits.PrimaryHDU(data, header=header).writeto(folder / "patch0_q.fits")  # no band named
+    other = fits.getheader(per_band[0][1])
+    fits.PrimaryHDU(data, header=other).writeto(folder / "field_g.fits")  # another name
+    fits.PrimaryHDU(data, header=other).writeto(folder / "single_g.fits")
+    jobs = plan(sorted(folder.glob("*.fits")), tmp_path / "x")
+    names = sorted(j.output.name for j in jobs)
+    assert names == ["field_g.parquet", "patch0.parquet", "patch0_q.parquet", "patch1.parquet",
+                     "single_g.parquet"]  # fmt: skip
+    assert [len(j.bands) for j in jobs if j.bands] == [6, 6]
+    # the CLI: a dry run names them; bad band entries are one-line errors
+    assert main(["run", *map(str, given), "-o", str(tmp_path / "cli"), "--dry-run"]) == 0
+    said = capsys.readouterr().out
+    assert "2 of them of one file per band" in said and "patch0 (u,g,r,i,z,y)" in said
+    bad = [f"u={per_band[0][0]} hdu=all", f"u={per_band[0][0]} u={per_band[0][1]}",
+           f"foo={per_band[0][0]}"]  # fmt: skip
+    for line, message in zip(bad, ["hdu=all", "at most once", "not a band"]):
+        listing.write_text(line + "\n")
+        rc = main(["run", str(listing), "-o", str(tmp_path / "bad"), "--dry-run"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and message in err and "\n" not in err, (line, err)

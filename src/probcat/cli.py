@@ -133,15 +133,20 @@ def _mask_option(path, planes=None, hdu=None):
 def _image_files(images) -> tuple[list, list[Path], str]:
     """The image arguments of ``detect`` and ``photoz``: ``(band, path)`` pairs (one file,
     or one per band: ``FILE`` or ``BAND=FILE``), their paths, and the stem of the default
-    output names (one file's, or the files' common start: ``field`` of ``field_u.fits``,
-    ``field_g.fits``...)."""
-    from probcat.io import band_and_path, image_stem
+    output names (one file's, or the files' name less the band, :func:`probcat.io.files_stem`:
+    ``field`` of ``field_u.fits``, ``field_g.fits``..., ``calexp-HSC-9813`` of
+    ``calexp-HSC-U-9813.fits``...; else their common start)."""
+    from probcat.io import band_and_path, band_letter, band_of_file, files_stem, image_stem
 
     items = [band_and_path(str(p)) for p in images]
     paths = [Path(p) for _, p in items]
     stems = [image_stem(p) for p in paths]
-    stem = os.path.commonprefix(stems).rstrip("_-. ") if len(stems) > 1 else stems[0]
-    return items, paths, stem or stems[0]
+    if len(stems) == 1:
+        return items, paths, stems[0]
+    bands = [band_letter(b) if b else (band_of_file(p) or (None,))[0] for b, p in items]
+    if all(bands) and len(set(bands)) == len(bands):
+        return items, paths, files_stem(dict(zip(bands, paths)))
+    return items, paths, os.path.commonprefix(stems).rstrip("_-. ") or stems[0]
 
 
 def _checked_seeing(value: str) -> str:
@@ -674,9 +679,11 @@ def photoz_cmd(
 def run_cmd(
     images: list[Path] = typer.Argument(
         ...,
-        help="FITS images, or one text file listing them (one per line: an image, then "
-        "optionally its mask file, weight=MAP and hdu=N, hdu=EXTNAME or hdu=all for a file "
-        "with several images: one catalog per HDU)",
+        help="FITS images, or one text file listing them (one per line: an image, or its "
+        "files per band as u=FILE g=FILE ..., then optionally its mask file, weight=MAP and "
+        "hdu=N, hdu=EXTNAME or hdu=all for a file with several images: one catalog per HDU). "
+        "Files of one field in several bands (headers naming their bands, names alike but for "
+        "the band: patch_u.fits, patch_g.fits...) are read as one image",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="catalog directory (one file per image)"),
     weights: str = typer.Option(None, help="detection weights (default: LSST-i)"),
@@ -757,12 +764,20 @@ def run_cmd(
         width_scale=width_scale,
         device=device,
     )
+    grouped = s["band_file_images"]
+    of_files = f"; {grouped} of them of one file per band" if grouped else ""
     if dry_run:
-        typer.echo(f"would process {s['to_process']} of {s['images']} images ({s['skipped']} done)")
+        typer.echo(f"would process {s['to_process']} of {s['images']} images "
+                   f"({s['skipped']} done{of_files})")  # fmt: skip
+        labels = s["band_file_labels"]
+        if labels:
+            more = f" and {len(labels) - 3} more" if len(labels) > 3 else ""
+            typer.echo(f"images of one file per band: {'; '.join(labels[:3])}{more}")
         return
     typer.echo(
         f"{s['processed']} images processed, {s['skipped']} already done, "
-        f"{len(s['failed'])} failed; {s['rows']} sources in {s['seconds']:.1f} s -> {out}"
+        f"{len(s['failed'])} failed{of_files}; {s['rows']} sources in {s['seconds']:.1f} s "
+        f"-> {out}"
     )
     for f in s["failed"][:5]:
         said = (

@@ -10,6 +10,7 @@ as ``<NAME>_<BAND>`` HDUs.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -393,6 +394,79 @@ def band_letter(value) -> str | None:
         if len(word) == 1 and word.isalpha():
             return word.lower()
     return None
+
+
+SEPARATORS = r"[\s_\-.]+"  # between the words of a file name
+
+
+def without_band(path: Path, band: str) -> tuple:
+    """``(key, stem)``: ``path`` with the words and directories that are ``band``'s letter
+    taken out, and the file's stem without them (a separator beside each dropped too);
+    ``(None, None)`` when the band's letter is no word of the path."""
+    stem = image_stem(path)
+    pieces = re.split(f"({SEPARATORS})", stem)  # words and separators, alternating
+    at = [i for i, piece in enumerate(pieces) if piece.lower() == band]
+    parts = ["\0" if part.lower() == band else part for part in path.parent.parts]
+    if not at and "\0" not in parts:
+        return None, None
+    key = "".join("\0" if i in at else piece for i, piece in enumerate(pieces))
+    kept = list(pieces)
+    for i in reversed(at):  # the word, and a separator beside it (before, else after)
+        lo, hi = (i - 1, i + 1) if i > 0 else (i, i + 2)
+        kept[lo:hi] = []
+    return (*parts, key), "".join(kept)
+
+
+def files_stem(files: dict) -> str:
+    """The catalog name of an image given as ``{band: file}``: its files' name less the
+    band where that is one name for all (``patch`` of ``patch_u.fits``...), else their
+    common beginning."""
+    stems = {without_band(Path(f), str(b).lower())[1] for b, f in files.items()}
+    if len(stems) == 1 and None not in stems:
+        return stems.pop() or "".join(files)
+    names = [image_stem(f) for f in files.values()]
+    return os.path.commonprefix(names).rstrip("_-. ") or names[0]
+
+
+def band_of_file(path) -> tuple[str, tuple[int, int], WCS | None] | None:
+    """``(band, (H, W), wcs)`` of a single-band image file whose header names its band (as
+    :func:`read_image` reads it: the first image HDU's ``BAND``, ``FILTER``, ``FILTNAM`` or
+    ``FILTER1``, else the primary header's; a single letter, :func:`band_letter`), read from
+    its headers only; None for any other file (a multi-band or probcat file, several images,
+    no band named, unreadable)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the file says its own when it is read
+        try:
+            return _band_of_file(path)
+        except Exception:  # noqa: BLE001 - not a file to group: read (and judged) on its own
+            return None
+
+
+def _band_of_file(path):
+    with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+        primary = hdul[0].header
+        if "NBANDS" in primary:
+            return None
+        images = [i for i in _images(hdul) if hdul[i].name not in _AFW_PLANES]
+        if len(images) != 1:
+            return None
+        hdr = hdul[images[0]].header
+        naxis = int(hdr.get("NAXIS", 0))
+        if not (naxis == 2 or (naxis == 3 and int(hdr.get("NAXIS3", 0)) == 1)):
+            return None
+        keys = [str(h.get(k, "")).strip() for h in (hdr, primary) for k in _BAND_KEYWORDS]
+        band = band_letter(str(hdr.get("BANDS", "")).strip() or next((v for v in keys if v), ""))
+        if band is None:
+            return None
+        shape = (int(hdr["NAXIS2"]), int(hdr["NAXIS1"]))
+        wcs = _wcs(path, hdr) if hdr.get("CTYPE1") else None
+    return band, shape, wcs
+
+
+def same_grid(a: tuple, b: tuple) -> bool:
+    """Whether two ``((H, W), wcs)`` images share their pixel grid: one size, and WCSs
+    (where both have one) within 0.05 px of each other, as :func:`read_bands` needs."""
+    return a[0] == b[0] and _grid_offset(a[1], b[1], a[0]) <= 0.05
 
 
 def _grid_offset(ref: WCS | None, wcs: WCS | None, shape: tuple[int, int]) -> float:

@@ -25,7 +25,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -55,16 +55,30 @@ class Job:
     mask: Path | None = None  # a FITS mask of the image's pixels without data
     weight: Path | None = None  # a FITS weight map of the image (inverse variance)
     hdu: str | None = None  # the HDU of a file with several images (one CCD per HDU)
+    bands: tuple = ()  # ((band, file), ...): an image of one file per band (image: the first)
+
+    @property
+    def label(self) -> str:
+        """The image as the run summary names it: its file (``[hdu]``), or for one file per
+        band, the catalog's name and the bands (``patch_9813_34 (u,g,r,i,z,y)``)."""
+        from probcat.io import image_stem
+
+        if self.bands:
+            return f"{image_stem(self.output)} ({','.join(b for b, _ in self.bands)})"
+        return str(self.image) if self.hdu is None else f"{self.image}[{self.hdu}]"
 
 
 def read_list(path) -> list:
     """The images of a file list: one per line (``#`` comments and blank lines skipped),
-    each an image path, then optionally, separated by white space, its mask file (a bare
-    path or ``mask=PATH``), its weight map (``weight=PATH``) and the HDU to read of a file
-    with several images (``hdu=3``, ``hdu=CCD12``, or ``hdu=all``: every image HDU, one
-    catalog each); a line that names an existing file as a whole is an image alone, spaces
-    and all. Entries: a path, or a tuple ``(image, mask, weight, hdu)`` (None where not
-    given)."""
+    each an image path, or one file per band of an image (``u=PATH g=PATH ...``), then
+    optionally, separated by white space, its mask file (a bare path or ``mask=PATH``), its
+    weight map (``weight=PATH``) and the HDU to read of a file with several images
+    (``hdu=3``, ``hdu=CCD12``, or ``hdu=all``: every image HDU, one catalog each); a line
+    that names an existing file as a whole is an image alone, spaces and all. Entries: a
+    path, or a tuple ``(image, mask, weight, hdu)`` (None where not given; ``image`` a dict
+    ``{band: path}`` for one file per band)."""
+    from probcat.io import band_and_path
+
     path = Path(path)
     if not path.is_file():
         raise ProbcatFileError(f"{path}: no such file list")
@@ -73,26 +87,43 @@ def read_list(path) -> list:
     except (OSError, UnicodeDecodeError) as e:
         raise ProbcatIOError(f"{path}: not a readable text file list ({e})") from None
     entries = []
+    usage = (
+        "a line is an image (PATH, or one file per band: u=PATH g=PATH ...), then its mask "
+        "(PATH or mask=PATH), weight map (weight=PATH) and HDU (hdu=N, hdu=NAME or hdu=all), "
+        "each at most once"
+    )
     for line in lines:
         text = line.strip()
         if not text or text.startswith("#"):
             continue
         parts = text.split()
-        if len(parts) == 1 or Path(text).is_file():
+        if Path(text).is_file() or (len(parts) == 1 and band_and_path(text)[0] is None):
             entries.append(Path(text))
             continue
         extra: dict = {}
-        for part in parts[1:]:
+        bands: dict = {}
+        image = None
+        for part in parts:
             key, eq, value = part.partition("=")
-            key, value = (key, value) if eq else ("mask", part)
-            if key not in ("mask", "weight", "hdu") or key in extra or not value:
-                raise ProbcatValueError(
-                    f"{path}: {text!r}: a line is an image, then its mask (PATH or "
-                    "mask=PATH), weight map (weight=PATH) and HDU (hdu=N, hdu=NAME or "
-                    "hdu=all), each at most once"
-                )
+            band, file = band_and_path(part)
+            if eq and key.lower() in ("mask", "weight", "hdu"):
+                key = key.lower()
+            elif band is not None:  # BAND=FILE: the image's files come first
+                if image is not None or extra or band in bands:
+                    raise ProbcatValueError(f"{path}: {text!r}: {usage}")
+                bands[band] = Path(file)
+                continue
+            elif image is None and not bands and not extra:
+                image = Path(part)
+                continue
+            else:  # a bare path after the image: its mask
+                key, value = "mask", part
+            if key in extra or not value:
+                raise ProbcatValueError(f"{path}: {text!r}: {usage}")
             extra[key] = value if key == "hdu" else Path(value)
-        entries.append((Path(parts[0]), extra.get("mask"), extra.get("weight"), extra.get("hdu")))
+        if image is None and not bands:
+            raise ProbcatValueError(f"{path}: {text!r}: {usage}")
+        entries.append((image or bands, extra.get("mask"), extra.get("weight"), extra.get("hdu")))
     return entries
 
 
@@ -102,8 +133,15 @@ def plan(images, out, suffix: str = ".parquet") -> list[Job]:
     ``(image, mask)``, ``(image, mask, weight)`` or ``(image, mask, weight, hdu)`` (None
     where there is none). An ``hdu`` (an index or an ``EXTNAME``) of a file with several
     images makes ``out/<stem>_<hdu><suffix>``; ``"all"``, one job per image HDU of the
-    file, named by ``EXTNAME`` (or index). One-line errors for missing images, masks or
-    weight maps, two jobs with one catalog name, or an output that would be an input."""
+    file, named by ``EXTNAME`` (or index).
+
+    An image of one file per band is a dict ``{band: file}`` (in the tuple's first place,
+    or alone), or is found among the files given alone (:func:`group_bands`: files whose
+    headers name their bands, named alike but for the band, on one pixel grid, such as an
+    LSST patch's six coadds); its catalog is named after the files less the band
+    (``patch_9813_34`` of ``patch_9813_34_u.fits``...). One-line errors for missing images,
+    masks or weight maps, two jobs with one catalog name, or an output that would be an
+    input."""
     from probcat.io import image_stem
 
     if suffix not in SUFFIXES:
@@ -112,20 +150,29 @@ def plan(images, out, suffix: str = ".parquet") -> list[Job]:
     rows = [_entry(x) for x in images]
     if not rows:
         raise ProbcatValueError("no images given")
-    jobs, seen = [], {}
-    for p, m, w, hdu in rows:
+    for p, m, w, _ in rows:
         for what, f in (("mask", m), ("weight map", w)):
             if f is not None and not f.is_file():
-                raise ProbcatValueError(f"{f}: no such {what} file (for {p})")
-        if p.is_dir():
+                raise ProbcatValueError(f"{f}: no such {what} file (for {_said(p)})")
+        for f in p.values() if isinstance(p, dict) else [p]:
+            if f.is_dir():
+                raise ProbcatValueError(
+                    f"{f}: a directory; give its images ({f / '*.fits'}) or a file listing them"
+                )
+            if not f.is_file():
+                raise ProbcatValueError(f"{f}: no such image file")
+    jobs, seen = [], {}
+    for p, m, w, hdu, stem in group_bands(rows):
+        bands = tuple(p.items()) if isinstance(p, dict) else ()
+        first = bands[0][1] if bands else p
+        stem = stem or image_stem(first)
+        if bands and hdu is not None and hdu.lower() == "all":
             raise ProbcatValueError(
-                f"{p}: a directory; give its images ({p / '*.fits'}) or a file listing them"
+                f"{_said(p)}: hdu=all reads each image of one file; of one file per band, "
+                "name the HDU to read in each (hdu=N or hdu=NAME)"
             )
-        if not p.is_file():
-            raise ProbcatValueError(f"{p}: no such image file")
-        stem = image_stem(p)
         if hdu is None:
-            names = [(None, stem)]
+            names = [(hdu, stem)]
         else:
             from probcat.io import image_hdu_names
 
@@ -134,19 +181,103 @@ def plan(images, out, suffix: str = ".parquet") -> list[Job]:
         for h, name in names:
             if name in seen:
                 raise ProbcatValueError(
-                    f"{p} and {seen[name]} share the name {name!r}: their catalogs would collide"
+                    f"{_said(p)} and {_said(seen[name])} share the name {name!r}: their "
+                    "catalogs would collide"
                 )
             seen[name] = p
-            jobs.append(Job(p, out / f"{name}{suffix}", m, w, h))
-    inputs = {f.resolve() for row in rows for f in row[:3] if f is not None}
+            jobs.append(Job(first, out / f"{name}{suffix}", m, w, h, bands))
+    inputs = {f.resolve() for p, m, w, _ in rows for f in _files(p, m, w)}
     for j in jobs:
         if j.output.resolve() in inputs:
             raise ProbcatValueError(f"{j.output}: the catalog would overwrite an input image")
     return jobs
 
 
+def _files(image, mask, weight) -> list[Path]:
+    """Every file of an entry: its image file (or files, one per band), mask and weight."""
+    files = list(image.values()) if isinstance(image, dict) else [image]
+    return files + [f for f in (mask, weight) if f is not None]
+
+
+def _said(image) -> str:
+    """An entry's image as messages name it: its file, or its files (one per band)."""
+    if isinstance(image, dict):
+        return " ".join(f"{b}={f}" for b, f in image.items())
+    return str(image)
+
+
+def group_bands(rows: list) -> list:
+    """``(image, mask, weight, hdu, stem)`` of each :func:`plan` entry ``(image, mask,
+    weight, hdu)``, the files given alone (no mask, weight map or HDU) that are one image in
+    several bands gathered into one entry (``image`` a dict ``{band: file}``, ugrizy in
+    their order; ``stem`` the catalog's name; None: the image file's stem).
+
+    Files are one image when each holds one plane whose header names its band
+    (:func:`probcat.io.band_of_file`: ``BAND``, ``FILTER``...), their paths are the same
+    but for that band's letter, a word of the file name (``patch_u.fits``,
+    ``calexp-HSC-I-9813.fits``) or a whole directory name (``i/patch.fits``), the bands
+    differ, and they share one pixel grid (size, and WCSs within 0.05 px). Anything else is
+    read file by file, as before: an image of one band, a multi-band file, files whose names
+    differ otherwise or that name no band. Only files with a one-letter word in their path
+    have their headers read."""
+    from probcat.io import band_of_file, files_stem, image_stem, same_grid, without_band
+
+    groups: dict = {}  # key: the path with its band's letter taken out
+    found: dict = {}  # row index -> (band, (H, W), wcs, stem without the band)
+    for k, (p, m, w, hdu) in enumerate(rows):
+        if isinstance(p, dict) or (m, w, hdu) != (None, None, None):
+            continue
+        words = [*_words(image_stem(p)), *p.parent.parts]
+        if not any(len(word) == 1 and word.isalpha() for word in words):
+            continue  # no band letter in its path: no header to read
+        got = band_of_file(p)
+        if got is None:
+            continue
+        band, shape, wcs = got
+        key, stem = without_band(p, band)
+        if key is None:
+            continue
+        found[k] = (band, shape, wcs, stem)
+        groups.setdefault(key, []).append(k)
+    gathered: dict = {}  # the first row of each group -> the group's rows
+    for members in groups.values():
+        bands = [found[k][0] for k in members]
+        grids = [found[k][1:3] for k in members]
+        if (
+            len(members) > 1
+            and len(set(bands)) == len(bands)
+            and all(same_grid(grids[0], g) for g in grids[1:])
+        ):
+            gathered[members[0]] = members
+    inside = {k for members in gathered.values() for k in members}
+    out = []
+    for k, (p, m, w, hdu) in enumerate(rows):
+        if k in gathered:
+            members = sorted(gathered[k], key=lambda j: _band_order(found[j][0]))
+            files = {found[j][0]: rows[j][0] for j in members}
+            out.append((files, None, None, None, found[k][3] or "".join(files)))
+        elif k not in inside:
+            out.append((p, m, w, hdu, files_stem(p) if isinstance(p, dict) else None))
+    return out
+
+
+def _band_order(band: str) -> int:
+    """ugrizy first, in their order (files found in a folder's alphabetical order: g, i,
+    r, u... are then read u, g, r...); any other band after them."""
+    return "ugrizy".find(band) % 7
+
+
+def _words(name: str) -> list[str]:
+    from probcat.io import SEPARATORS
+
+    return [w for w in re.split(SEPARATORS, name) if w]
+
+
 def _entry(x) -> tuple:
-    """``(image, mask, weight, hdu)`` of a :func:`plan` entry (a path or a tuple)."""
+    """``(image, mask, weight, hdu)`` of a :func:`plan` entry (a path, a dict ``{band:
+    file}``, or a tuple of them); a dict's bands are checked (one letter each, once)."""
+    if isinstance(x, dict):
+        x = (x,)
     if not isinstance(x, (tuple, list)):
         return Path(x), None, None, None
     if not 1 <= len(x) <= 4:
@@ -154,11 +285,29 @@ def _entry(x) -> tuple:
             f"an image entry is a path or (image, mask, weight, hdu), got {x!r}"
         )
     x = [*x, None, None, None][:4]
-    paths = tuple(None if v is None else Path(v) for v in x[:3])
+    image = _band_files(x[0]) if isinstance(x[0], dict) else Path(x[0])
+    paths = tuple(None if v is None else Path(v) for v in x[1:3])
     hdu = x[3]
     if hdu is not None and (isinstance(hdu, bool) or not isinstance(hdu, (str, int))):
         raise ProbcatValueError(f"an entry's hdu is an index, an EXTNAME or 'all', got {hdu!r}")
-    return (*paths, None if hdu is None else str(hdu).strip())
+    return (image, *paths, None if hdu is None else str(hdu).strip())
+
+
+def _band_files(files: dict) -> dict:
+    """``{band: Path}`` of an image's files, one per band; a one-line error for a band that
+    is not one (a single letter, or a filter name that ends in one: ``HSC-I``), or twice."""
+    from probcat.io import band_letter
+
+    out: dict = {}
+    for band, f in files.items():
+        letter = band_letter(band)
+        if letter is None or letter in out:
+            why = "given twice" if letter in out else "not a band (one letter: u, g, r...)"
+            raise ProbcatValueError(f"{band}={f}: {why}")
+        out[letter] = Path(f)
+    if not out:
+        raise ProbcatValueError("an image of one file per band names no file")
+    return out
 
 
 @lru_cache(maxsize=2)
@@ -192,19 +341,22 @@ def process_image(
     weight: str | None,
     options: dict,
     hdu: str | None = None,
+    bands: list | None = None,
 ) -> dict:
     """Detect one image (with its ``mask`` file and ``weight`` map, if any; its HDU ``hdu``
-    of a file with several) and write its catalog atomically; with ``options["photoz"]``
+    of a file with several; ``bands``: ``[(band, file), ...]`` of an image of one file per
+    band, of which the detector alone reads its own bands' files) and write its catalog
+    atomically; with ``options["photoz"]``
     (photo-z weights), estimate the galaxies' redshift PDFs too (:func:`probcat.photoz`):
     the catalog gets their columns and the PDFs go to
     :func:`probcat.redshift.pdf.pdf_path`, written before the
     catalog, whose presence marks the image done. Never raises: the result says what
     happened (``rows``, ``seconds``, ``warnings``, ``error``)."""
     t0 = time.perf_counter()
-    label = str(image) if hdu is None else f"{image}[{hdu}]"
-    result = {"image": label, "output": str(output), "rows": 0, "error": None}
+    job = Job(Path(image), Path(output), hdu=hdu, bands=tuple(bands or ()))
+    result = {"image": job.label, "output": str(output), "rows": 0, "error": None}
     try:
-        from probcat.io import read_image
+        from probcat.io import read_bands, read_image
 
         threads, device = options.get("threads", 1), options.get("device")
         det = _detector(options.get("weights"), threads, device)
@@ -212,8 +364,13 @@ def process_image(
         est = _estimator(pz_weights, threads, device) if pz_weights else None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            data = read_image(
-                image, mask_planes=options.get("mask_planes"), weight=weight,
+            files = dict(job.bands)
+            if est is None and mask is weight is None and set(det.bands) <= set(files):
+                # the detector's bands alone (a mask or weight map may hold every band's)
+                files = {b: files[b] for b in det.bands}
+            read = partial(read_bands, files) if files else partial(read_image, image)
+            data = read(
+                mask_planes=options.get("mask_planes"), weight=weight,
                 weight_type=options.get("weight_type", "weight"), hdu=hdu,
             )  # fmt: skip
             if mask is not None:
@@ -241,7 +398,11 @@ def process_image(
                 else:  # no galaxy: no PDFs (nor those of an earlier, killed run)
                     pdf_path(output).unlink(missing_ok=True)
         cat = res.catalog
-        cat.meta["image"] = Path(image).name if hdu is None else f"{Path(image).name}[{hdu}]"
+        cat.meta["image"] = (
+            ", ".join(f"{b}={Path(f).name}" for b, f in files.items())
+            if files
+            else Path(image).name
+        ) + ("" if hdu is None else f"[{hdu}]")
         h, w = data.image.shape[1:]
         centre = sky_positions(res.wcs, [(w - 1) / 2], [(h - 1) / 2], warn=False)
         if centre is not None:
@@ -317,7 +478,9 @@ def run(
         choose_device(device)  # a device that is not there: an error before any work
     jobs = plan(images, out, suffix)
     todo = [j for j in jobs if not j.output.exists()]
-    summary = {"images": len(jobs), "to_process": len(todo), "skipped": len(jobs) - len(todo)}
+    summary = {"images": len(jobs), "to_process": len(todo), "skipped": len(jobs) - len(todo),
+               # images of one file per band (found among the files given, or given so)
+               "band_file_images": sum(1 for j in jobs if j.bands)}  # fmt: skip
     serial = workers == 0 and scheduler is None
     # serially: this process's threads (auto); on Dask: one torch thread per worker process
     if threads is not None and not serial:
@@ -336,7 +499,8 @@ def run(
                "device": run_device(device, serial)}  # fmt: skip
     if dry_run:
         _same_options(out, options, summary["skipped"], write=False)
-        return {**summary, "dry_run": True, "outputs": [str(j.output) for j in todo]}
+        return {**summary, "dry_run": True, "outputs": [str(j.output) for j in todo],
+                "band_file_labels": [j.label for j in todo if j.bands]}  # fmt: skip
     if not serial and scheduler is None and todo:
         _start_forkserver()  # its imports overlap with the weights loading below
     # bad weights fail here, in one line, before anything is written
@@ -464,6 +628,11 @@ def _name(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
 
+def _band_names(job: Job) -> list | None:
+    """``[(band, file), ...]`` of a job's image of one file per band (None: one file)."""
+    return [(b, str(f)) for b, f in job.bands] or None
+
+
 def _execute(jobs: list[Job], options: dict, workers, scheduler, progress, timing=None):
     from tqdm.auto import tqdm
 
@@ -474,8 +643,9 @@ def _execute(jobs: list[Job], options: dict, workers, scheduler, progress, timin
     if workers == 0 and scheduler is None:
         for j in jobs:
             yield process_image(
-                str(j.image), str(j.output), _name(j.mask), _name(j.weight), options, j.hdu
-            )
+                str(j.image), str(j.output), _name(j.mask), _name(j.weight), options, j.hdu,
+                _band_names(j),
+            )  # fmt: skip
             bar.update()
         bar.close()
         return
@@ -504,6 +674,7 @@ def _execute(jobs: list[Job], options: dict, workers, scheduler, progress, timin
                 [_name(j.weight) for j in jobs],
                 [options] * len(jobs),
                 [j.hdu for j in jobs],
+                [_band_names(j) for j in jobs],
                 pure=False,
             )
             for fut in as_completed(futures):
