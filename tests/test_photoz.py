@@ -1173,9 +1173,15 @@ def test_run_reads_a_fields_files_per_band_as_one_image(tmp_path, photoz_weights
     assert main(["run", *map(str, given), "-o", str(tmp_path / "cli"), "--dry-run"]) == 0
     said = capsys.readouterr().out
     assert "2 of them of one file per band" in said and "patch0 (u,g,r,i,z,y)" in said
-    bad = [f"u={per_band[0][0]} hdu=all", f"u={per_band[0][0]} u={per_band[0][1]}",
-           f"foo={per_band[0][0]}"]  # fmt: skip
-    for line, message in zip(bad, ["hdu=all", "at most once", "not a band"]):
+    u, g = per_band[0][:2]
+    bad = {
+        f"u={u} hdu=all": "hdu=all",
+        f"u={u} u={g}": "at most once",
+        f"foo={u}": "not a band",
+        f"U={u} u={g}": "band u given twice",
+        f"u={u} {g}": "mask=PATH after files per band",  # not a band's file read as a mask
+    }
+    for line, message in bad.items():
         listing.write_text(line + "\n")
         rc = main(["run", str(listing), "-o", str(tmp_path / "bad"), "--dry-run"])
         err = capsys.readouterr().err.strip()

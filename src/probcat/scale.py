@@ -89,8 +89,8 @@ def read_list(path) -> list:
     entries = []
     usage = (
         "a line is an image (PATH, or one file per band: u=PATH g=PATH ...), then its mask "
-        "(PATH or mask=PATH), weight map (weight=PATH) and HDU (hdu=N, hdu=NAME or hdu=all), "
-        "each at most once"
+        "(PATH, or mask=PATH after files per band), weight map (weight=PATH) and HDU (hdu=N, "
+        "hdu=NAME or hdu=all), each at most once"
     )
     for line in lines:
         text = line.strip()
@@ -116,8 +116,10 @@ def read_list(path) -> list:
             elif image is None and not bands and not extra:
                 image = Path(part)
                 continue
-            else:  # a bare path after the image: its mask
+            elif image is not None and not (eq and not value):  # a bare path: its mask
                 key, value = "mask", part
+            else:  # after files per band, a mask is mask=PATH (a bare one may be a band)
+                raise ProbcatValueError(f"{path}: {text!r}: {usage}")
             if key in extra or not value:
                 raise ProbcatValueError(f"{path}: {text!r}: {usage}")
             extra[key] = value if key == "hdu" else Path(value)
@@ -302,7 +304,7 @@ def _band_files(files: dict) -> dict:
     for band, f in files.items():
         letter = band_letter(band)
         if letter is None or letter in out:
-            why = "given twice" if letter in out else "not a band (one letter: u, g, r...)"
+            why = f"band {letter} given twice" if letter in out else "not a band (u, g, r...)"
             raise ProbcatValueError(f"{band}={f}: {why}")
         out[letter] = Path(f)
     if not out:
