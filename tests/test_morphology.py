@@ -243,3 +243,33 @@ def test_user_catalog_sersic_rows_need_an_index(tmp_path):
     t.write(p, overwrite=True)
     with pytest.raises(ProbcatValueError, match="need a sersic_n"):
         prior.read_population(p, bands=("i",))
+
+
+def test_bright_supplement_adds_bright_galaxies_drawn_at_their_share():
+    """population morphology+bright: the morphology galaxies unchanged, plus a quarter as
+    many of i in [16, 21] (families in their fractions, ids of their own, disjoint across
+    splits), which scenes draw, as a whole, with probability BRIGHT_DRAW_SHARE."""
+    base = prior.galaxy_population("morphology", split="train", seed=0, bands=("i",), n=2000)
+    t = prior.galaxy_population("morphology+bright", split="train", seed=0, bands=("i",), n=2000)
+    val = prior.galaxy_population("morphology+bright", split="val", seed=0, bands=("i",), n=2000)
+    ids = np.asarray(t["id"])
+    old = np.isin(ids, np.asarray(base["id"]))
+    assert old.sum() == len(base) and (~old).sum() == round(2000 * prior.BRIGHT_SHARE)
+    mags = np.asarray(t["mag_i"])[~old]
+    lo, hi = prior.BRIGHT_RANGE
+    assert mags.min() >= lo and mags.max() <= hi and mags.min() < lo + 0.5  # uniform: it reaches
+    frac = np.bincount(np.asarray(t["family"])[~old], minlength=5) / (~old).sum()
+    assert frac == pytest.approx([prior.FAMILY_FRACTIONS[f] for f in prior.FAMILIES], abs=0.01)
+    assert len(np.unique(ids)) == len(t) and len(np.intersect1d(ids, val["id"])) == 0
+    w = np.asarray(t["draw_weight"])
+    assert np.all(w[old] == 1.0)
+    assert w[~old].sum() / w.sum() == pytest.approx(prior.BRIGHT_DRAW_SHARE)
+    # the same base rows (every column) as the morphology population's
+    by_id = {int(i): k for k, i in enumerate(ids)}
+    rows = [by_id[int(i)] for i in base["id"]]
+    for c in ("mag_i", "disk_hlr", "family", "morph_seed"):
+        np.testing.assert_array_equal(np.asarray(t[c])[rows], np.asarray(base[c]))
+    assert "bright supplement" in prior.prior_version("morphology+bright")
+    assert prior.is_builtin("morphology:clumpy+bright")
+    with pytest.raises(ProbcatValueError, match="'\\+bright' follows morphology"):
+        prior.parse_bright_mix("dc2+bright")
