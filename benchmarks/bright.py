@@ -17,7 +17,9 @@ morphology family, for
   the ``hubble`` extra), shapes that no training run saw.
 
 Also: ``detections_per_galaxy``, the mean number of detections within a galaxy's half-light
-radius (above 1: the galaxy is split).
+radius (above 1: the galaxy is split); ``probcat_rescue``, probcat with ``rescue_bright``
+(:mod:`probcat.infer.bright`), and how many detections the rescue added and how many of
+them lie within 2 px of a true source.
 
 Writes ``benchmarks/results/bright.json`` and ``bright.png``.
 
@@ -53,18 +55,25 @@ def galaxies(det, sim, n_fields: int, seed) -> list[dict]:
     sigma = float(sim.survey.noise_sigma[0])
     scale = sim.survey.pixel_scale
     rng = np.random.default_rng(seed)
-    rows = []
+    rows, rescues = [], []
     for _ in range(n_fields):
         scene = sim.sample(rng)
         cat = scene.catalog
+        res = det.detect(scene.image, noise_sigma=[sigma], rescue_bright=True).catalog
+        rescued = np.asarray(res["bright_rescue"], bool)
         found = {
             "probcat": det.detect(scene.image, noise_sigma=[sigma]).catalog,
+            "probcat_rescue": res,
             "sep": sep_detect(scene.image, sigma),
         }
         h, w = scene.image.shape[-2:]
         x, y = np.asarray(cat["x"], float), np.asarray(cat["y"], float)
         mag = np.asarray(cat["mag"], float)[:, 0]
         inside = (x >= EDGE_PX) & (x <= w - 1 - EDGE_PX) & (y >= EDGE_PX) & (y <= h - 1 - EDGE_PX)
+        # each rescued detection: is a true source (any brightness) within 2 px of it?
+        for rx, ry in zip(np.asarray(res["x"])[rescued], np.asarray(res["y"])[rescued]):
+            near = float(np.hypot(x - rx, y - ry).min()) if len(x) else np.inf
+            rescues.append(near)
         keep = np.asarray(cat["galaxy"], bool) & (mag < BINS[-1][1]) & inside
         # population hdf: no family column, every galaxy a real one
         family = np.asarray(cat["family"]) if "family" in cat.colnames else np.full(len(cat), 5)
@@ -77,7 +86,7 @@ def galaxies(det, sim, n_fields: int, seed) -> list[dict]:
                 row[f"{name}_d"] = float(d.min()) if len(d) else np.inf
                 row[f"{name}_n"] = int((d < max(hlr, MATCH_PX)).sum())
             rows.append(row)
-    return rows
+    return rows, rescues
 
 
 def summary(rows: list[dict]) -> dict:
@@ -87,7 +96,7 @@ def summary(rows: list[dict]) -> dict:
     def stats(sel: list[dict]) -> dict:
         # a bank galaxy recurs in many fields (as one of its 8 dihedral variants)
         out = {"n": len(sel), "n_distinct": len({r["galaxy"] for r in sel})}
-        for name in ("probcat", "sep"):
+        for name in ("probcat", "probcat_rescue", "sep"):
             d = np.array([r[f"{name}_d"] for r in sel])
             radius = np.array([max(MATCH_PX, 0.5 * r["hlr_px"]) for r in sel])
             out[name] = {
@@ -124,7 +133,7 @@ def figure(result: dict, path: Path) -> None:
     for ax, pop in zip(axes[0], pops):
         bins = result["populations"][pop]["bins"]
         xs = np.arange(len(bins))
-        for name, style in (("probcat", "o-"), ("sep", "s--")):
+        for name, style in (("probcat", "o-"), ("probcat_rescue", "^-"), ("sep", "s--")):
             ax.plot(xs, [b[name]["recall"] for b in bins.values()], style, label=name)
         if pop == "morphology":
             for fam in ("clumpy", "irregular"):
@@ -173,8 +182,13 @@ def main(argv=None) -> None:
             survey, BankConfig(population=pop, split="test", n_galaxies=args.bank_size)
         )
         sim = SceneSimulator(bank, SceneConfig(args.size, args.size))
-        rows = galaxies(det, sim, args.fields, [args.seed, k])
-        out["populations"][pop] = {"n_galaxies": len(rows), "bins": summary(rows)}
+        rows, rescues = galaxies(det, sim, args.fields, [args.seed, k])
+        out["populations"][pop] = {
+            "n_galaxies": len(rows),
+            "bins": summary(rows),
+            "rescued": len(rescues),
+            "rescued_within_2px_of_a_source": int(np.sum(np.array(rescues) < MATCH_PX)),
+        }
         print(pop, json.dumps(out["populations"][pop]["bins"], default=float)[:2000], flush=True)
     out["definitions"] = {
         "found": "a detection within max(2 px, half the galaxy's half-light radius) of its "
@@ -182,6 +196,9 @@ def main(argv=None) -> None:
         "found_2px": "a detection within 2 px of it",
         "detections_per_galaxy": "detections within max(2 px, its half-light radius)",
         "galaxies": f"i < {BINS[-1][1]:g}, centred at least {EDGE_PX:g} px inside the field",
+        "probcat_rescue": "probcat with rescue_bright=True (probcat.infer.bright)",
+        "rescued": "detections the rescue added (bright_rescue); _within_2px_of_a_source: "
+        "those with a true source of any brightness within 2 px",
         "n_distinct": "distinct bank galaxies among them (each recurs in several fields)",
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -611,6 +611,37 @@ class Detector:
 
         return threads_for(self.threads, int(np.prod(batch.x.shape[:1] + batch.x.shape[2:])))
 
+    def _rescue(self, cat, x, feats, pixels, threshold, seeing, meta, masked):
+        """``cat`` (the MAP catalog of one image ``x``, noise units) with a detection for
+        each bright object it leaves without one (:mod:`probcat.infer.bright`): the image
+        decoded again with their tiles decided to hold a source; their ``prob`` the
+        probability that their core holds one. Returns the catalog (with ``bright_rescue``)
+        and the tiles decided (None where there were none)."""
+        from probcat.infer.bright import core_probability, force_mask, unclaimed
+        from probcat.infer.detect import at_seeing, catalog_from_decisions, decode
+
+        found = unclaimed(np.asarray(x), cat["x"], cat["y"])
+        if not len(found):
+            return cat.with_columns(bright_rescue=np.zeros(len(cat), bool)), None
+        force = force_mask(found, self.net.tile_size, tuple(feats.shape[-2:]))
+        with at_seeing(self.net, seeing):
+            dec = decode(self.net, feats, image=pixels, threshold=threshold, force=force)
+        out = _with_mask(catalog_from_decisions(
+            dec, 0, dec.marginal, cat.image_shape, self.net.tile_size, self.survey.band_names,
+            meta,
+        ), masked)  # fmt: skip
+        tiles = force[0].numpy()
+        ty, tx = np.asarray(out["tile_y"], int), np.asarray(out["tile_x"], int)
+        rescued = tiles[ty, tx] & (np.asarray(out["prob_conditional"], float) <= threshold)
+        prob = np.asarray(out["prob"], float).copy()
+        marginal = dec.marginal.prob[0].cpu().numpy()
+        for i in np.flatnonzero(rescued):
+            ox, oy, r = found[
+                np.argmin(np.hypot(found[:, 0] - out["x"][i], found[:, 1] - out["y"][i]))
+            ]
+            prob[i] = max(prob[i], core_probability(marginal, ox, oy, r, self.net.tile_size))
+        return out.with_columns(prob=prob, bright_rescue=rescued), force
+
     def _groups(self, batch: _Batch):
         """Index ranges of images that run as one forward pass."""
         h, w = batch.x.shape[-2:]
@@ -722,6 +753,9 @@ class Detector:
             raise ProbcatValueError(f"seed must lie in [0, 2^63), got {seed}")
         opts = dict(opts)
         seeing = opts.pop("seeing", "auto")
+        rescue = opts.pop("rescue_bright", False)
+        if not isinstance(rescue, (bool, np.bool_)):
+            raise ProbcatValueError(f"rescue_bright must be True or False, got {rescue!r}")
         unknown = set(opts) - {"background", "gain", "mask", "zeropoint"}
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
@@ -753,6 +787,12 @@ class Detector:
                         c = _with_mask(catalog_from_decisions(
                             dec, k, dec.marginal, shape, self.net.tile_size, bands, meta
                         ), masked)  # fmt: skip
+                        force = None  # tiles decided to hold a bright object's source
+                        if rescue and want_map:
+                            c, force = self._rescue(
+                                c, batch.x[sl.start + k], feats[k : k + 1],
+                                pixels[k : k + 1], threshold, fixed, meta, masked,
+                            )  # fmt: skip
                         checked, ratio = self._seeing(batch.x[sl.start + k], c)
                         if seeing == "auto":
                             scales[k] = measured_scale(ratio)
@@ -762,11 +802,14 @@ class Detector:
                             with at_seeing(self.net, ratio):
                                 one = decode(
                                     self.net, feats[k : k + 1], image=pixels[k : k + 1],
-                                    threshold=threshold,
+                                    threshold=threshold, force=force,
                                 )  # fmt: skip
+                            kept = {}  # the same decisions, the same rows, in order
+                            if force is not None:
+                                kept = {n: c[n] for n in ("prob", "bright_rescue")}
                             c = _with_mask(catalog_from_decisions(
                                 one, 0, one.marginal, shape, self.net.tile_size, bands, meta
-                            ), masked)  # fmt: skip
+                            ), masked).with_columns(**kept)  # fmt: skip
                         if not (want_map or mix):
                             continue
                         used = matched_scale(scales[k])
@@ -909,6 +952,7 @@ def detect(
     progress: bool = False,
     mask=None,
     zeropoint=None,
+    rescue_bright: bool = False,
 ) -> DetectionResult:
     """Detect and classify sources in an image of any size.
 
@@ -948,6 +992,11 @@ def detect(
             (``noise_over_survey`` in the catalog's metadata), and the probabilities take
             the calibration fitted nearest that depth; pixels in electrons without one are
             read as of an unknown exposure, with the survey's.
+        rescue_bright: give a detection to each bright object (SEP, SNR 50 or more, 100 px
+            or more) left without one, decided by the network where its centre is
+            (``bright_rescue`` column; :mod:`probcat.infer.bright`): the brightest clumpy,
+            irregular and real galaxies of a field, which the tile probabilities spread too
+            thin, at a small cost in precision (``docs/robustness.md``, *Bright galaxies*).
 
     Example:
         >>> res = probcat.detect("field.fits")                    # doctest: +SKIP
@@ -968,6 +1017,7 @@ def detect(
         progress=progress,
         mask=mask,
         zeropoint=zeropoint,
+        rescue_bright=rescue_bright,
     )
 
 
@@ -1423,6 +1473,7 @@ def photoz(
     match_depth: bool = False,
     known_redshifts=None,
     width_scale: float = 1.0,
+    rescue_bright: bool = False,
 ):
     """Detect the sources of a multi-band image and estimate a redshift PDF for each galaxy
     (paper 002): a :class:`~probcat.redshift.estimator.PhotozResult` with the catalog (``z_mode,
@@ -1517,7 +1568,7 @@ def photoz(
     # when it has every band in order
     x_det = x_all if planes == list(range(len(est.bands))) else x_all[planes]
     batch = det._prepared(x_det, wcs, info, masked, sigma, planes)
-    res = det.detect(batch, threshold=threshold, seeing=seeing)
+    res = det.detect(batch, threshold=threshold, seeing=seeing, rescue_bright=rescue_bright)
     res.catalog = _with_sky(res.catalog, wcs)
     res.wcs = wcs
     # at the aperture noise; deeper: warned, or read at the training depth

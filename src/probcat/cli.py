@@ -67,6 +67,13 @@ SEEING_OPTION = typer.Option(
     "most compact sources), none (the weights' survey seeing) or RATIO (its PSF FWHM over "
     "the survey's)",
 )
+RESCUE_BRIGHT_OPTION = typer.Option(
+    False,
+    "--rescue-bright",
+    help="a detection for each bright object (SEP: SNR 50+, 100+ px) left without one, "
+    "where the network spreads a lumpy galaxy's probability over several tiles "
+    "(bright_rescue column; docs/robustness.md, Bright galaxies)",
+)
 NOISE_OPTION = typer.Option(
     "auto",
     help="background noise sigma per band: auto (the NOISE keywords, else the survey's, "
@@ -379,6 +386,7 @@ def detect_cmd(
     gain: float = GAIN_OPTION,
     noise: str = NOISE_OPTION,
     seeing: str = SEEING_OPTION,
+    rescue_bright: bool = RESCUE_BRIGHT_OPTION,
     mask: Path = MASK_OPTION,
     mask_planes: str = MASK_PLANES_OPTION,
     weight: Path = WEIGHT_OPTION,
@@ -446,6 +454,7 @@ def detect_cmd(
         seed=seed,
         progress=not quiet,
         seeing=seeing,
+        rescue_bright=rescue_bright,
         **opts,
     )
     catalog = res.catalog
@@ -692,6 +701,7 @@ def run_cmd(
     gain: float = GAIN_OPTION,
     noise: str = NOISE_OPTION,
     seeing: str = SEEING_OPTION,
+    rescue_bright: bool = RESCUE_BRIGHT_OPTION,
     mask_planes: str = MASK_PLANES_OPTION,
     weight_type: str = WEIGHT_TYPE_OPTION,
     fmt: str = typer.Option("parquet", "--format", help="parquet or fits"),
@@ -752,6 +762,7 @@ def run_cmd(
         gain=gain,
         noise_sigma=_noise_option(noise),
         seeing=_checked_seeing(seeing),
+        rescue_bright=rescue_bright,
         mask_planes=_planes_option(mask_planes),
         weight_type=weight_type,
         suffix=f".{fmt}",

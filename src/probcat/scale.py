@@ -395,6 +395,7 @@ def process_image(
                 gain=options.get("gain"),
                 noise_sigma=options.get("noise_sigma"),
                 seeing=options.get("seeing", "auto"),
+                rescue_bright=options.get("rescue_bright", False),
             )
             if est is None:
                 res = det.detect(data, **common)
@@ -439,6 +440,7 @@ def run(
     gain=None,
     noise_sigma=None,
     seeing="auto",
+    rescue_bright: bool = False,
     mask_planes=None,
     weight_type: str = "weight",
     suffix: str = ".parquet",
@@ -462,7 +464,7 @@ def run(
     (:func:`probcat.redshift.pdf.pdf_path`); ``width_scale``: a factor on their widths
     (:meth:`probcat.redshift.estimator.PhotozEstimator.fit_widths`). ``device``: where the
     networks run (:func:`run_device`: default a GPU when present for a serial run, the CPU
-    for Dask workers)."""
+    for Dask workers). ``rescue_bright``: as :func:`probcat.detect`'s."""
     from probcat.api import seeing_option
     from probcat.background import check_mode, wants_measured_noise
 
@@ -504,6 +506,7 @@ def run(
         weights = weights or DEFAULT_PHOTOZ_DETECTOR
     options = {"weights": weights, "threshold": threshold, "background": background,
                "gain": gain, "noise_sigma": noise_sigma, "seeing": seeing,
+               "rescue_bright": bool(rescue_bright),
                "mask_planes": mask_planes, "weight_type": weight_type,
                "threads": (threads or "auto") if serial else 1, "photoz": photoz,
                "width_scale": width_scale,
@@ -554,7 +557,9 @@ def run(
 OPTIONS = "run_options.json"  # in the output directory: the options its catalogs were made with
 # the options that change a catalog (not where or how fast it is made)
 _CATALOG_OPTIONS = ("weights", "threshold", "background", "gain", "noise_sigma", "seeing",
-                    "mask_planes", "weight_type", "photoz", "width_scale")  # fmt: skip
+                    "mask_planes", "weight_type", "photoz", "width_scale",
+                    "rescue_bright")  # fmt: skip
+_ADDED_OPTIONS = {"rescue_bright": False}  # later options, at their defaults
 
 
 def _same_options(out, options: dict, done: int, write: bool = True) -> None:
@@ -572,6 +577,8 @@ def _same_options(out, options: dict, done: int, write: bool = True) -> None:
         have = json.loads(path.read_text()) if path.is_file() else None
     except (OSError, ValueError):
         have = None  # unreadable: as for a run before the file was written
+    if isinstance(have, dict):  # options added since the file was written: their defaults
+        have = {**_ADDED_OPTIONS, **have}
     if isinstance(have, dict) and have != want:
         # the folder's catalogs make one HATS catalog: those of other images count too
         done = max(done, sum(1 for p in Path(out).glob("*") if p.suffix in SUFFIXES))

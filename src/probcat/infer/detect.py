@@ -322,6 +322,7 @@ def decode(
     sweeps: int = 1,
     merge_px: float | None = None,
     centroid_calibration=None,
+    force: torch.Tensor | None = None,
 ) -> Decisions:
     """Checkerboard decoding. ``n_samples = 0``: MAP (probability > threshold, posterior
     mean location, galaxy if probability > 0.5) for each image of the batch ``feats``;
@@ -347,6 +348,10 @@ def decode(
     positions compared are those the later groups are conditioned on: the refined means) is
     read as the same source and dropped, its tile decided empty (:mod:`probcat.infer.merge`).
 
+    ``force`` (MAP only): a boolean ``(B, nty, ntx)`` of tiles decided to hold a source
+    whatever their probability (:mod:`probcat.infer.bright`); they are placed, refined,
+    merged and classified as any other.
+
     ``centroid_calibration`` (a :class:`~probcat.infer.calibration.CentroidCalibration`;
     default: the weights' own) gives the distribution of the samples' standardised position
     errors (:func:`_standard_errors`); MAP decoding does not read it.
@@ -365,6 +370,10 @@ def decode(
         raise ProbcatValueError(f"sweeps must be >= 1, got {sweeps}")
     if n_samples and feats.shape[0] != 1:
         raise ProbcatValueError("posterior samples are drawn for one image at a time")
+    if force is not None and (
+        n_samples or tuple(force.shape) != (feats.shape[0], *feats.shape[2:])
+    ):
+        raise ProbcatValueError("force is a (B, nty, ntx) mask of the MAP decoding")
     if (net.classifier == "stamp" or net.loc_refine) and image is None:
         raise ProbcatValueError("these weights read stamps of the image: pass image=")
     gens = None
@@ -398,6 +407,8 @@ def decode(
             errors = _error_draws(net, gens, mine, centroid_calibration)
         else:
             on = out.prob > threshold
+            if force is not None:
+                on = on | force.to(on.device)
             loc = out.loc_post_mean
         bi, ty, tx = torch.nonzero(now & on, as_tuple=True)
         loc_cond = loc

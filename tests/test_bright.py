@@ -1,0 +1,95 @@
+"""Bright objects left without a detection (probcat.infer.bright): found by segmentation,
+their tile decided by the network, their probability that of their core."""
+
+import numpy as np
+import pytest
+import torch
+
+from probcat.errors import ProbcatValueError
+from probcat.infer.bright import core_probability, force_mask, unclaimed
+from probcat.infer.detect import decode, map_catalog, tile_features
+
+
+def _image(seed=0, size=96):
+    """Noise (sigma 1) with a bright extended blob at (40.3, 50.7) (sigma 4 px, flux 3000:
+    SNR about 100 over 200+ px), a faint one at (70, 20) (flux 150) and a bright compact
+    one at (20, 80) (sigma 0.8 px: a handful of pixels)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size].astype(float)
+    img = rng.standard_normal((size, size))
+    for x0, y0, s, flux in ((40.3, 50.7, 4.0, 3000.0), (70.0, 20.0, 3.0, 150.0),
+                            (20.0, 80.0, 0.8, 400.0)):  # fmt: skip
+        img += flux * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * s * s)) / (2 * np.pi * s * s)
+    return img.astype(np.float32)
+
+
+def test_only_a_bright_extended_object_without_a_detection_near_its_centre_is_unclaimed():
+    img = _image()
+    found = unclaimed(img, [], [])
+    assert found.shape == (1, 3)
+    assert abs(found[0, 0] - 40.3) < 0.3 and abs(found[0, 1] - 50.7) < 0.3
+    assert found[0, 2] >= np.sqrt(100 / np.pi)  # its radius: 100 px or more
+    # a detection near its centre claims it; one 20 px away does not
+    assert len(unclaimed(img, [41.0], [51.5])) == 0
+    assert len(unclaimed(img, [60.0], [50.7])) == 1
+    # bands: summed in units of the sum's noise (two planes of independent noise)
+    two = unclaimed(np.stack([img, _image(seed=1)]), [], [])
+    assert two.shape == (1, 3) and np.hypot(two[0, 0] - 40.3, two[0, 1] - 50.7) < 0.3
+    assert len(unclaimed(np.zeros((40, 40)), [], [])) == 0  # blank: nothing
+
+
+def test_force_mask_marks_the_tile_of_each_centre_and_core_probability_is_exact():
+    mask = force_mask(
+        np.array([[40.3, 50.7, 8.0], [2.4, 2.6, 6.0], [500.0, 1.0, 6.0]]), 5, (20, 20)
+    )
+    assert mask.shape == (1, 20, 20) and int(mask.sum()) == 2  # the third lies off the grid
+    assert mask[0, 10, 8] and mask[0, 0, 0]  # pixel 40.3 -> tile 8 (pixels 37.5-42.5)
+    prob = np.zeros((6, 6))
+    prob[2, 2], prob[2, 3], prob[5, 5] = 0.3, 0.2, 0.9
+    # tile centres at 5 k + 2: within max(0.4 r, 5) px of (12, 12): tiles (2, 2), (2, 3)...
+    got = core_probability(prob, 12.0, 12.0, 10.0, 5)
+    assert got == pytest.approx(1 - 0.7 * 0.8)
+    # radius 60: 24 px reaches tile (5, 5), centred (27, 27), 21.2 px away; 40 (16 px) does not
+    assert core_probability(prob, 12.0, 12.0, 60.0, 5) == pytest.approx(1 - 0.7 * 0.8 * 0.1)
+    assert core_probability(prob, 12.0, 12.0, 40.0, 5) == pytest.approx(1 - 0.7 * 0.8)
+
+
+def test_a_forced_tile_is_decided_and_forcing_is_map_only(net):
+    img = _image()[None]
+    feats = tile_features(net, img, 1.0)
+    nty, ntx = feats.shape[-2:]
+    plain = decode(net, feats, threshold=0.999)
+    force = torch.zeros(1, nty, ntx, dtype=torch.bool)
+    force[0, 10, 8] = True
+    forced = decode(net, feats, threshold=0.999, force=force)
+    assert not plain.n[0, 10, 8] and forced.n[0, 10, 8]
+    # every other tile is decided as before, or as its neighbour's source lets it
+    assert int(forced.n.sum()) >= 1
+    assert map_catalog(net, feats, (96, 96), threshold=0.999).image_shape == (96, 96)
+    with pytest.raises(ProbcatValueError, match="force"):
+        decode(net, feats, n_samples=2, force=force)
+    with pytest.raises(ProbcatValueError, match="force"):
+        decode(net, feats, force=force[:, :3])
+
+
+def test_detect_rescues_the_bright_object_and_says_so(weights):
+    import probcat
+
+    det = probcat.load(str(weights), threads=1)
+    img = _image()
+    plain = det.detect(img[None], noise_sigma=[1.0], threshold=0.999).catalog
+    res = det.detect(img[None], noise_sigma=[1.0], threshold=0.999, rescue_bright=True)
+    cat = res.catalog
+    rescued = np.asarray(cat["bright_rescue"], bool)
+    assert "bright_rescue" not in plain.colnames and rescued.sum() == 1
+    assert len(cat) == len(plain) + 1
+    i = int(np.flatnonzero(rescued)[0])
+    assert abs(cat["x"][i] - 40.3) < 5 and abs(cat["y"][i] - 50.7) < 5  # its tile, refined
+    # its probability: its core's (the tiny weights carry no calibration map)
+    ((ox, oy, r),) = unclaimed(img, plain["x"], plain["y"])
+    core = core_probability(res.probability_map(), ox, oy, r, 5)
+    assert "prob_raw" not in cat.colnames
+    assert cat["prob"][i] == pytest.approx(max(core, res.probability_map()[10, 8]))
+    assert core > res.probability_map()[10, 8]  # more than its tile's alone
+    with pytest.raises(ProbcatValueError, match="rescue_bright"):
+        det.detect(img[None], noise_sigma=[1.0], rescue_bright="yes")
