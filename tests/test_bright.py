@@ -93,3 +93,22 @@ def test_detect_rescues_the_bright_object_and_says_so(weights):
     assert core > res.probability_map()[10, 8]  # more than its tile's alone
     with pytest.raises(ProbcatValueError, match="rescue_bright"):
         det.detect(img[None], noise_sigma=[1.0], rescue_bright="yes")
+
+
+def test_the_rescue_column_survives_the_reading_at_the_images_seeing(weights, monkeypatch):
+    """An image whose measured seeing differs is decoded again for its classes at that
+    seeing: the rescue's column and probabilities stay (as when that seeing is given), with
+    or without a rescued object."""
+    import probcat
+    from probcat.api import Detector
+
+    det = probcat.load(str(weights), threads=1)
+    monkeypatch.setattr(Detector, "_seeing", lambda self, x, cat: ({}, 1.3))  # measured 1.3
+    noise = np.random.default_rng(3).standard_normal((1, 64, 64)).astype(np.float32)
+    for image, n in ((_image()[None], 1), (noise, 0)):
+        kw = dict(noise_sigma=[1.0], threshold=0.999, rescue_bright=True)
+        measured = det.detect(image, seeing="auto", **kw).catalog
+        given = det.detect(image, seeing=1.3, **kw).catalog
+        assert int(np.sum(measured["bright_rescue"])) == n
+        np.testing.assert_array_equal(measured["bright_rescue"], given["bright_rescue"])
+        np.testing.assert_allclose(measured["prob"], given["prob"])

@@ -804,9 +804,11 @@ class Detector:
                                     self.net, feats[k : k + 1], image=pixels[k : k + 1],
                                     threshold=threshold, force=force,
                                 )  # fmt: skip
-                            kept = {}  # the same decisions, the same rows, in order
+                            # the same decisions, the same rows, in order: the rescue's
+                            # column and, where it decided tiles, their probabilities
+                            kept = {n: c[n] for n in ("bright_rescue",) if n in c.colnames}
                             if force is not None:
-                                kept = {n: c[n] for n in ("prob", "bright_rescue")}
+                                kept["prob"] = c["prob"]
                             c = _with_mask(catalog_from_decisions(
                                 one, 0, one.marginal, shape, self.net.tile_size, bands, meta
                             ), masked).with_columns(**kept)  # fmt: skip
