@@ -112,3 +112,35 @@ def test_the_rescue_column_survives_the_reading_at_the_images_seeing(weights, mo
         assert int(np.sum(measured["bright_rescue"])) == n
         np.testing.assert_array_equal(measured["bright_rescue"], given["bright_rescue"])
         np.testing.assert_allclose(measured["prob"], given["prob"])
+
+
+def test_the_command_line_rescues_and_a_run_records_it(tmp_path, weights, capsys):
+    """probcat detect --rescue-bright writes the column; probcat run keeps the option in
+    its run_options.json (a rerun without it is refused while its catalogs are there)."""
+    from probcat.catalog import FullCatalog, make_wcs
+    from probcat.cli import main
+    from probcat.io import write_image
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="i")
+    img = _image()[None] * survey.noise_sigma[0]
+    path = write_image(tmp_path / "field.fits", img, survey, make_wcs((96, 96), 0.2, 56.0, -30.0))
+    common = [
+        "--weights",
+        str(weights),
+        "--threshold",
+        "0.999",
+        "--noise",
+        str(survey.noise_sigma[0]),
+    ]
+    assert (
+        main(["detect", str(path), "--rescue-bright", "-o", str(tmp_path / "c.fits"), *common]) == 0
+    )
+    cat = FullCatalog.read(tmp_path / "c.fits")
+    assert int(np.sum(cat["bright_rescue"])) == 1
+    run = ["run", str(path), "-o", str(tmp_path / "run"), "--workers", "0", "-q", *common]
+    assert main([*run, "--rescue-bright"]) == 0
+    assert FullCatalog.read(tmp_path / "run" / "field.parquet")["bright_rescue"].sum() == 1
+    capsys.readouterr()
+    assert main(run) == 2  # the same folder without the rescue: refused
+    assert "rescue_bright True -> False" in capsys.readouterr().err
