@@ -1413,6 +1413,45 @@ TABLES = {
             ),
         ],
     ),
+    "bright": (
+        "the brightest galaxies of 400×400 fields (test galaxies): found when a detection lies "
+        "within max(2 px, half the half-light radius) of the centre; probcat as it is and with "
+        "`--rescue-bright`, SEP on the same fields",
+        [
+            *[
+                (
+                    f"{label}, i {bins}: recall{', --rescue-bright' if rescue else ''}",
+                    f"populations.{pop}.bins.{key}.probcat{'_rescue' if rescue else ''}.recall",
+                    f"populations.{pop}.bins.{key}.sep.recall",
+                    ".3f",
+                    "",
+                )
+                for pop, label in (
+                    ("morphology", "five families"),
+                    ("morphology:irregular", "irregular"),
+                    ("hdf", "Hubble Deep Field"),
+                )
+                for key, bins in (("14-19", "< 19"), ("19-20", "19–20"), ("20-21", "20–21"))
+                for rescue in (False, True)
+            ],
+            *[
+                (
+                    f"{label}, 98-px scenes: {what}, --rescue-bright",
+                    f"populations.{pop}.scenes_98px.probcat_rescue.{what}",
+                    f"populations.{pop}.scenes_98px.probcat.{what}",
+                    ".4f",
+                    "",
+                    "probcat without",
+                )
+                for pop, label in (
+                    ("morphology", "five families"),
+                    ("morphology:irregular", "irregular"),
+                    ("hdf", "Hubble Deep Field"),
+                )
+                for what in ("precision", "recall", "f1")
+            ],
+        ],
+    ),
     "robustness": (
         "detection on galaxy families left out of training (98×98 LSST-i scenes, test split)",
         [
@@ -1686,6 +1725,7 @@ BASELINES = {
     "photoz": "FlexZBoost",
     "simulate": "direct GalSim",
     "robustness": "SEP",
+    "bright": "SEP",
     "calibration_lofo": "single map (v7.5)",
     "seeing_calibration": "survey-seeing calibration",
     "seeing_calibration_ugrizy": "survey-seeing calibration",
