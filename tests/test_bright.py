@@ -39,11 +39,16 @@ def test_only_a_bright_extended_object_without_a_detection_near_its_centre_is_un
 
 
 def test_force_mask_marks_the_tile_of_each_centre_and_core_probability_is_exact():
-    mask = force_mask(
+    mask, at = force_mask(
         np.array([[40.3, 50.7, 8.0], [2.4, 2.6, 6.0], [500.0, 1.0, 6.0]]), 5, (20, 20)
     )
     assert mask.shape == (1, 20, 20) and int(mask.sum()) == 2  # the third lies off the grid
     assert mask[0, 10, 8] and mask[0, 0, 0]  # pixel 40.3 -> tile 8 (pixels 37.5-42.5)
+    # the centre within its tile, tile units: back to pixels by tile_to_pixel
+    from probcat.tiles import tile_to_pixel
+
+    x, y = tile_to_pixel(10, 8, at[0, 10, 8][None], 5)
+    assert float(x[0]) == pytest.approx(40.3) and float(y[0]) == pytest.approx(50.7)
     prob = np.zeros((6, 6))
     prob[2, 2], prob[2, 3], prob[5, 5] = 0.3, 0.2, 0.9
     # tile centres at 5 k + 2: within max(0.4 r, 5) px of (12, 12): tiles (2, 2), (2, 3)...

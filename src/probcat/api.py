@@ -623,9 +623,10 @@ class Detector:
         found = unclaimed(np.asarray(x), cat["x"], cat["y"])
         if not len(found):
             return cat.with_columns(bright_rescue=np.zeros(len(cat), bool)), None
-        force = force_mask(found, self.net.tile_size, tuple(feats.shape[-2:]))
+        force, at = force_mask(found, self.net.tile_size, tuple(feats.shape[-2:]))
         with at_seeing(self.net, seeing):
-            dec = decode(self.net, feats, image=pixels, threshold=threshold, force=force)
+            dec = decode(self.net, feats, image=pixels, threshold=threshold, force=force,
+                         force_locs=at)  # fmt: skip
         out = _with_mask(catalog_from_decisions(
             dec, 0, dec.marginal, cat.image_shape, self.net.tile_size, self.survey.band_names,
             meta,
@@ -640,7 +641,7 @@ class Detector:
                 np.argmin(np.hypot(found[:, 0] - out["x"][i], found[:, 1] - out["y"][i]))
             ]
             prob[i] = max(prob[i], core_probability(marginal, ox, oy, r, self.net.tile_size))
-        return out.with_columns(prob=prob, bright_rescue=rescued), force
+        return out.with_columns(prob=prob, bright_rescue=rescued), (force, at)
 
     def _groups(self, batch: _Batch):
         """Index ranges of images that run as one forward pass."""
@@ -793,6 +794,8 @@ class Detector:
                                 c, batch.x[sl.start + k], feats[k : k + 1],
                                 pixels[k : k + 1], threshold, fixed, meta, masked,
                             )  # fmt: skip
+                        # the decode's arguments for those tiles (and where they are)
+                        forced = {} if force is None else dict(zip(("force", "force_locs"), force))
                         checked, ratio = self._seeing(batch.x[sl.start + k], c)
                         if seeing == "auto":
                             scales[k] = measured_scale(ratio)
@@ -802,7 +805,7 @@ class Detector:
                             with at_seeing(self.net, ratio):
                                 one = decode(
                                     self.net, feats[k : k + 1], image=pixels[k : k + 1],
-                                    threshold=threshold, force=force,
+                                    threshold=threshold, **forced,
                                 )  # fmt: skip
                             # the same decisions, the same rows, in order: the rescue's
                             # column and, where it decided tiles, their probabilities

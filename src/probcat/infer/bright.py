@@ -77,14 +77,19 @@ def unclaimed(image: np.ndarray, x, y) -> np.ndarray:
     return np.stack([ox, oy, radius], 1) if len(ox) else np.zeros((0, 3))
 
 
-def force_mask(objects: np.ndarray, tile_size: int, grid: tuple[int, int]) -> torch.Tensor:
-    """``(1, nty, ntx)`` bool: the tiles holding the centres of ``objects``."""
+def force_mask(objects: np.ndarray, tile_size: int, grid: tuple[int, int]):
+    """``(1, nty, ntx)`` bool: the tiles holding the centres of ``objects``; and
+    ``(1, nty, ntx, 2)``: those centres in tile units (``x``, ``y`` within their tile)."""
     mask = torch.zeros(1, *grid, dtype=torch.bool)
+    locs = torch.zeros(1, *grid, 2)
     for ox, oy, _ in objects:
         ty, tx = int(np.floor(oy + 0.5)) // tile_size, int(np.floor(ox + 0.5)) // tile_size
         if 0 <= ty < grid[0] and 0 <= tx < grid[1]:
             mask[0, ty, tx] = True
-    return mask
+            locs[0, ty, tx] = torch.tensor(
+                [(ox + 0.5) / tile_size - tx, (oy + 0.5) / tile_size - ty]
+            )
+    return mask, locs
 
 
 def core_probability(prob: np.ndarray, x: float, y: float, radius: float, tile_size: int) -> float:

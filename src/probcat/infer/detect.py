@@ -323,6 +323,7 @@ def decode(
     merge_px: float | None = None,
     centroid_calibration=None,
     force: torch.Tensor | None = None,
+    force_locs: torch.Tensor | None = None,
 ) -> Decisions:
     """Checkerboard decoding. ``n_samples = 0``: MAP (probability > threshold, posterior
     mean location, galaxy if probability > 0.5) for each image of the batch ``feats``;
@@ -349,8 +350,9 @@ def decode(
     read as the same source and dropped, its tile decided empty (:mod:`probcat.infer.merge`).
 
     ``force`` (MAP only): a boolean ``(B, nty, ntx)`` of tiles decided to hold a source
-    whatever their probability (:mod:`probcat.infer.bright`); they are placed, refined,
-    merged and classified as any other.
+    whatever their probability (:mod:`probcat.infer.bright`); they are placed (at
+    ``force_locs`` ``(B, nty, ntx, 2)``, tile units, where given), refined, merged and
+    classified as any other.
 
     ``centroid_calibration`` (a :class:`~probcat.infer.calibration.CentroidCalibration`;
     default: the weights' own) gives the distribution of the samples' standardised position
@@ -407,9 +409,11 @@ def decode(
             errors = _error_draws(net, gens, mine, centroid_calibration)
         else:
             on = out.prob > threshold
+            loc = out.loc_post_mean
             if force is not None:
                 on = on | force.to(on.device)
-            loc = out.loc_post_mean
+                if force_locs is not None:
+                    loc = torch.where(force.to(dev)[..., None], force_locs.to(loc), loc)
         bi, ty, tx = torch.nonzero(now & on, as_tuple=True)
         loc_cond = loc
         if net.loc_refine and len(bi):
