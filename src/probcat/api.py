@@ -616,7 +616,9 @@ class Detector:
         each bright object it leaves without one (:mod:`probcat.infer.bright`): the image
         decoded again with their tiles decided to hold a source; their ``prob`` the
         probability that their core holds one. Returns the catalog (with ``bright_rescue``)
-        and the tiles decided (None where there were none)."""
+        and the tiles decided with the positions proposed there, ``(force, force_locs)`` of
+        :func:`~probcat.infer.detect.decode` (None where there were none). The MAP catalog
+        only: posterior samples are drawn as without it."""
         from probcat.infer.bright import core_probability, force_mask, unclaimed
         from probcat.infer.detect import at_seeing, catalog_from_decisions, decode
 
@@ -1002,6 +1004,7 @@ def detect(
             (``bright_rescue`` column; :mod:`probcat.infer.bright`): the brightest clumpy,
             irregular and real galaxies of a field, which the tile probabilities spread too
             thin, at a small cost in precision (``docs/robustness.md``, *Bright galaxies*).
+            The MAP catalog's: posterior samples are drawn as without it.
 
     Example:
         >>> res = probcat.detect("field.fits")                    # doctest: +SKIP
@@ -1519,6 +1522,8 @@ def photoz(
             training galaxies: it mends the calibration, not the accuracy.
         width_scale: a factor on every mixture width, e.g. one fitted on another image
             (not with ``known_redshifts``).
+        rescue_bright: as :func:`detect`'s: the bright galaxies the detector leaves without
+            a detection get one, and their PDFs.
 
     Example:
         >>> res = probcat.photoz("field_ugrizy.fits")                 # doctest: +SKIP
