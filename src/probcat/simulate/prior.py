@@ -460,30 +460,29 @@ PRIOR_VERSIONS = {
 }
 
 
+def _morphology_with(kind: str, suffix: str) -> str | None:
+    """The morphology population before ``suffix`` in ``kind`` (``"morphology+hdf"`` ->
+    ``"morphology"``); None when ``kind`` does not end with it."""
+    if not kind.endswith(suffix):
+        return None
+    base = kind[: -len(suffix)]
+    if parse_families(base) is None:
+        raise ProbcatValueError(
+            f"population {kind!r}: '{suffix}' follows morphology or morphology:<families>"
+        )
+    return base
+
+
 def parse_hdf_mix(kind: str) -> str | None:
     """The morphology population of a ``"<morphology population>+hdf"`` mixture
     (``"morphology+hdf"`` -> ``"morphology"``); None for any other population."""
-    if not kind.endswith("+hdf"):
-        return None
-    base = kind[: -len("+hdf")]
-    if parse_families(base) is None:
-        raise ProbcatValueError(
-            f"population {kind!r}: '+hdf' follows morphology or morphology:<families>"
-        )
-    return base
+    return _morphology_with(kind, "+hdf")
 
 
 def parse_bright_mix(kind: str) -> str | None:
     """The morphology population of a ``"<morphology population>+bright"`` population
     (``"morphology+bright"`` -> ``"morphology"``); None for any other population."""
-    if not kind.endswith("+bright"):
-        return None
-    base = kind[: -len("+bright")]
-    if parse_families(base) is None:
-        raise ProbcatValueError(
-            f"population {kind!r}: '+bright' follows morphology or morphology:<families>"
-        )
-    return base
+    return _morphology_with(kind, "+bright")
 
 
 def prior_version(kind: str) -> str:
@@ -569,6 +568,30 @@ def _family_shapes(rng: np.random.Generator, family: str, mag_i: np.ndarray) -> 
     return {**base, **cols}
 
 
+def _family_parts(n, families, bands, seed: list, draw_mags, id_base: int, id_stride: int):
+    """One table per family of ``n`` galaxies split over ``families`` in proportion to
+    :data:`FAMILY_FRACTIONS`: each family's magnitudes (``draw_mags(rng, m)``) and shapes
+    from its own stream (``seed`` + its code), ids from ``id_base`` + code * ``id_stride``."""
+    frac = np.array([FAMILY_FRACTIONS[f] for f in families])
+    counts = np.floor(n * frac / frac.sum()).astype(int)
+    counts[0] += n - counts.sum()
+    parts = []
+    for f, m in zip(families, counts):
+        code = FAMILIES.index(f)
+        rng = np.random.default_rng([*seed, code + 1])
+        mag_i = draw_mags(rng, int(m))
+        t = Table()
+        t["id"] = np.arange(m, dtype=np.int64) + id_base + code * id_stride
+        for b in bands:
+            t[f"mag_{b}"] = mag_i
+        for name, col in _family_shapes(rng, f, mag_i).items():
+            t[name] = col
+        t["family"] = np.full(int(m), code, np.int16)
+        t["redshift"] = np.full(int(m), np.nan)
+        parts.append(t)
+    return parts
+
+
 def morphology_galaxies(
     n: int,
     *,
@@ -587,23 +610,10 @@ def morphology_galaxies(
     families = tuple(f for f in FAMILIES if f in families)
     if not families:
         raise ProbcatValueError("morphology_galaxies needs at least one family")
-    frac = np.array([FAMILY_FRACTIONS[f] for f in families])
-    counts = np.floor(n * frac / frac.sum()).astype(int)
-    counts[0] += n - counts.sum()
-    parts = []
-    for f, m in zip(families, counts):
-        code = FAMILIES.index(f)
-        rng = np.random.default_rng([seed, k, 7919, code + 1])
-        mag_i = sample_galaxy_mags(rng, int(m))
-        t = Table()
-        t["id"] = np.arange(m, dtype=np.int64) + k * _SPLIT_ID_STRIDE + code * _FAMILY_ID_STRIDE
-        for b in bands:
-            t[f"mag_{b}"] = mag_i
-        for name, col in _family_shapes(rng, f, mag_i).items():
-            t[name] = col
-        t["family"] = np.full(int(m), code, np.int16)
-        t["redshift"] = np.full(int(m), np.nan)
-        parts.append(t)
+    parts = _family_parts(
+        n, families, bands, [seed, k, 7919], sample_galaxy_mags,
+        k * _SPLIT_ID_STRIDE, _FAMILY_ID_STRIDE,
+    )  # fmt: skip
     from astropy.table import vstack
 
     out = vstack(parts, metadata_conflicts="silent")
@@ -719,29 +729,12 @@ def morphology_bright_galaxies(
     k = _split_index(split)
     families = tuple(f for f in FAMILIES if f in families)
     base = morphology_galaxies(n, split=split, seed=seed, bands=bands, families=families)
-    n_bright = int(round(n * BRIGHT_SHARE))
-    frac = np.array([FAMILY_FRACTIONS[f] for f in families])
-    counts = np.floor(n_bright * frac / frac.sum()).astype(int)
-    counts[0] += n_bright - counts.sum()
-    parts = []
-    for f, m in zip(families, counts):
-        code = FAMILIES.index(f)
-        rng = np.random.default_rng([seed, k, 104729, code + 1])
-        mag_i = rng.uniform(*BRIGHT_RANGE, int(m))
-        t = Table()
-        t["id"] = (
-            np.arange(m, dtype=np.int64)
-            + k * _SPLIT_ID_STRIDE
-            + _BRIGHT_ID_OFFSET
-            + code * (_FAMILY_ID_STRIDE // 10)
-        )
-        for b in bands:
-            t[f"mag_{b}"] = mag_i
-        for name, col in _family_shapes(rng, f, mag_i).items():
-            t[name] = col
-        t["family"] = np.full(int(m), code, np.int16)
-        t["redshift"] = np.full(int(m), np.nan)
-        parts.append(t[base.colnames])
+    parts = _family_parts(
+        int(round(n * BRIGHT_SHARE)), families, bands, [seed, k, 104729],
+        lambda rng, m: rng.uniform(*BRIGHT_RANGE, m),
+        k * _SPLIT_ID_STRIDE + _BRIGHT_ID_OFFSET, _FAMILY_ID_STRIDE // 10,
+    )  # fmt: skip
+    parts = [t[base.colnames] for t in parts]
     bright = vstack(parts, metadata_conflicts="silent")
     w = BRIGHT_DRAW_SHARE / (1.0 - BRIGHT_DRAW_SHARE) * len(base) / max(len(bright), 1)
     base["draw_weight"] = np.ones(len(base))
