@@ -355,9 +355,9 @@ def process_image(
     bands: list | None = None,
 ) -> dict:
     """Detect one image (with its ``mask`` file and ``weight`` map, if any; its HDU ``hdu``
-    of a file with several; ``bands``: ``[(band, file), ...]`` of an image of one file per
-    band, of which the detector alone reads its own bands' files) and write its catalog
-    atomically; with ``options["photoz"]``
+    of a file with several; ``bands``: ``[(band, file), ...]`` for an image of one file per
+    band, of which a detection-only run reads the detector's bands alone) and write its
+    catalog atomically; with ``options["photoz"]``
     (photo-z weights), estimate the galaxies' redshift PDFs too (:func:`probcat.photoz`):
     the catalog gets their columns and the PDFs go to
     :func:`probcat.redshift.pdf.pdf_path`, written before the
