@@ -149,3 +149,14 @@ def test_the_command_line_rescues_and_a_run_records_it(tmp_path, weights, capsys
     capsys.readouterr()
     assert main(run) == 2  # the same folder without the rescue: refused
     assert "rescue_bright True -> False" in capsys.readouterr().err
+
+
+def test_a_segmentation_that_fails_is_said_and_rescues_nothing(monkeypatch):
+    import sep
+
+    def full(*a, **k):
+        raise Exception("internal pixel buffer full")
+
+    monkeypatch.setattr(sep, "extract", full)
+    with pytest.warns(UserWarning, match="could not segment the image"):
+        assert unclaimed(_image(), [], []).shape == (0, 3)

@@ -64,7 +64,11 @@ def unclaimed(image: np.ndarray, x, y) -> np.ndarray:
     try:
         objs = sep.extract(img, SEGMENT_THRESH, err=1.0, minarea=5, deblend_nthresh=32,
                            deblend_cont=0.005, filter_kernel=gaussian_kernel(3, 2.0))  # fmt: skip
-    except Exception:  # noqa: BLE001 - SEP's buffer limits on a crowded image: no rescue
+    except Exception as e:  # noqa: BLE001 - SEP's buffer limits on a crowded image
+        import warnings
+
+        warnings.warn(f"rescue_bright: SEP could not segment the image ({e}): no object "
+                      "was rescued", stacklevel=3)  # fmt: skip
         return np.zeros((0, 3))
     npix = np.asarray(objs["npix"], float)
     snr = np.asarray(objs["flux"], float) / np.sqrt(np.maximum(npix, 1.0))
