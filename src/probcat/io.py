@@ -264,6 +264,9 @@ def read_image(
     )  # fmt: skip
 
 
+GRID_TOLERANCE_PX = 0.05  # the most two bands' pixel grids may differ by to make one image
+
+
 def read_bands(
     paths, mask_planes=None, weight=None, weight_type: str = "weight", hdu=None
 ) -> ImageData:
@@ -319,7 +322,7 @@ def read_bands(
     wcs = next((d.wcs for d in planes if d.wcs is not None), None)
     for (_, path), d in zip(items, planes):
         off = _grid_offset(wcs, d.wcs, shape[1:])
-        if off > 0.05:
+        if off > GRID_TOLERANCE_PX:
             raise ProbcatValueError(
                 f"{path}: its WCS puts the pixels {off:.2g} px from those of {items[0][1]}: "
                 "the bands must share one pixel grid (resample them onto one first)"
@@ -466,7 +469,7 @@ def _band_of_file(path):
 def same_grid(a: tuple, b: tuple) -> bool:
     """Whether two ``((H, W), wcs)`` images share their pixel grid: one size, and WCSs
     (where both have one) within 0.05 px of each other, as :func:`read_bands` needs."""
-    return a[0] == b[0] and _grid_offset(a[1], b[1], a[0]) <= 0.05
+    return a[0] == b[0] and _grid_offset(a[1], b[1], a[0]) <= GRID_TOLERANCE_PX
 
 
 def _grid_offset(ref: WCS | None, wcs: WCS | None, shape: tuple[int, int]) -> float:

@@ -30,6 +30,8 @@ added pieces of detected galaxies more often than the galaxies they missed.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -65,8 +67,6 @@ def unclaimed(image: np.ndarray, x, y) -> np.ndarray:
         objs = sep.extract(img, SEGMENT_THRESH, err=1.0, minarea=5, deblend_nthresh=32,
                            deblend_cont=0.005, filter_kernel=gaussian_kernel(3, 2.0))  # fmt: skip
     except Exception as e:  # noqa: BLE001 - SEP's buffer limits on a crowded image
-        import warnings
-
         warnings.warn(f"rescue_bright: SEP could not segment the image ({e}): no object "
                       "was rescued", stacklevel=3)  # fmt: skip
         return np.zeros((0, 3))
