@@ -1415,12 +1415,13 @@ TABLES = {
     ),
     "bright": (
         "the brightest galaxies of 400×400 fields (test galaxies): found when a detection lies "
-        "within max(2 px, half the half-light radius) of the centre; probcat as it is and with "
-        "`--rescue-bright`, SEP on the same fields",
+        "within max(2 px, half the half-light radius) of the centre; probcat as it is (bright "
+        "objects rescued) and with `--no-rescue-bright` (the network's decisions alone), SEP "
+        "on the same fields",
         [
             *[
                 (
-                    f"{label}, i {bins}: recall{', --rescue-bright' if rescue else ''}",
+                    f"{label}, i {bins}: recall{'' if rescue else ', --no-rescue-bright'}",
                     f"populations.{pop}.bins.{key}.probcat{'_rescue' if rescue else ''}.recall",
                     f"populations.{pop}.bins.{key}.sep.recall",
                     ".3f",
@@ -1436,12 +1437,12 @@ TABLES = {
             ],
             *[
                 (
-                    f"{label}, 98-px scenes: {what}, --rescue-bright",
+                    f"{label}, 98-px scenes: {what}",
                     f"populations.{pop}.scenes_98px.probcat_rescue.{what}",
                     f"populations.{pop}.scenes_98px.probcat.{what}",
                     ".4f",
                     "",
-                    "probcat without",
+                    "--no-rescue-bright",
                 )
                 for pop, label in (
                     ("morphology", "five families"),

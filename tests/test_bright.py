@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from probcat.errors import ProbcatValueError
-from probcat.infer.bright import core_probability, force_mask, unclaimed
-from probcat.infer.detect import decode, map_catalog, tile_features
+from probcat.infer.bright import (
+    REACH_TILES,
+    core_probability,
+    decode_forced,
+    force_mask,
+    unclaimed,
+)
+from probcat.infer.detect import decode, map_catalog, tile_features, tile_image
 
 
 def _image(seed=0, size=96):
@@ -77,13 +83,77 @@ def test_a_forced_tile_is_decided_and_forcing_is_map_only(net):
         decode(net, feats, force=force[:, :3])
 
 
-def test_detect_rescues_the_bright_object_and_says_so(weights):
+def _decisions_equal(a, b) -> None:
+    """Two decodings: the same decisions, their numbers equal to float rounding."""
+    for name in a.__dataclass_fields__:
+        x, y = getattr(a, name), getattr(b, name)
+        pairs = (
+            [(getattr(x, f), getattr(y, f)) for f in x.__dataclass_fields__]
+            if hasattr(x, "count_logit")
+            else [(x, y)]
+        )
+        for u, v in pairs:
+            if u is None:
+                assert v is None
+            elif u.dtype == torch.bool:
+                assert torch.equal(u, v), name
+            else:
+                assert torch.equal(u.isnan(), v.isnan()), name
+                torch.testing.assert_close(u.nan_to_num(), v.nan_to_num(), atol=1e-4, rtol=1e-4)
+
+
+def test_decoding_around_the_forced_tiles_equals_decoding_the_whole_image_again():
+    """decode_forced (windows around the forced tiles, spliced into the decoding without
+    them) against the brute force: the whole image decoded again with them forced. A net
+    with every conditioning the shipped weights have (proximity, refiner, stamps), an image
+    larger than a window, forced tiles at corners, edges, odd tiles, in a cluster and far
+    apart, in the second image of a batch."""
+    from probcat.nets.detection import DetectionNet
+
+    torch.manual_seed(0)
+    net = DetectionNet(
+        n_bands=1, stem_channels=4, channels=8, n_blocks=1, stem="patchify",
+        classifier="stamp", proximity=True, loc_refine=True,
+    ).eval()  # fmt: skip
+    with torch.no_grad():  # decisions that sway their neighbours' strongly
+        net.detection_head.cond_in.weight.mul_(30.0)
+    rng = np.random.default_rng(4)
+    imgs = np.stack([_image(seed=s, size=96) for s in (1, 2)])  # two images of one batch
+    big = rng.standard_normal((2, 1, 213, 187)).astype(np.float32)  # 43 x 38 tiles
+    big[:, :, :96, :96] += imgs[:, None] * 2
+    feats = torch.cat([tile_features(net, b, 1.0) for b in big])
+    pixels = torch.cat([tile_image(net, b, 1.0) for b in big])
+    nty, ntx = feats.shape[-2:]
+    base = decode(net, feats, image=pixels)
+    force = torch.zeros(1, nty, ntx, dtype=torch.bool)
+    for y, x in ((0, 0), (nty - 1, ntx - 1), (1, ntx - 2), (21, 19), (23, 22), (20, 30), (40, 3)):
+        force[0, y, x] = True
+    locs = torch.rand(1, nty, ntx, 2, generator=torch.Generator().manual_seed(1))
+    for k in (0, 1):
+        brute = decode(net, feats[k : k + 1], image=pixels[k : k + 1], force=force,
+                       force_locs=locs)  # fmt: skip
+        got = decode_forced(net, feats, pixels, base, k, force, locs, 0.5)
+        _decisions_equal(got, brute)
+        # and the forced decisions changed tiles beyond the forced ones (not a vacuous test),
+        # all within reach of them
+        changed = (brute.n[0] != base.n[k]) & ~force[0]
+        assert int(changed.sum()) >= 3
+        ys, xs = torch.nonzero(changed, as_tuple=True)
+        fy, fx = torch.nonzero(force[0], as_tuple=True)
+        reach = torch.maximum((ys[:, None] - fy).abs(), (xs[:, None] - fx).abs()).min(1).values
+        assert int(reach.max()) <= REACH_TILES
+    # the decoding without them is left as it was
+    _decisions_equal(decode(net, feats, image=pixels), base)
+
+
+def test_detect_rescues_the_bright_object_by_default_and_says_so(weights):
     import probcat
 
     det = probcat.load(str(weights), threads=1)
     img = _image()
-    plain = det.detect(img[None], noise_sigma=[1.0], threshold=0.999).catalog
-    res = det.detect(img[None], noise_sigma=[1.0], threshold=0.999, rescue_bright=True)
+    plain = det.detect(img[None], noise_sigma=[1.0], threshold=0.999, rescue_bright=False)
+    plain = plain.catalog
+    res = det.detect(img[None], noise_sigma=[1.0], threshold=0.999)  # the default: rescued
     cat = res.catalog
     rescued = np.asarray(cat["bright_rescue"], bool)
     assert "bright_rescue" not in plain.colnames and rescued.sum() == 1
@@ -120,8 +190,9 @@ def test_the_rescue_column_survives_the_reading_at_the_images_seeing(weights, mo
 
 
 def test_the_command_line_rescues_and_a_run_records_it(tmp_path, weights, capsys):
-    """probcat detect --rescue-bright writes the column; probcat run keeps the option in
-    its run_options.json (a rerun without it is refused while its catalogs are there)."""
+    """probcat detect writes the column (--no-rescue-bright: none); probcat run keeps the
+    option in its run_options.json (a rerun without it is refused while its catalogs are
+    there)."""
     from probcat.catalog import FullCatalog, make_wcs
     from probcat.cli import main
     from probcat.io import write_image
@@ -138,16 +209,17 @@ def test_the_command_line_rescues_and_a_run_records_it(tmp_path, weights, capsys
         "--noise",
         str(survey.noise_sigma[0]),
     ]
-    assert (
-        main(["detect", str(path), "--rescue-bright", "-o", str(tmp_path / "c.fits"), *common]) == 0
-    )
+    assert main(["detect", str(path), "-o", str(tmp_path / "c.fits"), *common]) == 0
     cat = FullCatalog.read(tmp_path / "c.fits")
     assert int(np.sum(cat["bright_rescue"])) == 1
+    off = ["detect", str(path), "--no-rescue-bright", "-o", str(tmp_path / "n.fits"), *common]
+    assert main(off) == 0
+    assert "bright_rescue" not in FullCatalog.read(tmp_path / "n.fits").colnames
     run = ["run", str(path), "-o", str(tmp_path / "run"), "--workers", "0", "-q", *common]
-    assert main([*run, "--rescue-bright"]) == 0
+    assert main(run) == 0
     assert FullCatalog.read(tmp_path / "run" / "field.parquet")["bright_rescue"].sum() == 1
     capsys.readouterr()
-    assert main(run) == 2  # the same folder without the rescue: refused
+    assert main([*run, "--no-rescue-bright"]) == 2  # the same folder without it: refused
     assert "rescue_bright True -> False" in capsys.readouterr().err
 
 

@@ -155,7 +155,8 @@ def test_annotate_vetoes_before_calibrating_and_records_the_count():
 def test_shipped_catalogue_is_the_decoded_one_less_the_rules_vetoes(tiny_bank):
     """The shipped LSST-i weights carry a pair rule, and their MAP catalogue is exactly the
     decoded detections that :meth:`PairRule.keep` keeps (the rule applied once, on the
-    image in noise units)."""
+    image in noise units; the network's decisions alone, without the rescue of bright
+    objects)."""
     import probcat
     from probcat.infer.detect import batch_tile_features, catalog_from_decisions, decode, tile_image
     from probcat.simulate.scene import SceneConfig, SceneSimulator
@@ -167,7 +168,7 @@ def test_shipped_catalogue_is_the_decoded_one_less_the_rules_vetoes(tiny_bank):
     sim = SceneSimulator(tiny_bank, SceneConfig(64, 64, margin=0))
     rng = np.random.default_rng(11)
     imgs = np.stack([sim.sample(rng).image for _ in range(12)])
-    cats = det.catalog(imgs, noise_sigma=sigma, background="none")
+    cats = det.catalog(imgs, noise_sigma=sigma, background="none", rescue_bright=False)
     feats = batch_tile_features(det.net, imgs, sigma)
     dec = decode(det.net, feats, image=tile_image(det.net, imgs, sigma))
     vetoed = 0

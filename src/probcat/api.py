@@ -611,33 +611,33 @@ class Detector:
 
         return threads_for(self.threads, int(np.prod(batch.x.shape[:1] + batch.x.shape[2:])))
 
-    def _rescue(self, cat, x, feats, pixels, threshold, seeing, meta, masked):
-        """``cat`` (the MAP catalog of one image ``x``, noise units) with a detection for
-        each bright object it leaves without one (:mod:`probcat.infer.bright`): the image
-        decoded again with their tiles decided to hold a source; their ``prob`` the
+    def _rescue(self, cat, x, feats, pixels, dec, k, threshold, seeing, meta, masked):
+        """``cat`` (the MAP catalog of image ``k`` ``x``, noise units, of the batch decoded
+        as ``dec`` from ``feats`` and ``pixels``) with a detection for each bright object it
+        leaves without one (:mod:`probcat.infer.bright`): the image decoded again (around
+        them) with their tiles decided to hold a source; their ``prob`` the
         probability that their core holds one. Returns the catalog (with ``bright_rescue``)
         and the tiles decided with the positions proposed there, ``(force, force_locs)`` of
         :func:`~probcat.infer.detect.decode` (None where there were none). The MAP catalog
         only: posterior samples are drawn as without it."""
-        from probcat.infer.bright import core_probability, force_mask, unclaimed
-        from probcat.infer.detect import at_seeing, catalog_from_decisions, decode
+        from probcat.infer.bright import core_probability, decode_forced, force_mask, unclaimed
+        from probcat.infer.detect import at_seeing, catalog_from_decisions
 
         found = unclaimed(np.asarray(x), cat["x"], cat["y"])
         if not len(found):
             return cat.with_columns(bright_rescue=np.zeros(len(cat), bool)), None
         force, at = force_mask(found, self.net.tile_size, tuple(feats.shape[-2:]))
         with at_seeing(self.net, seeing):
-            dec = decode(self.net, feats, image=pixels, threshold=threshold, force=force,
-                         force_locs=at)  # fmt: skip
+            one = decode_forced(self.net, feats, pixels, dec, k, force, at, threshold)
         out = _with_mask(catalog_from_decisions(
-            dec, 0, dec.marginal, cat.image_shape, self.net.tile_size, self.survey.band_names,
+            one, 0, one.marginal, cat.image_shape, self.net.tile_size, self.survey.band_names,
             meta,
         ), masked)  # fmt: skip
         tiles = force[0].numpy()
         ty, tx = np.asarray(out["tile_y"], int), np.asarray(out["tile_x"], int)
         rescued = tiles[ty, tx] & (np.asarray(out["prob_conditional"], float) <= threshold)
         prob = np.asarray(out["prob"], float).copy()
-        marginal = dec.marginal.prob[0].cpu().numpy()
+        marginal = one.marginal.prob[0].cpu().numpy()
         for i in np.flatnonzero(rescued):
             ox, oy, r = found[
                 np.argmin(np.hypot(found[:, 0] - out["x"][i], found[:, 1] - out["y"][i]))
@@ -673,6 +673,8 @@ class Detector:
     def probability_map(self, images, *, noise_sigma=None, **opts) -> np.ndarray:
         """Per-tile marginal detection probability ``(nty, ntx)`` (``(B, nty, ntx)`` for
         several images)."""
+        # the map is the network's marginals, whatever the rescue of bright objects adds
+        opts = {"rescue_bright": False, **opts}
         return self._run(images, noise_sigma, opts, threshold=0.5)[1]
 
     def sample(
@@ -756,7 +758,7 @@ class Detector:
             raise ProbcatValueError(f"seed must lie in [0, 2^63), got {seed}")
         opts = dict(opts)
         seeing = opts.pop("seeing", "auto")
-        rescue = opts.pop("rescue_bright", False)
+        rescue = opts.pop("rescue_bright", True)
         if not isinstance(rescue, (bool, np.bool_)):
             raise ProbcatValueError(f"rescue_bright must be True or False, got {rescue!r}")
         unknown = set(opts) - {"background", "gain", "mask", "zeropoint"}
@@ -793,8 +795,8 @@ class Detector:
                         force = None  # tiles decided to hold a bright object's source
                         if rescue and want_map:
                             c, force = self._rescue(
-                                c, batch.x[sl.start + k], feats[k : k + 1],
-                                pixels[k : k + 1], threshold, fixed, meta, masked,
+                                c, batch.x[sl.start + k], feats, pixels, dec, k, threshold,
+                                fixed, meta, masked,
                             )  # fmt: skip
                         # the decode's arguments for those tiles (and where they are)
                         forced = {} if force is None else dict(zip(("force", "force_locs"), force))
@@ -959,7 +961,7 @@ def detect(
     progress: bool = False,
     mask=None,
     zeropoint=None,
-    rescue_bright: bool = False,
+    rescue_bright: bool = True,
 ) -> DetectionResult:
     """Detect and classify sources in an image of any size.
 
@@ -1004,7 +1006,8 @@ def detect(
             (``bright_rescue`` column; :mod:`probcat.infer.bright`): the brightest clumpy,
             irregular and real galaxies of a field, which the tile probabilities spread too
             thin, at a small cost in precision (``docs/robustness.md``, *Bright galaxies*).
-            The MAP catalog's: posterior samples are drawn as without it.
+            The MAP catalog's: posterior samples are drawn as without it. False: the
+            network's decisions alone (as before 0.1.0).
 
     Example:
         >>> res = probcat.detect("field.fits")                    # doctest: +SKIP
@@ -1481,7 +1484,7 @@ def photoz(
     match_depth: bool = False,
     known_redshifts=None,
     width_scale: float = 1.0,
-    rescue_bright: bool = False,
+    rescue_bright: bool = True,
 ):
     """Detect the sources of a multi-band image and estimate a redshift PDF for each galaxy
     (paper 002): a :class:`~probcat.redshift.estimator.PhotozResult` with the catalog (``z_mode,

@@ -68,8 +68,8 @@ SEEING_OPTION = typer.Option(
     "the survey's)",
 )
 RESCUE_BRIGHT_OPTION = typer.Option(
-    False,
-    "--rescue-bright",
+    True,
+    "--rescue-bright/--no-rescue-bright",
     help="a detection for each bright object (SEP: SNR 50+, 100+ px) left without one, "
     "where the network spreads a lumpy galaxy's probability over several tiles "
     "(bright_rescue column; docs/robustness.md, Bright galaxies)",

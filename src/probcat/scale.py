@@ -440,7 +440,7 @@ def run(
     gain=None,
     noise_sigma=None,
     seeing="auto",
-    rescue_bright: bool = False,
+    rescue_bright: bool = True,
     mask_planes=None,
     weight_type: str = "weight",
     suffix: str = ".parquet",
@@ -559,7 +559,8 @@ OPTIONS = "run_options.json"  # in the output directory: the options its catalog
 _CATALOG_OPTIONS = ("weights", "threshold", "background", "gain", "noise_sigma", "seeing",
                     "mask_planes", "weight_type", "photoz", "width_scale",
                     "rescue_bright")  # fmt: skip
-_ADDED_OPTIONS = {"rescue_bright": False}  # later options, at their defaults
+# later options, as the catalogs of a folder written before them were made
+_ADDED_OPTIONS = {"rescue_bright": False}
 
 
 def _same_options(out, options: dict, done: int, write: bool = True) -> None:

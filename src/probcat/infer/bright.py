@@ -42,6 +42,7 @@ __all__ = [
     "unclaimed",
     "force_mask",
     "core_probability",
+    "decode_forced",
 ]
 
 BRIGHT_SNR = 50.0  # an object's flux over the noise of its pixels
@@ -49,6 +50,15 @@ BRIGHT_NPIX = 100  # pixels of its segment (a radius of 5.6 px or more)
 BRIGHT_FREE = 0.4  # no detection within this share of its radius (at least MIN_FREE_PX)
 MIN_FREE_PX = 3.0
 SEGMENT_THRESH = 1.5  # sigma, SEP's extraction threshold (paper 000, Table 2)
+# tiles a forced decision can change: each of the checkerboard's later passes conditions a
+# tile on the decisions within 2 tiles (3x3 convolution of the decision channels, proximity
+# to the 8 neighbours: ``_group_pass``'s halo), and a decision made in the first pass is
+# read by the three after it
+REACH_TILES = 2 * 3
+# tiles of blank context beyond those: a window's edge changes the decisions within the same
+# reach of it, and the stamps of the refiner and classifier (16 px) reach 2 tiles further
+WINDOW_TILES = 2 * REACH_TILES + 2
+WINDOW_BATCH = 64  # windows decoded at once (memory)
 
 
 def unclaimed(image: np.ndarray, x, y) -> np.ndarray:
@@ -110,3 +120,85 @@ def core_probability(prob: np.ndarray, x: float, y: float, radius: float, tile_s
     near = np.hypot(cx[None, :] - x, cy[:, None] - y) <= r
     p = np.clip(np.asarray(prob, float)[near], 0.0, 1.0)
     return float(1.0 - np.prod(1.0 - p)) if p.size else 0.0
+
+
+def decode_forced(net, feats, pixels, base, k: int, force, force_locs, threshold: float):
+    """The MAP decoding of image ``k`` of ``feats`` ``(B, C, nty, ntx)`` (pixels
+    ``(B, bands, nty * t, ntx * t)``) with the tiles ``force`` ``(1, nty, ntx)`` decided to
+    hold a source (at ``force_locs``): :func:`~probcat.infer.detect.decode` with ``force``,
+    run only on a window around each of those tiles (the windows decoded as one batch) and
+    spliced into ``base`` (the batch's decoding without them, a
+    :class:`~probcat.infer.detect.Decisions`). The same as decoding the whole image again:
+    the tiles a forced decision can change lie within :data:`REACH_TILES` of it, and each
+    window adds :data:`WINDOW_TILES` of context (the tests compare the two). Returns the
+    :class:`~probcat.infer.detect.Decisions` of the one image."""
+    from probcat.infer.detect import decode
+
+    nty, ntx = feats.shape[-2:]
+    t = net.tile_size
+    one = _select(base, k)  # a copy: the windows' tiles are written into it
+    # every window the same size, starting on an even tile (the checkerboard's groups are
+    # then the image's) and ending at the image's edge where it reaches it
+    side = 2 * WINDOW_TILES + 2
+    sy, sx = (n if side >= n else side + (n - side) % 2 for n in (nty, ntx))
+    at = torch.nonzero(force[0]).tolist()
+    for c0 in range(0, len(at), WINDOW_BATCH):
+        chunk = at[c0 : c0 + WINDOW_BATCH]
+        boxes = [
+            (min(max((y - WINDOW_TILES) // 2 * 2, 0), nty - sy),
+             min(max((x - WINDOW_TILES) // 2 * 2, 0), ntx - sx))
+            for y, x in chunk
+        ]  # fmt: skip
+        crop = [(slice(None), slice(oy, oy + sy), slice(ox, ox + sx)) for oy, ox in boxes]
+        win = decode(
+            net,
+            torch.cat([feats[k : k + 1, :, b[1], b[2]] for b in crop]),
+            image=torch.cat(
+                [
+                    pixels[k : k + 1, :, oy * t : (oy + sy) * t, ox * t : (ox + sx) * t]
+                    for oy, ox in boxes
+                ]
+            ),  # fmt: skip
+            threshold=threshold,
+            force=torch.cat([force[b] for b in crop]),
+            force_locs=None if force_locs is None else torch.cat([force_locs[b] for b in crop]),
+        )
+        for j, ((y, x), (oy, ox)) in enumerate(zip(chunk, boxes)):
+            # the tiles within reach of this window's forced tile (inside the window)
+            y0, y1 = max(y - REACH_TILES, 0), min(y + REACH_TILES + 1, nty)
+            x0, x1 = max(x - REACH_TILES, 0), min(x + REACH_TILES + 1, ntx)
+            near = (0, slice(y0, y1), slice(x0, x1))
+            there = (j, slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox))
+            for a, b in zip(_tensors(one), _tensors(win)):
+                a[near] = b[there].to(a)
+    return one
+
+
+def _values(x) -> tuple:
+    """The fields of a dataclass (a decoding, a tile output), in order."""
+    return tuple(getattr(x, name) for name in x.__dataclass_fields__)
+
+
+def _tensors(dec) -> list:
+    """The tensors of a decoding (those of its tile outputs included), in order."""
+    out = []
+    for v in _values(dec):
+        out.extend(_values(v) if hasattr(v, "count_logit") else [] if v is None else [v])
+    return out
+
+
+def _select(dec, k: int):
+    """Image ``k`` of the batch decoding ``dec``, as a copy decoding one image (a field with
+    one image for the whole batch, e.g. a shared marginal, is that one)."""
+    from probcat.infer.detect import Decisions
+    from probcat.nets.heads import TileOutput
+
+    def pick(x):
+        if isinstance(x, TileOutput):
+            return TileOutput(*(pick(v) for v in _values(x)))
+        if x is None:
+            return None
+        i = min(k, x.shape[0] - 1)
+        return x[i : i + 1].clone()
+
+    return Decisions(*(pick(v) for v in _values(dec)))
