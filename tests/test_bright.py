@@ -221,6 +221,18 @@ def test_the_command_line_rescues_and_a_run_records_it(tmp_path, weights, capsys
     capsys.readouterr()
     assert main([*run, "--no-rescue-bright"]) == 2  # the same folder without it: refused
     assert "rescue_bright True -> False" in capsys.readouterr().err
+    # a folder written before the option existed was made without the rescue: the default
+    # is refused there, with the way to continue it, which then works
+    import json
+
+    options = tmp_path / "run" / "run_options.json"
+    old = json.loads(options.read_text())
+    del old["rescue_bright"]
+    options.write_text(json.dumps(old))
+    assert main(run) == 2
+    err = capsys.readouterr().err
+    assert "rescue_bright False -> True" in err and "--no-rescue-bright" in err
+    assert main([*run, "--no-rescue-bright"]) == 0
 
 
 def test_a_segmentation_that_fails_is_said_and_rescues_nothing(monkeypatch):

@@ -585,10 +585,13 @@ def _same_options(out, options: dict, done: int, write: bool = True) -> None:
         done = max(done, sum(1 for p in Path(out).glob("*") if p.suffix in SUFFIXES))
     if done and isinstance(have, dict) and have != want:
         changed = [f"{k} {have.get(k)!r} -> {want[k]!r}" for k in want if have.get(k) != want[k]]
+        hint = ""
+        if have.get("rescue_bright") is False and want["rescue_bright"] is True:
+            hint = ", or continue without the rescue of bright objects (--no-rescue-bright)"
         raise ProbcatValueError(
             f"{out}: its {done} finished catalogs were made with other options "
             f"({'; '.join(changed)}); a rerun skips them: give another output directory, or "
-            "remove them to remake them"
+            f"remove them to remake them{hint}"
         )
     if write:
         text = json.dumps(want, indent=1)

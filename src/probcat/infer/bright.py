@@ -13,14 +13,17 @@ paper's deblending); each object of SNR at least :data:`BRIGHT_SNR` (its flux ov
 noise of its pixels) and :data:`BRIGHT_NPIX` pixels or more, with no detection within
 max(3 px, :data:`BRIGHT_FREE` times its radius sqrt(npix / pi)) of its centre, has the tile
 holding its centre decided to hold a source, proposed at that centre, and the image is
-decoded again (:func:`probcat.infer.detect.decode`, ``force`` and ``force_locs``): the
-network refines its position, classifies it and gives it intervals, and conditions its
-neighbours on it, as for any other source. (Proposed where the tile's own posterior puts
-it, the refined positions of rescued irregular galaxies were within 2 px of the truth for
-51% of them, against 69% from SEP's centre; validation fields.) Its ``prob`` is the
+decoded again around it (:func:`decode_forced`: :func:`probcat.infer.detect.decode` with
+``force`` and ``force_locs``, on windows): the network refines its position, classifies
+it and gives it intervals, and conditions its neighbours on it, as for any other source.
+(Proposed where the tile's own posterior puts it, the refined positions of rescued
+irregular galaxies were within 2 px of the truth for 51% of them, against 69% from SEP's
+centre; validation fields.) Its ``prob`` is the
 probability that the tiles of its core hold at least one source, ``1 - prod(1 - p)`` over
 the marginal probabilities of the tiles within that radius (calibrated as any probability),
 and ``bright_rescue`` marks it.
+
+On by default (``rescue_bright=True``; ``--no-rescue-bright`` turns it off).
 
 Chosen on validation galaxies (scratch; 98-px scenes, 300 per population, and forty 400-px
 fields of the five families): SNR 50, 100 px and 0.4 against SNR 30-100, 10-200 px and
@@ -158,7 +161,7 @@ def decode_forced(net, feats, pixels, base, k: int, force, force_locs, threshold
                     pixels[k : k + 1, :, oy * t : (oy + sy) * t, ox * t : (ox + sx) * t]
                     for oy, ox in boxes
                 ]
-            ),  # fmt: skip
+            ),
             threshold=threshold,
             force=torch.cat([force[b] for b in crop]),
             force_locs=None if force_locs is None else torch.cat([force_locs[b] for b in crop]),
