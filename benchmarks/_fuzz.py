@@ -86,7 +86,8 @@ def nonfinite(draw):
         x.flat[np.random.default_rng(seed).integers(0, x.size, k)] = bad
         return _write(d / "in.fits", x, NOISE=SIGMA)
 
-    return "nonfinite_pixels", "error", files, []
+    # read as pixels without data (masked), with a warning (docs/method.md, Missing data)
+    return "nonfinite_pixels", "warn", files, []
 
 
 @st.composite
@@ -361,6 +362,8 @@ def api_calls(draw):
         return probcat.detect(arr, **({"noise_sigma": SIGMA} | kwargs))
 
     expect = "ok_or_warn" if valid else "error"
+    if kind == "nan":
+        expect = "warn"  # a NaN pixel is a pixel without data: masked, with a warning
     if kind == "bool":
         expect = "ok_or_warn"  # booleans are numbers to numpy: a 0/1 image, legitimate
     return f"api_{kind}", expect, call, [], repr(kwargs)[:80]

@@ -102,6 +102,14 @@ def test_detect_cli_non_fits(tmp_path, weights, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "not a readable FITS" in err and len(err.splitlines()) == 1
     assert main(["detect", str(tmp_path / "nope.fits"), "--weights", str(weights)]) == 2
+    # bytes that open as compressed (zip, gzip, bzip2, xz: astropy reads those so) and are
+    # not: the same one-line error (a zip's BadZipFile escaped, found by the fuzz)
+    capsys.readouterr()
+    for magic in (b"PK\x03\x04", b"\x1f\x8b", b"BZh9", b"\xfd7zXZ\x00"):
+        bad.write_bytes(magic + b"not really")
+        rc = main(["detect", str(bad), "--weights", str(weights)])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and "not a readable FITS" in err and len(err.splitlines()) == 1, err
 
 
 # ---- the shipped weights ---------------------------------------------------------------

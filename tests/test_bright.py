@@ -42,6 +42,14 @@ def test_only_a_bright_extended_object_without_a_detection_near_its_centre_is_un
     two = unclaimed(np.stack([img, _image(seed=1)]), [], [])
     assert two.shape == (1, 3) and np.hypot(two[0, 0] - 40.3, two[0, 1] - 50.7) < 0.3
     assert len(unclaimed(np.zeros((40, 40)), [], [])) == 0  # blank: nothing
+    assert unclaimed(np.zeros((40, 40)), [3.0], [4.0]).shape == (0, 3)
+    # the nearest of many detections decides (brute force against the tree's answer)
+    rng = np.random.default_rng(2)
+    x, y = rng.uniform(0, 96, 500), rng.uniform(0, 96, 500)
+    far = np.hypot(x - 40.3, y - 50.7) > 6.0
+    assert len(unclaimed(img, x[far], y[far])) == 1
+    near = np.append(x[far], 41.5), np.append(y[far], 51.0)
+    assert len(unclaimed(img, *near)) == 0
 
 
 def test_force_mask_marks_the_tile_of_each_centre_and_core_probability_is_exact():

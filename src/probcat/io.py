@@ -10,9 +10,11 @@ as ``<NAME>_<BAND>`` HDUs.
 from __future__ import annotations
 
 import contextlib
+import lzma
 import os
 import re
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,10 @@ from astropy.wcs import WCS
 from probcat.catalog import atomic_write
 from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError
 from probcat.survey import Survey
+
+# what opening a file that is not FITS raises: astropy reads a file whose first bytes say
+# zip, gzip, bzip2 or xz as compressed, and a truncated or corrupt one fails in that library
+UNREADABLE = (OSError, EOFError, zipfile.BadZipFile, lzma.LZMAError)
 
 __all__ = ["ImageData", "write_image", "read_image", "read_bands", "read_files"]
 
@@ -238,7 +244,7 @@ def read_image(
                     )
                     if "NOISE" not in hdr and variance_noise is not None:
                         noise, noise_from = [variance_noise] * image.shape[0], "VARIANCE"
-    except OSError as e:
+    except UNREADABLE as e:
         raise ProbcatIOError(f"{path}: not a readable FITS file ({e})") from e
     except (ValueError, KeyError, TypeError) as e:
         if isinstance(e, ProbcatValueError):
@@ -550,7 +556,7 @@ def image_hdu_names(path) -> list[str]:
                     f"{path}: a probcat image (one HDU per band) is read whole: no hdu to choose"
                 )
             found = [(i, hdul[i].name) for i in _images(hdul) if hdul[i].name not in _AFW_PLANES]
-    except OSError as e:
+    except UNREADABLE as e:
         raise ProbcatIOError(f"{path}: not a readable FITS file ({e})") from e
     if not found:
         raise ProbcatValueError(f"{path}: no image data in any HDU")
@@ -623,7 +629,7 @@ def _read_weight(
         with _quiet_astropy(), fits.open(weight, memmap=False) as hdul:
             idx = image_hdu(weight, hdul, hdu, "weight map ", companion=True)
             w = np.array(hdul[idx].data, dtype=np.float32)  # (float64 would double a 6-band map)
-    except OSError as e:
+    except UNREADABLE as e:
         raise ProbcatIOError(f"{weight}: not a readable FITS weight map ({e})") from e
     except (TypeError, ValueError) as e:
         if isinstance(e, ProbcatValueError):

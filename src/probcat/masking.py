@@ -213,7 +213,7 @@ def read_mask(path, planes=None, hdu=None) -> np.ndarray:
     from a mask file that has several images too."""
     from astropy.io import fits
 
-    from probcat.io import image_hdu
+    from probcat.io import UNREADABLE, image_hdu
 
     path = Path(path)
     if not path.is_file():
@@ -227,7 +227,7 @@ def read_mask(path, planes=None, hdu=None) -> np.ndarray:
                     return bits
             idx = image_hdu(path, hdul, hdu, "mask ", companion=True)
             data = np.asarray(hdul[idx].data)
-    except OSError as e:
+    except UNREADABLE as e:
         raise ProbcatIOError(f"{path}: not a readable FITS mask ({e})") from e
     if data.ndim not in (2, 3) or data.dtype.kind not in "biuf":
         raise ProbcatValueError(f"{path}: a mask must be a 2-D or 3-D numeric image")

@@ -72,9 +72,9 @@ def unclaimed(image: np.ndarray, x, y) -> np.ndarray:
 
     from probcat.baselines.sep import gaussian_kernel
 
-    img = np.asarray(image, np.float64)
+    img = np.asarray(image, np.float32)  # SEP's own pixel type: no float64 copies
     if img.ndim == 3:  # bands summed, in units of the sum's noise
-        img = img.sum(0) / np.sqrt(img.shape[0])
+        img = img.sum(0) / np.float32(np.sqrt(img.shape[0]))
     img = np.ascontiguousarray(np.nan_to_num(img, nan=0.0, posinf=0.0, neginf=0.0))
     try:
         objs = sep.extract(img, SEGMENT_THRESH, err=1.0, minarea=5, deblend_nthresh=32,
@@ -90,8 +90,10 @@ def unclaimed(image: np.ndarray, x, y) -> np.ndarray:
     ox, oy, radius = np.asarray(objs["x"])[keep], np.asarray(objs["y"])[keep], radius[keep]
     x, y = np.asarray(x, float), np.asarray(y, float)
     free = np.maximum(MIN_FREE_PX, BRIGHT_FREE * radius)
-    if len(x):
-        d = np.hypot(ox[:, None] - x[None, :], oy[:, None] - y[None, :]).min(1)
+    if len(x) and len(ox):  # the nearest detection of each (a tree: thousands of each)
+        from scipy.spatial import cKDTree
+
+        d, _ = cKDTree(np.stack([x, y], 1)).query(np.stack([ox, oy], 1))
         taken = d < free
         ox, oy, radius = ox[~taken], oy[~taken], radius[~taken]
     return np.stack([ox, oy, radius], 1) if len(ox) else np.zeros((0, 3))
