@@ -6,8 +6,9 @@ Each case is one kind of bad (or odd but valid) input with the outcome a user is
 ``probcat: warning:`` line) or ``ok``. Counted: ``unhandled`` (an exception escaped, or an
 error that is not one line), ``hangs`` (over the time limit), ``partial_outputs`` (a failed
 call left a file behind, or the input changed), ``silent_garbage`` (an input owed an error or
-a warning ran without a word, or a catalog holds non-finite values or non-equatorial
-ra/dec). Run alone: ``.venv/bin/python benchmarks/_fuzz.py [--cases N]``.
+a warning ran without a word, or a catalog holds non-finite values, ra/dec from an invalid
+WCS, or ra/dec that are not a galactic or ecliptic WCS's positions in ICRS). Run alone:
+``.venv/bin/python benchmarks/_fuzz.py [--cases N]``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ def _write(path: Path, data, **keywords) -> Path:
         hdu.header[k] = v
     hdu.writeto(path, overwrite=True)
     return path
+
+
+def _gain_ok(value) -> bool:
+    """A gain probcat reads: a positive finite number within its plausible range."""
+    from probcat.background import GAIN_PLAUSIBLE
+
+    num = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return num and bool(np.isfinite(value)) and GAIN_PLAUSIBLE[0] <= value <= GAIN_PLAUSIBLE[1]
 
 
 def _noise_expectation(ratio: float) -> str:
@@ -178,7 +187,7 @@ def noise_keyword(draw):
 @st.composite
 def gain_keyword(draw):
     value = draw(st.one_of(ascii_junk, st.booleans(), any_float, finite_pos))
-    ok = isinstance(value, float) and np.isfinite(value) and value > 0
+    ok = isinstance(value, float) and _gain_ok(value)
     seed = draw(st.integers(0, 10**6))
 
     def files(d):  # ADU pixels, no NOISE: the gain decides the noise in electrons
@@ -211,8 +220,14 @@ def wcs_kind(draw):
 
     expect = "ok" if ctype[0].startswith("RA---TAN") and ctype[1] else "ok_or_warn"
     if ctype[0][:4] in ("GLON", "ELON"):
-        expect = "warn"
+        expect = "ok"  # galactic or ecliptic axes: the catalog's ra/dec in ICRS
     return f"wcs_{ctype[0]}", expect, files, []
+
+
+def _icrs(ra, dec):
+    from astropy.coordinates import SkyCoord
+
+    return SkyCoord(np.asarray(ra, float), np.asarray(dec, float), unit="deg", frame="icrs")
 
 
 @st.composite
@@ -236,7 +251,7 @@ def options(draw):
             v == "auto" or (re.fullmatch(r"\+?[0-9]+", v.strip()) is not None and int(v) >= 1)
         ),
         "--background": lambda: v in ("auto", "none"),
-        "--gain": lambda: isinstance(v, float) and np.isfinite(v) and v > 0,
+        "--gain": lambda: isinstance(v, float) and _gain_ok(v),
     }
     valid = checks[which]()
     if which == "--samples" and valid and v > 5:
@@ -328,7 +343,7 @@ def api_calls(draw):
         is_int = isinstance(v, int) and not isinstance(v, bool)
 
         def gains_one_per_band(a):
-            return isinstance(a, list) and len(a) == 1 and math.isfinite(a[0]) and a[0] > 0
+            return isinstance(a, list) and len(a) == 1 and _gain_ok(a[0])
 
         checks = {
             "threshold": lambda: fin(v) and 0 <= v < 1,
@@ -336,8 +351,8 @@ def api_calls(draw):
             "seed": lambda: is_int and 0 <= v < 2**63,
             "noise_sigma": lambda: v is None or (fin(v) and 1 < v < 1e30),
             "background": lambda: isinstance(v, str) and v in ("auto", "none"),
-            "gain": lambda: v is None or (fin(v) and v > 0) or gains_one_per_band(v),
-        }  # gain: tiny or huge values are warned; a list of one per band (here 1) is valid
+            "gain": lambda: v is None or (fin(v) and _gain_ok(v)) or gains_one_per_band(v),
+        }  # gain: within its plausible range; a list of one per band (here 1) is valid
         valid = checks[kind]()
         if kind == "samples" and is_int and 5 < v <= 100_000:
             kwargs[kind], valid = 5, True  # large valid counts only cost time
@@ -477,8 +492,21 @@ def run_case(case, cache_dir: Path) -> dict:
             for c in ("x", "y", "prob", "x_sd", "y_sd"):
                 if c in cat.colnames and not np.all(np.isfinite(np.asarray(cat[c], float))):
                     out["garbage"] = f"non-finite {c}"
-            if "ra" in cat.colnames and kind.startswith("wcs_") and not kind.startswith("wcs_RA"):
-                out["garbage"] = "ra/dec from a non-equatorial WCS"
+            other_sky = kind[4:8] in ("GLON", "ELON")
+            if "ra" in cat.colnames and kind.startswith("wcs_") and other_sky:
+                # galactic or ecliptic axes: ra/dec are the WCS's positions, in ICRS
+                from astropy.io import fits
+                from astropy.wcs import WCS
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    w = WCS(fits.getheader(d / "in.fits"))
+                sky = w.pixel_to_world(np.asarray(cat["x"]), np.asarray(cat["y"])).icrs
+                off = sky.separation(_icrs(cat["ra"], cat["dec"])).deg if len(cat) else []
+                if not np.all(np.asarray(off) < 1e-6):
+                    out["garbage"] = "ra/dec are not the WCS's positions in ICRS"
+            elif "ra" in cat.colnames and kind.startswith("wcs_") and not kind.startswith("wcs_RA"):
+                out["garbage"] = "ra/dec from an invalid WCS"
         if rc == 2 and expect in ("ok",):
             out["refused_valid"] = text[:200]
         return out

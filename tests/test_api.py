@@ -365,3 +365,25 @@ def test_read_image_bands_follow_their_hdus_and_weights_take_their_planes(tmp_pa
     # a band named in BANDS without its HDU
     with pytest.raises(ProbcatIOError, match="BANDS is gri but the file has image HDUs for gr"):
         read_image(mef("gr.fits", "gr"))
+
+
+def test_an_implausible_gain_is_a_one_line_error(tmp_path, weights, capsys):
+    """GAIN = 1e-45 read every pixel as 0 e- (float32 underflow) and ran without a word
+    (found by the fuzz): a gain outside 1e-6 to 1e6 e-/ADU is an error, as keyword, option
+    or argument; one inside is read."""
+    from astropy.io import fits
+
+    import probcat
+
+    x = np.random.default_rng(0).normal(0.0, 20.0, (48, 48)).astype(np.float32)
+    for gain, rc in ((1e-45, 2), (1e7, 2), (2.0, 0)):
+        path = tmp_path / "adu.fits"
+        hdr = fits.Header({"GAIN": gain, "BUNIT": "adu"})
+        fits.PrimaryHDU(x, header=hdr).writeto(path, overwrite=True)
+        got = main(["detect", str(path), "--weights", str(weights), "-o", str(tmp_path / "c.fits")])
+        err = capsys.readouterr().err.strip()
+        assert got == rc, err
+        if rc:
+            assert "not a plausible gain" in err and len(err.splitlines()) == 1
+    with pytest.raises(ProbcatValueError, match="plausible gain"):
+        probcat.load(str(weights)).detect(x[None], noise_sigma=[20.0], gain=1e9)

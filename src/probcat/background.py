@@ -339,9 +339,27 @@ def check_mode(background) -> None:
         )
 
 
+# gains (e-/ADU) read as one: CCDs and CMOS sensors have 0.1-10, a coadd's or a binned
+# image's effective gain can be thousands; beyond this the pixels in electrons overflow or
+# underflow float32's range (GAIN = 1e-45 read every pixel as 0), and the number a mistake
+GAIN_PLAUSIBLE = (1e-6, 1e6)
+
+
+def plausible_gain(gain: np.ndarray, what: str = "gain") -> np.ndarray:
+    """``gain`` if every value lies in :data:`GAIN_PLAUSIBLE`; else a one-line error."""
+    lo, hi = GAIN_PLAUSIBLE
+    bad = [float(g) for g in np.atleast_1d(gain) if not lo <= g <= hi]
+    if bad:
+        raise ProbcatValueError(
+            f"{what} {bad[0]:g} e-/ADU is not a plausible gain ({lo:g} to {hi:g}): check it"
+        )
+    return gain
+
+
 def gain_array(gain, n: int) -> np.ndarray:
-    """A gain (e-/ADU) per band from a number or a sequence; a one-line error otherwise."""
-    return per_band_array(gain, n, "gain")
+    """A gain (e-/ADU) per band from a number or a sequence; a one-line error otherwise
+    (and for a gain outside :data:`GAIN_PLAUSIBLE`)."""
+    return plausible_gain(per_band_array(gain, n, "gain"))
 
 
 def per_band_array(value, n: int, name: str, positive: bool = True) -> np.ndarray:

@@ -729,10 +729,12 @@ def _gain_keyword(path: Path, header) -> float:
     """``GAIN`` (e-/ADU) of an image whose ``BUNIT`` is not electrons; NaN when absent or
     when the pixels are already electrons; a value that is not a positive finite number is
     an error."""
+    from probcat.background import plausible_gain
+
     value = header.get("GAIN")
     if value is None or _unit(header) in _ELECTRONS:
         return np.nan
-    return _positive_keyword(path, "GAIN", value)
+    return float(plausible_gain(_positive_keyword(path, "GAIN", value), f"{path}: GAIN"))
 
 
 # AB magnitude of a flux of 1 in a flux-density BUNIT: -2.5 log10(unit / 3631 Jy)
