@@ -43,6 +43,16 @@ def test_only_a_bright_extended_object_without_a_detection_near_its_centre_is_un
     assert two.shape == (1, 3) and np.hypot(two[0, 0] - 40.3, two[0, 1] - 50.7) < 0.3
     assert len(unclaimed(np.zeros((40, 40)), [], [])) == 0  # blank: nothing
     assert unclaimed(np.zeros((40, 40)), [3.0], [4.0]).shape == (0, 3)
+    # a mask: an object whose box (one pixel wider) holds masked pixels is left alone (a
+    # piece of a source the mask cuts); a mask elsewhere changes nothing
+    strip = np.zeros(img.shape, bool)
+    strip[:, 44:48] = True
+    cut = np.where(strip, 0.0, img).astype(np.float32)  # masked pixels are 0 for the network
+    assert len(unclaimed(cut, [], [], strip)) == 0
+    assert len(unclaimed(cut, [], [])) >= 1  # without the mask: its pieces would be taken
+    corner = np.zeros(img.shape, bool)
+    corner[:3, :3] = True
+    assert len(unclaimed(img, [], [], corner)) == 1
     # the nearest of many detections decides (brute force against the tree's answer)
     rng = np.random.default_rng(2)
     x, y = rng.uniform(0, 96, 500), rng.uniform(0, 96, 500)

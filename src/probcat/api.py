@@ -623,7 +623,7 @@ class Detector:
         from probcat.infer.bright import core_probability, decode_forced, force_mask, unclaimed
         from probcat.infer.detect import at_seeing, catalog_from_decisions
 
-        found = unclaimed(np.asarray(x), cat["x"], cat["y"])
+        found = unclaimed(np.asarray(x), cat["x"], cat["y"], masked)
         if not len(found):
             return cat.with_columns(bright_rescue=np.zeros(len(cat), bool)), None
         force, at = force_mask(found, self.net.tile_size, tuple(feats.shape[-2:]))

@@ -64,10 +64,12 @@ WINDOW_TILES = 2 * REACH_TILES + 2
 WINDOW_BATCH = 64  # windows decoded at once (memory)
 
 
-def unclaimed(image: np.ndarray, x, y) -> np.ndarray:
+def unclaimed(image: np.ndarray, x, y, masked: np.ndarray | None = None) -> np.ndarray:
     """``(m, 3)``: centre ``x, y`` and radius (px) of the bright objects of ``image``
     (``(bands, H, W)`` in noise-sigma units, or ``(H, W)``) with no detection of ``x, y``
-    near their centre (module docstring)."""
+    near their centre (module docstring). ``masked`` (``(H, W)`` bool, pixels without data,
+    0 in ``image``): an object whose box, one pixel wider, holds any is left alone (its
+    segment may be a piece of a source that the mask cuts in two)."""
     import sep
 
     from probcat.baselines.sep import gaussian_kernel
@@ -88,6 +90,14 @@ def unclaimed(image: np.ndarray, x, y) -> np.ndarray:
     radius = np.sqrt(npix / np.pi)
     keep = (snr >= BRIGHT_SNR) & (npix >= BRIGHT_NPIX)
     ox, oy, radius = np.asarray(objs["x"])[keep], np.asarray(objs["y"])[keep], radius[keep]
+    if masked is not None and np.any(masked) and len(ox):
+        h, w = masked.shape
+        box = [np.asarray(objs[k])[keep].astype(int) for k in ("xmin", "xmax", "ymin", "ymax")]
+        cut = np.array([
+            masked[max(y0 - 1, 0) : min(y1 + 2, h), max(x0 - 1, 0) : min(x1 + 2, w)].any()
+            for x0, x1, y0, y1 in zip(*box)
+        ], bool)  # fmt: skip
+        ox, oy, radius = ox[~cut], oy[~cut], radius[~cut]
     x, y = np.asarray(x, float), np.asarray(y, float)
     free = np.maximum(MIN_FREE_PX, BRIGHT_FREE * radius)
     if len(x) and len(ox):  # the nearest detection of each (a tree: thousands of each)
