@@ -89,23 +89,28 @@ def unclaimed(image: np.ndarray, x, y, masked: np.ndarray | None = None) -> np.n
     snr = np.asarray(objs["flux"], float) / np.sqrt(np.maximum(npix, 1.0))
     radius = np.sqrt(npix / np.pi)
     keep = (snr >= BRIGHT_SNR) & (npix >= BRIGHT_NPIX)
-    ox, oy, radius = np.asarray(objs["x"])[keep], np.asarray(objs["y"])[keep], radius[keep]
-    if masked is not None and np.any(masked) and len(ox):
-        h, w = masked.shape
-        box = [np.asarray(objs[k])[keep].astype(int) for k in ("xmin", "xmax", "ymin", "ymax")]
-        cut = np.array([
-            masked[max(y0 - 1, 0) : min(y1 + 2, h), max(x0 - 1, 0) : min(x1 + 2, w)].any()
-            for x0, x1, y0, y1 in zip(*box)
-        ], bool)  # fmt: skip
-        ox, oy, radius = ox[~cut], oy[~cut], radius[~cut]
+    box = np.stack([np.asarray(objs[k]) for k in ("xmin", "xmax", "ymin", "ymax")], 1)
+    ox, oy, radius, box = (
+        np.asarray(objs["x"])[keep],
+        np.asarray(objs["y"])[keep],
+        radius[keep],
+        box[keep],
+    )
     x, y = np.asarray(x, float), np.asarray(y, float)
     free = np.maximum(MIN_FREE_PX, BRIGHT_FREE * radius)
     if len(x) and len(ox):  # the nearest detection of each (a tree: thousands of each)
         from scipy.spatial import cKDTree
 
         d, _ = cKDTree(np.stack([x, y], 1)).query(np.stack([ox, oy], 1))
-        taken = d < free
-        ox, oy, radius = ox[~taken], oy[~taken], radius[~taken]
+        alone = d >= free
+        ox, oy, radius, box = ox[alone], oy[alone], radius[alone], box[alone]
+    if masked is not None and np.any(masked) and len(ox):
+        h, w = masked.shape
+        cut = np.array([
+            masked[max(y0 - 1, 0) : min(y1 + 2, h), max(x0 - 1, 0) : min(x1 + 2, w)].any()
+            for x0, x1, y0, y1 in box.astype(int)
+        ], bool)  # fmt: skip
+        ox, oy, radius = ox[~cut], oy[~cut], radius[~cut]
     return np.stack([ox, oy, radius], 1) if len(ox) else np.zeros((0, 3))
 
 
