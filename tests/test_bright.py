@@ -81,6 +81,15 @@ def test_force_mask_marks_the_tile_of_each_centre_and_core_probability_is_exact(
     # radius 60: 24 px reaches tile (5, 5), centred (27, 27), 21.2 px away; 40 (16 px) does not
     assert core_probability(prob, 12.0, 12.0, 60.0, 5) == pytest.approx(1 - 0.7 * 0.8 * 0.1)
     assert core_probability(prob, 12.0, 12.0, 40.0, 5) == pytest.approx(1 - 0.7 * 0.8)
+    # read on a box of tiles around the centre: the same as over every tile of the grid
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        nty, ntx = rng.integers(1, 30, 2)
+        grid = rng.uniform(0.0, 1.0, (nty, ntx))
+        (x, y), r, t = rng.uniform(-20, 160, 2), rng.uniform(0, 80), int(rng.integers(1, 8))
+        cy, cx = (np.arange(nty) + 0.5) * t - 0.5, (np.arange(ntx) + 0.5) * t - 0.5
+        near = np.hypot(cx[None, :] - x, cy[:, None] - y) <= max(0.4 * r, t)
+        assert core_probability(grid, x, y, r, t) == pytest.approx(1 - np.prod(1 - grid[near]))
 
 
 def test_a_forced_tile_is_decided_and_forcing_is_map_only(net):

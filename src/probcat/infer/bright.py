@@ -134,11 +134,18 @@ def core_probability(prob: np.ndarray, x: float, y: float, radius: float, tile_s
     ``prob`` whose centres lie within max(``radius`` * BRIGHT_FREE, a tile) of ``(x, y)``:
     the probability that they hold at least one source (read as independent)."""
     nty, ntx = prob.shape
-    cy = (np.arange(nty) + 0.5) * tile_size - 0.5
-    cx = (np.arange(ntx) + 0.5) * tile_size - 0.5
     r = max(BRIGHT_FREE * radius, float(tile_size))
+    # the tiles whose centres ((i + 0.5) t - 0.5) can lie within r: a box, not the image
+    ty0, ty1 = (
+        min(max(int(np.floor((v + 0.5) / tile_size)), 0), nty) for v in (y - r, y + r + tile_size)
+    )
+    tx0, tx1 = (
+        min(max(int(np.floor((v + 0.5) / tile_size)), 0), ntx) for v in (x - r, x + r + tile_size)
+    )
+    cy = (np.arange(ty0, ty1) + 0.5) * tile_size - 0.5
+    cx = (np.arange(tx0, tx1) + 0.5) * tile_size - 0.5
     near = np.hypot(cx[None, :] - x, cy[:, None] - y) <= r
-    p = np.clip(np.asarray(prob, float)[near], 0.0, 1.0)
+    p = np.clip(np.asarray(prob[ty0:ty1, tx0:tx1], float)[near], 0.0, 1.0)
     return float(1.0 - np.prod(1.0 - p)) if p.size else 0.0
 
 
