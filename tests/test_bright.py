@@ -92,7 +92,7 @@ def test_force_mask_marks_the_tile_of_each_centre_and_core_probability_is_exact(
         assert core_probability(grid, x, y, r, t) == pytest.approx(1 - np.prod(1 - grid[near]))
 
 
-def test_a_forced_tile_is_decided_and_forcing_is_map_only(net):
+def test_a_forced_tile_is_decided(net):
     img = _image()[None]
     feats = tile_features(net, img, 1.0)
     nty, ntx = feats.shape[-2:]
@@ -105,9 +105,49 @@ def test_a_forced_tile_is_decided_and_forcing_is_map_only(net):
     assert int(forced.n.sum()) >= 1
     assert map_catalog(net, feats, (96, 96), threshold=0.999).image_shape == (96, 96)
     with pytest.raises(ProbcatValueError, match="force"):
-        decode(net, feats, n_samples=2, force=force)
-    with pytest.raises(ProbcatValueError, match="force"):
         decode(net, feats, force=force[:, :3])
+    with pytest.raises(ProbcatValueError, match="force_prob"):
+        decode(net, feats, n_samples=2, force=force, force_prob=torch.ones(1, 3, 3))
+
+
+def test_samples_hold_a_forced_tile_as_often_as_its_probability_says(net):
+    """Posterior samples with a forced tile: probability 1, every sample holds its source
+    at the proposed position; probability 0, as often as the network's own draws say;
+    between, at least that often; the tiles out of the forced one's reach drawn as without
+    it, to the bit."""
+    with torch.no_grad():  # decisions that sway their neighbours' strongly
+        net.detection_head.cond_in.weight.mul_(30.0)
+    rng = np.random.default_rng(4)
+    img = rng.standard_normal((1, 160, 160)).astype(np.float32)
+    img[0, :96, :96] += _image(seed=1)
+    feats = tile_features(net, img, 1.0)
+    nty, ntx = feats.shape[-2:]
+    at = (10, 8)
+    force = torch.zeros(1, nty, ntx, dtype=torch.bool)
+    force[(0, *at)] = True
+    locs = torch.full((1, nty, ntx, 2), 0.3)
+    n = 300
+
+    def draw(p=None):
+        prob = None if p is None else torch.where(force, torch.tensor(p), torch.tensor(0.0))
+        return decode(
+            net, feats, n_samples=n, generator=torch.Generator().manual_seed(7),
+            force=None if p is None else force, force_locs=locs, force_prob=prob,
+        )  # fmt: skip
+
+    plain, never, always, half = draw(), draw(0.0), draw(1.0), draw(0.9)
+    share = {k: float(d.n[:, at[0], at[1]].float().mean())
+             for k, d in (("own", plain), ("0", never), ("0.9", half))}  # fmt: skip
+    assert share["own"] < 0.7  # the network alone holds it less often (not vacuous)
+    assert abs(share["0"] - share["own"]) < 0.1
+    assert share["0.9"] >= 0.9 - 3 * np.sqrt(0.09 / n)
+    assert bool(always.n[:, at[0], at[1]].all())
+    torch.testing.assert_close(always.locs[:, at[0], at[1]], torch.full((n, 2), 0.3))
+    yy, xx = torch.meshgrid(torch.arange(nty), torch.arange(ntx), indexing="ij")
+    far = torch.maximum((yy - at[0]).abs(), (xx - at[1]).abs()) > REACH_TILES
+    for d in (never, always, half):
+        assert torch.equal(d.n[:, far], plain.n[:, far])
+    assert not torch.equal(always.n, plain.n)
 
 
 def _decisions_equal(a, b) -> None:
@@ -195,6 +235,37 @@ def test_detect_rescues_the_bright_object_by_default_and_says_so(weights):
     assert core > res.probability_map()[10, 8]  # more than its tile's alone
     with pytest.raises(ProbcatValueError, match="rescue_bright"):
         det.detect(img[None], noise_sigma=[1.0], rescue_bright="yes")
+
+
+def test_posterior_samples_hold_the_rescued_object_as_often_as_its_prob(weights):
+    import probcat
+
+    det = probcat.load(str(weights), threads=1)
+    img = _image()[None]
+    n = 200
+
+    def run(rescue):
+        return det.detect(img, noise_sigma=[1.0], threshold=0.999, samples=n, seed=3,
+                          rescue_bright=rescue)  # fmt: skip
+
+    res, plain = run(True), run(False)
+    cat = res.catalog
+    i = int(np.flatnonzero(np.asarray(cat["bright_rescue"]))[0])
+    tile = (int(cat["tile_y"][i]), int(cat["tile_x"][i]))
+
+    def share(draws):
+        return np.mean([tile in set(zip(np.asarray(d["tile_y"]), np.asarray(d["tile_x"])))
+                        for d in draws])  # fmt: skip
+
+    p = float(cat["prob"][i])  # the tiny weights carry no calibration: the row's own
+    assert share(res.samples) >= p - 3 * np.sqrt(p * (1 - p) / n)
+    assert share(res.samples) > share(plain.samples) + 0.1
+    # where a sample holds it, at the proposed centre (these weights refine no position)
+    ((ox, oy, _),) = unclaimed(img[0], plain.catalog["x"], plain.catalog["y"])
+    at = [(d["x"][j], d["y"][j]) for d in res.samples
+          for j in np.flatnonzero((np.asarray(d["tile_y"]) == tile[0])
+                                  & (np.asarray(d["tile_x"]) == tile[1]))]  # fmt: skip
+    np.testing.assert_allclose(np.asarray(at), [(ox, oy)] * len(at), atol=1e-3)
 
 
 def test_the_rescue_column_survives_the_reading_at_the_images_seeing(weights, monkeypatch):

@@ -618,8 +618,11 @@ class Detector:
         them) with their tiles decided to hold a source; their ``prob`` the
         probability that their core holds one. Returns the catalog (with ``bright_rescue``)
         and the tiles decided with the positions proposed there, ``(force, force_locs)`` of
-        :func:`~probcat.infer.detect.decode` (None where there were none). The MAP catalog
-        only: posterior samples are drawn as without it."""
+        :func:`~probcat.infer.detect.decode`, with ``force_prob``, each such tile's row's
+        ``prob`` (0 where its source merged into another), for the posterior samples (None
+        where there were none)."""
+        import torch
+
         from probcat.infer.bright import core_probability, decode_forced, force_mask, unclaimed
         from probcat.infer.detect import at_seeing, catalog_from_decisions
 
@@ -643,7 +646,13 @@ class Detector:
                 np.argmin(np.hypot(found[:, 0] - out["x"][i], found[:, 1] - out["y"][i]))
             ]
             prob[i] = max(prob[i], core_probability(marginal, ox, oy, r, self.net.tile_size))
-        return out.with_columns(prob=prob, bright_rescue=rescued), (force, at)
+        # the samples hold each forced tile's source as often as its row's probability says
+        held = np.zeros(tiles.shape, np.float32)
+        on = tiles[ty, tx]
+        held[ty[on], tx[on]] = prob[on]
+        return out.with_columns(prob=prob, bright_rescue=rescued), (
+            force, at, torch.from_numpy(held)[None],
+        )  # fmt: skip
 
     def _groups(self, batch: _Batch):
         """Index ranges of images that run as one forward pass."""
@@ -781,9 +790,11 @@ class Detector:
                 feats, pixels = self._features(batch.x[sl])
                 scales = [fixed] * feats.shape[0]  # the stamp classifier's seeing, per image
                 cals = [None] * feats.shape[0]  # the samples' centroid calibration, per image
+                held = [{}] * feats.shape[0]  # the samples' rescued tiles, per image
                 # auto: seeing measured on the MAP; mix: the samples' positions follow the
-                # centroid calibration of the MAP catalogue (its image's mixture)
-                if want_map or (samples and (seeing == "auto" or mix)):
+                # centroid calibration of the MAP catalogue (its image's mixture); rescue:
+                # the samples hold the bright objects the MAP catalogue rescues
+                if want_map or (samples and (seeing == "auto" or mix or rescue)):
                     with at_seeing(self.net, fixed):
                         dec = decode(self.net, feats, image=pixels, threshold=threshold)
                     meta = map_meta(self.net, threshold)
@@ -793,13 +804,18 @@ class Detector:
                             dec, k, dec.marginal, shape, self.net.tile_size, bands, meta
                         ), masked)  # fmt: skip
                         force = None  # tiles decided to hold a bright object's source
-                        if rescue and want_map:
+                        if rescue:
                             c, force = self._rescue(
                                 c, batch.x[sl.start + k], feats, pixels, dec, k, threshold,
                                 fixed, meta, masked,
                             )  # fmt: skip
                         # the decode's arguments for those tiles (and where they are)
                         forced = {} if force is None else dict(zip(("force", "force_locs"), force))
+                        if force is not None and samples:
+                            held[k] = {
+                                "force": force[2] > 0, "force_locs": force[1],
+                                "force_prob": force[2],
+                            }  # fmt: skip
                         checked, ratio = self._seeing(batch.x[sl.start + k], c)
                         if seeing == "auto":
                             scales[k] = measured_scale(ratio)
@@ -860,6 +876,7 @@ class Detector:
                             bands=bands,
                             progress=progress,
                             centroid_calibration=cals[k],
+                            **held[k],
                         )
                     masked = batch.masked[sl.start + k]
                     draws.append([_with_sky(_with_mask(c, masked), wcs) for c in got])
@@ -1006,8 +1023,9 @@ def detect(
             (``bright_rescue`` column; :mod:`probcat.infer.bright`): the brightest clumpy,
             irregular and real galaxies of a field, which the tile probabilities spread too
             thin, at a small cost in precision (``docs/robustness.md``, *Bright galaxies*).
-            The MAP catalog's: posterior samples are drawn as without it. False: the
-            network's decisions alone (as before 0.1.0).
+            Posterior samples hold each such source as often as its ``prob`` before
+            calibration says, at the same proposed centre. False: the network's decisions
+            alone (as before 0.1.0).
 
     Example:
         >>> res = probcat.detect("field.fits")                    # doctest: +SKIP

@@ -324,6 +324,7 @@ def decode(
     centroid_calibration=None,
     force: torch.Tensor | None = None,
     force_locs: torch.Tensor | None = None,
+    force_prob: torch.Tensor | None = None,
 ) -> Decisions:
     """Checkerboard decoding. ``n_samples = 0``: MAP (probability > threshold, posterior
     mean location, galaxy if probability > 0.5) for each image of the batch ``feats``;
@@ -349,10 +350,13 @@ def decode(
     positions compared are those the later groups are conditioned on: the refined means) is
     read as the same source and dropped, its tile decided empty (:mod:`probcat.infer.merge`).
 
-    ``force`` (MAP only): a boolean ``(B, nty, ntx)`` of tiles decided to hold a source
-    whatever their probability (:mod:`probcat.infer.bright`); they are placed (at
-    ``force_locs`` ``(B, nty, ntx, 2)``, tile units, where given), refined, merged and
-    classified as any other.
+    ``force``: a boolean ``(B, nty, ntx)`` of tiles decided to hold a source whatever their
+    probability (:mod:`probcat.infer.bright`); they are placed (at ``force_locs``
+    ``(B, nty, ntx, 2)``, tile units, where given), refined, merged and classified as any
+    other. For samples (``(1, nty, ntx)``: the one image) a forced tile holds a source with
+    probability ``force_prob`` ``(1, nty, ntx)`` (1 where not given) or the network's, the
+    larger, drawn from the tile's own random numbers (so a sample's other tiles keep their
+    draws), placed at ``force_locs`` where it does.
 
     ``centroid_calibration`` (a :class:`~probcat.infer.calibration.CentroidCalibration`;
     default: the weights' own) gives the distribution of the samples' standardised position
@@ -372,10 +376,10 @@ def decode(
         raise ProbcatValueError(f"sweeps must be >= 1, got {sweeps}")
     if n_samples and feats.shape[0] != 1:
         raise ProbcatValueError("posterior samples are drawn for one image at a time")
-    if force is not None and (
-        n_samples or tuple(force.shape) != (feats.shape[0], *feats.shape[2:])
-    ):
-        raise ProbcatValueError("force is a (B, nty, ntx) mask of the MAP decoding")
+    if force is not None and tuple(force.shape) != (feats.shape[0], *feats.shape[2:]):
+        raise ProbcatValueError("force is a (B, nty, ntx) mask of the images decoded")
+    if force_prob is not None and (force is None or force_prob.shape != force.shape):
+        raise ProbcatValueError("force_prob is the probability of the tiles of force")
     if (net.classifier == "stamp" or net.loc_refine) and image is None:
         raise ProbcatValueError("these weights read stamps of the image: pass image=")
     gens = None
@@ -404,8 +408,14 @@ def decode(
         out, h_g = _group_pass(net, f, decided & ~now, n, cond, g, row_chunk, step == 0)
         if n_samples:  # numbers for the group's tiles, the same whatever the pass decides
             mine = (groups == g).cpu()
-            on = per_sample(gens, mine, dev, fill=1.0) < out.prob
+            prob = out.prob
+            if force is not None:  # forced tiles: the forcing's probability where larger
+                fp = torch.ones_like(prob) if force_prob is None else force_prob.to(prob)
+                prob = torch.where(force.to(dev), torch.maximum(prob, fp), prob)
+            on = per_sample(gens, mine, dev, fill=1.0) < prob
             loc = out.sample_locs(u=per_sample(gens, mine, dev, (2,), fill=0.5))
+            if force is not None and force_locs is not None:
+                loc = torch.where(force.to(dev)[..., None], force_locs.to(loc), loc)
             errors = _error_draws(net, gens, mine, centroid_calibration)
         else:
             on = out.prob > threshold
@@ -679,12 +689,17 @@ def sample_catalogs(
     sweeps: int = SAMPLE_SWEEPS,
     progress: bool = False,
     centroid_calibration=None,
+    force: torch.Tensor | None = None,
+    force_locs: torch.Tensor | None = None,
+    force_prob: torch.Tensor | None = None,
 ) -> list[FullCatalog]:
     """``n`` posterior catalog samples (paper 000 section 4.6), each from ``sweeps``
     checkerboard sweeps (see :func:`decode`), ``batch`` at a time (default
     :func:`sample_batch`); ``progress``: a progress bar over the samples. Positions scatter
     about the refined means as ``centroid_calibration`` says (default: the weights' own),
-    which each sample's ``meta["centroid_calibration"]`` records."""
+    which each sample's ``meta["centroid_calibration"]`` records. ``force``,
+    ``force_locs``, ``force_prob``: tiles that hold a source with at least that probability
+    (the rescue of bright objects, :mod:`probcat.infer.bright`), as :func:`decode`'s."""
     from tqdm.auto import tqdm
 
     if n < 1:
@@ -707,6 +722,9 @@ def sample_catalogs(
             generator=gens[start : start + batch],
             sweeps=sweeps,
             centroid_calibration=cal,
+            force=force,
+            force_locs=force_locs,
+            force_prob=force_prob,
         )
         out += [
             catalog_from_decisions(
