@@ -918,6 +918,55 @@ def weights_cmd(
         typer.echo(f"{k + ':':30s} {v}")
 
 
+@app.command("cache")
+def cache_cmd(
+    cache_dir: Path = typer.Option(None, help="source bank cache (default ~/.cache/probcat)"),
+    older_than: float = typer.Option(
+        None, "--older-than", help="remove the banks unused for more than this many days"
+    ),
+    max_size: float = typer.Option(
+        None, "--max-size", help="remove the least recently used banks until this many GB are left"
+    ),
+    everything: bool = typer.Option(False, "--all", help="remove every cached bank"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="say what would go, remove nothing"),
+):
+    """The source banks that simulations cache (a few hundred MB to a few GB each): with no
+    option, list them, most recently used first; with one, remove the least recently used
+    (a removed bank is rendered again when a config next needs it)."""
+    from datetime import datetime
+
+    from probcat.simulate.cache import cached_banks, prune
+
+    def line(b) -> str:
+        used = datetime.fromtimestamp(b.last_used).strftime("%Y-%m-%d %H:%M")
+        return f"{b.key}  {b.size / 1e9:6.2f} GB  last used {used}  {b.describe()}"
+
+    if max_size is not None and not max_size >= 0:
+        raise ProbcatValueError(f"--max-size must be a number of GB >= 0, got {max_size}")
+    if older_than is not None and not older_than >= 0:
+        raise ProbcatValueError(f"--older-than must be a number of days >= 0, got {older_than}")
+    if older_than is None and max_size is None and not everything:
+        if dry_run:
+            raise ProbcatValueError("--dry-run goes with --older-than, --max-size or --all")
+        banks = cached_banks(cache_dir)
+        for b in banks:
+            typer.echo(line(b))
+        total = sum(b.size for b in banks)
+        typer.echo(f"{len(banks)} banks, {total / 1e9:.2f} GB")
+        return
+    gone = prune(
+        cache_dir,
+        older_than_days=older_than,
+        max_bytes=None if max_size is None else max_size * 1e9,
+        everything=everything,
+        dry_run=dry_run,
+    )
+    for b in gone:
+        typer.echo(("would remove " if dry_run else "removed ") + line(b))
+    freed = sum(b.size for b in gone) / 1e9
+    typer.echo(f"{'would remove' if dry_run else 'removed'} {len(gone)} banks, {freed:.2f} GB")
+
+
 def _headline(m: dict) -> str:
     """A manifest's benchmark in one line: the numbers its kind is judged by."""
     b = m.get("benchmark") or {}

@@ -29,6 +29,7 @@ import numpy as np
 from astropy.table import Table
 
 from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError
+from probcat.simulate.cache import touch
 from probcat.simulate.prior import (
     MAG_GOLD,
     galaxy_population,
@@ -443,9 +444,12 @@ class SourceBank:
         path = cache_dir / f"bank-{cls.cache_key(survey, config)}"
         if (path / "bank.json").exists():
             try:
-                return cls.load(path)
+                bank = cls.load(path)
             except ProbcatIOError:
                 shutil.rmtree(path, ignore_errors=True)
+            else:
+                touch(path)  # last used now: `probcat cache` prunes the least recently used
+                return bank
         bank = cls.build(survey, config, workers=workers, progress=progress)
         try:
             bank.save(path)
