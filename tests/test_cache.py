@@ -123,3 +123,13 @@ def test_the_cache_command_lists_prunes_and_refuses_bad_options(cache, capsys):
         assert main(["cache", "--cache-dir", str(root), *bad]) == 2
         assert capsys.readouterr().err.startswith("probcat: error:")
     assert set(_sizes(root)) == {"a", "b"}
+
+
+def test_a_cache_path_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
+    f = tmp_path / "cache"
+    f.write_text("not a directory")
+    with pytest.raises(ProbcatValueError, match="not a directory"):
+        cached_banks(f)
+    assert main(["cache", "--cache-dir", str(f)]) == 2
+    assert capsys.readouterr().err.startswith("probcat: error:")
+    assert f.read_text() == "not a directory"
