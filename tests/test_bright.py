@@ -266,6 +266,14 @@ def test_posterior_samples_hold_the_rescued_object_as_often_as_its_prob(weights)
           for j in np.flatnonzero((np.asarray(d["tile_y"]) == tile[0])
                                   & (np.asarray(d["tile_x"]) == tile[1]))]  # fmt: skip
     np.testing.assert_allclose(np.asarray(at), [(ox, oy)] * len(at), atol=1e-3)
+    # Detector.sample (no MAP catalog asked for) runs the rescue too, at its threshold of
+    # 0.5: the samples of detect(samples=) at that threshold, to the bit
+    got = det.sample(img, 50, seed=3, noise_sigma=[1.0])
+    ref = det.detect(img, noise_sigma=[1.0], samples=50, seed=3).samples
+    assert all(np.array_equal(a["x"], b["x"]) and np.array_equal(a["y"], b["y"])
+               for a, b in zip(got, ref))  # fmt: skip
+    bare = det.sample(img, 50, seed=3, noise_sigma=[1.0], rescue_bright=False)
+    assert share(got) > share(bare) + 0.1
 
 
 def test_the_rescue_column_survives_the_reading_at_the_images_seeing(weights, monkeypatch):

@@ -695,7 +695,9 @@ class Detector:
         of ``n`` are those of ``k``; on another device (a GPU) or CPU the same numbers, and
         where float rounding there moves a draw across its probability, that source and
         the neighbours decided after it differ, not the rest. ``progress``: a progress bar
-        over the samples."""
+        over the samples. With ``rescue_bright`` (the default) the MAP decoding and its
+        rescue of bright objects run first (at threshold 0.5), and the samples hold the
+        rescued objects as :func:`detect`'s do."""
         return self._run(
             images, noise_sigma, opts, samples=n, seed=seed, want_map=False, progress=progress
         )[2]
