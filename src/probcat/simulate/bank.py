@@ -29,7 +29,7 @@ import numpy as np
 from astropy.table import Table
 
 from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError
-from probcat.simulate.cache import touch
+from probcat.simulate.cache import cache_root, default_cache_dir, touch
 from probcat.simulate.prior import (
     MAG_GOLD,
     galaxy_population,
@@ -44,12 +44,6 @@ __all__ = ["BankConfig", "SourceBank", "default_cache_dir", "dihedral"]
 
 BANK_FORMAT = 1
 STAR_REFERENCE_MAG = 19.0  # star stamps are trimmed for a star this bright
-
-
-def default_cache_dir() -> Path:
-    """``$PROBCAT_CACHE`` if set (read at call time), else ``~/.cache/probcat``."""
-    env = os.environ.get("PROBCAT_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "probcat"
 
 
 @dataclass(frozen=True)
@@ -440,8 +434,7 @@ class SourceBank:
         progress: bool = True,
     ) -> SourceBank:
         """The cached bank for (survey, config), built and cached first if needed."""
-        cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        path = cache_dir / f"bank-{cls.cache_key(survey, config)}"
+        path = cache_root(cache_dir) / f"bank-{cls.cache_key(survey, config)}"
         if (path / "bank.json").exists():
             try:
                 bank = cls.load(path)

@@ -1,4 +1,4 @@
-"""The source bank cache (:func:`~probcat.simulate.bank.default_cache_dir`): what it holds
+"""The source bank cache (:func:`default_cache_dir`): what it holds
 and how to prune it.
 
 Every simulation config renders its source banks once and caches them, a few hundred MB to
@@ -21,10 +21,29 @@ from pathlib import Path
 
 from probcat.errors import ProbcatValueError
 
-__all__ = ["CachedBank", "cached_banks", "prune", "touch", "STALE_TMP_S"]
+__all__ = [
+    "CachedBank",
+    "cached_banks",
+    "cache_root",
+    "default_cache_dir",
+    "prune",
+    "touch",
+    "STALE_TMP_S",
+]
 
 PREFIX = "bank-"
 STALE_TMP_S = 24 * 3600.0  # a half-written bank (``.bank-*.tmp*``) this old is abandoned
+
+
+def default_cache_dir() -> Path:
+    """``$PROBCAT_CACHE`` if set (read at call time), else ``~/.cache/probcat``."""
+    env = os.environ.get("PROBCAT_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "probcat"
+
+
+def cache_root(cache_dir=None) -> Path:
+    """``cache_dir`` as a path, or the default cache (:func:`default_cache_dir`)."""
+    return Path(cache_dir) if cache_dir is not None else default_cache_dir()
 
 
 @dataclass(frozen=True)
@@ -89,9 +108,7 @@ def _read(path: Path) -> tuple[float, dict | None, str, float | None]:
 def cached_banks(cache_dir=None) -> list[CachedBank]:
     """The banks in ``cache_dir`` (default: the default cache), most recently used first
     (an empty list for a directory that does not exist)."""
-    from probcat.simulate.bank import default_cache_dir
-
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = cache_root(cache_dir)
     if root.exists() and not root.is_dir():
         raise ProbcatValueError(f"{root}: not a directory")
     out = []
@@ -143,9 +160,7 @@ def prune(
             raise ProbcatValueError(f"{name} must be a number >= 0, got {v!r}")
     if not everything and older_than_days is None and max_bytes is None:
         raise ProbcatValueError("say what to prune: everything, older_than_days or max_bytes")
-    from probcat.simulate.bank import default_cache_dir
-
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = cache_root(cache_dir)
     now = time.time() if now is None else now
     banks = cached_banks(root)[::-1]  # least recently used first
     gone = []
