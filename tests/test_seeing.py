@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from probcat.catalog import FullCatalog
-from probcat.measure import seeing_ratio
+from probcat.measure import measure_seeing, seeing_ratio, stellar_locus
 from probcat.survey import Survey
 
 
-def _field(scale: float, n_stars=30, n_galaxies=60, size=200, seed=0):
-    """Stars with the survey's PSF at ``scale`` x its FWHM and larger galaxies, bright and
+def _field(scale: float, n_stars=30, n_galaxies=60, size=200, seed=0, hlr=(0.4, 1.0), e=0.0):
+    """Stars with the survey's PSF at ``scale`` x its FWHM and larger galaxies (half-light
+    radii uniform in ``hlr``, arcsec; ellipticities up to ``e``, random angles), bright and
     apart, in unit noise; their positions."""
     rng = np.random.default_rng(seed)
     band = Survey.lsst(bands="i").with_psf_scale(scale)["i"]
@@ -27,7 +28,12 @@ def _field(scale: float, n_stars=30, n_galaxies=60, size=200, seed=0):
         obj = (
             psf
             if j < n_stars
-            else galsim.Convolve(galsim.Exponential(half_light_radius=rng.uniform(0.4, 1.0)), psf)
+            else galsim.Convolve(
+                galsim.Exponential(half_light_radius=rng.uniform(*hlr)).shear(
+                    e=rng.uniform(0, e), beta=rng.uniform(0, np.pi) * galsim.radians
+                ),
+                psf,
+            )
         )
         flux = rng.uniform(3e3, 2e4) if j < n_stars else rng.uniform(2e4, 6e4)
         stamp = obj.withFlux(flux).drawImage(nx=25, ny=25, scale=band.pixel_scale,
@@ -48,6 +54,61 @@ def test_seeing_ratio_recovers_the_psf_width_among_galaxies(scale):
     ratio, n = seeing_ratio(img, x, y, band)
     assert n == 90
     assert ratio == pytest.approx(scale, rel=0.04)
+
+
+def test_the_stellar_locus_is_a_spike_in_size_and_shape():
+    """Stars alike in size and shape among galaxies are the locus, all of them (the
+    brute-force windows about the chosen centre hold every star); galaxies alone, however
+    many of nearly one size, or too few stars, are none."""
+    rng = np.random.default_rng(3)
+    n = 90
+    gal = np.stack([rng.uniform(1.2, 2.5, n), rng.uniform(-0.3, 0.3, n), rng.uniform(-0.3, 0.3, n)])
+    star = np.stack([1.3 * (1 + 0.004 * rng.standard_normal(12)), 0.01 * rng.standard_normal(12),
+                     0.01 * rng.standard_normal(12)])  # fmt: skip
+    s, e1, e2 = np.concatenate([star, gal], axis=1)
+    got = stellar_locus(s, e1, e2)
+    assert got is not None and got[:12].all()
+    c = np.flatnonzero(got)
+
+    # every member is within the windows of one centre among them, and nothing else is
+    def windows(i):
+        return (
+            (np.abs(s / s[i] - 1) < 0.03)
+            & (np.abs(e1 - e1[i]) < 0.05)
+            & (np.abs(e2 - e2[i]) < 0.05)
+        )
+
+    centre = [i for i in c if np.array_equal(got, windows(i))]
+    assert centre and s[centre[0]] <= np.median(s)
+    assert np.median(s[got]) == pytest.approx(1.3, rel=0.005)
+    assert stellar_locus(*gal) is None
+    assert stellar_locus(*np.concatenate([star[:, :6], gal], axis=1)) is None  # under 8%
+    # 30 galaxies of one size (2%) but every shape: the shape window rules them out
+    same = np.stack([1.5 * (1 + 0.01 * rng.standard_normal(30)), rng.uniform(-0.3, 0.3, 30),
+                     rng.uniform(-0.3, 0.3, 30)])  # fmt: skip
+    assert stellar_locus(*np.concatenate([same, gal], axis=1)) is None
+    # round ones of one size spread over 6%: a crowded stretch, not a spike
+    crowd = np.stack([1.5 * rng.uniform(1, 1.12, 40), 0.02 * rng.standard_normal(40),
+                      0.02 * rng.standard_normal(40)])  # fmt: skip
+    assert stellar_locus(*np.concatenate([crowd, gal], axis=1)) is None
+    assert stellar_locus(*np.concatenate([star, crowd, gal], axis=1))[:12].all()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_field_without_stars_is_not_read_as_wider_seeing(seed):
+    """100 compact galaxies and no star: their sizes are 1.3-1.4 times the PSF's, which
+    the most compact sources alone would have called the seeing; with a tenth of them
+    stars under a 1.3 times wider PSF, the stars give it."""
+    band = Survey.lsst(bands="i")["i"]
+    for e in (0.5, 0.0):
+        img, x, y = _field(1.0, n_stars=0, n_galaxies=100, hlr=(0.3, 0.6), e=e, seed=seed)
+        got = measure_seeing(img, x, y, band)
+        assert got.ratio is None and got.n == 100 and got.locus == 0
+        assert got.compact > 1.25
+    img, x, y = _field(1.3, n_stars=12, n_galaxies=88, hlr=(0.3, 0.6), e=0.5, seed=seed)
+    got = measure_seeing(img, x, y, band)
+    assert got.ratio == pytest.approx(1.3, rel=0.02) and 10 <= got.locus <= 14
+    assert seeing_ratio(img, x, y, band) == (got.ratio, 100)
 
 
 def test_too_few_bright_isolated_sources_give_no_ratio():
@@ -82,6 +143,16 @@ def test_the_detector_records_the_ratio_and_warns_beyond_the_factor(weights):
             assert "calibration fitted under a PSF 1.25 times as wide" in str(caught[0].message)
     few = FullCatalog({"x": x[:3], "y": y[:3]}, img.shape, ("i",))
     assert det._seeing(img[None], few) == ({}, None)
+    # no stars: no ratio, the record says so, and the warning says the seeing is unknown
+    img, x, y = _field(1.0, n_stars=0, n_galaxies=100, hlr=(0.3, 0.6), e=0.5)
+    got, ratio = det._seeing(img[None], FullCatalog({"x": x, "y": y}, img.shape, ("i",)))
+    assert ratio is None and got["seeing_locus"] == 0 and got["seeing_sources"] == 100
+    assert "seeing_ratio" not in got and got["seeing_compact"] > 1.25
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        det._warn_seeing(None, False, 1.0, got)
+        det._warn_seeing(None, False, 1.0, {**got, "seeing_compact": 1.1})
+    assert len(caught) == 1 and "not alike enough to be stars" in str(caught[0].message)
 
 
 def test_resampled_stamps_show_the_psf_at_the_survey_width():

@@ -564,28 +564,54 @@ class Detector:
         return seeing_band(self.survey.band_names)
 
     def _seeing(self, x: np.ndarray, cat) -> tuple[dict, float | None]:
-        """The seeing check of one image ``x`` (sigma units) and its MAP catalog: the
-        catalog's ``seeing_ratio`` (:func:`probcat.measure.seeing_ratio`, in the i band when
-        the weights have it, from sources no mask touches) and the ratio; ``({}, None)``
-        when the image has too few bright, isolated sources to tell."""
-        from probcat.measure import seeing_ratio, unmasked_positions
+        """The seeing check of one image ``x`` (sigma units) and its MAP catalog
+        (:func:`probcat.measure.measure_seeing`, in the i band when the weights have it,
+        from sources no mask touches): the catalog's metadata and the ratio. The metadata
+        hold ``seeing_ratio``, ``seeing_sources`` and ``seeing_locus`` (the stars it was
+        measured on); without a stellar locus, no ratio (None) and ``seeing_locus`` 0 with
+        ``seeing_compact``, the most compact sources' width ratio; ``({}, None)`` when the
+        image has too few bright, isolated sources to tell."""
+        from probcat.measure import measure_seeing, unmasked_positions
 
         k = self._seeing_band
         xs, ys = unmasked_positions(cat)
-        ratio, n = seeing_ratio(x[k], xs, ys, self.survey.bands[k])
-        if ratio is None:
+        got = measure_seeing(x[k], xs, ys, self.survey.bands[k])
+        if got.compact is None:
             return {}, None
-        return {"seeing_ratio": round(ratio, 3), "seeing_sources": n}, ratio
+        if got.ratio is None:
+            return {
+                "seeing_sources": got.n, "seeing_locus": 0,
+                "seeing_compact": round(got.compact, 3),
+            }, None  # fmt: skip
+        info = {"seeing_ratio": round(got.ratio, 3), "seeing_sources": got.n}
+        return {**info, "seeing_locus": got.locus}, got.ratio
 
-    def _warn_seeing(self, ratio: float | None, matched: bool, factor: float = 1.0) -> None:
+    def _warn_seeing(
+        self, ratio: float | None, matched: bool, factor: float = 1.0, checked=None
+    ) -> None:
         """A warning when the measured ``ratio`` is beyond :data:`SEEING_FACTOR` either way
         (``matched``: the image was read at its seeing; ``factor``: the PSF width ratio of
-        the probability calibration used)."""
+        the probability calibration used), or when there was no stellar locus to measure
+        it on and the most compact sources (``checked``, :meth:`_seeing`'s metadata) are
+        that much wider or narrower than the PSF."""
         from probcat.measure import SEEING_FACTOR
 
+        band = self.survey.bands[self._seeing_band]
+        compact = (checked or {}).get("seeing_compact")
+        if ratio is None and compact is not None:
+            if 1 / SEEING_FACTOR <= compact <= SEEING_FACTOR:
+                return
+            warnings.warn(
+                f"the image's most compact bright sources are {compact:.2f} times as wide as "
+                f"the PSF the weights were trained for (band {band.name}, atmospheric FWHM "
+                f'{band.psf_fwhm:.2f}"), but they are not alike enough to be stars: the '
+                "seeing was not measured and the image is read at the weights' (give it as "
+                "seeing= / --seeing RATIO if it differs; docs/robustness.md, Seeing)",
+                stacklevel=4,
+            )
+            return
         if ratio is None or 1 / SEEING_FACTOR <= ratio <= SEEING_FACTOR:
             return
-        band = self.survey.bands[self._seeing_band]
         if not matched:
             what = "detection probabilities and star/galaxy classes assume that seeing"
         elif factor == 1.0:
@@ -849,7 +875,7 @@ class Detector:
                         if not want_map:
                             continue
                         factor, depth, _ = calibration_for(self.net, used, noise)
-                        self._warn_seeing(ratio, used != 1.0, factor)
+                        self._warn_seeing(ratio, used != 1.0, factor, checked)
                         info = {
                             **batch.info[sl.start + k],
                             **checked,
@@ -1001,9 +1027,10 @@ def detect(
         gain: e-/ADU for an image in ADU (default: its ``GAIN`` keyword, when ``BUNIT`` is
             not electrons).
         seeing: ``"auto"`` reads the star/galaxy classes at the image's own seeing (its
-            PSF width measured from its most compact sources, ``seeing_ratio`` in the
-            catalog's metadata; stamps resampled to the survey's seeing when it differs by
-            more than 3%); ``"none"`` at the weights' survey seeing; a number: the image's
+            PSF width measured on its stellar locus, ``seeing_ratio`` in the catalog's
+            metadata; the survey's seeing without enough bright stars; stamps resampled
+            to the survey's seeing when it differs by more than 3%); ``"none"`` at the
+            weights' survey seeing; a number: the image's
             PSF FWHM over the survey's. The detection probabilities take the calibration
             fitted nearest that seeing and the image's depth, where the weights carry
             several (``docs/robustness.md``, *Seeing* and *Depth*).

@@ -63,9 +63,9 @@ GAIN_OPTION = typer.Option(
 )
 SEEING_OPTION = typer.Option(
     "auto",
-    help="star/galaxy classes at the image's seeing: auto (its PSF width measured from its "
-    "most compact sources), none (the weights' survey seeing) or RATIO (its PSF FWHM over "
-    "the survey's)",
+    help="star/galaxy classes at the image's seeing: auto (its PSF width measured on its "
+    "bright stars; the survey's without enough of them), none (the weights' survey seeing) "
+    "or RATIO (its PSF FWHM over the survey's)",
 )
 RESCUE_BRIGHT_OPTION = typer.Option(
     True,
