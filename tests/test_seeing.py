@@ -152,6 +152,7 @@ def test_the_detector_records_the_ratio_and_warns_beyond_the_factor(weights):
         warnings.simplefilter("always")
         det._warn_seeing(None, False, 1.0, got)
         det._warn_seeing(None, False, 1.0, {**got, "seeing_compact": 1.1})
+        det._warn_seeing(None, True, 1.25, got)  # a seeing given stands: nothing to say
     assert len(caught) == 1 and "not alike enough to be stars" in str(caught[0].message)
 
 

@@ -592,21 +592,24 @@ class Detector:
         """A warning when the measured ``ratio`` is beyond :data:`SEEING_FACTOR` either way
         (``matched``: the image was read at its seeing; ``factor``: the PSF width ratio of
         the probability calibration used), or when there was no stellar locus to measure
-        it on and the most compact sources (``checked``, :meth:`_seeing`'s metadata) are
-        that much wider or narrower than the PSF."""
+        it on, the image is read at the survey's seeing and the most compact sources
+        (``checked``, :meth:`_seeing`'s metadata) are that much wider or narrower than the
+        PSF."""
         from probcat.measure import SEEING_FACTOR
 
         band = self.survey.bands[self._seeing_band]
         compact = (checked or {}).get("seeing_compact")
         if ratio is None and compact is not None:
-            if 1 / SEEING_FACTOR <= compact <= SEEING_FACTOR:
+            # a seeing the caller gave (matched) stands; else say that none was measured
+            if matched or 1 / SEEING_FACTOR <= compact <= SEEING_FACTOR:
                 return
             warnings.warn(
                 f"the image's most compact bright sources are {compact:.2f} times as wide as "
                 f"the PSF the weights were trained for (band {band.name}, atmospheric FWHM "
                 f'{band.psf_fwhm:.2f}"), but they are not alike enough to be stars: the '
-                "seeing was not measured and the image is read at the weights' (give it as "
-                "seeing= / --seeing RATIO if it differs; docs/robustness.md, Seeing)",
+                "seeing was not measured and the image is read at the weights' survey "
+                "seeing (give it as seeing= / --seeing RATIO if it differs; "
+                "docs/robustness.md, Seeing)",
                 stacklevel=4,
             )
             return

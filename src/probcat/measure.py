@@ -252,7 +252,7 @@ def stellar_locus(sizes, e1, e2) -> np.ndarray | None:
     the locus, within 3% of the true PSF width, in 46 and 24 of them with the prior's
     stars (about 30% of those sources), and none in any of them without stars, where a
     window on the size alone found one in every field; nor among 100 round galaxies of
-    nearly one size (``tests/test_seeing.py``), which the windows alone took for stars."""
+    similar sizes (``tests/test_seeing.py``), which the windows alone took for stars."""
     s = np.asarray(sizes, float)
     e1, e2 = np.asarray(e1, float), np.asarray(e2, float)
     if len(s) == 0:
