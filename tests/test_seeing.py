@@ -87,7 +87,7 @@ def test_the_stellar_locus_is_a_spike_in_size_and_shape():
     same = np.stack([1.5 * (1 + 0.01 * rng.standard_normal(30)), rng.uniform(-0.3, 0.3, 30),
                      rng.uniform(-0.3, 0.3, 30)])  # fmt: skip
     assert stellar_locus(*np.concatenate([same, gal], axis=1)) is None
-    # round ones of one size spread over 6%: a crowded stretch, not a spike
+    # 40 round ones spread over 12% in size: a crowded stretch, not a spike
     crowd = np.stack([1.5 * rng.uniform(1, 1.12, 40), 0.02 * rng.standard_normal(40),
                       0.02 * rng.standard_normal(40)])  # fmt: skip
     assert stellar_locus(*np.concatenate([crowd, gal], axis=1)) is None
