@@ -583,8 +583,10 @@ class Detector:
                 "seeing_sources": got.n, "seeing_locus": 0,
                 "seeing_compact": round(got.compact, 3),
             }, None  # fmt: skip
-        info = {"seeing_ratio": round(got.ratio, 3), "seeing_sources": got.n}
-        return {**info, "seeing_locus": got.locus}, got.ratio
+        return {
+            "seeing_ratio": round(got.ratio, 3), "seeing_sources": got.n,
+            "seeing_locus": got.locus,
+        }, got.ratio  # fmt: skip
 
     def _warn_seeing(
         self, ratio: float | None, matched: bool, factor: float = 1.0, checked=None
