@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from probcat.catalog import FullCatalog
-from probcat.measure import measure_seeing, seeing_ratio, stellar_locus
+from probcat.measure import SEEING_COMPACT_MAX, measure_seeing, seeing_ratio, stellar_locus
 from probcat.survey import Survey
 
 
@@ -143,17 +143,28 @@ def test_the_detector_records_the_ratio_and_warns_beyond_the_factor(weights):
             assert "calibration fitted under a PSF 1.25 times as wide" in str(caught[0].message)
     few = FullCatalog({"x": x[:3], "y": y[:3]}, img.shape, ("i",))
     assert det._seeing(img[None], few) == ({}, None)
-    # no stars: no ratio, the record says so, and the warning says the seeing is unknown
+    # no stars: no ratio, the record says so; galaxies as compact as these are under the
+    # survey's PSF are no cause for a warning, wider or narrower ones say the seeing is
+    # unknown, unless it was given
     img, x, y = _field(1.0, n_stars=0, n_galaxies=100, hlr=(0.3, 0.6), e=0.5)
     got, ratio = det._seeing(img[None], FullCatalog({"x": x, "y": y}, img.shape, ("i",)))
     assert ratio is None and got["seeing_locus"] == 0 and got["seeing_sources"] == 100
-    assert "seeing_ratio" not in got and got["seeing_compact"] > 1.25
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        det._warn_seeing(None, False, 1.0, got)
-        det._warn_seeing(None, False, 1.0, {**got, "seeing_compact": 1.1})
-        det._warn_seeing(None, True, 1.25, got)  # a seeing given stands: nothing to say
-    assert len(caught) == 1 and "not alike enough to be stars" in str(caught[0].message)
+    assert "seeing_ratio" not in got and 1.25 < got["seeing_compact"] < SEEING_COMPACT_MAX
+    for compact, warns in [
+        (got["seeing_compact"], False),
+        (1.1, False),
+        (0.8, True),
+        (SEEING_COMPACT_MAX, False),
+        (SEEING_COMPACT_MAX + 0.01, True),
+    ]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            det._warn_seeing(None, False, 1.0, {**got, "seeing_compact": compact})
+            det._warn_seeing(None, True, 1.25, {**got, "seeing_compact": compact})  # given
+        assert len(caught) == warns, compact
+        if warns:
+            assert "not alike enough to be stars" in str(caught[0].message)
+            assert ("narrower" in str(caught[0].message)) == (compact < 1)
 
 
 def test_resampled_stamps_show_the_psf_at_the_survey_width():

@@ -594,24 +594,27 @@ class Detector:
         """A warning when the measured ``ratio`` is beyond :data:`SEEING_FACTOR` either way
         (``matched``: the image was read at its seeing; ``factor``: the PSF width ratio of
         the probability calibration used), or when there was no stellar locus to measure
-        it on, the image is read at the survey's seeing and the most compact sources
-        (``checked``, :meth:`_seeing`'s metadata) are that much wider or narrower than the
-        PSF."""
-        from probcat.measure import SEEING_FACTOR
+        it on, the image is read at the survey's seeing, and the most compact sources
+        (``checked``, :meth:`_seeing`'s metadata) are narrower than the PSF by that factor
+        or wider than the most compact galaxies are at the survey's seeing
+        (:data:`~probcat.measure.SEEING_COMPACT_MAX`): galaxies alone, within that range,
+        do not tell the seeing, and a field without stars is no cause for a warning."""
+        from probcat.measure import SEEING_COMPACT_MAX, SEEING_FACTOR
 
         band = self.survey.bands[self._seeing_band]
         compact = (checked or {}).get("seeing_compact")
         if ratio is None and compact is not None:
             # a seeing the caller gave (matched) stands; else say that none was measured
-            if matched or 1 / SEEING_FACTOR <= compact <= SEEING_FACTOR:
+            if matched or 1 / SEEING_FACTOR <= compact <= SEEING_COMPACT_MAX:
                 return
+            how = "wider than galaxies are" if compact > 1 else "narrower than any source is"
             warnings.warn(
                 f"the image's most compact bright sources are {compact:.2f} times as wide as "
                 f"the PSF the weights were trained for (band {band.name}, atmospheric FWHM "
-                f'{band.psf_fwhm:.2f}"), but they are not alike enough to be stars: the '
-                "seeing was not measured and the image is read at the weights' survey "
-                "seeing (give it as seeing= / --seeing RATIO if it differs; "
-                "docs/robustness.md, Seeing)",
+                f'{band.psf_fwhm:.2f}"), {how} under that PSF, but they '
+                "are not alike enough to be stars: the seeing was not measured and the "
+                "image is read at the weights' survey seeing (give it as seeing= / "
+                "--seeing RATIO if it differs; docs/robustness.md, Seeing)",
                 stacklevel=4,
             )
             return
