@@ -1,6 +1,7 @@
-"""Measurements on source images (paper 000 section 4.4): aperture flux with SEP (5-px
-radius), adaptive-moments size ``T = |det M|^(1/4)`` and distortion ``e1, e2`` with
-``galsim.hsm``.
+"""Measurements on source images (paper 000 section 4.4): adaptive-moments size
+``T = |det M|^(1/4)`` and distortion ``e1, e2`` with ``galsim.hsm``, the flux posterior of
+the deblended aperture fluxes (5-px radius, :func:`probcat.infer.deblend.aperture_fluxes`),
+and the seeing check on the stellar locus.
 
 Positions are in the stamp's pixel coordinates (pixel centres at integers, ``(0, 0)`` the
 first pixel), as everywhere in probcat.
@@ -16,7 +17,6 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_METHOD",
-    "aperture_flux",
     "adaptive_moments",
     "flux_posterior",
     "flux_sd",
@@ -35,33 +35,6 @@ APERTURE_RADIUS = 5.0  # px, paper 000 section 4.1
 # how Deblender.measure, probcat.deblend and `probcat detect --deblend` hand each source its
 # light (probcat.infer.deblend.METHODS); the paper's "subtract" stays the low-level default
 DEFAULT_METHOD = "conserve"
-
-
-def aperture_flux(
-    stamps: np.ndarray, x, y, sigma=None, radius: float = APERTURE_RADIUS
-) -> tuple[np.ndarray, np.ndarray]:
-    """Flux in a circle of ``radius`` around ``(x[i], y[i])`` on each stamp
-    ``(N, bands, S, S)``, and its error for background noise ``sigma`` per band (zeros when
-    None): ``(N, bands)`` each."""
-    import sep
-
-    n, nb = stamps.shape[:2]
-    x = np.broadcast_to(np.asarray(x, float), (n,))
-    y = np.broadcast_to(np.asarray(y, float), (n,))
-    flux = np.zeros((n, nb))
-    err = np.zeros((n, nb))
-    for k in range(nb):
-        e = None if sigma is None else float(np.ravel(sigma)[k])
-        for i in range(n):
-            f, fe, _ = sep.sum_circle(
-                np.ascontiguousarray(stamps[i, k], dtype=np.float64),
-                [x[i]],
-                [y[i]],
-                radius,
-                err=e,
-            )
-            flux[i, k], err[i, k] = f[0], fe[0]
-    return flux, err
 
 
 def adaptive_moments(stamps: np.ndarray, x, y, band: int = 0) -> dict[str, np.ndarray]:
