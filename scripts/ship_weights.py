@@ -195,7 +195,8 @@ def record_flux_error(name: str = "deblender_lsst_i", detector: str = "detection
     posterior samples into its manifest; the weights file is untouched."""
     from probcat.train.deblend import record_flux_error as fit_and_record
 
-    rec = fit_and_record(name, WEIGHTS / f"manifest_{name}.json", detector)
+    command = f".venv/bin/python scripts/ship_weights.py --flux-error {name} {detector}"
+    rec = fit_and_record(name, WEIGHTS / f"manifest_{name}.json", detector, command=command)
     for m, scale in rec["scales"].items():
         cov = rec["validation_coverage_68_95"][m]
         cov0 = rec["validation_coverage_68_95_without"][m]

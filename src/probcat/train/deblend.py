@@ -344,11 +344,16 @@ def fit_flux_error(
     }
 
 
-def record_flux_error(deblender: str, manifest_path, detector: str, **kwargs) -> dict:
+def record_flux_error(
+    deblender: str, manifest_path, detector: str, command: str | None = None, **kwargs
+) -> dict:
     """:func:`fit_flux_error` recorded in the manifest at ``manifest_path`` (atomically; the
-    weights file is untouched). Returns the record."""
+    weights file is untouched), with the ``command`` that ran it and the git commit.
+    Returns the record."""
+    from probcat.provenance import git_commit
     from probcat.train.loop import record_in_manifest
 
     rec = {**fit_flux_error(deblender, detector, **kwargs), "detector": detector}
+    rec.update(command=command, git_commit=git_commit())
     record_in_manifest(manifest_path, "flux_error", rec)
     return rec
