@@ -2,10 +2,18 @@ import numpy as np
 import pytest
 import torch
 
+from probcat.api import load as load_api
 from probcat.config import from_dict
 from probcat.errors import ProbcatValueError
+from probcat.infer.deblend import METHODS
 from probcat.nets.deblend import CROP
-from probcat.train.deblend import DeblendTask, DeblendTrainConfig, crop_centered, train_deblend
+from probcat.train.deblend import (
+    DeblendTask,
+    DeblendTrainConfig,
+    crop_centered,
+    fit_flux_error,
+    train_deblend,
+)
 from probcat.weights import load
 
 TINY = {
@@ -18,6 +26,10 @@ TINY = {
 }
 
 
+# the flux-error fit after a deblender's training, on two tiny validation scenes
+FLUX_ERROR = {"scenes": 2, "samples": 3, "seed": 5, "bank_size": 16}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, cache_dir):
     root = tmp_path_factory.mktemp("deblend_runs")
@@ -25,7 +37,12 @@ def runs(tmp_path_factory, cache_dir):
     ae = train_deblend(ae_cfg, root / "ae", cache_dir=cache_dir, progress=False)
     db_cfg = from_dict(
         DeblendTrainConfig,
-        {**TINY, "stage": "deblender", "autoencoder": str(root / "ae" / "autoencoder.pt")},
+        {
+            **TINY,
+            "stage": "deblender",
+            "autoencoder": str(root / "ae" / "autoencoder.pt"),
+            "flux_error": FLUX_ERROR,
+        },
     )
     db = train_deblend(db_cfg, root / "db", cache_dir=cache_dir, progress=False)
     return root, ae, db
@@ -42,6 +59,27 @@ def test_autoencoder_then_deblender_runs(runs):
     for k, v in a.decoder.state_dict().items():
         assert torch.equal(v, d.decoder.state_dict()[k]), k
     assert not torch.equal(a.encoder.convs[0].weight, d.encoder.convs[0].weight)
+
+
+def test_deblender_training_fits_its_flux_error(cache_dir, runs):
+    """The flux-error scale is fitted at the end of a deblender's training (one command
+    reproduces the shipped record), recorded in its manifest, read by the Deblender, and
+    the same as the fit run on its own on the finished weights (seeded)."""
+    root, ae, db = runs
+    assert "flux_error" not in ae
+    rec = db["flux_error"]
+    assert rec["detector"] == "detection_lsst_i" and 1 <= rec["n"] <= 2
+    assert set(rec["scales"]) == set(METHODS) and rec["scale"] == rec["scales"]["subtract"]
+    assert all(np.isfinite(v) and v >= 0 for v in rec["scales"].values())
+    assert "2 central validation scenes (split=val, seed 5, 16-galaxy bank)" in rec["source"]
+    dbl = load_api(root / "db" / "deblender.pt", kind="deblender")
+    for method, scale in rec["scales"].items():
+        assert dbl.flux_error_scale(method) == scale
+    again = fit_flux_error(
+        root / "db" / "deblender.pt", "detection_lsst_i", n_scenes=2, n_samples=3, seed=5,
+        bank_size=16, cache_dir=cache_dir, progress=False,
+    )  # fmt: skip
+    assert again == {k: v for k, v in rec.items() if k != "detector"}
 
 
 def test_deblender_batch_is_centred_crop_with_centred_target(cache_dir, runs):
@@ -74,3 +112,8 @@ def test_config_errors():
         from_dict(DeblendTrainConfig, {"model": {"channels": 5}})
     with pytest.raises(ProbcatValueError, match="batch_size"):
         from_dict(DeblendTrainConfig, {"data": {"batch_size": 0}})
+    with pytest.raises(ProbcatValueError, match="flux_error.scenes"):
+        from_dict(DeblendTrainConfig, {"flux_error": {"scenes": -1}})
+    with pytest.raises(ProbcatValueError, match="flux_error.samples"):
+        from_dict(DeblendTrainConfig, {"flux_error": {"samples": 0}})
+    from_dict(DeblendTrainConfig, {"flux_error": {"scenes": 0, "samples": 0}})  # no fit

@@ -37,10 +37,13 @@ __all__ = [
     "DeblendData",
     "DeblendModel",
     "DeblendPhase",
+    "DeblendFluxError",
     "DeblendTask",
     "train_deblend",
     "load_deblend_config",
     "crop_centered",
+    "fit_flux_error",
+    "record_flux_error",
 ]
 
 
@@ -75,14 +78,29 @@ class DeblendPhase:
 
 
 @dataclass(frozen=True)
+class DeblendFluxError:
+    """The flux-error fit after a deblender's training (:func:`fit_flux_error`): ``scenes``
+    ``central`` validation scenes (0: none) of a ``bank_size``-galaxy validation bank,
+    ``samples`` posterior catalog samples of ``detector`` each, seed ``seed``."""
+
+    detector: str = "detection_lsst_i"
+    scenes: int = 300
+    samples: int = 50
+    seed: int = 17
+    bank_size: int = 20000
+
+
+@dataclass(frozen=True)
 class DeblendTrainConfig:
     """One run: ``stage`` autoencoder or deblender; the deblender names the autoencoder
-    weights (registered name or path) whose decoder it uses."""
+    weights (registered name or path) whose decoder it uses, and after training fits its
+    flux-error scale (``flux_error``)."""
 
     stage: Literal["autoencoder", "deblender"] = "autoencoder"
     autoencoder: str = "autoencoder_lsst_i"
     data: DeblendData = field(default_factory=DeblendData)
     model: DeblendModel = field(default_factory=DeblendModel)
+    flux_error: DeblendFluxError = field(default_factory=DeblendFluxError)
     phases: tuple[DeblendPhase, ...] = (DeblendPhase(),)
     seed: int = 0
     val_every: int = 500
@@ -104,6 +122,13 @@ class DeblendTrainConfig:
             "checkpoint_every": self.checkpoint_every,
             "threads": self.threads,
         }
+        fe = self.flux_error
+        if fe.scenes:
+            counts.update({"flux_error.samples": fe.samples, "flux_error.bank_size": fe.bank_size})
+        if fe.scenes < 0 or fe.seed < 0:
+            raise ProbcatValueError(
+                f"flux_error.scenes and flux_error.seed must be >= 0, got {fe.scenes}, {fe.seed}"
+            )
         check_run_config(d.bands, d.years, self.phases, counts)
 
     def survey(self) -> Survey:
@@ -148,6 +173,7 @@ class DeblendTask:
     def __init__(self, cfg: DeblendTrainConfig, cache_dir=None, progress=True):
         self.cfg = cfg
         self.kind = cfg.stage
+        self.cache_dir = cache_dir
         self.sigma = cfg.survey().noise_sigma.astype(np.float32)[:, None, None]
         self.train_sim = cfg.simulation("train", cache_dir, progress)
         val_sim = cfg.simulation("val", cache_dir, progress)
@@ -225,7 +251,21 @@ class DeblendTask:
         }
 
     def finish(self, model, progress):
-        return {"autoencoder": self.autoencoder} if self.cfg.stage == "deblender" else {}
+        """A deblender's autoencoder record and its flux-error fit (``flux_error``)."""
+        if self.cfg.stage != "deblender":
+            return {}
+        out = {"autoencoder": self.autoencoder}
+        fe = self.cfg.flux_error
+        if fe.scenes:
+            from probcat.api import Deblender
+
+            deb = Deblender(model, self.cfg.survey(), threads=self.cfg.threads)
+            rec = fit_flux_error(
+                deb, fe.detector, n_scenes=fe.scenes, n_samples=fe.samples, seed=fe.seed,
+                bank_size=fe.bank_size, cache_dir=self.cache_dir, progress=progress,
+            )  # fmt: skip
+            out["flux_error"] = {**rec, "detector": fe.detector}
+        return out
 
     def weights(self, model):
         return {
@@ -273,12 +313,16 @@ def fit_flux_error(
     n_scenes: int = 300,
     n_samples: int = 50,
     seed: int = 17,
+    bank_size: int = 20000,
+    cache_dir=None,
     progress: bool = True,
 ) -> dict:
     """The flux-error model's ``scale`` (:func:`probcat.measure.flux_sd`) of ``deblender``
-    with ``detector``'s posterior catalog samples, one for each way of handing the sources
+    (a :class:`~probcat.api.Deblender`, or its registered name or weights file) with
+    ``detector``'s posterior catalog samples, one for each way of handing the sources
     their light (:data:`probcat.infer.deblend.METHODS`): on ``n_scenes`` ``central``
-    validation scenes (validation galaxies, seed ``seed``), the central galaxy's flux in
+    validation scenes (validation galaxies of a ``bank_size`` bank, seed ``seed``), the
+    central galaxy's flux in
     each of ``n_samples`` samples and its neighbours' light in the aperture; the scale under
     which the noiseless aperture flux has the highest mean log posterior density
     (:func:`probcat.measure.fit_contamination_scale`). Returns the manifest record:
@@ -288,14 +332,20 @@ def fit_flux_error(
     import sep
     from tqdm.auto import tqdm
 
-    from probcat.api import load
+    from probcat.api import Deblender, load
     from probcat.infer.deblend import METHODS, REFINE_PASSES, sample_fluxes
     from probcat.measure import APERTURE_RADIUS, fit_contamination_scale, flux_posterior
 
-    det, deb = load(detector), load(deblender)
+    det = load(detector, kind="detection")
+    deb = deblender if isinstance(deblender, Deblender) else load(deblender, kind="deblender")
     sim = Simulation(
-        SimulationConfig(recipe="central", n=n_scenes, seed=seed, split="val"), progress=False
-    )
+        SimulationConfig(
+            recipe="central", n=n_scenes, seed=seed, split="val", bank_size=bank_size,
+            bands="".join(deb.survey.band_names),
+        ),
+        cache_dir=cache_dir,
+        progress=False,
+    )  # fmt: skip
     sigma = deb.survey.noise_sigma.astype(np.float32)
     noise_sd = float(sigma[0]) * np.sqrt(np.pi * APERTURE_RADIUS**2)
     vals = {m: [] for m in METHODS}
@@ -336,7 +386,8 @@ def fit_flux_error(
         "n": int(np.isfinite(np.array(vals["subtract"])).any(1).sum()),
         "validation_coverage_68_95": {m: cover[m]["with"] for m in METHODS},
         "validation_coverage_68_95_without": {m: cover[m]["without"] for m in METHODS},
-        "source": f"{n_scenes} central validation scenes (split=val, seed {seed}), "
+        "source": f"{n_scenes} central validation scenes (split=val, seed {seed}, "
+        f"{bank_size}-galaxy bank), "
         f"{n_samples} posterior samples of {detector} each, deblended with refinement "
         f"passes: {REFINE_PASSES}; noiseless aperture flux of the central galaxy; highest "
         "mean log posterior density, for each method",
