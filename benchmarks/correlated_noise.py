@@ -151,18 +151,16 @@ def neighbour_light(sim, scene) -> np.ndarray:
     """Per isolated galaxy of ``scene`` (:func:`isolated`), the other sources' noiseless
     light in its 5-px aperture (band 0): the scene's minus its own (each galaxy composed
     alone)."""
-    import sep
+    from probcat.measure import aperture_sums
 
     t = scene.catalog
     idx = np.flatnonzero(isolated(t))
     x, y = np.asarray(t["x"])[idx], np.asarray(t["y"])[idx]
 
     def ap(img, k):
-        return sep.sum_circle(
-            np.ascontiguousarray(img, np.float64), x[k : k + 1], y[k : k + 1], 5.0
-        )[0][0]
+        return aperture_sums(img, x[k], y[k], 5.0)[0][0]
 
-    scene_light = sep.sum_circle(np.ascontiguousarray(scene.noiseless[0], np.float64), x, y, 5.0)[0]
+    scene_light = aperture_sums(scene.noiseless[0], x, y, 5.0)[0]
     own = np.array([ap(sim.compose(t.select(np.array([i])))[0], k) for k, i in enumerate(idx)])
     return scene_light - own
 
@@ -173,9 +171,8 @@ def flux_pulls(deb, img, s, signal, truth, others) -> dict:
     own light: the aperture flux of the noiseless ``signal`` there less ``others``
     (:func:`neighbour_light`, of the signal before any resampling), in units of
     ``flux_ap_err`` (which assumes independent pixel noise)."""
-    import sep
-
     from probcat.catalog import FullCatalog
+    from probcat.measure import aperture_sums
 
     cat = FullCatalog({k: np.asarray(truth[k]) for k in ("x", "y", "galaxy")}, img.shape, ("i",))
     with warnings.catch_warnings():
@@ -183,7 +180,7 @@ def flux_pulls(deb, img, s, signal, truth, others) -> dict:
         got = deb.measure(img[None], cat, noise_sigma=s, background="none").catalog
     iso = isolated(truth)
     x, y = np.asarray(truth["x"])[iso], np.asarray(truth["y"])[iso]
-    true = sep.sum_circle(np.ascontiguousarray(signal, np.float64), x, y, 5.0)[0] - others
+    true = aperture_sums(signal, x, y, 5.0)[0] - others
     err = np.asarray(got["flux_ap_err"])[iso, 0]
     factor = (got.meta["deblend"].get("aperture_noise_factor") or [1.0])[0]
     d = np.asarray(got["flux_ap"])[iso, 0] - true

@@ -772,6 +772,26 @@ def test_rail_table_uses_limiting_magnitudes():
         rail_table(flux[:, :5], err[:, :5], survey)
 
 
+def test_forced_photometry_is_the_aperture_sum_in_every_band():
+    """The RAIL baselines' photometry: on planes of constant value c_k, every aperture
+    inside the image holds c_k times its area (pi r^2, SEP's exact overlap) with error
+    sigma_k sqrt(pi r^2); on a plane with one bright pixel, only apertures covering it see
+    it, in their own band."""
+    from probcat.baselines.rail import forced_photometry
+
+    img = np.stack([np.full((40, 40), c) for c in (1.0, 2.0, 5.0)])
+    img[2, 10, 30] += 100.0
+    x, y = np.array([10.3, 30.0, 20.5]), np.array([12.7, 10.0, 25.0])
+    flux, err = forced_photometry(img, x, y, [3.0, 4.0, 0.5], radius=4.0)
+    area = np.pi * 16
+    assert flux.shape == err.shape == (3, 3)
+    np.testing.assert_allclose(flux[:, :2], area * np.array([[1.0, 2.0]] * 3), rtol=1e-6)
+    np.testing.assert_allclose(flux[:, 2], 5 * area + np.array([0.0, 100.0, 0.0]), rtol=1e-6)
+    np.testing.assert_allclose(err, np.sqrt(area) * np.array([[3.0, 4.0, 0.5]] * 3), rtol=1e-6)
+    none = forced_photometry(img, [], [], [1.0, 1.0, 1.0])
+    assert none[0].shape == none[1].shape == (0, 3)
+
+
 def test_rail_stage_pair_runs_on_a_tiny_table(tmp_path, photoz_weights):
     import probcat
     from probcat.nets.photoz import SD_SCALES

@@ -18,6 +18,7 @@ import numpy as np
 __all__ = [
     "DEFAULT_METHOD",
     "adaptive_moments",
+    "aperture_sums",
     "flux_posterior",
     "flux_sd",
     "fit_contamination_scale",
@@ -35,6 +36,26 @@ APERTURE_RADIUS = 5.0  # px, paper 000 section 4.1
 # how Deblender.measure, probcat.deblend and `probcat detect --deblend` hand each source its
 # light (probcat.infer.deblend.METHODS); the paper's "subtract" stays the low-level default
 DEFAULT_METHOD = "conserve"
+
+
+def aperture_sums(
+    plane: np.ndarray, x, y, radius: float = APERTURE_RADIUS, err: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The sums of ``plane`` ``(H, W)`` in circles of ``radius`` px about ``(x[i], y[i])``
+    (pixel centres at integers) and their errors for independent pixel noise ``err`` (zeros
+    when None): SEP's ``sum_circle`` with each pixel weighted by its exact overlap with the
+    circle. SEP's default (5 x 5 subpixels) is off by up to 0.4% for a galaxy, by how the
+    circle falls on the pixel grid (0.1% rms for a 0.6" exponential disc under LSST's
+    seeing), more than such a flux's pixel noise when it is bright."""
+    import sep
+
+    x = np.atleast_1d(np.asarray(x, np.float64))
+    y = np.atleast_1d(np.asarray(y, np.float64))
+    if x.size == 0:
+        return np.zeros(0), np.zeros(0)
+    plane = np.ascontiguousarray(plane, dtype=np.float64)
+    flux, ferr, _ = sep.sum_circle(plane, x, y, radius, err=err, subpix=0)
+    return np.asarray(flux, np.float64), np.asarray(ferr, np.float64)
 
 
 def adaptive_moments(stamps: np.ndarray, x, y, band: int = 0) -> dict[str, np.ndarray]:

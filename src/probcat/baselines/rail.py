@@ -33,8 +33,9 @@ PHOT_RADIUS = 5.0  # px: the aperture of probcat's deblended photometry (paper 0
 
 def forced_photometry(image: np.ndarray, x, y, sigma, radius: float = PHOT_RADIUS):
     """Aperture fluxes and errors ``(n, bands)`` in every band of ``image`` ``(bands, H, W)``
-    (electrons) at pixel positions ``x, y`` (SEP ``sum_circle``)."""
-    import sep
+    (electrons) at pixel positions ``x, y`` (:func:`probcat.measure.aperture_sums`: SEP,
+    exact pixel overlaps)."""
+    from probcat.measure import aperture_sums
 
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     nb = image.shape[0]
@@ -42,14 +43,7 @@ def forced_photometry(image: np.ndarray, x, y, sigma, radius: float = PHOT_RADIU
     if len(x) == 0:
         return flux, err
     for k in range(nb):
-        f, e, _ = sep.sum_circle(
-            np.ascontiguousarray(image[k], dtype=np.float64),
-            x,
-            y,
-            radius,
-            err=float(np.ravel(sigma)[k]),
-        )
-        flux[:, k], err[:, k] = f, e
+        flux[:, k], err[:, k] = aperture_sums(image[k], x, y, radius, float(np.ravel(sigma)[k]))
     return flux, err
 
 

@@ -369,8 +369,9 @@ def aperture_fluxes(
     on a small window around each aperture only. ``method="data"``: all the light in the
     aperture (the image itself), so that data minus own flux is the neighbours' share. A
     tuple of methods gives a dict of such arrays, from one pasting of the models
-    (``total``: the scene model, :func:`paste_models`, when the caller has it)."""
-    import sep
+    (``total``: the scene model, :func:`paste_models`, when the caller has it). Each pixel
+    counts by its exact overlap with the aperture (:func:`probcat.measure.aperture_sums`)."""
+    from probcat.measure import aperture_sums
 
     methods = (method,) if isinstance(method, str) else tuple(method)
     for m in methods:
@@ -400,10 +401,7 @@ def aperture_fluxes(
             else:
                 light = _conserved(data, own, own + others)
             for k in range(nb):
-                f, _, _ = sep.sum_circle(
-                    np.ascontiguousarray(light[k], dtype=np.float64), [xs], [ys], radius
-                )
-                out[m][t, k] = f[0]
+                out[m][t, k] = aperture_sums(light[k], xs, ys, radius)[0][0]
     return out[method] if isinstance(method, str) else out
 
 

@@ -329,12 +329,16 @@ def fit_flux_error(
     ``scales`` per method, and ``scale``, the ``subtract`` one (what older readers use)."""
     import warnings
 
-    import sep
     from tqdm.auto import tqdm
 
     from probcat.api import Deblender, load
     from probcat.infer.deblend import METHODS, REFINE_PASSES, sample_fluxes
-    from probcat.measure import APERTURE_RADIUS, fit_contamination_scale, flux_posterior
+    from probcat.measure import (
+        APERTURE_RADIUS,
+        aperture_sums,
+        fit_contamination_scale,
+        flux_posterior,
+    )
 
     det = load(detector, kind="detection")
     deb = deblender if isinstance(deblender, Deblender) else load(deblender, kind="deblender")
@@ -356,7 +360,7 @@ def fit_flux_error(
         cat = scene.catalog
         tx, ty = float(cat["x"][0]), float(cat["y"][0])
         central = np.ascontiguousarray(sim.csim.compose(cat.select([0]))[0], dtype=np.float64)
-        truth.append(float(sep.sum_circle(central, [tx], [ty], APERTURE_RADIUS)[0][0]))
+        truth.append(float(aperture_sums(central, tx, ty)[0][0]))
         with warnings.catch_warnings():  # a bright central galaxy: its light is not noise
             warnings.simplefilter("ignore")
             res = det.detect(scene.image, samples=n_samples, seed=i)
