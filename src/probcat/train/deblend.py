@@ -321,10 +321,10 @@ def fit_flux_error(
     (a :class:`~probcat.api.Deblender`, or its registered name or weights file) with
     ``detector``'s posterior catalog samples, one for each way of handing the sources
     their light (:data:`probcat.infer.deblend.METHODS`): on ``n_scenes`` ``central``
-    validation scenes (validation galaxies of a ``bank_size`` bank, seed ``seed``), the
-    central galaxy's flux in
-    each of ``n_samples`` samples and its neighbours' light in the aperture; the scale under
-    which the noiseless aperture flux has the highest mean log posterior density
+    validation scenes (validation galaxies of a ``bank_size`` bank, seed ``seed``; the
+    deblender's bands and depth), the central galaxy's flux in each of ``n_samples`` samples
+    and its neighbours' light in the aperture; the scale under which the noiseless aperture
+    flux has the highest mean log posterior density
     (:func:`probcat.measure.fit_contamination_scale`). Returns the manifest record:
     ``scales`` per method, and ``scale``, the ``subtract`` one (what older readers use)."""
     import warnings
@@ -345,7 +345,7 @@ def fit_flux_error(
     sim = Simulation(
         SimulationConfig(
             recipe="central", n=n_scenes, seed=seed, split="val", bank_size=bank_size,
-            bands="".join(deb.survey.band_names),
+            bands="".join(deb.survey.band_names), years=deb.survey.depth_years,
         ),
         cache_dir=cache_dir,
         progress=False,
