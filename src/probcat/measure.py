@@ -198,9 +198,9 @@ SEEING_FACTOR = 1.2  # a ratio beyond this factor either way is reported
 # Without a stellar locus, the most compact sources are galaxies, whose 10% size quantile
 # does not tell the seeing: on star-free validation fields of 300-1000 px (bulge + disk and
 # the five families) it was 1.27-1.69 times the PSF's at the survey's seeing, 1.08-1.51
-# under a PSF 0.8 times as wide, 1.50-1.86 under 1.25 times, and about 2.2 under 1.6
-# times. Only beyond this range (or narrower than the PSF by SEEING_FACTOR) is it a sign
-# of another seeing, worth a warning.
+# under a PSF 0.8 times as wide, 1.50-1.86 under 1.25 times (and 2.18-2.21 on 1000-px
+# test-split fields under 1.6 times). Only beyond this range (or narrower than the PSF by
+# SEEING_FACTOR) is it a sign of another seeing, worth a warning.
 SEEING_COMPACT_MAX = 1.8
 # The stellar locus (:func:`stellar_locus`): stars are alike in size and shape, galaxies
 # are not. Windows on the size ratio and on each ellipticity component, and how many
