@@ -66,7 +66,8 @@ def _gain_ok(value) -> bool:
     from probcat.background import GAIN_PLAUSIBLE
 
     num = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return num and bool(np.isfinite(value)) and GAIN_PLAUSIBLE[0] <= value <= GAIN_PLAUSIBLE[1]
+    # math, not numpy: an int beyond 64 bits (2**70) is a number numpy cannot take
+    return num and math.isfinite(value) and GAIN_PLAUSIBLE[0] <= value <= GAIN_PLAUSIBLE[1]
 
 
 def _noise_expectation(ratio: float) -> str:
