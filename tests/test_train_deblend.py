@@ -4,7 +4,7 @@ import torch
 
 from probcat.api import load as load_api
 from probcat.config import from_dict
-from probcat.errors import ProbcatValueError
+from probcat.errors import ProbcatError, ProbcatValueError
 from probcat.infer.deblend import METHODS
 from probcat.nets.deblend import CROP
 from probcat.train.deblend import (
@@ -117,3 +117,14 @@ def test_config_errors():
     with pytest.raises(ProbcatValueError, match="flux_error.samples"):
         from_dict(DeblendTrainConfig, {"flux_error": {"samples": 0}})
     from_dict(DeblendTrainConfig, {"flux_error": {"scenes": 0, "samples": 0}})  # no fit
+
+
+def test_a_wrong_flux_error_detector_stops_the_run_before_training(tmp_path):
+    """Named weights that are not a detector, or no weights at all: an error before any
+    bank is built or step taken, not after the training."""
+    for name in ("deblender_lsst_i", "no_such_weights"):
+        cfg = from_dict(DeblendTrainConfig, {**TINY, "stage": "deblender",
+                                             "flux_error": {"detector": name}})  # fmt: skip
+        with pytest.raises(ProbcatError, match=name):
+            train_deblend(cfg, tmp_path / name, cache_dir=tmp_path / "cache", progress=False)
+        assert not (tmp_path / name).exists() and not (tmp_path / "cache").exists()

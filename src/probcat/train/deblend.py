@@ -174,6 +174,11 @@ class DeblendTask:
         self.cfg = cfg
         self.kind = cfg.stage
         self.cache_dir = cache_dir
+        if cfg.stage == "deblender" and cfg.flux_error.scenes:
+            # the flux-error fit's detector, checked now rather than after the training
+            from probcat.api import load
+
+            load(cfg.flux_error.detector, kind="detection")
         self.sigma = cfg.survey().noise_sigma.astype(np.float32)[:, None, None]
         self.train_sim = cfg.simulation("train", cache_dir, progress)
         val_sim = cfg.simulation("val", cache_dir, progress)
