@@ -265,11 +265,10 @@ class DeblendTask:
             from probcat.api import Deblender
 
             deb = Deblender(model, self.cfg.survey(), threads=self.cfg.threads)
-            rec = fit_flux_error(
+            out["flux_error"] = fit_flux_error(
                 deb, fe.detector, n_scenes=fe.scenes, n_samples=fe.samples, seed=fe.seed,
                 bank_size=fe.bank_size, cache_dir=self.cache_dir, progress=progress,
             )  # fmt: skip
-            out["flux_error"] = {**rec, "detector": fe.detector}
         return out
 
     def weights(self, model):
@@ -331,7 +330,8 @@ def fit_flux_error(
     and its neighbours' light in the aperture; the scale under which the noiseless aperture
     flux has the highest mean log posterior density
     (:func:`probcat.measure.fit_contamination_scale`). Returns the manifest record:
-    ``scales`` per method, and ``scale``, the ``subtract`` one (what older readers use)."""
+    ``scales`` per method, ``scale``, the ``subtract`` one (what older readers use), and the
+    ``detector``."""
     import warnings
 
     from tqdm.auto import tqdm
@@ -401,6 +401,7 @@ def fit_flux_error(
         f"passes: {REFINE_PASSES}; noiseless aperture flux of the central galaxy; highest "
         "mean log posterior density, for each method",
         "refine_passes": REFINE_PASSES,
+        "detector": str(detector),
     }
 
 
@@ -413,7 +414,7 @@ def record_flux_error(
     from probcat.provenance import git_commit
     from probcat.train.loop import record_in_manifest
 
-    rec = {**fit_flux_error(deblender, detector, **kwargs), "detector": detector}
+    rec = fit_flux_error(deblender, detector, **kwargs)
     rec.update(command=command, git_commit=git_commit())
     record_in_manifest(manifest_path, "flux_error", rec)
     return rec
