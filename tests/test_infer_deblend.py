@@ -13,6 +13,7 @@ from probcat.infer.deblend import (
     Models,
     aperture_fluxes,
     crop_at,
+    fit_amplitudes,
     fourier_shift,
     match_nearest,
     paste_models,
@@ -83,7 +84,7 @@ def test_reconstruction_placed_at_subpixel_centroid_keeps_flux_and_centroid():
     model = FixedGalaxy(_draw(g, 41) / sigma[0])  # large enough that nothing is cut off
     image = np.zeros((1, 40, 50), np.float32)
     x, y = 23.37, 17.81
-    m = reconstruct(model, image, sigma, [x], [y], [True])
+    m = reconstruct(model, image, sigma, [x], [y], [True], amplitudes=False)
     assert (m.cx[0], m.cy[0]) == (23, 18)
     scene = paste_models(m, image.shape[1:])[0]
     direct = _draw(g, 41).sum()
@@ -184,7 +185,8 @@ def test_measure_edge_and_empty_cases(tmp_path):
     db = Deblender(model, survey, device="cpu")
     res = db.measure(image, empty)
     assert len(res.catalog) == 0 and not res.model.any()
-    image[0] += paste_models(reconstruct(model, image, sigma, [0.4], [29.2], [True]), (30, 30))[0]
+    models = reconstruct(model, image, sigma, [0.4], [29.2], [True], amplitudes=False)
+    image[0] += paste_models(models, (30, 30))[0]
     edge = FullCatalog(
         {"x": np.array([0.4]), "y": np.array([29.2]), "galaxy": np.ones(1, bool)}, (30, 30), ("i",)
     )
@@ -198,10 +200,23 @@ def test_measure_edge_and_empty_cases(tmp_path):
 
 
 def test_sample_fluxes_match_and_miss():
+    # the deblender's models as they are (the stand-in's galaxy is put at every source, so
+    # the methods and the neighbours' light differ; fitted amplitudes: the last test)
+    def plain(*args, **kw):
+        return sample_fluxes(*args, amplitudes=False, **kw)
+
     sigma = np.ones(1, np.float32)
     model = FixedGalaxy(_draw(_galaxy(), S))
     image = paste_models(
-        reconstruct(model, np.zeros((1, 40, 40), np.float32), sigma, [20.0], [20.0], [True]),
+        reconstruct(
+            model,
+            np.zeros((1, 40, 40), np.float32),
+            sigma,
+            [20.0],
+            [20.0],
+            [True],
+            amplitudes=False,
+        ),  # fmt: skip
         (40, 40),
     )
 
@@ -212,7 +227,7 @@ def test_sample_fluxes_match_and_miss():
             "galaxy": np.ones(len(x), bool),
         }  # noqa: E731
 
-    vals = sample_fluxes(
+    vals = plain(
         model,
         image,
         sigma,
@@ -224,17 +239,15 @@ def test_sample_fluxes_match_and_miss():
     assert np.isnan(vals[0, 1, 0])
     assert vals[0, 0, 0] == pytest.approx(vals[0, 2, 0], rel=1e-3)
     samples = [cat([20.0, 24.0], [20.0, 21.0]), cat([19.5], [20.2])]
-    both = sample_fluxes(
-        model, image, sigma, samples, [20.0], [20.0], method=("subtract", "conserve")
-    )
+    both = plain(model, image, sigma, samples, [20.0], [20.0], method=("subtract", "conserve"))
     for m in ("subtract", "conserve"):
-        one = sample_fluxes(model, image, sigma, samples, [20.0], [20.0], method=m)
+        one = plain(model, image, sigma, samples, [20.0], [20.0], method=m)
         np.testing.assert_array_equal(both[m], one)
     assert not np.allclose(both["subtract"][0, 0], both["conserve"][0, 0])
     # with the neighbours' light: zero alone, positive with a neighbour, NaN where missed
     trio = [cat([20.0], [20.0]), cat([20.0, 24.0], [20.0, 21.0]), cat([30.0], [30.0])]
-    v, c = sample_fluxes(model, image, sigma, trio, [20.0], [20.0], contamination=True)
-    np.testing.assert_array_equal(v, sample_fluxes(model, image, sigma, trio, [20.0], [20.0]))
+    v, c = plain(model, image, sigma, trio, [20.0], [20.0], contamination=True)
+    np.testing.assert_array_equal(v, plain(model, image, sigma, trio, [20.0], [20.0]))
     assert c[0, 0, 0] == pytest.approx(0.0, abs=1e-3) and c[0, 1, 0] > 1.0
     assert np.isnan(c[0, 2, 0])
 
@@ -350,8 +363,8 @@ def test_measure_widens_flux_errors_by_the_manifests_scale_of_the_neighbours_lig
     sigma = survey.noise_sigma.astype(np.float32)
     model = FixedGalaxy(_draw(_galaxy(2e5), S) / sigma[0])
     xs, ys = [12.0, 19.0], [15.0, 15.0]
-    image = paste_models(reconstruct(model, np.zeros((1, 30, 30)), sigma, xs, ys, [True] * 2),
-                         (30, 30))  # fmt: skip
+    image = paste_models(reconstruct(model, np.zeros((1, 30, 30)), sigma, xs, ys, [True] * 2,
+                                     amplitudes=False), (30, 30))  # fmt: skip
     cat = FullCatalog(
         {"x": np.array(xs), "y": np.array(ys), "galaxy": np.ones(2, bool)}, (30, 30), ("i",)
     )
@@ -393,7 +406,7 @@ def test_measure_shares_the_light_in_proportion_to_the_models_by_default():
     sigma = survey.noise_sigma.astype(np.float32)
     model = FixedGalaxy(_draw(_galaxy(2e5), S) / sigma[0])
     xs, ys = [12.0, 19.0], [15.0, 15.0]
-    models = reconstruct(model, np.zeros((1, 30, 30)), sigma, xs, ys, [True] * 2)
+    models = reconstruct(model, np.zeros((1, 30, 30)), sigma, xs, ys, [True] * 2, amplitudes=False)
     image = 2.0 * paste_models(models, (30, 30))
     cat = FullCatalog(
         {"x": np.array(xs), "y": np.array(ys), "galaxy": np.ones(2, bool)}, (30, 30), ("i",)
@@ -402,9 +415,18 @@ def test_measure_shares_the_light_in_proportion_to_the_models_by_default():
     default = db.measure(image, cat, passes=0).catalog["flux_ap"][:, 0]
     own = aperture_fluxes(paste_models(models, (30, 30)), models, [0, 1], method="conserve")
     np.testing.assert_allclose(default, 2.0 * own[:, 0], rtol=1e-5)
-    sub = db.measure(image, cat, passes=0, method="subtract").catalog
-    assert np.all(sub["flux_ap"][:, 0] > default * 1.02)  # the neighbour's wing, twice over
+    # the deblender's models as they are: subtract leaves each source the excess of its
+    # neighbour's wing (the data are twice the models)
+    sub = db.measure(image, cat, passes=0, method="subtract", amplitudes=False).catalog
+    assert np.all(sub["flux_ap"][:, 0] > default * 1.02)
     assert sub.meta["deblend"]["method"] == "subtract"  # recorded with the catalogue
+    assert sub.meta["deblend"]["amplitudes_fitted"] is False
+    # amplitudes fitted (the default): the models are twice as bright (but for the weak pull
+    # towards 1), and subtract gives what conserve gives
+    fitted = db.measure(image, cat, passes=0, method="subtract").catalog["flux_ap"][:, 0]
+    np.testing.assert_allclose(fitted, default, rtol=1e-3)
+    with pytest.raises(ProbcatValueError, match="amplitudes must be True or False"):
+        db.measure(image, cat, amplitudes="yes")
     assert db.measure(image, cat).catalog.meta["deblend"]["method"] == "conserve"
 
 
@@ -605,7 +627,7 @@ def test_measure_widens_flux_errors_for_correlated_noise_by_the_aperture_factor(
     model = FixedGalaxy(_draw(_galaxy(2e5), S) / sigma[0])
     xs, ys = [60.0, 90.0], [70.0, 70.0]
     signal = paste_models(reconstruct(model, np.zeros((1, 160, 160)), sigma, xs, ys,
-                                      [True] * 2), (160, 160))  # fmt: skip
+                                      [True] * 2, amplitudes=False), (160, 160))  # fmt: skip
     cat = FullCatalog(
         {"x": np.array(xs), "y": np.array(ys), "galaxy": np.ones(2, bool)}, (160, 160), ("i",)
     )
@@ -624,3 +646,115 @@ def test_measure_widens_flux_errors_for_correlated_noise_by_the_aperture_factor(
     assert factor == pytest.approx(aperture_noise_factor(coadd[0] / sigma[0]), rel=1e-3)
     assert factor > 1.15
     np.testing.assert_allclose(got["flux_ap_err"][:, 0], noise * factor, rtol=1e-3)
+
+
+def _random_scene(rng, n=7, size=36, stamp=15):
+    x, y = rng.uniform(4, size - 4, n), rng.uniform(4, size - 4, n)
+    r = np.arange(stamp) - stamp // 2
+    st = np.stack(
+        [
+            np.exp(-0.5 * (r[None] ** 2 + r[:, None] ** 2) / rng.uniform(1.0, 3.0) ** 2)[None]
+            * rng.uniform(5.0, 50.0)
+            for _ in range(n)
+        ]
+    ).astype(np.float32)
+    cx, cy = np.floor(x + 0.5).astype(int), np.floor(y + 0.5).astype(int)
+    return Models(st, cx, cy, x, y, np.ones(n, bool))
+
+
+def _design(models, shape, floor):
+    """Brute force: each model pasted alone on the whole image, one column each, the pixels
+    below ``floor`` dropped as :func:`fit_amplitudes` drops them."""
+    cols = []
+    for i in range(len(models)):
+        one = models.select([i])
+        one.stamps = np.where(np.abs(one.stamps) > floor, one.stamps, 0.0).astype(np.float32)
+        cols.append(paste_models(one, shape)[0].ravel().astype(np.float64))
+    return np.stack(cols, 1)
+
+
+@pytest.mark.parametrize("dense", [256, 0])  # exact per linked group; iterative
+def test_fit_amplitudes_is_non_negative_least_squares(dense):
+    from scipy.optimize import nnls
+
+    from probcat.infer.deblend import AMPLITUDE_FLOOR
+
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        models = _random_scene(rng)
+        truth = rng.uniform(0.0, 2.0, len(models))
+        truth[0] = 0.0  # a source with no light of its own
+        scaled = Models(models.stamps * truth[:, None, None, None].astype(np.float32),
+                        models.cx, models.cy, models.x, models.y, models.galaxy)  # fmt: skip
+        image = paste_models(scaled, (36, 36)) + rng.normal(0, 0.5, (1, 36, 36)).astype(np.float32)
+        a_mat = _design(models, (36, 36), AMPLITUDE_FLOOR * 0.5)
+        rows = np.abs(a_mat).sum(1) > 0
+        ref = nnls(a_mat[rows], image[0].ravel()[rows].astype(np.float64))[0]
+        got = fit_amplitudes(image, models, [0.5], ridge=0.0, dense=dense)
+        amp = got.stamps.sum((1, 2, 3)) / models.stamps.sum((1, 2, 3))
+        np.testing.assert_allclose(amp, ref, atol=2e-4)
+        assert amp.min() >= 0.0
+        np.testing.assert_array_equal(got.cx, models.cx)
+
+
+def test_fit_amplitudes_masked_pixels_edges_and_the_pull_towards_one():
+    rng = np.random.default_rng(4)
+    models = _random_scene(rng, n=5)
+    truth = np.array([0.5, 1.0, 1.5, 2.0, 0.8])
+    scaled = Models(models.stamps * truth[:, None, None, None].astype(np.float32),
+                    models.cx, models.cy, models.x, models.y, models.galaxy)  # fmt: skip
+    image = paste_models(scaled, (36, 36))
+    mask = np.zeros((36, 36), bool)
+    mask[10:20, :] = True
+    image[0][mask] = 1e4  # pixels without data: garbage the fit must not read
+    got = fit_amplitudes(image, models, [1.0], ridge=0.0, mask=mask)
+    np.testing.assert_allclose(got.stamps.sum((1, 2, 3)) / models.stamps.sum((1, 2, 3)),
+                               truth, rtol=1e-4)  # fmt: skip
+    # a model on blank sky keeps ridge / (1 + ridge) of itself; one wholly outside the image
+    # (no pixel to fit) keeps its model
+    r = np.arange(15) - 7
+    blob = (100 * np.exp(-0.5 * (r[None] ** 2 + r[:, None] ** 2) / 4.0))[None].astype(np.float32)
+    two = Models(np.stack([blob, blob]), np.array([18, 60]), np.array([18, 60]),
+                 np.array([18.0, 60.0]), np.array([18.0, 60.0]), np.ones(2, bool))  # fmt: skip
+    got = fit_amplitudes(np.zeros((1, 36, 36), np.float32), two, [1.0], ridge=0.01)
+    amp = got.stamps.sum((1, 2, 3)) / two.stamps.sum((1, 2, 3))
+    np.testing.assert_allclose(amp, [0.01 / 1.01, 1.0], rtol=1e-6)
+    # two coincident models that the data cannot tell apart share the light evenly
+    same = Models(np.stack([blob, blob]), np.array([18, 18]), np.array([18, 18]),
+                  np.array([18.0, 18.0]), np.array([18.0, 18.0]), np.ones(2, bool))  # fmt: skip
+    image = paste_models(same.select([0]), (36, 36)) * 3.0
+    got = fit_amplitudes(image, same, [1.0])
+    amp = got.stamps.sum((1, 2, 3)) / same.stamps.sum((1, 2, 3))
+    assert amp[0] == pytest.approx(amp[1], rel=1e-6) and amp.sum() == pytest.approx(3.0, rel=1e-2)
+    assert len(fit_amplitudes(image, same.select([]), [1.0])) == 0
+
+
+def test_a_spurious_source_in_a_galaxys_wing_no_longer_takes_its_light():
+    """A source placed in a galaxy's outskirts where there is none (a false detection or a
+    posterior sample's spurious source) gets from the deblender a galaxy of its own (here
+    the same galaxy: the stand-in deblender always returns it). Fitted jointly, its model
+    keeps only the light the galaxy's does not explain, and the galaxy its flux."""
+    sigma = np.ones(1, np.float32)
+    model = FixedGalaxy(_draw(_galaxy(5000.0), S))
+    zeros = np.zeros((1, 40, 40), np.float32)
+    image = paste_models(reconstruct(model, zeros, sigma, [20.0], [20.0], [True],
+                                     amplitudes=False), (40, 40))  # fmt: skip
+    alone = reconstruct(model, zeros, sigma, [20.0], [20.0], [True], amplitudes=False)
+    true = aperture_fluxes(image, alone, [0], method="conserve")[0, 0]
+    xs, ys = [20.0, 23.0], [20.0, 21.0]
+    plain = reconstruct(model, image, sigma, xs, ys, [True] * 2, amplitudes=False)
+    fitted = reconstruct(model, image, sigma, xs, ys, [True] * 2)
+    for m in ("conserve", "subtract"):
+        lost = aperture_fluxes(image, plain, [0], method=m)[0, 0]
+        kept = aperture_fluxes(image, fitted, [0], method=m)[0, 0]
+        assert lost < 0.75 * true  # the spurious model takes a large share
+        assert kept == pytest.approx(true, rel=0.01)
+    # posterior samples too: one with the spurious source, one without
+    samples = [
+        {"x": np.array(xs), "y": np.array(ys), "galaxy": np.ones(2, bool)},
+        {"x": np.array([20.0]), "y": np.array([20.0]), "galaxy": np.ones(1, bool)},
+    ]
+    v = sample_fluxes(model, image, sigma, samples, [20.0], [20.0], method="conserve")
+    np.testing.assert_allclose(v[0, :, 0], true, rtol=0.01)
+    v0 = sample_fluxes(model, image, sigma, samples, [20.0], [20.0], amplitudes=False)
+    assert v0[0, 0, 0] < 0.75 * true

@@ -228,7 +228,8 @@ def test_deblended_measurements_read_only_the_data_pixels():
     sigma = survey.noise_sigma.astype(np.float32)
     model = FixedGalaxy(_draw(_galaxy(2e5), S) / sigma[0])
     image = np.zeros((1, 40, 40), np.float32)
-    image[0] += paste_models(reconstruct(model, image, sigma, [20.0], [20.0], [True]), (40, 40))[0]
+    models = reconstruct(model, image, sigma, [20.0], [20.0], [True], amplitudes=False)
+    image[0] += paste_models(models, (40, 40))[0]
     cat = FullCatalog(
         {"x": np.array([20.0]), "y": np.array([20.0]), "galaxy": np.ones(1, bool)}, (40, 40), ("i",)
     )

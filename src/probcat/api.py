@@ -803,9 +803,7 @@ class Detector:
             raise ProbcatValueError(f"seed must lie in [0, 2^63), got {seed}")
         opts = dict(opts)
         seeing = opts.pop("seeing", "auto")
-        rescue = opts.pop("rescue_bright", True)
-        if not isinstance(rescue, (bool, np.bool_)):
-            raise ProbcatValueError(f"rescue_bright must be True or False, got {rescue!r}")
+        rescue = _check_flag(opts.pop("rescue_bright", True), "rescue_bright")
         unknown = set(opts) - {"background", "gain", "mask", "zeropoint"}
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
@@ -1165,6 +1163,7 @@ class Deblender:
         gain=None,
         sky_offset=None,
         passes: int | None = None,
+        amplitudes: bool = True,
         progress: bool = False,
         mask=None,
         zeropoint=None,
@@ -1179,6 +1178,9 @@ class Deblender:
         ``passes``: refinement rounds of the galaxy models
         (:func:`probcat.infer.deblend.refine_stamps`; default one, 0 for the paper's single
         pass);
+        ``amplitudes``: fit every model's amplitude jointly to the image
+        (:func:`probcat.infer.deblend.fit_amplitudes`; default; False for the deblender's
+        models as they are, the paper's);
         ``background``, ``gain``: as for detection (:mod:`probcat.background`);
         ``sky_offset``: the detector's (:attr:`Detector.sky_offset`), so that a sky left in
         the image is subtracted as detection subtracted it;
@@ -1210,6 +1212,7 @@ class Deblender:
         if not (match_px > 0 and np.isfinite(match_px)):
             raise ProbcatValueError(f"match_px must be positive, got {match_px}")
         passes = REFINE_PASSES if passes is None else _check_passes(passes)
+        amplitudes = _check_flag(amplitudes, "amplitudes")
         for name in ("x", "y"):
             if name not in catalog:
                 raise ProbcatValueError(f"the catalog has no {name!r} column")
@@ -1236,7 +1239,7 @@ class Deblender:
         with thread_limit(threads_for(self.threads, h * w)), full_float32():
             models = reconstruct(
                 self.net, img, sigma, cx, cy, gal, survey=self.survey, device=self.device,
-                passes=passes,
+                passes=passes, amplitudes=amplitudes, mask=masked,
             )  # fmt: skip
             model = paste_models(models, (h, w))  # the scene model, pasted once
             ap = aperture_fluxes(img, models, np.arange(n), method=(method, "data"), total=model)
@@ -1259,6 +1262,8 @@ class Deblender:
                     device=self.device,
                     contamination=True,
                     passes=passes,
+                    amplitudes=amplitudes,
+                    mask=masked,
                     progress=progress,
                 )
         area = np.pi * APERTURE_RADIUS**2
@@ -1299,6 +1304,7 @@ class Deblender:
             "weights": (self.manifest or {}).get("weights", "custom weights"),
             "method": method,
             "refine_passes": passes,
+            "amplitudes_fitted": amplitudes,
             "flux_error_scale": scale,
             "posterior_samples": len(samples or ()),
         }
@@ -1423,6 +1429,13 @@ def mag_error(flux, flux_err, mag) -> np.ndarray:
     return np.where(np.isfinite(mag), err, np.nan)
 
 
+def _check_flag(value, name: str) -> bool:
+    """``value`` as a bool, or a one-line error when it is not one."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ProbcatValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def _check_passes(passes):
     """``passes`` (refinement rounds of the galaxy models), or a one-line error."""
     if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or passes < 0:
@@ -1445,6 +1458,7 @@ def deblend(
     device=None,
     threads="auto",
     passes: int | None = None,
+    amplitudes: bool = True,
     progress: bool = False,
     mask=None,
     zeropoint=None,
@@ -1458,6 +1472,7 @@ def deblend(
         deblender: deblender weights (default ``"deblender_lsst_i"``).
         method: ``"conserve"`` (default) or ``"subtract"`` (see :meth:`Deblender.measure`).
         passes: refinement rounds of the galaxy models (see :meth:`Deblender.measure`).
+        amplitudes: fit the models' amplitudes jointly (see :meth:`Deblender.measure`).
         zeropoint: AB magnitude of a flux of 1 in the image's units, for ``mag_ap`` (see
             :meth:`Deblender.measure`; default: the file's), and the image's depth (see
             :func:`detect`).
@@ -1473,6 +1488,7 @@ def deblend(
     check_method(method)  # before detection, which may take long
     if passes is not None:
         _check_passes(passes)
+    _check_flag(amplitudes, "amplitudes")
     det = load(weights, device=device, threads=threads, kind="detection")
     dbl = load(deblender or DEFAULT_DEBLENDER, device=device, threads=threads, kind="deblender")
     if tuple(dbl.survey.band_names) != tuple(det.survey.band_names):
@@ -1498,8 +1514,8 @@ def deblend(
     with said_once():  # detection said it of the same image
         out = dbl.measure(
             image, res.catalog, noise_sigma=noise_sigma, samples=res.samples, method=method,
-            sky_offset=det.sky_offset, passes=passes, progress=progress, zeropoint=zeropoint,
-            **opts,
+            sky_offset=det.sky_offset, passes=passes, amplitudes=amplitudes, progress=progress,
+            zeropoint=zeropoint, **opts,
         )  # fmt: skip
     out.detection = res
     out.wcs = res.wcs

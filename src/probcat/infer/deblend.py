@@ -44,6 +44,7 @@ __all__ = [
     "refine_stamps",
     "star_stamps",
     "assemble",
+    "fit_amplitudes",
     "aperture_fluxes",
     "match_nearest",
     "sample_fluxes",
@@ -60,6 +61,11 @@ SHIFT_CHUNK = 512  # galaxies moved to their centroids at a time (FFT temporarie
 DECODE_BATCH = 256  # stamps per network call: 2,048 took 2.8 s per 8,192 stamps, 256 2.1 s
 CROP_BLOCK = 2048  # galaxies cut, decoded and placed at a time
 SAMPLE_CHUNK = 4096  # galaxies of posterior samples deblended at a time (memory)
+AMPLITUDE_FLOOR = 1e-3  # model pixels fainter than this many noise sigmas stay out of the fit
+AMPLITUDE_RIDGE = 1e-3  # pull of each amplitude towards 1, relative to its own model's weight
+AMPLITUDE_DENSE = 256  # linked sources solved exactly up to this many, iteratively beyond
+AMPLITUDE_ITERS = 2000
+AMPLITUDE_TOL = 1e-6
 
 
 def check_method(method: str, extra: tuple[str, ...] = ()) -> str:
@@ -329,6 +335,124 @@ def assemble(image, gal_stamps, x, y, galaxy, survey=None) -> Models:
     return Models(stamps, cx, cy, x, y, galaxy)
 
 
+def fit_amplitudes(
+    image: np.ndarray,
+    models: Models,
+    sigma,
+    *,
+    mask: np.ndarray | None = None,
+    ridge: float = AMPLITUDE_RIDGE,
+    dense: int = AMPLITUDE_DENSE,
+) -> Models:
+    """``models`` with each source's model rescaled, band by band, by the amplitude
+    ``a >= 0`` that brings the scene model ``sum_i a_i M_i`` closest to ``image`` (least
+    squares over the pixels the models cover, inside the image and not in ``mask``
+    ``(H, W)``), with a weak pull of each amplitude towards 1: the penalty
+    ``ridge * |M_i|^2 (a_i - 1)^2`` (it splits the light of two nearly coincident models
+    evenly, where the data cannot tell them apart). Model pixels fainter than
+    :data:`AMPLITUDE_FLOOR` times the band's noise ``sigma`` stay out of the fit; a source
+    with no pixel in it keeps its model.
+
+    The deblender reconstructs each galaxy from a crop centred on it and knows nothing of
+    the other sources' models. A source placed in a brighter galaxy's outskirts (a false
+    detection, or a posterior sample's spurious source) gets a galaxy made of that
+    galaxy's light, and the galaxy loses it; fitted jointly, such a model keeps only the
+    light the others do not already explain. Sources linked by overlapping models are
+    solved together: exactly (non-negative least squares) up to ``dense`` of them,
+    by accelerated projected gradient beyond."""
+    from scipy import sparse
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(models)
+    if n == 0:
+        return models
+    nb, h, w = image.shape
+    size = models.size
+    half = size // 2
+    ar = np.arange(size)
+    xs = models.cx[:, None, None] - half + ar[None, None, :]
+    ys = models.cy[:, None, None] - half + ar[None, :, None]
+    inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
+    if mask is not None:
+        inside &= ~np.asarray(mask, bool)[np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1)]
+    src = np.broadcast_to(np.arange(n)[:, None, None], inside.shape)
+    pix = ys * w + xs
+    sig = np.broadcast_to(np.asarray(sigma, float).ravel(), (nb,))
+    stamps = models.stamps.copy()
+    for k in range(nb):
+        vals = models.stamps[:, k]
+        keep = inside & (np.abs(vals) > AMPLITUDE_FLOOR * sig[k])
+        used, row = np.unique(pix[keep], return_inverse=True)
+        a_mat = sparse.csr_matrix(
+            (vals[keep].astype(np.float64), (row.ravel(), src[keep])), shape=(len(used), n)
+        )
+        gram = (a_mat.T @ a_mat).tocsr()
+        rhs = a_mat.T @ image[k].ravel()[used].astype(np.float64)
+        amp = _nnls_ridge(gram, rhs, ridge, dense, connected_components)
+        stamps[:, k] *= amp[:, None, None].astype(np.float32)
+    return Models(stamps, models.cx, models.cy, models.x, models.y, models.galaxy)
+
+
+def _nnls_ridge(gram, rhs, ridge: float, dense: int, components) -> np.ndarray:
+    """``argmin_{a >= 0} a^T G a / 2 - b^T a + ridge * sum_i G_ii (a_i - 1)^2 / 2`` for the
+    sparse Gram matrix ``G`` ``(n, n)``, block by block of linked unknowns; 1 for an
+    unknown with ``G_ii = 0``."""
+    from scipy import sparse
+    from scipy.linalg import solve_triangular
+    from scipy.optimize import nnls
+
+    diag = gram.diagonal()
+    amp = np.ones(len(rhs))
+    idx = np.flatnonzero(diag > 0)
+    if not len(idx):
+        return amp
+    d = diag[idx]
+    g = (gram[idx][:, idx] + sparse.diags(ridge * d)).tocsr()
+    b = rhs[idx] + ridge * d
+    n_comp, label = components(g, directed=False)
+    out = np.empty(len(idx))
+    for c in range(n_comp):
+        m = np.flatnonzero(label == c)
+        gc, bc = g[m][:, m], b[m]
+        if len(m) <= dense:
+            try:  # G = L L^T: min |L^T a - L^-1 b|^2 is the same problem
+                low = np.linalg.cholesky(gc.toarray())
+            except np.linalg.LinAlgError:
+                low = None  # numerically singular: the iteration below
+            if low is not None:
+                rhs_c = solve_triangular(low, bc, lower=True)
+                out[m] = nnls(low.T, rhs_c, maxiter=50 * len(m))[0]
+                continue
+        out[m] = _projected_gradient(gc, bc)
+    amp[idx] = out
+    return amp
+
+
+def _projected_gradient(g, b) -> np.ndarray:
+    """``argmin_{a >= 0} a^T g a / 2 - b^T a`` for a positive definite sparse ``g``:
+    accelerated projected gradient (FISTA, with restarts) on the Jacobi-scaled problem,
+    from ``a = 1``, to :data:`AMPLITUDE_TOL` in ``a`` or :data:`AMPLITUDE_ITERS` steps."""
+    d = np.sqrt(g.diagonal())
+    gs = (g.multiply(1.0 / d[:, None]).multiply(1.0 / d[None, :])).tocsr()
+    bs = b / d
+    lip = float(np.abs(gs).sum(1).max())  # Gershgorin: at least the largest eigenvalue
+    u = d.copy()  # a = 1
+    y, t = u.copy(), 1.0
+    for _ in range(AMPLITUDE_ITERS):
+        new = np.maximum(y - (gs @ y - bs) / lip, 0.0)
+        step = new - u
+        if np.max(np.abs(step) / d) < AMPLITUDE_TOL:
+            u = new
+            break
+        t_next = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
+        if np.dot(y - new, step) > 0:  # the momentum points uphill: restart it
+            y, t_next = new.copy(), 1.0
+        else:
+            y = new + ((t - 1.0) / t_next) * step
+        u, t = new, t_next
+    return u / d
+
+
 def reconstruct(
     model,
     image: np.ndarray,
@@ -340,19 +464,24 @@ def reconstruct(
     survey=None,
     device=None,
     passes: int = REFINE_PASSES,
+    amplitudes: bool = True,
+    mask: np.ndarray | None = None,
 ) -> Models:
     """Models of the sources at ``(x, y)`` in ``image`` ``(bands, H, W)`` electrons:
     galaxies (``galaxy`` True) through the deblender ``model``
     (:class:`~probcat.nets.deblend.GalaxyModel`), refined by ``passes`` rounds of
     :func:`refine_stamps` (0: the paper's single pass), stars as the PSF of ``survey``
-    scaled by a least-squares flux on the image minus the galaxy models."""
+    scaled by a least-squares flux on the image minus the galaxy models; then, with
+    ``amplitudes``, every model's amplitude fitted jointly (:func:`fit_amplitudes`, on the
+    pixels not in ``mask``)."""
     galaxy = np.asarray(galaxy, bool)
     x, y = np.asarray(x, float), np.asarray(y, float)
     g = galaxy_stamps(model, image, sigma, x[galaxy], y[galaxy], device=device)
     g = refine_stamps(
         model, image, sigma, x[galaxy], y[galaxy], g, passes=passes, device=device, inplace=True
     )
-    return assemble(image, g, x, y, galaxy, survey)
+    models = assemble(image, g, x, y, galaxy, survey)
+    return fit_amplitudes(image, models, sigma, mask=mask) if amplitudes else models
 
 
 def aperture_fluxes(
@@ -487,6 +616,8 @@ def sample_fluxes(
     device=None,
     contamination: bool = False,
     passes: int = REFINE_PASSES,
+    amplitudes: bool = True,
+    mask: np.ndarray | None = None,
     progress: bool = False,
 ):
     """Aperture fluxes ``(targets, samples, bands)`` of the targets ``(tx, ty)`` in every
@@ -501,6 +632,8 @@ def sample_fluxes(
     arrays, from one reconstruction of every sample. ``contamination``: also return, in
     the same form, the light of the other sources in each aperture (the data's aperture
     flux minus the target's): what the flux-error model scales (:mod:`probcat.measure`).
+    ``amplitudes``: each sample's models get their amplitudes fitted jointly
+    (:func:`fit_amplitudes`, on the pixels not in ``mask``), as :func:`reconstruct` does.
     ``progress``: a progress bar over the samples."""
     from tqdm.auto import tqdm
 
@@ -543,6 +676,8 @@ def sample_fluxes(
             check_interrupt()
             n_gal = int(g.sum())
             models = assemble(image, stamps[start : start + n_gal], x, y, g, survey)
+            if amplitudes:
+                models = fit_amplitudes(image, models, sigma, mask=mask)
             start += n_gal
             idx = match_nearest(x, y, tx, ty, match_px)
             hit = np.flatnonzero(idx >= 0)
