@@ -367,30 +367,46 @@ def fit_amplitudes(
     if n == 0:
         return models
     nb, h, w = image.shape
-    size = models.size
-    half = size // 2
-    ar = np.arange(size)
-    xs = models.cx[:, None, None] - half + ar[None, None, :]
-    ys = models.cy[:, None, None] - half + ar[None, :, None]
-    inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
-    if mask is not None:
-        inside &= ~np.asarray(mask, bool)[np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1)]
-    src = np.broadcast_to(np.arange(n)[:, None, None], inside.shape)
-    pix = ys * w + xs
     sig = np.broadcast_to(np.asarray(sigma, float).ravel(), (nb,))
+    bad = None if mask is None else np.asarray(mask, bool)
     stamps = models.stamps.copy()
     for k in range(nb):
-        vals = models.stamps[:, k]
-        keep = inside & (np.abs(vals) > AMPLITUDE_FLOOR * sig[k])
-        used, row = np.unique(pix[keep], return_inverse=True)
-        a_mat = sparse.csr_matrix(
-            (vals[keep].astype(np.float64), (row.ravel(), src[keep])), shape=(len(used), n)
-        )
+        # one row per image pixel (most stay empty), one column per source
+        vals, pix, start = _model_pixels(models, k, AMPLITUDE_FLOOR * sig[k], h, w, bad)
+        a_mat = sparse.csc_matrix((vals, pix, start), shape=(h * w, n))
         gram = (a_mat.T @ a_mat).tocsr()
-        rhs = a_mat.T @ image[k].ravel()[used].astype(np.float64)
+        rhs = a_mat.T @ image[k].ravel().astype(np.float64)
+        del a_mat
         amp = _nnls_ridge(gram, rhs, ridge, dense, connected_components)
         stamps[:, k] *= amp[:, None, None].astype(np.float32)
     return Models(stamps, models.cx, models.cy, models.x, models.y, models.galaxy)
+
+
+def _model_pixels(models: Models, band: int, floor: float, h: int, w: int, bad):
+    """Band ``band`` of every model as the columns of a sparse ``(h * w, N)`` matrix in
+    compressed-column form ``(values, row indices, column starts)``: its pixels above
+    ``floor`` in absolute value, inside the ``(h, w)`` image and not in ``bad``. Cut
+    :data:`CROP_BLOCK` sources at a time (the index grids of a large field's every stamp
+    would take gigabytes); each column's rows come out in increasing order."""
+    size = models.size
+    ar = np.arange(size) - size // 2
+    itype = np.int32 if h * w < 2**31 else np.int64
+    vals, rows, counts = [], [], []
+    for lo in range(0, len(models), CROP_BLOCK):
+        j = slice(lo, lo + CROP_BLOCK)
+        xs = models.cx[j, None, None] + ar[None, None, :]
+        ys = models.cy[j, None, None] + ar[None, :, None]
+        v = models.stamps[j, band]
+        keep = (np.abs(v) > floor) & (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
+        if bad is not None:
+            keep &= ~bad[np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1)]
+        i, r, c = np.nonzero(keep)  # by source, then row, then column: rows increase
+        rows.append(ys[i, r, 0].astype(itype) * w + xs[i, 0, c].astype(itype))
+        vals.append(v[i, r, c].astype(np.float64))
+        counts.append(keep.sum((1, 2)))
+    start = np.zeros(len(models) + 1, itype)
+    np.cumsum(np.concatenate(counts), out=start[1:])
+    return np.concatenate(vals), np.concatenate(rows), start
 
 
 def _nnls_ridge(gram, rhs, ridge: float, dense: int, components) -> np.ndarray:

@@ -398,9 +398,10 @@ def fit_flux_error(
         "source": f"{n_scenes} central validation scenes (split=val, seed {seed}, "
         f"{bank_size}-galaxy bank), "
         f"{n_samples} posterior samples of {detector} each, deblended with refinement "
-        f"passes: {REFINE_PASSES}; noiseless aperture flux of the central galaxy; highest "
-        "mean log posterior density, for each method",
+        f"passes: {REFINE_PASSES}, amplitudes fitted; noiseless aperture flux of the central "
+        "galaxy; highest mean log posterior density, for each method",
         "refine_passes": REFINE_PASSES,
+        "amplitudes_fitted": True,
         "detector": str(detector),
     }
 
