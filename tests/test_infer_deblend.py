@@ -758,3 +758,19 @@ def test_a_spurious_source_in_a_galaxys_wing_no_longer_takes_its_light():
     np.testing.assert_allclose(v[0, :, 0], true, rtol=0.01)
     v0 = sample_fluxes(model, image, sigma, samples, [20.0], [20.0], amplitudes=False)
     assert v0[0, 0, 0] < 0.75 * true
+
+
+def test_fit_amplitudes_iterates_where_the_exact_solver_gives_up(monkeypatch):
+    import scipy.optimize
+
+    rng = np.random.default_rng(5)
+    models = _random_scene(rng)
+    image = paste_models(models, (36, 36)) * 1.3 + rng.normal(0, 0.5, (1, 36, 36))
+    exact = fit_amplitudes(image.astype(np.float32), models, [0.5]).stamps
+
+    def out_of_iterations(*args, **kwargs):
+        raise RuntimeError("Maximum number of iterations reached.")
+
+    monkeypatch.setattr(scipy.optimize, "nnls", out_of_iterations)
+    got = fit_amplitudes(image.astype(np.float32), models, [0.5]).stamps
+    np.testing.assert_allclose(got.sum((1, 2, 3)), exact.sum((1, 2, 3)), rtol=1e-4)

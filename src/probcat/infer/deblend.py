@@ -361,7 +361,6 @@ def fit_amplitudes(
     solved together: exactly (non-negative least squares) up to ``dense`` of them,
     by accelerated projected gradient beyond."""
     from scipy import sparse
-    from scipy.sparse.csgraph import connected_components
 
     n = len(models)
     if n == 0:
@@ -377,7 +376,7 @@ def fit_amplitudes(
         gram = (a_mat.T @ a_mat).tocsr()
         rhs = a_mat.T @ image[k].ravel().astype(np.float64)
         del a_mat
-        amp = _nnls_ridge(gram, rhs, ridge, dense, connected_components)
+        amp = _nnls_ridge(gram, rhs, ridge, dense)
         stamps[:, k] *= amp[:, None, None].astype(np.float32)
     return Models(stamps, models.cx, models.cy, models.x, models.y, models.galaxy)
 
@@ -409,13 +408,14 @@ def _model_pixels(models: Models, band: int, floor: float, h: int, w: int, bad):
     return np.concatenate(vals), np.concatenate(rows), start
 
 
-def _nnls_ridge(gram, rhs, ridge: float, dense: int, components) -> np.ndarray:
+def _nnls_ridge(gram, rhs, ridge: float, dense: int) -> np.ndarray:
     """``argmin_{a >= 0} a^T G a / 2 - b^T a + ridge * sum_i G_ii (a_i - 1)^2 / 2`` for the
     sparse Gram matrix ``G`` ``(n, n)``, block by block of linked unknowns; 1 for an
     unknown with ``G_ii = 0``."""
     from scipy import sparse
     from scipy.linalg import solve_triangular
     from scipy.optimize import nnls
+    from scipy.sparse.csgraph import connected_components
 
     diag = gram.diagonal()
     amp = np.ones(len(rhs))
@@ -425,7 +425,7 @@ def _nnls_ridge(gram, rhs, ridge: float, dense: int, components) -> np.ndarray:
     d = diag[idx]
     g = (gram[idx][:, idx] + sparse.diags(ridge * d)).tocsr()
     b = rhs[idx] + ridge * d
-    n_comp, label = components(g, directed=False)
+    n_comp, label = connected_components(g, directed=False)
     out = np.empty(len(idx))
     for c in range(n_comp):
         m = np.flatnonzero(label == c)
@@ -436,9 +436,12 @@ def _nnls_ridge(gram, rhs, ridge: float, dense: int, components) -> np.ndarray:
             except np.linalg.LinAlgError:
                 low = None  # numerically singular: the iteration below
             if low is not None:
-                rhs_c = solve_triangular(low, bc, lower=True)
-                out[m] = nnls(low.T, rhs_c, maxiter=50 * len(m))[0]
-                continue
+                try:
+                    rhs_c = solve_triangular(low, bc, lower=True)
+                    out[m] = nnls(low.T, rhs_c, maxiter=50 * len(m))[0]
+                    continue
+                except RuntimeError:  # out of iterations: the iteration below
+                    pass
         out[m] = _projected_gradient(gc, bc)
     amp[idx] = out
     return amp
