@@ -413,8 +413,6 @@ def _nnls_ridge(gram, rhs, ridge: float, dense: int) -> np.ndarray:
     sparse Gram matrix ``G`` ``(n, n)``, block by block of linked unknowns; 1 for an
     unknown with ``G_ii = 0``."""
     from scipy import sparse
-    from scipy.linalg import solve_triangular
-    from scipy.optimize import nnls
     from scipy.sparse.csgraph import connected_components
 
     diag = gram.diagonal()
@@ -430,21 +428,24 @@ def _nnls_ridge(gram, rhs, ridge: float, dense: int) -> np.ndarray:
     for c in range(n_comp):
         m = np.flatnonzero(label == c)
         gc, bc = g[m][:, m], b[m]
-        if len(m) <= dense:
-            try:  # G = L L^T: min |L^T a - L^-1 b|^2 is the same problem
-                low = np.linalg.cholesky(gc.toarray())
-            except np.linalg.LinAlgError:
-                low = None  # numerically singular: the iteration below
-            if low is not None:
-                try:
-                    rhs_c = solve_triangular(low, bc, lower=True)
-                    out[m] = nnls(low.T, rhs_c, maxiter=50 * len(m))[0]
-                    continue
-                except RuntimeError:  # out of iterations: the iteration below
-                    pass
-        out[m] = _projected_gradient(gc, bc)
+        exact = _exact_nnls(gc, bc) if len(m) <= dense else None
+        out[m] = exact if exact is not None else _projected_gradient(gc, bc)
     amp[idx] = out
     return amp
+
+
+def _exact_nnls(g, b) -> np.ndarray | None:
+    """``argmin_{a >= 0} a^T g a / 2 - b^T a`` by non-negative least squares on the
+    Cholesky factor (``g = L L^T``: ``min |L^T a - L^-1 b|^2`` is the same problem); None
+    where ``g`` is numerically singular or the solver runs out of iterations."""
+    from scipy.linalg import solve_triangular
+    from scipy.optimize import nnls
+
+    try:
+        low = np.linalg.cholesky(g.toarray())
+        return nnls(low.T, solve_triangular(low, b, lower=True), maxiter=50 * len(b))[0]
+    except (np.linalg.LinAlgError, RuntimeError):
+        return None
 
 
 def _projected_gradient(g, b) -> np.ndarray:

@@ -364,7 +364,7 @@ def fit_flux_error(
         scene, _ = sim.scene(i)
         cat = scene.catalog
         tx, ty = float(cat["x"][0]), float(cat["y"][0])
-        central = np.ascontiguousarray(sim.csim.compose(cat.select([0]))[0], dtype=np.float64)
+        central = sim.csim.compose(cat.select([0]))[0]
         truth.append(float(aperture_sums(central, tx, ty)[0][0]))
         with warnings.catch_warnings():  # a bright central galaxy: its light is not noise
             warnings.simplefilter("ignore")
