@@ -190,3 +190,23 @@ def test_an_image_of_another_band_than_the_weights_is_said_once(tmp_path, capsys
             str(tmp_path / "lsst_cat.fits")]  # fmt: skip
     assert main(args) == 0
     assert "the image is of band r (named 'r_sim_1.4')" in capsys.readouterr().err
+
+
+def test_degenerate_axes_are_dropped_and_a_real_cube_refused(tmp_path):
+    """A radio-style image (NAXIS3 = NAXIS4 = 1) reads as one band with its celestial WCS;
+    a 4-D array with more than one plane on an extra axis stays a clear error."""
+    rng = np.random.default_rng(3)
+    plane = rng.normal(size=(24, 32)).astype(np.float32)
+    hdr = fits.Header()
+    hdr.update(CTYPE1="RA---TAN", CTYPE2="DEC--TAN", CRVAL1=56.0, CRVAL2=-30.0,
+               CRPIX1=16.5, CRPIX2=12.5, CDELT1=-5.5e-5, CDELT2=5.5e-5,
+               CTYPE3="FREQ", CTYPE4="STOKES")  # fmt: skip
+    fits.PrimaryHDU(plane[None, None], header=hdr).writeto(tmp_path / "deg.fits")
+    got = read_image(tmp_path / "deg.fits")
+    assert got.image.shape == (1, 24, 32)
+    np.testing.assert_array_equal(got.image[0], plane)
+    ra, dec = got.wcs.pixel_to_world_values(15.5, 11.5)  # CRPIX is 1-based
+    assert abs(ra - 56.0) < 1e-9 and abs(dec + 30.0) < 1e-9
+    fits.PrimaryHDU(np.stack([plane[None]] * 2)).writeto(tmp_path / "cube.fits")
+    with pytest.raises(ProbcatValueError, match="image has 4 dimensions"):
+        read_image(tmp_path / "cube.fits")

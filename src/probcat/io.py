@@ -210,6 +210,8 @@ def read_image(
                 hdr = hdul[idx].header
                 with np.errstate(over="ignore", invalid="ignore"):
                     image = np.asarray(data, dtype=np.float32)
+                while image.ndim > 3 and image.shape[0] == 1:  # degenerate axes (radio
+                    image = image[0]  # style: NAXIS3 = NAXIS4 = 1), as the header's WCS
                 if image.ndim == 2:
                     image = image[None]
                 if image.ndim != 3:
