@@ -1174,6 +1174,31 @@ TABLES = {
                 "subtract",
             ),
             (
+                "central galaxies of the five morphology families: flux posterior coverage 68% "
+                "(flux-conserving)",
+                "morphology_central.all.conserve.coverage_68",
+                "flux_conserving.flux_posterior_coverage.68",
+                ".3f",
+                "",
+                "bulge + disk",
+            ),
+            (
+                "same, 95%",
+                "morphology_central.all.conserve.coverage_95",
+                "flux_conserving.flux_posterior_coverage.95",
+                ".3f",
+                "",
+                "bulge + disk",
+            ),
+            (
+                "same, irregular central galaxies: coverage 68%, 95%",
+                "morphology_central.by_family.irregular.conserve.coverage_68",
+                "morphology_central.by_family.irregular.conserve.coverage_95",
+                ".3f",
+                "",
+                "95%",
+            ),
+            (
                 "1000×1000 field: MAP detection + deblending + measurement (s)",
                 "speed.deblend_1k_s",
                 None,
