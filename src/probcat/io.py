@@ -210,8 +210,10 @@ def read_image(
                 hdr = hdul[idx].header
                 with np.errstate(over="ignore", invalid="ignore"):
                     image = np.asarray(data, dtype=np.float32)
-                while image.ndim > 3 and image.shape[0] == 1:  # degenerate axes (radio
-                    image = image[0]  # style: NAXIS3 = NAXIS4 = 1), as the header's WCS
+                # leading axes of length 1 (radio style, NAXIS3 = NAXIS4 = 1) dropped; the
+                # WCS reads the first two axes
+                while image.ndim > 3 and image.shape[0] == 1:
+                    image = image[0]
                 if image.ndim == 2:
                     image = image[None]
                 if image.ndim != 3:
