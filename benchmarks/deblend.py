@@ -236,7 +236,7 @@ def _central_sim(args, progress: bool) -> Simulation:
         n=args.n_central,
         seed=args.seed,
         split="test",
-        population=getattr(args, "population", "parametric"),
+        population=args.population,
     )
     return Simulation(cfg, progress=progress)
 
@@ -546,10 +546,7 @@ def run_scarlet(args, images, centers, survey, tmp):
 def scarlet_central(args, rows, survey, tmp):
     if args.scarlet_scenes <= 0:
         return None, "scarlet2 not run (--scarlet-scenes 0)"
-    sim = Simulation(
-        SimulationConfig(recipe="central", n=args.n_central, seed=args.seed, split="test"),
-        progress=False,
-    )
+    sim = _central_sim(args, progress=False)
     pick = rows[: args.scarlet_scenes]
     images, truth_xy = [], []
     for r in pick:
@@ -829,6 +826,7 @@ def main(argv=None):
     ap.add_argument("--speed-runs", type=int, default=3)
     ap.add_argument("--speed-scenes", type=int, default=20)
     ap.add_argument("--out", default=str(RESULTS))
+    ap.set_defaults(population="parametric")  # the central scenes' (morphology_central's own)
     args = ap.parse_args(argv)
     if args.scarlet_python is None:
         import importlib.util
@@ -847,8 +845,12 @@ def main(argv=None):
     if args.n_morph_central > 0:
         print("morphology-rich central scenes ...", flush=True)
         morph_args = argparse.Namespace(
-            **{**vars(args), "n_central": args.n_morph_central, "seed": args.seed + 4},
-            population="morphology",
+            **{
+                **vars(args),
+                "n_central": args.n_morph_central,
+                "seed": args.seed + 4,
+                "population": "morphology",
+            }
         )
         morph_central = {
             **morphology_central_summary(central_part(morph_args)),
