@@ -33,6 +33,21 @@ def test_detect_array_and_fits_agree(weights, fits_image):
     assert b.catalog["ra"][0] == pytest.approx(float(ra[0]))
 
 
+def test_a_loaded_model_is_taken_wherever_weights_are(weights, fits_image):
+    """``probcat.load`` returns a loaded model as it is (kind checked), so ``detect`` takes
+    a Detector as ``weights=`` and gives the catalog that the weights file gives."""
+    import probcat
+
+    det = probcat.load(weights, threads=1)
+    assert probcat.load(det, kind="detection") is det
+    with pytest.raises(ValueError, match="detection weights, not deblender weights"):
+        probcat.load(det, kind="deblender")
+    a = probcat.detect(fits_image, weights=det, threshold=0.2).catalog
+    b = probcat.detect(fits_image, weights=weights, threshold=0.2).catalog
+    assert len(a) == len(b) > 0 and np.array_equal(a["x"], b["x"])
+    assert np.array_equal(a["prob"], b["prob"])
+
+
 def test_detect_samples(weights, fits_image):
     res = detect(fits_image, weights=weights, samples=5, seed=3)
     assert len(res.samples) == 5

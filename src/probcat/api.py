@@ -947,28 +947,33 @@ def load(name_or_path=None, *, device=None, threads="auto", kind=None):
     training run). Checks the file's sha256 against its manifest. Detection weights give a
     :class:`Detector`, deblender (and autoencoder) weights a :class:`Deblender`, photo-z weights a
     :class:`~probcat.redshift.estimator.PhotozEstimator`. ``kind`` (``"detection"``,
-    ``"deblender"`` or ``"photoz"``): a clear error for weights of another kind.
+    ``"deblender"`` or ``"photoz"``): a clear error for weights of another kind. A model
+    already loaded is returned as it is (on its own device and threads), so every
+    ``weights=``, ``deblender=``, ``estimator=`` and ``detector=`` argument takes one.
 
     Example:
         >>> det = probcat.load()                                # doctest: +SKIP
         >>> det.catalog("field.fits")                           # doctest: +SKIP
     """
+    from probcat.redshift.estimator import PhotozEstimator
     from probcat.weights import load as load_weights
 
-    w = load_weights(name_or_path)
-    have = _KINDS.get(w.kind, w.kind)
+    loaded = {Detector: "detection", Deblender: "deblender", PhotozEstimator: "photoz"}
+    have = next((k for c, k in loaded.items() if isinstance(name_or_path, c)), None)
+    w = None if have else load_weights(name_or_path)
+    have = have or _KINDS.get(w.kind, w.kind)
     if kind is not None and have != kind:
         if kind not in _KIND_WORDS:
             raise ProbcatValueError(f"kind must be one of {', '.join(_KIND_WORDS)}, got {kind!r}")
         raise ProbcatValueError(
-            f"{name_or_path or w.path}: {_KIND_WORDS.get(have, have)} weights, not "
-            f"{_KIND_WORDS[kind]} weights"
+            f"{name_or_path if w is None else name_or_path or w.path}: "
+            f"{_KIND_WORDS.get(have, have)} weights, not {_KIND_WORDS[kind]} weights"
         )
+    if w is None:
+        return name_or_path
     if w.kind in ("deblender", "autoencoder"):
         return Deblender(w.model, w.survey, w.manifest, device=device, threads=threads)
     if w.kind == "photoz":
-        from probcat.redshift.estimator import PhotozEstimator
-
         return PhotozEstimator(w.model, w.survey, w.manifest, device=device, threads=threads)
     if w.kind != "detection":
         raise ProbcatValueError(f"{w.path}: {w.kind!r} weights have no Python entry point yet")
@@ -1024,7 +1029,8 @@ def detect(
             ``NOISE`` keyword, else the survey's (but a band's measured pixel noise where
             the survey's is more than 5% off it, with a warning); ``"measured"``:
             the image's own pixel noise (sources masked) in every band.
-        weights: a registered name or weights file; default: the shipped LSST-i encoder.
+        weights: a registered name, a weights file or a loaded :class:`Detector`; default:
+            the shipped LSST-i encoder.
         threshold: detection probability threshold of the MAP catalog.
         samples: number of posterior catalog samples to draw (seeded by ``seed``).
         background: ``"auto"`` subtracts a smooth sky when the image still has one (the
@@ -1468,8 +1474,10 @@ def deblend(
 
     Args:
         image: as for :func:`detect`.
-        weights: detection weights (default the shipped LSST-i encoder).
-        deblender: deblender weights (default ``"deblender_lsst_i"``).
+        weights: detection weights (default the shipped LSST-i encoder), or a loaded
+            :class:`Detector`.
+        deblender: deblender weights (default ``"deblender_lsst_i"``), or a loaded
+            :class:`Deblender`.
         method: ``"conserve"`` (default) or ``"subtract"`` (see :meth:`Deblender.measure`).
         passes: refinement rounds of the galaxy models (see :meth:`Deblender.measure`).
         amplitudes: fit the models' amplitudes jointly (see :meth:`Deblender.measure`).
@@ -1603,7 +1611,7 @@ def photoz(
         >>> res = probcat.photoz("field_ugrizy.fits")                 # doctest: +SKIP
         >>> res.catalog["z_mode"], res.ensemble.npdf                  # doctest: +SKIP
     """
-    from probcat.redshift.estimator import PhotozEstimator, check_width_scale, read_known
+    from probcat.redshift.estimator import check_width_scale, read_known
     from probcat.weights import coadd_trained
 
     width_scale = check_width_scale(width_scale)
@@ -1611,13 +1619,10 @@ def photoz(
         if width_scale != 1.0:
             raise ProbcatValueError("give known_redshifts (to fit widths) or width_scale, not both")
         known_redshifts = read_known(known_redshifts)[0]
-    if not isinstance(estimator, PhotozEstimator):
-        estimator = load(estimator or DEFAULT_PHOTOZ, device=device, threads=threads,
-                         kind="photoz")  # fmt: skip
-    if not isinstance(detector, Detector):
-        detector = load(detector or DEFAULT_PHOTOZ_DETECTOR, device=device, threads=threads,
-                        kind="detection")  # fmt: skip
-    est, det = estimator, detector
+    est = load(estimator or DEFAULT_PHOTOZ, device=device, threads=threads, kind="photoz")
+    det = load(
+        detector or DEFAULT_PHOTOZ_DETECTOR, device=device, threads=threads, kind="detection"
+    )
     check_photoz_detector(det, est)
     offset = det.sky_offset if det.bands == est.bands else None
     if isinstance(image, (str, Path)):
