@@ -466,6 +466,7 @@ def _plain_fits(path, data, **keywords):
         ({"NOISE": True}, None, "NOISE keyword True is not a number"),
         ({"NOISE": -3.0}, None, "not a positive finite number"),
         ({"NOISE": 1e-45}, None, "overflow float32"),
+        ({"NOISE": 1e39}, None, "beyond float32's range"),  # else every pixel reads 0
         (
             {},
             "huge",

@@ -155,6 +155,11 @@ def check_image(
         ) from None
     if not np.all(np.isfinite(sigma64) & (sigma64 > 0)):
         raise ProbcatValueError(f"noise sigma must be positive and finite, got {sigma64}")
+    if np.any(sigma64 > np.finfo(np.float32).max):  # inf in float32: every pixel would be 0
+        raise ProbcatValueError(
+            f"noise sigma {sigma64.max():g} is beyond float32's range: check the NOISE value "
+            "and the units"
+        )
     sigma = sigma64.astype(np.float32)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         # in float32 (the pixels cast first), straight into one new array
