@@ -110,6 +110,20 @@ def test_detect_cli(weights, fits_image, tmp_path, capsys):
     assert (tmp_path / "d.png").stat().st_size > 5000
 
 
+@pytest.mark.parametrize("suffix", [".ECSV", ".FITS"])
+def test_detect_cli_writes_ecsv_and_upper_case_suffixes(weights, fits_image, tmp_path, suffix):
+    """A catalog named in capitals is written (``.FITS`` passed the early check and then
+    failed after the work), and ECSV, catalog and samples alike, reads back the same."""
+    out = tmp_path / f"cat{suffix}"
+    args = ["detect", str(fits_image), "-o", str(out), "--weights", str(weights)]
+    assert main(args + ["--samples", "2", "--threshold", "0.2"]) == 0
+    ref = detect(fits_image, weights=weights, threshold=0.2, samples=2).catalog
+    cat = FullCatalog.read(out)
+    assert np.array_equal(cat["x"], ref["x"]) and np.array_equal(cat["prob"], ref["prob"])
+    assert cat.meta["input"] == ref.meta["input"]
+    assert set(FullCatalog.read(tmp_path / f"cat_samples{suffix}")["sample"]) <= {0, 1}
+
+
 def test_detect_cli_non_fits(tmp_path, weights, capsys):
     bad = tmp_path / "x.fits"
     bad.write_text("hello")

@@ -8,7 +8,7 @@ from probcat.catalog import FullCatalog, make_wcs, sky_positions
 from probcat.errors import ProbcatIOError, ProbcatValueError
 
 
-@pytest.mark.parametrize("suffix", [".fits", ".parquet"])
+@pytest.mark.parametrize("suffix", [".fits", ".parquet", ".ecsv", ".FITS", ".Parquet"])
 def test_file_round_trip_is_lossless(tmp_path, suffix):
     c = random_catalog()
     wcs = make_wcs(c.image_shape, 0.2, 150.0, 2.0)
@@ -20,7 +20,7 @@ def test_file_round_trip_is_lossless(tmp_path, suffix):
         assert back[k].dtype == c[k].dtype, k
 
 
-@pytest.mark.parametrize("suffix", [".fits", ".parquet"])
+@pytest.mark.parametrize("suffix", [".fits", ".parquet", ".ecsv"])
 @pytest.mark.parametrize("flux_unit", [None, "nJy", "furlong"])
 def test_columns_carry_their_units(tmp_path, suffix, flux_unit):
     import warnings
@@ -39,6 +39,11 @@ def test_columns_carry_their_units(tmp_path, suffix, flux_unit):
         head = fits.getheader(path, "CATALOG")
         names = [head[f"TTYPE{i}"] for i in range(1, head["TFIELDS"] + 1)]
         got = {n: head.get(f"TUNIT{i}") for i, n in enumerate(names, 1)}
+    elif suffix == ".ecsv":  # in the text file's YAML header
+        from astropy.table import Table
+
+        t = Table.read(path, format="ascii.ecsv")
+        got = {n: None if t[n].unit is None else t[n].unit.to_string() for n in t.colnames}
     else:  # in the schema's metadata, as the file holds them
         import json
 
@@ -63,8 +68,9 @@ def test_read_errors(tmp_path):
     bad.write_text("not fits")
     with pytest.raises(ProbcatIOError):
         FullCatalog.read(bad)
-    with pytest.raises(ProbcatValueError):
+    with pytest.raises(ProbcatValueError, match=r"end in .fits, .fit, .fts, .parquet or .ecsv"):
         random_catalog().write(tmp_path / "cat.txt")
+    assert not list(tmp_path.glob("*cat.txt*"))
 
 
 def test_wcs_pixel_sky_round_trip():

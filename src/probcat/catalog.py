@@ -59,6 +59,10 @@ def atomic_write(path: str | Path, write_fn) -> Path:
     return path
 
 
+# the catalog files FullCatalog.write makes, by suffix (compared in lower case)
+TABLE_SUFFIXES = (".fits", ".fit", ".fts", ".parquet", ".ecsv")
+
+
 def check_writable_dir(out: str | Path) -> Path:
     """Create ``out`` if needed and check that files can be written there."""
     out = Path(out)
@@ -248,12 +252,24 @@ class FullCatalog:
         return cls(cols, shape, bands, extra)
 
     def write(self, path: str | Path, wcs: WCS | None = None) -> Path:
-        """Write atomically as FITS (``.fits``) or Parquet (``.parquet``, fixed-size lists)."""
+        """Write atomically as FITS (``.fits``, ``.fit``, ``.fts``), Parquet (``.parquet``,
+        fixed-size lists) or ECSV (``.ecsv``: astropy's text table, units and metadata kept),
+        by the file name's suffix in any case (:data:`TABLE_SUFFIXES`)."""
         path = Path(path)
+        kind = path.suffix.lower()
+        if kind not in TABLE_SUFFIXES:  # before any work on the table
+            raise ProbcatValueError(
+                f"{path}: catalog files end in {', '.join(TABLE_SUFFIXES[:-1])} or "
+                f"{TABLE_SUFFIXES[-1]}"
+            )
         table = self.to_table(wcs)
-        if path.suffix == ".parquet":
+        if kind == ".parquet":
             return atomic_write(path, lambda tmp: _write_parquet(table, tmp))
-        if path.suffix in (".fits", ".fit", ".fts"):
+        if kind == ".ecsv":
+            return atomic_write(
+                path, lambda tmp: table.write(tmp, format="ascii.ecsv", overwrite=True)
+            )
+        if kind in (".fits", ".fit", ".fts"):
 
             def _w(tmp):
                 # units as TUNITn strings: astropy drops those outside the FITS standard
@@ -270,7 +286,6 @@ class FullCatalog:
                 fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, overwrite=True)
 
             return atomic_write(path, _w)
-        raise ProbcatValueError(f"{path}: catalog files end in .fits or .parquet")
 
     def write_regions(self, path: str | Path, label: str = "prob", title: str = "") -> Path:
         """Write atomically a DS9 region file of the detections, in image coordinates
@@ -314,8 +329,10 @@ class FullCatalog:
         if not path.exists():
             raise ProbcatFileError(f"{path}: no such catalog file")
         try:
-            if path.suffix == ".parquet":
+            if path.suffix.lower() == ".parquet":
                 table = _read_parquet(path)
+            elif path.suffix.lower() == ".ecsv":
+                table = Table.read(path, format="ascii.ecsv")
             else:
                 with warnings.catch_warnings():  # TUNIT 'electron' is not a FITS unit
                     warnings.simplefilter("ignore", u.UnitsWarning)

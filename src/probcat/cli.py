@@ -350,7 +350,7 @@ def detect_cmd(
         "BAND=FILE each (the band from the header's BAND or FILTER unless given)",
         metavar="IMAGE...",
     ),
-    out: Path = typer.Option(None, "--out", "-o", help="catalog (.fits or .parquet)"),
+    out: Path = typer.Option(None, "--out", "-o", help="catalog (.fits, .parquet or .ecsv)"),
     threshold: float = typer.Option(0.5, help="detection probability threshold (MAP catalog)"),
     samples: int = typer.Option(
         None,
@@ -429,10 +429,10 @@ def detect_cmd(
                    threads=_threads_option(threads), kind="deblender")  # fmt: skip
     elif deblender is not None:
         raise ProbcatValueError("--deblender needs --deblend")
-    from probcat.catalog import check_outputs
+    from probcat.catalog import TABLE_SUFFIXES, check_outputs
 
     out = out or paths[0].with_name(stem + "_catalog.fits")
-    table_suffix = (".fits", ".fit", ".fts", ".parquet")
+    table_suffix = TABLE_SUFFIXES
     outputs = {out: table_suffix}
     if samples:
         outputs[out.with_name(out.stem + "_samples" + out.suffix)] = table_suffix
@@ -572,7 +572,7 @@ def photoz_cmd(
         "FILE or BAND=FILE each (the band from the header's BAND or FILTER unless given)",
         metavar="IMAGE...",
     ),
-    out: Path = typer.Option(None, "--out", "-o", help="catalog (.fits or .parquet)"),
+    out: Path = typer.Option(None, "--out", "-o", help="catalog (.fits, .parquet or .ecsv)"),
     weights: str = typer.Option(None, help="photo-z weights (default: photoz_lsst_ugrizy)"),
     regions: Path = typer.Option(
         None, help="DS9 region file (.reg) of the detections, labelled with z_mode"
@@ -626,7 +626,7 @@ def photoz_cmd(
     the catalog gets z_mode, z_median, z_mean and 68%/95% intervals; the PDFs go to
     <out>_pz.hdf5 (qp mixmod ensemble, ancil 'row' = catalog row)."""
     from probcat.api import photoz
-    from probcat.catalog import check_outputs
+    from probcat.catalog import TABLE_SUFFIXES, check_outputs
     from probcat.redshift.pdf import pdf_path, write_ensemble
 
     items, paths, stem = _image_files(images)
@@ -640,7 +640,7 @@ def photoz_cmd(
     pz_path = pdf_path(out)
     check_outputs(
         [out, pz_path] + ([regions] if regions else []), paths + [p for p in (mask, weight) if p],
-        {out: (".fits", ".fit", ".fts", ".parquet"), regions: (".reg",)},
+        {out: TABLE_SUFFIXES, regions: (".reg",)},
     )  # fmt: skip
     masked = _mask_option(mask, planes, hdu)
     data = read_files(items, mask_planes=planes, weight=weight, weight_type=weight_type, hdu=hdu)
