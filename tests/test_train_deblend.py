@@ -128,3 +128,10 @@ def test_a_wrong_flux_error_detector_stops_the_run_before_training(tmp_path):
         with pytest.raises(ProbcatError, match=name):
             train_deblend(cfg, tmp_path / name, cache_dir=tmp_path / "cache", progress=False)
         assert not (tmp_path / name).exists() and not (tmp_path / "cache").exists()
+    # the autoencoder the deblender starts from, too (it was read after the banks)
+    for name in ("detection_lsst_i", "no_such_weights"):
+        cfg = from_dict(DeblendTrainConfig, {**TINY, "stage": "deblender", "autoencoder": name,
+                                             "flux_error": {"scenes": 0}})  # fmt: skip
+        with pytest.raises(ProbcatError, match=name):
+            train_deblend(cfg, tmp_path / name, cache_dir=tmp_path / "cache", progress=False)
+        assert not (tmp_path / name).exists() and not (tmp_path / "cache").exists()

@@ -162,6 +162,24 @@ def test_a_device_that_is_not_there_fails_before_any_bank_is_built(tmp_path, tra
     assert not cache.exists() and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("train", ["detection", "deblend", "photoz"])
+def test_a_run_directory_that_cannot_be_made_fails_before_any_bank_is_built(tmp_path, train):
+    """``--out`` naming a file stopped training only once the banks were built (minutes)."""
+    from probcat.train.deblend import DeblendTrainConfig, train_deblend
+    from probcat.train.photoz import PhotozTrainConfig, train_photoz
+
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    run.write_text("a file, not a directory")
+    fn, cfg = {
+        "detection": (train_detection, _cfg()),
+        "deblend": (train_deblend, DeblendTrainConfig()),
+        "photoz": (train_photoz, PhotozTrainConfig()),
+    }[train]
+    with pytest.raises(ProbcatValueError, match="run: cannot create the run directory"):
+        fn(cfg, run, cache_dir=cache, progress=False)
+    assert not cache.exists() and run.read_text() == "a file, not a directory"
+
+
 def test_detection_resume_is_exact(tmp_path, cache_dir):
     """3 steps, stop, resume to 6 gives the same weights as 6 steps straight."""
     cfg = _cfg(checkpoint_every=100)

@@ -30,7 +30,14 @@ from probcat.nets.deblend import CROP, STAMP, GalaxyModel, eq11_loss
 from probcat.runtime import choose_device
 from probcat.simulate.datasets import Simulation, SimulationConfig
 from probcat.survey import Survey
-from probcat.train.loop import LoopSettings, Phase, check_run_config, fit_config, model_device
+from probcat.train.loop import (
+    LoopSettings,
+    Phase,
+    check_run_config,
+    fit_config,
+    model_device,
+    run_directory,
+)
 
 __all__ = [
     "DeblendTrainConfig",
@@ -167,6 +174,27 @@ def crop_centered(image: np.ndarray, x: float, y: float, size: int) -> np.ndarra
     return crop_nearest(image, x, y, size)
 
 
+def check_inputs(cfg: DeblendTrainConfig):
+    """The weights a deblender run of ``cfg`` reads, checked before any bank is built or
+    step taken: the flux-error fit's detector, and the autoencoder (its kind and bands),
+    which is returned (None for the autoencoder stage)."""
+    if cfg.stage == "deblender" and cfg.flux_error.scenes:
+        from probcat.api import load as load_model
+
+        load_model(cfg.flux_error.detector, kind="detection")
+    if cfg.stage != "deblender":
+        return None
+    from probcat.weights import load
+
+    ae = load(cfg.autoencoder, kind="autoencoder")
+    if ae.model.hparams["bands"] != len(cfg.data.bands):
+        raise ProbcatValueError(
+            f"{cfg.autoencoder}: autoencoder for {ae.model.hparams['bands']} bands, "
+            f"config has {len(cfg.data.bands)}"
+        )
+    return ae
+
+
 class DeblendTask:
     """Fresh batches, a fixed validation set and eq. 11 (:class:`probcat.train.loop.Task`)."""
 
@@ -174,11 +202,7 @@ class DeblendTask:
         self.cfg = cfg
         self.kind = cfg.stage
         self.cache_dir = cache_dir
-        if cfg.stage == "deblender" and cfg.flux_error.scenes:
-            # the flux-error fit's detector, checked now rather than after the training
-            from probcat.api import load
-
-            load(cfg.flux_error.detector, kind="detection")
+        ae = check_inputs(cfg)  # before the banks are built
         self.sigma = cfg.survey().noise_sigma.astype(np.float32)[:, None, None]
         self.train_sim = cfg.simulation("train", cache_dir, progress)
         val_sim = cfg.simulation("val", cache_dir, progress)
@@ -186,15 +210,7 @@ class DeblendTask:
         self.val = self._batch(val_sim, rng, cfg.data.val_images, noisy_target=True)
         self.decoder_state = None
         self.encoder_init = None
-        if cfg.stage == "deblender":
-            from probcat.weights import load
-
-            ae = load(cfg.autoencoder, kind="autoencoder")
-            if ae.model.hparams["bands"] != len(cfg.data.bands):
-                raise ProbcatValueError(
-                    f"{cfg.autoencoder}: autoencoder for {ae.model.hparams['bands']} bands, "
-                    f"config has {len(cfg.data.bands)}"
-                )
+        if ae is not None:
             self.autoencoder = {"name": cfg.autoencoder, "sha256": ae.sha256}
             self.ae_hparams = ae.model.hparams
             self.decoder_state = ae.model.decoder.state_dict()
@@ -304,6 +320,8 @@ def train_deblend(
     """Train (or resume) and write ``<stage>.pt`` and ``manifest.json`` into ``out``;
     ``device``: where the steps run (default a GPU when present)."""
     choose_device(device)  # a device there is not: an error before the banks are built
+    check_inputs(cfg)
+    run_directory(out)
     task = DeblendTask(cfg, cache_dir=cache_dir, progress=progress)
     return fit_config(
         task, cfg, out, progress=progress, command=command, stop_after=stop_after, device=device

@@ -44,6 +44,7 @@ from probcat.train.loop import (
     Phase,
     check_run_config,
     fit_config,
+    run_directory,
     to_device,
     write_run,
 )
@@ -550,6 +551,7 @@ def train_detection(
     choose_device(device)  # a device there is not: an error before the banks are built
     if cfg.init is not None:  # wrong or missing weights: an error before the banks are built
         init_weights(cfg)
+    run_directory(out)
     task = DetectionTask(cfg, cache_dir=cache_dir, progress=progress)
     return fit_config(
         task, cfg, out, progress=progress, command=command, stop_after=stop_after, device=device

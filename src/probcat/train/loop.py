@@ -215,6 +215,18 @@ def _config_changes(saved: dict, now: dict, phases_done: int) -> list[str]:
     return changed
 
 
+def run_directory(out: str | Path) -> Path:
+    """The run directory ``out``, created if needed; a one-line error when it cannot be (a
+    file of that name, no permission). The trainers call it before building their source
+    banks, so a bad ``--out`` stops them before the work, not after."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ProbcatValueError(f"{out}: cannot create the run directory ({e})") from None
+    return out
+
+
 def fit(
     task: Task,
     out: str | Path,
@@ -236,11 +248,7 @@ def fit(
 
     from probcat.runtime import choose_device, deterministic_gpu, device_name
 
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ProbcatValueError(f"{out}: cannot create the run directory ({e})") from None
+    out = run_directory(out)
     device = choose_device(device)
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)

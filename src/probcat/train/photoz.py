@@ -45,6 +45,7 @@ from probcat.train.loop import (
     fit,
     load_init,
     model_device,
+    run_directory,
 )
 
 __all__ = [
@@ -522,13 +523,13 @@ def train_photoz(
     only that member (e.g. members in parallel on several machines) and return its
     manifest; a later call without it assembles. ``device``: where the steps run (default
     a GPU when present)."""
-    out = Path(out)
     choose_device(device)  # a device there is not: an error before the banks are built
     if cfg.calibration.scenes:  # before hours of training, not after
         calibration_detector(cfg)
     if cfg.init is not None:
         for k in range(cfg.members) if member is None else [member]:
             init_encoder(cfg, k)
+    out = run_directory(out)
 
     def one(c: PhotozTrainConfig, run: Path, k: int = 0):
         task = PhotozTask(c, cache_dir=cache_dir, progress=progress, member=k)
