@@ -266,9 +266,7 @@ class FullCatalog:
         if kind == ".parquet":
             return atomic_write(path, lambda tmp: _write_parquet(table, tmp))
         if kind == ".ecsv":
-            return atomic_write(
-                path, lambda tmp: table.write(tmp, format="ascii.ecsv", overwrite=True)
-            )
+            return atomic_write(path, lambda tmp: _write_ecsv(table, tmp))
         if kind in (".fits", ".fit", ".fts"):
 
             def _w(tmp):
@@ -332,7 +330,7 @@ class FullCatalog:
             if path.suffix.lower() == ".parquet":
                 table = _read_parquet(path)
             elif path.suffix.lower() == ".ecsv":
-                table = Table.read(path, format="ascii.ecsv")
+                table = _read_ecsv(path)
             else:
                 with warnings.catch_warnings():  # TUNIT 'electron' is not a FITS unit
                     warnings.simplefilter("ignore", u.UnitsWarning)
@@ -396,6 +394,33 @@ def _read_parquet(path) -> Table:
             t[name] = col.to_numpy(zero_copy_only=False)
         if name in units:
             t[name].unit = units[name]
+    return t
+
+
+def _write_ecsv(table: Table, path) -> None:
+    """ECSV, astropy's text table. astropy cannot read back an empty column of arrays
+    (``(0, k)``: "shape mismatch"), so a table without rows keeps each such column as an
+    empty 1-D one and its per-row shape in the metadata (``probcat_shapes``)."""
+    if len(table) == 0:
+        shapes = {n: list(table[n].shape[1:]) for n in table.colnames if table[n].ndim > 1}
+        if shapes:
+            table = table.copy(copy_data=False)
+            for name in shapes:
+                unit = table[name].unit
+                table[name] = np.zeros(0, table[name].dtype)
+                table[name].unit = unit
+            table.meta["probcat_shapes"] = json.dumps(shapes)
+    table.write(path, format="ascii.ecsv", overwrite=True)
+
+
+def _read_ecsv(path) -> Table:
+    """A table written by :func:`_write_ecsv`, empty array columns given back their shape."""
+    t = Table.read(path, format="ascii.ecsv")
+    shapes = json.loads(t.meta.pop("probcat_shapes", "{}"))
+    for name, shape in shapes.items():
+        unit = t[name].unit
+        t[name] = np.zeros((0, *shape), t[name].dtype)
+        t[name].unit = unit
     return t
 
 
