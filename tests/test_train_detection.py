@@ -146,17 +146,22 @@ def test_init_weights_of_another_kind_fail_before_any_bank_is_built(tmp_path):
     assert not cache.exists() and not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("train", ["detection", "deblend", "photoz"])
-def test_a_device_that_is_not_there_fails_before_any_bank_is_built(tmp_path, train):
+def _trainer(train: str):
+    """The training function of ``train`` and a default config for it."""
     from probcat.train.deblend import DeblendTrainConfig, train_deblend
     from probcat.train.photoz import PhotozTrainConfig, train_photoz
 
-    cache = tmp_path / "cache"
-    fn, cfg = {
+    return {
         "detection": (train_detection, _cfg()),
         "deblend": (train_deblend, DeblendTrainConfig()),
         "photoz": (train_photoz, PhotozTrainConfig()),
     }[train]
+
+
+@pytest.mark.parametrize("train", ["detection", "deblend", "photoz"])
+def test_a_device_that_is_not_there_fails_before_any_bank_is_built(tmp_path, train):
+    cache = tmp_path / "cache"
+    fn, cfg = _trainer(train)
     with pytest.raises(ProbcatValueError, match="device 'gpu0'"):
         fn(cfg, tmp_path / "run", cache_dir=cache, progress=False, device="gpu0")
     assert not cache.exists() and not (tmp_path / "run").exists()
@@ -165,16 +170,9 @@ def test_a_device_that_is_not_there_fails_before_any_bank_is_built(tmp_path, tra
 @pytest.mark.parametrize("train", ["detection", "deblend", "photoz"])
 def test_a_run_directory_that_cannot_be_made_fails_before_any_bank_is_built(tmp_path, train):
     """``--out`` naming a file stopped training only once the banks were built (minutes)."""
-    from probcat.train.deblend import DeblendTrainConfig, train_deblend
-    from probcat.train.photoz import PhotozTrainConfig, train_photoz
-
     cache, run = tmp_path / "cache", tmp_path / "run"
     run.write_text("a file, not a directory")
-    fn, cfg = {
-        "detection": (train_detection, _cfg()),
-        "deblend": (train_deblend, DeblendTrainConfig()),
-        "photoz": (train_photoz, PhotozTrainConfig()),
-    }[train]
+    fn, cfg = _trainer(train)
     with pytest.raises(ProbcatValueError, match="run: cannot create the run directory"):
         fn(cfg, run, cache_dir=cache, progress=False)
     assert not cache.exists() and run.read_text() == "a file, not a directory"
