@@ -307,6 +307,37 @@ def test_estimator_gives_pdfs_for_galaxies_only(tiny_estimator):
     assert tiny_estimator.estimate(image, cat, galaxies_only=False).ensemble.npdf == 3
 
 
+def test_each_bands_masked_share_of_the_aperture_is_a_column_and_warned_of(tiny_estimator):
+    """A band without data under a galaxy reads as no light (a dropout): the PDFs say how
+    much of each band's 5-px aperture is masked, counted here pixel by pixel."""
+    import warnings
+
+    rng = np.random.default_rng(1)
+    sigma = tiny_estimator.survey.noise_sigma
+    image = (rng.standard_normal((6, 32, 40)) * sigma[:, None, None]).astype(np.float32)
+    xy = np.array([[6.0, 6.0], [20.3, 15.6], [33.0, 25.0]])
+    cat = FullCatalog({"x": xy[:, 0], "y": xy[:, 1], "galaxy": np.ones(3, bool)}, (32, 40),
+                      tuple("ugrizy"))  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing masked: zeros, no warning
+        clean = tiny_estimator.estimate(image, cat).catalog["mask_fraction_band"]
+    assert clean.shape == (3, 6) and not clean.any()
+    image[0, :, :18] = np.nan  # the u band's left part, and one pixel of z near the second
+    image[4, 16, 21] = np.nan
+    with pytest.warns(UserWarning, match=r"photo-z: 1 PDF\(s\) read band\(s\) u where 50%"):
+        res = tiny_estimator.estimate(image, cat)
+    got = res.catalog["mask_fraction_band"]
+    yy, xx = np.mgrid[:32, :40]
+    for k, (x, y) in enumerate(xy):
+        ap = (xx - x) ** 2 + (yy - y) ** 2 <= 25.0  # the 5-px aperture, as aperture_pixels
+        for b in range(6):
+            want = np.isnan(image[b])[ap].mean()
+            assert got[k, b] == pytest.approx(want), (k, b)
+    assert got[0, 0] == 1.0 and 0 < got[1, 0] < 0.5 and 0 < got[1, 4] < 0.05 and got[2].sum() == 0
+    # the network still reads the masked pixels as zeros, as before
+    assert np.all(np.isfinite(res.catalog["z_mode"]))
+
+
 def test_a_coadds_stamps_are_read_at_the_aperture_noise(tiny_estimator):
     """The pixel noise of a coadd of resampled visits is lower than its aperture sums'
     noise: the stamps are read at the pixel sigma times each band's aperture noise factor
@@ -573,6 +604,15 @@ def test_photoz_api_detects_then_estimates(tmp_path, photoz_weights, weights):
     assert np.all(cat["z_lo68"][cat["has_pz"]] <= cat["z_median"][cat["has_pz"]])
     with pytest.raises(ProbcatValueError, match="not photo-z weights"):
         probcat.photoz(path, estimator=str(weights), detector=str(weights))
+    # a mask (H, W) holds for every band: each band's share is the any-band mask_fraction
+    mask = np.zeros((40, 40), bool)
+    mask[:, :20] = True
+    kw = {"estimator": str(photoz_weights), "detector": str(weights), "threshold": 0.0}
+    with pytest.warns(UserWarning, match="photo-z: .* read band\\(s\\) ugrizy where"):
+        cat = probcat.photoz(path, mask=mask, threads=1, **kw).catalog
+    band = cat["mask_fraction_band"]
+    assert band.shape == (len(cat), 6) and (band[:, 0] > 0.5).any()
+    np.testing.assert_array_equal(band, np.repeat(cat["mask_fraction"][:, None], 6, axis=1))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")

@@ -82,6 +82,7 @@ def read_input(
     whiten: bool = True,
     zeropoint=None,
     correlated_noise_ok: bool = False,
+    band_mask: bool = False,
 ):
     """One image for ``survey``'s bands (taken by name from an image that has more, e.g. the
     i plane of a ugrizy file for i-band weights): ``(x, wcs, sigma, info, masked)`` with ``x``
@@ -99,7 +100,8 @@ def read_input(
     ``(H, W)`` or ``(bands, H, W)`` of the image's bands as read, True or nonzero masks) are
     filled with sky-like noise for the sky and noise estimates and are 0 in ``x``
     (:mod:`probcat.masking`); a fifth value, ``masked``, is the ``(H, W)`` map of the pixels
-    masked in any band (None when none is), and ``info["masked_pixels"]`` counts them.
+    masked in any band (None when none is), and ``info["masked_pixels"]`` counts them;
+    with ``band_mask``, the ``(bands, H, W)`` map of each band's instead.
     ``info["flux_unit"]``: the image's ``BUNIT`` when its pixels are not electrons (e.g.
     ``nJy``) and no gain converted them: fluxes measured on ``x * sigma`` are then in that
     unit. ``whiten``: an image with a noise map (``ImageData.variance``: an LSST
@@ -257,6 +259,9 @@ def read_input(
         masked = bad.any(0)
         info["masked_pixels"] = int(masked.sum())
     _check_noise_correlation(x, names, info, correlated_noise_ok)
+    if band_mask and bad is not None:
+        # a mask given (H, W) holds for every band
+        masked = bad if bad.shape == x.shape else np.broadcast_to(bad, x.shape).copy()
     return x, wcs, sigma, {**info, **done}, masked
 
 
@@ -1638,7 +1643,7 @@ def photoz(
         image = read_files(image)  # one file per band (or a list of one file)
     # the PDFs read the image as it is: a noise map would rescale each band differently
     # and change the colours; the detector reads it at the median depth's noise everywhere
-    xs, wcs, sigma, info, masked = read_input(
+    xs, wcs, sigma, info, bands_masked = read_input(
         image,
         est.survey,
         noise_sigma,
@@ -1649,7 +1654,9 @@ def photoz(
         whiten=False,
         correlated_noise_ok=coadd_trained(det.manifest),  # the detector's warning
         zeropoint=zeropoint,
+        band_mask=True,
     )
+    masked = None if bands_masked is None else bands_masked.any(0)
     ratio = noise_map_ratio(image, est.bands, masked)
     x_all = xs if ratio is None else whitened(xs, ratio, info)
     planes = [est.bands.index(b) for b in det.bands]
@@ -1665,5 +1672,6 @@ def photoz(
     if known_redshifts is not None:
         width_scale, meta["width_fit_objects"] = est._fit_widths(xs, wcs, known_redshifts)
     return est._estimate(
-        xs, res.catalog, wcs, galaxies_only, detection=res, meta=meta, width_scale=width_scale
-    )
+        xs, res.catalog, wcs, galaxies_only, detection=res, meta=meta, width_scale=width_scale,
+        band_mask=bands_masked,
+    )  # fmt: skip

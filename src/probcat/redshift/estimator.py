@@ -403,17 +403,30 @@ class PhotozEstimator:
         on every mixture width (:meth:`fit_widths`), recorded in ``meta["photoz"]``."""
         from probcat.api import read_input
 
-        xs, wcs, sigma, info, masked = read_input(
-            image, self.survey, noise_sigma, whiten=False, zeropoint=zeropoint
+        xs, wcs, sigma, info, bands_masked = read_input(
+            image, self.survey, noise_sigma, whiten=False, zeropoint=zeropoint, band_mask=True
         )
+        masked = None if bands_masked is None else bands_masked.any(0)
         xs, meta = self.network_input(xs, sigma, info, match_depth, masked)
-        return self._estimate(xs, catalog, wcs, galaxies_only, meta=meta, width_scale=width_scale)
+        return self._estimate(
+            xs, catalog, wcs, galaxies_only, meta=meta, width_scale=width_scale,
+            band_mask=bands_masked,
+        )  # fmt: skip
 
     def _estimate(
-        self, xs, catalog, wcs, galaxies_only, detection=None, meta=None, width_scale=1.0
+        self,
+        xs,
+        catalog,
+        wcs,
+        galaxies_only,
+        detection=None,
+        meta=None,
+        width_scale=1.0,
+        band_mask=None,
     ) -> PhotozResult:
         """``xs``: the image as the network reads it, and ``meta`` what
-        :meth:`network_input` recorded of it."""
+        :meth:`network_input` recorded of it; ``band_mask``: each band's pixels without
+        data ``(bands, H, W)``, or None (:func:`masked_bands_column`)."""  # fmt: skip
         from probcat.redshift.pdf import SUMMARY_COLUMNS, summaries, to_qp
 
         width_scale = check_width_scale(width_scale)
@@ -443,11 +456,42 @@ class PhotozEstimator:
             full[rows] = summ[c]
             cols[c] = full
         cols["has_pz"] = use
+        cols.update(masked_bands_column(band_mask, catalog, self.bands, use))
         ens = to_qp(w, m, sd, ancil={"row": rows}) if len(rows) else None
         cat = catalog.with_columns(**cols)
         name = (self.manifest or {}).get("weights", "custom weights")
         cat.meta["photoz"] = {"weights": name, **meta}
         return PhotozResult(cat, ens, w, m, sd, detection, wcs)
+
+
+# a PDF whose aperture (5 px) has at least this share of a band's pixels without data is
+# warned of: the network reads those pixels as no light, a galaxy's colours change
+MASKED_BAND_WARN = 0.5
+
+
+def masked_bands_column(band_mask, catalog, bands, use) -> dict:
+    """``{"mask_fraction_band": (n, bands)}``: per object and band, the share of the 5-px
+    aperture's pixels (:func:`probcat.masking.aperture_fraction`) without data in that band
+    (``band_mask`` ``(bands, H, W)``; None: nothing masked, zeros). The network reads
+    such pixels as no light, so a galaxy's PDF then reads colours it does not have (a masked
+    u band as a u dropout); a warning counts the PDFs (``use``) with a band at
+    :data:`MASKED_BAND_WARN` or more."""
+    from probcat.masking import aperture_fraction
+
+    x, y = catalog["x"], catalog["y"]
+    if band_mask is None:
+        return {"mask_fraction_band": np.zeros((len(x), len(bands)))}
+    frac = np.stack([aperture_fraction(m, x, y) for m in band_mask], axis=1)
+    hit = use & (frac >= MASKED_BAND_WARN).any(1)
+    if hit.any():
+        which = "".join(b for k, b in enumerate(bands) if (frac[hit, k] >= MASKED_BAND_WARN).any())
+        warnings.warn(
+            f"photo-z: {int(hit.sum())} PDF(s) read band(s) {which} where "
+            f"{MASKED_BAND_WARN:.0%} or more of their aperture has no data, as no light (a "
+            "masked band reads as a dropout): cut on the column mask_fraction_band",
+            stacklevel=4,
+        )
+    return {"mask_fraction_band": frac}
 
 
 def _warn_band_seeing(ratios: list, bands, trained_under_it: bool = False) -> None:
