@@ -426,7 +426,7 @@ class PhotozEstimator:
     ) -> PhotozResult:
         """``xs``: the image as the network reads it, and ``meta`` what
         :meth:`network_input` recorded of it; ``band_mask``: each band's pixels without
-        data ``(bands, H, W)``, or None (:func:`masked_bands_column`)."""  # fmt: skip
+        data ``(bands, H, W)``, or None (:func:`masked_bands_column`)."""
         from probcat.redshift.pdf import SUMMARY_COLUMNS, summaries, to_qp
 
         width_scale = check_width_scale(width_scale)
