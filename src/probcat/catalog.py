@@ -267,23 +267,22 @@ class FullCatalog:
             return atomic_write(path, lambda tmp: _write_parquet(table, tmp))
         if kind == ".ecsv":
             return atomic_write(path, lambda tmp: _write_ecsv(table, tmp))
-        if kind in (".fits", ".fit", ".fts"):
 
-            def _w(tmp):
-                # units as TUNITn strings: astropy drops those outside the FITS standard
-                # (electron), which catalog readers show as written
-                plain = table.copy(copy_data=False)
-                units = {}
-                for i, name in enumerate(plain.colnames, 1):
-                    if plain[name].unit is not None:
-                        units[i] = plain[name].unit.to_string()
-                        plain[name].unit = None
-                hdu = fits.BinTableHDU(plain, name="CATALOG")
-                for i, unit in units.items():
-                    hdu.header[f"TUNIT{i}"] = unit
-                fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, overwrite=True)
+        def _w(tmp):  # FITS (.fits, .fit, .fts)
+            # units as TUNITn strings: astropy drops those outside the FITS standard
+            # (electron), which catalog readers show as written
+            plain = table.copy(copy_data=False)
+            units = {}
+            for i, name in enumerate(plain.colnames, 1):
+                if plain[name].unit is not None:
+                    units[i] = plain[name].unit.to_string()
+                    plain[name].unit = None
+            hdu = fits.BinTableHDU(plain, name="CATALOG")
+            for i, unit in units.items():
+                hdu.header[f"TUNIT{i}"] = unit
+            fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, overwrite=True)
 
-            return atomic_write(path, _w)
+        return atomic_write(path, _w)
 
     def write_regions(self, path: str | Path, label: str = "prob", title: str = "") -> Path:
         """Write atomically a DS9 region file of the detections, in image coordinates
