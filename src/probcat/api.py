@@ -970,9 +970,9 @@ def load(name_or_path=None, *, device=None, threads="auto", kind=None):
     if kind is not None and have != kind:
         if kind not in _KIND_WORDS:
             raise ProbcatValueError(f"kind must be one of {', '.join(_KIND_WORDS)}, got {kind!r}")
+        what = name_or_path if w is None else name_or_path or w.path
         raise ProbcatValueError(
-            f"{name_or_path if w is None else name_or_path or w.path}: "
-            f"{_KIND_WORDS.get(have, have)} weights, not {_KIND_WORDS[kind]} weights"
+            f"{what}: {_KIND_WORDS.get(have, have)} weights, not {_KIND_WORDS[kind]} weights"
         )
     if w is None:
         return name_or_path

@@ -325,10 +325,11 @@ class FullCatalog:
         path = Path(path)
         if not path.exists():
             raise ProbcatFileError(f"{path}: no such catalog file")
+        kind = path.suffix.lower()
         try:
-            if path.suffix.lower() == ".parquet":
+            if kind == ".parquet":
                 table = _read_parquet(path)
-            elif path.suffix.lower() == ".ecsv":
+            elif kind == ".ecsv":
                 table = _read_ecsv(path)
             else:
                 with warnings.catch_warnings():  # TUNIT 'electron' is not a FITS unit
