@@ -162,6 +162,35 @@ def test_inference_entry_runs_main_thread_calls_in_its_thread_and_others_in_plac
         R.use_inference_thread(before)
 
 
+def test_warnings_name_the_callers_line_from_either_thread():
+    """probcat's warnings point at the line that called probcat, however deep they arise,
+    also when the call ran in probcat's inference thread; they are ProbcatWarnings."""
+    import inspect
+    import warnings
+
+    from probcat.errors import ProbcatWarning
+    from probcat.masking import masked_pixels
+
+    image = np.zeros((8, 8), np.float32)
+    image[2, 3] = np.nan
+    entry = R.inference_entry(masked_pixels)
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        line = inspect.currentframe().f_lineno + 1
+        masked_pixels(image)
+        entry(image)  # runs in probcat's inference thread
+    assert [(w.category, w.filename, w.lineno) for w in got] == [
+        (ProbcatWarning, __file__, line),
+        (ProbcatWarning, __file__, line + 1),
+    ]
+    assert all("NaN or inf" in str(w.message) for w in got)
+    assert issubclass(ProbcatWarning, UserWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.simplefilter("ignore", ProbcatWarning)  # silences them, and only them
+        entry(image)
+
+
 def test_photoz_and_deblending_in_the_inference_thread_equal_the_main_thread():
     """The decorated entry points give the same numbers to the bit from either thread."""
     import probcat

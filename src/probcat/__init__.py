@@ -22,6 +22,7 @@ from probcat.errors import (
     ProbcatFileError,
     ProbcatIOError,
     ProbcatValueError,
+    ProbcatWarning,
 )
 
 __version__ = "0.1.0"
@@ -64,6 +65,7 @@ __all__ = [
     "ProbcatValueError",
     "ProbcatFileError",
     "ProbcatIOError",
+    "ProbcatWarning",
     "__version__",
 ]
 

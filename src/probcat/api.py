@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from probcat.catalog import FullCatalog
-from probcat.errors import ProbcatValueError
+from probcat.errors import ProbcatValueError, warn_user
 from probcat.measure import DEFAULT_METHOD
 from probcat.runtime import inference_entry
 
@@ -156,12 +156,11 @@ def read_input(
             data, sig = image.image, image.noise_sigma
             named = band_letter(image.bands[0]) if image.bands_named else None
             if named is not None and named != names[0]:
-                warnings.warn(
+                warn_user(
                     f"the image is of band {named} (named {image.bands[0]!r}) and "
                     f"the weights were trained on {names[0]}: it is read as if it were "
                     f"{names[0]} (detections, classes and probabilities as trained and "
                     f"calibrated on {names[0]})",
-                    stacklevel=3,
                 )
         elif all(b == f"b{k}" for k, b in enumerate(image.bands)):  # planes without names
             need = "".join(names)
@@ -250,7 +249,7 @@ def read_input(
         x, sigma, info, source, adu_warning, background, sky_offset
     )
     if adu_warning:
-        warnings.warn(adu_warning, stacklevel=3)
+        warn_user(adu_warning)
     if ratio is not None:  # the noise varies: read at sigma everywhere (the sky is off)
         x = whitened(x, ratio, info)
     masked = None
@@ -314,11 +313,10 @@ def _prepared(x, sigma, info: dict, source: str, adu_warning, background, offset
     out, done = prepare(x, new, background=background, sigma_source=source, offset=offset)
     bands = np.flatnonzero(off)
     said = ", ".join(f"band {k}: {new[k]:.4g} against {stated[k]:.4g}" for k in bands)
-    warnings.warn(
+    warn_user(
         f"the image states no noise (no NOISE keyword, VARIANCE plane or noise_sigma) and its "
         f"pixel noise is more than {round(100 * (f - 1))}% off the survey's: read at the "
         f"measured noise ({said}); state it with noise_sigma= or --noise VALUE",
-        stacklevel=4,
     )
     info["noise_source"] = "measured"
     info["noise_sigma"] = [round(float(v), 6) for v in new]
@@ -345,14 +343,13 @@ def _check_noise_correlation(x: np.ndarray, names, info: dict, ok: bool = False)
             if better
             else ""
         )
-        warnings.warn(
+        warn_user(
             f"the noise of neighbouring pixels is correlated ({worst[0]:.2f} more than that "
             f"of pixels 2 apart, band {names[worst[1]]}), as in a coadd of resampled "
             "visits: these weights were trained on uncorrelated noise, and such noise gives "
             "more false detections than white noise of the same sigma (on simulated coadds "
             "up to 2.2 times as many with the LSST-i weights, 1.4 with the six-band ones), "
             f"most of them below prob 0.9 (docs/method.md, Correlated noise){hint}",
-            stacklevel=3,
         )
 
 
@@ -381,12 +378,11 @@ def _check_pixel_scale(wcs, survey, tolerance: float = 0.1) -> None:
         return
     want = float(survey.pixel_scale)
     if np.isfinite(scale) and abs(scale / want - 1) > tolerance:
-        warnings.warn(
+        warn_user(
             f"the image's pixel scale is {scale:.3g} arcsec, the weights' survey has "
             f"{want:.3g} arcsec: sources look larger or smaller than any the networks "
             "learned; detection and its probabilities held on simulated 0.168 and 0.263 "
             "arcsec pixels, other quantities may be off (docs/robustness.md, Pixel scale)",
-            stacklevel=4,
         )
 
 
@@ -502,13 +498,12 @@ class Detector:
         if odd:
             src = info.get("zeropoint_source") or "BUNIT"
             src = "the zeropoint given" if src == "zeropoint" else f"its {src}"
-            warnings.warn(
+            warn_user(
                 f"the image's noise as a flux is {'/'.join(odd)} times the survey's (through "
                 f"{src}): "
                 "far from any depth of the survey (a single visit is about 14 times); check "
                 "the zeropoint and the noise; detection probabilities use the calibration of "
                 "the nearest depth the weights carry",
-                stacklevel=8,
             )
         return {**info, "noise_over_survey": [float(f"{v:.4g}") if np.isfinite(v) else None
                                               for v in ratio]}  # fmt: skip
@@ -613,14 +608,13 @@ class Detector:
             if matched or 1 / SEEING_FACTOR <= compact <= SEEING_COMPACT_MAX:
                 return
             how = "wider than galaxies are" if compact > 1 else "narrower than any source is"
-            warnings.warn(
+            warn_user(
                 f"the image's most compact bright sources are {compact:.2f} times as wide as "
                 f"the PSF the weights were trained for (band {band.name}, atmospheric FWHM "
                 f'{band.psf_fwhm:.2f}"), {how} under that PSF, but they '
                 "are not alike enough to be stars: the seeing was not measured and the "
                 "image is read at the weights' survey seeing (give it as seeing= / "
                 "--seeing RATIO if it differs; docs/robustness.md, Seeing)",
-                stacklevel=4,
             )
             return
         if ratio is None or 1 / SEEING_FACTOR <= ratio <= SEEING_FACTOR:
@@ -638,11 +632,10 @@ class Detector:
                 "times as wide, star/galaxy classes were read from stamps resampled to the "
                 "survey's seeing, and completeness is the network's at the image's seeing"
             )
-        warnings.warn(
+        warn_user(
             f"the image's most compact sources are {ratio:.2f} times as wide as the PSF the "
             f"weights were trained for (band {band.name}, atmospheric FWHM "
             f'{band.psf_fwhm:.2f}"): {what} (docs/robustness.md, Seeing)',
-            stacklevel=4,
         )
 
     def _threads(self, batch: _Batch) -> int:

@@ -46,11 +46,9 @@ Images smaller than 32 x 32 px are too small to tell sky from source: they are l
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
-from probcat.errors import ProbcatValueError
+from probcat.errors import ProbcatValueError, warn_user
 
 __all__ = [
     "prepare",
@@ -544,11 +542,10 @@ def prepare(
     info["pixel_noise"] = [round(v, 6) for v in noise]
     if len(bad):
         k = int(bad[0])
-        warnings.warn(
+        warn_user(
             f"{sigma_source} {float(sigma[k]):.4g} differs from the measured pixel noise "
             f"{noise[k]:.4g} (band {k}) by more than a factor {NOISE_FACTOR}: detection "
             "probabilities assume the former (check NOISE, noise_sigma or the gain, or use "
             "the measured noise: noise_sigma='measured', --noise measured)",
-            stacklevel=3,
         )
     return (x if out is None else out), info

@@ -20,7 +20,7 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError
+from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError, warn_user
 
 __all__ = [
     "FullCatalog",
@@ -113,14 +113,13 @@ def sky_positions(wcs, x, y, warn: bool = True) -> tuple[np.ndarray, np.ndarray]
     astropy knows (FK5 or FK4 equatorial, galactic, ecliptic) is converted to ICRS. ``None``
     when there is no WCS, no celestial axes or a frame astropy cannot read (said in a
     warning when ``warn``): the catalog then has pixel positions only."""
-    import warnings
 
     if wcs is None:
         return None
     if not getattr(wcs, "has_celestial", False):
         if warn:
-            warnings.warn(
-                "the image's WCS has no celestial axes: catalog without ra/dec", stacklevel=3
+            warn_user(
+                "the image's WCS has no celestial axes: catalog without ra/dec",
             )
         return None
     cel = wcs.celestial
@@ -141,10 +140,9 @@ def sky_positions(wcs, x, y, warn: bool = True) -> tuple[np.ndarray, np.ndarray]
         icrs = None
     if icrs is None:
         if warn:
-            warnings.warn(
+            warn_user(
                 f"the image's WCS ({ctype[0]}, {ctype[1]}) is in no sky frame that converts to "
                 "ICRS: catalog with pixel positions only, no ra/dec",
-                stacklevel=3,
             )
         return None
     return np.asarray(icrs.ra.deg, float), np.asarray(icrs.dec.deg, float)

@@ -1,14 +1,22 @@
-"""Errors raised by probcat at its boundaries.
+"""Errors raised by probcat at its boundaries, and its warnings.
 
 Every class also inherits the matching built-in, so ``except ValueError`` keeps working.
 """
+
+import os
+import sys
+import warnings
 
 __all__ = [
     "ProbcatError",
     "ProbcatValueError",
     "ProbcatFileError",
     "ProbcatIOError",
+    "ProbcatWarning",
+    "warn_user",
 ]
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 class ProbcatError(Exception):
@@ -25,3 +33,28 @@ class ProbcatFileError(ProbcatError, FileNotFoundError):
 
 class ProbcatIOError(ProbcatError, OSError):
     """A file could not be read or written (unreadable, corrupt, not writable)."""
+
+
+class ProbcatWarning(UserWarning):
+    """Every warning probcat gives about its input or results (a ``UserWarning``):
+    ``warnings.simplefilter("ignore", ProbcatWarning)`` silences them all."""
+
+
+def warn_user(message: str, category: type[Warning] = ProbcatWarning) -> None:
+    """Warn at the caller's own line: the first frame outside probcat, however deep in
+    probcat the warning arises (a notebook shows the user's call, not probcat's internals),
+    also from probcat's inference thread (the line of the call waiting for its job,
+    :mod:`probcat.runtime`)."""
+    from probcat import runtime
+
+    frame = runtime.job_caller() or sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+    if frame is None:  # called from nowhere but probcat
+        warnings.warn(message, category, stacklevel=2)
+        return
+    g = frame.f_globals
+    warnings.warn_explicit(message, category, frame.f_code.co_filename, frame.f_lineno,
+                           module=g.get("__name__", "<string>"),
+                           registry=g.setdefault("__warningregistry__", {}),
+                           module_globals=g)  # fmt: skip

@@ -24,7 +24,7 @@ from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 
 from probcat.catalog import atomic_write
-from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError
+from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError, warn_user
 from probcat.survey import Survey
 
 # what opening a file that is not FITS raises: astropy reads a file whose first bytes say
@@ -540,10 +540,9 @@ def image_hdu(path: Path, hdul, hdu=None, what: str = "", companion: bool = Fals
     if others:
         names = ", ".join(_hdu_label(hdul, i) for i in others[:6])
         more = f" and {len(others) - 6} more" if len(others) > 6 else ""
-        warnings.warn(
+        warn_user(
             f"{path}: reading {what}HDU {_hdu_label(hdul, images[0])} only; {len(others)} "
             f"more hold images ({names}{more}): choose one with --hdu (hdu=)",
-            stacklevel=3,
         )
     return images[0]
 
@@ -670,10 +669,9 @@ def _afw_planes(path: Path, hdul, image: np.ndarray, planes) -> tuple:
             raise ValueError(f"MASK HDU of shape {np.shape(m.data)}, the image {shape}")
         bits = plane_mask(m.data, m.header, planes, where=f"{path}: ")
         if bits is None:
-            warnings.warn(
+            warn_user(
                 f"{path}: the MASK HDU names no mask planes (no MP_ keywords): not read "
                 "(give the mask with mask=, --mask)",
-                stacklevel=4,
             )
         else:
             bad |= bits
@@ -710,7 +708,7 @@ def _wcs(path: Path, header) -> WCS | None:
             return WCS(header, naxis=2)
     except Exception as e:  # wcslib raises several types for bad CTYPE/projection cards
         reason = " ".join(str(e).split())
-        warnings.warn(f"{path}: invalid WCS ({reason}): pixel positions only", stacklevel=3)
+        warn_user(f"{path}: invalid WCS ({reason}): pixel positions only")
         return None
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probcat.errors import ProbcatIOError, ProbcatValueError
+from probcat.errors import ProbcatIOError, ProbcatValueError, warn_user
 
 __all__ = [
     "masked_pixels",
@@ -92,10 +92,9 @@ def masked_pixels(image, mask=None, *, warn: bool = True) -> np.ndarray | None:
             "MASK or VARIANCE planes): no data"
         )
     if warn and n_nan:
-        warnings.warn(
+        warn_user(
             f"{n_nan} pixel(s) are NaN or inf (or beyond float32's range): read as masked, "
             "no data (the catalog's mask_fraction column; mask=, --mask to give a mask)",
-            stacklevel=3,
         )
     return bad
 

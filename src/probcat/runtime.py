@@ -273,6 +273,7 @@ class _InferenceThread:
         self.pid = os.getpid()
         self.jobs = queue.SimpleQueue()
         self.cancel = threading.Event()  # set: the waiting caller was interrupted
+        self.caller = None  # the frame of the call waiting for the running job
         self.thread = threading.Thread(target=self._loop, name="probcat-inference", daemon=True)
         self.thread.start()
 
@@ -282,21 +283,25 @@ class _InferenceThread:
             self._run(*job)
             del job  # nothing of a finished job stays referenced here
 
-    def _run(self, future, context, fn, args, kwargs):
+    def _run(self, future, context, fn, args, kwargs, caller):
         self.cancel.clear()
         if not future.set_running_or_notify_cancel():
             return
+        self.caller = caller  # where probcat's warnings of this job point (errors.warn_user)
         try:
             future.set_result(context.run(fn, *args, **kwargs))
         except BaseException as e:  # handed to the caller, which raises it
             future.set_exception(e)
+        finally:
+            self.caller = None
 
     def call(self, fn, args, kwargs):
         import contextvars
+        import sys
         from concurrent.futures import Future
 
         future = Future()  # the caller's context goes along (numpy's errstate, ...)
-        self.jobs.put((future, contextvars.copy_context(), fn, args, kwargs))
+        self.jobs.put((future, contextvars.copy_context(), fn, args, kwargs, sys._getframe()))
         try:
             # waits of _POLL_S: the kernel may hand a Ctrl-C to any thread of the process
             # (torch's, this one), and then only a main thread that wakes now and then runs
@@ -331,6 +336,16 @@ def _inference_thread() -> _InferenceThread:
         if _THREAD is None or _THREAD.pid != os.getpid() or not _THREAD.thread.is_alive():
             _THREAD = _InferenceThread()  # first use, or a forked child: a thread of its own
         return _THREAD
+
+
+def job_caller():
+    """In probcat's inference thread during a job, the frame of the call waiting for it (it
+    waits there until the job ends: :func:`probcat.errors.warn_user` points there); None
+    elsewhere."""
+    t = _THREAD
+    if t is None or threading.current_thread() is not t.thread:
+        return None
+    return t.caller
 
 
 def check_interrupt() -> None:

@@ -33,10 +33,10 @@ added pieces of detected galaxies more often than the galaxies they missed.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
+
+from probcat.errors import warn_user
 
 __all__ = [
     "BRIGHT_SNR",
@@ -82,8 +82,8 @@ def unclaimed(image: np.ndarray, x, y, masked: np.ndarray | None = None) -> np.n
         objs = sep.extract(img, SEGMENT_THRESH, err=1.0, minarea=5, deblend_nthresh=32,
                            deblend_cont=0.005, filter_kernel=gaussian_kernel(3, 2.0))  # fmt: skip
     except Exception as e:  # noqa: BLE001 - SEP's buffer limits on a crowded image
-        warnings.warn(f"rescue_bright: SEP could not segment the image ({e}): no object "
-                      "was rescued", stacklevel=3)  # fmt: skip
+        warn_user(f"rescue_bright: SEP could not segment the image ({e}): no object "
+                      "was rescued")  # fmt: skip
         return np.zeros((0, 3))
     npix = np.asarray(objs["npix"], float)
     snr = np.asarray(objs["flux"], float) / np.sqrt(np.maximum(npix, 1.0))

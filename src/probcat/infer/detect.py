@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from probcat.catalog import FullCatalog
-from probcat.errors import ProbcatValueError
+from probcat.errors import ProbcatValueError, warn_user
 from probcat.metrics.detection import aperture_snr
 from probcat.nets.detection import N_GROUPS, DetectionNet, TileOutput, tile_groups
 from probcat.tiles import pad_to_tiles, tile_to_pixel, window
@@ -186,7 +186,6 @@ def check_size(shape, min_size: int) -> None:
 def _warn_unsubtracted(x: np.ndarray) -> None:
     """Warn when even the faintest tenth of a band's pixels sits more than 3 noise sigma
     above zero (images of at least 32x32 px): probcat expects sky-subtracted images."""
-    import warnings
 
     if x.shape[1] * x.shape[2] < 1024:  # a stamp filled by one source can sit high
         return
@@ -199,11 +198,10 @@ def _warn_unsubtracted(x: np.ndarray) -> None:
     low = np.percentile(flat[:, ::step], 10, axis=1)
     if np.any(low > 3.0):
         k = int(np.argmax(low))
-        warnings.warn(
+        warn_user(
             f"image median is {float(np.median(flat[k])):.1f} noise sigma and its faintest "
             f"tenth of pixels {float(low[k]):.1f}: probcat expects background-subtracted "
             "images (subtract the sky first, or check NOISE)",
-            stacklevel=3,
         )
 
 

@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -23,7 +22,7 @@ import torch
 
 from probcat.catalog import atomic_write, check_writable_dir
 from probcat.config import to_dict
-from probcat.errors import ProbcatValueError
+from probcat.errors import ProbcatValueError, warn_user
 from probcat.population.detection import (
     MIN_MASS,
     THRESHOLDS_LOG10,
@@ -772,7 +771,7 @@ def run_chain(
         prior = prior_check(x_o, np.random.default_rng([cfg.seed, 7]), cfg.prior_check_maps)
         warning = prior_warning(prior)
         if warning:
-            warnings.warn(warning, stacklevel=2)
+            warn_user(warning)
     marks = [("start", time.perf_counter())]  # (stage, when it ended)
 
     def stage(name: str) -> None:
@@ -851,7 +850,7 @@ def run_chain(
         predictive_plot(out / "predictive.png", check, draws)
         warning = predictive_warning(check)
         if warning:
-            warnings.warn(warning, stacklevel=2)
+            warn_user(warning)
     stage("samples_and_figures")
     summary["samples"] = "posterior_samples.parquet"
     # the effective number of independent draws each estimator's weights are worth, and

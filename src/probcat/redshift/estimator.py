@@ -25,13 +25,12 @@ the training galaxies' (``docs/photoz.md``), for the calibration, not the accura
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from probcat.catalog import FullCatalog
-from probcat.errors import ProbcatValueError
+from probcat.errors import ProbcatValueError, warn_user
 from probcat.runtime import check_interrupt, inference_entry
 
 __all__ = [
@@ -278,14 +277,13 @@ class PhotozEstimator:
                 else "pixels read as electrons at the survey's zeropoint and exposure: state "
                 "the image's zeropoint if not"
             )
-            warnings.warn(
+            warn_user(
                 f"photo-z: the image is deeper than the weights were trained at ({span} "
                 f"years) in band(s) {''.join(deep)} (noise {np.nanmin(ratio):.2f} times the "
                 f"deepest's as a flux; {how}): the network reads fluxes in units of the "
                 "noise, so its galaxies look brighter than they are and their PDFs come out "
                 "too narrow; match_depth (--match-depth) reads it at the training depth "
                 "(docs/photoz.md, Depth and coadds)",
-                stacklevel=3,
             )
         return xs, meta
 
@@ -314,11 +312,10 @@ class PhotozEstimator:
         x, y, z = known_redshifts(known, wcs, xs.shape[1:])
         k = fit_sd_scale(*self._mixture(xs, x, y), z)
         if k in (SD_SCALES[0], SD_SCALES[-1]):
-            warnings.warn(
+            warn_user(
                 f"photo-z: the known redshifts want the PDFs' widths times {k:.2f} or "
                 "further, the end of the range fitted (0.5-3): the PDFs are far from "
                 "calibrated for these galaxies (docs/photoz.md, galaxy colours)",
-                stacklevel=3,
             )
         return k, len(z)
 
@@ -485,11 +482,10 @@ def masked_bands_column(band_mask, catalog, bands, use) -> dict:
     hit = use & (frac >= MASKED_BAND_WARN).any(1)
     if hit.any():
         which = "".join(b for k, b in enumerate(bands) if (frac[hit, k] >= MASKED_BAND_WARN).any())
-        warnings.warn(
+        warn_user(
             f"photo-z: {int(hit.sum())} PDF(s) read band(s) {which} where "
             f"{MASKED_BAND_WARN:.0%} or more of their aperture has no data, as no light (a "
             "masked band reads as a dropout): cut on the column mask_fraction_band",
-            stacklevel=4,
         )
     return {"mask_fraction_band": frac}
 
@@ -507,12 +503,11 @@ def _warn_band_seeing(ratios: list, bands, trained_under_it: bool = False) -> No
         "weights trained under such seeing (photoz_lsst_ugrizy_seeing, --photoz-weights) "
         "are less so on some; "
     )  # fmt: skip
-    warnings.warn(
+    warn_user(
         f"photo-z: the seeing differs between the bands unlike the weights' (PSF width "
         f"relative to the i band's, over theirs: {said}): the network reads colours in "
         f"fixed apertures, and its PDFs come out overconfident; {other}refitting their "
         "widths to known redshifts calibrates them (--spec-z, docs/photoz.md)",
-        stacklevel=4,
     )
 
 

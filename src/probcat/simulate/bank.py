@@ -20,7 +20,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import warnings
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError
+from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError, warn_user
 from probcat.simulate.cache import cache_root, default_cache_dir, touch
 from probcat.simulate.prior import (
     MAG_GOLD,
@@ -447,8 +446,7 @@ class SourceBank:
         try:
             bank.save(path)
         except ProbcatIOError as e:  # an unwritable cache only costs a rebuild next time
-            warnings.warn(f"the source bank is not cached ({e}); it is rebuilt next time",
-                          stacklevel=2)  # fmt: skip
+            warn_user(f"the source bank is not cached ({e}); it is rebuilt next time")  # fmt: skip
         return bank
 
 

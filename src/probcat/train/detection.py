@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 from probcat.config import from_dict, load_yaml, to_dict
-from probcat.errors import ProbcatValueError
+from probcat.errors import ProbcatValueError, warn_user
 from probcat.infer.detect import SEEING_RANGE
 from probcat.nets.detection import N_GROUPS, DetectionNet, TileOutput, tile_groups
 from probcat.runtime import choose_device
@@ -1037,7 +1036,7 @@ def _refit_calibrations(net, cfg: DetectionTrainConfig, attr: str, n: int, cases
                 "ood_score of the weights' density",
             )
         except ProbcatValueError as e:
-            warnings.warn(f"no calibration {where}: {e}", stacklevel=4)
+            warn_user(f"no calibration {where}: {e}")
             continue
         out.append({"factor": factor, **extra, "calibration": cal.to_dict()})
         setattr(net, attr, (*getattr(net, attr), (factor, cal)))
@@ -1073,7 +1072,7 @@ def _fit_reliability(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progre
             )
             pair = net.pair_rule.to_dict()
         except ProbcatValueError as e:
-            warnings.warn(f"no pair rule: {e}", stacklevel=3)
+            warn_user(f"no pair rule: {e}")
     seed, n = [cfg.seed, 29], cfg.fits.reliability_scenes
     try:
         cal, dens = fit_reliability(
@@ -1087,7 +1086,7 @@ def _fit_reliability(net, cfg: DetectionTrainConfig, sim: SceneSimulator, progre
             inside_fraction=frac,
         )
     except ProbcatValueError as e:
-        warnings.warn(f"no probability calibration: {e}", stacklevel=3)
+        warn_user(f"no probability calibration: {e}")
         return {"pair_rule": pair, "prob_calibration": None, "feature_density": None}
     net.prob_calibration, net.feature_density = cal, dens
     return {"pair_rule": pair, "prob_calibration": cal.to_dict(), "feature_density": dens.to_dict()}
@@ -1116,5 +1115,5 @@ def _fit_calibration(
             progress=progress,
         ).to_dict()
     except TooFewMatches as e:  # intervals stay Gaussian
-        warnings.warn(f"no centroid calibration: {e}", stacklevel=3)
+        warn_user(f"no centroid calibration: {e}")
         return None
