@@ -348,11 +348,25 @@ def api_calls(draw):
         def gains_one_per_band(a):
             return isinstance(a, list) and len(a) == 1 and _gain_ok(a[0])
 
+        def noise_ok(a):  # positive, and the pixels over it within float32 (else an error);
+            # one per band (here 1) is valid too; far from the pixels' own: a warning
+            if isinstance(a, list) and len(a) == 1:
+                a = a[0]
+            if not isinstance(a, (int, float)) or isinstance(a, bool):
+                return False
+            try:
+                a = float(a)
+            except OverflowError:
+                return False
+            top = float(np.finfo(np.float32).max)
+            big = float(np.abs(_pixels(seed)).max())
+            return math.isfinite(a) and 0 < a <= top and big / a < top
+
         checks = {
             "threshold": lambda: fin(v) and 0 <= v < 1,
             "samples": lambda: is_int and 0 <= v <= 5,
             "seed": lambda: is_int and 0 <= v < 2**63,
-            "noise_sigma": lambda: v is None or (fin(v) and 1 < v < 1e30),
+            "noise_sigma": lambda: v is None or noise_ok(v),
             "background": lambda: isinstance(v, str) and v in ("auto", "none"),
             "gain": lambda: v is None or (fin(v) and _gain_ok(v)) or gains_one_per_band(v),
         }  # gain: within its plausible range; a list of one per band (here 1) is valid

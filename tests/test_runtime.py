@@ -191,6 +191,22 @@ def test_warnings_name_the_callers_line_from_either_thread():
         entry(image)
 
 
+def test_warnings_from_code_without_a_source_file_are_shown_not_raised():
+    """``python -c`` (and other code whose module loader has no source): the warning names
+    ``<string>``; it once raised ImportError from the loader instead."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np; from probcat.masking import masked_pixels; "
+        "masked_pixels(np.array([[np.nan, 0.0]])); print('done')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "done"
+    assert "<string>:1: ProbcatWarning: 1 pixel(s) are NaN or inf" in out.stderr
+
+
 def test_photoz_and_deblending_in_the_inference_thread_equal_the_main_thread():
     """The decorated entry points give the same numbers to the bit from either thread."""
     import probcat

@@ -53,8 +53,7 @@ def warn_user(message: str, category: type[Warning] = ProbcatWarning) -> None:
     if frame is None:  # called from nowhere but probcat
         warnings.warn(message, category, stacklevel=2)
         return
-    g = frame.f_globals
+    g = frame.f_globals  # as warnings.warn does (no module_globals: a loader's source)
     warnings.warn_explicit(message, category, frame.f_code.co_filename, frame.f_lineno,
                            module=g.get("__name__", "<string>"),
-                           registry=g.setdefault("__warningregistry__", {}),
-                           module_globals=g)  # fmt: skip
+                           registry=g.setdefault("__warningregistry__", {}))  # fmt: skip
