@@ -113,14 +113,11 @@ def sky_positions(wcs, x, y, warn: bool = True) -> tuple[np.ndarray, np.ndarray]
     astropy knows (FK5 or FK4 equatorial, galactic, ecliptic) is converted to ICRS. ``None``
     when there is no WCS, no celestial axes or a frame astropy cannot read (said in a
     warning when ``warn``): the catalog then has pixel positions only."""
-
     if wcs is None:
         return None
     if not getattr(wcs, "has_celestial", False):
         if warn:
-            warn_user(
-                "the image's WCS has no celestial axes: catalog without ra/dec",
-            )
+            warn_user("the image's WCS has no celestial axes: catalog without ra/dec")
         return None
     cel = wcs.celestial
     x, y = np.asarray(x, float), np.asarray(y, float)
