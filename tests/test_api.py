@@ -75,6 +75,27 @@ def test_detect_bad_inputs(weights, image, msg):
         detect(image, weights=weights)
 
 
+def test_a_cutout_below_the_minimum_size_detects_once_padded_with_nan():
+    """The size error says how to read a small cutout; padded with NaN as it says, the
+    cutout's star is found where it is, the padding read as no data."""
+    from probcat import load
+
+    det = load("detection_lsst_i", device="cpu", threads=1)
+    yy, xx = np.mgrid[:32, :32]
+    star = (
+        1e5 * np.exp(-((xx - 15.3) ** 2 + (yy - 16.6) ** 2) / (2 * 1.6**2)) / (2 * np.pi * 1.6**2)
+    )
+    cutout = (np.random.default_rng(0).normal(0, 434, (32, 32)) + star).astype(np.float32)
+    with pytest.raises(ProbcatValueError, match="smaller than the minimum 37x37 px.*pad"):
+        det.detect(cutout, noise_sigma=434.0)
+    padded = np.pad(cutout, ((0, 5), (0, 5)), constant_values=np.nan)
+    with pytest.warns(UserWarning, match="NaN or inf"):
+        cat = det.detect(padded, noise_sigma=434.0).catalog
+    assert len(cat) == 1
+    assert abs(cat["x"][0] - 15.3) < 0.3 and abs(cat["y"][0] - 16.6) < 0.3
+    assert cat["prob"][0] > 0.9 and cat["mask_fraction"][0] == 0
+
+
 def test_bad_weights_file(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a torch file")

@@ -179,7 +179,9 @@ def check_size(shape, min_size: int) -> None:
     ``min_size`` px on a side."""
     if min(shape[1:]) < min_size:
         raise ProbcatValueError(
-            f"image {shape[1]}x{shape[2]} is smaller than the minimum {min_size}x{min_size} px"
+            f"image {shape[1]}x{shape[2]} is smaller than the minimum {min_size}x{min_size} px "
+            "(the detector's receptive field): cut a larger image, or pad this one to that "
+            "size with NaN (pixels without data)"
         )
 
 
