@@ -82,8 +82,7 @@ def unclaimed(image: np.ndarray, x, y, masked: np.ndarray | None = None) -> np.n
         objs = sep.extract(img, SEGMENT_THRESH, err=1.0, minarea=5, deblend_nthresh=32,
                            deblend_cont=0.005, filter_kernel=gaussian_kernel(3, 2.0))  # fmt: skip
     except Exception as e:  # noqa: BLE001 - SEP's buffer limits on a crowded image
-        warn_user(f"rescue_bright: SEP could not segment the image ({e}): no object "
-                      "was rescued")  # fmt: skip
+        warn_user(f"rescue_bright: SEP could not segment the image ({e}): no object was rescued")
         return np.zeros((0, 3))
     npix = np.asarray(objs["npix"], float)
     snr = np.asarray(objs["flux"], float) / np.sqrt(np.maximum(npix, 1.0))
