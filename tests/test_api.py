@@ -75,12 +75,10 @@ def test_detect_bad_inputs(weights, image, msg):
         detect(image, weights=weights)
 
 
-def test_a_cutout_below_the_minimum_size_detects_once_padded_with_nan():
+def test_a_cutout_below_the_minimum_size_detects_once_padded_with_nan(shipped):
     """The size error says how to read a small cutout; padded with NaN as it says, the
     cutout's star is found where it is, the padding read as no data."""
-    from probcat import load
-
-    det = load("detection_lsst_i", device="cpu", threads=1)
+    det = shipped
     yy, xx = np.mgrid[:32, :32]
     star = (
         1e5 * np.exp(-((xx - 15.3) ** 2 + (yy - 16.6) ** 2) / (2 * 1.6**2)) / (2 * np.pi * 1.6**2)
