@@ -107,6 +107,11 @@ BY_NAME = {
         "seeing_weights_sha256",
         ("seeing_weights", "photoz_seeing", "photoz_band_seeing", "command", "git_commit"),
     ),
+    "photoz_lsst_ugrizy_masked": (
+        "photoz_masks.json",
+        "masked_weights_sha256",
+        ("results", "fields", "command", "git_commit"),
+    ),
     "detection_lsst_ugrizy": (
         "photoz.json",
         "detector_ugrizy_sha256",

@@ -338,6 +338,71 @@ def test_each_bands_masked_share_of_the_aperture_is_a_column_and_warned_of(tiny_
     assert np.all(np.isfinite(res.catalog["z_mode"]))
 
 
+def test_near_masked_matches_a_brute_force_distance_and_ignores_the_images_edge():
+    from probcat.redshift.estimator import near_masked
+
+    rng = np.random.default_rng(4)
+    masked = rng.random((30, 37)) < 0.004
+    x, y = rng.uniform(-2, 38, 300), rng.uniform(-2, 31, 300)
+    got = near_masked(masked, x, y, 4.5)
+    my, mx = np.nonzero(masked)
+    for k in range(300):
+        cx, cy = np.floor(x[k] + 0.5), np.floor(y[k] + 0.5)
+        assert got[k] == np.any((mx - cx) ** 2 + (my - cy) ** 2 <= 4.5**2), k
+    assert 20 < got.sum() < 280  # both answers are tested
+    assert not near_masked(None, x, y).any() and len(near_masked(masked, [], [])) == 0
+    assert near_masked(masked, [-50.0], [200.0]).tolist() == [False]  # far off the image
+
+
+def test_objects_on_masked_pixels_are_read_by_the_weights_trained_with_masks(
+    tiny_estimator, monkeypatch
+):
+    """With weights that have a companion trained with bands masked, the objects with a
+    pixel without data within MASKED_RADIUS (7 px) get that net's PDFs (and no dropout
+    warning), the others the estimator's own; the column ``pz_masked_weights`` says which."""
+    rng = np.random.default_rng(2)
+    sigma = tiny_estimator.survey.noise_sigma
+    image = (rng.standard_normal((6, 32, 40)) * sigma[:, None, None]).astype(np.float32)
+    xy = np.array([[6.0, 6.0], [20.3, 15.6], [33.0, 25.0], [16.4, 5.0]])
+    cat = FullCatalog({"x": xy[:, 0], "y": xy[:, 1], "galaxy": np.ones(4, bool)}, (32, 40),
+                      tuple("ugrizy"))  # fmt: skip
+    image[0, :, :10] = np.nan  # the u band under the first object, 7 px from the fourth
+    image[3, 31, 39] = np.nan  # and one i pixel 8.5 px from the third (beyond the radius)
+    torch.manual_seed(1)
+    other = PhotozNet(bands=6, size=11, channels=4).eval()
+    monkeypatch.setattr(PhotozEstimator, "masked_weights", property(lambda self: "other"))
+    tiny_estimator._masked = other
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "photo-z")  # the companion reads the masked band
+        res = tiny_estimator.estimate(image, cat)
+    assert list(res.catalog["pz_masked_weights"]) == [True, False, False, True]
+    assert res.catalog.meta["photoz"]["masked_weights"] == "other"
+    x_sigma = np.nan_to_num(image) / sigma[:, None, None]
+    st = stamps_at(x_sigma, xy[:, 0], xy[:, 1], 11)
+    hit = [0, 3]
+    np.testing.assert_allclose(res.means[hit], _net_on(other, st[hit])[1], rtol=_rtol(other))
+    own = _net_on(tiny_estimator.net, st[1:3])[1]
+    np.testing.assert_allclose(res.means[1:3], own, rtol=_rtol(tiny_estimator.net))
+    # weights without a companion: their own net everywhere, the dropout warned of
+    monkeypatch.setattr(PhotozEstimator, "masked_weights", property(lambda self: None))
+    with pytest.warns(UserWarning, match=r"photo-z: 1 PDF\(s\) read band\(s\) u"):
+        res = tiny_estimator.estimate(image, cat)
+    assert not res.catalog["pz_masked_weights"].any()
+    np.testing.assert_allclose(res.means[0], _net_on(tiny_estimator.net, st[:1])[1][0],
+                               rtol=_rtol(tiny_estimator.net))  # fmt: skip
+
+
+def test_the_shipped_photoz_weights_have_their_masked_companion():
+    import probcat
+
+    est = probcat.load("photoz_lsst_ugrizy")
+    assert est.masked_weights == "photoz_lsst_ugrizy_masked"
+    other = est.masked_net()
+    assert other.n_components == est.net.n_components and other is est.masked_net()
+    assert probcat.load("photoz_lsst_ugrizy_seeing").masked_weights is None
+    assert probcat.load("photoz_lsst_ugrizy_masked").masked_weights is None
+
+
 def test_a_coadds_stamps_are_read_at_the_aperture_noise(tiny_estimator):
     """The pixel noise of a coadd of resampled visits is lower than its aperture sums'
     noise: the stamps are read at the pixel sigma times each band's aperture noise factor

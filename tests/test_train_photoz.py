@@ -378,10 +378,79 @@ def test_runs_record_the_seeing_and_init_settings_only_when_used():
     assert got["data"]["seeing_range"] == [0.8, 1.3]
 
 
-@pytest.mark.parametrize("name", ["photoz_lsst_ugrizy", "photoz_lsst_ugrizy_seeing"])
+@pytest.mark.parametrize(
+    "name", ["photoz_lsst_ugrizy", "photoz_lsst_ugrizy_seeing", "photoz_lsst_ugrizy_masked"]
+)
 def test_shipped_photoz_config_is_the_shipped_weights_config(name):
     from probcat.train.photoz import _config_dict, load_photoz_config
     from probcat.weights import manifest
 
     got = _config_dict(load_photoz_config(f"configs/{name}.yaml"))
     assert got == manifest(name)["config"]
+
+
+def _runs(plane: np.ndarray) -> list:
+    """Per row of a boolean plane, its masked pixels' run: None (none), or (start, stop)
+    when they are one contiguous run; False when they are not."""
+    out = []
+    for row in plane:
+        idx = np.flatnonzero(row)
+        ok = len(idx) == 0 or idx[-1] - idx[0] + 1 == len(idx)
+        out.append(None if len(idx) == 0 else (idx[0], idx[-1] + 1) if ok else False)
+    return out
+
+
+def test_band_masks_mask_one_to_three_bands_of_the_share_asked():
+    from probcat.train.photoz import band_masks
+
+    shape = (400, 6, 33, 33)
+    m = band_masks(np.random.default_rng(3), shape, 0.3)
+    np.testing.assert_array_equal(m, band_masks(np.random.default_rng(3), shape, 0.3))
+    hit = m.any((1, 2, 3))
+    assert 0.22 < hit.mean() < 0.38  # binomial(400, 0.3): 0.3 +- 0.023
+    n_bands = m.any((2, 3)).sum(1)[hit]
+    assert set(np.unique(n_bands)) <= {1, 2, 3} and 1.3 < n_bands.mean() < 1.7  # 1.5 expected
+    assert not band_masks(np.random.default_rng(3), shape, 0.0).any()
+
+
+@pytest.mark.parametrize("kind", ["band", "half-plane", "strip", "disc"])
+def test_each_band_mask_shape_is_what_it_says(kind):
+    from probcat.train.photoz import band_masks
+
+    m = band_masks(np.random.default_rng(5), (60, 6, 33, 33), 1.0, shapes=(kind,))
+    planes = m.reshape(-1, 33, 33)[m.reshape(-1, 33 * 33).any(1)]
+    assert len(planes) >= 60
+    for p in planes:
+        rows, cols = _runs(p), _runs(p.T)
+        if kind == "band":
+            assert p.all()
+        elif kind == "strip":  # every row the same, or every column: a run 2-8 px wide
+            same = (p == p[:1]).all() or (p == p[:, :1]).all()
+            run = [r for r in (cols if (p == p[:, :1]).all() else rows) if r][0]
+            assert same and 1 <= run[1] - run[0] <= 9 and not p.all()
+        elif kind == "half-plane":  # each row and column a run from one edge
+            for r in rows + cols:
+                assert r is None or (r is not False and (r[0] == 0 or r[1] == 33))
+            assert not p.all()
+        else:  # a disc: convex (one run per row and column), radius <= 15
+            assert False not in rows + cols and p.sum() <= math.pi * 15.5**2
+            assert max(r[1] - r[0] for r in rows if r) <= 31
+
+
+def test_training_batches_mask_bands_to_zero_only_when_asked():
+    from probcat.train.photoz import PhotozTask
+
+    cfg = _tiny_cfg(mask_fraction=1.0)
+    task = PhotozTask.__new__(PhotozTask)
+    task.cfg = cfg
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(24, 6, 33, 33)).astype(np.float32) + 5.0  # no zero pixel anywhere
+    task.pool = {"x": x, "z": np.linspace(0.1, 2.0, 24, dtype=np.float32)}
+    xb, _ = task.batch(np.random.default_rng(1))
+    zero = (xb == 0).numpy()
+    assert zero.any((1, 2, 3)).all()  # every stamp has a masked band
+    assert not zero.all((1, 2, 3)).any()  # and never all six everywhere
+    task.cfg = _tiny_cfg()
+    assert not (task.batch(np.random.default_rng(1))[0] == 0).any()
+    with pytest.raises(ProbcatValueError, match="mask_fraction"):
+        _tiny_cfg(mask_fraction=1.5)

@@ -1663,7 +1663,7 @@ def photoz(
     # at the aperture noise; deeper: warned, or read at the training depth
     xs, meta = est.network_input(xs, sigma, info, match_depth, masked)
     if known_redshifts is not None:
-        width_scale, meta["width_fit_objects"] = est._fit_widths(xs, wcs, known_redshifts)
+        width_scale, meta["width_fit_objects"] = est._fit_widths(xs, wcs, known_redshifts, masked)
     return est._estimate(
         xs, res.catalog, wcs, galaxies_only, detection=res, meta=meta, width_scale=width_scale,
         band_mask=bands_masked,

@@ -55,6 +55,35 @@ MIN_KNOWN = 10  # objects of known redshift a width fit needs at the least
 BAND_SEEING_SPREAD = 1.2
 _MIN_COMPACT = 4  # compact sources a band's seeing needs at the least
 _BAND_PEAK = 5.0  # and their peak in that band at least (noise sigma)
+# shipped photo-z weights -> the weights trained further with bands masked
+# (``configs/photoz_lsst_ugrizy_masked.yaml``) that read the objects near pixels without
+# data in some band: read by the former, a masked band is a dropout
+MASKED_WEIGHTS = {"photoz_lsst_ugrizy": "photoz_lsst_ugrizy_masked"}
+# they read an object when a pixel without data lies within this many px of its stamp's
+# centre: on validation stamps with bands masked (discs, strips, half-planes) their mean NLL
+# of the true z beat the shipped weights' with the nearest masked pixel 0-2 / 2-4 / 4-6 px
+# from the centre (-0.63 / -0.97 / -1.26 against 1.99 / -0.51 / -1.20), tied at 6-8 px
+# (-1.23 / -1.24) and lost beyond (8-13 px: -1.28 against -1.32; unmasked: -1.27 / -1.32)
+MASKED_RADIUS = 7.0
+
+
+def near_masked(masked, x, y, radius: float = MASKED_RADIUS) -> np.ndarray:
+    """Per object at ``x, y``, whether a pixel of ``masked`` (``(H, W)``, pixels without
+    data in some band; None: none is) lies within ``radius`` px of the pixel nearest it (the
+    centre of its stamp, :func:`stamps_at`). Pixels off the image do not count: the
+    networks were trained with them zero."""
+    x, y = np.atleast_1d(np.asarray(x, np.float64)), np.atleast_1d(np.asarray(y, np.float64))
+    if masked is None or len(x) == 0:
+        return np.zeros(len(x), bool)
+    r = int(np.floor(radius))
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+    disc = dx**2 + dy**2 <= radius**2
+    dy, dx = dy[disc], dx[disc]
+    pad = np.pad(np.asarray(masked, bool), r)  # off the image: not masked
+    h, w = pad.shape
+    cx = np.clip(np.floor(x + 0.5).astype(np.int64) + r, 0, w - 1)
+    cy = np.clip(np.floor(y + 0.5).astype(np.int64) + r, 0, h - 1)
+    return pad[np.clip(cy[:, None] + dy, 0, h - 1), np.clip(cx[:, None] + dx, 0, w - 1)].any(1)
 
 
 def stamps_at(x_sigma: np.ndarray, x, y, size: int) -> np.ndarray:
@@ -197,6 +226,38 @@ class PhotozEstimator:
 
         net, self.device = place(_for_inference(net), device, threads)
         self.net, self.survey, self.manifest, self.threads = net, survey, manifest, threads
+        self._masked = None
+
+    @property
+    def masked_weights(self) -> str | None:
+        """The registered weights that read this estimator's objects with a pixel without
+        data within :data:`MASKED_RADIUS` px (:data:`MASKED_WEIGHTS`: trained with bands
+        masked, where these weights read a masked band as no light), or None: these weights
+        read them."""
+        from probcat.weights import manifest, names
+
+        sha = (self.manifest or {}).get("sha256")
+        for name, other in MASKED_WEIGHTS.items():
+            if sha and {name, other} <= set(names()) and manifest(name).get("sha256") == sha:
+                return other
+        return None
+
+    def masked_net(self):
+        """The network of :attr:`masked_weights` (loaded at first use, on this estimator's
+        device), or None."""
+        from probcat.runtime import place
+        from probcat.weights import load
+
+        name = self.masked_weights
+        if name is None:
+            return None
+        if self._masked is None:
+            net = load(name, kind="photoz").model
+            size = self.net.hparams["size"]
+            if net.n_components != self.net.n_components or net.hparams["size"] != size:
+                raise ProbcatValueError(f"{name}: not the architecture of {self!r}")
+            self._masked = place(_for_inference(net), self.device, self.threads)[0]
+        return self._masked
 
     def __repr__(self) -> str:
         name = (self.manifest or {}).get("weights", "custom weights")
@@ -220,7 +281,7 @@ class PhotozEstimator:
             image, self.survey, noise_sigma, whiten=False, zeropoint=zeropoint
         )
         xs = self.network_input(xs, sigma, info, match_depth, masked)[0]
-        return self._mixture(xs, x, y)
+        return self._mixture(xs, x, y, masked)
 
     def training_depths(self) -> tuple[float, ...]:
         """The depths (years) the weights were trained at: the manifest's ``data.years``,
@@ -302,15 +363,15 @@ class PhotozEstimator:
             image, self.survey, noise_sigma, whiten=False, zeropoint=zeropoint
         )
         xs = self.network_input(xs, sigma, info, match_depth, masked)[0]
-        return self._fit_widths(xs, wcs, known)[0]
+        return self._fit_widths(xs, wcs, known, masked)[0]
 
-    def _fit_widths(self, xs: np.ndarray, wcs, known) -> tuple[float, int]:
-        """:meth:`fit_widths` on the image as the network reads it; also the number of
-        objects fitted."""
+    def _fit_widths(self, xs: np.ndarray, wcs, known, masked=None) -> tuple[float, int]:
+        """:meth:`fit_widths` on the image as the network reads it (``masked``: its pixels
+        without data, :meth:`_mixture`); also the number of objects fitted."""
         from probcat.nets.photoz import SD_SCALES, fit_sd_scale
 
         x, y, z = known_redshifts(known, wcs, xs.shape[1:])
-        k = fit_sd_scale(*self._mixture(xs, x, y), z)
+        k = fit_sd_scale(*self._mixture(xs, x, y, masked), z)
         if k in (SD_SCALES[0], SD_SCALES[-1]):
             warn_user(
                 f"photo-z: the known redshifts want the PDFs' widths times {k:.2f} or "
@@ -359,7 +420,11 @@ class PhotozEstimator:
         return out
 
     @inference_entry
-    def _mixture(self, x_sigma: np.ndarray, x, y):
+    def _mixture(self, x_sigma: np.ndarray, x, y, masked=None):
+        """Mixtures of the objects at ``x, y`` of the image ``x_sigma`` as the network
+        reads it; ``masked``: its ``(H, W)`` pixels without data in some band (None: none),
+        whose objects (:func:`stamps_masked`) the :meth:`masked_net` reads when there is
+        one."""
         import torch
 
         from probcat.runtime import full_float32, thread_limit, threads_for
@@ -371,16 +436,20 @@ class PhotozEstimator:
         if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
             raise ProbcatValueError("object positions must be finite")
         size = self.net.hparams["size"]
-        outs = []
+        other = self.masked_net() if masked is not None else None
+        hit = near_masked(masked if other is not None else None, x, y)
+        out = [np.zeros((len(x), k)) for _ in range(3)]
         n_threads = threads_for(self.threads, len(x) * size * size)
         with thread_limit(n_threads), full_float32(), torch.no_grad():
-            for s in range(0, len(x), _CHUNK):
-                check_interrupt()  # Ctrl-C reaches probcat's inference thread here
-                st = stamps_at(x_sigma, x[s : s + _CHUNK], y[s : s + _CHUNK], size)
-                st = torch.from_numpy(st).to(self.device, memory_format=torch.channels_last)
-                w, m, sd = self.net(st)
-                outs.append([t.double().cpu().numpy() for t in (w, m, sd)])
-        w, m, sd = (np.concatenate([o[j] for o in outs]) for j in range(3))
+            for net, rows in ((self.net, np.flatnonzero(~hit)), (other, np.flatnonzero(hit))):
+                for s in range(0, len(rows), _CHUNK):
+                    check_interrupt()  # Ctrl-C reaches probcat's inference thread here
+                    r = rows[s : s + _CHUNK]
+                    st = stamps_at(x_sigma, x[r], y[r], size)
+                    st = torch.from_numpy(st).to(self.device, memory_format=torch.channels_last)
+                    for j, t in enumerate(net(st)):
+                        out[j][r] = t.double().cpu().numpy()
+        w, m, sd = out
         return w / w.sum(1, keepdims=True), m, sd
 
     def estimate(
@@ -444,7 +513,8 @@ class PhotozEstimator:
         else:
             use = np.ones(n, bool)
         rows = np.flatnonzero(use)
-        w, m, sd = self._mixture(xs, catalog["x"][rows], catalog["y"][rows])
+        masked = None if band_mask is None else band_mask.any(0)
+        w, m, sd = self._mixture(xs, catalog["x"][rows], catalog["y"][rows], masked)
         sd = sd * width_scale
         summ = summaries(w, m, sd)
         cols = {}
@@ -453,7 +523,14 @@ class PhotozEstimator:
             full[rows] = summ[c]
             cols[c] = full
         cols["has_pz"] = use
-        cols.update(masked_bands_column(band_mask, catalog, self.bands, use))
+        other = self.masked_weights if masked is not None else None
+        cols["pz_masked_weights"] = np.zeros(n, bool)
+        if other is not None:
+            cols["pz_masked_weights"][rows] = near_masked(
+                masked, catalog["x"][rows], catalog["y"][rows]
+            )
+            meta["masked_weights"] = other
+        cols.update(masked_bands_column(band_mask, catalog, self.bands, use, other is None))
         ens = to_qp(w, m, sd, ancil={"row": rows}) if len(rows) else None
         cat = catalog.with_columns(**cols)
         name = (self.manifest or {}).get("weights", "custom weights")
@@ -466,13 +543,13 @@ class PhotozEstimator:
 MASKED_BAND_WARN = 0.5
 
 
-def masked_bands_column(band_mask, catalog, bands, use) -> dict:
+def masked_bands_column(band_mask, catalog, bands, use, warn: bool = True) -> dict:
     """``{"mask_fraction_band": (n, bands)}``: per object and band, the share of the 5-px
     aperture's pixels (:func:`probcat.masking.aperture_fraction`) without data in that band
-    (``band_mask`` ``(bands, H, W)``; None: nothing masked, zeros). The network reads
-    such pixels as no light, so a galaxy's PDF then reads colours it does not have (a masked
-    u band as a u dropout); a warning counts the PDFs (``use``) with a band at
-    :data:`MASKED_BAND_WARN` or more."""
+    (``band_mask`` ``(bands, H, W)``; None: nothing masked, zeros). With ``warn`` (weights
+    without :data:`MASKED_WEIGHTS`, which read such pixels as no light, so a galaxy's PDF
+    then reads colours it does not have: a masked u band as a u dropout) a warning counts
+    the PDFs (``use``) with a band at :data:`MASKED_BAND_WARN` or more."""
     from probcat.masking import aperture_fraction
 
     x, y = catalog["x"], catalog["y"]
@@ -480,7 +557,7 @@ def masked_bands_column(band_mask, catalog, bands, use) -> dict:
         return {"mask_fraction_band": np.zeros((len(x), len(bands)))}
     frac = np.stack([aperture_fraction(m, x, y) for m in band_mask], axis=1)
     hit = use & (frac >= MASKED_BAND_WARN).any(1)
-    if hit.any():
+    if warn and hit.any():
         which = "".join(b for k, b in enumerate(bands) if (frac[hit, k] >= MASKED_BAND_WARN).any())
         warn_user(
             f"photo-z: {int(hit.sum())} PDF(s) read band(s) {which} where "

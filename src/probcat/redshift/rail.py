@@ -47,9 +47,10 @@ _PARAMS = {
 
 
 def _image(path: str, weights: str):
-    """The estimator and the image in noise-sigma units, read at the aperture noise where
-    the noise is correlated (:meth:`probcat.redshift.estimator.PhotozEstimator.network_input`;
-    cached while the file is unchanged)."""
+    """The estimator, the image in noise-sigma units, read at the aperture noise where
+    the noise is correlated (:meth:`probcat.redshift.estimator.PhotozEstimator.network_input`),
+    its WCS and its pixels without data in some band (None: none); cached while the file is
+    unchanged."""
     from pathlib import Path
 
     if not path:
@@ -68,8 +69,8 @@ def _read(path: str, weights: str, mtime_ns: int, size: int):
 
     est = probcat.load(weights)
     data = read_image(path)
-    xs, wcs, sigma, info, _ = read_input(data, est.survey, whiten=False)
-    return est, est.network_input(xs, sigma, info)[0], wcs
+    xs, wcs, sigma, info, masked = read_input(data, est.survey, whiten=False)
+    return est, est.network_input(xs, sigma, info, masked=masked)[0], wcs, masked
 
 
 class ProbcatPhotozInformer(CatInformer):
@@ -82,7 +83,7 @@ class ProbcatPhotozInformer(CatInformer):
 
     def run(self) -> None:
         data = self.get_data("input")
-        est, xs, wcs = _image(self.config.image, self.config.weights)
+        est, xs, wcs, masked = _image(self.config.image, self.config.weights)
         col = self.config.redshift_col
         names = _column_names(data)
         if col not in names:
@@ -91,7 +92,7 @@ class ProbcatPhotozInformer(CatInformer):
         known["redshift"] = np.asarray(data[col], np.float64)
         # the fit of `probcat photoz --spec-z`: objects off the image left out, at least
         # MIN_KNOWN on it, a warning at either end of the range
-        best, n = est._fit_widths(xs, wcs, known)
+        best, n = est._fit_widths(xs, wcs, known, masked)
         self.add_data("model", {"weights": self.config.weights, "sd_scale": best, "n_fitted": n})
 
 
@@ -110,9 +111,9 @@ class ProbcatPhotozEstimator(CatEstimator):
 
         model = self.model if isinstance(self.model, dict) else {}
         weights = model.get("weights", self.config.weights)
-        est, xs, wcs = _image(self.config.image, weights)
+        est, xs, wcs, masked = _image(self.config.image, weights)
         x, y = table_positions(data, wcs)
-        w, m, sd = est._mixture(xs, x, y)
+        w, m, sd = est._mixture(xs, x, y, masked)
         sd = sd * float(model.get("sd_scale", 1.0))
         ens = qp.Ensemble(qp.mixmod, data={"weights": w, "means": m, "stds": sd})
         mode = GRID[np.argmax(truncated_pdf(w, m, sd, GRID), axis=1)] if len(w) else np.zeros(0)

@@ -59,6 +59,7 @@ __all__ = [
     "train_photoz",
     "gold_stamps",
     "detected_gold",
+    "band_masks",
 ]
 
 
@@ -84,6 +85,10 @@ class PhotozData:
     seeing_range: tuple[float, float] = (0.8, 1.3)
     seeing_fraction: float = 0.5
     seeing_bank_size: int = 0
+    # bands without data: ``mask_fraction`` of the training stamps get one to three bands
+    # masked (set to 0, as inference reads pixels without data) over a whole band, a
+    # half-plane, a strip or a disc (:func:`band_masks`); 0: none (validation stays clean)
+    mask_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,8 @@ class PhotozTrainConfig:
             raise ProbcatValueError(
                 f"data.seeing_fraction must lie in [0, 1], got {d.seeing_fraction}"
             )
+        if not 0.0 <= d.mask_fraction <= 1.0:
+            raise ProbcatValueError(f"data.mask_fraction must lie in [0, 1], got {d.mask_fraction}")
         if d.seeing_patterns < 0 or d.seeing_bank_size < 0:
             raise ProbcatValueError("data.seeing_patterns and data.seeing_bank_size must be >= 0")
         counts = {
@@ -328,6 +335,43 @@ def _pool(cfg: PhotozTrainConfig, split: str, n: int, seed, cache_dir, progress)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+MASK_SHAPES = ("band", "half-plane", "strip", "disc")
+
+
+def band_masks(rng: np.random.Generator, shape, fraction: float, shapes=MASK_SHAPES) -> np.ndarray:
+    """Boolean ``shape`` ``(n, bands, S, S)``: pixels without data, as real coadds have
+    them in some bands and not others. Each stamp, with probability ``fraction``, gets one
+    to three bands (probabilities 0.6 / 0.3 / 0.1) masked, each with a shape of its own
+    (:data:`MASK_SHAPES`, equally likely): the whole stamp (a band with no coverage there),
+    a half-plane through a point within 8 px of the centre (a chip or coadd edge), a strip
+    2-8 px wide across the stamp within 10 px of the centre (a chip gap, bad columns), or a
+    disc of radius 3-15 px centred within 16 px of the centre (a bright star's mask); those
+    lengths for 33-px stamps, scaled with the stamp's side. ``shapes``: those drawn from."""
+    n, bands, size = shape[0], shape[1], shape[-1]
+    out = np.zeros((n, bands, size, size), bool)
+    f = size / STAMP_Z
+    c = (np.arange(size, dtype=np.float64) - size // 2) / f  # in 33-px stamp pixels
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+    for i in np.flatnonzero(rng.random(n) < fraction):
+        k = min(bands, 1 + int(rng.choice(3, p=[0.6, 0.3, 0.1])))
+        for b in rng.choice(bands, k, replace=False):
+            kind = shapes[int(rng.integers(len(shapes)))]
+            if kind == "band":
+                out[i, b] = True
+            elif kind == "half-plane":
+                t = rng.uniform(0, 2 * np.pi)
+                x0, y0 = rng.uniform(-8, 8, 2)
+                out[i, b] = (xx - x0) * np.cos(t) + (yy - y0) * np.sin(t) > 0
+            elif kind == "strip":
+                u = xx if rng.random() < 0.5 else yy
+                lo = rng.uniform(-10, 10)
+                out[i, b] = (u >= lo) & (u < lo + rng.uniform(2, 8))
+            else:
+                x0, y0 = rng.uniform(-16, 16, 2)
+                out[i, b] = (xx - x0) ** 2 + (yy - y0) ** 2 < rng.uniform(3, 15) ** 2
+    return out
+
+
 def dihedral_batch(x: np.ndarray, variant: np.ndarray) -> np.ndarray:
     """Apply symmetry ``variant[i]`` (0-7, :func:`~probcat.nets.photoz.dihedral`: the
     orientations inference pools) to stamp ``i``."""
@@ -349,6 +393,9 @@ class PhotozTask:
         d = cfg.data
         self.pool = _pool(cfg, "train", d.train_objects, (cfg.seed, 7), cache_dir, progress)
         self.val = _pool(cfg, "val", d.val_objects, (cfg.seed, 99), cache_dir, progress)
+        if d.mask_fraction > 0:  # the validation stamps once more, each with bands masked
+            masks = band_masks(np.random.default_rng([cfg.seed, 98]), self.val["x"].shape, 1.0)
+            self.val_masked = np.where(masks, np.float32(0.0), self.val["x"])
 
     def build_model(self) -> PhotozNet:
         net = self.cfg.net()
@@ -362,6 +409,8 @@ class PhotozTask:
     def batch(self, rng):
         idx = rng.integers(0, len(self.pool["z"]), self.cfg.data.batch_size)
         x = dihedral_batch(self.pool["x"][idx], rng.integers(0, 8, len(idx)))
+        if self.cfg.data.mask_fraction > 0:  # no draws without it: old runs resume as they were
+            x[band_masks(rng, x.shape, self.cfg.data.mask_fraction)] = 0.0
         return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(self.pool["z"][idx])
 
     def loss(self, model, batch, phase, gen):
@@ -380,7 +429,13 @@ class PhotozTask:
         nll = float(mixture_nll(w, mu, sd, z).mean())
         m = all_metrics(truncated_pdf(w.numpy(), mu.numpy(), sd.numpy()), z.numpy())
         keep = ("bias", "sigma_iqr", "outlier_frac", "ks", "pit_coverage_68", "pit_coverage_95")
-        return {"total": nll, **{k: m[k] for k in keep}}
+        out = {"total": nll, **{k: m[k] for k in keep}}
+        if self.cfg.data.mask_fraction > 0:
+            xm = torch.from_numpy(self.val_masked)
+            outs = [model(xm[i : i + 512].to(dev)) for i in range(0, len(xm), 512)]
+            wm, mum, sdm = (torch.cat([o[j] for o in outs]).cpu() for j in range(3))
+            out["nll_masked"] = float(mixture_nll(wm, mum, sdm, z).mean())
+        return out
 
     def finish(self, model, progress):
         model.symmetries = self.cfg.symmetries  # trained in one orientation at a time
@@ -406,6 +461,12 @@ class PhotozTask:
                 f"{d.seeing_bank_size or d.bank_size} galaxies "
                 "whose bands' PSF FWHM are the survey's times these factors: "
                 f"{np.round(seeing_patterns(d), 3).tolist()}"
+            )
+        if d.mask_fraction:
+            out["masks"] = (
+                f"{d.mask_fraction:g} of the training stamps with one to three bands masked "
+                "(set to 0; whole band, half-plane, strip or disc: band_masks); validation "
+                f"clean, and once more with every stamp masked (seed [{c.seed}, 98])"
             )
         if c.init is not None:
             out["init"] = {"weights": c.init, "sha256": load_init(c.init, "photoz").sha256,
@@ -498,6 +559,8 @@ def _config_dict(cfg: PhotozTrainConfig) -> dict:
     for key, unset in (("members", 1), ("symmetries", 1), ("init", None)):
         if d.get(key) == unset:
             del d[key]
+    if not cfg.data.mask_fraction:
+        del d["data"]["mask_fraction"]
     if not cfg.data.seeing_patterns:
         for key in ("seeing_patterns", "seeing_range", "seeing_fraction", "seeing_bank_size"):
             del d["data"][key]
