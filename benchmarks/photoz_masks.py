@@ -19,8 +19,9 @@ Arms: ``shipped_only`` (``photoz_lsst_ugrizy`` reads everything, masked pixels a
 zeros: probcat before the masked weights) and ``default`` (``probcat.load
 ("photoz_lsst_ugrizy")`` as users get it: objects with a masked pixel within 7 px,
 ``MASKED_RADIUS``, are read by ``photoz_lsst_ugrizy_masked``). Metrics as
-``benchmarks/photoz.py``'s, over the affected galaxies (those the default arm hands over) and, for reference, every
-galaxy; the mean truncated-mixture NLL of the true redshifts too.
+``benchmarks/photoz.py``'s, over the affected galaxies (those the default arm hands
+over) and, for reference, every galaxy; the mean truncated-mixture NLL of the true
+redshifts too.
 
 Writes ``benchmarks/results/photoz_masks.json`` and ``photoz_masks.png``.
 
