@@ -905,6 +905,28 @@ TABLES = {
             )
         ],  # fmt: skip
     ),
+    "photoz_masks": (
+        "photo-z where bands have no data (NaN): 16 held-out 400-px 10-year ugrizy fields "
+        "(test-split DC2 galaxies), gold galaxies at their true positions within 7 px of a "
+        "masked pixel; probcat as it reads them (photoz_lsst_ugrizy_masked) against "
+        "photoz_lsst_ugrizy reading masked pixels as no light",
+        [
+            (
+                f"{head}: {label}",
+                f"results.{arm}.default.affected.{key}",
+                f"results.{arm}.shipped_only.affected.{key}",
+                fmt,
+                "",
+            )
+            for arm, head in (
+                ("half_u", "u band missing over half the field"),
+                ("half_i", "i band missing over half the field"),
+                ("defects", "defects in every band"),
+            )
+            for label, key, fmt in _PHOTOZ_COLOUR_METRICS
+            if key in ("sigma_iqr", "outlier_frac_015", "ks", "pit_coverage_68")
+        ],
+    ),
     "correlated_noise_ugrizy": (
         "the same for LSST ugrizy fields (DC2 colours; each band coadded from its own 6 "
         "visits): the six-band weights; SEP on the riz coadd; and photoz_lsst_ugrizy's PDFs "
@@ -1746,6 +1768,7 @@ BASELINES = {
     "correlated_noise_ugrizy": "SEP (riz)",
     "depth": "SEP",
     "photoz_colours": "DC2 colours",
+    "photoz_masks": "masked pixels as no light",
     "psf_profile": "SEP",
     "deblend": "SEP",
     "photoz": "FlexZBoost",
