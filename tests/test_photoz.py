@@ -392,15 +392,38 @@ def test_objects_on_masked_pixels_are_read_by_the_weights_trained_with_masks(
                                rtol=_rtol(tiny_estimator.net))  # fmt: skip
 
 
-def test_the_shipped_photoz_weights_have_their_masked_companion():
+def test_the_shipped_photoz_weights_hand_objects_near_masked_pixels_to_their_companion():
     import probcat
+    from probcat.api import read_input
 
-    est = probcat.load("photoz_lsst_ugrizy")
+    est = probcat.load("photoz_lsst_ugrizy", threads=1)
     assert est.masked_weights == "photoz_lsst_ugrizy_masked"
     other = est.masked_net()
     assert other.n_components == est.net.n_components and other is est.masked_net()
     assert probcat.load("photoz_lsst_ugrizy_seeing").masked_weights is None
     assert probcat.load("photoz_lsst_ugrizy_masked").masked_weights is None
+    # a 40-px field with the u band's left 12 columns without data: objects 3 and 16 px
+    # from them are read by the companion and by the shipped weights, as each reads them
+    rng = np.random.default_rng(0)
+    sigma = est.survey.noise_sigma
+    image = (rng.standard_normal((6, 40, 40)) * sigma[:, None, None]).astype(np.float32)
+    image[:, 18:23, 12:17] += 20 * sigma[:, None, None]
+    image[:, 18:23, 26:31] += 20 * sigma[:, None, None]
+    x, y = np.array([14.0, 28.0]), np.array([20.0, 20.0])
+    clean = est.mixture(image, x, y)
+    image[0, :, :12] = np.nan
+    with pytest.warns(UserWarning, match="NaN"):
+        got = est.mixture(image, x, y)
+    with pytest.warns(UserWarning, match="NaN"):
+        want_masked = probcat.load("photoz_lsst_ugrizy_masked", threads=1).mixture(image, x, y)
+    with pytest.warns(UserWarning, match="NaN"):
+        xs = read_input(image, est.survey, whiten=False)[0]
+    want_own = est._mixture(xs, x, y)  # no mask given: the shipped weights for both
+    for j in range(3):
+        np.testing.assert_allclose(got[j][0], want_masked[j][0], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got[j][1], want_own[j][1], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got[j][1], clean[j][1], rtol=1e-4, atol=1e-6)  # 16 px away
+    assert not np.allclose(got[1][0], want_own[1][0], atol=1e-3)  # a masked u band matters
 
 
 def test_a_coadds_stamps_are_read_at_the_aperture_noise(tiny_estimator):
