@@ -51,16 +51,9 @@ KEYS = ("n", "bias", "sigma_iqr", "outlier_frac", "outlier_frac_015", "ks", "cde
 
 
 def fields(n: int, seed: int) -> list:
-    """``n`` held-out 10-year ugrizy scenes of test-split DC2 galaxies (seeds ``[seed, f]``)."""
-    from probcat.simulate.bank import BankConfig, SourceBank
-    from probcat.simulate.scene import SceneConfig, SceneSimulator
-    from probcat.survey import Survey
-
-    bank = SourceBank.load_or_build(
-        Survey.lsst(bands=BANDS), BankConfig(split="test", n_galaxies=5000, population="dc2")
-    )
-    sim = SceneSimulator(bank, SceneConfig(SIZE, SIZE))
-    return [sim.sample(np.random.default_rng([seed, f])) for f in range(n)]
+    """``n`` held-out 10-year ugrizy scenes of test-split DC2 galaxies (seeds ``[seed, f]``;
+    ``photoz_colours.py``'s fields)."""
+    return _paths.sibling("photoz_colours").fields("dc2", n, seed)[0]
 
 
 def defects(rng: np.random.Generator, shape) -> np.ndarray:
