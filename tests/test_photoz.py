@@ -735,6 +735,27 @@ def test_photoz_cli_writes_catalog_and_qp_file(tmp_path, photoz_weights, weights
     assert "photo-z PDFs" in capsys.readouterr().out
 
 
+def test_photoz_cli_says_how_many_pdfs_the_masked_weights_read(tmp_path, weights, capsys):
+    from astropy.io import fits
+
+    from probcat.catalog import FullCatalog
+    from probcat.cli import main
+
+    path = _ugrizy_image(tmp_path / "field.fits")
+    with fits.open(path, mode="update") as hdul:  # the u band's left 12 columns: no data
+        hdul["U"].data[:, :12] = np.nan
+    out = tmp_path / "cat.fits"
+    args = ["photoz", str(path), "-o", str(out), "--detector", str(weights)]  # shipped photo-z
+    rc = main([*args, "--all-objects", "--threshold", "0"])
+    assert rc == 0, capsys.readouterr().err
+    cat = FullCatalog.read(out)
+    near = np.asarray(cat["pz_masked_weights"], bool)
+    assert near.any() and not near.all()
+    assert np.all(np.asarray(cat["x"])[near] < 12 + 7.5)  # within 7 px of the masked columns
+    msg = capsys.readouterr().out
+    assert f"[{int(near.sum())} near pixels without data: photoz_lsst_ugrizy_masked]" in msg
+
+
 def test_photoz_cli_reads_a_coadd_at_its_aperture_noise(tmp_path, photoz_weights, weights, capsys):
     """A ugrizy coadd (each band's noise resampled from 6 visits): the catalog records the
     bands' aperture noise factors, and the summary line says the PDFs were read at them."""

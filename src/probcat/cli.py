@@ -671,6 +671,9 @@ def photoz_cmd(
     if res.catalog.meta.get("photoz", {}).get("depth_matched"):
         msg += " [PDFs read at the weights' deepest training depth, noise added]"
     pz_meta = res.catalog.meta.get("photoz", {})
+    n_masked = int(res.catalog["pz_masked_weights"].sum())
+    if n_masked:  # near pixels without data: the weights trained with bands masked
+        msg += f" [{n_masked} near pixels without data: {pz_meta['masked_weights']}]"
     if "width_scale" in pz_meta:
         fitted = pz_meta.get("width_fit_objects")
         how = f", fitted to {fitted} known redshifts" if fitted else ""

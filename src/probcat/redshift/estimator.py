@@ -436,8 +436,9 @@ class PhotozEstimator:
         if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
             raise ProbcatValueError("object positions must be finite")
         size = self.net.hparams["size"]
-        other = self.masked_net() if masked is not None else None
-        hit = near_masked(masked if other is not None else None, x, y)
+        companion = masked is not None and self.masked_weights is not None
+        hit = near_masked(masked if companion else None, x, y)
+        other = self.masked_net() if hit.any() else None  # loaded only when needed
         out = [np.zeros((len(x), k)) for _ in range(3)]
         n_threads = threads_for(self.threads, len(x) * size * size)
         with thread_limit(n_threads), full_float32(), torch.no_grad():
