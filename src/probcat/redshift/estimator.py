@@ -423,7 +423,7 @@ class PhotozEstimator:
     def _mixture(self, x_sigma: np.ndarray, x, y, masked=None):
         """Mixtures of the objects at ``x, y`` of the image ``x_sigma`` as the network
         reads it; ``masked``: its ``(H, W)`` pixels without data in some band (None: none),
-        whose objects (:func:`stamps_masked`) the :meth:`masked_net` reads when there is
+        whose near objects (:func:`near_masked`) the :meth:`masked_net` reads when there is
         one."""
         import torch
 
