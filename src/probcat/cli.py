@@ -992,6 +992,12 @@ def _headline(m: dict) -> str:
         keys = [k for k in ref if k in got]
         cov = lambda d: " / ".join(f"{d[k]['pit_coverage_68']:.3f}" for k in keys)  # noqa: E731
         return f"per-band seeing: 68% coverage {cov(got)} (photoz_lsst_ugrizy {cov(ref)})"
+    if "defects" in (b.get("results") or {}):  # weights for bands without data: their galaxies
+        r = b["results"]["defects"]
+        got, ref = r["default"]["affected"], r["shipped_only"]["affected"]
+        return (f"bands masked: sigma_IQR {got['sigma_iqr']:.4f}, 68% coverage "
+                f"{got['pit_coverage_68']:.3f} (masks read as no light "
+                f"{ref['sigma_iqr']:.4f}, {ref['pit_coverage_68']:.3f})")  # fmt: skip
     if "probcat_coadd_weights_coadd_lanczos3" in b:  # weights for coadds: on Lanczos-3 coadds
         p = b["probcat_coadd_weights_coadd_lanczos3"]
         return (f"Lanczos-3 coadds: precision {p['precision']:.3f}, recall {p['recall']:.3f}, "
