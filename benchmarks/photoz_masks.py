@@ -106,7 +106,7 @@ def measure(est, scenes: list, scenario: str, seed: int) -> dict:
     from probcat.simulate.prior import MAG_GOLD
 
     ib = BANDS.index("i")
-    pdfs, zs, hit, nll = [], [], [], []
+    pdfs, zs, hit, nll, part = [], [], [], [], []
     for f, scene in enumerate(scenes):
         t = scene.catalog
         gold = np.asarray(t["galaxy"], bool) & (np.asarray(t["mag"])[:, ib] < MAG_GOLD)
@@ -120,10 +120,13 @@ def measure(est, scenes: list, scenario: str, seed: int) -> dict:
         pdfs.append(truncated_pdf(res.weights, res.means, res.sds, GRID))
         zs.append(z)
         hit.append(np.asarray(res.catalog["pz_masked_weights"], bool))
+        frac = np.asarray(res.catalog["mask_fraction_band"])
+        part.append(((frac > 0) & (frac < 1)).any(1))
         args = (torch.from_numpy(a) for a in (res.weights, res.means, res.sds, z))
         nll.append(mixture_nll(*args).numpy())
     return {"pdfs": np.concatenate(pdfs), "z": np.concatenate(zs),
-            "affected": np.concatenate(hit), "nll": np.concatenate(nll)}  # fmt: skip
+            "affected": np.concatenate(hit), "nll": np.concatenate(nll),
+            "partly": np.concatenate(part)}  # fmt: skip
 
 
 def summary(m: dict, sel) -> dict:
@@ -193,8 +196,13 @@ def main(argv=None) -> None:
     for scenario in SCENARIOS:
         got = {arm: measure(est, scenes, scenario, args.seed) for arm, est in arms.items()}
         affected = got["default"]["affected"]
+        partly = got["default"]["partly"]
         results[scenario] = {
-            arm: {"affected": summary(m, affected), "all": summary(m, np.ones_like(affected))}
+            arm: {
+                "affected": summary(m, affected),
+                "aperture_partly_masked": summary(m, affected & partly),
+                "all": summary(m, np.ones_like(affected)),
+            }
             for arm, m in got.items()
         }
         results[scenario]["affected_fraction"] = float(affected.mean())
@@ -220,8 +228,10 @@ def main(argv=None) -> None:
         "definitions": {
             "galaxies": "gold galaxies (true i < 25.3) of the fields at their true "
             "positions; 'affected': those with a pixel without data within 7 px "
-            "(MASKED_RADIUS: what the default arm hands to the masked weights), 'all': "
-            "every one",
+            "(MASKED_RADIUS: what the default arm hands to the masked weights), "
+            "'aperture_partly_masked': of those, the ones with some band's 5-px aperture "
+            "partly masked (0 < mask_fraction_band < 1: a mask's edge across the galaxy), "
+            "'all': every one",
             "scenarios": "clean: nothing masked; half_<band>: that band NaN over the field's "
             "left half; defects: per band chip gaps, bad columns, bright-star masks and a field "
             "edge (benchmarks/photoz_masks.py defects(), seeds [seed, 77, field])",
