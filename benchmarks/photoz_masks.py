@@ -13,7 +13,9 @@ benchmark takes ``--fields`` held-out 400×400 LSST ugrizy fields at 10-year dep
 - ``half_<band>``: one band without data over the field's left half (the edge of its
   coverage: galaxies there read five bands);
 - ``defects``: each band its own defects, drawn apart from the training's masks
-  (:func:`defects`): chip gaps, bad columns, bright-star masks and a field edge.
+  (:func:`defects`): chip gaps, bad columns, bright-star masks and a field edge;
+- ``no_u``, ``no_i``: an image without that band at all (five bands: the default arm only,
+  the shipped weights alone refuse it).
 
 Arms: ``shipped_only`` (``photoz_lsst_ugrizy`` reads everything, masked pixels as
 zeros: probcat before the masked weights) and ``default`` (``probcat.load
@@ -44,8 +46,7 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZE = 400
 BANDS = "ugrizy"
-SCENARIOS = ("clean", *(f"half_{b}" for b in BANDS), "defects")
-ARMS = ("shipped_only", "default")
+SCENARIOS = ("clean", *(f"half_{b}" for b in BANDS), "defects", "no_u", "no_i")
 KEYS = ("n", "bias", "sigma_iqr", "outlier_frac", "outlier_frac_015", "ks", "cde_loss",
         "pit_coverage_68", "pit_coverage_95", "nll")  # fmt: skip
 
@@ -87,8 +88,17 @@ def defects(rng: np.random.Generator, shape) -> np.ndarray:
     return out
 
 
-def masked_image(scene, scenario: str, rng) -> np.ndarray:
+def masked_image(scene, scenario: str, rng):
+    """The scene's image under ``scenario``: an array, or for ``no_<band>`` an ImageData
+    without that band (as a file of the other five bands reads)."""
     image = scene.image.astype(np.float32).copy()
+    if scenario.startswith("no_"):
+        from probcat.io import ImageData
+        from probcat.survey import Survey
+
+        keep = [k for k, b in enumerate(BANDS) if b != scenario[3:]]
+        sigma = Survey.lsst(bands=BANDS).noise_sigma[keep]
+        return ImageData(image[keep], None, tuple(BANDS[k] for k in keep), sigma)
     if scenario.startswith("half_"):
         image[BANDS.index(scenario[5:]), :, : SIZE // 2] = np.nan
     elif scenario == "defects":
@@ -158,7 +168,8 @@ def figure(results: dict, path: Path) -> None:
         ax.axhline(clean, color="k", lw=1, ls="--", label="clean fields")
         if key == "pit_coverage_68":
             ax.axhline(0.683, color="grey", lw=1, ls=":")
-        ax.set_xticks(xs, [s.replace("half_", "half no ") for s in names], rotation=30)
+        ax.set_xticks(xs, [s.replace("half_", "half no ").replace("no_", "no ")
+                           for s in names], rotation=30)  # fmt: skip
         ax.set_title(title)
     axes[0].legend(fontsize=8)
     fig.suptitle("Photo-z of gold galaxies within 7 px of pixels without data")
@@ -194,7 +205,8 @@ def main(argv=None) -> None:
     arms = {"shipped_only": shipped_only, "default": default}
     results = {}
     for scenario in SCENARIOS:
-        got = {arm: measure(est, scenes, scenario, args.seed) for arm, est in arms.items()}
+        run = {a: e for a, e in arms.items() if a == "default" or not scenario.startswith("no_")}
+        got = {arm: measure(est, scenes, scenario, args.seed) for arm, est in run.items()}
         affected = got["default"]["affected"]
         partly = got["default"]["partly"]
         results[scenario] = {
@@ -205,8 +217,10 @@ def main(argv=None) -> None:
             }
             for arm, m in got.items()
         }
+        if "shipped_only" not in got:  # an image without a band: refused before
+            results[scenario]["shipped_only"] = {k: {"n": 0} for k in ("affected", "all")}
         results[scenario]["affected_fraction"] = float(affected.mean())
-        for arm in ARMS:
+        for arm in got:
             r = results[scenario][arm]["affected" if affected.any() else "all"]
             print(f"{scenario} {arm} ({r['n']} galaxies): sigma_IQR {r['sigma_iqr']:.4f}, "
                   f"outliers (0.15) {r['outlier_frac_015']:.3f}, bias {r['bias']:+.4f}, "
@@ -233,8 +247,9 @@ def main(argv=None) -> None:
             "partly masked (0 < mask_fraction_band < 1: a mask's edge across the galaxy), "
             "'all': every one",
             "scenarios": "clean: nothing masked; half_<band>: that band NaN over the field's "
-            "left half; defects: per band chip gaps, bad columns, bright-star masks and a field "
-            "edge (benchmarks/photoz_masks.py defects(), seeds [seed, 77, field])",
+            "left half; no_<band>: the image without that band (five bands; shipped_only "
+            "refuses it: n 0); defects: per band chip gaps, bad columns, bright-star masks "
+            "and a field edge (benchmarks/photoz_masks.py defects(), seeds [seed, 77, field])",
             "arms": "shipped_only: photoz_lsst_ugrizy reads every galaxy, masked pixels as "
             "zeros; default: probcat.load('photoz_lsst_ugrizy'), the affected galaxies read "
             "by photoz_lsst_ugrizy_masked",

@@ -925,6 +925,19 @@ TABLES = {
             )
             for label, key, fmt in _PHOTOZ_COLOUR_METRICS
             if key in ("sigma_iqr", "outlier_frac_015", "ks", "pit_coverage_68")
+        ]
+        + [
+            (
+                f"no {band} band in the image: {label}",
+                f"results.no_{band}.default.all.{key}",
+                f"results.clean.default.all.{key}",
+                fmt,
+                "",
+                "every band",
+            )
+            for band in "ui"
+            for label, key, fmt in _PHOTOZ_COLOUR_METRICS
+            if key in ("sigma_iqr", "outlier_frac_015", "pit_coverage_68")
         ],
     ),
     "correlated_noise_ugrizy": (

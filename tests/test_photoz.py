@@ -756,6 +756,38 @@ def test_photoz_cli_says_how_many_pdfs_the_masked_weights_read(tmp_path, weights
     assert f"[{int(near.sum())} near pixels without data: photoz_lsst_ugrizy_masked]" in msg
 
 
+def test_an_image_without_a_band_is_read_with_it_as_without_data(tmp_path, weights):
+    """A grizy file for the shipped ugrizy weights (and six-band detector): u is a band
+    without data everywhere, every PDF from the masked weights, exactly their mixtures on
+    the image with u zero."""
+    import probcat
+    from probcat.api import read_input
+    from probcat.io import read_image, write_image
+
+    six = read_image(_ugrizy_image(tmp_path / "six.fits"))
+    path = write_image(tmp_path / "grizy.fits", six.image[1:], Survey.lsst(bands="grizy"),
+                       six.wcs)  # fmt: skip
+    with pytest.warns(UserWarning, match="the image has no u band: its PDFs are from "
+                      "photoz_lsst_ugrizy_masked.*the detector reads u as no light"):  # fmt: skip
+        res = probcat.photoz(path, threads=1, threshold=0.0, galaxies_only=False)
+    cat = res.catalog
+    assert len(cat) > 0 and cat.meta["photoz"]["absent_bands"] == "u"
+    assert np.all(cat["pz_masked_weights"])
+    frac = np.asarray(cat["mask_fraction_band"])
+    assert np.all(frac[:, 0] == 1.0) and not frac[:, 1:].any()
+    assert not np.asarray(cat["mask_fraction"]).any()  # the detector's: no pixel lost
+    x, y = np.asarray(cat["x"]), np.asarray(cat["y"])
+    xs = read_input(six, Survey.lsst(bands="ugrizy"), whiten=False)[0]
+    xs[0] = 0.0
+    other = probcat.load("photoz_lsst_ugrizy_masked", threads=1)
+    w, m, sd = other._mixture(xs, x, y)
+    np.testing.assert_allclose(res.means, m, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(res.sds, sd, rtol=1e-4, atol=1e-6)
+    # weights without masked weights refuse it, as before
+    with pytest.raises(ProbcatValueError, match="image bands grizy do not match"):
+        probcat.photoz(path, estimator="photoz_lsst_ugrizy_seeing", detector=str(weights))
+
+
 def test_photoz_cli_reads_a_coadd_at_its_aperture_noise(tmp_path, photoz_weights, weights, capsys):
     """A ugrizy coadd (each band's noise resampled from 6 visits): the catalog records the
     bands' aperture noise factors, and the summary line says the PDFs were read at them."""

@@ -1532,6 +1532,75 @@ DEFAULT_PHOTOZ = "photoz_lsst_ugrizy"
 DEFAULT_PHOTOZ_DETECTOR = "detection_lsst_ugrizy"
 
 
+ABSENT_SEED = 20261205  # the white noise that stands in for an absent band while it is read
+
+
+def absent_bands(image, est) -> tuple[str, ...]:
+    """The bands of the photo-z estimator ``est`` that a multi-band ``image``
+    (:class:`~probcat.io.ImageData` with named bands) lacks, when ``est`` has weights that
+    read bands without data (:attr:`~probcat.redshift.estimator.PhotozEstimator.
+    masked_weights`) and the image has at least one of its bands: e.g. ``("u",)`` for a
+    grizy image and ``photoz_lsst_ugrizy``. Otherwise none (the image is then read, or
+    refused, as before)."""
+    from probcat.io import ImageData
+
+    if not isinstance(image, ImageData) or not image.bands_named:
+        return ()
+    if len(set(image.bands)) != len(image.bands) or est.masked_weights is None:
+        return ()
+    absent = tuple(b for b in est.bands if b not in image.bands)
+    return absent if 0 < len(absent) < len(est.bands) else ()
+
+
+def with_absent_bands(image, survey, absent):
+    """``image`` with a plane for each band of ``absent``: white noise of the survey's sigma
+    (electrons, seeded), which the sky, noise and unit checks read as a band like any
+    other; :func:`photoz` then makes it a band without data (:func:`_no_data_in`)."""
+    h, w = image.image.shape[1:]
+    k = [survey.band_names.index(b) for b in absent]
+    sig = np.asarray(survey.noise_sigma, np.float64)[k]
+    noise = np.random.default_rng(ABSENT_SEED).standard_normal((len(k), h, w))
+    planes = (noise * sig[:, None, None]).astype(np.float32)
+
+    def more(a, extra):
+        return None if a is None else np.concatenate([np.asarray(a), extra])
+
+    flat = np.ones((len(k), h, w), np.float32)
+    return replace(
+        image,
+        image=np.concatenate([image.image, planes]),
+        bands=(*image.bands, *absent),
+        noise_sigma=more(image.noise_sigma, sig),
+        gain=more(image.gain, np.ones(len(k))),
+        mask=more(image.mask, np.zeros((len(k), h, w), bool)),
+        variance=more(image.variance, flat * (sig**2)[:, None, None]),
+        zeropoint=more(image.zeropoint, np.full(len(k), np.nan)),
+    )
+
+
+def _no_data_in(absent, est, det_bands, xs, bands_masked, info):
+    """The absent bands (:func:`with_absent_bands`) as bands without data: their planes 0,
+    masked everywhere, no zeropoint; a warning says who reads them how (``det_bands``: the
+    detector's bands, if one reads the image)."""
+    k = [est.bands.index(b) for b in absent]
+    xs[k] = 0.0
+    if bands_masked is None:
+        bands_masked = np.zeros(xs.shape, bool)
+    bands_masked[k] = True
+    zp = info.get("zeropoint")
+    if zp is not None:
+        info["zeropoint"] = [None if j in k else v for j, v in enumerate(zp)]
+    names = "".join(absent)
+    read = [b for b in absent if b in det_bands]
+    also = f", and the detector reads {''.join(read)} as no light" if read else ""
+    warn_user(
+        f"photo-z: the image has no {names} band: its PDFs are from {est.masked_weights} "
+        f"(trained with bands masked, which reads {names} as missing){also} "
+        "(docs/photoz.md, Bands without data)",
+    )
+    return xs, bands_masked, info
+
+
 def check_photoz_detector(det, est) -> None:
     """A one-line error when the detector ``det`` reads a band the photo-z estimator
     ``est`` lacks."""
@@ -1634,6 +1703,9 @@ def photoz(
         from probcat.io import read_files
 
         image = read_files(image)  # one file per band (or a list of one file)
+    absent = absent_bands(image, est)
+    if absent:  # read as a band like the others, then made a band without data
+        image = with_absent_bands(image, est.survey, absent)
     # the PDFs read the image as it is: a noise map would rescale each band differently
     # and change the colours; the detector reads it at the median depth's noise everywhere
     xs, wcs, sigma, info, bands_masked = read_input(
@@ -1649,7 +1721,14 @@ def photoz(
         zeropoint=zeropoint,
         band_mask=True,
     )
-    masked = None if bands_masked is None else bands_masked.any(0)
+    if absent:
+        xs, bands_masked, info = _no_data_in(absent, est, det.bands, xs, bands_masked, info)
+    present = [k for k, b in enumerate(est.bands) if b not in absent]
+    # the pixels without data in a band the image has (the detector's mask, and where the
+    # noise is read); the PDFs also read an absent band as without data
+    masked = None if bands_masked is None else bands_masked[present].any(0)
+    if masked is not None and not masked.any():
+        masked = None
     ratio = noise_map_ratio(image, est.bands, masked)
     x_all = xs if ratio is None else whitened(xs, ratio, info)
     planes = [est.bands.index(b) for b in det.bands]
@@ -1662,8 +1741,11 @@ def photoz(
     res.wcs = wcs
     # at the aperture noise; deeper: warned, or read at the training depth
     xs, meta = est.network_input(xs, sigma, info, match_depth, masked)
+    if absent:
+        meta["absent_bands"] = "".join(absent)
+    routed = None if bands_masked is None else bands_masked.any(0)
     if known_redshifts is not None:
-        width_scale, meta["width_fit_objects"] = est._fit_widths(xs, wcs, known_redshifts, masked)
+        width_scale, meta["width_fit_objects"] = est._fit_widths(xs, wcs, known_redshifts, routed)
     return est._estimate(
         xs, res.catalog, wcs, galaxies_only, detection=res, meta=meta, width_scale=width_scale,
         band_mask=bands_masked,

@@ -26,6 +26,7 @@ the training galaxies' (``docs/photoz.md``), for the calibration, not the accura
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -467,14 +468,27 @@ class PhotozEstimator:
         """Redshift PDFs of ``catalog``'s objects (``x, y``; with ``galaxies_only``, those
         whose ``galaxy`` flag, or ``galaxy_prob >= 0.5``, says galaxy) in ``image``;
         ``zeropoint`` and ``match_depth`` as for :meth:`mixture`; ``width_scale``: a factor
-        on every mixture width (:meth:`fit_widths`), recorded in ``meta["photoz"]``."""
-        from probcat.api import read_input
+        on every mixture width (:meth:`fit_widths`), recorded in ``meta["photoz"]``. An
+        image (FITS or :class:`~probcat.io.ImageData` with named bands) without some of the
+        weights' bands has them read as bands without data, where the weights have
+        :attr:`masked_weights` (:func:`probcat.api.absent_bands`; a warning)."""
+        from probcat.api import _no_data_in, absent_bands, read_input, with_absent_bands
+        from probcat.io import read_image
 
+        image = read_image(image) if isinstance(image, (str, Path)) else image
+        absent = absent_bands(image, self)  # e.g. a grizy image: u read as without data
+        if absent:
+            image = with_absent_bands(image, self.survey, absent)
         xs, wcs, sigma, info, bands_masked = read_input(
             image, self.survey, noise_sigma, whiten=False, zeropoint=zeropoint, band_mask=True
         )
-        masked = None if bands_masked is None else bands_masked.any(0)
+        if absent:
+            xs, bands_masked, info = _no_data_in(absent, self, (), xs, bands_masked, info)
+        present = [k for k, b in enumerate(self.bands) if b not in absent]
+        masked = None if bands_masked is None else bands_masked[present].any(0)
         xs, meta = self.network_input(xs, sigma, info, match_depth, masked)
+        if absent:
+            meta["absent_bands"] = "".join(absent)
         return self._estimate(
             xs, catalog, wcs, galaxies_only, meta=meta, width_scale=width_scale,
             band_mask=bands_masked,
