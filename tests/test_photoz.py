@@ -756,7 +756,7 @@ def test_photoz_cli_says_how_many_pdfs_the_masked_weights_read(tmp_path, weights
     assert f"[{int(near.sum())} near pixels without data: photoz_lsst_ugrizy_masked]" in msg
 
 
-def test_an_image_without_a_band_is_read_with_it_as_without_data(tmp_path, weights):
+def test_an_image_without_a_band_is_read_with_it_as_without_data(tmp_path, weights, capsys):
     """A grizy file for the shipped ugrizy weights (and six-band detector): u is a band
     without data everywhere, every PDF from the masked weights, exactly their mixtures on
     the image with u zero."""
@@ -783,6 +783,13 @@ def test_an_image_without_a_band_is_read_with_it_as_without_data(tmp_path, weigh
     w, m, sd = other._mixture(xs, x, y)
     np.testing.assert_allclose(res.means, m, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(res.sds, sd, rtol=1e-4, atol=1e-6)
+    # the command line says so
+    from probcat.cli import main
+
+    assert main(["photoz", str(path), "-o", str(tmp_path / "c.fits"), "--threads", "1"]) == 0
+    got = capsys.readouterr()
+    assert "[no u band: PDFs from photoz_lsst_ugrizy_masked]" in got.out
+    assert "warning: photo-z: the image has no u band" in got.err
     # weights without masked weights refuse it, as before
     with pytest.raises(ProbcatValueError, match="image bands grizy do not match"):
         probcat.photoz(path, estimator="photoz_lsst_ugrizy_seeing", detector=str(weights))

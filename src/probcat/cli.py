@@ -672,7 +672,9 @@ def photoz_cmd(
         msg += " [PDFs read at the weights' deepest training depth, noise added]"
     pz_meta = res.catalog.meta.get("photoz", {})
     n_masked = int(res.catalog["pz_masked_weights"].sum())
-    if n_masked:  # near pixels without data: the weights trained with bands masked
+    if pz_meta.get("absent_bands"):  # every PDF from the weights trained with bands masked
+        msg += f" [no {pz_meta['absent_bands']} band: PDFs from {pz_meta['masked_weights']}]"
+    elif n_masked:  # near pixels without data: the weights trained with bands masked
         msg += f" [{n_masked} near pixels without data: {pz_meta['masked_weights']}]"
     if "width_scale" in pz_meta:
         fitted = pz_meta.get("width_fit_objects")
