@@ -790,9 +790,13 @@ def test_an_image_without_a_band_is_read_with_it_as_without_data(tmp_path, weigh
     got = capsys.readouterr()
     assert "[no u band: PDFs from photoz_lsst_ugrizy_masked]" in got.out
     assert "warning: photo-z: the image has no u band" in got.err
-    # weights without masked weights refuse it, as before
+    # weights without masked weights refuse it, as before, and so does an image with three
+    # of the six bands absent
     with pytest.raises(ProbcatValueError, match="image bands grizy do not match"):
         probcat.photoz(path, estimator="photoz_lsst_ugrizy_seeing", detector=str(weights))
+    riz = write_image(tmp_path / "riz.fits", six.image[2:5], Survey.lsst(bands="riz"), six.wcs)
+    with pytest.raises(ProbcatValueError, match="image bands riz do not match"):
+        probcat.photoz(riz, detector=str(weights))
 
 
 def test_photoz_cli_reads_a_coadd_at_its_aperture_noise(tmp_path, photoz_weights, weights, capsys):

@@ -1533,6 +1533,9 @@ DEFAULT_PHOTOZ_DETECTOR = "detection_lsst_ugrizy"
 
 
 ABSENT_SEED = 20261205  # the white noise that stands in for an absent band while it is read
+# at most this many of the weights' bands may be absent (the masked weights were trained
+# with one to three bands masked, three in 6% of the stamps)
+MAX_ABSENT = 2
 
 
 def absent_bands(image, est) -> tuple[str, ...]:
@@ -1540,8 +1543,8 @@ def absent_bands(image, est) -> tuple[str, ...]:
     (:class:`~probcat.io.ImageData` with named bands) lacks, when ``est`` has weights that
     read bands without data (:attr:`~probcat.redshift.estimator.PhotozEstimator.
     masked_weights`) and the image has at least one of its bands: e.g. ``("u",)`` for a
-    grizy image and ``photoz_lsst_ugrizy``. Otherwise none (the image is then read, or
-    refused, as before)."""
+    grizy image and ``photoz_lsst_ugrizy``; at most :data:`MAX_ABSENT`. Otherwise none (the
+    image is then read, or refused, as before)."""
     from probcat.io import ImageData
 
     if not isinstance(image, ImageData) or not image.bands_named:
@@ -1549,7 +1552,7 @@ def absent_bands(image, est) -> tuple[str, ...]:
     if len(set(image.bands)) != len(image.bands) or est.masked_weights is None:
         return ()
     absent = tuple(b for b in est.bands if b not in image.bands)
-    return absent if 0 < len(absent) < len(est.bands) else ()
+    return absent if 0 < len(absent) <= MAX_ABSENT else ()
 
 
 def with_absent_bands(image, survey, absent):
