@@ -783,6 +783,13 @@ def test_an_image_without_a_band_is_read_with_it_as_without_data(tmp_path, weigh
     w, m, sd = other._mixture(xs, x, y)
     np.testing.assert_allclose(res.means, m, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(res.sds, sd, rtol=1e-4, atol=1e-6)
+    # a mask of one plane per band of the file: its planes are the file's bands
+    mask = np.zeros((5, 40, 40), bool)
+    mask[3, :, 30:] = True  # z
+    with pytest.warns(UserWarning, match="has no u band"):
+        got = probcat.photoz(path, threads=1, threshold=0.0, galaxies_only=False, mask=mask)
+    frac = np.asarray(got.catalog["mask_fraction_band"])
+    assert np.all(frac[:, 0] == 1.0) and frac[:, 4].any() and not frac[:, [1, 2, 3, 5]].any()
     # the command line says so
     from probcat.cli import main
 

@@ -1709,6 +1709,9 @@ def photoz(
     absent = absent_bands(image, est)
     if absent:  # read as a band like the others, then made a band without data
         image = with_absent_bands(image, est.survey, absent)
+        if mask is not None and np.ndim(mask) == 3:  # one plane per band of the image as given
+            extra = np.zeros((len(absent), *np.shape(mask)[1:]), bool)
+            mask = np.concatenate([np.asarray(mask) != 0, extra])
     # the PDFs read the image as it is: a noise map would rescale each band differently
     # and change the colours; the detector reads it at the median depth's noise everywhere
     xs, wcs, sigma, info, bands_masked = read_input(
