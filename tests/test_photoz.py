@@ -783,6 +783,9 @@ def test_an_image_without_a_band_is_read_with_it_as_without_data(tmp_path, weigh
     w, m, sd = other._mixture(xs, x, y)
     np.testing.assert_allclose(res.means, m, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(res.sds, sd, rtol=1e-4, atol=1e-6)
+    with pytest.warns(UserWarning, match="has no u band"):  # and so does mixture()
+        mix = probcat.load("photoz_lsst_ugrizy", threads=1).mixture(path, x, y)
+    np.testing.assert_allclose(mix[1], m, rtol=1e-4, atol=1e-6)
     # a mask of one plane per band of the file: its planes are the file's bands
     mask = np.zeros((5, 40, 40), bool)
     mask[3, :, 30:] = True  # z

@@ -276,13 +276,35 @@ class PhotozEstimator:
         :func:`probcat.api.read_input` finds it), by which the image's depth is checked
         (:meth:`network_input`); ``match_depth``: a deeper image read at the training
         depth (:meth:`network_input`)."""
-        from probcat.api import read_input
+        xs, _, _, bands_masked = self.read(image, noise_sigma, zeropoint, match_depth)
+        return self._mixture(xs, x, y, None if bands_masked is None else bands_masked.any(0))
 
-        xs, _, sigma, info, masked = read_input(
-            image, self.survey, noise_sigma, whiten=False, zeropoint=zeropoint
+    def read(self, image, noise_sigma=None, zeropoint=None, match_depth=False):
+        """``image`` as the network reads it (:func:`probcat.api.read_input`, then
+        :meth:`network_input`): ``(xs, wcs, meta, bands_masked)``, ``meta`` what the catalog
+        records of it, ``bands_masked`` each band's pixels without data ``(bands, H, W)`` or
+        None. An image (FITS or :class:`~probcat.io.ImageData` with named bands) without
+        one or two of the weights' bands has them read as bands without data, where the
+        weights have :attr:`masked_weights` (:func:`probcat.api.absent_bands`; a
+        warning)."""
+        from probcat.api import _no_data_in, absent_bands, read_input, with_absent_bands
+        from probcat.io import read_image
+
+        image = read_image(image) if isinstance(image, (str, Path)) else image
+        absent = absent_bands(image, self)  # e.g. a grizy image: u read as without data
+        if absent:
+            image = with_absent_bands(image, self.survey, absent)
+        xs, wcs, sigma, info, bands_masked = read_input(
+            image, self.survey, noise_sigma, whiten=False, zeropoint=zeropoint, band_mask=True
         )
-        xs = self.network_input(xs, sigma, info, match_depth, masked)[0]
-        return self._mixture(xs, x, y, masked)
+        if absent:
+            xs, bands_masked, info = _no_data_in(absent, self, (), xs, bands_masked, info)
+        present = [k for k, b in enumerate(self.bands) if b not in absent]
+        masked = None if bands_masked is None else bands_masked[present].any(0)
+        xs, meta = self.network_input(xs, sigma, info, match_depth, masked)
+        if absent:
+            meta["absent_bands"] = "".join(absent)
+        return xs, wcs, meta, bands_masked
 
     def training_depths(self) -> tuple[float, ...]:
         """The depths (years) the weights were trained at: the manifest's ``data.years``,
@@ -358,12 +380,8 @@ class PhotozEstimator:
         :meth:`estimate` or :func:`probcat.photoz` for this image or others like it.
         Image options as for :meth:`mixture`. The factor is one of
         :data:`probcat.nets.photoz.SD_SCALES` (0.5-3); at either end, a warning."""
-        from probcat.api import read_input
-
-        xs, wcs, sigma, info, masked = read_input(
-            image, self.survey, noise_sigma, whiten=False, zeropoint=zeropoint
-        )
-        xs = self.network_input(xs, sigma, info, match_depth, masked)[0]
+        xs, wcs, _, bands_masked = self.read(image, noise_sigma, zeropoint, match_depth)
+        masked = None if bands_masked is None else bands_masked.any(0)
         return self._fit_widths(xs, wcs, known, masked)[0]
 
     def _fit_widths(self, xs: np.ndarray, wcs, known, masked=None) -> tuple[float, int]:
@@ -472,23 +490,7 @@ class PhotozEstimator:
         image (FITS or :class:`~probcat.io.ImageData` with named bands) without some of the
         weights' bands has them read as bands without data, where the weights have
         :attr:`masked_weights` (:func:`probcat.api.absent_bands`; a warning)."""
-        from probcat.api import _no_data_in, absent_bands, read_input, with_absent_bands
-        from probcat.io import read_image
-
-        image = read_image(image) if isinstance(image, (str, Path)) else image
-        absent = absent_bands(image, self)  # e.g. a grizy image: u read as without data
-        if absent:
-            image = with_absent_bands(image, self.survey, absent)
-        xs, wcs, sigma, info, bands_masked = read_input(
-            image, self.survey, noise_sigma, whiten=False, zeropoint=zeropoint, band_mask=True
-        )
-        if absent:
-            xs, bands_masked, info = _no_data_in(absent, self, (), xs, bands_masked, info)
-        present = [k for k, b in enumerate(self.bands) if b not in absent]
-        masked = None if bands_masked is None else bands_masked[present].any(0)
-        xs, meta = self.network_input(xs, sigma, info, match_depth, masked)
-        if absent:
-            meta["absent_bands"] = "".join(absent)
+        xs, wcs, meta, bands_masked = self.read(image, noise_sigma, zeropoint, match_depth)
         return self._estimate(
             xs, catalog, wcs, galaxies_only, meta=meta, width_scale=width_scale,
             band_mask=bands_masked,

@@ -64,13 +64,11 @@ def _image(path: str, weights: str):
 @lru_cache(maxsize=4)
 def _read(path: str, weights: str, mtime_ns: int, size: int):
     import probcat
-    from probcat.api import read_input
     from probcat.io import read_image
 
     est = probcat.load(weights)
-    data = read_image(path)
-    xs, wcs, sigma, info, masked = read_input(data, est.survey, whiten=False)
-    return est, est.network_input(xs, sigma, info, masked=masked)[0], wcs, masked
+    xs, wcs, _, bands_masked = est.read(read_image(path))  # a band it lacks: without data
+    return est, xs, wcs, None if bands_masked is None else bands_masked.any(0)
 
 
 class ProbcatPhotozInformer(CatInformer):
