@@ -487,7 +487,7 @@ class PhotozEstimator:
         whose ``galaxy`` flag, or ``galaxy_prob >= 0.5``, says galaxy) in ``image``;
         ``zeropoint`` and ``match_depth`` as for :meth:`mixture`; ``width_scale``: a factor
         on every mixture width (:meth:`fit_widths`), recorded in ``meta["photoz"]``. An
-        image (FITS or :class:`~probcat.io.ImageData` with named bands) without some of the
+        image (FITS or :class:`~probcat.io.ImageData` with named bands) without one or two of the
         weights' bands has them read as bands without data, where the weights have
         :attr:`masked_weights` (:func:`probcat.api.absent_bands`; a warning)."""
         xs, wcs, meta, bands_masked = self.read(image, noise_sigma, zeropoint, match_depth)
