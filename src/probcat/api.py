@@ -1601,7 +1601,37 @@ def _no_data_in(absent, est, det_bands, xs, bands_masked, info):
         f"(trained with bands masked, which reads {names} as missing){also} "
         "(docs/photoz.md, Bands without data)",
     )
-    return xs, bands_masked, info
+    return xs, bands_masked, {**info, "absent_bands": names}
+
+
+def read_photoz_input(image, est, noise_sigma=None, *, mask=None, det_bands=(), **kw):
+    """:func:`read_input` of ``image`` for the photo-z estimator ``est``'s bands
+    (``band_mask=True``; ``kw`` its other options), the bands it lacks read as bands without
+    data (:func:`absent_bands`; ``det_bands``: the detector that reads them, for the
+    warning; ``info["absent_bands"]``; a ``mask`` of one plane per band is of the image's
+    bands): ``(image, x, wcs, sigma, info, bands_masked, masked)``, ``image`` as read
+    (ImageData with any absent band's stand-in plane), ``masked`` the ``(H, W)`` pixels
+    without data in a band the image has (None: none)."""
+    if isinstance(image, (str, Path)):
+        from probcat.io import read_image
+
+        image = read_image(image)
+    absent = absent_bands(image, est)
+    if absent:  # read as a band like the others, then made a band without data
+        image = with_absent_bands(image, est.survey, absent)
+        if mask is not None and np.ndim(mask) == 3:  # one plane per band of the image as given
+            extra = np.zeros((len(absent), *np.shape(mask)[1:]), bool)
+            mask = np.concatenate([np.asarray(mask) != 0, extra])
+    xs, wcs, sigma, info, bands_masked = read_input(
+        image, est.survey, noise_sigma, mask=mask, band_mask=True, **kw
+    )
+    if absent:
+        xs, bands_masked, info = _no_data_in(absent, est, det_bands, xs, bands_masked, info)
+    present = [k for k, b in enumerate(est.bands) if b not in absent]
+    masked = None if bands_masked is None else bands_masked[present].any(0)
+    if masked is not None and not masked.any():
+        masked = None
+    return image, xs, wcs, sigma, info, bands_masked, masked
 
 
 def check_photoz_detector(det, est) -> None:
@@ -1695,46 +1725,30 @@ def photoz(
     )
     check_photoz_detector(det, est)
     offset = det.sky_offset if det.bands == est.bands else None
-    if isinstance(image, (str, Path)):
-        from probcat.io import read_image
-
-        image = read_image(image)
-    elif isinstance(image, dict) or (
+    if isinstance(image, dict) or (
         isinstance(image, (list, tuple)) and image and
         all(isinstance(p, (str, Path, tuple)) for p in image)
     ):  # fmt: skip
         from probcat.io import read_files
 
         image = read_files(image)  # one file per band (or a list of one file)
-    absent = absent_bands(image, est)
-    if absent:  # read as a band like the others, then made a band without data
-        image = with_absent_bands(image, est.survey, absent)
-        if mask is not None and np.ndim(mask) == 3:  # one plane per band of the image as given
-            extra = np.zeros((len(absent), *np.shape(mask)[1:]), bool)
-            mask = np.concatenate([np.asarray(mask) != 0, extra])
     # the PDFs read the image as it is: a noise map would rescale each band differently
-    # and change the colours; the detector reads it at the median depth's noise everywhere
-    xs, wcs, sigma, info, bands_masked = read_input(
+    # and change the colours; the detector reads it at the median depth's noise everywhere.
+    # masked: the pixels without data in a band the image has (the detector's mask, and
+    # where the noise is read); the PDFs also read an absent band as without data
+    image, xs, wcs, sigma, info, bands_masked, masked = read_photoz_input(
         image,
-        est.survey,
+        est,
         noise_sigma,
+        mask=mask,
+        det_bands=det.bands,
         background=background,
         gain=gain,
         sky_offset=offset,
-        mask=mask,
         whiten=False,
         correlated_noise_ok=coadd_trained(det.manifest),  # the detector's warning
         zeropoint=zeropoint,
-        band_mask=True,
     )
-    if absent:
-        xs, bands_masked, info = _no_data_in(absent, est, det.bands, xs, bands_masked, info)
-    present = [k for k, b in enumerate(est.bands) if b not in absent]
-    # the pixels without data in a band the image has (the detector's mask, and where the
-    # noise is read); the PDFs also read an absent band as without data
-    masked = None if bands_masked is None else bands_masked[present].any(0)
-    if masked is not None and not masked.any():
-        masked = None
     ratio = noise_map_ratio(image, est.bands, masked)
     x_all = xs if ratio is None else whitened(xs, ratio, info)
     planes = [est.bands.index(b) for b in det.bands]
@@ -1747,8 +1761,6 @@ def photoz(
     res.wcs = wcs
     # at the aperture noise; deeper: warned, or read at the training depth
     xs, meta = est.network_input(xs, sigma, info, match_depth, masked)
-    if absent:
-        meta["absent_bands"] = "".join(absent)
     routed = None if bands_masked is None else bands_masked.any(0)
     if known_redshifts is not None:
         width_scale, meta["width_fit_objects"] = est._fit_widths(xs, wcs, known_redshifts, routed)

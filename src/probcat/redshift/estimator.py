@@ -26,6 +26,7 @@ the training galaxies' (``docs/photoz.md``), for the calibration, not the accura
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +156,6 @@ def read_known(known):
     """A table of objects of known redshift (a FITS or Parquet path, an astropy Table or a
     dict of columns), checked: ``x, y`` or ``ra, dec`` columns, and ``redshift`` (or ``z``)
     finite and >= 0. Returns the table and the name of its redshift column."""
-    from pathlib import Path
 
     if isinstance(known, (str, Path)):
         from astropy.table import Table
@@ -229,7 +229,7 @@ class PhotozEstimator:
         self.net, self.survey, self.manifest, self.threads = net, survey, manifest, threads
         self._masked = None
 
-    @property
+    @cached_property
     def masked_weights(self) -> str | None:
         """The registered weights that read this estimator's objects with a pixel without
         data within :data:`MASKED_RADIUS` px (:data:`MASKED_WEIGHTS`: trained with bands
@@ -242,6 +242,11 @@ class PhotozEstimator:
             if sha and {name, other} <= set(names()) and manifest(name).get("sha256") == sha:
                 return other
         return None
+
+    def _read_by_masked_net(self, masked, x, y) -> np.ndarray:
+        """Per object at ``x, y``, whether :meth:`masked_net` reads it: there are such weights
+        and a pixel of ``masked`` (``(H, W)``, or None) lies near it (:func:`near_masked`)."""
+        return near_masked(masked if self.masked_weights is not None else None, x, y)
 
     def masked_net(self):
         """The network of :attr:`masked_weights` (loaded at first use, on this estimator's
@@ -287,23 +292,11 @@ class PhotozEstimator:
         one or two of the weights' bands has them read as bands without data, where the
         weights have :attr:`masked_weights` (:func:`probcat.api.absent_bands`; a
         warning)."""
-        from probcat.api import _no_data_in, absent_bands, read_input, with_absent_bands
-        from probcat.io import read_image
+        from probcat.api import read_photoz_input
 
-        image = read_image(image) if isinstance(image, (str, Path)) else image
-        absent = absent_bands(image, self)  # e.g. a grizy image: u read as without data
-        if absent:
-            image = with_absent_bands(image, self.survey, absent)
-        xs, wcs, sigma, info, bands_masked = read_input(
-            image, self.survey, noise_sigma, whiten=False, zeropoint=zeropoint, band_mask=True
-        )
-        if absent:
-            xs, bands_masked, info = _no_data_in(absent, self, (), xs, bands_masked, info)
-        present = [k for k, b in enumerate(self.bands) if b not in absent]
-        masked = None if bands_masked is None else bands_masked[present].any(0)
+        got = read_photoz_input(image, self, noise_sigma, whiten=False, zeropoint=zeropoint)
+        _, xs, wcs, sigma, info, bands_masked, masked = got
         xs, meta = self.network_input(xs, sigma, info, match_depth, masked)
-        if absent:
-            meta["absent_bands"] = "".join(absent)
         return xs, wcs, meta, bands_masked
 
     def training_depths(self) -> tuple[float, ...]:
@@ -339,6 +332,8 @@ class PhotozEstimator:
         PDFs, at that depth's precision."""
         xs, factors = correlated_noise_read(xs, info)
         meta: dict = {}
+        if info.get("absent_bands"):  # bands the image lacks, read as without data
+            meta["absent_bands"] = info["absent_bands"]
         if np.any(factors != 1.0):
             meta["aperture_noise_factor"] = [round(float(v), 4) for v in factors]
         ratio = self.noise_over_training(np.asarray(sigma, float) * factors, info)
@@ -455,8 +450,7 @@ class PhotozEstimator:
         if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
             raise ProbcatValueError("object positions must be finite")
         size = self.net.hparams["size"]
-        companion = masked is not None and self.masked_weights is not None
-        hit = near_masked(masked if companion else None, x, y)
+        hit = self._read_by_masked_net(masked, x, y)
         other = self.masked_net() if hit.any() else None  # loaded only when needed
         out = [np.zeros((len(x), k)) for _ in range(3)]
         n_threads = threads_for(self.threads, len(x) * size * size)
@@ -542,10 +536,10 @@ class PhotozEstimator:
         cols["has_pz"] = use
         other = self.masked_weights if masked is not None else None
         cols["pz_masked_weights"] = np.zeros(n, bool)
+        cols["pz_masked_weights"][rows] = self._read_by_masked_net(
+            masked, catalog["x"][rows], catalog["y"][rows]
+        )
         if other is not None:
-            cols["pz_masked_weights"][rows] = near_masked(
-                masked, catalog["x"][rows], catalog["y"][rows]
-            )
             meta["masked_weights"] = other
         cols.update(masked_bands_column(band_mask, catalog, self.bands, use, other is None))
         ens = to_qp(w, m, sd, ancil={"row": rows}) if len(rows) else None
