@@ -103,7 +103,9 @@ def test_train_writes_weights_manifest_and_resumes(tmp_path, cache_dir):
     state = read_weights(tmp_path / "run/detection.pt")  # weights_only=True
     assert state["kind"] == "detection" and state["hparams"]["channels"] == 8
     manifest = json.loads((tmp_path / "run/manifest.json").read_text())
-    assert manifest["command"] == "t" and manifest["config"] == to_dict(_cfg())
+    want = to_dict(_cfg())
+    assert want["data"].pop("mask_fraction") == 0.0  # left out without masks: old runs resume
+    assert manifest["command"] == "t" and manifest["config"] == want
     assert load(tmp_path / "run/detection.pt").sha256 == manifest["sha256"]
     sky = manifest["sky_offset"]  # what the prior's faint galaxies lift a sky estimate by
     assert sky["n_scenes"] == 2 and len(sky["per_band"]) == 1
@@ -228,6 +230,30 @@ def test_config_rejects_typos_before_any_work(tmp_path):
     for bad in ([0.8, 1.2], [1.0, 0.0], [1.0, 12.0]):
         with pytest.raises(ProbcatValueError, match="data.psf_scales must hold 1.0"):
             _cfg(data__psf_scales=bad)
+    for bands, frac in (("i", 0.5), ("gri", 0.5), ("ugrizy", 1.5), ("ugrizy", -0.1)):
+        with pytest.raises(ProbcatValueError, match="data.mask_fraction must lie in"):
+            _cfg(data__bands=bands, data__mask_fraction=frac)
+
+
+def test_masked_bands_zero_pixels_of_one_to_three_bands_and_keep_the_truth(cache_dir):
+    plain = DetectionTask(_cfg(data__bands="ugrizy"), cache_dir=cache_dir, progress=False)
+    cfg = _cfg(data__bands="ugrizy", data__mask_fraction=1.0)
+    task = DetectionTask(cfg, cache_dir=cache_dir, progress=False)
+    x0, truth0 = plain.batch(np.random.default_rng(1))
+    x1, truth1 = task.batch(np.random.default_rng(1))  # the same scenes, then the masks
+    torch.testing.assert_close(truth1.locs, truth0.locs)
+    torch.testing.assert_close(truth1.n_sources, truth0.n_sources)
+    changed = x1 != x0
+    assert (x1[changed] == 0).all()  # masked pixels read 0 (no light, no noise)
+    per_band = changed.flatten(2).any(-1)  # (scenes, bands): a band with pixels masked
+    assert ((per_band.sum(1) >= 1) & (per_band.sum(1) <= 3)).all()  # fraction 1: every scene
+    assert "masks" in describe_data(cfg) and "masks" not in describe_data(plain.cfg)
+    # validation: the clean scenes and the same scenes masked; the loss of both reported
+    torch.testing.assert_close(task.val[0], plain.val[0])
+    assert (task.val_masked != task.val[0]).flatten(1).any(1).all()
+    torch.manual_seed(0)
+    parts = task.validate(cfg.net().eval())
+    assert parts["total_masked"] != parts["total"] and np.isfinite(parts["total_masked"])
 
 
 def test_psf_scales_train_on_a_seeing_mixture_of_their_banks(cache_dir):
@@ -288,6 +314,8 @@ def test_shipped_config_is_the_shipped_weights_config(name):
         assert got["data"].pop("coadd_fraction") == 0.0
         assert got["data"].pop("coadd_visits") == 16
         assert got["data"].pop("coadd_kernels") == ["lanczos3", "bilinear"]
+    if "mask_fraction" not in want["data"]:  # trained without bands masked
+        assert got["data"].pop("mask_fraction") == 0.0
     if "coadd_fraction" not in want["fits"]:  # fitted on the training data's noise
         assert got["fits"].pop("coadd_fraction") is None
         assert got["fits"].pop("coadd_kernels") is None

@@ -51,6 +51,8 @@ __all__ = [
     "combined_mask",
     "said_once",
     "MASK_RADIUS",
+    "MASK_SHAPES",
+    "band_masks",
     "NO_DATA_PLANES",
 ]
 
@@ -256,3 +258,41 @@ SAID_WHEN_READ = (
     r"image median is .* probcat expects background-subtracted",
     r"the noise of neighbouring pixels is correlated",
 )
+
+
+MASK_SHAPES = ("band", "half-plane", "strip", "disc")  # band_masks draws these
+MASK_SCALE = 33  # px: the side band_masks' lengths are given for (photo-z stamps)
+
+
+def band_masks(rng: np.random.Generator, shape, fraction: float, shapes=MASK_SHAPES) -> np.ndarray:
+    """Boolean ``shape`` ``(n, bands, S, S)``: pixels without data, as real coadds have
+    them in some bands and not others. Each stamp, with probability ``fraction``, gets one
+    to three bands (probabilities 0.6 / 0.3 / 0.1) masked, each with a shape of its own
+    (:data:`MASK_SHAPES`, equally likely): the whole stamp (a band with no coverage there),
+    a half-plane through a point within 8 px of the centre (a chip or coadd edge), a strip
+    2-8 px wide across the stamp within 10 px of the centre (a chip gap, bad columns), or a
+    disc of radius 3-15 px centred within 16 px of the centre (a bright star's mask); those
+    lengths for 33-px stamps, scaled with the stamp's side. ``shapes``: those drawn from."""
+    n, bands, size = shape[0], shape[1], shape[-1]
+    out = np.zeros((n, bands, size, size), bool)
+    f = size / MASK_SCALE
+    c = (np.arange(size, dtype=np.float64) - size // 2) / f  # in 33-px stamp pixels
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+    for i in np.flatnonzero(rng.random(n) < fraction):
+        k = min(bands, 1 + int(rng.choice(3, p=[0.6, 0.3, 0.1])))
+        for b in rng.choice(bands, k, replace=False):
+            kind = shapes[int(rng.integers(len(shapes)))]
+            if kind == "band":
+                out[i, b] = True
+            elif kind == "half-plane":
+                t = rng.uniform(0, 2 * np.pi)
+                x0, y0 = rng.uniform(-8, 8, 2)
+                out[i, b] = (xx - x0) * np.cos(t) + (yy - y0) * np.sin(t) > 0
+            elif kind == "strip":
+                u = xx if rng.random() < 0.5 else yy
+                lo = rng.uniform(-10, 10)
+                out[i, b] = (u >= lo) & (u < lo + rng.uniform(2, 8))
+            else:
+                x0, y0 = rng.uniform(-16, 16, 2)
+                out[i, b] = (xx - x0) ** 2 + (yy - y0) ** 2 < rng.uniform(3, 15) ** 2
+    return out

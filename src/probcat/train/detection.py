@@ -32,6 +32,7 @@ import torch
 from probcat.config import from_dict, load_yaml, to_dict
 from probcat.errors import ProbcatValueError, warn_user
 from probcat.infer.detect import SEEING_RANGE
+from probcat.masking import band_masks
 from probcat.nets.detection import N_GROUPS, DetectionNet, TileOutput, tile_groups
 from probcat.runtime import choose_device
 from probcat.simulate.bank import BankConfig, SourceBank
@@ -42,7 +43,7 @@ from probcat.train.loop import (
     LoopSettings,
     Phase,
     check_run_config,
-    fit_config,
+    fit,
     run_directory,
     to_device,
     write_run,
@@ -87,6 +88,11 @@ class DetectionData:
     coadd_fraction: float = 0.0
     coadd_visits: int = 16
     coadd_kernels: tuple[str, ...] = ("lanczos3", "bilinear")
+    # bands without data: this fraction of the training scenes get one to three bands
+    # masked (probcat.masking.band_masks: each the whole scene, a half-plane, a strip
+    # or a disc), their pixels 0 in noise units as inference reads pixels without data;
+    # the truth unchanged (what the other bands show); four bands or more
+    mask_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -215,6 +221,11 @@ class DetectionTrainConfig:
                 self.survey()
             except ProbcatValueError as e:
                 raise ProbcatValueError(f"data.psf_beta: {e}") from None
+        if not 0.0 <= d.mask_fraction <= 1.0 or (d.mask_fraction and len(d.bands) < 4):
+            raise ProbcatValueError(
+                "data.mask_fraction must lie in [0, 1], and be 0 with fewer than four bands "
+                f"(one to three are masked), got {d.mask_fraction} with {len(d.bands)}"
+            )
         if not 0.0 <= self.fits.reliability_inside_fraction <= 1.0:
             raise ProbcatValueError(
                 "fits.reliability_inside_fraction must be in [0, 1], got "
@@ -375,11 +386,15 @@ class DetectionTask:
         self.cache_dir = cache_dir
         rng = np.random.default_rng([cfg.seed, 99])
         self.val = self._tensors(*self.val_sim.sample_batch(rng, cfg.data.val_scenes))
+        if cfg.data.mask_fraction > 0:  # the validation scenes once more, each with bands masked
+            masks = band_masks(np.random.default_rng([cfg.seed, 98]), self.val[0].shape, 1.0)
+            self.val_masked = self.val[0].masked_fill(torch.from_numpy(masks), 0.0)
 
-    def _tensors(self, imgs, cats):
-        return torch.from_numpy(imgs / self.sigma), TileCatalog.from_full(
-            cats, self.cfg.model.tile_size
-        )
+    def _tensors(self, imgs, cats, rng=None):
+        x = imgs / self.sigma
+        if rng is not None and self.cfg.data.mask_fraction > 0:  # no draws without masks
+            x[band_masks(rng, x.shape, self.cfg.data.mask_fraction)] = 0.0
+        return torch.from_numpy(x), TileCatalog.from_full(cats, self.cfg.model.tile_size)
 
     def build_model(self) -> DetectionNet:
         net = self.cfg.net()
@@ -409,7 +424,7 @@ class DetectionTask:
         ]
 
     def batch(self, rng):
-        return self._tensors(*self.train_sim.sample_batch(rng, self.cfg.data.batch_size))
+        return self._tensors(*self.train_sim.sample_batch(rng, self.cfg.data.batch_size), rng)
 
     def loss(self, model, batch, phase, gen):
         x, truth = batch
@@ -419,7 +434,10 @@ class DetectionTask:
         return checkerboard_loss(model, x, truth, gen, cond_locs=p.cond_locs)
 
     def validate(self, model):
-        return validate(model, *self.val)
+        out = validate(model, *self.val)
+        if self.cfg.data.mask_fraction > 0:
+            out["total_masked"] = validate(model, self.val_masked, self.val[1])["total"]
+        return out
 
     def finish(self, model, progress):
         sim = self.val_sim
@@ -506,6 +524,16 @@ def describe_data(cfg: DetectionTrainConfig) -> dict:
             else {}
         ),
         **(
+            {
+                "masks": f"{d.mask_fraction:g} of the training scenes with one to three bands "
+                "masked (set to 0; whole scene, half-plane, strip or disc: band_masks), the "
+                f"truth unchanged; validation clean, and once more with every scene masked "
+                f"(seed [{cfg.seed}, 98])"
+            }
+            if d.mask_fraction
+            else {}
+        ),
+        **(
             {"fits_noise": _fits_noise(cfg)}
             if cfg.fits.coadd_fraction is not None or cfg.fits.coadd_kernels
             else {}
@@ -552,8 +580,18 @@ def train_detection(
         init_weights(cfg)
     run_directory(out)
     task = DetectionTask(cfg, cache_dir=cache_dir, progress=progress)
-    return fit_config(
-        task, cfg, out, progress=progress, command=command, stop_after=stop_after, device=device
+    config = to_dict(cfg)
+    if not cfg.data.mask_fraction:  # as runs recorded it before masks, so they resume
+        del config["data"]["mask_fraction"]
+    return fit(
+        task,
+        out,
+        config=config,
+        settings=cfg.settings(),
+        progress=progress,
+        command=command,
+        stop_after=stop_after,
+        device=device,
     )
 
 

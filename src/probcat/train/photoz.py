@@ -26,6 +26,7 @@ import torch
 from probcat.config import load_yaml
 from probcat.errors import ProbcatValueError
 from probcat.infer.deblend import crop_nearest
+from probcat.masking import band_masks
 from probcat.nets.photoz import (
     COMPONENTS,
     STAMP_Z,
@@ -333,43 +334,6 @@ def _pool(cfg: PhotozTrainConfig, split: str, n: int, seed, cache_dir, progress)
             parts.append(gold_stamps(sim, np.random.default_rng(key), c,
                                      stamp=cfg.model.stamp, jitter_px=d.jitter_px))  # fmt: skip
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-MASK_SHAPES = ("band", "half-plane", "strip", "disc")
-
-
-def band_masks(rng: np.random.Generator, shape, fraction: float, shapes=MASK_SHAPES) -> np.ndarray:
-    """Boolean ``shape`` ``(n, bands, S, S)``: pixels without data, as real coadds have
-    them in some bands and not others. Each stamp, with probability ``fraction``, gets one
-    to three bands (probabilities 0.6 / 0.3 / 0.1) masked, each with a shape of its own
-    (:data:`MASK_SHAPES`, equally likely): the whole stamp (a band with no coverage there),
-    a half-plane through a point within 8 px of the centre (a chip or coadd edge), a strip
-    2-8 px wide across the stamp within 10 px of the centre (a chip gap, bad columns), or a
-    disc of radius 3-15 px centred within 16 px of the centre (a bright star's mask); those
-    lengths for 33-px stamps, scaled with the stamp's side. ``shapes``: those drawn from."""
-    n, bands, size = shape[0], shape[1], shape[-1]
-    out = np.zeros((n, bands, size, size), bool)
-    f = size / STAMP_Z
-    c = (np.arange(size, dtype=np.float64) - size // 2) / f  # in 33-px stamp pixels
-    yy, xx = np.meshgrid(c, c, indexing="ij")
-    for i in np.flatnonzero(rng.random(n) < fraction):
-        k = min(bands, 1 + int(rng.choice(3, p=[0.6, 0.3, 0.1])))
-        for b in rng.choice(bands, k, replace=False):
-            kind = shapes[int(rng.integers(len(shapes)))]
-            if kind == "band":
-                out[i, b] = True
-            elif kind == "half-plane":
-                t = rng.uniform(0, 2 * np.pi)
-                x0, y0 = rng.uniform(-8, 8, 2)
-                out[i, b] = (xx - x0) * np.cos(t) + (yy - y0) * np.sin(t) > 0
-            elif kind == "strip":
-                u = xx if rng.random() < 0.5 else yy
-                lo = rng.uniform(-10, 10)
-                out[i, b] = (u >= lo) & (u < lo + rng.uniform(2, 8))
-            else:
-                x0, y0 = rng.uniform(-16, 16, 2)
-                out[i, b] = (xx - x0) ** 2 + (yy - y0) ** 2 < rng.uniform(3, 15) ** 2
-    return out
 
 
 def dihedral_batch(x: np.ndarray, variant: np.ndarray) -> np.ndarray:
