@@ -112,6 +112,11 @@ BY_NAME = {
         "masked_weights_sha256",
         ("results", "fields", "command", "git_commit"),
     ),
+    "detection_lsst_ugrizy_masked": (
+        "detection_masks.json",
+        "masked_weights_sha256",
+        ("results", "fields", "command", "git_commit"),
+    ),
     "detection_lsst_ugrizy": (
         "photoz.json",
         "detector_ugrizy_sha256",

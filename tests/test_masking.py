@@ -562,3 +562,65 @@ def test_an_image_cube_with_mask_and_variance_hdus_masks_every_plane(tmp_path):
     assert np.all(data.mask[:, :4]) and not data.mask[:, 4:].any()
     cat = probcat.load("detection_lsst_i", threads=1).catalog(data, background="none")
     assert cat.meta["input"]["masked_pixels"] == 4 * 64  # the i plane, cut from the cube
+
+
+def test_images_with_bands_partly_masked_are_read_by_the_detector_trained_with_masks():
+    """detection_lsst_ugrizy hands an image with a pixel without data in some of its bands
+    but not all to detection_lsst_ugrizy_masked, whose catalog it is then, exactly; images
+    masked nowhere or in every band at once (an edge) are its own, and in a batch each
+    image is read by its own weights, the results in order."""
+    import probcat
+    from probcat.api import Detector
+
+    det = probcat.load("detection_lsst_ugrizy", threads=1)
+    assert det.masked_weights == "detection_lsst_ugrizy_masked"
+    assert probcat.load("detection_lsst_ugrizy_masked").masked_weights is None
+    assert probcat.load("detection_lsst_i").masked_weights is None
+    other = probcat.load("detection_lsst_ugrizy_masked", threads=1)
+    plain = Detector(det.net, det.survey, {k: v for k, v in det.manifest.items() if k != "sha256"},
+                     threads=1)  # fmt: skip
+    assert plain.masked_weights is None
+    rng = np.random.default_rng(0)
+    sigma = det.survey.noise_sigma[:, None, None]
+    clean = (rng.standard_normal((6, 48, 48)) * sigma).astype(np.float32)
+    yy, xx = np.mgrid[:48, :48]
+    for x0, y0 in ((12.3, 20.6), (33.8, 30.1)):
+        clean += (40 * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / 4.5) * sigma).astype(np.float32)
+    partly = clean.copy()
+    partly[3, :, :18] = np.nan  # the i band's left side: the first source under it
+    edge = clean.copy()
+    edge[:, :, :4] = np.nan  # every band at once: no band reads differently there
+
+    def same(a, b):
+        assert len(a) == len(b)
+        assert a.colnames == b.colnames
+        for col in {"x", "y", "prob", "galaxy_prob"} & set(a.colnames):  # float rounding:
+            np.testing.assert_allclose(a[col], b[col], rtol=1e-5, atol=1e-5)  # batch sizes
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # NaN pixels read as masked
+        got = det.catalog(partly)
+        assert got.meta["input"]["masked_weights"] == "detection_lsst_ugrizy_masked"
+        same(got, other.catalog(partly))
+        assert "masked_weights" not in det.catalog(edge).meta["input"]
+        same(det.catalog(edge), plain.catalog(edge))
+        same(det.catalog(clean), plain.catalog(clean))
+        # a batch: each image by its own weights, in order (MAP, maps and samples)
+        cats = det.catalog([clean, partly, edge])
+        for c, want in zip(
+            cats, (plain.catalog(clean), other.catalog(partly), plain.catalog(edge))
+        ):
+            same(c, want)
+        maps = det.probability_map([partly, clean])
+        np.testing.assert_allclose(maps[0], other.probability_map(partly), atol=1e-5)
+        np.testing.assert_allclose(maps[1], plain.probability_map(clean), atol=1e-5)
+        draws = det.sample([clean, partly], 2, seed=3)
+        for d, want in zip(
+            draws, (plain.sample(clean, 2, seed=3), other.sample(partly, 2, seed=3))
+        ):
+            for a, b in zip(d, want):
+                same(a, b)
+        res = det.detect(partly, samples=2, seed=3)
+        same(res.catalog, got)
+        for a, b in zip(res.samples, other.sample(partly, 2, seed=3)):
+            same(a, b)

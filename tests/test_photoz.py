@@ -768,10 +768,13 @@ def test_an_image_without_a_band_is_read_with_it_as_without_data(tmp_path, weigh
     path = write_image(tmp_path / "grizy.fits", six.image[1:], Survey.lsst(bands="grizy"),
                        six.wcs)  # fmt: skip
     with pytest.warns(UserWarning, match="the image has no u band: its PDFs are from "
-                      "photoz_lsst_ugrizy_masked.*the detector reads u as no light"):  # fmt: skip
+                      "photoz_lsst_ugrizy_masked.*and so does the detector, "
+                      "detection_lsst_ugrizy_masked"):  # fmt: skip
         res = probcat.photoz(path, threads=1, threshold=0.0, galaxies_only=False)
     cat = res.catalog
     assert len(cat) > 0 and cat.meta["photoz"]["absent_bands"] == "u"
+    # the detections are the masked detector's, on the image with u zero
+    assert cat.meta["input"]["masked_weights"] == "detection_lsst_ugrizy_masked"
     assert np.all(cat["pz_masked_weights"])
     frac = np.asarray(cat["mask_fraction_band"])
     assert np.all(frac[:, 0] == 1.0) and not frac[:, 1:].any()
@@ -799,6 +802,7 @@ def test_an_image_without_a_band_is_read_with_it_as_without_data(tmp_path, weigh
     assert main(["photoz", str(path), "-o", str(tmp_path / "c.fits"), "--threads", "1"]) == 0
     got = capsys.readouterr()
     assert "[no u band: PDFs from photoz_lsst_ugrizy_masked]" in got.out
+    assert "[detections by detection_lsst_ugrizy_masked: bands without data]" in got.out
     assert "warning: photo-z: the image has no u band" in got.err
     # weights without masked weights refuse it, as before, and so does an image with three
     # of the six bands absent

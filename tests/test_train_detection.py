@@ -278,6 +278,7 @@ def test_psf_scales_train_on_a_seeing_mixture_of_their_banks(cache_dir):
         "detection_lsst_i_coadd",
         "detection_lsst_ugrizy",
         "detection_lsst_ugrizy_bulgedisk",
+        "detection_lsst_ugrizy_masked",
     ],
 )
 def test_shipped_config_is_the_shipped_weights_config(name):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,10 @@ __all__ = [
 
 # images per forward pass in batched inference: bounded by this many pixels
 _BATCH_PIXELS = 4_000_000
+# shipped detection weights -> the weights trained further with bands masked
+# (``configs/detection_lsst_ugrizy_masked.yaml``) that read an image with a pixel without
+# data in some of its bands but not all: read by the former, a masked band is no light
+MASKED_DETECTOR = {"detection_lsst_ugrizy": "detection_lsst_ugrizy_masked"}
 
 
 @dataclass
@@ -441,11 +446,80 @@ class Detector:
 
         net, self.device = place(net, device, threads)
         self.net, self.survey, self.manifest, self.threads = net, survey, manifest, threads
+        self._masked = None
 
     def __repr__(self) -> str:
         name = (self.manifest or {}).get("weights", "custom weights")
         bands = "".join(self.survey.band_names)
         return f"Detector({name}, bands={bands!r}, device={self.device.type})"
+
+    @cached_property
+    def masked_weights(self) -> str | None:
+        """The registered weights that read this detector's images with a pixel without
+        data in some bands but not all (:data:`MASKED_DETECTOR`: trained with bands masked,
+        where these weights read a masked band as no light), or None: these weights read
+        every image."""
+        from probcat.weights import manifest, names
+
+        sha = (self.manifest or {}).get("sha256")
+        for name, other in MASKED_DETECTOR.items():
+            if sha and {name, other} <= set(names()) and manifest(name).get("sha256") == sha:
+                return other
+        return None
+
+    def masked_detector(self) -> Detector | None:
+        """The :class:`Detector` of :attr:`masked_weights` (loaded at first use, on this
+        detector's device and threads), or None."""
+        name = self.masked_weights
+        if name is not None and self._masked is None:
+            self._masked = load(name, device=self.device, threads=self.threads, kind="detection")
+            if self._masked.bands != self.bands:
+                raise ProbcatValueError(f"{name}: not the bands of {self!r}")
+        return self._masked if name is not None else None
+
+    def _routed(self, batch: _Batch) -> list[bool] | None:
+        """Per image of ``batch``, whether :meth:`masked_detector` reads it: it has a pixel
+        without data in some of its bands but not all (0 there, in sigma units, and not 0 in
+        another band); None when no image is, or there are no such weights."""
+        if not any(m is not None for m in batch.masked) or self.masked_weights is None:
+            return None
+        out = [
+            m is not None and bool((batch.x[k][:, m] != 0).any(0).any())
+            for k, m in enumerate(batch.masked)
+        ]
+        return out if any(out) else None
+
+    def _run_routed(self, batch: _Batch, routed: list[bool], opts: dict, **kw):
+        """:meth:`_run` of ``batch`` with its ``routed`` images read by
+        :meth:`masked_detector` (their ``meta["input"]["masked_weights"]`` names it) and the
+        others by this detector, the results in the batch's order."""
+        other = self.masked_detector()
+        name = self.masked_weights
+        full = kw.pop("full", False)
+        for k, r in enumerate(routed):
+            if r:
+                batch.info[k] = {**batch.info[k], "masked_weights": name}
+        if all(routed):
+            return other._run(batch, None, opts, full=full, **kw)
+        cats, maps, draws, tiles = {}, {}, {}, {}
+        for det, want in ((self, False), (other, True)):
+            idx = [k for k, r in enumerate(routed) if r == want]
+            sub = _Batch(batch.x[idx], [batch.wcs[k] for k in idx], False,
+                         [batch.info[k] for k in idx], [batch.masked[k] for k in idx])  # fmt: skip
+            c, p, d, t, _ = det._run(sub, None, opts, full=True, **kw)
+            for j, k in enumerate(idx):
+                if c:
+                    cats[k], tiles[k] = c[j], t[j]
+                if p is not None:
+                    maps[k] = p[j]
+                draws[k] = d[j]
+        n = len(routed)
+        out = (
+            [cats[k] for k in range(n)] if cats else [],
+            np.stack([maps[k] for k in range(n)]) if maps else None,
+            [draws[k] for k in range(n)],
+        )
+        return (*out, [tiles[k] for k in range(n)] if tiles else [], batch) if full else out
 
     @property
     def bands(self) -> tuple[str, ...]:
@@ -809,6 +883,14 @@ class Detector:
         seeing = "auto" if seeing == "auto" else "given"
         # images may be a _Batch already prepared (photoz: the image read once for all bands)
         batch = images if isinstance(images, _Batch) else self._prepare(images, noise_sigma, opts)
+        routed = self._routed(batch)
+        if routed is not None:  # bands partly without data: the masked weights read those
+            return self._run_routed(
+                batch, routed, {"seeing": fixed if seeing == "given" else seeing,
+                                "rescue_bright": rescue},  # fmt: skip
+                threshold=threshold, samples=samples, seed=seed, want_map=want_map, full=full,
+                progress=progress,
+            )  # fmt: skip
         shape = batch.x.shape[-2:]
         bands = self.survey.band_names
         # weights with a second centroid calibration: samples need their image's mixture
@@ -1581,10 +1663,11 @@ def with_absent_bands(image, survey, absent):
     )
 
 
-def _no_data_in(absent, est, det_bands, xs, bands_masked, info):
+def _no_data_in(absent, est, det_bands, xs, bands_masked, info, det_masked=None):
     """The absent bands (:func:`with_absent_bands`) as bands without data: their planes 0,
     masked everywhere, no zeropoint; a warning says who reads them how (``det_bands``: the
-    detector's bands, if one reads the image)."""
+    detector's bands, if one reads the image; ``det_masked``: its masked weights, which
+    then read the image, or None)."""
     k = [est.bands.index(b) for b in absent]
     xs[k] = 0.0
     if bands_masked is None:
@@ -1594,8 +1677,11 @@ def _no_data_in(absent, est, det_bands, xs, bands_masked, info):
     if zp is not None:
         info["zeropoint"] = [None if j in k else v for j, v in enumerate(zp)]
     names = "".join(absent)
-    read = [b for b in absent if b in det_bands]
-    also = f", and the detector reads {''.join(read)} as no light" if read else ""
+    read = "".join(b for b in absent if b in det_bands)
+    also = ""
+    if read:
+        also = (f", and the detector reads {read} as no light" if det_masked is None else
+                f", and so does the detector, {det_masked}")  # fmt: skip
     warn_user(
         f"photo-z: the image has no {names} band: its PDFs are from {est.masked_weights} "
         f"(trained with bands masked, which reads {names} as missing){also} "
@@ -1604,14 +1690,16 @@ def _no_data_in(absent, est, det_bands, xs, bands_masked, info):
     return xs, bands_masked, {**info, "absent_bands": names}
 
 
-def read_photoz_input(image, est, noise_sigma=None, *, mask=None, det_bands=(), **kw):
+def read_photoz_input(
+    image, est, noise_sigma=None, *, mask=None, det_bands=(), det_masked=None, **kw
+):
     """:func:`read_input` of ``image`` for the photo-z estimator ``est``'s bands
     (``band_mask=True``; ``kw`` its other options), the bands it lacks read as bands without
-    data (:func:`absent_bands`; ``det_bands``: the detector that reads them, for the
-    warning; ``info["absent_bands"]``; a ``mask`` of one plane per band is of the image's
-    bands): ``(image, x, wcs, sigma, info, bands_masked, masked)``, ``image`` as read
-    (ImageData with any absent band's stand-in plane), ``masked`` the ``(H, W)`` pixels
-    without data in a band the image has (None: none)."""
+    data (:func:`absent_bands`; ``det_bands``, ``det_masked``: the detector that reads them
+    and its masked weights, for the warning; ``info["absent_bands"]``; a ``mask`` of one
+    plane per band is of the image's bands): ``(image, x, wcs, sigma, info, bands_masked,
+    masked)``, ``image`` as read (ImageData with any absent band's stand-in plane),
+    ``masked`` the ``(H, W)`` pixels without data in a band the image has (None: none)."""
     if isinstance(image, (str, Path)):
         from probcat.io import read_image
 
@@ -1626,7 +1714,9 @@ def read_photoz_input(image, est, noise_sigma=None, *, mask=None, det_bands=(), 
         image, est.survey, noise_sigma, mask=mask, band_mask=True, **kw
     )
     if absent:
-        xs, bands_masked, info = _no_data_in(absent, est, det_bands, xs, bands_masked, info)
+        xs, bands_masked, info = _no_data_in(
+            absent, est, det_bands, xs, bands_masked, info, det_masked
+        )
     present = [k for k, b in enumerate(est.bands) if b not in absent]
     masked = None if bands_masked is None else bands_masked[present].any(0)
     if masked is not None and not masked.any():
@@ -1742,6 +1832,7 @@ def photoz(
         noise_sigma,
         mask=mask,
         det_bands=det.bands,
+        det_masked=det.masked_weights,
         background=background,
         gain=gain,
         sky_offset=offset,
@@ -1755,6 +1846,11 @@ def photoz(
     # the detector reads the same sigma-unit planes (sky done above, for every band): no copy
     # when it has every band in order
     x_det = x_all if planes == list(range(len(est.bands))) else x_all[planes]
+    if det.masked_weights is not None and set(info.get("absent_bands") or "") & set(det.bands):
+        # a band the detector reads is absent: its masked weights read the image (an absent
+        # band is not in masked, which says where the image's own bands have no data)
+        info = {**info, "masked_weights": det.masked_weights}
+        det = det.masked_detector()
     batch = det._prepared(x_det, wcs, info, masked, sigma, planes)
     res = det.detect(batch, threshold=threshold, seeing=seeing, rescue_bright=rescue_bright)
     res.catalog = _with_sky(res.catalog, wcs)

@@ -547,6 +547,8 @@ def _input_note(info: dict) -> str:
         parts.append(f"noise map: {lo:.3g}-{hi:.3g} x sigma, read as the local noise")
     if info.get("masked_pixels"):
         parts.append(f"{info['masked_pixels']} pixels masked, no data")
+    if info.get("masked_weights"):  # bands partly without data: the detector trained so
+        parts.append(f"detections by {info['masked_weights']}: bands without data")
     if info.get("background") == "subtracted":
         med = ", ".join(f"{m:.4g}" for m in info["sky_median"])
         parts.append(f"sky subtracted (median {med} e-)")
@@ -994,6 +996,13 @@ def _headline(m: dict) -> str:
         keys = [k for k in ref if k in got]
         cov = lambda d: " / ".join(f"{d[k]['pit_coverage_68']:.3f}" for k in keys)  # noqa: E731
         return f"per-band seeing: 68% coverage {cov(got)} (photoz_lsst_ugrizy {cov(ref)})"
+    if "zone" in ((b.get("results") or {}).get("defects") or {}).get("default", {}):
+        r = b["results"]["defects"]  # detection weights for bands without data: near the masks
+        got, ref = r["default"]["zone"], r["shipped_only"]["zone"]
+        return (f"bands masked: recall {got['recall']:.3f}, precision {got['precision']:.3f}, "
+                f"star/galaxy {got['class_accuracy']:.3f} (masks read as no light "
+                f"{ref['recall']:.3f}, {ref['precision']:.3f}, "
+                f"{ref['class_accuracy']:.3f})")  # fmt: skip
     if "defects" in (b.get("results") or {}):  # weights for bands without data: their galaxies
         r = b["results"]["defects"]
         got, ref = r["default"]["affected"], r["shipped_only"]["affected"]
