@@ -204,7 +204,7 @@ def main(argv=None) -> None:
                     warnings.simplefilter("ignore")  # NaN pixels read as masked: expected
                     cat = det.catalog(image)
                 if arm == "default":
-                    routed[scenario] += cat.meta.get("masked_weights") is not None
+                    routed[scenario] += cat.meta["input"].get("masked_weights") is not None
                 counts[arm].append(score(cat, scene.catalog, zone))
         results[scenario] = {
             arm: {r: metrics([c[r] for c in cs]) for r in ("zone", "outside", "all")}

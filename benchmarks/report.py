@@ -940,6 +940,50 @@ TABLES = {
             if key in ("sigma_iqr", "outlier_frac_015", "pit_coverage_68")
         ],
     ),
+    "detection_masks": (
+        "six-band detection where bands have no data (NaN): 16 held-out 400-px 10-year ugrizy "
+        "fields (test-split DC2 galaxies and stars), sources within 7 px of a pixel masked in "
+        "some band but not all; probcat as it reads such an image "
+        "(detection_lsst_ugrizy_masked) against detection_lsst_ugrizy reading masked pixels "
+        "as no light",
+        [
+            (
+                f"{head}: {label}",
+                f"results.{arm}.default.zone.{key}",
+                f"results.{arm}.shipped_only.zone.{key}",
+                ".3f",
+                "",
+            )
+            for arm, head in (
+                ("half_g", "g band missing over half the field"),
+                ("half_r", "r band missing over half the field"),
+                ("half_i", "i band missing over half the field"),
+                ("defects", "defects in every band"),
+            )
+            for label, key in (
+                ("recall (true i-band SNR > 3)", "recall"),
+                ("recall at SNR 3–10", "recall_snr_3_10"),
+                ("precision", "precision"),
+                ("star/galaxy right", "class_accuracy"),
+                ("star F1 at SNR > 12", "star_f1_snr_gt_12"),
+            )
+        ]
+        + [
+            (
+                f"nothing masked, the masked weights on every image: {label}",
+                f"results.clean.masked_only.all.{key}",
+                f"results.clean.shipped_only.all.{key}",
+                ".3f",
+                "",
+                "detection_lsst_ugrizy",
+            )
+            for label, key in (
+                ("recall (true i-band SNR > 3)", "recall"),
+                ("precision", "precision"),
+                ("star/galaxy right", "class_accuracy"),
+            )
+        ],
+    ),
     "correlated_noise_ugrizy": (
         "the same for LSST ugrizy fields (DC2 colours; each band coadded from its own 6 "
         "visits): the six-band weights; SEP on the riz coadd; and photoz_lsst_ugrizy's PDFs "
@@ -1782,6 +1826,7 @@ BASELINES = {
     "depth": "SEP",
     "photoz_colours": "DC2 colours",
     "photoz_masks": "masked pixels as no light",
+    "detection_masks": "masked pixels as no light",
     "psf_profile": "SEP",
     "deblend": "SEP",
     "photoz": "FlexZBoost",

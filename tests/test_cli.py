@@ -688,6 +688,10 @@ def test_weights_command_lists_the_shipped_weights_and_their_manifests(capsys):
     row = next(ln for ln in lines if ln.startswith("photoz_lsst_ugrizy_masked "))
     got = masked["default"]["affected"]["sigma_iqr"]
     assert f"bands masked: sigma_IQR {got:.4f}" in row
+    masked = registry.manifest("detection_lsst_ugrizy_masked")["benchmark"]["results"]["defects"]
+    row = next(ln for ln in lines if ln.startswith("detection_lsst_ugrizy_masked "))
+    got = masked["default"]["zone"]
+    assert f"bands masked: recall {got['recall']:.3f}, precision {got['precision']:.3f}" in row
     assert main(["weights", "deblender_lsst_i", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == registry.manifest("deblender_lsst_i")
     for args, message in ((["weights", "nope"], "no shipped weights named 'nope'"),
