@@ -20,7 +20,13 @@ NaN), chip gaps, bad columns, saturated cores. probcat reads such a pixel as *no
   the pixels within 5 px of its position that are masked in any band. A source whose light
   is cut by a mask is detected from what is left, as at an image edge, and its position,
   flux and classification read only the data pixels; cut on ``mask_fraction`` for
-  measurements that need the whole source.
+  measurements that need the whole source;
+- an image with pixels without data in some of its bands but not all is read by weights
+  trained with bands masked where the weights have such a companion
+  (:data:`probcat.api.MASKED_DETECTOR`: ``detection_lsst_ugrizy_masked``; photo-z's
+  :data:`probcat.redshift.estimator.MASKED_WEIGHTS`, per object): read as no light, a
+  masked band loses faint sources and turns stars into galaxies (:func:`band_masks` draws
+  the training's masks).
 
 A source that sits inside a masked region is not detected, and what a mask leaves of a
 source under it can read as a source of its own, for SEP as for probcat: on 300 simulated
