@@ -459,13 +459,9 @@ class Detector:
         data in some bands but not all (:data:`MASKED_DETECTOR`: trained with bands masked,
         where these weights read a masked band as no light), or None: these weights read
         every image."""
-        from probcat.weights import manifest, names
+        from probcat.weights import companion
 
-        sha = (self.manifest or {}).get("sha256")
-        for name, other in MASKED_DETECTOR.items():
-            if sha and {name, other} <= set(names()) and manifest(name).get("sha256") == sha:
-                return other
-        return None
+        return companion(self.manifest, MASKED_DETECTOR)
 
     def masked_detector(self) -> Detector | None:
         """The :class:`Detector` of :attr:`masked_weights` (loaded at first use, on this

@@ -235,13 +235,9 @@ class PhotozEstimator:
         data within :data:`MASKED_RADIUS` px (:data:`MASKED_WEIGHTS`: trained with bands
         masked, where these weights read a masked band as no light), or None: these weights
         read them."""
-        from probcat.weights import manifest, names
+        from probcat.weights import companion
 
-        sha = (self.manifest or {}).get("sha256")
-        for name, other in MASKED_WEIGHTS.items():
-            if sha and {name, other} <= set(names()) and manifest(name).get("sha256") == sha:
-                return other
-        return None
+        return companion(self.manifest, MASKED_WEIGHTS)
 
     def _read_by_masked_net(self, masked, x, y) -> np.ndarray:
         """Per object at ``x, y``, whether :meth:`masked_net` reads it: there are such weights

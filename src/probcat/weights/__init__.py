@@ -23,6 +23,7 @@ from pathlib import Path
 from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError
 
 __all__ = [
+    "companion",
     "Weights",
     "load",
     "load_detection",
@@ -87,6 +88,17 @@ def manifest(name: str = DEFAULT_DETECTION) -> dict:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ProbcatIOError(f"{path}: unreadable manifest ({e})") from e
+
+
+def companion(man: dict | None, pairs: dict[str, str]) -> str | None:
+    """The shipped weights paired in ``pairs`` (shipped name -> its companion, e.g. weights
+    trained further with bands masked) with the weights of manifest ``man``, when these are
+    the shipped ones of that name (same sha256) and both are shipped; else None."""
+    sha = (man or {}).get("sha256")
+    for name, other in pairs.items():
+        if sha and {name, other} <= set(names()) and manifest(name).get("sha256") == sha:
+            return other
+    return None
 
 
 def coadd_trained(man: dict | None) -> bool:
