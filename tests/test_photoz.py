@@ -756,6 +756,45 @@ def test_photoz_cli_says_how_many_pdfs_the_masked_weights_read(tmp_path, weights
     assert f"[{int(near.sum())} near pixels without data: photoz_lsst_ugrizy_masked]" in msg
 
 
+def test_a_band_without_any_data_is_read_as_a_band_the_image_lacks(tmp_path):
+    """A ugrizy file whose u plane is NaN everywhere gives the photo-z catalog and the
+    six-band detections of the same file without u (both from the masked weights); with
+    three bands without data, more than those were trained for, it is refused."""
+    import probcat
+    from probcat.io import read_image, write_image
+
+    six = read_image(_ugrizy_image(tmp_path / "six.fits"))
+    nan = six.image.copy()
+    nan[0] = np.nan
+    u_nan = write_image(tmp_path / "u_nan.fits", nan, Survey.lsst(bands="ugrizy"), six.wcs)
+    grizy = write_image(tmp_path / "grizy.fits", six.image[1:], Survey.lsst(bands="grizy"),
+                        six.wcs)  # fmt: skip
+    got = {}
+    for name, path in (("nan", u_nan), ("five", grizy)):
+        with pytest.warns(UserWarning, match="photo-z: the image has no data in band u"):
+            got[name] = probcat.photoz(path, threads=1, threshold=0.0, galaxies_only=False)
+    a, b = got["nan"], got["five"]
+    assert len(a.catalog) > 0 and a.catalog.meta["photoz"]["absent_bands"] == "u"
+    assert a.catalog.meta["input"]["masked_weights"] == "detection_lsst_ugrizy_masked"
+    for col in ("x", "y", "prob"):
+        np.testing.assert_allclose(a.catalog[col], b.catalog[col], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(a.means, b.means, rtol=1e-6, atol=1e-6)
+    det = probcat.load("detection_lsst_ugrizy", threads=1)
+    cats = []
+    for path in (u_nan, grizy):
+        with pytest.warns(UserWarning, match="the image has no data in band u: its detections "
+                          "are from detection_lsst_ugrizy_masked"):  # fmt: skip
+            cats.append(det.catalog(path, threshold=0.0))
+    assert cats[0].meta["input"]["absent_bands"] == "u"
+    assert cats[0].meta["input"]["masked_weights"] == "detection_lsst_ugrizy_masked"
+    np.testing.assert_allclose(cats[0]["x"], cats[1]["x"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(cats[0]["x"], a.catalog["x"], rtol=1e-6, atol=1e-6)
+    nan[1:3] = np.nan  # u, g and r: more than the masked weights were trained for
+    three = write_image(tmp_path / "ugr_nan.fits", nan, Survey.lsst(bands="ugrizy"), six.wcs)
+    with pytest.raises(ProbcatValueError, match="^every pixel of band 0 is masked"):
+        det.catalog(three)
+
+
 def test_an_image_without_a_band_is_read_with_it_as_without_data(tmp_path, weights, capsys):
     """A grizy file for the shipped ugrizy weights (and six-band detector): u is a band
     without data everywhere, every PDF from the masked weights, exactly their mixtures on
@@ -767,7 +806,7 @@ def test_an_image_without_a_band_is_read_with_it_as_without_data(tmp_path, weigh
     six = read_image(_ugrizy_image(tmp_path / "six.fits"))
     path = write_image(tmp_path / "grizy.fits", six.image[1:], Survey.lsst(bands="grizy"),
                        six.wcs)  # fmt: skip
-    with pytest.warns(UserWarning, match="the image has no u band: its PDFs are from "
+    with pytest.warns(UserWarning, match="the image has no data in band u: its PDFs are from "
                       "photoz_lsst_ugrizy_masked.*and so does the detector, "
                       "detection_lsst_ugrizy_masked"):  # fmt: skip
         res = probcat.photoz(path, threads=1, threshold=0.0, galaxies_only=False)
@@ -786,13 +825,13 @@ def test_an_image_without_a_band_is_read_with_it_as_without_data(tmp_path, weigh
     w, m, sd = other._mixture(xs, x, y)
     np.testing.assert_allclose(res.means, m, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(res.sds, sd, rtol=1e-4, atol=1e-6)
-    with pytest.warns(UserWarning, match="has no u band"):  # and so does mixture()
+    with pytest.warns(UserWarning, match="has no data in band u"):  # and so does mixture()
         mix = probcat.load("photoz_lsst_ugrizy", threads=1).mixture(path, x, y)
     np.testing.assert_allclose(mix[1], m, rtol=1e-4, atol=1e-6)
     # a mask of one plane per band of the file: its planes are the file's bands
     mask = np.zeros((5, 40, 40), bool)
     mask[3, :, 30:] = True  # z
-    with pytest.warns(UserWarning, match="has no u band"):
+    with pytest.warns(UserWarning, match="has no data in band u"):
         got = probcat.photoz(path, threads=1, threshold=0.0, galaxies_only=False, mask=mask)
     frac = np.asarray(got.catalog["mask_fraction_band"])
     assert np.all(frac[:, 0] == 1.0) and frac[:, 4].any() and not frac[:, [1, 2, 3, 5]].any()
@@ -801,9 +840,9 @@ def test_an_image_without_a_band_is_read_with_it_as_without_data(tmp_path, weigh
 
     assert main(["photoz", str(path), "-o", str(tmp_path / "c.fits"), "--threads", "1"]) == 0
     got = capsys.readouterr()
-    assert "[no u band: PDFs from photoz_lsst_ugrizy_masked]" in got.out
+    assert "[no data in band u: PDFs from photoz_lsst_ugrizy_masked]" in got.out
     assert "[detections by detection_lsst_ugrizy_masked: bands without data]" in got.out
-    assert "warning: photo-z: the image has no u band" in got.err
+    assert "warning: photo-z: the image has no data in band u" in got.err
     # weights without masked weights refuse it, as before, and so does an image with three
     # of the six bands absent
     with pytest.raises(ProbcatValueError, match="image bands grizy do not match"):

@@ -476,12 +476,14 @@ class Detector:
     def _routed(self, batch: _Batch) -> list[bool] | None:
         """Per image of ``batch``, whether :meth:`masked_detector` reads it: it has a pixel
         without data in some of its bands but not all (0 there, in sigma units, and not 0 in
-        another band); None when no image is, or there are no such weights."""
-        if not any(m is not None for m in batch.masked) or self.masked_weights is None:
+        another band), or a band without any (``info["absent_bands"]``); None when no image
+        is, or there are no such weights."""
+        if self.masked_weights is None:
             return None
         out = [
-            m is not None and bool((batch.x[k][:, m] != 0).any(0).any())
-            for k, m in enumerate(batch.masked)
+            bool(info.get("absent_bands"))  # a band without any data (with_missing_bands)
+            or (m is not None and bool((batch.x[k][:, m] != 0).any(0).any()))
+            for k, (m, info) in enumerate(zip(batch.masked, batch.info))
         ]
         return out if any(out) else None
 
@@ -533,6 +535,9 @@ class Detector:
         its masked pixels (``(H, W)`` or None)."""
         from probcat.weights import coadd_trained
 
+        opts = dict(opts)
+        # bands the image lacks or has no data in: with masked weights, read as without data
+        image, opts["mask"], absent = with_missing_bands(image, self, opts.get("mask"))
         x, wcs, sigma, info, masked = read_input(
             image,
             self.survey,
@@ -542,6 +547,14 @@ class Detector:
             correlated_noise_ok=coadd_trained(self.manifest),
             **opts,
         )
+        if absent:
+            info = no_data_bands(absent, self.bands, x, info)
+            names = "".join(absent)
+            warn_user(
+                f"the image has no data in band {names}: its detections are from "
+                f"{self.masked_weights} (trained with bands masked, which reads {names} as "
+                "missing; docs/method.md, Bands partly without data)",
+            )
         return x, wcs, self._with_depth(x, info, sigma), masked
 
     def _with_depth(self, x: np.ndarray, info: dict, sigma, planes=None) -> dict:
@@ -1617,12 +1630,12 @@ MAX_ABSENT = 2
 
 
 def absent_bands(image, est) -> tuple[str, ...]:
-    """The bands of the photo-z estimator ``est`` that a multi-band ``image``
-    (:class:`~probcat.io.ImageData` with named bands) lacks, when ``est`` has weights that
-    read bands without data (:attr:`~probcat.redshift.estimator.PhotozEstimator.
-    masked_weights`) and the image has at least one of its bands: e.g. ``("u",)`` for a
-    grizy image and ``photoz_lsst_ugrizy``; at most :data:`MAX_ABSENT`. Otherwise none (the
-    image is then read, or refused, as before)."""
+    """The bands of the model ``est`` (a photo-z estimator or a :class:`Detector`) that a
+    multi-band ``image`` (:class:`~probcat.io.ImageData` with named bands) lacks, when
+    ``est`` has weights that read bands without data (its ``masked_weights``) and the image
+    has at least one of its bands: e.g. ``("u",)`` for a grizy image and
+    ``photoz_lsst_ugrizy``; at most :data:`MAX_ABSENT`. Otherwise none (the image is then
+    read, or refused, as before)."""
     from probcat.io import ImageData
 
     if not isinstance(image, ImageData) or not image.bands_named:
@@ -1631,6 +1644,94 @@ def absent_bands(image, est) -> tuple[str, ...]:
         return ()
     absent = tuple(b for b in est.bands if b not in image.bands)
     return absent if 0 < len(absent) <= MAX_ABSENT else ()
+
+
+def empty_bands(image, mask=None) -> list[int]:
+    """The planes of ``image`` (:class:`~probcat.io.ImageData`) without any data: every
+    pixel NaN or inf, or set in the file's mask (``image.mask``) or in ``mask`` (``(H, W)``
+    or one plane per band of the image; any other shape is left to :func:`read_input`'s
+    checks). A plane whose first pixel has data is not looked at further."""
+    data = np.asarray(image.image)
+    planes = None if image.mask is None else np.asarray(image.mask, bool)
+    given = None
+    if mask is not None and np.ndim(mask) in (2, 3) and np.shape(mask)[-2:] == data.shape[1:]:
+        given = np.asarray(mask) != 0
+        if given.ndim == 3 and len(given) != len(data):
+            given = None
+
+    def bad(b, at=(Ellipsis,)):
+        with np.errstate(invalid="ignore", over="ignore"):
+            out = ~np.isfinite(data[b][at]) if data.dtype.kind == "f" else False
+        if planes is not None:
+            out = out | planes[b][at]
+        if given is not None:
+            out = out | (given if given.ndim == 2 else given[b])[at]
+        return np.asarray(out)
+
+    return [b for b in range(len(data)) if bad(b, (0, 0)) and bad(b).all()]
+
+
+def _with_bands(image, keep: list[int]):
+    """``image`` (:class:`~probcat.io.ImageData`) with only its planes ``keep``."""
+
+    def some(a):
+        return None if a is None else np.asarray(a)[keep]
+
+    names = tuple(image.bands[k] for k in keep)
+    return replace(
+        image,
+        image=image.image[keep],
+        bands=names,
+        noise_sigma=np.asarray(image.noise_sigma)[keep],
+        gain=some(image.gain),
+        adu_without_gain=tuple(b for b in image.adu_without_gain if b in names),
+        mask=some(image.mask),
+        variance=some(image.variance),
+        zeropoint=some(image.zeropoint),
+    )
+
+
+def with_missing_bands(image, model, mask=None):
+    """``(image, mask, absent)``: ``image`` (a path is read) for ``model`` (a photo-z
+    estimator or a :class:`Detector` with ``masked_weights``), its bands without any data
+    (:func:`empty_bands`) left out, and each of ``model``'s bands it then lacks
+    (:func:`absent_bands`) added as a stand-in plane (:func:`with_absent_bands`), which the
+    caller reads as a band without data; ``mask`` with the same planes when it has one per
+    band. Anything else is returned as it is, with no absent bands."""
+    from probcat.io import ImageData, read_image
+
+    if isinstance(image, (str, Path)):
+        image = read_image(image)
+    if not isinstance(image, ImageData) or getattr(model, "masked_weights", None) is None:
+        return image, mask, ()
+    empty = empty_bands(image, mask)
+    if empty and len(empty) < len(image.bands):
+        keep = [k for k in range(len(image.bands)) if k not in empty]
+        thinner = _with_bands(image, keep)
+        if absent_bands(thinner, model):  # else: refused as before (every pixel masked)
+            image = thinner
+            if mask is not None and np.ndim(mask) == 3 and len(mask) == len(empty) + len(keep):
+                mask = np.asarray(mask)[keep]
+    absent = absent_bands(image, model)
+    if absent:  # read as a band like the others, then made a band without data
+        image = with_absent_bands(image, model.survey, absent)
+        if mask is not None and np.ndim(mask) == 3:  # one plane per band of the image as given
+            extra = np.zeros((len(absent), *np.shape(mask)[1:]), bool)
+            mask = np.concatenate([np.asarray(mask) != 0, extra])
+    return image, mask, absent
+
+
+def no_data_bands(absent, bands, x, info: dict) -> dict:
+    """The ``absent`` bands of ``x`` (``(bands, H, W)`` noise-sigma units of ``bands``, read
+    with :func:`with_absent_bands`) made bands without data: their planes 0 in place, no
+    zeropoint; ``info`` with ``absent_bands``."""
+    k = [list(bands).index(b) for b in absent]
+    x[k] = 0.0
+    info = {**info, "absent_bands": "".join(absent)}
+    zp = info.get("zeropoint")
+    if zp is not None:
+        info["zeropoint"] = [None if j in k else v for j, v in enumerate(zp)]
+    return info
 
 
 def with_absent_bands(image, survey, absent):
@@ -1661,17 +1762,13 @@ def with_absent_bands(image, survey, absent):
 
 def _no_data_in(absent, est, det_bands, xs, bands_masked, info, det_masked=None):
     """The absent bands (:func:`with_absent_bands`) as bands without data: their planes 0,
-    masked everywhere, no zeropoint; a warning says who reads them how (``det_bands``: the
-    detector's bands, if one reads the image; ``det_masked``: its masked weights, which
-    then read the image, or None)."""
-    k = [est.bands.index(b) for b in absent]
-    xs[k] = 0.0
+    masked everywhere, no zeropoint (:func:`no_data_bands`); a warning says who reads them
+    how (``det_bands``: the detector's bands, if one reads the image; ``det_masked``: its
+    masked weights, which then read the image, or None)."""
+    info = no_data_bands(absent, est.bands, xs, info)
     if bands_masked is None:
         bands_masked = np.zeros(xs.shape, bool)
-    bands_masked[k] = True
-    zp = info.get("zeropoint")
-    if zp is not None:
-        info["zeropoint"] = [None if j in k else v for j, v in enumerate(zp)]
+    bands_masked[[est.bands.index(b) for b in absent]] = True
     names = "".join(absent)
     read = "".join(b for b in absent if b in det_bands)
     also = ""
@@ -1679,33 +1776,25 @@ def _no_data_in(absent, est, det_bands, xs, bands_masked, info, det_masked=None)
         also = (f", and the detector reads {read} as no light" if det_masked is None else
                 f", and so does the detector, {det_masked}")  # fmt: skip
     warn_user(
-        f"photo-z: the image has no {names} band: its PDFs are from {est.masked_weights} "
-        f"(trained with bands masked, which reads {names} as missing){also} "
-        "(docs/photoz.md, Bands without data)",
+        f"photo-z: the image has no data in band {names}: its PDFs are from "
+        f"{est.masked_weights} (trained with bands masked, which reads {names} as missing)"
+        f"{also} (docs/photoz.md, Bands without data)",
     )
-    return xs, bands_masked, {**info, "absent_bands": names}
+    return xs, bands_masked, info
 
 
 def read_photoz_input(
     image, est, noise_sigma=None, *, mask=None, det_bands=(), det_masked=None, **kw
 ):
     """:func:`read_input` of ``image`` for the photo-z estimator ``est``'s bands
-    (``band_mask=True``; ``kw`` its other options), the bands it lacks read as bands without
-    data (:func:`absent_bands`; ``det_bands``, ``det_masked``: the detector that reads them
-    and its masked weights, for the warning; ``info["absent_bands"]``; a ``mask`` of one
-    plane per band is of the image's bands): ``(image, x, wcs, sigma, info, bands_masked,
-    masked)``, ``image`` as read (ImageData with any absent band's stand-in plane),
-    ``masked`` the ``(H, W)`` pixels without data in a band the image has (None: none)."""
-    if isinstance(image, (str, Path)):
-        from probcat.io import read_image
-
-        image = read_image(image)
-    absent = absent_bands(image, est)
-    if absent:  # read as a band like the others, then made a band without data
-        image = with_absent_bands(image, est.survey, absent)
-        if mask is not None and np.ndim(mask) == 3:  # one plane per band of the image as given
-            extra = np.zeros((len(absent), *np.shape(mask)[1:]), bool)
-            mask = np.concatenate([np.asarray(mask) != 0, extra])
+    (``band_mask=True``; ``kw`` its other options), the bands it lacks or has no data in
+    read as bands without data (:func:`with_missing_bands`; ``det_bands``, ``det_masked``:
+    the detector that reads them and its masked weights, for the warning;
+    ``info["absent_bands"]``; a ``mask`` of one plane per band is of the image's bands):
+    ``(image, x, wcs, sigma, info, bands_masked, masked)``, ``image`` as read (ImageData
+    with any absent band's stand-in plane), ``masked`` the ``(H, W)`` pixels without data
+    in a band the image has (None: none)."""
+    image, mask, absent = with_missing_bands(image, est, mask)
     xs, wcs, sigma, info, bands_masked = read_input(
         image, est.survey, noise_sigma, mask=mask, band_mask=True, **kw
     )

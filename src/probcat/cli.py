@@ -675,7 +675,9 @@ def photoz_cmd(
     pz_meta = res.catalog.meta.get("photoz", {})
     n_masked = int(res.catalog["pz_masked_weights"].sum())
     if pz_meta.get("absent_bands"):  # every PDF from the weights trained with bands masked
-        msg += f" [no {pz_meta['absent_bands']} band: PDFs from {pz_meta['masked_weights']}]"
+        msg += (
+            f" [no data in band {pz_meta['absent_bands']}: PDFs from {pz_meta['masked_weights']}]"
+        )
     elif n_masked:  # near pixels without data: the weights trained with bands masked
         msg += f" [{n_masked} near pixels without data: {pz_meta['masked_weights']}]"
     if "width_scale" in pz_meta:
