@@ -107,13 +107,20 @@ def score(cat, truth, zone: np.ndarray) -> dict:
             "star_tp": int((~t_gal[ti] & ~c_gal[dj])[bright].sum()),
             "star_fn": int((~t_gal[ti] & c_gal[dj])[bright].sum()),
             "star_fp": int((t_gal[ti] & ~c_gal[dj])[bright].sum()),
+            # the region's detections: their probability and whether they are real
+            "prob": np.asarray(cat["prob"], float)[sel_c],
+            "real": hit_c[sel_c],
         }
     return out
 
 
 def metrics(counts: list[dict]) -> dict:
     """Precision, recall, F1 and classification from the fields' summed counts."""
-    s = {k: sum(c[k] for c in counts) for k in counts[0]}
+    from probcat.metrics.calibration import expected_calibration_error
+
+    s = {k: sum(c[k] for c in counts) for k in counts[0] if k not in ("prob", "real")}
+    prob = np.concatenate([c["prob"] for c in counts])
+    real = np.concatenate([c["real"] for c in counts])
 
     def ratio(a, b):
         return float(a / b) if b else None
@@ -129,6 +136,8 @@ def metrics(counts: list[dict]) -> dict:
         "f1": None if p is None or r is None or p + r == 0 else 2 * p * r / (p + r),
         "recall_snr_3_10": ratio(s["hit3_10"], s["n3_10"]),
         "class_accuracy": ratio(s["class_ok"], s["pairs"]),
+        "precision_at_0_9": float(real[prob >= 0.9].mean()) if (prob >= 0.9).any() else None,
+        "detection_ece": expected_calibration_error(prob, real) if len(prob) else None,
         "star_f1_snr_gt_12": None
         if star_p is None or star_r is None or star_p + star_r == 0
         else 2 * star_p * star_r / (star_p + star_r),
@@ -158,8 +167,9 @@ def figure(results: dict, path: Path) -> None:
         ax.set_ylim(min(0.6, np.nanmin([results[s][a]["zone"][key] or 1 for s in names
                                         for a in ARMS]) - 0.02), 1.0)  # fmt: skip
         ax.set_title(f"{label}, within {ZONE_PX} px of a partly masked pixel", fontsize=9)
-    axes[0].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="upper center", ncol=4)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -244,7 +254,9 @@ def main(argv=None) -> None:
             "(Hungarian); precision over all detections, recall over true sources with "
             "i-band aperture SNR > 3 (and 3-10, on the unmasked image); class_accuracy: "
             "galaxy_prob > 0.5 against the truth over matched sources; star_f1_snr_gt_12: "
-            "stars as the positive class, matched sources above SNR 12",
+            "stars as the positive class, matched sources above SNR 12; precision_at_0_9: "
+            "of the detections with prob >= 0.9; detection_ece: 10-bin ECE of the "
+            "detections' prob against whether they are real",
         },
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -966,6 +966,7 @@ TABLES = {
                 ("precision", "precision"),
                 ("star/galaxy right", "class_accuracy"),
                 ("star F1 at SNR > 12", "star_f1_snr_gt_12"),
+                ("detection ECE", "detection_ece"),
             )
         ]
         + [
