@@ -624,3 +624,30 @@ def test_images_with_bands_partly_masked_are_read_by_the_detector_trained_with_m
         same(res.catalog, got)
         for a, b in zip(res.samples, other.sample(partly, 2, seed=3)):
             same(a, b)
+
+
+def test_empty_bands_are_the_planes_without_any_data():
+    """A plane is empty when NaN/inf, the file's mask and the given mask together cover
+    every pixel: compared with a brute-force count over the union."""
+    from probcat.api import empty_bands
+    from probcat.io import ImageData
+
+    rng = np.random.default_rng(4)
+    img = rng.standard_normal((5, 12, 14)).astype(np.float32)
+    img[0] = np.nan  # NaN everywhere
+    img[1, 0, 0] = np.nan  # its first pixel only: has data
+    img[2, :, :7] = np.inf  # half inf, the other half in the file's mask
+    own = np.zeros(img.shape, bool)
+    own[2, :, 7:] = True
+    img[3, :6] = np.nan  # half NaN, the other half in the given mask
+    given = np.zeros(img.shape, bool)
+    given[3, 6:] = True
+    data = ImageData(img, None, tuple("ugriz"), np.ones(5), mask=own)
+    with np.errstate(invalid="ignore"):
+        brute = [b for b in range(5) if (~np.isfinite(img[b]) | own[b] | given[b]).all()]
+    assert empty_bands(data, given) == brute == [0, 2, 3]
+    assert empty_bands(data) == [0, 2]
+    assert empty_bands(data, given[3]) == [0, 2, 3]  # one (H, W) mask for every band
+    every = np.ones((12, 14), bool)
+    assert empty_bands(data, every) == [0, 1, 2, 3, 4]
+    assert empty_bands(data, np.ones((3, 3), bool)) == [0, 2]  # a misshapen mask: not read
