@@ -757,9 +757,9 @@ def test_photoz_cli_says_how_many_pdfs_the_masked_weights_read(tmp_path, weights
 
 
 def test_a_band_without_any_data_is_read_as_a_band_the_image_lacks(tmp_path):
-    """A ugrizy file whose u plane is NaN everywhere gives the photo-z catalog and the
-    six-band detections of the same file without u (both from the masked weights); with
-    three bands without data, more than those were trained for, it is refused."""
+    """A ugrizy file (or array) whose u plane is NaN everywhere gives the photo-z catalog
+    and the six-band detections of the same file without u (both from the masked weights);
+    with three bands without data, more than those were trained for, it is refused."""
     import probcat
     from probcat.io import read_image, write_image
 
@@ -789,6 +789,10 @@ def test_a_band_without_any_data_is_read_as_a_band_the_image_lacks(tmp_path):
     assert cats[0].meta["input"]["masked_weights"] == "detection_lsst_ugrizy_masked"
     np.testing.assert_allclose(cats[0]["x"], cats[1]["x"], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(cats[0]["x"], a.catalog["x"], rtol=1e-6, atol=1e-6)
+    with pytest.warns(UserWarning, match="the image has no data in band u"):  # an array too
+        got = det.catalog(nan, threshold=0.0)
+    np.testing.assert_allclose(got["x"], cats[0]["x"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got["prob"], cats[0]["prob"], rtol=1e-6, atol=1e-6)
     nan[1:3] = np.nan  # u, g and r: more than the masked weights were trained for
     three = write_image(tmp_path / "ugr_nan.fits", nan, Survey.lsst(bands="ugrizy"), six.wcs)
     with pytest.raises(ProbcatValueError, match="^every pixel of band 0 is masked"):

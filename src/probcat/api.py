@@ -1697,12 +1697,25 @@ def with_missing_bands(image, model, mask=None):
     (:func:`empty_bands`) left out, and each of ``model``'s bands it then lacks
     (:func:`absent_bands`) added as a stand-in plane (:func:`with_absent_bands`), which the
     caller reads as a band without data; ``mask`` with the same planes when it has one per
-    band. Anything else is returned as it is, with no absent bands."""
+    band. A numpy array of one plane per band of ``model`` is read as an image of those
+    bands where one of its planes has no data at all. Anything else is returned as it is,
+    with no absent bands."""
     from probcat.io import ImageData, read_image
 
     if isinstance(image, (str, Path)):
         image = read_image(image)
-    if not isinstance(image, ImageData) or getattr(model, "masked_weights", None) is None:
+    if getattr(model, "masked_weights", None) is None:
+        return image, mask, ()
+    if (
+        type(image) is np.ndarray  # not a numpy masked array: read_input reads its mask
+        and image.ndim == 3
+        and len(image) == len(model.bands)
+        and image.dtype.kind == "f"
+    ):  # planes in the model's bands: named so where one of them has no data at all
+        named = ImageData(image, None, tuple(model.bands), np.full(len(image), np.nan))
+        if empty_bands(named, mask):
+            image = named
+    if not isinstance(image, ImageData):
         return image, mask, ()
     empty = empty_bands(image, mask)
     if empty and len(empty) < len(image.bands):
