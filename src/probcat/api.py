@@ -1944,11 +1944,8 @@ def photoz(
     # the detector reads the same sigma-unit planes (sky done above, for every band): no copy
     # when it has every band in order
     x_det = x_all if planes == list(range(len(est.bands))) else x_all[planes]
-    if det.masked_weights is not None and set(info.get("absent_bands") or "") & set(det.bands):
-        # a band the detector reads is absent: its masked weights read the image (an absent
-        # band is not in masked, which says where the image's own bands have no data)
-        info = {**info, "masked_weights": det.masked_weights}
-        det = det.masked_detector()
+    # an absent band (info["absent_bands"]) sends the image to the detector's masked
+    # weights, as a band partly without data does (Detector._routed)
     batch = det._prepared(x_det, wcs, info, masked, sigma, planes)
     res = det.detect(batch, threshold=threshold, seeing=seeing, rescue_bright=rescue_bright)
     res.catalog = _with_sky(res.catalog, wcs)
