@@ -1,3 +1,4 @@
+import math
 import warnings
 
 import galsim
@@ -774,3 +775,43 @@ def test_fit_amplitudes_iterates_where_the_exact_solver_gives_up(monkeypatch):
     monkeypatch.setattr(scipy.optimize, "nnls", out_of_iterations)
     got = fit_amplitudes(image.astype(np.float32), models, [0.5]).stamps
     np.testing.assert_allclose(got.sum((1, 2, 3)), exact.sum((1, 2, 3)), rtol=1e-4)
+
+
+def test_sample_crops_decoded_once_across_chunks(monkeypatch):
+    """Posterior samples put galaxies in the same pixels: a pixel's crop is decoded once
+    for all the chunks (CropCache), with the fluxes of decoding every chunk's crops."""
+    import probcat.infer.deblend as D
+
+    model = CropDeblender()
+    sigma = np.array([2.0], np.float32)
+    image = np.random.default_rng(8).normal(0.0, 2.0, (1, 48, 48)).astype(np.float32)
+    image[0] += _draw(_galaxy(4e4), 48, -3.0, 1.0) + _draw(_galaxy(2e4), 48, 2.0, -1.5)
+    rng = np.random.default_rng(9)
+    samples = [
+        {"x": 21.0 + np.array([0.0, 5.0]) + rng.normal(0, 0.3, 2),
+         "y": 25.0 + np.array([0.0, -2.5]) + rng.normal(0, 0.3, 2),
+         "galaxy": np.ones(2, bool)}
+        for _ in range(8)
+    ]  # fmt: skip
+    pixels = {(math.floor(x + 0.5), math.floor(y + 0.5)) for s in samples
+              for x, y in zip(s["x"], s["y"])}  # fmt: skip
+    decoded = []
+    real = D._decode
+
+    def counting(model, crops, device, batch):
+        decoded.append(len(crops))
+        return real(model, crops, device, batch)
+
+    monkeypatch.setattr(D, "_decode", counting)
+    monkeypatch.setattr(D, "SAMPLE_CHUNK", 2)  # one sample a chunk
+    tx, ty = [21.0, 26.0], [25.0, 22.5]
+    kw = dict(contamination=True, passes=0)
+    cached = sample_fluxes(model, image, sigma, samples, tx, ty, **kw)
+    assert sum(decoded) == len(pixels) < 16  # each distinct pixel once
+    decoded.clear()
+    monkeypatch.setattr(D, "CACHE_BYTES", 0)  # nothing kept: every chunk decodes its own
+    plain = sample_fluxes(model, image, sigma, samples, tx, ty, **kw)
+    assert sum(decoded) == 16
+    for a, b in zip(cached, plain):
+        assert np.isfinite(a).sum() > 10
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-4)

@@ -40,6 +40,7 @@ __all__ = [
     "fourier_shift",
     "psf_stamp",
     "reconstruct",
+    "CropCache",
     "galaxy_stamps",
     "refine_stamps",
     "star_stamps",
@@ -60,6 +61,7 @@ REFINE_PX = 16.0  # posterior samples: galaxies this close to a target are refin
 SHIFT_CHUNK = 512  # galaxies moved to their centroids at a time (FFT temporaries ~55 MB)
 DECODE_BATCH = 256  # stamps per network call: 2,048 took 2.8 s per 8,192 stamps, 256 2.1 s
 CROP_BLOCK = 2048  # galaxies cut, decoded and placed at a time
+CACHE_BYTES = 256 * 2**20  # posterior samples: reconstructions kept for later chunks (CropCache)
 SAMPLE_CHUNK = 4096  # galaxies of posterior samples deblended at a time (memory)
 AMPLITUDE_FLOOR = 1e-3  # model pixels fainter than this many noise sigmas stay out of the fit
 AMPLITUDE_RIDGE = 1e-3  # pull of each amplitude towards 1, relative to its own model's weight
@@ -188,12 +190,52 @@ def _decode(model, crops: np.ndarray, device, batch: int) -> torch.Tensor:
     return out
 
 
+class CropCache:
+    """Centred reconstructions of the image's crops by their central pixel, kept across
+    calls of :func:`galaxy_stamps` on one image: the posterior samples of a catalog put
+    most galaxies in the same pixels, whose crops, the same pixels of the image, need one
+    encoding. Holds at most ``limit_bytes`` (default :data:`CACHE_BYTES`) of
+    reconstructions, the first ones kept."""
+
+    def __init__(self, limit_bytes: int | None = None):
+        self.limit = CACHE_BYTES if limit_bytes is None else int(limit_bytes)
+        self.used = 0
+        self.rows: dict[tuple[int, int], torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def get(self, keys: np.ndarray) -> tuple[list, np.ndarray]:
+        """The cached rows of ``keys`` ``(K, 2)`` (None where absent) and the indices of
+        the absent keys."""
+        rows = [self.rows.get((int(a), int(b))) for a, b in keys]
+        return rows, np.array([i for i, r in enumerate(rows) if r is None], np.int64)
+
+    def put(self, keys: np.ndarray, recon: torch.Tensor) -> None:
+        for (a, b), r in zip(keys, recon):
+            size = r.numel() * r.element_size()
+            if self.used + size > self.limit:
+                return
+            self.rows[(int(a), int(b))] = r.clone()
+            self.used += size
+
+
 @torch.no_grad()
 def galaxy_stamps(
-    model, image: np.ndarray, sigma, x, y, *, device=None, batch: int = DECODE_BATCH
+    model,
+    image: np.ndarray,
+    sigma,
+    x,
+    y,
+    *,
+    device=None,
+    batch: int = DECODE_BATCH,
+    cache: CropCache | None = None,
 ) -> np.ndarray:
     """Deblended galaxy models ``(N, bands, S, S)`` electrons for galaxies at ``(x, y)``,
-    each centred on the pixel nearest its centroid. One encoding per distinct pixel."""
+    each centred on the pixel nearest its centroid. One encoding per distinct pixel (and,
+    with a ``cache`` of earlier calls on the same ``image`` and ``sigma``, none for the
+    pixels it holds)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     nb, size = image.shape[0], model.out_size
     if len(x) == 0:
@@ -203,11 +245,19 @@ def galaxy_stamps(
     device = device or next(model.parameters()).device
     keys, inverse = np.unique(np.stack([cx, cy], 1), axis=0, return_inverse=True)
     recon = torch.empty((len(keys), nb, size, size), dtype=torch.float32)
-    for lo in range(0, len(keys), CROP_BLOCK):  # crops cut a block at a time (memory)
-        k = keys[lo : lo + CROP_BLOCK]
-        crops = _crops(image, k[:, 0], k[:, 1], model.in_size)
+    todo = np.arange(len(keys))
+    if cache is not None:
+        rows, todo = cache.get(keys)
+        for i, r in enumerate(rows):
+            if r is not None:
+                recon[i] = r
+    for lo in range(0, len(todo), CROP_BLOCK):  # crops cut a block at a time (memory)
+        j = todo[lo : lo + CROP_BLOCK]
+        crops = _crops(image, keys[j, 0], keys[j, 1], model.in_size)
         crops /= sig
-        recon[lo : lo + len(k)] = _decode(model, crops, device, batch)
+        recon[torch.from_numpy(j)] = _decode(model, crops, device, batch)
+    if cache is not None:
+        cache.put(keys[todo], recon[torch.from_numpy(todo)])
     out = _placed(recon, inverse.reshape(-1), x - cx, y - cy)
     out *= sig[None]
     return out
@@ -674,6 +724,7 @@ def sample_fluxes(
         from scipy.spatial import cKDTree
 
         targets = cKDTree(np.stack([tx, ty], 1))
+    cache = CropCache()  # the samples' galaxies mostly sit in the same pixels
     first = 0
     bar = tqdm(total=len(cols), desc="deblending samples", unit="sample", disable=not progress)
     while first < len(cols):
@@ -683,7 +734,7 @@ def sample_fluxes(
         part = cols[first:last]
         gx = np.concatenate([c[0][c[2]] for c in part])
         gy = np.concatenate([c[1][c[2]] for c in part])
-        stamps = galaxy_stamps(model, image, sigma, gx, gy, device=device)
+        stamps = galaxy_stamps(model, image, sigma, gx, gy, device=device, cache=cache)
         if refine and len(gx):
             sample_of = np.repeat(np.arange(len(part)), sizes[first:last])
             dist, _ = targets.query(np.stack([gx, gy], 1), distance_upper_bound=REFINE_PX)
