@@ -653,3 +653,40 @@ def test_empty_bands_are_the_planes_without_any_data():
     every = np.ones((12, 14), bool)
     assert empty_bands(data, every) == [0, 1, 2, 3, 4]
     assert empty_bands(data, np.ones((3, 3), bool)) == [0, 2]  # a misshapen mask: not read
+
+
+def _crowded(rng, size=256, n=400):
+    """Unit noise plus ``n`` faint Gaussian sources (peaks 1-4 sigma, sigma 1.5-3 px): a
+    field whose faint light lifts the noise read about the sky."""
+    yy, xx = np.mgrid[:size, :size]
+    img = rng.standard_normal((size, size))
+    for x0, y0, a, s in zip(rng.uniform(0, size, n), rng.uniform(0, size, n),
+                            rng.uniform(1, 4, n), rng.uniform(1.5, 3, n)):  # fmt: skip
+        img += a * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * s * s))
+    return img[None].astype(np.float32)
+
+
+def test_fill_noise_is_the_datas_not_lifted_by_faint_sources():
+    """The masked pixels of a crowded field are filled with the noise of its data, sources
+    masked (1 here), not the spread about the sky, which the sources' light lifts; so an
+    image that states no noise, half of it without data, is read at the survey's."""
+    from probcat.api import read_input
+    from probcat.background import sky
+    from probcat.survey import Survey
+
+    img = _crowded(np.random.default_rng(5))
+    bad = np.zeros(img.shape, bool)
+    bad[0, :, :128] = True
+    back, rms = sky(img[0], mask=bad[0])
+    assert rms > 1.15  # the spread about the sky: the sources' light counted as noise
+    filled = fill_masked(np.where(bad, np.nan, img), bad)[bad]
+    # the data's noise (1), lifted a little by the faintest wings that no mask finds
+    assert abs(filled.std() - 1.0) < 0.06
+    survey = Survey.lsst(bands="i")
+    sigma = float(survey.noise_sigma[0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        x, _, got, info, _ = read_input(np.where(bad, np.nan, img * sigma), survey, None)
+    assert "noise_source" not in info, info  # not read at a measured noise
+    assert got[0] == pytest.approx(sigma)
+    assert not [w for w in caught if "pixel noise is more than" in str(w.message)]

@@ -169,10 +169,11 @@ def plane_mask(data, header, planes=None, *, where: str = ""):
 def fill_masked(image, bad: np.ndarray) -> np.ndarray:
     """A float64 copy of ``image`` ``(bands, H, W)`` whose ``bad`` pixels hold sky-like
     noise: per band, the smooth sky of the other pixels (``sep.Background`` with the mask,
-    :func:`probcat.background.sky`) plus Gaussian noise of their spread about it (1.4826
-    MAD), from :data:`FILL_SEED`; what the sky and noise estimates of
-    :mod:`probcat.background` then read as blank sky."""
-    from probcat.background import sky
+    :func:`probcat.background.sky`) plus Gaussian noise of their pixel noise, sources
+    masked (:func:`probcat.background.data_noise`), from :data:`FILL_SEED`; what the sky
+    and noise estimates of :mod:`probcat.background` then read as blank sky of the data's
+    noise."""
+    from probcat.background import data_noise, sky
 
     with np.errstate(over="ignore", invalid="ignore"):
         out = np.array(image, dtype=np.float64, copy=True)
@@ -184,7 +185,8 @@ def fill_masked(image, bad: np.ndarray) -> np.ndarray:
         if not b.any():
             continue
         back, rms = sky(out[k], mask=b)
-        out[k][b] = back[b] + rms * rng.standard_normal(int(b.sum()))
+        noise = data_noise(out[k], back, rms, b)
+        out[k][b] = back[b] + noise * rng.standard_normal(int(b.sum()))
     return out
 
 
