@@ -690,3 +690,20 @@ def test_fill_noise_is_the_datas_not_lifted_by_faint_sources():
     assert "noise_source" not in info, info  # not read at a measured noise
     assert got[0] == pytest.approx(sigma)
     assert not [w for w in caught if "pixel noise is more than" in str(w.message)]
+
+
+def test_fill_noise_measured_off_centre_when_the_centre_is_masked(monkeypatch):
+    """Where the central crop that data_noise reads is (nearly) all masked, the noise is
+    measured on the whole band: the fill still has the data's noise, not the spread
+    about the sky."""
+    import probcat.background as B
+
+    monkeypatch.setattr(B, "DATA_NOISE_CROP", 64)
+    img = _crowded(np.random.default_rng(6))
+    bad = np.zeros(img.shape, bool)
+    bad[0, 80:176, 80:176] = True  # the central 64 px and more
+    back, rms = B.sky(img[0], mask=bad[0])
+    assert rms > 1.15
+    assert abs(B.data_noise(img[0], back, rms, bad[0]) - 1.0) < 0.06
+    filled = fill_masked(np.where(bad, np.nan, img), bad)[bad]
+    assert abs(filled.std() - 1.0) < 0.06

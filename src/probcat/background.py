@@ -85,6 +85,7 @@ NOISE_PASSES = 10  # masked_noise: sky, mask, noise, again with the new noise; a
 NOISE_TOL = 0.02  # ... until the noise changes by less than this fraction
 NOISE_MIN_PIXELS = 200
 DATA_NOISE_CROP = 512  # px: the central crop data_noise measures on
+DATA_NOISE_MIN_PIXELS = 10_000  # ... unless it holds fewer pixels of data: the whole band
 NOISE_PIXELS = 250_000  # noise measured on at most about this many pixels (every step-th)
 
 
@@ -282,22 +283,27 @@ def masked_noise(band: np.ndarray, back: np.ndarray, rms: float) -> float:
 
 
 def data_noise(
-    band: np.ndarray, back: np.ndarray, rms: float, mask: np.ndarray, crop: int = DATA_NOISE_CROP
+    band: np.ndarray, back: np.ndarray, rms: float, mask: np.ndarray, crop: int | None = None
 ) -> float:
     """The pixel noise of the pixels of one band ``(H, W)`` that are not in ``mask`` (no
     data), from its sky ``back`` and the noise about it ``rms`` (:func:`sky` with the mask):
-    on the central ``crop`` x ``crop``, sources masked at the noise as it stands
-    (:func:`_source_mask`), 1.4826 times the median absolute deviation of the other pixels
-    about the sky, again with each pass's noise until it changes by less than
-    :data:`NOISE_TOL` (at most :data:`NOISE_PASSES` times); ``rms`` where fewer than
+    on the central ``crop`` x ``crop`` (default :data:`DATA_NOISE_CROP`; the whole band
+    where that holds fewer than :data:`DATA_NOISE_MIN_PIXELS` pixels of data), sources
+    masked at the noise as it stands (:func:`_source_mask`), 1.4826 times the median
+    absolute deviation of the other pixels about the sky, again with each pass's noise
+    until it changes by less than :data:`NOISE_TOL` (at most :data:`NOISE_PASSES` times);
+    ``rms`` where fewer than
     :data:`NOISE_MIN_PIXELS` pixels are left. ``rms`` counts the light of the field's faint
     sources as noise (on a 1000 x 1000 LSST-i field 19% above the noise with sources
     masked); the sky-like noise that fills pixels without data
     (:func:`probcat.masking.fill_masked`) is this one, so that the noise estimates that
     read the filled pixels read the data's."""
     h, w = band.shape
+    crop = DATA_NOISE_CROP if crop is None else int(crop)
     y0, x0 = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
     sl = (slice(y0, y0 + crop), slice(x0, x0 + crop))
+    if (~np.asarray(mask[sl], bool)).sum() < DATA_NOISE_MIN_PIXELS:  # the centre masked
+        sl = (slice(0, h), slice(0, w))
     data = np.asarray(mask[sl], bool)
     r = np.ascontiguousarray(np.where(data, 0.0, band[sl] - back[sl]), dtype=np.float32)
     data = ~data
