@@ -573,3 +573,54 @@ def test_run_with_photoz_writes_the_pdfs_beside_each_catalog(tmp_path, weights, 
     assert len(err) == 4 and "--photoz-weights needs --photoz" in err[0]
     assert "photo-z" in err[1] and not (tmp_path / "x").exists()
     assert "needs photoz" in err[2] and "positive number" in err[3]
+
+
+def test_run_with_deblend_gives_each_catalog_probcat_deblends_columns(
+    tmp_path, weights, deblender_weights, capsys
+):
+    """--deblend: each catalog carries every source's deblended measurements and flux
+    posteriors, as probcat.deblend gives them for the image (the same samples, the same
+    numbers); the options are recorded (a rerun with other samples is refused) and bad
+    ones are one-line errors before anything is written."""
+    import probcat
+    from probcat.io import write_image
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="i")
+    rng = np.random.default_rng(7)
+    images = []
+    for k in range(2):
+        img = rng.standard_normal((1, 48, 48)) * survey.noise_sigma[0]
+        img[0, 20:25, 12 + 12 * k : 17 + 12 * k] += 40 * survey.noise_sigma[0]
+        images.append(write_image(tmp_path / f"d{k}.fits", img.astype(np.float32), survey,
+                                  make_wcs((48, 48), 0.2, 56.0 + 0.001 * k, -30.0)))  # fmt: skip
+    out = tmp_path / "cats"
+    kw = dict(weights=str(weights), deblend=str(deblender_weights), samples=3, threshold=0.2,
+              workers=0, progress=False)  # fmt: skip
+    s = run(images, out, **kw)
+    assert s["processed"] == 2 and s["failed"] == [] and s["rows"] > 0
+    recorded = json.loads((out / "run_options.json").read_text())
+    assert (recorded["samples"], recorded["method"]) == (3, "conserve")
+    for k, path in enumerate(images):
+        cat = FullCatalog.read(out / f"d{k}.parquet")
+        direct = probcat.deblend(path, weights=str(weights), deblender=str(deblender_weights),
+                                 samples=3, threshold=0.2).catalog  # fmt: skip
+        cols = [c for c in direct.colnames if c.startswith(("flux_", "mag_ap"))]
+        assert {"flux_ap", "flux_ap_err", "p_match"} <= set(cat.colnames) and len(cols) > 4
+        assert len(cat) == len(direct) > 0
+        for c in cols:
+            np.testing.assert_allclose(cat[c], direct[c], rtol=1e-5, err_msg=c)
+    with pytest.raises(ProbcatValueError, match="samples 3 -> 5"):
+        run(images, out, **{**kw, "samples": 5})
+    with pytest.raises(ProbcatValueError, match="need deblend"):
+        run(images, tmp_path / "x", weights=str(weights), samples=3, workers=0)
+    with pytest.raises(ProbcatValueError, match="method must be one of"):
+        run(images, tmp_path / "x", **{**kw, "method": "nope"})
+    with pytest.raises(ProbcatValueError, match="samples must lie in"):
+        run(images, tmp_path / "x", **{**kw, "samples": -1})
+    argv = ["run", str(images[0]), "-o", str(tmp_path / "x"), "--workers", "0", "-q"]
+    assert main([*argv, "--samples", "4"]) != 0
+    assert main([*argv, "--deblend", "--photoz"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--samples needs --deblend" in err[0]
+    assert "run them separately" in err[1] and not (tmp_path / "x").exists()

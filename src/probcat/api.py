@@ -1557,6 +1557,8 @@ def deblend(
     progress: bool = False,
     mask=None,
     zeropoint=None,
+    seeing="auto",
+    rescue_bright: bool = True,
 ) -> DeblendResult:
     """Detect, deblend and measure every source of an image, with flux posteriors from
     ``samples`` posterior catalog samples (0: point measurements only).
@@ -1574,6 +1576,7 @@ def deblend(
             :meth:`Deblender.measure`; default: the file's), and the image's depth (see
             :func:`detect`).
         progress: progress bars over the posterior samples (drawing, then deblending).
+        seeing, rescue_bright: the detection's (see :func:`detect`).
         Others: as for :func:`detect`.
 
     Example:
@@ -1604,7 +1607,8 @@ def deblend(
     opts = {"background": background, "gain": gain, "mask": mask}
     res = det.detect(
         image, noise_sigma=noise_sigma, threshold=threshold, samples=samples, seed=seed,
-        progress=progress, zeropoint=zeropoint, **opts,
+        progress=progress, zeropoint=zeropoint, seeing=seeing, rescue_bright=rescue_bright,
+        **opts,
     )  # fmt: skip
     from probcat.masking import said_once
 

@@ -741,6 +741,24 @@ def run_cmd(
         "--width-scale",
         help="with --photoz: a factor on every PDF width (one probcat photoz --spec-z fitted)",
     ),
+    deblend: bool = typer.Option(
+        False,
+        "--deblend",
+        help="deblend and measure every source too (aperture flux posterior, magnitude, "
+        "size, ellipticity: the columns of probcat detect --deblend; no model or residual "
+        "images)",
+    ),
+    deblender: str = typer.Option(None, help="deblender weights (default: deblender_lsst_i)"),
+    samples: int = typer.Option(
+        None,
+        help="with --deblend: posterior catalog samples for the flux posteriors "
+        "(default 100; 0: point measurements only)",
+    ),  # fmt: skip
+    method: str = typer.Option(
+        None,
+        help="with --deblend: deblended light, conserve (the default) or subtract (as "
+        "probcat detect --method)",
+    ),
     device: str = typer.Option(
         None,
         help="cpu, cuda, ... (default: a GPU when present for --workers 0, else the CPU: "
@@ -764,6 +782,10 @@ def run_cmd(
         check_hats_target(hats)  # before any image is processed
     if photoz_weights is not None and not photoz:
         raise ProbcatValueError("--photoz-weights needs --photoz")
+    for name, value in (("--deblender", deblender), ("--samples", samples),
+                        ("--method", method)):  # fmt: skip
+        if value is not None and not deblend:
+            raise ProbcatValueError(f"{name} needs --deblend")
     s = run(
         images,
         out,
@@ -785,6 +807,9 @@ def run_cmd(
         photoz=(photoz_weights or "default") if photoz else None,
         width_scale=width_scale,
         device=device,
+        deblend=(deblender or "default") if deblend else None,
+        samples=samples,
+        method=method,
     )
     grouped = s["band_file_images"]
     of_files = f"; {grouped} of them of one file per band" if grouped else ""

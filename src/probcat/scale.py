@@ -337,6 +337,14 @@ def _estimator(weights: str, threads="auto", device=None):
     return load(weights, threads=threads, kind="photoz", device=device)
 
 
+@lru_cache(maxsize=2)
+def _deblender(weights: str, threads="auto", device=None):
+    """The deblender, loaded once per (worker) process."""
+    from probcat.api import load
+
+    return load(weights, threads=threads, kind="deblender", device=device)
+
+
 def run_device(device, serial: bool):
     """The device a run's images are processed on: ``device`` when given; else probcat's
     default (a GPU when present) for a serial run, and the CPU for Dask workers."""
@@ -361,7 +369,10 @@ def process_image(
     (photo-z weights), estimate the galaxies' redshift PDFs too (:func:`probcat.photoz`):
     the catalog gets their columns and the PDFs go to
     :func:`probcat.redshift.pdf.pdf_path`, written before the
-    catalog, whose presence marks the image done. Never raises: the result says what
+    catalog, whose presence marks the image done; with ``options["deblend"]`` (deblender
+    weights), deblend and measure every source, with flux posteriors from
+    ``options["samples"]`` posterior samples (:func:`probcat.deblend`: the catalog gets
+    its columns; no model or residual image). Never raises: the result says what
     happened (``rows``, ``seconds``, ``warnings``, ``error``)."""
     t0 = time.perf_counter()
     job = Job(Path(image), Path(output), hdu=hdu, bands=tuple(bands or ()))
@@ -397,7 +408,13 @@ def process_image(
                 seeing=options.get("seeing", "auto"),
                 rescue_bright=options.get("rescue_bright", False),
             )
-            if est is None:
+            if options.get("deblend"):
+                from probcat.api import deblend
+
+                dbl = _deblender(options["deblend"], threads, device)
+                res = deblend(data, weights=det, deblender=dbl, samples=options["samples"],
+                              method=options["method"], **common)  # fmt: skip
+            elif est is None:
                 res = det.detect(data, **common)
             else:
                 from probcat.api import photoz
@@ -452,6 +469,9 @@ def run(
     photoz: str | None = None,
     width_scale: float = 1.0,
     device=None,
+    deblend: str | None = None,
+    samples: int | None = None,
+    method: str | None = None,
 ) -> dict:
     """Catalogs of ``images`` into ``out`` (see the module docstring); returns the run
     summary (also written to ``out/run_summary.json``): images, processed, skipped
@@ -464,7 +484,12 @@ def run(
     (:func:`probcat.redshift.pdf.pdf_path`); ``width_scale``: a factor on their widths
     (:meth:`probcat.redshift.estimator.PhotozEstimator.fit_widths`). ``device``: where the
     networks run (:func:`run_device`: default a GPU when present for a serial run, the CPU
-    for Dask workers). ``rescue_bright``: as :func:`probcat.detect`'s."""
+    for Dask workers). ``rescue_bright``: as :func:`probcat.detect`'s. ``deblend``:
+    deblender weights (``"default"``: ``deblender_lsst_i``): each catalog gets every
+    source's deblended measurements and flux posteriors as :func:`probcat.deblend` gives
+    them, from ``samples`` posterior samples (default 100; 0: point measurements only),
+    the deblended light by ``method`` (default ``"conserve"``); no model or residual
+    images are written."""
     from probcat.api import seeing_option
     from probcat.background import check_mode, wants_measured_noise
 
@@ -489,6 +514,7 @@ def run(
         from probcat.runtime import choose_device
 
         choose_device(device)  # a device that is not there: an error before any work
+    deblend, samples, method = _deblend_options(deblend, samples, method, photoz)
     jobs = plan(images, out, suffix, progress)
     todo = [j for j in jobs if not j.output.exists()]
     summary = {"images": len(jobs), "to_process": len(todo), "skipped": len(jobs) - len(todo),
@@ -509,8 +535,8 @@ def run(
                "rescue_bright": bool(rescue_bright),
                "mask_planes": mask_planes, "weight_type": weight_type,
                "threads": (threads or "auto") if serial else 1, "photoz": photoz,
-               "width_scale": width_scale,
-               "device": run_device(device, serial)}  # fmt: skip
+               "width_scale": width_scale, "deblend": deblend, "samples": samples,
+               "method": method, "device": run_device(device, serial)}  # fmt: skip
     if dry_run:
         _same_options(out, options, summary["skipped"], write=False)
         return {**summary, "dry_run": True, "outputs": [str(j.output) for j in todo],
@@ -523,6 +549,13 @@ def run(
         from probcat.api import check_photoz_detector
 
         check_photoz_detector(det, _estimator(photoz, options["threads"], options["device"]))
+    if deblend is not None:
+        dbl = _deblender(deblend, options["threads"], options["device"])
+        if tuple(dbl.survey.band_names) != tuple(det.bands):
+            raise ProbcatValueError(
+                f"the deblender is for bands {''.join(dbl.survey.band_names)}, the detector "
+                f"for {''.join(det.bands)}"
+            )
     check_writable_dir(out)
     _same_options(out, options, summary["skipped"])
     _remove_temporaries(out)  # of a killed run
@@ -558,9 +591,34 @@ OPTIONS = "run_options.json"  # in the output directory: the options its catalog
 # the options that change a catalog (not where or how fast it is made)
 _CATALOG_OPTIONS = ("weights", "threshold", "background", "gain", "noise_sigma", "seeing",
                     "mask_planes", "weight_type", "photoz", "width_scale",
-                    "rescue_bright")  # fmt: skip
+                    "rescue_bright", "deblend", "samples", "method")  # fmt: skip
 # later options, as the catalogs of a folder written before them were made
-_ADDED_OPTIONS = {"rescue_bright": False}
+_ADDED_OPTIONS = {"rescue_bright": False, "deblend": None, "samples": 0, "method": None}
+
+
+def _deblend_options(deblend, samples, method, photoz) -> tuple:
+    """``(deblend, samples, method)`` of :func:`run` checked, with their defaults: without
+    ``deblend``, ``(None, 0, None)`` (``samples`` and ``method`` need it)."""
+    if deblend is None:
+        if samples or method is not None:
+            raise ProbcatValueError("samples and method apply to deblending: they need deblend")
+        return None, 0, None
+    if photoz is not None:
+        raise ProbcatValueError(
+            "deblend and photoz: the deblender reads one band, photo-z six; run them "
+            "separately (two output directories)"
+        )
+    from probcat.api import DEFAULT_DEBLENDER
+    from probcat.infer.deblend import check_method
+    from probcat.measure import DEFAULT_METHOD
+
+    samples = 100 if samples is None else samples
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)):
+        raise ProbcatValueError(f"samples must be an integer, got {samples!r}")
+    if not 0 <= samples <= 100_000:
+        raise ProbcatValueError(f"samples must lie in [0, 100000], got {samples}")
+    method = check_method(DEFAULT_METHOD if method is None else method)
+    return (DEFAULT_DEBLENDER if deblend == "default" else str(deblend)), int(samples), method
 
 
 def _same_options(out, options: dict, done: int, write: bool = True) -> None:
