@@ -67,6 +67,7 @@ SEEING_OPTION = typer.Option(
     "bright stars; the survey's without enough of them), none (the weights' survey seeing) "
     "or RATIO (its PSF FWHM over the survey's)",
 )
+DEBLENDER_OPTION = typer.Option(None, help="deblender weights (default: deblender_lsst_i)")
 RESCUE_BRIGHT_OPTION = typer.Option(
     True,
     "--rescue-bright/--no-rescue-bright",
@@ -283,7 +284,7 @@ def demo(
         help="detection weights, a registered name or a file (default: detection_lsst_i, "
         "or detection_lsst_ugrizy with --bands ugrizy)",
     ),
-    deblender: str = typer.Option(None, help="deblender weights (default: deblender_lsst_i)"),
+    deblender: str = DEBLENDER_OPTION,
     bands: str = typer.Option(
         "i", help="i: detection and deblending demo; ugrizy: photo-z demo (RGB with labels)"
     ),
@@ -368,7 +369,7 @@ def detect_cmd(
         help="deblend and measure every source (aperture flux posterior, magnitude, size, "
         "ellipticity); model and residual images to <out>_model.fits, <out>_residual.fits",
     ),
-    deblender: str = typer.Option(None, help="deblender weights (default: deblender_lsst_i)"),
+    deblender: str = DEBLENDER_OPTION,
     method: str = typer.Option(
         DEFAULT_METHOD,
         help="deblended light: conserve (the data shared in proportion to the models; sums "
@@ -748,7 +749,7 @@ def run_cmd(
         "size, ellipticity: the columns of probcat detect --deblend; no model or residual "
         "images)",
     ),
-    deblender: str = typer.Option(None, help="deblender weights (default: deblender_lsst_i)"),
+    deblender: str = DEBLENDER_OPTION,
     samples: int = typer.Option(
         None,
         help="with --deblend: posterior catalog samples for the flux posteriors "
