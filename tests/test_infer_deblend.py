@@ -815,3 +815,47 @@ def test_sample_crops_decoded_once_across_chunks(monkeypatch):
     for a, b in zip(cached, plain):
         assert np.isfinite(a).sum() > 10
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-4)
+
+
+def test_deblend_measures_a_six_band_detectors_sources_in_the_deblenders_band(
+    tmp_path, deblender_weights
+):
+    """probcat.deblend with a ugrizy detector and the i-band deblender (as probcat detect
+    --deblend does): the sources are measured in the image's i plane, the numbers of
+    Deblender.measure on that plane with the same detections; a deblender whose band the
+    detector lacks is a one-line error before any detection."""
+    import probcat
+    from probcat.catalog import make_wcs
+    from probcat.io import ImageData
+    from probcat.nets.detection import DetectionNet
+    from probcat.survey import Survey
+
+    def tiny(bands):
+        torch.manual_seed(0)
+        net = DetectionNet(n_bands=len(bands), stem_channels=4, channels=8, n_blocks=2)
+        path = tmp_path / f"det_{bands}.pt"
+        torch.save({"kind": "detection", "format": 2, "hparams": net.hparams,
+                    "state_dict": net.state_dict(),
+                    "survey": Survey.lsst(bands=bands).to_dict()}, path)  # fmt: skip
+        return str(path)
+
+    s = Survey.lsst(bands="ugrizy")
+    rng = np.random.default_rng(3)
+    img = rng.standard_normal((6, 64, 64)) * s.noise_sigma[:, None, None]
+    yy, xx = np.mgrid[:64, :64]
+    for x0, y0 in ((24.0, 30.0), (29.0, 33.0), (45.0, 44.0)):
+        blob = np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / 8.0)
+        img += 60 * s.noise_sigma[:, None, None] * blob
+    image = ImageData(img.astype(np.float32), make_wcs((64, 64), 0.2, 56.0, -30.0),
+                      tuple("ugrizy"), s.noise_sigma)  # fmt: skip
+    res = probcat.deblend(image, weights=tiny("ugrizy"), deblender=str(deblender_weights),
+                          samples=2, threshold=0.1)  # fmt: skip
+    cat = res.catalog
+    assert len(cat) > 0 and np.asarray(cat["flux_ap"]).shape == (len(cat), 1)
+    dbl = probcat.load(str(deblender_weights))
+    i_plane = ImageData(img[3:4].astype(np.float32), None, ("i",), s.noise_sigma[3:4])
+    again = dbl.measure(i_plane, res.detection.catalog, samples=res.detection.samples)
+    np.testing.assert_allclose(cat["flux_ap"], again.catalog["flux_ap"], rtol=1e-5)
+    np.testing.assert_allclose(cat["flux_q50"], again.catalog["flux_q50"], rtol=1e-5)
+    with pytest.raises(ProbcatValueError, match=r"reads band\(s\) i, which the detector's"):
+        probcat.deblend(image, weights=tiny("g"), deblender=str(deblender_weights))

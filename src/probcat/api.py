@@ -1538,6 +1538,17 @@ def _check_passes(passes):
     return int(passes)
 
 
+def check_deblender_bands(dbl, det) -> None:
+    """A one-line error when the deblender ``dbl`` reads a band that the detector ``det``
+    lacks (the i-band deblender measures a six-band detector's sources in its i plane)."""
+    missing = [b for b in dbl.survey.band_names if b not in det.bands]
+    if missing:
+        raise ProbcatValueError(
+            f"the deblender reads band(s) {''.join(missing)}, which the detector's bands "
+            f"{''.join(det.bands)} lack"
+        )
+
+
 def deblend(
     image,
     *,
@@ -1591,11 +1602,7 @@ def deblend(
     _check_flag(amplitudes, "amplitudes")
     det = load(weights, device=device, threads=threads, kind="detection")
     dbl = load(deblender or DEFAULT_DEBLENDER, device=device, threads=threads, kind="deblender")
-    if tuple(dbl.survey.band_names) != tuple(det.survey.band_names):
-        raise ProbcatValueError(
-            f"the deblender is for bands {''.join(dbl.survey.band_names)}, the detector for "
-            f"{''.join(det.survey.band_names)}"
-        )
+    check_deblender_bands(dbl, det)
     if zeropoint is not None:  # before detection
         from probcat.background import per_band_array
 

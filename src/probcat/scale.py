@@ -550,12 +550,9 @@ def run(
 
         check_photoz_detector(det, _estimator(photoz, options["threads"], options["device"]))
     if deblend is not None:
-        dbl = _deblender(deblend, options["threads"], options["device"])
-        if tuple(dbl.survey.band_names) != tuple(det.bands):
-            raise ProbcatValueError(
-                f"the deblender is for bands {''.join(dbl.survey.band_names)}, the detector "
-                f"for {''.join(det.bands)}"
-            )
+        from probcat.api import check_deblender_bands
+
+        check_deblender_bands(_deblender(deblend, options["threads"], options["device"]), det)
     check_writable_dir(out)
     _same_options(out, options, summary["skipped"])
     _remove_temporaries(out)  # of a killed run
