@@ -141,7 +141,7 @@ def photoz_depth(
     )
     sim = SceneSimulator(bank, SceneConfig(SIZE, SIZE))
     ib = est.bands.index("i")
-    pdfs, zs, ratios, warned, matched = [], [], [], 0, []
+    pdfs, zs, ratios, warned, matched, routed = [], [], [], 0, [], 0
     counts: dict = {"probcat": [], "probcat_depth_unknown": []}
     for f in range(fields):
         scene = sim.sample(np.random.default_rng([*seed, f]))
@@ -153,6 +153,7 @@ def photoz_depth(
             warnings.simplefilter("always")
             res = est.estimate(path, cat, galaxies_only=False)
         warned += any("deeper than the weights" in str(w.message) for w in said)
+        routed += bool(res.catalog.meta["photoz"].get("seeing_weights"))
         pdfs.append(truncated_pdf(res.weights, res.means, res.sds, GRID))
         if deeper:
             got = est.estimate(path, cat, galaxies_only=False, match_depth=True)
@@ -170,6 +171,7 @@ def photoz_depth(
         out["detection"] = {who: cn.summary(c, area) for who, c in counts.items()}
     out["noise_over_training"] = [float(v) for v in np.median(np.array(ratios, float), 0)]
     out["fields_warned_deeper"] = int(warned)
+    out["fields_read_by_seeing_weights"] = int(routed)
     if deeper:
         out["match_depth"] = cn.photoz_summary(matched, zs)
     return out
@@ -331,7 +333,13 @@ def main(argv=None) -> None:
     est = load("photoz_lsst_ugrizy", threads=2, kind="photoz")
     det_ugrizy = load("detection_lsst_ugrizy", threads=2, kind="detection")
     other = load(args.seeing_weights, threads=2, kind="photoz") if args.seeing_weights else None
+    # the shipped weights alone: a manifest without sha256 has no companion weights
+    from probcat.redshift.estimator import PhotozEstimator
+
+    man = {k: v for k, v in est.manifest.items() if k != "sha256"}
+    shipped = PhotozEstimator(est.net, est.survey, man, threads=2)
     detection, families, photoz, seeing_pz, band_seeing_pz = {}, {}, {}, {}, {}
+    band_seeing_shipped: dict = {}
     variant: dict = {"photoz_10": None, "photoz_seeing": {}, "photoz_band_seeing": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for y in years:
@@ -373,7 +381,13 @@ def main(argv=None) -> None:
             seed = [args.seed + 3, k]
             band_seeing_pz[key] = photoz_depth(est, survey, args.fields, seed, cn, Path(tmp))
             print(f"PSF x({key}): photo-z coverage {band_seeing_pz[key]['pit_coverage_68']:.3f}"
-                  f" / {band_seeing_pz[key]['pit_coverage_95']:.3f}", flush=True)  # fmt: skip
+                  f" / {band_seeing_pz[key]['pit_coverage_95']:.3f} ("
+                  f"{band_seeing_pz[key]['fields_read_by_seeing_weights']} fields read by "
+                  "the seeing weights)", flush=True)  # fmt: skip
+            got = photoz_depth(shipped, survey, args.fields, seed, cn, Path(tmp))
+            band_seeing_shipped[key] = got
+            print(f"  photoz_lsst_ugrizy alone: {got['pit_coverage_68']:.3f} / "
+                  f"{got['pit_coverage_95']:.3f}", flush=True)  # fmt: skip
             if other is not None:
                 got = photoz_depth(other, survey, args.fields, seed, cn, Path(tmp))
                 variant["photoz_band_seeing"][key] = got
@@ -405,6 +419,7 @@ def main(argv=None) -> None:
         "photoz": photoz,
         "photoz_seeing": seeing_pz,
         "photoz_band_seeing": band_seeing_pz,
+        "photoz_band_seeing_shipped_only": band_seeing_shipped,
         "seeing_weights_sha256": None if other is None else (other.manifest or {}).get("sha256"),
         "seeing_weights": None if other is None else {"weights": args.seeing_weights, **variant},
         "definitions": {
@@ -442,7 +457,13 @@ def main(argv=None) -> None:
             "LSST's), other seeds",
             "photoz_band_seeing": "the same with one factor per band (keys: the factors in "
             "ugrizy order): seeing that differs between the bands, which changes the "
-            "colours a fixed aperture reads",
+            "colours a fixed aperture reads; read as probcat reads them by default "
+            "(photoz_lsst_ugrizy, which hands a field whose bands' measured seeing differs "
+            "by more than 1.2 to photoz_lsst_ugrizy_seeing: fields_read_by_seeing_weights)",
+            "photoz_band_seeing_shipped_only": "the same fields read by photoz_lsst_ugrizy "
+            "alone (as before the hand-over)",
+            "fields_read_by_seeing_weights": "of a part's fields, those read by "
+            "photoz_lsst_ugrizy_seeing (the default estimator's hand-over)",
             "seeing_weights": "the photo-z parts at 10 years (photoz_10: the fields of "
             "photoz.10; photoz_seeing, photoz_band_seeing: the fields of the parts of those "
             "names) read with these other weights",

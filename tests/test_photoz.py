@@ -1455,3 +1455,54 @@ def test_run_reads_a_fields_files_per_band_as_one_image(tmp_path, photoz_weights
         rc = main(["run", str(listing), "-o", str(tmp_path / "bad"), "--dry-run"])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and message in err and "\n" not in err, (line, err)
+
+
+def test_an_image_whose_bands_seeing_differs_is_read_by_the_seeing_weights():
+    """The shipped photo-z weights hand an image whose bands' measured seeing differs by
+    more than 1.2 to photoz_lsst_ugrizy_seeing (their PDFs, said in meta and the
+    warning); not an image under one seeing, nor where a width factor was fitted or given
+    for the shipped weights."""
+    import probcat
+
+    est = probcat.load("photoz_lsst_ugrizy", threads=1)
+    other = probcat.load("photoz_lsst_ugrizy_seeing", threads=1)
+    assert est.seeing_weights == "photoz_lsst_ugrizy_seeing" and other.seeing_weights is None
+    rng = np.random.default_rng(9)
+    sigma = est.survey.noise_sigma[:, None, None]
+    for factors, routed in (((1.15, 0.9, 1.2, 1.0, 0.85, 1.1), True), ((1.0,) * 6, False)):
+        img, x, y = _star_field(est.survey, factors, rng)
+        img = img * sigma
+        cat = FullCatalog({"x": x, "y": y}, img.shape[1:], tuple("ugrizy"))
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            got = est.estimate(img, cat, galaxies_only=False)
+        meta = got.catalog.meta["photoz"]
+        assert (meta.get("seeing_weights") == "photoz_lsst_ugrizy_seeing") == routed
+        assert any("PDFs are from photoz_lsst_ugrizy_seeing" in str(w.message)
+                   for w in said) == routed  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # each network's own mixtures of the objects (no routing at this level)
+            own = {e: e._mixture(e.read(img)[0], x, y) for e in (est, other)}
+        want, not_want = (own[other], own[est]) if routed else (own[est], own[other])
+        np.testing.assert_allclose(got.means, want[1], rtol=1e-5)
+        np.testing.assert_allclose(got.sds, want[2], rtol=1e-5)
+        assert not np.allclose(got.means, not_want[1], rtol=1e-3)
+    # a width factor for these weights keeps them
+    img, x, y = _star_field(est.survey, (1.15, 0.9, 1.2, 1.0, 0.85, 1.1), rng)
+    cat = FullCatalog({"x": x, "y": y}, img.shape[1:], tuple("ugrizy"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wide = est.estimate(img * sigma, cat, galaxies_only=False, width_scale=1.5)
+        plain = est._mixture(est.read(img * sigma)[0], x, y)
+    assert "seeing_weights" not in wide.catalog.meta["photoz"]
+    np.testing.assert_allclose(wide.means, plain[1], rtol=1e-5)
+    np.testing.assert_allclose(wide.sds, 1.5 * plain[2], rtol=1e-5)
+    # probcat.photoz likewise, on its detections: routed, unless widths are fitted or given
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = probcat.photoz(img * sigma, threads=1, galaxies_only=False)
+        kept = probcat.photoz(img * sigma, threads=1, galaxies_only=False, width_scale=1.5)
+    assert len(res.catalog) > 4
+    assert res.catalog.meta["photoz"].get("seeing_weights") == "photoz_lsst_ugrizy_seeing"
+    assert "seeing_weights" not in kept.catalog.meta["photoz"]

@@ -1964,9 +1964,11 @@ def photoz(
     # at the aperture noise; deeper: warned, or read at the training depth
     xs, meta = est.network_input(xs, sigma, info, match_depth, masked)
     routed = None if bands_masked is None else bands_masked.any(0)
+    # widths fitted or given for these weights keep them (no seeing_weights)
+    keep = known_redshifts is not None or width_scale != 1.0
     if known_redshifts is not None:
         width_scale, meta["width_fit_objects"] = est._fit_widths(xs, wcs, known_redshifts, routed)
     return est._estimate(
         xs, res.catalog, wcs, galaxies_only, detection=res, meta=meta, width_scale=width_scale,
-        band_mask=bands_masked,
+        band_mask=bands_masked, seeing_route=not keep,
     )  # fmt: skip

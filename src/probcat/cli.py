@@ -681,6 +681,8 @@ def photoz_cmd(
         )
     elif n_masked:  # near pixels without data: the weights trained with bands masked
         msg += f" [{n_masked} near pixels without data: {pz_meta['masked_weights']}]"
+    if pz_meta.get("seeing_weights"):  # the bands' seeing differs: the weights trained so
+        msg += f" [the bands' seeing differs: PDFs from {pz_meta['seeing_weights']}]"
     if "width_scale" in pz_meta:
         fitted = pz_meta.get("width_fit_objects")
         how = f", fitted to {fitted} known redshifts" if fitted else ""

@@ -67,6 +67,12 @@ MASKED_WEIGHTS = {"photoz_lsst_ugrizy": "photoz_lsst_ugrizy_masked"}
 # from the centre (-0.63 / -0.97 / -1.26 against 1.99 / -0.51 / -1.20), tied at 6-8 px
 # (-1.23 / -1.24) and lost beyond (8-13 px: -1.28 against -1.32; unmasked: -1.27 / -1.32)
 MASKED_RADIUS = 7.0
+# shipped photo-z weights -> the weights trained further under per-band seeing
+# (``configs/photoz_lsst_ugrizy_seeing.yaml``) that read an image whose bands' measured
+# seeing differs by more than BAND_SEEING_SPREAD (benchmarks/depth.py: 68% coverage 0.681
+# against 0.538 with each band its own factor, 0.632 against 0.589 with u, g sharp and z, y
+# wide, 0.619 against 0.618 the other way; 0.686 against 0.697 at LSST's seeing)
+SEEING_WEIGHTS = {"photoz_lsst_ugrizy": "photoz_lsst_ugrizy_seeing"}
 
 
 def near_masked(masked, x, y, radius: float = MASKED_RADIUS) -> np.ndarray:
@@ -227,7 +233,7 @@ class PhotozEstimator:
 
         net, self.device = place(_for_inference(net), device, threads)
         self.net, self.survey, self.manifest, self.threads = net, survey, manifest, threads
-        self._masked = None
+        self._masked = self._seeing = None
 
     @cached_property
     def masked_weights(self) -> str | None:
@@ -247,19 +253,47 @@ class PhotozEstimator:
     def masked_net(self):
         """The network of :attr:`masked_weights` (loaded at first use, on this estimator's
         device), or None."""
+        if self.masked_weights is not None and self._masked is None:
+            self._masked = self._companion_net(self.masked_weights)
+        return self._masked
+
+    @cached_property
+    def seeing_weights(self) -> str | None:
+        """The registered weights that read, in :meth:`estimate`, an image whose bands'
+        measured seeing differs by more than :data:`BAND_SEEING_SPREAD`
+        (:data:`SEEING_WEIGHTS`: trained under per-band seeing), or None."""
+        from probcat.weights import companion
+
+        return companion(self.manifest, SEEING_WEIGHTS)
+
+    def seeing_net(self):
+        """The network of :attr:`seeing_weights` (loaded at first use), or None."""
+        if self.seeing_weights is not None and self._seeing is None:
+            self._seeing = self._companion_net(self.seeing_weights)
+        return self._seeing
+
+    def _companion_net(self, name: str):
+        """The network of the registered weights ``name``, checked to have this one's
+        architecture, on this estimator's device and threads."""
         from probcat.runtime import place
         from probcat.weights import load
 
-        name = self.masked_weights
-        if name is None:
-            return None
-        if self._masked is None:
-            net = load(name, kind="photoz").model
-            size = self.net.hparams["size"]
-            if net.n_components != self.net.n_components or net.hparams["size"] != size:
-                raise ProbcatValueError(f"{name}: not the architecture of {self!r}")
-            self._masked = place(_for_inference(net), self.device, self.threads)[0]
-        return self._masked
+        net = load(name, kind="photoz").model
+        size = self.net.hparams["size"]
+        if net.n_components != self.net.n_components or net.hparams["size"] != size:
+            raise ProbcatValueError(f"{name}: not the architecture of {self!r}")
+        return place(_for_inference(net), self.device, self.threads)[0]
+
+    def seeing_choice(self, xs: np.ndarray, catalog, route: bool = True) -> tuple:
+        """``(ratios, net)``: the bands' measured seeing (:meth:`band_seeing` on
+        ``catalog``'s objects in ``xs``) and the network that reads the image's objects
+        away from masks: :meth:`seeing_net` where ``route``, there are such weights and the
+        ratios differ by more than :data:`BAND_SEEING_SPREAD`; else None (this one's)."""
+        ratios = self.band_seeing(xs, catalog)
+        known = [v for v in ratios if v is not None]
+        wide = len(known) >= 2 and max(known) / min(known) > BAND_SEEING_SPREAD
+        net = self.seeing_net() if route and wide and self.seeing_weights else None
+        return ratios, net
 
     def __repr__(self) -> str:
         name = (self.manifest or {}).get("weights", "custom weights")
@@ -377,7 +411,8 @@ class PhotozEstimator:
 
     def _fit_widths(self, xs: np.ndarray, wcs, known, masked=None) -> tuple[float, int]:
         """:meth:`fit_widths` on the image as the network reads it (``masked``: its pixels
-        without data, :meth:`_mixture`); also the number of objects fitted."""
+        without data, :meth:`_mixture`); also the number of objects fitted. These weights'
+        widths: a width factor keeps :meth:`estimate` on them (no :attr:`seeing_weights`)."""
         from probcat.nets.photoz import SD_SCALES, fit_sd_scale
 
         x, y, z = known_redshifts(known, wcs, xs.shape[1:])
@@ -430,11 +465,11 @@ class PhotozEstimator:
         return out
 
     @inference_entry
-    def _mixture(self, x_sigma: np.ndarray, x, y, masked=None):
+    def _mixture(self, x_sigma: np.ndarray, x, y, masked=None, main=None):
         """Mixtures of the objects at ``x, y`` of the image ``x_sigma`` as the network
         reads it; ``masked``: its ``(H, W)`` pixels without data in some band (None: none),
         whose near objects (:func:`near_masked`) the :meth:`masked_net` reads when there is
-        one."""
+        one; ``main``: the network that reads the others (None: this estimator's)."""
         import torch
 
         from probcat.runtime import full_float32, thread_limit, threads_for
@@ -451,7 +486,8 @@ class PhotozEstimator:
         out = [np.zeros((len(x), k)) for _ in range(3)]
         n_threads = threads_for(self.threads, len(x) * size * size)
         with thread_limit(n_threads), full_float32(), torch.no_grad():
-            for net, rows in ((self.net, np.flatnonzero(~hit)), (other, np.flatnonzero(hit))):
+            for net, rows in ((self.net if main is None else main, np.flatnonzero(~hit)),
+                              (other, np.flatnonzero(hit))):  # fmt: skip
                 for s in range(0, len(rows), _CHUNK):
                     check_interrupt()  # Ctrl-C reaches probcat's inference thread here
                     r = rows[s : s + _CHUNK]
@@ -483,7 +519,7 @@ class PhotozEstimator:
         xs, wcs, meta, bands_masked = self.read(image, noise_sigma, zeropoint, match_depth)
         return self._estimate(
             xs, catalog, wcs, galaxies_only, meta=meta, width_scale=width_scale,
-            band_mask=bands_masked,
+            band_mask=bands_masked, seeing_route=width_scale == 1.0,
         )  # fmt: skip
 
     def _estimate(
@@ -496,21 +532,29 @@ class PhotozEstimator:
         meta=None,
         width_scale=1.0,
         band_mask=None,
+        seeing_route=True,
     ) -> PhotozResult:
         """``xs``: the image as the network reads it, and ``meta`` what
         :meth:`network_input` recorded of it; ``band_mask``: each band's pixels without
-        data ``(bands, H, W)``, or None (:func:`masked_bands_column`)."""
+        data ``(bands, H, W)``, or None (:func:`masked_bands_column`); ``seeing_route``:
+        an image whose bands' seeing differs is read by :attr:`seeing_weights`
+        (:meth:`seeing_choice`; not where widths were fitted to these weights)."""
         from probcat.redshift.pdf import SUMMARY_COLUMNS, summaries, to_qp
 
         width_scale = check_width_scale(width_scale)
         meta = dict(meta or {})
         if width_scale != 1.0:
             meta["width_scale"] = width_scale
-        seeing = self.band_seeing(xs, catalog)
+        seeing, main = self.seeing_choice(xs, catalog, seeing_route)
         if any(v is not None for v in seeing):
             meta["band_seeing_ratio"] = seeing
+        if main is not None:
+            meta["seeing_weights"] = self.seeing_weights
         data = ((self.manifest or {}).get("config") or {}).get("data") or {}
-        _warn_band_seeing(seeing, self.bands, bool(data.get("seeing_patterns")))
+        _warn_band_seeing(
+            seeing, self.bands, bool(data.get("seeing_patterns")),
+            self.seeing_weights if main is not None else None,
+        )  # fmt: skip
 
         n = len(catalog)
         if galaxies_only and "galaxy" in catalog.colnames:
@@ -521,7 +565,7 @@ class PhotozEstimator:
             use = np.ones(n, bool)
         rows = np.flatnonzero(use)
         masked = None if band_mask is None else band_mask.any(0)
-        w, m, sd = self._mixture(xs, catalog["x"][rows], catalog["y"][rows], masked)
+        w, m, sd = self._mixture(xs, catalog["x"][rows], catalog["y"][rows], masked, main)
         sd = sd * width_scale
         summ = summaries(w, m, sd)
         cols = {}
@@ -574,15 +618,26 @@ def masked_bands_column(band_mask, catalog, bands, use, warn: bool = True) -> di
     return {"mask_fraction_band": frac}
 
 
-def _warn_band_seeing(ratios: list, bands, trained_under_it: bool = False) -> None:
+def _warn_band_seeing(
+    ratios: list, bands, trained_under_it: bool = False, read_by: str | None = None
+) -> None:
     """A warning when the bands' measured PSF widths over the weights' (``ratios``, None
     where unknown) differ by more than :data:`BAND_SEEING_SPREAD` between bands; unless
     ``trained_under_it`` (weights trained under per-band seeing), it names the weights that
-    were."""
+    were, or, where they read the image (``read_by``), says so."""
     known = [v for v in ratios if v is not None]
     if len(known) < 2 or max(known) / min(known) <= BAND_SEEING_SPREAD:
         return
     said = ", ".join(f"{b} {'-' if v is None else f'{v:.2f}'}" for b, v in zip(bands, ratios))
+    if read_by is not None:
+        warn_user(
+            f"photo-z: the seeing differs between the bands unlike the weights' (PSF width "
+            f"relative to the i band's, over theirs: {said}): the PDFs are from {read_by}, "
+            "trained under such seeing (less overconfident, not calibrated everywhere); "
+            "refitting the widths to known redshifts calibrates them (--spec-z, "
+            "docs/photoz.md)",
+        )
+        return
     other = "" if trained_under_it else (
         "weights trained under such seeing (photoz_lsst_ugrizy_seeing, --photoz-weights) "
         "are less so on some; "
