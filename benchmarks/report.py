@@ -355,6 +355,9 @@ def _depth_rows() -> list:
     parts += [(f"10 years, PSF ({pat})x LSST's in ugrizy: photo-z ",
                f"photoz_band_seeing.{pat}", calibration)
               for pat in BAND_SEEING_PATTERNS]  # fmt: skip
+    parts += [(f"10 years, PSF ({pat})x LSST's in ugrizy: photo-z photoz_lsst_ugrizy alone ",
+               f"photoz_band_seeing_shipped_only.{pat}", calibration)
+              for pat in BAND_SEEING_PATTERNS]  # fmt: skip
     parts += [("10 years, LSST's PSF: photo-z photoz_lsst_ugrizy_seeing ",
                "seeing_weights.photoz_10", calibration)]  # fmt: skip
     parts += [(f"10 years, PSF {f}x LSST's: photo-z photoz_lsst_ugrizy_seeing ",

@@ -512,7 +512,10 @@ class PhotozEstimator:
         """Redshift PDFs of ``catalog``'s objects (``x, y``; with ``galaxies_only``, those
         whose ``galaxy`` flag, or ``galaxy_prob >= 0.5``, says galaxy) in ``image``;
         ``zeropoint`` and ``match_depth`` as for :meth:`mixture`; ``width_scale``: a factor
-        on every mixture width (:meth:`fit_widths`), recorded in ``meta["photoz"]``. An
+        on every mixture width (:meth:`fit_widths`), recorded in ``meta["photoz"]``; without
+        one (``width_scale`` 1), an image whose bands' measured seeing differs by more than
+        :data:`BAND_SEEING_SPREAD` is read by :attr:`seeing_weights` where there are such
+        (``meta["photoz"]["seeing_weights"]``; objects near masks by :meth:`masked_net`). An
         image (FITS or :class:`~probcat.io.ImageData` with named bands) without one or two of the
         weights' bands has them read as bands without data, where the weights have
         :attr:`masked_weights` (:func:`probcat.api.absent_bands`; a warning)."""
