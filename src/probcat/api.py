@@ -874,10 +874,7 @@ class Detector:
             or not 0.0 <= threshold < 1.0
         ):
             raise ProbcatValueError(f"threshold must be a number in [0, 1), got {threshold!r}")
-        if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)):
-            raise ProbcatValueError(f"samples must be an integer, got {samples!r}")
-        if not 0 <= samples <= 100_000:
-            raise ProbcatValueError(f"samples must lie in [0, 100000], got {samples}")
+        check_samples(samples)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise ProbcatValueError(f"seed must be an integer, got {seed!r}")
         if not 0 <= seed < 2**63:
@@ -1536,6 +1533,16 @@ def _check_passes(passes):
     if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or passes < 0:
         raise ProbcatValueError(f"passes must be a whole number >= 0, got {passes!r}")
     return int(passes)
+
+
+def check_samples(samples) -> int:
+    """``samples`` (a number of posterior catalog samples) as an integer in [0, 100000],
+    else a one-line error."""
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)):
+        raise ProbcatValueError(f"samples must be an integer, got {samples!r}")
+    if not 0 <= samples <= 100_000:
+        raise ProbcatValueError(f"samples must lie in [0, 100000], got {samples}")
+    return int(samples)
 
 
 def check_deblender_bands(dbl, det) -> None:

@@ -447,35 +447,18 @@ def detect_cmd(
     data = read_files(items, mask_planes=planes, weight=weight, weight_type=weight_type, hdu=hdu)
     opts = {"background": background, "gain": gain, "noise_sigma": _noise_option(noise),
             "mask": _mask_option(mask, planes, hdu)}  # fmt: skip
-    res = det.detect(
-        data,
-        zeropoint=zeropoint,
-        threshold=threshold,
-        samples=samples,
-        seed=seed,
-        progress=not quiet,
-        seeing=seeing,
-        rescue_bright=rescue_bright,
-        **opts,
-    )
-    catalog = res.catalog
+    kw = dict(zeropoint=zeropoint, threshold=threshold, samples=samples, seed=seed,
+              progress=not quiet, seeing=seeing, rescue_bright=rescue_bright, **opts)  # fmt: skip
     extra = []
-    if dbl is not None:
+    if dbl is None:
+        res = det.detect(data, **kw)
+        catalog = res.catalog
+    else:
+        from probcat.api import deblend
         from probcat.io import write_image
-        from probcat.masking import said_once
 
-        with said_once():  # detection said it
-            d = dbl.measure(
-                data,
-                catalog,
-                samples=res.samples,
-                method=method,
-                sky_offset=det.sky_offset,
-                progress=not quiet,
-                zeropoint=zeropoint,
-                **opts,
-            )
-        catalog = d.catalog
+        d = deblend(data, weights=det, deblender=dbl, method=method, **kw)
+        res, catalog = d.detection, d.catalog
         cards = _unit_cards(d.catalog.meta["deblend"], dbl.survey.n_bands)
         for name, img in (("model", d.model), ("residual", d.residual)):
             path = out.with_name(f"{out.stem}_{name}.fits")

@@ -605,17 +605,13 @@ def _deblend_options(deblend, samples, method, photoz) -> tuple:
             "deblend and photoz: the deblender reads one band, photo-z six; run them "
             "separately (two output directories)"
         )
-    from probcat.api import DEFAULT_DEBLENDER
+    from probcat.api import DEFAULT_DEBLENDER, check_samples
     from probcat.infer.deblend import check_method
     from probcat.measure import DEFAULT_METHOD
 
-    samples = 100 if samples is None else samples
-    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)):
-        raise ProbcatValueError(f"samples must be an integer, got {samples!r}")
-    if not 0 <= samples <= 100_000:
-        raise ProbcatValueError(f"samples must lie in [0, 100000], got {samples}")
+    samples = check_samples(100 if samples is None else samples)
     method = check_method(DEFAULT_METHOD if method is None else method)
-    return (DEFAULT_DEBLENDER if deblend == "default" else str(deblend)), int(samples), method
+    return (DEFAULT_DEBLENDER if deblend == "default" else str(deblend)), samples, method
 
 
 def _same_options(out, options: dict, done: int, write: bool = True) -> None:

@@ -290,10 +290,8 @@ class PhotozEstimator:
         away from masks: :meth:`seeing_net` where ``route``, there are such weights and the
         ratios differ by more than :data:`BAND_SEEING_SPREAD`; else None (this one's)."""
         ratios = self.band_seeing(xs, catalog)
-        known = [v for v in ratios if v is not None]
-        wide = len(known) >= 2 and max(known) / min(known) > BAND_SEEING_SPREAD
-        net = self.seeing_net() if route and wide and self.seeing_weights else None
-        return ratios, net
+        wide = route and self.seeing_weights is not None and _seeing_differs(ratios)
+        return ratios, self.seeing_net() if wide else None
 
     def __repr__(self) -> str:
         name = (self.manifest or {}).get("weights", "custom weights")
@@ -621,6 +619,13 @@ def masked_bands_column(band_mask, catalog, bands, use, warn: bool = True) -> di
     return {"mask_fraction_band": frac}
 
 
+def _seeing_differs(ratios: list) -> bool:
+    """Whether the bands' measured PSF widths over the weights' (``ratios``, None where
+    unknown; two at least) differ by more than :data:`BAND_SEEING_SPREAD`."""
+    known = [v for v in ratios if v is not None]
+    return len(known) >= 2 and max(known) / min(known) > BAND_SEEING_SPREAD
+
+
 def _warn_band_seeing(
     ratios: list, bands, trained_under_it: bool = False, read_by: str | None = None
 ) -> None:
@@ -628,8 +633,7 @@ def _warn_band_seeing(
     where unknown) differ by more than :data:`BAND_SEEING_SPREAD` between bands; unless
     ``trained_under_it`` (weights trained under per-band seeing), it names the weights that
     were, or, where they read the image (``read_by``), says so."""
-    known = [v for v in ratios if v is not None]
-    if len(known) < 2 or max(known) / min(known) <= BAND_SEEING_SPREAD:
+    if not _seeing_differs(ratios):
         return
     said = ", ".join(f"{b} {'-' if v is None else f'{v:.2f}'}" for b, v in zip(bands, ratios))
     if read_by is not None:
