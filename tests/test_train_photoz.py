@@ -454,3 +454,37 @@ def test_training_batches_mask_bands_to_zero_only_when_asked():
     assert not (task.batch(np.random.default_rng(1))[0] == 0).any()
     with pytest.raises(ProbcatValueError, match="mask_fraction"):
         _tiny_cfg(mask_fraction=1.5)
+
+
+def test_noiseless_stamps_are_the_noisy_ones_without_their_noise(cache_dir):
+    cfg = _tiny_cfg()
+    sim = cfg.simulation("train", 10.0, cache_dir, False)
+    noisy = gold_stamps(sim, np.random.default_rng(3), 40, stamp=11, jitter_px=0.3)
+    clean = gold_stamps(sim, np.random.default_rng(3), 40, stamp=11, jitter_px=0.3,
+                        noiseless=True)  # fmt: skip
+    np.testing.assert_array_equal(noisy["z"], clean["z"])  # the same draws
+    inside = clean["inside"][:, None].repeat(6, 1)
+    assert not inside.all()  # some stamps leave their 40-px scene
+    noise = (noisy["x"] - clean["x"])[inside]
+    assert abs(noise.std() - 1.0) < 0.02 and abs(noise.mean()) < 0.02  # sigma units
+    assert not (noisy["x"] - clean["x"])[~inside].any()  # no noise off the scene
+
+
+def test_fresh_noise_batches_add_unit_noise_on_the_scene_only():
+    from probcat.train.photoz import PhotozTask
+
+    task = PhotozTask.__new__(PhotozTask)
+    task.cfg = _tiny_cfg(fresh_noise=True, batch_size=64)
+    inside = np.zeros((4, 11, 11), bool)
+    inside[:, :, :6] = True  # the left part of each stamp is on its scene
+    task.pool = {"x": np.zeros((4, 6, 11, 11), np.float32), "inside": inside,
+                 "z": np.ones(4, np.float32)}  # fmt: skip
+    a, _ = task.batch(np.random.default_rng(1))
+    b, _ = task.batch(np.random.default_rng(2))
+    assert not torch.equal(a, b)  # a new realisation each batch
+    off = (a == 0).numpy()
+    # the batch is dihedrally turned: off-scene pixels are 5 of 11 columns or rows, per stamp
+    assert np.all(off.sum((2, 3)) == 5 * 11)
+    assert abs(float(a[~torch.from_numpy(off)].std()) - 1.0) < 0.03
+    task.cfg = _tiny_cfg(batch_size=64)  # without the option the pool is read as it is
+    assert not task.batch(np.random.default_rng(1))[0].any()

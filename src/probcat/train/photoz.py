@@ -90,6 +90,11 @@ class PhotozData:
     # masked (set to 0, as inference reads pixels without data) over a whole band, a
     # half-plane, a strip or a disc (:func:`band_masks`); 0: none (validation stays clean)
     mask_fraction: float = 0.0
+    # True: the training pool keeps each stamp's noiseless light and every batch draws the
+    # scene's white noise afresh (the recipe's Gaussian noise of one sigma per band, so in
+    # noise-sigma units a standard normal), instead of one noise realisation per stamp
+    # learned ~85 times over; validation stamps keep theirs
+    fresh_noise: bool = False
 
 
 @dataclass(frozen=True)
@@ -257,29 +262,44 @@ def load_photoz_config(path, steps: int | None = None) -> PhotozTrainConfig:
 
 
 def gold_stamps(
-    sim: Simulation, rng: np.random.Generator, n: int, *, stamp: int, jitter_px: float
+    sim: Simulation,
+    rng: np.random.Generator,
+    n: int,
+    *,
+    stamp: int,
+    jitter_px: float,
+    noiseless: bool = False,
 ) -> dict[str, np.ndarray]:
     """``n`` stamps ``(n, bands, stamp, stamp)`` in noise-sigma units around the gold
-    galaxies of fresh scenes of ``sim``, with their redshift and i magnitude."""
+    galaxies of fresh scenes of ``sim``, with their redshift and i magnitude. ``noiseless``:
+    the stamps of the scenes' noiseless images, plus ``"inside"`` ``(n, stamp, stamp)``,
+    True where a stamp lies on its scene (where noise belongs; outside, crops are zero);
+    the random stream is the same either way."""
     sigma = sim.survey.noise_sigma.astype(np.float32)[:, None, None]
     i_band = sim.survey.band_names.index("i")
-    xs, zs, mags = [], [], []
+    xs, zs, mags, inside = [], [], [], []
     while len(zs) < n:
-        scene = sim.sim.sample(rng, truth=False)
+        scene = sim.sim.sample(rng, truth=False, keep_noiseless=noiseless)
         cat = scene.catalog
         gold = np.flatnonzero(cat["galaxy"] & (cat["mag"][:, i_band] < MAG_GOLD))
-        image = scene.image / sigma
+        image = (scene.noiseless if noiseless else scene.image) / sigma
+        ones = np.ones((1, *image.shape[1:]), np.float32)
         for k in gold:
             x = cat["x"][k] + jitter_px * rng.standard_normal()
             y = cat["y"][k] + jitter_px * rng.standard_normal()
             xs.append(crop_nearest(image, x, y, stamp))
             zs.append(cat["redshift"][k])
             mags.append(cat["mag"][k, i_band])
-    return {
+            if noiseless:
+                inside.append(crop_nearest(ones, x, y, stamp)[0] > 0)
+    out = {
         "x": np.stack(xs[:n]).astype(np.float32),
         "z": np.asarray(zs[:n], np.float32),
         "mag_i": np.asarray(mags[:n], np.float32),
     }
+    if noiseless:
+        out["inside"] = np.stack(inside[:n])
+    return out
 
 
 def detected_gold(sim: Simulation, det, n_scenes: int, rng, *, stamp: int) -> dict:
@@ -317,9 +337,10 @@ def _shares(n: int, k: int) -> list[int]:
     return [n // k + (1 if j < n % k else 0) for j in range(k)]
 
 
-def _pool(cfg: PhotozTrainConfig, split: str, n: int, seed, cache_dir, progress):
+def _pool(cfg: PhotozTrainConfig, split: str, n: int, seed, cache_dir, progress, noiseless=False):
     """``n`` stamps, an equal share per depth; of each share, ``data.seeing_fraction``
-    from the seeing patterns' scenes (an equal part each) when there are any."""
+    from the seeing patterns' scenes (an equal part each) when there are any; ``noiseless``:
+    see :func:`gold_stamps`."""
     d = cfg.data
     parts = []
     for j, (y, m) in enumerate(zip(d.years, _shares(n, len(d.years)))):
@@ -331,8 +352,8 @@ def _pool(cfg: PhotozTrainConfig, split: str, n: int, seed, cache_dir, progress)
                 continue
             sim = cfg.simulation(split, y, cache_dir, progress, pattern)
             key = [*seed, j] if pattern is None else [*seed, j, 1000 + pattern]
-            parts.append(gold_stamps(sim, np.random.default_rng(key), c,
-                                     stamp=cfg.model.stamp, jitter_px=d.jitter_px))  # fmt: skip
+            parts.append(gold_stamps(sim, np.random.default_rng(key), c, stamp=cfg.model.stamp,
+                                     jitter_px=d.jitter_px, noiseless=noiseless))  # fmt: skip
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -355,7 +376,8 @@ class PhotozTask:
     def __init__(self, cfg: PhotozTrainConfig, cache_dir=None, progress=True, member=0):
         self.cfg, self.member = cfg, member  # member: which net of ``cfg.init`` to start from
         d = cfg.data
-        self.pool = _pool(cfg, "train", d.train_objects, (cfg.seed, 7), cache_dir, progress)
+        self.pool = _pool(cfg, "train", d.train_objects, (cfg.seed, 7), cache_dir, progress,
+                          noiseless=d.fresh_noise)  # fmt: skip
         self.val = _pool(cfg, "val", d.val_objects, (cfg.seed, 99), cache_dir, progress)
         if d.mask_fraction > 0:  # the validation stamps once more, each with bands masked
             masks = band_masks(np.random.default_rng([cfg.seed, 98]), self.val["x"].shape, 1.0)
@@ -372,7 +394,11 @@ class PhotozTask:
 
     def batch(self, rng):
         idx = rng.integers(0, len(self.pool["z"]), self.cfg.data.batch_size)
-        x = dihedral_batch(self.pool["x"][idx], rng.integers(0, 8, len(idx)))
+        x = self.pool["x"][idx]
+        if self.cfg.data.fresh_noise:  # no draws without it: old runs resume as they were
+            noise = rng.standard_normal(x.shape, dtype=np.float32)
+            x = x + noise * self.pool["inside"][idx][:, None]
+        x = dihedral_batch(x, rng.integers(0, 8, len(idx)))
         if self.cfg.data.mask_fraction > 0:  # no draws without it: old runs resume as they were
             x[band_masks(rng, x.shape, self.cfg.data.mask_fraction)] = 0.0
         return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(self.pool["z"][idx])
@@ -414,7 +440,8 @@ class PhotozTask:
             "train": f"{d.train_objects} gold-galaxy stamps (i < {MAG_GOLD}) from recipe blend "
             f"({d.scene_size} px), {d.population} banks, split=train, catalog_seed="
             f"{d.catalog_seed}, {d.bank_size} galaxies, depths {list(d.years)} yr, seed "
-            f"[{c.seed}, 7]; batches with dihedral symmetries",
+            f"[{c.seed}, 7]; batches with dihedral symmetries"
+            + ("; noiseless stamps, fresh white noise each batch" if d.fresh_noise else ""),
             "validation": f"{d.val_objects} stamps, split=val, {d.val_bank_size} galaxies "
             f"(seed [{c.seed}, 99])",
         }
@@ -523,8 +550,9 @@ def _config_dict(cfg: PhotozTrainConfig) -> dict:
     for key, unset in (("members", 1), ("symmetries", 1), ("init", None)):
         if d.get(key) == unset:
             del d[key]
-    if not cfg.data.mask_fraction:
-        del d["data"]["mask_fraction"]
+    for key in ("mask_fraction", "fresh_noise"):
+        if not getattr(cfg.data, key):
+            del d["data"][key]
     if not cfg.data.seeing_patterns:
         for key in ("seeing_patterns", "seeing_range", "seeing_fraction", "seeing_bank_size"):
             del d["data"][key]
