@@ -92,8 +92,8 @@ class PhotozData:
     mask_fraction: float = 0.0
     # True: the training pool keeps each stamp's noiseless light and every batch draws the
     # scene's white noise afresh (the recipe's Gaussian noise of one sigma per band, so in
-    # noise-sigma units a standard normal), instead of one noise realisation per stamp
-    # learned ~85 times over; validation stamps keep theirs
+    # noise-sigma units a standard normal), instead of one noise realisation per stamp seen
+    # again and again (~85 times in the shipped schedule); validation stamps keep theirs
     fresh_noise: bool = False
 
 
@@ -541,9 +541,10 @@ def fit_width_calibration(model: PhotozNet, cfg: PhotozTrainConfig, progress=Tru
 
 
 def _config_dict(cfg: PhotozTrainConfig) -> dict:
-    """The config as runs record it; ``members`` and ``symmetries`` of 1, ``init`` None and
-    the ``data.seeing_*`` settings without seeing patterns are left out (as runs recorded
-    them before those settings, so they resume)."""
+    """The config as runs record it; ``members`` and ``symmetries`` of 1, ``init`` None,
+    ``data.mask_fraction`` 0, ``data.fresh_noise`` off and the ``data.seeing_*`` settings
+    without seeing patterns are left out (as runs recorded them before those settings, so
+    they resume)."""
     from probcat.config import to_dict
 
     d = to_dict(cfg)
