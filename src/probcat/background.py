@@ -292,10 +292,9 @@ def data_noise(
     masked at the noise as it stands (:func:`_source_mask`), 1.4826 times the median
     absolute deviation of the other pixels about the sky, again with each pass's noise
     until it changes by less than :data:`NOISE_TOL` (at most :data:`NOISE_PASSES` times);
-    ``rms`` where fewer than
-    :data:`NOISE_MIN_PIXELS` pixels are left. ``rms`` counts the light of the field's faint
-    sources as noise (on a 1000 x 1000 LSST-i field 19% above the noise with sources
-    masked); the sky-like noise that fills pixels without data
+    ``rms`` where fewer than :data:`NOISE_MIN_PIXELS` pixels are left. ``rms`` counts the
+    light of the field's faint sources as noise (on a 1000 x 1000 LSST-i field 19% above
+    the noise with sources masked); the sky-like noise that fills pixels without data
     (:func:`probcat.masking.fill_masked`) is this one, so that the noise estimates that
     read the filled pixels read the data's."""
     h, w = band.shape
@@ -304,9 +303,9 @@ def data_noise(
     sl = (slice(y0, y0 + crop), slice(x0, x0 + crop))
     if (~np.asarray(mask[sl], bool)).sum() < DATA_NOISE_MIN_PIXELS:  # the centre masked
         sl = (slice(0, h), slice(0, w))
-    data = np.asarray(mask[sl], bool)
-    r = np.ascontiguousarray(np.where(data, 0.0, band[sl] - back[sl]), dtype=np.float32)
-    data = ~data
+    masked = np.asarray(mask[sl], bool)
+    r = np.ascontiguousarray(np.where(masked, 0.0, band[sl] - back[sl]), dtype=np.float32)
+    data = ~masked
     noise = float(rms)
     for _ in range(NOISE_PASSES):
         if not noise > 0:
