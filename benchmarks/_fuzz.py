@@ -291,6 +291,14 @@ def outputs(draw):
     return f"output_{what}", "error", files, argv
 
 
+def _as_int(v):
+    """``v`` as the command line reads an integer option (Python's ``int``), or None."""
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
 @st.composite
 def simulate_opts(draw):
     which = draw(st.sampled_from(["-n", "--seed", "--years", "--recipe", "--bands", "--split"]))
@@ -305,7 +313,7 @@ def simulate_opts(draw):
         }[which]
     )
     checks = {
-        "-n": lambda: isinstance(v, int) and v >= 1,
+        "-n": lambda: _as_int(v) is not None and _as_int(v) >= 1,  # junk may spell a number
         "--seed": lambda: isinstance(v, int) and 0 <= v < 2**63,
         "--years": lambda: isinstance(v, float) and np.isfinite(v) and v > 0,
         "--recipe": lambda: v == "blend",

@@ -110,6 +110,12 @@ def test_bad_bands_and_depth_raise_clear_errors():
         Survey.lsst(bands="iq")
     with pytest.raises(ProbcatValueError, match="positive"):
         Survey.lsst(years=0)
+    with pytest.raises(ProbcatValueError, match="not finite"):  # counts overflow to inf
+        Survey.lsst(bands="i", years=1.4e303)
+    deep = Survey.lsst(bands="ugrizy", years=1e250)["u"]  # extreme, but every count finite
+    assert math.isfinite(deep.mag_to_flux(0.0)) and math.isfinite(deep.noise_sigma)
+    shallow = Survey.lsst(bands="i", years=1e-300)["i"]
+    assert 0 < shallow.noise_sigma < 1e-140
     with pytest.raises(ProbcatValueError, match="not in survey"):
         Survey.lsst(bands="i")["g"]
 
