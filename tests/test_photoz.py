@@ -580,8 +580,9 @@ def test_width_fit_recovers_the_factor_the_redshifts_were_drawn_with(tiny_estima
             tiny_estimator.fit_widths(image, bad)
     with pytest.raises(ProbcatFileError, match="no such table"):
         tiny_estimator.fit_widths(image, tmp_path / "none.fits")
-    with pytest.raises(ProbcatValueError, match="positive number"):
-        tiny_estimator.estimate(image, cat, width_scale=0)
+    for bad in (0, 1e-300, 1e308, float("inf")):  # the widths would vanish or overflow
+        with pytest.raises(ProbcatValueError, match="positive number from 0.01 to 100"):
+            tiny_estimator.estimate(image, cat, width_scale=bad)
 
 
 def _star_field(survey, factors, rng, size=96):

@@ -14,9 +14,27 @@ def test_small_work_uses_one_thread_and_explicit_counts_are_kept(monkeypatch):
     assert R.threads_for(None, R.SMALL_PIXELS - 1) == 1
     assert R.threads_for("auto", 1000 * 1000) == 8
     assert R.threads_for(3, 10) == 3
-    for bad in (0, -1, 1.5, "two", True):
+    for bad in (0, -1, 1.5, "two", True, 33, 100_000):  # 100,000 crashed OpenMP outright
         with pytest.raises(ProbcatValueError, match="threads"):
             R.threads_for(bad, 10)
+    assert R.threads_for(32, 10) == 32  # 4 per core of 8
+    monkeypatch.setattr(R, "_cores", lambda: 1)
+    assert R.max_threads() == 8 and R.threads_for(8, 10) == 8
+    with pytest.raises(ProbcatValueError, match="from 1 to 8"):
+        R.threads_for(9, 10)
+
+
+def test_cli_refuses_threads_beyond_the_machine_on_one_line(tmp_path, capsys):
+    from astropy.io import fits
+
+    from probcat.cli import main
+
+    img = tmp_path / "x.fits"
+    fits.PrimaryHDU(np.zeros((32, 32), np.float32)).writeto(img)
+    assert main(["detect", str(img), "-o", str(tmp_path / "c.fits"), "--threads", "100000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "from 1 to" in err[0]
+    assert not (tmp_path / "c.fits").exists()
 
 
 def test_auto_threads_leave_the_busy_cores(monkeypatch):

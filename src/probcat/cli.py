@@ -340,7 +340,7 @@ def _threads_option(value: str) -> str | int:
         n = 0
     if n < 1:
         raise ProbcatValueError(f"--threads must be 'auto' or an integer >= 1, got {value!r}")
-    return n
+    return n  # its upper bound: threads_for, where every setting is checked
 
 
 @app.command("detect")

@@ -46,6 +46,7 @@ __all__ = [
     "place",
     "auto_threads",
     "threads_for",
+    "max_threads",
     "thread_limit",
     "trim_heap",
     "inference_entry",
@@ -130,15 +131,26 @@ def auto_threads() -> int:
     return max(1, _cores() - others)
 
 
+def max_threads() -> int:
+    """The most threads a setting may ask for: 4 per core of this machine, at least 8.
+    More only oversubscribes the cores, and far more (e.g. 100,000) crashes the OpenMP
+    runtime outright instead of failing cleanly."""
+    return max(8, 4 * _cores())
+
+
 def threads_for(threads, pixels: int) -> int:
     """The thread count for work on ``pixels`` pixels under the setting ``threads``
-    (``"auto"``/None or a positive integer)."""
+    (``"auto"``/None or an integer from 1 to :func:`max_threads`)."""
     if threads in (None, "auto"):
         return 1 if pixels < SMALL_PIXELS else auto_threads()
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+    top = max_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= top:
         from probcat.errors import ProbcatValueError
 
-        raise ProbcatValueError(f"threads must be 'auto' or an integer >= 1, got {threads!r}")
+        raise ProbcatValueError(
+            f"threads must be 'auto' or an integer from 1 to {top} (4 per core here), "
+            f"got {threads!r}"
+        )
     return threads
 
 

@@ -69,6 +69,7 @@ from probcat.population.tasks import (
     pad_lists,
 )
 from probcat.population.truncated import TruncatedSimulator, region_positions
+from probcat.runtime import threads_for
 from probcat.train.loop import LoopSettings, fit
 
 __all__ = [
@@ -765,7 +766,7 @@ def run_chain(
     else:
         x_o = check_target_map(target_map)
     out = check_writable_dir(out)  # a clear error for a file there or no permission
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(threads_for(cfg.threads, 0))
     prior = None
     if cfg.prior_check_maps:  # seconds, before the training: can the model make this map?
         prior = prior_check(x_o, np.random.default_rng([cfg.seed, 7]), cfg.prior_check_maps)

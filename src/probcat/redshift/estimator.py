@@ -657,14 +657,23 @@ def _warn_band_seeing(
     )
 
 
+# a width factor outside this range is no calibration of these PDFs (fitted ones lie within
+# 0.5-3), and far outside it the widths overflow or vanish
+WIDTH_SCALE_RANGE = (0.01, 100.0)
+
+
 def check_width_scale(value) -> float:
-    """``value`` as a positive, finite width factor, else a one-line error."""
+    """``value`` as a width factor within :data:`WIDTH_SCALE_RANGE`, else a one-line error."""
     try:
         k = float(value)
     except (TypeError, ValueError):
         k = float("nan")
-    if not (np.isfinite(k) and k > 0):
-        raise ProbcatValueError(f"width_scale must be a positive number, got {value!r}")
+    lo, hi = WIDTH_SCALE_RANGE
+    if not (np.isfinite(k) and lo <= k <= hi):
+        raise ProbcatValueError(
+            f"width_scale must be a positive number from {lo:g} to {hi:g} (a factor on the "
+            f"PDFs' widths), got {value!r}"
+        )
     return k
 
 

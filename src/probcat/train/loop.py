@@ -246,11 +246,11 @@ def fit(
     when present); a checkpoint resumes on any device."""
     from tqdm.auto import tqdm
 
-    from probcat.runtime import choose_device, deterministic_gpu, device_name
+    from probcat.runtime import choose_device, deterministic_gpu, device_name, threads_for
 
     out = run_directory(out)
     device = choose_device(device)
-    torch.set_num_threads(settings.threads)
+    torch.set_num_threads(threads_for(settings.threads, 0))
     torch.manual_seed(settings.seed)
     model = task.build_model().to(device)
     phases = task.phases()
