@@ -148,7 +148,7 @@ def threads_for(threads, pixels: int) -> int:
         from probcat.errors import ProbcatValueError
 
         raise ProbcatValueError(
-            f"threads must be 'auto' or an integer from 1 to {top} (4 per core here), "
+            f"threads must be 'auto' or an integer from 1 to {top} (4 per core here, at least 8), "
             f"got {threads!r}"
         )
     return threads
