@@ -313,7 +313,7 @@ def simulate_opts(draw):
         }[which]
     )
     checks = {
-        "-n": lambda: _as_int(v) is not None and _as_int(v) >= 1,  # junk may spell a number
+        "-n": lambda: (_as_int(v) or 0) >= 1,  # junk may spell a number
         "--seed": lambda: isinstance(v, int) and 0 <= v < 2**63,
         "--years": lambda: isinstance(v, float) and np.isfinite(v) and v > 0,
         "--recipe": lambda: v == "blend",

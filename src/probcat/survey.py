@@ -159,8 +159,8 @@ class Survey:
             )
         for b in out:  # a depth whose counts overflow (or vanish) is no image, not a crash
             with np.errstate(over="ignore"):
-                counts = (float(b.mag_to_flux(0.0)), b.sky_level)
-            if not (math.isfinite(counts[0]) and counts[1] > 0):
+                brightest, sky = float(b.mag_to_flux(0.0)), b.sky_level
+            if not (math.isfinite(brightest) and sky > 0):
                 raise ProbcatValueError(
                     f"depth in years {years:g} gives {b.name}-band counts that are not finite "
                     "and positive; choose a realistic depth (10 = LSST's full 10-year coadd)"
