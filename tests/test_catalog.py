@@ -79,6 +79,59 @@ def test_read_errors(tmp_path):
     assert not list(tmp_path.glob("*cat.txt*"))
 
 
+def test_brief_keeps_the_first_line_of_a_message_within_its_limit():
+    from probcat.errors import brief
+
+    assert brief(ValueError("first line\nsecond line")) == "first line"
+    assert brief(ValueError("  padded  ")) == "padded"
+    assert brief(KeyError()) == "KeyError"  # no message: the exception's name
+    long = brief(OSError("x" * 500), limit=50)
+    assert len(long) == 50 and long == "x" * 47 + "..."
+    assert brief(OSError("y" * 50), limit=50) == "y" * 50  # at the limit: whole
+
+
+def test_unreadable_tables_are_short_one_line_errors(tmp_path):
+    """A text file given as a table: astropy's own error lists every format it knows (over
+    3,000 characters); probcat's says what the file is not, in one short line."""
+    from astropy.table import Table
+
+    from probcat.catalog import read_table
+    from probcat.redshift.estimator import read_known
+    from probcat.simulate.prior import read_population
+
+    text = tmp_path / "table.fits"
+    text.write_text("x y redshift\n1 2 0.5\n")
+    calls = [(read_table, (text,), "FITS or Parquet table"),
+             (read_known, (text,), "FITS or Parquet table"),
+             (read_population, (text,), "FITS or Parquet population catalog"),
+             (FullCatalog.read, (text,), "not a readable probcat catalog")]  # fmt: skip
+    for fn, args, what in calls:
+        kw = {"bands": ("i",)} if fn is read_population else {}
+        with pytest.raises(ProbcatIOError) as e:
+            fn(*args, **kw)
+        msg = str(e.value)
+        assert what in msg and "\n" not in msg and len(msg) < 300, msg
+    with pytest.raises(ProbcatIOError, match=r"\(the file is neither\)$"):
+        read_table(text)
+    Table({"a": [1.0, 2.0]}).write(tmp_path / "ok.parquet")
+    assert list(read_table(tmp_path / "ok.parquet")["a"]) == [1.0, 2.0]
+
+
+def test_new_output_dir_removes_only_the_empty_folders_it_made(tmp_path):
+    from probcat.catalog import new_output_dir
+
+    with new_output_dir(tmp_path / "a" / "b") as out:  # success: kept
+        assert out.is_dir()
+    assert (tmp_path / "a" / "b").is_dir()
+    with pytest.raises(KeyboardInterrupt), new_output_dir(tmp_path / "a" / "x" / "y"):
+        raise KeyboardInterrupt  # Ctrl-C while checking the input
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["b"]
+    with pytest.raises(ValueError), new_output_dir(tmp_path / "c" / "d") as out:
+        (out / "written.txt").write_text("kept")  # the block wrote there: nothing removed
+        raise ValueError("late")
+    assert (tmp_path / "c" / "d" / "written.txt").read_text() == "kept"
+
+
 def test_wcs_pixel_sky_round_trip():
     c = random_catalog()
     wcs = make_wcs(c.image_shape, 0.2, 150.0, 2.0)

@@ -136,6 +136,21 @@ def test_bad_arguments_one_line_error(tmp_path, capsys, args, msg):
     assert msg in err and len(err.splitlines()) == 1
 
 
+def test_simulate_refusing_a_catalog_leaves_no_folder(tmp_path, capsys):
+    """The output folder is made before the population catalog is read; a catalog that
+    cannot be read removes again the folders made for it (not the ones that were there)."""
+    bad = tmp_path / "pop.fits"
+    bad.write_text("id mag_i\n1 20\n")
+    (tmp_path / "there").mkdir()
+    for out in (tmp_path / "a" / "b" / "c", tmp_path / "there" / "new"):
+        rc = main(["simulate", "-n", "1", "--population", str(bad), "--out", str(out), "-q"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and "not a readable FITS or Parquet population catalog" in err, err
+        assert len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pop.fits", "there"]
+    assert not any((tmp_path / "there").iterdir())
+
+
 def test_version_and_bare_commands_print_help(capsys):
     import probcat
     import probcat.runtime as R
@@ -470,8 +485,8 @@ def _plain_fits(path, data, **keywords):
         (
             {},
             "huge",
-            "every pixel of band 0 is masked (NaN, inf, the mask, or the file's MASK or "
-            "VARIANCE planes): no data",
+            "every pixel of band 0 is masked (NaN, inf, the mask, a weight map's weights of 0 "
+            "or less, or the file's MASK or VARIANCE planes): no data",
         ),
     ],
 )

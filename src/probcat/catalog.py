@@ -7,6 +7,7 @@ per-tile view lives in :mod:`probcat.tiles`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -20,16 +21,24 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError, warn_user
+from probcat.errors import (
+    ProbcatFileError,
+    ProbcatIOError,
+    ProbcatValueError,
+    brief,
+    warn_user,
+)
 
 __all__ = [
     "FullCatalog",
     "atomic_write",
     "check_writable_dir",
+    "new_output_dir",
     "check_outputs",
     "make_wcs",
     "sky_positions",
     "concat_catalogs",
+    "read_table",
 ]
 
 
@@ -38,6 +47,20 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def read_table(path: str | Path, what: str = "table"):
+    """A FITS or Parquet table (an astropy ``Table``) that a user gives, e.g. a catalog of
+    known redshifts; an unreadable file is a one-line error that calls it ``what``."""
+    from astropy.table import Table
+
+    try:
+        return Table.read(path)
+    except Exception as e:  # astropy/pyarrow raise many unrelated types for bad files
+        reason = brief(e)
+        if reason.startswith("Format could not be identified"):  # astropy lists its formats
+            reason = "the file is neither"
+        raise ProbcatIOError(f"{path}: not a readable FITS or Parquet {what} ({reason})") from e
 
 
 def atomic_write(path: str | Path, write_fn) -> Path:
@@ -78,6 +101,28 @@ def check_writable_dir(out: str | Path) -> Path:
             f"{out}: output directory is not writable ({e.strerror or e})"
         ) from None
     return out
+
+
+@contextlib.contextmanager
+def new_output_dir(out: str | Path):
+    """``out`` created if needed and checked (:func:`check_writable_dir`) for a block that
+    checks the rest of its input before writing there: if the block fails, the directories
+    made here are removed again while still empty, so a refused input leaves nothing."""
+    out = Path(out)
+    made, p = [], out.absolute()
+    while not p.exists() and p != p.parent:
+        made.append(p)  # deepest first
+        p = p.parent
+    check_writable_dir(out)
+    try:
+        yield out
+    except BaseException:
+        for d in made:
+            try:
+                d.rmdir()
+            except OSError:  # no longer empty (or gone): leave it and its parents
+                break
+        raise
 
 
 def check_outputs(outputs, inputs=(), suffixes: dict | None = None) -> None:
@@ -331,7 +376,7 @@ class FullCatalog:
                     warnings.simplefilter("ignore", u.UnitsWarning)
                     table = Table.read(path, format="fits", hdu="CATALOG")
         except Exception as e:  # astropy/pyarrow raise many unrelated types for bad files
-            raise ProbcatIOError(f"{path}: not a readable probcat catalog ({e})") from e
+            raise ProbcatIOError(f"{path}: not a readable probcat catalog ({brief(e)})") from e
         return cls.from_table(table)
 
     # ---- tiles ----------------------------------------------------------------------

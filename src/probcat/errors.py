@@ -14,6 +14,7 @@ __all__ = [
     "ProbcatIOError",
     "ProbcatWarning",
     "warn_user",
+    "brief",
 ]
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -33,6 +34,15 @@ class ProbcatFileError(ProbcatError, FileNotFoundError):
 
 class ProbcatIOError(ProbcatError, OSError):
     """A file could not be read or written (unreadable, corrupt, not writable)."""
+
+
+def brief(e: BaseException, limit: int = 200) -> str:
+    """The first line of exception ``e``'s message, cut to ``limit`` characters: for the
+    one-line errors that quote another library's (astropy's error for a file of unknown
+    format lists every format it knows, over 3,000 characters on 60 lines)."""
+    lines = str(e).strip().splitlines()
+    text = lines[0].strip() if lines else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class ProbcatWarning(UserWarning):

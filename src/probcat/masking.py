@@ -96,8 +96,8 @@ def masked_pixels(image, mask=None, *, warn: bool = True) -> np.ndarray | None:
     full = np.flatnonzero(bad.reshape(len(bad), -1).all(1))
     if len(full):
         raise ProbcatValueError(
-            f"every pixel of band {int(full[0])} is masked (NaN, inf, the mask, or the file's "
-            "MASK or VARIANCE planes): no data"
+            f"every pixel of band {int(full[0])} is masked (NaN, inf, the mask, a weight map's "
+            "weights of 0 or less, or the file's MASK or VARIANCE planes): no data"
         )
     if warn and n_nan:
         warn_user(

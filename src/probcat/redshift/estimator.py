@@ -164,16 +164,12 @@ def read_known(known):
     finite and >= 0. Returns the table and the name of its redshift column."""
 
     if isinstance(known, (str, Path)):
-        from astropy.table import Table
-
-        from probcat.errors import ProbcatFileError, ProbcatIOError
+        from probcat.catalog import read_table
+        from probcat.errors import ProbcatFileError
 
         if not Path(known).is_file():
             raise ProbcatFileError(f"{known}: no such table of known redshifts")
-        try:
-            known = Table.read(known)
-        except Exception as e:  # astropy/pyarrow raise many kinds for a bad file
-            raise ProbcatIOError(f"{known}: not a readable FITS or Parquet table ({e})") from e
+        known = read_table(known)
     names = _column_names(known)
     col = "redshift" if "redshift" in names else "z" if "z" in names else None
     if col is None:

@@ -30,9 +30,9 @@ import numpy as np
 from probcat.catalog import (
     FullCatalog,
     atomic_write,
-    check_writable_dir,
     concat_catalogs,
     make_wcs,
+    new_output_dir,
 )
 from probcat.errors import ProbcatFileError, ProbcatValueError
 from probcat.simulate.bank import BankConfig, SourceBank
@@ -449,9 +449,9 @@ def write_dataset(
     from probcat.provenance import provenance, write_record
 
     out = Path(out)
-    check_writable_dir(out)
-    sim = Simulation(config, cache_dir=cache_dir, workers=workers, progress=progress)
-    done = claim_directory(config, out, overwrite)  # after every check of the settings
+    with new_output_dir(out):  # a catalog that cannot be read, or a Ctrl-C, leaves no folder
+        sim = Simulation(config, cache_dir=cache_dir, workers=workers, progress=progress)
+        done = claim_directory(config, out, overwrite)  # after every check of the settings
     cats = []
     desc = f"simulating {config.recipe}" + (f" ({done} already written)" if done else "")
     for i in tqdm(range(config.n), desc=desc, unit="img", disable=not progress):

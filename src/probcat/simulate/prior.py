@@ -130,7 +130,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError
+from probcat.errors import ProbcatFileError, ProbcatValueError
 from probcat.simulate.hubble import HDF_VERSION
 from probcat.simulate.igm import madau_transmission
 
@@ -834,10 +834,9 @@ def read_population(path: str | Path, *, bands: tuple[str, ...]) -> Table:
     path = Path(path)
     if not path.exists():
         raise ProbcatFileError(f"{path}: population catalog not found")
-    try:
-        t = Table.read(path)
-    except Exception as e:  # astropy raises many kinds
-        raise ProbcatIOError(f"{path}: cannot read as a FITS or Parquet table ({e})") from e
+    from probcat.catalog import read_table
+
+    t = read_table(path, "population catalog")
     required = ["id", "disk_hlr", "disk_q", "beta", *(f"mag_{b}" for b in bands)]
     missing = [c for c in required if c not in t.colnames]
     if missing:
