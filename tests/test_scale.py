@@ -143,7 +143,12 @@ def test_an_unreachable_scheduler_is_a_one_line_error(tmp_path, weights, capsys)
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert "cannot reach the Dask scheduler tcp://127.0.0.1:1" in err
-    assert not list((tmp_path / "o").glob("*.parquet"))
+    assert not (tmp_path / "o").exists()  # nothing ran: no folder, no run_options.json
+    (tmp_path / "there").mkdir()  # a folder that was there stays, empty
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        rc = main(["run", str(img), "-o", str(tmp_path / "there"), "-q", "--weights", weights,
+                   "--scheduler", "tcp://127.0.0.1:1"])  # fmt: skip
+    assert rc == 2 and not list((tmp_path / "there").iterdir())
 
 
 def test_dedup_keeps_each_source_in_the_image_with_the_nearest_centre():

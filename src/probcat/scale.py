@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probcat.catalog import atomic_write, check_writable_dir, sky_positions
+from probcat.catalog import atomic_write, check_writable_dir, new_output_dir, sky_positions
 from probcat.errors import ProbcatError, ProbcatFileError, ProbcatIOError, ProbcatValueError
 
 __all__ = [
@@ -553,12 +553,18 @@ def run(
         from probcat.api import check_deblender_bands
 
         check_deblender_bands(_deblender(deblend, options["threads"], options["device"]), det)
-    check_writable_dir(out)
-    _same_options(out, options, summary["skipped"])
-    _remove_temporaries(out)  # of a killed run
     t0 = time.perf_counter()
     timing: dict = {}
-    results = list(_execute(todo, options, workers, scheduler, progress, timing))
+    fresh = not (Path(out) / OPTIONS).exists()
+    with new_output_dir(out):  # a run that fails before its first catalog leaves nothing
+        _same_options(out, options, summary["skipped"])
+        try:
+            _remove_temporaries(out)  # of a killed run
+            results = list(_execute(todo, options, workers, scheduler, progress, timing))
+        except BaseException:  # e.g. no Dask scheduler at that address, or Ctrl-C
+            if fresh and not any(p.suffix in SUFFIXES for p in Path(out).iterdir()):
+                (Path(out) / OPTIONS).unlink(missing_ok=True)
+            raise
     order = {str(j.output): k for k, j in enumerate(todo)}  # finished in any order on Dask
     results.sort(key=lambda r: order.get(r["output"], len(order)))  # reported in the list's
     seconds = time.perf_counter() - t0
