@@ -388,6 +388,42 @@ def photoz_opts(draw):
 
 
 @st.composite
+def run_opts(draw):
+    """``probcat run`` (serially, ``--workers 0``) on one image with one option drawn."""
+    which = draw(st.sampled_from(["--format", "--threads", "--threshold", "--workers",
+                                  "--samples", "--width-scale"]))  # fmt: skip
+    v = draw(
+        {
+            "--format": st.one_of(st.sampled_from(["parquet", "fits"]), ascii_junk),
+            "--threads": st.one_of(junk, st.integers(-3, 3).map(str)),
+            "--threshold": st.one_of(any_float, st.floats(0, 0.99)).map(str),
+            "--workers": st.one_of(junk, st.integers(-3, 0).map(str)),
+            "--samples": st.integers(-2, 3).map(str),  # without --deblend
+            "--width-scale": st.floats(0.5, 2).map(str),  # without --photoz: always an error
+        }[which]
+    )
+    n = _as_int(v)
+    valid = {
+        "--format": v in ("parquet", "fits"),
+        "--threads": n is not None and n >= 1,
+        "--threshold": _as_float(v) is not None and 0 <= _as_float(v) < 1,
+        "--workers": n == 0,
+        "--samples": False,  # the command line refuses --samples without --deblend, even 0
+        "--width-scale": False,
+    }[which]
+    extra = [which, v] if which == "--workers" else ["--workers", "0", which, v]
+    return (f"run{which}", "ok_or_warn" if valid else "error",
+            (lambda d: _write(d / "in.fits", _pixels(6), NOISE=SIGMA)), extra)  # fmt: skip
+
+
+def _as_float(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+@st.composite
 def api_calls(draw):
     """``probcat.detect`` (Python) with a malformed array or argument: a ProbcatError (a
     ValueError) is the one-line error of the API; any other exception is unhandled."""
@@ -508,7 +544,7 @@ def run_api_case(case) -> dict:
 CASES = st.one_of(
     nonfinite(), dtypes(), bands_and_shapes(), not_fits(), devices(), noise_keyword(),
     gain_keyword(), wcs_kind(), options(), outputs(), simulate_opts(), api_calls(),
-    photoz_opts(),
+    photoz_opts(), run_opts(),
 )  # fmt: skip
 
 
@@ -540,9 +576,10 @@ def run_case(case, cache_dir: Path) -> dict:
                 return out
             before = inp.read_bytes() if inp.is_file() and str(inp).startswith(str(d)) else None
             extra = [a.replace("{in}", str(inp)).replace("{d}", str(d)) for a in extra]
-            command = "photoz" if kind.startswith("photoz") else "detect"
-            argv = [command, str(inp), *(["-o", str(d / "cat.fits")] if "-o" not in extra else []),
-                    *extra]  # fmt: skip
+            command = kind.split("-")[0] if kind.startswith(("photoz", "run")) else "detect"
+            target = d / ("out" if command == "run" else "cat.fits")
+            argv = [command, str(inp), *(["-o", str(target)] if "-o" not in extra else []),
+                    *(["-q"] if command == "run" else []), *extra]  # fmt: skip
         existing = {p for p in d.rglob("*")}
         err, std = io.StringIO(), io.StringIO()
         signal.signal(signal.SIGALRM, _alarm)
@@ -577,6 +614,14 @@ def run_case(case, cache_dir: Path) -> dict:
             out["garbage"] = f"expected {expect}, got status 0" + (
                 " with a warning" if warned else ""
             )
+        if rc == 0 and kind.startswith("run"):  # a catalog per image, and the run's summary
+            cats = list((d / "out").glob("in.*"))
+            if len(cats) != 1 or not (d / "out" / "run_summary.json").is_file():
+                out["garbage"] = "no catalog or summary"
+            else:
+                shutil.copyfile(cats[0], d / f"cat{cats[0].suffix}")
+                if cats[0].suffix == ".parquet":
+                    FullCatalog.read(d / "cat.parquet").write(d / "cat.fits")
         if rc == 0 and files is not None and (d / "cat.fits").exists():
             cat = FullCatalog.read(d / "cat.fits")
             for c in ("x", "y", "prob", "x_sd", "y_sd"):
