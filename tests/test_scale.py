@@ -286,8 +286,12 @@ def test_serial_threads_option(tmp_path, weights):
     assert one["rows"] == auto["rows"] and one["cluster_start_s"] == 0.0
     for a, b in zip(_rows(tmp_path / "a").values(), _rows(tmp_path / "b").values()):
         np.testing.assert_allclose(a["x"], b["x"], atol=1e-4)
-    with pytest.raises(ProbcatValueError, match="threads must lie"):
-        run(images, tmp_path / "c", weights=str(weights), workers=0, threads=0)
+    from probcat.runtime import max_threads
+
+    for bad in (0, max_threads() + 1):  # the bound of every command: 4 per core, at least 8
+        with pytest.raises(ProbcatValueError, match="threads must be 'auto' or an integer"):
+            run(images, tmp_path / "c", weights=str(weights), workers=0, threads=bad)
+    assert not (tmp_path / "c").exists()
     with pytest.raises(ProbcatValueError, match="serial runs"):
         run(images, tmp_path / "c", weights=str(weights), workers=2, threads=2)
     with pytest.raises(ProbcatValueError, match="one per band or 'measured'"):

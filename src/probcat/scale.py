@@ -498,8 +498,10 @@ def run(
         raise ProbcatValueError(f"threshold must lie in [0, 1), got {threshold}")
     if workers is not None and workers < 0:
         raise ProbcatValueError(f"workers must be >= 0, got {workers}")
-    if threads is not None and (isinstance(threads, bool) or not 1 <= threads <= 1024):
-        raise ProbcatValueError(f"threads must lie in [1, 1024], got {threads}")
+    if threads is not None:  # the bound of every command (4 per core), before any work
+        from probcat.runtime import threads_for
+
+        threads_for(threads, 0)
     wants_measured_noise(noise_sigma)  # bad values fail here, before any work
     from probcat.io import check_weight_type
 
