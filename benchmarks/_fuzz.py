@@ -299,6 +299,14 @@ def _as_int(v):
         return None
 
 
+def _as_float(v):
+    """``v`` as a float (Python's ``float``), or None."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
 @st.composite
 def simulate_opts(draw):
     which = draw(st.sampled_from(["-n", "--seed", "--years", "--recipe", "--bands", "--split"]))
@@ -414,13 +422,6 @@ def run_opts(draw):
     extra = [which, v] if which == "--workers" else ["--workers", "0", which, v]
     return (f"run{which}", "ok_or_warn" if valid else "error",
             (lambda d: _write(d / "in.fits", _pixels(6), NOISE=SIGMA)), extra)  # fmt: skip
-
-
-def _as_float(v):
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
 
 
 @st.composite

@@ -37,6 +37,23 @@ def test_cli_refuses_threads_beyond_the_machine_on_one_line(tmp_path, capsys):
     assert not (tmp_path / "c.fits").exists()
 
 
+def test_every_config_refuses_threads_beyond_the_machine_when_made():
+    """Training and population configs check ``threads`` as the commands do, when the
+    config is made: before any bank is rendered or output folder made."""
+    from dataclasses import replace
+
+    from probcat.population.chain import PopulationConfig
+    from probcat.train.deblend import DeblendTrainConfig
+    from probcat.train.detection import DetectionTrainConfig
+    from probcat.train.photoz import PhotozTrainConfig
+
+    for cls in (DetectionTrainConfig, DeblendTrainConfig, PhotozTrainConfig, PopulationConfig):
+        assert cls(threads=2).threads == 2
+        for bad in (0, R.max_threads() + 1):
+            with pytest.raises(ProbcatValueError, match="threads must be 'auto' or an integer"):
+                replace(cls(), threads=bad)
+
+
 def test_auto_threads_leave_the_busy_cores(monkeypatch):
     monkeypatch.setattr(R, "_cores", lambda: 2)
     monkeypatch.setattr(R, "_others_running", lambda: 1)

@@ -167,9 +167,10 @@ class PopulationConfig:
                 f"{[round(float(t), 3) for t in THRESHOLDS_LOG10]}"
             )
         for name in ("pool_maps", "head_maps", "r4_draws", "r4_rounds", "prior_draws",
-                     "coverage_sims", "threads", "r3_rounds"):  # fmt: skip
+                     "coverage_sims", "r3_rounds"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ProbcatValueError(f"{name} must be >= 1")
+        threads_for(self.threads, 0)  # the bound of every command, before the map is read
         if self.predictive_maps < 0:
             raise ProbcatValueError("predictive_maps must be >= 0 (0: no predictive check)")
         if self.prior_check_maps < 0:

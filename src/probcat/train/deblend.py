@@ -127,7 +127,6 @@ class DeblendTrainConfig:
             "model.channels": self.model.channels,
             "val_every": self.val_every,
             "checkpoint_every": self.checkpoint_every,
-            "threads": self.threads,
         }
         fe = self.flux_error
         if fe.scenes:
@@ -136,7 +135,7 @@ class DeblendTrainConfig:
             raise ProbcatValueError(
                 f"flux_error.scenes and flux_error.seed must be >= 0, got {fe.scenes}, {fe.seed}"
             )
-        check_run_config(d.bands, d.years, self.phases, counts)
+        check_run_config(d.bands, d.years, self.phases, counts, self.threads)
 
     def survey(self) -> Survey:
         return Survey.lsst(bands=self.data.bands, years=self.data.years)

@@ -208,9 +208,8 @@ class DetectionTrainConfig:
             "model.stem_channels": m.stem_channels,
             "val_every": self.val_every,
             "checkpoint_every": self.checkpoint_every,
-            "threads": self.threads,
         }
-        check_run_config(d.bands, d.years, self.phases, counts)
+        check_run_config(d.bands, d.years, self.phases, counts, self.threads)
         if 1.0 not in d.psf_scales or not all(0 < v < 10 for v in d.psf_scales):
             raise ProbcatValueError(
                 "data.psf_scales must hold 1.0 and positive factors below 10, got "

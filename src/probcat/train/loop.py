@@ -170,10 +170,15 @@ def load_init(name: str, kind: str):
         raise ProbcatValueError(f"init: {e}") from None
 
 
-def check_run_config(bands: str, years: float, phases, counts: dict[str, int]) -> None:
+def check_run_config(bands: str, years: float, phases, counts: dict[str, int], threads) -> None:
     """The checks every training config shares: a string of ugrizy ``bands``, a positive
-    ``years``, at least one phase with steps >= 1 and a positive finite ``lr``, and every
-    entry of ``counts`` (name -> value) >= 1. Raises :class:`ProbcatValueError`."""
+    ``years``, at least one phase with steps >= 1 and a positive finite ``lr``, every
+    entry of ``counts`` (name -> value) >= 1, and ``threads`` within the bound of every
+    command (:func:`probcat.runtime.threads_for`), before any bank is rendered. Raises
+    :class:`ProbcatValueError`."""
+    from probcat.runtime import threads_for
+
+    threads_for(threads, 0)
     if not bands or any(b not in "ugrizy" for b in bands):
         raise ProbcatValueError(f"data.bands: {bands!r} is not a string of ugrizy bands")
     counts = dict(counts)

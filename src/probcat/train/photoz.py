@@ -187,11 +187,10 @@ class PhotozTrainConfig:
             "model.components": m.components,
             "val_every": self.val_every,
             "checkpoint_every": self.checkpoint_every,
-            "threads": self.threads,
             "members": self.members,
         }
         for y in d.years:
-            check_run_config(d.bands, y, self.phases, counts)
+            check_run_config(d.bands, y, self.phases, counts, self.threads)
 
     def survey(self) -> Survey:
         """The survey of the first depth (every depth shares bands and pixels)."""
