@@ -382,6 +382,37 @@ def test_cli_reads_an_lsst_image_file(tmp_path, capsys):
     assert "[385 pixels masked, no data]" in said.out and "384 pixel(s) are NaN" in said.err
 
 
+def test_mask_planes_that_nothing_holds_are_warned_of(tmp_path, capsys):
+    from astropy.io import fits
+
+    from probcat.cli import main
+    from probcat.io import check_planes_found
+
+    path, want, _ = _afw_file(tmp_path / "calexp.fits")
+    plain = tmp_path / "plain.fits"
+    fits.PrimaryHDU(np.nan_to_num(fits.getdata(path, "IMAGE"))).writeto(plain)
+    mask = tmp_path / "mask.fits"
+    fits.PrimaryHDU(np.zeros((64, 64), np.uint8)).writeto(mask)
+    args = ["detect", str(plain), "--background", "none", "--noise", "22", "-q"]
+    assert main([*args, "--mask-planes", "SAT,CR", "-o", str(tmp_path / "a.fits")]) == 0
+    err = capsys.readouterr().err
+    assert "mask planes SAT,CR named, but plain.fits has no MASK HDU" in err, err
+    assert (tmp_path / "a.fits").exists()
+    # the default planes, none, a mask file to read them from, an LSST file: no warning
+    for extra in ([], ["--mask-planes", "none"], ["--mask-planes", "SAT", "--mask", str(mask)]):
+        assert main([*args, *extra, "-o", str(tmp_path / "b.fits")]) == 0
+        assert "MASK HDU" not in capsys.readouterr().err
+    lsst = ["detect", str(path), "--background", "none", "-q", "-o", str(tmp_path / "c.fits")]
+    assert main([*lsst, "--mask-planes", "SAT"]) == 0
+    assert "MASK HDU" not in capsys.readouterr().err
+    # one file of several holding a MASK is enough
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_planes_found([f"i={plain}", f"r={path}"], ("SAT",))
+    with pytest.warns(UserWarning, match="none of plain.fits, plain.fits has a MASK HDU"):
+        check_planes_found({"i": plain, "r": plain}, ("SAT",))
+
+
 def test_fluxes_of_an_nJy_image_are_in_nJy_with_AB_magnitudes(tmp_path):
     from astropy.io import fits
 

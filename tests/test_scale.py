@@ -409,6 +409,15 @@ def test_run_reads_the_lsst_mask_planes_asked_for(tmp_path, capsys):
     rc = main([*args, "-o", str(tmp_path / "c"), "--mask-planes", "NOPE"])
     summary = json.loads((tmp_path / "c" / "run_summary.json").read_text())
     assert rc == 1 and "NOPE not in the MASK header" in summary["failed"][0]["error"]
+    # planes named for a file without a MASK HDU: its summary says nothing was masked
+    from astropy.io import fits
+
+    plain = tmp_path / "plain.fits"
+    fits.PrimaryHDU(np.nan_to_num(fits.getdata(path, "IMAGE"))).writeto(plain)
+    rc = main(["run", str(plain), "--workers", "0", "-q", "--noise", "22", "--mask-planes", "SAT",
+               "-o", str(tmp_path / "d")])  # fmt: skip
+    warned = json.loads((tmp_path / "d" / "run_summary.json").read_text())["warnings"]
+    assert rc == 0 and "plain.fits has no MASK HDU" in " ".join(warned[str(plain)]), warned
 
 
 def test_a_file_list_line_names_a_mask_and_a_weight_map(tmp_path, weights, capsys):

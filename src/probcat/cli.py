@@ -408,7 +408,7 @@ def detect_cmd(
     items, paths, stem = _image_files(images)
     seeing = _checked_seeing(seeing)
     planes = _planes_option(mask_planes)
-    from probcat.io import check_weight_type, read_files
+    from probcat.io import check_planes_found, check_weight_type, read_files
 
     check_weight_type(weight_type, "--weight-type")  # before any work
     if samples is None:
@@ -445,6 +445,7 @@ def detect_cmd(
         outputs[regions] = (".reg",)
     check_outputs(outputs, paths + [p for p in (mask, weight) if p], outputs)
     data = read_files(items, mask_planes=planes, weight=weight, weight_type=weight_type, hdu=hdu)
+    check_planes_found(items, planes, mask)
     opts = {"background": background, "gain": gain, "noise_sigma": _noise_option(noise),
             "mask": _mask_option(mask, planes, hdu)}  # fmt: skip
     kw = dict(zeropoint=zeropoint, threshold=threshold, samples=samples, seed=seed,
@@ -619,7 +620,7 @@ def photoz_cmd(
     seeing = _checked_seeing(seeing)
     planes = _planes_option(mask_planes)
     zps = _zeropoint_option(zeropoint)
-    from probcat.io import check_weight_type, read_files
+    from probcat.io import check_planes_found, check_weight_type, read_files
 
     check_weight_type(weight_type, "--weight-type")  # before any work
     out = out or paths[0].with_name(stem + "_photoz.fits")
@@ -630,6 +631,7 @@ def photoz_cmd(
     )  # fmt: skip
     masked = _mask_option(mask, planes, hdu)
     data = read_files(items, mask_planes=planes, weight=weight, weight_type=weight_type, hdu=hdu)
+    check_planes_found(items, planes, mask)
     res = photoz(
         data,
         estimator=weights,

@@ -383,6 +383,29 @@ def read_files(paths, **kw) -> ImageData:
     return read_bands(items, **kw)
 
 
+def check_planes_found(paths, mask_planes, mask=None) -> None:
+    """Warn when mask planes were named (``mask_planes`` a non-empty tuple, as
+    ``--mask-planes`` gives it) but nothing holds them: no ``mask`` file was given and no
+    image file in ``paths`` (names, ``"BAND=FILE"`` strings or ``(band, file)`` pairs) has
+    a ``MASK`` HDU, so no pixel is masked by plane. Call it after the files were read."""
+    if not mask_planes or mask is not None:
+        return
+    items = list(paths.items()) if isinstance(paths, dict) else [band_and_path(p) for p in paths]
+    for _, path in items:
+        try:
+            with fits.open(path) as hdul:
+                if "MASK" in hdul:
+                    return
+        except (OSError, ValueError):
+            return  # read_image has said what is wrong with it
+    names = [Path(p).name for _, p in items]
+    which = f"{names[0]} has no" if len(names) == 1 else f"none of {', '.join(names)} has a"
+    warn_user(
+        f"mask planes {','.join(mask_planes)} named, but {which} MASK HDU and no mask "
+        "file was given (--mask): no pixel is masked by plane"
+    )
+
+
 _BAND_KEYWORDS = ("BAND", "FILTER", "FILTNAM", "FILTER1")
 
 

@@ -378,7 +378,7 @@ def process_image(
     job = Job(Path(image), Path(output), hdu=hdu, bands=tuple(bands or ()))
     result = {"image": job.label, "output": str(output), "rows": 0, "error": None}
     try:
-        from probcat.io import read_bands, read_image
+        from probcat.io import check_planes_found, read_bands, read_image
 
         threads, device = options.get("threads", 1), options.get("device")
         det = _detector(options.get("weights"), threads, device)
@@ -395,6 +395,7 @@ def process_image(
                 mask_planes=options.get("mask_planes"), weight=weight,
                 weight_type=options.get("weight_type", "weight"), hdu=hdu,
             )  # fmt: skip
+            check_planes_found(files or [image], options.get("mask_planes"), mask)
             if mask is not None:
                 from probcat.masking import read_mask
 
