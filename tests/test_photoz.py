@@ -307,6 +307,27 @@ def test_estimator_gives_pdfs_for_galaxies_only(tiny_estimator):
     assert tiny_estimator.estimate(image, cat, galaxies_only=False).ensemble.npdf == 3
 
 
+def test_many_pdfs_show_a_progress_bar_and_the_same_numbers(tiny_estimator, monkeypatch, capsys):
+    import probcat.redshift.estimator as estimator
+
+    rng = np.random.default_rng(1)
+    sigma = tiny_estimator.survey.noise_sigma
+    image = (rng.standard_normal((6, 40, 40)) * sigma[:, None, None]).astype(np.float32)
+    n = 300  # two chunks of the network's forward passes
+    cat = FullCatalog({"x": rng.uniform(0, 39, n), "y": rng.uniform(0, 39, n),
+                       "galaxy": np.ones(n, bool)}, (40, 40), tuple("ugrizy"))  # fmt: skip
+    quiet = tiny_estimator.estimate(image, cat)
+    assert "photo-z PDFs" not in capsys.readouterr().err
+    tiny_estimator.estimate(image, cat, progress=True)  # below the objects a bar needs
+    assert "photo-z PDFs" not in capsys.readouterr().err
+    monkeypatch.setattr(estimator, "PROGRESS_MIN_OBJECTS", n)
+    shown = tiny_estimator.estimate(image, cat, progress=True)
+    err = capsys.readouterr().err
+    assert "photo-z PDFs" in err and f"{n}/{n}" in err, err
+    np.testing.assert_array_equal(shown.means, quiet.means)
+    np.testing.assert_array_equal(shown.catalog["z_mode"], quiet.catalog["z_mode"])
+
+
 def test_each_bands_masked_share_of_the_aperture_is_a_column_and_warned_of(tiny_estimator):
     """A band without data under a galaxy reads as no light (a dropout): the PDFs say how
     much of each band's 5-px aperture is masked, counted here pixel by pixel."""

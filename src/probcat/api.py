@@ -1870,6 +1870,7 @@ def photoz(
     known_redshifts=None,
     width_scale: float = 1.0,
     rescue_bright: bool = True,
+    progress: bool = False,
 ):
     """Detect the sources of a multi-band image and estimate a redshift PDF for each galaxy
     (paper 002): a :class:`~probcat.redshift.estimator.PhotozResult` with the catalog (``z_mode,
@@ -1912,6 +1913,7 @@ def photoz(
             (not with ``known_redshifts``).
         rescue_bright: as :func:`detect`'s: the bright galaxies the detector leaves without
             a detection get one, and their PDFs.
+        progress: a progress bar over the PDFs of a field with many galaxies.
 
     Example:
         >>> res = probcat.photoz("field_ugrizy.fits")                 # doctest: +SKIP
@@ -1977,5 +1979,5 @@ def photoz(
         width_scale, meta["width_fit_objects"] = est._fit_widths(xs, wcs, known_redshifts, routed)
     return est._estimate(
         xs, res.catalog, wcs, galaxies_only, detection=res, meta=meta, width_scale=width_scale,
-        band_mask=bands_masked, seeing_route=not keep,
+        band_mask=bands_masked, seeing_route=not keep, progress=progress,
     )  # fmt: skip

@@ -608,6 +608,7 @@ def photoz_cmd(
         "auto", help="CPU threads: auto (1 for small images, else one per idle core) or N"
     ),
     device: str = typer.Option(None, help="cpu, cuda, ... (default: a GPU when present)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ):
     """Detect the sources of a multi-band image and estimate a redshift PDF for each galaxy:
     the catalog gets z_mode, z_median, z_mean and 68%/95% intervals; the PDFs go to
@@ -650,6 +651,7 @@ def photoz_cmd(
         match_depth=match_depth,
         known_redshifts=spec_z,
         width_scale=width_scale,
+        progress=not quiet,
     )
     msg = f"{len(res.catalog)} detections, {int(res.catalog['has_pz'].sum())} photo-z PDFs"
     msg += _input_note(res.catalog.meta.get("input", {}))

@@ -47,6 +47,8 @@ __all__ = [
 ]
 
 _CHUNK = 256  # stamps per forward pass (cache-sized: faster on a CPU than larger ones)
+# a progress bar over the PDFs (when asked for) from this many objects: about 2 s here
+PROGRESS_MIN_OBJECTS = 2048
 # noise over the deepest training depth's below which photo-z warns: on white noise of
 # 0.87 times the 10-year sigma the PDFs' 68% intervals held 0.61 of the true redshifts
 DEEPER_WARN = 0.9
@@ -459,12 +461,15 @@ class PhotozEstimator:
         return out
 
     @inference_entry
-    def _mixture(self, x_sigma: np.ndarray, x, y, masked=None, main=None):
+    def _mixture(self, x_sigma: np.ndarray, x, y, masked=None, main=None, progress=False):
         """Mixtures of the objects at ``x, y`` of the image ``x_sigma`` as the network
         reads it; ``masked``: its ``(H, W)`` pixels without data in some band (None: none),
         whose near objects (:func:`near_masked`) the :meth:`masked_net` reads when there is
-        one; ``main``: the network that reads the others (None: this estimator's)."""
+        one; ``main``: the network that reads the others (None: this estimator's);
+        ``progress``: a progress bar over the objects when there are
+        :data:`PROGRESS_MIN_OBJECTS` or more."""
         import torch
+        from tqdm.auto import tqdm
 
         from probcat.runtime import full_float32, thread_limit, threads_for
 
@@ -479,7 +484,9 @@ class PhotozEstimator:
         other = self.masked_net() if hit.any() else None  # loaded only when needed
         out = [np.zeros((len(x), k)) for _ in range(3)]
         n_threads = threads_for(self.threads, len(x) * size * size)
-        with thread_limit(n_threads), full_float32(), torch.no_grad():
+        show = progress and len(x) >= PROGRESS_MIN_OBJECTS
+        bar = tqdm(total=len(x), desc="photo-z PDFs", unit="obj", disable=not show)
+        with thread_limit(n_threads), full_float32(), torch.no_grad(), bar:
             for net, rows in ((self.net if main is None else main, np.flatnonzero(~hit)),
                               (other, np.flatnonzero(hit))):  # fmt: skip
                 for s in range(0, len(rows), _CHUNK):
@@ -489,6 +496,7 @@ class PhotozEstimator:
                     st = torch.from_numpy(st).to(self.device, memory_format=torch.channels_last)
                     for j, t in enumerate(net(st)):
                         out[j][r] = t.double().cpu().numpy()
+                    bar.update(len(r))
         w, m, sd = out
         return w / w.sum(1, keepdims=True), m, sd
 
@@ -502,6 +510,7 @@ class PhotozEstimator:
         zeropoint=None,
         match_depth: bool = False,
         width_scale: float = 1.0,
+        progress: bool = False,
     ) -> PhotozResult:
         """Redshift PDFs of ``catalog``'s objects (``x, y``; with ``galaxies_only``, those
         whose ``galaxy`` flag, or ``galaxy_prob >= 0.5``, says galaxy) in ``image``;
@@ -512,11 +521,12 @@ class PhotozEstimator:
         (``meta["photoz"]["seeing_weights"]``; objects near masks by :meth:`masked_net`). An
         image (FITS or :class:`~probcat.io.ImageData` with named bands) without one or two of the
         weights' bands has them read as bands without data, where the weights have
-        :attr:`masked_weights` (:func:`probcat.api.absent_bands`; a warning)."""
+        :attr:`masked_weights` (:func:`probcat.api.absent_bands`; a warning). ``progress``:
+        a progress bar over the PDFs of many objects."""
         xs, wcs, meta, bands_masked = self.read(image, noise_sigma, zeropoint, match_depth)
         return self._estimate(
             xs, catalog, wcs, galaxies_only, meta=meta, width_scale=width_scale,
-            band_mask=bands_masked, seeing_route=width_scale == 1.0,
+            band_mask=bands_masked, seeing_route=width_scale == 1.0, progress=progress,
         )  # fmt: skip
 
     def _estimate(
@@ -530,6 +540,7 @@ class PhotozEstimator:
         width_scale=1.0,
         band_mask=None,
         seeing_route=True,
+        progress=False,
     ) -> PhotozResult:
         """``xs``: the image as the network reads it, and ``meta`` what
         :meth:`network_input` recorded of it; ``band_mask``: each band's pixels without
@@ -562,7 +573,9 @@ class PhotozEstimator:
             use = np.ones(n, bool)
         rows = np.flatnonzero(use)
         masked = None if band_mask is None else band_mask.any(0)
-        w, m, sd = self._mixture(xs, catalog["x"][rows], catalog["y"][rows], masked, main)
+        w, m, sd = self._mixture(
+            xs, catalog["x"][rows], catalog["y"][rows], masked, main, progress=progress
+        )
         sd = sd * width_scale
         summ = summaries(w, m, sd)
         cols = {}
