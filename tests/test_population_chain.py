@@ -248,6 +248,12 @@ def test_population_cli_reads_a_fits_map(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "neg.fits: the map has" in err and "negative pixel(s)" in err
     assert not (tmp_path / "n").exists()
+    # an empty map: refused before an hour of training, not only warned of
+    fits.PrimaryHDU(np.zeros_like(maps[0])).writeto(tmp_path / "zero.fits")
+    rc = main(["population", "--image", str(tmp_path / "zero.fits"), "-o", str(tmp_path / "z")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "zero.fits: the map is empty (every pixel 0)" in err, err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "z").exists()
     # the map in counts instead of counts over 100: said before the training starts
     fits.PrimaryHDU(maps[0] * 100).writeto(tmp_path / "counts.fits")
     args = ["population", "--image", str(tmp_path / "counts.fits"), "-c", str(cfg), "-q"]

@@ -729,7 +729,7 @@ def coverage(chain: Chain, det: Detections, log_e_r4: np.ndarray, grid: Grid, rn
 
 def check_target_map(target_map) -> np.ndarray:
     """A target map as float32 ``(128, 128)``; a clear error for another shape, for
-    non-finite pixels and for negative ones."""
+    non-finite pixels, for negative ones and for an empty map (no light at all)."""
     x_o = np.asarray(target_map, np.float32)
     if x_o.shape != (MAP_SIZE, MAP_SIZE):
         shape = "x".join(map(str, x_o.shape)) or "a scalar"
@@ -740,6 +740,11 @@ def check_target_map(target_map) -> np.ndarray:
         raise ProbcatValueError(
             f"the map has {int((x_o < 0).sum())} negative pixel(s) (lowest {x_o.min():.4g}): "
             "the model's maps are Poisson counts over 100, never negative"
+        )
+    if not (x_o > 0).any():  # under the prior: at most a few in a million maps, at N = 10
+        raise ProbcatValueError(
+            "the map is empty (every pixel 0): the model's maps hold the light of 10 to 500 "
+            "sources; check the file (its HDU, its units)"
         )
     return x_o
 
