@@ -8,7 +8,58 @@ import numpy as np
 
 from probcat.catalog import FullCatalog, atomic_write
 
-__all__ = ["asinh_stretch", "field_overview", "detection_figure", "deblend_figure"]
+__all__ = [
+    "asinh_stretch", "field_overview", "detection_figure", "deblend_figure", "photoz_figure",
+    "place_labels",
+]  # fmt: skip
+
+
+def _save(fig, path, dpi: int) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically, then close it (a figure left open
+    stays in pyplot's memory for the rest of the session)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def place_labels(ax, xy, labels, offset: float = 5.0, **text_kw) -> list:
+    """Annotate the points ``xy`` (data coordinates) of ``ax`` with ``labels``, each at
+    the first of four corners (upper right, upper left, lower right, lower left, ``offset``
+    points from the point) where it lies inside the axes and overlaps no label placed
+    before it (else the corner where it overlaps the fewest). Returns the texts."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    corners = [
+        ((offset, offset), "left", "bottom"),
+        ((-offset, offset), "right", "bottom"),
+        ((offset, -offset), "left", "top"),
+        ((-offset, -offset), "right", "top"),
+    ]
+    placed, boxes = [], []
+    for (px, py), label in zip(xy, labels):
+        best = None
+        for dxy, ha, va in corners:
+            t = ax.annotate(label, (px, py), xytext=dxy, textcoords="offset points",
+                            ha=ha, va=va, **text_kw)  # fmt: skip
+            box = t.get_window_extent(renderer)
+            out = not (frame.x0 <= box.x0 and box.x1 <= frame.x1
+                       and frame.y0 <= box.y0 and box.y1 <= frame.y1)  # fmt: skip
+            cost = sum(box.overlaps(b) for b in boxes) + 0.5 * out
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, t, box)
+            else:
+                t.remove()
+            if cost == 0:
+                break
+        placed.append(best[1])
+        boxes.append(best[2])
+    return placed
 
 
 def asinh_stretch(image: np.ndarray, sigma: float, soften: float = 3.0) -> np.ndarray:
@@ -102,7 +153,7 @@ def field_overview(
     if snr is not None:
         ah.set_title(f"median SNR (eq. 12): {np.median(snr):.1f}; SNR>5: {(snr > 5).sum()}")
     ah.legend(fontsize=9)
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    return _save(fig, path, 90)
 
 
 def detection_figure(
@@ -174,7 +225,7 @@ def detection_figure(
         ax.set_title(f"{name}: {len(cat)} sources")
     if title:
         fig.suptitle(title)
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+    return _save(fig, path, 80)
 
 
 def deblend_figure(
@@ -215,7 +266,7 @@ def deblend_figure(
         ax.scatter(x[inside], y[inside], s=12, marker="+", color="tab:orange", lw=0.7)
     if title:
         fig.suptitle(title)
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+    return _save(fig, path, 80)
 
 
 def photoz_figure(
@@ -227,7 +278,7 @@ def photoz_figure(
     *,
     zoom: int = 120,
     title: str = "",
-) -> None:
+) -> Path:
     """RGB (i, r, g) view of a multi-band field in noise-sigma units, and a zoom on its
     centre where every galaxy with a photo-z is labelled with its PDF mode and central 68%
     interval (and the true redshift of the nearest true galaxy within 2 px, when given)."""
@@ -236,6 +287,7 @@ def photoz_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from astropy.visualization import make_lupton_rgb
+    from matplotlib import patheffects
 
     planes = [bands.index(b) for b in ("i", "r", "g")]
     rgb = make_lupton_rgb(*(image_sigma[k] for k in planes), stretch=8.0, Q=6.0, minimum=-1.0)
@@ -254,6 +306,7 @@ def photoz_figure(
     has = np.asarray(catalog["has_pz"], bool)
     x, y = np.asarray(catalog["x"]), np.asarray(catalog["y"])
     inside = has & (x >= x0) & (x < x0 + zoom) & (y >= y0) & (y < y0 + zoom)
+    labels = []
     for k in np.flatnonzero(inside):
         label = (
             f"{catalog['z_mode'][k]:.2f} [{catalog['z_lo68'][k]:.2f}, {catalog['z_hi68'][k]:.2f}]"
@@ -263,21 +316,17 @@ def photoz_figure(
             j = int(np.argmin(d))
             if d[j] < 2 and bool(truth["galaxy"][j]):
                 label = f"true {truth['redshift'][j]:.2f}\n" + label
-        axes[1].plot(x[k], y[k], "o", mfc="none", mec="yellow", ms=9)
-        axes[1].annotate(
-            label,
-            (x[k], y[k]),
-            xytext=(5, 5),
-            textcoords="offset points",
-            color="yellow",
-            fontsize=7,
-        )
+        labels.append(label)
+    k = np.flatnonzero(inside)
+    axes[1].plot(x[k], y[k], "o", mfc="none", mec="yellow", ms=9, ls="none")
     axes[1].set_title("centre: photo-z mode [68% interval]" + (" and true z" if truth else ""))
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.tight_layout()  # before the labels: they are placed in the final axes
+    outline = [patheffects.withStroke(linewidth=2, foreground="black")]
+    place_labels(axes[1], zip(x[k], y[k]), labels, color="yellow", fontsize=7,
+                 path_effects=outline)  # fmt: skip
+    return _save(fig, path, 110)
