@@ -13,28 +13,10 @@ from helpers import benchmark_module
 from probcat.cli import main
 from probcat.population.chain import NetConfig, PopulationConfig, run_chain, simulated_target
 
-TINY_YAML = """
-r1: {steps: 6, batch: 2, lr: 0.002}
-r1_crop: 40
-r1_channels: 4
-pool_maps: 24
-r2: {steps: 5, batch: 32, lr: 0.002}
-r3: {steps: 5, batch: 4, lr: 0.001}
-r4: {steps: 5, batch: 8, lr: 0.001}
-head: {steps: 5, batch: 8, lr: 0.001}
-head_maps: 16
-round_head: {steps: 5, batch: 8, lr: 0.001}
-round_head_maps: 16
-r4_draws: 2
-prior_draws: 50
-coverage_sims: 6
-predictive_maps: 20
-prior_check_maps: 50
-grid_n_step: 50
-grid_sigma: 5
-grid_h: 5
-threads: 1
-"""
+# the chain on a budget of seconds (also read by benchmarks/_fuzz.py)
+TINY_YAML = (
+    Path(__file__).parents[1] / "benchmarks" / "configs" / "population_tiny.yaml"
+).read_text()
 
 
 @pytest.mark.slow
