@@ -1299,6 +1299,50 @@ TABLES = {
             machine_speed_row("speed.reference_speed_s", "time"),
         ],
     ),
+    "deblend_wings": (
+        "faint galaxies in big galaxies' outskirts: their wings fitted or not, on held-out "
+        "1000×1000 fields",
+        [
+            (
+                f"{pop}: galaxies with others' wings ≥ 1σ in the aperture, median frac. flux "
+                "residual",
+                f"populations.{pop}.on.wing_ge_1.median",
+                f"populations.{pop}.off.wing_ge_1.median",
+                "+.3f",
+                "",
+            )
+            for pop in ("parametric", "morphology")
+        ]
+        + [
+            (
+                f"{pop}: same, median abs. frac. flux residual",
+                f"populations.{pop}.on.wing_ge_1.median_abs",
+                f"populations.{pop}.off.wing_ge_1.median_abs",
+                ".3f",
+                "",
+            )
+            for pop in ("parametric", "morphology")
+        ]
+        + [
+            (
+                f"{pop}: all galaxies, median frac. flux residual",
+                f"populations.{pop}.on.all.median",
+                f"populations.{pop}.off.all.median",
+                "+.4f",
+                "",
+            )
+            for pop in ("parametric", "morphology")
+        ]
+        + [
+            (
+                "parametric: deblending a 1000×1000 field, detection excluded (s)",
+                "populations.parametric.on.deblend_s_median",
+                "populations.parametric.off.deblend_s_median",
+                ".2f",
+                "",
+            ),
+        ],
+    ),
     "photoz": (
         "image photo-z PDFs (paper 002) on held-out ugrizy scenes, same objects as the "
         "catalog codes",
@@ -1833,6 +1877,7 @@ BASELINES = {
     "detection_masks": "masked pixels as no light",
     "psf_profile": "SEP",
     "deblend": "SEP",
+    "deblend_wings": "no wings",
     "photoz": "FlexZBoost",
     "simulate": "direct GalSim",
     "robustness": "SEP",

@@ -859,3 +859,104 @@ def test_deblend_measures_a_six_band_detectors_sources_in_the_deblenders_band(
     np.testing.assert_allclose(cat["flux_q50"], again.catalog["flux_q50"], rtol=1e-5)
     with pytest.raises(ProbcatValueError, match=r"reads band\(s\) i, which the detector's"):
         probcat.deblend(image, weights=tiny("g"), deblender=str(deblender_weights))
+
+
+def _exponential(shape, x0, y0, peak, scale, q=0.7, angle=0.5):
+    """An elliptical exponential profile ``peak * exp(-a / scale)`` on a grid."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    u = (xx - x0) * math.cos(angle) + (yy - y0) * math.sin(angle)
+    v = -(xx - x0) * math.sin(angle) + (yy - y0) * math.cos(angle)
+    return peak * np.exp(-np.sqrt(u**2 + (v / q) ** 2) / scale)
+
+
+def test_galaxy_wings_recover_the_light_beyond_a_models_stamp():
+    """A model cut at its stamp's edge from a galaxy whose light goes on beyond it: the
+    wing fitted to the data continues it, close to the true light; a compact galaxy, or
+    one whose outskirts are all masked, gets none."""
+    from probcat.infer.deblend import galaxy_wings
+
+    n, half = 241, 26
+    truth = _exponential((n, n), 120.3, 119.8, 400.0, 9.0)
+    rng = np.random.default_rng(1)
+    image = (truth + rng.standard_normal((n, n)))[None].astype(np.float32)
+    box = (slice(120 - half, 121 + half), slice(120 - half, 121 + half))
+
+    def models(profile):
+        stamp = profile[box][None, None].astype(np.float32)
+        at = [np.array([v]) for v in (120, 120, 120.3, 119.8)]
+        return Models(stamp, *at, np.ones(1, bool))
+
+    wing, which = galaxy_wings(image, models(truth), [1.0])
+    assert list(which) == [0]
+    outside = np.ones((n, n), bool)
+    outside[box] = False
+    assert not wing[0][box].any()  # inside the stamp the model is the galaxy
+    beyond = truth[outside & (np.abs(np.arange(n)[None] - 120) < 120)]  # in its window
+    got = wing[0][outside & (np.abs(np.arange(n)[None] - 120) < 120)]
+    assert got.sum() == pytest.approx(beyond.sum(), rel=0.1)
+    assert np.abs(got - beyond).max() < 0.05 * beyond.max()
+    compact = _exponential((n, n), 120.3, 119.8, 400.0, 1.5)
+    img2 = (compact + rng.standard_normal((n, n)))[None].astype(np.float32)
+    assert galaxy_wings(img2, models(compact), [1.0])[0] is None
+    assert galaxy_wings(image, models(truth), [1.0], mask=outside)[0] is None
+
+
+class ByBrightness(nn.Module):
+    """A stand-in deblender that returns one of two stamps (sigma units): ``bright`` for a
+    crop whose centre is above ``level``, else ``faint``."""
+
+    def __init__(self, bright, faint, level, in_size=S):
+        super().__init__()
+        self.register_buffer("bright", torch.from_numpy(bright)[None, None])
+        self.register_buffer("faint", torch.from_numpy(faint)[None, None])
+        self.level = level
+        self.unused = nn.Parameter(torch.zeros(1))
+        self.in_size, self.out_size = in_size, bright.shape[-1]
+
+    def forward(self, x):
+        c = x.shape[-1] // 2
+        big = (x[:, :1, c : c + 1, c : c + 1] > self.level).float()
+        return big * self.bright + (1 - big) * self.faint
+
+
+def test_a_faint_galaxy_in_a_big_ones_outskirts_keeps_only_its_own_light():
+    """The big galaxy's model stops at its stamp's edge; its light beyond is fitted as a
+    wing, and the faint galaxy there is measured without it (with ``wings=False`` it took
+    that light as its own)."""
+    from probcat.api import Deblender
+    from probcat.measure import aperture_sums
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="i")
+    sig = float(survey.noise_sigma[0])
+    n, size, half = 200, 53, 26
+    big = _exponential((n, n), 80.0, 80.0, 200 * sig, 8.0)
+    yy, xx = np.mgrid[:n, :n]
+    faint = 300 * sig * np.exp(-((xx - 116.0) ** 2 + (yy - 80.0) ** 2) / (2 * 1.5**2))
+    faint /= 2 * np.pi * 1.5**2
+    image = (big + faint)[None].astype(np.float32)
+    cut = (slice(80 - half, 81 + half), slice(80 - half, 81 + half))
+    cut_f = (slice(80 - half, 81 + half), slice(116 - half, 117 + half))
+    net = ByBrightness((big[cut] / sig).astype(np.float32), (faint[cut_f] / sig).astype(np.float32),
+                       level=50.0, in_size=size)  # fmt: skip
+    cat = FullCatalog({"x": np.array([80.0, 116.0]), "y": np.array([80.0, 80.0]),
+                       "galaxy": np.ones(2, bool)}, (n, n), ("i",))  # fmt: skip
+    db = Deblender(net, survey, device="cpu")
+    true = aperture_sums(faint, [116.0], [80.0], 5.0)[0][0]
+    kw = dict(noise_sigma=[sig], background="none", passes=0)
+    plain = db.measure(image, cat, wings=False, **kw)
+    got = db.measure(image, cat, **kw)
+    assert plain.catalog["flux_ap"][1, 0] > 1.3 * true  # the wing taken as its own
+    assert got.catalog["flux_ap"][1, 0] == pytest.approx(true, rel=0.03)
+    assert got.catalog["flux_ap"][0, 0] == pytest.approx(plain.catalog["flux_ap"][0, 0], rel=0.01)
+    assert got.catalog.meta["deblend"]["wing_galaxies"] == 1
+    assert "wing_galaxies" not in plain.catalog.meta["deblend"]
+    # the scene model holds the wing: the residual beyond the big galaxy's stamp is small
+    ring = np.zeros((n, n), bool)
+    ring[80 - 45 : 81 + 45, 80 - 45 : 81 + 45] = True
+    ring[cut] = False
+    ring[:, 100:] = False  # the faint galaxy's side
+    assert np.abs(got.residual[0][ring]).max() < 0.1 * big[ring].max()
+    assert np.abs(plain.residual[0][ring]).max() > 0.9 * big[ring].max()
+    with pytest.raises(ProbcatValueError, match="wings must be True or False"):
+        db.measure(image, cat, wings="yes", **kw)

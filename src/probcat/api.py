@@ -1259,6 +1259,7 @@ class Deblender:
         progress: bool = False,
         mask=None,
         zeropoint=None,
+        wings: bool = True,
     ) -> DeblendResult:
         """Deblend the sources of ``catalog`` (``x, y`` and ``galaxy`` or ``galaxy_prob``)
         in ``image`` (FITS path, :class:`~probcat.io.ImageData` or array in electrons) and
@@ -1284,13 +1285,20 @@ class Deblender:
         one per band) for ``mag_ap``; default: the file's (a flux-density ``BUNIT`` such as
         nJy, or a ``MAGZERO``, ``MAGZP``, ``PHOTZP`` or ``FLUXMAG0`` keyword:
         :class:`probcat.io.ImageData`), else, for electrons, the survey's band zeropoint and
-        exposure time (``mag_ap`` is NaN for other units without one).
+        exposure time (``mag_ap`` is NaN for other units without one);
+        ``wings``: the light of big galaxies beyond their models' stamps
+        (:func:`probcat.infer.deblend.galaxy_wings`) is fitted, taken out of the image the
+        sources are deblended and measured on (a faint neighbour in a big galaxy's
+        outskirts no longer gets that light as its own) and added to the scene model
+        (default; False for the models' stamps alone).
         """
         from probcat.infer.deblend import (
             REFINE_PASSES,
             _xyg,
             aperture_fluxes,
             check_method,
+            fit_amplitudes,
+            galaxy_wings,
             paste_models,
             reconstruct,
             sample_fluxes,
@@ -1328,11 +1336,18 @@ class Deblender:
         if not ok.all():
             raise ProbcatValueError("the catalog has non-finite x or y")
         n = len(cx)
+        wings = _check_flag(wings, "wings")
         with thread_limit(threads_for(self.threads, h * w)), full_float32():
             models = reconstruct(
                 self.net, img, sigma, cx, cy, gal, survey=self.survey, device=self.device,
                 passes=passes, amplitudes=amplitudes, mask=masked,
             )  # fmt: skip
+            wing, winged = galaxy_wings(img, models, sigma, mask=masked) if wings else (None, [])
+            full = img  # the image; img: what the sources' models share from here on
+            if wing is not None:  # the big galaxies' wings are theirs: the rest share the rest
+                img = img - wing
+                if amplitudes:
+                    models = fit_amplitudes(img, models, sigma, mask=masked)
             model = paste_models(models, (h, w))  # the scene model, pasted once
             ap = aperture_fluxes(img, models, np.arange(n), method=(method, "data"), total=model)
             flux = ap[method]
@@ -1408,7 +1423,10 @@ class Deblender:
         if "zeropoint" in info:  # what mag_ap was read with
             cat.meta["deblend"]["zeropoint"] = info["zeropoint"]
             cat.meta["deblend"]["zeropoint_source"] = info["zeropoint_source"]
-        return DeblendResult(cat, model, img - model, models, None, wcs)
+        if wing is not None:
+            model += wing
+            cat.meta["deblend"]["wing_galaxies"] = len(winged)
+        return DeblendResult(cat, model, full - model, models, None, wcs)
 
 
 def _aperture_noise_factors(x: np.ndarray, info: dict) -> np.ndarray:
@@ -1577,6 +1595,7 @@ def deblend(
     zeropoint=None,
     seeing="auto",
     rescue_bright: bool = True,
+    wings: bool = True,
 ) -> DeblendResult:
     """Detect, deblend and measure every source of an image, with flux posteriors from
     ``samples`` posterior catalog samples (0: point measurements only).
@@ -1590,6 +1609,8 @@ def deblend(
         method: ``"conserve"`` (default) or ``"subtract"`` (see :meth:`Deblender.measure`).
         passes: refinement rounds of the galaxy models (see :meth:`Deblender.measure`).
         amplitudes: fit the models' amplitudes jointly (see :meth:`Deblender.measure`).
+        wings: the light of big galaxies beyond their models (see
+            :meth:`Deblender.measure`).
         zeropoint: AB magnitude of a flux of 1 in the image's units, for ``mag_ap`` (see
             :meth:`Deblender.measure`; default: the file's), and the image's depth (see
             :func:`detect`).
@@ -1607,6 +1628,7 @@ def deblend(
     if passes is not None:
         _check_passes(passes)
     _check_flag(amplitudes, "amplitudes")
+    _check_flag(wings, "wings")
     det = load(weights, device=device, threads=threads, kind="detection")
     dbl = load(deblender or DEFAULT_DEBLENDER, device=device, threads=threads, kind="deblender")
     check_deblender_bands(dbl, det)
@@ -1630,7 +1652,7 @@ def deblend(
         out = dbl.measure(
             image, res.catalog, noise_sigma=noise_sigma, samples=res.samples, method=method,
             sky_offset=det.sky_offset, passes=passes, amplitudes=amplitudes, progress=progress,
-            zeropoint=zeropoint, **opts,
+            zeropoint=zeropoint, wings=wings, **opts,
         )  # fmt: skip
     out.detection = res
     out.wcs = res.wcs

@@ -46,6 +46,7 @@ __all__ = [
     "star_stamps",
     "assemble",
     "fit_amplitudes",
+    "galaxy_wings",
     "aperture_fluxes",
     "match_nearest",
     "sample_fluxes",
@@ -383,6 +384,144 @@ def assemble(image, gal_stamps, x, y, galaxy, survey=None) -> Models:
         rest = image - paste_models(gals, image.shape[1:])
         stamps[~galaxy] = star_stamps(survey, size, rest, x[~galaxy], y[~galaxy])
     return Models(stamps, cx, cy, x, y, galaxy)
+
+
+WING_LEVEL = 0.01  # a galaxy model whose border ring averages this many noise sigmas...
+WING_MAX_PX = 128  # ...gets a wing out to this distance from its centre (px, Chebyshev)
+WING_FLOOR = 1e-3  # wing pixels fainter than this many noise sigmas are left out
+WING_CLIP = 5.0  # pixels of the data less the models beyond this many sigmas (over the
+# wing's start) stay out of the fit: other sources' misfits, not the galaxy's light...
+WING_OTHERS = 1.0  # ...as do the pixels where other sources' models exceed this many sigmas
+_WING_SCALES = np.geomspace(0.3, 300.0, 121)  # exponential scale lengths tried (px)
+
+
+def galaxy_wings(
+    image: np.ndarray,
+    models: Models,
+    sigma,
+    *,
+    mask: np.ndarray | None = None,
+    level: float = WING_LEVEL,
+    max_px: int = WING_MAX_PX,
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """The light of big galaxies beyond their models' stamps, ``(bands, H, W)`` (None
+    where there is none), and the indices of the models that got some.
+
+    The decoder draws every galaxy on a stamp of :attr:`Models.size` pixels; a big bright
+    galaxy's light goes on beyond it, and is then left to whatever source lies there (a
+    faint neighbour in its outskirts gets it as its own). Each galaxy model whose border
+    ring (two pixels wide) averages more than ``level`` noise sigmas in some band gets a
+    wing outside its stamp, continuous with the model: a pixel beyond the stamp gets the
+    model's value where the line from the centre to it leaves the stamp, times
+    ``exp(-d / h)``, ``d`` the difference of the two points' elliptical radii (the
+    ellipse of the model's second moments). The scale length ``h`` is fitted, band by
+    band, by least squares to the data less the scene model (and the wings fitted
+    before) out to ``max_px`` from the centre (pixels in ``mask``, those more than
+    :data:`WING_CLIP` sigmas off and those where other sources' models exceed
+    :data:`WING_OTHERS` sigmas left out); a band whose data there are fitted as well by
+    no wing gets none. Brightest galaxies first."""
+    nb, h, w = image.shape
+    size, half = models.size, models.size // 2
+    none = (None, np.zeros(0, np.int64))
+    if len(models) == 0 or size < 9:
+        return none
+    sig = np.broadcast_to(np.asarray(sigma, float).ravel(), (nb,))
+    ring = np.ones((size, size), bool)
+    ring[2:-2, 2:-2] = False
+    border = models.stamps[:, :, ring].mean(-1) / sig  # (N, bands)
+    cand = np.flatnonzero(np.asarray(models.galaxy, bool) & (border > level).any(1))
+    if not len(cand):
+        return none
+    bad = None if mask is None else np.asarray(mask, bool)
+    total = paste_models(models, (h, w))
+    rest = image - total
+    wings = np.zeros_like(rest)
+    ar = np.arange(size) - half
+    winged = []
+    for j in cand[np.argsort(-models.stamps[cand].sum((1, 2, 3)))]:
+        check_interrupt()
+        cx, cy = int(models.cx[j]), int(models.cy[j])
+        x0, x1 = max(cx - max_px, 0), min(cx + max_px + 1, w)
+        y0, y1 = max(cy - max_px, 0), min(cy + max_px + 1, h)
+        dx = np.arange(x0, x1)[None, :] - cx + np.zeros((y1 - y0, 1), np.int64)
+        dy = np.arange(y0, y1)[:, None] - cy + np.zeros((1, x1 - x0), np.int64)
+        cheb = np.maximum(np.abs(dx), np.abs(dy))
+        out = cheb > half
+        if not out.any():
+            continue
+        dx, dy, cheb = dx[out], dy[out], cheb[out]
+        t = half / cheb  # where the line from the centre leaves the stamp
+        bx, by = np.rint(dx * t).astype(np.int64), np.rint(dy * t).astype(np.int64)
+        q, cos, sin = _ellipse(np.clip(models.stamps[j].sum(0), 0, None), ar)
+        ox, oy = models.x[j] - cx, models.y[j] - cy
+        d = _elliptical_radius(dx - ox, dy - oy, q, cos, sin) - _elliptical_radius(
+            dx * t - ox, dy * t - oy, q, cos, sin
+        )
+        d = np.maximum(d, 0.0)
+        use = np.ones(len(d), bool) if bad is None else ~bad[y0:y1, x0:x1][out]
+        got = False
+        for k in range(nb):
+            start = models.stamps[j, k][by + half, bx + half].astype(np.float64)
+            if not (start > WING_FLOOR * sig[k]).any():
+                continue
+            r = rest[k, y0:y1, x0:x1][out].astype(np.float64)
+            others = total[k, y0:y1, x0:x1][out]  # beyond the stamp: other sources' models
+            fit = use & (start > 0) & (np.abs(r) < WING_CLIP * sig[k] + start)
+            fit &= others < WING_OTHERS * sig[k]
+            scale = _wing_scale(d[fit], r[fit], start[fit])
+            if scale is None:
+                continue
+            wing = np.clip(start, 0, None) * np.exp(-d / scale)
+            wing[wing < WING_FLOOR * sig[k]] = 0.0
+            full = np.zeros((y1 - y0, x1 - x0), np.float32)
+            full[out] = wing
+            wings[k, y0:y1, x0:x1] += full
+            rest[k, y0:y1, x0:x1] -= full
+            got = got or bool(wing.any())
+        if got:
+            winged.append(j)
+    return (wings if winged else None), np.array(winged, np.int64)
+
+
+def _ellipse(profile: np.ndarray, ar: np.ndarray) -> tuple[float, float, float]:
+    """Axis ratio and the cosine and sine of the major axis' angle of the second moments
+    of a non-negative ``profile`` ``(S, S)`` about its first moment (a circle when flat)."""
+    tot = profile.sum()
+    if not tot > 0:
+        return 1.0, 1.0, 0.0
+    mx, my = (profile * ar[None, :]).sum() / tot, (profile * ar[:, None]).sum() / tot
+    xx = (profile * (ar[None, :] - mx) ** 2).sum() / tot
+    yy = (profile * (ar[:, None] - my) ** 2).sum() / tot
+    xy = (profile * (ar[None, :] - mx) * (ar[:, None] - my)).sum() / tot
+    tr, det = xx + yy, xx * yy - xy**2
+    disc = math.sqrt(max(tr * tr / 4 - det, 0.0))
+    l1, l2 = tr / 2 + disc, max(tr / 2 - disc, 1e-12)
+    theta = 0.5 * math.atan2(2 * xy, xx - yy)
+    return float(min(max(math.sqrt(l2 / l1), 0.05), 1.0)), math.cos(theta), math.sin(theta)
+
+
+def _elliptical_radius(dx, dy, q: float, cos: float, sin: float) -> np.ndarray:
+    """Semi-major axis of the ellipse (axis ratio ``q``, major axis at angle
+    ``(cos, sin)``) through the offsets ``(dx, dy)``."""
+    u = dx * cos + dy * sin
+    v = -dx * sin + dy * cos
+    return np.sqrt(u * u + (v / q) ** 2)
+
+
+def _wing_scale(d: np.ndarray, data: np.ndarray, start: np.ndarray) -> float | None:
+    """The scale length ``h`` whose wing ``start * exp(-d / h)`` fits ``data`` best in
+    least squares (the sums binned by ``d`` in steps of a pixel, within which the wing's
+    fall is taken as that of the step's middle), or None where no wing fits as well as
+    none."""
+    if len(d) < 10:
+        return None
+    b = np.floor(d).astype(np.int64)
+    s_dm = np.bincount(b, weights=data * start)
+    s_mm = np.bincount(b, weights=start * start)
+    fall = np.exp(-(np.arange(len(s_dm)) + 0.5)[None, :] / _WING_SCALES[:, None])
+    gain = (-2.0 * fall * s_dm[None, :] + fall * fall * s_mm[None, :]).sum(1)  # cost - none
+    best = int(np.argmin(gain))
+    return float(_WING_SCALES[best]) if gain[best] < 0 else None
 
 
 def fit_amplitudes(
