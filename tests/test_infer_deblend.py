@@ -941,7 +941,7 @@ def test_a_faint_galaxy_in_a_big_ones_outskirts_keeps_only_its_own_light():
                        level=50.0, in_size=size)  # fmt: skip
     cat = FullCatalog({"x": np.array([80.0, 116.0]), "y": np.array([80.0, 80.0]),
                        "galaxy": np.ones(2, bool)}, (n, n), ("i",))  # fmt: skip
-    db = Deblender(net, survey, device="cpu")
+    db = Deblender(net, survey, {"flux_error": {"scale": 0.1}}, device="cpu")
     true = aperture_sums(faint, [116.0], [80.0], 5.0)[0][0]
     kw = dict(noise_sigma=[sig], background="none", passes=0)
     plain = db.measure(image, cat, wings=False, **kw)
@@ -949,6 +949,11 @@ def test_a_faint_galaxy_in_a_big_ones_outskirts_keeps_only_its_own_light():
     assert plain.catalog["flux_ap"][1, 0] > 1.3 * true  # the wing taken as its own
     assert got.catalog["flux_ap"][1, 0] == pytest.approx(true, rel=0.03)
     assert got.catalog["flux_ap"][0, 0] == pytest.approx(plain.catalog["flux_ap"][0, 0], rel=0.01)
+    # the wing's light in the aperture widens the error as a neighbour's model would
+    wing_ap = aperture_sums(big, [116.0], [80.0], 5.0)[0][0]
+    noise = sig * math.sqrt(math.pi * 25)
+    assert got.catalog["flux_ap_err"][1, 0] == pytest.approx(math.hypot(noise, 0.1 * wing_ap),
+                                                              rel=0.05)  # fmt: skip
     assert got.catalog.meta["deblend"]["wing_galaxies"] == 1
     assert "wing_galaxies" not in plain.catalog.meta["deblend"]
     # the scene model holds the wing: the residual beyond the big galaxy's stamp is small

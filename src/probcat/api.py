@@ -1351,7 +1351,10 @@ class Deblender:
             model = paste_models(models, (h, w))  # the scene model, pasted once
             ap = aperture_fluxes(img, models, np.arange(n), method=(method, "data"), total=model)
             flux = ap[method]
-            contam = np.maximum(ap["data"] - flux, 0.0)  # the neighbours' light
+            # the neighbours' light (a big galaxy's wing in the aperture counts, as its model
+            # would: taken out, but known no better than the models are)
+            wing_ap = np.zeros_like(flux) if wing is None else _aperture_light(wing, cx, cy)
+            contam = np.maximum(ap["data"] + wing_ap - flux, 0.0)
             own = source_images(img, models, method, total=model)
             half = models.size // 2
             mom = adaptive_moments(own, half + (cx - models.cx), half + (cy - models.cy))
@@ -1398,6 +1401,7 @@ class Deblender:
         )
         if samples:
             vals, vcon = vals
+            vcon = vcon + wing_ap[:, None, :]
             parts = [
                 flux_posterior(vals[:, :, k], noise[:, k], vcon[:, :, k], scale) for k in range(nb)
             ]
@@ -1427,6 +1431,14 @@ class Deblender:
             model += wing
             cat.meta["deblend"]["wing_galaxies"] = len(winged)
         return DeblendResult(cat, model, full - model, models, None, wcs)
+
+
+def _aperture_light(image: np.ndarray, x, y) -> np.ndarray:
+    """``(n, bands)``: the light of ``image`` ``(bands, H, W)`` in the catalog's aperture
+    about each ``(x, y)``."""
+    from probcat.measure import APERTURE_RADIUS, aperture_sums
+
+    return np.stack([aperture_sums(b, x, y, APERTURE_RADIUS)[0] for b in image], 1)
 
 
 def _aperture_noise_factors(x: np.ndarray, info: dict) -> np.ndarray:
