@@ -412,7 +412,8 @@ def galaxy_wings(
     faint neighbour in its outskirts gets it as its own). Each galaxy model whose border
     ring (two pixels wide) averages more than ``level`` noise sigmas in some band gets a
     wing outside its stamp, continuous with the model: a pixel beyond the stamp gets the
-    model's value where the line from the centre to it leaves the stamp, times
+    model's value where the line from the centre to it leaves the stamp (averaged over 5
+    x 5 pixels, so that the wing does not streak), times
     ``exp(-d / h)``, ``d`` the difference of the two points' elliptical radii (the
     ellipse of the model's second moments). The scale length ``h`` is fitted, band by
     band, by least squares to the data less the scene model (and the wings fitted
@@ -420,6 +421,8 @@ def galaxy_wings(
     :data:`WING_CLIP` sigmas off and those where other sources' models exceed
     :data:`WING_OTHERS` sigmas left out); a band whose data there are fitted as well by
     no wing gets none. Brightest galaxies first."""
+    from scipy.ndimage import uniform_filter
+
     nb, h, w = image.shape
     size, half = models.size, models.size // 2
     none = (None, np.zeros(0, np.int64))
@@ -461,7 +464,9 @@ def galaxy_wings(
         use = np.ones(len(d), bool) if bad is None else ~bad[y0:y1, x0:x1][out]
         got = False
         for k in range(nb):
-            start = models.stamps[j, k][by + half, bx + half].astype(np.float64)
+            # the model's border, smoothed along it (a ray per border pixel would streak)
+            edge = uniform_filter(models.stamps[j, k].astype(np.float64), 5, mode="nearest")
+            start = edge[by + half, bx + half]
             if not (start > WING_FLOOR * sig[k]).any():
                 continue
             r = rest[k, y0:y1, x0:x1][out].astype(np.float64)
