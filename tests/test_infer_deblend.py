@@ -894,7 +894,7 @@ def test_galaxy_wings_recover_the_light_beyond_a_models_stamp():
     beyond = truth[outside & (np.abs(np.arange(n)[None] - 120) < 120)]  # in its window
     got = wing[0][outside & (np.abs(np.arange(n)[None] - 120) < 120)]
     assert got.sum() == pytest.approx(beyond.sum(), rel=0.1)
-    assert np.abs(got - beyond).max() < 0.05 * beyond.max()
+    assert np.abs(got - beyond).max() < 0.1 * beyond.max()
     compact = _exponential((n, n), 120.3, 119.8, 400.0, 1.5)
     img2 = (compact + rng.standard_normal((n, n)))[None].astype(np.float32)
     assert galaxy_wings(img2, models(compact), [1.0])[0] is None
