@@ -1292,6 +1292,7 @@ class Deblender:
         outskirts no longer gets that light as its own) and added to the scene model
         (default; False for the models' stamps alone).
         """
+        from probcat.baselines.rail import forced_photometry
         from probcat.infer.deblend import (
             REFINE_PASSES,
             _xyg,
@@ -1353,7 +1354,9 @@ class Deblender:
             flux = ap[method]
             # the neighbours' light (a big galaxy's wing in the aperture counts, as its model
             # would: taken out, but known no better than the models are)
-            wing_ap = np.zeros_like(flux) if wing is None else _aperture_light(wing, cx, cy)
+            wing_ap = np.zeros_like(flux)  # the wing's light in each aperture
+            if wing is not None:
+                wing_ap = forced_photometry(wing, cx, cy, sigma, APERTURE_RADIUS)[0]
             contam = np.maximum(ap["data"] + wing_ap - flux, 0.0)
             own = source_images(img, models, method, total=model)
             half = models.size // 2
@@ -1401,7 +1404,7 @@ class Deblender:
         )
         if samples:
             vals, vcon = vals
-            vcon = vcon + wing_ap[:, None, :]
+            vcon = vcon + wing_ap[:, None]  # as for contam above
             parts = [
                 flux_posterior(vals[:, :, k], noise[:, k], vcon[:, :, k], scale) for k in range(nb)
             ]
@@ -1431,14 +1434,6 @@ class Deblender:
             model += wing
             cat.meta["deblend"]["wing_galaxies"] = len(winged)
         return DeblendResult(cat, model, full - model, models, None, wcs)
-
-
-def _aperture_light(image: np.ndarray, x, y) -> np.ndarray:
-    """``(n, bands)``: the light of ``image`` ``(bands, H, W)`` in the catalog's aperture
-    about each ``(x, y)``."""
-    from probcat.measure import APERTURE_RADIUS, aperture_sums
-
-    return np.stack([aperture_sums(b, x, y, APERTURE_RADIUS)[0] for b in image], 1)
 
 
 def _aperture_noise_factors(x: np.ndarray, info: dict) -> np.ndarray:

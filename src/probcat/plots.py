@@ -305,9 +305,9 @@ def photoz_figure(
     )
     has = np.asarray(catalog["has_pz"], bool)
     x, y = np.asarray(catalog["x"]), np.asarray(catalog["y"])
-    inside = has & (x >= x0) & (x < x0 + zoom) & (y >= y0) & (y < y0 + zoom)
+    idx = np.flatnonzero(has & (x >= x0) & (x < x0 + zoom) & (y >= y0) & (y < y0 + zoom))
     labels = []
-    for k in np.flatnonzero(inside):
+    for k in idx:
         label = (
             f"{catalog['z_mode'][k]:.2f} [{catalog['z_lo68'][k]:.2f}, {catalog['z_hi68'][k]:.2f}]"
         )
@@ -317,8 +317,7 @@ def photoz_figure(
             if d[j] < 2 and bool(truth["galaxy"][j]):
                 label = f"true {truth['redshift'][j]:.2f}\n" + label
         labels.append(label)
-    k = np.flatnonzero(inside)
-    axes[1].plot(x[k], y[k], "o", mfc="none", mec="yellow", ms=9, ls="none")
+    axes[1].plot(x[idx], y[idx], "o", mfc="none", mec="yellow", ms=9, ls="none")
     axes[1].set_title("centre: photo-z mode [68% interval]" + (" and true z" if truth else ""))
     for ax in axes:
         ax.set_xticks([])
@@ -327,6 +326,6 @@ def photoz_figure(
         fig.suptitle(title)
     fig.tight_layout()  # before the labels: they are placed in the final axes
     outline = [patheffects.withStroke(linewidth=2, foreground="black")]
-    place_labels(axes[1], zip(x[k], y[k]), labels, color="yellow", fontsize=7,
+    place_labels(axes[1], zip(x[idx], y[idx]), labels, color="yellow", fontsize=7,
                  path_effects=outline)  # fmt: skip
     return _save(fig, path, 110)

@@ -446,8 +446,7 @@ def galaxy_wings(
         cx, cy = int(models.cx[j]), int(models.cy[j])
         x0, x1 = max(cx - max_px, 0), min(cx + max_px + 1, w)
         y0, y1 = max(cy - max_px, 0), min(cy + max_px + 1, h)
-        dx = np.arange(x0, x1)[None, :] - cx + np.zeros((y1 - y0, 1), np.int64)
-        dy = np.arange(y0, y1)[:, None] - cy + np.zeros((1, x1 - x0), np.int64)
+        dy, dx = np.mgrid[y0 - cy : y1 - cy, x0 - cx : x1 - cx]
         cheb = np.maximum(np.abs(dx), np.abs(dy))
         out = cheb > half
         if not out.any():
