@@ -901,6 +901,40 @@ def test_galaxy_wings_recover_the_light_beyond_a_models_stamp():
     assert galaxy_wings(image, models(truth), [1.0], mask=outside)[0] is None
 
 
+def test_galaxy_wings_bend_and_scale_to_a_de_vaucouleurs_galaxys_outskirts(monkeypatch):
+    """A de Vaucouleurs galaxy's light falls ever more slowly beyond its stamp: the wing
+    bends with it, where an exponential one errs by twice as much; a model drawn at half
+    the galaxy's brightness gets a wing scaled to the data, not to its faint border."""
+    import probcat.infer.deblend as dm
+
+    n, half = 241, 26
+    yy, xx = np.mgrid[:n, :n]
+    prof = np.exp(-7.669 * (np.hypot(xx - 120.3, (yy - 119.8) / 0.7) / 8.0) ** 0.25)
+    truth = 3e5 * prof / prof.sum()  # its stamp's border at about 7 noise sigmas
+    image = (truth + np.random.default_rng(1).standard_normal((n, n)))[None]
+    box = (slice(120 - half, 121 + half), slice(120 - half, 121 + half))
+    window = (np.abs(xx - 120) < 120) & (np.abs(yy - 120) < 120)
+    window[box] = False
+    beyond = truth[window]
+
+    def wing_error(scale):  # largest error beyond the stamp over the peak there; light found
+        stamp = (scale * truth)[box][None, None].astype(np.float32)
+        at = [np.array([v]) for v in (120, 120, 120.3, 119.8)]
+        wing, _ = dm.galaxy_wings(
+            image.astype(np.float32), Models(stamp, *at, np.ones(1, bool)), [1.0]
+        )
+        got = wing[0][window]
+        return np.abs(got - beyond).max() / beyond.max(), got.sum() / beyond.sum()
+
+    bent, half_model = wing_error(1.0), wing_error(0.5)
+    assert bent[0] < 0.06 and 0.85 < bent[1] < 1.05
+    assert half_model[0] < 0.06 and 0.85 < half_model[1] < 1.05
+    monkeypatch.setattr(dm, "WING_AMP_MAX", 1.0)
+    assert wing_error(0.5)[0] > 5 * half_model[0]  # tied to the model's border
+    monkeypatch.setattr(dm, "WING_ALPHAS", (1.0,))
+    assert wing_error(1.0)[0] > 2 * bent[0]  # and an exponential
+
+
 class ByBrightness(nn.Module):
     """A stand-in deblender that returns one of two stamps (sigma units): ``bright`` for a
     crop whose centre is above ``level``, else ``faint``."""

@@ -393,6 +393,11 @@ WING_CLIP = 5.0  # pixels of the data less the models beyond this many sigmas (o
 # wing's start) stay out of the fit: other sources' misfits, not the galaxy's light...
 WING_OTHERS = 1.0  # ...as do the pixels where other sources' models exceed this many sigmas
 _WING_SCALES = np.geomspace(0.3, 300.0, 121)  # exponential scale lengths tried (px)
+# the wing's bend: its fall with the elliptical radius R goes as R**alpha, alpha = 1 a
+# disc's exponential, 1/4 a de Vaucouleurs profile's (a Sersic profile of index n: 1/n)
+WING_ALPHAS = (1.0, 0.5, 1 / 3, 0.25)
+WING_AMP_MAX = 10.0  # the wing's start may be scaled up to this (the model's border too faint)
+WING_PARAM_COST = 2.0  # chi^2 a bend or a free amplitude must gain to be used (each)
 
 
 def galaxy_wings(
@@ -413,13 +418,16 @@ def galaxy_wings(
     ring (two pixels wide) averages more than ``level`` noise sigmas in some band gets a
     wing outside its stamp, continuous with the model: a pixel beyond the stamp gets the
     model's value where the line from the centre to it leaves the stamp (averaged over 5
-    x 5 pixels, so that the wing does not streak), times
-    ``exp(-d / h)``, ``d`` the difference of the two points' elliptical radii (the
-    ellipse of the model's second moments). The scale length ``h`` is fitted, band by
-    band, by least squares to the data less the scene model (and the wings fitted
-    before) out to ``max_px`` from the centre (pixels in ``mask``, those more than
-    :data:`WING_CLIP` sigmas off and those where other sources' models exceed
-    :data:`WING_OTHERS` sigmas left out); a band whose data there are fitted as well by
+    x 5 pixels, so that the wing does not streak), times ``a * exp(-d / h)``, ``d`` the
+    distance from the border in elliptical radius (the ellipse of the model's second
+    moments), bent as a Sersic profile's (:func:`_wing_distance`, one of
+    :data:`WING_ALPHAS`). The scale length ``h``, the bend and the amplitude ``a`` (1, or
+    free up to :data:`WING_AMP_MAX` where the model's border is fainter than the galaxy
+    there) are fitted, band by band, by least squares to the data less the scene model
+    (and the wings fitted before) out to ``max_px`` from the centre (pixels in ``mask``,
+    those more than :data:`WING_CLIP` sigmas off and those where other sources' models
+    exceed :data:`WING_OTHERS` sigmas left out; a bend and a free amplitude must each gain
+    :data:`WING_PARAM_COST` in chi-square); a band whose data there are fitted as well by
     no wing gets none. Brightest galaxies first."""
     from scipy.ndimage import uniform_filter
 
@@ -456,11 +464,11 @@ def galaxy_wings(
         bx, by = np.rint(dx * t).astype(np.int64), np.rint(dy * t).astype(np.int64)
         q, cos, sin = _ellipse(np.clip(models.stamps[j].sum(0), 0, None), ar)
         ox, oy = models.x[j] - cx, models.y[j] - cy
-        d = _elliptical_radius(dx - ox, dy - oy, q, cos, sin) - _elliptical_radius(
-            dx * t - ox, dy * t - oy, q, cos, sin
-        )
-        d = np.maximum(d, 0.0)
-        use = np.ones(len(d), bool) if bad is None else ~bad[y0:y1, x0:x1][out]
+        r_out = _elliptical_radius(dx - ox, dy - oy, q, cos, sin)
+        r_in = np.maximum(_elliptical_radius(dx * t - ox, dy * t - oy, q, cos, sin), 1.0)
+        r_out = np.maximum(r_out, r_in)
+        falls = [_wing_distance(r_out, r_in, a) for a in WING_ALPHAS]
+        use = np.ones(len(r_out), bool) if bad is None else ~bad[y0:y1, x0:x1][out]
         got = False
         for k in range(nb):
             # the model's border, smoothed along it (a ray per border pixel would streak)
@@ -472,10 +480,19 @@ def galaxy_wings(
             others = total[k, y0:y1, x0:x1][out]  # beyond the stamp: other sources' models
             fit = use & (start > 0) & (np.abs(r) < WING_CLIP * sig[k] + start)
             fit &= others < WING_OTHERS * sig[k]
-            scale = _wing_scale(d[fit], r[fit], start[fit])
-            if scale is None:
+            best = None  # (chi^2 gained less the extra parameters' cost, h, amplitude, d)
+            for i, d in enumerate(falls):
+                for amp_max in (1.0, WING_AMP_MAX) if WING_AMP_MAX > 1 else (1.0,):
+                    got_fit = _wing_scale(d[fit], r[fit], start[fit], amp_max)
+                    if got_fit is None:
+                        continue
+                    extra = (i > 0) + (amp_max > 1)  # a bend, a free amplitude
+                    cost = got_fit[1] / sig[k] ** 2 + WING_PARAM_COST * extra
+                    if best is None or cost < best[0]:
+                        best = (cost, got_fit[0], got_fit[2], d)
+            if best is None:
                 continue
-            wing = np.clip(start, 0, None) * np.exp(-d / scale)
+            wing = best[2] * np.clip(start, 0, None) * np.exp(-best[3] / best[1])
             wing[wing < WING_FLOOR * sig[k]] = 0.0
             full = np.zeros((y1 - y0, x1 - x0), np.float32)
             full[out] = wing
@@ -512,20 +529,40 @@ def _elliptical_radius(dx, dy, q: float, cos: float, sin: float) -> np.ndarray:
     return np.sqrt(u * u + (v / q) ** 2)
 
 
-def _wing_scale(d: np.ndarray, data: np.ndarray, start: np.ndarray) -> float | None:
-    """The scale length ``h`` whose wing ``start * exp(-d / h)`` fits ``data`` best in
-    least squares (the sums binned by ``d`` in steps of a pixel, within which the wing's
-    fall is taken as that of the step's middle), or None where no wing fits as well as
-    none."""
+def _wing_distance(r_out: np.ndarray, r_in: np.ndarray, alpha: float) -> np.ndarray:
+    """The distance ``(R**alpha - R0**alpha) / (alpha * R0**(alpha - 1))`` over which a
+    wing falls by ``exp(-distance / h)`` from the stamp's border (elliptical radius ``R0``)
+    out to ``R``: ``R - R0`` for ``alpha = 1`` (an exponential), and for every ``alpha``
+    the same slope ``1 / h`` at the border, flattening further out when ``alpha < 1`` as
+    a Sersic profile of index ``1 / alpha`` does."""
+    if alpha == 1.0:
+        return r_out - r_in
+    return (r_out**alpha - r_in**alpha) / (alpha * r_in ** (alpha - 1.0))
+
+
+def _wing_scale(
+    d: np.ndarray, data: np.ndarray, start: np.ndarray, amp_max: float = 1.0
+) -> tuple[float, float, float] | None:
+    """The scale length ``h`` (and amplitude ``a``, at most ``amp_max``; 1 when that is
+    1) whose wing ``a * start * exp(-d / h)`` fits ``data`` best in least squares (the sums
+    binned by ``d`` in steps of a pixel, within which the wing's fall is taken as that of
+    the step's middle) and the fit's cost less that of no wing, or None where no wing fits
+    as well as none."""
     if len(d) < 10:
         return None
     b = np.floor(d).astype(np.int64)
     s_dm = np.bincount(b, weights=data * start)
     s_mm = np.bincount(b, weights=start * start)
     fall = np.exp(-(np.arange(len(s_dm)) + 0.5)[None, :] / _WING_SCALES[:, None])
-    gain = (-2.0 * fall * s_dm[None, :] + fall * fall * s_mm[None, :]).sum(1)  # cost - none
+    dm, mm = (fall * s_dm[None, :]).sum(1), (fall * fall * s_mm[None, :]).sum(1)
+    amp = np.ones_like(dm)
+    if amp_max > 1.0:
+        amp = np.clip(dm / np.maximum(mm, 1e-300), 0.0, amp_max)
+    gain = -2.0 * amp * dm + amp * amp * mm  # cost - none
     best = int(np.argmin(gain))
-    return float(_WING_SCALES[best]) if gain[best] < 0 else None
+    if not gain[best] < 0:
+        return None
+    return float(_WING_SCALES[best]), float(gain[best]), float(amp[best])
 
 
 def fit_amplitudes(
