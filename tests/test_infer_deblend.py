@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import sep
 import torch
+from scipy import ndimage
 from torch import nn
 
 from probcat.catalog import FullCatalog
@@ -935,6 +936,49 @@ def test_galaxy_wings_bend_and_scale_to_a_de_vaucouleurs_galaxys_outskirts(monke
     assert wing_error(1.0)[0] > 2 * bent[0]  # and an exponential
 
 
+def test_star_wings_continue_a_bright_stars_psf_beyond_its_stamp():
+    """A bright star's model is the PSF on the stamp; beyond it the wing is the PSF's own
+    light at the model's flux (the survey's PSF drawn large, moved to the star's sub-pixel
+    position), its amplitude scaled where the sky has more light there than the PSF; a
+    faint star and a galaxy get none."""
+    from probcat.infer.deblend import assemble, psf_stamp, star_wings
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="i")
+    sig = float(survey.noise_sigma[0])
+    n, size, x, y = 301, 53, 150.3, 149.6
+    near = np.abs(np.arange(n) - 150) <= 128
+    outside = near[None, :] & near[:, None]  # beyond the stamp, within the wings' reach
+    outside[150 - 26 : 151 + 26, 150 - 26 : 151 + 26] = False
+
+    def star(flux, halo=1.0):  # drawn on the whole image (times halo beyond the stamp)
+        img = np.zeros((n, n))
+        img[150 - 128 : 150 + 129, 150 - 128 : 150 + 129] = flux * psf_stamp(survey, 257)[0]
+        img = ndimage.shift(img, (y - 150, x - 150), order=3)
+        img[outside] *= halo
+        rng = np.random.default_rng(3)
+        return img, (img + sig * rng.standard_normal((n, n)))[None].astype(np.float32)
+
+    def wing_of(image, galaxy=False):
+        gal = np.zeros((int(galaxy), 1, size, size), np.float32)
+        models = assemble(image, gal, [x], [y], [galaxy], survey)
+        if galaxy:
+            models.stamps[0] = crop_at(image, 150, 150, size)
+        return star_wings(image, models, [sig], survey)
+
+    bright = survey.bands[0].mag_to_flux(15.0)
+    truth, image = star(bright)
+    wing, which = wing_of(image)
+    assert list(which) == [0] and not wing[0][~outside].any()
+    assert wing[0][outside].sum() == pytest.approx(truth[outside].sum(), rel=0.05)
+    assert np.abs(wing[0] - truth)[outside].max() < 0.05 * truth[outside].max()
+    brighter, image2 = star(bright, halo=2.0)
+    wing2, _ = wing_of(image2)  # twice the PSF's light beyond the stamp: scaled up
+    assert wing2[0][outside].sum() == pytest.approx(brighter[outside].sum(), rel=0.05)
+    assert wing_of(star(survey.bands[0].mag_to_flux(22.0))[1])[0] is None  # faint
+    assert wing_of(image, galaxy=True)[0] is None  # galaxies: galaxy_wings
+
+
 class ByBrightness(nn.Module):
     """A stand-in deblender that returns one of two stamps (sigma units): ``bright`` for a
     crop whose centre is above ``level``, else ``faint``."""
@@ -951,6 +995,41 @@ class ByBrightness(nn.Module):
         c = x.shape[-1] // 2
         big = (x[:, :1, c : c + 1, c : c + 1] > self.level).float()
         return big * self.bright + (1 - big) * self.faint
+
+
+def test_a_faint_galaxy_beside_a_bright_star_keeps_only_its_own_light():
+    """A bright star's light beyond its model's stamp is its wing (the PSF's), not the
+    light of the faint galaxy 36 px away (with ``wings=False`` that galaxy took it)."""
+    from probcat.api import Deblender
+    from probcat.infer.deblend import psf_stamp
+    from probcat.measure import aperture_sums
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="i")
+    sig = float(survey.noise_sigma[0])
+    n, size = 200, 53
+    star = np.zeros((n + 256, n + 256))
+    star[80 : 80 + 257, 80 : 80 + 257] = (
+        survey.bands[0].mag_to_flux(15.0) * psf_stamp(survey, 257)[0]
+    )
+    star = star[128 : 128 + n, 128 : 128 + n]  # centred on pixel (80, 80)
+    yy, xx = np.mgrid[:n, :n]
+    faint = 300 * sig * np.exp(-((xx - 116.0) ** 2 + (yy - 80.0) ** 2) / (2 * 1.5**2))
+    faint /= 2 * np.pi * 1.5**2
+    image = (star + faint)[None].astype(np.float32)
+    stamp = (faint[80 - 26 : 81 + 26, 116 - 26 : 117 + 26] / sig).astype(np.float32)
+    net = ByBrightness(stamp, stamp, level=1e30, in_size=size)
+    cat = FullCatalog({"x": np.array([80.0, 116.0]), "y": np.array([80.0, 80.0]),
+                       "galaxy": np.array([False, True])}, (n, n), ("i",))  # fmt: skip
+    db = Deblender(net, survey, {"flux_error": {"scale": 0.1}}, device="cpu")
+    true = aperture_sums(faint, [116.0], [80.0], 5.0)[0][0]
+    kw = dict(noise_sigma=[sig], background="none", passes=0)
+    plain = db.measure(image, cat, wings=False, **kw)
+    got = db.measure(image, cat, **kw)
+    assert plain.catalog["flux_ap"][1, 0] > 1.2 * true  # the star's wing taken as its own
+    assert got.catalog["flux_ap"][1, 0] == pytest.approx(true, rel=0.02)
+    assert got.catalog.meta["deblend"]["wing_stars"] == 1
+    assert got.catalog.meta["deblend"]["wing_galaxies"] == 0
 
 
 def test_a_faint_galaxy_in_a_big_ones_outskirts_keeps_only_its_own_light():

@@ -1286,11 +1286,11 @@ class Deblender:
         nJy, or a ``MAGZERO``, ``MAGZP``, ``PHOTZP`` or ``FLUXMAG0`` keyword:
         :class:`probcat.io.ImageData`), else, for electrons, the survey's band zeropoint and
         exposure time (``mag_ap`` is NaN for other units without one);
-        ``wings``: the light of big galaxies beyond their models' stamps
-        (:func:`probcat.infer.deblend.galaxy_wings`) is fitted, taken out of the image the
-        sources are deblended and measured on (a faint neighbour in a big galaxy's
-        outskirts no longer gets that light as its own) and added to the scene model
-        (default; False for the models' stamps alone).
+        ``wings``: the light of big galaxies and bright stars beyond their models' stamps
+        (:func:`probcat.infer.deblend.galaxy_wings`, :func:`~probcat.infer.deblend.star_wings`)
+        is fitted, taken out of the image the sources are deblended and measured on (a
+        faint neighbour in a big galaxy's outskirts no longer gets that light as its own)
+        and added to the scene model (default; False for the models' stamps alone).
         """
         from probcat.baselines.rail import forced_photometry
         from probcat.infer.deblend import (
@@ -1343,7 +1343,10 @@ class Deblender:
                 self.net, img, sigma, cx, cy, gal, survey=self.survey, device=self.device,
                 passes=passes, amplitudes=amplitudes, mask=masked,
             )  # fmt: skip
-            wing, winged = galaxy_wings(img, models, sigma, mask=masked) if wings else (None, [])
+            wing, winged, stars_winged = None, [], []
+            if wings:
+                wing, winged = galaxy_wings(img, models, sigma, mask=masked)
+                wing, stars_winged = _add_star_wings(img, models, sigma, self.survey, masked, wing)
             full = img  # the image; img: what the sources' models share from here on
             if wing is not None:  # the big galaxies' wings are theirs: the rest share the rest
                 img = img - wing
@@ -1433,7 +1436,20 @@ class Deblender:
         if wing is not None:
             model += wing
             cat.meta["deblend"]["wing_galaxies"] = len(winged)
+            cat.meta["deblend"]["wing_stars"] = len(stars_winged)
         return DeblendResult(cat, model, full - model, models, None, wcs)
+
+
+def _add_star_wings(image, models, sigma, survey, mask, wing):
+    """``wing`` (the galaxies' wings, or None) plus the bright stars' wings fitted on the
+    image less it (:func:`probcat.infer.deblend.star_wings`), and the stars given one."""
+    from probcat.infer.deblend import star_wings
+
+    rest = image if wing is None else image - wing
+    stars, which = star_wings(rest, models, sigma, survey, mask=mask)
+    if stars is None:
+        return wing, which
+    return (stars if wing is None else wing + stars), which
 
 
 def _aperture_noise_factors(x: np.ndarray, info: dict) -> np.ndarray:
@@ -1616,7 +1632,7 @@ def deblend(
         method: ``"conserve"`` (default) or ``"subtract"`` (see :meth:`Deblender.measure`).
         passes: refinement rounds of the galaxy models (see :meth:`Deblender.measure`).
         amplitudes: fit the models' amplitudes jointly (see :meth:`Deblender.measure`).
-        wings: the light of big galaxies beyond their models (see
+        wings: the light of big galaxies and bright stars beyond their models (see
             :meth:`Deblender.measure`).
         zeropoint: AB magnitude of a flux of 1 in the image's units, for ``mag_ap`` (see
             :meth:`Deblender.measure`; default: the file's), and the image's depth (see

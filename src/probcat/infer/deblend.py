@@ -44,6 +44,7 @@ __all__ = [
     "galaxy_stamps",
     "refine_stamps",
     "star_stamps",
+    "star_wings",
     "assemble",
     "fit_amplitudes",
     "galaxy_wings",
@@ -398,6 +399,7 @@ _WING_SCALES = np.geomspace(0.3, 300.0, 121)  # exponential scale lengths tried 
 WING_ALPHAS = (1.0, 0.5, 1 / 3, 0.25)
 WING_AMP_MAX = 10.0  # the wing's start may be scaled up to this (the model's border too faint)
 WING_PARAM_COST = 2.0  # chi^2 a bend or a free amplitude must gain to be used (each)
+WING_AMP_SNR = 3.0  # a free amplitude only for wings of this signal-to-noise ratio (at a = 1)
 
 
 def galaxy_wings(
@@ -482,17 +484,97 @@ def galaxy_wings(
             fit &= others < WING_OTHERS * sig[k]
             best = None  # (chi^2 gained less the extra parameters' cost, h, amplitude, d)
             for i, d in enumerate(falls):
-                for amp_max in (1.0, WING_AMP_MAX) if WING_AMP_MAX > 1 else (1.0,):
-                    got_fit = _wing_scale(d[fit], r[fit], start[fit], amp_max)
-                    if got_fit is None:
-                        continue
-                    extra = (i > 0) + (amp_max > 1)  # a bend, a free amplitude
-                    cost = got_fit[1] / sig[k] ** 2 + WING_PARAM_COST * extra
-                    if best is None or cost < best[0]:
-                        best = (cost, got_fit[0], got_fit[2], d)
+                got_fit = _wing_scale(d[fit], r[fit], start[fit], sig[k])
+                if got_fit is None:
+                    continue
+                cost = got_fit[1] / sig[k] ** 2 + WING_PARAM_COST * (i > 0)  # a bend's too
+                if best is None or cost < best[0]:
+                    best = (cost, got_fit[0], got_fit[2], d)
             if best is None:
                 continue
             wing = best[2] * np.clip(start, 0, None) * np.exp(-best[3] / best[1])
+            wing[wing < WING_FLOOR * sig[k]] = 0.0
+            full = np.zeros((y1 - y0, x1 - x0), np.float32)
+            full[out] = wing
+            wings[k, y0:y1, x0:x1] += full
+            rest[k, y0:y1, x0:x1] -= full
+            got = got or bool(wing.any())
+        if got:
+            winged.append(j)
+    return (wings if winged else None), np.array(winged, np.int64)
+
+
+def star_wings(
+    image: np.ndarray,
+    models: Models,
+    sigma,
+    survey,
+    *,
+    mask: np.ndarray | None = None,
+    level: float = WING_LEVEL,
+    max_px: int = WING_MAX_PX,
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """The light of bright stars beyond their models' stamps, ``(bands, H, W)`` (None where
+    there is none), and the indices of the models that got some: :func:`galaxy_wings` for
+    stars, whose light beyond the stamp is the PSF's (``survey``'s, drawn out to
+    ``max_px``, moved to the star's sub-pixel position) times the flux the model holds
+    over the PSF's share inside the stamp. Its amplitude is 1, or free up to
+    :data:`WING_AMP_MAX` where that fits the data better by :data:`WING_PARAM_COST` in
+    chi-square (a PSF whose wings are broader than the survey's); fitted, band by band, to
+    the data less the scene model, with the pixels :func:`galaxy_wings` leaves out left
+    out; no wing where none fits as well. Brightest stars first."""
+    nb, h, w = image.shape
+    size, half = models.size, models.size // 2
+    none = (None, np.zeros(0, np.int64))
+    if len(models) == 0 or size < 9 or max_px <= half:
+        return none
+    sig = np.broadcast_to(np.asarray(sigma, float).ravel(), (nb,))
+    ring = np.ones((size, size), bool)
+    ring[2:-2, 2:-2] = False
+    border = models.stamps[:, :, ring].mean(-1) / sig
+    cand = np.flatnonzero(~np.asarray(models.galaxy, bool) & (border > level).any(1))
+    if not len(cand):
+        return none
+    bad = None if mask is None else np.asarray(mask, bool)
+    psf = torch.from_numpy(psf_stamp(survey, 2 * max_px + 1)[None])
+    inner = (slice(max_px - half, max_px + half + 1),) * 2
+    total = paste_models(models, (h, w))
+    rest = image - total
+    wings = np.zeros_like(rest)
+    winged = []
+    for j in cand[np.argsort(-models.stamps[cand].sum((1, 2, 3)))]:
+        check_interrupt()
+        cx, cy = int(models.cx[j]), int(models.cy[j])
+        shifted = _placed(
+            psf, np.zeros(1, np.int64), models.x[j : j + 1] - cx, models.y[j : j + 1] - cy
+        )[0]
+        x0, x1 = max(cx - max_px, 0), min(cx + max_px + 1, w)
+        y0, y1 = max(cy - max_px, 0), min(cy + max_px + 1, h)
+        sy, sx = (
+            slice(y0 - cy + max_px, y1 - cy + max_px),
+            slice(x0 - cx + max_px, x1 - cx + max_px),
+        )
+        dy, dx = np.mgrid[y0 - cy : y1 - cy, x0 - cx : x1 - cx]
+        out = np.maximum(np.abs(dx), np.abs(dy)) > half
+        if not out.any():
+            continue
+        use = np.ones(int(out.sum()), bool) if bad is None else ~bad[y0:y1, x0:x1][out]
+        got = False
+        for k in range(nb):
+            share = float(shifted[k][inner].sum())
+            flux = float(models.stamps[j, k].sum())
+            if not (share > 0 and flux > 0):
+                continue
+            f = (flux / share) * shifted[k][sy, sx][out].astype(np.float64)
+            r = rest[k, y0:y1, x0:x1][out].astype(np.float64)
+            others = total[k, y0:y1, x0:x1][out]
+            fit = use & (f > WING_FLOOR * sig[k]) & (np.abs(r) < WING_CLIP * sig[k] + f)
+            fit &= others < WING_OTHERS * sig[k]
+            dm, mm = (f[fit] * r[fit]).sum(keepdims=True), (f[fit] * f[fit]).sum(keepdims=True)
+            cost, amp = _wing_amplitude(dm, mm, sig[k])
+            if not (mm[0] > 0 and np.isfinite(cost[0])):
+                continue
+            wing = amp[0] * np.clip(f, 0, None)
             wing[wing < WING_FLOOR * sig[k]] = 0.0
             full = np.zeros((y1 - y0, x1 - x0), np.float32)
             full[out] = wing
@@ -541,13 +623,13 @@ def _wing_distance(r_out: np.ndarray, r_in: np.ndarray, alpha: float) -> np.ndar
 
 
 def _wing_scale(
-    d: np.ndarray, data: np.ndarray, start: np.ndarray, amp_max: float = 1.0
+    d: np.ndarray, data: np.ndarray, start: np.ndarray, sigma: float
 ) -> tuple[float, float, float] | None:
-    """The scale length ``h`` (and amplitude ``a``, at most ``amp_max``; 1 when that is
-    1) whose wing ``a * start * exp(-d / h)`` fits ``data`` best in least squares (the sums
-    binned by ``d`` in steps of a pixel, within which the wing's fall is taken as that of
-    the step's middle) and the fit's cost less that of no wing, or None where no wing fits
-    as well as none."""
+    """The scale length ``h`` and amplitude ``a`` (:func:`_wing_amplitude`) whose wing
+    ``a * start * exp(-d / h)`` fits ``data`` best in least squares (the sums binned by
+    ``d`` in steps of a pixel, within which the wing's fall is taken as that of the step's
+    middle), and the fit's cost less that of no wing (a free amplitude charged), or None
+    where no wing fits as well as none; ``sigma`` the pixels' noise."""
     if len(d) < 10:
         return None
     b = np.floor(d).astype(np.int64)
@@ -555,14 +637,29 @@ def _wing_scale(
     s_mm = np.bincount(b, weights=start * start)
     fall = np.exp(-(np.arange(len(s_dm)) + 0.5)[None, :] / _WING_SCALES[:, None])
     dm, mm = (fall * s_dm[None, :]).sum(1), (fall * fall * s_mm[None, :]).sum(1)
-    amp = np.ones_like(dm)
-    if amp_max > 1.0:
-        amp = np.clip(dm / np.maximum(mm, 1e-300), 0.0, amp_max)
-    gain = -2.0 * amp * dm + amp * amp * mm  # cost - none
-    best = int(np.argmin(gain))
-    if not gain[best] < 0:
+    cost, amp = _wing_amplitude(dm, mm, sigma)
+    best = int(np.argmin(cost))
+    if not np.isfinite(cost[best]):
         return None
-    return float(_WING_SCALES[best]), float(gain[best]), float(amp[best])
+    return float(_WING_SCALES[best]), float(cost[best]), float(amp[best])
+
+
+def _wing_amplitude(dm: np.ndarray, mm: np.ndarray, sigma: float):
+    """For wings ``a * m`` with ``dm = sum(data * m)`` and ``mm = sum(m * m)`` (arrays, one
+    per candidate; ``sigma`` the pixels' noise): the cost less that of no wing and ``a``,
+    of the better of ``a = 1`` and the least-squares ``a`` in ``[0, WING_AMP_MAX]``
+    (charged :data:`WING_PARAM_COST` in chi-square, and only where the wing at ``a = 1``
+    has a signal-to-noise ratio of :data:`WING_AMP_SNR`, so that ``a`` is known to a third
+    or better); infinite where neither fits better than no wing."""
+    tied = -2.0 * dm + mm
+    cost, amp = np.where(tied < 0, tied, np.inf), np.ones_like(dm)
+    if WING_AMP_MAX > 1.0:
+        a = np.clip(dm / np.maximum(mm, 1e-300), 0.0, WING_AMP_MAX)
+        free = -2.0 * a * dm + a * a * mm + WING_PARAM_COST * sigma**2
+        take = (free < WING_PARAM_COST * sigma**2) & (free < cost)
+        take &= mm >= (WING_AMP_SNR * sigma) ** 2
+        cost, amp = np.where(take, free, cost), np.where(take, a, amp)
+    return cost, amp
 
 
 def fit_amplitudes(
