@@ -12,7 +12,8 @@ detected and deblended by ``probcat.deblend`` (MAP catalog, the shipped weights)
 ``wing``: the light other galaxies put in their aperture from beyond 26 px of those
 galaxies' centres (beyond the deblender's stamps), in units of the aperture's noise.
 Also the wall time of the deblending (detection excluded) of each field with and without
-wings.
+wings; and, on bulge + disk fields with bright stars added (i = 15-18, brighter than the
+prior's), the galaxies grouped by those stars' light beyond their stamps.
 
 Writes ``benchmarks/results/deblend_wings.json`` and ``deblend_wings.png``.
 
@@ -37,6 +38,8 @@ HALF = 26  # half the deblender's stamp (53 px)
 EDGE = 30  # galaxies centred this close to a field's edge are left out
 WING_BINS = ((0.0, 0.3), (0.3, 1.0), (1.0, 3.0), (3.0, np.inf))  # in aperture noise sigmas
 MATCH_PX = 2.0
+STAR_MAGS = (15.0, 18.0)  # the bright stars' i magnitudes (the prior's stars: 20-27)
+STAR_STAMP = 257  # px: the bright stars drawn out to 128 px
 
 
 def truth_fluxes(sim, cat, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -69,14 +72,49 @@ def truth_fluxes(sim, cat, shape) -> tuple[np.ndarray, np.ndarray]:
     return own, np.asarray(wing, float)
 
 
-def run_population(det, deb, sim, n_fields: int, seed) -> dict:
+def add_stars(image: np.ndarray, survey, rng, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` with ``n`` bright stars (i uniform in :data:`STAR_MAGS`) at random
+    positions, each drawn by GalSim with the survey's PSF on a 257-px stamp, and the
+    stars' light beyond ``HALF`` px (Chebyshev) of their centres' pixels."""
+    from probcat.simulate.bank import paste
+
+    band, (h, w) = survey.bands[0], image.shape[-2:]
+    out, beyond = image.copy(), np.zeros((1, h, w), np.float32)
+    for _ in range(n):
+        x, y = (
+            rng.uniform(EDGE + HALF, w - 1 - EDGE - HALF),
+            rng.uniform(EDGE + HALF, h - 1 - EDGE - HALF),
+        )
+        cx, cy = int(np.floor(x + 0.5)), int(np.floor(y + 0.5))
+        flux = band.mag_to_flux(rng.uniform(*STAR_MAGS))
+        stamp = (
+            band.psf()
+            .withFlux(flux)
+            .drawImage(
+                nx=STAR_STAMP, ny=STAR_STAMP, scale=survey.pixel_scale, offset=(x - cx, y - cy)
+            )
+            .array[None]
+            .astype(np.float32)
+        )
+        c = STAR_STAMP // 2
+        paste(out, stamp, cx - c, cy - c)
+        stamp[:, c - HALF : c + HALF + 1, c - HALF : c + HALF + 1] = 0.0
+        paste(beyond, stamp, cx - c, cy - c)
+    return out, beyond
+
+
+def run_population(det, deb, sim, n_fields: int, seed, stars: int = 0) -> dict:
+    """Flux errors with wings and without on ``n_fields`` fields of ``sim``, by the light
+    of other galaxies beyond their stamps in each galaxy's aperture; with ``stars``, that
+    many bright stars added to each field, and by their light beyond their stamps instead."""
+    from probcat.measure import aperture_sums
     from probcat.metrics.detection import match
 
     sig = float(sim.survey.noise_sigma[0])
     sig_ap = sig * np.sqrt(np.pi * RADIUS**2)
     rows = {"on": [], "off": []}
     seconds = {"on": [], "off": []}
-    winged = []
+    winged, stars_winged = [], []
     rng = np.random.default_rng(seed)
     for f in range(n_fields):
         scene = sim.sample(rng, truth=False)
@@ -84,6 +122,9 @@ def run_population(det, deb, sim, n_fields: int, seed) -> dict:
         h, w = image.shape[-2:]
         own, wing = truth_fluxes(sim, cat, (h, w))
         x, y = np.asarray(cat["x"], float), np.asarray(cat["y"], float)
+        if stars:
+            image, beyond = add_stars(image, sim.survey, rng, stars)
+            wing = np.asarray(aperture_sums(beyond[0], x, y, RADIUS)[0], float)
         keep = np.asarray(cat["galaxy"], bool) & (own > 0)
         keep &= (x > EDGE) & (x < w - 1 - EDGE) & (y > EDGE) & (y < h - 1 - EDGE)
         gal = np.flatnonzero(keep)
@@ -100,10 +141,14 @@ def run_population(det, deb, sim, n_fields: int, seed) -> dict:
                 rows[mode].append((own[a], flux[b], wing[a] / sig_ap))
             if mode == "on":
                 winged.append(int(res.catalog.meta["deblend"].get("wing_galaxies", 0)))
+                stars_winged.append(int(res.catalog.meta["deblend"].get("wing_stars", 0)))
         print(f"  field {f}: {len(cat)} sources, {len(ti)} galaxies matched, "
               f"{winged[-1]} wings, {seconds['off'][-1]:.2f} / {seconds['on'][-1]:.2f} s",
               flush=True)  # fmt: skip
-    out = {"n_fields": n_fields, "wing_galaxies_per_field": float(np.mean(winged))}
+    out = {"n_fields": n_fields, "wing_galaxies_per_field": float(np.mean(winged)),
+           "wing_stars_per_field": float(np.mean(stars_winged))}  # fmt: skip
+    if stars:
+        out["bright_stars_per_field"] = stars
     for mode in ("off", "on"):
         r = np.array(rows[mode])
         frac = (r[:, 1] - r[:, 0]) / r[:, 0]
@@ -168,6 +213,7 @@ def main(argv=None) -> None:
     ap.add_argument("--size", type=int, default=1000)
     ap.add_argument("--bank-size", type=int, default=5000, help="test galaxies per population")
     ap.add_argument("--populations", default="parametric,morphology")
+    ap.add_argument("--stars", type=int, default=4, help="bright stars a field (0: no such part)")
     ap.add_argument("--seed", type=int, default=20261206)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -187,6 +233,16 @@ def main(argv=None) -> None:
         sim = SceneSimulator(bank, SceneConfig(args.size, args.size))
         out["populations"][pop] = run_population(det, deb, sim, args.fields, [args.seed, k])
         print(json.dumps(out["populations"][pop], default=float)[:1500], flush=True)
+    if args.stars > 0:  # bulge + disk fields with bright stars added
+        print("bright_stars", flush=True)
+        bank = SourceBank.load_or_build(
+            survey, BankConfig(population="parametric", split="test", n_galaxies=args.bank_size)
+        )
+        sim = SceneSimulator(bank, SceneConfig(args.size, args.size))
+        out["populations"]["bright_stars"] = run_population(
+            det, deb, sim, args.fields, [args.seed, 99], stars=args.stars
+        )
+        print(json.dumps(out["populations"]["bright_stars"], default=float)[:1500], flush=True)
     out["definitions"] = {
         "residual": "(flux_ap - true) / true: flux_ap of the MAP detection matched within 2 px "
         "(Hungarian) to a true galaxy centred at least 30 px inside the field; true: the "
@@ -197,7 +253,13 @@ def main(argv=None) -> None:
         "on / off": "Deblender.measure(..., wings=True) (the default) / wings=False, on the "
         "same detections; deblend_s_median: its wall time per field (detection excluded)",
         "wing_galaxies_per_field": "galaxy models given a wing (catalog meta "
-        "deblend.wing_galaxies), mean over the fields",
+        "deblend.wing_galaxies), mean over the fields; wing_stars_per_field: the same for "
+        "stars",
+        "bright_stars": "bulge + disk fields (test split, their own seed) with bright stars "
+        "added (bright_stars_per_field, i uniform in 15-18, drawn by GalSim with the "
+        "survey's PSF out to 128 px, at random positions at least 56 px inside); wing: "
+        "those stars' light beyond 26 px (Chebyshev) of their centres in the galaxy's "
+        "aperture, over the aperture's noise",
     }
     args.out.mkdir(parents=True, exist_ok=True)
     figure(out, args.out / "deblend_wings.png")

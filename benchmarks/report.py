@@ -1341,6 +1341,28 @@ TABLES = {
                 ".2f",
                 "",
             ),
+            (
+                "bright stars (i 15–18) added: galaxies with their wings ≥ 1σ in the aperture, "
+                "median frac. flux residual",
+                "populations.bright_stars.on.wing_ge_1.median",
+                "populations.bright_stars.off.wing_ge_1.median",
+                "+.3f",
+                "",
+            ),
+            (
+                "bright stars: same, median abs. frac. flux residual",
+                "populations.bright_stars.on.wing_ge_1.median_abs",
+                "populations.bright_stars.off.wing_ge_1.median_abs",
+                ".3f",
+                "",
+            ),
+            (
+                "bright stars: galaxies matched, and those with the stars' wings ≥ 1σ",
+                "populations.bright_stars.on.all.n",
+                "populations.bright_stars.on.wing_ge_1.n",
+                "d",
+                "",
+            ),
         ],
     ),
     "photoz": (

@@ -1299,7 +1299,6 @@ class Deblender:
             aperture_fluxes,
             check_method,
             fit_amplitudes,
-            galaxy_wings,
             paste_models,
             reconstruct,
             sample_fluxes,
@@ -1344,9 +1343,8 @@ class Deblender:
                 passes=passes, amplitudes=amplitudes, mask=masked,
             )  # fmt: skip
             wing, winged, stars_winged = None, [], []
-            if wings:
-                wing, winged = galaxy_wings(img, models, sigma, mask=masked)
-                wing, stars_winged = _add_star_wings(img, models, sigma, self.survey, masked, wing)
+            if wings:  # the stars' first: their PSF is known, a galaxy's wing is fitted
+                wing, winged, stars_winged = _wings(img, models, sigma, self.survey, masked)
             full = img  # the image; img: what the sources' models share from here on
             if wing is not None:  # the big galaxies' wings are theirs: the rest share the rest
                 img = img - wing
@@ -1440,16 +1438,20 @@ class Deblender:
         return DeblendResult(cat, model, full - model, models, None, wcs)
 
 
-def _add_star_wings(image, models, sigma, survey, mask, wing):
-    """``wing`` (the galaxies' wings, or None) plus the bright stars' wings fitted on the
-    image less it (:func:`probcat.infer.deblend.star_wings`), and the stars given one."""
-    from probcat.infer.deblend import star_wings
+def _wings(image, models, sigma, survey, mask):
+    """The light of bright stars and big galaxies beyond their models' stamps (None if
+    none), the galaxies and the stars given a wing: the stars' fitted first
+    (:func:`probcat.infer.deblend.star_wings`), the galaxies' on the image less them
+    (:func:`~probcat.infer.deblend.galaxy_wings`), so that a galaxy beside a bright star
+    does not take the star's light for its own wing."""
+    from probcat.infer.deblend import galaxy_wings, star_wings
 
-    rest = image if wing is None else image - wing
-    stars, which = star_wings(rest, models, sigma, survey, mask=mask)
-    if stars is None:
-        return wing, which
-    return (stars if wing is None else wing + stars), which
+    stars, stars_winged = star_wings(image, models, sigma, survey, mask=mask)
+    rest = image if stars is None else image - stars
+    wing, winged = galaxy_wings(rest, models, sigma, mask=mask)
+    if stars is not None:
+        wing = stars if wing is None else wing + stars
+    return wing, winged, stars_winged
 
 
 def _aperture_noise_factors(x: np.ndarray, info: dict) -> np.ndarray:
