@@ -1440,13 +1440,13 @@ class Deblender:
 
 def _wings(image, models, sigma, survey, mask):
     """The light of bright stars and big galaxies beyond their models' stamps (None if
-    none), the galaxies and the stars given a wing: the stars' fitted first
-    (:func:`probcat.infer.deblend.star_wings`), the galaxies' on the image less them
-    (:func:`~probcat.infer.deblend.galaxy_wings`), so that a galaxy beside a bright star
-    does not take the star's light for its own wing."""
+    none), the galaxies and the stars given a wing: the stars' from the PSF
+    (:func:`probcat.infer.deblend.star_wings`), the galaxies' fitted on the image less
+    them (:func:`~probcat.infer.deblend.galaxy_wings`), so that a galaxy beside a bright
+    star does not take the star's light for its own wing."""
     from probcat.infer.deblend import galaxy_wings, star_wings
 
-    stars, stars_winged = star_wings(image, models, sigma, survey, mask=mask)
+    stars, stars_winged = star_wings(models, survey, image.shape[-2:], sigma)
     rest = image if stars is None else image - stars
     wing, winged = galaxy_wings(rest, models, sigma, mask=mask)
     if stars is not None:

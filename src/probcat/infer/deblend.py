@@ -505,26 +505,24 @@ def galaxy_wings(
 
 
 def star_wings(
-    image: np.ndarray,
     models: Models,
-    sigma,
     survey,
+    shape: tuple[int, int],
+    sigma,
     *,
-    mask: np.ndarray | None = None,
     level: float = WING_LEVEL,
     max_px: int = WING_MAX_PX,
 ) -> tuple[np.ndarray | None, np.ndarray]:
-    """The light of bright stars beyond their models' stamps, ``(bands, H, W)`` (None where
-    there is none), and the indices of the models that got some: :func:`galaxy_wings` for
-    stars, whose light beyond the stamp is the PSF's (``survey``'s, drawn out to
-    ``max_px``, moved to the star's sub-pixel position) times the flux the model holds
-    over the PSF's share inside the stamp. Its amplitude is 1, or free up to
-    :data:`WING_AMP_MAX` where that fits the data better by :data:`WING_PARAM_COST` in
-    chi-square (a PSF whose wings are broader than the survey's); fitted, band by band, to
-    the data less the scene model, with the pixels :func:`galaxy_wings` leaves out left
-    out; no wing where none fits as well. Brightest stars first."""
-    nb, h, w = image.shape
-    size, half = models.size, models.size // 2
+    """The light of bright stars beyond their models' stamps on an image of ``shape``,
+    ``(bands, H, W)`` (None where there is none), and the indices of the models that got
+    some: for each star whose model's border ring averages more than ``level`` noise sigmas
+    (``sigma``) in some band, the PSF's light beyond the stamp (``survey``'s PSF drawn out
+    to ``max_px``, moved to the star's sub-pixel position) at the flux the model holds over
+    the PSF's share inside the stamp; pixels fainter than :data:`WING_FLOOR` sigmas left
+    out. Not fitted to the data, as a galaxy's wing is (:func:`galaxy_wings`): the PSF is
+    known, and a free amplitude took the extended light of galaxies nearby for the star's."""
+    h, w = shape
+    nb, size, half = models.stamps.shape[1], models.size, models.size // 2
     none = (None, np.zeros(0, np.int64))
     if len(models) == 0 or size < 9 or max_px <= half:
         return none
@@ -535,54 +533,31 @@ def star_wings(
     cand = np.flatnonzero(~np.asarray(models.galaxy, bool) & (border > level).any(1))
     if not len(cand):
         return none
-    bad = None if mask is None else np.asarray(mask, bool)
     psf = torch.from_numpy(psf_stamp(survey, 2 * max_px + 1)[None])
     inner = (slice(max_px - half, max_px + half + 1),) * 2
-    total = paste_models(models, (h, w))
-    rest = image - total
-    wings = np.zeros_like(rest)
+    wings = np.zeros((nb, h, w), np.float32)
     winged = []
-    for j in cand[np.argsort(-models.stamps[cand].sum((1, 2, 3)))]:
+    for j in cand:
         check_interrupt()
         cx, cy = int(models.cx[j]), int(models.cy[j])
-        shifted = _placed(
-            psf, np.zeros(1, np.int64), models.x[j : j + 1] - cx, models.y[j : j + 1] - cy
-        )[0]
+        dx, dy = models.x[j : j + 1] - cx, models.y[j : j + 1] - cy
+        shifted = _placed(psf, np.zeros(1, np.int64), dx, dy)[0]
         x0, x1 = max(cx - max_px, 0), min(cx + max_px + 1, w)
         y0, y1 = max(cy - max_px, 0), min(cy + max_px + 1, h)
-        sy, sx = (
-            slice(y0 - cy + max_px, y1 - cy + max_px),
-            slice(x0 - cx + max_px, x1 - cx + max_px),
-        )
-        dy, dx = np.mgrid[y0 - cy : y1 - cy, x0 - cx : x1 - cx]
-        out = np.maximum(np.abs(dx), np.abs(dy)) > half
-        if not out.any():
+        if x0 >= x1 or y0 >= y1:
             continue
-        use = np.ones(int(out.sum()), bool) if bad is None else ~bad[y0:y1, x0:x1][out]
-        got = False
-        for k in range(nb):
-            share = float(shifted[k][inner].sum())
-            flux = float(models.stamps[j, k].sum())
-            if not (share > 0 and flux > 0):
-                continue
-            f = (flux / share) * shifted[k][sy, sx][out].astype(np.float64)
-            r = rest[k, y0:y1, x0:x1][out].astype(np.float64)
-            others = total[k, y0:y1, x0:x1][out]
-            fit = use & (f > WING_FLOOR * sig[k]) & (np.abs(r) < WING_CLIP * sig[k] + f)
-            fit &= others < WING_OTHERS * sig[k]
-            dm, mm = (f[fit] * r[fit]).sum(keepdims=True), (f[fit] * f[fit]).sum(keepdims=True)
-            cost, amp = _wing_amplitude(dm, mm, sig[k])
-            if not (mm[0] > 0 and np.isfinite(cost[0])):
-                continue
-            wing = amp[0] * np.clip(f, 0, None)
-            wing[wing < WING_FLOOR * sig[k]] = 0.0
-            full = np.zeros((y1 - y0, x1 - x0), np.float32)
-            full[out] = wing
-            wings[k, y0:y1, x0:x1] += full
-            rest[k, y0:y1, x0:x1] -= full
-            got = got or bool(wing.any())
-        if got:
-            winged.append(j)
+        part = shifted[:, y0 - cy + max_px : y1 - cy + max_px, x0 - cx + max_px : x1 - cx + max_px]
+        yy, xx = np.mgrid[y0 - cy : y1 - cy, x0 - cx : x1 - cx]
+        inside = np.maximum(np.abs(xx), np.abs(yy)) <= half
+        share = shifted[(slice(None), *inner)].sum((1, 2))
+        flux = models.stamps[j].sum((1, 2))
+        scale = np.where((share > 0) & (flux > 0), flux / np.maximum(share, 1e-30), 0.0)
+        wing = scale[:, None, None] * np.clip(part, 0, None)
+        wing[:, inside] = 0.0
+        wing[wing < WING_FLOOR * sig[:, None, None]] = 0.0
+        if wing.any():
+            wings[:, y0:y1, x0:x1] += wing
+            winged.append(int(j))
     return (wings if winged else None), np.array(winged, np.int64)
 
 
