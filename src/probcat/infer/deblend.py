@@ -397,7 +397,7 @@ _WING_SCALES = np.geomspace(0.3, 300.0, 121)  # exponential scale lengths tried 
 # the wing's bend: its fall with the elliptical radius R goes as R**alpha, alpha = 1 a
 # disc's exponential, 1/4 a de Vaucouleurs profile's (a Sersic profile of index n: 1/n)
 WING_ALPHAS = (1.0, 0.5, 1 / 3, 0.25)
-WING_AMP_MAX = 10.0  # the wing's start may be scaled up to this (the model's border too faint)
+WING_AMP_MAX = 10.0  # a galaxy wing's start may be scaled by 0 to this (the border misdrawn)
 WING_PARAM_COST = 2.0  # chi^2 a bend or a free amplitude must gain to be used (each)
 WING_AMP_SNR = 3.0  # a free amplitude only for wings of this signal-to-noise ratio (at a = 1)
 
@@ -418,18 +418,19 @@ def galaxy_wings(
     galaxy's light goes on beyond it, and is then left to whatever source lies there (a
     faint neighbour in its outskirts gets it as its own). Each galaxy model whose border
     ring (two pixels wide) averages more than ``level`` noise sigmas in some band gets a
-    wing outside its stamp, continuous with the model: a pixel beyond the stamp gets the
-    model's value where the line from the centre to it leaves the stamp (averaged over 5
-    x 5 pixels, so that the wing does not streak), times ``a * exp(-d / h)``, ``d`` the
-    distance from the border in elliptical radius (the ellipse of the model's second
-    moments), bent as a Sersic profile's (:func:`_wing_distance`, one of
-    :data:`WING_ALPHAS`). The scale length ``h``, the bend and the amplitude ``a`` (1, or
-    free up to :data:`WING_AMP_MAX` where the model's border is fainter than the galaxy
-    there) are fitted, band by band, by least squares to the data less the scene model
-    (and the wings fitted before) out to ``max_px`` from the centre (pixels in ``mask``,
-    those more than :data:`WING_CLIP` sigmas off and those where other sources' models
-    exceed :data:`WING_OTHERS` sigmas left out; a bend and a free amplitude must each gain
-    :data:`WING_PARAM_COST` in chi-square); a band whose data there are fitted as well by
+    wing outside its stamp: a pixel beyond the stamp gets the model's value where the line
+    from the centre to it leaves the stamp (averaged over 5 x 5 pixels, so that the wing
+    does not streak), times ``a * exp(-d / h)``, ``d`` the distance from the border in
+    elliptical radius (the ellipse of the model's second moments), bent as a Sersic
+    profile's (:func:`_wing_distance`, one of :data:`WING_ALPHAS`). The scale length
+    ``h``, the bend and the amplitude ``a`` (1, continuous with the model, or free between
+    0 and :data:`WING_AMP_MAX` where the model's border is fainter or brighter than the
+    galaxy there: :func:`_wing_amplitude`) are fitted, band by band, by least squares to
+    the data less the scene model (and the wings fitted before) out to ``max_px`` from the
+    centre (pixels in ``mask``, those more than :data:`WING_CLIP` sigmas off and those
+    where other sources' models exceed :data:`WING_OTHERS` sigmas left out; a bend and a
+    free amplitude must each gain :data:`WING_PARAM_COST` in chi-square); a band whose
+    data there are fitted as well by
     no wing gets none. Brightest galaxies first."""
     from scipy.ndimage import uniform_filter
 
