@@ -191,7 +191,8 @@ def figure(out: dict, path: Path) -> None:
             ax.plot(pos, mad, "k_", ms=14, mew=2)
         ax.axhline(0, color="gray", lw=0.8)
         ax.set_xticks(np.arange(len(labels)), labels)
-        ax.set_xlabel("other galaxies' light beyond their stamps in the aperture (noise σ)")
+        whose = "the bright stars'" if pop == "bright_stars" else "other galaxies'"
+        ax.set_xlabel(f"{whose} light beyond their stamps in the aperture (noise σ)")
         ax.set_ylabel("fractional aperture-flux residual")
         ax.set_title(f"{pop} (black: median |residual|)")
         ax.legend(fontsize=8)
