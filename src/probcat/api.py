@@ -1287,10 +1287,11 @@ class Deblender:
         :class:`probcat.io.ImageData`), else, for electrons, the survey's band zeropoint and
         exposure time (``mag_ap`` is NaN for other units without one);
         ``wings``: the light of big galaxies and bright stars beyond their models' stamps
-        (:func:`probcat.infer.deblend.galaxy_wings`, :func:`~probcat.infer.deblend.star_wings`)
-        is fitted, taken out of the image the sources are deblended and measured on (a
-        faint neighbour in a big galaxy's outskirts no longer gets that light as its own)
-        and added to the scene model (default; False for the models' stamps alone).
+        (fitted: :func:`probcat.infer.deblend.galaxy_wings`; the PSF's:
+        :func:`~probcat.infer.deblend.star_wings`) is taken out of the image the sources are
+        deblended and measured on (a faint neighbour in a big galaxy's outskirts no longer
+        gets that light as its own) and added to the scene model (default; False for the
+        models' stamps alone).
         """
         from probcat.baselines.rail import forced_photometry
         from probcat.infer.deblend import (
