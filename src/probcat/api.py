@@ -1347,14 +1347,14 @@ class Deblender:
             if wings:  # the stars' first: their PSF is known, a galaxy's wing is fitted
                 wing, winged, stars_winged = _wings(img, models, sigma, self.survey, masked)
             full = img  # the image; img: what the sources' models share from here on
-            if wing is not None:  # the big galaxies' wings are theirs: the rest share the rest
+            if wing is not None:  # the wings are their sources': the rest share the rest
                 img = img - wing
                 if amplitudes:
                     models = fit_amplitudes(img, models, sigma, mask=masked)
             model = paste_models(models, (h, w))  # the scene model, pasted once
             ap = aperture_fluxes(img, models, np.arange(n), method=(method, "data"), total=model)
             flux = ap[method]
-            # the neighbours' light (a big galaxy's wing in the aperture counts, as its model
+            # the neighbours' light (a wing in the aperture counts, as its source's model
             # would: taken out, but known no better than the models are)
             wing_ap = np.zeros_like(flux)  # the wing's light in each aperture
             if wing is not None:

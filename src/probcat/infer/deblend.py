@@ -440,10 +440,7 @@ def galaxy_wings(
     if len(models) == 0 or size < 9:
         return none
     sig = np.broadcast_to(np.asarray(sigma, float).ravel(), (nb,))
-    ring = np.ones((size, size), bool)
-    ring[2:-2, 2:-2] = False
-    border = models.stamps[:, :, ring].mean(-1) / sig  # (N, bands)
-    cand = np.flatnonzero(np.asarray(models.galaxy, bool) & (border > level).any(1))
+    cand = _bright_borders(models, sig, level, galaxies=True)
     if not len(cand):
         return none
     bad = None if mask is None else np.asarray(mask, bool)
@@ -528,10 +525,7 @@ def star_wings(
     if len(models) == 0 or size < 9 or max_px <= half:
         return none
     sig = np.broadcast_to(np.asarray(sigma, float).ravel(), (nb,))
-    ring = np.ones((size, size), bool)
-    ring[2:-2, 2:-2] = False
-    border = models.stamps[:, :, ring].mean(-1) / sig
-    cand = np.flatnonzero(~np.asarray(models.galaxy, bool) & (border > level).any(1))
+    cand = _bright_borders(models, sig, level, galaxies=False)
     if not len(cand):
         return none
     psf = torch.from_numpy(psf_stamp(survey, 2 * max_px + 1)[None])
@@ -560,6 +554,16 @@ def star_wings(
             wings[:, y0:y1, x0:x1] += wing
             winged.append(int(j))
     return (wings if winged else None), np.array(winged, np.int64)
+
+
+def _bright_borders(models: Models, sig: np.ndarray, level: float, galaxies: bool) -> np.ndarray:
+    """Indices of the galaxy (or star) models whose border ring, two pixels wide, averages
+    more than ``level`` noise sigmas (``sig``, per band) in some band: those given wings."""
+    ring = np.ones((models.size, models.size), bool)
+    ring[2:-2, 2:-2] = False
+    border = models.stamps[:, :, ring].mean(-1) / sig  # (N, bands)
+    kind = np.asarray(models.galaxy, bool) == galaxies
+    return np.flatnonzero(kind & (border > level).any(1))
 
 
 def _ellipse(profile: np.ndarray, ar: np.ndarray) -> tuple[float, float, float]:
