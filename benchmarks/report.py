@@ -846,6 +846,78 @@ TABLES = {
         "FITS file probcat writes",
         _depth_rows(),
     ),
+    "density": (
+        "LSST-i detection on fields of other source densities than the prior's (500-px "
+        "fields of the weights' population's test galaxies at 0 to 2 times its galaxy and "
+        "star densities), the product's MAP catalogue (read under the density each field "
+        "shows) against SEP on the same fields",
+        [
+            (
+                "noise alone: false detections per Mpx",
+                "results.0.0.probcat.false_per_mpx",
+                "results.0.0.sep.false_per_mpx",
+                ".1f",
+                "",
+            ),
+            (
+                "noise alone: false detections per Mpx, no density calibration",
+                "results.0.0.prior_density.false_per_mpx",
+                None,
+                ".1f",
+                "",
+            ),
+            (
+                "noise alone: detection ECE",
+                "results.0.0.probcat.detection_ece",
+                "results.0.0.prior_density.detection_ece",
+                ".3f",
+                "",
+                "no density calibration",
+            ),
+        ]
+        + [
+            row
+            for f in ("0.03", "0.1", "0.3", "1.0", "2.0")
+            for row in (
+                (
+                    f"{float(f):g}× the prior's density: F1",
+                    f"results.{f}.probcat.f1",
+                    f"results.{f}.sep.f1",
+                    ".3f",
+                    "",
+                ),
+                (
+                    f"{float(f):g}× the prior's density: precision",
+                    f"results.{f}.probcat.precision",
+                    f"results.{f}.sep.precision",
+                    ".3f",
+                    "",
+                ),
+                (
+                    f"{float(f):g}× the prior's density: recall (SNR > 3)",
+                    f"results.{f}.probcat.recall",
+                    f"results.{f}.sep.recall",
+                    ".3f",
+                    "",
+                ),
+                (
+                    f"{float(f):g}× the prior's density: precision, no density calibration",
+                    f"results.{f}.prior_density.precision",
+                    None,
+                    ".3f",
+                    "",
+                ),
+                (
+                    f"{float(f):g}× the prior's density: detection ECE",
+                    f"results.{f}.probcat.detection_ece",
+                    f"results.{f}.prior_density.detection_ece",
+                    ".3f",
+                    "",
+                    "no density calibration",
+                ),
+            )
+        ],
+    ),  # fmt: skip
     "psf_profile": (
         "LSST-i detection when the PSF's atmosphere is a Moffat profile (index beta, the "
         "survey's FWHM) instead of the Kolmogorov one the weights learned, and on pixels of "
@@ -1894,6 +1966,7 @@ BASELINES = {
     "correlated_noise": "SEP",
     "correlated_noise_ugrizy": "SEP (riz)",
     "depth": "SEP",
+    "density": "SEP",
     "photoz_colours": "DC2 colours",
     "photoz_masks": "masked pixels as no light",
     "detection_masks": "masked pixels as no light",

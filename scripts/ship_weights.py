@@ -6,6 +6,7 @@ manifest's benchmark numbers.
     .venv/bin/python scripts/ship_weights.py --benchmark detection_lsst_i   # record numbers
     .venv/bin/python scripts/ship_weights.py --sky-offset detection_lsst_i  # fit, record
     .venv/bin/python scripts/ship_weights.py --flux-error deblender_lsst_i detection_lsst_i
+    .venv/bin/python scripts/ship_weights.py --density detection_lsst_i 60     # fit, record
 
 The manifest gets the training manifest (config, data seeds, command, commit, validation
 history), the weight file's sha256 and, when ``benchmarks/results/detection.json`` was
@@ -214,11 +215,26 @@ def record_flux_error(name: str = "deblender_lsst_i", detector: str = "detection
               f"(without: {cov0})")  # fmt: skip
 
 
+def record_density(name: str = "detection_lsst_i", n_fields: str = "60") -> None:
+    """Fit the density calibration of shipped detection weights (``probcat.infer.density``)
+    into their manifest; the weights file is untouched."""
+    from probcat.train.detection import record_density_calibration
+
+    command = f".venv/bin/python scripts/ship_weights.py --density {name} {n_fields}"
+    rec = record_density_calibration(
+        name, WEIGHTS / f"manifest_{name}.json", n_fields=int(n_fields), command=command
+    )
+    for f, r, n in zip(rec["factors"], rec["rates_per_mpx"], rec["n"]):
+        print(f"{name}: density x{f:g}: {r:.1f} bright detections per Mpx, {n} detections")
+
+
 def _main() -> None:
     if sys.argv[1:2] == ["--benchmark"]:
         record_benchmark(*sys.argv[2:])
     elif sys.argv[1:2] == ["--sky-offset"]:
         record_sky_offset(*sys.argv[2:])
+    elif sys.argv[1:2] == ["--density"]:
+        record_density(*sys.argv[2:])
     elif sys.argv[1:2] == ["--flux-error"]:
         record_flux_error(*sys.argv[2:])
     else:

@@ -529,6 +529,30 @@ class Detector:
         the faint galaxies of a field lift a sky estimate by (:mod:`probcat.background`)."""
         return sky_offset_of(self.manifest, len(self.bands))
 
+    @cached_property
+    def density_calibration(self):
+        """The weights' :class:`~probcat.infer.density.DensityCalibration` (their manifest's
+        ``density_calibration``), or None: probabilities for images whose source density
+        differs from the training scenes' (:mod:`probcat.infer.density`). Set it to None to
+        read every image at the prior's density."""
+        from probcat.infer.density import DensityCalibration
+
+        rec = (self.manifest or {}).get("density_calibration")
+        return DensityCalibration.from_dict(rec) if rec else None
+
+    def _at_density(self, cat, masked, seeing_factor: float, noise_factor: float, threshold):
+        """``cat`` read under its image's source density: :func:`probcat.infer.density.
+        at_density` with :attr:`density_calibration` (``masked``: the image's pixels
+        without data, left out of its area)."""
+        from probcat.infer.density import at_density
+
+        cal = self.density_calibration
+        if cal is None or "prob_raw" not in cat.colnames:
+            return cat
+        h, w = cat.image_shape
+        area = h * w - (0 if masked is None else int(np.sum(masked)))
+        return at_density(cat, cal, area, threshold, seeing_factor, noise_factor)
+
     # ---- inputs --------------------------------------------------------------------------
     def _one(self, image, noise_sigma, opts: dict):
         """One image as ``(bands, H, W)`` in sigma units, its WCS, what was done to it and
@@ -968,6 +992,7 @@ class Detector:
                             continue
                         factor, depth, _ = calibration_for(self.net, used, noise)
                         self._warn_seeing(ratio, used != 1.0, factor, checked)
+                        c = self._at_density(c, masked, factor, depth, threshold)
                         info = {
                             **batch.info[sl.start + k],
                             **checked,

@@ -343,6 +343,17 @@ def _threads_option(value: str) -> str | int:
     return n  # its upper bound: threads_for, where every setting is checked
 
 
+def _density_note(rec: dict) -> str:
+    """The detection line's note of an image read at another source density than the
+    prior's (:mod:`probcat.infer.density`), or ""."""
+    if not rec.get("applied") or rec.get("factor") == 1.0:
+        return ""
+    note = f"; source density read as {rec['factor']:g} times the prior's"
+    if rec.get("dropped"):
+        note += f", {rec['dropped']} detections it puts below the threshold left out"
+    return note + " (docs/robustness.md, Source density)"
+
+
 @app.command("detect")
 def detect_cmd(
     images: list[Path] = typer.Argument(
@@ -472,6 +483,7 @@ def detect_cmd(
     vetoed = res.catalog.meta.get("pair_vetoed", 0)
     if vetoed:
         msg += f"; {vetoed} read as pieces of a neighbour's galaxy and left out (pair_prob < 0.5)"
+    msg += _density_note(res.catalog.meta.get("density", {}))
     msg += _input_note(res.catalog.meta.get("input", {}))
     if extra:
         msg += f"; deblended: model and residual -> {', '.join(extra)}"

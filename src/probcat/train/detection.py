@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -871,6 +872,64 @@ def record_sky_offset(weights_path, manifest_path, *, n_scenes=None, cache_dir=N
     sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population, fits=True)
     rec = fit_sky_offset(cfg, sim.bank, n_scenes)
     record_in_manifest(manifest_path, "sky_offset", rec)
+    return rec
+
+
+DENSITY_SIZE = 500  # px: the validation fields of the density calibration
+
+
+def record_density_calibration(
+    name: str,
+    manifest_path,
+    *,
+    factors=None,
+    n_fields: int = 60,
+    cache_dir=None,
+    progress: bool = True,
+    command: str = "",
+) -> dict:
+    """Fit the density calibration (:mod:`probcat.infer.density`) of the registered
+    detection weights ``name`` and record it in the manifest at ``manifest_path``
+    (atomically; the weights file, and so its sha256, stays as it is): ``n_fields``
+    validation fields of :data:`DENSITY_SIZE` px (split ``val``, the weights' population,
+    every source inside) per density factor, read by the product's detector at the
+    survey's noise. Returns the record."""
+    from probcat.api import load
+    from probcat.infer.density import FACTORS, fit_density_calibration
+    from probcat.simulate.prior import GALAXY_DENSITY, STAR_DENSITY
+    from probcat.train.loop import record_in_manifest
+
+    det = load(name, kind="detection")
+    det.density_calibration = None  # the product's catalogues before any density map
+    cfg = from_dict(DetectionTrainConfig, det.manifest["config"])
+    survey = cfg.survey()
+    bank = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population, fits=True).bank
+    sigma = survey.noise_sigma
+    seed = [cfg.seed, 41]
+    sims = {}
+
+    def sample(f, i):
+        if f not in sims:
+            layout = SceneConfig(DENSITY_SIZE, DENSITY_SIZE, GALAXY_DENSITY * f, STAR_DENSITY * f)
+            sims[f] = SceneSimulator(bank, layout)
+        return sims[f].sample(np.random.default_rng([*seed, round(f * 1000), i]))
+
+    def detect(image):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the survey's own fields
+            return det.catalog(image, noise_sigma=sigma)
+
+    size = DENSITY_SIZE
+    cal = fit_density_calibration(
+        detect, sample, factors=FACTORS if factors is None else factors,
+        n_fields=n_fields, progress=progress,
+        source=f"{n_fields} validation fields per factor ({size} px, split=val, population "
+        f"{cfg.fits.population or cfg.data.population}, every source inside, seed "
+        f"[{seed[0]}, {seed[1]}, 1000 x factor, i]), the product's MAP catalogues, "
+        "detections matched within 2 px",
+    )  # fmt: skip
+    rec = {**cal.to_dict(), "command": command}
+    record_in_manifest(manifest_path, "density_calibration", rec)
     return rec
 
 

@@ -1,0 +1,225 @@
+"""Source density unlike the prior's: probcat's shipped LSST-i detection weights and SEP on
+the same simulated fields, from empty sky to twice the prior's density, one run.
+
+The detection network learned its probabilities from scenes of one source density, the
+prior's (paper 000 section 2: 160 galaxies and 15.5 stars per arcmin^2 to i = 27). Its
+probabilities are posterior probabilities under that prior: a faint bump that is a real
+source most of the time at that density is a noise peak most of the time on an empty
+sky. The weights' density calibration (:mod:`probcat.infer.density`) reads each image
+under the density its bright detections show. This benchmark measures both. Held-out
+500x500 LSST i fields (test-split galaxies of the weights' population, every source
+inside the field) at ``--factors`` times the prior's galaxy and star densities (0: noise
+alone), ``--fields`` fields per factor, each read by the product's detector at its known
+noise (``probcat``: as shipped; ``prior_density``: with the density calibration left
+out) and by SEP with paper 000's settings (:mod:`probcat.baselines.sep`). Per factor:
+precision (all detections), recall (true SNR > 3), F1, false detections per Mpx; for
+probcat also the precision of the detections with prob >= 0.9, the detection ECE, the
+mean calibrated probability against the fraction of detections that are real (matched
+within 2 px), the same precision and recall for the detections with prob >= 0.5
+(``at_0_5``), and the density calibration's mean weights of the factors.
+
+Writes ``benchmarks/results/density.json`` and ``density.png``.
+
+    .venv/bin/python benchmarks/density.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import _paths  # noqa: F401  (first: keeps benchmarks/ off the import path)
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SIZE = 500
+FACTORS = (0.0, 0.03, 0.1, 0.3, 1.0, 2.0)
+
+
+def fields(bank, factor: float, n: int, seed: int) -> list:
+    """``n`` scenes of ``SIZE`` px at ``factor`` times the prior's source densities, scene
+    ``f`` from seed ``[seed, f]`` (the same seeds for every factor)."""
+    from probcat.simulate.prior import GALAXY_DENSITY, STAR_DENSITY
+    from probcat.simulate.scene import SceneConfig, SceneSimulator
+
+    cfg = SceneConfig(SIZE, SIZE, GALAXY_DENSITY * factor, STAR_DENSITY * factor)
+    sim = SceneSimulator(bank, cfg)
+    return [sim.sample(np.random.default_rng([seed, f])) for f in range(n)]
+
+
+def measure(scenes: list, sigma: float, det) -> dict:
+    """probcat (its MAP catalogue as the product makes it, and with the density
+    calibration left out: ``prior_density``) and SEP on each scene: ``correlated_noise.py``'s
+    summaries, detections per Mpx, probcat's mean calibrated probability against the
+    share of its detections that are real, and the precision and recall of its detections
+    with prob >= 0.5 (``at_0_5``)."""
+    from probcat.baselines.sep import sep_detect
+
+    cn = _paths.sibling("correlated_noise")
+    own = det.density_calibration
+    counts = {"probcat": [], "prior_density": [], "sep": []}
+    kept = {"probcat": [], "prior_density": []}  # the prob >= 0.5 catalogue's counts
+    weights = []
+    for sc in scenes:
+        for name, cal in (("probcat", own), ("prior_density", None)):
+            det.density_calibration = cal
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the fields are at the survey's depth
+                cat = det.catalog(sc.image, noise_sigma=sigma)
+            counts[name].append(cn.score(cat, sc.catalog))
+            half = np.asarray(cat["prob"]) >= 0.5
+            kept[name].append(cn.score(cat.select(half), sc.catalog))
+            if name == "probcat" and "density" in cat.meta:
+                weights.append(cat.meta["density"].get("weights"))
+        counts["sep"].append(cn.score(sep_detect(sc.image, sigma), sc.catalog))
+    det.density_calibration = own
+    area = len(scenes) * SIZE * SIZE / 1e6
+    out = {}
+    for k, v in counts.items():
+        prob = [c.get("prob") for c in v]
+        real = [c.get("real") for c in v]
+        out[k] = cn.summary(v, area)
+        out[k]["detections_per_mpx"] = out[k]["n_detections"] / area
+        if k in kept:
+            prob, real = np.concatenate(prob), np.concatenate(real)
+            out[k]["mean_prob"] = float(prob.mean()) if len(prob) else None
+            out[k]["real_fraction"] = float(real.mean()) if len(real) else None
+            half = cn.summary(kept[k], area)
+            out[k]["at_0_5"] = {key: half[key] for key in ("precision", "recall", "f1",
+                                                          "n_detections")}  # fmt: skip
+        if out[k]["n_detections"] == 0:  # no detections: no precision
+            out[k]["precision"] = None
+        if out[k].get("n_at_0_9") == 0:
+            out[k]["precision_at_0_9"] = None
+        if out[k]["n_true_snr_gt_3"] == 0:
+            out[k]["recall"] = out[k]["f1"] = None
+    if weights:  # the density calibration's weights of the factors, mean over fields
+        out["probcat"]["density_weights"] = {
+            f: float(np.mean([w[f] for w in weights])) for f in weights[0]
+        }
+    return out
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def figure(factors, res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.array([max(f, 0.01) for f in factors])  # noise alone drawn at 0.01
+    fig, ax = plt.subplots(1, 4, figsize=(17, 3.9))
+
+    def row(method, key, sub=None):
+        vals = [res[str(f)][method] for f in factors]
+        vals = [v.get(sub, {}) if sub else v for v in vals]
+        return [np.nan if v.get(key) is None else v[key] for v in vals]
+
+    ax[0].plot(x, row("probcat", "precision"), "o-", label="probcat MAP catalogue")
+    ax[0].plot(x, row("probcat", "precision", "at_0_5"), "s-", label="probcat, prob >= 0.5")
+    ax[0].plot(x, row("prior_density", "precision", "at_0_5"), "s:",
+               label="prob >= 0.5, no density calibration")  # fmt: skip
+    ax[0].plot(x, row("sep", "precision"), "^-", label="SEP")
+    ax[0].set_ylabel("precision")
+    ax[1].plot(x, row("probcat", "recall"), "o-", label="probcat MAP catalogue")
+    ax[1].plot(x, row("probcat", "recall", "at_0_5"), "s-", label="probcat, prob >= 0.5")
+    ax[1].plot(x, row("sep", "recall"), "^-", label="SEP")
+    ax[1].set_ylabel("recall (true SNR > 3)")
+    ax[2].plot(x, row("probcat", "real_fraction"), "k.-", label="share of detections real")
+    ax[2].plot(x, row("probcat", "mean_prob"), "o-", label="mean prob")
+    ax[2].plot(x, row("prior_density", "mean_prob"), "o:", label="mean prob, no density cal.")
+    ax[2].set_ylabel("probcat's MAP detections")
+    ax[3].plot(x, row("probcat", "detection_ece"), "o-", label="probcat")
+    ax[3].plot(x, row("prior_density", "detection_ece"), "o:", label="no density calibration")
+    ax[3].set_ylabel("detection ECE")
+    for a in ax:
+        a.set_xscale("log")
+        a.set_xlabel("source density / prior's (noise alone at 0.01)")
+        a.axvline(1.0, color="0.7", lw=0.8)
+        a.legend(fontsize=7)
+    fig.suptitle("LSST i, 500x500 fields of held-out galaxies at other source densities")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    from probcat.api import load
+    from probcat.catalog import atomic_write
+    from probcat.provenance import provenance
+    from probcat.simulate.bank import BankConfig, SourceBank
+    from probcat.survey import Survey
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--factors", default=",".join(f"{f:g}" for f in FACTORS),
+                    help="source densities over the prior's, comma-separated")  # fmt: skip
+    ap.add_argument("--fields", type=int, default=16, help="500-px fields per factor")
+    ap.add_argument("--seed", type=int, default=20261206)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    command = " ".join([".venv/bin/python", "benchmarks/density.py",
+                        *(argv if argv is not None else sys.argv[1:])])  # fmt: skip
+    try:
+        factors = [float(f) for f in args.factors.split(",") if f.strip()]
+    except ValueError:
+        sys.exit(f"--factors: numbers separated by commas, got {args.factors!r}")
+    if not factors or any(not np.isfinite(f) or f < 0 for f in factors) or args.fields < 1:
+        sys.exit("--factors: one or more numbers >= 0; --fields: at least 1")
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    det = load("detection_lsst_i", kind="detection")
+    manifest = det.manifest
+    data = manifest["config"]["data"]
+    survey = Survey.lsst(bands="i")
+    bank = SourceBank.load_or_build(
+        survey, BankConfig(split="test", n_galaxies=5000, population=data["population"])
+    )
+    sigma = float(survey.noise_sigma[0])
+    res = {}
+    for f in factors:
+        res[str(f)] = measure(fields(bank, f, args.fields, args.seed), sigma, det)
+        r = res[str(f)]
+        print(f"density x{f:g}: " + "; ".join(
+            f"{name} precision {_fmt(v.get('precision'))} recall {_fmt(v.get('recall'))}"
+            for name, v in (("probcat", r["probcat"]), ("prob >= 0.5", r["probcat"]["at_0_5"]),
+                            ("SEP", r["sep"]))), flush=True)  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    figure(factors, res, args.out / "density.png")
+    out = {
+        "command": command,
+        "weights": "detection_lsst_i",
+        "weights_sha256": manifest.get("sha256"),
+        "population": data["population"],
+        "field_size": SIZE,
+        "fields_per_factor": args.fields,
+        "seed": args.seed,
+        "factors": factors,
+        "results": res,
+        "definitions": {
+            "factor": "galaxy and star densities over the prior's (160 and 15.5 per "
+            "arcmin^2), Poisson; 0: noise alone",
+            "precision": "share of all detections matched to a true source within 2 px",
+            "recall": "share of true sources with SNR > 3 matched",
+            "precision_at_0_9": "precision of probcat's detections with calibrated prob >= 0.9",
+            "detection_ece": "10-bin ECE of probcat's calibrated probabilities against "
+            "being matched",
+            "mean_prob, real_fraction": "mean calibrated prob of probcat's detections, and "
+            "the share of them matched: equal where the probabilities are calibrated",
+        },
+        "elapsed_s": round(time.perf_counter() - t0, 1),
+    }
+    out.update({k: v for k, v in provenance(command).items() if k != "command"})
+    text = json.dumps(out, indent=1, default=float)
+    atomic_write(args.out / "density.json", lambda tmp: Path(tmp).write_text(text))
+
+
+if __name__ == "__main__":
+    main()

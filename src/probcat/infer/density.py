@@ -1,0 +1,249 @@
+"""Detection probabilities for images whose source density is not the prior's.
+
+The detection network's probabilities are posterior probabilities under its training
+prior, and that prior has a source density (paper 000 section 2: 160 galaxies and 15.5
+stars per arcmin^2 to i = 27). A faint bump that is a real source most of the time at
+that density is a noise peak most of the time on an emptier sky: on 500x500 LSST i
+fields of held-out galaxies at 3% of the prior's density, the shipped weights' MAP
+detections were real 0.64 of the time at a mean calibrated probability of 0.91, and on
+noise alone they reported about 16 detections per Mpx at a mean of 0.81
+(``benchmarks/density.py``). In a field twice as crowded they were too low instead.
+
+:class:`DensityCalibration` corrects that, after the weights' own calibration
+(:mod:`probcat.infer.reliability`). It holds, for a grid of density ``factors`` (times the
+prior's), the rate of bright MAP detections (``detection_snr`` of at least ``snr``: real
+sources at any density, never noise peaks) per Mpx, and a monotone map from the
+calibrated probability to the fraction of detections that were real, both from
+validation scenes at that density (``probcat train calibrate RUN --density-only``; the
+factor 1 map is the identity, the weights' calibration being fitted there). An image's
+bright detections per unmasked area then weigh the factors (a negative binomial count:
+Poisson with :data:`DISPERSION` extra scatter; prior :data:`PRIOR_SAME` on the training
+density, the rest shared by the other factors), and each detection's probability is the
+maps' mixture under those weights. A small image, or one at about the prior's density,
+keeps its probabilities (the weight of factor 1 stays near 1); a large empty or crowded
+one gets the map of its density. Only at the survey's seeing and depth (a shallower or
+blurrier image has fewer bright detections at the same density, which would read as an
+emptier sky): :func:`applies`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from probcat.errors import ProbcatValueError
+
+__all__ = [
+    "DensityCalibration",
+    "FACTORS",
+    "SNR",
+    "PRIOR_SAME",
+    "DISPERSION",
+    "RATE_FLOOR",
+    "MIN_AREA",
+    "applies",
+    "at_density",
+    "bright_count",
+    "fit_density_calibration",
+]
+
+FACTORS = (0.0, 0.03, 0.1, 0.3, 1.0, 2.0)  # densities over the prior's, fitted by default
+SNR = 10.0  # detections at least this bright (detection_snr) count an image's density
+PRIOR_SAME = 0.5  # prior probability that an image has the training scenes' density
+DISPERSION = 0.1  # count scatter beyond Poisson, as a fraction of the mean
+RATE_FLOOR = 0.5  # bright detections per Mpx at least (noise alone has about none)
+MIN_AREA = 100_000  # px: smaller images (cutouts around a target) keep the prior's density
+
+
+@dataclass(frozen=True)
+class DensityCalibration:
+    """Per density factor (``factors``, times the prior's): ``rates``, bright detections
+    (``detection_snr >= snr``) per Mpx in validation scenes, and ``maps``, the knots
+    ``(x, y)`` of the monotone map from calibrated to observed probability (None: the
+    identity, at factor 1)."""
+
+    factors: tuple[float, ...]
+    rates: tuple[float, ...]
+    maps: tuple
+    snr: float = SNR
+    n: tuple[int, ...] = ()
+    source: str = ""
+
+    def __post_init__(self):
+        if not (len(self.factors) == len(self.rates) == len(self.maps)) or not self.factors:
+            raise ProbcatValueError("a density calibration needs a rate and a map per factor")
+        if 1.0 not in self.factors:
+            raise ProbcatValueError("a density calibration needs the prior's density (1)")
+
+    def weights(self, n_bright: int, area_px: float) -> np.ndarray:
+        """Posterior weights of the factors for an image with ``n_bright`` bright
+        detections on ``area_px`` unmasked pixels."""
+        from scipy.special import gammaln
+
+        f = np.asarray(self.factors, float)
+        prior = np.where(f == 1.0, PRIOR_SAME, (1.0 - PRIOR_SAME) / max(len(f) - 1, 1))
+        mean = np.maximum(np.asarray(self.rates, float), RATE_FLOOR) * max(area_px, 0.0) / 1e6
+        mean = np.maximum(mean, 1e-12)
+        r = 1.0 / DISPERSION**2  # negative binomial: variance mean + (DISPERSION mean)^2
+        k = float(n_bright)
+        logp = (
+            gammaln(k + r) - gammaln(r) - gammaln(k + 1.0)
+            + r * np.log(r / (r + mean)) + k * np.log(mean / (r + mean))
+        )  # fmt: skip
+        logp = logp + np.log(prior)
+        w = np.exp(logp - logp.max())
+        return w / w.sum()
+
+    def __call__(self, p, n_bright: int, area_px: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(probabilities, weights)``: calibrated probabilities ``p`` of an image's
+        detections mapped under its density (:meth:`weights`)."""
+        from probcat.infer.reliability import _interp
+
+        p = np.asarray(p, float)
+        w = self.weights(n_bright, area_px)
+        out = np.zeros_like(p)
+        for wk, xy in zip(w, self.maps):
+            out += wk * (p if xy is None else _interp(p, *xy))
+        return out, w
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": "density",
+            "factors": list(self.factors),
+            "rates_per_mpx": [round(float(v), 3) for v in self.rates],
+            "maps": [None if xy is None else [list(xy[0]), list(xy[1])] for xy in self.maps],
+            "snr": self.snr,
+            "n": list(self.n),
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DensityCalibration:
+        if d.get("kind") != "density":
+            raise ProbcatValueError("not a density calibration")
+        maps = tuple(None if xy is None else (tuple(xy[0]), tuple(xy[1])) for xy in d["maps"])
+        return cls(
+            tuple(float(v) for v in d["factors"]),
+            tuple(float(v) for v in d["rates_per_mpx"]),
+            maps,
+            float(d.get("snr", SNR)),
+            tuple(int(v) for v in d.get("n", ())),
+            d.get("source", ""),
+        )
+
+
+def bright_count(cat, snr: float = SNR) -> int:
+    """How many of a MAP catalogue's detections have ``detection_snr >= snr``."""
+    if "detection_snr" not in cat.colnames or not len(cat):
+        return 0
+    return int(np.sum(np.asarray(cat["detection_snr"], float) >= snr))
+
+
+def applies(seeing_factor: float, noise_factor: float) -> bool:
+    """Whether the density calibration reads an image whose probabilities come from the
+    calibration at ``seeing_factor`` and ``noise_factor`` (:func:`probcat.infer.reliability.
+    calibration_for`): only the survey's own seeing and depth."""
+    return math.isclose(seeing_factor, 1.0) and math.isclose(noise_factor, 1.0)
+
+
+def at_density(
+    cat,
+    cal: DensityCalibration,
+    area_px: float,
+    threshold: float = 0.5,
+    seeing_factor: float = 1.0,
+    noise_factor: float = 1.0,
+):
+    """A MAP catalogue ``cat`` (calibrated ``prob``, ``detection_snr``) of an image of
+    ``area_px`` unmasked pixels, read under that image's source density: ``prob`` mapped
+    by ``cal``, and the detections whose probability it moved from ``threshold`` or more to
+    below it dropped (the MAP catalogue under the density the image shows; detections
+    below ``threshold`` before keep their place, as in any catalogue). The metadata's
+    ``density`` records it: ``applied``; the image's bright detections and area; the
+    factors' ``weights``; ``factor``, the likeliest; ``dropped``. Not applied (the
+    catalogue unchanged but for ``density``) at another seeing or depth than the survey's
+    (:func:`applies`; ``seeing_factor`` and ``noise_factor`` of the probabilities'
+    calibration) or on an image under :data:`MIN_AREA` pixels: a cutout around a target,
+    whose count says little about the sky's density."""
+    from dataclasses import replace
+
+    if not applies(seeing_factor, noise_factor):
+        why = "read at another seeing or depth than the survey's"
+    elif area_px < MIN_AREA:
+        why = f"image under {MIN_AREA} unmasked pixels"
+    else:
+        why = None
+    if why is not None:
+        return replace(cat, meta={**cat.meta, "density": {"applied": False, "reason": why}})
+    n = bright_count(cat, cal.snr)
+    before = np.asarray(cat["prob"], float)
+    prob, w = cal(before, n, area_px)
+    drop = (prob < threshold) & (before >= threshold)
+    rec = {
+        "applied": True,
+        "bright_detections": n,
+        "area_px": int(area_px),
+        "factor": float(cal.factors[int(np.argmax(w))]),
+        "weights": {f"{f:g}": round(float(v), 4) for f, v in zip(cal.factors, w)},
+        "dropped": int(drop.sum()),
+    }
+    out = cat.with_columns(prob=prob).select(~drop)
+    return replace(out, meta={**cat.meta, "density": rec})
+
+
+def fit_density_calibration(
+    detect,
+    sample,
+    *,
+    factors=FACTORS,
+    n_fields: int = 60,
+    progress: bool = False,
+    source: str = "",
+    n_bins: int = 20,
+) -> DensityCalibration:
+    """Fit a :class:`DensityCalibration`: ``sample(factor, i)`` gives validation scene
+    ``i`` (an object with ``image`` and ``catalog``) at ``factor`` times the prior's
+    density, ``detect(image)`` the MAP catalogue the product makes of it (before any
+    density calibration); ``n_fields`` scenes per factor. Detections are real when matched
+    to a true source within 2 px."""
+    from tqdm.auto import tqdm
+
+    from probcat.infer.reliability import _isotonic_points
+    from probcat.metrics.detection import match
+
+    factors = tuple(sorted({float(f) for f in factors} | {1.0}))
+    if any(not math.isfinite(f) or f < 0 for f in factors):
+        raise ProbcatValueError(f"density factors must be >= 0, got {factors}")
+    rates, maps, ns = [], [], []
+    bar = tqdm(total=len(factors) * n_fields, desc="density calibration", disable=not progress)
+    with bar:
+        for f in factors:
+            prob, real, bright, area = [], [], 0, 0.0
+            for i in range(n_fields):
+                scene = sample(f, i)
+                cat = detect(scene.image)
+                t = scene.catalog
+                ok = np.zeros(len(cat), bool)
+                if len(cat) and len(t):
+                    _, j = match(
+                        np.stack([np.asarray(t["x"]), np.asarray(t["y"])], 1),
+                        np.stack([np.asarray(cat["x"]), np.asarray(cat["y"])], 1),
+                    )
+                    ok[j] = True
+                prob.append(np.asarray(cat["prob"], float) if len(cat) else np.zeros(0))
+                real.append(ok)
+                bright += bright_count(cat)
+                area += float(np.prod(scene.image.shape[-2:]))
+                bar.update(1)
+            prob, real = np.concatenate(prob), np.concatenate(real).astype(float)
+            rates.append(bright / area * 1e6)
+            ns.append(len(prob))
+            if f == 1.0:
+                maps.append(None)
+            elif len(prob) == 0:  # no detections at all: nothing to map (identity)
+                maps.append(None)
+            else:
+                maps.append(_isotonic_points(prob, real, n_bins))
+    return DensityCalibration(factors, tuple(rates), tuple(maps), SNR, tuple(ns), source)

@@ -1,0 +1,157 @@
+"""Detection probabilities read under an image's own source density (probcat.infer.density)."""
+
+import numpy as np
+import pytest
+from astropy.table import Table
+from scipy.stats import nbinom
+
+from probcat.catalog import FullCatalog
+from probcat.errors import ProbcatValueError
+from probcat.infer import density as dens
+from probcat.infer.reliability import _interp
+
+# bright detections per Mpx at each factor, and maps: noise alone makes nothing real,
+# a sparse sky halves the odds of a middling detection, a crowded one raises them
+FACTORS = (0.0, 0.1, 1.0, 2.0)
+RATES = (0.0, 100.0, 1000.0, 2000.0)
+MAPS = (
+    ((0.5, 1.0), (0.0, 0.0)),
+    ((0.5, 0.9, 1.0), (0.2, 0.6, 1.0)),
+    None,
+    ((0.5, 1.0), (0.6, 1.0)),
+)
+
+
+def _cal() -> dens.DensityCalibration:
+    return dens.DensityCalibration(FACTORS, RATES, MAPS)
+
+
+def _catalog(prob, snr, shape=(400, 400)) -> FullCatalog:
+    n = len(prob)
+    return FullCatalog(
+        {
+            "x": np.linspace(10, 300, n),
+            "y": np.linspace(20, 200, n),
+            "prob": np.asarray(prob, float),
+            "prob_raw": np.asarray(prob, float),
+            "detection_snr": np.asarray(snr, float),
+        },
+        shape,
+    )
+
+
+def test_factor_weights_are_the_negative_binomial_posterior_brute_force():
+    cal = _cal()
+    area = 250_000.0  # 0.25 Mpx
+    r = 1.0 / dens.DISPERSION**2
+    for n in (0, 3, 25, 240, 520):
+        means = np.maximum(RATES, dens.RATE_FLOOR) * area / 1e6
+        like = np.array([nbinom.pmf(n, r, r / (r + m)) for m in means])
+        prior = np.array([0.5 / 3, 0.5 / 3, dens.PRIOR_SAME, 0.5 / 3])
+        want = like * prior / np.sum(like * prior)
+        np.testing.assert_allclose(cal.weights(n, area), want, rtol=1e-9, atol=1e-300)
+    # the likeliest factor is the one whose rate the count matches
+    assert FACTORS[int(np.argmax(cal.weights(25, area)))] == 0.1
+    assert FACTORS[int(np.argmax(cal.weights(0, area)))] == 0.0
+    assert FACTORS[int(np.argmax(cal.weights(500, area)))] == 2.0
+    # no area, no evidence: the prior
+    np.testing.assert_allclose(cal.weights(0, 0.0)[2], dens.PRIOR_SAME, rtol=1e-6)
+
+
+def test_probabilities_follow_the_maps_of_the_image_density():
+    cal = _cal()
+    p = np.array([0.5, 0.7, 0.9, 1.0])
+    got, w = cal(p, 250, 250_000.0)  # the prior's density: the identity
+    assert w[2] > 0.99
+    np.testing.assert_allclose(got, p, atol=0.01)
+    got, w = cal(p, 25, 250_000.0)  # a tenth: the 0.1 map, read between its knots
+    assert w[1] > 0.99
+    np.testing.assert_allclose(got, np.interp(p, [0, 0.5, 0.9, 1.0], [0, 0.2, 0.6, 1.0]), atol=0.01)
+
+
+def test_at_density_drops_what_it_moves_below_the_threshold_and_records_it():
+    cal = _cal()
+    # an empty 400 x 400 sky: no bright detection, three bumps of which one was below 0.5
+    cat = _catalog([0.95, 0.8, 0.4], [6.0, 4.0, 3.0])
+    out = dens.at_density(cat, cal, 160_000.0, threshold=0.5)
+    rec = out.meta["density"]
+    assert rec["applied"] and rec["factor"] == 0.0 and rec["bright_detections"] == 0
+    assert rec["dropped"] == 2  # the two it moved below 0.5; the third was below already
+    assert len(out) == 1 and out["prob"][0] < 0.01 and out["prob_raw"][0] == 0.4
+    # at the prior's density nothing moves
+    n = 160  # 1000 per Mpx on 0.16 Mpx
+    same = _catalog(np.full(n, 0.8), np.full(n, 20.0))
+    out = dens.at_density(same, cal, 160_000.0, threshold=0.5)
+    assert out.meta["density"]["factor"] == 1.0 and out.meta["density"]["dropped"] == 0
+    np.testing.assert_allclose(out["prob"], 0.8, atol=1e-3)
+
+
+def test_at_density_leaves_small_images_and_other_seeing_or_depth_as_they_are():
+    cal = _cal()
+    cat = _catalog([0.95, 0.8], [6.0, 4.0], shape=(64, 64))
+    for area, seeing, noise in ((64 * 64, 1.0, 1.0), (160_000, 1.5, 1.0), (160_000, 1.0, 2.0)):
+        out = dens.at_density(cat, cal, area, 0.5, seeing, noise)
+        assert not out.meta["density"]["applied"] and out.meta["density"]["reason"]
+        np.testing.assert_array_equal(out["prob"], cat["prob"])
+
+
+def test_density_calibration_round_trips_and_refuses_bad_records():
+    cal = _cal()
+    back = dens.DensityCalibration.from_dict(cal.to_dict())
+    p = np.linspace(0.4, 1.0, 7)
+    for n in (0, 30, 250):
+        np.testing.assert_allclose(back(p, n, 250_000.0)[0], cal(p, n, 250_000.0)[0])
+    with pytest.raises(ProbcatValueError):
+        dens.DensityCalibration.from_dict({"kind": "layout"})
+    with pytest.raises(ProbcatValueError):
+        dens.DensityCalibration((0.0, 0.1), (0.0, 10.0), (None, None))  # no factor 1
+
+
+def test_fit_measures_rates_and_maps_from_scenes_of_each_density():
+    # scenes stand-ins: at factor f, 10 f bright real sources and 2 noise bumps (prob 0.9)
+    class Scene:
+        def __init__(self, f, i):
+            k = int(round(10 * f))
+            self.image = np.zeros((1, 100, 100))
+            xs = 5.0 + 9.0 * np.arange(k)
+            self.catalog = Table({"x": xs, "y": np.full(k, 50.0)})
+            self.det = _catalog(
+                np.r_[np.full(k, 0.99), 0.9, 0.9], np.r_[np.full(k, 30.0), 4.0, 4.0], (100, 100)
+            ).with_columns(x=np.r_[xs, 20.0, 40.0], y=np.r_[np.full(k, 50.0), 10.0, 90.0])
+
+    scenes = {}
+
+    def sample(f, i):
+        scenes[f, i] = Scene(f, i)
+        return scenes[f, i]
+
+    def detect(image):
+        return next(s.det for s in scenes.values() if s.image is image)
+
+    cal = dens.fit_density_calibration(detect, sample, factors=(0.0, 0.5), n_fields=3)
+    assert cal.factors == (0.0, 0.5, 1.0)
+    np.testing.assert_allclose(cal.rates, [0.0, 500.0, 1000.0])  # 5 and 10 per 0.01 Mpx
+    assert cal.maps[2] is None  # the prior's density: the identity
+    # noise alone: the noise bumps are never real
+    np.testing.assert_allclose(_interp([0.9], *cal.maps[0]), [0.0])
+    # half the prior's density: 15 of its 21 detections real, in one bin of few detections
+    np.testing.assert_allclose(cal.maps[1][1], [15 / 21])
+
+
+def test_the_shipped_detector_reads_an_empty_sky_as_one_and_says_so():
+    import probcat
+
+    det = probcat.load("detection_lsst_i", device="cpu", threads=1)
+    assert det.density_calibration is not None  # recorded in the shipped manifest
+    sigma = float(det.survey.noise_sigma[0])
+    noise = np.random.default_rng(11).normal(0.0, sigma, (320, 320)).astype(np.float32)
+    got = det.catalog(noise, noise_sigma=sigma)
+    rec = got.meta["density"]
+    assert rec["applied"] and rec["factor"] == 0.0 and rec["area_px"] == 320 * 320
+    det.density_calibration = None  # the same image at the prior's density
+    before = det.catalog(noise, noise_sigma=sigma)
+    assert "density" not in before.meta
+    # every detection of noise alone is false: the prior's density calls most of them
+    # likely, the empty sky's density none
+    assert np.sum(before["prob"] >= 0.5) > np.sum(got["prob"] >= 0.5)
+    assert np.all(got["prob"] < 0.05) and len(got) == len(before) - rec["dropped"]
