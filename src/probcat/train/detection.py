@@ -896,6 +896,7 @@ def record_density_calibration(
     survey's noise. Returns the record."""
     from probcat.api import load
     from probcat.infer.density import FACTORS, fit_density_calibration
+    from probcat.provenance import provenance
     from probcat.simulate.prior import GALAXY_DENSITY, STAR_DENSITY
     from probcat.train.loop import record_in_manifest
 
@@ -928,7 +929,7 @@ def record_density_calibration(
         f"[{seed[0]}, {seed[1]}, 1000 x factor, i]), the product's MAP catalogues, "
         "detections matched within 2 px",
     )  # fmt: skip
-    rec = {**cal.to_dict(), "command": command}
+    rec = {**cal.to_dict(), **provenance(command)}  # the command, versions and git commit
     record_in_manifest(manifest_path, "density_calibration", rec)
     return rec
 
