@@ -90,6 +90,10 @@ def measure(scenes: list, sigma: float, det) -> dict:
             out[k]["mean_prob"] = float(prob.mean()) if len(prob) else None
             out[k]["real_fraction"] = float(real.mean()) if len(real) else None
             half = cn.summary(kept[k], area)
+            if half["n_detections"] == 0:
+                half["precision"] = None
+            if half["n_true_snr_gt_3"] == 0:
+                half["recall"] = half["f1"] = None
             out[k]["at_0_5"] = {key: half[key] for key in ("precision", "recall", "f1",
                                                           "n_detections")}  # fmt: skip
         if out[k]["n_detections"] == 0:  # no detections: no precision

@@ -5,25 +5,29 @@ prior, and that prior has a source density (paper 000 section 2: 160 galaxies an
 stars per arcmin^2 to i = 27). A faint bump that is a real source most of the time at
 that density is a noise peak most of the time on an emptier sky: on 500x500 LSST i
 fields of held-out galaxies at 3% of the prior's density, the shipped weights' MAP
-detections were real 0.64 of the time at a mean calibrated probability of 0.91, and on
-noise alone they reported about 16 detections per Mpx at a mean of 0.81
-(``benchmarks/density.py``). In a field twice as crowded they were too low instead.
+detections were real 0.60 of the time at a mean calibrated probability of 0.91, and on
+noise alone they reported about 30 detections per Mpx at a mean of 0.85
+(``benchmarks/density.py``, without this calibration). In a field twice as crowded they
+were too low instead (0.87 for 0.96 real).
 
 :class:`DensityCalibration` corrects that, after the weights' own calibration
 (:mod:`probcat.infer.reliability`). It holds, for a grid of density ``factors`` (times the
 prior's), the rate of bright MAP detections (``detection_snr`` of at least ``snr``: real
 sources at any density, never noise peaks) per Mpx, and a monotone map from the
 calibrated probability to the fraction of detections that were real, both from
-validation scenes at that density (``probcat train calibrate RUN --density-only``; the
-factor 1 map is the identity, the weights' calibration being fitted there). An image's
+validation scenes at that density (``scripts/ship_weights.py --density NAME``:
+:func:`probcat.train.detection.record_density_calibration`; the factor 1 map is the
+identity, the weights' calibration being fitted there). An image's
 bright detections per unmasked area then weigh the factors (a negative binomial count:
 Poisson with :data:`DISPERSION` extra scatter; prior :data:`PRIOR_SAME` on the training
 density, the rest shared by the other factors), and each detection's probability is the
-maps' mixture under those weights. A small image, or one at about the prior's density,
-keeps its probabilities (the weight of factor 1 stays near 1); a large empty or crowded
-one gets the map of its density. Only at the survey's seeing and depth (a shallower or
-blurrier image has fewer bright detections at the same density, which would read as an
-emptier sky): :func:`applies`.
+maps' mixture under those weights; detections it moves below the MAP threshold leave
+the MAP catalogue (:func:`at_density`). An image at about the prior's density keeps its
+probabilities (the weight of factor 1 stays near 1); a large empty or crowded one gets
+the map of its density. Only on images of :data:`MIN_AREA` unmasked pixels or more (a
+cutout around a target says little about the sky's density) and at the survey's seeing
+and depth (a shallower or blurrier image has fewer bright detections at the same
+density, which would read as an emptier sky): :func:`applies`.
 """
 
 from __future__ import annotations
