@@ -86,13 +86,17 @@ def test_at_density_drops_what_it_moves_below_the_threshold_and_records_it():
     np.testing.assert_allclose(out["prob"], 0.8, atol=1e-3)
 
 
-def test_at_density_leaves_small_images_and_other_seeing_or_depth_as_they_are():
+def test_at_density_leaves_small_images_other_seeing_or_depth_and_bare_catalogues_alone():
     cal = _cal()
     cat = _catalog([0.95, 0.8], [6.0, 4.0], shape=(64, 64))
     for area, seeing, noise in ((64 * 64, 1.0, 1.0), (160_000, 1.5, 1.0), (160_000, 1.0, 2.0)):
         out = dens.at_density(cat, cal, area, 0.5, seeing, noise)
         assert not out.meta["density"]["applied"] and out.meta["density"]["reason"]
         np.testing.assert_array_equal(out["prob"], cat["prob"])
+    # nothing to count bright detections by: not read as an empty sky
+    bare = FullCatalog({k: cat[k] for k in ("x", "y", "prob", "prob_raw")}, (400, 400))
+    out = dens.at_density(bare, cal, 160_000, 0.5)
+    assert not out.meta["density"]["applied"] and len(out) == 2
 
 
 def test_density_calibration_round_trips_and_refuses_bad_records():

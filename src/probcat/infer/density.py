@@ -173,7 +173,9 @@ def at_density(
     whose count says little about the sky's density."""
     from dataclasses import replace
 
-    if not applies(seeing_factor, noise_factor):
+    if "detection_snr" not in cat.colnames:
+        why = "no detection_snr column to count bright detections by"
+    elif not applies(seeing_factor, noise_factor):
         why = "read at another seeing or depth than the survey's"
     elif area_px < MIN_AREA:
         why = f"image under {MIN_AREA} unmasked pixels"
