@@ -18,9 +18,14 @@ mean calibrated probability against the fraction of detections that are real (ma
 within 2 px), the same precision and recall for the detections with prob >= 0.5
 (``at_0_5``), and the density calibration's mean weights of the factors.
 
-Writes ``benchmarks/results/density.json`` and ``density.png``.
+``--weights detection_lsst_ugrizy``: the six-band weights on ugrizy fields of their
+population (SEP on the riz coadd; truth SNR in i).
+
+Writes ``benchmarks/results/density.json`` and ``density.png`` (six bands:
+``density_ugrizy.*``).
 
     .venv/bin/python benchmarks/density.py
+    .venv/bin/python benchmarks/density.py --weights detection_lsst_ugrizy
 """
 
 from __future__ import annotations
@@ -52,18 +57,21 @@ def fields(bank, factor: float, n: int, seed: int) -> list:
     return [sim.sample(np.random.default_rng([seed, f])) for f in range(n)]
 
 
-def measure(scenes: list, sigma: float, det) -> dict:
+def measure(scenes: list, sigma, det) -> dict:
     """probcat (its MAP catalogue as the product makes it, and with the density
     calibration left out: ``prior_density``) and SEP on each scene: ``correlated_noise.py``'s
     summaries, detections per Mpx, probcat's mean calibrated probability against the
     share of its detections that are real, and the precision and recall of its detections
-    with prob >= 0.5 (``at_0_5``)."""
-    from probcat.baselines.sep import sep_detect
+    with prob >= 0.5 (``at_0_5``). Truth SNR in band i; SEP on the one band, or on the
+    riz coadd of a multi-band image."""
+    from probcat.baselines.sep import riz_coadd, sep_detect
 
     cn = _paths.sibling("correlated_noise")
     own = det.density_calibration
     counts = {"probcat": [], "prior_density": [], "sep": []}
     kept = {"probcat": [], "prior_density": []}  # the prob >= 0.5 catalogue's counts
+    bands, sigma = det.bands, np.asarray(sigma, float)
+    ib = bands.index("i")
     weights = []
     for sc in scenes:
         for name, cal in (("probcat", own), ("prior_density", None)):
@@ -71,12 +79,16 @@ def measure(scenes: list, sigma: float, det) -> dict:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the fields are at the survey's depth
                 cat = det.catalog(sc.image, noise_sigma=sigma)
-            counts[name].append(cn.score(cat, sc.catalog))
+            counts[name].append(cn.score(cat, sc.catalog, ib))
             half = np.asarray(cat["prob"]) >= 0.5
-            kept[name].append(cn.score(cat.select(half), sc.catalog))
+            kept[name].append(cn.score(cat.select(half), sc.catalog, ib))
             if name == "probcat" and "density" in cat.meta:
                 weights.append(cat.meta["density"].get("weights"))
-        counts["sep"].append(cn.score(sep_detect(sc.image, sigma), sc.catalog))
+        if len(bands) == 1:
+            sep_cat = sep_detect(sc.image, sigma[0])
+        else:
+            sep_cat = sep_detect(riz_coadd(sc.image / sigma[:, None, None], bands), 1.0)
+        counts["sep"].append(cn.score(sep_cat, sc.catalog, ib))
     det.density_calibration = own
     area = len(scenes) * SIZE * SIZE / 1e6
     out = {}
@@ -113,7 +125,7 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
-def figure(factors, res: dict, path: Path) -> None:
+def figure(factors, res: dict, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,7 +161,7 @@ def figure(factors, res: dict, path: Path) -> None:
         a.set_xlabel("source density / prior's (noise alone at 0.01)")
         a.axvline(1.0, color="0.7", lw=0.8)
         a.legend(fontsize=7)
-    fig.suptitle("LSST i, 500x500 fields of held-out galaxies at other source densities")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -166,6 +178,9 @@ def main(argv=None) -> None:
     ap.add_argument("--factors", default=",".join(f"{f:g}" for f in FACTORS),
                     help="source densities over the prior's, comma-separated")  # fmt: skip
     ap.add_argument("--fields", type=int, default=16, help="500-px fields per factor")
+    ap.add_argument("--weights", default="detection_lsst_i",
+                    help="detection weights (registered name or file) with a density "
+                    "calibration")  # fmt: skip
     ap.add_argument("--seed", type=int, default=20261206)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -179,14 +194,17 @@ def main(argv=None) -> None:
         sys.exit("--factors: one or more numbers >= 0; --fields: at least 1")
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    det = load("detection_lsst_i", kind="detection")
+    det = load(args.weights, kind="detection")
+    if det.density_calibration is None:
+        sys.exit(f"{args.weights}: no density calibration to measure")
     manifest = det.manifest
     data = manifest["config"]["data"]
-    survey = Survey.lsst(bands="i")
+    survey = Survey.lsst(bands=det.bands)
+    name = "density" if det.bands == ("i",) else f"density_{''.join(det.bands)}"
     bank = SourceBank.load_or_build(
         survey, BankConfig(split="test", n_galaxies=5000, population=data["population"])
     )
-    sigma = float(survey.noise_sigma[0])
+    sigma = survey.noise_sigma
     res = {}
     for f in factors:
         res[str(f)] = measure(fields(bank, f, args.fields, args.seed), sigma, det)
@@ -196,10 +214,12 @@ def main(argv=None) -> None:
             for name, v in (("probcat", r["probcat"]), ("prob >= 0.5", r["probcat"]["at_0_5"]),
                             ("SEP", r["sep"]))), flush=True)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    figure(factors, res, args.out / "density.png")
+    title = (f"LSST {''.join(det.bands)}, {SIZE}x{SIZE} fields of held-out galaxies at other "
+             "source densities")  # fmt: skip
+    figure(factors, res, args.out / f"{name}.png", title)
     out = {
         "command": command,
-        "weights": "detection_lsst_i",
+        "weights": args.weights,
         "weights_sha256": manifest.get("sha256"),
         "population": data["population"],
         "field_size": SIZE,
@@ -222,7 +242,7 @@ def main(argv=None) -> None:
     }
     out.update({k: v for k, v in provenance(command).items() if k != "command"})
     text = json.dumps(out, indent=1, default=float)
-    atomic_write(args.out / "density.json", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(args.out / f"{name}.json", lambda tmp: Path(tmp).write_text(text))
 
 
 if __name__ == "__main__":

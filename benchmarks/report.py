@@ -380,6 +380,79 @@ _PHOTOZ_COLOUR_METRICS = (
     ("95% interval coverage", "pit_coverage_95", ".3f"),
 )
 
+
+def _density_rows() -> list:
+    """Rows of the density benchmarks (``benchmarks/density.py``)."""
+    return (
+        [
+            (
+                "noise alone: false detections per Mpx",
+                "results.0.0.probcat.false_per_mpx",
+                "results.0.0.sep.false_per_mpx",
+                ".1f",
+                "",
+            ),
+            (
+                "noise alone: false detections per Mpx, no density calibration",
+                "results.0.0.prior_density.false_per_mpx",
+                None,
+                ".1f",
+                "",
+            ),
+            (
+                "noise alone: detection ECE",
+                "results.0.0.probcat.detection_ece",
+                "results.0.0.prior_density.detection_ece",
+                ".3f",
+                "",
+                "no density calibration",
+            ),
+        ]
+        + [
+            row
+            for f in ("0.03", "0.1", "0.3", "1.0", "2.0")
+            for row in (
+                (
+                    f"{float(f):g}× the prior's density: F1",
+                    f"results.{f}.probcat.f1",
+                    f"results.{f}.sep.f1",
+                    ".3f",
+                    "",
+                ),
+                (
+                    f"{float(f):g}× the prior's density: precision",
+                    f"results.{f}.probcat.precision",
+                    f"results.{f}.sep.precision",
+                    ".3f",
+                    "",
+                ),
+                (
+                    f"{float(f):g}× the prior's density: recall (SNR > 3)",
+                    f"results.{f}.probcat.recall",
+                    f"results.{f}.sep.recall",
+                    ".3f",
+                    "",
+                ),
+                (
+                    f"{float(f):g}× the prior's density: precision, no density calibration",
+                    f"results.{f}.prior_density.precision",
+                    None,
+                    ".3f",
+                    "",
+                ),
+                (
+                    f"{float(f):g}× the prior's density: detection ECE",
+                    f"results.{f}.probcat.detection_ece",
+                    f"results.{f}.prior_density.detection_ece",
+                    ".3f",
+                    "",
+                    "no density calibration",
+                ),
+            )
+        ]
+    )  # fmt: skip
+
+
 TABLES = {
     "detection": (
         "probcat vs SEP on held-out 98×98 LSST-i `blend` scenes (test-split galaxies)",
@@ -851,73 +924,13 @@ TABLES = {
         "fields of the weights' population's test galaxies at 0 to 2 times its galaxy and "
         "star densities), the product's MAP catalogue (read under the density each field "
         "shows) against SEP on the same fields",
-        [
-            (
-                "noise alone: false detections per Mpx",
-                "results.0.0.probcat.false_per_mpx",
-                "results.0.0.sep.false_per_mpx",
-                ".1f",
-                "",
-            ),
-            (
-                "noise alone: false detections per Mpx, no density calibration",
-                "results.0.0.prior_density.false_per_mpx",
-                None,
-                ".1f",
-                "",
-            ),
-            (
-                "noise alone: detection ECE",
-                "results.0.0.probcat.detection_ece",
-                "results.0.0.prior_density.detection_ece",
-                ".3f",
-                "",
-                "no density calibration",
-            ),
-        ]
-        + [
-            row
-            for f in ("0.03", "0.1", "0.3", "1.0", "2.0")
-            for row in (
-                (
-                    f"{float(f):g}× the prior's density: F1",
-                    f"results.{f}.probcat.f1",
-                    f"results.{f}.sep.f1",
-                    ".3f",
-                    "",
-                ),
-                (
-                    f"{float(f):g}× the prior's density: precision",
-                    f"results.{f}.probcat.precision",
-                    f"results.{f}.sep.precision",
-                    ".3f",
-                    "",
-                ),
-                (
-                    f"{float(f):g}× the prior's density: recall (SNR > 3)",
-                    f"results.{f}.probcat.recall",
-                    f"results.{f}.sep.recall",
-                    ".3f",
-                    "",
-                ),
-                (
-                    f"{float(f):g}× the prior's density: precision, no density calibration",
-                    f"results.{f}.prior_density.precision",
-                    None,
-                    ".3f",
-                    "",
-                ),
-                (
-                    f"{float(f):g}× the prior's density: detection ECE",
-                    f"results.{f}.probcat.detection_ece",
-                    f"results.{f}.prior_density.detection_ece",
-                    ".3f",
-                    "",
-                    "no density calibration",
-                ),
-            )
-        ],
-    ),  # fmt: skip
+        _density_rows(),
+    ),
+    "density_ugrizy": (
+        "the same for the six-band weights (detection_lsst_ugrizy) on ugrizy fields of "
+        "their population (DC2 colours), SEP on the riz coadd",
+        _density_rows(),
+    ),
     "psf_profile": (
         "LSST-i detection when the PSF's atmosphere is a Moffat profile (index beta, the "
         "survey's FWHM) instead of the Kolmogorov one the weights learned, and on pixels of "
@@ -1967,6 +1980,7 @@ BASELINES = {
     "correlated_noise_ugrizy": "SEP (riz)",
     "depth": "SEP",
     "density": "SEP",
+    "density_ugrizy": "SEP (riz)",
     "photoz_colours": "DC2 colours",
     "photoz_masks": "masked pixels as no light",
     "detection_masks": "masked pixels as no light",

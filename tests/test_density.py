@@ -159,3 +159,19 @@ def test_the_shipped_detector_reads_an_empty_sky_as_one_and_says_so():
     # likely, the empty sky's density none
     assert np.sum(before["prob"] >= 0.5) > np.sum(got["prob"] >= 0.5)
     assert np.all(got["prob"] < 0.05) and len(got) == len(before) - rec["dropped"]
+
+
+def test_probcat_detect_says_when_it_reads_an_emptier_sky(tmp_path, capsys):
+    from probcat.catalog import FullCatalog as Cat
+    from probcat.cli import main
+    from probcat.io import write_image
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="i")
+    noise = np.random.default_rng(5).normal(0.0, survey.noise_sigma[0], (1, 320, 320))
+    write_image(tmp_path / "sky.fits", noise.astype(np.float32), survey)
+    rc = main(["detect", str(tmp_path / "sky.fits"), "-o", str(tmp_path / "cat.fits")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "source density read as 0 times the prior's" in out
+    cat = Cat.read(tmp_path / "cat.fits")
+    assert cat.meta["density"]["factor"] == 0.0 and np.all(cat["prob"] < 0.05)
