@@ -666,6 +666,7 @@ def photoz_cmd(
         progress=not quiet,
     )
     msg = f"{len(res.catalog)} detections, {int(res.catalog['has_pz'].sum())} photo-z PDFs"
+    msg += _density_note(res.catalog.meta.get("density", {}))
     msg += _input_note(res.catalog.meta.get("input", {}))
     factors = res.catalog.meta.get("photoz", {}).get("aperture_noise_factor")
     if factors:  # a coadd's correlated noise: the stamps read at its aperture noise
