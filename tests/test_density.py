@@ -146,7 +146,9 @@ def test_the_shipped_detector_reads_an_empty_sky_as_one_and_says_so():
     import probcat
 
     det = probcat.load("detection_lsst_i", device="cpu", threads=1)
-    assert det.density_calibration is not None  # recorded in the shipped manifest
+    assert det.density_calibration is not None  # recorded in the shipped manifests
+    six = probcat.load("detection_lsst_ugrizy", device="cpu", threads=1).density_calibration
+    assert six is not None and six.factors == det.density_calibration.factors
     sigma = float(det.survey.noise_sigma[0])
     noise = np.random.default_rng(11).normal(0.0, sigma, (320, 320)).astype(np.float32)
     got = det.catalog(noise, noise_sigma=sigma)

@@ -945,6 +945,9 @@ def weights_cmd(
     ]
     rows += [(k.replace("_", " "), v) for k, v in m.items()
              if k.endswith("_command") and k != "training_command"]  # fmt: skip
+    for k, v in m.items():  # fits recorded with their own provenance
+        if isinstance(v, dict) and v.get("command") and k != "benchmark":
+            rows.append((f"{k.replace('_', ' ')} command", v["command"]))
     for k, v in (m.get("data") or {}).items():
         if isinstance(v, str):
             rows.append((f"data: {k}", v))
