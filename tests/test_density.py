@@ -78,6 +78,11 @@ def test_at_density_drops_what_it_moves_below_the_threshold_and_records_it():
     assert rec["applied"] and rec["factor"] == 0.0 and rec["bright_detections"] == 0
     assert rec["dropped"] == 2  # the two it moved below 0.5; the third was below already
     assert len(out) == 1 and out["prob"][0] < 0.01 and out["prob_raw"][0] == 0.4
+    # one bright galaxy on that sky: real at any density, it keeps its probability
+    lone = _catalog([0.999, 0.95, 0.8], [40.0, 6.0, 4.0])
+    out = dens.at_density(lone, cal, 160_000.0, threshold=0.5)
+    assert out.meta["density"]["factor"] == 0.0 and out.meta["density"]["bright_detections"] == 1
+    assert len(out) == 1 and out["prob"][0] == 0.999
     # at the prior's density nothing moves
     n = 160  # 1000 per Mpx on 0.16 Mpx
     same = _catalog(np.full(n, 0.8), np.full(n, 20.0))
@@ -112,16 +117,21 @@ def test_density_calibration_round_trips_and_refuses_bad_records():
 
 
 def test_fit_measures_rates_and_maps_from_scenes_of_each_density():
-    # scenes stand-ins: at factor f, 10 f bright real sources and 2 noise bumps (prob 0.9)
+    # scene stand-ins: at factor f, 10 f bright real sources, as many faint real ones and
+    # two noise bumps; the maps read the faint detections only (the bright keep theirs)
     class Scene:
         def __init__(self, f, i):
             k = int(round(10 * f))
             self.image = np.zeros((1, 100, 100))
             xs = 5.0 + 9.0 * np.arange(k)
-            self.catalog = Table({"x": xs, "y": np.full(k, 50.0)})
-            self.det = _catalog(
-                np.r_[np.full(k, 0.99), 0.9, 0.9], np.r_[np.full(k, 30.0), 4.0, 4.0], (100, 100)
-            ).with_columns(x=np.r_[xs, 20.0, 40.0], y=np.r_[np.full(k, 50.0), 10.0, 90.0])
+            self.catalog = Table(
+                {"x": np.r_[xs, xs], "y": np.r_[np.full(k, 50.0), np.full(k, 70.0)]}
+            )
+            prob = np.r_[np.full(k, 0.99), np.full(k, 0.8), 0.9, 0.9]
+            snr = np.r_[np.full(k, 30.0), np.full(k, 5.0), 4.0, 4.0]
+            self.det = _catalog(prob, snr, (100, 100)).with_columns(
+                x=np.r_[xs, xs, 20.0, 40.0], y=np.r_[np.full(k, 50.0), np.full(k, 70.0), 10.0, 90.0]
+            )
 
     scenes = {}
 
@@ -136,10 +146,11 @@ def test_fit_measures_rates_and_maps_from_scenes_of_each_density():
     assert cal.factors == (0.0, 0.5, 1.0)
     np.testing.assert_allclose(cal.rates, [0.0, 500.0, 1000.0])  # 5 and 10 per 0.01 Mpx
     assert cal.maps[2] is None  # the prior's density: the identity
+    assert cal.n == (6, 21, 36)  # faint detections, those the maps are fitted on
     # noise alone: the noise bumps are never real
     np.testing.assert_allclose(_interp([0.9], *cal.maps[0]), [0.0])
-    # half the prior's density: 15 of its 21 detections real, in one bin of few detections
-    np.testing.assert_allclose(cal.maps[1][1], [15 / 21])
+    # half the prior's density: 5 of its 7 faint detections real, in one bin of few
+    np.testing.assert_allclose(cal.maps[1][1], [5 / 7])
 
 
 def test_the_shipped_detector_reads_an_empty_sky_as_one_and_says_so():

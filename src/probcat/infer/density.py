@@ -14,7 +14,8 @@ were too low instead (0.87 for 0.96 real).
 (:mod:`probcat.infer.reliability`). It holds, for a grid of density ``factors`` (times the
 prior's), the rate of bright MAP detections (``detection_snr`` of at least ``snr``: real
 sources at any density, never noise peaks) per Mpx, and a monotone map from the
-calibrated probability to the fraction of detections that were real, both from
+calibrated probability to the fraction of the fainter detections that were real (the
+bright ones keep their probabilities), both from
 validation scenes at that density (``scripts/ship_weights.py --density NAME``:
 :func:`probcat.train.detection.record_density_calibration`; the factor 1 map is the
 identity, the weights' calibration being fitted there). An image's
@@ -100,9 +101,11 @@ class DensityCalibration:
         w = np.exp(logp - logp.max())
         return w / w.sum()
 
-    def __call__(self, p, n_bright: int, area_px: float) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, p, n_bright: int, area_px: float, snr=None) -> tuple[np.ndarray, np.ndarray]:
         """``(probabilities, weights)``: calibrated probabilities ``p`` of an image's
-        detections mapped under its density (:meth:`weights`)."""
+        detections mapped under its density (:meth:`weights`); with their ``snr``
+        (``detection_snr``), the bright ones (``snr >= self.snr``), real at any density
+        and what the density is counted by, keep theirs."""
         from probcat.infer.reliability import _interp
 
         p = np.asarray(p, float)
@@ -110,6 +113,8 @@ class DensityCalibration:
         out = np.zeros_like(p)
         for wk, xy in zip(w, self.maps):
             out += wk * (p if xy is None else _interp(p, *xy))
+        if snr is not None:
+            out = np.where(np.asarray(snr, float) >= self.snr, p, out)
         return out, w
 
     def to_dict(self) -> dict:
@@ -185,7 +190,7 @@ def at_density(
         return replace(cat, meta={**cat.meta, "density": {"applied": False, "reason": why}})
     n = bright_count(cat, cal.snr)
     before = np.asarray(cat["prob"], float)
-    prob, w = cal(before, n, area_px)
+    prob, w = cal(before, n, area_px, cat["detection_snr"])
     drop = (prob < threshold) & (before >= threshold)
     rec = {
         "applied": True,
@@ -213,7 +218,8 @@ def fit_density_calibration(
     ``i`` (an object with ``image`` and ``catalog``) at ``factor`` times the prior's
     density, ``detect(image)`` the MAP catalogue the product makes of it (before any
     density calibration); ``n_fields`` scenes per factor. Detections are real when matched
-    to a true source within 2 px."""
+    to a true source within 2 px; the maps are fitted on the detections fainter than
+    :data:`SNR` (the bright ones keep their probabilities)."""
     from tqdm.auto import tqdm
 
     from probcat.infer.reliability import _isotonic_points
@@ -238,8 +244,9 @@ def fit_density_calibration(
                         np.stack([np.asarray(cat["x"]), np.asarray(cat["y"])], 1),
                     )
                     ok[j] = True
-                prob.append(np.asarray(cat["prob"], float) if len(cat) else np.zeros(0))
-                real.append(ok)
+                faint = np.asarray(cat["detection_snr"], float) < SNR if len(cat) else ok
+                prob.append(np.asarray(cat["prob"], float)[faint] if len(cat) else np.zeros(0))
+                real.append(ok[faint])
                 bright += bright_count(cat)
                 area += float(np.prod(scene.image.shape[-2:]))
                 bar.update(1)
