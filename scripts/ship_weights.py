@@ -225,7 +225,7 @@ def record_density(name: str = "detection_lsst_i", n_fields: str = "60") -> None
         name, WEIGHTS / f"manifest_{name}.json", n_fields=int(n_fields), command=command
     )
     for f, r, n in zip(rec["factors"], rec["rates_per_mpx"], rec["n"]):
-        print(f"{name}: density x{f:g}: {r:.1f} bright detections per Mpx; map from {n} fainter")
+        print(f"{name}: density x{f:g}: {r:.1f} bright detections per Mpx, {n} detections")
 
 
 def _main() -> None:

@@ -82,7 +82,7 @@ def test_at_density_drops_what_it_moves_below_the_threshold_and_records_it():
     lone = _catalog([0.999, 0.95, 0.8], [40.0, 6.0, 4.0])
     out = dens.at_density(lone, cal, 160_000.0, threshold=0.5)
     assert out.meta["density"]["factor"] == 0.0 and out.meta["density"]["bright_detections"] == 1
-    assert len(out) == 1 and out["prob"][0] == 0.999
+    assert len(out) == 1 and abs(out["prob"][0] - 0.999) < 1e-9
     # at the prior's density nothing moves
     n = 160  # 1000 per Mpx on 0.16 Mpx
     same = _catalog(np.full(n, 0.8), np.full(n, 20.0))
@@ -118,7 +118,7 @@ def test_density_calibration_round_trips_and_refuses_bad_records():
 
 def test_fit_measures_rates_and_maps_from_scenes_of_each_density():
     # scene stand-ins: at factor f, 10 f bright real sources, as many faint real ones and
-    # two noise bumps; the maps read the faint detections only (the bright keep theirs)
+    # two noise bumps; the faint and the bright detections get maps of their own
     class Scene:
         def __init__(self, f, i):
             k = int(round(10 * f))
@@ -146,11 +146,20 @@ def test_fit_measures_rates_and_maps_from_scenes_of_each_density():
     assert cal.factors == (0.0, 0.5, 1.0)
     np.testing.assert_allclose(cal.rates, [0.0, 500.0, 1000.0])  # 5 and 10 per 0.01 Mpx
     assert cal.maps[2] is None  # the prior's density: the identity
-    assert cal.n == (6, 21, 36)  # faint detections, those the maps are fitted on
-    # noise alone: the noise bumps are never real
+    assert cal.n == (6, 36, 66)
+    # noise alone: the noise bumps are never real, and there is no bright detection to map
     np.testing.assert_allclose(_interp([0.9], *cal.maps[0]), [0.0])
-    # half the prior's density: 5 of its 7 faint detections real, in one bin of few
+    assert cal.bright_maps[0] is None and cal.bright_maps[2] is None
+    # half the prior's density: 5 of its 7 faint detections real (one bin of few), and
+    # every bright one
     np.testing.assert_allclose(cal.maps[1][1], [5 / 7])
+    np.testing.assert_allclose(cal.bright_maps[1][1], [1.0])
+    back = dens.DensityCalibration.from_dict(cal.to_dict())
+    assert back.bright_maps == cal.bright_maps
+    # read by density: a bright detection on a half-dense sky gets its map, a faint its own
+    got, w = back([0.99, 0.8], 5, 10_000.0, snr=[30.0, 5.0])  # 5 bright on 0.01 Mpx
+    assert np.argmax(w) == 1
+    assert got[0] > 0.99 - 1e-9 and abs(got[1] - 5 / 7) < 0.05
 
 
 def test_the_shipped_detector_reads_an_empty_sky_as_one_and_says_so():

@@ -14,8 +14,9 @@ were too low instead (0.87 for 0.96 real).
 (:mod:`probcat.infer.reliability`). It holds, for a grid of density ``factors`` (times the
 prior's), the rate of bright MAP detections (``detection_snr`` of at least ``snr``: real
 sources at any density, never noise peaks) per Mpx, and a monotone map from the
-calibrated probability to the fraction of the fainter detections that were real (the
-bright ones keep their probabilities), both from
+calibrated probability to the fraction of detections that were real, one for the
+fainter detections and one for the bright (none where the fields had no bright
+detection: one bright galaxy on an empty sky keeps its probability), all from
 validation scenes at that density (``scripts/ship_weights.py --density NAME``:
 :func:`probcat.train.detection.record_density_calibration`; the factor 1 map is the
 identity, the weights' calibration being fitted there). An image's
@@ -66,8 +67,9 @@ MIN_AREA = 100_000  # px: smaller images (cutouts around a target) keep the prio
 class DensityCalibration:
     """Per density factor (``factors``, times the prior's): ``rates``, bright detections
     (``detection_snr >= snr``) per Mpx in validation scenes, and ``maps``, the knots
-    ``(x, y)`` of the monotone map from calibrated to observed probability (None: the
-    identity, at factor 1)."""
+    ``(x, y)`` of the monotone map from calibrated to observed probability of the fainter
+    detections (None: the identity, at factor 1); ``bright_maps`` the same for the bright
+    ones (None where there were none: noise alone)."""
 
     factors: tuple[float, ...]
     rates: tuple[float, ...]
@@ -75,12 +77,15 @@ class DensityCalibration:
     snr: float = SNR
     n: tuple[int, ...] = ()
     source: str = ""
+    bright_maps: tuple = ()
 
     def __post_init__(self):
         if not (len(self.factors) == len(self.rates) == len(self.maps)) or not self.factors:
             raise ProbcatValueError("a density calibration needs a rate and a map per factor")
         if 1.0 not in self.factors:
             raise ProbcatValueError("a density calibration needs the prior's density (1)")
+        if self.bright_maps and len(self.bright_maps) != len(self.factors):
+            raise ProbcatValueError("a density calibration's bright maps need one per factor")
 
     def weights(self, n_bright: int, area_px: float) -> np.ndarray:
         """Posterior weights of the factors for an image with ``n_bright`` bright
@@ -104,17 +109,24 @@ class DensityCalibration:
     def __call__(self, p, n_bright: int, area_px: float, snr=None) -> tuple[np.ndarray, np.ndarray]:
         """``(probabilities, weights)``: calibrated probabilities ``p`` of an image's
         detections mapped under its density (:meth:`weights`); with their ``snr``
-        (``detection_snr``), the bright ones (``snr >= self.snr``), real at any density
-        and what the density is counted by, keep theirs."""
+        (``detection_snr``), the bright ones (``snr >= self.snr``) by :attr:`bright_maps`
+        (where a factor has none, as noise alone has no bright detection, they keep
+        theirs)."""
         from probcat.infer.reliability import _interp
 
         p = np.asarray(p, float)
         w = self.weights(n_bright, area_px)
-        out = np.zeros_like(p)
-        for wk, xy in zip(w, self.maps):
-            out += wk * (p if xy is None else _interp(p, *xy))
+
+        def mixed(maps):
+            out = np.zeros_like(p)
+            for wk, xy in zip(w, maps):
+                out += wk * (p if xy is None else _interp(p, *xy))
+            return out
+
+        out = mixed(self.maps)
         if snr is not None:
-            out = np.where(np.asarray(snr, float) >= self.snr, p, out)
+            bright = mixed(self.bright_maps or (None,) * len(w))
+            out = np.where(np.asarray(snr, float) >= self.snr, bright, out)
         return out, w
 
     def to_dict(self) -> dict:
@@ -123,6 +135,9 @@ class DensityCalibration:
             "factors": list(self.factors),
             "rates_per_mpx": [round(float(v), 3) for v in self.rates],
             "maps": [None if xy is None else [list(xy[0]), list(xy[1])] for xy in self.maps],
+            "bright_maps": [
+                None if xy is None else [list(xy[0]), list(xy[1])] for xy in self.bright_maps
+            ],
             "snr": self.snr,
             "n": list(self.n),
             "source": self.source,
@@ -132,7 +147,11 @@ class DensityCalibration:
     def from_dict(cls, d: dict) -> DensityCalibration:
         if d.get("kind") != "density":
             raise ProbcatValueError("not a density calibration")
-        maps = tuple(None if xy is None else (tuple(xy[0]), tuple(xy[1])) for xy in d["maps"])
+
+        def knots(v):
+            return tuple(None if xy is None else (tuple(xy[0]), tuple(xy[1])) for xy in v)
+
+        maps = knots(d["maps"])
         return cls(
             tuple(float(v) for v in d["factors"]),
             tuple(float(v) for v in d["rates_per_mpx"]),
@@ -140,6 +159,7 @@ class DensityCalibration:
             float(d.get("snr", SNR)),
             tuple(int(v) for v in d.get("n", ())),
             d.get("source", ""),
+            knots(d.get("bright_maps") or ()),
         )
 
 
@@ -218,8 +238,8 @@ def fit_density_calibration(
     ``i`` (an object with ``image`` and ``catalog``) at ``factor`` times the prior's
     density, ``detect(image)`` the MAP catalogue the product makes of it (before any
     density calibration); ``n_fields`` scenes per factor. Detections are real when matched
-    to a true source within 2 px; the maps are fitted on the detections fainter than
-    :data:`SNR` (the bright ones keep their probabilities)."""
+    to a true source within 2 px; ``maps`` are fitted on the detections fainter than
+    :data:`SNR`, ``bright_maps`` on the others."""
     from tqdm.auto import tqdm
 
     from probcat.infer.reliability import _isotonic_points
@@ -228,11 +248,11 @@ def fit_density_calibration(
     factors = tuple(sorted({float(f) for f in factors} | {1.0}))
     if any(not math.isfinite(f) or f < 0 for f in factors):
         raise ProbcatValueError(f"density factors must be >= 0, got {factors}")
-    rates, maps, ns = [], [], []
+    rates, maps, bright_maps, ns = [], [], [], []
     bar = tqdm(total=len(factors) * n_fields, desc="density calibration", disable=not progress)
     with bar:
         for f in factors:
-            prob, real, bright, area = [], [], 0, 0.0
+            prob, real, snr, area = [], [], [], 0.0
             for i in range(n_fields):
                 scene = sample(f, i)
                 cat = detect(scene.image)
@@ -244,19 +264,22 @@ def fit_density_calibration(
                         np.stack([np.asarray(cat["x"]), np.asarray(cat["y"])], 1),
                     )
                     ok[j] = True
-                faint = np.asarray(cat["detection_snr"], float) < SNR if len(cat) else ok
-                prob.append(np.asarray(cat["prob"], float)[faint] if len(cat) else np.zeros(0))
-                real.append(ok[faint])
-                bright += bright_count(cat)
+                prob.append(np.asarray(cat["prob"], float) if len(cat) else np.zeros(0))
+                snr.append(np.asarray(cat["detection_snr"], float) if len(cat) else np.zeros(0))
+                real.append(ok)
                 area += float(np.prod(scene.image.shape[-2:]))
                 bar.update(1)
-            prob, real = np.concatenate(prob), np.concatenate(real).astype(float)
-            rates.append(bright / area * 1e6)
-            ns.append(len(prob))
-            if f == 1.0:
-                maps.append(None)
-            elif len(prob) == 0:  # no detections at all: nothing to map (identity)
-                maps.append(None)
-            else:
-                maps.append(_isotonic_points(prob, real, n_bins))
-    return DensityCalibration(factors, tuple(rates), tuple(maps), SNR, tuple(ns), source)
+            prob, snr = np.concatenate(prob), np.concatenate(snr)
+            real = np.concatenate(real).astype(float)
+            bright = snr >= SNR
+            rates.append(bright.sum() / area * 1e6)
+            ns.append(int(len(prob)))
+            for out, use in ((maps, ~bright), (bright_maps, bright)):
+                # the prior's density: the identity; none of a kind: nothing to map
+                if f == 1.0 or not use.any():
+                    out.append(None)
+                else:
+                    out.append(_isotonic_points(prob[use], real[use], n_bins))
+    return DensityCalibration(
+        factors, tuple(rates), tuple(maps), SNR, tuple(ns), source, tuple(bright_maps)
+    )
