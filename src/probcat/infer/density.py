@@ -256,6 +256,11 @@ def fit_density_calibration(
             for i in range(n_fields):
                 scene = sample(f, i)
                 cat = detect(scene.image)
+                if "detection_snr" not in cat.colnames:
+                    raise ProbcatValueError(
+                        "a density calibration counts bright detections by detection_snr: "
+                        "these weights' catalogues have none"
+                    )
                 t = scene.catalog
                 ok = np.zeros(len(cat), bool)
                 if len(cat) and len(t):
