@@ -197,3 +197,15 @@ def test_probcat_detect_says_when_it_reads_an_emptier_sky(tmp_path, capsys):
     assert rc == 0 and "source density read as 0 times the prior's" in out
     cat = Cat.read(tmp_path / "cat.fits")
     assert cat.meta["density"]["factor"] == 0.0 and np.all(cat["prob"] < 0.05)
+
+
+def test_fit_refuses_catalogues_without_detection_snr():
+    class Scene:
+        image = np.zeros((1, 50, 50))
+        catalog = Table({"x": [10.0], "y": [10.0]})
+
+    bare = FullCatalog(
+        {"x": np.array([10.0]), "y": np.array([10.0]), "prob": np.array([0.9])}, (50, 50)
+    )
+    with pytest.raises(ProbcatValueError, match="detection_snr"):
+        dens.fit_density_calibration(lambda image: bare, lambda f, i: Scene(), n_fields=1)
