@@ -66,3 +66,14 @@ def test_detected_snr_is_unbiased_on_noisy_images():
         for _ in range(400)
     ]
     assert np.median(noise_only) < 3  # pure noise sits below the lowest SNR bin
+
+
+def test_matched_detections_flags_the_detections_match_pairs_with_a_source():
+    from probcat.metrics.detection import matched_detections
+
+    truth = {"x": np.array([10.0, 30.0]), "y": np.array([10.0, 30.0])}
+    cat = {"x": np.array([10.5, 50.0, 31.9, 10.0]), "y": np.array([10.0, 50.0, 30.0, 11.0])}
+    # the source at (10, 10) has two candidates: the nearer (10.5, 10) takes it
+    np.testing.assert_array_equal(matched_detections(truth, cat), [True, False, True, False])
+    assert matched_detections(truth, {"x": np.zeros(0), "y": np.zeros(0)}).shape == (0,)
+    assert not matched_detections({"x": [], "y": []}, cat).any()

@@ -35,7 +35,7 @@ density, which would read as an emptier sky): :func:`applies`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -196,8 +196,6 @@ def at_density(
     (:func:`applies`; ``seeing_factor`` and ``noise_factor`` of the probabilities'
     calibration) or on an image under :data:`MIN_AREA` pixels: a cutout around a target,
     whose count says little about the sky's density."""
-    from dataclasses import replace
-
     if "detection_snr" not in cat.colnames:
         why = "no detection_snr column to count bright detections by"
     elif not applies(seeing_factor, noise_factor):
@@ -243,7 +241,7 @@ def fit_density_calibration(
     from tqdm.auto import tqdm
 
     from probcat.infer.reliability import _isotonic_points
-    from probcat.metrics.detection import match
+    from probcat.metrics.detection import matched_detections
 
     factors = tuple(sorted({float(f) for f in factors} | {1.0}))
     if any(not math.isfinite(f) or f < 0 for f in factors):
@@ -261,16 +259,9 @@ def fit_density_calibration(
                         "a density calibration counts bright detections by detection_snr: "
                         "these weights' catalogues have none"
                     )
-                t = scene.catalog
-                ok = np.zeros(len(cat), bool)
-                if len(cat) and len(t):
-                    _, j = match(
-                        np.stack([np.asarray(t["x"]), np.asarray(t["y"])], 1),
-                        np.stack([np.asarray(cat["x"]), np.asarray(cat["y"])], 1),
-                    )
-                    ok[j] = True
-                prob.append(np.asarray(cat["prob"], float) if len(cat) else np.zeros(0))
-                snr.append(np.asarray(cat["detection_snr"], float) if len(cat) else np.zeros(0))
+                ok = matched_detections(scene.catalog, cat)
+                prob.append(np.asarray(cat["prob"], float))
+                snr.append(np.asarray(cat["detection_snr"], float))
                 real.append(ok)
                 area += float(np.prod(scene.image.shape[-2:]))
                 bar.update(1)

@@ -267,23 +267,20 @@ def _scene_rows(net, sim, noise_sigma, n_scenes, rng):
     """Per MAP detection of fresh scenes: pair features, partner (index among these rows),
     real, scene index; and the number of true sources of each scene."""
     from probcat.infer.calibration import map_catalogs_of_scenes
-    from probcat.metrics.detection import match
+    from probcat.metrics.detection import matched_detections
 
     sig = np.asarray(noise_sigma, float).reshape(-1, 1, 1)
     rows = {"feats": [], "partner": [], "real": [], "scene": []}
     n_true, first = [], 0
     for s, (scene, c, _) in enumerate(map_catalogs_of_scenes(net, sim, noise_sigma, n_scenes, rng)):
-        t = scene.catalog
-        _, j = match(np.stack([t["x"], t["y"]], 1), np.stack([c["x"], c["y"]], 1))
-        real = np.zeros(len(c), bool)
-        real[j] = True
+        real = matched_detections(scene.catalog, c)
         prob = np.asarray(c["prob"], float)
         f, partner = pair_features(scene.image / sig, c["x"], c["y"], prob, catalog_sd(c))
         rows["feats"].append(f)
         rows["partner"].append(np.where(partner >= 0, partner + first, -1))
         rows["real"].append(real)
         rows["scene"].append(np.full(len(c), s))
-        n_true.append(len(t))
+        n_true.append(len(scene.catalog))
         first += len(c)
     out = {k: np.concatenate(v) if v else np.zeros(0) for k, v in rows.items()}
     out["feats"] = out["feats"].reshape(-1, len(FEATURES))

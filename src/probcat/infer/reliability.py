@@ -817,17 +817,14 @@ def detections_with_outcomes(net, sim, noise_sigma, *, n_scenes: int, rng, batch
     ``scene`` (index), ``edge`` (px to the image edge) and ``neighbour`` (px to the nearest
     other detection, :func:`neighbour_distance`)."""
     from probcat.infer.calibration import map_catalogs_of_scenes
-    from probcat.metrics.detection import match
+    from probcat.metrics.detection import matched_detections
 
     rows = {k: [] for k in ("prob", "real", "feats", "scene", "edge", "neighbour")}
     scenes = map_catalogs_of_scenes(net, sim, noise_sigma, n_scenes, rng, batch)
     sig = np.asarray(noise_sigma, float).reshape(-1, 1, 1)
     for k, (scene, c, feats_k) in enumerate(scenes):
         c = veto_pairs(c, net, scene.image / sig)
-        t = scene.catalog
-        _, j = match(np.stack([t["x"], t["y"]], 1), np.stack([c["x"], c["y"]], 1))
-        ok = np.zeros(len(c), bool)
-        ok[j] = True
+        ok = matched_detections(scene.catalog, c)
         prob = np.asarray(c["prob"], float)
         rows["prob"].append(prob)
         rows["real"].append(ok)

@@ -49,6 +49,20 @@ def match(true_xy: np.ndarray, est_xy: np.ndarray, max_dist: float = 2.0):
     return i[ok].astype(np.int64), j[ok].astype(np.int64)
 
 
+def matched_detections(truth, cat, max_dist: float = 2.0) -> np.ndarray:
+    """Per detection of ``cat`` (``x, y`` columns), whether :func:`match` pairs it with a
+    source of ``truth`` (``x, y`` columns) within ``max_dist`` pixels: a real detection."""
+    est = np.stack([np.asarray(cat["x"], float), np.asarray(cat["y"], float)], 1)
+    _, j = match(
+        np.stack([np.asarray(truth["x"], float), np.asarray(truth["y"], float)], 1),
+        est,
+        max_dist,
+    )
+    real = np.zeros(len(est), bool)
+    real[j] = True
+    return real
+
+
 def detected_snr(image: np.ndarray, x, y, sigma: float, radius: float = 5.0) -> np.ndarray:
     """SNR at detected positions on the (noisy, blended) image ``(H, W)``.
 

@@ -920,11 +920,10 @@ def record_density_calibration(
             warnings.simplefilter("ignore")  # the survey's own fields
             return det.catalog(image, noise_sigma=sigma)
 
-    size = DENSITY_SIZE
     cal = fit_density_calibration(
         detect, sample, factors=FACTORS if factors is None else factors,
         n_fields=n_fields, progress=progress,
-        source=f"{n_fields} validation fields per factor ({size} px, split=val, population "
+        source=f"{n_fields} validation fields per factor ({DENSITY_SIZE} px, split=val, population "
         f"{cfg.fits.population or cfg.data.population}, every source inside, seed "
         f"[{seed[0]}, {seed[1]}, 1000 x factor, i]), the product's MAP catalogues, "
         "detections matched within 2 px",
