@@ -57,7 +57,7 @@ def fields(bank, factor: float, n: int, seed: int) -> list:
     return [sim.sample(np.random.default_rng([seed, f])) for f in range(n)]
 
 
-def measure(scenes: list, sigma, det) -> dict:
+def measure(scenes: list, sigma, det, n_samples: int = 8) -> dict:
     """probcat (its MAP catalogue as the product makes it, and with the density
     calibration left out: ``prior_density``) and SEP on each scene: ``correlated_noise.py``'s
     summaries, detections per Mpx, probcat's mean calibrated probability against the
@@ -73,12 +73,16 @@ def measure(scenes: list, sigma, det) -> dict:
     bands, sigma = det.bands, np.asarray(sigma, float)
     ib = bands.index("i")
     weights = []
-    for sc in scenes:
+    drawn = {"probcat": [], "prior_density": []}  # per scene: mean sources, mean real
+    for i, sc in enumerate(scenes):
         for name, cal in (("probcat", own), ("prior_density", None)):
             det.density_calibration = cal
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the fields are at the survey's depth
                 cat = det.catalog(sc.image, noise_sigma=sigma)
+                got = det.sample(sc.image, n_samples, noise_sigma=sigma, seed=i)
+            one = [cn.score(c, sc.catalog, ib) for c in got]
+            drawn[name].append([np.mean([o[k] for o in one]) for k in ("n_detections", "n_real")])
             counts[name].append(cn.score(cat, sc.catalog, ib))
             half = np.asarray(cat["prob"]) >= 0.5
             kept[name].append(cn.score(cat.select(half), sc.catalog, ib))
@@ -114,6 +118,17 @@ def measure(scenes: list, sigma, det) -> dict:
             out[k]["precision_at_0_9"] = None
         if out[k]["n_true_snr_gt_3"] == 0:
             out[k]["recall"] = out[k]["f1"] = None
+    n_true = sum(len(sc.catalog) for sc in scenes)
+    for k, v in drawn.items():  # posterior samples: sources and real ones per Mpx
+        n, real = np.sum(v, axis=0) if v else (0.0, 0.0)
+        out[k]["samples"] = {
+            "n_samples": n_samples,
+            "sources_per_mpx": n / area,
+            "real_per_mpx": real / area,
+            "false_per_mpx": (n - real) / area,
+            "true_per_mpx": n_true / area,
+            "true_snr_gt_3_per_mpx": out[k]["n_true_snr_gt_3"] / area,
+        }
     if weights:  # the density calibration's weights of the factors, mean over fields
         out["probcat"]["density_weights"] = {
             f: float(np.mean([w[f] for w in weights])) for f in weights[0]
@@ -132,7 +147,7 @@ def figure(factors, res: dict, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     x = np.array([max(f, 0.01) for f in factors])  # noise alone drawn at 0.01
-    fig, ax = plt.subplots(1, 4, figsize=(17, 3.9))
+    fig, ax = plt.subplots(1, 5, figsize=(21, 3.9))
 
     def row(method, key, sub=None):
         vals = [res[str(f)][method] for f in factors]
@@ -156,6 +171,16 @@ def figure(factors, res: dict, path: Path, title: str) -> None:
     ax[3].plot(x, row("probcat", "detection_ece"), "o-", label="probcat")
     ax[3].plot(x, row("prior_density", "detection_ece"), "o:", label="no density calibration")
     ax[3].set_ylabel("detection ECE")
+    ax[4].plot(x, row("probcat", "false_per_mpx", "samples"), "o-", label="false, thinned")
+    ax[4].plot(x, row("prior_density", "false_per_mpx", "samples"), "o:",
+               label="false, no density calibration")  # fmt: skip
+    ax[4].plot(x, row("probcat", "real_per_mpx", "samples"), "s-", label="real, thinned")
+    ax[4].plot(x, row("prior_density", "real_per_mpx", "samples"), "s:",
+               label="real, no density calibration")  # fmt: skip
+    ax[4].plot(x, row("probcat", "true_snr_gt_3_per_mpx", "samples"), "k.-",
+               label="true sources, SNR > 3")  # fmt: skip
+    ax[4].set_yscale("symlog", linthresh=1.0)
+    ax[4].set_ylabel("posterior samples' sources per Mpx")
     for a in ax:
         a.set_xscale("log")
         a.set_xlabel("source density / prior's (noise alone at 0.01)")
@@ -181,6 +206,7 @@ def main(argv=None) -> None:
     ap.add_argument("--weights", default="detection_lsst_i",
                     help="detection weights (registered name or file) with a density "
                     "calibration")  # fmt: skip
+    ap.add_argument("--samples", type=int, default=8, help="posterior samples per field")
     ap.add_argument("--seed", type=int, default=20261206)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -192,6 +218,8 @@ def main(argv=None) -> None:
         sys.exit(f"--factors: numbers separated by commas, got {args.factors!r}")
     if not factors or any(not np.isfinite(f) or f < 0 for f in factors) or args.fields < 1:
         sys.exit("--factors: one or more numbers >= 0; --fields: at least 1")
+    if args.samples < 1:
+        sys.exit("--samples: at least 1")
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     det = load(args.weights, kind="detection")
@@ -207,7 +235,7 @@ def main(argv=None) -> None:
     sigma = survey.noise_sigma
     res = {}
     for f in factors:
-        res[str(f)] = measure(fields(bank, f, args.fields, args.seed), sigma, det)
+        res[str(f)] = measure(fields(bank, f, args.fields, args.seed), sigma, det, args.samples)
         r = res[str(f)]
         print(f"density x{f:g}: " + "; ".join(
             f"{name} precision {_fmt(v.get('precision'))} recall {_fmt(v.get('recall'))}"
@@ -237,6 +265,10 @@ def main(argv=None) -> None:
             "being matched",
             "mean_prob, real_fraction": "mean calibrated prob of probcat's detections, and "
             "the share of them matched: equal where the probabilities are calibrated",
+            "samples": "posterior catalogue samples (seed: the field's index), mean over "
+            "samples and fields: sources, real (matched within 2 px) and false ones per "
+            "Mpx; true sources (all, and SNR > 3) per Mpx; probcat's thinned to the "
+            "image's density, prior_density's not",
         },
         "elapsed_s": round(time.perf_counter() - t0, 1),
     }

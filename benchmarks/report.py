@@ -407,6 +407,14 @@ def _density_rows() -> list:
                 "",
                 "no density calibration",
             ),
+            (
+                "noise alone: posterior samples' sources per Mpx",
+                "results.0.0.probcat.samples.false_per_mpx",
+                "results.0.0.prior_density.samples.false_per_mpx",
+                ".1f",
+                "",
+                "not thinned",
+            ),
         ]
         + [
             row
@@ -447,6 +455,24 @@ def _density_rows() -> list:
                     ".3f",
                     "",
                     "no density calibration",
+                ),
+                (
+                    f"{float(f):g}× the prior's density: posterior samples' false sources "
+                    "per Mpx",
+                    f"results.{f}.probcat.samples.false_per_mpx",
+                    f"results.{f}.prior_density.samples.false_per_mpx",
+                    ".1f",
+                    "",
+                    "not thinned",
+                ),
+                (
+                    f"{float(f):g}× the prior's density: posterior samples' real sources "
+                    "per Mpx",
+                    f"results.{f}.probcat.samples.real_per_mpx",
+                    f"results.{f}.prior_density.samples.real_per_mpx",
+                    ".1f",
+                    "",
+                    "not thinned",
                 ),
             )
         ]

@@ -104,6 +104,94 @@ def test_at_density_leaves_small_images_other_seeing_or_depth_and_bare_catalogue
     assert not out.meta["density"]["applied"] and len(out) == 2
 
 
+def test_maps_scale_the_odds_below_their_first_knot():
+    xy = ((0.5, 0.9, 1.0), (0.2, 0.6, 1.0))
+    p = np.linspace(0.0, 1.0, 201)
+    got = dens.mapped(p, xy)
+    above = p >= 0.5
+    np.testing.assert_allclose(got[above], np.interp(p[above], *xy))
+    # below 0.5 the odds are those of p times the knot's factor, (0.2/0.8) / (0.5/0.5)
+    q = p[~above]
+    np.testing.assert_allclose(got[~above], 0.25 * q / (0.25 * q + 1 - q))
+    assert np.all(np.diff(got) >= 0) and got[0] == 0.0  # monotone, none real at 0
+    assert abs(dens.mapped(0.5 - 1e-9, xy) - 0.2) < 1e-8  # continuous at the knot
+
+
+def test_keep_probability_is_the_mapped_probability_over_the_probability():
+    cal = _cal()
+    p = np.array([0.05, 0.3, 0.5, 0.7, 0.95])
+    # the prior's density keeps everything; noise alone keeps no faint source
+    np.testing.assert_allclose(dens.keep_probability(cal, p, 250, 250_000.0), 1.0, atol=0.01)
+    np.testing.assert_allclose(dens.keep_probability(cal, p, 0, 250_000.0), 0.0, atol=1e-6)
+    # a tenth of it: the 0.1 map over p, the odds scaled below its first knot
+    want = dens.mapped(p, MAPS[1]) / p
+    got = dens.keep_probability(cal, p, 25, 250_000.0)
+    np.testing.assert_allclose(got, want, atol=0.01)
+    assert np.all(np.diff(got) >= 0)  # fainter bumps are thinned more
+    # where the density raises a probability, thinning keeps the source (ratio capped at 1)
+    assert np.all(dens.keep_probability(cal, p, 500, 250_000.0) == 1.0)
+    # no bright map for noise alone: a bright source keeps its probability there
+    got = dens.keep_probability(cal, [0.9, 0.9], 0, 250_000.0, snr=[30.0, 5.0])
+    np.testing.assert_allclose(got, [1.0, 0.0], atol=1e-6)
+
+
+def _samples(n: int, prob, tiles) -> list:
+    ty, tx = np.asarray(tiles).T
+    return [
+        FullCatalog(
+            {
+                "x": 4.0 * tx + 2,
+                "y": 4.0 * ty + 2,
+                "prob": np.asarray(prob, float),
+                "tile_x": tx,
+                "tile_y": ty,
+            },  # fmt: skip
+            (400, 400),
+        )
+        for _ in range(n)
+    ]
+
+
+def test_thinned_samples_hold_each_source_as_often_as_its_density_says():
+    cal = _cal()
+    # a MAP catalogue at a tenth of the prior's density (25 bright detections on 0.25 Mpx)
+    tiles = [(10 + k, 20) for k in range(25)] + [(50, 50), (60, 60)]
+    prob = np.r_[np.full(25, 0.99), 0.7, 0.95]
+    cat = FullCatalog(
+        {
+            "x": np.zeros(27),
+            "y": np.zeros(27),
+            "prob": prob,
+            "prob_raw": prob,
+            "detection_snr": np.r_[np.full(25, 30.0), 5.0, 5.0],
+            "tile_y": np.asarray(tiles)[:, 0],
+            "tile_x": np.asarray(tiles)[:, 1],
+        },  # fmt: skip
+        (500, 500),
+    )
+    # samples: the MAP's faint detections' tiles (their prob in a sample is the sample's own,
+    # 0.5, but the MAP's calibrated one counts) and one tile only the samples hold (0.3)
+    draws = _samples(4000, [0.5, 0.5, 0.3], [(50, 50), (60, 60), (70, 70)])
+    out = dens.thin_samples(draws, cat, cal, 250_000.0, seed=3)
+    kept = np.array([[(t in zip(s["tile_y"], s["tile_x"])) for t in ((50, 50), (60, 60), (70, 70))]
+                     for s in out])  # fmt: skip
+    w = cal.weights(25, 250_000.0)
+    want = [dens.keep_probability(cal, p, 25, 250_000.0)[()] for p in (0.7, 0.95, 0.3)]
+    np.testing.assert_allclose(kept.mean(0), want, atol=0.025)  # 4000 draws: 3 sigma
+    rec = out[0].meta["density"]
+    assert rec["applied"] and rec["factor"] == 0.1 and abs(rec["weights"]["0.1"] - w[1]) < 1e-3
+    assert rec["thinned"] == 3 - len(out[0])
+    # each sample's draw is fixed by the seed, its index and the tile: the first 10 of 4000
+    # are the 10 alone; another seed, other draws
+    again = dens.thin_samples(draws[:10], cat, cal, 250_000.0, seed=3)
+    assert [len(a) for a in again] == [len(s) for s in out[:10]]
+    other = dens.thin_samples(draws[:200], cat, cal, 250_000.0, seed=4)
+    assert [len(a) for a in other] != [len(s) for s in out[:200]]
+    # a cutout keeps the prior's density: nothing thinned, and the samples say why
+    small = dens.thin_samples(draws[:2], cat, cal, 50_000.0, seed=3)
+    assert all(len(s) == 3 and not s.meta["density"]["applied"] for s in small)
+
+
 def test_density_calibration_round_trips_and_refuses_bad_records():
     cal = _cal()
     back = dens.DensityCalibration.from_dict(cal.to_dict())
@@ -181,6 +269,13 @@ def test_the_shipped_detector_reads_an_empty_sky_as_one_and_says_so():
     # likely, the empty sky's density none
     assert np.sum(before["prob"] >= 0.5) > np.sum(got["prob"] >= 0.5)
     assert np.all(got["prob"] < 0.05) and len(got) == len(before) - rec["dropped"]
+    # posterior samples too: drawn at the prior's density, thinned to the image's
+    loose = det.sample(noise, 4, noise_sigma=sigma)
+    det.density_calibration = probcat.load("detection_lsst_i").density_calibration
+    thin = det.sample(noise, 4, noise_sigma=sigma)
+    assert all(s.meta["density"]["factor"] == 0.0 for s in thin)
+    assert [len(s) + s.meta["density"]["thinned"] for s in thin] == [len(s) for s in loose]
+    assert sum(len(s) for s in loose) >= 20 and sum(len(s) for s in thin) <= 2
 
 
 def test_probcat_detect_says_when_it_reads_an_emptier_sky(tmp_path, capsys):
@@ -197,6 +292,14 @@ def test_probcat_detect_says_when_it_reads_an_emptier_sky(tmp_path, capsys):
     assert rc == 0 and "source density read as 0 times the prior's" in out
     cat = Cat.read(tmp_path / "cat.fits")
     assert cat.meta["density"]["factor"] == 0.0 and np.all(cat["prob"] < 0.05)
+    # posterior samples thinned to that density, the file's record counting them all
+    rc = main(["detect", str(tmp_path / "sky.fits"), "-o", str(tmp_path / "two.fits"),
+               "--samples", "3"])  # fmt: skip
+    out = capsys.readouterr().out
+    draws = Cat.read(tmp_path / "two_samples.fits")
+    n = draws.meta["density"]["thinned"]
+    assert rc == 0 and n >= 10 and f"3 posterior samples (thinned to that density: {n} left" in out
+    assert len(draws) <= 1 and set(np.unique(draws["sample"])) <= {0, 1, 2}
 
 
 def test_fit_refuses_catalogues_without_detection_snr():

@@ -549,9 +549,19 @@ class Detector:
         cal = self.density_calibration
         if cal is None or "prob_raw" not in cat.colnames:
             return cat
-        h, w = cat.image_shape
-        area = h * w - (0 if masked is None else int(np.sum(masked)))
-        return at_density(cat, cal, area, threshold, seeing_factor, noise_factor)
+        return at_density(cat, cal, _area(cat, masked), threshold, seeing_factor, noise_factor)
+
+    def _thin(self, samples, cat, masked, seeing_factor: float, noise_factor: float, seed: int):
+        """Posterior ``samples`` of an image thinned to its source density: :func:`probcat.
+        infer.density.thin_samples`, read on its MAP catalogue ``cat`` (calibrated, before
+        :meth:`_at_density`)."""
+        from probcat.infer.density import thin_samples
+
+        cal = self.density_calibration
+        if cal is None or "prob_raw" not in cat.colnames:
+            return samples
+        area = _area(cat, masked)
+        return thin_samples(samples, cat, cal, area, seed, seeing_factor, noise_factor)
 
     # ---- inputs --------------------------------------------------------------------------
     def _one(self, image, noise_sigma, opts: dict):
@@ -928,6 +938,8 @@ class Detector:
             bool(samples)
             and getattr(self.net, "real_shapes_centroid_calibration", None) is not None
         )
+        # samples thinned to the image's source density, read on its MAP catalogue
+        thin = bool(samples) and self.density_calibration is not None
         cats, maps, draws, tiles = [], [], [], []
         with thread_limit(self._threads(batch)), full_float32(), torch.no_grad():
             for sl in self._groups(batch):
@@ -935,10 +947,11 @@ class Detector:
                 scales = [fixed] * feats.shape[0]  # the stamp classifier's seeing, per image
                 cals = [None] * feats.shape[0]  # the samples' centroid calibration, per image
                 held = [{}] * feats.shape[0]  # the samples' rescued tiles, per image
+                dens = [None] * feats.shape[0]  # the samples' density thinning, per image
                 # auto: seeing measured on the MAP; mix: the samples' positions follow the
                 # centroid calibration of the MAP catalogue (its image's mixture); rescue:
                 # the samples hold the bright objects the MAP catalogue rescues
-                if want_map or (samples and (seeing == "auto" or mix or rescue)):
+                if want_map or (samples and (seeing == "auto" or mix or rescue or thin)):
                     with at_seeing(self.net, fixed):
                         dec = decode(self.net, feats, image=pixels, threshold=threshold)
                     meta = map_meta(self.net, threshold)
@@ -979,7 +992,7 @@ class Detector:
                             c = _with_mask(catalog_from_decisions(
                                 one, 0, one.marginal, shape, self.net.tile_size, bands, meta
                             ), masked).with_columns(**kept)  # fmt: skip
-                        if not (want_map or mix):
+                        if not (want_map or mix or thin):
                             continue
                         used = matched_scale(scales[k])
                         noise = _noise_scale(batch.info[sl.start + k])
@@ -988,9 +1001,11 @@ class Detector:
                             c = annotate(c, self.net, feats[k], pixels[k])
                         if mix and "centroid_calibration" in c.meta:
                             cals[k] = CentroidCalibration.from_dict(c.meta["centroid_calibration"])
+                        factor, depth, _ = calibration_for(self.net, used, noise)
+                        if thin:
+                            dens[k] = (c, masked, factor, depth)
                         if not want_map:
                             continue
-                        factor, depth, _ = calibration_for(self.net, used, noise)
                         self._warn_seeing(ratio, used != 1.0, factor, checked)
                         c = self._at_density(c, masked, factor, depth, threshold)
                         info = {
@@ -1024,7 +1039,10 @@ class Detector:
                             **held[k],
                         )
                     masked = batch.masked[sl.start + k]
-                    draws.append([_with_sky(_with_mask(c, masked), wcs) for c in got])
+                    got = [_with_mask(c, masked) for c in got]
+                    if dens[k] is not None:
+                        got = self._thin(got, *dens[k], seed=seed)
+                    draws.append([_with_sky(c, wcs) for c in got])
                 if samples == 0:
                     draws += [[] for _ in range(feats.shape[0])]
         prob = np.concatenate(maps) if maps else None
@@ -1038,6 +1056,12 @@ class Detector:
 # the noise as a flux over the survey's outside which an image's zeropoint is suspect:
 # 1,000 years of LSST and about twice a single visit's noise
 DEPTH_PLAUSIBLE = (0.1, 30.0)
+
+
+def _area(cat, masked) -> int:
+    """The pixels with data of a catalogue's image (``masked``: those without, or None)."""
+    h, w = cat.image_shape
+    return h * w - (0 if masked is None else int(np.sum(masked)))
 
 
 def _noise_scale(info: dict) -> float | None:

@@ -354,6 +354,22 @@ def _density_note(rec: dict) -> str:
     return note + " (docs/robustness.md, Source density)"
 
 
+def _stacked_samples(samples: list) -> tuple:
+    """Posterior samples as one catalogue (a ``sample`` column), its ``density`` record
+    counting the sources thinned from all of them, and the detection line's note of it."""
+    from dataclasses import replace
+
+    from probcat.catalog import concat_catalogs
+
+    stacked = concat_catalogs(samples, "sample")
+    rec = stacked.meta.get("density") or {}
+    if not rec.get("applied"):
+        return stacked, ""
+    n = sum(s.meta["density"]["thinned"] for s in samples)
+    stacked = replace(stacked, meta={**stacked.meta, "density": {**rec, "thinned": n}})
+    return stacked, "" if rec.get("factor") == 1.0 else f" (thinned to that density: {n} left out)"
+
+
 @app.command("detect")
 def detect_cmd(
     images: list[Path] = typer.Argument(
@@ -414,7 +430,6 @@ def detect_cmd(
     import numpy as np
 
     from probcat.api import load
-    from probcat.catalog import concat_catalogs
 
     items, paths, stem = _image_files(images)
     seeing = _checked_seeing(seeing)
@@ -493,8 +508,9 @@ def detect_cmd(
             msg += f" [mag_ap at zeropoint {shown}, from {rec['zeropoint_source']}]"
     if samples:
         spath = out.with_name(out.stem + "_samples" + out.suffix)
-        concat_catalogs(res.samples, "sample").write(spath, wcs=res.wcs)
-        msg += f"; {samples} posterior samples -> {spath}"
+        stacked, thinned = _stacked_samples(res.samples)
+        stacked.write(spath, wcs=res.wcs)
+        msg += f"; {samples} posterior samples{thinned} -> {spath}"
     if regions is not None:
         msg += f"; regions -> {regions}"
     if plot is not None:

@@ -52,6 +52,9 @@ __all__ = [
     "applies",
     "at_density",
     "bright_count",
+    "keep_probability",
+    "mapped",
+    "thin_samples",
     "fit_density_calibration",
 ]
 
@@ -112,15 +115,13 @@ class DensityCalibration:
         (``detection_snr``), the bright ones (``snr >= self.snr``) by :attr:`bright_maps`
         (where a factor has none, as noise alone has no bright detection, they keep
         theirs)."""
-        from probcat.infer.reliability import _interp
-
         p = np.asarray(p, float)
         w = self.weights(n_bright, area_px)
 
         def mixed(maps):
             out = np.zeros_like(p)
             for wk, xy in zip(w, maps):
-                out += wk * (p if xy is None else _interp(p, *xy))
+                out += wk * (p if xy is None else mapped(p, xy))
             return out
 
         out = mixed(self.maps)
@@ -196,14 +197,7 @@ def at_density(
     (:func:`applies`; ``seeing_factor`` and ``noise_factor`` of the probabilities'
     calibration) or on an image under :data:`MIN_AREA` pixels: a cutout around a target,
     whose count says little about the sky's density."""
-    if "detection_snr" not in cat.colnames:
-        why = "no detection_snr column to count bright detections by"
-    elif not applies(seeing_factor, noise_factor):
-        why = "read at another seeing or depth than the survey's"
-    elif area_px < MIN_AREA:
-        why = f"image under {MIN_AREA} unmasked pixels"
-    else:
-        why = None
+    why = _not_applied(cat, seeing_factor, noise_factor, area_px)
     if why is not None:
         return replace(cat, meta={**cat.meta, "density": {"applied": False, "reason": why}})
     n = bright_count(cat, cal.snr)
@@ -220,6 +214,117 @@ def at_density(
     }
     out = cat.with_columns(prob=prob).select(~drop)
     return replace(out, meta={**cat.meta, "density": rec})
+
+
+def keep_probability(
+    cal: DensityCalibration, p, n_bright: int, area_px: float, snr=None
+) -> np.ndarray:
+    """The probability that a posterior sample keeps a source of calibrated probability
+    ``p`` (and ``snr``, its ``detection_snr``: the bright ones by :attr:`DensityCalibration.
+    bright_maps`) on an image with ``n_bright`` bright detections on ``area_px`` pixels:
+    the density's mapped probability (:func:`mapped`) over ``p``, at most 1. A sample drawn
+    at the prior's density whose sources are kept so then holds each as often as the
+    density says it is real; where the density raises a probability, thinning cannot, and
+    the source is kept."""
+    p = np.clip(np.asarray(p, float), 1e-6, 1.0)
+    w = cal.weights(n_bright, area_px)
+
+    def ratio(maps):
+        out = np.zeros_like(p)
+        for wk, xy in zip(w, maps):
+            out += wk * (1.0 if xy is None else mapped(p, xy) / p)
+        return out
+
+    out = ratio(cal.maps)
+    if snr is not None:
+        bright = ratio(cal.bright_maps or (None,) * len(w))
+        out = np.where(np.asarray(snr, float) >= cal.snr, bright, out)
+    return np.clip(out, 0.0, 1.0)
+
+
+def mapped(p, xy) -> np.ndarray:
+    """Probabilities ``p`` through a map with knots ``xy``; below its first knot, the odds
+    scaled as at that knot (a density multiplies a source's prior odds)."""
+    from probcat.infer.reliability import _interp
+
+    p = np.asarray(p, float)
+    x0, y0 = float(xy[0][0]), float(xy[1][0])
+    g = (y0 / max(1.0 - y0, 1e-9)) / (x0 / max(1.0 - x0, 1e-9))
+    low = g * p / np.maximum(g * p + 1.0 - p, 1e-12)
+    return np.where(p < x0, low, _interp(p, *xy))
+
+
+def _uniform(seed: int, k: int, ty, tx) -> np.ndarray:
+    """Uniform numbers in [0, 1) fixed by ``(seed, k, ty, tx)`` (a splitmix64 hash): a
+    sample's number for a tile is the same whatever else the sample holds."""
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as the hash wants
+        key = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        key ^= np.uint64(k + 1) * np.uint64(0xBF58476D1CE4E5B9)
+        z = np.asarray(ty, np.uint64) * np.uint64(0x100000001B3) ^ np.asarray(tx, np.uint64)
+        z = (z ^ key) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
+def thin_samples(
+    samples: list,
+    cat,
+    cal: DensityCalibration,
+    area_px: float,
+    seed: int = 0,
+    seeing_factor: float = 1.0,
+    noise_factor: float = 1.0,
+) -> list:
+    """Posterior catalogue samples of an image (drawn at the prior's density; columns
+    ``tile_x, tile_y, prob``), thinned to the density the image shows: each source kept
+    with :func:`keep_probability` of its probability, the MAP catalogue ``cat``'s
+    calibrated ``prob`` (and ``detection_snr``) for a source in a tile of a MAP detection
+    (``cat`` before :func:`at_density`, whose bright detections count the density), the
+    sample's own otherwise. Sample ``k``'s numbers are fixed by ``(seed, k)`` and the tile.
+    Each sample's ``meta["density"]`` records it (``thinned``: the sources left out), or
+    why not, under the same conditions as :func:`at_density`."""
+    why = _not_applied(cat, seeing_factor, noise_factor, area_px)
+    if why is not None:
+        rec = {"applied": False, "reason": why}
+        return [replace(s, meta={**s.meta, "density": rec}) for s in samples]
+    n = bright_count(cat, cal.snr)
+    w = cal.weights(n, area_px)
+    key = np.asarray(cat["tile_y"], np.int64) * 2**31 + np.asarray(cat["tile_x"], np.int64)
+    order = np.argsort(key)
+    key = key[order]
+    prob = np.asarray(cat["prob"], float)[order]
+    snr = np.asarray(cat["detection_snr"], float)[order]
+    out = []
+    for k, s in enumerate(samples):
+        ty, tx = np.asarray(s["tile_y"], np.int64), np.asarray(s["tile_x"], np.int64)
+        mine = ty * 2**31 + tx
+        at = np.clip(np.searchsorted(key, mine), 0, max(len(key) - 1, 0))
+        hit = (key[at] == mine) if len(key) else np.zeros(len(mine), bool)
+        p = np.where(hit, prob[at] if len(key) else 0.0, np.asarray(s["prob"], float))
+        own = np.asarray(s["detection_snr"], float) if "detection_snr" in s.colnames else None
+        b = np.where(hit, snr[at] if len(key) else 0.0, 0.0 if own is None else own)
+        keep = _uniform(seed, k, ty, tx) < keep_probability(cal, p, n, area_px, b)
+        rec = {
+            "applied": True,
+            "factor": float(cal.factors[int(np.argmax(w))]),
+            "weights": {f"{f:g}": round(float(v), 4) for f, v in zip(cal.factors, w)},
+            "thinned": int(np.sum(~keep)),
+        }
+        out.append(replace(s.select(keep), meta={**s.meta, "density": rec}))
+    return out
+
+
+def _not_applied(cat, seeing_factor: float, noise_factor: float, area_px: float):
+    """Why the density calibration leaves an image's catalogue alone, or None."""
+    if "detection_snr" not in cat.colnames:
+        return "no detection_snr column to count bright detections by"
+    if not applies(seeing_factor, noise_factor):
+        return "read at another seeing or depth than the survey's"
+    if area_px < MIN_AREA:
+        return f"image under {MIN_AREA} unmasked pixels"
+    return None
 
 
 def fit_density_calibration(
