@@ -29,7 +29,17 @@ probabilities (the weight of factor 1 stays near 1); a large empty or crowded on
 the map of its density. Only on images of :data:`MIN_AREA` unmasked pixels or more (a
 cutout around a target says little about the sky's density) and at the survey's seeing
 and depth (a shallower or blurrier image has fewer bright detections at the same
-density, which would read as an emptier sky): :func:`applies`.
+density, which would read as an emptier sky): :func:`applies`. Below a map's first knot
+(the faintest MAP detections, and the fainter bumps that posterior samples hold) the
+odds are scaled as at that knot, as a density scales a source's prior odds
+(:func:`mapped`).
+
+Posterior catalogue samples, drawn at the prior's density, are thinned to the image's:
+each source kept with its mapped probability over its probability, the MAP catalogue's
+where the MAP catalogue has a detection in its tile (:func:`thin_samples`), so that a
+source turns up in the samples about as often as the MAP catalogue calls it real. Where
+a density raises probabilities (a crowded field), thinning cannot, and the samples stay
+as drawn.
 """
 
 from __future__ import annotations
