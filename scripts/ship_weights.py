@@ -216,7 +216,8 @@ def record_flux_error(name: str = "deblender_lsst_i", detector: str = "detection
 
 
 def record_density(name: str = "detection_lsst_i", n_fields: str = "60") -> None:
-    """Fit the density calibration of shipped detection weights (``probcat.infer.density``)
+    """Fit the density calibrations of shipped detection weights (``probcat.infer.density``;
+    at the survey's seeing and depth and at each other its probability calibration has)
     into their manifest; the weights file is untouched."""
     from probcat.train.detection import record_density_calibration
 
@@ -224,8 +225,11 @@ def record_density(name: str = "detection_lsst_i", n_fields: str = "60") -> None
     rec = record_density_calibration(
         name, WEIGHTS / f"manifest_{name}.json", n_fields=int(n_fields), command=command
     )
-    for f, r, n in zip(rec["factors"], rec["rates_per_mpx"], rec["n"]):
-        print(f"{name}: density x{f:g}: {r:.1f} bright detections per Mpx, {n} detections")
+    for one in (rec["density_calibration"], *rec["density_calibrations"]):
+        at = f"seeing x{one['seeing_factor']:g}, noise x{one['noise_factor']:.3g}"
+        for f, r, n in zip(one["factors"], one["rates_per_mpx"], one["n"]):
+            print(f"{name} ({at}): density x{f:g}: {r:.1f} bright detections per Mpx, "
+                  f"{n} detections")  # fmt: skip
 
 
 def _main() -> None:

@@ -192,6 +192,27 @@ def test_thinned_samples_hold_each_source_as_often_as_its_density_says():
     assert all(len(s) == 3 and not s.meta["density"]["applied"] for s in small)
 
 
+def test_each_seeing_and_depth_reads_the_density_calibration_fitted_there():
+    from dataclasses import replace
+
+    main, wide = _cal(), replace(_cal(), seeing_factor=1.25)
+    deep = replace(_cal(), noise_factor=0.7071)
+    assert dens.choose((main, wide, deep), 1.25, 1.0) is wide
+    assert dens.choose((main, wide, deep), 1.0, 0.7071) is deep
+    assert dens.choose((main, wide, deep), 1.0, 1.0) is main
+    assert dens.choose((main, wide, deep), 1.5, 1.0) is None
+    cat = _catalog([0.7, 0.9], [5.0, 5.0])
+    # the wide one applies under its seeing only; the survey's, there, does not
+    assert dens.at_density(cat, wide, 160_000.0, 0.5, 1.25, 1.0).meta["density"]["applied"]
+    assert not dens.at_density(cat, wide, 160_000.0, 0.5, 1.0, 1.0).meta["density"]["applied"]
+    assert not dens.at_density(cat, main, 160_000.0, 0.5, 1.25, 1.0).meta["density"]["applied"]
+    back = dens.DensityCalibration.from_dict(deep.to_dict())
+    assert (back.seeing_factor, back.noise_factor) == (1.0, 0.7071)
+    # records without the two (before they were recorded) are the survey's own
+    old = {k: v for k, v in main.to_dict().items() if not k.endswith("_factor")}
+    assert dens.DensityCalibration.from_dict(old) == main
+
+
 def test_density_calibration_round_trips_and_refuses_bad_records():
     cal = _cal()
     back = dens.DensityCalibration.from_dict(cal.to_dict())

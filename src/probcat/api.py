@@ -532,21 +532,44 @@ class Detector:
     @cached_property
     def density_calibration(self):
         """The weights' :class:`~probcat.infer.density.DensityCalibration` (their manifest's
-        ``density_calibration``), or None: probabilities for images whose source density
-        differs from the training scenes' (:mod:`probcat.infer.density`). Set it to None to
-        read every image at the prior's density."""
+        ``density_calibration``, at the survey's seeing and depth), or None: probabilities
+        for images whose source density differs from the training scenes'
+        (:mod:`probcat.infer.density`). Set it to None to read every image at the prior's
+        density (at any seeing and depth)."""
         from probcat.infer.density import DensityCalibration
 
         rec = (self.manifest or {}).get("density_calibration")
         return DensityCalibration.from_dict(rec) if rec else None
 
+    @cached_property
+    def density_calibrations(self) -> tuple:
+        """The weights' density calibrations at other seeings and depths than the survey's
+        (their manifest's ``density_calibrations``; each fitted where the probability
+        calibration has a refit: :func:`probcat.infer.reliability.calibration_for`)."""
+        from probcat.infer.density import DensityCalibration
+
+        recs = (self.manifest or {}).get("density_calibrations") or ()
+        return tuple(DensityCalibration.from_dict(r) for r in recs)
+
+    def _density_for(self, seeing_factor: float, noise_factor: float):
+        """The density calibration for probabilities calibrated at ``seeing_factor`` and
+        ``noise_factor``: the one fitted there, else :attr:`density_calibration` (which
+        then says it does not apply); None when that is None (density calibration off)."""
+        from probcat.infer.density import choose
+
+        main = self.density_calibration
+        if main is None:
+            return None
+        return choose((main, *self.density_calibrations), seeing_factor, noise_factor) or main
+
     def _at_density(self, cat, masked, seeing_factor: float, noise_factor: float, threshold):
         """``cat`` read under its image's source density: :func:`probcat.infer.density.
-        at_density` with :attr:`density_calibration` (``masked``: the image's pixels
-        without data, left out of its area)."""
+        at_density` with the density calibration of its seeing and depth
+        (:meth:`_density_for`; ``masked``: the image's pixels without data, left out of its
+        area)."""
         from probcat.infer.density import at_density
 
-        cal = self.density_calibration
+        cal = self._density_for(seeing_factor, noise_factor)
         if cal is None or "prob_raw" not in cat.colnames:
             return cat
         return at_density(cat, cal, _area(cat, masked), threshold, seeing_factor, noise_factor)
@@ -557,7 +580,7 @@ class Detector:
         :meth:`_at_density`)."""
         from probcat.infer.density import thin_samples
 
-        cal = self.density_calibration
+        cal = self._density_for(seeing_factor, noise_factor)
         if cal is None or "prob_raw" not in cat.colnames:
             return samples
         area = _area(cat, masked)

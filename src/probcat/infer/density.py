@@ -27,9 +27,11 @@ maps' mixture under those weights; detections it moves below the MAP threshold l
 the MAP catalogue (:func:`at_density`). An image at about the prior's density keeps its
 probabilities (the weight of factor 1 stays near 1); a large empty or crowded one gets
 the map of its density. Only on images of :data:`MIN_AREA` unmasked pixels or more (a
-cutout around a target says little about the sky's density) and at the survey's seeing
-and depth (a shallower or blurrier image has fewer bright detections at the same
-density, which would read as an emptier sky): :func:`applies`. Below a map's first knot
+cutout around a target says little about the sky's density) and at a seeing and depth
+the calibration was fitted at (a shallower or blurrier image has fewer bright detections
+at the same density, which would read as an emptier sky): :func:`applies`. Weights carry
+one at the survey's seeing and depth and one for each seeing and depth their probability
+calibration has a refit for (:func:`choose`). Below a map's first knot
 (the faintest MAP detections, and the fainter bumps that posterior samples hold) the
 odds are scaled as at that knot, as a density scales a source's prior odds
 (:func:`mapped`).
@@ -60,6 +62,7 @@ __all__ = [
     "RATE_FLOOR",
     "MIN_AREA",
     "applies",
+    "choose",
     "at_density",
     "bright_count",
     "keep_probability",
@@ -82,7 +85,9 @@ class DensityCalibration:
     (``detection_snr >= snr``) per Mpx in validation scenes, and ``maps``, the knots
     ``(x, y)`` of the monotone map from calibrated to observed probability of the fainter
     detections (None: the identity, at factor 1); ``bright_maps`` the same for the bright
-    ones (None where there were none: noise alone)."""
+    ones (None where there were none: noise alone). ``seeing_factor``, ``noise_factor``:
+    the seeing and depth of the scenes it was fitted on, those of the probability
+    calibration it follows (:func:`probcat.infer.reliability.calibration_for`)."""
 
     factors: tuple[float, ...]
     rates: tuple[float, ...]
@@ -91,6 +96,8 @@ class DensityCalibration:
     n: tuple[int, ...] = ()
     source: str = ""
     bright_maps: tuple = ()
+    seeing_factor: float = 1.0
+    noise_factor: float = 1.0
 
     def __post_init__(self):
         if not (len(self.factors) == len(self.rates) == len(self.maps)) or not self.factors:
@@ -152,6 +159,8 @@ class DensityCalibration:
             "snr": self.snr,
             "n": list(self.n),
             "source": self.source,
+            "seeing_factor": self.seeing_factor,
+            "noise_factor": self.noise_factor,
         }
 
     @classmethod
@@ -171,6 +180,8 @@ class DensityCalibration:
             tuple(int(v) for v in d.get("n", ())),
             d.get("source", ""),
             knots(d.get("bright_maps") or ()),
+            float(d.get("seeing_factor", 1.0)),
+            float(d.get("noise_factor", 1.0)),
         )
 
 
@@ -181,11 +192,19 @@ def bright_count(cat, snr: float = SNR) -> int:
     return int(np.sum(np.asarray(cat["detection_snr"], float) >= snr))
 
 
-def applies(seeing_factor: float, noise_factor: float) -> bool:
-    """Whether the density calibration reads an image whose probabilities come from the
-    calibration at ``seeing_factor`` and ``noise_factor`` (:func:`probcat.infer.reliability.
-    calibration_for`): only the survey's own seeing and depth."""
-    return math.isclose(seeing_factor, 1.0) and math.isclose(noise_factor, 1.0)
+def applies(cal: DensityCalibration, seeing_factor: float, noise_factor: float) -> bool:
+    """Whether ``cal`` reads an image whose probabilities come from the calibration at
+    ``seeing_factor`` and ``noise_factor`` (:func:`probcat.infer.reliability.
+    calibration_for`): only at the seeing and depth it was fitted at."""
+    return math.isclose(seeing_factor, cal.seeing_factor) and math.isclose(
+        noise_factor, cal.noise_factor
+    )
+
+
+def choose(cals, seeing_factor: float, noise_factor: float) -> DensityCalibration | None:
+    """Of ``cals``, the one fitted at ``seeing_factor`` and ``noise_factor`` (:func:`applies`),
+    or None."""
+    return next((c for c in cals if applies(c, seeing_factor, noise_factor)), None)
 
 
 def at_density(
@@ -203,11 +222,11 @@ def at_density(
     below ``threshold`` before keep their place, as in any catalogue). The metadata's
     ``density`` records it: ``applied``; the image's bright detections and area; the
     factors' ``weights``; ``factor``, the likeliest; ``dropped``. Not applied (the
-    catalogue unchanged but for ``density``) at another seeing or depth than the survey's
+    catalogue unchanged but for ``density``) at another seeing or depth than ``cal``'s
     (:func:`applies`; ``seeing_factor`` and ``noise_factor`` of the probabilities'
     calibration) or on an image under :data:`MIN_AREA` pixels: a cutout around a target,
     whose count says little about the sky's density."""
-    why = _not_applied(cat, seeing_factor, noise_factor, area_px)
+    why = _not_applied(cat, cal, seeing_factor, noise_factor, area_px)
     if why is not None:
         return replace(cat, meta={**cat.meta, "density": {"applied": False, "reason": why}})
     n = bright_count(cat, cal.snr)
@@ -295,7 +314,7 @@ def thin_samples(
     sample's own otherwise. Sample ``k``'s numbers are fixed by ``(seed, k)`` and the tile.
     Each sample's ``meta["density"]`` records it (``thinned``: the sources left out), or
     why not, under the same conditions as :func:`at_density`."""
-    why = _not_applied(cat, seeing_factor, noise_factor, area_px)
+    why = _not_applied(cat, cal, seeing_factor, noise_factor, area_px)
     if why is not None:
         rec = {"applied": False, "reason": why}
         return [replace(s, meta={**s.meta, "density": rec}) for s in samples]
@@ -326,12 +345,12 @@ def thin_samples(
     return out
 
 
-def _not_applied(cat, seeing_factor: float, noise_factor: float, area_px: float):
-    """Why the density calibration leaves an image's catalogue alone, or None."""
+def _not_applied(cat, cal, seeing_factor: float, noise_factor: float, area_px: float):
+    """Why the density calibration ``cal`` leaves an image's catalogue alone, or None."""
     if "detection_snr" not in cat.colnames:
         return "no detection_snr column to count bright detections by"
-    if not applies(seeing_factor, noise_factor):
-        return "read at another seeing or depth than the survey's"
+    if not applies(cal, seeing_factor, noise_factor):
+        return "no density calibration at the seeing and depth the image is read at"
     if area_px < MIN_AREA:
         return f"image under {MIN_AREA} unmasked pixels"
     return None

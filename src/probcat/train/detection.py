@@ -888,49 +888,91 @@ def record_density_calibration(
     progress: bool = True,
     command: str = "",
 ) -> dict:
-    """Fit the density calibration (:mod:`probcat.infer.density`) of the registered
-    detection weights ``name`` and record it in the manifest at ``manifest_path``
+    """Fit the density calibrations (:mod:`probcat.infer.density`) of the registered
+    detection weights ``name`` and record them in the manifest at ``manifest_path``
     (atomically; the weights file, and so its sha256, stays as it is): ``n_fields``
     validation fields of :data:`DENSITY_SIZE` px (split ``val``, the weights' population,
     every source inside) per density factor, read by the product's detector at the
-    survey's noise. Returns the record."""
+    survey's seeing and depth (``density_calibration``), and the same under each seeing
+    and at each depth the weights' probability calibration has a refit for
+    (``density_calibrations``: fields under that PSF, read at that seeing; fields with the
+    noise of that depth, read with the survey's zeropoints). Returns the records."""
     from probcat.api import load
-    from probcat.infer.density import FACTORS, fit_density_calibration
     from probcat.provenance import provenance
-    from probcat.simulate.prior import GALAXY_DENSITY, STAR_DENSITY
     from probcat.train.loop import record_in_manifest
 
     det = load(name, kind="detection")
     det.density_calibration = None  # the product's catalogues before any density map
     cfg = from_dict(DetectionTrainConfig, det.manifest["config"])
+    conditions = [(1.0, 1.0)]
+    conditions += [(float(f), 1.0) for f, _ in getattr(det.net, "seeing_calibrations", ())]
+    conditions += [(1.0, float(g)) for g, _ in getattr(det.net, "depth_calibrations", ())]
+    recs = []
+    for seeing, noise in conditions:
+        cal = _fit_density(det, cfg, seeing, noise, factors, n_fields, cache_dir, progress)
+        recs.append(cal.to_dict())
+        if progress:
+            print(f"{name}: density calibration at seeing x{seeing:g}, noise x{noise:.3g}",
+                  flush=True)  # fmt: skip
+    main = {**recs[0], **provenance(command)}  # the command, versions and git commit
+    record_in_manifest(manifest_path, "density_calibration", main)
+    record_in_manifest(manifest_path, "density_calibrations", recs[1:])
+    return {"density_calibration": main, "density_calibrations": recs[1:]}
+
+
+def _fit_density(det, cfg, seeing: float, noise: float, factors, n_fields, cache_dir, progress):
+    """One density calibration of ``det`` (:func:`record_density_calibration`): on fields
+    under a PSF ``seeing`` times the survey's, read at that seeing, or with noise (as a
+    flux) ``noise`` times the survey's, read with the survey's zeropoints."""
+    from types import SimpleNamespace
+
+    from probcat.infer.density import FACTORS, fit_density_calibration
+    from probcat.simulate.prior import GALAXY_DENSITY, STAR_DENSITY
+
     survey = cfg.survey()
-    bank = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population, fits=True).bank
-    sigma = survey.noise_sigma
+    pop = cfg.fits.population or cfg.data.population
+    bank = _simulator(
+        cfg, "val", cache_dir, progress, cfg.fits.population, (seeing,), fits=True
+    ).bank
+    sigma = survey.noise_sigma * noise
+    zps = [b.flux_to_mag(1.0) for b in survey.bands]  # noise as a flux: noise x the survey's
+    read = {"seeing": seeing} if seeing != 1.0 else {}
+    if noise != 1.0:
+        read["zeropoint"] = zps
     seed = [cfg.seed, 41]
+    extra = [] if (seeing, noise) == (1.0, 1.0) else [round(seeing * 100), round(noise * 100)]
     sims = {}
 
     def sample(f, i):
         if f not in sims:
             layout = SceneConfig(DENSITY_SIZE, DENSITY_SIZE, GALAXY_DENSITY * f, STAR_DENSITY * f)
             sims[f] = SceneSimulator(bank, layout)
-        return sims[f].sample(np.random.default_rng([*seed, round(f * 1000), i]))
+        rng = np.random.default_rng([*seed, round(f * 1000), i, *extra])
+        if noise == 1.0:
+            return sims[f].sample(rng)
+        sc = sims[f].sample(rng, keep_noiseless=True)
+        image = sc.noiseless + (sigma[:, None, None] * rng.standard_normal(sc.noiseless.shape))
+        return SimpleNamespace(image=image.astype(np.float32), catalog=sc.catalog)
 
     def detect(image):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the survey's own fields
-            return det.catalog(image, noise_sigma=sigma)
+            return det.catalog(image, noise_sigma=sigma, **read)
 
+    where = ""
+    if seeing != 1.0:
+        where = f", under a PSF {seeing:g} times the survey's FWHM"
+    if noise != 1.0:
+        where += f", noise as a flux {noise:.3g} times the survey's"
     cal = fit_density_calibration(
         detect, sample, factors=FACTORS if factors is None else factors,
         n_fields=n_fields, progress=progress,
         source=f"{n_fields} validation fields per factor ({DENSITY_SIZE} px, split=val, population "
-        f"{cfg.fits.population or cfg.data.population}, every source inside, seed "
-        f"[{seed[0]}, {seed[1]}, 1000 x factor, i]), the product's MAP catalogues, "
-        "detections matched within 2 px",
+        f"{pop}, every source inside{where}, seed [{seed[0]}, {seed[1]}, 1000 x factor, i"
+        f"{''.join(f', {v}' for v in extra)}]), the product's MAP catalogues, detections "
+        "matched within 2 px",
     )  # fmt: skip
-    rec = {**cal.to_dict(), **provenance(command)}  # the command, versions and git commit
-    record_in_manifest(manifest_path, "density_calibration", rec)
-    return rec
+    return replace(cal, seeing_factor=seeing, noise_factor=noise)
 
 
 def _fit_decoding(net, cfg: DetectionTrainConfig, sim, progress):
