@@ -21,8 +21,12 @@ within 2 px), the same precision and recall for the detections with prob >= 0.5
 ``--weights detection_lsst_ugrizy``: the six-band weights on ugrizy fields of their
 population (SEP on the riz coadd; truth SNR in i).
 
+``--seeing F`` / ``--noise G``: fields under a PSF ``F`` times the survey's FWHM (read at
+the measured seeing) or with ``G`` times its noise (read with the survey's zeropoints, so
+as a shallower image), the density calibration fitted there doing the reading.
+
 Writes ``benchmarks/results/density.json`` and ``density.png`` (six bands:
-``density_ugrizy.*``).
+``density_ugrizy.*``; ``_seeingF``, ``_noiseG`` added to the name).
 
     .venv/bin/python benchmarks/density.py
     .venv/bin/python benchmarks/density.py --weights detection_lsst_ugrizy
@@ -46,18 +50,30 @@ SIZE = 500
 FACTORS = (0.0, 0.03, 0.1, 0.3, 1.0, 2.0)
 
 
-def fields(bank, factor: float, n: int, seed: int) -> list:
+def fields(bank, factor: float, n: int, seed: int, noise: float = 1.0) -> list:
     """``n`` scenes of ``SIZE`` px at ``factor`` times the prior's source densities, scene
-    ``f`` from seed ``[seed, f]`` (the same seeds for every factor)."""
+    ``f`` from seed ``[seed, f]`` (the same seeds for every factor); ``noise``: the noise
+    sigma times the survey's (a shallower image, its sources as bright)."""
+    from types import SimpleNamespace
+
     from probcat.simulate.prior import GALAXY_DENSITY, STAR_DENSITY
     from probcat.simulate.scene import SceneConfig, SceneSimulator
 
     cfg = SceneConfig(SIZE, SIZE, GALAXY_DENSITY * factor, STAR_DENSITY * factor)
     sim = SceneSimulator(bank, cfg)
-    return [sim.sample(np.random.default_rng([seed, f])) for f in range(n)]
+    if noise == 1.0:
+        return [sim.sample(np.random.default_rng([seed, f])) for f in range(n)]
+    out = []
+    for f in range(n):
+        rng = np.random.default_rng([seed, f])
+        sc = sim.sample(rng, keep_noiseless=True)
+        sigma = np.asarray(bank.survey.noise_sigma, float)[:, None, None] * noise
+        image = (sc.noiseless + sigma * rng.standard_normal(sc.noiseless.shape)).astype("f4")
+        out.append(SimpleNamespace(image=image, catalog=sc.catalog))
+    return out
 
 
-def measure(scenes: list, sigma, det, n_samples: int = 8) -> dict:
+def measure(scenes: list, sigma, det, n_samples: int = 8, read=None) -> dict:
     """probcat (its MAP catalogue as the product makes it, and with the density
     calibration left out: ``prior_density``) and SEP on each scene: ``correlated_noise.py``'s
     summaries, detections per Mpx, probcat's mean calibrated probability against the
@@ -79,8 +95,8 @@ def measure(scenes: list, sigma, det, n_samples: int = 8) -> dict:
             det.density_calibration = cal
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the fields are at the survey's depth
-                cat = det.catalog(sc.image, noise_sigma=sigma)
-                got = det.sample(sc.image, n_samples, noise_sigma=sigma, seed=i)
+                cat = det.catalog(sc.image, noise_sigma=sigma, **(read or {}))
+                got = det.sample(sc.image, n_samples, noise_sigma=sigma, seed=i, **(read or {}))
             one = [cn.score(c, sc.catalog, ib) for c in got]
             drawn[name].append([np.mean([o[k] for o in one]) for k in ("n_detections", "n_real")])
             counts[name].append(cn.score(cat, sc.catalog, ib))
@@ -207,6 +223,15 @@ def main(argv=None) -> None:
                     help="detection weights (registered name or file) with a density "
                     "calibration")  # fmt: skip
     ap.add_argument("--samples", type=int, default=8, help="posterior samples per field")
+    ap.add_argument(
+        "--seeing",
+        type=float,
+        default=1.0,
+        help="the fields' PSF FWHM over the survey's (read at the measured seeing)",
+    )
+    ap.add_argument("--noise", type=float, default=1.0,
+                    help="the fields' noise over the survey's (read with the survey's "
+                    "zeropoints: a shallower image)")  # fmt: skip
     ap.add_argument("--seed", type=int, default=20261206)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -220,6 +245,8 @@ def main(argv=None) -> None:
         sys.exit("--factors: one or more numbers >= 0; --fields: at least 1")
     if args.samples < 1:
         sys.exit("--samples: at least 1")
+    if not (0.5 <= args.seeing <= 2.5 and 0.1 <= args.noise <= 30):
+        sys.exit("--seeing: a PSF width ratio in [0.5, 2.5]; --noise: a factor in [0.1, 30]")
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     det = load(args.weights, kind="detection")
@@ -229,13 +256,19 @@ def main(argv=None) -> None:
     data = manifest["config"]["data"]
     survey = Survey.lsst(bands=det.bands)
     name = "density" if det.bands == ("i",) else f"density_{''.join(det.bands)}"
+    name += "" if args.seeing == 1.0 else f"_seeing{args.seeing:g}"
+    name += "" if args.noise == 1.0 else f"_noise{args.noise:g}"
     bank = SourceBank.load_or_build(
-        survey, BankConfig(split="test", n_galaxies=5000, population=data["population"])
+        survey.with_psf_scale(args.seeing),
+        BankConfig(split="test", n_galaxies=5000, population=data["population"]),
     )
-    sigma = survey.noise_sigma
+    sigma = survey.noise_sigma * args.noise
+    # the depth told by the survey's zeropoints; the seeing measured, as by default
+    read = {"zeropoint": [b.flux_to_mag(1.0) for b in survey.bands]} if args.noise != 1 else {}
     res = {}
     for f in factors:
-        res[str(f)] = measure(fields(bank, f, args.fields, args.seed), sigma, det, args.samples)
+        scenes = fields(bank, f, args.fields, args.seed, args.noise)
+        res[str(f)] = measure(scenes, sigma, det, args.samples, read)
         r = res[str(f)]
         print(f"density x{f:g}: " + "; ".join(
             f"{name} precision {_fmt(v.get('precision'))} recall {_fmt(v.get('recall'))}"
@@ -244,6 +277,8 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     title = (f"LSST {''.join(det.bands)}, {SIZE}x{SIZE} fields of held-out galaxies at other "
              "source densities")  # fmt: skip
+    if args.seeing != 1.0 or args.noise != 1.0:
+        title += f" (PSF x{args.seeing:g}, noise x{args.noise:g})"
     figure(factors, res, args.out / f"{name}.png", title)
     out = {
         "command": command,
@@ -251,6 +286,8 @@ def main(argv=None) -> None:
         "weights_sha256": manifest.get("sha256"),
         "population": data["population"],
         "field_size": SIZE,
+        "seeing": args.seeing,
+        "noise": args.noise,
         "fields_per_factor": args.fields,
         "seed": args.seed,
         "factors": factors,

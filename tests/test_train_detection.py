@@ -950,3 +950,56 @@ def test_coadd_noise_in_training_and_fits_of_their_own(tmp_path, cache_dir, monk
         "the fits after training: the correlated noise of a coadd in every scene "
         "(1-16 visits resampled by lanczos3)"
     )
+
+
+def test_density_calibrations_are_fitted_at_each_seeing_and_depth_the_run_calibrates(
+    tmp_path, cache_dir, monkeypatch
+):
+    """The density calibration is fitted at the survey's seeing and depth and again under
+    each seeing and at each depth the probability calibration has a refit for: fields under
+    that PSF read at that seeing, fields with that depth's noise read with the survey's
+    zeropoints (so at that depth's calibration); each recorded with its seeing and depth,
+    and a detector reads each image with the one of its calibration."""
+    import probcat
+    import probcat.infer.density as D
+    import probcat.infer.reliability as R
+    from probcat.train.detection import calibrate_run, record_density_calibration
+
+    run, _, _ = _recalibrated_run(
+        tmp_path, cache_dir, monkeypatch, fits__seeing_scenes=3, fits__depth_scenes=3
+    )
+
+    def fake_cal(net, sim, noise_sigma, *, n_scenes, rng, inside_fraction, source):
+        return R.ProbabilityCalibration((0.0, 1.0), (0.0, 0.8), 300, source)
+
+    monkeypatch.setattr(R, "fit_seeing_calibration", fake_cal)
+    calibrate_run(
+        run, cache_dir=cache_dir, progress=False, seeing_only=True, seeing_factors=(1.5,)
+    )
+    calibrate_run(run, cache_dir=cache_dir, progress=False, depth_only=True, depth_years=(2.5,))
+    sigma = float(_cfg().survey().noise_sigma[0])
+    seen = []
+
+    def fake_fit(detect, sample, *, factors, n_fields, progress, source):
+        scene = sample(0.0, 0)  # noise alone: its scatter is the noise read
+        info = detect(scene.image).meta["input"]
+        seen.append((info["calibration_seeing"], info.get("calibration_noise"),
+                     round(float(np.std(scene.image)) / sigma, 1), n_fields))  # fmt: skip
+        return D.DensityCalibration((0.0, 1.0), (0.0, 100.0), (((0.5, 1.0), (0.0, 0.0)), None))
+
+    monkeypatch.setattr(D, "fit_density_calibration", fake_fit)
+    rec = record_density_calibration(
+        run / "detection.pt", run / "manifest.json", n_fields=2, cache_dir=cache_dir,
+        progress=False, command="density cmd",
+    )  # fmt: skip
+    assert seen == [(1.0, None, 1.0, 2), (1.5, None, 1.0, 2), (1.0, pytest.approx(2.0), 2.0, 2)]
+    assert rec["density_calibration"]["command"] == "density cmd"
+    got = [(r["seeing_factor"], round(r["noise_factor"], 6)) for r in rec["density_calibrations"]]
+    assert got == [(1.5, 1.0), (1.0, 2.0)]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["density_calibrations"] == rec["density_calibrations"]
+    det = probcat.load(run / "detection.pt", device="cpu", threads=1)
+    det.manifest = manifest
+    assert det._density_for(1.5, 1.0).seeing_factor == 1.5
+    assert det._density_for(1.0, 2.0).noise_factor == pytest.approx(2.0)
+    assert det._density_for(2.0, 1.0).seeing_factor == 1.0  # none there: says it won't apply
