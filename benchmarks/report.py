@@ -957,6 +957,22 @@ TABLES = {
         "their population (DC2 colours), SEP on the riz coadd",
         _density_rows(),
     ),
+    "density_seeing1.25": (
+        "density.py's LSST-i fields under a PSF 1.25 times the survey's FWHM, read at the "
+        "measured seeing, with the density calibration fitted under that seeing",
+        _density_rows(),
+    ),
+    "density_noise3.1623": (
+        "density.py's LSST-i fields with the noise of 1 year of LSST (3.16 times the "
+        "10-year noise), read with the survey's zeropoints, with the density calibration "
+        "fitted at that depth",
+        _density_rows(),
+    ),
+    "density_ugrizy_seeing1.25": (
+        "density_ugrizy's fields under a PSF 1.25 times the survey's FWHM, read at the "
+        "measured seeing, with the six-band weights' density calibration of that seeing",
+        _density_rows(),
+    ),
     "psf_profile": (
         "LSST-i detection when the PSF's atmosphere is a Moffat profile (index beta, the "
         "survey's FWHM) instead of the Kolmogorov one the weights learned, and on pixels of "
@@ -2007,6 +2023,9 @@ BASELINES = {
     "depth": "SEP",
     "density": "SEP",
     "density_ugrizy": "SEP (riz)",
+    "density_seeing1.25": "SEP",
+    "density_noise3.1623": "SEP",
+    "density_ugrizy_seeing1.25": "SEP (riz)",
     "photoz_colours": "DC2 colours",
     "photoz_masks": "masked pixels as no light",
     "detection_masks": "masked pixels as no light",
