@@ -115,6 +115,8 @@ def test_maps_scale_the_odds_below_their_first_knot():
     np.testing.assert_allclose(got[~above], 0.25 * q / (0.25 * q + 1 - q))
     assert np.all(np.diff(got) >= 0) and got[0] == 0.0  # monotone, none real at 0
     assert abs(dens.mapped(0.5 - 1e-9, xy) - 0.2) < 1e-8  # continuous at the knot
+    # a map whose first knot is the origin is read as it is
+    np.testing.assert_allclose(dens.mapped([0.0, 0.25], ((0.0, 0.5), (0.0, 0.1))), [0.0, 0.05])
 
 
 def test_keep_probability_is_the_mapped_probability_over_the_probability():

@@ -973,9 +973,7 @@ def test_density_calibrations_are_fitted_at_each_seeing_and_depth_the_run_calibr
         return R.ProbabilityCalibration((0.0, 1.0), (0.0, 0.8), 300, source)
 
     monkeypatch.setattr(R, "fit_seeing_calibration", fake_cal)
-    calibrate_run(
-        run, cache_dir=cache_dir, progress=False, seeing_only=True, seeing_factors=(1.5,)
-    )
+    calibrate_run(run, cache_dir=cache_dir, progress=False, seeing_only=True, seeing_factors=(1.5,))
     calibrate_run(run, cache_dir=cache_dir, progress=False, depth_only=True, depth_years=(2.5,))
     sigma = float(_cfg().survey().noise_sigma[0])
     seen = []

@@ -278,6 +278,8 @@ def mapped(p, xy) -> np.ndarray:
 
     p = np.asarray(p, float)
     x0, y0 = float(xy[0][0]), float(xy[1][0])
+    if x0 <= 0.0:  # a map from the origin: nothing below its first knot
+        return _interp(p, *xy)
     g = (y0 / max(1.0 - y0, 1e-9)) / (x0 / max(1.0 - x0, 1e-9))
     low = g * p / np.maximum(g * p + 1.0 - p, 1e-12)
     return np.where(p < x0, low, _interp(p, *xy))
