@@ -707,6 +707,14 @@ def test_weights_command_lists_the_shipped_weights_and_their_manifests(capsys):
     row = next(ln for ln in lines if ln.startswith("detection_lsst_ugrizy_masked "))
     got = masked["default"]["zone"]
     assert f"bands masked: recall {got['recall']:.3f}, precision {got['precision']:.3f}" in row
+    assert main(["weights", "detection_lsst_i"]) == 0
+    out = capsys.readouterr().out
+    row = next(ln for ln in out.splitlines() if ln.startswith("source densities:"))
+    assert "0, 0.03, 0.1, 0.3, 1, 2 times the prior's" in row
+    assert "PSF x 0.8, 1.25, 1.5, 2" in row and "noise x 0.707, 2.24, 3.16, 4.47" in row
+    assert main(["weights", "detection_lsst_ugrizy"]) == 0
+    row = next(ln for ln in capsys.readouterr().out.splitlines() if "source densities" in ln)
+    assert "PSF x 0.8, 1.25, 1.5, 2" in row and "noise x" not in row
     assert main(["weights", "deblender_lsst_i", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == registry.manifest("deblender_lsst_i")
     for args, message in ((["weights", "nope"], "no shipped weights named 'nope'"),

@@ -967,11 +967,29 @@ def weights_cmd(
     for k, v in (m.get("data") or {}).items():
         if isinstance(v, str):
             rows.append((f"data: {k}", v))
+    if m.get("density_calibration"):
+        rows.append(("source densities", _densities_row(m)))
     rows.append(("benchmark", _headline(m) or "none recorded"))
     if (m.get("benchmark") or {}).get("command"):
         rows.append(("benchmark command", m["benchmark"]["command"]))
     for k, v in rows:
         typer.echo(f"{k + ':':30s} {v}")
+
+
+def _densities_row(m: dict) -> str:
+    """The ``probcat weights`` row of a manifest's density calibrations: the densities,
+    and the seeings and depths each was fitted at (:mod:`probcat.infer.density`)."""
+    main = m["density_calibration"]
+    factors = ", ".join(f"{f:g}" for f in main["factors"])
+    others = m.get("density_calibrations") or ()
+    psf = [f"{r['seeing_factor']:g}" for r in others if r.get("seeing_factor", 1.0) != 1.0]
+    noise = [f"{r['noise_factor']:.3g}" for r in others if r.get("noise_factor", 1.0) != 1.0]
+    where = "the survey's seeing and depth"
+    if psf:
+        where += f"; PSF x {', '.join(psf)}"
+    if noise:
+        where += f"; noise x {', '.join(noise)}"
+    return f"{factors} times the prior's, calibrated at {where}"
 
 
 @app.command("cache")
