@@ -21,6 +21,9 @@ within 2 px), the same precision and recall for the detections with prob >= 0.5
 ``--weights detection_lsst_ugrizy``: the six-band weights on ugrizy fields of their
 population (SEP on the riz coadd; truth SNR in i).
 
+``--coadd KERNEL`` (with ``--weights detection_lsst_i_coadd``): fields with the
+correlated noise of a coadd of 1-16 visits resampled by KERNEL.
+
 ``--seeing F`` / ``--noise G``: fields under a PSF ``F`` times the survey's FWHM (read at
 the measured seeing) or with ``G`` times its noise (read with the survey's zeropoints, so
 as a shallower image), the density calibration fitted there doing the reading.
@@ -50,16 +53,19 @@ SIZE = 500
 FACTORS = (0.0, 0.03, 0.1, 0.3, 1.0, 2.0)
 
 
-def fields(bank, factor: float, n: int, seed: int, noise: float = 1.0) -> list:
+def fields(bank, factor: float, n: int, seed: int, noise: float = 1.0, coadd=None) -> list:
     """``n`` scenes of ``SIZE`` px at ``factor`` times the prior's source densities, scene
     ``f`` from seed ``[seed, f]`` (the same seeds for every factor); ``noise``: the noise
-    sigma times the survey's (a shallower image, its sources as bright)."""
+    sigma times the survey's (a shallower image, its sources as bright); ``coadd``: a
+    resampling kernel, the noise of a coadd of 1-16 visits resampled by it (the same pixel
+    sigma)."""
     from types import SimpleNamespace
 
     from probcat.simulate.prior import GALAXY_DENSITY, STAR_DENSITY
     from probcat.simulate.scene import SceneConfig, SceneSimulator
 
-    cfg = SceneConfig(SIZE, SIZE, GALAXY_DENSITY * factor, STAR_DENSITY * factor)
+    extra = {} if coadd is None else {"coadd_fraction": 1.0, "coadd_kernels": (coadd,)}
+    cfg = SceneConfig(SIZE, SIZE, GALAXY_DENSITY * factor, STAR_DENSITY * factor, **extra)
     sim = SceneSimulator(bank, cfg)
     if noise == 1.0:
         return [sim.sample(np.random.default_rng([seed, f])) for f in range(n)]
@@ -229,6 +235,12 @@ def main(argv=None) -> None:
         default=1.0,
         help="the fields' PSF FWHM over the survey's (read at the measured seeing)",
     )
+    ap.add_argument(
+        "--coadd",
+        default=None,
+        choices=("lanczos3", "bilinear"),
+        help="the fields' noise that of a coadd resampled by this kernel",
+    )
     ap.add_argument("--noise", type=float, default=1.0,
                     help="the fields' noise over the survey's (read with the survey's "
                     "zeropoints: a shallower image)")  # fmt: skip
@@ -247,6 +259,8 @@ def main(argv=None) -> None:
         sys.exit("--samples: at least 1")
     if not (0.5 <= args.seeing <= 2.5 and 0.1 <= args.noise <= 30):
         sys.exit("--seeing: a PSF width ratio in [0.5, 2.5]; --noise: a factor in [0.1, 30]")
+    if args.coadd and args.noise != 1.0:
+        sys.exit("--coadd and --noise: one at a time")
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     det = load(args.weights, kind="detection")
@@ -256,6 +270,7 @@ def main(argv=None) -> None:
     data = manifest["config"]["data"]
     survey = Survey.lsst(bands=det.bands)
     name = "density" if det.bands == ("i",) else f"density_{''.join(det.bands)}"
+    name += "" if args.coadd is None else f"_coadd_{args.coadd}"
     name += "" if args.seeing == 1.0 else f"_seeing{args.seeing:g}"
     name += "" if args.noise == 1.0 else f"_noise{args.noise:g}"
     bank = SourceBank.load_or_build(
@@ -267,7 +282,7 @@ def main(argv=None) -> None:
     read = {"zeropoint": [b.flux_to_mag(1.0) for b in survey.bands]} if args.noise != 1 else {}
     res = {}
     for f in factors:
-        scenes = fields(bank, f, args.fields, args.seed, args.noise)
+        scenes = fields(bank, f, args.fields, args.seed, args.noise, args.coadd)
         res[str(f)] = measure(scenes, sigma, det, args.samples, read)
         r = res[str(f)]
         print(f"density x{f:g}: " + "; ".join(
@@ -279,6 +294,8 @@ def main(argv=None) -> None:
              "source densities")  # fmt: skip
     if args.seeing != 1.0 or args.noise != 1.0:
         title += f" (PSF x{args.seeing:g}, noise x{args.noise:g})"
+    if args.coadd:
+        title += f", coadd noise ({args.coadd}), {args.weights}"
     figure(factors, res, args.out / f"{name}.png", title)
     out = {
         "command": command,
@@ -286,6 +303,7 @@ def main(argv=None) -> None:
         "weights_sha256": manifest.get("sha256"),
         "population": data["population"],
         "field_size": SIZE,
+        "coadd": args.coadd,
         "seeing": args.seeing,
         "noise": args.noise,
         "fields_per_factor": args.fields,

@@ -943,9 +943,17 @@ def _fit_density(det, cfg, seeing: float, noise: float, factors, n_fields, cache
     extra = [] if (seeing, noise) == (1.0, 1.0) else [round(seeing * 100), round(noise * 100)]
     sims = {}
 
+    # the noise of the fits after training: a coadd's for weights meant for coadds
+    frac, kernels = _coadd_noise(cfg, fits=True)
+    if frac and noise != 1.0:
+        raise ProbcatValueError("density calibrations at other depths need white-noise fits")
+
     def sample(f, i):
         if f not in sims:
-            layout = SceneConfig(DENSITY_SIZE, DENSITY_SIZE, GALAXY_DENSITY * f, STAR_DENSITY * f)
+            layout = SceneConfig(
+                DENSITY_SIZE, DENSITY_SIZE, GALAXY_DENSITY * f, STAR_DENSITY * f,
+                coadd_fraction=frac, coadd_visits=cfg.data.coadd_visits, coadd_kernels=kernels,
+            )  # fmt: skip
             sims[f] = SceneSimulator(bank, layout)
         rng = np.random.default_rng([*seed, round(f * 1000), i, *extra])
         if noise == 1.0:
@@ -959,9 +967,9 @@ def _fit_density(det, cfg, seeing: float, noise: float, factors, n_fields, cache
             warnings.simplefilter("ignore")  # the survey's own fields
             return det.catalog(image, noise_sigma=sigma, **read)
 
-    where = ""
+    where = "" if not frac else ", " + _fits_noise(cfg).removeprefix("the fits after training: ")
     if seeing != 1.0:
-        where = f", under a PSF {seeing:g} times the survey's FWHM"
+        where += f", under a PSF {seeing:g} times the survey's FWHM"
     if noise != 1.0:
         where += f", noise as a flux {noise:.3g} times the survey's"
     cal = fit_density_calibration(
