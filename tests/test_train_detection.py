@@ -1001,3 +1001,41 @@ def test_density_calibrations_are_fitted_at_each_seeing_and_depth_the_run_calibr
     assert det._density_for(1.5, 1.0).seeing_factor == 1.5
     assert det._density_for(1.0, 2.0).noise_factor == pytest.approx(2.0)
     assert det._density_for(2.0, 1.0).seeing_factor == 1.0  # none there: says it won't apply
+
+
+def test_density_calibration_of_coadd_weights_is_fitted_on_coadd_noise(
+    tmp_path, cache_dir, monkeypatch
+):
+    """Weights whose fits read coadds (fits.coadd_fraction) get their density calibration
+    fitted on fields with a coadd's correlated noise, said in its source; white-noise
+    weights on white noise."""
+    import probcat.infer.density as D
+    from probcat.train.detection import record_density_calibration
+
+    run, _, _ = _recalibrated_run(
+        tmp_path, cache_dir, monkeypatch, fits__coadd_fraction=1.0,
+        fits__coadd_kernels=("lanczos3",),
+    )  # fmt: skip
+    got = []
+
+    def fake_fit(detect, sample, *, factors, n_fields, progress, source):
+        x = sample(0.0, 0).image[0]  # noise alone
+        got.append((float(np.corrcoef(x[:, :-1].ravel(), x[:, 1:].ravel())[0, 1]), source))
+        return D.DensityCalibration((0.0, 1.0), (0.0, 100.0), (((0.5, 1.0), (0.0, 0.0)), None))
+
+    monkeypatch.setattr(D, "fit_density_calibration", fake_fit)
+    record_density_calibration(
+        run / "detection.pt", run / "manifest.json", n_fields=1, cache_dir=cache_dir,
+        progress=False,
+    )  # fmt: skip
+    corr, source = got[0]
+    assert corr > 0.03 and "coadd" in source and "lanczos3" in source  # white: 0.002
+    white = tmp_path / "white"
+    white.mkdir()
+    run2, _, _ = _recalibrated_run(white, cache_dir, monkeypatch)
+    record_density_calibration(
+        run2 / "detection.pt", run2 / "manifest.json", n_fields=1, cache_dir=cache_dir,
+        progress=False,
+    )  # fmt: skip
+    corr, source = got[1]
+    assert abs(corr) < 0.01 and "coadd" not in source
