@@ -973,6 +973,12 @@ TABLES = {
         "measured seeing, with the six-band weights' density calibration of that seeing",
         _density_rows(),
     ),
+    "density_coadd_lanczos3": (
+        "the coadd weights (detection_lsst_i_coadd) on density.py's LSST-i fields with the "
+        "correlated noise of a coadd of 1-16 visits resampled by Lanczos-3 (the same pixel "
+        "sigma), with their density calibration fitted on such noise",
+        _density_rows(),
+    ),
     "psf_profile": (
         "LSST-i detection when the PSF's atmosphere is a Moffat profile (index beta, the "
         "survey's FWHM) instead of the Kolmogorov one the weights learned, and on pixels of "
@@ -2026,6 +2032,7 @@ BASELINES = {
     "density_seeing1.25": "SEP",
     "density_noise3.1623": "SEP",
     "density_ugrizy_seeing1.25": "SEP (riz)",
+    "density_coadd_lanczos3": "SEP",
     "photoz_colours": "DC2 colours",
     "photoz_masks": "masked pixels as no light",
     "detection_masks": "masked pixels as no light",
