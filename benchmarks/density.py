@@ -16,7 +16,9 @@ precision (all detections), recall (true SNR > 3), F1, false detections per Mpx;
 probcat also the precision of the detections with prob >= 0.9, the detection ECE, the
 mean calibrated probability against the fraction of detections that are real (matched
 within 2 px), the same precision and recall for the detections with prob >= 0.5
-(``at_0_5``), and the density calibration's mean weights of the factors.
+(``at_0_5``), and the density calibration's mean weights of the factors; and of
+``--samples`` posterior samples per field (``samples``), the sources, real and false ones
+per Mpx, thinned to the image's density (``probcat``) or not (``prior_density``).
 
 ``--weights detection_lsst_ugrizy``: the six-band weights on ugrizy fields of their
 population (SEP on the riz coadd; truth SNR in i).
@@ -29,7 +31,7 @@ the measured seeing) or with ``G`` times its noise (read with the survey's zerop
 as a shallower image), the density calibration fitted there doing the reading.
 
 Writes ``benchmarks/results/density.json`` and ``density.png`` (six bands:
-``density_ugrizy.*``; ``_seeingF``, ``_noiseG`` added to the name).
+``density_ugrizy.*``; ``_coadd_KERNEL``, ``_seeingF``, ``_noiseG`` added to the name).
 
     .venv/bin/python benchmarks/density.py
     .venv/bin/python benchmarks/density.py --weights detection_lsst_ugrizy
