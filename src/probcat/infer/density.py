@@ -234,11 +234,9 @@ def at_density(
     prob, w = cal(before, n, area_px, cat["detection_snr"])
     drop = (prob < threshold) & (before >= threshold)
     rec = {
-        "applied": True,
+        **_record(cal, w),
         "bright_detections": n,
         "area_px": int(area_px),
-        "factor": float(cal.factors[int(np.argmax(w))]),
-        "weights": {f"{f:g}": round(float(v), 4) for f, v in zip(cal.factors, w)},
         "dropped": int(drop.sum()),
     }
     out = cat.with_columns(prob=prob).select(~drop)
@@ -256,19 +254,7 @@ def keep_probability(
     density says it is real; where the density raises a probability, thinning cannot, and
     the source is kept."""
     p = np.clip(np.asarray(p, float), 1e-6, 1.0)
-    w = cal.weights(n_bright, area_px)
-
-    def ratio(maps):
-        out = np.zeros_like(p)
-        for wk, xy in zip(w, maps):
-            out += wk * (1.0 if xy is None else mapped(p, xy) / p)
-        return out
-
-    out = ratio(cal.maps)
-    if snr is not None:
-        bright = ratio(cal.bright_maps or (None,) * len(w))
-        out = np.where(np.asarray(snr, float) >= cal.snr, bright, out)
-    return np.clip(out, 0.0, 1.0)
+    return np.clip(cal(p, n_bright, area_px, snr)[0] / p, 0.0, 1.0)
 
 
 def mapped(p, xy) -> np.ndarray:
@@ -330,21 +316,27 @@ def thin_samples(
     out = []
     for k, s in enumerate(samples):
         ty, tx = np.asarray(s["tile_y"], np.int64), np.asarray(s["tile_x"], np.int64)
-        mine = ty * 2**31 + tx
-        at = np.clip(np.searchsorted(key, mine), 0, max(len(key) - 1, 0))
-        hit = (key[at] == mine) if len(key) else np.zeros(len(mine), bool)
-        p = np.where(hit, prob[at] if len(key) else 0.0, np.asarray(s["prob"], float))
-        own = np.asarray(s["detection_snr"], float) if "detection_snr" in s.colnames else None
-        b = np.where(hit, snr[at] if len(key) else 0.0, 0.0 if own is None else own)
+        p = np.asarray(s["prob"], float)
+        b = np.asarray(s["detection_snr"], float) if "detection_snr" in s.colnames else 0 * p
+        if len(key):  # sources in a MAP detection's tile: its probability and SNR
+            mine = ty * 2**31 + tx
+            at = np.minimum(np.searchsorted(key, mine), len(key) - 1)
+            hit = key[at] == mine
+            p, b = np.where(hit, prob[at], p), np.where(hit, snr[at], b)
         keep = _uniform(seed, k, ty, tx) < keep_probability(cal, p, n, area_px, b)
-        rec = {
-            "applied": True,
-            "factor": float(cal.factors[int(np.argmax(w))]),
-            "weights": {f"{f:g}": round(float(v), 4) for f, v in zip(cal.factors, w)},
-            "thinned": int(np.sum(~keep)),
-        }
+        rec = {**_record(cal, w), "thinned": int(np.sum(~keep))}
         out.append(replace(s.select(keep), meta={**s.meta, "density": rec}))
     return out
+
+
+def _record(cal: DensityCalibration, w) -> dict:
+    """The ``density`` metadata an applied calibration writes: the likeliest factor and
+    the factors' weights ``w``."""
+    return {
+        "applied": True,
+        "factor": float(cal.factors[int(np.argmax(w))]),
+        "weights": {f"{f:g}": round(float(v), 4) for f, v in zip(cal.factors, w)},
+    }
 
 
 def _not_applied(cat, cal, seeing_factor: float, noise_factor: float, area_px: float):
