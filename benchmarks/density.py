@@ -30,8 +30,14 @@ correlated noise of a coadd of 1-16 visits resampled by KERNEL.
 the measured seeing) or with ``G`` times its noise (read with the survey's zeropoints, so
 as a shallower image), the density calibration fitted there doing the reading.
 
+``--sky S``: a flat sky of ``S`` noise sigma left in every field, which probcat's
+background estimate subtracts (at the density the image's bright detections read:
+``probcat``; at the prior's, the faint galaxies' lift of a field of the prior's taken off
+whatever the density: ``sky_at_prior_density``) and SEP's.
+
 Writes ``benchmarks/results/density.json`` and ``density.png`` (six bands:
-``density_ugrizy.*``; ``_coadd_KERNEL``, ``_seeingF``, ``_noiseG`` added to the name).
+``density_ugrizy.*``; ``_coadd_KERNEL``, ``_seeingF``, ``_noiseG``, ``_skyS`` added to the
+name).
 
     .venv/bin/python benchmarks/density.py
     .venv/bin/python benchmarks/density.py --weights detection_lsst_ugrizy
@@ -55,12 +61,25 @@ SIZE = 500
 FACTORS = (0.0, 0.03, 0.1, 0.3, 1.0, 2.0)
 
 
-def fields(bank, factor: float, n: int, seed: int, noise: float = 1.0, coadd=None) -> list:
+def fields(
+    bank, factor: float, n: int, seed: int, noise: float = 1.0, coadd=None, sky: float = 0.0
+) -> list:
     """``n`` scenes of ``SIZE`` px at ``factor`` times the prior's source densities, scene
     ``f`` from seed ``[seed, f]`` (the same seeds for every factor); ``noise``: the noise
     sigma times the survey's (a shallower image, its sources as bright); ``coadd``: a
     resampling kernel, the noise of a coadd of 1-16 visits resampled by it (the same pixel
-    sigma)."""
+    sigma); ``sky``: a flat sky of that many noise sigma left in."""
+    from types import SimpleNamespace
+
+    scenes = _fields(bank, factor, n, seed, noise, coadd)
+    if not sky:
+        return scenes
+    level = sky * noise * np.asarray(bank.survey.noise_sigma, np.float32)[:, None, None]
+    return [SimpleNamespace(image=(sc.image + level).astype(np.float32), catalog=sc.catalog)
+            for sc in scenes]  # fmt: skip
+
+
+def _fields(bank, factor: float, n: int, seed: int, noise: float, coadd) -> list:
     from types import SimpleNamespace
 
     from probcat.simulate.prior import GALAXY_DENSITY, STAR_DENSITY
@@ -81,9 +100,11 @@ def fields(bank, factor: float, n: int, seed: int, noise: float = 1.0, coadd=Non
     return out
 
 
-def measure(scenes: list, sigma, det, n_samples: int = 8, read=None) -> dict:
+def measure(scenes: list, sigma, det, n_samples: int = 8, read=None, sky=False) -> dict:
     """probcat (its MAP catalogue as the product makes it, and with the density
-    calibration left out: ``prior_density``) and SEP on each scene: ``correlated_noise.py``'s
+    calibration left out: ``prior_density``; with ``sky``, also with the sky subtracted
+    at the prior's density, its calibration kept: ``sky_at_prior_density``) and SEP on
+    each scene: ``correlated_noise.py``'s
     summaries, detections per Mpx, probcat's mean calibrated probability against the
     share of its detections that are real, and the precision and recall of its detections
     with prob >= 0.5 (``at_0_5``). Truth SNR in band i; SEP on the one band, or on the
@@ -92,15 +113,18 @@ def measure(scenes: list, sigma, det, n_samples: int = 8, read=None) -> dict:
 
     cn = _paths.sibling("correlated_noise")
     own = det.density_calibration
-    counts = {"probcat": [], "prior_density": [], "sep": []}
-    kept = {"probcat": [], "prior_density": []}  # the prob >= 0.5 catalogue's counts
+    variants = [("probcat", own, True), ("prior_density", None, True)]
+    if sky:
+        variants.append(("sky_at_prior_density", own, False))
+    counts = {name: [] for name, _, _ in variants} | {"sep": []}
+    kept = {name: [] for name, _, _ in variants}  # the prob >= 0.5 catalogue's counts
     bands, sigma = det.bands, np.asarray(sigma, float)
     ib = bands.index("i")
-    weights = []
-    drawn = {"probcat": [], "prior_density": []}  # per scene: mean sources, mean real
+    weights, factors = [], []
+    drawn = {name: [] for name, _, _ in variants}  # per scene: mean sources, mean real
     for i, sc in enumerate(scenes):
-        for name, cal in (("probcat", own), ("prior_density", None)):
-            det.density_calibration = cal
+        for name, cal, at in variants:
+            det.density_calibration, det.sky_at_density = cal, at
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the fields are at the survey's depth
                 cat = det.catalog(sc.image, noise_sigma=sigma, **(read or {}))
@@ -112,12 +136,14 @@ def measure(scenes: list, sigma, det, n_samples: int = 8, read=None) -> dict:
             kept[name].append(cn.score(cat.select(half), sc.catalog, ib))
             if name == "probcat" and "density" in cat.meta:
                 weights.append(cat.meta["density"].get("weights"))
+            if name == "probcat" and "sky_density" in cat.meta["input"]:
+                factors.append(cat.meta["input"]["sky_density"].get("factor"))
         if len(bands) == 1:
             sep_cat = sep_detect(sc.image, sigma[0])
         else:
             sep_cat = sep_detect(riz_coadd(sc.image / sigma[:, None, None], bands), 1.0)
         counts["sep"].append(cn.score(sep_cat, sc.catalog, ib))
-    det.density_calibration = own
+    det.density_calibration, det.sky_at_density = own, True
     area = len(scenes) * SIZE * SIZE / 1e6
     out = {}
     for k, v in counts.items():
@@ -157,6 +183,9 @@ def measure(scenes: list, sigma, det, n_samples: int = 8, read=None) -> dict:
         out["probcat"]["density_weights"] = {
             f: float(np.mean([w[f] for w in weights])) for f in weights[0]
         }
+    factors = [f for f in factors if f is not None]
+    if factors:  # the density the sky was subtracted at, mean over fields
+        out["probcat"]["sky_density_factor"] = float(np.mean(factors))
     return out
 
 
@@ -182,6 +211,11 @@ def figure(factors, res: dict, path: Path, title: str) -> None:
     ax[0].plot(x, row("probcat", "precision", "at_0_5"), "s-", label="probcat, prob >= 0.5")
     ax[0].plot(x, row("prior_density", "precision", "at_0_5"), "s:",
                label="prob >= 0.5, no density calibration")  # fmt: skip
+    if "sky_at_prior_density" in res[str(factors[0])]:
+        ax[0].plot(x, row("sky_at_prior_density", "precision"), "o--",
+                   label="MAP, sky at the prior's density")  # fmt: skip
+        ax[3].plot(x, row("sky_at_prior_density", "detection_ece"), "o--",
+                   label="sky at the prior's density")  # fmt: skip
     ax[0].plot(x, row("sep", "precision"), "^-", label="SEP")
     ax[0].set_ylabel("precision")
     ax[1].plot(x, row("probcat", "recall"), "o-", label="probcat MAP catalogue")
@@ -246,6 +280,9 @@ def main(argv=None) -> None:
     ap.add_argument("--noise", type=float, default=1.0,
                     help="the fields' noise over the survey's (read with the survey's "
                     "zeropoints: a shallower image)")  # fmt: skip
+    ap.add_argument("--sky", type=float, default=0.0,
+                    help="a flat sky of this many noise sigma left in the fields (subtracted "
+                    "by probcat's and SEP's background estimates)")  # fmt: skip
     ap.add_argument("--seed", type=int, default=20261206)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -263,6 +300,8 @@ def main(argv=None) -> None:
         sys.exit("--seeing: a PSF width ratio in [0.5, 2.5]; --noise: a factor in [0.1, 30]")
     if args.coadd and args.noise != 1.0:
         sys.exit("--coadd and --noise: one at a time")
+    if not (np.isfinite(args.sky) and 0 <= args.sky <= 1e4):
+        sys.exit("--sky: a number of noise sigma in [0, 10000]")
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     det = load(args.weights, kind="detection")
@@ -275,6 +314,7 @@ def main(argv=None) -> None:
     name += "" if args.coadd is None else f"_coadd_{args.coadd}"
     name += "" if args.seeing == 1.0 else f"_seeing{args.seeing:g}"
     name += "" if args.noise == 1.0 else f"_noise{args.noise:g}"
+    name += "" if not args.sky else f"_sky{args.sky:g}"
     bank = SourceBank.load_or_build(
         survey.with_psf_scale(args.seeing),
         BankConfig(split="test", n_galaxies=5000, population=data["population"]),
@@ -284,8 +324,8 @@ def main(argv=None) -> None:
     read = {"zeropoint": [b.flux_to_mag(1.0) for b in survey.bands]} if args.noise != 1 else {}
     res = {}
     for f in factors:
-        scenes = fields(bank, f, args.fields, args.seed, args.noise, args.coadd)
-        res[str(f)] = measure(scenes, sigma, det, args.samples, read)
+        scenes = fields(bank, f, args.fields, args.seed, args.noise, args.coadd, args.sky)
+        res[str(f)] = measure(scenes, sigma, det, args.samples, read, sky=bool(args.sky))
         r = res[str(f)]
         print(f"density x{f:g}: " + "; ".join(
             f"{name} precision {_fmt(v.get('precision'))} recall {_fmt(v.get('recall'))}"
@@ -298,6 +338,8 @@ def main(argv=None) -> None:
         title += f" (PSF x{args.seeing:g}, noise x{args.noise:g})"
     if args.coadd:
         title += f", coadd noise ({args.coadd}), {args.weights}"
+    if args.sky:
+        title += f", a sky of {args.sky:g} sigma left in"
     figure(factors, res, args.out / f"{name}.png", title)
     out = {
         "command": command,
@@ -308,6 +350,7 @@ def main(argv=None) -> None:
         "coadd": args.coadd,
         "seeing": args.seeing,
         "noise": args.noise,
+        "sky_sigma": args.sky,
         "fields_per_factor": args.fields,
         "seed": args.seed,
         "factors": factors,

@@ -335,3 +335,122 @@ def test_fit_refuses_catalogues_without_detection_snr():
     )
     with pytest.raises(ProbcatValueError, match="detection_snr"):
         dens.fit_density_calibration(lambda image: bare, lambda f, i: Scene(), n_fields=1)
+
+
+def test_mean_factor_and_sky_shift_are_their_definitions():
+    meta = {"density": {"applied": True, "weights": {"0": 0.25, "0.3": 0.25, "1": 0.5}}}
+    assert dens.mean_factor(meta) == pytest.approx(0.25 * 0.3 + 0.5)
+    assert dens.mean_factor({"density": {"applied": False, "reason": "small"}}) is None
+    assert dens.mean_factor({}) is None
+    # the faint galaxies' lift scales with the density: the prior's offset leaves an empty
+    # sky `offset` too bright, a field twice as crowded `offset` too faint
+    np.testing.assert_allclose(dens.sky_shift([0.1, 0.2], 0.0), [0.1, 0.2])
+    np.testing.assert_allclose(dens.sky_shift([0.1, 0.2], 1.0), [0.0, 0.0])
+    np.testing.assert_allclose(dens.sky_shift([0.1, 0.2], 2.0), [-0.1, -0.2])
+
+
+def test_sky_shift_moves_the_pixels_with_data_and_the_recorded_sky():
+    from probcat.api import Detector, _Batch, _offset_at_density
+
+    x = np.ones((2, 1, 4, 5), np.float32)
+    masked = np.zeros((4, 5), bool)
+    masked[0, :2] = True
+    x[1, 0][masked] = 0.0  # no data: zero, and zero it stays
+    info = {"background": "subtracted", "sky_offset": [0.2], "sigma_e": [10.0],
+            "sky_median": [500.0]}  # fmt: skip
+    batch = _Batch(x, [None, None], False, [dict(info), dict(info)], [None, masked])
+    empty = _catalog([0.9], [20.0])
+    empty.meta["density"] = {"applied": True, "weights": {"0": 1.0, "1": 0.0}}
+    same = _catalog([0.9], [20.0])
+    same.meta["density"] = {"applied": True, "weights": {"0": 0.02, "1": 0.98}}
+    det = object.__new__(Detector)
+    out = det._sky_at_density(batch, [same, empty], [0, 1])
+    np.testing.assert_array_equal(out.x[0], x[0])  # shift 0.004 sigma: under the tolerance
+    assert not out.info[0]["sky_density"]["applied"]
+    assert out.info[0]["sky_density"]["factor"] == pytest.approx(0.98)
+    want = np.where(masked, 0.0, 1.0 - 0.2).astype(np.float32)
+    np.testing.assert_allclose(out.x[1, 0], want, rtol=1e-6)
+    rec = out.info[1]["sky_density"]
+    assert rec["applied"] and rec["factor"] == 0.0 and rec["shift_sigma"] == [0.2]
+    assert out.info[1]["sky_median"] == [pytest.approx(502.0)]  # 0.2 sigma more taken off
+    np.testing.assert_array_equal(x[1, 0], np.where(masked, 0.0, 1.0))  # the input untouched
+    # what deblending then subtracts: the prior's offset less that shift
+    cat = _catalog([0.9], [20.0])
+    cat.meta["input"] = out.info[1]
+    np.testing.assert_allclose(_offset_at_density(np.array([0.2]), cat), [0.0])
+    cat.meta["input"] = out.info[0]
+    np.testing.assert_allclose(_offset_at_density(np.array([0.2]), cat), [0.2])
+    # nothing to shift anywhere: None, the records made
+    again = _Batch(x, [None, None], False, [dict(info), dict(info)], [None, masked])
+    assert det._sky_at_density(again, [same, same], [0, 1]) is None
+    assert all("sky_density" in i for i in again.info)
+
+
+def test_a_sky_left_in_an_empty_field_is_subtracted_at_its_density():
+    import probcat
+
+    det = probcat.load("detection_lsst_i", device="cpu", threads=1)
+    sigma = float(det.survey.noise_sigma[0])
+    noise = np.random.default_rng(12).normal(0.0, sigma, (320, 320)).astype(np.float32)
+    got = det.catalog(noise + 40.0 * sigma, noise_sigma=sigma)
+    info = got.meta["input"]
+    rec, offset = info["sky_density"], info["sky_offset"][0]
+    # an empty sky: no faint galaxy lifts the estimate, and none of it comes off
+    assert rec["applied"] and rec["factor"] < 0.05
+    assert rec["shift_sigma"][0] == pytest.approx(offset * (1 - rec["factor"]), abs=1e-4)
+    assert info["sky_median"][0] == pytest.approx(40.0 * sigma, abs=0.03 * sigma)
+    # the sky-free image, which the network reads as it is: the same few detections
+    free = det.catalog(noise, noise_sigma=sigma)
+    assert free.meta["input"]["background"] == "kept"
+    assert abs(len(got) - len(free)) <= 2
+    # a small cutout is not read for its density: the prior's offset stands
+    cut = det.catalog(noise[:200, :200] + 40.0 * sigma, noise_sigma=sigma)
+    assert "sky_density" not in cut.meta["input"]
+
+
+def test_photoz_reads_the_bands_with_the_sky_the_detector_read(monkeypatch):
+    import probcat
+    import probcat.infer.density as density
+    from probcat.redshift.estimator import PhotozEstimator
+
+    seen = []
+    original = PhotozEstimator.network_input
+
+    def spy(self, xs, *args, **kw):
+        seen.append(np.array(xs, copy=True))
+        return original(self, xs, *args, **kw)
+
+    monkeypatch.setattr(PhotozEstimator, "network_input", spy)
+    det = probcat.load("detection_lsst_ugrizy", device="cpu", threads=1)
+    sigma = np.asarray(det.survey.noise_sigma, np.float32)[:, None, None]
+    rng = np.random.default_rng(13)
+    image = (rng.standard_normal((6, 320, 320)) + 30.0) * sigma  # an empty sky left in
+    got = probcat.photoz(image.astype(np.float32), threads=1)
+    rec = got.detection.catalog.meta["input"]["sky_density"]
+    assert rec["applied"] and rec["factor"] < 0.05
+    monkeypatch.setattr(density, "SKY_SHIFT_TOL", np.inf)  # the prior's density's sky
+    probcat.photoz(image.astype(np.float32), threads=1)
+    # every band moved by the detector's shift, to float rounding
+    diff = (seen[1] - seen[0]).reshape(6, -1).mean(1)
+    np.testing.assert_allclose(diff, rec["shift_sigma"], atol=1e-5)
+
+
+def test_deblending_subtracts_the_sky_the_detector_read(monkeypatch):
+    import probcat
+    import probcat.infer.density as density
+
+    det = probcat.load("detection_lsst_i", device="cpu", threads=1)
+    sigma = float(det.survey.noise_sigma[0])
+    rng = np.random.default_rng(3)
+    image = rng.normal(0.0, sigma, (320, 320)).astype(np.float32) + 30 * sigma
+    yy, xx = np.mgrid[:320, :320]
+    r2 = (xx - 100) ** 2 + (yy - 150) ** 2
+    image += (2e5 * np.exp(-r2 / 8.0) / (8 * np.pi)).astype(np.float32)  # one bright star
+    far = r2 > 30**2
+    res = probcat.deblend(image, threads=1)
+    assert res.detection.catalog.meta["input"]["sky_density"]["applied"]
+    # the residual's empty sky at zero: the sky taken off is the one left in
+    assert abs(np.median(np.asarray(res.residual)[..., far])) < 0.02 * sigma
+    monkeypatch.setattr(density, "SKY_SHIFT_TOL", np.inf)  # at the prior's density
+    before = probcat.deblend(image, threads=1)
+    assert np.median(np.asarray(before.residual)[..., far]) > 0.08 * sigma

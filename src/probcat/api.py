@@ -414,6 +414,23 @@ def _with_mask(cat: FullCatalog, masked) -> FullCatalog:
     return cat.with_columns(mask_fraction=aperture_fraction(masked, cat["x"], cat["y"]))
 
 
+def _sky_shift_of(cat) -> np.ndarray | None:
+    """The shift (noise sigma, per band of the detector) that the detector took off an image
+    whose sky it read at the image's source density (``meta["input"]["sky_density"]``,
+    :meth:`Detector._sky_at_density`), or None where it took none."""
+    rec = ((cat.meta or {}).get("input") or {}).get("sky_density") or {}
+    return np.asarray(rec["shift_sigma"], float) if rec.get("applied") else None
+
+
+def _offset_at_density(offset, cat):
+    """The sky offset (noise sigma per band) that the detector used for the image of its
+    catalogue ``cat``: the weights' ``offset`` less the shift at the image's density."""
+    shift = _sky_shift_of(cat)
+    if offset is None or shift is None or len(shift) != len(offset):
+        return offset
+    return np.asarray(offset, float) - shift
+
+
 def _with_sky(cat: FullCatalog, wcs) -> FullCatalog:
     from probcat.catalog import sky_positions
 
@@ -447,6 +464,9 @@ class Detector:
         net, self.device = place(net, device, threads)
         self.net, self.survey, self.manifest, self.threads = net, survey, manifest, threads
         self._masked = None
+        # a sky left in an image and subtracted is read at the image's source density
+        # (probcat.infer.density.sky_shift); False: at the prior's, whatever the density
+        self.sky_at_density = True
 
     def __repr__(self) -> str:
         name = (self.manifest or {}).get("weights", "custom weights")
@@ -909,22 +929,6 @@ class Detector:
         full=False,
         progress=False,
     ):
-        import torch
-
-        from probcat.infer.calibration import CentroidCalibration
-        from probcat.infer.detect import (
-            at_depth,
-            at_seeing,
-            catalog_from_decisions,
-            decode,
-            map_meta,
-            matched_scale,
-            measured_scale,
-            sample_catalogs,
-        )
-        from probcat.infer.reliability import annotate, calibration_for
-        from probcat.runtime import full_float32, thread_limit
-
         if (
             isinstance(threshold, bool)
             or not isinstance(threshold, (int, float, np.number))
@@ -954,6 +958,122 @@ class Detector:
                 threshold=threshold, samples=samples, seed=seed, want_map=want_map, full=full,
                 progress=progress,
             )  # fmt: skip
+        kw = dict(
+            fixed=fixed, seeing=seeing, rescue=rescue, threshold=threshold, samples=samples,
+            seed=seed, want_map=want_map, full=full, progress=progress,
+        )  # fmt: skip
+        todo = self._sky_candidates(batch)
+        if not todo:
+            return self._run_batch(batch, **kw)
+        # a sky subtracted with the prior's faint-galaxy offset: read the image's density
+        # on a MAP catalogue first (the requested one, when it holds no samples), then
+        # read again with the sky the density implies where it differs
+        probe = kw if not samples else {**kw, "samples": 0, "want_map": True, "full": False}
+        got = self._run_batch(batch, **probe)
+        cats = [got[0]] if batch.single else got[0]
+        shifted = self._sky_at_density(batch, cats, todo)
+        if shifted is None and probe is kw:
+            for k in todo:  # what was found, where nothing was shifted
+                cats[k].meta["input"] = {**cats[k].meta["input"], **batch.info[k]}
+            return got
+        return self._run_batch(batch if shifted is None else shifted, **kw)
+
+    def _sky_candidates(self, batch: _Batch) -> list[int]:
+        """The images of ``batch`` whose sky :func:`probcat.background.prepare` subtracted
+        with the weights' faint-galaxy offset, large enough for the density calibration to
+        read (:data:`~probcat.infer.density.MIN_AREA`) and read at one noise everywhere (a
+        noise map's rescaling would scale the shift too): their sky depends on their
+        source density (:func:`probcat.infer.density.sky_shift`)."""
+        from probcat.infer.density import MIN_AREA
+
+        if not self.sky_at_density or (
+            self.density_calibration is None and not self.density_calibrations
+        ):
+            return []
+        h, w = batch.x.shape[-2:]
+        out = []
+        for k, info in enumerate(batch.info):
+            masked = batch.masked[k]
+            bad = 0 if masked is None else int(np.asarray(masked).reshape(-1, h, w).any(0).sum())
+            if (
+                info.get("background") == "subtracted"
+                and info.get("sky_offset")
+                and not info.get("noise_map")
+                and "sky_density" not in info
+                and h * w - bad >= MIN_AREA
+            ):
+                out.append(k)
+        return out
+
+    def _sky_at_density(self, batch: _Batch, cats: list, todo: list[int]) -> _Batch | None:
+        """``batch`` with images ``todo`` shifted by :func:`probcat.infer.density.sky_shift`
+        at the density their MAP catalogues ``cats`` read (each image's ``info`` records
+        ``sky_density``: the mean factor and the shift, noise sigma per band, and its
+        ``sky_median`` the sky now taken off, electrons), or None where no shift reaches
+        :data:`~probcat.infer.density.SKY_SHIFT_TOL` (the records made all the same)."""
+        from probcat.infer.density import SKY_SHIFT_TOL, mean_factor, sky_shift
+
+        x, any_shift = None, False
+        for k in todo:
+            info = batch.info[k]
+            f = mean_factor(cats[k].meta)
+            if f is None:  # not applied (seeing, depth): the prior's offset stands
+                batch.info[k] = {**info, "sky_density": {"applied": False}}
+                continue
+            d = sky_shift(info["sky_offset"], f)
+            big = bool(np.any(np.abs(d) >= SKY_SHIFT_TOL))
+            rec = {"applied": big, "factor": round(f, 4)}
+            rec["shift_sigma"] = [round(float(v), 5) for v in d]
+            new = {**info, "sky_density": rec}
+            if big:
+                if x is None:
+                    x = np.array(batch.x, np.float32, copy=True)
+                masked = batch.masked[k]
+                keep = 1.0 if masked is None else ~np.broadcast_to(masked, x.shape[1:])
+                x[k] -= (d[:, None, None] * keep).astype(np.float32)
+                unit = info.get("sigma_e") or ()
+                if len(unit) == len(d):  # the sky now taken off, electrons
+                    new["sky_median"] = [
+                        round(float(m + v * u), 6) for m, v, u in zip(info["sky_median"], d, unit)
+                    ]
+                any_shift = True
+            batch.info[k] = new
+        if not any_shift:
+            return None
+        return replace(batch, x=x, info=list(batch.info))
+
+    def _run_batch(
+        self,
+        batch: _Batch,
+        *,
+        fixed,
+        seeing: str,
+        rescue: bool,
+        threshold,
+        samples,
+        seed,
+        want_map,
+        full,
+        progress,
+    ):
+        """:meth:`_run` of a prepared ``batch`` (``fixed``: a given seeing ratio or None;
+        ``seeing``: ``"auto"`` or ``"given"``; ``rescue``: the rescue of bright objects)."""
+        import torch
+
+        from probcat.infer.calibration import CentroidCalibration
+        from probcat.infer.detect import (
+            at_depth,
+            at_seeing,
+            catalog_from_decisions,
+            decode,
+            map_meta,
+            matched_scale,
+            measured_scale,
+            sample_catalogs,
+        )
+        from probcat.infer.reliability import annotate, calibration_for
+        from probcat.runtime import full_float32, thread_limit
+
         shape = batch.x.shape[-2:]
         bands = self.survey.band_names
         # weights with a second centroid calibration: samples need their image's mixture
@@ -1347,8 +1467,10 @@ class Deblender:
         (:func:`probcat.infer.deblend.fit_amplitudes`; default; False for the deblender's
         models as they are, the paper's);
         ``background``, ``gain``: as for detection (:mod:`probcat.background`);
-        ``sky_offset``: the detector's (:attr:`Detector.sky_offset`), so that a sky left in
-        the image is subtracted as detection subtracted it;
+        ``sky_offset``: the one the detector used (:attr:`Detector.sky_offset`, less the
+        shift at the image's source density its catalogue's ``meta["input"]["sky_density"]``
+        records: :func:`deblend` passes it), so that a sky left in the image is subtracted
+        as detection subtracted it;
         ``progress``: a progress bar over the posterior samples;
         ``mask``: pixels without data, as for detection (:mod:`probcat.masking`): they hold
         no light in the measurements, and ``mask_fraction`` says how much of each aperture
@@ -1749,8 +1871,8 @@ def deblend(
     with said_once():  # detection said it of the same image
         out = dbl.measure(
             image, res.catalog, noise_sigma=noise_sigma, samples=res.samples, method=method,
-            sky_offset=det.sky_offset, passes=passes, amplitudes=amplitudes, progress=progress,
-            zeropoint=zeropoint, wings=wings, **opts,
+            sky_offset=_offset_at_density(det.sky_offset, res.catalog), passes=passes,
+            amplitudes=amplitudes, progress=progress, zeropoint=zeropoint, wings=wings, **opts,
         )  # fmt: skip
     out.detection = res
     out.wcs = res.wcs
@@ -2090,6 +2212,11 @@ def photoz(
     res = det.detect(batch, threshold=threshold, seeing=seeing, rescue_bright=rescue_bright)
     res.catalog = _with_sky(res.catalog, wcs)
     res.wcs = wcs
+    shift = _sky_shift_of(res.catalog)
+    if shift is not None:  # the sky the detector read at the image's density, in every band
+        for j, p in enumerate(planes):
+            keep = 1.0 if bands_masked is None else ~bands_masked[p]
+            xs[p] -= np.float32(shift[j]) * keep
     # at the aperture noise; deeper: warned, or read at the training depth
     xs, meta = est.network_input(xs, sigma, info, match_depth, masked)
     routed = None if bands_masked is None else bands_masked.any(0)

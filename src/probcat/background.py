@@ -540,9 +540,11 @@ def prepare(
     ``sigma`` (per band, electrons), background subtracted as the module says, and what
     was done: ``background`` = ``"subtracted"``, ``"kept"`` (already subtracted), ``"none"``
     (not asked) or ``"too small"``; the subtracted ``sky_median`` and the measured
-    ``pixel_noise`` per band, in electrons. ``sigma_source`` names where ``sigma`` came from,
-    for the warning; ``offset`` (per band, noise sigma; None: 0) is the weights'
-    :func:`sky_offset`, taken off a sky before it is subtracted. ``x`` itself is never modified."""
+    ``pixel_noise`` per band, in electrons; where a sky was subtracted, ``sigma_e``, the
+    noise sigma per band (electrons) that ``x`` and ``offset`` are in units of.
+    ``sigma_source`` names where ``sigma`` came from, for the warning; ``offset`` (per band,
+    noise sigma; None: 0) is the weights' :func:`sky_offset`, taken off a sky before it is
+    subtracted. ``x`` itself is never modified."""
     check_mode(background)
     info: dict = {"background": background}
     if background == "none":
@@ -570,6 +572,8 @@ def prepare(
         noise.append(rms * float(sigma[k]))
     if out is not None and offset is not None:
         info["sky_offset"] = [round(float(v), 6) for v in offset]
+    if out is not None:  # the unit of the sky and its offset: the noise sigma, electrons
+        info["sigma_e"] = [round(float(v), 6) for v in sigma]
     info.update(
         background="kept" if out is None else "subtracted",
         sky_median=[round(v, 6) for v in medians],
