@@ -109,7 +109,7 @@ def measure(scenes: list, sigma, det, n_samples: int = 8, read=None, sky=False) 
     share of its detections that are real, and the precision and recall of its detections
     with prob >= 0.5 (``at_0_5``). Truth SNR in band i; SEP on the one band, or on the
     riz coadd of a multi-band image."""
-    from probcat.baselines.sep import riz_coadd, sep_detect
+    from probcat.baselines.sep import SepConfig, riz_coadd, sep_detect
 
     cn = _paths.sibling("correlated_noise")
     own = det.density_calibration
@@ -138,10 +138,12 @@ def measure(scenes: list, sigma, det, n_samples: int = 8, read=None, sky=False) 
                 weights.append(cat.meta["density"].get("weights"))
             if name == "probcat" and "sky_density" in cat.meta["input"]:
                 factors.append(cat.meta["input"]["sky_density"].get("factor"))
+        conf = SepConfig(subtract_background=sky)  # a sky left in: SEP's background off
         if len(bands) == 1:
-            sep_cat = sep_detect(sc.image, sigma[0])
+            sep_cat = sep_detect(sc.image, sigma[0], config=conf)
         else:
-            sep_cat = sep_detect(riz_coadd(sc.image / sigma[:, None, None], bands), 1.0)
+            image = riz_coadd(sc.image / sigma[:, None, None], bands)
+            sep_cat = sep_detect(image, 1.0, config=conf)
         counts["sep"].append(cn.score(sep_cat, sc.catalog, ib))
     det.density_calibration, det.sky_at_density = own, True
     area = len(scenes) * SIZE * SIZE / 1e6

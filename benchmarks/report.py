@@ -381,6 +381,62 @@ _PHOTOZ_COLOUR_METRICS = (
 )
 
 
+def _density_sky_rows() -> list:
+    """Rows of ``benchmarks/density.py --sky``: the sky subtracted at each field's density
+    against at the prior's."""
+    prior = "sky at the prior's density"
+    rows = []
+    for f in ("0.0", "0.03", "0.1", "0.3", "1.0", "2.0"):
+        at = "noise alone" if f == "0.0" else f"{float(f):g}× the prior's density"
+        rows.append(
+            (
+                f"{at}: false detections per Mpx",
+                f"results.{f}.probcat.false_per_mpx",
+                f"results.{f}.sky_at_prior_density.false_per_mpx",
+                ".1f",
+                "",
+                prior,
+            )
+        )
+        if f == "0.0":
+            continue
+        rows += [
+            (
+                f"{at}: precision",
+                f"results.{f}.probcat.precision",
+                f"results.{f}.sky_at_prior_density.precision",
+                ".3f",
+                "",
+                prior,
+            ),
+            (
+                f"{at}: F1",
+                f"results.{f}.probcat.f1",
+                f"results.{f}.sky_at_prior_density.f1",
+                ".3f",
+                "",
+                prior,
+            ),
+            (f"{at}: F1, SEP", f"results.{f}.sep.f1", None, ".3f", ""),
+            (
+                f"{at}: detection ECE",
+                f"results.{f}.probcat.detection_ece",
+                f"results.{f}.sky_at_prior_density.detection_ece",
+                ".3f",
+                "",
+                prior,
+            ),
+            (
+                f"{at}: density the sky was read at",
+                f"results.{f}.probcat.sky_density_factor",
+                None,
+                ".2f",
+                "",
+            ),
+        ]
+    return rows  # fmt: skip
+
+
 def _density_rows() -> list:
     """Rows of the density benchmarks (``benchmarks/density.py``)."""
     return (
@@ -972,6 +1028,12 @@ TABLES = {
         "density_ugrizy's fields under a PSF 1.25 times the survey's FWHM, read at the "
         "measured seeing, with the six-band weights' density calibration of that seeing",
         _density_rows(),
+    ),
+    "density_sky50": (
+        "density.py's LSST-i fields with a flat sky of 50 noise sigma left in, subtracted by "
+        "probcat's background estimate (the faint galaxies' lift taken off at the density "
+        "each field's bright detections show) and by SEP's",
+        _density_sky_rows(),
     ),
     "density_coadd_lanczos3": (
         "the coadd weights (detection_lsst_i_coadd) on density.py's LSST-i fields with the "
@@ -2033,6 +2095,7 @@ BASELINES = {
     "density_noise3.1623": "SEP",
     "density_ugrizy_seeing1.25": "SEP (riz)",
     "density_coadd_lanczos3": "SEP",
+    "density_sky50": "sky at the prior's density",
     "photoz_colours": "DC2 colours",
     "photoz_masks": "masked pixels as no light",
     "detection_masks": "masked pixels as no light",

@@ -555,7 +555,8 @@ class Detector:
         ``density_calibration``, at the survey's seeing and depth), or None: probabilities
         for images whose source density differs from the training scenes'
         (:mod:`probcat.infer.density`). Set it to None to read every image at the prior's
-        density (at any seeing and depth)."""
+        density (at any seeing and depth, and a sky left in with the prior's faint-galaxy
+        offset: :attr:`sky_at_density` False does only the latter)."""
         from probcat.infer.density import DensityCalibration
 
         rec = (self.manifest or {}).get("density_calibration")
@@ -983,13 +984,12 @@ class Detector:
         with the weights' faint-galaxy offset, large enough for the density calibration to
         read (:data:`~probcat.infer.density.MIN_AREA`) and read at one noise everywhere (a
         noise map's rescaling would scale the shift too): their sky depends on their
-        source density (:func:`probcat.infer.density.sky_shift`)."""
+        source density (:func:`probcat.infer.density.sky_shift`). None of them while
+        :attr:`sky_at_density` is False or :attr:`density_calibration` is None."""
         from probcat.infer.density import MIN_AREA
 
-        if not self.sky_at_density or (
-            self.density_calibration is None and not self.density_calibrations
-        ):
-            return []
+        if not self.sky_at_density or self.density_calibration is None:
+            return []  # density calibration off: every image at the prior's density
         h, w = batch.x.shape[-2:]
         out = []
         for k, info in enumerate(batch.info):
