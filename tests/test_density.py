@@ -454,3 +454,20 @@ def test_deblending_subtracts_the_sky_the_detector_read(monkeypatch):
     monkeypatch.setattr(density, "SKY_SHIFT_TOL", np.inf)  # at the prior's density
     before = probcat.deblend(image, threads=1)
     assert np.median(np.asarray(before.residual)[..., far]) > 0.08 * sigma
+
+
+def test_probcat_detect_says_at_which_density_it_took_the_sky_off(tmp_path, capsys):
+    from probcat.catalog import FullCatalog as Cat
+    from probcat.cli import main
+    from probcat.io import write_image
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="i")
+    sigma = survey.noise_sigma[0]
+    sky = np.random.default_rng(6).normal(40.0 * sigma, sigma, (1, 320, 320))
+    write_image(tmp_path / "sky.fits", sky.astype(np.float32), survey)
+    rc = main(["detect", str(tmp_path / "sky.fits"), "-o", str(tmp_path / "cat.fits")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "faint galaxies' light at 0x the prior's density)" in out
+    rec = Cat.read(tmp_path / "cat.fits").meta["input"]["sky_density"]
+    assert rec["applied"] and rec["factor"] < 0.005

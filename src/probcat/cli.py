@@ -564,7 +564,13 @@ def _input_note(info: dict) -> str:
         parts.append(f"detections by {info['masked_weights']}: bands without data")
     if info.get("background") == "subtracted":
         med = ", ".join(f"{m:.4g}" for m in info["sky_median"])
-        parts.append(f"sky subtracted (median {med} e-)")
+        dens = info.get("sky_density") or {}
+        at = (
+            f", faint galaxies' light at {round(dens['factor'], 2):g}x the prior's density"
+            if dens.get("applied")
+            else ""
+        )
+        parts.append(f"sky subtracted (median {med} e-{at})")
     if info.get("calibration_noise"):
         ratio = "/".join(f"{v:.3g}" for v in info.get("noise_over_survey") or () if v)
         parts.append(

@@ -936,7 +936,10 @@ def _fit_density(det, cfg, seeing: float, noise: float, factors, n_fields, cache
     ).bank
     sigma = survey.noise_sigma * noise
     zps = [b.flux_to_mag(1.0) for b in survey.bands]  # noise as a flux: noise x the survey's
-    read = {"seeing": seeing} if seeing != 1.0 else {}
+    # the fields have no sky: read as they are (a crowded field's faint light read as a
+    # sky would be taken off at the prior's density, not at the field's, which the
+    # product's sky at the image's density does: probcat.infer.density.sky_shift)
+    read = {"background": "none"} | ({"seeing": seeing} if seeing != 1.0 else {})
     if noise != 1.0:
         read["zeropoint"] = zps
     seed = [cfg.seed, 41]
