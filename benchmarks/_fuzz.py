@@ -325,7 +325,8 @@ def simulate_opts(draw):
         "--seed": lambda: isinstance(v, int) and 0 <= v < 2**63,
         "--years": lambda: isinstance(v, float) and np.isfinite(v) and v > 0,
         "--recipe": lambda: v == "blend",
-        "--bands": lambda: v == "i",
+        # junk may spell LSST bands: any that are, each once
+        "--bands": lambda: bool(v) and set(v) <= set("ugrizy") and len(set(v)) == len(v),
         "--split": lambda: v == "test",
     }
     valid = checks[which]()
