@@ -39,13 +39,14 @@ odds are scaled as at that knot, as a density scales a source's prior odds
 The faint galaxies below detection lift any estimate of a sky left in the image, by the
 weights' ``sky_offset`` (:mod:`probcat.background`) at the prior's density, which
 :func:`probcat.background.prepare` takes off the estimate. That lift scales with the
-density: on held-out 500x500 LSST i fields whose sky was subtracted, it was 0.116 noise
-sigma at the prior's density, about 0 on noise alone and 0.23 at twice the density, so the
-prior's offset left an emptier image 0.11 sigma too bright (52.7 false detections per
-Mpx against 8.7 without a sky, at 3% of the prior's density). :func:`sky_shift` gives the
-image's share of it: the offset times one minus the density read from the image's bright
-detections (:func:`mean_factor`), which the detector takes off the image before reading
-it again.
+density: on held-out 500x500 LSST i fields it was about 0.11 noise sigma at the prior's
+density, 0 on noise alone and 0.23 at twice the density, so the prior's offset left an
+emptier image 0.11 sigma too bright (with a sky of 50 sigma left in, 55.2 false
+detections per Mpx against 5.8 without a sky, at 3% of the prior's density:
+``benchmarks/density.py --sky 50``, the ``sky_at_prior_density`` reading).
+:func:`sky_shift` gives the image's share of it: the offset times one minus the density
+read from the image's bright detections (:func:`mean_factor`), which the detector takes
+off the image before reading it again.
 
 Posterior catalogue samples, drawn at the prior's density, are thinned to the image's:
 each source kept with its mapped probability over its probability, the MAP catalogue's
@@ -92,7 +93,8 @@ DISPERSION = 0.1  # count scatter beyond Poisson, as a fraction of the mean
 RATE_FLOOR = 0.5  # bright detections per Mpx at least (noise alone has about none)
 MIN_AREA = 100_000  # px: smaller images (cutouts around a target) keep the prior's density
 # noise sigma: a sky shift (sky_shift) smaller than this in every band is not made (the
-# detections are not read again): 0.01 sigma moves a 5-px aperture's SNR by about 0.04
+# detections are not read again): 0.01 sigma moves the flux SNR in a 5-px-radius aperture
+# (79 px) by 0.09
 SKY_SHIFT_TOL = 0.01
 
 
