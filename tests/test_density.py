@@ -347,6 +347,9 @@ def test_mean_factor_and_sky_shift_are_their_definitions():
     np.testing.assert_allclose(dens.sky_shift([0.1, 0.2], 0.0), [0.1, 0.2])
     np.testing.assert_allclose(dens.sky_shift([0.1, 0.2], 1.0), [0.0, 0.0])
     np.testing.assert_allclose(dens.sky_shift([0.1, 0.2], 2.0), [-0.1, -0.2])
+    # at another depth the lift recorded there: a shallower image's, in its own sigma, less
+    np.testing.assert_allclose(dens.sky_shift([0.1, 0.2], 1.0, [0.06, 0.1]), [0.04, 0.1])
+    np.testing.assert_allclose(dens.sky_shift([0.1], 0.5, [0.06]), [0.07])
 
 
 def test_sky_shift_moves_the_pixels_with_data_and_the_recorded_sky():
@@ -364,6 +367,7 @@ def test_sky_shift_moves_the_pixels_with_data_and_the_recorded_sky():
     same = _catalog([0.9], [20.0])
     same.meta["density"] = {"applied": True, "weights": {"0": 0.02, "1": 0.98}}
     det = object.__new__(Detector)
+    det.manifest = None  # no offsets recorded at other depths
     out = det._sky_at_density(batch, [same, empty], [0, 1])
     np.testing.assert_array_equal(out.x[0], x[0])  # shift 0.004 sigma: under the tolerance
     assert not out.info[0]["sky_density"]["applied"]

@@ -981,35 +981,58 @@ class Detector:
 
     def _sky_candidates(self, batch: _Batch) -> list[int]:
         """The images of ``batch`` whose sky :func:`probcat.background.prepare` subtracted
-        with the weights' faint-galaxy offset, large enough for the density calibration to
-        read (:data:`~probcat.infer.density.MIN_AREA`) and read at one noise everywhere (a
-        noise map's rescaling would scale the shift too): their sky depends on their
-        source density (:func:`probcat.infer.density.sky_shift`). None of them while
-        :attr:`sky_at_density` is False or :attr:`density_calibration` is None."""
+        with the weights' faint-galaxy offset, read at one noise everywhere (a noise map's
+        rescaling would scale the shift too), and either large enough for the density
+        calibration to read (:data:`~probcat.infer.density.MIN_AREA`) or at another depth
+        than the survey's where the weights recorded the offset at other depths: their sky
+        depends on their source density and depth
+        (:func:`probcat.infer.density.sky_shift`). None of them while
+        :attr:`sky_at_density` is False; only the depth's while :attr:`density_calibration`
+        is None."""
         from probcat.infer.density import MIN_AREA
 
-        if not self.sky_at_density or self.density_calibration is None:
-            return []  # density calibration off: every image at the prior's density
+        if not self.sky_at_density:
+            return []
+        dense = self.density_calibration is not None  # off: the prior's density
+        deep = bool((self.manifest or {}).get("sky_offset", {}).get("depths"))
         h, w = batch.x.shape[-2:]
         out = []
         for k, info in enumerate(batch.info):
+            if (
+                info.get("background") != "subtracted"
+                or not info.get("sky_offset")
+                or info.get("noise_map")
+                or "sky_density" in info
+            ):
+                continue
             masked = batch.masked[k]
             bad = 0 if masked is None else int(np.asarray(masked).reshape(-1, h, w).any(0).sum())
-            if (
-                info.get("background") == "subtracted"
-                and info.get("sky_offset")
-                and not info.get("noise_map")
-                and "sky_density" not in info
-                and h * w - bad >= MIN_AREA
-            ):
+            g = _noise_scale(info)  # another depth: the lift recorded there
+            other_depth = deep and g is not None and abs(np.log(g)) > 0.01
+            if (dense and h * w - bad >= MIN_AREA) or other_depth:
                 out.append(k)
         return out
 
+    def _sky_lift(self, noise_factor: float):
+        """The faint galaxies' lift of the sky estimate at the prior's density (noise sigma
+        per band) that the weights recorded at the depth ``noise_factor`` (a depth their
+        probabilities are calibrated at: ``sky_offset["depths"]``), or None: at the
+        survey's depth, or where none was recorded (the survey's ``sky_offset`` then)."""
+        for rec in ((self.manifest or {}).get("sky_offset") or {}).get("depths") or ():
+            lift = rec.get("per_band") or ()
+            if np.isclose(rec.get("noise_factor", 0), noise_factor) and len(lift) == len(
+                self.bands
+            ):
+                return np.asarray(lift, float)
+        return None
+
     def _sky_at_density(self, batch: _Batch, cats: list, todo: list[int]) -> _Batch | None:
         """``batch`` with images ``todo`` shifted by :func:`probcat.infer.density.sky_shift`
-        at the density their MAP catalogues ``cats`` read (each image's ``info`` records
-        ``sky_density``: the mean factor and the shift, noise sigma per band, and its
-        ``sky_median`` the sky now taken off, electrons), or None where no shift reaches
+        at the density their MAP catalogues ``cats`` read and at the depth of their
+        probabilities' calibration (:meth:`_sky_lift`; each image's ``info`` records
+        ``sky_density``: the mean factor, the depth where it is not the survey's, and the
+        shift, noise sigma per band, and its ``sky_median`` the sky now taken off,
+        electrons), or None where no shift reaches
         :data:`~probcat.infer.density.SKY_SHIFT_TOL` (the records made all the same)."""
         from probcat.infer.density import SKY_SHIFT_TOL, mean_factor, sky_shift
 
@@ -1017,12 +1040,19 @@ class Detector:
         for k in todo:
             info = batch.info[k]
             f = mean_factor(cats[k].meta)
-            if f is None:  # not applied (seeing, depth): the prior's offset stands
+            # the depth of the probabilities' calibration, and the lift recorded there
+            depth = float(cats[k].meta.get("input", {}).get("calibration_noise", 1.0))
+            lift = self._sky_lift(depth)
+            if f is None and lift is None:  # no density read, the survey's depth
                 batch.info[k] = {**info, "sky_density": {"applied": False}}
                 continue
-            d = sky_shift(info["sky_offset"], f)
+            d = sky_shift(info["sky_offset"], 1.0 if f is None else f, lift)
             big = bool(np.any(np.abs(d) >= SKY_SHIFT_TOL))
-            rec = {"applied": big, "factor": round(f, 4)}
+            rec = {"applied": big, "factor": 1.0 if f is None else round(f, 4)}
+            if f is None:  # the image's density not read: the prior's
+                rec["density_read"] = False
+            if lift is not None:
+                rec["noise_factor"] = depth
             rec["shift_sigma"] = [round(float(v), 5) for v in d]
             new = {**info, "sky_density": rec}
             if big:

@@ -273,12 +273,16 @@ def mean_factor(meta: dict) -> float | None:
     return sum(float(f) * float(v) for f, v in w.items()) / total if total > 0 else None
 
 
-def sky_shift(offset, factor: float) -> np.ndarray:
+def sky_shift(offset, factor: float, lift=None) -> np.ndarray:
     """What to take off an image (per band, noise sigma) whose sky estimate had the
-    weights' ``offset`` (the faint galaxies' lift at the prior's density) taken off, when
-    its density is ``factor`` times the prior's: the lift is ``offset * factor`` there, so
-    the image is ``offset * (1 - factor)`` too bright (negative: too faint)."""
-    return np.asarray(offset, float) * (1.0 - float(factor))
+    weights' ``offset`` (the faint galaxies' lift at the prior's density and the survey's
+    depth) taken off, when its density is ``factor`` times the prior's and the lift at the
+    prior's density is ``lift`` at its depth (None: ``offset``, the survey's depth): the
+    lift is ``lift * factor`` there, so the image is ``offset - lift * factor`` too bright
+    (negative: too faint)."""
+    offset = np.asarray(offset, float)
+    lift = offset if lift is None else np.asarray(lift, float)
+    return offset - lift * float(factor)
 
 
 def keep_probability(

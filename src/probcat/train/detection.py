@@ -839,38 +839,57 @@ def _set_fits(net: DetectionNet, weights: dict) -> None:
 SKY_SIZE = 256
 
 
-def fit_sky_offset(cfg: DetectionTrainConfig, bank: SourceBank, n_scenes=None) -> dict:
+def fit_sky_offset(
+    cfg: DetectionTrainConfig, bank: SourceBank, n_scenes=None, noise: float = 1.0
+) -> dict:
     """How far the faint galaxies of the prior lift the sky estimate of
     :mod:`probcat.background` (per band, noise sigma): :func:`probcat.background.sky_offset`
     on ``n_scenes`` (default ``cfg.fits.sky_scenes``) fresh sky-free scenes of
-    :data:`SKY_SIZE` px from ``bank`` (validation galaxies, a seed of their own)."""
+    :data:`SKY_SIZE` px from ``bank`` (validation galaxies, a seed of their own); ``noise``:
+    scenes whose noise (as a flux) is that many times the survey's, a shallower image, in
+    whose noise sigma the same faint light is less (and less of it masked)."""
     from probcat.background import sky_offset
 
     n = n_scenes or cfg.fits.sky_scenes
-    seed = [cfg.seed, 31]
+    seed = [cfg.seed, 31] + ([] if noise == 1.0 else [round(noise * 100)])
     sim = SceneSimulator(bank, SceneConfig(SKY_SIZE, SKY_SIZE, margin=cfg.data.margin))
     rng = np.random.default_rng(seed)
     sigma = cfg.survey().noise_sigma.astype(np.float64)[:, None, None]
-    per_band = sky_offset(sim.sample(rng).image / sigma for _ in range(n))
+
+    def image(rng):
+        if noise == 1.0:
+            return sim.sample(rng).image / sigma
+        sc = sim.sample(rng, keep_noiseless=True)
+        return sc.noiseless / (sigma * noise) + rng.standard_normal(sc.noiseless.shape)
+
+    per_band = sky_offset(image(rng) for _ in range(n))
+    where = "" if noise == 1.0 else f", noise as a flux {noise:.4g} times the survey's"
     return {
         "per_band": [round(float(v), 5) for v in per_band],
         "n_scenes": int(n),
-        "source": f"{n} sky-free validation scenes ({SKY_SIZE} px, split=val, seed {seed}): "
-        "mean masked sky estimate, noise sigma",
+        "source": f"{n} sky-free validation scenes ({SKY_SIZE} px, split=val, seed {seed}"
+        f"{where}): mean masked sky estimate, noise sigma",
     }
 
 
 def record_sky_offset(weights_path, manifest_path, *, n_scenes=None, cache_dir=None, progress=True):
-    """Fit :func:`fit_sky_offset` for the detection weights file ``weights_path`` and
-    record it in the manifest at ``manifest_path`` (atomically; the weights file is not
-    touched, so its sha256 stays). Returns the record."""
+    """Fit :func:`fit_sky_offset` for the detection weights file ``weights_path`` (at the
+    survey's depth, and as ``depths`` at each depth its probability calibration has a refit
+    for) and record it in the manifest at ``manifest_path`` (atomically; the weights file is
+    not touched, so its sha256 stays). Returns the record."""
     from probcat.train.loop import record_in_manifest
-    from probcat.weights import read_weights
+    from probcat.weights import read_weights, seeing_calibrations_from
 
     w = read_weights(weights_path)
     cfg = from_dict(DetectionTrainConfig, w["config"])
     sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population, fits=True)
     rec = fit_sky_offset(cfg, sim.bank, n_scenes)
+    # at each depth the probabilities are calibrated at (the depth an image is read at)
+    depths = [g for g, _ in seeing_calibrations_from(w, weights_path, "depth_calibrations")]
+    if depths:
+        rec["depths"] = [
+            {"noise_factor": g, **fit_sky_offset(cfg, sim.bank, n_scenes, noise=g)} for g in depths
+        ]
     record_in_manifest(manifest_path, "sky_offset", rec)
     return rec
 
