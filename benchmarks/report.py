@@ -381,10 +381,9 @@ _PHOTOZ_COLOUR_METRICS = (
 )
 
 
-def _density_sky_rows() -> list:
+def _density_sky_rows(prior: str = "sky at the prior's density") -> list:
     """Rows of ``benchmarks/density.py --sky``: the sky subtracted at each field's density
-    against at the prior's."""
-    prior = "sky at the prior's density"
+    against at the prior's (``prior``: that reading's name)."""
     rows = []
     for f in ("0.0", "0.03", "0.1", "0.3", "1.0", "2.0"):
         at = "noise alone" if f == "0.0" else f"{float(f):g}× the prior's density"
@@ -1034,6 +1033,12 @@ TABLES = {
         "probcat's background estimate (the faint galaxies' lift taken off at the density "
         "each field's bright detections show) and by SEP's",
         _density_sky_rows(),
+    ),
+    "density_noise3.1623_sky50": (
+        "density_sky50's fields with the noise of 1 year of LSST (3.16 times the 10-year "
+        "noise), read with the survey's zeropoints: the faint galaxies' lift taken off at "
+        "each field's density and at that depth",
+        _density_sky_rows("sky at the prior's density and the survey's depth"),
     ),
     "density_coadd_lanczos3": (
         "the coadd weights (detection_lsst_i_coadd) on density.py's LSST-i fields with the "
@@ -2096,6 +2101,7 @@ BASELINES = {
     "density_ugrizy_seeing1.25": "SEP (riz)",
     "density_coadd_lanczos3": "SEP",
     "density_sky50": "sky at the prior's density",
+    "density_noise3.1623_sky50": "sky at the prior's density and the survey's depth",
     "photoz_colours": "DC2 colours",
     "photoz_masks": "masked pixels as no light",
     "detection_masks": "masked pixels as no light",

@@ -475,3 +475,24 @@ def test_probcat_detect_says_at_which_density_it_took_the_sky_off(tmp_path, caps
     assert rc == 0 and "faint galaxies' light at 0x the prior's density)" in out
     rec = Cat.read(tmp_path / "cat.fits").meta["input"]["sky_density"]
     assert rec["applied"] and rec["factor"] < 0.005
+
+
+def test_a_shallower_image_takes_off_the_lift_recorded_at_its_depth():
+    import probcat
+
+    det = probcat.load("detection_lsst_i", device="cpu", threads=1)
+    rec = det.manifest["sky_offset"]
+    lifts = {e["noise_factor"]: e["per_band"][0] for e in rec["depths"]}
+    g = min(lifts, key=lambda v: abs(v - 3.1623))  # 1 year of LSST: 10**0.5 times the noise
+    sigma = g * float(det.survey.noise_sigma[0])
+    zp = [b.flux_to_mag(1.0) for b in det.survey.bands]  # the depth told by the zeropoint
+    image = np.random.default_rng(14).normal(40.0 * sigma, sigma, (200, 200)).astype(np.float32)
+    got = det.catalog(image, noise_sigma=sigma, zeropoint=zp)
+    sky = got.meta["input"]["sky_density"]
+    # a cutout: its density not read (the prior's), the lift that of its depth
+    assert sky["applied"] and sky["density_read"] is False and sky["factor"] == 1.0
+    assert sky["noise_factor"] == pytest.approx(g)
+    assert sky["shift_sigma"][0] == pytest.approx(rec["per_band"][0] - lifts[g], abs=1e-5)
+    # at the survey's depth nothing of the kind
+    survey_depth = det.catalog(image / g, noise_sigma=sigma / g, zeropoint=zp)
+    assert "sky_density" not in survey_depth.meta["input"]
