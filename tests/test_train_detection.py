@@ -641,6 +641,11 @@ def test_depth_only_fits_calibrations_at_other_depths_and_the_detector_picks_by_
         assert after.get(key) == before.get(key), key
     assert m["depth_calibration_command"].startswith("probcat")
     assert [e["years"] for e in m["depth_calibrations"]] == [2.5, 40.0]
+    # the sky offsets at those depths with them (sky_offset["depths"]), the survey's as it was
+    sky = m["sky_offset"]
+    assert [e["noise_factor"] for e in sky["depths"]] == [pytest.approx(2.0), pytest.approx(0.5)]
+    assert sky["per_band"] == before["sky_offset"]["per_band"]
+    assert all(len(e["per_band"]) == 1 and "noise as a flux" in e["source"] for e in sky["depths"])
     det = probcat.load(run / "detection.pt", device="cpu", threads=1)
     assert [round(f, 6) for f, _ in det.net.depth_calibrations] == [0.5, 2.0]
     rng = np.random.default_rng(0)

@@ -451,8 +451,8 @@ class DetectionTask:
             **_fit_reliability(model, self.cfg, sim, progress),
             **_fit_shapes(model, self.cfg, self.cache_dir, progress),
             "seeing_calibrations": _fit_seeing(model, self.cfg, self.cache_dir, progress),
-            "depth_calibrations": _fit_depth(model, self.cfg, self.cache_dir, progress),
-            "sky_offset": fit_sky_offset(self.cfg, sim.bank),
+            "depth_calibrations": (depth := _fit_depth(model, self.cfg, self.cache_dir, progress)),
+            "sky_offset": fit_sky_offsets(self.cfg, sim.bank, _factors(depth)),
         }
 
     @staticmethod
@@ -764,6 +764,12 @@ def calibrate_run(
             weights[key] = fit_them(net, cfg, cache_dir, progress)
             weights["config"]["fits"] = manifest["config"]["fits"] = to_dict(cfg.fits)
             manifest[key] = _seeing_summary(weights[key])
+            if what == "depth":  # the sky offsets at those depths with them
+                sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population, fits=True)
+                depths = _factors(weights[key])
+                weights["sky_offset"] = manifest["sky_offset"] = fit_sky_offsets(
+                    cfg, sim.bank, depths
+                )
             return write_run(out, "detection", weights, manifest, refit=f"{what}_calibration")
     if centroid_only:
         _set_fits(net, weights)
@@ -817,7 +823,8 @@ def calibrate_run(
         manifest["real_shapes_centroid_calibration"] = rel["real_shapes_centroid_calibration"]
     manifest["feature_density"] = _density_summary(rel["feature_density"])
     if not reliability_only:
-        weights["sky_offset"] = manifest["sky_offset"] = fit_sky_offset(cfg, sim.bank)
+        depths = _factors(rel["depth_calibrations"])
+        weights["sky_offset"] = manifest["sky_offset"] = fit_sky_offsets(cfg, sim.bank, depths)
     return write_run(out, "detection", weights, manifest, refit="recalibration")
 
 
@@ -883,15 +890,28 @@ def record_sky_offset(weights_path, manifest_path, *, n_scenes=None, cache_dir=N
     w = read_weights(weights_path)
     cfg = from_dict(DetectionTrainConfig, w["config"])
     sim = _simulator(cfg, "val", cache_dir, progress, cfg.fits.population, fits=True)
-    rec = fit_sky_offset(cfg, sim.bank, n_scenes)
-    # at each depth the probabilities are calibrated at (the depth an image is read at)
     depths = [g for g, _ in seeing_calibrations_from(w, weights_path, "depth_calibrations")]
-    if depths:
-        rec["depths"] = [
-            {"noise_factor": g, **fit_sky_offset(cfg, sim.bank, n_scenes, noise=g)} for g in depths
-        ]
+    rec = fit_sky_offsets(cfg, sim.bank, depths, n_scenes)
     record_in_manifest(manifest_path, "sky_offset", rec)
     return rec
+
+
+def fit_sky_offsets(cfg: DetectionTrainConfig, bank: SourceBank, depths=(), n_scenes=None):
+    """:func:`fit_sky_offset` at the survey's depth and, as ``depths``, at each of the
+    noise factors ``depths`` (those the probabilities are calibrated at: the depths an
+    image is read at)."""
+    rec = fit_sky_offset(cfg, bank, n_scenes)
+    if depths:
+        rec["depths"] = [
+            {"noise_factor": float(g), **fit_sky_offset(cfg, bank, n_scenes, noise=float(g))}
+            for g in depths
+        ]
+    return rec
+
+
+def _factors(calibrations) -> list[float]:
+    """The factors of fitted seeing or depth calibrations (``[{"factor", ...}, ...]``)."""
+    return [float(e["factor"]) for e in calibrations or ()]
 
 
 DENSITY_SIZE = 500  # px: the validation fields of the density calibration
