@@ -464,8 +464,9 @@ class Detector:
         net, self.device = place(net, device, threads)
         self.net, self.survey, self.manifest, self.threads = net, survey, manifest, threads
         self._masked = None
-        # a sky left in an image and subtracted is read at the image's source density
-        # (probcat.infer.density.sky_shift); False: at the prior's, whatever the density
+        # a sky left in an image and subtracted is read at the image's source density and
+        # depth (probcat.infer.density.sky_shift); False: the weights' offset, that of the
+        # prior's density at the survey's depth, whatever the image's
         self.sky_at_density = True
 
     def __repr__(self) -> str:
