@@ -31,9 +31,9 @@ the measured seeing) or with ``G`` times its noise (read with the survey's zerop
 as a shallower image), the density calibration fitted there doing the reading.
 
 ``--sky S``: a flat sky of ``S`` noise sigma left in every field, which probcat's
-background estimate subtracts (at the density the image's bright detections read:
-``probcat``; at the prior's, the faint galaxies' lift of a field of the prior's taken off
-whatever the density: ``sky_at_prior_density``) and SEP's.
+background estimate subtracts (at the density the image's bright detections read and at
+its depth: ``probcat``; the faint galaxies' lift of a field of the prior's density at the
+survey's depth taken off whatever the field's: ``sky_at_prior_density``) and SEP's.
 
 Writes ``benchmarks/results/density.json`` and ``density.png`` (six bands:
 ``density_ugrizy.*``; ``_coadd_KERNEL``, ``_seeingF``, ``_noiseG``, ``_skyS`` added to the
@@ -103,7 +103,8 @@ def _fields(bank, factor: float, n: int, seed: int, noise: float, coadd) -> list
 def measure(scenes: list, sigma, det, n_samples: int = 8, read=None, sky=False) -> dict:
     """probcat (its MAP catalogue as the product makes it, and with the density
     calibration left out: ``prior_density``; with ``sky``, also with the sky subtracted
-    at the prior's density, its calibration kept: ``sky_at_prior_density``) and SEP on
+    at the prior's density and the survey's depth, the calibration kept:
+    ``sky_at_prior_density``) and SEP on
     each scene: ``correlated_noise.py``'s
     summaries, detections per Mpx, probcat's mean calibrated probability against the
     share of its detections that are real, and the precision and recall of its detections
@@ -138,7 +139,7 @@ def measure(scenes: list, sigma, det, n_samples: int = 8, read=None, sky=False) 
                 weights.append(cat.meta["density"].get("weights"))
             if name == "probcat" and "sky_density" in cat.meta["input"]:
                 factors.append(cat.meta["input"]["sky_density"].get("factor"))
-        conf = SepConfig(subtract_background=sky)  # a sky left in: SEP's background off
+        conf = SepConfig(subtract_background=sky)  # a sky left in: SEP takes its own off
         if len(bands) == 1:
             sep_cat = sep_detect(sc.image, sigma[0], config=conf)
         else:

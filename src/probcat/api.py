@@ -995,7 +995,7 @@ class Detector:
         if not self.sky_at_density:
             return []
         dense = self.density_calibration is not None  # off: the prior's density
-        deep = bool((self.manifest or {}).get("sky_offset", {}).get("depths"))
+        deep = bool(((self.manifest or {}).get("sky_offset") or {}).get("depths"))
         h, w = batch.x.shape[-2:]
         out = []
         for k, info in enumerate(batch.info):
