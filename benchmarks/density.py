@@ -71,33 +71,18 @@ def fields(
     sigma); ``sky``: a flat sky of that many noise sigma left in."""
     from types import SimpleNamespace
 
-    scenes = _fields(bank, factor, n, seed, noise, coadd)
-    if not sky:
-        return scenes
-    level = sky * noise * np.asarray(bank.survey.noise_sigma, np.float32)[:, None, None]
-    return [SimpleNamespace(image=(sc.image + level).astype(np.float32), catalog=sc.catalog)
-            for sc in scenes]  # fmt: skip
-
-
-def _fields(bank, factor: float, n: int, seed: int, noise: float, coadd) -> list:
-    from types import SimpleNamespace
-
     from probcat.simulate.prior import GALAXY_DENSITY, STAR_DENSITY
     from probcat.simulate.scene import SceneConfig, SceneSimulator
 
     extra = {} if coadd is None else {"coadd_fraction": 1.0, "coadd_kernels": (coadd,)}
     cfg = SceneConfig(SIZE, SIZE, GALAXY_DENSITY * factor, STAR_DENSITY * factor, **extra)
     sim = SceneSimulator(bank, cfg)
-    if noise == 1.0:
-        return [sim.sample(np.random.default_rng([seed, f])) for f in range(n)]
-    out = []
-    for f in range(n):
-        rng = np.random.default_rng([seed, f])
-        sc = sim.sample(rng, keep_noiseless=True)
-        sigma = np.asarray(bank.survey.noise_sigma, float)[:, None, None] * noise
-        image = (sc.noiseless + sigma * rng.standard_normal(sc.noiseless.shape)).astype("f4")
-        out.append(SimpleNamespace(image=image, catalog=sc.catalog))
-    return out
+    scenes = [sim.sample_at_noise(np.random.default_rng([seed, f]), noise) for f in range(n)]
+    if not sky:
+        return scenes
+    level = sky * noise * np.asarray(bank.survey.noise_sigma, np.float32)[:, None, None]
+    return [SimpleNamespace(image=(sc.image + level).astype(np.float32), catalog=sc.catalog)
+            for sc in scenes]  # fmt: skip
 
 
 def measure(scenes: list, sigma, det, n_samples: int = 8, read=None, sky=False) -> dict:

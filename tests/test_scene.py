@@ -47,6 +47,17 @@ def test_noise_is_background_limited_gaussian(tiny_bank, rng):
     assert abs(img.mean()) < 0.05 * tiny_bank.survey.noise_sigma[0]
 
 
+def test_a_scene_at_other_noise_has_its_sources_and_that_noise(tiny_bank):
+    sim = SceneSimulator(tiny_bank, SceneConfig(64, 64, galaxy_density=2000, star_density=300))
+    same = sim.sample_at_noise(np.random.default_rng(3), 1.0)
+    assert np.array_equal(same.image, sim.sample(np.random.default_rng(3)).image)
+    own = sim.sample(np.random.default_rng(3), keep_noiseless=True)
+    deep = sim.sample_at_noise(np.random.default_rng(3), 3.0)
+    assert np.array_equal(deep.catalog["x"], own.catalog["x"])  # the same sources
+    sigma = tiny_bank.survey.noise_sigma[0]
+    assert (deep.image - own.noiseless).std() == pytest.approx(3.0 * sigma, rel=0.05)
+
+
 def test_poisson_noise_includes_source_photons(tiny_bank, rng):
     sim = SceneSimulator(
         tiny_bank, SceneConfig(64, 64, galaxy_density=0, star_density=0, noise="poisson")

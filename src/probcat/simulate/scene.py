@@ -12,7 +12,7 @@ Bookkeeping columns ``bank_index``, ``variant``, ``phase``, ``stamp_x``, ``stamp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -290,6 +290,18 @@ class SceneSimulator:
         if truth:
             cat = self.truth(cat, noiseless)
         return Scene(image, cat, noiseless if keep_noiseless else None)
+
+    def sample_at_noise(self, rng: np.random.Generator, factor: float = 1.0) -> Scene:
+        """One scene (:meth:`sample`) whose noise as a flux is ``factor`` times the
+        survey's, as in a shallower (above 1) or deeper image of the same sources: the
+        noiseless image plus Gaussian noise of ``factor`` times each band's sigma, drawn
+        after :meth:`sample`'s own (so that factor 1 is :meth:`sample`)."""
+        if factor == 1.0:
+            return self.sample(rng)
+        sc = self.sample(rng, keep_noiseless=True)
+        sigma = np.asarray(self.survey.noise_sigma, float)[:, None, None] * factor
+        image = sc.noiseless + sigma * rng.standard_normal(sc.noiseless.shape)
+        return replace(sc, image=image.astype(np.float32), noiseless=None)
 
     def sample_batch(self, rng: np.random.Generator, n: int, *, truth: bool = False):
         """``n`` scenes stacked: images ``(n, bands, H, W)`` float32 and their catalogs."""

@@ -863,13 +863,7 @@ def fit_sky_offset(
     rng = np.random.default_rng(seed)
     sigma = cfg.survey().noise_sigma.astype(np.float64)[:, None, None]
 
-    def image(rng):
-        if noise == 1.0:
-            return sim.sample(rng).image / sigma
-        sc = sim.sample(rng, keep_noiseless=True)
-        return sc.noiseless / (sigma * noise) + rng.standard_normal(sc.noiseless.shape)
-
-    per_band = sky_offset(image(rng) for _ in range(n))
+    per_band = sky_offset(sim.sample_at_noise(rng, noise).image / (sigma * noise) for _ in range(n))
     where = "" if noise == 1.0 else f", noise as a flux {noise:.4g} times the survey's"
     return {
         "per_band": [round(float(v), 5) for v in per_band],
@@ -963,7 +957,6 @@ def _fit_density(det, cfg, seeing: float, noise: float, factors, n_fields, cache
     """One density calibration of ``det`` (:func:`record_density_calibration`): on fields
     under a PSF ``seeing`` times the survey's, read at that seeing, or with noise (as a
     flux) ``noise`` times the survey's, read with the survey's zeropoints."""
-    from types import SimpleNamespace
 
     from probcat.infer.density import FACTORS, fit_density_calibration
     from probcat.simulate.prior import GALAXY_DENSITY, STAR_DENSITY
@@ -997,12 +990,9 @@ def _fit_density(det, cfg, seeing: float, noise: float, factors, n_fields, cache
                 coadd_fraction=frac, coadd_visits=cfg.data.coadd_visits, coadd_kernels=kernels,
             )  # fmt: skip
             sims[f] = SceneSimulator(bank, layout)
-        rng = np.random.default_rng([*seed, round(f * 1000), i, *extra])
-        if noise == 1.0:
-            return sims[f].sample(rng)
-        sc = sims[f].sample(rng, keep_noiseless=True)
-        image = sc.noiseless + (sigma[:, None, None] * rng.standard_normal(sc.noiseless.shape))
-        return SimpleNamespace(image=image.astype(np.float32), catalog=sc.catalog)
+        return sims[f].sample_at_noise(
+            np.random.default_rng([*seed, round(f * 1000), i, *extra]), noise
+        )
 
     def detect(image):
         with warnings.catch_warnings():
