@@ -41,7 +41,9 @@ def _catalog(prob, snr, shape=(400, 400)) -> FullCatalog:
 
 
 def test_factor_weights_are_the_negative_binomial_posterior_brute_force():
-    cal = _cal()
+    from dataclasses import replace
+
+    cal = replace(_cal(), refine=1)  # the calibrated factors alone
     area = 250_000.0  # 0.25 Mpx
     r = 1.0 / dens.DISPERSION**2
     for n in (0, 3, 25, 240, 520):
@@ -58,15 +60,58 @@ def test_factor_weights_are_the_negative_binomial_posterior_brute_force():
     np.testing.assert_allclose(cal.weights(0, 0.0)[2], dens.PRIOR_SAME, rtol=1e-6)
 
 
+def test_densities_between_the_factors_brute_force():
+    from dataclasses import replace
+
+    cal = replace(_cal(), refine=4)
+    area = 250_000.0
+    # the grid by hand: 4 steps from 0 to 0.1 (linear), from 0.1 to 1 and 1 to 2 (log)
+    f = np.concatenate([[0.0], 0.1 * np.arange(1, 5) / 4, 0.1 * 10 ** (np.arange(1, 5) / 4),
+                        2 ** (np.arange(1, 5) / 4)])  # fmt: skip
+    np.testing.assert_allclose(cal.grid()[0], f, rtol=1e-12)
+    rate = np.interp(f, FACTORS, RATES)  # linear in the density between the factors
+    r = 1.0 / dens.DISPERSION**2
+    # the prior's density and noise alone keep the calibrated factors' prior (0.5, 0.5 / 3),
+    # the densities between them share the rest
+    point = np.where(f == 1.0, dens.PRIOR_SAME, np.where(f == 0.0, 0.5 / 3, 0.0))
+    prior = np.where(point > 0, point, (1 - point.sum()) / (len(f) - 2))
+    # each density's share of the factor above it: log from 0.1 on, linear below
+    lo = np.searchsorted(FACTORS, f, side="right") - 1
+    lo = np.minimum(lo, len(FACTORS) - 2)
+    a, b = np.asarray(FACTORS)[lo], np.asarray(FACTORS)[lo + 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = np.where(a == 0, f / b, np.log(f / a) / np.log(b / a))
+    for n in (0, 3, 25, 60, 240, 400, 520):
+        means = np.maximum(rate, dens.RATE_FLOOR) * area / 1e6
+        post = np.array([nbinom.pmf(n, r, r / (r + m)) for m in means]) * prior
+        post /= post.sum()
+        want = np.zeros(len(FACTORS))
+        np.add.at(want, lo, post * (1 - u))
+        np.add.at(want, lo + 1, post * u)
+        np.testing.assert_allclose(cal.weights(n, area), want, rtol=1e-9, atol=1e-12)
+        assert cal.mean(n, area) == pytest.approx(np.sum(f * post), rel=1e-9)
+    # a sky at 0.3 times the prior's density, read on 10 Mpx: about 0.3, by the maps of 0.1
+    # and 1 in proportion to its place between them in log density
+    big, cal = 1e7, replace(cal, refine=12)
+    w = cal.weights(3000, big)
+    assert cal.mean(3000, big) == pytest.approx(0.3, rel=0.05)
+    assert w[0] < 1e-6 and w[3] < 1e-6
+    assert w[2] == pytest.approx(np.log(3) / np.log(10), abs=0.06)
+    p = np.array([0.5, 0.7, 0.9, 1.0])
+    np.testing.assert_allclose(cal(p, 3000, big)[0], w[1] * dens.mapped(p, MAPS[1]) + w[2] * p)
+    # at a calibrated factor's own rate it reads that factor, as the factors alone did
+    assert cal.weights(1000, big)[1] > 0.9 and cal.weights(10_000, big)[2] > 0.9
+
+
 def test_probabilities_follow_the_maps_of_the_image_density():
     cal = _cal()
     p = np.array([0.5, 0.7, 0.9, 1.0])
     got, w = cal(p, 250, 250_000.0)  # the prior's density: the identity
     assert w[2] > 0.99
     np.testing.assert_allclose(got, p, atol=0.01)
-    got, w = cal(p, 25, 250_000.0)  # a tenth: the 0.1 map, read between its knots
-    assert w[1] > 0.99
-    np.testing.assert_allclose(got, np.interp(p, [0, 0.5, 0.9, 1.0], [0, 0.2, 0.6, 1.0]), atol=0.01)
+    got, w = cal(p, 250, 2_500_000.0)  # a tenth: the 0.1 map, read between its knots
+    assert w[1] > 0.9
+    np.testing.assert_allclose(got, np.interp(p, [0, 0.5, 0.9, 1.0], [0, 0.2, 0.6, 1.0]), atol=0.06)
 
 
 def test_at_density_drops_what_it_moves_below_the_threshold_and_records_it():
@@ -124,17 +169,22 @@ def test_keep_probability_is_the_mapped_probability_over_the_probability():
     p = np.array([0.05, 0.3, 0.5, 0.7, 0.95])
     # the prior's density keeps everything; noise alone keeps no faint source
     np.testing.assert_allclose(dens.keep_probability(cal, p, 250, 250_000.0), 1.0, atol=0.01)
-    np.testing.assert_allclose(dens.keep_probability(cal, p, 0, 250_000.0), 0.0, atol=1e-6)
-    # a tenth of it: the 0.1 map over p, the odds scaled below its first knot
-    want = dens.mapped(p, MAPS[1]) / p
+    # (an empty 0.25 Mpx sky leaves room for a density of a thousandth: almost nothing)
+    np.testing.assert_allclose(dens.keep_probability(cal, p, 0, 250_000.0), 0.0, atol=1e-3)
+    # a tenth of it: mostly the 0.1 map over p (the odds scaled below its first knot), the
+    # maps around it in proportion to their weights
+    w = cal.weights(25, 250_000.0)
+    assert w[1] > 0.8
+    want = sum(wk * (p if xy is None else dens.mapped(p, xy)) for wk, xy in zip(w, MAPS)) / p
     got = dens.keep_probability(cal, p, 25, 250_000.0)
-    np.testing.assert_allclose(got, want, atol=0.01)
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    np.testing.assert_allclose(got, dens.mapped(p, MAPS[1]) / p, atol=0.1)
     assert np.all(np.diff(got) >= 0)  # fainter bumps are thinned more
     # where the density raises a probability, thinning keeps the source (ratio capped at 1)
     assert np.all(dens.keep_probability(cal, p, 500, 250_000.0) == 1.0)
     # no bright map for noise alone: a bright source keeps its probability there
     got = dens.keep_probability(cal, [0.9, 0.9], 0, 250_000.0, snr=[30.0, 5.0])
-    np.testing.assert_allclose(got, [1.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(got, [1.0, 0.0], atol=1e-3)
 
 
 def _samples(n: int, prob, tiles) -> list:
@@ -268,7 +318,7 @@ def test_fit_measures_rates_and_maps_from_scenes_of_each_density():
     back = dens.DensityCalibration.from_dict(cal.to_dict())
     assert back.bright_maps == cal.bright_maps
     # read by density: a bright detection on a half-dense sky gets its map, a faint its own
-    got, w = back([0.99, 0.8], 5, 10_000.0, snr=[30.0, 5.0])  # 5 bright on 0.01 Mpx
+    got, w = back([0.99, 0.8], 500, 1e6, snr=[30.0, 5.0])  # 500 bright on 1 Mpx
     assert np.argmax(w) == 1
     assert got[0] > 0.99 - 1e-9 and abs(got[1] - 5 / 7) < 0.05
 
@@ -340,6 +390,8 @@ def test_fit_refuses_catalogues_without_detection_snr():
 def test_mean_factor_and_sky_shift_are_their_definitions():
     meta = {"density": {"applied": True, "weights": {"0": 0.25, "0.3": 0.25, "1": 0.5}}}
     assert dens.mean_factor(meta) == pytest.approx(0.25 * 0.3 + 0.5)
+    meta["density"]["mean_factor"] = 0.42  # the posterior's own mean, where recorded
+    assert dens.mean_factor(meta) == 0.42
     assert dens.mean_factor({"density": {"applied": False, "reason": "small"}}) is None
     assert dens.mean_factor({}) is None
     # the faint galaxies' lift scales with the density: the prior's offset leaves an empty
