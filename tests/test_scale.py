@@ -586,11 +586,13 @@ def test_run_with_photoz_writes_the_pdfs_beside_each_catalog(tmp_path, weights, 
     assert main([*argv, "--photoz-weights", str(photoz_weights)]) != 0
     assert main([*argv, "--photoz", "--photoz-weights", str(weights)]) != 0  # not photo-z
     assert main([*argv, "--width-scale", "2"]) != 0
+    assert main([*argv, "--width-scale", "1"]) != 0  # given without --photoz, even 1
     assert main([*argv, "--photoz", "--width-scale", "nan"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 4 and "--photoz-weights needs --photoz" in err[0]
+    assert len(err) == 5 and "--photoz-weights needs --photoz" in err[0]
     assert "photo-z" in err[1] and not (tmp_path / "x").exists()
-    assert "needs photoz" in err[2] and "positive number" in err[3]
+    assert all("--width-scale needs --photoz" in e for e in err[2:4])
+    assert "positive number" in err[4]
 
 
 def test_run_with_deblend_gives_each_catalog_probcat_deblends_columns(

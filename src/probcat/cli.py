@@ -762,9 +762,10 @@ def run_cmd(
         None, help="photo-z weights for --photoz (default: photoz_lsst_ugrizy)"
     ),
     width_scale: float = typer.Option(
-        1.0,
+        None,
         "--width-scale",
-        help="with --photoz: a factor on every PDF width (one probcat photoz --spec-z fitted)",
+        help="with --photoz: a factor on every PDF width (one probcat photoz --spec-z fitted; "
+        "default 1)",
     ),
     deblend: bool = typer.Option(
         False,
@@ -805,8 +806,9 @@ def run_cmd(
         raise ProbcatValueError("--hats needs --format parquet")
     if hats is not None:
         check_hats_target(hats)  # before any image is processed
-    if photoz_weights is not None and not photoz:
-        raise ProbcatValueError("--photoz-weights needs --photoz")
+    for name, value in (("--photoz-weights", photoz_weights), ("--width-scale", width_scale)):
+        if value is not None and not photoz:
+            raise ProbcatValueError(f"{name} needs --photoz")
     for name, value in (("--deblender", deblender), ("--samples", samples),
                         ("--method", method)):  # fmt: skip
         if value is not None and not deblend:
@@ -830,7 +832,7 @@ def run_cmd(
         dry_run=dry_run,
         progress=not quiet,
         photoz=(photoz_weights or "default") if photoz else None,
-        width_scale=width_scale,
+        width_scale=1.0 if width_scale is None else width_scale,
         device=device,
         deblend=(deblender or "default") if deblend else None,
         samples=samples,
