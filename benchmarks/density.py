@@ -30,14 +30,17 @@ correlated noise of a coadd of 1-16 visits resampled by KERNEL.
 the measured seeing) or with ``G`` times its noise (read with the survey's zeropoints, so
 as a shallower image), the density calibration fitted there doing the reading.
 
+``--between``: fields at densities between those the density calibration was fitted at
+(0.05, 0.2, 0.5, 0.7 and 1.4 times the prior's), which it reads by interpolation.
+
 ``--sky S``: a flat sky of ``S`` noise sigma left in every field, which probcat's
 background estimate subtracts (at the density the image's bright detections read and at
 its depth: ``probcat``; the faint galaxies' lift of a field of the prior's density at the
 survey's depth taken off whatever the field's: ``sky_at_prior_density``) and SEP's.
 
 Writes ``benchmarks/results/density.json`` and ``density.png`` (six bands:
-``density_ugrizy.*``; ``_coadd_KERNEL``, ``_seeingF``, ``_noiseG``, ``_skyS`` added to the
-name).
+``density_ugrizy.*``; ``_coadd_KERNEL``, ``_seeingF``, ``_noiseG``, ``_skyS``,
+``_between`` added to the name).
 
     .venv/bin/python benchmarks/density.py
     .venv/bin/python benchmarks/density.py --weights detection_lsst_ugrizy
@@ -59,6 +62,7 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZE = 500
 FACTORS = (0.0, 0.03, 0.1, 0.3, 1.0, 2.0)
+BETWEEN = (0.05, 0.2, 0.5, 0.7, 1.4)  # --between: densities between the calibrated ones
 
 
 def fields(
@@ -246,8 +250,12 @@ def main(argv=None) -> None:
     from probcat.survey import Survey
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--factors", default=",".join(f"{f:g}" for f in FACTORS),
-                    help="source densities over the prior's, comma-separated")  # fmt: skip
+    ap.add_argument("--factors", default=None,
+                    help="source densities over the prior's, comma-separated (default: "
+                    "those of the density calibration)")  # fmt: skip
+    ap.add_argument("--between", action="store_true",
+                    help=f"the densities {', '.join(f'{f:g}' for f in BETWEEN)}, between "
+                    "those the density calibration was fitted at (named _between)")  # fmt: skip
     ap.add_argument("--fields", type=int, default=16, help="500-px fields per factor")
     ap.add_argument("--weights", default="detection_lsst_i",
                     help="detection weights (registered name or file) with a density "
@@ -276,6 +284,10 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     command = " ".join([".venv/bin/python", "benchmarks/density.py",
                         *(argv if argv is not None else sys.argv[1:])])  # fmt: skip
+    if args.between and args.factors is not None:
+        sys.exit("--between and --factors: one or the other")
+    preset = BETWEEN if args.between else FACTORS
+    args.factors = args.factors or ",".join(f"{f:g}" for f in preset)
     try:
         factors = [float(f) for f in args.factors.split(",") if f.strip()]
     except ValueError:
@@ -303,6 +315,7 @@ def main(argv=None) -> None:
     name += "" if args.seeing == 1.0 else f"_seeing{args.seeing:g}"
     name += "" if args.noise == 1.0 else f"_noise{args.noise:g}"
     name += "" if not args.sky else f"_sky{args.sky:g}"
+    name += "_between" if args.between else ""
     bank = SourceBank.load_or_build(
         survey.with_psf_scale(args.seeing),
         BankConfig(split="test", n_galaxies=5000, population=data["population"]),
