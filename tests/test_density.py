@@ -548,3 +548,15 @@ def test_a_shallower_image_takes_off_the_lift_recorded_at_its_depth():
     # at the survey's depth nothing of the kind
     survey_depth = det.catalog(image / g, noise_sigma=sigma / g, zeropoint=zp)
     assert "sky_density" not in survey_depth.meta["input"]
+
+
+def test_the_command_line_says_the_density_read():
+    from probcat.cli import _density_note
+
+    assert _density_note({"applied": False, "reason": "small"}) == ""
+    assert _density_note({"applied": True, "factor": 1.0, "mean_factor": 0.98}) == ""
+    note = _density_note({"applied": True, "factor": 0.3, "mean_factor": 0.52, "dropped": 4})
+    assert note.startswith("; source density read as 0.52 times the prior's, 4 detections")
+    assert "read as 0 times" in _density_note({"applied": True, "factor": 0.0, "mean_factor": 3e-4})
+    # a record made before the mean was: the likeliest factor
+    assert "read as 2 times" in _density_note({"applied": True, "factor": 2.0})

@@ -345,10 +345,14 @@ def _threads_option(value: str) -> str | int:
 
 def _density_note(rec: dict) -> str:
     """The detection line's note of an image read at another source density than the
-    prior's (:mod:`probcat.infer.density`), or ""."""
-    if not rec.get("applied") or rec.get("factor") == 1.0:
+    prior's (:mod:`probcat.infer.density`; the posterior mean, or for older records the
+    likeliest calibrated factor), or ""."""
+    if not rec.get("applied"):
         return ""
-    note = f"; source density read as {rec['factor']:g} times the prior's"
+    f = float(rec.get("mean_factor", rec.get("factor", 1.0)))
+    if abs(f - 1.0) < 0.05:
+        return ""
+    note = f"; source density read as {0 if f < 0.005 else f:.2g} times the prior's"
     if rec.get("dropped"):
         note += f", {rec['dropped']} detections it puts below the threshold left out"
     return note + " (docs/robustness.md, Source density)"
