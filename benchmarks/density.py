@@ -110,7 +110,7 @@ def measure(scenes: list, sigma, det, n_samples: int = 8, read=None, sky=False) 
     kept = {name: [] for name, _, _ in variants}  # the prob >= 0.5 catalogue's counts
     bands, sigma = det.bands, np.asarray(sigma, float)
     ib = bands.index("i")
-    weights, factors = [], []
+    weights, factors, read_at = [], [], []
     drawn = {name: [] for name, _, _ in variants}  # per scene: mean sources, mean real
     for i, sc in enumerate(scenes):
         for name, cal, at in variants:
@@ -126,6 +126,7 @@ def measure(scenes: list, sigma, det, n_samples: int = 8, read=None, sky=False) 
             kept[name].append(cn.score(cat.select(half), sc.catalog, ib))
             if name == "probcat" and "density" in cat.meta:
                 weights.append(cat.meta["density"].get("weights"))
+                read_at.append(cat.meta["density"].get("mean_factor"))
             if name == "probcat" and "sky_density" in cat.meta["input"]:
                 factors.append(cat.meta["input"]["sky_density"].get("factor"))
         conf = SepConfig(subtract_background=sky)  # a sky left in: SEP takes its own off
@@ -175,6 +176,10 @@ def measure(scenes: list, sigma, det, n_samples: int = 8, read=None, sky=False) 
         out["probcat"]["density_weights"] = {
             f: float(np.mean([w[f] for w in weights])) for f in weights[0]
         }
+    read_at = [f for f in read_at if f is not None]
+    if read_at:  # the density calibration's posterior mean density, over fields
+        out["probcat"]["density_read"] = float(np.mean(read_at))
+        out["probcat"]["density_read_sd"] = float(np.std(read_at))
     factors = [f for f in factors if f is not None]
     if factors:  # the density the sky was subtracted at, mean over fields
         out["probcat"]["sky_density_factor"] = float(np.mean(factors))
@@ -370,6 +375,11 @@ def main(argv=None) -> None:
             "samples and fields: sources, real (matched within 2 px) and false ones per "
             "Mpx; true sources (all, and SNR > 3) per Mpx; probcat's thinned to the "
             "image's density, prior_density's not",
+            "density_weights": "the density calibration's weights of its calibrated "
+            "factors, mean over fields",
+            "density_read, density_read_sd": "the density calibration's posterior mean "
+            "density (times the prior's), mean and standard deviation over fields",
+            "sky_density_factor": "the density the sky left in was taken off at, mean over fields",
         },
         "elapsed_s": round(time.perf_counter() - t0, 1),
     }

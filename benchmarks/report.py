@@ -381,11 +381,15 @@ _PHOTOZ_COLOUR_METRICS = (
 )
 
 
-def _density_sky_rows(prior: str = "sky at the prior's density") -> list:
+CALIBRATED = ("0.0", "0.03", "0.1", "0.3", "1.0", "2.0")  # density.py's default factors
+BETWEEN = ("0.05", "0.2", "0.5", "0.7", "1.4")  # density.py --between
+
+
+def _density_sky_rows(prior: str = "sky at the prior's density", factors=CALIBRATED) -> list:
     """Rows of ``benchmarks/density.py --sky``: the sky subtracted at each field's density
     against at the prior's (``prior``: that reading's name)."""
     rows = []
-    for f in ("0.0", "0.03", "0.1", "0.3", "1.0", "2.0"):
+    for f in factors:
         at = "noise alone" if f == "0.0" else f"{float(f):g}× the prior's density"
         rows.append(
             (
@@ -436,10 +440,12 @@ def _density_sky_rows(prior: str = "sky at the prior's density") -> list:
     return rows  # fmt: skip
 
 
-def _density_rows() -> list:
-    """Rows of the density benchmarks (``benchmarks/density.py``)."""
-    return (
-        [
+def _density_rows(factors=CALIBRATED) -> list:
+    """Rows of the density benchmarks (``benchmarks/density.py``; noise alone where
+    ``factors`` hold 0, the density read where they fall between the calibrated ones)."""
+    rows = []
+    if "0.0" in factors:
+        rows += [
             (
                 "noise alone: false detections per Mpx",
                 "results.0.0.probcat.false_per_mpx",
@@ -471,67 +477,57 @@ def _density_rows() -> list:
                 "not thinned",
             ),
         ]
-        + [
-            row
-            for f in ("0.03", "0.1", "0.3", "1.0", "2.0")
-            for row in (
+    for f in factors:
+        if f == "0.0":
+            continue
+        at, r = f"{float(f):g}× the prior's density", f"results.{f}"
+        if factors != CALIBRATED:
+            rows.append(
                 (
-                    f"{float(f):g}× the prior's density: F1",
-                    f"results.{f}.probcat.f1",
-                    f"results.{f}.sep.f1",
-                    ".3f",
-                    "",
-                ),
-                (
-                    f"{float(f):g}× the prior's density: precision",
-                    f"results.{f}.probcat.precision",
-                    f"results.{f}.sep.precision",
-                    ".3f",
-                    "",
-                ),
-                (
-                    f"{float(f):g}× the prior's density: recall (SNR > 3)",
-                    f"results.{f}.probcat.recall",
-                    f"results.{f}.sep.recall",
-                    ".3f",
-                    "",
-                ),
-                (
-                    f"{float(f):g}× the prior's density: precision, no density calibration",
-                    f"results.{f}.prior_density.precision",
+                    f"{at}: density read (mean over fields)",
+                    f"{r}.probcat.density_read",
                     None,
-                    ".3f",
+                    ".2f",
                     "",
-                ),
-                (
-                    f"{float(f):g}× the prior's density: detection ECE",
-                    f"results.{f}.probcat.detection_ece",
-                    f"results.{f}.prior_density.detection_ece",
-                    ".3f",
-                    "",
-                    "no density calibration",
-                ),
-                (
-                    f"{float(f):g}× the prior's density: posterior samples' false sources "
-                    "per Mpx",
-                    f"results.{f}.probcat.samples.false_per_mpx",
-                    f"results.{f}.prior_density.samples.false_per_mpx",
-                    ".1f",
-                    "",
-                    "not thinned",
-                ),
-                (
-                    f"{float(f):g}× the prior's density: posterior samples' real sources "
-                    "per Mpx",
-                    f"results.{f}.probcat.samples.real_per_mpx",
-                    f"results.{f}.prior_density.samples.real_per_mpx",
-                    ".1f",
-                    "",
-                    "not thinned",
-                ),
+                )
             )
+        rows += [
+            (f"{at}: F1", f"{r}.probcat.f1", f"{r}.sep.f1", ".3f", ""),
+            (f"{at}: precision", f"{r}.probcat.precision", f"{r}.sep.precision", ".3f", ""),
+            (f"{at}: recall (SNR > 3)", f"{r}.probcat.recall", f"{r}.sep.recall", ".3f", ""),
+            (
+                f"{at}: precision, no density calibration",
+                f"{r}.prior_density.precision",
+                None,
+                ".3f",
+                "",
+            ),
+            (
+                f"{at}: detection ECE",
+                f"{r}.probcat.detection_ece",
+                f"{r}.prior_density.detection_ece",
+                ".3f",
+                "",
+                "no density calibration",
+            ),
+            (
+                f"{at}: posterior samples' false sources per Mpx",
+                f"{r}.probcat.samples.false_per_mpx",
+                f"{r}.prior_density.samples.false_per_mpx",
+                ".1f",
+                "",
+                "not thinned",
+            ),
+            (
+                f"{at}: posterior samples' real sources per Mpx",
+                f"{r}.probcat.samples.real_per_mpx",
+                f"{r}.prior_density.samples.real_per_mpx",
+                ".1f",
+                "",
+                "not thinned",
+            ),
         ]
-    )  # fmt: skip
+    return rows  # fmt: skip
 
 
 TABLES = {
@@ -1039,6 +1035,16 @@ TABLES = {
         "noise), read with the survey's zeropoints: the faint galaxies' lift taken off at "
         "each field's density and at that depth",
         _density_sky_rows("sky at the prior's density and the survey's depth"),
+    ),
+    "density_between": (
+        "density.py's LSST-i fields at densities between those the density calibration was "
+        "fitted at, which it reads by interpolation",
+        _density_rows(BETWEEN),
+    ),
+    "density_sky50_between": (
+        "density_sky50's fields (a flat sky of 50 noise sigma left in) at densities between "
+        "the calibrated ones",
+        _density_sky_rows(factors=BETWEEN),
     ),
     "density_coadd_lanczos3": (
         "the coadd weights (detection_lsst_i_coadd) on density.py's LSST-i fields with the "
