@@ -19,26 +19,27 @@ fainter detections and one for the bright (none where the fields had no bright
 detection: one bright galaxy on an empty sky keeps its probability), all from
 validation scenes at that density (``scripts/ship_weights.py --density NAME``:
 :func:`probcat.train.detection.record_density_calibration`; the factor 1 map is the
-identity, the weights' calibration being fitted there). An image's
-bright detections per unmasked area then weigh the densities from the smallest calibrated
-factor to the largest, :data:`REFINE` steps between neighbouring factors, at rates
-interpolated between theirs (a negative binomial count: Poisson with :data:`DISPERSION`
-extra scatter; prior :data:`PRIOR_SAME` on the training density, the rest shared by the
-others), and each detection's probability is the maps' mixture under those weights, a
-density between two calibrated factors read by the two maps around it in proportion to
-its place between them in log density; detections it moves below the MAP threshold leave
-the MAP catalogue (:func:`at_density`). An image at about the prior's density keeps its
-probabilities (the weight of factor 1 stays near 1); a large empty or crowded one gets
-the map of its density (beyond the largest factor, that factor's). Only on images of
-:data:`MIN_AREA` unmasked pixels or more (a cutout around a target says little about the
-sky's density) and at a seeing and depth the calibration was fitted at (a shallower or
-blurrier image has fewer bright detections at the same density, which would read as an
-emptier sky): :func:`applies`. Weights carry
-one at the survey's seeing and depth and one for each seeing and depth their probability
-calibration has a refit for (:func:`choose`). Below a map's first knot
-(the faintest MAP detections, and the fainter bumps that posterior samples hold) the
-odds are scaled as at that knot, as a density scales a source's prior odds
-(:func:`mapped`).
+identity, the weights' calibration being fitted there). An image's bright detections per
+unmasked area then weigh the densities from the smallest calibrated factor to the
+largest, :data:`REFINE` steps between neighbouring factors, at rates interpolated
+between theirs (a negative binomial count: Poisson with :data:`DISPERSION` extra
+scatter; prior :data:`PRIOR_SAME` on the training density, the rest shared by the
+others), and each detection's probability is the mixture, under those weights, of what
+the maps give at each density: between two calibrated factors, the two maps' log odds
+interpolated by its place between them in log density (a source's odds scale with the
+density; between noise alone and the first density, that density's odds scaled);
+detections it moves below the MAP threshold leave the MAP catalogue
+(:func:`at_density`). An image at about the prior's density keeps its probabilities (the
+weight of factor 1 stays near 1); a large empty or crowded one gets the map of its
+density (beyond the largest factor, that factor's). Only on images of :data:`MIN_AREA`
+unmasked pixels or more (a cutout around a target says little about the sky's density)
+and at a seeing and depth the calibration was fitted at (a shallower or blurrier image
+has fewer bright detections at the same density, which would read as an emptier sky):
+:func:`applies`. Weights carry one at the survey's seeing and depth and one for each
+seeing and depth their probability calibration has a refit for (:func:`choose`). Below a
+map's first knot (the faintest MAP detections, and the fainter bumps that posterior
+samples hold) the odds are scaled as at that knot, as a density scales a source's prior
+odds (:func:`mapped`).
 
 The faint galaxies below detection lift any estimate of a sky left in the image, by the
 weights' ``sky_offset`` (:mod:`probcat.background`) at the prior's density, which
@@ -193,8 +194,8 @@ class DensityCalibration:
         """Posterior weights of the calibrated factors for an image with ``n_bright``
         bright detections on ``area_px`` unmasked pixels: each density of
         :meth:`posterior` shares its weight between the two calibrated factors around it
-        (:meth:`grid`), so that a density between them is read by a mixture of their
-        maps."""
+        by its place between them (:meth:`grid`), a summary of where the image's density
+        lies (what the catalogues record)."""
         _, w = self.posterior(n_bright, area_px)
         _, _, lo, u = self.grid()
         out = np.zeros(len(self.factors))
@@ -209,24 +210,43 @@ class DensityCalibration:
 
     def __call__(self, p, n_bright: int, area_px: float, snr=None) -> tuple[np.ndarray, np.ndarray]:
         """``(probabilities, weights)``: calibrated probabilities ``p`` of an image's
-        detections mapped under its density (:meth:`weights`); with their ``snr``
-        (``detection_snr``), the bright ones (``snr >= self.snr``) by :attr:`bright_maps`
-        (where a factor has none, as noise alone has no bright detection, they keep
-        theirs)."""
+        detections mapped under its density (:meth:`mapped_at` each density of
+        :meth:`posterior`, mixed by its weights; ``weights``: :meth:`weights`); with their
+        ``snr`` (``detection_snr``), the bright ones (``snr >= self.snr``) by
+        :attr:`bright_maps` (where a factor has none, as noise alone has no bright
+        detection, they keep theirs)."""
         p = np.asarray(p, float)
-        w = self.weights(n_bright, area_px)
+        f, w = self.posterior(n_bright, area_px)
+        _, _, lo, u = self.grid()
+        keep = w > 1e-9 * w.max()  # densities of no weight: not evaluated
 
         def mixed(maps):
             out = np.zeros_like(p)
-            for wk, xy in zip(w, maps):
-                out += wk * (p if xy is None else mapped(p, xy))
-            return out
+            for fk, wk, k, uk in zip(f[keep], w[keep], lo[keep], u[keep]):
+                out += wk * self.mapped_at(p, maps, int(k), float(uk), float(fk))
+            return out / w[keep].sum()
 
         out = mixed(self.maps)
         if snr is not None:
-            bright = mixed(self.bright_maps or (None,) * len(w))
+            bright = mixed(self.bright_maps or (None,) * len(self.factors))
             out = np.where(np.asarray(snr, float) >= self.snr, bright, out)
-        return out, w
+        return out, self.weights(n_bright, area_px)
+
+    def mapped_at(self, p, maps, k: int, u: float, f: float) -> np.ndarray:
+        """Probabilities ``p`` under ``maps`` (one per calibrated factor; None: the
+        identity) at density ``f``, a share ``u`` of the way (:meth:`grid`) from factor
+        ``k`` to the next: the two maps' log odds interpolated (a source's odds scale with
+        the density); from noise alone (factor 0) the next map's odds scaled by ``f`` over
+        its factor, since noise alone is no density to interpolate from (where noise alone
+        has a map: the bright detections have none there, and keep theirs)."""
+        here = p if maps[k] is None else mapped(p, maps[k])
+        if u <= 0.0:
+            return here
+        nxt = p if maps[k + 1] is None else mapped(p, maps[k + 1])
+        if self.factors[k] <= 0.0 and maps[k] is not None:
+            return _odds_scaled(nxt, f / self.factors[k + 1])
+        z = (1.0 - u) * _logit(here) + u * _logit(nxt)
+        return 1.0 / (1.0 + np.exp(-z))
 
     def to_dict(self) -> dict:
         return {
@@ -264,6 +284,17 @@ class DensityCalibration:
             float(d.get("seeing_factor", 1.0)),
             float(d.get("noise_factor", 1.0)),
         )
+
+
+def _logit(p) -> np.ndarray:
+    q = np.clip(np.asarray(p, float), 1e-12, 1.0 - 1e-12)
+    return np.log(q) - np.log1p(-q)
+
+
+def _odds_scaled(p, g: float) -> np.ndarray:
+    """Probabilities ``p`` with their odds times ``g``."""
+    p = np.asarray(p, float)
+    return g * p / np.maximum(g * p + 1.0 - p, 1e-12)
 
 
 def bright_count(cat, snr: float = SNR) -> int:
@@ -374,7 +405,7 @@ def mapped(p, xy) -> np.ndarray:
     if x0 <= 0.0:  # a map from the origin: nothing below its first knot
         return _interp(p, *xy)
     g = (y0 / max(1.0 - y0, 1e-9)) / (x0 / max(1.0 - x0, 1e-9))
-    low = g * p / np.maximum(g * p + 1.0 - p, 1e-12)
+    low = _odds_scaled(p, g)
     return np.where(p < x0, low, _interp(p, *xy))
 
 
