@@ -43,7 +43,7 @@ def _catalog(prob, snr, shape=(400, 400)) -> FullCatalog:
 def test_factor_weights_are_the_negative_binomial_posterior_brute_force():
     from dataclasses import replace
 
-    cal = replace(_cal(), refine=1)  # the calibrated factors alone
+    cal = replace(_cal(), refine=1, extend=1.0)  # the calibrated factors alone
     area = 250_000.0  # 0.25 Mpx
     r = 1.0 / dens.DISPERSION**2
     for n in (0, 3, 25, 240, 520):
@@ -65,22 +65,26 @@ def test_densities_between_the_factors_brute_force():
 
     cal = replace(_cal(), refine=4)
     area = 250_000.0
-    # the grid by hand: 4 steps from 0 to 0.1 (linear), from 0.1 to 1 and 1 to 2 (log)
+    # the grid by hand: 4 steps from 0 to 0.1 (linear), from 0.1 to 1, 1 to 2 and beyond the
+    # last factor to twice it (log)
     f = np.concatenate([[0.0], 0.1 * np.arange(1, 5) / 4, 0.1 * 10 ** (np.arange(1, 5) / 4),
-                        2 ** (np.arange(1, 5) / 4)])  # fmt: skip
+                        2 ** (np.arange(1, 5) / 4), 2 * 2 ** (np.arange(1, 5) / 4)])  # fmt: skip
     np.testing.assert_allclose(cal.grid()[0], f, rtol=1e-12)
-    rate = np.interp(f, FACTORS, RATES)  # linear in the density between the factors
+    # rates linear in the density between the factors, the last interval's slope beyond
+    rate = np.where(f <= 2, np.interp(f, FACTORS, RATES), 2000.0 + 1000.0 * (f - 2))
     r = 1.0 / dens.DISPERSION**2
     # the prior's density and noise alone keep the calibrated factors' prior (0.5, 0.5 / 3),
     # the densities between them share the rest
     point = np.where(f == 1.0, dens.PRIOR_SAME, np.where(f == 0.0, 0.5 / 3, 0.0))
     prior = np.where(point > 0, point, (1 - point.sum()) / (len(f) - 2))
-    # each density's share of the factor above it: log from 0.1 on, linear below
+    # each density's share of the factor above it: log from 0.1 on, linear below; beyond 2,
+    # all of it 2's
     lo = np.searchsorted(FACTORS, f, side="right") - 1
     lo = np.minimum(lo, len(FACTORS) - 2)
     a, b = np.asarray(FACTORS)[lo], np.asarray(FACTORS)[lo + 1]
     with np.errstate(divide="ignore", invalid="ignore"):
         u = np.where(a == 0, f / b, np.log(f / a) / np.log(b / a))
+    u = np.where(f > 2, 1.0, u)
     for n in (0, 3, 25, 60, 240, 400, 520):
         means = np.maximum(rate, dens.RATE_FLOOR) * area / 1e6
         post = np.array([nbinom.pmf(n, r, r / (r + m)) for m in means]) * prior
@@ -110,6 +114,9 @@ def test_densities_between_the_factors_brute_force():
     got = cal.mapped_at(p, MAPS, 0, 0.25, 0.025)
     g = 0.25 * dens.mapped(p, MAPS[1]) / (1 - dens.mapped(p, MAPS[1]))
     np.testing.assert_allclose(got, g / (1 + g))
+    # a sky three times as crowded as the prior's reads about 3, by the map of 2
+    assert cal.mean(30_000, big) == pytest.approx(3.0, rel=0.05)
+    assert cal.weights(30_000, big)[3] == pytest.approx(1.0)
     # at a calibrated factor's own rate it reads that factor, as the factors alone did
     assert cal.weights(1000, big)[1] > 0.9 and cal.weights(10_000, big)[2] > 0.9
 

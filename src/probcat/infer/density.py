@@ -31,15 +31,15 @@ density; between noise alone and the first density, that density's odds scaled);
 detections it moves below the MAP threshold leave the MAP catalogue
 (:func:`at_density`). An image at about the prior's density keeps its probabilities (the
 weight of factor 1 stays near 1); a large empty or crowded one gets the map of its
-density (beyond the largest factor, that factor's). Only on images of :data:`MIN_AREA`
-unmasked pixels or more (a cutout around a target says little about the sky's density)
-and at a seeing and depth the calibration was fitted at (a shallower or blurrier image
-has fewer bright detections at the same density, which would read as an emptier sky):
-:func:`applies`. Weights carry one at the survey's seeing and depth and one for each
-seeing and depth their probability calibration has a refit for (:func:`choose`). Below a
-map's first knot (the faintest MAP detections, and the fainter bumps that posterior
-samples hold) the odds are scaled as at that knot, as a density scales a source's prior
-odds (:func:`mapped`).
+density (beyond the largest factor, up to :data:`EXTEND` times it, that factor's). Only
+on images of :data:`MIN_AREA` unmasked pixels or more (a cutout around a target says
+little about the sky's density) and at a seeing and depth the calibration was fitted at
+(a shallower or blurrier image has fewer bright detections at the same density, which
+would read as an emptier sky): :func:`applies`. Weights carry one at the survey's seeing
+and depth and one for each seeing and depth their probability calibration has a refit
+for (:func:`choose`). Below a map's first knot (the faintest MAP detections, and the
+fainter bumps that posterior samples hold) the odds are scaled as at that knot, as a
+density scales a source's prior odds (:func:`mapped`).
 
 The faint galaxies below detection lift any estimate of a sky left in the image, by the
 weights' ``sky_offset`` (:mod:`probcat.background`) at the prior's density, which
@@ -78,6 +78,7 @@ __all__ = [
     "DISPERSION",
     "RATE_FLOOR",
     "REFINE",
+    "EXTEND",
     "MIN_AREA",
     "applies",
     "choose",
@@ -106,6 +107,8 @@ SKY_SHIFT_TOL = 0.01
 # image's bright count reads its density to about 10% on a 500x500 field, finer than the
 # calibrated grid's steps of 2-3.3 times
 REFINE = 12
+# densities read beyond the largest calibrated factor, up to this many times it (its map)
+EXTEND = 2.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,7 @@ class DensityCalibration:
     seeing_factor: float = 1.0
     noise_factor: float = 1.0
     refine: int = REFINE
+    extend: float = EXTEND
 
     def __post_init__(self):
         if not (len(self.factors) == len(self.rates) == len(self.maps)) or not self.factors:
@@ -140,6 +144,8 @@ class DensityCalibration:
             raise ProbcatValueError(
                 "a density calibration's factors must increase from 0 or more (refine >= 1)"
             )
+        if not (math.isfinite(self.extend) and self.extend >= 1.0):
+            raise ProbcatValueError("a density calibration's extend must be 1 or more")
 
     def grid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The densities an image is read at: ``(f, rate, lo, u)``, :attr:`refine` steps
@@ -147,7 +153,10 @@ class DensityCalibration:
         from 0), with bright-detection rates interpolated linearly in the density (the
         fitted rates grow in proportion to it), and each density's share ``u`` of the
         calibrated factor ``lo + 1`` above it (``1 - u`` of ``lo``): in log density, as
-        a detection's odds scale with the density (linear from 0, where odds vanish)."""
+        a detection's odds scale with the density (linear from 0, where odds vanish).
+        Beyond the largest factor, up to :attr:`extend` times it, the rates of the last
+        interval extrapolated and that factor's map (``u`` 0): a crowded image's density
+        is read, for its sky (:func:`sky_shift`), without a map fitted there."""
         f = np.asarray(self.factors, float)
         rate = np.asarray(self.rates, float)
         fs, rs, lo, us = [f[:1]], [rate[:1]], [np.zeros(1, int)], [np.zeros(1)]
@@ -162,6 +171,14 @@ class DensityCalibration:
             rs.append(rate[k] + (rate[k + 1] - rate[k]) * w)
             lo.append(np.where(t < 1, k, k + 1))
             us.append(np.where(t < 1, u, 0.0))
+        if self.extend > 1.0 and len(f) > 1 and f[-1] > 0:
+            t = np.arange(1, self.refine + 1) / self.refine
+            x = f[-1] * self.extend**t
+            slope = (rate[-1] - rate[-2]) / (f[-1] - f[-2])
+            fs.append(x)
+            rs.append(rate[-1] + slope * (x - f[-1]))
+            lo.append(np.full(len(x), len(f) - 1))
+            us.append(np.zeros(len(x)))
         return np.concatenate(fs), np.concatenate(rs), np.concatenate(lo), np.concatenate(us)
 
     def posterior(self, n_bright: int, area_px: float) -> tuple[np.ndarray, np.ndarray]:
