@@ -2108,6 +2108,8 @@ BASELINES = {
     "density_coadd_lanczos3": "SEP",
     "density_sky50": "sky at the prior's density",
     "density_noise3.1623_sky50": "sky at the prior's density and the survey's depth",
+    "density_between": "SEP",
+    "density_sky50_between": "sky at the prior's density",
     "photoz_colours": "DC2 colours",
     "photoz_masks": "masked pixels as no light",
     "detection_masks": "masked pixels as no light",
