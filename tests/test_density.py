@@ -292,6 +292,10 @@ def test_density_calibration_round_trips_and_refuses_bad_records():
         dens.DensityCalibration.from_dict({"kind": "layout"})
     with pytest.raises(ProbcatValueError):
         dens.DensityCalibration((0.0, 0.1), (0.0, 10.0), (None, None))  # no factor 1
+    with pytest.raises(ProbcatValueError, match="increase"):  # factors out of order
+        dens.DensityCalibration((1.0, 0.1), (1000.0, 100.0), (None, MAPS[1]))
+    with pytest.raises(ProbcatValueError, match="extend"):
+        dens.DensityCalibration(FACTORS, RATES, MAPS, extend=0.5)
 
 
 def test_fit_measures_rates_and_maps_from_scenes_of_each_density():
