@@ -256,6 +256,11 @@ def test_thinned_samples_hold_each_source_as_often_as_its_density_says():
     assert [len(a) for a in again] == [len(s) for s in out[:10]]
     other = dens.thin_samples(draws[:200], cat, cal, 250_000.0, seed=4)
     assert [len(a) for a in other] != [len(s) for s in out[:200]]
+    # an empty sample among others stays empty, the others thinned as alone
+    empty = draws[0].select(np.zeros(3, bool))
+    mixed = dens.thin_samples([draws[0], empty, draws[1]], cat, cal, 250_000.0, seed=3)
+    assert len(mixed[1]) == 0 and mixed[1].meta["density"]["thinned"] == 0
+    assert len(mixed[0]) == len(out[0])
     # a cutout keeps the prior's density: nothing thinned, and the samples say why
     small = dens.thin_samples(draws[:2], cat, cal, 50_000.0, seed=3)
     assert all(len(s) == 3 and not s.meta["density"]["applied"] for s in small)

@@ -468,8 +468,8 @@ def thin_samples(
     key = key[order]
     prob = np.asarray(cat["prob"], float)[order]
     snr = np.asarray(cat["detection_snr"], float)[order]
-    out = []
-    for k, s in enumerate(samples):
+    tiles, ps, bs = [], [], []
+    for s in samples:
         ty, tx = np.asarray(s["tile_y"], np.int64), np.asarray(s["tile_x"], np.int64)
         p = np.asarray(s["prob"], float)
         b = np.asarray(s["detection_snr"], float) if "detection_snr" in s.colnames else 0 * p
@@ -478,7 +478,17 @@ def thin_samples(
             at = np.minimum(np.searchsorted(key, mine), len(key) - 1)
             hit = key[at] == mine
             p, b = np.where(hit, prob[at], p), np.where(hit, snr[at], b)
-        keep = _uniform(seed, k, ty, tx) < keep_probability(cal, p, n, area_px, b)
+        tiles.append((ty, tx))
+        ps.append(p)
+        bs.append(b)
+    # every sample's sources mapped at once (the same density for all)
+    ends = np.cumsum([len(p) for p in ps])[:-1]
+    if ps:
+        kept = keep_probability(cal, np.concatenate(ps), n, area_px, np.concatenate(bs))
+    kp = np.split(kept, ends) if ps else []
+    out = []
+    for k, (s, (ty, tx), q) in enumerate(zip(samples, tiles, kp)):
+        keep = _uniform(seed, k, ty, tx) < q
         rec = {**rec0, "thinned": int(np.sum(~keep))}
         out.append(replace(s.select(keep), meta={**s.meta, "density": rec}))
     return out
