@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -148,6 +149,11 @@ class DensityCalibration:
             raise ProbcatValueError("a density calibration's extend must be 1 or more")
 
     def grid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_grid`, made once per calibration (its fields are frozen)."""
+        return self._grid
+
+    @cached_property
+    def _grid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The densities an image is read at: ``(f, rate, lo, u)``, :attr:`refine` steps
         across each interval between neighbouring calibrated factors (log-spaced; linear
         from 0), with bright-detection rates interpolated linearly in the density (the
@@ -179,7 +185,10 @@ class DensityCalibration:
             rs.append(rate[-1] + slope * (x - f[-1]))
             lo.append(np.full(len(x), len(f) - 1))
             us.append(np.zeros(len(x)))
-        return np.concatenate(fs), np.concatenate(rs), np.concatenate(lo), np.concatenate(us)
+        out = tuple(np.concatenate(v) for v in (fs, rs, lo, us))
+        for v in out:
+            v.setflags(write=False)  # shared by every reading of this calibration
+        return out
 
     def posterior(self, n_bright: int, area_px: float) -> tuple[np.ndarray, np.ndarray]:
         """``(f, w)``: the densities of :meth:`grid` and their posterior weights for an
@@ -213,7 +222,10 @@ class DensityCalibration:
         :meth:`posterior` shares its weight between the two calibrated factors around it
         by its place between them (:meth:`grid`), a summary of where the image's density
         lies (what the catalogues record)."""
-        _, w = self.posterior(n_bright, area_px)
+        return self._shares(self.posterior(n_bright, area_px)[1])
+
+    def _shares(self, w) -> np.ndarray:
+        """The grid's weights ``w`` shared between the calibrated factors (:meth:`weights`)."""
         _, _, lo, u = self.grid()
         out = np.zeros(len(self.factors))
         np.add.at(out, lo, w * (1.0 - u))
@@ -247,7 +259,7 @@ class DensityCalibration:
         if snr is not None:
             bright = mixed(self.bright_maps or (None,) * len(self.factors))
             out = np.where(np.asarray(snr, float) >= self.snr, bright, out)
-        return out, self.weights(n_bright, area_px)
+        return out, self._shares(w)
 
     def mapped_at(self, p, maps, k: int, u: float, f: float) -> np.ndarray:
         """Probabilities ``p`` under ``maps`` (one per calibrated factor; None: the
@@ -468,6 +480,8 @@ def thin_samples(
     key = key[order]
     prob = np.asarray(cat["prob"], float)[order]
     snr = np.asarray(cat["detection_snr"], float)[order]
+    if not samples:
+        return []
     tiles, ps, bs = [], [], []
     for s in samples:
         ty, tx = np.asarray(s["tile_y"], np.int64), np.asarray(s["tile_x"], np.int64)
@@ -482,10 +496,8 @@ def thin_samples(
         ps.append(p)
         bs.append(b)
     # every sample's sources mapped at once (the same density for all)
-    ends = np.cumsum([len(p) for p in ps])[:-1]
-    if ps:
-        kept = keep_probability(cal, np.concatenate(ps), n, area_px, np.concatenate(bs))
-    kp = np.split(kept, ends) if ps else []
+    kept = keep_probability(cal, np.concatenate(ps), n, area_px, np.concatenate(bs))
+    kp = np.split(kept, np.cumsum([len(p) for p in ps])[:-1])
     out = []
     for k, (s, (ty, tx), q) in enumerate(zip(samples, tiles, kp)):
         keep = _uniform(seed, k, ty, tx) < q
@@ -499,12 +511,13 @@ def _record(cal: DensityCalibration, n_bright: int, area_px: float) -> dict:
     ``n_bright`` bright detections on ``area_px`` pixels: the likeliest calibrated factor,
     the calibrated factors' weights (:meth:`DensityCalibration.weights`) and the posterior
     mean density (:meth:`DensityCalibration.mean`)."""
-    w = cal.weights(n_bright, area_px)
+    grid, post = cal.posterior(n_bright, area_px)
+    w = cal._shares(post)
     return {
         "applied": True,
         "factor": float(cal.factors[int(np.argmax(w))]),
         "weights": {f"{f:g}": round(float(v), 4) for f, v in zip(cal.factors, w)},
-        "mean_factor": round(cal.mean(n_bright, area_px), 4),
+        "mean_factor": round(float(np.sum(grid * post)), 4),
     }
 
 

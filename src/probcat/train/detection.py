@@ -957,7 +957,6 @@ def _fit_density(det, cfg, seeing: float, noise: float, factors, n_fields, cache
     """One density calibration of ``det`` (:func:`record_density_calibration`): on fields
     under a PSF ``seeing`` times the survey's, read at that seeing, or with noise (as a
     flux) ``noise`` times the survey's, read with the survey's zeropoints."""
-
     from probcat.infer.density import FACTORS, fit_density_calibration
     from probcat.simulate.prior import GALAXY_DENSITY, STAR_DENSITY
 
