@@ -49,7 +49,15 @@ from probcat.infer.detect import (
     map_meta,
     tile_image,
 )
-from probcat.infer.reliability import EDGE_ZONES, OOD_FLAG, annotate, edge_distance, fit_reliability
+from probcat.infer.reliability import (
+    EDGE_ZONES,
+    OOD_FLAG,
+    annotate,
+    calibrate,
+    edge_distance,
+    fit_reliability,
+    pooled_evidence,
+)
 from probcat.metrics import expected_calibration_error
 from probcat.metrics.detection import detected_snr, match
 from probcat.provenance import provenance
@@ -187,7 +195,7 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100, bands=("i"
     matched = {"p0.5": [], "cal0.5": [], "sep": []}
     det = {m: {"snr": [], "matched": []} for m in matched}
     keys = ("prob", "prob_raw", "prob_pooled", "ood", "edge", "tile_prob", "tile_truth",
-            "nearest_d", "nearest_taken")  # fmt: skip
+            "nearest_d", "nearest_taken", "prob_batch")  # fmt: skip
     extra = {k: [] for k in keys}
     # matched MAP detections, both axes: |true - x| / x_sd, and the half-widths (in sd) of
     # the catalogue's 68.3% / 95.4% intervals (its own calibration, the image's mixture where
@@ -195,6 +203,7 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100, bands=("i"
     cz = {k: [] for k in ("z", "snr", "k68", "k95", "k68_prior", "k95_prior")}
     cutout_w = []  # per scene: the calibration's probability that it is a survey cutout
     shapes_w = []  # per scene: its probability that its galaxies are unlike the prior's
+    ests = []  # per scene: its MAP catalogue, for the evidence pooled over every scene
     for start in range(0, len(scenes), chunk):
         part = scenes[start : start + chunk]
         imgs = np.stack([s.image for s in part])
@@ -215,6 +224,7 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100, bands=("i"
                 dec, b, dec.marginal, shape, net.tile_size, tuple(bands), map_meta(net, 0.5)
             )
             est = annotate(est, net, feats[b], pixels[b])
+            ests.append(est)
             if "cutout_probability" in est.meta:
                 cutout_w.append(est.meta["cutout_probability"])
             if "real_shapes_probability" in est.meta:
@@ -253,6 +263,11 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100, bands=("i"
                 if "ood_score" in est.colnames
                 else np.full(len(est), np.nan)
             )
+    # the same detections read with the weights that every scene's evidence gives together
+    # (the scenes as a user's many images of one survey: probcat.pooled_evidence)
+    pooled = pooled_evidence(ests)
+    kw = {k: pooled[k] for k in ("real_shapes", "cutout")}
+    extra["prob_batch"] = [np.asarray(calibrate(e, net, **kw)["prob"], float) for e in ests]
     cat_ = np.concatenate
     return {
         "truth": {k: cat_(v) for k, v in truth.items()},
@@ -262,6 +277,7 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100, bands=("i"
         "centroid": {k: cat_(v) if v else np.zeros(0) for k, v in cz.items()},
         "cutout_probability": np.asarray(cutout_w, float),
         "real_shapes_probability": np.asarray(shapes_w, float),
+        "pooled_evidence": pooled,
     }
 
 
@@ -347,6 +363,7 @@ def metrics(r, summarise, *, sep: bool) -> dict:
     hi = in_range & (r["prob"] >= 0.9)
     hi_raw = in_range & (r["prob_raw"] >= 0.9)
     hi_pooled = in_range & (r["prob_pooled"] >= 0.9)
+    hi_batch = in_range & (r["prob_batch"] >= 0.9)
     inner = r["edge"] >= EDGE_ZONES[-1]
     keys = ("precision", "recall", "f1", "recall_snr_3_10", "n_detections")
     c = summarise(r, "cal0.5")
@@ -364,6 +381,13 @@ def metrics(r, summarise, *, sep: bool) -> dict:
             "detection_ece": expected_calibration_error(r["prob"], real),
             "detection_ece_raw": expected_calibration_error(r["prob_raw"], real),
             "detection_ece_pooled": expected_calibration_error(r["prob_pooled"], real),
+            "detection_ece_batch": expected_calibration_error(r["prob_batch"], real),
+            "precision_at_0_9_batch": float(real[hi_batch].mean())
+            if hi_batch.any()
+            else float("nan"),
+            **{
+                f"batch_{k}_probability": r["pooled_evidence"][k] for k in ("real_shapes", "cutout")
+            },
             "detection_ece_snr_3_1000": expected_calibration_error(
                 r["prob"][in_range], real[in_range]
             ),
@@ -684,6 +708,12 @@ def main(argv=None):
         "probabilities against occupancy, all tiles; _interior: detections at least 8 px "
         "inside the image (the shipped map and the single pooled one), which are "
         "fraction_interior of them",
+        "detection_ece_batch, precision_at_0_9_batch": "the same detections calibrated with "
+        "the evidence of every scene of the test pooled (the scenes as a user's many images "
+        "of one survey: probcat.pooled_evidence of their MAP catalogues, then each read with "
+        "real_shapes and cutout at batch_real_shapes_probability and "
+        "batch_cutout_probability, what probcat.detect(images, real_shapes='pooled', "
+        "cutout='pooled') does); the main numbers read each 98-px scene by its own detections",
         "ood_flag_auc": "probability that a false detection has a higher ood_score than a "
         "real one (Mann-Whitney AUC), on the left-out family",
         "margin_8": "the same weights (under in_distribution: the shipped ones, on the "

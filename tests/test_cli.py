@@ -369,6 +369,28 @@ def _scene_file(tmp_path, with_galaxy=True):
     return path
 
 
+def test_detect_real_shapes_and_cutout_options(tmp_path, capsys):
+    """The probability calibration's weights stated on the command line are the
+    catalog's (and said to be stated); a value that is not a probability is a one-line
+    error before any work, with nothing written."""
+    from probcat.catalog import FullCatalog
+
+    path = _scene_file(tmp_path)
+    out = tmp_path / "c.fits"
+    base = ["detect", str(path), "-o", str(out), "-q"]
+    assert main([*base, "--real-shapes", "1", "--cutout", "0"]) == 0
+    meta = FullCatalog.read(out).meta
+    assert (meta["real_shapes_probability"], meta["cutout_probability"]) == (1.0, 0.0)
+    assert meta["calibration_evidence"]["from"] == "stated"
+    out.unlink()
+    capsys.readouterr()
+    for option, bad in (("--real-shapes", "1.5"), ("--cutout", "-0.2"), ("--cutout", "nan")):
+        rc = main([*base, option, bad])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and f"{option} must be a probability in [0, 1], got" in err
+        assert "\n" not in err and not out.exists()
+
+
 def test_detect_deblend_writes_catalog_model_and_residual(
     tmp_path, capsys, weights, deblender_weights
 ):

@@ -664,3 +664,114 @@ def test_fit_shapes_calibration_keeps_the_prior_map_and_fits_the_other_on_its_sc
     with pytest.raises(ProbcatValueError, match="feature density"):
         rel.fit_shapes_calibration(SimpleNamespace(feature_density=None, prob_calibration=own),
                                    real_sim, prior_sim, 1.0)  # fmt: skip
+
+
+class _OodFromFeature:
+    """A feature density whose ``ood_score`` is a tile's first feature."""
+
+    def score(self, feats):
+        return np.asarray(feats)[:, 0]
+
+
+def _scene_with_ood(xs, ys, ood, shape=(40, 40)):
+    """A MAP catalogue of detections at ``xs, ys`` (raw probability 0.9) and tile features
+    whose ``ood_score`` (:class:`_OodFromFeature`) is ``ood`` at their tiles."""
+    tx, ty = (np.asarray(v, float).astype(int) // 5 for v in (xs, ys))
+    cat = _map_catalog(xs, ys, [0.9] * len(xs), tx, ty, shape)
+    feats = torch.zeros(1, shape[0] // 5, shape[1] // 5)
+    feats[0, ty, tx] = torch.as_tensor(np.asarray(ood, np.float32))
+    return cat, feats
+
+
+def test_pooled_evidence_is_bayes_rule_on_every_images_detections():
+    """Pooled over images, the real-shapes weight is the one a single image holding all
+    their detections would get (the ood_score evidence adds up), and the cutout weight
+    adds the images' Poisson log likelihood ratios to the prior (by hand); catalogues
+    without a record, and kinds no image has evidence of, are left out."""
+    cal = _shapes_cal(prior=0.2)
+    net = SimpleNamespace(prob_calibration=cal, feature_density=_OodFromFeature())
+    scenes = [
+        _scene_with_ood([1.0, 20.0, 33.0], [20.0, 20.0, 21.0], [0.97, 0.99, 0.3]),
+        _scene_with_ood([20.0, 12.0], [1.0, 25.0], [0.95, 0.5]),
+        _scene_with_ood([20.0], [20.0], [0.999]),
+    ]
+    cats = [rel.annotate(c, net, f) for c, f in scenes]
+    got = rel.pooled_evidence(cats + [_map_catalog([], [], [], [], [], (40, 40))])
+    assert got["images"] == 3
+    ood = np.concatenate([np.asarray(c["ood_score"]) for c in cats])
+    assert got["real_shapes"] == pytest.approx(cal.real_shapes_probability(ood), rel=1e-9)
+    lay = cal.prior_shapes
+    k_cut, k_iso = lay.edge_excess
+    z = np.log(lay.prior / (1 - lay.prior))
+    for c in cats:
+        e = rel.edge_distance(c["x"], c["y"], (40, 40))
+        n_edge, n_int = int(np.sum(e < 2)), int(np.sum(e >= 8))
+        mu = n_int / (24 * 24) * (40 * 40 - 36 * 36)
+        z += n_edge * np.log(k_cut / k_iso) - mu * (k_cut - k_iso)
+    assert got["cutout"] == pytest.approx(1 / (1 + np.exp(-z)), rel=1e-6)
+    alone = rel.pooled_evidence(cats[:1])  # one image: its own weights
+    assert alone["real_shapes"] == pytest.approx(cats[0].meta["real_shapes_probability"], abs=1e-4)
+    assert rel.pooled_evidence([]) == {"images": 0, "real_shapes": None, "cutout": None}
+    layout_only = SimpleNamespace(prob_calibration=lay, feature_density=_OodFromFeature())
+    other = rel.pooled_evidence([rel.annotate(c, layout_only, f) for c, f in scenes])
+    assert other["real_shapes"] is None and other["cutout"] == pytest.approx(got["cutout"])
+
+
+def test_stated_weights_choose_the_maps_and_are_recorded():
+    """``real_shapes`` and ``cutout`` given: the maps mixed by those weights (1 and 0 give
+    one map alone), whatever the image's own detections say, which its record keeps."""
+    cal = _shapes_cal(prior=0.2)
+    net = SimpleNamespace(prob_calibration=cal, feature_density=_OodFromFeature())
+    cat, feats = _scene_with_ood([1.0, 20.0, 33.0], [20.0, 20.0, 21.0], [0.97, 0.2, 0.3])
+    own = rel.annotate(cat, net, feats)
+    assert own.meta["calibration_evidence"]["from"] == "image"
+    raw = np.full(3, 0.9)
+    real = rel.annotate(cat, net, feats, real_shapes=1.0, cutout=0.0)
+    np.testing.assert_allclose(real["prob"], cal.real_shapes(raw))  # (0.5, 1) -> (0.3, 0.5)
+    prior = rel.annotate(cat, net, feats, real_shapes=0.0, cutout=1.0, evidence_from="x")
+    np.testing.assert_allclose(prior["prob"], cal.prior_shapes.cutout(raw))
+    half = rel.annotate(cat, net, feats, real_shapes=0.5, cutout=0.25)
+    lay = cal.prior_shapes
+    want = 0.5 * cal.real_shapes(raw) + 0.5 * (0.25 * lay.cutout(raw) + 0.75 * lay.isolated(raw))
+    np.testing.assert_allclose(half["prob"], want)
+    assert (real.meta["real_shapes_probability"], real.meta["cutout_probability"]) == (1.0, 0.0)
+    assert prior.meta["calibration_evidence"] == {**own.meta["calibration_evidence"], "from": "x"}
+    for bad in (1.5, -0.1, float("nan"), "yes", True):
+        with pytest.raises(ProbcatValueError, match="real_shapes must be a probability"):
+            rel.check_evidence(bad, "real_shapes")
+    with pytest.raises(ProbcatValueError, match=r"in \[0, 1\], got 'pooled'"):
+        rel.check_evidence("pooled", "--cutout", pooled=False)
+    assert rel.check_evidence("pooled", "cutout") == "pooled"
+
+
+def test_detector_pools_the_evidence_of_a_list_of_images(tiny_bank, tmp_path):
+    """``real_shapes="pooled"`` / ``cutout="pooled"``: the images of one call read with the
+    weights their MAP catalogues' evidence gives together (those catalogues' files give the
+    same), each catalogue saying so; the detections are the same as each image's own."""
+    import probcat
+    from probcat.simulate.scene import SceneConfig, SceneSimulator
+
+    det = probcat.load("detection_lsst_i", device="cpu", threads=1)
+    sim = SceneSimulator(tiny_bank, SceneConfig(48, 48, margin=8))
+    rng = np.random.default_rng(5)
+    imgs = [sim.sample(rng).image for _ in range(4)]
+    sigma = tiny_bank.survey.noise_sigma
+    own = det.catalog(imgs, noise_sigma=sigma)
+    paths = [c.write(tmp_path / f"c{k}.fits") for k, c in enumerate(own)]
+    ev = probcat.pooled_evidence(paths)
+    assert ev == probcat.pooled_evidence(own) and ev["images"] == 4
+    pooled = det.catalog(imgs, noise_sigma=sigma, real_shapes="pooled", cutout="pooled")
+    stated = det.catalog(
+        imgs, noise_sigma=sigma, real_shapes=ev["real_shapes"], cutout=ev["cutout"]
+    )
+    for a, b, c in zip(own, pooled, stated):
+        np.testing.assert_array_equal(a["x"], b["x"])
+        np.testing.assert_allclose(b["prob"], c["prob"], rtol=1e-12)
+        assert b.meta["calibration_evidence"]["from"] == "pooled over 4 images"
+        assert b.meta["real_shapes_probability"] == round(ev["real_shapes"], 4)
+        assert b.meta["cutout_probability"] == round(ev["cutout"], 4)
+    # the images' own weights differ from the pooled ones: the test sees which was used
+    assert any(abs(a.meta["cutout_probability"] - ev["cutout"]) > 0.01 for a in own)
+    assert any(abs(a.meta["real_shapes_probability"] - ev["real_shapes"]) > 0.01 for a in own)
+    with pytest.raises(ProbcatValueError, match="cutout must be a probability"):
+        det.catalog(imgs, noise_sigma=sigma, cutout=2)

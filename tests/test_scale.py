@@ -72,7 +72,8 @@ def test_a_rerun_with_other_options_is_refused_before_any_work(tmp_path, weights
     recorded = json.loads((out / "run_options.json").read_text())
     assert recorded["threshold"] == 0.0 and recorded["weights"] == str(weights)
     before = (out / "im0.parquet").read_bytes()
-    for other in ({"threshold": 0.3}, {"noise_sigma": "measured"}, {"seeing": "none"}):
+    for other in ({"threshold": 0.3}, {"noise_sigma": "measured"}, {"seeing": "none"},
+                  {"real_shapes": 1.0}):  # fmt: skip
         with pytest.raises(ProbcatValueError, match=f"{list(other)[0]} .* -> "):
             run(images, out, **{**base, **other})
         with pytest.raises(ProbcatValueError, match="finished catalogs were made with other"):
@@ -84,6 +85,9 @@ def test_a_rerun_with_other_options_is_refused_before_any_work(tmp_path, weights
     s = run(images, out, **base)  # the same options: resumed
     assert (s["processed"], s["skipped"]) == (1, 1)
     assert run(images, tmp_path / "other", **{**base, "threshold": 0.3})["processed"] == 2
+    with pytest.raises(ProbcatValueError, match=r"cutout must be a probability in \[0, 1\], got"):
+        run(images, tmp_path / "bad", **{**base, "cutout": "pooled"})  # stated ones only
+    assert not (tmp_path / "bad").exists()
     args = ["run", *map(str, images), "-o", str(out), "--weights", str(weights), "--workers",
             "0", "-q", "--threshold", "0.2"]  # fmt: skip
     assert main(args) == 2

@@ -41,6 +41,7 @@ _LAZY = {
     "FullCatalog": "probcat.catalog",
     "make_wcs": "probcat.catalog",
     "concat_catalogs": "probcat.catalog",
+    "pooled_evidence": "probcat.infer.reliability",
     "TileCatalog": "probcat.tiles",
     "ImageData": "probcat.io",
     "read_image": "probcat.io",

@@ -445,6 +445,9 @@ class Detector:
     :class:`~probcat.io.ImageData`, an array ``(H, W)`` or ``(bands, H, W)`` in electrons
     (background-subtracted), a stack ``(B, bands, H, W)``, or a list of any of these. Images
     of one size run as one batch; a single image gives a single result, several a list.
+    Every method also takes ``real_shapes`` and ``cutout`` (see :func:`detect`): with
+    ``"pooled"``, the detection probabilities of many images of one survey are calibrated
+    with what all their detections say of their galaxies and layout.
 
     Args:
         net: the network (:class:`~probcat.nets.DetectionNet`).
@@ -942,9 +945,13 @@ class Detector:
             raise ProbcatValueError(f"seed must be an integer, got {seed!r}")
         if not 0 <= seed < 2**63:
             raise ProbcatValueError(f"seed must lie in [0, 2^63), got {seed}")
+        from probcat.infer.reliability import EVIDENCE_KINDS, check_evidence
+
         opts = dict(opts)
         seeing = opts.pop("seeing", "auto")
         rescue = _check_flag(opts.pop("rescue_bright", True), "rescue_bright")
+        evidence = {k: check_evidence(opts.pop(k, None), k) for k in EVIDENCE_KINDS}
+        source = opts.pop("_evidence_from", "stated")  # where the given weights come from
         unknown = set(opts) - {"background", "gain", "mask", "zeropoint"}
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
@@ -952,17 +959,20 @@ class Detector:
         seeing = "auto" if seeing == "auto" else "given"
         # images may be a _Batch already prepared (photoz: the image read once for all bands)
         batch = images if isinstance(images, _Batch) else self._prepare(images, noise_sigma, opts)
+        given = {"seeing": fixed if seeing == "given" else seeing, "rescue_bright": rescue}
+        if "pooled" in evidence.values():  # read every image's evidence first
+            evidence, source = self._pooled_evidence(batch, given, evidence, threshold)
         routed = self._routed(batch)
         if routed is not None:  # bands partly without data: the masked weights read those
             return self._run_routed(
-                batch, routed, {"seeing": fixed if seeing == "given" else seeing,
-                                "rescue_bright": rescue},  # fmt: skip
+                batch, routed, {**given, **evidence, "_evidence_from": source},
                 threshold=threshold, samples=samples, seed=seed, want_map=want_map, full=full,
                 progress=progress,
             )  # fmt: skip
         kw = dict(
             fixed=fixed, seeing=seeing, rescue=rescue, threshold=threshold, samples=samples,
             seed=seed, want_map=want_map, full=full, progress=progress,
+            evidence={**evidence, "evidence_from": source},
         )  # fmt: skip
         todo = self._sky_candidates(batch)
         if not todo:
@@ -979,6 +989,22 @@ class Detector:
                 cats[k].meta["input"] = {**cats[k].meta["input"], **batch.info[k]}
             return got
         return self._run_batch(batch if shifted is None else shifted, **kw)
+
+    def _pooled_evidence(self, batch: _Batch, given: dict, evidence: dict, threshold):
+        """``(evidence, source)``: ``evidence`` (the ``real_shapes`` and ``cutout`` options)
+        with each ``"pooled"`` replaced by what the MAP catalogues of all the images of
+        ``batch`` say together (:func:`probcat.infer.reliability.pooled_evidence`; None
+        where no image has evidence of that kind), and how many images that was. The
+        images are read once for it, as by :meth:`catalog` (``given``: the seeing and
+        rescue options), each weighted by its own detections."""
+        from probcat.infer.reliability import pooled_evidence
+
+        probe = replace(batch, info=[dict(i) for i in batch.info])  # its records untouched
+        own = {k: None if v == "pooled" else v for k, v in evidence.items()}
+        cats = self._run(probe, None, {**given, **own}, threshold=threshold)[0]
+        got = pooled_evidence([cats] if batch.single else cats)
+        out = {k: got[k] if v == "pooled" else v for k, v in evidence.items()}
+        return out, f"pooled over {got['images']} images"
 
     def _sky_candidates(self, batch: _Batch) -> list[int]:
         """The images of ``batch`` whose sky :func:`probcat.background.prepare` subtracted
@@ -1086,9 +1112,12 @@ class Detector:
         want_map,
         full,
         progress,
+        evidence,
     ):
         """:meth:`_run` of a prepared ``batch`` (``fixed``: a given seeing ratio or None;
-        ``seeing``: ``"auto"`` or ``"given"``; ``rescue``: the rescue of bright objects)."""
+        ``seeing``: ``"auto"`` or ``"given"``; ``rescue``: the rescue of bright objects;
+        ``evidence``: the probability calibration's image-level weights, ``real_shapes``
+        and ``cutout``, stated or pooled, for :func:`~probcat.infer.reliability.annotate`)."""
         import torch
 
         from probcat.infer.calibration import CentroidCalibration
@@ -1172,7 +1201,7 @@ class Detector:
                         noise = _noise_scale(batch.info[sl.start + k])
                         # the calibration of its seeing and depth
                         with at_seeing(self.net, scales[k]), at_depth(self.net, noise):
-                            c = annotate(c, self.net, feats[k], pixels[k])
+                            c = annotate(c, self.net, feats[k], pixels[k], **evidence)
                         if mix and "centroid_calibration" in c.meta:
                             cals[k] = CentroidCalibration.from_dict(c.meta["centroid_calibration"])
                         factor, depth, _ = calibration_for(self.net, used, noise)
@@ -1327,6 +1356,8 @@ def detect(
     mask=None,
     zeropoint=None,
     rescue_bright: bool = True,
+    real_shapes=None,
+    cutout=None,
 ) -> DetectionResult:
     """Detect and classify sources in an image of any size.
 
@@ -1376,6 +1407,16 @@ def detect(
             Posterior samples hold each such source as often as its ``prob`` before
             calibration says, at the same proposed centre. False: the network's decisions
             alone (as before 0.1.0).
+        real_shapes, cutout: the probability calibration's two image-level weights, where
+            the weights carry those maps: that the image's galaxies are unlike the prior's
+            (real galaxies: the map fitted on Hubble Deep Field galaxies) and that the image
+            is a survey cutout (sources beyond its edges) rather than an isolated scene.
+            None: each image's own detections decide (``real_shapes_probability`` and
+            ``cutout_probability`` in the catalog's metadata; a small image keeps close to
+            the prior); ``"pooled"``: for a list of images of one survey, all their
+            detections decide together (they are read twice); a probability in [0, 1]:
+            stated, e.g. ``real_shapes=1`` for real galaxies
+            (``docs/robustness.md``, *Evidence from many images*).
 
     Example:
         >>> res = probcat.detect("field.fits")                    # doctest: +SKIP
@@ -1397,6 +1438,8 @@ def detect(
         mask=mask,
         zeropoint=zeropoint,
         rescue_bright=rescue_bright,
+        real_shapes=real_shapes,
+        cutout=cutout,
     )
 
 
@@ -1847,6 +1890,8 @@ def deblend(
     seeing="auto",
     rescue_bright: bool = True,
     wings: bool = True,
+    real_shapes=None,
+    cutout=None,
 ) -> DeblendResult:
     """Detect, deblend and measure every source of an image, with flux posteriors from
     ``samples`` posterior catalog samples (0: point measurements only).
@@ -1866,7 +1911,7 @@ def deblend(
             :meth:`Deblender.measure`; default: the file's), and the image's depth (see
             :func:`detect`).
         progress: progress bars over the posterior samples (drawing, then deblending).
-        seeing, rescue_bright: the detection's (see :func:`detect`).
+        seeing, rescue_bright, real_shapes, cutout: the detection's (see :func:`detect`).
         Others: as for :func:`detect`.
 
     Example:
@@ -1895,7 +1940,7 @@ def deblend(
     res = det.detect(
         image, noise_sigma=noise_sigma, threshold=threshold, samples=samples, seed=seed,
         progress=progress, zeropoint=zeropoint, seeing=seeing, rescue_bright=rescue_bright,
-        **opts,
+        real_shapes=real_shapes, cutout=cutout, **opts,
     )  # fmt: skip
     from probcat.masking import said_once
 
@@ -2144,6 +2189,8 @@ def photoz(
     width_scale: float = 1.0,
     rescue_bright: bool = True,
     progress: bool = False,
+    real_shapes=None,
+    cutout=None,
 ):
     """Detect the sources of a multi-band image and estimate a redshift PDF for each galaxy
     (paper 002): a :class:`~probcat.redshift.estimator.PhotozResult` with the catalog (``z_mode,
@@ -2187,6 +2234,8 @@ def photoz(
         rescue_bright: as :func:`detect`'s: the bright galaxies the detector leaves without
             a detection get one, and their PDFs.
         progress: a progress bar over the PDFs of a field with many galaxies.
+        real_shapes, cutout: the detection probabilities' image-level weights, as
+            :func:`detect`'s.
 
     Example:
         >>> res = probcat.photoz("field_ugrizy.fits")                 # doctest: +SKIP
@@ -2240,7 +2289,10 @@ def photoz(
     # an absent band (info["absent_bands"]) sends the image to the detector's masked
     # weights, as a band partly without data does (Detector._routed)
     batch = det._prepared(x_det, wcs, info, masked, sigma, planes)
-    res = det.detect(batch, threshold=threshold, seeing=seeing, rescue_bright=rescue_bright)
+    res = det.detect(
+        batch, threshold=threshold, seeing=seeing, rescue_bright=rescue_bright,
+        real_shapes=real_shapes, cutout=cutout,
+    )  # fmt: skip
     res.catalog = _with_sky(res.catalog, wcs)
     res.wcs = wcs
     shift = _sky_shift_of(res.catalog)

@@ -75,6 +75,20 @@ RESCUE_BRIGHT_OPTION = typer.Option(
     "where the network spreads a lumpy galaxy's probability over several tiles "
     "(bright_rescue column; docs/robustness.md, Bright galaxies)",
 )
+REAL_SHAPES_OPTION = typer.Option(
+    None,
+    "--real-shapes",
+    help="probability that the image's galaxies are unlike the prior's (real galaxies: 1), "
+    "for the detection probabilities' calibration (default: the image's own detections "
+    "decide; docs/robustness.md, Evidence from many images)",
+)
+CUTOUT_OPTION = typer.Option(
+    None,
+    "--cutout",
+    help="probability that the image is a survey cutout (sources beyond its edges: 1) "
+    "rather than an isolated scene (0), for the same calibration (default: its own "
+    "detections decide)",
+)
 NOISE_OPTION = typer.Option(
     "auto",
     help="background noise sigma per band: auto (the NOISE keywords, else the survey's, "
@@ -419,6 +433,8 @@ def detect_cmd(
     noise: str = NOISE_OPTION,
     seeing: str = SEEING_OPTION,
     rescue_bright: bool = RESCUE_BRIGHT_OPTION,
+    real_shapes: float = REAL_SHAPES_OPTION,
+    cutout: float = CUTOUT_OPTION,
     mask: Path = MASK_OPTION,
     mask_planes: str = MASK_PLANES_OPTION,
     weight: Path = WEIGHT_OPTION,
@@ -438,6 +454,7 @@ def detect_cmd(
     items, paths, stem = _image_files(images)
     seeing = _checked_seeing(seeing)
     planes = _planes_option(mask_planes)
+    evidence = _evidence_options(real_shapes, cutout)
     from probcat.io import check_planes_found, check_weight_type, read_files
 
     check_weight_type(weight_type, "--weight-type")  # before any work
@@ -477,7 +494,7 @@ def detect_cmd(
     data = read_files(items, mask_planes=planes, weight=weight, weight_type=weight_type, hdu=hdu)
     check_planes_found(items, planes, mask)
     opts = {"background": background, "gain": gain, "noise_sigma": _noise_option(noise),
-            "mask": _mask_option(mask, planes, hdu)}  # fmt: skip
+            "mask": _mask_option(mask, planes, hdu), **evidence}  # fmt: skip
     kw = dict(zeropoint=zeropoint, threshold=threshold, samples=samples, seed=seed,
               progress=not quiet, seeing=seeing, rescue_bright=rescue_bright, **opts)  # fmt: skip
     extra = []
@@ -614,6 +631,8 @@ def photoz_cmd(
     noise: str = NOISE_OPTION,
     seeing: str = SEEING_OPTION,
     rescue_bright: bool = RESCUE_BRIGHT_OPTION,
+    real_shapes: float = REAL_SHAPES_OPTION,
+    cutout: float = CUTOUT_OPTION,
     mask: Path = MASK_OPTION,
     mask_planes: str = MASK_PLANES_OPTION,
     weight: Path = WEIGHT_OPTION,
@@ -659,6 +678,7 @@ def photoz_cmd(
     seeing = _checked_seeing(seeing)
     planes = _planes_option(mask_planes)
     zps = _zeropoint_option(zeropoint)
+    evidence = _evidence_options(real_shapes, cutout)
     from probcat.io import check_planes_found, check_weight_type, read_files
 
     check_weight_type(weight_type, "--weight-type")  # before any work
@@ -690,6 +710,7 @@ def photoz_cmd(
         known_redshifts=spec_z,
         width_scale=width_scale,
         progress=not quiet,
+        **evidence,
     )
     msg = f"{len(res.catalog)} detections, {int(res.catalog['has_pz'].sum())} photo-z PDFs"
     msg += _density_note(res.catalog.meta.get("density", {}))
@@ -742,6 +763,8 @@ def run_cmd(
     noise: str = NOISE_OPTION,
     seeing: str = SEEING_OPTION,
     rescue_bright: bool = RESCUE_BRIGHT_OPTION,
+    real_shapes: float = REAL_SHAPES_OPTION,
+    cutout: float = CUTOUT_OPTION,
     mask_planes: str = MASK_PLANES_OPTION,
     weight_type: str = WEIGHT_TYPE_OPTION,
     fmt: str = typer.Option("parquet", "--format", help="parquet or fits"),
@@ -827,6 +850,7 @@ def run_cmd(
         noise_sigma=_noise_option(noise),
         seeing=_checked_seeing(seeing),
         rescue_bright=rescue_bright,
+        **_evidence_options(real_shapes, cutout),
         mask_planes=_planes_option(mask_planes),
         weight_type=weight_type,
         suffix=f".{fmt}",
@@ -1382,6 +1406,17 @@ def _centroid_summary(what: str, cal: dict) -> str:
         ]
         line += f" ({len(c.snr)} SNR bins: {' to '.join(ends)})"
     return line
+
+
+def _evidence_options(real_shapes, cutout) -> dict:
+    """``--real-shapes`` and ``--cutout`` checked before anything is loaded or run."""
+    from probcat.infer.reliability import check_evidence
+
+    out = {}
+    for name, value in (("--real-shapes", real_shapes), ("--cutout", cutout)):
+        if value is not None:
+            out[name[2:].replace("-", "_")] = check_evidence(float(value), name, pooled=False)
+    return out
 
 
 def _seeing_factors(text: str | None, option: str = "--seeing-factors") -> tuple | None:

@@ -408,6 +408,8 @@ def process_image(
                 noise_sigma=options.get("noise_sigma"),
                 seeing=options.get("seeing", "auto"),
                 rescue_bright=options.get("rescue_bright", False),
+                real_shapes=options.get("real_shapes"),
+                cutout=options.get("cutout"),
             )
             if options.get("deblend"):
                 from probcat.api import deblend
@@ -459,6 +461,8 @@ def run(
     noise_sigma=None,
     seeing="auto",
     rescue_bright: bool = True,
+    real_shapes: float | None = None,
+    cutout: float | None = None,
     mask_planes=None,
     weight_type: str = "weight",
     suffix: str = ".parquet",
@@ -485,7 +489,9 @@ def run(
     (:func:`probcat.redshift.pdf.pdf_path`); ``width_scale``: a factor on their widths
     (:meth:`probcat.redshift.estimator.PhotozEstimator.fit_widths`). ``device``: where the
     networks run (:func:`run_device`: default a GPU when present for a serial run, the CPU
-    for Dask workers). ``rescue_bright``: as :func:`probcat.detect`'s. ``deblend``:
+    for Dask workers). ``rescue_bright``, ``real_shapes``, ``cutout``: as
+    :func:`probcat.detect`'s (stated probabilities: ``"pooled"`` over a run's images is
+    :func:`probcat.pooled_evidence` of a first run's catalogs). ``deblend``:
     deblender weights (``"default"``: ``deblender_lsst_i``): each catalog gets every
     source's deblended measurements and flux posteriors as :func:`probcat.deblend` gives
     them, from ``samples`` posterior samples (default 100; 0: point measurements only),
@@ -508,6 +514,10 @@ def run(
 
     check_weight_type(weight_type)
     seeing_option(seeing)
+    from probcat.infer.reliability import check_evidence
+
+    real_shapes = check_evidence(real_shapes, "real_shapes", pooled=False)
+    cutout = check_evidence(cutout, "cutout", pooled=False)
     from probcat.redshift.estimator import check_width_scale
 
     width_scale = check_width_scale(width_scale)
@@ -535,7 +545,8 @@ def run(
         weights = weights or DEFAULT_PHOTOZ_DETECTOR
     options = {"weights": weights, "threshold": threshold, "background": background,
                "gain": gain, "noise_sigma": noise_sigma, "seeing": seeing,
-               "rescue_bright": bool(rescue_bright),
+               "rescue_bright": bool(rescue_bright), "real_shapes": real_shapes,
+               "cutout": cutout,
                "mask_planes": mask_planes, "weight_type": weight_type,
                "threads": (threads or "auto") if serial else 1, "photoz": photoz,
                "width_scale": width_scale, "deblend": deblend, "samples": samples,
@@ -597,9 +608,11 @@ OPTIONS = "run_options.json"  # in the output directory: the options its catalog
 # the options that change a catalog (not where or how fast it is made)
 _CATALOG_OPTIONS = ("weights", "threshold", "background", "gain", "noise_sigma", "seeing",
                     "mask_planes", "weight_type", "photoz", "width_scale",
-                    "rescue_bright", "deblend", "samples", "method")  # fmt: skip
+                    "rescue_bright", "deblend", "samples", "method", "real_shapes",
+                    "cutout")  # fmt: skip
 # later options, as the catalogs of a folder written before them were made
-_ADDED_OPTIONS = {"rescue_bright": False, "deblend": None, "samples": 0, "method": None}
+_ADDED_OPTIONS = {"rescue_bright": False, "deblend": None, "samples": 0, "method": None,
+                  "real_shapes": None, "cutout": None}  # fmt: skip
 
 
 def _deblend_options(deblend, samples, method, photoz) -> tuple:

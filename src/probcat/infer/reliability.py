@@ -79,6 +79,7 @@ import base64
 import math
 from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -94,6 +95,10 @@ __all__ = [
     "fit_probability_calibration",
     "fit_feature_density",
     "annotate",
+    "calibrate",
+    "pooled_evidence",
+    "check_evidence",
+    "posterior_probability",
     "seeing_calibration",
     "calibration_for",
     "fit_seeing_calibration",
@@ -152,6 +157,16 @@ def neighbour_distance(x, y, prob_raw=None) -> np.ndarray:
     return d.min(1)
 
 
+def posterior_probability(prior: float, log_ratio: float | None) -> float:
+    """Bayes' rule for an image-level choice between two kinds: the probability of the
+    first, of ``prior``, after evidence of log likelihood ratio ``log_ratio`` (first over
+    second; None: no evidence, ``prior`` itself)."""
+    if log_ratio is None:
+        return float(prior)
+    z = math.log(prior / (1.0 - prior)) + log_ratio
+    return float(1.0 / (1.0 + math.exp(-min(max(z, -500.0), 500.0))))
+
+
 @dataclass(frozen=True)
 class ProbabilityCalibration:
     """Monotone maps ``raw -> calibrated``: the pooled one through the points ``(x[i],
@@ -182,11 +197,14 @@ class ProbabilityCalibration:
                 f"calibration axis must be one of {CONTEXTS}, got {self.axis!r}"
             )
 
-    def __call__(self, p, ood=None, edge=None, neighbour=None, *, shape=None) -> np.ndarray:
+    def __call__(
+        self, p, ood=None, edge=None, neighbour=None, *, shape=None, cutout=None
+    ) -> np.ndarray:
         """Calibrated probabilities of raw ``p``, given (when known) each detection's
         ``ood_score``, ``edge`` distance (px, :func:`edge_distance`) and ``neighbour``
-        distance (px, :func:`neighbour_distance`); ``shape``, the image's, is not needed
-        (the interface of :class:`LayoutCalibration`)."""
+        distance (px, :func:`neighbour_distance`); ``shape``, the image's, and ``cutout``,
+        a stated cutout probability, are not needed (the interface of
+        :class:`LayoutCalibration`)."""
         p = np.asarray(p, float)
         out = _interp(p, self.x, self.y)
         if ood is not None and self.by_ood:
@@ -292,25 +310,35 @@ class LayoutCalibration:
                 "a layout calibration needs 0 < prior < 1 and positive edge_excess factors"
             )
 
+    def evidence(self, edge, prob_raw, shape=None) -> float | None:
+        """The log likelihood ratio, cutout over isolated scene, of an image of ``shape``
+        whose detections have edge distances ``edge`` and raw probabilities ``prob_raw``
+        (the evidence :meth:`cutout_probability` adds to ``prior``); None without a shape
+        or without an interior."""
+        if shape is None or edge is None:
+            return None
+        n_edge, n_int, area_edge, area_int = edge_counts(edge, prob_raw, shape)
+        if area_int <= 0 or area_edge <= 0:
+            return None
+        k_cut, k_iso = self.edge_excess
+        mu = n_int / area_int * area_edge  # expected edge detections at the interior density
+        return float(n_edge * np.log(k_cut / k_iso) - mu * (k_cut - k_iso))
+
     def cutout_probability(self, edge, prob_raw, shape=None) -> float:
         """Posterior probability that an image of ``shape`` whose detections have edge
         distances ``edge`` and raw probabilities ``prob_raw`` is a cutout (``prior``
         without a shape or without an interior)."""
-        if shape is None or edge is None:
-            return self.prior
-        n_edge, n_int, area_edge, area_int = edge_counts(edge, prob_raw, shape)
-        if area_int <= 0 or area_edge <= 0:
-            return self.prior
-        k_cut, k_iso = self.edge_excess
-        mu = n_int / area_int * area_edge  # expected edge detections at the interior density
-        log_lr = n_edge * np.log(k_cut / k_iso) - mu * (k_cut - k_iso)
-        z = np.log(self.prior / (1 - self.prior)) + log_lr
-        return float(1.0 / (1.0 + np.exp(-np.clip(z, -500, 500))))
+        return posterior_probability(self.prior, self.evidence(edge, prob_raw, shape))
 
-    def __call__(self, p, ood=None, edge=None, neighbour=None, *, shape=None) -> np.ndarray:
+    def __call__(
+        self, p, ood=None, edge=None, neighbour=None, *, shape=None, cutout=None
+    ) -> np.ndarray:
         """Calibrated probabilities of raw ``p`` (every detection of one image, for the
-        image's weight), as :meth:`ProbabilityCalibration.__call__`."""
-        return self.mix(p, ood, edge, neighbour, self.cutout_probability(edge, p, shape))
+        image's weight; ``cutout``, a probability that the image is a cutout, instead when
+        given: stated, or read on many images, :func:`pooled_evidence`), as
+        :meth:`ProbabilityCalibration.__call__`."""
+        w = self.cutout_probability(edge, p, shape) if cutout is None else float(cutout)
+        return self.mix(p, ood, edge, neighbour, w)
 
     def mix(self, p, ood, edge, neighbour, w: float) -> np.ndarray:
         """The two maps' probabilities weighted ``w`` (cutout) and ``1 - w`` (isolated)."""
@@ -382,24 +410,35 @@ class ShapesCalibration:
             f"{self.source}; mixed by the image's real_shapes_probability"
         )
 
+    def evidence(self, ood) -> float | None:
+        """The log likelihood ratio, real over prior shapes, of an image whose detections
+        have ``ood_score`` values ``ood`` (the evidence :meth:`real_shapes_probability`
+        adds to ``prior``); None without scores."""
+        if ood is None or not len(ood):
+            return None
+        k = np.clip((np.asarray(ood, float) * SHAPES_BINS).astype(int), 0, SHAPES_BINS - 1)
+        return float(np.asarray(self.log_ratio)[k].sum())
+
     def real_shapes_probability(self, ood) -> float:
         """Posterior probability that an image whose detections have ``ood_score`` values
         ``ood`` holds galaxies of the second kind (``prior`` without scores)."""
-        z = math.log(self.prior / (1.0 - self.prior))
-        if ood is not None and len(ood):
-            k = np.clip((np.asarray(ood, float) * SHAPES_BINS).astype(int), 0, SHAPES_BINS - 1)
-            z += float(np.asarray(self.log_ratio)[k].sum())
-        return float(1.0 / (1.0 + math.exp(-min(max(z, -500.0), 500.0))))
+        return posterior_probability(self.prior, self.evidence(ood))
 
-    def __call__(self, p, ood=None, edge=None, neighbour=None, *, shape=None) -> np.ndarray:
+    def __call__(
+        self, p, ood=None, edge=None, neighbour=None, *, shape=None, cutout=None, real_shapes=None
+    ) -> np.ndarray:
         """Calibrated probabilities of raw ``p`` (every detection of one image, for the
-        image's weights), as :meth:`ProbabilityCalibration.__call__`."""
-        return self.mix(p, ood, edge, neighbour, self.real_shapes_probability(ood), shape=shape)
+        image's weights; ``real_shapes`` and ``cutout``, probabilities that its galaxies
+        are of the second kind and that it is a cutout, instead when given: stated, or read
+        on many images, :func:`pooled_evidence`), as
+        :meth:`ProbabilityCalibration.__call__`."""
+        w = self.real_shapes_probability(ood) if real_shapes is None else float(real_shapes)
+        return self.mix(p, ood, edge, neighbour, w, shape=shape, cutout=cutout)
 
-    def mix(self, p, ood, edge, neighbour, w: float, *, shape=None) -> np.ndarray:
+    def mix(self, p, ood, edge, neighbour, w: float, *, shape=None, cutout=None) -> np.ndarray:
         """The two maps' probabilities weighted ``w`` (real shapes) and ``1 - w``."""
-        a = self.prior_shapes(p, ood, edge, neighbour, shape=shape)
-        b = self.real_shapes(p, ood, edge, neighbour, shape=shape)
+        a = self.prior_shapes(p, ood, edge, neighbour, shape=shape, cutout=cutout)
+        b = self.real_shapes(p, ood, edge, neighbour, shape=shape, cutout=cutout)
         return w * b + (1.0 - w) * a
 
     def to_dict(self) -> dict:
@@ -753,45 +792,127 @@ def calibration_for(net, scale: float | None = None, noise: float | None = None)
     return min(options, key=lambda o: abs(math.log(o[0] / scale)) + abs(math.log(o[1] / noise)))
 
 
-def annotate(cat, net, feats_k: torch.Tensor, pixels=None):
+def annotate(
+    cat,
+    net,
+    feats_k: torch.Tensor,
+    pixels=None,
+    *,
+    real_shapes=None,
+    cutout=None,
+    evidence_from: str = "stated",
+):
     """A MAP catalogue of ``net`` with the weights' reliability columns: ``prob_raw`` (the
-    network's probability), ``prob`` (calibrated) and ``ood_score`` (see the module
-    docstring); unchanged when the weights carry neither fit. The calibration is the one
-    for the seeing and depth ``net`` reads the image at (:func:`calibration_for`). With
-    ``pixels`` (the image in noise-sigma units) and weights with a pair rule, the detections
-    it vetoes are dropped first (:func:`veto_pairs`). Where the probabilities mix two maps by the
-    image's ``real_shapes_probability`` (:class:`ShapesCalibration`), the metadata's
-    ``centroid_calibration`` mixes the weights' two centroid calibrations by it too."""
+    network's probability), ``prob`` (calibrated, :func:`calibrate`) and ``ood_score`` (see
+    the module docstring); unchanged when the weights carry neither fit. With ``pixels``
+    (the image in noise-sigma units) and weights with a pair rule, the detections it vetoes
+    are dropped first (:func:`veto_pairs`). ``real_shapes``, ``cutout``,
+    ``evidence_from``: as :func:`calibrate`'s."""
     cat = veto_pairs(cat, net, pixels)
-    cal = calibration_for(net)[2]
     dens = getattr(net, "feature_density", None)
-    if cal is None and dens is None:
+    if calibration_for(net)[2] is None and dens is None:
         return cat
-    cols, meta = {}, {**cat.meta, "ood_flag": OOD_FLAG}
+    meta = {**cat.meta, "ood_flag": OOD_FLAG}
     if dens is not None:
-        cols["ood_score"] = (
-            dens.score(_tile_feats(feats_k, cat["tile_x"], cat["tile_y"]))
-            if len(cat)
-            else np.zeros(0)
+        ood = dens.score(_tile_feats(feats_k, cat["tile_x"], cat["tile_y"])) if len(cat) else []
+        cat = cat.with_columns(ood_score=np.asarray(ood, float))
+    cat = replace(cat, meta=meta)
+    return calibrate(cat, net, real_shapes=real_shapes, cutout=cutout, evidence_from=evidence_from)
+
+
+def calibrate(cat, net, *, real_shapes=None, cutout=None, evidence_from: str = "stated"):
+    """A MAP catalogue of ``net`` (raw probabilities ``prob_raw``, else ``prob``; its
+    ``ood_score``, where the weights give one) with ``prob_raw`` and ``prob`` calibrated;
+    unchanged when the weights carry no calibration. The calibration is the one for the
+    seeing and depth ``net`` reads the image at (:func:`calibration_for`). Where the
+    probabilities mix two maps by the image's ``real_shapes_probability``
+    (:class:`ShapesCalibration`), the metadata's ``centroid_calibration`` mixes the
+    weights' two centroid calibrations by it too.
+
+    ``real_shapes`` and ``cutout`` (probabilities, or None: the image's own detections
+    decide) state the weights of the maps instead: that the image's galaxies are unlike
+    the prior's, and that it is a survey cutout (for the maps of either layout,
+    :class:`LayoutCalibration`). The metadata record the weights used
+    (``real_shapes_probability``, ``cutout_probability``) and, in
+    ``calibration_evidence``, the image's own evidence for each (prior and log likelihood
+    ratio), from which :func:`pooled_evidence` reads many images together, and ``from``:
+    ``"image"``, or ``evidence_from`` where a weight was given."""
+    cal = calibration_for(net)[2]
+    if cal is None:
+        return cat
+    raw = np.asarray(cat["prob_raw" if "prob_raw" in cat.colnames else "prob"], float)
+    edge = edge_distance(cat["x"], cat["y"], cat.image_shape)
+    near = neighbour_distance(cat["x"], cat["y"], raw)
+    ood = np.asarray(cat["ood_score"], float) if "ood_score" in cat.colnames else None
+    meta = {**cat.meta, "prob_calibration": getattr(cal, "description", cal.source)}
+    evidence, w_real, base = {}, None, cal
+    if isinstance(cal, ShapesCalibration):  # the image's weights, as the map uses them
+        own = cal.evidence(ood)
+        evidence["real_shapes"] = _evidence_record(cal.prior, own)
+        w_real = posterior_probability(cal.prior, own) if real_shapes is None else real_shapes
+        meta["real_shapes_probability"] = round(w_real, 4)
+        meta.update(_mixed_centroid_calibration(net, w_real))
+        base = cal.prior_shapes
+    if isinstance(base, LayoutCalibration):
+        own = base.evidence(edge, raw, cat.image_shape)
+        evidence["cutout"] = _evidence_record(base.prior, own)
+        w = posterior_probability(base.prior, own) if cutout is None else cutout
+        meta["cutout_probability"] = round(w, 4)
+    if evidence:
+        given = (real_shapes is not None and "real_shapes" in evidence) or (
+            cutout is not None and "cutout" in evidence
         )
-    if cal is not None:
-        raw = np.asarray(cat["prob"], float)
-        edge = edge_distance(cat["x"], cat["y"], cat.image_shape)
-        near = neighbour_distance(cat["x"], cat["y"], raw)
-        ood = cols.get("ood_score")
-        meta["prob_calibration"] = getattr(cal, "description", cal.source)
-        base = cal
-        if isinstance(cal, ShapesCalibration):  # the image's weights, as the map uses them
-            w_real = cal.real_shapes_probability(ood)
-            meta["real_shapes_probability"] = round(w_real, 4)
-            meta.update(_mixed_centroid_calibration(net, w_real))
-            base = cal.prior_shapes
-        if isinstance(base, LayoutCalibration):
-            w = base.cutout_probability(edge, raw, cat.image_shape)
-            meta["cutout_probability"] = round(w, 4)
-        prob = cal(raw, ood, edge, near, shape=cat.image_shape)
-        cols.update(prob_raw=raw, prob=prob)
-    return replace(cat.with_columns(**cols), meta=meta)
+        meta["calibration_evidence"] = {**evidence, "from": evidence_from if given else "image"}
+    kw = {} if w_real is None else {"real_shapes": w_real}
+    prob = cal(raw, ood, edge, near, shape=cat.image_shape, cutout=cutout, **kw)
+    return replace(cat.with_columns(prob_raw=raw, prob=prob), meta=meta)
+
+
+def _evidence_record(prior: float, log_ratio: float | None) -> dict:
+    return {"prior": float(prior), "log_ratio": round(float(log_ratio or 0.0), 6)}
+
+
+EVIDENCE_KINDS = ("real_shapes", "cutout")
+
+
+def pooled_evidence(cats) -> dict:
+    """What the MAP catalogues ``cats`` of many images (catalogues or their files; their
+    ``calibration_evidence``, :func:`annotate`) say together: the probability that their
+    galaxies are unlike the prior's (``real_shapes``) and that they are survey cutouts
+    (``cutout``), by Bayes' rule with the first one's prior and the sum of every image's
+    log likelihood ratio. Images of one survey share their galaxies and the way they were
+    cut, and the thousands of detections of many small images decide what the dozens of
+    one cannot (each alone keeps close to the prior). ``{"real_shapes": p, "cutout": p,
+    "images": n}``, with None for a kind that no catalogue has evidence of and ``n`` the
+    catalogues that have some."""
+    from probcat.catalog import FullCatalog
+
+    cats = [FullCatalog.read(c) if isinstance(c, (str, Path)) else c for c in cats]
+    recs = [c.meta.get("calibration_evidence") for c in cats]
+    recs = [r for r in recs if r]
+    out: dict = {"images": len(recs)}
+    for kind in EVIDENCE_KINDS:
+        got = [r[kind] for r in recs if kind in r]
+        out[kind] = (
+            posterior_probability(got[0]["prior"], sum(g["log_ratio"] for g in got))
+            if got
+            else None
+        )
+    return out
+
+
+def check_evidence(value, name: str, pooled: bool = True):
+    """An image-level weight option (``real_shapes``, ``cutout``) checked: None (each
+    image's own detections decide), ``"pooled"`` (with ``pooled``: all the images of one
+    call together, :func:`pooled_evidence`) or a probability in [0, 1]; a one-line error
+    otherwise."""
+    if value is None or (pooled and isinstance(value, str) and value == "pooled"):
+        return value
+    ok = isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
+    if not ok or not 0.0 <= float(value) <= 1.0:
+        also = ", 'pooled' or None" if pooled else ""
+        raise ProbcatValueError(f"{name} must be a probability in [0, 1]{also}, got {value!r}")
+    return float(value)
 
 
 def _mixed_centroid_calibration(net, w: float) -> dict:
