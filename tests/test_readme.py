@@ -168,11 +168,16 @@ def test_robustness_doc_snippets_run(scratch, capsys):
 
     path = README.parent / "docs" / "robustness.md"
     blocks = _blocks("python", path)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     namespace = dict(scratch)
     for code in blocks:
         exec(compile(code, str(path), "exec"), namespace)
     assert len(namespace["gals"]) == 1000 and len(namespace["cat"]) > 0
+    ev = namespace["ev"]  # the two cutouts' evidence, pooled, as each catalogue says
+    assert ev["images"] == 2 and 0 <= ev["real_shapes"] <= 1 and 0 <= ev["cutout"] <= 1
+    for c in namespace["pooled"]:
+        assert c.meta["calibration_evidence"]["from"] == "pooled over 2 images"
+        assert c.meta["real_shapes_probability"] == round(ev["real_shapes"], 4)
     cfg = load_config("my_detection.yaml")
     assert cfg.data.population == "my_galaxies.parquet" and cfg.init == "detection_lsst_i"
     from probcat.weights import manifest
@@ -190,5 +195,5 @@ def test_robustness_doc_snippets_run(scratch, capsys):
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
     assert set(np.unique(rows["train"]["family"]).tolist()) == {2, 4}  # clumpy, irregular
     lines = [ln for b in _blocks("bash", path) for ln in b.splitlines() if "bin/probcat " in ln]
-    assert len(lines) == 2
+    assert len(lines) == 3
     _assert_commands_exist(lines, capsys)

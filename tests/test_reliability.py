@@ -775,3 +775,9 @@ def test_detector_pools_the_evidence_of_a_list_of_images(tiny_bank, tmp_path):
     assert any(abs(a.meta["real_shapes_probability"] - ev["real_shapes"]) > 0.01 for a in own)
     with pytest.raises(ProbcatValueError, match="cutout must be a probability"):
         det.catalog(imgs, noise_sigma=sigma, cutout=2)
+    one = det.catalog(imgs[0], noise_sigma=sigma, real_shapes="pooled")  # one: its own
+    assert one.meta["calibration_evidence"]["from"] == "image"
+    np.testing.assert_allclose(one["prob"], own[0]["prob"], rtol=1e-5)  # batch of 1 vs 4
+    # at a seeing whose calibration has no second map, a stated weight is said to do nothing
+    with pytest.warns(probcat.ProbcatWarning, match="real_shapes has no effect on the image"):
+        det.catalog(imgs[0], noise_sigma=sigma, real_shapes=1.0, seeing=1.5)

@@ -960,6 +960,8 @@ class Detector:
         # images may be a _Batch already prepared (photoz: the image read once for all bands)
         batch = images if isinstance(images, _Batch) else self._prepare(images, noise_sigma, opts)
         given = {"seeing": fixed if seeing == "given" else seeing, "rescue_bright": rescue}
+        if len(batch.x) == 1:  # one image: pooled, its own evidence
+            evidence = {k: None if v == "pooled" else v for k, v in evidence.items()}
         if "pooled" in evidence.values():  # read every image's evidence first
             evidence, source = self._pooled_evidence(batch, given, evidence, threshold)
         routed = self._routed(batch)
@@ -1144,6 +1146,7 @@ class Detector:
         # samples thinned to the image's source density, read on its MAP catalogue
         thin = bool(samples) and self.density_calibration is not None
         cats, maps, draws, tiles = [], [], [], []
+        unused = []  # images whose calibration has no second map for a stated real_shapes
         with thread_limit(self._threads(batch)), full_float32(), torch.no_grad():
             for sl in self._groups(batch):
                 feats, pixels = self._features(batch.x[sl])
@@ -1202,6 +1205,11 @@ class Detector:
                         # the calibration of its seeing and depth
                         with at_seeing(self.net, scales[k]), at_depth(self.net, noise):
                             c = annotate(c, self.net, feats[k], pixels[k], **evidence)
+                        if (
+                            evidence["real_shapes"] is not None
+                            and "real_shapes_probability" not in c.meta
+                        ):
+                            unused.append(k)
                         if mix and "centroid_calibration" in c.meta:
                             cals[k] = CentroidCalibration.from_dict(c.meta["centroid_calibration"])
                         factor, depth, _ = calibration_for(self.net, used, noise)
@@ -1248,6 +1256,13 @@ class Detector:
                     draws.append([_with_sky(c, wcs) for c in got])
                 if samples == 0:
                     draws += [[] for _ in range(feats.shape[0])]
+        if unused:
+            warn_user(
+                "real_shapes has no effect on "
+                + ("the image" if batch.single else f"{len(unused)} of the images")
+                + ": the probability calibration of its seeing and depth has no map for "
+                "galaxies unlike the prior's (docs/robustness.md, Evidence from many images)"
+            )
         prob = np.concatenate(maps) if maps else None
         if batch.single:
             out = (cats[0] if cats else None, None if prob is None else prob[0], draws[0])
