@@ -236,8 +236,11 @@ def _icrs(ra, dec):
 @st.composite
 def options(draw):
     which = draw(st.sampled_from(["--threshold", "--samples", "--seed", "--threads",
-                                  "--background", "--gain"]))  # fmt: skip
+                                  "--background", "--gain", "--real-shapes",
+                                  "--cutout"]))  # fmt: skip
     value = {
+        "--real-shapes": st.one_of(any_float, st.floats(0, 1)),
+        "--cutout": st.one_of(any_float, st.floats(0, 1)),
         "--threshold": st.one_of(any_float, st.floats(0, 0.99)),
         "--samples": st.one_of(any_int, st.integers(0, 5)),
         "--seed": any_int,
@@ -255,6 +258,8 @@ def options(draw):
         ),
         "--background": lambda: v in ("auto", "none"),
         "--gain": lambda: isinstance(v, float) and _gain_ok(v),
+        "--real-shapes": lambda: 0 <= v <= 1,
+        "--cutout": lambda: 0 <= v <= 1,
     }
     valid = checks[which]()
     if which == "--samples" and valid and v > 5:

@@ -522,13 +522,13 @@ class Detector:
             if r:
                 batch.info[k] = {**batch.info[k], "masked_weights": name}
         if all(routed):
-            return other._run(batch, None, opts, full=full, **kw)
+            return other._read(batch, None, opts, full=full, **kw)
         cats, maps, draws, tiles = {}, {}, {}, {}
         for det, want in ((self, False), (other, True)):
             idx = [k for k, r in enumerate(routed) if r == want]
             sub = _Batch(batch.x[idx], [batch.wcs[k] for k in idx], False,
                          [batch.info[k] for k in idx], [batch.masked[k] for k in idx])  # fmt: skip
-            c, p, d, t, _ = det._run(sub, None, opts, full=True, **kw)
+            c, p, d, t, _ = det._read(sub, None, opts, full=True, **kw)
             for j, k in enumerate(idx):
                 if c:
                     cats[k], tiles[k] = c[j], t[j]
@@ -921,7 +921,27 @@ class Detector:
         out = [DetectionResult(c, t, d, w) for c, t, d, w in zip(cats, tiles, draws, batch.wcs)]
         return out[0] if batch.single else out
 
-    def _run(
+    def _run(self, images, noise_sigma, opts: dict, **kw):
+        """:meth:`_read` of ``images``, with a warning where a stated ``real_shapes`` met
+        images whose calibration has no map for it (once for the whole call)."""
+        out = self._read(images, noise_sigma, opts, **kw)
+        stated = opts.get("real_shapes")
+        if stated is None or isinstance(stated, str) or not kw.get("want_map", True):
+            return out
+        cats = out[0] if isinstance(out[0], list) else [out[0]]
+        unused = sum(1 for c in cats if c is not None and "real_shapes_probability" not in c.meta)
+        if unused:
+            which = f"{unused} of the {len(cats)} images" if unused < len(cats) else "the image"
+            which += "s" if unused == len(cats) > 1 else ""
+            warn_user(
+                f"real_shapes has no effect on {which}: the weights' probability calibration "
+                f"at {'its' if which.endswith('image') else 'their'} seeing and depth has no "
+                "map for galaxies unlike the prior's (docs/robustness.md, Evidence from many "
+                "images)"
+            )
+        return out
+
+    def _read(
         self,
         images,
         noise_sigma,
@@ -934,6 +954,8 @@ class Detector:
         full=False,
         progress=False,
     ):
+        """The work of :meth:`_run`: MAP catalogues, probability maps, posterior samples
+        (and, ``full``, the tile marginals and the batch)."""
         if (
             isinstance(threshold, bool)
             or not isinstance(threshold, (int, float, np.number))
@@ -1003,7 +1025,7 @@ class Detector:
 
         probe = replace(batch, info=[dict(i) for i in batch.info])  # its records untouched
         own = {k: None if v == "pooled" else v for k, v in evidence.items()}
-        cats = self._run(probe, None, {**given, **own}, threshold=threshold)[0]
+        cats = self._read(probe, None, {**given, **own}, threshold=threshold)[0]
         got = pooled_evidence([cats] if batch.single else cats)
         out = {k: got[k] if v == "pooled" else v for k, v in evidence.items()}
         return out, f"pooled over {got['images']} images"
@@ -1146,7 +1168,6 @@ class Detector:
         # samples thinned to the image's source density, read on its MAP catalogue
         thin = bool(samples) and self.density_calibration is not None
         cats, maps, draws, tiles = [], [], [], []
-        unused = []  # images whose calibration has no second map for a stated real_shapes
         with thread_limit(self._threads(batch)), full_float32(), torch.no_grad():
             for sl in self._groups(batch):
                 feats, pixels = self._features(batch.x[sl])
@@ -1205,11 +1226,6 @@ class Detector:
                         # the calibration of its seeing and depth
                         with at_seeing(self.net, scales[k]), at_depth(self.net, noise):
                             c = annotate(c, self.net, feats[k], pixels[k], **evidence)
-                        if (
-                            evidence["real_shapes"] is not None
-                            and "real_shapes_probability" not in c.meta
-                        ):
-                            unused.append(k)
                         if mix and "centroid_calibration" in c.meta:
                             cals[k] = CentroidCalibration.from_dict(c.meta["centroid_calibration"])
                         factor, depth, _ = calibration_for(self.net, used, noise)
@@ -1256,13 +1272,6 @@ class Detector:
                     draws.append([_with_sky(c, wcs) for c in got])
                 if samples == 0:
                     draws += [[] for _ in range(feats.shape[0])]
-        if unused:
-            warn_user(
-                "real_shapes has no effect on "
-                + ("the image" if batch.single else f"{len(unused)} of the images")
-                + ": the probability calibration of its seeing and depth has no map for "
-                "galaxies unlike the prior's (docs/robustness.md, Evidence from many images)"
-            )
         prob = np.concatenate(maps) if maps else None
         if batch.single:
             out = (cats[0] if cats else None, None if prob is None else prob[0], draws[0])
