@@ -200,7 +200,9 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100, bands=("i"
     # matched MAP detections, both axes: |true - x| / x_sd, and the half-widths (in sd) of
     # the catalogue's 68.3% / 95.4% intervals (its own calibration, the image's mixture where
     # the weights carry two) and of the training galaxies' calibration alone
-    cz = {k: [] for k in ("z", "snr", "k68", "k95", "k68_prior", "k95_prior")}
+    cz = {k: [] for k in ("z", "snr", "k68", "k95", "k68_prior", "k95_prior", "k68_batch",
+                          "k95_batch")}  # fmt: skip
+    matches = []  # per scene: its matched detections
     cutout_w = []  # per scene: the calibration's probability that it is a survey cutout
     shapes_w = []  # per scene: its probability that its galaxies are unlike the prior's
     ests = []  # per scene: its MAP catalogue, for the evidence pooled over every scene
@@ -244,6 +246,7 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100, bands=("i"
                 det[name]["snr"].append(detected_snr(scene.image[plane], c["x"], c["y"], sig_i))
                 if name == "p0.5":
                     _centroid_errors(cz, net, est, cat, i, j)
+                    matches.append(j)
                     cz["snr"].extend([cat["snr"][i, plane]] * 2)  # true SNR, both axes
                     d_near, taken = _nearest_truth(true_xy, c, mt)
                     extra["nearest_d"].append(d_near)
@@ -267,7 +270,13 @@ def evaluate(net, scenes, sigma, *, with_sep: bool, chunk: int = 100, bands=("i"
     # (the scenes as a user's many images of one survey: probcat.pooled_evidence)
     pooled = pooled_evidence(ests)
     kw = {k: pooled[k] for k in ("real_shapes", "cutout")}
-    extra["prob_batch"] = [np.asarray(calibrate(e, net, **kw)["prob"], float) for e in ests]
+    batch = [calibrate(e, net, **kw) for e in ests]
+    extra["prob_batch"] = [np.asarray(e["prob"], float) for e in batch]
+    for e, j in zip(batch, matches):  # the centroid intervals of those weights
+        for level, key in ((0.6827, "k68"), (0.9545, "k95")):
+            k = _interval_factor(_catalog_calibration(e), e, j, level)
+            k = np.broadcast_to(np.asarray(k, float), len(j))
+            cz[key + "_batch"].append(np.r_[k, k])  # both axes, as z
     cat_ = np.concatenate
     return {
         "truth": {k: cat_(v) for k, v in truth.items()},
@@ -287,20 +296,30 @@ def _centroid_errors(cz: dict, net, est, truth, i, j) -> None:
     (its metadata's: the weights', mixed with their second one by the image's weight where
     they carry two) and of the weights' own alone (Gaussian without one), each detection's
     own where the calibration is binned by detection SNR."""
-    own = net.centroid_calibration
-    cal = est.meta.get("centroid_calibration")
-    cal = CentroidCalibration.from_dict(cal) if cal is not None else None
-    snr = np.asarray(est["detection_snr"], float)[j] if "detection_snr" in est else None
+    cal = _catalog_calibration(est)
     for t, s in (("x", "x_sd"), ("y", "y_sd")):
         z = np.abs(np.asarray(truth[t], float)[i] - np.asarray(est[t], float)[j])
         cz["z"].append(z / np.asarray(est[s], float)[j])
-        for name, c in (("", cal), ("_prior", own)):
+        for name, c in (("", cal), ("_prior", net.centroid_calibration)):
             for level, key in ((0.6827, "k68"), (0.9545, "k95")):
-                if c is None:
-                    k = float(norm.ppf(0.5 + level / 2))
-                else:
-                    k = c.factor(level) if snr is None else c.factor(level, snr)
+                k = _interval_factor(c, est, j, level)
                 cz[key + name].append(np.broadcast_to(np.asarray(k, float), len(z)))
+
+
+def _catalog_calibration(est):
+    """The centroid calibration a MAP catalogue's metadata name (None without one)."""
+    cal = est.meta.get("centroid_calibration")
+    return CentroidCalibration.from_dict(cal) if cal is not None else None
+
+
+def _interval_factor(cal, est, j, level: float):
+    """Half-width (in sd) of the ``level`` interval of detections ``j`` of ``est`` by the
+    centroid calibration ``cal`` (Gaussian without one; per detection where it is binned
+    by detection SNR)."""
+    if cal is None:
+        return float(norm.ppf(0.5 + level / 2))
+    snr = np.asarray(est["detection_snr"], float)[j] if "detection_snr" in est else None
+    return cal.factor(level) if snr is None else cal.factor(level, snr)
 
 
 def _nearest_truth(true_xy, est, matched_truth):
@@ -425,8 +444,10 @@ def centroid_coverage(cz: dict) -> dict:
     calibration alone (``_prior``: what they were before weights carried a second one)."""
     z = cz["z"]
     out = {}
-    for name in ("", "_prior"):
+    for name in ("", "_prior", "_batch"):
         for level, key in (("68", "k68"), ("95", "k95")):
+            if len(cz[key + name]) != len(z):  # not measured (no pooled reading)
+                continue
             hit = z <= cz[key + name]
             out[f"centroid_coverage_{level}{name}"] = float(hit.mean()) if len(z) else None
     out["centroid_n"] = int(len(z))
@@ -729,8 +750,10 @@ def main(argv=None):
         "the catalogue's calibrated 68.3% / 95.4% intervals, x +- k x_sd (the catalogue's "
         "centroid calibration: for weights that carry a second one, fitted on Hubble Deep "
         "Field galaxies, the two mixed by the image's real_shapes_probability); _prior: with "
-        "the calibration fitted on the training galaxies alone; half-widths k of the "
-        "source's detection SNR where the calibration is binned by it",
+        "the calibration fitted on the training galaxies alone; _batch: with the catalogue's "
+        "calibration mixed by the real-shapes weight pooled over the test's scenes (as "
+        "detection_ece_batch); half-widths k of the source's detection SNR where the "
+        "calibration is binned by it",
         "centroid_coverage_by_snr": "the same (the catalogue's intervals) in ranges of the "
         "matched sources' true SNR",
         "mean_real_shapes_probability": "mean over the scenes of the calibration's "
