@@ -648,3 +648,37 @@ def test_run_with_deblend_gives_each_catalog_probcat_deblends_columns(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "--samples needs --deblend" in err[0]
     assert "run them separately" in err[1] and not (tmp_path / "x").exists()
+
+
+def test_a_run_pools_its_images_evidence_and_says_how_to_read_them_so(tmp_path, tiny_bank, capsys):
+    """The run summary holds what the images' detections say together
+    (``pooled_evidence``: the images' records pooled, as probcat.pooled_evidence of the
+    catalogs), and the command line says how to read them so where that is far from what
+    each image said alone (not where the weight was stated)."""
+    from probcat.cli import _evidence_note
+    from probcat.infer.reliability import pooled_evidence
+    from probcat.io import write_image
+    from probcat.simulate.scene import SceneConfig, SceneSimulator
+
+    sim = SceneSimulator(tiny_bank, SceneConfig(48, 48))
+    rng = np.random.default_rng(2)
+    images = []
+    for k in range(3):
+        path = tmp_path / f"s{k}.fits"
+        wcs = make_wcs((48, 48), 0.2, 56.0 + k, -30.0)
+        write_image(path, sim.sample(rng).image, tiny_bank.survey, wcs)
+        images.append(path)
+    out = tmp_path / "cats"
+    s = run(images, out, workers=0, progress=False)
+    ev = s["pooled_evidence"]
+    want = pooled_evidence(sorted(out.glob("*.parquet")))
+    assert ev["images"] == 3 and {k: ev[k] for k in want} == pytest.approx(want)
+    own = [FullCatalog.read(p).meta["cutout_probability"] for p in sorted(out.glob("*.parquet"))]
+    assert ev["own"]["cutout"] == pytest.approx(np.mean(own), abs=1e-4)
+    assert json.loads((out / "run_summary.json").read_text())["pooled_evidence"] == ev
+    far = {**ev, "cutout": 0.0, "own": {**ev["own"], "cutout": 0.4}}
+    line = _evidence_note(far, None, None)
+    assert "the 3 images' detections give" in line and "--cutout 0 " in line
+    assert _evidence_note(far, None, 0.4) is None  # stated: nothing to say
+    near = {**far, "own": {**far["own"], "cutout": 0.1}, "real_shapes": far["own"]["real_shapes"]}
+    assert _evidence_note(near, None, None) is None  # close to each image's own

@@ -881,6 +881,9 @@ def run_cmd(
         f"{len(s['failed'])} failed{of_files}; {s['rows']} sources in {s['seconds']:.1f} s "
         f"-> {out}"
     )
+    note = _evidence_note(s.get("pooled_evidence"), real_shapes, cutout)
+    if note:
+        typer.echo(note)
     for f in s["failed"][:5]:
         said = (
             f["error"] if f["error"].startswith(f"{f['image']}:") else f"{f['image']}: {f['error']}"
@@ -1406,6 +1409,26 @@ def _centroid_summary(what: str, cal: dict) -> str:
         ]
         line += f" ({len(c.snr)} SNR bins: {' to '.join(ends)})"
     return line
+
+
+def _evidence_note(ev: dict | None, real_shapes, cutout) -> str | None:
+    """A line for ``probcat run`` where its images' evidence, pooled (the run summary's
+    ``pooled_evidence``), gives weights that differ by 0.2 or more from what each image's
+    own gave on average, for a weight not stated: how to read them with it."""
+    if not ev or ev["images"] < 2:
+        return None
+    stated = {"real_shapes": real_shapes, "cutout": cutout}
+    kinds = [k for k in ("real_shapes", "cutout") if ev.get(k) is not None]
+    if not any(stated[k] is None and abs(ev[k] - ev["own"][k]) >= 0.2 for k in kinds):
+        return None
+    said = " and ".join(f"{k}_probability {ev[k]:.2f}" for k in kinds)
+    own = " and ".join(f"{ev['own'][k]:.2f}" for k in kinds)
+    opts = " ".join(f"--{k.replace('_', '-')} {round(ev[k], 2):g}" for k in kinds)
+    return (
+        f"read together, the {ev['images']} images' detections give {said} (each image "
+        f"alone: {own} on average); a run with {opts} reads them so (docs/robustness.md, "
+        "Evidence from many images)"
+    )
 
 
 def _evidence_options(real_shapes, cutout) -> dict:

@@ -441,6 +441,7 @@ def process_image(
             cat.meta["centre"] = [float(centre[0][0]), float(centre[1][0])]
         cat.write(output, wcs=res.wcs)
         result["rows"] = len(cat)
+        result["evidence"] = cat.meta.get("calibration_evidence")  # pooled by run()
         result["warnings"] = sorted({str(w.message) for w in caught})
     except ProbcatError as e:
         result["error"] = str(e)
@@ -584,6 +585,8 @@ def run(
     seconds = time.perf_counter() - t0
     _remove_temporaries(out)  # of a worker killed midway (its task ran again elsewhere)
     failed = [{"image": r["image"], "error": r["error"]} for r in results if r["error"]]
+    from probcat.infer.reliability import pool_records
+
     summary.update(
         processed=len(results) - len(failed),
         failed=failed,
@@ -598,6 +601,9 @@ def run(
         # starting the local cluster (worker processes importing torch, loading weights)
         cluster_start_s=round(timing.get("cluster_start_s", 0.0), 2),
         warnings={r["image"]: r["warnings"] for r in results if r.get("warnings")},
+        # what the images' detections say together of their galaxies and layout (the
+        # probability calibration's weights; each image was read by its own, unless stated)
+        pooled_evidence=pool_records([r.get("evidence") for r in results]),
     )
     text = json.dumps(summary, indent=1)
     atomic_write(Path(out) / SUMMARY, lambda tmp: Path(tmp).write_text(text))

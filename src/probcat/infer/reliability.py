@@ -97,6 +97,7 @@ __all__ = [
     "annotate",
     "calibrate",
     "pooled_evidence",
+    "pool_records",
     "check_evidence",
     "posterior_probability",
     "seeing_calibration",
@@ -888,9 +889,16 @@ def pooled_evidence(cats) -> dict:
     from probcat.catalog import FullCatalog
 
     cats = [FullCatalog.read(c) if isinstance(c, (str, Path)) else c for c in cats]
-    recs = [c.meta.get("calibration_evidence") for c in cats]
+    out = pool_records([c.meta.get("calibration_evidence") for c in cats])
+    return {k: out[k] for k in ("images", *EVIDENCE_KINDS)}
+
+
+def pool_records(recs) -> dict:
+    """:func:`pooled_evidence` of the images' ``calibration_evidence`` records ``recs``
+    (None for an image without one), with ``own``: the mean over the images of the weight
+    each one's own evidence gives (None for a kind none has)."""
     recs = [r for r in recs if r]
-    out: dict = {"images": len(recs)}
+    out: dict = {"images": len(recs), "own": {}}
     for kind in EVIDENCE_KINDS:
         got = [r[kind] for r in recs if kind in r]
         out[kind] = (
@@ -898,6 +906,8 @@ def pooled_evidence(cats) -> dict:
             if got
             else None
         )
+        own = [posterior_probability(g["prior"], g["log_ratio"]) for g in got]
+        out["own"][kind] = float(np.mean(own)) if own else None
     return out
 
 
