@@ -74,6 +74,8 @@ def _left_out_rows(fam: str) -> list[tuple]:
          f"{lo}.probcat.detection_ece_interior", None, ".3f", ""),
         (f"{fam} left out: detection ECE, survey-cutout layout",
          f"{lo}.margin_8.detection_ece", None, ".3f", ""),
+        (f"{fam} left out: detection ECE, survey-cutout layout, evidence pooled",
+         f"{lo}.margin_8.detection_ece_batch", None, ".3f", ""),
         (f"{fam} left out: ood_score AUC, false vs real", f"{lo}.ood_flag_auc", None, ".3f", ""),
         (f"{fam} left out: false detections splitting a found source",
          f"{lo}.false_detections.split.fraction", None, ".2f", ""),
@@ -1883,6 +1885,13 @@ TABLES = {
             (
                 "all families (shipped): detection ECE, survey-cutout layout",
                 "in_distribution.margin_8.detection_ece",
+                None,
+                ".3f",
+                "",
+            ),
+            (
+                "all families (shipped): detection ECE, survey-cutout layout, evidence pooled",
+                "in_distribution.margin_8.detection_ece_batch",
                 None,
                 ".3f",
                 "",

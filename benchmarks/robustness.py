@@ -533,7 +533,9 @@ def figures(result: dict, rel_rows: dict, out: Path) -> None:
 
 MARGIN_KEYS = ("precision", "recall", "precision_at_0_9", "detection_ece", "detection_ece_raw",
                "detection_ece_pooled", "detection_ece_interior",
-               "mean_cutout_probability", "mean_real_shapes_probability")  # fmt: skip
+               "mean_cutout_probability", "mean_real_shapes_probability",
+               "detection_ece_batch", "precision_at_0_9_batch",
+               "batch_cutout_probability")  # fmt: skip
 
 
 def margin_8(net, sim, sigma, summarise, n_images: int, seed) -> dict:
