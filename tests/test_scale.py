@@ -680,5 +680,7 @@ def test_a_run_pools_its_images_evidence_and_says_how_to_read_them_so(tmp_path, 
     line = _evidence_note(far, None, None)
     assert "the 3 images' detections give" in line and "--cutout 0 " in line
     assert _evidence_note(far, None, 0.4) is None  # stated: nothing to say
+    both = {**far, "real_shapes": 1.0, "own": {**far["own"], "real_shapes": 0.2}}
+    assert "--cutout" not in _evidence_note(both, None, 0.4)  # nor of what was stated
     near = {**far, "own": {**far["own"], "cutout": 0.1}, "real_shapes": far["own"]["real_shapes"]}
     assert _evidence_note(near, None, None) is None  # close to each image's own

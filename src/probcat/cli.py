@@ -1418,8 +1418,8 @@ def _evidence_note(ev: dict | None, real_shapes, cutout) -> str | None:
     if not ev or ev["images"] < 2:
         return None
     stated = {"real_shapes": real_shapes, "cutout": cutout}
-    kinds = [k for k in ("real_shapes", "cutout") if ev.get(k) is not None]
-    if not any(stated[k] is None and abs(ev[k] - ev["own"][k]) >= 0.2 for k in kinds):
+    kinds = [k for k in ("real_shapes", "cutout") if ev.get(k) is not None and stated[k] is None]
+    if not any(abs(ev[k] - ev["own"][k]) >= 0.2 for k in kinds):
         return None
     said = " and ".join(f"{k}_probability {ev[k]:.2f}" for k in kinds)
     own = " and ".join(f"{ev['own'][k]:.2f}" for k in kinds)
