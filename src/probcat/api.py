@@ -931,13 +931,18 @@ class Detector:
         cats = out[0] if isinstance(out[0], list) else [out[0]]
         unused = sum(1 for c in cats if c is not None and "real_shapes_probability" not in c.meta)
         if unused:
-            which = f"{unused} of the {len(cats)} images" if unused < len(cats) else "the image"
-            which += "s" if unused == len(cats) > 1 else ""
+            n = len(cats)
+            which = (
+                "the image"
+                if n == 1
+                else "the images"
+                if unused == n
+                else f"{unused} of the {n} images"
+            )
             warn_user(
                 f"real_shapes has no effect on {which}: the weights' probability calibration "
-                f"at {'its' if which.endswith('image') else 'their'} seeing and depth has no "
-                "map for galaxies unlike the prior's (docs/robustness.md, Evidence from many "
-                "images)"
+                f"at {'its' if n == 1 else 'their'} seeing and depth has no map for galaxies "
+                "unlike the prior's (docs/robustness.md, Evidence from many images)"
             )
         return out
 
@@ -1026,7 +1031,7 @@ class Detector:
         probe = replace(batch, info=[dict(i) for i in batch.info])  # its records untouched
         own = {k: None if v == "pooled" else v for k, v in evidence.items()}
         cats = self._read(probe, None, {**given, **own}, threshold=threshold)[0]
-        got = pooled_evidence([cats] if batch.single else cats)
+        got = pooled_evidence(cats)  # several images (one reads its own evidence)
         out = {k: got[k] if v == "pooled" else v for k, v in evidence.items()}
         return out, f"pooled over {got['images']} images"
 

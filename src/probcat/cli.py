@@ -1438,7 +1438,7 @@ def _evidence_options(real_shapes, cutout) -> dict:
     out = {}
     for name, value in (("--real-shapes", real_shapes), ("--cutout", cutout)):
         if value is not None:
-            out[name[2:].replace("-", "_")] = check_evidence(float(value), name, pooled=False)
+            out[name[2:].replace("-", "_")] = check_evidence(value, name, pooled=False)
     return out
 
 

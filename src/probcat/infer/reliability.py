@@ -860,9 +860,8 @@ def calibrate(cat, net, *, real_shapes=None, cutout=None, evidence_from: str = "
         w = posterior_probability(base.prior, own) if cutout is None else cutout
         meta["cutout_probability"] = round(w, 4)
     if evidence:
-        given = (real_shapes is not None and "real_shapes" in evidence) or (
-            cutout is not None and "cutout" in evidence
-        )
+        stated = {"real_shapes": real_shapes, "cutout": cutout}
+        given = any(stated[k] is not None for k in evidence)
         meta["calibration_evidence"] = {**evidence, "from": evidence_from if given else "image"}
     kw = {} if w_real is None else {"real_shapes": w_real}
     prob = cal(raw, ood, edge, near, shape=cat.image_shape, cutout=cutout, **kw)
