@@ -516,7 +516,8 @@ def test_shipped_weights_tell_cutouts_from_isolated_scenes(tiny_bank):
         want = w * cal.cutout(raw, ood, edge, near) + (1 - w) * cal.isolated(raw, ood, edge, near)
         v = shapes.real_shapes_probability(ood)
         assert c.meta["real_shapes_probability"] == pytest.approx(v, abs=1e-4)
-        want = v * real(raw, ood, edge, near, shape=c.image_shape) + (1 - v) * want
+        r = shapes.share_posterior(ood) @ shapes.responsibility(ood, rel.SHARE_GRID)
+        want = r * real(raw, ood, edge, near, shape=c.image_shape) + (1 - r) * want
         np.testing.assert_allclose(np.asarray(c["prob"]), want, rtol=1e-6)
     assert mean_w[8] > mean_w[0] + 0.15
 
@@ -566,32 +567,70 @@ def _shapes_cal(prior=0.2, log_ratio=None):
     return rel.ShapesCalibration(_layout_cal(), real, log_ratio, prior, "hdf", 800, "test")
 
 
+def _share_by_hand(scores, log_ratio, prior):
+    """Posterior mean share, by brute force: a fine grid of shares, the prior's masses at
+    0 and 1 and its even spread between, the likelihood a product over the detections."""
+    w = np.linspace(0, 1, 2001)
+    pr = np.full(len(w), prior / 2 / (len(w) - 2))
+    pr[0], pr[-1] = 1 - prior, prior / 2
+    like = np.ones(len(w))
+    for s in scores:
+        e = np.exp(log_ratio[min(int(s * 20), 19)])
+        like = like * (w * e + 1 - w)
+    post = pr * like / np.sum(pr * like)
+    return float(post @ w)
+
+
 @pytest.mark.parametrize("scores", [[], [0.5], [0.99, 0.9, 0.1], [0.999] * 40, [0.2] * 400])
-def test_real_shapes_probability_is_bayes_rule_on_the_ood_score_bins(scores):
+def test_real_shapes_share_is_the_posterior_mean_on_the_ood_score_bins(scores):
     cal = _shapes_cal()
-    log_ratio = np.asarray(cal.log_ratio)
-    z = np.log(0.2 / 0.8) + sum(log_ratio[min(int(s * 20), 19)] for s in scores)
-    want = 1 / (1 + np.exp(-z))
-    assert cal.real_shapes_probability(np.asarray(scores)) == pytest.approx(want, rel=1e-12)
-    assert cal.real_shapes_probability(None) == pytest.approx(0.2)
+    want = _share_by_hand(scores, np.asarray(cal.log_ratio), 0.2)
+    assert cal.real_shapes_probability(np.asarray(scores)) == pytest.approx(want, abs=2e-3)
+    # no scores: the prior's mean (0.8 on 0, 0.1 on 1, 0.1 spread between)
+    assert cal.real_shapes_probability(None) == pytest.approx(0.1 + 0.1 * 0.5)
+    assert rel.share_posterior(0.2, 0.0).sum() == pytest.approx(1.0)
 
 
-def test_many_detections_decide_which_map_an_image_gets():
-    cal = _shapes_cal()
-    assert cal.real_shapes_probability(np.full(60, 0.995)) > 0.999  # a sky of unusual ones
-    assert cal.real_shapes_probability(np.linspace(0, 0.8, 200)) < 1e-6  # ordinary ones
-    assert 0.05 < cal.real_shapes_probability(np.array([0.3, 0.97])) < 0.5  # says little
+def test_many_detections_measure_the_share_of_unusual_galaxies():
+    """Thousands of detections whose scores follow a mixture of the two kinds' densities
+    (the bins' counts in proportion) give that mixture's share, not 0 or 1; all unusual or
+    all ordinary ones give the ends; two detections say little."""
+    f_prior = np.full(20, 0.05)
+    f_real = np.r_[np.full(17, 0.04), [0.07, 0.1, 0.15]]
+    cal = _shapes_cal(log_ratio=tuple(np.log(f_real / f_prior)))
+    for share in (0.1, 0.3, 0.6):
+        n = np.round(20000 * (share * f_real + (1 - share) * f_prior)).astype(int)
+        ood = np.repeat((np.arange(20) + 0.5) / 20, n)
+        assert cal.real_shapes_probability(ood) == pytest.approx(share, abs=0.03)
+    assert cal.real_shapes_probability(np.full(200, 0.995)) > 0.95  # a sky of unusual ones
+    assert cal.real_shapes_probability(np.linspace(0, 0.8, 2000)) < 0.002  # ordinary ones
+    assert 0.05 < cal.real_shapes_probability(np.array([0.3, 0.97])) < 0.3  # says little
 
 
 def test_shapes_calibration_mixes_the_maps_and_round_trips():
+    """Each detection gets the two maps mixed by its responsibility: at a stated share
+    ``w``, ``w e / (w e + 1 - w)`` with ``e`` its bin's density ratio; from the image's own
+    scores, that averaged over the share's posterior (by brute force)."""
     cal = _shapes_cal()
     raw = np.array([0.6, 0.8, 1.0])
     edge = np.array([20.0, 20.0, 20.0])
     ood = np.array([0.95, 0.99, 0.5])
-    w = cal.real_shapes_probability(ood)
+    e = np.exp(np.array([cal.log_ratio[19], cal.log_ratio[19], cal.log_ratio[10]]))
     prior_p = cal.prior_shapes(raw, ood, edge, None, shape=(40, 40))
+    real_p = np.array([0.34, 0.42, 0.5])
+    r = 0.3 * e / (0.3 * e + 0.7)
+    got = cal(raw, ood, edge, None, shape=(40, 40), real_shapes=0.3)
+    np.testing.assert_allclose(got, r * real_p + (1 - r) * prior_p)
+    w = np.linspace(0, 1, 2001)
+    pr = np.full(len(w), 0.1 / 1999)
+    pr[0], pr[-1] = 0.8, 0.1
+    post = pr * np.prod(w[:, None] * e + 1 - w[:, None], axis=1)
+    post /= post.sum()
+    r = post @ (w[:, None] * e / (w[:, None] * e + 1 - w[:, None]))
     got = cal(raw, ood, edge, None, shape=(40, 40))
-    np.testing.assert_allclose(got, w * np.array([0.34, 0.42, 0.5]) + (1 - w) * prior_p)
+    np.testing.assert_allclose(got, r * real_p + (1 - r) * prior_p, atol=1e-3)
+    np.testing.assert_allclose(cal(raw, ood, edge, None, shape=(40, 40), real_shapes=1.0), real_p)
+    np.testing.assert_allclose(cal(raw, ood, edge, None, shape=(40, 40), real_shapes=0.0), prior_p)
     back = rel.calibration_from_dict(json.loads(json.dumps(cal.to_dict())))
     assert back == cal
     with pytest.raises(ProbcatValueError, match="prior"):
@@ -623,10 +662,12 @@ def test_annotate_records_the_images_real_shapes_probability():
                        [2, 4, 3], (30, 30))  # fmt: skip
     out = rel.annotate(cat, Net(), torch.zeros(3, 6, 6))
     w = Net.prob_calibration.prior_shapes.cutout_probability([1.0, 1.0, 15.0], [0.9] * 3, (30, 30))
-    assert out.meta["real_shapes_probability"] == pytest.approx(0.3)
+    assert out.meta["real_shapes_probability"] == pytest.approx(0.225)  # the prior's mean
     assert out.meta["prob_calibration"].startswith("test; for galaxies like hdf: test")
     assert out.meta["cutout_probability"] == pytest.approx(w, abs=1e-4)
-    assert out["prob"] == pytest.approx(0.3 * 0.46 + 0.7 * (w * 0.36 + (1 - w) * 0.8))
+    assert out["prob"] == pytest.approx(0.225 * 0.46 + 0.775 * (w * 0.36 + (1 - w) * 0.8))
+    rec = out.meta["calibration_evidence"]["real_shapes"]
+    assert rec == {"prior": 0.3, "counts": [], "bin_log_ratio": [0.0] * 20}  # no scores
 
 
 def test_fit_shapes_calibration_keeps_the_prior_map_and_fits_the_other_on_its_scenes(
@@ -684,8 +725,8 @@ def _scene_with_ood(xs, ys, ood, shape=(40, 40)):
 
 
 def test_pooled_evidence_is_bayes_rule_on_every_images_detections():
-    """Pooled over images, the real-shapes weight is the one a single image holding all
-    their detections would get (the ood_score evidence adds up), and the cutout weight
+    """Pooled over images, the real-shapes share is the one a single image holding all
+    their detections would get (the share's log likelihoods add up), and the cutout weight
     adds the images' Poisson log likelihood ratios to the prior (by hand); catalogues
     without a record, and kinds no image has evidence of, are left out."""
     cal = _shapes_cal(prior=0.2)
@@ -719,7 +760,8 @@ def test_pooled_evidence_is_bayes_rule_on_every_images_detections():
 
 def test_stated_weights_choose_the_maps_and_are_recorded():
     """``real_shapes`` and ``cutout`` given: the maps mixed by those weights (1 and 0 give
-    one map alone), whatever the image's own detections say, which its record keeps."""
+    one map alone; a share between weighs each detection by its responsibility), whatever
+    the image's own detections say, which its record keeps."""
     cal = _shapes_cal(prior=0.2)
     net = SimpleNamespace(prob_calibration=cal, feature_density=_OodFromFeature())
     cat, feats = _scene_with_ood([1.0, 20.0, 33.0], [20.0, 20.0, 21.0], [0.97, 0.2, 0.3])
@@ -732,7 +774,9 @@ def test_stated_weights_choose_the_maps_and_are_recorded():
     np.testing.assert_allclose(prior["prob"], cal.prior_shapes.cutout(raw))
     half = rel.annotate(cat, net, feats, real_shapes=0.5, cutout=0.25)
     lay = cal.prior_shapes
-    want = 0.5 * cal.real_shapes(raw) + 0.5 * (0.25 * lay.cutout(raw) + 0.75 * lay.isolated(raw))
+    e = np.exp([1.0, -0.1, -0.1])  # the bins of ood_score 0.97, 0.2 and 0.3
+    r = e / (e + 1)  # each detection's responsibility at a share of one half
+    want = r * cal.real_shapes(raw) + (1 - r) * (0.25 * lay.cutout(raw) + 0.75 * lay.isolated(raw))
     np.testing.assert_allclose(half["prob"], want)
     assert (real.meta["real_shapes_probability"], real.meta["cutout_probability"]) == (1.0, 0.0)
     assert prior.meta["calibration_evidence"] == {**own.meta["calibration_evidence"], "from": "x"}

@@ -685,7 +685,7 @@ def test_real_shapes_only_fits_a_second_calibration_and_the_detector_mixes_the_t
 ):
     """--real-shapes-only fits the second calibration on validation scenes of the population
     given, with the run's calibration and density set, touches nothing else and records its
-    command; an image's catalog gets both maps, weighted by its real-shapes probability."""
+    command; an image's catalog gets both maps, weighted by its share of real shapes."""
     import probcat
     import probcat.infer.reliability as R
     from probcat.cli import main
@@ -749,10 +749,11 @@ def test_real_shapes_only_fits_a_second_calibration_and_the_detector_mixes_the_t
     image = np.random.default_rng(0).standard_normal((1, 30, 30)).astype(np.float32) * 5
     image[0, 15, 15] += 2000.0
     cat = det.catalog(image, noise_sigma=5.0, threshold=0.0, seeing="none")
-    assert len(cat) > 0 and cat.meta["real_shapes_probability"] == pytest.approx(0.25)
-    want = (0.75 * 0.9 + 0.25 * 0.5) * np.asarray(cat["prob_raw"])
+    # no evidence either way (equal densities): the share is the prior's mean, 0.75 x 0.25
+    assert len(cat) > 0 and cat.meta["real_shapes_probability"] == pytest.approx(0.1875)
+    want = (0.8125 * 0.9 + 0.1875 * 0.5) * np.asarray(cat["prob_raw"])
     assert np.asarray(cat["prob"]) == pytest.approx(want)
-    mixed = C.mix_centroid_calibrations(own_c, real_c, 0.25)
+    mixed = C.mix_centroid_calibrations(own_c, real_c, 0.1875)
     assert cat.meta["centroid_calibration"]["k"] == pytest.approx(list(mixed.k))
     assert main(["train", "calibrate", str(run), "--real-shapes-only", "--seeing-only"]) == 2
     # --centroid-only: both centroid calibrations refitted (each on its population, the

@@ -1437,13 +1437,14 @@ def detect(
             calibration says, at the same proposed centre. False: the network's decisions
             alone (as before 0.1.0).
         real_shapes, cutout: the probability calibration's two image-level weights, where
-            the weights carry those maps: that the image's galaxies are unlike the prior's
-            (real galaxies: the map fitted on Hubble Deep Field galaxies) and that the image
+            the weights carry those maps: the share of the image's galaxies unlike the
+            prior's (real galaxies: the map fitted on Hubble Deep Field galaxies, each
+            detection weighted by how unusual it looks) and the probability that the image
             is a survey cutout (sources beyond its edges) rather than an isolated scene.
             None: each image's own detections decide (``real_shapes_probability`` and
             ``cutout_probability`` in the catalog's metadata; a small image keeps close to
             the prior); ``"pooled"``: for a list of images of one survey, all their
-            detections decide together (they are read twice); a probability in [0, 1]:
+            detections decide together (they are read twice); a number in [0, 1]:
             stated, e.g. ``real_shapes=1`` for real galaxies
             (``docs/robustness.md``, *Evidence from many images*).
 

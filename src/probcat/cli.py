@@ -78,9 +78,9 @@ RESCUE_BRIGHT_OPTION = typer.Option(
 REAL_SHAPES_OPTION = typer.Option(
     None,
     "--real-shapes",
-    help="probability that the image's galaxies are unlike the prior's (real galaxies: 1), "
-    "for the detection probabilities' calibration (default: the image's own detections "
-    "decide; docs/robustness.md, Evidence from many images)",
+    help="share of the image's galaxies unlike the prior's (real galaxies: 1; 0: like the "
+    "training's), for the detection probabilities' calibration (default: the image's own "
+    "detections measure it; docs/robustness.md, Evidence from many images)",
 )
 CUTOUT_OPTION = typer.Option(
     None,

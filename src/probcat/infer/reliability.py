@@ -57,10 +57,10 @@ weights file (``probcat train calibrate RUN`` refits them):
   second map, fitted by the same recipe on validation scenes of real galaxies
   (``fits.real_shapes_population``: the Hubble Deep Field stamps of
   :mod:`probcat.simulate.hubble`), and an image's detections get both, weighted by the
-  probability that its galaxies are of that other kind (:class:`ShapesCalibration`). Its
+  share of its galaxies that are of that other kind (:class:`ShapesCalibration`). Its
   detections' ``ood_score`` values tell: each is a little more often high among real
-  galaxies, and over the thousands of detections of a survey image the evidence decides;
-  a small image keeps close to the prior's map.
+  galaxies, and over the thousands of detections of a survey image the evidence measures
+  the share; a small image keeps close to the prior's map.
 * :class:`FeatureDensity` describes the encoder's tile features at real detections of the
   validation scenes: the distance of a source's features to the nearest of
   :data:`OOD_NEIGHBOURS` of them (whitened by their covariance; weights of v7: the
@@ -100,6 +100,10 @@ __all__ = [
     "pool_records",
     "check_evidence",
     "posterior_probability",
+    "share_posterior",
+    "share_log_likelihood",
+    "ood_bins",
+    "SHARE_GRID",
     "seeing_calibration",
     "calibration_for",
     "fit_seeing_calibration",
@@ -371,6 +375,36 @@ class LayoutCalibration:
 
 
 SHAPES_BINS = 20  # equal ood_score bins of the evidence of ShapesCalibration
+SHARE_GRID = np.linspace(0.0, 1.0, 201)  # shares of an image's galaxies unlike the prior's
+
+
+def ood_bins(ood) -> np.ndarray:
+    """The :data:`SHAPES_BINS` equal bin on [0, 1] of each ``ood_score``."""
+    k = (np.asarray(ood, float) * SHAPES_BINS).astype(int)
+    return np.clip(k, 0, SHAPES_BINS - 1)
+
+
+def share_log_likelihood(counts, log_ratio) -> np.ndarray:
+    """On :data:`SHARE_GRID`, the log likelihood (up to a constant) of a share ``w`` of an
+    image's galaxies unlike the prior's, given its detections' ``counts`` per ``ood_score``
+    bin and the bins' ``log_ratio`` (:class:`ShapesCalibration`): the sum over the
+    detections of ``log(1 + w (e - 1))``, ``e`` the density ratio in the detection's bin."""
+    c = np.asarray(counts, float)
+    if not c.size:
+        return np.zeros(len(SHARE_GRID))
+    return np.log1p(SHARE_GRID[:, None] * np.expm1(np.asarray(log_ratio, float))[None, :]) @ c
+
+
+def share_posterior(prior: float, loglik) -> np.ndarray:
+    """Posterior probabilities on :data:`SHARE_GRID` from log likelihood ``loglik`` (an
+    array on the grid, or 0) and the prior of :class:`ShapesCalibration`: ``1 - prior`` on
+    a share of 0, ``prior / 2`` on 1 and ``prior / 2`` spread evenly between."""
+    n = len(SHARE_GRID)
+    lp = np.full(n, math.log(prior / 2.0 / (n - 2)))
+    lp[0], lp[-1] = math.log(1.0 - prior), math.log(prior / 2.0)
+    z = lp + np.asarray(loglik, float)
+    z = np.exp(z - z.max())
+    return z / z.sum()
 
 
 @dataclass(frozen=True)
@@ -379,15 +413,25 @@ class ShapesCalibration:
     ``prior_shapes``, the weights' calibration (fitted on validation scenes of the training
     population), and ``real_shapes``, fitted by the same recipe on validation scenes of
     other galaxies (real ones: ``population``), on which the network's probabilities are
-    too high for the first. An image's detections get their mixture, weighted by the
-    posterior probability that the image's galaxies are of the second kind: Bayes' rule
-    with ``prior`` on the image's detections' ``ood_score`` values, each an independent
-    draw from the density of its kind (histograms of :data:`SHAPES_BINS` equal bins on
+    too high for the first.
+
+    An image's sky is read as a mixture: a share ``w`` of its detections drawn from the
+    galaxies of the second kind, the rest from the prior's. Each detection's ``ood_score``
+    is a draw from the density of its kind (histograms of :data:`SHAPES_BINS` equal bins on
     [0, 1] measured on validation scenes of each; ``log_ratio[k]`` is the log of their
-    ratio, real over prior shapes, in bin ``k``). One detection says little (the two
-    densities differ most above 0.85), so a small image keeps close to ``prior`` and a
-    survey image, with thousands of detections, is decided by them
-    (:meth:`real_shapes_probability`)."""
+    ratio, second kind over the prior's, in bin ``k``), so the image's scores give a
+    posterior over ``w`` (:meth:`share_posterior`, on :data:`SHARE_GRID`) from a prior of
+    ``1 - prior`` on ``w = 0`` (a sky like the training's), ``prior / 2`` on ``w = 1`` and
+    ``prior / 2`` spread evenly between. A detection of score ``s`` then is of the second
+    kind with probability ``w e / (w e + 1 - w)``, ``e`` the density ratio at ``s``
+    (:meth:`responsibility`), and gets the two maps mixed by that, averaged over the
+    posterior. One detection says little (the two densities differ most above 0.85), so a
+    small image keeps close to the prior; a survey image, with thousands of detections, or
+    many images pooled (:func:`pooled_evidence`), measure the share. Where a sky holds
+    both kinds, or galaxies between them, the share lands between 0 and 1 instead of
+    being forced to either map (the first form of this calibration, a choice between the
+    two kinds for the whole image, read fields of irregular galaxies with the prior's map
+    alone)."""
 
     prior_shapes: ProbabilityCalibration | LayoutCalibration
     real_shapes: ProbabilityCalibration | LayoutCalibration
@@ -408,39 +452,77 @@ class ShapesCalibration:
         """What a catalogue's ``prob_calibration`` says: both maps' fits."""
         return (
             f"{self.prior_shapes.source}; for galaxies like {self.population or 'another kind'}: "
-            f"{self.source}; mixed by the image's real_shapes_probability"
+            f"{self.source}; mixed by the share of the image's galaxies of that kind "
+            "(real_shapes_probability)"
         )
 
-    def evidence(self, ood) -> float | None:
-        """The log likelihood ratio, real over prior shapes, of an image whose detections
-        have ``ood_score`` values ``ood`` (the evidence :meth:`real_shapes_probability`
-        adds to ``prior``); None without scores."""
-        if ood is None or not len(ood):
+    def counts(self, ood) -> np.ndarray | None:
+        """The number of an image's detections in each ``ood_score`` bin; None without
+        scores."""
+        if ood is None:
             return None
-        k = np.clip((np.asarray(ood, float) * SHAPES_BINS).astype(int), 0, SHAPES_BINS - 1)
-        return float(np.asarray(self.log_ratio)[k].sum())
+        return np.bincount(ood_bins(ood), minlength=SHAPES_BINS)
+
+    def evidence_record(self, ood) -> dict:
+        """What a catalogue records of its image's evidence (``calibration_evidence``):
+        ``prior``, the bins' ``counts`` and the weights' ``bin_log_ratio``, from which
+        :func:`pooled_evidence` reads many images together."""
+        c = self.counts(ood)
+        return {
+            "prior": float(self.prior),
+            "counts": [] if c is None else [int(v) for v in c],
+            "bin_log_ratio": [round(float(v), 6) for v in self.log_ratio],
+        }
+
+    def share_posterior(self, ood) -> np.ndarray:
+        """Posterior probabilities, on :data:`SHARE_GRID`, of the share of an image's
+        galaxies of the second kind, given its detections' ``ood_score`` values ``ood``
+        (the prior alone without scores)."""
+        c = self.counts(ood)
+        loglik = 0.0 if c is None else share_log_likelihood(c, self.log_ratio)
+        return share_posterior(self.prior, loglik)
 
     def real_shapes_probability(self, ood) -> float:
-        """Posterior probability that an image whose detections have ``ood_score`` values
-        ``ood`` holds galaxies of the second kind (``prior`` without scores)."""
-        return posterior_probability(self.prior, self.evidence(ood))
+        """The posterior mean share of an image's galaxies of the second kind, from its
+        detections' ``ood_score`` values ``ood`` (the prior's mean, ``0.75 prior``,
+        without scores); the catalogue's ``real_shapes_probability``."""
+        return float(self.share_posterior(ood) @ SHARE_GRID)
+
+    def responsibility(self, ood, share) -> np.ndarray:
+        """Per detection (``ood_score`` values ``ood``; None: no scores, the share itself),
+        the probability that it is of the second kind in a sky where a share ``share``
+        of the galaxies are: a scalar share, or one row per share of a grid."""
+        share = np.asarray(share, float)
+        if ood is None:
+            return share
+        e = np.exp(np.asarray(self.log_ratio)[ood_bins(ood)])
+        w = share[..., None]
+        return w * e / (w * e + 1.0 - w)
 
     def __call__(
         self, p, ood=None, edge=None, neighbour=None, *, shape=None, cutout=None, real_shapes=None
     ) -> np.ndarray:
         """Calibrated probabilities of raw ``p`` (every detection of one image, for the
-        image's weights; ``real_shapes`` and ``cutout``, probabilities that its galaxies
-        are of the second kind and that it is a cutout, instead when given: stated, or read
-        on many images, :func:`pooled_evidence`), as
+        image's weights): the two maps mixed by each detection's :meth:`responsibility`,
+        averaged over the posterior of the image's share of galaxies of the second kind
+        (:meth:`share_posterior`), or at ``real_shapes``, a share stated, or read on many
+        images (:func:`pooled_evidence`), when given; otherwise as
         :meth:`ProbabilityCalibration.__call__`."""
-        w = self.real_shapes_probability(ood) if real_shapes is None else float(real_shapes)
-        return self.mix(p, ood, edge, neighbour, w, shape=shape, cutout=cutout)
+        if real_shapes is not None:
+            return self.mix(p, ood, edge, neighbour, float(real_shapes), shape=shape, cutout=cutout)
+        post = self.share_posterior(ood)
+        r = post @ self.responsibility(ood, SHARE_GRID) if ood is not None else post @ SHARE_GRID
+        return self._mixed(p, ood, edge, neighbour, r, shape, cutout)
 
     def mix(self, p, ood, edge, neighbour, w: float, *, shape=None, cutout=None) -> np.ndarray:
-        """The two maps' probabilities weighted ``w`` (real shapes) and ``1 - w``."""
+        """The two maps' probabilities in a sky where a share ``w`` of the galaxies are of
+        the second kind (each detection weighted by its :meth:`responsibility`)."""
+        return self._mixed(p, ood, edge, neighbour, self.responsibility(ood, w), shape, cutout)
+
+    def _mixed(self, p, ood, edge, neighbour, r, shape, cutout) -> np.ndarray:
         a = self.prior_shapes(p, ood, edge, neighbour, shape=shape, cutout=cutout)
         b = self.real_shapes(p, ood, edge, neighbour, shape=shape, cutout=cutout)
-        return w * b + (1.0 - w) * a
+        return r * b + (1.0 - r) * a
 
     def to_dict(self) -> dict:
         return {
@@ -826,18 +908,20 @@ def calibrate(cat, net, *, real_shapes=None, cutout=None, evidence_from: str = "
     ``ood_score``, where the weights give one) with ``prob_raw`` and ``prob`` calibrated;
     unchanged when the weights carry no calibration. The calibration is the one for the
     seeing and depth ``net`` reads the image at (:func:`calibration_for`). Where the
-    probabilities mix two maps by the image's ``real_shapes_probability``
-    (:class:`ShapesCalibration`), the metadata's ``centroid_calibration`` mixes the
-    weights' two centroid calibrations by it too.
+    probabilities mix two maps by the share of the image's galaxies unlike the prior's
+    (:class:`ShapesCalibration`; its posterior mean: ``real_shapes_probability``), the
+    metadata's ``centroid_calibration`` mixes the weights' two centroid calibrations by
+    that mean too.
 
-    ``real_shapes`` and ``cutout`` (probabilities, or None: the image's own detections
-    decide) state the weights of the maps instead: that the image's galaxies are unlike
-    the prior's, and that it is a survey cutout (for the maps of either layout,
-    :class:`LayoutCalibration`). The metadata record the weights used
+    ``real_shapes`` and ``cutout`` (numbers in [0, 1], or None: the image's own detections
+    decide) state the weights of the maps instead: the share of the image's galaxies
+    unlike the prior's, and the probability that it is a survey cutout (for the maps of
+    either layout, :class:`LayoutCalibration`). The metadata record the weights used
     (``real_shapes_probability``, ``cutout_probability``) and, in
-    ``calibration_evidence``, the image's own evidence for each (prior and log likelihood
-    ratio), from which :func:`pooled_evidence` reads many images together, and ``from``:
-    ``"image"``, or ``evidence_from`` where a weight was given."""
+    ``calibration_evidence``, the image's own evidence for each (the ``ood_score`` bins'
+    counts; the edges' log likelihood ratio), from which :func:`pooled_evidence` reads
+    many images together, and ``from``: ``"image"``, or ``evidence_from`` where a weight
+    was given."""
     cal = calibration_for(net)[2]
     if cal is None:
         return cat
@@ -847,10 +931,9 @@ def calibrate(cat, net, *, real_shapes=None, cutout=None, evidence_from: str = "
     ood = np.asarray(cat["ood_score"], float) if "ood_score" in cat.colnames else None
     meta = {**cat.meta, "prob_calibration": getattr(cal, "description", cal.source)}
     evidence, w_real, base = {}, None, cal
-    if isinstance(cal, ShapesCalibration):  # the image's weights, as the map uses them
-        own = cal.evidence(ood)
-        evidence["real_shapes"] = _evidence_record(cal.prior, own)
-        w_real = posterior_probability(cal.prior, own) if real_shapes is None else real_shapes
+    if isinstance(cal, ShapesCalibration):  # the image's share, as the map uses it
+        evidence["real_shapes"] = cal.evidence_record(ood)
+        w_real = cal.real_shapes_probability(ood) if real_shapes is None else real_shapes
         meta["real_shapes_probability"] = round(w_real, 4)
         meta.update(_mixed_centroid_calibration(net, w_real))
         base = cal.prior_shapes
@@ -863,7 +946,7 @@ def calibrate(cat, net, *, real_shapes=None, cutout=None, evidence_from: str = "
         stated = {"real_shapes": real_shapes, "cutout": cutout}
         given = any(stated[k] is not None for k in evidence)
         meta["calibration_evidence"] = {**evidence, "from": evidence_from if given else "image"}
-    kw = {} if w_real is None else {"real_shapes": w_real}
+    kw = {} if w_real is None else {"real_shapes": real_shapes}  # None: the image's posterior
     prob = cal(raw, ood, edge, near, shape=cat.image_shape, cutout=cutout, **kw)
     return replace(cat.with_columns(prob_raw=raw, prob=prob), meta=meta)
 
@@ -877,14 +960,15 @@ EVIDENCE_KINDS = ("real_shapes", "cutout")
 
 def pooled_evidence(cats) -> dict:
     """What the MAP catalogues ``cats`` of many images (catalogues or their files; their
-    ``calibration_evidence``, :func:`annotate`) say together: the probability that their
-    galaxies are unlike the prior's (``real_shapes``) and that they are survey cutouts
-    (``cutout``), by Bayes' rule with the first one's prior and the sum of every image's
-    log likelihood ratio. Images of one survey share their galaxies and the way they were
-    cut, and the thousands of detections of many small images decide what the dozens of
-    one cannot (each alone keeps close to the prior). ``{"real_shapes": p, "cutout": p,
-    "images": n}``, with None for a kind that no catalogue has evidence of and ``n`` the
-    catalogues that have some."""
+    ``calibration_evidence``, :func:`annotate`) say together: the share of their galaxies
+    unlike the prior's (``real_shapes``: the posterior mean of :class:`ShapesCalibration`'s
+    share, from every image's detections' ``ood_score`` bins) and the probability that
+    they are survey cutouts (``cutout``: Bayes' rule with the first one's prior and the sum
+    of every image's log likelihood ratio). Images of one survey share their galaxies and
+    the way they were cut, and the thousands of detections of many small images decide
+    what the dozens of one cannot (each alone keeps close to the prior). ``{"real_shapes":
+    w, "cutout": p, "images": n}``, with None for a kind that no catalogue has evidence of
+    and ``n`` the catalogues that have some."""
     from probcat.catalog import FullCatalog
 
     cats = [FullCatalog.read(c) if isinstance(c, (str, Path)) else c for c in cats]
@@ -899,15 +983,27 @@ def pool_records(recs) -> dict:
     recs = [r for r in recs if r]
     out: dict = {"images": len(recs), "own": {}}
     for kind in EVIDENCE_KINDS:
-        got = [r[kind] for r in recs if kind in r]
-        out[kind] = (
-            posterior_probability(got[0]["prior"], sum(g["log_ratio"] for g in got))
-            if got
-            else None
-        )
-        own = [posterior_probability(g["prior"], g["log_ratio"]) for g in got]
-        out["own"][kind] = float(np.mean(own)) if own else None
+        got = [r[kind] for r in recs if kind in r and _record_ok(kind, r[kind])]
+        if kind == "real_shapes":  # the share's log likelihoods add up over the images
+            ll = [share_log_likelihood(g["counts"], g["bin_log_ratio"]) for g in got]
+            mean = [float(share_posterior(g["prior"], v) @ SHARE_GRID) for g, v in zip(got, ll)]
+            out[kind] = (
+                float(share_posterior(got[0]["prior"], sum(ll)) @ SHARE_GRID) if got else None
+            )
+        else:
+            mean = [posterior_probability(g["prior"], g["log_ratio"]) for g in got]
+            total = sum(g["log_ratio"] for g in got)
+            out[kind] = posterior_probability(got[0]["prior"], total) if got else None
+        out["own"][kind] = float(np.mean(mean)) if mean else None
     return out
+
+
+def _record_ok(kind: str, rec) -> bool:
+    """An image's evidence record of ``kind`` in the form this version reads (a catalogue
+    written before the share of real shapes, 0.1.0 development, holds a log ratio instead:
+    left out of the pool)."""
+    keys = ("counts", "bin_log_ratio") if kind == "real_shapes" else ("log_ratio",)
+    return isinstance(rec, dict) and "prior" in rec and all(k in rec for k in keys)
 
 
 def check_evidence(value, name: str, pooled: bool = True):
