@@ -189,11 +189,11 @@ def test_annotate_mixes_the_centroid_calibrations_by_the_images_real_shapes_prob
     net = SimpleNamespace(prob_calibration=shapes, feature_density=None)
     net.centroid_calibration, net.real_shapes_centroid_calibration = own, real
     out = rel.annotate(cat, net, torch.zeros(3, 8, 8))
-    # no scores: the share's prior mean, 0.75 x 0.3
-    assert out.meta["real_shapes_probability"] == pytest.approx(0.225)
-    want = mix_centroid_calibrations(own, real, 0.225)
+    # no scores: the share's prior mean
+    assert out.meta["real_shapes_probability"] == pytest.approx(0.3)
+    want = mix_centroid_calibrations(own, real, 0.3)
     got = CentroidCalibration.from_dict(out.meta["centroid_calibration"])
-    assert got.k == pytest.approx(want.k, abs=1e-9) and "mixed with weight 0.2250" in got.source
+    assert got.k == pytest.approx(want.k, abs=1e-9) and "mixed with weight 0.3000" in got.source
     assert 1.0 < got.factor(0.6827) < 3.0
     iv = centroid_interval(out, 0.6827)
     np.testing.assert_allclose(iv["x_hi"] - out["x"], want.factor(0.6827) * out["x_sd"])

@@ -569,10 +569,11 @@ def _shapes_cal(prior=0.2, log_ratio=None):
 
 def _share_by_hand(scores, log_ratio, prior):
     """Posterior mean share, by brute force: a fine grid of shares, the prior's masses at
-    0 and 1 and its even spread between, the likelihood a product over the detections."""
+    0 and 1 and its even spread between (mean ``prior``), the likelihood a product over
+    the detections."""
     w = np.linspace(0, 1, 2001)
-    pr = np.full(len(w), prior / 2 / (len(w) - 2))
-    pr[0], pr[-1] = 1 - prior, prior / 2
+    pr = np.full(len(w), 2 * prior / 3 / (len(w) - 2))
+    pr[0], pr[-1] = 1 - 4 * prior / 3, 2 * prior / 3
     like = np.ones(len(w))
     for s in scores:
         e = np.exp(log_ratio[min(int(s * 20), 19)])
@@ -586,9 +587,12 @@ def test_real_shapes_share_is_the_posterior_mean_on_the_ood_score_bins(scores):
     cal = _shapes_cal()
     want = _share_by_hand(scores, np.asarray(cal.log_ratio), 0.2)
     assert cal.real_shapes_probability(np.asarray(scores)) == pytest.approx(want, abs=2e-3)
-    # no scores: the prior's mean (0.8 on 0, 0.1 on 1, 0.1 spread between)
-    assert cal.real_shapes_probability(None) == pytest.approx(0.1 + 0.1 * 0.5)
-    assert rel.share_posterior(0.2, 0.0).sum() == pytest.approx(1.0)
+    # no scores: the prior's mean (0.733 on 0, 0.133 on 1, 0.133 spread between)
+    assert cal.real_shapes_probability(None) == pytest.approx(0.2)
+    post = rel.share_posterior(0.2, 0.0)
+    assert post.sum() == pytest.approx(1.0) and post[0] == pytest.approx(1 - 0.8 / 3)
+    with pytest.raises(ProbcatValueError, match="prior < 0.75"):
+        rel.ShapesCalibration(cal.prior_shapes, cal.real_shapes, cal.log_ratio, 0.75)
 
 
 def test_many_detections_measure_the_share_of_unusual_galaxies():
@@ -604,7 +608,8 @@ def test_many_detections_measure_the_share_of_unusual_galaxies():
         assert cal.real_shapes_probability(ood) == pytest.approx(share, abs=0.03)
     assert cal.real_shapes_probability(np.full(200, 0.995)) > 0.95  # a sky of unusual ones
     assert cal.real_shapes_probability(np.linspace(0, 0.8, 2000)) < 0.002  # ordinary ones
-    assert 0.05 < cal.real_shapes_probability(np.array([0.3, 0.97])) < 0.3  # says little
+    # two detections say little: the share moves from the prior's mean, 0.2, to neither end
+    assert 0.2 < cal.real_shapes_probability(np.array([0.3, 0.97])) < 0.5
 
 
 def test_shapes_calibration_mixes_the_maps_and_round_trips():
@@ -622,8 +627,8 @@ def test_shapes_calibration_mixes_the_maps_and_round_trips():
     got = cal(raw, ood, edge, None, shape=(40, 40), real_shapes=0.3)
     np.testing.assert_allclose(got, r * real_p + (1 - r) * prior_p)
     w = np.linspace(0, 1, 2001)
-    pr = np.full(len(w), 0.1 / 1999)
-    pr[0], pr[-1] = 0.8, 0.1
+    pr = np.full(len(w), 0.4 / 3 / 1999)
+    pr[0], pr[-1] = 1 - 0.8 / 3, 0.4 / 3
     post = pr * np.prod(w[:, None] * e + 1 - w[:, None], axis=1)
     post /= post.sum()
     r = post @ (w[:, None] * e / (w[:, None] * e + 1 - w[:, None]))
@@ -662,10 +667,10 @@ def test_annotate_records_the_images_real_shapes_probability():
                        [2, 4, 3], (30, 30))  # fmt: skip
     out = rel.annotate(cat, Net(), torch.zeros(3, 6, 6))
     w = Net.prob_calibration.prior_shapes.cutout_probability([1.0, 1.0, 15.0], [0.9] * 3, (30, 30))
-    assert out.meta["real_shapes_probability"] == pytest.approx(0.225)  # the prior's mean
+    assert out.meta["real_shapes_probability"] == pytest.approx(0.3)  # the prior's mean
     assert out.meta["prob_calibration"].startswith("test; for galaxies like hdf: test")
     assert out.meta["cutout_probability"] == pytest.approx(w, abs=1e-4)
-    assert out["prob"] == pytest.approx(0.225 * 0.46 + 0.775 * (w * 0.36 + (1 - w) * 0.8))
+    assert out["prob"] == pytest.approx(0.3 * 0.46 + 0.7 * (w * 0.36 + (1 - w) * 0.8))
     rec = out.meta["calibration_evidence"]["real_shapes"]
     assert rec == {"prior": 0.3, "counts": [], "bin_log_ratio": [0.0] * 20}  # no scores
 

@@ -749,11 +749,11 @@ def test_real_shapes_only_fits_a_second_calibration_and_the_detector_mixes_the_t
     image = np.random.default_rng(0).standard_normal((1, 30, 30)).astype(np.float32) * 5
     image[0, 15, 15] += 2000.0
     cat = det.catalog(image, noise_sigma=5.0, threshold=0.0, seeing="none")
-    # no evidence either way (equal densities): the share is the prior's mean, 0.75 x 0.25
-    assert len(cat) > 0 and cat.meta["real_shapes_probability"] == pytest.approx(0.1875)
-    want = (0.8125 * 0.9 + 0.1875 * 0.5) * np.asarray(cat["prob_raw"])
+    # no evidence either way (equal densities): the share is the prior's mean
+    assert len(cat) > 0 and cat.meta["real_shapes_probability"] == pytest.approx(0.25)
+    want = (0.75 * 0.9 + 0.25 * 0.5) * np.asarray(cat["prob_raw"])
     assert np.asarray(cat["prob"]) == pytest.approx(want)
-    mixed = C.mix_centroid_calibrations(own_c, real_c, 0.1875)
+    mixed = C.mix_centroid_calibrations(own_c, real_c, 0.25)
     assert cat.meta["centroid_calibration"]["k"] == pytest.approx(list(mixed.k))
     assert main(["train", "calibrate", str(run), "--real-shapes-only", "--seeing-only"]) == 2
     # --centroid-only: both centroid calibrations refitted (each on its population, the
@@ -781,7 +781,7 @@ def test_real_shapes_only_fits_a_second_calibration_and_the_detector_mixes_the_t
         assert after.get(key) == before.get(key), key
     assert m["centroid_calibration_command"].startswith("probcat")
     assert main(["train", "calibrate", str(run), "--centroid-only", "--seeing-only"]) == 2
-    bad_fits = ({"fits__real_shapes_prior": 1.0}, {"fits__real_shapes_prior": 0.0},
+    bad_fits = ({"fits__real_shapes_prior": 0.75}, {"fits__real_shapes_prior": 0.0},
                 {"fits__real_shapes_scenes": 0}, {"fits__real_shapes_population": " "})  # fmt: skip
     for bad in bad_fits:
         with pytest.raises(ProbcatValueError, match="fits.real_shapes"):

@@ -376,6 +376,7 @@ class LayoutCalibration:
 
 SHAPES_BINS = 20  # equal ood_score bins of the evidence of ShapesCalibration
 SHARE_GRID = np.linspace(0.0, 1.0, 201)  # shares of an image's galaxies unlike the prior's
+MAX_SHARE_PRIOR = 0.75  # the largest prior mean share whose prior keeps mass on a share of 0
 
 
 def ood_bins(ood) -> np.ndarray:
@@ -397,11 +398,12 @@ def share_log_likelihood(counts, log_ratio) -> np.ndarray:
 
 def share_posterior(prior: float, loglik) -> np.ndarray:
     """Posterior probabilities on :data:`SHARE_GRID` from log likelihood ``loglik`` (an
-    array on the grid, or 0) and the prior of :class:`ShapesCalibration`: ``1 - prior`` on
-    a share of 0, ``prior / 2`` on 1 and ``prior / 2`` spread evenly between."""
+    array on the grid, or 0) and the prior of :class:`ShapesCalibration`, of mean
+    ``prior``: ``1 - 4 prior / 3`` on a share of 0, ``2 prior / 3`` on 1 and ``2 prior / 3``
+    spread evenly between (its mean, ``2 prior / 3 + prior / 3``)."""
     n = len(SHARE_GRID)
-    lp = np.full(n, math.log(prior / 2.0 / (n - 2)))
-    lp[0], lp[-1] = math.log(1.0 - prior), math.log(prior / 2.0)
+    lp = np.full(n, math.log(2.0 * prior / 3.0 / (n - 2)))
+    lp[0], lp[-1] = math.log(1.0 - 4.0 * prior / 3.0), math.log(2.0 * prior / 3.0)
     z = lp + np.asarray(loglik, float)
     z = np.exp(z - z.max())
     return z / z.sum()
@@ -420,14 +422,15 @@ class ShapesCalibration:
     is a draw from the density of its kind (histograms of :data:`SHAPES_BINS` equal bins on
     [0, 1] measured on validation scenes of each; ``log_ratio[k]`` is the log of their
     ratio, second kind over the prior's, in bin ``k``), so the image's scores give a
-    posterior over ``w`` (:meth:`share_posterior`, on :data:`SHARE_GRID`) from a prior of
-    ``1 - prior`` on ``w = 0`` (a sky like the training's), ``prior / 2`` on ``w = 1`` and
-    ``prior / 2`` spread evenly between. A detection of score ``s`` then is of the second
-    kind with probability ``w e / (w e + 1 - w)``, ``e`` the density ratio at ``s``
-    (:meth:`responsibility`), and gets the two maps mixed by that, averaged over the
-    posterior. One detection says little (the two densities differ most above 0.85), so a
-    small image keeps close to the prior; a survey image, with thousands of detections, or
-    many images pooled (:func:`pooled_evidence`), measure the share. Where a sky holds
+    posterior over ``w`` (:meth:`share_posterior`, on :data:`SHARE_GRID`) from a prior
+    whose mean is ``prior``: ``1 - 4 prior / 3`` on ``w = 0`` (a sky like the training's),
+    ``2 prior / 3`` on ``w = 1`` and ``2 prior / 3`` spread evenly between. A detection of
+    score ``s`` then is of the second kind with probability ``w e / (w e + 1 - w)``, ``e``
+    the density ratio at ``s`` (:meth:`responsibility`), and gets the two maps mixed by
+    that, averaged over the posterior. One detection says little (the two densities
+    differ most above 0.85), so a small image keeps close to the prior; a survey image,
+    with thousands of detections, or many images pooled (:func:`pooled_evidence`), measure
+    the share. Where a sky holds
     both kinds, or galaxies between them, the share lands between 0 and 1 instead of
     being forced to either map (the first form of this calibration, a choice between the
     two kinds for the whole image, read fields of irregular galaxies with the prior's map
@@ -442,9 +445,10 @@ class ShapesCalibration:
     source: str = ""
 
     def __post_init__(self):
-        if not (0.0 < self.prior < 1.0) or len(self.log_ratio) != SHAPES_BINS:
+        if not (0.0 < self.prior < MAX_SHARE_PRIOR) or len(self.log_ratio) != SHAPES_BINS:
             raise ProbcatValueError(
-                f"a shapes calibration needs 0 < prior < 1 and {SHAPES_BINS} log ratios"
+                f"a shapes calibration needs 0 < prior < {MAX_SHARE_PRIOR} and "
+                f"{SHAPES_BINS} log ratios"
             )
 
     @property
@@ -484,8 +488,8 @@ class ShapesCalibration:
 
     def real_shapes_probability(self, ood) -> float:
         """The posterior mean share of an image's galaxies of the second kind, from its
-        detections' ``ood_score`` values ``ood`` (the prior's mean, ``0.75 prior``,
-        without scores); the catalogue's ``real_shapes_probability``."""
+        detections' ``ood_score`` values ``ood`` (``prior`` without scores); the
+        catalogue's ``real_shapes_probability``."""
         return float(self.share_posterior(ood) @ SHARE_GRID)
 
     def responsibility(self, ood, share) -> np.ndarray:

@@ -156,9 +156,10 @@ class DetectionFits:
     depth_scenes: int = 1024
     # a second probability calibration, fitted on real_shapes_scenes validation scenes of
     # this population (e.g. "hdf", real galaxies), for images whose galaxies look unlike
-    # the prior's: each image's detections get both maps, weighted by what their ood_score
-    # values say, from a prior probability real_shapes_prior of the second kind
-    # (probcat.infer.reliability.ShapesCalibration); None: the one map
+    # the prior's: each image's detections get both maps, weighted by the share of its
+    # galaxies of the second kind that their ood_score values say, from a prior of mean
+    # real_shapes_prior (below 0.75; probcat.infer.reliability.ShapesCalibration); None:
+    # the one map
     real_shapes_population: str | None = None
     real_shapes_scenes: int = 1024
     real_shapes_prior: float = 0.1
@@ -264,9 +265,9 @@ class DetectionTrainConfig:
             raise ProbcatValueError(
                 "fits.real_shapes_population must name a population, or be left out"
             )
-        if not 0.0 < self.fits.real_shapes_prior < 1.0 or self.fits.real_shapes_scenes < 1:
+        if not 0.0 < self.fits.real_shapes_prior < 0.75 or self.fits.real_shapes_scenes < 1:
             raise ProbcatValueError(
-                "fits.real_shapes_prior must be in (0, 1) and fits.real_shapes_scenes 1 or "
+                "fits.real_shapes_prior must be in (0, 0.75) and fits.real_shapes_scenes 1 or "
                 f"more, got {self.fits.real_shapes_prior} and {self.fits.real_shapes_scenes}"
             )
         f = self.fits
