@@ -759,8 +759,9 @@ def main(argv=None):
         "centroid_coverage_by_snr": "the same (the catalogue's intervals) in ranges of the "
         "matched sources' true SNR",
         "mean_real_shapes_probability": "mean over the scenes of the calibration's "
-        "probability that a scene's galaxies are unlike the prior's (its detections' ood_score "
-        "values; the weight of the second map, docs/robustness.md; None: weights with one)",
+        "posterior mean share of a scene's galaxies unlike the prior's (from its detections' "
+        "ood_score values; the weight of the second map, docs/robustness.md; None: weights "
+        "with one)",
         "per_family": "on each family's test scenes (those of its left-out test): the shipped "
         "weights (trained on every family; with SEP) and the bulge+disk weights",
         "left_out": "weights trained on every family but this one with the shipped weights' "

@@ -499,8 +499,12 @@ class ShapesCalibration:
         share = np.asarray(share, float)
         if ood is None:
             return share
-        e = np.exp(np.asarray(self.log_ratio)[ood_bins(ood)])
-        w = share[..., None]
+        return self._bin_responsibility(share)[..., ood_bins(ood)]
+
+    def _bin_responsibility(self, share) -> np.ndarray:
+        """:meth:`responsibility` of a detection in each ``ood_score`` bin (last axis)."""
+        e = np.exp(np.asarray(self.log_ratio, float))
+        w = np.asarray(share, float)[..., None]
         return w * e / (w * e + 1.0 - w)
 
     def __call__(
@@ -515,7 +519,10 @@ class ShapesCalibration:
         if real_shapes is not None:
             return self.mix(p, ood, edge, neighbour, float(real_shapes), shape=shape, cutout=cutout)
         post = self.share_posterior(ood)
-        r = post @ self.responsibility(ood, SHARE_GRID) if ood is not None else post @ SHARE_GRID
+        if ood is None:
+            r = post @ SHARE_GRID
+        else:  # averaged over the posterior bin by bin, then read at each detection's bin
+            r = (post @ self._bin_responsibility(SHARE_GRID))[ood_bins(ood)]
         return self._mixed(p, ood, edge, neighbour, r, shape, cutout)
 
     def mix(self, p, ood, edge, neighbour, w: float, *, shape=None, cutout=None) -> np.ndarray:
