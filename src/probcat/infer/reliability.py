@@ -430,11 +430,8 @@ class ShapesCalibration:
     that, averaged over the posterior. One detection says little (the two densities
     differ most above 0.85), so a small image keeps close to the prior; a survey image,
     with thousands of detections, or many images pooled (:func:`pooled_evidence`), measure
-    the share. Where a sky holds
-    both kinds, or galaxies between them, the share lands between 0 and 1 instead of
-    being forced to either map (the first form of this calibration, a choice between the
-    two kinds for the whole image, read fields of irregular galaxies with the prior's map
-    alone)."""
+    the share. Where a sky holds both kinds, or galaxies between them, the share lands
+    between 0 and 1 instead of being forced to either map."""
 
     prior_shapes: ProbabilityCalibration | LayoutCalibration
     real_shapes: ProbabilityCalibration | LayoutCalibration

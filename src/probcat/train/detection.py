@@ -265,10 +265,13 @@ class DetectionTrainConfig:
             raise ProbcatValueError(
                 "fits.real_shapes_population must name a population, or be left out"
             )
-        if not 0.0 < self.fits.real_shapes_prior < 0.75 or self.fits.real_shapes_scenes < 1:
+        from probcat.infer.reliability import MAX_SHARE_PRIOR
+
+        prior, scenes = self.fits.real_shapes_prior, self.fits.real_shapes_scenes
+        if not 0.0 < prior < MAX_SHARE_PRIOR or scenes < 1:
             raise ProbcatValueError(
-                "fits.real_shapes_prior must be in (0, 0.75) and fits.real_shapes_scenes 1 or "
-                f"more, got {self.fits.real_shapes_prior} and {self.fits.real_shapes_scenes}"
+                f"fits.real_shapes_prior must be in (0, {MAX_SHARE_PRIOR}) and "
+                f"fits.real_shapes_scenes 1 or more, got {prior} and {scenes}"
             )
         f = self.fits
         for where, frac, kernels in (
