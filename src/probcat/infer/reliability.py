@@ -505,17 +505,26 @@ class ShapesCalibration:
         return w * e / (w * e + 1.0 - w)
 
     def __call__(
-        self, p, ood=None, edge=None, neighbour=None, *, shape=None, cutout=None, real_shapes=None
+        self,
+        p,
+        ood=None,
+        edge=None,
+        neighbour=None,
+        *,
+        shape=None,
+        cutout=None,
+        real_shapes=None,
+        posterior=None,
     ) -> np.ndarray:
         """Calibrated probabilities of raw ``p`` (every detection of one image, for the
         image's weights): the two maps mixed by each detection's :meth:`responsibility`,
         averaged over the posterior of the image's share of galaxies of the second kind
-        (:meth:`share_posterior`), or at ``real_shapes``, a share stated, or read on many
-        images (:func:`pooled_evidence`), when given; otherwise as
-        :meth:`ProbabilityCalibration.__call__`."""
+        (``posterior``, where the caller has it already: :meth:`share_posterior`), or at
+        ``real_shapes``, a share stated, or read on many images (:func:`pooled_evidence`),
+        when given; otherwise as :meth:`ProbabilityCalibration.__call__`."""
         if real_shapes is not None:
             return self.mix(p, ood, edge, neighbour, float(real_shapes), shape=shape, cutout=cutout)
-        post = self.share_posterior(ood)
+        post = self.share_posterior(ood) if posterior is None else posterior
         if ood is None:
             r = post @ SHARE_GRID
         else:  # averaged over the posterior bin by bin, then read at each detection's bin
@@ -938,10 +947,14 @@ def calibrate(cat, net, *, real_shapes=None, cutout=None, evidence_from: str = "
     near = neighbour_distance(cat["x"], cat["y"], raw)
     ood = np.asarray(cat["ood_score"], float) if "ood_score" in cat.colnames else None
     meta = {**cat.meta, "prob_calibration": getattr(cal, "description", cal.source)}
-    evidence, w_real, base = {}, None, cal
+    evidence, kw, base = {}, {}, cal
     if isinstance(cal, ShapesCalibration):  # the image's share, as the map uses it
         evidence["real_shapes"] = cal.evidence_record(ood)
-        w_real = cal.real_shapes_probability(ood) if real_shapes is None else real_shapes
+        if real_shapes is None:  # one posterior for the record and the probabilities
+            kw["posterior"] = post = cal.share_posterior(ood)
+            w_real = float(post @ SHARE_GRID)
+        else:
+            kw["real_shapes"] = w_real = real_shapes
         meta["real_shapes_probability"] = round(w_real, 4)
         meta.update(_mixed_centroid_calibration(net, w_real))
         base = cal.prior_shapes
@@ -954,7 +967,6 @@ def calibrate(cat, net, *, real_shapes=None, cutout=None, evidence_from: str = "
         stated = {"real_shapes": real_shapes, "cutout": cutout}
         given = any(stated[k] is not None for k in evidence)
         meta["calibration_evidence"] = {**evidence, "from": evidence_from if given else "image"}
-    kw = {} if w_real is None else {"real_shapes": real_shapes}  # None: the image's posterior
     prob = cal(raw, ood, edge, near, shape=cat.image_shape, cutout=cutout, **kw)
     return replace(cat.with_columns(prob_raw=raw, prob=prob), meta=meta)
 
