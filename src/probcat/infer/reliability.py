@@ -409,6 +409,11 @@ def share_posterior(prior: float, loglik) -> np.ndarray:
     return z / z.sum()
 
 
+def mean_share(posterior) -> float:
+    """The mean share of a posterior on :data:`SHARE_GRID` (:func:`share_posterior`)."""
+    return float(np.asarray(posterior, float) @ SHARE_GRID)
+
+
 @dataclass(frozen=True)
 class ShapesCalibration:
     """Probability calibration for images whose galaxies may look unlike the prior's:
@@ -487,7 +492,7 @@ class ShapesCalibration:
         """The posterior mean share of an image's galaxies of the second kind, from its
         detections' ``ood_score`` values ``ood`` (``prior`` without scores); the
         catalogue's ``real_shapes_probability``."""
-        return float(self.share_posterior(ood) @ SHARE_GRID)
+        return mean_share(self.share_posterior(ood))
 
     def responsibility(self, ood, share) -> np.ndarray:
         """Per detection (``ood_score`` values ``ood``; None: no scores, the share itself),
@@ -526,7 +531,7 @@ class ShapesCalibration:
             return self.mix(p, ood, edge, neighbour, float(real_shapes), shape=shape, cutout=cutout)
         post = self.share_posterior(ood) if posterior is None else posterior
         if ood is None:
-            r = post @ SHARE_GRID
+            r = mean_share(post)
         else:  # averaged over the posterior bin by bin, then read at each detection's bin
             r = (post @ self._bin_responsibility(SHARE_GRID))[ood_bins(ood)]
         return self._mixed(p, ood, edge, neighbour, r, shape, cutout)
@@ -952,7 +957,7 @@ def calibrate(cat, net, *, real_shapes=None, cutout=None, evidence_from: str = "
         evidence["real_shapes"] = cal.evidence_record(ood)
         if real_shapes is None:  # one posterior for the record and the probabilities
             kw["posterior"] = post = cal.share_posterior(ood)
-            w_real = float(post @ SHARE_GRID)
+            w_real = mean_share(post)
         else:
             kw["real_shapes"] = w_real = real_shapes
         meta["real_shapes_probability"] = round(w_real, 4)
@@ -1006,10 +1011,8 @@ def pool_records(recs) -> dict:
         got = [r[kind] for r in recs if kind in r and _record_ok(kind, r[kind])]
         if kind == "real_shapes":  # the share's log likelihoods add up over the images
             ll = [share_log_likelihood(g["counts"], g["bin_log_ratio"]) for g in got]
-            mean = [float(share_posterior(g["prior"], v) @ SHARE_GRID) for g, v in zip(got, ll)]
-            out[kind] = (
-                float(share_posterior(got[0]["prior"], sum(ll)) @ SHARE_GRID) if got else None
-            )
+            mean = [mean_share(share_posterior(g["prior"], v)) for g, v in zip(got, ll)]
+            out[kind] = mean_share(share_posterior(got[0]["prior"], sum(ll))) if got else None
         else:
             mean = [posterior_probability(g["prior"], g["log_ratio"]) for g in got]
             total = sum(g["log_ratio"] for g in got)
