@@ -129,6 +129,43 @@ def test_tiny_training_run_loads_as_an_estimator(tmp_path, cache_dir):
     torch.testing.assert_close(torch.tensor(w.sum()), torch.tensor(1.0, dtype=torch.float64))
 
 
+def test_the_head_is_the_mlp_of_the_hidden_widths_asked(tmp_path):
+    from probcat.nets.photoz import PhotozNet, aperture_features
+    from probcat.weights import load
+
+    torch.manual_seed(0)
+    kw = dict(bands=3, size=9, channels=4, components=2, apertures=(1.0,))
+    assert "head" not in PhotozNet(**kw).hparams  # the default keeps older files' hparams
+    with pytest.raises(ValueError, match="head"):
+        PhotozNet(**kw, head=(8, 0))
+    with pytest.raises(ProbcatValueError, match="head"):
+        PhotozTrainConfig(model=PhotozModel(head=()))
+    net = PhotozNet(**kw, head=(8, 5)).eval()
+    x = torch.randn(4, 3, 9, 9)
+    enc = net.encoder
+    lin = [m for m in enc.fc if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in lin][1:] == [(8, 5), (5, 6)]
+    # brute force: the features through each layer, leaky ReLU between them
+    feats = aperture_features(x, net.aperture_kernels)
+    h = torch.cat([enc.convs(torch.asinh(x)).flatten(1), feats], 1)
+    for m in lin[:-1]:
+        h = torch.nn.functional.leaky_relu(h @ m.weight.T + m.bias, 0.1)
+    out = h @ lin[-1].weight.T + lin[-1].bias
+    with torch.no_grad():
+        w, mu, sd = net(x)
+        torch.testing.assert_close(w, torch.softmax(out[:, :2], 1))
+        torch.testing.assert_close(mu, out[:, 2:4])
+    # saved and loaded, and pooled into an ensemble, a net keeps its head
+    survey = PhotozTrainConfig().survey().to_dict()
+    state = {"kind": "photoz", "hparams": net.hparams, "state_dict": net.state_dict()}
+    torch.save({**state, "survey": survey}, tmp_path / "h.pt")
+    back = load(str(tmp_path / "h.pt"), kind="photoz").model
+    assert back.hparams["head"] == [8, 5]
+    with torch.no_grad():
+        torch.testing.assert_close(back(x)[1], mu)
+    assert PhotozNet.ensemble([net, net]).hparams["head"] == [8, 5]
+
+
 @pytest.mark.parametrize("apertures", [(), (1.0, 2.5)])
 def test_an_ensemble_pools_its_members_mixtures_with_equal_weight(apertures):
     from probcat.nets.photoz import PhotozNet

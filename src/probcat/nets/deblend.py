@@ -33,7 +33,7 @@ class GalaxyEncoder(nn.Module):
 
     The input goes through ``asinh`` first (bright cores and faint wings on one scale).
     ``extra`` more features (e.g. aperture photometry) can join the convolutional ones at
-    the MLP's input."""
+    the MLP's input; ``hidden``: the widths of the MLP's hidden layers."""
 
     def __init__(
         self,
@@ -42,6 +42,7 @@ class GalaxyEncoder(nn.Module):
         latent: int = 8,
         channels: int = 32,
         extra: int = 0,
+        hidden: tuple[int, ...] = (128,),
     ):
         super().__init__()
         c = channels
@@ -56,12 +57,11 @@ class GalaxyEncoder(nn.Module):
         side = size
         for _ in range(3):
             side = (side + 1) // 2
-        self.fc = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(2 * c * side * side + extra, 128),
-            nn.LeakyReLU(0.1),
-            nn.Linear(128, latent),
-        )
+        widths = [2 * c * side * side + extra, *hidden]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(a, b), nn.LeakyReLU(0.1)]
+        self.fc = nn.Sequential(*layers, nn.Linear(widths[-1], latent))
 
     def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         return self.from_asinh(torch.asinh(x), extra)

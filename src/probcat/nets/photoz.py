@@ -43,6 +43,7 @@ __all__ = [
     "STAMP_Z",
     "LOG_SD_RANGE",
     "SD_SCALES",
+    "HEAD",
     "aperture_kernels",
     "aperture_features",
     "dihedral",
@@ -53,6 +54,7 @@ COMPONENTS = 5
 STAMP_Z = 33  # stamp side in pixels (6.6" for LSST): the object and its near neighbours
 LOG_SD_RANGE = (math.log(0.003), math.log(1.0))
 SYMMETRIES = (1, 2, 4, 8)  # orientations a net can pool (see PhotozNet)
+HEAD = (128,)  # hidden widths of the MLP between the features and the mixture
 SD_SCALES = np.exp(np.linspace(np.log(0.5), np.log(3.0), 61))
 
 
@@ -82,7 +84,8 @@ class PhotozNet(nn.Module):
     equal weight, so the PDF is a mixture of ``members x components`` Gaussians.
 
     ``apertures``: Gaussian aperture widths (pixels) whose photometry joins the
-    convolutional features (:func:`aperture_features`); none by default.
+    convolutional features (:func:`aperture_features`); none by default. ``head``: the
+    widths of the hidden layers of the MLP that maps the features to the mixture.
 
     ``symmetries`` (1, 2, 4 or 8): the stamp is read in that many orientations (the first
     of identity, rotations by 90°, 180°, 270°, then the same flipped: the symmetries the
@@ -101,6 +104,7 @@ class PhotozNet(nn.Module):
         members: int = 1,
         apertures: tuple[float, ...] | list[float] = (),
         symmetries: int = 1,
+        head: tuple[int, ...] | list[int] = HEAD,
     ):
         super().__init__()
         self.hparams = {
@@ -114,10 +118,15 @@ class PhotozNet(nn.Module):
             raise ValueError(f"aperture widths must be positive, got {apertures}")
         if apertures:  # nets without them keep their hparams as before
             self.hparams["apertures"] = apertures
+        head = tuple(int(h) for h in head)
+        if not head or min(head) < 1:
+            raise ValueError(f"head must be one or more positive layer widths, got {head}")
+        if head != HEAD:  # nets with the default head keep their hparams as before
+            self.hparams["head"] = list(head)
         extra = bands * len(apertures)
 
         def encoder():
-            return GalaxyEncoder(size, bands, 3 * components, channels, extra)
+            return GalaxyEncoder(size, bands, 3 * components, channels, extra, head)
 
         if members != 1:  # single nets keep their hparams (and state) as before ensembles
             self.hparams["members"] = members

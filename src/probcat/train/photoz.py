@@ -29,6 +29,7 @@ from probcat.infer.deblend import crop_nearest
 from probcat.masking import band_masks
 from probcat.nets.photoz import (
     COMPONENTS,
+    HEAD,
     STAMP_Z,
     SYMMETRIES,
     PhotozNet,
@@ -103,6 +104,7 @@ class PhotozModel:
     channels: int = 32
     components: int = COMPONENTS
     apertures: tuple[float, ...] = ()  # Gaussian aperture widths (px) read as photometry
+    head: tuple[int, ...] = HEAD  # hidden layer widths of the MLP before the mixture
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,8 @@ class PhotozTrainConfig:
             raise ProbcatValueError("data.bands must include i (the gold cut is i < 25.3)")
         if not all(a > 0 and math.isfinite(a) for a in m.apertures):
             raise ProbcatValueError(f"model.apertures must be positive widths, got {m.apertures}")
+        if not m.head or min(m.head) < 1:
+            raise ProbcatValueError(f"model.head must be positive layer widths, got {m.head}")
         if m.stamp % 2 == 0:
             raise ProbcatValueError(f"model.stamp must be odd, got {m.stamp}")
         if self.symmetries not in SYMMETRIES:
@@ -200,7 +204,12 @@ class PhotozTrainConfig:
         """A fresh network of ``model``'s architecture for ``data.bands``."""
         m = self.model
         return PhotozNet(
-            len(self.data.bands), m.stamp, m.channels, m.components, apertures=m.apertures
+            len(self.data.bands),
+            m.stamp,
+            m.channels,
+            m.components,
+            apertures=m.apertures,
+            head=m.head,
         )
 
     def settings(self) -> LoopSettings:
@@ -541,9 +550,9 @@ def fit_width_calibration(model: PhotozNet, cfg: PhotozTrainConfig, progress=Tru
 
 def _config_dict(cfg: PhotozTrainConfig) -> dict:
     """The config as runs record it; ``members`` and ``symmetries`` of 1, ``init`` None,
-    ``data.mask_fraction`` 0, ``data.fresh_noise`` off and the ``data.seeing_*`` settings
-    without seeing patterns are left out (as runs recorded them before those settings, so
-    they resume)."""
+    ``data.mask_fraction`` 0, ``data.fresh_noise`` off, the ``data.seeing_*`` settings
+    without seeing patterns and the default ``model.head`` are left out (as runs recorded
+    them before those settings, so they resume)."""
     from probcat.config import to_dict
 
     d = to_dict(cfg)
@@ -556,6 +565,8 @@ def _config_dict(cfg: PhotozTrainConfig) -> dict:
     if not cfg.data.seeing_patterns:
         for key in ("seeing_patterns", "seeing_range", "seeing_fraction", "seeing_bank_size"):
             del d["data"][key]
+    if tuple(cfg.model.head) == HEAD:
+        del d["model"]["head"]
     return d
 
 
