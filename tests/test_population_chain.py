@@ -273,6 +273,13 @@ def test_config_sections_keep_their_defaults(tmp_path):
     p.write_text("detect_threshold_log10: 1.0\n")
     with pytest.raises(ValueError, match="one of the r1 thresholds"):
         load_yaml(PopulationConfig, p)
+    # a negative seed crashed numpy with a traceback once r1 had trained (minutes)
+    for bad in (-1, 2**62):
+        p.write_text(f"seed: {bad}\n")
+        with pytest.raises(ValueError, match=r"c.yaml: seed must lie in \[0, 2\^62\)"):
+            load_yaml(PopulationConfig, p)
+    p.write_text(f"seed: {2**62 - 1}\n")
+    assert load_yaml(PopulationConfig, p).seed == 2**62 - 1
 
 
 def test_detected_lists_lie_in_their_regions_with_the_population_s_fluxes(tmp_path):

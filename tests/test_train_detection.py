@@ -161,6 +161,30 @@ def _trainer(train: str):
 
 
 @pytest.mark.parametrize("train", ["detection", "deblend", "photoz"])
+def test_seeds_outside_what_numpy_and_torch_take_are_config_errors(train):
+    """A negative seed went through the config and crashed numpy with a traceback once a
+    photo-z run had rendered its 20,000-galaxy bank (minutes)."""
+    _, cfg = _trainer(train)
+    cls, base = type(cfg), to_dict(cfg)
+
+    def with_seed(key, value):
+        d = json.loads(json.dumps(base))
+        *section, name = key.split(".")
+        (d[section[0]] if section else d)[name] = value
+        return d
+
+    keys = ["seed", "data.catalog_seed"] + ["flux_error.seed"] * (train == "deblend")
+    for key in keys:
+        for bad in (-1, 2**63):
+            with pytest.raises(ProbcatValueError, match=rf"^{key} must lie in"):
+                from_dict(cls, with_seed(key, bad))
+        from_dict(cls, with_seed(key, 2**63 - 1))  # the largest seed numpy and torch both take
+    if train == "photoz":  # member k trains with seed + k
+        with pytest.raises(ProbcatValueError, match=r"^seed \+ members - 1 must lie in"):
+            from_dict(cls, {**base, "seed": 2**63 - 3, "members": 4})
+
+
+@pytest.mark.parametrize("train", ["detection", "deblend", "photoz"])
 def test_a_device_that_is_not_there_fails_before_any_bank_is_built(tmp_path, train):
     cache = tmp_path / "cache"
     fn, cfg = _trainer(train)

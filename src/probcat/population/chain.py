@@ -70,7 +70,7 @@ from probcat.population.tasks import (
 )
 from probcat.population.truncated import TruncatedSimulator, region_positions
 from probcat.runtime import threads_for
-from probcat.train.loop import LoopSettings, fit
+from probcat.train.loop import LoopSettings, check_seeds, fit
 
 __all__ = [
     "PopulationConfig",
@@ -171,6 +171,7 @@ class PopulationConfig:
             if getattr(self, name) < 1:
                 raise ProbcatValueError(f"{name} must be >= 1")
         threads_for(self.threads, 0)  # the bound of every command, before the map is read
+        check_seeds({"seed": self.seed}, bits=62)  # the networks' seeds add small offsets
         if self.predictive_maps < 0:
             raise ProbcatValueError("predictive_maps must be >= 0 (0: no predictive check)")
         if self.prior_check_maps < 0:

@@ -131,11 +131,10 @@ class DeblendTrainConfig:
         fe = self.flux_error
         if fe.scenes:
             counts.update({"flux_error.samples": fe.samples, "flux_error.bank_size": fe.bank_size})
-        if fe.scenes < 0 or fe.seed < 0:
-            raise ProbcatValueError(
-                f"flux_error.scenes and flux_error.seed must be >= 0, got {fe.scenes}, {fe.seed}"
-            )
-        check_run_config(d.bands, d.years, self.phases, counts, self.threads)
+        if fe.scenes < 0:
+            raise ProbcatValueError(f"flux_error.scenes must be >= 0, got {fe.scenes}")
+        seeds = {"seed": self.seed, "data.catalog_seed": d.catalog_seed, "flux_error.seed": fe.seed}
+        check_run_config(d.bands, d.years, self.phases, counts, self.threads, seeds)
 
     def survey(self) -> Survey:
         return Survey.lsst(bands=self.data.bands, years=self.data.years)

@@ -211,7 +211,8 @@ class DetectionTrainConfig:
             "val_every": self.val_every,
             "checkpoint_every": self.checkpoint_every,
         }
-        check_run_config(d.bands, d.years, self.phases, counts, self.threads)
+        seeds = {"seed": self.seed, "data.catalog_seed": d.catalog_seed}
+        check_run_config(d.bands, d.years, self.phases, counts, self.threads, seeds)
         if 1.0 not in d.psf_scales or not all(0 < v < 10 for v in d.psf_scales):
             raise ProbcatValueError(
                 "data.psf_scales must hold 1.0 and positive factors below 10, got "

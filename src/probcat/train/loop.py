@@ -170,15 +170,33 @@ def load_init(name: str, kind: str):
         raise ProbcatValueError(f"init: {e}") from None
 
 
-def check_run_config(bands: str, years: float, phases, counts: dict[str, int], threads) -> None:
+def check_seeds(seeds: dict[str, int], bits: int = 63) -> None:
+    """Every entry of ``seeds`` (name -> value) a whole number in [0, 2^``bits``): numpy
+    refuses negative seeds and torch those from 2^64, each with a traceback, and only when
+    the seed is first used (after minutes of rendering). Raises :class:`ProbcatValueError`."""
+    for name, v in seeds.items():
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**bits:
+            raise ProbcatValueError(f"{name} must lie in [0, 2^{bits}), got {v!r}")
+
+
+def check_run_config(
+    bands: str,
+    years: float,
+    phases,
+    counts: dict[str, int],
+    threads,
+    seeds: dict[str, int] | None = None,
+) -> None:
     """The checks every training config shares: a string of ugrizy ``bands``, a positive
     ``years``, at least one phase with steps >= 1 and a positive finite ``lr``, every
-    entry of ``counts`` (name -> value) >= 1, and ``threads`` within the bound of every
-    command (:func:`probcat.runtime.threads_for`), before any bank is rendered. Raises
+    entry of ``counts`` (name -> value) >= 1, every entry of ``seeds`` (name -> value) a
+    whole number in [0, 2^63), and ``threads`` within the bound of every command
+    (:func:`probcat.runtime.threads_for`), before any bank is rendered. Raises
     :class:`ProbcatValueError`."""
     from probcat.runtime import threads_for
 
     threads_for(threads, 0)
+    check_seeds(seeds or {})
     if not bands or any(b not in "ugrizy" for b in bands):
         raise ProbcatValueError(f"data.bands: {bands!r} is not a string of ugrizy bands")
     counts = dict(counts)

@@ -193,8 +193,12 @@ class PhotozTrainConfig:
             "checkpoint_every": self.checkpoint_every,
             "members": self.members,
         }
+        # member k trains with seed + k
+        seeds = {"seed": self.seed, "data.catalog_seed": d.catalog_seed}
+        if isinstance(self.members, int) and self.members > 1:
+            seeds["seed + members - 1"] = self.seed + self.members - 1
         for y in d.years:
-            check_run_config(d.bands, y, self.phases, counts, self.threads)
+            check_run_config(d.bands, y, self.phases, counts, self.threads, seeds)
 
     def survey(self) -> Survey:
         """The survey of the first depth (every depth shares bands and pixels)."""
