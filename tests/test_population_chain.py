@@ -280,6 +280,18 @@ def test_config_sections_keep_their_defaults(tmp_path):
             load_yaml(PopulationConfig, p)
     p.write_text(f"seed: {2**62 - 1}\n")
     assert load_yaml(PopulationConfig, p).seed == 2**62 - 1
+    # each of these went through and failed (or trained on NaN) hours later
+    for text, msg in (
+        ("r3: {lr: .inf}", "r3: steps >= 1, batch >= 2 and lr > 0 needed"),
+        ("head: {balance: .nan}", r"head\.balance must be >= 0"),
+        ("r4: {balance: -1.0}", r"r4\.balance must be >= 0"),
+        ("r1_channels: 0", "r1_channels must be >= 1"),
+        ("grid_n_step: 0", "grid_n_step must be >= 1"),
+        ("grid_sigma: 1", "grid_sigma and grid_h must be >= 2 points"),
+    ):
+        p.write_text(text + "\n")
+        with pytest.raises(ValueError, match=msg):
+            load_yaml(PopulationConfig, p)
 
 
 def test_detected_lists_lie_in_their_regions_with_the_population_s_fluxes(tmp_path):

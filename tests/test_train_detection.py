@@ -257,6 +257,20 @@ def test_config_rejects_typos_before_any_work(tmp_path):
     for bands, frac in (("i", 0.5), ("gri", 0.5), ("ugrizy", 1.5), ("ugrizy", -0.1)):
         with pytest.raises(ProbcatValueError, match="data.mask_fraction must lie in"):
             _cfg(data__bands=bands, data__mask_fraction=frac)
+    # each of these went through and failed (or fitted on nothing) after training
+    for key, bad, msg in (
+        ("data__image_size", 0, r"data\.image_size must be >= 1"),
+        ("data__margin", -1, r"data\.margin and model\.n_blocks must be >= 0"),
+        ("model__n_blocks", -1, r"data\.margin and model\.n_blocks must be >= 0"),
+        ("phases__0__warmup", -1, r"phases\[0\]\.warmup must be >= 0"),
+        ("fits__merge_scenes", 0, r"fits\.merge_scenes must be >= 1"),
+        ("fits__calibration_scenes", -1, r"fits\.calibration_scenes must be >= 1"),
+        ("fits__reliability_scenes", 0, r"fits\.reliability_scenes must be >= 1"),
+        ("fits__sky_scenes", 0, r"fits\.sky_scenes must be >= 1"),
+    ):
+        with pytest.raises(ProbcatValueError, match=msg):
+            _cfg(**{key: bad})
+    _cfg(data__margin=0, model__n_blocks=0, phases__0__warmup=0)  # the edges of what is valid
 
 
 def test_masked_bands_zero_pixels_of_one_to_three_bands_and_keep_the_truth(cache_dir):

@@ -180,8 +180,19 @@ class PopulationConfig:
             raise ProbcatValueError("round_head_maps must be >= 0 (0: no round heads)")
         for name in ("r1", "r2", "r3", "r4", "head", "round_head"):
             c = getattr(self, name)
-            if c.steps < 1 or c.batch < 2 or not c.lr > 0:
+            if c.steps < 1 or c.batch < 2 or not 0 < c.lr < math.inf:
                 raise ProbcatValueError(f"{name}: steps >= 1, batch >= 2 and lr > 0 needed")
+            if not 0 <= c.balance < math.inf:
+                raise ProbcatValueError(
+                    f"{name}.balance must be >= 0 (0: plain NRE), got {c.balance}"
+                )
+        for name in ("r1_channels", "grid_n_step"):
+            if getattr(self, name) < 1:
+                raise ProbcatValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.grid_sigma < 2 or self.grid_h < 2:
+            raise ProbcatValueError(
+                f"grid_sigma and grid_h must be >= 2 points, got {self.grid_sigma}, {self.grid_h}"
+            )
         if self.r3.steps < self.r3_rounds:
             raise ProbcatValueError("r3.steps must be at least r3_rounds (steps per round)")
         if not 0 < self.r3_bound_eps < 1:

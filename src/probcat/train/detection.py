@@ -210,7 +210,16 @@ class DetectionTrainConfig:
             "model.stem_channels": m.stem_channels,
             "val_every": self.val_every,
             "checkpoint_every": self.checkpoint_every,
+            "data.image_size": d.image_size,
+            "fits.merge_scenes": self.fits.merge_scenes,
+            "fits.calibration_scenes": self.fits.calibration_scenes,
+            "fits.reliability_scenes": self.fits.reliability_scenes,
+            "fits.sky_scenes": self.fits.sky_scenes,
         }
+        if d.margin < 0 or m.n_blocks < 0:
+            raise ProbcatValueError(
+                f"data.margin and model.n_blocks must be >= 0, got {d.margin} and {m.n_blocks}"
+            )
         seeds = {"seed": self.seed, "data.catalog_seed": d.catalog_seed}
         check_run_config(d.bands, d.years, self.phases, counts, self.threads, seeds)
         if 1.0 not in d.psf_scales or not all(0 < v < 10 for v in d.psf_scales):

@@ -188,7 +188,7 @@ def check_run_config(
     seeds: dict[str, int] | None = None,
 ) -> None:
     """The checks every training config shares: a string of ugrizy ``bands``, a positive
-    ``years``, at least one phase with steps >= 1 and a positive finite ``lr``, every
+    ``years``, at least one phase with steps >= 1, warmup >= 0 and a positive finite ``lr``, every
     entry of ``counts`` (name -> value) >= 1, every entry of ``seeds`` (name -> value) a
     whole number in [0, 2^63), and ``threads`` within the bound of every command
     (:func:`probcat.runtime.threads_for`), before any bank is rendered. Raises
@@ -204,6 +204,8 @@ def check_run_config(
         counts[f"phases[{i}].steps"] = p.steps
         if not (p.lr > 0 and math.isfinite(p.lr)):
             raise ProbcatValueError(f"phases[{i}].lr must be a positive number, got {p.lr}")
+        if p.warmup < 0:
+            raise ProbcatValueError(f"phases[{i}].warmup must be >= 0, got {p.warmup}")
     for name, v in counts.items():
         if v < 1:
             raise ProbcatValueError(f"{name} must be >= 1, got {v}")
