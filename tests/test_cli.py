@@ -696,6 +696,46 @@ def test_load_checks_the_kind(weights):
         probcat.load(weights, kind="sed")
 
 
+def test_weights_command_reads_a_trained_run_and_a_bare_weights_file(tmp_path, capsys, weights):
+    """`probcat weights` took shipped names only: a run's own weights were 'no shipped
+    weights named ...'."""
+    import json
+    import shutil
+
+    from probcat.weights import sha256
+
+    bare = tmp_path / "bare" / "detection.pt"
+    bare.parent.mkdir()
+    shutil.copy(weights, bare)
+    assert main(["weights", str(bare)]) == 0
+    rows = dict(ln.split(":", 1) for ln in capsys.readouterr().out.splitlines())
+    assert rows["kind"].strip() == "detection" and rows["bands"].strip().startswith("i (depth")
+    assert "'channels': 8" in rows["network"] and "no manifest.json" in rows["note"]
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(weights, run / "detection.pt")
+    man = {"kind": "detection", "weights": "detection.pt", "sha256": sha256(run / "detection.pt"),
+           "steps": 7, "command": "probcat train detection -c tiny.yaml --out run",
+           "final_val": {"total": 1.25, "f1": 0.5}}  # fmt: skip
+    (run / "manifest.json").write_text(json.dumps(man))
+    for where in (run, run / "detection.pt"):
+        assert main(["weights", str(where)]) == 0
+        rows = dict(ln.split(":", 1) for ln in capsys.readouterr().out.splitlines())
+        assert rows["command"].strip() == man["command"]
+        assert rows["validation"].strip() == "total 1.25, f1 0.5"
+    assert main(["weights", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["final_val"] == man["final_val"]
+    (run / "manifest.json").write_text(json.dumps({**man, "sha256": "0" * 64}))
+    for args, message in (
+        ([str(run)], "does not match its manifest's 000000000000"),
+        ([str(tmp_path)], "no readable manifest.json in the directory"),
+        ([str(tmp_path / "nope.pt")], "nope.pt: weights file not found"),
+    ):
+        assert main(["weights", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err
+
+
 def test_weights_command_lists_the_shipped_weights_and_their_manifests(capsys):
     import json
 
@@ -739,8 +779,10 @@ def test_weights_command_lists_the_shipped_weights_and_their_manifests(capsys):
     assert "PSF x 0.8, 1.25, 1.5, 2" in row and "noise x" not in row
     assert main(["weights", "deblender_lsst_i", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == registry.manifest("deblender_lsst_i")
-    for args, message in ((["weights", "nope"], "no shipped weights named 'nope'"),
-                          (["weights", "--json"], "--json needs a weights NAME")):  # fmt: skip
+    for args, message in (
+        (["weights", "nope"], "nope: weights file not found and no shipped weights are named so"),
+        (["weights", "--json"], "--json needs a weights NAME"),
+    ):
         assert main(args) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, err

@@ -955,11 +955,16 @@ def population_cmd(
 
 @app.command("weights")
 def weights_cmd(
-    name: str = typer.Argument(None, help="one shipped weights name: its manifest in brief"),
+    name: str = typer.Argument(
+        None,
+        help="one shipped weights name, a weights file or a training run's directory: its "
+        "manifest in brief",
+    ),
     as_json: bool = typer.Option(False, "--json", help="with NAME: the whole manifest as JSON"),
 ):
-    """The shipped weights: kind, bands, size and benchmark numbers; with NAME, what they
-    were trained on, how (the command that reproduces them) and how they measure."""
+    """The shipped weights: kind, bands, size and benchmark numbers; with NAME (or a
+    weights file, or a run directory of `probcat train`), what they were trained on, how
+    (the command that reproduces them) and how they measure."""
     from probcat import weights as registry
 
     if name is None:
@@ -972,7 +977,7 @@ def weights_cmd(
             typer.echo(f"{n:34s} {m.get('kind', '?'):12s} {bands:7s} {size:4.1f} MB  "
                        f"{_headline(m)}")  # fmt: skip
         return
-    m = registry.manifest(name)
+    m = registry.manifest_of(name)
     if as_json:
         import json
 
@@ -996,8 +1001,16 @@ def weights_cmd(
             f"{m.get('steps')} steps, {m.get('training_s', 0) / 3600:.1f} h, at "
             f"{str(m.get('git_commit'))[:12]}",
         ),
-        ("command", m.get("training_command")),
+        ("command", m.get("training_command") or m.get("command")),
     ]
+    if "hparams" in m:  # a weights file without a manifest
+        survey = m.get("survey") if isinstance(m.get("survey"), dict) else {}
+        bands = [b.get("name") for b in survey.get("bands") or [] if isinstance(b, dict)]
+        rows[1] = (
+            "bands",
+            f"{''.join(map(str, bands)) or '?'} (depth {survey.get('depth_years')} yr)",
+        )
+        rows[3:] = [("network", m["hparams"]), ("note", m["note"])]
     rows += [(k.replace("_", " "), v) for k, v in m.items()
              if k.endswith("_command") and k != "training_command"]  # fmt: skip
     for k, v in m.items():  # fits recorded with their own provenance
@@ -1008,6 +1021,10 @@ def weights_cmd(
             rows.append((f"data: {k}", v))
     if m.get("density_calibration"):
         rows.append(("source densities", _densities_row(m)))
+    if isinstance(m.get("final_val"), dict):  # a training run's last validation
+        rows.append(("validation", ", ".join(
+            f"{k} {v:.4g}" for k, v in m["final_val"].items() if isinstance(v, (int, float))
+        )))  # fmt: skip
     rows.append(("benchmark", _headline(m) or "none recorded"))
     if (m.get("benchmark") or {}).get("command"):
         rows.append(("benchmark command", m["benchmark"]["command"]))

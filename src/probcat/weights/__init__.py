@@ -30,6 +30,7 @@ __all__ = [
     "load_backbone",
     "names",
     "manifest",
+    "manifest_of",
     "shipped",
     "read_weights",
     "register_kind",
@@ -88,6 +89,45 @@ def manifest(name: str = DEFAULT_DETECTION) -> dict:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ProbcatIOError(f"{path}: unreadable manifest ({e})") from e
+
+
+def manifest_of(name_or_path) -> dict:
+    """The manifest of shipped weights (by name), of a weights file (its run's
+    ``manifest.json`` beside it, sha256 checked) or of a run directory (its
+    ``manifest.json`` and the weights file it names). A file without a manifest gets what
+    the file itself says: kind, network settings, survey, size and sha256."""
+    text = str(name_or_path)
+    if not isinstance(name_or_path, Path) and text in names():
+        return manifest(text)
+    path = Path(text)
+    if path.is_dir():
+        beside = path / "manifest.json"
+        try:
+            m = json.loads(beside.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ProbcatFileError(
+                f"{path}: no readable manifest.json in the directory ({e})"
+            ) from None
+        if not isinstance(m, dict) or not isinstance(m.get("weights"), str):
+            raise ProbcatIOError(f"{beside}: not a probcat manifest (no weights file named)")
+        path = path / m["weights"]
+    path, man = _resolve(path)
+    if not path.is_file():
+        raise ProbcatFileError(f"{path}: not a weights file")
+    digest = sha256(path)
+    if man is not None:
+        _check_digest(path, digest, man)
+        return {**man, "sha256": digest, "size_bytes": path.stat().st_size}
+    state = read_weights(path)
+    return {
+        "kind": state["kind"],
+        "weights": path.name,
+        "hparams": state["hparams"],
+        "survey": state.get("survey"),
+        "sha256": digest,
+        "size_bytes": path.stat().st_size,
+        "note": "no manifest.json beside the file: what the file itself records",
+    }
 
 
 def companion(man: dict | None, pairs: dict[str, str]) -> str | None:
@@ -189,6 +229,15 @@ def load(name_or_path=None, kind: str | None = None) -> Weights:
     return _load_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size, kind, _key(man))
 
 
+def _check_digest(path: Path, digest: str, man: dict | None) -> None:
+    expected = None if man is None else man.get("sha256")
+    if expected is not None and expected != digest:
+        raise ProbcatIOError(
+            f"{path}: sha256 {digest[:12]}... does not match its manifest's {expected[:12]}... "
+            "(the file was changed or damaged after the manifest was written)"
+        )
+
+
 def _key(man: dict | None) -> str | None:
     return None if man is None else json.dumps(man, sort_keys=True, default=str)
 
@@ -198,12 +247,7 @@ def _load_cached(path: str, mtime_ns: int, size: int, kind: str | None, man_key)
     p = Path(path)
     digest = sha256(p)
     man = None if man_key is None else json.loads(man_key)
-    expected = None if man is None else man.get("sha256")
-    if expected is not None and expected != digest:
-        raise ProbcatIOError(
-            f"{p}: sha256 {digest[:12]}... does not match its manifest's {expected[:12]}... "
-            "(the file was changed or damaged after the manifest was written)"
-        )
+    _check_digest(p, digest, man)
     state = read_weights(p)
     found = state["kind"]
     if kind is not None and found != kind:
