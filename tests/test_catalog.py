@@ -143,6 +143,21 @@ def test_wcs_pixel_sky_round_trip():
     assert ra == pytest.approx(150.0) and dec == pytest.approx(2.0)
     ra2, dec2 = wcs.pixel_to_world_values((30 - 1) / 2, (20 - 1) / 2 + 1)
     assert (dec2 - dec) * 3600 == pytest.approx(0.2, rel=1e-4)
+    # ra is taken modulo 360; values astropy takes silently (NaN or nowhere) are errors
+    assert make_wcs((20, 30), 0.2, -210.0, 2.0).wcs.crval[0] == pytest.approx(150.0)
+    for args, msg in (
+        (((0, 30), 0.2, 150.0, 2.0), "shape must be two positive pixel counts"),
+        (((20.5, 30), 0.2, 150.0, 2.0), "shape must be two positive pixel counts"),
+        ((20, 0.2, 150.0, 2.0), "shape must be two positive pixel counts"),
+        (((20, 30), 0.0, 150.0, 2.0), r"pixel_scale must be > 0 arcsec and dec in \[-90, 90\]"),
+        (((20, 30), -0.2, 150.0, 2.0), r"pixel_scale must be > 0 arcsec"),
+        (((20, 30), 0.2, 150.0, 91.0), r"dec in \[-90, 90\] degrees, got 0.2 and 91.0"),
+        (((20, 30), float("nan"), 150.0, 2.0), "pixel_scale must be a finite number"),
+        (((20, 30), 0.2, float("inf"), 2.0), "ra must be a finite number"),
+        (((20, 30), 0.2, 150.0, "2"), "dec must be a finite number"),
+    ):
+        with pytest.raises(ProbcatValueError, match=msg):
+            make_wcs(*args)
 
 
 def test_sky_positions_are_icrs_in_every_frame_and_none_without_one():

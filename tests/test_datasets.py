@@ -28,6 +28,22 @@ def test_single_is_one_centred_galaxy(sims):
     assert len(c) == 1 and c["x"][0] == 26 and c["y"][0] == 26 and c["galaxy"][0]
 
 
+def test_images_tile_the_sky_in_rows_that_stop_at_the_pole(sims):
+    """Image i's WCS: 100 images per row side by side, rows stacked north from the field
+    centre; past the pole the rows start again (their dec went beyond 90: NaN positions)."""
+    sim = sims["single"]
+    step = 53 * 0.2 / 3600.0
+    ra0, dec0 = sim.wcs(0).wcs.crval
+    assert (ra0, dec0) == (56.0, -30.0)
+    ra1, dec1 = sim.wcs(1).wcs.crval
+    assert dec1 == dec0 and (ra1 - ra0) * np.cos(np.radians(dec0)) == pytest.approx(step)
+    assert sim.wcs(100).wcs.crval[1] == pytest.approx(dec0 + step)
+    rows = int(120.0 // step) + 1
+    top = sim.wcs(100 * (rows - 1) + 7).wcs.crval
+    assert 90.0 - step < top[1] <= 90.0
+    assert tuple(sim.wcs(100 * rows + 7).wcs.crval) == tuple(sim.wcs(7).wcs.crval)
+
+
 def test_tiles_has_one_galaxy_in_central_tile_and_centred_redraw(sims):
     for i in range(2):
         scene, extras = sims["tiles"].scene(i)

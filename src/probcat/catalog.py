@@ -191,8 +191,28 @@ def sky_positions(wcs, x, y, warn: bool = True) -> tuple[np.ndarray, np.ndarray]
 
 
 def make_wcs(shape: tuple[int, int], pixel_scale: float, ra: float, dec: float) -> WCS:
-    """A TAN WCS with north up and east left, centred on ``(ra, dec)`` degrees."""
-    h, w = shape
+    """A TAN WCS with north up and east left, centred on ``(ra, dec)`` degrees (``ra``
+    taken modulo 360), for an image of ``shape`` ``(H, W)`` pixels of ``pixel_scale``
+    arcsec. A shape that is not two positive sizes, a pixel scale that is not a positive
+    number, or a ``dec`` outside [-90, 90] is a :class:`ProbcatValueError` (astropy takes
+    them and gives positions that are NaN or nowhere)."""
+    try:
+        h, w = (int(v) for v in shape)
+        ok = all(int(v) == v for v in shape) and h >= 1 and w >= 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ProbcatValueError(f"shape must be two positive pixel counts (H, W), got {shape!r}")
+    values = {"pixel_scale": pixel_scale, "ra": ra, "dec": dec}
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not np.isfinite(v):
+            raise ProbcatValueError(f"{name} must be a finite number, got {v!r}")
+    if not pixel_scale > 0 or not -90 <= dec <= 90:
+        raise ProbcatValueError(
+            f"pixel_scale must be > 0 arcsec and dec in [-90, 90] degrees, got {pixel_scale} "
+            f"and {dec}"
+        )
+    ra = float(ra) % 360.0
     wcs = WCS(naxis=2)
     wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     wcs.wcs.crval = [ra, dec]

@@ -207,8 +207,12 @@ class Simulation:
         ra0, dec0 = FIELD_CENTER
         step_ra = w * self.survey.pixel_scale / 3600.0 / math.cos(math.radians(dec0))
         step_dec = h * self.survey.pixel_scale / 3600.0
+        rows = int((90.0 - dec0) // step_dec) + 1  # rows of 100 images up to the pole, then again
         return make_wcs(
-            (h, w), self.survey.pixel_scale, ra0 + (i % 100) * step_ra, dec0 + (i // 100) * step_dec
+            (h, w),
+            self.survey.pixel_scale,
+            ra0 + (i % 100) * step_ra,
+            dec0 + (i // 100 % rows) * step_dec,
         )
 
     def scene(self, i: int) -> tuple[Scene, dict[str, np.ndarray]]:
