@@ -305,6 +305,7 @@ def demo(
     photoz_weights: str = typer.Option(
         None, help="photo-z weights for --bands ugrizy (default: photoz_lsst_ugrizy)"
     ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """Simulate an LSST field, run probcat (and SEP), write catalogs and PNG overviews:
     detection and deblending in i, or photo-z PDFs with --bands ugrizy."""
@@ -325,6 +326,7 @@ def demo(
             image=image,
             weights=weights,
             photoz_weights=photoz_weights,
+            progress=not quiet,
         )
     elif photoz_weights is not None:
         raise ProbcatValueError("--photoz-weights needs --bands ugrizy")
@@ -339,6 +341,7 @@ def demo(
             image=image,
             weights=weights,
             deblender=deblender,
+            progress=not quiet,
         )
     for line in summary["lines"]:
         typer.echo(line)

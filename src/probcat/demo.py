@@ -47,6 +47,7 @@ def run_demo(
     image: str | Path | None = None,
     weights=None,
     deblender=None,
+    progress: bool = True,
 ) -> dict:
     from probcat.api import detect
     from probcat.baselines.sep import sep_detect
@@ -67,7 +68,7 @@ def run_demo(
     if image is None:
         survey = Survey.lsst(bands="i")
         bank_cfg = BankConfig(split="test", n_galaxies=bank_size)
-        bank = SourceBank.load_or_build(survey, bank_cfg, cache_dir=cache_dir)
+        bank = SourceBank.load_or_build(survey, bank_cfg, cache_dir=cache_dir, progress=progress)
         sim = SceneSimulator(bank, SceneConfig(size, size))
         scene = sim.sample(np.random.default_rng([seed, 0]))
         wcs = make_wcs((size, size), survey.pixel_scale, *FIELD_CENTER)
@@ -180,6 +181,7 @@ def run_photoz_demo(
     image: str | Path | None = None,
     weights=None,
     photoz_weights=None,
+    progress: bool = True,
 ) -> dict:
     """Simulate a ugrizy field (DC2 galaxies with true redshifts, test split) or take
     ``image``, detect and estimate photo-z PDFs, write the catalog, the qp file and
@@ -202,7 +204,7 @@ def run_photoz_demo(
     if image is None:
         survey = Survey.lsst(bands="ugrizy")
         bank_cfg = BankConfig(population="dc2", split="test", n_galaxies=bank_size)
-        bank = SourceBank.load_or_build(survey, bank_cfg, cache_dir=cache_dir)
+        bank = SourceBank.load_or_build(survey, bank_cfg, cache_dir=cache_dir, progress=progress)
         scene = SceneSimulator(bank, SceneConfig(size, size)).sample(
             np.random.default_rng([seed, 0])
         )
@@ -225,7 +227,7 @@ def run_photoz_demo(
         config = {"demo": {"image": str(image), "bands": "ugrizy"}}
     data = read_image(image)
     t1 = time.perf_counter()
-    res = photoz(data, estimator=photoz_weights, detector=weights)
+    res = photoz(data, estimator=photoz_weights, detector=weights, progress=progress)
     t_pz = time.perf_counter() - t1
     res.catalog.write(out / "photoz_catalog.fits", wcs=res.wcs)
     if res.ensemble is not None:
