@@ -166,6 +166,93 @@ def test_the_head_is_the_mlp_of_the_hidden_widths_asked(tmp_path):
     assert PhotozNet.ensemble([net, net]).hparams["head"] == [8, 5]
 
 
+def test_colour_targets_are_adjacent_colours_then_the_i_magnitude():
+    from probcat.train.photoz import colour_targets
+
+    mags = np.array([[25.0, 24.5, 24.0, 23.8, 23.7, 23.5], [22.0, 21.0, 20.5, 20.0, 19.0, 18.8]])
+    want = [[0.5, 0.5, 0.2, 0.1, 0.2, 23.8], [1.0, 0.5, 0.5, 1.0, 0.2, 20.0]]
+    np.testing.assert_allclose(colour_targets(mags, "ugrizy"), want, atol=1e-5)
+    np.testing.assert_allclose(
+        colour_targets(mags[:, 1:4], "gri"), [[0.5, 0.2, 23.8], [0.5, 0.5, 20.0]], atol=1e-5
+    )
+
+
+def test_an_auxiliary_head_reads_the_last_hidden_layer_and_leaves_the_mixture_alone(tmp_path):
+    from probcat.nets.photoz import PhotozNet, aperture_features
+    from probcat.train.photoz import _config_dict
+    from probcat.weights import load
+
+    kw = dict(bands=3, size=9, channels=4, components=2, apertures=(1.0,), head=(8, 5))
+    torch.manual_seed(0)
+    plain = PhotozNet(**kw).eval()
+    after_plain = torch.rand(2)
+    torch.manual_seed(0)
+    net = PhotozNet(**kw, aux=3).eval()
+    assert torch.equal(torch.rand(2), after_plain)  # the global stream as without the head
+    assert net.hparams["aux"] == 3 and "aux" not in plain.hparams
+    for k, v in plain.state_dict().items():  # the same mixture network to start from
+        assert torch.equal(net.state_dict()[k], v), k
+    x = torch.randn(4, 3, 9, 9)
+    enc = net.encoder
+    h = torch.cat(
+        [enc.convs(torch.asinh(x)).flatten(1), aperture_features(x, net.aperture_kernels)], 1
+    )
+    lin = [m for m in enc.fc if isinstance(m, torch.nn.Linear)]
+    for m in lin[:-1]:
+        h = torch.nn.functional.leaky_relu(h @ m.weight.T + m.bias, 0.1)
+    with torch.no_grad():
+        w, mu, sd, a = net.forward_aux(x)
+        torch.testing.assert_close(a, h @ net.aux_head.weight.T + net.aux_head.bias)
+        for got, want in zip((w, mu, sd), plain(x)):
+            torch.testing.assert_close(got, want)
+        for got, want in zip(net(x), plain(x)):
+            torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="auxiliary outputs"):
+        plain.forward_aux(x)
+    with pytest.raises(ValueError, match="0 for ensembles"):
+        PhotozNet(**kw, aux=3, members=2)
+    # saved and loaded it keeps its head; an ensemble of such nets leaves the heads out
+    survey = PhotozTrainConfig().survey().to_dict()
+    state = {"kind": "photoz", "hparams": net.hparams, "state_dict": net.state_dict()}
+    torch.save({**state, "survey": survey}, tmp_path / "a.pt")
+    back = load(str(tmp_path / "a.pt"), kind="photoz").model
+    with torch.no_grad():
+        torch.testing.assert_close(back.forward_aux(x)[3], a)
+    ens = PhotozNet.ensemble([net, plain])
+    assert "aux" not in ens.hparams and not hasattr(ens, "aux_head")
+    # the config: a weight >= 0, one output per band, recorded only when used
+    with pytest.raises(ProbcatValueError, match="colour_aux"):
+        PhotozTrainConfig(model=PhotozModel(colour_aux=-0.1))
+    cfg = PhotozTrainConfig(model=PhotozModel(colour_aux=0.3))
+    assert cfg.net().hparams["aux"] == 6 and "aux" not in PhotozTrainConfig().net().hparams
+    assert _config_dict(cfg)["model"]["colour_aux"] == 0.3
+    assert "colour_aux" not in _config_dict(PhotozTrainConfig())["model"]
+
+
+@pytest.mark.slow
+def test_a_run_with_the_colour_head_regresses_standardised_colours(tmp_path, cache_dir):
+    from probcat.train.photoz import PhotozTask, colour_targets
+
+    cfg = _tiny_cfg()
+    cfg = PhotozTrainConfig(
+        **{**cfg.__dict__, "model": PhotozModel(stamp=11, channels=4, colour_aux=0.5)}
+    )
+    task = PhotozTask(cfg, cache_dir=cache_dir, progress=False)
+    t = colour_targets(task.pool["mags"], "ugrizy")
+    np.testing.assert_allclose(
+        task.pool["aux"], (t - t.mean(0)) / (t.std(0) + 1e-6), rtol=1e-4, atol=1e-5
+    )
+    np.testing.assert_allclose(task.pool["mags"][:, 3], task.pool["mag_i"])
+    x, z, a = task.batch(np.random.default_rng(0))
+    assert a.shape == (8, 6)
+    torch.manual_seed(0)
+    net = task.build_model()
+    parts = task.loss(net, (x, z, a), 0, None)
+    torch.testing.assert_close(parts["total"], parts["nll"] + 0.5 * parts["aux_mse"])
+    man = train_photoz(cfg, tmp_path / "run", cache_dir=cache_dir, progress=False)
+    assert "aux_mse" in man["final_val"] and man["config"]["model"]["colour_aux"] == 0.5
+
+
 @pytest.mark.parametrize("apertures", [(), (1.0, 2.5)])
 def test_an_ensemble_pools_its_members_mixtures_with_equal_weight(apertures):
     from probcat.nets.photoz import PhotozNet

@@ -15,6 +15,13 @@ band and aperture, the matched-filter signal-to-noise of the centred Gaussian,
 magnitude, so differences between bands are colours), joined to the convolutional
 features at the MLP's input (:func:`aperture_features`).
 
+**Auxiliary outputs.** With ``aux`` > 0 a single net has a linear head of that many
+outputs beside the mixture's, on the same last hidden layer, which training can regress on
+other properties of the galaxy (its noise-free colours and i magnitude: ``model.colour_aux``
+of a photo-z config); inference reads the mixture only, and ensembles leave the head out.
+The encoder is initialised as without the head (the head draws from a generator of its
+own), so a run with the head and one without start from the same mixture network.
+
 **Keeping z >= 0.** The density is the mixture *truncated at z = 0 and renormalised*:
 
     p(z) = sum_k w_k N(z; mu_k, sigma_k) / sum_k w_k Phi(mu_k / sigma_k),   z >= 0,
@@ -105,6 +112,7 @@ class PhotozNet(nn.Module):
         apertures: tuple[float, ...] | list[float] = (),
         symmetries: int = 1,
         head: tuple[int, ...] | list[int] = HEAD,
+        aux: int = 0,
     ):
         super().__init__()
         self.hparams = {
@@ -123,6 +131,8 @@ class PhotozNet(nn.Module):
             raise ValueError(f"head must be one or more positive layer widths, got {head}")
         if head != HEAD:  # nets with the default head keep their hparams as before
             self.hparams["head"] = list(head)
+        if isinstance(aux, bool) or int(aux) != aux or aux < 0 or (aux and members != 1):
+            raise ValueError(f"aux must be a whole number >= 0, and 0 for ensembles, got {aux}")
         extra = bands * len(apertures)
 
         def encoder():
@@ -133,6 +143,16 @@ class PhotozNet(nn.Module):
             self.encoders = nn.ModuleList(encoder() for _ in range(members))
         else:
             self.encoder = encoder()
+        if aux:  # nets without auxiliary outputs keep their hparams (and state) as before
+            self.hparams["aux"] = int(aux)
+            state = torch.get_rng_state()  # the global stream as without the head
+            self.aux_head = nn.Linear(head[-1], int(aux))
+            torch.set_rng_state(state)
+            g = torch.Generator().manual_seed(20461)
+            bound = 1.0 / math.sqrt(head[-1])  # nn.Linear's default range
+            with torch.no_grad():
+                self.aux_head.weight.uniform_(-bound, bound, generator=g)
+                self.aux_head.bias.uniform_(-bound, bound, generator=g)
         self.components, self.members = components, members
         self.symmetries = symmetries
         self.register_buffer("sd_scale", torch.ones(()))
@@ -163,8 +183,20 @@ class PhotozNet(nn.Module):
         weights = torch.softmax(out[:, :k], dim=1)
         means = out[:, k : 2 * k]
         lo, hi = LOG_SD_RANGE
-        log_sd = lo + (hi - lo) * torch.sigmoid(out[:, 2 * k :])
+        log_sd = lo + (hi - lo) * torch.sigmoid(out[:, 2 * k : 3 * k])
         return weights, means, log_sd.exp()
+
+    def forward_aux(self, x: torch.Tensor):
+        """A single net with auxiliary outputs: its mixture in the stamp's own orientation
+        and the head's outputs ``(B, aux)``, ``(weights, means, sds, aux)``, for training."""
+        if not self.hparams.get("aux"):
+            raise ValueError("forward_aux needs a net with auxiliary outputs (aux > 0)")
+        h = self.encoder.convs(torch.asinh(x)).flatten(1)
+        if self.hparams.get("apertures"):
+            h = torch.cat([h, aperture_features(x, self.aperture_kernels)], dim=1)
+        hidden = self.encoder.fc[:-1](h)
+        w, m, sd = self._mixture(self.encoder.fc[-1](hidden))
+        return w, m, sd * self.sd_scale, self.aux_head(hidden)
 
     def forward(self, x: torch.Tensor):
         feats = None  # the apertures are centred Gaussians: the same in every orientation
@@ -183,9 +215,10 @@ class PhotozNet(nn.Module):
     @classmethod
     def ensemble(cls, nets: list[PhotozNet], symmetries: int = 1) -> PhotozNet:
         """The deep ensemble of single nets of one architecture, read in ``symmetries``
-        orientations (``sd_scale`` 1: refit it)."""
-        hp = {k: v for k, v in nets[0].hparams.items() if k not in ("members", "symmetries")}
-        if any(n.members != 1 or n.hparams != nets[0].hparams for n in nets):
+        orientations (``sd_scale`` 1: refit it; auxiliary heads left out)."""
+        hp = {k: v for k, v in nets[0].hparams.items() if k not in ("members", "symmetries", "aux")}
+        same = [{k: v for k, v in n.hparams.items() if k != "aux"} for n in nets]
+        if any(n.members != 1 or h != same[0] for n, h in zip(nets, same)):
             raise ValueError("ensemble members must be single nets of one architecture")
         out = cls(**hp, members=len(nets), symmetries=symmetries)
         for enc, net in zip(out.encoders, nets):

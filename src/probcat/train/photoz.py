@@ -10,7 +10,9 @@ inference. Scenes are expensive in six bands (~40 ms), so the task renders a poo
 ``data.train_objects`` stamps once and draws batches from it with the eight dihedral
 symmetries (which change neither colours nor redshift). Validation: a fixed pool from the
 validation-split banks; loss is the truncated-mixture NLL (:func:`~probcat.nets.photoz.
-mixture_nll`).
+mixture_nll`), plus, with ``model.colour_aux`` > 0, that weight times the mean squared error
+of an auxiliary regression of the galaxy's noise-free colours and i magnitude
+(:func:`colour_targets`) from extra outputs of the same network.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ __all__ = [
     "load_photoz_config",
     "train_photoz",
     "gold_stamps",
+    "colour_targets",
     "detected_gold",
     "band_masks",
 ]
@@ -105,6 +108,10 @@ class PhotozModel:
     components: int = COMPONENTS
     apertures: tuple[float, ...] = ()  # Gaussian aperture widths (px) read as photometry
     head: tuple[int, ...] = HEAD  # hidden layer widths of the MLP before the mixture
+    # > 0: the network also regresses the galaxy's noise-free colours of adjacent bands and
+    # i magnitude (standardised; colour_targets) from extra outputs, and the loss adds this
+    # weight times their mean squared error; inference reads the mixture only. 0: none
+    colour_aux: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -151,6 +158,8 @@ class PhotozTrainConfig:
             raise ProbcatValueError(f"model.apertures must be positive widths, got {m.apertures}")
         if not m.head or min(m.head) < 1:
             raise ProbcatValueError(f"model.head must be positive layer widths, got {m.head}")
+        if not 0.0 <= m.colour_aux < math.inf:
+            raise ProbcatValueError(f"model.colour_aux must be a weight >= 0, got {m.colour_aux}")
         if m.stamp % 2 == 0:
             raise ProbcatValueError(f"model.stamp must be odd, got {m.stamp}")
         if self.symmetries not in SYMMETRIES:
@@ -214,6 +223,7 @@ class PhotozTrainConfig:
             m.components,
             apertures=m.apertures,
             head=m.head,
+            aux=len(self.data.bands) if m.colour_aux > 0 else 0,
         )
 
     def settings(self) -> LoopSettings:
@@ -283,7 +293,8 @@ def gold_stamps(
     noiseless: bool = False,
 ) -> dict[str, np.ndarray]:
     """``n`` stamps ``(n, bands, stamp, stamp)`` in noise-sigma units around the gold
-    galaxies of fresh scenes of ``sim``, with their redshift and i magnitude. ``noiseless``:
+    galaxies of fresh scenes of ``sim``, with their redshift, i magnitude and magnitudes in
+    every band (``"mags"``, ``(n, bands)``, noise-free, from the catalog). ``noiseless``:
     the stamps of the scenes' noiseless images, plus ``"inside"`` ``(n, stamp, stamp)``,
     True where a stamp lies on its scene (where noise belongs; outside, crops are zero);
     the random stream is the same either way."""
@@ -301,17 +312,25 @@ def gold_stamps(
             y = cat["y"][k] + jitter_px * rng.standard_normal()
             xs.append(crop_nearest(image, x, y, stamp))
             zs.append(cat["redshift"][k])
-            mags.append(cat["mag"][k, i_band])
+            mags.append(cat["mag"][k])
             if noiseless:
                 inside.append(crop_nearest(ones, x, y, stamp)[0] > 0)
     out = {
         "x": np.stack(xs[:n]).astype(np.float32),
         "z": np.asarray(zs[:n], np.float32),
-        "mag_i": np.asarray(mags[:n], np.float32),
+        "mags": np.asarray(mags[:n], np.float32),
     }
+    out["mag_i"] = out["mags"][:, i_band].copy()
     if noiseless:
         out["inside"] = np.stack(inside[:n])
     return out
+
+
+def colour_targets(mags: np.ndarray, bands: str) -> np.ndarray:
+    """The auxiliary regression targets of magnitudes ``(n, len(bands))``: the colours of
+    adjacent bands (``u - g``, ``g - r``, ...) then the i magnitude, ``(n, len(bands))``."""
+    mags = np.asarray(mags, np.float32)
+    return np.concatenate([mags[:, :-1] - mags[:, 1:], mags[:, [bands.index("i")]]], 1)
 
 
 def detected_gold(sim: Simulation, det, n_scenes: int, rng, *, stamp: int) -> dict:
@@ -391,6 +410,11 @@ class PhotozTask:
         self.pool = _pool(cfg, "train", d.train_objects, (cfg.seed, 7), cache_dir, progress,
                           noiseless=d.fresh_noise)  # fmt: skip
         self.val = _pool(cfg, "val", d.val_objects, (cfg.seed, 99), cache_dir, progress)
+        if cfg.model.colour_aux > 0:  # standardised with the training pool's moments
+            t = colour_targets(self.pool["mags"], d.bands)
+            mean, sd = t.mean(0), t.std(0) + 1e-6
+            for pool in (self.pool, self.val):
+                pool["aux"] = (colour_targets(pool["mags"], d.bands) - mean) / sd
         if d.mask_fraction > 0:  # the validation stamps once more, each with bands masked
             masks = band_masks(np.random.default_rng([cfg.seed, 98]), self.val["x"].shape, 1.0)
             self.val_masked = np.where(masks, np.float32(0.0), self.val["x"])
@@ -413,11 +437,19 @@ class PhotozTask:
         x = dihedral_batch(x, rng.integers(0, 8, len(idx)))
         if self.cfg.data.mask_fraction > 0:  # no draws without it: old runs resume as they were
             x[band_masks(rng, x.shape, self.cfg.data.mask_fraction)] = 0.0
-        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(self.pool["z"][idx])
+        out = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(self.pool["z"][idx])
+        if "aux" in self.pool:
+            out += (torch.from_numpy(self.pool["aux"][idx]),)
+        return out
 
     def loss(self, model, batch, phase, gen):
-        x, z = batch
-        return {"total": mixture_nll(*model(x), z).mean()}
+        if len(batch) == 2:
+            x, z = batch
+            return {"total": mixture_nll(*model(x), z).mean()}
+        x, z, t = batch
+        w, mu, sd, a = model.forward_aux(x)
+        nll, mse = mixture_nll(w, mu, sd, z).mean(), (a - t).square().mean()
+        return {"total": nll + self.cfg.model.colour_aux * mse, "nll": nll, "aux_mse": mse}
 
     @torch.no_grad()
     def validate(self, model):
@@ -432,6 +464,10 @@ class PhotozTask:
         m = all_metrics(truncated_pdf(w.numpy(), mu.numpy(), sd.numpy()), z.numpy())
         keep = ("bias", "sigma_iqr", "outlier_frac", "ks", "pit_coverage_68", "pit_coverage_95")
         out = {"total": nll, **{k: m[k] for k in keep}}
+        if "aux" in self.val:
+            a = torch.cat([model.forward_aux(x[i : i + 512].to(dev))[3].cpu()
+                           for i in range(0, len(x), 512)])  # fmt: skip
+            out["aux_mse"] = float((a - torch.from_numpy(self.val["aux"])).square().mean())
         if self.cfg.data.mask_fraction > 0:
             xm = torch.from_numpy(self.val_masked)
             outs = [model(xm[i : i + 512].to(dev)) for i in range(0, len(xm), 512)]
@@ -485,8 +521,8 @@ def init_encoder(cfg: PhotozTrainConfig, member: int) -> dict:
         raise ProbcatValueError(
             f"init: {cfg.init} holds {net.members} nets, none for member {member}"
         )
-    want = cfg.net().hparams
-    have = {k: v for k, v in net.hparams.items() if k not in ("members", "symmetries")}
+    want = {k: v for k, v in cfg.net().hparams.items() if k != "aux"}  # a head starts afresh
+    have = {k: v for k, v in net.hparams.items() if k not in ("members", "symmetries", "aux")}
     if have != want:
         raise ProbcatValueError(
             f"init: {cfg.init} does not fit the network of this config's model ({have})"
@@ -555,8 +591,8 @@ def fit_width_calibration(model: PhotozNet, cfg: PhotozTrainConfig, progress=Tru
 def _config_dict(cfg: PhotozTrainConfig) -> dict:
     """The config as runs record it; ``members`` and ``symmetries`` of 1, ``init`` None,
     ``data.mask_fraction`` 0, ``data.fresh_noise`` off, the ``data.seeing_*`` settings
-    without seeing patterns and the default ``model.head`` are left out (as runs recorded
-    them before those settings, so they resume)."""
+    without seeing patterns, the default ``model.head`` and ``model.colour_aux`` 0 are left
+    out (as runs recorded them before those settings, so they resume)."""
     from probcat.config import to_dict
 
     d = to_dict(cfg)
@@ -571,6 +607,8 @@ def _config_dict(cfg: PhotozTrainConfig) -> dict:
             del d["data"][key]
     if tuple(cfg.model.head) == HEAD:
         del d["model"]["head"]
+    if not cfg.model.colour_aux:
+        del d["model"]["colour_aux"]
     return d
 
 
