@@ -69,10 +69,15 @@ class GalaxyEncoder(nn.Module):
     def from_asinh(self, xa: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """The latent of a stamp already through ``asinh`` (encoders reading the same stamps
         transform them once), with the ``(B, extra)`` features when the encoder has them."""
+        return self.fc[-1](self.last_hidden(xa, extra))
+
+    def last_hidden(self, xa: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """The MLP's last hidden layer (what its output layer reads) for a stamp already
+        through ``asinh``, with the ``(B, extra)`` features when the encoder has them."""
         h = self.convs(xa).flatten(1)
         if extra is not None:
             h = torch.cat([h, extra], dim=1)
-        return self.fc(h)
+        return self.fc[:-1](h)
 
 
 class GalaxyDecoder(nn.Module):

@@ -191,10 +191,10 @@ class PhotozNet(nn.Module):
         and the head's outputs ``(B, aux)``, ``(weights, means, sds, aux)``, for training."""
         if not self.hparams.get("aux"):
             raise ValueError("forward_aux needs a net with auxiliary outputs (aux > 0)")
-        h = self.encoder.convs(torch.asinh(x)).flatten(1)
+        feats = None
         if self.hparams.get("apertures"):
-            h = torch.cat([h, aperture_features(x, self.aperture_kernels)], dim=1)
-        hidden = self.encoder.fc[:-1](h)
+            feats = aperture_features(x, self.aperture_kernels)
+        hidden = self.encoder.last_hidden(torch.asinh(x), feats)
         w, m, sd = self._mixture(self.encoder.fc[-1](hidden))
         return w, m, sd * self.sd_scale, self.aux_head(hidden)
 

@@ -167,7 +167,7 @@ class PopulationConfig:
                 f"{[round(float(t), 3) for t in THRESHOLDS_LOG10]}"
             )
         for name in ("pool_maps", "head_maps", "r4_draws", "r4_rounds", "prior_draws",
-                     "coverage_sims", "r3_rounds"):  # fmt: skip
+                     "coverage_sims", "r3_rounds", "r1_channels", "grid_n_step"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ProbcatValueError(f"{name} must be >= 1")
         threads_for(self.threads, 0)  # the bound of every command, before the map is read
@@ -186,9 +186,6 @@ class PopulationConfig:
                 raise ProbcatValueError(
                     f"{name}.balance must be >= 0 (0: plain NRE), got {c.balance}"
                 )
-        for name in ("r1_channels", "grid_n_step"):
-            if getattr(self, name) < 1:
-                raise ProbcatValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.grid_sigma < 2 or self.grid_h < 2:
             raise ProbcatValueError(
                 f"grid_sigma and grid_h must be >= 2 points, got {self.grid_sigma}, {self.grid_h}"

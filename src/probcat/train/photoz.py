@@ -413,8 +413,8 @@ class PhotozTask:
         if cfg.model.colour_aux > 0:  # standardised with the training pool's moments
             t = colour_targets(self.pool["mags"], d.bands)
             mean, sd = t.mean(0), t.std(0) + 1e-6
-            for pool in (self.pool, self.val):
-                pool["aux"] = (colour_targets(pool["mags"], d.bands) - mean) / sd
+            self.pool["aux"] = (t - mean) / sd
+            self.val["aux"] = (colour_targets(self.val["mags"], d.bands) - mean) / sd
         if d.mask_fraction > 0:  # the validation stamps once more, each with bands masked
             masks = band_masks(np.random.default_rng([cfg.seed, 98]), self.val["x"].shape, 1.0)
             self.val_masked = np.where(masks, np.float32(0.0), self.val["x"])
