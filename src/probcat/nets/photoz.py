@@ -175,6 +175,13 @@ class PhotozNet(nn.Module):
             self.hparams["symmetries"] = int(k)
 
     @property
+    def architecture(self) -> dict:
+        """The hparams of one member's mixture network: without ``members``, ``symmetries``
+        (how it is read) and ``aux`` (a training head), what nets must share to be pooled
+        or to start one another."""
+        return {k: v for k, v in self.hparams.items() if k not in ("members", "symmetries", "aux")}
+
+    @property
     def n_components(self) -> int:
         return self.components * self.members * self.symmetries
 
@@ -216,9 +223,8 @@ class PhotozNet(nn.Module):
     def ensemble(cls, nets: list[PhotozNet], symmetries: int = 1) -> PhotozNet:
         """The deep ensemble of single nets of one architecture, read in ``symmetries``
         orientations (``sd_scale`` 1: refit it; auxiliary heads left out)."""
-        hp = {k: v for k, v in nets[0].hparams.items() if k not in ("members", "symmetries", "aux")}
-        same = [{k: v for k, v in n.hparams.items() if k != "aux"} for n in nets]
-        if any(n.members != 1 or h != same[0] for n, h in zip(nets, same)):
+        hp, sym = nets[0].architecture, nets[0].symmetries
+        if any(n.members != 1 or n.architecture != hp or n.symmetries != sym for n in nets):
             raise ValueError("ensemble members must be single nets of one architecture")
         out = cls(**hp, members=len(nets), symmetries=symmetries)
         for enc, net in zip(out.encoders, nets):

@@ -521,8 +521,7 @@ def init_encoder(cfg: PhotozTrainConfig, member: int) -> dict:
         raise ProbcatValueError(
             f"init: {cfg.init} holds {net.members} nets, none for member {member}"
         )
-    want = {k: v for k, v in cfg.net().hparams.items() if k != "aux"}  # a head starts afresh
-    have = {k: v for k, v in net.hparams.items() if k not in ("members", "symmetries", "aux")}
+    want, have = cfg.net().architecture, net.architecture  # an aux head starts afresh
     if have != want:
         raise ProbcatValueError(
             f"init: {cfg.init} does not fit the network of this config's model ({have})"
