@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.stats import norm
+from scipy.special import ndtr, ndtri  # scipy.stats.norm.cdf / ppf, without its overhead
 
 from probcat.catalog import FullCatalog
 from probcat.errors import ProbcatValueError
@@ -149,7 +149,7 @@ class CentroidCalibration:
         k = np.asarray(k, float)
         lv, kk = np.asarray(self.levels), np.asarray(self.k)
         core = np.interp(k, np.r_[0.0, kk], np.r_[0.0, lv])
-        tail = 2.0 * norm.cdf(k * norm.ppf((1 + lv[-1]) / 2) / kk[-1]) - 1.0
+        tail = 2.0 * ndtr(k * ndtri((1 + lv[-1]) / 2) / kk[-1]) - 1.0
         return np.where(k <= kk[-1], core, tail)
 
     def to_dict(self) -> dict:
@@ -178,7 +178,7 @@ MIN_PER_BIN = 600  # ... with at least this many standardised errors (both axes)
 def _quantile(u: np.ndarray, levels, k) -> np.ndarray:
     lv, k = np.asarray(levels), np.asarray(k)
     core = np.interp(u, np.r_[0.0, lv], np.r_[0.0, k])
-    tail = k[-1] * norm.ppf((1 + u) / 2) / norm.ppf((1 + lv[-1]) / 2)
+    tail = k[-1] * ndtri((1 + u) / 2) / ndtri((1 + lv[-1]) / 2)
     return np.where(u <= lv[-1], core, tail)
 
 
@@ -226,11 +226,7 @@ def centroid_interval(
     if isinstance(calibration, dict):
         calibration = CentroidCalibration.from_dict(calibration)
     snr = np.asarray(cat["detection_snr"], float) if "detection_snr" in cat else None
-    k = (
-        calibration.factor(level, snr)
-        if calibration is not None
-        else float(norm.ppf(0.5 + level / 2))
-    )
+    k = calibration.factor(level, snr) if calibration is not None else float(ndtri(0.5 + level / 2))
     x, y = np.asarray(cat["x"], float), np.asarray(cat["y"], float)
     xs, ys = np.asarray(cat["x_sd"], float), np.asarray(cat["y_sd"], float)
     return {"x_lo": x - k * xs, "x_hi": x + k * xs, "y_lo": y - k * ys, "y_hi": y + k * ys}
