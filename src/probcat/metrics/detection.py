@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 __all__ = [
     "match",
@@ -38,6 +37,8 @@ def match(true_xy: np.ndarray, est_xy: np.ndarray, max_dist: float = 2.0):
     Returns:
         ``(i_true, j_est)`` index arrays of the matched pairs (each distance < max_dist).
     """
+    from scipy.optimize import linear_sum_assignment  # here: importing it costs 0.2 s
+
     true_xy = np.asarray(true_xy, float).reshape(-1, 2)
     est_xy = np.asarray(est_xy, float).reshape(-1, 2)
     if len(true_xy) == 0 or len(est_xy) == 0:
