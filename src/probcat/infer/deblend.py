@@ -706,7 +706,10 @@ def _model_pixels(models: Models, band: int, floor: float, h: int, w: int, bad):
         keep = (np.abs(v) > floor) & (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
         if bad is not None:
             keep &= ~bad[np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1)]
-        i, r, c = np.nonzero(keep)  # by source, then row, then column: rows increase
+        # by source, then row, then column: rows increase (np.nonzero's order, from the
+        # flat indices: a third faster on a block of stamps)
+        i, rc = np.divmod(np.flatnonzero(keep), size * size)
+        r, c = np.divmod(rc, size)
         rows.append(ys[i, r, 0].astype(itype) * w + xs[i, 0, c].astype(itype))
         vals.append(v[i, r, c].astype(np.float64))
         counts.append(keep.sum((1, 2)))
