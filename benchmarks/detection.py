@@ -525,7 +525,8 @@ def speed_test(net, survey, bank, args):
     as ``Detector.catalog`` enters it: that many torch threads, one BLAS thread for numpy),
     the context's entry timed too. Timed without it, numpy's products in the catalogue (the
     ood_score's neighbours) woke a BLAS pool that kept spinning on both cores into the next
-    image's backbone: 0.327 s against 0.252 s with it, same scene and hour, two threads."""
+    image's backbone: 0.339 s against 0.281 s with it (two threads, the two alternated in
+    one process)."""
     sim = SceneSimulator(bank, SceneConfig(1000, 1000))
     scene = sim.sample(np.random.default_rng([args.seed, 7]), truth=False)
     sigma = float(survey.noise_sigma[0])
