@@ -178,12 +178,14 @@ class Backbone(nn.Module):
 def for_inference(net: nn.Module) -> nn.Module:
     """``net`` in eval mode for fast inference, in place: each batch norm folded into the
     convolution before it (same outputs, one pass less over the feature maps), in-place
-    activations and channels-last convolution weights. Not trainable afterwards."""
+    activations and channels-last convolution weights. Not trainable afterwards. For
+    probcat's networks (detection, galaxy model, photo-z), whose every SiLU and LeakyReLU
+    acts on a fresh layer output."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     net.eval()
     for m in net.modules():
-        if isinstance(m, nn.SiLU):  # every SiLU acts on a fresh tensor: in place is safe
+        if isinstance(m, (nn.SiLU, nn.LeakyReLU)):  # on fresh tensors: in place is safe
             m.inplace = True
     for seq in list(net.modules()):
         if isinstance(seq, nn.Sequential):

@@ -340,16 +340,12 @@ def _frozen(cls, state: dict, path: Path, what: str, defaults: dict | None = Non
 
 
 def _build_galaxy_model(state: dict, path: Path):
-    import torch
-
+    from probcat.nets.backbone import for_inference
     from probcat.nets.deblend import GalaxyModel
 
-    net = _frozen(GalaxyModel, state, path, "galaxy model")
-    for m in net.modules():  # in place: each acts on a fresh layer output (the same outputs;
-        if isinstance(m, torch.nn.LeakyReLU):  # a batch of 512 crops 165 -> 133 ms here)
-            m.inplace = True
-    # channels-last convolutions: 1.6x faster on a CPU (the same outputs)
-    return net.to(memory_format=torch.channels_last)
+    # in-place activations and channels-last convolutions (the same outputs): a batch of 512
+    # crops through encoder and decoder 165 -> 133 ms and 1.6x faster on a CPU
+    return for_inference(_frozen(GalaxyModel, state, path, "galaxy model"))
 
 
 def _build_photoz(state: dict, path: Path):
