@@ -167,6 +167,26 @@ def test_version_and_bare_commands_print_help(capsys):
         assert got.err == "" and len(got.out.splitlines()) > 5
 
 
+def test_python_dash_m_probcat_is_the_command(tmp_path):
+    """``python -m probcat`` runs the command line: its version, and a bad input's one-line
+    error and exit status 2, as the ``probcat`` script gives them."""
+    import subprocess
+    import sys
+
+    import probcat
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "probcat", *args], capture_output=True,
+                              text=True, cwd=tmp_path, timeout=120)  # fmt: skip
+
+    ok = run("--version")
+    assert ok.returncode == 0 and ok.stdout.startswith(f"probcat {probcat.__version__} (")
+    bad = run("detect", "missing.fits")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.startswith("probcat: error:") and "missing.fits" in bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_output_to_a_closed_pipe_is_not_a_traceback():
     import subprocess
     import sys
