@@ -28,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import logsumexp
 
 from probcat.population.simulator import PARAM_NAMES, PRIOR_HIGH, PRIOR_LOW
 
@@ -322,6 +321,35 @@ def combine(log_r3: np.ndarray, log_r4_draws: np.ndarray) -> np.ndarray:
 def logmeanexp(a: np.ndarray, axis: int = 0) -> np.ndarray:
     a = np.asarray(a, float)
     return logsumexp(a, axis=axis) - np.log(a.shape[axis])
+
+
+def logsumexp(a, axis: int | tuple[int, ...] | None = None) -> np.ndarray:
+    """``log(sum(exp(a)))`` over ``axis`` (all axes when None) of real ``a``, by the
+    arithmetic of ``scipy.special.logsumexp`` (SciPy 1.17) step for step: the largest
+    terms (all those equal to it) taken out of the sum, the rest exponentiated after the
+    shift, ``log1p`` of their sum over the count of the largest, and the plain
+    ``log(sum(exp(a)))`` wherever that is not finite (a slice of ``-inf``, an ``inf``,
+    ``nan``). Without SciPy's array-API bookkeeping (copies and index masks of the whole
+    array) it is about 35 times as fast on the chain's ``(512, 157,000)`` arrays of
+    ``log r4`` (0.8 s against 27 s here), with the same values
+    (``tests/test_population_inference.py``)."""
+    a = np.atleast_1d(np.asarray(a, float))
+    axis = tuple(range(a.ndim)) if axis is None else axis
+    if a.size == 0:
+        shape = np.asarray(a.shape)
+        shape[list(np.atleast_1d(axis))] = 1
+        return np.squeeze(np.full(tuple(shape), -np.inf), axis=axis)[()]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        out_inf = np.log(np.sum(np.exp(a), axis=axis, keepdims=True))
+        a_max = np.max(a, axis=axis, keepdims=True)
+        i_max = a == a_max
+        m = np.sum(i_max.astype(a.dtype), axis=axis, keepdims=True, dtype=a.dtype)
+        rest = np.exp(np.where(i_max, -np.inf, a) - a_max)
+        s = np.sum(rest, axis=axis, keepdims=True, dtype=a.dtype)
+        s = np.where(s == 0, s, s / m)
+        out = np.log1p(s) + np.log(m) + a_max
+    out = np.where(np.isfinite(out), out, out_inf)
+    return np.squeeze(out, axis=axis)[()]
 
 
 def expected_coverage(
