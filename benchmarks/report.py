@@ -1516,6 +1516,52 @@ TABLES = {
             machine_speed_row("speed.reference_speed_s", "time"),
         ],
     ),
+    "blendedness": (
+        "measured blendedness (Bosch et al. 2018) of held-out blend scenes' galaxies against "
+        "the truth: probcat's column (its deblended models) and the same formula on SEP's "
+        "detections drawn as Gaussian ellipses, on the galaxies both match within 2 px; for "
+        "telling blended galaxies (true blendedness > 0.1) apart, also SEP's deblending flag",
+        [
+            ("galaxies matched within 2 px", "matched.probcat", "matched.sep", "d", ""),
+            (
+                "Spearman correlation with the true blendedness",
+                "common.probcat.spearman",
+                "common.sep.spearman",
+                ".3f",
+                "",
+            ),
+            (
+                "median absolute error",
+                "common.probcat.median_abs_error",
+                "common.sep.median_abs_error",
+                ".4f",
+                "",
+            ),
+            (
+                "share within 0.05 of the truth",
+                "common.probcat.within_0_05",
+                "common.sep.within_0_05",
+                ".3f",
+                "",
+            ),
+            (
+                "blended (true > 0.1): precision of measured > 0.1",
+                "common.probcat.blended_precision",
+                "common.sep_flag.blended_precision",
+                ".3f",
+                "",
+                "SEP's deblending flag",
+            ),
+            (
+                "blended (true > 0.1): recall of measured > 0.1",
+                "common.probcat.blended_recall",
+                "common.sep_flag.blended_recall",
+                ".3f",
+                "",
+                "SEP's deblending flag",
+            ),
+        ],
+    ),
     "deblend_wings": (
         "faint galaxies in big galaxies' outskirts: their wings fitted or not, on held-out "
         "1000×1000 fields",
@@ -2141,6 +2187,7 @@ BASELINES = {
     "psf_profile": "SEP",
     "deblend": "SEP",
     "deblend_wings": "no wings",
+    "blendedness": "SEP",
     "photoz": "FlexZBoost",
     "simulate": "direct GalSim",
     "robustness": "SEP",

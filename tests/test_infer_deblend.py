@@ -14,6 +14,7 @@ from probcat.errors import ProbcatValueError
 from probcat.infer.deblend import (
     Models,
     aperture_fluxes,
+    blendedness,
     crop_at,
     fit_amplitudes,
     fourier_shift,
@@ -528,6 +529,65 @@ def test_aperture_fluxes_equal_full_image_photometry():
         for m, light in shares.items():
             f, _, _ = sep.sum_circle(light[0].astype(np.float64), [x[j]], [y[j]], 5.0, subpix=0)
             assert got[m][j, 0] == pytest.approx(f[0], rel=1e-4, abs=1e-2), (m, j)
+
+
+def test_blendedness_is_the_papers_definition_over_whole_images():
+    """Each model's blendedness equals eqs. 13-14 of paper 000 computed on whole images
+    (the source pasted alone, the scene with every source; the truth catalogs' own code,
+    ``truth_from_isolated``, too): sources across the image's edge count their pixels on it
+    only; an isolated source reads 0; a model without light on the image NaN."""
+    from probcat.simulate.datasets import truth_from_isolated
+
+    rng = np.random.default_rng(4)
+    models = _random_scene(rng, n=7, size=36)
+    models.x[0], models.y[0] = 0.6, 17.2  # across the left edge
+    models.cx[0], models.cy[0] = 1, 17
+    shape = (36, 40)
+    total = paste_models(models, shape).astype(np.float64)
+    got = blendedness(models, total)
+    alone = np.stack([paste_models(models.select([i]), shape) for i in range(len(models))])
+    alone = alone.astype(np.float64)
+    for i in range(len(models)):
+        want = 1 - (alone[i] ** 2).sum() / (alone[i] * total).sum()
+        assert got[i, 0] == pytest.approx(want, rel=1e-6, abs=1e-9)
+    ref = truth_from_isolated(alone, models.x, models.y, np.ones(1))["blendedness"]
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-9)
+    assert got.min() > 0.0 and got.max() < 1.0  # seven sources on 36x40 px all overlap
+    one = models.select([3])
+    assert blendedness(one, paste_models(one, shape))[0, 0] == 0.0
+    # a neighbour's light beyond the stamps (a wing) counts as the scene's
+    wing = np.zeros((1, *shape))
+    wing[0, int(one.cy[0]) - 2 : int(one.cy[0]) + 3, int(one.cx[0]) - 2 : int(one.cx[0]) + 3] = 5
+    assert blendedness(one, paste_models(one, shape) + wing)[0, 0] > 0.0
+    dark = models.select([1, 2])
+    dark.stamps = dark.stamps.copy()
+    dark.stamps[0] = 0.0  # an amplitude fitted to 0
+    dark.cx[1], dark.cy[1] = -40, 10  # a stamp off the image
+    assert np.isnan(blendedness(dark, paste_models(dark, shape))).all()
+
+
+def test_measure_gives_each_source_its_blendedness_on_the_scene_model():
+    """``Deblender.measure``'s ``blendedness`` column: the blendedness of each source's
+    model in the returned scene model; two equal galaxies 6 px apart are equally
+    blended, a third far from both is not."""
+    from probcat.api import Deblender
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="i")
+    sigma = survey.noise_sigma.astype(np.float32)
+    model = FixedGalaxy(_draw(_galaxy(4e4), S) / sigma[0])
+    x, y = np.array([20.0, 26.0, 60.0]), np.array([22.0, 22.0, 50.0])
+    image = np.zeros((1, 72, 80), np.float32)
+    image[0] += paste_models(
+        reconstruct(model, image, sigma, x, y, [True] * 3, amplitudes=False), (72, 80)
+    )[0]
+    cat = FullCatalog({"x": x, "y": y, "galaxy": np.ones(3, bool)}, (72, 80), ("i",))
+    res = Deblender(model, survey, device="cpu").measure(image, cat, wings=False)
+    b = res.catalog["blendedness"]
+    assert b.shape == (3, 1)
+    np.testing.assert_allclose(b, blendedness(res.models, res.model), rtol=1e-6)
+    assert b[0, 0] == pytest.approx(b[1, 0], rel=1e-3) and b[0, 0] > 0.05
+    assert b[2, 0] == 0.0
 
 
 def test_measure_refines_the_models_as_asked():

@@ -1483,7 +1483,8 @@ class DeblendResult:
     Attributes:
         catalog: the detections with their deblended measurements: ``flux_ap``,
             ``flux_ap_err``, ``mag_ap``, ``mag_ap_err`` (5-px aperture, per band), ``T``,
-            ``e1``, ``e2``, ``moments_ok`` (adaptive moments, first band), ``edge``
+            ``e1``, ``e2``, ``moments_ok`` (adaptive moments, first band), ``blendedness``
+            (per band, on the models: :func:`probcat.infer.deblend.blendedness`), ``edge``
             (aperture leaves the image); with posterior samples the flux posterior per
             band: ``flux_mean``, ``flux_sd``, ``flux_q025, flux_q16, flux_q50, flux_q84,
             flux_q975`` and
@@ -1596,6 +1597,7 @@ class Deblender:
             REFINE_PASSES,
             _xyg,
             aperture_fluxes,
+            blendedness,
             check_method,
             fit_amplitudes,
             paste_models,
@@ -1659,6 +1661,8 @@ class Deblender:
                 wing_ap = forced_photometry(wing, cx, cy, sigma, APERTURE_RADIUS)[0]
             contam = np.maximum(ap["data"] + wing_ap - flux, 0.0)
             own = source_images(img, models, method, total=model)
+            # over the scene's light, the wings of big galaxies and bright stars included
+            blend = blendedness(models, model if wing is None else model + wing)
             half = models.size // 2
             mom = adaptive_moments(own, half + (cx - models.cx), half + (cy - models.cy))
             if samples:
@@ -1699,6 +1703,7 @@ class Deblender:
             e1=mom["e1"],
             e2=mom["e2"],
             moments_ok=mom["ok"],
+            blendedness=blend,
             edge=edge,
             mask_fraction=aperture_fraction(masked, cx, cy),
         )

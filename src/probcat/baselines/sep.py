@@ -61,7 +61,9 @@ def sep_detect(
 
     Returns:
         FullCatalog with ``x, y`` (0-indexed pixels), ``flux`` (isophotal, electrons),
-        ``prob`` (1.0), ``npix`` and SEP's ``flag``.
+        ``prob`` (1.0), ``npix``, SEP's ``flag`` and its isophotal ellipse ``a, b`` (pixels:
+        the square roots of the second moments' eigenvalues) and ``theta`` (radians, from
+        the x axis).
     """
     image = np.asarray(image)
     if image.ndim == 2:
@@ -102,6 +104,9 @@ def sep_detect(
             "prob": np.ones(n),
             "npix": np.asarray(objs["npix"], np.int64),
             "flag": np.asarray(objs["flag"], np.int64),
+            "a": np.asarray(objs["a"], float),
+            "b": np.asarray(objs["b"], float),
+            "theta": np.asarray(objs["theta"], float),
         },
         image.shape[-2:],
         (names[band],),

@@ -49,6 +49,7 @@ __all__ = [
     "fit_amplitudes",
     "galaxy_wings",
     "aperture_fluxes",
+    "blendedness",
     "match_nearest",
     "sample_fluxes",
     "paste_models",
@@ -862,6 +863,27 @@ def aperture_fluxes(
             for k in range(nb):
                 out[m][t, k] = aperture_sums(light[k], xs, ys, radius)[0][0]
     return out[method] if isinstance(method, str) else out
+
+
+def blendedness(models: Models, total: np.ndarray) -> np.ndarray:
+    """Each source's blendedness ``(N, bands)`` on the models (Bosch et al. 2018, PASJ 70,
+    S5; paper 000 eqs. 13-14, there on the true images):
+    ``1 - <I_i, I_i> / <I_i, I_all>``, ``I_i`` the source's model, ``I_all`` the scene
+    model ``total`` ``(bands, H, W)`` (every source's light, wings included where the caller
+    adds them), both over the image pixels the source's stamp covers. 0: no other source's
+    light where this one's is; towards 1: a faint source lying on a brighter one. NaN
+    where the source's model holds no light on the image (a fitted amplitude of 0, a stamp
+    off the image)."""
+    from probcat.simulate.bank import overlap_dot
+
+    nb = models.stamps.shape[1]
+    out = np.full((len(models), nb), np.nan)
+    total = np.asarray(total, np.float64)
+    for i in range(len(models)):
+        own, cross = overlap_dot(total, models.stamps[i], int(models.cx[i]), int(models.cy[i]))
+        ok = (own > 0) & (cross > 0)
+        out[i, ok] = np.clip(1.0 - own[ok] / cross[ok], 0.0, 1.0)
+    return out
 
 
 def source_images(
