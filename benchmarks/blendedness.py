@@ -114,8 +114,7 @@ def run(args) -> dict:
     det = probcat.load(args.weights, threads=2, kind="detection")
     deb = probcat.load(args.deblender, threads=2)
     # one per true galaxy: NaN when unmatched; sep_flag: SEP's "deblended from a parent" bit
-    # probcat_mean: the posterior mean over samples (the first posterior_scenes scenes)
-    rows = {"true": [], "probcat": [], "sep": [], "sep_flag": [], "probcat_mean": []}
+    rows = {"true": [], "probcat": [], "sep": [], "sep_flag": []}
     n_det = {"probcat": 0, "sep": 0}
     for i in range(args.scenes):
         scene, _ = sim.scene(i)
@@ -127,10 +126,7 @@ def run(args) -> dict:
         true_xy = np.stack([cat["x"][gal], cat["y"][gal]], 1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            k = args.samples if i < args.posterior_scenes else 0
-            res = probcat.deblend(
-                image, noise_sigma=sigma, weights=det, deblender=deb, samples=k, seed=i
-            )
+            res = probcat.deblend(image, noise_sigma=sigma, weights=det, deblender=deb, samples=0)
         pc = res.catalog
         sc = sep_detect(image, sigma)
         measured = {
@@ -144,11 +140,6 @@ def run(args) -> dict:
             it, jd = match(true_xy, xy, MATCH_PX)
             out[it] = b[jd]
             rows[name].append(out)
-            if name == "probcat":
-                mean = np.full(len(gal), np.nan)
-                if "blendedness_mean" in pc:
-                    mean[it] = np.asarray(pc["blendedness_mean"])[jd, 0]
-                rows["probcat_mean"].append(mean)
             if name == "sep":
                 flag = np.full(len(gal), np.nan)
                 flag[it] = (np.asarray(sc["flag"])[jd] & sep.OBJ_MERGED) > 0
@@ -166,14 +157,6 @@ def run(args) -> dict:
         },  # fmt: skip
         "common": {k: scores(r["true"][both], r[k][both]) for k in ("probcat", "sep")},
         "n_common": int(both.sum()),
-    }
-    # the posterior mean against the MAP models' value, on the same galaxies
-    sub = np.isfinite(r["probcat_mean"]) & np.isfinite(r["probcat"])
-    result["posterior"] = {
-        "n_scenes": min(args.posterior_scenes, args.scenes),
-        "samples": args.samples,
-        "map": scores(r["true"][sub], r["probcat"][sub]),
-        "mean": scores(r["true"][sub], r["probcat_mean"][sub]),
     }
     # SEP's own word on blending: its deblending flag, as a test for "blended"
     flagged, blended = r["sep_flag"][both] > 0, r["true"][both] > BLENDED
@@ -221,10 +204,6 @@ def main(argv=None) -> None:
     ap.add_argument("--deblender", default="deblender_lsst_i")
     ap.add_argument("--scenes", type=int, default=500, help="blend scenes (98 x 98 px)")
     ap.add_argument("--seed", type=int, default=20261207)
-    ap.add_argument(
-        "--posterior-scenes", type=int, default=200, help="scenes read with posterior samples"
-    )
-    ap.add_argument("--samples", type=int, default=50, help="posterior samples a scene")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     command = " ".join([".venv/bin/python", "benchmarks/blendedness.py", *(argv or sys.argv[1:])])
@@ -244,9 +223,6 @@ def main(argv=None) -> None:
         "own_matches": "each method on the galaxies it matched; common: on those both matched",
         "blended": f"true blendedness > {BLENDED:g}; precision and recall of measured > "
         f"{BLENDED:g}",
-        "posterior": "the first posterior_scenes scenes read with posterior samples: probcat's "
-        "blendedness (map) and blendedness_mean (mean over the samples holding the galaxy) on "
-        "the same matched galaxies",
         "sep_flag": "SEP's OBJ_MERGED flag (the object was deblended from a parent) as the "
         "test for blended, on the common galaxies",
     }
@@ -263,10 +239,6 @@ def main(argv=None) -> None:
             print(part, k, {m: s[m] for m in ("n", "spearman", "median_abs_error", "within_0_05",
                                               "blended_precision", "blended_recall")})  # fmt: skip
     print("common sep_flag", out["common"]["sep_flag"])
-    for k in ("map", "mean"):
-        s = out["posterior"][k]
-        keys = ("n", "spearman", "median_abs_error", "blended_precision", "blended_recall")
-        print("posterior", k, {m: s[m] for m in keys})
     print(f"wrote {args.out / 'blendedness.json'} in {out['wall_s']} s")
 
 

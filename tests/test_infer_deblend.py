@@ -590,32 +590,6 @@ def test_measure_gives_each_source_its_blendedness_on_the_scene_model():
     assert b[2, 0] == 0.0
 
 
-def test_blendedness_mean_counts_a_neighbour_that_only_some_samples_hold():
-    """An unrecognised blend: two galaxies 5 px apart, the catalog holding one. Its
-    ``blendedness`` (the MAP models') reads 0; ``blendedness_mean`` averages the samples',
-    0 in the sample without the neighbour and the pair's blendedness in the one with it."""
-    from probcat.api import Deblender
-    from probcat.survey import Survey
-
-    survey = Survey.lsst(bands="i")
-    sigma = survey.noise_sigma.astype(np.float32)
-    model = FixedGalaxy(_draw(_galaxy(4e4), S) / sigma[0])
-    x, y = np.array([30.0, 35.0]), np.array([30.0, 30.0])
-    image = np.zeros((1, 60, 64), np.float32)
-    two = reconstruct(model, image, sigma, x, y, [True, True], amplitudes=False)
-    image[0] += paste_models(two, (60, 64))[0]
-    one = FullCatalog({"x": x[:1], "y": y[:1], "galaxy": np.ones(1, bool)}, (60, 64), ("i",))
-    both = FullCatalog({"x": x, "y": y, "galaxy": np.ones(2, bool)}, (60, 64), ("i",))
-    res = Deblender(model, survey, device="cpu").measure(
-        image, one, samples=[one, both], wings=False
-    )
-    fitted = reconstruct(model, image, sigma, x, y, [True, True])
-    pair = blendedness(fitted, paste_models(fitted, (60, 64)))[0, 0]
-    assert res.catalog["blendedness"][0, 0] == 0.0
-    assert pair > 0.1
-    assert res.catalog["blendedness_mean"][0, 0] == pytest.approx(pair / 2, rel=1e-3)
-
-
 def test_measure_refines_the_models_as_asked():
     from probcat.api import Deblender
     from probcat.survey import Survey

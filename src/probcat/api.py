@@ -1487,9 +1487,8 @@ class DeblendResult:
             (per band, on the models: :func:`probcat.infer.deblend.blendedness`), ``edge``
             (aperture leaves the image); with posterior samples the flux posterior per
             band: ``flux_mean``, ``flux_sd``, ``flux_q025, flux_q16, flux_q50, flux_q84,
-            flux_q975``,
-            ``p_match`` (fraction of samples that hold the source) and ``blendedness_mean``
-            (the blendedness's mean over those samples); ``mask_fraction`` (the
+            flux_q975`` and
+            ``p_match`` (fraction of samples that hold the source); ``mask_fraction`` (the
             share of the aperture without data, :mod:`probcat.masking`).
         model: the scene model ``(bands, H, W)`` in electrons (every source's model).
         residual: image minus model ``(bands, H, W)``.
@@ -1683,7 +1682,6 @@ class Deblender:
                     amplitudes=amplitudes,
                     mask=masked,
                     progress=progress,
-                    blend=True,
                 )
         area = np.pi * APERTURE_RADIUS**2
         scale = self.flux_error_scale(method)
@@ -1710,7 +1708,7 @@ class Deblender:
             mask_fraction=aperture_fraction(masked, cx, cy),
         )
         if samples:
-            vals, vcon, vblend = vals
+            vals, vcon = vals
             vcon = vcon + wing_ap[:, None]  # as for contam above
             parts = [
                 flux_posterior(vals[:, :, k], noise[:, k], vcon[:, :, k], scale) for k in range(nb)
@@ -1720,9 +1718,6 @@ class Deblender:
                     cols["p_match"] = parts[0][key]
                 else:
                     cols[f"flux_{key}"] = np.stack([p[key] for p in parts], 1)
-            with warnings.catch_warnings():  # a source no sample holds: NaN
-                warnings.simplefilter("ignore", RuntimeWarning)
-                cols["blendedness_mean"] = np.nanmean(vblend, axis=1)
         cat = catalog.with_columns(**cols)
         cat.meta["deblend"] = {  # how the columns were measured, kept in the written file
             "weights": (self.manifest or {}).get("weights", "custom weights"),

@@ -971,7 +971,6 @@ def sample_fluxes(
     amplitudes: bool = True,
     mask: np.ndarray | None = None,
     progress: bool = False,
-    blend: bool = False,
 ):
     """Aperture fluxes ``(targets, samples, bands)`` of the targets ``(tx, ty)`` in every
     posterior catalog sample (paper 000 section 4.6): each sample is deblended on its own
@@ -987,10 +986,7 @@ def sample_fluxes(
     flux minus the target's): what the flux-error model scales (:mod:`probcat.measure`).
     ``amplitudes``: each sample's models get their amplitudes fitted jointly
     (:func:`fit_amplitudes`, on the pixels not in ``mask``), as :func:`reconstruct` does.
-    ``progress``: a progress bar over the samples. ``blend``: also return, last and in the
-    same form, the :func:`blendedness` of the matched source in each sample's scene model
-    (its models' stamps; NaN where unmatched): a neighbour that some samples hold and the
-    MAP catalog does not blends the target in those samples."""
+    ``progress``: a progress bar over the samples."""
     from tqdm.auto import tqdm
 
     tx, ty = np.atleast_1d(np.asarray(tx, float)), np.atleast_1d(np.asarray(ty, float))
@@ -1000,7 +996,6 @@ def sample_fluxes(
         check_method(m)
     outs = {m: np.full((len(tx), len(samples), nb), np.nan) for m in methods}
     raw = np.full((len(tx), len(samples), nb), np.nan)
-    blends = np.full((len(tx), len(samples), nb), np.nan) if blend else None
     measured = (*methods, "data") if contamination else methods
     cols = [_xyg(c) for c in samples]
     # samples in chunks of at most SAMPLE_CHUNK galaxies (a large field's 100 samples hold
@@ -1040,27 +1035,21 @@ def sample_fluxes(
             idx = match_nearest(x, y, tx, ty, match_px)
             hit = np.flatnonzero(idx >= 0)
             if len(hit):
-                total = paste_models(models, image.shape[1:])  # the sample's scene, once
-                got = aperture_fluxes(
-                    image, models, idx[hit], method=measured, radius=radius, total=total
-                )
+                got = aperture_fluxes(image, models, idx[hit], method=measured, radius=radius)
                 for m in methods:
                     outs[m][hit, s] = got[m]
                 if contamination:
                     raw[hit, s] = got["data"]
-                if blend:
-                    blends[hit, s] = blendedness(models.select(idx[hit]), total)
         bar.update(last - first)
         first = last
         trim_heap()  # the chunk's arrays leave fragments otherwise (memory grows)
     bar.close()
-    result = outs[method] if isinstance(method, str) else outs
-    if contamination:
-        contam = {m: np.maximum(raw - outs[m], 0.0) for m in methods}
-        result = (result, contam[method] if isinstance(method, str) else contam)
-    if blend:
-        result = (*result, blends) if contamination else (result, blends)
-    return result
+    if not contamination:
+        return outs[method] if isinstance(method, str) else outs
+    contam = {m: np.maximum(raw - outs[m], 0.0) for m in methods}
+    if isinstance(method, str):
+        return outs[method], contam[method]
+    return outs, contam
 
 
 def _xyg(cat):
