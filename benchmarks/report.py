@@ -1560,6 +1560,20 @@ TABLES = {
                 "",
                 "SEP's deblending flag",
             ),
+            (
+                "each on the galaxies it matches: Spearman correlation",
+                "own_matches.probcat.spearman",
+                "own_matches.sep.spearman",
+                ".3f",
+                "",
+            ),
+            (
+                "each on the galaxies it matches: median absolute error",
+                "own_matches.probcat.median_abs_error",
+                "own_matches.sep.median_abs_error",
+                ".4f",
+                "",
+            ),
         ],
     ),
     "deblend_wings": (
