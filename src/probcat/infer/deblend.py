@@ -878,7 +878,7 @@ def blendedness(models: Models, total: np.ndarray) -> np.ndarray:
 
     nb = models.stamps.shape[1]
     out = np.full((len(models), nb), np.nan)
-    total = np.asarray(total, np.float64)
+    total = np.asarray(total)  # float32 is fine: overlap_dot sums in float64
     for i in range(len(models)):
         own, cross = overlap_dot(total, models.stamps[i], int(models.cx[i]), int(models.cy[i]))
         ok = (own > 0) & (cross > 0)
