@@ -65,7 +65,9 @@ def test_docs_python_snippets_run(scratch):
         else:
             c = namespace["out"].catalog
             assert len(c) == len(namespace["res"].catalog) > 0
-            assert {"flux_q16", "flux_q50", "flux_q84", "T", "e1"} <= set(c.colnames)
+            assert {"flux_q16", "flux_q50", "flux_q84", "T", "e1", "blendedness"} <= set(c.colnames)
+            clean = namespace["clean"]
+            assert clean.dtype == bool and clean.shape == (len(namespace["res"].catalog),)
 
 
 def test_detect_command_lines_run(scratch, capsys):
