@@ -101,22 +101,20 @@ def scores(true, est) -> dict:
     return out
 
 
-def run(args) -> dict:
+def run(args, det, deb, *, population: str, n: int, seed: int) -> tuple[dict, dict]:
+    """Every galaxy of ``n`` blend scenes of ``population`` (test split, scene seed
+    ``seed``), measured by probcat (``det`` detections, ``deb`` deblended) and SEP."""
     import probcat
     from probcat.baselines.sep import sep_detect
     from probcat.metrics.detection import match
     from probcat.simulate.datasets import Simulation, SimulationConfig
 
-    sim = Simulation(
-        SimulationConfig(recipe="blend", n=args.scenes, seed=args.seed, split="test"),
-        progress=False,
-    )
-    det = probcat.load(args.weights, threads=2, kind="detection")
-    deb = probcat.load(args.deblender, threads=2)
+    cfg = SimulationConfig(recipe="blend", n=n, seed=seed, split="test", population=population)
+    sim = Simulation(cfg, progress=False)
     # one per true galaxy: NaN when unmatched; sep_flag: SEP's "deblended from a parent" bit
-    rows = {"true": [], "probcat": [], "sep": [], "sep_flag": []}
+    rows = {"true": [], "probcat": [], "sep": [], "sep_flag": [], "family": []}
     n_det = {"probcat": 0, "sep": 0}
-    for i in range(args.scenes):
+    for i in range(n):
         scene, _ = sim.scene(i)
         cat, image = scene.catalog, scene.image
         sigma = sim.sim.survey.noise_sigma
@@ -134,6 +132,7 @@ def run(args) -> dict:
             "sep": (np.stack([sc["x"], sc["y"]], 1), gaussian_blendedness(sc, (h, w))),
         }
         rows["true"].append(cat["blendedness"][gal, 0])
+        rows["family"].append(cat["family"][gal] if "family" in cat else np.zeros(len(gal)))
         for name, (xy, b) in measured.items():
             n_det[name] += len(xy)
             out = np.full(len(gal), np.nan)
@@ -147,7 +146,8 @@ def run(args) -> dict:
     r = {k: np.concatenate(v) for k, v in rows.items()}
     both = np.isfinite(r["probcat"]) & np.isfinite(r["sep"])
     result = {
-        "n_scenes": args.scenes,
+        "population": population,
+        "n_scenes": n,
         "n_true_galaxies": len(r["true"]),
         "n_detections": n_det,
         "matched": {k: int(np.isfinite(r[k]).sum()) for k in ("probcat", "sep")},
@@ -165,6 +165,15 @@ def run(args) -> dict:
         "blended_recall": float(np.mean(flagged[blended])) if blended.any() else None,
         "flagged": int(flagged.sum()),
     }
+    if population.startswith("morphology"):  # each family, probcat on its own matches
+        from probcat.simulate.prior import FAMILIES
+
+        result["by_family"] = {}
+        for k, fam in enumerate(FAMILIES):
+            sel = (r["family"] == k) & np.isfinite(r["probcat"])
+            if sel.any():
+                part = scores(r["true"][sel], r["probcat"][sel])
+                result["by_family"][fam] = {m: v for m, v in part.items() if m != "bins"}
     return result, r
 
 
@@ -204,12 +213,26 @@ def main(argv=None) -> None:
     ap.add_argument("--deblender", default="deblender_lsst_i")
     ap.add_argument("--scenes", type=int, default=500, help="blend scenes (98 x 98 px)")
     ap.add_argument("--seed", type=int, default=20261207)
+    ap.add_argument(
+        "--morph-scenes",
+        type=int,
+        default=300,
+        help="blend scenes of the morphology-rich prior's five families (0: none)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     command = " ".join([".venv/bin/python", "benchmarks/blendedness.py", *(argv or sys.argv[1:])])
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    result, rows = run(args)
+    import probcat
+
+    det = probcat.load(args.weights, threads=2, kind="detection")
+    deb = probcat.load(args.deblender, threads=2)
+    result, rows = run(args, det, deb, population="parametric", n=args.scenes, seed=args.seed)
+    if args.morph_scenes:  # shapes the deblender never saw (its training: bulge + disk)
+        morph, _ = run(args, det, deb, population="morphology", n=args.morph_scenes,
+                       seed=args.seed + 1)  # fmt: skip
+        result["morphology"] = morph
     out = {"command": command, "weights": args.weights, "deblender": args.deblender,
            "seed": args.seed, **result}  # fmt: skip
     out["definitions"] = {
@@ -221,6 +244,8 @@ def main(argv=None) -> None:
         "isophotal a, b, theta and flux, the same formula",
         "matching": f"Hungarian within {MATCH_PX:g} px of true galaxies inside the image",
         "own_matches": "each method on the galaxies it matched; common: on those both matched",
+        "morphology": "the same on blend scenes of the morphology-rich prior (the five "
+        "families' test galaxies, scene seed seed + 1); by_family: probcat on its own matches",
         "blended": f"true blendedness > {BLENDED:g}; precision and recall of measured > "
         f"{BLENDED:g}",
         "sep_flag": "SEP's OBJ_MERGED flag (the object was deblended from a parent) as the "
