@@ -46,7 +46,7 @@ EDGES = [0.0, 0.01, 0.03, 0.1, 0.2, 0.4, 1.0]
 def gaussian_blendedness(cat, shape) -> np.ndarray:
     """Blendedness of each SEP source drawn as an elliptical Gaussian of its isophotal
     second moments (``a``, ``b``, ``theta``) and flux, over the image ``shape``."""
-    from probcat.infer.deblend import Models, blendedness
+    from probcat.infer.deblend import Models, blendedness, paste_models
 
     n = len(cat["x"])
     x, y = np.asarray(cat["x"], float), np.asarray(cat["y"], float)
@@ -66,8 +66,6 @@ def gaussian_blendedness(cat, shape) -> np.ndarray:
         g = np.exp(-0.5 * ((u / a[i]) ** 2 + (v / b[i]) ** 2))
         stamps[i, 0] = flux[i] * g / g.sum()
     models = Models(stamps, cx, cy, x, y, np.ones(n, bool))
-    from probcat.infer.deblend import paste_models
-
     return blendedness(models, paste_models(models, shape))[:, 0]
 
 
@@ -101,7 +99,7 @@ def scores(true, est) -> dict:
     return out
 
 
-def run(args, det, deb, *, population: str, n: int, seed: int) -> tuple[dict, dict]:
+def run(det, deb, *, population: str, n: int, seed: int) -> tuple[dict, dict]:
     """Every galaxy of ``n`` blend scenes of ``population`` (test split, scene seed
     ``seed``), measured by probcat (``det`` detections, ``deb`` deblended) and SEP."""
     import probcat
@@ -111,13 +109,13 @@ def run(args, det, deb, *, population: str, n: int, seed: int) -> tuple[dict, di
 
     cfg = SimulationConfig(recipe="blend", n=n, seed=seed, split="test", population=population)
     sim = Simulation(cfg, progress=False)
+    sigma = sim.sim.survey.noise_sigma
     # one per true galaxy: NaN when unmatched; sep_flag: SEP's "deblended from a parent" bit
     rows = {"true": [], "probcat": [], "sep": [], "sep_flag": [], "family": []}
     n_det = {"probcat": 0, "sep": 0}
     for i in range(n):
         scene, _ = sim.scene(i)
         cat, image = scene.catalog, scene.image
-        sigma = sim.sim.survey.noise_sigma
         h, w = image.shape[1:]
         inside = (cat["x"] >= 0) & (cat["x"] < w) & (cat["y"] >= 0) & (cat["y"] < h)
         gal = np.flatnonzero(cat["galaxy"] & inside)
@@ -154,7 +152,7 @@ def run(args, det, deb, *, population: str, n: int, seed: int) -> tuple[dict, di
         "own_matches": {
             k: scores(r["true"][np.isfinite(r[k])], r[k][np.isfinite(r[k])])
             for k in ("probcat", "sep")
-        },  # fmt: skip
+        },
         "common": {k: scores(r["true"][both], r[k][both]) for k in ("probcat", "sep")},
         "n_common": int(both.sum()),
     }
@@ -228,10 +226,9 @@ def main(argv=None) -> None:
 
     det = probcat.load(args.weights, threads=2, kind="detection")
     deb = probcat.load(args.deblender, threads=2)
-    result, rows = run(args, det, deb, population="parametric", n=args.scenes, seed=args.seed)
+    result, rows = run(det, deb, population="parametric", n=args.scenes, seed=args.seed)
     if args.morph_scenes:  # shapes the deblender never saw (its training: bulge + disk)
-        morph, _ = run(args, det, deb, population="morphology", n=args.morph_scenes,
-                       seed=args.seed + 1)  # fmt: skip
+        morph, _ = run(det, deb, population="morphology", n=args.morph_scenes, seed=args.seed + 1)
         result["morphology"] = morph
     out = {"command": command, "weights": args.weights, "deblender": args.deblender,
            "seed": args.seed, **result}  # fmt: skip

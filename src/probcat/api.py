@@ -1661,8 +1661,9 @@ class Deblender:
                 wing_ap = forced_photometry(wing, cx, cy, sigma, APERTURE_RADIUS)[0]
             contam = np.maximum(ap["data"] + wing_ap - flux, 0.0)
             own = source_images(img, models, method, total=model)
-            # over the scene's light, the wings of big galaxies and bright stars included
-            blend = blendedness(models, model if wing is None else model + wing)
+            if wing is not None:  # the scene model from here on: the wings are light too
+                model += wing
+            blend = blendedness(models, model)
             half = models.size // 2
             mom = adaptive_moments(own, half + (cx - models.cx), half + (cy - models.cy))
             if samples:
@@ -1736,7 +1737,6 @@ class Deblender:
             cat.meta["deblend"]["zeropoint"] = info["zeropoint"]
             cat.meta["deblend"]["zeropoint_source"] = info["zeropoint_source"]
         if wing is not None:
-            model += wing
             cat.meta["deblend"]["wing_galaxies"] = len(winged)
             cat.meta["deblend"]["wing_stars"] = len(stars_winged)
         return DeblendResult(cat, model, full - model, models, None, wcs)
