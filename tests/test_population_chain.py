@@ -2,16 +2,26 @@
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from helpers import benchmark_module
 
 from probcat.cli import main
-from probcat.population.chain import NetConfig, PopulationConfig, run_chain, simulated_target
+from probcat.config import from_dict
+from probcat.errors import ProbcatValueError
+from probcat.population.chain import (
+    Chain,
+    NetConfig,
+    PopulationConfig,
+    run_chain,
+    simulated_target,
+)
 
 # the chain on a budget of seconds (also read by benchmarks/_fuzz.py)
 TINY_YAML = (
@@ -28,7 +38,7 @@ def test_chain_writes_every_output_and_resumes(tmp_path, monkeypatch):
         round_head_maps=16, r3_bound_eps=0.5,  # a box narrower than the prior, even here
         r4_draws=2, prior_draws=50, coverage_sims=6, predictive_maps=20, prior_check_maps=50,
         grid_n_step=50,
-        grid_sigma=5, grid_h=5, threads=1,
+        grid_sigma=5, grid_h=5, threads=2,  # r3 and the plain NRE: two processes of 1
     )  # fmt: skip
     out = tmp_path / "population_run"  # the folder docs/population.md reads
     s = run_chain(cfg, out, target_seed=3, progress=False, command="test")
@@ -54,10 +64,15 @@ def test_chain_writes_every_output_and_resumes(tmp_path, monkeypatch):
     assert budget["r3"] == 5 * 4 + 16 + 16  # first stage, round head, head
     assert s["n_simulations"] == sum(budget.values())
     assert json.loads((out / "summary.json").read_text())["truth"] == s["truth"]
-    stages = s["stage_s"]  # every stage timed once, in order, adding up to the wall time
-    assert list(stages) == ["r1", "pool", "r2_r4", "r3", "plain_nre", "posteriors",
-                            "coverage", "samples_and_figures"]  # fmt: skip
-    assert min(stages.values()) >= 0 and sum(stages.values()) <= s["wall_s"] + 0.5
+    # every stage timed once, in order; r3 (one process) and the plain NRE (the other)
+    # overlap, within the wall time of the two (r3_plain_wall), and the rest adds up
+    stages = s["stage_s"]
+    assert list(stages) == ["r1", "pool", "r2_r4", "r3", "plain_nre", "r3_plain_wall",
+                            "posteriors", "coverage", "samples_and_figures"]  # fmt: skip
+    assert min(stages.values()) >= 0
+    assert max(stages["r3"], stages["plain_nre"]) <= stages["r3_plain_wall"] + 0.5
+    rest = [v for k, v in stages.items() if k not in ("r3", "plain_nre")]
+    assert sum(rest) <= s["wall_s"] + 0.5
     # a rerun resumes: no network trains again
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")}
     names = {p.parent.name for p in before}
@@ -115,6 +130,25 @@ def test_chain_writes_every_output_and_resumes(tmp_path, monkeypatch):
         twin = tmp_path / "again" / path.relative_to(out)
         a, b = (torch.load(p, weights_only=False)["model"] for p in (path, twin))
         assert all(torch.equal(v, b[k]) for k, v in a.items()), path.parent.name
+    # the plain NRE's process trained what one process of its one thread trains
+    one = replace(cfg, threads=1, parallel=False)
+    a = Chain(one, tmp_path / "one", progress=False).plain_first_stage().model.state_dict()
+    b = torch.load(out / "plain" / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
+
+
+@pytest.mark.slow
+def test_chain_process_error_is_one_clear_line(tmp_path):
+    # a probcat error in one of the two training processes (here: the run's plain NRE was
+    # trained with other settings) reaches the caller as that one-line error, and the other
+    # process stops
+    cfg = replace(from_dict(PopulationConfig, yaml.safe_load(TINY_YAML)), threads=2)
+    out = tmp_path / "run"
+    Chain(cfg, out, progress=False).plain_first_stage()
+    other = replace(cfg, r3=replace(cfg.r3, lr=cfg.r3.lr / 2))
+    with pytest.raises(ProbcatValueError, match="plain.*checkpoint of a different config"):
+        run_chain(other, out, target_seed=3, progress=False)
+    assert "\n" not in (out / "workers" / "plain.error").read_text()
 
 
 def box_from_checkpoints(cfg, out, s, head_suffix, seed=3):
