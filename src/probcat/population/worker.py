@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e)
         atomic_write(work / f"{part}.error", lambda tmp: Path(tmp).write_text(msg))
         return 2
+    except KeyboardInterrupt:  # Ctrl-C reaches the chain's process too, which says so
+        return 130
     text = json.dumps(
         {"plain_nre" if part == "plain" else "r3": round(time.perf_counter() - t0, 1)}
     )
