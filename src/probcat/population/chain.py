@@ -929,6 +929,7 @@ def train_in_two_processes(cfg: PopulationConfig, out: Path, x_o: np.ndarray,
     process stops the other; its error is raised here."""
     import os
     import pickle
+    import site
     import subprocess
     import sys
 
@@ -940,7 +941,9 @@ def train_in_two_processes(cfg: PopulationConfig, out: Path, x_o: np.ndarray,
     atomic_write(work / "target.pkl", lambda tmp: Path(tmp).write_bytes(target))
     env = dict(os.environ)
     src = str(Path(probcat.__file__).resolve().parents[1])  # this probcat, in the children
-    env["PYTHONPATH"] = os.pathsep.join([src] + [p for p in [env.get("PYTHONPATH")] if p])
+    installed = [*site.getsitepackages(), site.getusersitepackages()]
+    if src not in {str(Path(d).resolve()) for d in installed}:  # a source tree: put it first
+        env["PYTHONPATH"] = os.pathsep.join([src] + [p for p in [env.get("PYTHONPATH")] if p])
     procs, log = {}, None
     try:
         log = open(work / "plain.log", "w")
