@@ -959,11 +959,9 @@ def train_in_two_processes(cfg: PopulationConfig, out: Path, x_o: np.ndarray,
                 stdout=subprocess.DEVNULL, stderr=log if part == "plain" else None,
             )  # fmt: skip
         told = False
-        while True:
-            codes = {k: p.poll() for k, p in procs.items()}
-            if all(c == 0 for c in codes.values()) or any(
-                c not in (None, 0) for c in codes.values()
-            ):
+        # until both finish, or one fails (the other is stopped below)
+        while None in (codes := {k: p.poll() for k, p in procs.items()}).values():
+            if any(c not in (None, 0) for c in codes.values()):
                 break
             if progress and not told and codes["r3"] == 0:
                 told = True
