@@ -464,6 +464,35 @@ def population_maps(draw):
 
 
 @st.composite
+def population_reuse(draw):
+    """``probcat population --reuse OLD`` where ``OLD`` is not an earlier run, or one whose
+    files are damaged or of other settings: a one-line error before any work when it holds
+    no trained network, else a warning that nothing was reused and a run from scratch."""
+    from probcat.population.simulator import simulate
+
+    kind = draw(st.sampled_from(["missing", "file", "empty", "garbage", "no_config",
+                                 "other_config", "bad_pool"]))  # fmt: skip
+
+    def files(d):
+        old = d / "old"
+        if kind == "file":
+            old.write_text("not a run")
+        elif kind != "missing":
+            (old / "r1").mkdir(parents=True)
+        manifest = {"garbage": "{", "no_config": "[1, 2]",
+                    "other_config": '{"config": {"seed": 99, "task": "population_r1"}}',
+                    "bad_pool": '{"config": {"seed": 98}}'}.get(kind)  # fmt: skip
+        if manifest is not None:
+            (old / "r1" / "manifest.json").write_text(manifest)
+        if kind == "bad_pool":
+            (old / "pool.npz").write_bytes(b"PK\x03\x04 not a zip")
+        return _write(d / "map.fits", simulate(np.random.default_rng(3), 1)[1][0])
+
+    expect = "error" if kind in ("missing", "file", "empty") else "warn"
+    return f"population_reuse_{kind}", expect, files, ["--reuse", "{d}/old"]
+
+
+@st.composite
 def api_calls(draw):
     """``probcat.detect`` (Python) with a malformed array or argument: a ProbcatError (a
     ValueError) is the one-line error of the API; any other exception is unhandled."""
@@ -584,7 +613,7 @@ def run_api_case(case) -> dict:
 CASES = st.one_of(
     nonfinite(), dtypes(), bands_and_shapes(), not_fits(), devices(), noise_keyword(),
     gain_keyword(), wcs_kind(), options(), outputs(), simulate_opts(), api_calls(),
-    photoz_opts(), run_opts(), population_maps(),
+    photoz_opts(), run_opts(), population_maps(), population_reuse(),
 )  # fmt: skip
 
 
@@ -622,7 +651,7 @@ def run_case(case, cache_dir: Path) -> dict:
                     *(["-q"] if command == "run" else []), *extra]  # fmt: skip
             if kind.startswith("population"):
                 argv = ["population", "--image", str(inp), "-c", str(POPULATION_TINY),
-                        "-o", str(d / "pop"), "-q"]  # fmt: skip
+                        "-o", str(d / "pop"), "-q", *extra]  # fmt: skip
         existing = {p for p in d.rglob("*")}
         err, std = io.StringIO(), io.StringIO()
         signal.signal(signal.SIGALRM, _alarm)

@@ -295,6 +295,73 @@ def test_a_new_target_retrains_only_what_depends_on_it(tmp_path):
     assert len(new) == 4 and all(k.startswith("r3_") for k in new)
 
 
+@pytest.mark.slow
+def test_reuse_takes_what_does_not_depend_on_the_target(tmp_path, capsys):
+    """--reuse: a second map's run, in its own folder, copies r1 (and its prior map), the
+    pool, r2, r4 and the plain NRE of an earlier run, the very networks a fresh run would
+    train; r3 trains anew, alone, with every thread (recorded, so a resumed run continues
+    so). A network trained with other settings is not taken, and a path that holds no run
+    is a one-line error."""
+    from probcat.config import load_yaml
+    from probcat.population.chain import reuse_run
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_YAML + "threads: 2\n")  # r3 and the plain NRE: two processes
+    cfg = load_yaml(PopulationConfig, path)
+    assert cfg.threads == 2 and cfg.parallel
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_chain(cfg, a, target_seed=4, progress=False)
+    args = ["population", "--seed", "5", "-c", str(path), "-q"]
+    assert main([*args, "-o", str(b), "--reuse", str(a)]) == 0
+    assert "reused from" in capsys.readouterr().out
+    s = json.loads((b / "summary.json").read_text())
+    copied = ["r1", "r2", "r4", "plain", "plain_head"]
+    assert s["reused"] == {"run": str(a), "reused": [*copied, "pool"], "not_reused": {}}
+    for name in copied:  # the same training states: copied, not trained again
+        ckpt = Path(name, "checkpoint.pt")
+        assert (b / ckpt).read_bytes() == (a / ckpt).read_bytes(), name
+    assert (b / "pool.npz").read_bytes() == (a / "pool.npz").read_bytes()
+    r3 = [p.name for p in b.iterdir() if p.name.startswith("r3_") and p.is_dir()]
+    assert len(r3) == 4 and not set(r3) & {p.name for p in a.iterdir()}  # this target's own
+    # r3 alone in this process, with both threads: what a one-process run trains
+    assert list(s["stage_s"])[:5] == ["r1", "pool", "r2_r4", "r3", "plain_nre"]
+    (record,) = b.glob("r3_*_threads.json")
+    assert json.loads(record.read_text()) == {"threads": 2}
+    one = run_chain(replace(cfg, parallel=False), tmp_path / "one", target_seed=5,
+                    progress=False)  # fmt: skip
+    for key in ("posterior", "coverage"):
+        for est in ("r3", "r4", "combined"):  # (its plain NRE trained with 2 threads, not 1)
+            assert s[key][est] == json.loads(json.dumps(one[key][est], default=float))
+    # a rerun resumes at the recorded threads: nothing trains again, the same numbers
+    before = {p: p.stat().st_mtime_ns for p in b.glob("*/checkpoint.pt")}
+    again = run_chain(cfg, b, target_seed=5, progress=False, reuse=b)  # (the run itself)
+    assert {p: p.stat().st_mtime_ns for p in b.glob("*/checkpoint.pt")} == before
+    assert json.loads(json.dumps(again["posterior"], default=float)) == s["posterior"]
+    # r4 of other settings (and so nothing else) trains anew; a folder's own networks stay
+    other = replace(cfg, r4=NetConfig(6, 8, 1e-3))
+    got = reuse_run(other, tmp_path / "c", a)
+    assert got["reused"] == ["r1", "r2", "plain", "plain_head", "pool"]
+    assert got["not_reused"] == {"r4": "of other settings there (r4)"}
+    assert not (tmp_path / "c" / "r4").exists()
+    again = reuse_run(cfg, tmp_path / "c", a)
+    assert again["reused"] == ["r4"] and again["not_reused"]["r1"].endswith("exists")
+    assert not list((tmp_path / "c").glob(".reuse_*"))  # no temporary copy left behind
+    with pytest.warns(UserWarning, match="nothing reused .*r1: of other settings there .seed"):
+        got = reuse_run(replace(cfg, seed=1), tmp_path / "d", a)  # every network reads it
+    assert got["reused"] == [] and set(got["not_reused"]) == {*copied, "pool"}
+    assert reuse_run(cfg, a, a)["reused"] == []  # the run itself: it resumes
+    (a / "r2" / "manifest.json").write_text("{")  # damaged files are not taken
+    (a / "pool.npz").write_bytes(b"PK not a zip")
+    got = reuse_run(cfg, tmp_path / "f", a)
+    assert got["reused"] == ["r1", "r4", "plain", "plain_head"]
+    assert got["not_reused"] == {"r2": "its manifest.json is unreadable there",
+                                 "pool": "unreadable there"}  # fmt: skip
+    for bad, msg in ((tmp_path / "none", "not a folder"), (tmp_path / "d", "holds no trained")):
+        rc = main([*args, "-o", str(tmp_path / "e"), "--reuse", str(bad)])
+        assert rc == 2 and msg in capsys.readouterr().err
+        assert not (tmp_path / "e").exists()  # nothing written before the check
+
+
 def test_config_sections_keep_their_defaults(tmp_path):
     from probcat.config import load_yaml
 

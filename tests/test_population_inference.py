@@ -191,6 +191,10 @@ def test_coverage_of_an_exact_posterior_is_nominal_and_of_an_overconfident_one_i
             assert abs(cov[name][level] - float(level)) < 3 * se, (name, level, cov[name])
     for level in ("0.683", "0.954"):  # the joint regions too
         assert abs(cov["joint"][level] - float(level)) < 3 * cov["joint"][f"{level}_se"]
+    # read once, in order: a generator (one posterior at a time) gives the same numbers
+    assert expected_coverage((p for p in post), truths) == cov
+    with pytest.raises(ValueError):  # as many posteriors as truths
+        expected_coverage(post[:-1], truths)
     post, truths = _toy_posteriors(rng, 300, 30.0, 12.0, grid)
     over = expected_coverage(post, truths)
     assert over["N"]["0.683"] < 0.45 and over["N"]["0.954"] < 0.8

@@ -908,6 +908,11 @@ def population_cmd(
     image: Path = typer.Option(None, help="target map (FITS, 128x128, the model's units)"),
     config: Path = typer.Option(None, "--config", "-c", help="YAML simulation budget"),
     out: Path = typer.Option(Path("population_run"), "--out", "-o", help="run directory"),
+    reuse: Path = typer.Option(
+        None,
+        help="an earlier run: its networks that do not depend on the target (r1, the pool, "
+        "r2, r4, the plain NRE) are copied in where the settings match; r3 trains anew",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """Population inference with detection as truncation (r1-r4) for one target map:
@@ -944,7 +949,10 @@ def population_cmd(
         target_map=target,
         progress=not quiet,
         command=_command_line(),
+        reuse=reuse,
     )
+    if s["reused"] and s["reused"]["reused"]:
+        typer.echo(f"reused from {reuse}: " + ", ".join(s["reused"]["reused"]))
     c = s["posterior"]["combined"]
     parts = [
         f"{k} {v['mean']:.3g} [{v['interval_68'][0]:.3g}, {v['interval_68'][1]:.3g}]"

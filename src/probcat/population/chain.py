@@ -368,7 +368,7 @@ class Chain:
             raise ProbcatValueError("r3's truncation rounds need the target map")
         self.truncated = TruncatedSimulator(det, self.sensitivity)
         target = {**self._keys("r3"), "target": det.to_dict()}
-        digest = hashlib.sha256(json.dumps(target, sort_keys=True).encode()).hexdigest()[:10]
+        digest = self.r3_folder(det).removeprefix("r3_")
         steps = [c.r3.steps // c.r3_rounds + (k < c.r3.steps % c.r3_rounds)
                  for k in range(c.r3_rounds)]  # fmt: skip
         grid = Grid.default(c.grid_sigma, c.grid_h, c.grid_n_step)
@@ -405,6 +405,34 @@ class Chain:
         self.r3 = net
         self._fit_head(self.r3, "r3", self.truncated.simulate, 3, keys, f"r3_{digest}_head")
         self.n_simulations["r3"] = n_sims + c.head_maps
+
+    def r3_folder(self, det: Detections) -> str:
+        """The folder of r3's first round for the detections ``det`` (its other stages
+        add a suffix): named by the settings r3 depends on and the detections."""
+        target = {**self._keys("r3"), "target": det.to_dict()}
+        return "r3_" + hashlib.sha256(json.dumps(target, sort_keys=True).encode()).hexdigest()[:10]
+
+    def r3_config(self, det: Detections) -> PopulationConfig | None:
+        """The config (its ``threads``) with which r3 trains for the detections ``det`` in
+        the chain's own process, or None: in a process of its own beside the plain NRE's,
+        with half the threads (:func:`train_in_two_processes`). Alone, with every thread,
+        when the plain NRE has finished before r3 starts (a run that reuses an earlier one,
+        :func:`reuse_run`), and in any run without ``parallel``. The choice is recorded in
+        the run (``<r3 folder>_threads.json``), so a resumed r3 continues as it began: its
+        truncation boxes, read from its own network, would differ in the last bits at
+        another thread count."""
+        c = self.cfg
+        path = self.out / f"{self.r3_folder(det)}_threads.json"
+        if path.exists():
+            return replace(c, threads=int(json.loads(path.read_text())["threads"]))
+        if c.parallel and c.threads >= 2:
+            started = (self.out / self.r3_folder(det)).exists()  # in a process of its own
+            done = all((self.out / f / "manifest.json").exists() for f in ("plain", "plain_head"))
+            if started or not done:
+                return None
+        text = json.dumps({"threads": c.threads})
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        return c
 
     def train_plain(self):
         c = self.cfg
@@ -705,12 +733,16 @@ def coverage(chain: Chain, det: Detections, log_e_r4: np.ndarray, grid: Grid, rn
     bar = tqdm(total=4, desc=f"coverage checks ({n} maps each)", disable=not chain.progress)
     feasible = chain.truncated.log_prior(grid.points)  # N >= N_det, in r3's box
     out = {}
+    # Memory: each check's log ratios on the grid hold 1.3 GB (1,000 maps, the default
+    # grid), freed before the next check's; its posteriors are built one map at a time (a
+    # list of them held 4 GB). Peak resident memory 4.6 GB before, 10.5 GB before that.
     # r3: targeted maps, theta from the truncated prior (in r3's box)
     theta, maps, _ = chain.truncated.simulate(rng, n)
     lr = chain.log_r_map(chain.r3, maps, grid)
     at = chain.log_r_map_at(chain.r3, maps, theta)
-    out["r3"] = expected_coverage([Posterior(grid, v + feasible) for v in lr], theta,
+    out["r3"] = expected_coverage((Posterior(grid, v + feasible) for v in lr), theta,
                                   log_density_at_truth=at)  # fmt: skip
+    del lr
     bar.update()
     # combined: theta ~ truncated prior x p(I=1 | theta) (the r4-route posterior, in r3's box)
     theta = Posterior(grid, log_e_r4 + feasible).sample(rng, n)
@@ -718,14 +750,23 @@ def coverage(chain: Chain, det: Detections, log_e_r4: np.ndarray, grid: Grid, rn
     _, maps, _ = chain.truncated.simulate(rng, n, theta)
     lr = chain.log_r_map(chain.r3, maps, grid)
     at = chain.log_r_map_at(chain.r3, maps, theta) + chain.log_e_r4_at(chain.target_lists, theta)
-    combined = [Posterior(grid, v + log_e_r4 + feasible) for v in lr]
-    out["combined"] = expected_coverage(combined, theta, log_density_at_truth=at)
+    spread = {"r3": [], "combined": []}  # per map: 68% widths and joint 68% volume
+
+    def combined(lr):
+        for v in lr:
+            alone, both = Posterior(grid, v + feasible), Posterior(grid, v + log_e_r4 + feasible)
+            for name, q in (("r3", alone), ("combined", both)):
+                spread[name].append([*(q.width(k) for k in range(3)), q.hpd_volume(0.683)])
+            yield both
+
+    out["combined"] = expected_coverage(combined(lr), theta, log_density_at_truth=at)
+    del lr
     same_maps = {}
-    for name, posts in (("r3", [Posterior(grid, v + feasible) for v in lr]),
-                        ("combined", combined)):  # fmt: skip
+    for name, rows in spread.items():
+        cols = list(zip(*rows))
         same_maps[name] = {
-            **{p: float(np.mean([q.width(k) for q in posts])) for k, p in enumerate(PARAM_NAMES)},
-            "joint_volume_68": float(np.mean([q.hpd_volume(0.683) for q in posts])),
+            **{p: float(np.mean(cols[k])) for k, p in enumerate(PARAM_NAMES)},
+            "joint_volume_68": float(np.mean(cols[3])),
         }
     bar.update()
     # r4: full-model maps with their true detected lists
@@ -735,14 +776,15 @@ def coverage(chain: Chain, det: Detections, log_e_r4: np.ndarray, grid: Grid, rn
     lists = split_lists(feats[src.detected], src.map[src.detected], n)
     lr4 = chain.log_r4(lists, grid)
     at = chain.log_r4_at(lists, theta)
-    out["r4"] = expected_coverage([Posterior(grid, v) for v in lr4], theta,
+    out["r4"] = expected_coverage((Posterior(grid, v) for v in lr4), theta,
                                   log_density_at_truth=at)  # fmt: skip
+    del lr4
     bar.update()
     # plain NRE: prior draws
     theta, maps, _ = simulate(rng, n)
     lp = chain.log_r_map(chain.plain, maps, grid)
     at = chain.log_r_map_at(chain.plain, maps, theta)
-    out["plain_nre"] = expected_coverage([Posterior(grid, v) for v in lp], theta,
+    out["plain_nre"] = expected_coverage((Posterior(grid, v) for v in lp), theta,
                                          log_density_at_truth=at)  # fmt: skip
     bar.update()
     bar.close()
@@ -779,9 +821,12 @@ def run_chain(
     target_map: np.ndarray | None = None,
     progress: bool = True,
     command: str | None = None,
+    reuse: str | Path | None = None,
 ) -> dict:
     """Run the chain for a target (a simulated one from ``target_seed``, or ``target_map``)
-    into ``out``; returns the summary (also written as ``summary.json``)."""
+    into ``out``; returns the summary (also written as ``summary.json``). ``reuse``: an
+    earlier run whose networks that do not depend on the target are copied in first
+    (:func:`reuse_run`)."""
     from probcat.population.figures import predictive_plot, write_figures
     from probcat.provenance import provenance
 
@@ -793,6 +838,7 @@ def run_chain(
         x_o, truth = simulated_target(target_seed)
     else:
         x_o = check_target_map(target_map)
+    reused = None if reuse is None else reuse_run(cfg, out, reuse)  # checks ``reuse`` first
     out = check_writable_dir(out)  # a clear error for a file there or no permission
     torch.set_num_threads(threads_for(cfg.threads, 0))
     prior = None
@@ -808,9 +854,9 @@ def run_chain(
         stage_s[name], last[0] = round(now - last[0], 1), now
 
     chain = Chain(cfg, out, progress)
-    parallel = cfg.parallel and cfg.threads >= 2
-    det = train_targeted(chain, x_o, stage, r3=not parallel)
-    if parallel:  # r3 and the plain NRE in two processes, then loaded from ``out``
+    det = train_targeted(chain, x_o, stage, r3=False)
+    alone = chain.r3_config(det)
+    if alone is None:  # r3 and the plain NRE in two processes, then loaded from ``out``
         half = replace(cfg, threads=cfg.threads // 2)
         stage_s.update(train_in_two_processes(half, out, x_o, det, progress))
         chain.cfg = half  # loaded at their processes' threads: r3's boxes as they were
@@ -820,6 +866,12 @@ def run_chain(
         torch.set_num_threads(threads_for(cfg.threads, 0))
         stage("r3_plain_wall")
     else:
+        chain.cfg = alone  # r3 at the threads it began with
+        torch.set_num_threads(threads_for(alone.threads, 0))
+        chain.train_r3(det, x_o)
+        chain.cfg = cfg
+        torch.set_num_threads(threads_for(cfg.threads, 0))
+        stage("r3")
         chain.train_plain()
         stage("plain_nre")
     rng = np.random.default_rng([cfg.seed, 99])
@@ -868,6 +920,8 @@ def run_chain(
         "widths_68_target_like_maps": same_maps,
         "n_coverage_sims": cfg.coverage_sims,
         "config": to_dict(cfg),
+        # the networks copied from an earlier run (``reuse``), and why others were not
+        "reused": reused,
         # the target's map summaries against maps of the prior, before any training
         "prior_check": prior,
     }
@@ -899,6 +953,99 @@ def run_chain(
     text = json.dumps(summary, indent=1, default=float)
     atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(text))
     return summary
+
+
+# the parts of a run that do not depend on its target map: folders of trained networks, and
+# the files r1's prior map and the pool are cached in
+REUSABLE_NETWORKS = ("r1", "r2", "r4", "plain", "plain_head")
+
+
+def _changed_settings(config: dict, current: dict) -> list[str]:
+    """The settings (top-level fields of :class:`PopulationConfig`) that a stage's recorded
+    ``config`` holds with other values than ``current`` (``to_dict`` of a config)."""
+    return [k for k, v in config.items() if k in current and v != current[k]]
+
+
+def reuse_run(cfg: PopulationConfig, out: str | Path, run: str | Path) -> dict:
+    """Copy into the run folder ``out`` what the earlier run ``run`` trained that does not
+    depend on its target map and that ``cfg`` would train the same way: r1 (and its prior
+    map), the pool of full-model maps, r2, r4 and the plain NRE. A network is taken when it
+    finished training and every setting it depends on is ``cfg``'s; one that ``out``
+    already holds stays as it is. r3 depends on the target's detections: it trains anew.
+    So a second map costs r3, the posteriors and the coverage checks, not the whole chain.
+
+    Returns ``{"run": ..., "reused": [...], "not_reused": {name: why}}``, and warns when
+    nothing was taken."""
+    import shutil
+    import zipfile
+
+    run, out = Path(run), Path(out)
+    if not run.is_dir():
+        raise ProbcatValueError(f"{run}: not a folder (--reuse takes an earlier population run)")
+    if not any((run / n / "manifest.json").exists() for n in REUSABLE_NETWORKS):
+        raise ProbcatValueError(
+            f"{run}: holds no trained network of a population run (r1, r2, r4, plain)"
+        )
+    out = check_writable_dir(out)
+    result = {"run": str(run), "reused": [], "not_reused": {}}
+    if run.resolve() == out.resolve():
+        return result  # the run itself: it resumes
+    current = to_dict(cfg)
+
+    def copy(src: Path, name: str) -> None:
+        tmp = out / f".reuse_{name}.tmp"  # a copy cut short leaves no half folder or file
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        if src.is_dir():
+            shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.tmp"))
+        else:
+            shutil.copyfile(src, tmp)
+        tmp.replace(out / name)
+
+    for name in REUSABLE_NETWORKS:
+        src = run / name
+        if (out / name).exists():
+            result["not_reused"][name] = f"{out / name} exists"
+            continue
+        if not (src / "manifest.json").exists():
+            result["not_reused"][name] = "not finished there"
+            continue
+        try:
+            config = json.loads((src / "manifest.json").read_text())["config"]
+            changed = _changed_settings(config, current)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            result["not_reused"][name] = "its manifest.json is unreadable there"
+            continue
+        if changed:
+            result["not_reused"][name] = f"of other settings there ({', '.join(changed)})"
+            continue
+        copy(src, name)
+        result["reused"].append(name)
+        if name == "r1":  # the prior map r1's detections are read against
+            prior = f"prior_map_seed{cfg.seed}_draws{cfg.prior_draws}.npy"
+            if (run / prior).exists() and not (out / prior).exists():
+                copy(run / prior, prior)
+    pool, key = run / "pool.npz", json.dumps(Chain(cfg, out, False)._keys("pool"), sort_keys=True)
+    if (out / "pool.npz").exists():
+        result["not_reused"]["pool"] = f"{out / 'pool.npz'} exists"
+    elif pool.exists():
+        try:
+            with np.load(pool) as data:
+                same = "key" in data.files and str(data["key"]) == key
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            same = None
+        if same:
+            copy(pool, "pool.npz")
+            result["reused"].append("pool")
+        else:
+            why = "unreadable" if same is None else "of other settings"
+            result["not_reused"]["pool"] = f"{why} there"
+    else:
+        result["not_reused"]["pool"] = "not there"
+    if not result["reused"]:
+        why = "; ".join(f"{k}: {v}" for k, v in result["not_reused"].items())
+        warn_user(f"{run}: nothing reused ({why}); every network trains anew")
+    return result
 
 
 def train_targeted(chain: Chain, x_o: np.ndarray, stage=None, r3: bool = True) -> Detections:
