@@ -1044,7 +1044,7 @@ def reuse_run(cfg: PopulationConfig, out: str | Path, run: str | Path) -> dict:
         result["not_reused"]["pool"] = "not there"
     if not result["reused"]:
         why = "; ".join(f"{k}: {v}" for k, v in result["not_reused"].items())
-        warn_user(f"{run}: nothing reused ({why}); every network trains anew")
+        warn_user(f"{run}: nothing reused ({why})")
     return result
 
 
