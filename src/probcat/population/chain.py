@@ -278,12 +278,16 @@ class Chain:
         self._fit(task, c.r1.steps, 1, self._keys("r1"))
         self.r1 = task.model
         self.n_simulations["r1"] = task.n_simulations
-        path = self.out / f"prior_map_seed{c.seed}_draws{c.prior_draws}.npy"
+        path = self.prior_map_path()
         if path.exists():
             self.prior = np.load(path)
         else:
             self.prior = prior_map(c.prior_draws, seed=c.seed)
             atomic_write(path, lambda tmp: np.save(tmp, self.prior))
+
+    def prior_map_path(self) -> Path:
+        """Where the run caches r1's prior map (it depends on ``seed`` and ``prior_draws``)."""
+        return self.out / f"prior_map_seed{self.cfg.seed}_draws{self.cfg.prior_draws}.npy"
 
     def posterior_maps(self, maps: np.ndarray) -> np.ndarray:
         """The detector's posterior ``p(source above F_th in s | x)`` ``(B, K, 128, 128)``
@@ -367,7 +371,7 @@ class Chain:
         if c.r3_rounds > 1 and x_o is None:
             raise ProbcatValueError("r3's truncation rounds need the target map")
         self.truncated = TruncatedSimulator(det, self.sensitivity)
-        target = {**self._keys("r3"), "target": det.to_dict()}
+        target = self._r3_target(det)
         digest = self.r3_folder(det).removeprefix("r3_")
         steps = [c.r3.steps // c.r3_rounds + (k < c.r3.steps % c.r3_rounds)
                  for k in range(c.r3_rounds)]  # fmt: skip
@@ -406,11 +410,15 @@ class Chain:
         self._fit_head(self.r3, "r3", self.truncated.simulate, 3, keys, f"r3_{digest}_head")
         self.n_simulations["r3"] = n_sims + c.head_maps
 
+    def _r3_target(self, det: Detections) -> dict:
+        """What r3 depends on: its settings and the target's detections ``det``."""
+        return {**self._keys("r3"), "target": det.to_dict()}
+
     def r3_folder(self, det: Detections) -> str:
         """The folder of r3's first round for the detections ``det`` (its other stages
-        add a suffix): named by the settings r3 depends on and the detections."""
-        target = {**self._keys("r3"), "target": det.to_dict()}
-        return "r3_" + hashlib.sha256(json.dumps(target, sort_keys=True).encode()).hexdigest()[:10]
+        add a suffix), named by :meth:`_r3_target`."""
+        text = json.dumps(self._r3_target(det), sort_keys=True)
+        return "r3_" + hashlib.sha256(text.encode()).hexdigest()[:10]
 
     def r3_config(self, det: Detections) -> PopulationConfig | None:
         """The config (its ``threads``) with which r3 trains for the detections ``det`` in
@@ -421,12 +429,12 @@ class Chain:
         the run (``<r3 folder>_threads.json``), so a resumed r3 continues as it began: its
         truncation boxes, read from its own network, would differ in the last bits at
         another thread count."""
-        c = self.cfg
-        path = self.out / f"{self.r3_folder(det)}_threads.json"
+        c, folder = self.cfg, self.r3_folder(det)
+        path = self.out / f"{folder}_threads.json"
         if path.exists():
             return replace(c, threads=int(json.loads(path.read_text())["threads"]))
         if c.parallel and c.threads >= 2:
-            started = (self.out / self.r3_folder(det)).exists()  # in a process of its own
+            started = (self.out / folder).exists()  # in a process of its own
             done = all((self.out / f / "manifest.json").exists() for f in ("plain", "plain_head"))
             if started or not done:
                 return None
@@ -990,7 +998,7 @@ def reuse_run(cfg: PopulationConfig, out: str | Path, run: str | Path) -> dict:
     result = {"run": str(run), "reused": [], "not_reused": {}}
     if run.resolve() == out.resolve():
         return result  # the run itself: it resumes
-    current = to_dict(cfg)
+    current, chain = to_dict(cfg), Chain(cfg, out, False)
 
     def copy(src: Path, name: str) -> None:
         tmp = out / f".reuse_{name}.tmp"  # a copy cut short leaves no half folder or file
@@ -1022,10 +1030,10 @@ def reuse_run(cfg: PopulationConfig, out: str | Path, run: str | Path) -> dict:
         copy(src, name)
         result["reused"].append(name)
         if name == "r1":  # the prior map r1's detections are read against
-            prior = f"prior_map_seed{cfg.seed}_draws{cfg.prior_draws}.npy"
+            prior = chain.prior_map_path().name
             if (run / prior).exists() and not (out / prior).exists():
                 copy(run / prior, prior)
-    pool, key = run / "pool.npz", json.dumps(Chain(cfg, out, False)._keys("pool"), sort_keys=True)
+    pool, key = run / "pool.npz", json.dumps(chain._keys("pool"), sort_keys=True)
     if (out / "pool.npz").exists():
         result["not_reused"]["pool"] = f"{out / 'pool.npz'} exists"
     elif pool.exists():
