@@ -27,7 +27,11 @@ import time
 import warnings
 from pathlib import Path
 
-import _paths  # noqa: F401  (first: keeps benchmarks/ off the import path)
+# A local Dask worker of a `probcat run --workers N` case imports this script again (as
+# ``__mp_main__``) with the import path of this process, from which _paths took this folder.
+if "_paths" not in sys.modules:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _paths  # noqa: E402, F401  (first: keeps benchmarks/ off the import path)
 import numpy as np
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
@@ -297,10 +301,14 @@ def outputs(draw):
 
 
 def _as_int(v):
-    """``v`` as the command line reads an integer option (Python's ``int``), or None."""
+    """``v`` as the command line reads an integer option (pydantic's lax integer: Python's
+    ``int`` takes digits of other scripts, such as '٣', which the command line refuses), or
+    None."""
+    from pydantic import TypeAdapter, ValidationError
+
     try:
-        return int(v)
-    except (TypeError, ValueError):
+        return TypeAdapter(int).validate_python(v)
+    except (TypeError, ValueError, ValidationError):
         return None
 
 
@@ -403,7 +411,11 @@ def photoz_opts(draw):
 
 @st.composite
 def run_opts(draw):
-    """``probcat run`` (serially, ``--workers 0``) on one image with one option drawn."""
+    """``probcat run`` (serially, ``--workers 0``, unless the option drawn is ``--workers``:
+    a local Dask cluster, no more workers than the one image) on one image with one option
+    drawn."""
+    from probcat.runtime import max_threads
+
     which = draw(st.sampled_from(["--format", "--threads", "--threshold", "--workers",
                                   "--samples", "--width-scale"]))  # fmt: skip
     v = draw(
@@ -411,7 +423,9 @@ def run_opts(draw):
             "--format": st.one_of(st.sampled_from(["parquet", "fits"]), ascii_junk),
             "--threads": st.one_of(junk, st.integers(-3, 3).map(str)),
             "--threshold": st.one_of(any_float, st.floats(0, 0.99)).map(str),
-            "--workers": st.one_of(junk, st.integers(-3, 0).map(str)),
+            "--workers": st.one_of(
+                junk, st.integers(-3, 2).map(str), st.sampled_from(["1000", "100000", str(2**63)])
+            ),  # fmt: skip
             "--samples": st.integers(-2, 3).map(str),  # without --deblend
             "--width-scale": st.floats(0.5, 2).map(str),  # without --photoz: always an error
         }[which]
@@ -421,7 +435,7 @@ def run_opts(draw):
         "--format": v in ("parquet", "fits"),
         "--threads": n is not None and n >= 1,
         "--threshold": _as_float(v) is not None and 0 <= _as_float(v) < 1,
-        "--workers": n == 0,
+        "--workers": n is not None and 0 <= n <= max_threads(),
         "--samples": False,  # the command line refuses --samples without --deblend, even 0
         "--width-scale": False,
     }[which]

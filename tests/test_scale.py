@@ -309,6 +309,40 @@ def test_serial_threads_option(tmp_path, weights):
     assert meta["noise_source"] == "measured" and meta["noise_sigma"][0] > 0
 
 
+def test_local_workers_bounded_and_no_more_than_the_images(tmp_path, weights, monkeypatch):
+    """A worker count beyond 4 per core (each worker a process with its own networks) is a
+    one-line error before anything is written; a local cluster starts no more workers than
+    there are images to process."""
+    import probcat.scale as scale
+    from probcat.errors import ProbcatError
+    from probcat.runtime import max_threads
+
+    images = _images(tmp_path, n=2)
+    for bad in (-1, max_threads() + 1, True, 2.0):
+        with pytest.raises(ProbcatValueError, match="workers must be an integer from 0 to"):
+            run(images, tmp_path / "c", weights=str(weights), workers=bad)
+    rc = main(["run", *map(str, images), "-o", str(tmp_path / "c"), "--weights", str(weights),
+               "--workers", "100000", "-q"])  # fmt: skip
+    assert rc == 2 and not (tmp_path / "c").exists()
+    started = []
+
+    def cluster(n):  # the size asked for; no cluster is started
+        started.append(n)
+        raise ProbcatError("no cluster in this test")
+
+    monkeypatch.setattr(scale, "_local_cluster", cluster)
+    monkeypatch.setattr(scale, "_start_forkserver", lambda: None)
+    monkeypatch.setattr(scale.os, "cpu_count", lambda: 6)
+    for workers, want in ((max_threads(), 2), (None, 2), (1, 1)):
+        with pytest.raises(ProbcatError, match="no cluster"):
+            run(images, tmp_path / f"w{workers}", weights=str(weights), workers=workers,
+                progress=False)  # fmt: skip
+        assert started.pop() == want
+    with pytest.raises(ProbcatError, match="no cluster"):  # one image left to do
+        run(images[:1], tmp_path / "one", weights=str(weights), progress=False)
+    assert started == [1]
+
+
 def test_device_of_a_run_serial_runs_default_workers_use_the_cpu(tmp_path, weights):
     from probcat.scale import run_device
 

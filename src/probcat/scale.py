@@ -504,8 +504,7 @@ def run(
     check_mode(background)
     if not 0.0 <= threshold < 1.0:
         raise ProbcatValueError(f"threshold must lie in [0, 1), got {threshold}")
-    if workers is not None and workers < 0:
-        raise ProbcatValueError(f"workers must be >= 0, got {workers}")
+    check_workers(workers)
     if threads is not None:  # the bound of every command (4 per core), before any work
         from probcat.runtime import threads_for
 
@@ -684,6 +683,23 @@ def _remove_temporaries(out) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def check_workers(workers) -> None:
+    """A clear error for a local worker count that is not an integer from 0 to
+    :func:`probcat.runtime.max_threads` (4 per core, at least 8): each worker is a process
+    of its own, holding its own copy of torch and the networks (a third of a GB or more), so a typo
+    such as 1000 would start processes until the machine ran out of memory."""
+    if workers is None:
+        return
+    from probcat.runtime import max_threads
+
+    top = max_threads()
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= top:
+        raise ProbcatValueError(
+            f"workers must be an integer from 0 to {top} (4 per core here, at least 8; 0 runs "
+            f"serially), got {workers!r}"
+        )
+
+
 def _local_cluster(n: int):
     """A local Dask cluster of ``n`` one-thread worker processes."""
     import dask
@@ -755,8 +771,8 @@ def _execute(jobs: list[Job], options: dict, workers, scheduler, progress, timin
     cluster = None
     t0 = time.perf_counter()
     try:
-        if scheduler is None:
-            cluster = _local_cluster(workers or os.cpu_count() or 1)
+        if scheduler is None:  # no more workers than images: each would start for nothing
+            cluster = _local_cluster(min(workers or os.cpu_count() or 1, len(jobs)))
         if timing is not None:
             timing["cluster_start_s"] = time.perf_counter() - t0
         try:
