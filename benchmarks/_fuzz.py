@@ -27,11 +27,7 @@ import time
 import warnings
 from pathlib import Path
 
-# A local Dask worker of a `probcat run --workers N` case imports this script again (as
-# ``__mp_main__``) with the import path of this process, from which _paths took this folder.
-if "_paths" not in sys.modules:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _paths  # noqa: E402, F401  (first: keeps benchmarks/ off the import path)
+import _paths  # noqa: F401  (first: keeps benchmarks/ off the import path)
 import numpy as np
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed

@@ -18,11 +18,13 @@ catalog that LSDB reads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import sys
 import time
+import types
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -708,15 +710,33 @@ def _local_cluster(n: int):
     method = "spawn" if sys.platform == "win32" else "forkserver"
     try:
         with dask.config.set({"distributed.worker.multiprocessing-method": method}):
-            return LocalCluster(  # forked from the server run() started
-                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
-            )
+            with _main_script_hidden():
+                return LocalCluster(  # forked from the server run() started
+                    n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+                )
     except Exception as e:
         raise ProbcatError(
-            f"the local Dask cluster did not start ({type(e).__name__}: {e}); from a script, "
-            "start the run under `if __name__ == '__main__':` (each worker process imports "
-            "the script), or run serially (workers=0, --workers 0)"
+            f"the local Dask cluster did not start ({type(e).__name__}: {e}); run serially "
+            "(workers=0, --workers 0) or on a running Dask scheduler (scheduler=, --scheduler)"
         ) from e
+
+
+@contextlib.contextmanager
+def _main_script_hidden():
+    """While the local workers start, a ``__main__`` module without a file: Python's
+    ``multiprocessing`` has each new process import the calling script (its ``__main__``),
+    which runs the script again there, the run included, unless the script starts it under
+    ``if __name__ == "__main__":``. probcat's tasks need nothing from that script (their
+    functions are probcat's), so the workers do without it and a script that starts a run at
+    its top level works as the same run serially does. A worker that Dask restarts later
+    (after a crash) imports the script as usual."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
 
 
 def _start_forkserver() -> None:
@@ -725,9 +745,7 @@ def _start_forkserver() -> None:
     workers start with them imported. Forking this process instead is not safe: its other
     threads (Dask's event loop, the progress bar) may hold a lock, of a logger or a file, at
     the moment of the fork, and the worker then waits on it forever. No-op where the server
-    already runs, on Windows (spawned workers) and in a child process (such as a worker
-    importing a script that starts a run unguarded: that run fails there, see
-    :func:`_local_cluster`)."""
+    already runs, on Windows (spawned workers) and in a child process."""
     import multiprocessing
     from multiprocessing import forkserver
 
