@@ -117,7 +117,9 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run or tmp)
-        s = run_chain(cfg, run, target_seed=args.seed, progress=True, command=command)
+        s = run_chain(
+            cfg, run, target_seed=args.seed, progress=True, command=command, shipped=False
+        )  # the whole chain, every network trained here
         for name in FIGURES:
             shutil.copyfile(run / name, out / f"population_{name}")
     s["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -7,6 +7,7 @@ manifest's benchmark numbers.
     .venv/bin/python scripts/ship_weights.py --sky-offset detection_lsst_i  # fit, record
     .venv/bin/python scripts/ship_weights.py --flux-error deblender_lsst_i detection_lsst_i
     .venv/bin/python scripts/ship_weights.py --density detection_lsst_i 60     # fit, record
+    .venv/bin/python scripts/ship_weights.py --population runs/pop_s117        # population
 
 The manifest gets the training manifest (config, data seeds, command, commit, validation
 history), the weight file's sha256 and, when ``benchmarks/results/detection.json`` was
@@ -232,8 +233,61 @@ def record_density(name: str = "detection_lsst_i", n_fields: str = "60") -> None
                   f"{n} detections")  # fmt: skip
 
 
+def ship_population(run: str, name: str = "population_default") -> None:
+    """Pack the networks of a finished population run that do not depend on the target
+    (r1, r2, r4, the plain NRE) and its pool's detected sources into one shipped file
+    (``probcat.population.shipped``), with a manifest: the run's settings and command, each
+    network's training in brief and, when ``benchmarks/results/population.json`` was
+    measured on this run, its coverage and timing."""
+    from probcat.population.shipped import pack
+
+    run_dir = Path(run)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    target = WEIGHTS / f"{name}.pt"
+    packed = pack(run_dir, target)
+    nets = packed["networks"]
+    manifest = {
+        "kind": "population",
+        "weights": target.name,
+        "config": summary["config"],
+        "data": {
+            "seed": summary["config"]["seed"],
+            "networks": "r1, r2, r4 and the plain NRE with its head: the networks of the "
+            "chain that do not depend on the target map (r3 trains for each map)",
+            "pool": f"{packed['pool_maps']} full-model maps through r1; its "
+            f"{packed['pool_detected_sources']} detected sources shipped (what the posteriors "
+            "read once r2 and r4 are trained)",
+        },
+        "networks": {k: {f: v for f, v in n.items() if f != "command"} for k, n in nets.items()},
+        "training_s": round(sum(n["training_s"] or 0 for n in nets.values()), 1),
+        "steps": sum(n["steps"] or 0 for n in nets.values()),
+        "training_command": _portable(summary.get("command")),
+        "git_commit": nets["r1"]["git_commit"],
+        "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
+        "size_bytes": target.stat().st_size,
+    }
+    bench = ROOT / "benchmarks" / "results" / "population.json"
+    result = json.loads(bench.read_text()) if bench.exists() else {}
+    if result.get("config") == summary["config"] and result.get("git_commit") == summary.get(
+        "git_commit"
+    ):  # this run's numbers
+        manifest["benchmark"] = {
+            "command": result["command"],
+            "coverage": {k: result["coverage"][k] for k in ("r4", "plain_nre")},
+            "n_coverage_sims": result["n_coverage_sims"],
+            "stage_s": {k: result["stage_s"].get(k) for k in ("r1", "pool", "r2_r4", "plain_nre")},
+            "reference_speed_s": result.get("reference_speed_s"),
+        }
+    else:
+        print("benchmarks/results/population.json was not measured on this run: no numbers")
+    _write(name, manifest)
+    print(f"shipped {target} ({manifest['size_bytes'] / 1e6:.2f} MB)")
+
+
 def _main() -> None:
-    if sys.argv[1:2] == ["--benchmark"]:
+    if sys.argv[1:2] == ["--population"]:
+        ship_population(*sys.argv[2:])
+    elif sys.argv[1:2] == ["--benchmark"]:
         record_benchmark(*sys.argv[2:])
     elif sys.argv[1:2] == ["--sky-offset"]:
         record_sky_offset(*sys.argv[2:])

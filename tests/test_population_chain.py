@@ -22,6 +22,7 @@ from probcat.population.chain import (
     run_chain,
     simulated_target,
 )
+from probcat.weights import sha256
 
 # the chain on a budget of seconds (also read by benchmarks/_fuzz.py)
 TINY_YAML = (
@@ -476,3 +477,66 @@ def test_the_chain_trains_on_the_cpu_even_where_a_gpu_is_the_default(tmp_path, m
 
     C.Chain(PopulationConfig(), tmp_path)._fit(Task(), 3, 2, {})
     assert seen["device"] == "cpu" and seen["settings"].seed is not None
+
+
+@pytest.mark.slow
+def test_shipped_networks_give_what_reuse_gives(tmp_path):
+    """The networks that do not depend on the target, packed as probcat ships its own (here
+    those of a tiny run), go into a run as finished networks (weights and manifest, no
+    checkpoint) with the pool's detected sources only; the run then gets the very r3,
+    posteriors and coverage that ``reuse`` of the packed run gives. Settings they were not
+    trained with train anew, and a detected-only pool is drawn whole again where r2 must
+    train on it."""
+    import shutil
+
+    from probcat.config import load_yaml
+    from probcat.population.shipped import NETWORKS, install, pack
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_YAML)
+    cfg = load_yaml(PopulationConfig, path)
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert run_chain(cfg, a, target_seed=4, progress=False, shipped=False)["reused"] is None
+    packed = tmp_path / "population.pt"
+    pack(a, packed)
+    sb = run_chain(cfg, b, target_seed=5, progress=False, shipped=packed)
+    assert sb["reused"]["reused"] == [*NETWORKS, "pool"] and not sb["reused"]["not_reused"]
+    assert not [p for p in b.glob("*/checkpoint.pt") if p.parent.name in NETWORKS]
+    sc = run_chain(cfg, c, target_seed=5, progress=False, reuse=a)
+    for key in ("posterior", "coverage"):
+        for est in ("r3", "r4", "combined", "plain_nre"):
+            assert sb[key][est] == sc[key][est], (key, est)
+    with np.load(b / "pool.npz") as pool, np.load(a / "pool.npz") as whole:
+        assert pool["detected_only"] and pool["detected"].all()
+        det = whole["detected"]
+        assert np.array_equal(pool["flux"], whole["flux"][det]) and det.sum() < len(det)
+    # the manifests the run holds name the files beside them
+    for name in NETWORKS:
+        man = json.loads((b / name / "manifest.json").read_text())
+        assert man["sha256"] == sha256(b / name / man["weights"])
+    # r2 of other settings: it trains, and the detected-only pool is not taken for it
+    got = install(replace(cfg, r2=NetConfig(7, 32, 2e-3)), tmp_path / "d", packed)
+    assert got["reused"] == ["r1", "r4", "plain", "plain_head"]
+    assert got["not_reused"]["r2"] == "of other settings (r2)" and "pool" in got["not_reused"]
+    e = tmp_path / "e"
+    e.mkdir()
+    shutil.copyfile(b / "pool.npz", e / "pool.npz")
+    chain = Chain(cfg, e, progress=False)
+    chain.train_r1()
+    assert not chain.pool()["detected"].all()  # the whole pool, drawn again
+
+
+def test_the_shipped_networks_are_those_of_the_default_settings(tmp_path):
+    """A run at the default settings takes every shipped network and the pool; they load
+    into the chain's networks without training (no checkpoint appears)."""
+    from probcat.population.shipped import NETWORKS, install
+
+    cfg = PopulationConfig()
+    got = install(cfg, tmp_path)
+    assert got["reused"] == [*NETWORKS, "pool"], got["not_reused"]
+    chain = Chain(cfg, tmp_path, progress=False)
+    chain.train_r2_r4(chain.pool())
+    chain.train_plain()
+    assert chain.r2 is not None and chain.plain is not None
+    assert not list(tmp_path.glob("*/checkpoint.pt"))
+    assert chain.detected_fluxes.size > 0 and np.isfinite(chain.detected_fluxes).all()

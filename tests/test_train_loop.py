@@ -112,6 +112,30 @@ def test_checkpoint_refuses_another_config_but_not_unstarted_phases(tmp_path):
     assert _fit(tmp_path / "run2", fits={"depth_years": [1.0]})["steps"] == 8
 
 
+def test_a_finished_run_loaded_again_keeps_who_trained_it(tmp_path, monkeypatch):
+    """Loading a finished run again (a resumed chain, a reused network) rewrites its files,
+    but its manifest keeps the command, commit and time of the training, not the loader's;
+    an unfinished run resumed records the command that finished it."""
+    import json
+
+    import probcat.provenance as provenance
+
+    monkeypatch.setattr(provenance, "git_commit", lambda: "aaaa")
+    first = _fit(tmp_path / "run")
+    assert first["git_commit"] == "aaaa" and first["command"].startswith("probcat")
+    monkeypatch.setattr(provenance, "git_commit", lambda: "bbbb")
+    again = fit(Toy(PHASES), tmp_path / "run", config={"phases": [p.__dict__ for p in PHASES],
+                "seed": 0}, settings=LoopSettings(0, 3, 100, 1), progress=False,
+                command="the loader")  # fmt: skip
+    on_disk = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    for m in (again, on_disk):
+        assert (m["git_commit"], m["command"]) == ("aaaa", first["command"])
+        assert m["training_s"] == first["training_s"]
+    assert _fit(tmp_path / "half", stop=3) is None
+    resumed = _fit(tmp_path / "half")
+    assert resumed["git_commit"] == "bbbb"
+
+
 def test_loss_decreases(tmp_path):
     m = _fit(tmp_path / "run", phases=[Phase("a", 60, 0.05, warmup=5)])
     vals = [h["val"]["total"] for h in m["history"]]

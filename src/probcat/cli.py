@@ -913,6 +913,11 @@ def population_cmd(
         help="an earlier run: its networks that do not depend on the target (r1, the pool, "
         "r2, r4, the plain NRE) are copied in where the settings match; r3 trains anew",
     ),
+    shipped: bool = typer.Option(
+        True,
+        help="without --reuse, take the shipped networks that do not depend on the target "
+        "where the settings are those they were trained with (--no-shipped: train them all)",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """Population inference with detection as truncation (r1-r4) for one target map:
@@ -950,9 +955,10 @@ def population_cmd(
         progress=not quiet,
         command=_command_line(),
         reuse=reuse,
+        shipped=shipped,
     )
     if s["reused"] and s["reused"]["reused"]:
-        typer.echo(f"reused from {reuse}: " + ", ".join(s["reused"]["reused"]))
+        typer.echo(f"reused from {s['reused']['run']}: " + ", ".join(s["reused"]["reused"]))
     c = s["posterior"]["combined"]
     parts = [
         f"{k} {v['mean']:.3g} [{v['interval_68'][0]:.3g}, {v['interval_68'][1]:.3g}]"
@@ -984,6 +990,7 @@ def weights_cmd(
         for n in registry.names():
             m = registry.manifest(n)
             bands = (m.get("config", {}).get("data") or {}).get("bands", "?")
+            bands = "-" if m.get("kind") == "population" else bands  # maps, not a survey
             size = m.get("size_bytes", 0) / 1e6
             typer.echo(f"{n:34s} {m.get('kind', '?'):12s} {bands:7s} {size:4.1f} MB  "
                        f"{_headline(m)}")  # fmt: skip
@@ -1014,6 +1021,8 @@ def weights_cmd(
         ),
         ("command", m.get("training_command") or m.get("command")),
     ]
+    if m.get("kind") == "population":  # a point-source map model, not a survey's bands
+        rows[1] = ("model", "paper 001's point-source maps (128x128, Table 1 prior)")
     if "hparams" in m:  # a weights file without a manifest
         survey = m.get("survey") if isinstance(m.get("survey"), dict) else {}
         bands = [b.get("name") for b in survey.get("bands") or [] if isinstance(b, dict)]
@@ -1111,6 +1120,12 @@ def cache_cmd(
 def _headline(m: dict) -> str:
     """A manifest's benchmark in one line: the numbers its kind is judged by."""
     b = m.get("benchmark") or {}
+    if m.get("kind") == "population" and "coverage" in b:
+        cov = b["coverage"]
+        return "coverage of the joint 68.3% / 95.4% regions: " + ", ".join(
+            f"{k} {cov[k]['joint']['0.683']:.3f} / {cov[k]['joint']['0.954']:.3f}"
+            for k in ("r4", "plain_nre")
+        )
     if "probcat" in b and "precision" in b["probcat"]:
         p = b["probcat"]
         return f"precision {p['precision']:.3f}, recall {p['recall']:.3f}, F1 {p['f1']:.3f}"

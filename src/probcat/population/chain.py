@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import math
+import pickle
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -309,7 +310,10 @@ class Chain:
         key = json.dumps(self._keys("pool"), sort_keys=True)
         if path.exists():
             data = dict(np.load(path))
-            if str(data.pop("key", "")) == key:
+            # the shipped pool holds the detected sources only: enough once r2 and r4 are
+            # trained (the posteriors read its detected fluxes), not to train them
+            partial = bool(data.pop("detected_only", False))
+            if str(data.pop("key", "")) == key and not (partial and not self._r2_r4_done()):
                 return data
         c = self.cfg
         rng = np.random.default_rng([c.seed, 5])
@@ -338,6 +342,18 @@ class Chain:
         }
         atomic_write(path, lambda tmp: np.savez(tmp, key=key, **data))
         return data
+
+    def _r2_r4_done(self) -> bool:
+        """Whether the run holds r2 and r4 finished with this config's settings."""
+        for name in ("r2", "r4"):
+            want = {"task": f"population_{name}", **self._keys(name)}
+            try:
+                man = json.loads((self.out / name / "manifest.json").read_text())
+            except (OSError, ValueError):
+                return False
+            if not isinstance(man, dict) or man.get("config") != json.loads(json.dumps(want)):
+                return False
+        return True
 
     def train_r2_r4(self, pool: dict):
         c = self.cfg
@@ -510,14 +526,11 @@ class Chain:
         # on the CPU, a GPU or not: the chain's networks are small, its tasks keep their data
         # on the CPU, and a rerun gives the same networks to the bit (the run folders reuse
         # them)
-        fit(
-            task,
-            self.out / (folder or task.kind.removeprefix("population_")),
-            config={"task": task.kind, **config},
-            settings=_settings(self.cfg, steps, offset),
-            progress=self.progress,
-            device="cpu",
-        )
+        where = self.out / (folder or task.kind.removeprefix("population_"))
+        config = {"task": task.kind, **config}
+        if not finished_network(task, where, config):
+            fit(task, where, config=config, settings=_settings(self.cfg, steps, offset),
+                progress=self.progress, device="cpu")  # fmt: skip
         task.model.eval()
 
     # ---- posteriors on a grid ------------------------------------------------------------
@@ -652,6 +665,29 @@ class Chain:
         log_e_r4 = np.where(t[:, 0] >= self.truncated.n_det, log_e_r4, -np.inf)
         plain = self.plain.head.on_grid(self._map_embeddings(self.plain, x_o[None]), tt)[0]
         return {"r3": log_r3, "r4": log_e_r4, "combined": log_r3 + log_e_r4, "plain_nre": plain}
+
+
+def finished_network(task, where: Path, config: dict) -> bool:
+    """Load into ``task`` (as :meth:`fit` leaves it: ``task.model``) the finished network in
+    the folder ``where`` when it holds the weights and ``manifest.json`` of a network
+    trained with ``config`` and no checkpoint: one of the shipped networks
+    (:mod:`probcat.population.shipped`). With a checkpoint, the training loop resumes or
+    reloads as usual; with another config, or weights that do not fit the network, it
+    trains."""
+    man_path = where / "manifest.json"
+    if (where / "checkpoint.pt").exists() or not man_path.exists():
+        return False
+    try:
+        man = json.loads(man_path.read_text())
+        if man.get("config") != json.loads(json.dumps(config)):
+            return False
+        state = torch.load(where / man["weights"], map_location="cpu", weights_only=True)
+        model = task.build_model()
+        model.load_state_dict(state["state_dict"])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError):
+        return False
+    task.finish(model.eval(), False)
+    return True
 
 
 def _theta_tensor(theta: np.ndarray) -> torch.Tensor:
@@ -830,11 +866,15 @@ def run_chain(
     progress: bool = True,
     command: str | None = None,
     reuse: str | Path | None = None,
+    shipped: bool | Path = True,
 ) -> dict:
     """Run the chain for a target (a simulated one from ``target_seed``, or ``target_map``)
     into ``out``; returns the summary (also written as ``summary.json``). ``reuse``: an
     earlier run whose networks that do not depend on the target are copied in first
-    (:func:`reuse_run`)."""
+    (:func:`reuse_run`); else, with ``shipped``, the shipped ones that ``cfg`` would train
+    the same way (:func:`probcat.population.shipped.install`; a path: those of a file
+    :func:`~probcat.population.shipped.pack` wrote). ``shipped=False`` and no ``reuse``:
+    every network trains."""
     from probcat.population.figures import predictive_plot, write_figures
     from probcat.provenance import provenance
 
@@ -848,6 +888,10 @@ def run_chain(
         x_o = check_target_map(target_map)
     reused = None if reuse is None else reuse_run(cfg, out, reuse)  # checks ``reuse`` first
     out = check_writable_dir(out)  # a clear error for a file there or no permission
+    if reuse is None and shipped:
+        from probcat.population.shipped import NAME, install
+
+        reused = install(cfg, out, NAME if shipped is True else Path(shipped))
     torch.set_num_threads(threads_for(cfg.threads, 0))
     prior = None
     if cfg.prior_check_maps:  # seconds, before the training: can the model make this map?

@@ -306,6 +306,7 @@ def fit(
         gen.set_state(state["torch_rng"])
         step, history, elapsed = state["step"], state["history"], state["elapsed"]
         running, running_phase = state.get("running_loss"), state.get("running_phase")
+    trained_before = step >= total  # a finished run loaded again: no step trains here
     stop = total if stop_after is None else min(stop_after, total)
     ends = np.cumsum([p.steps for p in phases]).tolist()
     bar = tqdm(total=total, initial=step, desc=f"training {task.kind}", disable=not progress)
@@ -386,23 +387,48 @@ def fit(
         "history": history,
         **getattr(task, "manifest_fits", lambda f: f)(fits),
     }
-    return write_run(out, task.kind, weights, manifest, command)
+    old = _manifest_of_run(out, config) if trained_before else None
+    if old is not None:  # who trained it, and when: not this call, which only loaded it
+        manifest["training_s"] = old.get("training_s", manifest["training_s"])
+    return write_run(out, task.kind, weights, manifest, command, trained_by=old)
+
+
+def _manifest_of_run(out: Path, config: dict) -> dict | None:
+    """The run directory's ``manifest.json`` when it records the training of ``config``."""
+    try:
+        old = json.loads((Path(out) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    same = isinstance(old, dict) and old.get("config") == json.loads(
+        json.dumps(config, default=str)
+    )
+    return old if same else None
 
 
 def write_run(
-    out: Path, kind: str, weights: dict, manifest: dict, command=None, refit: str | None = None
+    out: Path,
+    kind: str,
+    weights: dict,
+    manifest: dict,
+    command=None,
+    refit: str | None = None,
+    trained_by: dict | None = None,
 ) -> dict:
     """Write ``<kind>.pt`` and ``manifest.json`` (with the file's sha256 and provenance)
     into the run directory ``out``, atomically. ``refit``: the name of a fit redone after
     training (e.g. ``"recalibration"``); the manifest keeps the training's command and
     commit, package versions and Python, and records the refit's as ``<refit>_command``,
-    ``<refit>_git_commit``, ``<refit>_versions`` and ``<refit>_python``."""
+    ``<refit>_git_commit``, ``<refit>_versions`` and ``<refit>_python``. ``trained_by``:
+    the manifest of the training when this call only loaded its finished network again;
+    its command, commit, versions and Python stay."""
     from probcat.provenance import provenance
     from probcat.weights import sha256
 
     path = Path(out) / f"{kind}.pt"
     atomic_write(path, lambda tmp: torch.save(weights, tmp))
     prov = provenance(command)
+    if trained_by is not None:
+        prov.update({k: trained_by[k] for k in prov if k in trained_by})
     if refit is not None:
         manifest = {
             **manifest,
