@@ -31,8 +31,8 @@ def pack(run: str | Path, path: str | Path) -> dict:
     """Write the finished networks of the population run ``run`` and its pool's detected
     sources into one weights file ``path`` (tensors and plain data only, read with
     ``weights_only=True``), each network's manifest with the run's command (its
-    ``summary.json``'s); returns the part of the manifest it describes (the run's
-    settings, each network's training manifest in brief)."""
+    ``summary.json``'s); returns what the shipped manifest says of it: each network's
+    training in brief, the pool's maps and detected sources."""
     from probcat.catalog import atomic_write
     from probcat.errors import ProbcatValueError
     from probcat.weights import FORMAT
@@ -62,10 +62,9 @@ def pack(run: str | Path, path: str | Path) -> dict:
     }
     if len(pool["theta"]) < 2**31:  # map indices in half the bytes
         ship_pool["map"] = ship_pool["map"].to(torch.int32)
-    config = networks["r1"]["manifest"]["config"]
     content = {"format": FORMAT, "kind": "population", "networks": networks, "pool": ship_pool}
     atomic_write(Path(path), lambda tmp: torch.save(content, tmp))
-    return {"r1_config": config, "networks": brief, "pool_maps": int(len(pool["theta"])),
+    return {"networks": brief, "pool_maps": int(len(pool["theta"])),
             "pool_detected_sources": int(det.sum())}  # fmt: skip
 
 
