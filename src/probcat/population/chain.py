@@ -71,7 +71,7 @@ from probcat.population.tasks import (
 )
 from probcat.population.truncated import TruncatedSimulator, region_positions
 from probcat.runtime import threads_for
-from probcat.train.loop import LoopSettings, check_seeds, fit
+from probcat.train.loop import LoopSettings, check_seeds, fit, manifest_of_run
 
 __all__ = [
     "PopulationConfig",
@@ -345,15 +345,10 @@ class Chain:
 
     def _r2_r4_done(self) -> bool:
         """Whether the run holds r2 and r4 finished with this config's settings."""
-        for name in ("r2", "r4"):
-            want = {"task": f"population_{name}", **self._keys(name)}
-            try:
-                man = json.loads((self.out / name / "manifest.json").read_text())
-            except (OSError, ValueError):
-                return False
-            if not isinstance(man, dict) or man.get("config") != json.loads(json.dumps(want)):
-                return False
-        return True
+        return all(
+            manifest_of_run(self.out / name, {"task": f"population_{name}", **self._keys(name)})
+            for name in ("r2", "r4")
+        )
 
     def train_r2_r4(self, pool: dict):
         c = self.cfg
@@ -674,13 +669,10 @@ def finished_network(task, where: Path, config: dict) -> bool:
     (:mod:`probcat.population.shipped`). With a checkpoint, the training loop resumes or
     reloads as usual; with another config, or weights that do not fit the network, it
     trains."""
-    man_path = where / "manifest.json"
-    if (where / "checkpoint.pt").exists() or not man_path.exists():
+    man = None if (where / "checkpoint.pt").exists() else manifest_of_run(where, config)
+    if man is None:
         return False
     try:
-        man = json.loads(man_path.read_text())
-        if man.get("config") != json.loads(json.dumps(config)):
-            return False
         state = torch.load(where / man["weights"], map_location="cpu", weights_only=True)
         model = task.build_model()
         model.load_state_dict(state["state_dict"])

@@ -387,13 +387,13 @@ def fit(
         "history": history,
         **getattr(task, "manifest_fits", lambda f: f)(fits),
     }
-    old = _manifest_of_run(out, config) if trained_before else None
+    old = manifest_of_run(out, config) if trained_before else None
     if old is not None:  # who trained it, and when: not this call, which only loaded it
         manifest["training_s"] = old.get("training_s", manifest["training_s"])
     return write_run(out, task.kind, weights, manifest, command, trained_by=old)
 
 
-def _manifest_of_run(out: Path, config: dict) -> dict | None:
+def manifest_of_run(out: Path, config: dict) -> dict | None:
     """The run directory's ``manifest.json`` when it records the training of ``config``."""
     try:
         old = json.loads((Path(out) / "manifest.json").read_text())
