@@ -217,6 +217,36 @@ def test_demo_bad_field_one_line_error(tmp_path, capsys, args, msg):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        (["simulate", "--size", "200000"], "a 200000x200000 image in 1 band(s) needs about"),
+        (["simulate", "--bank-size", "1000000000"], "1,000,000,000 galaxies in 1 band(s)"),
+        (["demo", "--bank-size", "1000000000"], "1,000,000,000 galaxies in 1 band(s)"),
+        (["demo", "--bank-size", "100000000", "--bands", "ugrizy"], "in 6 band(s) needs"),
+    ],
+)
+def test_work_beyond_this_machines_memory_is_refused_before_it_starts(tmp_path, capsys, args, msg):
+    rc = main([*args, "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and msg in err and len(err.splitlines()) == 1, err
+    assert "GB of memory and this machine has" in err
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob("c/bank-*"))
+
+
+def test_check_memory_compares_the_need_with_the_machines_memory(monkeypatch):
+    from probcat import runtime
+    from probcat.errors import ProbcatValueError
+
+    assert 1e9 < runtime.physical_memory() < 1e14  # read on Linux and macOS
+    monkeypatch.setattr(runtime, "physical_memory", lambda: 8e9)
+    runtime.check_memory(8e9, "this", "hint")  # exactly all of it: allowed
+    with pytest.raises(ProbcatValueError, match=r"^this needs about 9 GB .* has 8 GB; hint$"):
+        runtime.check_memory(8.6e9, "this", "hint")
+    monkeypatch.setattr(runtime, "physical_memory", lambda: None)
+    runtime.check_memory(1e30, "this", "hint")  # unknown memory: no refusal
+
+
 def test_unwritable_output_directory(tmp_path, capsys, cache_dir):
     blocker = tmp_path / "file"
     blocker.write_text("x")

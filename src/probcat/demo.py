@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probcat.catalog import check_writable_dir, make_wcs
+from probcat.catalog import make_wcs, new_output_dir
 from probcat.errors import ProbcatValueError
 from probcat.io import write_image
 from probcat.plots import field_overview
@@ -34,6 +34,17 @@ def _check_field(size: int, seed: int) -> None:
         )
     if not 0 <= seed < 2**63:
         raise ProbcatValueError(f"seed must lie in [0, 2^63), got {seed}")
+
+
+def _demo_bank(out: Path, image, survey, bank_cfg, cache_dir, progress):
+    """The output folder checked (created) and, without an ``image``, the field's source
+    bank; a bank refused (too large for memory) or interrupted leaves no new folder."""
+    with new_output_dir(out):
+        if image is None:
+            return SourceBank.load_or_build(
+                survey, bank_cfg, cache_dir=cache_dir, progress=progress
+            )
+    return None
 
 
 def run_demo(
@@ -62,13 +73,12 @@ def run_demo(
     load(weights, kind="detection")  # other weights: an error before the field is simulated
     dbl = load(deblender or DEFAULT_DEBLENDER, kind="deblender")
     out = Path(out)
-    check_writable_dir(out)
     t0 = time.perf_counter()
     lines, truth = [], None
+    survey = Survey.lsst(bands="i")
+    bank_cfg = BankConfig(split="test", n_galaxies=bank_size)
+    bank = _demo_bank(out, image, survey, bank_cfg, cache_dir, progress)
     if image is None:
-        survey = Survey.lsst(bands="i")
-        bank_cfg = BankConfig(split="test", n_galaxies=bank_size)
-        bank = SourceBank.load_or_build(survey, bank_cfg, cache_dir=cache_dir, progress=progress)
         sim = SceneSimulator(bank, SceneConfig(size, size))
         scene = sim.sample(np.random.default_rng([seed, 0]))
         wcs = make_wcs((size, size), survey.pixel_scale, *FIELD_CENTER)
@@ -198,13 +208,12 @@ def run_photoz_demo(
     load(weights or DEFAULT_PHOTOZ_DETECTOR, kind="detection")  # before the field is simulated
     load(photoz_weights or DEFAULT_PHOTOZ, kind="photoz")
     out = Path(out)
-    check_writable_dir(out)
     t0 = time.perf_counter()
     lines, truth = [], None
+    survey = Survey.lsst(bands="ugrizy")
+    bank_cfg = BankConfig(population="dc2", split="test", n_galaxies=bank_size)
+    bank = _demo_bank(out, image, survey, bank_cfg, cache_dir, progress)
     if image is None:
-        survey = Survey.lsst(bands="ugrizy")
-        bank_cfg = BankConfig(population="dc2", split="test", n_galaxies=bank_size)
-        bank = SourceBank.load_or_build(survey, bank_cfg, cache_dir=cache_dir, progress=progress)
         scene = SceneSimulator(bank, SceneConfig(size, size)).sample(
             np.random.default_rng([seed, 0])
         )

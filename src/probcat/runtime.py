@@ -55,6 +55,8 @@ __all__ = [
     "full_float32",
     "use_tf32",
     "SMALL_PIXELS",
+    "physical_memory",
+    "check_memory",
 ]
 
 SMALL_PIXELS = 512 * 512
@@ -129,6 +131,28 @@ def auto_threads() -> int:
     if others is None:
         return 1
     return max(1, _cores() - others)
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory of this machine (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(need: float, what: str, hint: str) -> None:
+    """Raise a one-line :class:`~probcat.errors.ProbcatValueError` when ``what`` needs more
+    than this machine's physical memory (``need`` bytes, an estimate), before any of it is
+    allocated: such work would otherwise run for hours or be killed by the system."""
+    total = physical_memory()
+    if total is not None and need > total:
+        from probcat.errors import ProbcatValueError
+
+        raise ProbcatValueError(
+            f"{what} needs about {need / 1e9:,.0f} GB of memory and this machine has "
+            f"{total / 1e9:,.0f} GB; {hint}"
+        )
 
 
 def max_threads() -> int:

@@ -28,6 +28,7 @@ import numpy as np
 from astropy.table import Table
 
 from probcat.errors import ProbcatFileError, ProbcatIOError, ProbcatValueError, warn_user
+from probcat.runtime import check_memory
 from probcat.simulate.cache import cache_root, default_cache_dir, touch
 from probcat.simulate.prior import (
     MAG_GOLD,
@@ -42,6 +43,9 @@ from probcat.survey import Band, Survey
 __all__ = ["BankConfig", "SourceBank", "default_cache_dir", "dihedral"]
 
 BANK_FORMAT = 1
+# building a bank holds each stamp twice (rendered, then joined): 15-21 kB per galaxy and
+# band on disk measured over this project's banks, so 2 x 20 kB
+BUILD_BYTES_PER_STAMP = 40e3
 STAR_REFERENCE_MAG = 19.0  # star stamps are trimmed for a star this bright
 
 
@@ -245,6 +249,11 @@ class SourceBank:
     ) -> SourceBank:
         from tqdm.auto import tqdm
 
+        check_memory(
+            config.n_galaxies * survey.n_bands * BUILD_BYTES_PER_STAMP,
+            f"a source bank of {config.n_galaxies:,} galaxies in {survey.n_bands} band(s)",
+            "use a smaller bank size",
+        )
         table = galaxy_population(
             config.population,
             split=config.split,
@@ -280,7 +289,7 @@ class SourceBank:
         half = np.array([r[0].shape[-1] // 2 for r in results], dtype=np.int32)
         sizes = np.array([r[0].size for r in results], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-        pixels = np.concatenate([r[0].ravel() for r in results]).astype(np.float32)
+        pixels = np.concatenate([r[0].ravel() for r in results], dtype=np.float32)
         arrays = {
             "flux": np.stack([r[1] for r in results]),
             "snr": np.stack([r[2] for r in results]),

@@ -35,6 +35,7 @@ from probcat.catalog import (
     new_output_dir,
 )
 from probcat.errors import ProbcatFileError, ProbcatValueError
+from probcat.runtime import check_memory
 from probcat.simulate.bank import BankConfig, SourceBank
 from probcat.simulate.prior import GALAXY_DENSITY, MAG_GOLD, STAR_DENSITY, is_builtin
 from probcat.simulate.scene import Scene, SceneConfig, SceneSimulator
@@ -53,6 +54,9 @@ PAIR_GALAXIES = (
     {"flux": 2e5, "a_d": 1.5, "q": 0.7, "beta": math.pi / 4},
     {"flux": 1e5, "a_d": 1.0, "q": 0.7, "beta": 6 * math.pi / 4},
 )
+# peak memory of simulating an image, per pixel and band: 18-27 bytes measured here
+# (8000x8000 i, 4000x4000 i and ugrizy), so 32
+IMAGE_BYTES_PER_PIXEL = 32
 FIELD_CENTER = (56.0, -30.0)  # deg, a DC2-like field: images are laid out around it
 
 
@@ -174,6 +178,11 @@ class Simulation:
         if psf_scale is not None:
             self.survey = self.survey.with_psf_scale(psf_scale)
         h, w = config.shape
+        check_memory(
+            IMAGE_BYTES_PER_PIXEL * h * w * self.survey.n_bands,
+            f"a {h}x{w} image in {self.survey.n_bands} band(s)",
+            "use a smaller image size",
+        )
         needs_offset = config.recipe in ("blend", "tiles", "central")
         needs_centered = config.recipe in ("single", "tiles", "central")
         load = lambda centered: SourceBank.load_or_build(  # noqa: E731
