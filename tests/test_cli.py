@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -837,3 +838,48 @@ def test_weights_command_lists_the_shipped_weights_and_their_manifests(capsys):
         assert main(args) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, err
+
+
+def _yaml(path, cfg):
+    import yaml
+
+    from probcat.config import to_dict
+
+    path.write_text(yaml.safe_dump(cfg if isinstance(cfg, dict) else to_dict(cfg)))
+    return path
+
+
+@pytest.mark.slow
+def test_train_deblend_command_takes_the_steps_and_resumes(tmp_path, cache_dir, capsys):
+    from test_train_deblend import TINY
+
+    cfg = _yaml(tmp_path / "ae.yaml", {**TINY, "stage": "autoencoder"})
+    argv = ["train", "deblend", "-c", str(cfg), "-o", str(tmp_path / "ae"), "--steps", "2", "-q",
+            "--cache-dir", str(cache_dir)]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'ae' / 'autoencoder.pt'}" in out and "after 2 steps" in out
+    man = json.loads((tmp_path / "ae" / "manifest.json").read_text())
+    assert man["kind"] == "autoencoder" and man["steps"] == 2
+    assert man["config"]["phases"][0]["steps"] == 2  # the override, recorded
+    assert main(argv) == 0 and "after 2 steps" in capsys.readouterr().out  # finished: loaded
+    assert main([*argv[:-3], "--steps", "0"]) == 2  # checked before any work
+    assert "phases[0].steps must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_photoz_command_runs_and_refuses_a_member_without_an_ensemble(
+    tmp_path, cache_dir, capsys
+):
+    from test_train_photoz import _tiny_cfg
+
+    cfg = _yaml(tmp_path / "pz.yaml", _tiny_cfg())
+    base = ["train", "photoz", "-c", str(cfg), "-o", str(tmp_path / "pz"), "-q",
+            "--cache-dir", str(cache_dir)]  # fmt: skip
+    assert main([*base, "--member", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "probcat: error: --member applies to ensembles (members > 1 in the config)"
+    assert not (tmp_path / "pz").exists()
+    assert main(base) == 0
+    assert "after 3 steps" in capsys.readouterr().out
+    assert json.loads((tmp_path / "pz" / "manifest.json").read_text())["kind"] == "photoz"
