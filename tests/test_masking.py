@@ -317,6 +317,40 @@ def test_lsst_files_of_one_band_each_stack_with_their_masks_and_variances(tmp_pa
     np.testing.assert_allclose(stack.zeropoint, 31.4)  # nJy: AB 31.4 for a flux of 1
 
 
+def test_files_of_one_band_each_take_one_weight_map_over_their_own_planes(tmp_path):
+    """read_bands with a weight map, one plane per band (or one for all): its variance
+    replaces the files' VARIANCE planes, and its pixels without weight join each band's own
+    no-data mask."""
+    from astropy.io import fits
+
+    from probcat.io import read_bands
+
+    paths = []
+    for band in "gr":
+        paths.append(_afw_file(tmp_path / f"coadd_{band}.fits")[0])
+        with fits.open(paths[-1], mode="update") as hdul:
+            hdul[0].header["FILTER"] = band
+    own = read_bands(paths)
+    w = np.stack([np.full((64, 64), 1 / 400.0), np.full((64, 64), 1 / 900.0)]).astype(np.float32)
+    w[1, 60:, 60:] = 0.0  # no data in r only
+    w[0, 10, 30] = np.nan
+    wpath = tmp_path / "weight.fits"
+    fits.PrimaryHDU(w).writeto(wpath)
+    got = read_bands(paths, weight=wpath)
+    none = ~(np.isfinite(w) & (w > 0))
+    np.testing.assert_array_equal(got.mask, own.mask | none)
+    assert got.mask[1, 62, 62] and not got.mask[0, 62, 62] and got.mask[0, 10, 30]
+    np.testing.assert_array_equal(got.variance, np.where(none, np.inf, 1 / np.where(none, 1, w)))
+    np.testing.assert_array_equal(got.image, own.image)
+    one = tmp_path / "one.fits"  # one plane: the same weight for every band
+    fits.PrimaryHDU(w[0]).writeto(one)
+    both = read_bands(paths, weight=one)
+    np.testing.assert_array_equal(both.variance[1], both.variance[0])
+    with pytest.raises(ProbcatValueError, match="one plane per band: 2"):
+        fits.PrimaryHDU(np.stack([w[0]] * 3)).writeto(tmp_path / "three.fits")
+        read_bands(paths, weight=tmp_path / "three.fits")
+
+
 def test_an_lsst_image_file_gives_its_no_data_planes_and_its_noise(tmp_path):
     import probcat
     from probcat.io import read_image
