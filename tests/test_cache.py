@@ -54,6 +54,28 @@ def test_the_list_is_most_recently_used_first_with_sizes_and_what_they_hold(cach
     assert cached_banks(root / "none") == []
 
 
+def test_broken_banks_are_listed_as_such_and_pruned_by_their_age(cache):
+    """A bank without bank.json (interrupted before it was written) is as old as its
+    directory; one whose bank.json does not parse is listed as unreadable; a stray file
+    named like a bank is no bank."""
+    root, now = cache
+    half = root / "bank-half"
+    half.mkdir()
+    (half / "pixels.npy").write_bytes(b"\0" * 10)
+    os.utime(half, (now - 20 * DAY, now - 20 * DAY))
+    junk = _fake(root, "junk", 10, 1)
+    (junk / "bank.json").write_text("{not json")
+    os.utime(junk / "bank.json", (now - DAY, now - DAY))
+    (root / "bank-file").write_text("not a directory")
+    banks = {b.key: b for b in cached_banks(root)}
+    assert set(banks) == {"a", "b", "c", "d", "half", "junk"}
+    assert banks["half"].last_used == pytest.approx(now - 20 * DAY)
+    assert banks["half"].config is None and banks["junk"].config is None
+    assert banks["junk"].describe() == "unreadable (rebuilt when next needed)"
+    assert [b.key for b in prune(root, older_than_days=15, now=now)] == ["half"]
+    assert (root / "bank-file").exists() and (root / "bank-junk").exists()
+
+
 def test_prune_by_age_removes_exactly_the_banks_unused_that_long(cache):
     root, now = cache
     gone = prune(root, older_than_days=3, dry_run=True, now=now)
