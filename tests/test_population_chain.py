@@ -390,6 +390,13 @@ def test_config_sections_keep_their_defaults(tmp_path):
         ("r1_channels: 0", "r1_channels must be >= 1"),
         ("grid_n_step: 0", "grid_n_step must be >= 1"),
         ("grid_sigma: 1", "grid_sigma and grid_h must be >= 2 points"),
+        ("predictive_maps: -1", "predictive_maps must be >= 0"),
+        ("prior_check_maps: -1", "prior_check_maps must be >= 0"),
+        ("round_head_maps: -1", "round_head_maps must be >= 0"),
+        ("r3: {steps: 1}\nr3_rounds: 2", "r3.steps must be at least r3_rounds"),
+        ("r3_bound_eps: 1.0", r"r3_bound_eps must lie in \(0, 1\)"),
+        ("detect_min_mass: 0.0", r"detect_min_mass must lie in \(0, 1\]"),
+        ("r1_crop: 4", "r1_crop must exceed"),
     ):
         p.write_text(text + "\n")
         with pytest.raises(ValueError, match=msg):
