@@ -70,7 +70,7 @@ from probcat.population.tasks import (
     pad_lists,
 )
 from probcat.population.truncated import TruncatedSimulator, region_positions
-from probcat.runtime import threads_for
+from probcat.runtime import check_memory, threads_for
 from probcat.train.loop import LoopSettings, check_seeds, fit, manifest_of_run
 
 __all__ = [
@@ -85,6 +85,10 @@ __all__ = [
     "train_targeted",
     "train_in_two_processes",
 ]
+
+# E[r4]'s log-ratios of every detected list at every grid point (float64) and their
+# log-mean-exp: 25 bytes per pair measured, the chain's largest array at the default grid
+E_R4_BYTES_PER_PAIR = 32
 
 
 @dataclass(frozen=True)
@@ -878,6 +882,12 @@ def run_chain(
         x_o, truth = simulated_target(target_seed)
     else:
         x_o = check_target_map(target_map)
+    n_grid = len(Grid.default(cfg.grid_sigma, cfg.grid_h, cfg.grid_n_step).points)
+    check_memory(
+        cfg.r4_draws * n_grid * E_R4_BYTES_PER_PAIR,
+        f"E[r4] of {cfg.r4_draws:,} detected lists on {n_grid:,} grid points",
+        "lower r4_draws or the grid's points (grid_sigma, grid_h, more grid_n_step)",
+    )  # before anything trains: it comes after the networks
     reused = None if reuse is None else reuse_run(cfg, out, reuse)  # checks ``reuse`` first
     out = check_writable_dir(out)  # a clear error for a file there or no permission
     if reuse is None and shipped:
