@@ -273,6 +273,34 @@ def test_config_rejects_typos_before_any_work(tmp_path):
     _cfg(data__margin=0, model__n_blocks=0, phases__0__warmup=0)  # the edges of what is valid
 
 
+def test_a_batch_beyond_the_machines_memory_is_refused_before_the_banks(tmp_path, monkeypatch):
+    from probcat import runtime
+    from probcat.train.detection import STEP_BYTES_PER_PIXEL
+
+    monkeypatch.setattr(runtime, "physical_memory", lambda: 8e9)
+    cfg = _cfg(data__image_size=400, data__batch_size=32)  # 7.7 GB: fits
+    big = _cfg(data__image_size=420, data__batch_size=32)  # 8.5 GB: does not
+    assert 32 * 400**2 * STEP_BYTES_PER_PIXEL < 8e9 < 32 * 420**2 * STEP_BYTES_PER_PIXEL
+    with pytest.raises(ProbcatValueError, match="batch of 32 scenes of 420x420 px needs about"):
+        train_detection(big, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False,
+                        device="cpu")  # fmt: skip
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+    import probcat.train.detection as module
+
+    monkeypatch.setattr(module, "DetectionTask", _stop)
+    with pytest.raises(_Stopped):  # past the check, at the task (which builds the banks)
+        train_detection(cfg, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False,
+                        device="cpu")  # fmt: skip
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stop(*args, **kw):
+    raise _Stopped
+
+
 def test_masked_bands_zero_pixels_of_one_to_three_bands_and_keep_the_truth(cache_dir):
     plain = DetectionTask(_cfg(data__bands="ugrizy"), cache_dir=cache_dir, progress=False)
     cfg = _cfg(data__bands="ugrizy", data__mask_fraction=1.0)

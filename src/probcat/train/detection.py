@@ -35,7 +35,7 @@ from probcat.errors import ProbcatValueError, warn_user
 from probcat.infer.detect import SEEING_RANGE
 from probcat.masking import band_masks
 from probcat.nets.detection import N_GROUPS, DetectionNet, TileOutput, tile_groups
-from probcat.runtime import choose_device
+from probcat.runtime import check_memory, choose_device
 from probcat.simulate.bank import BankConfig, SourceBank
 from probcat.simulate.scene import SceneConfig, SceneSimulator, SeeingMixture
 from probcat.survey import Survey
@@ -50,6 +50,10 @@ from probcat.train.loop import (
     write_run,
 )
 from probcat.train.losses import favi_detection_loss
+
+# a training step on the CPU holds about 1.2 kB per pixel of its batch (activations and
+# their gradients, at the shipped network's width; measured at 100 and 300 px): 1.5 kB
+STEP_BYTES_PER_PIXEL = 1500
 
 __all__ = [
     "DetectionTrainConfig",
@@ -589,7 +593,13 @@ def train_detection(
 ) -> dict | None:
     """Train (or resume) and write ``detection.pt`` and ``manifest.json`` into ``out``;
     ``device``: where the steps run (default a GPU when present)."""
-    choose_device(device)  # a device there is not: an error before the banks are built
+    if choose_device(device).type == "cpu":  # (a device there is not: an error here)
+        d = cfg.data
+        check_memory(
+            d.batch_size * d.image_size**2 * STEP_BYTES_PER_PIXEL,
+            f"a training batch of {d.batch_size} scenes of {d.image_size}x{d.image_size} px",
+            "use a smaller data.image_size or data.batch_size",
+        )  # before the banks are built
     if cfg.init is not None:  # wrong or missing weights: an error before the banks are built
         init_weights(cfg)
     run_directory(out)
