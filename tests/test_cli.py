@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -231,21 +232,54 @@ def test_work_beyond_this_machines_memory_is_refused_before_it_starts(tmp_path, 
     rc = main([*args, "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and msg in err and len(err.splitlines()) == 1, err
-    assert "GB of memory and this machine has" in err
+    assert re.search(
+        r"GB of memory and (this machine has|its control group .* allows) [0-9,]+ GB; use", err
+    )
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob("c/bank-*"))
 
 
-def test_check_memory_compares_the_need_with_the_machines_memory(monkeypatch):
+def test_check_memory_compares_the_need_with_the_memory_this_process_may_use(monkeypatch):
     from probcat import runtime
     from probcat.errors import ProbcatValueError
 
     assert 1e9 < runtime.physical_memory() < 1e14  # read on Linux and macOS
     monkeypatch.setattr(runtime, "physical_memory", lambda: 8e9)
+    monkeypatch.setattr(runtime, "cgroup_memory_limit", lambda: None)
     runtime.check_memory(8e9, "this", "hint")  # exactly all of it: allowed
     with pytest.raises(ProbcatValueError, match=r"^this needs about 9 GB .* has 8 GB; hint$"):
         runtime.check_memory(8.6e9, "this", "hint")
+    monkeypatch.setattr(runtime, "cgroup_memory_limit", lambda: 4e9)  # a container's limit
+    with pytest.raises(ProbcatValueError, match=r"control group .* allows 4 GB; hint$"):
+        runtime.check_memory(5e9, "this", "hint")
+    monkeypatch.setattr(runtime, "cgroup_memory_limit", lambda: 2**63 - 4096)  # v1: no limit
+    assert runtime.memory_limit() == (8e9, "this machine has")
     monkeypatch.setattr(runtime, "physical_memory", lambda: None)
+    monkeypatch.setattr(runtime, "cgroup_memory_limit", lambda: None)
     runtime.check_memory(1e30, "this", "hint")  # unknown memory: no refusal
+
+
+def test_the_control_groups_memory_limit_is_the_tightest_on_its_path(tmp_path):
+    from probcat.runtime import cgroup_memory_limit
+
+    proc = tmp_path / "cgroup"
+    root = tmp_path / "sys"
+    # v2: a SLURM job's limit two levels above the task's group, which has none ("max")
+    leaf = root / "system.slice" / "job_7" / "step_0"
+    leaf.mkdir(parents=True)
+    (root / "system.slice" / "job_7" / "memory.max").write_text("8000000000\n")
+    (leaf / "memory.max").write_text("max\n")
+    proc.write_text("0::/system.slice/job_7/step_0\n")
+    assert cgroup_memory_limit(proc, root) == 8_000_000_000
+    (leaf / "memory.max").write_text("6000000000\n")
+    assert cgroup_memory_limit(proc, root) == 6_000_000_000
+    # v1 (Docker): the memory controller's line; a path the mount does not show, then its root
+    (root / "memory").mkdir()
+    (root / "memory" / "memory.limit_in_bytes").write_text("4000000000\n")
+    proc.write_text("9:cpu,cpuacct:/docker/abc\n7:memory:/docker/abc\n")
+    assert cgroup_memory_limit(proc, root) == 4_000_000_000
+    proc.write_text("7:cpu:/x\n")  # no memory controller
+    assert cgroup_memory_limit(proc, root) is None
+    assert cgroup_memory_limit(tmp_path / "none", root) is None  # not Linux
 
 
 def test_unwritable_output_directory(tmp_path, capsys, cache_dir):

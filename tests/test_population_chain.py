@@ -365,9 +365,9 @@ def test_reuse_takes_what_does_not_depend_on_the_target(tmp_path, capsys):
 
 def test_a_budget_beyond_the_machines_memory_is_refused_before_anything_runs(tmp_path):
     from probcat.population.chain import E_R4_BYTES_PER_PAIR, PopulationConfig, run_chain
-    from probcat.runtime import physical_memory
+    from probcat.runtime import memory_limit
 
-    draws = int(physical_memory() / (158_301 * E_R4_BYTES_PER_PAIR)) + 1  # the default grid
+    draws = int(memory_limit()[0] / (158_301 * E_R4_BYTES_PER_PAIR)) + 1  # the default grid
     with pytest.raises(ValueError, match=f"E\\[r4\\] of {draws:,} detected lists on 158,301"):
         run_chain(PopulationConfig(r4_draws=draws), tmp_path / "run", target_seed=1)
     assert not (tmp_path / "run").exists()

@@ -277,7 +277,7 @@ def test_a_batch_beyond_the_machines_memory_is_refused_before_the_banks(tmp_path
     from probcat import runtime
     from probcat.train.detection import STEP_BYTES_PER_PIXEL
 
-    monkeypatch.setattr(runtime, "physical_memory", lambda: 8e9)
+    monkeypatch.setattr(runtime, "memory_limit", lambda: (8e9, "this machine has"))
     cfg = _cfg(data__image_size=400, data__batch_size=32)  # 7.7 GB: fits
     big = _cfg(data__image_size=420, data__batch_size=32)  # 8.5 GB: does not
     assert 32 * 400**2 * STEP_BYTES_PER_PIXEL < 8e9 < 32 * 420**2 * STEP_BYTES_PER_PIXEL

@@ -56,6 +56,8 @@ __all__ = [
     "use_tf32",
     "SMALL_PIXELS",
     "physical_memory",
+    "cgroup_memory_limit",
+    "memory_limit",
     "check_memory",
 ]
 
@@ -141,17 +143,63 @@ def physical_memory() -> int | None:
         return None
 
 
+def cgroup_memory_limit(proc_cgroup="/proc/self/cgroup", root="/sys/fs/cgroup") -> int | None:
+    """The memory limit of this process's control group, the tightest set anywhere on its
+    path (a container's, a batch job's: Docker, Kubernetes, SLURM), in bytes; None where
+    there is none or it cannot be read. Reads cgroup v2 (``memory.max``) and v1
+    (``memory/.../memory.limit_in_bytes``); v1's "no limit" is a huge number, and
+    :func:`memory_limit` keeps the smaller of this and the machine's memory."""
+    from pathlib import Path
+
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[1] == "":
+            top, name = Path(root), "memory.max"
+        elif "memory" in parts[1].split(","):
+            top, name = Path(root) / "memory", "memory.limit_in_bytes"
+        else:
+            continue
+        here = top / parts[2].lstrip("/")
+        while True:  # the group and its parents (a path the mount does not show: skipped)
+            try:
+                limits.append(int((here / name).read_text().strip()))
+            except (OSError, ValueError):  # none there, or "max"
+                pass
+            if here == top or top not in here.parents:
+                break
+            here = here.parent
+    return min(limits) if limits else None
+
+
+def memory_limit() -> tuple[int, str] | None:
+    """``(bytes, what sets them)``: the memory this process may use, the machine's physical
+    memory or its control group's tighter limit (:func:`cgroup_memory_limit`); None where
+    neither can be read."""
+    machine, group = physical_memory(), cgroup_memory_limit()
+    if group is not None and (machine is None or group < machine):
+        return group, "its control group (a container or batch job) allows"
+    return None if machine is None else (machine, "this machine has")
+
+
 def check_memory(need: float, what: str, hint: str) -> None:
     """Raise a one-line :class:`~probcat.errors.ProbcatValueError` when ``what`` needs more
-    than this machine's physical memory (``need`` bytes, an estimate), before any of it is
-    allocated: such work would otherwise run for hours or be killed by the system."""
-    total = physical_memory()
-    if total is not None and need > total:
+    memory (``need`` bytes, an estimate) than this process may use (:func:`memory_limit`),
+    before any of it is allocated: such work would otherwise run for hours or be killed by
+    the system."""
+    limit = memory_limit()
+    if limit is not None and need > limit[0]:
         from probcat.errors import ProbcatValueError
 
         raise ProbcatValueError(
-            f"{what} needs about {need / 1e9:,.0f} GB of memory and this machine has "
-            f"{total / 1e9:,.0f} GB; {hint}"
+            f"{what} needs about {need / 1e9:,.0f} GB of memory and {limit[1]} "
+            f"{limit[0] / 1e9:,.0f} GB; {hint}"
         )
 
 
