@@ -43,6 +43,28 @@ def _tiny_cfg(**data):
     )
 
 
+def test_a_stamp_pool_beyond_the_memory_is_refused_before_the_banks(tmp_path, monkeypatch):
+    from probcat import runtime
+    from probcat.train.photoz import POOL_COPIES
+
+    monkeypatch.setattr(runtime, "memory_limit", lambda: (8e9, "this machine has"))
+    per = 6 * 11**2 * 4 * POOL_COPIES  # bytes per galaxy of _tiny_cfg's 11-px ugrizy stamps
+    fits = int(8e9 / per) - 12  # with the 12 validation galaxies
+    with pytest.raises(ProbcatValueError, match=f"{fits + 1:,} training and 12 validation"):
+        train_photoz(_tiny_cfg(train_objects=fits + 1), tmp_path / "run",
+                     cache_dir=tmp_path / "cache", progress=False)  # fmt: skip
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+    import probcat.train.photoz as module
+
+    def stop(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "calibration_detector", stop)  # the next check: passed
+    with pytest.raises(KeyboardInterrupt):
+        train_photoz(_tiny_cfg(train_objects=fits), tmp_path / "run",
+                     cache_dir=tmp_path / "cache", progress=False)  # fmt: skip
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ProbcatValueError, match="stamp must be odd"):
         PhotozTrainConfig(model=PhotozModel(stamp=10))

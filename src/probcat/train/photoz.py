@@ -38,7 +38,7 @@ from probcat.nets.photoz import (
     dihedral,
     mixture_nll,
 )
-from probcat.runtime import choose_device
+from probcat.runtime import check_memory, choose_device
 from probcat.simulate.datasets import Simulation, SimulationConfig
 from probcat.simulate.prior import MAG_GOLD
 from probcat.survey import Survey
@@ -51,6 +51,9 @@ from probcat.train.loop import (
     model_device,
     run_directory,
 )
+
+# the stamp pools are built as lists of crops, stacked and joined: three float32 copies
+POOL_COPIES = 3
 
 __all__ = [
     "PhotozData",
@@ -631,6 +634,13 @@ def train_photoz(
     manifest; a later call without it assembles. ``device``: where the steps run (default
     a GPU when present)."""
     choose_device(device)  # a device there is not: an error before the banks are built
+    d, stamp = cfg.data, cfg.model.stamp
+    check_memory(
+        (d.train_objects + d.val_objects) * len(d.bands) * stamp**2 * 4 * POOL_COPIES,
+        f"a stamp pool of {d.train_objects:,} training and {d.val_objects:,} validation "
+        f"galaxies ({len(d.bands)} bands, {stamp} px)",
+        "use fewer data.train_objects",
+    )  # before the banks are built
     if cfg.calibration.scenes:  # before hours of training, not after
         calibration_detector(cfg)
     if cfg.init is not None:
