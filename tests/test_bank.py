@@ -174,3 +174,25 @@ def test_unknown_population_is_a_clear_error(survey_i, tmp_path):
     for name in ("nonsense", str(tmp_path / "missing.fits")):
         with pytest.raises(ProbcatFileError, match="neither a built-in population"):
             SourceBank.cache_key(survey_i, BankConfig(population=name))
+
+
+def test_a_bank_beyond_the_memory_is_refused_before_anything_renders(survey_i, monkeypatch):
+    """Two checks: the population table of the galaxies asked for (a drawn population has
+    that many rows), then the bank of the galaxies there are (a catalog caps them: DC2's
+    training third has 29,745)."""
+    from probcat import runtime
+    from probcat.errors import ProbcatValueError
+    from probcat.simulate.bank import BUILD_BYTES_PER_STAMP, TABLE_BYTES_PER_ROW
+    from probcat.survey import Survey
+
+    monkeypatch.setattr(runtime, "memory_limit", lambda: (7e9, "this machine has"))
+    ugrizy = Survey.lsst(bands="ugrizy")
+    n = int(7e9 / TABLE_BYTES_PER_ROW) + 1
+    with pytest.raises(ProbcatValueError, match=f"population table of {n:,} galaxies"):
+        SourceBank.build(survey_i, BankConfig(n_galaxies=n))
+    assert 29_745 * 6 * BUILD_BYTES_PER_STAMP > 7e9  # 7.1 GB
+    with pytest.raises(ProbcatValueError, match="a source bank of 29,745 galaxies in 6 band"):
+        SourceBank.build(ugrizy, BankConfig(population="dc2", n_galaxies=5_000_000))
+    n = int(7e9 / BUILD_BYTES_PER_STAMP) + 1  # a drawn population: the table fits
+    with pytest.raises(ProbcatValueError, match=f"a source bank of {n:,} galaxies in 1 band"):
+        SourceBank.build(survey_i, BankConfig(n_galaxies=n))

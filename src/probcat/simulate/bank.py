@@ -46,6 +46,8 @@ BANK_FORMAT = 1
 # building a bank holds each stamp twice (rendered, then joined): 15-21 kB per galaxy and
 # band on disk measured over this project's banks, so 2 x 20 kB
 BUILD_BYTES_PER_STAMP = 40e3
+# a drawn population's table: up to 340 bytes a row at its peak (morphology, 16 columns)
+TABLE_BYTES_PER_ROW = 1000
 STAR_REFERENCE_MAG = 19.0  # star stamps are trimmed for a star this bright
 
 
@@ -249,9 +251,9 @@ class SourceBank:
     ) -> SourceBank:
         from tqdm.auto import tqdm
 
-        check_memory(
-            config.n_galaxies * survey.n_bands * BUILD_BYTES_PER_STAMP,
-            f"a source bank of {config.n_galaxies:,} galaxies in {survey.n_bands} band(s)",
+        check_memory(  # a drawn population has as many rows as asked; a catalog, fewer
+            config.n_galaxies * TABLE_BYTES_PER_ROW,
+            f"a population table of {config.n_galaxies:,} galaxies",
             "use a smaller bank size",
         )
         table = galaxy_population(
@@ -265,6 +267,11 @@ class SourceBank:
         if len(table) > config.n_galaxies:
             table = _subsample(table, config)
         n = len(table)
+        check_memory(
+            n * survey.n_bands * BUILD_BYTES_PER_STAMP,
+            f"a source bank of {n:,} galaxies in {survey.n_bands} band(s)",
+            "use a smaller bank size",
+        )
         rng = np.random.default_rng([config.render_seed, 2])
         if config.centered:
             dx = dy = np.zeros(n)
