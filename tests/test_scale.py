@@ -2,6 +2,8 @@
 the HATS catalog read back with LSDB."""
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,6 +135,40 @@ def test_plan_refuses_colliding_names_and_missing_images(tmp_path):
         plan([tmp_path / "nope.fits"], tmp_path / "o")
     with pytest.raises(ProbcatValueError, match="a directory; give its images"):
         plan([tmp_path / "a"], tmp_path / "o")
+
+
+def test_a_bad_file_list_or_plan_is_a_clear_error_before_any_work(tmp_path):
+    from probcat.errors import ProbcatFileError, ProbcatIOError
+    from probcat.scale import read_list
+
+    with pytest.raises(ProbcatFileError, match="nope.txt: no such file list"):
+        read_list(tmp_path / "nope.txt")
+    binary = tmp_path / "list.bin"
+    binary.write_bytes(b"\xff\xfe\x00a")
+    with pytest.raises(ProbcatIOError, match="not a readable text file list"):
+        read_list(binary)
+    lst = tmp_path / "list.txt"
+    for line in ("mask=m.fits", "a.fits mask=m.fits mask=n.fits", "u=a.fits u=b.fits",
+                 "a.fits u=b.fits", "a.fits weight="):  # fmt: skip
+        lst.write_text(f"# a comment\n\n{line}\n")
+        with pytest.raises(ProbcatValueError, match=re.escape(f"{lst}: {line!r}: ")):
+            read_list(lst)
+    lst.write_text("u=a.fits g=b.fits mask=m.fits hdu=2\nc.fits d.fits weight=w.fits\n")
+    assert read_list(lst) == [
+        ({"u": Path("a.fits"), "g": Path("b.fits")}, Path("m.fits"),
+         None, "2"),
+        (Path("c.fits"), Path("d.fits"), Path("w.fits"), None),
+    ]  # fmt: skip
+    with pytest.raises(ProbcatValueError, match="no images given"):
+        plan([], tmp_path / "o")
+    image = tmp_path / "x.fits"
+    image.write_bytes(b"")
+    with pytest.raises(ProbcatValueError, match="catalog format must be one of"):
+        plan([image], tmp_path / "o", suffix=".csv")
+    with pytest.raises(ProbcatValueError, match="an image entry is a path or"):
+        plan([(image, None, None, None, None)], tmp_path / "o")
+    with pytest.raises(ProbcatValueError, match="would overwrite an input image"):
+        plan([image], tmp_path, suffix=".fits")
 
 
 def test_an_unreachable_scheduler_is_a_one_line_error(tmp_path, weights, capsys):
