@@ -246,11 +246,16 @@ def test_check_memory_compares_the_need_with_the_memory_this_process_may_use(mon
     monkeypatch.setattr(runtime, "physical_memory", lambda: 8e9)
     monkeypatch.setattr(runtime, "cgroup_memory_limit", lambda: None)
     runtime.check_memory(8e9, "this", "hint")  # exactly all of it: allowed
-    with pytest.raises(ProbcatValueError, match=r"^this needs about 9 GB .* has 8 GB; hint$"):
+    with pytest.raises(
+        ProbcatValueError,
+        match=r"^this needs about 8\.6 GB of memory and this machine has 8 GB; hint$",
+    ):
         runtime.check_memory(8.6e9, "this", "hint")
-    monkeypatch.setattr(runtime, "cgroup_memory_limit", lambda: 4e9)  # a container's limit
-    with pytest.raises(ProbcatValueError, match=r"control group .* allows 4 GB; hint$"):
-        runtime.check_memory(5e9, "this", "hint")
+    monkeypatch.setattr(runtime, "cgroup_memory_limit", lambda: 4.5e8)  # a container's limit
+    with pytest.raises(ProbcatValueError, match=r"needs about 0\.5 GB .* group .* allows 0\.45 GB"):
+        runtime.check_memory(5e8, "this", "hint")  # 0.50 against 0.45
+    with pytest.raises(ProbcatValueError, match=r"needs about 12 GB "):
+        runtime.check_memory(12.4e9, "this", "hint")
     monkeypatch.setattr(runtime, "cgroup_memory_limit", lambda: 2**63 - 4096)  # v1: no limit
     assert runtime.memory_limit() == (8e9, "this machine has")
     monkeypatch.setattr(runtime, "physical_memory", lambda: None)

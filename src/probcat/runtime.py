@@ -198,9 +198,14 @@ def check_memory(need: float, what: str, hint: str) -> None:
         from probcat.errors import ProbcatValueError
 
         raise ProbcatValueError(
-            f"{what} needs about {need / 1e9:,.0f} GB of memory and {limit[1]} "
-            f"{limit[0] / 1e9:,.0f} GB; {hint}"
+            f"{what} needs about {_gb(need)} of memory and {limit[1]} {_gb(limit[0])}; {hint}"
         )
+
+
+def _gb(n: float) -> str:
+    """Bytes in GB: two significant digits below 10 GB (a container's 0.45 GB is not
+    "0 GB"), whole GB above."""
+    return f"{n / 1e9:.2g} GB" if n < 1e10 else f"{n / 1e9:,.0f} GB"
 
 
 def max_threads() -> int:
