@@ -350,3 +350,33 @@ def test_a_segmentation_that_fails_is_said_and_rescues_nothing(monkeypatch):
     monkeypatch.setattr(sep, "extract", full)
     with pytest.warns(UserWarning, match="could not segment the image"):
         assert unclaimed(_image(), [], []).shape == (0, 3)
+
+
+def test_a_large_image_is_segmented_core_by_core_as_it_is_whole(monkeypatch):
+    """Cores of 64 px with 16 px around them (the 4096 and 256 of a real image, scaled
+    down) on a 200x150 image of separate blobs, several across the cores' edges: the same
+    objects as the whole image gives, each once, at the same positions and fluxes."""
+    import probcat.infer.bright as B
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:150, :200].astype(float)
+    img = rng.standard_normal((150, 200))
+    centres = [(63.4, 20.0), (64.4, 70.0), (128.0, 127.5), (10.0, 140.0), (190.0, 64.0),
+               (100.0, 100.0), (150.0, 30.0), (40.0, 63.4)]  # fmt: skip
+    for x0, y0 in centres:
+        img += 2000 * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / 8) / (8 * np.pi)
+    img = img.astype(np.float32)
+    whole = B.segments(img)  # 200 px: under 4096 + 2 x 256, whole
+    monkeypatch.setattr(B, "SEGMENT_CHUNK", 64)
+    monkeypatch.setattr(B, "SEGMENT_MARGIN", 16)
+    cores = B.segments(img)  # over 64 + 2 x 16: 4 x 3 cores
+    assert len(whole["x"]) == len(cores["x"]) >= len(centres)
+    a, b = np.lexsort((whole["y"], whole["x"])), np.lexsort((cores["y"], cores["x"]))
+    for k in ("npix", "flux", "xmin", "xmax", "ymin", "ymax"):
+        np.testing.assert_array_equal(whole[k][a], cores[k][b], err_msg=k)
+    for k in ("x", "y"):  # the window's offset added: to rounding
+        np.testing.assert_allclose(whole[k][a], cores[k][b], rtol=0, atol=1e-9)
+    bright = whole["flux"] > 500
+    for x0, y0 in centres:  # every blob found once
+        near = np.hypot(whole["x"][bright] - x0, whole["y"][bright] - y0) < 1.0
+        assert near.sum() == 1, (x0, y0)

@@ -43,6 +43,7 @@ __all__ = [
     "BRIGHT_NPIX",
     "BRIGHT_FREE",
     "unclaimed",
+    "segments",
     "force_mask",
     "core_probability",
     "decode_forced",
@@ -62,6 +63,12 @@ REACH_TILES = 2 * 3
 # reach of it, and the stamps of the refiner and classifier (16 px) reach 2 tiles further
 WINDOW_TILES = 2 * REACH_TILES + 2
 WINDOW_BATCH = 64  # windows decoded at once (memory)
+# SEP's extraction time grows faster than the area on large crowded images (blended segments
+# deblended whole): 0.08-0.10 s per Mpx up to 4000x4000 LSST-i, 16.3 s on 8000x8000. Larger
+# images are segmented in cores of SEGMENT_CHUNK px, each with SEGMENT_MARGIN px around it.
+SEGMENT_CHUNK = 4096
+SEGMENT_MARGIN = 256
+_SEGMENT_FIELDS = ("x", "y", "npix", "flux", "xmin", "xmax", "ymin", "ymax")
 
 
 def unclaimed(image: np.ndarray, x, y, masked: np.ndarray | None = None) -> np.ndarray:
@@ -70,17 +77,12 @@ def unclaimed(image: np.ndarray, x, y, masked: np.ndarray | None = None) -> np.n
     near their centre (module docstring). ``masked`` (``(H, W)`` bool, pixels without data,
     0 in ``image``): an object whose box, one pixel wider, holds any is left alone (its
     segment may be a piece of a source that the mask cuts in two)."""
-    import sep
-
-    from probcat.baselines.sep import gaussian_kernel
-
     img = np.asarray(image, np.float32)  # SEP's own pixel type: no float64 copies
     if img.ndim == 3:  # bands summed, in units of the sum's noise
         img = img.sum(0) / np.float32(np.sqrt(img.shape[0]))
     img = np.ascontiguousarray(np.nan_to_num(img, nan=0.0, posinf=0.0, neginf=0.0))
     try:
-        objs = sep.extract(img, SEGMENT_THRESH, err=1.0, minarea=5, deblend_nthresh=32,
-                           deblend_cont=0.005, filter_kernel=gaussian_kernel(3, 2.0))  # fmt: skip
+        objs = segments(img)
     except Exception as e:  # noqa: BLE001 - SEP's buffer limits on a crowded image
         warn_user(f"rescue_bright: SEP could not segment the image ({e}): no object was rescued")
         return np.zeros((0, 3))
@@ -111,6 +113,44 @@ def unclaimed(image: np.ndarray, x, y, masked: np.ndarray | None = None) -> np.n
         ], bool)  # fmt: skip
         ox, oy, radius = ox[~cut], oy[~cut], radius[~cut]
     return np.stack([ox, oy, radius], 1) if len(ox) else np.zeros((0, 3))
+
+
+def segments(img: np.ndarray) -> dict:
+    """SEP's objects of ``img`` ``(H, W)`` (float32, noise-sigma units, no NaN) above
+    ``SEGMENT_THRESH``: a dict of arrays ``x, y, npix, flux, xmin, xmax, ymin, ymax``
+    (pixels of ``img``). An image of up to ``SEGMENT_CHUNK + 2 * SEGMENT_MARGIN`` px a side
+    is segmented whole. A larger one is segmented core by core (``SEGMENT_CHUNK`` px), each
+    with ``SEGMENT_MARGIN`` px of the image around it, keeping the objects whose centre
+    lies in the core, so that the time grows as the area: an object or a blended segment that
+    reaches further than the margin beyond its core is cut where the whole image's is not
+    (on an 8000x8000 LSST-i scene, 21 of 14,625 bright objects differ, and the segmentation
+    takes 7.3 s instead of 16.3 s)."""
+    import sep
+
+    from probcat.baselines.sep import gaussian_kernel
+
+    def extract(part):
+        objs = sep.extract(part, SEGMENT_THRESH, err=1.0, minarea=5, deblend_nthresh=32,
+                           deblend_cont=0.005, filter_kernel=gaussian_kernel(3, 2.0))  # fmt: skip
+        return {k: np.asarray(objs[k]) for k in _SEGMENT_FIELDS}
+
+    h, w = img.shape
+    if max(h, w) <= SEGMENT_CHUNK + 2 * SEGMENT_MARGIN:
+        return extract(img)
+    c, m = SEGMENT_CHUNK, SEGMENT_MARGIN
+    parts = []
+    for y0 in range(0, h, c):
+        for x0 in range(0, w, c):
+            ya, xa = max(y0 - m, 0), max(x0 - m, 0)
+            objs = extract(np.ascontiguousarray(img[ya : y0 + c + m, xa : x0 + c + m]))
+            for k in ("x", "xmin", "xmax"):
+                objs[k] = objs[k] + xa
+            for k in ("y", "ymin", "ymax"):
+                objs[k] = objs[k] + ya
+            px, py = np.floor(objs["x"] + 0.5), np.floor(objs["y"] + 0.5)  # its pixel
+            core = (px >= x0) & (px < x0 + c) & (py >= y0) & (py < y0 + c)
+            parts.append({k: v[core] for k, v in objs.items()})
+    return {k: np.concatenate([p[k] for p in parts]) for k in _SEGMENT_FIELDS}
 
 
 def force_mask(objects: np.ndarray, tile_size: int, grid: tuple[int, int]):
