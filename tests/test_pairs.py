@@ -197,3 +197,32 @@ def test_detected_snr_equals_the_aperture_sum_pixel_by_pixel_inside_and_at_the_e
         want.append(np.sqrt(max(np.sum(img[m] ** 2) / 2.0**2 - m.sum(), 0.0)))
     np.testing.assert_allclose(detected_snr(img, x, y, 2.0), want)
     assert detected_snr(img, [], [], 1.0).shape == (0,)
+
+
+def test_detected_snr_of_any_pixel_type_equals_that_of_the_image_over_sigma_in_float64():
+    """Only the aperture pixels are divided by sigma: the same numbers, to the bit, as the
+    whole image divided first, for float32, big-endian, integer and read-only images."""
+    import warnings
+
+    import torch
+
+    from probcat.metrics.detection import aperture_snr, detected_snr
+
+    rng = np.random.default_rng(5)
+    base = 400 * rng.standard_normal((30, 40)) + 9e4 * _gauss((30, 40), 20.0, 15.0, 12.0)
+    x, y = rng.uniform(-0.5, 39.5, 50), rng.uniform(-0.5, 29.5, 50)
+    read_only = base.astype(np.float32)
+    read_only.flags.writeable = False
+    for img in (base.astype(np.float32), base.astype(">f4"), base.astype(np.int32), read_only):
+        whole = torch.from_numpy(np.asarray(img, np.float64) / 433.7)[None, None]
+        b = torch.zeros(50, dtype=torch.long)
+        want = aperture_snr(whole, b, torch.from_numpy(x), torch.from_numpy(y), 5.0,
+                            skip_zeros=False).double().numpy()  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = detected_snr(img, x, y, np.float32(433.7) if img.dtype == np.int32 else 433.7)
+        if img.dtype == np.int32:  # sigma given as float32: its float64 value
+            whole = torch.from_numpy(np.asarray(img, np.float64) / float(np.float32(433.7)))
+            want = aperture_snr(whole[None, None], b, torch.from_numpy(x), torch.from_numpy(y),
+                                5.0, skip_zeros=False).double().numpy()  # fmt: skip
+        np.testing.assert_array_equal(got, want)

@@ -80,7 +80,8 @@ def unclaimed(image: np.ndarray, x, y, masked: np.ndarray | None = None) -> np.n
     img = np.asarray(image, np.float32)  # SEP's own pixel type: no float64 copies
     if img.ndim == 3:  # bands summed, in units of the sum's noise
         img = img.sum(0) / np.float32(np.sqrt(img.shape[0]))
-    img = np.ascontiguousarray(np.nan_to_num(img, nan=0.0, posinf=0.0, neginf=0.0))
+    # NaN and inf as 0 (np.nan_to_num's values; it took 4 s on an 8000x8000 image)
+    img = np.ascontiguousarray(np.where(np.isfinite(img), img, np.float32(0)))
     try:
         objs = segments(img)
     except Exception as e:  # noqa: BLE001 - SEP's buffer limits on a crowded image
