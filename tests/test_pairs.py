@@ -213,16 +213,13 @@ def test_detected_snr_of_any_pixel_type_equals_that_of_the_image_over_sigma_in_f
     x, y = rng.uniform(-0.5, 39.5, 50), rng.uniform(-0.5, 29.5, 50)
     read_only = base.astype(np.float32)
     read_only.flags.writeable = False
-    for img in (base.astype(np.float32), base.astype(">f4"), base.astype(np.int32), read_only):
-        whole = torch.from_numpy(np.asarray(img, np.float64) / 433.7)[None, None]
-        b = torch.zeros(50, dtype=torch.long)
+    b = torch.zeros(50, dtype=torch.long)
+    for img, sigma in ((base.astype(np.float32), 433.7), (base.astype(">f4"), 433.7),
+                       (base.astype(np.int32), np.float32(433.7)), (read_only, 433.7)):  # fmt: skip
+        whole = torch.from_numpy(np.asarray(img, np.float64) / sigma)[None, None]
         want = aperture_snr(whole, b, torch.from_numpy(x), torch.from_numpy(y), 5.0,
                             skip_zeros=False).double().numpy()  # fmt: skip
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            got = detected_snr(img, x, y, np.float32(433.7) if img.dtype == np.int32 else 433.7)
-        if img.dtype == np.int32:  # sigma given as float32: its float64 value
-            whole = torch.from_numpy(np.asarray(img, np.float64) / float(np.float32(433.7)))
-            want = aperture_snr(whole[None, None], b, torch.from_numpy(x), torch.from_numpy(y),
-                                5.0, skip_zeros=False).double().numpy()  # fmt: skip
+            got = detected_snr(img, x, y, sigma)
         np.testing.assert_array_equal(got, want)

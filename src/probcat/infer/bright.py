@@ -81,7 +81,7 @@ def unclaimed(image: np.ndarray, x, y, masked: np.ndarray | None = None) -> np.n
     if img.ndim == 3:  # bands summed, in units of the sum's noise
         img = img.sum(0) / np.float32(np.sqrt(img.shape[0]))
     # NaN and inf as 0 (np.nan_to_num's values; it took 4 s on an 8000x8000 image)
-    img = np.ascontiguousarray(np.where(np.isfinite(img), img, np.float32(0)))
+    img = np.where(np.isfinite(img), img, np.float32(0))  # a new, contiguous array
     try:
         objs = segments(img)
     except Exception as e:  # noqa: BLE001 - SEP's buffer limits on a crowded image
