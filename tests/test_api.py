@@ -435,3 +435,36 @@ def test_an_implausible_gain_is_a_one_line_error(tmp_path, weights, capsys):
             assert "not a plausible gain" in err and len(err.splitlines()) == 1
     with pytest.raises(ProbcatValueError, match="plausible gain"):
         probcat.load(str(weights)).detect(x[None], noise_sigma=[20.0], gain=1e9)
+
+
+def test_detection_beyond_the_memory_is_refused_before_it_starts(
+    weights, fits_image, tmp_path, monkeypatch, capsys
+):
+    """An image whose detection needs more memory than this process may use (estimated
+    per pixel, and per band beyond the first) is a one-line error before any of the work,
+    in the API and the CLI (which writes nothing); at the limit itself it runs. A batch of
+    cutouts is judged on the images that run as one forward pass."""
+    import probcat.api as api
+    from probcat import runtime
+
+    need = api.BASE_BYTES + 64 * 72 * api.DETECT_BYTES_PER_PIXEL  # one 72x64 i image
+    monkeypatch.setattr(runtime, "memory_limit", lambda: (need - 1, "this machine has"))
+    msg = r"^detection of a 72x64 image in 1 band\(s\) needs about 0\.5 GB of memory and this"
+    with pytest.raises(ProbcatValueError, match=msg + r" machine has 0\.5 GB; detect it in"):
+        detect(fits_image, weights=weights)
+    out = tmp_path / "cat.fits"
+    rc = main(["detect", str(fits_image), "-o", str(out), "--weights", str(weights)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "needs about 0.5 GB" in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+    monkeypatch.setattr(runtime, "memory_limit", lambda: (need, "this machine has"))
+    assert len(detect(fits_image, weights=weights, threshold=0.0).catalog) > 0
+    # three cutouts, one forward pass: three times the pixels
+    stack = np.random.default_rng(1).standard_normal((3, 1, 64, 72)).astype(np.float32)
+    three = api.BASE_BYTES + 3 * 64 * 72 * api.DETECT_BYTES_PER_PIXEL
+    det = api.load(str(weights), device="cpu")
+    monkeypatch.setattr(runtime, "memory_limit", lambda: (three - 1, "this machine has"))
+    with pytest.raises(ProbcatValueError, match=r"^3 images of 72x64 at once in 1 band"):
+        det.catalog(stack * 434.5)
+    monkeypatch.setattr(runtime, "memory_limit", lambda: (three, "this machine has"))
+    assert len(det.catalog(stack * 434.5)) == 3

@@ -1136,3 +1136,38 @@ def test_a_faint_galaxy_in_a_big_ones_outskirts_keeps_only_its_own_light():
     assert np.abs(plain.residual[0][ring]).max() > 0.9 * big[ring].max()
     with pytest.raises(ProbcatValueError, match="wings must be True or False"):
         db.measure(image, cat, wings="yes", **kw)
+
+
+def test_deblending_beyond_the_memory_is_refused_before_it_starts(monkeypatch):
+    """Deblending needs memory for every source's model stamps (copies of them at once)
+    and the image's planes: beyond what this process may use, a one-line error before
+    any model is made; at the limit itself it runs. Posterior samples add the crop
+    cache."""
+    import probcat.api as api
+    from probcat import runtime
+    from probcat.api import Deblender
+    from probcat.infer.deblend import CACHE_BYTES
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="i")
+    sigma = survey.noise_sigma.astype(np.float32)
+    model = FixedGalaxy(_draw(_galaxy(2e5), S) / sigma[0])
+    xs, ys = [12.0, 19.0, 8.0], [15.0, 15.0, 24.0]
+    image = paste_models(reconstruct(model, np.zeros((1, 30, 40)), sigma, xs, ys, [True] * 3,
+                                     amplitudes=False), (30, 40))  # fmt: skip
+    cat = FullCatalog(
+        {"x": np.array(xs), "y": np.array(ys), "galaxy": np.ones(3, bool)}, (30, 40), ("i",)
+    )
+    need = api.BASE_BYTES + 30 * 40 * api.DEBLEND_BYTES_PER_PIXEL
+    need += 3 * S**2 * 4 * api.DEBLEND_STAMP_COPIES
+    db = Deblender(model, survey, device="cpu")
+    for samples, extra in ((None, 0), ([cat], CACHE_BYTES)):
+        monkeypatch.setattr(runtime, "memory_limit", lambda e=extra: (need + e - 1, "this has"))
+        model.calls = 0
+        with pytest.raises(
+            ProbcatValueError, match=r"^deblending 3 sources in a 40x30 image in 1 band\(s\)"
+        ):
+            db.measure(image, cat, samples=samples)
+        assert model.calls == 0  # refused before any model
+        monkeypatch.setattr(runtime, "memory_limit", lambda e=extra: (need + e, "this has"))
+        assert np.all(db.measure(image, cat, samples=samples).catalog["flux_ap"] > 0)

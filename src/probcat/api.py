@@ -28,6 +28,17 @@ __all__ = [
 
 # images per forward pass in batched inference: bounded by this many pixels
 _BATCH_PIXELS = 4_000_000
+# The memory detection and deblending need, from the peak resident memory of `probcat
+# detect` measured on this project's 2-core machine: LSST-i fields of 1000^2 to 16000^2 px
+# 0.4 GB plus 34-37 bytes per pixel, a ugrizy field (4000^2) 10 bytes more per pixel and
+# band beyond the first; deblending (4000^2 i, 25,549 sources, one posterior sample) 5
+# float32 copies of every source's model stamps at once. Work beyond the memory this
+# process may use is refused before it starts (probcat.runtime.check_memory).
+BASE_BYTES = 5e8
+DETECT_BYTES_PER_PIXEL = 40
+DETECT_BYTES_PER_EXTRA_BAND = 12
+DEBLEND_BYTES_PER_PIXEL = 32  # per band: the image, its scene model, wings, residual...
+DEBLEND_STAMP_COPIES = 6
 # shipped detection weights -> the weights trained further with bands masked
 # (``configs/detection_lsst_ugrizy_masked.yaml``) that read an image with a pixel without
 # data in some of its bands but not all: read by the former, a masked band is no light
@@ -851,6 +862,24 @@ class Detector:
             force, at, torch.from_numpy(held)[None],
         )  # fmt: skip
 
+    def _check_memory(self, batch: _Batch) -> None:
+        """A one-line error where the detection of ``batch``'s largest forward pass (one
+        image, or a group of :meth:`_groups`) would need more memory than this process may
+        use, on the CPU (a GPU holds the features in its own memory)."""
+        if self.device.type != "cpu":
+            return
+        from probcat.runtime import check_memory
+
+        nb, h, w = batch.x.shape[1:]
+        per = DETECT_BYTES_PER_PIXEL + DETECT_BYTES_PER_EXTRA_BAND * (nb - 1)
+        n = min(len(batch.x), max(1, _BATCH_PIXELS // (h * w)))
+        what = f"detection of a {w}x{h} image" if n == 1 else f"{n} images of {w}x{h} at once"
+        check_memory(
+            BASE_BYTES + n * h * w * per,
+            f"{what} in {nb} band(s)",
+            "detect it in overlapping parts (cutouts of a few thousand pixels a side)",
+        )
+
     def _groups(self, batch: _Batch):
         """Index ranges of images that run as one forward pass."""
         h, w = batch.x.shape[-2:]
@@ -986,6 +1015,7 @@ class Detector:
         seeing = "auto" if seeing == "auto" else "given"
         # images may be a _Batch already prepared (photoz: the image read once for all bands)
         batch = images if isinstance(images, _Batch) else self._prepare(images, noise_sigma, opts)
+        self._check_memory(batch)
         given = {"seeing": fixed if seeing == "given" else seeing, "rescue_bright": rescue}
         if len(batch.x) == 1:  # one image: pooled, its own evidence
             evidence = {k: None if v == "pooled" else v for k, v in evidence.items()}
@@ -1638,6 +1668,7 @@ class Deblender:
             raise ProbcatValueError("the catalog has non-finite x or y")
         n = len(cx)
         wings = _check_flag(wings, "wings")
+        _check_deblend_memory(n, img.shape, self.net.out_size, bool(samples))
         with thread_limit(threads_for(self.threads, h * w)), full_float32():
             models = reconstruct(
                 self.net, img, sigma, cx, cy, gal, survey=self.survey, device=self.device,
@@ -1740,6 +1771,23 @@ class Deblender:
             cat.meta["deblend"]["wing_galaxies"] = len(winged)
             cat.meta["deblend"]["wing_stars"] = len(stars_winged)
         return DeblendResult(cat, model, full - model, models, None, wcs)
+
+
+def _check_deblend_memory(n: int, shape, stamp: int, samples: bool) -> None:
+    """A one-line error where deblending ``n`` sources in an image of ``shape`` ``(bands,
+    H, W)`` with model stamps of ``stamp`` px a side would need more memory than this
+    process may use (the stamps are numpy arrays on any device)."""
+    from probcat.infer.deblend import CACHE_BYTES
+    from probcat.runtime import check_memory
+
+    nb, h, w = shape
+    need = BASE_BYTES + nb * h * w * DEBLEND_BYTES_PER_PIXEL
+    need += n * nb * stamp**2 * 4 * DEBLEND_STAMP_COPIES + (CACHE_BYTES if samples else 0)
+    check_memory(
+        need,
+        f"deblending {n:,} sources in a {w}x{h} image in {nb} band(s)",
+        "deblend it in overlapping parts (cutouts of a few thousand pixels a side)",
+    )
 
 
 def _wings(image, models, sigma, survey, mask):
