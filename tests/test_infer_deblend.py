@@ -1171,3 +1171,72 @@ def test_deblending_beyond_the_memory_is_refused_before_it_starts(monkeypatch):
         assert model.calls == 0  # refused before any model
         monkeypatch.setattr(runtime, "memory_limit", lambda e=extra: (need + e, "this has"))
         assert np.all(db.measure(image, cat, samples=samples).catalog["flux_ap"] > 0)
+
+
+def test_a_large_image_deblended_core_by_core_equals_the_whole(monkeypatch):
+    """Above DEBLEND_WHOLE_PX a side an image is deblended core by core, each core with a
+    margin of the image and its sources: where every group of overlapping models lies
+    inside the margin of its core (here a pair across a core's edge, pairs and single
+    galaxies elsewhere, a source just off the image), every measurement, the flux
+    posteriors, each source's model and the scene model equal those of the whole image;
+    each source is measured once."""
+    import probcat.api as api
+    from probcat.api import Deblender
+    from probcat.survey import Survey
+
+    survey = Survey.lsst(bands="i")
+    sigma = survey.noise_sigma.astype(np.float32)
+    model = FixedGalaxy(_draw(_galaxy(2e5), S) / sigma[0])
+    xs = np.array([29.3, 35.6, 8.0, 12.4, 55.1, 70.2, 20.5, 50.0, -0.3])
+    ys = np.array([20.2, 22.7, 50.1, 53.3, 45.0, 10.4, 8.0, 58.6, 33.0])
+    image = paste_models(reconstruct(model, np.zeros((1, 64, 80)), sigma, xs, ys,
+                                     [True] * len(xs), amplitudes=False), (64, 80))  # fmt: skip
+    image += np.random.default_rng(4).standard_normal(image.shape).astype(np.float32) * sigma[0]
+    gal = np.ones(len(xs), bool)
+    gal[6] = False  # a star
+    cat = FullCatalog({"x": xs, "y": ys, "galaxy": gal}, (64, 80), ("i",))
+    drop = FullCatalog({"x": xs[1:], "y": ys[1:], "galaxy": gal[1:]}, (64, 80), ("i",))
+    db = Deblender(model, survey, device="cpu")
+    kw = dict(samples=[cat, drop], wings=False)
+    whole = db.measure(image, cat, **kw)
+    monkeypatch.setattr(api, "DEBLEND_WHOLE_PX", 48)
+    monkeypatch.setattr(api, "DEBLEND_CORE_PX", 32)
+    monkeypatch.setattr(api, "DEBLEND_MARGIN_PX", 24)
+    calls = []
+    real = Deblender._deblend_part
+    monkeypatch.setattr(
+        Deblender,
+        "_deblend_part",
+        lambda self, img, *a: calls.append(img.shape) or real(self, img, *a),
+    )
+    parts = db.measure(image, cat, **kw)
+    # 2 x 3 cores, in windows (the one without a source of its own, x >= 64 and y >= 32,
+    # holds some of its neighbours' light)
+    assert len(calls) == 6 and max(s[1] for s in calls) < 64
+    a, b = whole.catalog, parts.catalog
+    for col in ("flux_ap", "flux_ap_err", "blendedness", "T", "e1", "e2", "flux_q50", "p_match"):
+        np.testing.assert_allclose(b[col], a[col], rtol=1e-5, atol=1e-3, err_msg=col)
+    np.testing.assert_array_equal(parts.models.cx, whole.models.cx)
+    np.testing.assert_array_equal(parts.models.cy, whole.models.cy)
+    tol = 1e-4 * float(sigma[0])  # float32 sums in another order: far below the noise
+    np.testing.assert_allclose(parts.models.stamps, whole.models.stamps, rtol=1e-5, atol=tol)
+    np.testing.assert_allclose(parts.model, whole.model, rtol=1e-5, atol=tol)
+    np.testing.assert_allclose(parts.residual, whole.residual, rtol=1e-5, atol=tol)
+    assert np.isnan(b["p_match"]).sum() == 0 and b["p_match"][0] == 0.5  # source 0 in 1 of 2
+    # the memory counted: every source's model once, the most crowded window's work
+    from probcat import runtime
+    from probcat.infer.deblend import CACHE_BYTES
+
+    wins = [(max(y0 - 24, 0), min(y0 + 56, 64), max(x0 - 24, 0), min(x0 + 56, 80))
+            for y0 in (0, 32) for x0 in (0, 32, 64)]  # fmt: skip
+    px, py = np.clip(np.floor(xs + 0.5), 0, 79), np.floor(ys + 0.5)
+    most = max(int(((px >= a) & (px < b) & (py >= c) & (py < d)).sum()) for c, d, a, b in wins)
+    assert most == 8  # of 9: the work of a window, not of the whole image
+    one = S**2 * 4
+    need = api.BASE_BYTES + 64 * 80 * api.DEBLEND_BYTES_PER_PIXEL + CACHE_BYTES
+    need += (len(xs) - most) * one + most * one * api.DEBLEND_STAMP_COPIES
+    monkeypatch.setattr(runtime, "memory_limit", lambda: (need - 1, "this machine has"))
+    with pytest.raises(ProbcatValueError, match="deblending 9 sources in a 80x64 image"):
+        db.measure(image, cat, **kw)
+    monkeypatch.setattr(runtime, "memory_limit", lambda: (need, "this machine has"))
+    assert len(db.measure(image, cat, **kw).catalog) == 9

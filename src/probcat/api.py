@@ -39,6 +39,13 @@ DETECT_BYTES_PER_PIXEL = 40
 DETECT_BYTES_PER_EXTRA_BAND = 12
 DEBLEND_BYTES_PER_PIXEL = 32  # per band: the image, its scene model, wings, residual...
 DEBLEND_STAMP_COPIES = 6
+# An image of more than DEBLEND_WHOLE_PX a side is deblended core by core (DEBLEND_CORE_PX,
+# each with DEBLEND_MARGIN_PX of the image around it and the sources there: a big
+# galaxy's wing reaches 128 px, a model stamp 34 px), so that the memory held at once is
+# one window's work, not the whole image's; smaller ones whole.
+DEBLEND_WHOLE_PX = 4608
+DEBLEND_CORE_PX = 4096
+DEBLEND_MARGIN_PX = 256
 # shipped detection weights -> the weights trained further with bands masked
 # (``configs/detection_lsst_ugrizy_masked.yaml``) that read an image with a pixel without
 # data in some of its bands but not all: read by the former, a masked band is no light
@@ -1622,21 +1629,13 @@ class Deblender:
         gets that light as its own) and added to the scene model (default; False for the
         models' stamps alone).
         """
-        from probcat.baselines.rail import forced_photometry
         from probcat.infer.deblend import (
             REFINE_PASSES,
             _xyg,
-            aperture_fluxes,
-            blendedness,
             check_method,
-            fit_amplitudes,
-            paste_models,
-            reconstruct,
-            sample_fluxes,
-            source_images,
         )
         from probcat.masking import aperture_fraction
-        from probcat.measure import APERTURE_RADIUS, adaptive_moments, flux_posterior, flux_sd
+        from probcat.measure import APERTURE_RADIUS, flux_posterior, flux_sd
         from probcat.runtime import full_float32, thread_limit, threads_for
 
         check_method(method)
@@ -1668,53 +1667,19 @@ class Deblender:
             raise ProbcatValueError("the catalog has non-finite x or y")
         n = len(cx)
         wings = _check_flag(wings, "wings")
-        _check_deblend_memory(n, img.shape, self.net.out_size, bool(samples))
+        opts = dict(method=method, match_px=match_px, passes=passes, amplitudes=amplitudes,
+                    wings=wings, progress=progress)  # fmt: skip
+        _check_deblend_memory(cx, cy, img.shape, self.net.out_size, bool(samples))
         with thread_limit(threads_for(self.threads, h * w)), full_float32():
-            models = reconstruct(
-                self.net, img, sigma, cx, cy, gal, survey=self.survey, device=self.device,
-                passes=passes, amplitudes=amplitudes, mask=masked,
-            )  # fmt: skip
-            wing, winged, stars_winged = None, [], []
-            if wings:  # the stars' first: their PSF is known, a galaxy's wing is fitted
-                wing, winged, stars_winged = _wings(img, models, sigma, self.survey, masked)
-            full = img  # the image; img: what the sources' models share from here on
-            if wing is not None:  # the wings are their sources': the rest share the rest
-                img = img - wing
-                if amplitudes:
-                    models = fit_amplitudes(img, models, sigma, mask=masked)
-            model = paste_models(models, (h, w))  # the scene model, pasted once
-            ap = aperture_fluxes(img, models, np.arange(n), method=(method, "data"), total=model)
-            flux = ap[method]
-            # the neighbours' light (a wing in the aperture counts, as its source's model
-            # would: taken out, but known no better than the models are)
-            wing_ap = np.zeros_like(flux)  # the wing's light in each aperture
-            if wing is not None:
-                wing_ap = forced_photometry(wing, cx, cy, sigma, APERTURE_RADIUS)[0]
-            contam = np.maximum(ap["data"] + wing_ap - flux, 0.0)
-            own = source_images(img, models, method, total=model)
-            if wing is not None:  # the scene model from here on: the wings are light too
-                model += wing
-            blend = blendedness(models, model)
-            half = models.size // 2
-            mom = adaptive_moments(own, half + (cx - models.cx), half + (cy - models.cy))
-            if samples:
-                vals = sample_fluxes(
-                    self.net,
-                    img,
-                    sigma,
-                    samples,
-                    cx,
-                    cy,
-                    survey=self.survey,
-                    method=method,
-                    match_px=match_px,
-                    device=self.device,
-                    contamination=True,
-                    passes=passes,
-                    amplitudes=amplitudes,
-                    mask=masked,
-                    progress=progress,
-                )
+            if max(h, w) <= DEBLEND_WHOLE_PX:
+                part = self._deblend_part(img, sigma, cx, cy, gal, masked, samples, opts)
+                model = part.pop("model")
+            else:
+                part, model = self._deblend_in_parts(img, sigma, cx, cy, gal, masked, samples,
+                                                     opts)  # fmt: skip
+        full = img  # the image: the residual is the data less the scene model
+        models, flux, contam, wing_ap = (part[k] for k in ("models", "flux", "contam", "wing_ap"))
+        blend, mom = part["blend"], part["mom"]
         area = np.pi * APERTURE_RADIUS**2
         scale = self.flux_error_scale(method)
         local = _local_noise(image, self.survey.band_names, masked, cx, cy)
@@ -1740,8 +1705,8 @@ class Deblender:
             mask_fraction=aperture_fraction(masked, cx, cy),
         )
         if samples:
-            vals, vcon = vals
-            vcon = vcon + wing_ap[:, None]  # as for contam above
+            vals, vcon = part["vals"]
+            vcon = vcon + wing_ap[:, None]  # as for contam in _deblend_part
             parts = [
                 flux_posterior(vals[:, :, k], noise[:, k], vcon[:, :, k], scale) for k in range(nb)
             ]
@@ -1767,22 +1732,161 @@ class Deblender:
         if "zeropoint" in info:  # what mag_ap was read with
             cat.meta["deblend"]["zeropoint"] = info["zeropoint"]
             cat.meta["deblend"]["zeropoint_source"] = info["zeropoint_source"]
-        if wing is not None:
-            cat.meta["deblend"]["wing_galaxies"] = len(winged)
-            cat.meta["deblend"]["wing_stars"] = len(stars_winged)
+        if part["wing_galaxies"] + part["wing_stars"]:
+            cat.meta["deblend"]["wing_galaxies"] = part["wing_galaxies"]
+            cat.meta["deblend"]["wing_stars"] = part["wing_stars"]
         return DeblendResult(cat, model, full - model, models, None, wcs)
 
+    def _deblend_part(self, img, sigma, cx, cy, gal, masked, samples, opts: dict) -> dict:
+        """The deblending and measurements of :meth:`measure` on ``img`` ``(bands, H, W)``
+        in electrons (the whole image, or a window of it) for the sources at ``(cx, cy)``
+        (galaxies ``gal``) and the posterior ``samples`` (catalogs or ``(x, y, galaxy)``
+        arrays), in the coordinates of ``img``: the models, the scene model (wings
+        included), the aperture fluxes, the neighbours' light in each aperture, the wings'
+        light there, blendedness, moments, the samples' fluxes and contamination, and how
+        many galaxies and stars got a wing."""
+        from probcat.baselines.rail import forced_photometry
+        from probcat.infer.deblend import (
+            aperture_fluxes,
+            blendedness,
+            fit_amplitudes,
+            paste_models,
+            reconstruct,
+            sample_fluxes,
+            source_images,
+        )
+        from probcat.measure import APERTURE_RADIUS, adaptive_moments
 
-def _check_deblend_memory(n: int, shape, stamp: int, samples: bool) -> None:
-    """A one-line error where deblending ``n`` sources in an image of ``shape`` ``(bands,
-    H, W)`` with model stamps of ``stamp`` px a side would need more memory than this
-    process may use (the stamps are numpy arrays on any device)."""
+        method, amplitudes = opts["method"], opts["amplitudes"]
+        n = len(cx)
+        models = reconstruct(
+            self.net, img, sigma, cx, cy, gal, survey=self.survey, device=self.device,
+            passes=opts["passes"], amplitudes=amplitudes, mask=masked,
+        )  # fmt: skip
+        wing, winged, stars_winged = None, [], []
+        if opts["wings"]:  # the stars' first: their PSF is known, a galaxy's wing is fitted
+            wing, winged, stars_winged = _wings(img, models, sigma, self.survey, masked)
+        if wing is not None:  # the wings are their sources': the rest share the rest
+            img = img - wing
+            if amplitudes:
+                models = fit_amplitudes(img, models, sigma, mask=masked)
+        model = paste_models(models, img.shape[1:])  # the scene model, pasted once
+        ap = aperture_fluxes(img, models, np.arange(n), method=(method, "data"), total=model)
+        flux = ap[method]
+        # the neighbours' light (a wing in the aperture counts, as its source's model
+        # would: taken out, but known no better than the models are)
+        wing_ap = np.zeros_like(flux)  # the wing's light in each aperture
+        if wing is not None:
+            wing_ap = forced_photometry(wing, cx, cy, sigma, APERTURE_RADIUS)[0]
+        contam = np.maximum(ap["data"] + wing_ap - flux, 0.0)
+        own = source_images(img, models, method, total=model)
+        if wing is not None:  # the scene model from here on: the wings are light too
+            model += wing
+        blend = blendedness(models, model)
+        half = models.size // 2
+        mom = adaptive_moments(own, half + (cx - models.cx), half + (cy - models.cy))
+        del own
+        vals = None
+        if samples:
+            vals = sample_fluxes(
+                self.net, img, sigma, samples, cx, cy, survey=self.survey, method=method,
+                match_px=opts["match_px"], device=self.device, contamination=True,
+                passes=opts["passes"], amplitudes=amplitudes, mask=masked,
+                progress=opts["progress"],
+            )  # fmt: skip
+        return dict(
+            models=models, model=model, flux=flux, contam=contam, wing_ap=wing_ap,
+            blend=blend, mom=mom, vals=vals, winged=np.asarray(winged, np.int64),
+            stars_winged=np.asarray(stars_winged, np.int64),
+            wing_galaxies=len(winged), wing_stars=len(stars_winged),
+        )  # fmt: skip
+
+    def _deblend_in_parts(self, img, sigma, cx, cy, gal, masked, samples, opts: dict):
+        """:meth:`_deblend_part` of a large image core by core (:func:`probcat.tiles.cores`:
+        :data:`DEBLEND_CORE_PX` px, each worked on with :data:`DEBLEND_MARGIN_PX` px of
+        the image around it and the sources there), keeping each core's sources and scene
+        model: ``(part, model)`` as for the whole image, in its coordinates. The memory
+        held at once is one window's work, and every source's model."""
+        from probcat.infer.deblend import Models, _xyg
+        from probcat.tiles import cores, in_core
+
+        nb, h, w = img.shape
+        n = len(cx)
+        draws = [_xyg(c) for c in samples or ()]
+
+        def at(x, y, box):  # a source off the image goes with the window at its edge
+            return in_core(np.clip(x, 0, w - 1), np.clip(y, 0, h - 1), box)
+
+        model = np.zeros_like(img)
+        out = None
+        for box, win in cores(h, w, DEBLEND_CORE_PX, DEBLEND_MARGIN_PX):
+            ya, yb, xa, xb = win
+            near = np.flatnonzero(at(cx, cy, win))
+            if not len(near):  # no light of any source in the core
+                continue
+            mine = at(cx[near], cy[near], box)
+            sub = [
+                {"x": x[k] - xa, "y": y[k] - ya, "galaxy": g[k]}
+                for x, y, g in draws
+                for k in [at(x, y, win)]
+            ]  # fmt: skip
+            part = self._deblend_part(
+                img[:, ya:yb, xa:xb], sigma, cx[near] - xa, cy[near] - ya, gal[near],
+                None if masked is None else masked[ya:yb, xa:xb], sub, opts,
+            )  # fmt: skip
+            y0, y1, x0, x1 = box
+            model[:, y0:y1, x0:x1] = part["model"][:, y0 - ya : y1 - ya, x0 - xa : x1 - xa]
+            m = part["models"]
+            if out is None:  # every source's row, filled core by core
+                stamps = np.zeros((n, *m.stamps.shape[1:]), m.stamps.dtype)
+                out = {"models": Models(stamps, np.zeros(n, m.cx.dtype), np.zeros(n, m.cy.dtype),
+                                        cx.copy(), cy.copy(), gal.copy())}  # fmt: skip
+                for k in ("flux", "contam", "wing_ap", "blend"):
+                    out[k] = np.full((n, *part[k].shape[1:]), np.nan, part[k].dtype)
+                out["mom"] = {k: np.full(n, np.nan, v.dtype) if v.dtype != bool
+                              else np.zeros(n, bool) for k, v in part["mom"].items()}  # fmt: skip
+                out["vals"] = None if part["vals"] is None else tuple(
+                    np.full((n, *v.shape[1:]), np.nan, v.dtype) for v in part["vals"])  # fmt: skip
+                out["wing_galaxies"] = out["wing_stars"] = 0
+            rows = near[mine]
+            out["models"].stamps[rows] = m.stamps[mine]
+            out["models"].cx[rows] = m.cx[mine] + xa
+            out["models"].cy[rows] = m.cy[mine] + ya
+            for k in ("flux", "contam", "wing_ap", "blend"):
+                out[k][rows] = part[k][mine]
+            for k, v in part["mom"].items():
+                out["mom"][k][rows] = v[mine]
+            if out["vals"] is not None:
+                for a, v in zip(out["vals"], part["vals"]):
+                    a[rows] = v[mine]
+            out["wing_galaxies"] += int(mine[part["winged"]].sum())
+            out["wing_stars"] += int(mine[part["stars_winged"]].sum())
+        if out is None:  # no source at all: the whole image's (empty) measurements
+            part = self._deblend_part(img, sigma, cx, cy, gal, masked, samples, opts)
+            return part, part.pop("model")
+        return out, model
+
+
+def _check_deblend_memory(cx, cy, shape, stamp: int, samples: bool) -> None:
+    """A one-line error where deblending the sources at ``(cx, cy)`` in an image of
+    ``shape`` ``(bands, H, W)`` with model stamps of ``stamp`` px a side would need more
+    memory than this process may use (the stamps are numpy arrays on any device): the
+    image's planes, every source's model, and the work on the sources of the whole image,
+    or of the largest window where it is deblended in parts."""
     from probcat.infer.deblend import CACHE_BYTES
     from probcat.runtime import check_memory
 
     nb, h, w = shape
-    need = BASE_BYTES + nb * h * w * DEBLEND_BYTES_PER_PIXEL
-    need += n * nb * stamp**2 * 4 * DEBLEND_STAMP_COPIES + (CACHE_BYTES if samples else 0)
+    n = most = len(cx)
+    if max(h, w) > DEBLEND_WHOLE_PX:
+        from probcat.tiles import cores, in_core
+
+        px, py = np.clip(cx, 0, w - 1), np.clip(cy, 0, h - 1)
+        windows = cores(h, w, DEBLEND_CORE_PX, DEBLEND_MARGIN_PX)
+        most = max(int(in_core(px, py, win).sum()) for _, win in windows)
+    one = nb * stamp**2 * 4  # one source's model stamps
+    need = BASE_BYTES + nb * h * w * DEBLEND_BYTES_PER_PIXEL + (CACHE_BYTES if samples else 0)
+    need += (n - most) * one + most * one * DEBLEND_STAMP_COPIES
     check_memory(
         need,
         f"deblending {n:,} sources in a {w}x{h} image in {nb} band(s)",

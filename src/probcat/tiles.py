@@ -24,6 +24,8 @@ __all__ = [
     "pad_to_tiles",
     "window",
     "cut_stamps",
+    "cores",
+    "in_core",
 ]
 
 
@@ -56,6 +58,26 @@ def window(x: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
     if ya < yb and xa < xb:
         out[..., ya - y0 : yb - y0, xa - x0 : xb - x0] = x[..., ya:yb, xa:xb]
     return out
+
+
+def cores(h: int, w: int, core: int, margin: int):
+    """An ``(h, w)`` image cut into squares of ``core`` px, row by row, for work done part
+    by part: per square, its box ``(y0, y1, x0, x1)`` (``y1 = y0 + core``, beyond the image
+    for the last ones) and the window of the image it is worked on, the square with
+    ``margin`` px of the image around it, ``(ya, yb, xa, xb)``."""
+    for y0 in range(0, h, core):
+        for x0 in range(0, w, core):
+            window_ = (max(y0 - margin, 0), min(y0 + core + margin, h))
+            window_ += (max(x0 - margin, 0), min(x0 + core + margin, w))
+            yield (y0, y0 + core, x0, x0 + core), window_
+
+
+def in_core(x, y, box) -> np.ndarray:
+    """Whether the pixel of each position ``(x, y)`` (pixel centres at integers) lies in
+    the box ``(y0, y1, x0, x1)`` of :func:`cores`."""
+    px, py = np.floor(np.asarray(x) + 0.5), np.floor(np.asarray(y) + 0.5)
+    y0, y1, x0, x1 = box
+    return (px >= x0) & (px < x1) & (py >= y0) & (py < y1)
 
 
 def pad_to_tiles(x: np.ndarray, tile_size: int, halo: int = 0) -> np.ndarray:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from probcat.errors import warn_user
+from probcat.tiles import cores, in_core
 
 __all__ = [
     "BRIGHT_SNR",
@@ -138,19 +139,15 @@ def segments(img: np.ndarray) -> dict:
     h, w = img.shape
     if max(h, w) <= SEGMENT_CHUNK + 2 * SEGMENT_MARGIN:
         return extract(img)
-    c, m = SEGMENT_CHUNK, SEGMENT_MARGIN
     parts = []
-    for y0 in range(0, h, c):
-        for x0 in range(0, w, c):
-            ya, xa = max(y0 - m, 0), max(x0 - m, 0)
-            objs = extract(np.ascontiguousarray(img[ya : y0 + c + m, xa : x0 + c + m]))
-            for k in ("x", "xmin", "xmax"):
-                objs[k] = objs[k] + xa
-            for k in ("y", "ymin", "ymax"):
-                objs[k] = objs[k] + ya
-            px, py = np.floor(objs["x"] + 0.5), np.floor(objs["y"] + 0.5)  # its pixel
-            core = (px >= x0) & (px < x0 + c) & (py >= y0) & (py < y0 + c)
-            parts.append({k: v[core] for k, v in objs.items()})
+    for box, (ya, yb, xa, xb) in cores(h, w, SEGMENT_CHUNK, SEGMENT_MARGIN):
+        objs = extract(np.ascontiguousarray(img[ya:yb, xa:xb]))
+        for k in ("x", "xmin", "xmax"):
+            objs[k] = objs[k] + xa
+        for k in ("y", "ymin", "ymax"):
+            objs[k] = objs[k] + ya
+        core = in_core(objs["x"], objs["y"], box)
+        parts.append({k: v[core] for k, v in objs.items()})
     return {k: np.concatenate([p[k] for p in parts]) for k in _SEGMENT_FIELDS}
 
 
