@@ -1173,7 +1173,7 @@ def test_deblending_beyond_the_memory_is_refused_before_it_starts(monkeypatch):
         assert np.all(db.measure(image, cat, samples=samples).catalog["flux_ap"] > 0)
 
 
-def test_a_large_image_deblended_core_by_core_equals_the_whole(monkeypatch):
+def test_a_large_image_deblended_core_by_core_equals_the_whole(monkeypatch, capsys):
     """Above DEBLEND_WHOLE_PX a side an image is deblended core by core, each core with a
     margin of the image and its sources: where every group of overlapping models lies
     inside the margin of its core (here a pair across a core's edge, pairs and single
@@ -1197,8 +1197,9 @@ def test_a_large_image_deblended_core_by_core_equals_the_whole(monkeypatch):
     cat = FullCatalog({"x": xs, "y": ys, "galaxy": gal}, (64, 80), ("i",))
     drop = FullCatalog({"x": xs[1:], "y": ys[1:], "galaxy": gal[1:]}, (64, 80), ("i",))
     db = Deblender(model, survey, device="cpu")
-    kw = dict(samples=[cat, drop], wings=False)
+    kw = dict(samples=[cat, drop], wings=False, progress=True)
     whole = db.measure(image, cat, **kw)
+    assert "deblending samples: 100%" in capsys.readouterr().err
     monkeypatch.setattr(api, "DEBLEND_WHOLE_PX", 48)
     monkeypatch.setattr(api, "DEBLEND_CORE_PX", 32)
     monkeypatch.setattr(api, "DEBLEND_MARGIN_PX", 24)
@@ -1210,6 +1211,8 @@ def test_a_large_image_deblended_core_by_core_equals_the_whole(monkeypatch):
         lambda self, img, *a: calls.append(img.shape) or real(self, img, *a),
     )
     parts = db.measure(image, cat, **kw)
+    err = capsys.readouterr().err  # a bar a part, each labelled
+    assert "deblending samples, part 1 of 6: 100%" in err and "part 6 of 6: 100%" in err
     # 2 x 3 cores, in windows (the one without a source of its own, x >= 64 and y >= 32,
     # holds some of its neighbours' light)
     assert len(calls) == 6 and max(s[1] for s in calls) < 64

@@ -1819,11 +1819,15 @@ class Deblender:
 
         model = np.zeros_like(img)
         out = None
-        for box, win in cores(h, w, DEBLEND_CORE_PX, DEBLEND_MARGIN_PX):
+        parts = list(cores(h, w, DEBLEND_CORE_PX, DEBLEND_MARGIN_PX))
+        for i, (box, win) in enumerate(parts):
             ya, yb, xa, xb = win
             near = np.flatnonzero(at(cx, cy, win))
             if not len(near):  # no light of any source in the core
                 continue
+            if opts["progress"]:
+                label = f"deblending samples, part {i + 1} of {len(parts)}"
+                opts = {**opts, "progress": label}
             mine = at(cx[near], cy[near], box)
             sub = [
                 {"x": x[k] - xa, "y": y[k] - ya, "galaxy": g[k]}

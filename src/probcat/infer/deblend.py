@@ -970,7 +970,7 @@ def sample_fluxes(
     passes: int = REFINE_PASSES,
     amplitudes: bool = True,
     mask: np.ndarray | None = None,
-    progress: bool = False,
+    progress: bool | str = False,
 ):
     """Aperture fluxes ``(targets, samples, bands)`` of the targets ``(tx, ty)`` in every
     posterior catalog sample (paper 000 section 4.6): each sample is deblended on its own
@@ -986,7 +986,7 @@ def sample_fluxes(
     flux minus the target's): what the flux-error model scales (:mod:`probcat.measure`).
     ``amplitudes``: each sample's models get their amplitudes fitted jointly
     (:func:`fit_amplitudes`, on the pixels not in ``mask``), as :func:`reconstruct` does.
-    ``progress``: a progress bar over the samples."""
+    ``progress``: a progress bar over the samples (a string: the bar's label)."""
     from tqdm.auto import tqdm
 
     tx, ty = np.atleast_1d(np.asarray(tx, float)), np.atleast_1d(np.asarray(ty, float))
@@ -1008,7 +1008,8 @@ def sample_fluxes(
         targets = cKDTree(np.stack([tx, ty], 1))
     cache = CropCache()  # the samples' galaxies mostly sit in the same pixels
     first = 0
-    bar = tqdm(total=len(cols), desc="deblending samples", unit="sample", disable=not progress)
+    label = progress if isinstance(progress, str) else "deblending samples"
+    bar = tqdm(total=len(cols), desc=label, unit="sample", disable=not progress)
     while first < len(cols):
         last = first + 1
         while last < len(cols) and sizes[first : last + 1].sum() <= SAMPLE_CHUNK:
