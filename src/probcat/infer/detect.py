@@ -22,6 +22,7 @@ from probcat.catalog import FullCatalog
 from probcat.errors import ProbcatValueError, warn_user
 from probcat.metrics.detection import aperture_snr
 from probcat.nets.detection import N_GROUPS, DetectionNet, TileOutput, tile_groups
+from probcat.runtime import trim_heap
 from probcat.tiles import pad_to_tiles, tile_to_pixel, window
 
 # Checkerboard sweeps per posterior catalog sample: the first draws every group in turn,
@@ -737,6 +738,9 @@ def sample_catalogs(
             )
             for k in range(dec.n.shape[0])
         ]
-        bar.update(dec.n.shape[0])
+        done = dec.n.shape[0]
+        del dec
+        trim_heap()  # the batch's decoder state leaves fragments otherwise (memory grows)
+        bar.update(done)
     bar.close()
     return out
