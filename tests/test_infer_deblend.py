@@ -1178,8 +1178,8 @@ def test_a_large_image_deblended_core_by_core_equals_the_whole(monkeypatch, caps
     margin of the image and its sources: where every group of overlapping models lies
     inside the margin of its core (here a pair across a core's edge, pairs and single
     galaxies elsewhere, a source just off the image), every measurement, the flux
-    posteriors, each source's model and the scene model equal those of the whole image;
-    each source is measured once."""
+    posteriors, each source's model and the scene model equal those of the whole image,
+    and no source's row is left unmeasured."""
     import probcat.api as api
     from probcat.api import Deblender
     from probcat.survey import Survey
