@@ -879,7 +879,7 @@ class Detector:
 
         nb, h, w = batch.x.shape[1:]
         per = DETECT_BYTES_PER_PIXEL + DETECT_BYTES_PER_EXTRA_BAND * (nb - 1)
-        n = min(len(batch.x), max(1, _BATCH_PIXELS // (h * w)))
+        n = len(batch.x[self._groups(batch)[0]])  # the first group is the largest
         what = f"detection of a {w}x{h} image" if n == 1 else f"{n} images of {w}x{h} at once"
         check_memory(
             BASE_BYTES + n * h * w * per,
@@ -1732,9 +1732,9 @@ class Deblender:
         if "zeropoint" in info:  # what mag_ap was read with
             cat.meta["deblend"]["zeropoint"] = info["zeropoint"]
             cat.meta["deblend"]["zeropoint_source"] = info["zeropoint_source"]
-        if part["wing_galaxies"] + part["wing_stars"]:
-            cat.meta["deblend"]["wing_galaxies"] = part["wing_galaxies"]
-            cat.meta["deblend"]["wing_stars"] = part["wing_stars"]
+        if len(part["winged"]) + len(part["stars_winged"]):
+            cat.meta["deblend"]["wing_galaxies"] = len(part["winged"])
+            cat.meta["deblend"]["wing_stars"] = len(part["stars_winged"])
         return DeblendResult(cat, model, full - model, models, None, wcs)
 
     def _deblend_part(self, img, sigma, cx, cy, gal, masked, samples, opts: dict) -> dict:
@@ -1798,7 +1798,6 @@ class Deblender:
             models=models, model=model, flux=flux, contam=contam, wing_ap=wing_ap,
             blend=blend, mom=mom, vals=vals, winged=np.asarray(winged, np.int64),
             stars_winged=np.asarray(stars_winged, np.int64),
-            wing_galaxies=len(winged), wing_stars=len(stars_winged),
         )  # fmt: skip
 
     def _deblend_in_parts(self, img, sigma, cx, cy, gal, masked, samples, opts: dict):
@@ -1808,31 +1807,28 @@ class Deblender:
         model: ``(part, model)`` as for the whole image, in its coordinates. The memory
         held at once is one window's work, and every source's model."""
         from probcat.infer.deblend import Models, _xyg
-        from probcat.tiles import cores, in_core
+        from probcat.tiles import cores
 
         nb, h, w = img.shape
         n = len(cx)
         draws = [_xyg(c) for c in samples or ()]
 
-        def at(x, y, box):  # a source off the image goes with the window at its edge
-            return in_core(np.clip(x, 0, w - 1), np.clip(y, 0, h - 1), box)
-
         model = np.zeros_like(img)
-        out = None
+        out, winged = None, {"winged": [], "stars_winged": []}
         parts = list(cores(h, w, DEBLEND_CORE_PX, DEBLEND_MARGIN_PX))
         for i, (box, win) in enumerate(parts):
             ya, yb, xa, xb = win
-            near = np.flatnonzero(at(cx, cy, win))
+            near = np.flatnonzero(_in_box(cx, cy, (h, w), win))
             if not len(near):  # no light of any source in the core
                 continue
             if opts["progress"]:
                 label = f"deblending samples, part {i + 1} of {len(parts)}"
                 opts = {**opts, "progress": label}
-            mine = at(cx[near], cy[near], box)
+            mine = _in_box(cx[near], cy[near], (h, w), box)
             sub = [
                 {"x": x[k] - xa, "y": y[k] - ya, "galaxy": g[k]}
                 for x, y, g in draws
-                for k in [at(x, y, win)]
+                for k in [_in_box(x, y, (h, w), win)]
             ]  # fmt: skip
             part = self._deblend_part(
                 img[:, ya:yb, xa:xb], sigma, cx[near] - xa, cy[near] - ya, gal[near],
@@ -1851,7 +1847,6 @@ class Deblender:
                               else np.zeros(n, bool) for k, v in part["mom"].items()}  # fmt: skip
                 out["vals"] = None if part["vals"] is None else tuple(
                     np.full((n, *v.shape[1:]), np.nan, v.dtype) for v in part["vals"])  # fmt: skip
-                out["wing_galaxies"] = out["wing_stars"] = 0
             rows = near[mine]
             out["models"].stamps[rows] = m.stamps[mine]
             out["models"].cx[rows] = m.cx[mine] + xa
@@ -1863,12 +1858,21 @@ class Deblender:
             if out["vals"] is not None:
                 for a, v in zip(out["vals"], part["vals"]):
                     a[rows] = v[mine]
-            out["wing_galaxies"] += int(mine[part["winged"]].sum())
-            out["wing_stars"] += int(mine[part["stars_winged"]].sum())
+            for k, got in winged.items():  # the core's own sources given a wing
+                got.append(near[part[k][mine[part[k]]]])
         if out is None:  # no source at all: the whole image's (empty) measurements
             part = self._deblend_part(img, sigma, cx, cy, gal, masked, samples, opts)
             return part, part.pop("model")
-        return out, model
+        return {**out, **{k: np.concatenate(v) for k, v in winged.items()}}, model
+
+
+def _in_box(x, y, shape, box) -> np.ndarray:
+    """:func:`probcat.tiles.in_core` of positions on an image of ``shape`` ``(H, W)``, a
+    position off the image taken at the image's edge (so each source lies in one core)."""
+    from probcat.tiles import in_core
+
+    h, w = shape
+    return in_core(np.clip(x, 0, w - 1), np.clip(y, 0, h - 1), box)
 
 
 def _check_deblend_memory(cx, cy, shape, stamp: int, samples: bool) -> None:
@@ -1883,11 +1887,10 @@ def _check_deblend_memory(cx, cy, shape, stamp: int, samples: bool) -> None:
     nb, h, w = shape
     n = most = len(cx)
     if max(h, w) > DEBLEND_WHOLE_PX:
-        from probcat.tiles import cores, in_core
+        from probcat.tiles import cores
 
-        px, py = np.clip(cx, 0, w - 1), np.clip(cy, 0, h - 1)
         windows = cores(h, w, DEBLEND_CORE_PX, DEBLEND_MARGIN_PX)
-        most = max(int(in_core(px, py, win).sum()) for _, win in windows)
+        most = max(int(_in_box(cx, cy, (h, w), win).sum()) for _, win in windows)
     one = nb * stamp**2 * 4  # one source's model stamps
     need = BASE_BYTES + nb * h * w * DEBLEND_BYTES_PER_PIXEL + (CACHE_BYTES if samples else 0)
     need += (n - most) * one + most * one * DEBLEND_STAMP_COPIES

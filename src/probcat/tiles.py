@@ -67,9 +67,9 @@ def cores(h: int, w: int, core: int, margin: int):
     ``margin`` px of the image around it, ``(ya, yb, xa, xb)``."""
     for y0 in range(0, h, core):
         for x0 in range(0, w, core):
-            window_ = (max(y0 - margin, 0), min(y0 + core + margin, h))
-            window_ += (max(x0 - margin, 0), min(x0 + core + margin, w))
-            yield (y0, y0 + core, x0, x0 + core), window_
+            win = (max(y0 - margin, 0), min(y0 + core + margin, h))
+            win += (max(x0 - margin, 0), min(x0 + core + margin, w))
+            yield (y0, y0 + core, x0, x0 + core), win
 
 
 def in_core(x, y, box) -> np.ndarray:
